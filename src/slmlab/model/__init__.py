@@ -1,0 +1,20 @@
+"""Models: the one decoder and the registry that maps `model.arch` to a model class."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..config import ModelConfig
+from .accounting import ModelStats, model_stats
+from .attention import KVCache
+from .decoder import Decoder
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"decoder": Decoder}
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """A fresh, initialised model for `cfg` (vocab_size must be resolved)."""
+    return ARCHITECTURES[cfg.arch](cfg)
+
+
+__all__ = ["ARCHITECTURES", "Decoder", "KVCache", "ModelStats", "build_model", "model_stats"]

@@ -1,0 +1,87 @@
+"""Parameter counts, FLOPs per token and memory estimates for a decoder.
+
+FLOPs (PaLM appendix B convention): a training token costs 6 N + 12 L d T, where N is the
+number of parameters used in matmuls (blocks + LM head; embedding lookups are free) and the
+second term is attention's QK^T and AV at context T (counted as dense). Inference costs a third.
+
+Memory: weights, gradients and AdamW's two moments are 4 bytes per parameter each in fp32;
+activations kept for backward are about (9 d + 2 d_ff) values per token and layer (norm inputs
+and outputs, q/k/v, attention output and its reshaped copy, MLP hidden before and after GELU;
+fused attention keeps no T x T matrix) plus 3 V per token for logits, log-softmax and their
+gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..config import ModelConfig
+
+BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
+
+
+@dataclass
+class ModelStats:
+    params: int
+    embedding_params: int
+    matmul_params: int
+    n_layer: int
+    d_model: int
+    d_ff: int
+    vocab_size: int
+
+    @property
+    def non_embedding_params(self) -> int:
+        return self.params - self.embedding_params
+
+    def flops_per_token(self, seq_len: int, training: bool = True) -> float:
+        forward = 2 * self.matmul_params + 4 * self.n_layer * self.d_model * seq_len
+        return 3 * forward if training else forward
+
+    def activation_bytes(self, batch_size: int, seq_len: int, dtype: str = "fp32") -> int:
+        per_token = self.n_layer * (9 * self.d_model + 2 * self.d_ff) * BYTES[dtype] + 3 * self.vocab_size * 4
+        return batch_size * seq_len * per_token
+
+    def training_bytes(self, batch_size: int, seq_len: int, dtype: str = "fp32") -> dict[str, int]:
+        """fp32 master weights, gradients and AdamW state, plus activations at (batch, seq)."""
+        parts = {
+            "weights": 4 * self.params,
+            "gradients": 4 * self.params,
+            "optimizer": 8 * self.params,
+            "activations": self.activation_bytes(batch_size, seq_len, dtype),
+        }
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def inference_bytes(self, batch_size: int, seq_len: int, dtype: str = "fp32") -> dict[str, int]:
+        """Weights in `dtype` plus the KV cache for (batch, seq) in `dtype`."""
+        parts = {
+            "weights": BYTES[dtype] * self.params,
+            "kv_cache": 2 * self.n_layer * batch_size * seq_len * self.d_model * BYTES[dtype],
+        }
+        parts["total"] = sum(parts.values())
+        return parts
+
+
+def model_stats(model: nn.Module, cfg: ModelConfig) -> ModelStats:
+    """Count a built model's parameters (tied weights once)."""
+    params = sum(p.numel() for p in model.parameters())
+    embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
+    head = model.get_submodule("head").weight.numel()
+    matmul = params - embedding + (head if cfg.tie_embeddings else 0)
+    return ModelStats(params, embedding, matmul, cfg.n_layer, cfg.d_model, cfg.ff_dim, cfg.vocab_size)
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23M'; with unit 'B' uses binary prefixes (KiB, MiB, GiB)."""
+    if unit == "B":
+        for prefix in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if abs(n) < 1024 or prefix == "TiB":
+                return f"{n:.1f} {prefix}" if prefix != "B" else f"{int(n)} B"
+            n /= 1024
+    for prefix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{prefix}"
+    return f"{n:.0f}"

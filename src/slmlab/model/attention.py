@@ -1,0 +1,103 @@
+"""Causal self-attention with its extension points, and the KV cache.
+
+For a block input h (B, T, d_model), with H heads of width D = d_model / H:
+
+    q, k, v = split(W_qkv h)                       each (B, H, T, D)
+    q, k    = positions.rotate(q, k, t)            (identity for learned positions)
+    v       = value_gate(h, ...) * v               extension point "value gate" (none by default)
+    q, k    = score-term extensions(q, k, h)       extension point "score terms": extra q/k dims
+    k, v    = cache.update(k, v)                   during generation
+    y       = pattern(q, k, v, scale, q_start)     extension point "attention pattern"
+    out     = W_o y                                (B, T, d_model)
+
+Extensions are modules handed to the attention once; `forward` has no branches on variants.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .hooks import HookPoint
+
+
+class KVCache:
+    """Preallocated keys/values of one layer: (B, H, max_len, D_k) and (B, H, max_len, D_v)."""
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.length = 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append (B, H, T, D) keys/values; return all cached ones so far."""
+        if self.k is None:
+            B, H, _, _ = k.shape
+            self.k = k.new_empty(B, H, self.max_len, k.shape[-1])
+            self.v = v.new_empty(B, H, self.max_len, v.shape[-1])
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; cannot append up to {end}")
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class FullCausal(nn.Module):
+    """Pattern "full": query t attends to keys 0..q_start+t (fused SDPA kernels, no T x T tensor
+    in training: only the rare chunked prefill onto a non-empty cache builds a (Tq, Tk) mask)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.dropout = cfg.dropout
+
+    def forward(self, q, k, v, scale: float, q_start: int):
+        dropout = self.dropout if self.training else 0.0
+        Tq, Tk = q.shape[2], k.shape[2]
+        if q_start == 0 or Tq == 1:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=Tq > 1, dropout_p=dropout, scale=scale)
+        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
+
+
+ATTENTION_PATTERNS: dict[str, type[nn.Module]] = {"full": FullCausal}
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, positions: nn.Module,
+                 qk_extensions: list[nn.Module] | None = None, value_gate: nn.Module | None = None):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.proj.residual_projection = True
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.pattern = ATTENTION_PATTERNS[cfg.attention](cfg, layer)
+        self.qk_extensions = nn.ModuleList(qk_extensions or [])
+        self.value_gate = value_gate
+        self._positions = [positions]  # shared with the decoder; a list keeps it out of this module's parameters
+        self.hook_q, self.hook_k, self.hook_v, self.hook_z = HookPoint(), HookPoint(), HookPoint(), HookPoint()
+
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = h.shape
+        q, k, v = self.qkv(h).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self._positions[0].rotate(q, k, positions)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if self.value_gate is not None:
+            v = v * self.value_gate(h)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        for extension in self.qk_extensions:
+            q, k, scale = extension(q, k, h, scale)
+        q_start = 0
+        if cache is not None:
+            q_start = cache.length
+            k, v = cache.update(k, v)
+        y = self.pattern(q, k, v, scale, q_start)
+        y = self.hook_z(y).transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.proj(y))

@@ -1,0 +1,28 @@
+"""One pre-norm transformer block: x + Attn(LN(x)), then + MLP(LN(x))."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .attention import CausalSelfAttention, KVCache
+from .hooks import HookPoint
+from .layers import MLP, build_norm
+
+
+class Block(nn.Module):
+    """(B, T, d_model) -> (B, T, d_model). Hook points: hook_resid_pre, hook_attn_out, hook_mlp_out."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, positions: nn.Module, **attention_extensions):
+        super().__init__()
+        self.ln1 = build_norm(cfg)
+        self.attn = CausalSelfAttention(cfg, layer, positions, **attention_extensions)
+        self.ln2 = build_norm(cfg)
+        self.mlp = MLP(cfg)
+        self.hook_resid_pre, self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint(), HookPoint()
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
+        x = x + self.hook_attn_out(self.attn(self.ln1(x), positions, cache))
+        return x + self.hook_mlp_out(self.mlp(self.ln2(x)))

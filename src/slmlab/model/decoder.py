@@ -1,0 +1,133 @@
+"""The one decoder every slmlab architecture extends.
+
+    x_0 = wte[idx] + positions.embed(t)                 (B, T, d_model)
+    x_l = conditioning(l, x_{l-1}); x_l = Block_l(x_l)  pre-norm blocks, l = 1..n_layer
+    logits = head(norm_f(x_L))                          (B, T, V), head tied to wte by default
+
+Extension points (DESIGN.md section 1): `positions` (a scheme from positions.POSITIONS),
+the attention pattern (attention.ATTENTION_PATTERNS), score terms and a value gate (handed to
+every block's attention through `attention_extensions(layer)`), and residual conditioning
+(`conditioning(layer, x)`, the identity here). A variant subclasses `Decoder` and overrides those
+factories; it never copies the forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .attention import KVCache
+from .block import Block
+from .hooks import HookPoint
+from .layers import build_norm
+from .positions import build_positions
+from .sampling import sample_next
+
+
+class NoConditioning(nn.Module):
+    """Residual conditioning that adds nothing: x -> x for every layer."""
+
+    def forward(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.positions = build_positions(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.conditioning = self.build_conditioning()
+        self.blocks = nn.ModuleList(
+            Block(cfg, layer, self.positions, **self.attention_extensions(layer)) for layer in range(cfg.n_layer)
+        )
+        self.norm_f = build_norm(cfg)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.wte.weight
+        self.hook_embed = HookPoint()
+        self.apply(self._init_weights)
+
+    # ---- extension points, overridden by variants --------------------------------------
+    def attention_extensions(self, layer: int) -> dict:
+        """Keyword arguments for layer `layer`'s attention: `qk_extensions`, `value_gate`."""
+        return {}
+
+    def build_conditioning(self) -> nn.Module:
+        return NoConditioning()
+
+    # ---- model --------------------------------------------------------------------------
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 init: N(0, 0.02); residual projections N(0, 0.02 / sqrt(2 n_layer)); biases 0."""
+        std = self.cfg.init_std
+        if isinstance(module, nn.Linear):
+            scale = 1 / math.sqrt(2 * self.cfg.n_layer) if getattr(module, "residual_projection", False) else 1.0
+            nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                caches: list[KVCache] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, V) and, given targets (B, T), the mean cross-entropy."""
+        B, T = idx.shape
+        start = caches[0].length if caches else 0
+        limit = self.positions.max_positions
+        if limit and start + T > limit:
+            raise ValueError(f"sequence of {start + T} tokens exceeds the {limit} positions this model knows (model.block_size)")
+        positions = torch.arange(start, start + T, device=idx.device)
+        x = self.wte(idx)
+        pos_emb = self.positions.embed(positions)
+        if pos_emb is not None:
+            x = x + pos_emb
+        x = self.drop(self.hook_embed(x))
+        for layer, block in enumerate(self.blocks):
+            x = self.conditioning(layer, x)
+            x = block(x, positions, caches[layer] if caches else None)
+        logits = self.head(self.norm_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True,
+                 stop_token: int | None = None) -> torch.Tensor:
+        """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n).
+
+        With the KV cache, each step runs only the new token. When the context reaches
+        block_size, the cache is rebuilt from the last block_size // 2 tokens (a sliding window)."""
+        if idx.shape[1] == 0:
+            raise ValueError("the prompt is empty: give at least one token")
+        if idx.shape[1] > self.cfg.block_size:
+            raise ValueError(
+                f"the prompt has {idx.shape[1]} tokens but the model's context is {self.cfg.block_size}; shorten it"
+            )
+        was_training = self.training
+        self.eval()
+        caches, pending = None, idx
+        for _ in range(max_new_tokens):
+            if use_cache:
+                if caches is None or caches[0].length + pending.shape[1] > self.cfg.block_size:
+                    window = idx[:, -(self.cfg.block_size // 2 or 1):] if caches is not None else idx
+                    caches = [KVCache(self.cfg.block_size) for _ in self.blocks]
+                    pending = window
+                logits, _ = self(pending, caches=caches)
+            else:
+                logits, _ = self(idx[:, -self.cfg.block_size:])
+            next_id = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+            idx = torch.cat([idx, next_id], dim=1)
+            pending = next_id
+            if stop_token is not None and bool((next_id == stop_token).all()):
+                break
+        self.train(was_training)
+        return idx

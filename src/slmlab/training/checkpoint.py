@@ -1,0 +1,95 @@
+"""Checkpoints: safetensors weights plus a separate training-state file, written atomically.
+
+    <run>/checkpoints/step_000100.safetensors   model weights (tied tensors stored once)
+    <run>/checkpoints/step_000100.state.pt      optimizer, step, tokens, every RNG, sampler position
+    <run>/checkpoints/latest                    the name of the newest complete checkpoint
+    <run>/final.safetensors                     the weights at the end of training
+
+Every file goes to a temp name and is renamed into place; `latest` is rewritten only after both
+files of a checkpoint exist, so a crash mid-write leaves the previous checkpoint as the latest.
+Loading never unpickles code: weights through safetensors, state through
+`torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from ..data import atomic_write_text
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt or does not fit the model; the message says which."""
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    os.chmod(tmp, 0o644)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(path, lambda tmp: save_model(model, tmp, metadata=metadata))
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load safetensors weights into `model`; any mismatch or corruption is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no weights at {path}")
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file ({str(err).splitlines()[0]})") from None
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not fit this model: {str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not fit this model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+
+
+def save_checkpoint(directory: Path, step: int, model: nn.Module, state: dict[str, Any], keep: int) -> Path:
+    """Write step `step`'s weights and training state, point `latest` at it, prune old ones."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:06d}"
+    save_weights(model, directory / f"{name}.safetensors")
+    _atomic(directory / f"{name}.state.pt", lambda tmp: torch.save(state, tmp))
+    atomic_write_text(directory / "latest", name)
+    for old in sorted(directory.glob("step_*.safetensors"))[:-keep]:
+        old.unlink()
+        (directory / old.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
+    return directory / name
+
+
+def latest_checkpoint(directory: Path) -> str | None:
+    pointer = directory / "latest"
+    return pointer.read_text().strip() if pointer.is_file() else None
+
+
+def load_checkpoint(directory: Path, model: nn.Module, name: str | None = None) -> dict[str, Any]:
+    """Load weights of checkpoint `name` (default: latest) into model; return its training state."""
+    name = name or latest_checkpoint(directory)
+    if name is None:
+        raise CheckpointError(f"no checkpoint in {directory} to resume from")
+    load_weights(model, directory / f"{name}.safetensors")
+    try:
+        return torch.load(directory / f"{name}.state.pt", weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory / name}.state.pt is missing") from None
+    except Exception as err:  # unpickling errors of many kinds: report them as corruption
+        raise CheckpointError(f"{directory / name}.state.pt is corrupt ({type(err).__name__})") from None
