@@ -18,7 +18,7 @@ import torch
 from .config import ConfigError, RunConfig, load_config, parse_overrides, resolve_vocab, apply_overrides, config_from_dict
 from .corpora import CorpusError
 from .tokenization import TokenizerError
-from .training.checkpoint import CheckpointError
+from .checkpoint import CheckpointError
 from .training.trainer import TrainingError
 
 EXPECTED_ERRORS = (ConfigError, CorpusError, TokenizerError, CheckpointError, TrainingError)
@@ -290,9 +290,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate config overrides (`--section.key value`, `--section.key=value`, `--out_dir DIR`)
+    from the verb's own arguments, so a value is never taken for a positional argument."""
+    own, overrides, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        key = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+        if "." in key or key == "out_dir":
+            takes_value = "=" not in arg and i + 1 < len(argv)
+            overrides += argv[i : i + 1 + takes_value]
+            i += 1 + takes_value
+        else:
+            own.append(arg)
+            i += 1
+    return own, overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    args, extra = build_parser().parse_known_args(argv)
+    own, extra = split_overrides(sys.argv[1:] if argv is None else list(argv))
+    args = build_parser().parse_args(own)
     try:
         return args.func(args, extra)
     except EXPECTED_ERRORS as err:

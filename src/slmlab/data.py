@@ -246,10 +246,16 @@ class WindowSampler:
         self.starts = np.array([r[0] for r in ranges], dtype=np.int64)
         self.spans = np.array([r[1] - r[0] - seq_len for r in ranges], dtype=np.int64)
 
+    def next_offsets(self) -> np.ndarray:
+        """Start offsets of the next batch's windows, (batch_size,)."""
+        if len(self.names) > 1:
+            stream = self.rng.choice(len(self.names), size=self.batch_size, p=self.probs)
+        else:
+            stream = np.zeros(self.batch_size, dtype=np.int64)
+        return self.starts[stream] + self.rng.integers(0, self.spans[stream])
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        stream = self.rng.choice(len(self.names), size=self.batch_size, p=self.probs) if len(self.names) > 1 else np.zeros(self.batch_size, dtype=np.int64)
-        offsets = self.starts[stream] + self.rng.integers(0, self.spans[stream])
-        return _gather(self.split.tokens, offsets, self.seq_len)
+        return _gather(self.split.tokens, self.next_offsets(), self.seq_len)
 
     def state_dict(self) -> dict:
         return self.rng.bit_generator.state

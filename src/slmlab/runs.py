@@ -20,9 +20,10 @@ from torch import nn
 
 from .config import ConfigError, RunConfig, config_from_dict
 from .data import atomic_write_text
+from .metrics import MetricsLog
 from .model import build_model
 from .tokenization import Tokenizer, load_tokenizer
-from .training.checkpoint import CheckpointError, latest_checkpoint, load_weights
+from .checkpoint import CheckpointError, latest_checkpoint, load_weights
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class RunDir:
         except json.JSONDecodeError:
             raise ConfigError(f"{self.config} is not valid JSON") from None
         return config_from_dict(values)
+
+    def read_metrics(self) -> list[dict]:
+        return MetricsLog(self.metrics).read()
 
     def read_summary(self) -> dict:
         return json.loads(self.summary.read_text()) if self.summary.is_file() else {}

@@ -87,7 +87,8 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def train(cls, texts: Iterable[str]) -> CharTokenizer:
-        charset: set[str] = set()
+        """The character set of `texts`, plus the newline that separates documents."""
+        charset: set[str] = {"\n"}
         for text in texts:
             charset.update(text)
         return cls("".join(charset))

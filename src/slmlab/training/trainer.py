@@ -27,8 +27,8 @@ from ..model import build_model, model_stats
 from ..runs import RunDir
 from ..runtime import autocast, peak_memory_bytes, resolve_device, rng_state, seed_everything, set_rng_state
 from ..tokenization import load_tokenizer
-from .checkpoint import load_checkpoint, save_checkpoint, save_weights
-from .metrics import MetricsLog
+from ..checkpoint import load_checkpoint, save_checkpoint, save_weights
+from ..metrics import MetricsLog
 from .optim import build_optimizer, lr_at
 
 log = logging.getLogger("slmlab")

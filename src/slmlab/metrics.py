@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from ..data import atomic_write_text
+from .data import atomic_write_text
 
 
 def _clean(value):

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from ..data import atomic_write_text
+from .data import atomic_write_text
 
 
 class CheckpointError(RuntimeError):

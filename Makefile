@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine (see README.md):
+#   make quickstart   install everything, then train the quickstart model on Shakespeare
+#   make test         install everything, fetch the bundled corpora, then run the test suite
+# TORCH_SPEC pins the torch build installed before slmlab itself (here: the local CPU wheel);
+# override it for another build, e.g. make test TORCH_SPEC="torch==2.13.0 --index-url ...".
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install quickstart test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+quickstart: install
+	$(BIN)/slmlab train configs/quickstart.toml --overwrite
+
+test: install
+	$(BIN)/slmlab data download
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

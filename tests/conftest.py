@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny configs and small corpora written to a temp directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from slmlab.config import RunConfig, config_from_dict
+
+torch.set_num_threads(2)
+
+LINES = [
+    "ROMEO:\nBut soft, what light through yonder window breaks?",
+    "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?",
+    "HAMLET:\nTo be, or not to be, that is the question.",
+    "MACBETH:\nTomorrow, and tomorrow, and tomorrow, creeps in this petty pace.",
+]
+
+
+@pytest.fixture
+def text_corpus(tmp_path):
+    """A directory of 12 small text documents in two genre folders."""
+    root = tmp_path / "corpus"
+    for i in range(12):
+        folder = root / ("verse" if i % 2 else "prose")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"doc{i:02d}.txt").write_text("\n\n".join(LINES[(i + j) % 4] for j in range(40)) + f"\nEnd {i}.\n")
+    return root
+
+
+@pytest.fixture
+def jsonl_corpus(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    records = [{"id": f"d{i}", "text": f"Document {i}. " + LINES[i % 4] * 20, "year": 1900 + 10 * i} for i in range(10)]
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return path
+
+
+def tiny_config(source, tmp_path, **sections) -> RunConfig:
+    """A 2-layer, 32-wide model on `source`, training a few steps; sections override fields."""
+    values = {
+        "name": "tiny", "out_dir": str(tmp_path / "runs"),
+        "model": {"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 64},
+        "data": {"source": str(source), "tokenizer": "char", "seq_len": 32, "cache_dir": str(tmp_path / "cache")},
+        "train": {"steps": 20, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "eval_every": 10, "eval_batches": 2,
+                  "log_every": 5, "checkpoint_every": 10, "sample_tokens": 0},
+    }
+    for section, fields in sections.items():
+        values[section].update(fields)
+    return config_from_dict(values)
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    return lambda source, **sections: tiny_config(source, tmp_path, **sections)

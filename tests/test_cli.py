@@ -1,0 +1,77 @@
+"""The `slmlab` command end to end, on a small slice of the default (Shakespeare) corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from slmlab.cli import build_parser, main
+
+QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.toml")
+SMALL = ["--data.max_documents", "4", "--model.n_layer", "2", "--model.d_model", "64", "--model.n_head", "2",
+         "--data.seq_len", "64", "--train.batch_size", "16", "--train.eval_every", "20", "--train.eval_batches", "4",
+         "--train.warmup_steps", "5", "--train.checkpoint_every", "0", "--train.sample_tokens", "40"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    code = main(["train", QUICKSTART, *SMALL, "--train.steps", "80", "--out_dir", str(out), "--name", "e2e", "--no-progress"])
+    assert code == 0
+    return out / "e2e"
+
+
+def test_train_on_the_default_corpus_lowers_validation_loss(trained_run, capsys):
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    vocab = json.loads((trained_run / "config.json").read_text())["model"]["vocab_size"]
+    assert len(val) == 4 and val[-1] < val[0] - 0.3
+    assert records[-1]["val_ppl"] < vocab / 3
+    for name in ("config.json", "metrics.jsonl", "tokenizer.json", "final.safetensors", "summary.json"):
+        assert (trained_run / name).is_file()
+
+
+def test_generate_eval_and_info_on_a_run(trained_run, capsys):
+    assert main(["generate", str(trained_run), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("ROMEO:") and len(first.strip()) >= 30
+    main(["generate", str(trained_run), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1"])
+    assert capsys.readouterr().out == first  # reproducible under the same seed
+    assert main(["eval", str(trained_run), "--batches", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ppl"] > 1 and result["source"] == "shakespeare"
+    assert main(["info", str(trained_run)]) == 0
+    assert "parameters" in capsys.readouterr().out
+
+
+def test_user_errors_are_one_line(trained_run, capsys, tmp_path):
+    cases = [
+        (["train", QUICKSTART, "--model.n_layr", "3"], "unknown config key 'model.n_layr' (did you mean 'n_layer'?)"),
+        (["train", QUICKSTART, "--data.source", str(tmp_path / "none.txt")], "neither a built-in corpus"),
+        (["generate", str(trained_run), "--prompt", "x" * 300], "--prompt is 300 tokens but the model's context is 256"),
+        (["generate", str(tmp_path), "--prompt", "hi"], "is not a run directory (no config.json)"),
+        (["train", "--resume", str(trained_run), "--model.n_layer", "3"], "only --train.steps can change"),
+        (["data", "download", "wikipedia"], "unknown download 'wikipedia'"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+
+
+def test_every_verb_has_help_with_examples(capsys):
+    verbs = [["train"], ["eval"], ["generate"], ["info"], ["diagnose"], ["data", "prepare"], ["data", "download"], ["tokenizer", "train"]]
+    for verb in verbs:
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args([*verb, "--help"])
+        assert exit_info.value.code == 0
+        assert "examples:" in capsys.readouterr().out
+
+
+def test_diagnose_passes_on_a_small_model(capsys):
+    argv = ["diagnose", QUICKSTART, *SMALL, "--model.d_model", "32", "--data.seq_len", "32", "--steps", "300"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[PASS] loss at init" in out and "[PASS] overfit one batch" in out and "ln V = " in out

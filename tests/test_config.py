@@ -1,0 +1,78 @@
+"""Typed configs: TOML loading, dotted overrides, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from slmlab.config import ConfigError, load_config, parse_overrides
+
+
+@pytest.fixture
+def toml_file(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('[model]\nn_layer = 2\nd_model = 64\nn_head = 4\n\n[data]\nseq_len = 64\n\n[train]\nsteps = 10\n')
+    return path
+
+
+def test_toml_values_and_defaults_are_loaded(toml_file):
+    cfg = load_config(toml_file)
+    assert cfg.name == "exp" and cfg.model.n_layer == 2 and cfg.model.d_model == 64
+    assert cfg.train.steps == 10 and cfg.model.ff_dim == 256 and cfg.model.head_dim == 16
+
+
+def test_dotted_overrides_of_every_kind(toml_file):
+    cfg = load_config(toml_file, ["--model.n_layer", "4", "--train.lr=3e-4", "--data.genres", '["J", "E"]',
+                                  "--model.tie_embeddings", "false", "--data.source", "brown", "--data.mixture.J", "2"])
+    assert cfg.model.n_layer == 4 and cfg.train.lr == 3e-4 and cfg.data.genres == ["J", "E"]
+    assert cfg.model.tie_embeddings is False and cfg.data.source == "brown" and cfg.data.mixture == {"J": 2.0}
+
+
+def test_single_value_for_a_list_becomes_a_list(toml_file):
+    assert load_config(toml_file, ["--data.genres", "R"]).data.genres == ["R"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--model.n_layr", "4"], "unknown config key 'model.n_layr' (did you mean 'n_layer'?)"),
+        (["--trian.steps", "4"], "unknown config key 'trian' (did you mean 'train'?)"),
+        (["--model.n_layer", "four"], "model.n_layer: expected int, got str 'four'"),
+        (["--model.n_layer", "2.5"], "model.n_layer: expected int, got float 2.5"),
+        (["--model.d_model", "66"], "model.d_model = 66 is not divisible by model.n_head = 4"),
+        (["--data.seq_len", "512"], "data.seq_len = 512 exceeds model.block_size = 256"),
+        (["--model.norm", "rmsnrom"], "model.norm = 'rmsnrom' is not one of layernorm, rmsnorm (did you mean 'rmsnorm'?)"),
+        (["--train.steps", "0"], "train.steps must be > 0, got 0"),
+        (["--model.dropout", "1.5"], "model.dropout must be in [0, 1), got 1.5"),
+        (["--data.val_fraction", "0"], "data.val_fraction must be in (0, 1), got 0"),
+        (["--data.tokenizer", "wordpiece"], "data.tokenizer = 'wordpiece' is not one of byte, char, bpe, gpt2"),
+        (["--model.n_layer.x", "1"], "cannot set 'model.n_layer.x': 'n_layer' is not a section"),
+        (["--data.mixture.J", "-1"], "data.mixture.J must be >= 0, got -1.0"),
+    ],
+)
+def test_bad_values_are_rejected_in_one_line_naming_the_key(toml_file, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(toml_file, overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_override_syntax_and_missing_files(tmp_path, toml_file):
+    with pytest.raises(ConfigError, match="expected an override like"):
+        parse_overrides(["model.n_layer", "4"])
+    with pytest.raises(ConfigError, match="has no value"):
+        parse_overrides(["--model.n_layer"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[model\nn_layer = 2")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(broken)
+
+
+def test_shipped_presets_load_and_are_valid():
+    from pathlib import Path
+
+    presets = sorted(Path(__file__).parents[1].glob("configs/*.toml"))
+    assert presets, "configs/ has no presets"
+    for preset in presets:
+        load_config(preset)

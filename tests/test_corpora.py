@@ -1,0 +1,109 @@
+"""Corpus loaders: the real Shakespeare and Brown corpora (fetched as users fetch them) and local files."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from slmlab.config import DataConfig
+from slmlab.corpora import CorpusError, DocumentSelection
+from slmlab.corpora.brown import detokenize
+from slmlab.corpora.shakespeare import clean_play
+
+
+@pytest.fixture(scope="module")
+def shakespeare():
+    return list(DocumentSelection(DataConfig(source="shakespeare")))
+
+
+@pytest.fixture(scope="module")
+def brown():
+    return list(DocumentSelection(DataConfig(source="brown")))
+
+
+def test_shakespeare_has_38_plays_in_six_groups_with_metadata(shakespeare):
+    assert len(shakespeare) == 38
+    assert {d.genre for d in shakespeare} == {"comedies", "histories", "problems", "roman", "romances", "tragedies"}
+    hamlet = next(d for d in shakespeare if d.id.endswith("/hamlet"))
+    assert hamlet.genre == "tragedies" and hamlet.year == 1601 and "Hamlet" in hamlet.title
+    assert sum(d.year is None for d in shakespeare) == 1  # Timon of Athens: no recorded performance
+    assert 4_000_000 < sum(len(d.text) for d in shakespeare) < 5_300_000
+
+
+def test_shakespeare_markup_is_stripped_and_speakers_kept(shakespeare):
+    text = "".join(d.text for d in shakespeare)
+    assert not re.search(r"[*_#\\\[\]]", text)
+    assert "\nHAMLET:\nTo be, or not to be: that is the question:\n" in text
+    assert "Enter" not in next(d for d in shakespeare if d.id.endswith("/macbeth")).text.splitlines()[0]
+
+
+def test_clean_play_on_a_known_snippet():
+    markdown = ("# Play\n\n## ACT I\n\n### SCENE I. A heath.\n\n_Thunder. Enter two\nWitches_\n\n"
+                "**First Witch**  \n__\\[Aside]_  \nWhen shall we  \nmeet \\-- again?\n\n*Exeunt.*\n\n"
+                "**ALL**  \nFair is _\\[foul]_ and foul is fair.\n")
+    assert clean_play(markdown) == "First Witch:\nWhen shall we\nmeet -- again?\n\nALL:\nFair is foul and foul is fair.\n"
+
+
+def test_brown_has_500_documents_in_15_genres_without_tags(brown):
+    assert len(brown) == 500
+    assert len({d.genre for d in brown}) == 15 and all(d.year == 1961 for d in brown)
+    text = "".join(d.text for d in brown[:50])
+    assert not re.search(r"\w/(nn|at|vbd|in)\b", text) and "``" not in text and "''" not in text
+    first = brown[0]
+    assert first.id == "brown/ca01" and first.genre == "A" and "press: reportage" in first.title
+    assert first.text.startswith("The Fulton County Grand Jury said Friday an investigation of Atlanta's")
+    assert '"no evidence" that any irregularities took place.' in first.text
+    assert "\n\n" in first.text  # paragraphs kept
+    assert 1_000_000 < sum(len(d.text.split()) for d in brown) < 1_300_000
+
+
+def test_detokenize_rebuilds_spacing_and_quotes():
+    tagged = "He/pps said/vbd ``/`` yes/rb ''/'' ,/, (/( twice/rb )/) ;/. it's/pps+bez n't/* ./."
+    assert detokenize(tagged) == 'He said "yes", (twice); it\'sn\'t.'
+
+
+def test_genre_filter_selects_streams_by_letter_or_name():
+    learned = list(DocumentSelection(DataConfig(source="brown", genres=["J", "humor"])))
+    assert {d.genre for d in learned} == {"J", "R"} and len(learned) == 80 + 9
+    tragedies = list(DocumentSelection(DataConfig(source="shakespeare", genres=["tragedies"])))
+    assert len(tragedies) == 6 and {d.genre for d in tragedies} == {"tragedies"}
+    with pytest.raises(CorpusError, match="'Z' is not a genre of brown"):
+        DocumentSelection(DataConfig(source="brown", genres=["Z"]))
+
+
+def test_year_cut_off_drops_later_documents_and_counts_them():
+    selection = DocumentSelection(DataConfig(source="shakespeare", max_year=1600))
+    kept = list(selection)
+    assert all(d.year is None or d.year <= 1600 for d in kept)
+    later = sum(1 for d in DocumentSelection(DataConfig(source="shakespeare")) if d.year and d.year > 1600)
+    assert selection.dropped_by_year == later > 0
+    strict = DocumentSelection(DataConfig(source="shakespeare", max_year=1600, allow_unknown_year=False))
+    assert all(d.year is not None for d in strict) and strict.dropped_unknown_year == 1
+    with pytest.raises(CorpusError, match="no documents left"):
+        list(DocumentSelection(DataConfig(source="brown", max_year=1950)))
+
+
+def test_local_text_directory_and_jsonl(text_corpus, jsonl_corpus):
+    docs = list(DocumentSelection(DataConfig(source=str(text_corpus))))
+    assert len(docs) == 12 and {d.genre for d in docs} == {"prose", "verse"} and all(d.year is None for d in docs)
+    glob_docs = list(DocumentSelection(DataConfig(source=str(text_corpus / "verse" / "*.txt"))))
+    assert len(glob_docs) == 6
+    selection = DocumentSelection(DataConfig(source=str(jsonl_corpus), max_year=1950))
+    years = [d.year for d in selection]
+    assert years == [1900, 1910, 1920, 1930, 1940, 1950] and selection.dropped_by_year == 4
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: str(p / "nothing-here.txt"), "neither a built-in corpus"),
+        (lambda p: (p / "empty.txt").write_text("   \n") and str(p / "empty.txt"), "contains no text"),
+        (lambda p: (p / "latin1.txt").write_bytes("caf\xe9".encode("latin-1")) and str(p / "latin1.txt"), "is not UTF-8 text"),
+        (lambda p: (p / "d").mkdir() or str(p / "d"), "matches no .txt, .md or .jsonl files"),
+        (lambda p: (p / "x.jsonl").write_text('{"body": "hi"}\n') and str(p / "x.jsonl"), "no string field 'text'"),
+    ],
+)
+def test_bad_sources_are_clear_errors(tmp_path, setup, message):
+    with pytest.raises(CorpusError, match=message):
+        list(DocumentSelection(DataConfig(source=setup(tmp_path))))

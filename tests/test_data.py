@@ -1,0 +1,108 @@
+"""Token files: built once and reused through the manifest, split by document, sampled deterministically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from slmlab import data as data_module
+from slmlab.config import DataConfig
+from slmlab.corpora import CorpusError
+from slmlab.data import WindowSampler, prepare_tokens, token_dtype, validation_batches
+
+
+def _data(source, tmp_path, **fields):
+    return DataConfig(source=str(source), tokenizer="char", seq_len=16, cache_dir=str(tmp_path / "cache"), **fields)
+
+
+def test_token_files_are_reused_through_the_manifest(text_corpus, tmp_path, monkeypatch):
+    cfg = _data(text_corpus, tmp_path)
+    tokenizer, first = prepare_tokens(cfg)
+    manifest = first.manifest
+    assert manifest["documents"] == {"train": 10, "val": 2} and manifest["tokenizer_digest"] == tokenizer.digest()
+    assert manifest["tokens"]["train"] == len(first.train) and first.train.tokens.dtype == np.uint16
+    monkeypatch.setattr(data_module, "_build_token_files", lambda *a: pytest.fail("token files were rebuilt"))
+    _, second = prepare_tokens(cfg)
+    assert second.directory == first.directory and np.array_equal(second.train.tokens, first.train.tokens)
+
+
+def test_changing_the_corpus_or_tokenizer_builds_new_files(text_corpus, tmp_path):
+    cfg = _data(text_corpus, tmp_path)
+    _, first = prepare_tokens(cfg)
+    bytes_cfg = _data(text_corpus, tmp_path)
+    bytes_cfg.tokenizer = "byte"
+    _, as_bytes = prepare_tokens(bytes_cfg)
+    assert as_bytes.directory != first.directory
+    (text_corpus / "prose" / "doc00.txt").write_text("changed text " * 200)
+    _, changed = prepare_tokens(cfg)
+    assert changed.directory != first.directory
+
+
+def test_split_is_by_whole_documents_and_decodes_to_the_text(text_corpus, tmp_path):
+    tokenizer, data = prepare_tokens(_data(text_corpus, tmp_path))
+    val_text = tokenizer.decode(data.val.tokens.tolist())
+    train_text = tokenizer.decode(data.train.tokens.tolist())
+    endings = {f"End {i}." for i in range(12)}
+    in_val = {e for e in endings if e in val_text}
+    in_train = {e for e in endings if e in train_text}
+    assert len(in_val) == 2 and in_val.isdisjoint(in_train) and in_val | in_train == endings
+    assert set(data.train.streams) == {"prose", "verse"}
+
+
+def test_single_document_corpus_is_split_by_position(tmp_path):
+    path = tmp_path / "one.txt"
+    path.write_text("abcdefghij" * 100)
+    _, data = prepare_tokens(_data(path, tmp_path, val_fraction=0.2))
+    assert len(data.val) == pytest.approx(0.2 * (len(data.train) + len(data.val)), abs=2)
+
+
+def test_sampler_is_deterministic_and_resumable(text_corpus, tmp_path):
+    _, data = prepare_tokens(_data(text_corpus, tmp_path))
+    a, b = (WindowSampler(data.train, 16, 4, seed=7) for _ in range(2))
+    for _ in range(3):
+        xa, ya = a.next_batch()
+        xb, yb = b.next_batch()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert torch.equal(xa[:, 1:], ya[:, :-1]) and xa.dtype == torch.int64 and xa.shape == (4, 16)
+    state = a.state_dict()
+    expected = a.next_batch()
+    c = WindowSampler(data.train, 16, 4, seed=99)
+    c.load_state_dict(state)
+    assert torch.equal(c.next_batch()[0], expected[0])
+    assert not torch.equal(WindowSampler(data.train, 16, 4, seed=8).next_batch()[0], WindowSampler(data.train, 16, 4, seed=7).next_batch()[0])
+
+
+def test_windows_are_real_slices_of_the_token_file(text_corpus, tmp_path):
+    _, data = prepare_tokens(_data(text_corpus, tmp_path))
+    tokens = np.asarray(data.train.tokens)
+    x, y = WindowSampler(data.train, 16, 8, seed=1).next_batch()
+    for row_x, row_y in zip(x.numpy(), y.numpy()):
+        starts = np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(tokens, 17) == np.append(row_x, row_y[-1]), axis=1))
+        assert len(starts) >= 1
+
+
+def test_mixture_weights_are_respected(text_corpus, tmp_path):
+    _, data = prepare_tokens(_data(text_corpus, tmp_path))
+    sampler = WindowSampler(data.train, 16, 4000, seed=3, mixture={"prose": 3.0, "verse": 1.0})
+    prose_start, prose_end = data.train.streams["prose"]
+    offsets = sampler.next_offsets()
+    in_prose = (offsets >= prose_start) & (offsets + 17 <= prose_end)
+    in_verse = (offsets >= data.train.streams["verse"][0]) & (offsets + 17 <= data.train.streams["verse"][1])
+    assert np.all(in_prose | in_verse)  # a window never crosses out of its stream
+    assert abs(in_prose.mean() - 0.75) < 0.03
+    with pytest.raises(CorpusError, match="unknown stream"):
+        WindowSampler(data.train, 16, 4, seed=3, mixture={"poetry": 1.0})
+
+
+def test_validation_sample_is_fixed_and_too_short_split_is_an_error(text_corpus, tmp_path):
+    _, data = prepare_tokens(_data(text_corpus, tmp_path))
+    first = [x for x, _ in validation_batches(data.val, 16, 4, 3)]
+    second = [x for x, _ in validation_batches(data.val, 16, 4, 3)]
+    assert len(first) == 3 and all(torch.equal(a, b) for a, b in zip(first, second))
+    with pytest.raises(CorpusError, match="validation split has"):
+        list(validation_batches(data.val, len(data.val) + 5, 4, 3))
+
+
+def test_token_dtype_fits_the_vocabulary():
+    assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32

@@ -1,0 +1,127 @@
+"""The decoder backbone: causal, cache-consistent, sensibly initialised, trainable."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from slmlab.config import ModelConfig
+from slmlab.model import KVCache, build_model, model_stats
+from slmlab.model.sampling import sample_next
+
+V = 61
+
+
+def tiny(**fields) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=V, n_layer=2, n_head=4, d_model=32, block_size=48, **fields)
+    return build_model(cfg).eval()
+
+
+@pytest.mark.parametrize("fields", [{}, {"norm": "rmsnorm"}, {"bias": False, "tie_embeddings": False}])
+def test_changing_a_future_token_never_changes_earlier_logits(fields):
+    model = tiny(**fields).double()
+    idx = torch.randint(0, V, (3, 40))
+    base, _ = model(idx)
+    for t in (0, 17, 38):
+        changed = idx.clone()
+        changed[:, t + 1] = (changed[:, t + 1] + 1 + torch.arange(3)) % V
+        logits, _ = model(changed)
+        assert torch.equal(logits[:, : t + 1], base[:, : t + 1])
+        assert not torch.allclose(logits[:, t + 1], base[:, t + 1])
+
+
+def test_cached_decoding_equals_full_recomputation():
+    model = tiny().double()
+    idx = torch.randint(0, V, (2, 30))
+    full, _ = model(idx)
+    caches = [KVCache(48) for _ in model.blocks]
+    prefill, _ = model(idx[:, :12], caches=caches)
+    steps = [model(idx[:, t : t + 1], caches=caches)[0] for t in range(12, 22)]
+    chunk, _ = model(idx[:, 22:30], caches=caches)  # chunked prefill onto a non-empty cache
+    cached = torch.cat([prefill, *steps, chunk], dim=1)
+    torch.testing.assert_close(cached, full, rtol=1e-10, atol=1e-10)
+
+
+def test_generate_with_cache_matches_generate_without():
+    model = tiny()
+    prompt = torch.randint(0, V, (2, 5))
+    with_cache = model.generate(prompt, 60, temperature=0)  # runs past block_size: sliding window
+    without = model.generate(prompt, 43, temperature=0, use_cache=False)
+    assert with_cache.shape == (2, 65)
+    assert torch.equal(with_cache[:, :48], without[:, :48])
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(model.generate(prompt, 20, generator=g1, top_k=10), model.generate(prompt, 20, generator=g2, top_k=10, use_cache=False))
+
+
+def test_too_long_prompt_is_a_clear_error():
+    with pytest.raises(ValueError, match="prompt has 49 tokens but the model's context is 48"):
+        tiny().generate(torch.zeros(1, 49, dtype=torch.long), 1)
+    with pytest.raises(ValueError, match="exceeds the 48 positions"):
+        tiny()(torch.zeros(1, 49, dtype=torch.long))
+
+
+def test_loss_at_init_is_close_to_ln_vocab():
+    model = tiny()
+    idx, targets = torch.randint(0, V, (2, 8, 32))
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(V)) < 0.1
+
+
+def test_one_batch_can_be_overfitted():
+    model = tiny().train()
+    idx = torch.randint(0, V, (4, 32))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    for _ in range(150):
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1
+
+
+def test_parameter_count_matches_the_formula():
+    d, L, f, T = 32, 2, 128, 48
+    per_layer = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d)  # 2 norms, qkv, proj, fc, proj
+    expected = V * d + T * d + L * per_layer + 2 * d
+    stats = model_stats(tiny(), tiny().cfg)
+    assert stats.params == expected and stats.embedding_params == V * d + T * d
+    assert stats.flops_per_token(T) == 6 * (expected - T * d) + 12 * L * d * T
+    untied = tiny(tie_embeddings=False)
+    assert model_stats(untied, untied.cfg).params == expected + V * d
+
+
+def test_residual_projections_get_the_scaled_init():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=V, n_layer=8, d_model=256, n_head=4))
+    std = model.blocks[0].mlp.proj.weight.std().item()
+    assert abs(std - 0.02 / math.sqrt(16)) < 0.0005 and abs(model.blocks[0].mlp.fc.weight.std().item() - 0.02) < 0.001
+
+
+def test_hook_points_can_read_and_replace_activations():
+    model = tiny()
+    idx = torch.randint(0, V, (1, 10))
+    seen = {}
+    handle = model.blocks[1].hook_attn_out.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+    base, _ = model(idx)
+    handle.remove()
+    assert seen["out"].shape == (1, 10, 32)
+    handle = model.blocks[1].hook_attn_out.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+    ablated, _ = model(idx)
+    handle.remove()
+    assert not torch.allclose(base, ablated)
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    assert sample_next(logits, temperature=0).item() == 3
+    draws = {sample_next(logits, top_k=2, generator=torch.Generator().manual_seed(s)).item() for s in range(50)}
+    assert draws == {2, 3}
+    probs = logits.softmax(-1)[0]  # 0.032, 0.087, 0.237, 0.644: top_p 0.7 keeps {3, 2}
+    assert probs[3] < 0.7
+    draws = {sample_next(logits, top_p=0.7, generator=torch.Generator().manual_seed(s)).item() for s in range(50)}
+    assert draws == {2, 3}
+    draws = {sample_next(logits, top_p=0.5, generator=torch.Generator().manual_seed(s)).item() for s in range(20)}
+    assert draws == {3}

@@ -1,0 +1,76 @@
+"""Tokenizers: exact round trips (with special tokens), saving and loading, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from slmlab.config import DataConfig
+from slmlab.tokenization import (
+    BPETokenizer, ByteTokenizer, CharTokenizer, GPT2Tokenizer, TokenizerError, load_tokenizer, train_tokenizer,
+)
+
+TEXT = "ROMEO:\n  But soft!  what light, through yonder window breaks?\n\n\tIt is the east — and Juliet is the sun.\n"
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    corpus = [TEXT * 3, "To be, or not to be, that is the question.\n" * 5, "café naïve résumé 1961\n"]
+    return BPETokenizer.train(iter(corpus * 20), vocab_size=400)
+
+
+def test_byte_tokenizer_round_trips_any_text():
+    tok = ByteTokenizer()
+    ids = tok.encode(TEXT)
+    assert tok.vocab_size == 256 and max(ids) < 256 and tok.decode(ids) == TEXT
+    assert tok.separator_ids() == list(b"\n\n")
+
+
+def test_char_tokenizer_round_trips_and_rejects_unknown_characters():
+    tok = CharTokenizer.train([TEXT])
+    assert tok.vocab_size == len(set(TEXT)) and "\n" in tok.chars and tok.decode(tok.encode(TEXT)) == TEXT
+    assert tok.encode(" !") == [sorted(set(TEXT)).index(" "), sorted(set(TEXT)).index("!")]
+    with pytest.raises(TokenizerError, match="not in the tokenizer's vocabulary: 'Z'"):
+        tok.encode("Zebra")
+
+
+def test_bpe_restores_spacing_and_special_tokens(bpe):
+    assert bpe.vocab_size <= 400 and [bpe.tok.token_to_id(t) for t in ("[UNK]", "[PAD]", "[BOS]", "[EOS]")] == [0, 1, 2, 3]
+    ids = bpe.encode(TEXT)
+    assert len(ids) < len(TEXT.encode()) and bpe.decode(ids) == TEXT
+    with_special = "[BOS]first doc[EOS]second  doc[EOS]"
+    ids = bpe.encode(with_special)
+    assert ids[0] == 2 and ids.count(3) == 2 and bpe.decode(ids) == with_special
+    assert bpe.separator_ids() == [3]
+
+
+@pytest.mark.parametrize("make", [ByteTokenizer, lambda: CharTokenizer.train([TEXT])])
+def test_saved_tokenizers_load_back_identically(tmp_path, bpe, make):
+    for tok in (make(), bpe):
+        tok.save(tmp_path / "tokenizer.json")
+        loaded = load_tokenizer(tmp_path / "tokenizer.json")
+        assert type(loaded) is type(tok) and loaded.encode(TEXT) == tok.encode(TEXT) and loaded.digest() == tok.digest()
+
+
+def test_corrupt_or_missing_tokenizer_file_is_a_clear_error(tmp_path):
+    with pytest.raises(TokenizerError, match="no tokenizer at"):
+        load_tokenizer(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(TokenizerError, match="not valid JSON"):
+        load_tokenizer(tmp_path / "bad.json")
+
+
+def test_gpt2_tokenizer_needs_its_local_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    with pytest.raises(TokenizerError, match="data.tiktoken_file: no file at"):
+        train_tokenizer(DataConfig(tokenizer="gpt2", tiktoken_file=str(tmp_path / "missing.tiktoken")), [])
+    (tmp_path / "wrong.tiktoken").write_text("not the gpt2 file")
+    with pytest.raises(TokenizerError, match="is not GPT-2's r50k_base file"):
+        GPT2Tokenizer(tmp_path / "wrong.tiktoken")
+
+
+def test_gpt2_tokenizer_matches_known_ids():
+    from slmlab.corpora.fetch import fetch_gpt2_tokenizer
+
+    tok = GPT2Tokenizer(fetch_gpt2_tokenizer())
+    assert tok.vocab_size == 50257 and tok.encode("Hello world") == [15496, 995]
+    assert tok.encode("<|endoftext|>") == [50256] and tok.decode(tok.encode(TEXT)) == TEXT

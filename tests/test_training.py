@@ -1,0 +1,171 @@
+"""The training loop: exact resume, crash-safe checkpoints, non-finite steps, metrics, schedule."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from slmlab.config import TrainConfig
+from slmlab.runs import RunDir, load_run
+from slmlab.training import CheckpointError, Trainer, TrainingError, train
+from slmlab import checkpoint as checkpoint_module
+from slmlab.training.optim import lr_at, param_groups
+
+
+def test_resume_is_bit_exact(text_corpus, make_config):
+    straight = make_config(text_corpus, model={"dropout": 0.1}, train={"steps": 20, "checkpoint_every": 10})
+    straight.name = "straight"
+    train(straight, progress=False)
+
+    halves = make_config(text_corpus, model={"dropout": 0.1}, train={"steps": 20, "checkpoint_every": 10})
+    halves.name = "halves"
+    interrupted = Trainer(halves, progress=False)
+    real_next_batch = interrupted.sampler.next_batch
+
+    def crash_in_step_11():
+        if interrupted.step == 10:
+            raise KeyboardInterrupt  # the process dies after the step-10 checkpoint
+        return real_next_batch()
+
+    interrupted.sampler.next_batch = crash_in_step_11
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    assert not RunDir.for_config(halves).final_weights.exists()
+    train(halves, resume=True, progress=False)
+
+    a = load_file(RunDir.for_config(straight).final_weights)
+    b = load_file(RunDir.for_config(halves).final_weights)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [r["step"] for r in RunDir.for_config(halves).read_metrics()]
+    assert steps == sorted(set(steps)) and steps[-1] == 20  # no duplicated records after resume
+    losses_a = [r["loss"] for r in RunDir.for_config(straight).read_metrics()]
+    losses_b = [r["loss"] for r in RunDir.for_config(halves).read_metrics()]
+    assert losses_a == losses_b
+
+
+def test_run_directory_layout_and_metrics(text_corpus, make_config):
+    cfg = make_config(text_corpus)
+    result = train(cfg, progress=False)
+    run = RunDir.for_config(cfg)
+    for path in (run.config, run.metrics, run.tokenizer, run.final_weights, run.summary):
+        assert path.is_file(), path
+    assert json.loads(run.config.read_text())["model"]["vocab_size"] == cfg.model.vocab_size > 0
+    records = run.read_metrics()
+    assert [r["step"] for r in records] == [5, 10, 15, 20]
+    for key in ("step", "tokens", "loss", "lr", "grad_norm", "dt_ms", "tokens_per_s", "nan_skips"):
+        assert all(key in r for r in records), key
+    evaluated = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evaluated] == [10, 20]
+    assert all(r["val_ppl"] == pytest.approx(math.exp(r["val_loss"])) for r in evaluated)
+    assert records[-1]["tokens"] == 20 * 8 * 32
+    assert result.val_loss == pytest.approx(evaluated[-1]["val_loss"])
+    summary = json.loads(run.summary.read_text())
+    assert summary["params"] > 0 and summary["peak_memory_bytes"] > 0
+    _, model, tokenizer = load_run(run.path)
+    assert model.cfg.vocab_size == tokenizer.vocab_size
+
+
+def test_an_existing_run_is_never_overwritten_silently(text_corpus, make_config):
+    from slmlab.config import ConfigError
+
+    cfg = make_config(text_corpus, train={"steps": 5, "eval_every": 5})
+    train(cfg, progress=False)
+    with pytest.raises(ConfigError, match="already holds a run; resume it with --resume"):
+        train(cfg, progress=False)
+    train(cfg, overwrite=True, progress=False)
+
+
+def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(text_corpus, make_config, monkeypatch):
+    cfg = make_config(text_corpus, train={"steps": 20, "checkpoint_every": 10})
+    trainer = Trainer(cfg, progress=False)
+    real_save = checkpoint_module.save_model
+    calls = {"n": 0}
+
+    def crash_on_second(model, path, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            with open(path, "wb") as handle:
+                handle.write(b"half a file")
+            raise OSError("disk full (simulated)")
+        return real_save(model, path, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint_module, "save_model", crash_on_second)
+    with pytest.raises(OSError, match="simulated"):
+        trainer.fit()
+    run = RunDir.for_config(cfg)
+    assert checkpoint_module.latest_checkpoint(run.checkpoints) == "step_000010"
+    assert not list(run.checkpoints.glob("step_000020*")) and not list(run.checkpoints.glob(".*"))
+    monkeypatch.setattr(checkpoint_module, "save_model", real_save)
+    resumed = Trainer(cfg, resume=True, progress=False)
+    assert resumed.step == 10
+    assert resumed.fit().step == 20
+
+
+def test_corrupt_or_mismatched_checkpoints_are_clear_errors(text_corpus, make_config, tmp_path):
+    cfg = make_config(text_corpus, train={"steps": 10})
+    train(cfg, progress=False)
+    run = RunDir.for_config(cfg)
+    weights = run.checkpoints / "step_000010.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="is corrupt or not a safetensors file"):
+        Trainer(cfg, resume=True, progress=False)
+    (run.checkpoints / "step_000010.state.pt").write_bytes(b"garbage")
+    bigger = make_config(text_corpus, model={"d_model": 64})
+    from slmlab.model import build_model
+    from slmlab.checkpoint import load_weights
+
+    bigger.model.vocab_size = cfg.model.vocab_size or 40
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        load_weights(build_model(bigger.model), run.final_weights)
+    with pytest.raises(CheckpointError, match="no checkpoint in"):
+        checkpoint_module.load_checkpoint(tmp_path, build_model(bigger.model))
+
+
+def test_non_finite_steps_are_skipped_counted_and_abort_after_k(text_corpus, make_config, monkeypatch):
+    cfg = make_config(text_corpus, train={"steps": 12, "max_nan_skips": 3, "log_every": 1})
+    trainer = Trainer(cfg, progress=False)
+    real_step = trainer._train_step
+    poisoned = {2, 5, 6}
+
+    def sometimes_nan():
+        loss, norm = real_step()
+        return (loss * math.nan, norm) if trainer.step in poisoned else (loss, norm)
+
+    monkeypatch.setattr(trainer, "_train_step", sometimes_nan)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    records = trainer.metrics.read()
+    assert records[-1]["nan_skips"] == 3 and all(math.isfinite(r["loss"]) for r in records)
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+    always = make_config(text_corpus, train={"steps": 12, "max_nan_skips": 3})
+    always.name = "diverging"
+    trainer = Trainer(always, progress=False)
+    monkeypatch.setattr(trainer, "_train_step", lambda: (torch.tensor(math.nan), torch.tensor(1.0)))
+    with pytest.raises(TrainingError, match="3 consecutive non-finite steps at step 3"):
+        trainer.fit()
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(55, cfg) == pytest.approx(0.55)
+    assert lr_at(100, cfg) == pytest.approx(0.1) and lr_at(500, cfg) == pytest.approx(0.1)
+    values = [lr_at(s, cfg) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings():
+    from slmlab.config import ModelConfig
+    from slmlab.model import build_model
+
+    model = build_model(ModelConfig(vocab_size=50, n_layer=1, d_model=16, n_head=2, block_size=8))
+    decay, no_decay = param_groups(model, 0.1)
+    decayed = {id(p) for p in decay["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decayed}
+    assert names == {"blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight", "blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight"}
+    assert no_decay["weight_decay"] == 0.0 and len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
