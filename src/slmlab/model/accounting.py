@@ -7,8 +7,8 @@ second term is attention's QK^T and AV at context T (counted as dense). Inferenc
 Memory: weights, gradients and AdamW's two moments are 4 bytes per parameter each in fp32;
 activations kept for backward are about (9 d + 2 d_ff) values per token and layer (norm inputs
 and outputs, q/k/v, attention output and its reshaped copy, MLP hidden before and after GELU;
-fused attention keeps no T x T matrix) plus 3 V per token for logits, log-softmax and their
-gradient.
+fused attention keeps no T x T matrix) plus the final norm (2 d); the fused chunked head
+(loss.py) keeps no (tokens, V) logits, only a d-wide gradient per token and one V x d matrix.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ class ModelStats:
         return 3 * forward if training else forward
 
     def activation_bytes(self, batch_size: int, seq_len: int, dtype: str = "fp32") -> int:
-        per_token = self.n_layer * (9 * self.d_model + 2 * self.d_ff) * BYTES[dtype] + 3 * self.vocab_size * 4
-        return batch_size * seq_len * per_token
+        per_token = (self.n_layer * (9 * self.d_model + 2 * self.d_ff) + 3 * self.d_model) * BYTES[dtype]
+        return batch_size * seq_len * per_token + 4 * self.vocab_size * self.d_model
 
     def training_bytes(self, batch_size: int, seq_len: int, dtype: str = "fp32") -> dict[str, int]:
         """fp32 master weights, gradients and AdamW state, plus activations at (batch, seq)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
@@ -24,6 +23,7 @@ from .attention import KVCache
 from .block import Block
 from .hooks import HookPoint
 from .layers import build_norm
+from .loss import linear_cross_entropy
 from .positions import build_positions
 from .sampling import sample_next
 
@@ -77,7 +77,8 @@ class Decoder(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 caches: list[KVCache] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> logits (B, T, V) and, given targets (B, T), the mean cross-entropy."""
+        """idx (B, T) token ids -> (logits (B, T, V), None); given targets (B, T) -> (None, mean
+        cross-entropy), computed by the fused chunked head (loss.py) without materialising logits."""
         B, T = idx.shape
         start = caches[0].length if caches else 0
         limit = self.positions.max_positions
@@ -92,11 +93,10 @@ class Decoder(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = self.conditioning(layer, x)
             x = block(x, positions, caches[layer] if caches else None)
-        logits = self.head(self.norm_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
-        return logits, loss
+        x = self.norm_f(x)
+        if targets is None:
+            return self.head(x), None
+        return None, linear_cross_entropy(x.reshape(B * T, -1), self.head.weight, targets.reshape(-1))
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,

@@ -1,0 +1,80 @@
+"""The LM head and its cross-entropy, fused and chunked over rows: no (N, V) logits tensor.
+
+For hidden states h (N, d), head weight W (V, d) and targets y (N,):
+
+    z = h W^T,  loss = (1/N) sum_i (logsumexp(z_i) - z_{i, y_i})
+    dloss/dz = (softmax(z) - onehot(y)) / N,  dloss/dh = (dloss/dz) W,  dloss/dW = (dloss/dz)^T h
+
+Rows are processed in chunks of about 2M logits (8 MB in fp32): each chunk's logits are made,
+turned into their gradient in place and multiplied out into dloss/dh and dloss/dW at once, so
+forward keeps only (N, d) + (V, d) gradients for backward instead of (N, V) logits and their
+log-softmax. On CPU, where every fresh (N, V) buffer costs page faults, this took the loss from a
+fifth of a small model's training step to a few percent; on GPU it saves the logits' memory. The
+matmul FLOPs are the usual 6 N V d.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_ELEMENTS = 1 << 21
+
+
+def _chunk_rows(vocab_size: int) -> int:
+    return max(32, CHUNK_ELEMENTS // vocab_size)
+
+
+def _accumulation_dtype(h: torch.Tensor) -> torch.dtype:
+    """float32 for bf16/fp16/fp32 inputs, float64 for float64 (so tests can compare exactly)."""
+    return torch.promote_types(h.dtype, torch.float32)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        n, acc = h.shape[0], _accumulation_dtype(h)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        total = torch.zeros((), dtype=acc, device=h.device)
+        step = _chunk_rows(weight.shape[0])
+        for start in range(0, n, step):
+            rows = slice(start, min(n, start + step))
+            h_chunk, y = h[rows], targets[rows]
+            logits = (h_chunk @ weight.t()).to(acc)  # (c, V)
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            grad[torch.arange(len(y), device=y.device), y] -= 1.0
+            grad_h[rows] = (grad.to(weight.dtype) @ weight).to(h.dtype)
+            grad_w.addmm_(grad.t(), h_chunk.to(acc))
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        scale = grad_output / grad_h.shape[0]
+        return grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(ctx.weight_dtype), None
+
+
+@torch.no_grad()
+def _linear_cross_entropy_value(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    acc = _accumulation_dtype(h)
+    total = torch.zeros((), dtype=acc, device=h.device)
+    step = _chunk_rows(weight.shape[0])
+    for start in range(0, h.shape[0], step):
+        logits = (h[start : start + step] @ weight.t()).to(acc)
+        y = targets[start : start + step]
+        total += (torch.logsumexp(logits, dim=-1) - logits.gather(1, y[:, None]).squeeze(1)).sum()
+    return total / h.shape[0]
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the logits h W^T, (N, d) x (V, d) against (N,) targets, in float32
+    (float64 for float64 inputs).
+
+    Without autograd (evaluation under no_grad) it only computes the value."""
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(h, weight, targets)
+    return _linear_cross_entropy_value(h, weight, targets)
