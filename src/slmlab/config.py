@@ -30,6 +30,24 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class SmatConfig:
+    """SMAT semantic attention (seed 003); see slmlab/variants/smat.py for the equations.
+
+    use_S adds the bias lambda * S_ij, use_G the value gate G_j; both off is the baseline.
+    Initial values: lambda_raw 0 (lambda = softplus(0) = 0.69), mu 0 (the gate starts blind to
+    centrality but learns to use it), beta 2 (G starts near sigmoid(2) = 0.88, close to identity)."""
+
+    use_S: bool = False
+    use_G: bool = False
+    s_dim: int = 32
+    centrality_norm: str = "prefix"  # "prefix": c_j / j ; "seq": c_j / block_size
+    gate_per_head: bool = False
+    lambda_raw_init: float = 0.0
+    mu_init: float = 0.0
+    beta_init: float = 2.0
+
+
+@dataclass
 class ModelConfig:
     """Shape of the decoder. `vocab_size = 0` means "take it from the tokenizer"."""
 
@@ -48,6 +66,7 @@ class ModelConfig:
     bias: bool = True
     tie_embeddings: bool = True
     init_std: float = 0.02
+    smat: SmatConfig = field(default_factory=SmatConfig)
 
     @property
     def ff_dim(self) -> int:
@@ -125,6 +144,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.norm": ("layernorm", "rmsnorm"),
     "model.pos": ("learned",),
     "model.attention": ("full",),
+    "model.smat.centrality_norm": ("prefix", "seq"),
     "data.tokenizer": ("byte", "char", "bpe", "gpt2"),
     "train.optimizer": ("adamw",),
     "train.dtype": ("fp32", "bf16"),
@@ -213,8 +233,9 @@ def validate(cfg: RunConfig) -> None:
     """Reject impossible values with one line naming the key."""
     m, d, t = cfg.model, cfg.data, cfg.train
     for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
         if value not in allowed:
             raise ConfigError(
                 f"{key} = {value!r} is not one of {', '.join(allowed)}{_closest(value, allowed)}"
@@ -225,7 +246,7 @@ def validate(cfg: RunConfig) -> None:
         "train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
         "train.eval_batches": t.eval_batches, "train.log_every": t.log_every,
         "train.eval_every": t.eval_every, "train.max_nan_skips": t.max_nan_skips,
-        "train.keep_checkpoints": t.keep_checkpoints,
+        "train.keep_checkpoints": t.keep_checkpoints, "model.smat.s_dim": m.smat.s_dim,
     }
     for key, value in positive.items():
         if value <= 0:

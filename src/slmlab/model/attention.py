@@ -2,15 +2,20 @@
 
 For a block input h (B, T, d_model), with H heads of width D = d_model / H:
 
-    q, k, v = split(W_qkv h)                       each (B, H, T, D)
-    q, k    = positions.rotate(q, k, t)            (identity for learned positions)
-    v       = value_gate(h, ...) * v               extension point "value gate" (none by default)
-    q, k    = score-term extensions(q, k, h)       extension point "score terms": extra q/k dims
-    k, v    = cache.update(k, v)                   during generation
-    y       = pattern(q, k, v, scale, q_start)     extension point "attention pattern"
-    out     = W_o y                                (B, T, d_model)
+    q, k, v = split(W_qkv h)                             each (B, H, T, D)
+    q, k    = positions.rotate(q, k, t)                  (identity for learned positions)
+    q, k, v, scale = extension(q, k, v, h, scale, state) for each attention extension:
+                                                         score terms as extra q/k dimensions,
+                                                         value gates as multipliers on v
+    k, v    = cache.update(k, v)                         during generation
+    y       = pattern(q, k, v, scale, q_start)           extension point "attention pattern"
+    out     = W_o y                                      (B, T, d_model)
 
-Extensions are modules handed to the attention once; `forward` has no branches on variants.
+`state` is a per-layer dict that lives in the KV cache (None without one): an extension that needs
+a running quantity over the prefix (a cumulative sum, say) keeps it there. Extensions are modules
+handed to the attention once; `forward` has no branches on variants. When extensions make the
+query/key width differ from the value width, v is zero-padded to it so the fused SDPA kernels
+(which need equal widths) still run, and the padding is cut from the output.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class KVCache:
     def __init__(self, max_len: int):
         self.max_len = max_len
         self.length = 0
+        self.state: dict = {}  # per-layer running state of attention extensions
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
 
@@ -70,8 +76,7 @@ ATTENTION_PATTERNS: dict[str, type[nn.Module]] = {"full": FullCausal}
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, positions: nn.Module,
-                 qk_extensions: list[nn.Module] | None = None, value_gate: nn.Module | None = None):
+    def __init__(self, cfg: ModelConfig, layer: int, positions: nn.Module, extensions: list[nn.Module] | None = None):
         super().__init__()
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
@@ -79,8 +84,7 @@ class CausalSelfAttention(nn.Module):
         self.proj.residual_projection = True
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.pattern = ATTENTION_PATTERNS[cfg.attention](cfg, layer)
-        self.qk_extensions = nn.ModuleList(qk_extensions or [])
-        self.value_gate = value_gate
+        self.extensions = nn.ModuleList(extensions or [])
         self._positions = [positions]  # shared with the decoder; a list keeps it out of this module's parameters
         self.hook_q, self.hook_k, self.hook_v, self.hook_z = HookPoint(), HookPoint(), HookPoint(), HookPoint()
 
@@ -89,15 +93,17 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(h).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = self._positions[0].rotate(q, k, positions)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
-        if self.value_gate is not None:
-            v = v * self.value_gate(h)
         scale = 1.0 / math.sqrt(self.head_dim)
-        for extension in self.qk_extensions:
-            q, k, scale = extension(q, k, h, scale)
+        state = cache.state if cache is not None else None
+        for extension in self.extensions:
+            q, k, v, scale = extension(q, k, v, h, scale, state)
+        extra = q.shape[-1] - v.shape[-1]
+        if extra:
+            v = F.pad(v, (0, extra))
         q_start = 0
         if cache is not None:
             q_start = cache.length
             k, v = cache.update(k, v)
-        y = self.pattern(q, k, v, scale, q_start)
+        y = self.pattern(q, k, v, scale, q_start)[..., : self.head_dim]
         y = self.hook_z(y).transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.proj(y))

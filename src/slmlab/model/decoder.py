@@ -5,8 +5,8 @@
     logits = head(norm_f(x_L))                          (B, T, V), head tied to wte by default
 
 Extension points (DESIGN.md section 1): `positions` (a scheme from positions.POSITIONS),
-the attention pattern (attention.ATTENTION_PATTERNS), score terms and a value gate (handed to
-every block's attention through `attention_extensions(layer)`), and residual conditioning
+the attention pattern (attention.ATTENTION_PATTERNS), score terms and value gates (attention
+extensions handed to every block's attention through `attention_extensions(layer)`), and residual conditioning
 (`conditioning(layer, x)`, the identity here). A variant subclasses `Decoder` and overrides those
 factories; it never copies the forward pass.
 """
@@ -57,8 +57,12 @@ class Decoder(nn.Module):
 
     # ---- extension points, overridden by variants --------------------------------------
     def attention_extensions(self, layer: int) -> dict:
-        """Keyword arguments for layer `layer`'s attention: `qk_extensions`, `value_gate`."""
-        return {}
+        """Keyword arguments for layer `layer`'s attention: the extensions the variant registry
+        builds for this config (slmlab/variants), e.g. SMAT's score term and value gate."""
+        from ..variants import ATTENTION_EXTENSION_BUILDERS
+
+        built = (build(self.cfg, layer) for build in ATTENTION_EXTENSION_BUILDERS)
+        return {"extensions": [module for module in built if module is not None]}
 
     def build_conditioning(self) -> nn.Module:
         return NoConditioning()
@@ -76,7 +80,7 @@ class Decoder(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                caches: list[KVCache] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                caches: list[KVCache] | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, V), None); given targets (B, T) -> (None, mean
         cross-entropy), computed by the fused chunked head (loss.py) without materialising logits."""
         B, T = idx.shape
