@@ -62,7 +62,7 @@ def test_user_errors_are_one_line(trained_run, capsys, tmp_path):
 
 
 def test_every_verb_has_help_with_examples(capsys):
-    verbs = [["train"], ["eval"], ["generate"], ["info"], ["diagnose"], ["data", "prepare"], ["data", "download"], ["tokenizer", "train"]]
+    verbs = [["train"], ["sweep"], ["ablate"], ["eval"], ["generate"], ["info"], ["diagnose"], ["data", "prepare"], ["data", "download"], ["tokenizer", "train"]]
     for verb in verbs:
         with pytest.raises(SystemExit) as exit_info:
             build_parser().parse_args([*verb, "--help"])

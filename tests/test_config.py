@@ -72,7 +72,14 @@ def test_bad_override_syntax_and_missing_files(tmp_path, toml_file):
 def test_shipped_presets_load_and_are_valid():
     from pathlib import Path
 
+    from slmlab.config import read_toml
+    from slmlab.sweep import load_sweep
+
     presets = sorted(Path(__file__).parents[1].glob("configs/*.toml"))
-    assert presets, "configs/ has no presets"
+    assert len(presets) >= 6, "configs/ is missing presets"
     for preset in presets:
-        load_config(preset)
+        if "base" in read_toml(preset):
+            _, jobs = load_sweep(preset)
+            assert len({job.run.path for job in jobs}) == len(jobs)
+        else:
+            load_config(preset)

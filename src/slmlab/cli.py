@@ -205,6 +205,34 @@ def cmd_tokenizer_train(args, extra) -> int:
     return 0
 
 
+def cmd_ablate(args, extra) -> int:
+    from .ablate import ablate
+
+    try:
+        table, _ = ablate(args.run, args.n_batches, args.device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    print(table)
+    print(f"saved: {Path(args.run) / 'ablations.md'}, ablations.json")
+    return 0
+
+
+def cmd_sweep(args, extra) -> int:
+    from .sweep import load_sweep, run_status, run_sweep
+    from .sweep_results import write_results
+
+    sweep, jobs = load_sweep(args.config, parse_overrides(extra))
+    if args.dry_run:
+        for job in jobs:
+            print(f"{job.run.path}  [{run_status(job)}]")
+        return 0
+    results = run_sweep(sweep, jobs, args.jobs)
+    sweep_dir = Path(sweep.out_dir) / sweep.name
+    print(write_results(sweep_dir, sweep, jobs, results))
+    print(f"results: {sweep_dir}/results.md, results.json, results.csv, curves.png")
+    return 0
+
+
 # ---- parser ----------------------------------------------------------------------------------
 
 
@@ -225,6 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory of the same name")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = _parser(sub, "sweep", "run every (variant, seed) of a sweep config in parallel and print the paired results table",
+                "  slmlab sweep configs/smat_quick.toml --jobs 2\n"
+                "  slmlab sweep configs/smat_ablation.toml --jobs 2 --train.steps 100   # override every run\n"
+                "  slmlab sweep configs/smat_ablation.toml --dry-run                    # list runs and their state")
+    p.add_argument("config", help="sweep TOML (base config, variants, seeds)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel runs on CPU (GPUs: one run per GPU)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is new, resumable or done")
+    p.set_defaults(func=cmd_sweep)
+
+    p = _parser(sub, "ablate", "surgical ablations of a trained run: each intervention's validation ppl vs the unmodified model",
+                "  slmlab ablate runs/smat_quick/full_s0\n  slmlab ablate runs/smat_ablation/full_s3 --n-batches 40")
+    p.add_argument("run")
+    p.add_argument("--n-batches", type=int, default=20, help="validation batches per evaluation (default 20)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_ablate)
 
     p = _parser(sub, "eval", "validation loss and perplexity of a trained run",
                 "  slmlab eval runs/quickstart\n"

@@ -169,6 +169,8 @@ def _closest(name: str, options: typing.Iterable[str]) -> str:
 
 def _check_value(key: str, value: Any, annotation: Any) -> Any:
     """Return `value` converted to `annotation`, or raise ConfigError naming `key`."""
+    if annotation is Any:
+        return value
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(annotation):
@@ -201,12 +203,12 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
             return {str(k): _check_value(f"{key}.{k}", v, value_type) for k, v in value.items()}
     elif dataclasses.is_dataclass(annotation):
         if isinstance(value, dict):
-            return _build(annotation, value, prefix=key)
+            return build_dataclass(annotation, value, prefix=key)
     type_name = getattr(annotation, "__name__", str(annotation))
     raise ConfigError(f"{key}: expected {type_name}, got {type(value).__name__} {value!r}")
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -220,7 +222,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
     """Build and validate a RunConfig from nested plain values (e.g. parsed TOML or config.json)."""
-    cfg = _build(RunConfig, values)
+    cfg = build_dataclass(RunConfig, values)
     validate(cfg)
     return cfg
 
@@ -335,7 +337,7 @@ def parse_overrides(args: typing.Sequence[str]) -> dict[str, Any]:
 
 
 def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys in a nested dict (a copy); the keys are checked later by `_build`."""
+    """Set dotted keys in a nested dict (a copy); the keys are checked later by `build_dataclass`."""
     merged = _deep_copy(values)
     for key, value in overrides.items():
         parts = key.split(".")

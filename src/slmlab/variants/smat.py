@@ -18,8 +18,8 @@ scale 1 give exactly the biased logits; c is a cumulative sum; G multiplies V. N
 ever built, and the KV cache stores the extra key dimensions (and the running Σ ŝ for c), so
 generation is cached too. The naive T x T form lives only in the tests.
 
-Hook points, for interventions: hook_s (ŝ, (B, T, s_dim)), hook_lambda (λ, scalar), hook_c
-(c, (B, T)), hook_gate (G, (B, T, 1 or H)).
+Hook points, for interventions (slmlab/interventions.py): hook_s (ŝ, (B, T, s_dim)); with use_S
+hook_lambda (λ, scalar); with use_G hook_c (c, (B, T)) and hook_gate (G, (B, T, 1 or H)).
 """
 
 from __future__ import annotations
@@ -39,10 +39,12 @@ class SemanticAttention(nn.Module):
         self.use_S, self.use_G = smat.use_S, smat.use_G
         self.seq_norm = cfg.block_size if smat.centrality_norm == "seq" else 0
         self.w_s = nn.Linear(cfg.d_model, smat.s_dim, bias=False)
-        self.hook_s, self.hook_lambda, self.hook_c, self.hook_gate = HookPoint(), HookPoint(), HookPoint(), HookPoint()
+        self.hook_s = HookPoint()
         if self.use_S:
             self.lambda_raw = nn.Parameter(torch.tensor(float(smat.lambda_raw_init)))
+            self.hook_lambda = HookPoint()
         if self.use_G:
+            self.hook_c, self.hook_gate = HookPoint(), HookPoint()
             gates = cfg.n_head if smat.gate_per_head else 1
             self.w_g = nn.Linear(cfg.d_model, gates, bias=False)
             self.mu = nn.Parameter(torch.full((gates,), float(smat.mu_init)))

@@ -1,0 +1,113 @@
+"""Each SMAT intervention changes exactly what it says, and `slmlab ablate` reports them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from slmlab.interventions import INTERVENTIONS, applicable, intervene, route_shares
+from tests.test_smat import smat_model
+
+SMAT = INTERVENTIONS["smat"]
+
+
+def same_weights(target, source):
+    """Copy every parameter of `target` from `source` (which may have more); return the target."""
+    wanted = target.state_dict()
+    result = target.load_state_dict({k: v for k, v in source.state_dict().items() if k in wanted}, strict=False)
+    assert not result.missing_keys
+    return target
+
+
+@pytest.fixture
+def idx():
+    torch.manual_seed(3)
+    return torch.randint(0, 37, (2, 20))
+
+
+def test_lambda_zero_makes_s_only_equal_to_baseline(idx):
+    s_only = smat_model("s_only").eval()
+    baseline = same_weights(smat_model("baseline"), s_only).eval()
+    with intervene(s_only, SMAT["lambda_zero"]):
+        torch.testing.assert_close(s_only(idx)[0], baseline(idx)[0], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(s_only(idx)[0], baseline(idx)[0])  # and the hook was removed afterwards
+
+
+def test_gate_one_equals_the_use_G_false_path(idx):
+    full = smat_model("full").eval()
+    s_only = same_weights(smat_model("s_only"), full).eval()
+    with intervene(full, SMAT["gate_one"]):
+        torch.testing.assert_close(full(idx)[0], s_only(idx)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_s_removed_equals_a_gate_without_centrality(idx):
+    full = smat_model("full").eval()
+    g_only = same_weights(smat_model("g_only"), full).eval()
+    with torch.no_grad():
+        for module in g_only.modules():
+            if hasattr(module, "mu"):
+                module.mu.zero_()
+    with intervene(full, SMAT["s_removed"]):
+        torch.testing.assert_close(full(idx)[0], g_only(idx)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_gate_mean_is_constant_over_tokens_and_random_s_keeps_the_norm(idx):
+    full = smat_model("full").eval()
+    seen = {}
+    gate_point = full.blocks[0].attn.extensions[0].hook_gate
+    with intervene(full, SMAT["gate_mean"]):  # an observer registered after the intervention sees its output
+        handle = gate_point.register_forward_hook(lambda m, a, out: seen.__setitem__("gate", out))
+        full(idx)
+    handle.remove()
+    assert torch.allclose(seen["gate"], seen["gate"][0, 0].expand_as(seen["gate"]))
+    s_point = full.blocks[0].attn.extensions[0].hook_s
+    observe = lambda m, a, out: seen.setdefault("s", []).append(out)
+    handle = s_point.register_forward_hook(observe)
+    full(idx)
+    handle.remove()
+    with intervene(full, SMAT["random_s"]):
+        handle = s_point.register_forward_hook(observe)
+        first = full(idx)[0]
+        second = full(idx)[0]
+    handle.remove()
+    original, replaced = seen["s"][0], seen["s"][1]
+    gram = lambda s: torch.linalg.matrix_norm(s @ s.transpose(1, 2))  # ||S||_F with S = s s^T, naive
+    torch.testing.assert_close(gram(replaced), gram(original))
+    assert not torch.allclose(replaced, original)
+    with intervene(full, SMAT["random_s"]):
+        torch.testing.assert_close(full(idx)[0], first)  # reproducible on each application
+    assert not torch.equal(first, second)
+
+
+def test_applicable_interventions_follow_the_variant():
+    assert applicable(smat_model("baseline")) == []
+    assert {i.name for i in applicable(smat_model("s_only"))} == {"lambda_zero", "random_s"}
+    assert {i.name for i in applicable(smat_model("full"))} == set(SMAT)
+
+
+def test_route_shares():
+    assert route_shares(0.5, 2.0) == (0.25, 0.75)
+
+
+def test_ablate_command_on_a_trained_full_smat_run(text_corpus, make_config, capsys):
+    from slmlab.cli import main
+    from slmlab.runs import RunDir
+    from slmlab.training import train
+
+    cfg = make_config(text_corpus, model={"smat": {"use_S": True, "use_G": True}})
+    train(cfg, progress=False)
+    run = RunDir.for_config(cfg).path
+    assert main(["ablate", str(run), "--n-batches", "2"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((run / "ablations.json").read_text())
+    assert set(result["interventions"]) == {"unmodified", *SMAT}
+    shares = result["s_effect_share"]
+    assert shares["attention_bias"] + shares["gate"] == pytest.approx(1.0)
+    assert "through the attention bias" in out and (run / "ablations.md").is_file()
+    baseline_cfg = make_config(text_corpus)
+    baseline_cfg.name = "plain"
+    train(baseline_cfg, progress=False)
+    assert main(["ablate", str(RunDir.for_config(baseline_cfg).path)]) == 2
+    assert "declares no interventions" in capsys.readouterr().err

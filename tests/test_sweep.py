@@ -1,0 +1,117 @@
+"""Sweeps: paired statistics against hand-computed numbers, a micro sweep end to end, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from slmlab.cli import main
+from slmlab.config import ConfigError
+from slmlab.stats import paired_comparison
+from slmlab.sweep import load_sweep, run_status
+
+
+def test_paired_statistics_match_hand_computation():
+    baseline = {0: 10.0, 1: 12.0, 2: 11.0, 3: 10.0}
+    variant = {0: 9.0, 1: 11.4, 2: 11.55, 3: 9.0}
+    # per-seed Δ% = -10, -5, +5, -10 -> mean -5, sample sd = sqrt(((-5)^2 + 0 + 10^2 + (-5)^2) / 3) = sqrt(50)
+    c = paired_comparison(variant, baseline)
+    assert c.n_pairs == 4 and c.wins == 3
+    assert c.delta_pct == pytest.approx(100 * (40.95 / 4 / 10.75 - 1))
+    half = 3.182446305284263 * math.sqrt(50) / 2  # t_{0.975, 3} * sd / sqrt(n)
+    assert (c.ci_low, c.ci_high) == (pytest.approx(-5 - half), pytest.approx(-5 + half))
+    assert c.t_p == pytest.approx(0.2522, abs=1e-4)  # t = -5 / (sqrt(50) / 2) = -1.414, 3 dof, two-sided
+    assert c.sign_p == pytest.approx(0.625)  # P(|wins - 2| >= 1) under Binomial(4, 1/2) = 10/16
+
+
+def test_a_missing_seed_is_left_out_of_the_pairing():
+    c = paired_comparison({0: 9.0, 1: 9.0}, {0: 10.0, 1: 10.0, 2: 10.0})
+    assert c.n_pairs == 2 and c.wins == 2 and c.sign_p == pytest.approx(0.5)
+
+
+@pytest.fixture
+def micro_sweep(tmp_path, text_corpus):
+    base = tmp_path / "base.toml"
+    base.write_text(f"""
+[model]
+n_layer = 1
+n_head = 2
+d_model = 16
+block_size = 32
+[data]
+source = "{text_corpus}"
+tokenizer = "char"
+seq_len = 32
+cache_dir = "{tmp_path / 'cache'}"
+[train]
+steps = 12
+batch_size = 4
+warmup_steps = 2
+eval_every = 6
+eval_batches = 2
+log_every = 3
+checkpoint_every = 6
+sample_tokens = 0
+""")
+    sweep = tmp_path / "micro.toml"
+    sweep.write_text(f"""
+name = "micro"
+base = "base.toml"
+out_dir = "{tmp_path / 'runs'}"
+seeds = [1, 2]
+[variants.baseline]
+[variants.full]
+"model.smat.use_S" = true
+"model.smat.use_G" = true
+""")
+    return sweep
+
+
+def test_micro_sweep_end_to_end_and_resume(micro_sweep, tmp_path, capsys):
+    assert main(["sweep", str(micro_sweep), "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    sweep_dir = tmp_path / "runs" / "micro"
+    for name in ("results.md", "results.json", "results.csv", "curves.png"):
+        assert (sweep_dir / name).is_file()
+    for run in ("baseline_s1", "baseline_s2", "full_s1", "full_s2"):
+        assert (sweep_dir / run / "final.safetensors").is_file() and (sweep_dir / run / "metrics.jsonl").is_file()
+    results = json.loads((sweep_dir / "results.json").read_text())
+    full = next(v for v in results["variants"] if v["variant"] == "full")
+    base = next(v for v in results["variants"] if v["variant"] == "baseline")
+    ppl = {s: json.loads((sweep_dir / f"full_s{s}" / "summary.json").read_text())["val_ppl"] for s in (1, 2)}
+    assert full["val_ppl_mean"] == pytest.approx((ppl[1] + ppl[2]) / 2) and full["runs"] == 2
+    assert full["params"] > base["params"] and f"{full['val_ppl_mean']:.3f}" in out
+    sweep, jobs = load_sweep(micro_sweep)
+    assert all(run_status(job) == "done" for job in jobs)
+    # resume: a finished run is skipped, an interrupted one resumes from its checkpoint
+    (sweep_dir / "full_s2" / "summary.json").unlink()
+    (sweep_dir / "full_s2" / "final.safetensors").unlink()
+    before = (sweep_dir / "baseline_s1" / "final.safetensors").stat().st_mtime_ns
+    assert main(["sweep", str(micro_sweep), "--jobs", "1"]) == 0
+    assert (sweep_dir / "baseline_s1" / "final.safetensors").stat().st_mtime_ns == before
+    assert (sweep_dir / "full_s2" / "summary.json").is_file()
+
+
+def test_variants_see_the_same_data_order(micro_sweep):
+    from slmlab.data import WindowSampler, prepare_tokens
+
+    _, jobs = load_sweep(micro_sweep)
+    batches = {}
+    for job in jobs:
+        _, data = prepare_tokens(job.config.data)
+        sampler = WindowSampler(data.train, job.config.data.seq_len, job.config.train.batch_size, job.config.train.seed)
+        batches[(job.variant, job.seed)] = sampler.next_batch()[0]
+    assert (batches[("baseline", 1)] == batches[("full", 1)]).all()
+    assert not (batches[("baseline", 1)] == batches[("baseline", 2)]).all()
+
+
+def test_bad_sweep_configs(tmp_path, micro_sweep):
+    text = micro_sweep.read_text()
+    micro_sweep.write_text(text.replace('"model.smat.use_S" = true', '"model.smat.use_s" = true'))
+    with pytest.raises(ConfigError, match="variant 'full': unknown config key 'model.smat.use_s' \\(did you mean 'use_S'\\?\\)"):
+        load_sweep(micro_sweep)
+    micro_sweep.write_text(text.replace('seeds = [1, 2]', 'seeds = [1, 2]\nbaseline = "nope"'))
+    with pytest.raises(ConfigError, match="baseline 'nope' is not one of the variants"):
+        load_sweep(micro_sweep)
