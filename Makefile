@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine (see README.md):
-#   make quickstart   install everything, then train the quickstart model on Shakespeare
+#   make quickstart   install everything, then compare baseline vs full SMAT x 3 seeds on Shakespeare
 #   make test         install everything, fetch the bundled corpora, then run the test suite
 # TORCH_SPEC pins the torch build installed before slmlab itself (here: the local CPU wheel);
 # override it for another build, e.g. make test TORCH_SPEC="torch==2.13.0 --index-url ...".
@@ -21,7 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 quickstart: install
-	$(BIN)/slmlab train configs/quickstart.toml --overwrite
+	$(BIN)/slmlab sweep configs/smat_quick.toml --jobs 2
+	$(BIN)/slmlab generate runs/smat_quick/full_s0 --prompt "ROMEO:" --max-new-tokens 200 --seed 0
 
 test: install
 	$(BIN)/slmlab data download
@@ -29,6 +30,7 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/smat_overhead.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
