@@ -100,7 +100,10 @@ class CharTokenizer(Tokenizer):
         unknown = self._codes[ids] != codes
         if unknown.any():
             missing = sorted({chr(c) for c in codes[unknown]})
-            raise TokenizerError(f"characters not in the tokenizer's vocabulary: {''.join(missing)!r}")
+            raise TokenizerError(
+                f"characters not in the tokenizer's vocabulary: {''.join(missing)!r} "
+                "(a char tokenizer knows only its training corpus; use byte or bpe for other text)"
+            )
         return ids.tolist()
 
     def decode(self, ids: Iterable[int]) -> str:
