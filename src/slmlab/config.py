@@ -61,7 +61,10 @@ class ModelConfig:
     dropout: float = 0.0
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     norm_eps: float = 1e-5
-    pos: str = "learned"  # extension point: positions
+    pos: str = "learned"  # extension point: positions ("learned" | "rope")
+    rope_theta: float = 10000.0
+    rope_fraction: float = 1.0  # share of each head's dimensions that RoPE rotates
+    rope_scale: float = 1.0  # linear position interpolation: positions are divided by it
     attention: str = "full"  # extension point: attention pattern
     bias: bool = True
     tie_embeddings: bool = True
@@ -142,7 +145,7 @@ class RunConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("decoder",),
     "model.norm": ("layernorm", "rmsnorm"),
-    "model.pos": ("learned",),
+    "model.pos": ("learned", "rope"),
     "model.attention": ("full",),
     "model.smat.centrality_norm": ("prefix", "seq"),
     "data.tokenizer": ("byte", "char", "bpe", "gpt2"),
@@ -272,6 +275,12 @@ def validate(cfg: RunConfig) -> None:
             f"data.seq_len = {d.seq_len} exceeds model.block_size = {m.block_size}; "
             "lower data.seq_len or raise model.block_size"
         )
+    if not 0.0 < m.rope_fraction <= 1.0:
+        raise ConfigError(f"model.rope_fraction must be in (0, 1], got {m.rope_fraction}")
+    if m.rope_scale <= 0 or m.rope_theta <= 1:
+        raise ConfigError(f"model.rope_scale must be > 0 and model.rope_theta > 1, got {m.rope_scale}, {m.rope_theta}")
+    if m.pos == "rope" and 2 * int(m.head_dim * m.rope_fraction / 2) == 0:
+        raise ConfigError(f"model.rope_fraction = {m.rope_fraction} rotates no dimension of {m.head_dim}-wide heads")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
     if not 0.0 < d.val_fraction < 1.0:

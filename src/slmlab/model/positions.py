@@ -30,7 +30,45 @@ class LearnedPositions(nn.Module):
         return q, k
 
 
-POSITIONS: dict[str, type[nn.Module]] = {"learned": LearnedPositions}
+class RotaryPositions(nn.Module):
+    """RoPE (Su et al.) on the first `rope_fraction` of each head's dimensions, with linear scaling.
+
+    For a pair of dimensions (i, i + r/2) of the rotated part (width r), at position p:
+        θ_i = rope_theta^(-2i / r),  angle = (p / rope_scale) θ_i
+        (x_i, x_{i+r/2}) -> (x_i cos - x_{i+r/2} sin, x_i sin + x_{i+r/2} cos)
+    so q_p · k_p' depends only on p - p'. rope_scale > 1 is position interpolation: a model trained
+    at context L can be adapted to L * rope_scale. The cos/sin tables are derived from the positions
+    on every call (never stored in a checkpoint), so weights load at any context length."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.max_positions = None
+        self.rotary_dim = 2 * int(cfg.head_dim * cfg.rope_fraction / 2)
+        self.theta, self.scale = cfg.rope_theta, cfg.rope_scale
+
+    def embed(self, positions: torch.Tensor) -> None:
+        return None
+
+    def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T,) positions -> cos, sin tables of shape (T, rotary_dim / 2), in float32."""
+        half = self.rotary_dim // 2
+        inv_freq = self.theta ** (-torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+        angle = (positions.float() / self.scale)[:, None] * inv_freq
+        return angle.cos(), angle.sin()
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        r, half = self.rotary_dim, self.rotary_dim // 2
+        x1, x2, rest = x[..., :half], x[..., half:r], x[..., r:]
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor):
+        """q, k (B, H, T, D) at (T,) positions -> rotated q, k."""
+        cos, sin = self.angles(positions)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+
+
+POSITIONS: dict[str, type[nn.Module]] = {"learned": LearnedPositions, "rope": RotaryPositions}
 
 
 def build_positions(cfg: ModelConfig) -> nn.Module:
