@@ -65,7 +65,10 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_fraction: float = 1.0  # share of each head's dimensions that RoPE rotates
     rope_scale: float = 1.0  # linear position interpolation: positions are divided by it
-    attention: str = "full"  # extension point: attention pattern
+    attention: str = "full"  # extension point: attention pattern ("full" | "block_local")
+    attention_layers: list[str] = field(default_factory=list)  # per-layer patterns (overrides `attention`)
+    global_every: int = 0  # with a local pattern: every k-th layer uses full attention
+    local_block: int = 256  # block length B of "block_local"
     bias: bool = True
     tie_embeddings: bool = True
     init_std: float = 0.02
@@ -146,7 +149,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("decoder",),
     "model.norm": ("layernorm", "rmsnorm"),
     "model.pos": ("learned", "rope"),
-    "model.attention": ("full",),
+    "model.attention": ("full", "block_local"),
     "model.smat.centrality_norm": ("prefix", "seq"),
     "data.tokenizer": ("byte", "char", "bpe", "gpt2"),
     "train.optimizer": ("adamw",),
@@ -275,6 +278,13 @@ def validate(cfg: RunConfig) -> None:
             f"data.seq_len = {d.seq_len} exceeds model.block_size = {m.block_size}; "
             "lower data.seq_len or raise model.block_size"
         )
+    if m.attention_layers and len(m.attention_layers) != m.n_layer:
+        raise ConfigError(f"model.attention_layers has {len(m.attention_layers)} entries for model.n_layer = {m.n_layer}")
+    for i, pattern in enumerate(m.attention_layers):
+        if pattern not in CHOICES["model.attention"]:
+            raise ConfigError(f"model.attention_layers[{i}] = {pattern!r} is not one of {', '.join(CHOICES['model.attention'])}")
+    if m.local_block <= 0 or m.global_every < 0:
+        raise ConfigError(f"model.local_block must be > 0 and model.global_every >= 0, got {m.local_block}, {m.global_every}")
     if not 0.0 < m.rope_fraction <= 1.0:
         raise ConfigError(f"model.rope_fraction must be in (0, 1], got {m.rope_fraction}")
     if m.rope_scale <= 0 or m.rope_theta <= 1:

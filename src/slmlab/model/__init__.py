@@ -6,8 +6,11 @@ from torch import nn
 
 from ..config import ModelConfig
 from .accounting import ModelStats, model_stats
-from .attention import KVCache
+from .attention import ATTENTION_PATTERNS, KVCache
+from .block_local import BlockLocal
 from .decoder import Decoder
+
+ATTENTION_PATTERNS["block_local"] = BlockLocal
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"decoder": Decoder}
 

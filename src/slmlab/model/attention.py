@@ -63,6 +63,9 @@ class FullCausal(nn.Module):
         super().__init__()
         self.dropout = cfg.dropout
 
+    def make_cache(self, max_len: int) -> KVCache:
+        return KVCache(max_len)
+
     def forward(self, q, k, v, scale: float, q_start: int):
         dropout = self.dropout if self.training else 0.0
         Tq, Tk = q.shape[2], k.shape[2]
@@ -75,6 +78,16 @@ class FullCausal(nn.Module):
 ATTENTION_PATTERNS: dict[str, type[nn.Module]] = {"full": FullCausal}
 
 
+def layer_pattern(cfg: ModelConfig, layer: int) -> str:
+    """The attention pattern of `layer`: model.attention_layers[layer] if given, else
+    model.attention, with every global_every-th layer "full" when global_every > 0."""
+    if cfg.attention_layers:
+        return cfg.attention_layers[layer]
+    if cfg.global_every and layer % cfg.global_every == cfg.global_every - 1:
+        return "full"
+    return cfg.attention
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, positions: nn.Module, extensions: list[nn.Module] | None = None):
         super().__init__()
@@ -83,10 +96,14 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.proj.residual_projection = True
         self.resid_dropout = nn.Dropout(cfg.dropout)
-        self.pattern = ATTENTION_PATTERNS[cfg.attention](cfg, layer)
+        self.pattern = ATTENTION_PATTERNS[layer_pattern(cfg, layer)](cfg, layer)
         self.extensions = nn.ModuleList(extensions or [])
         self._positions = [positions]  # shared with the decoder; a list keeps it out of this module's parameters
         self.hook_q, self.hook_k, self.hook_v, self.hook_z = HookPoint(), HookPoint(), HookPoint(), HookPoint()
+
+    def make_cache(self, max_len: int) -> KVCache:
+        """The KV cache this layer's pattern needs (full: max_len positions; block-local: 2B)."""
+        return self.pattern.make_cache(max_len)
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = h.shape

@@ -102,6 +102,10 @@ class Decoder(nn.Module):
             return self.head(x), None
         return None, linear_cross_entropy(x.reshape(B * T, -1), self.head.weight, targets.reshape(-1))
 
+    def make_caches(self) -> list[KVCache]:
+        """One KV cache per layer, of the kind its attention pattern needs."""
+        return [block.attn.make_cache(self.cfg.block_size) for block in self.blocks]
+
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True,
@@ -123,7 +127,7 @@ class Decoder(nn.Module):
             if use_cache:
                 if caches is None or caches[0].length + pending.shape[1] > self.cfg.block_size:
                     window = idx[:, -(self.cfg.block_size // 2 or 1):] if caches is not None else idx
-                    caches = [KVCache(self.cfg.block_size) for _ in self.blocks]
+                    caches = self.make_caches()
                     pending = window
                 logits, _ = self(pending, caches=caches)
             else:

@@ -1,0 +1,92 @@
+"""Attention pattern "block_local" (seed 002): a token in block b attends causally within block b
+and fully to block b - 1, with block length B = model.local_block.
+
+Training and prefill never build a T x T matrix: q is cut into blocks (B, H, n, B, D) and each
+query block attends its 2B-key window [block b-1, block b] with SDPA and one (n, B, 2B) mask, so
+compute and memory are O(T B). Block 0 has no previous block: its first half of the window is
+masked, so it is exactly full causal attention. T not a multiple of B is zero-padded at the end
+(padded keys lie in every real query's future, so the causal mask hides them).
+
+During generation the layer's cache keeps only the last 2B positions (`WindowedKVCache`), which is
+all a query can see: position t needs keys from (t // B - 1) B to t.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .attention import KVCache
+
+
+class WindowedKVCache(KVCache):
+    """A KV cache that stores only the most recent `window` positions; `length` stays absolute."""
+
+    def __init__(self, window: int):
+        super().__init__(max_len=window)
+        self.window = window
+        self.k_kept: torch.Tensor | None = None
+        self.v_kept: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append (B, H, T, D); return the kept keys/values plus the new ones (the most recent)."""
+        if self.k_kept is not None:
+            k, v = torch.cat([self.k_kept, k], dim=2), torch.cat([self.v_kept, v], dim=2)
+        self.length += k.shape[2] - (0 if self.k_kept is None else self.k_kept.shape[2])
+        self.k_kept, self.v_kept = k[:, :, -self.window :], v[:, :, -self.window :]
+        return k, v
+
+
+def window_mask(block: int, n_blocks: int, device: torch.device) -> torch.Tensor:
+    """(n, B, 2B) bool: query i of block b sees key j of [block b-1, block b] iff allowed."""
+    i = torch.arange(block, device=device)[:, None]
+    j = torch.arange(2 * block, device=device)[None, :]
+    current = (j >= block) & (j - block <= i)
+    previous = j < block
+    mask = (current | previous).expand(n_blocks, block, 2 * block).clone()
+    mask[0] = current  # block 0 has no previous block
+    return mask
+
+
+class BlockLocal(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.block = cfg.local_block
+        self.dropout = cfg.dropout
+
+    def make_cache(self, max_len: int) -> KVCache:
+        return WindowedKVCache(2 * self.block)
+
+    def forward(self, q, k, v, scale: float, q_start: int):
+        dropout = self.dropout if self.training else 0.0
+        if q_start == 0 and q.shape[2] == k.shape[2]:
+            return self._blocked(q, k, v, scale, dropout)
+        return self._from_cache(q, k, v, scale, q_start)
+
+    def _blocked(self, q, k, v, scale, dropout):
+        Bsz, H, T, _ = q.shape
+        B = self.block
+        n = -(-T // B)
+        pad = n * B - T
+        if pad:
+            q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+
+        def windows(x):  # (Bsz, H, n*B, D) -> (Bsz, H*n, 2B, D): [previous block, this block]
+            blocks = x.view(Bsz, H, n, B, x.shape[-1])
+            previous = torch.cat([torch.zeros_like(blocks[:, :, :1]), blocks[:, :, :-1]], dim=2)
+            return torch.cat([previous, blocks], dim=3).view(Bsz, H * n, 2 * B, x.shape[-1])
+
+        mask = window_mask(B, n, q.device).repeat(H, 1, 1)  # (H*n, B, 2B)
+        y = F.scaled_dot_product_attention(q.view(Bsz, H * n, B, q.shape[-1]), windows(k), windows(v),
+                                           attn_mask=mask, dropout_p=dropout, scale=scale)
+        return y.view(Bsz, H, n * B, -1)[:, :, :T]
+
+    def _from_cache(self, q, k, v, scale, q_start):
+        """Queries at q_start.. against the most recent keys (cached window + new)."""
+        Tq, Tk = q.shape[2], k.shape[2]
+        q_pos = torch.arange(q_start, q_start + Tq, device=q.device)[:, None]
+        k_pos = torch.arange(q_start + Tq - Tk, q_start + Tq, device=q.device)[None, :]
+        mask = (k_pos <= q_pos) & (k_pos >= (q_pos // self.block - 1) * self.block)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

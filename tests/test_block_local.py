@@ -1,0 +1,81 @@
+"""Block-local attention equals attention under an explicit T x T block mask; its cache is a 2B window."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from slmlab.config import ConfigError, ModelConfig, config_from_dict
+from slmlab.model import build_model
+from slmlab.model.block_local import BlockLocal
+
+
+def naive_block_local(q, k, v, block):
+    """softmax over an explicit (T, T) mask: key j visible to query i iff j <= i and j >= (i // B - 1) B."""
+    T = q.shape[2]
+    i = torch.arange(T)[:, None]
+    j = torch.arange(T)[None, :]
+    allowed = (j <= i) & (j >= (i // block - 1) * block)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("T, block", [(32, 8), (29, 8), (5, 8), (8, 8), (17, 4)])
+def test_equals_naive_masked_attention_forward_and_backward(T, block):
+    torch.manual_seed(T)
+    pattern = BlockLocal(ModelConfig(local_block=block), layer=0)
+    q, k, v = (torch.randn(2, 3, T, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    fast = pattern(q, k, v, 1 / math.sqrt(8), 0)
+    naive = naive_block_local(q, k, v, block)
+    torch.testing.assert_close(fast, naive, rtol=1e-10, atol=1e-12)
+    w = torch.randn_like(fast)
+    for a, b in zip(torch.autograd.grad((fast * w).sum(), (q, k, v)), torch.autograd.grad((naive * w).sum(), (q, k, v))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_single_block_is_full_causal_attention():
+    q, k, v = torch.randn(3, 1, 2, 6, 8, dtype=torch.float64)
+    full = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(BlockLocal(ModelConfig(local_block=8), 0)(q, k, v, 1 / math.sqrt(8), 0), full)
+
+
+def model(**fields):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=30, n_layer=3, n_head=2, d_model=16, block_size=64, pos="rope", local_block=4, **fields)
+    return build_model(cfg).double().eval()
+
+
+def test_cached_generation_keeps_a_2b_window_and_matches_recomputation():
+    m = model(attention="block_local", global_every=3)
+    assert [type(b.attn.pattern).__name__ for b in m.blocks] == ["BlockLocal", "BlockLocal", "FullCausal"]
+    idx = torch.randint(0, 30, (2, 40))
+    full, _ = m(idx)
+    caches = m.make_caches()
+    parts = [m(idx[:, :7], caches=caches)[0]]
+    for t in range(7, 33):
+        parts.append(m(idx[:, t : t + 1], caches=caches)[0])
+        assert caches[0].k_kept.shape[2] <= 8  # only the last 2B positions are stored
+    parts.append(m(idx[:, 33:], caches=caches)[0])
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-10, atol=1e-10)
+    assert caches[0].length == 40 and caches[2].k.shape[2] == 64
+
+
+def test_block_local_model_is_causal_and_local():
+    m = model(attention_layers=["block_local"] * 3)
+    idx = torch.randint(0, 30, (1, 40))
+    base, _ = m(idx)
+    changed = idx.clone()
+    changed[:, 2] = (changed[:, 2] + 1) % 30
+    out, _ = m(changed)
+    assert torch.equal(out[:, :2], base[:, :2])
+    # 3 layers, each reaching back at most 2B - 1 = 7 positions: token 2 cannot influence positions >= 2 + 3 * 8
+    assert torch.equal(out[:, 26:], base[:, 26:]) and not torch.allclose(out[:, 2:8], base[:, 2:8])
+
+
+def test_bad_pattern_configs():
+    with pytest.raises(ConfigError, match="model.attention_layers has 1 entries for model.n_layer = 4"):
+        config_from_dict({"model": {"attention_layers": ["full"]}})
+    with pytest.raises(ConfigError, match="model.attention_layers\\[1\\] = 'sparse' is not one of full, block_local"):
+        config_from_dict({"model": {"n_layer": 2, "attention_layers": ["full", "sparse"]}})
