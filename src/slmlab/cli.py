@@ -75,7 +75,7 @@ def cmd_eval(args, extra) -> int:
     from .training import evaluate
 
     device = resolve_device(args.device)
-    cfg, model, tokenizer = load_run(args.run, device)
+    cfg, model, tokenizer = load_run(args.run, device, {"rope_scale": args.rope_scale} if args.rope_scale else None)
     data_cfg = cfg.data
     if extra:  # evaluate on another corpus: --data.source brown, --data.genres ...
         overrides = parse_overrides(extra)
@@ -85,9 +85,34 @@ def cmd_eval(args, extra) -> int:
         data_cfg = config_from_dict(apply_overrides(cfg.to_dict(), overrides)).data
     _, data = prepare_tokens(data_cfg, tokenizer)
     split = data.val if args.split == "val" else data.train
+    if args.by_position or args.context_lengths:
+        return _eval_long_context(args, cfg, model, split, device)
     loss = evaluate(model, split, data_cfg.seq_len, cfg.train.batch_size, args.batches, device, cfg.train.dtype)
     result = {"run": str(args.run), "source": data_cfg.source, "split": args.split, "loss": loss, "ppl": math.exp(min(loss, 50))}
     print(json.dumps(result) if args.json else f"{data_cfg.source} {args.split}: loss {loss:.4f}, perplexity {result['ppl']:.2f}")
+    return 0
+
+
+def _eval_long_context(args, cfg, model, split, device) -> int:
+    from .long_eval import bucket_table, context_table, loss_by_context_length, loss_by_position, write_report
+    from .tables import markdown_table
+
+    run, batch = Path(args.run), max(1, cfg.train.batch_size // 4)
+    suffix = f"_rope{args.rope_scale:g}" if args.rope_scale else ""
+    if args.by_position:
+        length = args.context_length or cfg.data.seq_len
+        rows = loss_by_position(model, split, length, args.bucket, batch, args.batches, device)
+        out = write_report(run, f"eval_by_position{suffix}", {"context_length": length, "buckets": rows},
+                           [r["start"] for r in rows], [r["loss"] for r in rows], "position in window (bucket start)")
+        print(markdown_table(("positions", "loss"), bucket_table(rows)))
+        print(f"saved: {out} and .png")
+    if args.context_lengths:
+        lengths = [int(x) for x in args.context_lengths.split(",") if x.strip()]
+        rows = loss_by_context_length(model, split, lengths, batch, args.batches, device)
+        out = write_report(run, f"eval_context_lengths{suffix}", {"trained_seq_len": cfg.data.seq_len, "lengths": rows},
+                           [r["context_length"] for r in rows], [r["loss"] for r in rows], "evaluation context length")
+        print(markdown_table(("context length", "loss", "note"), context_table(rows)))
+        print(f"saved: {out} and .png")
     return 0
 
 
@@ -272,12 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _parser(sub, "eval", "validation loss and perplexity of a trained run",
                 "  slmlab eval runs/quickstart\n"
-                "  slmlab eval runs/quickstart --data.source brown --data.genres R   # another corpus")
+                "  slmlab eval runs/quickstart --data.genres tragedies   # a slice of the corpus\n"
+                "  slmlab eval runs/long --by-position --context-length 1024\n"
+                "  slmlab eval runs/long --context-lengths 256,512,1024,2048 --rope-scale 2")
     p.add_argument("run")
     p.add_argument("--batches", type=int, default=50, help="number of validation batches (default 50)")
     p.add_argument("--split", choices=("val", "train"), default="val")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--by-position", action="store_true", help="loss per position bucket of the window (saved as JSON + PNG)")
+    p.add_argument("--context-length", type=int, default=0, help="window length for --by-position (default: data.seq_len)")
+    p.add_argument("--bucket", type=int, default=64, help="bucket width for --by-position")
+    p.add_argument("--context-lengths", default="", help="comma-separated evaluation lengths, e.g. 256,512,1024,2048")
+    p.add_argument("--rope-scale", type=float, default=0.0, help="evaluate a RoPE model with this rope_scale instead")
     p.set_defaults(func=cmd_eval)
 
     p = _parser(sub, "generate", "sample text from a trained run",

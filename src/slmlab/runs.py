@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ConfigError, RunConfig, config_from_dict
+from .config import ConfigError, RunConfig, apply_overrides, config_from_dict
 from .data import atomic_write_text
 from .metrics import MetricsLog
 from .model import build_model
@@ -72,10 +72,15 @@ class RunDir:
         return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[RunConfig, nn.Module, Tokenizer]:
-    """The config, trained model (final weights, else the latest checkpoint) and tokenizer of a run."""
+def load_run(path: str | Path, device: str | torch.device = "cpu",
+             model_overrides: dict | None = None) -> tuple[RunConfig, nn.Module, Tokenizer]:
+    """The config, trained model (final weights, else the latest checkpoint) and tokenizer of a run.
+
+    `model_overrides` ({"rope_scale": 2.0}) change model fields that carry no weights."""
     run = RunDir(Path(path))
     cfg = run.read_config()
+    if model_overrides:
+        cfg = config_from_dict(apply_overrides(cfg.to_dict(), {f"model.{k}": v for k, v in model_overrides.items()}))
     tokenizer = load_tokenizer(run.tokenizer)
     model = build_model(cfg.model)
     if run.final_weights.is_file():

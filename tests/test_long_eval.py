@@ -1,0 +1,65 @@
+"""Long-context evaluation on a synthetic case with known answers, and through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from slmlab.data import TokenSplit
+from slmlab.long_eval import loss_by_context_length, loss_by_position
+
+V = 10
+
+
+class SeesAfter64(nn.Module):
+    """Uniform over V before position 64; from there, logit 10 on the true next token (x + 1) % V."""
+
+    class positions:
+        max_positions = 128
+
+    def forward(self, idx):
+        logits = torch.zeros(*idx.shape, V)
+        known = torch.nn.functional.one_hot((idx + 1) % V, V).float() * 10
+        logits[:, 64:] = known[:, 64:]
+        return logits, None
+
+
+@pytest.fixture
+def cyclic_split():
+    return TokenSplit(np.arange(5000, dtype=np.uint16) % V, {"all": (0, 5000)})
+
+
+def test_position_buckets_on_a_known_synthetic_case(cyclic_split):
+    rows = loss_by_position(SeesAfter64(), cyclic_split, 128, 32, 4, 3, torch.device("cpu"))
+    assert [(r["start"], r["end"]) for r in rows] == [(0, 31), (32, 63), (64, 95), (96, 127)]
+    confident = math.log(1 + (V - 1) * math.exp(-10))
+    expected = [math.log(V), math.log(V), confident, confident]
+    assert [r["loss"] for r in rows] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_context_lengths_beyond_learned_positions_are_reported_not_evaluated(cyclic_split):
+    rows = loss_by_context_length(SeesAfter64(), cyclic_split, [64, 128, 256], 4, 2, torch.device("cpu"))
+    assert rows[0]["loss"] == pytest.approx(math.log(V)) and rows[1]["loss"] < math.log(V)
+    assert rows[2]["loss"] is None and "beyond the 128 learned positions" in rows[2]["note"]
+
+
+def test_eval_by_position_and_context_lengths_through_the_cli(text_corpus, make_config, capsys):
+    from slmlab.cli import main
+    from slmlab.runs import RunDir
+    from slmlab.training import train
+
+    cfg = make_config(text_corpus, model={"pos": "rope", "attention": "block_local", "local_block": 8})
+    train(cfg, progress=False)
+    run = RunDir.for_config(cfg).path
+    assert main(["eval", str(run), "--by-position", "--bucket", "8", "--batches", "2"]) == 0
+    buckets = json.loads((run / "eval_by_position.json").read_text())["buckets"]
+    assert len(buckets) == 4 and (run / "eval_by_position.png").is_file()
+    assert main(["eval", str(run), "--context-lengths", "16,32,64", "--batches", "2", "--rope-scale", "2"]) == 0
+    lengths = json.loads((run / "eval_context_lengths_rope2.json").read_text())["lengths"]
+    assert [r["context_length"] for r in lengths] == [16, 32, 64] and all(r["loss"] > 0 for r in lengths)
+    assert "context length" in capsys.readouterr().out
