@@ -63,3 +63,29 @@ def test_eval_by_position_and_context_lengths_through_the_cli(text_corpus, make_
     lengths = json.loads((run / "eval_context_lengths_rope2.json").read_text())["lengths"]
     assert [r["context_length"] for r in lengths] == [16, 32, 64] and all(r["loss"] > 0 for r in lengths)
     assert "context length" in capsys.readouterr().out
+
+
+def test_prompt_suite_report_is_reproducible(text_corpus, make_config, tmp_path, capsys):
+    from slmlab.cli import main
+    from slmlab.config import ConfigError
+    from slmlab.prompts import DEFAULT_SUITE, load_suite
+    from slmlab.runs import RunDir
+    from slmlab.training import train
+
+    assert len(load_suite(DEFAULT_SUITE)) >= 8
+    cfg = make_config(text_corpus, data={"tokenizer": "byte"}, model={"block_size": 256})
+    train(cfg, progress=False)
+    run = RunDir.for_config(cfg).path
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text('{"id": "a", "prompt": "ROMEO:", "max_tokens": 20, "temperature": 0.9, "seed": 4}\n'
+                     '{"id": "b", "prompt": "To be", "max_tokens": 10, "temperature": 0.0}\n')
+    assert main(["prompts", str(run), "--suite", str(suite)]) == 0
+    first = (run / "prompts_suite.md").read_text()
+    assert "## a" in first and "## b" in first and "ROMEO:" in first
+    assert main(["prompts", str(run), "--suite", str(suite)]) == 0
+    assert (run / "prompts_suite.md").read_text() == first
+    assert main(["prompts", str(run)]) == 0  # the bundled suite, through the byte tokenizer
+    assert "governor-hunting" in (run / "prompts_control_systems.md").read_text()
+    suite.write_text('{"id": "a", "prompt": "x", "max_tokns": 5}\n')
+    with pytest.raises(ConfigError, match="unknown config key 'prompt\\[0\\].max_tokns'"):
+        load_suite(suite)

@@ -230,6 +230,23 @@ def cmd_tokenizer_train(args, extra) -> int:
     return 0
 
 
+def cmd_prompts(args, extra) -> int:
+    from .prompts import DEFAULT_SUITE, load_suite, markdown_report, run_suite
+    from .runs import load_run
+    from .runtime import resolve_device
+
+    suite = Path(args.suite) if args.suite else DEFAULT_SUITE
+    prompts = load_suite(suite)
+    device = resolve_device(args.device)
+    cfg, model, tokenizer = load_run(args.run, device)
+    report = markdown_report(Path(args.run).name, suite.stem, run_suite(model, tokenizer, prompts, device, cfg.model.block_size))
+    out = Path(args.out) if args.out else Path(args.run) / f"prompts_{suite.stem}.md"
+    out.write_text(report, encoding="utf-8")
+    print(report)
+    print(f"saved: {out}")
+    return 0
+
+
 def cmd_ablate(args, extra) -> int:
     from .ablate import ablate
 
@@ -287,6 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="parallel runs on CPU (GPUs: one run per GPU)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is new, resumable or done")
     p.set_defaults(func=cmd_sweep)
+
+    p = _parser(sub, "prompts", "generate from a prompt suite (TOML or JSONL) into a reproducible Markdown report",
+                "  slmlab prompts runs/long                      # the bundled control-systems suite\n"
+                "  slmlab prompts runs/long --suite my_prompts.jsonl --out report.md")
+    p.add_argument("run")
+    p.add_argument("--suite", default="", help="suite file (default: the bundled control_systems.toml)")
+    p.add_argument("--out", default="", help="report path (default: RUN/prompts_<suite>.md)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_prompts)
 
     p = _parser(sub, "ablate", "surgical ablations of a trained run: each intervention's validation ppl vs the unmodified model",
                 "  slmlab ablate runs/smat_quick/full_s0\n  slmlab ablate runs/smat_ablation/full_s3 --n-batches 40")
