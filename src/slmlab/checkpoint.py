@@ -87,6 +87,14 @@ def load_checkpoint(directory: Path, model: nn.Module, name: str | None = None) 
     if name is None:
         raise CheckpointError(f"no checkpoint in {directory} to resume from")
     load_weights(model, directory / f"{name}.safetensors")
+    return load_training_state(directory, name)
+
+
+def load_training_state(directory: Path, name: str | None = None) -> dict[str, Any]:
+    """The training state (optimizer, step, RNGs, sampler) of checkpoint `name` (default: latest)."""
+    name = name or latest_checkpoint(directory)
+    if name is None:
+        raise CheckpointError(f"no checkpoint in {directory}")
     try:
         return torch.load(directory / f"{name}.state.pt", weights_only=True, map_location="cpu")
     except FileNotFoundError:

@@ -132,14 +132,51 @@ class TrainConfig:
 
 
 @dataclass
+class PhaseConfig:
+    """One phase of a curriculum: what it changes relative to the run's own config (None or an
+    empty mixture = keep). Each phase starts from the previous phase's final weights."""
+
+    name: str = "phase"
+    steps: int | None = None
+    seq_len: int | None = None
+    batch_size: int | None = None
+    attention: str | None = None
+    rope_scale: float | None = None
+    lr: float | None = None
+    warmup_steps: int | None = None
+    min_lr_ratio: float | None = None
+    mixture: dict[str, float] = field(default_factory=dict)
+    carry_optimizer: bool = False  # False: a fresh AdamW state for this phase
+
+    FIELDS = {"steps": "train.steps", "seq_len": "data.seq_len", "batch_size": "train.batch_size",
+              "attention": "model.attention", "rope_scale": "model.rope_scale", "lr": "train.lr",
+              "warmup_steps": "train.warmup_steps", "min_lr_ratio": "train.min_lr_ratio", "mixture": "data.mixture"}
+
+    def overrides(self) -> dict[str, Any]:
+        return {key: getattr(self, name) for name, key in self.FIELDS.items() if getattr(self, name) not in (None, {})}
+
+
+@dataclass
 class RunConfig:
-    """A whole run: name, output root and the three sections."""
+    """A whole run: name, output root, the three sections and optional curriculum phases."""
 
     name: str = "run"
     out_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    phases: list[PhaseConfig] = field(default_factory=list)
+
+    def phase(self, index: int) -> RunConfig:
+        """The full config of phase `index` (its sub-run lives inside this run's directory)."""
+        phase = self.phases[index]
+        values = {k: v for k, v in self.to_dict().items() if k != "phases"}
+        overrides = {**phase.overrides(), "name": f"phase{index + 1}_{phase.name}",
+                     "out_dir": str(Path(self.out_dir) / self.name)}
+        try:
+            return config_from_dict(apply_overrides(values, overrides))
+        except ConfigError as err:
+            raise ConfigError(f"phases[{index}] ({phase.name}): {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -175,7 +212,7 @@ def _closest(name: str, options: typing.Iterable[str]) -> str:
 
 def _check_value(key: str, value: Any, annotation: Any) -> Any:
     """Return `value` converted to `annotation`, or raise ConfigError naming `key`."""
-    if annotation is Any:
+    if annotation is Any or (annotation is type(None) and value is None):
         return value
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -230,6 +267,8 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     """Build and validate a RunConfig from nested plain values (e.g. parsed TOML or config.json)."""
     cfg = build_dataclass(RunConfig, values)
     validate(cfg)
+    for index in range(len(cfg.phases)):
+        cfg.phase(index)  # every phase must be a valid config too
     return cfg
 
 

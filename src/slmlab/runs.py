@@ -79,6 +79,9 @@ def load_run(path: str | Path, device: str | torch.device = "cpu",
     `model_overrides` ({"rope_scale": 2.0}) change model fields that carry no weights."""
     run = RunDir(Path(path))
     cfg = run.read_config()
+    if cfg.phases:  # a curriculum: its model is the last phase's
+        run = RunDir(Path(path) / cfg.phase(len(cfg.phases) - 1).name)
+        cfg = run.read_config()
     if model_overrides:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {f"model.{k}": v for k, v in model_overrides.items()}))
     tokenizer = load_tokenizer(run.tokenizer)

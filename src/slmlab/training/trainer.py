@@ -27,7 +27,7 @@ from ..model import build_model, model_stats
 from ..runs import RunDir
 from ..runtime import autocast, peak_memory_bytes, resolve_device, rng_state, seed_everything, set_rng_state
 from ..tokenization import load_tokenizer
-from ..checkpoint import load_checkpoint, save_checkpoint, save_weights
+from ..checkpoint import load_checkpoint, load_training_state, load_weights, save_checkpoint, save_weights
 from ..metrics import MetricsLog
 from .optim import build_optimizer, lr_at
 
@@ -65,7 +65,10 @@ def evaluate(model: nn.Module, split: TokenSplit, seq_len: int, batch_size: int,
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True):
+    def __init__(self, cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
+                 init_from: RunDir | None = None, carry_optimizer: bool = False):
+        """`init_from`: a finished run whose final weights and tokenizer this run starts from
+        (a curriculum's previous phase); `carry_optimizer` also takes its AdamW state."""
         self.run = RunDir.for_config(cfg)
         if resume:
             cfg = self._resume_config(cfg)
@@ -74,7 +77,8 @@ class Trainer:
             torch.set_num_threads(train.threads)
         self.device = resolve_device(train.device)
         seed_everything(train.seed)
-        tokenizer = load_tokenizer(self.run.tokenizer) if resume else None
+        source = self.run if resume else init_from
+        tokenizer = load_tokenizer(source.tokenizer) if source else None
         self.tokenizer, self.data = prepare_tokens(cfg.data, tokenizer)
         resolve_vocab(cfg, self.tokenizer.vocab_size)
         self.cfg, self.progress = cfg, progress
@@ -89,6 +93,10 @@ class Trainer:
         self.step, self.tokens, self.nan_skips = 0, 0, 0
         if resume:
             self._load_state()
+        elif init_from is not None:
+            load_weights(self.model, init_from.final_weights)
+            if carry_optimizer:
+                self.optimizer.load_state_dict(load_training_state(init_from.checkpoints)["optimizer"])
         self.forward = torch.compile(self.model) if train.compile else self.model
 
     def _resume_config(self, requested: RunConfig) -> RunConfig:

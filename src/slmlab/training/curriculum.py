@@ -1,0 +1,52 @@
+"""Curricula: a run whose config holds [[phases]] trains them in order, each a sub-run.
+
+    runs/<name>/config.json                 the whole curriculum config
+    runs/<name>/phase1_<A>/ ...             an ordinary run directory per phase
+    runs/<name>/summary.json                the last phase's summary plus one entry per phase
+
+Phase i + 1 starts from phase i's final weights and tokenizer (optimizer fresh, or carried with
+`carry_optimizer`). Resuming skips finished phases and continues an interrupted one from its
+checkpoint. Each phase's model is checked to run the attention pattern its config asks for (the
+seed's notebook switched a flag on a built model and silently kept full attention).
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..config import ConfigError, RunConfig
+from ..data import atomic_write_text
+from ..model.attention import ATTENTION_PATTERNS, layer_pattern
+from ..runs import RunDir
+from .trainer import Trainer, TrainResult
+
+
+def assert_patterns(trainer: Trainer) -> None:
+    cfg = trainer.cfg.model
+    for layer, block in enumerate(trainer.model.blocks):
+        wanted = ATTENTION_PATTERNS[layer_pattern(cfg, layer)]
+        if type(block.attn.pattern) is not wanted:
+            raise ConfigError(f"{trainer.cfg.name}: layer {layer} runs {type(block.attn.pattern).__name__}, config asks for {wanted.__name__}")
+
+
+def train_curriculum(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
+    root = RunDir.for_config(cfg)
+    if not resume:
+        root.create(cfg, overwrite)
+    previous: RunDir | None = None
+    phases, result = [], None
+    for index, phase in enumerate(cfg.phases):
+        sub = cfg.phase(index)
+        run = RunDir.for_config(sub)
+        if not run.summary.is_file():
+            resumable = (run.checkpoints / "latest").is_file()
+            trainer = Trainer(sub, resume=resumable, overwrite=True, progress=progress,
+                              init_from=None if resumable else previous, carry_optimizer=phase.carry_optimizer)
+            assert_patterns(trainer)
+            result = trainer.fit()
+        phases.append({"phase": phase.name, "run": str(run.path), **run.read_summary()})
+        previous = run
+    summary = {**{k: v for k, v in phases[-1].items() if k not in ("phase", "run")}, "phases": phases}
+    atomic_write_text(root.summary, json.dumps(summary, indent=2) + "\n")
+    last = phases[-1]
+    return result or TrainResult(root.path, last["step"], last["val_loss"], last["val_ppl"], last["tokens_per_s"], last.get("sample", ""))

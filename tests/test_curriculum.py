@@ -1,0 +1,78 @@
+"""Curricula: phases hand weights on, each runs the pattern it asks for, and resume is exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from slmlab.config import ConfigError, config_from_dict
+from slmlab.model.block_local import BlockLocal
+from slmlab.runs import RunDir, load_run
+from slmlab.training import Trainer, train
+
+
+def curriculum(make_config, text_corpus, name="cur"):
+    cfg = make_config(text_corpus, model={"pos": "rope", "local_block": 8},
+                      train={"steps": 10, "checkpoint_every": 4, "eval_every": 5})
+    values = cfg.to_dict()
+    values["name"] = name
+    values["phases"] = [
+        {"name": "A", "steps": 8, "seq_len": 16},
+        {"name": "B", "steps": 8, "seq_len": 32, "attention": "block_local", "rope_scale": 2.0, "lr": 1e-3},
+        {"name": "C", "steps": 6, "mixture": {"prose": 3.0, "verse": 1.0}, "carry_optimizer": True},
+    ]
+    return config_from_dict(values)
+
+
+def test_phases_hand_weights_on_and_run_their_own_settings(make_config, text_corpus):
+    cfg = curriculum(make_config, text_corpus)
+    root = RunDir.for_config(cfg)
+    root.create(cfg)
+    phase_a = cfg.phase(0)
+    Trainer(phase_a, overwrite=True, progress=False).fit()
+    first = RunDir.for_config(phase_a)
+    phase_b = Trainer(cfg.phase(1), overwrite=True, progress=False, init_from=first)
+    start = {k: v for k, v in phase_b.model.state_dict().items()}
+    final_a = load_file(first.final_weights)
+    assert all(torch.equal(start[k], final_a[k]) for k in final_a)
+    assert all(isinstance(b.attn.pattern, BlockLocal) for b in phase_b.model.blocks)
+    assert phase_b.model.positions.scale == 2.0 and phase_b.cfg.data.seq_len == 32
+
+
+def test_curriculum_end_to_end_and_exact_resume(make_config, text_corpus):
+    straight = curriculum(make_config, text_corpus, "straight")
+    train(straight, progress=False)
+    summary = RunDir.for_config(straight).read_summary()
+    assert [p["phase"] for p in summary["phases"]] == ["A", "B", "C"] and summary["step"] == 6
+
+    interrupted = curriculum(make_config, text_corpus, "interrupted")
+    original_fit = Trainer.fit
+
+    def crash_in_phase_b(self):
+        if self.cfg.name.startswith("phase2"):
+            real = self.sampler.next_batch
+            self.sampler.next_batch = lambda: (_ for _ in ()).throw(KeyboardInterrupt) if self.step == 4 else real()
+        return original_fit(self)
+
+    Trainer.fit = crash_in_phase_b
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(interrupted, progress=False)
+    finally:
+        Trainer.fit = original_fit
+    root = RunDir.for_config(interrupted).path
+    assert (root / "phase1_A" / "summary.json").is_file() and not (root / "phase2_B" / "summary.json").exists()
+    train(interrupted, resume=True, progress=False)
+    a = load_file(RunDir.for_config(straight).path / "phase3_C" / "final.safetensors")
+    b = load_file(root / "phase3_C" / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    cfg, model, _ = load_run(root)  # a curriculum run loads as its last phase
+    assert cfg.name == "phase3_C" and not isinstance(model.blocks[0].attn.pattern, BlockLocal)
+
+
+def test_invalid_phase_is_a_clear_error(make_config, text_corpus):
+    values = make_config(text_corpus).to_dict()
+    values["phases"] = [{"name": "A", "seq_len": 4096}]
+    with pytest.raises(ConfigError, match="phases\\[0\\] \\(A\\): data.seq_len = 4096 exceeds model.block_size = 64"):
+        config_from_dict(values)
