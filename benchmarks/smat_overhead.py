@@ -2,8 +2,8 @@
 
 Variants baseline / s_only / g_only / full run through the fast path (extra q/k dimensions, no
 T x T tensor); "full (naive T x T)" is the test suite's explicit reference (tests/test_smat.py)
-for comparison. All at T = 256 and 1024 in one run, on the quickstart-sized model (4 x 192,
-4 heads, s_dim 32). Each measurement runs in a fresh process so peak memory is its own.
+for comparison. All at T = 256 and 1024 in one run, on a 4-layer model (default 192 wide with
+4 heads, like the quickstart; --d-model/--n-head for others), s_dim 32. Each measurement runs in a fresh process so peak memory is its own.
 
     python benchmarks/smat_overhead.py [--device cuda] [--steps 8]
 """
@@ -32,10 +32,10 @@ VARIANTS = {"baseline": (False, False), "s_only": (True, False), "g_only": (Fals
             "full (naive T x T)": (True, True)}
 
 
-def measure(variant: str, seq: int, batch: int, steps: int, device: str) -> dict:
+def measure(variant: str, seq: int, batch: int, steps: int, device: str, d_model: int, n_head: int) -> dict:
     torch.manual_seed(0)
     use_S, use_G = VARIANTS[variant]
-    cfg = ModelConfig(vocab_size=76, n_layer=4, n_head=4, d_model=192, block_size=seq,
+    cfg = ModelConfig(vocab_size=76, n_layer=4, n_head=n_head, d_model=d_model, block_size=seq,
                       smat=SmatConfig(use_S=use_S, use_G=use_G))
     if "naive" in variant:
         from slmlab.model.attention import CausalSelfAttention
@@ -71,15 +71,19 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=4096, help="tokens per step (batch = tokens / T)")
+    parser.add_argument("--d-model", type=int, default=192)
+    parser.add_argument("--n-head", type=int, default=4, help="SMAT's 64M model: --d-model 384 --n-head 6 (64-wide heads)")
     args = parser.parse_args()
-    print(f"device: {args.device}, torch {torch.__version__}, {args.tokens} tokens per step, model 4 x 192 x 4 heads, s_dim 32")
+    print(f"device: {args.device}, torch {torch.__version__}, {args.tokens} tokens per step, "
+          f"model 4 x {args.d_model} x {args.n_head} heads, s_dim 32")
     rows = []
     context = multiprocessing.get_context("spawn")
     for seq in (256, 1024):
         results = {}
         for variant in VARIANTS:
             with ProcessPoolExecutor(1, mp_context=context) as pool:
-                results[variant] = pool.submit(measure, variant, seq, args.tokens // seq, args.steps, args.device).result()
+                results[variant] = pool.submit(measure, variant, seq, args.tokens // seq, args.steps, args.device,
+                                               args.d_model, args.n_head).result()
         base = results["baseline"]
         for variant, r in results.items():
             rows.append((seq, variant, f"{1000 * r['step_s']:.0f}", f"{r['step_s'] / base['step_s']:.2f}x",

@@ -1,11 +1,12 @@
 """Attention pattern "block_local" (seed 002): a token in block b attends causally within block b
 and fully to block b - 1, with block length B = model.local_block.
 
-Training and prefill never build a T x T matrix: q is cut into blocks (B, H, n, B, D) and each
-query block attends its 2B-key window [block b-1, block b] with SDPA and one (n, B, 2B) mask, so
-compute and memory are O(T B). Block 0 has no previous block: its first half of the window is
-masked, so it is exactly full causal attention. T not a multiple of B is zero-padded at the end
-(padded keys lie in every real query's future, so the causal mask hides them).
+Training and prefill never build a T x T matrix: the sequence is cut into blocks and each block
+attends its 2B-key window [block b-1, block b] through SDPA's fused causal kernel (see
+`_blocked`), so compute and memory are O(T B) and no mask tensor is built. Block 0 has no previous
+block and is exactly full causal attention (the seed's notebook let it attend zero padding). T not
+a multiple of B is zero-padded at the end (padded keys lie in every real query's future, so the
+causal mask hides them).
 
 During generation the layer's cache keeps only the last 2B positions (`WindowedKVCache`), which is
 all a query can see: position t needs keys from (t // B - 1) B to t.
@@ -39,17 +40,6 @@ class WindowedKVCache(KVCache):
         return k, v
 
 
-def window_mask(block: int, n_blocks: int, device: torch.device) -> torch.Tensor:
-    """(n, B, 2B) bool: query i of block b sees key j of [block b-1, block b] iff allowed."""
-    i = torch.arange(block, device=device)[:, None]
-    j = torch.arange(2 * block, device=device)[None, :]
-    current = (j >= block) & (j - block <= i)
-    previous = j < block
-    mask = (current | previous).expand(n_blocks, block, 2 * block).clone()
-    mask[0] = current  # block 0 has no previous block
-    return mask
-
-
 class BlockLocal(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -66,22 +56,30 @@ class BlockLocal(nn.Module):
         return self._from_cache(q, k, v, scale, q_start)
 
     def _blocked(self, q, k, v, scale, dropout):
-        Bsz, H, T, _ = q.shape
+        """Block 0: plain causal attention over its B tokens. Blocks b >= 1: the window
+        [block b-1, block b] of queries, keys and values, with a causal mask over the 2B window;
+        the second half of its output is exactly block b's (query i of block b sees the whole
+        previous block and keys <= i of its own), so every call is SDPA's fused causal kernel,
+        with no explicit mask. The first half (block b-1's queries again) is discarded."""
+        Bsz, H, T, D = q.shape
         B = self.block
         n = -(-T // B)
         pad = n * B - T
         if pad:
             q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        first = F.scaled_dot_product_attention(q[:, :, :B], k[:, :, :B], v[:, :, :B], is_causal=True,
+                                               dropout_p=dropout, scale=scale)
+        if n == 1:
+            return first[:, :, :T]
 
-        def windows(x):  # (Bsz, H, n*B, D) -> (Bsz, H*n, 2B, D): [previous block, this block]
+        def windows(x):  # (Bsz, H, n*B, D') -> (Bsz, H*(n-1), 2B, D'): [block b-1, block b], b >= 1
             blocks = x.view(Bsz, H, n, B, x.shape[-1])
-            previous = torch.cat([torch.zeros_like(blocks[:, :, :1]), blocks[:, :, :-1]], dim=2)
-            return torch.cat([previous, blocks], dim=3).view(Bsz, H * n, 2 * B, x.shape[-1])
+            return torch.cat([blocks[:, :, :-1], blocks[:, :, 1:]], dim=3).reshape(Bsz, H * (n - 1), 2 * B, x.shape[-1])
 
-        mask = window_mask(B, n, q.device).repeat(H, 1, 1)  # (H*n, B, 2B)
-        y = F.scaled_dot_product_attention(q.view(Bsz, H * n, B, q.shape[-1]), windows(k), windows(v),
-                                           attn_mask=mask, dropout_p=dropout, scale=scale)
-        return y.view(Bsz, H, n * B, -1)[:, :, :T]
+        rest = F.scaled_dot_product_attention(windows(q), windows(k), windows(v), is_causal=True,
+                                              dropout_p=dropout, scale=scale)[:, :, B:]
+        rest = rest.reshape(Bsz, H, (n - 1) * B, -1)
+        return torch.cat([first, rest], dim=2)[:, :, :T]
 
     def _from_cache(self, q, k, v, scale, q_start):
         """Queries at q_start.. against the most recent keys (cached window + new)."""
