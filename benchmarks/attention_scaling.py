@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
-import statistics
-import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
+from timing import in_fresh_process, median_seconds
 
 from slmlab.config import ModelConfig
 from slmlab.model import ATTENTION_PATTERNS
@@ -38,16 +35,7 @@ def measure(pattern: str, T: int, block: int, device: str, repeats: int) -> dict
         module(q, k, v, 1 / math.sqrt(64), 0).sum().backward()
 
     step()
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "memory": peak_memory_bytes(torch.device(device)) - base}
+    return {"seconds": median_seconds(step, repeats, device), "memory": peak_memory_bytes(torch.device(device)) - base}
 
 
 def main() -> None:
@@ -57,12 +45,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(f"device: {args.device}, torch {torch.__version__}, 1 x 8 heads x 64, block {args.block}, forward + backward")
-    context = multiprocessing.get_context("spawn")
     results = {}
     for pattern in ("full", "block_local"):
         for T in LENGTHS:
-            with ProcessPoolExecutor(1, mp_context=context) as pool:
-                results[pattern, T] = pool.submit(measure, pattern, T, args.block, args.device, args.repeats).result()
+            results[pattern, T] = in_fresh_process(measure, pattern, T, args.block, args.device, args.repeats)
     rows = []
     for T in LENGTHS:
         full, local = results["full", T], results["block_local", T]

@@ -11,14 +11,11 @@ for comparison. All at T = 256 and 1024 in one run, on a 4-layer model (default 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import statistics
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from timing import in_fresh_process, median_seconds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests package, for the naive reference
 
@@ -54,16 +51,7 @@ def measure(variant: str, seq: int, batch: int, steps: int, device: str, d_model
 
     for _ in range(2):
         step()
-    times = []
-    for _ in range(steps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return {"step_s": statistics.median(times), "peak": peak_memory_bytes(torch.device(device))}
+    return {"step_s": median_seconds(step, steps, device), "peak": peak_memory_bytes(torch.device(device))}
 
 
 def main() -> None:
@@ -77,13 +65,9 @@ def main() -> None:
     print(f"device: {args.device}, torch {torch.__version__}, {args.tokens} tokens per step, "
           f"model 4 x {args.d_model} x {args.n_head} heads, s_dim 32")
     rows = []
-    context = multiprocessing.get_context("spawn")
     for seq in (256, 1024):
-        results = {}
-        for variant in VARIANTS:
-            with ProcessPoolExecutor(1, mp_context=context) as pool:
-                results[variant] = pool.submit(measure, variant, seq, args.tokens // seq, args.steps, args.device,
-                                               args.d_model, args.n_head).result()
+        results = {variant: in_fresh_process(measure, variant, seq, args.tokens // seq, args.steps, args.device,
+                                             args.d_model, args.n_head) for variant in VARIANTS}
         base = results["baseline"]
         for variant, r in results.items():
             rows.append((seq, variant, f"{1000 * r['step_s']:.0f}", f"{r['step_s'] / base['step_s']:.2f}x",

@@ -14,10 +14,7 @@ the nanoGPT formulation, measured in the same run.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +24,7 @@ from slmlab.model import build_model, model_stats
 from slmlab.model.accounting import human
 from slmlab.runtime import autocast, peak_memory_bytes
 from slmlab.tables import markdown_table
+from timing import in_fresh_process, median_seconds, sync
 
 SIZES = {
     "quickstart (1.8M, char vocab)": dict(n_layer=4, n_head=4, d_model=192, d_ff=768, vocab_size=76),
@@ -43,18 +41,13 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> f
         for _ in range(2):
             a @ b
         for _ in range(repeats):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             for _ in range(5):
                 a @ b
-            _sync(device)
+            sync(device)
             best = max(best, 5 * 2 * n**3 / (time.perf_counter() - start))
     return best
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def stock_loss(model, x, y):
@@ -83,25 +76,12 @@ def measure(cfg: ModelConfig, batch: int, seq: int, device: torch.device, dtype:
         step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    seconds = median_seconds(step, steps, device)
     stats = model_stats(model, cfg)
-    seconds = statistics.median(times)
     return {
         "params": stats.params, "tokens_per_s": batch * seq / seconds,
         "flops_per_s": batch * seq * stats.flops_per_token(seq) / seconds, "peak_bytes": peak_memory_bytes(device),
     }
-
-
-def measure_in_fresh_process(*args, **kwargs) -> dict:
-    """Run `measure` in its own process, so the CPU peak resident set is that model's alone."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(measure, *args, **kwargs).result()
 
 
 def main() -> None:
@@ -127,8 +107,8 @@ def main() -> None:
     rows = []
     for name, shape in SIZES.items():
         cfg = ModelConfig(block_size=args.seq, **shape)
-        ours = measure_in_fresh_process(cfg, args.batch, args.seq, device, args.dtype, args.compile, args.steps)
-        ref = measure_in_fresh_process(cfg, args.batch, args.seq, device, args.dtype, args.compile, args.steps, stock=True)
+        ours = in_fresh_process(measure, cfg, args.batch, args.seq, device, args.dtype, args.compile, args.steps)
+        ref = in_fresh_process(measure, cfg, args.batch, args.seq, device, args.dtype, args.compile, args.steps, stock=True)
         rows.append((
             name, human(ours["params"]), f"{ours['tokens_per_s']:,.0f}", f"{100 * ours['flops_per_s'] / peak:.1f}%",
             human(ours["peak_bytes"], "B"), human(ref["peak_bytes"], "B"), f"{ref['tokens_per_s']:,.0f}", f"{100 * ref['flops_per_s'] / peak:.1f}%",
