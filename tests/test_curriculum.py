@@ -38,6 +38,9 @@ def test_phases_hand_weights_on_and_run_their_own_settings(make_config, text_cor
     assert all(torch.equal(start[k], final_a[k]) for k in final_a)
     assert all(isinstance(b.attn.pattern, BlockLocal) for b in phase_b.model.blocks)
     assert phase_b.model.positions.scale == 2.0 and phase_b.cfg.data.seq_len == 32
+    phase_c = cfg.phase(2)  # keeps what B set, changes only the mixture
+    assert (phase_c.model.attention, phase_c.model.rope_scale, phase_c.data.seq_len, phase_c.train.lr) == ("block_local", 2.0, 32, 1e-3)
+    assert phase_c.data.mixture == {"prose": 3.0, "verse": 1.0} and phase_c.train.steps == 6
 
 
 def test_curriculum_end_to_end_and_exact_resume(make_config, text_corpus):
@@ -68,7 +71,7 @@ def test_curriculum_end_to_end_and_exact_resume(make_config, text_corpus):
     b = load_file(root / "phase3_C" / "final.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     cfg, model, _ = load_run(root)  # a curriculum run loads as its last phase
-    assert cfg.name == "phase3_C" and not isinstance(model.blocks[0].attn.pattern, BlockLocal)
+    assert cfg.name == "phase3_C" and isinstance(model.blocks[0].attn.pattern, BlockLocal)
 
 
 def test_invalid_phase_is_a_clear_error(make_config, text_corpus):

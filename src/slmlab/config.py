@@ -133,8 +133,8 @@ class TrainConfig:
 
 @dataclass
 class PhaseConfig:
-    """One phase of a curriculum: what it changes relative to the run's own config (None or an
-    empty mixture = keep). Each phase starts from the previous phase's final weights."""
+    """One phase of a curriculum: what it changes relative to the previous phase (None or an empty
+    mixture = keep). Each phase starts from the previous phase's final weights."""
 
     name: str = "phase"
     steps: int | None = None
@@ -168,11 +168,15 @@ class RunConfig:
     phases: list[PhaseConfig] = field(default_factory=list)
 
     def phase(self, index: int) -> RunConfig:
-        """The full config of phase `index` (its sub-run lives inside this run's directory)."""
+        """The full config of phase `index`: the run's config with the changes of phases 0..index
+        applied in order (a phase keeps what earlier phases set unless it changes it). Its sub-run
+        lives inside this run's directory."""
         phase = self.phases[index]
         values = {k: v for k, v in self.to_dict().items() if k != "phases"}
-        overrides = {**phase.overrides(), "name": f"phase{index + 1}_{phase.name}",
-                     "out_dir": str(Path(self.out_dir) / self.name)}
+        overrides = {}
+        for earlier in self.phases[: index + 1]:
+            overrides.update(earlier.overrides())
+        overrides.update(name=f"phase{index + 1}_{phase.name}", out_dir=str(Path(self.out_dir) / self.name))
         try:
             return config_from_dict(apply_overrides(values, overrides))
         except ConfigError as err:
