@@ -18,13 +18,13 @@ import time
 
 import torch
 import torch.nn.functional as F
+from timing import in_fresh_process, median_seconds, sync
 
 from slmlab.config import ModelConfig
 from slmlab.model import build_model, model_stats
 from slmlab.model.accounting import human
 from slmlab.runtime import autocast, peak_memory_bytes
 from slmlab.tables import markdown_table
-from timing import in_fresh_process, median_seconds, sync
 
 SIZES = {
     "quickstart (1.8M, char vocab)": dict(n_layer=4, n_head=4, d_model=192, d_ff=768, vocab_size=76),

@@ -6,7 +6,13 @@ import pytest
 
 from slmlab.config import DataConfig
 from slmlab.tokenization import (
-    BPETokenizer, ByteTokenizer, CharTokenizer, GPT2Tokenizer, TokenizerError, load_tokenizer, train_tokenizer,
+    BPETokenizer,
+    ByteTokenizer,
+    CharTokenizer,
+    GPT2Tokenizer,
+    TokenizerError,
+    load_tokenizer,
+    train_tokenizer,
 )
 
 TEXT = "ROMEO:\n  But soft!  what light, through yonder window breaks?\n\n\tIt is the east — and Juliet is the sun.\n"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, RunConfig, load_config, parse_overrides, resolve_vocab, apply_overrides, config_from_dict
+from .checkpoint import CheckpointError
+from .config import ConfigError, RunConfig, apply_overrides, config_from_dict, load_config, parse_overrides, resolve_vocab
 from .corpora import CorpusError
 from .tokenization import TokenizerError
-from .checkpoint import CheckpointError
 from .training.trainer import TrainingError
 
 EXPECTED_ERRORS = (ConfigError, CorpusError, TokenizerError, CheckpointError, TrainingError)
@@ -147,8 +147,8 @@ def _info_config(args, extra) -> RunConfig:
     args.config = args.target
     cfg = _config(args, extra)
     if cfg.model.vocab_size == 0:
-        from .data import get_tokenizer
         from .corpora import DocumentSelection
+        from .data import get_tokenizer
 
         known = {"byte": 256, "gpt2": 50257, "bpe": cfg.data.vocab_size}
         vocab = known.get(cfg.data.tokenizer) or get_tokenizer(cfg.data, DocumentSelection(cfg.data)).vocab_size

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import CheckpointError, latest_checkpoint, load_weights
 from .config import ConfigError, RunConfig, apply_overrides, config_from_dict
 from .data import atomic_write_text
 from .metrics import MetricsLog
 from .model import build_model
 from .tokenization import Tokenizer, load_tokenizer
-from .checkpoint import CheckpointError, latest_checkpoint, load_weights
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..checkpoint import load_checkpoint, load_training_state, load_weights, save_checkpoint, save_weights
 from ..config import RunConfig, resolve_vocab
 from ..data import TokenSplit, WindowSampler, atomic_write_text, prepare_tokens, validation_batches
+from ..metrics import MetricsLog
 from ..model import build_model, model_stats
 from ..runs import RunDir
 from ..runtime import autocast, peak_memory_bytes, resolve_device, rng_state, seed_everything, set_rng_state
 from ..tokenization import load_tokenizer
-from ..checkpoint import load_checkpoint, load_training_state, load_weights, save_checkpoint, save_weights
-from ..metrics import MetricsLog
 from .optim import build_optimizer, lr_at
 
 log = logging.getLogger("slmlab")
