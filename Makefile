@@ -30,7 +30,8 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py
-	$(BIN)/python benchmarks/smat_overhead.py
+	$(BIN)/python benchmarks/smat_overhead.py --d-model 384 --n-head 6
+	$(BIN)/python benchmarks/attention_scaling.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
