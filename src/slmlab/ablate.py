@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+from .config import ConfigError
 from .data import prepare_tokens
 from .interventions import applicable, intervene, route_shares
 from .runs import load_run
@@ -25,7 +26,7 @@ def ablate(run_path: str | Path, n_batches: int = 20, device: str = "auto") -> t
     cfg, model, tokenizer = load_run(run_path, device)
     interventions = applicable(model)
     if not interventions:
-        raise ValueError(f"{run_path}: this model declares no interventions (its variant has no hook points to ablate)")
+        raise ConfigError(f"{run_path}: this model declares no interventions (its variant has no hook points to ablate)")
     _, data = prepare_tokens(cfg.data, tokenizer)
 
     def ppl() -> float:

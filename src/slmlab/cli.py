@@ -250,10 +250,7 @@ def cmd_prompts(args, extra) -> int:
 def cmd_ablate(args, extra) -> int:
     from .ablate import ablate
 
-    try:
-        table, _ = ablate(args.run, args.n_batches, args.device)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    table, _ = ablate(args.run, args.n_batches, args.device)
     print(table)
     print(f"saved: {Path(args.run) / 'ablations.md'}, ablations.json")
     return 0

@@ -26,7 +26,6 @@ import dataclasses
 import logging
 import multiprocessing
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,9 +132,7 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
         if status == "done":
             results[(job.variant, job.seed)] = job.run.read_summary()
             log.info("%s: finished earlier, skipped", job.run.path)
-        else:
-            if status == "new" and job.run.path.exists():
-                shutil.rmtree(job.run.path)  # started but never checkpointed: nothing to keep
+        else:  # a "new" run that started but never checkpointed is replaced (train(overwrite=True))
             pending.append((job, status))
     log.info("sweep %s: %d runs to do, %d done; %d parallel job(s), %d thread(s) each",
              sweep.name, len(pending), len(results), slots, threads)
