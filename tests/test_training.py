@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -82,24 +85,24 @@ def test_an_existing_run_is_never_overwritten_silently(text_corpus, make_config)
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(text_corpus, make_config, monkeypatch):
     cfg = make_config(text_corpus, train={"steps": 20, "checkpoint_every": 10})
     trainer = Trainer(cfg, progress=False)
-    real_save = checkpoint_module.save_model
+    real_save = checkpoint_module.save_file
     calls = {"n": 0}
 
-    def crash_on_second(model, path, metadata=None):
+    def crash_on_second(weights, path, metadata=None):
         calls["n"] += 1
         if calls["n"] == 2:
             with open(path, "wb") as handle:
                 handle.write(b"half a file")
             raise OSError("disk full (simulated)")
-        return real_save(model, path, metadata=metadata)
+        return real_save(weights, path, metadata=metadata)
 
-    monkeypatch.setattr(checkpoint_module, "save_model", crash_on_second)
+    monkeypatch.setattr(checkpoint_module, "save_file", crash_on_second)
     with pytest.raises(OSError, match="simulated"):
         trainer.fit()
     run = RunDir.for_config(cfg)
     assert checkpoint_module.latest_checkpoint(run.checkpoints) == "step_000010"
     assert not list(run.checkpoints.glob("step_000020*")) and not list(run.checkpoints.glob(".*"))
-    monkeypatch.setattr(checkpoint_module, "save_model", real_save)
+    monkeypatch.setattr(checkpoint_module, "save_file", real_save)
     resumed = Trainer(cfg, resume=True, progress=False)
     assert resumed.step == 10
     assert resumed.fit().step == 20
@@ -169,3 +172,19 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
     names = {n for n, p in model.named_parameters() if id(p) in decayed}
     assert names == {"blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight", "blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight"}
     assert no_decay["weight_decay"] == 0.0 and len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def _has_cpp_compiler() -> bool:
+    return any(shutil.which(name) for name in (os.environ.get("CXX", ""), "g++", "clang++") if name)
+
+
+@pytest.mark.skipif(not _has_cpp_compiler(), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_training_gives_the_eager_losses_and_times_compilation_apart(text_corpus, make_config):
+    train_cfg = {"steps": 3, "log_every": 1, "eval_every": 3, "checkpoint_every": 0}
+    eager = train(replace(make_config(text_corpus, train=train_cfg), name="eager"), progress=False)
+    compiled = train(replace(make_config(text_corpus, train={**train_cfg, "compile": True}), name="compiled"), progress=False)
+    losses = [[r["loss"] for r in RunDir(result.run_dir).read_metrics()] for result in (eager, compiled)]
+    assert losses[1] == pytest.approx(losses[0], abs=2e-4)
+    assert compiled.val_loss == pytest.approx(eager.val_loss, abs=2e-4)
+    assert compiled.compile_seconds > 0 and eager.compile_seconds == 0
+    assert RunDir(compiled.run_dir).read_summary()["compile_seconds"] == compiled.compile_seconds

@@ -1,13 +1,15 @@
 """Checkpoints: safetensors weights plus a separate training-state file, written atomically.
 
     <run>/checkpoints/step_000100.safetensors   model weights (tied tensors stored once)
-    <run>/checkpoints/step_000100.state.pt      optimizer, step, tokens, every RNG, sampler position
+    <run>/checkpoints/step_000100.state.pt      optimizer (keyed by parameter name), step, tokens,
+                                                every RNG, sampler position
     <run>/checkpoints/latest                    the name of the newest complete checkpoint
     <run>/final.safetensors                     the weights at the end of training
 
 Every file goes to a temp name and is renamed into place; `latest` is rewritten only after both
 files of a checkpoint exist, so a crash mid-write leaves the previous checkpoint as the latest.
-Loading never unpickles code: weights through safetensors, state through
+Both hold full, unsharded tensors, whatever the number of processes that wrote them, so a run
+checkpointed by N data-parallel ranks resumes on M. Loading never unpickles code: weights through safetensors, state through
 `torch.load(weights_only=True)`.
 """
 
@@ -20,7 +22,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file
 from torch import nn
 
 from .data import atomic_write_text
@@ -42,10 +44,11 @@ def _atomic(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+def save_weights(weights: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a state dict (tied aliases already dropped, see distributed.full_model_state)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path, lambda tmp: save_model(model, tmp, metadata=metadata))
+    _atomic(path, lambda tmp: save_file(weights, tmp, metadata=metadata))
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -63,11 +66,11 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise CheckpointError(f"{path} does not fit this model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
 
 
-def save_checkpoint(directory: Path, step: int, model: nn.Module, state: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(directory: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any], keep: int) -> Path:
     """Write step `step`'s weights and training state, point `latest` at it, prune old ones."""
     directory.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
-    save_weights(model, directory / f"{name}.safetensors")
+    save_weights(weights, directory / f"{name}.safetensors")
     _atomic(directory / f"{name}.state.pt", lambda tmp: torch.save(state, tmp))
     atomic_write_text(directory / "latest", name)
     for old in sorted(directory.glob("step_*.safetensors"))[:-keep]:

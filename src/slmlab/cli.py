@@ -10,13 +10,23 @@ import argparse
 import json
 import logging
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 from .checkpoint import CheckpointError
-from .config import ConfigError, RunConfig, apply_overrides, config_from_dict, load_config, parse_overrides, resolve_vocab
+from .config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    parse_overrides,
+    resolve_vocab,
+)
 from .corpora import CorpusError
 from .tokenization import TokenizerError
 from .training.trainer import TrainingError
@@ -43,8 +53,54 @@ def _config(args, extra: list[str]) -> RunConfig:
 
 
 def cmd_train(args, extra) -> int:
+    cfg = _train_config(args, extra)  # a bad config fails here, once, before any process starts
+    if args.nproc > 1:
+        if not args.resume:
+            from .runs import RunDir
+
+            RunDir.for_config(cfg).ensure_free(args.overwrite)
+        return launch_torchrun(args.nproc, _without_option(args.argv[1:], "--nproc"))
+    from . import distributed
     from .training import train
 
+    try:
+        result = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress)
+    finally:
+        distributed.close()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    print(f"run: {result.run_dir}")
+    print(f"step {result.step}: validation loss {result.val_loss:.4f}, perplexity {result.val_ppl:.2f}, "
+          f"{result.tokens_per_s:,.0f} tokens/s")
+    if result.sample:
+        print("sample:\n" + result.sample)
+    return 0
+
+
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """`slmlab train --nproc N ...` = `torchrun --standalone --nproc_per_node N -m slmlab train ...`
+    (CPU threads shared between the processes unless OMP_NUM_THREADS says otherwise)."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "slmlab", "train", *argv]
+    return subprocess.run(command, env=env, check=False).returncode
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """argv minus `option VALUE` / `option=VALUE`."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
+def _train_config(args, extra) -> RunConfig:
     if args.resume:
         run = Path(args.resume)
         overrides = parse_overrides(extra)
@@ -59,13 +115,11 @@ def cmd_train(args, extra) -> int:
         cfg = _config(args, extra)
     else:
         raise ConfigError("give a CONFIG file to train, or --resume RUN_DIR")
-    result = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"run: {result.run_dir}")
-    print(f"step {result.step}: validation loss {result.val_loss:.4f}, perplexity {result.val_ppl:.2f}, "
-          f"{result.tokens_per_s:,.0f} tokens/s")
-    if result.sample:
-        print("sample:\n" + result.sample)
-    return 0
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
+    if cfg.train.batch_size % args.nproc:
+        raise ConfigError(f"train.batch_size = {cfg.train.batch_size} (the global batch) must be divisible by --nproc {args.nproc}")
+    return cfg
 
 
 def cmd_eval(args, extra) -> int:
@@ -94,7 +148,13 @@ def cmd_eval(args, extra) -> int:
 
 
 def _eval_long_context(args, cfg, model, split, device) -> int:
-    from .long_eval import bucket_table, context_table, loss_by_context_length, loss_by_position, write_report
+    from .long_eval import (
+        bucket_table,
+        context_table,
+        loss_by_context_length,
+        loss_by_position,
+        write_report,
+    )
     from .tables import markdown_table
 
     run, batch = Path(args.run), max(1, cfg.train.batch_size // 4)
@@ -285,12 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = _parser(sub, "train", "train a model from a config (or resume a run)",
                 "  slmlab train configs/quickstart.toml\n"
                 "  slmlab train configs/quickstart.toml --model.n_layer 6 --train.steps 2000 --name deeper\n"
-                "  slmlab train --resume runs/quickstart --train.steps 3000")
+                "  slmlab train --resume runs/quickstart --train.steps 3000\n"
+                "  slmlab train configs/smat_64m.toml --nproc 4                        # DDP on 4 GPUs\n"
+                "  slmlab train configs/smat_64m.toml --nproc 4 --train.parallel fsdp  # FSDP2\n"
+                "  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\\n"
+                "      -m slmlab train configs/longctx_300m.toml                       # multi-node")
     p.add_argument("config", nargs="?", help="TOML config file")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its latest checkpoint")
     p.add_argument("--name", help="run name (default: the config file's stem)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory of the same name")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (launches torchrun; train.parallel picks DDP or FSDP2)")
     p.set_defaults(func=cmd_train)
 
     p = _parser(sub, "sweep", "run every (variant, seed) of a sweep config in parallel and print the paired results table",
@@ -407,9 +473,12 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    own, extra = split_overrides(sys.argv[1:] if argv is None else list(argv))
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun, only rank 0 reports progress
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    own, extra = split_overrides(argv)
     args = build_parser().parse_args(own)
+    args.argv = argv
     try:
         return args.func(args, extra)
     except EXPECTED_ERRORS as err:

@@ -121,6 +121,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     dtype: str = "fp32"  # "fp32" | "bf16" (autocast)
     compile: bool = False
+    parallel: str = "ddp"  # under torchrun: "ddp" (replicated) | "fsdp" (FSDP2, sharded); batch_size is global
     threads: int = 0  # CPU threads; 0 = torch default
     eval_every: int = 100
     eval_batches: int = 20
@@ -195,6 +196,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.tokenizer": ("byte", "char", "bpe", "gpt2"),
     "train.optimizer": ("adamw",),
     "train.dtype": ("fp32", "bf16"),
+    "train.parallel": ("ddp", "fsdp"),
 }
 """Allowed values of string fields with a closed set. Variants register more (see `register_choice`)."""
 

@@ -220,10 +220,13 @@ class WindowSampler:
     Without a mixture, window starts are uniform over the whole split. With one, each row first
     draws a stream with probability proportional to its weight, then a uniform start inside it.
     The generator's state is the sampler position (`state_dict`), so a resumed run continues with
-    exactly the windows it would have drawn."""
+    exactly the windows it would have drawn. `rows` keeps only some rows of each batch: a
+    data-parallel rank draws the whole global batch (every rank's generator agrees) and gathers
+    its own disjoint slice of it."""
 
-    def __init__(self, split: TokenSplit, seq_len: int, batch_size: int, seed: int, mixture: dict[str, float] | None = None):
-        self.split, self.seq_len, self.batch_size = split, seq_len, batch_size
+    def __init__(self, split: TokenSplit, seq_len: int, batch_size: int, seed: int, mixture: dict[str, float] | None = None,
+                 rows: slice = slice(None)):
+        self.split, self.seq_len, self.batch_size, self.rows = split, seq_len, batch_size, rows
         self.rng = np.random.Generator(np.random.PCG64(seed))
         if mixture:
             names = list(mixture)
@@ -255,7 +258,7 @@ class WindowSampler:
         return self.starts[stream] + self.rng.integers(0, self.spans[stream])
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return _gather(self.split.tokens, self.next_offsets(), self.seq_len)
+        return _gather(self.split.tokens, self.next_offsets()[self.rows], self.seq_len)
 
     def state_dict(self) -> dict:
         return self.rng.bit_generator.state

@@ -41,14 +41,21 @@ class RunDir:
     def for_config(cls, cfg: RunConfig) -> RunDir:
         return cls(Path(cfg.out_dir) / cfg.name)
 
+    def holds_run(self) -> bool:
+        return self.path.exists() and any(self.path.iterdir())
+
+    def ensure_free(self, overwrite: bool) -> None:
+        """Refuse to reuse a directory that holds a run unless told to overwrite it."""
+        if self.holds_run() and not overwrite:
+            raise ConfigError(
+                f"{self.path} already holds a run; resume it with --resume {self.path}, "
+                "pick another --name, or pass --overwrite to replace it"
+            )
+
     def create(self, cfg: RunConfig, overwrite: bool = False) -> None:
-        """Make the directory for a new run; refuse to reuse one that holds a run unless told to."""
-        if self.path.exists() and any(self.path.iterdir()):
-            if not overwrite:
-                raise ConfigError(
-                    f"{self.path} already holds a run; resume it with --resume {self.path}, "
-                    "pick another --name, or pass --overwrite to replace it"
-                )
+        """Make the directory for a new run (replacing an old one only when `overwrite`)."""
+        self.ensure_free(overwrite)
+        if self.holds_run():
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.write_config(cfg)

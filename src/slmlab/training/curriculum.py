@@ -16,6 +16,7 @@ import json
 
 from ..config import ConfigError, RunConfig
 from ..data import atomic_write_text
+from ..distributed import World
 from ..model.attention import ATTENTION_PATTERNS, layer_pattern
 from ..runs import RunDir
 from .trainer import Trainer, TrainResult
@@ -31,8 +32,13 @@ def assert_patterns(trainer: Trainer) -> None:
 
 def train_curriculum(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
     root = RunDir.for_config(cfg)
+    world, _ = World.from_env(cfg.train.device)
     if not resume:
-        root.create(cfg, overwrite)
+        root.ensure_free(overwrite)
+        world.barrier()
+        if world.is_main:
+            root.create(cfg, overwrite)
+        world.barrier()
     previous: RunDir | None = None
     phases, result = [], None
     for index, phase in enumerate(cfg.phases):
@@ -47,6 +53,7 @@ def train_curriculum(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
         phases.append({"phase": phase.name, "run": str(run.path), **run.read_summary()})
         previous = run
     summary = {**{k: v for k, v in phases[-1].items() if k not in ("phase", "run")}, "phases": phases}
-    atomic_write_text(root.summary, json.dumps(summary, indent=2) + "\n")
+    if world.is_main:
+        atomic_write_text(root.summary, json.dumps(summary, indent=2) + "\n")
     last = phases[-1]
     return result or TrainResult(root.path, last["step"], last["val_loss"], last["val_ppl"], last["tokens_per_s"], last.get("sample", ""))

@@ -6,6 +6,11 @@ whose loss or gradient norm is not finite is skipped (no update) and counted; `m
 consecutive ones abort the run. Every `eval_every` steps the model is scored on a fixed
 validation sample; every `checkpoint_every` steps weights and full training state are saved, so
 `resume` continues bit-exactly (same weights as an uninterrupted run on CPU).
+
+Under torchrun the same loop runs data-parallel (see distributed.py): every rank draws the same
+global batch and computes its own rows, DDP or FSDP2 averages the gradients, validation batches
+are split across ranks and the losses summed, and only rank 0 writes the run directory. Host
+syncs: one per step (the loss and gradient norm, read together for the non-finite guard).
 """
 
 from __future__ import annotations
@@ -21,14 +26,44 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_checkpoint, load_training_state, load_weights, save_checkpoint, save_weights
-from ..config import RunConfig, resolve_vocab
-from ..data import TokenSplit, WindowSampler, atomic_write_text, prepare_tokens, validation_batches
+from ..checkpoint import (
+    load_checkpoint,
+    load_training_state,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
+from ..config import DataConfig, RunConfig, resolve_vocab
+from ..data import (
+    TokenData,
+    TokenSplit,
+    WindowSampler,
+    atomic_write_text,
+    prepare_tokens,
+    validation_batches,
+)
+from ..distributed import (
+    World,
+    check_batch,
+    full_model_state,
+    full_optimizer_state,
+    gradient_sync,
+    load_optimizer_state,
+    local_scalar,
+    parallelize,
+    tied_aliases,
+)
 from ..metrics import MetricsLog
 from ..model import build_model, model_stats
 from ..runs import RunDir
-from ..runtime import autocast, peak_memory_bytes, resolve_device, rng_state, seed_everything, set_rng_state
-from ..tokenization import load_tokenizer
+from ..runtime import (
+    autocast,
+    peak_memory_bytes,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from ..tokenization import Tokenizer, load_tokenizer
 from .optim import build_optimizer, lr_at
 
 log = logging.getLogger("slmlab")
@@ -46,22 +81,37 @@ class TrainResult:
     val_ppl: float
     tokens_per_s: float
     sample: str
+    compile_seconds: float = 0.0
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: TokenSplit, seq_len: int, batch_size: int, n_batches: int,
-             device: torch.device, dtype: str = "fp32") -> float:
-    """Mean cross-entropy over the fixed validation sample (token-weighted)."""
+             device: torch.device, dtype: str = "fp32", world: World | None = None) -> float:
+    """Mean cross-entropy over the fixed validation sample (token-weighted). Across data-parallel
+    ranks each computes its rows of every batch (a rank left without rows runs one row at weight
+    0, so sharded models see the same collectives) and the sums are reduced."""
+    world = world or World()
     was_training = model.training
     model.eval()
-    total, count = torch.zeros((), device=device), 0
+    total, count = torch.zeros((), device=device), torch.zeros((), device=device)
     for x, y in validation_batches(split, seq_len, batch_size, n_batches):
+        rows = world.rows(len(x))
+        weight = 1.0 if rows.stop > rows.start else 0.0
+        x, y = (x[rows], y[rows]) if weight else (x[:1], y[:1])
         with autocast(device, dtype):
             _, loss = model(x.to(device), y.to(device))
-        total += loss.float() * y.numel()
-        count += y.numel()
+        total += weight * loss.float() * y.numel()
+        count += weight * y.numel()
     model.train(was_training)
-    return (total / count).item()
+    return (world.sum(total) / world.sum(count)).item()
+
+
+def prepare_data(data: DataConfig, tokenizer: Tokenizer | None, world: World) -> tuple[Tokenizer, TokenData]:
+    """Tokenize (or reuse) the corpus: rank 0 builds the cache files, the other ranks then read them."""
+    if world.is_main:
+        prepared = prepare_tokens(data, tokenizer)
+    world.barrier()
+    return prepared if world.is_main else prepare_tokens(data, tokenizer)
 
 
 class Trainer:
@@ -70,61 +120,85 @@ class Trainer:
         """`init_from`: a finished run whose final weights and tokenizer this run starts from
         (a curriculum's previous phase); `carry_optimizer` also takes its AdamW state."""
         self.run = RunDir.for_config(cfg)
+        self.world, self.device = World.from_env(cfg.train.device)
         if resume:
             cfg = self._resume_config(cfg)
         train = cfg.train
+        check_batch(train.batch_size, self.world)
         if train.threads:
             torch.set_num_threads(train.threads)
-        self.device = resolve_device(train.device)
         seed_everything(train.seed)
         source = self.run if resume else init_from
         tokenizer = load_tokenizer(source.tokenizer) if source else None
-        self.tokenizer, self.data = prepare_tokens(cfg.data, tokenizer)
+        self.tokenizer, self.data = prepare_data(cfg.data, tokenizer, self.world)
         resolve_vocab(cfg, self.tokenizer.vocab_size)
-        self.cfg, self.progress = cfg, progress
+        self.cfg, self.progress = cfg, progress and self.world.is_main
         if not resume:
-            self.run.create(cfg, overwrite)
-            self.tokenizer.save(self.run.tokenizer)
+            self.run.ensure_free(overwrite)
+            self.world.barrier()  # every rank has checked before rank 0 replaces anything
+            if self.world.is_main:
+                self.run.create(cfg, overwrite)
+                self.tokenizer.save(self.run.tokenizer)
         self.model = build_model(cfg.model).to(self.device)
+        self.aliases = tied_aliases(self.model)
         self.stats = model_stats(self.model, cfg.model)
-        self.optimizer = build_optimizer(self.model, train, self.device)
-        self.sampler = WindowSampler(self.data.train, cfg.data.seq_len, train.batch_size, train.seed, cfg.data.mixture or None)
+        self.sampler = WindowSampler(self.data.train, cfg.data.seq_len, train.batch_size, train.seed,
+                                     cfg.data.mixture or None, rows=self.world.rows(train.batch_size))
         self.metrics = MetricsLog(self.run.metrics)
         self.step, self.tokens, self.nan_skips = 0, 0, 0
+        state = None
         if resume:
-            self._load_state()
+            state = load_checkpoint(self.run.checkpoints, self.model)
         elif init_from is not None:
             load_weights(self.model, init_from.final_weights)
             if carry_optimizer:
-                self.optimizer.load_state_dict(load_training_state(init_from.checkpoints)["optimizer"])
-        self.forward = torch.compile(self.model) if train.compile else self.model
+                state = {"optimizer": load_training_state(init_from.checkpoints)["optimizer"]}
+        self.wrapped = parallelize(self.model, self.world, train.parallel, self.device)
+        self.optimizer = build_optimizer(self.model, train, self.device)
+        if state is not None:
+            load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        if resume:
+            self._restore(state)
+        self.forward = torch.compile(self.wrapped) if train.compile else self.wrapped
+        self.world.barrier()
 
     def _resume_config(self, requested: RunConfig) -> RunConfig:
         """The run's own config; only train.steps may be raised (to train longer)."""
         cfg = self.run.read_config()
         if requested.train.steps > cfg.train.steps:
             cfg.train.steps = requested.train.steps
-            self.run.write_config(cfg)
+            if self.world.is_main:
+                self.run.write_config(cfg)
         return cfg
 
-    def _load_state(self) -> None:
-        state = load_checkpoint(self.run.checkpoints, self.model)
-        self.optimizer.load_state_dict(state["optimizer"])
+    def _restore(self, state: dict) -> None:
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.step, self.tokens, self.nan_skips = state["step"], state["tokens"], state["nan_skips"]
-        self.metrics.truncate_after(self.step)
+        if self.world.is_main:
+            self.metrics.truncate_after(self.step)
         log.info("resumed %s at step %d", self.run.path, self.step)
 
-    def _state(self) -> dict:
-        return {
+    def _save_checkpoint(self, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Gather full weights and optimizer state (every rank takes part); rank 0 writes them."""
+        weights = weights if weights is not None else full_model_state(self.model, self.aliases)
+        state = {
             "step": self.step, "tokens": self.tokens, "nan_skips": self.nan_skips,
-            "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict(), "rng": rng_state(),
+            "optimizer": full_optimizer_state(self.model, self.optimizer), "sampler": self.sampler.state_dict(), "rng": rng_state(),
         }
+        if self.world.is_main:
+            save_checkpoint(self.run.checkpoints, self.step, weights, state, self.cfg.train.keep_checkpoints)
 
     def evaluate(self) -> float:
         t = self.cfg.train
-        return evaluate(self.forward, self.data.val, self.cfg.data.seq_len, t.batch_size, t.eval_batches, self.device, t.dtype)
+        return evaluate(self.forward, self.data.val, self.cfg.data.seq_len, t.batch_size, t.eval_batches,
+                        self.device, t.dtype, self.world)
+
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """Host -> device: through pinned memory and without blocking on CUDA."""
+        if self.device.type == "cuda":
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.to(self.device)
 
     def _train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step (or a skip); returns the step's loss and gradient norm as tensors."""
@@ -132,27 +206,34 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, t)
         loss_sum = torch.zeros((), device=self.device)
-        for _ in range(t.grad_accum):
-            x, y = self.sampler.next_batch()
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with autocast(self.device, t.dtype):
-                _, loss = self.forward(x, y)
-            (loss / t.grad_accum).backward()
+        for micro in range(t.grad_accum):
+            x, y = (self._to_device(b) for b in self.sampler.next_batch())
+            with gradient_sync(self.wrapped, enabled=micro == t.grad_accum - 1):
+                with autocast(self.device, t.dtype):
+                    _, loss = self.forward(x, y)
+                (loss / t.grad_accum).backward()
             loss_sum += loss.detach().float()
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
-        return loss_sum / t.grad_accum, grad_norm
+        return self.world.mean(loss_sum / t.grad_accum), local_scalar(grad_norm)
 
     def fit(self) -> TrainResult:
         t, d = self.cfg.train, self.cfg.data
         tokens_per_step = t.batch_size * d.seq_len * t.grad_accum
         bar = tqdm(total=t.steps, initial=self.step, desc=self.cfg.name, disable=not self.progress, unit="step", dynamic_ncols=True)
         self.model.train()
-        consecutive, window_loss, window_steps = 0, 0.0, 0
+        consecutive, window_loss, window_steps, timed_steps = 0, 0.0, 0, 0
         window_start, started = time.perf_counter(), time.perf_counter()
-        val_loss = math.nan
+        val_loss, compile_seconds = math.nan, 0.0
         while self.step < t.steps:
+            first_compiled = t.compile and not compile_seconds
             loss, grad_norm = self._train_step()
-            loss_value, norm_value = loss.item(), grad_norm.item()
+            loss_value, norm_value = torch.stack([loss, grad_norm.float()]).tolist()
+            if first_compiled:  # the first step compiles the graph: time it apart from the throughput
+                compile_seconds = time.perf_counter() - window_start
+                window_start = time.perf_counter()
+                log.info("torch.compile: first step took %.1f s", compile_seconds)
+            else:
+                timed_steps += 1
             self.step += 1
             self.tokens += tokens_per_step
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
@@ -174,7 +255,7 @@ class Trainer:
             bar.update(1)
             evaluating = self.step % t.eval_every == 0 or self.step == t.steps
             if self.step % t.log_every == 0 or evaluating:
-                dt = (time.perf_counter() - window_start) / max(1, window_steps)
+                dt = (time.perf_counter() - window_start) / max(1, timed_steps)
                 record = {
                     "step": self.step, "tokens": self.tokens, "loss": window_loss / max(1, window_steps),
                     "lr": lr_at(self.step - 1, t), "grad_norm": norm_value, "dt_ms": 1000 * dt,
@@ -183,39 +264,56 @@ class Trainer:
                 if evaluating:
                     val_loss = self.evaluate()
                     record.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)))
-                self.metrics.append(record)
+                if self.world.is_main:
+                    self.metrics.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                window_loss, window_steps, timed_steps, window_start = 0.0, 0, 0, time.perf_counter()
             if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps:
-                save_checkpoint(self.run.checkpoints, self.step, self.model, self._state(), t.keep_checkpoints)
+                self._save_checkpoint()
         bar.close()
         elapsed = time.perf_counter() - started
-        return self._finish(val_loss, elapsed)
+        return self._finish(val_loss, elapsed, compile_seconds)
 
-    def _finish(self, val_loss: float, elapsed: float) -> TrainResult:
-        t = self.cfg.train
+    def _finish(self, val_loss: float, elapsed: float, compile_seconds: float) -> TrainResult:
         if math.isnan(val_loss):
             val_loss = self.evaluate()
-        save_weights(self.model, self.run.final_weights, metadata={"config": json.dumps(self.cfg.to_dict())})
-        save_checkpoint(self.run.checkpoints, self.step, self.model, self._state(), t.keep_checkpoints)
+        weights = full_model_state(self.model, self.aliases)
+        self._save_checkpoint(weights)
+        if self.world.is_main:
+            result = self._write_results(weights, val_loss, elapsed, compile_seconds)
+        self.world.barrier()  # the other ranks go on only once the run's files exist
+        if not self.world.is_main:
+            result = TrainResult(self.run.path, self.step, val_loss, math.exp(min(val_loss, 50.0)), 0.0, "", compile_seconds)
+        return result
+
+    def _write_results(self, weights: dict[str, torch.Tensor], val_loss: float, elapsed: float, compile_seconds: float) -> TrainResult:
+        t = self.cfg.train
+        val_ppl = math.exp(min(val_loss, 50.0))
+        save_weights(weights, self.run.final_weights, metadata={"config": json.dumps(self.cfg.to_dict())})
         history = [r for r in self.metrics.read() if "tokens_per_s" in r]
         tokens_per_s = sum(r["tokens_per_s"] for r in history) / max(1, len(history))
         sample = self.sample(t.sample_tokens) if t.sample_tokens else ""
         summary = {
-            "step": self.step, "tokens": self.tokens, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0)),
+            "step": self.step, "tokens": self.tokens, "val_loss": val_loss, "val_ppl": val_ppl,
             "nan_skips": self.nan_skips, "tokens_per_s": tokens_per_s, "train_seconds": elapsed,
+            "compile_seconds": compile_seconds, "processes": self.world.size,
             "peak_memory_bytes": peak_memory_bytes(self.device), "params": self.stats.params,
             "non_embedding_params": self.stats.non_embedding_params, "vocab_size": self.cfg.model.vocab_size,
             "sample": sample,
         }
         atomic_write_text(self.run.summary, json.dumps(summary, indent=2) + "\n")
-        return TrainResult(self.run.path, self.step, val_loss, summary["val_ppl"], tokens_per_s, sample)
+        return TrainResult(self.run.path, self.step, val_loss, val_ppl, tokens_per_s, sample, compile_seconds)
 
     def sample(self, n_tokens: int, seed: int = 0) -> str:
-        """Generate n_tokens from the start of a validation document (fixed seed)."""
+        """Generate n_tokens from the start of a validation document (fixed seed), on this rank
+        alone: a sharded model is first rebuilt whole from the final weights."""
+        model = self.model
+        if self.world.distributed and self.cfg.train.parallel == "fsdp":
+            model = build_model(self.cfg.model).to(self.device)
+            load_weights(model, self.run.final_weights)
         prompt = torch.as_tensor(self.data.val.tokens[:8].astype("int64"), device=self.device)[None]
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        out = self.model.generate(prompt, n_tokens, temperature=0.8, top_k=50, generator=generator)
+        out = model.generate(prompt, n_tokens, temperature=0.8, top_k=50, generator=generator)
         return self.tokenizer.decode(out[0].tolist())
 
 
