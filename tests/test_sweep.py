@@ -115,3 +115,21 @@ def test_bad_sweep_configs(tmp_path, micro_sweep):
     micro_sweep.write_text(text.replace('seeds = [1, 2]', 'seeds = [1, 2]\nbaseline = "nope"'))
     with pytest.raises(ConfigError, match="baseline 'nope' is not one of the variants"):
         load_sweep(micro_sweep)
+
+
+def test_slurm_array_script_and_single_task_runs(micro_sweep, tmp_path, capsys):
+    script = tmp_path / "sweep.sh"
+    assert main(["sweep", str(micro_sweep), "--slurm", str(script), "--sbatch=--partition=gpu", "--sbatch=--time=00:30:00",
+                 "--train.steps", "4"]) == 0
+    text = script.read_text()
+    assert "#SBATCH --array=0-3" in text and "#SBATCH --partition=gpu" in text and "#SBATCH --gres=gpu:1" in text
+    assert "#SBATCH --time=00:30:00" in text and "04:00:00" not in text
+    assert f'slmlab sweep {micro_sweep} --train.steps 4 --only "$SLURM_ARRAY_TASK_ID"' in text
+    assert "0=baseline_s1, 1=baseline_s2, 2=full_s1, 3=full_s2" in text
+    capsys.readouterr()
+    assert main(["sweep", str(micro_sweep), "--only", "2", "--train.steps", "4"]) == 0
+    sweep_dir = tmp_path / "runs" / "micro"
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["full_s1", "slurm"]
+    assert json.loads((sweep_dir / "full_s1" / "summary.json").read_text())["step"] == 4
+    assert main(["sweep", str(micro_sweep), "--only", "4"]) == 2
+    assert "--only 4: the sweep has runs 0..3" in capsys.readouterr().err

@@ -317,13 +317,26 @@ def cmd_ablate(args, extra) -> int:
 
 
 def cmd_sweep(args, extra) -> int:
-    from .sweep import load_sweep, run_status, run_sweep
+    from .data import atomic_write_text
+    from .sweep import load_sweep, run_status, run_sweep, slurm_log_dir, slurm_script
     from .sweep_results import write_results
 
     sweep, jobs = load_sweep(args.config, parse_overrides(extra))
     if args.dry_run:
-        for job in jobs:
-            print(f"{job.run.path}  [{run_status(job)}]")
+        for i, job in enumerate(jobs):
+            print(f"{i:3d}  {job.run.path}  [{run_status(job)}]")
+        return 0
+    if args.slurm:
+        slurm_log_dir(sweep).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(args.slurm), slurm_script(args.config, sweep, jobs, extra, args.sbatch))
+        print(f"wrote {args.slurm}: submit it with `sbatch {args.slurm}` ({len(jobs)} array tasks)")
+        return 0
+    if args.only is not None:
+        if not 0 <= args.only < len(jobs):
+            raise ConfigError(f"--only {args.only}: the sweep has runs 0..{len(jobs) - 1} (see --dry-run)")
+        job = jobs[args.only]
+        outcome = run_sweep(sweep, [job], 1)[(job.variant, job.seed)]
+        print(f"{job.run.path}: {outcome.get('failed') or 'val ppl {:.3f}'.format(outcome['val_ppl'])}")
         return 0
     results = run_sweep(sweep, jobs, args.jobs)
     sweep_dir = Path(sweep.out_dir) / sweep.name
@@ -362,10 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = _parser(sub, "sweep", "run every (variant, seed) of a sweep config in parallel and print the paired results table",
                 "  slmlab sweep configs/smat_quick.toml --jobs 2\n"
                 "  slmlab sweep configs/smat_ablation.toml --jobs 2 --train.steps 100   # override every run\n"
-                "  slmlab sweep configs/smat_ablation.toml --dry-run                    # list runs and their state")
+                "  slmlab sweep configs/smat_ablation.toml --dry-run                    # list runs and their state\n"
+                "  slmlab sweep configs/smat_64m_ablation.toml --slurm sweep.sh --sbatch=--partition=gpu\n"
+                "  sbatch sweep.sh && slmlab sweep configs/smat_64m_ablation.toml       # results once all tasks are done")
     p.add_argument("config", help="sweep TOML (base config, variants, seeds)")
     p.add_argument("--jobs", type=int, default=1, help="parallel runs on CPU (GPUs: one run per GPU)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is new, resumable or done")
+    p.add_argument("--dry-run", action="store_true", help="list the runs (with their index) and whether each is new, resumable or done")
+    p.add_argument("--only", type=int, metavar="INDEX", help="run only the run with this index (a cluster array task)")
+    p.add_argument("--slurm", metavar="FILE", help="write a SLURM job-array script (one task per run) instead of running")
+    p.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                   help="extra #SBATCH option for --slurm, e.g. --sbatch=--partition=gpu (repeatable)")
     p.set_defaults(func=cmd_sweep)
 
     p = _parser(sub, "prompts", "generate from a prompt suite (TOML or JSONL) into a reproducible Markdown report",

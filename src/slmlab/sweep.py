@@ -18,6 +18,10 @@ Runs go to `<out_dir>/<name>/<variant>_s<seed>/` and execute in parallel worker 
 (it has summary.json) is skipped, an interrupted one resumes from its latest checkpoint, so the
 whole sweep is resumable. All variants of a seed see the same data order (the window sampler is
 seeded by train.seed alone): a paired design.
+
+On a cluster, `slurm_script` writes a SLURM job array instead: task i runs job i alone
+(`slmlab sweep CONFIG --only i`, on the GPU SLURM gives it); a last `slmlab sweep CONFIG` finds
+every run finished and writes the results table.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import shlex
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,3 +153,33 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
             outcome = results[(job.variant, job.seed)]
             log.info("%s: %s", job.run.path, outcome.get("failed") or f"val ppl {outcome['val_ppl']:.3f}")
     return results
+
+
+def slurm_log_dir(sweep: SweepConfig) -> Path:
+    return Path(sweep.out_dir) / sweep.name / "slurm"
+
+
+def slurm_script(config_path: str | Path, sweep: SweepConfig, jobs: list[Job], extra_argv: list[str],
+                 directives: list[str]) -> str:
+    """A bash script for `sbatch`: one array task per (variant, seed), one GPU each by default.
+
+    `directives` are extra `#SBATCH` options ("--partition=gpu", "--time=04:00:00") and replace the
+    defaults of the same name. SLURM does not create the log folder: the caller makes it."""
+    defaults = {"--gres": "gpu:1", "--cpus-per-task": "8", "--time": "04:00:00"}
+    given = {d.split("=", 1)[0]: d for d in (d if d.startswith("--") else f"--{d}" for d in directives)}
+    options = [f"{k}={v}" for k, v in defaults.items() if k not in given] + list(given.values())
+    logs = slurm_log_dir(sweep)
+    command = shlex.join(["slmlab", "sweep", str(config_path), *extra_argv]) + ' --only "$SLURM_ARRAY_TASK_ID"'
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={sweep.name}",
+        f"#SBATCH --array=0-{len(jobs) - 1}",
+        f"#SBATCH --output={logs}/%A_%a.out",
+        *(f"#SBATCH {option}" for option in options),
+        f"# {len(jobs)} runs: " + ", ".join(f"{i}={job.variant}_s{job.seed}" for i, job in enumerate(jobs)),
+        f"# afterwards: {shlex.join(['slmlab', 'sweep', str(config_path), *extra_argv])}   (writes the results table)",
+        "set -euo pipefail",
+        command,
+        "",
+    ]
+    return "\n".join(lines)
