@@ -55,3 +55,41 @@ def tiny_config(source, tmp_path, **sections) -> RunConfig:
 @pytest.fixture
 def make_config(tmp_path):
     return lambda source, **sections: tiny_config(source, tmp_path, **sections)
+
+
+@pytest.fixture
+def micro_sweep(tmp_path, text_corpus):
+    base = tmp_path / "base.toml"
+    base.write_text(f"""
+[model]
+n_layer = 1
+n_head = 2
+d_model = 16
+block_size = 32
+[data]
+source = "{text_corpus}"
+tokenizer = "char"
+seq_len = 32
+cache_dir = "{tmp_path / 'cache'}"
+[train]
+steps = 12
+batch_size = 4
+warmup_steps = 2
+eval_every = 6
+eval_batches = 2
+log_every = 3
+checkpoint_every = 6
+sample_tokens = 0
+""")
+    sweep = tmp_path / "micro.toml"
+    sweep.write_text(f"""
+name = "micro"
+base = "base.toml"
+out_dir = "{tmp_path / 'runs'}"
+seeds = [1, 2]
+[variants.baseline]
+[variants.full]
+"model.smat.use_S" = true
+"model.smat.use_G" = true
+""")
+    return sweep

@@ -31,44 +31,6 @@ def test_a_missing_seed_is_left_out_of_the_pairing():
     assert c.n_pairs == 2 and c.wins == 2 and c.sign_p == pytest.approx(0.5)
 
 
-@pytest.fixture
-def micro_sweep(tmp_path, text_corpus):
-    base = tmp_path / "base.toml"
-    base.write_text(f"""
-[model]
-n_layer = 1
-n_head = 2
-d_model = 16
-block_size = 32
-[data]
-source = "{text_corpus}"
-tokenizer = "char"
-seq_len = 32
-cache_dir = "{tmp_path / 'cache'}"
-[train]
-steps = 12
-batch_size = 4
-warmup_steps = 2
-eval_every = 6
-eval_batches = 2
-log_every = 3
-checkpoint_every = 6
-sample_tokens = 0
-""")
-    sweep = tmp_path / "micro.toml"
-    sweep.write_text(f"""
-name = "micro"
-base = "base.toml"
-out_dir = "{tmp_path / 'runs'}"
-seeds = [1, 2]
-[variants.baseline]
-[variants.full]
-"model.smat.use_S" = true
-"model.smat.use_G" = true
-""")
-    return sweep
-
-
 def test_micro_sweep_end_to_end_and_resume(micro_sweep, tmp_path, capsys):
     assert main(["sweep", str(micro_sweep), "--jobs", "2"]) == 0
     out = capsys.readouterr().out

@@ -217,30 +217,9 @@ def _info_config(args, extra) -> RunConfig:
 
 
 def cmd_info(args, extra) -> int:
-    from .model import build_model, model_stats
-    from .model.accounting import human
-    from .tables import markdown_table
+    from .info import size_table
 
-    cfg = _info_config(args, extra)
-    with torch.device("meta"):
-        model = build_model(cfg.model)
-    stats = model_stats(model, cfg.model)
-    batch = args.batch_size or cfg.train.batch_size
-    seq = args.seq_len or cfg.data.seq_len
-    train_mem = stats.training_bytes(batch, seq, cfg.train.dtype)
-    infer32, infer16 = stats.inference_bytes(1, cfg.model.block_size, "fp32"), stats.inference_bytes(1, cfg.model.block_size, "bf16")
-    m = cfg.model
-    rows = [
-        ("architecture", f"{m.arch}: {m.n_layer} layers x {m.d_model} d_model x {m.n_head} heads, d_ff {m.ff_dim}, "
-                         f"block {m.block_size}, vocab {m.vocab_size}, {'tied' if m.tie_embeddings else 'untied'} head"),
-        ("parameters", f"{stats.params:,} ({human(stats.params)})"),
-        ("non-embedding parameters", f"{stats.non_embedding_params:,} ({human(stats.non_embedding_params)})"),
-        (f"FLOPs / token (train, T={seq})", human(stats.flops_per_token(seq, training=True))),
-        (f"FLOPs / token (inference, T={seq})", human(stats.flops_per_token(seq, training=False))),
-        ("inference memory fp32 (weights + KV cache, 1 x block)", human(infer32["total"], "B")),
-        ("inference memory bf16 (weights + KV cache, 1 x block)", human(infer16["total"], "B")),
-    ] + [(f"training memory: {k} (batch {batch} x {seq})", human(v, "B")) for k, v in train_mem.items()]
-    print(markdown_table(("quantity", "value"), rows))
+    print(size_table(_info_config(args, extra), args.batch_size, args.seq_len))
     return 0
 
 
@@ -345,6 +324,14 @@ def cmd_sweep(args, extra) -> int:
     return 0
 
 
+def cmd_report(args, extra) -> int:
+    from .report import write_report
+
+    md_path, html_path = write_report(args.target)
+    print(f"wrote {md_path} and {html_path}")
+    return 0
+
+
 # ---- parser ----------------------------------------------------------------------------------
 
 
@@ -386,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                    help="extra #SBATCH option for --slurm, e.g. --sbatch=--partition=gpu (repeatable)")
     p.set_defaults(func=cmd_sweep)
+
+    p = _parser(sub, "report", "write a report card (report.md + self-contained report.html) for a run or a sweep",
+                "  slmlab report runs/quickstart\n  slmlab report runs/smat_quick          # a sweep directory")
+    p.add_argument("target", metavar="RUN_OR_SWEEP")
+    p.set_defaults(func=cmd_report)
 
     p = _parser(sub, "prompts", "generate from a prompt suite (TOML or JSONL) into a reproducible Markdown report",
                 "  slmlab prompts runs/long                      # the bundled control-systems suite\n"

@@ -1,0 +1,49 @@
+"""Report cards: a micro run and a micro sweep give report.md and a self-contained report.html
+whose tables hold the real numbers from the runs' summaries and metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from slmlab.cli import main
+from slmlab.training import train
+
+
+def test_run_report_holds_the_runs_numbers_and_embeds_its_images(text_corpus, make_config, capsys):
+    cfg = make_config(text_corpus, train={"steps": 10, "eval_every": 5, "sample_tokens": 12},
+                      model={"n_layer": 3})
+    run = train(cfg, progress=False).run_dir
+    assert main(["report", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    md = (run / "report.md").read_text()
+    assert f"{summary['val_loss']:.4f}" in md and f"{summary['val_ppl']:.3f}" in md
+    assert f"{summary['tokens']:,}" in md and f"{summary['tokens_per_s']:,.0f}" in md
+    assert re.search(r"\| model\.n_layer\s+\| 3\s+\| 4\s+\|", md)  # a setting that differs from the default
+    assert f"{summary['params']:,}" in md
+    assert summary["sample"] in md
+    html = (run / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 1 and 'src="training.png"' not in html
+    assert "<table>" in html and f"{summary['val_loss']:.4f}" in html
+
+
+def test_sweep_report_holds_the_results_table_and_every_run(micro_sweep, tmp_path):
+    assert main(["sweep", str(micro_sweep), "--jobs", "2"]) == 0
+    sweep_dir = tmp_path / "runs" / "micro"
+    assert main(["report", str(sweep_dir)]) == 0
+    md = (sweep_dir / "report.md").read_text()
+    results = json.loads((sweep_dir / "results.json").read_text())
+    for record in results["variants"]:
+        assert f"{record['val_ppl_mean']:.3f}" in md
+    full = next(r for r in results["variants"] if r["variant"] == "full")
+    assert f"[{full['ci_low']:+.2f}, {full['ci_high']:+.2f}]" in md
+    for run in ("baseline_s1", "baseline_s2", "full_s1", "full_s2"):
+        summary = json.loads((sweep_dir / run / "summary.json").read_text())
+        assert re.search(rf"\| {run}\s+\| \w+\s+\| {summary['val_loss']:.4f}\s+\| {summary['val_ppl']:.3f}\s", md)
+    assert "**full**: `model.smat.use_S` = True, `model.smat.use_G` = True" in md
+    assert 'src="data:image/png;base64,' in (sweep_dir / "report.html").read_text()
+
+
+def test_report_on_a_directory_that_is_neither_run_nor_sweep(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "neither a run directory (config.json) nor a sweep directory (results.json)" in capsys.readouterr().err
