@@ -29,9 +29,7 @@ test: install
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python benchmarks/throughput.py
-	$(BIN)/python benchmarks/smat_overhead.py --d-model 384 --n-head 6
-	$(BIN)/python benchmarks/attention_scaling.py
+	$(BIN)/python -m benchmarks all
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,10 +1,17 @@
-"""Full causal vs block-local attention: forward + backward time and peak memory as T grows.
+"""Full causal vs block-local attention: forward + backward time and memory as T grows.
 
-One attention call (B = 1, 8 heads of 64) at T = 1k, 2k, 4k, 8k with block length 256, both
-patterns in the same run, each measurement in a fresh process (so peak memory is its own), and
-the growth exponent of each (slope of log time against log T): ~2 for full, ~1 for block-local.
+One attention call (B = 1, 8 heads of 64) at T = 1k, 2k, 4k, 8k with block length 256, each
+measurement in a fresh process, and the growth exponent of each pattern (slope of log time against
+log T): ~2 for full, ~1 for block-local. Three ways to attend:
 
-    python benchmarks/attention_scaling.py [--device cuda] [--block 256]
+    full         SDPA's fused causal kernel (flash on CPU and CUDA: no T x T matrix is stored)
+    block_local  slmlab's block-local pattern (SDPA over 2B-key windows, block 0 plain causal)
+    naive        explicit T x T scores, mask and softmax, as the seeds' notebooks computed it
+
+Memory is what the call keeps for backward (the storages autograd saves, counted once each),
+measured the same way on every device; on CUDA the peak allocated memory is reported too.
+
+    python -m benchmarks.attention_scaling [--device cuda] [--block 256]
 """
 
 from __future__ import annotations
@@ -14,28 +21,71 @@ import math
 
 import numpy as np
 import torch
-from timing import in_fresh_process, median_seconds
 
+from benchmarks.timing import in_fresh_process, median_seconds
 from slmlab.config import ModelConfig
 from slmlab.model import ATTENTION_PATTERNS
 from slmlab.model.accounting import human
-from slmlab.runtime import peak_memory_bytes
 from slmlab.tables import markdown_table
 
 LENGTHS = (1024, 2048, 4096, 8192)
+PATTERNS = ("full", "block_local", "naive")
+
+
+def naive_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + causal mask) v with the (T, T) matrices materialised."""
+    T = q.shape[-2]
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    scores = (q @ k.transpose(-2, -1) * scale).masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def saved_for_backward(fn) -> tuple[torch.Tensor, int]:
+    """Run fn() and count the bytes of the storages autograd keeps for its backward."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = fn()
+    return out, sum(storages.values())
 
 
 def measure(pattern: str, T: int, block: int, device: str, repeats: int) -> dict:
     torch.manual_seed(0)
-    module = ATTENTION_PATTERNS[pattern](ModelConfig(local_block=block), 0)
+    device = torch.device(device)
     q, k, v = (torch.randn(1, 8, T, 64, device=device, requires_grad=True) for _ in range(3))
-    base = peak_memory_bytes(torch.device(device))
+    scale = 1 / math.sqrt(64)
+    if pattern == "naive":
+        attend = lambda: naive_causal(q, k, v, scale)  # noqa: E731
+    else:
+        module = ATTENTION_PATTERNS[pattern](ModelConfig(local_block=block), 0)
+        attend = lambda: module(q, k, v, scale, 0)  # noqa: E731
 
     def step():
-        module(q, k, v, 1 / math.sqrt(64), 0).sum().backward()
+        attend().sum().backward()
 
     step()
-    return {"seconds": median_seconds(step, repeats, device), "memory": peak_memory_bytes(torch.device(device)) - base}
+    _, saved = saved_for_backward(attend)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = median_seconds(step, repeats, device)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    return {"seconds": seconds, "memory": saved, "peak": peak}
+
+
+def collect(device: str, block: int, repeats: int, lengths=LENGTHS) -> dict[tuple[str, int], dict]:
+    """(pattern, T) -> {"seconds", "memory", "peak"} for every pattern at every length."""
+    return {(pattern, T): in_fresh_process(measure, pattern, T, block, device, repeats)
+            for pattern in PATTERNS for T in lengths}
+
+
+def growth_exponent(results: dict, pattern: str, lengths=LENGTHS) -> float:
+    """Slope of log time against log T."""
+    return float(np.polyfit(np.log(lengths), np.log([results[pattern, T]["seconds"] for T in lengths]), 1)[0])
 
 
 def main() -> None:
@@ -45,21 +95,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(f"device: {args.device}, torch {torch.__version__}, 1 x 8 heads x 64, block {args.block}, forward + backward")
-    results = {}
-    for pattern in ("full", "block_local"):
-        for T in LENGTHS:
-            results[pattern, T] = in_fresh_process(measure, pattern, T, args.block, args.device, args.repeats)
+    results = collect(args.device, args.block, args.repeats)
+    print(markdown_table(("T", "pattern", "ms", "time vs full", "kept for backward", "memory vs full", "CUDA peak"),
+                         table_rows(results)))
+    for pattern in PATTERNS:
+        print(f"growth exponent of {pattern}: time ~ T^{growth_exponent(results, pattern):.2f}")
+
+
+def table_rows(results: dict) -> list[tuple]:
     rows = []
     for T in LENGTHS:
-        full, local = results["full", T], results["block_local", T]
-        rows.append((T, f"{1000 * full['seconds']:.1f}", f"{1000 * local['seconds']:.1f}", f"{full['seconds'] / local['seconds']:.2f}x",
-                     human(full["memory"], "B"), human(local["memory"], "B"), f"{local['memory'] / max(full['memory'], 1):.2f}"))
-    print(markdown_table(("T", "full ms", "block-local ms", "speed-up", "full attention memory", "block-local memory", "memory ratio"), rows))
-    for pattern in ("full", "block_local"):
-        slope = np.polyfit(np.log(LENGTHS), np.log([results[pattern, T]["seconds"] for T in LENGTHS]), 1)[0]
-        print(f"growth exponent of {pattern}: time ~ T^{slope:.2f}")
-    if args.device == "cpu":
-        print("memory on CPU: growth of the process's peak resident set during the measurement")
+        base = results["full", T]
+        for pattern in PATTERNS:
+            r = results[pattern, T]
+            rows.append((T, pattern, f"{1000 * r['seconds']:.1f}", f"{r['seconds'] / base['seconds']:.2f}x",
+                         human(r["memory"], "B"), f"{r['memory'] / base['memory']:.2f}x", human(r["peak"], "B") if r["peak"] else "–"))
+    return rows
 
 
 if __name__ == "__main__":

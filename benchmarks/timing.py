@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: median step time with device syncs, and a fresh process per measurement."""
+"""Shared by the benchmarks: median step time with device syncs, a fresh process per measurement,
+the device's peak FLOP/s, and the training-step measurement every model benchmark uses."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
+import torch.nn.functional as F
+
+from slmlab.config import ModelConfig, TrainConfig
+from slmlab.model import build_model, model_stats
+from slmlab.runtime import autocast, peak_memory_bytes
+from slmlab.training.optim import build_optimizer
+
+H100_BF16_DENSE = 989e12
 
 
 def sync(device: str | torch.device) -> None:
@@ -32,3 +41,77 @@ def in_fresh_process(fn: Callable, *args, **kwargs):
     """Run fn in its own spawned process, so the CPU peak resident set is that measurement's alone."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, *args, **kwargs).result()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 3) -> float:
+    """Best FLOP/s of square matmuls of a few sizes on this device."""
+    best = 0.0
+    for n in (1024, 2048, 3072):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        for _ in range(2):
+            a @ b
+        for _ in range(repeats):
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(5):
+                a @ b
+            sync(device)
+            best = max(best, 5 * 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def device_peak(device: torch.device, given_tflops: float = 0.0) -> tuple[float, str]:
+    """(peak FLOP/s, where it comes from): given, an H100's dense bf16 on CUDA, else measured fp32."""
+    if given_tflops:
+        return given_tflops * 1e12, "given"
+    if device.type == "cuda":
+        return H100_BF16_DENSE, "H100 dense bf16"
+    return matmul_peak(device), "measured fp32 matmul"
+
+
+def stock_loss(model, x, y):
+    """The nanoGPT formulation: full logits, then F.cross_entropy."""
+    logits, _ = model(x)
+    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1))
+
+
+def naive_smat() -> None:
+    """Route every attention call through the test suite's explicit T x T reference."""
+    from slmlab.model.attention import CausalSelfAttention
+    from tests.test_smat import naive_attention
+
+    CausalSelfAttention.forward = lambda self, h, positions, cache=None: naive_attention(self, h)
+
+
+def train_step_rate(cfg: ModelConfig, batch: int, seq: int, device: str | torch.device, dtype: str = "fp32",
+                    compile: bool = False, steps: int = 10, stock: bool = False, naive: bool = False) -> dict:
+    """One training step (the trainer's AdamW) of a fresh model on random tokens: median time over
+    `steps` after warm-up -> tokens/s, model FLOP/s (6 N + 12 L d T per token), peak memory, parameters."""
+    device = torch.device(device)
+    torch.manual_seed(0)
+    if naive:
+        naive_smat()
+    model = build_model(cfg).to(device)
+    optimizer = build_optimizer(model, TrainConfig(lr=1e-4), device)
+    forward = torch.compile(model) if compile else model
+    x = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
+    y = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
+
+    def step():
+        with autocast(device, dtype):
+            loss = stock_loss(forward, x, y) if stock else forward(x, y)[1]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = median_seconds(step, steps, device)
+    stats = model_stats(model, cfg)
+    return {
+        "params": stats.params, "step_s": seconds, "tokens_per_s": batch * seq / seconds,
+        "flops_per_s": batch * seq * stats.flops_per_token(seq) / seconds, "peak_bytes": peak_memory_bytes(device),
+    }

@@ -131,25 +131,33 @@ def test_corrupt_or_mismatched_checkpoints_are_clear_errors(text_corpus, make_co
 def test_non_finite_steps_are_skipped_counted_and_abort_after_k(text_corpus, make_config, monkeypatch):
     cfg = make_config(text_corpus, train={"steps": 12, "max_nan_skips": 3, "log_every": 1})
     trainer = Trainer(cfg, progress=False)
-    real_step = trainer._train_step
-    poisoned = {2, 5, 6}
+    real_forward_backward, real_train_step = trainer._forward_backward, trainer._train_step
+    poisoned, changed = {3, 6, 7}, {}
 
-    def sometimes_nan():
-        loss, norm = real_step()
-        return (loss * math.nan, norm) if trainer.step in poisoned else (loss, norm)
+    def sometimes_nan():  # step numbers count from 1
+        loss, norm = real_forward_backward()
+        return (loss * math.nan, norm) if trainer.step + 1 in poisoned else (loss, norm)
 
-    monkeypatch.setattr(trainer, "_train_step", sometimes_nan)
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    def watched_step():
+        before = [p.detach().clone() for p in trainer.model.parameters()]
+        out = real_train_step()
+        changed[trainer.step + 1] = any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+        return out
+
+    monkeypatch.setattr(trainer, "_forward_backward", sometimes_nan)
+    monkeypatch.setattr(trainer, "_train_step", watched_step)
     trainer.fit()
     records = trainer.metrics.read()
-    assert records[-1]["nan_skips"] == 3 and all(math.isfinite(r["loss"]) for r in records)
-    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert records[-1]["nan_skips"] == 3
+    assert [r["step"] for r in records if r["loss"] is None] == [3, 6, 7]  # a window of one skipped step has no loss
+    assert {step for step, moved in changed.items() if not moved} == poisoned  # skipped steps change no weight
+    assert trainer.optimizer.state_dict()["state"][0]["step"].item() == 12 - 3  # ... nor the step count
 
     always = make_config(text_corpus, train={"steps": 12, "max_nan_skips": 3})
     always.name = "diverging"
     trainer = Trainer(always, progress=False)
-    monkeypatch.setattr(trainer, "_train_step", lambda: (torch.tensor(math.nan), torch.tensor(1.0)))
-    with pytest.raises(TrainingError, match="3 consecutive non-finite steps at step 3"):
+    monkeypatch.setattr(trainer, "_forward_backward", lambda: (torch.tensor(math.nan), torch.tensor(1.0)))
+    with pytest.raises(TrainingError, match="5 consecutive non-finite steps by step 5"):  # read at the first log step
         trainer.fit()
 
 

@@ -21,13 +21,31 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+FUSED_DEVICES = ("cuda", "cpu", "mps", "xpu")
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; the fused kernel on CUDA, the foreach implementation elsewhere."""
-    fused = device.type == "cuda"
+    """AdamW, with the fused kernel wherever PyTorch has one (CUDA, CPU, MPS, XPU)."""
+    fused = device.type in FUSED_DEVICES
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
         fused=fused, foreach=None if fused else True,
     )
+
+
+def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """optimizer.step(), except where `skip` (a 0-dim float tensor on the device, 1 = skip) is set:
+    then parameters, moments and step count stay as they were. A fused optimizer takes `skip` as
+    its `found_inf` input (the mechanism torch.amp.GradScaler uses), so the host never waits for
+    the device; any other optimizer reads it."""
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = skip
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif not skip.item():
+        optimizer.step()
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -9,8 +9,11 @@ validation sample; every `checkpoint_every` steps weights and full training stat
 
 Under torchrun the same loop runs data-parallel (see distributed.py): every rank draws the same
 global batch and computes its own rows, DDP or FSDP2 averages the gradients, validation batches
-are split across ranks and the losses summed, and only rank 0 writes the run directory. Host
-syncs: one per step (the loss and gradient norm, read together for the non-finite guard).
+are split across ranks and the losses summed, and only rank 0 writes the run directory.
+
+The host never waits for the device inside a step: the non-finite guard is decided on the device
+(the fused AdamW kernel skips the update) and its counts are read with the loss at log steps, so
+an abort for too many consecutive skipped steps comes at the next log step.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ from ..runtime import (
     set_rng_state,
 )
 from ..tokenization import Tokenizer, load_tokenizer
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer, lr_at, step_unless
 
 log = logging.getLogger("slmlab")
 
@@ -112,6 +115,36 @@ def prepare_data(data: DataConfig, tokenizer: Tokenizer | None, world: World) ->
         prepared = prepare_tokens(data, tokenizer)
     world.barrier()
     return prepared if world.is_main else prepare_tokens(data, tokenizer)
+
+
+class StepTally:
+    """Running totals kept on the device between two reads (one host sync per read): the loss
+    summed over applied steps, applied and skipped step counts, and the current and the longest
+    run of consecutive skipped steps."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.consecutive = torch.zeros((), device=device)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum, self.applied, self.skipped = (torch.zeros((), device=self.device) for _ in range(3))
+        self.longest = self.consecutive.clone()
+
+    def add(self, loss: torch.Tensor, skip: torch.Tensor) -> None:
+        self.loss_sum += torch.where(skip > 0, torch.zeros_like(loss), loss)
+        self.applied += 1 - skip
+        self.skipped += skip
+        self.consecutive = (self.consecutive + skip) * skip
+        self.longest = torch.maximum(self.longest, self.consecutive)
+
+    def read(self, grad_norm: torch.Tensor) -> dict:
+        """The window's mean loss (NaN if every step was skipped), counts, and grad_norm's value."""
+        values = torch.stack([self.loss_sum, self.applied, self.skipped, self.longest, grad_norm.float()]).tolist()
+        loss_sum, applied, skipped, longest, norm = values
+        self._reset()
+        return {"loss": loss_sum / applied if applied else math.nan, "applied": int(applied),
+                "skipped": int(skipped), "longest": int(longest), "grad_norm": norm}
 
 
 class Trainer:
@@ -200,11 +233,21 @@ class Trainer:
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch.to(self.device)
 
-    def _train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step (or a skip); returns the step's loss and gradient norm as tensors."""
-        t = self.cfg.train
+    def _train_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimizer step, skipped on the device when the loss or gradient norm is not finite
+        -> (loss, gradient norm, skip) as 0-dim device tensors."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, t)
+            group["lr"] = lr_at(self.step, self.cfg.train)
+        loss, grad_norm = self._forward_backward()
+        skip = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
+        step_unless(self.optimizer, skip)
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm, skip
+
+    def _forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """grad_accum micro-batches forward and backward, gradients clipped -> (global mean loss,
+        gradient norm before clipping)."""
+        t = self.cfg.train
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(t.grad_accum):
             x, y = (self._to_device(b) for b in self.sampler.next_batch())
@@ -221,14 +264,15 @@ class Trainer:
         tokens_per_step = t.batch_size * d.seq_len * t.grad_accum
         bar = tqdm(total=t.steps, initial=self.step, desc=self.cfg.name, disable=not self.progress, unit="step", dynamic_ncols=True)
         self.model.train()
-        consecutive, window_loss, window_steps, timed_steps = 0, 0.0, 0, 0
+        tally, timed_steps = StepTally(self.device), 0
         window_start, started = time.perf_counter(), time.perf_counter()
         val_loss, compile_seconds = math.nan, 0.0
         while self.step < t.steps:
             first_compiled = t.compile and not compile_seconds
-            loss, grad_norm = self._train_step()
-            loss_value, norm_value = torch.stack([loss, grad_norm.float()]).tolist()
+            loss, grad_norm, skip = self._train_step()
+            tally.add(loss, skip)
             if first_compiled:  # the first step compiles the graph: time it apart from the throughput
+                loss.item()
                 compile_seconds = time.perf_counter() - window_start
                 window_start = time.perf_counter()
                 log.info("torch.compile: first step took %.1f s", compile_seconds)
@@ -236,29 +280,16 @@ class Trainer:
                 timed_steps += 1
             self.step += 1
             self.tokens += tokens_per_step
-            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-                self.optimizer.zero_grad(set_to_none=True)
-                self.nan_skips += 1
-                consecutive += 1
-                log.warning("step %d: non-finite loss or gradient, update skipped", self.step)
-                if consecutive >= t.max_nan_skips:
-                    raise TrainingError(
-                        f"{consecutive} consecutive non-finite steps at step {self.step}; "
-                        "lower train.lr, raise train.warmup_steps or set train.grad_clip"
-                    )
-            else:
-                consecutive = 0
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                window_loss += loss_value
-                window_steps += 1
             bar.update(1)
             evaluating = self.step % t.eval_every == 0 or self.step == t.steps
-            if self.step % t.log_every == 0 or evaluating:
+            checkpointing = t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps
+            if self.step % t.log_every == 0 or evaluating or checkpointing:
+                window = tally.read(grad_norm)
+                self._account_skips(window)
                 dt = (time.perf_counter() - window_start) / max(1, timed_steps)
                 record = {
-                    "step": self.step, "tokens": self.tokens, "loss": window_loss / max(1, window_steps),
-                    "lr": lr_at(self.step - 1, t), "grad_norm": norm_value, "dt_ms": 1000 * dt,
+                    "step": self.step, "tokens": self.tokens, "loss": window["loss"],
+                    "lr": lr_at(self.step - 1, t), "grad_norm": window["grad_norm"], "dt_ms": 1000 * dt,
                     "tokens_per_s": tokens_per_step / dt if dt > 0 else 0.0, "nan_skips": self.nan_skips,
                 }
                 if evaluating:
@@ -267,12 +298,23 @@ class Trainer:
                 if self.world.is_main:
                     self.metrics.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                window_loss, window_steps, timed_steps, window_start = 0.0, 0, 0, time.perf_counter()
-            if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps:
+                timed_steps, window_start = 0, time.perf_counter()
+            if checkpointing:
                 self._save_checkpoint()
         bar.close()
         elapsed = time.perf_counter() - started
         return self._finish(val_loss, elapsed, compile_seconds)
+
+    def _account_skips(self, window: dict) -> None:
+        """Count the window's skipped steps; abort when too many came in a row."""
+        self.nan_skips += window["skipped"]
+        if window["skipped"]:
+            log.warning("%d non-finite step(s) skipped (loss or gradient), up to step %d", window["skipped"], self.step)
+        if window["longest"] >= self.cfg.train.max_nan_skips:
+            raise TrainingError(
+                f"{window['longest']} consecutive non-finite steps by step {self.step}; "
+                "lower train.lr, raise train.warmup_steps or set train.grad_clip"
+            )
 
     def _finish(self, val_loss: float, elapsed: float, compile_seconds: float) -> TrainResult:
         if math.isnan(val_loss):

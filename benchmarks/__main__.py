@@ -1,0 +1,120 @@
+"""`python -m benchmarks all`: every benchmark in one run, one Markdown table.
+
+Groups, each with its own baseline measured in the same run (ratios are against it):
+  variants   training step of the ~10M model (6 x 384, 6 heads of 64, 8k vocab, T = 256): the
+             baseline, the stock-loss formulation, RoPE, and the SMAT variants
+  long ctx   the same model at T = 2048: full vs block-local attention (block 256)
+  attention  one attention call: full (fused SDPA), block-local, naive T x T, T = 1k..8k
+             (benchmarks/attention_scaling.py)
+  presets    on CUDA only: the 64M and 80M presets (bf16 + compile where asked), the MFU target
+MFU = tokens/s x (6 N + 12 L d T) / peak (measured fp32 matmul peak on CPU, 989 TFLOP/s on CUDA).
+
+    python -m benchmarks all [--out runs/bench.md] [--steps 6]
+    python -m benchmarks all --device cuda --dtype bf16 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from benchmarks import attention_scaling
+from benchmarks.timing import device_peak, in_fresh_process, train_step_rate
+from slmlab.config import ModelConfig, SmatConfig, load_config
+from slmlab.model.accounting import human
+from slmlab.tables import markdown_table
+
+TEN_M = {"n_layer": 6, "n_head": 6, "d_model": 384, "vocab_size": 8192}
+VARIANTS = {
+    "baseline": {},
+    "stock loss (nanoGPT formulation)": {"stock": True},
+    "rope": {"cfg": {"pos": "rope"}},
+    "smat s_only": {"cfg": {"smat": SmatConfig(use_S=True)}},
+    "smat g_only": {"cfg": {"smat": SmatConfig(use_G=True)}},
+    "smat full": {"cfg": {"smat": SmatConfig(use_S=True, use_G=True)}},
+}
+PRESETS = ("configs/smat_64m.toml", "configs/smt_80m.toml")
+
+
+def preset(path: str) -> tuple[ModelConfig, int, int, bool]:
+    """A preset's model (GPT-2 vocabulary where the tokenizer would set it) at batch 16."""
+    cfg = load_config(path)
+    return dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or 50257), 16, cfg.data.seq_len, False
+
+
+def model_rows(args, peak: float) -> list[tuple]:
+    rows = []
+
+    def group(name: str, runs: dict[str, tuple[ModelConfig, int, int, bool]]):
+        results = {label: in_fresh_process(train_step_rate, cfg, batch, seq, args.device, args.dtype, args.compile,
+                                           args.steps, stock=stock) for label, (cfg, batch, seq, stock) in runs.items()}
+        base = next(iter(results.values()))
+        for label, r in results.items():
+            rows.append((name, label, human(r["params"]), f"{r['tokens_per_s']:,.0f}", f"{100 * r['flops_per_s'] / peak:.1f}%",
+                         human(r["peak_bytes"], "B"), f"{r['step_s'] / base['step_s']:.2f}x",
+                         f"{r['peak_bytes'] / base['peak_bytes']:.2f}x"))
+
+    group("variants (T=256, batch 16)", {
+        label: (ModelConfig(block_size=256, **TEN_M, **spec.get("cfg", {})), 16, 256, spec.get("stock", False))
+        for label, spec in VARIANTS.items()
+    })
+    group("long ctx (T=2048, batch 2)", {
+        pattern: (ModelConfig(block_size=2048, pos="rope", attention=pattern, local_block=256, **TEN_M), 2, 2048, False)
+        for pattern in ("full", "block_local")
+    })
+    if torch.device(args.device).type == "cuda":
+        group("presets", {
+            Path(path).stem: preset(path) for path in PRESETS
+        })
+    return rows
+
+
+def attention_rows(args) -> tuple[list[tuple], dict[str, float]]:
+    results = attention_scaling.collect(args.device, 256, 3)
+    rows = []
+    for T in attention_scaling.LENGTHS:
+        base = results["full", T]
+        for pattern in attention_scaling.PATTERNS:
+            r = results[pattern, T]
+            memory = human(r["peak"] or r["memory"], "B") + (" peak" if r["peak"] else " kept")
+            rows.append((f"attention (T={T})", pattern, "–", f"{T / r['seconds']:,.0f}", "–", memory,
+                         f"{r['seconds'] / base['seconds']:.2f}x", f"{(r['peak'] or r['memory']) / (base['peak'] or base['memory']):.2f}x"))
+    exponents = {p: attention_scaling.growth_exponent(results, p) for p in attention_scaling.PATTERNS}
+    return rows, exponents
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", choices=("all",), help="run every benchmark")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per measurement (median)")
+    parser.add_argument("--peak-tflops", type=float, default=0.0)
+    parser.add_argument("--out", default="runs/bench.md")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    peak, source = device_peak(device, args.peak_tflops)
+    header = (f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, peak {peak / 1e9:,.0f} GFLOP/s "
+              f"({source}), {args.dtype}{', compiled' if args.compile else ''}; ratios vs the first row of each group")
+    print(header, flush=True)
+    rows = model_rows(args, peak)
+    more, exponents = attention_rows(args)
+    table = markdown_table(("group", "setting", "params", "tokens/s", "MFU", "peak memory", "time vs baseline",
+                            "memory vs baseline"), rows + more)
+    footer = ", ".join(f"{p} attention time ~ T^{e:.2f}" for p, e in exponents.items())
+    if device.type == "cpu":
+        footer += ("; peak memory on CPU: peak resident set of the measuring process; attention rows: the bytes "
+                   "autograd keeps for backward")
+    text = f"{header}\n\n{table}\n\n{footer}\n"
+    print(table + "\n" + footer)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(f"saved: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
