@@ -324,6 +324,17 @@ def cmd_sweep(args, extra) -> int:
     return 0
 
 
+def cmd_persona(args, extra) -> int:
+    from .persona import persona_config
+    from .training import Trainer
+
+    base, cfg = persona_config(args.run, args.persona_data, args.train, args.steps, args.lr, args.name, parse_overrides(extra))
+    result = Trainer(cfg, overwrite=args.overwrite, progress=not args.no_progress, init_from=base).fit()
+    print(f"run: {result.run_dir} (from {base.path}, trained: {args.train})")
+    print(f"persona validation loss {result.val_loss:.4f}, perplexity {result.val_ppl:.2f}")
+    return 0
+
+
 def cmd_report(args, extra) -> int:
     from .report import write_report
 
@@ -373,6 +384,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                    help="extra #SBATCH option for --slurm, e.g. --sbatch=--partition=gpu (repeatable)")
     p.set_defaults(func=cmd_sweep)
+
+    p = _parser(sub, "persona", "SMT stage 2: fine-tune a trained run on persona text, training only the chosen parameters",
+                "  slmlab persona runs/smt_small --persona-data brown:R                 # Brown 'humor' as the persona\n"
+                "  slmlab persona runs/smt_small --persona-data persona.txt --train self_area+norms --steps 500\n"
+                "  slmlab persona runs/baseline --persona-data brown:R --train all --name baseline_persona")
+    p.add_argument("run")
+    p.add_argument("--persona-data", required=True, metavar="SOURCE", help="brown:R, shakespeare:comedies, a .txt/.jsonl file or directory")
+    p.add_argument("--train", choices=("self_area", "self_area+norms", "all"), default="self_area", help="what trains (default self_area)")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--name", default="", help="run name (default: RUN's name + _persona)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_persona)
 
     p = _parser(sub, "report", "write a report card (report.md + self-contained report.html) for a run or a sweep",
                 "  slmlab report runs/quickstart\n  slmlab report runs/smat_quick          # a sweep directory")

@@ -48,6 +48,26 @@ class SmatConfig:
 
 
 @dataclass
+class SelfAreaConfig:
+    """SMT's Self Area (seed 000); see slmlab/variants/self_area.py for the equations.
+
+    A learned persona state refined by an MLP into a guidance signal g (self_dim); layer l adds
+    alpha_l * W_l g. `target`: into the residual stream before the block ("residual") or only into
+    the attention and MLP inputs after their norms ("sublayer_inputs"). `token_dependent`: g is
+    gated per token by the hidden state. `guidance_mode = "input_once"` is what the original
+    code did (one constant vector added to the embeddings). `surgery_safe`: alpha starts at 0, so
+    inserting the module changes nothing."""
+
+    enabled: bool = False
+    self_dim: int = 128
+    hidden: int = 0  # the refining MLP's width; 0 -> 2 * self_dim
+    guidance_mode: str = "every_layer"  # "every_layer" | "input_once"
+    target: str = "residual"  # "residual" | "sublayer_inputs"
+    token_dependent: bool = False
+    surgery_safe: bool = True  # alpha_l = 0 at init; else 1
+
+
+@dataclass
 class ModelConfig:
     """Shape of the decoder. `vocab_size = 0` means "take it from the tokenizer"."""
 
@@ -73,6 +93,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     init_std: float = 0.02
     smat: SmatConfig = field(default_factory=SmatConfig)
+    self_area: SelfAreaConfig = field(default_factory=SelfAreaConfig)
 
     @property
     def ff_dim(self) -> int:
@@ -121,6 +142,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     dtype: str = "fp32"  # "fp32" | "bf16" (autocast)
     compile: bool = False
+    trainable: str = "all"  # which parameters train: "all" | "self_area" | "self_area+norms" (SMT stage 2)
     parallel: str = "ddp"  # under torchrun: "ddp" (replicated) | "fsdp" (FSDP2, sharded); batch_size is global
     threads: int = 0  # CPU threads; 0 = torch default
     eval_every: int = 100
@@ -193,10 +215,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.pos": ("learned", "rope"),
     "model.attention": ("full", "block_local"),
     "model.smat.centrality_norm": ("prefix", "seq"),
+    "model.self_area.guidance_mode": ("every_layer", "input_once"),
+    "model.self_area.target": ("residual", "sublayer_inputs"),
     "data.tokenizer": ("byte", "char", "bpe", "gpt2"),
     "train.optimizer": ("adamw",),
     "train.dtype": ("fp32", "bf16"),
     "train.parallel": ("ddp", "fsdp"),
+    "train.trainable": ("all", "self_area", "self_area+norms"),
 }
 """Allowed values of string fields with a closed set. Variants register more (see `register_choice`)."""
 
@@ -300,6 +325,7 @@ def validate(cfg: RunConfig) -> None:
         "train.eval_batches": t.eval_batches, "train.log_every": t.log_every,
         "train.eval_every": t.eval_every, "train.max_nan_skips": t.max_nan_skips,
         "train.keep_checkpoints": t.keep_checkpoints, "model.smat.s_dim": m.smat.s_dim,
+        "model.self_area.self_dim": m.self_area.self_dim,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -309,11 +335,13 @@ def validate(cfg: RunConfig) -> None:
         "data.max_documents": d.max_documents, "train.warmup_steps": t.warmup_steps,
         "train.grad_clip": t.grad_clip, "train.weight_decay": t.weight_decay,
         "train.checkpoint_every": t.checkpoint_every, "train.threads": t.threads,
-        "train.sample_tokens": t.sample_tokens,
+        "train.sample_tokens": t.sample_tokens, "model.self_area.hidden": m.self_area.hidden,
     }
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
+    if t.trainable != "all" and not m.self_area.enabled:
+        raise ConfigError(f"train.trainable = '{t.trainable}' needs a Self Area; set model.self_area.enabled = true")
     if m.d_model % m.n_head:
         raise ConfigError(
             f"model.d_model = {m.d_model} is not divisible by model.n_head = {m.n_head}"

@@ -1,4 +1,6 @@
-"""One pre-norm transformer block: x + Attn(LN(x)), then + MLP(LN(x))."""
+"""One pre-norm transformer block: x + Attn(LN(x) + shift), then + MLP(LN(x) + shift).
+
+`shift` (broadcastable to x, or None) is the decoder's conditioning of the sublayer inputs."""
 
 from __future__ import annotations
 
@@ -22,7 +24,10 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.hook_resid_pre, self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint(), HookPoint()
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        x = x + self.hook_attn_out(self.attn(self.ln1(x), positions, cache))
-        return x + self.hook_mlp_out(self.mlp(self.ln2(x)))
+        h = self.ln1(x)
+        x = x + self.hook_attn_out(self.attn(h if shift is None else h + shift, positions, cache))
+        h = self.ln2(x)
+        return x + self.hook_mlp_out(self.mlp(h if shift is None else h + shift))

@@ -1,13 +1,14 @@
 """The one decoder every slmlab architecture extends.
 
     x_0 = wte[idx] + positions.embed(t)                 (B, T, d_model)
-    x_l = conditioning(l, x_{l-1}); x_l = Block_l(x_l)  pre-norm blocks, l = 1..n_layer
+    x, shift = conditioning(l, x); x = Block_l(x, shift)  pre-norm blocks, l = 1..n_layer
     logits = head(norm_f(x_L))                          (B, T, V), head tied to wte by default
 
 Extension points (DESIGN.md section 1): `positions` (a scheme from positions.POSITIONS),
 the attention pattern (attention.ATTENTION_PATTERNS), score terms and value gates (attention
 extensions handed to every block's attention through `attention_extensions(layer)`), and residual conditioning
-(`conditioning(layer, x)`, the identity here). A variant subclasses `Decoder` and overrides those
+(`conditioning(layer, x) -> (x, shift)`: a change of the residual stream and/or a shift added to the
+block's attention and MLP inputs; the identity here, SMT's Self Area in slmlab/variants). A variant subclasses `Decoder` and overrides those
 factories; it never copies the forward pass.
 """
 
@@ -29,10 +30,10 @@ from .sampling import sample_next
 
 
 class NoConditioning(nn.Module):
-    """Residual conditioning that adds nothing: x -> x for every layer."""
+    """Residual conditioning that adds nothing: x -> (x, no shift) for every layer."""
 
-    def forward(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        return x
+    def forward(self, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return x, None
 
 
 class Decoder(nn.Module):
@@ -65,7 +66,11 @@ class Decoder(nn.Module):
         return {"extensions": [module for module in built if module is not None]}
 
     def build_conditioning(self) -> nn.Module:
-        return NoConditioning()
+        """The first module a builder in variants.CONDITIONING_BUILDERS returns for this config."""
+        from ..variants import CONDITIONING_BUILDERS
+
+        built = (build(self.cfg) for build in CONDITIONING_BUILDERS)
+        return next((module for module in built if module is not None), NoConditioning())
 
     # ---- model --------------------------------------------------------------------------
     def _init_weights(self, module: nn.Module) -> None:
@@ -95,8 +100,8 @@ class Decoder(nn.Module):
             x = x + pos_emb
         x = self.drop(self.hook_embed(x))
         for layer, block in enumerate(self.blocks):
-            x = self.conditioning(layer, x)
-            x = block(x, positions, caches[layer] if caches else None)
+            x, shift = self.conditioning(layer, x)
+            x = block(x, positions, caches[layer] if caches else None, shift)
         x = self.norm_f(x)
         if targets is None:
             return self.head(x), None

@@ -21,6 +21,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+NORMS = (nn.LayerNorm, nn.RMSNorm)
+
+
+def select_trainable(model: nn.Module, which: str) -> int:
+    """Freeze every parameter outside `which` ("all", "self_area", "self_area+norms": SMT's stage 2
+    choices); returns the number of trainable parameters."""
+    if which != "all":
+        keep = {id(p) for p in model.conditioning.parameters()}
+        if which == "self_area+norms":
+            keep |= {id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters()}
+        for param in model.parameters():
+            param.requires_grad_(id(param) in keep)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 FUSED_DEVICES = ("cuda", "cpu", "mps", "xpu")
 
 

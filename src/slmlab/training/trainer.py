@@ -67,7 +67,7 @@ from ..runtime import (
     set_rng_state,
 )
 from ..tokenization import Tokenizer, load_tokenizer
-from .optim import build_optimizer, lr_at, step_unless
+from .optim import build_optimizer, lr_at, select_trainable, step_unless
 
 log = logging.getLogger("slmlab")
 
@@ -186,6 +186,9 @@ class Trainer:
             load_weights(self.model, init_from.final_weights)
             if carry_optimizer:
                 state = {"optimizer": load_training_state(init_from.checkpoints)["optimizer"]}
+        trainable = select_trainable(self.model, train.trainable)
+        if train.trainable != "all":
+            log.info("training %s only: %d of %d parameters", train.trainable, trainable, self.stats.params)
         self.wrapped = parallelize(self.model, self.world, train.parallel, self.device)
         self.optimizer = build_optimizer(self.model, train, self.device)
         if state is not None:

@@ -1,0 +1,75 @@
+"""SMT's Self Area (seed 000): a learned persona state whose guidance enters every layer.
+
+    p ∈ R^self_dim                            the persona state (learned)
+    g = p + W_2 GELU(W_1 p)                   refined by a small residual MLP
+    Δ_l = α_l · W_l g                         one W_l (d_model x self_dim) and one α_l per layer
+    token-dependent:  Δ_l,t = α_l · W_l (g ⊙ σ(U_l x_t))    gated per token by the hidden state
+
+    target "residual":          x_l ← x_l + Δ_l before block l (the residual stream carries it on)
+    target "sublayer_inputs":   Attn(LN_1(x) + Δ_l) and MLP(LN_2(x) + Δ_l); the stream itself does not
+    guidance_mode "input_once": only Δ_0, added to the embeddings: what the original SMT code did
+                                (one learned constant vector added once), for comparison
+
+With `surgery_safe` α_l starts at 0, so a freshly inserted module changes nothing; p starts at
+N(0, 1) and W_l at N(0, 1/self_dim), so W_l g has unit scale per feature (the size of a normed
+hidden state): α_l's gradient is not zero and a small α_l already steers every layer. The same
+`SelfArea` module serves the native decoder (as its residual conditioning) and model surgery on
+Hugging Face models (slmlab/surgery.py). Hook points `hook_guidance.<l>` see Δ_l.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig, SelfAreaConfig
+from ..model.hooks import HookPoint
+
+
+class SelfArea(nn.Module):
+    def __init__(self, cfg: SelfAreaConfig, d_model: int, n_layer: int, init_std: float = 0.02):
+        """init_std: the token gate's U_l (the MLP's layers take the host model's init)."""
+        super().__init__()
+        self.cfg = cfg
+        self.slots = 1 if cfg.guidance_mode == "input_once" else n_layer
+        hidden = cfg.hidden or 2 * cfg.self_dim
+        self.state = nn.Parameter(torch.randn(cfg.self_dim))
+        self.refine = nn.Sequential(nn.Linear(cfg.self_dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.self_dim))
+        self.proj = nn.Parameter(torch.randn(self.slots, d_model, cfg.self_dim) / cfg.self_dim**0.5)
+        self.alpha = nn.Parameter(torch.full((self.slots,), 0.0 if cfg.surgery_safe else 1.0))
+        self.gate = nn.Parameter(torch.randn(self.slots, cfg.self_dim, d_model) * init_std) if cfg.token_dependent else None
+        self.hook_guidance = nn.ModuleList(HookPoint() for _ in range(self.slots))
+
+    def guidance(self) -> torch.Tensor:
+        """g = p + MLP(p), (self_dim,)."""
+        return self.state + self.refine(self.state)
+
+    def delta(self, layer: int, x: torch.Tensor) -> torch.Tensor | None:
+        """Δ_layer for hidden states x (B, T, d_model) -> (d_model,) or, token-dependent,
+        (B, T, d_model); None for a layer the guidance does not enter."""
+        if layer >= self.slots:
+            return None
+        g = self.guidance().to(x.dtype)
+        if self.gate is not None:
+            g = g * torch.sigmoid(x @ self.gate[layer].to(x.dtype).T)
+        delta = self.alpha[layer].to(x.dtype) * (g @ self.proj[layer].to(x.dtype).T)
+        return self.hook_guidance[layer](delta)
+
+
+class SelfAreaConditioning(nn.Module):
+    """The decoder's residual conditioning: (layer, x) -> (x, shift of the sublayer inputs or None)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.area = SelfArea(cfg.self_area, cfg.d_model, cfg.n_layer, cfg.init_std)
+        self.into_sublayers = cfg.self_area.target == "sublayer_inputs" and cfg.self_area.guidance_mode == "every_layer"
+
+    def forward(self, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        delta = self.area.delta(layer, x)
+        if delta is None:
+            return x, None
+        return (x, delta) if self.into_sublayers else (x + delta, None)
+
+
+def build_self_area(cfg: ModelConfig) -> nn.Module | None:
+    return SelfAreaConditioning(cfg) if cfg.self_area.enabled else None

@@ -1,0 +1,117 @@
+"""SMT's Self Area: zero change at insertion, guidance reaching every layer, the input_once
+baseline, gradient isolation for stage 2, and a micro stage-2 run that lowers persona-text loss."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from slmlab.cli import main
+from slmlab.config import ConfigError, ModelConfig, SelfAreaConfig
+from slmlab.model import build_model
+from slmlab.runs import RunDir
+from slmlab.training import Trainer, train
+
+from .conftest import LINES
+
+MODES = [
+    {"target": "residual"}, {"target": "sublayer_inputs"}, {"token_dependent": True},
+    {"target": "sublayer_inputs", "token_dependent": True}, {"guidance_mode": "input_once"},
+]
+
+
+def pair(**self_area):
+    """A baseline model and the same model with a Self Area, sharing every base weight."""
+    cfg = ModelConfig(n_layer=3, n_head=2, d_model=32, block_size=32, vocab_size=40)
+    torch.manual_seed(0)
+    base = build_model(cfg)
+    smt = build_model(dataclasses.replace(cfg, self_area=SelfAreaConfig(enabled=True, self_dim=8, **self_area)))
+    missing, unexpected = smt.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(name.startswith("conditioning.") for name in missing)
+    return base.eval(), smt.eval()
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()))
+def test_a_surgery_safe_self_area_changes_nothing_at_insertion(mode):
+    base, smt = pair(**mode)
+    idx = torch.randint(0, 40, (2, 20))
+    assert torch.equal(base(idx)[0], smt(idx)[0])
+    with torch.no_grad():
+        smt.conditioning.area.alpha.fill_(0.5)
+    assert not torch.allclose(base(idx)[0], smt(idx)[0])
+
+
+def test_guidance_reaches_every_layer_as_alpha_W_g():
+    _, smt = pair(target="residual")
+    area = smt.conditioning.area
+    with torch.no_grad():
+        area.alpha.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    block_in, block_out = {}, {}
+    for layer, block in enumerate(smt.blocks):
+        block.hook_resid_pre.register_forward_hook(lambda m, args, out, layer=layer: block_in.__setitem__(layer, out))
+        block.register_forward_hook(lambda m, args, out, layer=layer: block_out.__setitem__(layer, out))
+    embed = {}
+    smt.hook_embed.register_forward_hook(lambda m, args, out: embed.__setitem__(0, out))
+    smt(torch.randint(0, 40, (2, 12)))
+    g = area.state + area.refine(area.state)
+    for layer in range(3):
+        previous = embed[0] if layer == 0 else block_out[layer - 1]
+        expected = previous + area.alpha[layer] * (area.proj[layer] @ g)
+        torch.testing.assert_close(block_in[layer], expected)
+
+
+def test_input_once_adds_one_constant_vector_to_the_embeddings_only():
+    _, smt = pair(guidance_mode="input_once")
+    assert smt.conditioning.area.alpha.shape == (1,)
+    with torch.no_grad():
+        smt.conditioning.area.alpha.fill_(1.0)
+    seen = []
+    smt.conditioning.area.hook_guidance[0].register_forward_hook(lambda m, args, out: seen.append(out))
+    smt(torch.randint(0, 40, (1, 5)))
+    assert len(seen) == 1 and seen[0].shape == (32,)  # one d_model vector, one layer
+
+
+def test_trainable_self_area_isolates_gradients(text_corpus, make_config):
+    for which, may_change in (("self_area", ("conditioning.",)), ("self_area+norms", ("conditioning.", "ln", "norm_f"))):
+        cfg = make_config(text_corpus, model={"self_area": {"enabled": True, "self_dim": 8}},
+                          train={"steps": 4, "trainable": which, "checkpoint_every": 0, "weight_decay": 0.1})
+        trainer = Trainer(dataclasses.replace(cfg, name=which.replace("+", "_")), progress=False)
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        trainer.fit()
+        after = trainer.model.state_dict()
+        changed = {k for k in before if not torch.equal(before[k], after[k])}
+        assert changed and all(any(part in k for part in may_change) for k in changed), sorted(changed)
+        assert any(k.startswith("conditioning.") for k in changed)
+        if which == "self_area+norms":
+            assert any(".ln1." in k for k in changed)
+
+
+def test_trainable_self_area_needs_a_self_area(text_corpus, make_config):
+    with pytest.raises(ConfigError, match="needs a Self Area; set model.self_area.enabled = true"):
+        make_config(text_corpus, train={"trainable": "self_area"})
+
+
+def test_micro_stage_two_lowers_persona_text_loss(text_corpus, make_config, tmp_path, capsys):
+    cfg = make_config(text_corpus, model={"self_area": {"enabled": True, "self_dim": 16}},
+                      train={"steps": 150, "lr": 1e-2, "checkpoint_every": 0, "eval_every": 150})
+    base = train(cfg, progress=False).run_dir
+    persona = tmp_path / "persona"
+    persona.mkdir()
+    for i in range(6):  # one voice: Hamlet's line, over and over
+        (persona / f"p{i}.txt").write_text("\n\n".join([LINES[2]] * 30))
+    before = main(["eval", str(base), "--data.source", str(persona), "--json", "--batches", "4"])
+    assert before == 0
+    loss_before = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["loss"]
+    assert main(["persona", str(base), "--persona-data", str(persona), "--steps", "60", "--lr", "0.03", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    run = RunDir(base.parent / f"{base.name}_persona")
+    assert run.read_config().train.trainable == "self_area"
+    assert f"from {base}" in out
+    assert run.read_summary()["val_loss"] < 0.9 * loss_before  # measured: 0.94 -> 0.81
+    base_weights, tuned = load_file(base / "final.safetensors"), load_file(run.final_weights)
+    for name, tensor in base_weights.items():  # the base model is untouched; only the Self Area moved
+        assert torch.equal(tensor, tuned[name]) != name.startswith("conditioning."), name
