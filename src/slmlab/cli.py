@@ -335,6 +335,47 @@ def cmd_persona(args, extra) -> int:
     return 0
 
 
+def cmd_surgery(args, extra) -> int:
+    from .config import DataConfig, SelfAreaConfig
+    from .metrics import MetricsLog
+    from .persona import source_overrides
+    from .runtime import resolve_device
+    from .surgery import insert_self_area, load_hf_model, load_self_area, persona_loss, persona_tokens, save_self_area, train_self_area
+
+    device = resolve_device(args.device)
+    model, tokenizer = load_hf_model(args.hf_model, device)
+    if args.load:
+        load_self_area(model, args.load)
+    else:
+        if not args.persona_data:
+            raise ConfigError("give --persona-data SOURCE to train a Self Area (or --load DIR to use a trained one)")
+        out = Path(args.out or f"runs/surgery_{Path(args.hf_model).stem}")
+        if (out / "self_area.json").is_file() and not args.overwrite:
+            raise ConfigError(f"{out} already holds a Self Area; pass --overwrite or another --out")
+        data = DataConfig(**{key.split(".", 1)[1]: value for key, value in source_overrides(args.persona_data).items()})
+        train_split, val_split = persona_tokens(data, tokenizer)
+        area = insert_self_area(model, SelfAreaConfig(enabled=True, self_dim=args.self_dim, token_dependent=args.token_dependent))
+        measure = lambda: persona_loss(model, val_split, args.seq_len, args.batch_size, 8, device)  # noqa: E731
+        before = measure()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        train_self_area(model, area, train_split, args.steps, args.lr, args.batch_size, args.seq_len, args.seed, MetricsLog(out / "metrics.jsonl"))
+        after = measure()
+        save_self_area(area, out, str(args.hf_model))
+        summary = {"base_model": str(args.hf_model), "persona_data": args.persona_data, "steps": args.steps,
+                   "self_area_params": sum(p.numel() for p in area.parameters()),
+                   "base_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("self_area.")),
+                   "persona_val_loss_before": before, "persona_val_loss_after": after}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"Self Area ({summary['self_area_params']:,} parameters; base {summary['base_params']:,} frozen) saved to {out}")
+        print(f"persona validation loss {before:.4f} -> {after:.4f} (perplexity {math.exp(before):.2f} -> {math.exp(after):.2f})")
+    if args.generate:
+        ids = tokenizer(args.generate, return_tensors="pt")["input_ids"].to(device)
+        out_ids = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        print(tokenizer.decode(out_ids[0], skip_special_tokens=True))
+    return 0
+
+
 def cmd_report(args, extra) -> int:
     from .report import write_report
 
@@ -398,6 +439,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_persona)
+
+    p = _parser(sub, "surgery", "insert a Self Area into a pretrained Hugging Face causal LM and train it alone on persona text",
+                "  slmlab surgery --hf-model models/smollm2-135m --persona-data brown:R --steps 200\n"
+                "  slmlab surgery --hf-model models/smollm2-135m --load runs/surgery_smollm2-135m --generate 'The day'")
+    p.add_argument("--hf-model", required=True, metavar="PATH", help="a local transformers model directory or .gguf file")
+    p.add_argument("--persona-data", default="", metavar="SOURCE", help="brown:R, shakespeare:comedies, a .txt/.jsonl file or directory")
+    p.add_argument("--load", default="", metavar="DIR", help="use the Self Area saved in DIR instead of training one")
+    p.add_argument("--out", default="", help="where to save the Self Area (default runs/surgery_<model>)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--self-dim", type=int, default=128)
+    p.add_argument("--token-dependent", action="store_true", help="gate the guidance per token by the hidden state")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generate", default="", metavar="PROMPT", help="print a greedy continuation through model.generate")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_surgery)
 
     p = _parser(sub, "report", "write a report card (report.md + self-contained report.html) for a run or a sweep",
                 "  slmlab report runs/quickstart\n  slmlab report runs/smat_quick          # a sweep directory")

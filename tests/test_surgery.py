@@ -1,0 +1,123 @@
+"""Model surgery on tiny randomly initialised Hugging Face models (GPT-2, Llama, Phi-3): outputs
+unchanged at insertion, only the Self Area trains, save/load round trip, generation through
+`model.generate` (cached and uncached agree), and the `slmlab surgery` verb end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from slmlab.checkpoint import CheckpointError  # noqa: E402
+from slmlab.cli import main  # noqa: E402
+from slmlab.config import SelfAreaConfig  # noqa: E402
+from slmlab.data import TokenSplit  # noqa: E402
+from slmlab.surgery import insert_self_area, load_self_area, save_self_area, train_self_area  # noqa: E402
+
+SHAPE = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+         "max_position_embeddings": 64, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+CONFIGS = {
+    "gpt2": lambda: transformers.GPT2Config(vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                            bos_token_id=1, eos_token_id=2),
+    "llama": lambda: transformers.LlamaConfig(**SHAPE, num_key_value_heads=1),
+    "phi3": lambda: transformers.Phi3Config(**SHAPE, num_key_value_heads=2),
+}
+
+
+def tiny(kind: str):
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(CONFIGS[kind]()).eval()
+
+
+def random_tokens(n: int = 4000) -> TokenSplit:
+    ids = np.random.default_rng(0).integers(3, 64, n)
+    ids[::7] = 5  # some structure to learn
+    return TokenSplit(ids, {"*": (0, n)})
+
+
+@pytest.fixture(params=list(CONFIGS))
+def kind(request):
+    return request.param
+
+
+@pytest.mark.parametrize("token_dependent", [False, True])
+def test_outputs_are_unchanged_at_insertion(kind, token_dependent):
+    model = tiny(kind)
+    idx = torch.randint(0, 64, (2, 16))
+    before = model(input_ids=idx).logits
+    area = insert_self_area(model, SelfAreaConfig(enabled=True, self_dim=8, token_dependent=token_dependent))
+    assert torch.equal(model(input_ids=idx).logits, before)
+    with torch.no_grad():
+        area.alpha.fill_(0.5)
+    assert not torch.allclose(model(input_ids=idx).logits, before)
+
+
+def test_only_the_self_area_trains_and_round_trips(kind, tmp_path):
+    model = tiny(kind)
+    pristine = copy.deepcopy(model)
+    base = {name: p.clone() for name, p in model.named_parameters()}
+    area = insert_self_area(model, SelfAreaConfig(enabled=True, self_dim=8))
+    initial = {name: p.clone() for name, p in area.named_parameters()}
+    train_self_area(model, area, random_tokens(), steps=5, lr=1e-2, batch=2, seq_len=16)
+    for name, param in model.named_parameters():
+        if name.startswith("self_area."):
+            assert not torch.equal(param, initial[name.removeprefix("self_area.")]), name
+        else:
+            assert torch.equal(param, base[name]) and param.grad is None and not param.requires_grad, name
+    save_self_area(area, tmp_path / "area", kind)
+    loaded = load_self_area(pristine, tmp_path / "area")
+    idx = torch.randint(0, 64, (2, 16))
+    torch.testing.assert_close(pristine(input_ids=idx).logits, model(input_ids=idx).logits, rtol=0, atol=0)
+    assert loaded.alpha.abs().sum() > 0
+
+
+def test_generation_goes_through_the_self_area_with_and_without_cache(kind):
+    model = tiny(kind)
+    prompt = torch.randint(3, 64, (1, 6))
+    plain = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    area = insert_self_area(model, SelfAreaConfig(enabled=True, self_dim=8))
+    with torch.no_grad():
+        area.alpha.fill_(3.0)
+    cached = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    uncached = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0, use_cache=False)
+    assert cached.shape == (1, 14) and torch.equal(cached, uncached)
+    assert not torch.equal(cached, plain)
+
+
+def test_a_self_area_does_not_load_onto_another_base(tmp_path):
+    area = insert_self_area(tiny("gpt2"), SelfAreaConfig(enabled=True, self_dim=8))
+    save_self_area(area, tmp_path / "area", "gpt2")
+    wider = transformers.AutoModelForCausalLM.from_config(transformers.GPT2Config(vocab_size=64, n_embd=48, n_layer=2, n_head=2))
+    with pytest.raises(CheckpointError, match="hidden size 32"):
+        load_self_area(wider, tmp_path / "area")
+
+
+def test_surgery_verb_end_to_end(tmp_path, text_corpus, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    texts = [p.read_text() for p in sorted(text_corpus.rglob("*.txt"))]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<eos>"]))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", eos_token="<eos>")
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(transformers.GPT2Config(
+        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2, eos_token_id=tokenizer.eos_token_id))
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    out = tmp_path / "area"
+    assert main(["surgery", "--hf-model", str(base), "--persona-data", str(text_corpus / "verse"), "--steps", "30",
+                 "--seq-len", "32", "--self-dim", "8", "--out", str(out), "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["persona_val_loss_after"] < summary["persona_val_loss_before"]
+    assert summary["self_area_params"] < summary["base_params"]
+    assert (out / "self_area.safetensors").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    capsys.readouterr()
+    assert main(["surgery", "--hf-model", str(base), "--load", str(out), "--generate", "ROMEO", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO")
