@@ -335,6 +335,27 @@ def cmd_persona(args, extra) -> int:
     return 0
 
 
+def cmd_persona_eval(args, extra) -> int:
+    from .persona_eval import PersonaClassifier, evaluate_persona, persona_data, results_table
+    from .runtime import resolve_device
+
+    runs = args.runs + args.compare
+    if not runs:
+        raise ConfigError("name at least one run (or --compare RUN_A RUN_B ...)")
+    data = persona_data(args.persona_data, args.other_data)
+    classifier = PersonaClassifier(data, args.seed)
+    print(f"persona classifier: held-out accuracy {classifier.accuracy:.3f} on {classifier.held_out} passages")
+    device = resolve_device(args.device)
+    results = [evaluate_persona(run, data, classifier, device, args.max_new_tokens, args.openings, args.seed) for run in runs]
+    table = results_table(results)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(f"# Persona robustness: {args.persona_data}\n\nclassifier held-out accuracy "
+                                  f"{classifier.accuracy:.3f}; adherence = share of continuations classified as persona, "
+                                  f"95% bootstrap CIs over prompts\n\n{table}\n")
+    return 0
+
+
 def cmd_surgery(args, extra) -> int:
     from .config import DataConfig, SelfAreaConfig
     from .metrics import MetricsLog
@@ -439,6 +460,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_persona)
+
+    p = _parser(sub, "persona-eval", "persona adherence under neutral and adversarial prompts, drift, and what the persona costs",
+                "  slmlab persona-eval runs/smt_small_persona --persona-data brown:R\n"
+                "  slmlab persona-eval --compare runs/smt_small_persona runs/baseline_persona --persona-data brown:R --out persona.md")
+    p.add_argument("runs", nargs="*", metavar="RUN")
+    p.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="runs to set side by side in one table")
+    p.add_argument("--persona-data", required=True, metavar="SOURCE", help="brown:R, shakespeare:comedies, a file or directory")
+    p.add_argument("--other-data", default="", metavar="SOURCE", help="the text the persona is told apart from "
+                   "(default: the same corpus's other genres)")
+    p.add_argument("--max-new-tokens", type=int, default=60)
+    p.add_argument("--openings", type=int, default=12, help="adversarial openings taken from other-text documents")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="", help="also write the table as Markdown here")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_persona_eval)
 
     p = _parser(sub, "surgery", "insert a Self Area into a pretrained Hugging Face causal LM and train it alone on persona text",
                 "  slmlab surgery --hf-model models/smollm2-135m --persona-data brown:R --steps 200\n"

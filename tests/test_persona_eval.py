@@ -1,0 +1,71 @@
+"""persona-eval on a synthetic two-style corpus where the answer is known: a model trained only on
+the persona's style adheres, one trained only on the other style does not, the classifier separates
+the styles, perplexities point the right way, and the bootstrap intervals are computed right."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from slmlab.cli import main
+from slmlab.persona_eval import bootstrap_difference, bootstrap_mean
+from slmlab.training import train
+
+JOLLY = "ha jolly laugh giggle merry fun joke grin tickle hoot".split()
+MECHANICAL = "pump valve pressure engine torque gear shaft bolt piston flow".split()
+
+
+def write_style(folder, words, seed):
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    for i in range(10):
+        sentences = [" ".join(rng.choice(words, 6)).capitalize() + "." for _ in range(50)]
+        (folder / f"doc{i}.txt").write_text(" ".join(sentences))
+
+
+@pytest.fixture
+def two_styles(tmp_path, make_config):
+    write_style(tmp_path / "jolly", JOLLY, 0)
+    write_style(tmp_path / "mechanical", MECHANICAL, 1)
+    runs = {}
+    for style in ("jolly", "mechanical"):
+        cfg = make_config(tmp_path / style, data={"tokenizer": "byte", "seq_len": 64},
+                          model={"block_size": 128}, train={"steps": 150, "lr": 1e-2, "checkpoint_every": 0, "eval_every": 150})
+        runs[style] = train(dataclasses.replace(cfg, name=style), progress=False).run_dir
+    return tmp_path, runs
+
+
+def test_persona_eval_finds_the_known_answer(two_styles, capsys):
+    root, runs = two_styles
+    out = root / "persona.md"
+    assert main(["persona-eval", "--compare", str(runs["jolly"]), str(runs["mechanical"]), "--persona-data", str(root / "jolly"),
+                 "--other-data", str(root / "mechanical"), "--max-new-tokens", "48", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    jolly = json.loads((runs["jolly"] / "persona_eval.json").read_text())
+    mechanical = json.loads((runs["mechanical"] / "persona_eval.json").read_text())
+    assert jolly["classifier_accuracy"] > 0.95
+    assert jolly["neutral"][0] >= 0.9 and mechanical["neutral"][0] <= 0.1
+    assert jolly["adversarial"][0] >= 0.8  # it only knows one voice: adversarial prompts cannot pull it away
+    assert jolly["persona_ppl"] < mechanical["persona_ppl"] and mechanical["other_ppl"] < jolly["other_ppl"]
+    assert f"{jolly['persona_ppl']:.2f}" in printed and str(runs["mechanical"]) in out.read_text()
+    low, high = jolly["neutral"][1], jolly["neutral"][2]
+    assert low <= jolly["neutral"][0] <= high
+
+
+def test_bootstrap_intervals():
+    values = np.array([1.0] * 8 + [0.0] * 2)
+    mean, low, high = bootstrap_mean(values, seed=0)
+    assert mean == 0.8 and 0.5 <= low < 0.8 < high <= 1.0
+    assert bootstrap_mean(np.ones(5), seed=0) == (1.0, 1.0, 1.0)  # no spread, no interval
+    diff, low, high = bootstrap_difference(np.ones(10), np.zeros(10), seed=0)
+    assert (diff, low, high) == (1.0, 1.0, 1.0)
+    assert bootstrap_mean(values, seed=3) == bootstrap_mean(values, seed=3)  # fixed seeds reproduce
+
+
+def test_persona_eval_needs_other_text_for_a_plain_source(tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("hello")
+    assert main(["persona-eval", "runs/x", "--persona-data", str(tmp_path / "p.txt")]) == 2
+    assert "give --other-data SOURCE" in capsys.readouterr().err
