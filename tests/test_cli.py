@@ -63,7 +63,8 @@ def test_user_errors_are_one_line(trained_run, capsys, tmp_path):
 
 
 def test_every_verb_has_help_with_examples(capsys):
-    verbs = [["train"], ["sweep"], ["ablate"], ["eval"], ["generate"], ["info"], ["diagnose"], ["data", "prepare"], ["data", "download"], ["tokenizer", "train"]]
+    verbs = [["train"], ["sweep"], ["ablate"], ["eval"], ["generate"], ["info"], ["diagnose"], ["data", "prepare"],
+             ["data", "download"], ["tokenizer", "train"], ["report"], ["persona"], ["persona-eval"], ["surgery"], ["prompts"]]
     for verb in verbs:
         with pytest.raises(SystemExit) as exit_info:
             build_parser().parse_args([*verb, "--help"])
@@ -71,8 +72,10 @@ def test_every_verb_has_help_with_examples(capsys):
         assert "examples:" in capsys.readouterr().out
 
 
-def test_diagnose_passes_on_a_small_model(capsys):
-    argv = ["diagnose", QUICKSTART, *SMALL, "--model.d_model", "32", "--data.seq_len", "32", "--steps", "300"]
+@pytest.mark.parametrize("variant", [[], ["--model.self_area.enabled", "true", "--model.self_area.self_dim", "16"]],
+                         ids=["baseline", "smt"])
+def test_diagnose_passes_on_a_small_model(capsys, variant):
+    argv = ["diagnose", QUICKSTART, *SMALL, "--model.d_model", "32", "--data.seq_len", "32", "--steps", "300", *variant]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "[PASS] loss at init" in out and "[PASS] overfit one batch" in out and "ln V = " in out

@@ -344,13 +344,13 @@ def cmd_persona_eval(args, extra) -> int:
         raise ConfigError("name at least one run (or --compare RUN_A RUN_B ...)")
     data = persona_data(args.persona_data, args.other_data)
     classifier = PersonaClassifier(data, args.seed)
-    print(f"persona classifier: held-out accuracy {classifier.accuracy:.3f} on {classifier.held_out} passages")
+    print(f"persona classifier: held-out balanced accuracy {classifier.accuracy:.3f} on {classifier.held_out} passages")
     device = resolve_device(args.device)
     results = [evaluate_persona(run, data, classifier, device, args.max_new_tokens, args.openings, args.seed) for run in runs]
     table = results_table(results)
     print(table)
     if args.out:
-        Path(args.out).write_text(f"# Persona robustness: {args.persona_data}\n\nclassifier held-out accuracy "
+        Path(args.out).write_text(f"# Persona robustness: {args.persona_data}\n\nclassifier held-out balanced accuracy "
                                   f"{classifier.accuracy:.3f}; adherence = share of continuations classified as persona, "
                                   f"95% bootstrap CIs over prompts\n\n{table}\n")
     return 0

