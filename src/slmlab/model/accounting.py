@@ -66,12 +66,16 @@ class ModelStats:
 
 
 def model_stats(model: nn.Module, cfg: ModelConfig) -> ModelStats:
-    """Count a built model's parameters (tied weights once)."""
+    """Count a built model's parameters (tied weights once); the attention term counts the
+    model's attention modules, whatever the architecture (a TapeTransformer has dozens)."""
+    from .attention import CausalSelfAttention
+
     params = sum(p.numel() for p in model.parameters())
     embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
     head = model.get_submodule("head").weight.numel()
     matmul = params - embedding + (head if cfg.tie_embeddings else 0)
-    return ModelStats(params, embedding, matmul, cfg.n_layer, cfg.d_model, cfg.ff_dim, cfg.vocab_size)
+    attention_layers = sum(isinstance(m, CausalSelfAttention) for m in model.modules())
+    return ModelStats(params, embedding, matmul, attention_layers, cfg.d_model, cfg.ff_dim, cfg.vocab_size)
 
 
 def human(n: float, unit: str = "") -> str:

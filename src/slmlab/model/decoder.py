@@ -22,11 +22,11 @@ from torch import nn
 from ..config import ModelConfig
 from .attention import KVCache
 from .block import Block
+from .generation import GenerationMixin
+from .heads import build_head
 from .hooks import HookPoint
 from .layers import build_norm
-from .loss import linear_cross_entropy
 from .positions import build_positions
-from .sampling import sample_next
 
 
 class NoConditioning(nn.Module):
@@ -36,7 +36,7 @@ class NoConditioning(nn.Module):
         return x, None
 
 
-class Decoder(nn.Module):
+class Decoder(GenerationMixin, nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.vocab_size <= 0:
@@ -50,7 +50,7 @@ class Decoder(nn.Module):
             Block(cfg, layer, self.positions, **self.attention_extensions(layer)) for layer in range(cfg.n_layer)
         )
         self.norm_f = build_norm(cfg)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head = build_head(cfg)
         if cfg.tie_embeddings:
             self.head.weight = self.wte.weight
         self.hook_embed = HookPoint()
@@ -87,7 +87,8 @@ class Decoder(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 caches: list[KVCache] | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, V), None); given targets (B, T) -> (None, mean
-        cross-entropy), computed by the fused chunked head (loss.py) without materialising logits."""
+        cross-entropy), computed by the head (heads.py; the linear head's fused chunked loss never
+        materialises the logits)."""
         B, T = idx.shape
         start = caches[0].length if caches else 0
         limit = self.positions.max_positions
@@ -105,42 +106,8 @@ class Decoder(nn.Module):
         x = self.norm_f(x)
         if targets is None:
             return self.head(x), None
-        return None, linear_cross_entropy(x.reshape(B * T, -1), self.head.weight, targets.reshape(-1))
+        return None, self.head.loss(x.reshape(B * T, -1), targets.reshape(-1))
 
     def make_caches(self) -> list[KVCache]:
         """One KV cache per layer, of the kind its attention pattern needs."""
         return [block.attn.make_cache(self.cfg.block_size) for block in self.blocks]
-
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True,
-                 stop_token: int | None = None) -> torch.Tensor:
-        """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n).
-
-        With the KV cache, each step runs only the new token. When the context reaches
-        block_size, the cache is rebuilt from the last block_size // 2 tokens (a sliding window)."""
-        if idx.shape[1] == 0:
-            raise ValueError("the prompt is empty: give at least one token")
-        if idx.shape[1] > self.cfg.block_size:
-            raise ValueError(
-                f"the prompt has {idx.shape[1]} tokens but the model's context is {self.cfg.block_size}; shorten it"
-            )
-        was_training = self.training
-        self.eval()
-        caches, pending = None, idx
-        for _ in range(max_new_tokens):
-            if use_cache:
-                if caches is None or caches[0].length + pending.shape[1] > self.cfg.block_size:
-                    window = idx[:, -(self.cfg.block_size // 2 or 1):] if caches is not None else idx
-                    caches = self.make_caches()
-                    pending = window
-                logits, _ = self(pending, caches=caches)
-            else:
-                logits, _ = self(idx[:, -self.cfg.block_size:])
-            next_id = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
-            idx = torch.cat([idx, next_id], dim=1)
-            pending = next_id
-            if stop_token is not None and bool((next_id == stop_token).all()):
-                break
-        self.train(was_training)
-        return idx

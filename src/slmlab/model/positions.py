@@ -68,7 +68,25 @@ class RotaryPositions(nn.Module):
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
 
-POSITIONS: dict[str, type[nn.Module]] = {"learned": LearnedPositions, "rope": RotaryPositions}
+class SinusoidalPositions(nn.Module):
+    """Fixed absolute positions (Vaswani et al.), nothing learned or stored:
+        PE[t, 2i] = sin(t / 10000^(2i/d)),  PE[t, 2i+1] = cos(t / 10000^(2i/d))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.max_positions = None
+        self.d_model = cfg.d_model
+
+    def embed(self, positions: torch.Tensor) -> torch.Tensor:
+        inv_freq = 10000.0 ** (-torch.arange(0, self.d_model, 2, device=positions.device, dtype=torch.float32) / self.d_model)
+        angle = positions.float()[:, None] * inv_freq
+        return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(1)[:, : self.d_model]
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor):
+        return q, k
+
+
+POSITIONS: dict[str, type[nn.Module]] = {"learned": LearnedPositions, "rope": RotaryPositions, "sinusoidal": SinusoidalPositions}
 
 
 def build_positions(cfg: ModelConfig) -> nn.Module:

@@ -1,4 +1,5 @@
-"""AdamW with decoupled weight decay on matrices only, and the warmup + cosine LR schedule."""
+"""Optimizers (AdamW with decoupled weight decay on matrices only; seed 001's Wolf) and the warmup
++ cosine LR schedule."""
 
 from __future__ import annotations
 
@@ -39,8 +40,42 @@ def select_trainable(model: nn.Module, which: str) -> int:
 FUSED_DEVICES = ("cuda", "cpu", "mps", "xpu")
 
 
+class Wolf(torch.optim.Optimizer):
+    """The TapeTransformer notebook's sign-agreement optimizer. With c = 1/e, per parameter:
+
+        u = (1 − c) m + c g              the step candidate (an EMA of the gradient)
+        m ← (1 − c) m + c u              the state
+        p ← p − lr u   where sign(u) = sign(g), else p unchanged
+
+    No weight decay (a group's weight_decay is ignored)."""
+
+    C = math.exp(-1.0)
+
+    def __init__(self, params, lr: float = 0.25):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                m = state.setdefault("m", torch.zeros_like(p))
+                u = (1 - self.C) * m + self.C * p.grad
+                m.mul_(1 - self.C).add_(u, alpha=self.C)
+                p.sub_(torch.where(torch.sign(u) * torch.sign(p.grad) > 0, u, torch.zeros_like(u)), alpha=group["lr"])
+        return loss
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, with the fused kernel wherever PyTorch has one (CUDA, CPU, MPS, XPU)."""
+    """AdamW, with the fused kernel wherever PyTorch has one (CUDA, CPU, MPS, XPU); or Wolf."""
+    if cfg.optimizer == "wolf":
+        return Wolf(param_groups(model, 0.0), lr=cfg.lr)
     fused = device.type in FUSED_DEVICES
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),

@@ -1,0 +1,197 @@
+"""TapeTransformer (seed 001, nano-research-gpt), rebuilt as a causal language model.
+
+    a(x) = 2 atanh(φ(2 tanh(x/2)) / 2),  φ(u) = l / √(1 + 24 l²),  l = sign(u) log(1 + |u|)
+                                                   the bounded log-compressing activation
+    soft_xor(a, b) = (σ(a) + σ(b))/2 − σ(a)σ(b);  softmax_mix(a, b) = a σ(a−b) + b σ(b−a);  sum = a + b
+
+    tape block     h = LN(r + Attn(c));  h = LN(h + W_2 a(W_1 h))     post-norm, W_1: d -> 8d (causal Attn)
+    tape head      left and right stacks of tape blocks; layer i reads its own stack's stream r and the
+                   combination c_{i-1} = rule(left_{i-1}, right_{i-1}) as attention input (c_0 = input);
+                   the head returns c_n
+    coda           a tape head (2 layers, soft-XOR) over x = E[idx] + sinusoidal positions
+    prophet        2-layer char-RNN, left to right over x: h_t = soft_xor(a(W_1 x_t + U_1 h_{t-1}),
+                   a(W_2 x_t + U_2 h_{t-1})) per layer, projected back to d_model
+    critic k       a tape head (4 layers, softmax mix) over g_k ⊙ coda + (1 − g_k) ⊙ prophet + E_k[idx],
+                   g_k = σ(G_k [coda; prophet]) (a learned gate) and its own token embedding E_k
+    moderator      "merge": W RMSNorm([coda; critic_1; ...; critic_K]);  "last": the last critic
+    unembedding    model.head (Student-t in the presets) on LN(moderator output)
+
+What the notebook's code did and this module does not: its attention had no causal mask; a block
+threw away its token embedding and side input once a previous hidden state existed, so the prophet
+and the second embedding never received gradient; its merge reinterpreted memory with `view` and
+mixed batch items; its XOR multiplied all features together. Here every attention is causal (the
+backbone's SDPA attention with its KV cache), the prophet runs strictly left to right and keeps its
+hidden state in the cache, and the tests prove causality, cache equivalence, batch independence
+and a non-zero gradient for every parameter.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..model.attention import CausalSelfAttention, KVCache
+from ..model.generation import GenerationMixin
+from ..model.heads import build_head
+from ..model.layers import build_norm
+from ..model.positions import build_positions
+
+
+def bounded_log(x: torch.Tensor) -> torch.Tensor:
+    """a(x) = 2 atanh(φ(2 tanh(x/2)) / 2); |a(x)| < 0.21 for every x, a'(0) = 1."""
+    u = 2 * torch.tanh(x / 2)
+    magnitude = u.abs()
+    ratio = torch.where(magnitude > 1e-6, torch.log1p(magnitude) / magnitude.clamp_min(1e-6), 1 - magnitude / 2)
+    log_u = u * ratio  # sign(u) log(1 + |u|), with the right slope at 0
+    phi = log_u / torch.sqrt(1 + 24 * log_u * log_u)
+    return 2 * torch.atanh(phi / 2)
+
+
+def soft_xor(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    sa, sb = torch.sigmoid(a), torch.sigmoid(b)
+    return (sa + sb) / 2 - sa * sb
+
+
+def softmax_mix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Element-wise softmax over the pair, weighting each value by its own weight."""
+    w = torch.sigmoid(a - b)
+    return a * w + b * (1 - w)
+
+
+RULES = {"soft_xor": soft_xor, "softmax_mix": softmax_mix, "sum": torch.add}
+
+
+class TapeBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, positions: nn.Module):
+        super().__init__()
+        self.attn = CausalSelfAttention(cfg, 0, positions)
+        self.ln1, self.ln2 = build_norm(cfg), build_norm(cfg)
+        width = cfg.tape.mlp_expand * cfg.d_model
+        self.fc, self.proj = nn.Linear(cfg.d_model, width, bias=cfg.bias), nn.Linear(width, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, stream: torch.Tensor, attend: torch.Tensor, positions: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        h = self.ln1(stream + self.attn(attend, positions, cache))
+        return self.ln2(h + self.proj(bounded_log(self.fc(h))))
+
+
+class TapeHead(nn.Module):
+    def __init__(self, cfg: ModelConfig, layers: int, rule: str, positions: nn.Module):
+        super().__init__()
+        self.left = nn.ModuleList(TapeBlock(cfg, positions) for _ in range(layers))
+        self.right = nn.ModuleList(TapeBlock(cfg, positions) for _ in range(layers))
+        self.rule = RULES[rule]
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, caches: list[KVCache] | None) -> torch.Tensor:
+        left = right = combined = x
+        for i, (block_l, block_r) in enumerate(zip(self.left, self.right)):
+            left, right = (block_l(left, combined, positions, caches[2 * i] if caches else None),
+                           block_r(right, combined, positions, caches[2 * i + 1] if caches else None))
+            combined = self.rule(left, right)
+        return combined
+
+    def make_caches(self, max_len: int) -> list[KVCache]:
+        return [block.attn.make_cache(max_len) for pair in zip(self.left, self.right) for block in pair]
+
+
+class Prophet(nn.Module):
+    """The char-RNN: (B, T, d_model) -> (B, T, d_model), strictly left to right. The input
+    projections of all steps are one matmul; only U h_{t-1} runs per step."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        width = cfg.tape.rnn_dim or cfg.d_model
+        self.inputs = nn.ModuleList(nn.Linear(cfg.d_model if i == 0 else width, 2 * width, bias=cfg.bias)
+                                    for i in range(cfg.tape.rnn_layers))
+        self.recurrent = nn.ModuleList(nn.Linear(width, 2 * width, bias=False) for _ in range(cfg.tape.rnn_layers))
+        self.out = nn.Linear(width, cfg.d_model, bias=cfg.bias)
+        self.width = width
+
+    def forward(self, x: torch.Tensor, state: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        B, T, _ = x.shape
+        final = []
+        for layer, (inp, rec) in enumerate(zip(self.inputs, self.recurrent)):
+            pre = inp(x)  # (B, T, 2 * width)
+            h = state[layer] if state is not None else x.new_zeros(B, self.width)
+            outputs = []
+            for t in range(T):
+                z = pre[:, t] + rec(h)
+                h = soft_xor(bounded_log(z[:, : self.width]), bounded_log(z[:, self.width :]))
+                outputs.append(h)
+            x = torch.stack(outputs, dim=1)
+            final.append(h)
+        return self.out(x), final
+
+
+class TapeCache(list):
+    """KV caches of every tape block (coda first, then each critic) plus the prophet's hidden state."""
+
+    def __init__(self, caches: list[KVCache]):
+        super().__init__(caches)
+        self.rnn_state: list[torch.Tensor] | None = None
+
+
+class TapeTransformer(GenerationMixin, nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
+        tape = cfg.tape
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.positions = build_positions(cfg)
+        self.coda = TapeHead(cfg, tape.coda_layers, tape.coda_rule, self.positions)
+        self.prophet = Prophet(cfg)
+        self.gates = nn.ModuleList(nn.Linear(2 * cfg.d_model, cfg.d_model, bias=cfg.bias) for _ in range(tape.n_critics))
+        self.critic_embeddings = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.d_model) for _ in range(tape.n_critics))
+        self.critics = nn.ModuleList(TapeHead(cfg, tape.critic_layers, tape.critic_rule, self.positions)
+                                     for _ in range(tape.n_critics))
+        if tape.moderator == "merge":
+            self.merge_norm = nn.RMSNorm((tape.n_critics + 1) * cfg.d_model, eps=cfg.norm_eps)
+            self.merge = nn.Linear((tape.n_critics + 1) * cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.norm_f = build_norm(cfg)
+        self.head = build_head(cfg)
+        if cfg.tie_embeddings:
+            self.head.weight = self.wte.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: TapeCache | None = None):
+        """idx (B, T) -> (logits (B, T, V), None), or with targets (None, mean cross-entropy)."""
+        B, T = idx.shape
+        start = caches[0].length if caches else 0
+        if start + T > self.cfg.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds the {self.cfg.block_size} positions this model knows (model.block_size)")
+        positions = torch.arange(start, start + T, device=idx.device)
+        x = self.wte(idx)
+        pos_emb = self.positions.embed(positions)
+        if pos_emb is not None:
+            x = x + pos_emb.to(x.dtype)
+        n_coda = 2 * self.cfg.tape.coda_layers
+        coda = self.coda(x, positions, caches[:n_coda] if caches else None)
+        prophet, rnn_state = self.prophet(x, caches.rnn_state if caches else None)
+        if caches is not None:
+            caches.rnn_state = rnn_state
+        opinions, per_critic = [], 2 * self.cfg.tape.critic_layers
+        for k, (gate, embedding, critic) in enumerate(zip(self.gates, self.critic_embeddings, self.critics)):
+            g = torch.sigmoid(gate(torch.cat([coda, prophet], dim=-1)))
+            stream = g * coda + (1 - g) * prophet + embedding(idx)
+            first = n_coda + k * per_critic
+            opinions.append(critic(stream, positions, caches[first : first + per_critic] if caches else None))
+        if self.cfg.tape.moderator == "merge":
+            h = self.merge(self.merge_norm(torch.cat([coda, *opinions], dim=-1)))
+        else:
+            h = opinions[-1]
+        h = self.norm_f(h)
+        if targets is None:
+            return self.head(h), None
+        return None, self.head.loss(h.reshape(B * T, -1), targets.reshape(-1))
+
+    def make_caches(self) -> TapeCache:
+        size = self.cfg.block_size
+        return TapeCache([*self.coda.make_caches(size), *(c for critic in self.critics for c in critic.make_caches(size))])
