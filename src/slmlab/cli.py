@@ -410,6 +410,32 @@ def cmd_surgery(args, extra) -> int:
     return 0
 
 
+def cmd_viz_attention(args, extra) -> int:
+    from .runs import load_run
+    from .runtime import resolve_device
+    from .viz import capture_attention, export_bertviz, plot_coloured_text, plot_heatmaps, token_labels, token_scores
+
+    device = resolve_device(args.device)
+    cfg, model, tokenizer = load_run(args.run, device)
+    ids = tokenizer.encode(args.prompt)
+    if not ids:
+        raise ConfigError("--prompt is empty: give some text to look at")
+    if len(ids) > cfg.model.block_size:
+        raise ConfigError(f"--prompt is {len(ids)} tokens but the model's context is {cfg.model.block_size}; shorten it")
+    out = Path(args.out or Path(args.run) / "viz")
+    out.mkdir(parents=True, exist_ok=True)
+    maps = capture_attention(model, torch.tensor([ids], device=device))
+    tokens = token_labels(tokenizer, ids)
+    paths = plot_heatmaps(maps, tokens, out)
+    received, given = token_scores(maps)
+    paths.append(plot_coloured_text(tokens, {"attention received": received, "attention given to other tokens": given},
+                                    out / "attention_text.png", f"{Path(args.run).name}: mean over {len(maps)} attention modules"))
+    if args.export == "bertviz":
+        paths.append(export_bertviz(maps, tokens, out))
+    print(f"{len(maps)} attention modules, {len(ids)} tokens: wrote {len(paths)} files to {out}")
+    return 0
+
+
 def cmd_report(args, extra) -> int:
     from .report import write_report
 
@@ -508,6 +534,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_surgery)
+
+    viz = _parser(sub, "viz", "attention visualisation",
+                  "  slmlab viz attention runs/quickstart --prompt 'ROMEO: But soft'")
+    viz_sub = viz.add_subparsers(dest="viz_verb", required=True)
+    p = _parser(viz_sub, "attention", "per-layer, per-head attention heatmaps and the prompt coloured by attention (PNG)",
+                "  slmlab viz attention runs/quickstart --prompt 'ROMEO: But soft, what light'\n"
+                "  slmlab viz attention runs/smat_quick/full_s0 --prompt 'KING' --export bertviz")
+    p.add_argument("run")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--export", choices=("bertviz",), help="also write the maps in bertviz's format")
+    p.add_argument("--out", default="", help="output folder (default RUN/viz)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_viz_attention)
 
     p = _parser(sub, "report", "write a report card (report.md + self-contained report.html) for a run or a sweep",
                 "  slmlab report runs/quickstart\n  slmlab report runs/smat_quick          # a sweep directory")

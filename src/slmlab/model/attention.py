@@ -66,12 +66,16 @@ class FullCausal(nn.Module):
     def make_cache(self, max_len: int) -> KVCache:
         return KVCache(max_len)
 
+    def visible(self, Tq: int, Tk: int, q_start: int, device) -> torch.Tensor:
+        """(Tq, Tk) bool: which keys each query sees (the queries are the last Tq of the Tk keys)."""
+        return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
+
     def forward(self, q, k, v, scale: float, q_start: int):
         dropout = self.dropout if self.training else 0.0
         Tq, Tk = q.shape[2], k.shape[2]
         if q_start == 0 or Tq == 1:
             return F.scaled_dot_product_attention(q, k, v, is_causal=Tq > 1, dropout_p=dropout, scale=scale)
-        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+        mask = self.visible(Tq, Tk, q_start, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 

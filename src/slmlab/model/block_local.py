@@ -81,10 +81,14 @@ class BlockLocal(nn.Module):
         rest = rest.reshape(Bsz, H, (n - 1) * B, -1)
         return torch.cat([first, rest], dim=2)[:, :, :T]
 
+    def visible(self, Tq: int, Tk: int, q_start: int, device) -> torch.Tensor:
+        """(Tq, Tk) bool: query at q_start + i sees the key at position p (the keys are the last Tk
+        positions up to the last query) when p <= its position and p is in its block or the one before."""
+        q_pos = torch.arange(q_start, q_start + Tq, device=device)[:, None]
+        k_pos = torch.arange(q_start + Tq - Tk, q_start + Tq, device=device)[None, :]
+        return (k_pos <= q_pos) & (k_pos >= (q_pos // self.block - 1) * self.block)
+
     def _from_cache(self, q, k, v, scale, q_start):
         """Queries at q_start.. against the most recent keys (cached window + new)."""
-        Tq, Tk = q.shape[2], k.shape[2]
-        q_pos = torch.arange(q_start, q_start + Tq, device=q.device)[:, None]
-        k_pos = torch.arange(q_start + Tq - Tk, q_start + Tq, device=q.device)[None, :]
-        mask = (k_pos <= q_pos) & (k_pos >= (q_pos // self.block - 1) * self.block)
+        mask = self.visible(q.shape[2], k.shape[2], q_start, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

@@ -1,0 +1,156 @@
+"""Attention visualisation: `slmlab viz attention RUN --prompt TEXT`.
+
+No architecture builds attention matrices in training (fused SDPA); here they are computed on
+demand for one prompt. A forward hook on every attention pattern (any model: backbone, SMAT,
+block-local, SMT, Tape) receives the final queries and keys (after RoPE and score extensions such
+as SMAT's extra dimensions) and the scale, and rebuilds
+
+    P = softmax(q kᵀ · scale, over the keys the pattern lets each query see)   (heads, T, T)
+
+which is exactly the attention the model applied (tested: P v equals the pattern's output).
+Outputs in RUN/viz/: one heatmap grid per attention module (a panel per head, token labels), the
+prompt as coloured text by the attention each token receives and gives, and with `--export
+bertviz` the maps and tokens in the form bertviz's head_view/model_view take.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .model.attention import CausalSelfAttention
+
+
+@dataclass
+class AttentionMap:
+    name: str  # the attention module's name, e.g. "blocks.2.attn"
+    probs: torch.Tensor  # (heads, Tq, Tk), rows sum to 1
+    values: torch.Tensor  # (heads, Tk, D) as the pattern received them
+    output: torch.Tensor  # (heads, Tq, D) what the pattern returned
+
+
+@torch.no_grad()
+def capture_attention(model: nn.Module, idx: torch.Tensor) -> list[AttentionMap]:
+    """Run model on idx (1, T) and return every attention module's probabilities."""
+    maps, handles = [], []
+    for name, module in model.named_modules():
+        if isinstance(module, CausalSelfAttention):
+            def hook(pattern, args, output, name=name):
+                q, k, v, scale, q_start = args
+                scores = (q[0].float() @ k[0].float().transpose(-2, -1)) * scale
+                visible = pattern.visible(q.shape[2], k.shape[2], q_start, q.device)
+                probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+                maps.append(AttentionMap(name, probs, v[0].float(), output[0].float()))
+
+            handles.append(module.pattern.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(idx)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return maps
+
+
+def token_labels(tokenizer, ids: list[int]) -> list[str]:
+    return [tokenizer.decode([i]).replace("\n", "⏎") or "·" for i in ids]
+
+
+def _file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+
+
+def plot_heatmaps(maps: list[AttentionMap], tokens: list[str], out: Path) -> list[Path]:
+    """One PNG per attention module: a grid with one heatmap per head."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths, T = [], len(tokens)
+    show_labels = T <= 64
+    for index, amap in enumerate(maps):
+        heads = amap.probs.shape[0]
+        cols = min(4, heads)
+        rows = (heads + cols - 1) // cols
+        size = 2.2 + 0.12 * T if show_labels else 3.2
+        fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+        for h, ax in enumerate(axes.flat):
+            if h >= heads:
+                ax.axis("off")
+                continue
+            ax.imshow(amap.probs[h].cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
+            ax.set_title(f"head {h}", fontsize=9)
+            if show_labels:
+                ax.set_xticks(range(T), tokens, rotation=90, fontsize=6)
+                ax.set_yticks(range(T), tokens, fontsize=6)
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
+        fig.suptitle(f"{amap.name}: attention (rows: queries, columns: keys)", fontsize=10)
+        fig.tight_layout()
+        path = out / f"attention_{index:02d}_{_file_name(amap.name)}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def token_scores(maps: list[AttentionMap]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token, over every module and head: the mean attention it receives from the queries that
+    can see it, and the share of its own attention it gives to other tokens (1 − P_tt)."""
+    probs = torch.stack([m.probs for m in maps if m.probs.shape[-1] == m.probs.shape[-2]])  # (M, H, T, T)
+    seen_by = (probs > 0).float().sum(dim=(0, 1, 2)).clamp_min(1)
+    received = probs.sum(dim=(0, 1, 2)) / seen_by
+    given = 1 - probs.diagonal(dim1=-2, dim2=-1).mean(dim=(0, 1))
+    return received, given
+
+
+def plot_coloured_text(tokens: list[str], scores: dict[str, torch.Tensor], path: Path, title: str = "") -> Path:
+    """The text, once per score, each token on a background coloured by its score."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_line = 24
+    lines = (len(tokens) + per_line - 1) // per_line
+    fig, ax = plt.subplots(figsize=(12, 0.45 * (lines + 1.5) * len(scores) + 0.4))
+    ax.axis("off")
+    cmap, y = plt.get_cmap("magma_r"), 1.0
+    step = 1.0 / ((lines + 1.5) * len(scores))
+    for label, score in scores.items():
+        values = score.cpu().numpy()
+        top = values.max() or 1.0
+        ax.text(0, y, label, fontsize=10, fontweight="bold", va="top", transform=ax.transAxes)
+        y -= step
+        for start in range(0, len(tokens), per_line):
+            for j, tok in enumerate(tokens[start : start + per_line]):
+                value = values[start + j] / top
+                ax.text(j / per_line, y, tok, fontsize=9, va="top", transform=ax.transAxes, family="monospace",
+                        color="white" if value > 0.6 else "black",
+                        bbox={"facecolor": cmap(value), "edgecolor": "none", "pad": 1.5})
+            y -= step
+        y -= step / 2
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def export_bertviz(maps: list[AttentionMap], tokens: list[str], out: Path) -> Path:
+    """attention_bertviz.pt ({"attention": [(1, heads, T, T) per module], "tokens", "layers"}) for
+    `bertviz.head_view(data["attention"], data["tokens"])`, and the same as JSON."""
+    attention = [m.probs[None].cpu() for m in maps]
+    torch.save({"attention": attention, "tokens": tokens, "layers": [m.name for m in maps]}, out / "attention_bertviz.pt")
+    payload = {"tokens": tokens, "layers": [m.name for m in maps], "attention": [a.tolist() for a in attention]}
+    (out / "attention_bertviz.json").write_text(json.dumps(payload))
+    return out / "attention_bertviz.pt"

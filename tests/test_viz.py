@@ -1,0 +1,55 @@
+"""Attention visualisation: the maps rebuilt on demand are the attention each model applied
+(P v equals the pattern's output) for the backbone, SMAT, block-local, SMT and Tape; files and the
+bertviz export for a tiny run."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from slmlab.cli import main
+from slmlab.config import ModelConfig, SelfAreaConfig, SmatConfig, TapeConfig
+from slmlab.model import build_model
+from slmlab.training import train
+from slmlab.viz import capture_attention
+
+BASE = ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=32, block_size=64, local_block=8)
+MODELS = {
+    "decoder": BASE,
+    "smat": dataclasses.replace(BASE, smat=SmatConfig(use_S=True, use_G=True, s_dim=8)),
+    "block_local_rope": dataclasses.replace(BASE, attention="block_local", pos="rope"),
+    "smt": dataclasses.replace(BASE, self_area=SelfAreaConfig(enabled=True, self_dim=8)),
+    "tape": dataclasses.replace(BASE, arch="tape", pos="sinusoidal", head="student_t",
+                                tape=TapeConfig(n_critics=1, coda_layers=1, critic_layers=1, rnn_dim=8)),
+}
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_captured_maps_are_the_attention_the_model_applied(kind):
+    torch.manual_seed(0)
+    model = build_model(MODELS[kind]).eval()
+    idx = torch.randint(0, 40, (1, 21))
+    maps = capture_attention(model, idx)
+    assert len(maps) == sum(1 for m in model.modules() if type(m).__name__ == "CausalSelfAttention")
+    for amap in maps:
+        torch.testing.assert_close(amap.probs.sum(-1), torch.ones(amap.probs.shape[:2]))
+        assert (amap.probs.triu(diagonal=1) == 0).all()  # causal
+        width = amap.output.shape[-1]
+        torch.testing.assert_close(amap.probs @ amap.values[..., :width], amap.output, rtol=1e-4, atol=1e-5)
+    if kind == "block_local_rope":  # query 20 (block 2) sees keys 8..20 only
+        assert (maps[0].probs[:, 20, :8] == 0).all() and (maps[0].probs[:, 20, 8:21] > 0).all()
+
+
+def test_viz_attention_writes_heatmaps_text_and_bertviz(text_corpus, make_config, capsys):
+    run = train(make_config(text_corpus, train={"steps": 3, "checkpoint_every": 0}), progress=False).run_dir
+    assert main(["viz", "attention", str(run), "--prompt", "ROMEO: But soft", "--export", "bertviz"]) == 0
+    viz = run / "viz"
+    heatmaps = sorted(viz.glob("attention_0*.png"))
+    assert len(heatmaps) == 2 and (viz / "attention_text.png").stat().st_size > 1000
+    data = torch.load(viz / "attention_bertviz.pt", weights_only=True)
+    assert len(data["attention"]) == 2 and data["attention"][0].shape == (1, 2, 15, 15)
+    assert "".join(data["tokens"]) == "ROMEO: But soft"
+    assert main(["viz", "attention", str(run), "--prompt", "o" * 65]) == 2
+    assert "the model's context is 64" in capsys.readouterr().err
