@@ -124,12 +124,10 @@ def _train_config(args, extra) -> RunConfig:
 
 def cmd_eval(args, extra) -> int:
     from .data import prepare_tokens
-    from .runs import load_run
-    from .runtime import resolve_device
     from .training import evaluate
 
-    device = resolve_device(args.device)
-    cfg, model, tokenizer = load_run(args.run, device, {"rope_scale": args.rope_scale} if args.rope_scale else None)
+    args.model_overrides = {"rope_scale": args.rope_scale} if args.rope_scale else None
+    cfg, model, tokenizer, device = _load_for_inference(args)
     data_cfg = cfg.data
     if extra:  # evaluate on another corpus: --data.source brown, --data.genres ...
         overrides = parse_overrides(extra)
@@ -177,11 +175,7 @@ def _eval_long_context(args, cfg, model, split, device) -> int:
 
 
 def cmd_generate(args, extra) -> int:
-    from .runs import load_run
-    from .runtime import resolve_device
-
-    device = resolve_device(args.device)
-    cfg, model, tokenizer = load_run(args.run, device)
+    cfg, model, tokenizer, device = _load_for_inference(args)
     ids = tokenizer.encode(args.prompt)
     if not ids:
         raise ConfigError("--prompt is empty: give some text to continue")
@@ -413,7 +407,14 @@ def cmd_surgery(args, extra) -> int:
 def cmd_viz_attention(args, extra) -> int:
     from .runs import load_run
     from .runtime import resolve_device
-    from .viz import capture_attention, export_bertviz, plot_coloured_text, plot_heatmaps, token_labels, token_scores
+    from .viz import (
+        capture_attention,
+        export_bertviz,
+        plot_coloured_text,
+        plot_heatmaps,
+        token_labels,
+        token_scores,
+    )
 
     device = resolve_device(args.device)
     cfg, model, tokenizer = load_run(args.run, device)
@@ -434,6 +435,47 @@ def cmd_viz_attention(args, extra) -> int:
         paths.append(export_bertviz(maps, tokens, out))
     print(f"{len(maps)} attention modules, {len(ids)} tokens: wrote {len(paths)} files to {out}")
     return 0
+
+
+def cmd_quantize(args, extra) -> int:
+    from .data import prepare_tokens
+    from .model.accounting import human
+    from .quantize import file_size, generation_speed, ppl, quantize_int8, save_int8
+    from .runs import RunDir, load_run
+    from .tables import markdown_table
+    from .training import evaluate
+
+    if not args.int8:
+        raise ConfigError("say which quantisation: --int8 (dynamic int8 linear layers, CPU)")
+    cfg, model, tokenizer = load_run(args.run, "cpu")
+    quantized = quantize_int8(model)
+    path = save_int8(quantized, args.run)
+    _, data = prepare_tokens(cfg.data, tokenizer)
+    prompt = data.val.tokens[:16].astype("int64").tolist()
+    rows = []
+    for label, m, size in (("fp32", model, file_size(RunDir(Path(args.run)).final_weights)), ("int8", quantized, file_size(path))):
+        loss = evaluate(m, data.val, cfg.data.seq_len, cfg.train.batch_size, args.batches, torch.device("cpu"))
+        rows.append((label, human(size, "B"), f"{generation_speed(m, prompt):,.1f}", f"{ppl(loss):.3f}"))
+    table = markdown_table(("model", "file size", "CPU generation (tokens/s)", "validation ppl"), rows)
+    (Path(args.run) / "quantize.md").write_text(f"# int8 dynamic quantisation of {Path(args.run).name}\n\n{table}\n")
+    print(table)
+    print(f"saved: {path}; use it with `slmlab generate {args.run} --int8` and `slmlab eval {args.run} --int8`")
+    return 0
+
+
+def _load_for_inference(args):
+    """(config, model, tokenizer, device): the fp32 run, or with --int8 its quantised model on CPU."""
+    from .runs import load_run
+    from .runtime import resolve_device
+
+    if getattr(args, "int8", False):
+        from .quantize import load_int8
+
+        if args.device not in ("auto", "cpu"):
+            raise ConfigError("--int8 models run on the CPU; drop --device or use --device cpu")
+        return (*load_int8(args.run), torch.device("cpu"))
+    device = resolve_device(args.device)
+    return (*load_run(args.run, device, getattr(args, "model_overrides", None)), device)
 
 
 def cmd_report(args, extra) -> int:
@@ -548,6 +590,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_viz_attention)
 
+    p = _parser(sub, "quantize", "int8 dynamic quantisation of a run's linear layers: size, CPU speed and perplexity vs fp32",
+                "  slmlab quantize runs/quickstart --int8\n  slmlab generate runs/quickstart --int8 --prompt 'ROMEO:'")
+    p.add_argument("run")
+    p.add_argument("--int8", action="store_true", help="dynamic int8 (the one quantisation offered)")
+    p.add_argument("--batches", type=int, default=20, help="validation batches for the perplexities")
+    p.set_defaults(func=cmd_quantize)
+
     p = _parser(sub, "report", "write a report card (report.md + self-contained report.html) for a run or a sweep",
                 "  slmlab report runs/quickstart\n  slmlab report runs/smat_quick          # a sweep directory")
     p.add_argument("target", metavar="RUN_OR_SWEEP")
@@ -584,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bucket", type=int, default=64, help="bucket width for --by-position")
     p.add_argument("--context-lengths", default="", help="comma-separated evaluation lengths, e.g. 256,512,1024,2048")
     p.add_argument("--rope-scale", type=float, default=0.0, help="evaluate a RoPE model with this rope_scale instead")
+    p.add_argument("--int8", action="store_true", help="the run's int8 model (slmlab quantize RUN --int8)")
     p.set_defaults(func=cmd_eval)
 
     p = _parser(sub, "generate", "sample text from a trained run",
@@ -598,6 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step")
+    p.add_argument("--int8", action="store_true", help="the run's int8 model (slmlab quantize RUN --int8)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_generate)
 
