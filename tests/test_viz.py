@@ -53,3 +53,36 @@ def test_viz_attention_writes_heatmaps_text_and_bertviz(text_corpus, make_config
     assert "".join(data["tokens"]) == "ROMEO: But soft"
     assert main(["viz", "attention", str(run), "--prompt", "o" * 65]) == 2
     assert "the model's context is 64" in capsys.readouterr().err
+
+
+def test_frames_during_training_and_the_animation(text_corpus, tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(f"""
+out_dir = "{tmp_path / 'runs'}"
+[model]
+n_layer = 1
+n_head = 2
+d_model = 16
+block_size = 32
+[data]
+source = "{text_corpus}"
+tokenizer = "char"
+seq_len = 32
+cache_dir = "{tmp_path / 'cache'}"
+[train]
+steps = 6
+batch_size = 4
+eval_every = 6
+checkpoint_every = 0
+sample_tokens = 0
+""")
+    assert main(["train", str(config), "--viz-every", "2", "--no-progress"]) == 0
+    frames = sorted((tmp_path / "runs" / "tiny" / "viz" / "frames").glob("frame_*.png"))
+    assert [f.name for f in frames] == ["frame_000002.png", "frame_000004.png", "frame_000006.png"]
+    assert main(["viz", "animate", str(tmp_path / "runs" / "tiny")]) == 0
+    from PIL import Image
+
+    gif = Image.open(tmp_path / "runs" / "tiny" / "viz" / "training.gif")
+    assert gif.n_frames == 3
+    assert main(["viz", "animate", str(tmp_path)]) == 2
+    assert "no frames in" in capsys.readouterr().err

@@ -112,6 +112,8 @@ def _train_config(args, extra) -> RunConfig:
         cfg = RunDir(run).read_config()
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {**overrides, "name": run.name, "out_dir": str(run.parent)}))
     elif args.config:
+        if args.viz_every:
+            extra = [*extra, "--train.viz_every", str(args.viz_every)]
         cfg = _config(args, extra)
     else:
         raise ConfigError("give a CONFIG file to train, or --resume RUN_DIR")
@@ -478,6 +480,18 @@ def _load_for_inference(args):
     return (*load_run(args.run, device, getattr(args, "model_overrides", None)), device)
 
 
+def cmd_viz_animate(args, extra) -> int:
+    from .viz import animate
+
+    viz = Path(args.run) / "viz"
+    try:
+        written = animate(viz / "frames", viz / "training", args.fps)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def cmd_report(args, extra) -> int:
     from .report import write_report
 
@@ -509,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (default: the config file's stem)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory of the same name")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--viz-every", type=int, default=0, metavar="N",
+                   help="save an attention/loss frame every N steps (RUN/viz/frames; slmlab viz animate RUN)")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this machine (launches torchrun; train.parallel picks DDP or FSDP2)")
     p.set_defaults(func=cmd_train)
@@ -589,6 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="output folder (default RUN/viz)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_viz_attention)
+    p = _parser(viz_sub, "animate", "assemble the frames of `train --viz-every N` into an animated GIF (and MP4 with ffmpeg)",
+                "  slmlab train configs/quickstart.toml --viz-every 50\n  slmlab viz animate runs/quickstart --fps 4")
+    p.add_argument("run")
+    p.add_argument("--fps", type=int, default=4)
+    p.set_defaults(func=cmd_viz_animate)
 
     p = _parser(sub, "quantize", "int8 dynamic quantisation of a run's linear layers: size, CPU speed and perplexity vs fp32",
                 "  slmlab quantize runs/quickstart --int8\n  slmlab generate runs/quickstart --int8 --prompt 'ROMEO:'")

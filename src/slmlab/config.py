@@ -170,6 +170,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_nan_skips: int = 5  # abort after this many consecutive non-finite steps
     sample_tokens: int = 200  # length of the sample printed at the end (0 = none)
+    viz_every: int = 0  # save an attention/loss frame every N steps into RUN/viz/frames (0 = none)
 
 
 @dataclass
@@ -360,7 +361,7 @@ def validate(cfg: RunConfig) -> None:
         "data.max_documents": d.max_documents, "train.warmup_steps": t.warmup_steps,
         "train.grad_clip": t.grad_clip, "train.weight_decay": t.weight_decay,
         "train.checkpoint_every": t.checkpoint_every, "train.threads": t.threads,
-        "train.sample_tokens": t.sample_tokens, "model.self_area.hidden": m.self_area.hidden,
+        "train.sample_tokens": t.sample_tokens, "train.viz_every": t.viz_every, "model.self_area.hidden": m.self_area.hidden,
     }
     for key, value in non_negative.items():
         if value < 0:

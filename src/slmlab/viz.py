@@ -113,6 +113,28 @@ def token_scores(maps: list[AttentionMap]) -> tuple[torch.Tensor, torch.Tensor]:
     return received, given
 
 
+PER_LINE = 24
+
+
+def draw_coloured_text(ax, tokens: list[str], score: torch.Tensor, label: str) -> None:
+    """Tokens in rows of PER_LINE on one axis, each on a background coloured by its score."""
+    import matplotlib.pyplot as plt
+
+    ax.axis("off")
+    cmap = plt.get_cmap("magma_r")
+    values = score.detach().float().cpu().numpy()
+    top = float(values.max()) or 1.0
+    lines = (len(tokens) + PER_LINE - 1) // PER_LINE
+    ax.set_title(label, fontsize=10, loc="left")
+    for start in range(0, len(tokens), PER_LINE):
+        y = 1 - (start // PER_LINE + 0.5) / max(lines, 1)
+        for j, tok in enumerate(tokens[start : start + PER_LINE]):
+            value = values[start + j] / top
+            ax.text(j / PER_LINE, y, tok, fontsize=9, va="center", transform=ax.transAxes, family="monospace",
+                    color="white" if value > 0.6 else "black",
+                    bbox={"facecolor": cmap(value), "edgecolor": "none", "pad": 1.5})
+
+
 def plot_coloured_text(tokens: list[str], scores: dict[str, torch.Tensor], path: Path, title: str = "") -> Path:
     """The text, once per score, each token on a background coloured by its score."""
     import matplotlib
@@ -120,30 +142,91 @@ def plot_coloured_text(tokens: list[str], scores: dict[str, torch.Tensor], path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    per_line = 24
-    lines = (len(tokens) + per_line - 1) // per_line
-    fig, ax = plt.subplots(figsize=(12, 0.45 * (lines + 1.5) * len(scores) + 0.4))
-    ax.axis("off")
-    cmap, y = plt.get_cmap("magma_r"), 1.0
-    step = 1.0 / ((lines + 1.5) * len(scores))
-    for label, score in scores.items():
-        values = score.cpu().numpy()
-        top = values.max() or 1.0
-        ax.text(0, y, label, fontsize=10, fontweight="bold", va="top", transform=ax.transAxes)
-        y -= step
-        for start in range(0, len(tokens), per_line):
-            for j, tok in enumerate(tokens[start : start + per_line]):
-                value = values[start + j] / top
-                ax.text(j / per_line, y, tok, fontsize=9, va="top", transform=ax.transAxes, family="monospace",
-                        color="white" if value > 0.6 else "black",
-                        bbox={"facecolor": cmap(value), "edgecolor": "none", "pad": 1.5})
-            y -= step
-        y -= step / 2
+    lines = (len(tokens) + PER_LINE - 1) // PER_LINE
+    fig, axes = plt.subplots(len(scores), 1, figsize=(12, (0.45 * lines + 0.6) * len(scores)), squeeze=False)
+    for ax, (label, score) in zip(axes[:, 0], scores.items()):
+        draw_coloured_text(ax, tokens, score, label)
     if title:
-        ax.set_title(title, fontsize=10)
+        fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+# ---- attention over training: frames and an animation --------------------------------------
+
+
+def ewma(values: list[float], alpha: float = 0.3) -> list[float]:
+    out, current = [], None
+    for value in values:
+        current = value if current is None else alpha * value + (1 - alpha) * current
+        out.append(current)
+    return out
+
+
+@torch.no_grad()
+def training_frame(model: nn.Module, tokenizer, window: list[int], history: list[tuple[int, float]], step: int, path: Path) -> Path:
+    """One frame: the window coloured by the attention each token receives and by its loss (the
+    prediction of token t+1 at t), and the training loss with its EWMA up to `step`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    idx = torch.tensor([window], device=device)
+    maps = capture_attention(model, idx[:, :-1])
+    received, _ = token_scores(maps)
+    was_training = model.training
+    model.eval()
+    logits, _ = model(idx[:, :-1])
+    model.train(was_training)
+    token_loss = F.cross_entropy(logits[0].float(), idx[0, 1:], reduction="none")
+    tokens = token_labels(tokenizer, window[:-1])
+    lines = (len(tokens) + PER_LINE - 1) // PER_LINE
+    fig = plt.figure(figsize=(12, 2 * (0.45 * lines + 0.6) + 2.6))
+    grid = fig.add_gridspec(3, 1, height_ratios=[0.45 * lines + 0.6, 0.45 * lines + 0.6, 2.2])
+    draw_coloured_text(fig.add_subplot(grid[0]), tokens, received, "attention received")
+    draw_coloured_text(fig.add_subplot(grid[1]), tokens, token_loss, "loss of the next-token prediction")
+    ax = fig.add_subplot(grid[2])
+    steps, losses = zip(*history) if history else ((step,), (float("nan"),))
+    ax.plot(steps, losses, color="tab:blue", alpha=0.4, label="loss")
+    ax.plot(steps, ewma(list(losses)), color="tab:blue", label="EWMA")
+    ax.set_xlabel("step")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"step {step}   loss {losses[-1]:.3f}   EWMA {ewma(list(losses))[-1]:.3f}", fontsize=11)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def animate(frames_dir: Path, out: Path, fps: int = 4) -> list[Path]:
+    """Assemble the frames into out.gif (Pillow) and, when ffmpeg is present, out.mp4."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import animation
+
+    frames = sorted(frames_dir.glob("frame_*.png"))
+    if not frames:
+        raise FileNotFoundError(f"no frames in {frames_dir}; train with --viz-every N first")
+    images = [plt.imread(f) for f in frames]
+    height, width = images[0].shape[:2]
+    fig = plt.figure(figsize=(width / 80, height / 80), dpi=80)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.axis("off")
+    shown = ax.imshow(images[0])
+    movie = animation.FuncAnimation(fig, lambda i: shown.set_data(images[i]) or [shown], frames=len(images), interval=1000 / fps)
+    written = [out.with_suffix(".gif")]
+    movie.save(written[0], writer=animation.PillowWriter(fps=fps))
+    if animation.writers.is_available("ffmpeg"):
+        written.append(out.with_suffix(".mp4"))
+        movie.save(written[1], writer=animation.FFMpegWriter(fps=fps))
+    plt.close(fig)
+    return written
 
 
 def export_bertviz(maps: list[AttentionMap], tokens: list[str], out: Path) -> Path:

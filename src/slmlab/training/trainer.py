@@ -304,9 +304,23 @@ class Trainer:
                 timed_steps, window_start = 0, time.perf_counter()
             if checkpointing:
                 self._save_checkpoint()
+            if t.viz_every and self.step % t.viz_every == 0:
+                self._save_frame()
         bar.close()
         elapsed = time.perf_counter() - started
         return self._finish(val_loss, elapsed, compile_seconds)
+
+    def _save_frame(self) -> None:
+        """An attention/loss frame of the first validation window (rank 0; not under FSDP sharding)."""
+        if not self.world.is_main or (self.world.distributed and self.cfg.train.parallel == "fsdp"):
+            return
+        from ..viz import training_frame
+
+        frames = self.run.path / "viz" / "frames"
+        frames.mkdir(parents=True, exist_ok=True)
+        window = self.data.val.tokens[: min(64, self.cfg.data.seq_len) + 1].astype("int64").tolist()
+        history = [(r["step"], r["loss"]) for r in self.metrics.read() if r.get("loss") is not None]
+        training_frame(self.model, self.tokenizer, window, history, self.step, frames / f"frame_{self.step:06d}.png")
 
     def _account_skips(self, window: dict) -> None:
         """Count the window's skipped steps; abort when too many came in a row."""
