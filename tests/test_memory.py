@@ -52,6 +52,19 @@ def test_training_memory_estimate_within_25_percent(shape):
     assert estimate["total"] == pytest.approx(sum(measured.values()), rel=0.25)
 
 
+def test_traced_estimate_for_the_tape_graph_within_25_percent():
+    from slmlab.config import TapeConfig
+    from slmlab.model.accounting import traced_activation_bytes
+
+    cfg = ModelConfig(arch="tape", vocab_size=76, n_head=4, d_model=64, block_size=128, pos="sinusoidal", head="student_t",
+                      tape=TapeConfig(n_critics=2, critic_layers=2, rnn_dim=64))
+    torch.manual_seed(0)
+    _, measured = kept_for_backward(build_model(cfg), torch.randint(0, 76, (4, 128)))
+    with torch.device("meta"):
+        traced = traced_activation_bytes(build_model(cfg), 4, 128)
+    assert traced == pytest.approx(measured, rel=0.25)
+
+
 def test_inference_memory_estimate_counts_weights_and_a_full_kv_cache():
     cfg = ModelConfig(n_layer=3, n_head=4, d_model=64, vocab_size=100, block_size=96)
     model = build_model(cfg).eval()

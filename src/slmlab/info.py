@@ -9,7 +9,7 @@ import torch
 
 from .config import RunConfig
 from .model import build_model, model_stats
-from .model.accounting import human
+from .model.accounting import human, traced_activation_bytes
 from .tables import markdown_table
 
 
@@ -44,6 +44,8 @@ def size_table(cfg: RunConfig, batch_size: int = 0, seq_len: int = 0) -> str:
         ("inference memory fp32 (weights + KV cache, 1 x block)", human(infer32["total"], "B")),
         ("inference memory bf16 (weights + KV cache, 1 x block)", human(infer16["total"], "B")),
     ]
-    if m.arch == "decoder":  # the activation estimate follows the decoder's block; other graphs differ
-        rows += [(f"training memory: {k} (batch {batch} x {seq})", human(v, "B")) for k, v in train_mem.items()]
+    if m.arch != "decoder":  # no closed form for other graphs: trace one forward pass on the meta device
+        train_mem["activations"] = traced_activation_bytes(model, batch, seq)
+        train_mem["total"] = sum(v for k, v in train_mem.items() if k != "total")
+    rows += [(f"training memory: {k} (batch {batch} x {seq})", human(v, "B")) for k, v in train_mem.items()]
     return markdown_table(("quantity", "value"), rows)

@@ -78,6 +78,27 @@ def model_stats(model: nn.Module, cfg: ModelConfig) -> ModelStats:
     return ModelStats(params, embedding, matmul, attention_layers, cfg.d_model, cfg.ff_dim, cfg.vocab_size)
 
 
+def traced_activation_bytes(model: nn.Module, batch_size: int, seq_len: int) -> int:
+    """Bytes autograd keeps for backward in one training forward pass of `model` (built on the meta
+    device: shapes only, no memory, no compute), counted once per base tensor. For architectures
+    without a closed-form estimate (the TapeTransformer's graph); within ~10% of a CPU run there."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        base = tensor._base if tensor._base is not None else tensor
+        seen[id(base)] = base.numel() * base.element_size()
+        return tensor
+
+    device = next(model.parameters()).device
+    idx = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(idx, idx)
+    weights = {id(p) for p in model.parameters()}
+    return sum(n for key, n in seen.items() if key not in weights)
+
+
 def human(n: float, unit: str = "") -> str:
     """1234567 -> '1.23M'; with unit 'B' uses binary prefixes (KiB, MiB, GiB)."""
     if unit == "B":
