@@ -53,6 +53,8 @@ def test_persona_eval_finds_the_known_answer(two_styles, capsys):
     assert f"{jolly['persona_ppl']:.2f}" in printed and str(runs["mechanical"]) in out.read_text()
     low, high = jolly["neutral"][1], jolly["neutral"][2]
     assert low <= jolly["neutral"][0] <= high
+    assert main(["report", str(runs["jolly"])]) == 0  # the report card picks the result up
+    assert "## Persona robustness" in (runs["jolly"] / "report.md").read_text()
 
 
 def test_bootstrap_intervals():

@@ -23,6 +23,9 @@ def test_int8_model_runs_and_keeps_perplexity(text_corpus, make_config, capsys):
     assert json.loads(capsys.readouterr().out)["ppl"] == __import__("pytest").approx(int8_ppl, rel=1e-3)
     assert main(["generate", str(run), "--int8", "--prompt", "ROMEO", "--max-new-tokens", "10"]) == 0
     assert capsys.readouterr().out.startswith("ROMEO")
+    assert main(["report", str(run)]) == 0  # the report card picks the comparison up
+    assert "## int8 inference" in (run / "report.md").read_text() and f"{int8_ppl:.3f}" in (run / "report.md").read_text()
+    capsys.readouterr()
     (run / "model_int8.pt").write_bytes(b"not a checkpoint")
     assert main(["generate", str(run), "--int8", "--prompt", "ROMEO"]) == 2
     assert "model_int8.pt is corrupt" in capsys.readouterr().err

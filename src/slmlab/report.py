@@ -6,7 +6,8 @@ an issue, and computes nothing new except one training-curve plot:
     run    settings that differ from the defaults, the size-and-cost table (info.py), training and
            validation curves, final numbers and throughput, curriculum phases, and, when present,
            surgical ablations (ablations.md), long-context plots (eval_*.png), attention maps
-           (viz/*.png), prompt-suite reports and the end-of-training sample
+           (viz/*.png), the int8 comparison (quantize.md), persona robustness (persona_eval.json),
+           prompt-suite reports and the end-of-training sample
     sweep  the paired results table with confidence intervals (results.md), the curves
            (curves.png), the base configuration and what each variant changes, every run's
            numbers, ablations of any run, one sample per variant
@@ -145,6 +146,14 @@ def _extras(path: Path) -> list[str]:
     attention = _images(path, "viz/*.png", "attention")
     if attention:
         parts += ["## Attention maps", *attention]
+    if (path / "quantize.md").is_file():
+        parts += ["## int8 inference", _heading_free((path / "quantize.md").read_text())]
+    if (path / "persona_eval.json").is_file():
+        from .persona_eval import results_table
+
+        result = json.loads((path / "persona_eval.json").read_text())
+        parts += ["## Persona robustness", f"Classifier held-out balanced accuracy {result['classifier_accuracy']:.3f}; "
+                  "adherence with 95% bootstrap intervals over prompts.", results_table([result])]
     suites = sorted(path.glob("prompts_*.md"))
     if suites:
         parts += ["## Prompt suites", "\n".join(f"- [{p.name}]({p.name})" for p in suites)]
