@@ -25,7 +25,7 @@ import torch
 from benchmarks.timing import in_fresh_process, median_seconds
 from slmlab.config import ModelConfig
 from slmlab.model import ATTENTION_PATTERNS
-from slmlab.model.accounting import human
+from slmlab.model.accounting import bytes_kept_for_backward, human
 from slmlab.tables import markdown_table
 
 LENGTHS = (1024, 2048, 4096, 8192)
@@ -40,36 +40,22 @@ def naive_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
     return scores.softmax(-1) @ v
 
 
-def saved_for_backward(fn) -> tuple[torch.Tensor, int]:
-    """Run fn() and count the bytes of the storages autograd keeps for its backward."""
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = fn()
-    return out, sum(storages.values())
-
-
 def measure(pattern: str, T: int, block: int, device: str, repeats: int) -> dict:
     torch.manual_seed(0)
     device = torch.device(device)
     q, k, v = (torch.randn(1, 8, T, 64, device=device, requires_grad=True) for _ in range(3))
     scale = 1 / math.sqrt(64)
     if pattern == "naive":
-        attend = lambda: naive_causal(q, k, v, scale)  # noqa: E731
+        attend = lambda: naive_causal(q, k, v, scale)
     else:
         module = ATTENTION_PATTERNS[pattern](ModelConfig(local_block=block), 0)
-        attend = lambda: module(q, k, v, scale, 0)  # noqa: E731
+        attend = lambda: module(q, k, v, scale, 0)
 
     def step():
         attend().sum().backward()
 
     step()
-    _, saved = saved_for_backward(attend)
+    _, saved = bytes_kept_for_backward(attend)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = median_seconds(step, repeats, device)

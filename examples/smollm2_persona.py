@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from slmlab.config import DataConfig, SelfAreaConfig
+from slmlab.config import SelfAreaConfig
 from slmlab.metrics import MetricsLog
-from slmlab.persona import source_overrides
+from slmlab.persona import source_data_config
 from slmlab.persona_eval import (
     NEUTRAL,
     PersonaClassifier,
@@ -104,7 +104,7 @@ def main() -> None:
     classifier = PersonaClassifier(data)
     print(f"persona classifier ({args.persona} vs {args.other or 'the other genres'}): held-out balanced accuracy {classifier.accuracy:.3f}")
     adversarial = adversarial_prompts(data, 12, 0)
-    train_split, val_split = persona_tokens(DataConfig(**{k.split(".")[1]: v for k, v in source_overrides(args.persona).items()}), tokenizer)
+    train_split, val_split = persona_tokens(source_data_config(args.persona), tokenizer)
     rows = []
 
     def measure(label: str) -> None:

@@ -58,9 +58,11 @@ def make_config(tmp_path):
 
 
 @pytest.fixture
-def micro_sweep(tmp_path, text_corpus):
+def micro_toml(tmp_path, text_corpus):
+    """A run config file for a 1-layer, 16-wide char model training 12 steps (runs go to tmp/runs)."""
     base = tmp_path / "base.toml"
     base.write_text(f"""
+out_dir = "{tmp_path / 'runs'}"
 [model]
 n_layer = 1
 n_head = 2
@@ -81,6 +83,11 @@ log_every = 3
 checkpoint_every = 6
 sample_tokens = 0
 """)
+    return base
+
+
+@pytest.fixture
+def micro_sweep(tmp_path, micro_toml):
     sweep = tmp_path / "micro.toml"
     sweep.write_text(f"""
 name = "micro"

@@ -31,7 +31,8 @@ def test_captured_maps_are_the_attention_the_model_applied(kind):
     torch.manual_seed(0)
     model = build_model(MODELS[kind]).eval()
     idx = torch.randint(0, 40, (1, 21))
-    maps = capture_attention(model, idx)
+    maps, logits = capture_attention(model, idx)
+    assert torch.equal(logits, model(idx)[0])  # the captured forward is the model's own
     assert len(maps) == sum(1 for m in model.modules() if type(m).__name__ == "CausalSelfAttention")
     for amap in maps:
         torch.testing.assert_close(amap.probs.sum(-1), torch.ones(amap.probs.shape[:2]))
@@ -55,28 +56,8 @@ def test_viz_attention_writes_heatmaps_text_and_bertviz(text_corpus, make_config
     assert "the model's context is 64" in capsys.readouterr().err
 
 
-def test_frames_during_training_and_the_animation(text_corpus, tmp_path, capsys):
-    config = tmp_path / "tiny.toml"
-    config.write_text(f"""
-out_dir = "{tmp_path / 'runs'}"
-[model]
-n_layer = 1
-n_head = 2
-d_model = 16
-block_size = 32
-[data]
-source = "{text_corpus}"
-tokenizer = "char"
-seq_len = 32
-cache_dir = "{tmp_path / 'cache'}"
-[train]
-steps = 6
-batch_size = 4
-eval_every = 6
-checkpoint_every = 0
-sample_tokens = 0
-""")
-    assert main(["train", str(config), "--viz-every", "2", "--no-progress"]) == 0
+def test_frames_during_training_and_the_animation(micro_toml, tmp_path, capsys):
+    assert main(["train", str(micro_toml), "--name", "tiny", "--train.steps", "6", "--viz-every", "2", "--no-progress"]) == 0
     frames = sorted((tmp_path / "runs" / "tiny" / "viz" / "frames").glob("frame_*.png"))
     assert [f.name for f in frames] == ["frame_000002.png", "frame_000004.png", "frame_000006.png"]
     assert main(["viz", "animate", str(tmp_path / "runs" / "tiny")]) == 0

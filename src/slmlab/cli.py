@@ -126,10 +126,10 @@ def _train_config(args, extra) -> RunConfig:
 
 def cmd_eval(args, extra) -> int:
     from .data import prepare_tokens
+    from .metrics import perplexity
     from .training import evaluate
 
-    args.model_overrides = {"rope_scale": args.rope_scale} if args.rope_scale else None
-    cfg, model, tokenizer, device = _load_for_inference(args)
+    cfg, model, tokenizer, device = _load_for_inference(args, {"rope_scale": args.rope_scale} if args.rope_scale else None)
     data_cfg = cfg.data
     if extra:  # evaluate on another corpus: --data.source brown, --data.genres ...
         overrides = parse_overrides(extra)
@@ -142,7 +142,7 @@ def cmd_eval(args, extra) -> int:
     if args.by_position or args.context_lengths:
         return _eval_long_context(args, cfg, model, split, device)
     loss = evaluate(model, split, data_cfg.seq_len, cfg.train.batch_size, args.batches, device, cfg.train.dtype)
-    result = {"run": str(args.run), "source": data_cfg.source, "split": args.split, "loss": loss, "ppl": math.exp(min(loss, 50))}
+    result = {"run": str(args.run), "source": data_cfg.source, "split": args.split, "loss": loss, "ppl": perplexity(loss)}
     print(json.dumps(result) if args.json else f"{data_cfg.source} {args.split}: loss {loss:.4f}, perplexity {result['ppl']:.2f}")
     return 0
 
@@ -334,6 +334,7 @@ def cmd_persona(args, extra) -> int:
 def cmd_persona_eval(args, extra) -> int:
     from .persona_eval import (
         PersonaClassifier,
+        adversarial_prompts,
         evaluate_persona,
         persona_data,
         results_table,
@@ -347,7 +348,8 @@ def cmd_persona_eval(args, extra) -> int:
     classifier = PersonaClassifier(data, args.seed)
     print(f"persona classifier: held-out balanced accuracy {classifier.accuracy:.3f} on {classifier.held_out} passages")
     device = resolve_device(args.device)
-    results = [evaluate_persona(run, data, classifier, device, args.max_new_tokens, args.openings, args.seed) for run in runs]
+    prompts = adversarial_prompts(data, args.openings, args.seed)
+    results = [evaluate_persona(run, data, classifier, prompts, device, args.max_new_tokens, args.seed) for run in runs]
     table = results_table(results)
     print(table)
     if args.out:
@@ -358,9 +360,9 @@ def cmd_persona_eval(args, extra) -> int:
 
 
 def cmd_surgery(args, extra) -> int:
-    from .config import DataConfig, SelfAreaConfig
+    from .config import SelfAreaConfig
     from .metrics import MetricsLog
-    from .persona import source_overrides
+    from .persona import source_data_config
     from .runtime import resolve_device
     from .surgery import (
         insert_self_area,
@@ -382,10 +384,9 @@ def cmd_surgery(args, extra) -> int:
         out = Path(args.out or f"runs/surgery_{Path(args.hf_model).stem}")
         if (out / "self_area.json").is_file() and not args.overwrite:
             raise ConfigError(f"{out} already holds a Self Area; pass --overwrite or another --out")
-        data = DataConfig(**{key.split(".", 1)[1]: value for key, value in source_overrides(args.persona_data).items()})
-        train_split, val_split = persona_tokens(data, tokenizer)
+        train_split, val_split = persona_tokens(source_data_config(args.persona_data), tokenizer)
         area = insert_self_area(model, SelfAreaConfig(enabled=True, self_dim=args.self_dim, token_dependent=args.token_dependent))
-        measure = lambda: persona_loss(model, val_split, args.seq_len, args.batch_size, 8, device)  # noqa: E731
+        measure = lambda: persona_loss(model, val_split, args.seq_len, args.batch_size, 8, device)
         before = measure()
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -427,7 +428,7 @@ def cmd_viz_attention(args, extra) -> int:
         raise ConfigError(f"--prompt is {len(ids)} tokens but the model's context is {cfg.model.block_size}; shorten it")
     out = Path(args.out or Path(args.run) / "viz")
     out.mkdir(parents=True, exist_ok=True)
-    maps = capture_attention(model, torch.tensor([ids], device=device))
+    maps, _ = capture_attention(model, torch.tensor([ids], device=device))
     tokens = token_labels(tokenizer, ids)
     paths = plot_heatmaps(maps, tokens, out)
     received, given = token_scores(maps)
@@ -441,8 +442,9 @@ def cmd_viz_attention(args, extra) -> int:
 
 def cmd_quantize(args, extra) -> int:
     from .data import prepare_tokens
+    from .metrics import perplexity
     from .model.accounting import human
-    from .quantize import file_size, generation_speed, ppl, quantize_int8, save_int8
+    from .quantize import file_size, generation_speed, quantize_int8, save_int8
     from .runs import RunDir, load_run
     from .tables import markdown_table
     from .training import evaluate
@@ -457,7 +459,7 @@ def cmd_quantize(args, extra) -> int:
     rows = []
     for label, m, size in (("fp32", model, file_size(RunDir(Path(args.run)).final_weights)), ("int8", quantized, file_size(path))):
         loss = evaluate(m, data.val, cfg.data.seq_len, cfg.train.batch_size, args.batches, torch.device("cpu"))
-        rows.append((label, human(size, "B"), f"{generation_speed(m, prompt):,.1f}", f"{ppl(loss):.3f}"))
+        rows.append((label, human(size, "B"), f"{generation_speed(m, prompt):,.1f}", f"{perplexity(loss):.3f}"))
     table = markdown_table(("model", "file size", "CPU generation (tokens/s)", "validation ppl"), rows)
     (Path(args.run) / "quantize.md").write_text(f"# int8 dynamic quantisation of {Path(args.run).name}\n\n{table}\n")
     print(table)
@@ -465,19 +467,19 @@ def cmd_quantize(args, extra) -> int:
     return 0
 
 
-def _load_for_inference(args):
+def _load_for_inference(args, model_overrides: dict | None = None):
     """(config, model, tokenizer, device): the fp32 run, or with --int8 its quantised model on CPU."""
     from .runs import load_run
     from .runtime import resolve_device
 
-    if getattr(args, "int8", False):
+    if args.int8:
         from .quantize import load_int8
 
         if args.device not in ("auto", "cpu"):
             raise ConfigError("--int8 models run on the CPU; drop --device or use --device cpu")
         return (*load_int8(args.run), torch.device("cpu"))
     device = resolve_device(args.device)
-    return (*load_run(args.run, device, getattr(args, "model_overrides", None)), device)
+    return (*load_run(args.run, device, model_overrides), device)
 
 
 def cmd_viz_animate(args, extra) -> int:

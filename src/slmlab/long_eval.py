@@ -11,7 +11,6 @@ Both sample the same evenly spaced windows as training's validation (data.valida
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import TokenSplit, validation_batches
+from .metrics import perplexity
 
 
 @torch.no_grad()
@@ -47,7 +47,7 @@ def loss_by_context_length(model, split, lengths: list[int], batch_size: int, n_
             results.append({"context_length": length, "loss": None, "note": f"beyond the {limit} learned positions"})
             continue
         loss = float(token_losses(model, split, length, batch_size, n_batches, device).mean())
-        results.append({"context_length": length, "loss": loss, "ppl": math.exp(min(loss, 50))})
+        results.append({"context_length": length, "loss": loss, "ppl": perplexity(loss)})
     return results
 
 

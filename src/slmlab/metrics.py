@@ -9,6 +9,11 @@ from pathlib import Path
 from .data import atomic_write_text
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss), capped at exp(50) so a diverged run still gives a finite number."""
+    return math.exp(min(loss, 50.0))
+
+
 def _clean(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, apply_overrides, config_from_dict
+from .config import (
+    ConfigError,
+    DataConfig,
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+)
 from .runs import RunDir
 
 NAMED_CORPORA = ("shakespeare", "brown")
@@ -26,6 +32,11 @@ def source_overrides(spec: str) -> dict:
     if not spec:
         raise ConfigError("--persona-data is empty: give a corpus, e.g. brown:R or persona.txt")
     return {"data.source": spec, "data.genres": []}
+
+
+def source_data_config(spec: str, **fields) -> DataConfig:
+    """A DataConfig that reads SOURCE (as `source_overrides` parses it), with other fields given."""
+    return DataConfig(**{key.split(".", 1)[1]: value for key, value in source_overrides(spec).items()}, **fields)
 
 
 def trained_config(run: RunDir) -> tuple[RunDir, RunConfig]:

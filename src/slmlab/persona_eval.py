@@ -30,7 +30,8 @@ import torch
 from .config import ConfigError, DataConfig
 from .corpora import DocumentSelection, open_source
 from .data import _split_documents, prepare_tokens
-from .persona import source_overrides, trained_config
+from .metrics import perplexity
+from .persona import source_data_config, trained_config
 from .runs import RunDir, load_run
 from .tables import markdown_table
 from .tokenization import TokenizerError
@@ -56,9 +57,9 @@ class PersonaData:
 
 
 def persona_data(persona_spec: str, other_spec: str = "", cache_dir: str = "") -> PersonaData:
-    persona = DataConfig(**_data_fields(persona_spec), cache_dir=cache_dir)
+    persona = source_data_config(persona_spec, cache_dir=cache_dir)
     if other_spec:
-        other = DataConfig(**_data_fields(other_spec), cache_dir=cache_dir)
+        other = source_data_config(other_spec, cache_dir=cache_dir)
     elif persona.genres:  # the same named corpus, every other genre
         source = open_source(persona)
         chosen = {source.resolve_genre(g) for g in persona.genres}
@@ -66,10 +67,6 @@ def persona_data(persona_spec: str, other_spec: str = "", cache_dir: str = "") -
     else:
         raise ConfigError("give --other-data SOURCE: the text the persona is told apart from")
     return PersonaData(persona, other)
-
-
-def _data_fields(spec: str) -> dict:
-    return {key.split(".", 1)[1]: value for key, value in source_overrides(spec).items()}
 
 
 # ---- the classifier ---------------------------------------------------------------------------
@@ -153,22 +150,23 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
     return out
 
 
-def perplexity(model, cfg, data: DataConfig, tokenizer, device) -> float:
+def text_perplexity(model, cfg, data: DataConfig, tokenizer, device) -> float:
     """Validation perplexity of `data` under the run's tokenizer (NaN if it cannot encode the text)."""
     try:
         _, tokens = prepare_tokens(dataclasses.replace(data, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len), tokenizer)
     except TokenizerError:
         return math.nan
     loss = evaluate(model, tokens.val, cfg.data.seq_len, cfg.train.batch_size, 10, device)
-    return math.exp(min(loss, 50.0))
+    return perplexity(loss)
 
 
-def evaluate_persona(run_path: str | Path, data: PersonaData, classifier: PersonaClassifier, device,
-                     max_new_tokens: int = 60, n_openings: int = 12, seed: int = 0) -> dict:
+def evaluate_persona(run_path: str | Path, data: PersonaData, classifier: PersonaClassifier, adversarial_prompts: list[str],
+                     device, max_new_tokens: int = 60, seed: int = 0) -> dict:
+    """One run's scores; the classifier and the adversarial prompts are shared by every run compared."""
     run, _ = trained_config(RunDir(Path(run_path)))
     cfg, model, tokenizer = load_run(run.path, device)
     neutral = continuations(model, tokenizer, list(NEUTRAL), max_new_tokens, seed, device)
-    adversarial = continuations(model, tokenizer, adversarial_prompts(data, n_openings, seed), max_new_tokens, seed + 1000, device)
+    adversarial = continuations(model, tokenizer, adversarial_prompts, max_new_tokens, seed + 1000, device)
     if not neutral or not adversarial:
         raise ConfigError(f"{run.path}: its tokenizer cannot encode the prompts; persona-eval needs a byte, BPE or GPT-2 tokenizer")
     scores_n = (classifier.persona_probability(neutral) > 0.5).astype(float)
@@ -177,8 +175,8 @@ def evaluate_persona(run_path: str | Path, data: PersonaData, classifier: Person
         "run": str(run_path), "classifier_accuracy": classifier.accuracy, "classifier_held_out": classifier.held_out,
         "neutral": bootstrap_mean(scores_n, seed), "adversarial": bootstrap_mean(scores_a, seed + 1),
         "drift": bootstrap_difference(scores_n, scores_a, seed + 2), "prompts": [len(neutral), len(adversarial)],
-        "persona_ppl": perplexity(model, cfg, data.persona, tokenizer, device),
-        "other_ppl": perplexity(model, cfg, data.other, tokenizer, device),
+        "persona_ppl": text_perplexity(model, cfg, data.persona, tokenizer, device),
+        "other_ppl": text_perplexity(model, cfg, data.other, tokenizer, device),
         "samples": {"neutral": neutral[:3], "adversarial": adversarial[:3]},
     }
     (run.path / "persona_eval.json").write_text(json.dumps(result, indent=2))

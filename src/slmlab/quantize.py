@@ -11,7 +11,6 @@ model next to the fp32 one's.
 from __future__ import annotations
 
 import copy
-import math
 import time
 import warnings
 from pathlib import Path
@@ -67,6 +66,3 @@ def generation_speed(model: nn.Module, prompt: list[int], tokens: int = 64) -> f
 def file_size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
 
-
-def ppl(loss: float) -> float:
-    return math.exp(min(loss, 50.0))

@@ -31,7 +31,7 @@ from .data import atomic_write_text
 from .info import size_table
 from .model.accounting import human
 from .runs import RunDir
-from .tables import markdown_table
+from .tables import format_number, markdown_table
 
 HIDDEN = {"name", "out_dir", "phases", "train.seed"}
 
@@ -75,14 +75,10 @@ def _heading_free(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.startswith("# ")).strip()
 
 
-def _fmt(value, spec: str = ".4f") -> str:
-    return "–" if value is None else format(value, spec)
-
-
 def summary_table(summary: dict) -> str:
     rows = [
         ("optimizer steps", summary.get("step")), ("training tokens", f"{summary.get('tokens', 0):,}"),
-        ("validation loss", _fmt(summary.get("val_loss"))), ("validation perplexity", _fmt(summary.get("val_ppl"), ".3f")),
+        ("validation loss", format_number(summary.get("val_loss"), ".4f")), ("validation perplexity", format_number(summary.get("val_ppl"), ".3f")),
         ("throughput (tokens/s, mean over log windows)", f"{summary.get('tokens_per_s', 0):,.0f}"),
         ("training time", f"{summary.get('train_seconds', 0):.1f} s"),
         ("processes", summary.get("processes", 1)),
@@ -181,7 +177,7 @@ def _run_report(path: Path) -> tuple[str, str]:
     else:
         parts.append("(training has not finished: no summary.json yet)")
     if summary.get("phases"):
-        rows = [(p["phase"], p["step"], f"{p['tokens']:,}", _fmt(p["val_loss"]), f"{p['tokens_per_s']:,.0f}")
+        rows = [(p["phase"], p["step"], f"{p['tokens']:,}", format_number(p["val_loss"], ".4f"), f"{p['tokens_per_s']:,.0f}")
                 for p in summary["phases"]]
         parts += ["### Curriculum phases", markdown_table(("phase", "steps", "tokens", "val loss", "tokens/s"), rows)]
     parts += _extras(path)
@@ -217,7 +213,7 @@ def _sweep_report(path: Path) -> tuple[str, str]:
     for variant, members in by_variant.items():
         for run in members:
             s = run.read_summary()
-            rows.append((run.path.name, variant, _fmt(s.get("val_loss")), _fmt(s.get("val_ppl"), ".3f"),
+            rows.append((run.path.name, variant, format_number(s.get("val_loss"), ".4f"), format_number(s.get("val_ppl"), ".3f"),
                          f"{s.get('tokens_per_s', 0):,.0f}", f"{s.get('train_seconds', 0):.0f} s"))
     parts += ["## Runs", markdown_table(("run", "variant", "val loss", "val ppl", "tokens/s", "time"), rows)]
     for run in runs:

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,11 @@ from safetensors.torch import load_model, save_file
 from torch import nn
 
 from .checkpoint import CheckpointError
-from .config import ConfigError, DataConfig, SelfAreaConfig
+from .config import ConfigError, DataConfig, SelfAreaConfig, TrainConfig
 from .corpora import DocumentSelection
 from .data import TokenSplit, WindowSampler, _split_documents, atomic_write_text
 from .metrics import MetricsLog
+from .training.optim import lr_at
 from .variants.self_area import SelfArea
 
 log = logging.getLogger("slmlab")
@@ -181,12 +181,11 @@ def train_self_area(model: nn.Module, area: SelfArea, train: TokenSplit, steps: 
     device = next(area.parameters()).device
     sampler = WindowSampler(train, seq_len, batch, seed)
     optimizer = torch.optim.AdamW(area.parameters(), lr=lr, weight_decay=0.0)
-    warmup = max(1, steps // 20)
+    schedule = TrainConfig(steps=steps, lr=lr, warmup_steps=max(1, steps // 20), min_lr_ratio=0.1)
     model.train()
     for step in range(steps):
-        scale = (step + 1) / warmup if step < warmup else 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
         for group in optimizer.param_groups:
-            group["lr"] = lr * scale
+            group["lr"] = lr_at(step, schedule)
         x, y = sampler.next_batch()
         loss = lm_loss(model, x.to(device), y.to(device))
         loss.backward()
@@ -194,5 +193,5 @@ def train_self_area(model: nn.Module, area: SelfArea, train: TokenSplit, steps: 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if metrics is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
-            metrics.append({"step": step + 1, "loss": loss.item(), "lr": lr * scale, "alpha_mean": area.alpha.abs().mean().item()})
+            metrics.append({"step": step + 1, "loss": loss.item(), "lr": lr_at(step, schedule), "alpha_mean": area.alpha.abs().mean().item()})
     model.eval()

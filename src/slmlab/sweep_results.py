@@ -17,7 +17,7 @@ from .model.accounting import human
 from .runs import RunDir
 from .stats import mean_std, paired_comparison
 from .sweep import Job, SweepConfig
-from .tables import markdown_table
+from .tables import format_number, markdown_table
 
 HEADERS = ("variant", "runs", "val ppl", "std", "Δ% vs base", "wins", "failures", "95% CI of Δ%", "t-test p",
            "sign p", "tokens/s", "peak mem", "params")
@@ -44,20 +44,16 @@ def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[
     return records
 
 
-def _fmt(x: float, spec: str = ".3f") -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
 def results_table(records: list[dict]) -> str:
     rows = []
     for r in records:
         base = r["is_baseline"]
         rows.append((
-            r["variant"] + (" (baseline)" if base else ""), r["runs"], _fmt(r["val_ppl_mean"]), _fmt(r["val_ppl_std"]),
+            r["variant"] + (" (baseline)" if base else ""), r["runs"], format_number(r["val_ppl_mean"], ".3f"), format_number(r["val_ppl_std"], ".3f"),
             "–" if base else f"{r['delta_pct']:+.2f}%", "–" if base else f"{r['wins']}/{r['n_pairs']}",
             f"{r['failed_runs']} runs, {r['nan_skips']} steps",
-            "–" if base else f"[{_fmt(r['ci_low'], '+.2f')}, {_fmt(r['ci_high'], '+.2f')}]",
-            "–" if base else _fmt(r["t_p"], ".3g"), "–" if base else _fmt(r["sign_p"], ".3g"),
+            "–" if base else f"[{format_number(r['ci_low'], '+.2f')}, {format_number(r['ci_high'], '+.2f')}]",
+            "–" if base else format_number(r["t_p"], ".3g"), "–" if base else format_number(r["sign_p"], ".3g"),
             f"{r['tokens_per_s']:,.0f}" if math.isfinite(r["tokens_per_s"]) else "–",
             human(r["peak_memory_bytes"], "B") if math.isfinite(r["peak_memory_bytes"]) else "–", human(r["params"]),
         ))

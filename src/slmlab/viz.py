@@ -35,8 +35,8 @@ class AttentionMap:
 
 
 @torch.no_grad()
-def capture_attention(model: nn.Module, idx: torch.Tensor) -> list[AttentionMap]:
-    """Run model on idx (1, T) and return every attention module's probabilities."""
+def capture_attention(model: nn.Module, idx: torch.Tensor) -> tuple[list[AttentionMap], torch.Tensor]:
+    """Run model on idx (1, T) in eval mode -> (every attention module's probabilities, the logits)."""
     maps, handles = [], []
     for name, module in model.named_modules():
         if isinstance(module, CausalSelfAttention):
@@ -51,12 +51,12 @@ def capture_attention(model: nn.Module, idx: torch.Tensor) -> list[AttentionMap]
     was_training = model.training
     model.eval()
     try:
-        model(idx)
+        logits, _ = model(idx)
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return maps
+    return maps, logits
 
 
 def token_labels(tokenizer, ids: list[int]) -> list[str]:
@@ -176,12 +176,8 @@ def training_frame(model: nn.Module, tokenizer, window: list[int], history: list
 
     device = next(model.parameters()).device
     idx = torch.tensor([window], device=device)
-    maps = capture_attention(model, idx[:, :-1])
+    maps, logits = capture_attention(model, idx[:, :-1])
     received, _ = token_scores(maps)
-    was_training = model.training
-    model.eval()
-    logits, _ = model(idx[:, :-1])
-    model.train(was_training)
     token_loss = F.cross_entropy(logits[0].float(), idx[0, 1:], reduction="none")
     tokens = token_labels(tokenizer, window[:-1])
     lines = (len(tokens) + PER_LINE - 1) // PER_LINE

@@ -13,6 +13,7 @@ fused attention keeps no T x T matrix) plus the final norm (2 d); the fused chun
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from torch import nn
@@ -78,25 +79,42 @@ def model_stats(model: nn.Module, cfg: ModelConfig) -> ModelStats:
     return ModelStats(params, embedding, matmul, attention_layers, cfg.d_model, cfg.ff_dim, cfg.vocab_size)
 
 
-def traced_activation_bytes(model: nn.Module, batch_size: int, seq_len: int) -> int:
-    """Bytes autograd keeps for backward in one training forward pass of `model` (built on the meta
-    device: shapes only, no memory, no compute), counted once per base tensor. For architectures
-    without a closed-form estimate (the TapeTransformer's graph); within ~10% of a CPU run there."""
+def _storage_key(tensor) -> tuple[int, int]:
+    """(identity, bytes) of the memory behind `tensor`: its storage, or on the meta device (where
+    storages have no address) its base tensor."""
+    if tensor.device.type == "meta":
+        base = tensor._base if tensor._base is not None else tensor
+        return id(base), base.numel() * base.element_size()
+    storage = tensor.untyped_storage()
+    return storage.data_ptr(), storage.nbytes()
+
+
+def bytes_kept_for_backward(run: Callable[[], object], exclude: Iterable = ()) -> tuple[object, int]:
+    """Call run() -> (its result, the bytes of the memory autograd keeps for backward, each
+    storage counted once, leaving out the memory of `exclude`, e.g. the weights)."""
     import torch
 
     seen: dict[int, int] = {}
 
     def pack(tensor):
-        base = tensor._base if tensor._base is not None else tensor
-        seen[id(base)] = base.numel() * base.element_size()
+        key, size = _storage_key(tensor)
+        seen[key] = size
         return tensor
 
-    device = next(model.parameters()).device
-    idx = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(idx, idx)
-    weights = {id(p) for p in model.parameters()}
-    return sum(n for key, n in seen.items() if key not in weights)
+        result = run()
+    skip = {_storage_key(t)[0] for t in exclude}
+    return result, sum(size for key, size in seen.items() if key not in skip)
+
+
+def traced_activation_bytes(model: nn.Module, batch_size: int, seq_len: int) -> int:
+    """Bytes autograd keeps for backward in one training forward pass of `model` (built on the meta
+    device: shapes only, no memory, no compute). For architectures without a closed-form estimate
+    (the TapeTransformer's graph); within ~10% of a CPU run there."""
+    import torch
+
+    idx = torch.zeros(batch_size, seq_len, dtype=torch.long, device=next(model.parameters()).device)
+    return bytes_kept_for_backward(lambda: model(idx, idx), exclude=model.parameters())[1]
 
 
 def human(n: float, unit: str = "") -> str:

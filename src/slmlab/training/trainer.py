@@ -56,7 +56,7 @@ from ..distributed import (
     parallelize,
     tied_aliases,
 )
-from ..metrics import MetricsLog
+from ..metrics import MetricsLog, perplexity
 from ..model import build_model, model_stats
 from ..runs import RunDir
 from ..runtime import (
@@ -297,7 +297,7 @@ class Trainer:
                 }
                 if evaluating:
                     val_loss = self.evaluate()
-                    record.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)))
+                    record.update(val_loss=val_loss, val_ppl=perplexity(val_loss))
                 if self.world.is_main:
                     self.metrics.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
@@ -342,12 +342,12 @@ class Trainer:
             result = self._write_results(weights, val_loss, elapsed, compile_seconds)
         self.world.barrier()  # the other ranks go on only once the run's files exist
         if not self.world.is_main:
-            result = TrainResult(self.run.path, self.step, val_loss, math.exp(min(val_loss, 50.0)), 0.0, "", compile_seconds)
+            result = TrainResult(self.run.path, self.step, val_loss, perplexity(val_loss), 0.0, "", compile_seconds)
         return result
 
     def _write_results(self, weights: dict[str, torch.Tensor], val_loss: float, elapsed: float, compile_seconds: float) -> TrainResult:
         t = self.cfg.train
-        val_ppl = math.exp(min(val_loss, 50.0))
+        val_ppl = perplexity(val_loss)
         save_weights(weights, self.run.final_weights, metadata={"config": json.dumps(self.cfg.to_dict())})
         history = [r for r in self.metrics.read() if "tokens_per_s" in r]
         tokens_per_s = sum(r["tokens_per_s"] for r in history) / max(1, len(history))
