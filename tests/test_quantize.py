@@ -21,6 +21,8 @@ def test_int8_model_runs_and_keeps_perplexity(text_corpus, make_config, capsys):
     assert (run / "model_int8.pt").stat().st_size < (run / "final.safetensors").stat().st_size
     assert main(["eval", str(run), "--int8", "--json", "--batches", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["ppl"] == __import__("pytest").approx(int8_ppl, rel=1e-3)
+    assert main(["eval", str(run), "--int8", "--rope-scale", "2"]) == 2
+    assert "--rope-scale does not apply to the saved --int8 model" in capsys.readouterr().err
     assert main(["generate", str(run), "--int8", "--prompt", "ROMEO", "--max-new-tokens", "10"]) == 0
     assert capsys.readouterr().out.startswith("ROMEO")
     assert main(["report", str(run)]) == 0  # the report card picks the comparison up

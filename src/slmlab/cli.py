@@ -477,6 +477,8 @@ def _load_for_inference(args, model_overrides: dict | None = None):
 
         if args.device not in ("auto", "cpu"):
             raise ConfigError("--int8 models run on the CPU; drop --device or use --device cpu")
+        if model_overrides:
+            raise ConfigError("--rope-scale does not apply to the saved --int8 model; drop one of the two")
         return (*load_int8(args.run), torch.device("cpu"))
     device = resolve_device(args.device)
     return (*load_run(args.run, device, model_overrides), device)
