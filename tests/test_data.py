@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -25,6 +27,26 @@ def test_token_files_are_reused_through_the_manifest(text_corpus, tmp_path, monk
     monkeypatch.setattr(data_module, "_build_token_files", lambda *a: pytest.fail("token files were rebuilt"))
     _, second = prepare_tokens(cfg)
     assert second.directory == first.directory and np.array_equal(second.train.tokens, first.train.tokens)
+
+
+def test_a_second_build_never_replaces_files_another_process_is_reading(text_corpus, tmp_path):
+    """Parallel sweep jobs may build the same token files at once: the first complete directory
+    stays in place (its open memory maps keep working), the later build is discarded."""
+    cfg = _data(text_corpus, tmp_path)
+    tokenizer, first = prepare_tokens(cfg)
+    before = {path.name: path.stat().st_ino for path in first.directory.iterdir()}
+    data_module._build_token_files(data_module.DocumentSelection(cfg), tokenizer, cfg.val_fraction, first.directory)
+    assert {path.name: path.stat().st_ino for path in first.directory.iterdir()} == before
+    assert list(first.directory.parent.iterdir()) == [first.directory]  # no temporary build left behind
+    _, again = prepare_tokens(cfg)
+    assert np.array_equal(again.train.tokens, first.train.tokens)
+
+
+def test_concurrent_preparations_of_one_corpus_all_succeed(text_corpus, tmp_path):
+    cfg = _data(text_corpus, tmp_path)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: prepare_tokens(cfg)[1], range(4)))
+    assert all(np.array_equal(r.train.tokens, results[0].train.tokens) for r in results)
 
 
 def test_changing_the_corpus_or_tokenizer_builds_new_files(text_corpus, tmp_path):

@@ -185,10 +185,23 @@ def _build_token_files(selection: DocumentSelection, tokenizer: Tokenizer, val_f
             _split_single_document(build, dtype, val_fraction, manifest)
         manifest["tokens"] = {s: sum(e - b for b, e in manifest["streams"][s].values()) for s in ("train", "val")}
         atomic_write_text(build / "manifest.json", json.dumps(manifest, indent=1))
-        if directory.exists():  # an incomplete earlier attempt (no manifest)
-            shutil.rmtree(directory)
-        os.replace(build, directory)
+        _publish(build, directory)
     log.info("tokens: %d train, %d val", manifest["tokens"]["train"], manifest["tokens"]["val"])
+
+
+def _publish(build: Path, directory: Path) -> None:
+    """Move a finished build into place. Runs sharing the cache (a sweep's parallel jobs) may build
+    the same files at once: the first to finish wins, and a complete directory (one with a
+    manifest) is never removed, since other processes may be reading it."""
+    if (directory / "manifest.json").is_file():
+        return  # another process published identical files first; ours are discarded with the temp dir
+    if directory.exists():  # an incomplete directory left by hand or by an older slmlab
+        shutil.rmtree(directory, ignore_errors=True)
+    try:
+        os.replace(build, directory)
+    except OSError:
+        if not (directory / "manifest.json").is_file():
+            raise
 
 
 def open_tokens(directory: Path) -> TokenData:
