@@ -4,6 +4,9 @@ Groups, each with its own baseline measured in the same run (ratios are against 
   variants   training step of the ~10M model (6 x 384, 6 heads of 64, 8k vocab, T = 256): the
              baseline, the stock-loss formulation, RoPE, and the SMAT variants
   long ctx   the same model at T = 2048: full vs block-local attention (block 256)
+  kernels    that block-local model with each block-local kernel (SDPA windows, FlexAttention),
+             timed by the function the trainer's "auto" choice uses: forward + backward where
+             FlexAttention can train (CUDA), forward only elsewhere
   attention  one attention call: full (fused SDPA), block-local, naive T x T, T = 1k..8k
              (benchmarks/attention_scaling.py)
   presets    on CUDA only: the 64M and 80M presets (bf16 + compile where asked), the MFU target
@@ -24,7 +27,9 @@ import torch
 from benchmarks import attention_scaling
 from benchmarks.timing import device_peak, in_fresh_process, train_step_rate
 from slmlab.config import ModelConfig, SmatConfig, load_config
+from slmlab.model import build_model
 from slmlab.model.accounting import human
+from slmlab.model.local_kernel import flex_unavailable, time_local_kernels
 from slmlab.tables import markdown_table
 
 TEN_M = {"n_layer": 6, "n_head": 6, "d_model": 384, "vocab_size": 8192}
@@ -72,6 +77,23 @@ def model_rows(args, peak: float) -> list[tuple]:
     return rows
 
 
+def kernel_timings(cfg: ModelConfig, batch: int, seq: int, device: str, dtype: str, backward: bool, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    tokens = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
+    return time_local_kernels(model, tokens, dtype, backward=backward, repeats=repeats)
+
+
+def kernel_rows(args) -> list[tuple]:
+    """Block-local kernels of the long-context model: windows (the baseline) vs FlexAttention."""
+    cfg = ModelConfig(block_size=2048, pos="rope", attention="block_local", local_block=256, **TEN_M)
+    backward = not flex_unavailable(torch.device(args.device), cfg.dropout)
+    seconds = in_fresh_process(kernel_timings, cfg, 2, 2048, args.device, args.dtype, backward, args.steps)
+    group = f"kernels (T=2048, batch 2, {'forward + backward' if backward else 'forward only'})"
+    return [(group, f"block_local {kernel}", "–", f"{2 * 2048 / s:,.0f}", "–", "–", f"{s / seconds['windows']:.2f}x", "–")
+            for kernel, s in seconds.items()]
+
+
 def attention_rows(args) -> tuple[list[tuple], dict[str, float]]:
     results = attention_scaling.collect(args.device, 256, 3)
     rows = []
@@ -101,7 +123,7 @@ def main() -> None:
     header = (f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, peak {peak / 1e9:,.0f} GFLOP/s "
               f"({source}), {args.dtype}{', compiled' if args.compile else ''}; ratios vs the first row of each group")
     print(header, flush=True)
-    rows = model_rows(args, peak)
+    rows = model_rows(args, peak) + kernel_rows(args)
     more, exponents = attention_rows(args)
     table = markdown_table(("group", "setting", "params", "tokens/s", "MFU", "peak memory", "time vs baseline",
                             "memory vs baseline"), rows + more)

@@ -4,7 +4,6 @@ the device's peak FLOP/s, and the training-step measurement every model benchmar
 from __future__ import annotations
 
 import multiprocessing
-import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -14,27 +13,10 @@ import torch.nn.functional as F
 
 from slmlab.config import ModelConfig, TrainConfig
 from slmlab.model import build_model, model_stats
-from slmlab.runtime import autocast, peak_memory_bytes
+from slmlab.runtime import autocast, median_seconds, peak_memory_bytes, sync
 from slmlab.training.optim import build_optimizer
 
 H100_BF16_DENSE = 989e12
-
-
-def sync(device: str | torch.device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(step: Callable[[], None], repeats: int, device: str | torch.device) -> float:
-    """Median wall time of `repeats` calls of step(), synchronising the device around each."""
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def in_fresh_process(fn: Callable, *args, **kwargs):

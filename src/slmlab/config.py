@@ -104,6 +104,7 @@ class ModelConfig:
     attention_layers: list[str] = field(default_factory=list)  # per-layer patterns (overrides `attention`)
     global_every: int = 0  # with a local pattern: every k-th layer uses full attention
     local_block: int = 256  # block length B of "block_local"
+    local_kernel: str = "auto"  # how block_local runs: "windows" (SDPA) | "flex" (FlexAttention) | "auto" (faster on CUDA)
     bias: bool = True
     tie_embeddings: bool = True
     init_std: float = 0.02
@@ -237,6 +238,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.norm": ("layernorm", "rmsnorm"),
     "model.pos": ("learned", "rope", "sinusoidal"),
     "model.attention": ("full", "block_local"),
+    "model.local_kernel": ("auto", "windows", "flex"),
     "model.smat.centrality_norm": ("prefix", "seq"),
     "model.self_area.guidance_mode": ("every_layer", "input_once"),
     "model.self_area.target": ("residual", "sublayer_inputs"),
@@ -384,6 +386,9 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"model.attention_layers[{i}] = {pattern!r} is not one of {', '.join(CHOICES['model.attention'])}")
     if m.local_block <= 0 or m.global_every < 0:
         raise ConfigError(f"model.local_block must be > 0 and model.global_every >= 0, got {m.local_block}, {m.global_every}")
+    if m.local_kernel == "flex" and m.dropout:
+        raise ConfigError(f"model.local_kernel = 'flex' applies no attention dropout but model.dropout = {m.dropout}; "
+                          "use 'windows' or 'auto'")
     if not 0.0 < m.rope_fraction <= 1.0:
         raise ConfigError(f"model.rope_fraction must be in (0, 1], got {m.rope_fraction}")
     if m.rope_scale <= 0 or m.rope_theta <= 1:

@@ -1,11 +1,14 @@
-"""Device selection, autocast, seeding, RNG state capture and peak-memory readings."""
+"""Device selection, autocast, seeding, RNG state capture, peak-memory readings and timing."""
 
 from __future__ import annotations
 
 import contextlib
 import random
 import resource
+import statistics
 import sys
+import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -67,3 +70,21 @@ def peak_memory_bytes(device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+def sync(device: str | torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op elsewhere."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(step: Callable[[], None], repeats: int, device: str | torch.device) -> float:
+    """Median wall time of `repeats` calls of step(), synchronising the device around each."""
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

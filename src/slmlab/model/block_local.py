@@ -8,15 +8,32 @@ block and is exactly full causal attention (the seed's notebook let it attend ze
 a multiple of B is zero-padded at the end (padded keys lie in every real query's future, so the
 causal mask hides them).
 
+A second kernel computes the same pattern with FlexAttention: a block mask (which (128 x 128) tiles
+hold any visible key) built from the mask predicate
+
+    visible(i, j) = j <= i  and  j >= (i // B - 1) B
+
+so only the tiles on and next to the diagonal are computed, with no window copies. `kernel` says
+which one runs ("windows" or "flex"); `local_kernel.choose_local_kernel` sets it (the config's
+`model.local_kernel`, or on CUDA whichever is measured faster). FlexAttention has no backward on
+CPU and no attention dropout, so there it runs only for inference.
+
 During generation the layer's cache keeps only the last 2B positions (`WindowedKVCache`), which is
 all a query can see: position t needs keys from (t // B - 1) B to t.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import (
+    BlockMask,
+    create_block_mask,
+    flex_attention,
+)
 
 from ..config import ModelConfig
 from .attention import KVCache
@@ -40,11 +57,22 @@ class WindowedKVCache(KVCache):
         return k, v
 
 
+@functools.cache
+def compiled_flex_attention():
+    """flex_attention through torch.compile: a fused kernel (called eagerly it would materialise
+    the T x T scores). Compiled once per process, on first use."""
+    return torch.compile(flex_attention)
+
+
 class BlockLocal(nn.Module):
+    KERNELS = ("windows", "flex")
+
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.block = cfg.local_block
         self.dropout = cfg.dropout
+        self.kernel = "flex" if cfg.local_kernel == "flex" else "windows"
+        self._block_masks: dict[tuple[int, str], BlockMask] = {}
 
     def make_cache(self, max_len: int) -> KVCache:
         return WindowedKVCache(2 * self.block)
@@ -52,8 +80,28 @@ class BlockLocal(nn.Module):
     def forward(self, q, k, v, scale: float, q_start: int):
         dropout = self.dropout if self.training else 0.0
         if q_start == 0 and q.shape[2] == k.shape[2]:
+            if self.kernel == "flex":
+                return self._flex(q, k, v, scale)
             return self._blocked(q, k, v, scale, dropout)
         return self._from_cache(q, k, v, scale, q_start)
+
+    def block_mask(self, T: int, device: torch.device) -> BlockMask:
+        """FlexAttention's block mask of the pattern at length T (built once per length and device)."""
+        key = (T, str(device))
+        if key not in self._block_masks:
+            B = self.block
+
+            def visible(batch, head, i, j):
+                return (j <= i) & (j >= (i // B - 1) * B)
+
+            self._block_masks[key] = create_block_mask(visible, None, None, T, T, device=device)
+        return self._block_masks[key]
+
+    def _flex(self, q, k, v, scale):
+        """The same pattern through FlexAttention's fused kernel (no dropout: see the module docstring)."""
+        if self.training and self.dropout:
+            raise ValueError("the flex block-local kernel applies no attention dropout; use the windows kernel")
+        return compiled_flex_attention()(q, k, v, block_mask=self.block_mask(q.shape[2], q.device), scale=scale)
 
     def _blocked(self, q, k, v, scale, dropout):
         """Block 0: plain causal attention over its B tokens. Blocks b >= 1: the window

@@ -58,6 +58,7 @@ from ..distributed import (
 )
 from ..metrics import MetricsLog, perplexity
 from ..model import build_model, model_stats
+from ..model.local_kernel import check_local_kernel, choose_local_kernel
 from ..runs import RunDir
 from ..runtime import (
     autocast,
@@ -165,6 +166,7 @@ class Trainer:
         tokenizer = load_tokenizer(source.tokenizer) if source else None
         self.tokenizer, self.data = prepare_data(cfg.data, tokenizer, self.world)
         resolve_vocab(cfg, self.tokenizer.vocab_size)
+        check_local_kernel(cfg.model, self.device)
         self.cfg, self.progress = cfg, progress and self.world.is_main
         if not resume:
             self.run.ensure_free(overwrite)
@@ -186,6 +188,11 @@ class Trainer:
             load_weights(self.model, init_from.final_weights)
             if carry_optimizer:
                 state = {"optimizer": load_training_state(init_from.checkpoints)["optimizer"]}
+        rows = len(range(train.batch_size)[self.world.rows(train.batch_size)])
+        self.local_kernel = choose_local_kernel(self.model, cfg.model, rows, cfg.data.seq_len, self.device,
+                                                train.dtype, vote=self.world.mean)
+        if self.local_kernel:
+            log.info("block-local kernel: %s (%s)", self.local_kernel["kernel"], self.local_kernel["chosen_by"])
         trainable = select_trainable(self.model, train.trainable)
         if train.trainable != "all":
             log.info("training %s only: %d of %d parameters", train.trainable, trainable, self.stats.params)
@@ -360,6 +367,8 @@ class Trainer:
             "non_embedding_params": self.stats.non_embedding_params, "vocab_size": self.cfg.model.vocab_size,
             "sample": sample,
         }
+        if self.local_kernel:
+            summary["local_kernel"] = self.local_kernel
         atomic_write_text(self.run.summary, json.dumps(summary, indent=2) + "\n")
         return TrainResult(self.run.path, self.step, val_loss, val_ppl, tokens_per_s, sample, compile_seconds)
 
