@@ -1,19 +1,18 @@
 """Attention pattern "block_local" (seed 002): a token in block b attends causally within block b
 and fully to block b - 1, with block length B = model.local_block.
 
-Training and prefill never build a T x T matrix: the sequence is cut into blocks and each block
-attends its 2B-key window [block b-1, block b] through SDPA's fused causal kernel (see
-`_blocked`), so compute and memory are O(T B) and no mask tensor is built. Block 0 has no previous
-block and is exactly full causal attention (the seed's notebook let it attend zero padding). T not
-a multiple of B is zero-padded at the end (padded keys lie in every real query's future, so the
-causal mask hides them).
+Training and prefill never build a T x T matrix: the sequence is cut into blocks and each block's
+queries attend their 2B-key window [block b-1, block b] through SDPA's fused kernels with a
+lower-right causal mask (see `_blocked`), so compute and memory are O(T B) and no mask tensor is
+built. Block 0 has no previous block and is exactly full causal attention (the seed's notebook let
+it attend zero padding). T need not be a multiple of B: a last partial block gets its own call.
 
 A second kernel computes the same pattern with FlexAttention: a block mask (which (128 x 128) tiles
 hold any visible key) built from the mask predicate
 
     visible(i, j) = j <= i  and  j >= (i // B - 1) B
 
-so only the tiles on and next to the diagonal are computed, with no window copies. `kernel` says
+so only the tiles on and next to the diagonal are computed. `kernel` says
 which one runs ("windows" or "flex"); `local_kernel.choose_local_kernel` sets it (the config's
 `model.local_kernel`, or on CUDA whichever is measured faster). FlexAttention has no backward on
 CPU and no attention dropout, so there it runs only for inference.
@@ -29,6 +28,7 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 from torch.nn.attention.flex_attention import (
     BlockMask,
     create_block_mask,
@@ -104,30 +104,36 @@ class BlockLocal(nn.Module):
         return compiled_flex_attention()(q, k, v, block_mask=self.block_mask(q.shape[2], q.device), scale=scale)
 
     def _blocked(self, q, k, v, scale, dropout):
-        """Block 0: plain causal attention over its B tokens. Blocks b >= 1: the window
-        [block b-1, block b] of queries, keys and values, with a causal mask over the 2B window;
-        the second half of its output is exactly block b's (query i of block b sees the whole
-        previous block and keys <= i of its own), so every call is SDPA's fused causal kernel,
-        with no explicit mask. The first half (block b-1's queries again) is discarded."""
-        Bsz, H, T, D = q.shape
-        B = self.block
-        n = -(-T // B)
-        pad = n * B - T
-        if pad:
-            q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-        first = F.scaled_dot_product_attention(q[:, :, :B], k[:, :, :B], v[:, :, :B], is_causal=True,
-                                               dropout_p=dropout, scale=scale)
-        if n == 1:
-            return first[:, :, :T]
+        """(Bsz, H, T, D) -> (Bsz, H, T, D_v) in at most three SDPA calls, none with a mask tensor:
 
-        def windows(x):  # (Bsz, H, n*B, D') -> (Bsz, H*(n-1), 2B, D'): [block b-1, block b], b >= 1
-            blocks = x.view(Bsz, H, n, B, x.shape[-1])
-            return torch.cat([blocks[:, :, :-1], blocks[:, :, 1:]], dim=3).reshape(Bsz, H * (n - 1), 2 * B, x.shape[-1])
+            block 0                  its queries against its own keys, causal
+            full blocks b = 1..m-1   B queries against the 2B keys of [block b-1, block b] with a
+                                     lower-right causal mask (query i of block b sees the whole
+                                     previous block and keys <= i of its own); the windows are
+                                     overlapping strided views of k and v (`unfold`): no copies
+            a last partial block     its r < B queries against the B + r keys from block m-1 on,
+                                     lower-right causal
 
-        rest = F.scaled_dot_product_attention(windows(q), windows(k), windows(v), is_causal=True,
-                                              dropout_p=dropout, scale=scale)[:, :, B:]
-        rest = rest.reshape(Bsz, H, (n - 1) * B, -1)
-        return torch.cat([first, rest], dim=2)[:, :, :T]
+        Nothing is padded, and backward keeps about what full attention's fused kernel keeps."""
+        T, B = q.shape[2], self.block
+        attend = functools.partial(F.scaled_dot_product_attention, dropout_p=dropout, scale=scale)
+        if T <= B:
+            return attend(q, k, v, is_causal=True)
+        m, r = divmod(T, B)
+        # block 0 on copies, so its call keeps B positions alive for backward, not the whole q, k, v
+        parts = [attend(*(x[:, :, :B].clone() for x in (q, k, v)), is_causal=True)]
+        if m > 1:
+
+            def windows(x):  # (Bsz, H, T, D') -> (Bsz H, m-1, 2B, D') views: [block b-1, block b]
+                return x[:, :, : m * B].unfold(2, 2 * B, B).transpose(-1, -2).flatten(0, 1)
+
+            queries = q[:, :, B : m * B].unflatten(2, (m - 1, B)).flatten(0, 1)
+            out = attend(queries, windows(k), windows(v), attn_mask=causal_lower_right(B, 2 * B))
+            parts.append(out.unflatten(0, q.shape[:2]).flatten(2, 3))
+        if r:
+            start = (m - 1) * B
+            parts.append(attend(q[:, :, m * B :], k[:, :, start:], v[:, :, start:], attn_mask=causal_lower_right(r, B + r)))
+        return torch.cat(parts, dim=2)
 
     def visible(self, Tq: int, Tk: int, q_start: int, device) -> torch.Tensor:
         """(Tq, Tk) bool: query at q_start + i sees the key at position p (the keys are the last Tk
