@@ -10,7 +10,8 @@ Groups, each with its own baseline measured in the same run (ratios are against 
   attention  one attention call: full (fused SDPA), block-local, naive T x T, T = 1k..8k
              (benchmarks/attention_scaling.py)
   presets    on CUDA only: the 64M and 80M presets (bf16 + compile where asked), the MFU target
-MFU = tokens/s x (6 N + 12 L d T) / peak (measured fp32 matmul peak on CPU, 989 TFLOP/s on CUDA).
+MFU = tokens/s x (6 N + 12 d sum_l T_l) / peak (measured fp32 matmul peak on CPU, 989 TFLOP/s on CUDA),
+where T_l is the keys layer l reaches: T, or 2B for block-local (slmlab.model.accounting).
 
     python -m benchmarks all [--out runs/bench.md] [--steps 6]
     python -m benchmarks all --device cuda --dtype bf16 --compile
@@ -25,11 +26,15 @@ from pathlib import Path
 import torch
 
 from benchmarks import attention_scaling
-from benchmarks.timing import device_peak, in_fresh_process, train_step_rate
+from benchmarks.timing import (
+    device_peak,
+    in_fresh_process,
+    local_kernel_seconds,
+    train_step_rate,
+)
 from slmlab.config import ModelConfig, SmatConfig, load_config
-from slmlab.model import build_model
 from slmlab.model.accounting import human
-from slmlab.model.local_kernel import flex_unavailable, time_local_kernels
+from slmlab.model.local_kernel import flex_unavailable
 from slmlab.tables import markdown_table
 
 TEN_M = {"n_layer": 6, "n_head": 6, "d_model": 384, "vocab_size": 8192}
@@ -77,18 +82,11 @@ def model_rows(args, peak: float) -> list[tuple]:
     return rows
 
 
-def kernel_timings(cfg: ModelConfig, batch: int, seq: int, device: str, dtype: str, backward: bool, repeats: int) -> dict:
-    torch.manual_seed(0)
-    model = build_model(cfg).to(device)
-    tokens = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
-    return time_local_kernels(model, tokens, dtype, backward=backward, repeats=repeats)
-
-
 def kernel_rows(args) -> list[tuple]:
     """Block-local kernels of the long-context model: windows (the baseline) vs FlexAttention."""
     cfg = ModelConfig(block_size=2048, pos="rope", attention="block_local", local_block=256, **TEN_M)
     backward = not flex_unavailable(torch.device(args.device), cfg.dropout)
-    seconds = in_fresh_process(kernel_timings, cfg, 2, 2048, args.device, args.dtype, backward, args.steps)
+    seconds = in_fresh_process(local_kernel_seconds, cfg, 2, 2048, args.device, args.dtype, backward, args.steps)
     group = f"kernels (T=2048, batch 2, {'forward + backward' if backward else 'forward only'})"
     return [(group, f"block_local {kernel}", "–", f"{2 * 2048 / s:,.0f}", "–", "–", f"{s / seconds['windows']:.2f}x", "–")
             for kernel, s in seconds.items()]

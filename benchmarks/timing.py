@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from slmlab.config import ModelConfig, TrainConfig
 from slmlab.model import build_model, model_stats
+from slmlab.model.local_kernel import time_local_kernels
 from slmlab.runtime import autocast, median_seconds, peak_memory_bytes, sync
 from slmlab.training.optim import build_optimizer
 
@@ -69,7 +70,7 @@ def naive_smat() -> None:
 def train_step_rate(cfg: ModelConfig, batch: int, seq: int, device: str | torch.device, dtype: str = "fp32",
                     compile: bool = False, steps: int = 10, stock: bool = False, naive: bool = False) -> dict:
     """One training step (the trainer's AdamW) of a fresh model on random tokens: median time over
-    `steps` after warm-up -> tokens/s, model FLOP/s (6 N + 12 L d T per token), peak memory, parameters."""
+    `steps` after warm-up -> tokens/s, model FLOP/s (ModelStats.flops_per_token), peak memory, parameters."""
     device = torch.device(device)
     torch.manual_seed(0)
     if naive:
@@ -97,3 +98,11 @@ def train_step_rate(cfg: ModelConfig, batch: int, seq: int, device: str | torch.
         "params": stats.params, "step_s": seconds, "tokens_per_s": batch * seq / seconds,
         "flops_per_s": batch * seq * stats.flops_per_token(seq) / seconds, "peak_bytes": peak_memory_bytes(device),
     }
+
+
+def local_kernel_seconds(cfg: ModelConfig, batch: int, seq: int, device: str, dtype: str, backward: bool, repeats: int) -> dict:
+    """A fresh block-local model's forward (+ backward) time with each block-local kernel."""
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    tokens = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
+    return time_local_kernels(model, tokens, dtype, backward=backward, repeats=repeats)

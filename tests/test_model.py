@@ -91,6 +91,8 @@ def test_parameter_count_matches_the_formula():
     assert stats.flops_per_token(T) == 6 * (expected - T * d) + 12 * L * d * T
     untied = tiny(tie_embeddings=False)
     assert model_stats(untied, untied.cfg).params == expected + V * d
+    local = tiny(attention_layers=["block_local", "full"], local_block=8)  # layer 0 reaches 2B = 16 keys
+    assert model_stats(local, local.cfg).flops_per_token(T) == 6 * (expected - T * d) + 12 * d * (16 + T)
 
 
 def test_residual_projections_get_the_scaled_init():

@@ -1,8 +1,10 @@
 """Parameter counts, FLOPs per token and memory estimates for a decoder.
 
-FLOPs (PaLM appendix B convention): a training token costs 6 N + 12 L d T, where N is the
+FLOPs (PaLM appendix B convention): a training token costs 6 N + 12 d sum_l T_l, where N is the
 number of parameters used in matmuls (blocks + LM head; embedding lookups are free) and the
-second term is attention's QK^T and AV at context T (counted as dense). Inference costs a third.
+second term is attention's QK^T and AV over the keys a layer's queries can reach, counted as dense:
+T_l = T for full attention, min(T, 2B) for a block-local layer (its 2B-key window), so a model of
+L full layers costs 6 N + 12 L d T. Inference costs a third.
 
 Memory: weights, gradients and AdamW's two moments are 4 bytes per parameter each in fp32;
 activations kept for backward are about (9 d + 2 d_ff) values per token and layer (norm inputs
@@ -32,13 +34,15 @@ class ModelStats:
     d_model: int
     d_ff: int
     vocab_size: int
+    windows: tuple[int, ...]  # per attention layer: keys a query can reach (0 = the whole context)
 
     @property
     def non_embedding_params(self) -> int:
         return self.params - self.embedding_params
 
     def flops_per_token(self, seq_len: int, training: bool = True) -> float:
-        forward = 2 * self.matmul_params + 4 * self.n_layer * self.d_model * seq_len
+        context = sum(min(seq_len, w) if w else seq_len for w in self.windows)
+        forward = 2 * self.matmul_params + 4 * self.d_model * context
         return 3 * forward if training else forward
 
     def activation_bytes(self, batch_size: int, seq_len: int, dtype: str = "fp32") -> int:
@@ -70,13 +74,15 @@ def model_stats(model: nn.Module, cfg: ModelConfig) -> ModelStats:
     """Count a built model's parameters (tied weights once); the attention term counts the
     model's attention modules, whatever the architecture (a TapeTransformer has dozens)."""
     from .attention import CausalSelfAttention
+    from .block_local import BlockLocal
 
     params = sum(p.numel() for p in model.parameters())
     embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
     head = model.get_submodule("head").weight.numel()
     matmul = params - embedding + (head if cfg.tie_embeddings else 0)
-    attention_layers = sum(isinstance(m, CausalSelfAttention) for m in model.modules())
-    return ModelStats(params, embedding, matmul, attention_layers, cfg.d_model, cfg.ff_dim, cfg.vocab_size)
+    windows = tuple(2 * m.pattern.block if isinstance(m.pattern, BlockLocal) else 0
+                    for m in model.modules() if isinstance(m, CausalSelfAttention))
+    return ModelStats(params, embedding, matmul, len(windows), cfg.d_model, cfg.ff_dim, cfg.vocab_size, windows)
 
 
 def _storage_key(tensor) -> tuple[int, int]:

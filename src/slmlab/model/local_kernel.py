@@ -15,6 +15,9 @@ so they all run the same kernel. The probe changes no weight and leaves no gradi
 
 from __future__ import annotations
 
+import functools
+import statistics
+
 import torch
 from torch import nn
 
@@ -55,25 +58,28 @@ def set_kernel(model: nn.Module, kernel: str) -> None:
 def time_local_kernels(model: nn.Module, tokens: torch.Tensor, dtype: str = "fp32", backward: bool = True,
                        repeats: int = 3) -> dict[str, float]:
     """Median seconds of one model forward (+ backward) on `tokens` (B, T) with each block-local
-    kernel, after one warm-up call each (which compiles FlexAttention). Gradients are dropped, so
-    the model is left as it was; the kernel in use afterwards is the one it had before."""
+    kernel, after one warm-up call each (which compiles FlexAttention); the kernels take turns, so
+    a drift in the machine's speed affects both alike. Gradients are dropped, so the model is left
+    as it was; the kernel in use afterwards is the one it had before."""
     device = tokens.device
     before = block_local_layers(model)[0].kernel
 
-    def step():
+    def step(kernel: str) -> None:
+        set_kernel(model, kernel)
         with torch.set_grad_enabled(backward), autocast(device, dtype):
             _, loss = model(tokens, tokens)
         if backward:
             loss.backward()
 
-    seconds = {}
     for kernel in BlockLocal.KERNELS:
-        set_kernel(model, kernel)
-        step()
-        seconds[kernel] = median_seconds(step, repeats, device)
+        step(kernel)
+    times = {kernel: [] for kernel in BlockLocal.KERNELS}
+    for _ in range(repeats):
+        for kernel in BlockLocal.KERNELS:
+            times[kernel].append(median_seconds(functools.partial(step, kernel), 1, device))
     model.zero_grad(set_to_none=True)
     set_kernel(model, before)
-    return seconds
+    return {kernel: statistics.median(t) for kernel, t in times.items()}
 
 
 def choose_local_kernel(model: nn.Module, cfg: ModelConfig, rows: int, seq_len: int, device: torch.device,
