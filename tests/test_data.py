@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -70,6 +71,16 @@ def test_split_is_by_whole_documents_and_decodes_to_the_text(text_corpus, tmp_pa
     in_train = {e for e in endings if e in train_text}
     assert len(in_val) == 2 and in_val.isdisjoint(in_train) and in_val | in_train == endings
     assert set(data.train.streams) == {"prose", "verse"}
+
+
+def test_the_split_does_not_depend_on_where_the_corpus_lies(text_corpus, tmp_path):
+    moved = tmp_path / "elsewhere" / "deeper"
+    shutil.copytree(text_corpus, moved)
+    _, here = prepare_tokens(_data(text_corpus, tmp_path))
+    _, there = prepare_tokens(_data(moved, tmp_path / "elsewhere"))  # built afresh in another cache
+    assert there.directory != here.directory
+    for split in ("train", "val"):
+        assert np.array_equal(getattr(there, split).tokens, getattr(here, split).tokens)
 
 
 def test_single_document_corpus_is_split_by_position(tmp_path):

@@ -111,7 +111,7 @@ def test_micro_stage_two_lowers_persona_text_loss(text_corpus, make_config, tmp_
     run = RunDir(base.parent / f"{base.name}_persona")
     assert run.read_config().train.trainable == "self_area"
     assert f"from {base}" in out
-    assert run.read_summary()["val_loss"] < 0.9 * loss_before  # measured: 0.94 -> 0.81
+    assert run.read_summary()["val_loss"] < 0.95 * loss_before  # measured: 0.916 -> 0.819
     base_weights, tuned = load_file(base / "final.safetensors"), load_file(run.final_weights)
     for name, tensor in base_weights.items():  # the base model is untouched; only the Self Area moved
         assert torch.equal(tensor, tuned[name]) != name.startswith("conditioning."), name

@@ -36,7 +36,7 @@ from .corpora.fetch import cache_dir
 from .tokenization import Tokenizer, tokenizer_from_json, train_tokenizer
 
 log = logging.getLogger("slmlab")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: local corpora's document ids are relative paths (the val split moved)
 ENCODE_BATCH = 64
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,9 @@ class LocalSource:
         self.spec = spec
         self.text_field = text_field
         self.files = self._resolve(spec)
+        # document ids are paths relative to this root, so a corpus gets the same train/val split
+        # (a hash of the ids) wherever it lies
+        self.root = Path(os.path.commonpath([p.parent for p in self.files]))
         self.genres: tuple[str, ...] = ()
 
     @staticmethod
@@ -60,10 +64,11 @@ class LocalSource:
     def documents(self) -> Iterator[Document]:
         total = 0
         for path in self.files:
+            name = path.relative_to(self.root).as_posix()
             if path.suffix == ".jsonl":
-                docs = self._jsonl(path)
+                docs = self._jsonl(path, name)
             else:
-                docs = iter([Document(id=str(path), text=read_utf8(path), genre=path.parent.name, title=path.stem)])
+                docs = iter([Document(id=name, text=read_utf8(path), genre=path.parent.name, title=path.stem)])
             for doc in docs:
                 if doc.text.strip():
                     total += 1
@@ -71,7 +76,7 @@ class LocalSource:
         if total == 0:
             raise CorpusError(f"data.source: '{self.spec}' contains no text (all documents are empty)")
 
-    def _jsonl(self, path: Path) -> Iterator[Document]:
+    def _jsonl(self, path: Path, name: str) -> Iterator[Document]:
         with open(path, encoding="utf-8") as handle:
             try:
                 for number, line in enumerate(handle, 1):
@@ -85,7 +90,7 @@ class LocalSource:
                         raise CorpusError(f"{path}:{number}: no string field '{self.text_field}' (set data.text_field)")
                     year = record.get("year")
                     yield Document(
-                        id=str(record.get("id", f"{path}:{number}")), text=record[self.text_field],
+                        id=str(record.get("id", f"{name}:{number}")), text=record[self.text_field],
                         genre=str(record.get("genre", "")), title=str(record.get("title", "")),
                         year=int(year) if isinstance(year, (int, float, str)) and str(year).isdigit() else None,
                     )
