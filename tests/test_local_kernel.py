@@ -70,6 +70,8 @@ def test_config_choices_and_cpu_auto():
     model, cfg = tiny_model(local_kernel="flex")
     with pytest.raises(ConfigError, match="model.local_kernel = 'flex' cannot train here: FlexAttention has no backward on cpu"):
         lk.choose_local_kernel(model, cfg, 2, 32, torch.device("cpu"))
+    all_full = ModelConfig(n_layer=2, attention="block_local", attention_layers=["full", "full"], local_kernel="flex")
+    lk.check_local_kernel(all_full, torch.device("cpu"))  # no block-local layer: nothing for flex to run
     with pytest.raises(ConfigError, match="applies no attention dropout but model.dropout = 0.1"):
         config_from_dict({"model": {"attention": "block_local", "local_kernel": "flex", "dropout": 0.1}})
     with pytest.raises(ConfigError, match="model.local_kernel = 'flash' is not one of auto, windows, flex"):

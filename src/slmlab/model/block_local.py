@@ -89,12 +89,8 @@ class BlockLocal(nn.Module):
         """FlexAttention's block mask of the pattern at length T (built once per length and device)."""
         key = (T, str(device))
         if key not in self._block_masks:
-            B = self.block
-
-            def visible(batch, head, i, j):
-                return (j <= i) & (j >= (i // B - 1) * B)
-
-            self._block_masks[key] = create_block_mask(visible, None, None, T, T, device=device)
+            self._block_masks[key] = create_block_mask(lambda batch, head, i, j: self.sees(i, j), None, None, T, T,
+                                                       device=device)
         return self._block_masks[key]
 
     def _flex(self, q, k, v, scale):
@@ -140,7 +136,12 @@ class BlockLocal(nn.Module):
         positions up to the last query) when p <= its position and p is in its block or the one before."""
         q_pos = torch.arange(q_start, q_start + Tq, device=device)[:, None]
         k_pos = torch.arange(q_start + Tq - Tk, q_start + Tq, device=device)[None, :]
-        return (k_pos <= q_pos) & (k_pos >= (q_pos // self.block - 1) * self.block)
+        return self.sees(q_pos, k_pos)
+
+    def sees(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """The pattern itself: query position i sees key position j iff j <= i and j >= (i // B - 1) B
+        (shared by `visible` and FlexAttention's block mask)."""
+        return (j <= i) & (j >= (i // self.block - 1) * self.block)
 
     def _from_cache(self, q, k, v, scale, q_start):
         """Queries at q_start.. against the most recent keys (cached window + new)."""
