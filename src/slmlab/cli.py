@@ -44,7 +44,7 @@ def _parser(subparsers, name: str, help: str, examples: str) -> argparse.Argumen
 
 def _config(args, extra: list[str]) -> RunConfig:
     overrides = parse_overrides(extra)
-    if getattr(args, "name", None):
+    if getattr(args, "name", None) is not None:  # an explicit --name "" is checked (and refused), not ignored
         overrides["name"] = args.name
     return load_config(args.config, overrides)
 
@@ -102,7 +102,7 @@ def _without_option(argv: list[str], option: str) -> list[str]:
 
 def _train_config(args, extra) -> RunConfig:
     if args.resume:
-        run = Path(args.resume)
+        run = Path(os.path.abspath(args.resume))  # "runs/x/." or "." name the folder itself
         overrides = parse_overrides(extra)
         unknown = set(overrides) - {"train.steps"}
         if unknown:

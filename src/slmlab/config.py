@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import sys
 import types
 import typing
@@ -332,9 +333,22 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
 # validation of combinations
 
 
+def check_name(key: str, name: str) -> str:
+    """A run (or sweep) name is one path component: not empty, not '.' or '..', no separators.
+    It is joined to out_dir, so anything else could point a run (and --overwrite) elsewhere."""
+    separators = {"/", "\\", os.sep, os.altsep or "/"}
+    if name in ("", ".", "..") or any(sep in name for sep in separators) or "\0" in name:
+        raise ConfigError(f"{key} = {name!r} is not a name: use one folder name without '/' or '\\' "
+                          "(not '.' or '..'); put parent folders in out_dir")
+    return name
+
+
 def validate(cfg: RunConfig) -> None:
     """Reject impossible values with one line naming the key."""
     m, d, t = cfg.model, cfg.data, cfg.train
+    check_name("name", cfg.name)
+    if not cfg.out_dir:
+        raise ConfigError("out_dir is empty: name the folder that holds run directories (default 'runs')")
     for key, allowed in CHOICES.items():
         value = cfg
         for part in key.split("."):

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from .metrics import MetricsLog
 from .model import build_model
 from .tokenization import Tokenizer, load_tokenizer
 
+log = logging.getLogger("slmlab")
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -37,6 +41,13 @@ class RunDir:
     final_weights = property(lambda self: self.path / "final.safetensors")
     summary = property(lambda self: self.path / "summary.json")
 
+    # What slmlab writes in a run directory (shell patterns): `--overwrite` removes these and
+    # nothing else, and the temp files of interrupted writes to them (".<name>.<random>").
+    OWNED = ("config.json", "metrics.jsonl", "tokenizer.json", "checkpoints", "final.safetensors", "summary.json",
+             "viz", "ablations.json", "ablations.md", "quantize.md", "model_int8.pt", "persona_eval.json",
+             "report.md", "report.html", "prompts_*.md", "eval_*.json", "eval_*.png")
+    PHASES = "phase*_*"  # a curriculum's phase sub-runs: run directories themselves
+
     @classmethod
     def for_config(cls, cfg: RunConfig) -> RunDir:
         return cls(Path(cfg.out_dir) / cfg.name)
@@ -44,21 +55,58 @@ class RunDir:
     def holds_run(self) -> bool:
         return self.path.exists() and any(self.path.iterdir())
 
+    def check_writable(self) -> None:
+        """The directory is a plain folder inside its parent (not a link out of it, not a file),
+        and its parent is a folder (or does not exist yet)."""
+        parent = self.path.parent
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"out_dir {parent} is a file, not a folder; set --out_dir to a folder")
+        if self.path.is_symlink() or (self.path.exists() and self.path.resolve().parent != parent.resolve()):
+            raise ConfigError(f"{self.path} leads outside {parent} (a link?); slmlab writes a run only inside its out_dir")
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path} is a file, not a run directory; pick another --name")
+
     def ensure_free(self, overwrite: bool) -> None:
-        """Refuse to reuse a directory that holds a run unless told to overwrite it."""
-        if self.holds_run() and not overwrite:
-            raise ConfigError(
-                f"{self.path} already holds a run; resume it with --resume {self.path}, "
-                "pick another --name, or pass --overwrite to replace it"
-            )
+        """Refuse to reuse a directory that holds a run unless told to overwrite it, and refuse a
+        non-empty directory that is not a slmlab run in any case (--overwrite never deletes it)."""
+        self.check_writable()
+        if not self.holds_run():
+            return
+        if not self.config.is_file():
+            raise ConfigError(f"{self.path} holds files that are not a slmlab run; pick another --name or --out_dir")
+        if not overwrite:
+            raise ConfigError(f"{self.path} already holds a run; resume it with --resume {self.path} or pick another --name")
 
     def create(self, cfg: RunConfig, overwrite: bool = False) -> None:
-        """Make the directory for a new run (replacing an old one only when `overwrite`)."""
+        """Make the directory for a new run (replacing an old run's files only when `overwrite`)."""
         self.ensure_free(overwrite)
         if self.holds_run():
-            shutil.rmtree(self.path)
+            kept = self.remove_owned()
+            if kept:
+                log.warning("%s: kept %d file(s) slmlab did not write: %s", self.path, len(kept), ", ".join(kept[:5]))
         self.path.mkdir(parents=True, exist_ok=True)
         self.write_config(cfg)
+
+    def remove_owned(self) -> list[str]:
+        """Delete what slmlab wrote here (OWNED, and phase sub-runs recursively); return the
+        names of the entries left in place."""
+        for entry in self.path.iterdir():
+            if entry.is_symlink() or not self._owned(entry.name):
+                continue
+            if entry.name in self.OWNED or not fnmatch.fnmatch(entry.name, self.PHASES):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            else:  # a phase sub-run: only its own files, then the folder if that empties it
+                phase = RunDir(entry)
+                if phase.config.is_file():
+                    phase.remove_owned()
+                if not any(entry.iterdir()):
+                    entry.rmdir()
+        return sorted(entry.name for entry in self.path.iterdir())
+
+    def _owned(self, name: str) -> bool:
+        patterns = (*self.OWNED, *(f".{p}.*" for p in self.OWNED))
+        return any(fnmatch.fnmatch(name, p) for p in patterns) or (
+            fnmatch.fnmatch(name, self.PHASES) and (self.path / name).is_dir())
 
     def write_config(self, cfg: RunConfig) -> None:
         atomic_write_text(self.config, json.dumps(cfg.to_dict(), indent=2) + "\n")

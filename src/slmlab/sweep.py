@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, RunConfig, build_dataclass, load_config, read_toml
+from .config import ConfigError, RunConfig, build_dataclass, check_name, load_config, read_toml
 from .runs import RunDir
 
 log = logging.getLogger("slmlab")
@@ -72,6 +72,7 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
     values = read_toml(path)
     values.setdefault("name", path.stem)
     sweep = build_dataclass(SweepConfig, values)
+    check_name("name", sweep.name)
     if not sweep.base:
         raise ConfigError(f"{path}: 'base' must name a run config (e.g. base = \"quickstart.toml\")")
     if not sweep.variants:

@@ -1,0 +1,91 @@
+"""Nothing is deleted or written outside a run directory, whatever name or out_dir is given, and
+--overwrite removes only what slmlab itself wrote (reliability issue, class 1)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from slmlab.cli import main
+
+
+@pytest.fixture
+def bystanders(tmp_path):
+    """Files a careless --overwrite could destroy: beside the runs, in the runs folder, elsewhere."""
+    victim = tmp_path / "elsewhere"
+    victim.mkdir()
+    files = [tmp_path / "notes.txt", tmp_path / "runs" / "other_run" / "config.json", victim / "thesis.tex"]
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("precious")
+    return files
+
+
+def _train(micro_toml, *argv) -> int:
+    return main(["train", str(micro_toml), "--no-progress", "--train.steps", "3", *argv])
+
+
+@pytest.mark.parametrize("name", [".", "..", "../elsewhere", "a/b", "a\\b", "", "ABSOLUTE"])
+def test_a_run_name_that_is_not_a_plain_name_is_refused_and_nothing_is_touched(
+        name, micro_toml, bystanders, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if name == "ABSOLUTE":
+        name = str(tmp_path / "elsewhere")
+    assert _train(micro_toml, "--name", name, "--overwrite") == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a name" in err and "\n" not in err and "--overwrite" not in err
+    assert all(path.read_text() == "precious" for path in bystanders)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["other_run"]
+
+
+def test_a_sweep_or_phase_name_that_is_a_path_is_refused(micro_toml, micro_sweep, bystanders, tmp_path, capsys):
+    text = micro_sweep.read_text().replace('name = "micro"', 'name = ".."')
+    micro_sweep.write_text(text)
+    assert main(["sweep", str(micro_sweep)]) == 2
+    assert "is not a name" in capsys.readouterr().err
+    curriculum = tmp_path / "curriculum.toml"
+    curriculum.write_text(micro_toml.read_text().replace("[model]", '[[phases]]\nname = "../../x"\nsteps = 2\n\n[model]', 1))
+    assert _train(curriculum, "--overwrite") == 2
+    assert "is not a name" in capsys.readouterr().err
+    assert all(path.read_text() == "precious" for path in bystanders)
+
+
+def test_overwrite_removes_only_what_slmlab_wrote(micro_toml, tmp_path, capsys):
+    assert _train(micro_toml, "--name", "mine") == 0
+    run = tmp_path / "runs" / "mine"
+    (run / "my_notes.md").write_text("keep me")
+    (run / "data").mkdir()
+    (run / "data" / "corpus.txt").write_text("keep me too")
+    assert _train(micro_toml, "--name", "mine") == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--overwrite" not in err
+    assert _train(micro_toml, "--name", "mine", "--overwrite") == 0
+    assert (run / "my_notes.md").read_text() == "keep me" and (run / "data" / "corpus.txt").read_text() == "keep me too"
+    assert (run / "final.safetensors").is_file() and (run / "summary.json").is_file()
+
+
+def test_a_folder_that_is_not_a_run_is_never_overwritten(micro_toml, tmp_path, capsys):
+    folder = tmp_path / "runs" / "photos"
+    folder.mkdir(parents=True)
+    (folder / "holiday.jpg").write_text("precious")
+    assert _train(micro_toml, "--name", "photos", "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "not a slmlab run" in err and "--overwrite" not in err
+    assert (folder / "holiday.jpg").read_text() == "precious"
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+def test_a_run_directory_that_links_elsewhere_is_refused(micro_toml, bystanders, tmp_path, capsys):
+    (tmp_path / "elsewhere" / "config.json").write_text("{}")  # looks like a run, but lies outside out_dir
+    (tmp_path / "runs" / "linked").symlink_to(tmp_path / "elsewhere")
+    assert _train(micro_toml, "--name", "linked", "--overwrite") == 2
+    assert "leads outside" in capsys.readouterr().err
+    assert all(path.read_text() == "precious" for path in bystanders)
+
+
+def test_out_dir_naming_a_file_is_one_line(micro_toml, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    assert _train(micro_toml, "--out_dir", str(tmp_path / "a_file")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a file, not a folder" in err and "\n" not in err
