@@ -34,7 +34,7 @@ from benchmarks.timing import (
 )
 from slmlab.config import ModelConfig, SmatConfig, load_config
 from slmlab.model.accounting import human
-from slmlab.model.local_kernel import flex_unavailable
+from slmlab.training.kernel_choice import flex_unavailable
 from slmlab.tables import markdown_table
 
 TEN_M = {"n_layer": 6, "n_head": 6, "d_model": 384, "vocab_size": 8192}

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from slmlab.config import ModelConfig, TrainConfig
 from slmlab.model import build_model, model_stats
-from slmlab.model.local_kernel import time_local_kernels
-from slmlab.runtime import autocast, median_seconds, peak_memory_bytes, sync
+from slmlab.training.kernel_choice import time_local_kernels
+from slmlab.training.runtime import autocast, median_seconds, peak_memory_bytes, sync
 from slmlab.training.optim import build_optimizer
 
 H100_BF16_DENSE = 989e12

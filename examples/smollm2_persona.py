@@ -24,16 +24,16 @@ from pathlib import Path
 import torch
 
 from slmlab.config import SelfAreaConfig
-from slmlab.metrics import MetricsLog
-from slmlab.persona import source_data_config
-from slmlab.persona_eval import (
+from slmlab.runs.metrics import MetricsLog
+from slmlab.persona.stage2 import source_data_config
+from slmlab.persona.evaluate import (
     NEUTRAL,
     PersonaClassifier,
     adversarial_prompts,
     bootstrap_mean,
     persona_data,
 )
-from slmlab.surgery import (
+from slmlab.persona.surgery import (
     insert_self_area,
     load_hf_model,
     persona_loss,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from slmlab.cli import build_parser, main
+from slmlab.cli.main import build_parser, main
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.toml")
 SMALL = ["--data.max_documents", "4", "--model.n_layer", "2", "--model.d_model", "64", "--model.n_head", "2",

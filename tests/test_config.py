@@ -73,7 +73,7 @@ def test_shipped_presets_load_and_are_valid():
     from pathlib import Path
 
     from slmlab.config import read_toml
-    from slmlab.sweep import load_sweep
+    from slmlab.experiments.sweep import load_sweep
 
     presets = sorted(Path(__file__).parents[1].glob("configs/*.toml"))
     assert len(presets) >= 6, "configs/ is missing presets"

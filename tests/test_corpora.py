@@ -7,9 +7,9 @@ import re
 import pytest
 
 from slmlab.config import DataConfig
-from slmlab.corpora import CorpusError, DocumentSelection
-from slmlab.corpora.brown import detokenize
-from slmlab.corpora.shakespeare import clean_play
+from slmlab.data.corpora import CorpusError, DocumentSelection
+from slmlab.data.corpora.brown import detokenize
+from slmlab.data.corpora.shakespeare import clean_play
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from slmlab.config import ConfigError, config_from_dict
 from slmlab.model.block_local import BlockLocal
-from slmlab.runs import RunDir, load_run
+from slmlab.runs.run_dir import RunDir, load_run
 from slmlab.training import Trainer, train
 
 

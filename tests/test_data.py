@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from slmlab import data as data_module
+from slmlab.data import tokens as data_module
 from slmlab.config import DataConfig
-from slmlab.corpora import CorpusError
-from slmlab.data import WindowSampler, prepare_tokens, token_dtype, validation_batches
+from slmlab.data.corpora import CorpusError
+from slmlab.data.tokens import WindowSampler, prepare_tokens, token_dtype, validation_batches
 
 
 def _data(source, tmp_path, **fields):

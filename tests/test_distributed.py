@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from slmlab.cli import _without_option
-from slmlab.distributed import World
+from slmlab.cli.main import _without_option
+from slmlab.training.distributed import World
 
 from .conftest import LINES
 

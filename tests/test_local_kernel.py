@@ -13,7 +13,7 @@ import torch
 
 from slmlab.config import ConfigError, ModelConfig, config_from_dict
 from slmlab.model import build_model
-from slmlab.model import local_kernel as lk
+from slmlab.training import kernel_choice as lk
 from slmlab.model.block_local import BlockLocal
 from slmlab.training import train
 from tests.test_block_local import naive_block_local

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from slmlab.data import TokenSplit
-from slmlab.long_eval import loss_by_context_length, loss_by_position
+from slmlab.data.tokens import TokenSplit
+from slmlab.evals.long_context import loss_by_context_length, loss_by_position
 
 V = 10
 
@@ -49,8 +49,8 @@ def test_context_lengths_beyond_learned_positions_are_reported_not_evaluated(cyc
 
 
 def test_eval_by_position_and_context_lengths_through_the_cli(text_corpus, make_config, capsys):
-    from slmlab.cli import main
-    from slmlab.runs import RunDir
+    from slmlab.cli.main import main
+    from slmlab.runs.run_dir import RunDir
     from slmlab.training import train
 
     cfg = make_config(text_corpus, model={"pos": "rope", "attention": "block_local", "local_block": 8})
@@ -66,10 +66,10 @@ def test_eval_by_position_and_context_lengths_through_the_cli(text_corpus, make_
 
 
 def test_prompt_suite_report_is_reproducible(text_corpus, make_config, tmp_path, capsys):
-    from slmlab.cli import main
+    from slmlab.cli.main import main
     from slmlab.config import ConfigError
-    from slmlab.prompts import DEFAULT_SUITE, load_suite
-    from slmlab.runs import RunDir
+    from slmlab.evals.prompts import DEFAULT_SUITE, load_suite
+    from slmlab.runs.run_dir import RunDir
     from slmlab.training import train
 
     assert len(load_suite(DEFAULT_SUITE)) >= 8

@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from slmlab.cli import main
-from slmlab.persona_eval import bootstrap_difference, bootstrap_mean
+from slmlab.cli.main import main
+from slmlab.persona.evaluate import bootstrap_difference, bootstrap_mean
 from slmlab.training import train
 
 JOLLY = ["ha", "jolly", "laugh", "giggle", "merry", "fun", "joke", "grin", "tickle", "hoot"]

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from slmlab.cli import main
+from slmlab.cli.main import main
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slmlab.cli import main
+from slmlab.cli.main import main
 from slmlab.config import ConfigError, ModelConfig, SelfAreaConfig
 from slmlab.model import build_model
-from slmlab.runs import RunDir
+from slmlab.runs.run_dir import RunDir
 from slmlab.training import Trainer, train
 
 from .conftest import LINES

@@ -13,11 +13,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from slmlab.checkpoint import CheckpointError
-from slmlab.cli import main
+from slmlab.runs.checkpoints import CheckpointError
+from slmlab.cli.main import main
 from slmlab.config import SelfAreaConfig
-from slmlab.data import TokenSplit
-from slmlab.surgery import (
+from slmlab.data.tokens import TokenSplit
+from slmlab.persona.surgery import (
     insert_self_area,
     load_self_area,
     save_self_area,

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from slmlab.cli import main
+from slmlab.cli.main import main
 from slmlab.config import ConfigError
-from slmlab.stats import paired_comparison
-from slmlab.sweep import load_sweep, run_status
+from slmlab.experiments.stats import paired_comparison
+from slmlab.experiments.sweep import load_sweep, run_status
 
 
 def test_paired_statistics_match_hand_computation():
@@ -57,7 +57,7 @@ def test_micro_sweep_end_to_end_and_resume(micro_sweep, tmp_path, capsys):
 
 
 def test_variants_see_the_same_data_order(micro_sweep):
-    from slmlab.data import WindowSampler, prepare_tokens
+    from slmlab.data.tokens import WindowSampler, prepare_tokens
 
     _, jobs = load_sweep(micro_sweep)
     batches = {}

@@ -13,7 +13,7 @@ import torch
 from slmlab.config import ModelConfig, TapeConfig
 from slmlab.model import build_model
 from slmlab.model.heads import StudentTHead
-from slmlab.runs import RunDir
+from slmlab.runs.run_dir import RunDir
 from slmlab.training import train
 from slmlab.training.optim import Wolf
 from slmlab.variants.tape import bounded_log, soft_xor, softmax_mix

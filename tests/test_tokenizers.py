@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slmlab.config import DataConfig
-from slmlab.tokenization import (
+from slmlab.data.tokenizers import (
     BPETokenizer,
     ByteTokenizer,
     CharTokenizer,
@@ -75,7 +75,7 @@ def test_gpt2_tokenizer_needs_its_local_file(tmp_path, monkeypatch):
 
 
 def test_gpt2_tokenizer_matches_known_ids():
-    from slmlab.corpora.fetch import fetch_gpt2_tokenizer
+    from slmlab.data.corpora.fetch import fetch_gpt2_tokenizer
 
     tok = GPT2Tokenizer(fetch_gpt2_tokenizer())
     assert tok.vocab_size == 50257 and tok.encode("Hello world") == [15496, 995]

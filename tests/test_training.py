@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slmlab import checkpoint as checkpoint_module
+from slmlab.runs import checkpoints as checkpoint_module
 from slmlab.config import TrainConfig
-from slmlab.runs import RunDir, load_run
+from slmlab.runs.run_dir import RunDir, load_run
 from slmlab.training import CheckpointError, Trainer, TrainingError, train
 from slmlab.training.optim import lr_at, param_groups
 
@@ -118,7 +118,7 @@ def test_corrupt_or_mismatched_checkpoints_are_clear_errors(text_corpus, make_co
         Trainer(cfg, resume=True, progress=False)
     (run.checkpoints / "step_000010.state.pt").write_bytes(b"garbage")
     bigger = make_config(text_corpus, model={"d_model": 64})
-    from slmlab.checkpoint import load_weights
+    from slmlab.runs.checkpoints import load_weights
     from slmlab.model import build_model
 
     bigger.model.vocab_size = cfg.model.vocab_size or 40

@@ -1,4 +1,5 @@
-"""Plain Markdown tables: readable in a terminal, pasteable into a README or an issue."""
+"""Presentation: plain Markdown tables (readable in a terminal, pasteable into a README or an issue)
+and the formatting of numbers and sizes."""
 
 from __future__ import annotations
 
@@ -18,3 +19,16 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23M'; with unit 'B' uses binary prefixes (KiB, MiB, GiB)."""
+    if unit == "B":
+        for prefix in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if abs(n) < 1024 or prefix == "TiB":
+                return f"{n:.1f} {prefix}" if prefix != "B" else f"{int(n)} B"
+            n /= 1024
+    for prefix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{prefix}"
+    return f"{n:.0f}"

@@ -121,16 +121,3 @@ def traced_activation_bytes(model: nn.Module, batch_size: int, seq_len: int) -> 
 
     idx = torch.zeros(batch_size, seq_len, dtype=torch.long, device=next(model.parameters()).device)
     return bytes_kept_for_backward(lambda: model(idx, idx), exclude=model.parameters())[1]
-
-
-def human(n: float, unit: str = "") -> str:
-    """1234567 -> '1.23M'; with unit 'B' uses binary prefixes (KiB, MiB, GiB)."""
-    if unit == "B":
-        for prefix in ("B", "KiB", "MiB", "GiB", "TiB"):
-            if abs(n) < 1024 or prefix == "TiB":
-                return f"{n:.1f} {prefix}" if prefix != "B" else f"{int(n)} B"
-            n /= 1024
-    for prefix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{prefix}"
-    return f"{n:.0f}"

@@ -1,6 +1,6 @@
 """Training: the loop, optimizer and schedule, checkpoints and the metrics log."""
 
-from ..checkpoint import CheckpointError
+from ..runs.checkpoints import CheckpointError
 from .curriculum import train_curriculum
 from .trainer import Trainer, TrainingError, TrainResult, evaluate
 from .trainer import train as train_single

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 
 from ..config import ConfigError, RunConfig
-from ..data import atomic_write_text
-from ..distributed import World
+from ..files import atomic_write_text
+from .distributed import World
 from ..model.attention import ATTENTION_PATTERNS, layer_pattern
-from ..runs import RunDir
+from ..runs.run_dir import RunDir
 from .trainer import Trainer, TrainResult
 
 

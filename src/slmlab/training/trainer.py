@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import (
+from ..runs.checkpoints import (
     load_checkpoint,
     load_training_state,
     load_weights,
@@ -37,15 +37,14 @@ from ..checkpoint import (
     save_weights,
 )
 from ..config import DataConfig, RunConfig, resolve_vocab
-from ..data import (
+from ..data.tokens import (
     TokenData,
     TokenSplit,
     WindowSampler,
-    atomic_write_text,
     prepare_tokens,
     validation_batches,
 )
-from ..distributed import (
+from .distributed import (
     World,
     check_batch,
     full_model_state,
@@ -56,25 +55,23 @@ from ..distributed import (
     parallelize,
     tied_aliases,
 )
-from ..metrics import MetricsLog, perplexity
+from ..files import atomic_write_text
+from ..runs.metrics import MetricsLog, perplexity
 from ..model import build_model, model_stats
-from ..model.local_kernel import check_local_kernel, choose_local_kernel
-from ..runs import RunDir
-from ..runtime import (
+from .kernel_choice import check_local_kernel, choose_local_kernel
+from ..runs.run_dir import RunDir
+from .runtime import (
     autocast,
     peak_memory_bytes,
     rng_state,
     seed_everything,
     set_rng_state,
 )
-from ..tokenization import Tokenizer, load_tokenizer
+from ..data.tokenizers import Tokenizer, load_tokenizer
 from .optim import build_optimizer, lr_at, select_trainable, step_unless
+from ..errors import TrainingError
 
 log = logging.getLogger("slmlab")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss keeps diverging); the message says what to try."""
 
 
 @dataclass
@@ -321,7 +318,7 @@ class Trainer:
         """An attention/loss frame of the first validation window (rank 0; not under FSDP sharding)."""
         if not self.world.is_main or (self.world.distributed and self.cfg.train.parallel == "fsdp"):
             return
-        from ..viz import training_frame
+        from ..analysis.viz import training_frame
 
         frames = self.run.path / "viz" / "frames"
         frames.mkdir(parents=True, exist_ok=True)

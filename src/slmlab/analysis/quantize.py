@@ -1,0 +1,68 @@
+"""int8 inference (`slmlab quantize RUN --int8`): dynamic quantisation of every `nn.Linear` with
+PyTorch's quantisation tooling (int8 weights; activations quantised on the fly; CPU kernels).
+
+The int8 weights go to RUN/model_int8.pt (a state dict of tensors and packed parameters, loaded
+with `torch.load(weights_only=True)`); `load_int8` rebuilds the model from the run's config,
+quantises its structure and loads them. Embeddings, norms and a tied LM head stay fp32. The
+comparison table sets file size, CPU generation speed and validation perplexity of the int8
+model next to the fp32 one's.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..runs.checkpoints import CheckpointError
+from ..runs.run_dir import load_run
+
+INT8_FILE = "model_int8.pt"
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """A CPU copy of `model` whose nn.Linear layers are int8 dynamically quantised."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the eager quantisation API announces its successor, torchao
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+def save_int8(model: nn.Module, run: str | Path) -> Path:
+    path = Path(run) / INT8_FILE
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def load_int8(run: str | Path):
+    """(config, int8 model on CPU, tokenizer) of a run quantised by `slmlab quantize`."""
+    path = Path(run) / INT8_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run} has no {INT8_FILE}; make it with `slmlab quantize {run} --int8`")
+    cfg, model, tokenizer = load_run(run, "cpu")
+    quantized = quantize_int8(model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # packed int8 parameters still use the TypedStorage API
+            quantized.load_state_dict(torch.load(path, weights_only=True))
+    except Exception as err:  # unpickling and shape errors of many kinds: report them as corruption
+        raise CheckpointError(f"{path} is corrupt or from another model ({type(err).__name__})") from None
+    return cfg, quantized, tokenizer
+
+
+@torch.no_grad()
+def generation_speed(model: nn.Module, prompt: list[int], tokens: int = 64) -> float:
+    """Greedy tokens/s on CPU (KV cache on), batch 1, after one warm-up call."""
+    idx = torch.tensor([prompt])
+    model.generate(idx, 4, temperature=0)
+    start = time.perf_counter()
+    model.generate(idx, tokens, temperature=0)
+    return tokens / (time.perf_counter() - start)
+
+
+def file_size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+

@@ -1,0 +1,253 @@
+"""The report card: `slmlab report RUN_OR_SWEEP` writes report.md and a self-contained report.html.
+
+It gathers what the other commands already wrote into one document to attach to a paper draft or
+an issue, and computes nothing new except one training-curve plot:
+
+    run    settings that differ from the defaults, the size-and-cost table (info.py), training and
+           validation curves, final numbers and throughput, curriculum phases, and, when present,
+           surgical ablations (ablations.md), long-context plots (eval_*.png), attention maps
+           (viz/*.png), the int8 comparison (quantize.md), persona robustness (persona_eval.json),
+           prompt-suite reports and the end-of-training sample
+    sweep  the paired results table with confidence intervals (results.md), the curves
+           (curves.png), the base configuration and what each variant changes, every run's
+           numbers, ablations of any run, one sample per variant
+
+The HTML is the Markdown rendered by Python-Markdown with every image inlined as a data URI.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..config import ConfigError, RunConfig
+from ..files import atomic_write_text
+from .info import size_table
+from ..tables import human
+from ..runs.run_dir import RunDir
+from ..tables import format_number, markdown_table
+
+HIDDEN = {"name", "out_dir", "phases", "train.seed"}
+
+
+def write_report(target: str | Path) -> tuple[Path, Path]:
+    """Write <target>/report.md and report.html for a run or a sweep directory; return both paths."""
+    target = Path(target)
+    if (target / "results.json").is_file():
+        title, markdown = _sweep_report(target)
+    elif (target / "config.json").is_file():
+        title, markdown = _run_report(target)
+    else:
+        raise ConfigError(f"{target} is neither a run directory (config.json) nor a sweep directory (results.json)")
+    md_path, html_path = target / "report.md", target / "report.html"
+    atomic_write_text(md_path, markdown)
+    atomic_write_text(html_path, to_html(markdown, target, title))
+    return md_path, html_path
+
+
+# ---- pieces ----------------------------------------------------------------------------------
+
+
+def _flatten(values: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "mixture":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_settings(cfg: RunConfig, reference: RunConfig) -> list[tuple[str, str, str]]:
+    """(key, value, reference value) for every setting where cfg differs from reference."""
+    mine, theirs = _flatten(cfg.to_dict()), _flatten(reference.to_dict())
+    return [(k, repr(v), repr(theirs.get(k))) for k, v in mine.items() if k not in HIDDEN and v != theirs.get(k)]
+
+
+def _heading_free(text: str) -> str:
+    """A Markdown file's text without its top-level '# ' title."""
+    return "\n".join(line for line in text.splitlines() if not line.startswith("# ")).strip()
+
+
+def summary_table(summary: dict) -> str:
+    rows = [
+        ("optimizer steps", summary.get("step")), ("training tokens", f"{summary.get('tokens', 0):,}"),
+        ("validation loss", format_number(summary.get("val_loss"), ".4f")), ("validation perplexity", format_number(summary.get("val_ppl"), ".3f")),
+        ("throughput (tokens/s, mean over log windows)", f"{summary.get('tokens_per_s', 0):,.0f}"),
+        ("training time", f"{summary.get('train_seconds', 0):.1f} s"),
+        ("processes", summary.get("processes", 1)),
+        ("peak memory", human(summary["peak_memory_bytes"], "B") if "peak_memory_bytes" in summary else "–"),
+        ("non-finite steps skipped", summary.get("nan_skips", 0)),
+    ]
+    if summary.get("compile_seconds"):
+        rows.append(("torch.compile (first step, not in throughput)", f"{summary['compile_seconds']:.1f} s"))
+    return markdown_table(("quantity", "value"), rows)
+
+
+def plot_training(path: Path, runs: list[RunDir]) -> None:
+    """Training loss (per log window) and validation loss against tokens; phases one after another."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    offset = 0
+    for index, run in enumerate(runs):
+        records = run.read_metrics()
+        if not records:
+            continue
+        train = [(offset + r["tokens"], r["loss"]) for r in records if r.get("loss") is not None]
+        val = [(offset + r["tokens"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+        first = index == 0
+        ax.plot(*zip(*train), color="tab:blue", alpha=0.8, label="training loss" if first else None)
+        if val:
+            ax.plot(*zip(*val), "o-", color="tab:orange", label="validation loss" if first else None)
+        if len(runs) > 1:
+            ax.axvline(offset, color="grey", lw=0.8, ls="--")
+            ax.text(offset, ax.get_ylim()[1], f" {run.path.name}", va="top", fontsize=8)
+        offset = train[-1][0]
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _images(path: Path, pattern: str, caption: str) -> list[str]:
+    return [f"![{caption}: {p.stem}]({p.relative_to(path).as_posix()})" for p in sorted(path.glob(pattern))]
+
+
+def _provenance() -> str:
+    today = datetime.date.today().isoformat()
+    return f"*slmlab {__version__}, PyTorch {torch.__version__}, written {today}.*"
+
+
+def _extras(path: Path) -> list[str]:
+    """Sections the other commands leave in a run directory, when present."""
+    parts = []
+    if (path / "ablations.md").is_file():
+        parts += ["## Surgical ablations", _heading_free((path / "ablations.md").read_text())]
+    long_context = _images(path, "eval_*.png", "long-context evaluation")
+    if long_context:
+        parts += ["## Long-context evaluation", *long_context]
+    attention = _images(path, "viz/*.png", "attention")
+    if attention:
+        parts += ["## Attention maps", *attention]
+    if (path / "quantize.md").is_file():
+        parts += ["## int8 inference", _heading_free((path / "quantize.md").read_text())]
+    if (path / "persona_eval.json").is_file():
+        from ..persona.evaluate import results_table
+
+        result = json.loads((path / "persona_eval.json").read_text())
+        parts += ["## Persona robustness", f"Classifier held-out balanced accuracy {result['classifier_accuracy']:.3f}; "
+                  "adherence with 95% bootstrap intervals over prompts.", results_table([result])]
+    suites = sorted(path.glob("prompts_*.md"))
+    if suites:
+        parts += ["## Prompt suites", "\n".join(f"- [{p.name}]({p.name})" for p in suites)]
+    return parts
+
+
+def _run_report(path: Path) -> tuple[str, str]:
+    run = RunDir(path)
+    cfg, summary = run.read_config(), run.read_summary()
+    phases = [RunDir(Path(p["run"])) for p in summary.get("phases", [])]
+    if cfg.phases and not phases:
+        phases = [RunDir(path / cfg.phase(i).name) for i in range(len(cfg.phases))]
+    model_cfg = phases[-1].read_config() if phases else cfg
+    if not summary and not run.read_metrics() and not phases:
+        raise ConfigError(f"{path} has not trained yet (no metrics.jsonl); train it first")
+    plot_training(path / "training.png", phases or [run])
+    changed = changed_settings(cfg, RunConfig())
+    parts = [f"# Run report: {cfg.name}", _provenance(),
+             "## Configuration", "Settings that differ from slmlab's defaults:",
+             markdown_table(("setting", "value", "default"), changed) if changed else "(all defaults)",
+             "## Size and cost", size_table(model_cfg),
+             "## Training", "![training and validation loss](training.png)"]
+    if summary:
+        parts += ["Final numbers of the last phase:"] * bool(phases) + [summary_table(summary)]
+    else:
+        parts.append("(training has not finished: no summary.json yet)")
+    if summary.get("phases"):
+        rows = [(p["phase"], p["step"], f"{p['tokens']:,}", format_number(p["val_loss"], ".4f"), f"{p['tokens_per_s']:,.0f}")
+                for p in summary["phases"]]
+        parts += ["### Curriculum phases", markdown_table(("phase", "steps", "tokens", "val loss", "tokens/s"), rows)]
+    parts += _extras(path)
+    if summary.get("sample"):
+        parts += ["## Sample", "Generated at the end of training (temperature 0.8, top-k 50, seed 0):",
+                  "```text\n" + summary["sample"] + "\n```"]
+    return f"slmlab run {cfg.name}", "\n\n".join(parts) + "\n"
+
+
+def _sweep_report(path: Path) -> tuple[str, str]:
+    results = json.loads((path / "results.json").read_text())
+    runs = [RunDir(d) for d in sorted(path.iterdir()) if (d / "config.json").is_file()]
+    by_variant: dict[str, list[RunDir]] = {}
+    for record in results["variants"]:
+        prefix = f"{record['variant']}_s"
+        by_variant[record["variant"]] = [r for r in runs if r.path.name.startswith(prefix) and r.path.name[len(prefix):].isdigit()]
+    baseline_runs = by_variant.get(results["baseline"]) or runs
+    base = baseline_runs[0].read_config()
+    parts = [f"# Sweep report: {results['sweep']}", _provenance()]
+    if (path / "results.md").is_file():
+        parts.append(_heading_free((path / "results.md").read_text()))
+    if (path / "curves.png").is_file():
+        parts.append("![validation loss by variant](curves.png)")
+    parts += ["## Base configuration", f"The baseline variant `{results['baseline']}`; settings that differ from slmlab's defaults:",
+              markdown_table(("setting", "value", "default"), changed_settings(base, RunConfig())),
+              size_table(base), "## What each variant changes"]
+    for variant, members in by_variant.items():
+        if variant == results["baseline"] or not members:
+            continue
+        changed = changed_settings(members[0].read_config(), base)
+        parts.append(f"**{variant}**: " + (", ".join(f"`{k}` = {v}" for k, v, _ in changed) or "nothing (a replicate)"))
+    rows = []
+    for variant, members in by_variant.items():
+        for run in members:
+            s = run.read_summary()
+            rows.append((run.path.name, variant, format_number(s.get("val_loss"), ".4f"), format_number(s.get("val_ppl"), ".3f"),
+                         f"{s.get('tokens_per_s', 0):,.0f}", f"{s.get('train_seconds', 0):.0f} s"))
+    parts += ["## Runs", markdown_table(("run", "variant", "val loss", "val ppl", "tokens/s", "time"), rows)]
+    for run in runs:
+        if (run.path / "ablations.md").is_file():
+            parts += [f"## Surgical ablations of {run.path.name}", _heading_free((run.path / "ablations.md").read_text())]
+    samples = [(v, m[0].read_summary().get("sample")) for v, m in by_variant.items() if m]
+    if any(text for _, text in samples):
+        parts.append("## Samples (first seed of each variant)")
+        parts += [f"**{v}**\n\n```text\n{text}\n```" for v, text in samples if text]
+    return f"slmlab sweep {results['sweep']}", "\n\n".join(parts) + "\n"
+
+
+# ---- HTML ------------------------------------------------------------------------------------
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.45}
+table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}
+th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:.75rem;overflow-x:auto;white-space:pre-wrap}"""
+
+
+def to_html(markdown_text: str, base: Path, title: str) -> str:
+    """Render Markdown to one HTML page; images under `base` become inline data URIs."""
+    import html
+
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+
+    def inline(match: re.Match) -> str:
+        image = base / html.unescape(match.group(1))
+        if not image.is_file():
+            return match.group(0)
+        data = base64.b64encode(image.read_bytes()).decode("ascii")
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', inline, body)
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")

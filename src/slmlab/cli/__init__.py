@@ -1,0 +1,5 @@
+"""The `slmlab` command."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,248 @@
+"""Tokenizers: byte, character, trained BPE (Hugging Face `tokenizers`) and GPT-2 (tiktoken).
+
+All share one small interface (`encode`, `encode_batch`, `decode`, `vocab_size`, `eos_id`,
+`to_json`) and are saved as one `tokenizer.json` in the run directory: the Hugging Face format
+for BPE, a small slmlab JSON object for the others.
+
+Documents are joined with `separator_ids()`: the `[EOS]` id where the tokenizer has one, else
+the encoding of a blank line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..config import DataConfig
+from ..errors import TokenizerError
+
+SPECIAL_TOKENS = ("[UNK]", "[PAD]", "[BOS]", "[EOS]")
+GPT2_FILE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+class Tokenizer(ABC):
+    kind: str
+    vocab_size: int
+    eos_id: int | None = None
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    @abstractmethod
+    def to_json(self) -> str: ...
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def separator_ids(self) -> list[int]:
+        return [self.eos_id] if self.eos_id is not None else self.encode("\n\n")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes: 256 ids, nothing to train; decoding replaces broken sequences with U+FFFD."""
+
+    kind = "byte"
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+    def to_json(self) -> str:
+        return json.dumps({"slmlab_tokenizer": "byte"})
+
+
+class CharTokenizer(Tokenizer):
+    """One id per character of the corpus's character set (sorted by code point)."""
+
+    kind = "char"
+
+    def __init__(self, chars: str):
+        if not chars:
+            raise TokenizerError("character tokenizer needs a non-empty character set")
+        self.chars = "".join(sorted(set(chars)))
+        self.vocab_size = len(self.chars)
+        self._codes = np.frombuffer(self.chars.encode("utf-32-le"), dtype=np.uint32)
+
+    @classmethod
+    def train(cls, texts: Iterable[str]) -> CharTokenizer:
+        """The character set of `texts`, plus the newline that separates documents."""
+        charset: set[str] = {"\n"}
+        for text in texts:
+            charset.update(text)
+        return cls("".join(charset))
+
+    def encode(self, text: str) -> list[int]:
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = np.searchsorted(self._codes, codes)
+        ids = np.minimum(ids, len(self._codes) - 1)
+        unknown = self._codes[ids] != codes
+        if unknown.any():
+            missing = sorted({chr(c) for c in codes[unknown]})
+            raise TokenizerError(
+                f"characters not in the tokenizer's vocabulary: {''.join(missing)!r} "
+                "(a char tokenizer knows only its training corpus; use byte or bpe for other text)"
+            )
+        return ids.tolist()
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def to_json(self) -> str:
+        return json.dumps({"slmlab_tokenizer": "char", "chars": self.chars}, ensure_ascii=False)
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE trained with Hugging Face `tokenizers`; [UNK] [PAD] [BOS] [EOS] are ids 0-3.
+
+    The byte-level pre-tokenizer and decoder make decode(encode(text)) == text exactly."""
+
+    kind = "bpe"
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.vocab_size = tokenizer.get_vocab_size()
+        self.eos_id = tokenizer.token_to_id("[EOS]")
+
+    @classmethod
+    def train(cls, texts: Iterator[str], vocab_size: int) -> BPETokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        tok = HFTokenizer(models.BPE(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def to_json(self) -> str:
+        return self.tok.to_str()
+
+
+class GPT2Tokenizer(Tokenizer):
+    """GPT-2's r50k_base BPE (50 257 ids) through tiktoken, from a local `gpt2.tiktoken` file."""
+
+    kind = "gpt2"
+    vocab_size = 50257
+    eos_id = 50256
+
+    def __init__(self, path: str | Path):
+        try:
+            import tiktoken
+            from tiktoken.load import load_tiktoken_bpe
+        except ImportError:
+            raise TokenizerError("the gpt2 tokenizer needs tiktoken: pip install 'slmlab[gpt2]'") from None
+        self.path = Path(path)
+        digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        if digest != GPT2_FILE_SHA256:
+            raise TokenizerError(f"{self.path} is not GPT-2's r50k_base file (sha256 {digest[:12]}...)")
+        self.enc = tiktoken.Encoding(
+            name="r50k_base", pat_str=GPT2_PATTERN, mergeable_ranks=load_tiktoken_bpe(str(self.path)),
+            special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257,
+        )
+
+    @staticmethod
+    def locate(configured: str = "") -> Path:
+        """`configured`, else gpt2.tiktoken (or tiktoken's cache name) under $TIKTOKEN_CACHE_DIR, else
+        the copy `slmlab data download gpt2` keeps in the slmlab cache."""
+        from .corpora.fetch import gpt2_tokenizer_path
+
+        if configured:
+            if not Path(configured).expanduser().is_file():
+                raise TokenizerError(f"data.tiktoken_file: no file at {configured}")
+            return Path(configured).expanduser()
+        candidates = []
+        cache = os.environ.get("TIKTOKEN_CACHE_DIR")
+        if cache:
+            url = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
+            candidates += [Path(cache) / "gpt2.tiktoken", Path(cache) / hashlib.sha1(url.encode()).hexdigest()]
+        candidates.append(gpt2_tokenizer_path())
+        for path in candidates:
+            if path.is_file():
+                return path
+        raise TokenizerError(
+            "GPT-2 tokenizer file not found: set data.tiktoken_file or TIKTOKEN_CACHE_DIR to gpt2.tiktoken "
+            "(shipped as whisper/assets/gpt2.tiktoken in the openai-whisper sdist; `slmlab data download gpt2` fetches it)"
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return self.enc.encode(text, allowed_special="all")
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.enc.encode_batch(texts, allowed_special="all")
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.enc.decode([int(i) for i in ids])
+
+    def to_json(self) -> str:
+        return json.dumps({"slmlab_tokenizer": "gpt2", "file": str(self.path.resolve()), "sha256": GPT2_FILE_SHA256})
+
+
+def train_tokenizer(data: DataConfig, texts: Iterable[str]) -> Tokenizer:
+    """Build the tokenizer `data.tokenizer` names; `texts` is read only by char and bpe."""
+    if data.tokenizer == "byte":
+        return ByteTokenizer()
+    if data.tokenizer == "gpt2":
+        return GPT2Tokenizer(GPT2Tokenizer.locate(data.tiktoken_file))
+    if data.tokenizer == "char":
+        return CharTokenizer.train(texts)
+    if data.tokenizer == "bpe":
+        return BPETokenizer.train(iter(texts), data.vocab_size)
+    raise TokenizerError(f"data.tokenizer: unknown tokenizer '{data.tokenizer}' (byte, char, bpe, gpt2)")
+
+
+def tokenizer_from_json(text: str) -> Tokenizer:
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError:
+        raise TokenizerError("tokenizer.json is not valid JSON; delete it or re-run `slmlab tokenizer train`") from None
+    kind = spec.get("slmlab_tokenizer") if isinstance(spec, dict) else None
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "char":
+        return CharTokenizer(spec["chars"])
+    if kind == "gpt2":
+        return GPT2Tokenizer(spec["file"])
+    if isinstance(spec, dict) and "model" in spec:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return BPETokenizer(HFTokenizer.from_str(text))
+    raise TokenizerError("tokenizer.json is neither an slmlab nor a Hugging Face tokenizer file")
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    if not path.is_file():
+        raise TokenizerError(f"no tokenizer at {path}")
+    return tokenizer_from_json(path.read_text(encoding="utf-8"))

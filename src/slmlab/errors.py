@@ -1,0 +1,32 @@
+"""The errors slmlab reports to its user: one base class, one subclass per kind of mistake.
+
+Library code raises these for anything the user can fix (a config key, a corpus, a tokenizer file,
+a checkpoint, a diverging run); the CLI catches `SlmlabError` and prints its message as one line.
+Anything else reaching the CLI is a bug in slmlab and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class SlmlabError(Exception):
+    """A problem the user can fix, described in one line that says what to do."""
+
+
+class ConfigError(SlmlabError, ValueError):
+    """A configuration or command-line problem; the message names the key or option."""
+
+
+class CorpusError(SlmlabError, RuntimeError):
+    """A corpus is missing, empty or unreadable, or cannot give the windows asked for."""
+
+
+class TokenizerError(SlmlabError, ValueError):
+    """A tokenizer file or setting is unusable."""
+
+
+class CheckpointError(SlmlabError, RuntimeError):
+    """A checkpoint or weights file is missing, corrupt or does not fit the model."""
+
+
+class TrainingError(SlmlabError, RuntimeError):
+    """Training cannot go on (e.g. the loss keeps diverging); the message says what to try."""

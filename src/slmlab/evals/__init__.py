@@ -1,0 +1,1 @@
+"""Evaluations of trained runs: long context, prompt suites, surgical ablations, diagnostics."""

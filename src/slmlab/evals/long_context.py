@@ -1,0 +1,85 @@
+"""Long-context evaluation: does the model use its context, and does it extrapolate?
+
+`loss_by_position`: validation loss averaged over position buckets (0-63, 64-127, ...) of windows
+of one context length; a model that uses context has falling loss along the window.
+`loss_by_context_length`: mean loss of windows of each evaluation length (the same validation
+text, cut into longer windows); lengths beyond a learned-position model's block are reported as
+not evaluable, a RoPE model is evaluated as it is (with its configured rope_scale).
+Both sample the same evenly spaced windows as training's validation (data.validation_batches).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.tokens import TokenSplit, validation_batches
+from ..runs.metrics import perplexity
+
+
+@torch.no_grad()
+def token_losses(model: nn.Module, split: TokenSplit, seq_len: int, batch_size: int, n_batches: int,
+                 device: torch.device) -> torch.Tensor:
+    """Per-token cross-entropy of validation windows of length seq_len -> (windows, seq_len)."""
+    model.eval()
+    rows = []
+    for x, y in validation_batches(split, seq_len, batch_size, n_batches):
+        logits, _ = model(x.to(device))
+        rows.append(F.cross_entropy(logits.float().transpose(1, 2), y.to(device), reduction="none").cpu())
+    return torch.cat(rows)
+
+
+def loss_by_position(model, split, seq_len: int, bucket: int, batch_size: int, n_batches: int, device) -> list[dict]:
+    losses = token_losses(model, split, seq_len, batch_size, n_batches, device).mean(0)  # (seq_len,)
+    return [{"start": s, "end": min(s + bucket, seq_len) - 1, "loss": float(losses[s : s + bucket].mean())}
+            for s in range(0, seq_len, bucket)]
+
+
+def loss_by_context_length(model, split, lengths: list[int], batch_size: int, n_batches: int, device) -> list[dict]:
+    limit = model.positions.max_positions
+    results = []
+    for length in lengths:
+        if limit and length > limit:
+            results.append({"context_length": length, "loss": None, "note": f"beyond the {limit} learned positions"})
+            continue
+        loss = float(token_losses(model, split, length, batch_size, n_batches, device).mean())
+        results.append({"context_length": length, "loss": loss, "ppl": perplexity(loss)})
+    return results
+
+
+def save_plot(path: Path, xs, ys, xlabel: str, title: str, label: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    points = [(x, y) for x, y in zip(xs, ys) if y is not None]
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label or None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(run: Path, name: str, payload: dict, xs, ys, xlabel: str) -> Path:
+    out = run / f"{name}.json"
+    out.write_text(json.dumps(payload, indent=2))
+    save_plot(run / f"{name}.png", xs, ys, xlabel, f"{run.name}: {name.replace('_', ' ')}")
+    return out
+
+
+def bucket_table(rows: list[dict]) -> list[tuple]:
+    return [(f"{r['start']}-{r['end']}", f"{r['loss']:.4f}") for r in rows]
+
+
+def context_table(rows: list[dict]) -> list[tuple]:
+    return [(r["context_length"], "–" if r["loss"] is None else f"{r['loss']:.4f}", r.get("note", "")) for r in rows]
+

@@ -1,0 +1,74 @@
+"""Prompt-suite evaluation: fixed prompts -> a reproducible Markdown report of generations.
+
+A suite is TOML (`[[prompt]]` tables) or JSON lines, each with id, prompt, max_tokens,
+temperature and seed (top_k and top_p optional). Every generation uses its own seeded
+generator, so the same run and suite give the same report. The default suite ships with slmlab
+(suites/control_systems.toml).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, build_dataclass, read_toml
+
+DEFAULT_SUITE = Path(__file__).parent / "suites" / "control_systems.toml"
+
+
+@dataclass
+class Prompt:
+    id: str
+    prompt: str
+    max_tokens: int = 100
+    temperature: float = 0.8
+    seed: int = 0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+def load_suite(path: str | Path) -> list[Prompt]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"prompt suite not found: {path}")
+    if path.suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise ConfigError(f"{path}:{number}: not a JSON object") from None
+    else:
+        records = read_toml(path).get("prompt", [])
+    if not records:
+        raise ConfigError(f"{path}: the suite has no prompts")
+    prompts = [build_dataclass(Prompt, r, prefix=f"prompt[{i}]") for i, r in enumerate(records)]
+    ids = [p.id for p in prompts]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{path}: prompt ids must be unique")
+    return prompts
+
+
+def run_suite(model, tokenizer, prompts: list[Prompt], device: torch.device, block_size: int) -> list[dict]:
+    results = []
+    for p in prompts:
+        ids = tokenizer.encode(p.prompt)
+        if len(ids) > block_size:
+            raise ConfigError(f"prompt '{p.id}' is {len(ids)} tokens, longer than the model's context {block_size}")
+        generator = torch.Generator(device=device).manual_seed(p.seed)
+        out = model.generate(torch.tensor([ids], device=device), p.max_tokens, temperature=p.temperature,
+                             top_k=p.top_k, top_p=p.top_p, generator=generator)
+        results.append({**p.__dict__, "completion": tokenizer.decode(out[0, len(ids):].tolist())})
+    return results
+
+
+def markdown_report(run_name: str, suite: str, results: list[dict]) -> str:
+    lines = [f"# Prompt suite `{suite}` on `{run_name}`", ""]
+    for r in results:
+        lines += [f"## {r['id']}", "", f"temperature {r['temperature']}, seed {r['seed']}, {r['max_tokens']} tokens", "",
+                  f"**Prompt:** {r['prompt']}", "", "```", r["prompt"] + r["completion"], "```", ""]
+    return "\n".join(lines)

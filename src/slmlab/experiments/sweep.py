@@ -1,0 +1,186 @@
+"""Multi-seed ablation sweeps: every (variant, seed) is an ordinary run directory.
+
+A sweep config (TOML):
+
+    name = "smat_ablation"
+    base = "quickstart.toml"          # a run config, relative to this file
+    seeds = [0, 1, 2]
+    baseline = "baseline"             # the variant others are compared with (default: the first)
+    [overrides]                       # dotted overrides applied to every run
+    "train.steps" = 300
+    [variants.baseline]
+    [variants.full]
+    "model.smat.use_S" = true
+    "model.smat.use_G" = true
+
+Runs go to `<out_dir>/<name>/<variant>_s<seed>/` and execute in parallel worker processes
+(`jobs`), each with its share of the CPU threads, or one per GPU when GPUs exist. A finished run
+(it has summary.json) is skipped, an interrupted one resumes from its latest checkpoint, so the
+whole sweep is resumable. All variants of a seed see the same data order (the window sampler is
+seeded by train.seed alone): a paired design.
+
+On a cluster, `slurm_script` writes a SLURM job array instead: task i runs job i alone
+(`slmlab sweep CONFIG --only i`, on the GPU SLURM gives it); a last `slmlab sweep CONFIG` finds
+every run finished and writes the results table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import shlex
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ConfigError, RunConfig, build_dataclass, check_name, load_config, read_toml
+from ..runs.run_dir import RunDir
+
+log = logging.getLogger("slmlab")
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"
+    base: str = ""
+    out_dir: str = "runs"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    baseline: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    variant: str
+    seed: int
+    config: RunConfig
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir.for_config(self.config)
+
+
+def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) -> tuple[SweepConfig, list[Job]]:
+    """Read a sweep config and resolve (and validate) the run config of every (variant, seed)."""
+    path = Path(path)
+    values = read_toml(path)
+    values.setdefault("name", path.stem)
+    sweep = build_dataclass(SweepConfig, values)
+    check_name("name", sweep.name)
+    if not sweep.base:
+        raise ConfigError(f"{path}: 'base' must name a run config (e.g. base = \"quickstart.toml\")")
+    if not sweep.variants:
+        raise ConfigError(f"{path}: no [variants.<name>] tables")
+    if not sweep.seeds:
+        raise ConfigError(f"{path}: 'seeds' is empty")
+    sweep.baseline = sweep.baseline or next(iter(sweep.variants))
+    if sweep.baseline not in sweep.variants:
+        raise ConfigError(f"{path}: baseline '{sweep.baseline}' is not one of the variants {list(sweep.variants)}")
+    base = (path.parent / sweep.base) if not Path(sweep.base).is_absolute() else Path(sweep.base)
+    jobs = []
+    for variant, overrides in sweep.variants.items():
+        for seed in sweep.seeds:
+            run_overrides = {**sweep.overrides, **overrides, **(extra_overrides or {}), "train.seed": seed,
+                             "name": f"{variant}_s{seed}", "out_dir": str(Path(sweep.out_dir) / sweep.name)}
+            try:
+                config = load_config(base, run_overrides)
+            except ConfigError as err:
+                raise ConfigError(f"variant '{variant}': {err}") from None
+            jobs.append(Job(variant, seed, config))
+    return sweep, jobs
+
+
+def run_status(job: Job) -> str:
+    """'done' (summary.json exists), 'resume' (has a checkpoint), or 'new'."""
+    run = job.run
+    if run.summary.is_file():
+        return "done"
+    if (run.checkpoints / "latest").is_file():
+        return "resume"
+    return "new"
+
+
+def _execute(config: RunConfig, status: str, threads: int, device: str) -> dict:
+    """Worker: train one run (fresh or resumed); returns its summary or the failure."""
+    from ..training import TrainingError, train
+
+    torch.set_num_threads(threads)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, threads=threads, device=device))
+    try:
+        train(config, resume=status == "resume", overwrite=status == "new", progress=False)
+    except TrainingError as err:
+        return {"failed": str(err)}
+    return RunDir.for_config(config).read_summary()
+
+
+def plan_devices(jobs: int) -> tuple[int, list[str], int]:
+    """(parallel jobs, device per slot, threads per job): one job per GPU, else CPU cores shared."""
+    gpus = torch.cuda.device_count()
+    if gpus:
+        return gpus, [f"cuda:{i}" for i in range(gpus)], max(1, (os.cpu_count() or 1) // gpus)
+    jobs = max(1, jobs)
+    return jobs, ["cpu"] * jobs, max(1, (os.cpu_count() or 1) // jobs)
+
+
+def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tuple[str, int], dict]:
+    """Run every unfinished job; returns (variant, seed) -> summary (or {"failed": ...})."""
+    slots, devices, threads = plan_devices(parallel)
+    results: dict[tuple[str, int], dict] = {}
+    pending = []
+    for job in jobs:
+        status = run_status(job)
+        if status == "done":
+            results[(job.variant, job.seed)] = job.run.read_summary()
+            log.info("%s: finished earlier, skipped", job.run.path)
+        else:  # a "new" run that started but never checkpointed is replaced (train(overwrite=True))
+            pending.append((job, status))
+    log.info("sweep %s: %d runs to do, %d done; %d parallel job(s), %d thread(s) each",
+             sweep.name, len(pending), len(results), slots, threads)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=slots, mp_context=context) as pool:
+        futures = {
+            pool.submit(_execute, job.config, status, threads, devices[i % slots]): job
+            for i, (job, status) in enumerate(pending)
+        }
+        for future in as_completed(futures):
+            job = futures[future]
+            results[(job.variant, job.seed)] = future.result()
+            outcome = results[(job.variant, job.seed)]
+            log.info("%s: %s", job.run.path, outcome.get("failed") or f"val ppl {outcome['val_ppl']:.3f}")
+    return results
+
+
+def slurm_log_dir(sweep: SweepConfig) -> Path:
+    return Path(sweep.out_dir) / sweep.name / "slurm"
+
+
+def slurm_script(config_path: str | Path, sweep: SweepConfig, jobs: list[Job], extra_argv: list[str],
+                 directives: list[str]) -> str:
+    """A bash script for `sbatch`: one array task per (variant, seed), one GPU each by default.
+
+    `directives` are extra `#SBATCH` options ("--partition=gpu", "--time=04:00:00") and replace the
+    defaults of the same name. SLURM does not create the log folder: the caller makes it."""
+    defaults = {"--gres": "gpu:1", "--cpus-per-task": "8", "--time": "04:00:00"}
+    given = {d.split("=", 1)[0]: d for d in (d if d.startswith("--") else f"--{d}" for d in directives)}
+    options = [f"{k}={v}" for k, v in defaults.items() if k not in given] + list(given.values())
+    logs = slurm_log_dir(sweep)
+    command = shlex.join(["slmlab", "sweep", str(config_path), *extra_argv]) + ' --only "$SLURM_ARRAY_TASK_ID"'
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={sweep.name}",
+        f"#SBATCH --array=0-{len(jobs) - 1}",
+        f"#SBATCH --output={logs}/%A_%a.out",
+        *(f"#SBATCH {option}" for option in options),
+        f"# {len(jobs)} runs: " + ", ".join(f"{i}={job.variant}_s{job.seed}" for i, job in enumerate(jobs)),
+        f"# afterwards: {shlex.join(['slmlab', 'sweep', str(config_path), *extra_argv])}   (writes the results table)",
+        "set -euo pipefail",
+        command,
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""SMT stage 2: fine-tune a trained run on persona text (`slmlab persona RUN --persona-data SOURCE`).
+
+The persona run is an ordinary run directory next to RUN: the same model and tokenizer, started
+from RUN's final weights, trained on SOURCE with its own steps, LR schedule and metrics, and with
+only the chosen parameters trainable (`self_area`, `self_area+norms` or `all`; train.trainable).
+
+SOURCE is any corpus the foundation reads, optionally with genres after a colon:
+`brown:R` (Brown's "humor" as a persona), `brown:D,R`, `shakespeare:comedies`, `persona.txt`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import (
+    ConfigError,
+    DataConfig,
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+)
+from ..runs.run_dir import RunDir
+
+NAMED_CORPORA = ("shakespeare", "brown")
+
+
+def source_overrides(spec: str) -> dict:
+    """'brown:R,D' -> {'data.source': 'brown', 'data.genres': ['R', 'D']}; a path stays whole."""
+    name, _, genres = spec.partition(":")
+    if name in NAMED_CORPORA:
+        return {"data.source": name, "data.genres": [g for g in genres.split(",") if g]}
+    if not spec:
+        raise ConfigError("--persona-data is empty: give a corpus, e.g. brown:R or persona.txt")
+    return {"data.source": spec, "data.genres": []}
+
+
+def source_data_config(spec: str, **fields) -> DataConfig:
+    """A DataConfig that reads SOURCE (as `source_overrides` parses it), with other fields given."""
+    return DataConfig(**{key.split(".", 1)[1]: value for key, value in source_overrides(spec).items()}, **fields)
+
+
+def trained_config(run: RunDir) -> tuple[RunDir, RunConfig]:
+    """The run directory holding a run's final model (a curriculum's last phase) and its config."""
+    cfg = run.read_config()
+    if cfg.phases:
+        run = RunDir(run.path / cfg.phase(len(cfg.phases) - 1).name)
+        cfg = run.read_config()
+    if not run.final_weights.is_file():
+        raise ConfigError(f"{run.path} has not finished training (no final.safetensors); finish or resume it first")
+    return run, cfg
+
+
+def persona_config(run_path: str | Path, persona_data: str, trainable: str, steps: int, lr: float,
+                   name: str = "", extra: dict | None = None) -> tuple[RunDir, RunConfig]:
+    """(the base run, the stage-2 run's config)."""
+    base, cfg = trained_config(RunDir(Path(run_path)))
+    overrides = {
+        **source_overrides(persona_data), "data.mixture": {}, "train.trainable": trainable, "train.steps": steps,
+        "train.lr": lr, "train.warmup_steps": max(1, steps // 20), "name": name or f"{base.path.name}_persona",
+        "out_dir": str(base.path.parent), **(extra or {}),
+    }
+    return base, config_from_dict(apply_overrides(cfg.to_dict(), overrides))

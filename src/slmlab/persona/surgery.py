@@ -1,0 +1,198 @@
+"""Model surgery: SMT's Self Area inserted into a pretrained Hugging Face causal LM, without
+editing its code (`slmlab surgery --hf-model PATH --persona-data SOURCE`).
+
+A forward pre-hook on every decoder layer adds the Self Area's Δ_l = α_l · W_l g to the layer's
+input hidden states (the residual stream), the same module the native decoder uses
+(variants/self_area.py). With α_l = 0 at insertion the model's outputs are unchanged. Only the
+Self Area trains; the base weights are frozen. The module is saved alone (self_area.safetensors
+plus self_area.json describing its shape and the base it was trained on) and loads back onto the
+same base. Decoder layers are found at the usual places (GPT-2 `transformer.h`, Llama/Mistral/
+Phi-3/Qwen `model.layers`, GPT-NeoX `gpt_neox.layers`), else as the model's longest ModuleList.
+PATH is a local directory (or a .gguf file, read by transformers through the `gguf` package);
+nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_file
+from torch import nn
+
+from ..runs.checkpoints import CheckpointError
+from ..config import ConfigError, DataConfig, SelfAreaConfig, TrainConfig
+from ..data.corpora import DocumentSelection
+from ..files import atomic_write_text
+from ..data.tokens import TokenSplit, WindowSampler, _split_documents
+from ..runs.metrics import MetricsLog
+from ..training.optim import lr_at
+from ..variants.self_area import SelfArea
+
+log = logging.getLogger("slmlab")
+LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    for path in LAYER_PATHS:
+        try:
+            layers = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ConfigError(f"no decoder layers found in {type(model).__name__}: it has no nn.ModuleList")
+    return max(lists, key=len)
+
+
+def _add_guidance(area: SelfArea, layer: int, module: nn.Module, args: tuple, kwargs: dict):
+    """Forward pre-hook: hidden_states (first positional or keyword argument) += Δ_layer."""
+    if args:
+        delta = area.delta(layer, args[0])
+        return None if delta is None else ((args[0] + delta, *args[1:]), kwargs)
+    hidden = kwargs["hidden_states"]
+    delta = area.delta(layer, hidden)
+    return None if delta is None else (args, {**kwargs, "hidden_states": hidden + delta})
+
+
+def insert_self_area(model: nn.Module, cfg: SelfAreaConfig) -> SelfArea:
+    """Attach a Self Area to `model` (as `model.self_area`), hook it into every decoder layer and
+    freeze every base parameter; returns the module."""
+    if cfg.target != "residual":
+        raise ConfigError("model surgery adds the guidance to each layer's input (target = residual); "
+                          "sublayer_inputs needs the native decoder")
+    if hasattr(model, "self_area"):
+        raise ConfigError("this model already has a Self Area")
+    layers = decoder_layers(model)
+    reference = next(model.parameters())
+    area = SelfArea(cfg, model.config.hidden_size, len(layers)).to(reference.device)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    model.self_area = area
+    for index, layer in enumerate(layers):
+        layer.register_forward_pre_hook(functools.partial(_add_guidance, area, index), with_kwargs=True)
+    return area
+
+
+def save_self_area(area: SelfArea, directory: str | Path, base: str) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in area.state_dict().items()}, directory / "self_area.safetensors")
+    meta = {"self_area": dataclasses.asdict(area.cfg), "d_model": area.proj.shape[1], "layers": area.slots,
+            "base_model": base}
+    atomic_write_text(directory / "self_area.json", json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def load_self_area(model: nn.Module, directory: str | Path) -> SelfArea:
+    """Insert the Self Area saved in `directory` into `model` (the base it was trained on)."""
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / "self_area.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory} holds no self_area.json; give the directory `slmlab surgery` wrote") from None
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{directory / 'self_area.json'} is not valid JSON") from None
+    cfg = SelfAreaConfig(**meta["self_area"])
+    if meta["d_model"] != model.config.hidden_size:
+        raise CheckpointError(f"{directory} was trained on a base with hidden size {meta['d_model']} "
+                              f"({meta['base_model']}), this model has {model.config.hidden_size}")
+    area = insert_self_area(model, cfg)
+    if area.slots != meta["layers"]:
+        raise CheckpointError(f"{directory} was trained on a base with {meta['layers']} layers, this model has {area.slots}")
+    try:
+        load_model(area, str(directory / "self_area.safetensors"), device=str(next(area.parameters()).device))
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise CheckpointError(f"{directory / 'self_area.safetensors'} is missing, corrupt or of another shape "
+                              f"({str(err).splitlines()[0]})") from None
+    return area
+
+
+# ---- loading a base model and persona data ---------------------------------------------------
+
+
+def load_hf_model(path: str | Path, device: torch.device):
+    """(model, tokenizer) from a local directory or .gguf file; nothing is downloaded."""
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise ConfigError("model surgery needs transformers: pip install 'slmlab[hf]'") from None
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"--hf-model {path} does not exist (a local model directory or .gguf file)")
+    kwargs = {"local_files_only": True}
+    if path.suffix == ".gguf":
+        path, kwargs["gguf_file"] = path.parent, path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"transformers cannot load {path}: {str(err).splitlines()[0]}") from None
+    return model.to(device).eval(), tokenizer
+
+
+def persona_tokens(data: DataConfig, tokenizer, val_fraction: float = 0.1) -> tuple[TokenSplit, TokenSplit]:
+    """The persona corpus through the model's own tokenizer: documents joined by EOS, split into
+    train and validation by document (the foundation's hash-ranked split)."""
+    docs = list(DocumentSelection(data))
+    if not docs:
+        raise ConfigError(f"the persona data ({data.source}, genres {data.genres or 'all'}) has no documents")
+    val_ids = _split_documents([d.id for d in docs], val_fraction) if len(docs) > 1 else set()
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    splits = {"train": [], "val": []}
+    for doc in docs:
+        splits["val" if doc.id in val_ids else "train"] += [*tokenizer(doc.text)["input_ids"], eos]
+    if not splits["val"]:  # one document: its tail is the validation text
+        cut = int(len(splits["train"]) * (1 - val_fraction))
+        splits = {"train": splits["train"][:cut], "val": splits["train"][cut:]}
+    return tuple(TokenSplit(np.asarray(ids, dtype=np.int64), {"*": (0, len(ids))}) for ids in splits.values())
+
+
+# ---- training -------------------------------------------------------------------------------
+
+
+def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=x).logits
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+
+@torch.no_grad()
+def persona_loss(model: nn.Module, split: TokenSplit, seq_len: int, batch: int, n_batches: int, device) -> float:
+    from ..data.tokens import validation_batches
+
+    total, count = 0.0, 0
+    for x, y in validation_batches(split, seq_len, batch, n_batches):
+        total += lm_loss(model, x.to(device), y.to(device)).item() * y.numel()
+        count += y.numel()
+    return total / count
+
+
+def train_self_area(model: nn.Module, area: SelfArea, train: TokenSplit, steps: int, lr: float, batch: int,
+                    seq_len: int, seed: int = 0, metrics: MetricsLog | None = None, log_every: int = 10) -> None:
+    """AdamW on the Self Area's parameters only (warmup over 5% of the steps, then cosine to 10%)."""
+    device = next(area.parameters()).device
+    sampler = WindowSampler(train, seq_len, batch, seed)
+    optimizer = torch.optim.AdamW(area.parameters(), lr=lr, weight_decay=0.0)
+    schedule = TrainConfig(steps=steps, lr=lr, warmup_steps=max(1, steps // 20), min_lr_ratio=0.1)
+    model.train()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, schedule)
+        x, y = sampler.next_batch()
+        loss = lm_loss(model, x.to(device), y.to(device))
+        loss.backward()
+        nn.utils.clip_grad_norm_(area.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if metrics is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
+            metrics.append({"step": step + 1, "loss": loss.item(), "lr": lr_at(step, schedule), "alpha_mean": area.alpha.abs().mean().item()})
+    model.eval()

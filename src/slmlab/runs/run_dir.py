@@ -1,0 +1,151 @@
+"""Run directories: the unit of record.
+
+    runs/<name>/config.json        the resolved config, exactly what ran
+    runs/<name>/metrics.jsonl      one JSON object per logged step
+    runs/<name>/tokenizer.json     the tokenizer it used
+    runs/<name>/checkpoints/       step_N.safetensors + step_N.state.pt, `latest`
+    runs/<name>/final.safetensors  weights at the end
+    runs/<name>/summary.json       final validation loss/ppl, throughput, peak memory, parameters
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoints import CheckpointError, latest_checkpoint, load_weights
+from ..config import ConfigError, RunConfig, apply_overrides, config_from_dict
+from ..files import atomic_write_text
+from .metrics import MetricsLog
+from ..model import build_model
+from ..data.tokenizers import Tokenizer, load_tokenizer
+
+log = logging.getLogger("slmlab")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    config = property(lambda self: self.path / "config.json")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    tokenizer = property(lambda self: self.path / "tokenizer.json")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    final_weights = property(lambda self: self.path / "final.safetensors")
+    summary = property(lambda self: self.path / "summary.json")
+
+    # What slmlab writes in a run directory (shell patterns): `--overwrite` removes these and
+    # nothing else, and the temp files of interrupted writes to them (".<name>.<random>").
+    OWNED = ("config.json", "metrics.jsonl", "tokenizer.json", "checkpoints", "final.safetensors", "summary.json",
+             "viz", "ablations.json", "ablations.md", "quantize.md", "model_int8.pt", "persona_eval.json",
+             "report.md", "report.html", "prompts_*.md", "eval_*.json", "eval_*.png")
+    PHASES = "phase*_*"  # a curriculum's phase sub-runs: run directories themselves
+
+    @classmethod
+    def for_config(cls, cfg: RunConfig) -> RunDir:
+        return cls(Path(cfg.out_dir) / cfg.name)
+
+    def holds_run(self) -> bool:
+        return self.path.exists() and any(self.path.iterdir())
+
+    def check_writable(self) -> None:
+        """The directory is a plain folder inside its parent (not a link out of it, not a file),
+        and its parent is a folder (or does not exist yet)."""
+        parent = self.path.parent
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"out_dir {parent} is a file, not a folder; set --out_dir to a folder")
+        if self.path.is_symlink() or (self.path.exists() and self.path.resolve().parent != parent.resolve()):
+            raise ConfigError(f"{self.path} leads outside {parent} (a link?); slmlab writes a run only inside its out_dir")
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path} is a file, not a run directory; pick another --name")
+
+    def ensure_free(self, overwrite: bool) -> None:
+        """Refuse to reuse a directory that holds a run unless told to overwrite it, and refuse a
+        non-empty directory that is not a slmlab run in any case (--overwrite never deletes it)."""
+        self.check_writable()
+        if not self.holds_run():
+            return
+        if not self.config.is_file():
+            raise ConfigError(f"{self.path} holds files that are not a slmlab run; pick another --name or --out_dir")
+        if not overwrite:
+            raise ConfigError(f"{self.path} already holds a run; resume it with --resume {self.path} or pick another --name")
+
+    def create(self, cfg: RunConfig, overwrite: bool = False) -> None:
+        """Make the directory for a new run (replacing an old run's files only when `overwrite`)."""
+        self.ensure_free(overwrite)
+        if self.holds_run():
+            kept = self.remove_owned()
+            if kept:
+                log.warning("%s: kept %d file(s) slmlab did not write: %s", self.path, len(kept), ", ".join(kept[:5]))
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.write_config(cfg)
+
+    def remove_owned(self) -> list[str]:
+        """Delete what slmlab wrote here (OWNED, and phase sub-runs recursively); return the
+        names of the entries left in place."""
+        for entry in self.path.iterdir():
+            if entry.is_symlink() or not self._owned(entry.name):
+                continue
+            if entry.name in self.OWNED or not fnmatch.fnmatch(entry.name, self.PHASES):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            else:  # a phase sub-run: only its own files, then the folder if that empties it
+                phase = RunDir(entry)
+                if phase.config.is_file():
+                    phase.remove_owned()
+                if not any(entry.iterdir()):
+                    entry.rmdir()
+        return sorted(entry.name for entry in self.path.iterdir())
+
+    def _owned(self, name: str) -> bool:
+        patterns = (*self.OWNED, *(f".{p}.*" for p in self.OWNED))
+        return any(fnmatch.fnmatch(name, p) for p in patterns) or (
+            fnmatch.fnmatch(name, self.PHASES) and (self.path / name).is_dir())
+
+    def write_config(self, cfg: RunConfig) -> None:
+        atomic_write_text(self.config, json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    def read_config(self) -> RunConfig:
+        if not self.config.is_file():
+            raise ConfigError(f"{self.path} is not a run directory (no config.json)")
+        try:
+            values = json.loads(self.config.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise ConfigError(f"{self.config} is not valid JSON") from None
+        return config_from_dict(values)
+
+    def read_metrics(self) -> list[dict]:
+        return MetricsLog(self.metrics).read()
+
+    def read_summary(self) -> dict:
+        return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu",
+             model_overrides: dict | None = None) -> tuple[RunConfig, nn.Module, Tokenizer]:
+    """The config, trained model (final weights, else the latest checkpoint) and tokenizer of a run.
+
+    `model_overrides` ({"rope_scale": 2.0}) change model fields that carry no weights."""
+    run = RunDir(Path(path))
+    cfg = run.read_config()
+    if cfg.phases:  # a curriculum: its model is the last phase's
+        run = RunDir(Path(path) / cfg.phase(len(cfg.phases) - 1).name)
+        cfg = run.read_config()
+    if model_overrides:
+        cfg = config_from_dict(apply_overrides(cfg.to_dict(), {f"model.{k}": v for k, v in model_overrides.items()}))
+    tokenizer = load_tokenizer(run.tokenizer)
+    model = build_model(cfg.model)
+    if run.final_weights.is_file():
+        load_weights(model, run.final_weights)
+    else:
+        name = latest_checkpoint(run.checkpoints)
+        if name is None:
+            raise CheckpointError(f"{run.path} has no final.safetensors and no checkpoint yet")
+        load_weights(model, run.checkpoints / f"{name}.safetensors")
+    return cfg, model.to(device).eval(), tokenizer

@@ -1,0 +1,170 @@
+"""Data-parallel training on PyTorch's own engine, applied from outside the model.
+
+`torchrun --nproc_per_node N -m slmlab train CONFIG` starts N processes with RANK, WORLD_SIZE
+and LOCAL_RANK set; `World.from_env` joins them into one process group (NCCL on CUDA, gloo on
+CPU). `parallelize` wraps the model with DDP, or shards it with FSDP2 (`fully_shard` on every
+block, then on the root) when `train.parallel = "fsdp"`. The trainer keeps the single-process
+semantics: `train.batch_size` is the global batch (each rank computes its own rows of it), the
+gradients are averaged across ranks, and the logged loss is the global mean.
+
+Checkpoints hold full, unsharded tensors (weights as safetensors, optimizer state keyed by
+parameter name), gathered here and written by rank 0, so a checkpoint from N ranks resumes on M.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+
+from ..config import ConfigError
+from .runtime import resolve_device
+
+PARALLEL_MODES = ("ddp", "fsdp")
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @classmethod
+    def from_env(cls, device_name: str) -> tuple[World, torch.device]:
+        """Join the process group torchrun describes (if any) -> (world, this rank's device)."""
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        if size <= 1:
+            return cls(), resolve_device(device_name)
+        world = cls(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+        device = resolve_device(device_name)
+        if device.type == "cuda":
+            device = torch.device("cuda", world.local_rank)
+            torch.cuda.set_device(device)
+        elif device.type != "cpu":
+            raise ConfigError(f"distributed training runs on CUDA or CPU, not {device.type}; set train.device")
+        if not dist.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if not dist.is_available() or (backend == "gloo" and not dist.is_gloo_available()):
+                raise ConfigError(f"this PyTorch build has no '{backend}' backend for distributed training")
+            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        return world, device
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of `value` over all ranks (the value itself on one rank)."""
+        if self.distributed:
+            value = value.clone()
+            dist.all_reduce(value)  # gloo has no AVG
+            value /= self.size
+        return value
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            value = value.clone()
+            dist.all_reduce(value)
+        return value
+
+    def rows(self, batch_size: int) -> slice:
+        """This rank's rows of a batch of `batch_size` rows: contiguous, disjoint, together all of
+        them (sizes differ by at most one when batch_size is not a multiple of the world size)."""
+        return slice(self.rank * batch_size // self.size, (self.rank + 1) * batch_size // self.size)
+
+
+def check_batch(batch_size: int, world: World) -> None:
+    if batch_size % world.size:
+        raise ConfigError(
+            f"train.batch_size = {batch_size} (the global batch) must be divisible by the {world.size} processes"
+        )
+
+
+def parallelize(model: nn.Module, world: World, mode: str, device: torch.device) -> nn.Module:
+    """The module the training step calls: the model itself, DDP around it, or the model sharded
+    in place by FSDP2 (every block is one unit, the root holds embeddings, final norm and head)."""
+    if not world.distributed:
+        return model
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+@contextlib.contextmanager
+def gradient_sync(wrapped: nn.Module, enabled: bool):
+    """Skip the gradient all-reduce for accumulation micro-steps (all but the last)."""
+    if enabled:
+        yield
+    elif hasattr(wrapped, "no_sync"):  # DDP
+        with wrapped.no_sync():
+            yield
+    elif hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2
+        wrapped.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            wrapped.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def local_scalar(value: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a possibly distributed one (FSDP2's gradient norm is a DTensor)."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+def tied_aliases(model: nn.Module) -> set[str]:
+    """Names under which an already-listed parameter appears again (a tied LM head)."""
+    every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    return every - {name for name, _ in model.named_parameters()}
+
+
+def full_model_state(model: nn.Module, aliases: set[str]) -> dict[str, torch.Tensor]:
+    """The unsharded weights on CPU, tied aliases dropped (a collective: every rank calls it;
+    ranks other than 0 get an empty dict under FSDP)."""
+    state = get_model_state_dict(model, options=_FULL)
+    return {name: tensor.contiguous() for name, tensor in state.items() if name not in aliases}
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer state keyed by parameter name, unsharded, on CPU (a collective)."""
+    return get_optimizer_state_dict(model, optimizer, options=_FULL)
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a name-keyed full optimizer state into this rank's (possibly sharded) optimizer."""
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def close() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
