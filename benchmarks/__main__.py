@@ -32,7 +32,8 @@ from benchmarks.timing import (
     local_kernel_seconds,
     train_step_rate,
 )
-from slmlab.config import ModelConfig, SmatConfig, load_config
+from slmlab.config import ModelConfig, load_config
+from slmlab.variants.smat import SmatConfig
 from slmlab.model.accounting import human
 from slmlab.training.kernel_choice import flex_unavailable
 from slmlab.tables import markdown_table

@@ -24,7 +24,7 @@ import torch
 
 from benchmarks.timing import in_fresh_process, median_seconds
 from slmlab.config import ModelConfig
-from slmlab.model import ATTENTION_PATTERNS
+from slmlab.registry import ATTENTION_PATTERNS
 from slmlab.model.accounting import bytes_kept_for_backward, human
 from slmlab.tables import markdown_table
 

@@ -16,7 +16,8 @@ import argparse
 import torch
 
 from benchmarks.timing import in_fresh_process, train_step_rate
-from slmlab.config import ModelConfig, SmatConfig
+from slmlab.config import ModelConfig
+from slmlab.variants.smat import SmatConfig
 from slmlab.model.accounting import human
 from slmlab.tables import markdown_table
 

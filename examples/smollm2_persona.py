@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from slmlab.config import SelfAreaConfig
+from slmlab.variants.self_area import SelfAreaConfig
 from slmlab.runs.metrics import MetricsLog
 from slmlab.persona.stage2 import source_data_config
 from slmlab.persona.evaluate import (

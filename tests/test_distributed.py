@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from slmlab.cli.main import _without_option
+from slmlab.cli.train import without_option as _without_option
 from slmlab.training.distributed import World
 
 from .conftest import LINES

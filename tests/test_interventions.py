@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from slmlab.model.interventions import INTERVENTIONS, applicable, intervene, route_shares
+from slmlab.model.interventions import applicable, intervene
+from slmlab.registry import INTERVENTIONS
+from slmlab.variants.smat import route_shares
 from tests.test_smat import smat_model
 
 SMAT = INTERVENTIONS["smat"]
@@ -92,7 +94,7 @@ def test_route_shares():
 
 
 def test_ablate_command_on_a_trained_full_smat_run(text_corpus, make_config, capsys):
-    from slmlab.cli.main import main
+    from slmlab.cli import main
     from slmlab.runs.run_dir import RunDir
     from slmlab.training import train
 

@@ -49,7 +49,7 @@ def test_context_lengths_beyond_learned_positions_are_reported_not_evaluated(cyc
 
 
 def test_eval_by_position_and_context_lengths_through_the_cli(text_corpus, make_config, capsys):
-    from slmlab.cli.main import main
+    from slmlab.cli import main
     from slmlab.runs.run_dir import RunDir
     from slmlab.training import train
 
@@ -66,7 +66,7 @@ def test_eval_by_position_and_context_lengths_through_the_cli(text_corpus, make_
 
 
 def test_prompt_suite_report_is_reproducible(text_corpus, make_config, tmp_path, capsys):
-    from slmlab.cli.main import main
+    from slmlab.cli import main
     from slmlab.config import ConfigError
     from slmlab.evals.prompts import DEFAULT_SUITE, load_suite
     from slmlab.runs.run_dir import RunDir

@@ -53,7 +53,7 @@ def test_training_memory_estimate_within_25_percent(shape):
 
 
 def test_traced_estimate_for_the_tape_graph_within_25_percent():
-    from slmlab.config import TapeConfig
+    from slmlab.variants.tape import TapeConfig
     from slmlab.model.accounting import traced_activation_bytes
 
     cfg = ModelConfig(arch="tape", vocab_size=76, n_head=4, d_model=64, block_size=128, pos="sinusoidal", head="student_t",

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from slmlab.cli.main import main
+from slmlab.cli import main
 from slmlab.persona.evaluate import bootstrap_difference, bootstrap_mean
 from slmlab.training import train
 

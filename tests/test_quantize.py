@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from slmlab.cli.main import main
+from slmlab.cli import main
 from slmlab.training import train
 
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from slmlab.cli.main import main
+from slmlab.cli import main
 
 
 @pytest.fixture

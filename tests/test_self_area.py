@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slmlab.cli.main import main
-from slmlab.config import ConfigError, ModelConfig, SelfAreaConfig
+from slmlab.cli import main
+from slmlab.config import ConfigError, ModelConfig
+from slmlab.variants.self_area import SelfAreaConfig
 from slmlab.model import build_model
 from slmlab.runs.run_dir import RunDir
 from slmlab.training import Trainer, train

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from slmlab.config import ModelConfig, SmatConfig
+from slmlab.config import ModelConfig
+from slmlab.variants.smat import SmatConfig
 from slmlab.model import KVCache, build_model
 
 VARIANTS = {"baseline": (False, False), "s_only": (True, False), "g_only": (False, True), "full": (True, True)}

@@ -14,8 +14,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from slmlab.runs.checkpoints import CheckpointError
-from slmlab.cli.main import main
-from slmlab.config import SelfAreaConfig
+from slmlab.cli import main
+from slmlab.variants.self_area import SelfAreaConfig
 from slmlab.data.tokens import TokenSplit
 from slmlab.persona.surgery import (
     insert_self_area,

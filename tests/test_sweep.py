@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from slmlab.cli.main import main
+from slmlab.cli import main
 from slmlab.config import ConfigError
 from slmlab.experiments.stats import paired_comparison
 from slmlab.experiments.sweep import load_sweep, run_status

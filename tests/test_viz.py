@@ -9,11 +9,14 @@ import dataclasses
 import pytest
 import torch
 
-from slmlab.cli.main import main
-from slmlab.config import ModelConfig, SelfAreaConfig, SmatConfig, TapeConfig
+from slmlab.cli import main
+from slmlab.config import ModelConfig
+from slmlab.variants.self_area import SelfAreaConfig
+from slmlab.variants.smat import SmatConfig
+from slmlab.variants.tape import TapeConfig
 from slmlab.model import build_model
 from slmlab.training import train
-from slmlab.analysis.viz import capture_attention
+from slmlab.model.attention_maps import capture_attention
 
 BASE = ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=32, block_size=64, local_block=8)
 MODELS = {

@@ -5,6 +5,8 @@ large preset costs no memory to describe."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..config import RunConfig
@@ -12,18 +14,6 @@ from ..model import build_model, model_stats
 from ..model.accounting import traced_activation_bytes
 from ..tables import human
 from ..tables import markdown_table
-
-
-def describe(m) -> str:
-    """One line on the model's shape."""
-    head = f"{'tied' if m.tie_embeddings else 'untied'} {m.head} head"
-    if m.arch == "tape":
-        t = m.tape
-        return (f"tape: coda {t.coda_layers} + {t.n_critics} critics x {t.critic_layers} layers (left/right stacks), "
-                f"d_model {m.d_model}, {m.n_head} heads, MLP x{t.mlp_expand}, prophet RNN {t.rnn_dim or m.d_model} x {t.rnn_layers}, "
-                f"moderator {t.moderator}, block {m.block_size}, vocab {m.vocab_size}, {head}")
-    return (f"{m.arch}: {m.n_layer} layers x {m.d_model} d_model x {m.n_head} heads, d_ff {m.ff_dim}, "
-            f"block {m.block_size}, vocab {m.vocab_size}, {head}")
 
 
 def size_table(cfg: RunConfig, batch_size: int = 0, seq_len: int = 0) -> str:
@@ -37,7 +27,7 @@ def size_table(cfg: RunConfig, batch_size: int = 0, seq_len: int = 0) -> str:
     m = cfg.model
     infer32, infer16 = stats.inference_bytes(1, m.block_size, "fp32"), stats.inference_bytes(1, m.block_size, "bf16")
     rows = [
-        ("architecture", describe(m)),
+        ("architecture", model.describe()),
         ("parameters", f"{stats.params:,} ({human(stats.params)})"),
         ("non-embedding parameters", f"{stats.non_embedding_params:,} ({human(stats.non_embedding_params)})"),
         (f"FLOPs / token (train, T={seq})", human(stats.flops_per_token(seq, training=True))),
@@ -45,8 +35,27 @@ def size_table(cfg: RunConfig, batch_size: int = 0, seq_len: int = 0) -> str:
         ("inference memory fp32 (weights + KV cache, 1 x block)", human(infer32["total"], "B")),
         ("inference memory bf16 (weights + KV cache, 1 x block)", human(infer16["total"], "B")),
     ]
-    if m.arch != "decoder":  # no closed form for other graphs: trace one forward pass on the meta device
+    if not model.exact_memory_estimate:  # no closed form for this graph: trace one forward pass on the meta device
         train_mem["activations"] = traced_activation_bytes(model, batch, seq)
         train_mem["total"] = sum(v for k, v in train_mem.items() if k != "total")
     rows += [(f"training memory: {k} (batch {batch} x {seq})", human(v, "B")) for k, v in train_mem.items()]
     return markdown_table(("quantity", "value"), rows)
+
+
+def config_for_info(target: str | Path, load_config) -> RunConfig:
+    """The config of a run directory, else `load_config()` (a CONFIG file with overrides) with
+    its vocabulary resolved without tokenizing when the tokenizer's size is known in advance."""
+    from ..config import resolve_vocab
+    from ..runs import RunDir
+
+    if (Path(target) / "config.json").is_file():
+        return RunDir(Path(target)).read_config()
+    cfg = load_config()
+    if cfg.model.vocab_size == 0:
+        from ..data.corpora import DocumentSelection
+        from ..data.tokens import get_tokenizer
+
+        known = {"byte": 256, "gpt2": 50257, "bpe": cfg.data.vocab_size}
+        vocab = known.get(cfg.data.tokenizer) or get_tokenizer(cfg.data, DocumentSelection(cfg.data)).vocab_size
+        resolve_vocab(cfg, vocab)
+    return cfg

@@ -20,6 +20,8 @@ from torch import nn
 
 from ..runs.checkpoints import CheckpointError
 from ..runs.run_dir import load_run
+from ..files import atomic_write, atomic_write_text
+from ..tables import human, markdown_table
 
 INT8_FILE = "model_int8.pt"
 
@@ -32,9 +34,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 def save_int8(model: nn.Module, run: str | Path) -> Path:
-    path = Path(run) / INT8_FILE
-    torch.save(model.state_dict(), path)
-    return path
+    return atomic_write(Path(run) / INT8_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
 
 
 def load_int8(run: str | Path):
@@ -66,3 +66,25 @@ def generation_speed(model: nn.Module, prompt: list[int], tokens: int = 64) -> f
 def file_size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
 
+
+def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
+    """Quantise a run to int8 (saved as RUN/model_int8.pt) and compare it with fp32: file size,
+    CPU generation speed and validation perplexity -> (the Markdown table, the int8 file). The
+    table is saved as RUN/quantize.md."""
+    from ..data.tokens import prepare_tokens
+    from ..runs.metrics import perplexity
+    from ..runs.run_dir import RunDir
+    from ..training import evaluate
+
+    cfg, model, tokenizer = load_run(run, "cpu")
+    quantized = quantize_int8(model)
+    path = save_int8(quantized, run)
+    _, data = prepare_tokens(cfg.data, tokenizer)
+    prompt = data.val.tokens[:16].astype("int64").tolist()
+    rows = []
+    for label, m, size in (("fp32", model, file_size(RunDir(Path(run)).final_weights)), ("int8", quantized, file_size(path))):
+        loss = evaluate(m, data.val, cfg.data.seq_len, cfg.train.batch_size, batches, torch.device("cpu"))
+        rows.append((label, human(size, "B"), f"{generation_speed(m, prompt):,.1f}", f"{perplexity(loss):.3f}"))
+    table = markdown_table(("model", "file size", "CPU generation (tokens/s)", "validation ppl"), rows)
+    atomic_write_text(Path(run) / "quantize.md", f"# int8 dynamic quantisation of {Path(run).name}\n\n{table}\n")
+    return table, path

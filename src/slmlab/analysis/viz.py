@@ -1,14 +1,7 @@
 """Attention visualisation: `slmlab viz attention RUN --prompt TEXT`.
 
-No architecture builds attention matrices in training (fused SDPA); here they are computed on
-demand for one prompt. A forward hook on every attention pattern (any model: backbone, SMAT,
-block-local, SMT, Tape) receives the final queries and keys (after RoPE and score extensions such
-as SMAT's extra dimensions) and the scale, and rebuilds
-
-    P = softmax(q kᵀ · scale, over the keys the pattern lets each query see)   (heads, T, T)
-
-which is exactly the attention the model applied (tested: P v equals the pattern's output).
-Outputs in RUN/viz/: one heatmap grid per attention module (a panel per head, token labels), the
+The maps come from model/attention_maps.py (exactly the attention each module applied, rebuilt
+on demand for one prompt). Outputs in RUN/viz/: one heatmap grid per attention module (a panel per head, token labels), the
 prompt as coloured text by the attention each token receives and gives, and with `--export
 bertviz` the maps and tokens in the form bertviz's head_view/model_view take.
 """
@@ -16,6 +9,7 @@ bertviz` the maps and tokens in the form bertviz's head_view/model_view take.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,44 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..model.attention import CausalSelfAttention
+from ..files import atomic_write, atomic_write_text
+from ..model.attention_maps import AttentionMap
+from ..training.frames import PER_LINE, draw_coloured_text
 
+from ..errors import ConfigError
 
-@dataclass
-class AttentionMap:
-    name: str  # the attention module's name, e.g. "blocks.2.attn"
-    probs: torch.Tensor  # (heads, Tq, Tk), rows sum to 1
-    values: torch.Tensor  # (heads, Tk, D) as the pattern received them
-    output: torch.Tensor  # (heads, Tq, D) what the pattern returned
-
-
-@torch.no_grad()
-def capture_attention(model: nn.Module, idx: torch.Tensor) -> tuple[list[AttentionMap], torch.Tensor]:
-    """Run model on idx (1, T) in eval mode -> (every attention module's probabilities, the logits)."""
-    maps, handles = [], []
-    for name, module in model.named_modules():
-        if isinstance(module, CausalSelfAttention):
-            def hook(pattern, args, output, name=name):
-                q, k, v, scale, q_start = args
-                scores = (q[0].float() @ k[0].float().transpose(-2, -1)) * scale
-                visible = pattern.visible(q.shape[2], k.shape[2], q_start, q.device)
-                probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
-                maps.append(AttentionMap(name, probs, v[0].float(), output[0].float()))
-
-            handles.append(module.pattern.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        logits, _ = model(idx)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return maps, logits
-
-
-def token_labels(tokenizer, ids: list[int]) -> list[str]:
-    return [tokenizer.decode([i]).replace("\n", "⏎") or "·" for i in ids]
+log = logging.getLogger("slmlab")
 
 
 def _file_name(name: str) -> str:
@@ -97,42 +60,10 @@ def plot_heatmaps(maps: list[AttentionMap], tokens: list[str], out: Path) -> lis
         fig.suptitle(f"{amap.name}: attention (rows: queries, columns: keys)", fontsize=10)
         fig.tight_layout()
         path = out / f"attention_{index:02d}_{_file_name(amap.name)}.png"
-        fig.savefig(path, dpi=100)
+        atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=100))
         plt.close(fig)
         paths.append(path)
     return paths
-
-
-def token_scores(maps: list[AttentionMap]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per token, over every module and head: the mean attention it receives from the queries that
-    can see it, and the share of its own attention it gives to other tokens (1 − P_tt)."""
-    probs = torch.stack([m.probs for m in maps if m.probs.shape[-1] == m.probs.shape[-2]])  # (M, H, T, T)
-    seen_by = (probs > 0).float().sum(dim=(0, 1, 2)).clamp_min(1)
-    received = probs.sum(dim=(0, 1, 2)) / seen_by
-    given = 1 - probs.diagonal(dim1=-2, dim2=-1).mean(dim=(0, 1))
-    return received, given
-
-
-PER_LINE = 24
-
-
-def draw_coloured_text(ax, tokens: list[str], score: torch.Tensor, label: str) -> None:
-    """Tokens in rows of PER_LINE on one axis, each on a background coloured by its score."""
-    import matplotlib.pyplot as plt
-
-    ax.axis("off")
-    cmap = plt.get_cmap("magma_r")
-    values = score.detach().float().cpu().numpy()
-    top = float(values.max()) or 1.0
-    lines = (len(tokens) + PER_LINE - 1) // PER_LINE
-    ax.set_title(label, fontsize=10, loc="left")
-    for start in range(0, len(tokens), PER_LINE):
-        y = 1 - (start // PER_LINE + 0.5) / max(lines, 1)
-        for j, tok in enumerate(tokens[start : start + PER_LINE]):
-            value = values[start + j] / top
-            ax.text(j / PER_LINE, y, tok, fontsize=9, va="center", transform=ax.transAxes, family="monospace",
-                    color="white" if value > 0.6 else "black",
-                    bbox={"facecolor": cmap(value), "edgecolor": "none", "pad": 1.5})
 
 
 def plot_coloured_text(tokens: list[str], scores: dict[str, torch.Tensor], path: Path, title: str = "") -> Path:
@@ -148,52 +79,7 @@ def plot_coloured_text(tokens: list[str], scores: dict[str, torch.Tensor], path:
         draw_coloured_text(ax, tokens, score, label)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-# ---- attention over training: frames and an animation --------------------------------------
-
-
-def ewma(values: list[float], alpha: float = 0.3) -> list[float]:
-    out, current = [], None
-    for value in values:
-        current = value if current is None else alpha * value + (1 - alpha) * current
-        out.append(current)
-    return out
-
-
-@torch.no_grad()
-def training_frame(model: nn.Module, tokenizer, window: list[int], history: list[tuple[int, float]], step: int, path: Path) -> Path:
-    """One frame: the window coloured by the attention each token receives and by its loss (the
-    prediction of token t+1 at t), and the training loss with its EWMA up to `step`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch.nn.functional as F
-
-    device = next(model.parameters()).device
-    idx = torch.tensor([window], device=device)
-    maps, logits = capture_attention(model, idx[:, :-1])
-    received, _ = token_scores(maps)
-    token_loss = F.cross_entropy(logits[0].float(), idx[0, 1:], reduction="none")
-    tokens = token_labels(tokenizer, window[:-1])
-    lines = (len(tokens) + PER_LINE - 1) // PER_LINE
-    fig = plt.figure(figsize=(12, 2 * (0.45 * lines + 0.6) + 2.6))
-    grid = fig.add_gridspec(3, 1, height_ratios=[0.45 * lines + 0.6, 0.45 * lines + 0.6, 2.2])
-    draw_coloured_text(fig.add_subplot(grid[0]), tokens, received, "attention received")
-    draw_coloured_text(fig.add_subplot(grid[1]), tokens, token_loss, "loss of the next-token prediction")
-    ax = fig.add_subplot(grid[2])
-    steps, losses = zip(*history) if history else ((step,), (float("nan"),))
-    ax.plot(steps, losses, color="tab:blue", alpha=0.4, label="loss")
-    ax.plot(steps, ewma(list(losses)), color="tab:blue", label="EWMA")
-    ax.set_xlabel("step")
-    ax.legend(loc="upper right", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.suptitle(f"step {step}   loss {losses[-1]:.3f}   EWMA {ewma(list(losses))[-1]:.3f}", fontsize=11)
-    fig.savefig(path, dpi=80)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
     return path
 
@@ -208,7 +94,7 @@ def animate(frames_dir: Path, out: Path, fps: int = 4) -> list[Path]:
 
     frames = sorted(frames_dir.glob("frame_*.png"))
     if not frames:
-        raise FileNotFoundError(f"no frames in {frames_dir}; train with --viz-every N first")
+        raise ConfigError(f"no frames in {frames_dir}; train with --viz-every N first")
     images = [plt.imread(f) for f in frames]
     height, width = images[0].shape[:2]
     fig = plt.figure(figsize=(width / 80, height / 80), dpi=80)
@@ -221,6 +107,8 @@ def animate(frames_dir: Path, out: Path, fps: int = 4) -> list[Path]:
     if animation.writers.is_available("ffmpeg"):
         written.append(out.with_suffix(".mp4"))
         movie.save(written[1], writer=animation.FFMpegWriter(fps=fps))
+    else:
+        log.warning("no MP4: ffmpeg is not installed (install it to get %s too)", out.with_suffix(".mp4"))
     plt.close(fig)
     return written
 
@@ -229,7 +117,37 @@ def export_bertviz(maps: list[AttentionMap], tokens: list[str], out: Path) -> Pa
     """attention_bertviz.pt ({"attention": [(1, heads, T, T) per module], "tokens", "layers"}) for
     `bertviz.head_view(data["attention"], data["tokens"])`, and the same as JSON."""
     attention = [m.probs[None].cpu() for m in maps]
-    torch.save({"attention": attention, "tokens": tokens, "layers": [m.name for m in maps]}, out / "attention_bertviz.pt")
+    data = {"attention": attention, "tokens": tokens, "layers": [m.name for m in maps]}
+    atomic_write(out / "attention_bertviz.pt", lambda tmp: torch.save(data, tmp))
     payload = {"tokens": tokens, "layers": [m.name for m in maps], "attention": [a.tolist() for a in attention]}
-    (out / "attention_bertviz.json").write_text(json.dumps(payload))
+    atomic_write_text(out / "attention_bertviz.json", json.dumps(payload))
     return out / "attention_bertviz.pt"
+
+
+def attention_report(run: str | Path, prompt: str, out: str | Path | None = None, export: str | None = None,
+                     device: str = "auto") -> tuple[int, int, list[Path], Path]:
+    """Heatmaps of every attention module, the prompt coloured by attention received and given,
+    and (export="bertviz") the maps for bertviz -> (modules, tokens, files written, folder)."""
+    from ..model.attention_maps import capture_attention, token_scores
+    from ..runs.run_dir import load_run
+    from ..training.frames import token_labels
+    from ..training.runtime import resolve_device
+
+    resolved = resolve_device(device)
+    cfg, model, tokenizer = load_run(run, resolved)
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise ConfigError("--prompt is empty: give some text to look at")
+    if len(ids) > cfg.model.block_size:
+        raise ConfigError(f"--prompt is {len(ids)} tokens but the model's context is {cfg.model.block_size}; shorten it")
+    folder = Path(out or Path(run) / "viz")
+    folder.mkdir(parents=True, exist_ok=True)
+    maps, _ = capture_attention(model, torch.tensor([ids], device=resolved))
+    tokens = token_labels(tokenizer, ids)
+    paths = plot_heatmaps(maps, tokens, folder)
+    received, given = token_scores(maps)
+    paths.append(plot_coloured_text(tokens, {"attention received": received, "attention given to other tokens": given},
+                                    folder / "attention_text.png", f"{Path(run).name}: mean over {len(maps)} attention modules"))
+    if export == "bertviz":
+        paths.append(export_bertviz(maps, tokens, folder))
+    return len(maps), len(ids), paths, folder

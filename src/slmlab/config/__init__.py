@@ -1,4 +1,14 @@
-"""Typed run configuration: the schema (dataclasses), loading (TOML + dotted overrides) and checks."""
+"""Typed run configuration: the schema (dataclasses), loading (TOML + dotted overrides), value
+conversion and the rules that span fields."""
 
-from .schema import *  # noqa: F401,F403
-from .schema import __all__  # noqa: F401
+from ..errors import ConfigError
+from .checks import check_name, resolve_vocab, validate
+from .loading import apply_overrides, config_from_dict, load_config, parse_overrides, read_toml
+from .schema import DataConfig, ModelConfig, PhaseConfig, RunConfig, TrainConfig
+from .values import build_dataclass, check_value
+
+__all__ = [
+    "ConfigError", "DataConfig", "ModelConfig", "PhaseConfig", "RunConfig", "TrainConfig", "apply_overrides",
+    "build_dataclass", "check_name", "check_value", "config_from_dict", "load_config", "parse_overrides",
+    "read_toml", "resolve_vocab", "validate",
+]

@@ -21,6 +21,8 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import TokenizerError
+from ..registry import TOKENIZERS
+from ..files import atomic_write_text
 
 SPECIAL_TOKENS = ("[UNK]", "[PAD]", "[BOS]", "[EOS]")
 GPT2_FILE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -50,8 +52,9 @@ class Tokenizer(ABC):
     def separator_ids(self) -> list[int]:
         return [self.eos_id] if self.eos_id is not None else self.encode("\n\n")
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json(), encoding="utf-8")
+    def save(self, path: str | Path) -> Path:
+        """Write the tokenizer file (crash-safe) -> its path."""
+        return atomic_write_text(path, self.to_json())
 
 
 class ByteTokenizer(Tokenizer):
@@ -210,16 +213,15 @@ class GPT2Tokenizer(Tokenizer):
 
 
 def train_tokenizer(data: DataConfig, texts: Iterable[str]) -> Tokenizer:
-    """Build the tokenizer `data.tokenizer` names; `texts` is read only by char and bpe."""
-    if data.tokenizer == "byte":
-        return ByteTokenizer()
-    if data.tokenizer == "gpt2":
-        return GPT2Tokenizer(GPT2Tokenizer.locate(data.tiktoken_file))
-    if data.tokenizer == "char":
-        return CharTokenizer.train(texts)
-    if data.tokenizer == "bpe":
-        return BPETokenizer.train(iter(texts), data.vocab_size)
-    raise TokenizerError(f"data.tokenizer: unknown tokenizer '{data.tokenizer}' (byte, char, bpe, gpt2)")
+    """Build the tokenizer `data.tokenizer` names (registry.TOKENIZERS); `texts` is read only by
+    the tokenizers that learn from text (char, bpe)."""
+    return TOKENIZERS[data.tokenizer](data, texts)
+
+
+TOKENIZERS.register("byte", lambda data, texts: ByteTokenizer())
+TOKENIZERS.register("char", lambda data, texts: CharTokenizer.train(texts))
+TOKENIZERS.register("bpe", lambda data, texts: BPETokenizer.train(iter(texts), data.vocab_size))
+TOKENIZERS.register("gpt2", lambda data, texts: GPT2Tokenizer(GPT2Tokenizer.locate(data.tiktoken_file)))
 
 
 def tokenizer_from_json(text: str) -> Tokenizer:
@@ -228,6 +230,9 @@ def tokenizer_from_json(text: str) -> Tokenizer:
     except json.JSONDecodeError:
         raise TokenizerError("tokenizer.json is not valid JSON; delete it or re-run `slmlab tokenizer train`") from None
     kind = spec.get("slmlab_tokenizer") if isinstance(spec, dict) else None
+    field = {"char": "chars", "gpt2": "file"}.get(kind)
+    if field and not isinstance(spec.get(field), str):
+        raise TokenizerError(f"tokenizer.json ({kind}) has no valid '{field}' entry; delete it or re-run `slmlab tokenizer train`")
     if kind == "byte":
         return ByteTokenizer()
     if kind == "char":
@@ -245,4 +250,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if not path.is_file():
         raise TokenizerError(f"no tokenizer at {path}")
-    return tokenizer_from_json(path.read_text(encoding="utf-8"))
+    try:
+        return tokenizer_from_json(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{path} is not a text file (damaged?); delete it or re-run `slmlab tokenizer train`") from None
+    except TokenizerError as err:
+        raise TokenizerError(f"{path}: {err}") from None

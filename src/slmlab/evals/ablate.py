@@ -1,8 +1,8 @@
 """Surgical ablations of a trained run: every applicable intervention, one table.
 
-For each intervention (slmlab/interventions.py) the validation perplexity on the same fixed
-sample is compared with the unmodified model's; for SMAT the share of S's effect that goes
-through the attention bias vs through the gate is Δ(λ = 0) / Δ(S removed) and its complement.
+For each intervention (model/interventions.py, registered by each variant) the validation perplexity on the same fixed
+sample is compared with the unmodified model's; each variant's registered ablation summary adds
+what it reads from its rows (SMAT: the share of S's effect through the attention bias vs the gate).
 Results are printed and saved as ablations.md and ablations.json in the run directory.
 """
 
@@ -14,7 +14,9 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..data.tokens import prepare_tokens
-from ..model.interventions import applicable, intervene, route_shares
+from ..files import atomic_write_text
+from ..model.interventions import applicable, intervene
+from ..registry import ABLATION_SUMMARIES
 from ..runs.run_dir import load_run
 from ..training.runtime import resolve_device
 from ..tables import markdown_table
@@ -42,12 +44,13 @@ def ablate(run_path: str | Path, n_batches: int = 20, device: str = "auto") -> t
     result = {"run": str(run_path), "n_batches": n_batches, "interventions": rows}
     table = markdown_table(("intervention", "what it changes", "val ppl", "Δ% vs unmodified"),
                            [(n, r["description"], f"{r['val_ppl']:.3f}", f"{r['delta_pct']:+.2f}%") for n, r in rows.items()])
-    if "lambda_zero" in rows and "s_removed" in rows:
-        bias, gate = route_shares(rows["lambda_zero"]["delta_pct"], rows["s_removed"]["delta_pct"])
-        result["s_effect_share"] = {"attention_bias": bias, "gate": gate}
-        table += (f"\n\nS's effect (Δ of removing S = {rows['s_removed']['delta_pct']:+.2f}%): "
-                  f"{100 * bias:.0f}% through the attention bias λ·S, {100 * gate:.0f}% through the gate's μ·c")
+    for summarize in ABLATION_SUMMARIES.values():  # what a variant reads from its own rows (SMAT: the bias/gate split)
+        summary = summarize(rows)
+        if summary is not None:
+            text, values = summary
+            table += f"\n\n{text}"
+            result.update(values)
     run = Path(run_path)
-    (run / "ablations.json").write_text(json.dumps(result, indent=2))
-    (run / "ablations.md").write_text(f"# Surgical ablations of {run.name}\n\n{table}\n")
+    atomic_write_text(run / "ablations.json", json.dumps(result, indent=2))
+    atomic_write_text(run / "ablations.md", f"# Surgical ablations of {run.name}\n\n{table}\n")
     return table, result

@@ -19,6 +19,8 @@ from torch import nn
 
 from ..data.tokens import TokenSplit, validation_batches
 from ..runs.metrics import perplexity
+from ..files import atomic_write, atomic_write_text
+from ..tables import markdown_table
 
 
 @torch.no_grad()
@@ -65,15 +67,36 @@ def save_plot(path: Path, xs, ys, xlabel: str, title: str, label: str = "") -> N
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
 
 def write_report(run: Path, name: str, payload: dict, xs, ys, xlabel: str) -> Path:
     out = run / f"{name}.json"
-    out.write_text(json.dumps(payload, indent=2))
+    atomic_write_text(out, json.dumps(payload, indent=2))
     save_plot(run / f"{name}.png", xs, ys, xlabel, f"{run.name}: {name.replace('_', ' ')}")
     return out
+
+
+def long_context_report(run: Path, cfg, model, split, device, batches: int, by_position: bool = False,
+                        context_length: int = 0, bucket: int = 64, context_lengths: list[int] | None = None,
+                        rope_scale: float = 0.0) -> str:
+    """Loss by position in the window and/or by evaluation context length, saved as JSON + PNG in
+    the run directory (suffixed _rope<scale> when evaluated at another rope_scale); returns the
+    tables and the paths as text."""
+    batch, suffix, parts = max(1, cfg.train.batch_size // 4), f"_rope{rope_scale:g}" if rope_scale else "", []
+    if by_position:
+        length = context_length or cfg.data.seq_len
+        rows = loss_by_position(model, split, length, bucket, batch, batches, device)
+        out = write_report(run, f"eval_by_position{suffix}", {"context_length": length, "buckets": rows},
+                           [r["start"] for r in rows], [r["loss"] for r in rows], "position in window (bucket start)")
+        parts += [markdown_table(("positions", "loss"), bucket_table(rows)), f"saved: {out} and .png"]
+    if context_lengths:
+        rows = loss_by_context_length(model, split, context_lengths, batch, batches, device)
+        out = write_report(run, f"eval_context_lengths{suffix}", {"trained_seq_len": cfg.data.seq_len, "lengths": rows},
+                           [r["context_length"] for r in rows], [r["loss"] for r in rows], "evaluation context length")
+        parts += [markdown_table(("context length", "loss", "note"), context_table(rows)), f"saved: {out} and .png"]
+    return "\n".join(parts)
 
 
 def bucket_table(rows: list[dict]) -> list[tuple]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, build_dataclass, read_toml
+from ..files import atomic_write_text
 
 DEFAULT_SUITE = Path(__file__).parent / "suites" / "control_systems.toml"
 
@@ -72,3 +73,20 @@ def markdown_report(run_name: str, suite: str, results: list[dict]) -> str:
         lines += [f"## {r['id']}", "", f"temperature {r['temperature']}, seed {r['seed']}, {r['max_tokens']} tokens", "",
                   f"**Prompt:** {r['prompt']}", "", "```", r["prompt"] + r["completion"], "```", ""]
     return "\n".join(lines)
+
+
+def prompts_report(run: str | Path, suite: str | Path | None = None, out: str | Path | None = None,
+                   device: str = "auto") -> tuple[str, Path]:
+    """Generate from every prompt of a suite (default: the bundled one) -> (Markdown report, where
+    it was saved: `out`, else RUN/prompts_<suite>.md)."""
+    from ..runs.run_dir import load_run
+    from ..training.runtime import resolve_device
+
+    suite = Path(suite) if suite else DEFAULT_SUITE
+    prompts = load_suite(suite)
+    resolved = resolve_device(device)
+    cfg, model, tokenizer = load_run(run, resolved)
+    report = markdown_report(Path(run).name, suite.stem, run_suite(model, tokenizer, prompts, resolved, cfg.model.block_size))
+    path = Path(out) if out else Path(run) / f"prompts_{suite.stem}.md"
+    atomic_write_text(path, report)
+    return report, path

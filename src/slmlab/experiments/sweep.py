@@ -40,6 +40,7 @@ import torch
 
 from ..config import ConfigError, RunConfig, build_dataclass, check_name, load_config, read_toml
 from ..runs.run_dir import RunDir
+from ..files import atomic_write_text
 
 log = logging.getLogger("slmlab")
 
@@ -154,6 +155,28 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
             outcome = results[(job.variant, job.seed)]
             log.info("%s: %s", job.run.path, outcome.get("failed") or f"val ppl {outcome['val_ppl']:.3f}")
     return results
+
+
+def dry_run_lines(jobs: list[Job]) -> list[str]:
+    """One line per run: its index (for --only), directory and state."""
+    return [f"{i:3d}  {job.run.path}  [{run_status(job)}]" for i, job in enumerate(jobs)]
+
+
+def run_one(sweep: SweepConfig, jobs: list[Job], index: int) -> str:
+    """Run job `index` alone (a cluster array task) -> a line on its outcome."""
+    if not 0 <= index < len(jobs):
+        raise ConfigError(f"--only {index}: the sweep has runs 0..{len(jobs) - 1} (see --dry-run)")
+    job = jobs[index]
+    outcome = run_sweep(sweep, [job], 1)[(job.variant, job.seed)]
+    return f"{job.run.path}: {outcome.get('failed') or 'val ppl {:.3f}'.format(outcome['val_ppl'])}"
+
+
+def write_slurm_script(path: Path, config_path: str | Path, sweep: SweepConfig, jobs: list[Job], extra_argv: list[str],
+                       directives: list[str]) -> str:
+    """Write the job-array script (and the log folder SLURM will not create) -> a line on what to do."""
+    slurm_log_dir(sweep).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, slurm_script(config_path, sweep, jobs, extra_argv, directives))
+    return f"wrote {path}: submit it with `sbatch {path}` ({len(jobs)} array tasks)"
 
 
 def slurm_log_dir(sweep: SweepConfig) -> Path:

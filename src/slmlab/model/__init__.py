@@ -1,31 +1,20 @@
-"""Models: the one decoder and the registry that maps `model.arch` to a model class."""
+"""The backbone: one decoder and the pieces every architecture shares (attention and its patterns,
+positions, norms, heads, the fused loss, hook points, generation, accounting), registered under
+their config names when this package is imported. Never imports slmlab.variants."""
 
 from __future__ import annotations
 
-from torch import nn
-
-from ..config import ModelConfig
+from ..registry import ARCHITECTURES, build_model
 from .accounting import ModelStats, model_stats
-from .attention import ATTENTION_PATTERNS, KVCache
+from .attention import KVCache
 from .block_local import BlockLocal
 from .decoder import Decoder
+from .heads import build_head
+from .layers import build_norm
+from .positions import build_positions
+from .protocol import LanguageModel
 
-ATTENTION_PATTERNS["block_local"] = BlockLocal
+ARCHITECTURES.register("decoder", Decoder)
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"decoder": Decoder}
-
-
-def _register_variant_architectures() -> None:
-    from ..variants.tape import TapeTransformer
-
-    ARCHITECTURES["tape"] = TapeTransformer
-
-
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """A fresh, initialised model for `cfg` (vocab_size must be resolved)."""
-    if cfg.arch not in ARCHITECTURES:
-        _register_variant_architectures()
-    return ARCHITECTURES[cfg.arch](cfg)
-
-
-__all__ = ["ARCHITECTURES", "Decoder", "KVCache", "ModelStats", "build_model", "model_stats"]
+__all__ = ["BlockLocal", "Decoder", "KVCache", "LanguageModel", "ModelStats", "build_head", "build_model", "build_norm",
+           "build_positions", "model_stats"]

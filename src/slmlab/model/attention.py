@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..registry import ATTENTION_PATTERNS
 from .hooks import HookPoint
 
 
@@ -79,7 +80,7 @@ class FullCausal(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 
-ATTENTION_PATTERNS: dict[str, type[nn.Module]] = {"full": FullCausal}
+ATTENTION_PATTERNS.register("full", FullCausal)
 
 
 def layer_pattern(cfg: ModelConfig, layer: int) -> str:
@@ -95,7 +96,7 @@ def layer_pattern(cfg: ModelConfig, layer: int) -> str:
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, positions: nn.Module, extensions: list[nn.Module] | None = None):
         super().__init__()
-        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.layer, self.n_head, self.head_dim = layer, cfg.n_head, cfg.head_dim
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.proj.residual_projection = True

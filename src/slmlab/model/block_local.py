@@ -36,6 +36,7 @@ from torch.nn.attention.flex_attention import (
 )
 
 from ..config import ModelConfig
+from ..registry import ATTENTION_PATTERNS
 from .attention import KVCache
 
 
@@ -147,3 +148,6 @@ class BlockLocal(nn.Module):
         """Queries at q_start.. against the most recent keys (cached window + new)."""
         mask = self.visible(q.shape[2], k.shape[2], q_start, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+ATTENTION_PATTERNS.register("block_local", BlockLocal)

@@ -4,22 +4,24 @@
     x, shift = conditioning(l, x); x = Block_l(x, shift)  pre-norm blocks, l = 1..n_layer
     logits = head(norm_f(x_L))                          (B, T, V), head tied to wte by default
 
-Extension points (DESIGN.md section 1): `positions` (a scheme from positions.POSITIONS),
-the attention pattern (attention.ATTENTION_PATTERNS), score terms and value gates (attention
-extensions handed to every block's attention through `attention_extensions(layer)`), and residual conditioning
-(`conditioning(layer, x) -> (x, shift)`: a change of the residual stream and/or a shift added to the
-block's attention and MLP inputs; the identity here, SMT's Self Area in slmlab/variants). A variant subclasses `Decoder` and overrides those
-factories; it never copies the forward pass.
+Extension points (docs/architecture.md): `positions` (registry.POSITIONS), the attention pattern
+(registry.ATTENTION_PATTERNS), attention extensions (score terms and value gates: the modules
+`attention_extensions(layer)` returns for each block's attention) and residual conditioning
+(`conditioning(layer, x) -> (x, shift)`: a change of the residual stream and/or a shift added to
+the block's attention and MLP inputs). The decoder is handed its extensions and conditioning
+(registry.build_model builds them from the registered builders); it never looks them up.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import ConfigError
 from .attention import KVCache
 from .block import Block
 from .generation import GenerationMixin
@@ -37,17 +39,26 @@ class NoConditioning(nn.Module):
 
 
 class Decoder(GenerationMixin, nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """The backbone (model.arch = "decoder"); implements protocol.LanguageModel."""
+
+    extension_points = frozenset({"attention", "conditioning", "per_layer_attention"})
+    exact_memory_estimate = True  # accounting.ModelStats's closed form describes this graph
+
+    def __init__(self, cfg: ModelConfig, attention_extensions: Callable[[int], list[nn.Module]] | None = None,
+                 conditioning: nn.Module | None = None):
+        """`attention_extensions(layer)`: the extension modules of layer `layer`'s attention;
+        `conditioning`: the residual conditioning (None: none)."""
         super().__init__()
         if cfg.vocab_size <= 0:
-            raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
+            raise ConfigError("model.vocab_size must be set (it comes from the tokenizer)")
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.positions = build_positions(cfg)
         self.drop = nn.Dropout(cfg.dropout)
-        self.conditioning = self.build_conditioning()
+        self.conditioning = conditioning if conditioning is not None else NoConditioning()
+        extensions = attention_extensions or (lambda layer: [])
         self.blocks = nn.ModuleList(
-            Block(cfg, layer, self.positions, **self.attention_extensions(layer)) for layer in range(cfg.n_layer)
+            Block(cfg, layer, self.positions, extensions=extensions(layer)) for layer in range(cfg.n_layer)
         )
         self.norm_f = build_norm(cfg)
         self.head = build_head(cfg)
@@ -55,22 +66,6 @@ class Decoder(GenerationMixin, nn.Module):
             self.head.weight = self.wte.weight
         self.hook_embed = HookPoint()
         self.apply(self._init_weights)
-
-    # ---- extension points, overridden by variants --------------------------------------
-    def attention_extensions(self, layer: int) -> dict:
-        """Keyword arguments for layer `layer`'s attention: the extensions the variant registry
-        builds for this config (slmlab/variants), e.g. SMAT's score term and value gate."""
-        from ..variants import ATTENTION_EXTENSION_BUILDERS
-
-        built = (build(self.cfg, layer) for build in ATTENTION_EXTENSION_BUILDERS)
-        return {"extensions": [module for module in built if module is not None]}
-
-    def build_conditioning(self) -> nn.Module:
-        """The first module a builder in variants.CONDITIONING_BUILDERS returns for this config."""
-        from ..variants import CONDITIONING_BUILDERS
-
-        built = (build(self.cfg) for build in CONDITIONING_BUILDERS)
-        return next((module for module in built if module is not None), NoConditioning())
 
     # ---- model --------------------------------------------------------------------------
     def _init_weights(self, module: nn.Module) -> None:
@@ -93,7 +88,7 @@ class Decoder(GenerationMixin, nn.Module):
         start = caches[0].length if caches else 0
         limit = self.positions.max_positions
         if limit and start + T > limit:
-            raise ValueError(f"sequence of {start + T} tokens exceeds the {limit} positions this model knows (model.block_size)")
+            raise ConfigError(f"sequence of {start + T} tokens exceeds the {limit} positions this model knows (model.block_size)")
         positions = torch.arange(start, start + T, device=idx.device)
         x = self.wte(idx)
         pos_emb = self.positions.embed(positions)
@@ -111,3 +106,12 @@ class Decoder(GenerationMixin, nn.Module):
     def make_caches(self) -> list[KVCache]:
         """One KV cache per layer, of the kind its attention pattern needs."""
         return [block.attn.make_cache(self.cfg.block_size) for block in self.blocks]
+
+    def shard_units(self) -> list[nn.Module]:
+        """The blocks: FSDP2 shards each on its own, then the rest with the root."""
+        return list(self.blocks)
+
+    def describe(self) -> str:
+        m = self.cfg
+        return (f"{m.arch}: {m.n_layer} layers x {m.d_model} d_model x {m.n_head} heads, d_ff {m.ff_dim}, "
+                f"block {m.block_size}, vocab {m.vocab_size}, {'tied' if m.tie_embeddings else 'untied'} {m.head} head")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from .sampling import sample_next
 
 
@@ -21,9 +22,9 @@ class GenerationMixin:
         With the KV cache, each step runs only the new token. When the context reaches
         block_size, the cache is rebuilt from the last block_size // 2 tokens (a sliding window)."""
         if idx.shape[1] == 0:
-            raise ValueError("the prompt is empty: give at least one token")
+            raise ConfigError("the prompt is empty: give at least one token")
         if idx.shape[1] > self.cfg.block_size:
-            raise ValueError(
+            raise ConfigError(
                 f"the prompt has {idx.shape[1]} tokens but the model's context is {self.cfg.block_size}; shorten it"
             )
         was_training = self.training

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..registry import HEADS
 from .loss import linear_cross_entropy
 
 
@@ -43,8 +44,10 @@ class StudentTHead(nn.Module):
         return F.cross_entropy(self(h).float(), targets)
 
 
-HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "student_t": StudentTHead}
+HEADS.register("linear", LinearHead)
+HEADS.register("student_t", StudentTHead)
 
 
 def build_head(cfg: ModelConfig) -> nn.Module:
+    """The LM head `model.head` names (registry.HEADS)."""
     return HEADS[cfg.head](cfg)

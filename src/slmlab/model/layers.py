@@ -5,14 +5,17 @@ from __future__ import annotations
 from torch import nn
 
 from ..config import ModelConfig
+from ..registry import NORMS
+
+
+NORMS.register("layernorm", lambda cfg, dim: nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias))
+NORMS.register("rmsnorm", lambda cfg, dim: nn.RMSNorm(dim, eps=cfg.norm_eps))
 
 
 def build_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
-    """LayerNorm (with bias when `cfg.bias`) or RMSNorm over the last dimension."""
-    dim = dim or cfg.d_model
-    if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(dim, eps=cfg.norm_eps)
-    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
+    """The norm `model.norm` names over the last dimension (registry.NORMS: LayerNorm, with bias
+    when `cfg.bias`, or RMSNorm)."""
+    return NORMS[cfg.norm](cfg, dim or cfg.d_model)
 
 
 class MLP(nn.Module):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..registry import POSITIONS
 
 
 class LearnedPositions(nn.Module):
@@ -86,8 +87,11 @@ class SinusoidalPositions(nn.Module):
         return q, k
 
 
-POSITIONS: dict[str, type[nn.Module]] = {"learned": LearnedPositions, "rope": RotaryPositions, "sinusoidal": SinusoidalPositions}
+POSITIONS.register("learned", LearnedPositions)
+POSITIONS.register("rope", RotaryPositions)
+POSITIONS.register("sinusoidal", SinusoidalPositions)
 
 
 def build_positions(cfg: ModelConfig) -> nn.Module:
+    """The position scheme `model.pos` names (registry.POSITIONS)."""
     return POSITIONS[cfg.pos](cfg)

@@ -36,6 +36,7 @@ from ..runs.run_dir import RunDir, load_run
 from ..tables import markdown_table
 from ..data.tokenizers import TokenizerError
 from ..training import evaluate
+from ..files import atomic_write_text
 
 NEUTRAL = ("The", "It was", "When I", "In the morning", "There is", "She said", "They", "One day", "He had",
            "We", "This is", "After")
@@ -179,7 +180,7 @@ def evaluate_persona(run_path: str | Path, data: PersonaData, classifier: Person
         "other_ppl": text_perplexity(model, cfg, data.other, tokenizer, device),
         "samples": {"neutral": neutral[:3], "adversarial": adversarial[:3]},
     }
-    (run.path / "persona_eval.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(run.path / "persona_eval.json", json.dumps(result, indent=2))
     return result
 
 
@@ -193,3 +194,29 @@ def results_table(results: list[dict]) -> str:
              f"{r['other_ppl']:.2f}") for r in results]
     return markdown_table(("run", "adherence, neutral", "adherence, adversarial", "drift (neutral − adv.)",
                            "persona ppl", "other-text ppl"), rows)
+
+
+def persona_report(runs: list[str], persona_spec: str, other_spec: str = "", openings: int = 12,
+                   max_new_tokens: int = 60, seed: int = 0, device: str = "auto", out: str | Path | None = None,
+                   progress=print) -> str:
+    """Score every run against one classifier and one set of adversarial prompts -> the table
+    (also written as Markdown to `out`). `progress` receives a line per phase."""
+    from ..training.runtime import resolve_device
+
+    if not runs:
+        raise ConfigError("name at least one run (or --compare RUN_A RUN_B ...)")
+    data = persona_data(persona_spec, other_spec)
+    classifier = PersonaClassifier(data, seed)
+    progress(f"persona classifier: held-out balanced accuracy {classifier.accuracy:.3f} on {classifier.held_out} passages")
+    resolved = resolve_device(device)
+    prompts = adversarial_prompts(data, openings, seed)
+    results = []
+    for run in runs:
+        progress(f"{run}: generating {len(NEUTRAL)} neutral and {len(prompts)} adversarial continuations")
+        results.append(evaluate_persona(run, data, classifier, prompts, resolved, max_new_tokens, seed))
+    table = results_table(results)
+    if out:
+        atomic_write_text(Path(out), f"# Persona robustness: {persona_spec}\n\nclassifier held-out balanced accuracy "
+                                     f"{classifier.accuracy:.3f}; adherence = share of continuations classified as persona, "
+                                     f"95% bootstrap CIs over prompts\n\n{table}\n")
+    return table

@@ -28,9 +28,10 @@ from safetensors.torch import load_model, save_file
 from torch import nn
 
 from ..runs.checkpoints import CheckpointError
-from ..config import ConfigError, DataConfig, SelfAreaConfig, TrainConfig
+from ..config import ConfigError, DataConfig, TrainConfig
+from ..variants.self_area import SelfAreaConfig
 from ..data.corpora import DocumentSelection
-from ..files import atomic_write_text
+from ..files import atomic_write, atomic_write_text
 from ..data.tokens import TokenSplit, WindowSampler, _split_documents
 from ..runs.metrics import MetricsLog
 from ..training.optim import lr_at
@@ -86,7 +87,8 @@ def insert_self_area(model: nn.Module, cfg: SelfAreaConfig) -> SelfArea:
 def save_self_area(area: SelfArea, directory: str | Path, base: str) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in area.state_dict().items()}, directory / "self_area.safetensors")
+    weights = {k: v.detach().contiguous().cpu() for k, v in area.state_dict().items()}
+    atomic_write(directory / "self_area.safetensors", lambda tmp: save_file(weights, tmp))
     meta = {"self_area": dataclasses.asdict(area.cfg), "d_model": area.proj.shape[1], "layers": area.slots,
             "base_model": base}
     atomic_write_text(directory / "self_area.json", json.dumps(meta, indent=2) + "\n")
@@ -196,3 +198,51 @@ def train_self_area(model: nn.Module, area: SelfArea, train: TokenSplit, steps: 
         if metrics is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
             metrics.append({"step": step + 1, "loss": loss.item(), "lr": lr_at(step, schedule), "alpha_mean": area.alpha.abs().mean().item()})
     model.eval()
+
+
+# ---- the verb's two uses: train a Self Area into a base model, generate with one ---------------
+
+
+def surgery(hf_model: str | Path, persona_data: str, out: str | Path | None = None, steps: int = 200, lr: float = 1e-2,
+            batch_size: int = 4, seq_len: int = 128, self_dim: int = 128, token_dependent: bool = False, seed: int = 0,
+            overwrite: bool = False, device: str = "auto") -> tuple[nn.Module, object, dict, Path]:
+    """Insert a Self Area into the base model, train it alone on persona text, save it (with
+    metrics.jsonl and summary.json) -> (model, tokenizer, summary, folder)."""
+    from ..training.runtime import resolve_device
+    from .stage2 import source_data_config
+
+    resolved = resolve_device(device)
+    model, tokenizer = load_hf_model(hf_model, resolved)
+    folder = Path(out or f"runs/surgery_{Path(hf_model).stem}")
+    if (folder / "self_area.json").is_file() and not overwrite:
+        raise ConfigError(f"{folder} already holds a Self Area; choose another --out")
+    train_split, val_split = persona_tokens(source_data_config(persona_data), tokenizer)
+    area = insert_self_area(model, SelfAreaConfig(enabled=True, self_dim=self_dim, token_dependent=token_dependent))
+    before = persona_loss(model, val_split, seq_len, batch_size, 8, resolved)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.jsonl").unlink(missing_ok=True)
+    train_self_area(model, area, train_split, steps, lr, batch_size, seq_len, seed, MetricsLog(folder / "metrics.jsonl"))
+    after = persona_loss(model, val_split, seq_len, batch_size, 8, resolved)
+    save_self_area(area, folder, str(hf_model))
+    summary = {"base_model": str(hf_model), "persona_data": persona_data, "steps": steps,
+               "self_area_params": sum(p.numel() for p in area.parameters()),
+               "base_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("self_area.")),
+               "persona_val_loss_before": before, "persona_val_loss_after": after}
+    atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return model, tokenizer, summary, folder
+
+
+def load_with_self_area(hf_model: str | Path, directory: str | Path, device: str = "auto"):
+    """(model, tokenizer) of a base model with the Self Area saved in `directory` inserted."""
+    from ..training.runtime import resolve_device
+
+    model, tokenizer = load_hf_model(hf_model, resolve_device(device))
+    load_self_area(model, directory)
+    return model, tokenizer
+
+
+def greedy_continuation(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """A greedy continuation through Hugging Face's `model.generate`."""
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
+    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0], skip_special_tokens=True)

@@ -17,17 +17,21 @@ import json
 from ..config import ConfigError, RunConfig
 from ..files import atomic_write_text
 from .distributed import World
-from ..model.attention import ATTENTION_PATTERNS, layer_pattern
+from ..model.attention import layer_pattern
+from ..model.protocol import attention_modules
+from ..registry import ATTENTION_PATTERNS
 from ..runs.run_dir import RunDir
 from .trainer import Trainer, TrainResult
 
 
 def assert_patterns(trainer: Trainer) -> None:
+    """Every attention module of the model (whatever the architecture) runs the pattern its
+    layer's config asks for."""
     cfg = trainer.cfg.model
-    for layer, block in enumerate(trainer.model.blocks):
-        wanted = ATTENTION_PATTERNS[layer_pattern(cfg, layer)]
-        if type(block.attn.pattern) is not wanted:
-            raise ConfigError(f"{trainer.cfg.name}: layer {layer} runs {type(block.attn.pattern).__name__}, config asks for {wanted.__name__}")
+    for name, attention in attention_modules(trainer.model):
+        wanted = ATTENTION_PATTERNS[layer_pattern(cfg, attention.layer)]
+        if type(attention.pattern) is not wanted:
+            raise ConfigError(f"{trainer.cfg.name}: {name} runs {type(attention.pattern).__name__}, config asks for {wanted.__name__}")
 
 
 def train_curriculum(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:

@@ -104,7 +104,8 @@ def check_batch(batch_size: int, world: World) -> None:
 
 def parallelize(model: nn.Module, world: World, mode: str, device: torch.device) -> nn.Module:
     """The module the training step calls: the model itself, DDP around it, or the model sharded
-    in place by FSDP2 (every block is one unit, the root holds embeddings, final norm and head)."""
+    in place by FSDP2: each of the architecture's `shard_units()` (the decoder's blocks, the
+    Tape's tape blocks) is one unit, the root holds the rest (embeddings, final norm, head)."""
     if not world.distributed:
         return model
     if mode == "ddp":
@@ -113,8 +114,8 @@ def parallelize(model: nn.Module, world: World, mode: str, device: torch.device)
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     from torch.distributed.fsdp import fully_shard
 
-    for block in model.blocks:
-        fully_shard(block)
+    for unit in model.shard_units():
+        fully_shard(unit)
     fully_shard(model)
     return model
 

@@ -1,5 +1,6 @@
-"""Optimizers (AdamW with decoupled weight decay on matrices only; seed 001's Wolf) and the warmup
-+ cosine LR schedule."""
+"""Optimizers (registry.OPTIMIZERS; AdamW with decoupled weight decay on matrices only), the
+selection of trainable parameters (registry.TRAINABLE), the step that can be skipped on the
+device, and the warmup + cosine LR schedule."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..registry import OPTIMIZERS, TRAINABLE
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -22,60 +24,31 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-NORMS = (nn.LayerNorm, nn.RMSNorm)
-
-
 def select_trainable(model: nn.Module, which: str) -> int:
-    """Freeze every parameter outside `which` ("all", "self_area", "self_area+norms": SMT's stage 2
-    choices); returns the number of trainable parameters."""
-    if which != "all":
-        keep = {id(p) for p in model.conditioning.parameters()}
-        if which == "self_area+norms":
-            keep |= {id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters()}
+    """Freeze every parameter outside the selection `which` names (registry.TRAINABLE: "all", or
+    a variant's, e.g. SMT's stage-2 "self_area"); returns the number of trainable parameters."""
+    selected = TRAINABLE[which](model)
+    if selected is not None:
+        keep = {id(p) for p in selected}
         for param in model.parameters():
             param.requires_grad_(id(param) in keep)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+TRAINABLE.register("all", lambda model: None)  # None: nothing is frozen
+
+
 FUSED_DEVICES = ("cuda", "cpu", "mps", "xpu")
 
 
-class Wolf(torch.optim.Optimizer):
-    """The TapeTransformer notebook's sign-agreement optimizer. With c = 1/e, per parameter:
-
-        u = (1 − c) m + c g              the step candidate (an EMA of the gradient)
-        m ← (1 − c) m + c u              the state
-        p ← p − lr u   where sign(u) = sign(g), else p unchanged
-
-    No weight decay (a group's weight_decay is ignored)."""
-
-    C = math.exp(-1.0)
-
-    def __init__(self, params, lr: float = 0.25):
-        super().__init__(params, {"lr": lr})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                m = state.setdefault("m", torch.zeros_like(p))
-                u = (1 - self.C) * m + self.C * p.grad
-                m.mul_(1 - self.C).add_(u, alpha=self.C)
-                p.sub_(torch.where(torch.sign(u) * torch.sign(p.grad) > 0, u, torch.zeros_like(u)), alpha=group["lr"])
-        return loss
-
-
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, with the fused kernel wherever PyTorch has one (CUDA, CPU, MPS, XPU); or Wolf."""
-    if cfg.optimizer == "wolf":
-        return Wolf(param_groups(model, 0.0), lr=cfg.lr)
+    """The optimizer `train.optimizer` names (registry.OPTIMIZERS)."""
+    return OPTIMIZERS[cfg.optimizer](model, cfg, device)
+
+
+@OPTIMIZERS.register("adamw")
+def build_adamw(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, with the fused kernel wherever PyTorch has one (CUDA, CPU, MPS, XPU)."""
     fused = device.type in FUSED_DEVICES
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),

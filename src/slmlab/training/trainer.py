@@ -68,6 +68,7 @@ from .runtime import (
     set_rng_state,
 )
 from ..data.tokenizers import Tokenizer, load_tokenizer
+from .frames import training_frame
 from .optim import build_optimizer, lr_at, select_trainable, step_unless
 from ..errors import TrainingError
 
@@ -318,8 +319,6 @@ class Trainer:
         """An attention/loss frame of the first validation window (rank 0; not under FSDP sharding)."""
         if not self.world.is_main or (self.world.distributed and self.cfg.train.parallel == "fsdp"):
             return
-        from ..analysis.viz import training_frame
-
         frames = self.run.path / "viz" / "frames"
         frames.mkdir(parents=True, exist_ok=True)
         window = self.data.val.tokens[: min(64, self.cfg.data.seq_len) + 1].astype("int64").tolist()

@@ -1,15 +1,7 @@
-"""Architecture variants: small modules that plug into the decoder's extension points.
+"""The built-in ideas, one file each, registered through the same calls a user's plugin makes:
+SMAT (attention extension + interventions), SMT's Self Area (residual conditioning + stage-2
+parameter selections), the TapeTransformer (a whole architecture + the Wolf optimizer)."""
 
-Each builder in ATTENTION_EXTENSION_BUILDERS maps (ModelConfig, layer) to an attention extension
-module, or None when the config does not ask for it; the decoder collects what they return.
-Each builder in CONDITIONING_BUILDERS maps a ModelConfig to the decoder's residual conditioning
-(or None); the first that returns a module is used.
-"""
+from . import self_area, smat, tape
 
-from __future__ import annotations
-
-from .self_area import build_self_area
-from .smat import build_smat
-
-ATTENTION_EXTENSION_BUILDERS = [build_smat]
-CONDITIONING_BUILDERS = [build_self_area]
+__all__ = ["self_area", "smat", "tape"]

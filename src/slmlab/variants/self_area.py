@@ -14,16 +14,46 @@ With `surgery_safe` α_l starts at 0, so a freshly inserted module changes nothi
 N(0, 1) and W_l at N(0, 1/self_dim), so W_l g has unit scale per feature (the size of a normed
 hidden state): α_l's gradient is not zero and a small α_l already steers every layer. The same
 `SelfArea` module serves the native decoder (as its residual conditioning) and model surgery on
-Hugging Face models (slmlab/surgery.py). Hook points `hook_guidance.<l>` see Δ_l.
+Hugging Face models (slmlab/persona/surgery.py). Hook points `hook_guidance.<l>` see Δ_l.
+
+
+Stage 2 trains only the Self Area (train.trainable = "self_area"), optionally with every norm
+("self_area+norms"): those selections are registered here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
-from ..config import ModelConfig, SelfAreaConfig
+from ..config import ModelConfig
+from ..errors import ConfigError
 from ..model.hooks import HookPoint
+from ..registry import CONDITIONING, TRAINABLE, register_check, register_section
+
+
+@dataclass
+class SelfAreaConfig:
+    """SMT's Self Area (seed 000); the equations are in this module's docstring.
+
+    A learned persona state refined by an MLP into a guidance signal g (self_dim); layer l adds
+    alpha_l * W_l g. `target`: into the residual stream before the block ("residual") or only into
+    the attention and MLP inputs after their norms ("sublayer_inputs"). `token_dependent`: g is
+    gated per token by the hidden state. `guidance_mode = "input_once"` is what the original
+    code did (one constant vector added to the embeddings). `surgery_safe`: alpha starts at 0, so
+    inserting the module changes nothing."""
+
+    enabled: bool = False
+    self_dim: int = 128
+    hidden: int = 0  # the refining MLP's width; 0 -> 2 * self_dim
+    guidance_mode: Literal["every_layer", "input_once"] = "every_layer"
+    target: Literal["residual", "sublayer_inputs"] = "residual"
+    token_dependent: bool = False
+    surgery_safe: bool = True  # alpha_l = 0 at init; else 1
 
 
 class SelfArea(nn.Module):
@@ -73,3 +103,27 @@ class SelfAreaConditioning(nn.Module):
 
 def build_self_area(cfg: ModelConfig) -> nn.Module | None:
     return SelfAreaConditioning(cfg) if cfg.self_area.enabled else None
+
+
+def self_area_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
+    return model.get_submodule("conditioning").parameters()
+
+
+def self_area_and_norm_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
+    norms = (m for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm)))
+    return [*self_area_parameters(model), *(p for m in norms for p in m.parameters())]
+
+
+CONDITIONING.register("self_area", build_self_area)
+register_section("self_area", SelfAreaConfig, extends="conditioning")
+TRAINABLE.register("self_area", self_area_parameters)
+TRAINABLE.register("self_area+norms", self_area_and_norm_parameters)
+
+
+@register_check
+def check_self_area(cfg) -> None:
+    area, trainable = cfg.model.self_area, cfg.train.trainable
+    if area.self_dim <= 0 or area.hidden < 0:
+        raise ConfigError(f"model.self_area.self_dim must be > 0 and hidden >= 0, got {area.self_dim}, {area.hidden}")
+    if trainable in ("self_area", "self_area+norms") and not area.enabled:
+        raise ConfigError(f"train.trainable = '{trainable}' needs a Self Area; set model.self_area.enabled = true")

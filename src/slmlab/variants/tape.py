@@ -13,7 +13,8 @@
                    a(W_2 x_t + U_2 h_{t-1})) per layer, projected back to d_model
     critic k       a tape head (4 layers, softmax mix) over g_k ⊙ coda + (1 − g_k) ⊙ prophet + E_k[idx],
                    g_k = σ(G_k [coda; prophet]) (a learned gate) and its own token embedding E_k
-    moderator      "merge": W RMSNorm([coda; critic_1; ...; critic_K]);  "last": the last critic
+    moderator      "merge": W RMSNorm([coda; critic_1; ...; critic_K]);  "last": one critic's output alone
+                   (only that critic, its gate and embedding are built: the others would get no gradient)
     unembedding    model.head (Student-t in the presets) on LN(moderator output)
 
 What the notebook's code did and this module does not: its attention had no causal mask; a block
@@ -23,19 +24,46 @@ mixed batch items; its XOR multiplied all features together. Here every attentio
 backbone's SDPA attention with its KV cache), the prophet runs strictly left to right and keeps its
 hidden state in the cache, and the tests prove causality, cache equivalence, batch independence
 and a non-zero gradient for every parameter.
+
+The graph takes no attention extensions, no residual conditioning and no per-layer attention
+patterns (`extension_points` is empty: the config checks refuse those settings); model.attention
+applies to every tape block. The notebook's sign-agreement optimizer (Wolf) is registered as
+train.optimizer = "wolf".
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, TrainConfig
+from ..errors import ConfigError
 from ..model.attention import CausalSelfAttention, KVCache
 from ..model.generation import GenerationMixin
 from ..model.heads import build_head
 from ..model.layers import build_norm
 from ..model.positions import build_positions
+from ..registry import ARCHITECTURES, OPTIMIZERS, register_check, register_section
+
+
+@dataclass
+class TapeConfig:
+    """TapeTransformer (seed 001); the graph is in this module's docstring."""
+
+    n_critics: int = 4
+    coda_layers: int = 2
+    critic_layers: int = 4
+    coda_rule: str = "soft_xor"  # how a tape head combines its left and right stacks: soft_xor | softmax_mix | sum
+    critic_rule: str = "softmax_mix"
+    moderator: Literal["merge", "last"] = "merge"  # "merge": RMSNorm + projection of coda and every critic; "last": the last critic
+    rnn_dim: int = 0  # the prophet char-RNN's width; 0 -> d_model
+    rnn_layers: int = 2
+    mlp_expand: int = 8  # rectified-KAN MLP width = mlp_expand * d_model
 
 
 def bounded_log(x: torch.Tensor) -> torch.Tensor:
@@ -132,20 +160,30 @@ class TapeCache(list):
 
 
 class TapeTransformer(GenerationMixin, nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """model.arch = "tape"; implements model.protocol.LanguageModel."""
+
+    extension_points = frozenset()
+    exact_memory_estimate = False  # info traces a forward pass instead of the decoder's closed form
+
+    def __init__(self, cfg: ModelConfig, attention_extensions: Callable | None = None, conditioning: nn.Module | None = None):
+        """The config checks refuse extensions and conditioning for this architecture, so none
+        is ever handed in."""
         super().__init__()
         if cfg.vocab_size <= 0:
-            raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
+            raise ConfigError("model.vocab_size must be set (it comes from the tokenizer)")
+        if conditioning is not None or (attention_extensions and attention_extensions(0)):
+            raise ConfigError("model.arch = 'tape' takes no attention extensions or residual conditioning")
         tape = cfg.tape
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.positions = build_positions(cfg)
         self.coda = TapeHead(cfg, tape.coda_layers, tape.coda_rule, self.positions)
         self.prophet = Prophet(cfg)
-        self.gates = nn.ModuleList(nn.Linear(2 * cfg.d_model, cfg.d_model, bias=cfg.bias) for _ in range(tape.n_critics))
-        self.critic_embeddings = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.d_model) for _ in range(tape.n_critics))
+        critics = 1 if tape.moderator == "last" else tape.n_critics
+        self.gates = nn.ModuleList(nn.Linear(2 * cfg.d_model, cfg.d_model, bias=cfg.bias) for _ in range(critics))
+        self.critic_embeddings = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.d_model) for _ in range(critics))
         self.critics = nn.ModuleList(TapeHead(cfg, tape.critic_layers, tape.critic_rule, self.positions)
-                                     for _ in range(tape.n_critics))
+                                     for _ in range(critics))
         if tape.moderator == "merge":
             self.merge_norm = nn.RMSNorm((tape.n_critics + 1) * cfg.d_model, eps=cfg.norm_eps)
             self.merge = nn.Linear((tape.n_critics + 1) * cfg.d_model, cfg.d_model, bias=cfg.bias)
@@ -166,7 +204,7 @@ class TapeTransformer(GenerationMixin, nn.Module):
         B, T = idx.shape
         start = caches[0].length if caches else 0
         if start + T > self.cfg.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds the {self.cfg.block_size} positions this model knows (model.block_size)")
+            raise ConfigError(f"sequence of {start + T} tokens exceeds the {self.cfg.block_size} positions this model knows (model.block_size)")
         positions = torch.arange(start, start + T, device=idx.device)
         x = self.wte(idx)
         pos_emb = self.positions.embed(positions)
@@ -195,3 +233,73 @@ class TapeTransformer(GenerationMixin, nn.Module):
     def make_caches(self) -> TapeCache:
         size = self.cfg.block_size
         return TapeCache([*self.coda.make_caches(size), *(c for critic in self.critics for c in critic.make_caches(size))])
+
+    def shard_units(self) -> list[nn.Module]:
+        """Every tape block (coda and critics): FSDP2 shards each on its own."""
+        return [m for m in self.modules() if isinstance(m, TapeBlock)]
+
+    def describe(self) -> str:
+        m, t = self.cfg, self.cfg.tape
+        critics = f"{t.n_critics} critics" if t.moderator == "merge" else "1 critic (moderator last)"
+        return (f"tape: coda {t.coda_layers} + {critics} x {t.critic_layers} layers (left/right stacks), "
+                f"d_model {m.d_model}, {m.n_head} heads, MLP x{t.mlp_expand}, prophet RNN {t.rnn_dim or m.d_model} x {t.rnn_layers}, "
+                f"moderator {t.moderator}, block {m.block_size}, vocab {m.vocab_size}, "
+                f"{'tied' if m.tie_embeddings else 'untied'} {m.head} head")
+
+
+ARCHITECTURES.register("tape", TapeTransformer)
+register_section("tape", TapeConfig, arch="tape")
+
+
+@register_check
+def check_tape(cfg) -> None:
+    t = cfg.model.tape
+    for key in ("n_critics", "coda_layers", "critic_layers", "rnn_layers", "mlp_expand"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"model.tape.{key} must be > 0, got {getattr(t, key)}")
+    if t.rnn_dim < 0:
+        raise ConfigError(f"model.tape.rnn_dim must be >= 0, got {t.rnn_dim}")
+    for key in ("coda_rule", "critic_rule"):
+        if getattr(t, key) not in RULES:
+            raise ConfigError(f"model.tape.{key} = {getattr(t, key)!r} is not one of {', '.join(RULES)}")
+
+
+# ---- the notebook's optimizer ------------------------------------------------------------------
+
+
+class Wolf(torch.optim.Optimizer):
+    """The TapeTransformer notebook's sign-agreement optimizer. With c = 1/e, per parameter:
+
+        u = (1 − c) m + c g              the step candidate (an EMA of the gradient)
+        m ← (1 − c) m + c u              the state
+        p ← p − lr u   where sign(u) = sign(g), else p unchanged
+
+    No weight decay (a group's weight_decay is ignored)."""
+
+    C = math.exp(-1.0)
+
+    def __init__(self, params, lr: float = 0.25):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                m = state.setdefault("m", torch.zeros_like(p))
+                u = (1 - self.C) * m + self.C * p.grad
+                m.mul_(1 - self.C).add_(u, alpha=self.C)
+                p.sub_(torch.where(torch.sign(u) * torch.sign(p.grad) > 0, u, torch.zeros_like(u)), alpha=group["lr"])
+        return loss
+
+
+@OPTIMIZERS.register("wolf")
+def build_wolf(model: nn.Module, cfg: TrainConfig, device: torch.device) -> Wolf:
+    """Wolf over every trainable parameter (it applies no weight decay)."""
+    return Wolf([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)

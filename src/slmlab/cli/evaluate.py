@@ -1,0 +1,140 @@
+"""Verbs that score or sample a trained run: `eval`, `generate`, `prompts`, `ablate`, `diagnose`."""
+
+from __future__ import annotations
+
+import json
+
+from .options import (
+    add_device,
+    add_int8,
+    add_out,
+    add_sampling,
+    add_seed,
+    add_verb,
+    int_list,
+    load_run_config,
+    positive_float,
+    positive_int,
+)
+
+
+def register(sub) -> None:
+    p = add_verb(sub, "eval", "validation loss and perplexity of a trained run",
+                 "  slmlab eval runs/quickstart\n"
+                 "  slmlab eval runs/quickstart --data.genres tragedies   # a slice of the corpus\n"
+                 "  slmlab eval runs/bytes --data.source brown           # another corpus (byte/BPE/GPT-2 tokenizers)\n"
+                 "  slmlab eval runs/long --by-position --context-length 1024\n"
+                 "  slmlab eval runs/long --context-lengths 256,512,1024,2048 --rope-scale 2")
+    p.add_argument("run")
+    p.add_argument("--batches", type=positive_int, default=50, help="number of validation batches (default 50)")
+    p.add_argument("--split", choices=("val", "train"), default="val")
+    add_device(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--by-position", action="store_true", help="loss per position bucket of the window (saved as JSON + PNG)")
+    p.add_argument("--context-length", type=positive_int, default=None, help="window length for --by-position (default: data.seq_len)")
+    p.add_argument("--bucket", type=positive_int, default=64, help="bucket width for --by-position")
+    p.add_argument("--context-lengths", type=int_list, default=None, help="comma-separated evaluation lengths, e.g. 256,512,1024,2048")
+    p.add_argument("--rope-scale", type=positive_float, default=None, help="evaluate a RoPE model with this rope_scale instead")
+    add_int8(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = add_verb(sub, "generate", "sample text from a trained run",
+                 "  slmlab generate runs/quickstart --prompt 'ROMEO:' --max-new-tokens 300\n"
+                 "  slmlab generate runs/quickstart --prompt 'KING' --temperature 0.7 --top-p 0.9 --seed 3")
+    p.add_argument("run")
+    p.add_argument("--prompt", required=True)
+    add_sampling(p)
+    add_seed(p)
+    p.add_argument("--num-samples", type=positive_int, default=1)
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step")
+    add_int8(p)
+    add_device(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = add_verb(sub, "prompts", "generate from a prompt suite (TOML or JSONL) into a reproducible Markdown report",
+                 "  slmlab prompts runs/long                      # the bundled control-systems suite\n"
+                 "  slmlab prompts runs/long --suite my_prompts.jsonl --out report.md")
+    p.add_argument("run")
+    p.add_argument("--suite", default="", help="suite file (default: the bundled control_systems.toml)")
+    add_out(p, "report path (default: RUN/prompts_<suite>.md)")
+    add_device(p)
+    p.set_defaults(func=cmd_prompts)
+
+    p = add_verb(sub, "ablate", "surgical ablations of a trained run: each intervention's validation ppl vs the unmodified model",
+                 "  slmlab ablate runs/smat_quick/full_s0\n  slmlab ablate runs/smat_ablation/full_s3 --n-batches 40")
+    p.add_argument("run")
+    p.add_argument("--n-batches", type=positive_int, default=20, help="validation batches per evaluation (default 20)")
+    add_device(p)
+    p.set_defaults(func=cmd_ablate)
+
+    p = add_verb(sub, "diagnose", "check the loss at init (~ ln V) and that one batch can be overfitted",
+                 "  slmlab diagnose configs/quickstart.toml\n"
+                 "  slmlab diagnose configs/smt_80m.toml --train.device cuda")
+    p.add_argument("config")
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--steps", type=positive_int, default=500, help="most overfitting steps")
+    p.set_defaults(func=cmd_diagnose)
+
+
+def cmd_eval(args, extra) -> int:
+    from ..config import parse_overrides
+    from ..evals.score import load_for_inference, score_run
+
+    model_overrides = {"rope_scale": args.rope_scale} if args.rope_scale else None
+    cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8, model_overrides)
+    if args.by_position or args.context_lengths:
+        from pathlib import Path
+
+        from ..data.tokens import prepare_tokens
+        from ..evals.long_context import long_context_report
+        from ..evals.score import data_config_for
+
+        _, data = prepare_tokens(data_config_for(cfg, parse_overrides(extra)), tokenizer)
+        split = data.val if args.split == "val" else data.train
+        print(long_context_report(Path(args.run), cfg, model, split, device, args.batches, args.by_position,
+                                  args.context_length or 0, args.bucket, args.context_lengths, args.rope_scale or 0.0))
+        return 0
+    result = score_run(args.run, cfg, model, tokenizer, device, args.split, args.batches, parse_overrides(extra))
+    print(json.dumps(result) if args.json else f"{result['source']} {args.split}: loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}")
+    return 0
+
+
+def cmd_generate(args, extra) -> int:
+    from ..evals.score import generate_texts, load_for_inference
+
+    cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8)
+    texts = generate_texts(model, tokenizer, cfg, device, args.prompt, args.num_samples, args.max_new_tokens,
+                           args.temperature, args.top_k, args.top_p, args.seed, not args.no_cache)
+    for text in texts:
+        print(text)
+        if args.num_samples > 1:
+            print("-" * 40)
+    return 0
+
+
+def cmd_prompts(args, extra) -> int:
+    from ..evals.prompts import prompts_report
+
+    report, path = prompts_report(args.run, args.suite or None, args.out or None, args.device)
+    print(report)
+    print(f"saved: {path}")
+    return 0
+
+
+def cmd_ablate(args, extra) -> int:
+    from pathlib import Path
+
+    from ..evals.ablate import ablate
+
+    table, _ = ablate(args.run, args.n_batches, args.device)
+    print(table)
+    print(f"saved: {Path(args.run) / 'ablations.md'}, ablations.json")
+    return 0
+
+
+def cmd_diagnose(args, extra) -> int:
+    from ..evals.diagnose import diagnose
+
+    result = diagnose(load_run_config(args.config, extra), batch_size=args.batch_size, max_steps=args.steps)
+    print("\n".join(result.lines()))
+    return 0 if result.init_ok and result.overfit_ok else 1

@@ -1,0 +1,98 @@
+"""What the verbs share: the parser factory (help with examples), options declared once (device,
+seed, output, int8, sampling), and turning CONFIG + overrides into a checked RunConfig.
+
+Nothing here imports torch or the library at module level: `slmlab --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def add_verb(subparsers, name: str, help: str, examples: str) -> argparse.ArgumentParser:
+    """A sub-command whose --help ends with examples."""
+    return subparsers.add_parser(name, help=help, description=help, epilog="examples:\n" + examples,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number > 0, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _number(text: str, kind: type):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """'256,512,1024' -> [256, 512, 1024] (every entry > 0)."""
+    return [positive_int(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
+
+
+def add_seed(parser: argparse.ArgumentParser, default: int = 0) -> None:
+    parser.add_argument("--seed", type=int, default=default, help=f"random seed (default {default})")
+
+
+def add_int8(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--int8", action="store_true", help="the run's int8 model (slmlab quantize RUN --int8)")
+
+
+def add_out(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--out", default="", help=what)
+
+
+def add_sampling(parser: argparse.ArgumentParser, max_new_tokens: int = 200) -> None:
+    parser.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=non_negative_float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top-k", type=non_negative_int, default=0, help="keep the k most likely tokens (0 = all)")
+    parser.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus sampling threshold in (0, 1] (1 = off)")
+
+
+def _top_p(text: str) -> float:
+    value = _number(text, float)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def load_run_config(config: str, extra: list[str], name: str | None = None):
+    """CONFIG with dotted overrides (and --name) applied, checked."""
+    from ..config import load_config, parse_overrides
+
+    overrides = parse_overrides(extra)
+    if name is not None:  # an explicit --name "" is checked (and refused), not ignored
+        overrides["name"] = name
+    return load_config(config, overrides)

@@ -1,0 +1,153 @@
+"""Rules a RunConfig must satisfy beyond its types; each violation is one line naming the key.
+
+    - run names are names (never a path: they are joined to out_dir)
+    - every extension choice is a registered name (registry.CHOICE_REGISTRIES)
+    - what the architecture does not offer is refused, not ignored: a variant section set away
+      from its defaults under an architecture without that extension point, per-layer attention
+      patterns under an architecture without layers
+    - ranges and combinations of the core fields
+    - the rules variants and plugins register (registry.CONFIG_CHECKS)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from ..errors import ConfigError
+from ..registry import ARCHITECTURES, ATTENTION_PATTERNS, CHOICE_REGISTRIES, CONFIG_CHECKS, MODEL_SECTIONS
+
+
+def check_name(key: str, name: str) -> str:
+    """A run (or sweep) name is one path component: not empty, not '.' or '..', no separators.
+    It is joined to out_dir, so anything else could point a run (and --overwrite) elsewhere."""
+    separators = {"/", "\\", os.sep, os.altsep or "/"}
+    if name in ("", ".", "..") or any(sep in name for sep in separators) or "\0" in name:
+        raise ConfigError(f"{key} = {name!r} is not a name: use one folder name without '/' or '\\' "
+                          "(not '.' or '..'); put parent folders in out_dir")
+    return name
+
+
+def _lookup(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def check_choices(cfg) -> None:
+    for registry in CHOICE_REGISTRIES:
+        registry[_lookup(cfg, registry.config_key)]  # an unknown name raises ConfigError
+    for i, pattern in enumerate(cfg.model.attention_layers):
+        if pattern not in ATTENTION_PATTERNS:
+            raise ConfigError(f"model.attention_layers[{i}] = {pattern!r} is not one of {', '.join(ATTENTION_PATTERNS)}")
+
+
+def first_change(section: Any) -> tuple[str, Any] | None:
+    """(field, value) of the first field of a section dataclass that differs from its default."""
+    default = type(section)()
+    for f in dataclasses.fields(section):
+        if getattr(section, f.name) != getattr(default, f.name):
+            return f.name, getattr(section, f.name)
+    return None
+
+
+def check_architecture_support(m) -> None:
+    """Refuse settings the chosen architecture would silently ignore."""
+    points = ARCHITECTURES[m.arch].extension_points
+    for name, section in MODEL_SECTIONS.items():
+        change = first_change(getattr(m, name))
+        if change is None:
+            continue
+        key = f"model.{name}.{change[0]} = {change[1]!r}"
+        if section.arch and section.arch != m.arch:
+            raise ConfigError(f"{key} applies only to model.arch = '{section.arch}', not '{m.arch}'; remove it")
+        if section.extends and section.extends not in points:
+            raise ConfigError(f"model.arch = '{m.arch}' takes no {section.extends} extension, so {key} would be ignored; remove it")
+    if (m.attention_layers or m.global_every) and "per_layer_attention" not in points:
+        raise ConfigError(f"model.arch = '{m.arch}' has no per-layer attention patterns; "
+                          "remove model.attention_layers / model.global_every (model.attention applies to every attention)")
+
+
+def validate(cfg) -> None:
+    """Reject impossible values with one line naming the key."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    check_name("name", cfg.name)
+    if not cfg.out_dir:
+        raise ConfigError("out_dir is empty: name the folder that holds run directories (default 'runs')")
+    check_choices(cfg)
+    check_architecture_support(m)
+    positive = {
+        "model.n_layer": m.n_layer, "model.n_head": m.n_head, "model.d_model": m.d_model,
+        "model.block_size": m.block_size, "data.seq_len": d.seq_len, "train.steps": t.steps,
+        "train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
+        "train.eval_batches": t.eval_batches, "train.log_every": t.log_every,
+        "train.eval_every": t.eval_every, "train.max_nan_skips": t.max_nan_skips,
+        "train.keep_checkpoints": t.keep_checkpoints, "model.student_t_nu": m.student_t_nu,
+        "model.local_block": m.local_block, "model.norm_eps": m.norm_eps,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    non_negative = {
+        "model.d_ff": m.d_ff, "model.vocab_size": m.vocab_size, "data.max_year": d.max_year,
+        "data.max_documents": d.max_documents, "train.warmup_steps": t.warmup_steps,
+        "train.grad_clip": t.grad_clip, "train.weight_decay": t.weight_decay,
+        "train.checkpoint_every": t.checkpoint_every, "train.threads": t.threads,
+        "train.sample_tokens": t.sample_tokens, "train.viz_every": t.viz_every, "model.global_every": m.global_every,
+        "model.init_std": m.init_std,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if m.d_model % m.n_head:
+        raise ConfigError(
+            f"model.d_model = {m.d_model} is not divisible by model.n_head = {m.n_head}"
+        )
+    if d.seq_len > m.block_size:
+        raise ConfigError(
+            f"data.seq_len = {d.seq_len} exceeds model.block_size = {m.block_size}; "
+            "lower data.seq_len or raise model.block_size"
+        )
+    if m.attention_layers and len(m.attention_layers) != m.n_layer:
+        raise ConfigError(f"model.attention_layers has {len(m.attention_layers)} entries for model.n_layer = {m.n_layer}")
+    if m.local_kernel == "flex" and m.dropout:
+        raise ConfigError(f"model.local_kernel = 'flex' applies no attention dropout but model.dropout = {m.dropout}; "
+                          "use 'windows' or 'auto'")
+    if not 0.0 < m.rope_fraction <= 1.0:
+        raise ConfigError(f"model.rope_fraction must be in (0, 1], got {m.rope_fraction}")
+    if m.rope_scale <= 0 or m.rope_theta <= 1:
+        raise ConfigError(f"model.rope_scale must be > 0 and model.rope_theta > 1, got {m.rope_scale}, {m.rope_theta}")
+    if m.pos == "rope" and 2 * int(m.head_dim * m.rope_fraction / 2) == 0:
+        raise ConfigError(f"model.rope_fraction = {m.rope_fraction} rotates no dimension of {m.head_dim}-wide heads")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if not 0.0 < d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    if d.tokenizer == "bpe" and d.vocab_size < 260:
+        raise ConfigError(f"data.vocab_size = {d.vocab_size} is too small for BPE (need >= 260)")
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+    for name, beta in (("train.beta1", t.beta1), ("train.beta2", t.beta2)):
+        if not 0.0 <= beta < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1), got {beta}")
+    for stream, weight in d.mixture.items():
+        if weight < 0:
+            raise ConfigError(f"data.mixture.{stream} must be >= 0, got {weight}")
+    if d.mixture and sum(d.mixture.values()) <= 0:
+        raise ConfigError("data.mixture weights sum to 0; give at least one stream a weight > 0")
+    for check in CONFIG_CHECKS:
+        check(cfg)
+
+
+def resolve_vocab(cfg, vocab_size: int) -> None:
+    """Fill model.vocab_size from the tokenizer (0 = take it); a smaller explicit size is an error."""
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = vocab_size
+    elif cfg.model.vocab_size < vocab_size:
+        raise ConfigError(
+            f"model.vocab_size = {cfg.model.vocab_size} is smaller than the tokenizer's {vocab_size}; "
+            "set it to 0 to take the tokenizer's size"
+        )

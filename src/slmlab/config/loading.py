@@ -1,0 +1,102 @@
+"""Reading configs: TOML files, dotted command-line overrides, and the checked RunConfig.
+
+    cfg = load_config("configs/quickstart.toml", ["--model.n_layer", "4", "--train.steps=200"])
+
+Every key is checked against the schema and every value against its type; `checks.validate`
+then applies the rules that span fields. Any problem is a ConfigError of one line naming the key.
+"""
+
+from __future__ import annotations
+
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..registry import load_builtins
+from .checks import validate
+from .schema import RunConfig
+from .values import build_dataclass
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig from nested plain values (e.g. parsed TOML or config.json)."""
+    load_builtins()
+    cfg = build_dataclass(RunConfig, values)
+    validate(cfg)
+    for index in range(len(cfg.phases)):
+        cfg.phase(index)  # every phase must be a valid config too
+    return cfg
+
+
+def _parse_literal(text: str) -> Any:
+    """Parse a command-line value as a TOML literal (`4`, `true`, `[\"J\", \"E\"]`), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(args: typing.Sequence[str]) -> dict[str, Any]:
+    """Turn `["--model.n_layer", "4", "--train.lr=3e-4"]` into {"model.n_layer": 4, "train.lr": 3e-4}."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) < 3:
+            raise ConfigError(f"expected an override like --model.n_layer 4, got '{arg}'")
+        key = arg[2:]
+        if "=" in key:
+            key, text = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override --{key} has no value")
+            text = args[i + 1]
+            i += 2
+        overrides[key] = _parse_literal(text)
+    return overrides
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (a copy); the keys are checked later by `build_dataclass`."""
+    merged = _deep_copy(values)
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = merged
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set '{key}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return merged
+
+
+def _deep_copy(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: invalid TOML ({err})") from None
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] | dict[str, Any] = ()) -> RunConfig:
+    """Read a TOML config, apply dotted overrides, validate. The run name defaults to the file stem."""
+    values = read_toml(path)
+    values.setdefault("name", Path(path).stem)
+    if not isinstance(overrides, dict):
+        overrides = parse_overrides(overrides)
+    return config_from_dict(apply_overrides(values, overrides))

@@ -1,0 +1,87 @@
+"""Plain values -> typed dataclasses, with one-line errors that name the key.
+
+`build_dataclass(cls, {"n_layer": 4})` checks every key against the dataclass's fields (a typo gets
+the closest valid key), converts every value to its annotation (int, float, bool, str, Literal,
+lists, dicts, nested dataclasses) and refuses anything else. A dataclass with a `SECTIONS`
+registry (ModelConfig) also takes the sections registered there (`[model.smat]`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any
+
+from ..errors import ConfigError
+from ..registry import closest
+
+
+def check_value(key: str, value: Any, annotation: Any) -> Any:
+    """Return `value` converted to `annotation`, or raise ConfigError naming `key`."""
+    if annotation is Any or (annotation is type(None) and value is None):
+        return value
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return check_value(key, value, option)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {annotation}, got {value!r}")
+    if origin is typing.Literal:
+        allowed = typing.get_args(annotation)
+        if value in allowed and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} = {value!r} is not one of {', '.join(map(str, allowed))}{closest(value, allowed)}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, str):  # a single value given for a list, e.g. --data.genres J
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            return [check_value(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+    elif origin is dict:
+        _, value_type = typing.get_args(annotation)
+        if isinstance(value, dict):
+            return {str(k): check_value(f"{key}.{k}", v, value_type) for k, v in value.items()}
+    elif dataclasses.is_dataclass(annotation):
+        if isinstance(value, dict):
+            return build_dataclass(annotation, value, prefix=key)
+        if isinstance(value, annotation):
+            return value
+    type_name = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"{key}: expected {type_name}, got {type(value).__name__} {value!r}")
+
+
+def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a table of settings, got {type(values).__name__} {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init and f.name != "sections"]
+    sections = getattr(cls, "SECTIONS", None)
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in names:
+            kwargs[name] = check_value(key, value, hints[name])
+        elif sections is not None and name in sections:
+            kwargs[name] = check_value(key, value, sections[name].config)
+        else:
+            options = names + (list(sections) if sections is not None else [])
+            raise ConfigError(f"unknown config key '{key}'{closest(name, options)}")
+    return cls(**kwargs)

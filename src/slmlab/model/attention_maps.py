@@ -1,0 +1,62 @@
+"""Attention maps on demand: the probabilities every attention module applied, for one input.
+
+No architecture builds attention matrices in training (fused SDPA). Here a forward hook on every
+attention pattern (any model: backbone, SMAT, block-local, SMT, Tape) receives the final queries
+and keys (after RoPE and score extensions such as SMAT's extra dimensions) and the scale, and
+rebuilds
+
+    P = softmax(q kᵀ · scale, over the keys the pattern lets each query see)   (heads, T, T)
+
+which is exactly the attention the model applied (tested: P v equals the pattern's output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .protocol import attention_modules
+
+
+@dataclass
+class AttentionMap:
+    name: str  # the attention module's name, e.g. "blocks.2.attn"
+    probs: torch.Tensor  # (heads, Tq, Tk), rows sum to 1
+    values: torch.Tensor  # (heads, Tk, D) as the pattern received them
+    output: torch.Tensor  # (heads, Tq, D) what the pattern returned
+
+
+@torch.no_grad()
+def capture_attention(model: nn.Module, idx: torch.Tensor) -> tuple[list[AttentionMap], torch.Tensor]:
+    """Run model on idx (1, T) in eval mode -> (every attention module's probabilities, the logits)."""
+    maps, handles = [], []
+    for name, module in attention_modules(model):
+        def hook(pattern, args, output, name=name):
+            q, k, v, scale, q_start = args
+            scores = (q[0].float() @ k[0].float().transpose(-2, -1)) * scale
+            visible = pattern.visible(q.shape[2], k.shape[2], q_start, q.device)
+            probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+            maps.append(AttentionMap(name, probs, v[0].float(), output[0].float()))
+
+        handles.append(module.pattern.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        logits, _ = model(idx)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return maps, logits
+
+
+def token_scores(maps: list[AttentionMap]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token, over every module and head: the mean attention it receives from the queries that
+    can see it, and the share of its own attention it gives to other tokens (1 − P_tt)."""
+    probs = torch.stack([m.probs for m in maps if m.probs.shape[-1] == m.probs.shape[-2]])  # (M, H, T, T)
+    seen_by = (probs > 0).float().sum(dim=(0, 1, 2)).clamp_min(1)
+    received = probs.sum(dim=(0, 1, 2)) / seen_by
+    given = 1 - probs.diagonal(dim1=-2, dim2=-1).mean(dim=(0, 1))
+    return received, given

@@ -1,0 +1,57 @@
+"""What every architecture offers the generic tools: the `LanguageModel` protocol.
+
+An architecture is a class registered in registry.ARCHITECTURES and built as
+`cls(cfg, attention_extensions=..., conditioning=...)`. The tools rely on nothing else:
+
+| member | used by |
+| --- | --- |
+| `cfg` (ModelConfig) | generation (block_size), info, checkpoints |
+| `forward(idx, targets=None, caches=None)` -> (logits (B,T,V) or None, mean loss or None) | training, eval, long context, diagnose, viz |
+| `make_caches()` -> per-attention caches (first has `.length`) | generation (GenerationMixin.generate) |
+| `generate(idx, max_new_tokens, ...)` | generate, prompts, persona-eval, samples |
+| `shard_units()` -> modules FSDP2 shards one by one | training.distributed |
+| `describe()` -> one line on the model's shape | info, report |
+| `extension_points` (class) | config checks: "attention" (extensions handed in), "conditioning", "per_layer_attention" |
+| `exact_memory_estimate` (class) | info: accounting's closed form (True) or a traced forward pass (False) |
+| `head` with `.weight` (V, d) | accounting, the fused loss |
+
+Attention maps (viz), the curriculum's pattern check and FLOPs find every `CausalSelfAttention`
+among the model's modules (`attention_modules`), whatever the graph, so an architecture that
+reuses the backbone's attention gets them for free. Trainable-parameter selections
+(registry.TRAINABLE) and interventions (registry.INTERVENTIONS) address modules by name.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .attention import CausalSelfAttention
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    cfg: ModelConfig
+    extension_points: ClassVar[frozenset[str]]
+    exact_memory_estimate: ClassVar[bool]
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                caches: list | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]: ...
+
+    def make_caches(self) -> list: ...
+
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True,
+                 stop_token: int | None = None) -> torch.Tensor: ...
+
+    def shard_units(self) -> list[nn.Module]: ...
+
+    def describe(self) -> str: ...
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, CausalSelfAttention]]:
+    """(name, module) of every attention in `model`, in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, CausalSelfAttention)]

@@ -1,0 +1,163 @@
+"""Registries: every kind of extension slmlab knows, by name, and `build_model`.
+
+The backbone, the built-in variants and a user's plugin all fill these with the same calls; a
+config's allowed values (model.pos, model.attention, model.head, model.norm, model.arch,
+data.tokenizer, train.optimizer, train.trainable) are exactly what is registered, so there is no
+second list to keep in sync.
+
+    POSITIONS.register("rope", RotaryPositions)            # a class built as cls(cfg)
+    ATTENTION_EXTENSIONS.register("smat", build_smat)      # builder(cfg, layer) -> module | None
+    register_section("smat", SmatConfig, extends="attention")   # [model.smat] is validated
+    CONFIG_CHECKS.append(check_smat)                       # rules that span sections
+
+Built-in modules register themselves when imported; `load_builtins()` imports them (once), the
+same way a plugin module is imported. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def closest(name: str, options) -> str:
+    """' (did you mean 'x'?)' for the closest option to `name`, else ''."""
+    match = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+class Registry(Generic[T]):
+    """Names -> entries of one extension kind. `config_key` is the config field whose value must
+    be one of the names (None: entries are not chosen by one field)."""
+
+    def __init__(self, kind: str, config_key: str | None = None):
+        self.kind, self.config_key = kind, config_key
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, entry: T | None = None):
+        """Register `entry` under `name`; without an entry, a decorator. Registering the same
+        entry twice is harmless (a module imported again); another entry under a taken name is
+        an error."""
+        if entry is None:
+            return lambda actual: self.register(name, actual)
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"a {self.kind} needs a non-empty name, got {name!r}")
+        known = self._entries.get(name)
+        if known is not None and known is not entry and _qualname(known) != _qualname(entry):
+            raise ConfigError(f"{self.kind} '{name}' is registered twice ({_qualname(known)} and {_qualname(entry)}); rename one")
+        self._entries[name] = entry
+        return entry
+
+    def __getitem__(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            label = self.config_key or self.kind
+            raise ConfigError(f"{label} = {name!r} is not one of {', '.join(self._entries)}{closest(name, self._entries)}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, name: str, default: T | None = None) -> T | None:
+        return self._entries.get(name, default)
+
+    def items(self):
+        return self._entries.items()
+
+    def values(self):
+        return self._entries.values()
+
+
+def _qualname(entry: Any) -> str:
+    return f"{getattr(entry, '__module__', '?')}.{getattr(entry, '__qualname__', repr(entry))}"
+
+
+@dataclass(frozen=True)
+class Section:
+    """A `[model.<name>]` config section: its dataclass, and what it configures. `extends` names
+    the extension point it plugs into ("attention" extensions, "conditioning"), or `arch` the one
+    architecture it belongs to; an architecture that does not offer that point refuses a section
+    set away from its defaults (the setting would be ignored)."""
+
+    name: str
+    config: type
+    extends: str = ""
+    arch: str = ""
+
+
+# ---- the registries ------------------------------------------------------------------------
+POSITIONS: Registry[type] = Registry("position scheme", "model.pos")
+ATTENTION_PATTERNS: Registry[type] = Registry("attention pattern", "model.attention")
+ATTENTION_EXTENSIONS: Registry[Callable] = Registry("attention extension")  # (cfg, layer) -> module | None
+CONDITIONING: Registry[Callable] = Registry("residual conditioning")  # (cfg) -> module | None
+NORMS: Registry[Callable] = Registry("norm", "model.norm")  # (cfg, dim) -> module
+HEADS: Registry[type] = Registry("LM head", "model.head")
+ARCHITECTURES: Registry[type] = Registry("architecture", "model.arch")  # cls(cfg, extensions)
+TOKENIZERS: Registry[Callable] = Registry("tokenizer", "data.tokenizer")  # (data cfg, texts) -> Tokenizer
+OPTIMIZERS: Registry[Callable] = Registry("optimizer", "train.optimizer")  # (model, train cfg, device) -> optimizer
+TRAINABLE: Registry[Callable] = Registry("trainable-parameter selection", "train.trainable")  # (model) -> params | None
+MODEL_SECTIONS: Registry[Section] = Registry("model config section")
+INTERVENTIONS: Registry[Any] = Registry("intervention")  # name -> model.interventions.Intervention
+ABLATION_SUMMARIES: Registry[Callable] = Registry("ablation summary")  # (rows) -> (text, result) | None
+CONFIG_CHECKS: list[Callable] = []  # (RunConfig) -> None, raising ConfigError
+
+CHOICE_REGISTRIES = [r for r in (POSITIONS, ATTENTION_PATTERNS, NORMS, HEADS, ARCHITECTURES, TOKENIZERS, OPTIMIZERS, TRAINABLE)]
+
+
+def register_section(name: str, config: type, *, extends: str = "", arch: str = "") -> None:
+    """Declare `[model.<name>]`, validated as `config` (a dataclass) like the built-in sections."""
+    MODEL_SECTIONS.register(name, Section(name, config, extends, arch))
+
+
+def register_check(check: Callable) -> Callable:
+    """A config rule that spans sections: check(cfg) raises ConfigError with one line."""
+    if check not in CONFIG_CHECKS:
+        CONFIG_CHECKS.append(check)
+    return check
+
+
+# ---- built-ins and building ----------------------------------------------------------------
+BUILTINS = (
+    "slmlab.model",  # the backbone: positions, patterns, norms, heads, the decoder
+    "slmlab.data.tokenizers",
+    "slmlab.training.optim",
+    "slmlab.variants",  # SMAT, the Self Area, the TapeTransformer: registered as a plugin is
+)
+_loaded = False
+
+
+def load_builtins() -> None:
+    """Import the built-in extension modules (they register themselves); cheap after the first call."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in BUILTINS:
+            importlib.import_module(module)
+
+
+def build_model(cfg):
+    """A fresh, initialised model for a ModelConfig (vocab_size resolved). The architecture is
+    handed the attention extensions and the residual conditioning the registered builders make
+    for this config; it never looks them up itself."""
+    load_builtins()
+    architecture = ARCHITECTURES[cfg.arch]
+
+    def attention_extensions(layer: int) -> list:
+        built = (build(cfg, layer) for build in ATTENTION_EXTENSIONS.values())
+        return [module for module in built if module is not None]
+
+    conditioning = next((m for m in (build(cfg) for build in CONDITIONING.values()) if m is not None), None)
+    return architecture(cfg, attention_extensions=attention_extensions, conditioning=conditioning)

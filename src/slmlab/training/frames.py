@@ -1,0 +1,80 @@
+"""Frames of attention over training (`train --viz-every N`, `slmlab viz animate RUN`): the first
+validation window coloured by the attention each token receives and by its next-token loss, above
+the training loss and its EWMA. Saved by the trainer into RUN/viz/frames/frame_<step>.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..model.attention_maps import capture_attention, token_scores
+
+
+def token_labels(tokenizer, ids: list[int]) -> list[str]:
+    return [tokenizer.decode([i]).replace("\n", "⏎") or "·" for i in ids]
+
+
+PER_LINE = 24
+
+
+def draw_coloured_text(ax, tokens: list[str], score: torch.Tensor, label: str) -> None:
+    """Tokens in rows of PER_LINE on one axis, each on a background coloured by its score."""
+    import matplotlib.pyplot as plt
+
+    ax.axis("off")
+    cmap = plt.get_cmap("magma_r")
+    values = score.detach().float().cpu().numpy()
+    top = float(values.max()) or 1.0
+    lines = (len(tokens) + PER_LINE - 1) // PER_LINE
+    ax.set_title(label, fontsize=10, loc="left")
+    for start in range(0, len(tokens), PER_LINE):
+        y = 1 - (start // PER_LINE + 0.5) / max(lines, 1)
+        for j, tok in enumerate(tokens[start : start + PER_LINE]):
+            value = values[start + j] / top
+            ax.text(j / PER_LINE, y, tok, fontsize=9, va="center", transform=ax.transAxes, family="monospace",
+                    color="white" if value > 0.6 else "black",
+                    bbox={"facecolor": cmap(value), "edgecolor": "none", "pad": 1.5})
+
+
+def ewma(values: list[float], alpha: float = 0.3) -> list[float]:
+    out, current = [], None
+    for value in values:
+        current = value if current is None else alpha * value + (1 - alpha) * current
+        out.append(current)
+    return out
+
+
+@torch.no_grad()
+def training_frame(model: nn.Module, tokenizer, window: list[int], history: list[tuple[int, float]], step: int, path: Path) -> Path:
+    """One frame: the window coloured by the attention each token receives and by its loss (the
+    prediction of token t+1 at t), and the training loss with its EWMA up to `step`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    idx = torch.tensor([window], device=device)
+    maps, logits = capture_attention(model, idx[:, :-1])
+    received, _ = token_scores(maps)
+    token_loss = F.cross_entropy(logits[0].float(), idx[0, 1:], reduction="none")
+    tokens = token_labels(tokenizer, window[:-1])
+    lines = (len(tokens) + PER_LINE - 1) // PER_LINE
+    fig = plt.figure(figsize=(12, 2 * (0.45 * lines + 0.6) + 2.6))
+    grid = fig.add_gridspec(3, 1, height_ratios=[0.45 * lines + 0.6, 0.45 * lines + 0.6, 2.2])
+    draw_coloured_text(fig.add_subplot(grid[0]), tokens, received, "attention received")
+    draw_coloured_text(fig.add_subplot(grid[1]), tokens, token_loss, "loss of the next-token prediction")
+    ax = fig.add_subplot(grid[2])
+    steps, losses = zip(*history) if history else ((step,), (float("nan"),))
+    ax.plot(steps, losses, color="tab:blue", alpha=0.4, label="loss")
+    ax.plot(steps, ewma(list(losses)), color="tab:blue", label="EWMA")
+    ax.set_xlabel("step")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"step {step}   loss {losses[-1]:.3f}   EWMA {ewma(list(losses))[-1]:.3f}", fontsize=11)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
