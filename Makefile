@@ -1,6 +1,8 @@
 # Two entry points for a fresh machine (see README.md):
 #   make quickstart   install everything, then compare baseline vs full SMAT x 3 seeds on Shakespeare
-#   make test         install everything, fetch the bundled corpora, then run the test suite
+#   make test         install everything, fetch the bundled corpora, then run the whole test suite
+# For contributors: make lint (ruff check + format check), make format, make test-fast (the quick
+# core: no slow, multi-process or downloaded-corpus tests; under a minute).
 # TORCH_SPEC pins the torch build installed before slmlab itself (here: the local CPU wheel);
 # override it for another build, e.g. make test TORCH_SPEC="torch==2.13.0 --index-url ...".
 
@@ -9,7 +11,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart test bench clean
+.PHONY: install quickstart test test-fast lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +29,17 @@ quickstart: install
 test: install
 	$(BIN)/slmlab data download
 	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not distributed and not network"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: install
 	$(BIN)/python -m benchmarks all

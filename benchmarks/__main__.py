@@ -33,10 +33,10 @@ from benchmarks.timing import (
     train_step_rate,
 )
 from slmlab.config import ModelConfig, load_config
-from slmlab.variants.smat import SmatConfig
 from slmlab.model.accounting import human
-from slmlab.training.kernel_choice import flex_unavailable
 from slmlab.tables import markdown_table
+from slmlab.training.kernel_choice import flex_unavailable
+from slmlab.variants.smat import SmatConfig
 
 TEN_M = {"n_layer": 6, "n_head": 6, "d_model": 384, "vocab_size": 8192}
 VARIANTS = {
@@ -60,26 +60,43 @@ def model_rows(args, peak: float) -> list[tuple]:
     rows = []
 
     def group(name: str, runs: dict[str, tuple[ModelConfig, int, int, bool]]):
-        results = {label: in_fresh_process(train_step_rate, cfg, batch, seq, args.device, args.dtype, args.compile,
-                                           args.steps, stock=stock) for label, (cfg, batch, seq, stock) in runs.items()}
+        results = {
+            label: in_fresh_process(
+                train_step_rate, cfg, batch, seq, args.device, args.dtype, args.compile, args.steps, stock=stock
+            )
+            for label, (cfg, batch, seq, stock) in runs.items()
+        }
         base = next(iter(results.values()))
         for label, r in results.items():
-            rows.append((name, label, human(r["params"]), f"{r['tokens_per_s']:,.0f}", f"{100 * r['flops_per_s'] / peak:.1f}%",
-                         human(r["peak_bytes"], "B"), f"{r['step_s'] / base['step_s']:.2f}x",
-                         f"{r['peak_bytes'] / base['peak_bytes']:.2f}x"))
+            rows.append(
+                (
+                    name,
+                    label,
+                    human(r["params"]),
+                    f"{r['tokens_per_s']:,.0f}",
+                    f"{100 * r['flops_per_s'] / peak:.1f}%",
+                    human(r["peak_bytes"], "B"),
+                    f"{r['step_s'] / base['step_s']:.2f}x",
+                    f"{r['peak_bytes'] / base['peak_bytes']:.2f}x",
+                )
+            )
 
-    group("variants (T=256, batch 16)", {
-        label: (ModelConfig(block_size=256, **TEN_M, **spec.get("cfg", {})), 16, 256, spec.get("stock", False))
-        for label, spec in VARIANTS.items()
-    })
-    group("long ctx (T=2048, batch 2)", {
-        pattern: (ModelConfig(block_size=2048, pos="rope", attention=pattern, local_block=256, **TEN_M), 2, 2048, False)
-        for pattern in ("full", "block_local")
-    })
+    group(
+        "variants (T=256, batch 16)",
+        {
+            label: (ModelConfig(block_size=256, **TEN_M, **spec.get("cfg", {})), 16, 256, spec.get("stock", False))
+            for label, spec in VARIANTS.items()
+        },
+    )
+    group(
+        "long ctx (T=2048, batch 2)",
+        {
+            pattern: (ModelConfig(block_size=2048, pos="rope", attention=pattern, local_block=256, **TEN_M), 2, 2048, False)
+            for pattern in ("full", "block_local")
+        },
+    )
     if torch.device(args.device).type == "cuda":
-        group("presets", {
-            Path(path).stem: preset(path) for path in PRESETS
-        })
+        group("presets", {Path(path).stem: preset(path) for path in PRESETS})
     return rows
 
 
@@ -89,8 +106,10 @@ def kernel_rows(args) -> list[tuple]:
     backward = not flex_unavailable(torch.device(args.device), cfg.dropout)
     seconds = in_fresh_process(local_kernel_seconds, cfg, 2, 2048, args.device, args.dtype, backward, args.steps)
     group = f"kernels (T=2048, batch 2, {'forward + backward' if backward else 'forward only'})"
-    return [(group, f"block_local {kernel}", "–", f"{2 * 2048 / s:,.0f}", "–", "–", f"{s / seconds['windows']:.2f}x", "–")
-            for kernel, s in seconds.items()]
+    return [
+        (group, f"block_local {kernel}", "–", f"{2 * 2048 / s:,.0f}", "–", "–", f"{s / seconds['windows']:.2f}x", "–")
+        for kernel, s in seconds.items()
+    ]
 
 
 def attention_rows(args) -> tuple[list[tuple], dict[str, float]]:
@@ -101,8 +120,18 @@ def attention_rows(args) -> tuple[list[tuple], dict[str, float]]:
         for pattern in attention_scaling.PATTERNS:
             r = results[pattern, T]
             memory = human(r["peak"] or r["memory"], "B") + (" peak" if r["peak"] else " kept")
-            rows.append((f"attention (T={T})", pattern, "–", f"{T / r['seconds']:,.0f}", "–", memory,
-                         f"{r['seconds'] / base['seconds']:.2f}x", f"{(r['peak'] or r['memory']) / (base['peak'] or base['memory']):.2f}x"))
+            rows.append(
+                (
+                    f"attention (T={T})",
+                    pattern,
+                    "–",
+                    f"{T / r['seconds']:,.0f}",
+                    "–",
+                    memory,
+                    f"{r['seconds'] / base['seconds']:.2f}x",
+                    f"{(r['peak'] or r['memory']) / (base['peak'] or base['memory']):.2f}x",
+                )
+            )
     exponents = {p: attention_scaling.growth_exponent(results, p) for p in attention_scaling.PATTERNS}
     return rows, exponents
 
@@ -119,17 +148,22 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     peak, source = device_peak(device, args.peak_tflops)
-    header = (f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, peak {peak / 1e9:,.0f} GFLOP/s "
-              f"({source}), {args.dtype}{', compiled' if args.compile else ''}; ratios vs the first row of each group")
+    header = (
+        f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, peak {peak / 1e9:,.0f} GFLOP/s "
+        f"({source}), {args.dtype}{', compiled' if args.compile else ''}; ratios vs the first row of each group"
+    )
     print(header, flush=True)
     rows = model_rows(args, peak) + kernel_rows(args)
     more, exponents = attention_rows(args)
-    table = markdown_table(("group", "setting", "params", "tokens/s", "MFU", "peak memory", "time vs baseline",
-                            "memory vs baseline"), rows + more)
+    table = markdown_table(
+        ("group", "setting", "params", "tokens/s", "MFU", "peak memory", "time vs baseline", "memory vs baseline"), rows + more
+    )
     footer = ", ".join(f"{p} attention time ~ T^{e:.2f}" for p, e in exponents.items())
     if device.type == "cpu":
-        footer += ("; peak memory on CPU: peak resident set of the measuring process; attention rows: the bytes "
-                   "autograd keeps for backward")
+        footer += (
+            "; peak memory on CPU: peak resident set of the measuring process; attention rows: the bytes "
+            "autograd keeps for backward"
+        )
     text = f"{header}\n\n{table}\n\n{footer}\n"
     print(table + "\n" + footer)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

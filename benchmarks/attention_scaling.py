@@ -24,8 +24,8 @@ import torch
 
 from benchmarks.timing import in_fresh_process, median_seconds
 from slmlab.config import ModelConfig
-from slmlab.registry import ATTENTION_PATTERNS
 from slmlab.model.accounting import bytes_kept_for_backward, human
+from slmlab.registry import ATTENTION_PATTERNS
 from slmlab.tables import markdown_table
 
 LENGTHS = (1024, 2048, 4096, 8192)
@@ -65,8 +65,7 @@ def measure(pattern: str, T: int, block: int, device: str, repeats: int) -> dict
 
 def collect(device: str, block: int, repeats: int, lengths=LENGTHS) -> dict[tuple[str, int], dict]:
     """(pattern, T) -> {"seconds", "memory", "peak"} for every pattern at every length."""
-    return {(pattern, T): in_fresh_process(measure, pattern, T, block, device, repeats)
-            for pattern in PATTERNS for T in lengths}
+    return {(pattern, T): in_fresh_process(measure, pattern, T, block, device, repeats) for pattern in PATTERNS for T in lengths}
 
 
 def growth_exponent(results: dict, pattern: str, lengths=LENGTHS) -> float:
@@ -82,8 +81,11 @@ def main() -> None:
     args = parser.parse_args()
     print(f"device: {args.device}, torch {torch.__version__}, 1 x 8 heads x 64, block {args.block}, forward + backward")
     results = collect(args.device, args.block, args.repeats)
-    print(markdown_table(("T", "pattern", "ms", "time vs full", "kept for backward", "memory vs full", "CUDA peak"),
-                         table_rows(results)))
+    print(
+        markdown_table(
+            ("T", "pattern", "ms", "time vs full", "kept for backward", "memory vs full", "CUDA peak"), table_rows(results)
+        )
+    )
     for pattern in PATTERNS:
         print(f"growth exponent of {pattern}: time ~ T^{growth_exponent(results, pattern):.2f}")
 
@@ -94,8 +96,17 @@ def table_rows(results: dict) -> list[tuple]:
         base = results["full", T]
         for pattern in PATTERNS:
             r = results[pattern, T]
-            rows.append((T, pattern, f"{1000 * r['seconds']:.1f}", f"{r['seconds'] / base['seconds']:.2f}x",
-                         human(r["memory"], "B"), f"{r['memory'] / base['memory']:.2f}x", human(r["peak"], "B") if r["peak"] else "–"))
+            rows.append(
+                (
+                    T,
+                    pattern,
+                    f"{1000 * r['seconds']:.1f}",
+                    f"{r['seconds'] / base['seconds']:.2f}x",
+                    human(r["memory"], "B"),
+                    f"{r['memory'] / base['memory']:.2f}x",
+                    human(r["peak"], "B") if r["peak"] else "–",
+                )
+            )
     return rows
 
 

@@ -17,25 +17,46 @@ import torch
 
 from benchmarks.timing import in_fresh_process, train_step_rate
 from slmlab.config import ModelConfig
-from slmlab.variants.smat import SmatConfig
 from slmlab.model.accounting import human
 from slmlab.tables import markdown_table
+from slmlab.variants.smat import SmatConfig
 
-VARIANTS = {"baseline": (False, False), "s_only": (True, False), "g_only": (False, True), "full": (True, True),
-            "full (naive T x T)": (True, True)}
+VARIANTS = {
+    "baseline": (False, False),
+    "s_only": (True, False),
+    "g_only": (False, True),
+    "full": (True, True),
+    "full (naive T x T)": (True, True),
+}
 
 
-def collect(device: str, seqs: tuple[int, ...], tokens: int, steps: int, d_model: int, n_head: int,
-            dtype: str = "fp32", compile: bool = False, variants=tuple(VARIANTS)) -> list[dict]:
+def collect(
+    device: str,
+    seqs: tuple[int, ...],
+    tokens: int,
+    steps: int,
+    d_model: int,
+    n_head: int,
+    dtype: str = "fp32",
+    compile: bool = False,
+    variants=tuple(VARIANTS),
+) -> list[dict]:
     """Every (T, variant): the training-step measurement, `tokens` tokens per step."""
     rows = []
     for seq in seqs:
         for variant in variants:
             use_S, use_G = VARIANTS[variant]
-            cfg = ModelConfig(vocab_size=76, n_layer=4, n_head=n_head, d_model=d_model, block_size=seq,
-                              smat=SmatConfig(use_S=use_S, use_G=use_G))
-            result = in_fresh_process(train_step_rate, cfg, tokens // seq, seq, device, dtype, compile, steps,
-                                      naive="naive" in variant)
+            cfg = ModelConfig(
+                vocab_size=76,
+                n_layer=4,
+                n_head=n_head,
+                d_model=d_model,
+                block_size=seq,
+                smat=SmatConfig(use_S=use_S, use_G=use_G),
+            )
+            result = in_fresh_process(
+                train_step_rate, cfg, tokens // seq, seq, device, dtype, compile, steps, naive="naive" in variant
+            )
             rows.append({"seq": seq, "variant": variant, **result})
     return rows
 
@@ -48,14 +69,24 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=192)
     parser.add_argument("--n-head", type=int, default=4, help="SMAT's 64M model: --d-model 384 --n-head 6 (64-wide heads)")
     args = parser.parse_args()
-    print(f"device: {args.device}, torch {torch.__version__}, {args.tokens} tokens per step, "
-          f"model 4 x {args.d_model} x {args.n_head} heads, s_dim 32")
+    print(
+        f"device: {args.device}, torch {torch.__version__}, {args.tokens} tokens per step, "
+        f"model 4 x {args.d_model} x {args.n_head} heads, s_dim 32"
+    )
     rows = collect(args.device, (256, 1024), args.tokens, args.steps, args.d_model, args.n_head)
     table = []
     for r in rows:
         base = next(b for b in rows if b["seq"] == r["seq"] and b["variant"] == "baseline")
-        table.append((r["seq"], r["variant"], f"{1000 * r['step_s']:.0f}", f"{r['step_s'] / base['step_s']:.2f}x",
-                      human(r["peak_bytes"], "B"), f"{r['peak_bytes'] / base['peak_bytes']:.2f}x"))
+        table.append(
+            (
+                r["seq"],
+                r["variant"],
+                f"{1000 * r['step_s']:.0f}",
+                f"{r['step_s'] / base['step_s']:.2f}x",
+                human(r["peak_bytes"], "B"),
+                f"{r['peak_bytes'] / base['peak_bytes']:.2f}x",
+            )
+        )
     print(markdown_table(("T", "variant", "step ms", "time vs baseline", "peak memory", "memory vs baseline"), table))
 
 

@@ -51,22 +51,48 @@ def arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    args = arguments(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)).parse_args()
+    args = arguments(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ).parse_args()
     device = torch.device(args.device)
     peak, peak_source = device_peak(device, args.peak_tflops)
-    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
-          f"peak {peak / 1e9:,.0f} GFLOP/s ({peak_source}), batch {args.batch} x T={args.seq}, {args.dtype}"
-          f"{', compiled' if args.compile else ''}")
+    print(
+        f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
+        f"peak {peak / 1e9:,.0f} GFLOP/s ({peak_source}), batch {args.batch} x T={args.seq}, {args.dtype}"
+        f"{', compiled' if args.compile else ''}"
+    )
     rows = collect(device, args.dtype, args.compile, args.batch, args.seq, args.steps)
     table = []
     for ours, ref in zip(rows[::2], rows[1::2]):
-        table.append((
-            ours["size"], human(ours["params"]), f"{ours['tokens_per_s']:,.0f}", f"{100 * ours['flops_per_s'] / peak:.1f}%",
-            human(ours["peak_bytes"], "B"), human(ref["peak_bytes"], "B"), f"{ref['tokens_per_s']:,.0f}",
-            f"{100 * ref['flops_per_s'] / peak:.1f}%", f"{ours['tokens_per_s'] / ref['tokens_per_s']:.2f}x",
-        ))
-    print(markdown_table(("model", "params", "tokens/s", "MFU", "peak memory", "stock-loss peak memory",
-                          "stock-loss tokens/s", "stock-loss MFU", "speed-up"), table))
+        table.append(
+            (
+                ours["size"],
+                human(ours["params"]),
+                f"{ours['tokens_per_s']:,.0f}",
+                f"{100 * ours['flops_per_s'] / peak:.1f}%",
+                human(ours["peak_bytes"], "B"),
+                human(ref["peak_bytes"], "B"),
+                f"{ref['tokens_per_s']:,.0f}",
+                f"{100 * ref['flops_per_s'] / peak:.1f}%",
+                f"{ours['tokens_per_s'] / ref['tokens_per_s']:.2f}x",
+            )
+        )
+    print(
+        markdown_table(
+            (
+                "model",
+                "params",
+                "tokens/s",
+                "MFU",
+                "peak memory",
+                "stock-loss peak memory",
+                "stock-loss tokens/s",
+                "stock-loss MFU",
+                "speed-up",
+            ),
+            table,
+        )
+    )
     if device.type == "cpu":
         print("peak memory on CPU: the peak resident set of the process that trained that model alone")
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from slmlab.config import ModelConfig, TrainConfig
 from slmlab.model import build_model, model_stats
 from slmlab.training.kernel_choice import time_local_kernels
-from slmlab.training.runtime import autocast, median_seconds, peak_memory_bytes, sync
 from slmlab.training.optim import build_optimizer
+from slmlab.training.runtime import autocast, median_seconds, peak_memory_bytes, sync
 
 H100_BF16_DENSE = 989e12
 
@@ -60,15 +60,24 @@ def stock_loss(model, x, y):
 
 
 def naive_smat() -> None:
-    """Route every attention call through the test suite's explicit T x T reference."""
+    """Route every attention call through SMAT's explicit T x T reference."""
     from slmlab.model.attention import CausalSelfAttention
-    from tests.test_smat import naive_attention
+    from slmlab.variants.smat import naive_attention
 
     CausalSelfAttention.forward = lambda self, h, positions, cache=None: naive_attention(self, h)
 
 
-def train_step_rate(cfg: ModelConfig, batch: int, seq: int, device: str | torch.device, dtype: str = "fp32",
-                    compile: bool = False, steps: int = 10, stock: bool = False, naive: bool = False) -> dict:
+def train_step_rate(
+    cfg: ModelConfig,
+    batch: int,
+    seq: int,
+    device: str | torch.device,
+    dtype: str = "fp32",
+    compile: bool = False,
+    steps: int = 10,
+    stock: bool = False,
+    naive: bool = False,
+) -> dict:
     """One training step (the trainer's AdamW) of a fresh model on random tokens: median time over
     `steps` after warm-up -> tokens/s, model FLOP/s (ModelStats.flops_per_token), peak memory, parameters."""
     device = torch.device(device)
@@ -95,8 +104,11 @@ def train_step_rate(cfg: ModelConfig, batch: int, seq: int, device: str | torch.
     seconds = median_seconds(step, steps, device)
     stats = model_stats(model, cfg)
     return {
-        "params": stats.params, "step_s": seconds, "tokens_per_s": batch * seq / seconds,
-        "flops_per_s": batch * seq * stats.flops_per_token(seq) / seconds, "peak_bytes": peak_memory_bytes(device),
+        "params": stats.params,
+        "step_s": seconds,
+        "tokens_per_s": batch * seq / seconds,
+        "flops_per_s": batch * seq * stats.flops_per_token(seq) / seconds,
+        "peak_bytes": peak_memory_bytes(device),
     }
 
 

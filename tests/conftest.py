@@ -41,11 +41,21 @@ def jsonl_corpus(tmp_path):
 def tiny_config(source, tmp_path, **sections) -> RunConfig:
     """A 2-layer, 32-wide model on `source`, training a few steps; sections override fields."""
     values = {
-        "name": "tiny", "out_dir": str(tmp_path / "runs"),
+        "name": "tiny",
+        "out_dir": str(tmp_path / "runs"),
         "model": {"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 64},
         "data": {"source": str(source), "tokenizer": "char", "seq_len": 32, "cache_dir": str(tmp_path / "cache")},
-        "train": {"steps": 20, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "eval_every": 10, "eval_batches": 2,
-                  "log_every": 5, "checkpoint_every": 10, "sample_tokens": 0},
+        "train": {
+            "steps": 20,
+            "batch_size": 8,
+            "lr": 3e-3,
+            "warmup_steps": 2,
+            "eval_every": 10,
+            "eval_batches": 2,
+            "log_every": 5,
+            "checkpoint_every": 10,
+            "sample_tokens": 0,
+        },
     }
     for section, fields in sections.items():
         values[section].update(fields)
@@ -62,7 +72,7 @@ def micro_toml(tmp_path, text_corpus):
     """A run config file for a 1-layer, 16-wide char model training 12 steps (runs go to tmp/runs)."""
     base = tmp_path / "base.toml"
     base.write_text(f"""
-out_dir = "{tmp_path / 'runs'}"
+out_dir = "{tmp_path / "runs"}"
 [model]
 n_layer = 1
 n_head = 2
@@ -72,7 +82,7 @@ block_size = 32
 source = "{text_corpus}"
 tokenizer = "char"
 seq_len = 32
-cache_dir = "{tmp_path / 'cache'}"
+cache_dir = "{tmp_path / "cache"}"
 [train]
 steps = 12
 batch_size = 4
@@ -92,7 +102,7 @@ def micro_sweep(tmp_path, micro_toml):
     sweep.write_text(f"""
 name = "micro"
 base = "base.toml"
-out_dir = "{tmp_path / 'runs'}"
+out_dir = "{tmp_path / "runs"}"
 seeds = [1, 2]
 [variants.baseline]
 [variants.full]

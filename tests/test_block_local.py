@@ -81,12 +81,14 @@ def test_bad_pattern_configs():
         config_from_dict({"model": {"n_layer": 2, "attention_layers": ["full", "sparse"]}})
 
 
+@pytest.mark.slow
 def test_compiled_block_local_gradients_equal_eager():
     """torch.compile must not change the gradients of the unfold-window kernel (6 full blocks and a
     partial one): Inductor got them wrong when the windows were cut from a padded copy."""
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=50, n_layer=2, n_head=2, d_model=32, block_size=128, pos="rope",
-                      attention="block_local", local_block=16)
+    cfg = ModelConfig(
+        vocab_size=50, n_layer=2, n_head=2, d_model=32, block_size=128, pos="rope", attention="block_local", local_block=16
+    )
     m = build_model(cfg)
     idx = torch.randint(0, 50, (2, 100))
 

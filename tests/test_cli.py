@@ -10,10 +10,33 @@ import pytest
 
 from slmlab.cli.main import build_parser, main
 
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.toml")
-SMALL = ["--data.max_documents", "4", "--model.n_layer", "2", "--model.d_model", "64", "--model.n_head", "2",
-         "--data.seq_len", "64", "--train.batch_size", "16", "--train.eval_every", "20", "--train.eval_batches", "4",
-         "--train.warmup_steps", "5", "--train.checkpoint_every", "0", "--train.sample_tokens", "40"]
+SMALL = [
+    "--data.max_documents",
+    "4",
+    "--model.n_layer",
+    "2",
+    "--model.d_model",
+    "64",
+    "--model.n_head",
+    "2",
+    "--data.seq_len",
+    "64",
+    "--train.batch_size",
+    "16",
+    "--train.eval_every",
+    "20",
+    "--train.eval_batches",
+    "4",
+    "--train.warmup_steps",
+    "5",
+    "--train.checkpoint_every",
+    "0",
+    "--train.sample_tokens",
+    "40",
+]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +86,23 @@ def test_user_errors_are_one_line(trained_run, capsys, tmp_path):
 
 
 def test_every_verb_has_help_with_examples(capsys):
-    verbs = [["train"], ["sweep"], ["ablate"], ["eval"], ["generate"], ["info"], ["diagnose"], ["data", "prepare"],
-             ["data", "download"], ["tokenizer", "train"], ["report"], ["persona"], ["persona-eval"], ["surgery"], ["prompts"]]
+    verbs = [
+        ["train"],
+        ["sweep"],
+        ["ablate"],
+        ["eval"],
+        ["generate"],
+        ["info"],
+        ["diagnose"],
+        ["data", "prepare"],
+        ["data", "download"],
+        ["tokenizer", "train"],
+        ["report"],
+        ["persona"],
+        ["persona-eval"],
+        ["surgery"],
+        ["prompts"],
+    ]
     for verb in verbs:
         with pytest.raises(SystemExit) as exit_info:
             build_parser().parse_args([*verb, "--help"])
@@ -72,8 +110,9 @@ def test_every_verb_has_help_with_examples(capsys):
         assert "examples:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("variant", [[], ["--model.self_area.enabled", "true", "--model.self_area.self_dim", "16"]],
-                         ids=["baseline", "smt"])
+@pytest.mark.parametrize(
+    "variant", [[], ["--model.self_area.enabled", "true", "--model.self_area.self_dim", "16"]], ids=["baseline", "smt"]
+)
 def test_diagnose_passes_on_a_small_model(capsys, variant):
     argv = ["diagnose", QUICKSTART, *SMALL, "--model.d_model", "32", "--data.seq_len", "32", "--steps", "300", *variant]
     assert main(argv) == 0

@@ -10,7 +10,7 @@ from slmlab.config import ConfigError, load_config, parse_overrides
 @pytest.fixture
 def toml_file(tmp_path):
     path = tmp_path / "exp.toml"
-    path.write_text('[model]\nn_layer = 2\nd_model = 64\nn_head = 4\n\n[data]\nseq_len = 64\n\n[train]\nsteps = 10\n')
+    path.write_text("[model]\nn_layer = 2\nd_model = 64\nn_head = 4\n\n[data]\nseq_len = 64\n\n[train]\nsteps = 10\n")
     return path
 
 
@@ -21,8 +21,22 @@ def test_toml_values_and_defaults_are_loaded(toml_file):
 
 
 def test_dotted_overrides_of_every_kind(toml_file):
-    cfg = load_config(toml_file, ["--model.n_layer", "4", "--train.lr=3e-4", "--data.genres", '["J", "E"]',
-                                  "--model.tie_embeddings", "false", "--data.source", "brown", "--data.mixture.J", "2"])
+    cfg = load_config(
+        toml_file,
+        [
+            "--model.n_layer",
+            "4",
+            "--train.lr=3e-4",
+            "--data.genres",
+            '["J", "E"]',
+            "--model.tie_embeddings",
+            "false",
+            "--data.source",
+            "brown",
+            "--data.mixture.J",
+            "2",
+        ],
+    )
     assert cfg.model.n_layer == 4 and cfg.train.lr == 3e-4 and cfg.data.genres == ["J", "E"]
     assert cfg.model.tie_embeddings is False and cfg.data.source == "brown" and cfg.data.mixture == {"J": 2.0}
 

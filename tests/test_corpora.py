@@ -22,6 +22,7 @@ def brown():
     return list(DocumentSelection(DataConfig(source="brown")))
 
 
+@pytest.mark.network
 def test_shakespeare_has_38_plays_in_six_groups_with_metadata(shakespeare):
     assert len(shakespeare) == 38
     assert {d.genre for d in shakespeare} == {"comedies", "histories", "problems", "roman", "romances", "tragedies"}
@@ -31,6 +32,7 @@ def test_shakespeare_has_38_plays_in_six_groups_with_metadata(shakespeare):
     assert 4_000_000 < sum(len(d.text) for d in shakespeare) < 5_300_000
 
 
+@pytest.mark.network
 def test_shakespeare_markup_is_stripped_and_speakers_kept(shakespeare):
     text = "".join(d.text for d in shakespeare)
     assert not re.search(r"[*_#\\\[\]]", text)
@@ -39,12 +41,15 @@ def test_shakespeare_markup_is_stripped_and_speakers_kept(shakespeare):
 
 
 def test_clean_play_on_a_known_snippet():
-    markdown = ("# Play\n\n## ACT I\n\n### SCENE I. A heath.\n\n_Thunder. Enter two\nWitches_\n\n"
-                "**First Witch**  \n__\\[Aside]_  \nWhen shall we  \nmeet \\-- again?\n\n*Exeunt.*\n\n"
-                "**ALL**  \nFair is _\\[foul]_ and foul is fair.\n")
+    markdown = (
+        "# Play\n\n## ACT I\n\n### SCENE I. A heath.\n\n_Thunder. Enter two\nWitches_\n\n"
+        "**First Witch**  \n__\\[Aside]_  \nWhen shall we  \nmeet \\-- again?\n\n*Exeunt.*\n\n"
+        "**ALL**  \nFair is _\\[foul]_ and foul is fair.\n"
+    )
     assert clean_play(markdown) == "First Witch:\nWhen shall we\nmeet -- again?\n\nALL:\nFair is foul and foul is fair.\n"
 
 
+@pytest.mark.network
 def test_brown_has_500_documents_in_15_genres_without_tags(brown):
     assert len(brown) == 500
     assert len({d.genre for d in brown}) == 15 and all(d.year == 1961 for d in brown)
@@ -60,7 +65,7 @@ def test_brown_has_500_documents_in_15_genres_without_tags(brown):
 
 def test_detokenize_rebuilds_spacing_and_quotes():
     tagged = "He/pps said/vbd ``/`` yes/rb ''/'' ,/, (/( twice/rb )/) ;/. it's/pps+bez n't/* ./."
-    assert detokenize(tagged) == 'He said "yes", (twice); it\'sn\'t.'
+    assert detokenize(tagged) == "He said \"yes\", (twice); it'sn't."
 
 
 def test_genre_filter_selects_streams_by_letter_or_name():

@@ -13,8 +13,9 @@ from slmlab.training import Trainer, train
 
 
 def curriculum(make_config, text_corpus, name="cur"):
-    cfg = make_config(text_corpus, model={"pos": "rope", "local_block": 8},
-                      train={"steps": 10, "checkpoint_every": 4, "eval_every": 5})
+    cfg = make_config(
+        text_corpus, model={"pos": "rope", "local_block": 8}, train={"steps": 10, "checkpoint_every": 4, "eval_every": 5}
+    )
     values = cfg.to_dict()
     values["name"] = name
     values["phases"] = [
@@ -39,7 +40,12 @@ def test_phases_hand_weights_on_and_run_their_own_settings(make_config, text_cor
     assert all(isinstance(b.attn.pattern, BlockLocal) for b in phase_b.model.blocks)
     assert phase_b.model.positions.scale == 2.0 and phase_b.cfg.data.seq_len == 32
     phase_c = cfg.phase(2)  # keeps what B set, changes only the mixture
-    assert (phase_c.model.attention, phase_c.model.rope_scale, phase_c.data.seq_len, phase_c.train.lr) == ("block_local", 2.0, 32, 1e-3)
+    assert (phase_c.model.attention, phase_c.model.rope_scale, phase_c.data.seq_len, phase_c.train.lr) == (
+        "block_local",
+        2.0,
+        32,
+        1e-3,
+    )
     assert phase_c.data.mixture == {"prose": 3.0, "verse": 1.0} and phase_c.train.steps == 6
 
 

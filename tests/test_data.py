@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from slmlab.data import tokens as data_module
 from slmlab.config import DataConfig
+from slmlab.data import tokens as data_module
 from slmlab.data.corpora import CorpusError
 from slmlab.data.tokens import WindowSampler, prepare_tokens, token_dtype, validation_batches
 
@@ -103,7 +103,9 @@ def test_sampler_is_deterministic_and_resumable(text_corpus, tmp_path):
     c = WindowSampler(data.train, 16, 4, seed=99)
     c.load_state_dict(state)
     assert torch.equal(c.next_batch()[0], expected[0])
-    assert not torch.equal(WindowSampler(data.train, 16, 4, seed=8).next_batch()[0], WindowSampler(data.train, 16, 4, seed=7).next_batch()[0])
+    assert not torch.equal(
+        WindowSampler(data.train, 16, 4, seed=8).next_batch()[0], WindowSampler(data.train, 16, 4, seed=7).next_batch()[0]
+    )
 
 
 def test_windows_are_real_slices_of_the_token_file(text_corpus, tmp_path):
@@ -111,7 +113,9 @@ def test_windows_are_real_slices_of_the_token_file(text_corpus, tmp_path):
     tokens = np.asarray(data.train.tokens)
     x, y = WindowSampler(data.train, 16, 8, seed=1).next_batch()
     for row_x, row_y in zip(x.numpy(), y.numpy()):
-        starts = np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(tokens, 17) == np.append(row_x, row_y[-1]), axis=1))
+        starts = np.flatnonzero(
+            np.all(np.lib.stride_tricks.sliding_window_view(tokens, 17) == np.append(row_x, row_y[-1]), axis=1)
+        )
         assert len(starts) >= 1
 
 

@@ -22,8 +22,11 @@ from slmlab.training.distributed import World
 
 from .conftest import LINES
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="this PyTorch build has no gloo backend")
+pytestmark = [
+    pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="this PyTorch build has no gloo backend"),
+    pytest.mark.distributed,
+    pytest.mark.slow,
+]
 
 CONFIG = """
 out_dir = "{root}/runs"
@@ -53,8 +56,13 @@ device = "cpu"
 
 
 def slmlab_train(*args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "slmlab", "train", *args, "--no-progress"],
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "slmlab", "train", *args, "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -98,8 +106,10 @@ def test_two_processes_with_the_global_batch_train_like_one_process(runs):
 
 
 def test_fsdp2_agrees_with_ddp(runs):
-    assert losses(runs / "fsdp") == (pytest.approx(losses(runs / "ddp")[0], abs=1e-5),
-                                     pytest.approx(losses(runs / "ddp")[1], abs=1e-5))
+    assert losses(runs / "fsdp") == (
+        pytest.approx(losses(runs / "ddp")[0], abs=1e-5),
+        pytest.approx(losses(runs / "ddp")[1], abs=1e-5),
+    )
     assert_same_weights(runs / "ddp" / "final.safetensors", runs / "fsdp" / "final.safetensors")
 
 

@@ -13,29 +13,39 @@ import torch
 
 from slmlab.config import ConfigError, ModelConfig, config_from_dict
 from slmlab.model import build_model
-from slmlab.training import kernel_choice as lk
 from slmlab.model.block_local import BlockLocal
+from slmlab.training import kernel_choice as lk
 from slmlab.training import train
 from tests.test_block_local import naive_block_local
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T, block", [(40, 8), (37, 8), (5, 8), (300, 128)])
 def test_flex_kernel_equals_naive_masked_attention(T, block):
     torch.manual_seed(T)
     pattern = BlockLocal(ModelConfig(local_block=block, local_kernel="flex"), layer=0).eval()
     assert pattern.kernel == "flex"
     q, k, v = (torch.randn(2, 3, T, 8) for _ in range(3))
-    torch.testing.assert_close(pattern(q, k, v, 1 / math.sqrt(8), 0), naive_block_local(q, k, v, block),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pattern(q, k, v, 1 / math.sqrt(8), 0), naive_block_local(q, k, v, block), rtol=1e-5, atol=1e-5)
 
 
 def tiny_model(**fields):
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=30, n_layer=2, n_head=2, d_model=16, block_size=64, pos="rope", local_block=8,
-                      attention="block_local", **fields)
+    cfg = ModelConfig(
+        vocab_size=30,
+        n_layer=2,
+        n_head=2,
+        d_model=16,
+        block_size=64,
+        pos="rope",
+        local_block=8,
+        attention="block_local",
+        **fields,
+    )
     return build_model(cfg).eval(), cfg
 
 
+@pytest.mark.slow
 def test_flex_model_matches_window_model_and_generates_from_its_cache():
     model, _ = tiny_model()
     idx = torch.randint(0, 30, (2, 45))
@@ -61,7 +71,10 @@ def test_timing_both_kernels_leaves_the_model_as_it_was():
 
 def test_config_choices_and_cpu_auto():
     model, cfg = tiny_model(local_kernel="windows")
-    assert lk.choose_local_kernel(model, cfg, 2, 32, torch.device("cpu")) == {"kernel": "windows", "chosen_by": "model.local_kernel"}
+    assert lk.choose_local_kernel(model, cfg, 2, 32, torch.device("cpu")) == {
+        "kernel": "windows",
+        "chosen_by": "model.local_kernel",
+    }
     model, cfg = tiny_model()
     chosen = lk.choose_local_kernel(model, cfg, 2, 32, torch.device("cpu"))
     assert chosen == {"kernel": "windows", "chosen_by": "FlexAttention has no backward on cpu"}
@@ -78,16 +91,19 @@ def test_config_choices_and_cpu_auto():
         config_from_dict({"model": {"local_kernel": "flash"}})
 
 
-@pytest.mark.parametrize("flex_s, windows_s, others_prefer_flex, expected", [
-    (1.0, 2.0, 1.0, "flex"), (2.0, 1.0, 0.0, "windows"),
-    (1.0, 2.0, 0.0, "windows"),  # one of two ranks prefers flex: no majority, every rank keeps windows
-])
+@pytest.mark.parametrize(
+    "flex_s, windows_s, others_prefer_flex, expected",
+    [
+        (1.0, 2.0, 1.0, "flex"),
+        (2.0, 1.0, 0.0, "windows"),
+        (1.0, 2.0, 0.0, "windows"),  # one of two ranks prefers flex: no majority, every rank keeps windows
+    ],
+)
 def test_auto_keeps_the_measured_faster_kernel_by_majority(monkeypatch, flex_s, windows_s, others_prefer_flex, expected):
     monkeypatch.setattr(lk, "flex_unavailable", lambda device, dropout: "")
     monkeypatch.setattr(lk, "time_local_kernels", lambda *a, **k: {"windows": windows_s, "flex": flex_s})
     model, cfg = tiny_model()
-    chosen = lk.choose_local_kernel(model, cfg, 2, 32, torch.device("cpu"),
-                                    vote=lambda mine: (mine + others_prefer_flex) / 2)
+    chosen = lk.choose_local_kernel(model, cfg, 2, 32, torch.device("cpu"), vote=lambda mine: (mine + others_prefer_flex) / 2)
     assert chosen == {"kernel": expected, "chosen_by": "timing", "seconds": {"windows": windows_s, "flex": flex_s}}
     assert all(layer.kernel == expected for layer in lk.block_local_layers(model))
 
@@ -97,8 +113,9 @@ def test_training_records_the_kernel_and_refuses_flex_on_cpu_before_writing(make
     result = train(cfg, progress=False)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["local_kernel"] == {"kernel": "windows", "chosen_by": "FlexAttention has no backward on cpu"}
-    flex = make_config(text_corpus, model={"attention": "block_local", "local_block": 8, "local_kernel": "flex"},
-                       train={"steps": 2})
+    flex = make_config(
+        text_corpus, model={"attention": "block_local", "local_block": 8, "local_kernel": "flex"}, train={"steps": 2}
+    )
     flex.name = "flex"
     with pytest.raises(ConfigError, match="cannot train here"):
         train(flex, progress=False)

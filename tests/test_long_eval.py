@@ -77,8 +77,10 @@ def test_prompt_suite_report_is_reproducible(text_corpus, make_config, tmp_path,
     train(cfg, progress=False)
     run = RunDir.for_config(cfg).path
     suite = tmp_path / "suite.jsonl"
-    suite.write_text('{"id": "a", "prompt": "ROMEO:", "max_tokens": 20, "temperature": 0.9, "seed": 4}\n'
-                     '{"id": "b", "prompt": "To be", "max_tokens": 10, "temperature": 0.0}\n')
+    suite.write_text(
+        '{"id": "a", "prompt": "ROMEO:", "max_tokens": 20, "temperature": 0.9, "seed": 4}\n'
+        '{"id": "b", "prompt": "To be", "max_tokens": 10, "temperature": 0.0}\n'
+    )
     assert main(["prompts", str(run), "--suite", str(suite)]) == 0
     first = (run / "prompts_suite.md").read_text()
     assert "## a" in first and "## b" in first and "ROMEO:" in first

@@ -26,10 +26,13 @@ def kept_for_backward(model, x) -> tuple[torch.Tensor, int]:
     return loss, sum(n for ptr, n in storages.items() if ptr not in weights)
 
 
-@pytest.mark.parametrize("shape", [
-    {"n_layer": 4, "n_head": 4, "d_model": 128, "vocab_size": 256, "batch": 8, "seq": 128},
-    {"n_layer": 2, "n_head": 4, "d_model": 192, "d_ff": 768, "vocab_size": 76, "batch": 16, "seq": 256},
-])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"n_layer": 4, "n_head": 4, "d_model": 128, "vocab_size": 256, "batch": 8, "seq": 128},
+        {"n_layer": 2, "n_head": 4, "d_model": 192, "d_ff": 768, "vocab_size": 76, "batch": 16, "seq": 256},
+    ],
+)
 def test_training_memory_estimate_within_25_percent(shape):
     batch, seq = shape.pop("batch"), shape.pop("seq")
     cfg = ModelConfig(block_size=seq, **shape)
@@ -53,11 +56,19 @@ def test_training_memory_estimate_within_25_percent(shape):
 
 
 def test_traced_estimate_for_the_tape_graph_within_25_percent():
-    from slmlab.variants.tape import TapeConfig
     from slmlab.model.accounting import traced_activation_bytes
+    from slmlab.variants.tape import TapeConfig
 
-    cfg = ModelConfig(arch="tape", vocab_size=76, n_head=4, d_model=64, block_size=128, pos="sinusoidal", head="student_t",
-                      tape=TapeConfig(n_critics=2, critic_layers=2, rnn_dim=64))
+    cfg = ModelConfig(
+        arch="tape",
+        vocab_size=76,
+        n_head=4,
+        d_model=64,
+        block_size=128,
+        pos="sinusoidal",
+        head="student_t",
+        tape=TapeConfig(n_critics=2, critic_layers=2, rnn_dim=64),
+    )
     torch.manual_seed(0)
     _, measured = kept_for_backward(build_model(cfg), torch.randint(0, 76, (4, 128)))
     with torch.device("meta"):

@@ -53,7 +53,9 @@ def test_generate_with_cache_matches_generate_without():
     assert with_cache.shape == (2, 65)
     assert torch.equal(with_cache[:, :48], without[:, :48])
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    assert torch.equal(model.generate(prompt, 20, generator=g1, top_k=10), model.generate(prompt, 20, generator=g2, top_k=10, use_cache=False))
+    assert torch.equal(
+        model.generate(prompt, 20, generator=g1, top_k=10), model.generate(prompt, 20, generator=g2, top_k=10, use_cache=False)
+    )
 
 
 def test_too_long_prompt_is_a_clear_error():

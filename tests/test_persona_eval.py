@@ -32,8 +32,12 @@ def two_styles(tmp_path, make_config):
     write_style(tmp_path / "mechanical", MECHANICAL, 1)
     runs = {}
     for style in ("jolly", "mechanical"):
-        cfg = make_config(tmp_path / style, data={"tokenizer": "byte", "seq_len": 64},
-                          model={"block_size": 128}, train={"steps": 150, "lr": 1e-2, "checkpoint_every": 0, "eval_every": 150})
+        cfg = make_config(
+            tmp_path / style,
+            data={"tokenizer": "byte", "seq_len": 64},
+            model={"block_size": 128},
+            train={"steps": 150, "lr": 1e-2, "checkpoint_every": 0, "eval_every": 150},
+        )
         runs[style] = train(dataclasses.replace(cfg, name=style), progress=False).run_dir
     return tmp_path, runs
 
@@ -41,8 +45,25 @@ def two_styles(tmp_path, make_config):
 def test_persona_eval_finds_the_known_answer(two_styles, capsys):
     root, runs = two_styles
     out = root / "persona.md"
-    assert main(["persona-eval", "--compare", str(runs["jolly"]), str(runs["mechanical"]), "--persona-data", str(root / "jolly"),
-                 "--other-data", str(root / "mechanical"), "--max-new-tokens", "48", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "persona-eval",
+                "--compare",
+                str(runs["jolly"]),
+                str(runs["mechanical"]),
+                "--persona-data",
+                str(root / "jolly"),
+                "--other-data",
+                str(root / "mechanical"),
+                "--max-new-tokens",
+                "48",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     jolly = json.loads((runs["jolly"] / "persona_eval.json").read_text())
     mechanical = json.loads((runs["mechanical"] / "persona_eval.json").read_text())

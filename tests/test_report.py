@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from slmlab.cli import main
 from slmlab.training import train
 
 
 def test_run_report_holds_the_runs_numbers_and_embeds_its_images(text_corpus, make_config, capsys):
-    cfg = make_config(text_corpus, train={"steps": 10, "eval_every": 5, "sample_tokens": 12},
-                      model={"n_layer": 3})
+    cfg = make_config(text_corpus, train={"steps": 10, "eval_every": 5, "sample_tokens": 12}, model={"n_layer": 3})
     run = train(cfg, progress=False).run_dir
     assert main(["report", str(run)]) == 0
     summary = json.loads((run / "summary.json").read_text())
@@ -27,6 +28,7 @@ def test_run_report_holds_the_runs_numbers_and_embeds_its_images(text_corpus, ma
     assert "<table>" in html and f"{summary['val_loss']:.4f}" in html
 
 
+@pytest.mark.slow
 def test_sweep_report_holds_the_results_table_and_every_run(micro_sweep, tmp_path):
     assert main(["sweep", str(micro_sweep), "--jobs", "2"]) == 0
     sweep_dir = tmp_path / "runs" / "micro"

@@ -46,8 +46,11 @@ def test_scaled_rope_equals_unscaled_at_interpolated_positions():
 
 def test_rope_model_is_causal_and_cached_generation_matches_recomputation():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=32, block_size=32, pos="rope",
-                                    rope_fraction=0.5)).double().eval()
+    model = (
+        build_model(ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=32, block_size=32, pos="rope", rope_fraction=0.5))
+        .double()
+        .eval()
+    )
     assert not any("wpe" in n for n, _ in model.named_parameters()) and not list(model.buffers())
     idx = torch.randint(0, 40, (2, 30))
     full, _ = model(idx)

@@ -28,7 +28,8 @@ def _train(micro_toml, *argv) -> int:
 
 @pytest.mark.parametrize("name", [".", "..", "../elsewhere", "a/b", "a\\b", "", "ABSOLUTE"])
 def test_a_run_name_that_is_not_a_plain_name_is_refused_and_nothing_is_touched(
-        name, micro_toml, bystanders, tmp_path, capsys, monkeypatch):
+    name, micro_toml, bystanders, tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     if name == "ABSOLUTE":
         name = str(tmp_path / "elsewhere")

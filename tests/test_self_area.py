@@ -12,16 +12,19 @@ from safetensors.torch import load_file
 
 from slmlab.cli import main
 from slmlab.config import ConfigError, ModelConfig
-from slmlab.variants.self_area import SelfAreaConfig
 from slmlab.model import build_model
 from slmlab.runs.run_dir import RunDir
 from slmlab.training import Trainer, train
+from slmlab.variants.self_area import SelfAreaConfig
 
 from .conftest import LINES
 
 MODES = [
-    {"target": "residual"}, {"target": "sublayer_inputs"}, {"token_dependent": True},
-    {"target": "sublayer_inputs", "token_dependent": True}, {"guidance_mode": "input_once"},
+    {"target": "residual"},
+    {"target": "sublayer_inputs"},
+    {"token_dependent": True},
+    {"target": "sublayer_inputs", "token_dependent": True},
+    {"guidance_mode": "input_once"},
 ]
 
 
@@ -78,8 +81,11 @@ def test_input_once_adds_one_constant_vector_to_the_embeddings_only():
 
 def test_trainable_self_area_isolates_gradients(text_corpus, make_config):
     for which, may_change in (("self_area", ("conditioning.",)), ("self_area+norms", ("conditioning.", "ln", "norm_f"))):
-        cfg = make_config(text_corpus, model={"self_area": {"enabled": True, "self_dim": 8}},
-                          train={"steps": 4, "trainable": which, "checkpoint_every": 0, "weight_decay": 0.1})
+        cfg = make_config(
+            text_corpus,
+            model={"self_area": {"enabled": True, "self_dim": 8}},
+            train={"steps": 4, "trainable": which, "checkpoint_every": 0, "weight_decay": 0.1},
+        )
         trainer = Trainer(dataclasses.replace(cfg, name=which.replace("+", "_")), progress=False)
         before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         trainer.fit()
@@ -97,8 +103,11 @@ def test_trainable_self_area_needs_a_self_area(text_corpus, make_config):
 
 
 def test_micro_stage_two_lowers_persona_text_loss(text_corpus, make_config, tmp_path, capsys):
-    cfg = make_config(text_corpus, model={"self_area": {"enabled": True, "self_dim": 16}},
-                      train={"steps": 150, "lr": 1e-2, "checkpoint_every": 0, "eval_every": 150})
+    cfg = make_config(
+        text_corpus,
+        model={"self_area": {"enabled": True, "self_dim": 16}},
+        train={"steps": 150, "lr": 1e-2, "checkpoint_every": 0, "eval_every": 150},
+    )
     base = train(cfg, progress=False).run_dir
     persona = tmp_path / "persona"
     persona.mkdir()

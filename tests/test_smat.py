@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from slmlab.config import ModelConfig
-from slmlab.variants.smat import SmatConfig
 from slmlab.model import KVCache, build_model
+from slmlab.variants.smat import SmatConfig, naive_attention
 
 VARIANTS = {"baseline": (False, False), "s_only": (True, False), "g_only": (False, True), "full": (True, True)}
 
@@ -17,37 +15,20 @@ VARIANTS = {"baseline": (False, False), "s_only": (True, False), "g_only": (Fals
 def smat_model(variant: str, **smat_fields) -> torch.nn.Module:
     use_S, use_G = VARIANTS[variant]
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=37, n_layer=2, n_head=2, d_model=16, block_size=24,
-                      smat=SmatConfig(use_S=use_S, use_G=use_G, s_dim=6, lambda_raw_init=0.7, mu_init=0.8, **smat_fields))
+    cfg = ModelConfig(
+        vocab_size=37,
+        n_layer=2,
+        n_head=2,
+        d_model=16,
+        block_size=24,
+        smat=SmatConfig(use_S=use_S, use_G=use_G, s_dim=6, lambda_raw_init=0.7, mu_init=0.8, **smat_fields),
+    )
     model = build_model(cfg).double()
     with torch.no_grad():  # move the gate's parameters off their init so every term matters
         for module in model.modules():
             if hasattr(module, "beta"):
                 module.beta.uniform_(-1, 1)
     return model
-
-
-def naive_attention(attn, h: torch.Tensor, norm_len: int = 0) -> torch.Tensor:
-    """softmax(QK^T/sqrt(D) + λS + M)(G ⊙ V) with explicit (T, T) matrices, then W_o."""
-    B, T, C = h.shape
-    H, D = attn.n_head, attn.head_dim
-    q, k, v = attn.qkv(h).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
-    logits = q @ k.transpose(-1, -2) / math.sqrt(D)
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    for ext in attn.extensions:
-        s = ext.w_s(h)
-        s_hat = s / s.norm(dim=-1, keepdim=True)
-        S = s_hat @ s_hat.transpose(-1, -2)  # (B, T, T)
-        if ext.use_S:
-            logits = logits + torch.nn.functional.softplus(ext.lambda_raw) * S[:, None]
-        if ext.use_G:
-            n = torch.full((T,), float(norm_len)) if norm_len else torch.arange(1, T + 1, dtype=h.dtype)
-            c = (S * causal).sum(-1) / n  # mean over l <= j
-            gate = torch.sigmoid(ext.w_g(h) + ext.mu * c[..., None] + ext.beta)
-            v = v * gate.transpose(1, 2)[..., None]
-    weights = logits.masked_fill(~causal, float("-inf")).softmax(-1)
-    y = (weights @ v).transpose(1, 2).reshape(B, T, C)
-    return attn.proj(y)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

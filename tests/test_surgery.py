@@ -13,9 +13,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from slmlab.runs.checkpoints import CheckpointError
 from slmlab.cli import main
-from slmlab.variants.self_area import SelfAreaConfig
 from slmlab.data.tokens import TokenSplit
 from slmlab.persona.surgery import (
     insert_self_area,
@@ -23,12 +21,24 @@ from slmlab.persona.surgery import (
     save_self_area,
     train_self_area,
 )
+from slmlab.runs.checkpoints import CheckpointError
+from slmlab.variants.self_area import SelfAreaConfig
 
-SHAPE = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-         "max_position_embeddings": 64, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+SHAPE = {
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 64,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
 CONFIGS = {
-    "gpt2": lambda: transformers.GPT2Config(vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                                            bos_token_id=1, eos_token_id=2),
+    "gpt2": lambda: transformers.GPT2Config(
+        vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=1, eos_token_id=2
+    ),
     "llama": lambda: transformers.LlamaConfig(**SHAPE, num_key_value_heads=1),
     "phi3": lambda: transformers.Phi3Config(**SHAPE, num_key_value_heads=2),
 }
@@ -112,13 +122,36 @@ def test_surgery_verb_end_to_end(tmp_path, text_corpus, capsys):
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", eos_token="<eos>")
     base = tmp_path / "base"
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(transformers.GPT2Config(
-        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2, eos_token_id=tokenizer.eos_token_id))
+    model = transformers.AutoModelForCausalLM.from_config(
+        transformers.GPT2Config(
+            vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2, eos_token_id=tokenizer.eos_token_id
+        )
+    )
     model.save_pretrained(base)
     tokenizer.save_pretrained(base)
     out = tmp_path / "area"
-    assert main(["surgery", "--hf-model", str(base), "--persona-data", str(text_corpus / "verse"), "--steps", "30",
-                 "--seq-len", "32", "--self-dim", "8", "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "surgery",
+                "--hf-model",
+                str(base),
+                "--persona-data",
+                str(text_corpus / "verse"),
+                "--steps",
+                "30",
+                "--seq-len",
+                "32",
+                "--self-dim",
+                "8",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["persona_val_loss_after"] < summary["persona_val_loss_before"]
     assert summary["self_area_params"] < summary["base_params"]

@@ -31,6 +31,7 @@ def test_a_missing_seed_is_left_out_of_the_pairing():
     assert c.n_pairs == 2 and c.wins == 2 and c.sign_p == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_micro_sweep_end_to_end_and_resume(micro_sweep, tmp_path, capsys):
     assert main(["sweep", str(micro_sweep), "--jobs", "2"]) == 0
     out = capsys.readouterr().out
@@ -45,7 +46,7 @@ def test_micro_sweep_end_to_end_and_resume(micro_sweep, tmp_path, capsys):
     ppl = {s: json.loads((sweep_dir / f"full_s{s}" / "summary.json").read_text())["val_ppl"] for s in (1, 2)}
     assert full["val_ppl_mean"] == pytest.approx((ppl[1] + ppl[2]) / 2) and full["runs"] == 2
     assert full["params"] > base["params"] and f"{full['val_ppl_mean']:.3f}" in out
-    sweep, jobs = load_sweep(micro_sweep)
+    _, jobs = load_sweep(micro_sweep)
     assert all(run_status(job) == "done" for job in jobs)
     # resume: a finished run is skipped, an interrupted one resumes from its checkpoint
     (sweep_dir / "full_s2" / "summary.json").unlink()
@@ -74,15 +75,29 @@ def test_bad_sweep_configs(tmp_path, micro_sweep):
     micro_sweep.write_text(text.replace('"model.smat.use_S" = true', '"model.smat.use_s" = true'))
     with pytest.raises(ConfigError, match="variant 'full': unknown config key 'model.smat.use_s' \\(did you mean 'use_S'\\?\\)"):
         load_sweep(micro_sweep)
-    micro_sweep.write_text(text.replace('seeds = [1, 2]', 'seeds = [1, 2]\nbaseline = "nope"'))
+    micro_sweep.write_text(text.replace("seeds = [1, 2]", 'seeds = [1, 2]\nbaseline = "nope"'))
     with pytest.raises(ConfigError, match="baseline 'nope' is not one of the variants"):
         load_sweep(micro_sweep)
 
 
+@pytest.mark.slow
 def test_slurm_array_script_and_single_task_runs(micro_sweep, tmp_path, capsys):
     script = tmp_path / "sweep.sh"
-    assert main(["sweep", str(micro_sweep), "--slurm", str(script), "--sbatch=--partition=gpu", "--sbatch=--time=00:30:00",
-                 "--train.steps", "4"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                str(micro_sweep),
+                "--slurm",
+                str(script),
+                "--sbatch=--partition=gpu",
+                "--sbatch=--time=00:30:00",
+                "--train.steps",
+                "4",
+            ]
+        )
+        == 0
+    )
     text = script.read_text()
     assert "#SBATCH --array=0-3" in text and "#SBATCH --partition=gpu" in text and "#SBATCH --gres=gpu:1" in text
     assert "#SBATCH --time=00:30:00" in text and "04:00:00" not in text

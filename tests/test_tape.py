@@ -11,13 +11,11 @@ import pytest
 import torch
 
 from slmlab.config import ModelConfig
-from slmlab.variants.tape import TapeConfig
 from slmlab.model import build_model
 from slmlab.model.heads import StudentTHead
 from slmlab.runs.run_dir import RunDir
 from slmlab.training import train
-from slmlab.variants.tape import Wolf
-from slmlab.variants.tape import bounded_log, soft_xor, softmax_mix
+from slmlab.variants.tape import TapeConfig, Wolf, bounded_log, soft_xor, softmax_mix
 
 V = 53
 
@@ -25,8 +23,16 @@ V = 53
 def tape(**fields) -> torch.nn.Module:
     torch.manual_seed(0)
     fields = {"pos": "sinusoidal", **fields}
-    cfg = ModelConfig(arch="tape", vocab_size=V, n_head=4, d_model=32, block_size=48, head="student_t",
-                      tape=TapeConfig(n_critics=2, critic_layers=2, rnn_dim=16), **fields)
+    cfg = ModelConfig(
+        arch="tape",
+        vocab_size=V,
+        n_head=4,
+        d_model=32,
+        block_size=48,
+        head="student_t",
+        tape=TapeConfig(n_critics=2, critic_layers=2, rnn_dim=16),
+        **fields,
+    )
     return build_model(cfg).double().eval()
 
 
@@ -135,13 +141,25 @@ def test_every_parameter_receives_a_gradient(moderator):
     assert loss.item() == pytest.approx(math.log(V), abs=0.3)  # loss at init ≈ ln V
 
 
+@pytest.mark.slow
 def test_tape_and_wolf_train_on_text(text_corpus, make_config):
-    cfg = make_config(text_corpus, model={"arch": "tape", "pos": "sinusoidal", "head": "student_t", "n_head": 2, "d_model": 32,
-                                          "tape": {"n_critics": 2, "critic_layers": 2, "rnn_dim": 16}},
-                      train={"steps": 30, "lr": 3e-3, "eval_every": 30, "checkpoint_every": 0, "sample_tokens": 16})
+    cfg = make_config(
+        text_corpus,
+        model={
+            "arch": "tape",
+            "pos": "sinusoidal",
+            "head": "student_t",
+            "n_head": 2,
+            "d_model": 32,
+            "tape": {"n_critics": 2, "critic_layers": 2, "rnn_dim": 16},
+        },
+        train={"steps": 30, "lr": 3e-3, "eval_every": 30, "checkpoint_every": 0, "sample_tokens": 16},
+    )
     first = train(cfg, progress=False)
     losses = [r["loss"] for r in RunDir(first.run_dir).read_metrics()]
     assert losses[-1] < losses[0] - 0.5 and first.sample
-    wolf = train(dataclasses.replace(cfg, name="wolf", train=dataclasses.replace(cfg.train, optimizer="wolf", lr=0.2)), progress=False)
+    wolf = train(
+        dataclasses.replace(cfg, name="wolf", train=dataclasses.replace(cfg.train, optimizer="wolf", lr=0.2)), progress=False
+    )
     losses = [r["loss"] for r in RunDir(wolf.run_dir).read_metrics()]
     assert losses[-1] < losses[0] - 0.3, losses

@@ -74,6 +74,7 @@ def test_gpt2_tokenizer_needs_its_local_file(tmp_path, monkeypatch):
         GPT2Tokenizer(tmp_path / "wrong.tiktoken")
 
 
+@pytest.mark.network
 def test_gpt2_tokenizer_matches_known_ids():
     from slmlab.data.corpora.fetch import fetch_gpt2_tokenizer
 

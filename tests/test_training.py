@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slmlab.runs import checkpoints as checkpoint_module
 from slmlab.config import TrainConfig
+from slmlab.runs import checkpoints as checkpoint_module
 from slmlab.runs.run_dir import RunDir, load_run
 from slmlab.training import CheckpointError, Trainer, TrainingError, train
 from slmlab.training.optim import lr_at, param_groups
@@ -118,8 +118,8 @@ def test_corrupt_or_mismatched_checkpoints_are_clear_errors(text_corpus, make_co
         Trainer(cfg, resume=True, progress=False)
     (run.checkpoints / "step_000010.state.pt").write_bytes(b"garbage")
     bigger = make_config(text_corpus, model={"d_model": 64})
-    from slmlab.runs.checkpoints import load_weights
     from slmlab.model import build_model
+    from slmlab.runs.checkpoints import load_weights
 
     bigger.model.vocab_size = cfg.model.vocab_size or 40
     with pytest.raises(CheckpointError, match="does not fit this model"):
@@ -178,7 +178,12 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
     decay, no_decay = param_groups(model, 0.1)
     decayed = {id(p) for p in decay["params"]}
     names = {n for n, p in model.named_parameters() if id(p) in decayed}
-    assert names == {"blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight", "blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight"}
+    assert names == {
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.proj.weight",
+        "blocks.0.mlp.fc.weight",
+        "blocks.0.mlp.proj.weight",
+    }
     assert no_decay["weight_decay"] == 0.0 and len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
@@ -187,6 +192,7 @@ def _has_cpp_compiler() -> bool:
 
 
 @pytest.mark.skipif(not _has_cpp_compiler(), reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.slow
 def test_compiled_training_gives_the_eager_losses_and_times_compilation_apart(text_corpus, make_config):
     train_cfg = {"steps": 3, "log_every": 1, "eval_every": 3, "checkpoint_every": 0}
     eager = train(replace(make_config(text_corpus, train=train_cfg), name="eager"), progress=False)

@@ -11,12 +11,12 @@ import torch
 
 from slmlab.cli import main
 from slmlab.config import ModelConfig
+from slmlab.model import build_model
+from slmlab.model.attention_maps import capture_attention
+from slmlab.training import train
 from slmlab.variants.self_area import SelfAreaConfig
 from slmlab.variants.smat import SmatConfig
 from slmlab.variants.tape import TapeConfig
-from slmlab.model import build_model
-from slmlab.training import train
-from slmlab.model.attention_maps import capture_attention
 
 BASE = ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=32, block_size=64, local_block=8)
 MODELS = {
@@ -24,8 +24,13 @@ MODELS = {
     "smat": dataclasses.replace(BASE, smat=SmatConfig(use_S=True, use_G=True, s_dim=8)),
     "block_local_rope": dataclasses.replace(BASE, attention="block_local", pos="rope"),
     "smt": dataclasses.replace(BASE, self_area=SelfAreaConfig(enabled=True, self_dim=8)),
-    "tape": dataclasses.replace(BASE, arch="tape", pos="sinusoidal", head="student_t",
-                                tape=TapeConfig(n_critics=1, coda_layers=1, critic_layers=1, rnn_dim=8)),
+    "tape": dataclasses.replace(
+        BASE,
+        arch="tape",
+        pos="sinusoidal",
+        head="student_t",
+        tape=TapeConfig(n_critics=1, coda_layers=1, critic_layers=1, rnn_dim=8),
+    ),
 }
 
 

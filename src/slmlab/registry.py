@@ -60,7 +60,9 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             label = self.config_key or self.kind
-            raise ConfigError(f"{label} = {name!r} is not one of {', '.join(self._entries)}{closest(name, self._entries)}") from None
+            raise ConfigError(
+                f"{label} = {name!r} is not one of {', '.join(self._entries)}{closest(name, self._entries)}"
+            ) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

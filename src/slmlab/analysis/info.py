@@ -12,8 +12,7 @@ import torch
 from ..config import RunConfig
 from ..model import build_model, model_stats
 from ..model.accounting import traced_activation_bytes
-from ..tables import human
-from ..tables import markdown_table
+from ..tables import human, markdown_table
 
 
 def size_table(cfg: RunConfig, batch_size: int = 0, seq_len: int = 0) -> str:

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..files import atomic_write, atomic_write_text
 from ..runs.checkpoints import CheckpointError
 from ..runs.run_dir import load_run
-from ..files import atomic_write, atomic_write_text
 from ..tables import human, markdown_table
 
 INT8_FILE = "model_int8.pt"

@@ -28,10 +28,9 @@ import torch
 from .. import __version__
 from ..config import ConfigError, RunConfig
 from ..files import atomic_write_text
-from .info import size_table
-from ..tables import human
 from ..runs.run_dir import RunDir
-from ..tables import format_number, markdown_table
+from ..tables import format_number, human, markdown_table
+from .info import size_table
 
 HIDDEN = {"name", "out_dir", "phases", "train.seed"}
 
@@ -77,8 +76,10 @@ def _heading_free(text: str) -> str:
 
 def summary_table(summary: dict) -> str:
     rows = [
-        ("optimizer steps", summary.get("step")), ("training tokens", f"{summary.get('tokens', 0):,}"),
-        ("validation loss", format_number(summary.get("val_loss"), ".4f")), ("validation perplexity", format_number(summary.get("val_ppl"), ".3f")),
+        ("optimizer steps", summary.get("step")),
+        ("training tokens", f"{summary.get('tokens', 0):,}"),
+        ("validation loss", format_number(summary.get("val_loss"), ".4f")),
+        ("validation perplexity", format_number(summary.get("val_ppl"), ".3f")),
         ("throughput (tokens/s, mean over log windows)", f"{summary.get('tokens_per_s', 0):,.0f}"),
         ("training time", f"{summary.get('train_seconds', 0):.1f} s"),
         ("processes", summary.get("processes", 1)),
@@ -148,8 +149,12 @@ def _extras(path: Path) -> list[str]:
         from ..persona.evaluate import results_table
 
         result = json.loads((path / "persona_eval.json").read_text())
-        parts += ["## Persona robustness", f"Classifier held-out balanced accuracy {result['classifier_accuracy']:.3f}; "
-                  "adherence with 95% bootstrap intervals over prompts.", results_table([result])]
+        parts += [
+            "## Persona robustness",
+            f"Classifier held-out balanced accuracy {result['classifier_accuracy']:.3f}; "
+            "adherence with 95% bootstrap intervals over prompts.",
+            results_table([result]),
+        ]
     suites = sorted(path.glob("prompts_*.md"))
     if suites:
         parts += ["## Prompt suites", "\n".join(f"- [{p.name}]({p.name})" for p in suites)]
@@ -167,23 +172,34 @@ def _run_report(path: Path) -> tuple[str, str]:
         raise ConfigError(f"{path} has not trained yet (no metrics.jsonl); train it first")
     plot_training(path / "training.png", phases or [run])
     changed = changed_settings(cfg, RunConfig())
-    parts = [f"# Run report: {cfg.name}", _provenance(),
-             "## Configuration", "Settings that differ from slmlab's defaults:",
-             markdown_table(("setting", "value", "default"), changed) if changed else "(all defaults)",
-             "## Size and cost", size_table(model_cfg),
-             "## Training", "![training and validation loss](training.png)"]
+    parts = [
+        f"# Run report: {cfg.name}",
+        _provenance(),
+        "## Configuration",
+        "Settings that differ from slmlab's defaults:",
+        markdown_table(("setting", "value", "default"), changed) if changed else "(all defaults)",
+        "## Size and cost",
+        size_table(model_cfg),
+        "## Training",
+        "![training and validation loss](training.png)",
+    ]
     if summary:
         parts += ["Final numbers of the last phase:"] * bool(phases) + [summary_table(summary)]
     else:
         parts.append("(training has not finished: no summary.json yet)")
     if summary.get("phases"):
-        rows = [(p["phase"], p["step"], f"{p['tokens']:,}", format_number(p["val_loss"], ".4f"), f"{p['tokens_per_s']:,.0f}")
-                for p in summary["phases"]]
+        rows = [
+            (p["phase"], p["step"], f"{p['tokens']:,}", format_number(p["val_loss"], ".4f"), f"{p['tokens_per_s']:,.0f}")
+            for p in summary["phases"]
+        ]
         parts += ["### Curriculum phases", markdown_table(("phase", "steps", "tokens", "val loss", "tokens/s"), rows)]
     parts += _extras(path)
     if summary.get("sample"):
-        parts += ["## Sample", "Generated at the end of training (temperature 0.8, top-k 50, seed 0):",
-                  "```text\n" + summary["sample"] + "\n```"]
+        parts += [
+            "## Sample",
+            "Generated at the end of training (temperature 0.8, top-k 50, seed 0):",
+            "```text\n" + summary["sample"] + "\n```",
+        ]
     return f"slmlab run {cfg.name}", "\n\n".join(parts) + "\n"
 
 
@@ -193,7 +209,9 @@ def _sweep_report(path: Path) -> tuple[str, str]:
     by_variant: dict[str, list[RunDir]] = {}
     for record in results["variants"]:
         prefix = f"{record['variant']}_s"
-        by_variant[record["variant"]] = [r for r in runs if r.path.name.startswith(prefix) and r.path.name[len(prefix):].isdigit()]
+        by_variant[record["variant"]] = [
+            r for r in runs if r.path.name.startswith(prefix) and r.path.name[len(prefix) :].isdigit()
+        ]
     baseline_runs = by_variant.get(results["baseline"]) or runs
     base = baseline_runs[0].read_config()
     parts = [f"# Sweep report: {results['sweep']}", _provenance()]
@@ -201,9 +219,13 @@ def _sweep_report(path: Path) -> tuple[str, str]:
         parts.append(_heading_free((path / "results.md").read_text()))
     if (path / "curves.png").is_file():
         parts.append("![validation loss by variant](curves.png)")
-    parts += ["## Base configuration", f"The baseline variant `{results['baseline']}`; settings that differ from slmlab's defaults:",
-              markdown_table(("setting", "value", "default"), changed_settings(base, RunConfig())),
-              size_table(base), "## What each variant changes"]
+    parts += [
+        "## Base configuration",
+        f"The baseline variant `{results['baseline']}`; settings that differ from slmlab's defaults:",
+        markdown_table(("setting", "value", "default"), changed_settings(base, RunConfig())),
+        size_table(base),
+        "## What each variant changes",
+    ]
     for variant, members in by_variant.items():
         if variant == results["baseline"] or not members:
             continue
@@ -213,8 +235,16 @@ def _sweep_report(path: Path) -> tuple[str, str]:
     for variant, members in by_variant.items():
         for run in members:
             s = run.read_summary()
-            rows.append((run.path.name, variant, format_number(s.get("val_loss"), ".4f"), format_number(s.get("val_ppl"), ".3f"),
-                         f"{s.get('tokens_per_s', 0):,.0f}", f"{s.get('train_seconds', 0):.0f} s"))
+            rows.append(
+                (
+                    run.path.name,
+                    variant,
+                    format_number(s.get("val_loss"), ".4f"),
+                    format_number(s.get("val_ppl"), ".3f"),
+                    f"{s.get('tokens_per_s', 0):,.0f}",
+                    f"{s.get('train_seconds', 0):.0f} s",
+                )
+            )
     parts += ["## Runs", markdown_table(("run", "variant", "val loss", "val ppl", "tokens/s", "time"), rows)]
     for run in runs:
         if (run.path / "ablations.md").is_file():
@@ -249,5 +279,7 @@ def to_html(markdown_text: str, base: Path, title: str) -> str:
         return f'src="data:image/png;base64,{data}"'
 
     body = re.sub(r'src="([^"]+\.png)"', inline, body)
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )

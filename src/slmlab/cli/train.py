@@ -11,39 +11,66 @@ from .options import add_verb, load_run_config, non_negative_int, positive_int
 
 
 def register(sub) -> None:
-    p = add_verb(sub, "train", "train a model from a config (or resume a run)",
-                 "  slmlab train configs/quickstart.toml\n"
-                 "  slmlab train configs/quickstart.toml --model.n_layer 6 --train.steps 2000 --name deeper\n"
-                 "  slmlab train --resume runs/quickstart --train.steps 3000\n"
-                 "  slmlab train configs/smat_64m.toml --nproc 4                        # DDP on 4 GPUs\n"
-                 "  slmlab train configs/smat_64m.toml --nproc 4 --train.parallel fsdp  # FSDP2\n"
-                 "  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\\n"
-                 "      -m slmlab train configs/longctx_300m.toml                       # multi-node")
+    p = add_verb(
+        sub,
+        "train",
+        "train a model from a config (or resume a run)",
+        "  slmlab train configs/quickstart.toml\n"
+        "  slmlab train configs/quickstart.toml --model.n_layer 6 --train.steps 2000 --name deeper\n"
+        "  slmlab train --resume runs/quickstart --train.steps 3000\n"
+        "  slmlab train configs/smat_64m.toml --nproc 4                        # DDP on 4 GPUs\n"
+        "  slmlab train configs/smat_64m.toml --nproc 4 --train.parallel fsdp  # FSDP2\n"
+        "  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\\n"
+        "      -m slmlab train configs/longctx_300m.toml                       # multi-node",
+    )
     p.add_argument("config", nargs="?", help="TOML config file")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its latest checkpoint")
     p.add_argument("--name", help="run name (default: the config file's stem)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run of the same name (removes only the files slmlab wrote there)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run of the same name (removes only the files slmlab wrote there)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--viz-every", type=non_negative_int, default=0, metavar="N",
-                   help="save an attention/loss frame every N steps (RUN/viz/frames; slmlab viz animate RUN)")
-    p.add_argument("--nproc", type=positive_int, default=1,
-                   help="data-parallel processes on this machine (launches torchrun; train.parallel picks DDP or FSDP2)")
+    p.add_argument(
+        "--viz-every",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="save an attention/loss frame every N steps (RUN/viz/frames; slmlab viz animate RUN)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=positive_int,
+        default=1,
+        help="data-parallel processes on this machine (launches torchrun; train.parallel picks DDP or FSDP2)",
+    )
     p.set_defaults(func=cmd_train)
 
-    p = add_verb(sub, "sweep", "run every (variant, seed) of a sweep config in parallel and print the paired results table",
-                 "  slmlab sweep configs/smat_quick.toml --jobs 2\n"
-                 "  slmlab sweep configs/smat_ablation.toml --jobs 2 --train.steps 100   # override every run\n"
-                 "  slmlab sweep configs/smat_ablation.toml --dry-run                    # list runs and their state\n"
-                 "  slmlab sweep configs/smat_64m_ablation.toml --slurm sweep.sh --sbatch=--partition=gpu\n"
-                 "  sbatch sweep.sh && slmlab sweep configs/smat_64m_ablation.toml       # results once all tasks are done")
+    p = add_verb(
+        sub,
+        "sweep",
+        "run every (variant, seed) of a sweep config in parallel and print the paired results table",
+        "  slmlab sweep configs/smat_quick.toml --jobs 2\n"
+        "  slmlab sweep configs/smat_ablation.toml --jobs 2 --train.steps 100   # override every run\n"
+        "  slmlab sweep configs/smat_ablation.toml --dry-run                    # list runs and their state\n"
+        "  slmlab sweep configs/smat_64m_ablation.toml --slurm sweep.sh --sbatch=--partition=gpu\n"
+        "  sbatch sweep.sh && slmlab sweep configs/smat_64m_ablation.toml       # results once all tasks are done",
+    )
     p.add_argument("config", help="sweep TOML (base config, variants, seeds)")
     p.add_argument("--jobs", type=positive_int, default=1, help="parallel runs on CPU (GPUs: one run per GPU)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs (with their index) and whether each is new, resumable or done")
-    p.add_argument("--only", type=non_negative_int, metavar="INDEX", help="run only the run with this index (a cluster array task)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="list the runs (with their index) and whether each is new, resumable or done"
+    )
+    p.add_argument(
+        "--only", type=non_negative_int, metavar="INDEX", help="run only the run with this index (a cluster array task)"
+    )
     p.add_argument("--slurm", metavar="FILE", help="write a SLURM job-array script (one task per run) instead of running")
-    p.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
-                   help="extra #SBATCH option for --slurm, e.g. --sbatch=--partition=gpu (repeatable)")
+    p.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="extra #SBATCH option for --slurm, e.g. --sbatch=--partition=gpu (repeatable)",
+    )
     p.set_defaults(func=cmd_sweep)
 
 
@@ -64,8 +91,10 @@ def cmd_train(args, extra) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(f"run: {result.run_dir}")
-    print(f"step {result.step}: validation loss {result.val_loss:.4f}, perplexity {result.val_ppl:.2f}, "
-          f"{result.tokens_per_s:,.0f} tokens/s")
+    print(
+        f"step {result.step}: validation loss {result.val_loss:.4f}, perplexity {result.val_ppl:.2f}, "
+        f"{result.tokens_per_s:,.0f} tokens/s"
+    )
     if result.sample:
         print("sample:\n" + result.sample)
     return 0
@@ -92,7 +121,9 @@ def train_config(args, extra):
     else:
         raise ConfigError("give a CONFIG file to train, or --resume RUN_DIR")
     if cfg.train.batch_size % args.nproc:
-        raise ConfigError(f"train.batch_size = {cfg.train.batch_size} (the global batch) must be divisible by --nproc {args.nproc}")
+        raise ConfigError(
+            f"train.batch_size = {cfg.train.batch_size} (the global batch) must be divisible by --nproc {args.nproc}"
+        )
     return cfg
 
 
@@ -101,8 +132,17 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
     (CPU threads shared between the processes unless OMP_NUM_THREADS says otherwise)."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "slmlab", "train", *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "slmlab",
+        "train",
+        *argv,
+    ]
     return subprocess.run(command, env=env, check=False).returncode
 
 
@@ -121,8 +161,8 @@ def without_option(argv: list[str], option: str) -> list[str]:
 
 def cmd_sweep(args, extra) -> int:
     from ..config import parse_overrides
-    from ..experiments.sweep import dry_run_lines, load_sweep, run_one, run_sweep, write_slurm_script
     from ..experiments.results import write_results
+    from ..experiments.sweep import dry_run_lines, load_sweep, run_one, run_sweep, write_slurm_script
 
     sweep, jobs = load_sweep(args.config, parse_overrides(extra))
     if args.dry_run:

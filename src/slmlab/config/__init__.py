@@ -8,7 +8,20 @@ from .schema import DataConfig, ModelConfig, PhaseConfig, RunConfig, TrainConfig
 from .values import build_dataclass, check_value
 
 __all__ = [
-    "ConfigError", "DataConfig", "ModelConfig", "PhaseConfig", "RunConfig", "TrainConfig", "apply_overrides",
-    "build_dataclass", "check_name", "check_value", "config_from_dict", "load_config", "parse_overrides",
-    "read_toml", "resolve_vocab", "validate",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "PhaseConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "build_dataclass",
+    "check_name",
+    "check_value",
+    "config_from_dict",
+    "load_config",
+    "parse_overrides",
+    "read_toml",
+    "resolve_vocab",
+    "validate",
 ]

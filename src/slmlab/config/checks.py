@@ -1,12 +1,12 @@
 """Rules a RunConfig must satisfy beyond its types; each violation is one line naming the key.
 
-    - run names are names (never a path: they are joined to out_dir)
-    - every extension choice is a registered name (registry.CHOICE_REGISTRIES)
-    - what the architecture does not offer is refused, not ignored: a variant section set away
-      from its defaults under an architecture without that extension point, per-layer attention
-      patterns under an architecture without layers
-    - ranges and combinations of the core fields
-    - the rules variants and plugins register (registry.CONFIG_CHECKS)
+- run names are names (never a path: they are joined to out_dir)
+- every extension choice is a registered name (registry.CHOICE_REGISTRIES)
+- what the architecture does not offer is refused, not ignored: a variant section set away
+  from its defaults under an architecture without that extension point, per-layer attention
+  patterns under an architecture without layers
+- ranges and combinations of the core fields
+- the rules variants and plugins register (registry.CONFIG_CHECKS)
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ def check_name(key: str, name: str) -> str:
     It is joined to out_dir, so anything else could point a run (and --overwrite) elsewhere."""
     separators = {"/", "\\", os.sep, os.altsep or "/"}
     if name in ("", ".", "..") or any(sep in name for sep in separators) or "\0" in name:
-        raise ConfigError(f"{key} = {name!r} is not a name: use one folder name without '/' or '\\' "
-                          "(not '.' or '..'); put parent folders in out_dir")
+        raise ConfigError(
+            f"{key} = {name!r} is not a name: use one folder name without '/' or '\\' "
+            "(not '.' or '..'); put parent folders in out_dir"
+        )
     return name
 
 
@@ -63,10 +65,14 @@ def check_architecture_support(m) -> None:
         if section.arch and section.arch != m.arch:
             raise ConfigError(f"{key} applies only to model.arch = '{section.arch}', not '{m.arch}'; remove it")
         if section.extends and section.extends not in points:
-            raise ConfigError(f"model.arch = '{m.arch}' takes no {section.extends} extension, so {key} would be ignored; remove it")
+            raise ConfigError(
+                f"model.arch = '{m.arch}' takes no {section.extends} extension, so {key} would be ignored; remove it"
+            )
     if (m.attention_layers or m.global_every) and "per_layer_attention" not in points:
-        raise ConfigError(f"model.arch = '{m.arch}' has no per-layer attention patterns; "
-                          "remove model.attention_layers / model.global_every (model.attention applies to every attention)")
+        raise ConfigError(
+            f"model.arch = '{m.arch}' has no per-layer attention patterns; "
+            "remove model.attention_layers / model.global_every (model.attention applies to every attention)"
+        )
 
 
 def validate(cfg) -> None:
@@ -78,42 +84,56 @@ def validate(cfg) -> None:
     check_choices(cfg)
     check_architecture_support(m)
     positive = {
-        "model.n_layer": m.n_layer, "model.n_head": m.n_head, "model.d_model": m.d_model,
-        "model.block_size": m.block_size, "data.seq_len": d.seq_len, "train.steps": t.steps,
-        "train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
-        "train.eval_batches": t.eval_batches, "train.log_every": t.log_every,
-        "train.eval_every": t.eval_every, "train.max_nan_skips": t.max_nan_skips,
-        "train.keep_checkpoints": t.keep_checkpoints, "model.student_t_nu": m.student_t_nu,
-        "model.local_block": m.local_block, "model.norm_eps": m.norm_eps,
+        "model.n_layer": m.n_layer,
+        "model.n_head": m.n_head,
+        "model.d_model": m.d_model,
+        "model.block_size": m.block_size,
+        "data.seq_len": d.seq_len,
+        "train.steps": t.steps,
+        "train.batch_size": t.batch_size,
+        "train.grad_accum": t.grad_accum,
+        "train.eval_batches": t.eval_batches,
+        "train.log_every": t.log_every,
+        "train.eval_every": t.eval_every,
+        "train.max_nan_skips": t.max_nan_skips,
+        "train.keep_checkpoints": t.keep_checkpoints,
+        "model.student_t_nu": m.student_t_nu,
+        "model.local_block": m.local_block,
+        "model.norm_eps": m.norm_eps,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
     non_negative = {
-        "model.d_ff": m.d_ff, "model.vocab_size": m.vocab_size, "data.max_year": d.max_year,
-        "data.max_documents": d.max_documents, "train.warmup_steps": t.warmup_steps,
-        "train.grad_clip": t.grad_clip, "train.weight_decay": t.weight_decay,
-        "train.checkpoint_every": t.checkpoint_every, "train.threads": t.threads,
-        "train.sample_tokens": t.sample_tokens, "train.viz_every": t.viz_every, "model.global_every": m.global_every,
+        "model.d_ff": m.d_ff,
+        "model.vocab_size": m.vocab_size,
+        "data.max_year": d.max_year,
+        "data.max_documents": d.max_documents,
+        "train.warmup_steps": t.warmup_steps,
+        "train.grad_clip": t.grad_clip,
+        "train.weight_decay": t.weight_decay,
+        "train.checkpoint_every": t.checkpoint_every,
+        "train.threads": t.threads,
+        "train.sample_tokens": t.sample_tokens,
+        "train.viz_every": t.viz_every,
+        "model.global_every": m.global_every,
         "model.init_std": m.init_std,
     }
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
     if m.d_model % m.n_head:
-        raise ConfigError(
-            f"model.d_model = {m.d_model} is not divisible by model.n_head = {m.n_head}"
-        )
+        raise ConfigError(f"model.d_model = {m.d_model} is not divisible by model.n_head = {m.n_head}")
     if d.seq_len > m.block_size:
         raise ConfigError(
-            f"data.seq_len = {d.seq_len} exceeds model.block_size = {m.block_size}; "
-            "lower data.seq_len or raise model.block_size"
+            f"data.seq_len = {d.seq_len} exceeds model.block_size = {m.block_size}; lower data.seq_len or raise model.block_size"
         )
     if m.attention_layers and len(m.attention_layers) != m.n_layer:
         raise ConfigError(f"model.attention_layers has {len(m.attention_layers)} entries for model.n_layer = {m.n_layer}")
     if m.local_kernel == "flex" and m.dropout:
-        raise ConfigError(f"model.local_kernel = 'flex' applies no attention dropout but model.dropout = {m.dropout}; "
-                          "use 'windows' or 'auto'")
+        raise ConfigError(
+            f"model.local_kernel = 'flex' applies no attention dropout but model.dropout = {m.dropout}; use 'windows' or 'auto'"
+        )
     if not 0.0 < m.rope_fraction <= 1.0:
         raise ConfigError(f"model.rope_fraction must be in (0, 1], got {m.rope_fraction}")
     if m.rope_scale <= 0 or m.rope_theta <= 1:

@@ -62,7 +62,9 @@ class ModelConfig:
     attention_layers: list[str] = field(default_factory=list)  # per-layer patterns (overrides `attention`)
     global_every: int = 0  # with a local pattern: every k-th layer uses full attention
     local_block: int = 256  # block length B of "block_local"
-    local_kernel: Literal["auto", "windows", "flex"] = "auto"  # how block_local runs: "windows" (SDPA) | "flex" (FlexAttention) | "auto" (faster on CUDA)
+    local_kernel: Literal["auto", "windows", "flex"] = (
+        "auto"  # how block_local runs: "windows" (SDPA) | "flex" (FlexAttention) | "auto" (faster on CUDA)
+    )
     bias: bool = True
     tie_embeddings: bool = True
     init_std: float = 0.02
@@ -183,9 +185,17 @@ class PhaseConfig:
     mixture: dict[str, float] = field(default_factory=dict)
     carry_optimizer: bool = False  # False: a fresh AdamW state for this phase
 
-    FIELDS = {"steps": "train.steps", "seq_len": "data.seq_len", "batch_size": "train.batch_size",
-              "attention": "model.attention", "rope_scale": "model.rope_scale", "lr": "train.lr",
-              "warmup_steps": "train.warmup_steps", "min_lr_ratio": "train.min_lr_ratio", "mixture": "data.mixture"}
+    FIELDS = {
+        "steps": "train.steps",
+        "seq_len": "data.seq_len",
+        "batch_size": "train.batch_size",
+        "attention": "model.attention",
+        "rope_scale": "model.rope_scale",
+        "lr": "train.lr",
+        "warmup_steps": "train.warmup_steps",
+        "min_lr_ratio": "train.min_lr_ratio",
+        "mixture": "data.mixture",
+    }
 
     def overrides(self) -> dict[str, Any]:
         return {key: getattr(self, name) for name, key in self.FIELDS.items() if getattr(self, name) not in (None, {})}

@@ -21,8 +21,8 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import TokenizerError
-from ..registry import TOKENIZERS
 from ..files import atomic_write_text
+from ..registry import TOKENIZERS
 
 SPECIAL_TOKENS = ("[UNK]", "[PAD]", "[BOS]", "[EOS]")
 GPT2_FILE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -134,7 +134,9 @@ class BPETokenizer(Tokenizer):
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+            vocab_size=vocab_size,
+            special_tokens=list(SPECIAL_TOKENS),
+            show_progress=False,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
         tok.train_from_iterator(texts, trainer=trainer)
@@ -171,8 +173,11 @@ class GPT2Tokenizer(Tokenizer):
         if digest != GPT2_FILE_SHA256:
             raise TokenizerError(f"{self.path} is not GPT-2's r50k_base file (sha256 {digest[:12]}...)")
         self.enc = tiktoken.Encoding(
-            name="r50k_base", pat_str=GPT2_PATTERN, mergeable_ranks=load_tiktoken_bpe(str(self.path)),
-            special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257,
+            name="r50k_base",
+            pat_str=GPT2_PATTERN,
+            mergeable_ranks=load_tiktoken_bpe(str(self.path)),
+            special_tokens={"<|endoftext|>": 50256},
+            explicit_n_vocab=50257,
         )
 
     @staticmethod
@@ -232,7 +237,9 @@ def tokenizer_from_json(text: str) -> Tokenizer:
     kind = spec.get("slmlab_tokenizer") if isinstance(spec, dict) else None
     field = {"char": "chars", "gpt2": "file"}.get(kind)
     if field and not isinstance(spec.get(field), str):
-        raise TokenizerError(f"tokenizer.json ({kind}) has no valid '{field}' entry; delete it or re-run `slmlab tokenizer train`")
+        raise TokenizerError(
+            f"tokenizer.json ({kind}) has no valid '{field}' entry; delete it or re-run `slmlab tokenizer train`"
+        )
     if kind == "byte":
         return ByteTokenizer()
     if kind == "char":

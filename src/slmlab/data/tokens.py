@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
+from ..files import atomic_write_text
 from .corpora import CorpusError, DocumentSelection
 from .corpora.fetch import cache_dir
-from ..files import atomic_write_text
 from .tokenizers import Tokenizer, tokenizer_from_json, train_tokenizer
 
 log = logging.getLogger("slmlab")
@@ -102,7 +102,7 @@ def _write_streams(
             key = (split, stream)
             if key not in handles:
                 (work / split).mkdir(exist_ok=True)
-                handles[key] = open(work / split / f"{stream}.bin", "ab")
+                handles[key] = open(work / split / f"{stream}.bin", "ab")  # noqa: SIM115 (closed in the finally below)
             array = np.concatenate([np.asarray(ids, dtype=dtype), separator])
             array.tofile(handles[key])
             counts[split][stream] = counts[split].get(stream, 0) + len(array)
@@ -166,10 +166,16 @@ def _build_token_files(selection: DocumentSelection, tokenizer: Tokenizer, val_f
         build = work / "out"
         build.mkdir()
         manifest = {
-            "format": FORMAT_VERSION, "source": selection.data.source, "fingerprint": selection.fingerprint(),
-            "tokenizer": tokenizer.kind, "tokenizer_digest": tokenizer.digest(), "vocab_size": tokenizer.vocab_size,
-            "dtype": dtype.name, "documents": {"train": len(ids) - len(val_ids), "val": len(val_ids)},
-            "dropped_by_year": selection.dropped_by_year, "dropped_unknown_year": selection.dropped_unknown_year,
+            "format": FORMAT_VERSION,
+            "source": selection.data.source,
+            "fingerprint": selection.fingerprint(),
+            "tokenizer": tokenizer.kind,
+            "tokenizer_digest": tokenizer.digest(),
+            "vocab_size": tokenizer.vocab_size,
+            "dtype": dtype.name,
+            "documents": {"train": len(ids) - len(val_ids), "val": len(val_ids)},
+            "dropped_by_year": selection.dropped_by_year,
+            "dropped_unknown_year": selection.dropped_unknown_year,
             "streams": {split: _concatenate(work, split, counts[split], build / f"{split}.bin") for split in ("train", "val")},
         }
         if not val_ids:
@@ -228,8 +234,15 @@ class WindowSampler:
     data-parallel rank draws the whole global batch (every rank's generator agrees) and gathers
     its own disjoint slice of it."""
 
-    def __init__(self, split: TokenSplit, seq_len: int, batch_size: int, seed: int, mixture: dict[str, float] | None = None,
-                 rows: slice = slice(None)):
+    def __init__(
+        self,
+        split: TokenSplit,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        mixture: dict[str, float] | None = None,
+        rows: slice = slice(None),
+    ):
         self.split, self.seq_len, self.batch_size, self.rows = split, seq_len, batch_size, rows
         self.rng = np.random.Generator(np.random.PCG64(seed))
         if mixture:
@@ -271,7 +284,9 @@ class WindowSampler:
         self.rng.bit_generator.state = state
 
 
-def validation_batches(split: TokenSplit, seq_len: int, batch_size: int, n_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def validation_batches(
+    split: TokenSplit, seq_len: int, batch_size: int, n_batches: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed validation sample: up to n_batches * batch_size evenly spaced windows."""
     last = len(split) - seq_len - 1
     if last < 0:

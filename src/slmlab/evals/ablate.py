@@ -18,9 +18,9 @@ from ..files import atomic_write_text
 from ..model.interventions import applicable, intervene
 from ..registry import ABLATION_SUMMARIES
 from ..runs.run_dir import load_run
-from ..training.runtime import resolve_device
 from ..tables import markdown_table
 from ..training import evaluate
+from ..training.runtime import resolve_device
 
 
 def ablate(run_path: str | Path, n_batches: int = 20, device: str = "auto") -> tuple[str, dict]:
@@ -39,11 +39,16 @@ def ablate(run_path: str | Path, n_batches: int = 20, device: str = "auto") -> t
     for intervention in interventions:
         with intervene(model, intervention):
             value = ppl()
-        rows[intervention.name] = {"description": intervention.description, "val_ppl": value,
-                                   "delta_pct": 100.0 * (value / reference - 1.0)}
+        rows[intervention.name] = {
+            "description": intervention.description,
+            "val_ppl": value,
+            "delta_pct": 100.0 * (value / reference - 1.0),
+        }
     result = {"run": str(run_path), "n_batches": n_batches, "interventions": rows}
-    table = markdown_table(("intervention", "what it changes", "val ppl", "Δ% vs unmodified"),
-                           [(n, r["description"], f"{r['val_ppl']:.3f}", f"{r['delta_pct']:+.2f}%") for n, r in rows.items()])
+    table = markdown_table(
+        ("intervention", "what it changes", "val ppl", "Δ% vs unmodified"),
+        [(n, r["description"], f"{r['val_ppl']:.3f}", f"{r['delta_pct']:+.2f}%") for n, r in rows.items()],
+    )
     for summarize in ABLATION_SUMMARIES.values():  # what a variant reads from its own rows (SMAT: the bias/gate split)
         summary = summarize(rows)
         if summary is not None:

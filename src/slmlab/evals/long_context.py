@@ -18,14 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tokens import TokenSplit, validation_batches
-from ..runs.metrics import perplexity
 from ..files import atomic_write, atomic_write_text
+from ..runs.metrics import perplexity
 from ..tables import markdown_table
 
 
 @torch.no_grad()
-def token_losses(model: nn.Module, split: TokenSplit, seq_len: int, batch_size: int, n_batches: int,
-                 device: torch.device) -> torch.Tensor:
+def token_losses(
+    model: nn.Module, split: TokenSplit, seq_len: int, batch_size: int, n_batches: int, device: torch.device
+) -> torch.Tensor:
     """Per-token cross-entropy of validation windows of length seq_len -> (windows, seq_len)."""
     model.eval()
     rows = []
@@ -37,8 +38,10 @@ def token_losses(model: nn.Module, split: TokenSplit, seq_len: int, batch_size: 
 
 def loss_by_position(model, split, seq_len: int, bucket: int, batch_size: int, n_batches: int, device) -> list[dict]:
     losses = token_losses(model, split, seq_len, batch_size, n_batches, device).mean(0)  # (seq_len,)
-    return [{"start": s, "end": min(s + bucket, seq_len) - 1, "loss": float(losses[s : s + bucket].mean())}
-            for s in range(0, seq_len, bucket)]
+    return [
+        {"start": s, "end": min(s + bucket, seq_len) - 1, "loss": float(losses[s : s + bucket].mean())}
+        for s in range(0, seq_len, bucket)
+    ]
 
 
 def loss_by_context_length(model, split, lengths: list[int], batch_size: int, n_batches: int, device) -> list[dict]:
@@ -78,9 +81,19 @@ def write_report(run: Path, name: str, payload: dict, xs, ys, xlabel: str) -> Pa
     return out
 
 
-def long_context_report(run: Path, cfg, model, split, device, batches: int, by_position: bool = False,
-                        context_length: int = 0, bucket: int = 64, context_lengths: list[int] | None = None,
-                        rope_scale: float = 0.0) -> str:
+def long_context_report(
+    run: Path,
+    cfg,
+    model,
+    split,
+    device,
+    batches: int,
+    by_position: bool = False,
+    context_length: int = 0,
+    bucket: int = 64,
+    context_lengths: list[int] | None = None,
+    rope_scale: float = 0.0,
+) -> str:
     """Loss by position in the window and/or by evaluation context length, saved as JSON + PNG in
     the run directory (suffixed _rope<scale> when evaluated at another rope_scale); returns the
     tables and the paths as text."""
@@ -88,13 +101,25 @@ def long_context_report(run: Path, cfg, model, split, device, batches: int, by_p
     if by_position:
         length = context_length or cfg.data.seq_len
         rows = loss_by_position(model, split, length, bucket, batch, batches, device)
-        out = write_report(run, f"eval_by_position{suffix}", {"context_length": length, "buckets": rows},
-                           [r["start"] for r in rows], [r["loss"] for r in rows], "position in window (bucket start)")
+        out = write_report(
+            run,
+            f"eval_by_position{suffix}",
+            {"context_length": length, "buckets": rows},
+            [r["start"] for r in rows],
+            [r["loss"] for r in rows],
+            "position in window (bucket start)",
+        )
         parts += [markdown_table(("positions", "loss"), bucket_table(rows)), f"saved: {out} and .png"]
     if context_lengths:
         rows = loss_by_context_length(model, split, context_lengths, batch, batches, device)
-        out = write_report(run, f"eval_context_lengths{suffix}", {"trained_seq_len": cfg.data.seq_len, "lengths": rows},
-                           [r["context_length"] for r in rows], [r["loss"] for r in rows], "evaluation context length")
+        out = write_report(
+            run,
+            f"eval_context_lengths{suffix}",
+            {"trained_seq_len": cfg.data.seq_len, "lengths": rows},
+            [r["context_length"] for r in rows],
+            [r["loss"] for r in rows],
+            "evaluation context length",
+        )
         parts += [markdown_table(("context length", "loss", "note"), context_table(rows)), f"saved: {out} and .png"]
     return "\n".join(parts)
 
@@ -105,4 +130,3 @@ def bucket_table(rows: list[dict]) -> list[tuple]:
 
 def context_table(rows: list[dict]) -> list[tuple]:
     return [(r["context_length"], "–" if r["loss"] is None else f"{r['loss']:.4f}", r.get("note", "")) for r in rows]
-

@@ -61,22 +61,39 @@ def run_suite(model, tokenizer, prompts: list[Prompt], device: torch.device, blo
         if len(ids) > block_size:
             raise ConfigError(f"prompt '{p.id}' is {len(ids)} tokens, longer than the model's context {block_size}")
         generator = torch.Generator(device=device).manual_seed(p.seed)
-        out = model.generate(torch.tensor([ids], device=device), p.max_tokens, temperature=p.temperature,
-                             top_k=p.top_k, top_p=p.top_p, generator=generator)
-        results.append({**p.__dict__, "completion": tokenizer.decode(out[0, len(ids):].tolist())})
+        out = model.generate(
+            torch.tensor([ids], device=device),
+            p.max_tokens,
+            temperature=p.temperature,
+            top_k=p.top_k,
+            top_p=p.top_p,
+            generator=generator,
+        )
+        results.append({**p.__dict__, "completion": tokenizer.decode(out[0, len(ids) :].tolist())})
     return results
 
 
 def markdown_report(run_name: str, suite: str, results: list[dict]) -> str:
     lines = [f"# Prompt suite `{suite}` on `{run_name}`", ""]
     for r in results:
-        lines += [f"## {r['id']}", "", f"temperature {r['temperature']}, seed {r['seed']}, {r['max_tokens']} tokens", "",
-                  f"**Prompt:** {r['prompt']}", "", "```", r["prompt"] + r["completion"], "```", ""]
+        lines += [
+            f"## {r['id']}",
+            "",
+            f"temperature {r['temperature']}, seed {r['seed']}, {r['max_tokens']} tokens",
+            "",
+            f"**Prompt:** {r['prompt']}",
+            "",
+            "```",
+            r["prompt"] + r["completion"],
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 
-def prompts_report(run: str | Path, suite: str | Path | None = None, out: str | Path | None = None,
-                   device: str = "auto") -> tuple[str, Path]:
+def prompts_report(
+    run: str | Path, suite: str | Path | None = None, out: str | Path | None = None, device: str = "auto"
+) -> tuple[str, Path]:
     """Generate from every prompt of a suite (default: the bundled one) -> (Markdown report, where
     it was saved: `out`, else RUN/prompts_<suite>.md)."""
     from ..runs.run_dir import load_run

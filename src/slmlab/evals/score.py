@@ -43,8 +43,9 @@ def data_config_for(cfg, overrides: dict):
     return config_from_dict(apply_overrides(cfg.to_dict(), overrides)).data if overrides else cfg.data
 
 
-def score_run(run: str | Path, cfg, model, tokenizer, device, split: str = "val", batches: int = 50,
-              data_overrides: dict | None = None) -> dict:
+def score_run(
+    run: str | Path, cfg, model, tokenizer, device, split: str = "val", batches: int = 50, data_overrides: dict | None = None
+) -> dict:
     """{"run", "source", "split", "loss", "ppl"} on `batches` fixed windows of the split."""
     data_cfg = data_config_for(cfg, data_overrides or {})
     _, data = prepare_tokens(data_cfg, tokenizer)
@@ -53,9 +54,20 @@ def score_run(run: str | Path, cfg, model, tokenizer, device, split: str = "val"
     return {"run": str(run), "source": data_cfg.source, "split": split, "loss": loss, "ppl": perplexity(loss)}
 
 
-def generate_texts(model, tokenizer, cfg, device, prompt: str, num_samples: int = 1, max_new_tokens: int = 200,
-                   temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                   use_cache: bool = True) -> list[str]:
+def generate_texts(
+    model,
+    tokenizer,
+    cfg,
+    device,
+    prompt: str,
+    num_samples: int = 1,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    use_cache: bool = True,
+) -> list[str]:
     """`num_samples` continuations of `prompt` (one seeded generator for all), decoded with the prompt."""
     ids = tokenizer.encode(prompt)
     if not ids:
@@ -65,7 +77,14 @@ def generate_texts(model, tokenizer, cfg, device, prompt: str, num_samples: int 
     generator = torch.Generator(device=device).manual_seed(seed)
     outputs = []
     for _ in range(num_samples):
-        out = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=temperature,
-                             top_k=top_k, top_p=top_p, generator=generator, use_cache=use_cache)
+        out = model.generate(
+            torch.tensor([ids], device=device),
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+            use_cache=use_cache,
+        )
         outputs.append(tokenizer.decode(out[0].tolist()))
     return outputs

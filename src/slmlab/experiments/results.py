@@ -13,34 +13,56 @@ import json
 import math
 from pathlib import Path
 
-from ..tables import human
 from ..runs.run_dir import RunDir
+from ..tables import format_number, human, markdown_table
 from .stats import mean_std, paired_comparison
 from .sweep import Job, SweepConfig
-from ..tables import format_number, markdown_table
 
-HEADERS = ("variant", "runs", "val ppl", "std", "Δ% vs base", "wins", "failures", "95% CI of Δ%", "t-test p",
-           "sign p", "tokens/s", "peak mem", "params")
+HEADERS = (
+    "variant",
+    "runs",
+    "val ppl",
+    "std",
+    "Δ% vs base",
+    "wins",
+    "failures",
+    "95% CI of Δ%",
+    "t-test p",
+    "sign p",
+    "tokens/s",
+    "peak mem",
+    "params",
+)
 
 
 def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[dict]:
     """One record per variant with every column of the results table."""
-    ppl = {v: {s: r["val_ppl"] for (v2, s), r in results.items() if v2 == v and math.isfinite(r.get("val_ppl", math.nan))}
-           for v in sweep.variants}
+    ppl = {
+        v: {s: r["val_ppl"] for (v2, s), r in results.items() if v2 == v and math.isfinite(r.get("val_ppl", math.nan))}
+        for v in sweep.variants
+    }
     records = []
     for variant in sweep.variants:
         runs = [r for (v, _), r in results.items() if v == variant]
         done = [r for r in runs if "failed" not in r]
         mean, std = mean_std(list(ppl[variant].values()))
         comparison = paired_comparison(ppl[variant], ppl[sweep.baseline])
-        records.append({
-            "variant": variant, "runs": len(done), "val_ppl_mean": mean, "val_ppl_std": std,
-            "failed_runs": len(runs) - len(done), "nan_skips": sum(r.get("nan_skips", 0) for r in done),
-            "is_baseline": variant == sweep.baseline, **comparison.to_dict(),
-            "tokens_per_s": mean_std([r["tokens_per_s"] for r in done])[0],
-            "peak_memory_bytes": mean_std([r["peak_memory_bytes"] for r in done])[0],
-            "params": done[0]["params"] if done else 0, "val_ppl_by_seed": ppl[variant],
-        })
+        records.append(
+            {
+                "variant": variant,
+                "runs": len(done),
+                "val_ppl_mean": mean,
+                "val_ppl_std": std,
+                "failed_runs": len(runs) - len(done),
+                "nan_skips": sum(r.get("nan_skips", 0) for r in done),
+                "is_baseline": variant == sweep.baseline,
+                **comparison.to_dict(),
+                "tokens_per_s": mean_std([r["tokens_per_s"] for r in done])[0],
+                "peak_memory_bytes": mean_std([r["peak_memory_bytes"] for r in done])[0],
+                "params": done[0]["params"] if done else 0,
+                "val_ppl_by_seed": ppl[variant],
+            }
+        )
     return records
 
 
@@ -48,15 +70,23 @@ def results_table(records: list[dict]) -> str:
     rows = []
     for r in records:
         base = r["is_baseline"]
-        rows.append((
-            r["variant"] + (" (baseline)" if base else ""), r["runs"], format_number(r["val_ppl_mean"], ".3f"), format_number(r["val_ppl_std"], ".3f"),
-            "–" if base else f"{r['delta_pct']:+.2f}%", "–" if base else f"{r['wins']}/{r['n_pairs']}",
-            f"{r['failed_runs']} runs, {r['nan_skips']} steps",
-            "–" if base else f"[{format_number(r['ci_low'], '+.2f')}, {format_number(r['ci_high'], '+.2f')}]",
-            "–" if base else format_number(r["t_p"], ".3g"), "–" if base else format_number(r["sign_p"], ".3g"),
-            f"{r['tokens_per_s']:,.0f}" if math.isfinite(r["tokens_per_s"]) else "–",
-            human(r["peak_memory_bytes"], "B") if math.isfinite(r["peak_memory_bytes"]) else "–", human(r["params"]),
-        ))
+        rows.append(
+            (
+                r["variant"] + (" (baseline)" if base else ""),
+                r["runs"],
+                format_number(r["val_ppl_mean"], ".3f"),
+                format_number(r["val_ppl_std"], ".3f"),
+                "–" if base else f"{r['delta_pct']:+.2f}%",
+                "–" if base else f"{r['wins']}/{r['n_pairs']}",
+                f"{r['failed_runs']} runs, {r['nan_skips']} steps",
+                "–" if base else f"[{format_number(r['ci_low'], '+.2f')}, {format_number(r['ci_high'], '+.2f')}]",
+                "–" if base else format_number(r["t_p"], ".3g"),
+                "–" if base else format_number(r["sign_p"], ".3g"),
+                f"{r['tokens_per_s']:,.0f}" if math.isfinite(r["tokens_per_s"]) else "–",
+                human(r["peak_memory_bytes"], "B") if math.isfinite(r["peak_memory_bytes"]) else "–",
+                human(r["params"]),
+            )
+        )
     return markdown_table(HEADERS, rows)
 
 
@@ -64,10 +94,15 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
     """Write results.md/.json/.csv and curves.png into the sweep directory; return the table."""
     records = summarize(sweep, results)
     table = results_table(records)
-    (sweep_dir / "results.md").write_text(f"# Sweep {sweep.name}\n\nseeds {sweep.seeds}; Δ = variant vs {sweep.baseline}, "
-                                          f"paired by seed; CI and p-values from the per-seed Δ%.\n\n{table}\n")
-    (sweep_dir / "results.json").write_text(json.dumps({"sweep": sweep.name, "baseline": sweep.baseline,
-                                                        "seeds": sweep.seeds, "variants": records}, indent=2, default=str))
+    (sweep_dir / "results.md").write_text(
+        f"# Sweep {sweep.name}\n\nseeds {sweep.seeds}; Δ = variant vs {sweep.baseline}, "
+        f"paired by seed; CI and p-values from the per-seed Δ%.\n\n{table}\n"
+    )
+    (sweep_dir / "results.json").write_text(
+        json.dumps(
+            {"sweep": sweep.name, "baseline": sweep.baseline, "seeds": sweep.seeds, "variants": records}, indent=2, default=str
+        )
+    )
     with open(sweep_dir / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=[k for k in records[0] if k != "val_ppl_by_seed"], extrasaction="ignore")
         writer.writeheader()
@@ -89,7 +124,9 @@ def plot_curves(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:
         curves = []
         for job in jobs:
             if job.variant == variant:
-                points = [(r["tokens"], r["val_loss"]) for r in RunDir(job.run.path).read_metrics() if r.get("val_loss") is not None]
+                points = [
+                    (r["tokens"], r["val_loss"]) for r in RunDir(job.run.path).read_metrics() if r.get("val_loss") is not None
+                ]
                 if points:
                     curves.append(points)
         if not curves:

@@ -35,7 +35,9 @@ def paired_comparison(variant: dict[int, float], baseline: dict[int, float]) -> 
     v = np.array([variant[s] for s in seeds], dtype=np.float64)
     b = np.array([baseline[s] for s in seeds], dtype=np.float64)
     n = len(seeds)
-    delta = 100.0 * (np.mean(list(variant.values())) / np.mean(list(baseline.values())) - 1.0) if variant and baseline else math.nan
+    delta = (
+        100.0 * (np.mean(list(variant.values())) / np.mean(list(baseline.values())) - 1.0) if variant and baseline else math.nan
+    )
     if n == 0:
         return Comparison(0, delta, 0, math.nan, math.nan, math.nan, math.nan)
     d = 100.0 * (v / b - 1.0)

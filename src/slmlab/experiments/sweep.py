@@ -39,8 +39,8 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, RunConfig, build_dataclass, check_name, load_config, read_toml
-from ..runs.run_dir import RunDir
 from ..files import atomic_write_text
+from ..runs.run_dir import RunDir
 
 log = logging.getLogger("slmlab")
 
@@ -87,8 +87,14 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
     jobs = []
     for variant, overrides in sweep.variants.items():
         for seed in sweep.seeds:
-            run_overrides = {**sweep.overrides, **overrides, **(extra_overrides or {}), "train.seed": seed,
-                             "name": f"{variant}_s{seed}", "out_dir": str(Path(sweep.out_dir) / sweep.name)}
+            run_overrides = {
+                **sweep.overrides,
+                **overrides,
+                **(extra_overrides or {}),
+                "train.seed": seed,
+                "name": f"{variant}_s{seed}",
+                "out_dir": str(Path(sweep.out_dir) / sweep.name),
+            }
             try:
                 config = load_config(base, run_overrides)
             except ConfigError as err:
@@ -141,13 +147,18 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
             log.info("%s: finished earlier, skipped", job.run.path)
         else:  # a "new" run that started but never checkpointed is replaced (train(overwrite=True))
             pending.append((job, status))
-    log.info("sweep %s: %d runs to do, %d done; %d parallel job(s), %d thread(s) each",
-             sweep.name, len(pending), len(results), slots, threads)
+    log.info(
+        "sweep %s: %d runs to do, %d done; %d parallel job(s), %d thread(s) each",
+        sweep.name,
+        len(pending),
+        len(results),
+        slots,
+        threads,
+    )
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=slots, mp_context=context) as pool:
         futures = {
-            pool.submit(_execute, job.config, status, threads, devices[i % slots]): job
-            for i, (job, status) in enumerate(pending)
+            pool.submit(_execute, job.config, status, threads, devices[i % slots]): job for i, (job, status) in enumerate(pending)
         }
         for future in as_completed(futures):
             job = futures[future]
@@ -171,8 +182,9 @@ def run_one(sweep: SweepConfig, jobs: list[Job], index: int) -> str:
     return f"{job.run.path}: {outcome.get('failed') or 'val ppl {:.3f}'.format(outcome['val_ppl'])}"
 
 
-def write_slurm_script(path: Path, config_path: str | Path, sweep: SweepConfig, jobs: list[Job], extra_argv: list[str],
-                       directives: list[str]) -> str:
+def write_slurm_script(
+    path: Path, config_path: str | Path, sweep: SweepConfig, jobs: list[Job], extra_argv: list[str], directives: list[str]
+) -> str:
     """Write the job-array script (and the log folder SLURM will not create) -> a line on what to do."""
     slurm_log_dir(sweep).mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, slurm_script(config_path, sweep, jobs, extra_argv, directives))
@@ -183,8 +195,9 @@ def slurm_log_dir(sweep: SweepConfig) -> Path:
     return Path(sweep.out_dir) / sweep.name / "slurm"
 
 
-def slurm_script(config_path: str | Path, sweep: SweepConfig, jobs: list[Job], extra_argv: list[str],
-                 directives: list[str]) -> str:
+def slurm_script(
+    config_path: str | Path, sweep: SweepConfig, jobs: list[Job], extra_argv: list[str], directives: list[str]
+) -> str:
     """A bash script for `sbatch`: one array task per (variant, seed), one GPU each by default.
 
     `directives` are extra `#SBATCH` options ("--partition=gpu", "--time=04:00:00") and replace the

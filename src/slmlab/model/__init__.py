@@ -16,5 +16,15 @@ from .protocol import LanguageModel
 
 ARCHITECTURES.register("decoder", Decoder)
 
-__all__ = ["BlockLocal", "Decoder", "KVCache", "LanguageModel", "ModelStats", "build_head", "build_model", "build_norm",
-           "build_positions", "model_stats"]
+__all__ = [
+    "BlockLocal",
+    "Decoder",
+    "KVCache",
+    "LanguageModel",
+    "ModelStats",
+    "build_head",
+    "build_model",
+    "build_norm",
+    "build_positions",
+    "model_stats",
+]

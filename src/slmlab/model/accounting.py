@@ -80,8 +80,11 @@ def model_stats(model: nn.Module, cfg: ModelConfig) -> ModelStats:
     embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
     head = model.get_submodule("head").weight.numel()
     matmul = params - embedding + (head if cfg.tie_embeddings else 0)
-    windows = tuple(2 * m.pattern.block if isinstance(m.pattern, BlockLocal) else 0
-                    for m in model.modules() if isinstance(m, CausalSelfAttention))
+    windows = tuple(
+        2 * m.pattern.block if isinstance(m.pattern, BlockLocal) else 0
+        for m in model.modules()
+        if isinstance(m, CausalSelfAttention)
+    )
     return ModelStats(params, embedding, matmul, len(windows), cfg.d_model, cfg.ff_dim, cfg.vocab_size, windows)
 
 

@@ -33,6 +33,7 @@ def capture_attention(model: nn.Module, idx: torch.Tensor) -> tuple[list[Attenti
     """Run model on idx (1, T) in eval mode -> (every attention module's probabilities, the logits)."""
     maps, handles = [], []
     for name, module in attention_modules(model):
+
         def hook(pattern, args, output, name=name):
             q, k, v, scale, q_start = args
             scores = (q[0].float() @ k[0].float().transpose(-2, -1)) * scale

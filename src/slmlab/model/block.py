@@ -24,8 +24,9 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.hook_resid_pre, self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint(), HookPoint()
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
-                shift: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None, shift: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = self.hook_resid_pre(x)
         h = self.ln1(x)
         x = x + self.hook_attn_out(self.attn(h if shift is None else h + shift, positions, cache))

@@ -90,8 +90,7 @@ class BlockLocal(nn.Module):
         """FlexAttention's block mask of the pattern at length T (built once per length and device)."""
         key = (T, str(device))
         if key not in self._block_masks:
-            self._block_masks[key] = create_block_mask(lambda batch, head, i, j: self.sees(i, j), None, None, T, T,
-                                                       device=device)
+            self._block_masks[key] = create_block_mask(lambda batch, head, i, j: self.sees(i, j), None, None, T, T, device=device)
         return self._block_masks[key]
 
     def _flex(self, q, k, v, scale):

@@ -44,8 +44,12 @@ class Decoder(GenerationMixin, nn.Module):
     extension_points = frozenset({"attention", "conditioning", "per_layer_attention"})
     exact_memory_estimate = True  # accounting.ModelStats's closed form describes this graph
 
-    def __init__(self, cfg: ModelConfig, attention_extensions: Callable[[int], list[nn.Module]] | None = None,
-                 conditioning: nn.Module | None = None):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        attention_extensions: Callable[[int], list[nn.Module]] | None = None,
+        conditioning: nn.Module | None = None,
+    ):
         """`attention_extensions(layer)`: the extension modules of layer `layer`'s attention;
         `conditioning`: the residual conditioning (None: none)."""
         super().__init__()
@@ -79,8 +83,9 @@ class Decoder(GenerationMixin, nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                caches: list[KVCache] | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list[KVCache] | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, V), None); given targets (B, T) -> (None, mean
         cross-entropy), computed by the head (heads.py; the linear head's fused chunked loss never
         materialises the logits)."""
@@ -113,5 +118,7 @@ class Decoder(GenerationMixin, nn.Module):
 
     def describe(self) -> str:
         m = self.cfg
-        return (f"{m.arch}: {m.n_layer} layers x {m.d_model} d_model x {m.n_head} heads, d_ff {m.ff_dim}, "
-                f"block {m.block_size}, vocab {m.vocab_size}, {'tied' if m.tie_embeddings else 'untied'} {m.head} head")
+        return (
+            f"{m.arch}: {m.n_layer} layers x {m.d_model} d_model x {m.n_head} heads, d_ff {m.ff_dim}, "
+            f"block {m.block_size}, vocab {m.vocab_size}, {'tied' if m.tie_embeddings else 'untied'} {m.head} head"
+        )

@@ -14,9 +14,17 @@ from .sampling import sample_next
 
 class GenerationMixin:
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True,
-                 stop_token: int | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+        stop_token: int | None = None,
+    ) -> torch.Tensor:
         """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n).
 
         With the KV cache, each step runs only the new token. When the context reaches
@@ -33,12 +41,12 @@ class GenerationMixin:
         for _ in range(max_new_tokens):
             if use_cache:
                 if caches is None or caches[0].length + pending.shape[1] > self.cfg.block_size:
-                    window = idx[:, -(self.cfg.block_size // 2 or 1):] if caches is not None else idx
+                    window = idx[:, -(self.cfg.block_size // 2 or 1) :] if caches is not None else idx
                     caches = self.make_caches()
                     pending = window
                 logits, _ = self(pending, caches=caches)
             else:
-                logits, _ = self(idx[:, -self.cfg.block_size:])
+                logits, _ = self(idx[:, -self.cfg.block_size :])
             next_id = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
             idx = torch.cat([idx, next_id], dim=1)
             pending = next_id

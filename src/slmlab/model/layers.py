@@ -7,7 +7,6 @@ from torch import nn
 from ..config import ModelConfig
 from ..registry import NORMS
 
-
 NORMS.register("layernorm", lambda cfg, dim: nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias))
 NORMS.register("rmsnorm", lambda cfg, dim: nn.RMSNorm(dim, eps=cfg.norm_eps))
 

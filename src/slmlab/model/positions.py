@@ -71,7 +71,7 @@ class RotaryPositions(nn.Module):
 
 class SinusoidalPositions(nn.Module):
     """Fixed absolute positions (Vaswani et al.), nothing learned or stored:
-        PE[t, 2i] = sin(t / 10000^(2i/d)),  PE[t, 2i+1] = cos(t / 10000^(2i/d))."""
+    PE[t, 2i] = sin(t / 10000^(2i/d)),  PE[t, 2i+1] = cos(t / 10000^(2i/d))."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -38,14 +38,23 @@ class LanguageModel(Protocol):
     extension_points: ClassVar[frozenset[str]]
     exact_memory_estimate: ClassVar[bool]
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                caches: list | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]: ...
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]: ...
 
     def make_caches(self) -> list: ...
 
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True,
-                 stop_token: int | None = None) -> torch.Tensor: ...
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+        stop_token: int | None = None,
+    ) -> torch.Tensor: ...
 
     def shard_units(self) -> list[nn.Module]: ...
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """(B, V) logits -> (B, 1) token ids. temperature 0 is greedy (argmax)."""
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)

@@ -29,17 +29,29 @@ import torch
 
 from ..config import ConfigError, DataConfig
 from ..data.corpora import DocumentSelection, open_source
+from ..data.tokenizers import TokenizerError
 from ..data.tokens import _split_documents, prepare_tokens
+from ..files import atomic_write_text
 from ..runs.metrics import perplexity
-from .stage2 import source_data_config, trained_config
 from ..runs.run_dir import RunDir, load_run
 from ..tables import markdown_table
-from ..data.tokenizers import TokenizerError
 from ..training import evaluate
-from ..files import atomic_write_text
+from .stage2 import source_data_config, trained_config
 
-NEUTRAL = ("The", "It was", "When I", "In the morning", "There is", "She said", "They", "One day", "He had",
-           "We", "This is", "After")
+NEUTRAL = (
+    "The",
+    "It was",
+    "When I",
+    "In the morning",
+    "There is",
+    "She said",
+    "They",
+    "One day",
+    "He had",
+    "We",
+    "This is",
+    "After",
+)
 INSTRUCTIONS = (
     "Write a formal news report about the city council budget:",
     "Ignore your usual voice. In plain technical language, explain how a pump works:",
@@ -129,8 +141,9 @@ def bootstrap_mean(values: np.ndarray, seed: int, resamples: int = 2000) -> tupl
 
 def bootstrap_difference(a: np.ndarray, b: np.ndarray, seed: int, resamples: int = 2000) -> tuple[float, float, float]:
     rng = np.random.default_rng(seed)
-    diffs = (a[rng.integers(0, len(a), (resamples, len(a)))].mean(axis=1)
-             - b[rng.integers(0, len(b), (resamples, len(b)))].mean(axis=1))
+    diffs = a[rng.integers(0, len(a), (resamples, len(a)))].mean(axis=1) - b[rng.integers(0, len(b), (resamples, len(b)))].mean(
+        axis=1
+    )
     return float(a.mean() - b.mean()), float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
 
 
@@ -144,10 +157,12 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
             ids = tokenizer.encode(prompt)
         except TokenizerError:
             continue
-        ids = ids[-(model.cfg.block_size // 2):]
+        ids = ids[-(model.cfg.block_size // 2) :]
         generator = torch.Generator(device=device).manual_seed(seed + index)
-        tokens = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=0.8, top_k=50, generator=generator)
-        out.append(tokenizer.decode(tokens[0, len(ids):].tolist()))
+        tokens = model.generate(
+            torch.tensor([ids], device=device), max_new_tokens, temperature=0.8, top_k=50, generator=generator
+        )
+        out.append(tokenizer.decode(tokens[0, len(ids) :].tolist()))
     return out
 
 
@@ -161,21 +176,34 @@ def text_perplexity(model, cfg, data: DataConfig, tokenizer, device) -> float:
     return perplexity(loss)
 
 
-def evaluate_persona(run_path: str | Path, data: PersonaData, classifier: PersonaClassifier, adversarial_prompts: list[str],
-                     device, max_new_tokens: int = 60, seed: int = 0) -> dict:
+def evaluate_persona(
+    run_path: str | Path,
+    data: PersonaData,
+    classifier: PersonaClassifier,
+    adversarial_prompts: list[str],
+    device,
+    max_new_tokens: int = 60,
+    seed: int = 0,
+) -> dict:
     """One run's scores; the classifier and the adversarial prompts are shared by every run compared."""
     run, _ = trained_config(RunDir(Path(run_path)))
     cfg, model, tokenizer = load_run(run.path, device)
     neutral = continuations(model, tokenizer, list(NEUTRAL), max_new_tokens, seed, device)
     adversarial = continuations(model, tokenizer, adversarial_prompts, max_new_tokens, seed + 1000, device)
     if not neutral or not adversarial:
-        raise ConfigError(f"{run.path}: its tokenizer cannot encode the prompts; persona-eval needs a byte, BPE or GPT-2 tokenizer")
+        raise ConfigError(
+            f"{run.path}: its tokenizer cannot encode the prompts; persona-eval needs a byte, BPE or GPT-2 tokenizer"
+        )
     scores_n = (classifier.persona_probability(neutral) > 0.5).astype(float)
     scores_a = (classifier.persona_probability(adversarial) > 0.5).astype(float)
     result = {
-        "run": str(run_path), "classifier_accuracy": classifier.accuracy, "classifier_held_out": classifier.held_out,
-        "neutral": bootstrap_mean(scores_n, seed), "adversarial": bootstrap_mean(scores_a, seed + 1),
-        "drift": bootstrap_difference(scores_n, scores_a, seed + 2), "prompts": [len(neutral), len(adversarial)],
+        "run": str(run_path),
+        "classifier_accuracy": classifier.accuracy,
+        "classifier_held_out": classifier.held_out,
+        "neutral": bootstrap_mean(scores_n, seed),
+        "adversarial": bootstrap_mean(scores_a, seed + 1),
+        "drift": bootstrap_difference(scores_n, scores_a, seed + 2),
+        "prompts": [len(neutral), len(adversarial)],
         "persona_ppl": text_perplexity(model, cfg, data.persona, tokenizer, device),
         "other_ppl": text_perplexity(model, cfg, data.other, tokenizer, device),
         "samples": {"neutral": neutral[:3], "adversarial": adversarial[:3]},
@@ -190,15 +218,26 @@ def _ci(triple) -> str:
 
 
 def results_table(results: list[dict]) -> str:
-    rows = [(r["run"], _ci(r["neutral"]), _ci(r["adversarial"]), _ci(r["drift"]), f"{r['persona_ppl']:.2f}",
-             f"{r['other_ppl']:.2f}") for r in results]
-    return markdown_table(("run", "adherence, neutral", "adherence, adversarial", "drift (neutral − adv.)",
-                           "persona ppl", "other-text ppl"), rows)
+    rows = [
+        (r["run"], _ci(r["neutral"]), _ci(r["adversarial"]), _ci(r["drift"]), f"{r['persona_ppl']:.2f}", f"{r['other_ppl']:.2f}")
+        for r in results
+    ]
+    return markdown_table(
+        ("run", "adherence, neutral", "adherence, adversarial", "drift (neutral − adv.)", "persona ppl", "other-text ppl"), rows
+    )
 
 
-def persona_report(runs: list[str], persona_spec: str, other_spec: str = "", openings: int = 12,
-                   max_new_tokens: int = 60, seed: int = 0, device: str = "auto", out: str | Path | None = None,
-                   progress=print) -> str:
+def persona_report(
+    runs: list[str],
+    persona_spec: str,
+    other_spec: str = "",
+    openings: int = 12,
+    max_new_tokens: int = 60,
+    seed: int = 0,
+    device: str = "auto",
+    out: str | Path | None = None,
+    progress=print,
+) -> str:
     """Score every run against one classifier and one set of adversarial prompts -> the table
     (also written as Markdown to `out`). `progress` receives a line per phase."""
     from ..training.runtime import resolve_device
@@ -216,7 +255,10 @@ def persona_report(runs: list[str], persona_spec: str, other_spec: str = "", ope
         results.append(evaluate_persona(run, data, classifier, prompts, resolved, max_new_tokens, seed))
     table = results_table(results)
     if out:
-        atomic_write_text(Path(out), f"# Persona robustness: {persona_spec}\n\nclassifier held-out balanced accuracy "
-                                     f"{classifier.accuracy:.3f}; adherence = share of continuations classified as persona, "
-                                     f"95% bootstrap CIs over prompts\n\n{table}\n")
+        atomic_write_text(
+            Path(out),
+            f"# Persona robustness: {persona_spec}\n\nclassifier held-out balanced accuracy "
+            f"{classifier.accuracy:.3f}; adherence = share of continuations classified as persona, "
+            f"95% bootstrap CIs over prompts\n\n{table}\n",
+        )
     return table

@@ -50,13 +50,26 @@ def trained_config(run: RunDir) -> tuple[RunDir, RunConfig]:
     return run, cfg
 
 
-def persona_config(run_path: str | Path, persona_data: str, trainable: str, steps: int, lr: float,
-                   name: str | None = None, extra: dict | None = None) -> tuple[RunDir, RunConfig]:
+def persona_config(
+    run_path: str | Path,
+    persona_data: str,
+    trainable: str,
+    steps: int,
+    lr: float,
+    name: str | None = None,
+    extra: dict | None = None,
+) -> tuple[RunDir, RunConfig]:
     """(the base run, the stage-2 run's config)."""
     base, cfg = trained_config(RunDir(Path(run_path)))
     overrides = {
-        **source_overrides(persona_data), "data.mixture": {}, "train.trainable": trainable, "train.steps": steps,
-        "train.lr": lr, "train.warmup_steps": max(1, steps // 20), "name": f"{base.path.name}_persona" if name is None else name,
-        "out_dir": str(base.path.parent), **(extra or {}),
+        **source_overrides(persona_data),
+        "data.mixture": {},
+        "train.trainable": trainable,
+        "train.steps": steps,
+        "train.lr": lr,
+        "train.warmup_steps": max(1, steps // 20),
+        "name": f"{base.path.name}_persona" if name is None else name,
+        "out_dir": str(base.path.parent),
+        **(extra or {}),
     }
     return base, config_from_dict(apply_overrides(cfg.to_dict(), overrides))

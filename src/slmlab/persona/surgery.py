@@ -27,15 +27,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file
 from torch import nn
 
-from ..runs.checkpoints import CheckpointError
 from ..config import ConfigError, DataConfig, TrainConfig
-from ..variants.self_area import SelfAreaConfig
 from ..data.corpora import DocumentSelection
-from ..files import atomic_write, atomic_write_text
 from ..data.tokens import TokenSplit, WindowSampler, _split_documents
+from ..files import atomic_write, atomic_write_text
+from ..runs.checkpoints import CheckpointError
 from ..runs.metrics import MetricsLog
 from ..training.optim import lr_at
-from ..variants.self_area import SelfArea
+from ..variants.self_area import SelfArea, SelfAreaConfig
 
 log = logging.getLogger("slmlab")
 LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
@@ -69,8 +68,9 @@ def insert_self_area(model: nn.Module, cfg: SelfAreaConfig) -> SelfArea:
     """Attach a Self Area to `model` (as `model.self_area`), hook it into every decoder layer and
     freeze every base parameter; returns the module."""
     if cfg.target != "residual":
-        raise ConfigError("model surgery adds the guidance to each layer's input (target = residual); "
-                          "sublayer_inputs needs the native decoder")
+        raise ConfigError(
+            "model surgery adds the guidance to each layer's input (target = residual); sublayer_inputs needs the native decoder"
+        )
     if hasattr(model, "self_area"):
         raise ConfigError("this model already has a Self Area")
     layers = decoder_layers(model)
@@ -89,8 +89,7 @@ def save_self_area(area: SelfArea, directory: str | Path, base: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in area.state_dict().items()}
     atomic_write(directory / "self_area.safetensors", lambda tmp: save_file(weights, tmp))
-    meta = {"self_area": dataclasses.asdict(area.cfg), "d_model": area.proj.shape[1], "layers": area.slots,
-            "base_model": base}
+    meta = {"self_area": dataclasses.asdict(area.cfg), "d_model": area.proj.shape[1], "layers": area.slots, "base_model": base}
     atomic_write_text(directory / "self_area.json", json.dumps(meta, indent=2) + "\n")
     return directory
 
@@ -106,16 +105,19 @@ def load_self_area(model: nn.Module, directory: str | Path) -> SelfArea:
         raise CheckpointError(f"{directory / 'self_area.json'} is not valid JSON") from None
     cfg = SelfAreaConfig(**meta["self_area"])
     if meta["d_model"] != model.config.hidden_size:
-        raise CheckpointError(f"{directory} was trained on a base with hidden size {meta['d_model']} "
-                              f"({meta['base_model']}), this model has {model.config.hidden_size}")
+        raise CheckpointError(
+            f"{directory} was trained on a base with hidden size {meta['d_model']} "
+            f"({meta['base_model']}), this model has {model.config.hidden_size}"
+        )
     area = insert_self_area(model, cfg)
     if area.slots != meta["layers"]:
         raise CheckpointError(f"{directory} was trained on a base with {meta['layers']} layers, this model has {area.slots}")
     try:
         load_model(area, str(directory / "self_area.safetensors"), device=str(next(area.parameters()).device))
     except (SafetensorError, OSError, RuntimeError) as err:
-        raise CheckpointError(f"{directory / 'self_area.safetensors'} is missing, corrupt or of another shape "
-                              f"({str(err).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{directory / 'self_area.safetensors'} is missing, corrupt or of another shape ({str(err).splitlines()[0]})"
+        ) from None
     return area
 
 
@@ -178,8 +180,18 @@ def persona_loss(model: nn.Module, split: TokenSplit, seq_len: int, batch: int, 
     return total / count
 
 
-def train_self_area(model: nn.Module, area: SelfArea, train: TokenSplit, steps: int, lr: float, batch: int,
-                    seq_len: int, seed: int = 0, metrics: MetricsLog | None = None, log_every: int = 10) -> None:
+def train_self_area(
+    model: nn.Module,
+    area: SelfArea,
+    train: TokenSplit,
+    steps: int,
+    lr: float,
+    batch: int,
+    seq_len: int,
+    seed: int = 0,
+    metrics: MetricsLog | None = None,
+    log_every: int = 10,
+) -> None:
     """AdamW on the Self Area's parameters only (warmup over 5% of the steps, then cosine to 10%)."""
     device = next(area.parameters()).device
     sampler = WindowSampler(train, seq_len, batch, seed)
@@ -196,16 +208,29 @@ def train_self_area(model: nn.Module, area: SelfArea, train: TokenSplit, steps: 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if metrics is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
-            metrics.append({"step": step + 1, "loss": loss.item(), "lr": lr_at(step, schedule), "alpha_mean": area.alpha.abs().mean().item()})
+            metrics.append(
+                {"step": step + 1, "loss": loss.item(), "lr": lr_at(step, schedule), "alpha_mean": area.alpha.abs().mean().item()}
+            )
     model.eval()
 
 
 # ---- the verb's two uses: train a Self Area into a base model, generate with one ---------------
 
 
-def surgery(hf_model: str | Path, persona_data: str, out: str | Path | None = None, steps: int = 200, lr: float = 1e-2,
-            batch_size: int = 4, seq_len: int = 128, self_dim: int = 128, token_dependent: bool = False, seed: int = 0,
-            overwrite: bool = False, device: str = "auto") -> tuple[nn.Module, object, dict, Path]:
+def surgery(
+    hf_model: str | Path,
+    persona_data: str,
+    out: str | Path | None = None,
+    steps: int = 200,
+    lr: float = 1e-2,
+    batch_size: int = 4,
+    seq_len: int = 128,
+    self_dim: int = 128,
+    token_dependent: bool = False,
+    seed: int = 0,
+    overwrite: bool = False,
+    device: str = "auto",
+) -> tuple[nn.Module, object, dict, Path]:
     """Insert a Self Area into the base model, train it alone on persona text, save it (with
     metrics.jsonl and summary.json) -> (model, tokenizer, summary, folder)."""
     from ..training.runtime import resolve_device
@@ -224,10 +249,15 @@ def surgery(hf_model: str | Path, persona_data: str, out: str | Path | None = No
     train_self_area(model, area, train_split, steps, lr, batch_size, seq_len, seed, MetricsLog(folder / "metrics.jsonl"))
     after = persona_loss(model, val_split, seq_len, batch_size, 8, resolved)
     save_self_area(area, folder, str(hf_model))
-    summary = {"base_model": str(hf_model), "persona_data": persona_data, "steps": steps,
-               "self_area_params": sum(p.numel() for p in area.parameters()),
-               "base_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("self_area.")),
-               "persona_val_loss_before": before, "persona_val_loss_after": after}
+    summary = {
+        "base_model": str(hf_model),
+        "persona_data": persona_data,
+        "steps": steps,
+        "self_area_params": sum(p.numel() for p in area.parameters()),
+        "base_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("self_area.")),
+        "persona_val_loss_before": before,
+        "persona_val_loss_after": after,
+    }
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
     return model, tokenizer, summary, folder
 

@@ -16,11 +16,11 @@ import json
 
 from ..config import ConfigError, RunConfig
 from ..files import atomic_write_text
-from .distributed import World
 from ..model.attention import layer_pattern
 from ..model.protocol import attention_modules
 from ..registry import ATTENTION_PATTERNS
 from ..runs.run_dir import RunDir
+from .distributed import World
 from .trainer import Trainer, TrainResult
 
 
@@ -31,7 +31,9 @@ def assert_patterns(trainer: Trainer) -> None:
     for name, attention in attention_modules(trainer.model):
         wanted = ATTENTION_PATTERNS[layer_pattern(cfg, attention.layer)]
         if type(attention.pattern) is not wanted:
-            raise ConfigError(f"{trainer.cfg.name}: {name} runs {type(attention.pattern).__name__}, config asks for {wanted.__name__}")
+            raise ConfigError(
+                f"{trainer.cfg.name}: {name} runs {type(attention.pattern).__name__}, config asks for {wanted.__name__}"
+            )
 
 
 def train_curriculum(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
@@ -50,8 +52,14 @@ def train_curriculum(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
         run = RunDir.for_config(sub)
         if not run.summary.is_file():
             resumable = (run.checkpoints / "latest").is_file()
-            trainer = Trainer(sub, resume=resumable, overwrite=True, progress=progress,
-                              init_from=None if resumable else previous, carry_optimizer=phase.carry_optimizer)
+            trainer = Trainer(
+                sub,
+                resume=resumable,
+                overwrite=True,
+                progress=progress,
+                init_from=None if resumable else previous,
+                carry_optimizer=phase.carry_optimizer,
+            )
             assert_patterns(trainer)
             result = trainer.fit()
         phases.append({"phase": phase.name, "run": str(run.path), **run.read_summary()})
@@ -60,4 +68,6 @@ def train_curriculum(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
     if world.is_main:
         atomic_write_text(root.summary, json.dumps(summary, indent=2) + "\n")
     last = phases[-1]
-    return result or TrainResult(root.path, last["step"], last["val_loss"], last["val_ppl"], last["tokens_per_s"], last.get("sample", ""))
+    return result or TrainResult(
+        root.path, last["step"], last["val_loss"], last["val_ppl"], last["tokens_per_s"], last.get("sample", "")
+    )

@@ -97,9 +97,7 @@ class World:
 
 def check_batch(batch_size: int, world: World) -> None:
     if batch_size % world.size:
-        raise ConfigError(
-            f"train.batch_size = {batch_size} (the global batch) must be divisible by the {world.size} processes"
-        )
+        raise ConfigError(f"train.batch_size = {batch_size} (the global batch) must be divisible by the {world.size} processes")
 
 
 def parallelize(model: nn.Module, world: World, mode: str, device: torch.device) -> nn.Module:

@@ -33,9 +33,17 @@ def draw_coloured_text(ax, tokens: list[str], score: torch.Tensor, label: str) -
         y = 1 - (start // PER_LINE + 0.5) / max(lines, 1)
         for j, tok in enumerate(tokens[start : start + PER_LINE]):
             value = values[start + j] / top
-            ax.text(j / PER_LINE, y, tok, fontsize=9, va="center", transform=ax.transAxes, family="monospace",
-                    color="white" if value > 0.6 else "black",
-                    bbox={"facecolor": cmap(value), "edgecolor": "none", "pad": 1.5})
+            ax.text(
+                j / PER_LINE,
+                y,
+                tok,
+                fontsize=9,
+                va="center",
+                transform=ax.transAxes,
+                family="monospace",
+                color="white" if value > 0.6 else "black",
+                bbox={"facecolor": cmap(value), "edgecolor": "none", "pad": 1.5},
+            )
 
 
 def ewma(values: list[float], alpha: float = 0.3) -> list[float]:
@@ -47,7 +55,9 @@ def ewma(values: list[float], alpha: float = 0.3) -> list[float]:
 
 
 @torch.no_grad()
-def training_frame(model: nn.Module, tokenizer, window: list[int], history: list[tuple[int, float]], step: int, path: Path) -> Path:
+def training_frame(
+    model: nn.Module, tokenizer, window: list[int], history: list[tuple[int, float]], step: int, path: Path
+) -> Path:
     """One frame: the window coloured by the attention each token receives and by its loss (the
     prediction of token t+1 at t), and the training loss with its EWMA up to `step`."""
     import matplotlib

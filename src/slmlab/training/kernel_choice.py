@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, ModelConfig
-from .runtime import autocast, median_seconds
 from ..model.attention import layer_pattern
 from ..model.block_local import BlockLocal
+from .runtime import autocast, median_seconds
 
 
 def block_local_layers(model: nn.Module) -> list[BlockLocal]:
@@ -56,8 +56,9 @@ def set_kernel(model: nn.Module, kernel: str) -> None:
         layer.kernel = kernel
 
 
-def time_local_kernels(model: nn.Module, tokens: torch.Tensor, dtype: str = "fp32", backward: bool = True,
-                       repeats: int = 3) -> dict[str, float]:
+def time_local_kernels(
+    model: nn.Module, tokens: torch.Tensor, dtype: str = "fp32", backward: bool = True, repeats: int = 3
+) -> dict[str, float]:
     """Median seconds of one model forward (+ backward) on `tokens` (B, T) with each block-local
     kernel, after one warm-up call each (which compiles FlexAttention); the kernels take turns, so
     a drift in the machine's speed affects both alike. Gradients are dropped, so the model is left
@@ -83,8 +84,15 @@ def time_local_kernels(model: nn.Module, tokens: torch.Tensor, dtype: str = "fp3
     return {kernel: statistics.median(t) for kernel, t in times.items()}
 
 
-def choose_local_kernel(model: nn.Module, cfg: ModelConfig, rows: int, seq_len: int, device: torch.device,
-                        dtype: str = "fp32", vote=lambda flex_faster: flex_faster) -> dict | None:
+def choose_local_kernel(
+    model: nn.Module,
+    cfg: ModelConfig,
+    rows: int,
+    seq_len: int,
+    device: torch.device,
+    dtype: str = "fp32",
+    vote=lambda flex_faster: flex_faster,
+) -> dict | None:
     """Set the kernel of every block-local layer of `model` (a config choice, or under "auto" the
     faster on a random batch of (rows, seq_len) tokens) -> what was chosen and why (None when the
     model has no block-local layer). `vote` turns this process's 0/1 preference into the share of

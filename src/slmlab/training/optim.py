@@ -51,8 +51,11 @@ def build_adamw(model: nn.Module, cfg: TrainConfig, device: torch.device) -> tor
     """AdamW, with the fused kernel wherever PyTorch has one (CUDA, CPU, MPS, XPU)."""
     fused = device.type in FUSED_DEVICES
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-        fused=fused, foreach=None if fused else True,
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        fused=fused,
+        foreach=None if fused else True,
     )
 
 

@@ -29,14 +29,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..runs.checkpoints import (
-    load_checkpoint,
-    load_training_state,
-    load_weights,
-    save_checkpoint,
-    save_weights,
-)
 from ..config import DataConfig, RunConfig, resolve_vocab
+from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..data.tokens import (
     TokenData,
     TokenSplit,
@@ -44,6 +38,18 @@ from ..data.tokens import (
     prepare_tokens,
     validation_batches,
 )
+from ..errors import TrainingError
+from ..files import atomic_write_text
+from ..model import build_model, model_stats
+from ..runs.checkpoints import (
+    load_checkpoint,
+    load_training_state,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
+from ..runs.metrics import MetricsLog, perplexity
+from ..runs.run_dir import RunDir
 from .distributed import (
     World,
     check_batch,
@@ -55,11 +61,9 @@ from .distributed import (
     parallelize,
     tied_aliases,
 )
-from ..files import atomic_write_text
-from ..runs.metrics import MetricsLog, perplexity
-from ..model import build_model, model_stats
+from .frames import training_frame
 from .kernel_choice import check_local_kernel, choose_local_kernel
-from ..runs.run_dir import RunDir
+from .optim import build_optimizer, lr_at, select_trainable, step_unless
 from .runtime import (
     autocast,
     peak_memory_bytes,
@@ -67,10 +71,6 @@ from .runtime import (
     seed_everything,
     set_rng_state,
 )
-from ..data.tokenizers import Tokenizer, load_tokenizer
-from .frames import training_frame
-from .optim import build_optimizer, lr_at, select_trainable, step_unless
-from ..errors import TrainingError
 
 log = logging.getLogger("slmlab")
 
@@ -87,8 +87,16 @@ class TrainResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: TokenSplit, seq_len: int, batch_size: int, n_batches: int,
-             device: torch.device, dtype: str = "fp32", world: World | None = None) -> float:
+def evaluate(
+    model: nn.Module,
+    split: TokenSplit,
+    seq_len: int,
+    batch_size: int,
+    n_batches: int,
+    device: torch.device,
+    dtype: str = "fp32",
+    world: World | None = None,
+) -> float:
     """Mean cross-entropy over the fixed validation sample (token-weighted). Across data-parallel
     ranks each computes its rows of every batch (a rank left without rows runs one row at weight
     0, so sharded models see the same collectives) and the sums are reduced."""
@@ -142,13 +150,25 @@ class StepTally:
         values = torch.stack([self.loss_sum, self.applied, self.skipped, self.longest, grad_norm.float()]).tolist()
         loss_sum, applied, skipped, longest, norm = values
         self._reset()
-        return {"loss": loss_sum / applied if applied else math.nan, "applied": int(applied),
-                "skipped": int(skipped), "longest": int(longest), "grad_norm": norm}
+        return {
+            "loss": loss_sum / applied if applied else math.nan,
+            "applied": int(applied),
+            "skipped": int(skipped),
+            "longest": int(longest),
+            "grad_norm": norm,
+        }
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-                 init_from: RunDir | None = None, carry_optimizer: bool = False):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        resume: bool = False,
+        overwrite: bool = False,
+        progress: bool = True,
+        init_from: RunDir | None = None,
+        carry_optimizer: bool = False,
+    ):
         """`init_from`: a finished run whose final weights and tokenizer this run starts from
         (a curriculum's previous phase); `carry_optimizer` also takes its AdamW state."""
         self.run = RunDir.for_config(cfg)
@@ -175,8 +195,14 @@ class Trainer:
         self.model = build_model(cfg.model).to(self.device)
         self.aliases = tied_aliases(self.model)
         self.stats = model_stats(self.model, cfg.model)
-        self.sampler = WindowSampler(self.data.train, cfg.data.seq_len, train.batch_size, train.seed,
-                                     cfg.data.mixture or None, rows=self.world.rows(train.batch_size))
+        self.sampler = WindowSampler(
+            self.data.train,
+            cfg.data.seq_len,
+            train.batch_size,
+            train.seed,
+            cfg.data.mixture or None,
+            rows=self.world.rows(train.batch_size),
+        )
         self.metrics = MetricsLog(self.run.metrics)
         self.step, self.tokens, self.nan_skips = 0, 0, 0
         state = None
@@ -187,8 +213,9 @@ class Trainer:
             if carry_optimizer:
                 state = {"optimizer": load_training_state(init_from.checkpoints)["optimizer"]}
         rows = len(range(train.batch_size)[self.world.rows(train.batch_size)])
-        self.local_kernel = choose_local_kernel(self.model, cfg.model, rows, cfg.data.seq_len, self.device,
-                                                train.dtype, vote=self.world.mean)
+        self.local_kernel = choose_local_kernel(
+            self.model, cfg.model, rows, cfg.data.seq_len, self.device, train.dtype, vote=self.world.mean
+        )
         if self.local_kernel:
             log.info("block-local kernel: %s (%s)", self.local_kernel["kernel"], self.local_kernel["chosen_by"])
         trainable = select_trainable(self.model, train.trainable)
@@ -224,16 +251,21 @@ class Trainer:
         """Gather full weights and optimizer state (every rank takes part); rank 0 writes them."""
         weights = weights if weights is not None else full_model_state(self.model, self.aliases)
         state = {
-            "step": self.step, "tokens": self.tokens, "nan_skips": self.nan_skips,
-            "optimizer": full_optimizer_state(self.model, self.optimizer), "sampler": self.sampler.state_dict(), "rng": rng_state(),
+            "step": self.step,
+            "tokens": self.tokens,
+            "nan_skips": self.nan_skips,
+            "optimizer": full_optimizer_state(self.model, self.optimizer),
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_state(),
         }
         if self.world.is_main:
             save_checkpoint(self.run.checkpoints, self.step, weights, state, self.cfg.train.keep_checkpoints)
 
     def evaluate(self) -> float:
         t = self.cfg.train
-        return evaluate(self.forward, self.data.val, self.cfg.data.seq_len, t.batch_size, t.eval_batches,
-                        self.device, t.dtype, self.world)
+        return evaluate(
+            self.forward, self.data.val, self.cfg.data.seq_len, t.batch_size, t.eval_batches, self.device, t.dtype, self.world
+        )
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
         """Host -> device: through pinned memory and without blocking on CUDA."""
@@ -270,7 +302,9 @@ class Trainer:
     def fit(self) -> TrainResult:
         t, d = self.cfg.train, self.cfg.data
         tokens_per_step = t.batch_size * d.seq_len * t.grad_accum
-        bar = tqdm(total=t.steps, initial=self.step, desc=self.cfg.name, disable=not self.progress, unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=t.steps, initial=self.step, desc=self.cfg.name, disable=not self.progress, unit="step", dynamic_ncols=True
+        )
         self.model.train()
         tally, timed_steps = StepTally(self.device), 0
         window_start, started = time.perf_counter(), time.perf_counter()
@@ -296,9 +330,14 @@ class Trainer:
                 self._account_skips(window)
                 dt = (time.perf_counter() - window_start) / max(1, timed_steps)
                 record = {
-                    "step": self.step, "tokens": self.tokens, "loss": window["loss"],
-                    "lr": lr_at(self.step - 1, t), "grad_norm": window["grad_norm"], "dt_ms": 1000 * dt,
-                    "tokens_per_s": tokens_per_step / dt if dt > 0 else 0.0, "nan_skips": self.nan_skips,
+                    "step": self.step,
+                    "tokens": self.tokens,
+                    "loss": window["loss"],
+                    "lr": lr_at(self.step - 1, t),
+                    "grad_norm": window["grad_norm"],
+                    "dt_ms": 1000 * dt,
+                    "tokens_per_s": tokens_per_step / dt if dt > 0 else 0.0,
+                    "nan_skips": self.nan_skips,
                 }
                 if evaluating:
                     val_loss = self.evaluate()
@@ -348,7 +387,9 @@ class Trainer:
             result = TrainResult(self.run.path, self.step, val_loss, perplexity(val_loss), 0.0, "", compile_seconds)
         return result
 
-    def _write_results(self, weights: dict[str, torch.Tensor], val_loss: float, elapsed: float, compile_seconds: float) -> TrainResult:
+    def _write_results(
+        self, weights: dict[str, torch.Tensor], val_loss: float, elapsed: float, compile_seconds: float
+    ) -> TrainResult:
         t = self.cfg.train
         val_ppl = perplexity(val_loss)
         save_weights(weights, self.run.final_weights, metadata={"config": json.dumps(self.cfg.to_dict())})
@@ -356,11 +397,19 @@ class Trainer:
         tokens_per_s = sum(r["tokens_per_s"] for r in history) / max(1, len(history))
         sample = self.sample(t.sample_tokens) if t.sample_tokens else ""
         summary = {
-            "step": self.step, "tokens": self.tokens, "val_loss": val_loss, "val_ppl": val_ppl,
-            "nan_skips": self.nan_skips, "tokens_per_s": tokens_per_s, "train_seconds": elapsed,
-            "compile_seconds": compile_seconds, "processes": self.world.size,
-            "peak_memory_bytes": peak_memory_bytes(self.device), "params": self.stats.params,
-            "non_embedding_params": self.stats.non_embedding_params, "vocab_size": self.cfg.model.vocab_size,
+            "step": self.step,
+            "tokens": self.tokens,
+            "val_loss": val_loss,
+            "val_ppl": val_ppl,
+            "nan_skips": self.nan_skips,
+            "tokens_per_s": tokens_per_s,
+            "train_seconds": elapsed,
+            "compile_seconds": compile_seconds,
+            "processes": self.world.size,
+            "peak_memory_bytes": peak_memory_bytes(self.device),
+            "params": self.stats.params,
+            "non_embedding_params": self.stats.non_embedding_params,
+            "vocab_size": self.cfg.model.vocab_size,
             "sample": sample,
         }
         if self.local_kernel:

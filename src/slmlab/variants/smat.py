@@ -39,7 +39,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..model.hooks import HookPoint
-from ..model.interventions import Intervention, constant
+from ..model.interventions import Intervention, Replace, constant
 from ..registry import ABLATION_SUMMARIES, ATTENTION_EXTENSIONS, INTERVENTIONS, register_check, register_section
 
 
@@ -81,7 +81,7 @@ class SemanticAttention(nn.Module):
 
     def centrality(self, s_hat: torch.Tensor, state: dict | None) -> torch.Tensor:
         """c_j for (B, T, s) unit vectors, continuing the prefix sums kept in `state` -> (B, T)."""
-        B, T, _ = s_hat.shape
+        _, T, _ = s_hat.shape
         prefix_sum = s_hat.cumsum(dim=1)
         start = 0
         if state is not None:
@@ -124,6 +124,32 @@ def check_smat(cfg) -> None:
         raise ConfigError(f"model.smat.s_dim must be > 0, got {cfg.model.smat.s_dim}")
 
 
+def naive_attention(attn, h: torch.Tensor, norm_len: int = 0) -> torch.Tensor:
+    """The naive reference of one attention layer's forward (no cache, no positions):
+    softmax(QK^T/sqrt(D) + λS + M)(G ⊙ V) with explicit (T, T) matrices, then W_o. Only the
+    tests (as the reference the fast path must match) and the benchmarks (as the cost of the
+    naive form) call it."""
+    B, T, C = h.shape
+    H, D = attn.n_head, attn.head_dim
+    q, k, v = attn.qkv(h).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+    logits = q @ k.transpose(-1, -2) / math.sqrt(D)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    for ext in attn.extensions:
+        s = ext.w_s(h)
+        s_hat = s / s.norm(dim=-1, keepdim=True)
+        S = s_hat @ s_hat.transpose(-1, -2)  # (B, T, T)
+        if ext.use_S:
+            logits = logits + torch.nn.functional.softplus(ext.lambda_raw) * S[:, None]
+        if ext.use_G:
+            n = torch.full((T,), float(norm_len)) if norm_len else torch.arange(1, T + 1, dtype=h.dtype)
+            c = (S * causal).sum(-1) / n  # mean over l <= j
+            gate = torch.sigmoid(ext.w_g(h) + ext.mu * c[..., None] + ext.beta)
+            v = v * gate.transpose(1, 2)[..., None]
+    weights = logits.masked_fill(~causal, float("-inf")).softmax(-1)
+    y = (weights @ v).transpose(1, 2).reshape(B, T, C)
+    return attn.proj(y)
+
+
 # ---- surgical ablations ----------------------------------------------------------------------
 
 
@@ -146,19 +172,31 @@ def _mean_over_tokens(gate: torch.Tensor) -> torch.Tensor:
     return gate.mean(dim=(0, 1), keepdim=True).expand_as(gate)
 
 
-INTERVENTIONS.register("smat", {
-i.name: i for i in (
-        Intervention("lambda_zero", "λ = 0: no similarity bias in attention; S still drives the gate's centrality c",
-                     {"hook_lambda": constant(torch.zeros_like)}),
-        Intervention("s_removed", "S removed entirely: no bias (λ = 0) and c = 0 in the gate",
-                     {"hook_lambda": constant(torch.zeros_like), "hook_c": constant(torch.zeros_like)}),
-        Intervention("random_s", "S replaced by a random S of the same Frobenius norm (bias and c)",
-                     {"hook_s": _random_same_norm}),
-        Intervention("gate_mean", "G replaced by its mean over all tokens of the batch",
-                     {"hook_gate": constant(_mean_over_tokens)}),
-        Intervention("gate_one", "G forced to 1.0 (as if use_G were off)", {"hook_gate": constant(torch.ones_like)}),
+INTERVENTIONS.register(
+    "smat",
+    {
+        i.name: i
+        for i in (
+            Intervention(
+                "lambda_zero",
+                "λ = 0: no similarity bias in attention; S still drives the gate's centrality c",
+                {"hook_lambda": constant(torch.zeros_like)},
+            ),
+            Intervention(
+                "s_removed",
+                "S removed entirely: no bias (λ = 0) and c = 0 in the gate",
+                {"hook_lambda": constant(torch.zeros_like), "hook_c": constant(torch.zeros_like)},
+            ),
+            Intervention(
+                "random_s", "S replaced by a random S of the same Frobenius norm (bias and c)", {"hook_s": _random_same_norm}
+            ),
+            Intervention(
+                "gate_mean", "G replaced by its mean over all tokens of the batch", {"hook_gate": constant(_mean_over_tokens)}
+            ),
+            Intervention("gate_one", "G forced to 1.0 (as if use_G were off)", {"hook_gate": constant(torch.ones_like)}),
+        )
+    },
 )
-})
 
 
 def route_shares(delta_lambda_zero: float, delta_s_removed: float) -> tuple[float, float]:
@@ -175,8 +213,10 @@ def summarize_ablations(rows: dict) -> tuple[str, dict] | None:
     if "lambda_zero" not in rows or "s_removed" not in rows:
         return None
     bias, gate = route_shares(rows["lambda_zero"]["delta_pct"], rows["s_removed"]["delta_pct"])
-    text = (f"S's effect (Δ of removing S = {rows['s_removed']['delta_pct']:+.2f}%): "
-            f"{100 * bias:.0f}% through the attention bias λ·S, {100 * gate:.0f}% through the gate's μ·c")
+    text = (
+        f"S's effect (Δ of removing S = {rows['s_removed']['delta_pct']:+.2f}%): "
+        f"{100 * bias:.0f}% through the attention bias λ·S, {100 * gate:.0f}% through the gate's μ·c"
+    )
     return text, {"s_effect_share": {"attention_bias": bias, "gate": gate}}
 
 

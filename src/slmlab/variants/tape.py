@@ -60,7 +60,9 @@ class TapeConfig:
     critic_layers: int = 4
     coda_rule: str = "soft_xor"  # how a tape head combines its left and right stacks: soft_xor | softmax_mix | sum
     critic_rule: str = "softmax_mix"
-    moderator: Literal["merge", "last"] = "merge"  # "merge": RMSNorm + projection of coda and every critic; "last": the last critic
+    moderator: Literal["merge", "last"] = (
+        "merge"  # "merge": RMSNorm + projection of coda and every critic; "last": the last critic
+    )
     rnn_dim: int = 0  # the prophet char-RNN's width; 0 -> d_model
     rnn_layers: int = 2
     mlp_expand: int = 8  # rectified-KAN MLP width = mlp_expand * d_model
@@ -113,8 +115,10 @@ class TapeHead(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, caches: list[KVCache] | None) -> torch.Tensor:
         left = right = combined = x
         for i, (block_l, block_r) in enumerate(zip(self.left, self.right)):
-            left, right = (block_l(left, combined, positions, caches[2 * i] if caches else None),
-                           block_r(right, combined, positions, caches[2 * i + 1] if caches else None))
+            left, right = (
+                block_l(left, combined, positions, caches[2 * i] if caches else None),
+                block_r(right, combined, positions, caches[2 * i + 1] if caches else None),
+            )
             combined = self.rule(left, right)
         return combined
 
@@ -129,8 +133,9 @@ class Prophet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         width = cfg.tape.rnn_dim or cfg.d_model
-        self.inputs = nn.ModuleList(nn.Linear(cfg.d_model if i == 0 else width, 2 * width, bias=cfg.bias)
-                                    for i in range(cfg.tape.rnn_layers))
+        self.inputs = nn.ModuleList(
+            nn.Linear(cfg.d_model if i == 0 else width, 2 * width, bias=cfg.bias) for i in range(cfg.tape.rnn_layers)
+        )
         self.recurrent = nn.ModuleList(nn.Linear(width, 2 * width, bias=False) for _ in range(cfg.tape.rnn_layers))
         self.out = nn.Linear(width, cfg.d_model, bias=cfg.bias)
         self.width = width
@@ -182,8 +187,7 @@ class TapeTransformer(GenerationMixin, nn.Module):
         critics = 1 if tape.moderator == "last" else tape.n_critics
         self.gates = nn.ModuleList(nn.Linear(2 * cfg.d_model, cfg.d_model, bias=cfg.bias) for _ in range(critics))
         self.critic_embeddings = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.d_model) for _ in range(critics))
-        self.critics = nn.ModuleList(TapeHead(cfg, tape.critic_layers, tape.critic_rule, self.positions)
-                                     for _ in range(critics))
+        self.critics = nn.ModuleList(TapeHead(cfg, tape.critic_layers, tape.critic_rule, self.positions) for _ in range(critics))
         if tape.moderator == "merge":
             self.merge_norm = nn.RMSNorm((tape.n_critics + 1) * cfg.d_model, eps=cfg.norm_eps)
             self.merge = nn.Linear((tape.n_critics + 1) * cfg.d_model, cfg.d_model, bias=cfg.bias)
@@ -204,7 +208,9 @@ class TapeTransformer(GenerationMixin, nn.Module):
         B, T = idx.shape
         start = caches[0].length if caches else 0
         if start + T > self.cfg.block_size:
-            raise ConfigError(f"sequence of {start + T} tokens exceeds the {self.cfg.block_size} positions this model knows (model.block_size)")
+            raise ConfigError(
+                f"sequence of {start + T} tokens exceeds the {self.cfg.block_size} positions this model knows (model.block_size)"
+            )
         positions = torch.arange(start, start + T, device=idx.device)
         x = self.wte(idx)
         pos_emb = self.positions.embed(positions)
@@ -241,10 +247,12 @@ class TapeTransformer(GenerationMixin, nn.Module):
     def describe(self) -> str:
         m, t = self.cfg, self.cfg.tape
         critics = f"{t.n_critics} critics" if t.moderator == "merge" else "1 critic (moderator last)"
-        return (f"tape: coda {t.coda_layers} + {critics} x {t.critic_layers} layers (left/right stacks), "
-                f"d_model {m.d_model}, {m.n_head} heads, MLP x{t.mlp_expand}, prophet RNN {t.rnn_dim or m.d_model} x {t.rnn_layers}, "
-                f"moderator {t.moderator}, block {m.block_size}, vocab {m.vocab_size}, "
-                f"{'tied' if m.tie_embeddings else 'untied'} {m.head} head")
+        return (
+            f"tape: coda {t.coda_layers} + {critics} x {t.critic_layers} layers (left/right stacks), "
+            f"d_model {m.d_model}, {m.n_head} heads, MLP x{t.mlp_expand}, prophet RNN {t.rnn_dim or m.d_model} x {t.rnn_layers}, "
+            f"moderator {t.moderator}, block {m.block_size}, vocab {m.vocab_size}, "
+            f"{'tied' if m.tie_embeddings else 'untied'} {m.head} head"
+        )
 
 
 ARCHITECTURES.register("tape", TapeTransformer)

@@ -1,8 +1,8 @@
 """Corpora: built-in (Shakespeare, Brown) and local sources, with genre and year filters.
 
-    selection = select_documents(cfg.data)
-    for doc in selection: ...          # lazily, one Document at a time
-    selection.dropped_by_year         # counted after iteration
+selection = select_documents(cfg.data)
+for doc in selection: ...          # lazily, one Document at a time
+selection.dropped_by_year         # counted after iteration
 """
 
 from __future__ import annotations
@@ -66,8 +66,10 @@ class DocumentSelection:
 
     def fingerprint(self) -> str:
         d = self.data
-        return (f"{self.source.fingerprint()}|genres={sorted(self.genres)}|max_year={d.max_year}"
-                f"|unknown={d.allow_unknown_year}|max_docs={d.max_documents}")
+        return (
+            f"{self.source.fingerprint()}|genres={sorted(self.genres)}|max_year={d.max_year}"
+            f"|unknown={d.allow_unknown_year}|max_docs={d.max_documents}"
+        )
 
     def __iter__(self) -> Iterator[Document]:
         self.kept = self.dropped_by_year = self.dropped_unknown_year = 0
@@ -85,8 +87,12 @@ class DocumentSelection:
             self.kept += 1
             yield doc
         if self.data.max_year or not self.data.allow_unknown_year:
-            log.info("year cut-off %d: dropped %d documents later than it, %d of unknown year",
-                     self.data.max_year, self.dropped_by_year, self.dropped_unknown_year)
+            log.info(
+                "year cut-off %d: dropped %d documents later than it, %d of unknown year",
+                self.data.max_year,
+                self.dropped_by_year,
+                self.dropped_unknown_year,
+            )
         if self.kept == 0:
             raise CorpusError(f"data: no documents left from '{self.data.source}' after the genre/year filters")
 

@@ -75,7 +75,9 @@ class BrownSource:
         for path in self.files:
             letter = path.name[1].upper()
             yield Document(
-                id=f"brown/{path.name}", text=brown_text(path.read_text(encoding="utf-8")),
-                genre=letter, title=f"{path.name} ({self.genre_names.get(letter, letter)})",
+                id=f"brown/{path.name}",
+                text=brown_text(path.read_text(encoding="utf-8")),
+                genre=letter,
+                title=f"{path.name} ({self.genre_names.get(letter, letter)})",
                 year=YEAR,
             )

