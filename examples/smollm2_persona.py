@@ -7,7 +7,7 @@ Area, trains it alone on a Brown genre as the persona, and measures persona adhe
 neutral and adversarial prompts before and after, with slmlab's persona classifier.
 
     pip install -e ".[hf]"
-    python examples/smollm2_persona.py --steps 100      # Shakespeare's comedies as the persona, ~15 min on 2 CPU cores
+    python examples/smollm2_persona.py --steps 100      # Shakespeare's comedies as the persona; --steps 10 took ~15 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--models", default="models")
-    parser.add_argument("--out", default="runs/surgery_smollm2")
+    parser.add_argument("--out", default="runs/surgery_smollm2-135m-instruct")  # where `slmlab surgery` puts it too
     args = parser.parse_args()
     base = float_model_dir(Path(args.models))
     model, tokenizer = load_hf_model(base, torch.device("cpu"))
