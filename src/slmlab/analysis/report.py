@@ -27,7 +27,7 @@ import torch
 
 from .. import __version__
 from ..config import ConfigError, RunConfig
-from ..files import atomic_write_text
+from ..files import atomic_write, atomic_write_text
 from ..runs.run_dir import RunDir
 from ..tables import format_number, human, markdown_table
 from .info import size_table
@@ -119,7 +119,7 @@ def plot_training(path: Path, runs: list[RunDir]) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
 
 

@@ -9,10 +9,12 @@ tokens/s, peak memory and parameter count (means over seeds).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 
+from ..files import atomic_write, atomic_write_text
 from ..runs.run_dir import RunDir
 from ..tables import format_number, human, markdown_table
 from .stats import mean_std, paired_comparison
@@ -94,19 +96,22 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
     """Write results.md/.json/.csv and curves.png into the sweep directory; return the table."""
     records = summarize(sweep, results)
     table = results_table(records)
-    (sweep_dir / "results.md").write_text(
+    atomic_write_text(
+        sweep_dir / "results.md",
         f"# Sweep {sweep.name}\n\nseeds {sweep.seeds}; Δ = variant vs {sweep.baseline}, "
-        f"paired by seed; CI and p-values from the per-seed Δ%.\n\n{table}\n"
+        f"paired by seed; CI and p-values from the per-seed Δ%.\n\n{table}\n",
     )
-    (sweep_dir / "results.json").write_text(
+    atomic_write_text(
+        sweep_dir / "results.json",
         json.dumps(
             {"sweep": sweep.name, "baseline": sweep.baseline, "seeds": sweep.seeds, "variants": records}, indent=2, default=str
-        )
+        ),
     )
-    with open(sweep_dir / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[k for k in records[0] if k != "val_ppl_by_seed"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(records)
+    csv_text = io.StringIO(newline="")
+    writer = csv.DictWriter(csv_text, fieldnames=[k for k in records[0] if k != "val_ppl_by_seed"], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(records)
+    atomic_write_text(sweep_dir / "results.csv", csv_text.getvalue())
     plot_curves(sweep_dir / "curves.png", sweep, jobs)
     return table
 
@@ -143,5 +148,5 @@ def plot_curves(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)

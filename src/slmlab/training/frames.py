@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..files import atomic_write
 from ..model.attention_maps import capture_attention, token_scores
 
 
@@ -85,6 +86,6 @@ def training_frame(
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.suptitle(f"step {step}   loss {losses[-1]:.3f}   EWMA {ewma(list(losses))[-1]:.3f}", fontsize=11)
-    fig.savefig(path, dpi=80)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
     plt.close(fig)
     return path
