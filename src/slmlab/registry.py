@@ -116,7 +116,7 @@ INTERVENTIONS: Registry[Any] = Registry("intervention")  # name -> model.interve
 ABLATION_SUMMARIES: Registry[Callable] = Registry("ablation summary")  # (rows) -> (text, result) | None
 CONFIG_CHECKS: list[Callable] = []  # (RunConfig) -> None, raising ConfigError
 
-CHOICE_REGISTRIES = [r for r in (POSITIONS, ATTENTION_PATTERNS, NORMS, HEADS, ARCHITECTURES, TOKENIZERS, OPTIMIZERS, TRAINABLE)]
+CHOICE_REGISTRIES = (POSITIONS, ATTENTION_PATTERNS, NORMS, HEADS, ARCHITECTURES, TOKENIZERS, OPTIMIZERS, TRAINABLE)
 
 
 def register_section(name: str, config: type, *, extends: str = "", arch: str = "") -> None:

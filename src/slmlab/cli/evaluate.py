@@ -108,12 +108,10 @@ def cmd_eval(args, extra) -> int:
     if args.by_position or args.context_lengths:
         from pathlib import Path
 
-        from ..data.tokens import prepare_tokens
         from ..evals.long_context import long_context_report
-        from ..evals.score import data_config_for
+        from ..evals.score import evaluation_tokens
 
-        _, data = prepare_tokens(data_config_for(cfg, parse_overrides(extra)), tokenizer)
-        split = data.val if args.split == "val" else data.train
+        _, split = evaluation_tokens(cfg, tokenizer, args.split, parse_overrides(extra))
         print(
             long_context_report(
                 Path(args.run),

@@ -35,21 +35,23 @@ def load_for_inference(run: str | Path, device: str = "auto", int8: bool = False
     return (*load_run(run, resolved, model_overrides), resolved)
 
 
-def data_config_for(cfg, overrides: dict):
-    """The run's data config with data.* overrides applied (another corpus, a slice)."""
+def evaluation_tokens(cfg, tokenizer, split: str = "val", overrides: dict | None = None):
+    """(data config, token split) to evaluate on: the run's data with data.* overrides applied
+    (another corpus, a slice), tokenized with the run's tokenizer."""
+    overrides = overrides or {}
     bad = [k for k in overrides if not k.startswith("data.")]
     if bad:
         raise ConfigError(f"eval takes only data.* overrides, not {bad}")
-    return config_from_dict(apply_overrides(cfg.to_dict(), overrides)).data if overrides else cfg.data
+    data_cfg = config_from_dict(apply_overrides(cfg.to_dict(), overrides)).data if overrides else cfg.data
+    _, data = prepare_tokens(data_cfg, tokenizer)
+    return data_cfg, data.val if split == "val" else data.train
 
 
 def score_run(
     run: str | Path, cfg, model, tokenizer, device, split: str = "val", batches: int = 50, data_overrides: dict | None = None
 ) -> dict:
     """{"run", "source", "split", "loss", "ppl"} on `batches` fixed windows of the split."""
-    data_cfg = data_config_for(cfg, data_overrides or {})
-    _, data = prepare_tokens(data_cfg, tokenizer)
-    tokens = data.val if split == "val" else data.train
+    data_cfg, tokens = evaluation_tokens(cfg, tokenizer, split, data_overrides)
     loss = evaluate(model, tokens, data_cfg.seq_len, cfg.train.batch_size, batches, device, cfg.train.dtype)
     return {"run": str(run), "source": data_cfg.source, "split": split, "loss": loss, "ppl": perplexity(loss)}
 
