@@ -33,8 +33,7 @@ from benchmarks.timing import (
     train_step_rate,
 )
 from slmlab.config import ModelConfig, load_config
-from slmlab.model.accounting import human
-from slmlab.tables import markdown_table
+from slmlab.tables import human, markdown_table
 from slmlab.training.kernel_choice import flex_unavailable
 from slmlab.variants.smat import SmatConfig
 

@@ -24,9 +24,9 @@ import torch
 
 from benchmarks.timing import in_fresh_process, median_seconds
 from slmlab.config import ModelConfig
-from slmlab.model.accounting import bytes_kept_for_backward, human
+from slmlab.model.accounting import bytes_kept_for_backward
 from slmlab.registry import ATTENTION_PATTERNS
-from slmlab.tables import markdown_table
+from slmlab.tables import human, markdown_table
 
 LENGTHS = (1024, 2048, 4096, 8192)
 PATTERNS = ("full", "block_local", "naive")

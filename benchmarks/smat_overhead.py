@@ -17,8 +17,7 @@ import torch
 
 from benchmarks.timing import in_fresh_process, train_step_rate
 from slmlab.config import ModelConfig
-from slmlab.model.accounting import human
-from slmlab.tables import markdown_table
+from slmlab.tables import human, markdown_table
 from slmlab.variants.smat import SmatConfig
 
 VARIANTS = {

@@ -19,8 +19,7 @@ import torch
 
 from benchmarks.timing import device_peak, in_fresh_process, train_step_rate
 from slmlab.config import ModelConfig
-from slmlab.model.accounting import human
-from slmlab.tables import markdown_table
+from slmlab.tables import human, markdown_table
 
 SIZES = {
     "quickstart (1.8M, char vocab)": {"n_layer": 4, "n_head": 4, "d_model": 192, "d_ff": 768, "vocab_size": 76},

@@ -12,7 +12,8 @@ import torch
 from slmlab.config import DataConfig
 from slmlab.data import tokens as data_module
 from slmlab.data.corpora import CorpusError
-from slmlab.data.tokens import WindowSampler, prepare_tokens, token_dtype, validation_batches
+from slmlab.data.sampling import WindowSampler, validation_batches
+from slmlab.data.tokens import prepare_tokens, token_dtype
 
 
 def _data(source, tmp_path, **fields):

@@ -125,6 +125,18 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs, written_by):
     assert_same_weights(runs / written_by / "final.safetensors", resumed / "final.safetensors")
 
 
+def test_tape_under_fsdp2_trains_like_one_process(runs):
+    """The other architecture through FSDP2: its shard units (prelude, coda, critics, moderator)."""
+    config = runs.parent / "tiny.toml"
+    tape = ["--model.arch", "tape", "--model.pos", "sinusoidal", "--model.tape.n_critics", "2",
+            "--model.tape.coda_layers", "1", "--model.tape.critic_layers", "1", "--model.tape.rnn_dim", "8"]  # fmt: skip
+    slmlab_train(str(config), "--name", "tape_one", *tape)
+    slmlab_train(str(config), "--name", "tape_fsdp", "--nproc", "2", "--train.parallel", "fsdp", *tape)
+    one, fsdp = losses(runs / "tape_one"), losses(runs / "tape_fsdp")
+    assert fsdp[0] == pytest.approx(one[0], abs=1e-4) and fsdp[1] == pytest.approx(one[1], abs=1e-4)
+    assert_same_weights(runs / "tape_one" / "final.safetensors", runs / "tape_fsdp" / "final.safetensors", atol=1e-4)
+
+
 def test_rank_rows_are_disjoint_and_cover_the_batch():
     for size in (1, 2, 3, 4):
         for batch in (1, 5, 8):

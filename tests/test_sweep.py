@@ -58,7 +58,8 @@ def test_micro_sweep_end_to_end_and_resume(micro_sweep, tmp_path, capsys):
 
 
 def test_variants_see_the_same_data_order(micro_sweep):
-    from slmlab.data.tokens import WindowSampler, prepare_tokens
+    from slmlab.data.sampling import WindowSampler
+    from slmlab.data.tokens import prepare_tokens
 
     _, jobs = load_sweep(micro_sweep)
     batches = {}

@@ -1,4 +1,4 @@
-"""Token data: a corpus tokenized once into memory-mapped files, and seeded window samplers.
+"""Token data: a corpus tokenized once into memory-mapped files (sampling windows: sampling.py).
 
 Layout of one prepared corpus (under `<cache>/tokens/<key>/`, key = hash of the document
 selection, the tokenizer and the split):
@@ -23,16 +23,14 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..config import DataConfig
 from ..files import atomic_write_text
-from .corpora import CorpusError, DocumentSelection
+from .corpora import DocumentSelection
 from .corpora.fetch import cache_dir
 from .tokenizers import Tokenizer, tokenizer_from_json, train_tokenizer
 
@@ -211,90 +209,3 @@ def open_tokens(directory: Path) -> TokenData:
         return TokenSplit(tokens, {k: tuple(v) for k, v in manifest["streams"][name].items()})
 
     return TokenData(split("train"), split("val"), manifest, directory)
-
-
-# --------------------------------------------------------------------------------------------
-# sampling windows
-
-
-def _gather(tokens: np.ndarray, offsets: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows tokens[o : o + seq_len + 1] for every offset -> inputs x and targets y, both (B, seq_len)."""
-    rows = np.asarray(tokens[offsets[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
-    batch = torch.from_numpy(rows)
-    return batch[:, :-1], batch[:, 1:]
-
-
-class WindowSampler:
-    """Random windows of `seq_len + 1` tokens, seeded; `mixture` weights the streams.
-
-    Without a mixture, window starts are uniform over the whole split. With one, each row first
-    draws a stream with probability proportional to its weight, then a uniform start inside it.
-    The generator's state is the sampler position (`state_dict`), so a resumed run continues with
-    exactly the windows it would have drawn. `rows` keeps only some rows of each batch: a
-    data-parallel rank draws the whole global batch (every rank's generator agrees) and gathers
-    its own disjoint slice of it."""
-
-    def __init__(
-        self,
-        split: TokenSplit,
-        seq_len: int,
-        batch_size: int,
-        seed: int,
-        mixture: dict[str, float] | None = None,
-        rows: slice = slice(None),
-    ):
-        self.split, self.seq_len, self.batch_size, self.rows = split, seq_len, batch_size, rows
-        self.rng = np.random.Generator(np.random.PCG64(seed))
-        if mixture:
-            names = list(mixture)
-            unknown = [n for n in names if n not in split.streams]
-            if unknown:
-                raise CorpusError(f"data.mixture: unknown stream(s) {unknown}; streams are {sorted(split.streams)}")
-            names = [n for n in names if mixture[n] > 0]
-            weights = np.array([mixture[n] for n in names], dtype=np.float64)
-        else:
-            names, weights = ["*"], np.ones(1)
-        ranges = [split.streams[n] if n != "*" else (0, len(split)) for n in names]
-        for name, (start, end) in zip(names, ranges):
-            if end - start < seq_len + 1:
-                raise CorpusError(
-                    f"stream '{name}' has {end - start} tokens, fewer than data.seq_len + 1 = {seq_len + 1}; "
-                    "lower data.seq_len or use more text"
-                )
-        self.names = names
-        self.probs = weights / weights.sum()
-        self.starts = np.array([r[0] for r in ranges], dtype=np.int64)
-        self.spans = np.array([r[1] - r[0] - seq_len for r in ranges], dtype=np.int64)
-
-    def next_offsets(self) -> np.ndarray:
-        """Start offsets of the next batch's windows, (batch_size,)."""
-        if len(self.names) > 1:
-            stream = self.rng.choice(len(self.names), size=self.batch_size, p=self.probs)
-        else:
-            stream = np.zeros(self.batch_size, dtype=np.int64)
-        return self.starts[stream] + self.rng.integers(0, self.spans[stream])
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return _gather(self.split.tokens, self.next_offsets()[self.rows], self.seq_len)
-
-    def state_dict(self) -> dict:
-        return self.rng.bit_generator.state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
-
-
-def validation_batches(
-    split: TokenSplit, seq_len: int, batch_size: int, n_batches: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """A fixed validation sample: up to n_batches * batch_size evenly spaced windows."""
-    last = len(split) - seq_len - 1
-    if last < 0:
-        raise CorpusError(
-            f"the validation split has {len(split)} tokens, fewer than data.seq_len + 1 = {seq_len + 1}; "
-            "raise data.val_fraction or lower data.seq_len"
-        )
-    count = min(n_batches * batch_size, last + 1)
-    offsets = np.unique(np.linspace(0, last, count).astype(np.int64))
-    for i in range(0, len(offsets), batch_size):
-        yield _gather(split.tokens, offsets[i : i + batch_size], seq_len)

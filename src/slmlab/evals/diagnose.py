@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from ..config import RunConfig, resolve_vocab
-from ..data.tokens import WindowSampler, prepare_tokens
+from ..data.sampling import WindowSampler
+from ..data.tokens import prepare_tokens
 from ..model import build_model
 from ..training.runtime import resolve_device, seed_everything
 

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.tokens import TokenSplit, validation_batches
+from ..data.sampling import validation_batches
+from ..data.tokens import TokenSplit
 from ..files import atomic_write, atomic_write_text
 from ..runs.metrics import perplexity
 from ..tables import markdown_table

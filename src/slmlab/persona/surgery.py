@@ -29,7 +29,8 @@ from torch import nn
 
 from ..config import ConfigError, DataConfig, TrainConfig
 from ..data.corpora import DocumentSelection
-from ..data.tokens import TokenSplit, WindowSampler, _split_documents
+from ..data.sampling import WindowSampler
+from ..data.tokens import TokenSplit, _split_documents
 from ..files import atomic_write, atomic_write_text
 from ..runs.checkpoints import CheckpointError
 from ..runs.metrics import MetricsLog
@@ -171,7 +172,7 @@ def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def persona_loss(model: nn.Module, split: TokenSplit, seq_len: int, batch: int, n_batches: int, device) -> float:
-    from ..data.tokens import validation_batches
+    from ..data.sampling import validation_batches
 
     total, count = 0.0, 0
     for x, y in validation_batches(split, seq_len, batch, n_batches):

@@ -2,8 +2,9 @@
 
 from ..runs.checkpoints import CheckpointError
 from .curriculum import train_curriculum
-from .trainer import Trainer, TrainingError, TrainResult, evaluate
+from .trainer import Trainer, TrainingError, TrainResult
 from .trainer import train as train_single
+from .validation import evaluate
 
 
 def train(cfg, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:

@@ -31,7 +31,6 @@ from torch.distributed.checkpoint.state_dict import (
 from ..config import ConfigError
 from .runtime import resolve_device
 
-PARALLEL_MODES = ("ddp", "fsdp")
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 

@@ -30,14 +30,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import DataConfig, RunConfig, resolve_vocab
+from ..data.sampling import WindowSampler
 from ..data.tokenizers import Tokenizer, load_tokenizer
-from ..data.tokens import (
-    TokenData,
-    TokenSplit,
-    WindowSampler,
-    prepare_tokens,
-    validation_batches,
-)
+from ..data.tokens import TokenData, prepare_tokens
 from ..errors import TrainingError
 from ..files import atomic_write_text
 from ..model import build_model, model_stats
@@ -71,6 +66,8 @@ from .runtime import (
     seed_everything,
     set_rng_state,
 )
+from .tally import StepTally
+from .validation import evaluate
 
 log = logging.getLogger("slmlab")
 
@@ -86,77 +83,12 @@ class TrainResult:
     compile_seconds: float = 0.0
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    split: TokenSplit,
-    seq_len: int,
-    batch_size: int,
-    n_batches: int,
-    device: torch.device,
-    dtype: str = "fp32",
-    world: World | None = None,
-) -> float:
-    """Mean cross-entropy over the fixed validation sample (token-weighted). Across data-parallel
-    ranks each computes its rows of every batch (a rank left without rows runs one row at weight
-    0, so sharded models see the same collectives) and the sums are reduced."""
-    world = world or World()
-    was_training = model.training
-    model.eval()
-    total, count = torch.zeros((), device=device), torch.zeros((), device=device)
-    for x, y in validation_batches(split, seq_len, batch_size, n_batches):
-        rows = world.rows(len(x))
-        weight = 1.0 if rows.stop > rows.start else 0.0
-        x, y = (x[rows], y[rows]) if weight else (x[:1], y[:1])
-        with autocast(device, dtype):
-            _, loss = model(x.to(device), y.to(device))
-        total += weight * loss.float() * y.numel()
-        count += weight * y.numel()
-    model.train(was_training)
-    return (world.sum(total) / world.sum(count)).item()
-
-
 def prepare_data(data: DataConfig, tokenizer: Tokenizer | None, world: World) -> tuple[Tokenizer, TokenData]:
     """Tokenize (or reuse) the corpus: rank 0 builds the cache files, the other ranks then read them."""
     if world.is_main:
         prepared = prepare_tokens(data, tokenizer)
     world.barrier()
     return prepared if world.is_main else prepare_tokens(data, tokenizer)
-
-
-class StepTally:
-    """Running totals kept on the device between two reads (one host sync per read): the loss
-    summed over applied steps, applied and skipped step counts, and the current and the longest
-    run of consecutive skipped steps."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.consecutive = torch.zeros((), device=device)
-        self._reset()
-
-    def _reset(self) -> None:
-        self.loss_sum, self.applied, self.skipped = (torch.zeros((), device=self.device) for _ in range(3))
-        self.longest = self.consecutive.clone()
-
-    def add(self, loss: torch.Tensor, skip: torch.Tensor) -> None:
-        self.loss_sum += torch.where(skip > 0, torch.zeros_like(loss), loss)
-        self.applied += 1 - skip
-        self.skipped += skip
-        self.consecutive = (self.consecutive + skip) * skip
-        self.longest = torch.maximum(self.longest, self.consecutive)
-
-    def read(self, grad_norm: torch.Tensor) -> dict:
-        """The window's mean loss (NaN if every step was skipped), counts, and grad_norm's value."""
-        values = torch.stack([self.loss_sum, self.applied, self.skipped, self.longest, grad_norm.float()]).tolist()
-        loss_sum, applied, skipped, longest, norm = values
-        self._reset()
-        return {
-            "loss": loss_sum / applied if applied else math.nan,
-            "applied": int(applied),
-            "skipped": int(skipped),
-            "longest": int(longest),
-            "grad_norm": norm,
-        }
 
 
 class Trainer:
