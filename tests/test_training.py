@@ -114,6 +114,9 @@ def test_corrupt_or_mismatched_checkpoints_are_clear_errors(text_corpus, make_co
     run = RunDir.for_config(cfg)
     weights = run.checkpoints / "step_000010.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="step_000010.safetensors is damaged .*no intact older checkpoint"):
+        Trainer(cfg, resume=True, progress=False)
+    (run.checkpoints / "step_000010.sha256.json").unlink()  # unverified: safetensors itself refuses it
     with pytest.raises(CheckpointError, match="is corrupt or not a safetensors file"):
         Trainer(cfg, resume=True, progress=False)
     (run.checkpoints / "step_000010.state.pt").write_bytes(b"garbage")

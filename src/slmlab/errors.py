@@ -30,3 +30,11 @@ class CheckpointError(SlmlabError, RuntimeError):
 
 class TrainingError(SlmlabError, RuntimeError):
     """Training cannot go on (e.g. the loss keeps diverging); the message says what to try."""
+
+
+class RunFileError(SlmlabError, RuntimeError):
+    """A file of a run directory (metrics, summary, results) is damaged or of the wrong shape."""
+
+
+class RunInUseError(SlmlabError, RuntimeError):
+    """Another live process holds the run (or sweep) directory's lock."""

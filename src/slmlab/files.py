@@ -1,19 +1,29 @@
-"""The one crash-safe write every file slmlab writes goes through.
+"""Files: the one crash-safe write every file slmlab writes goes through, checksums, and reading
+a file that may be damaged as one clear error.
 
-    write to <dir>/.<name>.<random>  ->  flush + fsync the file  ->  rename over <name>  ->  fsync <dir>
+    write to <dir>/.<name>.<pid>.<random>.tmp  ->  flush + fsync the file  ->  rename over <name>
+    ->  fsync <dir>
 
 A reader (or a process killed mid-write) sees the old file or the new one, never half of one, and
 after the directory's fsync the rename survives a power cut. Files get the normal mode 0o644
-(mkstemp's 0o600 would hide run files from other users). A temp file left by a kill is named
-".<name>.*" so it can be recognised and cleaned up.
+(mkstemp's 0o600 would hide run files from other users). A temp file left by a kill carries its
+writer's PID, so `remove_stale_temps` can tell it from one a live process is still writing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from .errors import SlmlabError
+
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 
 
 def fsync_directory(directory: Path) -> None:
@@ -34,7 +44,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call write(temp_path) to produce the file, then move it into place atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
         os.chmod(tmp, 0o644)
@@ -56,3 +66,83 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` (UTF-8) to `path`: readers never see half a file."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_temps(directory: Path, everyone: bool = False) -> list[Path]:
+    """Delete the temp files (and build folders) of interrupted writes under `directory`
+    (recursively): those whose
+    writer is dead, or all of them when `everyone` (the caller holds the directory's lock, so no
+    one else writes there). Returns what was removed."""
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for path in sorted(directory.rglob(".*.tmp")):
+        match = TEMP_NAME.match(path.name)
+        if not match or path.is_symlink() or any(parent in removed for parent in path.parents):
+            continue
+        pid = int(match["pid"])
+        if everyone or (pid != os.getpid() and not pid_alive(pid)):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (files larger than RAM are fine)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_text(path: str | Path, what: str, error: type[SlmlabError], fix: str) -> str:
+    """A UTF-8 file's text, or `error` naming the file, what is wrong and `fix` (what to do)."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} {path} is missing; {fix}") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a folder, not a file; {fix}") from None
+    except UnicodeDecodeError:
+        raise error(f"{what} {path} is damaged (not UTF-8 text); {fix}") from None
+    except OSError as err:
+        raise error(f"{what} {path} cannot be read ({err.strerror or err}); {fix}") from None
+
+
+def read_json(path: str | Path, what: str, error: type[SlmlabError], fix: str, expect: type = dict):
+    """A JSON file's value, checked to be an `expect` (dict, list); anything else is `error`."""
+    text = read_text(path, what, error, fix)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{what} {path} is damaged (not JSON: {err.msg} at line {err.lineno}); {fix}") from None
+    if not isinstance(value, expect):
+        raise error(f"{what} {path} is damaged (a JSON {type(value).__name__}, not a {expect.__name__}); {fix}")
+    return value
+
+
+def require_fields(
+    value: dict, fields: dict[str, type | tuple[type, ...]], path: Path, what: str, error: type[SlmlabError], fix: str
+) -> dict:
+    """Check that `value` has each field with the given type(s) (bool is not a number here)."""
+    for field, kinds in fields.items():
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        item = value.get(field)
+        wrong_bool = isinstance(item, bool) and bool not in kinds
+        if field not in value or wrong_bool or not isinstance(item, kinds):
+            got = "missing" if field not in value else f"a {type(item).__name__}"
+            raise error(f"{what} {path} is damaged ('{field}' is {got}); {fix}")
+    return value

@@ -85,7 +85,8 @@ def cmd_persona(args, extra) -> int:
     from ..training import Trainer
 
     base, cfg = persona_config(args.run, args.persona_data, args.train, args.steps, args.lr, args.name, parse_overrides(extra))
-    result = Trainer(cfg, overwrite=args.overwrite, progress=not args.no_progress, init_from=base).fit()
+    with Trainer(cfg, overwrite=args.overwrite, progress=not args.no_progress, init_from=base) as trainer:
+        result = trainer.fit()
     print(f"run: {result.run_dir} (from {base.path}, trained: {args.train})")
     print(f"persona validation loss {result.val_loss:.4f}, perplexity {result.val_ppl:.2f}")
     return 0

@@ -25,6 +25,11 @@ def register(sub) -> None:
     )
     p.add_argument("config", nargs="?", help="TOML config file")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its latest checkpoint")
+    p.add_argument(
+        "--from-checkpoint",
+        metavar="NAME",
+        help="with --resume: continue from this checkpoint (e.g. step_000200) rather than the latest",
+    )
     p.add_argument("--name", help="run name (default: the config file's stem)")
     p.add_argument(
         "--overwrite", action="store_true", help="replace the run of the same name (removes only the files slmlab wrote there)"
@@ -85,7 +90,13 @@ def cmd_train(args, extra) -> int:
     from ..training import distributed, train
 
     try:
-        result = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress)
+        result = train(
+            cfg,
+            resume=bool(args.resume),
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            from_checkpoint=args.from_checkpoint,
+        )
     finally:
         distributed.close()
     if int(os.environ.get("RANK", "0")) != 0:
@@ -162,7 +173,7 @@ def without_option(argv: list[str], option: str) -> list[str]:
 def cmd_sweep(args, extra) -> int:
     from ..config import parse_overrides
     from ..experiments.results import write_results
-    from ..experiments.sweep import dry_run_lines, load_sweep, run_one, run_sweep, write_slurm_script
+    from ..experiments.sweep import dry_run_lines, load_sweep, run_one, run_sweep, sweep_lock, write_slurm_script
 
     sweep, jobs = load_sweep(args.config, parse_overrides(extra))
     if args.dry_run:
@@ -172,8 +183,9 @@ def cmd_sweep(args, extra) -> int:
     elif args.only is not None:
         print(run_one(sweep, jobs, args.only))
     else:
-        results = run_sweep(sweep, jobs, args.jobs)
-        sweep_dir = Path(sweep.out_dir) / sweep.name
-        print(write_results(sweep_dir, sweep, jobs, results))
+        with sweep_lock(sweep):
+            results = run_sweep(sweep, jobs, args.jobs)
+            sweep_dir = Path(sweep.out_dir) / sweep.name
+            print(write_results(sweep_dir, sweep, jobs, results))
         print(f"results: {sweep_dir}/results.md, results.json, results.csv, curves.png")
     return 0

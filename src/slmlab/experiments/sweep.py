@@ -31,6 +31,8 @@ import logging
 import multiprocessing
 import os
 import shlex
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,9 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, RunConfig, build_dataclass, check_name, load_config, read_toml
+from ..errors import SlmlabError
 from ..files import atomic_write_text
+from ..runs.lock import DirectoryLock
 from ..runs.run_dir import RunDir
 
 log = logging.getLogger("slmlab")
@@ -113,15 +117,35 @@ def run_status(job: Job) -> str:
     return "new"
 
 
+def follow_parent(parent: int, every: float = 1.0) -> None:
+    """Worker initializer: end this worker as soon as the sweep process that started it is gone
+    (kill -9 of the parent alone, as the OOM killer does), so no orphan keeps training while a
+    rerun trains the same runs. A watcher thread polls the parent's PID; the worker's run lock
+    dies with it and its last checkpoint stays the one to resume from."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
+
+
+def sweep_lock(sweep: SweepConfig) -> DirectoryLock:
+    """The sweep directory's writer lock: one `slmlab sweep` runs a sweep at a time (cluster
+    tasks, `--only`, lock their own runs instead)."""
+    return DirectoryLock(Path(sweep.out_dir) / sweep.name, "sweep")
+
+
 def _execute(config: RunConfig, status: str, threads: int, device: str) -> dict:
     """Worker: train one run (fresh or resumed); returns its summary or the failure."""
-    from ..training import TrainingError, train
+    from ..training import train
 
     torch.set_num_threads(threads)
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, threads=threads, device=device))
     try:
         train(config, resume=status == "resume", overwrite=status == "new", progress=False)
-    except TrainingError as err:
+    except SlmlabError as err:  # this run's own problem (diverged, in use, damaged): the others go on
         return {"failed": str(err)}
     return RunDir.for_config(config).read_summary()
 
@@ -156,7 +180,7 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
         threads,
     )
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=slots, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=slots, mp_context=context, initializer=follow_parent, initargs=(os.getpid(),)) as pool:
         futures = {
             pool.submit(_execute, job.config, status, threads, devices[i % slots]): job for i, (job, status) in enumerate(pending)
         }

@@ -1,22 +1,27 @@
-"""Checkpoints: safetensors weights plus a separate training-state file, written atomically.
+"""Checkpoints: safetensors weights plus a separate training-state file, written atomically and
+checksummed.
 
     <run>/checkpoints/step_000100.safetensors   model weights (tied tensors stored once)
     <run>/checkpoints/step_000100.state.pt      optimizer (keyed by parameter name), step, tokens,
                                                 every RNG, sampler position
+    <run>/checkpoints/step_000100.sha256.json   SHA-256 of the two files above
     <run>/checkpoints/latest                    the name of the newest complete checkpoint
     <run>/final.safetensors                     the weights at the end of training
 
-Every file goes to a temp name and is renamed into place; `latest` is rewritten only after both
-files of a checkpoint exist, so a crash mid-write leaves the previous checkpoint as the latest.
-Both hold full, unsharded tensors, whatever the number of processes that wrote them, so a run
-checkpointed by N data-parallel ranks resumes on M. Loading never unpickles code: weights through safetensors, state through
+Every file goes to a temp name and is renamed into place (fsync of file and folder first);
+`latest` is rewritten only after all three files of a checkpoint exist, so a crash mid-write
+leaves the previous checkpoint as the latest. Loading verifies the checksums: a zeroed or
+bit-flipped file is reported by name, with the newest intact older checkpoint to resume from
+(`slmlab train --resume RUN --from-checkpoint NAME`). Both files hold full, unsharded tensors,
+whatever the number of processes that wrote them, so a run checkpointed by N data-parallel ranks
+resumes on M. Loading never unpickles code: weights through safetensors, state through
 `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,67 +30,168 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file
 from torch import nn
 
-from ..files import atomic_write, atomic_write_text
 from ..errors import CheckpointError
+from ..files import atomic_write, atomic_write_text, read_json, sha256_file
+
+CHECKPOINT_NAME = re.compile(r"step_\d{6,}")
+STATE_FIELDS = {"step": int, "tokens": int, "nan_skips": int, "optimizer": dict, "sampler": dict, "rng": dict}
 
 
-def save_weights(weights: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a state dict (tied aliases already dropped, see distributed.full_model_state)."""
+def save_weights(weights: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> str:
+    """Write a state dict (tied aliases already dropped, see distributed.full_model_state);
+    returns the file's SHA-256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: save_file(weights, tmp, metadata=metadata))
+    return sha256_file(path)
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load safetensors weights into `model`; any mismatch or corruption is a CheckpointError."""
+def verify_file(path: Path, expected: str | None, fix: str = "") -> None:
+    """CheckpointError naming `path` when its SHA-256 is not `expected` (None: nothing recorded)."""
+    if expected is not None and path.is_file() and sha256_file(path) != expected:
+        raise CheckpointError(f"{path} is damaged (its SHA-256 does not match the one recorded when it was written){fix}")
+
+
+def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) -> None:
+    """Load safetensors weights into `model` (checked against `sha256` when given); any mismatch
+    or corruption is a CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no weights at {path}")
+    verify_file(path, sha256)
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is corrupt or not a safetensors file ({str(err).splitlines()[0]})") from None
     except RuntimeError as err:
-        raise CheckpointError(f"{path} does not fit this model: {str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}") from None
+        lines = str(err).splitlines()
+        raise CheckpointError(f"{path} does not fit this model: {lines[1].strip() if len(lines) > 1 else err}") from None
     if missing or unexpected:
-        raise CheckpointError(f"{path} does not fit this model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        raise CheckpointError(
+            f"{path} does not fit this model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+
+
+def _files(directory: Path, name: str) -> tuple[Path, Path, Path]:
+    return directory / f"{name}.safetensors", directory / f"{name}.state.pt", directory / f"{name}.sha256.json"
 
 
 def save_checkpoint(directory: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any], keep: int) -> Path:
-    """Write step `step`'s weights and training state, point `latest` at it, prune old ones."""
+    """Write step `step`'s weights, training state and their checksums, point `latest` at it,
+    prune old ones."""
     directory.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
-    save_weights(weights, directory / f"{name}.safetensors")
-    atomic_write(directory / f"{name}.state.pt", lambda tmp: torch.save(state, tmp))
+    weights_path, state_path, sums_path = _files(directory, name)
+    sums = {weights_path.name: save_weights(weights, weights_path)}
+    atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+    sums[state_path.name] = sha256_file(state_path)
+    atomic_write_text(sums_path, json.dumps(sums, indent=1) + "\n")
     atomic_write_text(directory / "latest", name)
     for old in sorted(directory.glob("step_*.safetensors"))[:-keep]:
-        old.unlink()
-        (directory / old.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
+        for path in _files(directory, old.name.removesuffix(".safetensors")):
+            path.unlink(missing_ok=True)
     return directory / name
 
 
+def checkpoint_names(directory: Path) -> list[str]:
+    """Names of the checkpoints whose weights exist, newest first."""
+    names = [p.name.removesuffix(".safetensors") for p in directory.glob("step_*.safetensors")]
+    return sorted((n for n in names if CHECKPOINT_NAME.fullmatch(n)), reverse=True)
+
+
+def checksums(directory: Path, name: str) -> dict[str, str]:
+    """The recorded SHA-256 of checkpoint `name`'s files ({} for a checkpoint written before
+    slmlab recorded them)."""
+    path = _files(directory, name)[2]
+    if not path.is_file():
+        return {}
+    fix = f"delete {path} to load the checkpoint unverified"
+    sums = read_json(path, "checksum file", CheckpointError, fix)
+    if not all(isinstance(v, str) for v in sums.values()):
+        raise CheckpointError(f"checksum file {path} is damaged; {fix}")
+    return sums
+
+
+def is_intact(directory: Path, name: str) -> bool:
+    """Both files of checkpoint `name` exist and match their recorded checksums."""
+    weights_path, state_path, _ = _files(directory, name)
+    try:
+        sums = checksums(directory, name)
+    except CheckpointError:
+        return False
+    return all(p.is_file() and (p.name not in sums or sha256_file(p) == sums[p.name]) for p in (weights_path, state_path))
+
+
+def _older_intact(directory: Path, name: str | None) -> str:
+    """The advice part of an error: the newest intact checkpoint older than `name`, if any."""
+    for older in checkpoint_names(directory):
+        if (name is None or older < name) and is_intact(directory, older):
+            return (
+                f"; an intact older checkpoint exists: resume from it with "
+                f"`slmlab train --resume {directory.parent} --from-checkpoint {older}`"
+            )
+    return "; no intact older checkpoint exists"
+
+
 def latest_checkpoint(directory: Path) -> str | None:
+    """The name `latest` points at (None: no checkpoint yet); a damaged pointer is an error."""
     pointer = directory / "latest"
-    return pointer.read_text().strip() if pointer.is_file() else None
+    if not pointer.exists():
+        return None
+    try:
+        name = pointer.read_bytes()[:64].decode("utf-8", "replace").strip()
+    except OSError as err:
+        raise CheckpointError(f"checkpoint pointer {pointer} cannot be read ({err.strerror or err})") from None
+    if not CHECKPOINT_NAME.fullmatch(name) or not _files(directory, name)[0].is_file():
+        raise CheckpointError(
+            f"checkpoint pointer {pointer} is damaged (it names {name[:40]!r}, not a checkpoint here)"
+            + _older_intact(directory, None)
+        )
+    return name
 
 
 def load_checkpoint(directory: Path, model: nn.Module, name: str | None = None) -> dict[str, Any]:
-    """Load weights of checkpoint `name` (default: latest) into model; return its training state."""
+    """Load weights of checkpoint `name` (default: latest) into model, after verifying both files
+    against their checksums; return its training state."""
     name = name or latest_checkpoint(directory)
     if name is None:
         raise CheckpointError(f"no checkpoint in {directory} to resume from")
-    load_weights(model, directory / f"{name}.safetensors")
+    if not CHECKPOINT_NAME.fullmatch(name) or not _files(directory, name)[0].is_file():
+        available = ", ".join(checkpoint_names(directory)[:5]) or "none"
+        raise CheckpointError(f"no checkpoint {name!r} in {directory}; checkpoints there: {available}")
+    weights_path, state_path, _ = _files(directory, name)
+    sums = checksums(directory, name)
+    advice = _older_intact(directory, name)
+    verify_file(state_path, sums.get(state_path.name), advice)
+    verify_file(weights_path, sums.get(weights_path.name), advice)
+    try:
+        load_weights(model, weights_path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}{advice}") from None
     return load_training_state(directory, name)
 
 
 def load_training_state(directory: Path, name: str | None = None) -> dict[str, Any]:
-    """The training state (optimizer, step, RNGs, sampler) of checkpoint `name` (default: latest)."""
+    """The training state (optimizer, step, RNGs, sampler) of checkpoint `name` (default:
+    latest), with every field checked."""
     name = name or latest_checkpoint(directory)
     if name is None:
         raise CheckpointError(f"no checkpoint in {directory}")
+    path = _files(directory, name)[1]
     try:
-        return torch.load(directory / f"{name}.state.pt", weights_only=True, map_location="cpu")
+        state = torch.load(path, weights_only=True, map_location="cpu")
     except FileNotFoundError:
-        raise CheckpointError(f"{directory / name}.state.pt is missing") from None
+        raise CheckpointError(f"{path} is missing" + _older_intact(directory, name)) from None
     except Exception as err:  # unpickling errors of many kinds: report them as corruption
-        raise CheckpointError(f"{directory / name}.state.pt is corrupt ({type(err).__name__})") from None
+        raise CheckpointError(f"{path} is corrupt ({type(err).__name__})" + _older_intact(directory, name)) from None
+    problem = None
+    if not isinstance(state, dict):
+        problem = f"it holds a {type(state).__name__}, not a training state"
+    else:
+        for field, kind in STATE_FIELDS.items():
+            if not isinstance(state.get(field), kind) or isinstance(state.get(field), bool):
+                problem = f"'{field}' is {'missing' if field not in state else 'of the wrong type'}"
+                break
+    if problem:
+        raise CheckpointError(f"{path} is not a complete training state ({problem})" + _older_intact(directory, name))
+    return state

@@ -6,12 +6,21 @@ import json
 import math
 from pathlib import Path
 
+from ..errors import RunFileError
 from ..files import atomic_write_text
 
 
 def perplexity(loss: float) -> float:
     """exp(loss), capped at exp(50) so a diverged run still gives a finite number."""
     return math.exp(min(loss, 50.0))
+
+
+NUMERIC = ("step", "tokens", "loss", "val_loss", "val_ppl", "lr", "grad_norm", "dt_ms", "tokens_per_s", "nan_skips")
+
+
+def _number(value) -> bool:
+    """A metric's value: a number, or None (not finite when written)."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def _clean(value):
@@ -33,12 +42,27 @@ class MetricsLog:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def read(self) -> list[dict]:
-        if not self.path.is_file():
+        """Every record; a last line cut short by a crash is skipped, any other damage (bytes that
+        are not UTF-8 JSON objects) is a RunFileError naming the file and line."""
+        if not self.path.exists():
             return []
+        fix = "restore the file from a copy, or delete the damaged lines"
+        try:
+            lines = self.path.read_bytes().decode("utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            line = self.path.read_bytes()[: err.start].count(b"\n") + 1
+            raise RunFileError(f"metrics log {self.path} is damaged (line {line} is not UTF-8 text); {fix}") from None
+        except OSError as err:
+            raise RunFileError(f"metrics log {self.path} cannot be read ({err.strerror or err})") from None
         records = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for number, line in enumerate(lines, 1):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut short by a crash
+                if number == len(lines):
+                    continue  # the last line, cut short by a crash mid-append
+                raise RunFileError(f"metrics log {self.path} is damaged (line {number} is not JSON); {fix}") from None
+            if not isinstance(record, dict) or not all(_number(record.get(k)) for k in NUMERIC) or "step" not in record:
+                raise RunFileError(f"metrics log {self.path} is damaged (line {number} is not a step record); {fix}")
+            records.append(record)
         return records

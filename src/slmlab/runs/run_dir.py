@@ -1,11 +1,13 @@
 """Run directories: the unit of record.
 
-    runs/<name>/config.json        the resolved config, exactly what ran
-    runs/<name>/metrics.jsonl      one JSON object per logged step
-    runs/<name>/tokenizer.json     the tokenizer it used
-    runs/<name>/checkpoints/       step_N.safetensors + step_N.state.pt, `latest`
-    runs/<name>/final.safetensors  weights at the end
-    runs/<name>/summary.json       final validation loss/ppl, throughput, peak memory, parameters
+runs/<name>/config.json        the resolved config, exactly what ran
+runs/<name>/metrics.jsonl      one JSON object per logged step
+runs/<name>/tokenizer.json     the tokenizer it used
+runs/<name>/checkpoints/       step_N.safetensors + step_N.state.pt + step_N.sha256.json, `latest`
+runs/<name>/final.safetensors  weights at the end
+runs/<name>/summary.json       final validation loss/ppl, throughput, peak memory, parameters,
+                               the SHA-256 of final.safetensors
+runs/.<name>.lock              the writer lock (runs/lock.py), beside the directory
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointError, latest_checkpoint, load_weights
 from ..config import ConfigError, RunConfig, apply_overrides, config_from_dict
-from ..files import atomic_write_text
-from .metrics import MetricsLog
-from ..model import build_model
 from ..data.tokenizers import Tokenizer, load_tokenizer
+from ..errors import RunFileError
+from ..files import atomic_write_text, read_json, remove_stale_temps, require_fields
+from ..model import build_model
+from .checkpoints import CheckpointError, checksums, latest_checkpoint, load_weights
+from .lock import DirectoryLock
+from .metrics import MetricsLog
 
 log = logging.getLogger("slmlab")
+SUMMARY_FIELDS = {"step": int, "val_loss": (int, float), "val_ppl": (int, float)}
 
 
 @dataclass(frozen=True)
@@ -43,9 +48,25 @@ class RunDir:
 
     # What slmlab writes in a run directory (shell patterns): `--overwrite` removes these and
     # nothing else, and the temp files of interrupted writes to them (".<name>.<random>").
-    OWNED = ("config.json", "metrics.jsonl", "tokenizer.json", "checkpoints", "final.safetensors", "summary.json",
-             "viz", "ablations.json", "ablations.md", "quantize.md", "model_int8.pt", "persona_eval.json",
-             "report.md", "report.html", "prompts_*.md", "eval_*.json", "eval_*.png")
+    OWNED = (
+        "config.json",
+        "metrics.jsonl",
+        "tokenizer.json",
+        "checkpoints",
+        "final.safetensors",
+        "summary.json",
+        "viz",
+        "ablations.json",
+        "ablations.md",
+        "quantize.md",
+        "model_int8.pt",
+        "persona_eval.json",
+        "report.md",
+        "report.html",
+        "prompts_*.md",
+        "eval_*.json",
+        "eval_*.png",
+    )
     PHASES = "phase*_*"  # a curriculum's phase sub-runs: run directories themselves
 
     @classmethod
@@ -104,31 +125,48 @@ class RunDir:
         return sorted(entry.name for entry in self.path.iterdir())
 
     def _owned(self, name: str) -> bool:
-        patterns = (*self.OWNED, *(f".{p}.*" for p in self.OWNED))
+        patterns = (*self.OWNED, *(f".{p}.*" for p in self.OWNED), f".{self.PHASES}.lock")
         return any(fnmatch.fnmatch(name, p) for p in patterns) or (
-            fnmatch.fnmatch(name, self.PHASES) and (self.path / name).is_dir())
+            fnmatch.fnmatch(name, self.PHASES) and (self.path / name).is_dir()
+        )
 
     def write_config(self, cfg: RunConfig) -> None:
         atomic_write_text(self.config, json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     def read_config(self) -> RunConfig:
-        if not self.config.is_file():
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path} is a file, not a run directory")
+        if not self.config.exists():
             raise ConfigError(f"{self.path} is not a run directory (no config.json)")
+        fix = "it is the record of what ran: restore it from a copy of the run"
+        values = read_json(self.config, "run config", ConfigError, fix)
         try:
-            values = json.loads(self.config.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise ConfigError(f"{self.config} is not valid JSON") from None
-        return config_from_dict(values)
+            return config_from_dict(values)
+        except ConfigError as err:
+            raise ConfigError(f"run config {self.config} does not load: {err}") from None
 
     def read_metrics(self) -> list[dict]:
         return MetricsLog(self.metrics).read()
 
     def read_summary(self) -> dict:
-        return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
+        """summary.json, checked ({} while the run has not finished)."""
+        if not self.summary.exists():
+            return {}
+        fix = f"delete it and run `slmlab train --resume {self.path}` to write it again from the final checkpoint"
+        summary = read_json(self.summary, "run summary", RunFileError, fix)
+        return require_fields(summary, SUMMARY_FIELDS, self.summary, "run summary", RunFileError, fix)
+
+    def lock(self) -> DirectoryLock:
+        """Take this run's writer lock (RunInUseError naming the holder if another process has it),
+        then delete temp files that killed writes left here."""
+        lock = DirectoryLock(self.path, "run").acquire()
+        remove_stale_temps(self.path, everyone=True)
+        return lock
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu",
-             model_overrides: dict | None = None) -> tuple[RunConfig, nn.Module, Tokenizer]:
+def load_run(
+    path: str | Path, device: str | torch.device = "cpu", model_overrides: dict | None = None
+) -> tuple[RunConfig, nn.Module, Tokenizer]:
     """The config, trained model (final weights, else the latest checkpoint) and tokenizer of a run.
 
     `model_overrides` ({"rope_scale": 2.0}) change model fields that carry no weights."""
@@ -142,10 +180,10 @@ def load_run(path: str | Path, device: str | torch.device = "cpu",
     tokenizer = load_tokenizer(run.tokenizer)
     model = build_model(cfg.model)
     if run.final_weights.is_file():
-        load_weights(model, run.final_weights)
+        load_weights(model, run.final_weights, run.read_summary().get("final_sha256"))
     else:
         name = latest_checkpoint(run.checkpoints)
         if name is None:
             raise CheckpointError(f"{run.path} has no final.safetensors and no checkpoint yet")
-        load_weights(model, run.checkpoints / f"{name}.safetensors")
+        load_weights(model, run.checkpoints / f"{name}.safetensors", checksums(run.checkpoints, name).get(f"{name}.safetensors"))
     return cfg, model.to(device).eval(), tokenizer

@@ -1,5 +1,6 @@
 """Training: the loop, optimizer and schedule, checkpoints and the metrics log."""
 
+from ..config import ConfigError
 from ..runs.checkpoints import CheckpointError
 from .curriculum import train_curriculum
 from .trainer import Trainer, TrainingError, TrainResult
@@ -7,10 +8,18 @@ from .trainer import train as train_single
 from .validation import evaluate
 
 
-def train(cfg, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
-    """Train a run: a curriculum of sub-runs when the config has [[phases]], else one run."""
-    run = train_curriculum if cfg.phases else train_single
-    return run(cfg, resume=resume, overwrite=overwrite, progress=progress)
+def train(
+    cfg, resume: bool = False, overwrite: bool = False, progress: bool = True, from_checkpoint: str | None = None
+) -> TrainResult:
+    """Train a run: a curriculum of sub-runs when the config has [[phases]], else one run.
+    `from_checkpoint` (with `resume`): continue from this checkpoint rather than the latest."""
+    if from_checkpoint and not resume:
+        raise ConfigError("--from-checkpoint names a checkpoint to resume from: use it with --resume RUN")
+    if cfg.phases:
+        if from_checkpoint:
+            raise ConfigError("--from-checkpoint applies to one run: resume the curriculum's phase directory instead")
+        return train_curriculum(cfg, resume=resume, overwrite=overwrite, progress=progress)
+    return train_single(cfg, resume=resume, overwrite=overwrite, progress=progress, from_checkpoint=from_checkpoint)
 
 
 __all__ = ["CheckpointError", "TrainResult", "Trainer", "TrainingError", "evaluate", "train", "train_curriculum"]

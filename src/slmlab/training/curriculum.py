@@ -39,6 +39,16 @@ def assert_patterns(trainer: Trainer) -> None:
 def train_curriculum(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
     root = RunDir.for_config(cfg)
     world, _ = World.from_env(cfg.train.device)
+    root.check_writable()
+    lock = root.lock() if world.is_main else None
+    try:
+        return _train_phases(cfg, root, world, resume, overwrite, progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_phases(cfg: RunConfig, root: RunDir, world: World, resume: bool, overwrite: bool, progress: bool) -> TrainResult:
     if not resume:
         root.ensure_free(overwrite)
         world.barrier()
@@ -52,20 +62,20 @@ def train_curriculum(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
         run = RunDir.for_config(sub)
         if not run.summary.is_file():
             resumable = (run.checkpoints / "latest").is_file()
-            trainer = Trainer(
+            with Trainer(
                 sub,
                 resume=resumable,
                 overwrite=True,
                 progress=progress,
                 init_from=None if resumable else previous,
                 carry_optimizer=phase.carry_optimizer,
-            )
-            assert_patterns(trainer)
-            result = trainer.fit()
+            ) as trainer:
+                assert_patterns(trainer)
+                result = trainer.fit()
         phases.append({"phase": phase.name, "run": str(run.path), **run.read_summary()})
         previous = run
     summary = {**{k: v for k, v in phases[-1].items() if k not in ("phase", "run")}, "phases": phases}
-    if world.is_main:
+    if world.is_main and root.read_summary() != summary:  # a finished curriculum resumed: nothing changes
         atomic_write_text(root.summary, json.dumps(summary, indent=2) + "\n")
     last = phases[-1]
     return result or TrainResult(

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import DataConfig, RunConfig, resolve_vocab
+from ..config import ConfigError, DataConfig, RunConfig, resolve_vocab
 from ..data.sampling import WindowSampler
 from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..data.tokens import TokenData, prepare_tokens
@@ -37,6 +37,8 @@ from ..errors import TrainingError
 from ..files import atomic_write_text
 from ..model import build_model, model_stats
 from ..runs.checkpoints import (
+    CheckpointError,
+    latest_checkpoint,
     load_checkpoint,
     load_training_state,
     load_weights,
@@ -100,12 +102,46 @@ class Trainer:
         progress: bool = True,
         init_from: RunDir | None = None,
         carry_optimizer: bool = False,
+        from_checkpoint: str | None = None,
     ):
         """`init_from`: a finished run whose final weights and tokenizer this run starts from
-        (a curriculum's previous phase); `carry_optimizer` also takes its AdamW state."""
+        (a curriculum's previous phase); `carry_optimizer` also takes its AdamW state;
+        `from_checkpoint`: with `resume`, the checkpoint to continue from (default: the latest).
+
+        Rank 0 holds the run's writer lock from here until `close()`. A fresh run whose set-up
+        fails (a corpus too short for the windows, a model that does not build) leaves no run
+        directory behind, so the corrected command runs without --overwrite."""
         self.run = RunDir.for_config(cfg)
         self.world, self.device = World.from_env(cfg.train.device)
+        self.run.check_writable()
+        self._lock = self.run.lock() if self.world.is_main else None
+        self._created = False
+        try:
+            self._set_up(cfg, resume, overwrite, progress, init_from, carry_optimizer, from_checkpoint)
+        except BaseException:
+            if self._created and self.world.is_main:
+                self.run.remove_owned()
+                if not any(self.run.path.iterdir()):
+                    self.run.path.rmdir()
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Give up the run's writer lock."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _set_up(self, cfg, resume, overwrite, progress, init_from, carry_optimizer, from_checkpoint) -> None:
+        self.checkpoint = None
         if resume:
+            self.checkpoint = from_checkpoint or latest_checkpoint(self.run.checkpoints)
             cfg = self._resume_config(cfg)
         train = cfg.train
         check_batch(train.batch_size, self.world)
@@ -123,6 +159,7 @@ class Trainer:
             self.world.barrier()  # every rank has checked before rank 0 replaces anything
             if self.world.is_main:
                 self.run.create(cfg, overwrite)
+                self._created = True
                 self.tokenizer.save(self.run.tokenizer)
         self.model = build_model(cfg.model).to(self.device)
         self.aliases = tied_aliases(self.model)
@@ -137,9 +174,10 @@ class Trainer:
         )
         self.metrics = MetricsLog(self.run.metrics)
         self.step, self.tokens, self.nan_skips = 0, 0, 0
+        self.seconds_before, self.peak_before, self.started = 0.0, 0, None
         state = None
         if resume:
-            state = load_checkpoint(self.run.checkpoints, self.model)
+            state = load_checkpoint(self.run.checkpoints, self.model, self.checkpoint)
         elif init_from is not None:
             load_weights(self.model, init_from.final_weights)
             if carry_optimizer:
@@ -163,9 +201,21 @@ class Trainer:
         self.world.barrier()
 
     def _resume_config(self, requested: RunConfig) -> RunConfig:
-        """The run's own config; only train.steps may be raised (to train longer)."""
+        """The run's own config; only train.steps may change (to train longer, or to stop sooner),
+        and never to fewer steps than the checkpoint has already trained."""
         cfg = self.run.read_config()
-        if requested.train.steps > cfg.train.steps:
+        if self.checkpoint is None:
+            raise CheckpointError(
+                f"{self.run.path} has no checkpoint to resume from (it stopped before its first one); "
+                "train it again under another --name, or with --overwrite to replace it"
+            )
+        done = int(self.checkpoint.removeprefix("step_"))
+        if requested.train.steps < done:
+            raise ConfigError(
+                f"{self.run.path} has trained {done} steps (checkpoint {self.checkpoint}); --train.steps "
+                f"{requested.train.steps} is below that: give --train.steps {done} or more"
+            )
+        if requested.train.steps != cfg.train.steps:
             cfg.train.steps = requested.train.steps
             if self.world.is_main:
                 self.run.write_config(cfg)
@@ -175,6 +225,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.step, self.tokens, self.nan_skips = state["step"], state["tokens"], state["nan_skips"]
+        self.seconds_before, self.peak_before = state.get("train_seconds", 0.0), state.get("peak_memory_bytes", 0)
         if self.world.is_main:
             self.metrics.truncate_after(self.step)
         log.info("resumed %s at step %d", self.run.path, self.step)
@@ -189,6 +240,8 @@ class Trainer:
             "optimizer": full_optimizer_state(self.model, self.optimizer),
             "sampler": self.sampler.state_dict(),
             "rng": rng_state(),
+            "train_seconds": self.seconds_before + (time.perf_counter() - self.started if self.started else 0.0),
+            "peak_memory_bytes": max(self.peak_before, peak_memory_bytes(self.device)),
         }
         if self.world.is_main:
             save_checkpoint(self.run.checkpoints, self.step, weights, state, self.cfg.train.keep_checkpoints)
@@ -232,14 +285,30 @@ class Trainer:
         return self.world.mean(loss_sum / t.grad_accum), local_scalar(grad_norm)
 
     def fit(self) -> TrainResult:
+        """Train to train.steps and write the results (a resumed run that had already finished
+        changes nothing and returns its recorded result). However it ends, the lock is released."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> TrainResult:
         t, d = self.cfg.train, self.cfg.data
+        if self.step >= t.steps and self.run.summary.is_file():
+            summary = self.run.read_summary()
+            if summary["step"] == self.step:
+                log.info("%s finished at step %d already; raise --train.steps to train longer", self.run.path, self.step)
+                return TrainResult(
+                    self.run.path, self.step, summary["val_loss"], summary["val_ppl"],
+                    summary.get("tokens_per_s", 0.0), summary.get("sample", ""), summary.get("compile_seconds", 0.0),
+                )  # fmt: skip
         tokens_per_step = t.batch_size * d.seq_len * t.grad_accum
         bar = tqdm(
             total=t.steps, initial=self.step, desc=self.cfg.name, disable=not self.progress, unit="step", dynamic_ncols=True
         )
         self.model.train()
         tally, timed_steps = StepTally(self.device), 0
-        window_start, started = time.perf_counter(), time.perf_counter()
+        window_start = self.started = time.perf_counter()
         val_loss, compile_seconds = math.nan, 0.0
         while self.step < t.steps:
             first_compiled = t.compile and not compile_seconds
@@ -283,7 +352,7 @@ class Trainer:
             if t.viz_every and self.step % t.viz_every == 0:
                 self._save_frame()
         bar.close()
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - self.started
         return self._finish(val_loss, elapsed, compile_seconds)
 
     def _save_frame(self) -> None:
@@ -324,7 +393,7 @@ class Trainer:
     ) -> TrainResult:
         t = self.cfg.train
         val_ppl = perplexity(val_loss)
-        save_weights(weights, self.run.final_weights, metadata={"config": json.dumps(self.cfg.to_dict())})
+        final_sha256 = save_weights(weights, self.run.final_weights, metadata={"config": json.dumps(self.cfg.to_dict())})
         history = [r for r in self.metrics.read() if "tokens_per_s" in r]
         tokens_per_s = sum(r["tokens_per_s"] for r in history) / max(1, len(history))
         sample = self.sample(t.sample_tokens) if t.sample_tokens else ""
@@ -335,14 +404,15 @@ class Trainer:
             "val_ppl": val_ppl,
             "nan_skips": self.nan_skips,
             "tokens_per_s": tokens_per_s,
-            "train_seconds": elapsed,
+            "train_seconds": self.seconds_before + elapsed,
             "compile_seconds": compile_seconds,
             "processes": self.world.size,
-            "peak_memory_bytes": peak_memory_bytes(self.device),
+            "peak_memory_bytes": max(self.peak_before, peak_memory_bytes(self.device)),
             "params": self.stats.params,
             "non_embedding_params": self.stats.non_embedding_params,
             "vocab_size": self.cfg.model.vocab_size,
             "sample": sample,
+            "final_sha256": final_sha256,
         }
         if self.local_kernel:
             summary["local_kernel"] = self.local_kernel
@@ -362,5 +432,8 @@ class Trainer:
         return self.tokenizer.decode(out[0].tolist())
 
 
-def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
-    return Trainer(cfg, resume=resume, overwrite=overwrite, progress=progress).fit()
+def train(
+    cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True, from_checkpoint: str | None = None
+) -> TrainResult:
+    with Trainer(cfg, resume=resume, overwrite=overwrite, progress=progress, from_checkpoint=from_checkpoint) as trainer:
+        return trainer.fit()

@@ -1,0 +1,236 @@
+"""Nothing lost, nothing silently wrong (reliability issue, classes 2, 3 and 6): one writer per run
+directory, temp files of killed writes cleaned up, checksummed checkpoints with the intact older
+one offered, sweep workers that die with their parent, resume that means what it says."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from slmlab.cli import main
+from slmlab.errors import CheckpointError, ConfigError, RunInUseError
+from slmlab.files import remove_stale_temps
+from slmlab.runs import RunDir
+from slmlab.runs.lock import DirectoryLock
+from slmlab.training import train
+
+HOLD = "import sys, time; from slmlab.runs.lock import DirectoryLock; DirectoryLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
+
+
+@pytest.fixture
+def holder():
+    """Start a process that takes a directory's lock and keeps it; kill it (-9) afterwards."""
+    started = []
+
+    def start(directory: Path) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-c", HOLD, str(directory)], stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == "held"
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_second_writer_gets_one_line_naming_the_holder_and_changes_nothing(micro_toml, tmp_path, capsys, holder):
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "busy"]) == 0
+    run = tmp_path / "runs" / "busy"
+    before = _snapshot(run)
+    process = holder(run)
+    capsys.readouterr()
+    for argv in (["--resume", str(run), "--train.steps", "20"], [str(micro_toml), "--name", "busy", "--overwrite"]):
+        assert main(["train", *argv, "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"in use by process {process.pid}" in err and "\n" not in err
+        assert _snapshot(run) == before
+    process.kill()  # kill -9: the OS drops the lock with the process, nothing stale remains
+    process.wait()
+    assert main(["train", "--resume", str(run), "--train.steps", "14", "--no-progress"]) == 0
+    assert RunDir(run).read_summary()["step"] == 14
+
+
+def test_the_lock_is_exclusive_in_one_process_too_and_released_on_exit(tmp_path):
+    with DirectoryLock(tmp_path / "run"), pytest.raises(RunInUseError, match=f"in use by process {os.getpid()}"):
+        DirectoryLock(tmp_path / "run").acquire()
+    DirectoryLock(tmp_path / "run").acquire().release()
+    assert not (tmp_path / "run").exists()  # taking the lock creates nothing inside the run
+
+
+def test_temp_files_of_killed_writes_are_removed_on_the_next_start(text_corpus, make_config):
+    cfg = make_config(text_corpus, train={"steps": 10, "checkpoint_every": 5})
+    train(cfg, progress=False)
+    run = RunDir.for_config(cfg)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    leftovers = [run.path / f".metrics.jsonl.{pid}.x1y2z3.tmp", run.checkpoints / f".step_000010.safetensors.{pid}.ab_cd.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a file")
+    keep = run.path / ".notes.tmp"  # not slmlab's temp name: left alone
+    keep.write_text("mine")
+    train(cfg, resume=True, progress=False)
+    assert not any(path.exists() for path in leftovers) and keep.exists()
+
+
+def test_a_temp_file_of_a_live_writer_is_kept_outside_a_locked_directory(tmp_path):
+    live, dead = tmp_path / f".a.{os.getppid()}.q.tmp", tmp_path / ".b.999999999.q.tmp"
+    for path in (live, dead):
+        path.write_text("x")
+    build = tmp_path / ".build.999999999.r.tmp"
+    (build / "out").mkdir(parents=True)
+    assert sorted(remove_stale_temps(tmp_path)) == sorted([dead, build])
+    assert live.exists()
+
+
+def test_a_damaged_checkpoint_names_the_file_and_offers_the_intact_older_one(text_corpus, make_config, capsys):
+    cfg = make_config(text_corpus, train={"steps": 20, "checkpoint_every": 5, "keep_checkpoints": 3})
+    train(cfg, progress=False)
+    run = RunDir.for_config(cfg)
+    (run.checkpoints / "latest").write_text("step_000015")  # as if the run stopped after step 15
+    run.summary.unlink()
+    state = run.checkpoints / "step_000015.state.pt"
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit
+    state.write_bytes(bytes(data))
+    assert main(["train", "--resume", str(run.path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "step_000015.state.pt is damaged" in err and "--from-checkpoint step_000010" in err and "\n" not in err
+    assert main(["train", "--resume", str(run.path), "--from-checkpoint", "step_000010", "--no-progress"]) == 0
+    assert RunDir(run.path).read_summary()["step"] == 20
+    steps = [r["step"] for r in run.read_metrics()]
+    assert steps == sorted(set(steps))
+
+
+def test_zeroed_final_weights_are_detected_when_loaded(text_corpus, make_config):
+    from slmlab.runs import load_run
+
+    cfg = make_config(text_corpus, train={"steps": 5})
+    train(cfg, progress=False)
+    run = RunDir.for_config(cfg)
+    run.final_weights.write_bytes(bytes(len(run.final_weights.read_bytes())))
+    with pytest.raises(CheckpointError, match="final.safetensors is damaged"):
+        load_run(run.path)
+
+
+@pytest.mark.parametrize("text", ["garbage", "step_000999", "../../etc/passwd", "\xff\xfe"])
+def test_a_damaged_latest_pointer_is_one_line_with_what_to_do(text_corpus, make_config, text, capsys):
+    cfg = make_config(text_corpus, train={"steps": 10, "checkpoint_every": 5})
+    train(cfg, progress=False)
+    run = RunDir.for_config(cfg)
+    (run.checkpoints / "latest").write_bytes(text.encode("latin-1"))
+    run.summary.unlink()
+    assert main(["train", "--resume", str(run.path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "latest" in err and "\n" not in err and "--from-checkpoint step_000010" in err
+
+
+def test_resume_to_fewer_steps_than_trained_is_refused(text_corpus, make_config):
+    cfg = make_config(text_corpus, train={"steps": 10, "checkpoint_every": 5})
+    train(cfg, progress=False)
+    cfg.train.steps = 4
+    with pytest.raises(ConfigError, match="has trained 10 steps .* give --train.steps 10 or more"):
+        train(cfg, resume=True, progress=False)
+
+
+def test_resuming_a_finished_run_changes_nothing(text_corpus, make_config):
+    cfg = make_config(text_corpus, train={"steps": 10, "checkpoint_every": 5})
+    train(cfg, progress=False)
+    run = RunDir.for_config(cfg)
+    before = _snapshot(run.path)
+    result = train(cfg, resume=True, progress=False)
+    assert _snapshot(run.path) == before
+    assert result.step == 10 and result.val_loss == json.loads(run.summary.read_text())["val_loss"]
+
+
+def test_training_time_and_peak_memory_accumulate_across_resumed_sessions(text_corpus, make_config, monkeypatch):
+    import slmlab.training.trainer as trainer_module
+
+    cfg = make_config(text_corpus, train={"steps": 10, "checkpoint_every": 5})
+    train(cfg, progress=False)
+    run = RunDir.for_config(cfg)
+    state_at_5 = torch.load(run.checkpoints / "step_000005.state.pt", weights_only=True)
+    (run.checkpoints / "latest").write_text("step_000005")
+    run.summary.unlink()
+    monkeypatch.setattr(trainer_module, "peak_memory_bytes", lambda device: 1)  # this session's peak is tiny
+    monkeypatch.setattr(trainer_module.time, "perf_counter", _slow_clock())  # this session takes 1000 s a call
+    train(cfg, resume=True, progress=False)
+    second = run.read_summary()
+    assert second["peak_memory_bytes"] == state_at_5["peak_memory_bytes"] > 1
+    assert second["train_seconds"] > state_at_5["train_seconds"] + 1000  # the first session's time carried over
+    assert state_at_5["train_seconds"] > 0
+
+
+def _slow_clock():
+    ticks = iter(range(0, 10**9, 1000))
+    return lambda: float(next(ticks))
+
+
+def test_a_run_rejected_during_set_up_leaves_no_directory_behind(micro_toml, tmp_path, capsys):
+    argv = ["train", str(micro_toml), "--no-progress", "--name", "long"]
+    assert main([*argv, "--data.seq_len", "100000", "--model.block_size", "100000"]) == 2
+    assert "fewer than data.seq_len" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "long").exists()
+    assert main(argv) == 0  # the corrected command needs no --overwrite
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit may wait for a reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_sweep_workers_die_with_a_killed_parent(tmp_path, micro_toml):
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(
+        f'name = "orphans"\nout_dir = "{tmp_path / "runs"}"\nbase = "{micro_toml}"\nseeds = [0]\n[overrides]\n"train.steps" = 100000\n[variants.a]\n'
+    )
+    parent = subprocess.Popen([sys.executable, "-m", "slmlab", "sweep", str(sweep)], stderr=subprocess.DEVNULL)
+
+    def children() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent.pid:
+                found.append(int(stat.parent.name))
+        return found
+
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "runs" / "orphans" / "a_s0" / "metrics.jsonl").exists():  # a worker is training
+            assert time.time() < deadline and parent.poll() is None
+            time.sleep(0.2)
+        workers += children()
+        assert workers
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 20
+        while any(_running(pid) for pid in workers):
+            assert time.time() < deadline, "a sweep worker outlived its parent"
+            time.sleep(0.2)
+    finally:  # never leave a process behind, whatever failed
+        for pid in [parent.pid, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        parent.wait()
