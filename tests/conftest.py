@@ -67,33 +67,37 @@ def make_config(tmp_path):
     return lambda source, **sections: tiny_config(source, tmp_path, **sections)
 
 
-@pytest.fixture
-def micro_toml(tmp_path, text_corpus):
-    """A run config file for a 1-layer, 16-wide char model training 12 steps (runs go to tmp/runs)."""
-    base = tmp_path / "base.toml"
-    base.write_text(f"""
-out_dir = "{tmp_path / "runs"}"
+def write_micro_toml(path, corpus, root, steps: int = 12, every: int = 6):
+    """A run config file for a 1-layer, 16-wide char model (runs under root/runs, cache root/cache)."""
+    path.write_text(f"""
+out_dir = "{root / "runs"}"
 [model]
 n_layer = 1
 n_head = 2
 d_model = 16
 block_size = 32
 [data]
-source = "{text_corpus}"
+source = "{corpus}"
 tokenizer = "char"
 seq_len = 32
-cache_dir = "{tmp_path / "cache"}"
+cache_dir = "{root / "cache"}"
 [train]
-steps = 12
+steps = {steps}
 batch_size = 4
 warmup_steps = 2
-eval_every = 6
+eval_every = {every}
 eval_batches = 2
 log_every = 3
-checkpoint_every = 6
+checkpoint_every = {every}
 sample_tokens = 0
 """)
-    return base
+    return path
+
+
+@pytest.fixture
+def micro_toml(tmp_path, text_corpus):
+    """A run config file for a 1-layer, 16-wide char model training 12 steps (runs go to tmp/runs)."""
+    return write_micro_toml(tmp_path / "base.toml", text_corpus, tmp_path)
 
 
 @pytest.fixture

@@ -111,7 +111,7 @@ def cmd_eval(args, extra) -> int:
         from ..evals.long_context import long_context_report
         from ..evals.score import evaluation_tokens
 
-        _, split = evaluation_tokens(cfg, tokenizer, args.split, parse_overrides(extra))
+        split = evaluation_tokens(cfg, tokenizer, args.split, parse_overrides(extra)).tokens
         print(
             long_context_report(
                 Path(args.run),
@@ -132,7 +132,9 @@ def cmd_eval(args, extra) -> int:
     print(
         json.dumps(result)
         if args.json
-        else f"{result['source']} {args.split}: loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}"
+        else f"{result['slice']} {args.split}, {result['documents']} documents ({result['tokens']:,} tokens"
+        + ("" if result["train_overlap"] is None else f", {result['train_overlap']} in the run's training split")
+        + f"): loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}"
     )
     return 0
 

@@ -20,13 +20,14 @@ import sys
 
 from .. import __version__
 from . import data, evaluate, inspect, persona, train
+from .options import OneLineParser
 
 VERB_GROUPS = (train, evaluate, persona, inspect, data)
 log = logging.getLogger("slmlab")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="slmlab",
         description="Train and dissect small language model architectures from scratch.",
         epilog="Each verb has --help with examples. Overrides: --section.key value (e.g. --model.n_layer 4).",

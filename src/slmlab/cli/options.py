@@ -9,6 +9,13 @@ import argparse
 import math
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line (the usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def add_verb(subparsers, name: str, help: str, examples: str) -> argparse.ArgumentParser:
     """A sub-command whose --help ends with examples."""
     return subparsers.add_parser(

@@ -127,6 +127,7 @@ class DataConfig:
     allow_unknown_year: bool = True
     max_documents: int = 0  # 0 = all; else the first N documents (a small slice for trials)
     text_field: str = "text"  # for .jsonl sources
+    doc_separator: str = ""  # "" = one document per .txt/.md file; else split files at this marker ("<EOS>"), genre = file stem
     tokenizer: str = "char"  # registry.TOKENIZERS: "byte" | "char" | "bpe" | "gpt2"
     vocab_size: int = 4096  # for "bpe"
     tiktoken_file: str = ""  # for "gpt2": path to gpt2.tiktoken (else $TIKTOKEN_CACHE_DIR)

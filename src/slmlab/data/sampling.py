@@ -93,3 +93,10 @@ def validation_batches(
     offsets = np.unique(np.linspace(0, last, count).astype(np.int64))
     for i in range(0, len(offsets), batch_size):
         yield _gather(split.tokens, offsets[i : i + batch_size], seq_len)
+
+
+def check_windows(split_train: TokenSplit, split_val: TokenSplit, seq_len: int, batch_size: int, mixture: dict) -> None:
+    """Raise the CorpusError training would raise later: the mixture names known streams, every
+    stream it samples holds a window, the validation split holds one."""
+    WindowSampler(split_train, seq_len, batch_size, seed=0, mixture=mixture or None)
+    next(validation_batches(split_val, seq_len, batch_size, 1))

@@ -249,7 +249,13 @@ def tokenizer_from_json(text: str) -> Tokenizer:
     if isinstance(spec, dict) and "model" in spec:
         from tokenizers import Tokenizer as HFTokenizer
 
-        return BPETokenizer(HFTokenizer.from_str(text))
+        try:
+            return BPETokenizer(HFTokenizer.from_str(text))
+        except Exception as err:  # the Rust library's parse errors have no finer Python type
+            raise TokenizerError(
+                f"tokenizer.json is not a valid Hugging Face tokenizer ({str(err).splitlines()[0][:80]}); "
+                "delete it or re-run `slmlab tokenizer train`"
+            ) from None
     raise TokenizerError("tokenizer.json is neither an slmlab nor a Hugging Face tokenizer file")
 
 

@@ -5,11 +5,20 @@ selection, the tokenizer and the split):
 
     train.bin, val.bin   flat token ids (uint16 when the vocabulary fits, else uint32); documents
                          are joined by the tokenizer's separator and grouped by stream (genre)
-    manifest.json        source fingerprint, tokenizer digest, counts and each stream's
-                         [start, end) range; written last, so its presence means "complete"
+    manifest.json        source fingerprint, tokenizer digest, counts, each stream's [start, end)
+                         range, the SHA-256 of both token files and the validation documents'
+                         ids; written last, so its presence means "complete"
 
-The split is by document and deterministic: documents are ranked by sha1(id) and the first
-ceil(val_fraction * n) go to validation (a corpus of a single document is split by position).
+Opening the files checks them against the manifest (sizes and checksums): a truncated, zeroed or
+bit-flipped file is an error naming it, never trained on.
+
+The split is by document, and a document's split depends on its own id alone: it is validation
+when u(id) < val_fraction, with u(id) = sha1(id) read as a fraction in [0, 1). So every slice,
+filter or cross-corpus evaluation of a run sees its documents on the side they were on in
+training. Small corpora stay sensible: if no document falls below val_fraction the one with the
+smallest u(id) is validation, if every one does the largest is kept for training (these two
+choices depend on the selection and are recorded in the manifest, which eval's train-overlap
+count reads), and a corpus of a single document is split by position.
 Documents stream through two passes (ids, then text) and are written in batches, so a corpus
 larger than RAM never has to fit in memory; training reads the files through `np.memmap`.
 """
@@ -19,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -29,13 +37,13 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
-from ..files import atomic_write_text
-from .corpora import DocumentSelection
+from ..files import atomic_write_text, read_json, remove_stale_temps, require_fields, sha256_file
+from .corpora import CorpusError, DocumentSelection
 from .corpora.fetch import cache_dir
-from .tokenizers import Tokenizer, tokenizer_from_json, train_tokenizer
+from .tokenizers import Tokenizer, TokenizerError, load_tokenizer, train_tokenizer
 
 log = logging.getLogger("slmlab")
-FORMAT_VERSION = 2  # 2: local corpora's document ids are relative paths (the val split moved)
+FORMAT_VERSION = 3  # 3: split by each id's own hash, checksums; 2: local ids are relative paths
 ENCODE_BATCH = 64
 
 
@@ -51,8 +59,11 @@ def get_tokenizer(data: DataConfig, selection: DocumentSelection) -> Tokenizer:
     """The tokenizer `data` asks for, trained on the selection once and cached by fingerprint."""
     key = _short_hash(f"{selection.fingerprint()}|{data.tokenizer}|{data.vocab_size}|{data.tiktoken_file}")
     path = cache_dir(data.cache_dir) / "tokenizers" / f"{data.tokenizer}-{key}.json"
-    if path.is_file():
-        return tokenizer_from_json(path.read_text(encoding="utf-8"))
+    if path.exists():
+        try:
+            return load_tokenizer(path)
+        except TokenizerError as err:  # a cache: say so and build it again
+            log.warning("%s; training the tokenizer again", err)
     log.info("training %s tokenizer on %s", data.tokenizer, data.source)
     tokenizer = train_tokenizer(data, (doc.text for doc in selection))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,10 +90,25 @@ class TokenData:
     directory: Path
 
 
-def _split_documents(ids: list[str], val_fraction: float) -> set[str]:
-    ranked = sorted(ids, key=lambda i: hashlib.sha1(i.encode()).hexdigest())
-    n_val = min(len(ids) - 1, max(1, math.ceil(val_fraction * len(ids))))
-    return set(ranked[:n_val])
+def hash_fraction(doc_id: str) -> float:
+    """u(id): the document id's SHA-1 read as a fraction in [0, 1)."""
+    return int(hashlib.sha1(doc_id.encode()).hexdigest()[:15], 16) / 16**15
+
+
+def is_validation(doc_id: str, val_fraction: float) -> bool:
+    """The split rule: a function of the document's own id (and val_fraction) alone."""
+    return hash_fraction(doc_id) < val_fraction
+
+
+def validation_ids(ids: list[str], val_fraction: float) -> set[str]:
+    """The validation documents of a selection of more than one document: the rule, with at
+    least one document on each side."""
+    chosen = {i for i in ids if is_validation(i, val_fraction)}
+    if not chosen:
+        chosen = {min(ids, key=hash_fraction)}
+    if len(chosen) == len(set(ids)):
+        chosen.discard(max(ids, key=hash_fraction))
+    return chosen
 
 
 def _write_streams(
@@ -155,10 +181,11 @@ def prepare_tokens(data: DataConfig, tokenizer: Tokenizer | None = None) -> tupl
 def _build_token_files(selection: DocumentSelection, tokenizer: Tokenizer, val_fraction: float, directory: Path) -> None:
     log.info("tokenizing %s into %s", selection.data.source, directory)
     ids = [doc.id for doc in selection]
-    val_ids = _split_documents(ids, val_fraction) if len(ids) > 1 else set()
+    val_ids = validation_ids(ids, val_fraction) if len(set(ids)) > 1 else set()
     dtype = token_dtype(tokenizer.vocab_size)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory.parent) as tmp:
+    remove_stale_temps(directory.parent)  # build folders of killed processes
+    with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".build.{os.getpid()}.", suffix=".tmp") as tmp:
         work = Path(tmp)
         counts = _write_streams(selection, tokenizer, val_ids, dtype, work)
         build = work / "out"
@@ -174,11 +201,15 @@ def _build_token_files(selection: DocumentSelection, tokenizer: Tokenizer, val_f
             "documents": {"train": len(ids) - len(val_ids), "val": len(val_ids)},
             "dropped_by_year": selection.dropped_by_year,
             "dropped_unknown_year": selection.dropped_unknown_year,
+            "unknown_year": selection.unknown_year,
+            "val_fraction": val_fraction,
+            "val_ids": sorted(val_ids),
             "streams": {split: _concatenate(work, split, counts[split], build / f"{split}.bin") for split in ("train", "val")},
         }
         if not val_ids:
             _split_single_document(build, dtype, val_fraction, manifest)
         manifest["tokens"] = {s: sum(e - b for b, e in manifest["streams"][s].values()) for s in ("train", "val")}
+        manifest["sha256"] = {f"{s}.bin": sha256_file(build / f"{s}.bin") for s in ("train", "val")}
         atomic_write_text(build / "manifest.json", json.dumps(manifest, indent=1))
         _publish(build, directory)
     log.info("tokens: %d train, %d val", manifest["tokens"]["train"], manifest["tokens"]["val"])
@@ -199,13 +230,38 @@ def _publish(build: Path, directory: Path) -> None:
             raise
 
 
+MANIFEST_FIELDS = {"format": int, "dtype": str, "tokens": dict, "streams": dict, "sha256": dict}
+
+
 def open_tokens(directory: Path) -> TokenData:
-    manifest = json.loads((directory / "manifest.json").read_text())
-    dtype = np.dtype(manifest["dtype"])
+    """Memory-map a prepared corpus after checking its manifest and both token files (present,
+    of the size the manifest says, matching its SHA-256)."""
+    manifest_path = directory / "manifest.json"
+    fix = f"delete the folder {directory} (a cache: the next run rebuilds it)"
+    manifest = read_json(manifest_path, "token manifest", CorpusError, fix)
+    require_fields(manifest, MANIFEST_FIELDS, manifest_path, "token manifest", CorpusError, fix)
+    try:
+        dtype = np.dtype(manifest["dtype"])
+        counts = {name: int(manifest["tokens"][name]) for name in ("train", "val")}
+        streams = {
+            name: {str(k): (int(v[0]), int(v[1])) for k, v in manifest["streams"][name].items()} for name in ("train", "val")
+        }
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise CorpusError(f"token manifest {manifest_path} is damaged (tokens, streams or dtype); {fix}") from None
 
     def split(name: str) -> TokenSplit:
-        count = manifest["tokens"][name]
-        tokens = np.memmap(directory / f"{name}.bin", dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype)
-        return TokenSplit(tokens, {k: tuple(v) for k, v in manifest["streams"][name].items()})
+        path = directory / f"{name}.bin"
+        if not path.is_file():
+            raise CorpusError(f"token file {path} is missing; {fix}")
+        if path.stat().st_size != counts[name] * dtype.itemsize:
+            raise CorpusError(
+                f"token file {path} is damaged ({path.stat().st_size} bytes, the manifest says "
+                f"{counts[name] * dtype.itemsize}); {fix}"
+            )
+        if sha256_file(path) != manifest["sha256"].get(path.name):
+            raise CorpusError(f"token file {path} is damaged (its SHA-256 does not match the manifest); {fix}")
+        count = counts[name]
+        tokens = np.memmap(path, dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype)
+        return TokenSplit(tokens, streams[name])
 
     return TokenData(split("train"), split("val"), manifest, directory)

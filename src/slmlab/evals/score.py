@@ -9,16 +9,22 @@ inference verbs get a model: the fp32 run, or its int8 model on the CPU.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, apply_overrides, config_from_dict
-from ..data.tokens import prepare_tokens
+from ..config import ConfigError, DataConfig, apply_overrides, config_from_dict
+from ..data.corpora import DocumentSelection
+from ..data.tokens import TokenSplit, prepare_tokens, validation_ids
 from ..runs.metrics import perplexity
 from ..runs.run_dir import load_run
 from ..training import evaluate
 from ..training.runtime import resolve_device
+
+log = logging.getLogger("slmlab")
 
 
 def load_for_inference(run: str | Path, device: str = "auto", int8: bool = False, model_overrides: dict | None = None):
@@ -35,25 +41,88 @@ def load_for_inference(run: str | Path, device: str = "auto", int8: bool = False
     return (*load_run(run, resolved, model_overrides), resolved)
 
 
-def evaluation_tokens(cfg, tokenizer, split: str = "val", overrides: dict | None = None):
-    """(data config, token split) to evaluate on: the run's data with data.* overrides applied
-    (another corpus, a slice), tokenized with the run's tokenizer."""
+@dataclass
+class EvaluationSlice:
+    """What an evaluation scores: the data config, its token split, a description of the slice,
+    how many documents it covers, and how many of those the run trained on (None: not counted,
+    for the train split)."""
+
+    data: DataConfig
+    tokens: TokenSplit
+    description: str
+    documents: int
+    train_overlap: int | None
+
+
+def describe_selection(data: DataConfig) -> str:
+    """'brown (genres a, b; max_year 1600; first 20 documents)': a selection in one line."""
+    filters = [f"genres {', '.join(data.genres)}"] if data.genres else []
+    filters += [f"max_year {data.max_year}"] if data.max_year else []
+    filters += [f"first {data.max_documents} documents"] if data.max_documents else []
+    return data.source + (f" ({'; '.join(filters)})" if filters else "")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def train_overlap(run_data: DataConfig, scored: DataConfig, scored_ids: set[str]) -> int:
+    """How many of the scored documents (ids in the `scored` selection) the run trained on,
+    compared by text, so a document reached through another path, filter or source counts too."""
+    run_docs = [(doc.id, _digest(doc.text)) for doc in DocumentSelection(run_data)]
+    ids = [i for i, _ in run_docs]
+    if len(set(ids)) == 1:  # a single document split by position: its end was held out
+        scored_docs = [_digest(doc.text) for doc in DocumentSelection(scored)]
+        same_cut = scored_docs == [run_docs[0][1]] and scored.val_fraction == run_data.val_fraction
+        return 0 if same_cut else sum(digest == run_docs[0][1] for digest in scored_docs)
+    held_out = validation_ids(ids, run_data.val_fraction)
+    trained = {digest for i, digest in run_docs if i not in held_out}
+    return sum(_digest(doc.text) in trained for doc in DocumentSelection(scored) if doc.id in scored_ids)
+
+
+def evaluation_tokens(cfg, tokenizer, split: str = "val", overrides: dict | None = None) -> EvaluationSlice:
+    """The tokens to evaluate on: the run's data with data.* overrides applied (another corpus, a
+    slice), tokenized with the run's tokenizer, with the slice described and, for the validation
+    split of a slice, its documents checked against the run's training split (the split rule
+    makes the count 0; a document duplicated across the split would show here)."""
     overrides = overrides or {}
     bad = [k for k in overrides if not k.startswith("data.")]
     if bad:
         raise ConfigError(f"eval takes only data.* overrides, not {bad}")
     data_cfg = config_from_dict(apply_overrides(cfg.to_dict(), overrides)).data if overrides else cfg.data
     _, data = prepare_tokens(data_cfg, tokenizer)
-    return data_cfg, data.val if split == "val" else data.train
+    documents = data.manifest["documents"][split]
+    if split != "val":
+        overlap = None
+    elif overrides and documents:
+        val_ids = set(data.manifest["val_ids"]) or {doc.id for doc in DocumentSelection(data_cfg)}  # one document: by position
+        overlap = train_overlap(cfg.data, data_cfg, val_ids)
+    else:
+        overlap = 0  # the run's own validation split
+    if overlap:
+        log.warning("%d of the %d documents scored were in the run's training split: the score is optimistic", overlap, documents)
+    tokens = data.val if split == "val" else data.train
+    return EvaluationSlice(data_cfg, tokens, describe_selection(data_cfg), documents, overlap)
 
 
 def score_run(
     run: str | Path, cfg, model, tokenizer, device, split: str = "val", batches: int = 50, data_overrides: dict | None = None
 ) -> dict:
-    """{"run", "source", "split", "loss", "ppl"} on `batches` fixed windows of the split."""
-    data_cfg, tokens = evaluation_tokens(cfg, tokenizer, split, data_overrides)
-    loss = evaluate(model, tokens, data_cfg.seq_len, cfg.train.batch_size, batches, device, cfg.train.dtype)
-    return {"run": str(run), "source": data_cfg.source, "split": split, "loss": loss, "ppl": perplexity(loss)}
+    """{"run", "source", "slice", "split", "documents", "train_overlap", "tokens", "loss", "ppl"}
+    on `batches` fixed windows of the split."""
+    part = evaluation_tokens(cfg, tokenizer, split, data_overrides)
+    loss = evaluate(model, part.tokens, part.data.seq_len, cfg.train.batch_size, batches, device, cfg.train.dtype)
+    return {
+        "run": str(run),
+        "source": part.data.source,
+        "slice": part.description,
+        "split": split,
+        "documents": part.documents,
+        "train_overlap": part.train_overlap,
+        "tokens": len(part.tokens),
+        "loss": loss,
+        "ppl": perplexity(loss),
+    }
 
 
 def generate_texts(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import CheckpointError
+
 
 def sample_next(
     logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None
@@ -22,4 +24,12 @@ def sample_next(
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)
+    try:
+        return torch.multinomial(probs, 1, generator=generator)
+    except RuntimeError as err:  # checked by multinomial itself: no extra host sync per token
+        if "probability tensor" not in str(err):
+            raise
+        raise CheckpointError(
+            "the model's next-token probabilities are not finite (NaN or inf logits): its weights are damaged "
+            "or its training diverged; use an earlier checkpoint"
+        ) from None

@@ -30,7 +30,7 @@ import torch
 from ..config import ConfigError, DataConfig
 from ..data.corpora import DocumentSelection, open_source
 from ..data.tokenizers import TokenizerError
-from ..data.tokens import _split_documents, prepare_tokens
+from ..data.tokens import prepare_tokens, validation_ids
 from ..files import atomic_write_text
 from ..runs.metrics import perplexity
 from ..runs.run_dir import RunDir, load_run
@@ -101,7 +101,7 @@ class PersonaClassifier:
         train_texts, train_labels, test_texts, test_labels = [], [], [], []
         for label, cfg in ((1, data.persona), (0, data.other)):
             docs = list(DocumentSelection(cfg))
-            test_ids = _split_documents([d.id for d in docs], 0.2) if len(docs) > 1 else set()
+            test_ids = validation_ids([d.id for d in docs], 0.2) if len(docs) > 1 else set()
             for doc in docs:
                 chunks = passages(doc.text)
                 texts, labels = (test_texts, test_labels) if doc.id in test_ids else (train_texts, train_labels)
@@ -125,7 +125,7 @@ class PersonaClassifier:
 def adversarial_prompts(data: PersonaData, n_openings: int, seed: int) -> list[str]:
     """Openings (first 12 words) of held-out other-text documents, then the instruction prompts."""
     docs = list(DocumentSelection(data.other))
-    held = sorted(_split_documents([d.id for d in docs], 0.2)) if len(docs) > 1 else [d.id for d in docs]
+    held = sorted(validation_ids([d.id for d in docs], 0.2)) if len(docs) > 1 else [d.id for d in docs]
     chosen = np.random.default_rng(seed).permutation(held)[:n_openings]
     by_id = {d.id: d for d in docs}
     openings = [" ".join(by_id[i].text.split()[:12]) for i in chosen]

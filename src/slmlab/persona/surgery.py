@@ -30,7 +30,7 @@ from torch import nn
 from ..config import ConfigError, DataConfig, TrainConfig
 from ..data.corpora import DocumentSelection
 from ..data.sampling import WindowSampler
-from ..data.tokens import TokenSplit, _split_documents
+from ..data.tokens import TokenSplit, validation_ids
 from ..files import atomic_write, atomic_write_text
 from ..runs.checkpoints import CheckpointError
 from ..runs.metrics import MetricsLog
@@ -140,8 +140,9 @@ def load_hf_model(path: str | Path, device: torch.device):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"transformers cannot load {path}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # OSError, ValueError, pickle's UnpicklingError (a refused or damaged .bin), EOFError, ...
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ConfigError(f"transformers cannot load {path}: {type(err).__name__}: {first[:200]}") from None
     return model.to(device).eval(), tokenizer
 
 
@@ -151,7 +152,7 @@ def persona_tokens(data: DataConfig, tokenizer, val_fraction: float = 0.1) -> tu
     docs = list(DocumentSelection(data))
     if not docs:
         raise ConfigError(f"the persona data ({data.source}, genres {data.genres or 'all'}) has no documents")
-    val_ids = _split_documents([d.id for d in docs], val_fraction) if len(docs) > 1 else set()
+    val_ids = validation_ids([d.id for d in docs], val_fraction) if len(docs) > 1 else set()
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     splits = {"train": [], "val": []}
     for doc in docs:

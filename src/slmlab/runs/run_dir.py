@@ -179,8 +179,9 @@ def load_run(
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {f"model.{k}": v for k, v in model_overrides.items()}))
     tokenizer = load_tokenizer(run.tokenizer)
     model = build_model(cfg.model)
-    if run.final_weights.is_file():
-        load_weights(model, run.final_weights, run.read_summary().get("final_sha256"))
+    summary = run.read_summary()
+    if run.final_weights.is_file() or "final_sha256" in summary:  # a finished run must have its final weights
+        load_weights(model, run.final_weights, summary.get("final_sha256"))
     else:
         name = latest_checkpoint(run.checkpoints)
         if name is None:

@@ -15,13 +15,15 @@ from __future__ import annotations
 import json
 
 from ..config import ConfigError, RunConfig
+from ..data.corpora import CorpusError
+from ..data.sampling import check_windows
 from ..files import atomic_write_text
 from ..model.attention import layer_pattern
 from ..model.protocol import attention_modules
 from ..registry import ATTENTION_PATTERNS
 from ..runs.run_dir import RunDir
 from .distributed import World
-from .trainer import Trainer, TrainResult
+from .trainer import Trainer, TrainResult, prepare_data
 
 
 def assert_patterns(trainer: Trainer) -> None:
@@ -48,7 +50,21 @@ def train_curriculum(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
             lock.release()
 
 
+def check_phases(cfg: RunConfig, world: World) -> None:
+    """Every phase's data gives the windows it asks for (known streams, long enough streams and
+    validation split), checked before the first phase trains rather than when its turn comes."""
+    tokenizer = None
+    for index in range(len(cfg.phases)):
+        sub = cfg.phase(index)
+        tokenizer, data = prepare_data(sub.data, tokenizer, world)
+        try:
+            check_windows(data.train, data.val, sub.data.seq_len, sub.train.batch_size, sub.data.mixture)
+        except CorpusError as err:
+            raise CorpusError(f"phases[{index}] ({cfg.phases[index].name}): {err}") from None
+
+
 def _train_phases(cfg: RunConfig, root: RunDir, world: World, resume: bool, overwrite: bool, progress: bool) -> TrainResult:
+    check_phases(cfg, world)
     if not resume:
         root.ensure_free(overwrite)
         world.barrier()

@@ -39,7 +39,7 @@ def open_source(data: DataConfig) -> Source:
     builtins = {"shakespeare": ShakespeareSource, "brown": BrownSource}
     if data.source in builtins:
         return builtins[data.source](data.cache_dir)
-    return LocalSource(data.source, data.text_field)
+    return LocalSource(data.source, data.text_field, data.doc_separator)
 
 
 def _resolve_genres(source: Source, wanted: list[str]) -> set[str]:
@@ -63,6 +63,7 @@ class DocumentSelection:
         self.kept = 0
         self.dropped_by_year = 0
         self.dropped_unknown_year = 0
+        self.unknown_year = 0  # kept documents whose year is not known
 
     def fingerprint(self) -> str:
         d = self.data
@@ -72,7 +73,7 @@ class DocumentSelection:
         )
 
     def __iter__(self) -> Iterator[Document]:
-        self.kept = self.dropped_by_year = self.dropped_unknown_year = 0
+        self.kept = self.dropped_by_year = self.dropped_unknown_year = self.unknown_year = 0
         for doc in self.source.documents():
             if self.genres and doc.genre not in self.genres:
                 continue
@@ -85,6 +86,7 @@ class DocumentSelection:
             if self.data.max_documents and self.kept >= self.data.max_documents:
                 break
             self.kept += 1
+            self.unknown_year += doc.year is None
             yield doc
         if self.data.max_year or not self.data.allow_unknown_year:
             log.info(

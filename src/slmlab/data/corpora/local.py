@@ -1,13 +1,21 @@
 """User corpora: a .txt file, a directory or glob of text files, or a .jsonl file.
 
 A .jsonl line is an object with the text under `text_field` and optional `id`, `year`,
-`genre` and `title`. Every other file is one document with an unknown year.
+`genre` and `title`. A year is read as users write it: 1906, 1906.0 (pandas writes integer
+columns with a missing value that way), "1906" or "1906.0"; null, "" and NaN mean unknown; anything
+else is refused with the file and line. Every other file is one document with an unknown year
+and its folder's name as genre, or, with `doc_separator` (seed 002's streams: `code.txt`,
+`prose.txt` holding documents separated by a literal "<EOS>"), the documents between the markers,
+each of the genre (stream) named by the file's stem.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,14 +31,32 @@ def read_utf8(path: Path) -> str:
         raise CorpusError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); re-encode it as UTF-8") from None
 
 
+def parse_year(value, where: str) -> int | None:
+    """A document's year from JSON: an integer, an integer-valued float or string -> int;
+    None, "", NaN -> None (unknown); anything else is a CorpusError naming `where`."""
+    given = value
+    if isinstance(value, str):
+        value = value.strip()
+        if value.lower() in ("", "nan", "null", "none"):
+            return None
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+        raise CorpusError(f"{where}: year {given!r} is not a whole number; write it as 1906 or leave it out")
+    return int(value)
+
+
 class LocalSource:
     """Text files or JSON lines on disk; genre = the parent folder name (files) or `genre` (jsonl)."""
 
     name = "local"
 
-    def __init__(self, spec: str, text_field: str = "text"):
+    def __init__(self, spec: str, text_field: str = "text", doc_separator: str = ""):
         self.spec = spec
         self.text_field = text_field
+        self.doc_separator = doc_separator
         self.files = self._resolve(spec)
         # document ids are paths relative to this root, so a corpus gets the same train/val split
         # (a hash of the ids) wherever it lies
@@ -59,7 +85,8 @@ class LocalSource:
         return wanted
 
     def fingerprint(self) -> str:
-        return f"local-{self.text_field}-" + file_digest(self.files)
+        separator = f"-sep{hashlib.sha256(self.doc_separator.encode()).hexdigest()[:8]}" if self.doc_separator else ""
+        return f"local-{self.text_field}{separator}-" + file_digest(self.files)
 
     def documents(self) -> Iterator[Document]:
         total = 0
@@ -67,6 +94,9 @@ class LocalSource:
             name = path.relative_to(self.root).as_posix()
             if path.suffix == ".jsonl":
                 docs = self._jsonl(path, name)
+            elif self.doc_separator:
+                parts = read_utf8(path).split(self.doc_separator)
+                docs = (Document(id=f"{name}#{i}", text=text, genre=path.stem, title=path.stem) for i, text in enumerate(parts))
             else:
                 docs = iter([Document(id=name, text=read_utf8(path), genre=path.parent.name, title=path.stem)])
             for doc in docs:
@@ -88,13 +118,13 @@ class LocalSource:
                         raise CorpusError(f"{path}:{number}: not a JSON object") from None
                     if not isinstance(record, dict) or not isinstance(record.get(self.text_field), str):
                         raise CorpusError(f"{path}:{number}: no string field '{self.text_field}' (set data.text_field)")
-                    year = record.get("year")
+                    year = parse_year(record.get("year"), f"{path}:{number}")
                     yield Document(
                         id=str(record.get("id", f"{name}:{number}")),
                         text=record[self.text_field],
                         genre=str(record.get("genre", "")),
                         title=str(record.get("title", "")),
-                        year=int(year) if isinstance(year, (int, float, str)) and str(year).isdigit() else None,
+                        year=year,
                     )
             except UnicodeDecodeError as err:
                 raise CorpusError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); re-encode it as UTF-8") from None

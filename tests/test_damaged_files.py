@@ -1,0 +1,213 @@
+"""Every damaged or hostile file is one line naming the file, never a traceback (reliability issue,
+class 4), and damaged token files are never trained on (class 3). Each file a run or the cache
+holds is damaged in each way (random bytes, valid JSON of the wrong shape, empty, deleted), then
+read by the verbs that read it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from slmlab.cli import main
+
+from .conftest import write_micro_toml
+
+RANDOM = os.urandom(64) + b"\xff\xfe\x00"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished micro run (and its token cache), copied fresh for every case."""
+    root = tmp_path_factory.mktemp("damaged")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(8):
+        (corpus / f"doc{i}.txt").write_text(f"Document {i}. " + "To be, or not to be, that is the question.\n" * 30)
+    config = write_micro_toml(root / "micro.toml", corpus, root, steps=6, every=3)
+    assert main(["train", str(config), "--no-progress", "--name", "run"]) == 0
+    return root
+
+
+@pytest.fixture
+def copy(trained, tmp_path):
+    """(run dir, cache dir) copies that a case may damage."""
+    shutil.copytree(trained, tmp_path / "lab")
+    lab = tmp_path / "lab"
+    cfg = json.loads((lab / "runs" / "run" / "config.json").read_text())
+    cfg["out_dir"], cfg["data"]["cache_dir"] = str(lab / "runs"), str(lab / "cache")
+    cfg["data"]["source"] = str(lab / "corpus")
+    (lab / "runs" / "run" / "config.json").write_text(json.dumps(cfg))
+    return lab / "runs" / "run", lab / "cache"
+
+
+DAMAGES = {
+    "random bytes": lambda p: p.write_bytes(RANDOM),
+    "wrong shape": lambda p: p.write_text('[1, "two", {"three": null}]'),
+    "wrong types": lambda p: p.write_text('{"step": "six", "val_loss": [], "model": 5, "train": "x", "tokens": 3}'),
+    "empty": lambda p: p.write_bytes(b""),
+    "deleted": lambda p: p.unlink(),
+}
+
+
+def _one_line_error(capsys, *names: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("slmlab: error:") and "\n" not in err and "Traceback" not in err, err
+    assert any(name in err for name in names), err
+    return err
+
+
+def _verbs(run: Path) -> dict[str, list[str]]:
+    return {
+        "eval": ["eval", str(run), "--batches", "1"],
+        "report": ["report", str(run)],
+        "resume": ["train", "--resume", str(run), "--train.steps", "9", "--no-progress"],
+        "generate": ["generate", str(run), "--prompt", "To", "--max-new-tokens", "4"],
+    }
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+@pytest.mark.parametrize(
+    ("name", "verbs"),
+    [
+        ("config.json", ["eval", "report", "resume"]),
+        ("summary.json", ["report", "eval"]),
+        ("metrics.jsonl", ["report", "resume"]),
+        ("tokenizer.json", ["eval", "generate", "resume"]),
+        ("checkpoints/latest", ["resume"]),
+        ("checkpoints/step_000006.state.pt", ["resume"]),
+        ("checkpoints/step_000006.sha256.json", ["resume"]),
+        ("final.safetensors", ["eval", "generate"]),
+    ],
+)
+def test_a_damaged_run_file_is_one_line_naming_it(copy, capsys, name, verbs, damage):
+    run, _ = copy
+    path = run / name
+    if name in ("summary.json", "checkpoints/latest", "checkpoints/step_000006.state.pt") and damage == "deleted":
+        pytest.skip("a run without it is a run that has not finished / not checkpointed: covered elsewhere")
+    if name == "metrics.jsonl" and damage in ("empty", "deleted"):
+        pytest.skip("an empty metrics log is a run that logged nothing yet, not damage")
+    if name == "checkpoints/step_000006.sha256.json" and damage == "deleted":
+        pytest.skip("a checkpoint written before checksums existed loads unverified")
+    if name.startswith("checkpoints/"):
+        (run / "summary.json").unlink()  # as if it stopped at the checkpoint: resume reads it
+    DAMAGES[damage](path)
+    for verb in verbs:
+        code = main(_verbs(run)[verb])
+        if code == 0:  # only acceptable where the damaged file is not needed by this verb
+            capsys.readouterr()
+            pytest.fail(f"{verb} accepted a damaged {name} ({damage})")
+        assert code == 2
+        _one_line_error(capsys, Path(name).name, "checkpoint", "run directory")
+
+
+def test_a_training_state_without_the_optimizer_is_refused(copy, capsys):
+    run, _ = copy
+    (run / "summary.json").unlink()
+    (run / "checkpoints" / "step_000006.sha256.json").unlink()
+    state_path = run / "checkpoints" / "step_000006.state.pt"
+    state = torch.load(state_path, weights_only=True)
+    del state["optimizer"]
+    torch.save(state, state_path)
+    assert main(_verbs(run)["resume"]) == 2
+    assert "'optimizer' is missing" in _one_line_error(capsys, "step_000006.state.pt")
+
+
+def _token_dir(cache: Path) -> Path:
+    (manifest,) = cache.glob("tokens/*/manifest.json")
+    return manifest.parent
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["zeroed", "one bit flipped", "truncated", "deleted", "manifest random bytes", "manifest wrong shape", "manifest empty"],
+)
+def test_damaged_token_files_are_never_trained_on(copy, capsys, damage):
+    run, cache = copy
+    tokens = _token_dir(cache)
+    train_bin, manifest = tokens / "train.bin", tokens / "manifest.json"
+    size = train_bin.stat().st_size
+    if damage == "zeroed":  # today this trained on all-newline data and exited 0
+        train_bin.write_bytes(bytes(size))
+    elif damage == "one bit flipped":
+        data = bytearray(train_bin.read_bytes())
+        data[size // 3] ^= 0x04
+        train_bin.write_bytes(bytes(data))
+    elif damage == "truncated":
+        train_bin.write_bytes(train_bin.read_bytes()[: size // 2])
+    elif damage == "deleted":
+        train_bin.unlink()
+    else:
+        DAMAGES[damage.removeprefix("manifest ")](manifest)
+    argv = ["train", str(run.parent.parent / "micro.toml"), "--no-progress", "--name", "again"]
+    cfg_overrides = ["--data.source", json.loads((run / "config.json").read_text())["data"]["source"]]
+    cfg_overrides += ["--data.cache_dir", str(cache), "--out_dir", str(run.parent)]
+    assert main([*argv, *cfg_overrides]) == 2
+    err = _one_line_error(capsys, "train.bin", "manifest.json")
+    assert str(tokens) in err and "rebuilds" in err
+    assert not (run.parent / "again").exists()
+    assert main(_verbs(run)["eval"]) == 2  # eval reads the same cache
+    capsys.readouterr()
+
+
+def test_a_damaged_cached_tokenizer_is_rebuilt_with_a_warning(copy, caplog):
+    run, cache = copy
+    (cached,) = cache.glob("tokenizers/*.json")
+    cached.write_bytes(RANDOM)
+    config = run.parent.parent / "micro.toml"
+    source = json.loads((run / "config.json").read_text())["data"]["source"]
+    argv = ["train", str(config), "--no-progress", "--name", "again", "--data.source", source]
+    assert main([*argv, "--data.cache_dir", str(cache), "--out_dir", str(run.parent)]) == 0
+    assert "training the tokenizer again" in caplog.text
+    assert json.loads(cached.read_text())  # replaced by a whole file
+
+
+def test_weights_that_sample_nan_are_one_line(copy, capsys):
+    from safetensors.torch import load_file, save_file
+
+    run, _ = copy
+    weights = load_file(run / "final.safetensors")
+    weights = {k: torch.full_like(v, float("nan")) for k, v in weights.items()}
+    save_file(weights, run / "final.safetensors")
+    summary = json.loads((run / "summary.json").read_text())
+    summary.pop("final_sha256")
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert main(_verbs(run)["generate"]) == 2
+    assert "not finite" in _one_line_error(capsys, "final.safetensors", "weights")
+
+
+@pytest.mark.parametrize("content", [b"\x80\x04cos\nsystem\n(S'echo pwned'\ntR.", RANDOM, b""])
+def test_a_hostile_or_damaged_pytorch_model_bin_is_one_line_in_surgery(tmp_path, content):
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models
+
+    from slmlab.errors import SlmlabError
+    from slmlab.persona.surgery import load_hf_model
+
+    base = tmp_path / "base"
+    config = transformers.GPT2Config(
+        n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
+    transformers.GPT2LMHeadModel(config).save_pretrained(base)
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>").save_pretrained(base)
+    (base / "model.safetensors").unlink()
+    (base / "pytorch_model.bin").write_bytes(content)
+    with pytest.raises(SlmlabError, match="cannot load") as caught:
+        load_hf_model(base, torch.device("cpu"))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_token_file_checksum_is_recorded_and_matches(copy):
+    _, cache = copy
+    tokens = _token_dir(cache)
+    manifest = json.loads((tokens / "manifest.json").read_text())
+    import hashlib
+
+    assert manifest["sha256"]["train.bin"] == hashlib.sha256((tokens / "train.bin").read_bytes()).hexdigest()
+    assert np.fromfile(tokens / "train.bin", dtype=manifest["dtype"]).size == manifest["tokens"]["train"]

@@ -1,0 +1,137 @@
+"""A document's split depends on its own id alone, so no slice or filter of a run's corpus leaks
+training documents into validation (reliability issue, class 7); metadata is read as users write
+it, and seed 002's separator-delimited stream files are documents too (class 8)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slmlab.cli import main
+from slmlab.config import DataConfig
+from slmlab.data.corpora import CorpusError, DocumentSelection
+from slmlab.data.tokens import is_validation, prepare_tokens, validation_ids
+
+IDS = st.lists(st.text(min_size=1, max_size=12), min_size=2, max_size=60, unique=True)
+
+
+def _naive_fraction(doc_id: str) -> float:
+    return int(hashlib.sha1(doc_id.encode()).hexdigest(), 16) / 16**40
+
+
+@given(IDS, st.floats(0.05, 0.5), st.data())
+@settings(max_examples=200, deadline=None)
+def test_a_documents_split_does_not_depend_on_what_else_was_selected(ids, fraction, data):
+    subset = data.draw(st.lists(st.sampled_from(ids), min_size=2, unique=True))
+    by_rule = {i for i in ids if _naive_fraction(i) < fraction}
+    assert {i for i in ids if is_validation(i, fraction)} == by_rule  # the rule, against a naive one
+    whole, part = validation_ids(ids, fraction), validation_ids(subset, fraction)
+    assert whole and len(whole) < len(ids) and part and len(part) < len(subset)  # both sides never empty
+    rule_in_part = by_rule & set(subset)
+    if rule_in_part and len(rule_in_part) < len(subset):  # the rule alone decided: the same documents
+        assert part == rule_in_part
+    if by_rule and len(by_rule) < len(ids):
+        assert whole == by_rule
+
+
+@pytest.fixture
+def genre_corpus(tmp_path):
+    """40 documents in two genre folders, each with distinct text."""
+    for i in range(40):
+        folder = tmp_path / "corpus" / ("prose" if i % 2 else "verse")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"d{i:02d}.txt").write_text(f"Document number {i}. " + "abcdefghij klmnop " * 20)
+    return tmp_path / "corpus"
+
+
+def test_eval_on_a_slice_scores_no_training_document_and_says_so(genre_corpus, micro_toml, tmp_path, capsys):
+    argv = ["train", str(micro_toml), "--no-progress", "--name", "r", "--data.source", str(genre_corpus)]
+    assert main([*argv, "--data.val_fraction", "0.25"]) == 0
+    run = tmp_path / "runs" / "r"
+    capsys.readouterr()
+    assert main(["eval", str(run), "--batches", "1", "--json", "--data.genres", '["prose"]']) == 0
+    result = json.loads(capsys.readouterr().out)
+    # naive reference: the run trained on every document of its corpus that the rule did not hold out
+    trained = {
+        p.read_text() for p in genre_corpus.rglob("*.txt") if _naive_fraction(p.relative_to(genre_corpus).as_posix()) >= 0.25
+    }
+    scored = [p for p in (genre_corpus / "prose").glob("*.txt") if _naive_fraction(p.relative_to(genre_corpus).as_posix()) < 0.25]
+    assert result["train_overlap"] == 0 == sum(p.read_text() in trained for p in scored)
+    assert result["documents"] == len(scored) > 0
+    assert result["slice"] == f"{genre_corpus} (genres prose)"
+    assert main(["eval", str(run), "--batches", "1", "--data.genres", '["prose"]']) == 0
+    assert "0 in the run's training split" in capsys.readouterr().out
+
+
+def test_a_document_duplicated_across_the_split_is_counted(genre_corpus, micro_toml, tmp_path, capsys):
+    argv = ["train", str(micro_toml), "--no-progress", "--name", "r", "--data.source", str(genre_corpus)]
+    assert main([*argv, "--data.val_fraction", "0.25"]) == 0
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    trained = next(p for p in genre_corpus.rglob("*.txt") if _naive_fraction(p.relative_to(genre_corpus).as_posix()) >= 0.25)
+    for i in range(30):  # the same training text under new names: some land in validation
+        (copy / f"x{i}.txt").write_text(trained.read_text())
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "runs" / "r"), "--batches", "1", "--json", "--data.source", str(copy)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["train_overlap"] == result["documents"] > 0
+
+
+def test_small_corpora_keep_a_document_on_each_side(tmp_path):
+    for n in (2, 3):
+        folder = tmp_path / f"c{n}"
+        folder.mkdir()
+        for i in range(n):
+            (folder / f"{i}.txt").write_text(f"text {i} " * 50)
+        _, data = prepare_tokens(DataConfig(source=str(folder), tokenizer="byte", cache_dir=str(tmp_path / "cache")))
+        assert data.manifest["documents"]["val"] >= 1 and data.manifest["documents"]["train"] >= 1
+    single = tmp_path / "one.txt"
+    single.write_text("x" * 1000)
+    _, data = prepare_tokens(DataConfig(source=str(single), tokenizer="byte", cache_dir=str(tmp_path / "cache")))
+    total = data.manifest["tokens"]["val"] + data.manifest["tokens"]["train"]
+    assert total >= 1000 and data.manifest["tokens"]["train"] == int(total * 0.9)  # by position
+
+
+def _jsonl(tmp_path, years) -> str:
+    path = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"id": f"d{i}", "text": f"document {i} " * 20, "year": y}) for i, y in enumerate(years)]
+    path.write_text("\n".join(lines).replace('"year": NaN', '"year": NaN') + "\n")
+    return str(path)
+
+
+def test_years_are_read_as_users_write_them(tmp_path):
+    years = [1906, 1906.0, "1906", " 1950.0 ", None, "", float("nan"), 1800]
+    source = _jsonl(tmp_path, years)
+    selection = DocumentSelection(DataConfig(source=source, max_year=1910))
+    kept = [doc.year for doc in selection]
+    assert kept == [1906, 1906, 1906, None, None, None, 1800]
+    assert selection.dropped_by_year == 1 and selection.unknown_year == 3
+    _, data = prepare_tokens(DataConfig(source=source, tokenizer="byte", max_year=1910, cache_dir=str(tmp_path / "cache")))
+    assert data.manifest["unknown_year"] == 3 and data.manifest["dropped_by_year"] == 1
+
+
+@pytest.mark.parametrize("year", ["19o6", 1906.5, True, [1906], "MCMVI"])
+def test_a_year_that_is_not_a_whole_number_is_one_line_naming_file_and_line(tmp_path, year):
+    source = _jsonl(tmp_path, [1900, year])
+    with pytest.raises(CorpusError, match=r"docs.jsonl:2: year .* is not a whole number"):
+        list(DocumentSelection(DataConfig(source=source)))
+
+
+def test_stream_files_with_a_document_separator(tmp_path):
+    streams = tmp_path / "streams"
+    streams.mkdir()
+    (streams / "code.txt").write_text("<EOS>".join(f"def f{i}(): return {i}\n" * 5 for i in range(12)))
+    (streams / "prose.txt").write_text("<EOS>".join(f"Once upon a time {i}.\n" * 5 for i in range(12)) + "<EOS>")
+    data = DataConfig(source=str(streams), tokenizer="byte", doc_separator="<EOS>", cache_dir=str(tmp_path / "cache"))
+    docs = list(DocumentSelection(data))
+    assert len(docs) == 24 and {d.genre for d in docs} == {"code", "prose"}  # the empty tail is no document
+    assert all("<EOS>" not in d.text for d in docs)
+    _, tokens = prepare_tokens(data)
+    assert set(tokens.train.streams) == {"code", "prose"}
+    assert tokens.manifest["documents"]["val"] >= 2 and tokens.manifest["unknown_year"] == 24
+    plain = DataConfig(source=str(streams), tokenizer="byte", cache_dir=str(tmp_path / "cache"))
+    assert len(list(DocumentSelection(plain))) == 2  # without the separator: one document per file
