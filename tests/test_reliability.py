@@ -234,3 +234,11 @@ def test_sweep_workers_die_with_a_killed_parent(tmp_path, micro_toml):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         parent.wait()
+
+
+def test_a_second_sweep_of_the_same_name_is_refused_while_one_runs(micro_sweep, tmp_path, capsys, holder):
+    process = holder(tmp_path / "runs" / "micro")
+    assert main(["sweep", str(micro_sweep)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"the sweep {tmp_path / 'runs' / 'micro'} is in use by process {process.pid}" in err and "\n" not in err
+    assert not (tmp_path / "runs" / "micro").exists()

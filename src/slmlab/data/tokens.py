@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
-from ..files import atomic_write_text, read_json, remove_stale_temps, require_fields, sha256_file
+from ..files import atomic_write_text, fsync_directory, read_json, remove_stale_temps, require_fields, sha256_file
 from .corpora import CorpusError, DocumentSelection
 from .corpora.fetch import cache_dir
 from .tokenizers import Tokenizer, TokenizerError, load_tokenizer, train_tokenizer
@@ -223,11 +223,16 @@ def _publish(build: Path, directory: Path) -> None:
         return  # another process published identical files first; ours are discarded with the temp dir
     if directory.exists():  # an incomplete directory left by hand or by an older slmlab
         shutil.rmtree(directory, ignore_errors=True)
+    for name in ("train.bin", "val.bin"):  # durable before the rename makes them visible
+        with open(build / name, "rb+") as handle:
+            os.fsync(handle.fileno())
+    fsync_directory(build)
     try:
         os.replace(build, directory)
     except OSError:
         if not (directory / "manifest.json").is_file():
             raise
+    fsync_directory(directory.parent)
 
 
 MANIFEST_FIELDS = {"format": int, "dtype": str, "tokens": dict, "streams": dict, "sha256": dict}
