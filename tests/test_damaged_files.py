@@ -211,3 +211,42 @@ def test_a_token_file_checksum_is_recorded_and_matches(copy):
 
     assert manifest["sha256"]["train.bin"] == hashlib.sha256((tokens / "train.bin").read_bytes()).hexdigest()
     assert np.fromfile(tokens / "train.bin", dtype=manifest["dtype"]).size == manifest["tokens"]["train"]
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [("ablations.md", "random bytes"), ("quantize.md", "random bytes"), ("persona_eval.json", "random bytes"),
+     ("persona_eval.json", "wrong shape"), ("persona_eval.json", "wrong types")],
+)  # fmt: skip
+def test_report_names_a_damaged_file_another_verb_left(copy, capsys, name, damage):
+    run, _ = copy
+    (run / name).write_text("placeholder")
+    DAMAGES[damage](run / name)
+    assert main(["report", str(run)]) == 2
+    _one_line_error(capsys, name)
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "wrong shape", "wrong types", "empty"])
+def test_report_names_damaged_sweep_results(tmp_path, capsys, damage):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "results.json").write_text("{}")
+    DAMAGES[damage](sweep / "results.json")
+    assert main(["report", str(sweep)]) == 2
+    _one_line_error(capsys, "results.json")
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "wrong shape", "wrong types", "deleted"])
+def test_a_damaged_self_area_description_is_one_error(tmp_path, damage):
+    transformers = pytest.importorskip("transformers")
+    from slmlab.errors import CheckpointError
+    from slmlab.persona.surgery import insert_self_area, load_self_area, save_self_area
+    from slmlab.variants.self_area import SelfAreaConfig
+
+    def base():
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64))
+
+    save_self_area(insert_self_area(base(), SelfAreaConfig(enabled=True, self_dim=8)), tmp_path / "area", "gpt2")
+    DAMAGES[damage](tmp_path / "area" / "self_area.json")
+    with pytest.raises(CheckpointError, match="self_area.json"):
+        load_self_area(base(), tmp_path / "area")

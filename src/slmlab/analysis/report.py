@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
 import re
 from pathlib import Path
 
@@ -27,7 +26,8 @@ import torch
 
 from .. import __version__
 from ..config import ConfigError, RunConfig
-from ..files import atomic_write, atomic_write_text
+from ..errors import RunFileError
+from ..files import atomic_write, atomic_write_text, read_json, read_text, require_fields
 from ..runs.run_dir import RunDir
 from ..tables import format_number, human, markdown_table
 from .info import size_table
@@ -132,11 +132,19 @@ def _provenance() -> str:
     return f"*slmlab {__version__}, PyTorch {torch.__version__}, written {today}.*"
 
 
+REWRITE = "run the command that wrote it again"
+
+
+def _text(path: Path) -> str:
+    """A Markdown file another command left here (damaged: one clear error)."""
+    return read_text(path, "report input", RunFileError, REWRITE)
+
+
 def _extras(path: Path) -> list[str]:
     """Sections the other commands leave in a run directory, when present."""
     parts = []
     if (path / "ablations.md").is_file():
-        parts += ["## Surgical ablations", _heading_free((path / "ablations.md").read_text())]
+        parts += ["## Surgical ablations", _heading_free(_text(path / "ablations.md"))]
     long_context = _images(path, "eval_*.png", "long-context evaluation")
     if long_context:
         parts += ["## Long-context evaluation", *long_context]
@@ -144,16 +152,25 @@ def _extras(path: Path) -> list[str]:
     if attention:
         parts += ["## Attention maps", *attention]
     if (path / "quantize.md").is_file():
-        parts += ["## int8 inference", _heading_free((path / "quantize.md").read_text())]
+        parts += ["## int8 inference", _heading_free(_text(path / "quantize.md"))]
     if (path / "persona_eval.json").is_file():
         from ..persona.evaluate import results_table
 
-        result = json.loads((path / "persona_eval.json").read_text())
+        result = read_json(path / "persona_eval.json", "persona evaluation", RunFileError, REWRITE)
+        require_fields(
+            result, {"classifier_accuracy": (int, float)}, path / "persona_eval.json", "persona evaluation", RunFileError, REWRITE
+        )
+        try:
+            table = results_table([result])
+        except (KeyError, TypeError, ValueError):
+            raise RunFileError(
+                f"persona evaluation {path / 'persona_eval.json'} is damaged (fields missing); {REWRITE}"
+            ) from None
         parts += [
             "## Persona robustness",
             f"Classifier held-out balanced accuracy {result['classifier_accuracy']:.3f}; "
             "adherence with 95% bootstrap intervals over prompts.",
-            results_table([result]),
+            table,
         ]
     suites = sorted(path.glob("prompts_*.md"))
     if suites:
@@ -204,7 +221,11 @@ def _run_report(path: Path) -> tuple[str, str]:
 
 
 def _sweep_report(path: Path) -> tuple[str, str]:
-    results = json.loads((path / "results.json").read_text())
+    where, fix = path / "results.json", "run `slmlab sweep` on its config again to rewrite it (finished runs are kept)"
+    results = read_json(where, "sweep results", RunFileError, fix)
+    require_fields(results, {"sweep": str, "baseline": str, "variants": list}, where, "sweep results", RunFileError, fix)
+    if not all(isinstance(r, dict) and isinstance(r.get("variant"), str) for r in results["variants"]):
+        raise RunFileError(f"sweep results {where} is damaged (a variant record without its name); {fix}")
     runs = [RunDir(d) for d in sorted(path.iterdir()) if (d / "config.json").is_file()]
     by_variant: dict[str, list[RunDir]] = {}
     for record in results["variants"]:
@@ -216,7 +237,7 @@ def _sweep_report(path: Path) -> tuple[str, str]:
     base = baseline_runs[0].read_config()
     parts = [f"# Sweep report: {results['sweep']}", _provenance()]
     if (path / "results.md").is_file():
-        parts.append(_heading_free((path / "results.md").read_text()))
+        parts.append(_heading_free(_text(path / "results.md")))
     if (path / "curves.png").is_file():
         parts.append("![validation loss by variant](curves.png)")
     parts += [
@@ -248,7 +269,7 @@ def _sweep_report(path: Path) -> tuple[str, str]:
     parts += ["## Runs", markdown_table(("run", "variant", "val loss", "val ppl", "tokens/s", "time"), rows)]
     for run in runs:
         if (run.path / "ablations.md").is_file():
-            parts += [f"## Surgical ablations of {run.path.name}", _heading_free((run.path / "ablations.md").read_text())]
+            parts += [f"## Surgical ablations of {run.path.name}", _heading_free(_text(run.path / "ablations.md"))]
     samples = [(v, m[0].read_summary().get("sample")) for v, m in by_variant.items() if m]
     if any(text for _, text in samples):
         parts.append("## Samples (first seed of each variant)")

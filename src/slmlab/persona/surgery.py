@@ -27,11 +27,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file
 from torch import nn
 
-from ..config import ConfigError, DataConfig, TrainConfig
+from ..config import ConfigError, DataConfig, TrainConfig, build_dataclass
 from ..data.corpora import DocumentSelection
 from ..data.sampling import WindowSampler
 from ..data.tokens import TokenSplit, validation_ids
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text, read_json, require_fields
 from ..runs.checkpoints import CheckpointError
 from ..runs.metrics import MetricsLog
 from ..training.optim import lr_at
@@ -98,13 +98,15 @@ def save_self_area(area: SelfArea, directory: str | Path, base: str) -> Path:
 def load_self_area(model: nn.Module, directory: str | Path) -> SelfArea:
     """Insert the Self Area saved in `directory` into `model` (the base it was trained on)."""
     directory = Path(directory)
+    where = directory / "self_area.json"
+    fix = "give the directory `slmlab surgery` wrote, or run surgery again"
+    meta = read_json(where, "Self Area description", CheckpointError, fix)
+    fields = {"self_area": dict, "d_model": int, "layers": int, "base_model": str}
+    require_fields(meta, fields, where, "Self Area description", CheckpointError, fix)
     try:
-        meta = json.loads((directory / "self_area.json").read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{directory} holds no self_area.json; give the directory `slmlab surgery` wrote") from None
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{directory / 'self_area.json'} is not valid JSON") from None
-    cfg = SelfAreaConfig(**meta["self_area"])
+        cfg = build_dataclass(SelfAreaConfig, meta["self_area"], "self_area")
+    except ConfigError as err:
+        raise CheckpointError(f"Self Area description {where} is damaged ({err}); {fix}") from None
     if meta["d_model"] != model.config.hidden_size:
         raise CheckpointError(
             f"{directory} was trained on a base with hidden size {meta['d_model']} "
