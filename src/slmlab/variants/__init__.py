@@ -1,7 +1,13 @@
 """The built-in ideas, one file each, registered through the same calls a user's plugin makes:
 SMAT (attention extension + interventions), SMT's Self Area (residual conditioning + stage-2
-parameter selections), the TapeTransformer (a whole architecture + the Wolf optimizer)."""
+parameter selections), the TapeTransformer (a whole architecture + the Wolf optimizer).
 
-from . import self_area, smat, tape
+Every module in this folder is imported (in name order) when the package is: a new idea is one
+new file here, with no list to edit."""
 
-__all__ = ["self_area", "smat", "tape"]
+import importlib
+import pkgutil
+
+__all__ = sorted(info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_"))
+for _name in __all__:
+    importlib.import_module(f"{__name__}.{_name}")
