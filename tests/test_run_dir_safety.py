@@ -26,7 +26,7 @@ def _train(micro_toml, *argv) -> int:
     return main(["train", str(micro_toml), "--no-progress", "--train.steps", "3", *argv])
 
 
-@pytest.mark.parametrize("name", [".", "..", "../elsewhere", "a/b", "a\\b", "", "ABSOLUTE"])
+@pytest.mark.parametrize("name", [".", "..", "../elsewhere", "a/b", "a\\b", "", "ABSOLUTE", "a\x00b", "a\nb", "a\x1bb"])
 def test_a_run_name_that_is_not_a_plain_name_is_refused_and_nothing_is_touched(
     name, micro_toml, bystanders, tmp_path, capsys, monkeypatch
 ):

@@ -20,12 +20,13 @@ from ..registry import ARCHITECTURES, ATTENTION_PATTERNS, CHOICE_REGISTRIES, CON
 
 
 def check_name(key: str, name: str) -> str:
-    """A run (or sweep) name is one path component: not empty, not '.' or '..', no separators.
+    """A run (or sweep) name is one path component: not empty, not '.' or '..', no separators,
+    nothing unprintable (a NUL, a newline, an escape).
     It is joined to out_dir, so anything else could point a run (and --overwrite) elsewhere."""
     separators = {"/", "\\", os.sep, os.altsep or "/"}
-    if name in ("", ".", "..") or any(sep in name for sep in separators) or "\0" in name:
+    if name in ("", ".", "..") or any(sep in name for sep in separators) or not name.isprintable():
         raise ConfigError(
-            f"{key} = {name!r} is not a name: use one folder name without '/' or '\\' "
+            f"{key} = {name!r} is not a name: use one folder name without '/', '\\' or control characters "
             "(not '.' or '..'); put parent folders in out_dir"
         )
     return name

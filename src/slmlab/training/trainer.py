@@ -139,6 +139,7 @@ class Trainer:
         self.close()
 
     def _set_up(self, cfg, resume, overwrite, progress, init_from, carry_optimizer, from_checkpoint) -> None:
+        """Data, run directory, model, sampler, optimizer and (resuming) the checkpoint's state."""
         self.checkpoint = None
         if resume:
             self.checkpoint = from_checkpoint or latest_checkpoint(self.run.checkpoints)
