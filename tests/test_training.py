@@ -205,3 +205,12 @@ def test_compiled_training_gives_the_eager_losses_and_times_compilation_apart(te
     assert compiled.val_loss == pytest.approx(eager.val_loss, abs=2e-4)
     assert compiled.compile_seconds > 0 and eager.compile_seconds == 0
     assert RunDir(compiled.run_dir).read_summary()["compile_seconds"] == compiled.compile_seconds
+
+
+def test_without_a_bar_each_evaluation_logs_one_line_with_an_eta(text_corpus, make_config, caplog):
+    cfg = make_config(text_corpus, train={"steps": 20, "eval_every": 10})
+    with caplog.at_level("INFO", logger="slmlab"):
+        train(cfg, progress=False)
+    lines = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
+    assert len(lines) == 2 and lines[0].startswith("tiny step 10/20: loss ") and "val loss" in lines[0]
+    assert "nan" not in " ".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from .options import (
     add_device,
@@ -187,6 +188,8 @@ def cmd_ablate(args, extra) -> int:
 def cmd_diagnose(args, extra) -> int:
     from ..evals.diagnose import diagnose
 
-    result = diagnose(load_run_config(args.config, extra), batch_size=args.batch_size, max_steps=args.steps)
+    result = diagnose(
+        load_run_config(args.config, extra), batch_size=args.batch_size, max_steps=args.steps, progress=sys.stderr.isatty()
+    )
     print("\n".join(result.lines()))
     return 0 if result.init_ok and result.overfit_ok else 1

@@ -7,17 +7,21 @@ single repeated batch below 0.1 has a bug in its graph, its mask or its optimize
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from ..config import RunConfig, resolve_vocab
 from ..data.sampling import WindowSampler
 from ..data.tokens import prepare_tokens
 from ..model import build_model
 from ..training.runtime import resolve_device, seed_everything
+
+log = logging.getLogger("slmlab")
 
 INIT_TOLERANCE = 0.3
 OVERFIT_TARGET = 0.1
@@ -49,7 +53,9 @@ class Diagnosis:
         ]
 
 
-def diagnose(cfg: RunConfig, batch_size: int = 4, max_steps: int = 500, lr: float = 3e-3) -> Diagnosis:
+def diagnose(cfg: RunConfig, batch_size: int = 4, max_steps: int = 500, lr: float = 3e-3, progress: bool = True) -> Diagnosis:
+    """Loss at init, then up to `max_steps` steps on one batch until the loss falls below the
+    target (a tqdm bar, or one log line every 50 steps without one)."""
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     tokenizer, data = prepare_tokens(cfg.data)
@@ -63,10 +69,18 @@ def diagnose(cfg: RunConfig, batch_size: int = 4, max_steps: int = 500, lr: floa
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     started, loss, step = time.perf_counter(), math.inf, 0
+    bar = tqdm(total=max_steps, desc="overfit one batch", unit="step", disable=not progress, dynamic_ncols=True)
     while step < max_steps and loss >= OVERFIT_TARGET:
         _, out = model(x, y)
         optimizer.zero_grad(set_to_none=True)
         out.backward()
         optimizer.step()
         loss, step = out.item(), step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if not progress and step % 50 == 0:
+            log.info(
+                "diagnose: overfitting one batch, step %d/%d, loss %.4f (target %.2f)", step, max_steps, loss, OVERFIT_TARGET
+            )
+    bar.close()
     return Diagnosis(math.log(cfg.model.vocab_size), init_loss, loss, step, time.perf_counter() - started)

@@ -175,7 +175,7 @@ class Trainer:
         )
         self.metrics = MetricsLog(self.run.metrics)
         self.step, self.tokens, self.nan_skips = 0, 0, 0
-        self.seconds_before, self.peak_before, self.started = 0.0, 0, None
+        self.seconds_before, self.peak_before, self.started, self.last_val = 0.0, 0, None, None
         state = None
         if resume:
             state = load_checkpoint(self.run.checkpoints, self.model, self.checkpoint)
@@ -346,7 +346,7 @@ class Trainer:
                     record.update(val_loss=val_loss, val_ppl=perplexity(val_loss))
                 if self.world.is_main:
                     self.metrics.append(record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                self._report(bar, record, dt)
                 timed_steps, window_start = 0, time.perf_counter()
             if checkpointing:
                 self._save_checkpoint()
@@ -355,6 +355,23 @@ class Trainer:
         bar.close()
         elapsed = time.perf_counter() - self.started
         return self._finish(val_loss, elapsed, compile_seconds)
+
+    def _report(self, bar, record: dict, step_seconds: float) -> None:
+        """Progress: the bar's figures (validation only once measured), or without a bar (sweep
+        workers, --no-progress, not a terminal) one log line per evaluation with an ETA."""
+        figures = {"loss": f"{record['loss']:.3f}", "tok_s": f"{record['tokens_per_s']:.0f}"}
+        if "val_loss" in record:
+            self.last_val = record["val_loss"]
+        if self.last_val is not None:
+            figures["val"] = f"{self.last_val:.3f}"
+        bar.set_postfix(figures)
+        if not self.progress and "val_loss" in record and self.world.is_main:
+            eta = (self.cfg.train.steps - self.step) * step_seconds
+            log.info(
+                "%s step %d/%d: loss %.4f, val loss %.4f, %.0f tokens/s, ETA %s",
+                self.cfg.name, self.step, self.cfg.train.steps, record["loss"], record["val_loss"],
+                record["tokens_per_s"], time.strftime("%H:%M:%S", time.gmtime(eta)),
+            )  # fmt: skip
 
     def _save_frame(self) -> None:
         """An attention/loss frame of the first validation window (rank 0; not under FSDP sharding)."""
