@@ -11,6 +11,7 @@ model next to the fp32 one's.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 import warnings
 from pathlib import Path
@@ -54,13 +55,17 @@ def load_int8(run: str | Path):
 
 
 @torch.no_grad()
-def generation_speed(model: nn.Module, prompt: list[int], tokens: int = 64) -> float:
-    """Greedy tokens/s on CPU (KV cache on), batch 1, after one warm-up call."""
+def generation_speed(model: nn.Module, prompt: list[int], tokens: int = 64, repeats: int = 5) -> tuple[float, float, float]:
+    """Greedy tokens/s on CPU (KV cache on), batch 1: one full-length warm-up, then `repeats`
+    timed generations -> (median, slowest, fastest) tokens/s."""
     idx = torch.tensor([prompt])
-    model.generate(idx, 4, temperature=0)
-    start = time.perf_counter()
     model.generate(idx, tokens, temperature=0)
-    return tokens / (time.perf_counter() - start)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.generate(idx, tokens, temperature=0)
+        rates.append(tokens / (time.perf_counter() - start))
+    return statistics.median(rates), min(rates), max(rates)
 
 
 def file_size(path: Path) -> int:
@@ -84,7 +89,10 @@ def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
     rows = []
     for label, m, size in (("fp32", model, file_size(RunDir(Path(run)).final_weights)), ("int8", quantized, file_size(path))):
         loss = evaluate(m, data.val, cfg.data.seq_len, cfg.train.batch_size, batches, torch.device("cpu"))
-        rows.append((label, human(size, "B"), f"{generation_speed(m, prompt):,.1f}", f"{perplexity(loss):.3f}"))
-    table = markdown_table(("model", "file size", "CPU generation (tokens/s)", "validation ppl"), rows)
+        median, slowest, fastest = generation_speed(m, prompt)
+        speed = f"{median:,.1f} ({slowest:,.1f}–{fastest:,.1f})"
+        rows.append((label, human(size, "B"), speed, f"{perplexity(loss):.3f}"))
+    header = "CPU generation, tokens/s: median (range) of 5 runs"
+    table = markdown_table(("model", "file size", header, "validation ppl"), rows)
     atomic_write_text(Path(run) / "quantize.md", f"# int8 dynamic quantisation of {Path(run).name}\n\n{table}\n")
     return table, path

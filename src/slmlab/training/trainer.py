@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -413,7 +414,7 @@ class Trainer:
         val_ppl = perplexity(val_loss)
         final_sha256 = save_weights(weights, self.run.final_weights, metadata={"config": json.dumps(self.cfg.to_dict())})
         history = [r for r in self.metrics.read() if "tokens_per_s" in r]
-        tokens_per_s = sum(r["tokens_per_s"] for r in history) / max(1, len(history))
+        tokens_per_s = statistics.median(r["tokens_per_s"] for r in history) if history else 0.0  # robust to a slow window
         sample = self.sample(t.sample_tokens) if t.sample_tokens else ""
         summary = {
             "step": self.step,
