@@ -78,6 +78,7 @@ def test_temp_files_of_killed_writes_are_removed_on_the_next_start(text_corpus, 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
     leftovers = [run.path / f".metrics.jsonl.{pid}.x1y2z3.tmp", run.checkpoints / f".step_000010.safetensors.{pid}.ab_cd.tmp"]
+    leftovers += [run.path / ".summary.json.k2j3h4", run.checkpoints / ".latest.q9w8e7"]  # named as before PIDs were
     for path in leftovers:
         path.write_bytes(b"half a file")
     keep = run.path / ".notes.tmp"  # not slmlab's temp name: left alone

@@ -161,7 +161,20 @@ class RunDir:
         then delete temp files that killed writes left here."""
         lock = DirectoryLock(self.path, "run").acquire()
         remove_stale_temps(self.path, everyone=True)
+        self._remove_old_temps()
         return lock
+
+    def _remove_old_temps(self) -> None:
+        """Temp files named as slmlab before 0.2 named them (".<file>.<random>", no PID) beside the
+        run's own files: we hold the lock, so nobody is writing them."""
+        places = ((self.path, self.OWNED), (self.checkpoints, ("step_*", "latest")))
+        for folder, patterns in places:
+            if not folder.is_dir():
+                continue
+            for entry in folder.glob(".*"):
+                stem = entry.name[1:].rsplit(".", 1)[0]
+                if entry.is_file() and not entry.is_symlink() and any(fnmatch.fnmatch(stem, p) for p in patterns):
+                    entry.unlink(missing_ok=True)
 
 
 def load_run(
