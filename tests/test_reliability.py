@@ -19,11 +19,11 @@ import torch
 from slmlab.cli import main
 from slmlab.errors import CheckpointError, ConfigError, RunInUseError
 from slmlab.files import remove_stale_temps
+from slmlab.locks import DirectoryLock
 from slmlab.runs import RunDir
-from slmlab.runs.lock import DirectoryLock
 from slmlab.training import train
 
-HOLD = "import sys, time; from slmlab.runs.lock import DirectoryLock; DirectoryLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
+HOLD = "import sys, time; from slmlab.locks import DirectoryLock; DirectoryLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..files import atomic_write_text, fsync_directory, read_json, remove_stale_temps, require_fields, sha256_file
+from ..locks import DirectoryLock
 from .corpora import CorpusError, DocumentSelection
 from .corpora.fetch import cache_dir
 from .tokenizers import Tokenizer, TokenizerError, load_tokenizer, train_tokenizer
@@ -174,7 +175,9 @@ def prepare_tokens(data: DataConfig, tokenizer: Tokenizer | None = None) -> tupl
     key = _short_hash(f"{FORMAT_VERSION}|{selection.fingerprint()}|{tokenizer.digest()}|{data.val_fraction}")
     directory = cache_dir(data.cache_dir) / "tokens" / key
     if not (directory / "manifest.json").is_file():
-        _build_token_files(selection, tokenizer, data.val_fraction, directory)
+        with DirectoryLock(directory, "token cache", wait=True):  # parallel runs: one builds, the others wait
+            if not (directory / "manifest.json").is_file():
+                _build_token_files(selection, tokenizer, data.val_fraction, directory)
     return tokenizer, open_tokens(directory)
 
 

@@ -43,7 +43,7 @@ import torch
 from ..config import ConfigError, RunConfig, build_dataclass, check_name, load_config, read_toml
 from ..errors import SlmlabError
 from ..files import atomic_write_text
-from ..runs.lock import DirectoryLock
+from ..locks import DirectoryLock
 from ..runs.run_dir import RunDir
 
 log = logging.getLogger("slmlab")

@@ -7,7 +7,7 @@ runs/<name>/checkpoints/       step_N.safetensors + step_N.state.pt + step_N.sha
 runs/<name>/final.safetensors  weights at the end
 runs/<name>/summary.json       final validation loss/ppl, throughput, peak memory, parameters,
                                the SHA-256 of final.safetensors
-runs/.<name>.lock              the writer lock (runs/lock.py), beside the directory
+runs/.<name>.lock              the writer lock (slmlab/locks.py), beside the directory
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from ..config import ConfigError, RunConfig, apply_overrides, config_from_dict
 from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..errors import RunFileError
 from ..files import atomic_write_text, read_json, remove_stale_temps, require_fields
+from ..locks import DirectoryLock
 from ..model import build_model
 from .checkpoints import CheckpointError, checksums, latest_checkpoint, load_weights
-from .lock import DirectoryLock
 from .metrics import MetricsLog
 
 log = logging.getLogger("slmlab")

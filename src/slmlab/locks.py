@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import RunInUseError
+from .errors import RunInUseError
 
 try:
     import fcntl
@@ -21,12 +21,12 @@ except ImportError:  # Windows
     import msvcrt
 
 
-def _try_lock(fd: int) -> bool:
+def _try_lock(fd: int, wait: bool) -> bool:
     try:
         if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         else:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(fd, msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
     except OSError:
         return False
     return True
@@ -34,11 +34,12 @@ def _try_lock(fd: int) -> bool:
 
 class DirectoryLock:
     """`with DirectoryLock(run_path, "run"):` or acquire()/release(). Raises RunInUseError (one
-    line naming the holder's PID) when another process holds it."""
+    line naming the holder's PID) when another process holds it, or with `wait` waits for it
+    (a token cache being built by another process: wait, then use what it built)."""
 
-    def __init__(self, directory: str | Path, what: str = "run"):
+    def __init__(self, directory: str | Path, what: str = "run", wait: bool = False):
         directory = Path(directory)
-        self.directory, self.what = directory, what
+        self.directory, self.what, self.wait = directory, what, wait
         self.path = directory.parent / f".{directory.name}.lock"
         self.fd: int | None = None
 
@@ -47,7 +48,7 @@ class DirectoryLock:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_lock(fd):
+        if not _try_lock(fd, self.wait):
             os.lseek(fd, 0, os.SEEK_SET)
             holder = os.read(fd, 32).decode("ascii", "replace").strip()
             os.close(fd)
