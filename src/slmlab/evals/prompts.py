@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..config import ConfigError, build_dataclass, read_toml
 from ..files import atomic_write_text
@@ -56,7 +57,7 @@ def load_suite(path: str | Path) -> list[Prompt]:
 
 def run_suite(model, tokenizer, prompts: list[Prompt], device: torch.device, block_size: int) -> list[dict]:
     results = []
-    for p in prompts:
+    for p in tqdm(prompts, desc="prompts", unit="prompt", leave=False, disable=None):
         ids = tokenizer.encode(p.prompt)
         if len(ids) > block_size:
             raise ConfigError(f"prompt '{p.id}' is {len(ids)} tokens, longer than the model's context {block_size}")

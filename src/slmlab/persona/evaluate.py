@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..config import ConfigError, DataConfig
 from ..data.corpora import DocumentSelection, open_source
@@ -152,7 +153,7 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
     """One sampled continuation per prompt (temperature 0.8, top-k 50, seed + prompt index); prompts
     the tokenizer cannot encode are left out."""
     out = []
-    for index, prompt in enumerate(prompts):
+    for index, prompt in enumerate(tqdm(prompts, desc="continuations", unit="prompt", leave=False, disable=None)):
         try:
             ids = tokenizer.encode(prompt)
         except TokenizerError:
