@@ -250,3 +250,11 @@ def test_a_damaged_self_area_description_is_one_error(tmp_path, damage):
     DAMAGES[damage](tmp_path / "area" / "self_area.json")
     with pytest.raises(CheckpointError, match="self_area.json"):
         load_self_area(base(), tmp_path / "area")
+
+
+def test_a_prompt_suite_that_is_not_utf8_is_one_line(copy, capsys, tmp_path):
+    run, _ = copy
+    suite = tmp_path / "suite.jsonl"
+    suite.write_bytes(b'{"id": "a", "prompt": "To"}\n' + RANDOM)
+    assert main(["prompts", str(run), "--suite", str(suite)]) == 2
+    assert "not UTF-8" in _one_line_error(capsys, "suite.jsonl")

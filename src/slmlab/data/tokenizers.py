@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import TokenizerError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, read_text
 from ..registry import TOKENIZERS
 
 SPECIAL_TOKENS = ("[UNK]", "[PAD]", "[BOS]", "[EOS]")
@@ -263,9 +263,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if not path.is_file():
         raise TokenizerError(f"no tokenizer at {path}")
+    text = read_text(path, "tokenizer", TokenizerError, "delete it or re-run `slmlab tokenizer train`")
     try:
-        return tokenizer_from_json(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise TokenizerError(f"{path} is not a text file (damaged?); delete it or re-run `slmlab tokenizer train`") from None
+        return tokenizer_from_json(text)
     except TokenizerError as err:
         raise TokenizerError(f"{path}: {err}") from None

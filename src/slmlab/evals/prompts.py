@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, build_dataclass, read_toml
-from ..files import atomic_write_text
+from ..files import atomic_write_text, read_text
 
 DEFAULT_SUITE = Path(__file__).parent / "suites" / "control_systems.toml"
 
@@ -38,7 +38,7 @@ def load_suite(path: str | Path) -> list[Prompt]:
         raise ConfigError(f"prompt suite not found: {path}")
     if path.suffix == ".jsonl":
         records = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(read_text(path, "prompt suite", ConfigError, "save it as UTF-8 text").splitlines(), 1):
             if line.strip():
                 try:
                     records.append(json.loads(line))

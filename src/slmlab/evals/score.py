@@ -66,9 +66,10 @@ def _digest(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
-def train_overlap(run_data: DataConfig, scored: DataConfig, scored_ids: set[str]) -> int:
-    """How many of the scored documents (ids in the `scored` selection) the run trained on,
-    compared by text, so a document reached through another path, filter or source counts too."""
+def train_overlap(run_data: DataConfig, scored: DataConfig, scored_ids: set[str] | None) -> int:
+    """How many of the scored documents (ids in the `scored` selection; None: all of them, a
+    single document split by position) the run trained on, compared by text, so a document
+    reached through another path, filter or source counts too."""
     run_docs = [(doc.id, _digest(doc.text)) for doc in DocumentSelection(run_data)]
     ids = [i for i, _ in run_docs]
     if len(set(ids)) == 1:  # a single document split by position: its end was held out
@@ -77,7 +78,8 @@ def train_overlap(run_data: DataConfig, scored: DataConfig, scored_ids: set[str]
         return 0 if same_cut else sum(digest == run_docs[0][1] for digest in scored_docs)
     held_out = validation_ids(ids, run_data.val_fraction)
     trained = {digest for i, digest in run_docs if i not in held_out}
-    return sum(_digest(doc.text) in trained for doc in DocumentSelection(scored) if doc.id in scored_ids)
+    scored_docs = (doc for doc in DocumentSelection(scored) if scored_ids is None or doc.id in scored_ids)
+    return sum(_digest(doc.text) in trained for doc in scored_docs)
 
 
 def evaluation_tokens(cfg, tokenizer, split: str = "val", overrides: dict | None = None) -> EvaluationSlice:
@@ -95,8 +97,7 @@ def evaluation_tokens(cfg, tokenizer, split: str = "val", overrides: dict | None
     if split != "val":
         overlap = None
     elif overrides and documents:
-        val_ids = set(data.manifest["val_ids"]) or {doc.id for doc in DocumentSelection(data_cfg)}  # one document: by position
-        overlap = train_overlap(cfg.data, data_cfg, val_ids)
+        overlap = train_overlap(cfg.data, data_cfg, set(data.manifest["val_ids"]) or None)  # none: split by position
     else:
         overlap = 0  # the run's own validation split
     if overlap:

@@ -46,10 +46,10 @@ def save_weights(weights: dict[str, torch.Tensor], path: str | Path, metadata: d
     return sha256_file(path)
 
 
-def verify_file(path: Path, expected: str | None, fix: str = "") -> None:
+def verify_file(path: Path, expected: str | None) -> None:
     """CheckpointError naming `path` when its SHA-256 is not `expected` (None: nothing recorded)."""
     if expected is not None and path.is_file() and sha256_file(path) != expected:
-        raise CheckpointError(f"{path} is damaged (its SHA-256 does not match the one recorded when it was written){fix}")
+        raise CheckpointError(f"{path} is damaged (its SHA-256 does not match the one recorded when it was written)")
 
 
 def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) -> None:
@@ -161,13 +161,11 @@ def load_checkpoint(directory: Path, model: nn.Module, name: str | None = None) 
         raise CheckpointError(f"no checkpoint {name!r} in {directory}; checkpoints there: {available}")
     weights_path, state_path, _ = _files(directory, name)
     sums = checksums(directory, name)
-    advice = _older_intact(directory, name)
-    verify_file(state_path, sums.get(state_path.name), advice)
-    verify_file(weights_path, sums.get(weights_path.name), advice)
     try:
-        load_weights(model, weights_path)
-    except CheckpointError as err:
-        raise CheckpointError(f"{err}{advice}") from None
+        verify_file(state_path, sums.get(state_path.name))
+        load_weights(model, weights_path, sums.get(weights_path.name))
+    except CheckpointError as err:  # only now look for (and hash) the older checkpoints
+        raise CheckpointError(f"{err}{_older_intact(directory, name)}") from None
     return load_training_state(directory, name)
 
 

@@ -157,8 +157,9 @@ class RunDir:
         return require_fields(summary, SUMMARY_FIELDS, self.summary, "run summary", RunFileError, fix)
 
     def lock(self) -> DirectoryLock:
-        """Take this run's writer lock (RunInUseError naming the holder if another process has it),
-        then delete temp files that killed writes left here."""
+        """Check the directory can be written, take this run's writer lock (RunInUseError naming
+        the holder if another process has it), then delete temp files that killed writes left here."""
+        self.check_writable()
         lock = DirectoryLock(self.path, "run").acquire()
         remove_stale_temps(self.path, everyone=True)
         self._remove_old_temps()

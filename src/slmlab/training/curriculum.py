@@ -41,7 +41,6 @@ def assert_patterns(trainer: Trainer) -> None:
 def train_curriculum(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
     root = RunDir.for_config(cfg)
     world, _ = World.from_env(cfg.train.device)
-    root.check_writable()
     lock = root.lock() if world.is_main else None
     try:
         return _train_phases(cfg, root, world, resume, overwrite, progress)

@@ -114,7 +114,6 @@ class Trainer:
         directory behind, so the corrected command runs without --overwrite."""
         self.run = RunDir.for_config(cfg)
         self.world, self.device = World.from_env(cfg.train.device)
-        self.run.check_writable()
         self._lock = self.run.lock() if self.world.is_main else None
         self._created = False
         try:
