@@ -114,6 +114,7 @@ TRAINABLE: Registry[Callable] = Registry("trainable-parameter selection", "train
 MODEL_SECTIONS: Registry[Section] = Registry("model config section")
 INTERVENTIONS: Registry[Any] = Registry("intervention")  # name -> model.interventions.Intervention
 ABLATION_SUMMARIES: Registry[Callable] = Registry("ablation summary")  # (rows) -> (text, result) | None
+NAIVE_REFERENCES: Registry[Callable] = Registry("naive reference")  # (attention, h, positions) -> output | None (slmlab check)
 CONFIG_CHECKS: list[Callable] = []  # (RunConfig) -> None, raising ConfigError
 
 CHOICE_REGISTRIES = (POSITIONS, ATTENTION_PATTERNS, NORMS, HEADS, ARCHITECTURES, TOKENIZERS, OPTIMIZERS, TRAINABLE)

@@ -4,6 +4,7 @@
     evaluate.py  eval, generate, prompts, ablate, diagnose
     persona.py   persona, persona-eval, surgery
     inspect.py   info, viz attention, viz animate, quantize, report
+    develop.py   check, new-variant
     data.py      data prepare, data download, tokenizer train
 
 Every verb that takes a CONFIG also takes dotted overrides after it (`--model.n_layer 4`,
@@ -19,10 +20,10 @@ import os
 import sys
 
 from .. import __version__
-from . import data, evaluate, inspect, persona, train
+from . import data, develop, evaluate, inspect, persona, train
 from .options import OneLineParser
 
-VERB_GROUPS = (train, evaluate, persona, inspect, data)
+VERB_GROUPS = (train, evaluate, persona, inspect, develop, data)
 log = logging.getLogger("slmlab")
 
 
@@ -63,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     own, extra = split_overrides(argv)
     args = build_parser().parse_args(own)
     args.argv = argv
+    from .. import plugins
     from ..errors import SlmlabError
+
+    if args.trust_plugins:
+        plugins.trust()
 
     try:
         return args.func(args, extra)

@@ -18,9 +18,15 @@ class OneLineParser(argparse.ArgumentParser):
 
 def add_verb(subparsers, name: str, help: str, examples: str) -> argparse.ArgumentParser:
     """A sub-command whose --help ends with examples."""
-    return subparsers.add_parser(
+    parser = subparsers.add_parser(
         name, help=help, description=help, epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument(
+        "--trust-plugins",
+        action="store_true",
+        help="execute the plugin code recorded in the runs this reads (RUN/plugins/); off: such a run is refused",
+    )
+    return parser
 
 
 def positive_int(text: str) -> int:

@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from .. import plugins
 from ..errors import ConfigError
 from ..registry import load_builtins
 from .checks import validate
@@ -28,6 +29,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
     """Build and validate a RunConfig from nested plain values (e.g. parsed TOML or config.json)."""
     load_builtins()
+    specs = values.get("plugins", [])
+    if isinstance(specs, list) and all(isinstance(s, str) for s in specs):
+        plugins.activate(specs)  # before the check: a plugin's sections and choices must exist
     cfg = build_dataclass(RunConfig, values)
     validate(cfg)
     for index in range(len(cfg.phases)):
@@ -97,6 +101,11 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] | dict[str, An
     """Read a TOML config, apply dotted overrides, validate. The run name defaults to the file stem."""
     values = read_toml(path)
     values.setdefault("name", Path(path).stem)
+    if "plugins" in values:  # plugin files are named relative to the config ...
+        values["plugins"] = plugins.resolve(values["plugins"], Path(path).parent)
     if not isinstance(overrides, dict):
         overrides = parse_overrides(overrides)
-    return config_from_dict(apply_overrides(values, overrides))
+    values = apply_overrides(values, overrides)
+    if "plugins" in values:  # ... or, given as an override, to the working directory
+        values["plugins"] = plugins.resolve(values["plugins"], Path.cwd())
+    return config_from_dict(values)

@@ -103,9 +103,14 @@ class ModelConfig:
         return sections[name]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested values, sections as `model.<name>` tables (what config.json holds)."""
+        """Plain nested values, sections as `model.<name>` tables (what config.json holds). A
+        plugin's section at its defaults is left out: a run that does not use the plugin must
+        not need it to be read back."""
         values = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "sections"}
-        values.update({name: dataclasses.asdict(getattr(self, name)) for name in MODEL_SECTIONS})
+        for name, section in MODEL_SECTIONS.items():
+            value = getattr(self, name)
+            if section.config.__module__.startswith("slmlab.") or value != section.config():
+                values[name] = dataclasses.asdict(value)
         return values
 
     @property
@@ -208,6 +213,7 @@ class RunConfig:
 
     name: str = "run"
     out_dir: str = "runs"
+    plugins: list[str] = field(default_factory=list)  # plugin files (absolute once loaded) or module names: slmlab/plugins.py
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -234,3 +240,10 @@ class RunConfig:
         values = dataclasses.asdict(self)
         values["model"] = self.model.to_dict()
         return values
+
+    def __reduce__(self):
+        """Pickled as plain values (to a sweep's worker processes): rebuilding imports the
+        plugins its sections come from, which a fresh process has not imported yet."""
+        from .loading import config_from_dict
+
+        return config_from_dict, (self.to_dict(),)

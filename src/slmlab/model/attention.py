@@ -9,6 +9,8 @@ For a block input h (B, T, d_model), with H heads of width D = d_model / H:
                                                          value gates as multipliers on v
     k, v    = cache.update(k, v)                         during generation
     y       = pattern(q, k, v, scale, q_start)           extension point "attention pattern"
+    y       = extension.output(y, h, state)              for each extension that has `output`:
+                                                         per-head output gates, (B, H, T, D)
     out     = W_o y                                      (B, T, d_model)
 
 `state` is a per-layer dict that lives in the KV cache (None without one): an extension that needs
@@ -103,6 +105,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.pattern = ATTENTION_PATTERNS[layer_pattern(cfg, layer)](cfg, layer)
         self.extensions = nn.ModuleList(extensions or [])
+        self._output_extensions = [e for e in self.extensions if callable(getattr(e, "output", None))]
         self._positions = [positions]  # shared with the decoder; a list keeps it out of this module's parameters
         self.hook_q, self.hook_k, self.hook_v, self.hook_z = HookPoint(), HookPoint(), HookPoint(), HookPoint()
 
@@ -127,5 +130,7 @@ class CausalSelfAttention(nn.Module):
             q_start = cache.length
             k, v = cache.update(k, v)
         y = self.pattern(q, k, v, scale, q_start)[..., : self.head_dim]
+        for extension in self._output_extensions:
+            y = extension.output(y, h, state)
         y = self.hook_z(y).transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.proj(y))

@@ -1,6 +1,7 @@
 """Run directories: the unit of record.
 
 runs/<name>/config.json        the resolved config, exactly what ran
+runs/<name>/plugins/           the plugins it used: their source and manifest.json (SHA-256s)
 runs/<name>/metrics.jsonl      one JSON object per logged step
 runs/<name>/tokenizer.json     the tokenizer it used
 runs/<name>/checkpoints/       step_N.safetensors + step_N.state.pt + step_N.sha256.json, `latest`
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import plugins
 from ..config import ConfigError, RunConfig, apply_overrides, config_from_dict
 from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..errors import RunFileError
@@ -40,6 +42,7 @@ class RunDir:
     path: Path
 
     config = property(lambda self: self.path / "config.json")
+    plugin_dir = property(lambda self: self.path / "plugins")  # plugin sources and manifest.json (slmlab/plugins.py)
     metrics = property(lambda self: self.path / "metrics.jsonl")
     tokenizer = property(lambda self: self.path / "tokenizer.json")
     checkpoints = property(lambda self: self.path / "checkpoints")
@@ -50,6 +53,7 @@ class RunDir:
     # nothing else, and the temp files of interrupted writes to them (".<name>.<random>").
     OWNED = (
         "config.json",
+        "plugins",
         "metrics.jsonl",
         "tokenizer.json",
         "checkpoints",
@@ -106,6 +110,8 @@ class RunDir:
             if kept:
                 log.warning("%s: kept %d file(s) slmlab did not write: %s", self.path, len(kept), ", ".join(kept[:5]))
         self.path.mkdir(parents=True, exist_ok=True)
+        if cfg.plugins:
+            plugins.record(self.plugin_dir, cfg.plugins)
         self.write_config(cfg)
 
     def remove_owned(self) -> list[str]:
@@ -140,6 +146,9 @@ class RunDir:
             raise ConfigError(f"{self.path} is not a run directory (no config.json)")
         fix = "it is the record of what ran: restore it from a copy of the run"
         values = read_json(self.config, "run config", ConfigError, fix)
+        specs = values.get("plugins") if isinstance(values, dict) else None
+        if specs and isinstance(specs, list):
+            plugins.activate_recorded(self.plugin_dir, specs, self.path)
         try:
             return config_from_dict(values)
         except ConfigError as err:

@@ -38,9 +38,17 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+from ..model.attention import FullCausal
 from ..model.hooks import HookPoint
 from ..model.interventions import Intervention, Replace, constant
-from ..registry import ABLATION_SUMMARIES, ATTENTION_EXTENSIONS, INTERVENTIONS, register_check, register_section
+from ..registry import (
+    ABLATION_SUMMARIES,
+    ATTENTION_EXTENSIONS,
+    INTERVENTIONS,
+    NAIVE_REFERENCES,
+    register_check,
+    register_section,
+)
 
 
 @dataclass
@@ -124,14 +132,16 @@ def check_smat(cfg) -> None:
         raise ConfigError(f"model.smat.s_dim must be > 0, got {cfg.model.smat.s_dim}")
 
 
-def naive_attention(attn, h: torch.Tensor, norm_len: int = 0) -> torch.Tensor:
-    """The naive reference of one attention layer's forward (no cache, no positions):
-    softmax(QK^T/sqrt(D) + λS + M)(G ⊙ V) with explicit (T, T) matrices, then W_o. Only the
-    tests (as the reference the fast path must match) and the benchmarks (as the cost of the
-    naive form) call it."""
+def naive_attention(attn, h: torch.Tensor, norm_len: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """The naive reference of one attention layer's forward (no cache; q, k rotated at
+    `positions` when given): softmax(QK^T/sqrt(D) + λS + M)(G ⊙ V) with explicit (T, T)
+    matrices, then W_o. The tests and `slmlab check` hold the fast path to it; the benchmarks
+    time it as the cost of the naive form."""
     B, T, C = h.shape
     H, D = attn.n_head, attn.head_dim
     q, k, v = attn.qkv(h).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+    if positions is not None:
+        q, k = attn._positions[0].rotate(q, k, positions)
     logits = q @ k.transpose(-1, -2) / math.sqrt(D)
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     for ext in attn.extensions:
@@ -148,6 +158,16 @@ def naive_attention(attn, h: torch.Tensor, norm_len: int = 0) -> torch.Tensor:
     weights = logits.masked_fill(~causal, float("-inf")).softmax(-1)
     y = (weights @ v).transpose(1, 2).reshape(B, T, C)
     return attn.proj(y)
+
+
+def reference(attn, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
+    """`slmlab check`'s naive reference for a full-attention layer whose one extension is SMAT."""
+    if not isinstance(attn.pattern, FullCausal) or [type(e) for e in attn.extensions] != [SemanticAttention]:
+        return None
+    return naive_attention(attn, h, attn.extensions[0].seq_norm, positions)
+
+
+NAIVE_REFERENCES.register("smat", reference)
 
 
 # ---- surgical ablations ----------------------------------------------------------------------

@@ -1,0 +1,331 @@
+"""`slmlab check CONFIG`: the conformance suite for any model a config builds (built-in or plugin).
+
+The model is rebuilt at tiny shapes (each shape setting shrunk only where the config still checks),
+then each property is measured and judged:
+
+| property | holds when |
+| --- | --- |
+| causality (train, eval) | changing the tokens at positions >= t never changes the logits at positions < t |
+| batch independence | a row's logits do not depend on the other rows of its batch |
+| KV cache | decoding in chunks (1 at a time, 3 at a time, half then singles) through the caches equals the full forward, past any local window |
+| gradients | every trainable parameter gets a finite, non-zero gradient (frozen = requires_grad False) |
+| determinism | the same seed builds the same weights and one training step gives bit-identical loss and weights |
+| save/load | weights written to safetensors and read into a fresh model give identical logits |
+| loss at init | the initial loss is within 10% of ln V (the model starts uncommitted) |
+| overfit one batch | 100 AdamW steps on one batch cut its loss below a third of the initial |
+| naive reference | for every registered registry.NAIVE_REFERENCES entry that applies to a layer: the layer's output and gradients equal it in float64 |
+
+Each property yields pass / fail / n/a with its measured figure; a property whose code raises is a
+failure whose reason is the exception, in one line.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_model
+
+from ..config import ConfigError, ModelConfig, RunConfig, apply_overrides, config_from_dict
+from ..model.protocol import attention_modules
+from ..registry import NAIVE_REFERENCES, build_model
+from ..runs.checkpoints import load_weights
+from ..tables import markdown_table
+
+TINY = {"n_layer": 2, "n_head": 4, "d_model": 32, "d_ff": 0, "block_size": 40, "vocab_size": 61, "local_block": 8}
+EXACT = 1e-9  # every comparison but the trained ones runs in float64: a real fault moves far more
+
+
+@dataclass
+class Result:
+    """One property's verdict: passed is None when it does not apply; reason says why it failed."""
+
+    passed: bool | None
+    figure: str
+    reason: str = ""
+
+
+@dataclass
+class Outcome:
+    name: str
+    result: Result
+
+
+def tiny_config(cfg: RunConfig) -> ModelConfig:
+    """cfg.model at tiny shapes: each TINY setting is taken only if the config still checks with
+    it (an architecture's own rules, per-layer pattern lists, a plugin's constraints)."""
+    values = cfg.to_dict()
+    values["phases"] = []
+    accepted: dict = {}
+    for key, value in TINY.items():
+        trial = {**accepted, f"model.{key}": value}
+        if key == "local_block" and cfg.model.local_block <= value:
+            continue
+        try:
+            config_from_dict(apply_overrides(values, trial))
+        except ConfigError:
+            continue
+        accepted = trial
+    return config_from_dict(apply_overrides(values, accepted)).model
+
+
+class Probe:
+    """Builds the model under test (seeded) and holds the shared inputs."""
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
+        self.cfg, self.seed = cfg, seed
+        self.T = min(cfg.block_size, 40)
+        generator = torch.Generator().manual_seed(seed)
+        self.tokens = torch.randint(0, cfg.vocab_size, (3, self.T), generator=generator)
+        self.targets = torch.randint(0, cfg.vocab_size, (3, self.T), generator=generator)
+
+    def build(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+        torch.manual_seed(self.seed)
+        return build_model(self.cfg).to(dtype)
+
+    def logits(self, model, tokens, seed: int | None = None) -> torch.Tensor:
+        if seed is not None:
+            torch.manual_seed(seed)  # the same dropout masks for both inputs in train mode
+        return model(tokens)[0]
+
+
+def check_causality(probe: Probe, mode: str) -> Result:
+    model = probe.build(torch.float64)
+    model.train(mode == "train")
+    worst = 0.0
+    with torch.no_grad():
+        for t in sorted({1, probe.T // 2, probe.T - 1}):
+            changed = probe.tokens.clone()
+            changed[:, t:] = (changed[:, t:] + 1 + torch.arange(probe.T - t)) % probe.cfg.vocab_size
+            before = probe.logits(model, probe.tokens, seed=1)[:, :t]
+            after = probe.logits(model, changed, seed=1)[:, :t]
+            worst = max(worst, (before - after).abs().max().item())
+    passed = worst <= EXACT
+    reason = (
+        ""
+        if passed
+        else f"changing tokens at positions >= t changed logits before t by {worst:.3g} ({mode} mode): the future leaks"
+    )
+    return Result(passed, f"max |Δ logits<t| = {worst:.2g}", reason)
+
+
+def check_batch_independence(probe: Probe) -> Result:
+    model = probe.build(torch.float64).eval()
+    with torch.no_grad():
+        together = probe.logits(model, probe.tokens)
+        alone = torch.cat([probe.logits(model, probe.tokens[i : i + 1]) for i in range(len(probe.tokens))])
+    worst = (together - alone).abs().max().item()
+    passed = worst <= EXACT
+    reason = "" if passed else f"a row's logits change with the other rows of its batch (by {worst:.3g})"
+    return Result(passed, f"max |Δ| = {worst:.2g}", reason)
+
+
+def check_kv_cache(probe: Probe) -> Result:
+    model = probe.build(torch.float64).eval()
+    T = probe.T
+    schedules = {
+        "1 at a time": [1] * T,
+        "3 at a time": [3] * (T // 3) + ([T % 3] if T % 3 else []),
+        "half, then 1s": [T // 2] + [1] * (T - T // 2),
+    }
+    worst = 0.0
+    with torch.no_grad():
+        full = probe.logits(model, probe.tokens)
+        for sizes in schedules.values():
+            caches, start, pieces = model.make_caches(), 0, []
+            for size in sizes:
+                pieces.append(model(probe.tokens[:, start : start + size], caches=caches)[0])
+                start += size
+            worst = max(worst, (torch.cat(pieces, dim=1) - full).abs().max().item())
+    passed = worst <= EXACT
+    reason = "" if passed else f"decoding through the KV cache differs from the full forward by {worst:.3g} (float64)"
+    return Result(passed, f"{len(schedules)} schedules over {T} tokens, max |Δ| = {worst:.2g}", reason)
+
+
+def _gradients(model, probe: Probe) -> dict[str, torch.Tensor | None]:
+    model.zero_grad(set_to_none=True)
+    model(probe.tokens, probe.targets)[1].backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+def check_gradients(probe: Probe) -> Result:
+    """Non-zero at init, or after one AdamW step: a zero-initialised gate (α = 0) blocks the
+    gradient of what it gates at step 0 only, and opens on the first step."""
+    model = probe.build().train()
+    grads = _gradients(model, probe)
+    late = [n for n, g in grads.items() if g is None or not g.abs().sum().item() > 0]
+    if late:
+        torch.optim.AdamW(model.parameters(), lr=1e-3).step()
+        grads.update({n: g for n, g in _gradients(model, probe).items() if n in late})
+    missing = [n for n, g in grads.items() if g is None or not g.abs().sum().item() > 0]
+    broken = [n for n, g in grads.items() if g is not None and not torch.isfinite(g).all()]
+    frozen = sum(not p.requires_grad for p in model.parameters())
+    figure = f"{len(grads) - len(missing) - len(broken)}/{len(grads)} tensors"
+    figure += (f", {len(late) - len(missing)} after one step" if len(late) > len(missing) else "") + (
+        f", {frozen} frozen" if frozen else ""
+    )
+    if broken:
+        return Result(False, figure, f"non-finite gradient in {', '.join(broken[:3])}")
+    if missing:
+        return Result(False, figure, f"no gradient reaches {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    return Result(True, figure)
+
+
+def _one_step(probe: Probe) -> tuple[float, torch.nn.Module]:
+    model = probe.build().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    torch.manual_seed(probe.seed + 1)
+    _, loss = model(probe.tokens, probe.targets)
+    loss.backward()
+    optimizer.step()
+    return loss.item(), model
+
+
+def check_determinism(probe: Probe) -> Result:
+    (loss_a, a), (loss_b, b) = _one_step(probe), _one_step(probe)
+    same = loss_a == loss_b and all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    return Result(
+        same,
+        "bit-identical" if same else f"losses {loss_a!r} vs {loss_b!r}",
+        "" if same else "the same seed gave different weights or loss after one step",
+    )
+
+
+def check_save_load(probe: Probe) -> Result:
+    model = probe.build().eval()
+    with torch.no_grad():
+        for parameter in model.parameters():  # away from the init, so a parameter left out shows
+            parameter.add_(torch.randn_like(parameter) * 0.01)
+    fresh = Probe(probe.cfg, probe.seed + 7).build().eval()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "weights.safetensors"
+        save_model(model, str(path))
+        load_weights(fresh, path)
+    with torch.no_grad():
+        worst = (probe.logits(model, probe.tokens) - probe.logits(fresh, probe.tokens)).abs().max().item()
+    passed = worst == 0.0
+    return Result(
+        passed,
+        f"max |Δ| = {worst:.2g}",
+        "" if passed else f"reloaded weights give different logits (by {worst:.3g}): state not in the state dict?",
+    )
+
+
+def check_initial_loss(probe: Probe) -> Result:
+    model = probe.build().eval()
+    with torch.no_grad():
+        loss = model(probe.tokens, probe.targets)[1].item()
+    expected = math.log(probe.cfg.vocab_size)
+    passed = abs(loss - expected) <= 0.1 * expected
+    figure = f"{loss:.3f} vs ln V = {expected:.3f}"
+    return Result(
+        passed,
+        figure,
+        "" if passed else f"initial loss {loss:.3f} is far from ln V = {expected:.3f}: check the init or the head's scale",
+    )
+
+
+def check_overfit(probe: Probe, steps: int = 100) -> Result:
+    model = probe.build().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    batch, targets = probe.tokens[:1], probe.tokens[:1].roll(-1, dims=1)
+    first = last = math.nan
+    for step in range(steps):
+        _, loss = model(batch, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        first = loss.item() if step == 0 else first
+        last = loss.item()
+    passed = math.isfinite(last) and last < first / 3
+    return Result(
+        passed,
+        f"loss {first:.2f} -> {last:.2f} in {steps} steps",
+        "" if passed else f"{steps} steps on one batch only took the loss from {first:.2f} to {last:.2f}: the model cannot learn",
+    )
+
+
+def check_naive_references(probe: Probe) -> Result:
+    model = probe.build(torch.float64)
+    positions = torch.arange(probe.T)
+    generator = torch.Generator().manual_seed(probe.seed)
+    compared, worst_out, worst_grad = [], 0.0, 0.0
+    for name, attention in attention_modules(model):
+        h = torch.randn(2, probe.T, probe.cfg.d_model, dtype=torch.float64, generator=generator, requires_grad=True)
+        for label, reference in NAIVE_REFERENCES.items():
+            naive = reference(attention, h, positions)
+            if naive is None:
+                continue
+            fast = attention(h, positions)
+            weights = torch.randn(fast.shape, dtype=torch.float64, generator=generator)
+            inputs = [h, *(p for p in attention.parameters() if p.requires_grad)]
+            grads_fast = torch.autograd.grad((fast * weights).sum(), inputs, allow_unused=True)
+            grads_naive = torch.autograd.grad((naive * weights).sum(), inputs, allow_unused=True)
+            worst_out = max(worst_out, (fast - naive).abs().max().item())
+            for a, b in zip(grads_fast, grads_naive):
+                if (a is None) != (b is None):
+                    worst_grad = math.inf
+                elif a is not None:
+                    worst_grad = max(worst_grad, (a - b).abs().max().item())
+            compared.append(f"{label}@{name}")
+    if not compared:
+        return Result(None, "no registered reference applies")
+    passed = worst_out <= EXACT and worst_grad <= EXACT
+    figure = f"{len(compared)} layer(s): max |Δ out| = {worst_out:.2g}, |Δ grad| = {worst_grad:.2g}"
+    return Result(
+        passed,
+        figure,
+        ""
+        if passed
+        else f"the fast path differs from its naive reference ({compared[0]}): output by {worst_out:.3g}, gradients by {worst_grad:.3g}",
+    )
+
+
+PROPERTIES: tuple[tuple[str, Callable[[Probe], Result]], ...] = (
+    ("causality (train)", lambda probe: check_causality(probe, "train")),
+    ("causality (eval)", lambda probe: check_causality(probe, "eval")),
+    ("batch independence", check_batch_independence),
+    ("KV cache = recomputation", check_kv_cache),
+    ("gradients", check_gradients),
+    ("determinism", check_determinism),
+    ("save/load round trip", check_save_load),
+    ("loss at init ≈ ln V", check_initial_loss),
+    ("overfit one batch", check_overfit),
+    ("naive reference (float64)", check_naive_references),
+)
+
+
+def run_checks(cfg: RunConfig, seed: int = 0) -> tuple[ModelConfig, list[Outcome]]:
+    """Every property, on `cfg`'s model at tiny shapes -> (the tiny ModelConfig, outcomes)."""
+    model_cfg = tiny_config(cfg)
+    probe = Probe(model_cfg, seed)
+    outcomes = []
+    for name, check in PROPERTIES:
+        try:
+            result = check(probe)
+        except Exception as err:  # a property whose code raises is a failure, in one line
+            first = str(err).splitlines()[0] if str(err) else ""
+            result = Result(False, "raised", f"{type(err).__name__}: {first}")
+        outcomes.append(Outcome(name, result))
+    return model_cfg, outcomes
+
+
+VERDICT = {True: "pass", False: "FAIL", None: "n/a"}
+
+
+def outcome_table(outcomes: list[Outcome]) -> str:
+    """One model: property, result, measured figure."""
+    return markdown_table(
+        ["property", "result", "measured"], [[o.name, VERDICT[o.result.passed], o.result.figure] for o in outcomes]
+    )
+
+
+def comparison_table(outcomes: dict[str, list[Outcome]]) -> str:
+    """Several models (a sweep's variants): one result column each."""
+    labels = list(outcomes)
+    rows = [[name] + [VERDICT[outcomes[label][i].result.passed] for label in labels] for i, (name, _) in enumerate(PROPERTIES)]
+    return markdown_table(["property", *labels], rows)

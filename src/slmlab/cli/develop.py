@@ -1,0 +1,78 @@
+"""Verbs for developing an idea: `check` (the conformance suite) and `new-variant` (a plugin
+skeleton that passes it)."""
+
+from __future__ import annotations
+
+import sys
+
+from .options import add_verb, load_run_config, non_negative_int
+
+KINDS = ("attention-extension", "output-gate")
+
+
+def register(sub) -> None:
+    p = add_verb(
+        sub,
+        "check",
+        "conformance suite of the model a config builds, at tiny shapes: causality, batch independence, "
+        "KV cache, gradients, determinism, save/load, initial loss, overfitting, naive references",
+        "  slmlab check configs/quickstart.toml\n"
+        "  slmlab check configs/smat_quick.toml --model.smat.use_S true\n"
+        "  slmlab check examples/plugins/gated_attention.toml",
+    )
+    p.add_argument("config")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the tiny model and its inputs")
+    p.set_defaults(func=cmd_check)
+
+    p = add_verb(
+        sub,
+        "new-variant",
+        "write a documented plugin skeleton (module, config section, naive reference, run and sweep configs) "
+        "that passes `slmlab check` as generated",
+        "  slmlab new-variant head_temperature --out ideas\n"
+        "  slmlab check ideas/head_temperature.toml\n"
+        "  slmlab sweep ideas/head_temperature_sweep.toml --jobs 2",
+    )
+    p.add_argument("name", help="a Python identifier: the plugin's file, section and config names")
+    p.add_argument("--kind", choices=KINDS, default=KINDS[0], help="extension point (default %(default)s)")
+    p.add_argument("--out", default="ideas", help="folder to write into (default %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace files of the same names")
+    p.set_defaults(func=cmd_new_variant)
+
+
+def cmd_check(args, extra) -> int:
+    """A run config: its model; a sweep config: every variant's model (at its first seed)."""
+    from ..analysis.conformance import comparison_table, outcome_table, run_checks
+    from ..config import parse_overrides, read_toml
+
+    if "variants" in read_toml(args.config):
+        from ..experiments.sweep import load_sweep
+
+        _, jobs = load_sweep(args.config, parse_overrides(extra))
+        configs = {}
+        for job in jobs:  # each variant at its first seed
+            configs.setdefault(job.variant, job.config)
+    else:
+        configs = {args.config: load_run_config(args.config, extra)}
+    results = {}
+    for label, cfg in configs.items():
+        model_cfg, results[label] = run_checks(cfg, args.seed)
+        print(
+            f"{label}: {model_cfg.arch}, {model_cfg.n_layer} layers x {model_cfg.d_model} d_model, vocab {model_cfg.vocab_size}"
+        )
+    print(outcome_table(results[label]) if len(results) == 1 else comparison_table(results))
+    failed = [(label, o) for label, outcomes in results.items() for o in outcomes if o.result.passed is False]
+    for label, outcome in failed:
+        print(f"FAIL {outcome.name}{f' [{label}]' if len(results) > 1 else ''}: {outcome.result.reason}", file=sys.stderr)
+    total = sum(len(outcomes) for outcomes in results.values())
+    print(f"{total - len(failed)}/{total} properties hold" + (f"; {len(failed)} fail" if failed else ""))
+    return 1 if failed else 0
+
+
+def cmd_new_variant(args, extra) -> int:
+    from ..analysis.scaffold import write_variant
+
+    for path in write_variant(args.name, args.kind, args.out, args.force):
+        print(f"wrote {path}")
+    print(f"next: slmlab check {args.out}/{args.name}.toml")
+    return 0

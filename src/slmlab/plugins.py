@@ -1,0 +1,193 @@
+"""Plugins: a user's idea in one Python file (or an importable module) outside slmlab.
+
+A run config names them at the top level, files relative to the config:
+
+    plugins = ["ideas/my_gate.py", "mypkg.ideas"]
+
+Importing a plugin runs its registration calls (registry.py: the same calls the built-in variants
+make), so its sections, extensions and interventions exist before the config is checked. A run
+records every plugin it used in RUN/plugins/: a copy of the source and its SHA-256
+(manifest.json). Reading a run back never executes plugin code unless the user trusts it
+(`--trust-plugins`, or SLMLAB_TRUST_PLUGINS=1 in the environment); then the run's recorded copy is
+what runs, and a plugin whose original file changed since is named in a warning. A plugin already
+imported in this process with other code than the run recorded is an error (resuming with it
+would mix two versions of the idea).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, RunFileError
+from .files import atomic_write_text, read_json, sha256_file
+
+log = logging.getLogger("slmlab")
+TRUST_VARIABLE = "SLMLAB_TRUST_PLUGINS"
+MANIFEST = "manifest.json"
+
+
+class PluginTrustError(ConfigError):
+    """A run needs plugin code the user has not agreed to execute."""
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """One imported plugin: `spec` as the config holds it (a file's absolute path, or a module
+    name), the module it was imported as, the file holding its code and that file's SHA-256."""
+
+    spec: str
+    module: str
+    source: Path
+    sha256: str
+
+
+_active: dict[str, Plugin] = {}
+
+
+def trust(enabled: bool = True) -> None:
+    """Allow (or forbid again) executing the plugin code recorded in runs this process reads; the
+    environment carries it to worker processes and torchrun ranks."""
+    if enabled:
+        os.environ[TRUST_VARIABLE] = "1"
+    else:
+        os.environ.pop(TRUST_VARIABLE, None)
+
+
+def trusted() -> bool:
+    return os.environ.get(TRUST_VARIABLE, "") not in ("", "0")
+
+
+def is_file_spec(spec: str) -> bool:
+    """'ideas/gate.py' or '/abs/gate.py' name files; 'mypkg.ideas' names an importable module."""
+    return spec.endswith(".py") or "/" in spec or os.sep in spec
+
+
+def resolve(specs: list, base: Path) -> list:
+    """File specs made absolute against `base` (the config's folder); module names unchanged."""
+    if not isinstance(specs, list):
+        return specs  # the schema check names the mistake
+    return [
+        str((base / s).resolve()) if isinstance(s, str) and is_file_spec(s) and not Path(s).is_absolute() else s for s in specs
+    ]
+
+
+def activate(specs: list[str]) -> list[Plugin]:
+    """Import every plugin not yet imported in this process (a no-op for the others)."""
+    return [_active.get(spec) or _import(spec) for spec in specs]
+
+
+def active(spec: str) -> Plugin | None:
+    return _active.get(spec)
+
+
+def _import(spec: str, source: Path | None = None) -> Plugin:
+    """Import `spec` (from `source`, a recorded copy, when given) and remember it."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"plugins: expected a file path or module name, got {spec!r}")
+    if source is None and not is_file_spec(spec):
+        module = _import_module(spec)
+        path = Path(getattr(module, "__file__", "") or "")
+        if not path.is_file():
+            raise ConfigError(f"plugin '{spec}' has no source file to record (a namespace package?); name its module file")
+        plugin = Plugin(spec, spec, path, sha256_file(path))
+    else:
+        path = source or Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"plugin file not found: {path} (plugins = [...] paths are relative to the config file)")
+        name = module_name(spec)
+        _exec_file(spec, name, path)
+        plugin = Plugin(spec, name, path, sha256_file(path))
+    _active[spec] = plugin
+    return plugin
+
+
+def module_name(spec: str) -> str:
+    """The module a plugin is imported as: its name for a module, `slmlab_plugin_<stem>` for a file."""
+    if not is_file_spec(spec):
+        return spec
+    return "slmlab_plugin_" + re.sub(r"\W", "_", Path(spec).stem)
+
+
+def _import_module(spec: str):
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as err:
+        raise ConfigError(f"plugin module '{spec}' cannot be imported ({err}); install it or name its .py file") from None
+    except ConfigError:
+        raise
+    except Exception as err:  # the plugin's own code failed: say which plugin and why, in one line
+        raise ConfigError(f"plugin '{spec}' failed to import: {type(err).__name__}: {err}") from None
+
+
+def _exec_file(spec: str, name: str, path: Path) -> None:
+    loader_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    try:
+        loader_spec.loader.exec_module(module)
+    except ConfigError:
+        sys.modules.pop(name, None)
+        raise
+    except Exception as err:
+        sys.modules.pop(name, None)
+        raise ConfigError(f"plugin '{spec}' failed to import: {type(err).__name__}: {err}") from None
+
+
+# ---- recording in a run directory ----------------------------------------------------------
+def record(folder: Path, specs: list[str]) -> None:
+    """Copy each active plugin's source into `folder` (RUN/plugins) and write the manifest."""
+    entries = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for plugin in activate(specs):
+        copy = f"{plugin.module}.py"
+        shutil.copyfile(plugin.source, folder / copy)
+        entries.append(
+            {"spec": plugin.spec, "module": plugin.module, "source": str(plugin.source), "copy": copy, "sha256": plugin.sha256}
+        )
+    atomic_write_text(folder / MANIFEST, json.dumps(entries, indent=2) + "\n")
+
+
+def activate_recorded(folder: Path, specs: list[str], run: Path) -> None:
+    """Make the plugins a run recorded in `folder` active, executing their recorded copies only
+    when trusted; see the module docstring for the rules."""
+    manifest = folder / MANIFEST
+    fix = f"the run's plugin record is missing or damaged; restore {folder} from a copy of the run"
+    entries = {e.get("spec"): e for e in read_json(manifest, "plugin manifest", RunFileError, fix)} if manifest.is_file() else {}
+    for spec in specs:
+        entry = entries.get(spec)
+        if entry is None or not isinstance(entry.get("sha256"), str):
+            raise RunFileError(f"{run}: plugin '{spec}' is not recorded in {manifest}; {fix}")
+        loaded = _active.get(spec)
+        if loaded is not None:
+            if loaded.sha256 != entry["sha256"]:
+                raise ConfigError(
+                    f"plugin '{spec}' changed since {run} was made (sha256 {loaded.sha256[:12]} now, "
+                    f"{entry['sha256'][:12]} then); restore it, or load the run in a fresh process with "
+                    "--trust-plugins to use its recorded copy"
+                )
+            continue
+        if not trusted():
+            raise PluginTrustError(
+                f"{run} uses plugin code ({', '.join(specs)}); read {folder} and pass --trust-plugins "
+                f"(or set {TRUST_VARIABLE}=1) to let it run"
+            )
+        copy = folder / str(entry.get("copy", ""))
+        if not copy.is_file() or sha256_file(copy) != entry["sha256"]:
+            raise RunFileError(f"{copy}: the recorded plugin copy is missing or does not match its sha256; {fix}")
+        _import(spec, source=copy)
+        _warn_if_changed(spec, entry, run)
+
+
+def _warn_if_changed(spec: str, entry: dict, run: Path) -> None:
+    original = Path(str(entry.get("source", "")))
+    if original.is_file() and sha256_file(original) != entry["sha256"]:
+        log.warning("plugin '%s' changed since %s was made; using the run's recorded copy", spec, run)
