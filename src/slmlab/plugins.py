@@ -153,7 +153,7 @@ def record(folder: Path, specs: list[str]) -> None:
         entries.append(
             {"spec": plugin.spec, "module": plugin.module, "source": str(plugin.source), "copy": copy, "sha256": plugin.sha256}
         )
-    atomic_write_text(folder / MANIFEST, json.dumps(entries, indent=2) + "\n")
+    atomic_write_text(folder / MANIFEST, json.dumps({"plugins": entries}, indent=2) + "\n")
 
 
 def activate_recorded(folder: Path, specs: list[str], run: Path) -> None:
@@ -161,7 +161,8 @@ def activate_recorded(folder: Path, specs: list[str], run: Path) -> None:
     when trusted; see the module docstring for the rules."""
     manifest = folder / MANIFEST
     fix = f"the run's plugin record is missing or damaged; restore {folder} from a copy of the run"
-    entries = {e.get("spec"): e for e in read_json(manifest, "plugin manifest", RunFileError, fix)} if manifest.is_file() else {}
+    recorded = read_json(manifest, "plugin manifest", RunFileError, fix).get("plugins", []) if manifest.is_file() else []
+    entries = {e.get("spec"): e for e in recorded if isinstance(e, dict)} if isinstance(recorded, list) else {}
     for spec in specs:
         entry = entries.get(spec)
         if entry is None or not isinstance(entry.get("sha256"), str):

@@ -84,6 +84,10 @@ class Registry(Generic[T]):
 
 
 def _qualname(entry: Any) -> str:
+    """What identifies an entry across imports of its module (a plugin loaded again, from its
+    run's recorded copy say): module and name; a table (dict) by its keys."""
+    if isinstance(entry, dict):
+        return f"table of {sorted(entry)}"
     return f"{getattr(entry, '__module__', '?')}.{getattr(entry, '__qualname__', repr(entry))}"
 
 

@@ -1,0 +1,131 @@
+"""`slmlab check`: every built-in config's model passes the conformance suite; plugins that break
+a property (a token that sees the next one, an extension that ignores the KV cache, a parameter
+left out of the graph) fail it, naming the property; `slmlab new-variant` writes a plugin that
+passes it as generated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from slmlab.analysis.conformance import run_checks
+from slmlab.analysis.scaffold import write_variant
+from slmlab.cli import main
+from slmlab.config import ConfigError, load_config
+from slmlab.experiments.sweep import load_sweep
+from tests.conftest import write_micro_toml
+
+ROOT = Path(__file__).parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
+
+
+def configs_of(path: Path):
+    """(label, RunConfig) of a run config, or of every variant of a sweep config (first seed)."""
+    if "variants" in path.read_text():
+        _, jobs = load_sweep(path)
+        seen = {}
+        for job in jobs:
+            seen.setdefault(job.variant, job.config)
+        return list(seen.items())
+    return [(path.stem, load_config(path))]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_built_in_config_passes(path):
+    for label, cfg in configs_of(path):
+        _, outcomes = run_checks(cfg)
+        failed = [f"{o.name}: {o.result.reason}" for o in outcomes if o.result.passed is False]
+        assert not failed, (label, failed)
+
+
+def test_smat_is_held_to_its_naive_reference():
+    cfg = load_config(ROOT / "configs" / "quickstart.toml", {"model.smat.use_S": True, "model.smat.use_G": True})
+    outcome = {o.name: o.result for o in run_checks(cfg)[1]}["naive reference (float64)"]
+    assert outcome.passed is True and "2 layer(s)" in outcome.figure
+
+
+BROKEN = {
+    "peek": (
+        "causality (eval)",
+        "return q, k, v.roll(-1, dims=2), scale  # each value slot holds the next token's value",
+    ),
+    "amnesia": (
+        "KV cache = recomputation",
+        "n = torch.arange(1, k.shape[2] + 1, device=k.device)[:, None]\n"
+        "        return q, k - k.cumsum(2) / n, v, scale  # a prefix mean over this chunk only: forgets the cache",
+    ),
+    "dead": ("gradients", "return q, k, v, scale  # self.unused never enters the graph"),
+}
+
+
+def broken_plugin(tmp_path: Path, text_corpus, name: str) -> Path:
+    """A one-file plugin whose extension breaks one property, and a config switching it on."""
+    body = BROKEN[name][1]
+    plugin = tmp_path / f"broken_{name}.py"
+    plugin.write_text(f"""
+from dataclasses import dataclass
+import torch
+from torch import nn
+from slmlab.registry import ATTENTION_EXTENSIONS, register_section
+
+@dataclass
+class BrokenConfig:
+    enabled: bool = False
+
+class Broken(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.unused = nn.Parameter(torch.ones(3))
+
+    def forward(self, q, k, v, h, scale, state):
+        {body}
+
+ATTENTION_EXTENSIONS.register("broken_{name}", lambda cfg, layer: Broken(cfg) if cfg.broken_{name}.enabled else None)
+register_section("broken_{name}", BrokenConfig, extends="attention")
+""")
+    config = write_micro_toml(tmp_path / f"{name}.toml", text_corpus, tmp_path)
+    config.write_text(f'plugins = ["{plugin.name}"]\n' + config.read_text() + f"[model.broken_{name}]\nenabled = true\n")
+    return config
+
+
+@pytest.mark.parametrize("name", list(BROKEN))
+def test_a_broken_plugin_fails_naming_the_property(tmp_path, text_corpus, capsys, name):
+    config = broken_plugin(tmp_path, text_corpus, name)
+    assert main(["check", str(config)]) == 1
+    out, err = capsys.readouterr()
+    property_name = BROKEN[name][0]
+    assert f"FAIL {property_name}:" in err
+    assert len([line for line in err.splitlines() if line.startswith("FAIL")]) >= 1
+    failing = {line.split(":")[0].removeprefix("FAIL ") for line in err.splitlines()}
+    assert "determinism" not in failing and "save/load round trip" not in failing  # only what is broken
+
+
+@pytest.mark.parametrize("kind", ["attention-extension", "output-gate"])
+def test_the_scaffold_passes_its_own_check(tmp_path, capsys, kind):
+    name = f"idea_{kind.replace('-', '_')}"
+    written = write_variant(name, kind, tmp_path / "ideas")
+    assert sorted(p.name for p in written) == sorted([f"{name}.py", f"{name}.toml", f"{name}_sweep.toml"])
+    source = (tmp_path / "ideas" / f"{name}.py").read_text()
+    assert "naive_reference" in source and f"class {''.join(p.capitalize() for p in name.split('_'))}Config" in source
+    assert main(["check", str(tmp_path / "ideas" / f"{name}_sweep.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "20/20 properties hold" in out
+    naive_row = next(line for line in out.splitlines() if line.startswith("| naive reference"))
+    assert naive_row.split("|")[3].strip() == "pass"  # the idea's own column: held to its reference
+
+
+def test_the_scaffold_refuses_bad_names_and_existing_files(tmp_path):
+    with pytest.raises(ConfigError, match="lower-case Python identifier"):
+        write_variant("My-Idea", "attention-extension", tmp_path)
+    with pytest.raises(ConfigError, match="taken by a built-in section"):
+        write_variant("smat", "attention-extension", tmp_path)
+    write_variant("twice", "output-gate", tmp_path)
+    with pytest.raises(ConfigError, match="already exist.*--force"):
+        write_variant("twice", "output-gate", tmp_path)
+    write_variant("twice", "output-gate", tmp_path, force=True)
+
+
+def test_the_worked_example_passes_check(capsys):
+    assert main(["check", str(ROOT / "examples" / "plugins" / "gated_attention_sweep.toml")]) == 0
+    assert "30/30 properties hold" in capsys.readouterr().out

@@ -1,0 +1,179 @@
+"""Plugins named in a config: imported before the config is checked, recorded in the run (source
+and sha256), never executed from a run without --trust-plugins, and a changed plugin is named.
+The worked example (examples/plugins/gated_attention.py) trains, generates, ablates and sweeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from slmlab import plugins
+from slmlab.config import ConfigError, load_config
+from slmlab.errors import RunFileError
+from slmlab.files import sha256_file
+from slmlab.runs import RunDir, load_run
+from slmlab.training import train
+from tests.conftest import write_micro_toml
+
+ROOT = Path(__file__).parents[1]
+EXAMPLE = ROOT / "examples" / "plugins" / "gated_attention.py"
+
+
+def plugin_toml(tmp_path: Path, corpus, plugin: Path, section: str = "[model.gated_attention]\nenabled = true\n") -> Path:
+    """A micro run config in tmp_path/configs naming `plugin` relative to itself."""
+    folder = tmp_path / "configs"
+    folder.mkdir(exist_ok=True)
+    path = write_micro_toml(folder / "gated.toml", corpus, tmp_path)
+    relative = os.path.relpath(plugin, folder)
+    path.write_text(f'plugins = ["{relative}"]\n' + path.read_text() + section)
+    return path
+
+
+def slmlab(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != plugins.TRUST_VARIABLE}
+    return subprocess.run([sys.executable, "-m", "slmlab", *args], capture_output=True, text=True, env={**environment, **(env or {})})
+
+
+@pytest.fixture
+def trained(tmp_path, text_corpus):
+    """A 12-step run of the example plugin (trained in this process), and its config file."""
+    config = plugin_toml(tmp_path, text_corpus, EXAMPLE)
+    result = train(load_config(config), progress=False)
+    return Path(result.run_dir), config
+
+
+def test_the_plugin_is_imported_before_the_config_is_checked(tmp_path, text_corpus):
+    cfg = load_config(plugin_toml(tmp_path, text_corpus, EXAMPLE))
+    assert cfg.plugins == [str(EXAMPLE.resolve())]  # resolved against the config's folder
+    assert cfg.model.gated_attention.enabled
+    typo = plugin_toml(tmp_path, text_corpus, EXAMPLE, "[model.gated_attention]\nenabld = true\n")
+    with pytest.raises(ConfigError, match="did you mean 'enabled'"):
+        load_config(typo)
+
+
+def test_missing_and_failing_plugins_are_one_line_errors(tmp_path, text_corpus):
+    with pytest.raises(ConfigError, match="plugin file not found"):
+        load_config(plugin_toml(tmp_path, text_corpus, tmp_path / "nowhere.py", ""))
+    broken = tmp_path / "broken_idea.py"
+    broken.write_text("raise RuntimeError('my idea has a bug')\n")
+    with pytest.raises(ConfigError, match="plugin .*broken_idea.py' failed to import: RuntimeError: my idea has a bug"):
+        load_config(plugin_toml(tmp_path, text_corpus, broken, ""))
+    with pytest.raises(ConfigError, match="plugin module 'no_such_module_xyz' cannot be imported"):
+        load_config(write_micro_toml(tmp_path / "m.toml", text_corpus, tmp_path), {"plugins": ["no_such_module_xyz"]})
+
+
+def test_a_run_records_its_plugins_source_and_sha256(trained):
+    run, _ = trained
+    manifest = json.loads((run / "plugins" / "manifest.json").read_text())["plugins"]
+    assert [entry["sha256"] for entry in manifest] == [sha256_file(EXAMPLE)]
+    assert (run / "plugins" / manifest[0]["copy"]).read_bytes() == EXAMPLE.read_bytes()
+    cfg, model, _ = load_run(run)  # the plugin is already imported here: nothing new executes
+    assert cfg.model.gated_attention.enabled and any(type(m).__name__ == "OutputGate" for m in model.modules())
+
+
+def test_a_run_never_executes_plugin_code_unless_trusted(trained):
+    run, _ = trained
+    refused = slmlab("eval", str(run), "--batches", "1")
+    assert refused.returncode == 2
+    assert "--trust-plugins" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    trusted = slmlab("eval", str(run), "--batches", "1", "--trust-plugins")
+    assert trusted.returncode == 0, trusted.stderr
+    assert "changed" not in trusted.stderr
+
+
+def test_a_changed_plugin_is_named(trained, tmp_path):
+    run, _ = trained
+    manifest = json.loads((run / "plugins" / "manifest.json").read_text())["plugins"]
+    original = tmp_path / "moved" / "gated_attention.py"  # the run's record points at a copy we may edit
+    original.parent.mkdir()
+    shutil.copyfile(EXAMPLE, original)
+    manifest[0]["source"] = str(original)
+    (run / "plugins" / "manifest.json").write_text(json.dumps({"plugins": manifest}))
+    original.write_text(original.read_text() + "\n# edited after the run\n")
+    warned = slmlab("generate", str(run), "--prompt", "ab", "--max-new-tokens", "4", "--trust-plugins")
+    assert warned.returncode == 0, warned.stderr
+    assert "changed since" in warned.stderr and "recorded copy" in warned.stderr
+    # in a process where the plugin runs with other code than the run recorded: an error
+    spec = manifest[0]["spec"]
+    active = plugins.active(spec)
+    plugins._active[spec] = plugins.Plugin(spec, active.module, active.source, "0" * 64)
+    try:
+        with pytest.raises(ConfigError, match="changed since"):
+            RunDir(run).read_config()
+    finally:
+        plugins._active[spec] = active
+
+
+def test_a_damaged_plugin_record_is_refused(trained):
+    run, _ = trained
+    copy = next((run / "plugins").glob("*.py"))
+    copy.write_text(copy.read_text() + "\nprint('tampered')\n")
+    result = slmlab("eval", str(run), "--batches", "1", "--trust-plugins")
+    assert result.returncode == 2 and "does not match its sha256" in result.stderr
+    assert "tampered" not in result.stdout
+    (run / "plugins" / "manifest.json").unlink()
+    with pytest.raises(RunFileError, match="not recorded"):
+        plugins.activate_recorded(run / "plugins", ["elsewhere.py"], run)
+
+
+def test_a_plugin_can_be_an_importable_module(tmp_path, text_corpus, monkeypatch):
+    package = tmp_path / "site"
+    package.mkdir()
+    (package / "my_scale_idea.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from slmlab.registry import register_section\n"
+        "@dataclass\nclass ScaleConfig:\n    factor: float = 1.0\n"
+        "register_section('my_scale', ScaleConfig, extends='attention')\n"
+    )
+    monkeypatch.syspath_prepend(str(package))
+    config = write_micro_toml(tmp_path / "m.toml", text_corpus, tmp_path)
+    config.write_text('plugins = ["my_scale_idea"]\n' + config.read_text() + "[model.my_scale]\nfactor = 2.0\n")
+    cfg = load_config(config)
+    assert cfg.plugins == ["my_scale_idea"] and cfg.model.my_scale.factor == 2.0
+
+
+def test_resume_and_ablate_run_the_recorded_plugin(trained):
+    run, _ = trained
+    resumed = slmlab("train", "--resume", str(run), "--train.steps", "14", "--no-progress", "--trust-plugins")
+    assert resumed.returncode == 0, resumed.stderr
+    assert RunDir(run).read_summary()["step"] == 14
+    ablated = slmlab("ablate", str(run), "--n-batches", "1", "--trust-plugins")
+    assert ablated.returncode == 0, ablated.stderr
+    assert "gate_one" in ablated.stdout
+
+
+def test_the_output_gate_intervention_changes_the_model(trained):
+    from slmlab.model.interventions import applicable, intervene
+
+    run, _ = trained
+    _, model, _ = load_run(run)
+    names = [i.name for i in applicable(model)]
+    assert "gate_one" in names
+    tokens = torch.randint(0, model.cfg.vocab_size, (1, 16))
+    with torch.no_grad():
+        before = model(tokens)[0]
+        with intervene(model, next(i for i in applicable(model) if i.name == "gate_one")):
+            after = model(tokens)[0]
+    assert not torch.allclose(before, after)
+
+
+@pytest.mark.slow
+def test_a_sweep_loads_the_plugin_in_its_worker_processes(tmp_path, text_corpus):
+    base = plugin_toml(tmp_path, text_corpus, EXAMPLE)
+    sweep = base.parent / "sweep.toml"
+    sweep.write_text(
+        f'name = "gated_sweep"\nbase = "{base.name}"\nout_dir = "{tmp_path / "runs"}"\nseeds = [0]\n'
+        '[overrides]\n"train.steps" = 4\n"train.eval_every" = 4\n"train.checkpoint_every" = 4\n'
+        '[variants.baseline]\n"model.gated_attention.enabled" = false\n[variants.gated]\n'
+    )
+    result = slmlab("sweep", str(sweep), "--jobs", "2")
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "runs" / "gated_sweep" / "results.md").read_text()
+    assert "| gated" in table and "0 runs, 0 steps" in table
