@@ -93,7 +93,7 @@ register_section("broken_{name}", BrokenConfig, extends="attention")
 def test_a_broken_plugin_fails_naming_the_property(tmp_path, text_corpus, capsys, name):
     config = broken_plugin(tmp_path, text_corpus, name)
     assert main(["check", str(config)]) == 1
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     property_name = BROKEN[name][0]
     assert f"FAIL {property_name}:" in err
     assert len([line for line in err.splitlines() if line.startswith("FAIL")]) >= 1

@@ -38,7 +38,9 @@ def plugin_toml(tmp_path: Path, corpus, plugin: Path, section: str = "[model.gat
 
 def slmlab(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k != plugins.TRUST_VARIABLE}
-    return subprocess.run([sys.executable, "-m", "slmlab", *args], capture_output=True, text=True, env={**environment, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "slmlab", *args], capture_output=True, text=True, env={**environment, **(env or {})}
+    )
 
 
 @pytest.fixture
@@ -177,3 +179,36 @@ def test_a_sweep_loads_the_plugin_in_its_worker_processes(tmp_path, text_corpus)
     assert result.returncode == 0, result.stderr
     table = (tmp_path / "runs" / "gated_sweep" / "results.md").read_text()
     assert "| gated" in table and "0 runs, 0 steps" in table
+
+
+def test_info_counts_what_a_plugin_really_runs():
+    from slmlab.model import build_model, model_stats
+    from slmlab.model.accounting import measured_flops_per_token
+
+    def flops(enabled: bool) -> tuple[float, float]:
+        cfg = load_config(
+            ROOT / "examples" / "plugins" / "gated_attention.toml",
+            {"model.vocab_size": 65, "model.gated_attention.enabled": enabled},
+        )
+        with torch.device("meta"):
+            model = build_model(cfg.model)
+        return measured_flops_per_token(model, 64), model_stats(model, cfg.model).flops_per_token(64)
+
+    (base_counted, base_formula), (gated_counted, _) = flops(False), flops(True)
+    assert base_counted == pytest.approx(base_formula, rel=0.02)  # the closed form and the counter agree
+    assert gated_counted > base_counted * 1.03  # the gate's matmuls are counted
+
+
+def test_interventions_of_two_ideas_with_the_same_hook_name_stay_apart(tmp_path, text_corpus):
+    """SMAT's value gate and the plugin's output gate both have a `hook_gate`: each idea's
+    interventions reach only its own modules, and ablate labels them apart."""
+    from slmlab.model import build_model
+    from slmlab.model.interventions import applicable, hook_points
+
+    cfg = load_config(plugin_toml(tmp_path, text_corpus, EXAMPLE), {"model.smat.use_G": True, "model.vocab_size": 20})
+    model = build_model(cfg.model)
+    gate_ones = [i for i in applicable(model) if i.name == "gate_one"]
+    assert {i.owner.__name__ for i in gate_ones} == {"SemanticAttention", "OutputGate"}
+    reached = [{id(m) for m in hook_points(model, "hook_gate", i.owner)} for i in gate_ones]
+    assert reached[0] and reached[1] and not reached[0] & reached[1]
+    assert len(hook_points(model, "hook_gate")) == len(reached[0]) + len(reached[1])

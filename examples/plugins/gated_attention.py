@@ -89,7 +89,10 @@ INTERVENTIONS.register(
     "gated_attention",
     {
         "gate_one": Intervention(
-            "gate_one", "output gate G forced to 1 (the attention without its gate)", {"hook_gate": constant(torch.ones_like)}
+            "gate_one",
+            "output gate G forced to 1 (the attention without its gate)",
+            {"hook_gate": constant(torch.ones_like)},
+            owner=OutputGate,
         )
     },
 )

@@ -11,7 +11,7 @@ import torch
 
 from ..config import RunConfig
 from ..model import build_model, model_stats
-from ..model.accounting import traced_activation_bytes
+from ..model.accounting import measured_flops_per_token, traced_activation_bytes
 from ..tables import human, markdown_table
 
 
@@ -30,6 +30,7 @@ def size_table(cfg: RunConfig, batch_size: int = 0, seq_len: int = 0) -> str:
         ("parameters", f"{stats.params:,} ({human(stats.params)})"),
         ("non-embedding parameters", f"{stats.non_embedding_params:,} ({human(stats.non_embedding_params)})"),
         (f"FLOPs / token (train, T={seq})", human(stats.flops_per_token(seq, training=True))),
+        (f"FLOPs / token (train, T={seq}, counted by torch.utils.flop_counter)", human(measured_flops_per_token(model, seq))),
         (f"FLOPs / token (inference, T={seq})", human(stats.flops_per_token(seq, training=False))),
         ("inference memory fp32 (weights + KV cache, 1 x block)", human(infer32["total"], "B")),
         ("inference memory bf16 (weights + KV cache, 1 x block)", human(infer16["total"], "B")),

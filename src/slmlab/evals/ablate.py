@@ -39,7 +39,8 @@ def ablate(run_path: str | Path, n_batches: int = 20, device: str = "auto") -> t
     for intervention in interventions:
         with intervene(model, intervention):
             value = ppl()
-        rows[intervention.name] = {
+        label = intervention.name if intervention.name not in rows else f"{intervention.name} ({intervention.owner.__name__})"
+        rows[label] = {
             "description": intervention.description,
             "val_ppl": value,
             "delta_pct": 100.0 * (value / reference - 1.0),

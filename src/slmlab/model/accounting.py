@@ -6,6 +6,9 @@ second term is attention's QK^T and AV over the keys a layer's queries can reach
 T_l = T for full attention, min(T, 2B) for a block-local layer (its 2B-key window), so a model of
 L full layers costs 6 N + 12 L d T. Inference costs a third.
 
+`measured_flops_per_token` counts what a model really runs (torch.utils.flop_counter), so a
+plugin's cost shows without a formula; `slmlab info` prints both.
+
 Memory: weights, gradients and AdamW's two moments are 4 bytes per parameter each in fp32;
 activations kept for backward are about (9 d + 2 d_ff) values per token and layer (norm inputs
 and outputs, q/k/v, attention output and its reshaped copy, MLP hidden before and after GELU;
@@ -18,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ..config import ModelConfig
@@ -124,3 +128,17 @@ def traced_activation_bytes(model: nn.Module, batch_size: int, seq_len: int) -> 
 
     idx = torch.zeros(batch_size, seq_len, dtype=torch.long, device=next(model.parameters()).device)
     return bytes_kept_for_backward(lambda: model(idx, idx), exclude=model.parameters())[1]
+
+
+def measured_flops_per_token(model: nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward) counted by torch.utils.flop_counter on one
+    (1, seq_len) sequence: what any architecture or plugin really runs, whatever its graph. On a
+    model built on the meta device it costs no memory and runs no arithmetic."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    tokens = torch.zeros(1, seq_len, dtype=torch.long, device=device)
+    with FlopCounterMode(display=False) as counter:
+        model(tokens, tokens)[1].backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / seq_len

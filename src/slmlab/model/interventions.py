@@ -36,11 +36,25 @@ def constant(replace: Replace) -> Callable[[], Replace]:
 class Intervention:
     """`replacements` maps a hook-point suffix to a factory of the function that computes the new
     output from the old; the factory runs at each application, so random replacements are
-    reproducible (same seed every time)."""
+    reproducible (same seed every time). `owner` (a module class) limits the hook points to those
+    inside modules of that class: two ideas may both name a hook point "hook_gate"."""
 
     name: str
     description: str
     replacements: dict[str, Callable[[], Replace]] = field(default_factory=dict)
+    owner: type | None = None
+
+
+def hook_points(model: nn.Module, suffix: str, owner: type | None = None) -> list[nn.Module]:
+    """The modules whose name ends with `suffix` (inside an `owner` instance, when given)."""
+    found = []
+    for name, module in model.named_modules():
+        if not (name == suffix or name.endswith("." + suffix)):
+            continue
+        parent = name[: -len(suffix)].rstrip(".")
+        if owner is None or isinstance(model.get_submodule(parent), owner):
+            found.append(module)
+    return found
 
 
 @contextlib.contextmanager
@@ -50,7 +64,7 @@ def intervene(model: nn.Module, intervention: Intervention):
     try:
         for suffix, factory in intervention.replacements.items():
             replace = factory()
-            points = [m for n, m in model.named_modules() if n.endswith(suffix)]
+            points = hook_points(model, suffix, intervention.owner)
             if not points:
                 raise ConfigError(f"intervention '{intervention.name}': the model has no hook point '{suffix}'")
             handles += [p.register_forward_hook(lambda module, args, out, f=replace: f(out)) for p in points]
@@ -63,10 +77,9 @@ def intervene(model: nn.Module, intervention: Intervention):
 def applicable(model: nn.Module) -> list[Intervention]:
     """The registered interventions (registry.INTERVENTIONS: variant -> {name: Intervention})
     whose hook points all exist in this model."""
-    names = [n for n, _ in model.named_modules()]
-    found = []
-    for group in INTERVENTIONS.values():
-        for intervention in group.values():
-            if all(any(n.endswith(s) for n in names) for s in intervention.replacements):
-                found.append(intervention)
-    return found
+    return [
+        intervention
+        for group in INTERVENTIONS.values()
+        for intervention in group.values()
+        if all(hook_points(model, suffix, intervention.owner) for suffix in intervention.replacements)
+    ]

@@ -201,19 +201,32 @@ INTERVENTIONS.register(
                 "lambda_zero",
                 "λ = 0: no similarity bias in attention; S still drives the gate's centrality c",
                 {"hook_lambda": constant(torch.zeros_like)},
+                owner=SemanticAttention,
             ),
             Intervention(
                 "s_removed",
                 "S removed entirely: no bias (λ = 0) and c = 0 in the gate",
                 {"hook_lambda": constant(torch.zeros_like), "hook_c": constant(torch.zeros_like)},
+                owner=SemanticAttention,
             ),
             Intervention(
-                "random_s", "S replaced by a random S of the same Frobenius norm (bias and c)", {"hook_s": _random_same_norm}
+                "random_s",
+                "S replaced by a random S of the same Frobenius norm (bias and c)",
+                {"hook_s": _random_same_norm},
+                owner=SemanticAttention,
             ),
             Intervention(
-                "gate_mean", "G replaced by its mean over all tokens of the batch", {"hook_gate": constant(_mean_over_tokens)}
+                "gate_mean",
+                "G replaced by its mean over all tokens of the batch",
+                {"hook_gate": constant(_mean_over_tokens)},
+                owner=SemanticAttention,
             ),
-            Intervention("gate_one", "G forced to 1.0 (as if use_G were off)", {"hook_gate": constant(torch.ones_like)}),
+            Intervention(
+                "gate_one",
+                "G forced to 1.0 (as if use_G were off)",
+                {"hook_gate": constant(torch.ones_like)},
+                owner=SemanticAttention,
+            ),
         )
     },
 )
