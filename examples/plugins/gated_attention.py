@@ -17,7 +17,8 @@ SMAT's gain were "any gate helps", this gate would show it too.
 The plugin registers, with the calls slmlab's own variants use:
 - the attention extension "gated_attention" (its `output` method acts on the SDPA output),
 - the config section [model.gated_attention] (enabled, granularity, bias_init),
-- the intervention "gate_one" (G forced to 1: the trained model without its gate), for `slmlab ablate`,
+- the interventions "gate_one" (G forced to 1: the trained model without its gate) and "gate_mean"
+  (G replaced by its mean over tokens: its scale without its input dependence), for `slmlab ablate`,
 - a float64 naive reference for `slmlab check`: explicit (T, T) matrices.
 
     slmlab check examples/plugins/gated_attention.toml
@@ -85,14 +86,29 @@ def check_gated_attention(cfg) -> None:
         raise ConfigError(f"model.gated_attention needs model.arch = 'decoder', not '{cfg.model.arch}'")
 
 
+def _mean_over_tokens(gate: torch.Tensor) -> torch.Tensor:
+    """G (B, H, T, D) -> its mean over batch and tokens, per head and dimension: the gate's
+    average scale without its dependence on the token."""
+    return gate.mean(dim=(0, 2), keepdim=True).expand_as(gate)
+
+
 INTERVENTIONS.register(
     "gated_attention",
     {
-        "gate_one": Intervention(
-            "gate_one",
-            "output gate G forced to 1 (the attention without its gate)",
-            {"hook_gate": constant(torch.ones_like)},
-            owner=OutputGate,
+        i.name: i
+        for i in (
+            Intervention(
+                "gate_one",
+                "output gate G forced to 1 (the attention without its gate)",
+                {"hook_gate": constant(torch.ones_like)},
+                owner=OutputGate,
+            ),
+            Intervention(
+                "gate_mean",
+                "G replaced by its mean over tokens (its scale kept, its input dependence removed)",
+                {"hook_gate": constant(_mean_over_tokens)},
+                owner=OutputGate,
+            ),
         )
     },
 )

@@ -89,6 +89,7 @@ def cmd_train(args, extra) -> int:
         return launch_torchrun(args.nproc, without_option(args.argv[1:], "--nproc"))
     from ..training import distributed, train
 
+    finished = False
     try:
         result = train(
             cfg,
@@ -97,8 +98,9 @@ def cmd_train(args, extra) -> int:
             progress=not args.no_progress,
             from_checkpoint=args.from_checkpoint,
         )
+        finished = True
     finally:
-        distributed.close()
+        distributed.close(finished)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(f"run: {result.run_dir}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -163,6 +164,18 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
-def close() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def close(finished: bool = False) -> None:
+    """Leave the process group. After a finished run every rank first drops what training left
+    (FSDP2's pending collectives hold gloo work objects) and meets the others, so no rank tears
+    the group down under a peer's last collective (a gloo thread outliving it aborts the
+    process at exit); after an error it leaves at once, and a peer waiting in a barrier gives up
+    after a timeout instead of hanging."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if finished:
+        gc.collect()
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(minutes=5))
+        else:
+            dist.barrier()
+    dist.destroy_process_group()
