@@ -212,3 +212,32 @@ def test_interventions_of_two_ideas_with_the_same_hook_name_stay_apart(tmp_path,
     reached = [{id(m) for m in hook_points(model, "hook_gate", i.owner)} for i in gate_ones]
     assert reached[0] and reached[1] and not reached[0] & reached[1]
     assert len(hook_points(model, "hook_gate")) == len(reached[0]) + len(reached[1])
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ("info", "{run}"),
+        ("viz", "attention", "{run}", "--prompt", "abcab", "--out", "{tmp}/viz"),
+        ("report", "{run}"),
+        ("diagnose", "{config}", "--steps", "300"),
+    ],
+    ids=["info", "viz", "report", "diagnose"],
+)
+def test_every_verb_reads_a_run_with_plugins(trained, tmp_path, verb):
+    run, config = trained
+    args = [a.format(run=run, config=config, tmp=tmp_path) for a in verb]
+    result = slmlab(*args, "--trust-plugins")
+    assert result.returncode == 0, result.stderr
+    if "{run}" in verb:
+        assert slmlab(*args).returncode == 2  # and none executes the plugin untrusted
+
+
+@pytest.mark.distributed
+def test_torchrun_ranks_load_the_plugin(tmp_path, text_corpus):
+    config = plugin_toml(tmp_path, text_corpus, EXAMPLE)
+    for parallel in ("ddp", "fsdp"):
+        result = slmlab("train", str(config), "--nproc", "2", "--train.parallel", parallel, "--name", parallel, "--no-progress")
+        assert result.returncode == 0, result.stderr
+        run = tmp_path / "runs" / parallel
+        assert (run / "plugins" / "manifest.json").is_file() and RunDir(run).read_summary()["step"] == 12
