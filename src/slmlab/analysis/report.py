@@ -80,6 +80,7 @@ def summary_table(summary: dict) -> str:
         ("training tokens", f"{summary.get('tokens', 0):,}"),
         ("validation loss", format_number(summary.get("val_loss"), ".4f")),
         ("validation perplexity", format_number(summary.get("val_ppl"), ".3f")),
+        ("validation bits per byte", format_number(summary.get("val_bpb"), ".4f")),
         ("throughput (tokens/s, mean over log windows)", f"{summary.get('tokens_per_s', 0):,.0f}"),
         ("training time", f"{summary.get('train_seconds', 0):.1f} s"),
         ("processes", summary.get("processes", 1)),
@@ -262,11 +263,12 @@ def _sweep_report(path: Path) -> tuple[str, str]:
                     variant,
                     format_number(s.get("val_loss"), ".4f"),
                     format_number(s.get("val_ppl"), ".3f"),
+                    format_number(s.get("val_bpb"), ".4f"),
                     f"{s.get('tokens_per_s', 0):,.0f}",
                     f"{s.get('train_seconds', 0):.0f} s",
                 )
             )
-    parts += ["## Runs", markdown_table(("run", "variant", "val loss", "val ppl", "tokens/s", "time"), rows)]
+    parts += ["## Runs", markdown_table(("run", "variant", "val loss", "val ppl", "val bpb", "tokens/s", "time"), rows)]
     for run in runs:
         if (run.path / "ablations.md").is_file():
             parts += [f"## Surgical ablations of {run.path.name}", _heading_free(_text(run.path / "ablations.md"))]

@@ -135,7 +135,7 @@ def cmd_eval(args, extra) -> int:
         if args.json
         else f"{result['slice']} {args.split}, {result['documents']} documents ({result['tokens']:,} tokens"
         + ("" if result["train_overlap"] is None else f", {result['train_overlap']} in the run's training split")
-        + f"): loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}"
+        + f"): loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}, {result['bpb']:.4f} bits/byte"
     )
     return 0
 

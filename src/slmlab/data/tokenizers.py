@@ -46,6 +46,11 @@ class Tokenizer(ABC):
     @abstractmethod
     def to_json(self) -> str: ...
 
+    @abstractmethod
+    def token_bytes(self) -> np.ndarray:
+        """(vocab_size,) int64: the UTF-8 bytes of text each id stands for (0 for special ids):
+        the denominator of bits per byte, which compares models across tokenizers."""
+
     def digest(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
@@ -71,6 +76,9 @@ class ByteTokenizer(Tokenizer):
 
     def to_json(self) -> str:
         return json.dumps({"slmlab_tokenizer": "byte"})
+
+    def token_bytes(self) -> np.ndarray:
+        return np.ones(256, dtype=np.int64)
 
 
 class CharTokenizer(Tokenizer):
@@ -111,6 +119,9 @@ class CharTokenizer(Tokenizer):
 
     def to_json(self) -> str:
         return json.dumps({"slmlab_tokenizer": "char", "chars": self.chars}, ensure_ascii=False)
+
+    def token_bytes(self) -> np.ndarray:
+        return np.array([len(c.encode("utf-8")) for c in self.chars], dtype=np.int64)
 
 
 class BPETokenizer(Tokenizer):
@@ -153,6 +164,14 @@ class BPETokenizer(Tokenizer):
 
     def to_json(self) -> str:
         return self.tok.to_str()
+
+    def token_bytes(self) -> np.ndarray:
+        """A byte-level token's string has one character per byte (GPT-2's byte-to-unicode map)."""
+        special = set(SPECIAL_TOKENS)
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        for token, index in self.tok.get_vocab(with_added_tokens=True).items():
+            lengths[index] = 0 if token in special else len(token)
+        return lengths
 
 
 class GPT2Tokenizer(Tokenizer):
@@ -215,6 +234,10 @@ class GPT2Tokenizer(Tokenizer):
 
     def to_json(self) -> str:
         return json.dumps({"slmlab_tokenizer": "gpt2", "file": str(self.path.resolve()), "sha256": GPT2_FILE_SHA256})
+
+    def token_bytes(self) -> np.ndarray:
+        lengths = [len(self.enc.decode_single_token_bytes(i)) for i in range(self.eos_id)]
+        return np.array([*lengths, 0], dtype=np.int64)  # <|endoftext|> stands for no text
 
 
 def train_tokenizer(data: DataConfig, texts: Iterable[str]) -> Tokenizer:

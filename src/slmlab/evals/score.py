@@ -21,8 +21,8 @@ from ..data.corpora import DocumentSelection
 from ..data.tokens import TokenSplit, prepare_tokens, validation_ids
 from ..runs.metrics import perplexity
 from ..runs.run_dir import load_run
-from ..training import evaluate
 from ..training.runtime import resolve_device
+from ..training.validation import score_validation
 
 log = logging.getLogger("slmlab")
 
@@ -109,10 +109,13 @@ def evaluation_tokens(cfg, tokenizer, split: str = "val", overrides: dict | None
 def score_run(
     run: str | Path, cfg, model, tokenizer, device, split: str = "val", batches: int = 50, data_overrides: dict | None = None
 ) -> dict:
-    """{"run", "source", "slice", "split", "documents", "train_overlap", "tokens", "loss", "ppl"}
+    """{"run", "source", "slice", "split", "documents", "train_overlap", "tokens", "loss", "ppl", "bpb"}
     on `batches` fixed windows of the split."""
     part = evaluation_tokens(cfg, tokenizer, split, data_overrides)
-    loss = evaluate(model, part.tokens, part.data.seq_len, cfg.train.batch_size, batches, device, cfg.train.dtype)
+    token_bytes = torch.from_numpy(tokenizer.token_bytes())
+    loss, bpb = score_validation(
+        model, part.tokens, part.data.seq_len, cfg.train.batch_size, batches, device, cfg.train.dtype, token_bytes=token_bytes
+    )
     return {
         "run": str(run),
         "source": part.data.source,
@@ -123,6 +126,7 @@ def score_run(
         "tokens": len(part.tokens),
         "loss": loss,
         "ppl": perplexity(loss),
+        "bpb": bpb,
     }
 
 

@@ -1,6 +1,6 @@
 """A sweep's results: the paired table (Markdown, JSON, CSV) and validation curves (curves.png).
 
-Columns: variant, runs, mean validation ppl, std, Δ% vs baseline (of the means), seed wins vs
+Columns: variant, runs, mean validation ppl, std, mean validation bits per byte, Δ% vs baseline (of the means), seed wins vs
 baseline (paired by seed), failures (runs aborted for non-finite loss, and skipped non-finite
 steps), the paired 95% CI of Δ%, the paired t-test and sign-test p-values, and the cost:
 tokens/s, peak memory and parameter count (means over seeds).
@@ -25,6 +25,7 @@ HEADERS = (
     "runs",
     "val ppl",
     "std",
+    "val bpb",
     "Δ% vs base",
     "wins",
     "failures",
@@ -55,6 +56,7 @@ def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[
                 "runs": len(done),
                 "val_ppl_mean": mean,
                 "val_ppl_std": std,
+                "val_bpb_mean": mean_std([r["val_bpb"] for r in done if _finite(r.get("val_bpb"))])[0],
                 "failed_runs": len(runs) - len(done),
                 "nan_skips": sum(r.get("nan_skips", 0) for r in done),
                 "is_baseline": variant == sweep.baseline,
@@ -68,6 +70,10 @@ def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[
     return records
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def results_table(records: list[dict]) -> str:
     rows = []
     for r in records:
@@ -78,6 +84,7 @@ def results_table(records: list[dict]) -> str:
                 r["runs"],
                 format_number(r["val_ppl_mean"], ".3f"),
                 format_number(r["val_ppl_std"], ".3f"),
+                format_number(r["val_bpb_mean"], ".4f"),
                 "–" if base else f"{r['delta_pct']:+.2f}%",
                 "–" if base else f"{r['wins']}/{r['n_pairs']}",
                 f"{r['failed_runs']} runs, {r['nan_skips']} steps",

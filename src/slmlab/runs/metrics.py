@@ -15,7 +15,7 @@ def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
 
-NUMERIC = ("step", "tokens", "loss", "val_loss", "val_ppl", "lr", "grad_norm", "dt_ms", "tokens_per_s", "nan_skips")
+NUMERIC = ("step", "tokens", "loss", "val_loss", "val_ppl", "val_bpb", "lr", "grad_norm", "dt_ms", "tokens_per_s", "nan_skips")
 
 
 def _number(value) -> bool:

@@ -5,7 +5,7 @@ from ..runs.checkpoints import CheckpointError
 from .curriculum import train_curriculum
 from .trainer import Trainer, TrainingError, TrainResult
 from .trainer import train as train_single
-from .validation import evaluate
+from .validation import evaluate, score_validation
 
 
 def train(
@@ -22,4 +22,13 @@ def train(
     return train_single(cfg, resume=resume, overwrite=overwrite, progress=progress, from_checkpoint=from_checkpoint)
 
 
-__all__ = ["CheckpointError", "TrainResult", "Trainer", "TrainingError", "evaluate", "train", "train_curriculum"]
+__all__ = [
+    "CheckpointError",
+    "TrainResult",
+    "Trainer",
+    "TrainingError",
+    "evaluate",
+    "score_validation",
+    "train",
+    "train_curriculum",
+]

@@ -70,7 +70,7 @@ from .runtime import (
     set_rng_state,
 )
 from .tally import StepTally
-from .validation import evaluate
+from .validation import score_validation
 
 log = logging.getLogger("slmlab")
 
@@ -84,6 +84,7 @@ class TrainResult:
     tokens_per_s: float
     sample: str
     compile_seconds: float = 0.0
+    val_bpb: float = math.nan  # bits per byte of the validation text
 
 
 def prepare_data(data: DataConfig, tokenizer: Tokenizer | None, world: World) -> tuple[Tokenizer, TokenData]:
@@ -153,6 +154,7 @@ class Trainer:
         tokenizer = load_tokenizer(source.tokenizer) if source else None
         self.tokenizer, self.data = prepare_data(cfg.data, tokenizer, self.world)
         resolve_vocab(cfg, self.tokenizer.vocab_size)
+        self.token_bytes, self.last_bpb = torch.from_numpy(self.tokenizer.token_bytes()), math.nan
         check_local_kernel(cfg.model, self.device)
         self.cfg, self.progress = cfg, progress and self.world.is_main
         if not resume:
@@ -248,10 +250,13 @@ class Trainer:
             save_checkpoint(self.run.checkpoints, self.step, weights, state, self.cfg.train.keep_checkpoints)
 
     def evaluate(self) -> float:
+        """The validation loss; its bits per byte are kept in `last_bpb`."""
         t = self.cfg.train
-        return evaluate(
-            self.forward, self.data.val, self.cfg.data.seq_len, t.batch_size, t.eval_batches, self.device, t.dtype, self.world
-        )
+        val_loss, self.last_bpb = score_validation(
+            self.forward, self.data.val, self.cfg.data.seq_len, t.batch_size, t.eval_batches, self.device, t.dtype, self.world,
+            self.token_bytes,
+        )  # fmt: skip
+        return val_loss
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
         """Host -> device: through pinned memory and without blocking on CUDA."""
@@ -302,6 +307,7 @@ class Trainer:
                 return TrainResult(
                     self.run.path, self.step, summary["val_loss"], summary["val_ppl"],
                     summary.get("tokens_per_s", 0.0), summary.get("sample", ""), summary.get("compile_seconds", 0.0),
+                    summary.get("val_bpb") or math.nan,
                 )  # fmt: skip
         tokens_per_step = t.batch_size * d.seq_len * t.grad_accum
         bar = tqdm(
@@ -343,7 +349,7 @@ class Trainer:
                 }
                 if evaluating:
                     val_loss = self.evaluate()
-                    record.update(val_loss=val_loss, val_ppl=perplexity(val_loss))
+                    record.update(val_loss=val_loss, val_ppl=perplexity(val_loss), val_bpb=self.last_bpb)
                 if self.world.is_main:
                     self.metrics.append(record)
                 self._report(bar, record, dt)
@@ -368,8 +374,8 @@ class Trainer:
         if not self.progress and "val_loss" in record and self.world.is_main:
             eta = (self.cfg.train.steps - self.step) * step_seconds
             log.info(
-                "%s step %d/%d: loss %.4f, val loss %.4f, %.0f tokens/s, ETA %s",
-                self.cfg.name, self.step, self.cfg.train.steps, record["loss"], record["val_loss"],
+                "%s step %d/%d: loss %.4f, val loss %.4f (%.4f bits/byte), %.0f tokens/s, ETA %s",
+                self.cfg.name, self.step, self.cfg.train.steps, record["loss"], record["val_loss"], record["val_bpb"],
                 record["tokens_per_s"], time.strftime("%H:%M:%S", time.gmtime(eta)),
             )  # fmt: skip
 
@@ -420,6 +426,7 @@ class Trainer:
             "tokens": self.tokens,
             "val_loss": val_loss,
             "val_ppl": val_ppl,
+            "val_bpb": self.last_bpb,
             "nan_skips": self.nan_skips,
             "tokens_per_s": tokens_per_s,
             "train_seconds": self.seconds_before + elapsed,
@@ -435,7 +442,7 @@ class Trainer:
         if self.local_kernel:
             summary["local_kernel"] = self.local_kernel
         atomic_write_text(self.run.summary, json.dumps(summary, indent=2) + "\n")
-        return TrainResult(self.run.path, self.step, val_loss, val_ppl, tokens_per_s, sample, compile_seconds)
+        return TrainResult(self.run.path, self.step, val_loss, val_ppl, tokens_per_s, sample, compile_seconds, self.last_bpb)
 
     def sample(self, n_tokens: int, seed: int = 0) -> str:
         """Generate n_tokens from the start of a validation document (fixed seed), on this rank

@@ -1,6 +1,9 @@
-"""Validation loss: the model scored on a split's fixed validation sample, across data-parallel ranks."""
+"""Validation loss and bits per byte: the model scored on a split's fixed validation sample,
+across data-parallel ranks."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -12,7 +15,7 @@ from .runtime import autocast
 
 
 @torch.no_grad()
-def evaluate(
+def score_validation(
     model: nn.Module,
     split: TokenSplit,
     seq_len: int,
@@ -21,21 +24,38 @@ def evaluate(
     device: torch.device,
     dtype: str = "fp32",
     world: World | None = None,
-) -> float:
-    """Mean cross-entropy over the fixed validation sample (token-weighted). Across data-parallel
-    ranks each computes its rows of every batch (a rank left without rows runs one row at weight
-    0, so sharded models see the same collectives) and the sums are reduced."""
+    token_bytes: torch.Tensor | None = None,
+) -> tuple[float, float]:
+    """(mean cross-entropy in nats, bits per byte) over the fixed validation sample.
+
+    The loss is token-weighted. Bits per byte = total loss / ln 2 / the UTF-8 bytes of the target
+    tokens (`token_bytes`, (V,), from Tokenizer.token_bytes(); NaN without it): a figure that
+    compares models across tokenizers. Across data-parallel ranks each computes its rows of every
+    batch (a rank left without rows runs one row at weight 0, so sharded models see the same
+    collectives) and the sums are reduced."""
     world = world or World()
     was_training = model.training
     model.eval()
-    total, count = torch.zeros((), device=device), torch.zeros((), device=device)
+    wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    total, count, size = (torch.zeros((), device=device, dtype=wide) for _ in range(3))
+    lengths = token_bytes.to(device) if token_bytes is not None else None
     for x, y in validation_batches(split, seq_len, batch_size, n_batches):
         rows = world.rows(len(x))
         weight = 1.0 if rows.stop > rows.start else 0.0
         x, y = (x[rows], y[rows]) if weight else (x[:1], y[:1])
+        y = y.to(device)
         with autocast(device, dtype):
-            _, loss = model(x.to(device), y.to(device))
-        total += weight * loss.float() * y.numel()
+            _, loss = model(x.to(device), y)
+        total += weight * loss.to(wide) * y.numel()
         count += weight * y.numel()
+        if lengths is not None:
+            size += weight * lengths[y].sum()
     model.train(was_training)
-    return (world.sum(total) / world.sum(count)).item()
+    total, count, size = world.sum(total), world.sum(count), world.sum(size)
+    bpb = (total / math.log(2) / size).item() if lengths is not None and size > 0 else math.nan
+    return (total / count).item(), bpb
+
+
+def evaluate(*args, **kwargs) -> float:
+    """The mean validation cross-entropy alone (score_validation's first figure)."""
+    return score_validation(*args, **kwargs)[0]
