@@ -110,6 +110,7 @@ ATTENTION_PATTERNS: Registry[type] = Registry("attention pattern", "model.attent
 ATTENTION_EXTENSIONS: Registry[Callable] = Registry("attention extension")  # (cfg, layer) -> module | None
 CONDITIONING: Registry[Callable] = Registry("residual conditioning")  # (cfg) -> module | None
 NORMS: Registry[Callable] = Registry("norm", "model.norm")  # (cfg, dim) -> module
+MLPS: Registry[type] = Registry("MLP", "model.mlp")  # cls(cfg): (B, T, d_model) -> (B, T, d_model)
 HEADS: Registry[type] = Registry("LM head", "model.head")
 ARCHITECTURES: Registry[type] = Registry("architecture", "model.arch")  # cls(cfg, extensions)
 TOKENIZERS: Registry[Callable] = Registry("tokenizer", "data.tokenizer")  # (data cfg, texts) -> Tokenizer
@@ -121,7 +122,7 @@ ABLATION_SUMMARIES: Registry[Callable] = Registry("ablation summary")  # (rows) 
 NAIVE_REFERENCES: Registry[Callable] = Registry("naive reference")  # (attention, h, positions) -> output | None (slmlab check)
 CONFIG_CHECKS: list[Callable] = []  # (RunConfig) -> None, raising ConfigError
 
-CHOICE_REGISTRIES = (POSITIONS, ATTENTION_PATTERNS, NORMS, HEADS, ARCHITECTURES, TOKENIZERS, OPTIMIZERS, TRAINABLE)
+CHOICE_REGISTRIES = (POSITIONS, ATTENTION_PATTERNS, NORMS, MLPS, HEADS, ARCHITECTURES, TOKENIZERS, OPTIMIZERS, TRAINABLE)
 
 
 def register_section(name: str, config: type, *, extends: str = "", arch: str = "") -> None:

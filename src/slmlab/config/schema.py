@@ -1,7 +1,7 @@
 """The run configuration's schema: one `RunConfig` of typed sections (`model`, `data`, `train`,
 optional curriculum `phases`).
 
-Choices among extensions (model.pos, model.attention, model.head, model.norm, model.arch,
+Choices among extensions (model.pos, model.attention, model.head, model.norm, model.mlp, model.arch,
 data.tokenizer, train.optimizer, train.trainable) are strings checked against the registries
 (slmlab/registry.py); closed sets that belong to one field are `Literal`s. A variant's own settings
 are a registered section of `ModelConfig` (`[model.smat]`, `[model.self_area]`, `[model.tape]`), its
@@ -53,6 +53,7 @@ class ModelConfig:
     vocab_size: int = 0
     dropout: float = 0.0
     norm: str = "layernorm"  # registry.NORMS: "layernorm" | "rmsnorm"
+    mlp: str = "gelu"  # registry.MLPS: "gelu" (fc, tanh-GELU, proj) | "swiglu" (gated; hidden 2/3 of d_ff: same parameters)
     norm_eps: float = 1e-5
     pos: str = "learned"  # registry.POSITIONS: "learned" | "rope" | "sinusoidal"
     rope_theta: float = 10000.0
@@ -156,7 +157,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 = no clipping
-    optimizer: str = "adamw"  # registry.OPTIMIZERS: "adamw" | "wolf"
+    optimizer: str = "adamw"  # registry.OPTIMIZERS: "adamw" | "muon" (Muon on hidden matrices + AdamW) | "wolf"
+    schedule: Literal["cosine", "wsd"] = "cosine"  # after warmup: cosine decay, or warmup-stable-decay
+    decay_fraction: float = 0.2  # "wsd": the last share of steps, decaying linearly to lr * min_lr_ratio
     seed: int = 1337
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast

@@ -10,7 +10,7 @@ from torch import nn
 from ..config import ModelConfig
 from .attention import CausalSelfAttention, KVCache
 from .hooks import HookPoint
-from .layers import MLP, build_norm
+from .layers import build_mlp, build_norm
 
 
 class Block(nn.Module):
@@ -21,7 +21,7 @@ class Block(nn.Module):
         self.ln1 = build_norm(cfg)
         self.attn = CausalSelfAttention(cfg, layer, positions, **attention_extensions)
         self.ln2 = build_norm(cfg)
-        self.mlp = MLP(cfg)
+        self.mlp = build_mlp(cfg)
         self.hook_resid_pre, self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint(), HookPoint()
 
     def forward(

@@ -1,11 +1,12 @@
-"""Small building blocks shared by every architecture: norms and the GELU MLP."""
+"""Small building blocks shared by every architecture: norms and the MLPs (registry.MLPS)."""
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..registry import NORMS
+from ..registry import MLPS, NORMS
 
 NORMS.register("layernorm", lambda cfg, dim: nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias))
 NORMS.register("rmsnorm", lambda cfg, dim: nn.RMSNorm(dim, eps=cfg.norm_eps))
@@ -17,8 +18,13 @@ def build_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
     return NORMS[cfg.norm](cfg, dim or cfg.d_model)
 
 
+def build_mlp(cfg: ModelConfig) -> nn.Module:
+    """The MLP `model.mlp` names (registry.MLPS)."""
+    return MLPS[cfg.mlp](cfg)
+
+
 class MLP(nn.Module):
-    """x -> proj(GELU(fc(x))), (B, T, d_model) -> (B, T, d_model), hidden width cfg.ff_dim."""
+    """x -> proj(GELU(fc(x))), (B, T, d_model) -> (B, T, d_model), hidden width cfg.ff_dim (GPT-2's)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -30,3 +36,29 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.dropout(self.proj(self.act(self.fc(x))))
+
+
+def swiglu_hidden(cfg: ModelConfig) -> int:
+    """2/3 of d_ff rounded to a multiple of 8: three d x h matrices hold as many weights as the
+    GELU MLP's two d x d_ff ones (LLaMA's rule)."""
+    return max(8, round(2 * cfg.ff_dim / 3 / 8) * 8)
+
+
+class SwiGLU(nn.Module):
+    """x -> down(SiLU(gate(x)) ⊙ up(x)), (B, T, d_model) -> (B, T, d_model), hidden swiglu_hidden(cfg)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = swiglu_hidden(cfg)
+        self.gate = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
+        self.up = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
+        self.down = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
+        self.down.residual_projection = True
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
+
+
+MLPS.register("gelu", MLP)
+MLPS.register("swiglu", SwiGLU)

@@ -156,12 +156,14 @@ def full_model_state(model: nn.Module, aliases: set[str]) -> dict[str, torch.Ten
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """The optimizer state keyed by parameter name, unsharded, on CPU (a collective)."""
-    return get_optimizer_state_dict(model, optimizer, options=_FULL)
+    return get_optimizer_state_dict(model, getattr(optimizer, "optimizers", optimizer), options=_FULL)
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a name-keyed full optimizer state into this rank's (possibly sharded) optimizer."""
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(
+        model, getattr(optimizer, "optimizers", optimizer), state, options=StateDictOptions(full_state_dict=True)
+    )
 
 
 def close(finished: bool = False) -> None:

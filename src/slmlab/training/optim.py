@@ -1,6 +1,6 @@
 """Optimizers (registry.OPTIMIZERS; AdamW with decoupled weight decay on matrices only), the
 selection of trainable parameters (registry.TRAINABLE), the step that can be skipped on the
-device, and the warmup + cosine LR schedule."""
+device, and the LR schedule (warmup, then cosine or warmup-stable-decay)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 from ..registry import OPTIMIZERS, TRAINABLE
 
 
@@ -59,6 +59,56 @@ def build_adamw(model: nn.Module, cfg: TrainConfig, device: torch.device) -> tor
     )
 
 
+class Optimizers:
+    """Several optimizers stepped as one. `param_groups` lists every group (the schedule sets
+    each group's lr through it); checkpoints go through torch.distributed.checkpoint, which takes
+    the list `optimizers` and keys every state by parameter name."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = list(optimizers)
+        self.defaults: dict = {}
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+
+def muon_matrices(model: nn.Module) -> list[nn.Parameter]:
+    """The hidden 2-D weight matrices Muon orthogonalises: every trainable 2-D parameter except
+    embeddings and the LM head (tied or not)."""
+    excluded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head = getattr(model, "head", None)
+    if head is not None and getattr(head, "weight", None) is not None:
+        excluded.add(id(head.weight))
+    return [p for p in model.parameters() if p.requires_grad and p.dim() == 2 and id(p) not in excluded]
+
+
+@OPTIMIZERS.register("muon")
+def build_muon(model: nn.Module, cfg: TrainConfig, device: torch.device) -> Optimizers:
+    """PyTorch's Muon (torch >= 2.9; momentum 0.95, Nesterov, decoupled weight decay) on the
+    hidden matrices, AdamW without weight decay on embeddings, head, norms, biases and gains,
+    stepped as one. Muon's update is scaled to AdamW's RMS
+    (adjust_lr_fn="match_rms_adamw", Moonlight's rule), so one train.lr and schedule serve both."""
+    if not hasattr(torch.optim, "Muon"):
+        raise ConfigError(f"train.optimizer = 'muon' needs torch >= 2.9 (torch.optim.Muon); this is torch {torch.__version__}")
+    matrices = muon_matrices(model)
+    if not matrices:
+        raise ConfigError("train.optimizer = 'muon': the model has no hidden 2-D matrices to give it")
+    chosen = {id(p) for p in matrices}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
+    adamw = torch.optim.AdamW(rest, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=0.0, foreach=True)
+    muon = torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
+    return Optimizers(adamw, muon)
+
+
 def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
     """optimizer.step(), except where `skip` (a 0-dim float tensor on the device, 1 = skip) is set:
     then parameters, moments and step count stay as they were. A fused optimizer takes `skip` as
@@ -75,12 +125,18 @@ def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup over warmup_steps, then cosine from lr down to lr * min_lr_ratio at `steps`.
+    """Linear warmup over warmup_steps, then (train.schedule) cosine or warmup-stable-decay down
+    to floor = lr * min_lr_ratio at `steps`:
 
     lr(s) = lr * (s + 1) / warmup                                  for s < warmup
-    lr(s) = floor + (lr - floor) * (1 + cos(pi * p)) / 2,  p = (s - warmup) / (steps - warmup)"""
+    cosine: lr(s) = floor + (lr - floor) * (1 + cos(pi * p)) / 2,  p = (s - warmup) / (steps - warmup)
+    wsd:    lr(s) = lr until the last decay_fraction of steps, then linearly down to floor"""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     floor = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "wsd":
+        decay_steps = max(1, round(cfg.decay_fraction * cfg.steps))
+        progress = min(1.0, max(0.0, (step - (cfg.steps - decay_steps)) / decay_steps))
+        return cfg.lr - (cfg.lr - floor) * progress
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -262,6 +262,11 @@ register_section("tape", TapeConfig, arch="tape")
 @register_check
 def check_tape(cfg) -> None:
     t = cfg.model.tape
+    if cfg.model.arch == "tape" and cfg.model.mlp != "gelu":
+        raise ConfigError(
+            f"model.mlp = {cfg.model.mlp!r} has no effect under model.arch = 'tape' (its MLP is the rectified KAN, "
+            "sized by model.tape.mlp_expand); leave model.mlp = 'gelu'"
+        )
     for key in ("n_critics", "coda_layers", "critic_layers", "rnn_layers", "mlp_expand"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"model.tape.{key} must be > 0, got {getattr(t, key)}")
