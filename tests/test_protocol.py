@@ -67,7 +67,7 @@ def test_every_architecture_runs_through_every_generic_tool(arch, text_corpus, m
         ({"smat": {"centrality_norm": "pre"}}, {}, "(did you mean 'prefix'?)"),
         ({"smat": {"s_dim": 0}}, {}, "model.smat.s_dim must be > 0"),
         ({}, {"lr": float("nan")}, "train.lr must be a finite number"),
-        ({}, {"optimizer": "sgd"}, "train.optimizer = 'sgd' is not one of adamw, wolf"),
+        ({}, {"optimizer": "sgd"}, "train.optimizer = 'sgd' is not one of adamw, muon, wolf"),
         ({"smut": {}}, {}, "unknown config key 'model.smut' (did you mean 'smat'?)"),
     ],
 )
