@@ -2,7 +2,9 @@
 
 Columns: variant, runs, mean validation ppl, std, mean validation bits per byte, Δ% vs baseline (of the means), seed wins vs
 baseline (paired by seed), failures (runs aborted for non-finite loss, and skipped non-finite
-steps), the paired 95% CI of Δ%, the paired t-test and sign-test p-values, and the cost:
+steps), the paired 95% CI of Δ%, the paired t-test p-value and its Holm–Bonferroni adjustment
+over the variants, the sign-test p-value, the seeds a paired t-test would need to detect the
+observed Δ% at 80% power (from the seed-to-seed spread), and the cost:
 tokens/s, peak memory and parameter count (means over seeds).
 """
 
@@ -17,7 +19,7 @@ from pathlib import Path
 from ..files import atomic_write, atomic_write_text
 from ..runs.run_dir import RunDir
 from ..tables import format_number, human, markdown_table
-from .stats import mean_std, paired_comparison
+from .stats import holm_adjusted, mean_std, paired_comparison, seeds_needed
 from .sweep import Job, SweepConfig
 
 HEADERS = (
@@ -31,7 +33,9 @@ HEADERS = (
     "failures",
     "95% CI of Δ%",
     "t-test p",
+    "Holm p",
     "sign p",
+    "seeds for 80%",
     "tokens/s",
     "peak mem",
     "params",
@@ -67,6 +71,12 @@ def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[
                 "val_ppl_by_seed": ppl[variant],
             }
         )
+    adjusted = holm_adjusted({r["variant"]: r["t_p"] for r in records if not r["is_baseline"]})
+    for record in records:
+        record["holm_p"] = adjusted.get(record["variant"], math.nan)
+        record["seeds_for_80pct_power"] = seeds_needed(
+            (record["ci_low"] + record["ci_high"]) / 2, record["sd"]
+        )  # effect: the mean paired Δ%
     return records
 
 
@@ -90,7 +100,9 @@ def results_table(records: list[dict]) -> str:
                 f"{r['failed_runs']} runs, {r['nan_skips']} steps",
                 "–" if base else f"[{format_number(r['ci_low'], '+.2f')}, {format_number(r['ci_high'], '+.2f')}]",
                 "–" if base else format_number(r["t_p"], ".3g"),
+                "–" if base else format_number(r["holm_p"], ".3g"),
                 "–" if base else format_number(r["sign_p"], ".3g"),
+                "–" if base else format_number(r["seeds_for_80pct_power"], ".0f"),
                 f"{r['tokens_per_s']:,.0f}" if math.isfinite(r["tokens_per_s"]) else "–",
                 human(r["peak_memory_bytes"], "B") if math.isfinite(r["peak_memory_bytes"]) else "–",
                 human(r["params"]),

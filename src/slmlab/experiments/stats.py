@@ -4,6 +4,8 @@ For seeds i with both runs finished, d_i = 100 (ppl_variant,i / ppl_baseline,i -
 change in percent. Reported: mean and sample std of each variant's perplexity, Δ% of the means,
 seed wins (d_i < 0), a 95% confidence interval of mean(d) from the t distribution with n - 1
 degrees of freedom, the paired t-test p-value (two-sided) and the exact sign-test p-value.
+With several variants, the t-test p-values are Holm–Bonferroni adjusted as one family; and from
+the seed-to-seed spread of d, the seeds a paired t-test needs to detect a given effect at 80% power.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Comparison:
     ci_high: float
     t_p: float
     sign_p: float
+    sd: float = math.nan  # sample std of the per-seed Δ% (what the power line needs)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,7 +53,8 @@ def paired_comparison(variant: dict[int, float], baseline: dict[int, float]) -> 
         ci, t_p = (float(d.mean()), float(d.mean())) if n >= 2 else (math.nan, math.nan), math.nan
     decided = int(np.sum(d != 0))
     sign_p = float(stats.binomtest(wins, decided, 0.5).pvalue) if decided else 1.0
-    return Comparison(n, float(delta), wins, ci[0], ci[1], t_p, sign_p)
+    sd = float(np.std(d, ddof=1)) if n >= 2 else math.nan
+    return Comparison(n, float(delta), wins, ci[0], ci[1], t_p, sign_p, sd)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -58,3 +62,41 @@ def mean_std(values: list[float]) -> tuple[float, float]:
         return math.nan, math.nan
     array = np.asarray(values, dtype=np.float64)
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def holm_adjusted(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm–Bonferroni adjusted p-values for m comparisons with one baseline: sorted ascending,
+    p_adj(i) = max over j <= i of min(1, (m - j + 1) p(j)) (NaN p-values are left out and stay NaN).
+    Controls the family-wise error rate at the level the adjusted p is compared with."""
+    finite = sorted((p, name) for name, p in p_values.items() if math.isfinite(p))
+    m, running, adjusted = len(finite), 0.0, {name: math.nan for name in p_values}
+    for rank, (p, name) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[name] = running
+    return adjusted
+
+
+def paired_t_power(effect: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test with n pairs to detect a mean difference `effect`
+    when the differences have standard deviation `sd` (noncentral t, df = n - 1)."""
+    if n < 2 or not sd > 0:
+        return math.nan
+    df, noncentrality = n - 1, abs(effect) / (sd / math.sqrt(n))
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    return float(stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality))
+
+
+def seeds_needed(effect: float, sd: float, power: float = 0.8, alpha: float = 0.05, limit: int = 10_000) -> float:
+    """The fewest seeds (pairs) whose paired t-test detects `effect` with `power`; inf beyond `limit`."""
+    if not (math.isfinite(effect) and effect != 0 and math.isfinite(sd) and sd > 0):
+        return math.nan
+    n = 2
+    while paired_t_power(effect, sd, n, alpha) < power:
+        n *= 2
+        if n > limit:
+            return math.inf
+    low, high = n // 2, n  # the power grows with n: bisect between the last two tries
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if paired_t_power(effect, sd, middle, alpha) < power else (low, middle)
+    return float(max(2, high))

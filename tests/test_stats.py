@@ -1,0 +1,45 @@
+"""Multiple comparisons and power: Holm–Bonferroni adjusted p-values against a worked example,
+and the paired t-test's power against a scipy Monte Carlo of the same test."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from slmlab.experiments.stats import holm_adjusted, paired_comparison, paired_t_power, seeds_needed
+
+
+def test_holm_adjustment_on_known_p_values():
+    # sorted 0.01, 0.02, 0.03, 0.04 with m = 4: 4 x 0.01, 3 x 0.02, max(prev, 2 x 0.03), max(prev, 1 x 0.04)
+    adjusted = holm_adjusted({"a": 0.03, "b": 0.01, "c": 0.04, "d": 0.02, "skip": math.nan})
+    assert adjusted["b"] == pytest.approx(0.04) and adjusted["d"] == pytest.approx(0.06)
+    assert adjusted["a"] == pytest.approx(0.06) and adjusted["c"] == pytest.approx(0.06)
+    assert math.isnan(adjusted["skip"])
+    assert holm_adjusted({"x": 0.4, "y": 0.5}) == {"x": pytest.approx(0.8), "y": pytest.approx(0.8)}
+    assert holm_adjusted({"only": 0.03}) == {"only": pytest.approx(0.03)}  # one comparison: unchanged
+
+
+@pytest.mark.parametrize("n, effect, sd", [(5, 2.0, 1.5), (8, 1.0, 1.2), (3, 3.0, 1.0)])
+def test_power_matches_a_monte_carlo_of_the_t_test(n, effect, sd):
+    rng = np.random.default_rng(0)
+    samples = rng.normal(effect, sd, size=(20000, n))
+    simulated = float(np.mean(stats.ttest_1samp(samples, 0.0, axis=1).pvalue < 0.05))
+    assert paired_t_power(effect, sd, n) == pytest.approx(simulated, abs=0.015)
+
+
+def test_seeds_needed_is_the_smallest_n_with_80_percent_power():
+    n = seeds_needed(1.0, 1.5)
+    assert paired_t_power(1.0, 1.5, int(n)) >= 0.8 > paired_t_power(1.0, 1.5, int(n) - 1)
+    assert seeds_needed(0.0, 1.0) != seeds_needed(0.0, 1.0)  # no effect: NaN
+    assert seeds_needed(1e-6, 10.0) == math.inf
+
+
+def test_a_comparison_reports_the_spread_of_its_paired_differences():
+    variant, baseline = {0: 9.0, 1: 9.5, 2: 8.8}, {0: 10.0, 1: 10.0, 2: 10.0}
+    comparison = paired_comparison(variant, baseline)
+    d = np.array([-10.0, -5.0, -12.0])
+    assert comparison.sd == pytest.approx(float(np.std(d, ddof=1)))
+    assert comparison.t_p == pytest.approx(float(stats.ttest_1samp(d, 0.0).pvalue))
