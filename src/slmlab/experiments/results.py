@@ -19,6 +19,7 @@ from pathlib import Path
 from ..files import atomic_write, atomic_write_text
 from ..runs.run_dir import RunDir
 from ..tables import format_number, human, markdown_table
+from .budget import flops_per_token
 from .stats import holm_adjusted, mean_std, paired_comparison, seeds_needed
 from .sweep import Job, SweepConfig
 
@@ -36,6 +37,8 @@ HEADERS = (
     "Holm p",
     "sign p",
     "seeds for 80%",
+    "steps",
+    "train FLOPs",
     "tokens/s",
     "peak mem",
     "params",
@@ -65,6 +68,8 @@ def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[
                 "nan_skips": sum(r.get("nan_skips", 0) for r in done),
                 "is_baseline": variant == sweep.baseline,
                 **comparison.to_dict(),
+                "steps": mean_std([r["step"] for r in done])[0],
+                "tokens": mean_std([r["tokens"] for r in done if "tokens" in r])[0],
                 "tokens_per_s": mean_std([r["tokens_per_s"] for r in done])[0],
                 "peak_memory_bytes": mean_std([r["peak_memory_bytes"] for r in done])[0],
                 "params": done[0]["params"] if done else 0,
@@ -103,6 +108,8 @@ def results_table(records: list[dict]) -> str:
                 "–" if base else format_number(r["holm_p"], ".3g"),
                 "–" if base else format_number(r["sign_p"], ".3g"),
                 "–" if base else format_number(r["seeds_for_80pct_power"], ".0f"),
+                format_number(r["steps"], ".0f"),
+                human(r["train_flops"]) if _finite(r["train_flops"]) else "–",
                 f"{r['tokens_per_s']:,.0f}" if math.isfinite(r["tokens_per_s"]) else "–",
                 human(r["peak_memory_bytes"], "B") if math.isfinite(r["peak_memory_bytes"]) else "–",
                 human(r["params"]),
@@ -114,11 +121,20 @@ def results_table(records: list[dict]) -> str:
 def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results: dict) -> str:
     """Write results.md/.json/.csv and curves.png into the sweep directory; return the table."""
     records = summarize(sweep, results)
+    configs = {job.variant: job.config for job in jobs[:: len(sweep.seeds)]}  # each variant's first seed
+    for record in records:  # training FLOPs: tokens x the model's counted FLOPs per token
+        record["train_flops"] = record["tokens"] * flops_per_token(configs[record["variant"]]) if record["runs"] else math.nan
     table = results_table(records)
+    held = sweep.budget.held()
+    budget = (
+        f"Equal compute: budget {held[0]} = {held[1]:g} held by every variant (steps = budget / cost per step)."
+        if held
+        else "Equal steps: no [budget]; a variant that costs more per step also spent more compute."
+    )
     atomic_write_text(
         sweep_dir / "results.md",
         f"# Sweep {sweep.name}\n\nseeds {sweep.seeds}; Δ = variant vs {sweep.baseline}, "
-        f"paired by seed; CI and p-values from the per-seed Δ%.\n\n{table}\n",
+        f"paired by seed; CI and p-values from the per-seed Δ%. {budget}\n\n{table}\n",
     )
     atomic_write_text(
         sweep_dir / "results.json",

@@ -6,6 +6,8 @@ A sweep config (TOML):
     base = "quickstart.toml"          # a run config, relative to this file
     seeds = [0, 1, 2]
     baseline = "baseline"             # the variant others are compared with (default: the first)
+    [budget]                          # optional, equal compute: each variant's steps from one of
+    flops = 2e13                      #   tokens, flops (training FLOPs) or seconds (experiments/budget.py)
     [overrides]                       # dotted overrides applied to every run
     "train.steps" = 300
     [variants.baseline]
@@ -45,6 +47,7 @@ from ..errors import SlmlabError
 from ..files import atomic_write_text
 from ..locks import DirectoryLock
 from ..runs.run_dir import RunDir
+from .budget import Budget, apply_budget, set_steps
 
 log = logging.getLogger("slmlab")
 
@@ -58,6 +61,7 @@ class SweepConfig:
     baseline: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    budget: Budget = field(default_factory=Budget)  # equal compute: tokens, flops or seconds (experiments/budget.py)
 
 
 @dataclass
@@ -104,6 +108,11 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
             except ConfigError as err:
                 raise ConfigError(f"variant '{variant}': {err}") from None
             jobs.append(Job(variant, seed, config))
+    steps = apply_budget(
+        {job.variant: job.config for job in jobs[:: len(sweep.seeds)]}, sweep.budget
+    )  # each variant's first seed
+    if steps:
+        jobs = [Job(job.variant, job.seed, set_steps(job.config, steps[job.variant])) for job in jobs]
     return sweep, jobs
 
 

@@ -1,0 +1,122 @@
+"""Equal-compute sweeps: a budget in tokens, training FLOPs or seconds sets each variant's steps.
+
+    [budget]
+    flops = 2e13          # or: tokens = 5_000_000, or: seconds = 300
+
+Each variant trains steps = floor(budget / cost of one optimizer step), where one step is
+batch_size x seq_len x grad_accum tokens; its FLOPs are that many tokens times the model's training
+FLOPs per token (counted by torch.utils.flop_counter on the meta device, so a plugin's cost counts
+without a formula); its seconds are the median of 5 timed steps of the variant's model after 2
+warm-up steps, on this machine's CPU threads or GPU. The LR schedule is a function of train.steps,
+so it stretches with the budget (warmup stays as configured). The results table says which budget
+held and shows each variant's steps, tokens and FLOPs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ConfigError, RunConfig, apply_overrides, config_from_dict, resolve_vocab
+from ..data.corpora import DocumentSelection
+from ..data.tokens import get_tokenizer
+from ..model import build_model
+from ..model.accounting import measured_flops_per_token
+
+
+@dataclass
+class Budget:
+    """At most one of tokens, flops, seconds (0 = not this one)."""
+
+    tokens: int = 0
+    flops: float = 0.0
+    seconds: float = 0.0
+
+    def held(self) -> tuple[str, float] | None:
+        """("tokens" | "flops" | "seconds", amount), or None for a sweep at equal steps."""
+        given = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if getattr(self, f.name)]
+        if len(given) > 1:
+            raise ConfigError(f"[budget] sets {' and '.join(n for n, _ in given)}: give one of tokens, flops, seconds")
+        if given and given[0][1] < 0:
+            raise ConfigError(f"budget.{given[0][0]} must be > 0, got {given[0][1]}")
+        return given[0] if given else None
+
+
+def tokens_per_step(cfg: RunConfig) -> int:
+    return cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum
+
+
+def with_vocab(cfg: RunConfig) -> RunConfig:
+    """The config with model.vocab_size taken from its tokenizer when it is 0."""
+    if cfg.model.vocab_size == 0:
+        cfg = config_from_dict(cfg.to_dict())  # a copy: the job's own config resolves it when it trains
+        resolve_vocab(cfg, get_tokenizer(cfg.data, DocumentSelection(cfg.data)).vocab_size)
+    return cfg
+
+
+def flops_per_token(cfg: RunConfig) -> float:
+    """Training FLOPs per token of the config's model at its seq_len (meta device: no memory)."""
+    with torch.device("meta"):
+        model = build_model(with_vocab(cfg).model)
+    return measured_flops_per_token(model, cfg.data.seq_len)
+
+
+def seconds_per_step(cfg: RunConfig, repeats: int = 5, warmup: int = 2) -> float:
+    """Median wall-clock seconds of one training step (forward, backward, AdamW) of the model."""
+    cfg = with_vocab(cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    shape = (cfg.train.batch_size, cfg.data.seq_len)
+    tokens = torch.randint(0, cfg.model.vocab_size, shape, device=device)
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        for _ in range(cfg.train.grad_accum):
+            model(tokens, tokens)[1].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def step_cost(cfg: RunConfig, kind: str) -> float:
+    """What one optimizer step of `cfg` spends of a budget of `kind`."""
+    if kind == "tokens":
+        return float(tokens_per_step(cfg))
+    if kind == "flops":
+        return flops_per_token(cfg) * tokens_per_step(cfg)
+    return seconds_per_step(cfg)
+
+
+def steps_within(cfg: RunConfig, kind: str, amount: float, label: str = "") -> int:
+    """The most steps `cfg` can take within the budget (at least 1), refusing a budget below warmup."""
+    steps = math.floor(amount / step_cost(cfg, kind))
+    if steps <= cfg.train.warmup_steps:
+        raise ConfigError(
+            f"budget {kind} = {amount:g} buys {label or cfg.name} only {steps} steps, not more than its "
+            f"{cfg.train.warmup_steps} warmup steps; raise the budget"
+        )
+    return steps
+
+
+def apply_budget(configs: dict[str, RunConfig], budget: Budget) -> dict[str, int]:
+    """variant -> steps under the budget (costs measured once per variant); {} without a budget."""
+    held = budget.held()
+    if held is None:
+        return {}
+    kind, amount = held
+    return {variant: steps_within(cfg, kind, amount, f"variant '{variant}'") for variant, cfg in configs.items()}
+
+
+def set_steps(cfg: RunConfig, steps: int) -> RunConfig:
+    return config_from_dict(apply_overrides(cfg.to_dict(), {"train.steps": steps}))

@@ -1,0 +1,65 @@
+"""Equal-compute sweeps: a budget in tokens, FLOPs or seconds gives each variant the steps its
+cost allows; a variant that costs more per step (full SMAT) gets fewer; the results say which
+budget held and show steps and FLOPs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from slmlab.cli import main
+from slmlab.config import ConfigError
+from slmlab.experiments import budget as budget_module
+from slmlab.experiments.budget import flops_per_token, seconds_per_step, tokens_per_step
+from slmlab.experiments.sweep import load_sweep
+
+
+def sweep_file(tmp_path, micro_toml, budget: str, full: str = '"model.smat.use_S" = true\n"model.smat.use_G" = true') -> str:
+    path = tmp_path / "budget_sweep.toml"
+    path.write_text(
+        f'name = "budget"\nbase = "{micro_toml.name}"\nout_dir = "{tmp_path / "runs"}"\nseeds = [1]\n'
+        f'[overrides]\n"train.warmup_steps" = 1\n[budget]\n{budget}\n[variants.baseline]\n[variants.full]\n{full}\n'
+    )
+    return str(path)
+
+
+def steps_of(jobs) -> dict[str, int]:
+    return {job.variant: job.config.train.steps for job in jobs}
+
+
+def test_a_flops_budget_gives_a_costlier_variant_fewer_steps(tmp_path, micro_toml, capsys):
+    _, jobs = load_sweep(sweep_file(tmp_path, micro_toml, "flops = 4e9"))
+    steps = steps_of(jobs)
+    assert steps["full"] < steps["baseline"]
+    for job in jobs:  # the most steps the budget buys
+        per_step = flops_per_token(job.config) * tokens_per_step(job.config)
+        assert job.config.train.steps * per_step <= 4e9 < (job.config.train.steps + 1) * per_step
+    assert main(["sweep", sweep_file(tmp_path, micro_toml, "flops = 4e9"), "--jobs", "1"]) == 0
+    capsys.readouterr()
+    results = (tmp_path / "runs" / "budget" / "results.md").read_text()
+    assert "Equal compute: budget flops = 4e+09 held by every variant" in results
+    rows = {line.split("|")[1].strip(): line for line in results.splitlines() if line.startswith("| ") and "variant" not in line}
+    assert f"| {steps['full']} " in rows["full"] and f"| {steps['baseline']} " in rows["baseline (baseline)"]
+
+
+def test_a_token_budget_follows_the_batch(tmp_path, micro_toml):
+    _, jobs = load_sweep(sweep_file(tmp_path, micro_toml, "tokens = 3200", full='"train.batch_size" = 8'))
+    assert steps_of(jobs) == {"baseline": 25, "full": 12}  # 4 x 32 and 8 x 32 tokens per step
+
+
+def test_a_seconds_budget_times_each_variant(tmp_path, micro_toml, monkeypatch):
+    cfg = load_sweep(sweep_file(tmp_path, micro_toml, "seconds = 10"))[1][0].config
+    measured = seconds_per_step(cfg)
+    assert 0 < measured < 5 and math.isfinite(measured)
+    monkeypatch.setattr(budget_module, "seconds_per_step", lambda cfg: 0.1 if cfg.model.smat.use_S else 0.05)
+    assert steps_of(load_sweep(sweep_file(tmp_path, micro_toml, "seconds = 10"))[1]) == {"baseline": 200, "full": 100}
+
+
+def test_budget_mistakes_are_one_line_errors(tmp_path, micro_toml):
+    with pytest.raises(ConfigError, match="give one of tokens, flops, seconds"):
+        load_sweep(sweep_file(tmp_path, micro_toml, "tokens = 1000\nflops = 1e9"))
+    with pytest.raises(ConfigError, match="buys variant '(baseline|full)' only 0 steps"):
+        load_sweep(sweep_file(tmp_path, micro_toml, "tokens = 10"))
+    with pytest.raises(ConfigError, match="did you mean 'flops'"):
+        load_sweep(sweep_file(tmp_path, micro_toml, "flop = 1e9"))
