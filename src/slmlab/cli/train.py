@@ -176,19 +176,32 @@ def without_option(argv: list[str], option: str) -> list[str]:
 def cmd_sweep(args, extra) -> int:
     from ..config import parse_overrides
     from ..experiments.results import write_results
-    from ..experiments.sweep import dry_run_lines, load_sweep, run_one, run_sweep, sweep_lock, write_slurm_script
+    from ..experiments.sweep import (
+        dry_run_lines,
+        load_sweep,
+        run_one,
+        run_sweep,
+        sweep_lock,
+        tune_learning_rates,
+        write_slurm_script,
+    )
+    from ..experiments.tuning import tuning_jobs
 
     sweep, jobs = load_sweep(args.config, parse_overrides(extra))
     if args.dry_run:
-        print("\n".join(dry_run_lines(jobs)))
+        tuning = tuning_jobs(sweep, jobs) if sweep.tune.lr else []
+        print("\n".join([*(f"tune {line}" for line in dry_run_lines(tuning)), *dry_run_lines(jobs)]))
     elif args.slurm:
+        jobs, _ = tune_learning_rates(sweep, jobs, run=False)
         print(write_slurm_script(Path(args.slurm), args.config, sweep, jobs, extra, args.sbatch))
     elif args.only is not None:
+        jobs, _ = tune_learning_rates(sweep, jobs, run=False)
         print(run_one(sweep, jobs, args.only))
     else:
         with sweep_lock(sweep):
+            jobs, tuning = tune_learning_rates(sweep, jobs, args.jobs)
             results = run_sweep(sweep, jobs, args.jobs)
             sweep_dir = Path(sweep.out_dir) / sweep.name
-            print(write_results(sweep_dir, sweep, jobs, results))
+            print(write_results(sweep_dir, sweep, jobs, results, tuning))
         print(f"results: {sweep_dir}/results.md, results.json, results.csv, curves.png")
     return 0

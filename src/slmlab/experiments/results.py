@@ -22,6 +22,7 @@ from ..tables import format_number, human, markdown_table
 from .budget import flops_per_token
 from .stats import holm_adjusted, mean_std, paired_comparison, seeds_needed
 from .sweep import Job, SweepConfig
+from .tuning import plot_tuning, tuning_table
 
 HEADERS = (
     "variant",
@@ -118,8 +119,9 @@ def results_table(records: list[dict]) -> str:
     return markdown_table(HEADERS, rows)
 
 
-def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results: dict) -> str:
-    """Write results.md/.json/.csv and curves.png into the sweep directory; return the table."""
+def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results: dict, tuning: dict | None = None) -> str:
+    """Write results.md/.json/.csv and curves.png (and with tuning, its table and tuning.png)
+    into the sweep directory; return the table."""
     records = summarize(sweep, results)
     configs = {job.variant: job.config for job in jobs[:: len(sweep.seeds)]}  # each variant's first seed
     for record in records:  # training FLOPs: tokens x the model's counted FLOPs per token
@@ -134,12 +136,17 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
     atomic_write_text(
         sweep_dir / "results.md",
         f"# Sweep {sweep.name}\n\nseeds {sweep.seeds}; Δ = variant vs {sweep.baseline}, "
-        f"paired by seed; CI and p-values from the per-seed Δ%. {budget}\n\n{table}\n",
+        f"paired by seed; CI and p-values from the per-seed Δ%. {budget}\n\n{table}\n"
+        + (f"\n## Learning rate, tuned per variant ({tuning_note(tuning)})\n\n{tuning_table(tuning)}\n" if tuning else ""),
     )
+    if tuning:
+        plot_tuning(sweep_dir / "tuning.png", tuning)
     atomic_write_text(
         sweep_dir / "results.json",
         json.dumps(
-            {"sweep": sweep.name, "baseline": sweep.baseline, "seeds": sweep.seeds, "variants": records}, indent=2, default=str
+            {"sweep": sweep.name, "baseline": sweep.baseline, "seeds": sweep.seeds, "variants": records, "tuning": tuning},
+            indent=2,
+            default=str,
         ),
     )
     csv_text = io.StringIO(newline="")
@@ -149,6 +156,11 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
     atomic_write_text(sweep_dir / "results.csv", csv_text.getvalue())
     plot_curves(sweep_dir / "curves.png", sweep, jobs)
     return table
+
+
+def tuning_note(tuning: dict) -> str:
+    steps = f"{tuning['steps']} steps" if tuning["steps"] else "the sweep's steps"
+    return f"final validation loss of one {steps} run per value at the first seed; * = chosen, used by every seed"
 
 
 def plot_curves(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:

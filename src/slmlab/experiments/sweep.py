@@ -6,6 +6,8 @@ A sweep config (TOML):
     base = "quickstart.toml"          # a run config, relative to this file
     seeds = [0, 1, 2]
     baseline = "baseline"             # the variant others are compared with (default: the first)
+    [tune]                            # optional: a learning-rate grid per variant, run before the seeds
+    lr = [1e-3, 3e-3, 1e-2]           #   (experiments/tuning.py)
     [budget]                          # optional, equal compute: each variant's steps from one of
     flops = 2e13                      #   tokens, flops (training FLOPs) or seconds (experiments/budget.py)
     [overrides]                       # dotted overrides applied to every run
@@ -48,6 +50,7 @@ from ..files import atomic_write_text
 from ..locks import DirectoryLock
 from ..runs.run_dir import RunDir
 from .budget import Budget, apply_budget, set_steps
+from .tuning import Tune, choose, tuning_jobs, tuning_record, with_learning_rates
 
 log = logging.getLogger("slmlab")
 
@@ -62,6 +65,7 @@ class SweepConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     budget: Budget = field(default_factory=Budget)  # equal compute: tokens, flops or seconds (experiments/budget.py)
+    tune: Tune = field(default_factory=Tune)  # a learning-rate grid per variant before the seeds (experiments/tuning.py)
 
 
 @dataclass
@@ -204,6 +208,28 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
 def dry_run_lines(jobs: list[Job]) -> list[str]:
     """One line per run: its index (for --only), directory and state."""
     return [f"{i:3d}  {job.run.path}  [{run_status(job)}]" for i, job in enumerate(jobs)]
+
+
+def tune_learning_rates(
+    sweep: SweepConfig, jobs: list[Job], parallel: int = 1, run: bool = True
+) -> tuple[list[Job], dict | None]:
+    """With [tune]: run (or, `run=False`, only read) the tuning runs, then give each variant's
+    jobs its chosen learning rate -> (jobs, the tuning record for the results); else unchanged."""
+    if not sweep.tune.lr:
+        return jobs, None
+    tuning = tuning_jobs(sweep, jobs)
+    if run:
+        results = run_sweep(sweep, tuning, parallel)
+    else:
+        unfinished = [str(job.run.path) for job in tuning if run_status(job) != "done"]
+        if unfinished:
+            raise ConfigError(
+                f"{len(unfinished)} tuning run(s) are not finished (e.g. {unfinished[0]}): run `slmlab sweep` on this "
+                "config once locally to tune, or remove [tune]"
+            )
+        results = {(job.variant, job.seed): job.run.read_summary() for job in tuning}
+    chosen = choose(sweep, results)
+    return with_learning_rates(jobs, chosen), tuning_record(sweep, results, chosen)
 
 
 def run_one(sweep: SweepConfig, jobs: list[Job], index: int) -> str:
