@@ -4,6 +4,7 @@ A sweep config (TOML):
 
     name = "smat_ablation"
     base = "quickstart.toml"          # a run config, relative to this file
+    plugins = ["ideas/my_gate.py"]    # optional: plugins every run imports, added to the base's
     seeds = [0, 1, 2]
     baseline = "baseline"             # the variant others are compared with (default: the first)
     [tune]                            # optional: a learning-rate grid per variant, run before the seeds
@@ -44,6 +45,7 @@ from typing import Any
 
 import torch
 
+from .. import plugins
 from ..config import ConfigError, RunConfig, build_dataclass, check_name, load_config, read_toml
 from ..errors import SlmlabError
 from ..files import atomic_write_text
@@ -60,6 +62,7 @@ class SweepConfig:
     name: str = "sweep"
     base: str = ""
     out_dir: str = "runs"
+    plugins: list[str] = field(default_factory=list)  # added to the base config's, relative to this file
     seeds: list[int] = field(default_factory=lambda: [0])
     baseline: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -96,10 +99,15 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
     if sweep.baseline not in sweep.variants:
         raise ConfigError(f"{path}: baseline '{sweep.baseline}' is not one of the variants {list(sweep.variants)}")
     base = (path.parent / sweep.base) if not Path(sweep.base).is_absolute() else Path(sweep.base)
+    shared = {}
+    if sweep.plugins:  # the base config's plugins (relative to it), then the sweep's (relative to this file)
+        named = plugins.resolve(read_toml(base).get("plugins", []), base.parent) + plugins.resolve(sweep.plugins, path.parent)
+        shared["plugins"] = list(dict.fromkeys(named))
     jobs = []
     for variant, overrides in sweep.variants.items():
         for seed in sweep.seeds:
             run_overrides = {
+                **shared,
                 **sweep.overrides,
                 **overrides,
                 **(extra_overrides or {}),
