@@ -241,3 +241,18 @@ def test_torchrun_ranks_load_the_plugin(tmp_path, text_corpus):
         assert result.returncode == 0, result.stderr
         run = tmp_path / "runs" / parallel
         assert (run / "plugins" / "manifest.json").is_file() and RunDir(run).read_summary()["step"] == 12
+
+
+def test_a_sweep_names_plugins_for_every_run(tmp_path, micro_toml):
+    from slmlab.experiments.sweep import load_sweep
+
+    sweep = tmp_path / "sweeps" / "with_plugin.toml"
+    sweep.parent.mkdir()
+    relative = os.path.relpath(EXAMPLE, sweep.parent)
+    sweep.write_text(
+        f'base = "../{micro_toml.name}"\nplugins = ["{relative}"]\nseeds = [0]\n'
+        '[variants.baseline]\n[variants.gated]\n"model.gated_attention.enabled" = true\n'
+    )
+    _, jobs = load_sweep(sweep)
+    assert all(job.config.plugins == [str(EXAMPLE.resolve())] for job in jobs)
+    assert [job.config.model.gated_attention.enabled for job in jobs] == [False, True]

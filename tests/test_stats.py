@@ -43,3 +43,14 @@ def test_a_comparison_reports_the_spread_of_its_paired_differences():
     d = np.array([-10.0, -5.0, -12.0])
     assert comparison.sd == pytest.approx(float(np.std(d, ddof=1)))
     assert comparison.t_p == pytest.approx(float(stats.ttest_1samp(d, 0.0).pvalue))
+
+
+def test_the_bpb_effect_and_its_interval():
+    from slmlab.experiments.stats import paired_difference
+
+    variant, baseline = {0: 1.50, 1: 1.48, 2: 1.52}, {0: 1.55, 1: 1.50, 2: 1.56}
+    mean, low, high = paired_difference(variant, baseline)
+    d = np.array([-0.05, -0.02, -0.04])
+    interval = stats.t.interval(0.95, 2, loc=d.mean(), scale=stats.sem(d))
+    assert mean == pytest.approx(d.mean()) and (low, high) == pytest.approx(interval)
+    assert math.isnan(paired_difference({0: 1.0}, {0: 1.1})[1])

@@ -1,6 +1,7 @@
 """A sweep's results: the paired table (Markdown, JSON, CSV) and validation curves (curves.png).
 
-Columns: variant, runs, mean validation ppl, std, mean validation bits per byte, Δ% vs baseline (of the means), seed wins vs
+Columns: variant, runs, mean validation ppl, std, mean validation bits per byte and the paired
+difference in bits per byte with its 95% CI, Δ% vs baseline (of the means), seed wins vs
 baseline (paired by seed), failures (runs aborted for non-finite loss, and skipped non-finite
 steps), the paired 95% CI of Δ%, the paired t-test p-value and its Holm–Bonferroni adjustment
 over the variants, the sign-test p-value, the seeds a paired t-test would need to detect the
@@ -20,7 +21,7 @@ from ..files import atomic_write, atomic_write_text
 from ..runs.run_dir import RunDir
 from ..tables import format_number, human, markdown_table
 from .budget import flops_per_token
-from .stats import holm_adjusted, mean_std, paired_comparison, seeds_needed
+from .stats import holm_adjusted, mean_std, paired_comparison, paired_difference, seeds_needed
 from .sweep import Job, SweepConfig
 from .tuning import plot_tuning, tuning_table
 
@@ -30,6 +31,7 @@ HEADERS = (
     "val ppl",
     "std",
     "val bpb",
+    "Δ bpb [95% CI]",
     "Δ% vs base",
     "wins",
     "failures",
@@ -52,6 +54,9 @@ def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[
         v: {s: r["val_ppl"] for (v2, s), r in results.items() if v2 == v and math.isfinite(r.get("val_ppl", math.nan))}
         for v in sweep.variants
     }
+    bpb = {
+        v: {s: r["val_bpb"] for (v2, s), r in results.items() if v2 == v and _finite(r.get("val_bpb"))} for v in sweep.variants
+    }
     records = []
     for variant in sweep.variants:
         runs = [r for (v, _), r in results.items() if v == variant]
@@ -64,7 +69,10 @@ def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[
                 "runs": len(done),
                 "val_ppl_mean": mean,
                 "val_ppl_std": std,
-                "val_bpb_mean": mean_std([r["val_bpb"] for r in done if _finite(r.get("val_bpb"))])[0],
+                "val_bpb_mean": mean_std(list(bpb[variant].values()))[0],
+                **dict(
+                    zip(("delta_bpb", "delta_bpb_low", "delta_bpb_high"), paired_difference(bpb[variant], bpb[sweep.baseline]))
+                ),
                 "failed_runs": len(runs) - len(done),
                 "nan_skips": sum(r.get("nan_skips", 0) for r in done),
                 "is_baseline": variant == sweep.baseline,
@@ -101,6 +109,9 @@ def results_table(records: list[dict]) -> str:
                 format_number(r["val_ppl_mean"], ".3f"),
                 format_number(r["val_ppl_std"], ".3f"),
                 format_number(r["val_bpb_mean"], ".4f"),
+                "–"
+                if base
+                else f"{format_number(r['delta_bpb'], '+.4f')} [{format_number(r['delta_bpb_low'], '+.4f')}, {format_number(r['delta_bpb_high'], '+.4f')}]",
                 "–" if base else f"{r['delta_pct']:+.2f}%",
                 "–" if base else f"{r['wins']}/{r['n_pairs']}",
                 f"{r['failed_runs']} runs, {r['nan_skips']} steps",

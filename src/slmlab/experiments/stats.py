@@ -100,3 +100,14 @@ def seeds_needed(effect: float, sd: float, power: float = 0.8, alpha: float = 0.
         middle = (low + high) // 2
         low, high = (middle, high) if paired_t_power(effect, sd, middle, alpha) < power else (low, middle)
     return float(max(2, high))
+
+
+def paired_difference(variant: dict[int, float], baseline: dict[int, float]) -> tuple[float, float, float]:
+    """(mean, 95% CI low, high) of variant - baseline over the seeds both have, from the t
+    distribution (an effect in the metric's own units, e.g. bits per byte); NaN below 2 pairs."""
+    seeds = sorted(set(variant) & set(baseline))
+    d = np.array([variant[s] - baseline[s] for s in seeds], dtype=np.float64)
+    if len(d) < 2:
+        return (float(d.mean()) if len(d) else math.nan), math.nan, math.nan
+    half = stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
