@@ -137,6 +137,20 @@ def test_tape_under_fsdp2_trains_like_one_process(runs):
     assert_same_weights(runs / "tape_one" / "final.safetensors", runs / "tape_fsdp" / "final.safetensors", atol=1e-4)
 
 
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_muon_under_two_processes_trains_like_one_process(runs, parallel):
+    """Muon + AdamW stepped as one: DDP replicates it; under FSDP2 Newton-Schulz runs on the
+    sharded matrices (DTensor) and must still orthogonalise the whole matrix."""
+    config = runs.parent / "tiny.toml"
+    modern = ["--train.optimizer", "muon", "--model.mlp", "swiglu", "--model.bias", "false", "--model.norm", "rmsnorm"]
+    if not (runs / "muon_one").is_dir():
+        slmlab_train(str(config), "--name", "muon_one", *modern)
+    slmlab_train(str(config), "--name", f"muon_{parallel}", "--nproc", "2", "--train.parallel", parallel, *modern)
+    one, two = losses(runs / "muon_one"), losses(runs / f"muon_{parallel}")
+    assert two[0] == pytest.approx(one[0], abs=1e-4) and two[1] == pytest.approx(one[1], abs=1e-3)
+    assert_same_weights(runs / "muon_one" / "final.safetensors", runs / f"muon_{parallel}" / "final.safetensors", atol=1e-3)
+
+
 def test_rank_rows_are_disjoint_and_cover_the_batch():
     for size in (1, 2, 3, 4):
         for batch in (1, 5, 8):

@@ -151,11 +151,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
     if not 0.0 < t.decay_fraction <= 1.0:
         raise ConfigError(f"train.decay_fraction must be in (0, 1], got {t.decay_fraction}")
-    if t.optimizer == "muon" and t.parallel == "fsdp":
-        raise ConfigError(
-            "train.optimizer = 'muon' does not run under FSDP2 here (Newton-Schulz needs whole matrices, FSDP2 shards them); "
-            "use --train.parallel ddp"
-        )
+
     if t.lr <= 0:
         raise ConfigError(f"train.lr must be > 0, got {t.lr}")
     for name, beta in (("train.beta1", t.beta1), ("train.beta2", t.beta2)):
