@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, RunFileError
-from .files import atomic_write_text, read_json, sha256_file
+from .files import atomic_write, atomic_write_text, read_json, sha256_file
 
 log = logging.getLogger("slmlab")
 TRUST_VARIABLE = "SLMLAB_TRUST_PLUGINS"
@@ -149,7 +149,7 @@ def record(folder: Path, specs: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for plugin in activate(specs):
         copy = f"{plugin.module}.py"
-        shutil.copyfile(plugin.source, folder / copy)
+        atomic_write(folder / copy, lambda tmp, source=plugin.source: shutil.copyfile(source, tmp))
         entries.append(
             {"spec": plugin.spec, "module": plugin.module, "source": str(plugin.source), "copy": copy, "sha256": plugin.sha256}
         )
