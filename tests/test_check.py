@@ -13,7 +13,7 @@ from slmlab.analysis.conformance import run_checks
 from slmlab.analysis.scaffold import write_variant
 from slmlab.cli import main
 from slmlab.config import ConfigError, load_config
-from slmlab.experiments.sweep import load_sweep
+from slmlab.experiments.sweep import first_seed_jobs, load_sweep
 from tests.conftest import write_micro_toml
 
 ROOT = Path(__file__).parents[1]
@@ -24,10 +24,7 @@ def configs_of(path: Path):
     """(label, RunConfig) of a run config, or of every variant of a sweep config (first seed)."""
     if "variants" in path.read_text():
         _, jobs = load_sweep(path)
-        seen = {}
-        for job in jobs:
-            seen.setdefault(job.variant, job.config)
-        return list(seen.items())
+        return [(job.variant, job.config) for job in first_seed_jobs(jobs)]
     return [(path.stem, load_config(path))]
 
 

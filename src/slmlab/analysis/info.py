@@ -52,10 +52,7 @@ def config_for_info(target: str | Path, load_config) -> RunConfig:
         return RunDir(Path(target)).read_config()
     cfg = load_config()
     if cfg.model.vocab_size == 0:
-        from ..data.corpora import DocumentSelection
-        from ..data.tokens import get_tokenizer
+        from ..data.tokens import vocab_size_of
 
-        known = {"byte": 256, "gpt2": 50257, "bpe": cfg.data.vocab_size}
-        vocab = known.get(cfg.data.tokenizer) or get_tokenizer(cfg.data, DocumentSelection(cfg.data)).vocab_size
-        resolve_vocab(cfg, vocab)
+        resolve_vocab(cfg, vocab_size_of(cfg.data))
     return cfg

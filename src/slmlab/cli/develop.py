@@ -46,12 +46,10 @@ def cmd_check(args, extra) -> int:
     from ..config import parse_overrides, read_toml
 
     if "variants" in read_toml(args.config):
-        from ..experiments.sweep import load_sweep
+        from ..experiments.sweep import first_seed_jobs, load_sweep
 
         _, jobs = load_sweep(args.config, parse_overrides(extra))
-        configs = {}
-        for job in jobs:  # each variant at its first seed
-            configs.setdefault(job.variant, job.config)
+        configs = {job.variant: job.config for job in first_seed_jobs(jobs)}
     else:
         configs = {args.config: load_run_config(args.config, extra)}
     results = {}

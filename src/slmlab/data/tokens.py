@@ -72,6 +72,13 @@ def get_tokenizer(data: DataConfig, selection: DocumentSelection) -> Tokenizer:
     return tokenizer
 
 
+def vocab_size_of(data: DataConfig) -> int:
+    """The vocabulary size `data`'s tokenizer will have: known in advance for byte, GPT-2 and BPE
+    (no tokenizing), else from the (cached) trained tokenizer."""
+    known = {"byte": 256, "gpt2": 50257, "bpe": data.vocab_size}
+    return known.get(data.tokenizer) or get_tokenizer(data, DocumentSelection(data)).vocab_size
+
+
 @dataclass
 class TokenSplit:
     """One split's token ids (memory-mapped) and its streams' [start, end) ranges."""

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ConfigError, RunConfig, apply_overrides, config_from_dict, resolve_vocab
-from ..data.corpora import DocumentSelection
-from ..data.tokens import get_tokenizer
+from ..data.tokens import vocab_size_of
 from ..model import build_model
 from ..model.accounting import measured_flops_per_token
 
@@ -55,7 +54,7 @@ def with_vocab(cfg: RunConfig) -> RunConfig:
     """The config with model.vocab_size taken from its tokenizer when it is 0."""
     if cfg.model.vocab_size == 0:
         cfg = config_from_dict(cfg.to_dict())  # a copy: the job's own config resolves it when it trains
-        resolve_vocab(cfg, get_tokenizer(cfg.data, DocumentSelection(cfg.data)).vocab_size)
+        resolve_vocab(cfg, vocab_size_of(cfg.data))
     return cfg
 
 

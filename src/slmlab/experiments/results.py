@@ -22,7 +22,7 @@ from ..runs.run_dir import RunDir
 from ..tables import format_number, human, markdown_table
 from .budget import flops_per_token
 from .stats import holm_adjusted, mean_std, paired_comparison, paired_difference, seeds_needed
-from .sweep import Job, SweepConfig
+from .sweep import Job, SweepConfig, first_seed_jobs
 from .tuning import plot_tuning, tuning_table
 
 HEADERS = (
@@ -136,7 +136,7 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
     """Write results.md/.json/.csv and curves.png (and with tuning, its table and tuning.png)
     into the sweep directory; return the table."""
     records = summarize(sweep, results)
-    configs = {job.variant: job.config for job in jobs[:: len(sweep.seeds)]}  # each variant's first seed
+    configs = {job.variant: job.config for job in first_seed_jobs(jobs)}
     for record in records:  # training FLOPs: tokens x the model's counted FLOPs per token
         record["train_flops"] = record["tokens"] * flops_per_token(configs[record["variant"]]) if record["runs"] else math.nan
     table = results_table(records)

@@ -120,12 +120,18 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
             except ConfigError as err:
                 raise ConfigError(f"variant '{variant}': {err}") from None
             jobs.append(Job(variant, seed, config))
-    steps = apply_budget(
-        {job.variant: job.config for job in jobs[:: len(sweep.seeds)]}, sweep.budget
-    )  # each variant's first seed
+    steps = apply_budget({job.variant: job.config for job in first_seed_jobs(jobs)}, sweep.budget)  # each variant's first seed
     if steps:
         jobs = [Job(job.variant, job.seed, set_steps(job.config, steps[job.variant])) for job in jobs]
     return sweep, jobs
+
+
+def first_seed_jobs(jobs: list[Job]) -> list[Job]:
+    """Each variant's job at its first seed (what its cost, tuning and checks are measured on)."""
+    firsts: dict[str, Job] = {}
+    for job in jobs:
+        firsts.setdefault(job.variant, job)
+    return list(firsts.values())
 
 
 def run_status(job: Job) -> str:

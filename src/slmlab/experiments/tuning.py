@@ -38,12 +38,12 @@ class Tune:
 def tuning_jobs(sweep, jobs: list) -> list:
     """One short run per (variant, grid value), at each variant's first seed; Job.seed holds the
     grid index (results are keyed by (variant, seed))."""
-    from .sweep import Job
+    from .sweep import Job, first_seed_jobs
 
     sweep.tune.check()
     folder = Path(sweep.out_dir) / sweep.name / "tune"
     tuned = []
-    for job in jobs[:: len(sweep.seeds)]:
+    for job in first_seed_jobs(jobs):
         for index, lr in enumerate(sweep.tune.lr):
             overrides = {"train.lr": lr, "name": f"{job.variant}_lr{lr:g}", "out_dir": str(folder)}
             if sweep.tune.steps:
