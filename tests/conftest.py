@@ -114,3 +114,18 @@ seeds = [1, 2]
 "model.smat.use_G" = true
 """)
     return sweep
+
+
+def kill_after_step(trainer, step: int) -> None:
+    """Run `trainer.fit()` and die (KeyboardInterrupt, as a kill would) once it has finished
+    `step`, i.e. right after that step's checkpoint: what a resume test then recovers from."""
+    real_next_batch = trainer.sampler.next_batch
+
+    def next_batch():
+        if trainer.step == step:
+            raise KeyboardInterrupt
+        return real_next_batch()
+
+    trainer.sampler.next_batch = next_batch
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()

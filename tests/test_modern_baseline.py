@@ -17,6 +17,7 @@ from slmlab.model.layers import MLP, SwiGLU
 from slmlab.runs.run_dir import RunDir
 from slmlab.training import Trainer, train
 from slmlab.training.optim import Optimizers, build_optimizer, lr_at, muon_matrices
+from tests.conftest import kill_after_step
 
 ROOT = Path(__file__).parents[1]
 SMALL = {"n_layer": 2, "n_head": 2, "d_model": 48, "d_ff": 192, "block_size": 32, "vocab_size": 40}
@@ -73,17 +74,7 @@ def test_muon_trains_and_resumes_bit_exact(text_corpus, make_config):
 
     halves = make_config(text_corpus, model={"mlp": "swiglu", "bias": False, "norm": "rmsnorm"}, train=settings)
     halves.name = "halves"
-    interrupted = Trainer(halves, progress=False)
-    real_next_batch = interrupted.sampler.next_batch
-
-    def crash_after_the_checkpoint():
-        if interrupted.step == 15:
-            raise KeyboardInterrupt  # the process dies after the step-15 checkpoint
-        return real_next_batch()
-
-    interrupted.sampler.next_batch = crash_after_the_checkpoint
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.fit()
+    kill_after_step(Trainer(halves, progress=False), 15)  # the process dies after the step-15 checkpoint
     train(halves, resume=True, progress=False)
     a, b = (load_file(RunDir.for_config(c).final_weights) for c in (straight, halves))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

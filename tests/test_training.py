@@ -17,6 +17,7 @@ from slmlab.runs import checkpoints as checkpoint_module
 from slmlab.runs.run_dir import RunDir, load_run
 from slmlab.training import CheckpointError, Trainer, TrainingError, train
 from slmlab.training.optim import lr_at, param_groups
+from tests.conftest import kill_after_step
 
 
 def test_resume_is_bit_exact(text_corpus, make_config):
@@ -26,17 +27,7 @@ def test_resume_is_bit_exact(text_corpus, make_config):
 
     halves = make_config(text_corpus, model={"dropout": 0.1}, train={"steps": 20, "checkpoint_every": 10})
     halves.name = "halves"
-    interrupted = Trainer(halves, progress=False)
-    real_next_batch = interrupted.sampler.next_batch
-
-    def crash_in_step_11():
-        if interrupted.step == 10:
-            raise KeyboardInterrupt  # the process dies after the step-10 checkpoint
-        return real_next_batch()
-
-    interrupted.sampler.next_batch = crash_in_step_11
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.fit()
+    kill_after_step(Trainer(halves, progress=False), 10)  # the process dies after the step-10 checkpoint
     assert not RunDir.for_config(halves).final_weights.exists()
     train(halves, resume=True, progress=False)
 
