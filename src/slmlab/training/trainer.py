@@ -154,7 +154,7 @@ class Trainer:
         tokenizer = load_tokenizer(source.tokenizer) if source else None
         self.tokenizer, self.data = prepare_data(cfg.data, tokenizer, self.world)
         resolve_vocab(cfg, self.tokenizer.vocab_size)
-        self.token_bytes, self.last_bpb = torch.from_numpy(self.tokenizer.token_bytes()), math.nan
+        self.token_bytes = torch.from_numpy(self.tokenizer.token_bytes())
         check_local_kernel(cfg.model, self.device)
         self.cfg, self.progress = cfg, progress and self.world.is_main
         if not resume:
@@ -249,14 +249,13 @@ class Trainer:
         if self.world.is_main:
             save_checkpoint(self.run.checkpoints, self.step, weights, state, self.cfg.train.keep_checkpoints)
 
-    def evaluate(self) -> float:
-        """The validation loss; its bits per byte are kept in `last_bpb`."""
+    def evaluate(self) -> tuple[float, float]:
+        """(validation loss, its bits per byte)."""
         t = self.cfg.train
-        val_loss, self.last_bpb = score_validation(
+        return score_validation(
             self.forward, self.data.val, self.cfg.data.seq_len, t.batch_size, t.eval_batches, self.device, t.dtype, self.world,
             self.token_bytes,
         )  # fmt: skip
-        return val_loss
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
         """Host -> device: through pinned memory and without blocking on CUDA."""
@@ -316,7 +315,7 @@ class Trainer:
         self.model.train()
         tally, timed_steps = StepTally(self.device), 0
         window_start = self.started = time.perf_counter()
-        val_loss, compile_seconds = math.nan, 0.0
+        scores, compile_seconds = (math.nan, math.nan), 0.0  # the last (validation loss, bits per byte)
         while self.step < t.steps:
             first_compiled = t.compile and not compile_seconds
             loss, grad_norm, skip = self._train_step()
@@ -348,8 +347,8 @@ class Trainer:
                     "nan_skips": self.nan_skips,
                 }
                 if evaluating:
-                    val_loss = self.evaluate()
-                    record.update(val_loss=val_loss, val_ppl=perplexity(val_loss), val_bpb=self.last_bpb)
+                    scores = self.evaluate()
+                    record.update(val_loss=scores[0], val_ppl=perplexity(scores[0]), val_bpb=scores[1])
                 if self.world.is_main:
                     self.metrics.append(record)
                 self._report(bar, record, dt)
@@ -360,7 +359,7 @@ class Trainer:
                 self._save_frame()
         bar.close()
         elapsed = time.perf_counter() - self.started
-        return self._finish(val_loss, elapsed, compile_seconds)
+        return self._finish(scores, elapsed, compile_seconds)
 
     def _report(self, bar, record: dict, step_seconds: float) -> None:
         """Progress: the bar's figures (validation only once measured), or without a bar (sweep
@@ -400,20 +399,21 @@ class Trainer:
                 "lower train.lr, raise train.warmup_steps or set train.grad_clip"
             )
 
-    def _finish(self, val_loss: float, elapsed: float, compile_seconds: float) -> TrainResult:
-        if math.isnan(val_loss):
-            val_loss = self.evaluate()
+    def _finish(self, scores: tuple[float, float], elapsed: float, compile_seconds: float) -> TrainResult:
+        if math.isnan(scores[0]):
+            scores = self.evaluate()
+        val_loss, val_bpb = scores
         weights = full_model_state(self.model, self.aliases)
         self._save_checkpoint(weights)
         if self.world.is_main:
-            result = self._write_results(weights, val_loss, elapsed, compile_seconds)
+            result = self._write_results(weights, val_loss, val_bpb, elapsed, compile_seconds)
         self.world.barrier()  # the other ranks go on only once the run's files exist
         if not self.world.is_main:
-            result = TrainResult(self.run.path, self.step, val_loss, perplexity(val_loss), 0.0, "", compile_seconds)
+            result = TrainResult(self.run.path, self.step, val_loss, perplexity(val_loss), 0.0, "", compile_seconds, val_bpb)
         return result
 
     def _write_results(
-        self, weights: dict[str, torch.Tensor], val_loss: float, elapsed: float, compile_seconds: float
+        self, weights: dict[str, torch.Tensor], val_loss: float, val_bpb: float, elapsed: float, compile_seconds: float
     ) -> TrainResult:
         t = self.cfg.train
         val_ppl = perplexity(val_loss)
@@ -426,7 +426,7 @@ class Trainer:
             "tokens": self.tokens,
             "val_loss": val_loss,
             "val_ppl": val_ppl,
-            "val_bpb": self.last_bpb,
+            "val_bpb": val_bpb,
             "nan_skips": self.nan_skips,
             "tokens_per_s": tokens_per_s,
             "train_seconds": self.seconds_before + elapsed,
@@ -442,7 +442,7 @@ class Trainer:
         if self.local_kernel:
             summary["local_kernel"] = self.local_kernel
         atomic_write_text(self.run.summary, json.dumps(summary, indent=2) + "\n")
-        return TrainResult(self.run.path, self.step, val_loss, val_ppl, tokens_per_s, sample, compile_seconds, self.last_bpb)
+        return TrainResult(self.run.path, self.step, val_loss, val_ppl, tokens_per_s, sample, compile_seconds, val_bpb)
 
     def sample(self, n_tokens: int, seed: int = 0) -> str:
         """Generate n_tokens from the start of a validation document (fixed seed), on this rank
