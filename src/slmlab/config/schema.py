@@ -127,12 +127,12 @@ class ModelConfig:
 class DataConfig:
     """Where text comes from, how it is filtered and tokenized, and how windows are cut."""
 
-    source: str = "shakespeare"  # "shakespeare" | "brown" | a .txt/.jsonl file, directory or glob
+    source: str = "shakespeare"  # "shakespeare" | "brown" | a .txt/.jsonl file, directory or glob | .parquet file(s) | a save_to_disk folder
     genres: list[str] = field(default_factory=list)  # Brown letters/names or Shakespeare groups
     max_year: int = 0  # 0 = no cut-off; else drop documents whose known year is later
     allow_unknown_year: bool = True
     max_documents: int = 0  # 0 = all; else the first N documents (a small slice for trials)
-    text_field: str = "text"  # for .jsonl sources
+    text_field: str = "text"  # for .jsonl, Parquet and saved-dataset sources: the text's key or column
     doc_separator: str = ""  # "" = one document per .txt/.md file; else split files at this marker ("<EOS>"), genre = file stem
     tokenizer: str = "char"  # registry.TOKENIZERS: "byte" | "char" | "bpe" | "gpt2"
     vocab_size: int = 4096  # for "bpe"

@@ -1,4 +1,4 @@
-"""Corpora: built-in (Shakespeare, Brown) and local sources, with genre and year filters.
+"""Corpora: built-in (Shakespeare, Brown), local text sources and columnar ones (Parquet, saved datasets), with genre and year filters.
 
 selection = select_documents(cfg.data)
 for doc in selection: ...          # lazily, one Document at a time
@@ -13,6 +13,7 @@ from typing import Protocol
 
 from ...config import DataConfig
 from .brown import BrownSource
+from .columnar import ColumnarSource, is_columnar
 from .document import Document
 from .fetch import CorpusError
 from .local import LocalSource
@@ -39,6 +40,8 @@ def open_source(data: DataConfig) -> Source:
     builtins = {"shakespeare": ShakespeareSource, "brown": BrownSource}
     if data.source in builtins:
         return builtins[data.source](data.cache_dir)
+    if is_columnar(data.source):
+        return ColumnarSource(data.source, data.text_field)
     return LocalSource(data.source, data.text_field, data.doc_separator)
 
 

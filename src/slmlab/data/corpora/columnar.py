@@ -1,0 +1,151 @@
+"""Columnar corpora: Parquet shards (FineWeb and its kin) and Hugging Face datasets saved with
+`save_to_disk`, read with pyarrow one record batch at a time, so a corpus larger than memory
+streams through.
+
+A row is a document: its text in the column `data.text_field`; the optional columns `id`,
+`year`, `genre` and `title` are read where present (a missing id becomes `file:row`). A saved
+dataset is a folder with `state.json` (one split: its Arrow stream files) or `dataset_dict.json`
+(several splits, read in the order it lists them; ids are prefixed with the split). Nothing is
+downloaded: these are local files only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from .document import Document
+from .fetch import CorpusError, file_digest
+from .local import parse_year
+
+OPTIONAL_COLUMNS = ("id", "year", "genre", "title")
+BATCH_ROWS = 1024
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise CorpusError("Parquet and saved-dataset sources need pyarrow: pip install 'slmlab[data]'") from None
+    return pyarrow
+
+
+def is_columnar(spec: str) -> bool:
+    """True for a .parquet file, a folder holding .parquet shards, or a `save_to_disk` folder."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path.suffix == ".parquet"
+    if not path.is_dir():
+        return False
+    return saved_dataset_files(path) is not None or any(path.rglob("*.parquet"))
+
+
+def saved_dataset_files(folder: Path) -> list[tuple[str, Path]] | None:
+    """[(split, arrow file)] of a `save_to_disk` folder, None if `folder` is not one."""
+    if (folder / "dataset_dict.json").is_file():
+        splits = _read_json(folder / "dataset_dict.json").get("splits")
+        if not isinstance(splits, list) or not splits:
+            raise CorpusError(f"{folder / 'dataset_dict.json'} lists no splits; save the dataset again with save_to_disk")
+        return [(split, path) for split in splits for _, path in (saved_dataset_files(folder / split) or [])]
+    if not (folder / "state.json").is_file():
+        return None
+    entries = _read_json(folder / "state.json").get("_data_files")
+    if not isinstance(entries, list) or not entries:
+        raise CorpusError(f"{folder / 'state.json'} lists no data files; save the dataset again with save_to_disk")
+    files = [folder / str(entry.get("filename", "")) for entry in entries]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise CorpusError(f"saved dataset {folder} is missing {missing[0]}; save it again with save_to_disk")
+    return [("", f) for f in files]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorpusError(f"{path} is not readable JSON ({type(err).__name__}); save the dataset again") from None
+    if not isinstance(value, dict):
+        raise CorpusError(f"{path} is not a JSON object; save the dataset again")
+    return value
+
+
+class ColumnarSource:
+    """Parquet files (a file, or every .parquet under a folder) or a `save_to_disk` folder."""
+
+    name = "columnar"
+
+    def __init__(self, spec: str, text_field: str = "text"):
+        self.spec, self.text_field = spec, text_field
+        path = Path(spec).expanduser()
+        saved = saved_dataset_files(path) if path.is_dir() else None
+        self.kind = "arrow" if saved is not None else "parquet"
+        if saved is not None:
+            self.parts = saved
+        else:
+            files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+            self.parts = [("", f) for f in files]
+        if not self.parts:
+            raise CorpusError(f"data.source: '{spec}' holds no .parquet files")
+        self.root = path if path.is_dir() else path.parent
+        self.genres: tuple[str, ...] = ()
+
+    def resolve_genre(self, wanted: str) -> str | None:
+        """Genres come from the `genre` column, known only while reading: accept any."""
+        return wanted
+
+    def fingerprint(self) -> str:
+        return f"{self.kind}-{self.text_field}-" + file_digest([f for _, f in self.parts])
+
+    def _batches(self, path: Path):
+        """pyarrow record batches of `path`, one at a time."""
+        pa = _pyarrow()
+        try:
+            if self.kind == "parquet":
+                handle = pa.parquet.ParquetFile(path)
+                columns = [c for c in (self.text_field, *OPTIONAL_COLUMNS) if c in handle.schema_arrow.names]
+                self._check_text_column(path, handle.schema_arrow.names)
+                yield from handle.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+            else:
+                with pa.memory_map(str(path)) as source:
+                    reader = pa.ipc.open_stream(source)
+                    self._check_text_column(path, reader.schema.names)
+                    yield from reader
+        except (pa.ArrowException, OSError) as err:
+            raise CorpusError(f"{path} is not a readable {self.kind} file ({str(err).splitlines()[0][:100]})") from None
+
+    def _check_text_column(self, path: Path, names: list[str]) -> None:
+        if self.text_field not in names:
+            raise CorpusError(f"{path}: no column '{self.text_field}' (columns: {', '.join(names)}); set data.text_field")
+
+    def documents(self) -> Iterator[Document]:
+        total = 0
+        for split, path in self.parts:
+            name = os.path.relpath(path, self.root).replace(os.sep, "/")
+            row = 0
+            for batch in self._batches(path):
+                columns = {
+                    c: batch.column(c).to_pylist() for c in (self.text_field, *OPTIONAL_COLUMNS) if c in batch.schema.names
+                }
+                for i, text in enumerate(columns[self.text_field]):
+                    where = f"{path} row {row + i}"
+                    if text is None:
+                        continue
+                    if not isinstance(text, str):
+                        raise CorpusError(f"{where}: column '{self.text_field}' holds {type(text).__name__}, not text")
+                    if not text.strip():
+                        continue
+                    doc_id = columns["id"][i] if "id" in columns and columns["id"][i] is not None else f"{name}:{row + i}"
+                    total += 1
+                    yield Document(
+                        id=f"{split}/{doc_id}" if split else str(doc_id),
+                        text=text,
+                        genre=str(columns["genre"][i] or "") if "genre" in columns else "",
+                        title=str(columns["title"][i] or "") if "title" in columns else "",
+                        year=parse_year(columns["year"][i], where) if "year" in columns else None,
+                    )
+                row += batch.num_rows
+        if total == 0:
+            raise CorpusError(f"data.source: '{self.spec}' contains no text (every '{self.text_field}' is empty)")
