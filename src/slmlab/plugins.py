@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, RunFileError
-from .files import atomic_write, atomic_write_text, read_json, sha256_file
+from .files import atomic_write, atomic_write_bytes, atomic_write_text, read_json, sha256_file
 
 log = logging.getLogger("slmlab")
 TRUST_VARIABLE = "SLMLAB_TRUST_PLUGINS"
@@ -192,3 +192,38 @@ def _warn_if_changed(spec: str, entry: dict, run: Path) -> None:
     original = Path(str(entry.get("source", "")))
     if original.is_file() and sha256_file(original) != entry["sha256"]:
         log.warning("plugin '%s' changed since %s was made; using the run's recorded copy", spec, run)
+
+
+# ---- carried inside an exported model (slmlab export --to hf) -------------------------------
+def embed(specs: list[str]) -> list[dict]:
+    """[{spec, module, sha256, source}] of each plugin: the code an exported model needs to run."""
+    return [
+        {"spec": p.spec, "module": p.module, "sha256": p.sha256, "source": p.source.read_bytes().decode("utf-8")}
+        for p in activate(specs)
+    ]
+
+
+def activate_embedded(entries: list[dict], folder: Path) -> list[str]:
+    """Import the plugins `embed` carried (the caller has the user's consent to run them: Hugging
+    Face's trust_remote_code), each written to `folder`/<sha256>/ and checked against its SHA-256
+    first -> their specs. A plugin already imported with other code is an error, as for a run."""
+    specs = []
+    for entry in entries:
+        spec, digest, source = entry.get("spec"), entry.get("sha256"), entry.get("source")
+        if not all(isinstance(v, str) for v in (spec, digest, source)):
+            raise RunFileError("an embedded plugin entry lacks its spec, sha256 or source; export the run again")
+        loaded = _active.get(spec)
+        if loaded is not None and loaded.sha256 != digest:
+            raise ConfigError(
+                f"plugin '{spec}' is already imported with other code (sha256 {loaded.sha256[:12]}); use a fresh process"
+            )
+        if loaded is None:
+            path = folder / digest / f"{module_name(spec)}.py"
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(path, source.encode("utf-8"))
+            if sha256_file(path) != digest:
+                raise RunFileError(f"embedded plugin '{spec}' does not match its sha256; export the run again")
+            _import(spec, source=path)
+        specs.append(spec)
+    return specs

@@ -5,6 +5,7 @@
     persona.py   persona, persona-eval, surgery
     inspect.py   info, viz attention, viz animate, quantize, report
     develop.py   check, new-variant
+    interop.py   export, lm-eval
     data.py      data prepare, data download, tokenizer train
 
 Every verb that takes a CONFIG also takes dotted overrides after it (`--model.n_layer 4`,
@@ -20,10 +21,10 @@ import os
 import sys
 
 from .. import __version__
-from . import data, develop, evaluate, inspect, persona, train
+from . import data, develop, evaluate, inspect, interop, persona, train
 from .options import OneLineParser
 
-VERB_GROUPS = (train, evaluate, persona, inspect, develop, data)
+VERB_GROUPS = (train, evaluate, persona, inspect, develop, interop, data)
 log = logging.getLogger("slmlab")
 
 

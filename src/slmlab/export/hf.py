@@ -1,0 +1,127 @@
+"""`slmlab export RUN --to hf OUT`: a trained run as a Hugging Face model folder.
+
+    layout "gpt2" / "llama"  native transformers classes, no remote code (export/native.py)
+    layout "remote"          SlmlabForCausalLM with trust_remote_code (export/modeling_slmlab.py)
+    layout "auto"            the native layout that fits exactly, else remote
+
+The folder gets config.json, model.safetensors, generation_config.json, the tokenizer
+(tokenizer.json + tokenizer_config.json, export/tokenizer.py) and, for remote code,
+modeling_slmlab.py. The export is written beside OUT and moved into place whole, then loaded back
+with `AutoModelForCausalLM` and its logits compared with slmlab's on a probe batch (fp32): an
+export that does not reproduce the model is an error, never a silent difference.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from ..runs.run_dir import load_run
+from .native import best_native_layout, native_layout
+from .tokenizer import to_hf_tokenizer
+
+log = logging.getLogger("slmlab")
+LAYOUTS = ("auto", "gpt2", "llama", "remote")
+TOLERANCE = 1e-4  # max |Δ logit| an export may show against slmlab in fp32
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    layout: str
+    max_abs_diff: float
+    not_native: dict[str, str] = field(default_factory=dict)  # {native layout: why it did not fit}
+
+    def describe(self) -> str:
+        why = "; ".join(f"not {k}: {v}" for k, v in self.not_native.items())
+        loader = "AutoModelForCausalLM.from_pretrained(OUT" + (", trust_remote_code=True)" if self.layout == "remote" else ")")
+        return (
+            f"exported as {self.layout} to {self.out} (load with {loader}); logits match slmlab's to {self.max_abs_diff:.1e}"
+            + (f" ({why})" if why and self.layout == "remote" else "")
+        )
+
+
+def _hf_model(cfg, model, layout: str):
+    if layout == "remote":
+        from .modeling_slmlab import SlmlabConfig, SlmlabForCausalLM
+        from .remote import hf_config_values
+
+        SlmlabConfig.register_for_auto_class()
+        SlmlabForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+        hf = SlmlabForCausalLM(SlmlabConfig(**hf_config_values(cfg)))
+        hf.model.load_state_dict(model.state_dict())
+        return hf
+    from transformers import GPT2LMHeadModel, LlamaForCausalLM
+
+    native = native_layout(model, layout)
+    hf = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM}[layout](native.config)
+    missing, unexpected = hf.load_state_dict(native.state_dict, strict=False)
+    missing = [k for k in missing if not (cfg.model.tie_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"the {layout} layout left {missing or unexpected} unmatched")
+    return hf
+
+
+def probe_ids(cfg, generator_seed: int = 0) -> torch.Tensor:
+    """(2, T) random ids, T = min(block_size, 24): the batch an export is checked on."""
+    generator = torch.Generator().manual_seed(generator_seed)
+    return torch.randint(0, cfg.model.vocab_size, (2, min(cfg.model.block_size, 24)), generator=generator)
+
+
+def max_logit_difference(model, hf_model, ids: torch.Tensor) -> float:
+    with torch.no_grad():
+        ours, _ = model(ids)
+        theirs = hf_model(input_ids=ids).logits
+    return float((ours.float() - theirs.float()).abs().max())
+
+
+def export_hf(run: str | Path, out: str | Path, layout: str = "auto") -> ExportResult:
+    """Export `run`'s final model and tokenizer to the new folder `out` (see the module docstring)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise ConfigError("export --to hf needs transformers: pip install 'slmlab[hf]'") from None
+    if layout not in LAYOUTS:
+        raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, not '{layout}'")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} already exists and is not empty; export into a new folder")
+    cfg, model, tokenizer = load_run(run, "cpu")
+    model = model.float().eval()
+    fits, reasons = best_native_layout(model)
+    if layout == "auto":
+        layout = fits or "remote"
+    elif layout != "remote" and reasons[layout]:
+        raise ConfigError(f"{run} cannot be exported as native {layout}: {reasons[layout]}; use --layout remote (or auto)")
+    try:
+        hf_tokenizer = to_hf_tokenizer(tokenizer, cfg.model.block_size)
+    except ValueError as err:
+        raise ConfigError(f"{run}: {err}") from None
+    hf = _hf_model(cfg, model, layout)
+    hf.generation_config.eos_token_id = tokenizer.eos_id
+    hf.generation_config.pad_token_id = tokenizer.eos_id
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        hf.save_pretrained(staging)
+        hf_tokenizer.save_pretrained(staging)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=layout == "remote", dtype=torch.float32).eval()
+    difference = max_logit_difference(model, loaded, probe_ids(cfg))
+    if not difference <= TOLERANCE:
+        raise ConfigError(
+            f"the exported model's logits differ from slmlab's by {difference:.2e} (> {TOLERANCE}); please report this"
+        )
+    return ExportResult(out, layout, difference, {k: v for k, v in reasons.items() if v})
