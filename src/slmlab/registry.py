@@ -2,7 +2,7 @@
 
 The backbone, the built-in variants and a user's plugin all fill these with the same calls; a
 config's allowed values (model.pos, model.attention, model.head, model.norm, model.arch,
-data.tokenizer, train.optimizer, train.trainable) are exactly what is registered, so there is no
+data.tokenizer, train.optimizer, train.trainable, train.trackers) are exactly what is registered, so there is no
 second list to keep in sync.
 
     POSITIONS.register("rope", RotaryPositions)            # a class built as cls(cfg)
@@ -116,6 +116,7 @@ ARCHITECTURES: Registry[type] = Registry("architecture", "model.arch")  # cls(cf
 TOKENIZERS: Registry[Callable] = Registry("tokenizer", "data.tokenizer")  # (data cfg, texts) -> Tokenizer
 OPTIMIZERS: Registry[Callable] = Registry("optimizer", "train.optimizer")  # (model, train cfg, device) -> optimizer
 TRAINABLE: Registry[Callable] = Registry("trainable-parameter selection", "train.trainable")  # (model) -> params | None
+TRACKERS: Registry[Callable] = Registry("tracker", "train.trackers")  # (cfg, run path, resume) -> tracker (training/trackers.py)
 MODEL_SECTIONS: Registry[Section] = Registry("model config section")
 INTERVENTIONS: Registry[Any] = Registry("intervention")  # name -> model.interventions.Intervention
 ABLATION_SUMMARIES: Registry[Callable] = Registry("ablation summary")  # (rows) -> (text, result) | None
@@ -142,6 +143,7 @@ BUILTINS = (
     "slmlab.model",  # the backbone: positions, patterns, norms, heads, the decoder
     "slmlab.data.tokenizers",
     "slmlab.training.optim",
+    "slmlab.training.trackers",
     "slmlab.variants",  # SMAT, the Self Area, the TapeTransformer: registered as a plugin is
 )
 _loaded = False

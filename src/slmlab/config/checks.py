@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from ..errors import ConfigError
-from ..registry import ARCHITECTURES, ATTENTION_PATTERNS, CHOICE_REGISTRIES, CONFIG_CHECKS, MODEL_SECTIONS
+from ..registry import ARCHITECTURES, ATTENTION_PATTERNS, CHOICE_REGISTRIES, CONFIG_CHECKS, MODEL_SECTIONS, TRACKERS
 
 
 def check_name(key: str, name: str) -> str:
@@ -44,6 +44,10 @@ def check_choices(cfg) -> None:
     for i, pattern in enumerate(cfg.model.attention_layers):
         if pattern not in ATTENTION_PATTERNS:
             raise ConfigError(f"model.attention_layers[{i}] = {pattern!r} is not one of {', '.join(ATTENTION_PATTERNS)}")
+    for name in cfg.train.trackers:
+        TRACKERS[name]  # an unknown tracker raises ConfigError
+    if len(set(cfg.train.trackers)) != len(cfg.train.trackers):
+        raise ConfigError(f"train.trackers names a tracker twice: {cfg.train.trackers}")
 
 
 def first_change(section: Any) -> tuple[str, Any] | None:

@@ -175,6 +175,10 @@ class TrainConfig:
     max_nan_skips: int = 5  # abort after this many consecutive non-finite steps
     sample_tokens: int = 200  # length of the sample printed at the end (0 = none)
     viz_every: int = 0  # save an attention/loss frame every N steps into RUN/viz/frames (0 = none)
+    trackers: list[str] = field(default_factory=list)  # registry.TRACKERS: any of "tensorboard", "wandb", "trackio"
+    tracker_project: str = "slmlab"  # the wandb / trackio project
+    tracker_group: str = ""  # the run's group in wandb / trackio ("" = none; a sweep groups its runs under its name)
+    tracker_tags: list[str] = field(default_factory=list)  # wandb tags (a sweep adds the variant and seed)
 
 
 @dataclass

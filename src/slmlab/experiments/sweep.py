@@ -119,11 +119,21 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
                 config = load_config(base, run_overrides)
             except ConfigError as err:
                 raise ConfigError(f"variant '{variant}': {err}") from None
-            jobs.append(Job(variant, seed, config))
+            jobs.append(Job(variant, seed, tracked(config, sweep.name, variant, seed)))
     steps = apply_budget({job.variant: job.config for job in first_seed_jobs(jobs)}, sweep.budget)  # each variant's first seed
     if steps:
         jobs = [Job(job.variant, job.seed, set_steps(job.config, steps[job.variant])) for job in jobs]
     return sweep, jobs
+
+
+def tracked(config: RunConfig, sweep: str, variant: str, seed: int) -> RunConfig:
+    """The run's config with its tracker group (the sweep's name, unless the config names one)
+    and tags (its variant and seed added), so trackers show a sweep as one group."""
+    train = config.train
+    tags = list(dict.fromkeys([*train.tracker_tags, variant, f"seed{seed}"]))
+    return dataclasses.replace(
+        config, train=dataclasses.replace(train, tracker_group=train.tracker_group or sweep, tracker_tags=tags)
+    )
 
 
 def first_seed_jobs(jobs: list[Job]) -> list[Job]:

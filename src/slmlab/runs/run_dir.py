@@ -8,6 +8,8 @@ runs/<name>/checkpoints/       step_N.safetensors + step_N.state.pt + step_N.sha
 runs/<name>/final.safetensors  weights at the end
 runs/<name>/summary.json       final validation loss/ppl, throughput, peak memory, parameters,
                                the SHA-256 of final.safetensors
+runs/<name>/tensorboard/, wandb/, trackers.json   what train.trackers wrote (and tracker run ids)
+runs/<name>/lm_eval/           lm-evaluation-harness results (slmlab lm-eval)
 runs/.<name>.lock              the writer lock (slmlab/locks.py), beside the directory
 """
 
@@ -70,6 +72,10 @@ class RunDir:
         "prompts_*.md",
         "eval_*.json",
         "eval_*.png",
+        "tensorboard",
+        "wandb",
+        "trackers.json",
+        "lm_eval",
     )
     PHASES = "phase*_*"  # a curriculum's phase sub-runs: run directories themselves
 

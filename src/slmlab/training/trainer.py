@@ -70,6 +70,7 @@ from .runtime import (
     set_rng_state,
 )
 from .tally import StepTally
+from .trackers import Trackers
 from .validation import score_validation
 
 log = logging.getLogger("slmlab")
@@ -117,6 +118,7 @@ class Trainer:
         self.world, self.device = World.from_env(cfg.train.device)
         self._lock = self.run.lock() if self.world.is_main else None
         self._created = False
+        self.trackers: Trackers | None = None
         try:
             self._set_up(cfg, resume, overwrite, progress, init_from, carry_optimizer, from_checkpoint)
         except BaseException:
@@ -128,7 +130,10 @@ class Trainer:
             raise
 
     def close(self) -> None:
-        """Give up the run's writer lock."""
+        """Finish the trackers and give up the run's writer lock."""
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -201,6 +206,8 @@ class Trainer:
         if resume:
             self._restore(state)
         self.forward = torch.compile(self.wrapped) if train.compile else self.wrapped
+        if self.world.is_main:
+            self.trackers = Trackers(cfg, self.run.path, resume)
         self.world.barrier()
 
     def _resume_config(self, requested: RunConfig) -> RunConfig:
@@ -351,6 +358,7 @@ class Trainer:
                     record.update(val_loss=scores[0], val_ppl=perplexity(scores[0]), val_bpb=scores[1])
                 if self.world.is_main:
                     self.metrics.append(record)
+                    self.trackers.log(record)
                 self._report(bar, record, dt)
                 timed_steps, window_start = 0, time.perf_counter()
             if checkpointing:
