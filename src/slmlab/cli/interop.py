@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .options import add_verb
+from .options import add_device, add_verb, non_negative_int, positive_int
 
 
 def register(sub) -> None:
@@ -26,6 +26,25 @@ def register(sub) -> None:
     )
     p.set_defaults(func=cmd_export)
 
+    p = add_verb(
+        sub,
+        "lm-eval",
+        "score a run with lm-evaluation-harness tasks (offline; slmlab_cloze is built from the run's held-out text)",
+        "  slmlab lm-eval runs/quickstart --tasks slmlab_cloze\n"
+        "  slmlab lm-eval runs/quickstart --tasks slmlab_cloze --limit 100 --batch-size 32\n"
+        "  slmlab lm-eval runs/bpe --tasks lambada_openai --include-path my_tasks/   # datasets already in the local HF cache",
+    )
+    p.add_argument("run")
+    p.add_argument(
+        "--tasks", required=True, help="comma-separated task names (slmlab_cloze, or any task lm-eval can read offline)"
+    )
+    p.add_argument("--limit", type=non_negative_int, default=0, help="examples per task (0 = all)")
+    p.add_argument("--num-fewshot", type=non_negative_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--include-path", default="", help="a folder of your own task YAMLs")
+    add_device(p)
+    p.set_defaults(func=cmd_lm_eval)
+
 
 def cmd_export(args, extra) -> int:
     from ..config import ConfigError
@@ -34,4 +53,20 @@ def cmd_export(args, extra) -> int:
     if extra:
         raise ConfigError(f"export takes no config overrides, got {' '.join(extra)}")
     print(export_hf(args.run, args.out, args.layout).describe())
+    return 0
+
+
+def cmd_lm_eval(args, extra) -> int:
+    from pathlib import Path
+
+    from ..config import ConfigError
+
+    if extra:
+        raise ConfigError(f"lm-eval takes no config overrides, got {' '.join(extra)}")
+    from ..evals.harness import evaluate_run
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    _, table = evaluate_run(args.run, tasks, args.limit, args.num_fewshot, args.batch_size, args.device, args.include_path)
+    print(table)
+    print(f"saved: {Path(args.run) / 'lm_eval' / 'results.json'}")
     return 0

@@ -201,6 +201,11 @@ def cmd_sweep(args, extra) -> int:
         with sweep_lock(sweep):
             jobs, tuning = tune_learning_rates(sweep, jobs, args.jobs)
             results = run_sweep(sweep, jobs, args.jobs)
+            if sweep.lm_eval.tasks:
+                from ..evals.harness import score_sweep_runs
+
+                spec = sweep.lm_eval
+                results = score_sweep_runs(jobs, results, spec.tasks, spec.limit, spec.num_fewshot, spec.batch_size)
             sweep_dir = Path(sweep.out_dir) / sweep.name
             print(write_results(sweep_dir, sweep, jobs, results, tuning))
         print(f"results: {sweep_dir}/results.md, results.json, results.csv, curves.png")

@@ -6,7 +6,8 @@ baseline (paired by seed), failures (runs aborted for non-finite loss, and skipp
 steps), the paired 95% CI of Δ%, the paired t-test p-value and its Holm–Bonferroni adjustment
 over the variants, the sign-test p-value, the seeds a paired t-test would need to detect the
 observed Δ% at 80% power (from the seed-to-seed spread), and the cost:
-tokens/s, peak memory and parameter count (means over seeds).
+tokens/s, peak memory and parameter count (means over seeds). A sweep with `[lm_eval] tasks`
+adds, per task metric, its mean and the paired difference from the baseline with its 95% CI.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[
                 "val_ppl_by_seed": ppl[variant],
             }
         )
+    for record in records:
+        record["lm_eval"] = harness_columns(sweep, results, record["variant"])
     adjusted = holm_adjusted({r["variant"]: r["t_p"] for r in records if not r["is_baseline"]})
     for record in records:
         record["holm_p"] = adjusted.get(record["variant"], math.nan)
@@ -93,6 +96,27 @@ def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[
             (record["ci_low"] + record["ci_high"]) / 2, record["sd"]
         )  # effect: the mean paired Δ%
     return records
+
+
+def harness_scores(results: dict, variant: str) -> dict[str, dict[int, float]]:
+    """{"task metric": {seed: value}} of a variant's lm-eval scores (sweep [lm_eval])."""
+    scores: dict[str, dict[int, float]] = {}
+    for (v, seed), result in results.items():
+        for task, metrics in (result.get("lm_eval") or {}).items() if v == variant else ():
+            for metric, value in metrics.items():
+                scores.setdefault(f"{task} {metric}", {})[seed] = value
+    return scores
+
+
+def harness_columns(sweep: SweepConfig, results: dict, variant: str) -> dict[str, dict]:
+    """{"task metric": {mean, delta, low, high}}: the variant's mean score and its paired
+    difference from the baseline (by seed) with the 95% CI."""
+    own, base = harness_scores(results, variant), harness_scores(results, sweep.baseline)
+    columns = {}
+    for name, by_seed in own.items():
+        delta, low, high = paired_difference(by_seed, base.get(name, {}))
+        columns[name] = {"mean": mean_std(list(by_seed.values()))[0], "delta": delta, "low": low, "high": high}
+    return columns
 
 
 def _finite(value) -> bool:
@@ -129,7 +153,28 @@ def results_table(records: list[dict]) -> str:
                 human(r["params"]),
             )
         )
+    names = list(dict.fromkeys(name for r in records for name in r.get("lm_eval", {})))
+    if names:  # lm-eval scores: each metric's mean and its paired Δ vs the baseline
+        headers = [*HEADERS, *(h for name in names for h in (name, f"Δ {name} [95% CI]"))]
+        rows = [(*row, *harness_cells(r, names)) for row, r in zip(rows, records)]
+        return markdown_table(headers, rows)
     return markdown_table(HEADERS, rows)
+
+
+def harness_cells(record: dict, names: list[str]) -> list[str]:
+    cells = []
+    for name in names:
+        column = record.get("lm_eval", {}).get(name)
+        if column is None:
+            cells += ["–", "–"]
+            continue
+        cells.append(format_number(column["mean"], ".4f"))
+        cells.append(
+            "–"
+            if record["is_baseline"]
+            else f"{format_number(column['delta'], '+.4f')} [{format_number(column['low'], '+.4f')}, {format_number(column['high'], '+.4f')}]"
+        )
+    return cells
 
 
 def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results: dict, tuning: dict | None = None) -> str:
@@ -163,9 +208,11 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
         ),
     )
     csv_text = io.StringIO(newline="")
-    writer = csv.DictWriter(csv_text, fieldnames=[k for k in records[0] if k != "val_ppl_by_seed"], extrasaction="ignore")
+    rows = [{**r, **{f"{name} {k}": v for name, column in r["lm_eval"].items() for k, v in column.items()}} for r in records]
+    fields = list(dict.fromkeys(k for row in rows for k in row if k not in ("val_ppl_by_seed", "lm_eval")))
+    writer = csv.DictWriter(csv_text, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(records)
+    writer.writerows(rows)
     atomic_write_text(sweep_dir / "results.csv", csv_text.getvalue())
     plot_curves(sweep_dir / "curves.png", sweep, jobs)
     return table

@@ -58,6 +58,17 @@ log = logging.getLogger("slmlab")
 
 
 @dataclass
+class HarnessTasks:
+    """`[lm_eval]` in a sweep: lm-evaluation-harness tasks scored on every finished run (slmlab
+    lm-eval), their accuracy set in the results table with paired CIs against the baseline."""
+
+    tasks: list[str] = field(default_factory=list)  # e.g. ["slmlab_cloze"]
+    limit: int = 0  # examples per task (0 = all)
+    num_fewshot: int = 0
+    batch_size: int = 16
+
+
+@dataclass
 class SweepConfig:
     name: str = "sweep"
     base: str = ""
@@ -69,6 +80,7 @@ class SweepConfig:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     budget: Budget = field(default_factory=Budget)  # equal compute: tokens, flops or seconds (experiments/budget.py)
     tune: Tune = field(default_factory=Tune)  # a learning-rate grid per variant before the seeds (experiments/tuning.py)
+    lm_eval: HarnessTasks = field(default_factory=HarnessTasks)  # lm-evaluation-harness tasks scored on every run
 
 
 @dataclass

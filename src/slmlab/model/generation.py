@@ -6,6 +6,8 @@ incremental decoding needs; the first entry has `.length`) and `forward(idx, cac
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..errors import ConfigError
@@ -24,8 +26,10 @@ class GenerationMixin:
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         stop_token: int | None = None,
+        until: Callable[[torch.Tensor], bool] | None = None,
     ) -> torch.Tensor:
-        """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n).
+        """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n). Generation
+        stops early once every row has sampled `stop_token`, or once `until(idx)` is True.
 
         With the KV cache, each step runs only the new token. When the context reaches
         block_size, the cache is rebuilt from the last block_size // 2 tokens (a sliding window)."""
@@ -38,6 +42,7 @@ class GenerationMixin:
         was_training = self.training
         self.eval()
         caches, pending = None, idx
+        stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
             if use_cache:
                 if caches is None or caches[0].length + pending.shape[1] > self.cfg.block_size:
@@ -50,7 +55,11 @@ class GenerationMixin:
             next_id = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
             idx = torch.cat([idx, next_id], dim=1)
             pending = next_id
-            if stop_token is not None and bool((next_id == stop_token).all()):
+            if stop_token is not None:
+                stopped |= next_id[:, 0] == stop_token
+                if bool(stopped.all()):
+                    break
+            if until is not None and until(idx):
                 break
         self.train(was_training)
         return idx

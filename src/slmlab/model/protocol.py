@@ -54,6 +54,7 @@ class LanguageModel(Protocol):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         stop_token: int | None = None,
+        until=None,
     ) -> torch.Tensor: ...
 
     def shard_units(self) -> list[nn.Module]: ...

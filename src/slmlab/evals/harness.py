@@ -1,0 +1,264 @@
+"""lm-evaluation-harness adapter: any slmlab run as an `lm_eval.api.model.LM` ("slmlab").
+
+    loglikelihood          (context, continuation) -> (log p(continuation | context), greedy?)
+    loglikelihood_rolling  (text,) -> log p(text) over windows of the model's context, each token
+                           predicted once with as much context as fits, the first from the
+                           document separator (the tokenizer's [EOS], else its blank line)
+    generate_until         (context, {until, max_gen_toks, temperature, ...}) -> continuation,
+                           cut before the first stop string
+
+Scoring runs in batches of `batch_size` sequences, right-padded: the models are causal, so a
+position never sees the padding after it, and the scores equal unpadded ones (tested against
+one-at-a-time scoring). A context longer than the model's window keeps its last tokens.
+Generation batches requests whose prompts have the same length (no padding at all) and stops a
+batch once every row has produced a stop string or its end-of-text token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError
+from ..files import atomic_write_text
+from ..registry import closest
+
+log = logging.getLogger("slmlab")
+
+try:
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import register_model
+except ImportError as err:  # the adapter is an optional extra
+    raise ConfigError("lm-eval is not installed: pip install 'slmlab[lm-eval]'") from err
+
+
+@register_model("slmlab")
+class SlmlabLM(LM):
+    """`lm_eval.simple_evaluate(model=SlmlabLM(run="runs/x"), tasks=[...])`, or from a string:
+    `model="slmlab", model_args="run=runs/x,batch_size=16"` once this module is imported."""
+
+    def __init__(self, run: str, device: str = "auto", batch_size: int | str = 16, max_gen_toks: int = 128, int8: bool = False):
+        super().__init__()
+        from .score import load_for_inference
+
+        self.cfg, self.model, self.tokenizer, self._device = load_for_inference(run, device, bool(int8))
+        self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16
+        self.max_gen_toks = int(max_gen_toks)
+        self.window = self.cfg.model.block_size
+        self.prefix = self.tokenizer.separator_ids()
+
+    @property
+    def device(self):
+        return self._device
+
+    # ---- scoring ----------------------------------------------------------------------------
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Token ids of context and continuation, split as the harness's own models split them:
+        trailing spaces of the context move to the continuation, and the continuation's ids are
+        the whole text's ids after the context's (so a BPE merge across the boundary is kept)."""
+        spaces = len(context) - len(context.rstrip(" "))
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole = self.tokenizer.encode(context + continuation)
+        context_ids = self.tokenizer.encode(context) if context else []
+        if whole[: len(context_ids)] != context_ids:  # the boundary merged: score the continuation alone
+            return context_ids or self.prefix, self.tokenizer.encode(continuation)
+        return (context_ids or self.prefix), whole[len(context_ids) :]
+
+    @torch.no_grad()
+    def score_tokens(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """(log-probability of each continuation after its context, whether greedy decoding
+        produces it), in batches; inputs keep their last `window` tokens."""
+        results: list[tuple[float, bool] | None] = [None] * len(pairs)
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            rows = []
+            for i in batch:
+                context, continuation = pairs[i]
+                if not continuation:
+                    raise ConfigError("lm-eval asked to score an empty continuation")
+                if len(continuation) > self.window:
+                    raise ConfigError(f"a continuation of {len(continuation)} tokens exceeds the model's window of {self.window}")
+                rows.append((context + continuation)[-(self.window + 1) :][:-1])
+            width = max(len(r) for r in rows)
+            ids = torch.zeros(len(rows), width, dtype=torch.long)
+            for r, row in enumerate(rows):
+                ids[r, : len(row)] = torch.tensor(row)
+            logits, _ = self.model(ids.to(self._device))
+            logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
+            for r, i in enumerate(batch):
+                continuation = pairs[i][1]
+                end = len(rows[r])
+                positions = logprobs[r, end - len(continuation) : end]
+                target = torch.tensor(continuation)
+                total = float(positions.gather(1, target[:, None]).sum())
+                results[i] = (total, bool((positions.argmax(-1) == target).all()))
+        return results
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        return self.score_tokens([self._encode_pair(*request.args) for request in requests])
+
+    def rolling_windows(self, ids: list[int]) -> Iterator[tuple[list[int], list[int]]]:
+        """(context, targets) windows predicting every id once: targets in chunks of `window`,
+        each after as much preceding text as fits the window (the first after the separator).
+        With full = [separator] + ids, the chunk ids[end : stop] is full[end + 1 : stop + 1],
+        read from the inputs full[stop - window : stop]."""
+        full = self.prefix[-1:] + ids
+        for end in range(0, len(ids), self.window):
+            stop = min(end + self.window, len(ids))
+            yield full[max(0, stop - self.window) : end + 1], full[end + 1 : stop + 1]
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        pairs, owner = [], []
+        for index, request in enumerate(requests):
+            (text,) = request.args[:1]
+            for pair in self.rolling_windows(self.tokenizer.encode(text)):
+                pairs.append(pair)
+                owner.append(index)
+        totals = [0.0] * len(requests)
+        for index, (logprob, _) in zip(owner, self.score_tokens(pairs)):
+            totals[index] += logprob
+        return totals
+
+    # ---- generation -------------------------------------------------------------------------
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        outputs: list[str | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        prompts = []
+        for index, request in enumerate(requests):
+            context, kwargs = request.args
+            kwargs = dict(kwargs or {})
+            until = kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
+            temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
+            ids = (self.tokenizer.encode(context) if context else self.prefix)[-max(1, self.window - 1) :]
+            prompts.append(ids)
+            groups[(len(ids), tuple(until), max_new, temperature)].append(index)
+        for (_, until, max_new, temperature), members in groups.items():
+            for start in range(0, len(members), self.batch_size):
+                batch = members[start : start + self.batch_size]
+                texts = self._generate(torch.tensor([prompts[i] for i in batch]), list(until), max_new, temperature)
+                for i, text in zip(batch, texts):
+                    outputs[i] = text
+        return outputs
+
+    def _generate(self, ids: torch.Tensor, until: list[str], max_new: int, temperature: float) -> list[str]:
+        """Continue equal-length prompts (B, T); each continuation cut before its first stop string."""
+        width = ids.shape[1]
+
+        def finished(sequence: torch.Tensor) -> bool:
+            if not until:
+                return False
+            texts = [self.tokenizer.decode(row[width:].tolist()) for row in sequence]
+            return all(any(stop in text for stop in until) for text in texts)
+
+        out = self.model.generate(
+            ids.to(self._device), max_new, temperature=temperature, stop_token=self.tokenizer.eos_id, until=finished
+        )
+        texts = []
+        for row in out[:, width:].tolist():
+            if self.tokenizer.eos_id is not None and self.tokenizer.eos_id in row:
+                row = row[: row.index(self.tokenizer.eos_id)]
+            text = self.tokenizer.decode(row)
+            cuts = [text.index(stop) for stop in until if stop in text]
+            texts.append(text[: min(cuts)] if cuts else text)
+        return texts
+
+
+def evaluate_run(
+    run: str | Path,
+    tasks: list[str],
+    limit: int = 0,
+    num_fewshot: int | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    include_path: str = "",
+    cloze_examples_limit: int = 500,
+) -> tuple[dict[str, dict[str, float]], str]:
+    """Score `run` on lm-eval `tasks` ({task: {metric: value}}, the harness's table), offline;
+    writes RUN/lm_eval/results.json. `slmlab_cloze` is built from the run's held-out text."""
+    import os
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # tasks read local data; nothing is downloaded
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import make_table
+
+    from ..runs.run_dir import RunDir
+    from .cloze import TASK, cloze_examples, write_cloze_task
+
+    if not tasks:
+        raise ConfigError(f"name at least one task, e.g. --tasks {TASK}")
+    include = [include_path] if include_path else []
+    known = [*TaskManager(include_path=include or None).all_tasks, TASK]
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise ConfigError(
+            f"lm-eval knows no task {unknown[0]!r}{closest(unknown[0], known)}; give its folder with --include-path, or use {TASK}"
+        )
+    model = SlmlabLM(str(run), device=device, batch_size=batch_size)
+    folder = RunDir(Path(run)).path / "lm_eval"
+    if TASK in tasks:
+        examples = cloze_examples(model.cfg.data, model.tokenizer, cloze_examples_limit)
+        include.append(str(write_cloze_task(folder / "tasks", examples)))
+    manager = TaskManager(include_path=include or None)
+    try:
+        output = lm_eval.simple_evaluate(
+            model=model,
+            tasks=tasks,
+            num_fewshot=num_fewshot,
+            limit=limit or None,
+            task_manager=manager,
+            log_samples=False,
+            bootstrap_iters=1000,
+        )
+    except (ConnectionError, OSError) as err:
+        raise ConfigError(
+            f"lm-eval could not read a task's dataset offline ({str(err).splitlines()[0][:120]}); "
+            "standard tasks need their datasets in the local Hugging Face cache"
+        ) from None
+    scores = {  # lm-eval names a metric "acc,none" (metric, filter); its stderr "acc_stderr,none"
+        task: {
+            k.split(",")[0]: float(v) for k, v in values.items() if "," in k and "stderr" not in k and isinstance(v, (int, float))
+        }
+        for task, values in output["results"].items()
+    }
+    record = {
+        "run": str(run),
+        "tasks": tasks,
+        "limit": limit,
+        "num_fewshot": num_fewshot,
+        "scores": scores,
+        "results": output["results"],
+    }
+    atomic_write_text(folder / "results.json", json.dumps(record, indent=2, default=str) + "\n")
+    return scores, make_table(output)
+
+
+def score_sweep_runs(
+    jobs, results: dict, tasks: list[str], limit: int = 0, num_fewshot: int | None = None, batch_size: int = 16
+) -> dict:
+    """Add {"lm_eval": {task: {metric: value}}} to the result of every finished run of a sweep,
+    reusing a run's RUN/lm_eval/results.json when it holds the same tasks, limit and shots."""
+    for job in jobs:
+        result = results.get((job.variant, job.seed))
+        if result is None or "failed" in result:
+            continue
+        saved = job.run.path / "lm_eval" / "results.json"
+        record = json.loads(saved.read_text()) if saved.is_file() else {}
+        if (record.get("tasks"), record.get("limit"), record.get("num_fewshot")) == (tasks, limit, num_fewshot):
+            scores = record["scores"]
+        else:
+            log.info("%s: lm-eval %s", job.run.path, ", ".join(tasks))
+            scores, _ = evaluate_run(job.run.path, tasks, limit, num_fewshot, batch_size)
+        result["lm_eval"] = scores
+    return results

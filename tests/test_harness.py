@@ -1,0 +1,143 @@
+"""lm-evaluation-harness: the slmlab adapter's loglikelihood, rolling loglikelihood and
+generation agree with naive one-sequence-at-a-time references; the offline cloze task is built
+from held-out text and scored end to end; sweeps put task scores with paired CIs in the table."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("lm_eval")
+
+from slmlab.cli import main
+from slmlab.config import DataConfig, config_from_dict
+from slmlab.data.tokenizers import CharTokenizer
+from slmlab.evals.cloze import cloze_examples, passages
+from slmlab.evals.harness import SlmlabLM, evaluate_run
+from slmlab.training import train
+from tests.conftest import tiny_config
+
+
+@pytest.fixture
+def run(tmp_path, text_corpus):
+    """A tiny trained char model with a 32-token window (so long inputs must be truncated)."""
+    base = tiny_config(text_corpus, tmp_path).to_dict()
+    base["model"]["block_size"] = 32
+    base["train"].update(steps=30, checkpoint_every=0, eval_every=30)
+    return train(config_from_dict(base), progress=False).run_dir
+
+
+def request(*args):
+    return SimpleNamespace(args=args)
+
+
+def naive_logprob(lm: SlmlabLM, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+    """One sequence, no padding, no batching: the reference."""
+    ids = (context + continuation)[-(lm.window + 1) :]
+    with torch.no_grad():
+        logits, _ = lm.model(torch.tensor([ids[:-1]]))
+    logprobs = F.log_softmax(logits[0].float(), -1)[-len(continuation) :]
+    target = torch.tensor(continuation)
+    return float(logprobs.gather(1, target[:, None]).sum()), bool((logprobs.argmax(-1) == target).all())
+
+
+def test_loglikelihood_batched_and_padded_equals_one_at_a_time(run):
+    lm = SlmlabLM(str(run), device="cpu", batch_size=3)
+    pairs = [
+        ("ROMEO:\nBut soft, what light", " through"),
+        ("", "HAMLET:"),  # empty context: scored after the separator
+        ("JULIET:\nO Romeo, Romeo, wherefore art thou Romeo? " * 4, "Romeo"),  # longer than the window
+        ("To be, or not to be, ", "that is the question."),
+        ("M", "ACBETH"),
+    ]
+    got = lm.loglikelihood([request(c, x) for c, x in pairs])
+    for (context, continuation), (logprob, greedy) in zip(pairs, got):
+        ids_context, ids_continuation = lm._encode_pair(context, continuation)
+        expected, expected_greedy = naive_logprob(lm, ids_context, ids_continuation)
+        assert logprob == pytest.approx(expected, abs=1e-4) and greedy == expected_greedy
+        assert logprob < 0
+    # the context's trailing space moves into the continuation, as the harness's own models do
+    assert lm._encode_pair("To be, ", "or") == (lm.tokenizer.encode("To be,"), lm.tokenizer.encode(" or"))
+
+
+def test_rolling_loglikelihood_predicts_every_token_once_with_the_most_context(run):
+    lm = SlmlabLM(str(run), device="cpu", batch_size=4)
+    window = lm.window
+    text = "HAMLET:\nTo be, or not to be, that is the question.\n" * 3  # several windows of 32
+    ids = lm.tokenizer.encode(text)
+    assert [t for _, t in lm.rolling_windows(ids)] == [ids[i : i + window] for i in range(0, len(ids), window)]
+    # the reference, token by token: ids[k] is read at the end of its chunk's window of inputs
+    # (the separator, then the text), the window ending where the chunk ends
+    full = lm.prefix[-1:] + ids
+    reference = 0.0
+    with torch.no_grad():
+        for k in range(len(ids)):
+            stop = min((k // window + 1) * window, len(ids))
+            first = max(0, stop - window)
+            logits, _ = lm.model(torch.tensor([full[first:stop]]))
+            reference += float(F.log_softmax(logits[0, k - first].float(), -1)[ids[k]])
+    (total,) = lm.loglikelihood_rolling([request(text)])
+    assert total == pytest.approx(reference, abs=1e-3)
+
+
+def test_generate_until_matches_greedy_decoding_and_stops_at_the_stop_string(run):
+    lm = SlmlabLM(str(run), device="cpu", batch_size=8)
+    contexts = ["ROMEO:\n", "HAMLET:", "JULIET:", "ROMEO:\n"]  # equal-length prompts share a batch
+    outputs = lm.generate_until([request(c, {"until": ["\n"], "max_gen_toks": 20}) for c in contexts])
+    for context, text in zip(contexts, outputs):
+        ids = torch.tensor([lm.tokenizer.encode(context)])
+        greedy = lm.tokenizer.decode(lm.model.generate(ids, 20, temperature=0.0)[0, ids.shape[1] :].tolist())
+        assert text == greedy.split("\n")[0]
+        assert "\n" not in text
+    assert outputs[0] == outputs[3]
+    (plain,) = lm.generate_until([request("To be", {"max_gen_toks": 7})])
+    assert len(lm.tokenizer.encode(plain)) == 7
+
+
+def test_cloze_task_is_built_from_held_out_passages_only(text_corpus):
+    data = DataConfig(source=str(text_corpus), val_fraction=0.3)
+    tokenizer = CharTokenizer.train(p.read_text() for p in text_corpus.rglob("*.txt"))
+    examples = cloze_examples(data, tokenizer, limit=20)
+    assert 0 < len(examples) <= 20
+    from slmlab.data.corpora import DocumentSelection
+    from slmlab.data.tokens import validation_ids
+
+    docs = list(DocumentSelection(data))
+    held = validation_ids([d.id for d in docs], data.val_fraction)
+    held_text = "".join(d.text for d in docs if d.id in held)
+    for example in examples:
+        assert len(example["choices"]) == 4 and len(set(example["choices"])) == 4
+        word = example["choices"][example["gold"]]
+        assert example["context"] in held_text and (example["context"] + word) in held_text
+    assert passages("A B C D E F G H end.\n\nshort one\n\nI J K L M N O P final") == [
+        ("A B C D E F G H ", "end"),
+        ("I J K L M N O P ", "final"),
+    ]
+
+
+@pytest.mark.slow
+def test_lm_eval_scores_the_cloze_task_end_to_end(run, capsys):
+    scores, table = evaluate_run(run, ["slmlab_cloze"], limit=12)
+    assert 0.0 <= scores["slmlab_cloze"]["acc"] <= 1.0 and "acc_norm" in scores["slmlab_cloze"]
+    assert "slmlab_cloze" in table
+    saved = json.loads((run / "lm_eval" / "results.json").read_text())
+    assert saved["scores"] == scores
+    assert (run / "lm_eval" / "tasks" / "slmlab_cloze.yaml").is_file()
+    assert main(["lm-eval", str(run), "--tasks", "slmlab_clozee"]) == 2
+    assert "no task 'slmlab_clozee' (did you mean 'slmlab_cloze'?)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_sweep_puts_task_accuracy_with_paired_cis_in_its_table(tmp_path, micro_sweep, capsys):
+    micro_sweep.write_text(micro_sweep.read_text() + '\n[lm_eval]\ntasks = ["slmlab_cloze"]\nlimit = 10\n')
+    assert main(["sweep", str(micro_sweep)]) == 0
+    table = (tmp_path / "runs" / "micro" / "results.md").read_text()
+    assert "slmlab_cloze acc" in table and "Δ slmlab_cloze acc [95% CI]" in table
+    records = json.loads((tmp_path / "runs" / "micro" / "results.json").read_text())["variants"]
+    column = next(r for r in records if not r["is_baseline"])["lm_eval"]["slmlab_cloze acc"]
+    assert 0 <= column["mean"] <= 1 and (math.isnan(column["low"]) or column["low"] <= column["delta"] <= column["high"])
