@@ -45,6 +45,13 @@ def test_parquet_shards_stream_every_row_in_order_with_metadata(shards):
     assert docs[3].year == 1903 and docs[3].genre == "odd"
 
 
+def test_a_glob_of_parquet_shards_is_read_as_parquet(shards):
+    source = open_source(DataConfig(source=str(shards / "**" / "*.parquet"), text_field="content"))
+    assert isinstance(source, ColumnarSource)
+    docs = list(source.documents())
+    assert [d.text for d in docs] == TEXTS and docs[0].id == "doc0"
+
+
 def test_parquet_filters_apply_like_any_source(shards):
     selection = DocumentSelection(DataConfig(source=str(shards), text_field="content", genres=["even"], max_year=1950))
     docs = list(selection)

@@ -105,7 +105,7 @@ def test_local_text_directory_and_jsonl(text_corpus, jsonl_corpus):
         (lambda p: str(p / "nothing-here.txt"), "neither a built-in corpus"),
         (lambda p: (p / "empty.txt").write_text("   \n") and str(p / "empty.txt"), "contains no text"),
         (lambda p: (p / "latin1.txt").write_bytes("caf\xe9".encode("latin-1")) and str(p / "latin1.txt"), "is not UTF-8 text"),
-        (lambda p: (p / "d").mkdir() or str(p / "d"), "matches no .txt, .md or .jsonl files"),
+        (lambda p: (p / "d").mkdir() or str(p / "d"), "matches no .txt, .md, .jsonl or .parquet files"),
         (lambda p: (p / "x.jsonl").write_text('{"body": "hi"}\n') and str(p / "x.jsonl"), "no string field 'text'"),
     ],
 )

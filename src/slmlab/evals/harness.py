@@ -199,18 +199,20 @@ def evaluate_run(
     if not tasks:
         raise ConfigError(f"name at least one task, e.g. --tasks {TASK}")
     include = [include_path] if include_path else []
-    known = [*TaskManager(include_path=include or None).all_tasks, TASK]
-    unknown = [t for t in tasks if t not in known]
-    if unknown:
-        raise ConfigError(
-            f"lm-eval knows no task {unknown[0]!r}{closest(unknown[0], known)}; give its folder with --include-path, or use {TASK}"
-        )
+    others = [t for t in tasks if t != TASK]  # lm-eval's own task index is read only when needed (seconds)
+    if others:
+        known = [*TaskManager(include_path=include or None).all_tasks, TASK]
+        unknown = [t for t in others if t not in known]
+        if unknown:
+            raise ConfigError(
+                f"lm-eval knows no task {unknown[0]!r}{closest(unknown[0], known)}; give its folder with --include-path, or use {TASK}"
+            )
     model = SlmlabLM(str(run), device=device, batch_size=batch_size)
     folder = RunDir(Path(run)).path / "lm_eval"
     if TASK in tasks:
         examples = cloze_examples(model.cfg.data, model.tokenizer, cloze_examples_limit)
         include.append(str(write_cloze_task(folder / "tasks", examples)))
-    manager = TaskManager(include_path=include or None)
+    manager = TaskManager(include_path=include or None, include_defaults=bool(others))
     try:
         output = lm_eval.simple_evaluate(
             model=model,

@@ -11,6 +11,7 @@ downloaded: these are local files only.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from collections.abc import Iterator
@@ -33,8 +34,19 @@ def _pyarrow():
     return pyarrow
 
 
+def _glob(spec: str) -> list[Path]:
+    """The files a glob spec ('shards/*.parquet', '**' allowed) matches; [] for a plain path."""
+    if not any(ch in spec for ch in "*?["):
+        return []
+    return sorted(Path(p) for p in glob.glob(str(Path(spec).expanduser()), recursive=True) if Path(p).is_file())
+
+
 def is_columnar(spec: str) -> bool:
-    """True for a .parquet file, a folder holding .parquet shards, or a `save_to_disk` folder."""
+    """True for a .parquet file, a glob of them, a folder holding .parquet shards, or a
+    `save_to_disk` folder."""
+    matches = _glob(spec)
+    if matches:
+        return all(p.suffix == ".parquet" for p in matches)
     path = Path(spec).expanduser()
     if path.is_file():
         return path.suffix == ".parquet"
@@ -85,11 +97,11 @@ class ColumnarSource:
         if saved is not None:
             self.parts = saved
         else:
-            files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+            files = _glob(spec) or ([path] if path.is_file() else sorted(path.rglob("*.parquet")))
             self.parts = [("", f) for f in files]
         if not self.parts:
             raise CorpusError(f"data.source: '{spec}' holds no .parquet files")
-        self.root = path if path.is_dir() else path.parent
+        self.root = path if path.is_dir() else Path(os.path.commonpath([f.parent for _, f in self.parts]))
         self.genres: tuple[str, ...] = ()
 
     def resolve_genre(self, wanted: str) -> str | None:

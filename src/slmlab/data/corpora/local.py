@@ -77,7 +77,7 @@ class LocalSource:
                 f"data.source: '{spec}' is neither a built-in corpus (shakespeare, brown) nor an existing file, directory or glob"
             )
         if not files:
-            raise CorpusError(f"data.source: '{spec}' matches no .txt, .md or .jsonl files")
+            raise CorpusError(f"data.source: '{spec}' matches no .txt, .md, .jsonl or .parquet files")
         return files
 
     def resolve_genre(self, wanted: str) -> str | None:
