@@ -76,7 +76,10 @@ def test_user_errors_are_one_line(trained_run, capsys, tmp_path):
         (["train", QUICKSTART, "--data.source", str(tmp_path / "none.txt")], "neither a built-in corpus"),
         (["generate", str(trained_run), "--prompt", "x" * 300], "--prompt is 300 tokens but the model's context is 256"),
         (["generate", str(tmp_path), "--prompt", "hi"], "is not a run directory (no config.json)"),
-        (["train", "--resume", str(trained_run), "--model.n_layer", "3"], "only --train.steps can change"),
+        (
+            ["train", "--resume", str(trained_run), "--model.n_layer", "3"],
+            "only --train.steps and the train.tracker* fields can change",
+        ),
         (["data", "download", "wikipedia"], "unknown download 'wikipedia'"),
     ]
     for argv, message in cases:

@@ -149,3 +149,19 @@ def test_scalars_are_the_finite_numbers_of_a_record():
         "loss": 1.5,
         "tokens": 10.0,
     }
+
+
+def test_a_resumed_run_may_add_a_tracker_and_logs_only_the_steps_it_trains(make_config):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from slmlab.cli import main
+
+    cfg = make_config(make_config.corpus)
+    run = train(cfg, progress=False).run_dir
+    assert (
+        main(["train", "--resume", str(run), "--train.steps", "30", "--train.trackers", '["tensorboard"]', "--no-progress"]) == 0
+    )
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("loss")] == [25, 30]
+    assert json.loads((run / "config.json").read_text())["train"]["trackers"] == ["tensorboard"]

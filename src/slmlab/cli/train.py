@@ -123,9 +123,12 @@ def train_config(args, extra):
 
         run = Path(os.path.abspath(args.resume))  # "runs/x/." or "." name the folder itself
         overrides = parse_overrides(extra)
-        unknown = set(overrides) - {"train.steps"}
+        changeable = {"train.steps", "train.trackers", "train.tracker_project", "train.tracker_group", "train.tracker_tags"}
+        unknown = set(overrides) - changeable
         if unknown:
-            raise ConfigError(f"--resume continues the run as configured; only --train.steps can change, not {sorted(unknown)}")
+            raise ConfigError(
+                f"--resume continues the run as configured; only --train.steps and the train.tracker* fields can change, not {sorted(unknown)}"
+            )
         cfg = RunDir(run).read_config()
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {**overrides, "name": run.name, "out_dir": str(run.parent)}))
     elif args.config:

@@ -70,7 +70,7 @@ from .runtime import (
     set_rng_state,
 )
 from .tally import StepTally
-from .trackers import Trackers
+from .trackers import TRACKER_FIELDS, Trackers
 from .validation import score_validation
 
 log = logging.getLogger("slmlab")
@@ -212,7 +212,8 @@ class Trainer:
 
     def _resume_config(self, requested: RunConfig) -> RunConfig:
         """The run's own config; only train.steps may change (to train longer, or to stop sooner),
-        and never to fewer steps than the checkpoint has already trained."""
+        and never to fewer steps than the checkpoint has already trained, and the trackers
+        (they watch the run, they do not change it)."""
         cfg = self.run.read_config()
         if self.checkpoint is None:
             raise CheckpointError(
@@ -225,8 +226,10 @@ class Trainer:
                 f"{self.run.path} has trained {done} steps (checkpoint {self.checkpoint}); --train.steps "
                 f"{requested.train.steps} is below that: give --train.steps {done} or more"
             )
-        if requested.train.steps != cfg.train.steps:
-            cfg.train.steps = requested.train.steps
+        changeable = ("steps", *TRACKER_FIELDS)
+        if any(getattr(requested.train, f) != getattr(cfg.train, f) for f in changeable):
+            for name in changeable:
+                setattr(cfg.train, name, getattr(requested.train, name))
             if self.world.is_main:
                 self.run.write_config(cfg)
         return cfg
