@@ -32,6 +32,7 @@ from slmlab.persona.evaluate import (
 )
 from slmlab.persona.stage2 import source_data_config
 from slmlab.persona.surgery import (
+    hf_continuations,
     insert_self_area,
     load_hf_model,
     persona_loss,
@@ -71,21 +72,8 @@ def float_model_dir(models: Path) -> Path:
     return target
 
 
-@torch.no_grad()
-def hf_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int) -> list[str]:
-    out = []
-    for index, prompt in enumerate(prompts):
-        torch.manual_seed(seed + index)
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-        tokens = model.generate(
-            ids, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_k=50, pad_token_id=tokenizer.eos_token_id
-        )
-        out.append(tokenizer.decode(tokens[0, ids.shape[1] :], skip_special_tokens=True))
-    return out
-
-
 def adherence(model, tokenizer, classifier, prompts, max_new_tokens, seed) -> tuple[float, float, float]:
-    texts = hf_continuations(model, tokenizer, prompts, max_new_tokens, seed)
+    texts = hf_continuations(model, tokenizer, prompts, max_new_tokens, seed)  # batched, left-padded
     return bootstrap_mean((classifier.persona_probability(texts) > 0.5).astype(float), seed)
 
 

@@ -159,3 +159,31 @@ def test_surgery_verb_end_to_end(tmp_path, text_corpus, capsys):
     capsys.readouterr()
     assert main(["surgery", "--hf-model", str(base), "--load", str(out), "--generate", "ROMEO", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith("ROMEO")
+
+
+def char_tokenizer():
+    """A Hugging Face tokenizer over 61 characters + <pad> <bos> <eos> (ids 0-2): the tiny models' 64 ids."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,:;!?'\n"
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+
+
+def test_batched_left_padded_continuations_equal_one_at_a_time(kind):
+    from slmlab.persona.surgery import hf_continuations
+
+    model, tokenizer = tiny(kind), char_tokenizer()
+    area = insert_self_area(model, SelfAreaConfig(enabled=True, self_dim=8, token_dependent=True))
+    with torch.no_grad():
+        area.alpha.fill_(1.0)
+    prompts = ["To be, or not", "O", "ROMEO: But soft, what light", "Tomorrow, and tomorrow"]
+    batched = hf_continuations(model, tokenizer, prompts, 10, sample=False, batch_size=3)
+    alone = [hf_continuations(model, tokenizer, [p], 10, sample=False)[0] for p in prompts]
+    assert batched == alone and all(len(text) == 10 for text in batched)
+    assert tokenizer.padding_side == "right"  # restored
+    sampled = hf_continuations(model, tokenizer, prompts, 10, seed=3)
+    assert sampled == hf_continuations(model, tokenizer, prompts, 10, seed=3) and sampled != batched

@@ -3,15 +3,35 @@
 As in TransformerLens, `model.get_submodule("blocks.2.attn.hook_v")` is a place to attach
 `register_forward_hook`; a hook that returns a tensor replaces the activation. Interventions
 (ablations, patching) are built on these, so the model code never branches on them.
+
+A hook point with no hook costs one attribute test, not a module call: `__call__` goes through
+nn.Module's machinery only when a hook is registered on it or globally, so the dozen hook points
+of every block cost nothing in training and decoding until someone hooks them.
 """
 
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.modules import module as _module
+
+
+def _global_hooks() -> bool:
+    """Whether any hook is registered on every module (nn.modules.module.register_module_forward_hook)."""
+    return bool(
+        _module._global_forward_hooks
+        or _module._global_forward_pre_hooks
+        or _module._global_backward_hooks
+        or _module._global_backward_pre_hooks
+    )
 
 
 class HookPoint(nn.Module):
     """Returns its input unchanged; exists to be hooked."""
+
+    def __call__(self, x):
+        if self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks or _global_hooks():
+            return super().__call__(x)
+        return x
 
     def forward(self, x):
         return x

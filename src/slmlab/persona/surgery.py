@@ -276,7 +276,40 @@ def load_with_self_area(hf_model: str | Path, directory: str | Path, device: str
 
 
 def greedy_continuation(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    """A greedy continuation through Hugging Face's `model.generate`."""
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
-    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0], skip_special_tokens=True)
+    """A greedy continuation through Hugging Face's `model.generate`, decoded with the prompt."""
+    return prompt + hf_continuations(model, tokenizer, [prompt], max_new_tokens, sample=False)[0]
+
+
+@torch.no_grad()
+def hf_continuations(
+    model: nn.Module,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    seed: int = 0,
+    sample: bool = True,
+    batch_size: int = 16,
+) -> list[str]:
+    """One continuation per prompt (sampled at temperature 0.8, top-k 50, or greedy), through
+    Hugging Face's own batched generation: prompts left-padded, `batch_size` at a time, with the
+    attention mask (the model places each row's positions from it). One seeded generator state
+    for the whole list, so the result is reproducible for a given batch size."""
+    device = next(model.parameters()).device
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ConfigError("the tokenizer has neither a pad nor an end-of-text token to pad a batch of prompts with")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token_id = pad
+    torch.manual_seed(seed)
+    options = {"do_sample": True, "temperature": 0.8, "top_k": 50} if sample else {"do_sample": False}
+    texts = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **options)
+            width = batch["input_ids"].shape[1]
+            texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = padding_side
+    return texts

@@ -1,0 +1,106 @@
+"""Decoding speed: tokens/s of `model.generate` with the KV cache, without it, compiled, at batch 1
+and 8, as a ratio to the same model's full-sequence forward throughput measured in the same run.
+
+    forward      one no-grad forward pass over T = 512 tokens at batch 1: the ceiling a decoder that
+                 had no per-token cost would approach
+    cached       `generate` with the KV cache: one token per step through every layer
+    recompute    `generate(use_cache=False)`: the whole context again at every step
+    compiled     cached, with the model's forward compiled by torch.compile (compilation timed apart)
+
+Each model is fresh (random weights: speed does not depend on them), block_size 1024 so that the
+512 new tokens never rebuild the cache, a 16-token prompt, sampling at temperature 1. Times are
+medians over repeats, with the spread; each model runs in its own fresh process.
+
+    python -m benchmarks.decoding [--new-tokens 512] [--repeats 3] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from benchmarks.timing import in_fresh_process
+from slmlab.config import ModelConfig
+from slmlab.model import build_model
+from slmlab.tables import human, markdown_table
+
+MODELS = {
+    "quickstart size (4 x 192, char vocab 76)": {"n_layer": 4, "n_head": 4, "d_model": 192, "d_ff": 768, "vocab_size": 76},
+    "~10M (6 x 384, vocab 8k)": {"n_layer": 6, "n_head": 6, "d_model": 384, "vocab_size": 8192},
+}
+
+
+def timed(fn, repeats: int) -> list[float]:
+    fn()  # warm-up
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def measure(shape: dict, new_tokens: int, repeats: int, compile: bool) -> dict:
+    """{setting: (tokens/s median, min, max)} for one model, and its parameter count."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(block_size=1024, **shape)).eval()
+    prompt = torch.randint(0, shape["vocab_size"], (1, 16))
+    results = {}
+
+    def rate(tokens: int, seconds: list[float]) -> tuple[float, float, float]:
+        return tokens / statistics.median(seconds), tokens / max(seconds), tokens / min(seconds)
+
+    with torch.no_grad():
+        full = torch.randint(0, shape["vocab_size"], (1, 512))
+        results["forward (T=512, batch 1)"] = rate(512, timed(lambda: model(full), repeats))
+
+    def generate(batch: int, use_cache: bool = True, n: int = new_tokens):
+        generator = torch.Generator().manual_seed(0)
+        return lambda: model.generate(prompt.expand(batch, -1), n, generator=generator, use_cache=use_cache)
+
+    results["cached, batch 1"] = rate(new_tokens, timed(generate(1), repeats))
+    results["cached, batch 8"] = rate(8 * new_tokens, timed(generate(8), repeats))
+    results["recompute, batch 1"] = rate(new_tokens // 4, timed(generate(1, False, new_tokens // 4), repeats))
+    if compile:
+        model.forward = torch.compile(model.forward, dynamic=True)
+        start = time.perf_counter()
+        generate(1, n=8)()
+        results["compile seconds"] = time.perf_counter() - start
+        results["cached + compiled, batch 1"] = rate(new_tokens, timed(generate(1), repeats))
+    results["params"] = sum(p.numel() for p in model.parameters())
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--new-tokens", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time the compiled forward")
+    args = parser.parse_args()
+    print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; {args.new_tokens} new tokens, fp32")
+    rows = []
+    for name, shape in MODELS.items():
+        results = in_fresh_process(measure, shape, args.new_tokens, args.repeats, args.compile)
+        ceiling = results["forward (T=512, batch 1)"][0]
+        for setting, value in results.items():
+            if setting in ("params", "compile seconds"):
+                continue
+            median, low, high = value
+            note = f" (+{results['compile seconds']:.0f} s compiling)" if "compiled" in setting else ""
+            rows.append(
+                (
+                    f"{name}, {human(results['params'])}",
+                    setting + note,
+                    f"{median:,.0f}",
+                    f"{low:,.0f}–{high:,.0f}",
+                    f"{median / ceiling:.3f}",
+                )
+            )
+    print(markdown_table(("model", "decoding", "tokens/s (median)", "range", "vs forward"), rows))
+
+
+if __name__ == "__main__":
+    main()
