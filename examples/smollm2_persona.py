@@ -7,7 +7,7 @@ Area, trains it alone on a Brown genre as the persona, and measures persona adhe
 neutral and adversarial prompts before and after, with slmlab's persona classifier.
 
     pip install -e ".[hf]"
-    python examples/smollm2_persona.py --steps 100      # Shakespeare's comedies as the persona; --steps 10 took ~15 min on 2 CPU cores
+    python examples/smollm2_persona.py --steps 100      # Shakespeare's comedies as the persona; --steps 10: 1 min 53 s on 2 CPU cores (batched generation)
 """
 
 from __future__ import annotations
