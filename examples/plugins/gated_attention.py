@@ -55,6 +55,8 @@ class GatedAttentionConfig:
 class OutputGate(nn.Module):
     """An attention extension with an `output` step: (B, H, T, D) head outputs -> gated ones."""
 
+    padding_safe = True  # the gate reads each token's own h: left-padded batches decode exactly
+
     def __init__(self, cfg):
         super().__init__()
         section = cfg.gated_attention

@@ -56,22 +56,26 @@ def load_suite(path: str | Path) -> list[Prompt]:
 
 
 def run_suite(model, tokenizer, prompts: list[Prompt], device: torch.device, block_size: int) -> list[dict]:
-    results = []
-    for p in tqdm(prompts, desc="prompts", unit="prompt", leave=False, disable=None):
+    """Every prompt's completion, in batches of prompts sharing their sampling settings
+    (model.generate_many); each prompt samples with its own seeded generator, so its completion
+    is the one it would get alone."""
+    encoded = []
+    for p in prompts:
         ids = tokenizer.encode(p.prompt)
         if len(ids) > block_size:
             raise ConfigError(f"prompt '{p.id}' is {len(ids)} tokens, longer than the model's context {block_size}")
-        generator = torch.Generator(device=device).manual_seed(p.seed)
-        out = model.generate(
-            torch.tensor([ids], device=device),
-            p.max_tokens,
-            temperature=p.temperature,
-            top_k=p.top_k,
-            top_p=p.top_p,
-            generator=generator,
-        )
-        results.append({**p.__dict__, "completion": tokenizer.decode(out[0, len(ids) :].tolist())})
-    return results
+        encoded.append(ids)
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault((p.max_tokens, p.temperature, p.top_k, p.top_p), []).append(i)
+    completions: dict[int, list[int]] = {}
+    for (max_tokens, temperature, top_k, top_p), members in tqdm(
+        groups.items(), desc="prompts", unit="batch", leave=False, disable=None
+    ):
+        generators = [torch.Generator(device=device).manual_seed(prompts[i].seed) for i in members]
+        rows = model.generate_many([encoded[i] for i in members], max_tokens, temperature, top_k, top_p, generators)
+        completions.update(zip(members, rows))
+    return [{**p.__dict__, "completion": tokenizer.decode(completions[i])} for i, p in enumerate(prompts)]
 
 
 def markdown_report(run_name: str, suite: str, results: list[dict]) -> str:

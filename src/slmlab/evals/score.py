@@ -144,23 +144,21 @@ def generate_texts(
     seed: int = 0,
     use_cache: bool = True,
 ) -> list[str]:
-    """`num_samples` continuations of `prompt` (one seeded generator for all), decoded with the prompt."""
+    """`num_samples` continuations of `prompt`, sampled as one batch (one seeded generator), decoded
+    with the prompt."""
     ids = tokenizer.encode(prompt)
     if not ids:
         raise ConfigError("--prompt is empty (or holds no character this tokenizer knows): give some text to continue")
     if len(ids) > cfg.model.block_size:
         raise ConfigError(f"--prompt is {len(ids)} tokens but the model's context is {cfg.model.block_size}; shorten it")
     generator = torch.Generator(device=device).manual_seed(seed)
-    outputs = []
-    for _ in range(num_samples):
-        out = model.generate(
-            torch.tensor([ids], device=device),
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            generator=generator,
-            use_cache=use_cache,
-        )
-        outputs.append(tokenizer.decode(out[0].tolist()))
-    return outputs
+    out = model.generate(
+        torch.tensor([ids] * num_samples, device=device),
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        generator=generator,
+        use_cache=use_cache,
+    )
+    return [tokenizer.decode(row) for row in out.tolist()]

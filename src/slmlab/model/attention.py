@@ -34,12 +34,17 @@ from .hooks import HookPoint
 
 
 class KVCache:
-    """Preallocated keys/values of one layer: (B, H, max_len, D_k) and (B, H, max_len, D_v)."""
+    """Preallocated keys/values of one layer: (B, H, max_len, D_k) and (B, H, max_len, D_v).
+
+    `padding` (B,) long, or None: how many left-padding entries each row's buffer starts with (a
+    batch of prompts of different lengths, GenerationMixin.generate_many); attention never reads
+    them and positions count from the first real token."""
 
     def __init__(self, max_len: int):
         self.max_len = max_len
         self.length = 0
         self.state: dict = {}  # per-layer running state of attention extensions
+        self.padding: torch.Tensor | None = None
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
 
@@ -73,9 +78,17 @@ class FullCausal(nn.Module):
         """(Tq, Tk) bool: which keys each query sees (the queries are the last Tq of the Tk keys)."""
         return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
 
-    def forward(self, q, k, v, scale: float, q_start: int):
+    def forward(self, q, k, v, scale: float, q_start: int, padding: torch.Tensor | None = None):
+        """`padding` (B,): left-padding keys per row, never attended (a padding query attends to
+        itself alone, so its output stays finite and unread)."""
         dropout = self.dropout if self.training else 0.0
         Tq, Tk = q.shape[2], k.shape[2]
+        if padding is not None:
+            keys = torch.arange(Tk, device=q.device)
+            own = keys[None, :] == (Tk - Tq + torch.arange(Tq, device=q.device))[:, None]  # (Tq, Tk): each query's own key
+            real = keys[None, None, :] >= padding[:, None, None]  # (B, 1, Tk)
+            mask = self.visible(Tq, Tk, q_start, q.device) & (real | own)  # (B, Tq, Tk)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], dropout_p=dropout, scale=scale)
         if q_start == 0 or Tq == 1:
             return F.scaled_dot_product_attention(q, k, v, is_causal=Tq > 1, dropout_p=dropout, scale=scale)
         mask = self.visible(Tq, Tk, q_start, q.device)
@@ -125,11 +138,13 @@ class CausalSelfAttention(nn.Module):
         extra = q.shape[-1] - v.shape[-1]
         if extra:
             v = F.pad(v, (0, extra))
-        q_start = 0
+        q_start, padded = 0, {}
         if cache is not None:
             q_start = cache.length
             k, v = cache.update(k, v)
-        y = self.pattern(q, k, v, scale, q_start)[..., : self.head_dim]
+            if cache.padding is not None:  # only full attention decodes padded batches (Decoder.decodes_padded)
+                padded = {"padding": cache.padding}
+        y = self.pattern(q, k, v, scale, q_start, **padded)[..., : self.head_dim]
         for extension in self._output_extensions:
             y = extension.output(y, h, state)
         y = self.hook_z(y).transpose(1, 2).reshape(B, T, C)

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .attention import KVCache
+from .attention import FullCausal, KVCache
 from .block import Block
 from .generation import GenerationMixin
 from .heads import build_head
@@ -33,6 +33,8 @@ from .positions import build_positions
 
 class NoConditioning(nn.Module):
     """Residual conditioning that adds nothing: x -> (x, no shift) for every layer."""
+
+    padding_safe = True  # nothing mixes tokens: a left-padded batch decodes exactly (decodes_padded)
 
     def forward(self, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         return x, None
@@ -95,6 +97,9 @@ class Decoder(GenerationMixin, nn.Module):
         if limit and start + T > limit:
             raise ConfigError(f"sequence of {start + T} tokens exceeds the {limit} positions this model knows (model.block_size)")
         positions = torch.arange(start, start + T, device=idx.device)
+        padding = caches[0].padding if caches else None
+        if padding is not None:  # a left-padded batch: each row counts from its first real token
+            positions = (positions[None, :] - padding[:, None]).clamp_min(0)
         x = self.wte(idx)
         pos_emb = self.positions.embed(positions)
         if pos_emb is not None:
@@ -111,6 +116,16 @@ class Decoder(GenerationMixin, nn.Module):
     def make_caches(self) -> list[KVCache]:
         """One KV cache per layer, of the kind its attention pattern needs."""
         return [block.attn.make_cache(self.cfg.block_size) for block in self.blocks]
+
+    def decodes_padded(self) -> bool:
+        """Whether a left-padded batch decodes exactly as each row alone: full attention in every
+        layer (it masks the padding) and extensions and conditioning that declare `padding_safe`
+        (they mix no tokens, or mask the padding themselves). Otherwise generate_many batches only
+        prompts of equal length."""
+        return getattr(self.conditioning, "padding_safe", False) and all(
+            type(block.attn.pattern) is FullCausal and all(getattr(e, "padding_safe", False) for e in block.attn.extensions)
+            for block in self.blocks
+        )
 
     def shard_units(self) -> list[nn.Module]:
         """The blocks: FSDP2 shards each on its own, then the rest with the root."""

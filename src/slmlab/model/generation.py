@@ -2,6 +2,12 @@
 
 A model that mixes this in provides `cfg.block_size`, `make_caches()` (whatever per-layer state
 incremental decoding needs; the first entry has `.length`) and `forward(idx, caches=...)`.
+
+`generate` continues a batch of equal-length prompts; `generate_many` continues prompts of any
+lengths in batches: left-padded (the caches carry each row's padding, attention masks it and
+positions count from each row's first token) where the model `decodes_padded()`, else grouped by
+length. Each row may have its own generator and stops at its own stop token, so every
+continuation equals the one its prompt would get alone.
 """
 
 from __future__ import annotations
@@ -27,9 +33,12 @@ class GenerationMixin:
         use_cache: bool = True,
         stop_token: int | None = None,
         until: Callable[[torch.Tensor], bool] | None = None,
+        sample: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n). Generation
         stops early once every row has sampled `stop_token`, or once `until(idx)` is True.
+        `sample(logits (B, V)) -> (B, 1)` replaces the sampling options (generate_many's per-row
+        generators).
 
         With the KV cache, each step runs only the new token. When the context reaches
         block_size, the cache is rebuilt from the last block_size // 2 tokens (a sliding window)."""
@@ -52,7 +61,8 @@ class GenerationMixin:
                 logits, _ = self(pending, caches=caches)
             else:
                 logits, _ = self(idx[:, -self.cfg.block_size :])
-            next_id = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+            last = logits[:, -1]
+            next_id = sample(last) if sample is not None else sample_next(last, temperature, top_k, top_p, generator)
             idx = torch.cat([idx, next_id], dim=1)
             pending = next_id
             if stop_token is not None:
@@ -63,3 +73,108 @@ class GenerationMixin:
                 break
         self.train(was_training)
         return idx
+
+    def decodes_padded(self) -> bool:
+        """Whether a left-padded batch decodes exactly (an architecture that masks padding says so)."""
+        return False
+
+    @torch.no_grad()
+    def generate_many(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generators: list[torch.Generator | None] | None = None,
+        stop_token: int | None = None,
+        batch_size: int = 16,
+    ) -> list[list[int]]:
+        """Each prompt's continuation (ids after the prompt, up to and including `stop_token`),
+        `batch_size` prompts at a time; `generators[i]` samples row i, so a continuation does not
+        depend on the batch it ran in. Batches of unequal lengths are left-padded where the model
+        decodes them exactly and the longest prompt plus `max_new_tokens` fits the context
+        (no sliding window), else split into groups of equal length."""
+        generators = generators or [None] * len(prompts)
+        for ids in prompts:
+            if not ids or len(ids) > self.cfg.block_size:
+                raise ConfigError(f"a prompt of {len(ids)} tokens: give 1 to {self.cfg.block_size} tokens (the model's context)")
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out: list[list[int] | None] = [None] * len(prompts)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            lengths = {len(prompts[i]) for i in batch}
+            fits = max(lengths) + max_new_tokens <= self.cfg.block_size
+            groups = [batch] if len(lengths) == 1 or (fits and self.decodes_padded()) else _by_length(batch, prompts)
+            for group in groups:
+                rows = self._continue_rows(
+                    [prompts[i] for i in group],
+                    max_new_tokens,
+                    temperature,
+                    top_k,
+                    top_p,
+                    [generators[i] for i in group],
+                    stop_token,
+                )
+                for i, row in zip(group, rows):
+                    out[i] = row
+        return out
+
+    def _continue_rows(self, prompts, max_new_tokens, temperature, top_k, top_p, generators, stop_token) -> list[list[int]]:
+        """One batch: equal lengths through `generate` (sliding window included), unequal ones
+        left-padded with the padding in every cache."""
+        width = max(len(p) for p in prompts)
+        device = next(self.parameters()).device
+        idx = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
+        if len({len(p) for p in prompts}) == 1:
+            sampler = _RowSampler(temperature, top_k, top_p, generators)
+            full = self.generate(idx, max_new_tokens, stop_token=stop_token, sample=sampler)
+        else:
+            full = self._generate_padded(idx, width - torch.tensor([len(p) for p in prompts], device=device), max_new_tokens,
+                                         _RowSampler(temperature, top_k, top_p, generators), stop_token)  # fmt: skip
+        rows = []
+        for row in full[:, width:].tolist():
+            if stop_token is not None and stop_token in row:
+                row = row[: row.index(stop_token) + 1]
+            rows.append(row)
+        return rows
+
+    def _generate_padded(self, idx, padding, max_new_tokens, sampler, stop_token) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        caches = self.make_caches()
+        for cache in caches:
+            cache.padding = padding
+        pending = idx
+        stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+        for _ in range(max_new_tokens):
+            logits, _ = self(pending, caches=caches)
+            next_id = sampler(logits[:, -1])
+            idx = torch.cat([idx, next_id], dim=1)
+            pending = next_id
+            if stop_token is not None:
+                stopped |= next_id[:, 0] == stop_token
+                if bool(stopped.all()):
+                    break
+        self.train(was_training)
+        return idx
+
+
+def _by_length(batch: list[int], prompts: list[list[int]]) -> list[list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i in batch:
+        groups.setdefault(len(prompts[i]), []).append(i)
+    return list(groups.values())
+
+
+class _RowSampler:
+    """Next tokens (B, 1) from logits (B, V), row i drawn with generators[i]: the same draws the
+    row would get alone."""
+
+    def __init__(self, temperature, top_k, top_p, generators):
+        self.options, self.generators = (temperature, top_k, top_p), generators
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if len(set(map(id, self.generators))) == 1:  # one generator (or none) for the batch
+            return sample_next(logits, *self.options, self.generators[0])
+        return torch.cat([sample_next(logits[i : i + 1], *self.options, g) for i, g in enumerate(self.generators)])

@@ -4,7 +4,8 @@ A position scheme does up to two things: `embed(positions)` returns a (T, d_mode
 to the token embeddings (or None), and `rotate(q, k, positions)` transforms queries and keys
 inside attention (identity here). `max_positions` is the longest sequence it can place (None if
 unbounded). `positions` is a (T,) tensor of absolute indices, which
-continue from the KV cache length during generation.
+continue from the KV cache length during generation, or (B, T) when the rows of a left-padded
+batch start at different places.
 """
 
 from __future__ import annotations
@@ -51,10 +52,10 @@ class RotaryPositions(nn.Module):
         return None
 
     def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T,) positions -> cos, sin tables of shape (T, rotary_dim / 2), in float32."""
+        """(T,) or (B, T) positions -> cos, sin tables of shape (..., T, rotary_dim / 2), in float32."""
         half = self.rotary_dim // 2
         inv_freq = self.theta ** (-torch.arange(half, device=positions.device, dtype=torch.float32) / half)
-        angle = (positions.float() / self.scale)[:, None] * inv_freq
+        angle = (positions.float() / self.scale)[..., None] * inv_freq
         return angle.cos(), angle.sin()
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -64,8 +65,10 @@ class RotaryPositions(nn.Module):
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor):
-        """q, k (B, H, T, D) at (T,) positions -> rotated q, k."""
+        """q, k (B, H, T, D) at (T,) or per-row (B, T) positions -> rotated q, k."""
         cos, sin = self.angles(positions)
+        if positions.dim() == 2:  # (B, T, r/2) -> (B, 1, T, r/2): the same angle for every head
+            cos, sin = cos[:, None], sin[:, None]
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
 
@@ -80,8 +83,8 @@ class SinusoidalPositions(nn.Module):
 
     def embed(self, positions: torch.Tensor) -> torch.Tensor:
         inv_freq = 10000.0 ** (-torch.arange(0, self.d_model, 2, device=positions.device, dtype=torch.float32) / self.d_model)
-        angle = positions.float()[:, None] * inv_freq
-        return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(1)[:, : self.d_model]
+        angle = positions.float()[..., None] * inv_freq
+        return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(-2)[..., : self.d_model]
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor):
         return q, k

@@ -8,7 +8,8 @@ An architecture is a class registered in registry.ARCHITECTURES and built as
 | `cfg` (ModelConfig) | generation (block_size), info, checkpoints |
 | `forward(idx, targets=None, caches=None)` -> (logits (B,T,V) or None, mean loss or None) | training, eval, long context, diagnose, viz |
 | `make_caches()` -> per-attention caches (first has `.length`) | generation (GenerationMixin.generate) |
-| `generate(idx, max_new_tokens, ...)` | generate, prompts, persona-eval, samples |
+| `generate(idx, max_new_tokens, ...)` | generate, samples, lm-eval |
+| `generate_many(prompts, max_new_tokens, ...)`, `decodes_padded()` | prompts, persona-eval (GenerationMixin: batches, left-padded where the model says it decodes padding exactly) |
 | `shard_units()` -> modules FSDP2 shards one by one | training.distributed |
 | `describe()` -> one line on the model's shape | info, report |
 | `extension_points` (class) | config checks: "attention" (extensions handed in), "conditioning", "per_layer_attention" |
@@ -56,6 +57,18 @@ class LanguageModel(Protocol):
         stop_token: int | None = None,
         until=None,
     ) -> torch.Tensor: ...
+
+    def generate_many(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generators: list | None = None,
+        stop_token: int | None = None,
+        batch_size: int = 16,
+    ) -> list[list[int]]: ...
 
     def shard_units(self) -> list[nn.Module]: ...
 

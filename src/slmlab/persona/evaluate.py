@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..config import ConfigError, DataConfig
 from ..data.corpora import DocumentSelection, open_source
@@ -150,21 +149,22 @@ def bootstrap_difference(a: np.ndarray, b: np.ndarray, seed: int, resamples: int
 
 @torch.no_grad()
 def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int, device) -> list[str]:
-    """One sampled continuation per prompt (temperature 0.8, top-k 50, seed + prompt index); prompts
-    the tokenizer cannot encode are left out."""
-    out = []
-    for index, prompt in enumerate(tqdm(prompts, desc="continuations", unit="prompt", leave=False, disable=None)):
+    """One sampled continuation per prompt (temperature 0.8, top-k 50, seed + prompt index), in
+    batches (model.generate_many: each as it would be alone); prompts the tokenizer cannot encode
+    are left out."""
+    encoded, seeds = [], []
+    for index, prompt in enumerate(prompts):
         try:
             ids = tokenizer.encode(prompt)
         except TokenizerError:
             continue
-        ids = ids[-(model.cfg.block_size // 2) :]
-        generator = torch.Generator(device=device).manual_seed(seed + index)
-        tokens = model.generate(
-            torch.tensor([ids], device=device), max_new_tokens, temperature=0.8, top_k=50, generator=generator
-        )
-        out.append(tokenizer.decode(tokens[0, len(ids) :].tolist()))
-    return out
+        encoded.append(ids[-(model.cfg.block_size // 2) :])
+        seeds.append(seed + index)
+    if not encoded:
+        return []
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    rows = model.generate_many(encoded, max_new_tokens, temperature=0.8, top_k=50, generators=generators)
+    return [tokenizer.decode(row) for row in rows]
 
 
 def text_perplexity(model, cfg, data: DataConfig, tokenizer, device) -> float:

@@ -89,6 +89,8 @@ class SelfArea(nn.Module):
 class SelfAreaConditioning(nn.Module):
     """The decoder's residual conditioning: (layer, x) -> (x, shift of the sublayer inputs or None)."""
 
+    padding_safe = True  # a shift per token (or one for all): no token sees another
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.area = SelfArea(cfg.self_area, cfg.d_model, cfg.n_layer, cfg.init_std)

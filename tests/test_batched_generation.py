@@ -1,0 +1,109 @@
+"""generate_many: prompts of different lengths continue in batches, left-padded where the model
+decodes padding exactly, else grouped by length, and every continuation equals the one its prompt
+gets alone (float64, greedy and sampled with per-row generators, per-row stop tokens)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from slmlab.config import ConfigError, ModelConfig
+from slmlab.model import build_model
+from slmlab.plugins import activate
+
+GATED = str(Path(__file__).parents[1] / "examples" / "plugins" / "gated_attention.py")
+SHAPE = {"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 40, "vocab_size": 50}
+ARCHITECTURES = {  # name -> (model fields, decodes left-padded batches)
+    "learned": ({}, True),
+    "rope scaled": ({"pos": "rope", "rope_scale": 2.0, "norm": "rmsnorm", "mlp": "swiglu"}, True),
+    "partial rope": ({"pos": "rope", "rope_fraction": 0.5}, True),
+    "sinusoidal": ({"pos": "sinusoidal"}, True),
+    "self area": ({"self_area": {"enabled": True, "self_dim": 8, "token_dependent": True, "surgery_safe": False}}, True),
+    "gated plugin": ({"gated_attention": {"enabled": True}}, True),
+    "smat full": ({"smat": {"use_S": True, "use_G": True}}, False),
+    "block local": ({"pos": "rope", "attention": "block_local", "local_block": 4}, False),
+    "tape": ({"arch": "tape", "tape": {"n_critics": 2, "coda_layers": 1, "critic_layers": 1}}, False),
+}
+PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [13], [14, 15, 16, 17], [18, 19, 20], [21, 22, 23, 24, 25, 26]]
+
+
+def model_for(name: str):
+    fields, _ = ARCHITECTURES[name]
+    if "gated_attention" in fields:
+        activate([GATED])
+    torch.manual_seed(0)
+    return build_model(ModelConfig(**SHAPE, **fields)).double().eval()
+
+
+def alone(model, prompt, n, **options):
+    return model.generate(torch.tensor([prompt]), n, **options)[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_batched_continuations_equal_each_prompt_alone(name):
+    model = model_for(name)
+    assert model.decodes_padded() == ARCHITECTURES[name][1]
+    greedy = model.generate_many(PROMPTS, 12, temperature=0.0, batch_size=4)
+    assert greedy == [alone(model, p, 12, temperature=0.0) for p in PROMPTS]
+    generators = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]
+    sampled = model.generate_many(PROMPTS, 10, top_k=20, generators=generators, batch_size=8)
+    expected = [alone(model, p, 10, top_k=20, generator=torch.Generator().manual_seed(i)) for i, p in enumerate(PROMPTS)]
+    assert sampled == expected
+
+
+def test_padding_never_leaks_into_a_row():
+    """Changing the padding's token ids (what a padded row could have read) changes nothing."""
+    model = model_for("learned")
+    idx = torch.tensor([[0, 0, 0, 5, 6, 7], [1, 2, 3, 4, 5, 6]])
+    other = idx.clone()
+    other[0, :3] = torch.tensor([40, 41, 42])
+    outs = []
+    for tokens in (idx, other):
+        caches = model.make_caches()
+        for cache in caches:
+            cache.padding = torch.tensor([3, 0])
+        outs.append(model(tokens, caches=caches)[0][:, 3:])
+    assert torch.equal(outs[0], outs[1]) and torch.isfinite(outs[0]).all()
+    alone_logits = model(torch.tensor([[5, 6, 7]]))[0]
+    torch.testing.assert_close(outs[0][0], alone_logits[0], rtol=0, atol=1e-12)
+
+
+def test_each_row_stops_at_its_own_stop_token_and_long_prompts_fall_back_to_equal_lengths():
+    model = model_for("learned")
+    free = model.generate_many(PROMPTS, 12, temperature=0.0)
+    stop = free[1][3]  # a token row 1 produces at its 4th step
+    stopped = model.generate_many(PROMPTS, 12, temperature=0.0, stop_token=stop)
+    for row, full in zip(stopped, free):
+        cut = full.index(stop) + 1 if stop in full else len(full)
+        assert row == full[:cut]
+    # the longest prompt + new tokens past the context: sliding windows, equal to each alone
+    long = [list(range(1, 31)), list(range(2, 20)), [3, 4]]
+    assert model.generate_many(long, 30, temperature=0.0) == [alone(model, p, 30, temperature=0.0) for p in long]
+    with pytest.raises(ConfigError, match="a prompt of 0 tokens"):
+        model.generate_many([[1], []], 3)
+
+
+def test_a_prompt_suite_batches_and_every_completion_equals_its_prompt_alone():
+    from slmlab.data.tokenizers import ByteTokenizer
+    from slmlab.evals.prompts import Prompt, run_suite
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**{**SHAPE, "vocab_size": 256, "block_size": 64})).double().eval()
+    tokenizer = ByteTokenizer()
+    suite = [
+        Prompt("a", "The loop", max_tokens=9, temperature=0.8, seed=1),
+        Prompt("b", "A longer prompt here", max_tokens=9, temperature=0.8, seed=2),
+        Prompt("c", "x", max_tokens=9, temperature=0.8, seed=3, top_k=5),
+        Prompt("d", "Greedy, please", max_tokens=5, temperature=0.0, seed=4),
+        Prompt("e", "Same settings as a", max_tokens=9, temperature=0.8, seed=5),
+    ]
+    results = run_suite(model, tokenizer, suite, torch.device("cpu"), 64)
+    for p, r in zip(suite, results):
+        ids = tokenizer.encode(p.prompt)
+        generator = torch.Generator().manual_seed(p.seed)
+        out = model.generate(
+            torch.tensor([ids]), p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, generator=generator
+        )
+        assert r["id"] == p.id and r["completion"] == tokenizer.decode(out[0, len(ids) :].tolist())
