@@ -5,6 +5,8 @@ and 8, as a ratio to the same model's full-sequence forward throughput measured 
                  had no per-token cost would approach
     cached       `generate` with the KV cache: one token per step through every layer
     recompute    `generate(use_cache=False)`: the whole context again at every step
+    8 prompts    prompts of 8 different lengths: one `generate` each, or one left-padded batch
+                 (`generate_many`, each continuation equal to its prompt's alone)
     compiled     cached, with the model's forward compiled by torch.compile (compilation timed apart)
 
 Each model is fresh (random weights: speed does not depend on them), block_size 1024 so that the
@@ -64,6 +66,12 @@ def measure(shape: dict, new_tokens: int, repeats: int, compile: bool) -> dict:
     results["cached, batch 1"] = rate(new_tokens, timed(generate(1), repeats))
     results["cached, batch 8"] = rate(8 * new_tokens, timed(generate(8), repeats))
     results["recompute, batch 1"] = rate(new_tokens // 4, timed(generate(1, False, new_tokens // 4), repeats))
+    prompts = [torch.randint(0, shape["vocab_size"], (length,)).tolist() for length in range(4, 36, 4)]  # 8 lengths
+    n = new_tokens // 4
+    one_by_one = lambda: [model.generate(torch.tensor([p]), n, generator=torch.Generator().manual_seed(0)) for p in prompts]
+    results["8 prompts of 4-32 tokens, one at a time"] = rate(8 * n, timed(one_by_one, repeats))
+    together = lambda: model.generate_many(prompts, n, generators=[torch.Generator().manual_seed(0) for _ in prompts])
+    results["8 prompts of 4-32 tokens, generate_many"] = rate(8 * n, timed(together, repeats))
     if compile:
         model.forward = torch.compile(model.forward, dynamic=True)
         start = time.perf_counter()
