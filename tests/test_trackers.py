@@ -165,3 +165,14 @@ def test_a_resumed_run_may_add_a_tracker_and_logs_only_the_steps_it_trains(make_
     events = EventAccumulator(str(run / "tensorboard")).Reload()
     assert [e.step for e in events.Scalars("loss")] == [25, 30]
     assert json.loads((run / "config.json").read_text())["train"]["trackers"] == ["tensorboard"]
+
+
+def test_tracker_run_ids_persist_and_a_damaged_record_is_one_line(tmp_path):
+    from slmlab.errors import RunFileError
+    from slmlab.training.trackers import _run_id
+
+    first = _run_id(tmp_path, "wandb")
+    assert _run_id(tmp_path, "wandb") == first and _run_id(tmp_path, "other") != first
+    (tmp_path / "trackers.json").write_text("{not json")
+    with pytest.raises(RunFileError, match="trackers.json.*delete it"):
+        _run_id(tmp_path, "wandb")

@@ -25,7 +25,8 @@ import uuid
 from pathlib import Path
 
 from ..config import ConfigError, RunConfig
-from ..files import atomic_write_text
+from ..errors import RunFileError
+from ..files import atomic_write_text, read_json
 from ..registry import TRACKERS
 
 log = logging.getLogger("slmlab")
@@ -64,7 +65,8 @@ class TensorBoardTracker:
 def _run_id(run: Path, tracker: str) -> str:
     """A stable id for this run in `tracker`, kept in RUN/trackers.json (made on first use)."""
     path = run / IDS_FILE
-    ids = json.loads(path.read_text()) if path.is_file() else {}
+    fix = "delete it: the tracker then starts a new run"
+    ids = read_json(path, "tracker run ids", RunFileError, fix) if path.is_file() else {}
     if tracker not in ids:
         ids[tracker] = uuid.uuid4().hex[:12]
         atomic_write_text(path, json.dumps(ids, indent=2) + "\n")
