@@ -141,3 +141,13 @@ def test_a_sweep_puts_task_accuracy_with_paired_cis_in_its_table(tmp_path, micro
     records = json.loads((tmp_path / "runs" / "micro" / "results.json").read_text())["variants"]
     column = next(r for r in records if not r["is_baseline"])["lm_eval"]["slmlab_cloze acc"]
     assert 0 <= column["mean"] <= 1 and (math.isnan(column["low"]) or column["low"] <= column["delta"] <= column["high"])
+
+
+def test_the_harness_builds_the_adapter_from_its_model_args_string(run):
+    from lm_eval.api.registry import get_model
+
+    lm = get_model("slmlab").create_from_arg_string(
+        f"run={run},max_gen_toks=7", {"batch_size": 8, "max_batch_size": 6, "device": "cpu"}
+    )
+    assert isinstance(lm, SlmlabLM) and lm.batch_size == 6 and lm.max_gen_toks == 7 and lm.window == 32
+    assert get_model("slmlab").create_from_arg_string(f"run={run}", {"batch_size": "auto"}).batch_size == 16

@@ -43,12 +43,25 @@ class SlmlabLM(LM):
     """`lm_eval.simple_evaluate(model=SlmlabLM(run="runs/x"), tasks=[...])`, or from a string:
     `model="slmlab", model_args="run=runs/x,batch_size=16"` once this module is imported."""
 
-    def __init__(self, run: str, device: str = "auto", batch_size: int | str = 16, max_gen_toks: int = 128, int8: bool = False):
+    def __init__(
+        self,
+        run: str,
+        device: str | None = "auto",
+        batch_size: int | str = 16,
+        max_batch_size: int | None = None,
+        max_gen_toks: int = 128,
+        int8: bool = False,
+    ):
+        """`batch_size` "auto" (the harness's default) means 16; `max_batch_size` caps it."""
         super().__init__()
         from .score import load_for_inference
 
-        self.cfg, self.model, self.tokenizer, self._device = load_for_inference(run, device, bool(int8))
+        self.cfg, self.model, self.tokenizer, self._device = load_for_inference(
+            run, device or "auto", str(int8) in ("True", "true", "1")
+        )
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16
+        if max_batch_size:
+            self.batch_size = min(self.batch_size, int(max_batch_size))
         self.max_gen_toks = int(max_gen_toks)
         self.window = self.cfg.model.block_size
         self.prefix = self.tokenizer.separator_ids()
