@@ -142,7 +142,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             q_start = cache.length
             k, v = cache.update(k, v)
-            if cache.padding is not None:  # only full attention decodes padded batches (Decoder.decodes_padded)
+            if getattr(cache, "padding", None) is not None:  # only full attention decodes padded batches (decodes_padded)
                 padded = {"padding": cache.padding}
         y = self.pattern(q, k, v, scale, q_start, **padded)[..., : self.head_dim]
         for extension in self._output_extensions:

@@ -97,7 +97,7 @@ class Decoder(GenerationMixin, nn.Module):
         if limit and start + T > limit:
             raise ConfigError(f"sequence of {start + T} tokens exceeds the {limit} positions this model knows (model.block_size)")
         positions = torch.arange(start, start + T, device=idx.device)
-        padding = caches[0].padding if caches else None
+        padding = getattr(caches[0], "padding", None) if caches else None  # a pattern's own cache class may have none
         if padding is not None:  # a left-padded batch: each row counts from its first real token
             positions = (positions[None, :] - padding[:, None]).clamp_min(0)
         x = self.wte(idx)
