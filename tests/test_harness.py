@@ -87,7 +87,7 @@ def test_rolling_loglikelihood_predicts_every_token_once_with_the_most_context(r
 
 def test_generate_until_matches_greedy_decoding_and_stops_at_the_stop_string(run):
     lm = SlmlabLM(str(run), device="cpu", batch_size=8)
-    contexts = ["ROMEO:\n", "HAMLET:", "JULIET:", "ROMEO:\n"]  # equal-length prompts share a batch
+    contexts = ["ROMEO:\n", "HAMLET:", "To be, or not to be", "ROMEO:\n", "O"]  # lengths differ: one left-padded batch
     outputs = lm.generate_until([request(c, {"until": ["\n"], "max_gen_toks": 20}) for c in contexts])
     for context, text in zip(contexts, outputs):
         ids = torch.tensor([lm.tokenizer.encode(context)])

@@ -10,8 +10,9 @@
 Scoring runs in batches of `batch_size` sequences, right-padded: the models are causal, so a
 position never sees the padding after it, and the scores equal unpadded ones (tested against
 one-at-a-time scoring). A context longer than the model's window keeps its last tokens.
-Generation batches requests whose prompts have the same length (no padding at all) and stops a
-batch once every row has produced a stop string or its end-of-text token.
+Generation goes through `generate_many` (prompts of different lengths batched, each continuation
+the one it would be alone) and stops a batch once every row has produced a stop string or its
+end-of-text token.
 """
 
 from __future__ import annotations
@@ -152,32 +153,28 @@ class SlmlabLM(LM):
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
             temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
-            ids = (self.tokenizer.encode(context) if context else self.prefix)[-max(1, self.window - 1) :]
-            prompts.append(ids)
-            groups[(len(ids), tuple(until), max_new, temperature)].append(index)
-        for (_, until, max_new, temperature), members in groups.items():
-            for start in range(0, len(members), self.batch_size):
-                batch = members[start : start + self.batch_size]
-                texts = self._generate(torch.tensor([prompts[i] for i in batch]), list(until), max_new, temperature)
-                for i, text in zip(batch, texts):
-                    outputs[i] = text
+            prompts.append((self.tokenizer.encode(context) if context else self.prefix)[-max(1, self.window - 1) :])
+            groups[(tuple(until), max_new, temperature)].append(index)
+        for (until, max_new, temperature), members in groups.items():
+            texts = self._generate([prompts[i] for i in members], list(until), max_new, temperature)
+            for i, text in zip(members, texts):
+                outputs[i] = text
         return outputs
 
-    def _generate(self, ids: torch.Tensor, until: list[str], max_new: int, temperature: float) -> list[str]:
-        """Continue equal-length prompts (B, T); each continuation cut before its first stop string."""
-        width = ids.shape[1]
+    def _generate(self, prompts: list[list[int]], until: list[str], max_new: int, temperature: float) -> list[str]:
+        """Continue prompts (model.generate_many, batched); each continuation cut before its
+        first stop string, a batch ending once every row has produced one."""
 
-        def finished(sequence: torch.Tensor) -> bool:
-            if not until:
-                return False
-            texts = [self.tokenizer.decode(row[width:].tolist()) for row in sequence]
+        def finished(continuations: torch.Tensor) -> bool:
+            texts = [self.tokenizer.decode(row) for row in continuations.tolist()]
             return all(any(stop in text for stop in until) for text in texts)
 
-        out = self.model.generate(
-            ids.to(self._device), max_new, temperature=temperature, stop_token=self.tokenizer.eos_id, until=finished
-        )
+        rows = self.model.generate_many(
+            prompts, max_new, temperature=temperature, stop_token=self.tokenizer.eos_id,
+            batch_size=self.batch_size, until=finished if until else None,
+        )  # fmt: skip
         texts = []
-        for row in out[:, width:].tolist():
+        for row in rows:
             if self.tokenizer.eos_id is not None and self.tokenizer.eos_id in row:
                 row = row[: row.index(self.tokenizer.eos_id)]
             text = self.tokenizer.decode(row)

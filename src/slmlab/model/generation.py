@@ -89,9 +89,12 @@ class GenerationMixin:
         generators: list[torch.Generator | None] | None = None,
         stop_token: int | None = None,
         batch_size: int = 16,
+        until: Callable[[torch.Tensor], bool] | None = None,
     ) -> list[list[int]]:
         """Each prompt's continuation (ids after the prompt, up to and including `stop_token`),
-        `batch_size` prompts at a time; `generators[i]` samples row i, so a continuation does not
+        `batch_size` prompts at a time; `until(continuations (B, n))`, checked after each token,
+        ends a batch early (a stop string every row has produced, say; rows may run past their
+        own stop, for the caller to cut). `generators[i]` samples row i, so a continuation does not
         depend on the batch it ran in. Batches of unequal lengths are left-padded where the model
         decodes them exactly and the longest prompt plus `max_new_tokens` fits the context
         (no sliding window), else split into groups of equal length."""
@@ -115,23 +118,27 @@ class GenerationMixin:
                     top_p,
                     [generators[i] for i in group],
                     stop_token,
+                    until,
                 )
                 for i, row in zip(group, rows):
                     out[i] = row
         return out
 
-    def _continue_rows(self, prompts, max_new_tokens, temperature, top_k, top_p, generators, stop_token) -> list[list[int]]:
+    def _continue_rows(
+        self, prompts, max_new_tokens, temperature, top_k, top_p, generators, stop_token, until
+    ) -> list[list[int]]:
         """One batch: equal lengths through `generate` (sliding window included), unequal ones
         left-padded with the padding in every cache."""
         width = max(len(p) for p in prompts)
         device = next(self.parameters()).device
         idx = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
+        sampler = _RowSampler(temperature, top_k, top_p, generators)
+        done = None if until is None else (lambda sequence: until(sequence[:, width:]))
         if len({len(p) for p in prompts}) == 1:
-            sampler = _RowSampler(temperature, top_k, top_p, generators)
-            full = self.generate(idx, max_new_tokens, stop_token=stop_token, sample=sampler)
+            full = self.generate(idx, max_new_tokens, stop_token=stop_token, until=done, sample=sampler)
         else:
-            full = self._generate_padded(idx, width - torch.tensor([len(p) for p in prompts], device=device), max_new_tokens,
-                                         _RowSampler(temperature, top_k, top_p, generators), stop_token)  # fmt: skip
+            padding = width - torch.tensor([len(p) for p in prompts], device=device)
+            full = self._generate_padded(idx, padding, max_new_tokens, sampler, stop_token, done)
         rows = []
         for row in full[:, width:].tolist():
             if stop_token is not None and stop_token in row:
@@ -139,7 +146,7 @@ class GenerationMixin:
             rows.append(row)
         return rows
 
-    def _generate_padded(self, idx, padding, max_new_tokens, sampler, stop_token) -> torch.Tensor:
+    def _generate_padded(self, idx, padding, max_new_tokens, sampler, stop_token, until) -> torch.Tensor:
         was_training = self.training
         self.eval()
         caches = self.make_caches()
@@ -156,6 +163,8 @@ class GenerationMixin:
                 stopped |= next_id[:, 0] == stop_token
                 if bool(stopped.all()):
                     break
+            if until is not None and until(idx):
+                break
         self.train(was_training)
         return idx
 
