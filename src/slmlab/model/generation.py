@@ -34,11 +34,14 @@ class GenerationMixin:
         stop_token: int | None = None,
         until: Callable[[torch.Tensor], bool] | None = None,
         sample: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        padding: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n). Generation
         stops early once every row has sampled `stop_token`, or once `until(idx)` is True.
         `sample(logits (B, V)) -> (B, 1)` replaces the sampling options (generate_many's per-row
-        generators).
+        generators). `padding` (B,): row i of idx starts with padding[i] pad tokens; the caches
+        carry it (for a model that `decodes_padded()`, and a prompt plus new tokens that fit the
+        context: a sliding window would cut rows at different places).
 
         With the KV cache, each step runs only the new token. When the context reaches
         block_size, the cache is rebuilt from the last block_size // 2 tokens (a sliding window)."""
@@ -48,6 +51,8 @@ class GenerationMixin:
             raise ConfigError(
                 f"the prompt has {idx.shape[1]} tokens but the model's context is {self.cfg.block_size}; shorten it"
             )
+        if padding is not None and not (use_cache and idx.shape[1] + max_new_tokens <= self.cfg.block_size):
+            raise ConfigError("a left-padded batch decodes with the KV cache and within the model's context only")
         was_training = self.training
         self.eval()
         caches, pending = None, idx
@@ -57,6 +62,9 @@ class GenerationMixin:
                 if caches is None or caches[0].length + pending.shape[1] > self.cfg.block_size:
                     window = idx[:, -(self.cfg.block_size // 2 or 1) :] if caches is not None else idx
                     caches = self.make_caches()
+                    if padding is not None:
+                        for cache in caches:
+                            cache.padding = padding
                     pending = window
                 logits, _ = self(pending, caches=caches)
             else:
@@ -127,46 +135,21 @@ class GenerationMixin:
     def _continue_rows(
         self, prompts, max_new_tokens, temperature, top_k, top_p, generators, stop_token, until
     ) -> list[list[int]]:
-        """One batch: equal lengths through `generate` (sliding window included), unequal ones
-        left-padded with the padding in every cache."""
+        """One batch through `generate`: equal lengths as they are (sliding window included),
+        unequal ones left-padded."""
         width = max(len(p) for p in prompts)
         device = next(self.parameters()).device
         idx = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
         sampler = _RowSampler(temperature, top_k, top_p, generators)
         done = None if until is None else (lambda sequence: until(sequence[:, width:]))
-        if len({len(p) for p in prompts}) == 1:
-            full = self.generate(idx, max_new_tokens, stop_token=stop_token, until=done, sample=sampler)
-        else:
-            padding = width - torch.tensor([len(p) for p in prompts], device=device)
-            full = self._generate_padded(idx, padding, max_new_tokens, sampler, stop_token, done)
+        padding = None if len({len(p) for p in prompts}) == 1 else width - torch.tensor([len(p) for p in prompts], device=device)
+        full = self.generate(idx, max_new_tokens, stop_token=stop_token, until=done, sample=sampler, padding=padding)
         rows = []
         for row in full[:, width:].tolist():
             if stop_token is not None and stop_token in row:
                 row = row[: row.index(stop_token) + 1]
             rows.append(row)
         return rows
-
-    def _generate_padded(self, idx, padding, max_new_tokens, sampler, stop_token, until) -> torch.Tensor:
-        was_training = self.training
-        self.eval()
-        caches = self.make_caches()
-        for cache in caches:
-            cache.padding = padding
-        pending = idx
-        stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        for _ in range(max_new_tokens):
-            logits, _ = self(pending, caches=caches)
-            next_id = sampler(logits[:, -1])
-            idx = torch.cat([idx, next_id], dim=1)
-            pending = next_id
-            if stop_token is not None:
-                stopped |= next_id[:, 0] == stop_token
-                if bool(stopped.all()):
-                    break
-            if until is not None and until(idx):
-                break
-        self.train(was_training)
-        return idx
 
 
 def _by_length(batch: list[int], prompts: list[list[int]]) -> list[list[int]]:

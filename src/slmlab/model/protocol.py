@@ -56,6 +56,8 @@ class LanguageModel(Protocol):
         use_cache: bool = True,
         stop_token: int | None = None,
         until=None,
+        sample=None,
+        padding: torch.Tensor | None = None,
     ) -> torch.Tensor: ...
 
     def generate_many(
