@@ -103,22 +103,12 @@ def _gpt2(model: nn.Module) -> NativeLayout:
         eos_token_id=None,
         architectures=["GPT2LMHeadModel"],
     )
+    linears = (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj"))
     names = {"wte.weight": "transformer.wte.weight", "positions.wpe.weight": "transformer.wpe.weight"}
     names |= {f"norm_f.{p}": f"transformer.ln_f.{p}" for p in ("weight", "bias")}
     names["head.weight"] = "lm_head.weight"
-    transposed = set()
-    for i in range(cfg.n_layer):
-        ours, theirs = f"blocks.{i}.", f"transformer.h.{i}."
-        for a, b in (("ln1", "ln_1"), ("ln2", "ln_2")):
-            names |= {f"{ours}{a}.{p}": f"{theirs}{b}.{p}" for p in ("weight", "bias")}
-        for a, b in (
-            ("attn.qkv", "attn.c_attn"),
-            ("attn.proj", "attn.c_proj"),
-            ("mlp.fc", "mlp.c_fc"),
-            ("mlp.proj", "mlp.c_proj"),
-        ):
-            names |= {f"{ours}{a}.{p}": f"{theirs}{b}.{p}" for p in ("weight", "bias")}
-            transposed.add(f"{ours}{a}.weight")
+    names |= _per_layer(cfg.n_layer, "transformer.h.{}.", (("ln1", "ln_1"), ("ln2", "ln_2"), *linears))
+    transposed = {f"blocks.{i}.{ours}.weight" for i in range(cfg.n_layer) for ours, _ in linears}  # Conv1D: (in, out)
     state = _renamed(model, names, transposed)
     return NativeLayout("gpt2", config, state)
 
@@ -149,24 +139,33 @@ def _llama(model: nn.Module) -> NativeLayout:
         architectures=["LlamaForCausalLM"],
     )
     names = {"wte.weight": "model.embed_tokens.weight", "norm_f.weight": "model.norm.weight", "head.weight": "lm_head.weight"}
-    split = {}
-    for i in range(cfg.n_layer):
-        ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
-        names |= {
-            f"{ours}ln1.weight": f"{theirs}input_layernorm.weight",
-            f"{ours}ln2.weight": f"{theirs}post_attention_layernorm.weight",
-        }
-        for a, b in (
-            ("attn.proj", "self_attn.o_proj"),
-            ("mlp.gate", "mlp.gate_proj"),
-            ("mlp.up", "mlp.up_proj"),
-            ("mlp.down", "mlp.down_proj"),
-        ):
-            names |= {f"{ours}{a}.{p}": f"{theirs}{b}.{p}" for p in ("weight", "bias")}
-        for p in ("weight", "bias"):
-            split[f"{ours}attn.qkv.{p}"] = [f"{theirs}self_attn.{x}_proj.{p}" for x in "qkv"]
+    pairs = (
+        ("ln1", "input_layernorm"),
+        ("ln2", "post_attention_layernorm"),
+        ("attn.proj", "self_attn.o_proj"),
+        ("mlp.gate", "mlp.gate_proj"),
+        ("mlp.up", "mlp.up_proj"),
+        ("mlp.down", "mlp.down_proj"),
+    )
+    names |= _per_layer(cfg.n_layer, "model.layers.{}.", pairs)
+    split = {  # the fused qkv, cut into Llama's three projections
+        f"blocks.{i}.attn.qkv.{p}": [f"model.layers.{i}.self_attn.{x}_proj.{p}" for x in "qkv"]
+        for i in range(cfg.n_layer)
+        for p in ("weight", "bias")
+    }
     state = _renamed(model, names, set(), split)
     return NativeLayout("llama", config, state)
+
+
+def _per_layer(n_layer: int, theirs: str, pairs) -> dict[str, str]:
+    """{our name: theirs} of each block's (our module, their module) pairs, weight and bias
+    (a bias that does not exist is simply never looked up); `theirs` formats the layer index."""
+    return {
+        f"blocks.{i}.{ours}.{p}": f"{theirs.format(i)}{module}.{p}"
+        for i in range(n_layer)
+        for ours, module in pairs
+        for p in ("weight", "bias")
+    }
 
 
 def _renamed(model: nn.Module, names: dict, transposed: set, split: dict | None = None) -> dict[str, torch.Tensor]:
