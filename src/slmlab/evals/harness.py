@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
-from ..files import atomic_write_text
+from ..errors import RunFileError
+from ..files import atomic_write_text, read_json
 from ..registry import closest
 
 log = logging.getLogger("slmlab")
@@ -266,7 +267,8 @@ def score_sweep_runs(
         if result is None or "failed" in result:
             continue
         saved = job.run.path / "lm_eval" / "results.json"
-        record = json.loads(saved.read_text()) if saved.is_file() else {}
+        fix = "delete it to score the run again"
+        record = read_json(saved, "lm-eval results", RunFileError, fix) if saved.is_file() else {}
         if (record.get("tasks"), record.get("limit"), record.get("num_fewshot")) == (tasks, limit, num_fewshot):
             scores = record["scores"]
         else:

@@ -12,16 +12,17 @@ downloaded: these are local files only.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from ...files import read_json
 from .document import Document
 from .fetch import CorpusError, file_digest
 from .local import parse_year
 
 OPTIONAL_COLUMNS = ("id", "year", "genre", "title")
+RESAVE = "save the dataset again with save_to_disk"
 BATCH_ROWS = 1024
 
 
@@ -58,30 +59,20 @@ def is_columnar(spec: str) -> bool:
 def saved_dataset_files(folder: Path) -> list[tuple[str, Path]] | None:
     """[(split, arrow file)] of a `save_to_disk` folder, None if `folder` is not one."""
     if (folder / "dataset_dict.json").is_file():
-        splits = _read_json(folder / "dataset_dict.json").get("splits")
+        splits = read_json(folder / "dataset_dict.json", "saved dataset index", CorpusError, RESAVE).get("splits")
         if not isinstance(splits, list) or not splits:
-            raise CorpusError(f"{folder / 'dataset_dict.json'} lists no splits; save the dataset again with save_to_disk")
+            raise CorpusError(f"{folder / 'dataset_dict.json'} lists no splits; {RESAVE}")
         return [(split, path) for split in splits for _, path in (saved_dataset_files(folder / split) or [])]
     if not (folder / "state.json").is_file():
         return None
-    entries = _read_json(folder / "state.json").get("_data_files")
+    entries = read_json(folder / "state.json", "saved dataset state", CorpusError, RESAVE).get("_data_files")
     if not isinstance(entries, list) or not entries:
-        raise CorpusError(f"{folder / 'state.json'} lists no data files; save the dataset again with save_to_disk")
+        raise CorpusError(f"{folder / 'state.json'} lists no data files; {RESAVE}")
     files = [folder / str(entry.get("filename", "")) for entry in entries]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise CorpusError(f"saved dataset {folder} is missing {missing[0]}; save it again with save_to_disk")
     return [("", f) for f in files]
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorpusError(f"{path} is not readable JSON ({type(err).__name__}); save the dataset again") from None
-    if not isinstance(value, dict):
-        raise CorpusError(f"{path} is not a JSON object; save the dataset again")
-    return value
 
 
 class ColumnarSource:
