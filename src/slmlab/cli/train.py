@@ -123,8 +123,9 @@ def train_config(args, extra):
 
         run = Path(os.path.abspath(args.resume))  # "runs/x/." or "." name the folder itself
         overrides = parse_overrides(extra)
-        changeable = {"train.steps", "train.trackers", "train.tracker_project", "train.tracker_group", "train.tracker_tags"}
-        unknown = set(overrides) - changeable
+        from ..training.trainer import RESUME_CHANGES
+
+        unknown = set(overrides) - {f"train.{name}" for name in RESUME_CHANGES}
         if unknown:
             raise ConfigError(
                 f"--resume continues the run as configured; only --train.steps and the train.tracker* fields can change, not {sorted(unknown)}"

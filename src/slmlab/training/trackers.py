@@ -31,7 +31,7 @@ from ..registry import TRACKERS
 
 log = logging.getLogger("slmlab")
 IDS_FILE = "trackers.json"
-TRACKER_FIELDS = ("trackers", "tracker_project", "tracker_group", "tracker_tags")  # train.* fields a resume may change
+TRACKER_FIELDS = ("trackers", "tracker_project", "tracker_group", "tracker_tags")  # they watch a run, they do not change it
 
 
 def _require(module: str, tracker: str):

@@ -74,6 +74,7 @@ from .trackers import TRACKER_FIELDS, Trackers
 from .validation import score_validation
 
 log = logging.getLogger("slmlab")
+RESUME_CHANGES = ("steps", *TRACKER_FIELDS)  # the train.* fields a resume may change
 
 
 @dataclass
@@ -226,9 +227,8 @@ class Trainer:
                 f"{self.run.path} has trained {done} steps (checkpoint {self.checkpoint}); --train.steps "
                 f"{requested.train.steps} is below that: give --train.steps {done} or more"
             )
-        changeable = ("steps", *TRACKER_FIELDS)
-        if any(getattr(requested.train, f) != getattr(cfg.train, f) for f in changeable):
-            for name in changeable:
+        if any(getattr(requested.train, f) != getattr(cfg.train, f) for f in RESUME_CHANGES):
+            for name in RESUME_CHANGES:
                 setattr(cfg.train, name, getattr(requested.train, name))
             if self.world.is_main:
                 self.run.write_config(cfg)
