@@ -102,7 +102,9 @@ def harness_scores(results: dict, variant: str) -> dict[str, dict[int, float]]:
     """{"task metric": {seed: value}} of a variant's lm-eval scores (sweep [lm_eval])."""
     scores: dict[str, dict[int, float]] = {}
     for (v, seed), result in results.items():
-        for task, metrics in (result.get("lm_eval") or {}).items() if v == variant else ():
+        if v != variant:
+            continue
+        for task, metrics in (result.get("lm_eval") or {}).items():
             for metric, value in metrics.items():
                 scores.setdefault(f"{task} {metric}", {})[seed] = value
     return scores

@@ -295,12 +295,11 @@ def hf_continuations(
     attention mask (the model places each row's positions from it). One seeded generator state
     for the whole list, so the result is reproducible for a given batch size."""
     device = next(model.parameters()).device
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise ConfigError("the tokenizer has neither a pad nor an end-of-text token to pad a batch of prompts with")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token_id = pad
+    padding_side, own_pad = tokenizer.padding_side, tokenizer.pad_token_id
+    tokenizer.padding_side, tokenizer.pad_token_id = "left", pad
     torch.manual_seed(seed)
     options = {"do_sample": True, "temperature": 0.8, "top_k": 50} if sample else {"do_sample": False}
     texts = []
@@ -310,6 +309,6 @@ def hf_continuations(
             out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **options)
             width = batch["input_ids"].shape[1]
             texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = padding_side
+    finally:  # the caller's tokenizer as it was
+        tokenizer.padding_side, tokenizer.pad_token_id = padding_side, own_pad
     return texts
