@@ -151,3 +151,21 @@ def test_the_harness_builds_the_adapter_from_its_model_args_string(run):
     )
     assert isinstance(lm, SlmlabLM) and lm.batch_size == 6 and lm.max_gen_toks == 7 and lm.window == 32
     assert get_model("slmlab").create_from_arg_string(f"run={run}", {"batch_size": "auto"}).batch_size == 16
+
+
+def test_a_single_document_cloze_uses_exactly_the_tail_the_token_split_held_out(tmp_path):
+    from slmlab.data.tokenizers import ByteTokenizer
+    from slmlab.data.tokens import prepare_tokens
+    from slmlab.evals.cloze import held_out_texts
+
+    words = ["again", "today", "slowly", "there", "home", "away", "tonight"]
+    text = "\n\n".join(f"Passage {i}: the quick brown fox jumps over the lazy dog {i} {words[i % 7]}." for i in range(300))
+    (tmp_path / "one.txt").write_text(text)
+    data = DataConfig(source=str(tmp_path / "one.txt"), tokenizer="byte", cache_dir=str(tmp_path / "cache"), val_fraction=0.1)
+    tokenizer = ByteTokenizer()
+    (held,) = held_out_texts(data, tokenizer)
+    _, tokens = prepare_tokens(data, tokenizer)
+    trained = tokenizer.decode(tokens.train.tokens.tolist())
+    assert trained + held == text + "\n\n"  # the split's two sides, nothing shared
+    examples = cloze_examples(data, tokenizer, limit=10)
+    assert examples and all(e["context"] + e["choices"][e["gold"]] in held for e in examples)

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..config import DataConfig
 from ..data.corpora import DocumentSelection
 from ..data.tokenizers import Tokenizer
-from ..data.tokens import validation_ids
+from ..data.tokens import prepare_tokens, validation_ids
 from ..errors import ConfigError, TokenizerError
 from ..files import atomic_write_text
 
@@ -31,14 +31,13 @@ CHOICES = 4
 LAST_WORD = re.compile(r"(?<![\w'])([A-Za-z][A-Za-z']*)([^\w\s]*)\s*$")
 
 
-def held_out_texts(data: DataConfig) -> list[str]:
-    """The texts of the selection's validation documents (a single document: its last
-    val_fraction, from the first blank line after the cut)."""
+def held_out_texts(data: DataConfig, tokenizer: Tokenizer) -> list[str]:
+    """The texts of the selection's validation documents; for a single document, its validation
+    tokens decoded (the tail the token split held out, data/tokens.py)."""
     docs = list(DocumentSelection(data))
     if len(docs) == 1:
-        text = docs[0].text
-        cut = text.find("\n\n", int(len(text) * (1 - data.val_fraction)))
-        return [text[cut:]] if cut >= 0 else []
+        _, tokens = prepare_tokens(data, tokenizer)
+        return [tokenizer.decode(tokens.val.tokens.tolist())]
     held = validation_ids([d.id for d in docs], data.val_fraction)
     return [d.text for d in docs if d.id in held]
 
@@ -56,7 +55,7 @@ def passages(text: str) -> list[tuple[str, str]]:
 
 def cloze_examples(data: DataConfig, tokenizer: Tokenizer, limit: int = 500, seed: int = 0) -> list[dict]:
     """Up to `limit` examples: {"context", "choices" (words), "gold" (index of the true word)}."""
-    candidates = [p for text in held_out_texts(data) for p in passages(text)]
+    candidates = [p for text in held_out_texts(data, tokenizer) for p in passages(text)]
     pool = sorted({word for _, word in candidates})
     if len(pool) < CHOICES:
         raise ConfigError(f"{TASK}: the held-out text has fewer than {CHOICES} distinct passage-final words; use a larger corpus")
