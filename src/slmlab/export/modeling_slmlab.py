@@ -44,10 +44,10 @@ class SlmlabForCausalLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: SlmlabConfig):
         super().__init__(config)
         from slmlab.export.remote import build_from_hf_config
+        from slmlab.training.distributed import tied_aliases
 
         self.model = build_from_hf_config(config)
-        shared = _shared_parameters(self.model)
-        self._tied_weights_keys = {f"model.{a}": f"model.{b}" for a, b in shared.items()}
+        self._tied_weights_keys = {f"model.{a}": f"model.{b}" for a, b in tied_aliases(self.model).items()}
         self.post_init()
 
     @classmethod
@@ -82,15 +82,3 @@ class SlmlabForCausalLM(PreTrainedModel, GenerationMixin):
             input_ids = input_ids[:, -block:]
             attention_mask = None if attention_mask is None else attention_mask[:, -block:]
         return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-
-def _shared_parameters(model: torch.nn.Module) -> dict[str, str]:
-    """{name: first name} for every parameter reached under a second name (tied weights)."""
-    first: dict[int, str] = {}
-    shared = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in first:
-            shared[name] = first[id(param)]
-        else:
-            first[id(param)] = name
-    return shared

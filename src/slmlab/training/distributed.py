@@ -141,13 +141,20 @@ def local_scalar(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-def tied_aliases(model: nn.Module) -> set[str]:
-    """Names under which an already-listed parameter appears again (a tied LM head)."""
-    every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
-    return every - {name for name, _ in model.named_parameters()}
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """{name: the name listed first} for every parameter that appears again under another name
+    (a tied LM head: {"head.weight": "wte.weight"})."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
 
 
-def full_model_state(model: nn.Module, aliases: set[str]) -> dict[str, torch.Tensor]:
+def full_model_state(model: nn.Module, aliases: dict[str, str]) -> dict[str, torch.Tensor]:
     """The unsharded weights on CPU, tied aliases dropped (a collective: every rank calls it;
     ranks other than 0 get an empty dict under FSDP)."""
     state = get_model_state_dict(model, options=_FULL)
