@@ -57,16 +57,14 @@ def cmd_export(args, extra) -> int:
 
 
 def cmd_lm_eval(args, extra) -> int:
-    from pathlib import Path
-
     from ..config import ConfigError
 
     if extra:
         raise ConfigError(f"lm-eval takes no config overrides, got {' '.join(extra)}")
-    from ..evals.harness import evaluate_run
+    from ..evals.harness import evaluate_run, results_path
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     _, table = evaluate_run(args.run, tasks, args.limit, args.num_fewshot, args.batch_size, args.device, args.include_path)
     print(table)
-    print(f"saved: {Path(args.run) / 'lm_eval' / 'results.json'}")
+    print(f"saved: {results_path(args.run)}")
     return 0

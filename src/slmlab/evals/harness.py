@@ -184,6 +184,11 @@ class SlmlabLM(LM):
         return texts
 
 
+def results_path(run: str | Path) -> Path:
+    """RUN/lm_eval/results.json: a run's last harness scores (its tasks are in RUN/lm_eval/tasks)."""
+    return Path(run) / "lm_eval" / "results.json"
+
+
 def evaluate_run(
     run: str | Path,
     tasks: list[str],
@@ -204,7 +209,6 @@ def evaluate_run(
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import make_table
 
-    from ..runs.run_dir import RunDir
     from .cloze import TASK, cloze_examples, write_cloze_task
 
     if not tasks:
@@ -219,10 +223,9 @@ def evaluate_run(
                 f"lm-eval knows no task {unknown[0]!r}{closest(unknown[0], known)}; give its folder with --include-path, or use {TASK}"
             )
     model = SlmlabLM(str(run), device=device, batch_size=batch_size)
-    folder = RunDir(Path(run)).path / "lm_eval"
     if TASK in tasks:
         examples = cloze_examples(model.cfg.data, model.tokenizer, cloze_examples_limit)
-        include.append(str(write_cloze_task(folder / "tasks", examples)))
+        include.append(str(write_cloze_task(results_path(run).parent / "tasks", examples)))
     manager = TaskManager(include_path=include or None, include_defaults=bool(others))
     try:
         output = lm_eval.simple_evaluate(
@@ -253,7 +256,7 @@ def evaluate_run(
         "scores": scores,
         "results": output["results"],
     }
-    atomic_write_text(folder / "results.json", json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write_text(results_path(run), json.dumps(record, indent=2, default=str) + "\n")
     return scores, make_table(output)
 
 
@@ -266,7 +269,7 @@ def score_sweep_runs(
         result = results.get((job.variant, job.seed))
         if result is None or "failed" in result:
             continue
-        saved = job.run.path / "lm_eval" / "results.json"
+        saved = results_path(job.run.path)
         fix = "delete it to score the run again"
         record = read_json(saved, "lm-eval results", RunFileError, fix) if saved.is_file() else {}
         if (record.get("tasks"), record.get("limit"), record.get("num_fewshot")) == (tasks, limit, num_fewshot):
