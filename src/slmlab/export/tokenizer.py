@@ -17,20 +17,6 @@ from __future__ import annotations
 from ..data.tokenizers import SPECIAL_TOKENS, Tokenizer
 
 
-def byte_symbols() -> list[str]:
-    """GPT-2's byte-to-unicode map: the printable character that stands for each byte 0..255."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = 0
-    symbols = []
-    for b in range(256):
-        if b in printable:
-            symbols.append(chr(b))
-        else:
-            symbols.append(chr(256 + extra))
-            extra += 1
-    return symbols
-
-
 def _backend(tokenizer: Tokenizer):
     """(the `tokenizers.Tokenizer`, special tokens for PreTrainedTokenizerFast)."""
     from tokenizers import Regex, decoders, models, pre_tokenizers
@@ -40,7 +26,9 @@ def _backend(tokenizer: Tokenizer):
         special = dict(zip(("unk_token", "pad_token", "bos_token", "eos_token"), SPECIAL_TOKENS))
         return HFTokenizer.from_str(tokenizer.to_json()), special
     if tokenizer.kind == "byte":
-        vocab = {symbol: i for i, symbol in enumerate(byte_symbols())}
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        vocab = {symbol: byte for byte, symbol in bytes_to_unicode().items()}
         backend = HFTokenizer(models.BPE(vocab, [], fuse_unk=False))
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
         backend.decoder = decoders.ByteLevel()
