@@ -81,7 +81,7 @@ def summary_table(summary: dict) -> str:
         ("validation loss", format_number(summary.get("val_loss"), ".4f")),
         ("validation perplexity", format_number(summary.get("val_ppl"), ".3f")),
         ("validation bits per byte", format_number(summary.get("val_bpb"), ".4f")),
-        ("throughput (tokens/s, mean over log windows)", f"{summary.get('tokens_per_s', 0):,.0f}"),
+        ("throughput (tokens/s, median over log windows)", f"{summary.get('tokens_per_s', 0):,.0f}"),
         ("training time", f"{summary.get('train_seconds', 0):.1f} s"),
         ("processes", summary.get("processes", 1)),
         ("peak memory", human(summary["peak_memory_bytes"], "B") if "peak_memory_bytes" in summary else "–"),

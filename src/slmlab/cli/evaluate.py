@@ -6,6 +6,7 @@ import json
 import sys
 
 from .options import (
+    add_compile,
     add_device,
     add_int8,
     add_out,
@@ -60,6 +61,7 @@ def register(sub) -> None:
     add_seed(p)
     p.add_argument("--num-samples", type=positive_int, default=1)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step")
+    add_compile(p)
     add_int8(p)
     add_device(p)
     p.set_defaults(func=cmd_generate)
@@ -74,6 +76,7 @@ def register(sub) -> None:
     p.add_argument("run")
     p.add_argument("--suite", default="", help="suite file (default: the bundled control_systems.toml)")
     add_out(p, "report path (default: RUN/prompts_<suite>.md)")
+    add_compile(p)
     add_device(p)
     p.set_defaults(func=cmd_prompts)
 
@@ -157,6 +160,7 @@ def cmd_generate(args, extra) -> int:
         args.top_p,
         args.seed,
         not args.no_cache,
+        args.compile,
     )
     for text in texts:
         print(text)
@@ -168,7 +172,7 @@ def cmd_generate(args, extra) -> int:
 def cmd_prompts(args, extra) -> int:
     from ..evals.prompts import prompts_report
 
-    report, path = prompts_report(args.run, args.suite or None, args.out or None, args.device)
+    report, path = prompts_report(args.run, args.suite or None, args.out or None, args.device, args.compile)
     print(report)
     print(f"saved: {path}")
     return 0

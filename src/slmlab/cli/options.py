@@ -84,6 +84,14 @@ def add_int8(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8", action="store_true", help="the run's int8 model (slmlab quantize RUN --int8)")
 
 
+def add_compile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode through torch.compile: seconds of compiling first, then faster steps on small models (docs/performance.md)",
+    )
+
+
 def add_out(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--out", default="", help=what)
 

@@ -55,10 +55,12 @@ def load_suite(path: str | Path) -> list[Prompt]:
     return prompts
 
 
-def run_suite(model, tokenizer, prompts: list[Prompt], device: torch.device, block_size: int) -> list[dict]:
+def run_suite(
+    model, tokenizer, prompts: list[Prompt], device: torch.device, block_size: int, compile: bool = False
+) -> list[dict]:
     """Every prompt's completion, in batches of prompts sharing their sampling settings
-    (model.generate_many); each prompt samples with its own seeded generator, so its completion
-    is the one it would get alone."""
+    (model.generate_many; `compile`: through torch.compile); each prompt samples with its own
+    seeded generator, so its completion is the one it would get alone."""
     encoded = []
     for p in prompts:
         ids = tokenizer.encode(p.prompt)
@@ -73,7 +75,9 @@ def run_suite(model, tokenizer, prompts: list[Prompt], device: torch.device, blo
         groups.items(), desc="prompts", unit="batch", leave=False, disable=None
     ):
         generators = [torch.Generator(device=device).manual_seed(prompts[i].seed) for i in members]
-        rows = model.generate_many([encoded[i] for i in members], max_tokens, temperature, top_k, top_p, generators)
+        rows = model.generate_many(
+            [encoded[i] for i in members], max_tokens, temperature, top_k, top_p, generators, compile=compile
+        )
         completions.update(zip(members, rows))
     return [{**p.__dict__, "completion": tokenizer.decode(completions[i])} for i, p in enumerate(prompts)]
 
@@ -97,10 +101,14 @@ def markdown_report(run_name: str, suite: str, results: list[dict]) -> str:
 
 
 def prompts_report(
-    run: str | Path, suite: str | Path | None = None, out: str | Path | None = None, device: str = "auto"
+    run: str | Path,
+    suite: str | Path | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    compile: bool = False,
 ) -> tuple[str, Path]:
     """Generate from every prompt of a suite (default: the bundled one) -> (Markdown report, where
-    it was saved: `out`, else RUN/prompts_<suite>.md)."""
+    it was saved: `out`, else RUN/prompts_<suite>.md). `compile`: decode through torch.compile."""
     from ..runs.run_dir import load_run
     from ..training.runtime import resolve_device
 
@@ -108,7 +116,9 @@ def prompts_report(
     prompts = load_suite(suite)
     resolved = resolve_device(device)
     cfg, model, tokenizer = load_run(run, resolved)
-    report = markdown_report(Path(run).name, suite.stem, run_suite(model, tokenizer, prompts, resolved, cfg.model.block_size))
+    report = markdown_report(
+        Path(run).name, suite.stem, run_suite(model, tokenizer, prompts, resolved, cfg.model.block_size, compile)
+    )
     path = Path(out) if out else Path(run) / f"prompts_{suite.stem}.md"
     atomic_write_text(path, report)
     return report, path

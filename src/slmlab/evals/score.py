@@ -143,9 +143,10 @@ def generate_texts(
     top_p: float = 1.0,
     seed: int = 0,
     use_cache: bool = True,
+    compile: bool = False,
 ) -> list[str]:
     """`num_samples` continuations of `prompt`, sampled as one batch (one seeded generator), decoded
-    with the prompt."""
+    with the prompt (`compile`: through torch.compile, GenerationMixin.generate)."""
     ids = tokenizer.encode(prompt)
     if not ids:
         raise ConfigError("--prompt is empty (or holds no character this tokenizer knows): give some text to continue")
@@ -160,5 +161,6 @@ def generate_texts(
         top_p=top_p,
         generator=generator,
         use_cache=use_cache,
+        compile=compile,
     )
     return [tokenizer.decode(row) for row in out.tolist()]

@@ -89,8 +89,10 @@ class FullCausal(nn.Module):
             real = keys[None, None, :] >= padding[:, None, None]  # (B, 1, Tk)
             mask = self.visible(Tq, Tk, q_start, q.device) & (real | own)  # (B, Tq, Tk)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], dropout_p=dropout, scale=scale)
-        if q_start == 0 or Tq == 1:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=Tq > 1, dropout_p=dropout, scale=scale)
+        if Tq == 1:  # one new query: it sees every key so far
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scale)
+        if q_start == 0:  # (branches, not is_causal=Tq > 1: under torch.compile Tq may be symbolic)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scale)
         mask = self.visible(Tq, Tk, q_start, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
 

@@ -40,6 +40,15 @@ from ..registry import ATTENTION_PATTERNS
 from .attention import KVCache
 
 
+def lower_right(Tq: int, Tk: int, device):
+    """Causal attention of Tq queries that are the last Tq of Tk keys: SDPA's lower-right causal
+    bias (no mask tensor), or under torch.compile, which cannot trace that bias, the same (Tq, Tk)
+    bool mask written out (at most B x 2B)."""
+    if torch.compiler.is_compiling():
+        return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
+    return causal_lower_right(Tq, Tk)
+
+
 class WindowedKVCache(KVCache):
     """A KV cache that stores only the most recent `window` positions; `length` stays absolute."""
 
@@ -115,7 +124,7 @@ class BlockLocal(nn.Module):
         attend = functools.partial(F.scaled_dot_product_attention, dropout_p=dropout, scale=scale)
         if T <= B:
             return attend(q, k, v, is_causal=True)
-        m, r = divmod(T, B)
+        m, r = T // B, T % B  # (not divmod: torch.compile traces these on symbolic sizes)
         # block 0 on copies, so its call keeps B positions alive for backward, not the whole q, k, v
         parts = [attend(*(x[:, :, :B].clone() for x in (q, k, v)), is_causal=True)]
         if m > 1:
@@ -124,11 +133,11 @@ class BlockLocal(nn.Module):
                 return x[:, :, : m * B].unfold(2, 2 * B, B).transpose(-1, -2).flatten(0, 1)
 
             queries = q[:, :, B : m * B].unflatten(2, (m - 1, B)).flatten(0, 1)
-            out = attend(queries, windows(k), windows(v), attn_mask=causal_lower_right(B, 2 * B))
+            out = attend(queries, windows(k), windows(v), attn_mask=lower_right(B, 2 * B, q.device))
             parts.append(out.unflatten(0, q.shape[:2]).flatten(2, 3))
         if r:
             start = (m - 1) * B
-            parts.append(attend(q[:, :, m * B :], k[:, :, start:], v[:, :, start:], attn_mask=causal_lower_right(r, B + r)))
+            parts.append(attend(q[:, :, m * B :], k[:, :, start:], v[:, :, start:], attn_mask=lower_right(r, B + r, q.device)))
         return torch.cat(parts, dim=2)
 
     def visible(self, Tq: int, Tk: int, q_start: int, device) -> torch.Tensor:

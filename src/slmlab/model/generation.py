@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError
 from .sampling import sample_next
@@ -35,13 +36,15 @@ class GenerationMixin:
         until: Callable[[torch.Tensor], bool] | None = None,
         sample: Callable[[torch.Tensor], torch.Tensor] | None = None,
         padding: torch.Tensor | None = None,
+        compile: bool = False,
     ) -> torch.Tensor:
         """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n). Generation
         stops early once every row has sampled `stop_token`, or once `until(idx)` is True.
         `sample(logits (B, V)) -> (B, 1)` replaces the sampling options (generate_many's per-row
         generators). `padding` (B,): row i of idx starts with padding[i] pad tokens; the caches
         carry it (for a model that `decodes_padded()`, and a prompt plus new tokens that fit the
-        context: a sliding window would cut rows at different places).
+        context: a sliding window would cut rows at different places). `compile`: every step runs
+        the model through torch.compile (`compiled`; docs/performance.md says where it pays).
 
         With the KV cache, each step runs only the new token. When the context reaches
         block_size, the cache is rebuilt from the last block_size // 2 tokens (a sliding window)."""
@@ -55,6 +58,7 @@ class GenerationMixin:
             raise ConfigError("a left-padded batch decodes with the KV cache and within the model's context only")
         was_training = self.training
         self.eval()
+        model = compiled(self) if compile else self
         caches, pending = None, idx
         stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
@@ -66,9 +70,9 @@ class GenerationMixin:
                         for cache in caches:
                             cache.padding = padding
                     pending = window
-                logits, _ = self(pending, caches=caches)
+                logits, _ = model(pending, caches=caches)
             else:
-                logits, _ = self(idx[:, -self.cfg.block_size :])
+                logits, _ = model(idx[:, -self.cfg.block_size :])
             last = logits[:, -1]
             next_id = sample(last) if sample is not None else sample_next(last, temperature, top_k, top_p, generator)
             idx = torch.cat([idx, next_id], dim=1)
@@ -98,6 +102,7 @@ class GenerationMixin:
         stop_token: int | None = None,
         batch_size: int = 16,
         until: Callable[[torch.Tensor], bool] | None = None,
+        compile: bool = False,
     ) -> list[list[int]]:
         """Each prompt's continuation (ids after the prompt, up to and including `stop_token`),
         `batch_size` prompts at a time; `until(continuations (B, n))`, checked after each token,
@@ -105,7 +110,7 @@ class GenerationMixin:
         own stop, for the caller to cut). `generators[i]` samples row i, so a continuation does not
         depend on the batch it ran in. Batches of unequal lengths are left-padded where the model
         decodes them exactly and the longest prompt plus `max_new_tokens` fits the context
-        (no sliding window), else split into groups of equal length."""
+        (no sliding window), else split into groups of equal length. `compile` as in `generate`."""
         generators = generators or [None] * len(prompts)
         for ids in prompts:
             if not ids or len(ids) > self.cfg.block_size:
@@ -127,13 +132,14 @@ class GenerationMixin:
                     [generators[i] for i in group],
                     stop_token,
                     until,
+                    compile,
                 )
                 for i, row in zip(group, rows):
                     out[i] = row
         return out
 
     def _continue_rows(
-        self, prompts, max_new_tokens, temperature, top_k, top_p, generators, stop_token, until
+        self, prompts, max_new_tokens, temperature, top_k, top_p, generators, stop_token, until, compile
     ) -> list[list[int]]:
         """One batch through `generate`: equal lengths as they are (sliding window included),
         unequal ones left-padded."""
@@ -143,13 +149,24 @@ class GenerationMixin:
         sampler = _RowSampler(temperature, top_k, top_p, generators)
         done = None if until is None else (lambda sequence: until(sequence[:, width:]))
         padding = None if len({len(p) for p in prompts}) == 1 else width - torch.tensor([len(p) for p in prompts], device=device)
-        full = self.generate(idx, max_new_tokens, stop_token=stop_token, until=done, sample=sampler, padding=padding)
+        full = self.generate(
+            idx, max_new_tokens, stop_token=stop_token, until=done, sample=sampler, padding=padding, compile=compile
+        )
         rows = []
         for row in full[:, width:].tolist():
             if stop_token is not None and stop_token in row:
                 row = row[: row.index(stop_token) + 1]
             rows.append(row)
         return rows
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """`model` through torch.compile, for decoding. Shapes are left to Dynamo's automatic
+    dynamism: one graph for the prompt, one for the steps after it (where the cache length turns
+    symbolic), so a generation compiles twice and never once per token. torch.compile keeps its
+    graphs with the code, so a later call with this model (or another of its architecture and
+    shapes) reuses them."""
+    return torch.compile(model)
 
 
 def _by_length(batch: list[int], prompts: list[list[int]]) -> list[list[int]]:

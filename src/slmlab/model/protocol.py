@@ -58,6 +58,7 @@ class LanguageModel(Protocol):
         until=None,
         sample=None,
         padding: torch.Tensor | None = None,
+        compile: bool = False,
     ) -> torch.Tensor: ...
 
     def generate_many(
@@ -70,6 +71,8 @@ class LanguageModel(Protocol):
         generators: list | None = None,
         stop_token: int | None = None,
         batch_size: int = 16,
+        until=None,
+        compile: bool = False,
     ) -> list[list[int]]: ...
 
     def shard_units(self) -> list[nn.Module]: ...

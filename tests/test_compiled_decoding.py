@@ -1,0 +1,62 @@
+"""Decoding through torch.compile (`generate(..., compile=True)`): every architecture's compiled
+continuations equal its eager ones, and the graphs are made once per generation, never once per
+token (the cache length turns symbolic after the first step)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import slmlab.model.generation as generation
+from tests.test_batched_generation import ARCHITECTURES, PROMPTS, model_for
+
+
+class CountingBackend:
+    """A torch.compile backend that runs each captured graph as it is and counts them."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs += 1
+        return graph_module.forward
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    torch._dynamo.reset()
+    backend = CountingBackend()
+    monkeypatch.setattr(generation, "compiled", lambda model: torch.compile(model, backend=backend))
+    yield backend
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_compiled_decoding_equals_eager_and_compiles_per_generation_not_per_token(name, counting):
+    model = model_for(name)
+    prompt = torch.tensor([PROMPTS[1]])
+    # 60 new tokens pass the context (40): the cache is rebuilt from a window, a second prefill shape
+    assert torch.equal(model.generate(prompt, 60, temperature=0.0, compile=True), model.generate(prompt, 60, temperature=0.0))
+    graphs = counting.graphs
+    longer = model.generate(prompt, 100, temperature=0.0, compile=True)
+    assert counting.graphs == graphs, "a longer generation compiled again"
+    assert torch.equal(longer, model.generate(prompt, 100, temperature=0.0))
+    generators = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]
+    sampled = model.generate_many(PROMPTS, 8, top_k=20, generators=generators, compile=True)
+    generators = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]
+    assert sampled == model.generate_many(PROMPTS, 8, top_k=20, generators=generators)
+
+
+def test_inductor_decoding_equals_eager():
+    """The real backend (inductor's generated kernels), on the baseline: the same greedy tokens and
+    logits equal to rounding."""
+    torch._dynamo.reset()
+    model = model_for("learned")
+    prompt = torch.tensor([PROMPTS[1]])
+    assert torch.equal(model.generate(prompt, 12, temperature=0.0, compile=True), model.generate(prompt, 12, temperature=0.0))
+    caches, fast = model.make_caches(), generation.compiled(model)
+    with torch.no_grad():
+        fast(prompt, caches=caches)
+        step = fast(torch.tensor([[7]]), caches=caches)[0]
+        torch.testing.assert_close(step[0, -1], model(torch.tensor([PROMPTS[1] + [7]]))[0][0, -1], rtol=0, atol=1e-10)
+    torch._dynamo.reset()
