@@ -121,3 +121,27 @@ def test_diagnose_passes_on_a_small_model(capsys, variant):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "[PASS] loss at init" in out and "[PASS] overfit one batch" in out and "ln V = " in out
+
+
+def test_compile_decodes_the_same_text_in_generate_and_prompts(trained_run, capsys, monkeypatch, tmp_path):
+    """--compile goes through generation.compiled (here with a backend that runs each captured graph
+    as it is, and keeps it) and changes no token."""
+    import torch
+
+    import slmlab.model.generation as generation
+
+    graphs = []
+    torch._dynamo.reset()
+    monkeypatch.setattr(
+        generation, "compiled", lambda model: torch.compile(model, backend=lambda gm, inputs: graphs.append(gm) or gm.forward)
+    )
+    args = ["generate", str(trained_run), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1"]
+    assert main(args) == 0
+    eager = capsys.readouterr().out
+    assert main([*args, "--compile"]) == 0
+    assert capsys.readouterr().out == eager and graphs
+    reports = [tmp_path / "eager.md", tmp_path / "compiled.md"]
+    assert main(["prompts", str(trained_run), "--out", str(reports[0])]) == 0
+    assert main(["prompts", str(trained_run), "--out", str(reports[1]), "--compile"]) == 0
+    assert reports[0].read_text() == reports[1].read_text()
+    torch._dynamo.reset()

@@ -13,6 +13,7 @@ from .options import (
     add_sampling,
     add_seed,
     add_verb,
+    announce_compile,
     int_list,
     load_run_config,
     positive_float,
@@ -147,6 +148,7 @@ def cmd_generate(args, extra) -> int:
     from ..evals.score import generate_texts, load_for_inference
 
     cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8)
+    announce_compile(args)
     texts = generate_texts(
         model,
         tokenizer,
@@ -172,6 +174,7 @@ def cmd_generate(args, extra) -> int:
 def cmd_prompts(args, extra) -> int:
     from ..evals.prompts import prompts_report
 
+    announce_compile(args)
     report, path = prompts_report(args.run, args.suite or None, args.out or None, args.device, args.compile)
     print(report)
     print(f"saved: {path}")

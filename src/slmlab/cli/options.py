@@ -6,6 +6,7 @@ Nothing here imports torch or the library at module level: `slmlab --help` stays
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 
 
@@ -90,6 +91,12 @@ def add_compile(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="decode through torch.compile: seconds of compiling first, then faster steps on small models (docs/performance.md)",
     )
+
+
+def announce_compile(args: argparse.Namespace) -> None:
+    """One line before a --compile run's silent first steps (the compiling)."""
+    if args.compile:
+        logging.getLogger("slmlab").info("decoding through torch.compile: the first steps compile (seconds to a minute on CPU)")
 
 
 def add_out(parser: argparse.ArgumentParser, what: str) -> None:
