@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import slmlab.model.generation as generation
+from slmlab.config import ConfigError
 from tests.test_batched_generation import ARCHITECTURES, PROMPTS, model_for
 
 
@@ -59,4 +60,21 @@ def test_inductor_decoding_equals_eager():
         fast(prompt, caches=caches)
         step = fast(torch.tensor([[7]]), caches=caches)[0]
         torch.testing.assert_close(step[0, -1], model(torch.tensor([PROMPTS[1] + [7]]))[0][0, -1], rtol=0, atol=1e-10)
+    torch._dynamo.reset()
+
+
+def test_a_compiler_that_cannot_run_is_a_one_line_error(monkeypatch):
+    torch._dynamo.reset()
+    real_compile = torch.compile
+
+    def failing(gm, inputs):
+        raise RuntimeError("no C++ compiler found\nand a long story after it")
+
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend=failing))
+    model = model_for("learned")
+    with pytest.raises(
+        ConfigError,
+        match=r"^torch.compile cannot compile the decoder here \(no C\+\+ compiler found\); decode without --compile$",
+    ):
+        model.generate(torch.tensor([PROMPTS[0]]), 4, compile=True)
     torch._dynamo.reset()

@@ -160,13 +160,23 @@ class GenerationMixin:
         return rows
 
 
-def compiled(model: nn.Module) -> nn.Module:
+def compiled(model: nn.Module) -> Callable:
     """`model` through torch.compile, for decoding. Shapes are left to Dynamo's automatic
     dynamism: one graph for the prompt, one for the steps after it (where the cache length turns
     symbolic), so a generation compiles twice and never once per token. torch.compile keeps its
     graphs with the code, so a later call with this model (or another of its architecture and
-    shapes) reuses them."""
-    return torch.compile(model)
+    shapes) reuses them. A compiler that cannot run here (no C++ compiler for inductor, say) is
+    a one-line error."""
+    fast = torch.compile(model)
+
+    def step(*args, **kwargs):
+        try:
+            return fast(*args, **kwargs)
+        except torch._dynamo.exc.BackendCompilerFailed as err:
+            cause = str(getattr(err, "inner_exception", None) or err).strip().splitlines()[0]
+            raise ConfigError(f"torch.compile cannot compile the decoder here ({cause}); decode without --compile") from None
+
+    return step
 
 
 def _by_length(batch: list[int], prompts: list[list[int]]) -> list[list[int]]:
