@@ -4,7 +4,7 @@ and fully to block b - 1, with block length B = model.local_block.
 Training and prefill never build a T x T matrix: the sequence is cut into blocks and each block's
 queries attend their 2B-key window [block b-1, block b] through SDPA's fused kernels with a
 lower-right causal mask (see `_blocked`), so compute and memory are O(T B) and no mask tensor is
-built. Block 0 has no previous block and is exactly full causal attention (the seed's notebook let
+built (under torch.compile, which cannot trace that bias, one of at most B x 2B). Block 0 has no previous block and is exactly full causal attention (the seed's notebook let
 it attend zero padding). T need not be a multiple of B: a last partial block gets its own call.
 
 A second kernel computes the same pattern with FlexAttention: a block mask (which (128 x 128) tiles
@@ -109,7 +109,8 @@ class BlockLocal(nn.Module):
         return compiled_flex_attention()(q, k, v, block_mask=self.block_mask(q.shape[2], q.device), scale=scale)
 
     def _blocked(self, q, k, v, scale, dropout):
-        """(Bsz, H, T, D) -> (Bsz, H, T, D_v) in at most three SDPA calls, none with a mask tensor:
+        """(Bsz, H, T, D) -> (Bsz, H, T, D_v) in at most three SDPA calls, none with a mask tensor
+        (under torch.compile, at most B x 2B ones: `lower_right`):
 
             block 0                  its queries against its own keys, causal
             full blocks b = 1..m-1   B queries against the 2B keys of [block b-1, block b] with a

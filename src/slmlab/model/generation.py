@@ -7,7 +7,8 @@ incremental decoding needs; the first entry has `.length`) and `forward(idx, cac
 lengths in batches: left-padded (the caches carry each row's padding, attention masks it and
 positions count from each row's first token) where the model `decodes_padded()`, else grouped by
 length. Each row may have its own generator and stops at its own stop token, so every
-continuation equals the one its prompt would get alone.
+continuation equals the one its prompt would get alone. Either may run its steps through
+torch.compile (`compile=True`, `compiled`): the same tokens, a bounded number of graphs.
 """
 
 from __future__ import annotations
