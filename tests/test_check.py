@@ -1,6 +1,6 @@
 """`slmlab check`: every built-in config's model passes the conformance suite; plugins that break
 a property (a token that sees the next one, an extension that ignores the KV cache, a parameter
-left out of the graph) fail it, naming the property; `slmlab new-variant` writes a plugin that
+left out of the graph, a per-step Python value that makes torch.compile recompile) fail it, naming the property; `slmlab new-variant` writes a plugin that
 passes it as generated."""
 
 from __future__ import annotations
@@ -53,6 +53,13 @@ BROKEN = {
         "        return q, k - k.cumsum(2) / n, v, scale  # a prefix mean over this chunk only: forgets the cache",
     ),
     "dead": ("gradients", "return q, k, v, scale  # self.unused never enters the graph"),
+    "restless": (
+        "compiled decoding = eager",
+        "if state is not None:  # a step count kept as a Python string: each step's code differs\n"
+        "            state['steps'] = state.get('steps', '') + 'x'\n"
+        "            v = v * (1.0 + 0.0 * len(state['steps']))\n"
+        "        return q, k, v, scale",
+    ),
 }
 
 
@@ -107,7 +114,7 @@ def test_the_scaffold_passes_its_own_check(tmp_path, capsys, kind):
     assert "naive_reference" in source and f"class {''.join(p.capitalize() for p in name.split('_'))}Config" in source
     assert main(["check", str(tmp_path / "ideas" / f"{name}_sweep.toml")]) == 0
     out = capsys.readouterr().out
-    assert "20/20 properties hold" in out
+    assert "22/22 properties hold" in out
     naive_row = next(line for line in out.splitlines() if line.startswith("| naive reference"))
     assert naive_row.split("|")[3].strip() == "pass"  # the idea's own column: held to its reference
 
@@ -125,4 +132,4 @@ def test_the_scaffold_refuses_bad_names_and_existing_files(tmp_path):
 
 def test_the_worked_example_passes_check(capsys):
     assert main(["check", str(ROOT / "examples" / "plugins" / "gated_attention_sweep.toml")]) == 0
-    assert "30/30 properties hold" in capsys.readouterr().out
+    assert "33/33 properties hold" in capsys.readouterr().out

@@ -133,7 +133,9 @@ def test_compile_decodes_the_same_text_in_generate_and_prompts(trained_run, caps
     graphs = []
     torch._dynamo.reset()
     monkeypatch.setattr(
-        generation, "compiled", lambda model: torch.compile(model, backend=lambda gm, inputs: graphs.append(gm) or gm.forward)
+        generation,
+        "compiled",
+        lambda model, backend: torch.compile(model, backend=lambda gm, inputs: graphs.append(gm) or gm.forward),
     )
     args = ["generate", str(trained_run), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1"]
     assert main(args) == 0

@@ -1,4 +1,4 @@
-"""Decoding through torch.compile (`generate(..., compile=True)`): every architecture's compiled
+"""Decoding through torch.compile (`generate(..., compile=True)`, or a backend): every architecture's compiled
 continuations equal its eager ones, and the graphs are made once per generation, never once per
 token (the cache length turns symbolic after the first step)."""
 
@@ -8,27 +8,15 @@ import pytest
 import torch
 
 import slmlab.model.generation as generation
+from slmlab.analysis.conformance import CountingBackend
 from slmlab.config import ConfigError
 from tests.test_batched_generation import ARCHITECTURES, PROMPTS, model_for
 
 
-class CountingBackend:
-    """A torch.compile backend that runs each captured graph as it is and counts them."""
-
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, graph_module, example_inputs):
-        self.graphs += 1
-        return graph_module.forward
-
-
 @pytest.fixture
-def counting(monkeypatch):
+def counting():
     torch._dynamo.reset()
-    backend = CountingBackend()
-    monkeypatch.setattr(generation, "compiled", lambda model: torch.compile(model, backend=backend))
-    yield backend
+    yield CountingBackend()
     torch._dynamo.reset()
 
 
@@ -37,13 +25,13 @@ def test_compiled_decoding_equals_eager_and_compiles_per_generation_not_per_toke
     model = model_for(name)
     prompt = torch.tensor([PROMPTS[1]])
     # 60 new tokens pass the context (40): the cache is rebuilt from a window, a second prefill shape
-    assert torch.equal(model.generate(prompt, 60, temperature=0.0, compile=True), model.generate(prompt, 60, temperature=0.0))
+    assert torch.equal(model.generate(prompt, 60, temperature=0.0, compile=counting), model.generate(prompt, 60, temperature=0.0))
     graphs = counting.graphs
-    longer = model.generate(prompt, 100, temperature=0.0, compile=True)
+    longer = model.generate(prompt, 100, temperature=0.0, compile=counting)
     assert counting.graphs == graphs, "a longer generation compiled again"
     assert torch.equal(longer, model.generate(prompt, 100, temperature=0.0))
     generators = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]
-    sampled = model.generate_many(PROMPTS, 8, top_k=20, generators=generators, compile=True)
+    sampled = model.generate_many(PROMPTS, 8, top_k=20, generators=generators, compile=counting)
     generators = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]
     assert sampled == model.generate_many(PROMPTS, 8, top_k=20, generators=generators)
 
@@ -63,18 +51,16 @@ def test_inductor_decoding_equals_eager():
     torch._dynamo.reset()
 
 
-def test_a_compiler_that_cannot_run_is_a_one_line_error(monkeypatch):
+def test_a_compiler_that_cannot_run_is_a_one_line_error():
     torch._dynamo.reset()
-    real_compile = torch.compile
 
     def failing(gm, inputs):
         raise RuntimeError("no C++ compiler found\nand a long story after it")
 
-    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend=failing))
     model = model_for("learned")
     with pytest.raises(
         ConfigError,
         match=r"^torch.compile cannot compile the decoder here \(no C\+\+ compiler found\); decode without --compile$",
     ):
-        model.generate(torch.tensor([PROMPTS[0]]), 4, compile=True)
+        model.generate(torch.tensor([PROMPTS[0]]), 4, compile=failing)
     torch._dynamo.reset()

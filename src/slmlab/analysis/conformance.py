@@ -8,6 +8,7 @@ then each property is measured and judged:
 | causality (train, eval) | changing the tokens at positions >= t never changes the logits at positions < t |
 | batch independence | a row's logits do not depend on the other rows of its batch |
 | KV cache | decoding in chunks (1 at a time, 3 at a time, half then singles) through the caches equals the full forward, past any local window |
+| compiled decoding | greedy decoding through torch.compile's capture (Dynamo, graphs run as captured) equals eager decoding, and a longer generation captures no new graph |
 | gradients | every trainable parameter gets a finite, non-zero gradient (frozen = requires_grad False) |
 | determinism | the same seed builds the same weights and one training step gives bit-identical loss and weights |
 | save/load | weights written to safetensors and read into a fresh model give identical logits |
@@ -144,6 +145,47 @@ def check_kv_cache(probe: Probe) -> Result:
     passed = worst <= EXACT
     reason = "" if passed else f"decoding through the KV cache differs from the full forward by {worst:.3g} (float64)"
     return Result(passed, f"{len(schedules)} schedules over {T} tokens, max |Δ| = {worst:.2g}", reason)
+
+
+class CountingBackend:
+    """A torch.compile backend that runs each captured graph as it is and counts them."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs += 1
+        return graph_module.forward
+
+
+def check_compiled_decoding(probe: Probe) -> Result:
+    """What `generate(..., compile=True)` needs of the model's code: Dynamo captures it without
+    changing a token, in a bounded number of graphs (8 then 16 new tokens, within the context:
+    capturing is slow enough on a large graph, Tape's, that a window rebuild is left to the
+    tests). The captured graphs run as captured: inductor's kernels are torch's to test."""
+    model = probe.build(torch.float64).eval()
+    prompt, n = probe.tokens[:1, : probe.T // 4], 8
+    backend = CountingBackend()
+    torch._dynamo.reset()
+    # above the 16 steps, so that a model that recompiles at every step shows it instead of
+    # falling back to eager at Dynamo's default limit (8) and looking bounded
+    with torch._dynamo.config.patch(recompile_limit=64):
+        try:
+            same = torch.equal(
+                model.generate(prompt, n, temperature=0, compile=backend), model.generate(prompt, n, temperature=0)
+            )
+            graphs = backend.graphs
+            longer = model.generate(prompt, 2 * n, temperature=0, compile=backend)
+            same = same and torch.equal(longer, model.generate(prompt, 2 * n, temperature=0))
+        finally:
+            torch._dynamo.reset()
+    bounded = backend.graphs == graphs
+    reasons = [] if same else ["compiled greedy decoding differs from eager decoding"]
+    reasons += (
+        [] if bounded else [f"a longer generation captured {backend.graphs - graphs} new graph(s): it recompiles as it decodes"]
+    )
+    figure = f"{2 * n} tokens, {graphs} graph(s)" + ("" if bounded else f", then {backend.graphs}")
+    return Result(same and bounded, figure, "; ".join(reasons))
 
 
 def _gradients(model, probe: Probe) -> dict[str, torch.Tensor | None]:
@@ -290,6 +332,7 @@ PROPERTIES: tuple[tuple[str, Callable[[Probe], Result]], ...] = (
     ("causality (eval)", lambda probe: check_causality(probe, "eval")),
     ("batch independence", check_batch_independence),
     ("KV cache = recomputation", check_kv_cache),
+    ("compiled decoding = eager", check_compiled_decoding),
     ("gradients", check_gradients),
     ("determinism", check_determinism),
     ("save/load round trip", check_save_load),

@@ -37,7 +37,7 @@ class GenerationMixin:
         until: Callable[[torch.Tensor], bool] | None = None,
         sample: Callable[[torch.Tensor], torch.Tensor] | None = None,
         padding: torch.Tensor | None = None,
-        compile: bool = False,
+        compile: bool | str | Callable = False,
     ) -> torch.Tensor:
         """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n). Generation
         stops early once every row has sampled `stop_token`, or once `until(idx)` is True.
@@ -45,7 +45,8 @@ class GenerationMixin:
         generators). `padding` (B,): row i of idx starts with padding[i] pad tokens; the caches
         carry it (for a model that `decodes_padded()`, and a prompt plus new tokens that fit the
         context: a sliding window would cut rows at different places). `compile`: every step runs
-        the model through torch.compile (`compiled`; docs/performance.md says where it pays).
+        the model through torch.compile (`compiled`; docs/performance.md says where it pays):
+        True for inductor, or a torch.compile backend by name or as a callable.
 
         With the KV cache, each step runs only the new token. When the context reaches
         block_size, the cache is rebuilt from the last block_size // 2 tokens (a sliding window)."""
@@ -59,7 +60,7 @@ class GenerationMixin:
             raise ConfigError("a left-padded batch decodes with the KV cache and within the model's context only")
         was_training = self.training
         self.eval()
-        model = compiled(self) if compile else self
+        model = compiled(self, "inductor" if compile is True else compile) if compile else self
         caches, pending = None, idx
         stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
@@ -103,7 +104,7 @@ class GenerationMixin:
         stop_token: int | None = None,
         batch_size: int = 16,
         until: Callable[[torch.Tensor], bool] | None = None,
-        compile: bool = False,
+        compile: bool | str | Callable = False,
     ) -> list[list[int]]:
         """Each prompt's continuation (ids after the prompt, up to and including `stop_token`),
         `batch_size` prompts at a time; `until(continuations (B, n))`, checked after each token,
@@ -161,14 +162,14 @@ class GenerationMixin:
         return rows
 
 
-def compiled(model: nn.Module) -> Callable:
-    """`model` through torch.compile, for decoding. Shapes are left to Dynamo's automatic
+def compiled(model: nn.Module, backend: str | Callable = "inductor") -> Callable:
+    """`model` through torch.compile (with `backend`), for decoding. Shapes are left to Dynamo's automatic
     dynamism: one graph for the prompt, one for the steps after it (where the cache length turns
     symbolic), so a generation compiles twice and never once per token. torch.compile keeps its
     graphs with the code, so a later call with this model (or another of its architecture and
     shapes) reuses them. A compiler that cannot run here (no C++ compiler for inductor, say) is
     a one-line error."""
-    fast = torch.compile(model)
+    fast = torch.compile(model, backend=backend)
 
     def step(*args, **kwargs):
         try:

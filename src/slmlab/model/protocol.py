@@ -58,7 +58,7 @@ class LanguageModel(Protocol):
         until=None,
         sample=None,
         padding: torch.Tensor | None = None,
-        compile: bool = False,
+        compile=False,
     ) -> torch.Tensor: ...
 
     def generate_many(
@@ -72,7 +72,7 @@ class LanguageModel(Protocol):
         stop_token: int | None = None,
         batch_size: int = 16,
         until=None,
-        compile: bool = False,
+        compile=False,
     ) -> list[list[int]]: ...
 
     def shard_units(self) -> list[nn.Module]: ...
