@@ -54,9 +54,11 @@ def test_cached_generation_keeps_a_2b_window_and_matches_recomputation():
     full, _ = m(idx)
     caches = m.make_caches()
     parts = [m(idx[:, :7], caches=caches)[0]]
+    buffer = caches[0].k.data_ptr()
     for t in range(7, 33):
         parts.append(m(idx[:, t : t + 1], caches=caches)[0])
-        assert caches[0].k_kept.shape[2] <= 8  # only the last 2B positions are stored
+        assert caches[0].kept <= 8  # only the last 2B positions are kept
+        assert caches[0].k.data_ptr() == buffer  # in the one preallocated buffer
     parts.append(m(idx[:, 33:], caches=caches)[0])
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-10, atol=1e-10)
     assert caches[0].length == 40 and caches[2].k.shape[2] == 64

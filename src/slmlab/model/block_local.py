@@ -50,21 +50,48 @@ def lower_right(Tq: int, Tk: int, device):
 
 
 class WindowedKVCache(KVCache):
-    """A KV cache that stores only the most recent `window` positions; `length` stays absolute."""
+    """A KV cache that keeps only the most recent `window` positions; `length` stays absolute.
+
+    Keys and values live in one preallocated buffer of 2 x window positions: the kept ones at
+    [start, end), each new chunk written after them, so a decoding step copies only its own token.
+    When a chunk no longer fits, the kept window moves to the front first (once every ~window
+    steps); a chunk longer than the free room (a long prefill) is attended together with the kept
+    window, and only its last window positions are stored."""
 
     def __init__(self, window: int):
-        super().__init__(max_len=window)
+        super().__init__(max_len=2 * window)
         self.window = window
-        self.k_kept: torch.Tensor | None = None
-        self.v_kept: torch.Tensor | None = None
+        self.start = self.end = 0
+
+    @property
+    def kept(self) -> int:
+        return self.end - self.start
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append (B, H, T, D); return the kept keys/values plus the new ones (the most recent)."""
-        if self.k_kept is not None:
-            k, v = torch.cat([self.k_kept, k], dim=2), torch.cat([self.v_kept, v], dim=2)
-        self.length += k.shape[2] - (0 if self.k_kept is None else self.k_kept.shape[2])
-        self.k_kept, self.v_kept = k[:, :, -self.window :], v[:, :, -self.window :]
-        return k, v
+        """Append (B, H, T, D); return the kept keys/values followed by the new ones (in order)."""
+        T = k.shape[2]
+        self.length += T
+        if self.k is None:
+            B, H, _, _ = k.shape
+            self.k = k.new_empty(B, H, self.max_len, k.shape[-1])
+            self.v = v.new_empty(B, H, self.max_len, v.shape[-1])
+        if self.kept + T > self.max_len:  # too long for the buffer: attend the chunk as it is
+            keys = torch.cat([self.k[:, :, self.start : self.end], k], dim=2)
+            values = torch.cat([self.v[:, :, self.start : self.end], v], dim=2)
+            self.start, self.end = 0, min(self.window, keys.shape[2])
+            self.k[:, :, : self.end] = keys[:, :, -self.end :]
+            self.v[:, :, : self.end] = values[:, :, -self.end :]
+            return keys, values
+        if self.end + T > self.max_len:  # move the kept window to the front
+            kept = self.kept
+            self.k[:, :, :kept] = self.k[:, :, self.start : self.end].clone()
+            self.v[:, :, :kept] = self.v[:, :, self.start : self.end].clone()
+            self.start, self.end = 0, kept
+        self.k[:, :, self.end : self.end + T] = k
+        self.v[:, :, self.end : self.end + T] = v
+        first, self.end = self.start, self.end + T
+        self.start = max(self.start, self.end - self.window)
+        return self.k[:, :, first : self.end], self.v[:, :, first : self.end]
 
 
 @functools.cache
