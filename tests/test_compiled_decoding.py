@@ -1,6 +1,6 @@
-"""Decoding through torch.compile (`generate(..., compile=True)`, or a backend): every architecture's compiled
-continuations equal its eager ones, and the graphs are made once per generation, never once per
-token (the cache length turns symbolic after the first step)."""
+"""Decoding through torch.compile (`generate(..., compile=True)`, or any backend): every
+architecture's compiled continuations equal its eager ones, and its graphs are made a bounded
+number of times, never once per token (the cache length turns symbolic after the first step)."""
 
 from __future__ import annotations
 

@@ -163,12 +163,12 @@ class GenerationMixin:
 
 
 def compiled(model: nn.Module, backend: str | Callable = "inductor") -> Callable:
-    """`model` through torch.compile (with `backend`), for decoding. Shapes are left to Dynamo's automatic
-    dynamism: one graph for the prompt, one for the steps after it (where the cache length turns
-    symbolic), so a generation compiles twice and never once per token. torch.compile keeps its
-    graphs with the code, so a later call with this model (or another of its architecture and
-    shapes) reuses them. A compiler that cannot run here (no C++ compiler for inductor, say) is
-    a one-line error."""
+    """`model` through torch.compile (with `backend`), for decoding. Shapes are left to Dynamo's
+    automatic dynamism: one graph for the prompt, one for the steps after it (where the cache
+    length turns symbolic) and one more wherever the code branches on the length (a sliding-window
+    rebuild, block-local's window move), never one per token. torch.compile keeps its graphs with
+    the code, so a later call with this model (or another of its architecture and shapes) reuses
+    them. A compiler that cannot run here (no C++ compiler for inductor, say) is a one-line error."""
     fast = torch.compile(model, backend=backend)
 
     def step(*args, **kwargs):
