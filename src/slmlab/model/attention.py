@@ -48,12 +48,16 @@ class KVCache:
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
 
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append (B, H, T, D) keys/values; return all cached ones so far."""
+    def _allocate(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """The max_len-position buffers, shaped after the first keys/values (B, H, T, D)."""
         if self.k is None:
             B, H, _, _ = k.shape
             self.k = k.new_empty(B, H, self.max_len, k.shape[-1])
             self.v = v.new_empty(B, H, self.max_len, v.shape[-1])
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append (B, H, T, D) keys/values; return all cached ones so far."""
+        self._allocate(k, v)
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; cannot append up to {end}")

@@ -4,8 +4,9 @@ and fully to block b - 1, with block length B = model.local_block.
 Training and prefill never build a T x T matrix: the sequence is cut into blocks and each block's
 queries attend their 2B-key window [block b-1, block b] through SDPA's fused kernels with a
 lower-right causal mask (see `_blocked`), so compute and memory are O(T B) and no mask tensor is
-built (under torch.compile, which cannot trace that bias, one of at most B x 2B). Block 0 has no previous block and is exactly full causal attention (the seed's notebook let
-it attend zero padding). T need not be a multiple of B: a last partial block gets its own call.
+built (under torch.compile, which cannot trace that bias, one of at most B x 2B). Block 0 has no
+previous block and is exactly full causal attention (the seed's notebook let it attend zero
+padding). T need not be a multiple of B: a last partial block gets its own call.
 
 A second kernel computes the same pattern with FlexAttention: a block mask (which (128 x 128) tiles
 hold any visible key) built from the mask predicate
@@ -71,10 +72,7 @@ class WindowedKVCache(KVCache):
         """Append (B, H, T, D); return the kept keys/values followed by the new ones (in order)."""
         T = k.shape[2]
         self.length += T
-        if self.k is None:
-            B, H, _, _ = k.shape
-            self.k = k.new_empty(B, H, self.max_len, k.shape[-1])
-            self.v = v.new_empty(B, H, self.max_len, v.shape[-1])
+        self._allocate(k, v)
         if self.kept + T > self.max_len:  # too long for the buffer: attend the chunk as it is
             keys = torch.cat([self.k[:, :, self.start : self.end], k], dim=2)
             values = torch.cat([self.v[:, :, self.start : self.end], v], dim=2)
