@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -62,6 +64,53 @@ def test_rope_model_is_causal_and_cached_generation_matches_recomputation():
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-10, atol=1e-10)
     longer, _ = model(torch.randint(0, 40, (1, 64)))  # no stored tables: runs past the training context
     assert longer.shape == (1, 64, 40)
+
+
+def naive_rope(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, theta=10000.0, scale=1.0) -> torch.Tensor:
+    """Pair by pair, in float64: (x_i, x_{i+r/2}) times the 2 x 2 rotation by (p / scale) theta^(-2i/r)."""
+    out, half = x.double().clone(), rotary_dim // 2
+    rows = positions if positions.dim() == 2 else positions.expand(x.shape[0], -1)
+    for b in range(x.shape[0]):
+        for t in range(x.shape[2]):
+            for i in range(half):
+                angle = rows[b, t].item() / scale * theta ** (-i / half)
+                c, s = math.cos(angle), math.sin(angle)
+                a, z = x[b, :, t, i].double(), x[b, :, t, i + half].double()
+                out[b, :, t, i], out[b, :, t, i + half] = a * c - z * s, a * s + z * c
+    return out
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_rotation_equals_the_pairwise_rotation_matrices(fraction, per_row):
+    positions = rope(rope_fraction=fraction, rope_scale=1.5)
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 2, 3, 6, 32, dtype=torch.float64)
+    where = torch.tensor([[0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10]]) if per_row else torch.arange(3, 9)
+    rq, rk = positions.rotate(q, k, where)
+    close = {"rtol": 1e-6, "atol": 1e-6}  # the angles are float32
+    torch.testing.assert_close(rq, naive_rope(q, where, positions.rotary_dim, scale=1.5), **close)
+    torch.testing.assert_close(rk, naive_rope(k, where, positions.rotary_dim, scale=1.5), **close)
+
+
+def test_tables_are_made_once_per_forward_and_again_for_new_or_changed_positions(monkeypatch):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=40, n_layer=3, n_head=2, d_model=32, block_size=32, pos="rope")).eval()
+    calls = []
+    angles = model.positions.angles
+    monkeypatch.setattr(model.positions, "angles", lambda p: calls.append(p) or angles(p))
+    idx = torch.randint(0, 40, (2, 12))
+    first, _ = model(idx)
+    model(idx)
+    assert len(calls) == 2  # one per forward, not one per layer
+    where = torch.arange(5)
+    q = torch.randn(1, 2, 5, 16)
+    before = model.positions.rotate(q, q, where)[0]
+    where += 3  # the same tensor, changed in place: the tables follow it
+    after = model.positions.rotate(q, q, where)[0]
+    torch.testing.assert_close(after, model.positions.rotate(q, q, torch.arange(3, 8))[0])
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(model(idx)[0], first, rtol=0, atol=0)
 
 
 def test_bad_rope_settings_are_rejected():

@@ -40,13 +40,19 @@ class RotaryPositions(nn.Module):
         (x_i, x_{i+r/2}) -> (x_i cos - x_{i+r/2} sin, x_i sin + x_{i+r/2} cos)
     so q_p · k_p' depends only on p - p'. rope_scale > 1 is position interpolation: a model trained
     at context L can be adapted to L * rope_scale. The cos/sin tables are derived from the positions
-    on every call (never stored in a checkpoint), so weights load at any context length."""
+    (never stored in a checkpoint), so weights load at any context length.
+
+    Every layer of one forward receives the same positions tensor, so the tables are made once per
+    forward: the last positions tensor's tables are kept (recognised by identity and in-place
+    version) and reused by the next layers, which then cost a roll and three elementwise ops each.
+    While torch.compile traces, nothing is kept (the compiler shares the work itself)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.max_positions = None
         self.rotary_dim = 2 * int(cfg.head_dim * cfg.rope_fraction / 2)
         self.theta, self.scale = cfg.rope_theta, cfg.rope_scale
+        self._last: tuple | None = None  # (positions, its version, dtype, (cos2, sin2)) of the latest call
 
     def embed(self, positions: torch.Tensor) -> None:
         return None
@@ -58,18 +64,36 @@ class RotaryPositions(nn.Module):
         angle = (positions.float() / self.scale)[..., None] * inv_freq
         return angle.cos(), angle.sin()
 
-    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        r, half = self.rotary_dim, self.rotary_dim // 2
-        x1, x2, rest = x[..., :half], x[..., half:r], x[..., r:]
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-width tables in `dtype`, shaped to broadcast over (B, H, T, r):
+        cos2 = [cos, cos] and sin2 = [-sin, sin], so that the rotation is x cos2 + swap(x) sin2
+        with swap(x1, x2) = (x2, x1). (T, r) for (T,) positions, (B, 1, T, r) for per-row (B, T)."""
+        if torch.compiler.is_compiling():
+            return self._tables(positions, dtype)
+        last = self._last
+        if last is not None and last[0] is positions and last[1] == positions._version and last[2] == dtype:
+            return last[3]
+        made = self._tables(positions, dtype)
+        self._last = (positions, positions._version, dtype, made)
+        return made
+
+    def _tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self.angles(positions)
+        cos2, sin2 = torch.cat([cos, cos], dim=-1).to(dtype), torch.cat([-sin, sin], dim=-1).to(dtype)
+        if positions.dim() == 2:  # (B, T, r) -> (B, 1, T, r): the same angle for every head
+            cos2, sin2 = cos2[:, None], sin2[:, None]
+        return cos2, sin2
+
+    def _rotate(self, x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
+        r = self.rotary_dim
+        part = x if r == x.shape[-1] else x[..., :r]
+        rotated = part * cos2 + part.roll(r // 2, dims=-1) * sin2  # rolling by r/2 swaps the halves
+        return rotated if part is x else torch.cat([rotated, x[..., r:]], dim=-1)
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor):
         """q, k (B, H, T, D) at (T,) or per-row (B, T) positions -> rotated q, k."""
-        cos, sin = self.angles(positions)
-        if positions.dim() == 2:  # (B, T, r/2) -> (B, 1, T, r/2): the same angle for every head
-            cos, sin = cos[:, None], sin[:, None]
-        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        cos2, sin2 = self.tables(positions, q.dtype)
+        return self._rotate(q, cos2, sin2), self._rotate(k, cos2, sin2)
 
 
 class SinusoidalPositions(nn.Module):
