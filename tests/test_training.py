@@ -205,3 +205,17 @@ def test_without_a_bar_each_evaluation_logs_one_line_with_an_eta(text_corpus, ma
     lines = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
     assert len(lines) == 2 and lines[0].startswith("tiny step 10/20: loss ") and "val loss" in lines[0]
     assert "nan" not in " ".join(lines)
+
+
+def test_the_bar_shows_a_validation_loss_only_once_one_was_measured(caplog):
+    from slmlab.training.progress import TrainingProgress
+
+    progress = TrainingProgress("run", 30, 0, bar=False, log_lines=False)
+    window = {"step": 10, "loss": 2.5, "tokens_per_s": 1000.0}
+    progress.report(window, 0.01)
+    assert "val" not in progress.bar.postfix and "loss=2.500" in progress.bar.postfix
+    progress.report({**window, "step": 20, "val_loss": 2.25, "val_bpb": 1.5}, 0.01)
+    progress.report({**window, "step": 30}, 0.01)
+    assert "val=2.250" in progress.bar.postfix  # the last measured one, kept between evaluations
+    assert not [r for r in caplog.records if "ETA" in r.getMessage()]  # log lines only without a bar
+    progress.close()

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import ConfigError, DataConfig, RunConfig, resolve_vocab
 from ..data.sampling import WindowSampler
@@ -62,6 +61,7 @@ from .distributed import (
 from .frames import training_frame
 from .kernel_choice import check_local_kernel, choose_local_kernel
 from .optim import build_optimizer, lr_at, select_trainable, step_unless
+from .progress import TrainingProgress
 from .runtime import (
     autocast,
     peak_memory_bytes,
@@ -183,7 +183,7 @@ class Trainer:
         )
         self.metrics = MetricsLog(self.run.metrics)
         self.step, self.tokens, self.nan_skips = 0, 0, 0
-        self.seconds_before, self.peak_before, self.started, self.last_val = 0.0, 0, None, None
+        self.seconds_before, self.peak_before, self.started = 0.0, 0, None
         state = None
         if resume:
             state = load_checkpoint(self.run.checkpoints, self.model, self.checkpoint)
@@ -319,8 +319,8 @@ class Trainer:
                     summary.get("val_bpb") or math.nan,
                 )  # fmt: skip
         tokens_per_step = t.batch_size * d.seq_len * t.grad_accum
-        bar = tqdm(
-            total=t.steps, initial=self.step, desc=self.cfg.name, disable=not self.progress, unit="step", dynamic_ncols=True
+        progress = TrainingProgress(
+            self.cfg.name, t.steps, self.step, bar=self.progress, log_lines=not self.progress and self.world.is_main
         )
         self.model.train()
         tally, timed_steps = StepTally(self.device), 0
@@ -339,7 +339,7 @@ class Trainer:
                 timed_steps += 1
             self.step += 1
             self.tokens += tokens_per_step
-            bar.update(1)
+            progress.step()
             evaluating = self.step % t.eval_every == 0 or self.step == t.steps
             checkpointing = t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps
             if self.step % t.log_every == 0 or evaluating or checkpointing:
@@ -362,32 +362,15 @@ class Trainer:
                 if self.world.is_main:
                     self.metrics.append(record)
                     self.trackers.log(record)
-                self._report(bar, record, dt)
+                progress.report(record, dt)
                 timed_steps, window_start = 0, time.perf_counter()
             if checkpointing:
                 self._save_checkpoint()
             if t.viz_every and self.step % t.viz_every == 0:
                 self._save_frame()
-        bar.close()
+        progress.close()
         elapsed = time.perf_counter() - self.started
         return self._finish(scores, elapsed, compile_seconds)
-
-    def _report(self, bar, record: dict, step_seconds: float) -> None:
-        """Progress: the bar's figures (validation only once measured), or without a bar (sweep
-        workers, --no-progress, not a terminal) one log line per evaluation with an ETA."""
-        figures = {"loss": f"{record['loss']:.3f}", "tok_s": f"{record['tokens_per_s']:.0f}"}
-        if "val_loss" in record:
-            self.last_val = record["val_loss"]
-        if self.last_val is not None:
-            figures["val"] = f"{self.last_val:.3f}"
-        bar.set_postfix(figures)
-        if not self.progress and "val_loss" in record and self.world.is_main:
-            eta = (self.cfg.train.steps - self.step) * step_seconds
-            log.info(
-                "%s step %d/%d: loss %.4f, val loss %.4f (%.4f bits/byte), %.0f tokens/s, ETA %s",
-                self.cfg.name, self.step, self.cfg.train.steps, record["loss"], record["val_loss"], record["val_bpb"],
-                record["tokens_per_s"], time.strftime("%H:%M:%S", time.gmtime(eta)),
-            )  # fmt: skip
 
     def _save_frame(self) -> None:
         """An attention/loss frame of the first validation window (rank 0; not under FSDP sharding)."""
