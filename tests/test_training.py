@@ -219,3 +219,17 @@ def test_the_bar_shows_a_validation_loss_only_once_one_was_measured(caplog):
     assert "val=2.250" in progress.bar.postfix  # the last measured one, kept between evaluations
     assert not [r for r in caplog.records if "ETA" in r.getMessage()]  # log lines only without a bar
     progress.close()
+
+
+def test_the_speed_shown_is_the_median_of_the_windows_and_the_eta_follows_it(caplog):
+    from slmlab.training.progress import TrainingProgress
+
+    progress = TrainingProgress("run", 100, 0, bar=False, log_lines=True)
+    for step, rate in ((10, 1000.0), (20, 10.0), (30, 1200.0)):  # one window met other work
+        record = {"step": step, "loss": 2.0, "tokens_per_s": rate}
+        with caplog.at_level("INFO", logger="slmlab"):
+            progress.report({**record, **({"val_loss": 1.9, "val_bpb": 1.0} if step == 30 else {})}, 640 / rate)
+    assert "tok_s=1000" in progress.bar.postfix
+    (line,) = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
+    assert "1000 tokens/s (median of 3 windows)" in line and line.endswith("ETA 00:00:44")  # 70 steps x 0.64 s
+    progress.close()

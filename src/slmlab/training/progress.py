@@ -1,42 +1,56 @@
 """What a training run shows while it trains: a tqdm bar on a terminal, or, without one (sweep
-workers, --no-progress, output not a terminal), one log line per evaluation with an ETA."""
+workers, --no-progress, output not a terminal), one log line per evaluation with an ETA.
+
+The speed it shows is the median over the last (up to WINDOWS) logging windows, not one window's
+(a window that met a checkpoint save or other work on the machine moves it little); the ETA is
+the steps left times the median window's seconds per step."""
 
 from __future__ import annotations
 
 import logging
+import statistics
 import time
+from collections import deque
 
 from tqdm.auto import tqdm
 
 log = logging.getLogger("slmlab")
+WINDOWS = 50
 
 
 class TrainingProgress:
-    """The bar's figures are the last window's loss and tokens/s, and the validation loss once one
-    has been measured (never `val=nan` before the first evaluation)."""
+    """The bar's figures are the last window's loss, the median tokens/s, and the validation loss
+    once one has been measured (never `val=nan` before the first evaluation)."""
 
     def __init__(self, name: str, total_steps: int, done_steps: int, bar: bool, log_lines: bool):
         self.name, self.total_steps, self.log_lines = name, total_steps, log_lines
         self.bar = tqdm(total=total_steps, initial=done_steps, desc=name, disable=not bar, unit="step", dynamic_ncols=True)
         self.last_val: float | None = None
+        self.rates: deque[float] = deque(maxlen=WINDOWS)  # tokens/s of the latest windows
+        self.step_seconds: deque[float] = deque(maxlen=WINDOWS)
 
     def step(self) -> None:
         self.bar.update(1)
 
     def report(self, record: dict, step_seconds: float) -> None:
-        """One logging window's record (metrics.jsonl's fields); `step_seconds` per step, for the ETA."""
-        figures = {"loss": f"{record['loss']:.3f}", "tok_s": f"{record['tokens_per_s']:.0f}"}
+        """One logging window's record (metrics.jsonl's fields) and its seconds per step (0 when
+        the window timed no step, e.g. only the compiling one)."""
+        if step_seconds > 0:
+            self.rates.append(record["tokens_per_s"])
+            self.step_seconds.append(step_seconds)
+        rate = statistics.median(self.rates) if self.rates else record["tokens_per_s"]
+        figures = {"loss": f"{record['loss']:.3f}", "tok_s": f"{rate:.0f}"}
         if "val_loss" in record:
             self.last_val = record["val_loss"]
         if self.last_val is not None:
             figures["val"] = f"{self.last_val:.3f}"
         self.bar.set_postfix(figures)
         if self.log_lines and "val_loss" in record:
-            eta = (self.total_steps - record["step"]) * step_seconds
+            eta = (self.total_steps - record["step"]) * (statistics.median(self.step_seconds) if self.step_seconds else 0.0)
             log.info(
-                "%s step %d/%d: loss %.4f, val loss %.4f (%.4f bits/byte), %.0f tokens/s, ETA %s",
+                "%s step %d/%d: loss %.4f, val loss %.4f (%.4f bits/byte), %.0f tokens/s (median of %d windows), ETA %s",
                 self.name, record["step"], self.total_steps, record["loss"], record["val_loss"], record["val_bpb"],
-                record["tokens_per_s"], time.strftime("%H:%M:%S", time.gmtime(eta)),
+                rate, len(self.rates), time.strftime("%H:%M:%S", time.gmtime(eta)),
             )  # fmt: skip
 
     def close(self) -> None:
