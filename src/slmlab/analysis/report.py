@@ -210,7 +210,7 @@ def _run_report(path: Path) -> tuple[str, str]:
             (p["phase"], p["step"], f"{p['tokens']:,}", format_number(p["val_loss"], ".4f"), f"{p['tokens_per_s']:,.0f}")
             for p in summary["phases"]
         ]
-        parts += ["### Curriculum phases", markdown_table(("phase", "steps", "tokens", "val loss", "tokens/s"), rows)]
+        parts += ["### Curriculum phases", markdown_table(("phase", "steps", "tokens", "val loss", "tokens/s (median)"), rows)]
     parts += _extras(path)
     if summary.get("sample"):
         parts += [

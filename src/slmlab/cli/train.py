@@ -107,7 +107,7 @@ def cmd_train(args, extra) -> int:
     print(
         f"step {result.step}: validation loss {result.val_loss:.4f}, perplexity {result.val_ppl:.2f}, "
         f"{result.val_bpb:.4f} bits/byte, "
-        f"{result.tokens_per_s:,.0f} tokens/s"
+        f"{result.tokens_per_s:,.0f} tokens/s (median over logging windows)"
     )
     if result.sample:
         print("sample:\n" + result.sample)
