@@ -129,3 +129,19 @@ def test_sampling_filters():
     assert draws == {2, 3}
     draws = {sample_next(logits, top_p=0.5, generator=torch.Generator().manual_seed(s)).item() for s in range(20)}
     assert draws == {3}
+
+
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_dropout_acts_in_training_only_and_a_zero_dropout_is_no_module(mlp):
+    cfg = dict(vocab_size=50, n_layer=2, n_head=2, d_model=32, block_size=16, mlp=mlp)
+    idx = torch.randint(0, 50, (2, 16))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dropout=0.3, **cfg))
+    assert sum(isinstance(m, torch.nn.Dropout) for m in model.modules()) == 1 + 2 * 2  # embeddings, each block's 2
+    assert not torch.equal(model(idx)[0], model(idx)[0])
+    model.eval()
+    assert torch.equal(model(idx)[0], model(idx)[0])
+    plain = build_model(ModelConfig(dropout=0.0, **cfg))
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())  # one call less per use when decoding
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(plain(idx)[0], model(idx)[0], rtol=0, atol=0)

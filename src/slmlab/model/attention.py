@@ -31,6 +31,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..registry import ATTENTION_PATTERNS
 from .hooks import HookPoint
+from .layers import build_dropout
 
 
 class KVCache:
@@ -121,7 +122,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.proj.residual_projection = True
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = build_dropout(cfg.dropout)
         self.pattern = ATTENTION_PATTERNS[layer_pattern(cfg, layer)](cfg, layer)
         self.extensions = nn.ModuleList(extensions or [])
         self._output_extensions = [e for e in self.extensions if callable(getattr(e, "output", None))]

@@ -27,7 +27,7 @@ from .block import Block
 from .generation import GenerationMixin
 from .heads import build_head
 from .hooks import HookPoint
-from .layers import build_norm
+from .layers import build_dropout, build_norm
 from .positions import build_positions
 
 
@@ -60,7 +60,7 @@ class Decoder(GenerationMixin, nn.Module):
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.positions = build_positions(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = build_dropout(cfg.dropout)
         self.conditioning = conditioning if conditioning is not None else NoConditioning()
         extensions = attention_extensions or (lambda layer: [])
         self.blocks = nn.ModuleList(
