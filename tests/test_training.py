@@ -231,5 +231,18 @@ def test_the_speed_shown_is_the_median_of_the_windows_and_the_eta_follows_it(cap
             progress.report({**record, **({"val_loss": 1.9, "val_bpb": 1.0} if step == 30 else {})}, 640 / rate)
     assert "tok_s=1000" in progress.bar.postfix
     (line,) = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
-    assert "1000 tokens/s (median of 3 windows)" in line and line.endswith("ETA 00:00:44")  # 70 steps x 0.64 s
+    assert "1000 tokens/s (median of 3 windows)" in line and line.endswith("ETA 0:00:45")  # 70 steps x 0.64 s
+    progress.close()
+
+
+def test_a_window_that_timed_no_step_shows_no_speed_and_long_etas_keep_their_hours(caplog):
+    from slmlab.training.progress import TrainingProgress, clock
+
+    progress = TrainingProgress("run", 10, 0, bar=False, log_lines=True)
+    with caplog.at_level("INFO", logger="slmlab"):  # the compiling step alone, evaluated: nothing timed yet
+        progress.report({"step": 1, "loss": 2.0, "val_loss": 1.9, "val_bpb": 1.0}, 0.0)
+    assert progress.bar.postfix.startswith("loss=2.000, tok_s=–")
+    (line,) = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
+    assert "– tokens/s (median of 0 windows), ETA –" in line
+    assert clock(30 * 3600 + 61.4) == "30:01:01" and clock(59.6) == "0:01:00"
     progress.close()

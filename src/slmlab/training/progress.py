@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import logging
 import statistics
-import time
 from collections import deque
 
 from tqdm.auto import tqdm
 
 log = logging.getLogger("slmlab")
 WINDOWS = 50
+
+
+def clock(seconds: float) -> str:
+    """Seconds as H:MM:SS, hours past 24 included (30 h -> "30:00:00")."""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 class TrainingProgress:
@@ -33,24 +38,24 @@ class TrainingProgress:
         self.bar.update(1)
 
     def report(self, record: dict, step_seconds: float) -> None:
-        """One logging window's record (metrics.jsonl's fields) and its seconds per step (0 when
-        the window timed no step, e.g. only the compiling one)."""
+        """One logging window's record (metrics.jsonl's fields) and its seconds per step (0, and no
+        tokens_per_s in the record, when the window timed no step: the compiling one alone)."""
         if step_seconds > 0:
             self.rates.append(record["tokens_per_s"])
             self.step_seconds.append(step_seconds)
-        rate = statistics.median(self.rates) if self.rates else record["tokens_per_s"]
-        figures = {"loss": f"{record['loss']:.3f}", "tok_s": f"{rate:.0f}"}
+        rate = f"{statistics.median(self.rates):.0f}" if self.rates else "–"
+        figures = {"loss": f"{record['loss']:.3f}", "tok_s": rate}
         if "val_loss" in record:
             self.last_val = record["val_loss"]
         if self.last_val is not None:
             figures["val"] = f"{self.last_val:.3f}"
         self.bar.set_postfix(figures)
         if self.log_lines and "val_loss" in record:
-            eta = (self.total_steps - record["step"]) * (statistics.median(self.step_seconds) if self.step_seconds else 0.0)
+            eta = clock((self.total_steps - record["step"]) * statistics.median(self.step_seconds)) if self.step_seconds else "–"
             log.info(
-                "%s step %d/%d: loss %.4f, val loss %.4f (%.4f bits/byte), %.0f tokens/s (median of %d windows), ETA %s",
+                "%s step %d/%d: loss %.4f, val loss %.4f (%.4f bits/byte), %s tokens/s (median of %d windows), ETA %s",
                 self.name, record["step"], self.total_steps, record["loss"], record["val_loss"], record["val_bpb"],
-                rate, len(self.rates), time.strftime("%H:%M:%S", time.gmtime(eta)),
+                rate, len(self.rates), eta,
             )  # fmt: skip
 
     def close(self) -> None:

@@ -345,17 +345,17 @@ class Trainer:
             if self.step % t.log_every == 0 or evaluating or checkpointing:
                 window = tally.read(grad_norm)
                 self._account_skips(window)
-                dt = (time.perf_counter() - window_start) / max(1, timed_steps)
+                dt = (time.perf_counter() - window_start) / timed_steps if timed_steps else 0.0
                 record = {
                     "step": self.step,
                     "tokens": self.tokens,
                     "loss": window["loss"],
                     "lr": lr_at(self.step - 1, t),
                     "grad_norm": window["grad_norm"],
-                    "dt_ms": 1000 * dt,
-                    "tokens_per_s": tokens_per_step / dt if dt > 0 else 0.0,
                     "nan_skips": self.nan_skips,
                 }
+                if dt > 0:  # a window of the compiling step alone times nothing
+                    record.update(dt_ms=1000 * dt, tokens_per_s=tokens_per_step / dt)
                 if evaluating:
                     scores = self.evaluate()
                     record.update(val_loss=scores[0], val_ppl=perplexity(scores[0]), val_bpb=scores[1])
