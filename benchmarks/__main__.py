@@ -10,22 +10,29 @@ Groups, each with its own baseline measured in the same run (ratios are against 
   attention  one attention call: full (fused SDPA), block-local, naive T x T, T = 1k..8k
              (benchmarks/attention_scaling.py)
   presets    on CUDA only: the 64M and 80M presets (bf16 + compile where asked), the MFU target
+  decoding   `generate` at the quickstart size and ~10M: cached, recomputing, 8 prompts one at a
+             time or as one left-padded batch, and with --compile compiled; time per token
+             against the same model's full-sequence forward (benchmarks/decoding.py)
+  step       on CPU only: slmlab's training loop against a minimal nanoGPT-style loop at nanoGPT's
+             CPU recipe and at 6 x 384, taking turns over --rounds (benchmarks/step_overhead.py)
 MFU = tokens/s x (6 N + 12 d sum_l T_l) / peak (measured fp32 matmul peak on CPU, 989 TFLOP/s on CUDA),
 where T_l is the keys layer l reaches: T, or 2B for block-local (slmlab.model.accounting).
 
     python -m benchmarks all [--out runs/bench.md] [--steps 6]
     python -m benchmarks all --device cuda --dtype bf16 --compile
+    python -m benchmarks all --groups decoding,step --compile     # README's "Speed where users wait"
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 from pathlib import Path
 
 import torch
 
-from benchmarks import attention_scaling
+from benchmarks import attention_scaling, decoding, step_overhead
 from benchmarks.timing import (
     device_peak,
     in_fresh_process,
@@ -47,6 +54,7 @@ VARIANTS = {
     "smat full": {"cfg": {"smat": SmatConfig(use_S=True, use_G=True)}},
 }
 PRESETS = ("configs/smat_64m.toml", "configs/smt_80m.toml")
+GROUPS = ("variants", "long-ctx", "kernels", "attention", "presets", "decoding", "step")
 
 
 def preset(path: str) -> tuple[ModelConfig, int, int, bool]:
@@ -80,21 +88,23 @@ def model_rows(args, peak: float) -> list[tuple]:
                 )
             )
 
-    group(
-        "variants (T=256, batch 16)",
-        {
-            label: (ModelConfig(block_size=256, **TEN_M, **spec.get("cfg", {})), 16, 256, spec.get("stock", False))
-            for label, spec in VARIANTS.items()
-        },
-    )
-    group(
-        "long ctx (T=2048, batch 2)",
-        {
-            pattern: (ModelConfig(block_size=2048, pos="rope", attention=pattern, local_block=256, **TEN_M), 2, 2048, False)
-            for pattern in ("full", "block_local")
-        },
-    )
-    if torch.device(args.device).type == "cuda":
+    if "variants" in args.groups:
+        group(
+            "variants (T=256, batch 16)",
+            {
+                label: (ModelConfig(block_size=256, **TEN_M, **spec.get("cfg", {})), 16, 256, spec.get("stock", False))
+                for label, spec in VARIANTS.items()
+            },
+        )
+    if "long-ctx" in args.groups:
+        group(
+            "long ctx (T=2048, batch 2)",
+            {
+                pattern: (ModelConfig(block_size=2048, pos="rope", attention=pattern, local_block=256, **TEN_M), 2, 2048, False)
+                for pattern in ("full", "block_local")
+            },
+        )
+    if "presets" in args.groups and torch.device(args.device).type == "cuda":
         group("presets", {Path(path).stem: preset(path) for path in PRESETS})
     return rows
 
@@ -135,6 +145,47 @@ def attention_rows(args) -> tuple[list[tuple], dict[str, float]]:
     return rows, exponents
 
 
+def decoding_rows(args) -> list[tuple]:
+    """Per model, every decoding setting; time per token against its full-sequence forward's."""
+    rows = []
+    for name, shape in decoding.MODELS.items():
+        results = in_fresh_process(decoding.measure, shape, args.new_tokens, 3, args.compile, args.device)
+        forward = results["forward (T=512, batch 1)"][0]
+        for setting, median, _, _ in decoding.settings(results):
+            rows.append(
+                (
+                    f"decoding, {name}",
+                    setting,
+                    human(results["params"]),
+                    f"{median:,.0f}",
+                    "–",
+                    "–",
+                    f"{forward / median:.2f}x",
+                    "–",
+                )
+            )
+    return rows
+
+
+def step_rows(args) -> list[tuple]:
+    """Per shape, the nanoGPT-style reference (the baseline) and slmlab's loop: medians over rounds."""
+    rows = []
+    for name, shape in step_overhead.SHAPES.items():
+        measured = step_overhead.measure(shape, args.rounds, max(20, 10 * args.steps), args.compile)
+        base = statistics.median(measured["nanoGPT-style reference"])
+        for label, rates in measured.items():
+            rate = statistics.median(rates)
+            rows.append((f"step overhead, {name}", label, "–", f"{rate:,.0f}", "–", "–", f"{base / rate:.2f}x", "–"))
+    return rows
+
+
+def groups(text: str) -> list[str]:
+    chosen = [g.strip() for g in text.split(",")] if text != "all" else list(GROUPS)
+    if unknown := [g for g in chosen if g not in GROUPS]:
+        raise argparse.ArgumentTypeError(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", choices=("all",), help="run every benchmark")
@@ -144,6 +195,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per measurement (median)")
     parser.add_argument("--peak-tflops", type=float, default=0.0)
     parser.add_argument("--out", default="runs/bench.md")
+    parser.add_argument("--groups", type=groups, default="all", help=f"comma-separated, of: {', '.join(GROUPS)} (default all)")
+    parser.add_argument("--new-tokens", type=int, default=512, help="decoding: tokens generated per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="step: turns each loop takes")
     args = parser.parse_args()
     device = torch.device(args.device)
     peak, source = device_peak(device, args.peak_tflops)
@@ -152,17 +206,29 @@ def main() -> None:
         f"({source}), {args.dtype}{', compiled' if args.compile else ''}; ratios vs the first row of each group"
     )
     print(header, flush=True)
-    rows = model_rows(args, peak) + kernel_rows(args)
-    more, exponents = attention_rows(args)
-    table = markdown_table(
-        ("group", "setting", "params", "tokens/s", "MFU", "peak memory", "time vs baseline", "memory vs baseline"), rows + more
-    )
-    footer = ", ".join(f"{p} attention time ~ T^{e:.2f}" for p, e in exponents.items())
+    rows, notes = model_rows(args, peak), []
+    if "kernels" in args.groups:
+        rows += kernel_rows(args)
+    if "attention" in args.groups:
+        more, exponents = attention_rows(args)
+        rows += more
+        notes.append(", ".join(f"{p} attention time ~ T^{e:.2f}" for p, e in exponents.items()))
+        notes.append("attention rows' memory: the bytes autograd keeps for backward")
+    if "decoding" in args.groups:
+        rows += decoding_rows(args)
+        notes.append("decoding rows: time per token vs the same model's forward over 512 tokens (the group's first row)")
+    if "step" in args.groups:
+        if device.type == "cpu":
+            rows += step_rows(args)
+            notes.append("step overhead rows: medians over rounds of each loop's median window; time vs the reference")
+        else:
+            notes.append("step overhead: measured on CPU only (its reference loop is nanoGPT's CPU recipe)")
     if device.type == "cpu":
-        footer += (
-            "; peak memory on CPU: peak resident set of the measuring process; attention rows: the bytes "
-            "autograd keeps for backward"
-        )
+        notes.append("peak memory on CPU: peak resident set of the measuring process")
+    table = markdown_table(
+        ("group", "setting", "params", "tokens/s", "MFU", "peak memory", "time vs baseline", "memory vs baseline"), rows
+    )
+    footer = "; ".join(notes)
     text = f"{header}\n\n{table}\n\n{footer}\n"
     print(table + "\n" + footer)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

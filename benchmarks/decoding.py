@@ -29,6 +29,7 @@ from benchmarks.timing import in_fresh_process
 from slmlab.config import ModelConfig
 from slmlab.model import build_model
 from slmlab.tables import human, markdown_table
+from slmlab.training.runtime import sync
 
 MODELS = {
     "quickstart size (4 x 192, char vocab 76)": {"n_layer": 4, "n_head": 4, "d_model": 192, "d_ff": 768, "vocab_size": 76},
@@ -36,52 +37,71 @@ MODELS = {
 }
 
 
-def timed(fn, repeats: int) -> list[float]:
+def timed(fn, repeats: int, device: torch.device) -> list[float]:
+    """Seconds of `repeats` calls of fn after one warm-up, the device synchronised around each."""
     fn()  # warm-up
     seconds = []
     for _ in range(repeats):
+        sync(device)
         start = time.perf_counter()
         fn()
+        sync(device)
         seconds.append(time.perf_counter() - start)
     return seconds
 
 
-def measure(shape: dict, new_tokens: int, repeats: int, compile: bool) -> dict:
-    """{setting: (tokens/s median, min, max)} for one model, and its parameter count."""
+def measure(shape: dict, new_tokens: int, repeats: int, compile: bool, device: str = "cpu") -> dict:
+    """{setting: (tokens/s median, min, max)} for one model on `device`, its parameter count and
+    (compiling) the seconds compilation took."""
+    device = torch.device(device)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(block_size=1024, **shape)).eval()
-    prompt = torch.randint(0, shape["vocab_size"], (1, 16))
+    model = build_model(ModelConfig(block_size=1024, **shape)).to(device).eval()
+    prompt = torch.randint(0, shape["vocab_size"], (1, 16), device=device)
     results = {}
 
     def rate(tokens: int, seconds: list[float]) -> tuple[float, float, float]:
         return tokens / statistics.median(seconds), tokens / max(seconds), tokens / min(seconds)
 
     with torch.no_grad():
-        full = torch.randint(0, shape["vocab_size"], (1, 512))
-        results["forward (T=512, batch 1)"] = rate(512, timed(lambda: model(full), repeats))
+        full = torch.randint(0, shape["vocab_size"], (1, 512), device=device)
+        results["forward (T=512, batch 1)"] = rate(512, timed(lambda: model(full), repeats, device))
 
     def generate(batch: int, use_cache: bool = True, n: int = new_tokens, compile: bool = False):
-        generator = torch.Generator().manual_seed(0)
+        generator = torch.Generator(device).manual_seed(0)
         return lambda: model.generate(prompt.expand(batch, -1), n, generator=generator, use_cache=use_cache, compile=compile)
 
-    results["cached, batch 1"] = rate(new_tokens, timed(generate(1), repeats))
-    results["cached, batch 8"] = rate(8 * new_tokens, timed(generate(8), repeats))
-    results["recompute, batch 1"] = rate(new_tokens // 4, timed(generate(1, False, new_tokens // 4), repeats))
+    results["cached, batch 1"] = rate(new_tokens, timed(generate(1), repeats, device))
+    results["cached, batch 8"] = rate(8 * new_tokens, timed(generate(8), repeats, device))
+    results["recompute, batch 1"] = rate(new_tokens // 4, timed(generate(1, False, new_tokens // 4), repeats, device))
     prompts = [torch.randint(0, shape["vocab_size"], (length,)).tolist() for length in range(4, 36, 4)]  # 8 lengths
     n = new_tokens // 4
-    one_by_one = lambda: [model.generate(torch.tensor([p]), n, generator=torch.Generator().manual_seed(0)) for p in prompts]
-    results["8 prompts of 4-32 tokens, one at a time"] = rate(8 * n, timed(one_by_one, repeats))
-    together = lambda: model.generate_many(prompts, n, generators=[torch.Generator().manual_seed(0) for _ in prompts])
-    results["8 prompts of 4-32 tokens, generate_many"] = rate(8 * n, timed(together, repeats))
+    one_by_one = lambda: [
+        model.generate(torch.tensor([p], device=device), n, generator=torch.Generator(device).manual_seed(0)) for p in prompts
+    ]
+    results["8 prompts of 4-32 tokens, one at a time"] = rate(8 * n, timed(one_by_one, repeats, device))
+    together = lambda: model.generate_many(prompts, n, generators=[torch.Generator(device).manual_seed(0) for _ in prompts])
+    results["8 prompts of 4-32 tokens, generate_many"] = rate(8 * n, timed(together, repeats, device))
     if compile:
         start = time.perf_counter()
         for batch in (1, 8):
             generate(batch, n=8, compile=True)()
         results["compile seconds"] = time.perf_counter() - start
-        results["cached + compiled, batch 1"] = rate(new_tokens, timed(generate(1, compile=True), repeats))
-        results["cached + compiled, batch 8"] = rate(8 * new_tokens, timed(generate(8, compile=True), repeats))
+        results["cached + compiled, batch 1"] = rate(new_tokens, timed(generate(1, compile=True), repeats, device))
+        results["cached + compiled, batch 8"] = rate(8 * new_tokens, timed(generate(8, compile=True), repeats, device))
     results["params"] = sum(p.numel() for p in model.parameters())
     return results
+
+
+def settings(results: dict) -> list[tuple[str, float, float, float]]:
+    """measure()'s results as rows (setting, tokens/s median, slowest, fastest), compiled rows
+    labelled with the compilation time."""
+    rows = []
+    for setting, value in results.items():
+        if setting in ("params", "compile seconds"):
+            continue
+        note = f" (+{results['compile seconds']:.0f} s compiling)" if "compiled" in setting else ""
+        rows.append((setting + note, *value))
+    return rows
 
 
 def main() -> None:
@@ -95,20 +115,9 @@ def main() -> None:
     for name, shape in MODELS.items():
         results = in_fresh_process(measure, shape, args.new_tokens, args.repeats, args.compile)
         ceiling = results["forward (T=512, batch 1)"][0]
-        for setting, value in results.items():
-            if setting in ("params", "compile seconds"):
-                continue
-            median, low, high = value
-            note = f" (+{results['compile seconds']:.0f} s compiling)" if "compiled" in setting else ""
-            rows.append(
-                (
-                    f"{name}, {human(results['params'])}",
-                    setting + note,
-                    f"{median:,.0f}",
-                    f"{low:,.0f}–{high:,.0f}",
-                    f"{median / ceiling:.3f}",
-                )
-            )
+        for setting, median, low, high in settings(results):
+            model = f"{name}, {human(results['params'])}"
+            rows.append((model, setting, f"{median:,.0f}", f"{low:,.0f}–{high:,.0f}", f"{median / ceiling:.3f}"))
     print(markdown_table(("model", "decoding", "tokens/s (median)", "range", "vs forward"), rows))
 
 

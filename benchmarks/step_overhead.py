@@ -159,6 +159,20 @@ def reference_rate(shape: dict, steps: int) -> float:
     return statistics.median(rates[1:])
 
 
+def measure(shape: dict, rounds: int, steps: int, compile: bool = False) -> dict[str, list[float]]:
+    """{loop: its tokens/s in each round}: the reference and slmlab (and slmlab compiled) taking
+    turns, each measurement in a fresh process."""
+    measured: dict[str, list[float]] = {"nanoGPT-style reference": [], "slmlab": []}
+    if compile:
+        measured["slmlab, compiled"] = []
+    for _ in range(rounds):
+        measured["nanoGPT-style reference"].append(in_fresh_process(reference_rate, shape, steps))
+        measured["slmlab"].append(in_fresh_process(slmlab_rate, shape, steps))
+        if compile:
+            measured["slmlab, compiled"].append(in_fresh_process(slmlab_rate, shape, steps, True))
+    return measured
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="turns each side takes (fresh processes)")
@@ -168,14 +182,7 @@ def main() -> None:
     print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; {args.rounds} rounds x {args.steps} steps, fp32")
     rows = []
     for name, shape in SHAPES.items():
-        measured: dict[str, list[float]] = {"nanoGPT-style reference": [], "slmlab": []}
-        if args.compile:
-            measured["slmlab, compiled"] = []
-        for _ in range(args.rounds):  # taking turns
-            measured["nanoGPT-style reference"].append(in_fresh_process(reference_rate, shape, args.steps))
-            measured["slmlab"].append(in_fresh_process(slmlab_rate, shape, args.steps))
-            if args.compile:
-                measured["slmlab, compiled"].append(in_fresh_process(slmlab_rate, shape, args.steps, True))
+        measured = measure(shape, args.rounds, args.steps, args.compile)
         base = statistics.median(measured["nanoGPT-style reference"])
         for label, rates in measured.items():
             rate = statistics.median(rates)
