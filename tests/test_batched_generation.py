@@ -107,3 +107,20 @@ def test_a_prompt_suite_batches_and_every_completion_equals_its_prompt_alone():
             torch.tensor([ids]), p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, generator=generator
         )
         assert r["id"] == p.id and r["completion"] == tokenizer.decode(out[0, len(ids) :].tolist())
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_inference_mode_gives_the_same_logits_and_continuations(name):
+    """Under torch.inference_mode (tensors without version counters) every architecture runs and
+    agrees with no_grad: forward, cached generation past the context, and a left-padded batch."""
+    model = model_for(name)
+    idx = torch.tensor([PROMPTS[1] * 3])
+    with torch.no_grad():
+        logits = model(idx)[0]
+    prompt = torch.tensor([PROMPTS[1]])
+    greedy = model.generate(prompt, 50, temperature=0.0)
+    batch = model.generate_many(PROMPTS, 6, temperature=0.0)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(idx)[0], logits, rtol=0, atol=0)
+        assert torch.equal(model.generate(prompt, 50, temperature=0.0), greedy)
+        assert model.generate_many(PROMPTS, 6, temperature=0.0) == batch

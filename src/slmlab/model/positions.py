@@ -45,7 +45,8 @@ class RotaryPositions(nn.Module):
     Every layer of one forward receives the same positions tensor, so the tables are made once per
     forward: the last positions tensor's tables are kept (recognised by identity and in-place
     version) and reused by the next layers, which then cost a roll and three elementwise ops each.
-    While torch.compile traces, nothing is kept (the compiler shares the work itself)."""
+    While torch.compile traces, nothing is kept (the compiler shares the work itself), nor for
+    positions made under torch.inference_mode (they carry no version to tell a change by)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -68,7 +69,7 @@ class RotaryPositions(nn.Module):
         """Full-width tables in `dtype`, shaped to broadcast over (B, H, T, r):
         cos2 = [cos, cos] and sin2 = [-sin, sin], so that the rotation is x cos2 + swap(x) sin2
         with swap(x1, x2) = (x2, x1). (T, r) for (T,) positions, (B, 1, T, r) for per-row (B, T)."""
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or positions.is_inference():  # (inference tensors keep no version)
             return self._tables(positions, dtype)
         last = self._last
         if last is not None and last[0] is positions and last[1] == positions._version and last[2] == dtype:
