@@ -246,3 +246,16 @@ def test_a_window_that_timed_no_step_shows_no_speed_and_long_etas_keep_their_hou
     assert "– tokens/s (median of 0 windows), ETA –" in line
     assert clock(30 * 3600 + 61.4) == "30:01:01" and clock(59.6) == "0:01:00"
     progress.close()
+
+
+def test_without_a_bar_a_long_stretch_between_evaluations_still_logs(caplog):
+    from slmlab.training.progress import TrainingProgress
+
+    progress = TrainingProgress("run", 100, 0, bar=False, log_lines=True, heartbeat=0.0)  # every window is "long"
+    with caplog.at_level("INFO", logger="slmlab"):
+        progress.report({"step": 10, "loss": 2.0, "tokens_per_s": 500.0}, 0.1)
+        progress.report({"step": 20, "loss": 1.5, "tokens_per_s": 500.0, "val_loss": 1.4, "val_bpb": 0.9}, 0.1)
+    first, second = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
+    assert first == "run step 10/100: loss 2.0000, 500 tokens/s (median of 1 windows), ETA 0:00:09"
+    assert "loss 1.5000, val loss 1.4000 (0.9000 bits/byte), 500 tokens/s" in second
+    progress.close()
