@@ -216,7 +216,10 @@ def main() -> None:
         notes.append("attention rows' memory: the bytes autograd keeps for backward")
     if "decoding" in args.groups:
         rows += decoding_rows(args)
-        notes.append("decoding rows: time per token vs the same model's forward over 512 tokens (the group's first row)")
+        notes.append(
+            "decoding rows: fp32 (--dtype applies to training), time per token vs the same model's forward over 512 "
+            "tokens (the group's first row)"
+        )
     if "step" in args.groups:
         if device.type == "cpu":
             rows += step_rows(args)
