@@ -34,6 +34,12 @@ from .hooks import HookPoint
 from .layers import build_dropout
 
 
+def lower_right_mask(Tq: int, Tk: int, device) -> torch.Tensor:
+    """(Tq, Tk) bool causal mask of Tq queries that are the last Tq of Tk keys: query i sees keys
+    j <= i + Tk - Tq."""
+    return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
+
+
 class KVCache:
     """Preallocated keys/values of one layer: (B, H, max_len, D_k) and (B, H, max_len, D_v).
 
@@ -81,7 +87,7 @@ class FullCausal(nn.Module):
 
     def visible(self, Tq: int, Tk: int, q_start: int, device) -> torch.Tensor:
         """(Tq, Tk) bool: which keys each query sees (the queries are the last Tq of the Tk keys)."""
-        return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
+        return lower_right_mask(Tq, Tk, device)
 
     def forward(self, q, k, v, scale: float, q_start: int, padding: torch.Tensor | None = None):
         """`padding` (B,): left-padding keys per row, never attended (a padding query attends to

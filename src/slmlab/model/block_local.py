@@ -38,7 +38,7 @@ from torch.nn.attention.flex_attention import (
 
 from ..config import ModelConfig
 from ..registry import ATTENTION_PATTERNS
-from .attention import KVCache
+from .attention import KVCache, lower_right_mask
 
 
 def lower_right(Tq: int, Tk: int, device):
@@ -46,7 +46,7 @@ def lower_right(Tq: int, Tk: int, device):
     bias (no mask tensor), or under torch.compile, which cannot trace that bias, the same (Tq, Tk)
     bool mask written out (at most B x 2B)."""
     if torch.compiler.is_compiling():
-        return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
+        return lower_right_mask(Tq, Tk, device)
     return causal_lower_right(Tq, Tk)
 
 
