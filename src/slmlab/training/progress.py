@@ -42,12 +42,12 @@ class TrainingProgress:
     def step(self) -> None:
         self.bar.update(1)
 
-    def report(self, record: dict, step_seconds: float) -> None:
-        """One logging window's record (metrics.jsonl's fields) and its seconds per step (0, and no
-        tokens_per_s in the record, when the window timed no step: the compiling one alone)."""
-        if step_seconds > 0:
+    def report(self, record: dict) -> None:
+        """One logging window's record (metrics.jsonl's fields; no tokens_per_s and dt_ms when the
+        window timed no step: the compiling one alone)."""
+        if "tokens_per_s" in record:
             self.rates.append(record["tokens_per_s"])
-            self.step_seconds.append(step_seconds)
+            self.step_seconds.append(record["dt_ms"] / 1000)
         rate = f"{statistics.median(self.rates):.0f}" if self.rates else "–"
         figures = {"loss": f"{record['loss']:.3f}", "tok_s": rate}
         evaluated = "val_loss" in record

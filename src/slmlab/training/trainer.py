@@ -362,7 +362,7 @@ class Trainer:
                 if self.world.is_main:
                     self.metrics.append(record)
                     self.trackers.log(record)
-                progress.report(record, dt)
+                progress.report(record)
                 timed_steps, window_start = 0, time.perf_counter()
             if checkpointing:
                 self._save_checkpoint()
