@@ -20,6 +20,7 @@ from torch import nn
 from ..data.sampling import validation_batches
 from ..data.tokens import TokenSplit
 from ..files import atomic_write, atomic_write_text
+from ..model.modes import eval_mode
 from ..runs.metrics import perplexity
 from ..tables import markdown_table
 
@@ -29,11 +30,11 @@ def token_losses(
     model: nn.Module, split: TokenSplit, seq_len: int, batch_size: int, n_batches: int, device: torch.device
 ) -> torch.Tensor:
     """Per-token cross-entropy of validation windows of length seq_len -> (windows, seq_len)."""
-    model.eval()
     rows = []
-    for x, y in validation_batches(split, seq_len, batch_size, n_batches):
-        logits, _ = model(x.to(device))
-        rows.append(F.cross_entropy(logits.float().transpose(1, 2), y.to(device), reduction="none").cpu())
+    with eval_mode(model):
+        for x, y in validation_batches(split, seq_len, batch_size, n_batches):
+            logits, _ = model(x.to(device))
+            rows.append(F.cross_entropy(logits.float().transpose(1, 2), y.to(device), reduction="none").cpu())
     return torch.cat(rows)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .modes import eval_mode
 from .protocol import attention_modules
 
 
@@ -42,14 +43,12 @@ def capture_attention(model: nn.Module, idx: torch.Tensor) -> tuple[list[Attenti
             maps.append(AttentionMap(name, probs, v[0].float(), output[0].float()))
 
         handles.append(module.pattern.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
     try:
-        logits, _ = model(idx)
+        with eval_mode(model):
+            logits, _ = model(idx)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return maps, logits
 
 

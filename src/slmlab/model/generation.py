@@ -14,11 +14,14 @@ torch.compile (`compile=True`, `compiled`): the same tokens, a bounded number of
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .decoding_layout import decoding_layout
+from .modes import eval_mode
 from .sampling import sample_next
 
 
@@ -58,34 +61,33 @@ class GenerationMixin:
             )
         if padding is not None and not (use_cache and idx.shape[1] + max_new_tokens <= self.cfg.block_size):
             raise ConfigError("a left-padded batch decodes with the KV cache and within the model's context only")
-        was_training = self.training
-        self.eval()
-        model = compiled(self, "inductor" if compile is True else compile) if compile else self
-        caches, pending = None, idx
-        stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        for _ in range(max_new_tokens):
-            if use_cache:
-                if caches is None or caches[0].length + pending.shape[1] > self.cfg.block_size:
-                    window = idx[:, -(self.cfg.block_size // 2 or 1) :] if caches is not None else idx
-                    caches = self.make_caches()
-                    if padding is not None:
-                        for cache in caches:
-                            cache.padding = padding
-                    pending = window
-                logits, _ = model(pending, caches=caches)
-            else:
-                logits, _ = model(idx[:, -self.cfg.block_size :])
-            last = logits[:, -1]
-            next_id = sample(last) if sample is not None else sample_next(last, temperature, top_k, top_p, generator)
-            idx = torch.cat([idx, next_id], dim=1)
-            pending = next_id
-            if stop_token is not None:
-                stopped |= next_id[:, 0] == stop_token
-                if bool(stopped.all()):
+        # compiled steps take nn.Linear as it is: a copy of each weight per call would be a new graph input
+        with eval_mode(self), nullcontext() if compile else decoding_layout(self):
+            model = compiled(self, "inductor" if compile is True else compile) if compile else self
+            caches, pending = None, idx
+            stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+            for _ in range(max_new_tokens):
+                if use_cache:
+                    if caches is None or caches[0].length + pending.shape[1] > self.cfg.block_size:
+                        window = idx[:, -(self.cfg.block_size // 2 or 1) :] if caches is not None else idx
+                        caches = self.make_caches()
+                        if padding is not None:
+                            for cache in caches:
+                                cache.padding = padding
+                        pending = window
+                    logits, _ = model(pending, caches=caches)
+                else:
+                    logits, _ = model(idx[:, -self.cfg.block_size :])
+                last = logits[:, -1]
+                next_id = sample(last) if sample is not None else sample_next(last, temperature, top_k, top_p, generator)
+                idx = torch.cat([idx, next_id], dim=1)
+                pending = next_id
+                if stop_token is not None:
+                    stopped |= next_id[:, 0] == stop_token
+                    if bool(stopped.all()):
+                        break
+                if until is not None and until(idx):
                     break
-            if until is not None and until(idx):
-                break
-        self.train(was_training)
         return idx
 
     def decodes_padded(self) -> bool:

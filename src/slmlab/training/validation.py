@@ -10,6 +10,7 @@ from torch import nn
 
 from ..data.sampling import validation_batches
 from ..data.tokens import TokenSplit
+from ..model.modes import eval_mode
 from .distributed import World
 from .runtime import autocast
 
@@ -34,23 +35,21 @@ def score_validation(
     batch (a rank left without rows runs one row at weight 0, so sharded models see the same
     collectives) and the sums are reduced."""
     world = world or World()
-    was_training = model.training
-    model.eval()
     wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     total, count, size = (torch.zeros((), device=device, dtype=wide) for _ in range(3))
     lengths = token_bytes.to(device) if token_bytes is not None else None
-    for x, y in validation_batches(split, seq_len, batch_size, n_batches):
-        rows = world.rows(len(x))
-        weight = 1.0 if rows.stop > rows.start else 0.0
-        x, y = (x[rows], y[rows]) if weight else (x[:1], y[:1])
-        y = y.to(device)
-        with autocast(device, dtype):
-            _, loss = model(x.to(device), y)
-        total += weight * loss.to(wide) * y.numel()
-        count += weight * y.numel()
-        if lengths is not None:
-            size += weight * lengths[y].sum()
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in validation_batches(split, seq_len, batch_size, n_batches):
+            rows = world.rows(len(x))
+            weight = 1.0 if rows.stop > rows.start else 0.0
+            x, y = (x[rows], y[rows]) if weight else (x[:1], y[:1])
+            y = y.to(device)
+            with autocast(device, dtype):
+                _, loss = model(x.to(device), y)
+            total += weight * loss.to(wide) * y.numel()
+            count += weight * y.numel()
+            if lengths is not None:
+                size += weight * lengths[y].sum()
     total, count, size = world.sum(total), world.sum(count), world.sum(size)
     bpb = (total / math.log(2) / size).item() if lengths is not None and size > 0 else math.nan
     return (total / count).item(), bpb
