@@ -5,26 +5,30 @@ nn.Linear's W (out, in), M = the batch. For M ≤ 2 CPU BLAS runs this as a matr
 whose speed depends on the layout: when out > in (attention's qkv, the MLP's fc, the LM head), the
 same product against a contiguous (in, out) copy Wᵀ ran 1.8-2.8x faster on this project's CPU
 (weights streamed from memory: 384 -> 8192 took 1.3 ms as nn.Linear, 0.6 ms from the copy), and
-no slower at any M (from M = 8 on, BLAS packs both layouts alike and returns the same bits). When
+about as fast from M = 8 on, where BLAS packs both layouts alike (whole generations at batch 8
+measured 0.95x with the copies, so generate lends them to batches of one or two rows only). When
 out <= in the (out, in) layout is the faster one, so those layers are left as they are.
 
-`decoding_layout(model)` gives each wide nn.Linear of a CPU model such a copy for the length of a
-generation (a forward that computes bias + x · Wᵀ from it), then removes it: the products are the
-same up to float rounding, the memory is lent only while decoding (about 1.6x the wide layers'
-weights), and the module is untouched afterwards. A layer whose weight changes in place during the
-generation falls back to nn.Linear's own product. Modules with a forward of their own (another
-library's hooks, say) and layers on other devices (GPU BLAS handles either layout) are skipped.
+`DecodingLayout(model)`, entered for the length of a generation, gives each wide nn.Linear of a
+CPU model such a copy: its forward becomes F.linear with the copy's (out, in) view, a builtin call
+with no Python frame of its own. The products are the same up to float rounding, the extra memory
+(one more copy of the wide layers' weights) is held only while decoding, and on leaving, the
+modules are as they were. `refresh()`, which generate calls before every step, remakes the copy of
+a layer whose weight was changed in place since (through the tensor: a write through `.data`
+bypasses its version counter, as it bypasses autograd's checks). Skipped: layers whose forward is not nn.Linear's
+(a subclass that adds a low-rank term; another library's hooks set on the instance), parametrized
+layers (their weight is computed from other tensors at each use) and layers on other devices (GPU
+BLAS handles either layout).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 
 def _is_wide_cpu_linear(module: nn.Module) -> bool:
@@ -32,32 +36,46 @@ def _is_wide_cpu_linear(module: nn.Module) -> bool:
         isinstance(module, nn.Linear)
         and module.out_features > module.in_features
         and module.weight.device.type == "cpu"
+        and type(module).forward is nn.Linear.forward  # a subclass's own forward (LoRA, say) computes more
         and "forward" not in module.__dict__
+        and not parametrize.is_parametrized(module)  # its weight is recomputed from other tensors
     )
 
 
-def _forward_from_copy(module: nn.Linear, transposed: torch.Tensor, version: int | None, x: torch.Tensor) -> torch.Tensor:
-    """bias + x (..., in) · transposed (in, out) -> (..., out); nn.Linear's own product if the
-    weight changed in place since the copy was made (version None: an inference tensor, which
-    keeps no version counter)."""
-    if version is not None and module.weight._version != version:
-        return F.linear(x, module.weight, module.bias)
-    rows = x.reshape(-1, module.in_features)
-    y = rows @ transposed if module.bias is None else torch.addmm(module.bias, rows, transposed)
-    return y.view(*x.shape[:-1], module.out_features)
+def _version(weight: torch.Tensor) -> int:
+    """The weight's in-place version counter; -1 for an inference tensor, which keeps none (and
+    cannot be changed in place outside inference mode)."""
+    return -1 if weight.is_inference() else weight._version
 
 
-@contextmanager
-def decoding_layout(model: nn.Module) -> Iterator[None]:
-    """Within the block, every wide CPU nn.Linear of `model` multiplies by an (in, out) copy of
-    its weight (module docstring); on leaving it, the modules are as they were."""
-    wide = [module for module in model.modules() if _is_wide_cpu_linear(module)]
-    for module in wide:
-        weight = module.weight
-        version = None if weight.is_inference() else weight._version
-        module.forward = functools.partial(_forward_from_copy, module, weight.detach().t().contiguous(), version)
-    try:
-        yield
-    finally:
-        for module in wide:
+class DecodingLayout:
+    """A context in which the wide CPU nn.Linear layers of `model` multiply by (in, out) copies
+    of their weights (module docstring); `enabled=False` leaves every layer as it is (compiled
+    decoding: a copy per call would be a new graph input, and a Python forward a graph break)."""
+
+    def __init__(self, model: nn.Module, enabled: bool = True):
+        self.model, self.enabled = model, enabled
+        self.versions: dict[nn.Linear, int] = {}  # layer -> weight version its copy was made from
+
+    def __enter__(self) -> DecodingLayout:
+        if self.enabled:
+            for module in self.model.modules():
+                if _is_wide_cpu_linear(module):
+                    self._lend(module)
+        return self
+
+    def refresh(self) -> None:
+        """Remake the copy of every layer whose weight changed in place since its copy was made."""
+        for module, version in list(self.versions.items()):
+            if _version(module.weight) != version:
+                self._lend(module)
+
+    def _lend(self, module: nn.Linear) -> None:
+        transposed = module.weight.detach().t().contiguous()  # (in, out)
+        module.forward = functools.partial(F.linear, weight=transposed.t(), bias=module.bias)
+        self.versions[module] = _version(module.weight)
+
+    def __exit__(self, *exc) -> None:
+        for module in self.versions:
             del module.forward
+        self.versions.clear()

@@ -14,13 +14,12 @@ torch.compile (`compile=True`, `compiled`): the same tokens, a bounded number of
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .decoding_layout import decoding_layout
+from .decoding_layout import DecodingLayout
 from .modes import eval_mode
 from .sampling import sample_next
 
@@ -61,12 +60,13 @@ class GenerationMixin:
             )
         if padding is not None and not (use_cache and idx.shape[1] + max_new_tokens <= self.cfg.block_size):
             raise ConfigError("a left-padded batch decodes with the KV cache and within the model's context only")
-        # compiled steps take nn.Linear as it is: a copy of each weight per call would be a new graph input
-        with eval_mode(self), nullcontext() if compile else decoding_layout(self):
+        copies_pay = not compile and idx.shape[0] <= 2  # decoding_layout.py says why
+        with eval_mode(self), DecodingLayout(self, enabled=copies_pay) as layout:
             model = compiled(self, "inductor" if compile is True else compile) if compile else self
             caches, pending = None, idx
             stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
             for _ in range(max_new_tokens):
+                layout.refresh()
                 if use_cache:
                     if caches is None or caches[0].length + pending.shape[1] > self.cfg.block_size:
                         window = idx[:, -(self.cfg.block_size // 2 or 1) :] if caches is not None else idx
