@@ -51,7 +51,9 @@ class GenerationMixin:
         True for inductor, or a torch.compile backend by name or as a callable.
 
         With the KV cache, each step runs only the new token. When the context reaches
-        block_size, the cache is rebuilt from the last block_size // 2 tokens (a sliding window)."""
+        block_size, the cache is rebuilt from the last block_size // 2 tokens (a sliding window).
+        Eager decoding of one or two rows on CPU multiplies the wide linear layers by (in, out)
+        copies of their weights, made for the call (decoding_layout.py: the same products, faster)."""
         if idx.shape[1] == 0:
             raise ConfigError("the prompt is empty: give at least one token")
         if idx.shape[1] > self.cfg.block_size:
