@@ -15,10 +15,11 @@ with no Python frame of its own. The products are the same up to float rounding,
 (one more copy of the wide layers' weights) is held only while decoding, and on leaving, the
 modules are as they were. `refresh()`, which generate calls before every step, remakes the copy of
 a layer whose weight was changed in place since (through the tensor: a write through `.data`
-bypasses its version counter, as it bypasses autograd's checks). Skipped: layers whose forward is not nn.Linear's
-(a subclass that adds a low-rank term; another library's hooks set on the instance), parametrized
-layers (their weight is computed from other tensors at each use) and layers on other devices (GPU
-BLAS handles either layout).
+bypasses its version counter, as it bypasses autograd's checks).
+
+Skipped: layers whose forward is not nn.Linear's (a subclass that adds a low-rank term; another
+library's hooks set on the instance), parametrized layers (their weight is computed from other
+tensors at each use) and layers on other devices (GPU BLAS handles either layout).
 """
 
 from __future__ import annotations
