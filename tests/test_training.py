@@ -63,6 +63,20 @@ def test_run_directory_layout_and_metrics(text_corpus, make_config):
     assert model.cfg.vocab_size == tokenizer.vocab_size
 
 
+def test_train_threads_apply_to_the_run_only(text_corpus, make_config):
+    """train.threads sets torch's thread count for the run; the process gets its own back after it,
+    also when the set-up fails."""
+    from slmlab.config import ConfigError
+
+    before = torch.get_num_threads()
+    threads = 1 if before != 1 else 2
+    train(make_config(text_corpus, train={"steps": 2, "eval_every": 2, "threads": threads}), progress=False)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError):
+        train(make_config(text_corpus, train={"steps": 2, "eval_every": 2, "threads": threads}), progress=False)
+    assert torch.get_num_threads() == before
+
+
 def test_an_existing_run_is_never_overwritten_silently(text_corpus, make_config):
     from slmlab.config import ConfigError
 

@@ -120,6 +120,7 @@ class Trainer:
         self._lock = self.run.lock() if self.world.is_main else None
         self._created = False
         self.trackers: Trackers | None = None
+        self._threads = torch.get_num_threads()  # train.threads applies to this run only
         try:
             self._set_up(cfg, resume, overwrite, progress, init_from, carry_optimizer, from_checkpoint)
         except BaseException:
@@ -131,7 +132,10 @@ class Trainer:
             raise
 
     def close(self) -> None:
-        """Finish the trackers and give up the run's writer lock."""
+        """Finish the trackers, give up the run's writer lock and give the process back the
+        thread count it had (`train.threads` sets it for the run)."""
+        if torch.get_num_threads() != self._threads:
+            torch.set_num_threads(self._threads)
         if self.trackers is not None:
             self.trackers.close()
             self.trackers = None
