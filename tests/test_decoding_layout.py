@@ -10,11 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slmlab.config import ConfigError, ModelConfig
+from slmlab.config import ModelConfig
 from slmlab.model import build_model
-from slmlab.model.attention_maps import capture_attention
 from slmlab.model.decoding_layout import DecodingLayout
-from slmlab.model.modes import eval_mode
 
 SHAPE = {"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 32, "vocab_size": 50}
 
@@ -132,22 +130,6 @@ def test_a_model_built_in_inference_mode_decodes():
         out = model.generate(torch.tensor([[1, 2, 3]]), 5, temperature=0.0)
         reference = model(out[:, :-1])[0][:, 2:].argmax(-1)
     assert torch.equal(out[:, 3:], reference)
-
-
-def test_evaluation_helpers_restore_the_training_mode_however_they_end():
-    """Attention capture runs in eval mode and leaves a training model training, also when the
-    forward raises (generate's own case is above)."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(**SHAPE))
-    capture_attention(model, torch.tensor([[1, 2, 3]]))
-    assert model.training
-    with pytest.raises(ValueError), eval_mode(model):
-        assert not model.training
-        raise ValueError
-    assert model.training
-    with pytest.raises(ConfigError, match="positions"):
-        capture_attention(model, torch.tensor([[1] * 40]))  # longer than the model's 32 positions
-    assert model.training
 
 
 def test_a_parametrized_linear_is_left_alone():

@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from slmlab.config import ModelConfig
+from slmlab.config import ConfigError, ModelConfig
 from slmlab.model import KVCache, build_model, model_stats
+from slmlab.model.attention_maps import capture_attention
+from slmlab.model.modes import eval_mode
 from slmlab.model.sampling import sample_next
 
 V = 61
@@ -145,3 +147,19 @@ def test_dropout_acts_in_training_only_and_a_zero_dropout_is_no_module(mlp):
     assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())  # one call less per use when decoding
     plain.load_state_dict(model.state_dict())
     torch.testing.assert_close(plain(idx)[0], model(idx)[0], rtol=0, atol=0)
+
+
+def test_evaluation_helpers_restore_the_training_mode_however_they_end():
+    """Attention capture runs in eval mode and leaves a training model training, also when the
+    forward raises (generate's own case: test_decoding_layout.py)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=2, n_head=2, d_model=32, block_size=32, vocab_size=50))
+    capture_attention(model, torch.tensor([[1, 2, 3]]))
+    assert model.training
+    with pytest.raises(ValueError), eval_mode(model):
+        assert not model.training
+        raise ValueError
+    assert model.training
+    with pytest.raises(ConfigError, match="positions"):
+        capture_attention(model, torch.tensor([[1] * 40]))  # longer than the model's 32 positions
+    assert model.training

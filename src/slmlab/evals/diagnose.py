@@ -19,6 +19,7 @@ from ..config import RunConfig, resolve_vocab
 from ..data.sampling import WindowSampler
 from ..data.tokens import prepare_tokens
 from ..model import build_model
+from ..model.modes import eval_mode
 from ..training.runtime import resolve_device, seed_everything
 
 log = logging.getLogger("slmlab")
@@ -63,10 +64,8 @@ def diagnose(cfg: RunConfig, batch_size: int = 4, max_steps: int = 500, lr: floa
     model = build_model(cfg.model).to(device)
     x, y = WindowSampler(data.train, cfg.data.seq_len, batch_size, cfg.train.seed).next_batch()
     x, y = x.to(device), y.to(device)
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         init_loss = model(x, y)[1].item()
-    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     started, loss, step = time.perf_counter(), math.inf, 0
     bar = tqdm(total=max_steps, desc="overfit one batch", unit="step", disable=not progress, dynamic_ncols=True)

@@ -6,7 +6,7 @@ whose speed depends on the layout: when out > in (attention's qkv, the MLP's fc,
 same product against a contiguous (in, out) copy Wᵀ ran 1.8-2.8x faster on this project's CPU
 (weights streamed from memory: 384 -> 8192 took 1.3 ms as nn.Linear, 0.6 ms from the copy), and
 about as fast from M = 8 on, where BLAS packs both layouts alike (whole generations at batch 8
-measured 0.95x with the copies, so generate lends them to batches of one or two rows only). When
+measured 0.95x with the copies, so generate lends them to batches of up to MAX_ROWS rows). When
 out <= in the (out, in) layout is the faster one, so those layers are left as they are.
 
 `DecodingLayout(model)`, entered for the length of a generation, gives each wide nn.Linear of a
@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
+
+MAX_ROWS = 2  # the largest batch for which generate lends the copies (measured above)
 
 
 def _is_wide_cpu_linear(module: nn.Module) -> bool:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .decoding_layout import DecodingLayout
+from .decoding_layout import MAX_ROWS, DecodingLayout
 from .modes import eval_mode
 from .sampling import sample_next
 
@@ -62,7 +62,7 @@ class GenerationMixin:
             )
         if padding is not None and not (use_cache and idx.shape[1] + max_new_tokens <= self.cfg.block_size):
             raise ConfigError("a left-padded batch decodes with the KV cache and within the model's context only")
-        copies_pay = not compile and idx.shape[0] <= 2  # decoding_layout.py says why
+        copies_pay = not compile and idx.shape[0] <= MAX_ROWS  # decoding_layout.py says why
         with eval_mode(self), DecodingLayout(self, enabled=copies_pay) as layout:
             model = compiled(self, "inductor" if compile is True else compile) if compile else self
             caches, pending = None, idx
