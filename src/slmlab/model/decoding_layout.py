@@ -9,25 +9,27 @@ about as fast from M = 8 on, where BLAS packs both layouts alike (whole generati
 measured 0.95x with the copies, so generate lends them to batches of up to MAX_ROWS rows). When
 out <= in the (out, in) layout is the faster one, so those layers are left as they are.
 
-`DecodingLayout(model)`, entered for the length of a generation, gives each wide nn.Linear of a
-CPU model such a copy: its forward becomes F.linear with the copy's (out, in) view, a builtin call
-with no Python frame of its own. The products are the same up to float rounding, the extra memory
-(one more copy of the wide layers' weights) is held only while decoding, and on leaving, the
-modules are as they were. `refresh()`, which generate calls before every step, remakes the copy of
-a layer whose weight was changed in place since (through the tensor: a write through `.data`
-bypasses its version counter, as it bypasses autograd's checks).
+`DecodingLayout(model)`, entered for the length of a generation, swaps the data of each wide
+nn.Linear's weight of a CPU model for the (out, in) view of such a copy: the same parameter, the
+same values, strides (1, out) in place of (in, 1). Nothing else changes: the module's forward is
+nn.Linear's, so eager and compiled decoding take it alike (torch.compile sees a parameter with other
+strides, not a graph break), a weight tied to the embedding is swapped once for both, and an edit
+made in place during the call lands in the copy and is read from the next product on. On leaving,
+each weight gets its own storage back, with any such edit written into it (also after an error);
+a nested layout finds the weights already swapped and leaves them to the outer one. While inside,
+`state_dict()` returns those weights as non-contiguous views.
 
-Skipped: layers whose forward is not nn.Linear's (a subclass that adds a low-rank term; another
-library's hooks set on the instance), parametrized layers (their weight is computed from other
-tensors at each use) and layers on other devices (GPU BLAS handles either layout).
+Skipped: layers whose forward is not nn.Linear's (a subclass that adds a low-rank term, another
+library's hooks set on the instance: they may read the weight in ways that need its own layout),
+parametrized layers (their weight is computed from other tensors at each use), layers on other
+devices (GPU BLAS handles either layout), weights held as tensor subclasses (FSDP's DTensor
+shards), and inference tensors outside inference mode (their storage cannot take an edit back
+there).
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -39,6 +41,7 @@ def _is_wide_cpu_linear(module: nn.Module) -> bool:
         isinstance(module, nn.Linear)
         and module.out_features > module.in_features
         and module.weight.device.type == "cpu"
+        and type(module.weight.data) is torch.Tensor  # not a tensor subclass (a DTensor shard, say)
         and type(module).forward is nn.Linear.forward  # a subclass's own forward (LoRA, say) computes more
         and "forward" not in module.__dict__
         and not parametrize.is_parametrized(module)  # its weight is recomputed from other tensors
@@ -46,39 +49,45 @@ def _is_wide_cpu_linear(module: nn.Module) -> bool:
 
 
 def _version(weight: torch.Tensor) -> int:
-    """The weight's in-place version counter; -1 for an inference tensor, which keeps none (and
-    cannot be changed in place outside inference mode)."""
+    """The weight's in-place version counter; -1 for an inference tensor, which keeps none."""
     return -1 if weight.is_inference() else weight._version
 
 
 class DecodingLayout:
     """A context in which the wide CPU nn.Linear layers of `model` multiply by (in, out) copies
-    of their weights (module docstring); `enabled=False` leaves every layer as it is (compiled
-    decoding: a copy per call would be a new graph input, and a Python forward a graph break)."""
+    of their weights (module docstring); `enabled=False` leaves every layer as it is."""
 
     def __init__(self, model: nn.Module, enabled: bool = True):
         self.model, self.enabled = model, enabled
-        self.versions: dict[nn.Linear, int] = {}  # layer -> weight version its copy was made from
+        self.lent: list[tuple[nn.Parameter, torch.Tensor, int]] = []  # (weight, its own data, version after the swap)
 
     def __enter__(self) -> DecodingLayout:
-        if self.enabled:
+        if not self.enabled:
+            return self
+        try:
             for module in self.model.modules():
-                if _is_wide_cpu_linear(module):
-                    self._lend(module)
+                if _is_wide_cpu_linear(module) and self._lendable(module.weight):
+                    self._lend(module.weight)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
-    def refresh(self) -> None:
-        """Remake the copy of every layer whose weight changed in place since its copy was made."""
-        for module, version in list(self.versions.items()):
-            if _version(module.weight) != version:
-                self._lend(module)
+    def _lendable(self, weight: nn.Parameter) -> bool:
+        return (
+            weight.is_contiguous()  # else already swapped (a tied weight, a nested layout)
+            and not any(weight is lent for lent, _, _ in self.lent)
+            and (not weight.is_inference() or torch.is_inference_mode_enabled())
+        )
 
-    def _lend(self, module: nn.Linear) -> None:
-        transposed = module.weight.detach().t().contiguous()  # (in, out)
-        module.forward = functools.partial(F.linear, weight=transposed.t(), bias=module.bias)
-        self.versions[module] = _version(module.weight)
+    def _lend(self, weight: nn.Parameter) -> None:
+        own = weight.data
+        weight.data = own.t().contiguous().t()  # (out, in) view of an (in, out) copy
+        self.lent.append((weight, own, _version(weight)))
 
     def __exit__(self, *exc) -> None:
-        for module in self.versions:
-            del module.forward
-        self.versions.clear()
+        for weight, own, version in reversed(self.lent):
+            if version < 0 or _version(weight) != version:  # edited in place (or no counter to tell)
+                own.copy_(weight.data)
+            weight.data = own
+        self.lent.clear()

@@ -52,8 +52,8 @@ class GenerationMixin:
 
         With the KV cache, each step runs only the new token. When the context reaches
         block_size, the cache is rebuilt from the last block_size // 2 tokens (a sliding window).
-        Eager decoding of one or two rows on CPU multiplies the wide linear layers by (in, out)
-        copies of their weights, made for the call (decoding_layout.py: the same products, faster)."""
+        Decoding one or two rows on CPU multiplies the wide linear layers by (in, out) copies of
+        their weights, made for the call (decoding_layout.py: the same products, faster)."""
         if idx.shape[1] == 0:
             raise ConfigError("the prompt is empty: give at least one token")
         if idx.shape[1] > self.cfg.block_size:
@@ -62,13 +62,11 @@ class GenerationMixin:
             )
         if padding is not None and not (use_cache and idx.shape[1] + max_new_tokens <= self.cfg.block_size):
             raise ConfigError("a left-padded batch decodes with the KV cache and within the model's context only")
-        copies_pay = not compile and idx.shape[0] <= MAX_ROWS  # decoding_layout.py says why
-        with eval_mode(self), DecodingLayout(self, enabled=copies_pay) as layout:
+        with eval_mode(self), DecodingLayout(self, enabled=idx.shape[0] <= MAX_ROWS):  # decoding_layout.py says why
             model = compiled(self, "inductor" if compile is True else compile) if compile else self
             caches, pending = None, idx
             stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
             for _ in range(max_new_tokens):
-                layout.refresh()
                 if use_cache:
                     if caches is None or caches[0].length + pending.shape[1] > self.cfg.block_size:
                         window = idx[:, -(self.cfg.block_size // 2 or 1) :] if caches is not None else idx
