@@ -76,7 +76,6 @@ class DecodingLayout:
     def _lendable(self, weight: nn.Parameter) -> bool:
         return (
             weight.is_contiguous()  # else already swapped (a tied weight, a nested layout)
-            and not any(weight is lent for lent, _, _ in self.lent)
             and (not weight.is_inference() or torch.is_inference_mode_enabled())
         )
 
