@@ -20,6 +20,17 @@ def test_toml_values_and_defaults_are_loaded(toml_file):
     assert cfg.train.steps == 10 and cfg.model.ff_dim == 256 and cfg.model.head_dim == 16
 
 
+def test_a_config_and_a_prompt_suite_saved_with_a_byte_order_mark_load(toml_file, tmp_path):
+    """Windows editors start UTF-8 files with U+FEFF, which TOML and JSON refuse as text."""
+    from slmlab.evals.prompts import load_suite
+
+    toml_file.write_text("\ufeff" + toml_file.read_text(), encoding="utf-8")
+    assert load_config(toml_file).model.n_layer == 2
+    for name, text in [("s.jsonl", '{"id": "a", "prompt": "x"}\n'), ("s.toml", '[[prompt]]\nid = "a"\nprompt = "x"\n')]:
+        (tmp_path / name).write_text("\ufeff" + text, encoding="utf-8")
+        assert [p.id for p in load_suite(tmp_path / name)] == ["a"]
+
+
 def test_dotted_overrides_of_every_kind(toml_file):
     cfg = load_config(
         toml_file,

@@ -112,3 +112,18 @@ def test_local_text_directory_and_jsonl(text_corpus, jsonl_corpus):
 def test_bad_sources_are_clear_errors(tmp_path, setup, message):
     with pytest.raises(CorpusError, match=message):
         list(DocumentSelection(DataConfig(source=setup(tmp_path))))
+
+
+def test_a_leading_byte_order_mark_is_not_text(tmp_path):
+    """Files saved by Windows editors start with U+FEFF: corpora (plain, split by a marker and
+    JSON lines) read without it, and only a leading one is dropped (one inside the text stays)."""
+    bom = "\ufeff"
+    (tmp_path / "plain.txt").write_text(bom + "first words" + bom + " later", encoding="utf-8")
+    (tmp_path / "streams.txt").write_text(bom + "doc one<EOS>doc two", encoding="utf-8")
+    (tmp_path / "lines.jsonl").write_text(bom + '{"text": "a json line", "year": 1900}\n', encoding="utf-8")
+    plain = list(DocumentSelection(DataConfig(source=str(tmp_path / "plain.txt"))))
+    assert [d.text for d in plain] == ["first words" + bom + " later"]
+    split = list(DocumentSelection(DataConfig(source=str(tmp_path / "streams.txt"), doc_separator="<EOS>")))
+    assert [d.text for d in split] == ["doc one", "doc two"]
+    lines = list(DocumentSelection(DataConfig(source=str(tmp_path / "lines.jsonl"))))
+    assert [(d.text, d.year) for d in lines] == [("a json line", 1900)]

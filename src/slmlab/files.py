@@ -111,7 +111,7 @@ def read_text(path: str | Path, what: str, error: type[SlmlabError], fix: str) -
     """A UTF-8 file's text, or `error` naming the file, what is wrong and `fix` (what to do)."""
     path = Path(path)
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise error(f"{what} {path} is missing; {fix}") from None
     except IsADirectoryError:

@@ -44,7 +44,7 @@ from .corpora.fetch import cache_dir
 from .tokenizers import Tokenizer, TokenizerError, load_tokenizer, train_tokenizer
 
 log = logging.getLogger("slmlab")
-FORMAT_VERSION = 3  # 3: split by each id's own hash, checksums; 2: local ids are relative paths
+FORMAT_VERSION = 4  # 4: a leading UTF-8 byte-order mark is not text; 3: split by each id's own hash, checksums; 2: local ids are relative paths
 ENCODE_BATCH = 64
 
 

@@ -26,7 +26,7 @@ from .fetch import CorpusError, file_digest
 
 def read_utf8(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise CorpusError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); re-encode it as UTF-8") from None
 
@@ -107,7 +107,7 @@ class LocalSource:
             raise CorpusError(f"data.source: '{self.spec}' contains no text (all documents are empty)")
 
     def _jsonl(self, path: Path, name: str) -> Iterator[Document]:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:
             try:
                 for number, line in enumerate(handle, 1):
                     if not line.strip():
