@@ -30,6 +30,9 @@ from slmlab.config import ConfigError, config_from_dict
         ["train", "CONFIG", "--out_dir", "A_FILE"],
         ["train", "CONFIG", "--nproc", "0"],
         ["sweep", "SWEEP", "--jobs", "0"],
+        ["train", "CONFIG", "--train.device", "meta"],
+        ["train", "CONFIG", "--train.device", "cpu:1"],
+        ["train", "CONFIG", "--train.device", "xpu"],
     ],
 )
 def test_a_bad_argument_is_one_line_and_nothing_is_written(argv, micro_toml, tmp_path, capsys):
@@ -69,3 +72,13 @@ def test_non_finite_numbers_are_refused_in_every_section():
     for section, key in (("train", "lr"), ("train", "grad_clip"), ("model", "dropout"), ("data", "val_fraction")):
         with pytest.raises(ConfigError, match=f"{section}.{key}"):
             config_from_dict({section: {key: float("nan")}})
+
+
+@pytest.mark.parametrize("name", ["meta", "xpu", "cpu:1", "CPU", "", "bogus", "cuda:99"])
+def test_a_device_slmlab_cannot_run_on_is_one_line(name):
+    """Strings torch parses (meta, xpu, cpu:1) are refused too, not only the ones it cannot."""
+    from slmlab.training.runtime import resolve_device
+
+    with pytest.raises(ConfigError, match=f"device '{name}'"):
+        resolve_device(name)
+    assert resolve_device("cpu").type == "cpu" and resolve_device("auto").type in ("cpu", "cuda", "mps")

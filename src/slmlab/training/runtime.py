@@ -17,20 +17,33 @@ from ..config import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if present, else mps, else cpu; an explicit device must exist."""
+    """'auto' -> cuda if present, else mps, else cpu; an explicit device (cpu, cuda, cuda:N, mps)
+    must exist on this machine. Anything else (meta, xpu, cpu:1, a typo) is a ConfigError."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train.device = '{name}' is not a device (auto, cpu, cuda, cuda:N, mps)") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps") or (device.type != "cuda" and device.index):
+        raise ConfigError(f"device '{name}' is not one slmlab runs on: use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = '{name}' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise ConfigError(f"device '{name}' was asked for but no CUDA device is available; use 'auto' or 'cpu'")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device '{name}' was asked for but this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 up to cuda:{torch.cuda.device_count() - 1}"
+        )
+    if device.type == "mps" and not _mps_available():
+        raise ConfigError(f"device '{name}' was asked for but MPS is not available here; use 'auto' or 'cpu'")
     return device
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def autocast(device: torch.device, dtype: str):
