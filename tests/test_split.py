@@ -81,6 +81,47 @@ def test_a_document_duplicated_across_the_split_is_counted(genre_corpus, micro_t
     assert result["train_overlap"] == result["documents"] > 0
 
 
+def _eval_json(run, capsys, *overrides) -> dict:
+    capsys.readouterr()
+    assert main(["eval", str(run), "--batches", "1", "--json", *overrides]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_a_single_document_is_on_both_sides_of_its_split_by_position(micro_toml, tmp_path, capsys):
+    single = tmp_path / "one.txt"
+    single.write_text("One play, one document: its end is held out. " * 60)
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "r", "--data.source", str(single)]) == 0
+    run = tmp_path / "runs" / "r"
+    result = _eval_json(run, capsys)
+    assert (result["documents"], result["coverage"], result["train_overlap"]) == (1, "the last 10% of 1 document", 0)
+    assert main(["eval", str(run), "--batches", "1"]) == 0
+    assert "val, the last 10% of 1 document (" in capsys.readouterr().out
+    assert main(["data", "prepare", str(micro_toml), "--data.source", str(single)]) == 0
+    assert "train the first 90% of 1 document, val the last 10% of 1 document;" in capsys.readouterr().out
+
+
+def test_overlap_counts_only_scored_documents_whatever_the_split_kind(genre_corpus, micro_toml, tmp_path, capsys):
+    single = next(iter(sorted(genre_corpus.rglob("*.txt"))))
+    argv = ["train", str(micro_toml), "--no-progress", "--data.source"]
+    assert main([*argv, str(single), "--name", "one"]) == 0
+    # the run's one document, copied into a corpus where the copy is a training document: not scored
+    corpus = tmp_path / "mixed"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"m{i}.txt").write_text(single.read_text() if i == 2 else f"{'abcdefghij'[i % 10]}klm nop " * (30 + i))
+    assert _naive_fraction("m2.txt") >= 0.1  # the copy is on the training side of the new corpus
+    result = _eval_json(tmp_path / "runs" / "one", capsys, "--data.source", str(corpus))
+    assert result["documents"] >= 1 and result["train_overlap"] == 0
+    # a run on many documents, scored on one of its training documents alone: split by position,
+    # and the scored end was trained on
+    assert main([*argv, str(genre_corpus), "--name", "many", "--data.val_fraction", "0.25"]) == 0
+    trained = next(
+        p for p in sorted(genre_corpus.rglob("*.txt")) if _naive_fraction(p.relative_to(genre_corpus).as_posix()) >= 0.25
+    )
+    result = _eval_json(tmp_path / "runs" / "many", capsys, "--data.source", str(trained))
+    assert (result["documents"], result["train_overlap"]) == (1, 1)
+
+
 def test_small_corpora_keep_a_document_on_each_side(tmp_path):
     for n in (2, 3):
         folder = tmp_path / f"c{n}"
@@ -94,6 +135,7 @@ def test_small_corpora_keep_a_document_on_each_side(tmp_path):
     _, data = prepare_tokens(DataConfig(source=str(single), tokenizer="byte", cache_dir=str(tmp_path / "cache")))
     total = data.manifest["tokens"]["val"] + data.manifest["tokens"]["train"]
     assert total >= 1000 and data.manifest["tokens"]["train"] == int(total * 0.9)  # by position
+    assert data.manifest["documents"] == {"train": 1, "val": 1} and data.manifest["split_by_position"]
 
 
 def _jsonl(tmp_path, years) -> str:

@@ -50,12 +50,12 @@ def register(sub) -> None:
 
 
 def cmd_data_prepare(args, extra) -> int:
-    from ..data.tokens import prepare_tokens
+    from ..data.tokens import describe_documents, prepare_tokens
 
     tokenizer, data = prepare_tokens(load_run_config(args.config, extra).data)
     m = data.manifest
     print(
-        f"{m['source']}: {m['documents']['train']} train / {m['documents']['val']} val documents, "
+        f"{m['source']}: train {describe_documents(m, 'train')}, val {describe_documents(m, 'val')}; "
         f"{m['tokens']['train']:,} / {m['tokens']['val']:,} tokens ({tokenizer.kind}, vocab {tokenizer.vocab_size}, "
         f"{m['dtype']}); dropped by year cut-off: {m['dropped_by_year']}, unknown year: {m['dropped_unknown_year']}"
     )

@@ -137,7 +137,7 @@ def cmd_eval(args, extra) -> int:
     print(
         json.dumps(result)
         if args.json
-        else f"{result['slice']} {args.split}, {result['documents']} documents ({result['tokens']:,} tokens"
+        else f"{result['slice']} {args.split}, {result['coverage']} ({result['tokens']:,} tokens"
         + ("" if result["train_overlap"] is None else f", {result['train_overlap']} in the run's training split")
         + f"): loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}, {result['bpb']:.4f} bits/byte"
     )

@@ -44,7 +44,7 @@ from .corpora.fetch import cache_dir
 from .tokenizers import Tokenizer, TokenizerError, load_tokenizer, train_tokenizer
 
 log = logging.getLogger("slmlab")
-FORMAT_VERSION = 4  # 4: a leading UTF-8 byte-order mark is not text; 3: split by each id's own hash, checksums; 2: local ids are relative paths
+FORMAT_VERSION = 4  # 4: a leading UTF-8 byte-order mark is not text, one document split by position is on both sides; 3: split by each id's own hash, checksums; 2: local ids are relative paths
 ENCODE_BATCH = 64
 
 
@@ -96,6 +96,16 @@ class TokenData:
     val: TokenSplit
     manifest: dict
     directory: Path
+
+
+def describe_documents(manifest: dict, split: str) -> str:
+    """How much of the corpus a split holds, in words: '12 documents', or for a corpus of one
+    document split by position, 'the first 90% of 1 document'."""
+    if manifest.get("split_by_position"):
+        share = 1 - manifest["val_fraction"] if split == "train" else manifest["val_fraction"]
+        return f"the {'first' if split == 'train' else 'last'} {share:.0%} of 1 document"
+    count = manifest["documents"][split]
+    return f"{count} document{'' if count == 1 else 's'}"
 
 
 def hash_fraction(doc_id: str) -> float:
@@ -166,13 +176,16 @@ def _concatenate(work: Path, split: str, counts: dict[str, int], target: Path) -
 
 
 def _split_single_document(directory: Path, dtype: np.dtype, val_fraction: float, manifest: dict) -> None:
-    """A corpus of one document: the last val_fraction of its tokens becomes validation."""
+    """A corpus of one document: the last val_fraction of its tokens becomes validation, so each
+    split holds part of that one document."""
     tokens = np.fromfile(directory / "train.bin", dtype=dtype)
     cut = int(len(tokens) * (1 - val_fraction))
     tokens[cut:].tofile(directory / "val.bin")
     tokens[:cut].tofile(directory / "train.bin")
     (stream,) = manifest["streams"]["train"]
     manifest["streams"] = {"train": {stream: [0, cut]}, "val": {stream: [0, len(tokens) - cut]}}
+    manifest["documents"] = {"train": 1, "val": 1}
+    manifest["split_by_position"] = True
 
 
 def prepare_tokens(data: DataConfig, tokenizer: Tokenizer | None = None) -> tuple[Tokenizer, TokenData]:
@@ -214,6 +227,7 @@ def _build_token_files(selection: DocumentSelection, tokenizer: Tokenizer, val_f
             "unknown_year": selection.unknown_year,
             "val_fraction": val_fraction,
             "val_ids": sorted(val_ids),
+            "split_by_position": False,
             "streams": {split: _concatenate(work, split, counts[split], build / f"{split}.bin") for split in ("train", "val")},
         }
         if not val_ids:

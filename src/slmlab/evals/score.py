@@ -18,7 +18,7 @@ import torch
 
 from ..config import ConfigError, DataConfig, apply_overrides, config_from_dict
 from ..data.corpora import DocumentSelection
-from ..data.tokens import TokenSplit, prepare_tokens, validation_ids
+from ..data.tokens import TokenSplit, describe_documents, prepare_tokens, validation_ids
 from ..runs.metrics import perplexity
 from ..runs.run_dir import load_run
 from ..training.runtime import resolve_device
@@ -44,13 +44,14 @@ def load_for_inference(run: str | Path, device: str = "auto", int8: bool = False
 @dataclass
 class EvaluationSlice:
     """What an evaluation scores: the data config, its token split, a description of the slice,
-    how many documents it covers, and how many of those the run trained on (None: not counted,
-    for the train split)."""
+    how many documents it covers (`coverage` in words: a corpus of one document is split by
+    position), and how many of those the run trained on (None: not counted, for the train split)."""
 
     data: DataConfig
     tokens: TokenSplit
     description: str
     documents: int
+    coverage: str
     train_overlap: int | None
 
 
@@ -72,14 +73,13 @@ def train_overlap(run_data: DataConfig, scored: DataConfig, scored_ids: set[str]
     reached through another path, filter or source counts too."""
     run_docs = [(doc.id, _digest(doc.text)) for doc in DocumentSelection(run_data)]
     ids = [i for i, _ in run_docs]
-    if len(set(ids)) == 1:  # a single document split by position: its end was held out
-        scored_docs = [_digest(doc.text) for doc in DocumentSelection(scored)]
-        same_cut = scored_docs == [run_docs[0][1]] and scored.val_fraction == run_data.val_fraction
+    scored_docs = [_digest(doc.text) for doc in DocumentSelection(scored) if scored_ids is None or doc.id in scored_ids]
+    if len(set(ids)) == 1:  # the run trained on the start of a single document, its end held out
+        same_cut = scored_ids is None and scored_docs == [run_docs[0][1]] and scored.val_fraction == run_data.val_fraction
         return 0 if same_cut else sum(digest == run_docs[0][1] for digest in scored_docs)
     held_out = validation_ids(ids, run_data.val_fraction)
     trained = {digest for i, digest in run_docs if i not in held_out}
-    scored_docs = (doc for doc in DocumentSelection(scored) if scored_ids is None or doc.id in scored_ids)
-    return sum(_digest(doc.text) in trained for doc in scored_docs)
+    return sum(digest in trained for digest in scored_docs)
 
 
 def evaluation_tokens(cfg, tokenizer, split: str = "val", overrides: dict | None = None) -> EvaluationSlice:
@@ -103,13 +103,15 @@ def evaluation_tokens(cfg, tokenizer, split: str = "val", overrides: dict | None
     if overlap:
         log.warning("%d of the %d documents scored were in the run's training split: the score is optimistic", overlap, documents)
     tokens = data.val if split == "val" else data.train
-    return EvaluationSlice(data_cfg, tokens, describe_selection(data_cfg), documents, overlap)
+    coverage = describe_documents(data.manifest, split)
+    return EvaluationSlice(data_cfg, tokens, describe_selection(data_cfg), documents, coverage, overlap)
 
 
 def score_run(
     run: str | Path, cfg, model, tokenizer, device, split: str = "val", batches: int = 50, data_overrides: dict | None = None
 ) -> dict:
-    """{"run", "source", "slice", "split", "documents", "train_overlap", "tokens", "loss", "ppl", "bpb"}
+    """{"run", "source", "slice", "split", "documents", "coverage", "train_overlap", "tokens", "loss",
+    "ppl", "bpb"}
     on `batches` fixed windows of the split."""
     part = evaluation_tokens(cfg, tokenizer, split, data_overrides)
     token_bytes = torch.from_numpy(tokenizer.token_bytes())
@@ -122,6 +124,7 @@ def score_run(
         "slice": part.description,
         "split": split,
         "documents": part.documents,
+        "coverage": part.coverage,
         "train_overlap": part.train_overlap,
         "tokens": len(part.tokens),
         "loss": loss,
