@@ -97,6 +97,17 @@ def test_a_temp_file_of_a_live_writer_is_kept_outside_a_locked_directory(tmp_pat
     assert live.exists()
 
 
+def test_every_file_a_run_writes_gets_the_mode_the_umask_says(text_corpus, make_config):
+    """A run shared on a cluster's file system: weights and checkpoints get the mode open() would
+    give them (0o666 less the umask), not mkstemp's or safetensors' private 0o600."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    out = Path(train(make_config(text_corpus, train={"steps": 4, "checkpoint_every": 2})).run_dir)
+    modes = {path.relative_to(out).as_posix(): path.stat().st_mode & 0o777 for path in out.rglob("*") if path.is_file()}
+    assert "final.safetensors" in modes and any(name.startswith("checkpoints/step_") for name in modes)
+    assert {name: oct(mode) for name, mode in modes.items() if mode != 0o666 & ~umask} == {}
+
+
 def test_a_damaged_checkpoint_names_the_file_and_offers_the_intact_older_one(text_corpus, make_config, capsys):
     cfg = make_config(text_corpus, train={"steps": 20, "checkpoint_every": 5, "keep_checkpoints": 3})
     train(cfg, progress=False)

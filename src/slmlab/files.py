@@ -5,8 +5,9 @@ a file that may be damaged as one clear error.
     ->  fsync <dir>
 
 A reader (or a process killed mid-write) sees the old file or the new one, never half of one, and
-after the directory's fsync the rename survives a power cut. Files get the normal mode 0o644
-(mkstemp's 0o600 would hide run files from other users). A temp file left by a kill carries its
+after the directory's fsync the rename survives a power cut. Files get the mode a plain open()
+would give them, 0o666 less the umask, whatever the writer did to the temp file (mkstemp's 0o600,
+and safetensors' own 0o600, would hide run files from other users). A temp file left by a kill carries its
 writer's PID, so `remove_stale_temps` can tell it from one a live process is still writing.
 """
 
@@ -24,6 +25,17 @@ from pathlib import Path
 from .errors import SlmlabError
 
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+def _umask() -> int:
+    """The process's umask, read once at import (reading it means setting it, so not per write,
+    where another thread could create a file in between)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
 
 
 def fsync_directory(directory: Path) -> None:
@@ -47,8 +59,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
-        os.chmod(tmp, 0o644)
         write(tmp)
+        os.chmod(tmp, FILE_MODE)  # after writing: a writer may replace the temp file with its own
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
