@@ -124,3 +124,27 @@ def test_inference_mode_gives_the_same_logits_and_continuations(name):
         torch.testing.assert_close(model(idx)[0], logits, rtol=0, atol=0)
         assert torch.equal(model.generate(prompt, 50, temperature=0.0), greedy)
         assert model.generate_many(PROMPTS, 6, temperature=0.0) == batch
+
+
+def test_ids_past_the_tokenizers_vocabulary_are_never_sampled():
+    """An embedding padded past the tokenizer (model.vocab_size 50, a 7-token tokenizer): the
+    padding's untrained rows are never sampled, at any temperature, batched or not."""
+    model = model_for("learned")
+    hot = {"temperature": 5.0, "generator": torch.Generator().manual_seed(0)}
+    assert max(alone(model, [1, 2], 30, **hot)) >= 7  # the padding is reachable without the limit
+    assert max(alone(model, [1, 2], 30, vocab_size=7, **{**hot, "generator": torch.Generator().manual_seed(0)})) < 7
+    rows = model.generate_many(PROMPTS, 20, temperature=5.0, top_p=0.99, vocab_size=7)
+    assert max(max(row) for row in rows) < 7 and all(len(row) == 20 for row in rows)
+
+
+def test_a_run_with_a_padded_vocabulary_samples_and_generates(micro_toml, tmp_path, capsys):
+    from slmlab.cli import main
+
+    argv = ["train", str(micro_toml), "--no-progress", "--name", "pad", "--model.vocab_size", "64"]
+    assert main([*argv, "--train.sample_tokens", "60"]) == 0
+    run = tmp_path / "runs" / "pad"
+    capsys.readouterr()
+    assert (
+        main(["generate", str(run), "--prompt", "T", "--max-new-tokens", "80", "--temperature", "5", "--num-samples", "3"]) == 0
+    )
+    assert capsys.readouterr().out.strip()

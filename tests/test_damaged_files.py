@@ -258,3 +258,13 @@ def test_a_prompt_suite_that_is_not_utf8_is_one_line(copy, capsys, tmp_path):
     suite.write_bytes(b'{"id": "a", "prompt": "To"}\n' + RANDOM)
     assert main(["prompts", str(run), "--suite", str(suite)]) == 2
     assert "not UTF-8" in _one_line_error(capsys, "suite.jsonl")
+
+
+def test_a_tokenizer_larger_than_the_runs_model_is_one_line(copy, capsys):
+    """tokenizer.json swapped for another run's (256 byte tokens for a ~30-token char model): its
+    ids would index past the embedding."""
+    run, _ = copy
+    (run / "tokenizer.json").write_text('{"slmlab_tokenizer": "byte"}')
+    for verb in ("eval", "generate", "resume"):
+        assert main(_verbs(run)[verb]) == 2, verb
+        assert "has 256 tokens but the run's model has" in _one_line_error(capsys, "tokenizer.json")

@@ -172,7 +172,7 @@ class SlmlabLM(LM):
 
         rows = self.model.generate_many(
             prompts, max_new, temperature=temperature, stop_token=self.tokenizer.eos_id,
-            batch_size=self.batch_size, until=finished if until else None,
+            batch_size=self.batch_size, until=finished if until else None, vocab_size=self.tokenizer.vocab_size,
         )  # fmt: skip
         texts = []
         for row in rows:

@@ -76,7 +76,14 @@ def run_suite(
     ):
         generators = [torch.Generator(device=device).manual_seed(prompts[i].seed) for i in members]
         rows = model.generate_many(
-            [encoded[i] for i in members], max_tokens, temperature, top_k, top_p, generators, compile=compile
+            [encoded[i] for i in members],
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            generators,
+            compile=compile,
+            vocab_size=tokenizer.vocab_size,
         )
         completions.update(zip(members, rows))
     return [{**p.__dict__, "completion": tokenizer.decode(completions[i])} for i, p in enumerate(prompts)]

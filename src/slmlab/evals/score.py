@@ -165,5 +165,6 @@ def generate_texts(
         generator=generator,
         use_cache=use_cache,
         compile=compile,
+        vocab_size=tokenizer.vocab_size,
     )
     return [tokenizer.decode(row) for row in out.tolist()]

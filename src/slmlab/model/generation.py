@@ -40,6 +40,7 @@ class GenerationMixin:
         sample: Callable[[torch.Tensor], torch.Tensor] | None = None,
         padding: torch.Tensor | None = None,
         compile: bool | str | Callable = False,
+        vocab_size: int | None = None,
     ) -> torch.Tensor:
         """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n). Generation
         stops early once every row has sampled `stop_token`, or once `until(idx)` is True.
@@ -48,7 +49,8 @@ class GenerationMixin:
         carry it (for a model that `decodes_padded()`, and a prompt plus new tokens that fit the
         context: a sliding window would cut rows at different places). `compile`: every step runs
         the model through torch.compile (`compiled`; docs/performance.md says where it pays):
-        True for inductor, or a torch.compile backend by name or as a callable.
+        True for inductor, or a torch.compile backend by name or as a callable. `vocab_size`: the
+        tokenizer's; ids from it up to the model's (padded) vocabulary are never sampled.
 
         With the KV cache, each step runs only the new token. When the context reaches
         block_size, the cache is rebuilt from the last block_size // 2 tokens (a sliding window).
@@ -78,7 +80,7 @@ class GenerationMixin:
                     logits, _ = model(pending, caches=caches)
                 else:
                     logits, _ = model(idx[:, -self.cfg.block_size :])
-                last = logits[:, -1]
+                last = logits[:, -1, :vocab_size]
                 next_id = sample(last) if sample is not None else sample_next(last, temperature, top_k, top_p, generator)
                 idx = torch.cat([idx, next_id], dim=1)
                 pending = next_id
@@ -107,6 +109,7 @@ class GenerationMixin:
         batch_size: int = 16,
         until: Callable[[torch.Tensor], bool] | None = None,
         compile: bool | str | Callable = False,
+        vocab_size: int | None = None,
     ) -> list[list[int]]:
         """Each prompt's continuation (ids after the prompt, up to and including `stop_token`),
         `batch_size` prompts at a time; `until(continuations (B, n))`, checked after each token,
@@ -114,7 +117,8 @@ class GenerationMixin:
         own stop, for the caller to cut). `generators[i]` samples row i, so a continuation does not
         depend on the batch it ran in. Batches of unequal lengths are left-padded where the model
         decodes them exactly and the longest prompt plus `max_new_tokens` fits the context
-        (no sliding window), else split into groups of equal length. `compile` as in `generate`."""
+        (no sliding window), else split into groups of equal length. `compile` and `vocab_size` as
+        in `generate`."""
         generators = generators or [None] * len(prompts)
         for ids in prompts:
             if not ids or len(ids) > self.cfg.block_size:
@@ -137,13 +141,14 @@ class GenerationMixin:
                     stop_token,
                     until,
                     compile,
+                    vocab_size,
                 )
                 for i, row in zip(group, rows):
                     out[i] = row
         return out
 
     def _continue_rows(
-        self, prompts, max_new_tokens, temperature, top_k, top_p, generators, stop_token, until, compile
+        self, prompts, max_new_tokens, temperature, top_k, top_p, generators, stop_token, until, compile, vocab_size
     ) -> list[list[int]]:
         """One batch through `generate`: equal lengths as they are (sliding window included),
         unequal ones left-padded."""
@@ -153,9 +158,8 @@ class GenerationMixin:
         sampler = _RowSampler(temperature, top_k, top_p, generators)
         done = None if until is None else (lambda sequence: until(sequence[:, width:]))
         padding = None if len({len(p) for p in prompts}) == 1 else width - torch.tensor([len(p) for p in prompts], device=device)
-        full = self.generate(
-            idx, max_new_tokens, stop_token=stop_token, until=done, sample=sampler, padding=padding, compile=compile
-        )
+        limits = {"stop_token": stop_token, "until": done, "vocab_size": vocab_size}
+        full = self.generate(idx, max_new_tokens, sample=sampler, padding=padding, compile=compile, **limits)
         rows = []
         for row in full[:, width:].tolist():
             if stop_token is not None and stop_token in row:

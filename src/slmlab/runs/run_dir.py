@@ -171,6 +171,17 @@ class RunDir:
         summary = read_json(self.summary, "run summary", RunFileError, fix)
         return require_fields(summary, SUMMARY_FIELDS, self.summary, "run summary", RunFileError, fix)
 
+    def read_tokenizer(self, model_vocab_size: int) -> Tokenizer:
+        """The run's tokenizer, checked to fit its model (`model_vocab_size`, the run config's:
+        a larger tokenizer, another run's, would index past the embedding; 0: not resolved yet)."""
+        tokenizer = load_tokenizer(self.tokenizer)
+        if 0 < model_vocab_size < tokenizer.vocab_size:
+            raise RunFileError(
+                f"{self.tokenizer} has {tokenizer.vocab_size} tokens but the run's model has {model_vocab_size}: "
+                "it is not this run's tokenizer; restore it from a copy of the run"
+            )
+        return tokenizer
+
     def lock(self) -> DirectoryLock:
         """Check the directory can be written, take this run's writer lock (RunInUseError naming
         the holder if another process has it), then delete temp files that killed writes left here."""
@@ -206,7 +217,7 @@ def load_run(
         cfg = run.read_config()
     if model_overrides:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {f"model.{k}": v for k, v in model_overrides.items()}))
-    tokenizer = load_tokenizer(run.tokenizer)
+    tokenizer = run.read_tokenizer(cfg.model.vocab_size)
     model = build_model(cfg.model)
     summary = run.read_summary()
     if run.final_weights.is_file() or "final_sha256" in summary:  # a finished run must have its final weights

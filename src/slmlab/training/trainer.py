@@ -160,8 +160,11 @@ class Trainer:
         if train.threads:
             torch.set_num_threads(train.threads)
         seed_everything(train.seed)
-        source = self.run if resume else init_from
-        tokenizer = load_tokenizer(source.tokenizer) if source else None
+        tokenizer = None
+        if resume:
+            tokenizer = self.run.read_tokenizer(cfg.model.vocab_size)
+        elif init_from:
+            tokenizer = load_tokenizer(init_from.tokenizer)
         self.tokenizer, self.data = prepare_data(cfg.data, tokenizer, self.world)
         resolve_vocab(cfg, self.tokenizer.vocab_size)
         self.token_bytes = torch.from_numpy(self.tokenizer.token_bytes())
@@ -451,7 +454,9 @@ class Trainer:
             load_weights(model, self.run.final_weights)
         prompt = torch.as_tensor(self.data.val.tokens[:8].astype("int64"), device=self.device)[None]
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        out = model.generate(prompt, n_tokens, temperature=0.8, top_k=50, generator=generator)
+        out = model.generate(
+            prompt, n_tokens, temperature=0.8, top_k=50, generator=generator, vocab_size=self.tokenizer.vocab_size
+        )
         return self.tokenizer.decode(out[0].tolist())
 
 
