@@ -33,6 +33,10 @@ from slmlab.config import ConfigError, config_from_dict
         ["train", "CONFIG", "--train.device", "meta"],
         ["train", "CONFIG", "--train.device", "cpu:1"],
         ["train", "CONFIG", "--train.device", "xpu"],
+        ["train", "CONFIG", "--train.seed", "-1"],
+        ["generate", "RUN", "--prompt", "a", "--seed", "-1"],
+        ["generate", "RUN", "--prompt", "a", "--seed", str(2**64)],
+        ["check", "CONFIG", "--seed", str(2**64)],
     ],
 )
 def test_a_bad_argument_is_one_line_and_nothing_is_written(argv, micro_toml, tmp_path, capsys):
@@ -82,3 +86,42 @@ def test_a_device_slmlab_cannot_run_on_is_one_line(name):
     with pytest.raises(ConfigError, match=f"device '{name}'"):
         resolve_device(name)
     assert resolve_device("cpu").type == "cpu" and resolve_device("auto").type in ("cpu", "cuda", "mps")
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("seed = -1", "seed must be a whole number from 0"),
+        ("max_tokens = 0", "max_tokens must be > 0"),
+        ("temperature = -0.5", "temperature must be a finite number >= 0"),
+        ("top_p = 0.0", "top_p must be in (0, 1]"),
+        ("top_p = 1.5", "top_p must be in (0, 1]"),
+        ("top_k = -3", "top_k must be >= 0"),
+    ],
+)
+def test_a_prompt_suite_with_an_impossible_setting_is_one_line_naming_the_prompt(micro_toml, tmp_path, capsys, line, says):
+    """Before: top_p = 0 blamed the model's weights ('probabilities are not finite'), a negative
+    temperature sampled greedily and max_tokens = 0 wrote empty completions, all silently."""
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "r"]) == 0
+    suite = tmp_path / "suite.toml"
+    suite.write_text(f'[[prompt]]\nid = "fine"\nprompt = "T"\n[[prompt]]\nid = "odd"\nprompt = "T"\n{line}\n')
+    capsys.readouterr()
+    assert main(["prompts", str(tmp_path / "runs" / "r"), "--suite", str(suite)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "prompt[1] ('odd')" in err and says in err and "\n" not in err
+    assert not list((tmp_path / "runs" / "r").glob("prompts_*"))
+
+
+def test_generate_refuses_sampling_options_it_cannot_honour():
+    import torch
+
+    from slmlab.config import ModelConfig
+    from slmlab.model import build_model
+
+    model = build_model(ModelConfig(n_layer=1, n_head=2, d_model=16, block_size=16, vocab_size=11))
+    prompt = torch.tensor([[1, 2]])
+    for options, says in (({"top_p": 0.0}, "top_p"), ({"temperature": float("nan")}, "temperature"), ({"top_k": -1}, "top_k")):
+        with pytest.raises(ConfigError, match=says):
+            model.generate(prompt, 3, **options)
+        with pytest.raises(ConfigError, match=says):
+            model.generate_many([[1], [2, 3]], 3, **options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from .options import add_verb, load_run_config, non_negative_int
+from .options import add_seed, add_verb, load_run_config
 
 KINDS = ("attention-extension", "output-gate")
 
@@ -21,7 +21,7 @@ def register(sub) -> None:
         "  slmlab check examples/plugins/gated_attention.toml",
     )
     p.add_argument("config")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the tiny model and its inputs")
+    add_seed(p, help="seed of the tiny model and its inputs")
     p.set_defaults(func=cmd_check)
 
     p = add_verb(

@@ -77,8 +77,17 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
 
 
-def add_seed(parser: argparse.ArgumentParser, default: int = 0) -> None:
-    parser.add_argument("--seed", type=int, default=default, help=f"random seed (default {default})")
+def add_seed(parser: argparse.ArgumentParser, default: int = 0, help: str = "random seed") -> None:
+    parser.add_argument("--seed", type=_seed, default=default, help=f"{help}, 0 to 2**64 - 1 (default {default})")
+
+
+def _seed(text: str) -> int:
+    from ..config import ConfigError, check_seed
+
+    try:
+        return check_seed("the seed", _number(text, int))
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("the seed ")) from None
 
 
 def add_int8(parser: argparse.ArgumentParser) -> None:

@@ -32,6 +32,16 @@ def check_name(key: str, name: str) -> str:
     return name
 
 
+SEED_LIMIT = 2**64  # random, numpy and torch all take seeds in [0, 2**64)
+
+
+def check_seed(key: str, seed: int) -> int:
+    """A seed every generator takes (numpy refuses negatives, torch anything past 64 bits)."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"{key} must be a whole number from 0 to 2**64 - 1, got {seed}")
+    return seed
+
+
 def _lookup(cfg: Any, key: str) -> Any:
     for part in key.split("."):
         cfg = getattr(cfg, part)
@@ -88,6 +98,7 @@ def validate(cfg) -> None:
         raise ConfigError("out_dir is empty: name the folder that holds run directories (default 'runs')")
     check_choices(cfg)
     check_architecture_support(m)
+    check_seed("train.seed", t.seed)
     positive = {
         "model.n_layer": m.n_layer,
         "model.n_head": m.n_head,

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, build_dataclass, read_toml
+from ..config import ConfigError, build_dataclass, check_seed, read_toml
 from ..files import atomic_write_text, read_text
+from ..model.sampling import check_sampling
 
 DEFAULT_SUITE = Path(__file__).parent / "suites" / "control_systems.toml"
 
@@ -49,6 +50,14 @@ def load_suite(path: str | Path) -> list[Prompt]:
     if not records:
         raise ConfigError(f"{path}: the suite has no prompts")
     prompts = [build_dataclass(Prompt, r, prefix=f"prompt[{i}]") for i, r in enumerate(records)]
+    for i, p in enumerate(prompts):
+        try:
+            if p.max_tokens <= 0:
+                raise ConfigError(f"max_tokens must be > 0, got {p.max_tokens}")
+            check_seed("seed", p.seed)
+            check_sampling(p.temperature, p.top_k, p.top_p)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: prompt[{i}] ({p.id!r}): {err}") from None
     ids = [p.id for p in prompts]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{path}: prompt ids must be unique")

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import ConfigError
 from .decoding_layout import MAX_ROWS, DecodingLayout
 from .modes import eval_mode
-from .sampling import sample_next
+from .sampling import check_sampling, sample_next
 
 
 class GenerationMixin:
@@ -62,6 +62,7 @@ class GenerationMixin:
             raise ConfigError(
                 f"the prompt has {idx.shape[1]} tokens but the model's context is {self.cfg.block_size}; shorten it"
             )
+        check_sampling(temperature, top_k, top_p)
         if padding is not None and not (use_cache and idx.shape[1] + max_new_tokens <= self.cfg.block_size):
             raise ConfigError("a left-padded batch decodes with the KV cache and within the model's context only")
         with eval_mode(self), DecodingLayout(self, enabled=idx.shape[0] <= MAX_ROWS):  # decoding_layout.py says why
@@ -119,6 +120,7 @@ class GenerationMixin:
         decodes them exactly and the longest prompt plus `max_new_tokens` fits the context
         (no sliding window), else split into groups of equal length. `compile` and `vocab_size` as
         in `generate`."""
+        check_sampling(temperature, top_k, top_p)
         generators = generators or [None] * len(prompts)
         for ids in prompts:
             if not ids or len(ids) > self.cfg.block_size:

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    """Sampling options sample_next can honour (checked once per generation, not per token)."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ConfigError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
 
 
 def sample_next(
