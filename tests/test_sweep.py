@@ -79,6 +79,12 @@ def test_bad_sweep_configs(tmp_path, micro_sweep):
     micro_sweep.write_text(text.replace("seeds = [1, 2]", 'seeds = [1, 2]\nbaseline = "nope"'))
     with pytest.raises(ConfigError, match="baseline 'nope' is not one of the variants"):
         load_sweep(micro_sweep)
+    micro_sweep.write_text(text.replace("seeds = [1, 2]", "seeds = [1, 2, 1]"))
+    with pytest.raises(ConfigError, match=r"seeds \[1\] appear more than once"):  # one run folder, counted twice
+        load_sweep(micro_sweep)
+    micro_sweep.write_text(text + "[variants.Full]\n")
+    with pytest.raises(ConfigError, match=r"variants \['full', 'Full'\] differ only in case"):
+        load_sweep(micro_sweep)
 
 
 @pytest.mark.slow
