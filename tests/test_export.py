@@ -6,6 +6,7 @@ goes along as a Hugging Face fast tokenizer, id for id."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -160,6 +161,25 @@ def test_export_never_overwrites_a_folder_and_says_so_in_one_line(tmp_path, text
     assert "not a run directory" in capsys.readouterr().err
     assert main(["export", str(run), "--to", "hf", str(tmp_path / "ok")]) == 0
     assert "exported as gpt2" in capsys.readouterr().out
+
+
+def test_an_export_is_readable_as_the_umask_says_and_never_samples_a_padded_id(tmp_path, text_corpus):
+    """The folder is staged in a private temp folder and safetensors writes 0o600: the export gets
+    the modes mkdir and open() give. An embedding padded past the tokenizer (64 > the char
+    vocabulary) has its extra ids suppressed in transformers' sampling too."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    run = trained_run(tmp_path, text_corpus, "padded", {"vocab_size": 64})
+    export_hf(run, tmp_path / "hf")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [tmp_path / "hf", *(tmp_path / "hf").iterdir()]}
+    expected = {name: 0o777 & ~umask if name == "hf" else 0o666 & ~umask for name in modes}
+    assert modes == expected
+    _, _, tokenizer = load_run(run)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    prompt = torch.tensor([tokenizer.encode("ROMEO")] * 4)
+    torch.manual_seed(0)
+    out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40, do_sample=True, temperature=5.0)
+    assert out.shape[1] > prompt.shape[1] and int(out.max()) < tokenizer.vocab_size < 64
 
 
 @pytest.mark.parametrize("kind", ["byte", "char", "bpe"])

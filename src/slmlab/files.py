@@ -35,7 +35,16 @@ def _umask() -> int:
     return mask
 
 
-FILE_MODE = 0o666 & ~_umask()
+UMASK = _umask()
+FILE_MODE, FOLDER_MODE = 0o666 & ~UMASK, 0o777 & ~UMASK
+
+
+def give_normal_modes(folder: Path) -> None:
+    """Give a folder built in a private temp folder (mkdtemp's 0o700, files of writers that
+    create 0o600) and everything in it the modes mkdir and open() would have given them."""
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, FOLDER_MODE if path.is_dir() else FILE_MODE)
 
 
 def fsync_directory(directory: Path) -> None:

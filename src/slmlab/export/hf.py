@@ -4,7 +4,8 @@
     layout "remote"          SlmlabForCausalLM with trust_remote_code (export/modeling_slmlab.py)
     layout "auto"            the native layout that fits exactly, else remote
 
-The folder gets config.json, model.safetensors, generation_config.json, the tokenizer
+The folder gets config.json, model.safetensors, generation_config.json (which suppresses the ids
+of an embedding padded past the tokenizer), the tokenizer
 (tokenizer.json + tokenizer_config.json, export/tokenizer.py) and, for remote code,
 modeling_slmlab.py. The export is written beside OUT and moved into place whole, then loaded back
 with `AutoModelForCausalLM` and its logits compared with slmlab's on a probe batch (fp32): an
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..files import give_normal_modes
 from ..runs.run_dir import load_run
 from .native import best_native_layout, native_layout
 from .tokenizer import to_hf_tokenizer
@@ -106,11 +108,14 @@ def export_hf(run: str | Path, out: str | Path, layout: str = "auto") -> ExportR
     hf = _hf_model(cfg, model, layout)
     hf.generation_config.eos_token_id = tokenizer.eos_id
     hf.generation_config.pad_token_id = tokenizer.eos_id
+    if cfg.model.vocab_size > tokenizer.vocab_size:  # a padded embedding: its extra ids stand for no text
+        hf.generation_config.suppress_tokens = list(range(tokenizer.vocab_size, cfg.model.vocab_size))
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         hf.save_pretrained(staging)
         hf_tokenizer.save_pretrained(staging)
+        give_normal_modes(staging)
         if out.exists():
             out.rmdir()
         staging.rename(out)
