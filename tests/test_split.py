@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from slmlab.cli import main
 from slmlab.config import DataConfig
 from slmlab.data.corpora import CorpusError, DocumentSelection
-from slmlab.data.tokens import is_validation, prepare_tokens, validation_ids
+from slmlab.data.tokens import describe_documents, is_validation, prepare_tokens, validation_ids
 
 IDS = st.lists(st.text(min_size=1, max_size=12), min_size=2, max_size=60, unique=True)
 
@@ -120,6 +120,25 @@ def test_overlap_counts_only_scored_documents_whatever_the_split_kind(genre_corp
     )
     result = _eval_json(tmp_path / "runs" / "many", capsys, "--data.source", str(trained))
     assert (result["documents"], result["train_overlap"]) == (1, 1)
+
+
+def test_documents_that_share_an_id_are_counted_one_by_one_and_kept_together(tmp_path, caplog):
+    rows = [{"id": "shared" if i % 3 == 0 else f"d{i}", "text": f"document {i} " * 20} for i in range(30)]
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("\n".join(json.dumps(r) for r in rows))
+    with caplog.at_level("WARNING", logger="slmlab"):
+        _, data = prepare_tokens(DataConfig(source=str(corpus), tokenizer="byte", cache_dir=str(tmp_path / "cache")))
+    assert "ids shared by several documents: 1 (e.g. 'shared')" in caplog.text
+    val_ids = set(data.manifest["val_ids"])
+    assert data.manifest["documents"] == {
+        "train": sum(r["id"] not in val_ids for r in rows),
+        "val": sum(r["id"] in val_ids for r in rows),
+    }
+    one_id = tmp_path / "one_id.jsonl"  # every document under one id: split by position, all five on both sides
+    one_id.write_text("\n".join(json.dumps({"id": "x", "text": f"document {i} " * 20}) for i in range(5)))
+    _, data = prepare_tokens(DataConfig(source=str(one_id), tokenizer="byte", cache_dir=str(tmp_path / "cache")))
+    assert data.manifest["split_by_position"] and data.manifest["documents"] == {"train": 5, "val": 5}
+    assert describe_documents(data.manifest, "val") == "the last 10% of 5 documents"
 
 
 def test_small_corpora_keep_a_document_on_each_side(tmp_path):

@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,12 +101,14 @@ class TokenData:
 
 def describe_documents(manifest: dict, split: str) -> str:
     """How much of the corpus a split holds, in words: '12 documents', or for a corpus of one
-    document split by position, 'the first 90% of 1 document'."""
+    document (or of documents that all share one id) split by position, 'the first 90% of 1
+    document'."""
+    count = manifest["documents"][split]
+    documents = f"{count} document{'' if count == 1 else 's'}"
     if manifest.get("split_by_position"):
         share = 1 - manifest["val_fraction"] if split == "train" else manifest["val_fraction"]
-        return f"the {'first' if split == 'train' else 'last'} {share:.0%} of 1 document"
-    count = manifest["documents"][split]
-    return f"{count} document{'' if count == 1 else 's'}"
+        return f"the {'first' if split == 'train' else 'last'} {share:.0%} of {documents}"
+    return documents
 
 
 def hash_fraction(doc_id: str) -> float:
@@ -176,15 +179,15 @@ def _concatenate(work: Path, split: str, counts: dict[str, int], target: Path) -
 
 
 def _split_single_document(directory: Path, dtype: np.dtype, val_fraction: float, manifest: dict) -> None:
-    """A corpus of one document: the last val_fraction of its tokens becomes validation, so each
-    split holds part of that one document."""
+    """A corpus of one document (or of documents that share one id): the last val_fraction of its
+    tokens becomes validation, so each split holds part of that text."""
     tokens = np.fromfile(directory / "train.bin", dtype=dtype)
     cut = int(len(tokens) * (1 - val_fraction))
     tokens[cut:].tofile(directory / "val.bin")
     tokens[:cut].tofile(directory / "train.bin")
     (stream,) = manifest["streams"]["train"]
     manifest["streams"] = {"train": {stream: [0, cut]}, "val": {stream: [0, len(tokens) - cut]}}
-    manifest["documents"] = {"train": 1, "val": 1}
+    manifest["documents"]["val"] = manifest["documents"]["train"]
     manifest["split_by_position"] = True
 
 
@@ -204,7 +207,17 @@ def prepare_tokens(data: DataConfig, tokenizer: Tokenizer | None = None) -> tupl
 def _build_token_files(selection: DocumentSelection, tokenizer: Tokenizer, val_fraction: float, directory: Path) -> None:
     log.info("tokenizing %s into %s", selection.data.source, directory)
     ids = [doc.id for doc in selection]
+    shared = [i for i, n in Counter(ids).items() if n > 1]
+    if shared:
+        log.warning(
+            "%s: ids shared by several documents: %d (e.g. %r); the documents of one id go to one side of the "
+            "train/validation split together",
+            selection.data.source,
+            len(shared),
+            shared[0],
+        )
     val_ids = validation_ids(ids, val_fraction) if len(set(ids)) > 1 else set()
+    in_val = sum(i in val_ids for i in ids)
     dtype = token_dtype(tokenizer.vocab_size)
     directory.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(directory.parent)  # build folders of killed processes
@@ -221,7 +234,7 @@ def _build_token_files(selection: DocumentSelection, tokenizer: Tokenizer, val_f
             "tokenizer_digest": tokenizer.digest(),
             "vocab_size": tokenizer.vocab_size,
             "dtype": dtype.name,
-            "documents": {"train": len(ids) - len(val_ids), "val": len(val_ids)},
+            "documents": {"train": len(ids) - in_val, "val": in_val},
             "dropped_by_year": selection.dropped_by_year,
             "dropped_unknown_year": selection.dropped_unknown_year,
             "unknown_year": selection.unknown_year,

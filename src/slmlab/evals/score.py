@@ -74,10 +74,13 @@ def train_overlap(run_data: DataConfig, scored: DataConfig, scored_ids: set[str]
     run_docs = [(doc.id, _digest(doc.text)) for doc in DocumentSelection(run_data)]
     ids = [i for i, _ in run_docs]
     scored_docs = [_digest(doc.text) for doc in DocumentSelection(scored) if scored_ids is None or doc.id in scored_ids]
-    if len(set(ids)) == 1:  # the run trained on the start of a single document, its end held out
-        same_cut = scored_ids is None and scored_docs == [run_docs[0][1]] and scored.val_fraction == run_data.val_fraction
-        return 0 if same_cut else sum(digest == run_docs[0][1] for digest in scored_docs)
-    held_out = validation_ids(ids, run_data.val_fraction)
+    if len(set(ids)) == 1:  # split by position: the run trained on the start of its text, the end held out
+        same_cut = scored_ids is None and scored_docs == [d for _, d in run_docs] and scored.val_fraction == run_data.val_fraction
+        if same_cut:
+            return 0
+        held_out: set[str] = set()
+    else:
+        held_out = validation_ids(ids, run_data.val_fraction)
     trained = {digest for i, digest in run_docs if i not in held_out}
     return sum(digest in trained for digest in scored_docs)
 
