@@ -197,6 +197,11 @@ def test_a_run_rejected_during_set_up_leaves_no_directory_behind(micro_toml, tmp
     assert "fewer than data.seq_len" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "long").exists()
     assert main(argv) == 0  # the corrected command needs no --overwrite
+    short = tmp_path / "short.txt"  # training windows fit, the validation tail (10%: 31 tokens) holds none
+    short.write_text("the quick brown fox jumps " * 12)
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "short", "--data.source", str(short)]) == 2
+    assert "the validation split has" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "short").exists()
 
 
 def _running(pid: int) -> bool:

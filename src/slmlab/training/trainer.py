@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, DataConfig, RunConfig, resolve_vocab
-from ..data.sampling import WindowSampler
+from ..data.sampling import WindowSampler, check_windows
 from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..data.tokens import TokenData, prepare_tokens
 from ..errors import TrainingError
@@ -167,6 +167,7 @@ class Trainer:
             tokenizer = load_tokenizer(init_from.tokenizer)
         self.tokenizer, self.data = prepare_data(cfg.data, tokenizer, self.world)
         resolve_vocab(cfg, self.tokenizer.vocab_size)
+        check_windows(self.data.train, self.data.val, cfg.data.seq_len, train.batch_size, cfg.data.mixture)
         self.token_bytes = torch.from_numpy(self.tokenizer.token_bytes())
         check_local_kernel(cfg.model, self.device)
         self.cfg, self.progress = cfg, progress and self.world.is_main
