@@ -97,9 +97,17 @@ def test_trainable_self_area_isolates_gradients(text_corpus, make_config):
             assert any(".ln1." in k for k in changed)
 
 
-def test_trainable_self_area_needs_a_self_area(text_corpus, make_config):
+def test_trainable_self_area_needs_a_self_area(text_corpus, make_config, capsys):
     with pytest.raises(ConfigError, match="needs a Self Area; set model.self_area.enabled = true"):
         make_config(text_corpus, train={"trainable": "self_area"})
+    # stage 2 on a run trained without one: the fix is a flag of this command, not the run's config
+    base = train(make_config(text_corpus, train={"steps": 2, "checkpoint_every": 0}), progress=False).run_dir
+    assert main(["persona", str(base), "--persona-data", str(text_corpus), "--steps", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "trained without a Self Area" in err and "--train all" in err
+    assert (
+        main(["persona", str(base), "--persona-data", str(text_corpus), "--train", "all", "--steps", "2", "--no-progress"]) == 0
+    )
 
 
 def test_micro_stage_two_lowers_persona_text_loss(text_corpus, make_config, tmp_path, capsys):

@@ -61,6 +61,11 @@ def persona_config(
 ) -> tuple[RunDir, RunConfig]:
     """(the base run, the stage-2 run's config)."""
     base, cfg = trained_config(RunDir(Path(run_path)))
+    if trainable.startswith("self_area") and not cfg.model.self_area.enabled:
+        raise ConfigError(
+            f"{base.path} was trained without a Self Area, so --train {trainable} has nothing to train: use --train all, "
+            "or train a run with model.self_area.enabled = true first (configs/smt_small.toml)"
+        )
     overrides = {
         **source_overrides(persona_data),
         "data.mixture": {},
