@@ -256,3 +256,21 @@ def test_a_sweep_names_plugins_for_every_run(tmp_path, micro_toml):
     _, jobs = load_sweep(sweep)
     assert all(job.config.plugins == [str(EXAMPLE.resolve())] for job in jobs)
     assert [job.config.model.gated_attention.enabled for job in jobs] == [False, True]
+
+
+def test_two_plugin_files_of_one_name_are_two_modules_and_two_records(tmp_path, text_corpus):
+    """ideas/a/idea.py and ideas/b/idea.py: each keeps its own module and its own copy in
+    RUN/plugins (one name for both let the second overwrite the first's record)."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "idea.py").write_text(f"mark = {folder!r}\n")
+    config = write_micro_toml(tmp_path / "two.toml", text_corpus, tmp_path, steps=2, every=2)
+    config.write_text('plugins = ["a/idea.py", "b/idea.py"]\n' + config.read_text())
+    run = Path(train(load_config(config), progress=False).run_dir)
+    manifest = json.loads((run / "plugins" / "manifest.json").read_text())["plugins"]
+    assert len({entry["module"] for entry in manifest}) == len({entry["copy"] for entry in manifest}) == 2
+    for entry, folder in zip(manifest, ("a", "b")):
+        assert (run / "plugins" / entry["copy"]).read_text() == f"mark = {folder!r}\n"
+        assert sys.modules[entry["module"]].mark == folder
+    result = slmlab("eval", str(run), "--batches", "1", "--trust-plugins")
+    assert result.returncode == 0, result.stderr

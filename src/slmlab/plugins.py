@@ -16,6 +16,7 @@ would mix two versions of the idea).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -111,10 +112,13 @@ def _import(spec: str, source: Path | None = None) -> Plugin:
 
 
 def module_name(spec: str) -> str:
-    """The module a plugin is imported as: its name for a module, `slmlab_plugin_<stem>` for a file."""
+    """The module a plugin is imported as: its name for a module, `slmlab_plugin_<stem>_<hash>` for
+    a file (the hash of its path: two `idea.py` in different folders are two modules, and two
+    copies in RUN/plugins)."""
     if not is_file_spec(spec):
         return spec
-    return "slmlab_plugin_" + re.sub(r"\W", "_", Path(spec).stem)
+    stem = re.sub(r"\W", "_", Path(spec).stem)
+    return f"slmlab_plugin_{stem}_{hashlib.sha1(spec.encode()).hexdigest()[:8]}"
 
 
 def _import_module(spec: str):
