@@ -125,3 +125,20 @@ def test_generate_refuses_sampling_options_it_cannot_honour():
             model.generate(prompt, 3, **options)
         with pytest.raises(ConfigError, match=says):
             model.generate_many([[1], [2, 3]], 3, **options)
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line(micro_toml, tmp_path, capsys):
+    """A folder where a file goes, a file where a folder goes: one line naming the path, and the
+    file in the way is left as it was."""
+    a_file, a_folder = tmp_path / "notes.txt", tmp_path / "folder"
+    a_file.write_text("mine")
+    a_folder.mkdir()
+    for argv, says in (
+        (["tokenizer", "train", str(micro_toml), "--out", str(a_folder)], "is a folder: name a file to write"),
+        (["tokenizer", "train", str(micro_toml), "--out", str(a_file / "tok.json")], "a file stands where a folder is needed"),
+        (["train", str(micro_toml), "--no-progress", "--out_dir", str(a_file / "runs")], str(a_file)),
+    ):
+        assert _exit_code(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("slmlab: error:") and says in err and "\n" not in err and "Traceback" not in err, err
+    assert a_file.read_text() == "mine" and not any(a_folder.iterdir())

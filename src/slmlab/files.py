@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import SlmlabError
+from .errors import ConfigError, SlmlabError
 
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 
@@ -64,6 +64,8 @@ def fsync_directory(directory: Path) -> None:
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call write(temp_path) to produce the file, then move it into place atomically."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder: name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)

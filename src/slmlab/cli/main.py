@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     except SlmlabError as err:
         print(f"slmlab: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a path it cannot read or write (permissions, a file where a folder goes, a full disk)
+        hint = " (a file stands where a folder is needed: choose another path)"
+        print(f"slmlab: error: {err}{hint if isinstance(err, (FileExistsError, NotADirectoryError)) else ''}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("slmlab: interrupted (resume a training run with --resume RUN)", file=sys.stderr)
         return 130
