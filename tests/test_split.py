@@ -196,3 +196,12 @@ def test_stream_files_with_a_document_separator(tmp_path):
     assert tokens.manifest["documents"]["val"] >= 2 and tokens.manifest["unknown_year"] == 24
     plain = DataConfig(source=str(streams), tokenizer="byte", cache_dir=str(tmp_path / "cache"))
     assert len(list(DocumentSelection(plain))) == 2  # without the separator: one document per file
+
+
+@pytest.mark.parametrize("override", [("--data.tokenizer", "byte"), ("--data.vocab_size", "512"), ("--data.tiktoken_file", "x")])
+def test_eval_refuses_to_change_the_runs_tokenizer_rather_than_ignore_it(micro_toml, tmp_path, capsys, override):
+    """The run's tokenizer.json is what its model reads: an override of it was silently ignored."""
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "r"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "runs" / "r"), "--batches", "1", *override]) == 2
+    assert f"{override[0][2:]} cannot change" in capsys.readouterr().err

@@ -55,6 +55,9 @@ class EvaluationSlice:
     train_overlap: int | None
 
 
+TOKENIZER_KEYS = ("data.tokenizer", "data.vocab_size", "data.tiktoken_file")  # fixed by the run's tokenizer.json
+
+
 def describe_selection(data: DataConfig) -> str:
     """'brown (genres a, b; max_year 1600; first 20 documents)': a selection in one line."""
     filters = [f"genres {', '.join(data.genres)}"] if data.genres else []
@@ -94,6 +97,12 @@ def evaluation_tokens(cfg, tokenizer, split: str = "val", overrides: dict | None
     bad = [k for k in overrides if not k.startswith("data.")]
     if bad:
         raise ConfigError(f"eval takes only data.* overrides, not {bad}")
+    fixed = [k for k in overrides if k in TOKENIZER_KEYS]
+    if fixed:
+        raise ConfigError(
+            f"eval scores with the run's own tokenizer, so {', '.join(fixed)} cannot change; "
+            "to compare tokenizers, train a run with each and compare bits per byte"
+        )
     data_cfg = config_from_dict(apply_overrides(cfg.to_dict(), overrides)).data if overrides else cfg.data
     _, data = prepare_tokens(data_cfg, tokenizer)
     documents = data.manifest["documents"][split]
