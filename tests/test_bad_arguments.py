@@ -142,3 +142,53 @@ def test_an_output_path_that_cannot_be_written_is_one_line(micro_toml, tmp_path,
         err = capsys.readouterr().err.strip()
         assert err.startswith("slmlab: error:") and says in err and "\n" not in err and "Traceback" not in err, err
     assert a_file.read_text() == "mine" and not any(a_folder.iterdir())
+
+
+def _leaf_verbs(parser, path=()):
+    """(words, parser) of every verb: `generate`, `viz attention`, `data download`, ..."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _leaf_verbs(sub, (*path, name))
+            return
+    yield path, parser
+
+
+def _minimal_argv(words, parser) -> list[str]:
+    """The verb with a placeholder for each required argument (the first choice where it has any)."""
+    argv = list(words)
+    for action in parser._actions:
+        value = str(action.choices[0] if action.choices else "placeholder") if action.choices is not None else "placeholder"
+        if not action.option_strings and action.dest not in ("help",) and action.nargs != 0:
+            argv.append(value)
+        elif action.required:
+            argv += [action.option_strings[0], value]
+    return argv
+
+
+TAKES_OVERRIDES = {"train", "sweep", "eval", "diagnose", "info", "check", "persona", "data prepare", "tokenizer train"}
+
+
+def test_a_verb_that_takes_no_overrides_refuses_them_rather_than_ignore_them(capsys):
+    """`generate RUN --model.n_layer 3` used to generate from the run as trained, saying nothing."""
+    from slmlab.cli.main import build_parser
+
+    verbs = dict(_leaf_verbs(build_parser()))
+    assert {" ".join(words) for words, p in verbs.items() if p.get_default("takes_overrides")} == TAKES_OVERRIDES
+    for words, parser in verbs.items():
+        if " ".join(words) in TAKES_OVERRIDES:
+            continue
+        assert _exit_code([*_minimal_argv(words, parser), "--model.n_layer", "3"]) == 2, words
+        err = capsys.readouterr().err.strip()
+        assert err == f"slmlab: error: {' '.join(words)} takes no config overrides, got --model.n_layer 3", err
+
+
+def test_info_on_a_run_refuses_overrides_and_takes_them_on_a_config(micro_toml, tmp_path, capsys):
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "r"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "runs" / "r"), "--model.n_layer", "3"]) == 2
+    assert "describes the run as trained, so it takes no overrides" in capsys.readouterr().err
+    assert main(["info", str(micro_toml), "--model.n_layer", "3"]) == 0
+    assert "3 layers" in capsys.readouterr().out

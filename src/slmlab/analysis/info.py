@@ -42,13 +42,19 @@ def size_table(cfg: RunConfig, batch_size: int = 0, seq_len: int = 0) -> str:
     return markdown_table(("quantity", "value"), rows)
 
 
-def config_for_info(target: str | Path, load_config) -> RunConfig:
-    """The config of a run directory, else `load_config()` (a CONFIG file with overrides) with
-    its vocabulary resolved without tokenizing when the tokenizer's size is known in advance."""
-    from ..config import resolve_vocab
+def config_for_info(target: str | Path, load_config, overrides: list[str] = ()) -> RunConfig:
+    """The config of a run directory (which takes no `overrides`: it is what was trained), else
+    `load_config()` (a CONFIG file with its overrides) with its vocabulary resolved without
+    tokenizing when the tokenizer's size is known in advance."""
+    from ..config import ConfigError, resolve_vocab
     from ..runs import RunDir
 
     if (Path(target) / "config.json").is_file():
+        if overrides:
+            raise ConfigError(
+                f"info {target} describes the run as trained, so it takes no overrides ({' '.join(overrides)}); "
+                "apply them to a config file"
+            )
         return RunDir(Path(target)).read_config()
     cfg = load_config()
     if cfg.model.vocab_size == 0:

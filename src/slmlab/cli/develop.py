@@ -19,6 +19,7 @@ def register(sub) -> None:
         "  slmlab check configs/quickstart.toml\n"
         "  slmlab check configs/smat_quick.toml --model.smat.use_S true\n"
         "  slmlab check examples/plugins/gated_attention.toml",
+        overrides=True,
     )
     p.add_argument("config")
     add_seed(p, help="seed of the tiny model and its inputs")

@@ -31,6 +31,7 @@ def register(sub) -> None:
         "  slmlab eval runs/bytes --data.source brown           # another corpus (byte/BPE/GPT-2 tokenizers)\n"
         "  slmlab eval runs/long --by-position --context-length 1024\n"
         "  slmlab eval runs/long --context-lengths 256,512,1024,2048 --rope-scale 2",
+        overrides=True,
     )
     p.add_argument("run")
     p.add_argument("--batches", type=positive_int, default=50, help="number of validation batches (default 50)")
@@ -97,6 +98,7 @@ def register(sub) -> None:
         "diagnose",
         "check the loss at init (~ ln V) and that one batch can be overfitted",
         "  slmlab diagnose configs/quickstart.toml\n  slmlab diagnose configs/smt_80m.toml --train.device cuda",
+        overrides=True,
     )
     p.add_argument("config")
     p.add_argument("--batch-size", type=positive_int, default=4)

@@ -13,6 +13,7 @@ def register(sub) -> None:
         "info",
         "parameters, FLOPs per token and memory estimates of a config or run",
         "  slmlab info configs/smat_64m.toml\n  slmlab info runs/quickstart --batch-size 8 --seq-len 512",
+        overrides=True,
     )
     p.add_argument("target", metavar="CONFIG|RUN")
     p.add_argument("--batch-size", type=non_negative_int, default=0, help="for the memory estimate (default: the config's)")
@@ -68,7 +69,7 @@ def register(sub) -> None:
 def cmd_info(args, extra) -> int:
     from ..analysis.info import config_for_info, size_table
 
-    cfg = config_for_info(args.target, lambda: load_run_config(args.target, extra))
+    cfg = config_for_info(args.target, lambda: load_run_config(args.target, extra), extra)
     print(size_table(cfg, args.batch_size, args.seq_len))
     return 0
 

@@ -47,20 +47,13 @@ def register(sub) -> None:
 
 
 def cmd_export(args, extra) -> int:
-    from ..config import ConfigError
     from ..export.hf import export_hf
 
-    if extra:
-        raise ConfigError(f"export takes no config overrides, got {' '.join(extra)}")
     print(export_hf(args.run, args.out, args.layout).describe())
     return 0
 
 
 def cmd_lm_eval(args, extra) -> int:
-    from ..config import ConfigError
-
-    if extra:
-        raise ConfigError(f"lm-eval takes no config overrides, got {' '.join(extra)}")
     from ..evals.harness import evaluate_run, results_path
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -72,10 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         plugins.trust()
 
     try:
+        if extra and not args.takes_overrides:
+            raise SlmlabError(f"{args.verb_name} takes no config overrides, got {' '.join(extra)}")
         return args.func(args, extra)
     except SlmlabError as err:
         print(f"slmlab: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`slmlab info CONFIG | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as err:  # a path it cannot read or write (permissions, a file where a folder goes, a full disk)
         hint = " (a file stands where a folder is needed: choose another path)"
         print(f"slmlab: error: {err}{hint if isinstance(err, (FileExistsError, NotADirectoryError)) else ''}", file=sys.stderr)

@@ -17,11 +17,13 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_verb(subparsers, name: str, help: str, examples: str) -> argparse.ArgumentParser:
-    """A sub-command whose --help ends with examples."""
+def add_verb(subparsers, name: str, help: str, examples: str, overrides: bool = False) -> argparse.ArgumentParser:
+    """A sub-command whose --help ends with examples; `overrides`: it takes dotted config
+    overrides (`--model.n_layer 4`), which the others refuse rather than ignore."""
     parser = subparsers.add_parser(
         name, help=help, description=help, epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.set_defaults(takes_overrides=overrides, verb_name=parser.prog.removeprefix("slmlab "))
     parser.add_argument(
         "--trust-plugins",
         action="store_true",

@@ -14,6 +14,7 @@ def register(sub) -> None:
         "  slmlab persona runs/smt_small --persona-data brown:R                 # Brown 'humor' as the persona\n"
         "  slmlab persona runs/smt_small --persona-data persona.txt --train self_area+norms --steps 500\n"
         "  slmlab persona runs/baseline --persona-data brown:R --train all --name baseline_persona",
+        overrides=True,
     )
     p.add_argument("run")
     p.add_argument(

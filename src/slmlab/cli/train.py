@@ -22,6 +22,7 @@ def register(sub) -> None:
         "  slmlab train configs/smat_64m.toml --nproc 4 --train.parallel fsdp  # FSDP2\n"
         "  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\\n"
         "      -m slmlab train configs/longctx_300m.toml                       # multi-node",
+        overrides=True,
     )
     p.add_argument("config", nargs="?", help="TOML config file")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its latest checkpoint")
@@ -59,6 +60,7 @@ def register(sub) -> None:
         "  slmlab sweep configs/smat_ablation.toml --dry-run                    # list runs and their state\n"
         "  slmlab sweep configs/smat_64m_ablation.toml --slurm sweep.sh --sbatch=--partition=gpu\n"
         "  sbatch sweep.sh && slmlab sweep configs/smat_64m_ablation.toml       # results once all tasks are done",
+        overrides=True,
     )
     p.add_argument("config", help="sweep TOML (base config, variants, seeds)")
     p.add_argument("--jobs", type=positive_int, default=1, help="parallel runs on CPU (GPUs: one run per GPU)")
