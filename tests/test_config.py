@@ -72,6 +72,15 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
         (["--data.tokenizer", "wordpiece"], "data.tokenizer = 'wordpiece' is not one of byte, char, bpe, gpt2"),
         (["--model.n_layer.x", "1"], "cannot set 'model.n_layer.x': 'n_layer' is not a section"),
         (["--data.mixture.J", "-1"], "data.mixture.J must be >= 0, got -1.0"),
+        # settings the choice they belong to would ignore (model.rope_scale with learned positions)
+        (["--model.rope_scale", "2"], "model.rope_scale = 2.0 is ignored with model.pos = 'learned'"),
+        (["--model.rope_theta", "500"], "model.rope_theta = 500.0 is ignored with model.pos = 'learned'"),
+        (["--model.pos", "sinusoidal", "--model.rope_fraction", "0.5"], "model.rope_fraction = 0.5 is ignored with model.pos"),
+        (["--model.student_t_nu", "3"], "model.student_t_nu = 3.0 is ignored with model.head = 'linear'"),
+        (["--data.vocab_size", "512"], "data.vocab_size = 512 is ignored with data.tokenizer = 'char'"),
+        (["--data.tiktoken_file", "gpt2.tiktoken"], "data.tiktoken_file = 'gpt2.tiktoken' is ignored with data.tokenizer"),
+        (["--train.decay_fraction", "0.5"], "train.decay_fraction = 0.5 is ignored with train.schedule = 'cosine'"),
+        (["--model.local_block", "16"], "model.local_block = 16 is ignored with full attention in every layer"),
     ],
 )
 def test_bad_values_are_rejected_in_one_line_naming_the_key(toml_file, overrides, message):
@@ -108,3 +117,26 @@ def test_shipped_presets_load_and_are_valid():
             assert len({job.run.path for job in jobs}) == len(jobs)
         else:
             load_config(preset)
+
+
+def test_a_setting_is_kept_where_its_choice_uses_it(toml_file, tmp_path):
+    assert load_config(toml_file, ["--model.pos", "rope", "--model.rope_scale", "2"]).model.rope_scale == 2.0
+    assert load_config(toml_file, ["--train.schedule", "wsd", "--train.decay_fraction", "0.5"]).train.decay_fraction == 0.5
+    assert load_config(toml_file, ["--model.attention", "block_local", "--model.local_block", "16"]).model.local_block == 16
+    layered = ["--model.attention_layers", '["block_local", "full"]', "--model.local_block", "16"]
+    assert load_config(toml_file, layered).model.local_block == 16
+    curriculum = tmp_path / "curriculum.toml"  # local_block serves phase B only: kept
+    curriculum.write_text(
+        toml_file.read_text().replace("[model]\n", '[model]\npos = "rope"\nlocal_block = 16\n')
+        + '[[phases]]\nname = "A"\nsteps = 2\n[[phases]]\nname = "B"\nsteps = 2\nattention = "block_local"\n'
+    )
+    assert load_config(curriculum).phase(1).model.local_block == 16
+
+
+def test_a_recorded_run_config_with_an_ignored_setting_still_loads(toml_file):
+    """A run trained before the check recorded such a setting: reading the run back never fails on it."""
+    from slmlab.config import config_from_dict
+
+    values = load_config(toml_file).to_dict()
+    values["model"]["rope_scale"] = 2.0
+    assert config_from_dict(values).model.rope_scale == 2.0

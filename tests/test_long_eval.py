@@ -91,3 +91,16 @@ def test_prompt_suite_report_is_reproducible(text_corpus, make_config, tmp_path,
     suite.write_text('{"id": "a", "prompt": "x", "max_tokns": 5}\n')
     with pytest.raises(ConfigError, match="unknown config key 'prompt\\[0\\].max_tokns'"):
         load_suite(suite)
+
+
+def test_rope_scale_on_a_model_without_rope_is_refused(text_corpus, make_config, capsys):
+    """--rope-scale on learned positions scored the unscaled model under the scaled label."""
+    from slmlab.cli import main
+    from slmlab.runs.run_dir import RunDir
+    from slmlab.training import train
+
+    cfg = make_config(text_corpus, train={"steps": 2, "checkpoint_every": 0})
+    train(cfg, progress=False)
+    capsys.readouterr()
+    assert main(["eval", str(RunDir.for_config(cfg).path), "--batches", "1", "--rope-scale", "2"]) == 2
+    assert "model.rope_scale = 2.0 is ignored with model.pos = 'learned'" in capsys.readouterr().err

@@ -69,6 +69,47 @@ def first_change(section: Any) -> tuple[str, Any] | None:
     return None
 
 
+# A setting read only under some choices: key -> (the choice, the built-in values that ignore it).
+# Only built-in values are listed, so a plugin's position scheme or tokenizer may read the setting.
+IGNORED_UNDER = {
+    "model.rope_theta": ("model.pos", ("learned", "sinusoidal")),
+    "model.rope_scale": ("model.pos", ("learned", "sinusoidal")),
+    "model.rope_fraction": ("model.pos", ("learned", "sinusoidal")),
+    "model.student_t_nu": ("model.head", ("linear",)),
+    "data.vocab_size": ("data.tokenizer", ("byte", "char", "gpt2")),
+    "data.tiktoken_file": ("data.tokenizer", ("byte", "char", "bpe")),
+    "train.decay_fraction": ("train.schedule", ("cosine",)),
+}
+
+
+def check_no_ignored_setting(cfg) -> None:
+    """Refuse a setting changed from its default where the choice it belongs to is not made
+    (model.rope_scale with learned positions, data.vocab_size with a char tokenizer): it would
+    change nothing while the user believes it did. A curriculum's setting counts if any phase
+    uses it. For configs a user writes (load_config) and overrides of a trained run's config;
+    a run's recorded config.json loads as it is."""
+    configs = [cfg.phase(i) for i in range(len(cfg.phases))] or [cfg]
+    for key, (choice, ignoring) in IGNORED_UNDER.items():
+        section, name = key.split(".")
+        default = _default(type(getattr(cfg, section)), name)
+        if all(_lookup(c, choice) in ignoring and _lookup(c, key) != default for c in configs):
+            raise ConfigError(f"{key} = {_lookup(cfg, key)!r} is ignored with {choice} = {_lookup(cfg, choice)!r}; remove it")
+    default_block = _default(type(cfg.model), "local_block")
+    if all(_attention_patterns(c.model) == {"full"} and c.model.local_block != default_block for c in configs):
+        raise ConfigError(f"model.local_block = {cfg.model.local_block} is ignored with full attention in every layer; remove it")
+
+
+def _attention_patterns(m) -> set[str]:
+    return set(m.attention_layers) or (
+        {"full"} if m.global_every == 1 else {m.attention, "full"} if m.global_every else {m.attention}
+    )
+
+
+def _default(cls: type, name: str) -> Any:
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
 def check_architecture_support(m) -> None:
     """Refuse settings the chosen architecture would silently ignore."""
     points = ARCHITECTURES[m.arch].extension_points

@@ -16,7 +16,7 @@ from typing import Any
 from .. import plugins
 from ..errors import ConfigError
 from ..registry import load_builtins
-from .checks import validate
+from .checks import check_no_ignored_setting, validate
 from .schema import RunConfig
 from .values import build_dataclass
 
@@ -108,4 +108,6 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] | dict[str, An
     values = apply_overrides(values, overrides)
     if "plugins" in values:  # ... or, given as an override, to the working directory
         values["plugins"] = plugins.resolve(values["plugins"], Path.cwd())
-    return config_from_dict(values)
+    cfg = config_from_dict(values)
+    check_no_ignored_setting(cfg)
+    return cfg

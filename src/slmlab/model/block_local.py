@@ -35,6 +35,7 @@ from torch.nn.attention.flex_attention import (
     create_block_mask,
     flex_attention,
 )
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..config import ModelConfig
 from ..registry import ATTENTION_PATTERNS
@@ -43,9 +44,10 @@ from .attention import KVCache, lower_right_mask
 
 def lower_right(Tq: int, Tk: int, device):
     """Causal attention of Tq queries that are the last Tq of Tk keys: SDPA's lower-right causal
-    bias (no mask tensor), or under torch.compile, which cannot trace that bias, the same (Tq, Tk)
-    bool mask written out (at most B x 2B)."""
-    if torch.compiler.is_compiling():
+    bias (no mask tensor), or where that tensor subclass cannot be made (under torch.compile, which
+    cannot trace it, and under a dispatch mode such as torch.utils.flop_counter's, in which it
+    fails to wrap its tensor) the same (Tq, Tk) bool mask written out (at most B x 2B)."""
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         return lower_right_mask(Tq, Tk, device)
     return causal_lower_right(Tq, Tk)
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .. import plugins
-from ..config import ConfigError, RunConfig, apply_overrides, config_from_dict
+from ..config import ConfigError, RunConfig, apply_overrides, check_no_ignored_setting, config_from_dict
 from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..errors import RunFileError
 from ..files import atomic_write_text, read_json, remove_stale_temps, require_fields
@@ -217,6 +217,7 @@ def load_run(
         cfg = run.read_config()
     if model_overrides:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {f"model.{k}": v for k, v in model_overrides.items()}))
+        check_no_ignored_setting(cfg)
     tokenizer = run.read_tokenizer(cfg.model.vocab_size)
     model = build_model(cfg.model)
     summary = run.read_summary()
