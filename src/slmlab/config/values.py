@@ -51,6 +51,9 @@ def check_value(key: str, value: Any, annotation: Any) -> Any:
             return value
     elif origin is list:
         (item_type,) = typing.get_args(annotation)
+        if isinstance(value, str) and value.startswith("[") and value.endswith("]"):  # --data.genres '[J, E]'
+            quoted = ", ".join(f'"{item.strip()}"' for item in value[1:-1].split(",") if item.strip())
+            raise ConfigError(f"{key}: {value!r} is not a TOML list; quote its strings: '[{quoted}]'")
         if isinstance(value, str):  # a single value given for a list, e.g. --data.genres J
             value = [value]
         if isinstance(value, (list, tuple)):
