@@ -45,6 +45,15 @@ def test_parquet_shards_stream_every_row_in_order_with_metadata(shards):
     assert docs[3].year == 1903 and docs[3].genre == "odd"
 
 
+def test_hidden_shards_are_left_out_of_a_folder(shards):
+    """A `.cache/` or `.ipynb_checkpoints/` copy of a shard would be read twice."""
+    hidden = shards / ".ipynb_checkpoints" / "shard_000-checkpoint.parquet"
+    hidden.parent.mkdir()
+    hidden.write_bytes((shards / "part0" / "shard_000.parquet").read_bytes())
+    docs = list(open_source(DataConfig(source=str(shards), text_field="content")).documents())
+    assert [d.text for d in docs] == TEXTS
+
+
 def test_a_glob_of_parquet_shards_is_read_as_parquet(shards):
     source = open_source(DataConfig(source=str(shards / "**" / "*.parquet"), text_field="content"))
     assert isinstance(source, ColumnarSource)

@@ -127,3 +127,23 @@ def test_a_leading_byte_order_mark_is_not_text(tmp_path):
     assert [d.text for d in split] == ["doc one", "doc two"]
     lines = list(DocumentSelection(DataConfig(source=str(tmp_path / "lines.jsonl"))))
     assert [(d.text, d.year) for d in lines] == [("a json line", 1900)]
+
+
+def test_hidden_files_and_macos_forks_are_not_documents(tmp_path):
+    """A corpus folder as users have them: a .ipynb_checkpoints copy would put one text on both
+    sides of the split, .git files are not text, and __MACOSX/._* forks are not UTF-8."""
+    corpus = tmp_path / "corpus"
+    for name in ("prose/a.txt", "prose/b.txt", "verse/c.md"):
+        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / name).write_text(f"The text of {name}. " * 20)
+    hidden = {
+        ".ipynb_checkpoints/a-checkpoint.txt": "The text of prose/a.txt. " * 20,
+        ".git/description.txt": "Unnamed repository",
+        "prose/.notes.md": "draft",
+        "__MACOSX/prose/._a.txt": "\x00\x05\x16\x07 Mac OS X resource fork",
+    }
+    for name, text in hidden.items():
+        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / name).write_text(text)
+    (corpus / "__MACOSX" / "prose" / "._b.txt").write_bytes(b"\x00\x05\x16\x07\xff\xfe")
+    assert sorted(d.id for d in DocumentSelection(DataConfig(source=str(corpus)))) == ["prose/a.txt", "prose/b.txt", "verse/c.md"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from ...files import read_json
 from .document import Document
 from .fetch import CorpusError, file_digest
-from .local import parse_year
+from .local import corpus_files, parse_year
 
 OPTIONAL_COLUMNS = ("id", "year", "genre", "title")
 RESAVE = "save the dataset again with save_to_disk"
@@ -53,7 +53,7 @@ def is_columnar(spec: str) -> bool:
         return path.suffix == ".parquet"
     if not path.is_dir():
         return False
-    return saved_dataset_files(path) is not None or any(path.rglob("*.parquet"))
+    return saved_dataset_files(path) is not None or bool(corpus_files(path, (".parquet",)))
 
 
 def saved_dataset_files(folder: Path) -> list[tuple[str, Path]] | None:
@@ -88,7 +88,7 @@ class ColumnarSource:
         if saved is not None:
             self.parts = saved
         else:
-            files = _glob(spec) or ([path] if path.is_file() else sorted(path.rglob("*.parquet")))
+            files = _glob(spec) or ([path] if path.is_file() else corpus_files(path, (".parquet",)))
             self.parts = [("", f) for f in files]
         if not self.parts:
             raise CorpusError(f"data.source: '{spec}' holds no .parquet files")

@@ -48,6 +48,22 @@ def parse_year(value, where: str) -> int | None:
     return int(value)
 
 
+SKIPPED_FOLDERS = ("__MACOSX",)  # macOS zip resource forks
+
+
+def corpus_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The files under `folder` with one of `suffixes`, sorted, leaving out hidden files and folders
+    (.git, .ipynb_checkpoints copies that would put one text on both sides of the split, .DS_Store)
+    and __MACOSX resource forks, as a shell glob does."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and path.suffix in suffixes
+        and not any(part.startswith(".") or part in SKIPPED_FOLDERS for part in path.relative_to(folder).parts)
+    )
+
+
 class LocalSource:
     """Text files or JSON lines on disk; genre = the parent folder name (files) or `genre` (jsonl)."""
 
@@ -69,7 +85,7 @@ class LocalSource:
         if path.is_file():
             files = [path]
         elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".md", ".jsonl"))
+            files = corpus_files(path, (".txt", ".md", ".jsonl"))
         elif any(ch in spec for ch in "*?["):
             files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         else:
