@@ -117,3 +117,23 @@ def test_slurm_array_script_and_single_task_runs(micro_sweep, tmp_path, capsys):
     assert json.loads((sweep_dir / "full_s1" / "summary.json").read_text())["step"] == 4
     assert main(["sweep", str(micro_sweep), "--only", "4"]) == 2
     assert "--only 4: the sweep has runs 0..3" in capsys.readouterr().err
+
+
+def test_one_seed_results_are_standard_json_with_an_unknown_spread(micro_sweep, tmp_path, capsys):
+    """With one seed the spread and every interval are undefined: null in results.json (json.dumps
+    wrote NaN, which jq and JavaScript refuse) and '–' in the table, never a spread of 0."""
+    micro_sweep.write_text(micro_sweep.read_text().replace("seeds = [1, 2]", "seeds = [1]"))
+    assert main(["sweep", str(micro_sweep), "--jobs", "1"]) == 0
+    sweep_dir = tmp_path / "runs" / "micro"
+
+    def refuse(constant):
+        raise ValueError(f"not standard JSON: {constant}")
+
+    results = json.loads((sweep_dir / "results.json").read_text(), parse_constant=refuse)
+    full = next(v for v in results["variants"] if v["variant"] == "full")
+    assert full["runs"] == 1 and full["val_ppl_std"] is None and full["ci_low"] is None
+    row = next(line for line in (sweep_dir / "results.md").read_text().splitlines() if line.startswith("| full"))
+    assert row.split("|")[4].strip() == "–"
+    capsys.readouterr()
+    assert main(["eval", str(sweep_dir / "full_s1"), "--batches", "1", "--json"]) == 0
+    json.loads(capsys.readouterr().out, parse_constant=refuse)

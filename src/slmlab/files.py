@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -84,6 +85,23 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def json_text(value, **options) -> str:
+    """`value` as standard JSON: NaN and infinities (an undefined CI, a p-value of one seed)
+    become null, which every JSON reader takes (json.dumps would write NaN, which jq and
+    JavaScript refuse). `options` go to json.dumps."""
+
+    def finite(item):
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: finite(v) for key, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [finite(v) for v in item]
+        return item
+
+    return json.dumps(finite(value), allow_nan=False, **options)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from .options import (
@@ -109,6 +108,7 @@ def register(sub) -> None:
 def cmd_eval(args, extra) -> int:
     from ..config import parse_overrides
     from ..evals.score import load_for_inference, score_run
+    from ..files import json_text
 
     model_overrides = {"rope_scale": args.rope_scale} if args.rope_scale else None
     cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8, model_overrides)
@@ -137,7 +137,7 @@ def cmd_eval(args, extra) -> int:
         return 0
     result = score_run(args.run, cfg, model, tokenizer, device, args.split, args.batches, parse_overrides(extra))
     print(
-        json.dumps(result)
+        json_text(result)
         if args.json
         else f"{result['slice']} {args.split}, {result['coverage']} ({result['tokens']:,} tokens"
         + ("" if result["train_overlap"] is None else f", {result['train_overlap']} in the run's training split")

@@ -8,13 +8,12 @@ Results are printed and saved as ablations.md and ablations.json in the run dire
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from ..config import ConfigError
 from ..data.tokens import prepare_tokens
-from ..files import atomic_write_text
+from ..files import atomic_write_text, json_text
 from ..model.interventions import applicable, intervene
 from ..registry import ABLATION_SUMMARIES
 from ..runs.run_dir import load_run
@@ -57,6 +56,6 @@ def ablate(run_path: str | Path, n_batches: int = 20, device: str = "auto") -> t
             table += f"\n\n{text}"
             result.update(values)
     run = Path(run_path)
-    atomic_write_text(run / "ablations.json", json.dumps(result, indent=2))
+    atomic_write_text(run / "ablations.json", json_text(result, indent=2))
     atomic_write_text(run / "ablations.md", f"# Surgical ablations of {run.name}\n\n{table}\n")
     return table, result

@@ -17,7 +17,6 @@ end-of-text token.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..errors import RunFileError
-from ..files import atomic_write_text, read_json
+from ..files import atomic_write_text, json_text, read_json
 from ..registry import closest
 
 log = logging.getLogger("slmlab")
@@ -256,7 +255,7 @@ def evaluate_run(
         "scores": scores,
         "results": output["results"],
     }
-    atomic_write_text(results_path(run), json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write_text(results_path(run), json_text(record, indent=2, default=str) + "\n")
     return scores, make_table(output)
 
 

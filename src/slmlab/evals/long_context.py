@@ -10,7 +10,6 @@ Both sample the same evenly spaced windows as training's validation (data.valida
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 
 from ..data.sampling import validation_batches
 from ..data.tokens import TokenSplit
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text, json_text
 from ..model.modes import eval_mode
 from ..runs.metrics import perplexity
 from ..tables import markdown_table
@@ -78,7 +77,7 @@ def save_plot(path: Path, xs, ys, xlabel: str, title: str, label: str = "") -> N
 
 def write_report(run: Path, name: str, payload: dict, xs, ys, xlabel: str) -> Path:
     out = run / f"{name}.json"
-    atomic_write_text(out, json.dumps(payload, indent=2))
+    atomic_write_text(out, json_text(payload, indent=2))
     save_plot(run / f"{name}.png", xs, ys, xlabel, f"{run.name}: {name.replace('_', ' ')}")
     return out
 

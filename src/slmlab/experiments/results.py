@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text, json_text
 from ..runs.run_dir import RunDir
 from ..tables import format_number, human, markdown_table
 from .budget import flops_per_token
@@ -203,7 +202,7 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
         plot_tuning(sweep_dir / "tuning.png", tuning)
     atomic_write_text(
         sweep_dir / "results.json",
-        json.dumps(
+        json_text(
             {"sweep": sweep.name, "baseline": sweep.baseline, "seeds": sweep.seeds, "variants": records, "tuning": tuning},
             indent=2,
             default=str,

@@ -58,10 +58,12 @@ def paired_comparison(variant: dict[int, float], baseline: dict[int, float]) -> 
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
+    """The mean and the sample standard deviation (ddof 1: NaN for a single value, whose spread
+    is unknown, not 0)."""
     if not values:
         return math.nan, math.nan
     array = np.asarray(values, dtype=np.float64)
-    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else math.nan
 
 
 def holm_adjusted(p_values: dict[str, float]) -> dict[str, float]:

@@ -20,7 +20,6 @@ genre but R), else what `--other-data` names. `--compare RUN_A RUN_B ...` puts r
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from ..config import ConfigError, DataConfig
 from ..data.corpora import DocumentSelection, open_source
 from ..data.tokenizers import TokenizerError
 from ..data.tokens import prepare_tokens, validation_ids
-from ..files import atomic_write_text
+from ..files import atomic_write_text, json_text
 from ..runs.metrics import perplexity
 from ..runs.run_dir import RunDir, load_run
 from ..tables import markdown_table
@@ -211,7 +210,7 @@ def evaluate_persona(
         "other_ppl": text_perplexity(model, cfg, data.other, tokenizer, device),
         "samples": {"neutral": neutral[:3], "adversarial": adversarial[:3]},
     }
-    atomic_write_text(run.path / "persona_eval.json", json.dumps(result, indent=2))
+    atomic_write_text(run.path / "persona_eval.json", json_text(result, indent=2))
     return result
 
 

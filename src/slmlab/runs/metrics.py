@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ..errors import RunFileError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, json_text
 
 
 def perplexity(loss: float) -> float:
@@ -23,17 +23,13 @@ def _number(value) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
-def _clean(value):
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 class MetricsLog:
     def __init__(self, path: Path):
         self.path = path
 
     def append(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+            handle.write(json_text(record) + "\n")
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step` (written after the checkpoint a resume starts from)."""
