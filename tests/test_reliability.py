@@ -259,3 +259,14 @@ def test_a_second_sweep_of_the_same_name_is_refused_while_one_runs(micro_sweep, 
     err = capsys.readouterr().err.strip()
     assert f"the sweep {tmp_path / 'runs' / 'micro'} is in use by process {process.pid}" in err and "\n" not in err
     assert not (tmp_path / "runs" / "micro").exists()
+
+
+def test_reading_an_unfinished_run_says_which_checkpoint_it_uses(text_corpus, make_config, caplog):
+    from slmlab.runs.run_dir import load_run
+
+    out = Path(train(make_config(text_corpus, train={"steps": 4, "checkpoint_every": 2})).run_dir)
+    (out / "final.safetensors").unlink()
+    (out / "summary.json").unlink()  # as if killed after its last checkpoint
+    with caplog.at_level("INFO", logger="slmlab"):
+        load_run(out)
+    assert f"{out} has not finished training: using its latest checkpoint, step_000004" in caplog.text

@@ -227,5 +227,6 @@ def load_run(
         name = latest_checkpoint(run.checkpoints)
         if name is None:
             raise CheckpointError(f"{run.path} has no final.safetensors and no checkpoint yet")
+        log.info("%s has not finished training: using its latest checkpoint, %s", run.path, name)
         load_weights(model, run.checkpoints / f"{name}.safetensors", checksums(run.checkpoints, name).get(f"{name}.safetensors"))
     return cfg, model.to(device).eval(), tokenizer
