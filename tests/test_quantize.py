@@ -35,3 +35,17 @@ def test_int8_model_runs_and_keeps_perplexity(text_corpus, make_config, capsys):
     (run / "model_int8.pt").write_bytes(b"not a checkpoint")
     assert main(["generate", str(run), "--int8", "--prompt", "ROMEO"]) == 2
     assert "model_int8.pt is corrupt" in capsys.readouterr().err
+
+
+def test_an_int8_model_of_older_weights_is_refused(text_corpus, make_config, capsys):
+    """Quantised, then trained on: the int8 file would score and sample the weights of before."""
+    cfg = make_config(text_corpus, train={"steps": 4, "checkpoint_every": 4})
+    run = train(cfg, progress=False).run_dir
+    assert main(["quantize", str(run), "--int8", "--batches", "1"]) == 0
+    assert main(["eval", str(run), "--int8", "--batches", "1"]) == 0
+    assert main(["train", "--resume", str(run), "--train.steps", "8", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--int8", "--batches", "1"]) == 2
+    assert "model_int8.pt was made from other weights" in capsys.readouterr().err
+    assert main(["quantize", str(run), "--int8", "--batches", "1"]) == 0
+    assert main(["generate", str(run), "--int8", "--prompt", "ROMEO", "--max-new-tokens", "3"]) == 0

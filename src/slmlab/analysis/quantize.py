@@ -1,9 +1,10 @@
 """int8 inference (`slmlab quantize RUN --int8`): dynamic quantisation of every `nn.Linear` with
 PyTorch's quantisation tooling (int8 weights; activations quantised on the fly; CPU kernels).
 
-The int8 weights go to RUN/model_int8.pt (a state dict of tensors and packed parameters, loaded
-with `torch.load(weights_only=True)`); `load_int8` rebuilds the model from the run's config,
-quantises its structure and loads them. Embeddings, norms and a tied LM head stay fp32. The
+The int8 weights go to RUN/model_int8.pt (a state dict of tensors and packed parameters, with the
+SHA-256 of the fp32 weights it was made from, loaded with `torch.load(weights_only=True)`);
+`load_int8` rebuilds the model from the run's config, quantises its structure and loads them,
+refusing a file made from other weights (a run resumed after it was quantised). Embeddings, norms and a tied LM head stay fp32. The
 comparison table sets file size, CPU generation speed and validation perplexity of the int8
 model next to the fp32 one's.
 """
@@ -11,6 +12,7 @@ model next to the fp32 one's.
 from __future__ import annotations
 
 import copy
+import hashlib
 import statistics
 import time
 import warnings
@@ -34,8 +36,20 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
 
 
-def save_int8(model: nn.Module, run: str | Path) -> Path:
-    return atomic_write(Path(run) / INT8_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 over the model's parameters and buffers (names, shapes, bytes), in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}{tuple(data.shape)}{data.dtype}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_int8(quantized: nn.Module, run: str | Path, source_sha256: str) -> Path:
+    """Save the int8 state and the digest of the fp32 weights it was made from."""
+    payload = {"source_sha256": source_sha256, "int8_state": quantized.state_dict()}
+    return atomic_write(Path(run) / INT8_FILE, lambda tmp: torch.save(payload, tmp))
 
 
 def load_int8(run: str | Path):
@@ -48,9 +62,16 @@ def load_int8(run: str | Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # packed int8 parameters still use the TypedStorage API
-            quantized.load_state_dict(torch.load(path, weights_only=True))
+            saved = torch.load(path, weights_only=True)
+        source = saved.get("source_sha256")  # None in files of older slmlab: a bare state dict
+        quantized.load_state_dict(saved.get("int8_state", saved))
     except Exception as err:  # unpickling and shape errors of many kinds: report them as corruption
         raise CheckpointError(f"{path} is corrupt or from another model ({type(err).__name__})") from None
+    if source is not None and source != weights_digest(model):
+        raise CheckpointError(
+            f"{path} was made from other weights than {run} holds now (trained on since, or replaced); "
+            f"make it again with `slmlab quantize {run} --int8`"
+        )
     return cfg, quantized, tokenizer
 
 
@@ -83,7 +104,7 @@ def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
 
     cfg, model, tokenizer = load_run(run, "cpu")
     quantized = quantize_int8(model)
-    path = save_int8(quantized, run)
+    path = save_int8(quantized, run, weights_digest(model))
     _, data = prepare_tokens(cfg.data, tokenizer)
     prompt = data.val.tokens[:16].astype("int64").tolist()
     rows = []
