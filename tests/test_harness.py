@@ -5,7 +5,6 @@ from held-out text and scored end to end; sweeps put task scores with paired CIs
 from __future__ import annotations
 
 import json
-import math
 from types import SimpleNamespace
 
 import pytest
@@ -140,7 +139,7 @@ def test_a_sweep_puts_task_accuracy_with_paired_cis_in_its_table(tmp_path, micro
     assert "slmlab_cloze acc" in table and "Δ slmlab_cloze acc [95% CI]" in table
     records = json.loads((tmp_path / "runs" / "micro" / "results.json").read_text())["variants"]
     column = next(r for r in records if not r["is_baseline"])["lm_eval"]["slmlab_cloze acc"]
-    assert 0 <= column["mean"] <= 1 and (math.isnan(column["low"]) or column["low"] <= column["delta"] <= column["high"])
+    assert 0 <= column["mean"] <= 1 and (column["low"] is None or column["low"] <= column["delta"] <= column["high"])
 
 
 def test_the_harness_builds_the_adapter_from_its_model_args_string(run):
@@ -169,3 +168,31 @@ def test_a_single_document_cloze_uses_exactly_the_tail_the_token_split_held_out(
     assert trained + held == text + "\n\n"  # the split's two sides, nothing shared
     examples = cloze_examples(data, tokenizer, limit=10)
     assert examples and all(e["context"] + e["choices"][e["gold"]] in held for e in examples)
+
+
+def test_a_sweep_scores_a_run_again_once_it_has_trained_on(run, monkeypatch):
+    """Saved lm-eval scores are reused only for the weights they were computed on."""
+    import slmlab.evals.harness as harness
+    from slmlab.experiments.sweep import Job
+    from slmlab.runs import RunDir
+
+    calls = []
+
+    def fake_evaluate(path, tasks, limit, num_fewshot, batch_size):
+        calls.append(path)
+        record = {"tasks": tasks, "limit": limit, "num_fewshot": num_fewshot, "scores": {"t": {"acc": 0.5}}}
+        (path / "lm_eval").mkdir(exist_ok=True)
+        (path / "lm_eval" / "results.json").write_text(
+            json.dumps({**record, "weights_sha256": harness.final_weights_sha256(path)})
+        )
+        return record["scores"], ""
+
+    monkeypatch.setattr(harness, "evaluate_run", fake_evaluate)
+    job = Job("base", 0, RunDir(run).read_config())
+    for _ in range(2):
+        harness.score_sweep_runs([job], {("base", 0): {}}, ["t"], limit=4)
+    assert len(calls) == 1  # the second time the saved scores of the same weights are reused
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "final_sha256": "0" * 64}))  # as if trained on
+    harness.score_sweep_runs([job], {("base", 0): {}}, ["t"], limit=4)
+    assert len(calls) == 2

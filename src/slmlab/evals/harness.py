@@ -249,6 +249,7 @@ def evaluate_run(
     }
     record = {
         "run": str(run),
+        "weights_sha256": final_weights_sha256(run),
         "tasks": tasks,
         "limit": limit,
         "num_fewshot": num_fewshot,
@@ -259,11 +260,19 @@ def evaluate_run(
     return scores, make_table(output)
 
 
+def final_weights_sha256(run: str | Path) -> str | None:
+    """The SHA-256 of the run's final weights (summary.json), None while it has not finished."""
+    from ..runs import RunDir
+
+    return RunDir(Path(run)).read_summary().get("final_sha256")
+
+
 def score_sweep_runs(
     jobs, results: dict, tasks: list[str], limit: int = 0, num_fewshot: int | None = None, batch_size: int = 16
 ) -> dict:
     """Add {"lm_eval": {task: {metric: value}}} to the result of every finished run of a sweep,
-    reusing a run's RUN/lm_eval/results.json when it holds the same tasks, limit and shots."""
+    reusing a run's RUN/lm_eval/results.json when it holds the same tasks, limit and shots of the
+    same final weights (a run trained on since is scored again)."""
     for job in jobs:
         result = results.get((job.variant, job.seed))
         if result is None or "failed" in result:
@@ -271,7 +280,8 @@ def score_sweep_runs(
         saved = results_path(job.run.path)
         fix = "delete it to score the run again"
         record = read_json(saved, "lm-eval results", RunFileError, fix) if saved.is_file() else {}
-        if (record.get("tasks"), record.get("limit"), record.get("num_fewshot")) == (tasks, limit, num_fewshot):
+        asked = (tasks, limit, num_fewshot, final_weights_sha256(job.run.path))
+        if (record.get("tasks"), record.get("limit"), record.get("num_fewshot"), record.get("weights_sha256")) == asked:
             scores = record["scores"]
         else:
             log.info("%s: lm-eval %s", job.run.path, ", ".join(tasks))
