@@ -137,3 +137,21 @@ def test_one_seed_results_are_standard_json_with_an_unknown_spread(micro_sweep, 
     capsys.readouterr()
     assert main(["eval", str(sweep_dir / "full_s1"), "--batches", "1", "--json"]) == 0
     json.loads(capsys.readouterr().out, parse_constant=refuse)
+
+
+def test_a_run_trained_with_other_settings_is_never_reused(micro_sweep, tmp_path, capsys):
+    """Changing a variant's setting and running the sweep again skipped its finished runs, whose
+    results then stood in the table under the new setting; more steps train them on."""
+    micro_sweep.write_text(micro_sweep.read_text().replace("seeds = [1, 2]", "seeds = [1]"))
+    assert main(["sweep", str(micro_sweep), "--jobs", "1"]) == 0
+    run = tmp_path / "runs" / "micro" / "full_s1"
+    weights = (run / "final.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["sweep", str(micro_sweep), "--jobs", "1", "--model.smat.s_dim", "8"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'runs' / 'micro' / 'baseline_s1'} was trained with other settings" in err
+    assert "model.smat.s_dim" in err and (run / "final.safetensors").read_bytes() == weights
+    assert main(["sweep", str(micro_sweep), "--dry-run", "--model.smat.s_dim", "8"]) == 0
+    assert "[trained with other settings]" in capsys.readouterr().out
+    assert main(["sweep", str(micro_sweep), "--jobs", "1", "--train.steps", "18"]) == 0  # trains both runs on
+    assert json.loads((run / "summary.json").read_text())["step"] == 18

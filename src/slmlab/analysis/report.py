@@ -53,19 +53,9 @@ def write_report(target: str | Path) -> tuple[Path, Path]:
 # ---- pieces ----------------------------------------------------------------------------------
 
 
-def _flatten(values: dict, prefix: str = "") -> dict[str, object]:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and key != "mixture":
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def changed_settings(cfg: RunConfig, reference: RunConfig) -> list[tuple[str, str, str]]:
     """(key, value, reference value) for every setting where cfg differs from reference."""
-    mine, theirs = _flatten(cfg.to_dict()), _flatten(reference.to_dict())
+    mine, theirs = cfg.settings(), reference.settings()
     return [(k, repr(v), repr(theirs.get(k))) for k, v in mine.items() if k not in HIDDEN and v != theirs.get(k)]
 
 

@@ -248,6 +248,20 @@ class RunConfig:
         values["model"] = self.model.to_dict()
         return values
 
+    def settings(self) -> dict[str, Any]:
+        """Every setting by its dotted key ("model.smat.use_S": True); a mixture is one value."""
+
+        def flat(values: dict, prefix: str) -> dict[str, Any]:
+            out = {}
+            for key, value in values.items():
+                if isinstance(value, dict) and key != "mixture":
+                    out.update(flat(value, f"{prefix}{key}."))
+                else:
+                    out[f"{prefix}{key}"] = value
+            return out
+
+        return flat(self.to_dict(), "")
+
     def __reduce__(self):
         """Pickled as plain values (to a sweep's worker processes): rebuilding imports the
         plugins its sections come from, which a fresh process has not imported yet."""

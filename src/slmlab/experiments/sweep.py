@@ -167,13 +167,45 @@ def first_seed_jobs(jobs: list[Job]) -> list[Job]:
 
 
 def run_status(job: Job) -> str:
-    """'done' (summary.json exists), 'resume' (has a checkpoint), or 'new'."""
+    """'done' (summary.json exists, at the steps the sweep asks), 'resume' (has a checkpoint, or
+    finished at other steps), or 'new'."""
     run = job.run
     if run.summary.is_file():
-        return "done"
+        return "done" if run.read_config().train.steps == job.config.train.steps else "resume"
     if (run.checkpoints / "latest").is_file():
         return "resume"
     return "new"
+
+
+SET_PER_WORKER = ("train.threads", "train.device")  # what `_execute` sets in each run's config
+
+
+def changed_since_trained(job: Job) -> list[str]:
+    """The settings where the run folder's recorded config differs from what the sweep asks now,
+    as 'key: then -> now' (none for a new run; train.steps and the trackers may change, as in a
+    resume; the tokenizer's vocabulary size is filled in at training)."""
+    if not job.run.config.is_file():
+        return []
+    from ..training.trainer import RESUME_CHANGES
+
+    then, now = job.run.read_config().settings(), job.config.settings()
+    free = {*SET_PER_WORKER, *(f"train.{name}" for name in RESUME_CHANGES), "name", "out_dir"}
+    if now["model.vocab_size"] == 0:
+        free.add("model.vocab_size")
+    return [f"{key}: {then.get(key)!r} -> {value!r}" for key, value in now.items() if key not in free and then.get(key) != value]
+
+
+def check_runs_match(jobs: list[Job]) -> None:
+    """Refuse to reuse (skip or resume) a run folder trained with other settings than the sweep
+    asks now: its result would stand in the table under the new settings."""
+    for job in jobs:
+        changed = changed_since_trained(job)
+        if changed:
+            shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+            raise ConfigError(
+                f"{job.run.path} was trained with other settings than the sweep asks now ({shown}); "
+                "delete that run folder to train it again, or give the sweep another name"
+            )
 
 
 def follow_parent(parent: int, every: float = 1.0) -> None:
@@ -220,6 +252,7 @@ def plan_devices(jobs: int) -> tuple[int, list[str], int]:
 
 def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tuple[str, int], dict]:
     """Run every unfinished job; returns (variant, seed) -> summary (or {"failed": ...})."""
+    check_runs_match(jobs)
     slots, devices, threads = plan_devices(parallel)
     results: dict[tuple[str, int], dict] = {}
     pending = []
@@ -253,7 +286,10 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
 
 def dry_run_lines(jobs: list[Job]) -> list[str]:
     """One line per run: its index (for --only), directory and state."""
-    return [f"{i:3d}  {job.run.path}  [{run_status(job)}]" for i, job in enumerate(jobs)]
+    return [
+        f"{i:3d}  {job.run.path}  [{'trained with other settings' if changed_since_trained(job) else run_status(job)}]"
+        for i, job in enumerate(jobs)
+    ]
 
 
 def tune_learning_rates(
