@@ -159,6 +159,13 @@ def test_surgery_verb_end_to_end(tmp_path, text_corpus, capsys):
     capsys.readouterr()
     assert main(["surgery", "--hf-model", str(base), "--load", str(out), "--generate", "ROMEO", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith("ROMEO")
+    # windows longer than the base model's 64 positions ended in an IndexError inside transformers
+    argv = ["surgery", "--hf-model", str(base), "--persona-data", str(text_corpus / "verse"), "--out", str(tmp_path / "b")]
+    assert main([*argv, "--seq-len", "128"]) == 2
+    assert "--seq-len 128 exceeds the 64-token context" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["surgery", "--hf-model", str(tmp_path / "empty"), "--persona-data", str(text_corpus)]) == 2
+    assert "has no config.json" in capsys.readouterr().err
 
 
 def char_tokenizer():

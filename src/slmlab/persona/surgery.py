@@ -136,6 +136,8 @@ def load_hf_model(path: str | Path, device: torch.device):
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"--hf-model {path} does not exist (a local model directory or .gguf file)")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ConfigError(f"--hf-model {path} has no config.json: give a transformers model folder (or a .gguf file)")
     kwargs = {"local_files_only": True}
     if path.suffix == ".gguf":
         path, kwargs["gguf_file"] = path.parent, path.name
@@ -242,6 +244,11 @@ def surgery(
 
     resolved = resolve_device(device)
     model, tokenizer = load_hf_model(hf_model, resolved)
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if context and seq_len > context:
+        raise ConfigError(
+            f"--seq-len {seq_len} exceeds the {context}-token context of {hf_model}; give --seq-len {context} or less"
+        )
     folder = Path(out or f"runs/surgery_{Path(hf_model).stem}")
     if (folder / "self_area.json").is_file() and not overwrite:
         raise ConfigError(f"{folder} already holds a Self Area; choose another --out")
