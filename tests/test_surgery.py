@@ -194,3 +194,18 @@ def test_batched_left_padded_continuations_equal_one_at_a_time(kind):
     assert tokenizer.padding_side == "right"  # restored
     sampled = hf_continuations(model, tokenizer, prompts, 10, seed=3)
     assert sampled == hf_continuations(model, tokenizer, prompts, 10, seed=3) and sampled != batched
+
+
+def test_continuations_without_a_pad_token_and_beyond_the_context(kind):
+    """A tokenizer with neither pad nor end-of-text token (slmlab's exported char tokenizer) was
+    refused even for one prompt; a continuation past the context died inside transformers."""
+    from slmlab.config import ConfigError
+    from slmlab.persona.surgery import hf_continuations
+
+    model, padded = tiny(kind), char_tokenizer()
+    bare = char_tokenizer()
+    bare.pad_token, bare.eos_token = None, None
+    prompts = ["To be, or not", "O"]
+    assert hf_continuations(model, bare, prompts, 10, sample=False) == hf_continuations(model, padded, prompts, 10, sample=False)
+    with pytest.raises(ConfigError, match="exceed the model's 64-token context; give at most 51 new tokens"):
+        hf_continuations(model, padded, prompts, 60, sample=False)

@@ -150,6 +150,11 @@ def load_hf_model(path: str | Path, device: torch.device):
     return model.to(device).eval(), tokenizer
 
 
+def model_context(model: nn.Module) -> int | None:
+    """A Hugging Face model's context length in tokens (None where its config does not say)."""
+    return getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+
+
 def persona_tokens(data: DataConfig, tokenizer, val_fraction: float = 0.1) -> tuple[TokenSplit, TokenSplit]:
     """The persona corpus through the model's own tokenizer: documents joined by EOS, split into
     train and validation by document (the foundation's hash-ranked split)."""
@@ -244,7 +249,7 @@ def surgery(
 
     resolved = resolve_device(device)
     model, tokenizer = load_hf_model(hf_model, resolved)
-    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    context = model_context(model)
     if context and seq_len > context:
         raise ConfigError(
             f"--seq-len {seq_len} exceeds the {context}-token context of {hf_model}; give --seq-len {context} or less"
@@ -299,12 +304,15 @@ def hf_continuations(
 ) -> list[str]:
     """One continuation per prompt (sampled at temperature 0.8, top-k 50, or greedy), through
     Hugging Face's own batched generation: prompts left-padded, `batch_size` at a time, with the
-    attention mask (the model places each row's positions from it). One seeded generator state
-    for the whole list, so the result is reproducible for a given batch size."""
+    attention mask (the model places each row's positions from it); a tokenizer with neither a pad
+    nor an end-of-text token continues one prompt at a time, unpadded. One seeded generator state
+    for the whole list, so the result is reproducible for a given batch size. A prompt that leaves
+    no room for `max_new_tokens` in the model's context is a ConfigError."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
-        raise ConfigError("the tokenizer has neither a pad nor an end-of-text token to pad a batch of prompts with")
+        batch_size = 1
+    context = model_context(model)
     padding_side, own_pad = tokenizer.padding_side, tokenizer.pad_token_id
     tokenizer.padding_side, tokenizer.pad_token_id = "left", pad
     torch.manual_seed(seed)
@@ -312,9 +320,14 @@ def hf_continuations(
     texts = []
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **options)
+            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=pad is not None).to(device)
             width = batch["input_ids"].shape[1]
+            if context and width + max_new_tokens > context:
+                raise ConfigError(
+                    f"a prompt of {width} tokens and {max_new_tokens} new ones exceed the model's {context}-token context; "
+                    f"give at most {max(context - width, 0)} new tokens, or a shorter prompt"
+                )
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **options)
             texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     finally:  # the caller's tokenizer as it was
         tokenizer.padding_side, tokenizer.pad_token_id = padding_side, own_pad
