@@ -72,6 +72,10 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
         (["--data.tokenizer", "wordpiece"], "data.tokenizer = 'wordpiece' is not one of byte, char, bpe, gpt2"),
         (["--model.n_layer.x", "1"], "cannot set 'model.n_layer.x': 'n_layer' is not a section"),
         (["--data.mixture.J", "-1"], "data.mixture.J must be >= 0, got -1.0"),
+        (
+            ["--model.zzz_idea.enabled", "true"],
+            "a plugin's section needs the plugin in plugins = [...])",
+        ),
         (["--data.genres", "[J, E]"], """data.genres: '[J, E]' is not a TOML list; quote its strings: '["J", "E"]'"""),
         # settings the choice they belong to would ignore (model.rope_scale with learned positions)
         (["--model.rope_scale", "2"], "model.rope_scale = 2.0 is ignored with model.pos = 'learned'"),

@@ -86,5 +86,8 @@ def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             kwargs[name] = check_value(key, value, sections[name].config)
         else:
             options = names + (list(sections) if sections is not None else [])
-            raise ConfigError(f"unknown config key '{key}'{closest(name, options)}")
+            hint = closest(name, options)
+            if not hint and sections is not None and isinstance(value, dict):  # a section no variant or plugin registered
+                hint = f" (sections: {', '.join(sections)}; a plugin's section needs the plugin in plugins = [...])"
+            raise ConfigError(f"unknown config key '{key}'{hint}")
     return cls(**kwargs)
