@@ -97,6 +97,8 @@ def test_a_device_slmlab_cannot_run_on_is_one_line(name):
         ("top_p = 0.0", "top_p must be in (0, 1]"),
         ("top_p = 1.5", "top_p must be in (0, 1]"),
         ("top_k = -3", "top_k must be >= 0"),
+        ('prompt = ""', "prompt 'odd' is empty"),
+        ('prompt = "T~"', "prompt 'odd': characters not in the tokenizer's vocabulary: '~'"),
     ],
 )
 def test_a_prompt_suite_with_an_impossible_setting_is_one_line_naming_the_prompt(micro_toml, tmp_path, capsys, line, says):
@@ -104,12 +106,24 @@ def test_a_prompt_suite_with_an_impossible_setting_is_one_line_naming_the_prompt
     temperature sampled greedily and max_tokens = 0 wrote empty completions, all silently."""
     assert main(["train", str(micro_toml), "--no-progress", "--name", "r"]) == 0
     suite = tmp_path / "suite.toml"
-    suite.write_text(f'[[prompt]]\nid = "fine"\nprompt = "T"\n[[prompt]]\nid = "odd"\nprompt = "T"\n{line}\n')
+    odd = line if line.startswith("prompt =") else f'prompt = "T"\n{line}'
+    suite.write_text(f'[[prompt]]\nid = "fine"\nprompt = "T"\n[[prompt]]\nid = "odd"\n{odd}\n')
     capsys.readouterr()
     assert main(["prompts", str(tmp_path / "runs" / "r"), "--suite", str(suite)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "prompt[1] ('odd')" in err and says in err and "\n" not in err
+    assert ("prompt[1] ('odd')" in err or "prompt 'odd'" in err) and says in err and "\n" not in err
     assert not list((tmp_path / "runs" / "r").glob("prompts_*"))
+
+
+def test_a_prompt_suite_entry_without_its_id_or_text_is_one_line(tmp_path):
+    """build_dataclass left required fields to the constructor: a TypeError traceback."""
+    from slmlab.evals.prompts import load_suite
+
+    for entry, missing in (('prompt = "T"', "'id'"), ('id = "a"', "'prompt'")):
+        suite = tmp_path / "suite.toml"
+        suite.write_text(f"[[prompt]]\n{entry}\n")
+        with pytest.raises(ConfigError, match=f"suite.toml: prompt\\[0\\]: {missing} must be given"):
+            load_suite(suite)
 
 
 def test_generate_refuses_sampling_options_it_cannot_honour():

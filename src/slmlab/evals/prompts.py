@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, build_dataclass, check_seed, read_toml
+from ..errors import TokenizerError
 from ..files import atomic_write_text, read_text
 from ..model.sampling import check_sampling
 
@@ -49,7 +50,10 @@ def load_suite(path: str | Path) -> list[Prompt]:
         records = read_toml(path).get("prompt", [])
     if not records:
         raise ConfigError(f"{path}: the suite has no prompts")
-    prompts = [build_dataclass(Prompt, r, prefix=f"prompt[{i}]") for i, r in enumerate(records)]
+    try:
+        prompts = [build_dataclass(Prompt, r, prefix=f"prompt[{i}]") for i, r in enumerate(records)]
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     for i, p in enumerate(prompts):
         try:
             if p.max_tokens <= 0:
@@ -72,7 +76,12 @@ def run_suite(
     seeded generator, so its completion is the one it would get alone."""
     encoded = []
     for p in prompts:
-        ids = tokenizer.encode(p.prompt)
+        try:
+            ids = tokenizer.encode(p.prompt)
+        except TokenizerError as err:
+            raise ConfigError(f"prompt '{p.id}': {err}") from None
+        if not ids:
+            raise ConfigError(f"prompt '{p.id}' is empty (or holds no text this tokenizer knows): give some text to continue")
         if len(ids) > block_size:
             raise ConfigError(f"prompt '{p.id}' is {len(ids)} tokens, longer than the model's context {block_size}")
         encoded.append(ids)
