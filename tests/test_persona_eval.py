@@ -92,3 +92,15 @@ def test_persona_eval_needs_other_text_for_a_plain_source(tmp_path, capsys):
     (tmp_path / "p.txt").write_text("hello")
     assert main(["persona-eval", "runs/x", "--persona-data", str(tmp_path / "p.txt")]) == 2
     assert "give --other-data SOURCE" in capsys.readouterr().err
+
+
+def test_persona_eval_refuses_the_same_text_on_both_sides(tmp_path, capsys):
+    """The classifier would be asked to tell a text from itself (chance accuracy, a meaningless table)."""
+    from slmlab.config import ConfigError
+    from slmlab.persona.evaluate import persona_data
+
+    (tmp_path / "p.txt").write_text("hello there, " * 50)
+    with pytest.raises(ConfigError, match="select the same text"):
+        persona_data(str(tmp_path / "p.txt"), str(tmp_path / "." / "p.txt"))
+    (tmp_path / "q.txt").write_text("another voice entirely. " * 50)
+    assert persona_data(str(tmp_path / "p.txt"), str(tmp_path / "q.txt")).other.source.endswith("q.txt")

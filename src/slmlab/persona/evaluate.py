@@ -78,6 +78,11 @@ def persona_data(persona_spec: str, other_spec: str = "", cache_dir: str = "") -
         other = dataclasses.replace(persona, genres=[g for g in source.genres if g not in chosen])
     else:
         raise ConfigError("give --other-data SOURCE: the text the persona is told apart from")
+    if DocumentSelection(persona).fingerprint() == DocumentSelection(other).fingerprint():
+        raise ConfigError(
+            f"--persona-data {persona_spec} and --other-data {other_spec or '(its other genres)'} select the same text: "
+            "nothing would tell the persona apart; give another --other-data"
+        )
     return PersonaData(persona, other)
 
 
