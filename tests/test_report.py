@@ -49,3 +49,28 @@ def test_sweep_report_holds_the_results_table_and_every_run(micro_sweep, tmp_pat
 def test_report_on_a_directory_that_is_neither_run_nor_sweep(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "neither a run directory (config.json) nor a sweep directory (results.json)" in capsys.readouterr().err
+
+
+def test_samples_and_prompts_never_reach_the_html_as_markup(text_corpus, make_config, tmp_path):
+    """A model trained on web or Markdown text samples ``` and <script>: inside a ``` fence that
+    ended the block, and the rest went into report.html as HTML."""
+    from slmlab.evals.prompts import markdown_report
+    from slmlab.tables import code_block, code_span
+
+    run = train(make_config(text_corpus, train={"steps": 2, "checkpoint_every": 0}), progress=False).run_dir
+    hostile = "plain\n```\n<script>alert(1)</script>\n````x"
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "sample": hostile}))
+    record = {
+        "id": "p",
+        "prompt": "<b>`x`</b>\n# not a heading",
+        "completion": hostile,
+        "temperature": 0,
+        "seed": 0,
+        "max_tokens": 5,
+    }
+    (run / "prompts_hostile.md").write_text(markdown_report("r", "hostile", [record]))
+    assert main(["report", str(run)]) == 0
+    html = (run / "report.html").read_text()
+    assert "<script>" not in html and "<b>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert code_block("a ``` b") == "````\na ``` b\n````" and code_span("`x`\ny") == "`` `x`⏎y ``"

@@ -1,10 +1,33 @@
-"""Presentation: plain Markdown tables (readable in a terminal, pasteable into a README or an issue)
-and the formatting of numbers and sizes."""
+"""Presentation: plain Markdown tables (readable in a terminal, pasteable into a README or an issue),
+text quoted so that nothing in it is read as Markdown or HTML, and the formatting of numbers and
+sizes."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
+
+
+def _longest_backtick_run(text: str) -> int:
+    return max((len(run) for run in re.findall(r"`+", text)), default=0)
+
+
+def code_block(text: str, language: str = "") -> str:
+    """`text` as a fenced Markdown code block whose fence is longer than any run of backticks in
+    it, so nothing in the text (a model's sample holding ``` and HTML) ends the block early and
+    reaches the HTML report as markup."""
+    fence = "`" * max(3, _longest_backtick_run(text) + 1)
+    return f"{fence}{language}\n{text}\n{fence}"
+
+
+def code_span(text: str) -> str:
+    """`text` on one line as an inline Markdown code span (newlines shown as ⏎), quoted like
+    `code_block`."""
+    text = text.replace("\n", "⏎")
+    ticks = "`" * (_longest_backtick_run(text) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
 
 
 def format_number(value, spec: str) -> str:

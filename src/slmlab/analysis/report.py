@@ -29,7 +29,7 @@ from ..config import ConfigError, RunConfig
 from ..errors import RunFileError
 from ..files import atomic_write, atomic_write_text, read_json, read_text, require_fields
 from ..runs.run_dir import RunDir
-from ..tables import format_number, human, markdown_table
+from ..tables import code_block, format_number, human, markdown_table
 from .info import size_table
 
 HIDDEN = {"name", "out_dir", "phases", "train.seed"}
@@ -206,7 +206,7 @@ def _run_report(path: Path) -> tuple[str, str]:
         parts += [
             "## Sample",
             "Generated at the end of training (temperature 0.8, top-k 50, seed 0):",
-            "```text\n" + summary["sample"] + "\n```",
+            code_block(summary["sample"], "text"),
         ]
     return f"slmlab run {cfg.name}", "\n\n".join(parts) + "\n"
 
@@ -265,7 +265,7 @@ def _sweep_report(path: Path) -> tuple[str, str]:
     samples = [(v, m[0].read_summary().get("sample")) for v, m in by_variant.items() if m]
     if any(text for _, text in samples):
         parts.append("## Samples (first seed of each variant)")
-        parts += [f"**{v}**\n\n```text\n{text}\n```" for v, text in samples if text]
+        parts += [f"**{v}**\n\n{code_block(text, 'text')}" for v, text in samples if text]
     return f"slmlab sweep {results['sweep']}", "\n\n".join(parts) + "\n"
 
 

@@ -19,6 +19,7 @@ from ..config import ConfigError, build_dataclass, check_seed, read_toml
 from ..errors import TokenizerError
 from ..files import atomic_write_text, read_text
 from ..model.sampling import check_sampling
+from ..tables import code_block, code_span
 
 DEFAULT_SUITE = Path(__file__).parent / "suites" / "control_systems.toml"
 
@@ -115,11 +116,9 @@ def markdown_report(run_name: str, suite: str, results: list[dict]) -> str:
             "",
             f"temperature {r['temperature']}, seed {r['seed']}, {r['max_tokens']} tokens",
             "",
-            f"**Prompt:** {r['prompt']}",
+            f"**Prompt:** {code_span(r['prompt'])}",
             "",
-            "```",
-            r["prompt"] + r["completion"],
-            "```",
+            code_block(r["prompt"] + r["completion"]),
             "",
         ]
     return "\n".join(lines)
