@@ -74,3 +74,16 @@ def test_samples_and_prompts_never_reach_the_html_as_markup(text_corpus, make_co
     html = (run / "report.html").read_text()
     assert "<script>" not in html and "<b>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert code_block("a ``` b") == "````\na ``` b\n````" and code_span("`x`\ny") == "`` `x`⏎y ``"
+
+
+def test_raw_html_in_report_markdown_is_shown_as_text(tmp_path):
+    """data.doc_separator = "<EOS>" in the settings table vanished as an unknown tag; any raw HTML
+    from a run's names or values is text, and the report's own images still embed."""
+    from slmlab.analysis.report import to_html
+
+    (tmp_path / "curves.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    page = to_html(
+        "| key | value |\n|---|---|\n| sep | '<EOS>' |\n\n<img src=x onerror=alert(1)>\n\n![c](curves.png)\n", tmp_path, "t"
+    )
+    assert "&lt;EOS&gt;" in page and "&lt;img src=x onerror=alert(1)&gt;" in page and "<img src=x" not in page
+    assert 'src="data:image/png;base64,' in page

@@ -277,12 +277,17 @@ th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:.75rem;o
 
 
 def to_html(markdown_text: str, base: Path, title: str) -> str:
-    """Render Markdown to one HTML page; images under `base` become inline data URIs."""
+    """Render Markdown to one HTML page; images under `base` become inline data URIs. Raw HTML in
+    the Markdown (a config value such as data.doc_separator = "<EOS>", a run name) is shown as
+    text, never read as markup."""
     import html
 
     import markdown
 
-    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+    renderer = markdown.Markdown(extensions=["tables", "fenced_code"])
+    renderer.preprocessors.deregister("html_block")
+    renderer.inlinePatterns.deregister("html")
+    body = renderer.convert(markdown_text)
 
     def inline(match: re.Match) -> str:
         image = base / html.unescape(match.group(1))
