@@ -7,8 +7,9 @@ a file that may be damaged as one clear error.
 A reader (or a process killed mid-write) sees the old file or the new one, never half of one, and
 after the directory's fsync the rename survives a power cut. Files get the mode a plain open()
 would give them, 0o666 less the umask, whatever the writer did to the temp file (mkstemp's 0o600,
-and safetensors' own 0o600, would hide run files from other users). A temp file left by a kill carries its
-writer's PID, so `remove_stale_temps` can tell it from one a live process is still writing.
+and safetensors' own 0o600, would hide run files from other users). A temp file left by a kill
+carries its writer's PID, so `remove_stale_temps` can tell it from one a live process is still
+writing.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ PyTorch's quantisation tooling (int8 weights; activations quantised on the fly; 
 The int8 weights go to RUN/model_int8.pt (a state dict of tensors and packed parameters, with the
 SHA-256 of the fp32 weights it was made from, loaded with `torch.load(weights_only=True)`);
 `load_int8` rebuilds the model from the run's config, quantises its structure and loads them,
-refusing a file made from other weights (a run resumed after it was quantised). Embeddings, norms and a tied LM head stay fp32. The
-comparison table sets file size, CPU generation speed and validation perplexity of the int8
-model next to the fp32 one's.
+refusing a file made from other weights (a run resumed after it was quantised). Embeddings,
+norms and a tied LM head stay fp32. The comparison table sets file size, CPU generation speed
+and validation perplexity of the int8 model next to the fp32 one's.
 """
 
 from __future__ import annotations

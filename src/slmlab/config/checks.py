@@ -91,10 +91,10 @@ def check_no_ignored_setting(cfg) -> None:
     configs = [cfg.phase(i) for i in range(len(cfg.phases))] or [cfg]
     for key, (choice, ignoring) in IGNORED_UNDER.items():
         section, name = key.split(".")
-        default = _default(type(getattr(cfg, section)), name)
+        default = getattr(type(getattr(cfg, section))(), name)
         if all(_lookup(c, choice) in ignoring and _lookup(c, key) != default for c in configs):
             raise ConfigError(f"{key} = {_lookup(cfg, key)!r} is ignored with {choice} = {_lookup(cfg, choice)!r}; remove it")
-    default_block = _default(type(cfg.model), "local_block")
+    default_block = type(cfg.model)().local_block
     if all(_attention_patterns(c.model) == {"full"} and c.model.local_block != default_block for c in configs):
         raise ConfigError(f"model.local_block = {cfg.model.local_block} is ignored with full attention in every layer; remove it")
 
@@ -103,11 +103,6 @@ def _attention_patterns(m) -> set[str]:
     return set(m.attention_layers) or (
         {"full"} if m.global_every == 1 else {m.attention, "full"} if m.global_every else {m.attention}
     )
-
-
-def _default(cls: type, name: str) -> Any:
-    field = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
 def check_architecture_support(m) -> None:

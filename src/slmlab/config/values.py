@@ -90,8 +90,11 @@ def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             if not hint and sections is not None and isinstance(value, dict):  # a section no variant or plugin registered
                 hint = f" (sections: {', '.join(sections)}; a plugin's section needs the plugin in plugins = [...])"
             raise ConfigError(f"unknown config key '{key}'{hint}")
-    required = [f.name for f in dataclasses.fields(cls) if f.init and f.default is f.default_factory is dataclasses.MISSING]
-    missing = [name for name in required if name not in kwargs]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in kwargs
+    ]
     if missing:
         raise ConfigError(f"{prefix or 'config'}: {', '.join(repr(m) for m in missing)} must be given")
     return cls(**kwargs)

@@ -45,7 +45,9 @@ from .corpora.fetch import cache_dir
 from .tokenizers import Tokenizer, TokenizerError, load_tokenizer, train_tokenizer
 
 log = logging.getLogger("slmlab")
-FORMAT_VERSION = 4  # 4: a leading UTF-8 byte-order mark is not text, one document split by position is on both sides; 3: split by each id's own hash, checksums; 2: local ids are relative paths
+# 4: a leading UTF-8 byte-order mark is not text, one document split by position is on both sides;
+# 3: split by each id's own hash, checksums; 2: local ids are relative paths
+FORMAT_VERSION = 4
 ENCODE_BATCH = 64
 
 

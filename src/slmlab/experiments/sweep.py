@@ -38,6 +38,7 @@ import os
 import shlex
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,15 +108,17 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
         raise ConfigError(f"{path}: no [variants.<name>] tables")
     if not sweep.seeds:
         raise ConfigError(f"{path}: 'seeds' is empty")
-    repeated = sorted({seed for seed in sweep.seeds if sweep.seeds.count(seed) > 1})
+    repeated = sorted(seed for seed, n in Counter(sweep.seeds).items() if n > 1)
     if repeated:
         raise ConfigError(
             f"{path}: seeds {repeated} appear more than once; each (variant, seed) is one run, so list each seed once"
         )
-    folded = [name for name in sweep.variants if [v.lower() for v in sweep.variants].count(name.lower()) > 1]
+    cases = Counter(name.lower() for name in sweep.variants)
+    folded = [name for name in sweep.variants if cases[name.lower()] > 1]
     if folded:
         raise ConfigError(
-            f"{path}: variants {folded} differ only in case; their run folders would be one folder on macOS and Windows: rename one"
+            f"{path}: variants {folded} differ only in case; their run folders would be one folder "
+            "on macOS and Windows: rename one"
         )
     sweep.baseline = sweep.baseline or next(iter(sweep.variants))
     if sweep.baseline not in sweep.variants:

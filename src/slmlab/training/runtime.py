@@ -33,9 +33,10 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device '{name}' is not one slmlab runs on: use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' was asked for but no CUDA device is available; use 'auto' or 'cpu'")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+    count = torch.cuda.device_count()
+    if device.type == "cuda" and (device.index or 0) >= count:
         raise ConfigError(
-            f"device '{name}' was asked for but this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 up to cuda:{torch.cuda.device_count() - 1}"
+            f"device '{name}' was asked for but this machine has {count} CUDA device(s); use cuda:0 up to cuda:{count - 1}"
         )
     if device.type == "mps" and not _mps_available():
         raise ConfigError(f"device '{name}' was asked for but MPS is not available here; use 'auto' or 'cpu'")
