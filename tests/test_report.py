@@ -46,6 +46,28 @@ def test_sweep_report_holds_the_results_table_and_every_run(micro_sweep, tmp_pat
     assert 'src="data:image/png;base64,' in (sweep_dir / "report.html").read_text()
 
 
+def test_report_flags_results_of_weights_the_run_has_trained_past(text_corpus, make_config, capsys):
+    """Quantised and evaluated, then trained on: the report showed the old int8 table and plots as
+    the run's. Each is flagged, naming the command that redoes it, until that command reruns."""
+    cfg = make_config(text_corpus, train={"steps": 4, "checkpoint_every": 4})
+    run = train(cfg, progress=False).run_dir
+    assert main(["quantize", str(run), "--int8", "--batches", "1"]) == 0
+    assert main(["eval", str(run), "--by-position", "--batches", "1"]) == 0
+    assert main(["report", str(run)]) == 0
+    assert "Out of date" not in (run / "report.md").read_text()
+    assert main(["train", "--resume", str(run), "--train.steps", "8", "--no-progress"]) == 0
+    assert main(["report", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    assert md.count("Out of date") == 2
+    assert "`quantize.md` came from other weights" in md and f"rerun `slmlab quantize {run} --int8`" in md
+    assert "`eval_by_position.png` came from other weights" in md and "--by-position" in md
+    assert main(["quantize", str(run), "--int8", "--batches", "1"]) == 0
+    assert main(["report", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    assert md.count("Out of date") == 1 and "`eval_by_position.png`" in md
+    capsys.readouterr()
+
+
 def test_report_on_a_directory_that_is_neither_run_nor_sweep(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "neither a run directory (config.json) nor a sweep directory (results.json)" in capsys.readouterr().err

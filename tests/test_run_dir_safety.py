@@ -52,7 +52,7 @@ def test_a_sweep_or_phase_name_that_is_a_path_is_refused(micro_toml, micro_sweep
     assert all(path.read_text() == "precious" for path in bystanders)
 
 
-def test_overwrite_removes_only_what_slmlab_wrote(micro_toml, tmp_path, capsys):
+def test_overwrite_removes_only_what_slmlab_wrote(micro_toml, tmp_path, capsys, caplog):
     assert _train(micro_toml, "--name", "mine") == 0
     run = tmp_path / "runs" / "mine"
     (run / "my_notes.md").write_text("keep me")
@@ -61,7 +61,11 @@ def test_overwrite_removes_only_what_slmlab_wrote(micro_toml, tmp_path, capsys):
     assert _train(micro_toml, "--name", "mine") == 2
     err = capsys.readouterr().err
     assert "already holds a run" in err and "--overwrite" not in err
+    assert main(["report", str(run)]) == 0  # training.png
+    assert main(["eval", str(run), "--by-position", "--batches", "1"]) == 0  # derived.json and its lock
+    caplog.clear()
     assert _train(micro_toml, "--name", "mine", "--overwrite") == 0
+    assert "kept 2 file(s) slmlab did not write: data, my_notes.md" in caplog.text
     assert (run / "my_notes.md").read_text() == "keep me" and (run / "data" / "corpus.txt").read_text() == "keep me too"
     assert (run / "final.safetensors").is_file() and (run / "summary.json").is_file()
 

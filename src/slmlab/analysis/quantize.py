@@ -98,10 +98,12 @@ def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
     CPU generation speed and validation perplexity -> (the Markdown table, the int8 file). The
     table is saved as RUN/quantize.md."""
     from ..data.tokens import prepare_tokens
+    from ..runs.derived import record_derived, weights_identity
     from ..runs.metrics import perplexity
     from ..runs.run_dir import RunDir
     from ..training import evaluate
 
+    weights = weights_identity(run)
     cfg, model, tokenizer = load_run(run, "cpu")
     quantized = quantize_int8(model)
     path = save_int8(quantized, run, weights_digest(model))
@@ -116,4 +118,5 @@ def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
     header = "CPU generation, tokens/s: median (range) of 5 runs"
     table = markdown_table(("model", "file size", header, "validation ppl"), rows)
     atomic_write_text(Path(run) / "quantize.md", f"# int8 dynamic quantisation of {Path(run).name}\n\n{table}\n")
+    record_derived(run, [Path(run) / "quantize.md", path], f"slmlab quantize {run} --int8", weights)
     return table, path

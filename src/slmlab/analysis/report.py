@@ -28,8 +28,9 @@ from .. import __version__
 from ..config import ConfigError, RunConfig
 from ..errors import RunFileError
 from ..files import atomic_write, atomic_write_text, read_json, read_text, require_fields
+from ..runs.derived import out_of_date
 from ..runs.run_dir import RunDir
-from ..tables import code_block, format_number, human, markdown_table
+from ..tables import code_block, code_span, format_number, human, markdown_table
 from .info import size_table
 
 HIDDEN = {"name", "out_dir", "phases", "train.seed"}
@@ -131,19 +132,39 @@ def _text(path: Path) -> str:
     return read_text(path, "report input", RunFileError, REWRITE)
 
 
+def _out_of_date(path: Path, stale: dict[str, str], pattern: str) -> list[str]:
+    """A line for the files under `path` matching `pattern` that were computed from other weights
+    than the run's current ones (`stale`: runs/derived.out_of_date), naming the command to rerun."""
+    by_command: dict[str, list[str]] = {}
+    for name in sorted(p.relative_to(path).as_posix() for p in path.glob(pattern)):
+        if name in stale:
+            by_command.setdefault(stale[name], []).append(name)
+    return [
+        f"*Out of date: {', '.join(map(code_span, names))} came from other weights than the run's current ones "
+        f"(it trained on, or finished, since); rerun {code_span(command)} to update.*"
+        for command, names in by_command.items()
+    ]
+
+
+def _ablations(path: Path, heading: str, stale: dict[str, str]) -> list[str]:
+    if not (path / "ablations.md").is_file():
+        return []
+    return [heading, *_out_of_date(path, stale, "ablations.md"), _heading_free(_text(path / "ablations.md"))]
+
+
 def _extras(path: Path) -> list[str]:
-    """Sections the other commands leave in a run directory, when present."""
-    parts = []
-    if (path / "ablations.md").is_file():
-        parts += ["## Surgical ablations", _heading_free(_text(path / "ablations.md"))]
+    """Sections the other commands leave in a run directory, when present, each flagged where it
+    describes other weights than the run's current ones."""
+    stale = out_of_date(path)
+    parts = _ablations(path, "## Surgical ablations", stale)
     long_context = _images(path, "eval_*.png", "long-context evaluation")
     if long_context:
-        parts += ["## Long-context evaluation", *long_context]
+        parts += ["## Long-context evaluation", *_out_of_date(path, stale, "eval_*.png"), *long_context]
     attention = _images(path, "viz/*.png", "attention")
     if attention:
-        parts += ["## Attention maps", *attention]
+        parts += ["## Attention maps", *_out_of_date(path, stale, "viz/*.png"), *attention]
     if (path / "quantize.md").is_file():
-        parts += ["## int8 inference", _heading_free(_text(path / "quantize.md"))]
+        parts += ["## int8 inference", *_out_of_date(path, stale, "quantize.md"), _heading_free(_text(path / "quantize.md"))]
     if (path / "persona_eval.json").is_file():
         from ..persona.evaluate import results_table
 
@@ -159,13 +180,18 @@ def _extras(path: Path) -> list[str]:
             ) from None
         parts += [
             "## Persona robustness",
+            *_out_of_date(path, stale, "persona_eval.json"),
             f"Classifier held-out balanced accuracy {result['classifier_accuracy']:.3f}; "
             "adherence with 95% bootstrap intervals over prompts.",
             table,
         ]
     suites = sorted(path.glob("prompts_*.md"))
     if suites:
-        parts += ["## Prompt suites", "\n".join(f"- [{p.name}]({p.name})" for p in suites)]
+        parts += [
+            "## Prompt suites",
+            *_out_of_date(path, stale, "prompts_*.md"),
+            "\n".join(f"- [{p.name}]({p.name})" for p in suites),
+        ]
     return parts
 
 
@@ -260,8 +286,7 @@ def _sweep_report(path: Path) -> tuple[str, str]:
             )
     parts += ["## Runs", markdown_table(("run", "variant", "val loss", "val ppl", "val bpb", "tokens/s", "time"), rows)]
     for run in runs:
-        if (run.path / "ablations.md").is_file():
-            parts += [f"## Surgical ablations of {run.path.name}", _heading_free(_text(run.path / "ablations.md"))]
+        parts += _ablations(run.path, f"## Surgical ablations of {run.path.name}", out_of_date(run.path))
     samples = [(v, m[0].read_summary().get("sample")) for v, m in by_variant.items() if m]
     if any(text for _, text in samples):
         parts.append("## Samples (first seed of each variant)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 from pathlib import Path
 
 import torch
@@ -127,11 +128,13 @@ def attention_report(
     """Heatmaps of every attention module, the prompt coloured by attention received and given,
     and (export="bertviz") the maps for bertviz -> (modules, tokens, files written, folder)."""
     from ..model.attention_maps import capture_attention, token_scores
+    from ..runs.derived import record_derived, weights_identity
     from ..runs.run_dir import load_run
     from ..training.frames import token_labels
     from ..training.runtime import resolve_device
 
     resolved = resolve_device(device)
+    weights = weights_identity(run)
     cfg, model, tokenizer = load_run(run, resolved)
     ids = tokenizer.encode(prompt)
     if not ids:
@@ -154,4 +157,5 @@ def attention_report(
     )
     if export == "bertviz":
         paths.append(export_bertviz(maps, tokens, folder))
+    record_derived(run, paths, shlex.join(["slmlab", "viz", "attention", str(run), "--prompt", prompt]), weights)
     return len(maps), len(ids), paths, folder

@@ -106,34 +106,38 @@ def register(sub) -> None:
 
 
 def cmd_eval(args, extra) -> int:
+    import shlex
+    from pathlib import Path
+
     from ..config import parse_overrides
     from ..evals.score import load_for_inference, score_run
     from ..files import json_text
+    from ..runs.derived import record_derived, weights_identity
 
     model_overrides = {"rope_scale": args.rope_scale} if args.rope_scale else None
+    long_context = args.by_position or args.context_lengths
+    weights = weights_identity(args.run) if long_context else None  # before loading: see runs/derived.py
     cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8, model_overrides)
-    if args.by_position or args.context_lengths:
-        from pathlib import Path
-
+    if long_context:
         from ..evals.long_context import long_context_report
         from ..evals.score import evaluation_tokens
 
         split = evaluation_tokens(cfg, tokenizer, args.split, parse_overrides(extra)).tokens
-        print(
-            long_context_report(
-                Path(args.run),
-                cfg,
-                model,
-                split,
-                device,
-                args.batches,
-                args.by_position,
-                args.context_length or 0,
-                args.bucket,
-                args.context_lengths,
-                args.rope_scale or 0.0,
-            )
+        text, written = long_context_report(
+            Path(args.run),
+            cfg,
+            model,
+            split,
+            device,
+            args.batches,
+            args.by_position,
+            args.context_length or 0,
+            args.bucket,
+            args.context_lengths,
+            args.rope_scale or 0.0,
         )
+        record_derived(args.run, written, shlex.join(["slmlab", *args.argv]), weights)
+        print(text)
         return 0
     result = score_run(args.run, cfg, model, tokenizer, device, args.split, args.batches, parse_overrides(extra))
     print(

@@ -16,6 +16,7 @@ from ..data.tokens import prepare_tokens
 from ..files import atomic_write_text, json_text
 from ..model.interventions import applicable, intervene
 from ..registry import ABLATION_SUMMARIES
+from ..runs.derived import record_derived, weights_identity
 from ..runs.run_dir import load_run
 from ..tables import markdown_table
 from ..training import evaluate
@@ -24,6 +25,7 @@ from ..training.runtime import resolve_device
 
 def ablate(run_path: str | Path, n_batches: int = 20, device: str = "auto") -> tuple[str, dict]:
     device = resolve_device(device)
+    weights = weights_identity(run_path)
     cfg, model, tokenizer = load_run(run_path, device)
     interventions = applicable(model)
     if not interventions:
@@ -58,4 +60,5 @@ def ablate(run_path: str | Path, n_batches: int = 20, device: str = "auto") -> t
     run = Path(run_path)
     atomic_write_text(run / "ablations.json", json_text(result, indent=2))
     atomic_write_text(run / "ablations.md", f"# Surgical ablations of {run.name}\n\n{table}\n")
+    record_derived(run, [run / "ablations.json", run / "ablations.md"], f"slmlab ablate {run}", weights)
     return table, result

@@ -75,11 +75,12 @@ def save_plot(path: Path, xs, ys, xlabel: str, title: str, label: str = "") -> N
     plt.close(fig)
 
 
-def write_report(run: Path, name: str, payload: dict, xs, ys, xlabel: str) -> Path:
+def write_report(run: Path, name: str, payload: dict, xs, ys, xlabel: str) -> list[Path]:
+    """RUN/<name>.json and RUN/<name>.png; returns both paths."""
     out = run / f"{name}.json"
     atomic_write_text(out, json_text(payload, indent=2))
     save_plot(run / f"{name}.png", xs, ys, xlabel, f"{run.name}: {name.replace('_', ' ')}")
-    return out
+    return [out, out.with_suffix(".png")]
 
 
 def long_context_report(
@@ -94,15 +95,15 @@ def long_context_report(
     bucket: int = 64,
     context_lengths: list[int] | None = None,
     rope_scale: float = 0.0,
-) -> str:
+) -> tuple[str, list[Path]]:
     """Loss by position in the window and/or by evaluation context length, saved as JSON + PNG in
     the run directory (suffixed _rope<scale> when evaluated at another rope_scale); returns the
-    tables and the paths as text."""
-    batch, suffix, parts = max(1, cfg.train.batch_size // 4), f"_rope{rope_scale:g}" if rope_scale else "", []
+    tables and the paths as text, and the files written."""
+    batch, suffix, parts, written = max(1, cfg.train.batch_size // 4), f"_rope{rope_scale:g}" if rope_scale else "", [], []
     if by_position:
         length = context_length or cfg.data.seq_len
         rows = loss_by_position(model, split, length, bucket, batch, batches, device)
-        out = write_report(
+        written += write_report(
             run,
             f"eval_by_position{suffix}",
             {"context_length": length, "buckets": rows},
@@ -110,10 +111,10 @@ def long_context_report(
             [r["loss"] for r in rows],
             "position in window (bucket start)",
         )
-        parts += [markdown_table(("positions", "loss"), bucket_table(rows)), f"saved: {out} and .png"]
+        parts += [markdown_table(("positions", "loss"), bucket_table(rows)), f"saved: {written[-2]} and .png"]
     if context_lengths:
         rows = loss_by_context_length(model, split, context_lengths, batch, batches, device)
-        out = write_report(
+        written += write_report(
             run,
             f"eval_context_lengths{suffix}",
             {"trained_seq_len": cfg.data.seq_len, "lengths": rows},
@@ -121,8 +122,8 @@ def long_context_report(
             [r["loss"] for r in rows],
             "evaluation context length",
         )
-        parts += [markdown_table(("context length", "loss", "note"), context_table(rows)), f"saved: {out} and .png"]
-    return "\n".join(parts)
+        parts += [markdown_table(("context length", "loss", "note"), context_table(rows)), f"saved: {written[-2]} and .png"]
+    return "\n".join(parts), written
 
 
 def bucket_table(rows: list[dict]) -> list[tuple]:

@@ -133,16 +133,19 @@ def prompts_report(
 ) -> tuple[str, Path]:
     """Generate from every prompt of a suite (default: the bundled one) -> (Markdown report, where
     it was saved: `out`, else RUN/prompts_<suite>.md). `compile`: decode through torch.compile."""
+    from ..runs.derived import record_derived, weights_identity
     from ..runs.run_dir import load_run
     from ..training.runtime import resolve_device
 
     suite = Path(suite) if suite else DEFAULT_SUITE
     prompts = load_suite(suite)
     resolved = resolve_device(device)
+    weights = weights_identity(run)
     cfg, model, tokenizer = load_run(run, resolved)
     report = markdown_report(
         Path(run).name, suite.stem, run_suite(model, tokenizer, prompts, resolved, cfg.model.block_size, compile)
     )
     path = Path(out) if out else Path(run) / f"prompts_{suite.stem}.md"
     atomic_write_text(path, report)
+    record_derived(run, [path], f"slmlab prompts {run}" + (f" --suite {suite}" if suite != DEFAULT_SUITE else ""), weights)
     return report, path

@@ -31,6 +31,7 @@ from ..data.corpora import DocumentSelection, open_source
 from ..data.tokenizers import TokenizerError
 from ..data.tokens import prepare_tokens, validation_ids
 from ..files import atomic_write_text, json_text
+from ..runs.derived import record_derived, weights_identity
 from ..runs.metrics import perplexity
 from ..runs.run_dir import RunDir, load_run
 from ..tables import markdown_table
@@ -194,6 +195,7 @@ def evaluate_persona(
 ) -> dict:
     """One run's scores; the classifier and the adversarial prompts are shared by every run compared."""
     run, _ = trained_config(RunDir(Path(run_path)))
+    weights = weights_identity(run.path)
     cfg, model, tokenizer = load_run(run.path, device)
     neutral = continuations(model, tokenizer, list(NEUTRAL), max_new_tokens, seed, device)
     adversarial = continuations(model, tokenizer, adversarial_prompts, max_new_tokens, seed + 1000, device)
@@ -216,6 +218,7 @@ def evaluate_persona(
         "samples": {"neutral": neutral[:3], "adversarial": adversarial[:3]},
     }
     atomic_write_text(run.path / "persona_eval.json", json_text(result, indent=2))
+    record_derived(run.path, [run.path / "persona_eval.json"], f"slmlab persona-eval {run.path} ...", weights)
     return result
 
 

@@ -10,6 +10,7 @@ runs/<name>/summary.json       final validation loss/ppl, throughput, peak memor
                                the SHA-256 of final.safetensors
 runs/<name>/tensorboard/, wandb/, trackers.json   what train.trackers wrote (and tracker run ids)
 runs/<name>/lm_eval/           lm-evaluation-harness results (slmlab lm-eval)
+runs/<name>/derived.json       which weights each file another command wrote here came from (derived.py)
 runs/.<name>.lock              the writer lock (slmlab/locks.py), beside the directory
 """
 
@@ -69,6 +70,7 @@ class RunDir:
         "persona_eval.json",
         "report.md",
         "report.html",
+        "training.png",
         "prompts_*.md",
         "eval_*.json",
         "eval_*.png",
@@ -76,6 +78,7 @@ class RunDir:
         "wandb",
         "trackers.json",
         "lm_eval",
+        "derived.json",
     )
     PHASES = "phase*_*"  # a curriculum's phase sub-runs: run directories themselves
 
@@ -137,7 +140,7 @@ class RunDir:
         return sorted(entry.name for entry in self.path.iterdir())
 
     def _owned(self, name: str) -> bool:
-        patterns = (*self.OWNED, *(f".{p}.*" for p in self.OWNED), f".{self.PHASES}.lock")
+        patterns = (*self.OWNED, *(f".{p}.*" for p in self.OWNED), f".{self.PHASES}.lock", ".derived.lock")
         return any(fnmatch.fnmatch(name, p) for p in patterns) or (
             fnmatch.fnmatch(name, self.PHASES) and (self.path / name).is_dir()
         )
@@ -204,29 +207,43 @@ class RunDir:
                     entry.unlink(missing_ok=True)
 
 
+def model_run(path: str | Path) -> tuple[RunDir, RunConfig]:
+    """The run directory that holds a run's model, and its config: the run itself, or a
+    curriculum's last phase."""
+    run = RunDir(Path(path))
+    cfg = run.read_config()
+    if cfg.phases:  # a curriculum: its model is the last phase's
+        run = RunDir(Path(path) / cfg.phase(len(cfg.phases) - 1).name)
+        cfg = run.read_config()
+    return run, cfg
+
+
+def model_weights(run: RunDir) -> tuple[Path, str | None]:
+    """The weights file a run's model loads from, and its recorded SHA-256 (None where none was
+    recorded): final.safetensors once the run finished, else its latest checkpoint."""
+    summary = run.read_summary()
+    if run.final_weights.is_file() or "final_sha256" in summary:  # a finished run must have its final weights
+        return run.final_weights, summary.get("final_sha256")
+    name = latest_checkpoint(run.checkpoints)
+    if name is None:
+        raise CheckpointError(f"{run.path} has no final.safetensors and no checkpoint yet")
+    return run.checkpoints / f"{name}.safetensors", checksums(run.checkpoints, name).get(f"{name}.safetensors")
+
+
 def load_run(
     path: str | Path, device: str | torch.device = "cpu", model_overrides: dict | None = None
 ) -> tuple[RunConfig, nn.Module, Tokenizer]:
     """The config, trained model (final weights, else the latest checkpoint) and tokenizer of a run.
 
     `model_overrides` ({"rope_scale": 2.0}) change model fields that carry no weights."""
-    run = RunDir(Path(path))
-    cfg = run.read_config()
-    if cfg.phases:  # a curriculum: its model is the last phase's
-        run = RunDir(Path(path) / cfg.phase(len(cfg.phases) - 1).name)
-        cfg = run.read_config()
+    run, cfg = model_run(path)
     if model_overrides:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {f"model.{k}": v for k, v in model_overrides.items()}))
         check_no_ignored_setting(cfg)
     tokenizer = run.read_tokenizer(cfg.model.vocab_size)
     model = build_model(cfg.model)
-    summary = run.read_summary()
-    if run.final_weights.is_file() or "final_sha256" in summary:  # a finished run must have its final weights
-        load_weights(model, run.final_weights, summary.get("final_sha256"))
-    else:
-        name = latest_checkpoint(run.checkpoints)
-        if name is None:
-            raise CheckpointError(f"{run.path} has no final.safetensors and no checkpoint yet")
-        log.info("%s has not finished training: using its latest checkpoint, %s", run.path, name)
-        load_weights(model, run.checkpoints / f"{name}.safetensors", checksums(run.checkpoints, name).get(f"{name}.safetensors"))
+    weights, sha256 = model_weights(run)
+    if weights != run.final_weights:
+        log.info("%s has not finished training: using its latest checkpoint, %s", run.path, weights.stem)
+    load_weights(model, weights, sha256)
     return cfg, model.to(device).eval(), tokenizer
