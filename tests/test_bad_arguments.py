@@ -126,6 +126,20 @@ def test_a_prompt_suite_entry_without_its_id_or_text_is_one_line(tmp_path):
             load_suite(suite)
 
 
+def test_text_that_is_not_utf8_is_one_line_wherever_it_enters(micro_toml, tmp_path, capsys):
+    """A --prompt holding a byte that is not UTF-8 (Python reads it as a lone surrogate) and a
+    suite line with JSON's "\\udc00" ended in a UnicodeEncodeError traceback from the tokenizer."""
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "r"]) == 0
+    run = str(tmp_path / "runs" / "r")
+    capsys.readouterr()
+    assert main(["generate", run, "--prompt", "T\udcff", "--max-new-tokens", "2"]) == 2
+    assert "argument 'T\\udcff' is not UTF-8 text" in capsys.readouterr().err
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text('{"id": "a", "prompt": "T"}\n{"id": "b", "prompt": "T\\udc00"}\n')
+    assert main(["prompts", run, "--suite", str(suite)]) == 2
+    assert "suite.jsonl:2: holds \\udc00, half of a UTF-16 pair" in capsys.readouterr().err
+
+
 def test_generate_refuses_sampling_options_it_cannot_honour():
     import torch
 

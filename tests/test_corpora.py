@@ -129,6 +129,20 @@ def test_a_leading_byte_order_mark_is_not_text(tmp_path):
     assert [(d.text, d.year) for d in lines] == [("a json line", 1900)]
 
 
+def test_a_json_line_with_half_a_surrogate_pair_is_one_line_naming_it(tmp_path):
+    """JSON allows "\\ud800" alone; no UTF-8 text holds it, so tokenizer training failed with a
+    UnicodeEncodeError traceback. A whole escaped pair (an emoji) is one character and reads."""
+    (tmp_path / "ok.jsonl").write_text('{"text": "smile \\ud83d\\ude00"}\n')
+    assert [d.text for d in DocumentSelection(DataConfig(source=str(tmp_path / "ok.jsonl")))] == ["smile \U0001f600"]
+    for field in ("text", "id", "title"):
+        record = {"text": "fine", field: "half \\udc80 of a pair"}
+        (tmp_path / "bad.jsonl").write_text(
+            '{"text": "fine"}\n' + ", ".join(f'"{k}": "{v}"' for k, v in record.items()).join("{}") + "\n"
+        )
+        with pytest.raises(CorpusError, match=r"bad.jsonl:2: holds \\udc80, half of a UTF-16 pair"):
+            list(DocumentSelection(DataConfig(source=str(tmp_path / "bad.jsonl"))))
+
+
 def test_hidden_files_and_macos_forks_are_not_documents(tmp_path):
     """A corpus folder as users have them: a .ipynb_checkpoints copy would put one text on both
     sides of the split, .git files are not text, and __MACOSX/._* forks are not UTF-8."""

@@ -164,6 +164,21 @@ def read_text(path: str | Path, what: str, error: type[SlmlabError], fix: str) -
         raise error(f"{what} {path} cannot be read ({err.strerror or err}); {fix}") from None
 
 
+def lone_surrogate(value) -> str | None:
+    """The first character of `value` (a string, or the strings in its lists and dicts) that no
+    UTF-8 text can hold, as "\\uXXXX", else None: a lone UTF-16 surrogate, which JSON's "\\ud800"
+    escape and Python's reading of command-line bytes that are not UTF-8 produce. Tokenizers and
+    files cannot take one, so readers refuse it where it enters."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return f"\\u{ord(value[err.start]):04x}"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return next((bad for key, item in items for bad in (lone_surrogate(key), lone_surrogate(item)) if bad), None)
+
+
 def read_json(path: str | Path, what: str, error: type[SlmlabError], fix: str, expect: type = dict):
     """A JSON file's value, checked to be an `expect` (dict, list); anything else is `error`."""
     text = read_text(path, what, error, fix)
@@ -171,6 +186,8 @@ def read_json(path: str | Path, what: str, error: type[SlmlabError], fix: str, e
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise error(f"{what} {path} is damaged (not JSON: {err.msg} at line {err.lineno}); {fix}") from None
+    if "\\u" in text and lone_surrogate(value):
+        raise error(f"{what} {path} is damaged (it holds {lone_surrogate(value)}, half of a UTF-16 pair); {fix}")
     if not isinstance(value, expect):
         raise error(f"{what} {path} is damaged (a JSON {type(value).__name__}, not a {expect.__name__}); {fix}")
     return value

@@ -67,11 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     from .. import plugins
     from ..errors import SlmlabError
+    from ..files import lone_surrogate
 
     if args.trust_plugins:
         plugins.trust()
 
     try:
+        for arg in argv:
+            if lone_surrogate(arg):  # Python's stand-in for a byte that is not UTF-8 (surrogateescape)
+                raise SlmlabError(f"argument {arg!r} is not UTF-8 text; give slmlab UTF-8 arguments")
         if extra and not args.takes_overrides:
             raise SlmlabError(f"{args.verb_name} takes no config overrides, got {' '.join(extra)}")
         return args.func(args, extra)

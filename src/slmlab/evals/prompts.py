@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, build_dataclass, check_seed, read_toml
 from ..errors import TokenizerError
-from ..files import atomic_write_text, read_text
+from ..files import atomic_write_text, lone_surrogate, read_text
 from ..model.sampling import check_sampling
 from ..tables import code_block, code_span
 
@@ -47,6 +47,10 @@ def load_suite(path: str | Path) -> list[Prompt]:
                     records.append(json.loads(line))
                 except json.JSONDecodeError:
                     raise ConfigError(f"{path}:{number}: not a JSON object") from None
+                if lone_surrogate(records[-1]):
+                    raise ConfigError(
+                        f"{path}:{number}: holds {lone_surrogate(records[-1])}, half of a UTF-16 pair and no character; fix it"
+                    )
     else:
         records = read_toml(path).get("prompt", [])
     if not records:

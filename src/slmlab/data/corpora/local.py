@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from ...files import lone_surrogate
 from .document import Document
 from .fetch import CorpusError, file_digest
 
@@ -132,6 +133,11 @@ class LocalSource:
                         record = json.loads(line)
                     except json.JSONDecodeError:
                         raise CorpusError(f"{path}:{number}: not a JSON object") from None
+                    bad = lone_surrogate(record) if "\\u" in line else None  # only a \u escape makes one
+                    if bad:
+                        raise CorpusError(
+                            f"{path}:{number}: holds {bad}, half of a UTF-16 pair and no character; fix or drop that line"
+                        )
                     if not isinstance(record, dict) or not isinstance(record.get(self.text_field), str):
                         raise CorpusError(f"{path}:{number}: no string field '{self.text_field}' (set data.text_field)")
                     year = parse_year(record.get("year"), f"{path}:{number}")
