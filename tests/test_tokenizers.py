@@ -49,6 +49,22 @@ def test_bpe_restores_spacing_and_special_tokens(bpe):
     assert bpe.separator_ids() == [3]
 
 
+ODD = "[BOS]a doc that spells [EOS] and <|endoftext|>, é, 😀, e\u0301[PAD][UNK]"
+
+
+@pytest.mark.parametrize("kind", ["byte", "char", "bpe"])
+def test_corpus_text_is_text_and_its_tokens_count_every_byte(bpe, kind):
+    """A corpus that spells a special token ("[EOS]" in a tokenizer tutorial, "<|endoftext|>" in
+    a web dump) got the special id: a document boundary slmlab never put there, and bits per
+    byte counted 0 bytes for its 5-13. Documents encode as plain text, whose token byte lengths
+    add up to the text's UTF-8 length; prompts (`encode`) still read the spelling as the token."""
+    tok = {"byte": ByteTokenizer(), "char": CharTokenizer.train([ODD]), "bpe": bpe}[kind]
+    (ids,) = tok.encode_documents([ODD])
+    assert tok.decode(ids) == ODD and int(tok.token_bytes()[ids].sum()) == len(ODD.encode("utf-8"))
+    if kind == "bpe":
+        assert not {0, 1, 2, 3} & set(ids) and bpe.encode("[EOS]") == [3]
+
+
 @pytest.mark.parametrize("make", [ByteTokenizer, lambda: CharTokenizer.train([TEXT])])
 def test_saved_tokenizers_load_back_identically(tmp_path, bpe, make):
     for tok in (make(), bpe):
@@ -81,3 +97,5 @@ def test_gpt2_tokenizer_matches_known_ids():
     tok = GPT2Tokenizer(fetch_gpt2_tokenizer())
     assert tok.vocab_size == 50257 and tok.encode("Hello world") == [15496, 995]
     assert tok.encode("<|endoftext|>") == [50256] and tok.decode(tok.encode(TEXT)) == TEXT
+    (ids,) = tok.encode_documents([ODD])
+    assert 50256 not in ids and int(tok.token_bytes()[ids].sum()) == len(ODD.encode("utf-8"))

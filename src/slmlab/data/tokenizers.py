@@ -5,7 +5,11 @@ All share one small interface (`encode`, `encode_batch`, `decode`, `vocab_size`,
 for BPE, a small slmlab JSON object for the others.
 
 Documents are joined with `separator_ids()`: the `[EOS]` id where the tokenizer has one, else
-the encoding of a blank line.
+the encoding of a blank line. A corpus's documents go through `encode_documents`, where a text
+that spells "[EOS]" or "<|endoftext|>" gets the tokens of those characters, never the special
+id: the separators slmlab inserts are the only ones, and bits per byte counts every byte of the
+text. `encode` (prompts) reads such a spelling as the special token, as Hugging Face tokenizers
+and nanoGPT's sampling do (nanoGPT prepares its data with `encode_ordinary` likewise).
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ class Tokenizer(ABC):
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
+
+    def encode_documents(self, texts: list[str]) -> list[list[int]]:
+        """Corpus text -> ids, a special token's spelling encoded as plain text (tokenizers with
+        special tokens override this)."""
+        return self.encode_batch(texts)
 
     @abstractmethod
     def decode(self, ids: Iterable[int]) -> str: ...
@@ -159,6 +168,13 @@ class BPETokenizer(Tokenizer):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tok.encode_batch(texts)]
 
+    def encode_documents(self, texts: list[str]) -> list[list[int]]:
+        self.tok.encode_special_tokens = True  # "[EOS]" in the text is text
+        try:
+            return self.encode_batch(texts)
+        finally:
+            self.tok.encode_special_tokens = False
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
@@ -228,6 +244,9 @@ class GPT2Tokenizer(Tokenizer):
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.enc.encode_batch(texts, allowed_special="all")
+
+    def encode_documents(self, texts: list[str]) -> list[list[int]]:
+        return self.enc.encode_ordinary_batch(texts)
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.enc.decode([int(i) for i in ids])

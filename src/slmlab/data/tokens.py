@@ -45,9 +45,10 @@ from .corpora.fetch import cache_dir
 from .tokenizers import Tokenizer, TokenizerError, load_tokenizer, train_tokenizer
 
 log = logging.getLogger("slmlab")
+# 5: "[EOS]" and "<|endoftext|>" in the text are text, not the special id;
 # 4: a leading UTF-8 byte-order mark is not text, one document split by position is on both sides;
 # 3: split by each id's own hash, checksums; 2: local ids are relative paths
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 ENCODE_BATCH = 64
 
 
@@ -143,7 +144,7 @@ def _write_streams(
     counts: dict[str, dict[str, int]] = {"train": {}, "val": {}}
 
     def flush(batch):
-        for doc, ids in zip(batch, tokenizer.encode_batch([d.text for d in batch])):
+        for doc, ids in zip(batch, tokenizer.encode_documents([d.text for d in batch])):
             split = "val" if doc.id in val_ids else "train"
             stream = doc.genre or "all"
             key = (split, stream)
