@@ -7,6 +7,8 @@ Anything else reaching the CLI is a bug in slmlab and keeps its traceback.
 
 from __future__ import annotations
 
+import re
+
 
 class SlmlabError(Exception):
     """A problem the user can fix, described in one line that says what to do."""
@@ -38,3 +40,20 @@ class RunFileError(SlmlabError, RuntimeError):
 
 class RunInUseError(SlmlabError, RuntimeError):
     """Another live process holds the run (or sweep) directory's lock."""
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """What to tell the user when `err` is the device or host running out of memory (torch's
+    OutOfMemoryError on CUDA, the CPU allocator's RuntimeError, Python's MemoryError), else None."""
+    text = str(err)
+    if not (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in text):
+        return None
+    asked = re.search(r"(?:tried to )?allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]iB)", text)
+    size = ""
+    if asked:
+        value, unit = float(asked[1]), asked[2]
+        size = f" (one allocation of {value / 2**30:.1f} GiB)" if unit == "bytes" else f" (one allocation of {value:g} {unit})"
+    return (
+        f"out of memory{size}: make the model, train.batch_size or the sequence length smaller, or raise "
+        "train.grad_accum (`slmlab info CONFIG` estimates the memory a run needs)"
+    )

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(own)
     args.argv = argv
     from .. import plugins
-    from ..errors import SlmlabError
+    from ..errors import SlmlabError, out_of_memory
     from ..files import lone_surrogate
 
     if args.trust_plugins:
@@ -92,3 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("slmlab: interrupted (resume a training run with --resume RUN)", file=sys.stderr)
         return 130
+    except (RuntimeError, MemoryError) as err:
+        message = out_of_memory(err)
+        if message is None:
+            raise
+        print(f"slmlab: error: {message}", file=sys.stderr)
+        return 2

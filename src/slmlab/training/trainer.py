@@ -124,24 +124,33 @@ class Trainer:
         try:
             self._set_up(cfg, resume, overwrite, progress, init_from, carry_optimizer, from_checkpoint)
         except BaseException:
-            if self._created and self.world.is_main:
-                self.run.remove_owned()
-                if not any(self.run.path.iterdir()):
-                    self.run.path.rmdir()
+            self._remove_if_empty()
             self.close()
             raise
+
+    def _remove_if_empty(self) -> None:
+        """Remove the directory of a fresh run that failed before it recorded anything (no metrics,
+        no checkpoint): the config and tokenizer it holds are the failed command's own."""
+        if self._created and self.world.is_main and not self.run.metrics.exists() and not self.run.checkpoints.exists():
+            self._close_trackers()  # before removing what they wrote
+            self.run.remove_owned()
+            if not any(self.run.path.iterdir()):
+                self.run.path.rmdir()
 
     def close(self) -> None:
         """Finish the trackers, give up the run's writer lock and give the process back the
         thread count it had (`train.threads` sets it for the run)."""
         if torch.get_num_threads() != self._threads:
             torch.set_num_threads(self._threads)
-        if self.trackers is not None:
-            self.trackers.close()
-            self.trackers = None
+        self._close_trackers()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    def _close_trackers(self) -> None:
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
 
     def __enter__(self) -> Trainer:
         return self
@@ -309,9 +318,14 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train to train.steps and write the results (a resumed run that had already finished
-        changes nothing and returns its recorded result). However it ends, the lock is released."""
+        changes nothing and returns its recorded result). However it ends, the lock is released; a
+        fresh run that fails before its first record (out of memory at the first step, say) leaves
+        no directory, as a failed set-up does."""
         try:
             return self._fit()
+        except Exception:
+            self._remove_if_empty()
+            raise
         finally:
             self.close()
 
