@@ -158,6 +158,21 @@ def test_resume_to_fewer_steps_than_trained_is_refused(text_corpus, make_config)
         train(cfg, resume=True, progress=False)
 
 
+def test_resume_on_a_corpus_that_changed_since_is_refused(text_corpus, make_config):
+    """An edited corpus file gave other token streams, and the resumed run trained the rest of
+    its steps on them and scored its final numbers on another validation split, silently."""
+    cfg = make_config(text_corpus, train={"steps": 10, "checkpoint_every": 5})
+    train(cfg, progress=False)
+    doc = text_corpus / "prose" / "doc00.txt"
+    original = doc.read_text()
+    doc.write_text(original + original[:80])  # an edit in characters the tokenizer knows
+    cfg.train.steps = 15
+    with pytest.raises(ConfigError, match="trained on other data than data.source .* restore the corpus"):
+        train(cfg, resume=True, progress=False)
+    doc.write_text(original)
+    assert train(cfg, resume=True, progress=False).step == 15
+
+
 def test_resuming_a_finished_run_changes_nothing(text_corpus, make_config):
     cfg = make_config(text_corpus, train={"steps": 10, "checkpoint_every": 5})
     train(cfg, progress=False)

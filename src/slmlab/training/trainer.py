@@ -252,6 +252,13 @@ class Trainer:
         return cfg
 
     def _restore(self, state: dict) -> None:
+        trained_on = state.get("data_sha256")  # None in checkpoints of older slmlab
+        if trained_on is not None and trained_on != self.data.manifest["sha256"]:
+            raise ConfigError(
+                f"{self.run.path} trained on other data than data.source '{self.cfg.data.source}' gives now (its files "
+                "changed since): resuming would train the rest on other text and score it on another validation "
+                "split; restore the corpus, or train a new run (--name) on the new one"
+            )
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.step, self.tokens, self.nan_skips = state["step"], state["tokens"], state["nan_skips"]
@@ -272,6 +279,7 @@ class Trainer:
             "rng": rng_state(),
             "train_seconds": self.seconds_before + (time.perf_counter() - self.started if self.started else 0.0),
             "peak_memory_bytes": max(self.peak_before, peak_memory_bytes(self.device)),
+            "data_sha256": self.data.manifest["sha256"],  # the token streams trained on (checked on resume)
         }
         if self.world.is_main:
             save_checkpoint(self.run.checkpoints, self.step, weights, state, self.cfg.train.keep_checkpoints)
