@@ -129,6 +129,37 @@ def test_a_leading_byte_order_mark_is_not_text(tmp_path):
     assert [(d.text, d.year) for d in lines] == [("a json line", 1900)]
 
 
+def test_records_read_alike_from_json_lines_json_arrays_csv_and_tsv_in_any_case(tmp_path):
+    """A .json array was one document of JSON syntax, a CSV's text column was read with its
+    commas and header, a .JSONL file was plain text: all silently. Each is now its records, the
+    same documents in every format; a compressed file is one line saying to decompress it."""
+    import csv
+    import gzip
+    import json
+
+    records = [{"id": f"d{i}", "text": f"text, with commas\nand lines {i}", "year": 1900 + i, "genre": "g"} for i in range(5)]
+    records[2]["year"] = ""  # unknown, as a CSV writes a missing value
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "B.JSONL").write_text((tmp_path / "a.jsonl").read_text())
+    (tmp_path / "c.json").write_text(json.dumps(records, indent=1))
+    (tmp_path / "d.json").write_text((tmp_path / "a.jsonl").read_text())
+    for name, delimiter in (("e.csv", ","), ("f.tsv", "\t")):
+        with open(tmp_path / name, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(records[0]), delimiter=delimiter)
+            writer.writeheader()
+            writer.writerows(records)
+    read = {
+        name: [(d.id, d.text, d.year, d.genre) for d in DocumentSelection(DataConfig(source=str(tmp_path / name)))]
+        for name in ("a.jsonl", "B.JSONL", "c.json", "d.json", "e.csv", "f.tsv")
+    }
+    expected = [(r["id"], r["text"], r["year"] or None, "g") for r in records]
+    assert all(documents == expected for documents in read.values()), read
+    with gzip.open(tmp_path / "g.txt.gz", "wt") as handle:
+        handle.write("some text")
+    with pytest.raises(CorpusError, match="g.txt.gz is compressed \\(.gz\\); decompress it first"):
+        list(DocumentSelection(DataConfig(source=str(tmp_path / "g.txt.gz"))))
+
+
 def test_a_json_line_with_half_a_surrogate_pair_is_one_line_naming_it(tmp_path):
     """JSON allows "\\ud800" alone; no UTF-8 text holds it, so tokenizer training failed with a
     UnicodeEncodeError traceback. A whole escaped pair (an emoji) is one character and reads."""

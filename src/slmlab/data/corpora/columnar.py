@@ -47,10 +47,10 @@ def is_columnar(spec: str) -> bool:
     `save_to_disk` folder."""
     matches = _glob(spec)
     if matches:
-        return all(p.suffix == ".parquet" for p in matches)
+        return all(p.suffix.lower() == ".parquet" for p in matches)
     path = Path(spec).expanduser()
     if path.is_file():
-        return path.suffix == ".parquet"
+        return path.suffix.lower() == ".parquet"
     if not path.is_dir():
         return False
     return saved_dataset_files(path) is not None or bool(corpus_files(path, (".parquet",)))

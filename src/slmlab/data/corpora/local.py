@@ -1,7 +1,10 @@
-"""User corpora: a .txt file, a directory or glob of text files, or a .jsonl file.
+"""User corpora: a text file, a directory or glob of them, or a file of records.
 
-A .jsonl line is an object with the text under `text_field` and optional `id`, `year`,
-`genre` and `title`. A year is read as users write it: 1906, 1906.0 (pandas writes integer
+Records: a .jsonl line (or a line of a .json file, or an item of a .json file holding one array)
+is an object with the text under `text_field` and optional `id`, `year`, `genre` and `title`; a
+.csv/.tsv file is a table with a header row naming the same columns. Suffixes match in any case
+(.TXT); a folder contributes its .txt, .md and .jsonl files; a compressed file is refused with
+what to do. A year is read as users write it: 1906, 1906.0 (pandas writes integer
 columns with a missing value that way), "1906" or "1906.0"; null, "" and NaN mean unknown; anything
 else is refused with the file and line. Every other file is one document with an unknown year
 and its folder's name as genre, or, with `doc_separator` (seed 002's streams: `code.txt`,
@@ -12,11 +15,13 @@ each of the genre (stream) named by the file's stem.
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
 import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,7 +65,7 @@ def corpus_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
         path
         for path in folder.rglob("*")
         if path.is_file()
-        and path.suffix in suffixes
+        and path.suffix.lower() in suffixes
         and not any(part.startswith(".") or part in SKIPPED_FOLDERS for part in path.relative_to(folder).parts)
     )
 
@@ -109,8 +114,11 @@ class LocalSource:
         total = 0
         for path in self.files:
             name = path.relative_to(self.root).as_posix()
-            if path.suffix == ".jsonl":
-                docs = self._jsonl(path, name)
+            suffix = path.suffix.lower()
+            if suffix in COMPRESSED:
+                raise CorpusError(f"{path} is compressed ({suffix}); decompress it first: slmlab reads {READABLE}")
+            if suffix in RECORD_FORMATS:
+                docs = (self._document(record, where, f"{name}:{key}") for where, key, record in self._records(path, suffix))
             elif self.doc_separator:
                 parts = read_utf8(path).split(self.doc_separator)
                 docs = (Document(id=f"{name}#{i}", text=text, genre=path.stem, title=path.stem) for i, text in enumerate(parts))
@@ -123,30 +131,55 @@ class LocalSource:
         if total == 0:
             raise CorpusError(f"data.source: '{self.spec}' contains no text (all documents are empty)")
 
-    def _jsonl(self, path: Path, name: str) -> Iterator[Document]:
-        with open(path, encoding="utf-8-sig") as handle:
-            try:
-                for number, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        raise CorpusError(f"{path}:{number}: not a JSON object") from None
-                    bad = lone_surrogate(record) if "\\u" in line else None  # only a \u escape makes one
-                    if bad:
-                        raise CorpusError(
-                            f"{path}:{number}: holds {bad}, half of a UTF-16 pair and no character; fix or drop that line"
-                        )
-                    if not isinstance(record, dict) or not isinstance(record.get(self.text_field), str):
-                        raise CorpusError(f"{path}:{number}: no string field '{self.text_field}' (set data.text_field)")
-                    year = parse_year(record.get("year"), f"{path}:{number}")
-                    yield Document(
-                        id=str(record.get("id", f"{name}:{number}")),
-                        text=record[self.text_field],
-                        genre=str(record.get("genre", "")),
-                        title=str(record.get("title", "")),
-                        year=year,
-                    )
-            except UnicodeDecodeError as err:
-                raise CorpusError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); re-encode it as UTF-8") from None
+    def _document(self, record, where: str, default_id: str) -> Document:
+        """One record (a JSON object, a CSV row) as a Document."""
+        if not isinstance(record, dict) or not isinstance(record.get(self.text_field), str):
+            raise CorpusError(f"{where}: no string field '{self.text_field}' (set data.text_field)")
+        given = {key: "" if record.get(key) is None else str(record[key]) for key in ("id", "genre", "title")}
+        return Document(
+            id=given["id"] or default_id,
+            text=record[self.text_field],
+            genre=given["genre"],
+            title=given["title"],
+            year=parse_year(record.get("year"), where),
+        )
+
+    @staticmethod
+    def _records(path: Path, suffix: str) -> Iterator[tuple[str, int, object]]:
+        """(where, number, record) of each record of a JSON lines file, a .json file (JSON lines or
+        one array of objects) or a CSV/TSV file with a header row."""
+        try:
+            if suffix in (".csv", ".tsv"):
+                csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a document is one field: no 128 KiB cap
+                with open(path, encoding="utf-8-sig", newline="") as handle:
+                    rows = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
+                    for number, row in enumerate(rows, 2):
+                        yield f"{path}:{rows.line_num}", number, row
+            elif suffix == ".json" and (text := read_utf8(path)).lstrip().startswith("["):
+                yield from ((f"{path}: item {i}", i, record) for i, record in enumerate(_json_value(text, path), 1))
+            else:
+                with open(path, encoding="utf-8-sig") as handle:
+                    for number, line in enumerate(handle, 1):
+                        if line.strip():
+                            yield f"{path}:{number}", number, _json_value(line, f"{path}:{number}", "a JSON object")
+        except UnicodeDecodeError as err:
+            raise CorpusError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); re-encode it as UTF-8") from None
+        except csv.Error as err:
+            raise CorpusError(f"{path} is not a CSV file slmlab can read ({err})") from None
+
+
+RECORD_FORMATS = (".jsonl", ".json", ".csv", ".tsv")
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z", ".tar", ".tgz")
+READABLE = "text (.txt, .md), JSON lines (.jsonl, .json), JSON arrays (.json), CSV/TSV with a header, Parquet"
+
+
+def _json_value(text: str, where, expected: str = "JSON"):
+    """json.loads(text), refusing what no UTF-8 text holds (a lone surrogate escape)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise CorpusError(f"{where}: not {expected}") from None
+    bad = lone_surrogate(value) if "\\u" in text else None  # only a \u escape makes one
+    if bad:
+        raise CorpusError(f"{where}: holds {bad}, half of a UTF-16 pair and no character; fix or drop that record")
+    return value
