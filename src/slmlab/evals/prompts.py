@@ -39,7 +39,7 @@ def load_suite(path: str | Path) -> list[Prompt]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"prompt suite not found: {path}")
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         records = []
         for number, line in enumerate(read_text(path, "prompt suite", ConfigError, "save it as UTF-8 text").splitlines(), 1):
             if line.strip():

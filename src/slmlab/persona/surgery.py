@@ -139,7 +139,7 @@ def load_hf_model(path: str | Path, device: torch.device):
     if path.is_dir() and not (path / "config.json").is_file():
         raise ConfigError(f"--hf-model {path} has no config.json: give a transformers model folder (or a .gguf file)")
     kwargs = {"local_files_only": True}
-    if path.suffix == ".gguf":
+    if path.suffix.lower() == ".gguf":
         path, kwargs["gguf_file"] = path.parent, path.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
