@@ -80,14 +80,15 @@ class WindowSampler:
 
 
 def validation_batches(
-    split: TokenSplit, seq_len: int, batch_size: int, n_batches: int
+    split: TokenSplit, seq_len: int, batch_size: int, n_batches: int, length_setting: str = "data.seq_len"
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """A fixed validation sample: up to n_batches * batch_size evenly spaced windows."""
+    """A fixed validation sample: up to n_batches * batch_size evenly spaced windows.
+    `length_setting`: the setting that chose seq_len, named by the error when the split is too short."""
     last = len(split) - seq_len - 1
     if last < 0:
         raise CorpusError(
-            f"the validation split has {len(split)} tokens, fewer than data.seq_len + 1 = {seq_len + 1}; "
-            "raise data.val_fraction or lower data.seq_len"
+            f"the validation split has {len(split)} tokens, fewer than {length_setting} + 1 = {seq_len + 1}; "
+            f"raise data.val_fraction or lower {length_setting}"
         )
     count = min(n_batches * batch_size, last + 1)
     offsets = np.unique(np.linspace(0, last, count).astype(np.int64))

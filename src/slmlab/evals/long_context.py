@@ -31,7 +31,7 @@ def token_losses(
     """Per-token cross-entropy of validation windows of length seq_len -> (windows, seq_len)."""
     rows = []
     with eval_mode(model):
-        for x, y in validation_batches(split, seq_len, batch_size, n_batches):
+        for x, y in validation_batches(split, seq_len, batch_size, n_batches, "the evaluation context length"):
             logits, _ = model(x.to(device))
             rows.append(F.cross_entropy(logits.float().transpose(1, 2), y.to(device), reduction="none").cpu())
     return torch.cat(rows)
