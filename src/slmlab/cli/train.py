@@ -125,7 +125,7 @@ def train_config(args, extra):
 
         run = Path(os.path.abspath(args.resume))  # "runs/x/." or "." name the folder itself
         overrides = parse_overrides(extra)
-        from ..training.trainer import RESUME_CHANGES
+        from ..training.resume import RESUME_CHANGES
 
         unknown = set(overrides) - {f"train.{name}" for name in RESUME_CHANGES}
         if unknown:

@@ -189,7 +189,7 @@ def changed_since_trained(job: Job) -> list[str]:
     resume; the tokenizer's vocabulary size is filled in at training)."""
     if not job.run.config.is_file():
         return []
-    from ..training.trainer import RESUME_CHANGES
+    from ..training.resume import RESUME_CHANGES
 
     then, now = job.run.read_config().settings(), job.config.settings()
     free = {*SET_PER_WORKER, *(f"train.{name}" for name in RESUME_CHANGES), "name", "out_dir"}

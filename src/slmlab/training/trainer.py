@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import ConfigError, DataConfig, RunConfig, resolve_vocab
+from ..config import DataConfig, RunConfig, resolve_vocab
 from ..data.sampling import WindowSampler, check_windows
 from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..data.tokens import TokenData, prepare_tokens
@@ -37,7 +37,6 @@ from ..errors import TrainingError
 from ..files import atomic_write_text
 from ..model import build_model, model_stats
 from ..runs.checkpoints import (
-    CheckpointError,
     latest_checkpoint,
     load_checkpoint,
     load_training_state,
@@ -62,6 +61,7 @@ from .frames import training_frame
 from .kernel_choice import check_local_kernel, choose_local_kernel
 from .optim import build_optimizer, lr_at, select_trainable, step_unless
 from .progress import TrainingProgress
+from .resume import check_same_data, resume_config
 from .runtime import (
     autocast,
     peak_memory_bytes,
@@ -70,11 +70,10 @@ from .runtime import (
     set_rng_state,
 )
 from .tally import StepTally
-from .trackers import TRACKER_FIELDS, Trackers
+from .trackers import Trackers
 from .validation import score_validation
 
 log = logging.getLogger("slmlab")
-RESUME_CHANGES = ("steps", *TRACKER_FIELDS)  # the train.* fields a resume may change
 
 
 @dataclass
@@ -163,7 +162,7 @@ class Trainer:
         self.checkpoint = None
         if resume:
             self.checkpoint = from_checkpoint or latest_checkpoint(self.run.checkpoints)
-            cfg = self._resume_config(cfg)
+            cfg = resume_config(self.run, self.checkpoint, cfg, record=self.world.is_main)
         train = cfg.train
         check_batch(train.batch_size, self.world)
         if train.threads:
@@ -228,37 +227,8 @@ class Trainer:
             self.trackers = Trackers(cfg, self.run.path, resume)
         self.world.barrier()
 
-    def _resume_config(self, requested: RunConfig) -> RunConfig:
-        """The run's own config; only train.steps may change (to train longer, or to stop sooner),
-        and never to fewer steps than the checkpoint has already trained, and the trackers
-        (they watch the run, they do not change it)."""
-        cfg = self.run.read_config()
-        if self.checkpoint is None:
-            raise CheckpointError(
-                f"{self.run.path} has no checkpoint to resume from (it stopped before its first one); "
-                "train it again under another --name, or with --overwrite to replace it"
-            )
-        done = int(self.checkpoint.removeprefix("step_"))
-        if requested.train.steps < done:
-            raise ConfigError(
-                f"{self.run.path} has trained {done} steps (checkpoint {self.checkpoint}); --train.steps "
-                f"{requested.train.steps} is below that: give --train.steps {done} or more"
-            )
-        if any(getattr(requested.train, f) != getattr(cfg.train, f) for f in RESUME_CHANGES):
-            for name in RESUME_CHANGES:
-                setattr(cfg.train, name, getattr(requested.train, name))
-            if self.world.is_main:
-                self.run.write_config(cfg)
-        return cfg
-
     def _restore(self, state: dict) -> None:
-        trained_on = state.get("data_sha256")  # None in checkpoints of older slmlab
-        if trained_on is not None and trained_on != self.data.manifest["sha256"]:
-            raise ConfigError(
-                f"{self.run.path} trained on other data than data.source '{self.cfg.data.source}' gives now (its files "
-                "changed since): resuming would train the rest on other text and score it on another validation "
-                "split; restore the corpus, or train a new run (--name) on the new one"
-            )
+        check_same_data(self.run, state, self.data.manifest, self.cfg.data.source)
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.step, self.tokens, self.nan_skips = state["step"], state["tokens"], state["nan_skips"]
