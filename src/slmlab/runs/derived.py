@@ -45,9 +45,8 @@ def record_derived(run_path: str | Path, files: list[Path], command: str, weight
     names = [f.relative_to(run_path.resolve()).as_posix() for f in inside]
     if not names:
         return
-    with DirectoryLock(
-        run_path / "derived", "record of derived files", wait=True
-    ):  # RUN/.derived.lock: commands may run side by side
+    # RUN/.derived.lock: commands that write into one run may run side by side
+    with DirectoryLock(run_path / "derived", "record of derived files", wait=True):
         entries = _read(run_path) if (run_path / RECORD).is_file() else {}
         entries.update({name: {"weights": weights, "command": command} for name in names})
         atomic_write_text(run_path / RECORD, json_text({"files": entries}, indent=2) + "\n")
