@@ -120,13 +120,14 @@ def test_a_leading_byte_order_mark_is_not_text(tmp_path):
     bom = "\ufeff"
     (tmp_path / "plain.txt").write_text(bom + "first words" + bom + " later", encoding="utf-8")
     (tmp_path / "streams.txt").write_text(bom + "doc one<EOS>doc two", encoding="utf-8")
-    (tmp_path / "lines.jsonl").write_text(bom + '{"text": "a json line", "year": 1900}\n', encoding="utf-8")
+    line = bom + '{"text": "a json line", "year": 1900}\n'
+    (tmp_path / "lines.jsonl").write_text(line + line, encoding="utf-8")  # two files joined with cat
     plain = list(DocumentSelection(DataConfig(source=str(tmp_path / "plain.txt"))))
     assert [d.text for d in plain] == ["first words" + bom + " later"]
     split = list(DocumentSelection(DataConfig(source=str(tmp_path / "streams.txt"), doc_separator="<EOS>")))
     assert [d.text for d in split] == ["doc one", "doc two"]
     lines = list(DocumentSelection(DataConfig(source=str(tmp_path / "lines.jsonl"))))
-    assert [(d.text, d.year) for d in lines] == [("a json line", 1900)]
+    assert [(d.text, d.year) for d in lines] == [("a json line", 1900)] * 2
 
 
 def test_records_read_alike_from_json_lines_json_arrays_csv_and_tsv_in_any_case(tmp_path):

@@ -160,6 +160,7 @@ class LocalSource:
             else:
                 with open(path, encoding="utf-8-sig") as handle:
                     for number, line in enumerate(handle, 1):
+                        line = line.lstrip("\ufeff")  # files joined with `cat` keep each one's byte-order mark
                         if line.strip():
                             yield f"{path}:{number}", number, _json_value(line, f"{path}:{number}", "a JSON object")
         except UnicodeDecodeError as err:
