@@ -14,6 +14,7 @@ Files with no record (written before this record existed) are shown as they are.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..errors import CheckpointError, RunFileError
@@ -22,6 +23,7 @@ from ..locks import DirectoryLock
 from .run_dir import model_run, model_weights
 
 RECORD = "derived.json"
+log = logging.getLogger("slmlab")
 
 
 def weights_identity(run_path: str | Path) -> str:
@@ -47,7 +49,11 @@ def record_derived(run_path: str | Path, files: list[Path], command: str, weight
         return
     # RUN/.derived.lock: commands that write into one run may run side by side
     with DirectoryLock(run_path / "derived", "record of derived files", wait=True):
-        entries = _read(run_path) if (run_path / RECORD).is_file() else {}
+        try:
+            entries = _read(run_path) if (run_path / RECORD).exists() else {}
+        except RunFileError as err:  # the command's own results are written: start the record afresh
+            log.warning("%s; writing a new one", str(err).rsplit(";", 1)[0])
+            entries = {}
         entries.update({name: {"weights": weights, "command": command} for name in names})
         atomic_write_text(run_path / RECORD, json_text({"files": entries}, indent=2) + "\n")
 
