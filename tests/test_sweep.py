@@ -155,3 +155,22 @@ def test_a_run_trained_with_other_settings_is_never_reused(micro_sweep, tmp_path
     assert "[trained with other settings]" in capsys.readouterr().out
     assert main(["sweep", str(micro_sweep), "--jobs", "1", "--train.steps", "18"]) == 0  # trains both runs on
     assert json.loads((run / "summary.json").read_text())["step"] == 18
+
+
+def test_runs_trained_on_a_corpus_that_changed_between_them_are_not_compared(micro_sweep, tmp_path, capsys):
+    """A finished run was kept from an earlier sweep and a new seed trained on the edited corpus:
+    the table compared them as if they saw the same text."""
+    import shutil
+
+    micro_sweep.write_text(micro_sweep.read_text().replace("seeds = [1, 2]", "seeds = [1]"))
+    assert main(["sweep", str(micro_sweep), "--jobs", "1"]) == 0
+    doc = tmp_path / "corpus" / "prose" / "doc00.txt"
+    doc.write_text(doc.read_text() * 2)  # the same characters: only the text changed
+    micro_sweep.write_text(micro_sweep.read_text().replace("seeds = [1]", "seeds = [1, 2]"))
+    capsys.readouterr()
+    assert main(["sweep", str(micro_sweep), "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "trained on different text under the same data settings" in err and "\n" not in err.strip()
+    for variant in ("baseline", "full"):
+        shutil.rmtree(tmp_path / "runs" / "micro" / f"{variant}_s1")
+    assert main(["sweep", str(micro_sweep), "--jobs", "1"]) == 0

@@ -32,6 +32,7 @@ every run finished and writes the results table.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import multiprocessing
 import os
@@ -284,7 +285,28 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
             results[(job.variant, job.seed)] = future.result()
             outcome = results[(job.variant, job.seed)]
             log.info("%s: %s", job.run.path, outcome.get("failed") or f"val ppl {outcome['val_ppl']:.3f}")
+    check_same_data(jobs, results)
     return results
+
+
+def check_same_data(jobs: list[Job], results: dict[tuple[str, int], dict]) -> None:
+    """Refuse a table whose runs trained on different token streams under the same data settings
+    (the corpus changed between a run kept from an earlier `slmlab sweep` and one trained now):
+    their comparison would be of data, not of variants. Summaries of older slmlab carry no
+    `data_sha256` and are not checked."""
+    streams: dict[str, dict[str, Path]] = {}
+    for job in jobs:
+        trained_on = results.get((job.variant, job.seed), {}).get("data_sha256")
+        if trained_on is not None:
+            setting = json.dumps({k: v for k, v in job.config.settings().items() if k.startswith("data.")}, sort_keys=True)
+            streams.setdefault(setting, {}).setdefault(json.dumps(trained_on, sort_keys=True), job.run.path)
+    for runs in streams.values():
+        if len(runs) > 1:
+            first, other = list(runs.values())[:2]
+            raise ConfigError(
+                f"{first} and {other} trained on different text under the same data settings (the corpus changed "
+                "between them): delete the runs trained on the old corpus to train them again, or restore it"
+            )
 
 
 def dry_run_lines(jobs: list[Job]) -> list[str]:

@@ -432,6 +432,7 @@ class Trainer:
             "vocab_size": self.cfg.model.vocab_size,
             "sample": sample,
             "final_sha256": final_sha256,
+            "data_sha256": self.data.manifest["sha256"],  # the token streams trained on (sweeps compare them)
         }
         if self.local_kernel:
             summary["local_kernel"] = self.local_kernel
