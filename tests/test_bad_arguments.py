@@ -37,6 +37,8 @@ from slmlab.config import ConfigError, config_from_dict
         ["generate", "RUN", "--prompt", "a", "--seed", "-1"],
         ["generate", "RUN", "--prompt", "a", "--seed", str(2**64)],
         ["check", "CONFIG", "--seed", str(2**64)],
+        ["train", "CONFIG", "--model.n_layer", str(10**20)],  # spent hours creating layers
+        ["info", "CONFIG", "--model.block_size", str(10**17)],
     ],
 )
 def test_a_bad_argument_is_one_line_and_nothing_is_written(argv, micro_toml, tmp_path, capsys):

@@ -126,6 +126,21 @@ def check_architecture_support(m) -> None:
         )
 
 
+MAX_PARAMETERS = 10**13  # ten trillion: more than any one machine holds, so a typo, not a plan
+
+
+def check_size(m) -> None:
+    """Refuse a model too large for any machine (n_layer = 10**20, say), which would otherwise spend
+    hours creating layers before running out of memory. The count is the backbone's closed form
+    (attention 4 d² + MLP 2 d d_ff per layer, embeddings), a lower bound for every architecture."""
+    params = m.n_layer * (4 * m.d_model**2 + 2 * m.d_model * m.ff_dim) + (m.vocab_size + m.block_size) * m.d_model
+    if params > MAX_PARAMETERS:
+        raise ConfigError(
+            f"model.n_layer = {m.n_layer}, d_model = {m.d_model}, d_ff = {m.ff_dim}, block_size = {m.block_size} "
+            f"make over {params:.1e} parameters, more than any machine holds; check those values"
+        )
+
+
 def validate(cfg) -> None:
     """Reject impossible values with one line naming the key."""
     m, d, t = cfg.model, cfg.data, cfg.train
@@ -176,6 +191,7 @@ def validate(cfg) -> None:
             raise ConfigError(f"{key} must be >= 0, got {value}")
     if m.d_model % m.n_head:
         raise ConfigError(f"model.d_model = {m.d_model} is not divisible by model.n_head = {m.n_head}")
+    check_size(m)
     if d.seq_len > m.block_size:
         raise ConfigError(
             f"data.seq_len = {d.seq_len} exceeds model.block_size = {m.block_size}; lower data.seq_len or raise model.block_size"
