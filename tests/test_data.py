@@ -64,6 +64,22 @@ def test_changing_the_corpus_or_tokenizer_builds_new_files(text_corpus, tmp_path
     assert changed.directory != first.directory
 
 
+def test_a_new_way_of_reading_files_trains_a_new_tokenizer(tmp_path, monkeypatch):
+    """A .json array was read as one document of JSON syntax, and its cached char tokenizer (braces,
+    quotes, field names) would have been reused once records were read as records: the tokenizer
+    cache is keyed by the token format too."""
+    import json
+
+    (tmp_path / "docs.json").write_text(json.dumps([{"text": "plain words here " * 20}] * 4))
+    cfg = _data(tmp_path / "docs.json", tmp_path)
+    with monkeypatch.context() as older:
+        older.setattr(data_module, "FORMAT_VERSION", data_module.FORMAT_VERSION - 1)
+        prepare_tokens(cfg)
+    tokenizer, _ = prepare_tokens(cfg)
+    assert len(list((tmp_path / "cache" / "tokenizers").glob("char-*.json"))) == 2
+    assert set(tokenizer.chars) == set("plain words here\n")
+
+
 def test_split_is_by_whole_documents_and_decodes_to_the_text(text_corpus, tmp_path):
     tokenizer, data = prepare_tokens(_data(text_corpus, tmp_path))
     val_text = tokenizer.decode(data.val.tokens.tolist())

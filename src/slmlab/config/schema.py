@@ -127,7 +127,7 @@ class ModelConfig:
 class DataConfig:
     """Where text comes from, how it is filtered and tokenized, and how windows are cut."""
 
-    source: str = "shakespeare"  # "shakespeare" | "brown" | a .txt/.jsonl file, directory or glob | .parquet file(s) | a save_to_disk folder
+    source: str = "shakespeare"  # "shakespeare" | "brown" | a .txt/.md file, directory or glob | .jsonl/.json/.csv/.tsv records | .parquet file(s) | a save_to_disk folder
     genres: list[str] = field(default_factory=list)  # Brown letters/names or Shakespeare groups
     max_year: int = 0  # 0 = no cut-off; else drop documents whose known year is later
     allow_unknown_year: bool = True

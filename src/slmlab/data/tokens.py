@@ -45,7 +45,8 @@ from .corpora.fetch import cache_dir
 from .tokenizers import Tokenizer, TokenizerError, load_tokenizer, train_tokenizer
 
 log = logging.getLogger("slmlab")
-# 5: "[EOS]" and "<|endoftext|>" in the text are text, not the special id;
+# 5: "[EOS]" and "<|endoftext|>" in the text are text, not the special id; .json arrays and .csv/.tsv
+#    files are records (they were one plain-text document);
 # 4: a leading UTF-8 byte-order mark is not text, one document split by position is on both sides;
 # 3: split by each id's own hash, checksums; 2: local ids are relative paths
 FORMAT_VERSION = 5
@@ -61,8 +62,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def get_tokenizer(data: DataConfig, selection: DocumentSelection) -> Tokenizer:
-    """The tokenizer `data` asks for, trained on the selection once and cached by fingerprint."""
-    key = _short_hash(f"{selection.fingerprint()}|{data.tokenizer}|{data.vocab_size}|{data.tiktoken_file}")
+    """The tokenizer `data` asks for, trained on the selection once and cached by fingerprint (and
+    FORMAT_VERSION: how documents are read from the files is part of what it was trained on)."""
+    key = _short_hash(f"{FORMAT_VERSION}|{selection.fingerprint()}|{data.tokenizer}|{data.vocab_size}|{data.tiktoken_file}")
     path = cache_dir(data.cache_dir) / "tokenizers" / f"{data.tokenizer}-{key}.json"
     if path.exists():
         try:
