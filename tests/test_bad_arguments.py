@@ -242,3 +242,14 @@ def test_running_out_of_memory_is_one_line_and_leaves_no_run(micro_toml, tmp_pat
     assert err.startswith("slmlab: error: out of memory (one allocation of 48.0 GiB): make the model") and "\n" not in err
     assert not (tmp_path / "runs" / "big").exists()
     assert main(["train", str(micro_toml), "--no-progress", "--name", "big"]) == 0
+
+
+def test_a_folder_of_runs_given_for_one_run_or_a_config_says_what_to_give(micro_toml, tmp_path, capsys):
+    """A sweep's folder given to eval was 'not a run directory' with no word of the runs it holds,
+    and a folder given as a config was 'config file not found'."""
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "r"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "runs")]) == 2
+    assert f"it holds runs (a sweep, or an out_dir): name one, e.g. {tmp_path / 'runs' / 'r'}" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "runs")]) == 2
+    assert "is a folder, not a config file: give a .toml file" in capsys.readouterr().err

@@ -89,6 +89,8 @@ def _deep_copy(values: dict[str, Any]) -> dict[str, Any]:
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a config file: give a .toml file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

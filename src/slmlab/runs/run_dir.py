@@ -152,7 +152,9 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"{self.path} is a file, not a run directory")
         if not self.config.exists():
-            raise ConfigError(f"{self.path} is not a run directory (no config.json)")
+            inside = sorted(p.parent for p in self.path.glob("*/config.json")) if self.path.is_dir() else []
+            hint = f"; it holds runs (a sweep, or an out_dir): name one, e.g. {inside[0]}" if inside else ""
+            raise ConfigError(f"{self.path} is not a run directory (no config.json){hint}")
         fix = "it is the record of what ran: restore it from a copy of the run"
         values = read_json(self.config, "run config", ConfigError, fix)
         specs = values.get("plugins") if isinstance(values, dict) else None
