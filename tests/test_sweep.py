@@ -155,6 +155,9 @@ def test_a_run_trained_with_other_settings_is_never_reused(micro_sweep, tmp_path
     assert "[trained with other settings]" in capsys.readouterr().out
     assert main(["sweep", str(micro_sweep), "--jobs", "1", "--train.steps", "18"]) == 0  # trains both runs on
     assert json.loads((run / "summary.json").read_text())["step"] == 18
+    capsys.readouterr()
+    assert main(["sweep", str(micro_sweep), "--jobs", "1"]) == 2  # back to fewer steps than the runs trained
+    assert "train.steps: 18 -> 12" in capsys.readouterr().err
 
 
 def test_runs_trained_on_a_corpus_that_changed_between_them_are_not_compared(micro_sweep, tmp_path, capsys):

@@ -186,8 +186,8 @@ SET_PER_WORKER = ("train.threads", "train.device")  # what `_execute` sets in ea
 
 def changed_since_trained(job: Job) -> list[str]:
     """The settings where the run folder's recorded config differs from what the sweep asks now,
-    as 'key: then -> now' (none for a new run; train.steps and the trackers may change, as in a
-    resume; the tokenizer's vocabulary size is filled in at training)."""
+    as 'key: then -> now' (none for a new run; train.steps may grow and the trackers may change,
+    as in a resume; the tokenizer's vocabulary size is filled in at training)."""
     if not job.run.config.is_file():
         return []
     from ..training.resume import RESUME_CHANGES
@@ -196,7 +196,12 @@ def changed_since_trained(job: Job) -> list[str]:
     free = {*SET_PER_WORKER, *(f"train.{name}" for name in RESUME_CHANGES), "name", "out_dir"}
     if now["model.vocab_size"] == 0:
         free.add("model.vocab_size")
-    return [f"{key}: {then.get(key)!r} -> {value!r}" for key, value in now.items() if key not in free and then.get(key) != value]
+    changed = [
+        f"{key}: {then.get(key)!r} -> {value!r}" for key, value in now.items() if key not in free and then.get(key) != value
+    ]
+    if then["train.steps"] > now["train.steps"]:  # trained past the sweep's steps (a resume by hand): no resume undoes that
+        changed.append(f"train.steps: {then['train.steps']} -> {now['train.steps']}")
+    return changed
 
 
 def check_runs_match(jobs: list[Job]) -> None:
