@@ -253,3 +253,22 @@ def test_a_folder_of_runs_given_for_one_run_or_a_config_says_what_to_give(micro_
     assert f"it holds runs (a sweep, or an out_dir): name one, e.g. {tmp_path / 'runs' / 'r'}" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "runs")]) == 2
     assert "is a folder, not a config file: give a .toml file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "error, size",
+    [
+        (RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 15.75 GiB total capacity)"), "20 MiB"),
+        (
+            RuntimeError("MPS backend out of memory (MPS allocated: 1.00 GB). Tried to allocate 256.00 MiB on private pool."),
+            "256 MiB",
+        ),
+        (MemoryError(), None),
+    ],
+)
+def test_every_device_running_out_of_memory_reads_as_such(error, size):
+    from slmlab.errors import out_of_memory
+
+    message = out_of_memory(error)
+    assert message.startswith(f"out of memory (one allocation of {size})" if size else "out of memory:")
+    assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None

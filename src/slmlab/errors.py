@@ -44,11 +44,13 @@ class RunInUseError(SlmlabError, RuntimeError):
 
 def out_of_memory(err: BaseException) -> str | None:
     """What to tell the user when `err` is the device or host running out of memory (torch's
-    OutOfMemoryError on CUDA, the CPU allocator's RuntimeError, Python's MemoryError), else None."""
+    OutOfMemoryError on CUDA, the CPU allocator's and MPS's RuntimeError, Python's MemoryError),
+    else None."""
     text = str(err)
-    if not (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in text):
+    words = ("can't allocate memory", "out of memory")  # the CPU allocator; CUDA, MPS and driver errors
+    if not (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or any(w in text.lower() for w in words)):
         return None
-    asked = re.search(r"(?:tried to )?allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]iB)", text)
+    asked = re.search(r"allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]iB)", text)
     size = ""
     if asked:
         value, unit = float(asked[1]), asked[2]
