@@ -290,11 +290,11 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
             results[(job.variant, job.seed)] = future.result()
             outcome = results[(job.variant, job.seed)]
             log.info("%s: %s", job.run.path, outcome.get("failed") or f"val ppl {outcome['val_ppl']:.3f}")
-    check_same_data(jobs, results)
+    check_same_text(jobs, results)
     return results
 
 
-def check_same_data(jobs: list[Job], results: dict[tuple[str, int], dict]) -> None:
+def check_same_text(jobs: list[Job], results: dict[tuple[str, int], dict]) -> None:
     """Refuse a table whose runs trained on different token streams under the same data settings
     (the corpus changed between a run kept from an earlier `slmlab sweep` and one trained now):
     their comparison would be of data, not of variants. Summaries of older slmlab carry no
