@@ -13,7 +13,6 @@ seed's notebook switched a flag on a built model and silently kept full attentio
 from __future__ import annotations
 
 import json
-import math
 
 from ..config import ConfigError, RunConfig
 from ..data.corpora import CorpusError
@@ -93,8 +92,4 @@ def _train_phases(cfg: RunConfig, root: RunDir, world: World, resume: bool, over
     summary = {**{k: v for k, v in phases[-1].items() if k not in ("phase", "run")}, "phases": phases}
     if world.is_main and root.read_summary() != summary:  # a finished curriculum resumed: nothing changes
         atomic_write_text(root.summary, json.dumps(summary, indent=2) + "\n")
-    last = phases[-1]
-    return result or TrainResult(
-        root.path, last["step"], last["val_loss"], last["val_ppl"], last["tokens_per_s"], last.get("sample", ""),
-        val_bpb=last.get("val_bpb") or math.nan,
-    )  # fmt: skip
+    return result or TrainResult.from_summary(root.path, phases[-1])

@@ -87,6 +87,14 @@ class TrainResult:
     compile_seconds: float = 0.0
     val_bpb: float = math.nan  # bits per byte of the validation text
 
+    @classmethod
+    def from_summary(cls, run_dir: Path, summary: dict) -> TrainResult:
+        """The result a run's summary.json records."""
+        return cls(
+            run_dir, summary["step"], summary["val_loss"], summary["val_ppl"], summary.get("tokens_per_s", 0.0),
+            summary.get("sample", ""), summary.get("compile_seconds", 0.0), summary.get("val_bpb") or math.nan,
+        )  # fmt: skip
+
 
 def prepare_data(data: DataConfig, tokenizer: Tokenizer | None, world: World) -> tuple[Tokenizer, TokenData]:
     """Tokenize (or reuse) the corpus: rank 0 builds the cache files, the other ranks then read them."""
@@ -313,11 +321,7 @@ class Trainer:
             summary = self.run.read_summary()
             if summary["step"] == self.step:
                 log.info("%s finished at step %d already; raise --train.steps to train longer", self.run.path, self.step)
-                return TrainResult(
-                    self.run.path, self.step, summary["val_loss"], summary["val_ppl"],
-                    summary.get("tokens_per_s", 0.0), summary.get("sample", ""), summary.get("compile_seconds", 0.0),
-                    summary.get("val_bpb") or math.nan,
-                )  # fmt: skip
+                return TrainResult.from_summary(self.run.path, summary)
         tokens_per_step = t.batch_size * d.seq_len * t.grad_accum
         progress = TrainingProgress(
             self.cfg.name, t.steps, self.step, bar=self.progress, log_lines=not self.progress and self.world.is_main
@@ -437,7 +441,7 @@ class Trainer:
         if self.local_kernel:
             summary["local_kernel"] = self.local_kernel
         atomic_write_text(self.run.summary, json.dumps(summary, indent=2) + "\n")
-        return TrainResult(self.run.path, self.step, val_loss, val_ppl, tokens_per_s, sample, compile_seconds, val_bpb)
+        return TrainResult.from_summary(self.run.path, summary)
 
     def sample(self, n_tokens: int, seed: int = 0) -> str:
         """Generate n_tokens from the start of a validation document (fixed seed), on this rank
