@@ -99,7 +99,10 @@ class LocalSource:
                 f"data.source: '{spec}' is neither a built-in corpus (shakespeare, brown) nor an existing file, directory or glob"
             )
         if not files:
-            raise CorpusError(f"data.source: '{spec}' matches no .txt, .md, .jsonl or .parquet files")
+            raise CorpusError(
+                f"data.source: '{spec}' matches no .txt, .md, .jsonl or .parquet files "
+                "(a folder's .json, .csv and .tsv files are read only when named: give one by its path)"
+            )
         return files
 
     def resolve_genre(self, wanted: str) -> str | None:
