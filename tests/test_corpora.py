@@ -161,6 +161,15 @@ def test_records_read_alike_from_json_lines_json_arrays_csv_and_tsv_in_any_case(
         list(DocumentSelection(DataConfig(source=str(tmp_path / "g.txt.gz"))))
 
 
+def test_a_folder_says_which_record_files_it_leaves_out(tmp_path, caplog):
+    """A folder contributes its .txt, .md and .jsonl files; its CSV shards were left out in silence."""
+    (tmp_path / "notes.txt").write_text("some text " * 20)
+    (tmp_path / "shard.csv").write_text("text\nrows of text\n")
+    documents = list(DocumentSelection(DataConfig(source=str(tmp_path))))
+    assert [d.id for d in documents] == ["notes.txt"]
+    assert "1 .json/.csv/.tsv file(s) left out (e.g. shard.csv)" in caplog.text and "*.csv" in caplog.text
+
+
 def test_a_json_line_with_half_a_surrogate_pair_is_one_line_naming_it(tmp_path):
     """JSON allows "\\ud800" alone; no UTF-8 text holds it, so tokenizer training failed with a
     UnicodeEncodeError traceback. A whole escaped pair (an emoji) is one character and reads."""

@@ -54,10 +54,11 @@ def register(sub) -> None:
 def cmd_data_prepare(args, extra) -> int:
     from ..data.tokens import describe_documents, prepare_tokens
 
-    tokenizer, data = prepare_tokens(load_run_config(args.config, extra).data)
-    m = data.manifest
+    source = load_run_config(args.config, extra).data
+    tokenizer, data = prepare_tokens(source)
+    m = data.manifest  # its "source" names whoever built these files first: the same files may lie elsewhere
     print(
-        f"{m['source']}: train {describe_documents(m, 'train')}, val {describe_documents(m, 'val')}; "
+        f"{source.source}: train {describe_documents(m, 'train')}, val {describe_documents(m, 'val')}; "
         f"{m['tokens']['train']:,} / {m['tokens']['val']:,} tokens ({tokenizer.kind}, vocab {tokenizer.vocab_size}, "
         f"{m['dtype']}); dropped by year cut-off: {m['dropped_by_year']}, unknown year: {m['dropped_unknown_year']}"
     )

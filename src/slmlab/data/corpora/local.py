@@ -19,6 +19,7 @@ import csv
 import glob
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -28,6 +29,8 @@ from pathlib import Path
 from ...files import lone_surrogate
 from .document import Document
 from .fetch import CorpusError, file_digest
+
+log = logging.getLogger("slmlab")
 
 
 def read_utf8(path: Path) -> str:
@@ -91,7 +94,8 @@ class LocalSource:
         if path.is_file():
             files = [path]
         elif path.is_dir():
-            files = corpus_files(path, (".txt", ".md", ".jsonl"))
+            files = corpus_files(path, FOLDER_FORMATS)
+            _warn_of_records_left_out(path)
         elif any(ch in spec for ch in "*?["):
             files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         else:
@@ -173,6 +177,23 @@ class LocalSource:
 
 
 RECORD_FORMATS = (".jsonl", ".json", ".csv", ".tsv")
+FOLDER_FORMATS = (".txt", ".md", ".jsonl")  # what a folder contributes: a stray .json (package.json) is no corpus
+_warned: set[Path] = set()
+
+
+def _warn_of_records_left_out(folder: Path) -> None:
+    """Say once per folder that its .json/.csv/.tsv files are not read (a folder walk takes
+    FOLDER_FORMATS), so a folder of CSV shards is never half-read in silence."""
+    left_out = corpus_files(folder, (".json", ".csv", ".tsv"))
+    if left_out and folder.resolve() not in _warned:
+        _warned.add(folder.resolve())
+        log.warning(
+            "%s: %d .json/.csv/.tsv file(s) left out (e.g. %s): a folder contributes its .txt, .md and .jsonl files; "
+            "name record files by path or glob (data.source = '%s/*.csv')",
+            folder, len(left_out), left_out[0].name, folder,
+        )  # fmt: skip
+
+
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z", ".tar", ".tgz")
 READABLE = "text (.txt, .md), JSON lines (.jsonl, .json), JSON arrays (.json), CSV/TSV with a header, Parquet"
 
