@@ -38,6 +38,9 @@ from slmlab.config import ConfigError, config_from_dict
         ["generate", "RUN", "--prompt", "a", "--seed", str(2**64)],
         ["check", "CONFIG", "--seed", str(2**64)],
         ["train", "CONFIG", "--model.n_layer", str(10**20)],  # spent hours creating layers
+        ["train", "CONFIG", "--data.text_field", "content"],  # plain text files: ignored in silence
+        ["data", "prepare", "CONFIG", "--data.source", "shakespeare", "--data.doc_separator", "<EOS>"],
+        ["sweep", "SWEEP", "--data.text_field", "body"],
         ["info", "CONFIG", "--model.block_size", str(10**17)],
     ],
 )

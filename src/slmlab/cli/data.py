@@ -52,9 +52,11 @@ def register(sub) -> None:
 
 
 def cmd_data_prepare(args, extra) -> int:
+    from ..data.corpora import check_source_settings
     from ..data.tokens import describe_documents, prepare_tokens
 
     source = load_run_config(args.config, extra).data
+    check_source_settings(source)
     tokenizer, data = prepare_tokens(source)
     m = data.manifest  # its "source" names whoever built these files first: the same files may lie elsewhere
     print(
@@ -75,10 +77,11 @@ def cmd_data_download(args, extra) -> int:
 
 
 def cmd_tokenizer_train(args, extra) -> int:
-    from ..data.corpora import DocumentSelection
+    from ..data.corpora import DocumentSelection, check_source_settings
     from ..data.tokens import get_tokenizer
 
     cfg = load_run_config(args.config, extra)
+    check_source_settings(cfg.data)
     tokenizer = get_tokenizer(cfg.data, DocumentSelection(cfg.data))
     path = tokenizer.save(args.out)
     print(f"{tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size}: {path}")

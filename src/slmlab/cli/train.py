@@ -138,6 +138,10 @@ def train_config(args, extra):
         if args.viz_every:
             extra = [*extra, "--train.viz_every", str(args.viz_every)]
         cfg = load_run_config(args.config, extra, args.name)
+        from ..data.corpora import check_source_settings
+
+        for data in [cfg.phase(i).data for i in range(len(cfg.phases))] or [cfg.data]:
+            check_source_settings(data)
     else:
         raise ConfigError("give a CONFIG file to train, or --resume RUN_DIR")
     if cfg.train.batch_size % args.nproc:

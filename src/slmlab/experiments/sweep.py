@@ -49,6 +49,7 @@ import torch
 
 from .. import plugins
 from ..config import ConfigError, RunConfig, build_dataclass, check_name, load_config, read_toml
+from ..data.corpora import check_source_settings
 from ..errors import SlmlabError
 from ..files import atomic_write_text
 from ..locks import DirectoryLock
@@ -146,6 +147,11 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
             except ConfigError as err:
                 raise ConfigError(f"variant '{variant}': {err}") from None
             jobs.append(Job(variant, seed, tracked(config, sweep.name, variant, seed)))
+    for job in first_seed_jobs(jobs):
+        try:
+            check_source_settings(job.config.data)
+        except ConfigError as err:
+            raise ConfigError(f"variant '{job.variant}': {err}") from None
     steps = apply_budget({job.variant: job.config for job in first_seed_jobs(jobs)}, sweep.budget)  # each variant's first seed
     if steps:
         jobs = [Job(job.variant, job.seed, set_steps(job.config, steps[job.variant])) for job in jobs]

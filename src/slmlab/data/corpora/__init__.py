@@ -11,17 +11,17 @@ import logging
 from collections.abc import Iterator
 from typing import Protocol
 
-from ...config import DataConfig
+from ...config import ConfigError, DataConfig
 from .brown import BrownSource
 from .columnar import ColumnarSource, is_columnar
 from .document import Document
 from .fetch import CorpusError
-from .local import LocalSource
+from .local import RECORD_FORMATS, LocalSource
 from .shakespeare import ShakespeareSource
 
 log = logging.getLogger("slmlab")
 
-__all__ = ["CorpusError", "Document", "DocumentSelection", "open_source", "select_documents"]
+__all__ = ["CorpusError", "Document", "DocumentSelection", "check_source_settings", "open_source", "select_documents"]
 
 
 class Source(Protocol):
@@ -35,14 +35,41 @@ class Source(Protocol):
     def documents(self) -> Iterator[Document]: ...
 
 
+BUILTINS = {"shakespeare": ShakespeareSource, "brown": BrownSource}
+
+
 def open_source(data: DataConfig) -> Source:
     """Resolve `data.source` to a corpus object (built-in name or a local path)."""
-    builtins = {"shakespeare": ShakespeareSource, "brown": BrownSource}
-    if data.source in builtins:
-        return builtins[data.source](data.cache_dir)
+    if data.source in BUILTINS:
+        return BUILTINS[data.source](data.cache_dir)
     if is_columnar(data.source):
         return ColumnarSource(data.source, data.text_field)
     return LocalSource(data.source, data.text_field, data.doc_separator)
+
+
+def check_source_settings(data: DataConfig) -> None:
+    """Refuse data.doc_separator and data.text_field where data.source holds nothing they apply
+    to (a separator for a built-in corpus or records, a field name for plain text files): they
+    were ignored in silence. Checked where a user's own settings first meet the corpus (a fresh
+    run, `data prepare`, `tokenizer train`), not where a run's recorded settings read another
+    corpus (`eval --data.source`)."""
+    if data.source in BUILTINS:
+        kind, plain, records = "a built-in corpus", False, False
+    elif is_columnar(data.source):
+        kind, plain, records = "Parquet or a saved dataset", False, True
+    else:
+        suffixes = {path.suffix.lower() for path in LocalSource(data.source).files}
+        kind = "record files" if suffixes <= set(RECORD_FORMATS) else "plain text files"
+        plain, records = not suffixes <= set(RECORD_FORMATS), bool(suffixes & set(RECORD_FORMATS))
+    if data.doc_separator and not plain:
+        raise ConfigError(
+            f"data.doc_separator splits plain text files, and data.source '{data.source}' ({kind}) has none: remove it"
+        )
+    if data.text_field != DataConfig.text_field and not records:
+        raise ConfigError(
+            f"data.text_field names the text of records (.jsonl, .json, .csv, Parquet), and data.source "
+            f"'{data.source}' ({kind}) has none: remove it"
+        )
 
 
 def _resolve_genres(source: Source, wanted: list[str]) -> set[str]:
