@@ -179,6 +179,19 @@ def lone_surrogate(value) -> str | None:
     return next((bad for key, item in items for bad in (lone_surrogate(key), lone_surrogate(item)) if bad), None)
 
 
+def parse_json(text: str, where, error: type[SlmlabError], expected: str = "JSON"):
+    """json.loads(text) for a record from a user's file (a JSON line, a .json file): text that is
+    not `expected`, or that holds a lone surrogate escape, is `error` naming `where`."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise error(f"{where}: not {expected}") from None
+    bad = lone_surrogate(value) if "\\u" in text else None  # only a \u escape makes one
+    if bad:
+        raise error(f"{where}: holds {bad}, half of a UTF-16 pair and no character; fix or drop that record")
+    return value
+
+
 def read_json(path: str | Path, what: str, error: type[SlmlabError], fix: str, expect: type = dict):
     """A JSON file's value, checked to be an `expect` (dict, list); anything else is `error`."""
     text = read_text(path, what, error, fix)

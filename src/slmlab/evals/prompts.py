@@ -8,7 +8,6 @@ generator, so the same run and suite give the same report. The default suite shi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, build_dataclass, check_seed, read_toml
 from ..errors import TokenizerError
-from ..files import atomic_write_text, lone_surrogate, read_text
+from ..files import atomic_write_text, parse_json, read_text
 from ..model.sampling import check_sampling
 from ..tables import code_block, code_span
 
@@ -43,14 +42,7 @@ def load_suite(path: str | Path) -> list[Prompt]:
         records = []
         for number, line in enumerate(read_text(path, "prompt suite", ConfigError, "save it as UTF-8 text").splitlines(), 1):
             if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise ConfigError(f"{path}:{number}: not a JSON object") from None
-                if lone_surrogate(records[-1]):
-                    raise ConfigError(
-                        f"{path}:{number}: holds {lone_surrogate(records[-1])}, half of a UTF-16 pair and no character; fix it"
-                    )
+                records.append(parse_json(line, f"{path}:{number}", ConfigError, "a JSON object"))
     else:
         records = read_toml(path).get("prompt", [])
     if not records:

@@ -18,7 +18,6 @@ import contextlib
 import csv
 import glob
 import hashlib
-import json
 import logging
 import math
 import os
@@ -26,7 +25,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from ...files import lone_surrogate
+from ...files import parse_json
 from .document import Document
 from .fetch import CorpusError, file_digest
 
@@ -94,8 +93,9 @@ class LocalSource:
         if path.is_file():
             files = [path]
         elif path.is_dir():
-            files = corpus_files(path, FOLDER_FORMATS)
-            _warn_of_records_left_out(path)
+            found = corpus_files(path, FOLDER_FORMATS + LEFT_OUT)  # one walk of the folder for both
+            files = [p for p in found if p.suffix.lower() in FOLDER_FORMATS]
+            _warn_of_records_left_out(path, [p for p in found if p.suffix.lower() in LEFT_OUT])
         elif any(ch in spec for ch in "*?["):
             files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         else:
@@ -163,13 +163,13 @@ class LocalSource:
                     for number, row in enumerate(rows, 2):
                         yield f"{path}:{rows.line_num}", number, row
             elif suffix == ".json" and (text := read_utf8(path)).lstrip().startswith("["):
-                yield from ((f"{path}: item {i}", i, record) for i, record in enumerate(_json_value(text, path), 1))
+                yield from ((f"{path}: item {i}", i, record) for i, record in enumerate(parse_json(text, path, CorpusError), 1))
             else:
                 with open(path, encoding="utf-8-sig") as handle:
                     for number, line in enumerate(handle, 1):
                         line = line.lstrip("\ufeff")  # files joined with `cat` keep each one's byte-order mark
                         if line.strip():
-                            yield f"{path}:{number}", number, _json_value(line, f"{path}:{number}", "a JSON object")
+                            yield f"{path}:{number}", number, parse_json(line, f"{path}:{number}", CorpusError, "a JSON object")
         except UnicodeDecodeError as err:
             raise CorpusError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); re-encode it as UTF-8") from None
         except csv.Error as err:
@@ -178,13 +178,13 @@ class LocalSource:
 
 RECORD_FORMATS = (".jsonl", ".json", ".csv", ".tsv")
 FOLDER_FORMATS = (".txt", ".md", ".jsonl")  # what a folder contributes: a stray .json (package.json) is no corpus
+LEFT_OUT = tuple(s for s in RECORD_FORMATS if s not in FOLDER_FORMATS)  # records a folder holds but does not read
 _warned: set[Path] = set()
 
 
-def _warn_of_records_left_out(folder: Path) -> None:
-    """Say once per folder that its .json/.csv/.tsv files are not read (a folder walk takes
-    FOLDER_FORMATS), so a folder of CSV shards is never half-read in silence."""
-    left_out = corpus_files(folder, (".json", ".csv", ".tsv"))
+def _warn_of_records_left_out(folder: Path, left_out: list[Path]) -> None:
+    """Say once per folder that its .json/.csv/.tsv files (`left_out`) are not read (a folder
+    walk takes FOLDER_FORMATS), so a folder of CSV shards is never half-read in silence."""
     if left_out and folder.resolve() not in _warned:
         _warned.add(folder.resolve())
         log.warning(
@@ -196,15 +196,3 @@ def _warn_of_records_left_out(folder: Path) -> None:
 
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z", ".tar", ".tgz")
 READABLE = "text (.txt, .md), JSON lines (.jsonl, .json), JSON arrays (.json), CSV/TSV with a header, Parquet"
-
-
-def _json_value(text: str, where, expected: str = "JSON"):
-    """json.loads(text), refusing what no UTF-8 text holds (a lone surrogate escape)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        raise CorpusError(f"{where}: not {expected}") from None
-    bad = lone_surrogate(value) if "\\u" in text else None  # only a \u escape makes one
-    if bad:
-        raise CorpusError(f"{where}: holds {bad}, half of a UTF-16 pair and no character; fix or drop that record")
-    return value
