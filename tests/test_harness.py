@@ -175,6 +175,7 @@ def test_a_sweep_scores_a_run_again_once_it_has_trained_on(run, monkeypatch):
     import slmlab.evals.harness as harness
     from slmlab.experiments.sweep import Job
     from slmlab.runs import RunDir
+    from slmlab.runs.derived import weights_identity
 
     calls = []
 
@@ -182,9 +183,7 @@ def test_a_sweep_scores_a_run_again_once_it_has_trained_on(run, monkeypatch):
         calls.append(path)
         record = {"tasks": tasks, "limit": limit, "num_fewshot": num_fewshot, "scores": {"t": {"acc": 0.5}}}
         (path / "lm_eval").mkdir(exist_ok=True)
-        (path / "lm_eval" / "results.json").write_text(
-            json.dumps({**record, "weights_sha256": harness.final_weights_sha256(path)})
-        )
+        (path / "lm_eval" / "results.json").write_text(json.dumps({**record, "weights_sha256": weights_identity(path)}))
         return record["scores"], ""
 
     monkeypatch.setattr(harness, "evaluate_run", fake_evaluate)

@@ -29,6 +29,7 @@ from ..config import ConfigError
 from ..errors import RunFileError
 from ..files import atomic_write_text, json_text, read_json
 from ..registry import closest
+from ..runs.derived import weights_identity
 
 log = logging.getLogger("slmlab")
 
@@ -221,6 +222,7 @@ def evaluate_run(
             raise ConfigError(
                 f"lm-eval knows no task {unknown[0]!r}{closest(unknown[0], known)}; give its folder with --include-path, or use {TASK}"
             )
+    weights = weights_identity(run)  # before loading: see runs/derived.py
     model = SlmlabLM(str(run), device=device, batch_size=batch_size)
     if TASK in tasks:
         examples = cloze_examples(model.cfg.data, model.tokenizer, cloze_examples_limit)
@@ -249,7 +251,7 @@ def evaluate_run(
     }
     record = {
         "run": str(run),
-        "weights_sha256": final_weights_sha256(run),
+        "weights_sha256": weights,
         "tasks": tasks,
         "limit": limit,
         "num_fewshot": num_fewshot,
@@ -258,13 +260,6 @@ def evaluate_run(
     }
     atomic_write_text(results_path(run), json_text(record, indent=2, default=str) + "\n")
     return scores, make_table(output)
-
-
-def final_weights_sha256(run: str | Path) -> str | None:
-    """The SHA-256 of the run's final weights (summary.json), None while it has not finished."""
-    from ..runs import RunDir
-
-    return RunDir(Path(run)).read_summary().get("final_sha256")
 
 
 def score_sweep_runs(
@@ -280,7 +275,7 @@ def score_sweep_runs(
         saved = results_path(job.run.path)
         fix = "delete it to score the run again"
         record = read_json(saved, "lm-eval results", RunFileError, fix) if saved.is_file() else {}
-        asked = (tasks, limit, num_fewshot, final_weights_sha256(job.run.path))
+        asked = (tasks, limit, num_fewshot, weights_identity(job.run.path))
         if (record.get("tasks"), record.get("limit"), record.get("num_fewshot"), record.get("weights_sha256")) == asked:
             scores = record["scores"]
         else:
