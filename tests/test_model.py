@@ -133,6 +133,25 @@ def test_sampling_filters():
     assert draws == {3}
 
 
+@pytest.mark.parametrize("temperature", [1e-45, 1e-30, 5e-324])
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (2, 1.0), (0, 0.5)])
+def test_a_tiny_temperature_samples_the_most_likely_token_rather_than_overflowing(temperature, top_k, top_p):
+    """z / T overflows float32 for T below ~1e-38 (and float64 for T = 5e-324): the row turned NaN."""
+    logits = torch.tensor([[0.0, 1.0, 2.5, 3.0], [4.0, -1.0, 0.5, 2.0]])
+    draws = sample_next(logits, temperature, top_k, top_p, torch.Generator().manual_seed(0))
+    assert draws.flatten().tolist() == [3, 0]
+
+
+def test_temperature_sampling_matches_the_naive_softmax_distribution():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.bincount(
+        torch.cat([sample_next(logits.expand(1000, 4), 0.7, generator=generator) for _ in range(20)]).flatten(), minlength=4
+    )
+    expected = torch.exp(logits[0] / 0.7) / torch.exp(logits[0] / 0.7).sum()
+    assert torch.allclose(counts / counts.sum(), expected, atol=0.015)
+
+
 @pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
 def test_dropout_acts_in_training_only_and_a_zero_dropout_is_no_module(mlp):
     cfg = dict(vocab_size=50, n_layer=2, n_head=2, d_model=32, block_size=16, mlp=mlp)

@@ -22,10 +22,18 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
 def sample_next(
     logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """(B, V) logits -> (B, 1) token ids. temperature 0 is greedy (argmax)."""
+    """(B, V) logits -> (B, 1) token ids. temperature 0 is greedy (argmax).
+
+    p = softmax((z - max z) / temperature): shifting by the row's maximum first (softmax is
+    shift-invariant) keeps a tiny temperature from overflowing z / temperature to inf, which
+    would turn the row into NaN; the most likely token keeps logit 0 and the rest go to -inf.
+    A temperature below float32's smallest normal number (which float32 would round to 0) acts as
+    that number: the draw is already the argmax, ties shared.
+    """
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature, torch.finfo(torch.float32).tiny)
     if top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
