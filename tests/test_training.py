@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,9 +165,23 @@ def test_non_finite_steps_are_skipped_counted_and_abort_after_k(text_corpus, mak
     always = make_config(text_corpus, train={"steps": 12, "max_nan_skips": 3})
     always.name = "diverging"
     trainer = Trainer(always, progress=False)
-    monkeypatch.setattr(trainer, "_forward_backward", lambda: (torch.tensor(math.nan), torch.tensor(1.0)))
-    with pytest.raises(TrainingError, match="5 consecutive non-finite steps by step 5"):  # read at the first log step
+    real_forward_backward = trainer._forward_backward
+
+    def diverging_after_two():
+        loss, norm = real_forward_backward()
+        return (loss, norm) if trainer.step < 2 else (torch.tensor(math.nan), norm)
+
+    monkeypatch.setattr(trainer, "_forward_backward", diverging_after_two)
+    with pytest.raises(TrainingError, match="3 consecutive non-finite steps by step 5; lower train.lr"):  # first log step
         trainer.fit()
+
+
+def test_a_model_non_finite_from_its_first_step_is_named_as_the_cause_not_the_learning_rate(text_corpus, make_config):
+    """init_std = 1e30 overflows the initial model: no update is ever made, so 'lower train.lr' would mislead."""
+    cfg = make_config(text_corpus, model={"init_std": 1e30}, train={"steps": 12, "max_nan_skips": 3})
+    with pytest.raises(TrainingError, match=r"initial model's loss or gradient is not finite \(5 steps skipped.*init_std"):
+        Trainer(cfg, progress=False).fit()
+    assert not (Path(cfg.out_dir) / cfg.name).exists()  # nothing was recorded: no run folder is left
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():

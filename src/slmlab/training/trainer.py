@@ -387,15 +387,23 @@ class Trainer:
         training_frame(self.model, self.tokenizer, window, history, self.step, frames / f"frame_{self.step:06d}.png")
 
     def _account_skips(self, window: dict) -> None:
-        """Count the window's skipped steps; abort when too many came in a row."""
+        """Count the window's skipped steps; abort when too many came in a row, naming the model as
+        the cause when they are every step of a run begun at step 0 (no update was ever made)."""
         self.nan_skips += window["skipped"]
         if window["skipped"]:
             log.warning("%d non-finite step(s) skipped (loss or gradient), up to step %d", window["skipped"], self.step)
-        if window["longest"] >= self.cfg.train.max_nan_skips:
+        if window["longest"] < self.cfg.train.max_nan_skips:
+            return
+        if window["longest"] >= self.step:  # not one update yet: the weights are the initial ones
             raise TrainingError(
-                f"{window['longest']} consecutive non-finite steps by step {self.step}; "
-                "lower train.lr, raise train.warmup_steps or set train.grad_clip"
+                f"the initial model's loss or gradient is not finite ({self.step} steps skipped, no update made), "
+                "so no learning rate helps: a [model] value overflows (init_std, norm_eps, rope_scale, a variant's "
+                "section); `slmlab diagnose CONFIG` shows the loss at initialisation"
             )
+        raise TrainingError(
+            f"{window['longest']} consecutive non-finite steps by step {self.step}; "
+            "lower train.lr, raise train.warmup_steps or set train.grad_clip"
+        )
 
     def _finish(self, scores: tuple[float, float], elapsed: float, compile_seconds: float) -> TrainResult:
         if math.isnan(scores[0]):
