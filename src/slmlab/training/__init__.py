@@ -1,9 +1,11 @@
 """Training: the loop, optimizer and schedule, checkpoints and the metrics log."""
 
 from ..config import ConfigError
+from ..errors import TrainingError
 from ..runs.checkpoints import CheckpointError
 from .curriculum import train_curriculum
-from .trainer import Trainer, TrainingError, TrainResult
+from .results import TrainResult
+from .trainer import Trainer
 from .trainer import train as train_single
 from .validation import evaluate, score_validation
 

@@ -23,7 +23,8 @@ from ..model.protocol import attention_modules
 from ..registry import ATTENTION_PATTERNS
 from ..runs.run_dir import RunDir
 from .distributed import World
-from .trainer import Trainer, TrainResult, prepare_data
+from .results import TrainResult
+from .trainer import Trainer, prepare_data
 
 
 def assert_patterns(trainer: Trainer) -> None:

@@ -1,10 +1,16 @@
-"""Per-window step statistics kept on the device, so a training step never waits for the host."""
+"""Per-window step statistics kept on the device, so a training step never waits for the host,
+and the non-finite guard's verdict on them."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
+
+from ..errors import TrainingError
+
+log = logging.getLogger("slmlab")
 
 
 class StepTally:
@@ -40,3 +46,22 @@ class StepTally:
             "longest": int(longest),
             "grad_norm": norm,
         }
+
+
+def check_skips(window: dict, step: int, max_nan_skips: int) -> None:
+    """Warn of a window's skipped steps; abort when `max_nan_skips` came in a row, naming the
+    model as the cause when they are every step of a run begun at step 0 (no update was made)."""
+    if window["skipped"]:
+        log.warning("%d non-finite step(s) skipped (loss or gradient), up to step %d", window["skipped"], step)
+    if window["longest"] < max_nan_skips:
+        return
+    if window["longest"] >= step:  # not one update yet: the weights are the initial ones
+        raise TrainingError(
+            f"the initial model's loss or gradient is not finite ({step} steps skipped, no update made), "
+            "so no learning rate helps: a [model] value overflows (init_std, norm_eps, rope_scale, a variant's "
+            "section); `slmlab diagnose CONFIG` shows the loss at initialisation"
+        )
+    raise TrainingError(
+        f"{window['longest']} consecutive non-finite steps by step {step}; "
+        "lower train.lr, raise train.warmup_steps or set train.grad_clip"
+    )

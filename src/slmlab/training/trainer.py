@@ -23,8 +23,6 @@ import logging
 import math
 import statistics
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,7 +31,6 @@ from ..config import DataConfig, RunConfig, resolve_vocab
 from ..data.sampling import WindowSampler, check_windows
 from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..data.tokens import TokenData, prepare_tokens
-from ..errors import TrainingError
 from ..files import atomic_write_text
 from ..model import build_model, model_stats
 from ..runs.checkpoints import (
@@ -61,6 +58,7 @@ from .frames import training_frame
 from .kernel_choice import check_local_kernel, choose_local_kernel
 from .optim import build_optimizer, lr_at, select_trainable, step_unless
 from .progress import TrainingProgress
+from .results import TrainResult, final_sample
 from .resume import check_same_data, resume_config
 from .runtime import (
     autocast,
@@ -69,31 +67,11 @@ from .runtime import (
     seed_everything,
     set_rng_state,
 )
-from .tally import StepTally
+from .tally import StepTally, check_skips
 from .trackers import Trackers
 from .validation import score_validation
 
 log = logging.getLogger("slmlab")
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    step: int
-    val_loss: float
-    val_ppl: float
-    tokens_per_s: float
-    sample: str
-    compile_seconds: float = 0.0
-    val_bpb: float = math.nan  # bits per byte of the validation text
-
-    @classmethod
-    def from_summary(cls, run_dir: Path, summary: dict) -> TrainResult:
-        """The result a run's summary.json records."""
-        return cls(
-            run_dir, summary["step"], summary["val_loss"], summary["val_ppl"], summary.get("tokens_per_s", 0.0),
-            summary.get("sample", ""), summary.get("compile_seconds", 0.0), summary.get("val_bpb") or math.nan,
-        )  # fmt: skip
 
 
 def prepare_data(data: DataConfig, tokenizer: Tokenizer | None, world: World) -> tuple[Tokenizer, TokenData]:
@@ -387,23 +365,8 @@ class Trainer:
         training_frame(self.model, self.tokenizer, window, history, self.step, frames / f"frame_{self.step:06d}.png")
 
     def _account_skips(self, window: dict) -> None:
-        """Count the window's skipped steps; abort when too many came in a row, naming the model as
-        the cause when they are every step of a run begun at step 0 (no update was ever made)."""
         self.nan_skips += window["skipped"]
-        if window["skipped"]:
-            log.warning("%d non-finite step(s) skipped (loss or gradient), up to step %d", window["skipped"], self.step)
-        if window["longest"] < self.cfg.train.max_nan_skips:
-            return
-        if window["longest"] >= self.step:  # not one update yet: the weights are the initial ones
-            raise TrainingError(
-                f"the initial model's loss or gradient is not finite ({self.step} steps skipped, no update made), "
-                "so no learning rate helps: a [model] value overflows (init_std, norm_eps, rope_scale, a variant's "
-                "section); `slmlab diagnose CONFIG` shows the loss at initialisation"
-            )
-        raise TrainingError(
-            f"{window['longest']} consecutive non-finite steps by step {self.step}; "
-            "lower train.lr, raise train.warmup_steps or set train.grad_clip"
-        )
+        check_skips(window, self.step, self.cfg.train.max_nan_skips)
 
     def _finish(self, scores: tuple[float, float], elapsed: float, compile_seconds: float) -> TrainResult:
         if math.isnan(scores[0]):
@@ -426,7 +389,7 @@ class Trainer:
         final_sha256 = save_weights(weights, self.run.final_weights, metadata={"config": json.dumps(self.cfg.to_dict())})
         history = [r for r in self.metrics.read() if "tokens_per_s" in r]
         tokens_per_s = statistics.median(r["tokens_per_s"] for r in history) if history else 0.0  # robust to a slow window
-        sample = self.sample(t.sample_tokens) if t.sample_tokens else ""
+        sample = self._sample(t.sample_tokens) if t.sample_tokens else ""
         summary = {
             "step": self.step,
             "tokens": self.tokens,
@@ -451,19 +414,14 @@ class Trainer:
         atomic_write_text(self.run.summary, json.dumps(summary, indent=2) + "\n")
         return TrainResult.from_summary(self.run.path, summary)
 
-    def sample(self, n_tokens: int, seed: int = 0) -> str:
-        """Generate n_tokens from the start of a validation document (fixed seed), on this rank
-        alone: a sharded model is first rebuilt whole from the final weights."""
+    def _sample(self, n_tokens: int) -> str:
+        """The run's closing sample, on this rank alone: a sharded model is first rebuilt whole
+        from the final weights."""
         model = self.model
         if self.world.distributed and self.cfg.train.parallel == "fsdp":
             model = build_model(self.cfg.model).to(self.device)
             load_weights(model, self.run.final_weights)
-        prompt = torch.as_tensor(self.data.val.tokens[:8].astype("int64"), device=self.device)[None]
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        out = model.generate(
-            prompt, n_tokens, temperature=0.8, top_k=50, generator=generator, vocab_size=self.tokenizer.vocab_size
-        )
-        return self.tokenizer.decode(out[0].tolist())
+        return final_sample(model, self.tokenizer, self.data.val.tokens, n_tokens, self.device)
 
 
 def train(
