@@ -27,6 +27,8 @@ from slmlab.config import ConfigError, config_from_dict
         ["eval", "RUN", "--context-lengths", "abc"],
         ["eval", "RUN", "--context-lengths", "64,-1"],
         ["info", "CONFIG", "--batch-size", "-4"],
+        ["info", "CONFIG", "--batch-size", "0"],  # took the config's batch in silence
+        ["info", "CONFIG", "--seq-len", "0"],
         ["train", "CONFIG", "--out_dir", "A_FILE"],
         ["train", "CONFIG", "--nproc", "0"],
         ["sweep", "SWEEP", "--jobs", "0"],

@@ -15,7 +15,7 @@ from ..model.accounting import measured_flops_per_token, traced_activation_bytes
 from ..tables import human, markdown_table
 
 
-def size_table(cfg: RunConfig, batch_size: int = 0, seq_len: int = 0) -> str:
+def size_table(cfg: RunConfig, batch_size: int | None = None, seq_len: int | None = None) -> str:
     """Markdown table of the model's size and cost at (batch_size, seq_len) (default: the config's)."""
     with torch.device("meta"):
         model = build_model(cfg.model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import add_device, add_out, add_verb, load_run_config, non_negative_int, positive_int
+from .options import add_device, add_out, add_verb, load_run_config, positive_int
 
 
 def register(sub) -> None:
@@ -16,8 +16,8 @@ def register(sub) -> None:
         overrides=True,
     )
     p.add_argument("target", metavar="CONFIG|RUN")
-    p.add_argument("--batch-size", type=non_negative_int, default=0, help="for the memory estimate (default: the config's)")
-    p.add_argument("--seq-len", type=non_negative_int, default=0, help="for FLOPs and memory (default: the config's)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="for the memory estimate (default: the config's)")
+    p.add_argument("--seq-len", type=positive_int, default=None, help="for FLOPs and memory (default: the config's)")
     p.set_defaults(func=cmd_info)
 
     viz = add_verb(sub, "viz", "attention visualisation", "  slmlab viz attention runs/quickstart --prompt 'ROMEO: But soft'")
