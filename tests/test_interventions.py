@@ -111,5 +111,40 @@ def test_ablate_command_on_a_trained_full_smat_run(text_corpus, make_config, cap
     baseline_cfg = make_config(text_corpus)
     baseline_cfg.name = "plain"
     train(baseline_cfg, progress=False)
-    assert main(["ablate", str(RunDir.for_config(baseline_cfg).path)]) == 2
-    assert "declares no interventions" in capsys.readouterr().err
+    plain = RunDir.for_config(baseline_cfg).path
+    assert main(["ablate", str(plain)]) == 2
+    err = capsys.readouterr().err
+    assert "declares no interventions" in err and "add --layers" in err
+    assert main(["ablate", str(plain), "--layers", "--n-batches", "2"]) == 0
+    rows = json.loads((plain / "ablations.json").read_text())["interventions"]
+    assert list(rows) == ["unmodified"] + [f"blocks.{i} {part} = 0" for i in range(2) for part in ("attention", "MLP")]
+    assert all(r["val_ppl"] != rows["unmodified"]["val_ppl"] for name, r in rows.items() if name != "unmodified")
+
+
+class Zero(torch.nn.Module):
+    def forward(self, x, *args):
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("layer, part", [(0, "attn"), (1, "attn"), (0, "mlp"), (2, "mlp")])
+def test_a_layer_ablation_equals_the_model_with_that_sublayer_replaced_by_zero(layer, part, idx):
+    """Naive reference: the same weights with the sublayer's module swapped for one returning zeros."""
+    import copy
+
+    from slmlab.config import ModelConfig
+    from slmlab.model import build_model
+    from slmlab.model.interventions import layer_ablations
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=37, n_layer=3, n_head=2, d_model=32, block_size=32)).eval()
+    by_name = {i.name: i for i in layer_ablations(model)}
+    assert len(by_name) == 6
+    with torch.no_grad(), intervene(model, by_name[f"blocks.{layer} {'attention' if part == 'attn' else 'MLP'} = 0"]):
+        ablated, _ = model(idx)
+    reference = copy.deepcopy(model)
+    setattr(reference.blocks[layer], part, Zero())
+    with torch.no_grad():
+        expected, _ = reference(idx)
+        untouched, _ = model(idx)
+    torch.testing.assert_close(ablated, expected, rtol=0, atol=0)
+    assert not torch.allclose(untouched, expected)

@@ -9,7 +9,9 @@ own file (SMAT's surgical ablations: slmlab/variants/smat.py):
         loss = evaluate(model, ...)
 
 `slmlab ablate RUN` evaluates every intervention that applies to a run and reports them in one
-table against the unmodified model.
+table against the unmodified model; `--layers` adds `layer_ablations`, which need no declaration:
+each layer's attention and MLP output (its contribution to the residual stream) set to zero in
+turn, as TransformerLens users zero-ablate a component.
 """
 
 from __future__ import annotations
@@ -83,3 +85,27 @@ def applicable(model: nn.Module) -> list[Intervention]:
         for intervention in group.values()
         if all(hook_points(model, suffix, intervention.owner) for suffix in intervention.replacements)
     ]
+
+
+# A layer's residual contributions, by the backbone's hook-point names (model/block.py).
+COMPONENTS = {"hook_attn_out": "attention", "hook_mlp_out": "MLP"}
+
+
+def layer_ablations(model: nn.Module) -> list[Intervention]:
+    """One zero ablation per backbone component (a layer's attention or MLP output, the
+    residual stream's x + attn(...) and x + mlp(...) then add 0), in module order. Each targets
+    one module by its full name, so `intervene` hooks only that one (names of modules nested
+    elsewhere could end the same: they are left out rather than ablated together)."""
+    names = [name for name, _ in model.named_modules()]
+    found = []
+    for name in names:
+        layer, _, leaf = name.rpartition(".")
+        if leaf in COMPONENTS and len(hook_points(model, name)) == 1:
+            found.append(
+                Intervention(
+                    f"{layer or 'model'} {COMPONENTS[leaf]} = 0",
+                    f"{layer or 'the model'}'s {COMPONENTS[leaf]} output set to zero (its residual contribution removed)",
+                    {name: constant(torch.zeros_like)},
+                )
+            )
+    return found
