@@ -52,6 +52,35 @@ def test_dotted_overrides_of_every_kind(toml_file):
     assert cfg.model.tie_embeddings is False and cfg.data.source == "brown" and cfg.data.mixture == {"J": 2.0}
 
 
+def test_a_table_given_for_a_section_sets_its_keys_and_keeps_the_rest(toml_file, tmp_path):
+    """`--model '{n_layer = 3}'` and a sweep's `[variants.a.model]` replaced the whole [model]
+    section by a table of one key: d_model and n_head fell back to their defaults in silence."""
+    from slmlab.experiments.sweep import load_sweep
+
+    cfg = load_config(toml_file, ["--model", "{n_layer = 3, smat = {use_S = true}}"])
+    assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head, cfg.model.smat.use_S) == (3, 64, 4, True)
+    assert load_config(toml_file, ["--train", "{}"]).train.steps == 1000  # an empty table drops the section's settings
+    cfg = load_config(toml_file, {"data": {"source": "brown", "mixture": {"J": 1}}})
+    assert cfg.data.seq_len == 64 and cfg.data.mixture == {"J": 1.0}  # a field's own table is its value
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(
+        f'name = "s"\nbase = "{toml_file}"\n[overrides.train]\nlr = 0.01\n'
+        "[variants.deep.model]\nn_layer = 3\n[variants.wide]\nmodel = {d_model = 128}\n"
+    )
+    models = {job.variant: job.config.model for job in load_sweep(sweep)[1]}
+    assert (models["deep"].n_layer, models["deep"].d_model, models["wide"].n_layer, models["wide"].d_model) == (3, 64, 2, 128)
+    assert all(job.config.train.steps == 10 and job.config.train.lr == 0.01 for job in load_sweep(sweep)[1])
+
+
+def test_a_table_replaces_a_field_that_holds_a_table(toml_file):
+    base = load_config(toml_file, ["--data.source", "brown", "--data.mixture", "{J = 1, E = 2}"])
+    assert base.data.mixture == {"J": 1.0, "E": 2.0}
+    from slmlab.config import apply_overrides, config_from_dict
+
+    changed = config_from_dict(apply_overrides(base.to_dict(), {"data.mixture": {"R": 1}}))
+    assert changed.data.mixture == {"R": 1.0}
+
+
 def test_single_value_for_a_list_becomes_a_list(toml_file):
     assert load_config(toml_file, ["--data.genres", "R"]).data.genres == ["R"]
 

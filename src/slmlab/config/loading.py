@@ -8,6 +8,7 @@ then applies the rules that span fields. Any problem is a ConfigError of one lin
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import typing
 from pathlib import Path
@@ -17,7 +18,7 @@ from .. import plugins
 from ..errors import ConfigError
 from ..registry import load_builtins
 from .checks import check_no_ignored_setting, validate
-from .schema import RunConfig
+from .schema import ModelConfig, RunConfig
 from .values import build_dataclass
 
 if sys.version_info >= (3, 11):
@@ -68,10 +69,39 @@ def parse_overrides(args: typing.Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
-def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys in a nested dict (a copy); the keys are checked later by `build_dataclass`."""
-    merged = _deep_copy(values)
+def _is_section(key: str) -> bool:
+    """Whether a dotted key names a config section ([model], [data], [train], or a variant's
+    [model.<name>]) rather than a field, some of which hold tables themselves (data.mixture)."""
+    parts = key.split(".")
+    if len(parts) == 1:
+        return key in SECTION_NAMES
+    return len(parts) == 2 and parts[0] == "model" and parts[1] not in MODEL_FIELDS
+
+
+SECTION_NAMES = {f.name for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default_factory)}
+MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+def dotted(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides with every table given for a section spelled out as dotted keys:
+    `{"model": {"n_layer": 2}}` (a sweep's `[variants.a.model]`, `--model '{n_layer = 2}'`) sets
+    model.n_layer and keeps the section's other settings, as `{"model.n_layer": 2}` does, instead of
+    replacing the whole section by a table of one key. An empty table drops the section's settings
+    (`"model.tape" = {}`: its defaults apply); a field's own table (data.mixture) is a value."""
+    flat: dict[str, Any] = {}
     for key, value in overrides.items():
+        if isinstance(value, dict) and value and _is_section(key):
+            flat.update(dotted({f"{key}.{name}": item for name, item in value.items()}))
+        else:
+            flat[key] = value
+    return flat
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (a copy); the keys are checked later by `build_dataclass`.
+    A table given for a section sets the fields it names (`dotted`)."""
+    merged = _deep_copy(values)
+    for key, value in dotted(overrides).items():
         parts = key.split(".")
         node = merged
         for part in parts[:-1]:
