@@ -87,6 +87,23 @@ def test_bad_sweep_configs(tmp_path, micro_sweep):
         load_sweep(micro_sweep)
 
 
+@pytest.mark.parametrize(
+    "added, extra, where",
+    [
+        ('[variants.seeded]\n"train.seed" = 7\n', {}, "variant 'seeded' sets train.seed"),
+        ("[variants.seeded.train]\nseed = 7\n", {}, "variant 'seeded' sets train.seed"),
+        ('[variants.named]\nname = "x"\n', {}, "variant 'named' sets name"),
+        ("", {"train.seed": 3}, "the command line sets train.seed"),
+        ("", {"out_dir": "elsewhere"}, "the command line sets out_dir"),
+    ],
+)
+def test_a_setting_the_sweep_makes_for_every_run_is_refused_not_replaced(micro_sweep, added, extra, where):
+    """Each run's seed, name and folder come from the sweep: a variant's own train.seed was dropped in silence."""
+    micro_sweep.write_text(micro_sweep.read_text() + added)
+    with pytest.raises(ConfigError, match=f"{where}, which the sweep sets for every run"):
+        load_sweep(micro_sweep, extra)
+
+
 @pytest.mark.slow
 def test_slurm_array_script_and_single_task_runs(micro_sweep, tmp_path, capsys):
     script = tmp_path / "sweep.sh"

@@ -186,6 +186,7 @@ def without_option(argv: list[str], option: str) -> list[str]:
 def cmd_sweep(args, extra) -> int:
     from ..config import parse_overrides
     from ..experiments.results import write_results
+    from ..experiments.slurm import write_slurm_script
     from ..experiments.sweep import (
         dry_run_lines,
         load_sweep,
@@ -193,7 +194,6 @@ def cmd_sweep(args, extra) -> int:
         run_sweep,
         sweep_lock,
         tune_learning_rates,
-        write_slurm_script,
     )
     from ..experiments.tuning import tuning_jobs
 

@@ -24,7 +24,7 @@ Runs go to `<out_dir>/<name>/<variant>_s<seed>/` and execute in parallel worker 
 whole sweep is resumable. All variants of a seed see the same data order (the window sampler is
 seeded by train.seed alone): a paired design.
 
-On a cluster, `slurm_script` writes a SLURM job array instead: task i runs job i alone
+On a cluster, `slurm.slurm_script` writes a SLURM job array instead: task i runs job i alone
 (`slmlab sweep CONFIG --only i`, on the GPU SLURM gives it); a last `slmlab sweep CONFIG` finds
 every run finished and writes the results table.
 """
@@ -36,7 +36,6 @@ import json
 import logging
 import multiprocessing
 import os
-import shlex
 import threading
 import time
 from collections import Counter
@@ -48,10 +47,9 @@ from typing import Any
 import torch
 
 from .. import plugins
-from ..config import ConfigError, RunConfig, build_dataclass, check_name, load_config, read_toml
+from ..config import ConfigError, RunConfig, build_dataclass, check_name, dotted, load_config, read_toml
 from ..data.corpora import check_source_settings
 from ..errors import SlmlabError
-from ..files import atomic_write_text
 from ..locks import DirectoryLock
 from ..runs.run_dir import RunDir
 from .budget import Budget, apply_budget, set_steps
@@ -125,6 +123,7 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
     sweep.baseline = sweep.baseline or next(iter(sweep.variants))
     if sweep.baseline not in sweep.variants:
         raise ConfigError(f"{path}: baseline '{sweep.baseline}' is not one of the variants {list(sweep.variants)}")
+    check_no_per_run_settings(path, sweep, extra_overrides or {})
     base = (path.parent / sweep.base) if not Path(sweep.base).is_absolute() else Path(sweep.base)
     shared = {}
     if sweep.plugins:  # the base config's plugins (relative to it), then the sweep's (relative to this file)
@@ -156,6 +155,21 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
     if steps:
         jobs = [Job(job.variant, job.seed, set_steps(job.config, steps[job.variant])) for job in jobs]
     return sweep, jobs
+
+
+SET_PER_RUN = ("train.seed", "name", "out_dir")  # what a sweep sets for each (variant, seed)
+
+
+def check_no_per_run_settings(path: Path, sweep: SweepConfig, extra_overrides: dict[str, Any]) -> None:
+    """Refuse overrides of what the sweep sets for every run (they were replaced in silence)."""
+    sources = [("[overrides]", sweep.overrides), *((f"variant '{v}'", o) for v, o in sweep.variants.items())]
+    for where, overrides in [*sources, ("the command line", extra_overrides)]:
+        for key in dotted(overrides):
+            if key in SET_PER_RUN:
+                raise ConfigError(
+                    f"{path}: {where} sets {key}, which the sweep sets for every run (seed from `seeds`, "
+                    "folder <out_dir>/<name>/<variant>_s<seed>); use the sweep's seeds, name and out_dir keys"
+                )
 
 
 def tracked(config: RunConfig, sweep: str, variant: str, seed: int) -> RunConfig:
@@ -357,43 +371,3 @@ def run_one(sweep: SweepConfig, jobs: list[Job], index: int) -> str:
     job = jobs[index]
     outcome = run_sweep(sweep, [job], 1)[(job.variant, job.seed)]
     return f"{job.run.path}: {outcome.get('failed') or 'val ppl {:.3f}'.format(outcome['val_ppl'])}"
-
-
-def write_slurm_script(
-    path: Path, config_path: str | Path, sweep: SweepConfig, jobs: list[Job], extra_argv: list[str], directives: list[str]
-) -> str:
-    """Write the job-array script (and the log folder SLURM will not create) -> a line on what to do."""
-    slurm_log_dir(sweep).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, slurm_script(config_path, sweep, jobs, extra_argv, directives))
-    return f"wrote {path}: submit it with `sbatch {path}` ({len(jobs)} array tasks)"
-
-
-def slurm_log_dir(sweep: SweepConfig) -> Path:
-    return Path(sweep.out_dir) / sweep.name / "slurm"
-
-
-def slurm_script(
-    config_path: str | Path, sweep: SweepConfig, jobs: list[Job], extra_argv: list[str], directives: list[str]
-) -> str:
-    """A bash script for `sbatch`: one array task per (variant, seed), one GPU each by default.
-
-    `directives` are extra `#SBATCH` options ("--partition=gpu", "--time=04:00:00") and replace the
-    defaults of the same name. SLURM does not create the log folder: the caller makes it."""
-    defaults = {"--gres": "gpu:1", "--cpus-per-task": "8", "--time": "04:00:00"}
-    given = {d.split("=", 1)[0]: d for d in (d if d.startswith("--") else f"--{d}" for d in directives)}
-    options = [f"{k}={v}" for k, v in defaults.items() if k not in given] + list(given.values())
-    logs = slurm_log_dir(sweep)
-    command = shlex.join(["slmlab", "sweep", str(config_path), *extra_argv]) + ' --only "$SLURM_ARRAY_TASK_ID"'
-    lines = [
-        "#!/bin/bash",
-        f"#SBATCH --job-name={sweep.name}",
-        f"#SBATCH --array=0-{len(jobs) - 1}",
-        f"#SBATCH --output={logs}/%A_%a.out",
-        *(f"#SBATCH {option}" for option in options),
-        f"# {len(jobs)} runs: " + ", ".join(f"{i}={job.variant}_s{job.seed}" for i, job in enumerate(jobs)),
-        f"# afterwards: {shlex.join(['slmlab', 'sweep', str(config_path), *extra_argv])}   (writes the results table)",
-        "set -euo pipefail",
-        command,
-        "",
-    ]
-    return "\n".join(lines)

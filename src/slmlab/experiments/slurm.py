@@ -1,0 +1,50 @@
+"""A sweep on a cluster: a SLURM job array whose task i runs the sweep's job i alone
+(`slmlab sweep CONFIG --only i`); the same command without --only then writes the results table."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from ..files import atomic_write_text
+from .sweep import Job, SweepConfig
+
+
+def write_slurm_script(
+    path: Path, config_path: str | Path, sweep: SweepConfig, jobs: list[Job], extra_argv: list[str], directives: list[str]
+) -> str:
+    """Write the job-array script (and the log folder SLURM will not create) -> a line on what to do."""
+    slurm_log_dir(sweep).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, slurm_script(config_path, sweep, jobs, extra_argv, directives))
+    return f"wrote {path}: submit it with `sbatch {path}` ({len(jobs)} array tasks)"
+
+
+def slurm_log_dir(sweep: SweepConfig) -> Path:
+    return Path(sweep.out_dir) / sweep.name / "slurm"
+
+
+def slurm_script(
+    config_path: str | Path, sweep: SweepConfig, jobs: list[Job], extra_argv: list[str], directives: list[str]
+) -> str:
+    """A bash script for `sbatch`: one array task per (variant, seed), one GPU each by default.
+
+    `directives` are extra `#SBATCH` options ("--partition=gpu", "--time=04:00:00") and replace the
+    defaults of the same name. SLURM does not create the log folder: the caller makes it."""
+    defaults = {"--gres": "gpu:1", "--cpus-per-task": "8", "--time": "04:00:00"}
+    given = {d.split("=", 1)[0]: d for d in (d if d.startswith("--") else f"--{d}" for d in directives)}
+    options = [f"{k}={v}" for k, v in defaults.items() if k not in given] + list(given.values())
+    logs = slurm_log_dir(sweep)
+    command = shlex.join(["slmlab", "sweep", str(config_path), *extra_argv]) + ' --only "$SLURM_ARRAY_TASK_ID"'
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={sweep.name}",
+        f"#SBATCH --array=0-{len(jobs) - 1}",
+        f"#SBATCH --output={logs}/%A_%a.out",
+        *(f"#SBATCH {option}" for option in options),
+        f"# {len(jobs)} runs: " + ", ".join(f"{i}={job.variant}_s{job.seed}" for i, job in enumerate(jobs)),
+        f"# afterwards: {shlex.join(['slmlab', 'sweep', str(config_path), *extra_argv])}   (writes the results table)",
+        "set -euo pipefail",
+        command,
+        "",
+    ]
+    return "\n".join(lines)
