@@ -95,12 +95,14 @@ def test_bad_sweep_configs(tmp_path, micro_sweep):
         ('[variants.named]\nname = "x"\n', {}, "variant 'named' sets name"),
         ("", {"train.seed": 3}, "the command line sets train.seed"),
         ("", {"out_dir": "elsewhere"}, "the command line sets out_dir"),
+        ('[tune]\nlr = [1e-3, 3e-3]\n[variants.hot]\n"train.lr" = 0.5\n', {}, "variant 'hot' sets train.lr"),
+        ("[budget]\ntokens = 100000\n", {"train.steps": 9}, "the command line sets train.steps"),
     ],
 )
 def test_a_setting_the_sweep_makes_for_every_run_is_refused_not_replaced(micro_sweep, added, extra, where):
     """Each run's seed, name and folder come from the sweep: a variant's own train.seed was dropped in silence."""
     micro_sweep.write_text(micro_sweep.read_text() + added)
-    with pytest.raises(ConfigError, match=f"{where}, which the sweep sets for every run"):
+    with pytest.raises(ConfigError, match=f"{where}, which the sweep sets for every run from its"):
         load_sweep(micro_sweep, extra)
 
 

@@ -157,18 +157,25 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
     return sweep, jobs
 
 
-SET_PER_RUN = ("train.seed", "name", "out_dir")  # what a sweep sets for each (variant, seed)
+def per_run_settings(sweep: SweepConfig) -> dict[str, str]:
+    """Config keys the sweep sets for every run -> which of its keys sets them."""
+    owned = {"train.seed": "seeds", "name": "name (runs are <variant>_s<seed>)", "out_dir": "out_dir"}
+    if sweep.tune.lr:
+        owned["train.lr"] = "[tune] (it picks each variant's learning rate)"
+    if sweep.budget.held():
+        owned["train.steps"] = "[budget] (it sets each variant's steps)"
+    return owned
 
 
 def check_no_per_run_settings(path: Path, sweep: SweepConfig, extra_overrides: dict[str, Any]) -> None:
     """Refuse overrides of what the sweep sets for every run (they were replaced in silence)."""
+    owned = per_run_settings(sweep)
     sources = [("[overrides]", sweep.overrides), *((f"variant '{v}'", o) for v, o in sweep.variants.items())]
     for where, overrides in [*sources, ("the command line", extra_overrides)]:
         for key in dotted(overrides):
-            if key in SET_PER_RUN:
+            if key in owned:
                 raise ConfigError(
-                    f"{path}: {where} sets {key}, which the sweep sets for every run (seed from `seeds`, "
-                    "folder <out_dir>/<name>/<variant>_s<seed>); use the sweep's seeds, name and out_dir keys"
+                    f"{path}: {where} sets {key}, which the sweep sets for every run from its {owned[key]}; remove it"
                 )
 
 
