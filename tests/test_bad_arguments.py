@@ -44,6 +44,7 @@ from slmlab.config import ConfigError, config_from_dict
         ["data", "prepare", "CONFIG", "--data.source", "shakespeare", "--data.doc_separator", "<EOS>"],
         ["sweep", "SWEEP", "--data.text_field", "body"],
         ["info", "CONFIG", "--model.block_size", str(10**17)],
+        ["tokenizer", "train", "CONFIG", "--data.tokenizer", "bpe", "--data.vocab_size", str(2**31)],  # a Rust abort
     ],
 )
 def test_a_bad_argument_is_one_line_and_nothing_is_written(argv, micro_toml, tmp_path, capsys):

@@ -126,6 +126,7 @@ def check_architecture_support(m) -> None:
         )
 
 
+MAX_BPE_VOCAB = 2**24
 MAX_PARAMETERS = 10**13  # ten trillion: more than any one machine holds, so a typo, not a plan
 
 
@@ -214,6 +215,11 @@ def validate(cfg) -> None:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     if d.tokenizer == "bpe" and d.vocab_size < 260:
         raise ConfigError(f"data.vocab_size = {d.vocab_size} is too small for BPE (need >= 260)")
+    if d.vocab_size > MAX_BPE_VOCAB:  # the BPE trainer sizes its tables by it: 2**31 aborts the process
+        raise ConfigError(
+            f"data.vocab_size = {d.vocab_size:,} is more than a tokenizer can use (at most {MAX_BPE_VOCAB:,}; "
+            "real BPE vocabularies hold 32k-256k tokens)"
+        )
     if not 0.0 <= t.min_lr_ratio <= 1.0:
         raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
     if not 0.0 < t.decay_fraction <= 1.0:
