@@ -124,10 +124,30 @@ def test_the_scaffold_refuses_bad_names_and_existing_files(tmp_path):
         write_variant("My-Idea", "attention-extension", tmp_path)
     with pytest.raises(ConfigError, match="taken by a built-in section"):
         write_variant("smat", "attention-extension", tmp_path)
+    for taken in ("dropout", "head_dim", "sections", "to_dict"):  # cfg.model.<name> would read the field instead
+        with pytest.raises(ConfigError, match=f"model.{taken} is already a model setting or attribute"):
+            write_variant(taken, "attention-extension", tmp_path)
+    with pytest.raises(ConfigError, match="not a public identifier"):
+        write_variant("__init__", "attention-extension", tmp_path)  # would make the folder a package
+    assert not any(tmp_path.iterdir())
     write_variant("twice", "output-gate", tmp_path)
     with pytest.raises(ConfigError, match="already exist.*--force"):
         write_variant("twice", "output-gate", tmp_path)
     write_variant("twice", "output-gate", tmp_path, force=True)
+
+
+def test_a_plugin_section_named_like_a_model_setting_is_refused_where_it_registers():
+    from dataclasses import dataclass
+
+    from slmlab.registry import MODEL_SECTIONS, register_section
+
+    @dataclass
+    class Settings:
+        enabled: bool = False
+
+    with pytest.raises(ConfigError, match=r"\[model.dropout\] cannot be a section"):
+        register_section("dropout", Settings)
+    assert "dropout" not in MODEL_SECTIONS
 
 
 def test_the_worked_example_passes_check(capsys):

@@ -17,7 +17,7 @@ from string import Template
 
 from ..errors import ConfigError
 from ..files import atomic_write_text
-from ..registry import MODEL_SECTIONS, load_builtins
+from ..registry import MODEL_SECTIONS, check_section_name, load_builtins
 
 TEMPLATES = Path(__file__).with_name("templates")
 KIND_TEMPLATES = {"attention-extension": "attention_extension.py.tmpl", "output-gate": "output_gate.py.tmpl"}
@@ -29,6 +29,7 @@ def check_variant_name(name: str) -> None:
         raise ConfigError(f"variant name {name!r} must be a lower-case Python identifier, e.g. head_temperature")
     if name in MODEL_SECTIONS:
         raise ConfigError(f"[model.{name}] is taken by a built-in section; pick another name")
+    check_section_name(name)
 
 
 def write_variant(name: str, kind: str, out: str | Path, force: bool = False) -> list[Path]:
