@@ -126,17 +126,18 @@ CONFIG_CHECKS: list[Callable] = []  # (RunConfig) -> None, raising ConfigError
 CHOICE_REGISTRIES = (POSITIONS, ATTENTION_PATTERNS, NORMS, MLPS, HEADS, ARCHITECTURES, TOKENIZERS, OPTIMIZERS, TRAINABLE)
 
 
+# Names a section cannot take because `cfg.model.<name>` already means something: ModelConfig's
+# fields, properties and methods (config/schema.py fills this where ModelConfig is defined).
+MODEL_ATTRIBUTES: set[str] = set()
+
+
 def check_section_name(name: str) -> None:
     """A section is read as `cfg.model.<name>`: a name that is already a ModelConfig field,
     property or method (model.dropout, model.head_dim, model.to_dict), or private, would read that
     instead, so it is refused."""
-    import dataclasses
-
-    from .config.schema import ModelConfig
-
     if not name.isidentifier() or name.startswith("_"):
         raise ConfigError(f"[model.{name}] cannot be a section: {name!r} is not a public identifier; pick another name")
-    if name in {f.name for f in dataclasses.fields(ModelConfig)} or hasattr(ModelConfig, name):
+    if name in MODEL_ATTRIBUTES:
         raise ConfigError(
             f"[model.{name}] cannot be a section: model.{name} is already a model setting or attribute; pick another name"
         )

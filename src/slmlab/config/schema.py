@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigError
-from ..registry import MODEL_SECTIONS, closest, load_builtins
+from ..registry import MODEL_ATTRIBUTES, MODEL_SECTIONS, closest, load_builtins
 
 
 def _accepts_sections(cls: type) -> type:
@@ -121,6 +121,10 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+
+MODEL_ATTRIBUTES.update(f.name for f in dataclasses.fields(ModelConfig))  # no section may shadow these
+MODEL_ATTRIBUTES.update(name for name in dir(ModelConfig) if not name.startswith("_"))
 
 
 @dataclass
