@@ -121,6 +121,10 @@ def test_a_damaged_checkpoint_names_the_file_and_offers_the_intact_older_one(tex
     assert main(["train", "--resume", str(run.path), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "step_000015.state.pt is damaged" in err and "--from-checkpoint step_000010" in err and "\n" not in err
+    for wrong in ("latest", "../step_000010", "", "step_000012"):  # a ValueError traceback, or '' silently the latest
+        assert main(["train", "--resume", str(run.path), "--from-checkpoint", wrong, "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"no checkpoint {wrong!r} in" in err and "checkpoints there: step_000020, step_000015" in err, err
     assert main(["train", "--resume", str(run.path), "--from-checkpoint", "step_000010", "--no-progress"]) == 0
     assert RunDir(run.path).read_summary()["step"] == 20
     steps = [r["step"] for r in run.read_metrics()]

@@ -150,15 +150,21 @@ def latest_checkpoint(directory: Path) -> str | None:
     return name
 
 
-def load_checkpoint(directory: Path, model: nn.Module, name: str | None = None) -> dict[str, Any]:
-    """Load weights of checkpoint `name` (default: latest) into model, after verifying both files
-    against their checksums; return its training state."""
-    name = name or latest_checkpoint(directory)
-    if name is None:
-        raise CheckpointError(f"no checkpoint in {directory} to resume from")
+def existing_checkpoint(directory: Path, name: str) -> str:
+    """`name` if it is a checkpoint in `directory` (step_NNNNNN with its weights file), else an
+    error listing the ones there."""
     if not CHECKPOINT_NAME.fullmatch(name) or not _files(directory, name)[0].is_file():
         available = ", ".join(checkpoint_names(directory)[:5]) or "none"
         raise CheckpointError(f"no checkpoint {name!r} in {directory}; checkpoints there: {available}")
+    return name
+
+
+def load_checkpoint(directory: Path, model: nn.Module, name: str | None = None) -> dict[str, Any]:
+    """Load weights of checkpoint `name` (default: latest) into model, after verifying both files
+    against their checksums; return its training state."""
+    name = latest_checkpoint(directory) if name is None else existing_checkpoint(directory, name)
+    if name is None:
+        raise CheckpointError(f"no checkpoint in {directory} to resume from")
     weights_path, state_path, _ = _files(directory, name)
     sums = checksums(directory, name)
     try:

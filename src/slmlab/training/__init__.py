@@ -15,10 +15,10 @@ def train(
 ) -> TrainResult:
     """Train a run: a curriculum of sub-runs when the config has [[phases]], else one run.
     `from_checkpoint` (with `resume`): continue from this checkpoint rather than the latest."""
-    if from_checkpoint and not resume:
+    if from_checkpoint is not None and not resume:
         raise ConfigError("--from-checkpoint names a checkpoint to resume from: use it with --resume RUN")
     if cfg.phases:
-        if from_checkpoint:
+        if from_checkpoint is not None:
             raise ConfigError("--from-checkpoint applies to one run: resume the curriculum's phase directory instead")
         return train_curriculum(cfg, resume=resume, overwrite=overwrite, progress=progress)
     return train_single(cfg, resume=resume, overwrite=overwrite, progress=progress, from_checkpoint=from_checkpoint)

@@ -34,6 +34,7 @@ from ..data.tokens import TokenData, prepare_tokens
 from ..files import atomic_write_text
 from ..model import build_model, model_stats
 from ..runs.checkpoints import (
+    existing_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     load_training_state,
@@ -147,7 +148,11 @@ class Trainer:
         """Data, run directory, model, sampler, optimizer and (resuming) the checkpoint's state."""
         self.checkpoint = None
         if resume:
-            self.checkpoint = from_checkpoint or latest_checkpoint(self.run.checkpoints)
+            self.checkpoint = (
+                latest_checkpoint(self.run.checkpoints)
+                if from_checkpoint is None
+                else existing_checkpoint(self.run.checkpoints, from_checkpoint)
+            )
             cfg = resume_config(self.run, self.checkpoint, cfg, record=self.world.is_main)
         train = cfg.train
         check_batch(train.batch_size, self.world)
