@@ -94,3 +94,17 @@ def test_out_dir_naming_a_file_is_one_line(micro_toml, tmp_path, capsys):
     assert _train(micro_toml, "--out_dir", str(tmp_path / "a_file")) == 2
     err = capsys.readouterr().err.strip()
     assert "is a file, not a folder" in err and "\n" not in err
+
+
+def test_a_persona_run_named_after_the_run_it_starts_from_never_deletes_it(micro_toml, text_corpus, tmp_path, capsys):
+    """`persona RUN --name <RUN's own name> --overwrite` removed the base run, weights and all,
+    before loading them."""
+    assert _train(micro_toml, "--name", "base") == 0
+    base = tmp_path / "runs" / "base"
+    before = sorted(p.relative_to(base) for p in base.rglob("*"))
+    argv = ["persona", str(base), "--persona-data", str(text_corpus), "--train", "all", "--steps", "2", "--no-progress"]
+    assert main([*argv, "--name", "base", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds the run this one starts from" in err and "\n" not in err
+    assert sorted(p.relative_to(base) for p in base.rglob("*")) == before
+    assert main([*argv, "--name", "tuned"]) == 0
