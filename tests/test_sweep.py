@@ -87,6 +87,15 @@ def test_bad_sweep_configs(tmp_path, micro_sweep):
         load_sweep(micro_sweep)
 
 
+def test_a_sweep_named_like_an_existing_run_is_refused(micro_sweep, micro_toml, tmp_path):
+    from slmlab.cli import main
+
+    assert main(["train", str(micro_toml), "--name", "micro", "--train.steps", "2", "--no-progress"]) == 0
+    with pytest.raises(ConfigError, match="runs/micro is a run, not a sweep's folder"):
+        load_sweep(micro_sweep)
+    assert sorted(p.name for p in (tmp_path / "runs" / "micro").iterdir() if p.is_dir()) == ["checkpoints"]
+
+
 @pytest.mark.parametrize(
     "added, extra, where",
     [

@@ -124,6 +124,12 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
     if sweep.baseline not in sweep.variants:
         raise ConfigError(f"{path}: baseline '{sweep.baseline}' is not one of the variants {list(sweep.variants)}")
     check_no_per_run_settings(path, sweep, extra_overrides or {})
+    folder = Path(sweep.out_dir) / sweep.name
+    if (folder / "config.json").is_file():
+        raise ConfigError(
+            f"{path}: {folder} is a run, not a sweep's folder: the sweep would put its runs and tables inside it; "
+            "give the sweep another name"
+        )
     base = (path.parent / sweep.base) if not Path(sweep.base).is_absolute() else Path(sweep.base)
     shared = {}
     if sweep.plugins:  # the base config's plugins (relative to it), then the sweep's (relative to this file)
