@@ -26,6 +26,21 @@ def test_paired_statistics_match_hand_computation():
     assert c.sign_p == pytest.approx(0.625)  # P(|wins - 2| >= 1) under Binomial(4, 1/2) = 10/16
 
 
+def test_a_variant_whose_every_run_failed_shows_dashes_not_nan_or_zero_parameters():
+    from slmlab.experiments.results import results_table, summarize
+    from slmlab.experiments.sweep import SweepConfig
+
+    sweep = SweepConfig(name="s", base="b.toml", seeds=[0, 1], variants={"base": {}, "bad": {}}, baseline="base")
+    done = {"val_ppl": 9.0, "val_bpb": 3.0, "step": 20, "tokens": 2560, "tokens_per_s": 1e4, "peak_memory_bytes": 1e8}
+    results = {("base", 0): {**done, "params": 9920}, ("base", 1): {**done, "params": 9920}}
+    results.update({("bad", seed): {"failed": "diverged"} for seed in (0, 1)})
+    records = [{**r, "train_flops": math.nan} for r in summarize(sweep, results)]  # write_results adds the FLOPs
+    bad = next(r for r in records if r["variant"] == "bad")
+    assert bad["params"] is None and bad["runs"] == 0 and bad["failed_runs"] == 2
+    row = next(line for line in results_table(records).splitlines() if line.startswith("| bad"))
+    assert "nan" not in row and "| 0      |" not in row and row.rstrip(" |").endswith("–")
+
+
 def test_a_missing_seed_is_left_out_of_the_pairing():
     c = paired_comparison({0: 9.0, 1: 9.0}, {0: 10.0, 1: 10.0, 2: 10.0})
     assert c.n_pairs == 2 and c.wins == 2 and c.sign_p == pytest.approx(0.5)

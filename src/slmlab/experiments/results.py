@@ -82,7 +82,7 @@ def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[
                 "tokens": mean_std([r["tokens"] for r in done if "tokens" in r])[0],
                 "tokens_per_s": mean_std([r["tokens_per_s"] for r in done])[0],
                 "peak_memory_bytes": mean_std([r["peak_memory_bytes"] for r in done])[0],
-                "params": done[0]["params"] if done else 0,
+                "params": done[0]["params"] if done else None,  # unknown: no run finished
                 "val_ppl_by_seed": ppl[variant],
             }
         )
@@ -138,7 +138,7 @@ def results_table(records: list[dict]) -> str:
                 "–"
                 if base
                 else f"{format_number(r['delta_bpb'], '+.4f')} [{format_number(r['delta_bpb_low'], '+.4f')}, {format_number(r['delta_bpb_high'], '+.4f')}]",
-                "–" if base else f"{r['delta_pct']:+.2f}%",
+                "–" if base or not _finite(r["delta_pct"]) else f"{r['delta_pct']:+.2f}%",
                 "–" if base else f"{r['wins']}/{r['n_pairs']}",
                 f"{r['failed_runs']} runs, {r['nan_skips']} steps",
                 "–" if base else f"[{format_number(r['ci_low'], '+.2f')}, {format_number(r['ci_high'], '+.2f')}]",
@@ -151,7 +151,7 @@ def results_table(records: list[dict]) -> str:
                 human(r["train_flops"]) if _finite(r["train_flops"]) else "–",
                 f"{r['tokens_per_s']:,.0f}" if math.isfinite(r["tokens_per_s"]) else "–",
                 human(r["peak_memory_bytes"], "B") if math.isfinite(r["peak_memory_bytes"]) else "–",
-                human(r["params"]),
+                human(r["params"]) if r["params"] is not None else "–",
             )
         )
     names = list(dict.fromkeys(name for r in records for name in r.get("lm_eval", {})))
