@@ -193,6 +193,19 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert all(a >= b for a, b in zip(values, values[1:]))
 
 
+def test_a_warmup_that_leaves_no_schedule_is_warned_of(text_corpus, make_config, caplog):
+    from slmlab.training.optim import schedule_warning
+
+    assert schedule_warning(TrainConfig(steps=100, warmup_steps=10)) is None
+    assert schedule_warning(TrainConfig(steps=100, warmup_steps=75, schedule="wsd", decay_fraction=0.2)) is None
+    too_long = schedule_warning(TrainConfig(steps=20, warmup_steps=100, lr=1e-3))
+    assert "peaks at 0.0002 instead of train.lr = 0.001" in too_long  # lr_at(19) = 1e-3 * 20 / 100
+    assert "no stable phase" in schedule_warning(TrainConfig(steps=100, warmup_steps=90, schedule="wsd", decay_fraction=0.2))
+    with caplog.at_level("WARNING", logger="slmlab"):
+        train(make_config(text_corpus, train={"steps": 4, "warmup_steps": 10}), progress=False)
+    assert "train.warmup_steps = 10 is not below train.steps = 4" in caplog.text
+
+
 def test_no_weight_decay_on_norms_biases_and_embeddings():
     from slmlab.config import ModelConfig
     from slmlab.model import build_model

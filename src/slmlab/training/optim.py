@@ -140,3 +140,22 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr - (cfg.lr - floor) * progress
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def schedule_warning(cfg: TrainConfig) -> str | None:
+    """What is wrong with a schedule whose warmup leaves no room for the rest (None if nothing):
+    with warmup_steps >= steps the LR never reaches train.lr nor decays; under "wsd" a warmup
+    that runs into the decay window leaves no stable phase and cuts the decay short."""
+    if cfg.warmup_steps >= cfg.steps:
+        return (
+            f"train.warmup_steps = {cfg.warmup_steps} is not below train.steps = {cfg.steps}: the learning rate "
+            f"peaks at {lr_at(cfg.steps - 1, cfg):.3g} instead of train.lr = {cfg.lr:g} and never decays; "
+            "lower train.warmup_steps"
+        )
+    decay_start = cfg.steps - max(1, round(cfg.decay_fraction * cfg.steps))
+    if cfg.schedule == "wsd" and cfg.warmup_steps > decay_start:
+        return (
+            f"train.warmup_steps = {cfg.warmup_steps} runs into the wsd decay, which starts at step {decay_start} "
+            f"(train.decay_fraction = {cfg.decay_fraction:g} of {cfg.steps}): no stable phase; lower train.warmup_steps"
+        )
+    return None

@@ -57,7 +57,7 @@ from .distributed import (
 )
 from .frames import training_frame
 from .kernel_choice import check_local_kernel, choose_local_kernel
-from .optim import build_optimizer, lr_at, select_trainable, step_unless
+from .optim import build_optimizer, lr_at, schedule_warning, select_trainable, step_unless
 from .progress import TrainingProgress
 from .results import TrainResult, final_sample
 from .resume import check_same_data, resume_config
@@ -169,6 +169,9 @@ class Trainer:
         check_windows(self.data.train, self.data.val, cfg.data.seq_len, train.batch_size, cfg.data.mixture)
         self.token_bytes = torch.from_numpy(self.tokenizer.token_bytes())
         check_local_kernel(cfg.model, self.device)
+        warning = schedule_warning(train)
+        if warning and self.world.is_main:
+            log.warning("%s", warning)
         self.cfg, self.progress = cfg, progress and self.world.is_main
         if not resume:
             start = init_from.path.resolve() if init_from is not None else None
