@@ -42,3 +42,47 @@ def test_without_autograd_only_the_value_is_computed():
         value = linear_cross_entropy(h, w, y)
     assert value.grad_fn is None
     torch.testing.assert_close(value, F.cross_entropy(h @ w.t(), y))
+
+
+def _masked_reference(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Naive: the mean of -log softmax(z_i)[y_i] over the rows whose target is not negative."""
+    kept = [i for i in range(len(y)) if y[i] >= 0]
+    return torch.stack([-logits[i].log_softmax(-1)[y[i]] for i in kept]).mean()
+
+
+@pytest.mark.parametrize("vocab, rows", [(50, 40), (3000, 1500)])
+def test_negative_targets_are_ignored_as_pytorch_and_nanogpt_ignore_them(vocab, rows):
+    """-100 (PyTorch's and Hugging Face's ignore_index) and -1 (nanoGPT's) leave a row out of the
+    mean; the model's loss raised 'index -100 is out of bounds' before."""
+    torch.manual_seed(2)
+    h = torch.randn(rows, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(vocab, 8, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, vocab, (rows,))
+    y[::3], y[1::5] = -100, -1
+    ours = linear_cross_entropy(h, w, y)
+    grads = torch.autograd.grad(ours, (h, w))
+    reference = _masked_reference(h @ w.t(), y)
+    expected = torch.autograd.grad(reference, (h, w))
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert torch.all(grads[0][y < 0] == 0)  # an ignored row gets no gradient
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(h, w, y), reference.detach(), rtol=1e-12, atol=1e-12)
+    assert linear_cross_entropy(h, w, torch.full_like(y, -100)).isnan()  # nothing to average, as F.cross_entropy
+
+
+@pytest.mark.parametrize("head", ["linear", "student_t"])
+def test_the_model_loss_ignores_negative_targets_for_every_head(head):
+    from slmlab.config import ModelConfig
+    from slmlab.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=30, n_layer=1, n_head=2, d_model=16, block_size=16, head=head)).double()
+    idx = torch.randint(0, 30, (2, 12))
+    targets = torch.randint(0, 30, (2, 12))
+    targets[0, :5], targets[1, -3:] = -100, -1
+    _, loss = model(idx, targets)
+    logits, _ = model(idx)
+    reference = _masked_reference(logits.reshape(-1, 30), targets.reshape(-1))
+    torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-10)

@@ -89,8 +89,9 @@ class Decoder(GenerationMixin, nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list[KVCache] | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, V), None); given targets (B, T) -> (None, mean
-        cross-entropy), computed by the head (heads.py; the linear head's fused chunked loss never
-        materialises the logits)."""
+        cross-entropy over the targets that are not negative: -100 and -1 mask a position out),
+        computed by the head (heads.py; the linear head's fused chunked loss never materialises
+        the logits)."""
         B, T = idx.shape
         start = caches[0].length if caches else 0
         limit = self.positions.max_positions

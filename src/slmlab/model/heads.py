@@ -41,7 +41,10 @@ class StudentTHead(nn.Module):
         return -(self.nu + h.shape[-1]) / 2 * torch.log1p(distance.clamp_min(0) / self.nu)
 
     def loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self(h).float(), targets)
+        """Mean cross-entropy; a negative target (-100, -1) is ignored, as by the linear head."""
+        logits = self(h)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32; fp64 stays
+        return F.cross_entropy(logits, torch.where(targets < 0, -100, targets), ignore_index=-100)
 
 
 HEADS.register("linear", LinearHead)

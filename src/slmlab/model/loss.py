@@ -1,9 +1,14 @@
 """The LM head and its cross-entropy, fused and chunked over rows: no (N, V) logits tensor.
 
-For hidden states h (N, d), head weight W (V, d) and targets y (N,):
+For hidden states h (N, d), head weight W (V, d) and targets y (N,), of which the rows with a
+negative target are ignored (PyTorch's and Hugging Face's -100, nanoGPT's -1; m_i = [y_i >= 0],
+M = sum_i m_i):
 
-    z = h W^T,  loss = (1/N) sum_i (logsumexp(z_i) - z_{i, y_i})
-    dloss/dz = (softmax(z) - onehot(y)) / N,  dloss/dh = (dloss/dz) W,  dloss/dW = (dloss/dz)^T h
+    z = h W^T,  loss = (1/M) sum_i m_i (logsumexp(z_i) - z_{i, y_i})
+    dloss/dz = m (softmax(z) - onehot(y)) / M,  dloss/dh = (dloss/dz) W,  dloss/dW = (dloss/dz)^T h
+
+(NaN when every target is ignored, as F.cross_entropy gives.) The mask multiplies (N, d) and (N,)
+tensors only, never the (N, V) logits, and needs no host sync.
 
 Rows are processed in chunks of about 2M logits (8 MB in fp32): each chunk's logits are made,
 turned into their gradient in place and multiplied out into dloss/dh and dloss/dW at once, so
@@ -36,25 +41,27 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
         total = torch.zeros((), dtype=acc, device=h.device)
+        kept = targets >= 0
         step = _chunk_rows(weight.shape[0])
         for start in range(0, n, step):
             rows = slice(start, min(n, start + step))
-            h_chunk, y = h[rows], targets[rows]
+            h_chunk, y, m = h[rows], targets[rows].clamp_min(0), kept[rows]
             logits = (h_chunk @ weight.t()).to(acc)  # (c, V)
             lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            total += ((lse - logits.gather(1, y[:, None]).squeeze(1)) * m).sum()
             grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
             grad[torch.arange(len(y), device=y.device), y] -= 1.0
-            grad_h[rows] = (grad.to(weight.dtype) @ weight).to(h.dtype)
-            grad_w.addmm_(grad.t(), h_chunk.to(acc))
-        ctx.save_for_backward(grad_h, grad_w)
+            grad_h[rows] = (grad.to(weight.dtype) @ weight).to(h.dtype) * m[:, None]
+            grad_w.addmm_(grad.t(), h_chunk.to(acc) * m[:, None])
+        count = kept.sum().to(acc)
+        ctx.save_for_backward(grad_h, grad_w, count)
         ctx.weight_dtype = weight.dtype
-        return total / n
+        return total / count
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        grad_h, grad_w = ctx.saved_tensors
-        scale = grad_output / grad_h.shape[0]
+        grad_h, grad_w, count = ctx.saved_tensors
+        scale = grad_output / count
         return grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(ctx.weight_dtype), None
 
 
@@ -62,17 +69,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
 def _linear_cross_entropy_value(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     acc = _accumulation_dtype(h)
     total = torch.zeros((), dtype=acc, device=h.device)
+    kept = targets >= 0
     step = _chunk_rows(weight.shape[0])
     for start in range(0, h.shape[0], step):
         logits = (h[start : start + step] @ weight.t()).to(acc)
-        y = targets[start : start + step]
-        total += (torch.logsumexp(logits, dim=-1) - logits.gather(1, y[:, None]).squeeze(1)).sum()
-    return total / h.shape[0]
+        y, m = targets[start : start + step].clamp_min(0), kept[start : start + step]
+        total += ((torch.logsumexp(logits, dim=-1) - logits.gather(1, y[:, None]).squeeze(1)) * m).sum()
+    return total / kept.sum().to(acc)
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the logits h W^T, (N, d) x (V, d) against (N,) targets, in float32
-    (float64 for float64 inputs).
+    (float64 for float64 inputs); rows with a negative target are left out of the mean.
 
     Without autograd (evaluation under no_grad) it only computes the value."""
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):

@@ -6,7 +6,7 @@ An architecture is a class registered in registry.ARCHITECTURES and built as
 | member | used by |
 | --- | --- |
 | `cfg` (ModelConfig) | generation (block_size), info, checkpoints |
-| `forward(idx, targets=None, caches=None)` -> (logits (B,T,V) or None, mean loss or None) | training, eval, long context, diagnose, viz |
+| `forward(idx, targets=None, caches=None)` -> (logits (B,T,V) or None, mean loss over targets >= 0, or None) | training, eval, long context, diagnose, viz |
 | `make_caches()` -> per-attention caches (first has `.length`) | generation (GenerationMixin.generate) |
 | `generate(idx, max_new_tokens, ...)` | generate, samples, lm-eval |
 | `generate_many(prompts, max_new_tokens, ...)`, `decodes_padded()` | prompts, persona-eval (GenerationMixin: batches, left-padded where the model says it decodes padding exactly) |
