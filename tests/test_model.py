@@ -182,3 +182,20 @@ def test_evaluation_helpers_restore_the_training_mode_however_they_end():
     with pytest.raises(ConfigError, match="positions"):
         capture_attention(model, torch.tensor([[1] * 40]))  # longer than the model's 32 positions
     assert model.training
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        (torch.zeros(1, 0, dtype=torch.long), "the prompt is empty"),
+        (torch.zeros(1, 3), "tensor of token ids, got torch.float32"),
+        (torch.tensor([1, 2]), r"of shape \(2,\)"),  # an IndexError from the shape unpacking
+        (torch.tensor([[1, 50]]), "token id 50, outside this model's vocabulary 0..49"),  # IndexError from the embedding
+        (torch.tensor([[1, -1]]), "token id -1, outside"),
+    ],
+)
+def test_generate_refuses_a_prompt_that_is_not_token_ids_of_this_model(prompt, message):
+    model = build_model(ModelConfig(vocab_size=50, n_layer=1, n_head=2, d_model=16, block_size=16))
+    with pytest.raises(ConfigError, match=message):
+        model.generate(prompt, 3)
+    assert model.generate(torch.tensor([[1, 49]], dtype=torch.int32), 3).shape == (1, 5)

@@ -56,8 +56,7 @@ class GenerationMixin:
         block_size, the cache is rebuilt from the last block_size // 2 tokens (a sliding window).
         Decoding one or two rows on CPU multiplies the wide linear layers by (in, out) copies of
         their weights, made for the call (decoding_layout.py: the same products, faster)."""
-        if idx.shape[1] == 0:
-            raise ConfigError("the prompt is empty: give at least one token")
+        self._check_prompt(idx)
         if idx.shape[1] > self.cfg.block_size:
             raise ConfigError(
                 f"the prompt has {idx.shape[1]} tokens but the model's context is {self.cfg.block_size}; shorten it"
@@ -92,6 +91,21 @@ class GenerationMixin:
                 if until is not None and until(idx):
                     break
         return idx
+
+    def _check_prompt(self, idx: torch.Tensor) -> None:
+        """A (B, T) tensor of token ids this model has, T >= 1 (checked once per call)."""
+        if idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+            raise ConfigError(
+                f"the prompt must be a (batch, tokens) tensor of token ids, got {idx.dtype} of shape {tuple(idx.shape)}"
+            )
+        if idx.shape[1] == 0:
+            raise ConfigError("the prompt is empty: give at least one token")
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0 or high >= self.cfg.vocab_size:
+            raise ConfigError(
+                f"the prompt holds token id {low if low < 0 else high}, outside this model's vocabulary "
+                f"0..{self.cfg.vocab_size - 1}: encode it with the run's tokenizer"
+            )
 
     def decodes_padded(self) -> bool:
         """Whether a left-padded batch decodes exactly (an architecture that masks padding says so)."""
