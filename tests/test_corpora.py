@@ -99,6 +99,17 @@ def test_local_text_directory_and_jsonl(text_corpus, jsonl_corpus):
     assert years == [1900, 1910, 1920, 1930, 1940, 1950] and selection.dropped_by_year == 4
 
 
+def test_a_year_cut_off_on_documents_without_years_is_warned_of_once(text_corpus, jsonl_corpus, caplog):
+    """Plain text files carry no year, so data.max_year kept every document in silence."""
+    with caplog.at_level("INFO", logger="slmlab"):
+        for _ in range(2):  # read twice, as tokenizer training and tokenizing do
+            assert len(list(DocumentSelection(DataConfig(source=str(text_corpus), max_year=1900)))) == 12
+        list(DocumentSelection(DataConfig(source=str(jsonl_corpus), max_year=1950)))
+    assert caplog.text.count("data.max_year = 1900 changed nothing: no document of") == 1
+    assert caplog.text.count("year cut-off 1900: dropped 0 documents") == 1
+    assert "max_year = 1950 changed nothing" not in caplog.text  # these records have years
+
+
 @pytest.mark.parametrize(
     "setup, message",
     [

@@ -119,14 +119,30 @@ class DocumentSelection:
             self.unknown_year += doc.year is None
             yield doc
         if self.data.max_year or not self.data.allow_unknown_year:
-            log.info(
-                "year cut-off %d: dropped %d documents later than it, %d of unknown year",
-                self.data.max_year,
-                self.dropped_by_year,
-                self.dropped_unknown_year,
+            _say_once(
+                logging.INFO,
+                f"year cut-off {self.data.max_year}: dropped {self.dropped_by_year} documents later than it, "
+                f"{self.dropped_unknown_year} of unknown year",
             )
         if self.kept == 0:
             raise CorpusError(f"data: no documents left from '{self.data.source}' after the genre/year filters")
+        if self.data.max_year and self.unknown_year == self.kept and not self.dropped_by_year:
+            _say_once(
+                logging.WARNING,
+                f"data.max_year = {self.data.max_year} changed nothing: no document of '{self.data.source}' has a "
+                "year (records give one in a 'year' field); remove it",
+            )
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(level: int, message: str) -> None:
+    """Log a line about the corpus once per process: the documents are read more than once
+    (tokenizer training, then tokenizing), and the line is the same each time."""
+    if message not in _SAID:
+        _SAID.add(message)
+        log.log(level, "%s", message)
 
 
 def select_documents(data: DataConfig) -> DocumentSelection:
