@@ -62,7 +62,8 @@ def cmd_data_prepare(args, extra) -> int:
     print(
         f"{source.source}: train {describe_documents(m, 'train')}, val {describe_documents(m, 'val')}; "
         f"{m['tokens']['train']:,} / {m['tokens']['val']:,} tokens ({tokenizer.kind}, vocab {tokenizer.vocab_size}, "
-        f"{m['dtype']}); dropped by year cut-off: {m['dropped_by_year']}, unknown year: {m['dropped_unknown_year']}"
+        f"{m['dtype']}); dropped by the year cut-off: {m['dropped_by_year']}, for an unknown year: "
+        f"{m['dropped_unknown_year']}; kept of unknown year: {m.get('unknown_year', 0)}"
     )
     print(f"token files: {data.directory}")
     return 0
