@@ -115,6 +115,11 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
         (["--data.tiktoken_file", "gpt2.tiktoken"], "data.tiktoken_file = 'gpt2.tiktoken' is ignored with data.tokenizer"),
         (["--train.decay_fraction", "0.5"], "train.decay_fraction = 0.5 is ignored with train.schedule = 'cosine'"),
         (["--model.local_block", "16"], "model.local_block = 16 is ignored with full attention in every layer"),
+        (["--model.global_every", "2"], "model.global_every = 2 makes every k-th layer of a local model.attention full"),
+        (
+            ["--model.attention", "block_local", "--model.attention_layers", '["full", "block_local"]'],
+            "model.attention = 'block_local' is ignored: model.attention_layers names every layer's pattern",
+        ),
     ],
 )
 def test_bad_values_are_rejected_in_one_line_naming_the_key(toml_file, overrides, message):

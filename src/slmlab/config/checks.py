@@ -97,6 +97,19 @@ def check_no_ignored_setting(cfg) -> None:
     default_block = type(cfg.model)().local_block
     if all(_attention_patterns(c.model) == {"full"} and c.model.local_block != default_block for c in configs):
         raise ConfigError(f"model.local_block = {cfg.model.local_block} is ignored with full attention in every layer; remove it")
+    default_pattern = type(cfg.model)().attention
+    if all(c.model.attention_layers and c.model.attention != default_pattern for c in configs):
+        raise ConfigError(
+            f"model.attention = {cfg.model.attention!r} is ignored: model.attention_layers names every layer's "
+            "pattern; remove one of them"
+        )
+    if all(c.model.global_every and (c.model.attention == "full" or c.model.attention_layers) for c in configs):
+        raise ConfigError(
+            f"model.global_every = {cfg.model.global_every} makes every k-th layer of a local model.attention full; "
+            f"with model.attention = {cfg.model.attention!r}"
+            + (" and model.attention_layers" if cfg.model.attention_layers else "")
+            + " it changes nothing; remove it"
+        )
 
 
 def _attention_patterns(m) -> set[str]:
