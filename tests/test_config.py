@@ -115,6 +115,9 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
         (["--data.tiktoken_file", "gpt2.tiktoken"], "data.tiktoken_file = 'gpt2.tiktoken' is ignored with data.tokenizer"),
         (["--train.decay_fraction", "0.5"], "train.decay_fraction = 0.5 is ignored with train.schedule = 'cosine'"),
         (["--model.local_block", "16"], "model.local_block = 16 is ignored with full attention in every layer"),
+        (["--train.batch_size", str(10**21)], "train.batch_size = 1000000000000000000000 is too large"),  # OverflowError
+        (["--train.grad_accum", str(2**63)], "is too large: give a whole number below 2**63"),
+        (["--train.threads", "100000"], "train.threads = 100000 is more threads than a machine can start"),  # segfault
         (["--model.global_every", "2"], "model.global_every = 2 makes every k-th layer of a local model.attention full"),
         (
             ["--model.attention", "block_local", "--model.attention_layers", '["full", "block_local"]'],

@@ -47,7 +47,7 @@ def test_a_missing_seed_is_left_out_of_the_pairing():
 
 
 @pytest.mark.slow
-def test_micro_sweep_end_to_end_and_resume(micro_sweep, tmp_path, capsys):
+def test_micro_sweep_end_to_end_and_resume(micro_sweep, tmp_path, capsys, caplog):
     assert main(["sweep", str(micro_sweep), "--jobs", "2"]) == 0
     out = capsys.readouterr().out
     sweep_dir = tmp_path / "runs" / "micro"
@@ -67,7 +67,9 @@ def test_micro_sweep_end_to_end_and_resume(micro_sweep, tmp_path, capsys):
     (sweep_dir / "full_s2" / "summary.json").unlink()
     (sweep_dir / "full_s2" / "final.safetensors").unlink()
     before = (sweep_dir / "baseline_s1" / "final.safetensors").stat().st_mtime_ns
-    assert main(["sweep", str(micro_sweep), "--jobs", "1"]) == 0
+    with caplog.at_level("INFO", logger="slmlab"):
+        assert main(["sweep", str(micro_sweep), "--jobs", "4"]) == 0
+    assert "1 runs to do, 3 done; 1 parallel job(s)" in caplog.text  # one run left takes every core
     assert (sweep_dir / "baseline_s1" / "final.safetensors").stat().st_mtime_ns == before
     assert (sweep_dir / "full_s2" / "summary.json").is_file()
 

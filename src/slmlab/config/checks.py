@@ -139,6 +139,8 @@ def check_architecture_support(m) -> None:
         )
 
 
+INT64_LIMIT = 2**63
+MAX_THREADS = 1024  # OpenMP fails to start ~20,000 and the process crashes
 MAX_BPE_VOCAB = 2**24
 MAX_PARAMETERS = 10**13  # ten trillion: more than any one machine holds, so a typo, not a plan
 
@@ -153,6 +155,10 @@ def check_size(m) -> None:
             f"model.n_layer = {m.n_layer}, d_model = {m.d_model}, d_ff = {m.ff_dim}, block_size = {m.block_size} "
             f"make over {params:.1e} parameters, more than any machine holds; check those values"
         )
+
+
+def _section_name(section: Any) -> str:
+    return {"ModelConfig": "model", "DataConfig": "data", "TrainConfig": "train"}[type(section).__name__]
 
 
 def validate(cfg) -> None:
@@ -203,6 +209,13 @@ def validate(cfg) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
+    for section in (m, d, t):  # past int64 torch and numpy raise OverflowError tracebacks
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and f.name != "seed" and abs(value) >= INT64_LIMIT:
+                raise ConfigError(f"{_section_name(section)}.{f.name} = {value} is too large: give a whole number below 2**63")
+    if not t.threads <= MAX_THREADS:
+        raise ConfigError(f"train.threads = {t.threads} is more threads than a machine can start (at most {MAX_THREADS})")
     if m.d_model % m.n_head:
         raise ConfigError(f"model.d_model = {m.d_model} is not divisible by model.n_head = {m.n_head}")
     check_size(m)

@@ -295,7 +295,6 @@ def plan_devices(jobs: int) -> tuple[int, list[str], int]:
 def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tuple[str, int], dict]:
     """Run every unfinished job; returns (variant, seed) -> summary (or {"failed": ...})."""
     check_runs_match(jobs)
-    slots, devices, threads = plan_devices(parallel)
     results: dict[tuple[str, int], dict] = {}
     pending = []
     for job in jobs:
@@ -305,6 +304,7 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
             log.info("%s: finished earlier, skipped", job.run.path)
         else:  # a "new" run that started but never checkpointed is replaced (train(overwrite=True))
             pending.append((job, status))
+    slots, devices, threads = plan_devices(min(parallel, len(pending)))  # --jobs 8 for 2 runs: 2 share the cores
     log.info(
         "sweep %s: %d runs to do, %d done; %d parallel job(s), %d thread(s) each",
         sweep.name,
