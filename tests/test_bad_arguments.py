@@ -23,6 +23,8 @@ from slmlab.config import ConfigError, config_from_dict
         ["generate", "RUN", "--prompt", "a", "--temperature", "nan"],
         ["generate", "RUN", "--prompt", "a", "--max-new-tokens", "-5"],
         ["generate", "RUN", "--prompt", "a", "--num-samples", "0"],
+        ["generate", "RUN", "--prompt", "a", "--num-samples", str(10**21)],  # an OverflowError traceback
+        ["diagnose", "CONFIG", "--batch-size", str(2**63)],  # ValueError: Maximum allowed dimension exceeded
         ["eval", "RUN", "--batches", "0"],
         ["eval", "RUN", "--context-lengths", "abc"],
         ["eval", "RUN", "--context-lengths", "64,-1"],

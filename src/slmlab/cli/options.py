@@ -32,17 +32,20 @@ def add_verb(subparsers, name: str, help: str, examples: str, overrides: bool = 
     return parser
 
 
+INT64_LIMIT = 2**63  # torch and numpy raise OverflowError past int64
+
+
 def positive_int(text: str) -> int:
     value = _number(text, int)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number > 0, got {text}")
+    if not 0 < value < INT64_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be a whole number > 0 and below 2**63, got {text}")
     return value
 
 
 def non_negative_int(text: str) -> int:
     value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    if not 0 <= value < INT64_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 and below 2**63, got {text}")
     return value
 
 
