@@ -280,3 +280,5 @@ def test_every_device_running_out_of_memory_reads_as_such(error, size):
     message = out_of_memory(error)
     assert message.startswith(f"out of memory (one allocation of {size})" if size else "out of memory:")
     assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert "train.batch_size" in message and "--num-samples" in out_of_memory(error, "generate")
+    assert "--batch-size" in out_of_memory(error, "eval") and "train.grad_accum" in out_of_memory(error, "tokenizer train")

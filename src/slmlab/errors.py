@@ -42,10 +42,14 @@ class RunInUseError(SlmlabError, RuntimeError):
     """Another live process holds the run (or sweep) directory's lock."""
 
 
-def out_of_memory(err: BaseException) -> str | None:
+GENERATING = {"generate", "prompts", "persona-eval", "lm-eval"}  # verbs whose memory goes to sampled rows
+SCORING = {"eval", "ablate", "quantize", "viz", "info", "check", "report", "export"}
+
+
+def out_of_memory(err: BaseException, verb: str = "train") -> str | None:
     """What to tell the user when `err` is the device or host running out of memory (torch's
     OutOfMemoryError on CUDA, the CPU allocator's and MPS's RuntimeError, Python's MemoryError),
-    else None."""
+    else None; the advice names the options of `verb` (the command that ran)."""
     text = str(err)
     words = ("can't allocate memory", "out of memory")  # the CPU allocator; CUDA, MPS and driver errors
     if not (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or any(w in text.lower() for w in words)):
@@ -55,7 +59,13 @@ def out_of_memory(err: BaseException) -> str | None:
     if asked:
         value, unit = float(asked[1]), asked[2]
         size = f" (one allocation of {value / 2**30:.1f} GiB)" if unit == "bytes" else f" (one allocation of {value:g} {unit})"
-    return (
-        f"out of memory{size}: make the model, train.batch_size or the sequence length smaller, or raise "
-        "train.grad_accum (`slmlab info CONFIG` estimates the memory a run needs)"
-    )
+    if verb.split()[0] in GENERATING:
+        advice = "generate fewer rows at once (--num-samples, --batch-size) or fewer tokens (--max-new-tokens)"
+    elif verb.split()[0] in SCORING:
+        advice = "score fewer rows at once (--batch-size where the command has it) or use a larger machine"
+    else:
+        advice = (
+            "make the model, train.batch_size or the sequence length smaller, or raise train.grad_accum "
+            "(`slmlab info CONFIG` estimates the memory a run needs)"
+        )
+    return f"out of memory{size}: {advice}"

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print("slmlab: interrupted (resume a training run with --resume RUN)", file=sys.stderr)
         return 130
     except (RuntimeError, MemoryError) as err:
-        message = out_of_memory(err)
+        message = out_of_memory(err, args.verb_name)
         if message is None:
             raise
         print(f"slmlab: error: {message}", file=sys.stderr)
