@@ -118,6 +118,7 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
         (["--train.batch_size", str(10**21)], "train.batch_size = 1000000000000000000000 is too large"),  # OverflowError
         (["--train.grad_accum", str(2**63)], "is too large: give a whole number below 2**63"),
         (["--train.threads", "100000"], "train.threads = 100000 is more threads than a machine can start"),  # segfault
+        (["--model.pos", "rope", "--model.rope_scale", "1e-300"], "model.rope_scale = 1e-300 stretches 256 positions"),
         (["--model.global_every", "2"], "model.global_every = 2 makes every k-th layer of a local model.attention full"),
         (
             ["--model.attention", "block_local", "--model.attention_layers", '["full", "block_local"]'],

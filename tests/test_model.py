@@ -142,6 +142,13 @@ def test_a_tiny_temperature_samples_the_most_likely_token_rather_than_overflowin
     assert draws.flatten().tolist() == [3, 0]
 
 
+@pytest.mark.parametrize("top_p", [1e-300, 1e-45, 1e-9])
+def test_a_tiny_top_p_keeps_the_most_likely_token(top_p):
+    """top_p = 1e-300 rounds to 0 in float32, and the filter dropped every token (a NaN row)."""
+    logits = torch.tensor([[0.0, 1.0, 2.5, 3.0], [4.0, -1.0, 0.5, 2.0]])
+    assert sample_next(logits, 1.0, 0, top_p, torch.Generator().manual_seed(0)).flatten().tolist() == [3, 0]
+
+
 def test_temperature_sampling_matches_the_naive_softmax_distribution():
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     generator = torch.Generator().manual_seed(0)

@@ -184,6 +184,28 @@ def test_a_model_non_finite_from_its_first_step_is_named_as_the_cause_not_the_le
     assert not (Path(cfg.out_dir) / cfg.name).exists()  # nothing was recorded: no run folder is left
 
 
+def test_weights_that_overflow_are_never_checkpointed_over_the_last_good_ones(text_corpus, make_config, monkeypatch):
+    """A finite gradient at a huge lr can still overflow the weights; every later step is then
+    skipped, and the run used to finish and write the inf weights as its final ones."""
+    cfg = make_config(text_corpus, train={"steps": 10, "checkpoint_every": 5, "max_nan_skips": 50})
+    trainer = Trainer(cfg, progress=False)
+    real_train_step = trainer._train_step
+
+    def overflowing_at_step_seven():
+        out = real_train_step()
+        if trainer.step + 1 == 7:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(math.inf)
+        return out
+
+    monkeypatch.setattr(trainer, "_train_step", overflowing_at_step_seven)
+    with pytest.raises(TrainingError, match="the weights are no longer finite at step 10"):
+        trainer.fit()
+    run = RunDir.for_config(cfg)
+    assert (run.checkpoints / "latest").read_text().strip() == "step_000005"
+    assert not run.final_weights.exists() and not run.summary.exists()
+
+
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
     cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)

@@ -140,6 +140,7 @@ def check_architecture_support(m) -> None:
 
 
 INT64_LIMIT = 2**63
+MAX_POSITION = 1e30  # a scaled RoPE position, well inside float32's 3.4e38
 MAX_THREADS = 1024  # OpenMP fails to start ~20,000 and the process crashes
 MAX_BPE_VOCAB = 2**24
 MAX_PARAMETERS = 10**13  # ten trillion: more than any one machine holds, so a typo, not a plan
@@ -233,6 +234,11 @@ def validate(cfg) -> None:
         raise ConfigError(f"model.rope_fraction must be in (0, 1], got {m.rope_fraction}")
     if m.rope_scale <= 0 or m.rope_theta <= 1:
         raise ConfigError(f"model.rope_scale must be > 0 and model.rope_theta > 1, got {m.rope_scale}, {m.rope_theta}")
+    if m.block_size / m.rope_scale > MAX_POSITION:  # positions / rope_scale overflow float32 and the angles turn NaN
+        raise ConfigError(
+            f"model.rope_scale = {m.rope_scale:g} stretches {m.block_size} positions past what float32 holds; "
+            f"give at least {m.block_size / MAX_POSITION:.1e}"
+        )
     if m.pos == "rope" and 2 * int(m.head_dim * m.rope_fraction / 2) == 0:
         raise ConfigError(f"model.rope_fraction = {m.rope_fraction} rotates no dimension of {m.head_dim}-wide heads")
     if not 0.0 <= m.dropout < 1.0:

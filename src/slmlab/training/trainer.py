@@ -31,6 +31,7 @@ from ..config import ConfigError, DataConfig, RunConfig, resolve_vocab
 from ..data.sampling import WindowSampler, check_windows
 from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..data.tokens import TokenData, prepare_tokens
+from ..errors import TrainingError
 from ..files import atomic_write_text
 from ..model import build_model, model_stats
 from ..runs.checkpoints import (
@@ -238,7 +239,15 @@ class Trainer:
         log.info("resumed %s at step %d", self.run.path, self.step)
 
     def _save_checkpoint(self, weights: dict[str, torch.Tensor] | None = None) -> None:
-        """Gather full weights and optimizer state (every rank takes part); rank 0 writes them."""
+        """Gather full weights and optimizer state (every rank takes part); rank 0 writes them.
+        Weights that are no longer finite are never written: they would rotate out the last good
+        checkpoint (an update from finite gradients can still overflow them at a huge lr)."""
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all().float()
+        if self.world.mean(finite).item() < 1:
+            raise TrainingError(
+                f"the weights are no longer finite at step {self.step} (an update overflowed them): lower train.lr "
+                "or set train.grad_clip; the checkpoints saved before are kept"
+            )
         weights = weights if weights is not None else full_model_state(self.model, self.aliases)
         state = {
             "step": self.step,
