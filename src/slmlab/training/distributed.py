@@ -141,6 +141,14 @@ def local_scalar(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
+def weights_finite(model: nn.Module, world: World) -> bool:
+    """Whether every parameter is finite on every rank (each rank checks its own shard of an
+    FSDP2 DTensor; one all-reduce)."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    finite = torch.stack([torch.isfinite(t).all() for t in local]).all().float()
+    return bool(world.mean(finite).item() == 1.0)
+
+
 def tied_aliases(model: nn.Module) -> dict[str, str]:
     """{name: the name listed first} for every parameter that appears again under another name
     (a tied LM head: {"head.weight": "wte.weight"})."""

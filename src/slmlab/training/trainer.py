@@ -55,6 +55,7 @@ from .distributed import (
     local_scalar,
     parallelize,
     tied_aliases,
+    weights_finite,
 )
 from .frames import training_frame
 from .kernel_choice import check_local_kernel, choose_local_kernel
@@ -242,8 +243,7 @@ class Trainer:
         """Gather full weights and optimizer state (every rank takes part); rank 0 writes them.
         Weights that are no longer finite are never written: they would rotate out the last good
         checkpoint (an update from finite gradients can still overflow them at a huge lr)."""
-        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all().float()
-        if self.world.mean(finite).item() < 1:
+        if not weights_finite(self.model, self.world):
             raise TrainingError(
                 f"the weights are no longer finite at step {self.step} (an update overflowed them): lower train.lr "
                 "or set train.grad_clip; the checkpoints saved before are kept"
