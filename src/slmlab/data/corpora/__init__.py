@@ -121,8 +121,8 @@ class DocumentSelection:
         if self.data.max_year or not self.data.allow_unknown_year:
             _say_once(
                 logging.INFO,
-                f"year cut-off {self.data.max_year}: dropped {self.dropped_by_year} documents later than it, "
-                f"{self.dropped_unknown_year} of unknown year",
+                f"year cut-off {self.data.max_year} on '{self.data.source}': dropped {self.dropped_by_year} documents "
+                f"later than it, {self.dropped_unknown_year} of unknown year",
             )
         if self.kept == 0:
             raise CorpusError(f"data: no documents left from '{self.data.source}' after the genre/year filters")
