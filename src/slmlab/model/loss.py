@@ -7,8 +7,8 @@ M = sum_i m_i):
     z = h W^T,  loss = (1/M) sum_i m_i (logsumexp(z_i) - z_{i, y_i})
     dloss/dz = m (softmax(z) - onehot(y)) / M,  dloss/dh = (dloss/dz) W,  dloss/dW = (dloss/dz)^T h
 
-(NaN when every target is ignored, as F.cross_entropy gives.) The mask multiplies (N, d) and (N,)
-tensors only, never the (N, V) logits, and needs no host sync.
+(NaN when every target is ignored, as F.cross_entropy gives.) The mask multiplies each chunk's
+gradient rows while the chunk is in cache, and needs no host sync.
 
 Rows are processed in chunks of about 2M logits (8 MB in fp32): each chunk's logits are made,
 turned into their gradient in place and multiplied out into dloss/dh and dloss/dW at once, so
@@ -51,8 +51,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total += ((lse - logits.gather(1, y[:, None]).squeeze(1)) * m).sum()
             grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
             grad[torch.arange(len(y), device=y.device), y] -= 1.0
-            grad_h[rows] = (grad.to(weight.dtype) @ weight).to(h.dtype) * m[:, None]
-            grad_w.addmm_(grad.t(), h_chunk.to(acc) * m[:, None])
+            grad.mul_(m[:, None])  # an ignored row's gradient is 0 (the chunk is in cache: ~free)
+            grad_h[rows] = (grad.to(weight.dtype) @ weight).to(h.dtype)
+            grad_w.addmm_(grad.t(), h_chunk.to(acc))
         count = kept.sum().to(acc)
         ctx.save_for_backward(grad_h, grad_w, count)
         ctx.weight_dtype = weight.dtype
