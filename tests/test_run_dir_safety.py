@@ -108,3 +108,21 @@ def test_a_persona_run_named_after_the_run_it_starts_from_never_deletes_it(micro
     assert "holds the run this one starts from" in err and "\n" not in err
     assert sorted(p.relative_to(base) for p in base.rglob("*")) == before
     assert main([*argv, "--name", "tuned"]) == 0
+
+
+def test_an_output_path_that_is_the_command_s_own_input_is_refused(micro_toml, text_corpus, tmp_path, capsys):
+    """`tokenizer train --out corpus.txt` replaced the corpus it had just read with JSON; `prompts
+    --out SUITE` and `persona-eval --out TEXT` would replace their inputs the same way."""
+    corpus_file = sorted(text_corpus.rglob("*.txt"))[0]
+    before = corpus_file.read_bytes()
+    assert main(["tokenizer", "train", str(micro_toml), "--out", str(corpus_file)]) == 2
+    assert "is a file of data.source" in capsys.readouterr().err
+    assert _train(micro_toml, "--name", "r") == 0
+    run = tmp_path / "runs" / "r"
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text('{"id": "a", "prompt": "the"}\n')
+    assert main(["prompts", str(run), "--suite", str(suite), "--out", str(suite)]) == 2
+    assert "is the prompt suite itself" in capsys.readouterr().err
+    assert main(["persona-eval", str(run), "--persona-data", str(corpus_file), "--out", str(corpus_file)]) == 2
+    assert "is a file of data.source" in capsys.readouterr().err
+    assert corpus_file.read_bytes() == before and suite.read_text() == '{"id": "a", "prompt": "the"}\n'

@@ -78,11 +78,12 @@ def cmd_data_download(args, extra) -> int:
 
 
 def cmd_tokenizer_train(args, extra) -> int:
-    from ..data.corpora import DocumentSelection, check_source_settings
+    from ..data.corpora import DocumentSelection, check_not_a_source_file, check_source_settings
     from ..data.tokens import get_tokenizer
 
     cfg = load_run_config(args.config, extra)
     check_source_settings(cfg.data)
+    check_not_a_source_file(cfg.data, args.out, "--out")
     tokenizer = get_tokenizer(cfg.data, DocumentSelection(cfg.data))
     path = tokenizer.save(args.out)
     print(f"{tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size}: {path}")

@@ -135,6 +135,8 @@ def prompts_report(
 
     suite = Path(suite) if suite else DEFAULT_SUITE
     prompts = load_suite(suite)
+    if out and Path(out).resolve() == suite.resolve():
+        raise ConfigError(f"--out {out} is the prompt suite itself: writing the report there would replace it; name another file")
     resolved = resolve_device(device)
     weights = weights_identity(run)
     cfg, model, tokenizer = load_run(run, resolved)

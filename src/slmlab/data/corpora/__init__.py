@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol
 
 from ...config import ConfigError, DataConfig
@@ -45,6 +46,20 @@ def open_source(data: DataConfig) -> Source:
     if is_columnar(data.source):
         return ColumnarSource(data.source, data.text_field)
     return LocalSource(data.source, data.text_field, data.doc_separator)
+
+
+def check_not_a_source_file(data: DataConfig, out: str | Path, option: str) -> None:
+    """Refuse an output path that is one of data.source's own files (`tokenizer train --out
+    corpus.txt` replaced the corpus it had just read with the tokenizer's JSON)."""
+    if data.source in BUILTINS:
+        return
+    source = open_source(data)
+    files = [f for _, f in source.parts] if isinstance(source, ColumnarSource) else source.files
+    target = Path(out).expanduser().resolve()
+    if any(Path(f).resolve() == target for f in files):
+        raise ConfigError(
+            f"{option} {out} is a file of data.source '{data.source}': writing there would replace the corpus; name another file"
+        )
 
 
 def check_source_settings(data: DataConfig) -> None:
