@@ -59,9 +59,10 @@ def out_of_memory(err: BaseException, verb: str = "train") -> str | None:
     if asked:
         value, unit = float(asked[1]), asked[2]
         size = f" (one allocation of {value / 2**30:.1f} GiB)" if unit == "bytes" else f" (one allocation of {value:g} {unit})"
-    if verb.split()[0] in GENERATING:
+    command = verb.split()[0]  # "viz attention" -> "viz"
+    if command in GENERATING:
         advice = "generate fewer rows at once (--num-samples, --batch-size) or fewer tokens (--max-new-tokens)"
-    elif verb.split()[0] in SCORING:
+    elif command in SCORING:
         advice = "score fewer rows at once (--batch-size where the command has it) or use a larger machine"
     else:
         advice = (

@@ -158,10 +158,6 @@ def check_size(m) -> None:
         )
 
 
-def _section_name(section: Any) -> str:
-    return {"ModelConfig": "model", "DataConfig": "data", "TrainConfig": "train"}[type(section).__name__]
-
-
 def validate(cfg) -> None:
     """Reject impossible values with one line naming the key."""
     m, d, t = cfg.model, cfg.data, cfg.train
@@ -210,11 +206,11 @@ def validate(cfg) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
-    for section in (m, d, t):  # past int64 torch and numpy raise OverflowError tracebacks
+    for name, section in (("model", m), ("data", d), ("train", t)):  # past int64 torch and numpy raise OverflowError
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
             if isinstance(value, int) and not isinstance(value, bool) and f.name != "seed" and abs(value) >= INT64_LIMIT:
-                raise ConfigError(f"{_section_name(section)}.{f.name} = {value} is too large: give a whole number below 2**63")
+                raise ConfigError(f"{name}.{f.name} = {value} is too large: give a whole number below 2**63")
     if not t.threads <= MAX_THREADS:
         raise ConfigError(f"train.threads = {t.threads} is more threads than a machine can start (at most {MAX_THREADS})")
     if m.d_model % m.n_head:

@@ -96,9 +96,8 @@ def layer_ablations(model: nn.Module) -> list[Intervention]:
     residual stream's x + attn(...) and x + mlp(...) then add 0), in module order. Each targets
     one module by its full name, so `intervene` hooks only that one (names of modules nested
     elsewhere could end the same: they are left out rather than ablated together)."""
-    names = [name for name, _ in model.named_modules()]
     found = []
-    for name in names:
+    for name, _ in model.named_modules():
         layer, _, leaf = name.rpartition(".")
         if leaf in COMPONENTS and len(hook_points(model, name)) == 1:
             found.append(

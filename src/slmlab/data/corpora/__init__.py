@@ -17,7 +17,7 @@ from .brown import BrownSource
 from .columnar import ColumnarSource, is_columnar
 from .document import Document
 from .fetch import CorpusError
-from .local import RECORD_FORMATS, LocalSource
+from .local import RECORD_FORMATS, LocalSource, say_once
 from .shakespeare import ShakespeareSource
 
 log = logging.getLogger("slmlab")
@@ -54,9 +54,8 @@ def check_not_a_source_file(data: DataConfig, out: str | Path, option: str) -> N
     if data.source in BUILTINS:
         return
     source = open_source(data)
-    files = [f for _, f in source.parts] if isinstance(source, ColumnarSource) else source.files
     target = Path(out).expanduser().resolve()
-    if any(Path(f).resolve() == target for f in files):
+    if any(Path(f).resolve() == target for f in source.files):
         raise ConfigError(
             f"{option} {out} is a file of data.source '{data.source}': writing there would replace the corpus; name another file"
         )
@@ -134,7 +133,7 @@ class DocumentSelection:
             self.unknown_year += doc.year is None
             yield doc
         if self.data.max_year or not self.data.allow_unknown_year:
-            _say_once(
+            say_once(
                 logging.INFO,
                 f"year cut-off {self.data.max_year} on '{self.data.source}': dropped {self.dropped_by_year} documents "
                 f"later than it, {self.dropped_unknown_year} of unknown year",
@@ -142,22 +141,11 @@ class DocumentSelection:
         if self.kept == 0:
             raise CorpusError(f"data: no documents left from '{self.data.source}' after the genre/year filters")
         if self.data.max_year and self.unknown_year == self.kept and not self.dropped_by_year:
-            _say_once(
+            say_once(
                 logging.WARNING,
                 f"data.max_year = {self.data.max_year} changed nothing: no document of '{self.data.source}' has a "
                 "year (records give one in a 'year' field); remove it",
             )
-
-
-_SAID: set[str] = set()
-
-
-def _say_once(level: int, message: str) -> None:
-    """Log a line about the corpus once per process: the documents are read more than once
-    (tokenizer training, then tokenizing), and the line is the same each time."""
-    if message not in _SAID:
-        _SAID.add(message)
-        log.log(level, "%s", message)
 
 
 def select_documents(data: DataConfig) -> DocumentSelection:

@@ -92,15 +92,20 @@ class ColumnarSource:
             self.parts = [("", f) for f in files]
         if not self.parts:
             raise CorpusError(f"data.source: '{spec}' holds no .parquet files")
-        self.root = path if path.is_dir() else Path(os.path.commonpath([f.parent for _, f in self.parts]))
+        self.root = path if path.is_dir() else Path(os.path.commonpath([f.parent for f in self.files]))
         self.genres: tuple[str, ...] = ()
+
+    @property
+    def files(self) -> list[Path]:
+        """The files read, in order (as LocalSource.files)."""
+        return [f for _, f in self.parts]
 
     def resolve_genre(self, wanted: str) -> str | None:
         """Genres come from the `genre` column, known only while reading: accept any."""
         return wanted
 
     def fingerprint(self) -> str:
-        return f"{self.kind}-{self.text_field}-" + file_digest([f for _, f in self.parts])
+        return f"{self.kind}-{self.text_field}-" + file_digest(self.files)
 
     def _batches(self, path: Path):
         """pyarrow record batches of `path`, one at a time."""

@@ -179,19 +179,29 @@ class LocalSource:
 RECORD_FORMATS = (".jsonl", ".json", ".csv", ".tsv")
 FOLDER_FORMATS = (".txt", ".md", ".jsonl")  # what a folder contributes: a stray .json (package.json) is no corpus
 LEFT_OUT = tuple(s for s in RECORD_FORMATS if s not in FOLDER_FORMATS)  # records a folder holds but does not read
-_warned: set[Path] = set()
+_said: set = set()
+
+
+def say_once(level: int, message: str, key=None) -> None:
+    """Log a line about a corpus once per process (per `key`, default the line itself): the
+    documents are read more than once (tokenizer training, then tokenizing), and the line is the
+    same each time."""
+    key = message if key is None else key
+    if key not in _said:
+        _said.add(key)
+        log.log(level, "%s", message)
 
 
 def _warn_of_records_left_out(folder: Path, left_out: list[Path]) -> None:
     """Say once per folder that its .json/.csv/.tsv files (`left_out`) are not read (a folder
     walk takes FOLDER_FORMATS), so a folder of CSV shards is never half-read in silence."""
-    if left_out and folder.resolve() not in _warned:
-        _warned.add(folder.resolve())
-        log.warning(
-            "%s: %d .json/.csv/.tsv file(s) left out (e.g. %s): a folder contributes its .txt, .md and .jsonl files; "
-            "name record files by path or glob (data.source = '%s/*.csv')",
-            folder, len(left_out), left_out[0].name, folder,
-        )  # fmt: skip
+    if left_out:
+        say_once(
+            logging.WARNING,
+            f"{folder}: {len(left_out)} .json/.csv/.tsv file(s) left out (e.g. {left_out[0].name}): a folder contributes "
+            f"its .txt, .md and .jsonl files; name record files by path or glob (data.source = '{folder}/*.csv')",
+            key=folder.resolve(),
+        )
 
 
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z", ".tar", ".tgz")
