@@ -100,9 +100,17 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"{self.path} is a file, not a run directory; pick another --name")
 
-    def ensure_free(self, overwrite: bool) -> None:
+    def ensure_free(self, overwrite: bool, starts_from: Path | None = None) -> None:
         """Refuse to reuse a directory that holds a run unless told to overwrite it, and refuse a
-        non-empty directory that is not a slmlab run in any case (--overwrite never deletes it)."""
+        non-empty directory that is not a slmlab run in any case (--overwrite never deletes it).
+        `starts_from`: the run whose weights the new one loads (persona stage 2, a curriculum
+        phase); this directory may not be it or hold it, or --overwrite would delete them."""
+        start = Path(starts_from).resolve() if starts_from is not None else None
+        if start is not None and self.path.resolve() in (start, *start.parents):
+            raise ConfigError(
+                f"{self.path} holds the run this one starts from ({starts_from}): writing there (with "
+                "--overwrite) would delete the weights it loads; pick another --name"
+            )
         self.check_writable()
         if not self.holds_run():
             return

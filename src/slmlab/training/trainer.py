@@ -27,7 +27,7 @@ import time
 import torch
 from torch import nn
 
-from ..config import ConfigError, DataConfig, RunConfig, resolve_vocab
+from ..config import DataConfig, RunConfig, resolve_vocab
 from ..data.sampling import WindowSampler, check_windows
 from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..data.tokens import TokenData, prepare_tokens
@@ -176,13 +176,7 @@ class Trainer:
             log.warning("%s", warning)
         self.cfg, self.progress = cfg, progress and self.world.is_main
         if not resume:
-            start = init_from.path.resolve() if init_from is not None else None
-            if start is not None and self.run.path.resolve() in (start, *start.parents):
-                raise ConfigError(
-                    f"{self.run.path} holds the run this one starts from ({init_from.path}): writing there (with "
-                    "--overwrite) would delete the weights it loads; pick another --name"
-                )
-            self.run.ensure_free(overwrite)
+            self.run.ensure_free(overwrite, init_from.path if init_from is not None else None)
             self.world.barrier()  # every rank has checked before rank 0 replaces anything
             if self.world.is_main:
                 self.run.create(cfg, overwrite)
