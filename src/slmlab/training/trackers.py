@@ -7,7 +7,10 @@ not installed is a one-line error before training starts.
 
     tensorboard  event files in RUN/tensorboard (torch.utils.tensorboard); the config as text
     wandb        RUN/wandb, offline unless WANDB_MODE says otherwise (no account needed); the run
-                 id is kept in RUN/trackers.json so a resumed run continues the same wandb run
+                 id is kept in RUN/trackers.json so a resumed run continues the same wandb run;
+                 wandb's service writes the run file in the background after the run finishes,
+                 and it is whole once that service has closed it (at process exit, or after
+                 `wandb.teardown()` in a script that reads or syncs it in-process)
     trackio      trackio's local store ($TRACKIO_DIR, default ~/.cache/huggingface/trackio)
 
 Only the main process logs (rank 0 under torchrun). A tracker registers as
