@@ -1,13 +1,16 @@
 """What the verbs share: the parser factory (help with examples), options declared once (device,
 seed, output, int8, sampling), and turning CONFIG + overrides into a checked RunConfig.
 
-Nothing here imports torch or the library at module level: `slmlab --help` stays fast."""
+Nothing here imports torch, or the parts of the library that do, at module level: `slmlab
+--help` stays fast."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import math
+
+from ..config.checks import INT64_LIMIT
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -30,9 +33,6 @@ def add_verb(subparsers, name: str, help: str, examples: str, overrides: bool = 
         help="execute the plugin code recorded in the runs this reads (RUN/plugins/); off: such a run is refused",
     )
     return parser
-
-
-INT64_LIMIT = 2**63  # torch and numpy raise OverflowError past int64
 
 
 def positive_int(text: str) -> int:
