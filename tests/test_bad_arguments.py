@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from slmlab.cli import main
@@ -282,3 +284,55 @@ def test_every_device_running_out_of_memory_reads_as_such(error, size):
     assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
     assert "train.batch_size" in message and "--num-samples" in out_of_memory(error, "generate")
     assert "--batch-size" in out_of_memory(error, "eval") and "train.grad_accum" in out_of_memory(error, "tokenizer train")
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["train", "--resume", "RUN", "--name", "other"], "--resume and --name do not go together"),
+        (["train", "--resume", "RUN", "--overwrite"], "--resume and --overwrite do not go together"),
+        (["train", "CONFIG", "--resume", "RUN"], "--resume and CONFIG do not go together"),
+        (["train", "CONFIG", "--from-checkpoint", "step_000010"], "--from-checkpoint applies only with --resume"),
+        (["eval", "RUN", "--bucket", "64"], "--bucket applies only with --by-position"),  # the default, given
+        (["eval", "RUN", "--context-length", "16"], "--context-length applies only with --by-position"),
+        (["eval", "RUN", "--by-position", "--json"], "--json and --by-position do not go together"),
+        (["eval", "RUN", "--context-lengths", "16,32", "--json"], "--json and --context-lengths do not go together"),
+        (["sweep", "SWEEP", "--dry-run", "--only", "0"], "--dry-run and --only do not go together"),
+        (["sweep", "SWEEP", "--slurm", "A_FILE", "--only", "0"], "--slurm and --only do not go together"),
+        (["sweep", "SWEEP", "--dry-run", "--jobs", "2"], "--jobs and --dry-run do not go together"),
+        (["sweep", "SWEEP", "--sbatch=--partition=gpu"], "--sbatch applies only with --slurm"),
+        (["surgery", "--hf-model", "RUN", "--load", "RUN", "--steps", "5"], "--load and --steps do not go together"),
+        (["surgery", "--hf-model", "RUN", "--load", "RUN", "--token-dependent"], "--load and --token-dependent"),
+        (["surgery", "--hf-model", "RUN", "--max-new-tokens", "5"], "--max-new-tokens applies only with --generate"),
+    ],
+)
+def test_an_option_the_verb_would_ignore_is_refused(argv, says, micro_toml, tmp_path, capsys):
+    """Before, each of these ran and did what it would have done without the option: a resumed run
+    kept its name, --overwrite removed nothing, --json printed a table, --sbatch wrote no script."""
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(f'name = "s"\nbase = "{micro_toml}"\n[variants.a]\n')
+    names = {"CONFIG": str(micro_toml), "RUN": str(tmp_path / "none"), "SWEEP": str(sweep), "A_FILE": str(tmp_path / "s.sh")}
+    before = sorted(tmp_path.rglob("*"))
+    assert main([names.get(a, a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "\n" not in err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_given_options_are_those_on_the_command_line_and_every_rule_names_real_options():
+    from slmlab.cli.main import build_parser
+    from slmlab.cli.options import given_options
+
+    assert given_options(build_parser(), ["eval", "r", "--bucket", "64", "--json"]) == {"RUN", "--bucket", "--json"}
+    assert given_options(build_parser(), ["train", "--resume", "r"]) == {"--resume"}  # CONFIG left out, no defaults
+    assert given_options(build_parser(), ["viz", "attention", "r", "--prompt=a"]) == {"RUN", "--prompt"}
+    parsers, checked = [build_parser()], 0
+    while parsers:
+        parser = parsers.pop()
+        names = {a.option_strings[0] if a.option_strings else (a.metavar or a.dest.upper()) for a in parser._actions}
+        parsers += [p for a in parser._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]
+        needs, conflicts = parser._defaults.get("option_needs", {}), parser._defaults.get("option_conflicts", [])
+        named = {*needs, *needs.values(), *(a for a, _, _ in conflicts), *(b for _, b, _ in conflicts)}
+        assert named <= names, (parser.prog, named - names)
+        checked += len(conflicts) + len(needs)
+    assert checked >= 20

@@ -75,3 +75,24 @@ def test_frames_during_training_and_the_animation(micro_toml, tmp_path, capsys):
     assert gif.n_frames == 3
     assert main(["viz", "animate", str(tmp_path)]) == 2
     assert "no frames in" in capsys.readouterr().err
+
+
+def test_frames_can_be_asked_for_on_resume_and_do_not_change_the_training(text_corpus, make_config, capsys):
+    """--viz-every watches a run: a resume may add it (before: ignored in silence), and the run
+    ends with the weights of one trained straight through without frames."""
+    from safetensors.torch import load_file
+
+    from slmlab.runs.run_dir import RunDir
+    from slmlab.training import Trainer
+    from tests.conftest import kill_after_step
+
+    settings = {"model": {"dropout": 0.1}, "train": {"steps": 20, "checkpoint_every": 10}}
+    straight = dataclasses.replace(make_config(text_corpus, **settings), name="straight")
+    train(straight, progress=False)
+    watched = dataclasses.replace(make_config(text_corpus, **settings), name="watched")
+    kill_after_step(Trainer(watched, progress=False), 10)
+    run = RunDir.for_config(watched).path
+    assert main(["train", "--resume", str(run), "--viz-every", "5", "--no-progress"]) == 0
+    assert [f.name for f in sorted((run / "viz" / "frames").glob("*.png"))] == ["frame_000015.png", "frame_000020.png"]
+    a, b = load_file(RunDir.for_config(straight).final_weights), load_file(RunDir.for_config(watched).final_weights)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -15,6 +15,7 @@ from .options import (
     announce_compile,
     int_list,
     load_run_config,
+    option_rules,
     positive_float,
     positive_int,
 )
@@ -47,6 +48,14 @@ def register(sub) -> None:
     )
     p.add_argument("--rope-scale", type=positive_float, default=None, help="evaluate a RoPE model with this rope_scale instead")
     add_int8(p)
+    option_rules(
+        p,
+        needs={"--context-length": "--by-position", "--bucket": "--by-position"},
+        conflicts=[
+            ("--json", "--by-position", "the per-position report is a table and a JSON file in RUN"),
+            ("--json", "--context-lengths", "the per-length report is a table and a JSON file in RUN"),
+        ],
+    )
     p.set_defaults(func=cmd_eval)
 
     p = add_verb(

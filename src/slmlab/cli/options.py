@@ -26,13 +26,58 @@ def add_verb(subparsers, name: str, help: str, examples: str, overrides: bool = 
     parser = subparsers.add_parser(
         name, help=help, description=help, epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.set_defaults(takes_overrides=overrides, verb_name=parser.prog.removeprefix("slmlab "))
+    parser.set_defaults(
+        takes_overrides=overrides, verb_name=parser.prog.removeprefix("slmlab "), option_needs={}, option_conflicts=[]
+    )
     parser.add_argument(
         "--trust-plugins",
         action="store_true",
         help="execute the plugin code recorded in the runs this reads (RUN/plugins/); off: such a run is refused",
     )
     return parser
+
+
+def option_rules(
+    parser: argparse.ArgumentParser, needs: dict[str, str] | None = None, conflicts: list[tuple[str, str, str]] | None = None
+) -> None:
+    """Declare how a verb's options depend on one another, so that none is silently ignored:
+    `needs` {option: the option it applies with}; `conflicts` [(option, other, why they do not go
+    together)]. A positional argument is named by its metavar (CONFIG). Checked by
+    check_option_rules on the options the command line gives (given_options)."""
+    parser.set_defaults(option_needs=dict(needs or {}), option_conflicts=list(conflicts or []))
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The options (and positional arguments, by metavar) that `argv` gives the verb it names,
+    defaults left out: `argv` parsed again by `parser` (a fresh one: its defaults are removed)
+    with every default suppressed."""
+    parsers, leaves = [parser], {}
+    while parsers:
+        current = parsers.pop()
+        leaves[current._defaults.get("verb_name")] = current
+        for action in current._actions:
+            action.default = argparse.SUPPRESS
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    namespace = parser.parse_args(argv)
+    verb = leaves[namespace.verb_name]
+    return {
+        action.option_strings[0] if action.option_strings else (action.metavar or action.dest.upper())
+        for action in verb._actions
+        if action.dest in vars(namespace) and not isinstance(action, argparse._SubParsersAction)
+    }
+
+
+def check_option_rules(args: argparse.Namespace, given: set[str]) -> None:
+    """Refuse an option the verb would ignore (option_rules), in one line that says what to do."""
+    from ..config import ConfigError
+
+    for option, needed in args.option_needs.items():
+        if option in given and needed not in given:
+            raise ConfigError(f"{option} applies only with {needed}: add {needed}, or remove {option}")
+    for option, other, why in args.option_conflicts:
+        if option in given and other in given:
+            raise ConfigError(f"{option} and {other} do not go together ({why}): remove one")
 
 
 def positive_int(text: str) -> int:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .options import add_device, add_seed, add_verb, positive_float, positive_int
+from .options import add_device, add_seed, add_verb, option_rules, positive_float, positive_int
 
 
 def register(sub) -> None:
@@ -77,6 +77,16 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=40)
     p.add_argument("--overwrite", action="store_true", help="replace the Self Area saved in --out")
     add_device(p)
+    training = ("--persona-data", "--out", "--steps", "--lr", "--batch-size", "--seq-len", "--self-dim", "--token-dependent")
+    option_rules(
+        p,
+        needs={"--max-new-tokens": "--generate"},
+        conflicts=[("--load", option, f"{option} is for training a Self Area; --load uses a trained one") for option in training]
+        + [
+            ("--load", "--overwrite", "--load writes nothing"),
+            ("--load", "--seed", "--load trains nothing and --generate is greedy"),
+        ],
+    )
     p.set_defaults(func=cmd_surgery)
 
 

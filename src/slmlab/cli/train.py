@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .options import add_verb, load_run_config, non_negative_int, positive_int
+from .options import add_verb, load_run_config, non_negative_int, option_rules, positive_int
 
 
 def register(sub) -> None:
@@ -39,15 +39,25 @@ def register(sub) -> None:
     p.add_argument(
         "--viz-every",
         type=non_negative_int,
-        default=0,
+        default=None,
         metavar="N",
-        help="save an attention/loss frame every N steps (RUN/viz/frames; slmlab viz animate RUN)",
+        help="save an attention/loss frame every N steps (RUN/viz/frames; slmlab viz animate RUN); = --train.viz_every N",
     )
     p.add_argument(
         "--nproc",
         type=positive_int,
         default=1,
         help="data-parallel processes on this machine (launches torchrun; train.parallel picks DDP or FSDP2)",
+    )
+    resumed = "a resumed run continues under its own recorded config"
+    option_rules(
+        p,
+        needs={"--from-checkpoint": "--resume"},
+        conflicts=[
+            ("--resume", "CONFIG", f"{resumed}; only --train.steps, --viz-every and the tracker settings change"),
+            ("--resume", "--name", f"{resumed} and name; train CONFIG --name NEW for a new run"),
+            ("--resume", "--overwrite", "--overwrite replaces a run, --resume continues it"),
+        ],
     )
     p.set_defaults(func=cmd_train)
 
@@ -77,6 +87,15 @@ def register(sub) -> None:
         default=[],
         metavar="OPTION",
         help="extra #SBATCH option for --slurm, e.g. --sbatch=--partition=gpu (repeatable)",
+    )
+    modes = {"--dry-run": "lists the runs", "--slurm": "writes a script", "--only": "trains one run"}
+    option_rules(
+        p,
+        needs={"--sbatch": "--slurm"},
+        conflicts=[
+            *((a, b, f"{a} {modes[a]}, {b} {modes[b]}") for i, a in enumerate(modes) for b in list(modes)[i + 1 :]),
+            *(("--jobs", mode, f"{mode} {what}: no runs in parallel") for mode, what in modes.items()),
+        ],
     )
     p.set_defaults(func=cmd_sweep)
 
@@ -120,6 +139,8 @@ def train_config(args, extra):
     """The checked config of `train`: CONFIG + overrides, or the run's own for --resume."""
     from ..config import ConfigError, apply_overrides, config_from_dict, parse_overrides
 
+    if args.viz_every is not None:
+        extra = [*extra, "--train.viz_every", str(args.viz_every)]
     if args.resume:
         from ..runs import RunDir
 
@@ -130,13 +151,11 @@ def train_config(args, extra):
         unknown = set(overrides) - {f"train.{name}" for name in RESUME_CHANGES}
         if unknown:
             raise ConfigError(
-                f"--resume continues the run as configured; only --train.steps and the train.tracker* fields can change, not {sorted(unknown)}"
+                f"--resume continues the run as configured; only --train.steps, --train.viz_every and the train.tracker* fields can change, not {sorted(unknown)}"
             )
         cfg = RunDir(run).read_config()
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {**overrides, "name": run.name, "out_dir": str(run.parent)}))
     elif args.config:
-        if args.viz_every:
-            extra = [*extra, "--train.viz_every", str(args.viz_every)]
         cfg = load_run_config(args.config, extra, args.name)
         from ..data.corpora import check_source_settings
 

@@ -17,6 +17,8 @@ def train(
     `from_checkpoint` (with `resume`): continue from this checkpoint rather than the latest."""
     if from_checkpoint is not None and not resume:
         raise ConfigError("--from-checkpoint names a checkpoint to resume from: use it with --resume RUN")
+    if resume and overwrite:
+        raise ConfigError("overwrite replaces a run and resume continues it: give one of them")
     if cfg.phases:
         if from_checkpoint is not None:
             raise ConfigError("--from-checkpoint applies to one run: resume the curriculum's phase directory instead")

@@ -1,8 +1,8 @@
 """Resuming a run: the config it continues under, and the data its checkpoint must agree with.
 
-A resume continues the run as it was: only `train.steps` (never below the steps already trained)
-and the trackers (they watch the run, they do not change it) may differ from its recorded config,
-and the corpus must give the token streams the run trained on.
+A resume continues the run as it was: only `train.steps` (never below the steps already trained),
+the trackers and `train.viz_every` (they watch the run, they do not change it) may differ from its
+recorded config, and the corpus must give the token streams the run trained on.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ..runs.checkpoints import CheckpointError
 from ..runs.run_dir import RunDir
 from .trackers import TRACKER_FIELDS
 
-RESUME_CHANGES = ("steps", *TRACKER_FIELDS)  # the train.* fields a resume may change
+RESUME_CHANGES = ("steps", "viz_every", *TRACKER_FIELDS)  # the train.* fields a resume may change
 
 
 def resume_config(run: RunDir, checkpoint: str | None, requested: RunConfig, record: bool) -> RunConfig:
