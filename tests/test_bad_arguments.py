@@ -49,6 +49,8 @@ from slmlab.config import ConfigError, config_from_dict
         ["sweep", "SWEEP", "--data.text_field", "body"],
         ["info", "CONFIG", "--model.block_size", str(10**17)],
         ["tokenizer", "train", "CONFIG", "--data.tokenizer", "bpe", "--data.vocab_size", str(2**31)],  # a Rust abort
+        ["data", "prepare", "CONFIG", "--model.n_layer", "3"],  # data prepare reads only data.*: ignored in silence
+        ["tokenizer", "train", "CONFIG", "--train.lr=1"],
     ],
 )
 def test_a_bad_argument_is_one_line_and_nothing_is_written(argv, micro_toml, tmp_path, capsys):

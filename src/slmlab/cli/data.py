@@ -19,7 +19,7 @@ def register(sub) -> None:
         "tokenize a config's corpus into memory-mapped token files",
         "  slmlab data prepare configs/quickstart.toml\n"
         '  slmlab data prepare configs/quickstart.toml --data.source brown --data.genres \'["A", "B"]\'',
-        overrides=True,
+        overrides="data",
     )
     p.add_argument("config")
     p.set_defaults(func=cmd_data_prepare)
@@ -44,7 +44,7 @@ def register(sub) -> None:
         "train",
         "train (or fetch from cache) the tokenizer a config asks for and save it",
         "  slmlab tokenizer train configs/quickstart.toml --data.tokenizer bpe --out bpe.json",
-        overrides=True,
+        overrides="data",
     )
     p.add_argument("config")
     p.add_argument("--out", default="tokenizer.json")

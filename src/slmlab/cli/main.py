@@ -22,7 +22,7 @@ import sys
 
 from .. import __version__
 from . import data, develop, evaluate, inspect, interop, persona, train
-from .options import OneLineParser, check_option_rules, given_options
+from .options import OneLineParser, check_option_rules, check_overrides, given_options
 
 VERB_GROUPS = (train, evaluate, persona, inspect, develop, interop, data)
 log = logging.getLogger("slmlab")
@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         for arg in argv:
             if lone_surrogate(arg):  # Python's stand-in for a byte that is not UTF-8 (surrogateescape)
                 raise SlmlabError(f"argument {arg!r} is not UTF-8 text; give slmlab UTF-8 arguments")
-        if extra and not args.takes_overrides:
-            raise SlmlabError(f"{args.verb_name} takes no config overrides, got {' '.join(extra)}")
+        check_overrides(args, extra)
         check_option_rules(args, given_options(build_parser(), own))
         return args.func(args, extra)
     except SlmlabError as err:

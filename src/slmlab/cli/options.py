@@ -20,9 +20,10 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_verb(subparsers, name: str, help: str, examples: str, overrides: bool = False) -> argparse.ArgumentParser:
+def add_verb(subparsers, name: str, help: str, examples: str, overrides: bool | str = False) -> argparse.ArgumentParser:
     """A sub-command whose --help ends with examples; `overrides`: it takes dotted config
-    overrides (`--model.n_layer 4`), which the others refuse rather than ignore."""
+    overrides (`--model.n_layer 4`), which the others refuse rather than ignore; a section name
+    ("data"): only that section's (the verb reads no other)."""
     parser = subparsers.add_parser(
         name, help=help, description=help, epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -184,3 +185,16 @@ def load_run_config(config: str, extra: list[str], name: str | None = None):
     if name is not None:  # an explicit --name "" is checked (and refused), not ignored
         overrides["name"] = name
     return load_config(config, overrides)
+
+
+def check_overrides(args: argparse.Namespace, overrides: list[str]) -> None:
+    """Refuse config overrides the verb would not read (add_verb's `overrides`)."""
+    from ..errors import SlmlabError
+
+    if overrides and not args.takes_overrides:
+        raise SlmlabError(f"{args.verb_name} takes no config overrides, got {' '.join(overrides)}")
+    if isinstance(args.takes_overrides, str):
+        keys = [arg[2:].split("=", 1)[0] for arg in overrides if arg.startswith("--")]
+        unread = [key for key in keys if not key.startswith(args.takes_overrides + ".")]
+        if unread:
+            raise SlmlabError(f"{args.verb_name} reads only {args.takes_overrides}.* settings, so {unread} would change nothing")
