@@ -105,9 +105,11 @@ def test_trainable_self_area_needs_a_self_area(text_corpus, make_config, capsys)
     assert main(["persona", str(base), "--persona-data", str(text_corpus), "--steps", "2", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "trained without a Self Area" in err and "--train all" in err
-    assert (
-        main(["persona", str(base), "--persona-data", str(text_corpus), "--train", "all", "--steps", "2", "--no-progress"]) == 0
-    )
+    stage2 = ["persona", str(base), "--persona-data", str(text_corpus), "--train", "all", "--steps", "2", "--no-progress"]
+    # the persona run takes over the base run's tokenizer.json: its config recorded "byte" beside a char tokenizer
+    assert main([*stage2, "--data.tokenizer", "byte"]) == 2
+    assert "own tokenizer, so data.tokenizer cannot change" in capsys.readouterr().err
+    assert main(stage2) == 0
 
 
 def test_micro_stage_two_lowers_persona_text_loss(text_corpus, make_config, tmp_path, capsys):

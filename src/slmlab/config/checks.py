@@ -139,6 +139,7 @@ def check_architecture_support(m) -> None:
         )
 
 
+TOKENIZER_KEYS = ("data.tokenizer", "data.vocab_size", "data.tiktoken_file")  # a trained run's: its tokenizer.json
 INT64_LIMIT = 2**63  # torch and numpy raise OverflowError past int64
 MAX_POSITION = 1e30  # a scaled RoPE position, well inside float32's 3.4e38
 MAX_THREADS = 1024  # OpenMP fails to start ~20,000 and the process crashes

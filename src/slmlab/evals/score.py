@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, DataConfig, apply_overrides, config_from_dict
+from ..config.checks import TOKENIZER_KEYS
 from ..data.corpora import DocumentSelection
 from ..data.tokens import TokenSplit, describe_documents, prepare_tokens, validation_ids
 from ..runs.metrics import perplexity
@@ -53,9 +54,6 @@ class EvaluationSlice:
     documents: int
     coverage: str
     train_overlap: int | None
-
-
-TOKENIZER_KEYS = ("data.tokenizer", "data.vocab_size", "data.tiktoken_file")  # fixed by the run's tokenizer.json
 
 
 def describe_selection(data: DataConfig) -> str:

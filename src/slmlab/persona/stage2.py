@@ -19,6 +19,7 @@ from ..config import (
     apply_overrides,
     config_from_dict,
 )
+from ..config.checks import TOKENIZER_KEYS
 from ..runs.run_dir import RunDir
 
 NAMED_CORPORA = ("shakespeare", "brown")
@@ -66,6 +67,9 @@ def persona_config(
             f"{base.path} was trained without a Self Area, so --train {trainable} has nothing to train: use --train all, "
             "or train a run with model.self_area.enabled = true first (configs/smt_small.toml)"
         )
+    fixed = [key for key in extra or {} if key in TOKENIZER_KEYS]
+    if fixed:  # the run's tokenizer.json is taken over; the config would have named another
+        raise ConfigError(f"a persona run trains on with {base.path}'s own tokenizer, so {', '.join(fixed)} cannot change")
     overrides = {
         **source_overrides(persona_data),
         "data.mixture": {},
