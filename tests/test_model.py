@@ -206,3 +206,20 @@ def test_generate_refuses_a_prompt_that_is_not_token_ids_of_this_model(prompt, m
     with pytest.raises(ConfigError, match=message):
         model.generate(prompt, 3)
     assert model.generate(torch.tensor([[1, 49]], dtype=torch.int32), 3).shape == (1, 5)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"max_new_tokens": -3}, "max_new_tokens must be a whole number >= 0, got -3"),  # returned the prompt in silence
+        ({"max_new_tokens": 2.5}, "got 2.5"),
+        ({"max_new_tokens": 3, "vocab_size": 0}, r"vocab_size = 0 must be in 1..50"),  # sampled from no logits
+        ({"max_new_tokens": 3, "vocab_size": 51}, r"vocab_size = 51 must be in 1..50"),
+    ],
+)
+def test_generate_refuses_impossible_counts(settings, message):
+    model = build_model(ModelConfig(vocab_size=50, n_layer=1, n_head=2, d_model=16, block_size=16))
+    with pytest.raises(ConfigError, match=message):
+        model.generate(torch.tensor([[1, 2]]), **settings)
+    assert model.generate(torch.tensor([[1, 2]]), 0).tolist() == [[1, 2]]
+    assert model.generate(torch.tensor([[1, 2]]), torch.tensor(2), vocab_size=50).shape == (1, 4)

@@ -57,6 +57,7 @@ class GenerationMixin:
         Decoding one or two rows on CPU multiplies the wide linear layers by (in, out) copies of
         their weights, made for the call (decoding_layout.py: the same products, faster)."""
         self._check_prompt(idx)
+        self._check_counts(max_new_tokens, vocab_size)
         if idx.shape[1] > self.cfg.block_size:
             raise ConfigError(
                 f"the prompt has {idx.shape[1]} tokens but the model's context is {self.cfg.block_size}; shorten it"
@@ -105,6 +106,15 @@ class GenerationMixin:
             raise ConfigError(
                 f"the prompt holds token id {low if low < 0 else high}, outside this model's vocabulary "
                 f"0..{self.cfg.vocab_size - 1}: encode it with the run's tokenizer"
+            )
+
+    def _check_counts(self, max_new_tokens, vocab_size) -> None:
+        """max_new_tokens a whole number >= 0; vocab_size (when given) 1..the model's vocabulary."""
+        if isinstance(max_new_tokens, bool) or not hasattr(max_new_tokens, "__index__") or max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+        if vocab_size is not None and not 0 < vocab_size <= self.cfg.vocab_size:
+            raise ConfigError(
+                f"vocab_size = {vocab_size} must be in 1..{self.cfg.vocab_size} (the tokenizer's, at most the model's)"
             )
 
     def decodes_padded(self) -> bool:
