@@ -161,3 +161,26 @@ def test_validation_sample_is_fixed_and_too_short_split_is_an_error(text_corpus,
 
 def test_token_dtype_fits_the_vocabulary():
     assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
+
+
+@pytest.mark.parametrize(
+    "seq_len, batch_size, n_batches, says",
+    [
+        (8, 4, 0, "n_batches"),
+        (8, 0, 2, "batch_size"),
+        (0, 4, 2, "seq_len"),
+        (8, 2.5, 2, "batch_size"),
+        (8, True, 2, "batch_size"),
+    ],
+)
+def test_window_counts_below_one_are_refused_by_name(seq_len, batch_size, n_batches, says):
+    """evaluate(..., n_batches=0) returned NaN and batch_size=0 a ValueError from range()."""
+    from slmlab.config import ConfigError
+    from slmlab.data.tokens import TokenSplit
+
+    split = TokenSplit(np.arange(100, dtype=np.uint16), {})
+    with pytest.raises(ConfigError, match=f"{says} must be a whole number >= 1"):
+        next(validation_batches(split, seq_len, batch_size, n_batches))
+    if n_batches:
+        with pytest.raises(ConfigError, match=f"{says} must be a whole number >= 1"):
+            WindowSampler(split, seq_len, batch_size, seed=0)

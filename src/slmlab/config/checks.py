@@ -139,6 +139,12 @@ def check_architecture_support(m) -> None:
         )
 
 
+def check_whole_number(name: str, value, minimum: int) -> None:
+    """Refuse a count that is not a whole number >= minimum (a bool, a float, a negative) by name."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or value < minimum:
+        raise ConfigError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+
+
 TOKENIZER_KEYS = ("data.tokenizer", "data.vocab_size", "data.tiktoken_file")  # a trained run's: its tokenizer.json
 INT64_LIMIT = 2**63  # torch and numpy raise OverflowError past int64
 MAX_POSITION = 1e30  # a scaled RoPE position, well inside float32's 3.4e38

@@ -8,8 +8,15 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ..config.checks import check_whole_number
 from .corpora import CorpusError
 from .tokens import TokenSplit
+
+
+def check_counts(**counts: int) -> None:
+    """Window sizes and counts are whole numbers >= 1 (a 0 made an empty sample, NaN loss)."""
+    for name, value in counts.items():
+        check_whole_number(name, value, 1)
 
 
 def _gather(tokens: np.ndarray, offsets: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,6 +45,7 @@ class WindowSampler:
         mixture: dict[str, float] | None = None,
         rows: slice = slice(None),
     ):
+        check_counts(seq_len=seq_len, batch_size=batch_size)
         self.split, self.seq_len, self.batch_size, self.rows = split, seq_len, batch_size, rows
         self.rng = np.random.Generator(np.random.PCG64(seed))
         if mixture:
@@ -84,6 +92,7 @@ def validation_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed validation sample: up to n_batches * batch_size evenly spaced windows.
     `length_setting`: the setting that chose seq_len, named by the error when the split is too short."""
+    check_counts(seq_len=seq_len, batch_size=batch_size, n_batches=n_batches)
     last = len(split) - seq_len - 1
     if last < 0:
         raise CorpusError(

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..config.checks import check_whole_number
 from ..errors import ConfigError
 from .decoding_layout import MAX_ROWS, DecodingLayout
 from .modes import eval_mode
@@ -110,8 +111,7 @@ class GenerationMixin:
 
     def _check_counts(self, max_new_tokens, vocab_size) -> None:
         """max_new_tokens a whole number >= 0; vocab_size (when given) 1..the model's vocabulary."""
-        if isinstance(max_new_tokens, bool) or not hasattr(max_new_tokens, "__index__") or max_new_tokens < 0:
-            raise ConfigError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+        check_whole_number("max_new_tokens", max_new_tokens, 0)
         if vocab_size is not None and not 0 < vocab_size <= self.cfg.vocab_size:
             raise ConfigError(
                 f"vocab_size = {vocab_size} must be in 1..{self.cfg.vocab_size} (the tokenizer's, at most the model's)"
