@@ -118,6 +118,8 @@ def test_a_year_cut_off_on_documents_without_years_is_warned_of_once(text_corpus
         (lambda p: (p / "latin1.txt").write_bytes("caf\xe9".encode("latin-1")) and str(p / "latin1.txt"), "is not UTF-8 text"),
         (lambda p: (p / "d").mkdir() or str(p / "d"), "matches no .txt, .md, .jsonl or .parquet files"),
         (lambda p: (p / "x.jsonl").write_text('{"body": "hi"}\n') and str(p / "x.jsonl"), "no string field 'text'"),
+        (lambda p: (p / "n.jsonl").write_text('{"text": 12}\n') and str(p / "n.jsonl"), "n.jsonl:1: field 'text' holds int"),
+        (lambda p: (p / "z.jsonl").write_text('{"text": null}\n') and str(p / "z.jsonl"), "contains no text"),
     ],
 )
 def test_bad_sources_are_clear_errors(tmp_path, setup, message):
@@ -213,3 +215,11 @@ def test_hidden_files_and_macos_forks_are_not_documents(tmp_path):
         (corpus / name).write_text(text)
     (corpus / "__MACOSX" / "prose" / "._b.txt").write_bytes(b"\x00\x05\x16\x07\xff\xfe")
     assert sorted(d.id for d in DocumentSelection(DataConfig(source=str(corpus)))) == ["prose/a.txt", "prose/b.txt", "verse/c.md"]
+
+
+def test_a_null_text_is_an_empty_document_in_json_lines_as_in_parquet(tmp_path):
+    """A record whose text is null stopped the whole corpus ("no string field"); a Parquet null was
+    left out. Both are now empty documents, left out; a missing field is still named."""
+    (tmp_path / "d.jsonl").write_text('{"text": "kept"}\n{"text": null, "id": "gone"}\n{"text": "also kept"}\n')
+    docs = list(DocumentSelection(DataConfig(source=str(tmp_path / "d.jsonl"))))
+    assert [d.text for d in docs] == ["kept", "also kept"]

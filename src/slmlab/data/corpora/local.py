@@ -139,13 +139,17 @@ class LocalSource:
             raise CorpusError(f"data.source: '{self.spec}' contains no text (all documents are empty)")
 
     def _document(self, record, where: str, default_id: str) -> Document:
-        """One record (a JSON object, a CSV row) as a Document."""
-        if not isinstance(record, dict) or not isinstance(record.get(self.text_field), str):
+        """One record (a JSON object, a CSV row) as a Document; a null text is an empty document
+        (left out, as a Parquet null is)."""
+        if not isinstance(record, dict) or self.text_field not in record:
             raise CorpusError(f"{where}: no string field '{self.text_field}' (set data.text_field)")
+        if not isinstance(record[self.text_field], (str, type(None))):
+            kind = type(record[self.text_field]).__name__
+            raise CorpusError(f"{where}: field '{self.text_field}' holds {kind}, not text")
         given = {key: "" if record.get(key) is None else str(record[key]) for key in ("id", "genre", "title")}
         return Document(
             id=given["id"] or default_id,
-            text=record[self.text_field],
+            text=record[self.text_field] or "",
             genre=given["genre"],
             title=given["title"],
             year=parse_year(record.get("year"), where),
