@@ -223,3 +223,17 @@ def test_a_null_text_is_an_empty_document_in_json_lines_as_in_parquet(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"text": "kept"}\n{"text": null, "id": "gone"}\n{"text": "also kept"}\n')
     docs = list(DocumentSelection(DataConfig(source=str(tmp_path / "d.jsonl"))))
     assert [d.text for d in docs] == ["kept", "also kept"]
+
+
+def test_a_json_file_holding_one_pretty_printed_object_is_one_record(tmp_path):
+    """It was read as JSON lines: "one.json:1: not a JSON object" (line 1 being "{")."""
+    import json
+
+    (tmp_path / "one.json").write_text(json.dumps({"text": "the whole record", "id": "r1", "year": 1901}, indent=2))
+    (tmp_path / "lines.json").write_text('{"text": "a"}\n{"text": "b"}\n')
+    (docs,) = list(DocumentSelection(DataConfig(source=str(tmp_path / "one.json"))))
+    assert (docs.text, docs.id, docs.year) == ("the whole record", "r1", 1901)
+    assert [d.text for d in DocumentSelection(DataConfig(source=str(tmp_path / "lines.json")))] == ["a", "b"]
+    (tmp_path / "bad.json").write_text('{\n  "text": "unfinished"\n')
+    with pytest.raises(CorpusError, match="bad.json:1: not a JSON object"):
+        list(DocumentSelection(DataConfig(source=str(tmp_path / "bad.json"))))

@@ -1,7 +1,8 @@
 """User corpora: a text file, a directory or glob of them, or a file of records.
 
-Records: a .jsonl line (or a line of a .json file, or an item of a .json file holding one array)
-is an object with the text under `text_field` and optional `id`, `year`, `genre` and `title`; a
+Records: a .jsonl line (or a line of a .json file, an item of a .json file holding one array, or
+a .json file holding one object over several lines) is an object with the text under `text_field`
+(null: an empty document) and optional `id`, `year`, `genre` and `title`; a
 .csv/.tsv file is a table with a header row naming the same columns. Suffixes match in any case
 (.TXT); a folder contributes its .txt, .md and .jsonl files; a compressed file is refused with
 what to do. A year is read as users write it: 1906, 1906.0 (pandas writes integer
@@ -18,6 +19,7 @@ import contextlib
 import csv
 import glob
 import hashlib
+import json
 import logging
 import math
 import os
@@ -70,6 +72,14 @@ def corpus_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
         and path.suffix.lower() in suffixes
         and not any(part.startswith(".") or part in SKIPPED_FOLDERS for part in path.relative_to(folder).parts)
     )
+
+
+def whole_object(text: str) -> bool:
+    """Whether `text` is one JSON object spread over lines (not JSON lines)."""
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 class LocalSource:
@@ -168,6 +178,8 @@ class LocalSource:
                         yield f"{path}:{rows.line_num}", number, row
             elif suffix == ".json" and (text := read_utf8(path)).lstrip().startswith("["):
                 yield from ((f"{path}: item {i}", i, record) for i, record in enumerate(parse_json(text, path, CorpusError), 1))
+            elif suffix == ".json" and "\n" in text.strip() and whole_object(text):  # one pretty-printed record
+                yield str(path), 1, parse_json(text, path, CorpusError)
             else:
                 with open(path, encoding="utf-8-sig") as handle:
                     for number, line in enumerate(handle, 1):
