@@ -89,6 +89,8 @@ def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             hint = closest(name, options)
             if not hint and sections is not None and isinstance(value, dict):  # a section no variant or plugin registered
                 hint = f" (sections: {', '.join(sections)}; a plugin's section needs the plugin in plugins = [...])"
+            elif not hint and len(options) <= 12:  # nothing close: a small section's keys fit on the line
+                hint = f" ({prefix or 'the top level'} holds {', '.join(options)})"
             raise ConfigError(f"unknown config key '{key}'{hint}")
     missing = [
         f.name
