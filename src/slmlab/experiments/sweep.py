@@ -113,6 +113,8 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
         raise ConfigError(
             f"{path}: seeds {repeated} appear more than once; each (variant, seed) is one run, so list each seed once"
         )
+    if any(not name.strip() for name in sweep.variants):
+        raise ConfigError(f'{path}: a variant\'s name is empty ([variants.""]); name it: it heads its row in the results table')
     cases = Counter(name.lower() for name in sweep.variants)
     folded = [name for name in sweep.variants if cases[name.lower()] > 1]
     if folded:
