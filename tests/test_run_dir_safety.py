@@ -126,3 +126,18 @@ def test_an_output_path_that_is_the_command_s_own_input_is_refused(micro_toml, t
     assert main(["persona-eval", str(run), "--persona-data", str(corpus_file), "--out", str(corpus_file)]) == 2
     assert "is a file of data.source" in capsys.readouterr().err
     assert corpus_file.read_bytes() == before and suite.read_text() == '{"id": "a", "prompt": "the"}\n'
+
+
+def test_a_run_or_sweep_folder_inside_the_corpus_folder_is_refused(micro_toml, text_corpus, tmp_path, capsys):
+    """Runs under out_dir = <corpus>/runs trained once; the next run read the first one's
+    metrics.jsonl as a corpus file ("no string field 'text'") and its reports as documents."""
+    before = sorted(p for p in text_corpus.rglob("*") if p.is_file())
+    for out_dir in (text_corpus / "runs", text_corpus):
+        assert _train(micro_toml, "--data.source", str(text_corpus), "--out_dir", str(out_dir)) == 2
+        assert "lies inside data.source" in capsys.readouterr().err
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(f'name = "s"\nbase = "{micro_toml}"\nout_dir = "{text_corpus / "sweeps"}"\n[variants.a]\n')
+    assert main(["sweep", str(sweep), "--dry-run", "--data.source", str(text_corpus)]) == 2
+    assert "the sweep's folder" in capsys.readouterr().err
+    assert sorted(p for p in text_corpus.rglob("*") if p.is_file() and not p.name.endswith(".lock")) == before
+    assert _train(micro_toml, "--data.source", str(text_corpus / "prose"), "--out_dir", str(text_corpus / "runs")) == 0

@@ -48,7 +48,7 @@ import torch
 
 from .. import plugins
 from ..config import ConfigError, RunConfig, build_dataclass, check_name, dotted, load_config, read_toml
-from ..data.corpora import check_source_settings
+from ..data.corpora import check_outside_source, check_source_settings
 from ..errors import SlmlabError
 from ..locks import DirectoryLock
 from ..runs.run_dir import RunDir
@@ -157,6 +157,7 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
     for job in first_seed_jobs(jobs):
         try:
             check_source_settings(job.config.data)
+            check_outside_source(job.config.data, Path(sweep.out_dir) / sweep.name, "the sweep's folder")
         except ConfigError as err:
             raise ConfigError(f"variant '{job.variant}': {err}") from None
     steps = apply_budget({job.variant: job.config for job in first_seed_jobs(jobs)}, sweep.budget)  # each variant's first seed

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..config import DataConfig, RunConfig, resolve_vocab
+from ..data.corpora import check_outside_source
 from ..data.sampling import WindowSampler, check_windows
 from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..data.tokens import TokenData, prepare_tokens
@@ -176,6 +177,7 @@ class Trainer:
             log.warning("%s", warning)
         self.cfg, self.progress = cfg, progress and self.world.is_main
         if not resume:
+            check_outside_source(cfg.data, self.run.path, "the run folder")
             self.run.ensure_free(overwrite, init_from.path if init_from is not None else None)
             self.world.barrier()  # every rank has checked before rank 0 replaces anything
             if self.world.is_main:

@@ -22,7 +22,15 @@ from .shakespeare import ShakespeareSource
 
 log = logging.getLogger("slmlab")
 
-__all__ = ["CorpusError", "Document", "DocumentSelection", "check_source_settings", "open_source", "select_documents"]
+__all__ = [
+    "CorpusError",
+    "Document",
+    "DocumentSelection",
+    "check_outside_source",
+    "check_source_settings",
+    "open_source",
+    "select_documents",
+]
 
 
 class Source(Protocol):
@@ -58,6 +66,21 @@ def check_not_a_source_file(data: DataConfig, out: str | Path, option: str) -> N
     if any(Path(f).resolve() == target for f in source.files):
         raise ConfigError(
             f"{option} {out} is a file of data.source '{data.source}': writing there would replace the corpus; name another file"
+        )
+
+
+def check_outside_source(data: DataConfig, folder: str | Path, what: str) -> None:
+    """Refuse a folder slmlab writes into (a run's, a sweep's) that is, or lies inside, the folder
+    data.source reads: its metrics.jsonl and reports would be read as corpus by the next run (a
+    JSON-lines file without text stopped it; Markdown reports became documents)."""
+    source = Path(data.source).expanduser()
+    if data.source in BUILTINS or not source.is_dir():
+        return
+    root, target = source.resolve(), Path(folder).expanduser().resolve()
+    if target == root or root in target.parents:
+        raise ConfigError(
+            f"{what} {folder} lies inside data.source '{data.source}': its files would be read as corpus "
+            "by the next run; set out_dir to a folder outside the corpus"
         )
 
 
