@@ -166,6 +166,16 @@ def test_surgery_verb_end_to_end(tmp_path, text_corpus, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["surgery", "--hf-model", str(tmp_path / "empty"), "--persona-data", str(text_corpus)]) == 2
     assert "has no config.json" in capsys.readouterr().err
+    # --out a slmlab run (or any folder of other files): its metrics.jsonl was deleted, its summary.json replaced
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+        (run / name).write_text("precious")
+    for target, says in ((run, "holds files that are not a Self Area"), (out, "already holds a Self Area")):
+        command = ["surgery", "--hf-model", str(base), "--persona-data", str(text_corpus / "verse"), "--seq-len", "32"]
+        assert main([*command, "--steps", "2", "--out", str(target), "--device", "cpu"]) == 2
+        assert says in capsys.readouterr().err
+    assert all((run / name).read_text() == "precious" for name in ("config.json", "metrics.jsonl", "summary.json"))
 
 
 def char_tokenizer():

@@ -85,6 +85,22 @@ def insert_self_area(model: nn.Module, cfg: SelfAreaConfig) -> SelfArea:
     return area
 
 
+def check_surgery_folder(folder: Path, overwrite: bool) -> None:
+    """The folder surgery writes (self_area.*, metrics.jsonl, summary.json) is new, empty, or an
+    earlier surgery's (replaced only with `overwrite`); a run's or any other folder is refused,
+    since its metrics.jsonl and summary.json would be replaced."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder} is a file, not a folder; choose another --out")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if not (folder / "self_area.json").is_file():
+        raise ConfigError(
+            f"{folder} holds files that are not a Self Area (its metrics.jsonl, summary.json would be replaced); choose another --out"
+        )
+    if not overwrite:
+        raise ConfigError(f"{folder} already holds a Self Area; choose another --out, or --overwrite to replace it")
+
+
 def save_self_area(area: SelfArea, directory: str | Path, base: str) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -255,8 +271,7 @@ def surgery(
             f"--seq-len {seq_len} exceeds the {context}-token context of {hf_model}; give --seq-len {context} or less"
         )
     folder = Path(out or f"runs/surgery_{Path(hf_model).stem}")
-    if (folder / "self_area.json").is_file() and not overwrite:
-        raise ConfigError(f"{folder} already holds a Self Area; choose another --out")
+    check_surgery_folder(folder, overwrite)
     train_split, val_split = persona_tokens(source_data_config(persona_data), tokenizer)
     area = insert_self_area(model, SelfAreaConfig(enabled=True, self_dim=self_dim, token_dependent=token_dependent))
     before = persona_loss(model, val_split, seq_len, batch_size, 8, resolved)
