@@ -90,7 +90,7 @@ def runs(tmp_path_factory):
     config.write_text(CONFIG.format(root=root))
     slmlab_train(str(config), "--name", "one")
     slmlab_train(str(config), "--name", "ddp", "--nproc", "2")
-    slmlab_train(str(config), "--name", "fsdp", "--nproc", "2", "--train.parallel", "fsdp")
+    slmlab_train(str(config), "--name", "fsdp", "--nproc", "2", "--train.parallel", "fsdp", "--viz-every", "3")
     return root / "runs"
 
 
@@ -111,6 +111,11 @@ def test_fsdp2_agrees_with_ddp(runs):
         pytest.approx(losses(runs / "ddp")[1], abs=1e-5),
     )
     assert_same_weights(runs / "ddp" / "final.safetensors", runs / "fsdp" / "final.safetensors")
+
+
+def test_fsdp2_draws_attention_frames_from_the_whole_model(runs):
+    """Frames were skipped in silence when FSDP sharded the weights."""
+    assert sorted(p.name for p in (runs / "fsdp" / "viz" / "frames").glob("*.png")) == ["frame_000003.png", "frame_000006.png"]
 
 
 @pytest.mark.parametrize("written_by", ["fsdp", "ddp"])

@@ -374,14 +374,21 @@ class Trainer:
         return self._finish(scores, elapsed, compile_seconds)
 
     def _save_frame(self) -> None:
-        """An attention/loss frame of the first validation window (rank 0; not under FSDP sharding)."""
-        if not self.world.is_main or (self.world.distributed and self.cfg.train.parallel == "fsdp"):
+        """An attention/loss frame of the first validation window, drawn by rank 0 (from a whole
+        copy of the weights, gathered by every rank, when FSDP shards them)."""
+        model = self.model
+        if self.world.distributed and self.cfg.train.parallel == "fsdp":
+            weights = full_model_state(self.model, self.aliases)
+            if self.world.is_main:
+                model = build_model(self.cfg.model).to(self.device)
+                model.load_state_dict(weights, strict=False)  # only the tied aliases are left out: they share a loaded tensor
+        if not self.world.is_main:
             return
         frames = self.run.path / "viz" / "frames"
         frames.mkdir(parents=True, exist_ok=True)
         window = self.data.val.tokens[: min(64, self.cfg.data.seq_len) + 1].astype("int64").tolist()
         history = [(r["step"], r["loss"]) for r in self.metrics.read() if r.get("loss") is not None]
-        training_frame(self.model, self.tokenizer, window, history, self.step, frames / f"frame_{self.step:06d}.png")
+        training_frame(model, self.tokenizer, window, history, self.step, frames / f"frame_{self.step:06d}.png")
 
     def _account_skips(self, window: dict) -> None:
         self.nan_skips += window["skipped"]
