@@ -237,3 +237,11 @@ def test_a_json_file_holding_one_pretty_printed_object_is_one_record(tmp_path):
     (tmp_path / "bad.json").write_text('{\n  "text": "unfinished"\n')
     with pytest.raises(CorpusError, match="bad.json:1: not a JSON object"):
         list(DocumentSelection(DataConfig(source=str(tmp_path / "bad.json"))))
+
+
+def test_genres_that_match_nothing_name_the_genres_there_are(text_corpus):
+    """A local corpus's genres are its folder names (or records' genre): a miss said only 'no
+    documents left after the genre/year filters'."""
+    with pytest.raises(CorpusError, match=r"data.genres \['poetry'\] matches no document of .* \(its genres: 'prose', 'verse'\)"):
+        list(DocumentSelection(DataConfig(source=str(text_corpus), genres=["poetry"])))
+    assert len(list(DocumentSelection(DataConfig(source=str(text_corpus), genres=["verse"])))) == 6

@@ -141,8 +141,10 @@ class DocumentSelection:
 
     def __iter__(self) -> Iterator[Document]:
         self.kept = self.dropped_by_year = self.dropped_unknown_year = self.unknown_year = 0
+        seen_genres: set[str] = set()
         for doc in self.source.documents():
             if self.genres and doc.genre not in self.genres:
+                seen_genres.add(doc.genre)
                 continue
             if doc.year is None and not self.data.allow_unknown_year:
                 self.dropped_unknown_year += 1
@@ -160,6 +162,11 @@ class DocumentSelection:
                 logging.INFO,
                 f"year cut-off {self.data.max_year} on '{self.data.source}': dropped {self.dropped_by_year} documents "
                 f"later than it, {self.dropped_unknown_year} of unknown year",
+            )
+        if self.kept == 0 and self.genres and seen_genres and not (self.dropped_by_year or self.dropped_unknown_year):
+            shown = ", ".join(sorted(repr(g) for g in seen_genres)[:12])
+            raise CorpusError(
+                f"data.genres {sorted(self.genres)} matches no document of '{self.data.source}' (its genres: {shown})"
             )
         if self.kept == 0:
             raise CorpusError(f"data: no documents left from '{self.data.source}' after the genre/year filters")
