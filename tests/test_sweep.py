@@ -102,6 +102,9 @@ def test_bad_sweep_configs(tmp_path, micro_sweep):
     micro_sweep.write_text(text + "[variants.Full]\n")
     with pytest.raises(ConfigError, match=r"variants \['full', 'Full'\] differ only in case"):
         load_sweep(micro_sweep)
+    micro_sweep.write_text(text.replace('base = "base.toml"', f'base = "{micro_sweep.name}"'))
+    with pytest.raises(ConfigError, match="is a sweep config"):  # was: "unknown config key 'base'"
+        load_sweep(micro_sweep)
     micro_sweep.write_text(text + '[variants." "]\n')  # ran as run " _s1", a blank row in the table
     with pytest.raises(ConfigError, match="a variant's name is empty"):
         load_sweep(micro_sweep)

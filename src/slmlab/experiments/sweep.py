@@ -133,6 +133,8 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
             "give the sweep another name"
         )
     base = (path.parent / sweep.base) if not Path(sweep.base).is_absolute() else Path(sweep.base)
+    if base.is_file() and "variants" in read_toml(base):
+        raise ConfigError(f"{path}: base = '{sweep.base}' is a sweep config ([variants]); base names a run config")
     shared = {}
     if sweep.plugins:  # the base config's plugins (relative to it), then the sweep's (relative to this file)
         named = plugins.resolve(read_toml(base).get("plugins", []), base.parent) + plugins.resolve(sweep.plugins, path.parent)
