@@ -50,6 +50,8 @@ from slmlab.config import ConfigError, config_from_dict
         ["info", "CONFIG", "--model.block_size", str(10**17)],
         ["tokenizer", "train", "CONFIG", "--data.tokenizer", "bpe", "--data.vocab_size", str(2**31)],  # a Rust abort
         ["data", "prepare", "CONFIG", "--model.n_layer", "3"],  # data prepare reads only data.*: ignored in silence
+        ["train", "SWEEP"],  # the wrong kind of config: "unknown config key 'base'"
+        ["sweep", "CONFIG", "--dry-run"],  # "unknown config key 'model'"
         ["tokenizer", "train", "CONFIG", "--train.lr=1"],
     ],
 )

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from slmlab.cli import main
-from slmlab.config import ConfigError
+from slmlab.config import ConfigError, load_config
 from slmlab.experiments.stats import paired_comparison
 from slmlab.experiments.sweep import load_sweep, run_status
 
@@ -102,6 +102,10 @@ def test_bad_sweep_configs(tmp_path, micro_sweep):
     micro_sweep.write_text(text + "[variants.Full]\n")
     with pytest.raises(ConfigError, match=r"variants \['full', 'Full'\] differ only in case"):
         load_sweep(micro_sweep)
+    with pytest.raises(ConfigError, match="is a run config: train it with `slmlab train"):
+        load_sweep(micro_sweep.parent / "base.toml")
+    with pytest.raises(ConfigError, match="is a sweep config .* run it with `slmlab sweep"):
+        load_config(micro_sweep)
     micro_sweep.write_text(text.replace('base = "base.toml"', f'base = "{micro_sweep.name}"'))
     with pytest.raises(ConfigError, match="is a sweep config"):  # was: "unknown config key 'base'"
         load_sweep(micro_sweep)

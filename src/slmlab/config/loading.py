@@ -132,6 +132,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path, overrides: typing.Sequence[str] | dict[str, Any] = ()) -> RunConfig:
     """Read a TOML config, apply dotted overrides, validate. The run name defaults to the file stem."""
     values = read_toml(path)
+    if "variants" in values:
+        raise ConfigError(f"{path} is a sweep config ([variants]): run it with `slmlab sweep {path}`")
     values.setdefault("name", Path(path).stem)
     if "plugins" in values:  # plugin files are named relative to the config ...
         values["plugins"] = plugins.resolve(values["plugins"], Path(path).parent)

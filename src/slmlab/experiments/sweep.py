@@ -99,6 +99,8 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
     """Read a sweep config and resolve (and validate) the run config of every (variant, seed)."""
     path = Path(path)
     values = read_toml(path)
+    if "variants" not in values and {"model", "data", "train", "phases"} & set(values):
+        raise ConfigError(f"{path} is a run config: train it with `slmlab train {path}`, or name it in a sweep as base = ...")
     values.setdefault("name", path.stem)
     sweep = build_dataclass(SweepConfig, values)
     check_name("name", sweep.name)
