@@ -143,6 +143,16 @@ def load_self_area(model: nn.Module, directory: str | Path) -> SelfArea:
 # ---- loading a base model and persona data ---------------------------------------------------
 
 
+def is_slmlab_run(folder: Path) -> bool:
+    """Whether folder's config.json is a slmlab run's ([model], [train]) rather than a transformers
+    model's (model_type)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model_type" not in config and {"model", "train"} <= set(config)
+
+
 def load_hf_model(path: str | Path, device: torch.device):
     """(model, tokenizer) from a local directory or .gguf file; nothing is downloaded."""
     try:
@@ -154,6 +164,11 @@ def load_hf_model(path: str | Path, device: torch.device):
         raise ConfigError(f"--hf-model {path} does not exist (a local model directory or .gguf file)")
     if path.is_dir() and not (path / "config.json").is_file():
         raise ConfigError(f"--hf-model {path} has no config.json: give a transformers model folder (or a .gguf file)")
+    if path.is_dir() and is_slmlab_run(path):
+        raise ConfigError(
+            f"--hf-model {path} is a slmlab run, not a transformers model: export it first "
+            f"(slmlab export {path} --to hf OUT), or train a Self Area into it with slmlab persona"
+        )
     kwargs = {"local_files_only": True}
     if path.suffix.lower() == ".gguf":
         path, kwargs["gguf_file"] = path.parent, path.name
