@@ -10,7 +10,8 @@ import argparse
 import logging
 import math
 
-from ..config.checks import INT64_LIMIT
+from ..config.checks import INT64_LIMIT, check_seed
+from ..errors import ConfigError, SlmlabError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -71,8 +72,6 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
 
 def check_option_rules(args: argparse.Namespace, given: set[str]) -> None:
     """Refuse an option the verb would ignore (option_rules), in one line that says what to do."""
-    from ..config import ConfigError
-
     for option, needed in args.option_needs.items():
         if option in given and needed not in given:
             raise ConfigError(f"{option} applies only with {needed}: add {needed}, or remove {option}")
@@ -133,8 +132,6 @@ def add_seed(parser: argparse.ArgumentParser, default: int = 0, help: str = "ran
 
 
 def _seed(text: str) -> int:
-    from ..config import ConfigError, check_seed
-
     try:
         return check_seed("the seed", _number(text, int))
     except ConfigError as err:
@@ -189,8 +186,6 @@ def load_run_config(config: str, extra: list[str], name: str | None = None):
 
 def check_overrides(args: argparse.Namespace, overrides: list[str]) -> None:
     """Refuse config overrides the verb would not read (add_verb's `overrides`)."""
-    from ..errors import SlmlabError
-
     if overrides and not args.takes_overrides:
         raise SlmlabError(f"{args.verb_name} takes no config overrides, got {' '.join(overrides)}")
     if isinstance(args.takes_overrides, str):
