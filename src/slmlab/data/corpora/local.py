@@ -106,6 +106,13 @@ class LocalSource:
             found = corpus_files(path, FOLDER_FORMATS + LEFT_OUT)  # one walk of the folder for both
             files = [p for p in found if p.suffix.lower() in FOLDER_FORMATS]
             _warn_of_records_left_out(path, [p for p in found if p.suffix.lower() in LEFT_OUT])
+            runs = [p.parent for p in files if p.name == "metrics.jsonl" and (p.parent / "config.json").is_file()]
+            if runs:  # its metrics log would fail as records, its reports would be read as text
+                where = "is" if runs[0] == path else "holds"
+                raise CorpusError(
+                    f"data.source: '{spec}' {where} a slmlab run folder ({runs[0]}), not a corpus: "
+                    "name a folder of your text without runs in it"
+                )
         elif any(ch in spec for ch in "*?["):
             files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         else:
