@@ -141,3 +141,30 @@ def test_a_run_or_sweep_folder_inside_the_corpus_folder_is_refused(micro_toml, t
     assert "the sweep's folder" in capsys.readouterr().err
     assert sorted(p for p in text_corpus.rglob("*") if p.is_file() and not p.name.endswith(".lock")) == before
     assert _train(micro_toml, "--data.source", str(text_corpus / "prose"), "--out_dir", str(text_corpus / "runs")) == 0
+
+
+def test_an_output_file_is_never_written_over_a_file_of_another_kind(micro_toml, text_corpus, tmp_path, capsys):
+    """`sweep S --slurm S.toml` replaced the sweep's own config with the script, `tokenizer train
+    CONFIG --out CONFIG` the config with a tokenizer; an earlier output of the same kind is still
+    replaced, as a rerun should."""
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(f'name = "s"\nbase = "{micro_toml}"\n[variants.a]\n')
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n")
+    originals = {path: path.read_bytes() for path in (micro_toml, sweep, notes)}
+    refused = [
+        ["sweep", str(sweep), "--slurm", str(sweep)],
+        ["sweep", str(sweep), "--slurm", str(micro_toml)],
+        ["tokenizer", "train", str(micro_toml), "--out", str(micro_toml)],
+        ["tokenizer", "train", str(micro_toml), "--out", str(notes)],
+        ["prompts", str(tmp_path / "runs" / "none"), "--out", str(notes)],
+        ["persona-eval", str(tmp_path / "runs" / "none"), "--persona-data", str(text_corpus), "--out", str(notes)],
+    ]
+    for argv in refused:
+        assert main(argv) == 2, argv
+        assert "already holds a file that is not" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in originals} == originals
+    script, tokenizer = tmp_path / "sweep.sh", tmp_path / "tok.json"
+    for _ in range(2):  # written, then replaced by the same command
+        assert main(["sweep", str(sweep), "--slurm", str(script)]) == 0
+        assert main(["tokenizer", "train", str(micro_toml), "--out", str(tokenizer)]) == 0

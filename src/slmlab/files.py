@@ -110,6 +110,24 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def check_replaceable(path: str | Path, option: str, what: str, is_ours: Callable[[str], bool]) -> None:
+    """Refuse an output file that already holds something other than `what` (told apart by
+    `is_ours(its text)`): a config, a corpus or notes named by mistake would be replaced. An
+    earlier output of the same command is replaced, as rerunning it should."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        ours = is_ours(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        ours = False
+    if not ours:
+        raise ConfigError(
+            f"{option} {path} already holds a file that is not {what}: writing there would replace it; "
+            "name another file, or delete that one first"
+        )
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this PID exists (one we may not signal counts as alive)."""
     try:

@@ -79,11 +79,14 @@ def cmd_data_download(args, extra) -> int:
 
 def cmd_tokenizer_train(args, extra) -> int:
     from ..data.corpora import DocumentSelection, check_not_a_source_file, check_source_settings
+    from ..data.tokenizers import is_tokenizer_json
     from ..data.tokens import get_tokenizer
+    from ..files import check_replaceable
 
     cfg = load_run_config(args.config, extra)
     check_source_settings(cfg.data)
     check_not_a_source_file(cfg.data, args.out, "--out")
+    check_replaceable(args.out, "--out", "a tokenizer file", is_tokenizer_json)
     tokenizer = get_tokenizer(cfg.data, DocumentSelection(cfg.data))
     path = tokenizer.save(args.out)
     print(f"{tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size}: {path}")

@@ -259,6 +259,16 @@ class GPT2Tokenizer(Tokenizer):
         return np.array([*lengths, 0], dtype=np.int64)  # <|endoftext|> stands for no text
 
 
+def is_tokenizer_json(text: str) -> bool:
+    """Whether `text` is a tokenizer file as slmlab writes them (its own kinds, or a Hugging Face
+    tokenizers JSON for BPE)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and ("slmlab_tokenizer" in value or "model" in value)
+
+
 def train_tokenizer(data: DataConfig, texts: Iterable[str]) -> Tokenizer:
     """Build the tokenizer `data.tokenizer` names (registry.TOKENIZERS); `texts` is read only by
     the tokenizers that learn from text (char, bpe)."""

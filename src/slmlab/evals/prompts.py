@@ -16,11 +16,12 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, build_dataclass, check_seed, read_toml
 from ..errors import TokenizerError
-from ..files import atomic_write_text, parse_json, read_text
+from ..files import atomic_write_text, check_replaceable, parse_json, read_text
 from ..model.sampling import check_sampling
 from ..tables import code_block, code_span
 
 DEFAULT_SUITE = Path(__file__).parent / "suites" / "control_systems.toml"
+REPORT_TITLE = "# Prompt suite "  # a report's first words: an --out file that starts so may be replaced
 
 
 @dataclass
@@ -105,7 +106,7 @@ def run_suite(
 
 
 def markdown_report(run_name: str, suite: str, results: list[dict]) -> str:
-    lines = [f"# Prompt suite `{suite}` on `{run_name}`", ""]
+    lines = [f"{REPORT_TITLE}`{suite}` on `{run_name}`", ""]
     for r in results:
         lines += [
             f"## {r['id']}",
@@ -137,6 +138,8 @@ def prompts_report(
     prompts = load_suite(suite)
     if out and Path(out).resolve() == suite.resolve():
         raise ConfigError(f"--out {out} is the prompt suite itself: writing the report there would replace it; name another file")
+    if out:
+        check_replaceable(out, "--out", "a prompt report", lambda text: text.startswith(REPORT_TITLE))
     resolved = resolve_device(device)
     weights = weights_identity(run)
     cfg, model, tokenizer = load_run(run, resolved)

@@ -6,14 +6,17 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from ..files import atomic_write_text
+from ..files import atomic_write_text, check_replaceable
 from .sweep import Job, SweepConfig
+
+SCRIPT_START = "#!/bin/bash\n#SBATCH --job-name="  # a script slmlab wrote starts so: --slurm may replace it
 
 
 def write_slurm_script(
     path: Path, config_path: str | Path, sweep: SweepConfig, jobs: list[Job], extra_argv: list[str], directives: list[str]
 ) -> str:
     """Write the job-array script (and the log folder SLURM will not create) -> a line on what to do."""
+    check_replaceable(path, "--slurm", "a SLURM script slmlab wrote", lambda text: text.startswith(SCRIPT_START))
     slurm_log_dir(sweep).mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, slurm_script(config_path, sweep, jobs, extra_argv, directives))
     return f"wrote {path}: submit it with `sbatch {path}` ({len(jobs)} array tasks)"
@@ -36,8 +39,7 @@ def slurm_script(
     logs = slurm_log_dir(sweep)
     command = shlex.join(["slmlab", "sweep", str(config_path), *extra_argv]) + ' --only "$SLURM_ARRAY_TASK_ID"'
     lines = [
-        "#!/bin/bash",
-        f"#SBATCH --job-name={sweep.name}",
+        f"{SCRIPT_START}{sweep.name}",
         f"#SBATCH --array=0-{len(jobs) - 1}",
         f"#SBATCH --output={logs}/%A_%a.out",
         *(f"#SBATCH {option}" for option in options),

@@ -30,7 +30,7 @@ from ..config import ConfigError, DataConfig
 from ..data.corpora import DocumentSelection, open_source
 from ..data.tokenizers import TokenizerError
 from ..data.tokens import prepare_tokens, validation_ids
-from ..files import atomic_write_text, json_text
+from ..files import atomic_write_text, check_replaceable, json_text
 from ..runs.derived import record_derived, weights_identity
 from ..runs.metrics import perplexity
 from ..runs.run_dir import RunDir, load_run
@@ -38,6 +38,7 @@ from ..tables import markdown_table
 from ..training import evaluate
 from .stage2 import source_data_config, trained_config
 
+REPORT_TITLE = "# Persona robustness: "  # the --out table's first words: a file that starts so may be replaced
 NEUTRAL = (
     "The",
     "It was",
@@ -254,6 +255,8 @@ def persona_report(
 
     if not runs:
         raise ConfigError("name at least one run (or --compare RUN_A RUN_B ...)")
+    if out:
+        check_replaceable(out, "--out", "a persona-eval table", lambda text: text.startswith(REPORT_TITLE))
     data = persona_data(persona_spec, other_spec)
     classifier = PersonaClassifier(data, seed)
     progress(f"persona classifier: held-out balanced accuracy {classifier.accuracy:.3f} on {classifier.held_out} passages")
@@ -267,7 +270,7 @@ def persona_report(
     if out:
         atomic_write_text(
             Path(out),
-            f"# Persona robustness: {persona_spec}\n\nclassifier held-out balanced accuracy "
+            f"{REPORT_TITLE}{persona_spec}\n\nclassifier held-out balanced accuracy "
             f"{classifier.accuracy:.3f}; adherence = share of continuations classified as persona, "
             f"95% bootstrap CIs over prompts\n\n{table}\n",
         )
