@@ -169,6 +169,7 @@ def test_surgery_verb_end_to_end(tmp_path, text_corpus, capsys):
     slmlab_run = tmp_path / "slmlab_run"  # a run of this lab: transformers failed with KeyError 'added_tokens'
     slmlab_run.mkdir()
     (slmlab_run / "config.json").write_text(json.dumps({"name": "r", "model": {}, "data": {}, "train": {}}))
+    (slmlab_run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
     assert main(["surgery", "--hf-model", str(slmlab_run), "--persona-data", str(text_corpus)]) == 2
     assert "is a slmlab run, not a transformers model: export it first" in capsys.readouterr().err
     # --out a slmlab run (or any folder of other files): its metrics.jsonl was deleted, its summary.json replaced

@@ -110,6 +110,12 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def is_run_folder(folder: str | Path) -> bool:
+    """Whether `folder` is a slmlab run directory (its config.json beside its metrics.jsonl), as
+    opposed to a corpus folder or a transformers model folder (a config.json alone)."""
+    return (Path(folder) / "config.json").is_file() and (Path(folder) / "metrics.jsonl").is_file()
+
+
 def check_replaceable(path: str | Path, option: str, what: str, is_ours: Callable[[str], bool]) -> None:
     """Refuse an output file that already holds something other than `what` (told apart by
     `is_ours(its text)`): a config, a corpus or notes named by mistake would be replaced. An

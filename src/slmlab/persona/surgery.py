@@ -31,7 +31,7 @@ from ..config import ConfigError, DataConfig, TrainConfig, build_dataclass
 from ..data.corpora import DocumentSelection
 from ..data.sampling import WindowSampler
 from ..data.tokens import TokenSplit, validation_ids
-from ..files import atomic_write, atomic_write_text, read_json, require_fields
+from ..files import atomic_write, atomic_write_text, is_run_folder, read_json, require_fields
 from ..runs.checkpoints import CheckpointError
 from ..runs.metrics import MetricsLog
 from ..training.optim import lr_at
@@ -143,16 +143,6 @@ def load_self_area(model: nn.Module, directory: str | Path) -> SelfArea:
 # ---- loading a base model and persona data ---------------------------------------------------
 
 
-def is_slmlab_run(folder: Path) -> bool:
-    """Whether folder's config.json is a slmlab run's ([model], [train]) rather than a transformers
-    model's (model_type)."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and "model_type" not in config and {"model", "train"} <= set(config)
-
-
 def load_hf_model(path: str | Path, device: torch.device):
     """(model, tokenizer) from a local directory or .gguf file; nothing is downloaded."""
     try:
@@ -164,7 +154,7 @@ def load_hf_model(path: str | Path, device: torch.device):
         raise ConfigError(f"--hf-model {path} does not exist (a local model directory or .gguf file)")
     if path.is_dir() and not (path / "config.json").is_file():
         raise ConfigError(f"--hf-model {path} has no config.json: give a transformers model folder (or a .gguf file)")
-    if path.is_dir() and is_slmlab_run(path):
+    if path.is_dir() and is_run_folder(path):
         raise ConfigError(
             f"--hf-model {path} is a slmlab run, not a transformers model: export it first "
             f"(slmlab export {path} --to hf OUT), or train a Self Area into it with slmlab persona"

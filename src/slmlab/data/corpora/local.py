@@ -27,7 +27,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from ...files import parse_json
+from ...files import is_run_folder, parse_json
 from .document import Document
 from .fetch import CorpusError, file_digest
 
@@ -106,7 +106,7 @@ class LocalSource:
             found = corpus_files(path, FOLDER_FORMATS + LEFT_OUT)  # one walk of the folder for both
             files = [p for p in found if p.suffix.lower() in FOLDER_FORMATS]
             _warn_of_records_left_out(path, [p for p in found if p.suffix.lower() in LEFT_OUT])
-            runs = [p.parent for p in files if p.name == "metrics.jsonl" and (p.parent / "config.json").is_file()]
+            runs = [p.parent for p in files if p.name == "metrics.jsonl" and is_run_folder(p.parent)]
             if runs:  # its metrics log would fail as records, its reports would be read as text
                 where = "is" if runs[0] == path else "holds"
                 raise CorpusError(
