@@ -129,6 +129,9 @@ def test_lm_eval_scores_the_cloze_task_end_to_end(run, capsys):
     assert (run / "lm_eval" / "tasks" / "slmlab_cloze.yaml").is_file()
     assert main(["lm-eval", str(run), "--tasks", "slmlab_clozee"]) == 2
     assert "no task 'slmlab_clozee' (did you mean 'slmlab_cloze'?)" in capsys.readouterr().err
+    for path in (run / "missing_tasks", run / "config.json"):  # ran without the user's tasks, in silence
+        assert main(["lm-eval", str(run), "--tasks", "slmlab_cloze", "--include-path", str(path)]) == 2
+        assert "is not a folder: give the folder that holds your task YAMLs" in capsys.readouterr().err
 
 
 @pytest.mark.slow

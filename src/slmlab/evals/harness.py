@@ -213,6 +213,8 @@ def evaluate_run(
 
     if not tasks:
         raise ConfigError(f"name at least one task, e.g. --tasks {TASK}")
+    if include_path and not Path(include_path).is_dir():  # lm-eval walks it: a file or a typo gave no tasks, in silence
+        raise ConfigError(f"--include-path {include_path} is not a folder: give the folder that holds your task YAMLs")
     include = [include_path] if include_path else []
     others = [t for t in tasks if t != TASK]  # lm-eval's own task index is read only when needed (seconds)
     if others:
