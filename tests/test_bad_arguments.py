@@ -340,3 +340,15 @@ def test_given_options_are_those_on_the_command_line_and_every_rule_names_real_o
         assert named <= names, (parser.prog, named - names)
         checked += len(conflicts) + len(needs)
     assert checked >= 20
+
+
+def test_a_prompt_suite_with_other_tables_names_them(tmp_path):
+    """[[prompts]] (plural) said only "the suite has no prompts"; a stray key was ignored."""
+    from slmlab.evals.prompts import load_suite
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[[prompts]]\nid = "a"\nprompt = "T"\n')
+    with pytest.raises(ConfigError, match=r"holds \[\[prompt\]\] tables only, not \['prompts'\] \(did you mean 'prompt'\?\)"):
+        load_suite(suite)
+    suite.write_text('[[prompt]]\nid = "a"\nprompt = "T"\n')
+    assert [p.id for p in load_suite(suite)] == ["a"]

@@ -18,6 +18,7 @@ from ..config import ConfigError, build_dataclass, check_seed, read_toml
 from ..errors import TokenizerError
 from ..files import atomic_write_text, check_replaceable, parse_json, read_text
 from ..model.sampling import check_sampling
+from ..registry import closest
 from ..tables import code_block, code_span
 
 DEFAULT_SUITE = Path(__file__).parent / "suites" / "control_systems.toml"
@@ -45,7 +46,13 @@ def load_suite(path: str | Path) -> list[Prompt]:
             if line.strip():
                 records.append(parse_json(line, f"{path}:{number}", ConfigError, "a JSON object"))
     else:
-        records = read_toml(path).get("prompt", [])
+        values = read_toml(path)
+        others = [key for key in values if key != "prompt"]
+        if others:  # [[prompts]], a run config's [model]: ignored in silence, or "no prompts"
+            raise ConfigError(
+                f"{path}: a prompt suite holds [[prompt]] tables only, not {others}{closest(others[0], ['prompt'])}"
+            )
+        records = values.get("prompt", [])
     if not records:
         raise ConfigError(f"{path}: the suite has no prompts")
     try:
