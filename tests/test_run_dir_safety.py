@@ -40,6 +40,14 @@ def test_a_run_name_that_is_not_a_plain_name_is_refused_and_nothing_is_touched(
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["other_run"]
 
 
+def test_a_name_longer_than_a_folder_name_can_be_is_refused_before_anything_is_written(micro_toml, tmp_path, capsys):
+    """It ended in "[Errno 36] File name too long" from the lock file, after the config loaded."""
+    assert _train(micro_toml, "--name", "é" * 121) == 2  # 242 bytes in UTF-8
+    assert "name is 242 bytes long; a folder name holds at most 240" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert _train(micro_toml, "--name", "é" * 120) == 0
+
+
 def test_a_sweep_or_phase_name_that_is_a_path_is_refused(micro_toml, micro_sweep, bystanders, tmp_path, capsys):
     text = micro_sweep.read_text().replace('name = "micro"', 'name = ".."')
     micro_sweep.write_text(text)
