@@ -352,3 +352,18 @@ def test_a_prompt_suite_with_other_tables_names_them(tmp_path):
         load_suite(suite)
     suite.write_text('[[prompt]]\nid = "a"\nprompt = "T"\n')
     assert [p.id for p in load_suite(suite)] == ["a"]
+
+
+def test_torchrun_variables_left_in_the_shell_are_named_or_harmless(micro_toml, tmp_path, capsys, monkeypatch):
+    """WORLD_SIZE alone ended in a KeyError traceback; a stray RANK=1 silenced the only process
+    (it printed no result: only "rank 0" reports)."""
+    for env, says in (({"WORLD_SIZE": "2"}, "WORLD_SIZE = 2 is set but RANK"), ({"WORLD_SIZE": "two"}, "WORLD_SIZE = 'two'")):
+        with monkeypatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            assert main(["train", str(micro_toml), "--no-progress", "--name", "w"]) == 2
+            assert says in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "w").exists()
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "r"]) == 0
+    assert "run: " in capsys.readouterr().out

@@ -22,7 +22,7 @@ import sys
 
 from .. import __version__
 from . import data, develop, evaluate, inspect, interop, persona, train
-from .options import OneLineParser, check_option_rules, check_overrides, given_options
+from .options import OneLineParser, check_option_rules, check_overrides, given_options, process_rank
 
 VERB_GROUPS = (train, evaluate, persona, inspect, develop, interop, data)
 log = logging.getLogger("slmlab")
@@ -59,7 +59,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    rank = int(os.environ.get("RANK", "0"))  # under torchrun, only rank 0 reports progress
+    rank = process_rank()  # under torchrun, only rank 0 reports progress
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else list(argv)
     own, extra = split_overrides(argv)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .options import add_verb, load_run_config, non_negative_int, option_rules, positive_int
+from .options import add_verb, load_run_config, non_negative_int, option_rules, positive_int, process_rank
 
 
 def register(sub) -> None:
@@ -122,7 +122,7 @@ def cmd_train(args, extra) -> int:
         finished = True
     finally:
         distributed.close(finished)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if process_rank() != 0:
         return 0
     print(f"run: {result.run_dir}")
     print(

@@ -35,6 +35,19 @@ from .runtime import resolve_device
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
+def _env_int(name: str, default: int) -> int:
+    """A whole-number environment variable torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(
+            f"environment variable {name} = {text!r} is not a whole number; unset it or launch with torchrun"
+        ) from None
+
+
 @dataclass(frozen=True)
 class World:
     """This process's place among the training processes (rank 0 of 1 when not distributed)."""
@@ -54,10 +67,16 @@ class World:
     @classmethod
     def from_env(cls, device_name: str) -> tuple[World, torch.device]:
         """Join the process group torchrun describes (if any) -> (world, this rank's device)."""
-        size = int(os.environ.get("WORLD_SIZE", "1"))
+        size = _env_int("WORLD_SIZE", 1)
         if size <= 1:
             return cls(), resolve_device(device_name)
-        world = cls(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+        missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+        if missing:  # a WORLD_SIZE left in the shell: torchrun sets all of them
+            raise ConfigError(
+                f"WORLD_SIZE = {size} is set but {', '.join(missing)} not: start data-parallel runs with "
+                "`slmlab train --nproc N` or torchrun, or unset WORLD_SIZE"
+            )
+        world = cls(_env_int("RANK", 0), size, _env_int("LOCAL_RANK", 0))
         device = resolve_device(device_name)
         if device.type == "cuda":
             device = torch.device("cuda", world.local_rank)
