@@ -112,3 +112,14 @@ def test_raw_html_in_report_markdown_is_shown_as_text(tmp_path):
     )
     assert "&lt;EOS&gt;" in page and "&lt;img src=x onerror=alert(1)&gt;" in page and "<img src=x" not in page
     assert 'src="data:image/png;base64,' in page
+
+
+def test_a_table_cell_holding_a_pipe_or_a_line_break_keeps_its_column():
+    """A variant named "a|b" (a valid folder name) or a prompt id with a newline shifted every
+    later column of its row."""
+    from slmlab.tables import markdown_table
+
+    table = markdown_table(["variant", "ppl"], [["a|b", "1.5"], ["two\nlines", "2.0"]])
+    rows = table.splitlines()
+    assert rows[2] == "| a\\|b      | 1.5 |" and rows[3] == "| two lines | 2.0 |"
+    assert all(row.replace("\\|", "").count("|") == 3 for row in rows)

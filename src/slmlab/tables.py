@@ -36,12 +36,17 @@ def format_number(value, spec: str) -> str:
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Render rows as a Markdown table with columns padded to equal width."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    """Render rows as a Markdown table with columns padded to equal width; a cell's "|" is escaped
+    and its line breaks become spaces (a variant named "a|b" shifted every later column)."""
+    cells = [[_cell(h) for h in headers]] + [[_cell(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    return " ".join(str(value).replace("|", "\\|").splitlines())
 
 
 def human(n: float, unit: str = "") -> str:
