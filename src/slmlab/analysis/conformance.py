@@ -111,7 +111,7 @@ def check_causality(probe: Probe, mode: str) -> Result:
         if passed
         else f"changing tokens at positions >= t changed logits before t by {worst:.3g} ({mode} mode): the future leaks"
     )
-    return Result(passed, f"max |Δ logits<t| = {worst:.2g}", reason)
+    return Result(passed, f"max abs Δ logits<t = {worst:.2g}", reason)
 
 
 def check_batch_independence(probe: Probe) -> Result:
@@ -122,7 +122,7 @@ def check_batch_independence(probe: Probe) -> Result:
     worst = (together - alone).abs().max().item()
     passed = worst <= EXACT
     reason = "" if passed else f"a row's logits change with the other rows of its batch (by {worst:.3g})"
-    return Result(passed, f"max |Δ| = {worst:.2g}", reason)
+    return Result(passed, f"max abs Δ = {worst:.2g}", reason)
 
 
 def check_kv_cache(probe: Probe) -> Result:
@@ -144,7 +144,7 @@ def check_kv_cache(probe: Probe) -> Result:
             worst = max(worst, (torch.cat(pieces, dim=1) - full).abs().max().item())
     passed = worst <= EXACT
     reason = "" if passed else f"decoding through the KV cache differs from the full forward by {worst:.3g} (float64)"
-    return Result(passed, f"{len(schedules)} schedules over {T} tokens, max |Δ| = {worst:.2g}", reason)
+    return Result(passed, f"{len(schedules)} schedules over {T} tokens, max abs Δ = {worst:.2g}", reason)
 
 
 class CountingBackend:
@@ -252,7 +252,7 @@ def check_save_load(probe: Probe) -> Result:
     passed = worst == 0.0
     return Result(
         passed,
-        f"max |Δ| = {worst:.2g}",
+        f"max abs Δ = {worst:.2g}",
         "" if passed else f"reloaded weights give different logits (by {worst:.3g}): state not in the state dict?",
     )
 
@@ -317,7 +317,7 @@ def check_naive_references(probe: Probe) -> Result:
     if not compared:
         return Result(None, "no registered reference applies")
     passed = worst_out <= EXACT and worst_grad <= EXACT
-    figure = f"{len(compared)} layer(s): max |Δ out| = {worst_out:.2g}, |Δ grad| = {worst_grad:.2g}"
+    figure = f"{len(compared)} layer(s): max abs Δ out = {worst_out:.2g}, Δ grad = {worst_grad:.2g}"
     return Result(
         passed,
         figure,
