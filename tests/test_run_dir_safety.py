@@ -176,3 +176,20 @@ def test_an_output_file_is_never_written_over_a_file_of_another_kind(micro_toml,
     for _ in range(2):  # written, then replaced by the same command
         assert main(["sweep", str(sweep), "--slurm", str(script)]) == 0
         assert main(["tokenizer", "train", str(micro_toml), "--out", str(tokenizer)]) == 0
+
+
+def test_an_out_dir_under_home_is_expanded_like_the_other_paths(micro_toml, micro_sweep, tmp_path, monkeypatch):
+    """out_dir = "~/runs" made a folder named "~" in the working directory (data.source and
+    data.cache_dir already expanded "~")."""
+    from slmlab.experiments.sweep import load_sweep
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert _train(micro_toml, "--out_dir", "~/runs", "--name", "r") == 0
+    assert (home / "runs" / "r" / "summary.json").is_file() and not (work / "~").exists()
+    text = micro_sweep.read_text()
+    micro_sweep.write_text(text.replace(f'out_dir = "{tmp_path / "runs"}"', 'out_dir = "~/sweeps"'))
+    _, jobs = load_sweep(micro_sweep)
+    assert all(job.run.path.is_relative_to(home / "sweeps") for job in jobs)

@@ -9,6 +9,7 @@ then applies the rules that span fields. Any problem is a ConfigError of one lin
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import typing
 from pathlib import Path
@@ -34,6 +35,7 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     if isinstance(specs, list) and all(isinstance(s, str) for s in specs):
         plugins.activate(specs)  # before the check: a plugin's sections and choices must exist
     cfg = build_dataclass(RunConfig, values)
+    cfg.out_dir = os.path.expanduser(cfg.out_dir)  # as data.source and data.cache_dir: "~/runs" made a folder named "~"
     validate(cfg)
     for index in range(len(cfg.phases)):
         cfg.phase(index)  # every phase must be a valid config too

@@ -103,6 +103,7 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
         raise ConfigError(f"{path} is a run config: train it with `slmlab train {path}`, or name it in a sweep as base = ...")
     values.setdefault("name", path.stem)
     sweep = build_dataclass(SweepConfig, values)
+    sweep.out_dir = os.path.expanduser(sweep.out_dir)
     check_name("name", sweep.name)
     if not sweep.base:
         raise ConfigError(f"{path}: 'base' must name a run config (e.g. base = \"quickstart.toml\")")
