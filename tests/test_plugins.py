@@ -54,6 +54,13 @@ def trained(tmp_path, text_corpus):
 def test_the_plugin_is_imported_before_the_config_is_checked(tmp_path, text_corpus):
     cfg = load_config(plugin_toml(tmp_path, text_corpus, EXAMPLE))
     assert cfg.plugins == [str(EXAMPLE.resolve())]  # resolved against the config's folder
+    from slmlab.plugins import resolve
+
+    assert resolve(["~/ideas/x.py", "ideas/y.py", "a.module"], tmp_path) == [  # "~/x.py" was taken as tmp_path/~/x.py
+        str(Path.home() / "ideas" / "x.py"),
+        str(tmp_path.resolve() / "ideas" / "y.py"),
+        "a.module",
+    ]
     assert cfg.model.gated_attention.enabled
     typo = plugin_toml(tmp_path, text_corpus, EXAMPLE, "[model.gated_attention]\nenabld = true\n")
     with pytest.raises(ConfigError, match="did you mean 'enabled'"):

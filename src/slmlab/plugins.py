@@ -73,12 +73,15 @@ def is_file_spec(spec: str) -> bool:
 
 
 def resolve(specs: list, base: Path) -> list:
-    """File specs made absolute against `base` (the config's folder); module names unchanged."""
+    """File specs made absolute against `base` (the config's folder; "~" is the home folder);
+    module names unchanged."""
     if not isinstance(specs, list):
         return specs  # the schema check names the mistake
-    return [
-        str((base / s).resolve()) if isinstance(s, str) and is_file_spec(s) and not Path(s).is_absolute() else s for s in specs
-    ]
+    return [_absolute(Path(s).expanduser(), base) if isinstance(s, str) and is_file_spec(s) else s for s in specs]
+
+
+def _absolute(path: Path, base: Path) -> str:
+    return str(path if path.is_absolute() else (base / path).resolve())
 
 
 def activate(specs: list[str]) -> list[Plugin]:
