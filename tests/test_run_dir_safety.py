@@ -189,7 +189,8 @@ def test_an_out_dir_under_home_is_expanded_like_the_other_paths(micro_toml, micr
     monkeypatch.chdir(work)
     assert _train(micro_toml, "--out_dir", "~/runs", "--name", "r") == 0
     assert (home / "runs" / "r" / "summary.json").is_file() and not (work / "~").exists()
-    text = micro_sweep.read_text()
+    (home / "base.toml").write_text(micro_toml.read_text())  # a base named from home was <sweep folder>/~/base.toml
+    text = micro_sweep.read_text().replace('base = "base.toml"', 'base = "~/base.toml"')
     micro_sweep.write_text(text.replace(f'out_dir = "{tmp_path / "runs"}"', 'out_dir = "~/sweeps"'))
     _, jobs = load_sweep(micro_sweep)
     assert all(job.run.path.is_relative_to(home / "sweeps") for job in jobs)

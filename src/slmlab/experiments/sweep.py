@@ -135,7 +135,7 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
             f"{path}: {folder} is a run, not a sweep's folder: the sweep would put its runs and tables inside it; "
             "give the sweep another name"
         )
-    base = (path.parent / sweep.base) if not Path(sweep.base).is_absolute() else Path(sweep.base)
+    base = path.parent / Path(sweep.base).expanduser()  # relative to the sweep file (an absolute base stays)
     if base.is_file() and "variants" in read_toml(base):
         raise ConfigError(f"{path}: base = '{sweep.base}' is a sweep config ([variants]); base names a run config")
     shared = {}
