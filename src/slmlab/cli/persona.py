@@ -104,15 +104,7 @@ def cmd_persona(args, extra) -> int:
 
 
 def cmd_persona_eval(args, extra) -> int:
-    from pathlib import Path
-
-    from ..config import DataConfig
-    from ..data.corpora import check_not_a_source_file
     from ..persona.evaluate import persona_report
-
-    for spec in (args.persona_data, args.other_data):  # a table written over the text it measured
-        if args.out and spec and Path(spec).exists():
-            check_not_a_source_file(DataConfig(source=spec), args.out, "--out")
 
     print(
         persona_report(

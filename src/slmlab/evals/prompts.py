@@ -143,9 +143,11 @@ def prompts_report(
 
     suite = Path(suite) if suite else DEFAULT_SUITE
     prompts = load_suite(suite)
-    if out and Path(out).resolve() == suite.resolve():
-        raise ConfigError(f"--out {out} is the prompt suite itself: writing the report there would replace it; name another file")
-    if out:
+    if out:  # the suite may start with a comment that reads like a report's title
+        if Path(out).resolve() == suite.resolve():
+            raise ConfigError(
+                f"--out {out} is the prompt suite itself: writing the report there would replace it; name another file"
+            )
         check_replaceable(out, "--out", "a prompt report", lambda text: text.startswith(REPORT_TITLE))
     resolved = resolve_device(device)
     weights = weights_identity(run)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, DataConfig
-from ..data.corpora import DocumentSelection, open_source
+from ..data.corpora import DocumentSelection, check_not_a_source_file, open_source
 from ..data.tokenizers import TokenizerError
 from ..data.tokens import prepare_tokens, validation_ids
 from ..files import atomic_write_text, check_replaceable, json_text
@@ -256,6 +256,8 @@ def persona_report(
     if not runs:
         raise ConfigError("name at least one run (or --compare RUN_A RUN_B ...)")
     if out:
+        for spec in filter(None, (persona_spec, other_spec)):  # a table written over the text it measures
+            check_not_a_source_file(source_data_config(spec), out, "--out")
         check_replaceable(out, "--out", "a persona-eval table", lambda text: text.startswith(REPORT_TITLE))
     data = persona_data(persona_spec, other_spec)
     classifier = PersonaClassifier(data, seed)
