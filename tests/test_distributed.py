@@ -114,8 +114,10 @@ def test_fsdp2_agrees_with_ddp(runs):
 
 
 def test_fsdp2_draws_attention_frames_from_the_whole_model(runs):
-    """Frames were skipped in silence when FSDP sharded the weights."""
+    """Frames were skipped in silence when FSDP sharded the weights; the closing sample is read from
+    the same whole copy."""
     assert sorted(p.name for p in (runs / "fsdp" / "viz" / "frames").glob("*.png")) == ["frame_000003.png", "frame_000006.png"]
+    assert json.loads((runs / "fsdp" / "summary.json").read_text())["sample"]
 
 
 @pytest.mark.parametrize("written_by", ["fsdp", "ddp"])

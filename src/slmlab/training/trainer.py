@@ -376,19 +376,29 @@ class Trainer:
     def _save_frame(self) -> None:
         """An attention/loss frame of the first validation window, drawn by rank 0 (from a whole
         copy of the weights, gathered by every rank, when FSDP shards them)."""
-        model = self.model
-        if self.world.distributed and self.cfg.train.parallel == "fsdp":
-            weights = full_model_state(self.model, self.aliases)
-            if self.world.is_main:
-                model = build_model(self.cfg.model).to(self.device)
-                model.load_state_dict(weights, strict=False)  # only the tied aliases are left out: they share a loaded tensor
+        weights = full_model_state(self.model, self.aliases) if self._sharded() else None  # a collective
         if not self.world.is_main:
             return
         frames = self.run.path / "viz" / "frames"
         frames.mkdir(parents=True, exist_ok=True)
         window = self.data.val.tokens[: min(64, self.cfg.data.seq_len) + 1].astype("int64").tolist()
         history = [(r["step"], r["loss"]) for r in self.metrics.read() if r.get("loss") is not None]
+        model = self._whole_model(weights)
         training_frame(model, self.tokenizer, window, history, self.step, frames / f"frame_{self.step:06d}.png")
+
+    def _sharded(self) -> bool:
+        return self.world.distributed and self.cfg.train.parallel == "fsdp"
+
+    def _whole_model(self, weights: dict[str, torch.Tensor] | None) -> nn.Module:
+        """The model for rank 0 to read on its own: itself, or when FSDP shards it a whole copy
+        built from `weights`, the full state every rank gathered (full_model_state)."""
+        if not self._sharded():
+            return self.model
+        model = build_model(self.cfg.model).to(self.device)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected or not set(missing) <= set(self.aliases):  # only tied aliases are left out: they share a tensor
+            raise RuntimeError(f"gathered weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        return model
 
     def _account_skips(self, window: dict) -> None:
         self.nan_skips += window["skipped"]
@@ -415,7 +425,9 @@ class Trainer:
         final_sha256 = save_weights(weights, self.run.final_weights, metadata={"config": json.dumps(self.cfg.to_dict())})
         history = [r for r in self.metrics.read() if "tokens_per_s" in r]
         tokens_per_s = statistics.median(r["tokens_per_s"] for r in history) if history else 0.0  # robust to a slow window
-        sample = self._sample(t.sample_tokens) if t.sample_tokens else ""
+        sample = ""
+        if t.sample_tokens:  # on this rank alone: a sharded model is read whole, from the final weights
+            sample = final_sample(self._whole_model(weights), self.tokenizer, self.data.val.tokens, t.sample_tokens, self.device)
         summary = {
             "step": self.step,
             "tokens": self.tokens,
@@ -439,15 +451,6 @@ class Trainer:
             summary["local_kernel"] = self.local_kernel
         atomic_write_text(self.run.summary, json.dumps(summary, indent=2) + "\n")
         return TrainResult.from_summary(self.run.path, summary)
-
-    def _sample(self, n_tokens: int) -> str:
-        """The run's closing sample, on this rank alone: a sharded model is first rebuilt whole
-        from the final weights."""
-        model = self.model
-        if self.world.distributed and self.cfg.train.parallel == "fsdp":
-            model = build_model(self.cfg.model).to(self.device)
-            load_weights(model, self.run.final_weights)
-        return final_sample(model, self.tokenizer, self.data.val.tokens, n_tokens, self.device)
 
 
 def train(
