@@ -21,8 +21,9 @@ import os
 import sys
 
 from .. import __version__
+from ..torchrun_env import process_rank
 from . import data, develop, evaluate, inspect, interop, persona, train
-from .options import OneLineParser, check_option_rules, check_overrides, given_options, process_rank
+from .options import OneLineParser, check_option_rules, check_overrides, given_options
 
 VERB_GROUPS = (train, evaluate, persona, inspect, develop, interop, data)
 log = logging.getLogger("slmlab")

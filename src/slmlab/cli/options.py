@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 
 from ..config.checks import INT64_LIMIT, check_seed
 from ..errors import ConfigError, SlmlabError
@@ -194,12 +193,3 @@ def check_overrides(args: argparse.Namespace, overrides: list[str]) -> None:
         unread = [key for key in keys if not key.startswith(args.takes_overrides + ".")]
         if unread:
             raise SlmlabError(f"{args.verb_name} reads only {args.takes_overrides}.* settings, so {unread} would change nothing")
-
-
-def process_rank() -> int:
-    """This process's rank in a torchrun group, 0 outside one: a RANK left alone in the shell
-    starts no group, so it must not silence the only process's output."""
-    try:
-        return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
-    except ValueError:  # World.from_env names the variable that is not a number
-        return 0

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .options import add_verb, load_run_config, non_negative_int, option_rules, positive_int, process_rank
+from ..torchrun_env import process_rank
+from .options import add_verb, load_run_config, non_negative_int, option_rules, positive_int
 
 
 def register(sub) -> None:

@@ -29,23 +29,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ..config import ConfigError
+from ..config import ConfigError, ModelConfig
+from ..model import build_model
+from ..torchrun_env import env_int, world_size
 from .runtime import resolve_device
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def _env_int(name: str, default: int) -> int:
-    """A whole-number environment variable torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK)."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(
-            f"environment variable {name} = {text!r} is not a whole number; unset it or launch with torchrun"
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -67,7 +56,7 @@ class World:
     @classmethod
     def from_env(cls, device_name: str) -> tuple[World, torch.device]:
         """Join the process group torchrun describes (if any) -> (world, this rank's device)."""
-        size = _env_int("WORLD_SIZE", 1)
+        size = world_size()
         if size <= 1:
             return cls(), resolve_device(device_name)
         missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
@@ -76,7 +65,7 @@ class World:
                 f"WORLD_SIZE = {size} is set but {', '.join(missing)} not: start data-parallel runs with "
                 "`slmlab train --nproc N` or torchrun, or unset WORLD_SIZE"
             )
-        world = cls(_env_int("RANK", 0), size, _env_int("LOCAL_RANK", 0))
+        world = cls(env_int("RANK", 0), size, env_int("LOCAL_RANK", 0))
         device = resolve_device(device_name)
         if device.type == "cuda":
             device = torch.device("cuda", world.local_rank)
@@ -186,6 +175,19 @@ def full_model_state(model: nn.Module, aliases: dict[str, str]) -> dict[str, tor
     ranks other than 0 get an empty dict under FSDP)."""
     state = get_model_state_dict(model, options=_FULL)
     return {name: tensor.contiguous() for name, tensor in state.items() if name not in aliases}
+
+
+def whole_copy(
+    model_cfg: ModelConfig, device: torch.device, weights: dict[str, torch.Tensor], aliases: dict[str, str]
+) -> nn.Module:
+    """A whole, unsharded model holding `weights`, the full state every rank gathered
+    (full_model_state): what rank 0 reads on its own when FSDP shards the model. Only tied
+    aliases may be missing from `weights`: they share a tensor."""
+    model = build_model(model_cfg).to(device)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or not set(missing) <= set(aliases):
+        raise RuntimeError(f"gathered weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -86,6 +86,7 @@ def training_frame(
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.suptitle(f"step {step}   loss {losses[-1]:.3f}   EWMA {ewma(list(losses))[-1]:.3f}", fontsize=11)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
     plt.close(fig)
     return path

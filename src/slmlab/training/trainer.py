@@ -57,6 +57,7 @@ from .distributed import (
     parallelize,
     tied_aliases,
     weights_finite,
+    whole_copy,
 )
 from .frames import training_frame
 from .kernel_choice import check_local_kernel, choose_local_kernel
@@ -377,28 +378,18 @@ class Trainer:
         """An attention/loss frame of the first validation window, drawn by rank 0 (from a whole
         copy of the weights, gathered by every rank, when FSDP shards them)."""
         weights = full_model_state(self.model, self.aliases) if self._sharded() else None  # a collective
-        if not self.world.is_main:
-            return
-        frames = self.run.path / "viz" / "frames"
-        frames.mkdir(parents=True, exist_ok=True)
-        window = self.data.val.tokens[: min(64, self.cfg.data.seq_len) + 1].astype("int64").tolist()
-        history = [(r["step"], r["loss"]) for r in self.metrics.read() if r.get("loss") is not None]
-        model = self._whole_model(weights)
-        training_frame(model, self.tokenizer, window, history, self.step, frames / f"frame_{self.step:06d}.png")
+        if self.world.is_main:
+            history = [(r["step"], r["loss"]) for r in self.metrics.read() if r.get("loss") is not None]
+            window = self.data.val.tokens[: min(64, self.cfg.data.seq_len) + 1].astype("int64").tolist()
+            path = self.run.path / "viz" / "frames" / f"frame_{self.step:06d}.png"
+            training_frame(self._whole_model(weights), self.tokenizer, window, history, self.step, path)
 
     def _sharded(self) -> bool:
         return self.world.distributed and self.cfg.train.parallel == "fsdp"
 
     def _whole_model(self, weights: dict[str, torch.Tensor] | None) -> nn.Module:
-        """The model for rank 0 to read on its own: itself, or when FSDP shards it a whole copy
-        built from `weights`, the full state every rank gathered (full_model_state)."""
-        if not self._sharded():
-            return self.model
-        model = build_model(self.cfg.model).to(self.device)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if unexpected or not set(missing) <= set(self.aliases):  # only tied aliases are left out: they share a tensor
-            raise RuntimeError(f"gathered weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        return model
+        """The model for rank 0 to read on its own: itself, or a whole copy when FSDP shards it."""
+        return whole_copy(self.cfg.model, self.device, weights, self.aliases) if self._sharded() else self.model
 
     def _account_skips(self, window: dict) -> None:
         self.nan_skips += window["skipped"]
