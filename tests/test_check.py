@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from slmlab.analysis.conformance import run_checks
+from slmlab.analysis.conformance import TINY, run_checks, tiny_config
 from slmlab.analysis.scaffold import write_variant
 from slmlab.cli import main
 from slmlab.config import ConfigError, load_config
@@ -34,6 +34,16 @@ def test_every_built_in_config_passes(path):
         _, outcomes = run_checks(cfg)
         failed = [f"{o.name}: {o.result.reason}" for o in outcomes if o.result.passed is False]
         assert not failed, (label, failed)
+
+
+def test_the_check_runs_at_tiny_shapes_whatever_window_the_config_trains_on():
+    """A config that trains on 128-token windows is still checked at the tiny context: the windows
+    are data settings the probe never reads, so they must not hold the model at full size."""
+    cfg = load_config(ROOT / "configs" / "tape_char_shakespeare.toml")
+    assert cfg.data.seq_len > TINY["block_size"]
+    model = tiny_config(cfg)
+    assert (model.block_size, model.n_layer, model.d_model) == (TINY["block_size"], TINY["n_layer"], TINY["d_model"])
+    assert model.arch == "tape" and model.sections["tape"] == cfg.model.sections["tape"]
 
 
 def test_smat_is_held_to_its_naive_reference():
