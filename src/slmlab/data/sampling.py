@@ -87,11 +87,12 @@ class WindowSampler:
         self.rng.bit_generator.state = state
 
 
-def validation_batches(
+def validation_offsets(
     split: TokenSplit, seq_len: int, batch_size: int, n_batches: int, length_setting: str = "data.seq_len"
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """A fixed validation sample: up to n_batches * batch_size evenly spaced windows.
-    `length_setting`: the setting that chose seq_len, named by the error when the split is too short."""
+) -> np.ndarray:
+    """The start of every window of the fixed validation sample: up to n_batches * batch_size,
+    evenly spaced. `length_setting`: the setting that chose seq_len, named by the error when the
+    split is too short."""
     check_counts(seq_len=seq_len, batch_size=batch_size, n_batches=n_batches)
     last = len(split) - seq_len - 1
     if last < 0:
@@ -100,7 +101,14 @@ def validation_batches(
             f"raise data.val_fraction or lower {length_setting}"
         )
     count = min(n_batches * batch_size, last + 1)
-    offsets = np.unique(np.linspace(0, last, count).astype(np.int64))
+    return np.unique(np.linspace(0, last, count).astype(np.int64))
+
+
+def validation_batches(
+    split: TokenSplit, seq_len: int, batch_size: int, n_batches: int, length_setting: str = "data.seq_len"
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed validation sample (validation_offsets' windows) in batches of batch_size rows."""
+    offsets = validation_offsets(split, seq_len, batch_size, n_batches, length_setting)
     for i in range(0, len(offsets), batch_size):
         yield _gather(split.tokens, offsets[i : i + batch_size], seq_len)
 

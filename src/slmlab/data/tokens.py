@@ -32,6 +32,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ import numpy as np
 from ..config import DataConfig
 from ..files import atomic_write_text, fsync_directory, read_json, remove_stale_temps, require_fields, sha256_file
 from ..locks import DirectoryLock
+from ..phase_progress import PhaseProgress
 from .corpora import CorpusError, DocumentSelection
 from .corpora.fetch import cache_dir
 from .tokenizers import Tokenizer, TokenizerError, load_tokenizer, train_tokenizer
@@ -61,9 +63,10 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
 
 
-def get_tokenizer(data: DataConfig, selection: DocumentSelection) -> Tokenizer:
+def get_tokenizer(data: DataConfig, selection: DocumentSelection, progress: bool | None = None) -> Tokenizer:
     """The tokenizer `data` asks for, trained on the selection once and cached by fingerprint (and
-    FORMAT_VERSION: how documents are read from the files is part of what it was trained on)."""
+    FORMAT_VERSION: how documents are read from the files is part of what it was trained on).
+    `progress`: as prepare_tokens'; it counts the documents the tokenizer has read."""
     key = _short_hash(f"{FORMAT_VERSION}|{selection.fingerprint()}|{data.tokenizer}|{data.vocab_size}|{data.tiktoken_file}")
     path = cache_dir(data.cache_dir) / "tokenizers" / f"{data.tokenizer}-{key}.json"
     if path.exists():
@@ -72,10 +75,20 @@ def get_tokenizer(data: DataConfig, selection: DocumentSelection) -> Tokenizer:
         except TokenizerError as err:  # a cache: say so and build it again
             log.warning("%s; training the tokenizer again", err)
     log.info("training %s tokenizer on %s", data.tokenizer, data.source)
-    tokenizer = train_tokenizer(data, (doc.text for doc in selection))
+    with PhaseProgress(f"training the {data.tokenizer} tokenizer", None, "documents", bar=progress) as shown:
+        tokenizer = train_tokenizer(data, _counted(selection, shown))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, tokenizer.to_json())
     return tokenizer
+
+
+def _counted(selection: DocumentSelection, progress: PhaseProgress) -> Iterator[str]:
+    """The selection's texts, each counted by `progress` once the tokenizer asks for the next. The
+    documents are counted first, once the tokenizer asks for one (byte and gpt2 never do)."""
+    progress.set_total(sum(1 for _ in selection))
+    for doc in selection:
+        yield doc.text
+        progress.update()
 
 
 def vocab_size_of(data: DataConfig) -> int:
@@ -138,7 +151,7 @@ def validation_ids(ids: list[str], val_fraction: float) -> set[str]:
 
 
 def _write_streams(
-    selection: DocumentSelection, tokenizer: Tokenizer, val_ids: set[str], dtype: np.dtype, work: Path
+    selection: DocumentSelection, tokenizer: Tokenizer, val_ids: set[str], dtype: np.dtype, work: Path, progress: PhaseProgress
 ) -> dict[str, dict[str, int]]:
     """Encode documents in batches, appending each to `work/<split>/<stream>.bin`; returns counts."""
     separator = np.asarray(tokenizer.separator_ids(), dtype=dtype)
@@ -156,6 +169,7 @@ def _write_streams(
             array = np.concatenate([np.asarray(ids, dtype=dtype), separator])
             array.tofile(handles[key])
             counts[split][stream] = counts[split].get(stream, 0) + len(array)
+        progress.update(len(batch))
 
     batch = []
     try:
@@ -196,20 +210,25 @@ def _split_single_document(directory: Path, dtype: np.dtype, val_fraction: float
     manifest["split_by_position"] = True
 
 
-def prepare_tokens(data: DataConfig, tokenizer: Tokenizer | None = None) -> tuple[Tokenizer, TokenData]:
-    """Tokenize the selected corpus once (or reuse the files its manifest describes)."""
+def prepare_tokens(
+    data: DataConfig, tokenizer: Tokenizer | None = None, progress: bool | None = None
+) -> tuple[Tokenizer, TokenData]:
+    """Tokenize the selected corpus once (or reuse the files its manifest describes). `progress`:
+    a bar while tokenizing (None: on a terminal only); without one, a log line now and then."""
     selection = DocumentSelection(data)
-    tokenizer = tokenizer or get_tokenizer(data, selection)
+    tokenizer = tokenizer or get_tokenizer(data, selection, progress)
     key = _short_hash(f"{FORMAT_VERSION}|{selection.fingerprint()}|{tokenizer.digest()}|{data.val_fraction}")
     directory = cache_dir(data.cache_dir) / "tokens" / key
     if not (directory / "manifest.json").is_file():
         with DirectoryLock(directory, "token cache", wait=True):  # parallel runs: one builds, the others wait
             if not (directory / "manifest.json").is_file():
-                _build_token_files(selection, tokenizer, data.val_fraction, directory)
+                _build_token_files(selection, tokenizer, data.val_fraction, directory, progress)
     return tokenizer, open_tokens(directory)
 
 
-def _build_token_files(selection: DocumentSelection, tokenizer: Tokenizer, val_fraction: float, directory: Path) -> None:
+def _build_token_files(
+    selection: DocumentSelection, tokenizer: Tokenizer, val_fraction: float, directory: Path, progress: bool | None
+) -> None:
     log.info("tokenizing %s into %s", selection.data.source, directory)
     ids = [doc.id for doc in selection]
     shared = [i for i, n in Counter(ids).items() if n > 1]
@@ -228,7 +247,8 @@ def _build_token_files(selection: DocumentSelection, tokenizer: Tokenizer, val_f
     remove_stale_temps(directory.parent)  # build folders of killed processes
     with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".build.{os.getpid()}.", suffix=".tmp") as tmp:
         work = Path(tmp)
-        counts = _write_streams(selection, tokenizer, val_ids, dtype, work)
+        with PhaseProgress(f"tokenizing {selection.data.source}", len(ids), "documents", bar=progress) as shown:
+            counts = _write_streams(selection, tokenizer, val_ids, dtype, work, shown)
         build = work / "out"
         build.mkdir()
         manifest = {

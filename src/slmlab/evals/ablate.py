@@ -15,6 +15,7 @@ from ..config import ConfigError
 from ..data.tokens import prepare_tokens
 from ..files import atomic_write_text, json_text
 from ..model.interventions import applicable, intervene, layer_ablations
+from ..phase_progress import PhaseProgress
 from ..registry import ABLATION_SUMMARIES
 from ..runs.derived import record_derived, weights_identity
 from ..runs.run_dir import load_run
@@ -41,17 +42,20 @@ def ablate(run_path: str | Path, n_batches: int = 20, device: str = "auto", laye
     def ppl() -> float:
         return math.exp(evaluate(model, data.val, cfg.data.seq_len, cfg.train.batch_size, n_batches, device, cfg.train.dtype))
 
-    reference = ppl()
-    rows = {"unmodified": {"description": "the trained model", "val_ppl": reference, "delta_pct": 0.0}}
-    for intervention in interventions:
-        with intervene(model, intervention):
-            value = ppl()
-        label = intervention.name if intervention.name not in rows else f"{intervention.name} ({intervention.owner.__name__})"
-        rows[label] = {
-            "description": intervention.description,
-            "val_ppl": value,
-            "delta_pct": 100.0 * (value / reference - 1.0),
-        }
+    with PhaseProgress(f"ablating {run_path}", len(interventions) + 1, "evaluations") as progress:
+        reference = ppl()
+        progress.update()
+        rows = {"unmodified": {"description": "the trained model", "val_ppl": reference, "delta_pct": 0.0}}
+        for intervention in interventions:
+            with intervene(model, intervention):
+                value = ppl()
+            progress.update()
+            label = intervention.name if intervention.name not in rows else f"{intervention.name} ({intervention.owner.__name__})"
+            rows[label] = {
+                "description": intervention.description,
+                "val_ppl": value,
+                "delta_pct": 100.0 * (value / reference - 1.0),
+            }
     result = {"run": str(run_path), "n_batches": n_batches, "layers": layers, "interventions": rows}
     table = markdown_table(
         ("intervention", "what it changes", "val ppl", "Δ% vs unmodified"),

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.sampling import validation_batches
+from ..data.sampling import validation_batches, validation_offsets
 from ..data.tokens import TokenSplit
 from ..files import atomic_write, atomic_write_text, json_text
 from ..model.modes import eval_mode
+from ..phase_progress import tracked
 from ..runs.metrics import perplexity
 from ..tables import markdown_table
 
@@ -28,10 +29,14 @@ from ..tables import markdown_table
 def token_losses(
     model: nn.Module, split: TokenSplit, seq_len: int, batch_size: int, n_batches: int, device: torch.device
 ) -> torch.Tensor:
-    """Per-token cross-entropy of validation windows of length seq_len -> (windows, seq_len)."""
+    """Per-token cross-entropy of validation windows of length seq_len -> (windows, seq_len),
+    their progress shown (a bar on a terminal, else a log line now and then)."""
+    setting = "the evaluation context length"
+    count = -(-len(validation_offsets(split, seq_len, batch_size, n_batches, setting)) // batch_size)
     rows = []
     with eval_mode(model):
-        for x, y in validation_batches(split, seq_len, batch_size, n_batches, "the evaluation context length"):
+        batches = validation_batches(split, seq_len, batch_size, n_batches, setting)
+        for x, y in tracked(batches, f"scoring {seq_len}-token windows", count, "batches"):
             logits, _ = model(x.to(device))
             rows.append(F.cross_entropy(logits.float().transpose(1, 2), y.to(device), reduction="none").cpu())
     return torch.cat(rows)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import ConfigError, build_dataclass, check_seed, read_toml
 from ..errors import TokenizerError
@@ -94,20 +93,13 @@ def run_suite(
     for i, p in enumerate(prompts):
         groups.setdefault((p.max_tokens, p.temperature, p.top_k, p.top_p), []).append(i)
     completions: dict[int, list[int]] = {}
-    for (max_tokens, temperature, top_k, top_p), members in tqdm(
-        groups.items(), desc="prompts", unit="batch", leave=False, disable=None
-    ):
+    for (max_tokens, temperature, top_k, top_p), members in groups.items():
         generators = [torch.Generator(device=device).manual_seed(prompts[i].seed) for i in members]
+        settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "generators": generators}
         rows = model.generate_many(
-            [encoded[i] for i in members],
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            generators,
-            compile=compile,
-            vocab_size=tokenizer.vocab_size,
-        )
+            [encoded[i] for i in members], max_tokens, **settings, compile=compile, vocab_size=tokenizer.vocab_size,
+            progress="generating",
+        )  # fmt: skip
         completions.update(zip(members, rows))
     return [{**p.__dict__, "completion": tokenizer.decode(completions[i])} for i, p in enumerate(prompts)]
 

@@ -126,8 +126,9 @@ def score_run(
     part = evaluation_tokens(cfg, tokenizer, split, data_overrides)
     token_bytes = torch.from_numpy(tokenizer.token_bytes())
     loss, bpb = score_validation(
-        model, part.tokens, part.data.seq_len, cfg.train.batch_size, batches, device, cfg.train.dtype, token_bytes=token_bytes
-    )
+        model, part.tokens, part.data.seq_len, cfg.train.batch_size, batches, device, cfg.train.dtype, token_bytes=token_bytes,
+        progress=f"scoring {run}",
+    )  # fmt: skip
     return {
         "run": str(run),
         "source": part.data.source,

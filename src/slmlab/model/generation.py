@@ -20,6 +20,7 @@ from torch import nn
 
 from ..config.checks import check_whole_number
 from ..errors import ConfigError
+from ..phase_progress import PhaseProgress
 from .decoding_layout import MAX_ROWS, DecodingLayout
 from .modes import eval_mode
 from .sampling import check_sampling, sample_next
@@ -135,6 +136,7 @@ class GenerationMixin:
         until: Callable[[torch.Tensor], bool] | None = None,
         compile: bool | str | Callable = False,
         vocab_size: int | None = None,
+        progress: str = "",
     ) -> list[list[int]]:
         """Each prompt's continuation (ids after the prompt, up to and including `stop_token`),
         `batch_size` prompts at a time; `until(continuations (B, n))`, checked after each token,
@@ -143,7 +145,7 @@ class GenerationMixin:
         depend on the batch it ran in. Batches of unequal lengths are left-padded where the model
         decodes them exactly and the longest prompt plus `max_new_tokens` fits the context
         (no sliding window), else split into groups of equal length. `compile` and `vocab_size` as
-        in `generate`."""
+        in `generate`; `progress`: a label to show the prompts done under (PhaseProgress)."""
         check_sampling(temperature, top_k, top_p)
         generators = generators or [None] * len(prompts)
         for ids in prompts:
@@ -151,26 +153,28 @@ class GenerationMixin:
                 raise ConfigError(f"a prompt of {len(ids)} tokens: give 1 to {self.cfg.block_size} tokens (the model's context)")
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[list[int] | None] = [None] * len(prompts)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            lengths = {len(prompts[i]) for i in batch}
-            fits = max(lengths) + max_new_tokens <= self.cfg.block_size
-            groups = [batch] if len(lengths) == 1 or (fits and self.decodes_padded()) else _by_length(batch, prompts)
-            for group in groups:
-                rows = self._continue_rows(
-                    [prompts[i] for i in group],
-                    max_new_tokens,
-                    temperature,
-                    top_k,
-                    top_p,
-                    [generators[i] for i in group],
-                    stop_token,
-                    until,
-                    compile,
-                    vocab_size,
-                )
-                for i, row in zip(group, rows):
-                    out[i] = row
+        with PhaseProgress(progress, len(prompts), "prompts") as shown:
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                lengths = {len(prompts[i]) for i in batch}
+                fits = max(lengths) + max_new_tokens <= self.cfg.block_size
+                groups = [batch] if len(lengths) == 1 or (fits and self.decodes_padded()) else _by_length(batch, prompts)
+                for group in groups:
+                    rows = self._continue_rows(
+                        [prompts[i] for i in group],
+                        max_new_tokens,
+                        temperature,
+                        top_k,
+                        top_p,
+                        [generators[i] for i in group],
+                        stop_token,
+                        until,
+                        compile,
+                        vocab_size,
+                    )
+                    for i, row in zip(group, rows):
+                        out[i] = row
+                    shown.update(len(group))
         return out
 
     def _continue_rows(

@@ -170,8 +170,9 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
         return []
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     rows = model.generate_many(
-        encoded, max_new_tokens, temperature=0.8, top_k=50, generators=generators, vocab_size=tokenizer.vocab_size
-    )
+        encoded, max_new_tokens, temperature=0.8, top_k=50, generators=generators, vocab_size=tokenizer.vocab_size,
+        progress="generating",
+    )  # fmt: skip
     return [tokenizer.decode(row) for row in rows]
 
 

@@ -32,6 +32,7 @@ from ..data.corpora import DocumentSelection
 from ..data.sampling import WindowSampler
 from ..data.tokens import TokenSplit, validation_ids
 from ..files import atomic_write, atomic_write_text, is_run_folder, read_json, require_fields
+from ..phase_progress import PhaseProgress
 from ..runs.checkpoints import CheckpointError
 from ..runs.metrics import MetricsLog
 from ..training.optim import lr_at
@@ -327,7 +328,8 @@ def hf_continuations(
     attention mask (the model places each row's positions from it); a tokenizer with neither a pad
     nor an end-of-text token continues one prompt at a time, unpadded. One seeded generator state
     for the whole list, so the result is reproducible for a given batch size. A prompt that leaves
-    no room for `max_new_tokens` in the model's context is a ConfigError."""
+    no room for `max_new_tokens` in the model's context is a ConfigError. Several prompts show
+    their progress (PhaseProgress)."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
@@ -339,16 +341,18 @@ def hf_continuations(
     options = {"do_sample": True, "temperature": 0.8, "top_k": 50} if sample else {"do_sample": False}
     texts = []
     try:
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=pad is not None).to(device)
-            width = batch["input_ids"].shape[1]
-            if context and width + max_new_tokens > context:
-                raise ConfigError(
-                    f"a prompt of {width} tokens and {max_new_tokens} new ones exceed the model's {context}-token context; "
-                    f"give at most {max(context - width, 0)} new tokens, or a shorter prompt"
-                )
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **options)
-            texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        with PhaseProgress("generating" if len(prompts) > 1 else "", len(prompts), "prompts") as shown:
+            for start in range(0, len(prompts), batch_size):
+                batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=pad is not None).to(device)
+                width = batch["input_ids"].shape[1]
+                if context and width + max_new_tokens > context:
+                    raise ConfigError(
+                        f"a prompt of {width} tokens and {max_new_tokens} new ones exceed the model's {context}-token context; "
+                        f"give at most {max(context - width, 0)} new tokens, or a shorter prompt"
+                    )
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **options)
+                texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+                shown.update(len(out))
     finally:  # the caller's tokenizer as it was
         tokenizer.padding_side, tokenizer.pad_token_id = padding_side, own_pad
     return texts

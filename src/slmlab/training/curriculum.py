@@ -50,13 +50,13 @@ def train_curriculum(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
             lock.release()
 
 
-def check_phases(cfg: RunConfig, world: World) -> None:
+def check_phases(cfg: RunConfig, world: World, progress: bool = True) -> None:
     """Every phase's data gives the windows it asks for (known streams, long enough streams and
     validation split), checked before the first phase trains rather than when its turn comes."""
     tokenizer = None
     for index in range(len(cfg.phases)):
         sub = cfg.phase(index)
-        tokenizer, data = prepare_data(sub.data, tokenizer, world)
+        tokenizer, data = prepare_data(sub.data, tokenizer, world, progress)
         try:
             check_windows(data.train, data.val, sub.data.seq_len, sub.train.batch_size, sub.data.mixture)
         except CorpusError as err:
@@ -64,7 +64,7 @@ def check_phases(cfg: RunConfig, world: World) -> None:
 
 
 def _train_phases(cfg: RunConfig, root: RunDir, world: World, resume: bool, overwrite: bool, progress: bool) -> TrainResult:
-    check_phases(cfg, world)
+    check_phases(cfg, world, progress)
     if not resume:
         root.ensure_free(overwrite)
         world.barrier()

@@ -16,15 +16,11 @@ from collections import deque
 
 from tqdm.auto import tqdm
 
+from ..phase_progress import clock
+
 log = logging.getLogger("slmlab")
 WINDOWS = 50
 HEARTBEAT = 60.0  # seconds
-
-
-def clock(seconds: float) -> str:
-    """Seconds as H:MM:SS, hours past 24 included (30 h -> "30:00:00")."""
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 class TrainingProgress:

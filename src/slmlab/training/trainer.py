@@ -79,12 +79,15 @@ from .validation import score_validation
 log = logging.getLogger("slmlab")
 
 
-def prepare_data(data: DataConfig, tokenizer: Tokenizer | None, world: World) -> tuple[Tokenizer, TokenData]:
-    """Tokenize (or reuse) the corpus: rank 0 builds the cache files, the other ranks then read them."""
+def prepare_data(
+    data: DataConfig, tokenizer: Tokenizer | None, world: World, progress: bool = True
+) -> tuple[Tokenizer, TokenData]:
+    """Tokenize (or reuse) the corpus: rank 0 builds the cache files (with a bar on a terminal
+    unless `progress` is off, else log lines), the other ranks then read them."""
     if world.is_main:
-        prepared = prepare_tokens(data, tokenizer)
+        prepared = prepare_tokens(data, tokenizer, progress=None if progress else False)
     world.barrier()
-    return prepared if world.is_main else prepare_tokens(data, tokenizer)
+    return prepared if world.is_main else prepare_tokens(data, tokenizer, progress=False)
 
 
 class Trainer:
@@ -168,7 +171,7 @@ class Trainer:
             tokenizer = self.run.read_tokenizer(cfg.model.vocab_size)
         elif init_from:
             tokenizer = load_tokenizer(init_from.tokenizer)
-        self.tokenizer, self.data = prepare_data(cfg.data, tokenizer, self.world)
+        self.tokenizer, self.data = prepare_data(cfg.data, tokenizer, self.world, progress)
         resolve_vocab(cfg, self.tokenizer.vocab_size)
         check_windows(self.data.train, self.data.val, cfg.data.seq_len, train.batch_size, cfg.data.mixture)
         self.token_bytes = torch.from_numpy(self.tokenizer.token_bytes())

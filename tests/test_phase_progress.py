@@ -1,0 +1,73 @@
+"""Long phases outside the training loop show progress: a bar on a terminal, else a log line every
+heartbeat with the count, the rate and the ETA (tokenizer training, tokenizing, scoring, ablating,
+generating for many prompts). The heartbeat is set to 0 here so every update logs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import slmlab.phase_progress as phase_progress
+from slmlab.evals.ablate import ablate
+from slmlab.phase_progress import PhaseProgress
+from slmlab.runs.run_dir import load_run
+from slmlab.training import train
+
+
+@pytest.fixture
+def every_update_logs(monkeypatch, caplog):
+    monkeypatch.setattr(phase_progress, "PHASE_HEARTBEAT", 0.0)
+    caplog.set_level("INFO", logger="slmlab")
+    return lambda: [r.getMessage() for r in caplog.records]
+
+
+def test_a_line_holds_the_count_share_rate_and_eta(monkeypatch):
+    progress = PhaseProgress("tokenizing x", 400, "documents", bar=False)
+    assert re.fullmatch(r"tokenizing x: 100/400 documents \(25%\), 10.0 documents/s, ETA 0:00:30", update(progress, 100, 10.0))
+    progress.set_total(None)
+    assert progress.line(10.0) == "tokenizing x: 100 documents, 10.0 documents/s"
+    progress.close()
+
+
+def update(progress: PhaseProgress, n: int, elapsed: float) -> str:
+    progress.update(n)
+    return progress.line(elapsed)
+
+
+def test_lines_come_only_without_a_bar_and_once_a_heartbeat_has_passed(every_update_logs, capsys):
+    with PhaseProgress("quiet", 3, "steps", bar=False, heartbeat=3600) as progress:
+        progress.update(3)  # within its first hour: nothing
+    with PhaseProgress("", 3, "steps", bar=False) as progress:
+        progress.update(3)  # no label: nothing shown at all
+    with PhaseProgress("loud", 3, "steps", bar=False) as progress:
+        progress.update(2)
+    with PhaseProgress("drawn", 3, "steps", bar=True) as progress:
+        progress.update(1)
+    lines = every_update_logs()
+    assert lines == [lines[0]] and lines[0].startswith("loud: 2/3 steps (67%)")
+    assert "drawn" in capsys.readouterr().err  # the bar, on stderr
+
+
+def test_training_a_tokenizer_and_tokenizing_a_corpus_log_their_progress(text_corpus, make_config, every_update_logs):
+    cfg = make_config(text_corpus, train={"steps": 4, "eval_every": 4, "checkpoint_every": 0})
+    train(cfg, progress=False)
+    lines = every_update_logs()
+    assert any(re.match(r"training the char tokenizer: \d+/12 documents", line) for line in lines)
+    assert any(line.startswith(f"tokenizing {text_corpus}: 12/12 documents (100%)") for line in lines)
+
+
+def test_scoring_ablating_and_generating_log_their_progress(text_corpus, make_config, every_update_logs):
+    from slmlab.cli import main
+
+    cfg = make_config(text_corpus, train={"steps": 4, "eval_every": 4, "checkpoint_every": 0})
+    run = train(cfg, progress=False).run_dir
+    assert main(["eval", str(run), "--batches", "3"]) == 0
+    assert any(line.startswith(f"scoring {run}: 3/3 batches (100%)") for line in every_update_logs())
+    ablate(run, n_batches=1, layers=True)
+    evaluations = 1 + 2 * cfg.model.n_layer  # unmodified, then each layer's attention and MLP zeroed
+    assert any(line.startswith(f"ablating {run}: {evaluations}/{evaluations} evaluations") for line in every_update_logs())
+    _, model, _ = load_run(run, torch.device("cpu"))
+    model.generate_many([[1, 2], [3], [4, 5, 6]], 2, batch_size=2, progress="generating")
+    assert any(line.startswith("generating: 3/3 prompts (100%)") for line in every_update_logs())
