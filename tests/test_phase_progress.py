@@ -71,3 +71,16 @@ def test_scoring_ablating_and_generating_log_their_progress(text_corpus, make_co
     _, model, _ = load_run(run, torch.device("cpu"))
     model.generate_many([[1, 2], [3], [4, 5, 6]], 2, batch_size=2, progress="generating")
     assert any(line.startswith("generating: 3/3 prompts (100%)") for line in every_update_logs())
+
+
+def test_writing_an_animation_logs_its_frames(tmp_path, every_update_logs):
+    import numpy as np
+    from matplotlib import pyplot as plt
+
+    from slmlab.analysis.viz import animate
+
+    for step in range(3):
+        plt.imsave(tmp_path / f"frame_{step:06d}.png", np.full((8, 8), step, dtype=float))
+    (gif, *_) = animate(tmp_path, tmp_path / "movie")
+    assert gif.is_file()
+    assert any(line.startswith(f"writing {gif}: 3/3 frames (100%)") for line in every_update_logs())

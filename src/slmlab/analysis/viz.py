@@ -19,6 +19,7 @@ import torch
 from ..errors import ConfigError
 from ..files import atomic_write, atomic_write_text
 from ..model.attention_maps import AttentionMap
+from ..phase_progress import PhaseProgress
 from ..training.frames import PER_LINE, draw_coloured_text
 
 log = logging.getLogger("slmlab")
@@ -82,6 +83,12 @@ def plot_coloured_text(tokens: list[str], scores: dict[str, torch.Tensor], path:
     return path
 
 
+def save(movie, path: Path, writer, frames: int) -> None:
+    """Write `movie` through `writer`, its frames' progress shown (PhaseProgress)."""
+    with PhaseProgress(f"writing {path}", frames, "frames") as progress:
+        movie.save(path, writer=writer, progress_callback=lambda i, n: progress.update())
+
+
 def animate(frames_dir: Path, out: Path, fps: int = 4) -> list[Path]:
     """Assemble the frames into out.gif (Pillow) and, when ffmpeg is present, out.mp4."""
     import matplotlib
@@ -101,10 +108,10 @@ def animate(frames_dir: Path, out: Path, fps: int = 4) -> list[Path]:
     shown = ax.imshow(images[0])
     movie = animation.FuncAnimation(fig, lambda i: shown.set_data(images[i]) or [shown], frames=len(images), interval=1000 / fps)
     written = [out.with_suffix(".gif")]
-    movie.save(written[0], writer=animation.PillowWriter(fps=fps))
+    save(movie, written[0], animation.PillowWriter(fps=fps), len(images))
     if animation.writers.is_available("ffmpeg"):
         written.append(out.with_suffix(".mp4"))
-        movie.save(written[1], writer=animation.FFMpegWriter(fps=fps))
+        save(movie, written[1], animation.FFMpegWriter(fps=fps), len(images))
     else:
         log.warning("no MP4: ffmpeg is not installed (install it to get %s too)", out.with_suffix(".mp4"))
     plt.close(fig)
