@@ -84,3 +84,11 @@ def test_writing_an_animation_logs_its_frames(tmp_path, every_update_logs):
     (gif, *_) = animate(tmp_path, tmp_path / "movie")
     assert gif.is_file()
     assert any(line.startswith(f"writing {gif}: 3/3 frames (100%)") for line in every_update_logs())
+
+
+def test_slmlab_check_logs_the_properties_it_has_checked(text_corpus, make_config, every_update_logs):
+    from slmlab.analysis.conformance import PROPERTIES, run_checks
+
+    run_checks(make_config(text_corpus))
+    count = len(PROPERTIES)
+    assert any(line.startswith(f"checking: {count}/{count} properties (100%)") for line in every_update_logs())

@@ -33,6 +33,7 @@ from safetensors.torch import save_model
 
 from ..config import ConfigError, ModelConfig, RunConfig, apply_overrides, config_from_dict
 from ..model.protocol import attention_modules
+from ..phase_progress import tracked
 from ..registry import NAIVE_REFERENCES, build_model
 from ..runs.checkpoints import load_weights
 from ..tables import markdown_table
@@ -352,7 +353,7 @@ def run_checks(cfg: RunConfig, seed: int = 0) -> tuple[ModelConfig, list[Outcome
     model_cfg = tiny_config(cfg)
     probe = Probe(model_cfg, seed)
     outcomes = []
-    for name, check in PROPERTIES:
+    for name, check in tracked(PROPERTIES, "checking", len(PROPERTIES), "properties"):
         try:
             result = check(probe)
         except Exception as err:  # a property whose code raises is a failure, in one line
