@@ -41,6 +41,18 @@ def test_a_variant_whose_every_run_failed_shows_dashes_not_nan_or_zero_parameter
     assert "nan" not in row and "| 0      |" not in row and row.rstrip(" |").endswith("–")
 
 
+def test_a_variants_speed_is_the_median_over_its_seeds():
+    """One run slowed by other work on the machine (a parallel job) moves the figure little."""
+    from slmlab.experiments.results import summarize
+    from slmlab.experiments.sweep import SweepConfig
+
+    sweep = SweepConfig(name="s", base="b.toml", seeds=[0, 1, 2], variants={"base": {}}, baseline="base")
+    done = {"val_ppl": 9.0, "val_bpb": 3.0, "step": 20, "tokens": 2560, "peak_memory_bytes": 1e8, "params": 9920}
+    speeds = {0: 1000.0, 1: 1100.0, 2: 100.0}
+    (record,) = summarize(sweep, {("base", seed): {**done, "tokens_per_s": speed} for seed, speed in speeds.items()})
+    assert record["tokens_per_s"] == 1000.0
+
+
 def test_a_missing_seed_is_left_out_of_the_pairing():
     c = paired_comparison({0: 9.0, 1: 9.0}, {0: 10.0, 1: 10.0, 2: 10.0})
     assert c.n_pairs == 2 and c.wins == 2 and c.sign_p == pytest.approx(0.5)

@@ -6,7 +6,9 @@ baseline (paired by seed), failures (runs aborted for non-finite loss, and skipp
 steps), the paired 95% CI of Δ%, the paired t-test p-value and its Holm–Bonferroni adjustment
 over the variants, the sign-test p-value, the seeds a paired t-test would need to detect the
 observed Δ% at 80% power (from the seed-to-seed spread), and the cost:
-tokens/s, peak memory and parameter count (means over seeds). A sweep with `[lm_eval] tasks`
+tokens/s (the median over seeds of each run's median logging window: a speed is never one
+measurement, and a run slowed by another job on the machine moves it little), peak memory and
+parameter count (means over seeds). A sweep with `[lm_eval] tasks`
 adds, per task metric, its mean and the paired difference from the baseline with its 95% CI.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import statistics
 from pathlib import Path
 
 from ..files import atomic_write, atomic_write_text, json_text
@@ -80,7 +83,7 @@ def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[
                 **comparison.to_dict(),
                 "steps": mean_std([r["step"] for r in done])[0],
                 "tokens": mean_std([r["tokens"] for r in done if "tokens" in r])[0],
-                "tokens_per_s": mean_std([r["tokens_per_s"] for r in done])[0],
+                "tokens_per_s": statistics.median([r["tokens_per_s"] for r in done]) if done else math.nan,
                 "peak_memory_bytes": mean_std([r["peak_memory_bytes"] for r in done])[0],
                 "params": done[0]["params"] if done else None,  # unknown: no run finished
                 "val_ppl_by_seed": ppl[variant],
