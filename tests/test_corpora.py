@@ -117,8 +117,18 @@ def test_a_year_cut_off_on_documents_without_years_is_warned_of_once(text_corpus
         (lambda p: (p / "empty.txt").write_text("   \n") and str(p / "empty.txt"), "contains no text"),
         (lambda p: (p / "latin1.txt").write_bytes("caf\xe9".encode("latin-1")) and str(p / "latin1.txt"), "is not UTF-8 text"),
         (lambda p: (p / "d").mkdir() or str(p / "d"), "matches no .txt, .md, .jsonl or .parquet files"),
-        (lambda p: (p / "x.jsonl").write_text('{"body": "hi"}\n') and str(p / "x.jsonl"), "no string field 'text'"),
-        (lambda p: (p / "n.jsonl").write_text('{"text": 12}\n') and str(p / "n.jsonl"), "n.jsonl:1: field 'text' holds int"),
+        (
+            lambda p: (p / "x.jsonl").write_text('{"body": "hi", "id": 1}\n') and str(p / "x.jsonl"),
+            "no field 'text' \\(its fields: 'body', 'id'\\); set data.text_field",
+        ),
+        (
+            lambda p: (p / "a.jsonl").write_text("[1, 2]\n") and str(p / "a.jsonl"),
+            "a.jsonl:1: a record is a JSON object with a 'text' field, not an array",
+        ),
+        (
+            lambda p: (p / "n.jsonl").write_text('{"text": 12}\n') and str(p / "n.jsonl"),
+            "n.jsonl:1: field 'text' holds a number, not text",
+        ),
         (lambda p: (p / "z.jsonl").write_text('{"text": null}\n') and str(p / "z.jsonl"), "contains no text"),
     ],
 )

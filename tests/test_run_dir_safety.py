@@ -138,7 +138,7 @@ def test_an_output_path_that_is_the_command_s_own_input_is_refused(micro_toml, t
 
 def test_a_run_or_sweep_folder_inside_the_corpus_folder_is_refused(micro_toml, text_corpus, tmp_path, capsys):
     """Runs under out_dir = <corpus>/runs trained once; the next run read the first one's
-    metrics.jsonl as a corpus file ("no string field 'text'") and its reports as documents."""
+    metrics.jsonl as a corpus file ("no field 'text'") and its reports as documents."""
     before = sorted(p for p in text_corpus.rglob("*") if p.is_file())
     for out_dir in (text_corpus / "runs", text_corpus):
         assert _train(micro_toml, "--data.source", str(text_corpus), "--out_dir", str(out_dir)) == 2

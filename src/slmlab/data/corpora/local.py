@@ -74,6 +74,19 @@ def corpus_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     )
 
 
+def json_kind(value) -> str:
+    """What a parsed JSON value is, in JSON's words ('an array', 'a number', ...)."""
+    kinds = (
+        (dict, "an object"),
+        (list, "an array"),
+        (str, "a string"),
+        (bool, "true or false"),
+        (int, "a number"),
+        (float, "a number"),
+    )
+    return next((name for kind, name in kinds if isinstance(value, kind)), "null")
+
+
 def whole_object(text: str) -> bool:
     """Whether `text` is one JSON object spread over lines (not JSON lines)."""
     try:
@@ -158,11 +171,15 @@ class LocalSource:
     def _document(self, record, where: str, default_id: str) -> Document:
         """One record (a JSON object, a CSV row) as a Document; a null text is an empty document
         (left out, as a Parquet null is)."""
-        if not isinstance(record, dict) or self.text_field not in record:
-            raise CorpusError(f"{where}: no string field '{self.text_field}' (set data.text_field)")
+        if not isinstance(record, dict):
+            raise CorpusError(f"{where}: a record is a JSON object with a '{self.text_field}' field, not {json_kind(record)}")
+        if self.text_field not in record:
+            fields = ", ".join(f"'{key}'" for key in list(record)[:12]) or "none"
+            raise CorpusError(
+                f"{where}: no field '{self.text_field}' (its fields: {fields}); set data.text_field to the field that holds the text"
+            )
         if not isinstance(record[self.text_field], (str, type(None))):
-            kind = type(record[self.text_field]).__name__
-            raise CorpusError(f"{where}: field '{self.text_field}' holds {kind}, not text")
+            raise CorpusError(f"{where}: field '{self.text_field}' holds {json_kind(record[self.text_field])}, not text")
         given = {key: "" if record.get(key) is None else str(record[key]) for key in ("id", "genre", "title")}
         return Document(
             id=given["id"] or default_id,
