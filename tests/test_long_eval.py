@@ -48,6 +48,14 @@ def test_context_lengths_beyond_learned_positions_are_reported_not_evaluated(cyc
     assert rows[2]["loss"] is None and "beyond the 128 learned positions" in rows[2]["note"]
 
 
+def test_a_validation_split_shorter_than_the_evaluation_length_names_that_length():
+    from slmlab.data.corpora import CorpusError
+
+    short = TokenSplit(np.arange(100, dtype=np.uint16) % V, {"all": (0, 100)})
+    with pytest.raises(CorpusError, match=r"fewer than the evaluation context length \+ 1 = 129"):
+        loss_by_position(SeesAfter64(), short, 128, 32, 4, 3, torch.device("cpu"))
+
+
 def test_eval_by_position_and_context_lengths_through_the_cli(text_corpus, make_config, capsys):
     from slmlab.cli import main
     from slmlab.runs.run_dir import RunDir

@@ -112,8 +112,13 @@ def test_a_self_area_does_not_load_onto_another_base(tmp_path):
         load_self_area(wider, tmp_path / "area")
 
 
-def test_surgery_verb_end_to_end(tmp_path, text_corpus, capsys):
+def test_surgery_verb_end_to_end(tmp_path, text_corpus, capsys, caplog, monkeypatch):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    import slmlab.phase_progress
+
+    monkeypatch.setattr(slmlab.phase_progress, "PHASE_HEARTBEAT", 0.0)  # a progress line at every update
+    caplog.set_level("INFO", logger="slmlab")
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -156,6 +161,7 @@ def test_surgery_verb_end_to_end(tmp_path, text_corpus, capsys):
     assert summary["persona_val_loss_after"] < summary["persona_val_loss_before"]
     assert summary["self_area_params"] < summary["base_params"]
     assert (out / "self_area.safetensors").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert "training the Self Area: 30/30 steps (100%)" in caplog.text and "scoring the persona text: " in caplog.text
     capsys.readouterr()
     assert main(["surgery", "--hf-model", str(base), "--load", str(out), "--generate", "ROMEO", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith("ROMEO")

@@ -104,6 +104,13 @@ def validation_offsets(
     return np.unique(np.linspace(0, last, count).astype(np.int64))
 
 
+def validation_batch_count(
+    split: TokenSplit, seq_len: int, batch_size: int, n_batches: int, length_setting: str = "data.seq_len"
+) -> int:
+    """How many batches validation_batches yields (at most n_batches: fewer on a short split)."""
+    return -(-len(validation_offsets(split, seq_len, batch_size, n_batches, length_setting)) // batch_size)
+
+
 def validation_batches(
     split: TokenSplit, seq_len: int, batch_size: int, n_batches: int, length_setting: str = "data.seq_len"
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

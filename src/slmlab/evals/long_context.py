@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.sampling import validation_batches, validation_offsets
+from ..data.sampling import validation_batch_count, validation_batches
 from ..data.tokens import TokenSplit
 from ..files import atomic_write, atomic_write_text, json_text
 from ..model.modes import eval_mode
@@ -32,7 +32,7 @@ def token_losses(
     """Per-token cross-entropy of validation windows of length seq_len -> (windows, seq_len),
     their progress shown (a bar on a terminal, else a log line now and then)."""
     setting = "the evaluation context length"
-    count = -(-len(validation_offsets(split, seq_len, batch_size, n_batches, setting)) // batch_size)
+    count = validation_batch_count(split, seq_len, batch_size, n_batches, setting)
     rows = []
     with eval_mode(model):
         batches = validation_batches(split, seq_len, batch_size, n_batches, setting)

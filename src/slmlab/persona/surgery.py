@@ -32,7 +32,7 @@ from ..data.corpora import DocumentSelection
 from ..data.sampling import WindowSampler
 from ..data.tokens import TokenSplit, validation_ids
 from ..files import atomic_write, atomic_write_text, is_run_folder, read_json, require_fields
-from ..phase_progress import PhaseProgress
+from ..phase_progress import PhaseProgress, tracked
 from ..runs.checkpoints import CheckpointError
 from ..runs.metrics import MetricsLog
 from ..training.optim import lr_at
@@ -204,10 +204,11 @@ def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def persona_loss(model: nn.Module, split: TokenSplit, seq_len: int, batch: int, n_batches: int, device) -> float:
-    from ..data.sampling import validation_batches
+    from ..data.sampling import validation_batch_count, validation_batches
 
     total, count = 0.0, 0
-    for x, y in validation_batches(split, seq_len, batch, n_batches):
+    batches = validation_batch_count(split, seq_len, batch, n_batches)
+    for x, y in tracked(validation_batches(split, seq_len, batch, n_batches), "scoring the persona text", batches, "batches"):
         total += lm_loss(model, x.to(device), y.to(device)).item() * y.numel()
         count += y.numel()
     return total / count
@@ -225,13 +226,14 @@ def train_self_area(
     metrics: MetricsLog | None = None,
     log_every: int = 10,
 ) -> None:
-    """AdamW on the Self Area's parameters only (warmup over 5% of the steps, then cosine to 10%)."""
+    """AdamW on the Self Area's parameters only (warmup over 5% of the steps, then cosine to 10%),
+    the steps' progress shown (PhaseProgress)."""
     device = next(area.parameters()).device
     sampler = WindowSampler(train, seq_len, batch, seed)
     optimizer = torch.optim.AdamW(area.parameters(), lr=lr, weight_decay=0.0)
     schedule = TrainConfig(steps=steps, lr=lr, warmup_steps=max(1, steps // 20), min_lr_ratio=0.1)
     model.train()
-    for step in range(steps):
+    for step in tracked(range(steps), "training the Self Area", steps, "steps"):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, schedule)
         x, y = sampler.next_batch()

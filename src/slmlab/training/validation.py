@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from ..data.sampling import validation_batches, validation_offsets
+from ..data.sampling import validation_batch_count, validation_batches
 from ..data.tokens import TokenSplit
 from ..model.modes import eval_mode
 from ..phase_progress import tracked
@@ -42,7 +42,7 @@ def score_validation(
     lengths = token_bytes.to(device) if token_bytes is not None else None
     batches = validation_batches(split, seq_len, batch_size, n_batches)
     if progress:
-        count = -(-len(validation_offsets(split, seq_len, batch_size, n_batches)) // batch_size)
+        count = validation_batch_count(split, seq_len, batch_size, n_batches)
         batches = tracked(batches, progress, count, "batches")
     with eval_mode(model):
         for x, y in batches:
