@@ -227,7 +227,7 @@ def prepare_tokens(
 
 
 def _build_token_files(
-    selection: DocumentSelection, tokenizer: Tokenizer, val_fraction: float, directory: Path, progress: bool | None
+    selection: DocumentSelection, tokenizer: Tokenizer, val_fraction: float, directory: Path, progress: bool | None = None
 ) -> None:
     log.info("tokenizing %s into %s", selection.data.source, directory)
     ids = [doc.id for doc in selection]
