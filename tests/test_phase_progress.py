@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import slmlab.phase_progress as phase_progress
+from slmlab.data.tokens import prepare_tokens
 from slmlab.evals.ablate import ablate
 from slmlab.phase_progress import PhaseProgress
 from slmlab.runs.run_dir import load_run
-from slmlab.training import train
+from slmlab.training import score_validation, train
 
 
 @pytest.fixture
@@ -92,3 +93,16 @@ def test_slmlab_check_logs_the_properties_it_has_checked(text_corpus, make_confi
     run_checks(make_config(text_corpus))
     count = len(PROPERTIES)
     assert any(line.startswith(f"checking: {count}/{count} properties (100%)") for line in every_update_logs())
+
+
+def test_showing_progress_changes_no_score(text_corpus, make_config):
+    """Scoring with a progress label gives the very figures scoring without one gives."""
+    cfg = make_config(text_corpus, train={"steps": 2, "eval_every": 2, "checkpoint_every": 0})
+    run = train(cfg, progress=False).run_dir
+    _, model, tokenizer = load_run(run, torch.device("cpu"))
+    _, data = prepare_tokens(cfg.data, tokenizer)
+    token_bytes = torch.from_numpy(tokenizer.token_bytes())
+    args = (model, data.val, cfg.data.seq_len, 4, 3, torch.device("cpu"))
+    assert score_validation(*args, token_bytes=token_bytes, progress="scoring") == score_validation(
+        *args, token_bytes=token_bytes
+    )

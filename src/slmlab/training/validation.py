@@ -42,8 +42,7 @@ def score_validation(
     lengths = token_bytes.to(device) if token_bytes is not None else None
     batches = validation_batches(split, seq_len, batch_size, n_batches)
     if progress:
-        count = validation_batch_count(split, seq_len, batch_size, n_batches)
-        batches = tracked(batches, progress, count, "batches")
+        batches = tracked(batches, progress, validation_batch_count(split, seq_len, batch_size, n_batches), "batches")
     with eval_mode(model):
         for x, y in batches:
             rows = world.rows(len(x))
