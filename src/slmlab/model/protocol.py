@@ -59,6 +59,7 @@ class LanguageModel(Protocol):
         sample=None,
         padding: torch.Tensor | None = None,
         compile=False,
+        vocab_size: int | None = None,
     ) -> torch.Tensor: ...
 
     def generate_many(
@@ -73,6 +74,8 @@ class LanguageModel(Protocol):
         batch_size: int = 16,
         until=None,
         compile=False,
+        vocab_size: int | None = None,
+        progress: str = "",
     ) -> list[list[int]]: ...
 
     def shard_units(self) -> list[nn.Module]: ...
