@@ -99,3 +99,21 @@ def test_gpt2_tokenizer_matches_known_ids():
     assert tok.encode("<|endoftext|>") == [50256] and tok.decode(tok.encode(TEXT)) == TEXT
     (ids,) = tok.encode_documents([ODD])
     assert 50256 not in ids and int(tok.token_bytes()[ids].sum()) == len(ODD.encode("utf-8"))
+
+
+@pytest.mark.parametrize("kind", ["byte", "char", "bpe", "gpt2"])
+def test_half_a_surrogate_pair_is_a_clear_error_for_every_tokenizer(kind, bpe):
+    """'\\ud800' (a JSON escape, or a command line's bytes that are not UTF-8) is no character:
+    the backends raised TypeError or UnicodeEncodeError, or tiktoken replaced it in silence."""
+    from slmlab.data.corpora.fetch import fetch_gpt2_tokenizer
+
+    tok = {
+        "byte": ByteTokenizer,
+        "char": lambda: CharTokenizer("ab"),
+        "bpe": lambda: bpe,
+        "gpt2": lambda: GPT2Tokenizer(fetch_gpt2_tokenizer()),
+    }[kind]()
+    for encode in (tok.encode, lambda text: tok.encode_batch(["a", text]), lambda text: tok.encode_documents([text])):
+        with pytest.raises(TokenizerError, match=r"the text holds \\ud800, half of a UTF-16 pair"):
+            encode("a\ud800b")
+    assert tok.encode_batch(["ab", "ba"]) == [tok.encode("ab"), tok.encode("ba")]

@@ -25,12 +25,21 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import TokenizerError
-from ..files import atomic_write_text, read_text
+from ..files import atomic_write_text, lone_surrogate, read_text
 from ..registry import TOKENIZERS
 
 SPECIAL_TOKENS = ("[UNK]", "[PAD]", "[BOS]", "[EOS]")
 GPT2_FILE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def refuse_surrogates(texts: str | list[str]) -> None:
+    """Raise TokenizerError when `texts` hold a lone UTF-16 surrogate (what JSON's "\\ud800" and a
+    command line's bytes that are not UTF-8 become in Python): no text holds one, so no tokenizer
+    can encode it (the backends failed with TypeError or UnicodeEncodeError, or replaced it)."""
+    bad = lone_surrogate(texts)
+    if bad:
+        raise TokenizerError(f"the text holds {bad}, half of a UTF-16 pair and no character; give text UTF-8 can hold")
 
 
 class Tokenizer(ABC):
@@ -78,6 +87,7 @@ class ByteTokenizer(Tokenizer):
     vocab_size = 256
 
     def encode(self, text: str) -> list[int]:
+        refuse_surrogates(text)
         return list(text.encode("utf-8"))
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -111,6 +121,7 @@ class CharTokenizer(Tokenizer):
         return cls("".join(charset))
 
     def encode(self, text: str) -> list[int]:
+        refuse_surrogates(text)
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         ids = np.searchsorted(self._codes, codes)
         ids = np.minimum(ids, len(self._codes) - 1)
@@ -163,9 +174,11 @@ class BPETokenizer(Tokenizer):
         return cls(tok)
 
     def encode(self, text: str) -> list[int]:
+        refuse_surrogates(text)
         return self.tok.encode(text).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        refuse_surrogates(texts)
         return [e.ids for e in self.tok.encode_batch(texts)]
 
     def encode_documents(self, texts: list[str]) -> list[list[int]]:
@@ -240,12 +253,15 @@ class GPT2Tokenizer(Tokenizer):
         )
 
     def encode(self, text: str) -> list[int]:
+        refuse_surrogates(text)
         return self.enc.encode(text, allowed_special="all")
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        refuse_surrogates(texts)
         return self.enc.encode_batch(texts, allowed_special="all")
 
     def encode_documents(self, texts: list[str]) -> list[list[int]]:
+        refuse_surrogates(texts)
         return self.enc.encode_ordinary_batch(texts)
 
     def decode(self, ids: Iterable[int]) -> str:
