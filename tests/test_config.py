@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from slmlab.config import ConfigError, load_config, parse_overrides
+from slmlab.config import ConfigError, config_from_dict, load_config, parse_overrides
 
 
 @pytest.fixture
@@ -145,6 +145,13 @@ def test_bad_override_syntax_and_missing_files(tmp_path, toml_file):
     broken.write_text("[model\nn_layer = 2")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(broken)
+
+
+@pytest.mark.parametrize("values", [[1, 2], "model", None])
+def test_a_config_that_is_not_a_table_is_one_clear_error(values):
+    """An API caller's list or string failed inside with AttributeError."""
+    with pytest.raises(ConfigError, match=r"^a config is a table of settings \(name, model, data, train, ...\), not "):
+        config_from_dict(values)
 
 
 def test_shipped_presets_load_and_are_valid():

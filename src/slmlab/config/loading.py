@@ -30,6 +30,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
     """Build and validate a RunConfig from nested plain values (e.g. parsed TOML or config.json)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config is a table of settings (name, model, data, train, ...), not {type(values).__name__}")
     load_builtins()
     specs = values.get("plugins", [])
     if isinstance(specs, list) and all(isinstance(s, str) for s in specs):
