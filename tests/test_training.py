@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slmlab.config import TrainConfig
+from slmlab.config import ConfigError, TrainConfig
 from slmlab.runs import checkpoints as checkpoint_module
 from slmlab.runs.run_dir import RunDir, load_run
 from slmlab.training import CheckpointError, Trainer, TrainingError, train
@@ -323,3 +323,28 @@ def test_without_a_bar_a_long_stretch_between_evaluations_still_logs(caplog):
     assert first == "run step 10/100: loss 2.0000, 500 tokens/s (median of 1 windows), ETA 0:00:09"
     assert "loss 1.5000, val loss 1.4000 (0.9000 bits/byte), 500 tokens/s" in second
     progress.close()
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("model", "n_head", 3, r"model.d_model = 32 is not divisible by model.n_head = 3"),
+        ("train", "lr", -1.0, r"train.lr must be > 0, got -1.0"),
+        ("train", "lr", "3e-4", r"train.lr: expected float, got str '3e-4'"),
+        ("train", "steps", 0, r"train.steps must be > 0, got 0"),
+        ("data", "seq_len", 1000, r"data.seq_len = 1000 exceeds model.block_size = 64"),
+    ],
+)
+def test_a_config_changed_in_code_is_held_to_the_rules_a_loaded_one_meets(text_corpus, make_config, section, key, value, message):
+    """An API caller who sets a field after loading got a RuntimeError from a reshape, a ValueError
+    from the optimizer, or a run of 0 steps; every entry point that trains now refuses it before
+    writing anything."""
+    from slmlab.evals.diagnose import diagnose
+    from slmlab.training import train_curriculum
+
+    cfg = make_config(text_corpus)
+    setattr(getattr(cfg, section), key, value)
+    for entry in (train, train_curriculum, diagnose):
+        with pytest.raises(ConfigError, match=message):
+            entry(cfg, progress=False)
+    assert not Path(cfg.out_dir).exists()

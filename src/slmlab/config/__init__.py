@@ -3,7 +3,7 @@ conversion and the rules that span fields."""
 
 from ..errors import ConfigError
 from .checks import check_name, check_no_ignored_setting, check_seed, resolve_vocab, validate
-from .loading import apply_overrides, config_from_dict, dotted, load_config, parse_overrides, read_toml
+from .loading import apply_overrides, check_config, config_from_dict, dotted, load_config, parse_overrides, read_toml
 from .schema import DataConfig, ModelConfig, PhaseConfig, RunConfig, TrainConfig
 from .values import build_dataclass, check_value
 
@@ -16,6 +16,7 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "build_dataclass",
+    "check_config",
     "check_name",
     "check_no_ignored_setting",
     "check_seed",

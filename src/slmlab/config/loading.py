@@ -44,6 +44,18 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def check_config(cfg: RunConfig) -> None:
+    """Check a RunConfig as a loaded one is checked (each value's type, then the rules across
+    fields, then every phase): an API caller may build one in code or change fields after loading
+    (`cfg.model.n_head = 3`), and training must refuse it in one line as the CLI would."""
+    if not isinstance(cfg, RunConfig):
+        raise ConfigError(f"expected a RunConfig (slmlab.config.load_config builds one), got {type(cfg).__name__}")
+    checked = build_dataclass(RunConfig, cfg.to_dict())
+    validate(checked)
+    for index in range(len(checked.phases)):
+        checked.phase(index)
+
+
 def _parse_literal(text: str) -> Any:
     """Parse a command-line value as a TOML literal (`4`, `true`, `[\"J\", \"E\"]`), else a string."""
     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, resolve_vocab
+from ..config import RunConfig, check_config, resolve_vocab
 from ..data.sampling import WindowSampler
 from ..data.tokens import prepare_tokens
 from ..model import build_model
@@ -57,6 +57,7 @@ class Diagnosis:
 def diagnose(cfg: RunConfig, batch_size: int = 4, max_steps: int = 500, lr: float = 3e-3, progress: bool = True) -> Diagnosis:
     """Loss at init, then up to `max_steps` steps on one batch until the loss falls below the
     target (a tqdm bar, or one log line every 50 steps without one)."""
+    check_config(cfg)
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     tokenizer, data = prepare_tokens(cfg.data)

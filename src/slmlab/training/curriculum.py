@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from ..config import ConfigError, RunConfig
+from ..config import ConfigError, RunConfig, check_config
 from ..data.corpora import CorpusError
 from ..data.sampling import check_windows
 from ..files import atomic_write_text
@@ -40,6 +40,7 @@ def assert_patterns(trainer: Trainer) -> None:
 
 
 def train_curriculum(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
+    check_config(cfg)
     root = RunDir.for_config(cfg)
     world, _ = World.from_env(cfg.train.device)
     lock = root.lock() if world.is_main else None

@@ -27,7 +27,7 @@ import time
 import torch
 from torch import nn
 
-from ..config import DataConfig, RunConfig, resolve_vocab
+from ..config import DataConfig, RunConfig, check_config, resolve_vocab
 from ..data.corpora import check_outside_source
 from ..data.sampling import WindowSampler, check_windows
 from ..data.tokenizers import Tokenizer, load_tokenizer
@@ -108,6 +108,7 @@ class Trainer:
         Rank 0 holds the run's writer lock from here until `close()`. A fresh run whose set-up
         fails (a corpus too short for the windows, a model that does not build) leaves no run
         directory behind, so the corrected command runs without --overwrite."""
+        check_config(cfg)  # a config built or changed in code is held to the rules a loaded one meets
         self.run = RunDir.for_config(cfg)
         self.world, self.device = World.from_env(cfg.train.device)
         self._lock = self.run.lock() if self.world.is_main else None
