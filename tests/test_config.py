@@ -191,3 +191,23 @@ def test_a_recorded_run_config_with_an_ignored_setting_still_loads(toml_file):
     values = load_config(toml_file).to_dict()
     values["model"]["rope_scale"] = 2.0
     assert config_from_dict(values).model.rope_scale == 2.0
+
+
+@pytest.mark.parametrize("arch", ["decoder", "tape"])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"n_head": 3, "d_model": 32}, r"model.d_model = 32 is not divisible by model.n_head = 3"),
+        ({"n_layer": 0}, r"model.n_layer must be > 0, got 0"),
+        ({"dropout": 2.0}, r"model.dropout must be in \[0, 1\), got 2.0"),
+        ({"vocab_size": 0}, r"model.vocab_size must be set"),
+    ],
+)
+def test_a_model_config_made_in_code_meets_the_rules_when_built(arch, fields, message):
+    """build_model(ModelConfig(n_head=3, d_model=32)) built a model whose forward failed inside a
+    reshape; n_layer = 0 built a model of no layers."""
+    from slmlab.config import ModelConfig
+    from slmlab.model import build_model
+
+    with pytest.raises(ConfigError, match=message):
+        build_model(ModelConfig(arch=arch, **{"vocab_size": 50, **fields}))

@@ -173,68 +173,50 @@ def check_size(m) -> None:
         )
 
 
-def validate(cfg) -> None:
-    """Reject impossible values with one line naming the key."""
-    m, d, t = cfg.model, cfg.data, cfg.train
-    check_name("name", cfg.name)
-    if not cfg.out_dir:
-        raise ConfigError("out_dir is empty: name the folder that holds run directories (default 'runs')")
-    check_choices(cfg)
+def _check_int64(name: str, section) -> None:
+    """Whole numbers past int64, where torch and numpy raise OverflowError (the seed has its own range)."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, int) and not isinstance(value, bool) and f.name != "seed" and abs(value) >= INT64_LIMIT:
+            raise ConfigError(f"{name}.{f.name} = {value} is too large: give a whole number below 2**63")
+
+
+def _check_signs(positive: dict, non_negative: dict) -> None:
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+
+
+def check_model(m, building: bool = False) -> None:
+    """Reject a ModelConfig no model can be built from, with one line naming the key: validate()'s
+    model rules. Architectures apply them again when `building` (a ModelConfig made or changed in
+    code meets them too), and then the vocabulary size must be resolved."""
+    if building and m.vocab_size <= 0:
+        raise ConfigError("model.vocab_size must be set (it comes from the tokenizer)")
     check_architecture_support(m)
-    check_seed("train.seed", t.seed)
     positive = {
         "model.n_layer": m.n_layer,
         "model.n_head": m.n_head,
         "model.d_model": m.d_model,
         "model.block_size": m.block_size,
-        "data.seq_len": d.seq_len,
-        "train.steps": t.steps,
-        "train.batch_size": t.batch_size,
-        "train.grad_accum": t.grad_accum,
-        "train.eval_batches": t.eval_batches,
-        "train.log_every": t.log_every,
-        "train.eval_every": t.eval_every,
-        "train.max_nan_skips": t.max_nan_skips,
-        "train.keep_checkpoints": t.keep_checkpoints,
         "model.student_t_nu": m.student_t_nu,
         "model.local_block": m.local_block,
         "model.norm_eps": m.norm_eps,
     }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be > 0, got {value}")
     non_negative = {
         "model.d_ff": m.d_ff,
         "model.vocab_size": m.vocab_size,
-        "data.max_year": d.max_year,
-        "data.max_documents": d.max_documents,
-        "train.warmup_steps": t.warmup_steps,
-        "train.grad_clip": t.grad_clip,
-        "train.weight_decay": t.weight_decay,
-        "train.checkpoint_every": t.checkpoint_every,
-        "train.threads": t.threads,
-        "train.sample_tokens": t.sample_tokens,
-        "train.viz_every": t.viz_every,
         "model.global_every": m.global_every,
         "model.init_std": m.init_std,
     }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"{key} must be >= 0, got {value}")
-    for name, section in (("model", m), ("data", d), ("train", t)):  # past int64 torch and numpy raise OverflowError
-        for f in dataclasses.fields(section):
-            value = getattr(section, f.name)
-            if isinstance(value, int) and not isinstance(value, bool) and f.name != "seed" and abs(value) >= INT64_LIMIT:
-                raise ConfigError(f"{name}.{f.name} = {value} is too large: give a whole number below 2**63")
-    if not t.threads <= MAX_THREADS:
-        raise ConfigError(f"train.threads = {t.threads} is more threads than a machine can start (at most {MAX_THREADS})")
+    _check_signs(positive, non_negative)
+    _check_int64("model", m)
     if m.d_model % m.n_head:
         raise ConfigError(f"model.d_model = {m.d_model} is not divisible by model.n_head = {m.n_head}")
     check_size(m)
-    if d.seq_len > m.block_size:
-        raise ConfigError(
-            f"data.seq_len = {d.seq_len} exceeds model.block_size = {m.block_size}; lower data.seq_len or raise model.block_size"
-        )
     if m.attention_layers and len(m.attention_layers) != m.n_layer:
         raise ConfigError(f"model.attention_layers has {len(m.attention_layers)} entries for model.n_layer = {m.n_layer}")
     if m.local_kernel == "flex" and m.dropout:
@@ -254,6 +236,48 @@ def validate(cfg) -> None:
         raise ConfigError(f"model.rope_fraction = {m.rope_fraction} rotates no dimension of {m.head_dim}-wide heads")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+
+
+def validate(cfg) -> None:
+    """Reject impossible values with one line naming the key."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    check_name("name", cfg.name)
+    if not cfg.out_dir:
+        raise ConfigError("out_dir is empty: name the folder that holds run directories (default 'runs')")
+    check_choices(cfg)
+    check_seed("train.seed", t.seed)
+    check_model(m)
+    positive = {
+        "data.seq_len": d.seq_len,
+        "train.steps": t.steps,
+        "train.batch_size": t.batch_size,
+        "train.grad_accum": t.grad_accum,
+        "train.eval_batches": t.eval_batches,
+        "train.log_every": t.log_every,
+        "train.eval_every": t.eval_every,
+        "train.max_nan_skips": t.max_nan_skips,
+        "train.keep_checkpoints": t.keep_checkpoints,
+    }
+    non_negative = {
+        "data.max_year": d.max_year,
+        "data.max_documents": d.max_documents,
+        "train.warmup_steps": t.warmup_steps,
+        "train.grad_clip": t.grad_clip,
+        "train.weight_decay": t.weight_decay,
+        "train.checkpoint_every": t.checkpoint_every,
+        "train.threads": t.threads,
+        "train.sample_tokens": t.sample_tokens,
+        "train.viz_every": t.viz_every,
+    }
+    _check_signs(positive, non_negative)
+    _check_int64("data", d)
+    _check_int64("train", t)
+    if not t.threads <= MAX_THREADS:
+        raise ConfigError(f"train.threads = {t.threads} is more threads than a machine can start (at most {MAX_THREADS})")
+    if d.seq_len > m.block_size:
+        raise ConfigError(
+            f"data.seq_len = {d.seq_len} exceeds model.block_size = {m.block_size}; lower data.seq_len or raise model.block_size"
+        )
     if not 0.0 < d.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     if d.tokenizer == "bpe" and d.vocab_size < 260:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..config.checks import check_model
 from ..errors import ConfigError
 from .attention import FullCausal, KVCache
 from .block import Block
@@ -55,8 +56,7 @@ class Decoder(GenerationMixin, nn.Module):
         """`attention_extensions(layer)`: the extension modules of layer `layer`'s attention;
         `conditioning`: the residual conditioning (None: none)."""
         super().__init__()
-        if cfg.vocab_size <= 0:
-            raise ConfigError("model.vocab_size must be set (it comes from the tokenizer)")
+        check_model(cfg, building=True)
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.positions = build_positions(cfg)

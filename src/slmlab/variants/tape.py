@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, TrainConfig
+from ..config.checks import check_model
 from ..errors import ConfigError
 from ..model.attention import CausalSelfAttention, KVCache
 from ..model.generation import GenerationMixin
@@ -174,8 +175,7 @@ class TapeTransformer(GenerationMixin, nn.Module):
         """The config checks refuse extensions and conditioning for this architecture, so none
         is ever handed in."""
         super().__init__()
-        if cfg.vocab_size <= 0:
-            raise ConfigError("model.vocab_size must be set (it comes from the tokenizer)")
+        check_model(cfg, building=True)
         if conditioning is not None or (attention_extensions and attention_extensions(0)):
             raise ConfigError("model.arch = 'tape' takes no attention extensions or residual conditioning")
         tape = cfg.tape
