@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..config.checks import check_whole_number
+from ..phase_progress import tracked
 from .corpora import CorpusError
 from .tokens import TokenSplit
 
@@ -87,12 +88,17 @@ class WindowSampler:
         self.rng.bit_generator.state = state
 
 
-def validation_offsets(
-    split: TokenSplit, seq_len: int, batch_size: int, n_batches: int, length_setting: str = "data.seq_len"
-) -> np.ndarray:
-    """The start of every window of the fixed validation sample: up to n_batches * batch_size,
-    evenly spaced. `length_setting`: the setting that chose seq_len, named by the error when the
-    split is too short."""
+def validation_batches(
+    split: TokenSplit,
+    seq_len: int,
+    batch_size: int,
+    n_batches: int,
+    length_setting: str = "data.seq_len",
+    progress: str = "",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed validation sample: up to n_batches * batch_size evenly spaced windows.
+    `length_setting`: the setting that chose seq_len, named by the error when the split is too
+    short; `progress`: a label to show the batches done under (PhaseProgress; none when empty)."""
     check_counts(seq_len=seq_len, batch_size=batch_size, n_batches=n_batches)
     last = len(split) - seq_len - 1
     if last < 0:
@@ -101,22 +107,9 @@ def validation_offsets(
             f"raise data.val_fraction or lower {length_setting}"
         )
     count = min(n_batches * batch_size, last + 1)
-    return np.unique(np.linspace(0, last, count).astype(np.int64))
-
-
-def validation_batch_count(
-    split: TokenSplit, seq_len: int, batch_size: int, n_batches: int, length_setting: str = "data.seq_len"
-) -> int:
-    """How many batches validation_batches yields (at most n_batches: fewer on a short split)."""
-    return -(-len(validation_offsets(split, seq_len, batch_size, n_batches, length_setting)) // batch_size)
-
-
-def validation_batches(
-    split: TokenSplit, seq_len: int, batch_size: int, n_batches: int, length_setting: str = "data.seq_len"
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed validation sample (validation_offsets' windows) in batches of batch_size rows."""
-    offsets = validation_offsets(split, seq_len, batch_size, n_batches, length_setting)
-    for i in range(0, len(offsets), batch_size):
+    offsets = np.unique(np.linspace(0, last, count).astype(np.int64))
+    starts = range(0, len(offsets), batch_size)
+    for i in tracked(starts, progress, len(starts), "batches"):
         yield _gather(split.tokens, offsets[i : i + batch_size], seq_len)
 
 

@@ -16,11 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.sampling import validation_batch_count, validation_batches
+from ..data.sampling import validation_batches
 from ..data.tokens import TokenSplit
 from ..files import atomic_write, atomic_write_text, json_text
 from ..model.modes import eval_mode
-from ..phase_progress import tracked
 from ..runs.metrics import perplexity
 from ..tables import markdown_table
 
@@ -31,12 +30,10 @@ def token_losses(
 ) -> torch.Tensor:
     """Per-token cross-entropy of validation windows of length seq_len -> (windows, seq_len),
     their progress shown (a bar on a terminal, else a log line now and then)."""
-    setting = "the evaluation context length"
-    count = validation_batch_count(split, seq_len, batch_size, n_batches, setting)
+    setting, label = "the evaluation context length", f"scoring {seq_len}-token windows"
     rows = []
     with eval_mode(model):
-        batches = validation_batches(split, seq_len, batch_size, n_batches, setting)
-        for x, y in tracked(batches, f"scoring {seq_len}-token windows", count, "batches"):
+        for x, y in validation_batches(split, seq_len, batch_size, n_batches, setting, progress=label):
             logits, _ = model(x.to(device))
             rows.append(F.cross_entropy(logits.float().transpose(1, 2), y.to(device), reduction="none").cpu())
     return torch.cat(rows)

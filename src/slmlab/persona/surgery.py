@@ -204,11 +204,10 @@ def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def persona_loss(model: nn.Module, split: TokenSplit, seq_len: int, batch: int, n_batches: int, device) -> float:
-    from ..data.sampling import validation_batch_count, validation_batches
+    from ..data.sampling import validation_batches
 
     total, count = 0.0, 0
-    batches = validation_batch_count(split, seq_len, batch, n_batches)
-    for x, y in tracked(validation_batches(split, seq_len, batch, n_batches), "scoring the persona text", batches, "batches"):
+    for x, y in validation_batches(split, seq_len, batch, n_batches, progress="scoring the persona text"):
         total += lm_loss(model, x.to(device), y.to(device)).item() * y.numel()
         count += y.numel()
     return total / count

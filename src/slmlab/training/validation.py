@@ -8,10 +8,9 @@ import math
 import torch
 from torch import nn
 
-from ..data.sampling import validation_batch_count, validation_batches
+from ..data.sampling import validation_batches
 from ..data.tokens import TokenSplit
 from ..model.modes import eval_mode
-from ..phase_progress import tracked
 from .distributed import World
 from .runtime import autocast
 
@@ -40,11 +39,8 @@ def score_validation(
     wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     total, count, size = (torch.zeros((), device=device, dtype=wide) for _ in range(3))
     lengths = token_bytes.to(device) if token_bytes is not None else None
-    batches = validation_batches(split, seq_len, batch_size, n_batches)
-    if progress:
-        batches = tracked(batches, progress, validation_batch_count(split, seq_len, batch_size, n_batches), "batches")
     with eval_mode(model):
-        for x, y in batches:
+        for x, y in validation_batches(split, seq_len, batch_size, n_batches, progress=progress):
             rows = world.rows(len(x))
             weight = 1.0 if rows.stop > rows.start else 0.0
             x, y = (x[rows], y[rows]) if weight else (x[:1], y[:1])
