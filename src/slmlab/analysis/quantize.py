@@ -109,10 +109,9 @@ def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
     path = save_int8(quantized, run, weights_digest(model))
     _, data = prepare_tokens(cfg.data, tokenizer)
     prompt = data.val.tokens[:16].astype("int64").tolist()
-    rows = []
+    rows, cpu = [], torch.device("cpu")
     for label, m, size in (("fp32", model, file_size(RunDir(Path(run)).final_weights)), ("int8", quantized, file_size(path))):
-        device = torch.device("cpu")
-        loss = evaluate(m, data.val, cfg.data.seq_len, cfg.train.batch_size, batches, device, progress=f"scoring {label}")
+        loss = evaluate(m, data.val, cfg.data.seq_len, cfg.train.batch_size, batches, cpu, progress=f"scoring {label}")
         median, slowest, fastest = generation_speed(m, prompt)
         speed = f"{median:,.1f} ({slowest:,.1f}–{fastest:,.1f})"
         rows.append((label, human(size, "B"), speed, f"{perplexity(loss):.3f}"))

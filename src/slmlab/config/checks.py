@@ -29,9 +29,10 @@ def check_name(key: str, name: str) -> str:
             f"{key} = {name!r} is not a name: use one folder name without '/', '\\' or control characters "
             "(not '.' or '..'); put parent folders in out_dir"
         )
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
         raise ConfigError(
-            f"{key} is {len(name.encode('utf-8', 'surrogatepass'))} bytes long; a folder name holds at most "
+            f"{key} is {size} bytes long; a folder name holds at most "
             f"{MAX_NAME_BYTES} (the file system's 255, less the run's lock file '.NAME.lock'): shorten it"
         )
     return name

@@ -38,10 +38,15 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
         plugins.activate(specs)  # before the check: a plugin's sections and choices must exist
     cfg = build_dataclass(RunConfig, values)
     cfg.out_dir = os.path.expanduser(cfg.out_dir)  # as data.source and data.cache_dir: "~/runs" made a folder named "~"
+    _check_rules(cfg)
+    return cfg
+
+
+def _check_rules(cfg: RunConfig) -> None:
+    """The rules across fields, for the config and for each of its phases."""
     validate(cfg)
     for index in range(len(cfg.phases)):
         cfg.phase(index)  # every phase must be a valid config too
-    return cfg
 
 
 def check_config(cfg: RunConfig) -> None:
@@ -50,10 +55,7 @@ def check_config(cfg: RunConfig) -> None:
     (`cfg.model.n_head = 3`), and training must refuse it in one line as the CLI would."""
     if not isinstance(cfg, RunConfig):
         raise ConfigError(f"expected a RunConfig (slmlab.config.load_config builds one), got {type(cfg).__name__}")
-    checked = build_dataclass(RunConfig, cfg.to_dict())
-    validate(checked)
-    for index in range(len(checked.phases)):
-        checked.phase(index)
+    _check_rules(build_dataclass(RunConfig, cfg.to_dict()))
 
 
 def _parse_literal(text: str) -> Any:

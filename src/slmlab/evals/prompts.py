@@ -95,10 +95,9 @@ def run_suite(
     completions: dict[int, list[int]] = {}
     for (max_tokens, temperature, top_k, top_p), members in groups.items():
         generators = [torch.Generator(device=device).manual_seed(prompts[i].seed) for i in members]
-        settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "generators": generators}
         rows = model.generate_many(
-            [encoded[i] for i in members], max_tokens, **settings, compile=compile, vocab_size=tokenizer.vocab_size,
-            progress="generating",
+            [encoded[i] for i in members], max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            generators=generators, compile=compile, vocab_size=tokenizer.vocab_size, progress="generating",
         )  # fmt: skip
         completions.update(zip(members, rows))
     return [{**p.__dict__, "completion": tokenizer.decode(completions[i])} for i, p in enumerate(prompts)]
