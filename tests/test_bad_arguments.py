@@ -201,7 +201,8 @@ def _leaf_verbs(parser, path=()):
 
 
 def _minimal_argv(words, parser) -> list[str]:
-    """The verb with a placeholder for each required argument (the first choice where it has any)."""
+    """The verb with a placeholder for each required argument (the first choice where it has any) and
+    for the first option of each required group."""
     argv = list(words)
     for action in parser._actions:
         value = str(action.choices[0] if action.choices else "placeholder") if action.choices is not None else "placeholder"
@@ -209,6 +210,9 @@ def _minimal_argv(words, parser) -> list[str]:
             argv.append(value)
         elif action.required:
             argv += [action.option_strings[0], value]
+    for group in parser._mutually_exclusive_groups:  # one of them required (--prompt or --prompt-file)
+        if group.required:
+            argv += [group._group_actions[0].option_strings[0], "placeholder"]
     return argv
 
 

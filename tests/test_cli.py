@@ -74,7 +74,7 @@ def test_user_errors_are_one_line(trained_run, capsys, tmp_path):
     cases = [
         (["train", QUICKSTART, "--model.n_layr", "3"], "unknown config key 'model.n_layr' (did you mean 'n_layer'?)"),
         (["train", QUICKSTART, "--data.source", str(tmp_path / "none.txt")], "neither a built-in corpus"),
-        (["generate", str(trained_run), "--prompt", "x" * 300], "--prompt is 300 tokens but the model's context is 256"),
+        (["generate", str(trained_run), "--prompt", "x" * 300], "the prompt is 300 tokens but the model's context is 256"),
         (["generate", str(tmp_path), "--prompt", "hi"], "is not a run directory (no config.json)"),
         (
             ["train", "--resume", str(trained_run), "--model.n_layer", "3"],

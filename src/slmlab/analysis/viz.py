@@ -145,9 +145,9 @@ def attention_report(
     cfg, model, tokenizer = load_run(run, resolved)
     ids = tokenizer.encode(prompt)
     if not ids:
-        raise ConfigError("--prompt is empty: give some text to look at")
+        raise ConfigError("the prompt is empty: give some text to look at")
     if len(ids) > cfg.model.block_size:
-        raise ConfigError(f"--prompt is {len(ids)} tokens but the model's context is {cfg.model.block_size}; shorten it")
+        raise ConfigError(f"the prompt is {len(ids)} tokens but the model's context is {cfg.model.block_size}; shorten it")
     folder = Path(out or Path(run) / "viz")
     folder.mkdir(parents=True, exist_ok=True)
     maps, _ = capture_attention(model, torch.tensor([ids], device=resolved))

@@ -9,6 +9,7 @@ from .options import (
     add_device,
     add_int8,
     add_out,
+    add_prompt,
     add_sampling,
     add_seed,
     add_verb,
@@ -18,6 +19,7 @@ from .options import (
     option_rules,
     positive_float,
     positive_int,
+    prompt_text,
 )
 
 
@@ -66,7 +68,7 @@ def register(sub) -> None:
         "  slmlab generate runs/quickstart --prompt 'KING' --temperature 0.7 --top-p 0.9 --seed 3",
     )
     p.add_argument("run")
-    p.add_argument("--prompt", required=True)
+    add_prompt(p)
     add_sampling(p)
     add_seed(p)
     p.add_argument("--num-samples", type=positive_int, default=1)
@@ -168,12 +170,13 @@ def cmd_generate(args, extra) -> int:
 
     cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8)
     announce_compile(args)
+    streaming = args.num_samples == 1  # one sample is printed as it is generated
     texts = generate_texts(
         model,
         tokenizer,
         cfg,
         device,
-        args.prompt,
+        prompt_text(args),
         args.num_samples,
         args.max_new_tokens,
         args.temperature,
@@ -182,12 +185,21 @@ def cmd_generate(args, extra) -> int:
         args.seed,
         not args.no_cache,
         args.compile,
+        write=print_now if streaming else None,
     )
+    if streaming:
+        print()
+        return 0
     for text in texts:
         print(text)
-        if args.num_samples > 1:
-            print("-" * 40)
+        print("-" * 40)
     return 0
+
+
+def print_now(text: str) -> None:
+    """Text to standard output at once (a streamed sample), no newline added."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def cmd_prompts(args, extra) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import add_device, add_out, add_verb, load_run_config, positive_int
+from .options import add_device, add_out, add_prompt, add_verb, load_run_config, positive_int, prompt_text
 
 
 def register(sub) -> None:
@@ -30,7 +30,7 @@ def register(sub) -> None:
         "  slmlab viz attention runs/smat_quick/full_s0 --prompt 'KING' --export bertviz",
     )
     p.add_argument("run")
-    p.add_argument("--prompt", required=True)
+    add_prompt(p)
     p.add_argument("--export", choices=("bertviz",), help="also write the maps in bertviz's format")
     add_out(p, "output folder (default RUN/viz)")
     add_device(p)
@@ -77,7 +77,7 @@ def cmd_info(args, extra) -> int:
 def cmd_viz_attention(args, extra) -> int:
     from ..analysis.viz import attention_report
 
-    modules, tokens, paths, folder = attention_report(args.run, args.prompt, args.out or None, args.export, args.device)
+    modules, tokens, paths, folder = attention_report(args.run, prompt_text(args), args.out or None, args.export, args.device)
     print(f"{modules} attention modules, {tokens} tokens: wrote {len(paths)} files to {folder}")
     return 0
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
+from pathlib import Path
 
 from ..config.checks import INT64_LIMIT, check_seed
 from ..errors import ConfigError, SlmlabError
@@ -154,6 +156,35 @@ def announce_compile(args: argparse.Namespace) -> None:
     """One line before a --compile run's silent first steps (the compiling)."""
     if args.compile:
         logging.getLogger("slmlab").info("decoding through torch.compile: the first steps compile (seconds to a minute on CPU)")
+
+
+def add_prompt(parser: argparse.ArgumentParser) -> None:
+    """--prompt TEXT or --prompt-file PATH (one of them): read by `prompt_text`."""
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--prompt", help="the text to continue")
+    given.add_argument(
+        "--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 text file, as it is ('-': standard input)"
+    )
+
+
+def prompt_text(args: argparse.Namespace) -> str:
+    """The prompt the command line gives: --prompt's text, or the whole of --prompt-file's."""
+    if args.prompt is not None:
+        return args.prompt
+    source = args.prompt_file
+    if source == "-":
+        data, where = sys.stdin.buffer.read(), "standard input"
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--prompt-file {source}: no such file")
+        data, where = path.read_bytes(), source
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"--prompt-file {where} is not UTF-8 text (bad byte at offset {err.start}); re-encode it as UTF-8"
+        ) from None
 
 
 def add_out(parser: argparse.ArgumentParser, what: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ..runs.metrics import perplexity
 from ..runs.run_dir import load_run
 from ..training.runtime import resolve_device
 from ..training.validation import score_validation
+from .text_stream import TextStream
 
 log = logging.getLogger("slmlab")
 
@@ -158,14 +160,25 @@ def generate_texts(
     seed: int = 0,
     use_cache: bool = True,
     compile: bool = False,
+    write: Callable[[str], object] | None = None,
 ) -> list[str]:
     """`num_samples` continuations of `prompt`, sampled as one batch (one seeded generator), decoded
-    with the prompt (`compile`: through torch.compile, GenerationMixin.generate)."""
+    with the prompt (`compile`: through torch.compile, GenerationMixin.generate). `write`: with one
+    sample, is given the text as it comes, the prompt first (TextStream: the pieces join to the
+    text returned)."""
     ids = tokenizer.encode(prompt)
     if not ids:
-        raise ConfigError("--prompt is empty (or holds no character this tokenizer knows): give some text to continue")
+        raise ConfigError("the prompt is empty (or holds no character this tokenizer knows): give some text to continue")
     if len(ids) > cfg.model.block_size:
-        raise ConfigError(f"--prompt is {len(ids)} tokens but the model's context is {cfg.model.block_size}; shorten it")
+        raise ConfigError(f"the prompt is {len(ids)} tokens but the model's context is {cfg.model.block_size}; shorten it")
+    stream = TextStream(tokenizer, write) if write is not None and num_samples == 1 else None
+    if stream is not None:
+        stream.push(ids)
+
+    def show_newest(sequence: torch.Tensor) -> bool:
+        stream.push(sequence[0, -1:].tolist())
+        return False  # never ends the generation
+
     generator = torch.Generator(device=device).manual_seed(seed)
     out = model.generate(
         torch.tensor([ids] * num_samples, device=device),
@@ -177,5 +190,8 @@ def generate_texts(
         use_cache=use_cache,
         compile=compile,
         vocab_size=tokenizer.vocab_size,
+        until=None if stream is None else show_newest,
     )
+    if stream is not None:
+        stream.close()
     return [tokenizer.decode(row) for row in out.tolist()]

@@ -1,0 +1,120 @@
+"""A sample printed as it is generated (TextStream) and prompts read from a file: the streamed
+pieces join to the text decoded at once, for every tokenizer, whatever the token boundaries."""
+
+from __future__ import annotations
+
+import io
+import random
+import sys
+
+import pytest
+
+from slmlab.cli.main import main
+from slmlab.data.tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer
+from slmlab.evals.text_stream import FLUSH_AFTER_IDS, TextStream
+
+TEXT = "ROMEO:\nBut soft, what light — café 😀 naïve 中文\n\nJULIET:\n" + "la " * 40 + "🙂🙃\n"
+
+
+def streamed(tokenizer, ids, chunk: int = 1) -> list[str]:
+    pieces: list[str] = []
+    stream = TextStream(tokenizer, pieces.append)
+    for start in range(0, len(ids), chunk):
+        stream.push(ids[start : start + chunk])
+    stream.close()
+    return pieces
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    bpe = BPETokenizer.train(iter([TEXT * 5, "the quick brown fox jumps over the lazy dog\n" * 5]), vocab_size=300)
+    return {"byte": ByteTokenizer(), "char": CharTokenizer(TEXT), "bpe": bpe}
+
+
+@pytest.mark.parametrize("kind", ["byte", "char", "bpe"])
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_streamed_pieces_join_to_the_text_decoded_at_once(tokenizers, kind, chunk):
+    tok = tokenizers[kind]
+    ids = tok.encode(TEXT)
+    pieces = streamed(tok, ids, chunk)
+    assert "".join(pieces) == tok.decode(ids) == TEXT
+    assert all("\ufffd" not in piece for piece in pieces)  # no character is printed in halves
+
+
+def test_bytes_that_are_not_utf8_stream_as_the_whole_decodes_them():
+    """Random bytes: lone continuation bytes, cut sequences, overlong forms; every piece written
+    stays written (the stream never takes text back) and the pieces join to the whole."""
+    tok = ByteTokenizer()
+    rng = random.Random(0)
+    for trial in range(50):
+        ids = [rng.choice([rng.randrange(256), rng.randrange(0x80, 0xC0), 0xF0, 0xE2, 0x41]) for _ in range(200)]
+        assert "".join(streamed(tok, ids, chunk=1 + trial % 4)) == tok.decode(ids)
+
+
+def test_a_long_line_is_flushed_in_bounded_pieces():
+    """Work per token stays bounded on a line without a newline: the ids decoded again are at most
+    FLUSH_AFTER_IDS."""
+    decoded_lengths = []
+
+    class Counting(ByteTokenizer):
+        def decode(self, ids):
+            ids = list(ids)
+            decoded_lengths.append(len(ids))
+            return super().decode(ids)
+
+    text = "a" * 1000 + "é" * 300
+    pieces = streamed(Counting(), list(text.encode()))
+    assert "".join(pieces) == text and max(decoded_lengths) <= FLUSH_AFTER_IDS + 1
+
+
+@pytest.fixture
+def tiny_run(tmp_path, micro_toml):
+    assert main(["train", str(micro_toml), "--name", "r", "--no-progress"]) == 0
+    return tmp_path / "runs" / "r"
+
+
+def test_generate_streams_one_sample_and_reads_prompts_from_files(tiny_run, tmp_path, capsys, monkeypatch):
+    """One sample is printed as it comes (many writes) and equals the text generate_texts returns;
+    --prompt-file gives the same text as --prompt; '-' reads standard input."""
+    from slmlab.evals.score import generate_texts, load_for_inference
+
+    cfg, model, tokenizer, device = load_for_inference(str(tiny_run), "cpu", False)
+    pieces: list[str] = []
+    (text,) = generate_texts(model, tokenizer, cfg, device, "ROMEO:", 1, 40, seed=3, write=pieces.append)
+    assert len(pieces) > 10 and "".join(pieces) == text and text.startswith("ROMEO:")
+    two = generate_texts(model, tokenizer, cfg, device, "ROMEO:", 2, 40, seed=3, write=pieces.append)
+    assert len(two) == 2 and "".join(pieces) == text  # several samples are not streamed
+
+    argv = ["generate", str(tiny_run), "--max-new-tokens", "40", "--seed", "3"]
+    assert main([*argv, "--prompt", "ROMEO:\n"]) == 0
+    by_argument = capsys.readouterr().out
+    assert by_argument.startswith("ROMEO:\n") and len(by_argument) > 40
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_bytes("\ufeffROMEO:\n".encode())  # a byte order mark is not part of the prompt
+    assert main([*argv, "--prompt-file", str(prompt_file)]) == 0
+    assert capsys.readouterr().out == by_argument
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ROMEO:\n")))
+    assert main([*argv, "--prompt-file", "-"]) == 0
+    assert capsys.readouterr().out == by_argument
+
+
+def test_bad_prompt_files_are_one_line_errors(tiny_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "latin1.txt").write_bytes("ROMcafé".encode("latin-1"))
+    (tmp_path / "empty.txt").write_text("")
+    cases = [
+        (["--prompt-file", "missing.txt"], "--prompt-file missing.txt: no such file"),
+        (["--prompt-file", "latin1.txt"], "--prompt-file latin1.txt is not UTF-8 text (bad byte at offset 6)"),
+        (["--prompt-file", "empty.txt"], "the prompt is empty"),
+        (["--prompt", "x", "--prompt-file", "empty.txt"], "not allowed with argument"),
+        ([], "one of the arguments --prompt --prompt-file is required"),
+    ]
+    for given, message in cases:
+        for verb in (["generate", str(tiny_run)], ["viz", "attention", str(tiny_run)]):
+            try:
+                code = main([*verb, *given])
+            except SystemExit as exit:  # argparse's own mistakes
+                code = exit.code
+            assert code == 2
+            err = capsys.readouterr().err
+            assert message in err and err.count("\n") == 1, (given, err)
