@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -104,3 +105,30 @@ def test_persona_eval_refuses_the_same_text_on_both_sides(tmp_path, capsys):
         persona_data(str(tmp_path / "p.txt"), str(tmp_path / "." / "p.txt"))
     (tmp_path / "q.txt").write_text("another voice entirely. " * 50)
     assert persona_data(str(tmp_path / "p.txt"), str(tmp_path / "q.txt")).other.source.endswith("q.txt")
+
+
+def test_every_run_compared_is_checked_before_any_is_measured(tmp_path, micro_toml, text_corpus, capsys):
+    """`--compare A B` with B missing, unfinished or unable to encode the prompts used to fail only
+    after A's minutes of generation; now it fails before the classifier is trained."""
+    digits = tmp_path / "digits"
+    digits.mkdir()
+    for i in range(6):
+        (digits / f"{i}.txt").write_text(" ".join(str(n * i) for n in range(400)))
+    argv = ["train", str(micro_toml), "--name", "char", "--data.source", str(digits), "--no-progress"]
+    assert main(argv) == 0  # a char tokenizer that knows digits and spaces only
+    assert main(["train", str(micro_toml), "--name", "byte", "--data.tokenizer", "byte", "--no-progress"]) == 0
+    (tmp_path / "other.txt").write_text("another voice entirely, with its own words. " * 80)
+    runs = tmp_path / "runs"
+    shutil.copytree(runs / "byte", runs / "unfinished")
+    (runs / "unfinished" / "final.safetensors").unlink()
+    cases = [
+        (runs / "none", "is not a run directory"),
+        (runs / "unfinished", "has not finished training (no final.safetensors)"),
+        (runs / "char", "its tokenizer cannot encode the prompts"),
+    ]
+    for second, message in cases:
+        argv = ["persona-eval", "--compare", str(runs / "byte"), str(second)]
+        assert main([*argv, "--persona-data", str(text_corpus), "--other-data", str(tmp_path / "other.txt")]) == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and "persona classifier" not in captured.out
+    assert not (runs / "byte" / "persona_eval.json").exists()

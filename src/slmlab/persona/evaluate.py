@@ -153,6 +153,27 @@ def bootstrap_difference(a: np.ndarray, b: np.ndarray, seed: int, resamples: int
     return float(a.mean() - b.mean()), float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
 
 
+def encoded_or_none(tokenizer, text: str) -> list[int] | None:
+    """The text's ids, or None where the tokenizer cannot encode it (a char tokenizer of another corpus)."""
+    try:
+        return tokenizer.encode(text)
+    except TokenizerError:
+        return None
+
+
+def unencodable(run_path) -> ConfigError:
+    return ConfigError(f"{run_path}: its tokenizer cannot encode the prompts; persona-eval needs a byte, BPE or GPT-2 tokenizer")
+
+
+def check_run(run_path: str | Path) -> None:
+    """A finished run whose tokenizer encodes the neutral prompts: checked for every run compared
+    before the minutes spent generating from the ones before it."""
+    run, cfg = trained_config(RunDir(Path(run_path)))
+    tokenizer = run.read_tokenizer(cfg.model.vocab_size)
+    if all(encoded_or_none(tokenizer, prompt) is None for prompt in NEUTRAL):
+        raise unencodable(run.path)
+
+
 @torch.no_grad()
 def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int, device) -> list[str]:
     """One sampled continuation per prompt (temperature 0.8, top-k 50, seed + prompt index), in
@@ -160,9 +181,8 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
     are left out."""
     encoded, seeds = [], []
     for index, prompt in enumerate(prompts):
-        try:
-            ids = tokenizer.encode(prompt)
-        except TokenizerError:
+        ids = encoded_or_none(tokenizer, prompt)
+        if ids is None:
             continue
         encoded.append(ids[-(model.cfg.block_size // 2) :])
         seeds.append(seed + index)
@@ -202,9 +222,7 @@ def evaluate_persona(
     neutral = continuations(model, tokenizer, list(NEUTRAL), max_new_tokens, seed, device)
     adversarial = continuations(model, tokenizer, adversarial_prompts, max_new_tokens, seed + 1000, device)
     if not neutral or not adversarial:
-        raise ConfigError(
-            f"{run.path}: its tokenizer cannot encode the prompts; persona-eval needs a byte, BPE or GPT-2 tokenizer"
-        )
+        raise unencodable(run.path)
     scores_n = (classifier.persona_probability(neutral) > 0.5).astype(float)
     scores_a = (classifier.persona_probability(adversarial) > 0.5).astype(float)
     result = {
@@ -261,6 +279,8 @@ def persona_report(
             check_not_a_source_file(source_data_config(spec), out, "--out")
         check_replaceable(out, "--out", "a persona-eval table", lambda text: text.startswith(REPORT_TITLE))
     data = persona_data(persona_spec, other_spec)
+    for run in runs:
+        check_run(run)
     classifier = PersonaClassifier(data, seed)
     progress(f"persona classifier: held-out balanced accuracy {classifier.accuracy:.3f} on {classifier.held_out} passages")
     resolved = resolve_device(device)
