@@ -244,3 +244,27 @@ def test_runs_trained_on_a_corpus_that_changed_between_them_are_not_compared(mic
     for variant in ("baseline", "full"):
         shutil.rmtree(tmp_path / "runs" / "micro" / f"{variant}_s1")
     assert main(["sweep", str(micro_sweep), "--jobs", "1"]) == 0
+
+
+def test_a_sweep_with_a_failed_run_writes_its_table_and_exits_1(micro_toml, tmp_path, capsys):
+    """One run failing (here: windows longer than its validation text) leaves the others trained
+    and the table written, and the exit status says the table is not whole (it was 0)."""
+    sweep = tmp_path / "failing.toml"
+    sweep.write_text(f"""
+name = "failing"
+base = "base.toml"
+out_dir = "{tmp_path / "runs"}"
+seeds = [1]
+[variants.baseline]
+[variants.long]
+"data.seq_len" = 20000
+"model.block_size" = 20000
+""")
+    assert main(["sweep", str(sweep)]) == 1
+    captured = capsys.readouterr()
+    assert "| long " in captured.out and (tmp_path / "runs" / "failing" / "results.md").is_file()
+    error = captured.err.strip().splitlines()[-1]
+    assert error.startswith("slmlab: 1 of 2 runs failed (the failures column); ") and "long_s1: the validation split" in error
+    assert main(["sweep", str(sweep), "--only", "1"]) == 1  # a cluster task whose run fails
+    assert "long_s1: the validation split has" in capsys.readouterr().out
+    assert main(["sweep", str(sweep), "--only", "0"]) == 0

@@ -208,7 +208,9 @@ def cmd_sweep(args, extra) -> int:
     from ..experiments.results import write_results
     from ..experiments.slurm import write_slurm_script
     from ..experiments.sweep import (
+        describe_outcome,
         dry_run_lines,
+        failed_runs,
         load_sweep,
         run_one,
         run_sweep,
@@ -226,7 +228,9 @@ def cmd_sweep(args, extra) -> int:
         print(write_slurm_script(Path(args.slurm), args.config, sweep, jobs, extra, args.sbatch))
     elif args.only is not None:
         jobs, _ = tune_learning_rates(sweep, jobs, run=False)
-        print(run_one(sweep, jobs, args.only))
+        job, outcome = run_one(sweep, jobs, args.only)
+        print(f"{job.run.path}: {describe_outcome(outcome)}")
+        return 1 if "failed" in outcome else 0  # a cluster task that failed says so
     else:
         with sweep_lock(sweep):
             jobs, tuning = tune_learning_rates(sweep, jobs, args.jobs)
@@ -239,4 +243,8 @@ def cmd_sweep(args, extra) -> int:
             sweep_dir = Path(sweep.out_dir) / sweep.name
             print(write_results(sweep_dir, sweep, jobs, results, tuning))
         print(f"results: {sweep_dir}/results.md, results.json, results.csv, curves.png")
+        failed = failed_runs(jobs, results)
+        if failed:  # the table is written, and the exit status says it is not whole
+            print(f"slmlab: {len(failed)} of {len(jobs)} runs failed (the failures column); {failed[0]}", file=sys.stderr)
+            return 1
     return 0

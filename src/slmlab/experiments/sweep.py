@@ -330,7 +330,7 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
             job = futures[future]
             results[(job.variant, job.seed)] = future.result()
             outcome = results[(job.variant, job.seed)]
-            log.info("%s: %s", job.run.path, outcome.get("failed") or f"val ppl {outcome['val_ppl']:.3f}")
+            log.info("%s: %s", job.run.path, describe_outcome(outcome))
     check_same_text(jobs, results)
     return results
 
@@ -385,10 +385,23 @@ def tune_learning_rates(
     return with_learning_rates(jobs, chosen), tuning_record(sweep, results, chosen)
 
 
-def run_one(sweep: SweepConfig, jobs: list[Job], index: int) -> str:
-    """Run job `index` alone (a cluster array task) -> a line on its outcome."""
+def describe_outcome(outcome: dict) -> str:
+    """A run's outcome in a few words: its failure, or its validation perplexity."""
+    return outcome.get("failed") or f"val ppl {outcome['val_ppl']:.3f}"
+
+
+def failed_runs(jobs: list[Job], results: dict[tuple[str, int], dict]) -> list[str]:
+    """'RUN: why' for each job whose run failed, in the sweep's order."""
+    return [
+        f"{job.run.path}: {results[(job.variant, job.seed)]['failed']}"
+        for job in jobs
+        if "failed" in results.get((job.variant, job.seed), {})
+    ]
+
+
+def run_one(sweep: SweepConfig, jobs: list[Job], index: int) -> tuple[Job, dict]:
+    """Run job `index` alone (a cluster array task) -> (the job, its outcome)."""
     if not 0 <= index < len(jobs):
         raise ConfigError(f"--only {index}: the sweep has runs 0..{len(jobs) - 1} (see --dry-run)")
     job = jobs[index]
-    outcome = run_sweep(sweep, [job], 1)[(job.variant, job.seed)]
-    return f"{job.run.path}: {outcome.get('failed') or 'val ppl {:.3f}'.format(outcome['val_ppl'])}"
+    return job, run_sweep(sweep, [job], 1)[(job.variant, job.seed)]
