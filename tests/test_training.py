@@ -222,6 +222,8 @@ def test_a_warmup_that_leaves_no_schedule_is_warned_of(text_corpus, make_config,
     assert schedule_warning(TrainConfig(steps=100, warmup_steps=75, schedule="wsd", decay_fraction=0.2)) is None
     too_long = schedule_warning(TrainConfig(steps=20, warmup_steps=100, lr=1e-3))
     assert "peaks at 0.0002 instead of train.lr = 0.001" in too_long  # lr_at(19) = 1e-3 * 20 / 100
+    just_as_long = schedule_warning(TrainConfig(steps=20, warmup_steps=20, lr=1e-3))  # it read "peaks at 0.001 instead of 0.001"
+    assert "the learning rate reaches train.lr = 0.001 only at the last step and never decays" in just_as_long
     assert "no stable phase" in schedule_warning(TrainConfig(steps=100, warmup_steps=90, schedule="wsd", decay_fraction=0.2))
     with caplog.at_level("WARNING", logger="slmlab"):
         train(make_config(text_corpus, train={"steps": 4, "warmup_steps": 10}), progress=False)

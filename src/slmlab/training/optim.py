@@ -147,10 +147,14 @@ def schedule_warning(cfg: TrainConfig) -> str | None:
     with warmup_steps >= steps the LR never reaches train.lr nor decays; under "wsd" a warmup
     that runs into the decay window leaves no stable phase and cuts the decay short."""
     if cfg.warmup_steps >= cfg.steps:
+        peak = (
+            f"reaches train.lr = {cfg.lr:g} only at the last step"
+            if cfg.warmup_steps == cfg.steps
+            else f"peaks at {lr_at(cfg.steps - 1, cfg):.3g} instead of train.lr = {cfg.lr:g}"
+        )
         return (
             f"train.warmup_steps = {cfg.warmup_steps} is not below train.steps = {cfg.steps}: the learning rate "
-            f"peaks at {lr_at(cfg.steps - 1, cfg):.3g} instead of train.lr = {cfg.lr:g} and never decays; "
-            "lower train.warmup_steps"
+            f"{peak} and never decays; lower train.warmup_steps"
         )
     decay_start = cfg.steps - max(1, round(cfg.decay_fraction * cfg.steps))
     if cfg.schedule == "wsd" and cfg.warmup_steps > decay_start:
