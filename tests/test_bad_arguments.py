@@ -30,6 +30,8 @@ from slmlab.config import ConfigError, config_from_dict
         ["eval", "RUN", "--batches", "0"],
         ["eval", "RUN", "--context-lengths", "abc"],
         ["eval", "RUN", "--context-lengths", "64,-1"],
+        ["eval", "RUN", "--context-lengths", ",,"],  # no length at all: a plain eval ran instead
+        ["eval", "RUN", "--context-lengths", "64,128,64"],  # a row twice
         ["info", "CONFIG", "--batch-size", "-4"],
         ["info", "CONFIG", "--batch-size", "0"],  # took the config's batch in silence
         ["info", "CONFIG", "--seq-len", "0"],

@@ -121,8 +121,14 @@ def _number(text: str, kind: type):
 
 
 def int_list(text: str) -> list[int]:
-    """'256,512,1024' -> [256, 512, 1024] (every entry > 0)."""
-    return [positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    """'256,512,1024' -> [256, 512, 1024]: at least one entry, each > 0 and given once."""
+    values = [positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"give comma-separated whole numbers, e.g. 256,512,1024; got {text!r}")
+    repeated = sorted({value for value in values if values.count(value) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{repeated[0]} is given twice in {text!r}; give each once")
+    return values
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
