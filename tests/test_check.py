@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from slmlab.analysis.conformance import TINY, run_checks, tiny_config
+from slmlab.analysis.conformance import TINY, models_to_check, run_checks, tiny_config
 from slmlab.analysis.scaffold import write_variant
 from slmlab.cli import main
 from slmlab.config import ConfigError, load_config
@@ -21,11 +21,12 @@ CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
 
 
 def configs_of(path: Path):
-    """(label, RunConfig) of a run config, or of every variant of a sweep config (first seed)."""
+    """(label, RunConfig) of a run config (each distinct model of a curriculum), or of every
+    variant of a sweep config (first seed)."""
     if "variants" in path.read_text():
         _, jobs = load_sweep(path)
         return [(job.variant, job.config) for job in first_seed_jobs(jobs)]
-    return [(path.stem, load_config(path))]
+    return list(models_to_check(path.stem, load_config(path)).items())
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -34,6 +35,49 @@ def test_every_built_in_config_passes(path):
         _, outcomes = run_checks(cfg)
         failed = [f"{o.name}: {o.result.reason}" for o in outcomes if o.result.passed is False]
         assert not failed, (label, failed)
+        naive = {o.name: o.result for o in outcomes}["naive reference (float64)"]
+        assert naive.passed is True, (label, naive.figure)  # every built-in layer has its reference
+
+
+def test_a_curriculum_is_checked_once_per_model_its_phases_train():
+    """Phase A trains full attention, B and C block-local attention with RoPE scaled by 2: both
+    models are checked (before, only the config's own model, A's, was)."""
+    checked = models_to_check("c", load_config(ROOT / "configs" / "longctx_curriculum.toml"))
+    assert list(checked) == ["c phase A", "c phase B+C"]
+    assert [cfg.model.attention for cfg in checked.values()] == ["full", "block_local"]
+    assert checked["c phase B+C"].model.rope_scale == 2.0
+
+
+def _naive_reference_of(cfg):
+    return {o.name: o.result for o in run_checks(cfg)[1]}
+
+
+@pytest.mark.parametrize(
+    "fault, overrides",
+    [
+        ("a block-local query that also sees the block two back", {"model.attention": "block_local"}),
+        ("RoPE that multiplies positions by rope_scale", {"model.pos": "rope", "model.rope_scale": 2.0}),
+    ],
+)
+def test_the_built_in_reference_catches_what_the_other_properties_cannot(monkeypatch, fault, overrides):
+    """A pattern or position fault that is causal and self-consistent (the KV cache agrees with
+    itself) passes every other property; the naive reference names it."""
+    from slmlab.model.block_local import BlockLocal, WindowedKVCache
+    from slmlab.model.positions import RotaryPositions
+
+    cfg = load_config(ROOT / "configs" / "quickstart.toml", overrides)
+    assert _naive_reference_of(cfg)["naive reference (float64)"].passed is True
+    if "block-local" in fault:  # in every path: full sequences through the mask the cache path uses
+        monkeypatch.setattr(BlockLocal, "sees", lambda self, i, j: (j <= i) & (j >= (i // self.block - 2) * self.block))
+        monkeypatch.setattr(BlockLocal, "_blocked", lambda self, q, k, v, scale, dropout: self._from_cache(q, k, v, scale, 0))
+        monkeypatch.setattr(BlockLocal, "make_cache", lambda self, max_len: WindowedKVCache(3 * self.block))
+    else:
+        angles = RotaryPositions.angles
+        monkeypatch.setattr(RotaryPositions, "angles", lambda self, p: angles(self, p * self.scale**2))
+    results = _naive_reference_of(cfg)
+    assert results["naive reference (float64)"].passed is False, fault
+    assert "attention@blocks.0.attn" in results["naive reference (float64)"].reason
+    assert results["causality (eval)"].passed is True and results["KV cache = recomputation"].passed is True
 
 
 def test_the_check_runs_at_tiny_shapes_whatever_window_the_config_trains_on():
@@ -47,7 +91,10 @@ def test_the_check_runs_at_tiny_shapes_whatever_window_the_config_trains_on():
 
 
 def test_smat_is_held_to_its_naive_reference():
-    cfg = load_config(ROOT / "configs" / "quickstart.toml", {"model.smat.use_S": True, "model.smat.use_G": True})
+    """With dropout too: the references are compared in eval mode (SMT's preset, dropout 0.1,
+    failed against the reference of its own attention)."""
+    overrides = {"model.smat.use_S": True, "model.smat.use_G": True, "model.dropout": 0.2}
+    cfg = load_config(ROOT / "configs" / "quickstart.toml", overrides)
     outcome = {o.name: o.result for o in run_checks(cfg)[1]}["naive reference (float64)"]
     assert outcome.passed is True and "2 layer(s)" in outcome.figure
 

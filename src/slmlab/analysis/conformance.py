@@ -22,6 +22,7 @@ failure whose reason is the exception, in one line.
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from collections.abc import Callable
@@ -37,8 +38,9 @@ from ..phase_progress import tracked
 from ..registry import NAIVE_REFERENCES, build_model
 from ..runs.checkpoints import load_weights
 from ..tables import markdown_table
+from . import references  # noqa: F401  (registers the built-in attention's naive reference)
 
-TINY = {"n_layer": 2, "n_head": 4, "d_model": 32, "d_ff": 0, "block_size": 40, "vocab_size": 61, "local_block": 8}
+TINY = {"n_layer": 2, "n_head": 4, "d_model": 32, "d_ff": 0, "block_size": 40, "vocab_size": 61, "local_block": 4}
 EXACT = 1e-9  # every comparison but the trained ones runs in float64: a real fault moves far more
 
 
@@ -75,6 +77,20 @@ def tiny_config(cfg: RunConfig) -> ModelConfig:
             continue
         accepted = trial
     return config_from_dict(apply_overrides(values, accepted)).model
+
+
+def models_to_check(label: str, cfg: RunConfig) -> dict[str, RunConfig]:
+    """The configs whose models `slmlab check` holds to the properties: `cfg` itself, or for a
+    curriculum one per distinct tiny model its phases train (attention, RoPE scaling and the like
+    change from phase to phase), labelled with the phases that train it."""
+    if not cfg.phases:
+        return {label: cfg}
+    groups: dict[str, tuple[list[str], RunConfig]] = {}
+    for index, phase in enumerate(cfg.phases):
+        phase_cfg = cfg.phase(index)
+        key = json.dumps(tiny_config(phase_cfg).to_dict(), sort_keys=True)
+        groups.setdefault(key, ([], phase_cfg))[0].append(phase.name)
+    return {f"{label} phase {'+'.join(names)}": phase_cfg for names, phase_cfg in groups.values()}
 
 
 class Probe:
@@ -163,14 +179,17 @@ class CountingBackend:
 
 def check_compiled_decoding(probe: Probe) -> Result:
     """What `generate(..., compile=True)` needs of the model's code: Dynamo captures it without
-    changing a token, in a bounded number of graphs (8 then 16 new tokens, within the context:
-    capturing is slow enough on a large graph, Tape's, that a window rebuild is left to the
-    tests). The captured graphs run as captured: inductor's kernels are torch's to test."""
+    changing a token, in a bounded number of graphs: a generation over about half the context,
+    then one twice as long ending just inside it (a window rebuild is left to the tests: capturing
+    is slow on a large graph, Tape's). The first is long enough for a windowed cache to fill and
+    start dropping positions (block-local's, at the tiny local_block), a regime with graphs of
+    its own. The captured graphs run as captured: inductor's kernels are torch's to test."""
     model = probe.build(torch.float64).eval()
-    prompt, n = probe.tokens[:1, : probe.T // 4], 8
+    prompt = probe.tokens[:1, : max(1, probe.T // 8)]
+    n = (probe.T - prompt.shape[1]) // 2
     backend = CountingBackend()
     torch._dynamo.reset()
-    # above the 16 steps, so that a model that recompiles at every step shows it instead of
+    # above the steps taken, so that a model that recompiles at every step shows it instead of
     # falling back to eager at Dynamo's default limit (8) and looking bounded
     with torch._dynamo.config.patch(recompile_limit=64):
         try:
@@ -178,16 +197,20 @@ def check_compiled_decoding(probe: Probe) -> Result:
                 model.generate(prompt, n, temperature=0, compile=backend), model.generate(prompt, n, temperature=0)
             )
             graphs = backend.graphs
-            longer = model.generate(prompt, 2 * n, temperature=0, compile=backend)
-            same = same and torch.equal(longer, model.generate(prompt, 2 * n, temperature=0))
+            if graphs <= n // 2:  # else it already captures a graph every other step: unbounded, no need to go on
+                longer = model.generate(prompt, 2 * n, temperature=0, compile=backend)
+                same = same and torch.equal(longer, model.generate(prompt, 2 * n, temperature=0))
         finally:
             torch._dynamo.reset()
-    bounded = backend.graphs == graphs
     reasons = [] if same else ["compiled greedy decoding differs from eager decoding"]
-    reasons += (
-        [] if bounded else [f"a longer generation captured {backend.graphs - graphs} new graph(s): it recompiles as it decodes"]
-    )
-    figure = f"{2 * n} tokens, {graphs} graph(s)" + ("" if bounded else f", then {backend.graphs}")
+    if graphs > n // 2:
+        bounded, figure = False, f"{n} tokens, {graphs} graph(s)"
+        reasons.append(f"{n} tokens captured {graphs} graphs: it recompiles as it decodes")
+    else:
+        bounded = backend.graphs == graphs
+        figure = f"{2 * n} tokens, {graphs} graph(s)" + ("" if bounded else f", then {backend.graphs}")
+        if not bounded:
+            reasons.append(f"a longer generation captured {backend.graphs - graphs} new graph(s): it recompiles as it decodes")
     return Result(same and bounded, figure, "; ".join(reasons))
 
 
@@ -298,7 +321,9 @@ def check_overfit(probe: Probe, steps: int = 100) -> Result:
 
 
 def check_naive_references(probe: Probe) -> Result:
-    model = probe.build(torch.float64)
+    """Each attention layer's output and gradients against every registered naive reference that
+    applies to it, in eval mode: dropout is no part of the definitions."""
+    model = probe.build(torch.float64).eval()
     positions = torch.arange(probe.T)
     generator = torch.Generator().manual_seed(probe.seed)
     compared, worst_out, worst_grad = [], 0.0, 0.0

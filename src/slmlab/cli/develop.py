@@ -42,17 +42,19 @@ def register(sub) -> None:
 
 
 def cmd_check(args, extra) -> int:
-    """A run config: its model; a sweep config: every variant's model (at its first seed)."""
-    from ..analysis.conformance import comparison_table, outcome_table, run_checks
+    """A run config: its model (a curriculum: each phase's); a sweep config: every variant's
+    model (at its first seed)."""
+    from ..analysis.conformance import comparison_table, models_to_check, outcome_table, run_checks
     from ..config import parse_overrides, read_toml
 
     if "variants" in read_toml(args.config):
         from ..experiments.sweep import first_seed_jobs, load_sweep
 
         _, jobs = load_sweep(args.config, parse_overrides(extra))
-        configs = {job.variant: job.config for job in first_seed_jobs(jobs)}
+        given = {job.variant: job.config for job in first_seed_jobs(jobs)}
     else:
-        configs = {args.config: load_run_config(args.config, extra)}
+        given = {args.config: load_run_config(args.config, extra)}
+    configs = {label: cfg for name, run_cfg in given.items() for label, cfg in models_to_check(name, run_cfg).items()}
     results = {}
     for label, cfg in configs.items():
         model_cfg, results[label] = run_checks(cfg, args.seed)

@@ -1,0 +1,71 @@
+"""`slmlab check`'s naive reference for the built-in attention layer: no extension, a full or
+block-local pattern, under any built-in position scheme. Written with explicit (T, T) matrices,
+and RoPE applied pair of dimensions by pair, so that the fast path (SDPA, the windowed kernel,
+the rotation by halves) is held to the definitions rather than to itself:
+
+    q, k, v = h W_qkv (split into H heads of width D)
+    RoPE:     (x_d, x_{d+r/2}) -> (x_d cos a - x_{d+r/2} sin a, x_d sin a + x_{d+r/2} cos a),
+              a = (p / rope_scale) rope_theta^(-2d / r), for d < r/2 (r the rotated width)
+    allowed:  j <= i, and for block-local also block(j) >= block(i) - 1, block(p) = p // B
+    out     = W_o concat_h(softmax(q k^T / sqrt(D), -inf where not allowed) v)
+
+The angles and their cosines and sines are taken in float32, as the model's tables are
+(RotaryPositions), so that a float64 comparison is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..model.attention import CausalSelfAttention, FullCausal
+from ..model.block_local import BlockLocal
+from ..model.positions import LearnedPositions, RotaryPositions, SinusoidalPositions
+from ..registry import NAIVE_REFERENCES
+
+
+def rotate_pairs(x: torch.Tensor, positions: torch.Tensor, rope: RotaryPositions) -> torch.Tensor:
+    """x (B, H, T, D) at (T,) positions, rotated one pair of dimensions (d, d + r/2) at a time."""
+    half = rope.rotary_dim // 2
+    frequencies = rope.theta ** (-torch.arange(half, dtype=torch.float32) / half)
+    out = x.clone()
+    for d in range(half):
+        angle = positions.float() / rope.scale * frequencies[d]
+        cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+        a, b = x[..., d], x[..., d + half]
+        out[..., d] = a * cos - b * sin
+        out[..., d + half] = a * sin + b * cos
+    return out
+
+
+def allowed_keys(pattern, T: int) -> torch.Tensor | None:
+    """(T, T) bool: query i may attend to key j (None for a pattern this reference does not know)."""
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    if isinstance(pattern, FullCausal):
+        return j <= i
+    if isinstance(pattern, BlockLocal):
+        return (j <= i) & (j // pattern.block >= i // pattern.block - 1)
+    return None
+
+
+def plain_attention(attn, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
+    """The layer's output for h (B, T, d_model) at (T,) positions, or None where it is not a
+    built-in layer without extensions."""
+    if type(attn) is not CausalSelfAttention or len(attn.extensions):
+        return None
+    scheme = attn._positions[0]
+    allowed = allowed_keys(attn.pattern, h.shape[1])
+    if allowed is None or type(scheme) not in (LearnedPositions, SinusoidalPositions, RotaryPositions):
+        return None
+    B, T, C = h.shape
+    H, D = attn.n_head, attn.head_dim
+    q, k, v = attn.qkv(h).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+    if isinstance(scheme, RotaryPositions):  # learned and sinusoidal positions are added to the input instead
+        q, k = rotate_pairs(q, positions, scheme), rotate_pairs(k, positions, scheme)
+    logits = (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill(~allowed, float("-inf"))
+    y = logits.softmax(-1) @ v
+    return attn.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+NAIVE_REFERENCES.register("attention", plain_attention)
