@@ -115,3 +115,20 @@ def test_info_counts_the_flops_of_block_local_attention(micro_toml, capsys):
     argv = ["info", str(micro_toml), "--model.pos", "rope", "--model.attention", "block_local", "--model.local_block", "8"]
     assert main(argv) == 0
     assert "counted by torch.utils.flop_counter" in capsys.readouterr().out
+
+
+def test_info_describes_each_phase_of_a_curriculum(capsys):
+    """The long-context curriculum's phase B trains twice the context with block-local attention
+    and RoPE scaled by 2: info showed only the base config, and its architecture line named
+    neither the pattern nor the positions."""
+    from pathlib import Path
+
+    from slmlab.cli import main
+
+    config = Path(__file__).parents[1] / "configs" / "longctx_curriculum.toml"
+    assert main(["info", str(config), "--data.tokenizer", "byte"]) == 0  # byte: no tokenizer to train
+    out = capsys.readouterr().out
+    phases = out.split("phase ")[1:]
+    assert [p.split(" ")[0] for p in phases] == ["A", "B", "C"] and "(400 steps)" in phases[0]
+    assert "rope positions, full attention" in phases[0] and "(batch 16 x 256)" in phases[0]
+    assert "rope positions (scale 2), block_local attention (block 128)" in phases[1] and "(batch 8 x 512)" in phases[1]

@@ -16,7 +16,19 @@ from ..tables import human, markdown_table
 
 
 def size_table(cfg: RunConfig, batch_size: int | None = None, seq_len: int | None = None) -> str:
-    """Markdown table of the model's size and cost at (batch_size, seq_len) (default: the config's)."""
+    """Markdown table of the model's size and cost at (batch_size, seq_len) (default: the config's);
+    a curriculum: one table per phase, whose context, batch and attention may differ (the memory
+    a run needs is its largest phase's)."""
+    if not cfg.phases:
+        return _size_table(cfg, batch_size, seq_len)
+    tables = []
+    for index, phase in enumerate(cfg.phases):
+        phase_cfg = cfg.phase(index)
+        tables.append(f"phase {phase.name} ({phase_cfg.train.steps} steps):\n\n{_size_table(phase_cfg, batch_size, seq_len)}")
+    return "\n\n".join(tables)
+
+
+def _size_table(cfg: RunConfig, batch_size: int | None, seq_len: int | None) -> str:
     with torch.device("meta"):
         model = build_model(cfg.model)
     stats = model_stats(model, cfg.model)

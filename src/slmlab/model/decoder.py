@@ -23,7 +23,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..config.checks import check_model
 from ..errors import ConfigError
-from .attention import FullCausal, KVCache
+from .attention import FullCausal, KVCache, layer_pattern
 from .block import Block
 from .generation import GenerationMixin
 from .heads import build_head
@@ -133,8 +133,18 @@ class Decoder(GenerationMixin, nn.Module):
         return list(self.blocks)
 
     def describe(self) -> str:
+        """One line: the shape, then what varies between configs of one shape (positions and their
+        RoPE scaling, each layer's attention pattern, norm, MLP, extensions, head)."""
         m = self.cfg
+        patterns = [layer_pattern(m, layer) for layer in range(m.n_layer)]
+        attention = patterns[0] if len(set(patterns)) == 1 else "/".join(patterns)
+        extras = sorted({type(e).__name__ for block in self.blocks for e in block.attn.extensions})
+        if not isinstance(self.conditioning, NoConditioning):
+            extras.append(type(self.conditioning).__name__)
         return (
-            f"{m.arch}: {m.n_layer} layers x {m.d_model} d_model x {m.n_head} heads, d_ff {m.ff_dim}, "
-            f"block {m.block_size}, vocab {m.vocab_size}, {'tied' if m.tie_embeddings else 'untied'} {m.head} head"
+            f"{m.arch}: {m.n_layer} layers x {m.d_model} d_model x {m.n_head} heads, d_ff {m.ff_dim}, block {m.block_size}, "
+            f"{m.pos} positions{f' (scale {m.rope_scale:g})' if m.pos == 'rope' and m.rope_scale != 1 else ''}, "
+            f"{attention} attention{f' (block {m.local_block})' if 'block_local' in patterns else ''}, "
+            f"{m.norm}, {m.mlp} MLP, {''.join(f'{name}, ' for name in extras)}"
+            f"vocab {m.vocab_size}, {'tied' if m.tie_embeddings else 'untied'} {m.head} head"
         )
