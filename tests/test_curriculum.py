@@ -78,6 +78,10 @@ def test_curriculum_end_to_end_and_exact_resume(make_config, text_corpus):
     assert all(torch.equal(a[k], b[k]) for k in a)
     cfg, model, _ = load_run(root)  # a curriculum run loads as its last phase
     assert cfg.name == "phase3_C" and isinstance(model.blocks[0].attn.pattern, BlockLocal)
+    from slmlab.analysis.info import config_for_info, size_table
+
+    info = size_table(config_for_info(root, None))  # its config.json has no vocabulary: info failed on it
+    assert info.count("phase ") == 3 and "block_local attention (block 8)" in info.split("phase B")[1]
 
 
 def test_invalid_phase_is_a_clear_error(make_config, text_corpus):

@@ -55,9 +55,10 @@ def _size_table(cfg: RunConfig, batch_size: int | None, seq_len: int | None) -> 
 
 
 def config_for_info(target: str | Path, load_config, overrides: list[str] = ()) -> RunConfig:
-    """The config of a run directory (which takes no `overrides`: it is what was trained), else
-    `load_config()` (a CONFIG file with its overrides) with its vocabulary resolved without
-    tokenizing when the tokenizer's size is known in advance."""
+    """The config of a run directory (which takes no `overrides`: it is what was trained; a
+    curriculum's vocabulary is the one its first phase recorded), else `load_config()` (a CONFIG
+    file with its overrides), with the vocabulary resolved without tokenizing when the
+    tokenizer's size is known in advance."""
     from ..config import ConfigError, resolve_vocab
     from ..runs import RunDir
 
@@ -67,8 +68,12 @@ def config_for_info(target: str | Path, load_config, overrides: list[str] = ()) 
                 f"info {target} describes the run as trained, so it takes no overrides ({' '.join(overrides)}); "
                 "apply them to a config file"
             )
-        return RunDir(Path(target)).read_config()
-    cfg = load_config()
+        cfg = RunDir(Path(target)).read_config()
+        first_phase = RunDir(Path(target) / cfg.phase(0).name) if cfg.phases else None
+        if not cfg.model.vocab_size and first_phase is not None and first_phase.config.is_file():
+            resolve_vocab(cfg, first_phase.read_config().model.vocab_size)  # a curriculum's phases record it
+    else:
+        cfg = load_config()
     if cfg.model.vocab_size == 0:
         from ..data.tokens import vocab_size_of
 

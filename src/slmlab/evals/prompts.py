@@ -87,7 +87,10 @@ def run_suite(
         if not ids:
             raise ConfigError(f"prompt '{p.id}' is empty (or holds no text this tokenizer knows): give some text to continue")
         if len(ids) > block_size:
-            raise ConfigError(f"prompt '{p.id}' is {len(ids)} tokens, longer than the model's context {block_size}")
+            raise ConfigError(
+                f"prompt '{p.id}' is {len(ids)} tokens, longer than the model's context {block_size}: "
+                "give a suite of shorter prompts (--suite FILE), or train with a longer model.block_size"
+            )
         encoded.append(ids)
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(prompts):
