@@ -223,3 +223,35 @@ def test_generate_refuses_impossible_counts(settings, message):
         model.generate(torch.tensor([[1, 2]]), **settings)
     assert model.generate(torch.tensor([[1, 2]]), 0).tolist() == [[1, 2]]
     assert model.generate(torch.tensor([[1, 2]]), torch.tensor(2), vocab_size=50).shape == (1, 4)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),  # ValueError from range()
+        ({"generators": [torch.Generator()]}, "1 generators for 2 prompts: give one per prompt"),  # IndexError
+    ],
+)
+def test_generate_many_refuses_impossible_settings(settings, message):
+    model = build_model(ModelConfig(vocab_size=50, n_layer=1, n_head=2, d_model=16, block_size=16))
+    with pytest.raises(ConfigError, match=message):
+        model.generate_many([[1, 2], [3]], 3, **settings)
+
+
+@pytest.mark.parametrize("arch", ["decoder", "tape"])
+def test_targets_of_another_shape_are_refused_not_flattened_into_a_wrong_loss(arch):
+    """(1, 4) tokens with (1, 5) targets returned a loss: the flattened rows met the wrong targets
+    and the fifth was dropped. Same-shaped targets still give the loss the naive formula gives."""
+    from slmlab.model.loss import linear_cross_entropy
+
+    cfg = ModelConfig(vocab_size=50, n_layer=1, n_head=2, d_model=16, block_size=16, arch=arch)
+    model = build_model(cfg).eval()
+    idx = torch.randint(0, 50, (1, 4))
+    for targets in (torch.zeros(1, 5, dtype=torch.long), torch.zeros(4, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long)):
+        with pytest.raises(ConfigError, match="give one target per input token"):
+            model(idx, targets)
+    targets = torch.randint(0, 50, (1, 4))
+    logits, _ = model(idx)
+    torch.testing.assert_close(model(idx, targets)[1], torch.nn.functional.cross_entropy(logits[0], targets[0]))
+    with pytest.raises(ValueError, match="targets of shape \\(5,\\) for 4 rows"):
+        linear_cross_entropy(torch.randn(4, 8), torch.randn(50, 8), torch.zeros(5, dtype=torch.long))

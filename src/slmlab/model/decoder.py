@@ -29,6 +29,7 @@ from .generation import GenerationMixin
 from .heads import build_head
 from .hooks import HookPoint
 from .layers import build_dropout, build_norm
+from .loss import check_targets
 from .positions import build_positions
 
 
@@ -93,6 +94,7 @@ class Decoder(GenerationMixin, nn.Module):
         computed by the head (heads.py; the linear head's fused chunked loss never materialises
         the logits)."""
         B, T = idx.shape
+        check_targets(idx, targets)
         start = caches[0].length if caches else 0
         limit = self.positions.max_positions
         if limit and start + T > limit:

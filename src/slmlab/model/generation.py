@@ -147,6 +147,9 @@ class GenerationMixin:
         (no sliding window), else split into groups of equal length. `compile` and `vocab_size` as
         in `generate`; `progress`: a label to show the prompts done under (PhaseProgress)."""
         check_sampling(temperature, top_k, top_p)
+        check_whole_number("batch_size", batch_size, 1)
+        if generators is not None and len(generators) != len(prompts):
+            raise ConfigError(f"{len(generators)} generators for {len(prompts)} prompts: give one per prompt, or none")
         generators = generators or [None] * len(prompts)
         for ids in prompts:
             if not ids or len(ids) > self.cfg.block_size:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
+
 CHUNK_ELEMENTS = 1 << 21
 
 
@@ -79,11 +81,22 @@ def _linear_cross_entropy_value(h: torch.Tensor, weight: torch.Tensor, targets: 
     return total / kept.sum().to(acc)
 
 
+def check_targets(idx: torch.Tensor, targets: torch.Tensor | None) -> None:
+    """A model's targets are one next-token id per input token: idx's shape (B, T). Another shape
+    flattens into a loss whose rows pair tokens with the wrong targets, or fails deep inside."""
+    if targets is not None and targets.shape != idx.shape:
+        raise ConfigError(
+            f"targets of shape {tuple(targets.shape)} for idx of shape {tuple(idx.shape)}: give one target per input token"
+        )
+
+
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the logits h W^T, (N, d) x (V, d) against (N,) targets, in float32
     (float64 for float64 inputs); rows with a negative target are left out of the mean.
 
     Without autograd (evaluation under no_grad) it only computes the value."""
+    if targets.dim() != 1 or targets.shape[0] != h.shape[0]:  # the chunks would pair rows with the wrong targets
+        raise ValueError(f"targets of shape {tuple(targets.shape)} for {h.shape[0]} rows: give one target per row")
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(h, weight, targets)
     return _linear_cross_entropy_value(h, weight, targets)

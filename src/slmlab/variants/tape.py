@@ -48,6 +48,7 @@ from ..model.attention import CausalSelfAttention, KVCache
 from ..model.generation import GenerationMixin
 from ..model.heads import build_head
 from ..model.layers import build_norm
+from ..model.loss import check_targets
 from ..model.positions import build_positions
 from ..registry import ARCHITECTURES, OPTIMIZERS, register_check, register_section
 
@@ -206,6 +207,7 @@ class TapeTransformer(GenerationMixin, nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: TapeCache | None = None):
         """idx (B, T) -> (logits (B, T, V), None), or with targets (None, mean cross-entropy)."""
         B, T = idx.shape
+        check_targets(idx, targets)
         start = caches[0].length if caches else 0
         if start + T > self.cfg.block_size:
             raise ConfigError(
