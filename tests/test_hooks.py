@@ -39,3 +39,33 @@ def test_forward_pre_and_global_hooks_still_fire_and_replace():
         handle.remove()
     assert calls.count("HookPoint") == 1 + 2 * (3 + 4)  # embed, and per block: 3 block + 4 attention points
     assert torch.equal(model(idx)[0], clean)
+
+
+def test_run_with_cache_keeps_every_hook_point_and_the_residual_stream_adds_up():
+    """run_with_cache (TransformerLens's name): the logits of a plain forward, each hook point's
+    output by module name, and the backbone's residual identity
+    resid_pre[l + 1] = resid_pre[l] + attn_out[l] + mlp_out[l] checked on what it kept."""
+    import pytest
+
+    from slmlab.config import ConfigError
+    from slmlab.model import run_with_cache
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=50, n_layer=2, n_head=2, d_model=16, block_size=16, dropout=0.1))
+    idx = torch.randint(0, 50, (2, 7))
+    logits, cache = run_with_cache(model, idx)
+    assert model.training and not any(m._forward_hooks for m in model.modules())  # mode and hooks restored
+    model.eval()
+    torch.testing.assert_close(logits, model(idx)[0])
+    assert {"hook_embed", "blocks.1.hook_resid_pre", "blocks.0.attn.hook_q", "blocks.1.hook_mlp_out"} <= set(cache)
+    assert cache["blocks.0.attn.hook_q"].shape == (2, 2, 7, 8) and not cache["hook_embed"].requires_grad
+    torch.testing.assert_close(
+        cache["blocks.1.hook_resid_pre"],
+        cache["blocks.0.hook_resid_pre"] + cache["blocks.0.hook_attn_out"] + cache["blocks.0.hook_mlp_out"],
+    )
+    _, some = run_with_cache(model, idx, names=lambda name: name.endswith("hook_attn_out"))
+    assert sorted(some) == ["blocks.0.hook_attn_out", "blocks.1.hook_attn_out"]
+    _, one = run_with_cache(model, idx, names=["blocks.1.hook_attn_out"])
+    torch.testing.assert_close(one["blocks.1.hook_attn_out"], cache["blocks.1.hook_attn_out"])
+    with pytest.raises(ConfigError, match="no hook point 'blocks.1.hook_atn_out' \\(close: blocks.1.hook_attn_out"):
+        run_with_cache(model, idx, names=["blocks.1.hook_atn_out"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..registry import ARCHITECTURES, build_model
 from .accounting import ModelStats, model_stats
+from .activations import run_with_cache
 from .attention import KVCache
 from .block_local import BlockLocal
 from .decoder import Decoder
@@ -27,4 +28,5 @@ __all__ = [
     "build_norm",
     "build_positions",
     "model_stats",
+    "run_with_cache",
 ]
