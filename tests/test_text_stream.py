@@ -8,6 +8,7 @@ import random
 import sys
 
 import pytest
+import torch
 
 from slmlab.cli.main import main
 from slmlab.data.tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer
@@ -118,3 +119,51 @@ def test_bad_prompt_files_are_one_line_errors(tiny_run, tmp_path, monkeypatch, c
             assert code == 2
             err = capsys.readouterr().err
             assert message in err and err.count("\n") == 1, (given, err)
+
+
+def scripted(model, rows: list[list[int]]):
+    """Make greedy decoding emit rows[r][k] at step k of row r (a forward hook on the LM head)."""
+    step = {"k": 0}
+
+    def hook(module, args, logits):
+        logits = torch.zeros_like(logits)
+        for r, row in enumerate(rows[: logits.shape[0]]):
+            logits[r, -1, row[min(step["k"], len(row) - 1)]] = 100.0
+        step["k"] += 1
+        return logits
+
+    return model.head.register_forward_hook(hook)
+
+
+def test_generation_ends_where_the_model_ends_its_document(tokenizers):
+    """A BPE run's documents are joined by [EOS]: generate, prompt suites and persona continuations
+    stop there (the text after it is another document), unless told to sample on."""
+    from slmlab.config import ModelConfig, RunConfig
+    from slmlab.evals.prompts import Prompt, run_suite
+    from slmlab.evals.score import generate_texts
+    from slmlab.model import build_model
+
+    tok = tokenizers["bpe"]
+    a, b, c, eos = tok.encode("a")[0], tok.encode("b")[0], tok.encode("c")[0], tok.eos_id
+    cfg = RunConfig(model=ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16, block_size=32))
+    model = build_model(cfg.model).eval()
+    device = torch.device("cpu")
+
+    def generate(samples, rows, **options):
+        handle = scripted(model, rows)
+        try:
+            return generate_texts(model, tok, cfg, device, "la", samples, 6, temperature=0, **options)
+        finally:
+            handle.remove()
+
+    pieces: list[str] = []
+    assert generate(1, [[a, b, eos, c, c, c]], write=pieces.append) == ["laab"]
+    assert "".join(pieces) == "laab"
+    assert generate(1, [[a, b, eos, c, c, c]], stop_at_eos=False) == ["laab[EOS]ccc"]
+    assert generate(2, [[a, b, eos, c, c, c], [a, b, c, b, eos, c]]) == ["laab", "laabcb"]  # each row at its own end
+    handle = scripted(model, [[a, eos, c, c], [b, c, c, c]])
+    try:
+        results = run_suite(model, tok, [Prompt("one", "la", 4, 0.0), Prompt("two", "la", 4, 0.0, seed=1)], device, 32)
+    finally:
+        handle.remove()
+    assert [r["completion"] for r in results] == ["a", "bccc"]

@@ -186,6 +186,7 @@ def cmd_generate(args, extra) -> int:
         not args.no_cache,
         args.compile,
         write=print_now if streaming else None,
+        stop_at_eos=not args.ignore_eos,
     )
     if streaming:
         print()

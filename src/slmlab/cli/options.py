@@ -202,6 +202,11 @@ def add_sampling(parser: argparse.ArgumentParser, max_new_tokens: int = 200) -> 
     parser.add_argument("--temperature", type=non_negative_float, default=0.8, help="0 = greedy")
     parser.add_argument("--top-k", type=non_negative_int, default=0, help="keep the k most likely tokens (0 = all)")
     parser.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus sampling threshold in (0, 1] (1 = off)")
+    parser.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="sample past the end-of-text token ([EOS], <|endoftext|>) of a BPE or GPT-2 tokenizer (default: stop there)",
+    )
 
 
 def _top_p(text: str) -> float:

@@ -72,6 +72,12 @@ class Tokenizer(ABC):
     def digest(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
+    def until_eos(self, ids: list[int]) -> list[int]:
+        """A continuation's ids before its first end-of-text id (all of them where it has none, or
+        the tokenizer has no such id): the end of the document the model writes, as corpus
+        documents are joined by that id."""
+        return ids[: ids.index(self.eos_id)] if self.eos_id is not None and self.eos_id in ids else ids
+
     def separator_ids(self) -> list[int]:
         return [self.eos_id] if self.eos_id is not None else self.encode("\n\n")
 

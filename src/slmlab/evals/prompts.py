@@ -77,7 +77,8 @@ def run_suite(
 ) -> list[dict]:
     """Every prompt's completion, in batches of prompts sharing their sampling settings
     (model.generate_many; `compile`: through torch.compile); each prompt samples with its own
-    seeded generator, so its completion is the one it would get alone."""
+    seeded generator, so its completion is the one it would get alone. A completion ends before
+    the tokenizer's end-of-text id, where the model ends its document."""
     encoded = []
     for p in prompts:
         try:
@@ -101,9 +102,10 @@ def run_suite(
         rows = model.generate_many(
             [encoded[i] for i in members], max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
             generators=generators, compile=compile, vocab_size=tokenizer.vocab_size, progress="generating",
+            stop_token=tokenizer.eos_id,
         )  # fmt: skip
         completions.update(zip(members, rows))
-    return [{**p.__dict__, "completion": tokenizer.decode(completions[i])} for i, p in enumerate(prompts)]
+    return [{**p.__dict__, "completion": tokenizer.decode(tokenizer.until_eos(completions[i]))} for i, p in enumerate(prompts)]
 
 
 def markdown_report(run_name: str, suite: str, results: list[dict]) -> str:

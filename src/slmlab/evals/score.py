@@ -161,23 +161,29 @@ def generate_texts(
     use_cache: bool = True,
     compile: bool = False,
     write: Callable[[str], object] | None = None,
+    stop_at_eos: bool = True,
 ) -> list[str]:
     """`num_samples` continuations of `prompt`, sampled as one batch (one seeded generator), decoded
-    with the prompt (`compile`: through torch.compile, GenerationMixin.generate). `write`: with one
-    sample, is given the text as it comes, the prompt first (TextStream: the pieces join to the
-    text returned)."""
+    with the prompt (`compile`: through torch.compile, GenerationMixin.generate). `stop_at_eos`:
+    a continuation ends before the tokenizer's end-of-text id (where it has one: documents are
+    joined by it), as Hugging Face's generate stops; off, sampling goes on past it. `write`: with
+    one sample, is given the text as it comes, the prompt first (TextStream: the pieces join to
+    the text returned)."""
     ids = tokenizer.encode(prompt)
     if not ids:
         raise ConfigError("the prompt is empty (or holds no character this tokenizer knows): give some text to continue")
     if len(ids) > cfg.model.block_size:
         raise ConfigError(f"the prompt is {len(ids)} tokens but the model's context is {cfg.model.block_size}; shorten it")
+    stop = tokenizer.eos_id if stop_at_eos else None
     stream = TextStream(tokenizer, write) if write is not None and num_samples == 1 else None
     if stream is not None:
         stream.push(ids)
 
     def show_newest(sequence: torch.Tensor) -> bool:
-        stream.push(sequence[0, -1:].tolist())
-        return False  # never ends the generation
+        newest = sequence[0, -1:].tolist()
+        if newest != [stop]:  # the end-of-text id ends the sample, and is no text of it
+            stream.push(newest)
+        return False  # never ends the generation itself
 
     generator = torch.Generator(device=device).manual_seed(seed)
     out = model.generate(
@@ -191,7 +197,11 @@ def generate_texts(
         compile=compile,
         vocab_size=tokenizer.vocab_size,
         until=None if stream is None else show_newest,
+        stop_token=stop,
     )
     if stream is not None:
         stream.close()
-    return [tokenizer.decode(row) for row in out.tolist()]
+    continuations = [row[len(ids) :] for row in out.tolist()]
+    if stop is not None:  # rows that ended before the last one sampled on
+        continuations = [tokenizer.until_eos(continuation) for continuation in continuations]
+    return [tokenizer.decode(ids + continuation) for continuation in continuations]

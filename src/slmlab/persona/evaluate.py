@@ -177,8 +177,8 @@ def check_run(run_path: str | Path) -> None:
 @torch.no_grad()
 def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int, device) -> list[str]:
     """One sampled continuation per prompt (temperature 0.8, top-k 50, seed + prompt index), in
-    batches (model.generate_many: each as it would be alone); prompts the tokenizer cannot encode
-    are left out."""
+    batches (model.generate_many: each as it would be alone), ending before the tokenizer's
+    end-of-text id; prompts the tokenizer cannot encode are left out."""
     encoded, seeds = [], []
     for index, prompt in enumerate(prompts):
         ids = encoded_or_none(tokenizer, prompt)
@@ -191,9 +191,9 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     rows = model.generate_many(
         encoded, max_new_tokens, temperature=0.8, top_k=50, generators=generators, vocab_size=tokenizer.vocab_size,
-        progress="generating",
+        progress="generating", stop_token=tokenizer.eos_id,
     )  # fmt: skip
-    return [tokenizer.decode(row) for row in rows]
+    return [tokenizer.decode(tokenizer.until_eos(row)) for row in rows]
 
 
 def text_perplexity(model, cfg, data: DataConfig, tokenizer, device) -> float:
