@@ -117,3 +117,22 @@ def test_half_a_surrogate_pair_is_a_clear_error_for_every_tokenizer(kind, bpe):
         with pytest.raises(TokenizerError, match=r"the text holds \\ud800, half of a UTF-16 pair"):
             encode("a\ud800b")
     assert tok.encode_batch(["ab", "ba"]) == [tok.encode("ab"), tok.encode("ba")]
+
+
+def test_tokenizer_train_replaces_its_own_output_only(micro_toml, tmp_path, capsys):
+    """Rerunning replaces the file it wrote (char or BPE); a pretrained model's tokenizer.json,
+    also a Hugging Face tokenizers JSON, was replaced in silence like any other tokenizer file."""
+    import json
+
+    from slmlab.cli import main
+
+    out = tmp_path / "tokenizer.json"
+    for kind in ("char", "char", "bpe", "bpe", "char"):
+        extra = ["--data.vocab_size", "300"] if kind == "bpe" else []
+        assert main(["tokenizer", "train", str(micro_toml), "--data.tokenizer", kind, *extra, "--out", str(out)]) == 0
+    pretrained = {"version": "1.0", "added_tokens": [{"id": 0, "content": "<|endoftext|>"}], "model": {"type": "BPE"}}
+    for foreign in (json.dumps(pretrained), "my notes\n"):
+        out.write_text(foreign)
+        assert main(["tokenizer", "train", str(micro_toml), "--out", str(out)]) == 2
+        assert "already holds a file that is not a tokenizer file" in capsys.readouterr().err
+        assert out.read_text() == foreign

@@ -282,13 +282,18 @@ class GPT2Tokenizer(Tokenizer):
 
 
 def is_tokenizer_json(text: str) -> bool:
-    """Whether `text` is a tokenizer file as slmlab writes them (its own kinds, or a Hugging Face
-    tokenizers JSON for BPE)."""
+    """Whether `text` is a tokenizer file as slmlab writes them: its own kinds, or a Hugging Face
+    tokenizers JSON of its BPE (slmlab's special tokens, and only those). A pretrained model's
+    tokenizer.json is not one."""
     try:
         value = json.loads(text)
     except ValueError:
         return False
-    return isinstance(value, dict) and ("slmlab_tokenizer" in value or "model" in value)
+    if not isinstance(value, dict):
+        return False
+    added = value.get("added_tokens")
+    specials = [token.get("content") for token in added if isinstance(token, dict)] if isinstance(added, list) else None
+    return "slmlab_tokenizer" in value or ("model" in value and specials == list(SPECIAL_TOKENS))
 
 
 def train_tokenizer(data: DataConfig, texts: Iterable[str]) -> Tokenizer:
