@@ -137,6 +137,18 @@ def test_bad_sources_are_clear_errors(tmp_path, setup, message):
         list(DocumentSelection(DataConfig(source=setup(tmp_path))))
 
 
+def test_a_record_that_is_a_string_is_the_text_itself(tmp_path):
+    """["doc one", "doc two"] in a .json file, or a .jsonl line per string: each string is a
+    document (it was 'a record is a JSON object ..., not a string')."""
+    import json
+
+    (tmp_path / "docs.json").write_text(json.dumps(["doc one", "", "doc two"]))
+    (tmp_path / "docs.jsonl").write_text('"doc one"\n{"text": "doc two", "year": 1900}\n')
+    for name in ("docs.json", "docs.jsonl"):
+        documents = list(DocumentSelection(DataConfig(source=str(tmp_path / name))))
+        assert [d.text for d in documents] == ["doc one", "doc two"] and len({d.id for d in documents}) == 2
+
+
 def test_a_leading_byte_order_mark_is_not_text(tmp_path):
     """Files saved by Windows editors start with U+FEFF: corpora (plain, split by a marker and
     JSON lines) read without it, and only a leading one is dropped (one inside the text stays)."""

@@ -2,7 +2,8 @@
 
 Records: a .jsonl line (or a line of a .json file, an item of a .json file holding one array, or
 a .json file holding one object over several lines) is an object with the text under `text_field`
-(null: an empty document) and optional `id`, `year`, `genre` and `title`; a
+(null: an empty document) and optional `id`, `year`, `genre` and `title`, or a JSON string that
+is the text itself (a .json array of strings, a .jsonl line per document); a
 .csv/.tsv file is a table with a header row naming the same columns. Suffixes match in any case
 (.TXT); a folder contributes its .txt, .md and .jsonl files; a compressed file is refused with
 what to do. A year is read as users write it: 1906, 1906.0 (pandas writes integer
@@ -169,8 +170,10 @@ class LocalSource:
             raise CorpusError(f"data.source: '{self.spec}' contains no text (all documents are empty)")
 
     def _document(self, record, where: str, default_id: str) -> Document:
-        """One record (a JSON object, a CSV row) as a Document; a null text is an empty document
-        (left out, as a Parquet null is)."""
+        """One record (a JSON object, a CSV row, or a JSON string: the text alone) as a Document;
+        a null text is an empty document (left out, as a Parquet null is)."""
+        if isinstance(record, str):
+            return Document(id=default_id, text=record, genre="", title="")
         if not isinstance(record, dict):
             raise CorpusError(f"{where}: a record is a JSON object with a '{self.text_field}' field, not {json_kind(record)}")
         if self.text_field not in record:
@@ -245,4 +248,6 @@ def _warn_of_records_left_out(folder: Path, left_out: list[Path]) -> None:
 
 
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z", ".tar", ".tgz")
-READABLE = "text (.txt, .md), JSON lines (.jsonl, .json), JSON arrays (.json), CSV/TSV with a header, Parquet"
+READABLE = (
+    "text (.txt, .md), JSON lines (.jsonl, .json), JSON arrays of objects or strings (.json), CSV/TSV with a header, Parquet"
+)
