@@ -197,13 +197,14 @@ def check_compiled_decoding(probe: Probe) -> Result:
                 model.generate(prompt, n, temperature=0, compile=backend), model.generate(prompt, n, temperature=0)
             )
             graphs = backend.graphs
-            if graphs <= n // 2:  # else it already captures a graph every other step: unbounded, no need to go on
+            per_step = graphs > n // 2  # a graph every other step already: unbounded, no need to go on
+            if not per_step:
                 longer = model.generate(prompt, 2 * n, temperature=0, compile=backend)
                 same = same and torch.equal(longer, model.generate(prompt, 2 * n, temperature=0))
         finally:
             torch._dynamo.reset()
     reasons = [] if same else ["compiled greedy decoding differs from eager decoding"]
-    if graphs > n // 2:
+    if per_step:
         bounded, figure = False, f"{n} tokens, {graphs} graph(s)"
         reasons.append(f"{n} tokens captured {graphs} graphs: it recompiles as it decodes")
     else:
