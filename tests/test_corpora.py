@@ -122,6 +122,10 @@ def test_a_year_cut_off_on_documents_without_years_is_warned_of_once(text_corpus
             "no field 'text' \\(its fields: 'body', 'id'\\); set data.text_field",
         ),
         (
+            lambda p: (p / "d.json").write_text('{"version": 1, "data": [{"text": "a"}, {"text": "b"}]}') and str(p / "d.json"),
+            "no field 'text' \\(its fields: 'version', 'data'\\); field 'data' holds a list of 2: save those as JSON lines",
+        ),
+        (
             lambda p: (p / "a.jsonl").write_text("[1, 2]\n") and str(p / "a.jsonl"),
             "a.jsonl:1: a record is a JSON object with a 'text' field, not an array",
         ),

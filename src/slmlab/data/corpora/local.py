@@ -178,9 +178,13 @@ class LocalSource:
             raise CorpusError(f"{where}: a record is a JSON object with a '{self.text_field}' field, not {json_kind(record)}")
         if self.text_field not in record:
             fields = ", ".join(f"'{key}'" for key in list(record)[:12]) or "none"
-            raise CorpusError(
-                f"{where}: no field '{self.text_field}' (its fields: {fields}); set data.text_field to the field that holds the text"
+            nested = next((key for key, value in record.items() if isinstance(value, list) and value), None)
+            fix = (  # {"data": [{...}, ...]}: the records are one level down
+                f"field '{nested}' holds a list of {len(record[nested])}: save those as JSON lines or one JSON array"
+                if nested is not None
+                else "set data.text_field to the field that holds the text"
             )
+            raise CorpusError(f"{where}: no field '{self.text_field}' (its fields: {fields}); {fix}")
         if not isinstance(record[self.text_field], (str, type(None))):
             raise CorpusError(f"{where}: field '{self.text_field}' holds {json_kind(record[self.text_field])}, not text")
         given = {key: "" if record.get(key) is None else str(record[key]) for key in ("id", "genre", "title")}
