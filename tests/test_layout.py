@@ -77,6 +77,18 @@ def test_help_and_version_answer_without_importing_torch():
     assert out.strip().endswith("NO TORCH") and "slmlab 0.1.0" in out
 
 
+def test_the_library_loads_without_torchdynamo():
+    """TorchDynamo (with sympy) takes ~1.2 s to import, a third of `slmlab generate` on a small
+    run: block_local imported it for SDPA's causal bias at module level. It loads only when a
+    model compiles or a block-local layer first runs."""
+    code = (
+        "import sys\nimport slmlab.evals.score, slmlab.training, slmlab.analysis.info, slmlab.variants\n"
+        "print('DYNAMO' if 'torch._dynamo' in sys.modules else 'NO DYNAMO')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "NO DYNAMO"
+
+
 def test_every_name_imported_from_slmlab_exists():
     """Benchmarks and examples are not imported by the tests; a moved function must not strand them."""
     import importlib

@@ -29,7 +29,6 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
 from torch.nn.attention.flex_attention import (
     BlockMask,
     create_block_mask,
@@ -49,6 +48,8 @@ def lower_right(Tq: int, Tk: int, device):
     fails to wrap its tensor) the same (Tq, Tk) bool mask written out (at most B x 2B)."""
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         return lower_right_mask(Tq, Tk, device)
+    from torch.nn.attention.bias import causal_lower_right  # here: importing it loads TorchDynamo (~1 s of every command)
+
     return causal_lower_right(Tq, Tk)
 
 
