@@ -22,19 +22,24 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
 
 from ..config import ConfigError, ModelConfig
 from ..model import build_model
 from ..torchrun_env import env_int, world_size
 from .runtime import resolve_device
 
-_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+def _state_dict_api():
+    """torch.distributed.checkpoint's state-dict functions, imported at first use: the import
+    takes ~0.7 s, which every command that reads a model (generate, eval) paid at start."""
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict
+
+
+def _full(api, cpu_offload: bool = True):
+    """Options for full (unsharded) state dicts, gathered on the CPU unless `cpu_offload` is off."""
+    return api.StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload)
 
 
 @dataclass(frozen=True)
@@ -173,7 +178,8 @@ def tied_aliases(model: nn.Module) -> dict[str, str]:
 def full_model_state(model: nn.Module, aliases: dict[str, str]) -> dict[str, torch.Tensor]:
     """The unsharded weights on CPU, tied aliases dropped (a collective: every rank calls it;
     ranks other than 0 get an empty dict under FSDP)."""
-    state = get_model_state_dict(model, options=_FULL)
+    api = _state_dict_api()
+    state = api.get_model_state_dict(model, options=_full(api))
     return {name: tensor.contiguous() for name, tensor in state.items() if name not in aliases}
 
 
@@ -192,14 +198,14 @@ def whole_copy(
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """The optimizer state keyed by parameter name, unsharded, on CPU (a collective)."""
-    return get_optimizer_state_dict(model, getattr(optimizer, "optimizers", optimizer), options=_FULL)
+    api = _state_dict_api()
+    return api.get_optimizer_state_dict(model, getattr(optimizer, "optimizers", optimizer), options=_full(api))
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a name-keyed full optimizer state into this rank's (possibly sharded) optimizer."""
-    set_optimizer_state_dict(
-        model, getattr(optimizer, "optimizers", optimizer), state, options=StateDictOptions(full_state_dict=True)
-    )
+    api = _state_dict_api()
+    api.set_optimizer_state_dict(model, getattr(optimizer, "optimizers", optimizer), state, options=_full(api, cpu_offload=False))
 
 
 def close(finished: bool = False) -> None:
