@@ -183,7 +183,7 @@ def prompt_text(args: argparse.Namespace) -> str:
     else:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise ConfigError(f"--prompt-file {source}: no such file")
+            raise ConfigError(f"--prompt-file {source}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
         data, where = path.read_bytes(), source
     try:
         return data.decode("utf-8-sig")
