@@ -89,3 +89,18 @@ def test_invalid_phase_is_a_clear_error(make_config, text_corpus):
     values["phases"] = [{"name": "A", "seq_len": 4096}]
     with pytest.raises(ConfigError, match="phases\\[0\\] \\(A\\): data.seq_len = 4096 exceeds model.block_size = 64"):
         config_from_dict(values)
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (["A", ""], "phases\\[1\\].name is empty: name the phase"),  # a sub-run named 'phase2_'
+        (["A", " "], "phases\\[1\\].name is empty"),
+        (["A", "B", "A"], "phases\\[0\\] and phases\\[2\\] are both named 'A'"),  # two rows 'A' in every report
+    ],
+)
+def test_phases_need_names_of_their_own(make_config, text_corpus, names, message):
+    values = make_config(text_corpus).to_dict()
+    values["phases"] = [{"name": name, "steps": 2} for name in names]
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(values)

@@ -45,7 +45,14 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
 def _check_rules(cfg: RunConfig) -> None:
     """The rules across fields, for the config and for each of its phases."""
     validate(cfg)
-    for index in range(len(cfg.phases)):
+    names = [phase.name for phase in cfg.phases]
+    for index, name in enumerate(names):
+        if not name.strip():
+            raise ConfigError(f"phases[{index}].name is empty: name the phase (it names its sub-run and its rows in reports)")
+        if names.index(name) != index:
+            raise ConfigError(
+                f"phases[{names.index(name)}] and phases[{index}] are both named {name!r}: give each phase its own name"
+            )
         cfg.phase(index)  # every phase must be a valid config too
 
 
