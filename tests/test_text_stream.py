@@ -168,3 +168,10 @@ def test_generation_ends_where_the_model_ends_its_document(tokenizers):
     finally:
         handle.remove()
     assert [r["completion"] for r in results] == ["a", "bccc"]
+    from slmlab.persona.evaluate import continuations
+
+    handle = scripted(model, [[b, eos, c, c], [a, b, c, b]])  # sampled at temperature 0.8: the scripted token dominates
+    try:
+        assert continuations(model, tok, ["la", "la"], 4, 0, device) == ["b", "abcb"]
+    finally:
+        handle.remove()
