@@ -104,3 +104,32 @@ def test_phases_need_names_of_their_own(make_config, text_corpus, names, message
     values["phases"] = [{"name": name, "steps": 2} for name in names]
     with pytest.raises(ConfigError, match=message):
         config_from_dict(values)
+
+
+def test_an_unfinished_curriculum_is_read_at_its_latest_phase(make_config, text_corpus, tmp_path, capsys):
+    """Stopped before phase C began: eval, generate and report failed with 'phase3_C is not a run
+    directory'. They now read the latest phase that began (and say so); persona, which starts from
+    a finished model, says the curriculum is unfinished; one that never began says that."""
+    import shutil
+
+    from slmlab.analysis.report import write_report
+    from slmlab.cli import main
+    from slmlab.persona.stage2 import trained_config
+
+    cfg = curriculum(make_config, text_corpus, "stopped")
+    train(cfg, progress=False)
+    root = RunDir.for_config(cfg).path
+    shutil.rmtree(root / "phase3_C")
+    (root / "summary.json").unlink()
+    loaded, model, _ = load_run(root)
+    assert loaded.name == "phase2_B" and isinstance(model.blocks[0].attn.pattern, BlockLocal)
+    assert main(["eval", str(root), "--batches", "1"]) == 0
+    assert main(["generate", str(root), "--prompt", "ROMEO", "--max-new-tokens", "3"]) == 0
+    write_report(root)
+    assert "block_local attention" in (root / "report.md").read_text()
+    with pytest.raises(ConfigError, match="has not finished its curriculum \\(phase C has not begun\\)"):
+        trained_config(RunDir(root))
+    for phase in ("phase1_A", "phase2_B"):
+        shutil.rmtree(root / phase)
+    with pytest.raises(ConfigError, match="has not started training"):
+        load_run(root)

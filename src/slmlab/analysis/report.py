@@ -31,7 +31,7 @@ from ..files import atomic_write, atomic_write_text, read_json, read_text, requi
 from ..runs.derived import out_of_date
 from ..runs.run_dir import RunDir
 from ..tables import code_block, code_span, format_number, human, markdown_table
-from .info import size_table
+from .info import config_for_info, size_table
 
 HIDDEN = {"name", "out_dir", "phases", "train.seed"}
 
@@ -199,11 +199,12 @@ def _run_report(path: Path) -> tuple[str, str]:
     run = RunDir(path)
     cfg, summary = run.read_config(), run.read_summary()
     phases = [RunDir(Path(p["run"])) for p in summary.get("phases", [])]
-    if cfg.phases and not phases:
-        phases = [RunDir(path / cfg.phase(i).name) for i in range(len(cfg.phases))]
-    model_cfg = phases[-1].read_config() if phases else cfg
+    if cfg.phases and not phases:  # an unfinished curriculum: the phases that have started
+        started = (RunDir(path / cfg.phase(i).name) for i in range(len(cfg.phases)))
+        phases = [phase for phase in started if phase.config.is_file()]
     if not summary and not run.read_metrics() and not phases:
         raise ConfigError(f"{path} has not trained yet (no metrics.jsonl); train it first")
+    sizes = size_table(config_for_info(path, load_config=None) if cfg.phases else cfg)  # a curriculum: each phase's
     plot_training(path / "training.png", phases or [run])
     changed = changed_settings(cfg, RunConfig())
     parts = [
@@ -213,7 +214,7 @@ def _run_report(path: Path) -> tuple[str, str]:
         "Settings that differ from slmlab's defaults:",
         markdown_table(("setting", "value", "default"), changed) if changed else "(all defaults)",
         "## Size and cost",
-        size_table(model_cfg),
+        sizes,
         "## Training",
         "![training and validation loss](training.png)",
     ]

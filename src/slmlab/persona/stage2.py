@@ -44,8 +44,12 @@ def trained_config(run: RunDir) -> tuple[RunDir, RunConfig]:
     """The run directory holding a run's final model (a curriculum's last phase) and its config."""
     cfg = run.read_config()
     if cfg.phases:
-        run = RunDir(run.path / cfg.phase(len(cfg.phases) - 1).name)
-        cfg = run.read_config()
+        last = RunDir(run.path / cfg.phase(len(cfg.phases) - 1).name)
+        if not last.config.is_file():
+            raise ConfigError(
+                f"{run.path} has not finished its curriculum (phase {cfg.phases[-1].name} has not begun); resume it first"
+            )
+        run, cfg = last, last.read_config()
     if not run.final_weights.is_file():
         raise ConfigError(f"{run.path} has not finished training (no final.safetensors); finish or resume it first")
     return run, cfg

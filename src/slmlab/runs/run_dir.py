@@ -219,11 +219,17 @@ class RunDir:
 
 def model_run(path: str | Path) -> tuple[RunDir, RunConfig]:
     """The run directory that holds a run's model, and its config: the run itself, or a
-    curriculum's last phase."""
+    curriculum's last phase (while the curriculum is unfinished, the last phase that started)."""
     run = RunDir(Path(path))
     cfg = run.read_config()
-    if cfg.phases:  # a curriculum: its model is the last phase's
-        run = RunDir(Path(path) / cfg.phase(len(cfg.phases) - 1).name)
+    if cfg.phases:
+        phases = [RunDir(Path(path) / cfg.phase(i).name) for i in range(len(cfg.phases))]
+        started = [phase for phase in phases if phase.config.is_file()]
+        if not started:
+            raise ConfigError(f"{path} has not started training (none of its phases has begun); train it first")
+        if started[-1] is not phases[-1]:
+            log.info("%s has not finished its curriculum: using its latest phase, %s", path, started[-1].path.name)
+        run = started[-1]
         cfg = run.read_config()
     return run, cfg
 
