@@ -60,7 +60,7 @@ def config_for_info(target: str | Path, load_config, overrides: list[str] = ()) 
     file with its overrides), with the vocabulary resolved without tokenizing when the
     tokenizer's size is known in advance."""
     from ..config import ConfigError, resolve_vocab
-    from ..runs import RunDir
+    from ..runs.run_dir import RunDir, phase_runs
 
     if (Path(target) / "config.json").is_file():
         if overrides:
@@ -69,9 +69,9 @@ def config_for_info(target: str | Path, load_config, overrides: list[str] = ()) 
                 "apply them to a config file"
             )
         cfg = RunDir(Path(target)).read_config()
-        first_phase = RunDir(Path(target) / cfg.phase(0).name) if cfg.phases else None
-        if not cfg.model.vocab_size and first_phase is not None and first_phase.config.is_file():
-            resolve_vocab(cfg, first_phase.read_config().model.vocab_size)  # a curriculum's phases record it
+        first_phase = phase_runs(target, cfg)[:1]
+        if not cfg.model.vocab_size and first_phase and first_phase[0].config.is_file():
+            resolve_vocab(cfg, first_phase[0].read_config().model.vocab_size)  # a curriculum's phases record it
     else:
         cfg = load_config()
     if cfg.model.vocab_size == 0:

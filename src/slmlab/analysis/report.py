@@ -29,7 +29,7 @@ from ..config import ConfigError, RunConfig
 from ..errors import RunFileError
 from ..files import atomic_write, atomic_write_text, read_json, read_text, require_fields
 from ..runs.derived import out_of_date
-from ..runs.run_dir import RunDir
+from ..runs.run_dir import RunDir, phase_runs
 from ..tables import code_block, code_span, format_number, human, markdown_table
 from .info import config_for_info, size_table
 
@@ -200,8 +200,7 @@ def _run_report(path: Path) -> tuple[str, str]:
     cfg, summary = run.read_config(), run.read_summary()
     phases = [RunDir(Path(p["run"])) for p in summary.get("phases", [])]
     if cfg.phases and not phases:  # an unfinished curriculum: the phases that have started
-        started = (RunDir(path / cfg.phase(i).name) for i in range(len(cfg.phases)))
-        phases = [phase for phase in started if phase.config.is_file()]
+        phases = [phase for phase in phase_runs(path, cfg) if phase.config.is_file()]
     if not summary and not run.read_metrics() and not phases:
         raise ConfigError(f"{path} has not trained yet (no metrics.jsonl); train it first")
     sizes = size_table(config_for_info(path, load_config=None) if cfg.phases else cfg)  # a curriculum: each phase's

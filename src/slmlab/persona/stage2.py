@@ -20,7 +20,7 @@ from ..config import (
     config_from_dict,
 )
 from ..config.checks import TOKENIZER_KEYS
-from ..runs.run_dir import RunDir
+from ..runs.run_dir import RunDir, phase_runs
 
 NAMED_CORPORA = ("shakespeare", "brown")
 
@@ -44,7 +44,7 @@ def trained_config(run: RunDir) -> tuple[RunDir, RunConfig]:
     """The run directory holding a run's final model (a curriculum's last phase) and its config."""
     cfg = run.read_config()
     if cfg.phases:
-        last = RunDir(run.path / cfg.phase(len(cfg.phases) - 1).name)
+        last = phase_runs(run.path, cfg)[-1]
         if not last.config.is_file():
             raise ConfigError(
                 f"{run.path} has not finished its curriculum (phase {cfg.phases[-1].name} has not begun); resume it first"

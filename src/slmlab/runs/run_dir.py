@@ -217,13 +217,18 @@ class RunDir:
                     entry.unlink(missing_ok=True)
 
 
+def phase_runs(path: str | Path, cfg: RunConfig) -> list[RunDir]:
+    """A curriculum's phase sub-runs in order, begun or not (empty for a single run)."""
+    return [RunDir(Path(path) / cfg.phase(index).name) for index in range(len(cfg.phases))]
+
+
 def model_run(path: str | Path) -> tuple[RunDir, RunConfig]:
     """The run directory that holds a run's model, and its config: the run itself, or a
     curriculum's last phase (while the curriculum is unfinished, the last phase that started)."""
     run = RunDir(Path(path))
     cfg = run.read_config()
     if cfg.phases:
-        phases = [RunDir(Path(path) / cfg.phase(i).name) for i in range(len(cfg.phases))]
+        phases = phase_runs(path, cfg)
         started = [phase for phase in phases if phase.config.is_file()]
         if not started:
             raise ConfigError(f"{path} has not started training (none of its phases has begun); train it first")
