@@ -139,14 +139,16 @@ class Decoder(GenerationMixin, nn.Module):
         RoPE scaling, each layer's attention pattern, norm, MLP, extensions, head)."""
         m = self.cfg
         patterns = [layer_pattern(m, layer) for layer in range(m.n_layer)]
-        attention = patterns[0] if len(set(patterns)) == 1 else "/".join(patterns)
+        positions = f"{m.pos} positions" + (f" (scale {m.rope_scale:g})" if m.pos == "rope" and m.rope_scale != 1 else "")
+        attention = (patterns[0] if len(set(patterns)) == 1 else "/".join(patterns)) + " attention"
+        if "block_local" in patterns:
+            attention += f" (block {m.local_block})"
         extras = sorted({type(e).__name__ for block in self.blocks for e in block.attn.extensions})
         if not isinstance(self.conditioning, NoConditioning):
             extras.append(type(self.conditioning).__name__)
-        return (
-            f"{m.arch}: {m.n_layer} layers x {m.d_model} d_model x {m.n_head} heads, d_ff {m.ff_dim}, block {m.block_size}, "
-            f"{m.pos} positions{f' (scale {m.rope_scale:g})' if m.pos == 'rope' and m.rope_scale != 1 else ''}, "
-            f"{attention} attention{f' (block {m.local_block})' if 'block_local' in patterns else ''}, "
-            f"{m.norm}, {m.mlp} MLP, {''.join(f'{name}, ' for name in extras)}"
-            f"vocab {m.vocab_size}, {'tied' if m.tie_embeddings else 'untied'} {m.head} head"
-        )
+        parts = [
+            f"{m.n_layer} layers x {m.d_model} d_model x {m.n_head} heads", f"d_ff {m.ff_dim}", f"block {m.block_size}",
+            positions, attention, m.norm, f"{m.mlp} MLP", *extras,
+            f"vocab {m.vocab_size}", f"{'tied' if m.tie_embeddings else 'untied'} {m.head} head",
+        ]  # fmt: skip
+        return f"{m.arch}: " + ", ".join(parts)
