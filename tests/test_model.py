@@ -255,3 +255,27 @@ def test_targets_of_another_shape_are_refused_not_flattened_into_a_wrong_loss(ar
     torch.testing.assert_close(model(idx, targets)[1], torch.nn.functional.cross_entropy(logits[0], targets[0]))
     with pytest.raises(ValueError, match="targets of shape \\(5,\\) for 4 rows"):
         linear_cross_entropy(torch.randn(4, 8), torch.randn(50, 8), torch.zeros(5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("arch", ["decoder", "tape"])
+@pytest.mark.parametrize(
+    "idx, targets, message",
+    [
+        ([[1, 50]], None, "idx holds token id 50, outside this model's vocabulary of 50"),  # IndexError
+        ([[-1, 2]], None, "idx holds token id -1, outside"),  # IndexError
+        ([[1, 2]], [[3, 50]], "targets holds token id 50, outside"),  # RuntimeError from gather
+        ([1, 2], None, "give token ids as \\(batch, time\\)"),  # "not enough values to unpack"
+        ([[1.0, 2.0]], None, "idx of dtype torch.float32: token ids are torch.long"),  # RuntimeError
+        (torch.zeros(2, 0, dtype=torch.long), None, "holds no tokens"),  # Tape: "stack expects a non-empty TensorList"
+    ],
+)
+def test_a_forward_refuses_ids_it_cannot_read_with_one_line_saying_what_to_fix(arch, idx, targets, message):
+    """Before, each of these failed inside PyTorch (the comment names how), or, for an empty row,
+    differently by architecture. Ignored targets (negative) and int32 ids are still read."""
+    model = build_model(ModelConfig(vocab_size=50, n_layer=1, n_head=2, d_model=16, block_size=16, arch=arch)).eval()
+    as_tensor = lambda value: value if value is None or isinstance(value, torch.Tensor) else torch.tensor(value)
+    with pytest.raises(ConfigError, match=message):
+        model(as_tensor(idx), as_tensor(targets))
+    logits, _ = model(torch.tensor([[1, 49]], dtype=torch.int32))
+    _, loss = model(torch.tensor([[1, 49]]), torch.tensor([[-100, 3]]))
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits[0, 1:], torch.tensor([3])))

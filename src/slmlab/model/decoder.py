@@ -22,14 +22,13 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..config.checks import check_model
-from ..errors import ConfigError
 from .attention import FullCausal, KVCache, layer_pattern
 from .block import Block
 from .generation import GenerationMixin
 from .heads import build_head
 from .hooks import HookPoint
+from .inputs import check_inputs
 from .layers import build_dropout, build_norm
-from .loss import check_targets
 from .positions import build_positions
 
 
@@ -93,12 +92,9 @@ class Decoder(GenerationMixin, nn.Module):
         cross-entropy over the targets that are not negative: -100 and -1 mask a position out),
         computed by the head (heads.py; the linear head's fused chunked loss never materialises
         the logits)."""
-        B, T = idx.shape
-        check_targets(idx, targets)
         start = caches[0].length if caches else 0
-        limit = self.positions.max_positions
-        if limit and start + T > limit:
-            raise ConfigError(f"sequence of {start + T} tokens exceeds the {limit} positions this model knows (model.block_size)")
+        check_inputs(idx, targets, vocab_size=self.cfg.vocab_size, start=start, max_positions=self.positions.max_positions)
+        B, T = idx.shape
         positions = torch.arange(start, start + T, device=idx.device)
         padding = getattr(caches[0], "padding", None) if caches else None  # a pattern's own cache class may have none
         if padding is not None:  # a left-padded batch: each row counts from its first real token

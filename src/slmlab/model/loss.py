@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
-
 CHUNK_ELEMENTS = 1 << 21
 
 
@@ -79,15 +77,6 @@ def _linear_cross_entropy_value(h: torch.Tensor, weight: torch.Tensor, targets: 
         y, m = targets[start : start + step].clamp_min(0), kept[start : start + step]
         total += ((torch.logsumexp(logits, dim=-1) - logits.gather(1, y[:, None]).squeeze(1)) * m).sum()
     return total / kept.sum().to(acc)
-
-
-def check_targets(idx: torch.Tensor, targets: torch.Tensor | None) -> None:
-    """A model's targets are one next-token id per input token: idx's shape (B, T). Another shape
-    flattens into a loss whose rows pair tokens with the wrong targets, or fails deep inside."""
-    if targets is not None and targets.shape != idx.shape:
-        raise ConfigError(
-            f"targets of shape {tuple(targets.shape)} for idx of shape {tuple(idx.shape)}: give one target per input token"
-        )
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -47,8 +47,8 @@ from ..errors import ConfigError
 from ..model.attention import CausalSelfAttention, KVCache
 from ..model.generation import GenerationMixin
 from ..model.heads import build_head
+from ..model.inputs import check_inputs
 from ..model.layers import build_norm
-from ..model.loss import check_targets
 from ..model.positions import build_positions
 from ..registry import ARCHITECTURES, OPTIMIZERS, register_check, register_section
 
@@ -206,13 +206,9 @@ class TapeTransformer(GenerationMixin, nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: TapeCache | None = None):
         """idx (B, T) -> (logits (B, T, V), None), or with targets (None, mean cross-entropy)."""
-        B, T = idx.shape
-        check_targets(idx, targets)
         start = caches[0].length if caches else 0
-        if start + T > self.cfg.block_size:
-            raise ConfigError(
-                f"sequence of {start + T} tokens exceeds the {self.cfg.block_size} positions this model knows (model.block_size)"
-            )
+        check_inputs(idx, targets, vocab_size=self.cfg.vocab_size, start=start, max_positions=self.cfg.block_size)
+        B, T = idx.shape
         positions = torch.arange(start, start + T, device=idx.device)
         x = self.wte(idx)
         pos_emb = self.positions.embed(positions)

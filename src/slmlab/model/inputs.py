@@ -1,0 +1,54 @@
+"""What an architecture's forward accepts, checked before the first kernel so that a wrong input
+is one line that says what to fix instead of an IndexError from inside nn.Embedding or a loss that
+pairs tokens with the wrong targets.
+
+    idx      (B, T) token ids (torch.long or int32), T >= 1, 0 <= id < vocab_size
+    targets  None, or idx's shape; an id < vocab_size, or negative (ignored: -100, -1)
+    start + T <= max_positions (start: the tokens already in the KV cache; 0 = no limit)
+
+The ids' range is read on CPU tensors only, in eager mode: on an accelerator it would cost a host
+sync every step, and a compiled graph would break at it (generation and the data pipeline check
+their ids before they reach the model)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+
+
+def _check_range(name: str, ids: torch.Tensor, vocab_size: int, *, ignored_below_zero: bool) -> None:
+    if ids.device.type != "cpu" or torch.compiler.is_compiling() or ids.numel() == 0:
+        return
+    low, high = torch.aminmax(ids)
+    low = 0 if ignored_below_zero else int(low)
+    if low < 0 or int(high) >= vocab_size:
+        bad = int(high) if int(high) >= vocab_size else low
+        raise ConfigError(
+            f"{name} holds token id {bad}, outside this model's vocabulary of {vocab_size} (ids 0..{vocab_size - 1}): "
+            "encode the text with the run's own tokenizer"
+        )
+
+
+def check_inputs(
+    idx: torch.Tensor, targets: torch.Tensor | None, *, vocab_size: int, start: int = 0, max_positions: int = 0
+) -> None:
+    """Refuse inputs a model cannot read (see the module docstring) with a ConfigError."""
+    if idx.dim() != 2:
+        raise ConfigError(f"idx of shape {tuple(idx.shape)}: give token ids as (batch, time), e.g. ids[None] for one sequence")
+    if idx.dtype not in (torch.long, torch.int):  # what nn.Embedding reads
+        raise ConfigError(f"idx of dtype {idx.dtype}: token ids are torch.long (or torch.int32) integers")
+    if idx.shape[1] == 0:
+        raise ConfigError(f"idx of shape {tuple(idx.shape)} holds no tokens: give at least one per row")
+    if max_positions and start + idx.shape[1] > max_positions:
+        raise ConfigError(
+            f"sequence of {start + idx.shape[1]} tokens exceeds the {max_positions} positions this model knows (model.block_size)"
+        )
+    _check_range("idx", idx, vocab_size, ignored_below_zero=False)
+    if targets is None:
+        return
+    if targets.shape != idx.shape:  # flattened, the loss would pair tokens with the wrong targets
+        raise ConfigError(
+            f"targets of shape {tuple(targets.shape)} for idx of shape {tuple(idx.shape)}: give one target per input token"
+        )
+    _check_range("targets", targets, vocab_size, ignored_below_zero=True)
