@@ -205,6 +205,11 @@ def test_a_plugin_section_named_like_a_model_setting_is_refused_where_it_registe
     with pytest.raises(ConfigError, match=r"\[model.dropout\] cannot be a section"):
         register_section("dropout", Settings)
     assert "dropout" not in MODEL_SECTIONS
+    with pytest.raises(ConfigError, match=r"\[model.idea\] read_with names \['init'\]: give the section's own fields"):
+        register_section("idea", Settings, read_with={"init": ("enabled",)})
+    with pytest.raises(ConfigError, match=r"read_with names no switch"):
+        register_section("idea", Settings, read_with={"enabled": ()})
+    assert "idea" not in MODEL_SECTIONS
 
 
 def test_the_worked_example_passes_check(capsys):

@@ -116,6 +116,17 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
         (["--data.tiktoken_file", "gpt2.tiktoken"], "data.tiktoken_file = 'gpt2.tiktoken' is ignored with data.tokenizer"),
         (["--train.decay_fraction", "0.5"], "train.decay_fraction = 0.5 is ignored with train.schedule = 'cosine'"),
         (["--model.local_block", "16"], "model.local_block = 16 is ignored with full attention in every layer"),
+        # a variant section's setting read only under a switch that is off (registry.Section.read_with)
+        (["--model.smat.s_dim", "16"], "model.smat.s_dim = 16 is read only with model.smat.use_S or model.smat.use_G = true"),
+        (
+            ["--model.smat.use_S", "true", "--model.smat.mu_init", "1"],
+            "model.smat.mu_init = 1.0 is read only with model.smat.use_G",
+        ),
+        (
+            ["--model.smat.use_G", "true", "--model.smat.lambda_raw_init", "1"],
+            "lambda_raw_init = 1.0 is read only with model.smat.use_S",
+        ),
+        (["--model.self_area.self_dim", "8"], "model.self_area.self_dim = 8 is read only with model.self_area.enabled = true"),
         (["--train.batch_size", str(10**21)], "train.batch_size = 1000000000000000000000 is too large"),  # OverflowError
         (["--train.grad_accum", str(2**63)], "is too large: give a whole number below 2**63"),
         (["--train.threads", "100000"], "train.threads = 100000 is more threads than a machine can start"),  # segfault

@@ -112,3 +112,23 @@ def test_rope_scale_on_a_model_without_rope_is_refused(text_corpus, make_config,
     capsys.readouterr()
     assert main(["eval", str(RunDir.for_config(cfg).path), "--batches", "1", "--rope-scale", "2"]) == 2
     assert "model.rope_scale = 2.0 is ignored with model.pos = 'learned'" in capsys.readouterr().err
+
+
+def test_a_rope_scale_override_is_weighed_alone_not_with_the_runs_recorded_settings(text_corpus, make_config):
+    """A run's recorded config loads as it was trained, even with settings a check refuses in a
+    config a user writes (a run trained before that check: SMAT's s_dim with SMAT off, a
+    local_block with full attention). --rope-scale on it was refused for such a recorded
+    setting, which the user cannot remove."""
+    import json
+
+    from slmlab.runs.run_dir import RunDir, load_run
+    from slmlab.training import train
+
+    cfg = make_config(text_corpus, model={"pos": "rope"}, train={"steps": 2, "checkpoint_every": 0})
+    train(cfg, progress=False)
+    path = RunDir.for_config(cfg).path
+    recorded = json.loads((path / "config.json").read_text())
+    recorded["model"].update(smat={**recorded["model"].get("smat", {}), "s_dim": 8}, local_block=16)
+    (path / "config.json").write_text(json.dumps(recorded))
+    scaled, _, _ = load_run(path, model_overrides={"rope_scale": 2.0})
+    assert scaled.model.rope_scale == 2.0 and scaled.model.smat.s_dim == 8 and scaled.model.local_block == 16

@@ -126,6 +126,24 @@ def test_bad_sweep_configs(tmp_path, micro_sweep):
         load_sweep(micro_sweep)
 
 
+def test_a_shared_setting_one_variant_ignores_is_kept_for_the_variants_that_read_it(micro_sweep):
+    """SMAT's s_dim in [overrides] is read by the 'full' variant, ignored by the baseline: the
+    baseline's run used to be refused ("remove it"), which a sweep cannot do for one variant. A
+    variant's own ignored setting, and a shared one no variant reads, are still refused."""
+    text = micro_sweep.read_text()
+    micro_sweep.write_text(text.replace("[variants.baseline]", '[overrides]\n"model.smat.s_dim" = 8\n[variants.baseline]'))
+    _, jobs = load_sweep(micro_sweep)
+    assert {job.variant: job.config.model.smat.s_dim for job in jobs} == {"baseline": 8, "full": 8}
+    micro_sweep.write_text(text.replace("[variants.baseline]", '[variants.baseline]\n"model.smat.s_dim" = 8'))
+    with pytest.raises(ConfigError, match="^variant 'baseline': model.smat.s_dim = 8 is read only with model.smat.use_S or"):
+        load_sweep(micro_sweep)
+    micro_sweep.write_text(text.replace("[variants.baseline]", '[overrides]\n"model.rope_theta" = 500.0\n[variants.baseline]'))
+    with pytest.raises(
+        ConfigError, match="model.rope_theta = 500.0 is ignored with model.pos = 'learned'; remove it \\(every variant"
+    ):
+        load_sweep(micro_sweep)
+
+
 def test_a_sweep_named_like_an_existing_run_is_refused(micro_sweep, micro_toml, tmp_path):
     from slmlab.cli import main
 

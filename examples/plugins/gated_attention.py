@@ -79,7 +79,12 @@ class OutputGate(nn.Module):
 
 
 ATTENTION_EXTENSIONS.register("gated_attention", lambda cfg, layer: OutputGate(cfg) if cfg.gated_attention.enabled else None)
-register_section("gated_attention", GatedAttentionConfig, extends="attention")
+register_section(
+    "gated_attention",
+    GatedAttentionConfig,
+    extends="attention",
+    read_with={"granularity": ("enabled",), "bias_init": ("enabled",)},
+)
 
 
 @register_check

@@ -19,7 +19,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
 from .errors import ConfigError
@@ -96,12 +96,15 @@ class Section:
     """A `[model.<name>]` config section: its dataclass, and what it configures. `extends` names
     the extension point it plugs into ("attention" extensions, "conditioning"), or `arch` the one
     architecture it belongs to; an architecture that does not offer that point refuses a section
-    set away from its defaults (the setting would be ignored)."""
+    set away from its defaults (the setting would be ignored). `read_with` maps a setting to the
+    section's switches of which one must be on for it to be read ({"s_dim": ("use_S", "use_G")});
+    changed with every one off, it is refused."""
 
     name: str
     config: type
     extends: str = ""
     arch: str = ""
+    read_with: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 # ---- the registries ------------------------------------------------------------------------
@@ -143,10 +146,18 @@ def check_section_name(name: str) -> None:
         )
 
 
-def register_section(name: str, config: type, *, extends: str = "", arch: str = "") -> None:
-    """Declare `[model.<name>]`, validated as `config` (a dataclass) like the built-in sections."""
+def register_section(
+    name: str, config: type, *, extends: str = "", arch: str = "", read_with: dict[str, tuple[str, ...]] | None = None
+) -> None:
+    """Declare `[model.<name>]`, validated as `config` (a dataclass) like the built-in sections;
+    `read_with`: the settings read only when one of their switches (boolean fields) is on."""
     check_section_name(name)
-    MODEL_SECTIONS.register(name, Section(name, config, extends, arch))
+    names = {f.name for f in fields(config)}
+    for setting, switches in (read_with or {}).items():
+        unknown = [n for n in (setting, *switches) if n not in names]
+        if unknown or not switches:
+            raise ConfigError(f"[model.{name}] read_with names {unknown or 'no switch'}: give the section's own fields")
+    MODEL_SECTIONS.register(name, Section(name, config, extends, arch, dict(read_with or {})))
 
 
 def register_check(check: Callable) -> Callable:

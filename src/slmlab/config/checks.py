@@ -91,34 +91,73 @@ IGNORED_UNDER = {
 }
 
 
-def check_no_ignored_setting(cfg) -> None:
-    """Refuse a setting changed from its default where the choice it belongs to is not made
-    (model.rope_scale with learned positions, data.vocab_size with a char tokenizer): it would
-    change nothing while the user believes it did. A curriculum's setting counts if any phase
-    uses it. For configs a user writes (load_config) and overrides of a trained run's config;
-    a run's recorded config.json loads as it is."""
-    configs = [cfg.phase(i) for i in range(len(cfg.phases))] or [cfg]
+def ignored_settings(configs: list) -> list[tuple[str, str]]:
+    """(key, one-line message) for each setting changed from its default that every config in
+    `configs` ignores: model.rope_scale with learned positions, data.vocab_size with a char
+    tokenizer, a variant section's setting read only with a switch that is off (a section's
+    `read_with`: model.smat.s_dim with use_S and use_G both false). Each config counts as it is,
+    so a curriculum's phases or a sweep's variants use a setting if any one of them does."""
+    found = []
     for key, (choice, ignoring) in IGNORED_UNDER.items():
         section, name = key.split(".")
-        default = getattr(type(getattr(cfg, section))(), name)
+        default = getattr(type(getattr(configs[0], section))(), name)
         if all(_lookup(c, choice) in ignoring and _lookup(c, key) != default for c in configs):
-            raise ConfigError(f"{key} = {_lookup(cfg, key)!r} is ignored with {choice} = {_lookup(cfg, choice)!r}; remove it")
-    default_block = type(cfg.model)().local_block
+            value, chosen = _lookup(configs[0], key), _lookup(configs[0], choice)
+            found.append((key, f"{key} = {value!r} is ignored with {choice} = {chosen!r}; remove it"))
+    for name, section in MODEL_SECTIONS.items():
+        default = section.config()
+        for setting, switches in section.read_with.items():
+            key, keys = f"model.{name}.{setting}", [f"model.{name}.{switch}" for switch in switches]
+            if all(_lookup(c, key) != getattr(default, setting) and not any(_lookup(c, k) for k in keys) for c in configs):
+                found.append(
+                    (
+                        key,
+                        f"{key} = {_lookup(configs[0], key)!r} is read only with {' or '.join(keys)} = true; remove it or turn that on",
+                    )
+                )
+    default_block = type(configs[0].model)().local_block
     if all(_attention_patterns(c.model) == {"full"} and c.model.local_block != default_block for c in configs):
-        raise ConfigError(f"model.local_block = {cfg.model.local_block} is ignored with full attention in every layer; remove it")
-    default_pattern = type(cfg.model)().attention
+        block = configs[0].model.local_block
+        found.append(
+            ("model.local_block", f"model.local_block = {block} is ignored with full attention in every layer; remove it")
+        )
+    default_pattern = type(configs[0].model)().attention
     if all(c.model.attention_layers and c.model.attention != default_pattern for c in configs):
-        raise ConfigError(
-            f"model.attention = {cfg.model.attention!r} is ignored: model.attention_layers names every layer's "
-            "pattern; remove one of them"
+        found.append(
+            (
+                "model.attention",
+                f"model.attention = {configs[0].model.attention!r} is ignored: model.attention_layers names every layer's "
+                "pattern; remove one of them",
+            )
         )
     if all(c.model.global_every and (c.model.attention == "full" or c.model.attention_layers) for c in configs):
-        raise ConfigError(
-            f"model.global_every = {cfg.model.global_every} makes every k-th layer of a local model.attention full; "
-            f"with model.attention = {cfg.model.attention!r}"
-            + (" and model.attention_layers" if cfg.model.attention_layers else "")
-            + " it changes nothing; remove it"
+        m = configs[0].model
+        found.append(
+            (
+                "model.global_every",
+                f"model.global_every = {m.global_every} makes every k-th layer of a local model.attention full; "
+                f"with model.attention = {m.attention!r}"
+                + (" and model.attention_layers" if m.attention_layers else "")
+                + " it changes nothing; remove it",
+            )
         )
+    return found
+
+
+def phase_configs(cfg) -> list:
+    """A curriculum's phase configs, or the config itself."""
+    return [cfg.phase(i) for i in range(len(cfg.phases))] or [cfg]
+
+
+def check_no_ignored_setting(cfg, keys=None) -> None:
+    """Refuse a setting changed from its default that the config ignores (`ignored_settings`;
+    a curriculum's setting counts if any phase uses it): it would change nothing while the user
+    believes it did. With `keys`, only those settings (the ones a user just gave, on top of a
+    config that loads as it is). For configs a user writes (load_config) and overrides of a trained
+    run's config; a run's recorded config.json loads as it is."""
+    for key, message in ignored_settings(phase_configs(cfg)):
+        if keys is None or key in keys:
+            raise ConfigError(message)
 
 
 def _attention_patterns(m) -> set[str]:

@@ -154,8 +154,12 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML ({err})") from None
 
 
-def load_config(path: str | Path, overrides: typing.Sequence[str] | dict[str, Any] = ()) -> RunConfig:
-    """Read a TOML config, apply dotted overrides, validate. The run name defaults to the file stem."""
+def load_config(
+    path: str | Path, overrides: typing.Sequence[str] | dict[str, Any] = (), *, refuse_ignored: bool = True
+) -> RunConfig:
+    """Read a TOML config, apply dotted overrides, validate. The run name defaults to the file stem.
+    `refuse_ignored=False` leaves ignored settings to the caller (a sweep weighs them over its
+    variants)."""
     values = read_toml(path)
     if "variants" in values:
         raise ConfigError(f"{path} is a sweep config ([variants]): run it with `slmlab sweep {path}`")
@@ -168,5 +172,6 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] | dict[str, An
     if "plugins" in values:  # ... or, given as an override, to the working directory
         values["plugins"] = plugins.resolve(values["plugins"], Path.cwd())
     cfg = config_from_dict(values)
-    check_no_ignored_setting(cfg)
+    if refuse_ignored:
+        check_no_ignored_setting(cfg)
     return cfg

@@ -48,6 +48,7 @@ import torch
 
 from .. import plugins
 from ..config import ConfigError, RunConfig, build_dataclass, check_name, dotted, load_config, read_toml
+from ..config.checks import check_no_ignored_setting, ignored_settings, phase_configs
 from ..data.corpora import check_outside_source, check_source_settings
 from ..errors import SlmlabError
 from ..locks import DirectoryLock
@@ -155,10 +156,11 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
                 "out_dir": str(Path(sweep.out_dir) / sweep.name),
             }
             try:
-                config = load_config(base, run_overrides)
+                config = load_config(base, run_overrides, refuse_ignored=False)
             except ConfigError as err:
                 raise ConfigError(f"variant '{variant}': {err}") from None
             jobs.append(Job(variant, seed, tracked(config, sweep.name, variant, seed)))
+    check_no_ignored_setting_in_sweep(path, sweep, first_seed_jobs(jobs))
     for job in first_seed_jobs(jobs):
         try:
             check_source_settings(job.config.data)
@@ -169,6 +171,20 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
     if steps:
         jobs = [Job(job.variant, job.seed, set_steps(job.config, steps[job.variant])) for job in jobs]
     return sweep, jobs
+
+
+def check_no_ignored_setting_in_sweep(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:
+    """A variant's own setting that its run ignores is refused; a shared one (the base config's,
+    [overrides], the command line's) only if every variant ignores it. A sweep of learned
+    against RoPE positions keeps model.rope_theta in its base, where the RoPE variants read it."""
+    for job in jobs:
+        try:
+            check_no_ignored_setting(job.config, keys=set(dotted(sweep.variants[job.variant])))
+        except ConfigError as err:
+            raise ConfigError(f"variant '{job.variant}': {err}") from None
+    ignored = ignored_settings([phase for job in jobs for phase in phase_configs(job.config)])
+    if ignored:
+        raise ConfigError(f"{path}: {ignored[0][1]} (every variant ignores it)")
 
 
 def per_run_settings(sweep: SweepConfig) -> dict[str, str]:

@@ -260,7 +260,7 @@ def load_run(
     run, cfg = model_run(path)
     if model_overrides:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {f"model.{k}": v for k, v in model_overrides.items()}))
-        check_no_ignored_setting(cfg)
+        check_no_ignored_setting(cfg, keys={f"model.{k}" for k in model_overrides})
     tokenizer = run.read_tokenizer(cfg.model.vocab_size)
     model = build_model(cfg.model)
     weights, sha256 = model_weights(run)

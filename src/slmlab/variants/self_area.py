@@ -23,6 +23,7 @@ Stage 2 trains only the Self Area (train.trainable = "self_area"), optionally wi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -117,7 +118,12 @@ def self_area_and_norm_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
 
 
 CONDITIONING.register("self_area", build_self_area)
-register_section("self_area", SelfAreaConfig, extends="conditioning")
+register_section(
+    "self_area",
+    SelfAreaConfig,
+    extends="conditioning",
+    read_with={f.name: ("enabled",) for f in dataclasses.fields(SelfAreaConfig) if f.name != "enabled"},
+)
 TRAINABLE.register("self_area", self_area_parameters)
 TRAINABLE.register("self_area+norms", self_area_and_norm_parameters)
 

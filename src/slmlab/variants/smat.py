@@ -123,7 +123,16 @@ def build_smat(cfg: ModelConfig, layer: int) -> nn.Module | None:
 
 
 ATTENTION_EXTENSIONS.register("smat", build_smat)
-register_section("smat", SmatConfig, extends="attention")
+register_section(
+    "smat",
+    SmatConfig,
+    extends="attention",
+    read_with={
+        "s_dim": ("use_S", "use_G"),
+        "lambda_raw_init": ("use_S",),
+        **{gate_setting: ("use_G",) for gate_setting in ("centrality_norm", "gate_per_head", "mu_init", "beta_init")},
+    },
+)
 
 
 @register_check
