@@ -12,7 +12,7 @@ from slmlab.cli import main
 from slmlab.config import ConfigError
 from slmlab.experiments import budget as budget_module
 from slmlab.experiments.budget import flops_per_token, seconds_per_step, tokens_per_step
-from slmlab.experiments.sweep import load_sweep
+from slmlab.experiments.sweep_config import load_sweep
 
 
 def sweep_file(tmp_path, micro_toml, budget: str, full: str = '"model.smat.use_S" = true\n"model.smat.use_G" = true') -> str:

@@ -13,7 +13,7 @@ from slmlab.analysis.conformance import TINY, models_to_check, run_checks, tiny_
 from slmlab.analysis.scaffold import write_variant
 from slmlab.cli import main
 from slmlab.config import ConfigError, load_config
-from slmlab.experiments.sweep import first_seed_jobs, load_sweep
+from slmlab.experiments.sweep_config import first_seed_jobs, load_sweep
 from tests.conftest import write_micro_toml
 
 ROOT = Path(__file__).parents[1]

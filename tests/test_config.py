@@ -55,7 +55,7 @@ def test_dotted_overrides_of_every_kind(toml_file):
 def test_a_table_given_for_a_section_sets_its_keys_and_keeps_the_rest(toml_file, tmp_path):
     """`--model '{n_layer = 3}'` and a sweep's `[variants.a.model]` replaced the whole [model]
     section by a table of one key: d_model and n_head fell back to their defaults in silence."""
-    from slmlab.experiments.sweep import load_sweep
+    from slmlab.experiments.sweep_config import load_sweep
 
     cfg = load_config(toml_file, ["--model", "{n_layer = 3, smat = {use_S = true}}"])
     assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head, cfg.model.smat.use_S) == (3, 64, 4, True)
@@ -169,7 +169,7 @@ def test_shipped_presets_load_and_are_valid():
     from pathlib import Path
 
     from slmlab.config import read_toml
-    from slmlab.experiments.sweep import load_sweep
+    from slmlab.experiments.sweep_config import load_sweep
 
     presets = sorted(Path(__file__).parents[1].glob("configs/*.toml"))
     assert len(presets) >= 6, "configs/ is missing presets"

@@ -176,7 +176,7 @@ def test_a_single_document_cloze_uses_exactly_the_tail_the_token_split_held_out(
 def test_a_sweep_scores_a_run_again_once_it_has_trained_on(run, monkeypatch):
     """Saved lm-eval scores are reused only for the weights they were computed on."""
     import slmlab.evals.harness as harness
-    from slmlab.experiments.sweep import Job
+    from slmlab.experiments.sweep_config import Job
     from slmlab.runs import RunDir
     from slmlab.runs.derived import weights_identity
 

@@ -251,7 +251,7 @@ def test_torchrun_ranks_load_the_plugin(tmp_path, text_corpus):
 
 
 def test_a_sweep_names_plugins_for_every_run(tmp_path, micro_toml):
-    from slmlab.experiments.sweep import load_sweep
+    from slmlab.experiments.sweep_config import load_sweep
 
     sweep = tmp_path / "sweeps" / "with_plugin.toml"
     sweep.parent.mkdir()

@@ -181,7 +181,7 @@ def test_an_output_file_is_never_written_over_a_file_of_another_kind(micro_toml,
 def test_an_out_dir_under_home_is_expanded_like_the_other_paths(micro_toml, micro_sweep, tmp_path, monkeypatch):
     """out_dir = "~/runs" made a folder named "~" in the working directory (data.source and
     data.cache_dir already expanded "~")."""
-    from slmlab.experiments.sweep import load_sweep
+    from slmlab.experiments.sweep_config import load_sweep
 
     home, work = tmp_path / "home", tmp_path / "work"
     work.mkdir()

@@ -10,7 +10,8 @@ import pytest
 from slmlab.cli import main
 from slmlab.config import ConfigError, load_config
 from slmlab.experiments.stats import paired_comparison
-from slmlab.experiments.sweep import load_sweep, run_status
+from slmlab.experiments.sweep import run_status
+from slmlab.experiments.sweep_config import load_sweep
 
 
 def test_paired_statistics_match_hand_computation():
@@ -28,7 +29,7 @@ def test_paired_statistics_match_hand_computation():
 
 def test_a_variant_whose_every_run_failed_shows_dashes_not_nan_or_zero_parameters():
     from slmlab.experiments.results import results_table, summarize
-    from slmlab.experiments.sweep import SweepConfig
+    from slmlab.experiments.sweep_config import SweepConfig
 
     sweep = SweepConfig(name="s", base="b.toml", seeds=[0, 1], variants={"base": {}, "bad": {}}, baseline="base")
     done = {"val_ppl": 9.0, "val_bpb": 3.0, "step": 20, "tokens": 2560, "tokens_per_s": 1e4, "peak_memory_bytes": 1e8}
@@ -44,7 +45,7 @@ def test_a_variant_whose_every_run_failed_shows_dashes_not_nan_or_zero_parameter
 def test_a_variants_speed_is_the_median_over_its_seeds():
     """One run slowed by other work on the machine (a parallel job) moves the figure little."""
     from slmlab.experiments.results import summarize
-    from slmlab.experiments.sweep import SweepConfig
+    from slmlab.experiments.sweep_config import SweepConfig
 
     sweep = SweepConfig(name="s", base="b.toml", seeds=[0, 1, 2], variants={"base": {}}, baseline="base")
     done = {"val_ppl": 9.0, "val_bpb": 3.0, "step": 20, "tokens": 2560, "peak_memory_bytes": 1e8, "params": 9920}

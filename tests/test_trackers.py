@@ -115,7 +115,7 @@ def test_trackio_local_store_holds_metrics_and_config(make_config):
 
 
 def test_a_sweep_groups_its_runs_and_tags_variant_and_seed(micro_sweep):
-    from slmlab.experiments.sweep import load_sweep
+    from slmlab.experiments.sweep_config import load_sweep
 
     _, jobs = load_sweep(micro_sweep)
     for job in jobs:

@@ -48,7 +48,7 @@ def cmd_check(args, extra) -> int:
     from ..config import parse_overrides, read_toml
 
     if "variants" in read_toml(args.config):
-        from ..experiments.sweep import first_seed_jobs, load_sweep
+        from ..experiments.sweep_config import first_seed_jobs, load_sweep
 
         _, jobs = load_sweep(args.config, parse_overrides(extra))
         given = {job.variant: job.config for job in first_seed_jobs(jobs)}

@@ -211,12 +211,12 @@ def cmd_sweep(args, extra) -> int:
         describe_outcome,
         dry_run_lines,
         failed_runs,
-        load_sweep,
         run_one,
         run_sweep,
         sweep_lock,
         tune_learning_rates,
     )
+    from ..experiments.sweep_config import load_sweep
     from ..experiments.tuning import tuning_jobs
 
     sweep, jobs = load_sweep(args.config, parse_overrides(extra))

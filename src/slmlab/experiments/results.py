@@ -25,7 +25,7 @@ from ..runs.run_dir import RunDir
 from ..tables import format_number, human, markdown_table
 from .budget import flops_per_token
 from .stats import holm_adjusted, mean_std, paired_comparison, paired_difference, seeds_needed
-from .sweep import Job, SweepConfig, first_seed_jobs
+from .sweep_config import Job, SweepConfig, first_seed_jobs
 from .tuning import plot_tuning, tuning_table
 
 HEADERS = (

@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 from ..files import atomic_write_text, check_replaceable
-from .sweep import Job, SweepConfig
+from .sweep_config import Job, SweepConfig
 
 SCRIPT_START = "#!/bin/bash\n#SBATCH --job-name="  # a script slmlab wrote starts so: --slurm may replace it
 

@@ -38,7 +38,7 @@ class Tune:
 def tuning_jobs(sweep, jobs: list) -> list:
     """One short run per (variant, grid value), at each variant's first seed; Job.seed holds the
     grid index (results are keyed by (variant, seed))."""
-    from .sweep import Job, first_seed_jobs
+    from .sweep_config import Job, first_seed_jobs
 
     sweep.tune.check()
     folder = Path(sweep.out_dir) / sweep.name / "tune"
@@ -65,7 +65,7 @@ def choose(sweep, results: dict) -> dict[str, float]:
 
 
 def with_learning_rates(jobs: list, chosen: dict[str, float]) -> list:
-    from .sweep import Job
+    from .sweep_config import Job
 
     return [
         Job(job.variant, job.seed, config_from_dict(apply_overrides(job.config.to_dict(), {"train.lr": chosen[job.variant]})))

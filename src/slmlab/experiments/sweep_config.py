@@ -1,0 +1,210 @@
+"""What a sweep is: its config, read and checked into one run config per (variant, seed).
+
+A sweep config (TOML):
+
+    name = "smat_ablation"
+    base = "quickstart.toml"          # a run config, relative to this file
+    plugins = ["ideas/my_gate.py"]    # optional: plugins every run imports, added to the base's
+    seeds = [0, 1, 2]
+    baseline = "baseline"             # the variant others are compared with (default: the first)
+    [tune]                            # optional: a learning-rate grid per variant, run before the seeds
+    lr = [1e-3, 3e-3, 1e-2]           #   (experiments/tuning.py)
+    [budget]                          # optional, equal compute: each variant's steps from one of
+    flops = 2e13                      #   tokens, flops (training FLOPs) or seconds (experiments/budget.py)
+    [overrides]                       # dotted overrides applied to every run
+    "train.steps" = 300
+    [variants.baseline]
+    [variants.full]
+    "model.smat.use_S" = true
+    "model.smat.use_G" = true
+
+Every run config is checked as `slmlab train` checks one, with two rules of the sweep's own: the
+sweep sets each run's seed, name and folder (and with [tune] or [budget] its learning rate or
+steps), so overrides of those are refused; and an ignored setting (config/checks.py) is weighed
+over the variants: a variant's own is refused, a shared one only when every variant ignores it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import plugins
+from ..config import ConfigError, RunConfig, build_dataclass, check_name, dotted, load_config, read_toml
+from ..config.checks import check_no_ignored_setting, ignored_settings, phase_configs
+from ..data.corpora import check_outside_source, check_source_settings
+from ..runs.run_dir import RunDir
+from .budget import Budget, apply_budget, set_steps
+from .tuning import Tune
+
+
+@dataclass
+class HarnessTasks:
+    """`[lm_eval]` in a sweep: lm-evaluation-harness tasks scored on every finished run (slmlab
+    lm-eval), their accuracy set in the results table with paired CIs against the baseline."""
+
+    tasks: list[str] = field(default_factory=list)  # e.g. ["slmlab_cloze"]
+    limit: int = 0  # examples per task (0 = all)
+    num_fewshot: int = 0
+    batch_size: int = 16
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"
+    base: str = ""
+    out_dir: str = "runs"
+    plugins: list[str] = field(default_factory=list)  # added to the base config's, relative to this file
+    seeds: list[int] = field(default_factory=lambda: [0])
+    baseline: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    budget: Budget = field(default_factory=Budget)  # equal compute: tokens, flops or seconds (experiments/budget.py)
+    tune: Tune = field(default_factory=Tune)  # a learning-rate grid per variant before the seeds (experiments/tuning.py)
+    lm_eval: HarnessTasks = field(default_factory=HarnessTasks)  # lm-evaluation-harness tasks scored on every run
+
+
+@dataclass
+class Job:
+    variant: str
+    seed: int
+    config: RunConfig
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir.for_config(self.config)
+
+
+def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) -> tuple[SweepConfig, list[Job]]:
+    """Read a sweep config and resolve (and validate) the run config of every (variant, seed)."""
+    path = Path(path)
+    values = read_toml(path)
+    if "variants" not in values and {"model", "data", "train", "phases"} & set(values):
+        raise ConfigError(f"{path} is a run config: train it with `slmlab train {path}`, or name it in a sweep as base = ...")
+    values.setdefault("name", path.stem)
+    sweep = build_dataclass(SweepConfig, values)
+    sweep.out_dir = os.path.expanduser(sweep.out_dir)
+    check_name("name", sweep.name)
+    if not sweep.base:
+        raise ConfigError(f"{path}: 'base' must name a run config (e.g. base = \"quickstart.toml\")")
+    if not sweep.variants:
+        raise ConfigError(f"{path}: no [variants.<name>] tables")
+    if not sweep.seeds:
+        raise ConfigError(f"{path}: 'seeds' is empty")
+    repeated = sorted(seed for seed, n in Counter(sweep.seeds).items() if n > 1)
+    if repeated:
+        raise ConfigError(
+            f"{path}: seeds {repeated} appear more than once; each (variant, seed) is one run, so list each seed once"
+        )
+    if any(not name.strip() for name in sweep.variants):
+        raise ConfigError(f'{path}: a variant\'s name is empty ([variants.""]); name it: it heads its row in the results table')
+    cases = Counter(name.lower() for name in sweep.variants)
+    folded = [name for name in sweep.variants if cases[name.lower()] > 1]
+    if folded:
+        raise ConfigError(
+            f"{path}: variants {folded} differ only in case; their run folders would be one folder "
+            "on macOS and Windows: rename one"
+        )
+    sweep.baseline = sweep.baseline or next(iter(sweep.variants))
+    if sweep.baseline not in sweep.variants:
+        raise ConfigError(f"{path}: baseline '{sweep.baseline}' is not one of the variants {list(sweep.variants)}")
+    check_no_per_run_settings(path, sweep, extra_overrides or {})
+    folder = Path(sweep.out_dir) / sweep.name
+    if (folder / "config.json").is_file():
+        raise ConfigError(
+            f"{path}: {folder} is a run, not a sweep's folder: the sweep would put its runs and tables inside it; "
+            "give the sweep another name"
+        )
+    base = path.parent / Path(sweep.base).expanduser()  # relative to the sweep file (an absolute base stays)
+    if base.is_file() and "variants" in read_toml(base):
+        raise ConfigError(f"{path}: base = '{sweep.base}' is a sweep config ([variants]); base names a run config")
+    shared = {}
+    if sweep.plugins:  # the base config's plugins (relative to it), then the sweep's (relative to this file)
+        named = plugins.resolve(read_toml(base).get("plugins", []), base.parent) + plugins.resolve(sweep.plugins, path.parent)
+        shared["plugins"] = list(dict.fromkeys(named))
+    jobs = []
+    for variant, overrides in sweep.variants.items():
+        for seed in sweep.seeds:
+            run_overrides = {
+                **shared,
+                **sweep.overrides,
+                **overrides,
+                **(extra_overrides or {}),
+                "train.seed": seed,
+                "name": f"{variant}_s{seed}",
+                "out_dir": str(Path(sweep.out_dir) / sweep.name),
+            }
+            try:
+                config = load_config(base, run_overrides, refuse_ignored=False)
+            except ConfigError as err:
+                raise ConfigError(f"variant '{variant}': {err}") from None
+            jobs.append(Job(variant, seed, tracked(config, sweep.name, variant, seed)))
+    check_no_ignored_setting_in_sweep(path, sweep, first_seed_jobs(jobs))
+    for job in first_seed_jobs(jobs):
+        try:
+            check_source_settings(job.config.data)
+            check_outside_source(job.config.data, Path(sweep.out_dir) / sweep.name, "the sweep's folder")
+        except ConfigError as err:
+            raise ConfigError(f"variant '{job.variant}': {err}") from None
+    steps = apply_budget({job.variant: job.config for job in first_seed_jobs(jobs)}, sweep.budget)  # each variant's first seed
+    if steps:
+        jobs = [Job(job.variant, job.seed, set_steps(job.config, steps[job.variant])) for job in jobs]
+    return sweep, jobs
+
+
+def check_no_ignored_setting_in_sweep(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:
+    """A variant's own setting that its run ignores is refused; a shared one (the base config's,
+    [overrides], the command line's) only if every variant ignores it. A sweep of learned
+    against RoPE positions keeps model.rope_theta in its base, where the RoPE variants read it."""
+    for job in jobs:
+        try:
+            check_no_ignored_setting(job.config, keys=set(dotted(sweep.variants[job.variant])))
+        except ConfigError as err:
+            raise ConfigError(f"variant '{job.variant}': {err}") from None
+    ignored = ignored_settings([phase for job in jobs for phase in phase_configs(job.config)])
+    if ignored:
+        raise ConfigError(f"{path}: {ignored[0][1]} (every variant ignores it)")
+
+
+def per_run_settings(sweep: SweepConfig) -> dict[str, str]:
+    """Config keys the sweep sets for every run -> which of its keys sets them."""
+    owned = {"train.seed": "seeds", "name": "name (runs are <variant>_s<seed>)", "out_dir": "out_dir"}
+    if sweep.tune.lr:
+        owned["train.lr"] = "[tune] (it picks each variant's learning rate)"
+    if sweep.budget.held():
+        owned["train.steps"] = "[budget] (it sets each variant's steps)"
+    return owned
+
+
+def check_no_per_run_settings(path: Path, sweep: SweepConfig, extra_overrides: dict[str, Any]) -> None:
+    """Refuse overrides of what the sweep sets for every run (they were replaced in silence)."""
+    owned = per_run_settings(sweep)
+    sources = [("[overrides]", sweep.overrides), *((f"variant '{v}'", o) for v, o in sweep.variants.items())]
+    for where, overrides in [*sources, ("the command line", extra_overrides)]:
+        for key in dotted(overrides):
+            if key in owned:
+                raise ConfigError(
+                    f"{path}: {where} sets {key}, which the sweep sets for every run from its {owned[key]}; remove it"
+                )
+
+
+def tracked(config: RunConfig, sweep: str, variant: str, seed: int) -> RunConfig:
+    """The run's config with its tracker group (the sweep's name, unless the config names one)
+    and tags (its variant and seed added), so trackers show a sweep as one group."""
+    train = config.train
+    tags = list(dict.fromkeys([*train.tracker_tags, variant, f"seed{seed}"]))
+    return dataclasses.replace(
+        config, train=dataclasses.replace(train, tracker_group=train.tracker_group or sweep, tracker_tags=tags)
+    )
+
+
+def first_seed_jobs(jobs: list[Job]) -> list[Job]:
+    """Each variant's job at its first seed (what its cost, tuning and checks are measured on)."""
+    firsts: dict[str, Job] = {}
+    for job in jobs:
+        firsts.setdefault(job.variant, job)
+    return list(firsts.values())
