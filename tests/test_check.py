@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from slmlab.analysis.conformance import TINY, models_to_check, run_checks, tiny_config
+from slmlab.analysis.conformance import run_checks
 from slmlab.analysis.scaffold import write_variant
+from slmlab.analysis.tiny_models import TINY, models_to_check, tiny_config
 from slmlab.cli import main
 from slmlab.config import ConfigError, load_config
 from slmlab.experiments.sweep_config import first_seed_jobs, load_sweep

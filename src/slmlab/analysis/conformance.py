@@ -1,7 +1,7 @@
 """`slmlab check CONFIG`: the conformance suite for any model a config builds (built-in or plugin).
 
-The model is rebuilt at tiny shapes (each shape setting shrunk only where the config still checks),
-then each property is measured and judged:
+The model is rebuilt at tiny shapes (tiny_models.py: each shape setting shrunk only where the config
+still checks), then each property is measured and judged:
 
 | property | holds when |
 | --- | --- |
@@ -22,7 +22,6 @@ failure whose reason is the exception, in one line.
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from collections.abc import Callable
@@ -32,15 +31,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_model
 
-from ..config import ConfigError, ModelConfig, RunConfig, apply_overrides, config_from_dict
+from ..config import ModelConfig, RunConfig
 from ..model.protocol import attention_modules
 from ..phase_progress import tracked
 from ..registry import NAIVE_REFERENCES, build_model
 from ..runs.checkpoints import load_weights
 from ..tables import markdown_table
 from . import references  # noqa: F401  (registers the built-in attention's naive reference)
+from .tiny_models import tiny_config
 
-TINY = {"n_layer": 2, "n_head": 4, "d_model": 32, "d_ff": 0, "block_size": 40, "vocab_size": 61, "local_block": 4}
 EXACT = 1e-9  # every comparison but the trained ones runs in float64: a real fault moves far more
 
 
@@ -57,40 +56,6 @@ class Result:
 class Outcome:
     name: str
     result: Result
-
-
-def tiny_config(cfg: RunConfig) -> ModelConfig:
-    """cfg.model at tiny shapes: each TINY setting is taken only if the config still checks with
-    it (an architecture's own rules, per-layer pattern lists, a plugin's constraints)."""
-    values = cfg.to_dict()
-    values["phases"] = []
-    accepted: dict = {}
-    for key, value in TINY.items():
-        trial = {**accepted, f"model.{key}": value}
-        if key == "block_size":  # the windows trained on must fit the tiny context; the probe reads no data
-            trial["data.seq_len"] = min(cfg.data.seq_len, value)
-        if key == "local_block" and cfg.model.local_block <= value:
-            continue
-        try:
-            config_from_dict(apply_overrides(values, trial))
-        except ConfigError:
-            continue
-        accepted = trial
-    return config_from_dict(apply_overrides(values, accepted)).model
-
-
-def models_to_check(label: str, cfg: RunConfig) -> dict[str, RunConfig]:
-    """The configs whose models `slmlab check` holds to the properties: `cfg` itself, or for a
-    curriculum one per distinct tiny model its phases train (attention, RoPE scaling and the like
-    change from phase to phase), labelled with the phases that train it."""
-    if not cfg.phases:
-        return {label: cfg}
-    groups: dict[str, tuple[list[str], RunConfig]] = {}
-    for index, phase in enumerate(cfg.phases):
-        phase_cfg = cfg.phase(index)
-        key = json.dumps(tiny_config(phase_cfg).to_dict(), sort_keys=True)
-        groups.setdefault(key, ([], phase_cfg))[0].append(phase.name)
-    return {f"{label} phase {'+'.join(names)}": phase_cfg for names, phase_cfg in groups.values()}
 
 
 class Probe:

@@ -44,7 +44,8 @@ def register(sub) -> None:
 def cmd_check(args, extra) -> int:
     """A run config: its model (a curriculum: each phase's); a sweep config: every variant's
     model (at its first seed)."""
-    from ..analysis.conformance import comparison_table, models_to_check, outcome_table, run_checks
+    from ..analysis.conformance import comparison_table, outcome_table, run_checks
+    from ..analysis.tiny_models import models_to_check
     from ..config import parse_overrides, read_toml
 
     if "variants" in read_toml(args.config):
