@@ -200,7 +200,7 @@ def _run_report(path: Path) -> tuple[str, str]:
     cfg, summary = run.read_config(), run.read_summary()
     phases = [RunDir(Path(p["run"])) for p in summary.get("phases", [])]
     if cfg.phases and not phases:  # an unfinished curriculum: the phases that have started
-        phases = [phase for phase in phase_runs(path, cfg) if phase.config.is_file()]
+        phases = phase_runs(path, cfg, begun=True)
     if not summary and not run.read_metrics() and not phases:
         raise ConfigError(f"{path} has not trained yet (no metrics.jsonl); train it first")
     sizes = size_table(config_for_info(path, load_config=None) if cfg.phases else cfg)  # a curriculum: each phase's

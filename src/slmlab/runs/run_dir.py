@@ -217,9 +217,11 @@ class RunDir:
                     entry.unlink(missing_ok=True)
 
 
-def phase_runs(path: str | Path, cfg: RunConfig) -> list[RunDir]:
-    """A curriculum's phase sub-runs in order, begun or not (empty for a single run)."""
-    return [RunDir(Path(path) / cfg.phase(index).name) for index in range(len(cfg.phases))]
+def phase_runs(path: str | Path, cfg: RunConfig, begun: bool = False) -> list[RunDir]:
+    """A curriculum's phase sub-runs in order (empty for a single run): all of them, or with
+    `begun` those that have begun (they hold their config)."""
+    phases = [RunDir(Path(path) / cfg.phase(index).name) for index in range(len(cfg.phases))]
+    return [phase for phase in phases if phase.config.is_file()] if begun else phases
 
 
 def model_run(path: str | Path) -> tuple[RunDir, RunConfig]:
@@ -228,11 +230,10 @@ def model_run(path: str | Path) -> tuple[RunDir, RunConfig]:
     run = RunDir(Path(path))
     cfg = run.read_config()
     if cfg.phases:
-        phases = phase_runs(path, cfg)
-        started = [phase for phase in phases if phase.config.is_file()]
+        started = phase_runs(path, cfg, begun=True)
         if not started:
             raise ConfigError(f"{path} has not started training (none of its phases has begun); train it first")
-        if started[-1] is not phases[-1]:
+        if len(started) < len(cfg.phases):  # phases begin in order
             log.info("%s has not finished its curriculum: using its latest phase, %s", path, started[-1].path.name)
         run = started[-1]
         cfg = run.read_config()
