@@ -273,6 +273,14 @@ def test_a_folder_of_runs_given_for_one_run_or_a_config_says_what_to_give(micro_
     assert f"it holds runs (a sweep, or an out_dir): name one, e.g. {tmp_path / 'runs' / 'r'}" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "runs")]) == 2
     assert "is a folder, not a config file: give a .toml file" in capsys.readouterr().err
+    run = tmp_path / "runs" / "r"  # a run given as a config: what to give, and how to continue the run instead
+    for verb in ("train", "check", "sweep"):
+        assert main([verb, str(run)]) == 2
+        assert f"{run} is a run directory, not a config file: give the .toml file it was trained from" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "runs")]) == 2  # info takes a config or a run
+    assert (
+        "is a folder but not a run directory (no config.json): give a .toml config or a run directory" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,10 @@ def config_for_info(target: str | Path, load_config, overrides: list[str] = ()) 
         first_phase = phase_runs(target, cfg)[:1]
         if not cfg.model.vocab_size and first_phase and first_phase[0].config.is_file():
             resolve_vocab(cfg, first_phase[0].read_config().model.vocab_size)  # a curriculum's phases record it
+    elif Path(target).is_dir():
+        raise ConfigError(
+            f"{target} is a folder but not a run directory (no config.json): give a .toml config or a run directory"
+        )
     else:
         cfg = load_config()
     if cfg.model.vocab_size == 0:

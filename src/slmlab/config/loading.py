@@ -144,6 +144,11 @@ def _deep_copy(values: dict[str, Any]) -> dict[str, Any]:
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if (path / "config.json").is_file():
+        raise ConfigError(
+            f"{path} is a run directory, not a config file: give the .toml file it was trained from "
+            f"(`slmlab train --resume {path}` continues it; its settings are in {path / 'config.json'})"
+        )
     if path.is_dir():
         raise ConfigError(f"{path} is a folder, not a config file: give a .toml file")
     if not path.is_file():
