@@ -119,6 +119,10 @@ def test_ablate_command_on_a_trained_full_smat_run(text_corpus, make_config, cap
     rows = json.loads((plain / "ablations.json").read_text())["interventions"]
     assert list(rows) == ["unmodified"] + [f"blocks.{i} {part} = 0" for i in range(2) for part in ("attention", "MLP")]
     assert all(r["val_ppl"] != rows["unmodified"]["val_ppl"] for name, r in rows.items() if name != "unmodified")
+    assert main(["ablate", str(plain), "--heads", "--n-batches", "2"]) == 0
+    rows = json.loads((plain / "ablations.json").read_text())["interventions"]
+    n_head = baseline_cfg.model.n_head
+    assert list(rows) == ["unmodified"] + [f"blocks.{i}.attn head {h} = 0" for i in range(2) for h in range(n_head)]
 
 
 class Zero(torch.nn.Module):
@@ -147,4 +151,32 @@ def test_a_layer_ablation_equals_the_model_with_that_sublayer_replaced_by_zero(l
         expected, _ = reference(idx)
         untouched, _ = model(idx)
     torch.testing.assert_close(ablated, expected, rtol=0, atol=0)
+    assert not torch.allclose(untouched, expected)
+
+
+@pytest.mark.parametrize("arch, layer, head", [("decoder", 0, 0), ("decoder", 2, 1), ("tape", 0, 1)])
+def test_a_head_ablation_equals_the_model_with_that_heads_output_projection_columns_zeroed(arch, layer, head, idx):
+    """Naive reference: attn(x) = W_o concat(z_1..z_H) + b, so zeroing z_h equals zeroing the
+    columns of W_o that read head h, in a copy of the weights; every other head's columns kept."""
+    import copy
+
+    from slmlab.config import ModelConfig
+    from slmlab.model import build_model
+    from slmlab.model.attention import CausalSelfAttention
+    from slmlab.model.interventions import head_ablations
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=37, n_layer=3, n_head=2, d_model=32, block_size=32, arch=arch)).eval()
+    attention = [name for name, m in model.named_modules() if isinstance(m, CausalSelfAttention)]
+    by_name = {i.name: i for i in head_ablations(model)}
+    assert list(by_name) == [f"{name} head {h} = 0" for name in attention for h in range(2)]
+    name = attention[layer]
+    with torch.no_grad(), intervene(model, by_name[f"{name} head {head} = 0"]):
+        ablated, _ = model(idx)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference.get_submodule(name).proj.weight[:, head * 16 : (head + 1) * 16] = 0
+        expected, _ = reference(idx)
+        untouched, _ = model(idx)
+    torch.testing.assert_close(ablated, expected, rtol=1e-6, atol=1e-6)
     assert not torch.allclose(untouched, expected)

@@ -97,12 +97,17 @@ def register(sub) -> None:
         "ablate",
         "surgical ablations of a trained run: each intervention's validation ppl vs the unmodified model",
         "  slmlab ablate runs/smat_quick/full_s0\n  slmlab ablate runs/smat_ablation/full_s3 --n-batches 40\n"
-        "  slmlab ablate runs/quickstart --layers",
+        "  slmlab ablate runs/quickstart --layers\n  slmlab ablate runs/quickstart --heads",
     )
     p.add_argument("run")
     p.add_argument("--n-batches", type=positive_int, default=20, help="validation batches per evaluation (default 20)")
     p.add_argument(
         "--layers", action="store_true", help="also zero each layer's attention and MLP output in turn (any decoder model)"
+    )
+    p.add_argument(
+        "--heads",
+        action="store_true",
+        help="also zero each attention head's output in turn, before its layer's output projection (n_layer x n_head evaluations)",
     )
     add_device(p)
     p.set_defaults(func=cmd_ablate)
@@ -218,7 +223,7 @@ def cmd_ablate(args, extra) -> int:
 
     from ..evals.ablate import ablate
 
-    table, _ = ablate(args.run, args.n_batches, args.device, args.layers)
+    table, _ = ablate(args.run, args.n_batches, args.device, args.layers, args.heads)
     print(table)
     print(f"saved: {Path(args.run) / 'ablations.md'}, ablations.json")
     return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..config import ConfigError
 from ..data.tokens import prepare_tokens
 from ..files import atomic_write_text, json_text
-from ..model.interventions import applicable, intervene, layer_ablations
+from ..model.interventions import applicable, head_ablations, intervene, layer_ablations
 from ..phase_progress import PhaseProgress
 from ..registry import ABLATION_SUMMARIES
 from ..runs.derived import record_derived, weights_identity
@@ -24,17 +24,20 @@ from ..training import evaluate
 from ..training.runtime import resolve_device
 
 
-def ablate(run_path: str | Path, n_batches: int = 20, device: str = "auto", layers: bool = False) -> tuple[str, dict]:
-    """`layers`: also zero each layer's attention and MLP output in turn (layer_ablations)."""
+def ablate(
+    run_path: str | Path, n_batches: int = 20, device: str = "auto", layers: bool = False, heads: bool = False
+) -> tuple[str, dict]:
+    """`layers`: also zero each layer's attention and MLP output in turn (layer_ablations);
+    `heads`: also zero each attention head's output in turn (head_ablations)."""
     device = resolve_device(device)
     weights = weights_identity(run_path)
     cfg, model, tokenizer = load_run(run_path, device)
-    interventions = applicable(model) + (layer_ablations(model) if layers else [])
+    interventions = applicable(model) + (layer_ablations(model) if layers else []) + (head_ablations(model) if heads else [])
     if not interventions:
         hint = (
-            "this architecture has no per-layer attention/MLP hook points either"
-            if layers
-            else "add --layers to zero each layer's attention and MLP output in turn"
+            "this architecture has no attention, MLP or head hook points either"
+            if layers or heads
+            else "add --layers to zero each layer's attention and MLP output in turn, or --heads each attention head"
         )
         raise ConfigError(f"{run_path}: this model declares no interventions (its variant has no hook points to ablate); {hint}")
     _, data = prepare_tokens(cfg.data, tokenizer)
@@ -56,7 +59,7 @@ def ablate(run_path: str | Path, n_batches: int = 20, device: str = "auto", laye
                 "val_ppl": value,
                 "delta_pct": 100.0 * (value / reference - 1.0),
             }
-    result = {"run": str(run_path), "n_batches": n_batches, "layers": layers, "interventions": rows}
+    result = {"run": str(run_path), "n_batches": n_batches, "layers": layers, "heads": heads, "interventions": rows}
     table = markdown_table(
         ("intervention", "what it changes", "val ppl", "Δ% vs unmodified"),
         [(n, r["description"], f"{r['val_ppl']:.3f}", f"{r['delta_pct']:+.2f}%") for n, r in rows.items()],
@@ -71,6 +74,9 @@ def ablate(run_path: str | Path, n_batches: int = 20, device: str = "auto", laye
     atomic_write_text(run / "ablations.json", json_text(result, indent=2))
     atomic_write_text(run / "ablations.md", f"# Surgical ablations of {run.name}\n\n{table}\n")
     record_derived(
-        run, [run / "ablations.json", run / "ablations.md"], f"slmlab ablate {run}" + (" --layers" if layers else ""), weights
+        run,
+        [run / "ablations.json", run / "ablations.md"],
+        f"slmlab ablate {run}" + (" --layers" if layers else "") + (" --heads" if heads else ""),
+        weights,
     )
     return table, result

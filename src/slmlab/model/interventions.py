@@ -9,9 +9,10 @@ own file (SMAT's surgical ablations: slmlab/variants/smat.py):
         loss = evaluate(model, ...)
 
 `slmlab ablate RUN` evaluates every intervention that applies to a run and reports them in one
-table against the unmodified model; `--layers` adds `layer_ablations`, which need no declaration:
-each layer's attention and MLP output (its contribution to the residual stream) set to zero in
-turn, as TransformerLens users zero-ablate a component.
+table against the unmodified model. Two kinds need no declaration, as TransformerLens users
+zero-ablate a component: `--layers` adds `layer_ablations`, each layer's attention and MLP output
+(its contribution to the residual stream) set to zero in turn, and `--heads` adds
+`head_ablations`, each attention head's output z_h set to zero before the output projection.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import INTERVENTIONS
+from .attention import CausalSelfAttention
 
 Replace = Callable[[torch.Tensor], torch.Tensor]
 
@@ -107,4 +109,32 @@ def layer_ablations(model: nn.Module) -> list[Intervention]:
                     {name: constant(torch.zeros_like)},
                 )
             )
+    return found
+
+
+def _zero_head(head: int) -> Replace:
+    def replace(z: torch.Tensor) -> torch.Tensor:  # (B, H, T, D): one row of heads per token
+        z = z.clone()
+        z[:, head] = 0
+        return z
+
+    return replace
+
+
+def head_ablations(model: nn.Module) -> list[Intervention]:
+    """One zero ablation per attention head, in module order: head h's output z_h (B, T, D) set to
+    zero at its layer's hook_z, so attn(x) = W_o concat(z_1..z_H) + b loses W_o's h-th column
+    block times z_h, the head's whole contribution. Any architecture built from the backbone's
+    attention layer has them (the decoder's blocks, the TapeTransformer's stacks)."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, CausalSelfAttention) and len(hook_points(model, f"{name}.hook_z")) == 1:
+            found += [
+                Intervention(
+                    f"{name} head {head} = 0",
+                    f"head {head} of {name} set to zero before its output projection",
+                    {f"{name}.hook_z": constant(_zero_head(head))},
+                )
+                for head in range(module.n_head)
+            ]
     return found
