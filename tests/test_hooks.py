@@ -67,5 +67,7 @@ def test_run_with_cache_keeps_every_hook_point_and_the_residual_stream_adds_up()
     assert sorted(some) == ["blocks.0.hook_attn_out", "blocks.1.hook_attn_out"]
     _, one = run_with_cache(model, idx, names=["blocks.1.hook_attn_out"])
     torch.testing.assert_close(one["blocks.1.hook_attn_out"], cache["blocks.1.hook_attn_out"])
+    _, named = run_with_cache(model, idx, names="blocks.1.hook_attn_out")  # was read letter by letter: "no hook point 'b'"
+    assert list(named) == ["blocks.1.hook_attn_out"]
     with pytest.raises(ConfigError, match="no hook point 'blocks.1.hook_atn_out' \\(close: blocks.1.hook_attn_out"):
         run_with_cache(model, idx, names=["blocks.1.hook_atn_out"])

@@ -3,6 +3,7 @@ points (model/hooks.py) saw.
 
     logits, cache = run_with_cache(model, idx)                                   # every hook point
     logits, cache = run_with_cache(model, idx, names=["blocks.0.hook_attn_out"])  # just these
+    logits, cache = run_with_cache(model, idx, names="blocks.0.hook_attn_out")    # just this one
     logits, cache = run_with_cache(model, idx, names=lambda name: name.endswith("hook_z"))
 
 `cache` maps each hook point's module name to its output, e.g. "blocks.1.hook_resid_pre"
@@ -27,15 +28,16 @@ def run_with_cache(
     model: nn.Module, idx: torch.Tensor, names: Iterable[str] | Callable[[str], bool] | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(logits (B, T, V), {hook point name: its output}) for token ids idx (B, T), in eval mode and
-    without autograd; `names`: the hook points to keep (a list of names, or a test on the name;
-    None: all). A name the model does not have is an error that lists the close ones."""
+    without autograd; `names`: the hook points to keep (a name, a list of names, or a test on the
+    name, as TransformerLens's names_filter; None: all). A name the model does not have is an
+    error that lists the close ones."""
     points = {name: module for name, module in model.named_modules() if isinstance(module, HookPoint)}
     if names is None:
         chosen = list(points)
     elif callable(names):
         chosen = [name for name in points if names(name)]
     else:
-        chosen = list(names)
+        chosen = [names] if isinstance(names, str) else list(names)  # a string is one name, not its letters
         for name in chosen:
             if name not in points:
                 close = difflib.get_close_matches(name, points, n=3) or sorted(points)[:3]
