@@ -62,6 +62,15 @@ def test_the_plugin_is_imported_before_the_config_is_checked(tmp_path, text_corp
         "a.module",
     ]
     assert cfg.model.gated_attention.enabled
+    one = plugin_toml(tmp_path, text_corpus, EXAMPLE)  # plugins = "x.py": its section was unknown, its path cwd's
+    one.write_text(
+        one.read_text().replace(
+            f'plugins = ["{os.path.relpath(EXAMPLE, one.parent)}"]', f'plugins = "{os.path.relpath(EXAMPLE, one.parent)}"'
+        )
+    )
+    assert load_config(one).plugins == [str(EXAMPLE.resolve())] and resolve("a.py", tmp_path) == [
+        str(tmp_path.resolve() / "a.py")
+    ]
     typo = plugin_toml(tmp_path, text_corpus, EXAMPLE, "[model.gated_attention]\nenabld = true\n")
     with pytest.raises(ConfigError, match="did you mean 'enabled'"):
         load_config(typo)

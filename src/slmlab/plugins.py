@@ -72,9 +72,11 @@ def is_file_spec(spec: str) -> bool:
     return spec.endswith(".py") or "/" in spec or os.sep in spec
 
 
-def resolve(specs: list, base: Path) -> list:
+def resolve(specs: list | str, base: Path) -> list:
     """File specs made absolute against `base` (the config's folder; "~" is the home folder);
-    module names unchanged."""
+    module names unchanged. One spec given as a string (plugins = "gate.py") is a list of one."""
+    if isinstance(specs, str):
+        specs = [specs]
     if not isinstance(specs, list):
         return specs  # the schema check names the mistake
     return [_absolute(Path(s).expanduser(), base) if isinstance(s, str) and is_file_spec(s) else s for s in specs]

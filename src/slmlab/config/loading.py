@@ -34,6 +34,8 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"a config is a table of settings (name, model, data, train, ...), not {type(values).__name__}")
     load_builtins()
     specs = values.get("plugins", [])
+    if isinstance(specs, str):  # plugins = "gate.py": one plugin (the schema reads a string as a list of one)
+        specs = [specs]
     if isinstance(specs, list) and all(isinstance(s, str) for s in specs):
         plugins.activate(specs)  # before the check: a plugin's sections and choices must exist
     cfg = build_dataclass(RunConfig, values)
