@@ -115,6 +115,10 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
         (["--data.vocab_size", "512"], "data.vocab_size = 512 is ignored with data.tokenizer = 'char'"),
         (["--data.tiktoken_file", "gpt2.tiktoken"], "data.tiktoken_file = 'gpt2.tiktoken' is ignored with data.tokenizer"),
         (["--train.decay_fraction", "0.5"], "train.decay_fraction = 0.5 is ignored with train.schedule = 'cosine'"),
+        (
+            ["--train.checkpoint_every", "0", "--train.keep_checkpoints", "5"],
+            "train.keep_checkpoints = 5 is ignored with train.checkpoint_every = 0",
+        ),
         (["--model.local_block", "16"], "model.local_block = 16 is ignored with full attention in every layer"),
         # a variant section's setting read only under a switch that is off (registry.Section.read_with)
         (["--model.smat.s_dim", "16"], "model.smat.s_dim = 16 is read only with model.smat.use_S or model.smat.use_G = true"),

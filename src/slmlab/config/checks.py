@@ -88,6 +88,7 @@ IGNORED_UNDER = {
     "data.vocab_size": ("data.tokenizer", ("byte", "char", "gpt2")),
     "data.tiktoken_file": ("data.tokenizer", ("byte", "char", "bpe")),
     "train.decay_fraction": ("train.schedule", ("cosine",)),
+    "train.keep_checkpoints": ("train.checkpoint_every", (0,)),  # only the final checkpoint is written
 }
 
 
