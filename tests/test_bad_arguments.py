@@ -117,6 +117,7 @@ def test_a_device_slmlab_cannot_run_on_is_one_line(name):
         ("top_k = -3", "top_k must be >= 0"),
         ('prompt = ""', "prompt 'odd' is empty"),
         ('prompt = "T~"', "prompt 'odd': characters not in the tokenizer's vocabulary: '~'"),
+        ("temperature = 0.0\ntop_k = 5", "top_k filters what is sampled, and temperature 0 samples nothing (greedy decoding)"),
     ],
 )
 def test_a_prompt_suite_with_an_impossible_setting_is_one_line_naming_the_prompt(micro_toml, tmp_path, capsys, line, says):
@@ -381,3 +382,21 @@ def test_torchrun_variables_left_in_the_shell_are_named_or_harmless(micro_toml, 
     monkeypatch.setenv("RANK", "1")
     assert main(["train", str(micro_toml), "--no-progress", "--name", "r"]) == 0
     assert "run: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "options, says",
+    [
+        (["--top-k", "5"], "--top-k filters what is sampled, and --temperature 0 samples nothing (greedy decoding): remove it"),
+        (["--top-k", "5", "--top-p", "0.9"], "--top-k and --top-p filter what is sampled, and --temperature 0 samples nothing"),
+        (["--num-samples", "3"], "--temperature 0 (greedy decoding) gives the same text every time, so --num-samples 3"),
+    ],
+)
+def test_generate_refuses_sampling_options_that_greedy_decoding_ignores(micro_toml, tmp_path, capsys, options, says):
+    """--temperature 0 --top-k 5 decoded greedily in silence, and --num-samples 3 printed three copies."""
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "r"]) == 0
+    capsys.readouterr()
+    run = str(tmp_path / "runs" / "r")
+    assert main(["generate", run, "--prompt", "T", "--temperature", "0", "--max-new-tokens", "3", *options]) == 2
+    assert says in capsys.readouterr().err
+    assert main(["generate", run, "--prompt", "T", "--temperature", "0", "--max-new-tokens", "3"]) == 0

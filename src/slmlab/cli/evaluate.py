@@ -14,6 +14,7 @@ from .options import (
     add_seed,
     add_verb,
     announce_compile,
+    check_greedy_options,
     int_list,
     load_run_config,
     option_rules,
@@ -173,6 +174,7 @@ def cmd_eval(args, extra) -> int:
 def cmd_generate(args, extra) -> int:
     from ..evals.score import generate_texts, load_for_inference
 
+    check_greedy_options(args)
     cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8)
     announce_compile(args)
     streaming = args.num_samples == 1  # one sample is printed as it is generated

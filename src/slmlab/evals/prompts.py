@@ -16,7 +16,7 @@ import torch
 from ..config import ConfigError, build_dataclass, check_seed, read_toml
 from ..errors import TokenizerError
 from ..files import atomic_write_text, check_replaceable, parse_json, read_text
-from ..model.sampling import check_sampling
+from ..model.sampling import check_sampling, greedy_ignores
 from ..registry import closest
 from ..tables import code_block, code_span
 
@@ -64,6 +64,9 @@ def load_suite(path: str | Path) -> list[Prompt]:
                 raise ConfigError(f"max_tokens must be > 0, got {p.max_tokens}")
             check_seed("seed", p.seed)
             check_sampling(p.temperature, p.top_k, p.top_p)
+            ignored = greedy_ignores(p.temperature, p.top_k, p.top_p)
+            if ignored:
+                raise ConfigError(ignored)
         except ConfigError as err:
             raise ConfigError(f"{path}: prompt[{i}] ({p.id!r}): {err}") from None
     ids = [p.id for p in prompts]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -17,6 +18,20 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
         raise ConfigError(f"top_k must be >= 0 (0 = off), got {top_k}")
     if not 0 < top_p <= 1:
         raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+
+
+def greedy_ignores(temperature: float, top_k: int, top_p: float, spell: Callable[[str], str] = str) -> str:
+    """ "" or one line naming the filters set (top_k, top_p) that temperature 0 ignores, with each
+    setting's name as `spell` writes it ("--top-k"): greedy decoding takes the most likely token,
+    which every filter keeps, and a user who sets one believes it samples."""
+    names = [spell(name) for name, on in (("top_k", top_k != 0), ("top_p", top_p != 1.0)) if on] if temperature == 0 else []
+    if not names:
+        return ""
+    verb, them = ("filter", "them") if len(names) > 1 else ("filters", "it")
+    return (
+        f"{' and '.join(names)} {verb} what is sampled, and {spell('temperature')} 0 samples nothing (greedy decoding): "
+        f"remove {them}, or give a temperature > 0"
+    )
 
 
 def sample_next(
