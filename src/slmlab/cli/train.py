@@ -160,8 +160,8 @@ def train_config(args, extra):
         cfg = load_run_config(args.config, extra, args.name)
         from ..data.corpora import check_source_settings
 
-        for data in [cfg.phase(i).data for i in range(len(cfg.phases))] or [cfg.data]:
-            check_source_settings(data)
+        for phase in cfg.phase_configs():
+            check_source_settings(phase.data)
     else:
         raise ConfigError("give a CONFIG file to train, or --resume RUN_DIR")
     if cfg.train.batch_size % args.nproc:

@@ -96,8 +96,13 @@ def ignored_settings(configs: list) -> list[tuple[str, str]]:
     """(key, one-line message) for each setting changed from its default that every config in
     `configs` ignores: model.rope_scale with learned positions, data.vocab_size with a char
     tokenizer, a variant section's setting read only with a switch that is off (a section's
-    `read_with`: model.smat.s_dim with use_S and use_G both false). Each config counts as it is,
-    so a curriculum's phases or a sweep's variants use a setting if any one of them does."""
+    `read_with`: model.smat.s_dim with use_S and use_G both false), attention settings no layer
+    reads. Each config counts as it is, so a curriculum's phases or a sweep's variants use a
+    setting if any one of them does."""
+    return [*_ignored_under_choices(configs), *_ignored_under_switches(configs), *_ignored_attention_settings(configs)]
+
+
+def _ignored_under_choices(configs: list) -> list[tuple[str, str]]:
     found = []
     for key, (choice, ignoring) in IGNORED_UNDER.items():
         section, name = key.split(".")
@@ -105,34 +110,36 @@ def ignored_settings(configs: list) -> list[tuple[str, str]]:
         if all(_lookup(c, choice) in ignoring and _lookup(c, key) != default for c in configs):
             value, chosen = _lookup(configs[0], key), _lookup(configs[0], choice)
             found.append((key, f"{key} = {value!r} is ignored with {choice} = {chosen!r}; remove it"))
+    return found
+
+
+def _ignored_under_switches(configs: list) -> list[tuple[str, str]]:
+    found = []
     for name, section in MODEL_SECTIONS.items():
         default = section.config()
         for setting, switches in section.read_with.items():
             key, keys = f"model.{name}.{setting}", [f"model.{name}.{switch}" for switch in switches]
             if all(_lookup(c, key) != getattr(default, setting) and not any(_lookup(c, k) for k in keys) for c in configs):
-                found.append(
-                    (
-                        key,
-                        f"{key} = {_lookup(configs[0], key)!r} is read only with {' or '.join(keys)} = true; remove it or turn that on",
-                    )
-                )
-    default_block = type(configs[0].model)().local_block
-    if all(_attention_patterns(c.model) == {"full"} and c.model.local_block != default_block for c in configs):
-        block = configs[0].model.local_block
+                value = _lookup(configs[0], key)
+                found.append((key, f"{key} = {value!r} is read only with {' or '.join(keys)} = true; remove it or turn that on"))
+    return found
+
+
+def _ignored_attention_settings(configs: list) -> list[tuple[str, str]]:
+    found, m, defaults = [], configs[0].model, type(configs[0].model)()
+    if all(_attention_patterns(c.model) == {"full"} and c.model.local_block != defaults.local_block for c in configs):
         found.append(
-            ("model.local_block", f"model.local_block = {block} is ignored with full attention in every layer; remove it")
+            ("model.local_block", f"model.local_block = {m.local_block} is ignored with full attention in every layer; remove it")
         )
-    default_pattern = type(configs[0].model)().attention
-    if all(c.model.attention_layers and c.model.attention != default_pattern for c in configs):
+    if all(c.model.attention_layers and c.model.attention != defaults.attention for c in configs):
         found.append(
             (
                 "model.attention",
-                f"model.attention = {configs[0].model.attention!r} is ignored: model.attention_layers names every layer's "
-                "pattern; remove one of them",
+                f"model.attention = {m.attention!r} is ignored: model.attention_layers names every layer's pattern; "
+                "remove one of them",
             )
         )
     if all(c.model.global_every and (c.model.attention == "full" or c.model.attention_layers) for c in configs):
-        m = configs[0].model
         found.append(
             (
                 "model.global_every",
@@ -145,18 +152,13 @@ def ignored_settings(configs: list) -> list[tuple[str, str]]:
     return found
 
 
-def phase_configs(cfg) -> list:
-    """A curriculum's phase configs, or the config itself."""
-    return [cfg.phase(i) for i in range(len(cfg.phases))] or [cfg]
-
-
 def check_no_ignored_setting(cfg, keys=None) -> None:
     """Refuse a setting changed from its default that the config ignores (`ignored_settings`;
     a curriculum's setting counts if any phase uses it): it would change nothing while the user
     believes it did. With `keys`, only those settings (the ones a user just gave, on top of a
     config that loads as it is). For configs a user writes (load_config) and overrides of a trained
     run's config; a run's recorded config.json loads as it is."""
-    for key, message in ignored_settings(phase_configs(cfg)):
+    for key, message in ignored_settings(cfg.phase_configs()):
         if keys is None or key in keys:
             raise ConfigError(message)
 

@@ -247,6 +247,10 @@ class RunConfig:
         except ConfigError as err:
             raise ConfigError(f"phases[{index}] ({phase.name}): {err}") from None
 
+    def phase_configs(self) -> list[RunConfig]:
+        """What trains: each phase's full config (`phase`) in order, or this config without phases."""
+        return [self.phase(index) for index in range(len(self.phases))] or [self]
+
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["model"] = self.model.to_dict()

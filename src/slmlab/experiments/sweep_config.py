@@ -35,7 +35,7 @@ from typing import Any
 
 from .. import plugins
 from ..config import ConfigError, RunConfig, build_dataclass, check_name, dotted, load_config, read_toml
-from ..config.checks import check_no_ignored_setting, ignored_settings, phase_configs
+from ..config.checks import check_no_ignored_setting, ignored_settings
 from ..data.corpora import check_outside_source, check_source_settings
 from ..runs.run_dir import RunDir
 from .budget import Budget, apply_budget, set_steps
@@ -165,7 +165,7 @@ def check_no_ignored_setting_in_sweep(path: Path, sweep: SweepConfig, jobs: list
             check_no_ignored_setting(job.config, keys=set(dotted(sweep.variants[job.variant])))
         except ConfigError as err:
             raise ConfigError(f"variant '{job.variant}': {err}") from None
-    ignored = ignored_settings([phase for job in jobs for phase in phase_configs(job.config)])
+    ignored = ignored_settings([phase for job in jobs for phase in job.config.phase_configs()])
     if ignored:
         raise ConfigError(f"{path}: {ignored[0][1]} (every variant ignores it)")
 
