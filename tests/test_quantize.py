@@ -49,3 +49,12 @@ def test_an_int8_model_of_older_weights_is_refused(text_corpus, make_config, cap
     assert "model_int8.pt was made from other weights" in capsys.readouterr().err
     assert main(["quantize", str(run), "--int8", "--batches", "1"]) == 0
     assert main(["generate", str(run), "--int8", "--prompt", "ROMEO", "--max-new-tokens", "3"]) == 0
+
+
+def test_quantize_times_generation_on_a_context_shorter_than_its_prompt(text_corpus, make_config, capsys):
+    """Its timing prompt was the validation text's first 16 tokens: a model with a context of 8
+    failed there ('the prompt has 16 tokens'), after scoring."""
+    cfg = make_config(text_corpus, model={"block_size": 8}, data={"seq_len": 8}, train={"steps": 2, "checkpoint_every": 0})
+    run = train(cfg, progress=False).run_dir
+    assert main(["quantize", str(run), "--int8", "--batches", "1"]) == 0
+    assert "| int8" in capsys.readouterr().out

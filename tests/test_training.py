@@ -64,6 +64,15 @@ def test_run_directory_layout_and_metrics(text_corpus, make_config):
     assert model.cfg.vocab_size == tokenizer.vocab_size
 
 
+def test_a_context_shorter_than_the_sample_prompt_still_finishes_with_a_sample(text_corpus, make_config):
+    """The end-of-run sample continued the validation text's first 8 tokens: with model.block_size
+    below 8 the finished run failed there, after training, and wrote no summary."""
+    cfg = make_config(text_corpus, model={"block_size": 4}, data={"seq_len": 4}, train={"steps": 4, "sample_tokens": 6})
+    result = train(cfg, progress=False)
+    summary = RunDir.for_config(cfg).read_summary()
+    assert summary["step"] == 4 and len(summary["sample"]) > 0 and result.sample == summary["sample"]
+
+
 def test_train_threads_apply_to_the_run_only(text_corpus, make_config):
     """train.threads sets torch's thread count for the run; the process gets its own back after it,
     also when the set-up fails."""

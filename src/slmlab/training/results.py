@@ -34,9 +34,9 @@ class TrainResult:
 
 
 def final_sample(model, tokenizer: Tokenizer, val_tokens: np.ndarray, n_tokens: int, device: torch.device, seed: int = 0) -> str:
-    """n_tokens generated after the validation text's first 8 tokens (temperature 0.8, top-k 50,
-    a fixed seed): the same sample for the same weights."""
-    prompt = torch.as_tensor(val_tokens[:8].astype("int64"), device=device)[None]
+    """n_tokens generated after the validation text's first 8 tokens (fewer for a context shorter
+    than 8; temperature 0.8, top-k 50, a fixed seed): the same sample for the same weights."""
+    prompt = torch.as_tensor(val_tokens[: min(8, model.cfg.block_size)].astype("int64"), device=device)[None]
     generator = torch.Generator(device=device).manual_seed(seed)
     out = model.generate(prompt, n_tokens, temperature=0.8, top_k=50, generator=generator, vocab_size=tokenizer.vocab_size)
     return tokenizer.decode(out[0].tolist())
