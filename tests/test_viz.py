@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from slmlab.cli import main
-from slmlab.config import ModelConfig
+from slmlab.config import ConfigError, ModelConfig
 from slmlab.model import build_model
 from slmlab.model.attention_maps import capture_attention
 from slmlab.training import train
@@ -96,3 +96,39 @@ def test_frames_can_be_asked_for_on_resume_and_do_not_change_the_training(text_c
     assert [f.name for f in sorted((run / "viz" / "frames").glob("*.png"))] == ["frame_000015.png", "frame_000020.png"]
     a, b = load_file(RunDir.for_config(straight).final_weights), load_file(RunDir.for_config(watched).final_weights)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("kind", ["decoder", "smat", "block_local_rope", "smt"])
+def test_the_logit_lens_at_layer_l_is_the_model_cut_after_l_blocks(kind):
+    """Naive reference: a copy of the model keeping only its first l blocks predicts
+    head(norm_f(x_l)) as its logits; the lens's last stage is the whole model's prediction."""
+    import copy
+
+    from slmlab.analysis.lens import logit_lens
+
+    torch.manual_seed(0)
+    model = build_model(MODELS[kind]).eval()
+    idx = torch.randint(0, 40, (2, 21))
+    lens = logit_lens(model, idx)
+    assert lens.shape == (3, 2, 21, 40)
+    for layer in range(3):
+        cut = copy.deepcopy(model)
+        cut.blocks = cut.blocks[:layer]
+        with torch.no_grad():
+            torch.testing.assert_close(lens[layer], cut(idx)[0].log_softmax(-1), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(lens[0], lens[2])
+
+
+def test_viz_lens_writes_the_heatmap_and_table_and_refuses_what_it_cannot_read(text_corpus, make_config, capsys):
+    from slmlab.analysis.lens import logit_lens
+
+    run = train(make_config(text_corpus, train={"steps": 3, "checkpoint_every": 0}), progress=False).run_dir
+    capsys.readouterr()
+    assert main(["viz", "lens", str(run), "--prompt", "ROMEO: But"]) == 0
+    table = capsys.readouterr().out
+    assert "| embeddings " in table and "| after block 1 " in table and "R → O" in table
+    assert (run / "viz" / "lens.png").stat().st_size > 1000 and "after block 0" in (run / "viz" / "lens.md").read_text()
+    assert main(["viz", "lens", str(run), "--prompt", "R"]) == 2
+    assert "fewer than 2 tokens" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="model.arch = 'tape' has none"):
+        logit_lens(build_model(MODELS["tape"]).eval(), torch.zeros(1, 4, dtype=torch.long))

@@ -20,7 +20,12 @@ def register(sub) -> None:
     p.add_argument("--seq-len", type=positive_int, default=None, help="for FLOPs and memory (default: the config's)")
     p.set_defaults(func=cmd_info)
 
-    viz = add_verb(sub, "viz", "attention visualisation", "  slmlab viz attention runs/quickstart --prompt 'ROMEO: But soft'")
+    viz = add_verb(
+        sub,
+        "viz",
+        "attention visualisation and the logit lens",
+        "  slmlab viz attention runs/quickstart --prompt 'ROMEO: But soft'\n  slmlab viz lens runs/quickstart --prompt 'ROMEO: But soft'",
+    )
     viz_sub = viz.add_subparsers(dest="viz_verb", required=True)
     p = add_verb(
         viz_sub,
@@ -35,6 +40,17 @@ def register(sub) -> None:
     add_out(p, "output folder (default RUN/viz)")
     add_device(p)
     p.set_defaults(func=cmd_viz_attention)
+    p = add_verb(
+        viz_sub,
+        "lens",
+        "the logit lens: each layer's residual stream read through the final norm and head (PNG + Markdown)",
+        "  slmlab viz lens runs/quickstart --prompt 'ROMEO: But soft, what light'",
+    )
+    p.add_argument("run")
+    add_prompt(p)
+    add_out(p, "output folder (default RUN/viz)")
+    add_device(p)
+    p.set_defaults(func=cmd_viz_lens)
     p = add_verb(
         viz_sub,
         "animate",
@@ -79,6 +95,15 @@ def cmd_viz_attention(args, extra) -> int:
 
     modules, tokens, paths, folder = attention_report(args.run, prompt_text(args), args.out or None, args.export, args.device)
     print(f"{modules} attention modules, {tokens} tokens: wrote {len(paths)} files to {folder}")
+    return 0
+
+
+def cmd_viz_lens(args, extra) -> int:
+    from ..analysis.lens import lens_report
+
+    table, paths = lens_report(args.run, prompt_text(args), args.out or None, args.device)
+    print(table)
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 

@@ -1,0 +1,120 @@
+"""The logit lens: what a decoder would predict if it stopped after each block.
+
+For a decoder whose blocks l = 0..L-1 read the residual stream x_l (B, T, d_model) at their
+hook_resid_pre and whose last block writes x_L (the input of the final norm):
+
+    lens_l = log_softmax(head(norm_f(x_l)))      (B, T, V),  l = 0..L
+
+lens_0 reads the embeddings alone, lens_L is the model's own prediction (its log-softmaxed
+logits, exactly). Where the probability of the token that comes next rises from layer to layer
+shows where a prediction forms (nostalgebraist's logit lens; TransformerLens's accumulated_resid
+with the final norm applied).
+
+`slmlab viz lens RUN --prompt TEXT` writes RUN/viz/lens.png (log p of each next token, layer by
+position, each cell labelled with that layer's most likely token) and lens.md (the same as a
+table).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..files import atomic_write, atomic_write_text
+from ..model.hooks import HookPoint
+from ..model.modes import eval_mode
+from ..tables import markdown_table
+
+
+def _stages(model: nn.Module) -> list[HookPoint]:
+    """Each block's hook_resid_pre, in order; a model without them has no stream to read."""
+    blocks = getattr(model, "blocks", None)
+    points = [getattr(block, "hook_resid_pre", None) for block in blocks or []]
+    if not points or not all(isinstance(p, HookPoint) for p in points) or not hasattr(model, "norm_f"):
+        arch = getattr(getattr(model, "cfg", None), "arch", type(model).__name__)
+        raise ConfigError(f"the logit lens reads a decoder's residual stream between its blocks; model.arch = {arch!r} has none")
+    return points
+
+
+@torch.no_grad()
+def logit_lens(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    """idx (B, T) -> (L + 1, B, T, V) log-probabilities: lens_l for l = 0..L (module docstring)."""
+    streams: list[torch.Tensor] = []
+    handles = [point.register_forward_hook(lambda module, args, out: streams.append(out)) for point in _stages(model)]
+    handles.append(model.norm_f.register_forward_pre_hook(lambda module, args: streams.append(args[0])))
+    with eval_mode(model):
+        try:
+            model(idx)
+        finally:  # before the lens calls norm_f itself
+            for handle in handles:
+                handle.remove()
+        return torch.stack([model.head(model.norm_f(x)).float().log_softmax(-1) for x in streams])
+
+
+def _layer_names(n_stages: int) -> list[str]:
+    return ["embeddings"] + [f"after block {layer}" for layer in range(n_stages - 1)]
+
+
+def plot_lens(next_logp: torch.Tensor, top: list[list[str]], tokens: list[str], path: Path, title: str) -> Path:
+    """Heatmap of log p(next token) (stages, T - 1), each cell labelled with its top-1 token."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages, positions = next_logp.shape
+    fig, ax = plt.subplots(figsize=(2.5 + 0.6 * positions, 1.2 + 0.45 * stages))
+    image = ax.imshow(next_logp.numpy(), cmap="viridis", aspect="auto", vmax=0.0)
+    for s in range(stages):
+        for t in range(positions):
+            bright = image.norm(float(next_logp[s, t])) > 0.6  # viridis turns yellow: dark text reads there
+            ax.text(t, s, top[s][t][:6], ha="center", va="center", fontsize=7, color="black" if bright else "white")
+    ax.set_xticks(range(positions), [f"{a} → {b}" for a, b in zip(tokens[:-1], tokens[1:])], rotation=90, fontsize=7)
+    ax.set_yticks(range(stages), _layer_names(stages), fontsize=8)
+    fig.colorbar(image, ax=ax, label="log p(next token)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return path
+
+
+def lens_report(run: str | Path, prompt: str, out: str | Path | None = None, device: str = "auto") -> tuple[str, list[Path]]:
+    """The logit lens of a run on one prompt -> (the Markdown table, files written: lens.png, lens.md)."""
+    from ..runs.derived import record_derived, weights_identity
+    from ..runs.run_dir import load_run
+    from ..training.frames import token_labels
+    from ..training.runtime import resolve_device
+
+    resolved = resolve_device(device)
+    weights = weights_identity(run)
+    cfg, model, tokenizer = load_run(run, resolved)
+    ids = tokenizer.encode(prompt)
+    if len(ids) < 2:
+        raise ConfigError("the prompt has fewer than 2 tokens: the lens scores each token's prediction of the next one")
+    if len(ids) > cfg.model.block_size:
+        raise ConfigError(f"the prompt is {len(ids)} tokens but the model's context is {cfg.model.block_size}; shorten it")
+    lens = logit_lens(model, torch.tensor([ids], device=resolved))[:, 0].cpu()  # (stages, T, V)
+    next_ids = torch.tensor(ids[1:])
+    next_logp = lens[:, :-1].gather(-1, next_ids.expand(lens.shape[0], -1)[..., None])[..., 0]  # (stages, T - 1)
+    top = [token_labels(tokenizer, row.tolist()) for row in lens[:, :-1].argmax(-1)]
+    tokens = token_labels(tokenizer, ids)
+    rows = [
+        [name, *(f"{label} ({math.exp(lp):.2f})" for label, lp in zip(top[s], next_logp[s].tolist()))]
+        for s, name in enumerate(_layer_names(lens.shape[0]))
+    ]
+    table = markdown_table(["stage", *(f"{a} → {b}" for a, b in zip(tokens[:-1], tokens[1:]))], rows)
+    folder = Path(out or Path(run) / "viz")
+    folder.mkdir(parents=True, exist_ok=True)
+    title = f"{Path(run).name}: logit lens (cells: the most likely next token; colour: log p of the true next token)"
+    paths = [plot_lens(next_logp, top, tokens, folder / "lens.png", title)]
+    heading = "Each cell: the stage's most likely next token (p of the true next token, shown in the column header)."
+    atomic_write_text(folder / "lens.md", f"# Logit lens of {Path(run).name}\n\n{heading}\n\n{table}\n")
+    paths.append(folder / "lens.md")
+    record_derived(run, paths, shlex.join(["slmlab", "viz", "lens", str(run), "--prompt", prompt]), weights)
+    return table, paths
