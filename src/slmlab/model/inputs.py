@@ -20,10 +20,10 @@ from ..errors import ConfigError
 def _check_range(name: str, ids: torch.Tensor, vocab_size: int, *, ignored_below_zero: bool) -> None:
     if ids.device.type != "cpu" or torch.compiler.is_compiling() or ids.numel() == 0:
         return
-    low, high = torch.aminmax(ids)
-    low = 0 if ignored_below_zero else int(low)
-    if low < 0 or int(high) >= vocab_size:
-        bad = int(high) if int(high) >= vocab_size else low
+    low, high = (int(value) for value in torch.aminmax(ids))
+    low = max(low, 0) if ignored_below_zero else low
+    if low < 0 or high >= vocab_size:
+        bad = high if high >= vocab_size else low
         raise ConfigError(
             f"{name} holds token id {bad}, outside this model's vocabulary of {vocab_size} (ids 0..{vocab_size - 1}): "
             "encode the text with the run's own tokenizer"
