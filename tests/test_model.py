@@ -266,6 +266,7 @@ def test_targets_of_another_shape_are_refused_not_flattened_into_a_wrong_loss(ar
         ([[1, 2]], [[3, 50]], "targets holds token id 50, outside"),  # RuntimeError from gather
         ([1, 2], None, "give token ids as \\(batch, time\\)"),  # "not enough values to unpack"
         ([[1.0, 2.0]], None, "idx of dtype torch.float32: token ids are torch.long"),  # RuntimeError
+        ([[1, 2]], [[1.0, 2.0]], "targets of dtype torch.float32: token ids are torch.long"),  # RuntimeError from gather
         (torch.zeros(2, 0, dtype=torch.long), None, "holds no tokens"),  # Tape: "stack expects a non-empty TensorList"
     ],
 )

@@ -3,7 +3,7 @@ is one line that says what to fix instead of an IndexError from inside nn.Embedd
 pairs tokens with the wrong targets.
 
     idx      (B, T) token ids (torch.long or int32), T >= 1, 0 <= id < vocab_size
-    targets  None, or idx's shape; an id < vocab_size, or negative (ignored: -100, -1)
+    targets  None, or idx's shape and kind of ids; an id < vocab_size, or negative (ignored: -100, -1)
     start + T <= max_positions (start: the tokens already in the KV cache; 0 = no limit)
 
 The ids' range is read on CPU tensors only, in eager mode: on an accelerator it would cost a host
@@ -36,8 +36,9 @@ def check_inputs(
     """Refuse inputs a model cannot read (see the module docstring) with a ConfigError."""
     if idx.dim() != 2:
         raise ConfigError(f"idx of shape {tuple(idx.shape)}: give token ids as (batch, time), e.g. ids[None] for one sequence")
-    if idx.dtype not in (torch.long, torch.int):  # what nn.Embedding reads
-        raise ConfigError(f"idx of dtype {idx.dtype}: token ids are torch.long (or torch.int32) integers")
+    for name, ids in (("idx", idx), ("targets", targets)):
+        if ids is not None and ids.dtype not in (torch.long, torch.int):  # what nn.Embedding and gather read
+            raise ConfigError(f"{name} of dtype {ids.dtype}: token ids are torch.long (or torch.int32) integers")
     if idx.shape[1] == 0:
         raise ConfigError(f"idx of shape {tuple(idx.shape)} holds no tokens: give at least one per row")
     if max_positions and start + idx.shape[1] > max_positions:
