@@ -152,7 +152,7 @@ def register_section(
     """Declare `[model.<name>]`, validated as `config` (a dataclass) like the built-in sections;
     `read_with`: the settings read only when one of their switches (boolean fields) is on."""
     check_section_name(name)
-    names = {f.name for f in fields(config)}
+    names = {f.name for f in fields(config)} if read_with else set()
     for setting, switches in (read_with or {}).items():
         unknown = [n for n in (setting, *switches) if n not in names]
         if unknown or not switches:
