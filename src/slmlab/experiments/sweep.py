@@ -181,9 +181,11 @@ def check_same_text(jobs: list[Job], results: dict[tuple[str, int], dict]) -> No
 
 
 def dry_run_lines(jobs: list[Job]) -> list[str]:
-    """One line per run: its index (for --only), directory and state."""
+    """One line per run: its index (for --only), directory, state and steps (a [budget] gives each
+    variant its own)."""
     return [
         f"{i:3d}  {job.run.path}  [{'trained with other settings' if changed_since_trained(job) else run_status(job)}]"
+        f"  {job.config.train.steps:,} steps"
         for i, job in enumerate(jobs)
     ]
 
