@@ -94,6 +94,9 @@ def test_generate_streams_one_sample_and_reads_prompts_from_files(tiny_run, tmp_
     prompt_file.write_bytes("\ufeffROMEO:\n".encode())  # a byte order mark is not part of the prompt
     assert main([*argv, "--prompt-file", str(prompt_file)]) == 0
     assert capsys.readouterr().out == by_argument
+    prompt_file.write_bytes(b"ROMEO:\r\n")  # saved on Windows: '\r' is no character of a corpus read from text files
+    assert main([*argv, "--prompt-file", str(prompt_file)]) == 0
+    assert capsys.readouterr().out == by_argument
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ROMEO:\n")))
     assert main([*argv, "--prompt-file", "-"]) == 0
     assert capsys.readouterr().out == by_argument

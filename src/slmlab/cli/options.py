@@ -169,12 +169,16 @@ def add_prompt(parser: argparse.ArgumentParser) -> None:
     given = parser.add_mutually_exclusive_group(required=True)
     given.add_argument("--prompt", help="the text to continue")
     given.add_argument(
-        "--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 text file, as it is ('-': standard input)"
+        "--prompt-file",
+        metavar="PATH",
+        help="read the prompt from a UTF-8 text file as corpus files are read (Windows line ends as newlines; '-': standard input)",
     )
 
 
 def prompt_text(args: argparse.Namespace) -> str:
-    """The prompt the command line gives: --prompt's text, or the whole of --prompt-file's."""
+    """The prompt the command line gives: --prompt's text, or the whole of --prompt-file's, its
+    line ends read as the corpus's text files are (universal newlines: CR LF and CR become LF), so
+    a prompt saved on Windows is the text a model trained on such files has seen."""
     if args.prompt is not None:
         return args.prompt
     source = args.prompt_file
@@ -186,7 +190,7 @@ def prompt_text(args: argparse.Namespace) -> str:
             raise ConfigError(f"--prompt-file {source}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
         data, where = path.read_bytes(), source
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as err:
         raise ConfigError(
             f"--prompt-file {where} is not UTF-8 text (bad byte at offset {err.start}); re-encode it as UTF-8"
