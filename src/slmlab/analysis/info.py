@@ -69,9 +69,9 @@ def config_for_info(target: str | Path, load_config, overrides: list[str] = ()) 
                 "apply them to a config file"
             )
         cfg = RunDir(Path(target)).read_config()
-        first_phase = phase_runs(target, cfg)[:1]
-        if not cfg.model.vocab_size and first_phase and first_phase[0].config.is_file():
-            resolve_vocab(cfg, first_phase[0].read_config().model.vocab_size)  # a curriculum's phases record it
+        begun = phase_runs(target, cfg, begun=True)
+        if not cfg.model.vocab_size and begun:  # a curriculum's phases record it, the first one to begin first
+            resolve_vocab(cfg, begun[0].read_config().model.vocab_size)
     elif Path(target).is_dir():
         raise ConfigError(
             f"{target} is a folder but not a run directory (no config.json): give a .toml config or a run directory"

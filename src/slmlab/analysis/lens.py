@@ -86,6 +86,7 @@ def plot_lens(next_logp: torch.Tensor, top: list[list[str]], tokens: list[str], 
 
 def lens_report(run: str | Path, prompt: str, out: str | Path | None = None, device: str = "auto") -> tuple[str, list[Path]]:
     """The logit lens of a run on one prompt -> (the Markdown table, files written: lens.png, lens.md)."""
+    from ..evals.score import prompt_ids
     from ..runs.derived import record_derived, weights_identity
     from ..runs.run_dir import load_run
     from ..training.frames import token_labels
@@ -94,11 +95,9 @@ def lens_report(run: str | Path, prompt: str, out: str | Path | None = None, dev
     resolved = resolve_device(device)
     weights = weights_identity(run)
     cfg, model, tokenizer = load_run(run, resolved)
-    ids = tokenizer.encode(prompt)
+    ids = prompt_ids(tokenizer, prompt, cfg.model.block_size)
     if len(ids) < 2:
         raise ConfigError("the prompt has fewer than 2 tokens: the lens scores each token's prediction of the next one")
-    if len(ids) > cfg.model.block_size:
-        raise ConfigError(f"the prompt is {len(ids)} tokens but the model's context is {cfg.model.block_size}; shorten it")
     lens = logit_lens(model, torch.tensor([ids], device=resolved))[:, 0].cpu()  # (stages, T, V)
     next_ids = torch.tensor(ids[1:])
     next_logp = lens[:, :-1].gather(-1, next_ids.expand(lens.shape[0], -1)[..., None])[..., 0]  # (stages, T - 1)

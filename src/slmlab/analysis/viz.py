@@ -134,6 +134,7 @@ def attention_report(
 ) -> tuple[int, int, list[Path], Path]:
     """Heatmaps of every attention module, the prompt coloured by attention received and given,
     and (export="bertviz") the maps for bertviz -> (modules, tokens, files written, folder)."""
+    from ..evals.score import prompt_ids
     from ..model.attention_maps import capture_attention, token_scores
     from ..runs.derived import record_derived, weights_identity
     from ..runs.run_dir import load_run
@@ -143,11 +144,9 @@ def attention_report(
     resolved = resolve_device(device)
     weights = weights_identity(run)
     cfg, model, tokenizer = load_run(run, resolved)
-    ids = tokenizer.encode(prompt)
+    ids = prompt_ids(tokenizer, prompt, cfg.model.block_size)
     if not ids:
         raise ConfigError("the prompt is empty: give some text to look at")
-    if len(ids) > cfg.model.block_size:
-        raise ConfigError(f"the prompt is {len(ids)} tokens but the model's context is {cfg.model.block_size}; shorten it")
     folder = Path(out or Path(run) / "viz")
     folder.mkdir(parents=True, exist_ok=True)
     maps, _ = capture_attention(model, torch.tensor([ids], device=resolved))

@@ -146,6 +146,15 @@ def score_run(
     }
 
 
+def prompt_ids(tokenizer, prompt: str, context: int) -> list[int]:
+    """The prompt's token ids, refused in one line when they do not fit the model's context (an
+    empty prompt is the caller's to word: what it needs the text for differs)."""
+    ids = tokenizer.encode(prompt)
+    if len(ids) > context:
+        raise ConfigError(f"the prompt is {len(ids)} tokens but the model's context is {context}; shorten it")
+    return ids
+
+
 def generate_texts(
     model,
     tokenizer,
@@ -169,11 +178,9 @@ def generate_texts(
     joined by it), as Hugging Face's generate stops; off, sampling goes on past it. `write`: with
     one sample, is given the text as it comes, the prompt first (TextStream: the pieces join to
     the text returned)."""
-    ids = tokenizer.encode(prompt)
+    ids = prompt_ids(tokenizer, prompt, cfg.model.block_size)
     if not ids:
         raise ConfigError("the prompt is empty (or holds no character this tokenizer knows): give some text to continue")
-    if len(ids) > cfg.model.block_size:
-        raise ConfigError(f"the prompt is {len(ids)} tokens but the model's context is {cfg.model.block_size}; shorten it")
     stop = tokenizer.eos_id if stop_at_eos else None
     stream = TextStream(tokenizer, write) if write is not None and num_samples == 1 else None
     if stream is not None:

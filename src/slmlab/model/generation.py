@@ -22,6 +22,7 @@ from ..config.checks import check_whole_number
 from ..errors import ConfigError
 from ..phase_progress import PhaseProgress
 from .decoding_layout import MAX_ROWS, DecodingLayout
+from .inputs import outside_vocabulary
 from .modes import eval_mode
 from .sampling import check_sampling, sample_next
 
@@ -103,10 +104,10 @@ class GenerationMixin:
             )
         if idx.shape[1] == 0:
             raise ConfigError("the prompt is empty: give at least one token")
-        low, high = int(idx.min()), int(idx.max())
-        if low < 0 or high >= self.cfg.vocab_size:
+        bad = outside_vocabulary(idx, self.cfg.vocab_size)  # on any device: once per generation
+        if bad is not None:
             raise ConfigError(
-                f"the prompt holds token id {low if low < 0 else high}, outside this model's vocabulary "
+                f"the prompt holds token id {bad}, outside this model's vocabulary "
                 f"0..{self.cfg.vocab_size - 1}: encode it with the run's tokenizer"
             )
 

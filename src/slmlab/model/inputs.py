@@ -17,13 +17,19 @@ import torch
 from ..errors import ConfigError
 
 
+def outside_vocabulary(ids: torch.Tensor, vocab_size: int, ignored_below_zero: bool = False) -> int | None:
+    """An id of non-empty `ids` outside 0..vocab_size - 1 (negative ids count as inside when
+    `ignored_below_zero`: masked targets), or None. Reads two numbers back from the device."""
+    low, high = (int(value) for value in torch.aminmax(ids))
+    low = max(low, 0) if ignored_below_zero else low
+    return high if high >= vocab_size else low if low < 0 else None
+
+
 def _check_range(name: str, ids: torch.Tensor, vocab_size: int, *, ignored_below_zero: bool) -> None:
     if ids.device.type != "cpu" or torch.compiler.is_compiling() or ids.numel() == 0:
         return
-    low, high = (int(value) for value in torch.aminmax(ids))
-    low = max(low, 0) if ignored_below_zero else low
-    if low < 0 or high >= vocab_size:
-        bad = high if high >= vocab_size else low
+    bad = outside_vocabulary(ids, vocab_size, ignored_below_zero)
+    if bad is not None:
         raise ConfigError(
             f"{name} holds token id {bad}, outside this model's vocabulary of {vocab_size} (ids 0..{vocab_size - 1}): "
             "encode the text with the run's own tokenizer"
