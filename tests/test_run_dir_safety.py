@@ -48,6 +48,14 @@ def test_a_name_longer_than_a_folder_name_can_be_is_refused_before_anything_is_w
     assert _train(micro_toml, "--name", "é" * 120) == 0
 
 
+@pytest.mark.parametrize("name", [" ", "run ", " run"])
+def test_a_name_with_white_space_at_an_end_is_refused(name, micro_toml, tmp_path, capsys):
+    """A name of spaces made a folder ' '; 'run ' made one beside 'run' that no listing tells apart."""
+    assert _train(micro_toml, "--name", name) == 2
+    assert "begins or ends with white space" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 def test_a_sweep_or_phase_name_that_is_a_path_is_refused(micro_toml, micro_sweep, bystanders, tmp_path, capsys):
     text = micro_sweep.read_text().replace('name = "micro"', 'name = ".."')
     micro_sweep.write_text(text)

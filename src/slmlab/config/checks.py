@@ -21,7 +21,8 @@ from ..registry import ARCHITECTURES, ATTENTION_PATTERNS, CHOICE_REGISTRIES, CON
 
 def check_name(key: str, name: str) -> str:
     """A run (or sweep) name is one path component: not empty, not '.' or '..', no separators,
-    nothing unprintable (a NUL, a newline, an escape).
+    nothing unprintable (a NUL, a newline, an escape), no white space at either end (a name of
+    spaces, or 'run ' beside 'run', is a typo that makes a folder no one can tell apart).
     It is joined to out_dir, so anything else could point a run (and --overwrite) elsewhere."""
     separators = {"/", "\\", os.sep, os.altsep or "/"}
     if name in ("", ".", "..") or any(sep in name for sep in separators) or not name.isprintable():
@@ -29,6 +30,8 @@ def check_name(key: str, name: str) -> str:
             f"{key} = {name!r} is not a name: use one folder name without '/', '\\' or control characters "
             "(not '.' or '..'); put parent folders in out_dir"
         )
+    if name != name.strip():
+        raise ConfigError(f"{key} = {name!r} begins or ends with white space: remove it")
     size = len(name.encode("utf-8", "surrogatepass"))
     if size > MAX_NAME_BYTES:
         raise ConfigError(
