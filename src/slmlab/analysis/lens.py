@@ -25,27 +25,37 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write_text
 from ..model.hooks import HookPoint
 from ..model.modes import eval_mode
+from ..plotting import pyplot, save_png
 from ..tables import markdown_table
 
 
-def _stages(model: nn.Module) -> list[HookPoint]:
-    """Each block's hook_resid_pre, in order; a model without them has no stream to read."""
-    blocks = getattr(model, "blocks", None)
-    points = [getattr(block, "hook_resid_pre", None) for block in blocks or []]
-    if not points or not all(isinstance(p, HookPoint) for p in points) or not hasattr(model, "norm_f"):
+def residual_blocks(model: nn.Module, reader: str) -> list[nn.Module]:
+    """The blocks of a decoder whose residual stream runs between them (each with hook_resid_pre,
+    hook_attn_out and hook_mlp_out) into a final norm, in order; any other model is refused in one
+    line naming `reader`, the tool that wanted to read it."""
+    blocks = list(getattr(model, "blocks", None) or [])
+    points = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+    if (
+        not blocks
+        or not all(isinstance(getattr(b, p, None), HookPoint) for b in blocks for p in points)
+        or not hasattr(model, "norm_f")
+    ):
         arch = getattr(getattr(model, "cfg", None), "arch", type(model).__name__)
-        raise ConfigError(f"the logit lens reads a decoder's residual stream between its blocks; model.arch = {arch!r} has none")
-    return points
+        raise ConfigError(f"{reader} reads a decoder's residual stream between its blocks; model.arch = {arch!r} has none")
+    return blocks
 
 
 @torch.no_grad()
 def logit_lens(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
     """idx (B, T) -> (L + 1, B, T, V) log-probabilities: lens_l for l = 0..L (module docstring)."""
     streams: list[torch.Tensor] = []
-    handles = [point.register_forward_hook(lambda module, args, out: streams.append(out)) for point in _stages(model)]
+    handles = [
+        block.hook_resid_pre.register_forward_hook(lambda module, args, out: streams.append(out))
+        for block in residual_blocks(model, "the logit lens")
+    ]
     handles.append(model.norm_f.register_forward_pre_hook(lambda module, args: streams.append(args[0])))
     with eval_mode(model):
         try:
@@ -62,10 +72,7 @@ def _layer_names(n_stages: int) -> list[str]:
 
 def plot_lens(next_logp: torch.Tensor, top: list[list[str]], tokens: list[str], path: Path, title: str) -> Path:
     """Heatmap of log p(next token) (stages, T - 1), each cell labelled with its top-1 token."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     stages, positions = next_logp.shape
     fig, ax = plt.subplots(figsize=(2.5 + 0.6 * positions, 1.2 + 0.45 * stages))
@@ -79,8 +86,7 @@ def plot_lens(next_logp: torch.Tensor, top: list[list[str]], tokens: list[str], 
     fig.colorbar(image, ax=ax, label="log p(next token)")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
     return path
 
 

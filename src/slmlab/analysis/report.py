@@ -27,7 +27,8 @@ import torch
 from .. import __version__
 from ..config import ConfigError, RunConfig
 from ..errors import RunFileError
-from ..files import atomic_write, atomic_write_text, read_json, read_text, require_fields
+from ..files import atomic_write_text, read_json, read_text, require_fields
+from ..plotting import pyplot, save_png
 from ..runs.derived import out_of_date
 from ..runs.run_dir import RunDir, phase_runs
 from ..tables import code_block, code_span, format_number, human, markdown_table
@@ -85,10 +86,7 @@ def summary_table(summary: dict) -> str:
 
 def plot_training(path: Path, runs: list[RunDir]) -> None:
     """Training loss (per log window) and validation loss against tokens; phases one after another."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     offset = 0
@@ -111,8 +109,7 @@ def plot_training(path: Path, runs: list[RunDir]) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
 
 
 def _images(path: Path, pattern: str, caption: str) -> list[str]:

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..files import atomic_write, atomic_write_text
 from ..model.attention_maps import AttentionMap
 from ..phase_progress import PhaseProgress
+from ..plotting import pyplot, save_png
 from ..training.frames import PER_LINE, draw_coloured_text
 
 log = logging.getLogger("slmlab")
@@ -31,10 +32,7 @@ def _file_name(name: str) -> str:
 
 def plot_heatmaps(maps: list[AttentionMap], tokens: list[str], out: Path) -> list[Path]:
     """One PNG per attention module: a grid with one heatmap per head."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     paths, T = [], len(tokens)
     show_labels = T <= 64
@@ -59,18 +57,14 @@ def plot_heatmaps(maps: list[AttentionMap], tokens: list[str], out: Path) -> lis
         fig.suptitle(f"{amap.name}: attention (rows: queries, columns: keys)", fontsize=10)
         fig.tight_layout()
         path = out / f"attention_{index:02d}_{_file_name(amap.name)}.png"
-        atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=100))
-        plt.close(fig)
+        save_png(fig, path, dpi=100)
         paths.append(path)
     return paths
 
 
 def plot_coloured_text(tokens: list[str], scores: dict[str, torch.Tensor], path: Path, title: str = "") -> Path:
     """The text, once per score, each token on a background coloured by its score."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     lines = (len(tokens) + PER_LINE - 1) // PER_LINE
     fig, axes = plt.subplots(len(scores), 1, figsize=(12, (0.45 * lines + 0.6) * len(scores)), squeeze=False)
@@ -78,8 +72,7 @@ def plot_coloured_text(tokens: list[str], scores: dict[str, torch.Tensor], path:
         draw_coloured_text(ax, tokens, score, label)
     if title:
         fig.suptitle(title, fontsize=10)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    save_png(fig, path, dpi=110, bbox_inches="tight")
     return path
 
 
@@ -91,10 +84,7 @@ def save(movie, path: Path, writer, frames: int) -> None:
 
 def animate(frames_dir: Path, out: Path, fps: int = 4) -> list[Path]:
     """Assemble the frames into out.gif (Pillow) and, when ffmpeg is present, out.mp4."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib import animation
 
     frames = sorted(frames_dir.glob("frame_*.png"))

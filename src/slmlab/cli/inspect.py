@@ -23,8 +23,9 @@ def register(sub) -> None:
     viz = add_verb(
         sub,
         "viz",
-        "attention visualisation and the logit lens",
-        "  slmlab viz attention runs/quickstart --prompt 'ROMEO: But soft'\n  slmlab viz lens runs/quickstart --prompt 'ROMEO: But soft'",
+        "attention visualisation, the logit lens and activation patching",
+        "  slmlab viz attention runs/quickstart --prompt 'ROMEO: But soft'\n  slmlab viz lens runs/quickstart --prompt 'ROMEO: But soft'\n"
+        "  slmlab viz patch runs/quickstart --clean 'KING HENRY' --corrupt 'KING RICHA'",
     )
     viz_sub = viz.add_subparsers(dest="viz_verb", required=True)
     p = add_verb(
@@ -51,6 +52,22 @@ def register(sub) -> None:
     add_out(p, "output folder (default RUN/viz)")
     add_device(p)
     p.set_defaults(func=cmd_viz_lens)
+    p = add_verb(
+        viz_sub,
+        "patch",
+        "activation patching: how much of a clean prompt's prediction each block's activations restore "
+        "in a corrupted one (PNG + Markdown)",
+        "  slmlab viz patch runs/quickstart --clean 'KING HENRY' --corrupt 'KING RICHA'\n"
+        "  slmlab viz patch runs/quickstart --clean 'KING HENRY' --corrupt 'KING RICHA' --answer ' ' --wrong 'R'",
+    )
+    p.add_argument("run")
+    p.add_argument("--clean", required=True, help="the prompt whose prediction is to be restored")
+    p.add_argument("--corrupt", required=True, help="a prompt of the same length in tokens that differs where it matters")
+    p.add_argument("--answer", help="the next token the metric reads (default: the clean prompt's most likely one)")
+    p.add_argument("--wrong", help="score logit(answer) - logit(wrong) instead of log p(answer)")
+    add_out(p, "output folder (default RUN/viz)")
+    add_device(p)
+    p.set_defaults(func=cmd_viz_patch)
     p = add_verb(
         viz_sub,
         "animate",
@@ -103,6 +120,15 @@ def cmd_viz_lens(args, extra) -> int:
 
     table, paths = lens_report(args.run, prompt_text(args), args.out or None, args.device)
     print(table)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_viz_patch(args, extra) -> int:
+    from ..analysis.patching import patching_report
+
+    text, paths = patching_report(args.run, args.clean, args.corrupt, args.answer, args.wrong, args.out or None, args.device)
+    print(text)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

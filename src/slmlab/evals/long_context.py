@@ -18,8 +18,9 @@ from torch import nn
 
 from ..data.sampling import validation_batches
 from ..data.tokens import TokenSplit
-from ..files import atomic_write, atomic_write_text, json_text
+from ..files import atomic_write_text, json_text
 from ..model.modes import eval_mode
+from ..plotting import pyplot, save_png
 from ..runs.metrics import perplexity
 from ..tables import markdown_table
 
@@ -60,10 +61,7 @@ def loss_by_context_length(model, split, lengths: list[int], batch_size: int, n_
 
 
 def save_plot(path: Path, xs, ys, xlabel: str, title: str, label: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     points = [(x, y) for x, y in zip(xs, ys) if y is not None]
@@ -73,8 +71,7 @@ def save_plot(path: Path, xs, ys, xlabel: str, title: str, label: str = "") -> N
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
 def write_report(run: Path, name: str, payload: dict, xs, ys, xlabel: str) -> list[Path]:

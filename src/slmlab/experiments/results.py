@@ -20,7 +20,8 @@ import math
 import statistics
 from pathlib import Path
 
-from ..files import atomic_write, atomic_write_text, json_text
+from ..files import atomic_write_text, json_text
+from ..plotting import pyplot, save_png
 from ..runs.run_dir import RunDir
 from ..tables import format_number, human, markdown_table
 from .budget import flops_per_token
@@ -229,10 +230,7 @@ def tuning_note(tuning: dict) -> str:
 
 def plot_curves(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:
     """Validation loss vs tokens: mean ± std band over seeds, one line per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -259,5 +257,4 @@ def plot_curves(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
+    save_png(fig, path, dpi=120)

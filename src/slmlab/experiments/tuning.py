@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError, apply_overrides, config_from_dict
-from ..files import atomic_write
+from ..plotting import pyplot, save_png
 from ..tables import format_number, markdown_table
 
 
@@ -93,10 +93,7 @@ def tuning_table(record: dict) -> str:
 
 
 def plot_tuning(path: Path, record: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant, losses in record["final_val_loss"].items():
@@ -108,5 +105,4 @@ def plot_tuning(path: Path, record: dict) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
+    save_png(fig, path, dpi=120)

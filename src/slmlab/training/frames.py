@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..files import atomic_write
 from ..model.attention_maps import capture_attention, token_scores
+from ..plotting import pyplot, save_png
 
 
 def token_labels(tokenizer, ids: list[int]) -> list[str]:
@@ -22,7 +22,7 @@ PER_LINE = 24
 
 def draw_coloured_text(ax, tokens: list[str], score: torch.Tensor, label: str) -> None:
     """Tokens in rows of PER_LINE on one axis, each on a background coloured by its score."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ax.axis("off")
     cmap = plt.get_cmap("magma_r")
@@ -61,10 +61,7 @@ def training_frame(
 ) -> Path:
     """One frame: the window coloured by the attention each token receives and by its loss (the
     prediction of token t+1 at t), and the training loss with its EWMA up to `step`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import torch.nn.functional as F
 
     device = next(model.parameters()).device
@@ -87,6 +84,5 @@ def training_frame(
     ax.grid(alpha=0.3)
     fig.suptitle(f"step {step}   loss {losses[-1]:.3f}   EWMA {ewma(list(losses))[-1]:.3f}", fontsize=11)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
-    plt.close(fig)
+    save_png(fig, path, dpi=80)
     return path
