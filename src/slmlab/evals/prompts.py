@@ -52,6 +52,13 @@ def load_suite(path: str | Path) -> list[Prompt]:
                 f"{path}: a prompt suite holds [[prompt]] tables only, not {others}{closest(others[0], ['prompt'])}"
             )
         records = values.get("prompt", [])
+        if isinstance(records, dict):  # one [prompt] table: a suite of one
+            records = [records]
+        elif not isinstance(records, list):
+            raise ConfigError(
+                f"{path}: prompt = {records!r} is not a prompt table: write each prompt as a [[prompt]] table "
+                'with id = "..." and prompt = "..."'
+            )
     if not records:
         raise ConfigError(f"{path}: the suite has no prompts")
     try:
@@ -69,9 +76,9 @@ def load_suite(path: str | Path) -> list[Prompt]:
                 raise ConfigError(ignored)
         except ConfigError as err:
             raise ConfigError(f"{path}: prompt[{i}] ({p.id!r}): {err}") from None
-    ids = [p.id for p in prompts]
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"{path}: prompt ids must be unique")
+    repeated = sorted({p.id for p in prompts if sum(q.id == p.id for q in prompts) > 1})
+    if repeated:
+        raise ConfigError(f"{path}: prompt ids must be unique; repeated: {', '.join(map(repr, repeated))}")
     return prompts
 
 
