@@ -148,3 +148,18 @@ def test_a_run_with_a_padded_vocabulary_samples_and_generates(micro_toml, tmp_pa
         main(["generate", str(run), "--prompt", "T", "--max-new-tokens", "80", "--temperature", "5", "--num-samples", "3"]) == 0
     )
     assert capsys.readouterr().out.strip()
+
+
+def test_prompts_of_the_wrong_kind_are_refused_in_one_line():
+    """generate([1, 2]) raised AttributeError ('list' object has no attribute 'dim'), and
+    generate_many([1, 2]) TypeError ("object of type 'int' has no len()"); a (B, T) tensor of ids
+    is a batch of prompts to generate_many."""
+    model = model_for("learned")
+    for prompt in ([1, 2, 3], "abc", None):
+        with pytest.raises(ConfigError, match="the prompt must be a \\(batch, tokens\\) tensor of token ids, got a "):
+            model.generate(prompt, 2)
+    for prompts in ([1, 2, 3], "abc", [[1.5]], torch.tensor([1, 2])):
+        with pytest.raises(ConfigError, match="prompts must be a list of prompts, each a list of token ids"):
+            model.generate_many(prompts, 2)
+    batch = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    assert model.generate_many(batch, 4, temperature=0.0) == model.generate_many(batch.tolist(), 4, temperature=0.0)

@@ -113,7 +113,9 @@ def test_a_suite_whose_prompt_is_not_a_list_of_tables_is_read_or_named(tmp_path)
         load_suite(suite)
     suite.write_text('[prompt]\nid = "a"\nprompt = "KING"\n')
     assert [(p.id, p.prompt) for p in load_suite(suite)] == [("a", "KING")]
-    suite.write_text('[[prompt]]\nid = "a"\nprompt = "K"\n[[prompt]]\nid = "b"\nprompt = "Q"\n[[prompt]]\nid = "a"\nprompt = "J"\n')
+    suite.write_text(
+        '[[prompt]]\nid = "a"\nprompt = "K"\n[[prompt]]\nid = "b"\nprompt = "Q"\n[[prompt]]\nid = "a"\nprompt = "J"\n'
+    )
     with pytest.raises(ConfigError, match="prompt ids must be unique; repeated: 'a'"):
         load_suite(suite)
 

@@ -225,6 +225,33 @@ def test_generate_refuses_impossible_counts(settings, message):
     assert model.generate(torch.tensor([[1, 2]]), torch.tensor(2), vocab_size=50).shape == (1, 4)
 
 
+def test_build_model_and_train_name_the_config_they_take():
+    """build_model({...}) and train("config.toml") raised AttributeError ('dict' object has no
+    attribute 'arch', 'str' object has no attribute 'phases')."""
+    from slmlab.config import RunConfig
+    from slmlab.training import train
+
+    for given in ({"n_layer": 2}, "configs/quickstart.toml", None):
+        with pytest.raises(ConfigError, match=f"build_model takes a ModelConfig, got {type(given).__name__} "):
+            build_model(given)
+        with pytest.raises(
+            ConfigError, match=f"expected a RunConfig \\(slmlab.config.load_config builds one\\), got {type(given).__name__}"
+        ):
+            train(given)
+    with pytest.raises(ConfigError, match="got RunConfig: give its .model"):
+        build_model(RunConfig())
+
+
+@pytest.mark.parametrize("arch", ["decoder", "tape"])
+def test_a_forward_refuses_ids_that_are_not_a_tensor(arch):
+    """model([[1, 2]]) raised AttributeError: 'list' object has no attribute 'dim'."""
+    model = build_model(ModelConfig(vocab_size=50, n_layer=1, n_head=2, d_model=16, block_size=16, arch=arch)).eval()
+    with pytest.raises(ConfigError, match="idx is a list: give token ids as a torch tensor"):
+        model([[1, 2]])
+    with pytest.raises(ConfigError, match="targets is a list: give token ids as a torch tensor"):
+        model(torch.tensor([[1, 2]]), [[2, 3]])
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [

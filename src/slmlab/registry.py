@@ -191,6 +191,14 @@ def build_model(cfg):
     """A fresh, initialised model for a ModelConfig (vocab_size resolved). The architecture is
     handed the attention extensions and the residual conditioning the registered builders make
     for this config; it never looks them up itself."""
+    if not hasattr(cfg, "arch"):  # a dict, a path, a RunConfig
+        given = type(cfg).__name__
+        hint = (
+            ": give its .model"
+            if given == "RunConfig"
+            else " (slmlab.config.ModelConfig(n_layer=..., ...), or a RunConfig's .model)"
+        )
+        raise ConfigError(f"build_model takes a ModelConfig, got {given}{hint}")
     load_builtins()
     architecture = ARCHITECTURES[cfg.arch]
 

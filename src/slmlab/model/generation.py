@@ -98,6 +98,11 @@ class GenerationMixin:
 
     def _check_prompt(self, idx: torch.Tensor) -> None:
         """A (B, T) tensor of token ids this model has, T >= 1 (checked once per call)."""
+        if not isinstance(idx, torch.Tensor):
+            raise ConfigError(
+                f"the prompt must be a (batch, tokens) tensor of token ids, got a {type(idx).__name__}: "
+                "give torch.tensor([ids]), or a list of id lists to generate_many"
+            )
         if idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
             raise ConfigError(
                 f"the prompt must be a (batch, tokens) tensor of token ids, got {idx.dtype} of shape {tuple(idx.shape)}"
@@ -151,6 +156,10 @@ class GenerationMixin:
         check_whole_number("batch_size", batch_size, 1)
         if generators is not None and len(generators) != len(prompts):
             raise ConfigError(f"{len(generators)} generators for {len(prompts)} prompts: give one per prompt, or none")
+        if isinstance(prompts, torch.Tensor):
+            prompts = prompts.tolist()  # (B, T) -> B lists of ids; any other shape is refused below
+        if not all(isinstance(ids, (list, tuple)) and all(isinstance(i, int) for i in ids) for ids in prompts):
+            raise ConfigError("prompts must be a list of prompts, each a list of token ids (one prompt: [ids])")
         generators = generators or [None] * len(prompts)
         for ids in prompts:
             if not ids or len(ids) > self.cfg.block_size:

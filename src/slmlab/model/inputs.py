@@ -40,6 +40,9 @@ def check_inputs(
     idx: torch.Tensor, targets: torch.Tensor | None, *, vocab_size: int, start: int = 0, max_positions: int = 0
 ) -> None:
     """Refuse inputs a model cannot read (see the module docstring) with a ConfigError."""
+    for name, ids in (("idx", idx), ("targets", targets)):
+        if ids is not None and not isinstance(ids, torch.Tensor):
+            raise ConfigError(f"{name} is a {type(ids).__name__}: give token ids as a torch tensor, e.g. torch.tensor([ids])")
     if idx.dim() != 2:
         raise ConfigError(f"idx of shape {tuple(idx.shape)}: give token ids as (batch, time), e.g. ids[None] for one sequence")
     for name, ids in (("idx", idx), ("targets", targets)):
