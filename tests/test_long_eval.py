@@ -101,25 +101,6 @@ def test_prompt_suite_report_is_reproducible(text_corpus, make_config, tmp_path,
         load_suite(suite)
 
 
-def test_a_suite_whose_prompt_is_not_a_list_of_tables_is_read_or_named(tmp_path):
-    """`prompt = "KING"` was read letter by letter ("prompt[0]: expected a table of settings, got
-    str 'K'"); one [prompt] table is a suite of one; a repeated id is named."""
-    from slmlab.config import ConfigError
-    from slmlab.evals.prompts import load_suite
-
-    suite = tmp_path / "suite.toml"
-    suite.write_text('prompt = "KING"\n')
-    with pytest.raises(ConfigError, match=r"prompt = 'KING' is not a prompt table: write each prompt as a \[\[prompt\]\] table"):
-        load_suite(suite)
-    suite.write_text('[prompt]\nid = "a"\nprompt = "KING"\n')
-    assert [(p.id, p.prompt) for p in load_suite(suite)] == [("a", "KING")]
-    suite.write_text(
-        '[[prompt]]\nid = "a"\nprompt = "K"\n[[prompt]]\nid = "b"\nprompt = "Q"\n[[prompt]]\nid = "a"\nprompt = "J"\n'
-    )
-    with pytest.raises(ConfigError, match="prompt ids must be unique; repeated: 'a'"):
-        load_suite(suite)
-
-
 def test_rope_scale_on_a_model_without_rope_is_refused(text_corpus, make_config, capsys):
     """--rope-scale on learned positions scored the unscaled model under the scaled label."""
     from slmlab.cli import main

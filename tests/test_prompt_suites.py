@@ -1,0 +1,73 @@
+"""Prompt suites (TOML [[prompt]] tables or JSON lines) are read as written or refused in one
+line that names the prompt and what to fix, before any prompt is generated."""
+
+from __future__ import annotations
+
+import pytest
+
+from slmlab.cli import main
+from slmlab.config import ConfigError
+from slmlab.evals.prompts import load_suite
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("seed = -1", "seed must be a whole number from 0"),
+        ("max_tokens = 0", "max_tokens must be > 0"),
+        ("temperature = -0.5", "temperature must be a finite number >= 0"),
+        ("top_p = 0.0", "top_p must be in (0, 1]"),
+        ("top_p = 1.5", "top_p must be in (0, 1]"),
+        ("top_k = -3", "top_k must be >= 0"),
+        ('prompt = ""', "prompt 'odd' is empty"),
+        ('prompt = "T~"', "prompt 'odd': characters not in the tokenizer's vocabulary: '~'"),
+        ("temperature = 0.0\ntop_k = 5", "top_k filters what is sampled, and temperature 0 samples nothing (greedy decoding)"),
+    ],
+)
+def test_a_prompt_suite_with_an_impossible_setting_is_one_line_naming_the_prompt(micro_toml, tmp_path, capsys, line, says):
+    """Before: top_p = 0 blamed the model's weights ('probabilities are not finite'), a negative
+    temperature sampled greedily and max_tokens = 0 wrote empty completions, all silently."""
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "r"]) == 0
+    suite = tmp_path / "suite.toml"
+    odd = line if line.startswith("prompt =") else f'prompt = "T"\n{line}'
+    suite.write_text(f'[[prompt]]\nid = "fine"\nprompt = "T"\n[[prompt]]\nid = "odd"\n{odd}\n')
+    capsys.readouterr()
+    assert main(["prompts", str(tmp_path / "runs" / "r"), "--suite", str(suite)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert ("prompt[1] ('odd')" in err or "prompt 'odd'" in err) and says in err and "\n" not in err
+    assert not list((tmp_path / "runs" / "r").glob("prompts_*"))
+
+
+def test_a_prompt_suite_entry_without_its_id_or_text_is_one_line(tmp_path):
+    """build_dataclass left required fields to the constructor: a TypeError traceback."""
+    for entry, missing in (('prompt = "T"', "'id'"), ('id = "a"', "'prompt'")):
+        suite = tmp_path / "suite.toml"
+        suite.write_text(f"[[prompt]]\n{entry}\n")
+        with pytest.raises(ConfigError, match=f"suite.toml: prompt\\[0\\]: {missing} must be given"):
+            load_suite(suite)
+
+
+def test_a_prompt_suite_with_other_tables_names_them(tmp_path):
+    """[[prompts]] (plural) said only "the suite has no prompts"; a stray key was ignored."""
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[[prompts]]\nid = "a"\nprompt = "T"\n')
+    with pytest.raises(ConfigError, match=r"holds \[\[prompt\]\] tables only, not \['prompts'\] \(did you mean 'prompt'\?\)"):
+        load_suite(suite)
+    suite.write_text('[[prompt]]\nid = "a"\nprompt = "T"\n')
+    assert [p.id for p in load_suite(suite)] == ["a"]
+
+
+def test_a_suite_whose_prompt_is_not_a_list_of_tables_is_read_or_named(tmp_path):
+    """`prompt = "KING"` was read letter by letter ("prompt[0]: expected a table of settings, got
+    str 'K'"); one [prompt] table is a suite of one; a repeated id is named."""
+    suite = tmp_path / "suite.toml"
+    suite.write_text('prompt = "KING"\n')
+    with pytest.raises(ConfigError, match=r"prompt = 'KING' is not a prompt table: write each prompt as a \[\[prompt\]\] table"):
+        load_suite(suite)
+    suite.write_text('[prompt]\nid = "a"\nprompt = "KING"\n')
+    assert [(p.id, p.prompt) for p in load_suite(suite)] == [("a", "KING")]
+    suite.write_text(
+        '[[prompt]]\nid = "a"\nprompt = "K"\n[[prompt]]\nid = "b"\nprompt = "Q"\n[[prompt]]\nid = "a"\nprompt = "J"\n'
+    )
+    with pytest.raises(ConfigError, match="prompt ids must be unique; repeated: 'a'"):
+        load_suite(suite)
