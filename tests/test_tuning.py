@@ -50,3 +50,57 @@ def test_each_variant_trains_its_seeds_at_its_best_learning_rate(tmp_path, tuned
         assert main(["sweep", str(tuned_sweep), "--jobs", "1"]) == 0  # resumable: nothing trains again
     assert caplog.text.count("finished earlier, skipped") == 8
     assert main(["sweep", str(tuned_sweep), "--only", "0"]) == 0  # tuning done: a cluster task reads it
+
+
+def test_a_grid_of_learning_rate_and_weight_decay_picks_the_best_combination(tmp_path, micro_toml, capsys):
+    """The issue's optional warmup and weight-decay grids: every combination is one tuning run,
+    named by its settings, and the seeds train at the combination with the lowest final loss."""
+    path = tmp_path / "grid.toml"
+    text = (
+        f'name = "grid"\nbase = "{micro_toml.name}"\nout_dir = "{tmp_path / "runs"}"\nseeds = [1]\n'
+        '[overrides]\n"train.steps" = 6\n"train.eval_every" = 6\n"train.checkpoint_every" = 6\n'
+        "[tune]\nlr = [1e-5, 3e-2]\nweight_decay = [0.0, 0.5]\nwarmup_steps = [1]\n[variants.baseline]\n"
+    )
+    path.write_text(text)
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("tune ") == 4
+    assert main(["sweep", str(path), "--jobs", "1"]) == 0
+    sweep_dir = tmp_path / "runs" / "grid"
+    names = sorted(p.name for p in (sweep_dir / "tune").iterdir() if p.is_dir())
+    assert names == [
+        "baseline_lr0.03_wu1_wd0",
+        "baseline_lr0.03_wu1_wd0.5",
+        "baseline_lr1e-05_wu1_wd0",
+        "baseline_lr1e-05_wu1_wd0.5",
+    ]
+    losses = {name: RunDir(sweep_dir / "tune" / name).read_summary()["val_loss"] for name in names}
+    best = RunDir(sweep_dir / "tune" / min(losses, key=losses.get)).read_config().train
+    seeded = RunDir(sweep_dir / "baseline_s1").read_config().train
+    assert (seeded.lr, seeded.weight_decay, seeded.warmup_steps) == (best.lr, best.weight_decay, 1)
+    record = json.loads((sweep_dir / "results.json").read_text())["tuning"]
+    assert record["grid"] == {"train.lr": [1e-5, 3e-2], "train.warmup_steps": [1], "train.weight_decay": [0.0, 0.5]}
+    assert record["chosen"]["baseline"] == {"train.lr": best.lr, "train.warmup_steps": 1, "train.weight_decay": best.weight_decay}
+    assert record["final_val_loss"]["baseline"] == {name.removeprefix("baseline_"): loss for name, loss in losses.items()}
+    results = (sweep_dir / "results.md").read_text()
+    assert (
+        "## Learning rate, warmup steps and weight decay, tuned per variant" in results and "| lr 0.03, wu 1, wd 0.5" in results
+    )
+    assert (sweep_dir / "tuning.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "tune, overrides, says",
+    [
+        ("weight_decay = [0.1, 0.1]", "", "tune.weight_decay lists a value twice"),
+        ("weight_decay = [-0.1]", "", "tune.weight_decay must hold weight decays >= 0"),
+        ("warmup_steps = [-1]", "", "tune.warmup_steps must hold step counts >= 0"),
+        ("weight_decay = [0.1]", '"train.weight_decay" = 0.2', "sets train.weight_decay, which the sweep sets for every run"),
+    ],
+)
+def test_a_tuning_grid_that_cannot_run_as_written_is_one_line(tmp_path, micro_toml, capsys, tune, overrides, says):
+    path = tmp_path / "grid.toml"
+    path.write_text(
+        f'name = "grid"\nbase = "{micro_toml.name}"\nseeds = [1]\n[overrides]\n{overrides}\n[tune]\n{tune}\n[variants.baseline]\n'
+    )
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    assert says in capsys.readouterr().err

@@ -214,26 +214,26 @@ def cmd_sweep(args, extra) -> int:
         run_one,
         run_sweep,
         sweep_lock,
-        tune_learning_rates,
+        tune_settings,
     )
     from ..experiments.sweep_config import load_sweep
     from ..experiments.tuning import tuning_jobs
 
     sweep, jobs = load_sweep(args.config, parse_overrides(extra))
     if args.dry_run:
-        tuning = tuning_jobs(sweep, jobs) if sweep.tune.lr else []
+        tuning = tuning_jobs(sweep, jobs) if sweep.tune.grid() else []
         print("\n".join([*(f"tune {line}" for line in dry_run_lines(tuning)), *dry_run_lines(jobs)]))
     elif args.slurm:
-        jobs, _ = tune_learning_rates(sweep, jobs, run=False)
+        jobs, _ = tune_settings(sweep, jobs, run=False)
         print(write_slurm_script(Path(args.slurm), args.config, sweep, jobs, extra, args.sbatch))
     elif args.only is not None:
-        jobs, _ = tune_learning_rates(sweep, jobs, run=False)
+        jobs, _ = tune_settings(sweep, jobs, run=False)
         job, outcome = run_one(sweep, jobs, args.only)
         print(f"{job.run.path}: {describe_outcome(outcome)}")
         return 1 if "failed" in outcome else 0  # a cluster task that failed says so
     else:
         with sweep_lock(sweep):
-            jobs, tuning = tune_learning_rates(sweep, jobs, args.jobs)
+            jobs, tuning = tune_settings(sweep, jobs, args.jobs)
             results = run_sweep(sweep, jobs, args.jobs)
             if sweep.lm_eval.tasks:
                 from ..evals.harness import score_sweep_runs

@@ -27,7 +27,7 @@ from ..tables import format_number, human, markdown_table
 from .budget import flops_per_token
 from .stats import holm_adjusted, mean_std, paired_comparison, paired_difference, seeds_needed
 from .sweep_config import Job, SweepConfig, first_seed_jobs
-from .tuning import plot_tuning, tuning_table
+from .tuning import plot_tuning, tuned_names, tuning_table
 
 HEADERS = (
     "variant",
@@ -200,7 +200,9 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
         sweep_dir / "results.md",
         f"# Sweep {sweep.name}\n\nseeds {sweep.seeds}; Δ = variant vs {sweep.baseline}, "
         f"paired by seed; CI and p-values from the per-seed Δ%. {budget}\n\n{table}\n"
-        + (f"\n## Learning rate, tuned per variant ({tuning_note(tuning)})\n\n{tuning_table(tuning)}\n" if tuning else ""),
+        + (
+            f"\n## {tuned_names(tuning)}, tuned per variant ({tuning_note(tuning)})\n\n{tuning_table(tuning)}\n" if tuning else ""
+        ),
     )
     if tuning:
         plot_tuning(sweep_dir / "tuning.png", tuning)
@@ -224,8 +226,8 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
 
 
 def tuning_note(tuning: dict) -> str:
-    steps = f"{tuning['steps']} steps" if tuning["steps"] else "the sweep's steps"
-    return f"final validation loss of one {steps} run per value at the first seed; * = chosen, used by every seed"
+    length = f"{tuning['steps']}-step" if tuning["steps"] else "full-length"
+    return f"final validation loss of one {length} run per grid point at the first seed; * = chosen, used by every seed"
 
 
 def plot_curves(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:

@@ -31,7 +31,7 @@ from ..errors import SlmlabError
 from ..locks import DirectoryLock
 from ..runs.run_dir import RunDir
 from .sweep_config import Job, SweepConfig
-from .tuning import choose, tuning_jobs, tuning_record, with_learning_rates
+from .tuning import choose, tuning_jobs, tuning_record, with_tuned_settings
 
 log = logging.getLogger("slmlab")
 
@@ -190,12 +190,11 @@ def dry_run_lines(jobs: list[Job]) -> list[str]:
     ]
 
 
-def tune_learning_rates(
-    sweep: SweepConfig, jobs: list[Job], parallel: int = 1, run: bool = True
-) -> tuple[list[Job], dict | None]:
+def tune_settings(sweep: SweepConfig, jobs: list[Job], parallel: int = 1, run: bool = True) -> tuple[list[Job], dict | None]:
     """With [tune]: run (or, `run=False`, only read) the tuning runs, then give each variant's
-    jobs its chosen learning rate -> (jobs, the tuning record for the results); else unchanged."""
-    if not sweep.tune.lr:
+    jobs its chosen grid point (learning rate, warmup, weight decay) -> (jobs, the tuning record
+    for the results); else unchanged."""
+    if not sweep.tune.grid():
         return jobs, None
     tuning = tuning_jobs(sweep, jobs)
     if run:
@@ -209,7 +208,7 @@ def tune_learning_rates(
             )
         results = {(job.variant, job.seed): job.run.read_summary() for job in tuning}
     chosen = choose(sweep, results)
-    return with_learning_rates(jobs, chosen), tuning_record(sweep, results, chosen)
+    return with_tuned_settings(jobs, chosen), tuning_record(sweep, results, chosen)
 
 
 def describe_outcome(outcome: dict) -> str:

@@ -7,8 +7,8 @@ A sweep config (TOML):
     plugins = ["ideas/my_gate.py"]    # optional: plugins every run imports, added to the base's
     seeds = [0, 1, 2]
     baseline = "baseline"             # the variant others are compared with (default: the first)
-    [tune]                            # optional: a learning-rate grid per variant, run before the seeds
-    lr = [1e-3, 3e-3, 1e-2]           #   (experiments/tuning.py)
+    [tune]                            # optional: a grid per variant, run before the seeds: lr and
+    lr = [1e-3, 3e-3, 1e-2]           #   optionally warmup_steps, weight_decay (experiments/tuning.py)
     [budget]                          # optional, equal compute: each variant's steps from one of
     flops = 2e13                      #   tokens, flops (training FLOPs) or seconds (experiments/budget.py)
     [overrides]                       # dotted overrides applied to every run
@@ -19,7 +19,7 @@ A sweep config (TOML):
     "model.smat.use_G" = true
 
 Every run config is checked as `slmlab train` checks one, with two rules of the sweep's own: the
-sweep sets each run's seed, name and folder (and with [tune] or [budget] its learning rate or
+sweep sets each run's seed, name and folder (and with [tune] or [budget] its tuned settings or
 steps), so overrides of those are refused; and an ignored setting (config/checks.py) is weighed
 over the variants: a variant's own is refused, a shared one only when every variant ignores it.
 """
@@ -64,7 +64,9 @@ class SweepConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     budget: Budget = field(default_factory=Budget)  # equal compute: tokens, flops or seconds (experiments/budget.py)
-    tune: Tune = field(default_factory=Tune)  # a learning-rate grid per variant before the seeds (experiments/tuning.py)
+    tune: Tune = field(
+        default_factory=Tune
+    )  # a grid of lr (warmup, weight decay) per variant before the seeds (experiments/tuning.py)
     lm_eval: HarnessTasks = field(default_factory=HarnessTasks)  # lm-evaluation-harness tasks scored on every run
 
 
@@ -173,8 +175,8 @@ def check_no_ignored_setting_in_sweep(path: Path, sweep: SweepConfig, jobs: list
 def per_run_settings(sweep: SweepConfig) -> dict[str, str]:
     """Config keys the sweep sets for every run -> which of its keys sets them."""
     owned = {"train.seed": "seeds", "name": "name (runs are <variant>_s<seed>)", "out_dir": "out_dir"}
-    if sweep.tune.lr:
-        owned["train.lr"] = "[tune] (it picks each variant's learning rate)"
+    for setting in sweep.tune.axes():
+        owned[setting] = f"[tune] (it picks each variant's {setting.removeprefix('train.')})"
     if sweep.budget.held():
         owned["train.steps"] = "[budget] (it sets each variant's steps)"
     return owned

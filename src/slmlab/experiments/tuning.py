@@ -1,19 +1,24 @@
-"""Tuned baselines: a learning-rate grid per variant, run before the seeds.
+"""Tuned baselines: a grid of learning rates (and, optionally, warmups and weight decays) per
+variant, run before the seeds.
 
     [tune]
-    lr = [1e-3, 3e-3, 1e-2]      # the grid
+    lr = [1e-3, 3e-3, 1e-2]      # the grid: every combination of the lists given
+    warmup_steps = [10, 50]       # optional
+    weight_decay = [0.0, 0.1]     # optional
     steps = 150                   # each tuning run's length (0: the sweep's own train.steps)
 
-For every variant and grid value a short run trains at the variant's first seed in
-<out_dir>/<sweep>/tune/<variant>_lr<value>/: an ordinary run directory, so finished tuning runs are
-skipped and interrupted ones resume, like the rest of the sweep. Each variant's seeded runs then
-use the value with the lowest final validation loss. The grid, every tuning loss and the choice go
-into results.md and results.json, and tuning.png plots final validation loss against learning
-rate, one line per variant. A variant whose tuning run diverged at a value simply does not choose it.
+For every variant and grid point a short run trains at the variant's first seed in
+<out_dir>/<sweep>/tune/<variant>_lr<value>[_wu<value>][_wd<value>]/: an ordinary run directory,
+so finished tuning runs are skipped and interrupted ones resume, like the rest of the sweep. Each
+variant's seeded runs then use the point with the lowest final validation loss. The grid, every
+tuning loss and the choice go into results.md and results.json, and tuning.png plots final
+validation loss against the first tuned setting, one line per variant (and value of the others).
+A variant whose tuning run diverged at a point simply does not choose it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,87 +27,156 @@ from ..config import ConfigError, apply_overrides, config_from_dict
 from ..plotting import pyplot, save_png
 from ..tables import format_number, markdown_table
 
+TUNABLE = {  # [tune] list -> (the train setting it sets, its short name in run folders and tables)
+    "lr": ("train.lr", "lr"),
+    "warmup_steps": ("train.warmup_steps", "wu"),
+    "weight_decay": ("train.weight_decay", "wd"),
+}
+
+Point = dict[str, float]  # one grid point: {"train.lr": 0.003, "train.weight_decay": 0.1}
+
 
 @dataclass
 class Tune:
     lr: list[float] = field(default_factory=list)
+    warmup_steps: list[int] = field(default_factory=list)
+    weight_decay: list[float] = field(default_factory=list)
     steps: int = 0
 
     def check(self) -> None:
         if any(not (math.isfinite(v) and v > 0) for v in self.lr):
             raise ConfigError(f"tune.lr must hold learning rates > 0, got {self.lr}")
+        if any(v < 0 for v in self.warmup_steps):
+            raise ConfigError(f"tune.warmup_steps must hold step counts >= 0, got {self.warmup_steps}")
+        if any(not (math.isfinite(v) and v >= 0) for v in self.weight_decay):
+            raise ConfigError(f"tune.weight_decay must hold weight decays >= 0, got {self.weight_decay}")
+        for name in TUNABLE:
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ConfigError(f"tune.{name} lists a value twice ({values}): each grid point is one run, list it once")
         if self.steps < 0:
             raise ConfigError(f"tune.steps must be >= 0, got {self.steps}")
 
+    def axes(self) -> dict[str, list]:
+        """The train settings tuned (in TUNABLE's order) -> their values; {} without a grid."""
+        return {TUNABLE[name][0]: getattr(self, name) for name in TUNABLE if getattr(self, name)}
+
+    def grid(self) -> list[Point]:
+        """Every combination of the values listed (the first list varies slowest); [] without one."""
+        return grid_points(self.axes())
+
+
+def grid_points(axes: dict[str, list]) -> list[Point]:
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())] if axes else []
+
+
+SHORT = {setting: short for setting, short in TUNABLE.values()}
+
+
+def point_label(point: Point) -> str:
+    """'lr0.003_wd0.1': a grid point as run folders and results.json name it."""
+    return "_".join(f"{SHORT[setting]}{value:g}" for setting, value in point.items())
+
 
 def tuning_jobs(sweep, jobs: list) -> list:
-    """One short run per (variant, grid value), at each variant's first seed; Job.seed holds the
-    grid index (results are keyed by (variant, seed))."""
+    """One short run per (variant, grid point), at each variant's first seed; Job.seed holds the
+    point's index in the grid (results are keyed by (variant, seed))."""
     from .sweep_config import Job, first_seed_jobs
 
     sweep.tune.check()
     folder = Path(sweep.out_dir) / sweep.name / "tune"
     tuned = []
     for job in first_seed_jobs(jobs):
-        for index, lr in enumerate(sweep.tune.lr):
-            overrides = {"train.lr": lr, "name": f"{job.variant}_lr{lr:g}", "out_dir": str(folder)}
+        for index, point in enumerate(sweep.tune.grid()):
+            overrides = {**point, "name": f"{job.variant}_{point_label(point)}", "out_dir": str(folder)}
             if sweep.tune.steps:
                 overrides["train.steps"] = sweep.tune.steps
             tuned.append(Job(job.variant, index, config_from_dict(apply_overrides(job.config.to_dict(), overrides))))
     return tuned
 
 
-def choose(sweep, results: dict) -> dict[str, float]:
-    """variant -> the grid value with the lowest final validation loss."""
-    chosen = {}
+def choose(sweep, results: dict) -> dict[str, Point]:
+    """variant -> the grid point with the lowest final validation loss."""
+    grid, chosen = sweep.tune.grid(), {}
     for variant in sweep.variants:
-        losses = {i: results.get((variant, i), {}).get("val_loss", math.nan) for i in range(len(sweep.tune.lr))}
+        losses = {i: results.get((variant, i), {}).get("val_loss", math.nan) for i in range(len(grid))}
         finite = {i: v for i, v in losses.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         if not finite:
-            raise ConfigError(f"tuning: every learning rate of variant '{variant}' failed; widen tune.lr toward smaller values")
-        chosen[variant] = sweep.tune.lr[min(finite, key=finite.get)]
+            raise ConfigError(
+                f"tuning: every grid point of variant '{variant}' failed; widen the [tune] grid toward smaller learning rates"
+            )
+        chosen[variant] = grid[min(finite, key=finite.get)]
     return chosen
 
 
-def with_learning_rates(jobs: list, chosen: dict[str, float]) -> list:
+def with_tuned_settings(jobs: list, chosen: dict[str, Point]) -> list:
     from .sweep_config import Job
 
     return [
-        Job(job.variant, job.seed, config_from_dict(apply_overrides(job.config.to_dict(), {"train.lr": chosen[job.variant]})))
-        for job in jobs
+        Job(job.variant, job.seed, config_from_dict(apply_overrides(job.config.to_dict(), chosen[job.variant]))) for job in jobs
     ]
 
 
-def tuning_record(sweep, results: dict, chosen: dict[str, float]) -> dict:
-    """What results.json keeps: the grid, each variant's final loss per value, the choice."""
+def tuning_record(sweep, results: dict, chosen: dict[str, Point]) -> dict:
+    """What results.json keeps: the grid, each variant's final loss per point (keyed by
+    point_label), the choice; with a learning-rate grid also `lr_grid` and `chosen_lr`."""
+    grid = sweep.tune.grid()
     losses = {
-        variant: {f"{lr:g}": results.get((variant, i), {}).get("val_loss") for i, lr in enumerate(sweep.tune.lr)}
+        variant: {point_label(point): results.get((variant, i), {}).get("val_loss") for i, point in enumerate(grid)}
         for variant in sweep.variants
     }
-    return {"lr_grid": sweep.tune.lr, "steps": sweep.tune.steps, "final_val_loss": losses, "chosen_lr": chosen}
+    record = {"grid": sweep.tune.axes(), "steps": sweep.tune.steps, "final_val_loss": losses, "chosen": chosen}
+    if sweep.tune.lr:
+        record.update(lr_grid=sweep.tune.lr, chosen_lr={variant: point["train.lr"] for variant, point in chosen.items()})
+    return record
+
+
+NAMES = {"train.lr": "learning rate", "train.warmup_steps": "warmup steps", "train.weight_decay": "weight decay"}
+
+
+def tuned_names(record: dict) -> str:
+    """'Learning rate and weight decay': what a tuning record's grid tuned, for headings."""
+    names = [NAMES[setting] for setting in record["grid"]]
+    text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return text[0].upper() + text[1:]
 
 
 def tuning_table(record: dict) -> str:
-    """Final validation loss per (variant, learning rate), the chosen one starred."""
-    grid = [f"{lr:g}" for lr in record["lr_grid"]]
+    """Final validation loss per variant (rows) and grid point (columns), the chosen one starred."""
+    points = grid_points(record["grid"])
     rows = []
     for variant, losses in record["final_val_loss"].items():
-        chosen = f"{record['chosen_lr'][variant]:g}"
-        rows.append([variant, *(format_number(losses[g], ".4f") + (" *" if g == chosen else "") for g in grid)])
-    return markdown_table(["variant", *(f"lr {g}" for g in grid)], rows)
+        chosen = point_label(record["chosen"][variant])
+        rows.append(
+            [
+                variant,
+                *(format_number(losses[point_label(p)], ".4f") + (" *" if point_label(p) == chosen else "") for p in points),
+            ]
+        )
+    headers = [", ".join(f"{SHORT[setting]} {value:g}" for setting, value in p.items()) for p in points]
+    return markdown_table(["variant", *headers], rows)
 
 
 def plot_tuning(path: Path, record: dict) -> None:
+    """Final validation loss against the first tuned setting (log scale for lr and weight decay),
+    one line per variant and combination of the other settings."""
     plt = pyplot()
 
+    settings = list(record["grid"])
+    x_setting, others = settings[0], settings[1:]
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant, losses in record["final_val_loss"].items():
-        points = [(lr, losses[f"{lr:g}"]) for lr in record["lr_grid"] if losses[f"{lr:g}"] is not None]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=variant)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
+        for rest in itertools.product(*(record["grid"][s] for s in others)):
+            fixed = dict(zip(others, rest))
+            points = [(x, losses[point_label({x_setting: x, **fixed})]) for x in record["grid"][x_setting]]
+            points = [(x, loss) for x, loss in points if loss is not None]
+            label = ", ".join([variant, *(f"{SHORT[s]} {v:g}" for s, v in fixed.items())])
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    if x_setting != "train.warmup_steps" and all(x > 0 for x in record["grid"][x_setting]):
+        ax.set_xscale("log")
+    ax.set_xlabel(NAMES[x_setting])
     ax.set_ylabel("final validation loss (tuning run)")
-    ax.legend()
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_png(fig, path, dpi=120)
