@@ -116,7 +116,13 @@ def test_a_year_cut_off_on_documents_without_years_is_warned_of_once(text_corpus
         (lambda p: str(p / "nothing-here.txt"), "neither a built-in corpus"),
         (lambda p: (p / "empty.txt").write_text("   \n") and str(p / "empty.txt"), "contains no text"),
         (lambda p: (p / "latin1.txt").write_bytes("caf\xe9".encode("latin-1")) and str(p / "latin1.txt"), "is not UTF-8 text"),
-        (lambda p: (p / "d").mkdir() or str(p / "d"), "matches no .txt, .md, .jsonl or .parquet files"),
+        (lambda p: (p / "d").mkdir() or str(p / "d"), "holds no .txt, .md, .jsonl or .parquet files \\(nor any other file"),
+        (  # extension-less files (LICENSE, README) were refused without saying how to read them
+            lambda p: (p / "d").mkdir() or ((p / "d" / "GPL").write_text("x") and str(p / "d")),
+            "holds no .txt, .md, .jsonl or .parquet files \\(it holds 1 other, e.g. 'GPL'; .* a glob reads every file it "
+            "matches as text: '.*/d/\\*'\\)",
+        ),
+        (lambda p: str(p / "nothing-*.txt"), "the glob '.*nothing-\\*.txt' matches no file"),
         (
             lambda p: (p / "x.jsonl").write_text('{"body": "hi", "id": 1}\n') and str(p / "x.jsonl"),
             "no field 'text' \\(its fields: 'body', 'id'\\); set data.text_field",

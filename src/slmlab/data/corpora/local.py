@@ -62,15 +62,28 @@ def parse_year(value, where: str) -> int | None:
 SKIPPED_FOLDERS = ("__MACOSX",)  # macOS zip resource forks
 
 
-def corpus_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """The files under `folder` with one of `suffixes`, sorted, leaving out hidden files and folders
-    (.git, .ipynb_checkpoints copies that would put one text on both sides of the split, .DS_Store)
-    and __MACOSX resource forks, as a shell glob does."""
+def _what_else(folder: Path, spec: str) -> str:
+    """Why a folder gave no corpus files, and what to give instead."""
+    others = corpus_files(folder, None)
+    found = "holds no .txt, .md, .jsonl or .parquet files"
+    if not others:
+        return f"{found} (nor any other file outside hidden folders)"
+    example = others[0].relative_to(folder).as_posix()
+    return (
+        f"{found} (it holds {len(others)} other, e.g. '{example}'; a folder's .json, .csv and .tsv files are read only "
+        f"when named by their path, and a glob reads every file it matches as text: '{Path(spec) / '*'}')"
+    )
+
+
+def corpus_files(folder: Path, suffixes: tuple[str, ...] | None) -> list[Path]:
+    """The files under `folder` with one of `suffixes` (None: any), sorted, leaving out hidden files
+    and folders (.git, .ipynb_checkpoints copies that would put one text on both sides of the split,
+    .DS_Store) and __MACOSX resource forks, as a shell glob does."""
     return sorted(
         path
         for path in folder.rglob("*")
         if path.is_file()
-        and path.suffix.lower() in suffixes
+        and (suffixes is None or path.suffix.lower() in suffixes)
         and not any(part.startswith(".") or part in SKIPPED_FOLDERS for part in path.relative_to(folder).parts)
     )
 
@@ -127,16 +140,15 @@ class LocalSource:
                     f"data.source: '{spec}' {where} a slmlab run folder ({runs[0]}), not a corpus: "
                     "name a folder of your text without runs in it"
                 )
+            if not files:
+                raise CorpusError(f"data.source: '{spec}' {_what_else(path, spec)}")
         elif any(ch in spec for ch in "*?["):
             files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+            if not files:
+                raise CorpusError(f"data.source: the glob '{spec}' matches no file")
         else:
             raise CorpusError(
                 f"data.source: '{spec}' is neither a built-in corpus (shakespeare, brown) nor an existing file, directory or glob"
-            )
-        if not files:
-            raise CorpusError(
-                f"data.source: '{spec}' matches no .txt, .md, .jsonl or .parquet files "
-                "(a folder's .json, .csv and .tsv files are read only when named: give one by its path)"
             )
         return files
 
