@@ -18,18 +18,17 @@ table).
 from __future__ import annotations
 
 import math
-import shlex
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..files import atomic_write_text
 from ..model.hooks import HookPoint
 from ..model.modes import eval_mode
 from ..plotting import pyplot, save_png
 from ..tables import markdown_table
+from .readout import load_for_readout, write_readout
 
 
 def residual_blocks(model: nn.Module, reader: str) -> list[nn.Module]:
@@ -92,34 +91,28 @@ def plot_lens(next_logp: torch.Tensor, top: list[list[str]], tokens: list[str], 
 
 def lens_report(run: str | Path, prompt: str, out: str | Path | None = None, device: str = "auto") -> tuple[str, list[Path]]:
     """The logit lens of a run on one prompt -> (the Markdown table, files written: lens.png, lens.md)."""
-    from ..evals.score import prompt_ids
-    from ..runs.derived import record_derived, weights_identity
-    from ..runs.run_dir import load_run
-    from ..training.frames import token_labels
-    from ..training.runtime import resolve_device
-
-    resolved = resolve_device(device)
-    weights = weights_identity(run)
-    cfg, model, tokenizer = load_run(run, resolved)
-    ids = prompt_ids(tokenizer, prompt, cfg.model.block_size)
+    loaded = load_for_readout(run, device)
+    ids = loaded.ids(prompt)
     if len(ids) < 2:
         raise ConfigError("the prompt has fewer than 2 tokens: the lens scores each token's prediction of the next one")
-    lens = logit_lens(model, torch.tensor([ids], device=resolved))[:, 0].cpu()  # (stages, T, V)
+    lens = logit_lens(loaded.model, torch.tensor([ids], device=loaded.device))[:, 0].cpu()  # (stages, T, V)
     next_ids = torch.tensor(ids[1:])
     next_logp = lens[:, :-1].gather(-1, next_ids.expand(lens.shape[0], -1)[..., None])[..., 0]  # (stages, T - 1)
-    top = [token_labels(tokenizer, row.tolist()) for row in lens[:, :-1].argmax(-1)]
-    tokens = token_labels(tokenizer, ids)
+    top = [loaded.labels(row.tolist()) for row in lens[:, :-1].argmax(-1)]
+    tokens = loaded.labels(ids)
     rows = [
         [name, *(f"{label} ({math.exp(lp):.2f})" for label, lp in zip(top[s], next_logp[s].tolist()))]
         for s, name in enumerate(_layer_names(lens.shape[0]))
     ]
     table = markdown_table(["stage", *(f"{a} → {b}" for a, b in zip(tokens[:-1], tokens[1:]))], rows)
-    folder = Path(out or Path(run) / "viz")
-    folder.mkdir(parents=True, exist_ok=True)
     title = f"{Path(run).name}: logit lens (cells: the most likely next token; colour: log p of the true next token)"
-    paths = [plot_lens(next_logp, top, tokens, folder / "lens.png", title)]
     heading = "Each cell: the stage's most likely next token (p of the true next token, shown in the column header)."
-    atomic_write_text(folder / "lens.md", f"# Logit lens of {Path(run).name}\n\n{heading}\n\n{table}\n")
-    paths.append(folder / "lens.md")
-    record_derived(run, paths, shlex.join(["slmlab", "viz", "lens", str(run), "--prompt", prompt]), weights)
+    paths = write_readout(
+        loaded,
+        out,
+        "lens",
+        lambda path: plot_lens(next_logp, top, tokens, path, title),
+        f"# Logit lens of {Path(run).name}\n\n{heading}\n\n{table}\n",
+        ["slmlab", "viz", "lens", str(run), "--prompt", prompt],
+    )
     return table, paths

@@ -29,7 +29,6 @@ of activation) and patch.md (the scores as tables).
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +37,12 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..files import atomic_write_text
 from ..model.attention import CausalSelfAttention
 from ..model.modes import eval_mode
 from ..plotting import pyplot, save_png
 from ..tables import markdown_table
 from .lens import residual_blocks
+from .readout import LoadedRun, answer_tokens, load_for_readout, metric_label, option_args, write_readout
 
 POSITION_POINTS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
 POINT_TITLES = {
@@ -78,9 +77,10 @@ def last_token_metric(answer: int, wrong: int | None = None) -> Callable[[torch.
     return metric
 
 
-def _head_point(block: nn.Module) -> nn.Module | None:
-    """The hook_z of the block's one backbone attention (None when it has none or several)."""
-    found = [module.hook_z for module in block.modules() if isinstance(module, CausalSelfAttention)]
+def block_attention(block: nn.Module) -> CausalSelfAttention | None:
+    """The block's one backbone attention, whose heads are read at its hook_z (None when it has
+    none or several)."""
+    found = [module for module in block.modules() if isinstance(module, CausalSelfAttention)]
     return found[0] if len(found) == 1 else None
 
 
@@ -121,7 +121,7 @@ def activation_patching(
             f"the clean and corrupted prompts must be one row each of the same number of tokens, got "
             f"{tuple(clean.shape)} and {tuple(corrupt.shape)}"
         )
-    heads = [_head_point(block) for block in blocks]
+    heads = [attention.hook_z if (attention := block_attention(block)) else None for block in blocks]
     points = {(name, layer): getattr(block, name) for layer, block in enumerate(blocks) for name in POSITION_POINTS}
     points.update({("hook_z", layer): point for layer, point in enumerate(heads) if point is not None})
     cache: dict[tuple[str, int], torch.Tensor] = {}
@@ -183,18 +183,9 @@ def _cell(score: float) -> str:
     return f"{0.0 if abs(score) < 0.005 else score:.2f}"
 
 
-def _one_token(tokenizer, text: str, flag: str) -> int:
-    ids = tokenizer.encode(text)
-    if len(ids) != 1:
-        raise ConfigError(f"{flag} {text!r} is {len(ids)} tokens for this tokenizer: give one token")
-    return ids[0]
-
-
-def _position_labels(tokenizer, clean: list[int], corrupt: list[int]) -> list[str]:
+def _position_labels(loaded: LoadedRun, clean: list[int], corrupt: list[int]) -> list[str]:
     """Each position's corrupted token, with the clean one after a slash where they differ."""
-    from ..training.frames import token_labels
-
-    pairs = zip(token_labels(tokenizer, corrupt), token_labels(tokenizer, clean))
+    pairs = zip(loaded.labels(corrupt), loaded.labels(clean))
     return [f"{t}: {bad}" if bad == good else f"{t}: {bad}/{good}" for t, (bad, good) in enumerate(pairs)]
 
 
@@ -209,38 +200,18 @@ def patching_report(
 ) -> tuple[str, list[Path]]:
     """Activation patching of a run on one pair of prompts -> (the Markdown report, files written:
     patch.png, patch.md)."""
-    from ..evals.score import prompt_ids
-    from ..runs.derived import record_derived, weights_identity
-    from ..runs.run_dir import load_run
-    from ..training.frames import token_labels
-    from ..training.runtime import resolve_device
-
-    resolved = resolve_device(device)
-    weights = weights_identity(run)
-    cfg, model, tokenizer = load_run(run, resolved)
-    clean_ids, corrupt_ids = (prompt_ids(tokenizer, text, cfg.model.block_size) for text in (clean, corrupt))
+    loaded = load_for_readout(run, device)
+    clean_ids, corrupt_ids = loaded.ids(clean), loaded.ids(corrupt)
     if not clean_ids or len(clean_ids) != len(corrupt_ids):
         raise ConfigError(
             f"the clean prompt is {len(clean_ids)} tokens and the corrupted one {len(corrupt_ids)}: patching compares "
             "them position by position, so give two non-empty prompts of the same length in tokens"
         )
-    clean_t, corrupt_t = (torch.tensor([ids], device=resolved) for ids in (clean_ids, corrupt_ids))
-    if answer is None:
-        with torch.no_grad(), eval_mode(model):
-            answer_id = int(model(clean_t)[0][0, -1].argmax())
-    else:
-        answer_id = _one_token(tokenizer, answer, "--answer")
-    wrong_id = None if wrong is None else _one_token(tokenizer, wrong, "--wrong")
-    if wrong_id == answer_id:
-        raise ConfigError(f"--wrong {wrong!r} is the answer itself: give another token")
-    result = activation_patching(model, clean_t, corrupt_t, last_token_metric(answer_id, wrong_id))
-    answer_label = token_labels(tokenizer, [answer_id])[0]
-    measured = (
-        f"log p({answer_label!r})"
-        if wrong_id is None
-        else f"logit({answer_label!r}) - logit({token_labels(tokenizer, [wrong_id])[0]!r})"
-    )
-    positions = _position_labels(tokenizer, clean_ids, corrupt_ids)
+    clean_t, corrupt_t = (torch.tensor([ids], device=loaded.device) for ids in (clean_ids, corrupt_ids))
+    answer_id, wrong_id = answer_tokens(loaded, clean_t, answer, wrong)
+    result = activation_patching(loaded.model, clean_t, corrupt_t, last_token_metric(answer_id, wrong_id))
+    measured = metric_label(loaded, answer_id, wrong_id, "log p")
+    positions = _position_labels(loaded, clean_ids, corrupt_ids)
     sections = [
         f"Metric at the last position: {measured}; clean {result.clean:.4f}, corrupted {result.corrupt:.4f}. "
         "Score: (patched - corrupted) / (clean - corrupted); 1 restores the clean prediction."
@@ -253,12 +224,13 @@ def patching_report(
         heads = [f"head {h}" for h in range(result.by_head.shape[1])]
         sections.append(f"## {POINT_TITLES['hook_z']} (hook_z)\n\n" + markdown_table(["", *heads], rows))
     text = "\n\n".join(sections)
-    folder = Path(out or Path(run) / "viz")
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [plot_patching(result, positions, folder / "patch.png", f"{Path(run).name}: activation patching, {measured}")]
-    atomic_write_text(folder / "patch.md", f"# Activation patching of {Path(run).name}\n\n{text}\n")
-    paths.append(folder / "patch.md")
-    command = ["slmlab", "viz", "patch", str(run), "--clean", clean, "--corrupt", corrupt]
-    command += [*(["--answer", answer] if answer is not None else []), *(["--wrong", wrong] if wrong is not None else [])]
-    record_derived(run, paths, shlex.join(command), weights)
+    title = f"{Path(run).name}: activation patching, {measured}"
+    paths = write_readout(
+        loaded,
+        out,
+        "patch",
+        lambda path: plot_patching(result, positions, path, title),
+        f"# Activation patching of {Path(run).name}\n\n{text}\n",
+        ["slmlab", "viz", "patch", str(run), "--clean", clean, "--corrupt", corrupt, *option_args(answer=answer, wrong=wrong)],
+    )
     return text, paths

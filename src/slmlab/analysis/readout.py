@@ -1,0 +1,97 @@
+"""What the viz verbs that read a trained run on a prompt share (lens, patch, attribute): loading
+the run with the identity of its weights, the answer token a metric reads, and writing the figure
+and table into RUN/viz (or --out) recorded as derived from those weights."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..files import atomic_write_text
+from ..model.modes import eval_mode
+
+
+@dataclass
+class LoadedRun:
+    run: Path
+    cfg: object
+    model: nn.Module
+    tokenizer: object
+    device: torch.device
+    weights: str  # SHA-256 of the weights loaded (runs/derived.py)
+
+    def ids(self, prompt: str) -> list[int]:
+        """The prompt's token ids, refused when longer than the model's context."""
+        from ..evals.score import prompt_ids
+
+        return prompt_ids(self.tokenizer, prompt, self.cfg.model.block_size)
+
+    def labels(self, ids: list[int]) -> list[str]:
+        """Each id's text, printable (a newline as ⏎)."""
+        from ..training.frames import token_labels
+
+        return token_labels(self.tokenizer, ids)
+
+
+def load_for_readout(run: str | Path, device: str = "auto") -> LoadedRun:
+    from ..runs.derived import weights_identity
+    from ..runs.run_dir import load_run
+    from ..training.runtime import resolve_device
+
+    resolved = resolve_device(device)
+    weights = weights_identity(run)  # before loading: what the files are derived from
+    cfg, model, tokenizer = load_run(run, resolved)
+    return LoadedRun(Path(run), cfg, model, tokenizer, resolved, weights)
+
+
+def one_token(tokenizer, text: str, flag: str) -> int:
+    ids = tokenizer.encode(text)
+    if len(ids) != 1:
+        raise ConfigError(f"{flag} {text!r} is {len(ids)} tokens for this tokenizer: give one token")
+    return ids[0]
+
+
+def answer_tokens(loaded: LoadedRun, idx: torch.Tensor, answer: str | None, wrong: str | None) -> tuple[int, int | None]:
+    """(answer id, wrong id or None): --answer's one token, by default the model's most likely next
+    token after idx (1, T); --wrong's one token, which must differ from the answer."""
+    if answer is None:
+        with torch.no_grad(), eval_mode(loaded.model):
+            answer_id = int(loaded.model(idx)[0][0, -1].argmax())
+    else:
+        answer_id = one_token(loaded.tokenizer, answer, "--answer")
+    wrong_id = None if wrong is None else one_token(loaded.tokenizer, wrong, "--wrong")
+    if wrong_id == answer_id:
+        raise ConfigError(f"--wrong {wrong!r} is the answer itself: give another token")
+    return answer_id, wrong_id
+
+
+def metric_label(loaded: LoadedRun, answer_id: int, wrong_id: int | None, alone: str) -> str:
+    """ "logit('a') - logit('b')", or with no wrong token `alone` of the answer: "log p('a')"."""
+    answer = repr(loaded.labels([answer_id])[0])
+    return f"{alone}({answer})" if wrong_id is None else f"logit({answer}) - logit({loaded.labels([wrong_id])[0]!r})"
+
+
+def write_readout(
+    loaded: LoadedRun, out: str | Path | None, stem: str, draw: Callable[[Path], Path], markdown: str, command: list[str]
+) -> list[Path]:
+    """Write <stem>.png (`draw(path)`) and <stem>.md (`markdown`) into `out` (default RUN/viz), and
+    record them as derived from the run's weights by `command` -> the paths written."""
+    from ..runs.derived import record_derived
+
+    folder = Path(out or loaded.run / "viz")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [draw(folder / f"{stem}.png"), folder / f"{stem}.md"]
+    atomic_write_text(paths[1], markdown)
+    record_derived(loaded.run, paths, shlex.join(command), loaded.weights)
+    return paths
+
+
+def option_args(**options: str | None) -> list[str]:
+    """['--answer', 'x', ...] for the options given (None: left out), to record a command."""
+    return [part for name, value in options.items() if value is not None for part in (f"--{name}", value)]
