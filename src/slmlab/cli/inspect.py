@@ -23,7 +23,7 @@ def register(sub) -> None:
     viz = add_verb(
         sub,
         "viz",
-        "attention visualisation, the logit lens and activation patching",
+        "attention visualisation, the logit lens, activation patching and direct logit attribution",
         "  slmlab viz attention runs/quickstart --prompt 'ROMEO: But soft'\n  slmlab viz lens runs/quickstart --prompt 'ROMEO: But soft'\n"
         "  slmlab viz patch runs/quickstart --clean 'KING HENRY' --corrupt 'KING RICHA'",
     )
@@ -63,11 +63,30 @@ def register(sub) -> None:
     p.add_argument("run")
     p.add_argument("--clean", required=True, help="the prompt whose prediction is to be restored")
     p.add_argument("--corrupt", required=True, help="a prompt of the same length in tokens that differs where it matters")
-    p.add_argument("--answer", help="the next token the metric reads (default: the clean prompt's most likely one)")
-    p.add_argument("--wrong", help="score logit(answer) - logit(wrong) instead of log p(answer)")
+    add_answer(
+        p,
+        "the next token the metric reads (default: the clean prompt's most likely one)",
+        "score logit(answer) - logit(wrong) instead of log p(answer)",
+    )
     add_out(p, "output folder (default RUN/viz)")
     add_device(p)
     p.set_defaults(func=cmd_viz_patch)
+    p = add_verb(
+        viz_sub,
+        "attribute",
+        "direct logit attribution: what each embedding, attention, MLP and head writes toward the next token's logit "
+        "(PNG + Markdown)",
+        "  slmlab viz attribute runs/quickstart --prompt 'KING HENRY'\n"
+        "  slmlab viz attribute runs/quickstart --prompt 'KING HENRY' --answer ':' --wrong ' '",
+    )
+    p.add_argument("run")
+    add_prompt(p)
+    add_answer(
+        p, "the next token whose logit is split (default: the model's most likely one)", "split logit(answer) - logit(wrong)"
+    )
+    add_out(p, "output folder (default RUN/viz)")
+    add_device(p)
+    p.set_defaults(func=cmd_viz_attribute)
     p = add_verb(
         viz_sub,
         "animate",
@@ -115,6 +134,13 @@ def cmd_viz_attention(args, extra) -> int:
     return 0
 
 
+def add_answer(parser, answer_help: str, wrong_help: str) -> None:
+    """--answer TOKEN and --wrong TOKEN: the next token a prompt readout measures, and the one
+    its logit is compared with."""
+    parser.add_argument("--answer", help=answer_help)
+    parser.add_argument("--wrong", help=wrong_help)
+
+
 def cmd_viz_lens(args, extra) -> int:
     from ..analysis.lens import lens_report
 
@@ -128,6 +154,15 @@ def cmd_viz_patch(args, extra) -> int:
     from ..analysis.patching import patching_report
 
     text, paths = patching_report(args.run, args.clean, args.corrupt, args.answer, args.wrong, args.out or None, args.device)
+    print(text)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_viz_attribute(args, extra) -> int:
+    from ..analysis.attribution import attribution_report
+
+    text, paths = attribution_report(args.run, prompt_text(args), args.answer, args.wrong, args.out or None, args.device)
     print(text)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
