@@ -28,9 +28,7 @@ from ..errors import ConfigError
 from ..model.modes import eval_mode
 from ..plotting import pyplot, save_png
 from ..tables import markdown_table
-from .lens import residual_blocks
-from .patching import block_attention
-from .readout import answer_tokens, load_for_readout, metric_label, option_args, write_readout
+from .readout import answer_tokens, block_attention, load_for_readout, metric_label, option_args, residual_blocks, write_readout
 
 
 @dataclass

@@ -24,27 +24,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..model.hooks import HookPoint
 from ..model.modes import eval_mode
 from ..plotting import pyplot, save_png
 from ..tables import markdown_table
-from .readout import load_for_readout, write_readout
-
-
-def residual_blocks(model: nn.Module, reader: str) -> list[nn.Module]:
-    """The blocks of a decoder whose residual stream runs between them (each with hook_resid_pre,
-    hook_attn_out and hook_mlp_out) into a final norm, in order; any other model is refused in one
-    line naming `reader`, the tool that wanted to read it."""
-    blocks = list(getattr(model, "blocks", None) or [])
-    points = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
-    if (
-        not blocks
-        or not all(isinstance(getattr(b, p, None), HookPoint) for b in blocks for p in points)
-        or not hasattr(model, "norm_f")
-    ):
-        arch = getattr(getattr(model, "cfg", None), "arch", type(model).__name__)
-        raise ConfigError(f"{reader} reads a decoder's residual stream between its blocks; model.arch = {arch!r} has none")
-    return blocks
+from .readout import load_for_readout, residual_blocks, write_readout
 
 
 @torch.no_grad()

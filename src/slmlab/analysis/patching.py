@@ -37,12 +37,19 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..model.attention import CausalSelfAttention
 from ..model.modes import eval_mode
 from ..plotting import pyplot, save_png
 from ..tables import markdown_table
-from .lens import residual_blocks
-from .readout import LoadedRun, answer_tokens, load_for_readout, metric_label, option_args, write_readout
+from .readout import (
+    LoadedRun,
+    answer_tokens,
+    block_attention,
+    load_for_readout,
+    metric_label,
+    option_args,
+    residual_blocks,
+    write_readout,
+)
 
 POSITION_POINTS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
 POINT_TITLES = {
@@ -75,13 +82,6 @@ def last_token_metric(answer: int, wrong: int | None = None) -> Callable[[torch.
         return last.log_softmax(-1)[:, answer] if wrong is None else last[:, answer] - last[:, wrong]
 
     return metric
-
-
-def block_attention(block: nn.Module) -> CausalSelfAttention | None:
-    """The block's one backbone attention, whose heads are read at its hook_z (None when it has
-    none or several)."""
-    found = [module for module in block.modules() if isinstance(module, CausalSelfAttention)]
-    return found[0] if len(found) == 1 else None
 
 
 def _patch_each(

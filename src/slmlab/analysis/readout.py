@@ -1,6 +1,7 @@
-"""What the viz verbs that read a trained run on a prompt share (lens, patch, attribute): loading
-the run with the identity of its weights, the answer token a metric reads, and writing the figure
-and table into RUN/viz (or --out) recorded as derived from those weights."""
+"""What the viz verbs that read a trained run on a prompt share (lens, patch, attribute): the
+decoder structure they read (its blocks' residual stream, each block's attention), loading the run
+with the identity of its weights, the answer token a metric reads, and writing the figure and
+table into RUN/viz (or --out) recorded as derived from those weights."""
 
 from __future__ import annotations
 
@@ -14,7 +15,32 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..files import atomic_write_text
+from ..model.attention import CausalSelfAttention
+from ..model.hooks import HookPoint
 from ..model.modes import eval_mode
+
+
+def residual_blocks(model: nn.Module, reader: str) -> list[nn.Module]:
+    """The blocks of a decoder whose residual stream runs between them (each with hook_resid_pre,
+    hook_attn_out and hook_mlp_out) into a final norm, in order; any other model is refused in one
+    line naming `reader`, the tool that wanted to read it."""
+    blocks = list(getattr(model, "blocks", None) or [])
+    points = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+    if (
+        not blocks
+        or not all(isinstance(getattr(b, p, None), HookPoint) for b in blocks for p in points)
+        or not hasattr(model, "norm_f")
+    ):
+        arch = getattr(getattr(model, "cfg", None), "arch", type(model).__name__)
+        raise ConfigError(f"{reader} reads a decoder's residual stream between its blocks; model.arch = {arch!r} has none")
+    return blocks
+
+
+def block_attention(block: nn.Module) -> CausalSelfAttention | None:
+    """The block's one backbone attention, whose heads are read at its hook_z (None when it has
+    none or several)."""
+    found = [module for module in block.modules() if isinstance(module, CausalSelfAttention)]
+    return found[0] if len(found) == 1 else None
 
 
 @dataclass
