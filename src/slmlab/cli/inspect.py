@@ -25,42 +25,36 @@ def register(sub) -> None:
         "viz",
         "attention visualisation, the logit lens, activation patching and direct logit attribution",
         "  slmlab viz attention runs/quickstart --prompt 'ROMEO: But soft'\n  slmlab viz lens runs/quickstart --prompt 'ROMEO: But soft'\n"
-        "  slmlab viz patch runs/quickstart --clean 'KING HENRY' --corrupt 'KING RICHA'",
+        "  slmlab viz patch runs/quickstart --clean 'KING HENRY' --corrupt 'KING RICHA'\n"
+        "  slmlab viz attribute runs/quickstart --prompt 'KING HENRY'",
     )
     viz_sub = viz.add_subparsers(dest="viz_verb", required=True)
-    p = add_verb(
+    p = add_run_reader(
         viz_sub,
         "attention",
         "per-layer, per-head attention heatmaps and the prompt coloured by attention (PNG)",
         "  slmlab viz attention runs/quickstart --prompt 'ROMEO: But soft, what light'\n"
         "  slmlab viz attention runs/smat_quick/full_s0 --prompt 'KING' --export bertviz",
+        cmd_viz_attention,
     )
-    p.add_argument("run")
-    add_prompt(p)
     p.add_argument("--export", choices=("bertviz",), help="also write the maps in bertviz's format")
-    add_out(p, "output folder (default RUN/viz)")
-    add_device(p)
-    p.set_defaults(func=cmd_viz_attention)
-    p = add_verb(
+    add_run_reader(
         viz_sub,
         "lens",
         "the logit lens: each layer's residual stream read through the final norm and head (PNG + Markdown)",
         "  slmlab viz lens runs/quickstart --prompt 'ROMEO: But soft, what light'",
+        cmd_viz_lens,
     )
-    p.add_argument("run")
-    add_prompt(p)
-    add_out(p, "output folder (default RUN/viz)")
-    add_device(p)
-    p.set_defaults(func=cmd_viz_lens)
-    p = add_verb(
+    p = add_run_reader(
         viz_sub,
         "patch",
         "activation patching: how much of a clean prompt's prediction each block's activations restore "
         "in a corrupted one (PNG + Markdown)",
         "  slmlab viz patch runs/quickstart --clean 'KING HENRY' --corrupt 'KING RICHA'\n"
         "  slmlab viz patch runs/quickstart --clean 'KING HENRY' --corrupt 'KING RICHA' --answer ' ' --wrong 'R'",
+        cmd_viz_patch,
+        prompt=False,
     )
-    p.add_argument("run")
     p.add_argument("--clean", required=True, help="the prompt whose prediction is to be restored")
     p.add_argument("--corrupt", required=True, help="a prompt of the same length in tokens that differs where it matters")
     add_answer(
@@ -68,25 +62,18 @@ def register(sub) -> None:
         "the next token the metric reads (default: the clean prompt's most likely one)",
         "score logit(answer) - logit(wrong) instead of log p(answer)",
     )
-    add_out(p, "output folder (default RUN/viz)")
-    add_device(p)
-    p.set_defaults(func=cmd_viz_patch)
-    p = add_verb(
+    p = add_run_reader(
         viz_sub,
         "attribute",
         "direct logit attribution: what each embedding, attention, MLP and head writes toward the next token's logit "
         "(PNG + Markdown)",
         "  slmlab viz attribute runs/quickstart --prompt 'KING HENRY'\n"
         "  slmlab viz attribute runs/quickstart --prompt 'KING HENRY' --answer ':' --wrong ' '",
+        cmd_viz_attribute,
     )
-    p.add_argument("run")
-    add_prompt(p)
     add_answer(
         p, "the next token whose logit is split (default: the model's most likely one)", "split logit(answer) - logit(wrong)"
     )
-    add_out(p, "output folder (default RUN/viz)")
-    add_device(p)
-    p.set_defaults(func=cmd_viz_attribute)
     p = add_verb(
         viz_sub,
         "animate",
@@ -118,6 +105,32 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_report)
 
 
+def add_run_reader(viz_sub, name: str, summary: str, examples: str, handler, prompt: bool = True):
+    """A `slmlab viz` verb that reads RUN (on --prompt or --prompt-file, when `prompt`) and writes
+    into --out (default RUN/viz) -> its parser, for the verb's own options."""
+    p = add_verb(viz_sub, name, summary, examples)
+    p.add_argument("run")
+    if prompt:
+        add_prompt(p)
+    add_out(p, "output folder (default RUN/viz)")
+    add_device(p)
+    p.set_defaults(func=handler)
+    return p
+
+
+def add_answer(parser, answer_help: str, wrong_help: str) -> None:
+    """--answer TOKEN and --wrong TOKEN: the next token a prompt readout measures, and the one
+    its logit is compared with."""
+    parser.add_argument("--answer", help=answer_help)
+    parser.add_argument("--wrong", help=wrong_help)
+
+
+def print_readout(text: str, paths: list[Path]) -> int:
+    print(text)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def cmd_info(args, extra) -> int:
     from ..analysis.info import config_for_info, size_table
 
@@ -134,38 +147,24 @@ def cmd_viz_attention(args, extra) -> int:
     return 0
 
 
-def add_answer(parser, answer_help: str, wrong_help: str) -> None:
-    """--answer TOKEN and --wrong TOKEN: the next token a prompt readout measures, and the one
-    its logit is compared with."""
-    parser.add_argument("--answer", help=answer_help)
-    parser.add_argument("--wrong", help=wrong_help)
-
-
 def cmd_viz_lens(args, extra) -> int:
     from ..analysis.lens import lens_report
 
-    table, paths = lens_report(args.run, prompt_text(args), args.out or None, args.device)
-    print(table)
-    print("wrote " + ", ".join(str(p) for p in paths))
-    return 0
+    return print_readout(*lens_report(args.run, prompt_text(args), args.out or None, args.device))
 
 
 def cmd_viz_patch(args, extra) -> int:
     from ..analysis.patching import patching_report
 
-    text, paths = patching_report(args.run, args.clean, args.corrupt, args.answer, args.wrong, args.out or None, args.device)
-    print(text)
-    print("wrote " + ", ".join(str(p) for p in paths))
-    return 0
+    return print_readout(
+        *patching_report(args.run, args.clean, args.corrupt, args.answer, args.wrong, args.out or None, args.device)
+    )
 
 
 def cmd_viz_attribute(args, extra) -> int:
     from ..analysis.attribution import attribution_report
 
-    text, paths = attribution_report(args.run, prompt_text(args), args.answer, args.wrong, args.out or None, args.device)
-    print(text)
-    print("wrote " + ", ".join(str(p) for p in paths))
-    return 0
+    return print_readout(*attribution_report(args.run, prompt_text(args), args.answer, args.wrong, args.out or None, args.device))
 
 
 def cmd_viz_animate(args, extra) -> int:
