@@ -154,10 +154,12 @@ def attribution_report(
     wrong: str | None = None,
     out: str | Path | None = None,
     device: str = "auto",
+    checkpoint: str | None = None,
 ) -> tuple[str, list[Path]]:
     """Direct logit attribution of a run's prediction after one prompt -> (the Markdown report,
-    files written: attribution.png, attribution.md)."""
-    loaded = load_for_readout(run, device)
+    files written: attribution.png, attribution.md); `checkpoint`: read that checkpoint's weights
+    instead of the final ones."""
+    loaded = load_for_readout(run, device, checkpoint)
     ids = loaded.ids(prompt)
     if not ids:
         raise ConfigError("the prompt is empty (or holds no text this tokenizer knows): give some text to continue")
@@ -187,6 +189,14 @@ def attribution_report(
         "attribution",
         lambda path: plot_attribution(result, path, title),
         f"# Direct logit attribution of {Path(run).name}\n\n{text}\n",
-        ["slmlab", "viz", "attribute", str(run), "--prompt", prompt, *option_args(answer=answer, wrong=wrong)],
+        [
+            "slmlab",
+            "viz",
+            "attribute",
+            str(run),
+            "--prompt",
+            prompt,
+            *option_args(answer=answer, wrong=wrong, checkpoint=checkpoint),
+        ],
     )
     return text, paths

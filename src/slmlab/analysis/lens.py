@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..model.modes import eval_mode
 from ..plotting import pyplot, save_png
 from ..tables import markdown_table
-from .readout import load_for_readout, residual_blocks, write_readout
+from .readout import load_for_readout, option_args, residual_blocks, write_readout
 
 
 @torch.no_grad()
@@ -72,9 +72,12 @@ def plot_lens(next_logp: torch.Tensor, top: list[list[str]], tokens: list[str], 
     return path
 
 
-def lens_report(run: str | Path, prompt: str, out: str | Path | None = None, device: str = "auto") -> tuple[str, list[Path]]:
-    """The logit lens of a run on one prompt -> (the Markdown table, files written: lens.png, lens.md)."""
-    loaded = load_for_readout(run, device)
+def lens_report(
+    run: str | Path, prompt: str, out: str | Path | None = None, device: str = "auto", checkpoint: str | None = None
+) -> tuple[str, list[Path]]:
+    """The logit lens of a run on one prompt -> (the Markdown table, files written: lens.png,
+    lens.md); `checkpoint`: read that checkpoint's weights instead of the final ones."""
+    loaded = load_for_readout(run, device, checkpoint)
     ids = loaded.ids(prompt)
     if len(ids) < 2:
         raise ConfigError("the prompt has fewer than 2 tokens: the lens scores each token's prediction of the next one")
@@ -96,6 +99,6 @@ def lens_report(run: str | Path, prompt: str, out: str | Path | None = None, dev
         "lens",
         lambda path: plot_lens(next_logp, top, tokens, path, title),
         f"# Logit lens of {Path(run).name}\n\n{heading}\n\n{table}\n",
-        ["slmlab", "viz", "lens", str(run), "--prompt", prompt],
+        ["slmlab", "viz", "lens", str(run), "--prompt", prompt, *option_args(checkpoint=checkpoint)],
     )
     return table, paths

@@ -197,10 +197,11 @@ def patching_report(
     wrong: str | None = None,
     out: str | Path | None = None,
     device: str = "auto",
+    checkpoint: str | None = None,
 ) -> tuple[str, list[Path]]:
     """Activation patching of a run on one pair of prompts -> (the Markdown report, files written:
-    patch.png, patch.md)."""
-    loaded = load_for_readout(run, device)
+    patch.png, patch.md); `checkpoint`: read that checkpoint's weights instead of the final ones."""
+    loaded = load_for_readout(run, device, checkpoint)
     clean_ids, corrupt_ids = loaded.ids(clean), loaded.ids(corrupt)
     if not clean_ids or len(clean_ids) != len(corrupt_ids):
         raise ConfigError(
@@ -231,6 +232,16 @@ def patching_report(
         "patch",
         lambda path: plot_patching(result, positions, path, title),
         f"# Activation patching of {Path(run).name}\n\n{text}\n",
-        ["slmlab", "viz", "patch", str(run), "--clean", clean, "--corrupt", corrupt, *option_args(answer=answer, wrong=wrong)],
+        [
+            "slmlab",
+            "viz",
+            "patch",
+            str(run),
+            "--clean",
+            clean,
+            "--corrupt",
+            corrupt,
+            *option_args(answer=answer, wrong=wrong, checkpoint=checkpoint),
+        ],
     )
     return text, paths

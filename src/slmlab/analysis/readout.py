@@ -51,6 +51,14 @@ class LoadedRun:
     tokenizer: object
     device: torch.device
     weights: str  # SHA-256 of the weights loaded (runs/derived.py)
+    checkpoint: str | None = None  # the checkpoint read (None: the run's final weights)
+
+    def folder(self, out: str | Path | None) -> Path:
+        """Where a readout writes: `out`, else RUN/viz, or RUN/viz/<checkpoint> for a checkpoint's
+        weights (kept apart from the final weights' files, which the report shows)."""
+        folder = Path(out) if out else self.run / "viz" / (self.checkpoint or "")
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def ids(self, prompt: str) -> list[int]:
         """The prompt's token ids, refused when longer than the model's context."""
@@ -65,15 +73,16 @@ class LoadedRun:
         return token_labels(self.tokenizer, ids)
 
 
-def load_for_readout(run: str | Path, device: str = "auto") -> LoadedRun:
+def load_for_readout(run: str | Path, device: str = "auto", checkpoint: str | None = None) -> LoadedRun:
+    """The run's model (`checkpoint`: that checkpoint's weights) with what a readout needs."""
     from ..runs.derived import weights_identity
     from ..runs.run_dir import load_run
     from ..training.runtime import resolve_device
 
     resolved = resolve_device(device)
-    weights = weights_identity(run)  # before loading: what the files are derived from
-    cfg, model, tokenizer = load_run(run, resolved)
-    return LoadedRun(Path(run), cfg, model, tokenizer, resolved, weights)
+    weights = weights_identity(run, checkpoint)  # before loading: what the files are derived from
+    cfg, model, tokenizer = load_run(run, resolved, checkpoint=checkpoint)
+    return LoadedRun(Path(run), cfg, model, tokenizer, resolved, weights, checkpoint)
 
 
 def one_token(tokenizer, text: str, flag: str) -> int:
@@ -106,12 +115,11 @@ def metric_label(loaded: LoadedRun, answer_id: int, wrong_id: int | None, alone:
 def write_readout(
     loaded: LoadedRun, out: str | Path | None, stem: str, draw: Callable[[Path], Path], markdown: str, command: list[str]
 ) -> list[Path]:
-    """Write <stem>.png (`draw(path)`) and <stem>.md (`markdown`) into `out` (default RUN/viz), and
-    record them as derived from the run's weights by `command` -> the paths written."""
+    """Write <stem>.png (`draw(path)`) and <stem>.md (`markdown`) into loaded.folder(out), and
+    record them as derived from the weights read by `command` -> the paths written."""
     from ..runs.derived import record_derived
 
-    folder = Path(out or loaded.run / "viz")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = loaded.folder(out)
     paths = [draw(folder / f"{stem}.png"), folder / f"{stem}.md"]
     atomic_write_text(paths[1], markdown)
     record_derived(loaded.run, paths, shlex.join(command), loaded.weights)

@@ -120,27 +120,27 @@ def export_bertviz(maps: list[AttentionMap], tokens: list[str], out: Path) -> Pa
 
 
 def attention_report(
-    run: str | Path, prompt: str, out: str | Path | None = None, export: str | None = None, device: str = "auto"
+    run: str | Path,
+    prompt: str,
+    out: str | Path | None = None,
+    export: str | None = None,
+    device: str = "auto",
+    checkpoint: str | None = None,
 ) -> tuple[int, int, list[Path], Path]:
     """Heatmaps of every attention module, the prompt coloured by attention received and given,
-    and (export="bertviz") the maps for bertviz -> (modules, tokens, files written, folder)."""
-    from ..evals.score import prompt_ids
+    and (export="bertviz") the maps for bertviz -> (modules, tokens, files written, folder);
+    `checkpoint`: read that checkpoint's weights instead of the final ones."""
     from ..model.attention_maps import capture_attention, token_scores
-    from ..runs.derived import record_derived, weights_identity
-    from ..runs.run_dir import load_run
-    from ..training.frames import token_labels
-    from ..training.runtime import resolve_device
+    from ..runs.derived import record_derived
+    from .readout import load_for_readout, option_args
 
-    resolved = resolve_device(device)
-    weights = weights_identity(run)
-    cfg, model, tokenizer = load_run(run, resolved)
-    ids = prompt_ids(tokenizer, prompt, cfg.model.block_size)
+    loaded = load_for_readout(run, device, checkpoint)
+    ids = loaded.ids(prompt)
     if not ids:
         raise ConfigError("the prompt is empty: give some text to look at")
-    folder = Path(out or Path(run) / "viz")
-    folder.mkdir(parents=True, exist_ok=True)
-    maps, _ = capture_attention(model, torch.tensor([ids], device=resolved))
-    tokens = token_labels(tokenizer, ids)
+    folder = loaded.folder(out)
+    maps, _ = capture_attention(loaded.model, torch.tensor([ids], device=loaded.device))
+    tokens = loaded.labels(ids)
     paths = plot_heatmaps(maps, tokens, folder)
     received, given = token_scores(maps)
     paths.append(
@@ -153,5 +153,6 @@ def attention_report(
     )
     if export == "bertviz":
         paths.append(export_bertviz(maps, tokens, folder))
-    record_derived(run, paths, shlex.join(["slmlab", "viz", "attention", str(run), "--prompt", prompt]), weights)
+    command = ["slmlab", "viz", "attention", str(run), "--prompt", prompt, *option_args(checkpoint=checkpoint)]
+    record_derived(run, paths, shlex.join(command), loaded.weights)
     return len(maps), len(ids), paths, folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from .options import (
+    add_checkpoint,
     add_compile,
     add_device,
     add_int8,
@@ -22,6 +23,8 @@ from .options import (
     positive_int,
     prompt_text,
 )
+
+CHECKPOINT_NOT_INT8 = ("--checkpoint", "--int8", "the int8 model is quantised from the run's final weights")
 
 
 def register(sub) -> None:
@@ -50,6 +53,7 @@ def register(sub) -> None:
         "--context-lengths", type=int_list, default=None, help="comma-separated evaluation lengths, e.g. 256,512,1024,2048"
     )
     p.add_argument("--rope-scale", type=positive_float, default=None, help="evaluate a RoPE model with this rope_scale instead")
+    add_checkpoint(p)
     add_int8(p)
     option_rules(
         p,
@@ -57,6 +61,9 @@ def register(sub) -> None:
         conflicts=[
             ("--json", "--by-position", "the per-position report is a table and a JSON file in RUN"),
             ("--json", "--context-lengths", "the per-length report is a table and a JSON file in RUN"),
+            CHECKPOINT_NOT_INT8,
+            ("--checkpoint", "--by-position", "the per-position report in RUN is the final weights'"),
+            ("--checkpoint", "--context-lengths", "the per-length report in RUN is the final weights'"),
         ],
     )
     p.set_defaults(func=cmd_eval)
@@ -75,8 +82,10 @@ def register(sub) -> None:
     p.add_argument("--num-samples", type=positive_int, default=1)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step")
     add_compile(p)
+    add_checkpoint(p)
     add_int8(p)
     add_device(p)
+    option_rules(p, conflicts=[CHECKPOINT_NOT_INT8])
     p.set_defaults(func=cmd_generate)
 
     p = add_verb(
@@ -137,8 +146,8 @@ def cmd_eval(args, extra) -> int:
 
     model_overrides = {"rope_scale": args.rope_scale} if args.rope_scale else None
     long_context = args.by_position or args.context_lengths
-    weights = weights_identity(args.run) if long_context else None  # before loading: see runs/derived.py
-    cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8, model_overrides)
+    weights = weights_identity(args.run, args.checkpoint) if long_context else None  # before loading: see runs/derived.py
+    cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8, model_overrides, args.checkpoint)
     if long_context:
         from ..evals.long_context import long_context_report
         from ..evals.score import evaluation_tokens
@@ -161,10 +170,14 @@ def cmd_eval(args, extra) -> int:
         print(text)
         return 0
     result = score_run(args.run, cfg, model, tokenizer, device, args.split, args.batches, parse_overrides(extra))
+    if args.checkpoint:
+        result["checkpoint"] = args.checkpoint
     print(
         json_text(result)
         if args.json
-        else f"{result['slice']} {args.split}, {result['coverage']} ({result['tokens']:,} tokens"
+        else f"{result['slice']} {args.split}"
+        + (f" at {args.checkpoint}" if args.checkpoint else "")
+        + f", {result['coverage']} ({result['tokens']:,} tokens"
         + ("" if result["train_overlap"] is None else f", {result['train_overlap']} in the run's training split")
         + f"): loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}, {result['bpb']:.4f} bits/byte"
     )
@@ -175,7 +188,7 @@ def cmd_generate(args, extra) -> int:
     from ..evals.score import generate_texts, load_for_inference
 
     check_greedy_options(args)
-    cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8)
+    cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8, checkpoint=args.checkpoint)
     announce_compile(args)
     streaming = args.num_samples == 1  # one sample is printed as it is generated
     texts = generate_texts(

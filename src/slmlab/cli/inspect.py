@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import add_device, add_out, add_prompt, add_verb, load_run_config, positive_int, prompt_text
+from .options import add_checkpoint, add_device, add_out, add_prompt, add_verb, load_run_config, positive_int, prompt_text
 
 
 def register(sub) -> None:
@@ -106,13 +106,15 @@ def register(sub) -> None:
 
 
 def add_run_reader(viz_sub, name: str, summary: str, examples: str, handler, prompt: bool = True):
-    """A `slmlab viz` verb that reads RUN (on --prompt or --prompt-file, when `prompt`) and writes
-    into --out (default RUN/viz) -> its parser, for the verb's own options."""
+    """A `slmlab viz` verb that reads RUN (its final weights, or --checkpoint's; on --prompt or
+    --prompt-file, when `prompt`) and writes into --out (default RUN/viz) -> its parser, for the
+    verb's own options."""
     p = add_verb(viz_sub, name, summary, examples)
     p.add_argument("run")
     if prompt:
         add_prompt(p)
     add_out(p, "output folder (default RUN/viz)")
+    add_checkpoint(p)
     add_device(p)
     p.set_defaults(func=handler)
     return p
@@ -142,7 +144,9 @@ def cmd_info(args, extra) -> int:
 def cmd_viz_attention(args, extra) -> int:
     from ..analysis.viz import attention_report
 
-    modules, tokens, paths, folder = attention_report(args.run, prompt_text(args), args.out or None, args.export, args.device)
+    modules, tokens, paths, folder = attention_report(
+        args.run, prompt_text(args), args.out or None, args.export, args.device, args.checkpoint
+    )
     print(f"{modules} attention modules, {tokens} tokens: wrote {len(paths)} files to {folder}")
     return 0
 
@@ -150,21 +154,25 @@ def cmd_viz_attention(args, extra) -> int:
 def cmd_viz_lens(args, extra) -> int:
     from ..analysis.lens import lens_report
 
-    return print_readout(*lens_report(args.run, prompt_text(args), args.out or None, args.device))
+    return print_readout(*lens_report(args.run, prompt_text(args), args.out or None, args.device, args.checkpoint))
 
 
 def cmd_viz_patch(args, extra) -> int:
     from ..analysis.patching import patching_report
 
     return print_readout(
-        *patching_report(args.run, args.clean, args.corrupt, args.answer, args.wrong, args.out or None, args.device)
+        *patching_report(
+            args.run, args.clean, args.corrupt, args.answer, args.wrong, args.out or None, args.device, args.checkpoint
+        )
     )
 
 
 def cmd_viz_attribute(args, extra) -> int:
     from ..analysis.attribution import attribution_report
 
-    return print_readout(*attribution_report(args.run, prompt_text(args), args.answer, args.wrong, args.out or None, args.device))
+    return print_readout(
+        *attribution_report(args.run, prompt_text(args), args.answer, args.wrong, args.out or None, args.device, args.checkpoint)
+    )
 
 
 def cmd_viz_animate(args, extra) -> int:

@@ -197,6 +197,15 @@ def prompt_text(args: argparse.Namespace) -> str:
         ) from None
 
 
+def add_checkpoint(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint step_NNNNNN: read one of the run's checkpoints instead of its final weights."""
+    parser.add_argument(
+        "--checkpoint",
+        metavar="STEP",
+        help="read this checkpoint of the run (e.g. step_000200; see RUN/checkpoints) instead of its final weights",
+    )
+
+
 def add_out(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--out", default="", help=what)
 

@@ -30,8 +30,13 @@ from .text_stream import TextStream
 log = logging.getLogger("slmlab")
 
 
-def load_for_inference(run: str | Path, device: str = "auto", int8: bool = False, model_overrides: dict | None = None):
-    """(config, model, tokenizer, device): the fp32 run, or with int8 its quantised model on CPU."""
+def load_for_inference(
+    run: str | Path, device: str = "auto", int8: bool = False, model_overrides: dict | None = None, checkpoint: str | None = None
+):
+    """(config, model, tokenizer, device): the fp32 run (`checkpoint`: that checkpoint's weights),
+    or with int8 its quantised model on CPU."""
+    if int8 and checkpoint is not None:
+        raise ConfigError("--int8 is the quantised model of the run's final weights; drop --checkpoint or --int8")
     if int8:
         from ..analysis.quantize import load_int8
 
@@ -41,7 +46,7 @@ def load_for_inference(run: str | Path, device: str = "auto", int8: bool = False
             raise ConfigError("--rope-scale does not apply to the saved --int8 model; drop one of the two")
         return (*load_int8(run), torch.device("cpu"))
     resolved = resolve_device(device)
-    return (*load_run(run, resolved, model_overrides), resolved)
+    return (*load_run(run, resolved, model_overrides, checkpoint), resolved)
 
 
 @dataclass

@@ -26,9 +26,10 @@ RECORD = "derived.json"
 log = logging.getLogger("slmlab")
 
 
-def weights_identity(run_path: str | Path) -> str:
-    """SHA-256 of the weights `load_run(run_path)` loads (the recorded one; computed where none was)."""
-    path, sha256 = model_weights(model_run(run_path)[0])
+def weights_identity(run_path: str | Path, checkpoint: str | None = None) -> str:
+    """SHA-256 of the weights `load_run(run_path, checkpoint=...)` loads (the recorded one;
+    computed where none was)."""
+    path, sha256 = model_weights(model_run(run_path)[0], checkpoint)
     return sha256 or sha256_file(path)
 
 

@@ -33,7 +33,7 @@ from ..errors import RunFileError
 from ..files import atomic_write_text, read_json, remove_stale_temps, require_fields
 from ..locks import DirectoryLock
 from ..model import build_model
-from .checkpoints import CheckpointError, checksums, latest_checkpoint, load_weights
+from .checkpoints import CheckpointError, checksums, existing_checkpoint, latest_checkpoint, load_weights
 from .metrics import MetricsLog
 
 log = logging.getLogger("slmlab")
@@ -240,9 +240,13 @@ def model_run(path: str | Path) -> tuple[RunDir, RunConfig]:
     return run, cfg
 
 
-def model_weights(run: RunDir) -> tuple[Path, str | None]:
+def model_weights(run: RunDir, checkpoint: str | None = None) -> tuple[Path, str | None]:
     """The weights file a run's model loads from, and its recorded SHA-256 (None where none was
-    recorded): final.safetensors once the run finished, else its latest checkpoint."""
+    recorded): checkpoint `checkpoint` (step_NNNNNN) when named, else final.safetensors once the
+    run finished, else its latest checkpoint."""
+    if checkpoint is not None:
+        name = existing_checkpoint(run.checkpoints, checkpoint)
+        return run.checkpoints / f"{name}.safetensors", checksums(run.checkpoints, name).get(f"{name}.safetensors")
     summary = run.read_summary()
     if run.final_weights.is_file() or "final_sha256" in summary:  # a finished run must have its final weights
         return run.final_weights, summary.get("final_sha256")
@@ -253,19 +257,20 @@ def model_weights(run: RunDir) -> tuple[Path, str | None]:
 
 
 def load_run(
-    path: str | Path, device: str | torch.device = "cpu", model_overrides: dict | None = None
+    path: str | Path, device: str | torch.device = "cpu", model_overrides: dict | None = None, checkpoint: str | None = None
 ) -> tuple[RunConfig, nn.Module, Tokenizer]:
     """The config, trained model (final weights, else the latest checkpoint) and tokenizer of a run.
 
-    `model_overrides` ({"rope_scale": 2.0}) change model fields that carry no weights."""
+    `model_overrides` ({"rope_scale": 2.0}) change model fields that carry no weights;
+    `checkpoint` (step_NNNNNN): that checkpoint's weights instead (of a curriculum's model phase)."""
     run, cfg = model_run(path)
     if model_overrides:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {f"model.{k}": v for k, v in model_overrides.items()}))
         check_no_ignored_setting(cfg, keys={f"model.{k}" for k in model_overrides})
     tokenizer = run.read_tokenizer(cfg.model.vocab_size)
     model = build_model(cfg.model)
-    weights, sha256 = model_weights(run)
-    if weights != run.final_weights:
+    weights, sha256 = model_weights(run, checkpoint)
+    if checkpoint is None and weights != run.final_weights:
         log.info("%s has not finished training: using its latest checkpoint, %s", run.path, weights.stem)
     load_weights(model, weights, sha256)
     return cfg, model.to(device).eval(), tokenizer
