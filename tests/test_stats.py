@@ -54,3 +54,13 @@ def test_the_bpb_effect_and_its_interval():
     interval = stats.t.interval(0.95, 2, loc=d.mean(), scale=stats.sem(d))
     assert mean == pytest.approx(d.mean()) and (low, high) == pytest.approx(interval)
     assert math.isnan(paired_difference({0: 1.0}, {0: 1.1})[1])
+
+
+def test_results_not_keyed_by_seed_are_refused_not_paired_by_position():
+    """paired_comparison([9.0, 9.5], [10.0, 10.0]) failed inside numpy ('list indices must be
+    integers'); pairing lists by position could pair different seeds in silence."""
+    from slmlab.experiments.stats import paired_difference
+
+    for compare in (paired_comparison, paired_difference):
+        with pytest.raises(ValueError, match="take \\{seed: value\\} dicts, paired by seed; got list, dict"):
+            compare([9.0, 9.5], {0: 10.0, 1: 10.0})

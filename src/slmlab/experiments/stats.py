@@ -32,8 +32,17 @@ class Comparison:
         return asdict(self)
 
 
+def _by_seed(*results) -> None:
+    """Refuse results that are not {seed: value} (a list would be paired by position in silence,
+    or fail inside numpy)."""
+    if not all(isinstance(r, dict) for r in results):
+        kinds = ", ".join(type(r).__name__ for r in results)
+        raise ValueError(f"paired statistics take {{seed: value}} dicts, paired by seed; got {kinds}")
+
+
 def paired_comparison(variant: dict[int, float], baseline: dict[int, float]) -> Comparison:
     """variant/baseline: seed -> perplexity (finite values only)."""
+    _by_seed(variant, baseline)
     seeds = sorted(set(variant) & set(baseline))
     v = np.array([variant[s] for s in seeds], dtype=np.float64)
     b = np.array([baseline[s] for s in seeds], dtype=np.float64)
@@ -107,6 +116,7 @@ def seeds_needed(effect: float, sd: float, power: float = 0.8, alpha: float = 0.
 def paired_difference(variant: dict[int, float], baseline: dict[int, float]) -> tuple[float, float, float]:
     """(mean, 95% CI low, high) of variant - baseline over the seeds both have, from the t
     distribution (an effect in the metric's own units, e.g. bits per byte); NaN below 2 pairs."""
+    _by_seed(variant, baseline)
     seeds = sorted(set(variant) & set(baseline))
     d = np.array([variant[s] - baseline[s] for s in seeds], dtype=np.float64)
     if len(d) < 2:
