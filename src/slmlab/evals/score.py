@@ -34,9 +34,7 @@ def load_for_inference(
     run: str | Path, device: str = "auto", int8: bool = False, model_overrides: dict | None = None, checkpoint: str | None = None
 ):
     """(config, model, tokenizer, device): the fp32 run (`checkpoint`: that checkpoint's weights),
-    or with int8 its quantised model on CPU."""
-    if int8 and checkpoint is not None:
-        raise ConfigError("--int8 is the quantised model of the run's final weights; drop --checkpoint or --int8")
+    or with int8 its quantised model (of the final weights) on CPU."""
     if int8:
         from ..analysis.quantize import load_int8
 
