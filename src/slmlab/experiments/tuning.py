@@ -170,7 +170,8 @@ def plot_tuning(path: Path, record: dict) -> None:
             fixed = dict(zip(others, rest))
             points = [(x, losses[point_label({x_setting: x, **fixed})]) for x in record["grid"][x_setting]]
             points = [(x, loss) for x, loss in points if loss is not None]
-            label = ", ".join([variant, *(f"{SHORT[s]} {v:g}" for s, v in fixed.items())])
+            varied = {s: v for s, v in fixed.items() if len(record["grid"][s]) > 1}  # one value: the same on every line
+            label = ", ".join([variant, *(f"{SHORT[s]} {v:g}" for s, v in varied.items())])
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     if x_setting != "train.warmup_steps" and all(x > 0 for x in record["grid"][x_setting]):
         ax.set_xscale("log")
