@@ -112,3 +112,26 @@ def test_viz_attribute_writes_the_chart_and_tables(text_corpus, make_config, cap
     ).read_text()
     assert main(["viz", "attribute", str(run), "--prompt", "ROMEO", "--answer", "t", "--wrong", "t"]) == 2
     assert "--wrong 't' is the answer itself" in capsys.readouterr().err
+
+
+def test_the_readouts_read_a_plugin_decoder():
+    """The worked example's output gate (examples/plugins) acts before hook_z: the heads' shares
+    still sum to each attention's write, and patching still restores the clean run at block 0."""
+    from slmlab.analysis.patching import activation_patching, last_token_metric
+    from slmlab.plugins import activate
+    from tests.test_batched_generation import GATED
+
+    activate([GATED])
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(BASE, gated_attention={"enabled": True})).double().eval()
+    idx = torch.randint(0, 40, (1, 11), generator=torch.Generator().manual_seed(3))
+    result = logit_attribution(model, idx, answer=2, wrong=9)
+    logits = model(idx)[0][0, -1].detach()
+    assert sum(result.components.values()) == pytest.approx(float(logits[2] - logits[9]), abs=1e-9)
+    for layer in range(2):
+        whole = result.components[f"block {layer} attention"]
+        assert float(result.heads[layer].sum() + result.heads_bias[layer]) == pytest.approx(whole, abs=1e-9)
+    corrupt = idx.clone()
+    corrupt[0, 4] = (idx[0, 4] + 5) % 40
+    patched = activation_patching(model, idx, corrupt, last_token_metric(2, 9))
+    assert patched.by_position["hook_resid_pre"][0, 4].item() == pytest.approx(1.0, abs=1e-6)
