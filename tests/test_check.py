@@ -163,18 +163,35 @@ def test_a_broken_plugin_fails_naming_the_property(tmp_path, text_corpus, capsys
     assert "determinism" not in failing and "save/load round trip" not in failing  # only what is broken
 
 
-@pytest.mark.parametrize("kind", ["attention-extension", "output-gate"])
+@pytest.mark.parametrize("kind", ["attention-extension", "output-gate", "mlp"])
 def test_the_scaffold_passes_its_own_check(tmp_path, capsys, kind):
     name = f"idea_{kind.replace('-', '_')}"
     written = write_variant(name, kind, tmp_path / "ideas")
     assert sorted(p.name for p in written) == sorted([f"{name}.py", f"{name}.toml", f"{name}_sweep.toml"])
     source = (tmp_path / "ideas" / f"{name}.py").read_text()
-    assert "naive_reference" in source and f"class {''.join(p.capitalize() for p in name.split('_'))}Config" in source
+    assert f"class {''.join(p.capitalize() for p in name.split('_'))}Config" in source
+    assert ("naive_reference" in source) == (kind != "mlp")  # slmlab check's references compare attention layers
     assert main(["check", str(tmp_path / "ideas" / f"{name}_sweep.toml")]) == 0
     out = capsys.readouterr().out
     assert "22/22 properties hold" in out
     naive_row = next(line for line in out.splitlines() if line.startswith("| naive reference"))
     assert naive_row.split("|")[3].strip() == "pass"  # the idea's own column: held to its reference
+
+
+def test_a_section_chosen_by_a_model_choice_is_read_only_while_chosen(tmp_path, capsys):
+    """An MLP plugin's [model.<name>] set while model.mlp names another MLP changed nothing; it is
+    refused, unless a sweep's variant chooses the plugin (the base config then sets it for that one)."""
+    from slmlab.registry import register_section
+
+    write_variant("relu_sq", "mlp", tmp_path / "ideas")
+    run = str(tmp_path / "ideas" / "relu_sq.toml")
+    assert main(["check", run, "--model.mlp", "gelu", "--model.relu_sq.power", "3"]) == 2
+    assert "model.relu_sq.power = 3.0 is read only with model.mlp = 'relu_sq'; remove it or choose it" in capsys.readouterr().err
+    sweep = str(tmp_path / "ideas" / "relu_sq_sweep.toml")
+    assert main(["sweep", sweep, "--dry-run", "--model.relu_sq.power", "3"]) == 0  # shared: the relu_sq variant reads it
+    capsys.readouterr()
+    with pytest.raises(ConfigError, match="chosen_by = 'model.bogus' is not a model choice: give one of model.pos"):
+        register_section("bogus_section", type("C", (), {}), chosen_by="model.bogus")
 
 
 def test_the_scaffold_refuses_bad_names_and_existing_files(tmp_path):

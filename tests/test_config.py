@@ -103,7 +103,7 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
         (["--model.n_layer.x", "1"], "cannot set 'model.n_layer.x': 'n_layer' is not a section"),
         (["--data.mixture.J", "-1"], "data.mixture.J must be >= 0, got -1.0"),
         (
-            ["--model.zzz_idea.enabled", "true"],
+            ["--model.qxqx_wvwv.enabled", "true"],  # close to no section a test registers
             "a plugin's section needs the plugin in plugins = [...])",
         ),
         (["--data.genres", "[J, E]"], """data.genres: '[J, E]' is not a TOML list; quote its strings: '["J", "E"]'"""),

@@ -98,13 +98,16 @@ class Section:
     architecture it belongs to; an architecture that does not offer that point refuses a section
     set away from its defaults (the setting would be ignored). `read_with` maps a setting to the
     section's switches of which one must be on for it to be read ({"s_dim": ("use_S", "use_G")});
-    changed with every one off, it is refused."""
+    changed with every one off, it is refused. `chosen_by` names the model choice that selects the
+    idea by this section's name (an MLP plugin's "model.mlp": `model.mlp = "<name>"`); changed
+    while that choice names something else, the section is refused too."""
 
     name: str
     config: type
     extends: str = ""
     arch: str = ""
     read_with: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    chosen_by: str = ""
 
 
 # ---- the registries ------------------------------------------------------------------------
@@ -147,17 +150,28 @@ def check_section_name(name: str) -> None:
 
 
 def register_section(
-    name: str, config: type, *, extends: str = "", arch: str = "", read_with: dict[str, tuple[str, ...]] | None = None
+    name: str,
+    config: type,
+    *,
+    extends: str = "",
+    arch: str = "",
+    read_with: dict[str, tuple[str, ...]] | None = None,
+    chosen_by: str = "",
 ) -> None:
     """Declare `[model.<name>]`, validated as `config` (a dataclass) like the built-in sections;
-    `read_with`: the settings read only when one of their switches (boolean fields) is on."""
+    `read_with`: the settings read only when one of their switches (boolean fields) is on;
+    `chosen_by`: the model choice ("model.mlp", "model.norm", ... : a CHOICE_REGISTRIES key) under
+    which the section is read only while that choice is `name`."""
+    choices = [r.config_key for r in CHOICE_REGISTRIES if r.config_key.startswith("model.")]
+    if chosen_by and chosen_by not in choices:
+        raise ConfigError(f"[model.{name}] chosen_by = {chosen_by!r} is not a model choice: give one of {', '.join(choices)}")
     check_section_name(name)
     names = {f.name for f in fields(config)} if read_with else set()
     for setting, switches in (read_with or {}).items():
         unknown = [n for n in (setting, *switches) if n not in names]
         if unknown or not switches:
             raise ConfigError(f"[model.{name}] read_with names {unknown or 'no switch'}: give the section's own fields")
-    MODEL_SECTIONS.register(name, Section(name, config, extends, arch, dict(read_with or {})))
+    MODEL_SECTIONS.register(name, Section(name, config, extends, arch, dict(read_with or {}), chosen_by))
 
 
 def register_check(check: Callable) -> Callable:

@@ -2,11 +2,14 @@
 
 It writes, into OUT:
     NAME.py          the plugin: equations in its docstring, config section [model.NAME],
-                     the extension, a config rule, an intervention and a float64 naive reference
+                     the extension, a config rule, an intervention and (attention kinds) a float64
+                     naive reference
     NAME.toml        a run config that names the plugin and switches it on
     NAME_sweep.toml  the baseline vs NAME over 3 seeds
 
-The files come from templates/ (one per kind, string.Template placeholders $name, $Name, $out).
+The files come from templates/ (one per kind, string.Template placeholders $name, $Name, $out,
+and in the configs $switch_on / $switch_off: how the run turns the idea on, and the sweep's
+baseline off).
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from ..files import atomic_write_text
 from ..registry import MODEL_SECTIONS, check_section_name, load_builtins
 
 TEMPLATES = Path(__file__).with_name("templates")
-KIND_TEMPLATES = {"attention-extension": "attention_extension.py.tmpl", "output-gate": "output_gate.py.tmpl"}
+SECTION_SWITCH = ("\n[model.$name]\nenabled = true", '"model.$name.enabled" = false')
+KIND_TEMPLATES = {  # kind -> (plugin template, (the run config's lines that turn it on, the baseline's override))
+    "attention-extension": ("attention_extension.py.tmpl", SECTION_SWITCH),
+    "output-gate": ("output_gate.py.tmpl", SECTION_SWITCH),
+    "mlp": ("mlp.py.tmpl", ('mlp = "$name"', '"model.mlp" = "gelu"')),
+}
 
 
 def check_variant_name(name: str) -> None:
@@ -41,8 +49,10 @@ def write_variant(name: str, kind: str, out: str | Path, force: bool = False) ->
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
     values = {"name": name, "Name": "".join(part.capitalize() for part in name.split("_")), "out": out.as_posix()}
+    template, switches = KIND_TEMPLATES[kind]
+    values.update(zip(("switch_on", "switch_off"), (Template(line).substitute(values) for line in switches)))
     files = {
-        out / f"{name}.py": KIND_TEMPLATES[kind],
+        out / f"{name}.py": template,
         out / f"{name}.toml": "run.toml.tmpl",
         out / f"{name}_sweep.toml": "sweep.toml.tmpl",
     }

@@ -7,7 +7,7 @@ import sys
 
 from .options import add_seed, add_verb, load_run_config
 
-KINDS = ("attention-extension", "output-gate")
+KINDS = ("attention-extension", "output-gate", "mlp")  # analysis/scaffold.KIND_TEMPLATES (not imported: --help stays light)
 
 
 def register(sub) -> None:
@@ -28,9 +28,10 @@ def register(sub) -> None:
     p = add_verb(
         sub,
         "new-variant",
-        "write a documented plugin skeleton (module, config section, naive reference, run and sweep configs) "
-        "that passes `slmlab check` as generated",
+        "write a documented plugin skeleton (module, config section, intervention, naive reference for the attention "
+        "kinds, run and sweep configs) that passes `slmlab check` as generated",
         "  slmlab new-variant head_temperature --out ideas\n"
+        "  slmlab new-variant relu2 --kind mlp --out ideas\n"
         "  slmlab check ideas/head_temperature.toml\n"
         "  slmlab sweep ideas/head_temperature_sweep.toml --jobs 2",
     )

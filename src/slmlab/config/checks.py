@@ -120,6 +120,16 @@ def _ignored_under_switches(configs: list) -> list[tuple[str, str]]:
     found = []
     for name, section in MODEL_SECTIONS.items():
         default = section.config()
+        changed = [c for c in configs if first_change(getattr(c.model, name))]
+        if section.chosen_by and changed and all(_lookup(c, section.chosen_by) != name for c in configs):
+            setting, value = first_change(getattr(changed[0].model, name))
+            found.append(
+                (
+                    f"model.{name}.{setting}",
+                    f"model.{name}.{setting} = {value!r} is read only with {section.chosen_by} = {name!r}; "
+                    "remove it or choose it",
+                )
+            )
         for setting, switches in section.read_with.items():
             key, keys = f"model.{name}.{setting}", [f"model.{name}.{switch}" for switch in switches]
             if all(_lookup(c, key) != getattr(default, setting) and not any(_lookup(c, k) for k in keys) for c in configs):
