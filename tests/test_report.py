@@ -71,6 +71,22 @@ def test_report_flags_results_of_weights_the_run_has_trained_past(text_corpus, m
     capsys.readouterr()
 
 
+def test_each_readout_has_its_own_section_in_the_report(text_corpus, make_config, capsys):
+    """Every PNG in RUN/viz was embedded under "Attention maps": the lens, patching and
+    attribution figures too."""
+    run = train(make_config(text_corpus, train={"steps": 3, "checkpoint_every": 0}), progress=False).run_dir
+    assert main(["viz", "attention", str(run), "--prompt", "ROMEO"]) == 0
+    assert main(["viz", "lens", str(run), "--prompt", "ROMEO"]) == 0
+    assert main(["viz", "attribute", str(run), "--prompt", "ROMEO"]) == 0
+    assert main(["report", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    attention = md.split("## Attention maps")[1].split("\n## ")[0]
+    assert "attention_text" in attention and "lens" not in attention and "attribution" not in attention
+    assert "## Logit lens\n\n![logit lens: lens](viz/lens.png)" in md
+    assert "![direct logit attribution: attribution](viz/attribution.png)" in md and "## Activation patching" not in md
+    capsys.readouterr()
+
+
 def test_report_on_a_directory_that_is_neither_run_nor_sweep(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "neither a run directory (config.json) nor a sweep directory (results.json)" in capsys.readouterr().err

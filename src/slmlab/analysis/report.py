@@ -149,6 +149,14 @@ def _ablations(path: Path, heading: str, stale: dict[str, str]) -> list[str]:
     return [heading, *_out_of_date(path, stale, "ablations.md"), _heading_free(_text(path / "ablations.md"))]
 
 
+VIZ_SECTIONS = (  # (heading, the figures in RUN/viz it shows, their caption); a checkpoint's stay in viz/<checkpoint>/
+    ("Attention maps", "viz/attention_*.png", "attention"),
+    ("Logit lens", "viz/lens.png", "logit lens"),
+    ("Activation patching", "viz/patch.png", "activation patching"),
+    ("Direct logit attribution", "viz/attribution.png", "direct logit attribution"),
+)
+
+
 def _extras(path: Path) -> list[str]:
     """Sections the other commands leave in a run directory, when present, each flagged where it
     describes other weights than the run's current ones."""
@@ -157,9 +165,10 @@ def _extras(path: Path) -> list[str]:
     long_context = _images(path, "eval_*.png", "long-context evaluation")
     if long_context:
         parts += ["## Long-context evaluation", *_out_of_date(path, stale, "eval_*.png"), *long_context]
-    attention = _images(path, "viz/*.png", "attention")
-    if attention:
-        parts += ["## Attention maps", *_out_of_date(path, stale, "viz/*.png"), *attention]
+    for heading, pattern, caption in VIZ_SECTIONS:
+        images = _images(path, pattern, caption)
+        if images:
+            parts += [f"## {heading}", *_out_of_date(path, stale, pattern), *images]
     if (path / "quantize.md").is_file():
         parts += ["## int8 inference", *_out_of_date(path, stale, "quantize.md"), _heading_free(_text(path / "quantize.md"))]
     if (path / "persona_eval.json").is_file():
