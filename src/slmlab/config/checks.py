@@ -99,8 +99,9 @@ def ignored_settings(configs: list) -> list[tuple[str, str]]:
     """(key, one-line message) for each setting changed from its default that every config in
     `configs` ignores: model.rope_scale with learned positions, data.vocab_size with a char
     tokenizer, a variant section's setting read only with a switch that is off (a section's
-    `read_with`: model.smat.s_dim with use_S and use_G both false), attention settings no layer
-    reads. Each config counts as it is, so a curriculum's phases or a sweep's variants use a
+    `read_with`: model.smat.s_dim with use_S and use_G both false) or while the choice that names
+    it names another (a section's `chosen_by`: an MLP plugin's settings with another model.mlp),
+    attention settings no layer reads. Each config counts as it is, so a curriculum's phases or a sweep's variants use a
     setting if any one of them does."""
     return [*_ignored_under_choices(configs), *_ignored_under_switches(configs), *_ignored_attention_settings(configs)]
 
