@@ -3,7 +3,16 @@ conversion and the rules that span fields."""
 
 from ..errors import ConfigError
 from .checks import check_name, check_no_ignored_setting, check_seed, resolve_vocab, validate
-from .loading import apply_overrides, check_config, config_from_dict, dotted, load_config, parse_overrides, read_toml
+from .loading import (
+    apply_overrides,
+    check_config,
+    config_from_dict,
+    dotted,
+    load_config,
+    parse_overrides,
+    read_toml,
+    require_run_config,
+)
 from .schema import DataConfig, ModelConfig, PhaseConfig, RunConfig, TrainConfig
 from .values import build_dataclass, check_value
 
@@ -26,6 +35,7 @@ __all__ = [
     "load_config",
     "parse_overrides",
     "read_toml",
+    "require_run_config",
     "resolve_vocab",
     "validate",
 ]

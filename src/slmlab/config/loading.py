@@ -58,13 +58,18 @@ def _check_rules(cfg: RunConfig) -> None:
         cfg.phase(index)  # every phase must be a valid config too
 
 
+def require_run_config(cfg) -> RunConfig:
+    """`cfg` when it is a RunConfig; anything else (a dict, a path) is refused in one line."""
+    if not isinstance(cfg, RunConfig):
+        raise ConfigError(f"expected a RunConfig (slmlab.config.load_config builds one), got {type(cfg).__name__}")
+    return cfg
+
+
 def check_config(cfg: RunConfig) -> None:
     """Check a RunConfig as a loaded one is checked (each value's type, then the rules across
     fields, then every phase): an API caller may build one in code or change fields after loading
     (`cfg.model.n_head = 3`), and training must refuse it in one line as the CLI would."""
-    if not isinstance(cfg, RunConfig):
-        raise ConfigError(f"expected a RunConfig (slmlab.config.load_config builds one), got {type(cfg).__name__}")
-    _check_rules(build_dataclass(RunConfig, cfg.to_dict()))
+    _check_rules(build_dataclass(RunConfig, require_run_config(cfg).to_dict()))
 
 
 def _parse_literal(text: str) -> Any:

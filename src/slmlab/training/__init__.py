@@ -1,6 +1,6 @@
 """Training: the loop, optimizer and schedule, checkpoints and the metrics log."""
 
-from ..config import ConfigError, check_config
+from ..config import ConfigError, require_run_config
 from ..errors import TrainingError
 from ..runs.checkpoints import CheckpointError
 from .curriculum import train_curriculum
@@ -15,7 +15,7 @@ def train(
 ) -> TrainResult:
     """Train a run: a curriculum of sub-runs when the config has [[phases]], else one run.
     `from_checkpoint` (with `resume`): continue from this checkpoint rather than the latest."""
-    check_config(cfg)  # a RunConfig, and one that keeps the rules a loaded one keeps
+    require_run_config(cfg)  # before cfg.phases is read; the trainer or curriculum checks its rules
     if from_checkpoint is not None and not resume:
         raise ConfigError("--from-checkpoint names a checkpoint to resume from: use it with --resume RUN")
     if resume and overwrite:
