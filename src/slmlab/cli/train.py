@@ -221,7 +221,7 @@ def cmd_sweep(args, extra) -> int:
 
     sweep, jobs = load_sweep(args.config, parse_overrides(extra))
     if args.dry_run:
-        tuning = tuning_jobs(sweep, jobs) if sweep.tune.grid() else []
+        tuning = tuning_jobs(sweep, jobs)  # none without [tune]
         print("\n".join([*(f"tune {line}" for line in dry_run_lines(tuning)), *dry_run_lines(jobs)]))
     elif args.slurm:
         jobs, _ = tune_settings(sweep, jobs, run=False)

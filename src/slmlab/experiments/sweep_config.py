@@ -64,9 +64,7 @@ class SweepConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     budget: Budget = field(default_factory=Budget)  # equal compute: tokens, flops or seconds (experiments/budget.py)
-    tune: Tune = field(
-        default_factory=Tune
-    )  # a grid of lr (warmup, weight decay) per variant before the seeds (experiments/tuning.py)
+    tune: Tune = field(default_factory=Tune)  # grids run per variant before the seeds (experiments/tuning.py)
     lm_eval: HarnessTasks = field(default_factory=HarnessTasks)  # lm-evaluation-harness tasks scored on every run
 
 
