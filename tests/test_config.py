@@ -160,6 +160,14 @@ def test_bad_override_syntax_and_missing_files(tmp_path, toml_file):
     broken.write_text("[model\nn_layer = 2")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(broken)
+    latin1 = tmp_path / "latin1.toml"  # the message was Python's codec error inside "invalid TOML (...)"
+    latin1.write_bytes('name = "a"\n# café\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.toml is not UTF-8 text \(bad byte 0xe9 on line 2, byte offset 16\)"):
+        load_config(latin1)
+    utf16 = tmp_path / "utf16.toml"
+    utf16.write_text('name = "a"\n', encoding="utf-16")
+    with pytest.raises(ConfigError, match=r"utf16.toml is UTF-16 text .*; re-encode it as UTF-8$"):
+        load_config(utf16)
 
 
 @pytest.mark.parametrize("values", [[1, 2], "model", None])

@@ -116,6 +116,16 @@ def test_a_year_cut_off_on_documents_without_years_is_warned_of_once(text_corpus
         (lambda p: str(p / "nothing-here.txt"), "neither a built-in corpus"),
         (lambda p: (p / "empty.txt").write_text("   \n") and str(p / "empty.txt"), "contains no text"),
         (lambda p: (p / "latin1.txt").write_bytes("caf\xe9".encode("latin-1")) and str(p / "latin1.txt"), "is not UTF-8 text"),
+        (  # Windows Notepad's "Unicode": the message named a bad byte at offset 0
+            lambda p: (p / "u16.txt").write_text("hello there", encoding="utf-16") and str(p / "u16.txt"),
+            "u16.txt is UTF-16 text \\(it starts with a UTF-16 byte-order mark\\); re-encode it as UTF-8",
+        ),
+        (  # read line by line: the decoder's error counted from its own chunk, not from the file's start
+            lambda p: (
+                (p / "late.jsonl").write_bytes(b'{"text": "ok"}\n' * 2000 + b'{"text": "caf\xe9"}\n') and str(p / "late.jsonl")
+            ),
+            "late.jsonl is not UTF-8 text \\(bad byte 0xe9 on line 2001, byte offset 30013\\)",
+        ),
         (lambda p: (p / "d").mkdir() or str(p / "d"), "holds no .txt, .md, .jsonl or .parquet files \\(nor any other file"),
         (  # extension-less files (LICENSE, README) were refused without saying how to read them
             lambda p: (p / "d").mkdir() or ((p / "d" / "GPL").write_text("x") and str(p / "d")),

@@ -257,7 +257,7 @@ def test_a_prompt_suite_that_is_not_utf8_is_one_line(copy, capsys, tmp_path):
     suite = tmp_path / "suite.jsonl"
     suite.write_bytes(b'{"id": "a", "prompt": "To"}\n' + RANDOM)
     assert main(["prompts", str(run), "--suite", str(suite)]) == 2
-    assert "not UTF-8" in _one_line_error(capsys, "suite.jsonl")
+    assert "not UTF-8 text (bad byte 0x" in _one_line_error(capsys, "suite.jsonl")  # and where it is
 
 
 def test_a_tokenizer_larger_than_the_runs_model_is_one_line(copy, capsys):

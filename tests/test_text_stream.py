@@ -109,7 +109,7 @@ def test_bad_prompt_files_are_one_line_errors(tiny_run, tmp_path, monkeypatch, c
     cases = [
         (["--prompt-file", "missing.txt"], "--prompt-file missing.txt: no such file"),
         (["--prompt-file", "."], "--prompt-file .: a folder, not a file"),
-        (["--prompt-file", "latin1.txt"], "--prompt-file latin1.txt is not UTF-8 text (bad byte at offset 6)"),
+        (["--prompt-file", "latin1.txt"], "--prompt-file latin1.txt is not UTF-8 text (bad byte 0xe9 on line 1, byte offset 6)"),
         (["--prompt-file", "empty.txt"], "the prompt is empty"),
         (["--prompt", "x", "--prompt-file", "empty.txt"], "not allowed with argument"),
         ([], "one of the arguments --prompt --prompt-file is required"),

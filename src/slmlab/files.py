@@ -173,6 +173,25 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def utf8_problem(data: bytes) -> str:
+    """Why `data` (a file's or stream's bytes) is not UTF-8 text, to follow its name in a message:
+    UTF-16 named by its byte-order mark, else the first bad byte with its line and byte offset in
+    the whole of `data` (a streaming decoder's error counts from its own chunk)."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "is UTF-16 text (it starts with a UTF-16 byte-order mark)"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        return f"is not UTF-8 text (bad byte 0x{data[err.start]:02x} on line {line}, byte offset {err.start})"
+    return "is not UTF-8 text"
+
+
+def not_utf8(where: str, data: bytes) -> str:
+    """The one-line error for a user's text file or stream `where` whose bytes are not UTF-8."""
+    return f"{where} {utf8_problem(data)}; re-encode it as UTF-8"
+
+
 def read_text(path: str | Path, what: str, error: type[SlmlabError], fix: str) -> str:
     """A UTF-8 file's text, or `error` naming the file, what is wrong and `fix` (what to do)."""
     path = Path(path)
@@ -183,7 +202,7 @@ def read_text(path: str | Path, what: str, error: type[SlmlabError], fix: str) -
     except IsADirectoryError:
         raise error(f"{what} {path} is a folder, not a file; {fix}") from None
     except UnicodeDecodeError:
-        raise error(f"{what} {path} is damaged (not UTF-8 text); {fix}") from None
+        raise error(f"{what} {path} {utf8_problem(path.read_bytes())}; {fix}") from None
     except OSError as err:
         raise error(f"{what} {path} cannot be read ({err.strerror or err}); {fix}") from None
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..config.checks import INT64_LIMIT, check_seed
 from ..errors import ConfigError, SlmlabError
+from ..files import not_utf8
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -191,10 +192,8 @@ def prompt_text(args: argparse.Namespace) -> str:
         data, where = path.read_bytes(), source
     try:
         return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
-    except UnicodeDecodeError as err:
-        raise ConfigError(
-            f"--prompt-file {where} is not UTF-8 text (bad byte at offset {err.start}); re-encode it as UTF-8"
-        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(not_utf8(f"--prompt-file {where}", data)) from None
 
 
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import plugins
 from ..errors import ConfigError
+from ..files import not_utf8
 from ..registry import load_builtins
 from .checks import check_no_ignored_setting, validate
 from .schema import ModelConfig, RunConfig
@@ -162,7 +163,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8-sig"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError:
+        raise ConfigError(not_utf8(str(path), path.read_bytes())) from None
+    except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML ({err})") from None
 
 

@@ -61,8 +61,9 @@ class WindowSampler:
         ranges = [split.streams[n] if n != "*" else (0, len(split)) for n in names]
         for name, (start, end) in zip(names, ranges):
             if end - start < seq_len + 1:
+                what = "the training split" if name == "*" else f"stream '{name}' of the training split"
                 raise CorpusError(
-                    f"stream '{name}' has {end - start} tokens, fewer than data.seq_len + 1 = {seq_len + 1}; "
+                    f"{what} has {end - start} tokens, fewer than data.seq_len + 1 = {seq_len + 1}; "
                     "lower data.seq_len or use more text"
                 )
         self.names = names

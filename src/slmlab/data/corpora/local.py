@@ -28,7 +28,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from ...files import is_run_folder, parse_json
+from ...files import is_run_folder, not_utf8, parse_json
 from .document import Document
 from .fetch import CorpusError, file_digest
 
@@ -38,8 +38,8 @@ log = logging.getLogger("slmlab")
 def read_utf8(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise CorpusError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); re-encode it as UTF-8") from None
+    except UnicodeDecodeError:
+        raise CorpusError(not_utf8(str(path), path.read_bytes())) from None
 
 
 def parse_year(value, where: str) -> int | None:
@@ -229,8 +229,8 @@ class LocalSource:
                         line = line.lstrip("\ufeff")  # files joined with `cat` keep each one's byte-order mark
                         if line.strip():
                             yield f"{path}:{number}", number, parse_json(line, f"{path}:{number}", CorpusError, "a JSON object")
-        except UnicodeDecodeError as err:
-            raise CorpusError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); re-encode it as UTF-8") from None
+        except UnicodeDecodeError:
+            raise CorpusError(not_utf8(str(path), path.read_bytes())) from None
         except csv.Error as err:
             raise CorpusError(f"{path} is not a CSV file slmlab can read ({err})") from None
 
