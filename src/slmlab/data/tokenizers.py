@@ -27,6 +27,7 @@ from ..config import DataConfig
 from ..errors import TokenizerError
 from ..files import atomic_write_text, lone_surrogate, read_text
 from ..registry import TOKENIZERS
+from .pieces import all_pieces, encode_in_pieces
 
 SPECIAL_TOKENS = ("[UNK]", "[PAD]", "[BOS]", "[EOS]")
 GPT2_FILE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -53,9 +54,10 @@ class Tokenizer(ABC):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
-    def encode_documents(self, texts: list[str]) -> list[list[int]]:
-        """Corpus text -> ids, a special token's spelling encoded as plain text (tokenizers with
-        special tokens override this)."""
+    def encode_documents(self, texts: list[str]) -> list[list[int] | np.ndarray]:
+        """Corpus text -> each text's ids (a list, or a 1-D integer array), a special token's
+        spelling encoded as plain text (tokenizers with special tokens override this; the BPE
+        kinds encode a long text in pieces, `pieces.py`)."""
         return self.encode_batch(texts)
 
     @abstractmethod
@@ -176,7 +178,7 @@ class BPETokenizer(Tokenizer):
             show_progress=False,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
-        tok.train_from_iterator(texts, trainer=trainer)
+        tok.train_from_iterator(all_pieces(texts), trainer=trainer)  # the same pre-token counts as whole texts
         return cls(tok)
 
     def encode(self, text: str) -> list[int]:
@@ -187,12 +189,24 @@ class BPETokenizer(Tokenizer):
         refuse_surrogates(texts)
         return [e.ids for e in self.tok.encode_batch(texts)]
 
-    def encode_documents(self, texts: list[str]) -> list[list[int]]:
+    def encode_documents(self, texts: list[str]) -> list[list[int] | np.ndarray]:
         self.tok.encode_special_tokens = True  # "[EOS]" in the text is text
         try:
-            return self.encode_batch(texts)
+            return encode_in_pieces(self.encode_batch, texts) if self._reads_gpt2_pieces() else self.encode_batch(texts)
         finally:
             self.tok.encode_special_tokens = False
+
+    def _reads_gpt2_pieces(self) -> bool:
+        """Whether this tokenizer is byte-level BPE behind GPT-2's pattern and nothing else, so
+        that `encode_in_pieces` is exact (slmlab trains only such; a hand-edited file may differ)."""
+        pre = self.tok.pre_tokenizer
+        return (
+            type(pre).__name__ == "ByteLevel"
+            and pre.use_regex
+            and not pre.add_prefix_space
+            and self.tok.normalizer is None
+            and self.tok.post_processor is None
+        )
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
@@ -266,9 +280,9 @@ class GPT2Tokenizer(Tokenizer):
         refuse_surrogates(texts)
         return self.enc.encode_batch(texts, allowed_special="all")
 
-    def encode_documents(self, texts: list[str]) -> list[list[int]]:
+    def encode_documents(self, texts: list[str]) -> list[list[int] | np.ndarray]:
         refuse_surrogates(texts)
-        return self.enc.encode_ordinary_batch(texts)
+        return encode_in_pieces(self.enc.encode_ordinary_batch, texts)
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.enc.decode([int(i) for i in ids])

@@ -52,7 +52,8 @@ log = logging.getLogger("slmlab")
 # 4: a leading UTF-8 byte-order mark is not text, one document split by position is on both sides;
 # 3: split by each id's own hash, checksums; 2: local ids are relative paths
 FORMAT_VERSION = 5
-ENCODE_BATCH = 64
+ENCODE_BATCH = 64  # documents, or fewer when they hold ENCODE_CHARS characters
+ENCODE_CHARS = 1 << 22
 
 
 def _short_hash(text: str) -> str:
@@ -171,13 +172,14 @@ def _write_streams(
             counts[split][stream] = counts[split].get(stream, 0) + len(array)
         progress.update(len(batch))
 
-    batch = []
+    batch, chars = [], 0
     try:
         for doc in selection:
             batch.append(doc)
-            if len(batch) == ENCODE_BATCH:
+            chars += len(doc.text)
+            if len(batch) == ENCODE_BATCH or chars >= ENCODE_CHARS:
                 flush(batch)
-                batch = []
+                batch, chars = [], 0
         if batch:
             flush(batch)
     finally:
