@@ -52,7 +52,7 @@ log = logging.getLogger("slmlab")
 # 4: a leading UTF-8 byte-order mark is not text, one document split by position is on both sides;
 # 3: split by each id's own hash, checksums; 2: local ids are relative paths
 FORMAT_VERSION = 5
-ENCODE_BATCH = 64  # documents, or fewer when they hold ENCODE_CHARS characters
+ENCODE_BATCH = 1024  # documents, or fewer when they hold ENCODE_CHARS characters
 ENCODE_CHARS = 1 << 22
 
 
@@ -160,15 +160,16 @@ def _write_streams(
     counts: dict[str, dict[str, int]] = {"train": {}, "val": {}}
 
     def flush(batch):
+        arrays: dict[tuple[str, str], list[np.ndarray]] = {}  # one write per file and batch, in document order
         for doc, ids in zip(batch, tokenizer.encode_documents([d.text for d in batch])):
-            split = "val" if doc.id in val_ids else "train"
-            stream = doc.genre or "all"
-            key = (split, stream)
-            if key not in handles:
+            key = ("val" if doc.id in val_ids else "train", doc.genre or "all")
+            arrays.setdefault(key, []).extend((np.asarray(ids, dtype=dtype), separator))
+        for (split, stream), parts in arrays.items():
+            if (split, stream) not in handles:
                 (work / split).mkdir(exist_ok=True)
-                handles[key] = open(work / split / f"{stream}.bin", "ab")  # noqa: SIM115 (closed in the finally below)
-            array = np.concatenate([np.asarray(ids, dtype=dtype), separator])
-            array.tofile(handles[key])
+                handles[split, stream] = open(work / split / f"{stream}.bin", "ab")  # noqa: SIM115 (closed in the finally below)
+            array = np.concatenate(parts)
+            array.tofile(handles[split, stream])
             counts[split][stream] = counts[split].get(stream, 0) + len(array)
         progress.update(len(batch))
 
