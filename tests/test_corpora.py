@@ -133,6 +133,11 @@ def test_a_year_cut_off_on_documents_without_years_is_warned_of_once(text_corpus
             "matches as text: '.*/d/\\*'\\)",
         ),
         (lambda p: str(p / "nothing-*.txt"), "the glob '.*nothing-\\*.txt' matches no file"),
+        (  # a CSV file without its header row: the first row's text was quoted whole as a field name
+            lambda p: (p / "rows.csv").write_text(f"1,{'words ' * 50}\n2,more words\n") and str(p / "rows.csv"),
+            "rows.csv:2: no field 'text' \\(its fields: '1', 'words words words words words words w\\.\\.\\.'\\); "
+            "set data.text_field to the field that holds the text \\(a CSV file's first row names its columns\\)$",
+        ),
         (
             lambda p: (p / "x.jsonl").write_text('{"body": "hi", "id": 1}\n') and str(p / "x.jsonl"),
             "no field 'text' \\(its fields: 'body', 'id'\\); set data.text_field",
@@ -199,14 +204,15 @@ def test_records_read_alike_from_json_lines_json_arrays_csv_and_tsv_in_any_case(
     (tmp_path / "B.JSONL").write_text((tmp_path / "a.jsonl").read_text())
     (tmp_path / "c.json").write_text(json.dumps(records, indent=1))
     (tmp_path / "d.json").write_text((tmp_path / "a.jsonl").read_text())
-    for name, delimiter in (("e.csv", ","), ("f.tsv", "\t")):
+    # spreadsheets in many locales separate a .csv file's cells by ';' (read as one column 'id;text;...')
+    for name, delimiter in (("e.csv", ","), ("f.tsv", "\t"), ("h.csv", ";"), ("i.csv", "|"), ("j.csv", "\t")):
         with open(tmp_path / name, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(records[0]), delimiter=delimiter)
             writer.writeheader()
             writer.writerows(records)
     read = {
         name: [(d.id, d.text, d.year, d.genre) for d in DocumentSelection(DataConfig(source=str(tmp_path / name)))]
-        for name in ("a.jsonl", "B.JSONL", "c.json", "d.json", "e.csv", "f.tsv")
+        for name in ("a.jsonl", "B.JSONL", "c.json", "d.json", "e.csv", "f.tsv", "h.csv", "i.csv", "j.csv")
     }
     expected = [(r["id"], r["text"], r["year"] or None, "g") for r in records]
     assert all(documents == expected for documents in read.values()), read

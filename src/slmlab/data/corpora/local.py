@@ -3,9 +3,10 @@
 Records: a .jsonl line (or a line of a .json file, an item of a .json file holding one array, or
 a .json file holding one object over several lines) is an object with the text under `text_field`
 (null: an empty document) and optional `id`, `year`, `genre` and `title`, or a JSON string that
-is the text itself (a .json array of strings, a .jsonl line per document); a
-.csv/.tsv file is a table with a header row naming the same columns. Suffixes match in any case
-(.TXT); a folder contributes its .txt, .md and .jsonl files; a compressed file is refused with
+is the text itself (a .json array of strings, a .jsonl line per document); a .csv/.tsv file is
+a table with a header row naming the same columns (a .csv file's cells are separated by commas,
+or by the semicolons, tabs or bars of a header row that holds no comma). Suffixes match in any
+case (.TXT); a folder contributes its .txt, .md and .jsonl files; a compressed file is refused with
 what to do. A year is read as users write it: 1906, 1906.0 (pandas writes integer
 columns with a missing value that way), "1906" or "1906.0"; null, "" and NaN mean unknown; anything
 else is refused with the file and line. Every other file is one document with an unknown year
@@ -168,7 +169,9 @@ class LocalSource:
             if suffix in COMPRESSED:
                 raise CorpusError(f"{path} is compressed ({suffix}); decompress it first: slmlab reads {READABLE}")
             if suffix in RECORD_FORMATS:
-                docs = (self._document(record, where, f"{name}:{key}") for where, key, record in self._records(path, suffix))
+                table = suffix in (".csv", ".tsv")
+                records = self._records(path, suffix)
+                docs = (self._document(record, where, f"{name}:{key}", table) for where, key, record in records)
             elif self.doc_separator:
                 parts = read_utf8(path).split(self.doc_separator)
                 docs = (Document(id=f"{name}#{i}", text=text, genre=path.stem, title=path.stem) for i, text in enumerate(parts))
@@ -181,20 +184,22 @@ class LocalSource:
         if total == 0:
             raise CorpusError(f"data.source: '{self.spec}' contains no text (all documents are empty)")
 
-    def _document(self, record, where: str, default_id: str) -> Document:
-        """One record (a JSON object, a CSV row, or a JSON string: the text alone) as a Document;
-        a null text is an empty document (left out, as a Parquet null is)."""
+    def _document(self, record, where: str, default_id: str, table: bool = False) -> Document:
+        """One record (a JSON object, a CSV row (`table`), or a JSON string: the text alone) as a
+        Document; a null text is an empty document (left out, as a Parquet null is)."""
         if isinstance(record, str):
             return Document(id=default_id, text=record, genre="", title="")
         if not isinstance(record, dict):
             raise CorpusError(f"{where}: a record is a JSON object with a '{self.text_field}' field, not {json_kind(record)}")
         if self.text_field not in record:
-            fields = ", ".join(f"'{key}'" for key in list(record)[:12]) or "none"
-            nested = next((key for key, value in record.items() if isinstance(value, list) and value), None)
+            names = [key for key in record if key is not None]  # None: a CSV row's cells beyond its header's
+            fields = ", ".join(repr(key if len(key) <= 40 else key[:37] + "...") for key in names[:12]) or "none"
+            nested = next((key for key, value in record.items() if isinstance(value, list) and value and key), None)
             fix = (  # {"data": [{...}, ...]}: the records are one level down
                 f"field '{nested}' holds a list of {len(record[nested])}: save those as JSON lines or one JSON array"
                 if nested is not None
                 else "set data.text_field to the field that holds the text"
+                + (" (a CSV file's first row names its columns)" if table else "")
             )
             raise CorpusError(f"{where}: no field '{self.text_field}' (its fields: {fields}); {fix}")
         if not isinstance(record[self.text_field], (str, type(None))):
@@ -216,7 +221,7 @@ class LocalSource:
             if suffix in (".csv", ".tsv"):
                 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a document is one field: no 128 KiB cap
                 with open(path, encoding="utf-8-sig", newline="") as handle:
-                    rows = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
+                    rows = csv.DictReader(handle, delimiter=_delimiter(handle, suffix))
                     for number, row in enumerate(rows, 2):
                         yield f"{path}:{rows.line_num}", number, row
             elif suffix == ".json" and (text := read_utf8(path)).lstrip().startswith("["):
@@ -233,6 +238,16 @@ class LocalSource:
             raise CorpusError(not_utf8(str(path), path.read_bytes())) from None
         except csv.Error as err:
             raise CorpusError(f"{path} is not a CSV file slmlab can read ({err})") from None
+
+
+def _delimiter(handle, suffix: str) -> str:
+    """A .tsv file's tab; a .csv file's comma, or the semicolon, tab or bar its header row holds
+    where it holds no comma (spreadsheets in many locales write ';'). Leaves `handle` at its start."""
+    if suffix == ".tsv":
+        return "\t"
+    header = handle.readline()
+    handle.seek(0)
+    return next((mark for mark in (",", ";", "\t", "|") if mark in header), ",")
 
 
 RECORD_FORMATS = (".jsonl", ".json", ".csv", ".tsv")
