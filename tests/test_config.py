@@ -98,6 +98,8 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
         (["--model.norm", "rmsnrom"], "model.norm = 'rmsnrom' is not one of layernorm, rmsnorm (did you mean 'rmsnorm'?)"),
         (["--train.steps", "0"], "train.steps must be > 0, got 0"),
         (["--model.dropout", "1.5"], "model.dropout must be in [0, 1), got 1.5"),
+        # all-zero weights: trained, the loss stayed at ln V to the last digit, in silence
+        (["--model.init_std", "0"], "model.init_std must be > 0 (at 0 no weight ever receives a gradient), got 0"),
         (["--data.val_fraction", "0"], "data.val_fraction must be in (0, 1), got 0"),
         (["--data.tokenizer", "wordpiece"], "data.tokenizer = 'wordpiece' is not one of byte, char, bpe, gpt2"),
         (["--model.n_layer.x", "1"], "cannot set 'model.n_layer.x': 'n_layer' is not a section"),

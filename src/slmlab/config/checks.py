@@ -267,9 +267,10 @@ def check_model(m, building: bool = False) -> None:
         "model.d_ff": m.d_ff,
         "model.vocab_size": m.vocab_size,
         "model.global_every": m.global_every,
-        "model.init_std": m.init_std,
     }
     _check_signs(positive, non_negative)
+    if m.init_std <= 0:  # every weight starts at 0: no gradient reaches any, and the loss stays at ln V
+        raise ConfigError(f"model.init_std must be > 0 (at 0 no weight ever receives a gradient), got {m.init_std}")
     _check_int64("model", m)
     if m.d_model % m.n_head:
         raise ConfigError(f"model.d_model = {m.d_model} is not divisible by model.n_head = {m.n_head}")
