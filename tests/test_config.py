@@ -136,6 +136,11 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
         (["--train.batch_size", str(10**21)], "train.batch_size = 1000000000000000000000 is too large"),  # OverflowError
         (["--train.grad_accum", str(2**63)], "is too large: give a whole number below 2**63"),
         (["--train.threads", "100000"], "train.threads = 100000 is more threads than a machine can start"),  # segfault
+        (  # decoupled decay at lr * wd >= 1 zeroes or flips every decayed weight each step: NaN by step 10
+            ["--train.lr", "0.01", "--train.weight_decay", "200"],
+            "train.lr * train.weight_decay = 2: each step multiplies every decayed weight by 1 - lr * weight_decay <= 0, "
+            "zeroing or flipping it; keep train.weight_decay below 1 / train.lr = 100",
+        ),
         (["--model.pos", "rope", "--model.rope_scale", "1e-300"], "model.rope_scale = 1e-300 stretches 256 positions"),
         (["--model.global_every", "2"], "model.global_every = 2 makes every k-th layer of a local model.attention full"),
         (

@@ -87,6 +87,19 @@ def test_train_threads_apply_to_the_run_only(text_corpus, make_config):
     assert torch.get_num_threads() == before
 
 
+def test_more_threads_than_cores_are_warned_of(text_corpus, make_config, monkeypatch, caplog):
+    """100 threads on this machine's 2 cores trained ~10x slower, in silence."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    with caplog.at_level("WARNING", logger="slmlab"):
+        train(replace(make_config(text_corpus, train={"steps": 2, "eval_every": 2, "threads": 2}), name="two"), progress=False)
+        assert "CPU core" not in caplog.text
+        train(replace(make_config(text_corpus, train={"steps": 2, "eval_every": 2, "threads": 3}), name="three"), progress=False)
+    assert "train.threads = 3 is more than the 2 CPU core(s) this process may use" in caplog.text
+    assert torch.get_num_threads() == before
+
+
 def test_an_existing_run_is_never_overwritten_silently(text_corpus, make_config):
     from slmlab.config import ConfigError
 

@@ -330,6 +330,11 @@ def validate(cfg) -> None:
     _check_signs(positive, non_negative)
     _check_int64("data", d)
     _check_int64("train", t)
+    if t.lr * t.weight_decay >= 1:  # decoupled decay multiplies each decayed weight by 1 - lr * wd every step
+        raise ConfigError(
+            f"train.lr * train.weight_decay = {t.lr * t.weight_decay:g}: each step multiplies every decayed weight by "
+            f"1 - lr * weight_decay <= 0, zeroing or flipping it; keep train.weight_decay below 1 / train.lr = {1 / t.lr:g}"
+        )
     if not t.threads <= MAX_THREADS:
         raise ConfigError(f"train.threads = {t.threads} is more threads than a machine can start (at most {MAX_THREADS})")
     if d.seq_len > m.block_size:

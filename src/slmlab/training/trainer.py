@@ -71,6 +71,7 @@ from .runtime import (
     rng_state,
     seed_everything,
     set_rng_state,
+    use_threads,
 )
 from .tally import StepTally, check_skips
 from .trackers import Trackers
@@ -164,8 +165,7 @@ class Trainer:
             cfg = resume_config(self.run, self.checkpoint, cfg, record=self.world.is_main)
         train = cfg.train
         check_batch(train.batch_size, self.world)
-        if train.threads:
-            torch.set_num_threads(train.threads)
+        warnings = [use_threads(train.threads)]
         seed_everything(train.seed)
         tokenizer = None
         if resume:
@@ -177,9 +177,9 @@ class Trainer:
         check_windows(self.data.train, self.data.val, cfg.data.seq_len, train.batch_size, cfg.data.mixture)
         self.token_bytes = torch.from_numpy(self.tokenizer.token_bytes())
         check_local_kernel(cfg.model, self.device)
-        warning = schedule_warning(train)
-        if warning and self.world.is_main:
-            log.warning("%s", warning)
+        for warning in (*warnings, schedule_warning(train)):
+            if warning and self.world.is_main:
+                log.warning("%s", warning)
         self.cfg, self.progress = cfg, progress and self.world.is_main
         if not resume:
             check_outside_source(cfg.data, self.run.path, "the run folder")
