@@ -41,6 +41,31 @@ def test_a_single_block_is_full_causal_attention():
     torch.testing.assert_close(BlockLocal(ModelConfig(local_block=8), 0)(q, k, v, 1 / math.sqrt(8), 0), full)
 
 
+@pytest.mark.parametrize("T", [8, 7, 5, 1])
+def test_within_two_blocks_it_is_full_attention_which_training_is_warned_of(T):
+    """Windows of at most 2B tokens see every earlier token: such a block-local model trains as
+    full attention (the warning's claim), and one token more makes it local."""
+    from slmlab.config.checks import local_window_warning
+
+    q, k, v = torch.randn(3, 1, 2, T + 1, 8, dtype=torch.float64)
+    pattern = BlockLocal(ModelConfig(local_block=4), 0)
+    full = torch.nn.functional.scaled_dot_product_attention(q[..., :T, :], k[..., :T, :], v[..., :T, :], is_causal=True)
+    torch.testing.assert_close(pattern(q[..., :T, :], k[..., :T, :], v[..., :T, :], 1 / math.sqrt(8), 0), full)
+    if T == 8:  # the 9th token is in block 2 and no longer sees block 0
+        longer = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        assert not torch.allclose(pattern(q, k, v, 1 / math.sqrt(8), 0)[..., -1, :], longer[..., -1, :])
+
+    def config(seq_len, **model):
+        values = {"model": {"block_size": 64, "local_block": 4, **model}, "data": {"seq_len": seq_len}}
+        return config_from_dict({**values, "train": {"steps": 2}})
+
+    assert "trains exactly as full attention" in local_window_warning(config(8, attention="block_local"))
+    assert local_window_warning(config(9, attention="block_local")) is None
+    assert local_window_warning(config(8)) is None  # full attention: nothing to say
+    layers = {"n_layer": 2, "attention_layers": ["full", "block_local"]}
+    assert "data.seq_len = 8 tokens spans at most two blocks" in local_window_warning(config(8, **layers))
+
+
 def model(**fields):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=30, n_layer=3, n_head=2, d_model=16, block_size=64, pos="rope", local_block=4, **fields)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..config import DataConfig, RunConfig, check_config, resolve_vocab
+from ..config.checks import local_window_warning
 from ..data.corpora import check_outside_source
 from ..data.sampling import WindowSampler, check_windows
 from ..data.tokenizers import Tokenizer, load_tokenizer
@@ -177,7 +178,7 @@ class Trainer:
         check_windows(self.data.train, self.data.val, cfg.data.seq_len, train.batch_size, cfg.data.mixture)
         self.token_bytes = torch.from_numpy(self.tokenizer.token_bytes())
         check_local_kernel(cfg.model, self.device)
-        for warning in (*warnings, schedule_warning(train)):
+        for warning in (*warnings, schedule_warning(train), local_window_warning(cfg)):
             if warning and self.world.is_main:
                 log.warning("%s", warning)
         self.cfg, self.progress = cfg, progress and self.world.is_main
