@@ -163,6 +163,14 @@ def _ignored_attention_settings(configs: list) -> list[tuple[str, str]]:
                 + " it changes nothing; remove it",
             )
         )
+    elif all(c.model.global_every > c.model.n_layer for c in configs):
+        found.append(
+            (
+                "model.global_every",
+                f"model.global_every = {m.global_every} makes every k-th layer full, but the model has "
+                f"{m.n_layer} layer(s): it changes nothing; lower it to at most model.n_layer",
+            )
+        )
     return found
 
 
@@ -178,9 +186,11 @@ def check_no_ignored_setting(cfg, keys=None) -> None:
 
 
 def _attention_patterns(m) -> set[str]:
-    return set(m.attention_layers) or (
-        {"full"} if m.global_every == 1 else {m.attention, "full"} if m.global_every else {m.attention}
-    )
+    """The patterns the model's layers use (model.attention.layer_pattern, over every layer)."""
+    if m.attention_layers or not m.global_every:
+        return set(m.attention_layers) or {m.attention}
+    every = m.global_every  # layers k-1, 2k-1, ... are full
+    return ({m.attention} if every > 1 else set()) | ({"full"} if m.n_layer >= every else set())
 
 
 def local_window_warning(cfg) -> str | None:
