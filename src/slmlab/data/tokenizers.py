@@ -202,8 +202,8 @@ class BPETokenizer(Tokenizer):
         pre = self.tok.pre_tokenizer
         return (
             type(pre).__name__ == "ByteLevel"
-            and pre.use_regex
-            and not pre.add_prefix_space
+            and getattr(pre, "use_regex", False)  # a library without the getter: encode whole, as before
+            and not getattr(pre, "add_prefix_space", True)
             and self.tok.normalizer is None
             and self.tok.post_processor is None
         )
