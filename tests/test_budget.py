@@ -29,19 +29,19 @@ def steps_of(jobs) -> dict[str, int]:
 
 
 def test_a_flops_budget_gives_a_costlier_variant_fewer_steps(tmp_path, micro_toml, capsys):
-    _, jobs = load_sweep(sweep_file(tmp_path, micro_toml, "flops = 4e9"))
+    _, jobs = load_sweep(sweep_file(tmp_path, micro_toml, "flops = 5e8"))
     steps = steps_of(jobs)
     assert steps["full"] < steps["baseline"]
     for job in jobs:  # the most steps the budget buys
         per_step = flops_per_token(job.config) * tokens_per_step(job.config)
-        assert job.config.train.steps * per_step <= 4e9 < (job.config.train.steps + 1) * per_step
-    assert main(["sweep", sweep_file(tmp_path, micro_toml, "flops = 4e9"), "--dry-run"]) == 0
+        assert job.config.train.steps * per_step <= 5e8 < (job.config.train.steps + 1) * per_step
+    assert main(["sweep", sweep_file(tmp_path, micro_toml, "flops = 5e8"), "--dry-run"]) == 0
     planned = capsys.readouterr().out  # the steps each run will train, before it trains
     assert f"full_s1  [new]  {steps['full']:,} steps" in planned and f"baseline_s1  [new]  {steps['baseline']:,} steps" in planned
-    assert main(["sweep", sweep_file(tmp_path, micro_toml, "flops = 4e9"), "--jobs", "1"]) == 0
+    assert main(["sweep", sweep_file(tmp_path, micro_toml, "flops = 5e8"), "--jobs", "1"]) == 0
     capsys.readouterr()
     results = (tmp_path / "runs" / "budget" / "results.md").read_text()
-    assert "Equal compute: budget flops = 4e+09 held by every variant" in results
+    assert "Equal compute: budget flops = 5e+08 held by every variant" in results
     rows = {line.split("|")[1].strip(): line for line in results.splitlines() if line.startswith("| ") and "variant" not in line}
     assert f"| {steps['full']} " in rows["full"] and f"| {steps['baseline']} " in rows["baseline (baseline)"]
 
