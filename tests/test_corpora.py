@@ -306,3 +306,27 @@ def test_a_run_folder_given_or_found_as_corpus_is_named(text_corpus):
         list(DocumentSelection(DataConfig(source=str(run))))
     with pytest.raises(CorpusError, match=r"holds a slmlab run folder \(.*old_runs/r\), not a corpus"):
         list(DocumentSelection(DataConfig(source=str(text_corpus))))
+
+
+def test_the_corpus_fingerprint_follows_what_documents_take_from_their_paths(tmp_path):
+    """Ids (paths below the common folder) and genres (folder names) come from the paths, but the
+    fingerprint that keys the token cache hashed file names and contents only: a file moved to
+    another genre's folder reused token files with the old genres and split. A copy of the whole
+    corpus elsewhere keeps its fingerprint (and so its cache and split)."""
+    import shutil
+
+    def fingerprint(root):
+        return DocumentSelection(DataConfig(source=str(root))).fingerprint()
+
+    corpus = tmp_path / "corpus"
+    for genre, name in (("poems", "a.txt"), ("plays", "b.txt")):
+        (corpus / genre).mkdir(parents=True, exist_ok=True)
+        (corpus / genre / name).write_text(f"the text of {name} " * 20)
+    before = fingerprint(corpus)
+    shutil.copytree(corpus, tmp_path / "elsewhere" / "corpus")
+    assert fingerprint(tmp_path / "elsewhere" / "corpus") == before
+    (corpus / "poems" / "a.txt").rename(corpus / "plays" / "a.txt")  # same name, same text, another genre
+    moved = fingerprint(corpus)
+    assert moved != before
+    (corpus / "plays").rename(corpus / "dramas")  # every id and genre renamed
+    assert fingerprint(corpus) not in (before, moved)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ...errors import ConfigError, CorpusError
@@ -90,11 +91,13 @@ def brown_dir(configured_cache: str = "") -> Path:
     return target
 
 
-def file_digest(paths: list[Path]) -> str:
-    """sha256 over the names and contents of `paths` (sorted), as a short hex string."""
+def file_digest(paths: list[Path], name_of: Callable[[Path], str] = lambda path: path.name) -> str:
+    """sha256 over the names, sizes and contents of `paths` (sorted), as a short hex string.
+    `name_of`: what of a file's path its documents depend on (a local corpus: the ids and genres
+    it derives from the path), so that a change of it changes the digest."""
     digest = hashlib.sha256()
     for path in sorted(paths):
-        digest.update(path.name.encode())
+        digest.update(f"{name_of(path)}\0{path.stat().st_size}\0".encode())
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)

@@ -159,7 +159,11 @@ class LocalSource:
 
     def fingerprint(self) -> str:
         separator = f"-sep{hashlib.sha256(self.doc_separator.encode()).hexdigest()[:8]}" if self.doc_separator else ""
-        return f"local-{self.text_field}{separator}-" + file_digest(self.files)
+        return f"local-{self.text_field}{separator}-" + file_digest(self.files, self._id_and_genre)
+
+    def _id_and_genre(self, path: Path) -> str:
+        """What a file's documents take from its path: ids (below the root) and genre (its folder)."""
+        return f"{path.relative_to(self.root).as_posix()}|{path.parent.name}"
 
     def documents(self) -> Iterator[Document]:
         total = 0
