@@ -45,6 +45,23 @@ def test_parquet_shards_stream_every_row_in_order_with_metadata(shards):
     assert docs[3].year == 1903 and docs[3].genre == "odd"
 
 
+def test_row_ids_follow_the_shard_path_and_so_does_the_fingerprint(tmp_path):
+    """A row without an id is 'path:row' below the folder: moving the shard changes its ids and
+    split, so it must change the fingerprint that keys the token cache (it hashed names only)."""
+    folder = tmp_path / "shards"
+    (folder / "a").mkdir(parents=True)
+    (folder / "b").mkdir()
+    pq.write_table(pa.table({"text": ["alpha beta", "gamma delta"]}), folder / "a" / "x.parquet")
+    pq.write_table(pa.table({"text": ["epsilon"]}), folder / "b" / "y.parquet")
+    before = open_source(DataConfig(source=str(folder)))
+    assert [d.id for d in before.documents()] == ["a/x.parquet:0", "a/x.parquet:1", "b/y.parquet:0"]
+    fingerprint = before.fingerprint()
+    (folder / "a" / "x.parquet").rename(folder / "b" / "x.parquet")
+    after = open_source(DataConfig(source=str(folder)))
+    assert [d.id for d in after.documents()][:2] == ["b/x.parquet:0", "b/x.parquet:1"]
+    assert after.fingerprint() != fingerprint
+
+
 def test_hidden_shards_are_left_out_of_a_folder(shards):
     """A `.cache/` or `.ipynb_checkpoints/` copy of a shard would be read twice."""
     hidden = shards / ".ipynb_checkpoints" / "shard_000-checkpoint.parquet"

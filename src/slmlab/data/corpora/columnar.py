@@ -105,7 +105,12 @@ class ColumnarSource:
         return wanted
 
     def fingerprint(self) -> str:
-        return f"{self.kind}-{self.text_field}-" + file_digest(self.files)
+        """Over each file's split and path below the root (the default ids) and its content."""
+        split_of = {path: split for split, path in self.parts}
+        return f"{self.kind}-{self.text_field}-" + file_digest(self.files, lambda path: f"{split_of[path]}|{self._name(path)}")
+
+    def _name(self, path: Path) -> str:
+        return os.path.relpath(path, self.root).replace(os.sep, "/")
 
     def _batches(self, path: Path):
         """pyarrow record batches of `path`, one at a time."""
@@ -131,7 +136,7 @@ class ColumnarSource:
     def documents(self) -> Iterator[Document]:
         total = 0
         for split, path in self.parts:
-            name = os.path.relpath(path, self.root).replace(os.sep, "/")
+            name = self._name(path)
             row = 0
             for batch in self._batches(path):
                 columns = {
