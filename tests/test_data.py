@@ -101,6 +101,27 @@ def test_the_split_does_not_depend_on_where_the_corpus_lies(text_corpus, tmp_pat
         assert np.array_equal(getattr(there, split).tokens, getattr(here, split).tokens)
 
 
+def test_genres_of_any_spelling_are_streams_and_never_paths(tmp_path):
+    """A stream's tokens gathered in a file named after its genre: "news/politics" failed with
+    FileNotFoundError, "../../x" wrote beside the cache's build folder, 300 characters passed the
+    file name limit. Every genre is a stream, and its tokens are its documents' in order."""
+    import json
+
+    genres = ["news/politics", "../../escape", "x" * 300, "a:b", " ", "é漢"]
+    records = [{"id": f"d{i}", "text": f"document {i} of {genres[i % 6]!r}. " * 3, "genre": genres[i % 6]} for i in range(60)]
+    path = tmp_path / "genres.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    cache = tmp_path / "cache"
+    tokenizer, data = prepare_tokens(_data(path, tmp_path))
+    assert set(data.train.streams) == set(genres)
+    assert sorted(p.name for p in cache.iterdir()) == ["tokenizers", "tokens"]  # nothing written beside them
+    val_ids = set(data.manifest["val_ids"])
+    for genre, (start, end) in data.train.streams.items():  # naive reference: each genre's documents joined
+        texts = [r["text"] for r in records if r["genre"] == genre and r["id"] not in val_ids]
+        expected = [i for text in texts for i in [*tokenizer.encode(text), *tokenizer.separator_ids()]]
+        assert data.train.tokens[start:end].tolist() == expected
+
+
 def test_single_document_corpus_is_split_by_position(tmp_path):
     path = tmp_path / "one.txt"
     path.write_text("abcdefghij" * 100)

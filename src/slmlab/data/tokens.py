@@ -167,7 +167,7 @@ def _write_streams(
         for (split, stream), parts in arrays.items():
             if (split, stream) not in handles:
                 (work / split).mkdir(exist_ok=True)
-                handles[split, stream] = open(work / split / f"{stream}.bin", "ab")  # noqa: SIM115 (closed in the finally below)
+                handles[split, stream] = open(_stream_file(work, split, stream), "ab")  # noqa: SIM115 (closed in the finally below)
             array = np.concatenate(parts)
             array.tofile(handles[split, stream])
             counts[split][stream] = counts[split].get(stream, 0) + len(array)
@@ -189,11 +189,17 @@ def _write_streams(
     return counts
 
 
+def _stream_file(work: Path, split: str, stream: str) -> Path:
+    """Where a stream's tokens gather while tokenizing: named by a hash, since a stream is a genre
+    from the corpus ("news/politics", "../x", 300 characters) and no file name."""
+    return work / split / f"{_short_hash(stream)}.bin"
+
+
 def _concatenate(work: Path, split: str, counts: dict[str, int], target: Path) -> dict[str, list[int]]:
     ranges, offset = {}, 0
     with open(target, "wb") as out:
         for stream in sorted(counts):
-            with open(work / split / f"{stream}.bin", "rb") as part:
+            with open(_stream_file(work, split, stream), "rb") as part:
                 shutil.copyfileobj(part, out, 1 << 22)
             ranges[stream] = [offset, offset + counts[stream]]
             offset += counts[stream]
