@@ -51,7 +51,7 @@ def all_pieces(texts: Iterable[str]) -> Iterator[str]:
 def encode_in_pieces(encode_batch: Callable[[list[str]], list[list[int]]], texts: list[str]) -> list[np.ndarray]:
     """`encode_batch` (a GPT-2-pattern byte-level BPE's) applied to the texts' pieces, about
     BATCH_CHARS characters a call (each call's encodings are alive together) -> each text's ids,
-    (n_tokens,) int64, equal to encoding it whole."""
+    (n_tokens,) int32 (ids are below 2**24, config.checks.MAX_BPE_VOCAB), equal to encoding it whole."""
     owners, pieces = [], []
     for index, text in enumerate(texts):
         for piece in gpt2_pieces(text):
@@ -63,6 +63,6 @@ def encode_in_pieces(encode_batch: Callable[[list[str]], list[list[int]]], texts
         chars += len(piece)
         if chars >= BATCH_CHARS or end == len(pieces):
             for owner, ids in zip(owners[start:end], encode_batch(pieces[start:end])):
-                parts[owner].append(np.asarray(ids, dtype=np.int64))
+                parts[owner].append(np.asarray(ids, dtype=np.int32))
             start, chars = end, 0
     return [np.concatenate(part) for part in parts]
