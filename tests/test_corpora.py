@@ -330,3 +330,10 @@ def test_the_corpus_fingerprint_follows_what_documents_take_from_their_paths(tmp
     assert moved != before
     (corpus / "plays").rename(corpus / "dramas")  # every id and genre renamed
     assert fingerprint(corpus) not in (before, moved)
+
+
+@pytest.mark.parametrize("text", ["", "a<EOS>b", "<EOS>", "<EOS><EOS>x<EOS>", "no marker", "<EO<EOS>S>"])
+def test_separated_documents_are_split_as_str_split_splits(text):
+    from slmlab.data.corpora.local import split_lazily
+
+    assert list(split_lazily(text, "<EOS>")) == text.split("<EOS>")

@@ -43,6 +43,16 @@ def read_utf8(path: Path) -> str:
         raise CorpusError(not_utf8(str(path), path.read_bytes())) from None
 
 
+def split_lazily(text: str, separator: str) -> Iterator[str]:
+    """text.split(separator), one part at a time: a 2 GB file of documents (TinyStories and its
+    "<|endoftext|>") is not held twice."""
+    start = 0
+    while (end := text.find(separator, start)) != -1:
+        yield text[start:end]
+        start = end + len(separator)
+    yield text[start:]
+
+
 def parse_year(value, where: str) -> int | None:
     """A document's year from JSON: an integer, an integer-valued float or string -> int;
     None, "", NaN -> None (unknown); anything else is a CorpusError naming `where`."""
@@ -177,7 +187,7 @@ class LocalSource:
                 records = self._records(path, suffix)
                 docs = (self._document(record, where, f"{name}:{key}", table) for where, key, record in records)
             elif self.doc_separator:
-                parts = read_utf8(path).split(self.doc_separator)
+                parts = split_lazily(read_utf8(path), self.doc_separator)
                 docs = (Document(id=f"{name}#{i}", text=text, genre=path.stem, title=path.stem) for i, text in enumerate(parts))
             else:
                 docs = iter([Document(id=name, text=read_utf8(path), genre=path.parent.name, title=path.stem)])
