@@ -9,7 +9,7 @@ import torch
 
 from slmlab.config import ConfigError, ModelConfig, config_from_dict
 from slmlab.model import build_model
-from slmlab.model.block_local import BlockLocal
+from slmlab.model.block_local import BlockLocal, trains_as_full_warning
 
 
 def naive_block_local(q, k, v, block):
@@ -45,8 +45,6 @@ def test_a_single_block_is_full_causal_attention():
 def test_within_two_blocks_it_is_full_attention_which_training_is_warned_of(T):
     """Windows of at most 2B tokens see every earlier token: such a block-local model trains as
     full attention (the warning's claim), and one token more makes it local."""
-    from slmlab.config.checks import local_window_warning
-
     q, k, v = torch.randn(3, 1, 2, T + 1, 8, dtype=torch.float64)
     pattern = BlockLocal(ModelConfig(local_block=4), 0)
     full = torch.nn.functional.scaled_dot_product_attention(q[..., :T, :], k[..., :T, :], v[..., :T, :], is_causal=True)
@@ -55,15 +53,14 @@ def test_within_two_blocks_it_is_full_attention_which_training_is_warned_of(T):
         longer = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         assert not torch.allclose(pattern(q, k, v, 1 / math.sqrt(8), 0)[..., -1, :], longer[..., -1, :])
 
-    def config(seq_len, **model):
-        values = {"model": {"block_size": 64, "local_block": 4, **model}, "data": {"seq_len": seq_len}}
-        return config_from_dict({**values, "train": {"steps": 2}})
+    def warning(seq_len, **fields):
+        return trains_as_full_warning(ModelConfig(n_layer=2, block_size=64, local_block=4, **fields), seq_len)
 
-    assert "trains exactly as full attention" in local_window_warning(config(8, attention="block_local"))
-    assert local_window_warning(config(9, attention="block_local")) is None
-    assert local_window_warning(config(8)) is None  # full attention: nothing to say
-    layers = {"n_layer": 2, "attention_layers": ["full", "block_local"]}
-    assert "data.seq_len = 8 tokens spans at most two blocks" in local_window_warning(config(8, **layers))
+    assert "trains exactly as full attention" in warning(8, attention="block_local")
+    assert warning(9, attention="block_local") is None
+    assert warning(8) is None  # full attention: nothing to say
+    assert warning(8, attention="block_local", global_every=1) is None  # every layer full
+    assert "data.seq_len = 8 tokens spans at most two blocks" in warning(8, attention_layers=["full", "block_local"])
 
 
 def model(**fields):

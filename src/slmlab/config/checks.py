@@ -193,20 +193,6 @@ def _attention_patterns(m) -> set[str]:
     return ({m.attention} if every > 1 else set()) | ({"full"} if m.n_layer >= every else set())
 
 
-def local_window_warning(cfg) -> str | None:
-    """What makes a block-local model train as full attention (None if nothing): a window of at
-    most two blocks (data.seq_len <= 2 * model.local_block), where every query's own block and the
-    one before hold every earlier token."""
-    m, seq_len = cfg.model, cfg.data.seq_len
-    if "block_local" not in _attention_patterns(m) or seq_len > 2 * m.local_block:
-        return None
-    return (
-        f"model.local_block = {m.local_block}: a training window of data.seq_len = {seq_len} tokens spans at most two "
-        "blocks, where block-local attention sees every earlier token, so it trains exactly as full attention (it "
-        "differs only on longer contexts); lower model.local_block below data.seq_len / 2 to train it"
-    )
-
-
 def check_architecture_support(m) -> None:
     """Refuse settings the chosen architecture would silently ignore."""
     points = ARCHITECTURES[m.arch].extension_points

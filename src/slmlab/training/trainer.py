@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from ..config import DataConfig, RunConfig, check_config, resolve_vocab
-from ..config.checks import local_window_warning
 from ..data.corpora import check_outside_source
 from ..data.sampling import WindowSampler, check_windows
 from ..data.tokenizers import Tokenizer, load_tokenizer
@@ -36,6 +35,7 @@ from ..data.tokens import TokenData, prepare_tokens
 from ..errors import TrainingError
 from ..files import atomic_write_text
 from ..model import build_model, model_stats
+from ..model.block_local import trains_as_full_warning
 from ..runs.checkpoints import (
     existing_checkpoint,
     latest_checkpoint,
@@ -178,7 +178,7 @@ class Trainer:
         check_windows(self.data.train, self.data.val, cfg.data.seq_len, train.batch_size, cfg.data.mixture)
         self.token_bytes = torch.from_numpy(self.tokenizer.token_bytes())
         check_local_kernel(cfg.model, self.device)
-        for warning in (*warnings, schedule_warning(train), local_window_warning(cfg)):
+        for warning in (*warnings, schedule_warning(train), trains_as_full_warning(cfg.model, cfg.data.seq_len)):
             if warning and self.world.is_main:
                 log.warning("%s", warning)
         self.cfg, self.progress = cfg, progress and self.world.is_main
