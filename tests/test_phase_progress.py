@@ -71,7 +71,15 @@ def test_scoring_ablating_and_generating_log_their_progress(text_corpus, make_co
     assert any(line.startswith(f"ablating {run}: {evaluations}/{evaluations} evaluations") for line in every_update_logs())
     _, model, _ = load_run(run, torch.device("cpu"))
     model.generate_many([[1, 2], [3], [4, 5, 6]], 2, batch_size=2, progress="generating")
-    assert any(line.startswith("generating: 3/3 prompts (100%)") for line in every_update_logs())
+    assert any(line.startswith("generating: 6/6 tokens (100%)") for line in every_update_logs())
+    # one prompt of many tokens was one unit: silent until it finished (20,000 tokens, 16 s)
+    model.generate_many([[1, 2]], 5, progress="one long")
+    assert [line.split(" tokens")[0] for line in every_update_logs() if line.startswith("one long")] == [
+        f"one long: {n}/5" for n in range(1, 6)
+    ]
+    stop = model.generate_many([[1, 2]], 1, temperature=0)[0][0]  # what it decodes first, as a stop token: the batch ends at once
+    model.generate_many([[1, 2]], 5, temperature=0, stop_token=stop, progress="stopped")
+    assert [line.split(" tokens")[0] for line in every_update_logs() if line.startswith("stopped")] == ["stopped: 5/5"]
 
 
 def test_writing_an_animation_logs_its_frames(tmp_path, every_update_logs):

@@ -151,7 +151,8 @@ class GenerationMixin:
         depend on the batch it ran in. Batches of unequal lengths are left-padded where the model
         decodes them exactly and the longest prompt plus `max_new_tokens` fits the context
         (no sliding window), else split into groups of equal length. `compile` and `vocab_size` as
-        in `generate`; `progress`: a label to show the prompts done under (PhaseProgress)."""
+        in `generate`; `progress`: a label to show the tokens generated under (PhaseProgress,
+        counted at every step, so one long batch shows progress too)."""
         check_sampling(temperature, top_k, top_p)
         check_whole_number("batch_size", batch_size, 1)
         if generators is not None and len(generators) != len(prompts):
@@ -166,13 +167,19 @@ class GenerationMixin:
                 raise ConfigError(f"a prompt of {len(ids)} tokens: give 1 to {self.cfg.block_size} tokens (the model's context)")
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[list[int] | None] = [None] * len(prompts)
-        with PhaseProgress(progress, len(prompts), "prompts") as shown:
+        with PhaseProgress(progress, len(prompts) * max_new_tokens, "tokens") as shown:
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
                 lengths = {len(prompts[i]) for i in batch}
                 fits = max(lengths) + max_new_tokens <= self.cfg.block_size
                 groups = [batch] if len(lengths) == 1 or (fits and self.decodes_padded()) else _by_length(batch, prompts)
                 for group in groups:
+                    steps = [0]  # the group's decoding steps, each len(group) tokens
+
+                    def step_done(rows=len(group), steps=steps):
+                        steps[0] += 1
+                        shown.update(rows)
+
                     rows = self._continue_rows(
                         [prompts[i] for i in group],
                         max_new_tokens,
@@ -184,22 +191,28 @@ class GenerationMixin:
                         until,
                         compile,
                         vocab_size,
+                        step_done,
                     )
                     for i, row in zip(group, rows):
                         out[i] = row
-                    shown.update(len(group))
+                    if steps[0] < max_new_tokens:  # what an early stop left undone
+                        shown.update(len(group) * (max_new_tokens - steps[0]))
         return out
 
     def _continue_rows(
-        self, prompts, max_new_tokens, temperature, top_k, top_p, generators, stop_token, until, compile, vocab_size
+        self, prompts, max_new_tokens, temperature, top_k, top_p, generators, stop_token, until, compile, vocab_size, step_done
     ) -> list[list[int]]:
         """One batch through `generate`: equal lengths as they are (sliding window included),
-        unequal ones left-padded."""
+        unequal ones left-padded; `step_done()` after each decoding step that does not stop it."""
         width = max(len(p) for p in prompts)
         device = next(self.parameters()).device
         idx = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
         sampler = _RowSampler(temperature, top_k, top_p, generators)
-        done = None if until is None else (lambda sequence: until(sequence[:, width:]))
+
+        def done(sequence: torch.Tensor) -> bool:
+            step_done()
+            return until is not None and until(sequence[:, width:])
+
         padding = None if len({len(p) for p in prompts}) == 1 else width - torch.tensor([len(p) for p in prompts], device=device)
         limits = {"stop_token": stop_token, "until": done, "vocab_size": vocab_size}
         full = self.generate(idx, max_new_tokens, sample=sampler, padding=padding, compile=compile, **limits)
