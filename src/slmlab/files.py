@@ -177,8 +177,9 @@ def utf8_problem(data: bytes) -> str:
     """Why `data` (a file's or stream's bytes) is not UTF-8 text, to follow its name in a message:
     UTF-16 named by its byte-order mark, else the first bad byte with its line and byte offset in
     the whole of `data` (a streaming decoder's error counts from its own chunk)."""
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return "is UTF-16 text (it starts with a UTF-16 byte-order mark)"
+    for name, marks in (("UTF-32", (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")), ("UTF-16", (b"\xff\xfe", b"\xfe\xff"))):
+        if data.startswith(marks):
+            return f"is {name} text (it starts with a {name} byte-order mark)"
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as err:
