@@ -122,6 +122,32 @@ def test_genres_of_any_spelling_are_streams_and_never_paths(tmp_path):
         assert data.train.tokens[start:end].tolist() == expected
 
 
+def test_a_validation_document_copied_into_training_is_named(tmp_path, caplog):
+    """The split goes by id, so a document under two names (GPL and its symlink GPL-3, a page
+    scraped twice) could sit on both sides: its validation loss scored memorised text, in silence."""
+    from slmlab.data.tokens import is_validation
+
+    names = [f"doc{i}.txt" for i in range(40)]
+    val_name = next(n for n in names if is_validation(n, 0.3))
+    train_name = next(n for n in names if not is_validation(n, 0.3))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, name in enumerate([n for n in names if n not in (val_name, train_name)][:10]):
+        (corpus / name).write_text(f"document {i} and its own words. " * 10)
+    (corpus / val_name).write_text("the same licence text, word for word. " * 10)
+    (corpus / train_name).symlink_to(corpus / val_name)
+    with caplog.at_level("WARNING", logger="slmlab"):
+        _, data = prepare_tokens(_data(corpus, tmp_path, val_fraction=0.3))
+    assert data.manifest["val_copies_in_train"] == [[val_name, train_name]]
+    assert f"1 validation document(s) have an exact copy among the training documents (e.g. '{val_name}' = " in caplog.text
+    caplog.clear()
+    (corpus / train_name).unlink()
+    (corpus / train_name).write_text("another text altogether. " * 10)
+    with caplog.at_level("WARNING", logger="slmlab"):
+        _, data = prepare_tokens(_data(corpus, tmp_path, val_fraction=0.3))
+    assert data.manifest["val_copies_in_train"] == [] and "exact copy" not in caplog.text
+
+
 def test_single_document_corpus_is_split_by_position(tmp_path):
     path = tmp_path / "one.txt"
     path.write_text("abcdefghij" * 100)

@@ -47,11 +47,12 @@ from .corpora.fetch import cache_dir
 from .tokenizers import Tokenizer, TokenizerError, load_tokenizer, train_tokenizer
 
 log = logging.getLogger("slmlab")
+# 6: the manifest lists validation documents with an exact copy in training (the same token files);
 # 5: "[EOS]" and "<|endoftext|>" in the text are text, not the special id; .json arrays and .csv/.tsv
 #    files are records (they were one plain-text document);
 # 4: a leading UTF-8 byte-order mark is not text, one document split by position is on both sides;
 # 3: split by each id's own hash, checksums; 2: local ids are relative paths
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 ENCODE_BATCH = 1024  # documents, or fewer when they hold ENCODE_CHARS characters
 ENCODE_CHARS = 1 << 22
 
@@ -232,14 +233,36 @@ def prepare_tokens(
         with DirectoryLock(directory, "token cache", wait=True):  # parallel runs: one builds, the others wait
             if not (directory / "manifest.json").is_file():
                 _build_token_files(selection, tokenizer, data.val_fraction, directory, progress)
-    return tokenizer, open_tokens(directory)
+    tokens = open_tokens(directory)
+    copies = tokens.manifest.get("val_copies_in_train")
+    if copies:
+        log.warning(
+            "%s: %s validation document(s) have an exact copy among the training documents (e.g. %r = %r): their "
+            "validation loss scores text the model trained on; remove the copies from the corpus",
+            data.source,
+            f"{len(copies)}+" if len(copies) == 1000 else len(copies),
+            *copies[0],
+        )
+    return tokenizer, tokens
+
+
+def copies_across_split(documents: list[tuple[str, bytes]], val_ids: set[str]) -> list[tuple[str, str]]:
+    """(validation id, training id) for each validation document whose text is, byte for byte, a
+    training document's (`documents`: (id, digest of the text)). GPL beside its symlink GPL-3, one
+    page scraped twice: the split goes by id, so the copies can land on both sides."""
+    in_train: dict[bytes, str] = {}
+    for doc_id, digest in documents:
+        if doc_id not in val_ids:
+            in_train.setdefault(digest, doc_id)
+    return [(doc_id, in_train[digest]) for doc_id, digest in documents if doc_id in val_ids and digest in in_train]
 
 
 def _build_token_files(
     selection: DocumentSelection, tokenizer: Tokenizer, val_fraction: float, directory: Path, progress: bool | None = None
 ) -> None:
     log.info("tokenizing %s into %s", selection.data.source, directory)
-    ids = [doc.id for doc in selection]
+    documents = [(doc.id, hashlib.sha1(doc.text.encode()).digest()) for doc in selection]
+    ids = [doc_id for doc_id, _ in documents]
     shared = [i for i, n in Counter(ids).items() if n > 1]
     if shared:
         log.warning(
@@ -275,6 +298,7 @@ def _build_token_files(
             "val_fraction": val_fraction,
             "val_ids": sorted(val_ids),
             "split_by_position": False,
+            "val_copies_in_train": [list(pair) for pair in copies_across_split(documents, val_ids)[:1000]],
             "streams": {split: _concatenate(work, split, counts[split], build / f"{split}.bin") for split in ("train", "val")},
         }
         if not val_ids:
