@@ -203,7 +203,7 @@ class GenerationMixin:
         self, prompts, max_new_tokens, temperature, top_k, top_p, generators, stop_token, until, compile, vocab_size, step_done
     ) -> list[list[int]]:
         """One batch through `generate`: equal lengths as they are (sliding window included),
-        unequal ones left-padded; `step_done()` after each decoding step that does not stop it."""
+        unequal ones left-padded; `step_done()` after each decoding step (but one that a stop token ends)."""
         width = max(len(p) for p in prompts)
         device = next(self.parameters()).device
         idx = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
