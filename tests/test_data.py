@@ -231,3 +231,12 @@ def test_window_counts_below_one_are_refused_by_name(seq_len, batch_size, n_batc
     if n_batches:
         with pytest.raises(ConfigError, match=f"{says} must be a whole number >= 1"):
             WindowSampler(split, seq_len, batch_size, seed=0)
+
+
+def test_token_writes_join_small_arrays_and_write_large_ones_as_they_are(tmp_path):
+    from slmlab.data.tokens import _append
+
+    parts = [np.arange(n, dtype=np.uint16) for n in (3, 40, 2, 50, 1)]
+    with open(tmp_path / "t.bin", "wb") as handle:
+        _append(handle, parts, large=10)  # small, large, small, large, small
+    assert np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist() == np.concatenate(parts).tolist()

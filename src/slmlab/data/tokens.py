@@ -44,7 +44,7 @@ from ..locks import DirectoryLock
 from ..phase_progress import PhaseProgress
 from .corpora import CorpusError, DocumentSelection
 from .corpora.fetch import cache_dir
-from .tokenizers import Tokenizer, TokenizerError, load_tokenizer, train_tokenizer
+from .tokenizers import Tokenizer, TokenizerError, load_tokenizer, token_dtype, train_tokenizer
 
 log = logging.getLogger("slmlab")
 # 6: the manifest lists validation documents with an exact copy in training (the same token files);
@@ -59,10 +59,6 @@ ENCODE_CHARS = 1 << 22
 
 def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
 
 
 def get_tokenizer(data: DataConfig, selection: DocumentSelection, progress: bool | None = None) -> Tokenizer:
@@ -169,9 +165,8 @@ def _write_streams(
             if (split, stream) not in handles:
                 (work / split).mkdir(exist_ok=True)
                 handles[split, stream] = open(_stream_file(work, split, stream), "ab")  # noqa: SIM115 (closed in the finally below)
-            array = np.concatenate(parts)
-            array.tofile(handles[split, stream])
-            counts[split][stream] = counts[split].get(stream, 0) + len(array)
+            _append(handles[split, stream], parts)
+            counts[split][stream] = counts[split].get(stream, 0) + sum(len(part) for part in parts)
         progress.update(len(batch))
 
     batch, chars = [], 0
@@ -188,6 +183,22 @@ def _write_streams(
         for handle in handles.values():
             handle.close()
     return counts
+
+
+def _append(handle, parts: list[np.ndarray], large: int = 1 << 20) -> None:
+    """Write `parts` in order: runs of small arrays joined into one write, a large one (a long
+    document's ids) written as it is rather than copied into a join."""
+    small: list[np.ndarray] = []
+    for part in parts:
+        if len(part) < large:
+            small.append(part)
+            continue
+        if small:
+            np.concatenate(small).tofile(handle)
+            small = []
+        part.tofile(handle)
+    if small:
+        np.concatenate(small).tofile(handle)
 
 
 def _stream_file(work: Path, split: str, stream: str) -> Path:
@@ -246,6 +257,14 @@ def prepare_tokens(
     return tokenizer, tokens
 
 
+def _text_digest(text: str, chunk: int = 1 << 22) -> bytes:
+    """SHA-1 of the text's UTF-8 bytes, encoded a chunk at a time (not a copy of a long document)."""
+    digest = hashlib.sha1()
+    for start in range(0, len(text), chunk):
+        digest.update(text[start : start + chunk].encode("utf-8", "surrogatepass"))
+    return digest.digest()
+
+
 def copies_across_split(documents: list[tuple[str, bytes]], val_ids: set[str]) -> list[tuple[str, str]]:
     """(validation id, training id) for each validation document whose text is, byte for byte, a
     training document's (`documents`: (id, digest of the text)). GPL beside its symlink GPL-3, one
@@ -261,7 +280,7 @@ def _build_token_files(
     selection: DocumentSelection, tokenizer: Tokenizer, val_fraction: float, directory: Path, progress: bool | None = None
 ) -> None:
     log.info("tokenizing %s into %s", selection.data.source, directory)
-    documents = [(doc.id, hashlib.sha1(doc.text.encode()).digest()) for doc in selection]
+    documents = [(doc.id, _text_digest(doc.text)) for doc in selection]
     ids = [doc_id for doc_id, _ in documents]
     shared = [i for i, n in Counter(ids).items() if n > 1]
     if shared:
