@@ -221,12 +221,15 @@ def _concatenate(work: Path, split: str, counts: dict[str, int], target: Path) -
 def _split_single_document(directory: Path, dtype: np.dtype, val_fraction: float, manifest: dict) -> None:
     """A corpus of one document (or of documents that share one id): the last val_fraction of its
     tokens becomes validation, so each split holds part of that text."""
-    tokens = np.fromfile(directory / "train.bin", dtype=dtype)
-    cut = int(len(tokens) * (1 - val_fraction))
-    tokens[cut:].tofile(directory / "val.bin")
-    tokens[:cut].tofile(directory / "train.bin")
+    train = directory / "train.bin"
+    total = train.stat().st_size // dtype.itemsize
+    cut = int(total * (1 - val_fraction))
+    with open(directory / "val.bin", "wb") as val:  # the tail is copied out and cut off, the file never read whole
+        if total:
+            np.memmap(train, dtype=dtype, mode="r")[cut:].tofile(val)
+    os.truncate(train, cut * dtype.itemsize)
     (stream,) = manifest["streams"]["train"]
-    manifest["streams"] = {"train": {stream: [0, cut]}, "val": {stream: [0, len(tokens) - cut]}}
+    manifest["streams"] = {"train": {stream: [0, cut]}, "val": {stream: [0, total - cut]}}
     manifest["documents"]["val"] = manifest["documents"]["train"]
     manifest["split_by_position"] = True
 
