@@ -25,21 +25,20 @@ BATCH_CHARS = 1 << 20
 _CUT = re.compile(r"(?<=\S) (?=\S)")  # Python's \S is narrower than Unicode's non-White_Space: safe
 
 
-def gpt2_pieces(text: str, size: int | None = None) -> list[str]:
+def gpt2_pieces(text: str, size: int | None = None) -> Iterator[str]:
     """`text` cut into pieces of at least `size` (default PIECE_CHARS) characters, the last may be
     shorter, each cut just before the first single space between two non-white-space characters
-    at or after `size` characters; a text with no such space there stays whole.
-    "".join(pieces) == text."""
+    at or after `size` characters; a text with no such space there stays whole. Yielded one at a
+    time (each is a copy of its characters); "".join(pieces) == text."""
     size = size or PIECE_CHARS
-    pieces, start = [], 0
+    start = 0
     while len(text) - start > size:
         cut = _CUT.search(text, start + size)
         if cut is None:
             break
-        pieces.append(text[start : cut.start()])
+        yield text[start : cut.start()]
         start = cut.start()
-    pieces.append(text[start:])
-    return pieces
+    yield text[start:]
 
 
 def all_pieces(texts: Iterable[str]) -> Iterator[str]:
@@ -48,21 +47,27 @@ def all_pieces(texts: Iterable[str]) -> Iterator[str]:
         yield from gpt2_pieces(text)
 
 
-def encode_in_pieces(encode_batch: Callable[[list[str]], list[list[int]]], texts: list[str]) -> list[np.ndarray]:
-    """`encode_batch` (a GPT-2-pattern byte-level BPE's) applied to the texts' pieces, about
-    BATCH_CHARS characters a call (each call's encodings are alive together) -> each text's ids,
-    (n_tokens,) int32 (ids are below 2**24, config.checks.MAX_BPE_VOCAB), equal to encoding it whole."""
-    owners, pieces = [], []
+def encode_in_pieces(encode_batch: Callable[[list[str]], list[list[int]]], texts: list[str], dtype: np.dtype) -> list[np.ndarray]:
+    """`encode_batch` (a GPT-2-pattern byte-level BPE's) applied to the texts' pieces, cut as they
+    are needed, about BATCH_CHARS characters a call (each call's encodings are alive together)
+    -> each text's ids as a (n_tokens,) `dtype` array, equal to encoding it whole."""
+    parts: list[list[np.ndarray]] = [[] for _ in texts]
+    batch: list[str] = []
+    owners: list[int] = []
+    chars = 0
+
+    def encode() -> None:
+        for owner, ids in zip(owners, encode_batch(batch)):
+            parts[owner].append(np.asarray(ids, dtype=dtype))
+
     for index, text in enumerate(texts):
         for piece in gpt2_pieces(text):
+            batch.append(piece)
             owners.append(index)
-            pieces.append(piece)
-    parts: list[list[np.ndarray]] = [[] for _ in texts]
-    start = chars = 0
-    for end, piece in enumerate(pieces, 1):
-        chars += len(piece)
-        if chars >= BATCH_CHARS or end == len(pieces):
-            for owner, ids in zip(owners[start:end], encode_batch(pieces[start:end])):
-                parts[owner].append(np.asarray(ids, dtype=np.int32))
-            start, chars = end, 0
-    return [np.concatenate(part) for part in parts]
+            chars += len(piece)
+            if chars >= BATCH_CHARS:
+                encode()
+                batch, owners, chars = [], [], 0
+    if batch:
+        encode()
+    return [part[0] if len(part) == 1 else np.concatenate(part) for part in parts]

@@ -212,7 +212,9 @@ class BPETokenizer(Tokenizer):
     def encode_documents(self, texts: list[str]) -> list[list[int] | np.ndarray]:
         self.tok.encode_special_tokens = True  # "[EOS]" in the text is text
         try:
-            return encode_in_pieces(self.encode_batch, texts) if self._reads_gpt2_pieces() else self.encode_batch(texts)
+            if not self._reads_gpt2_pieces():
+                return self.encode_batch(texts)
+            return encode_in_pieces(self.encode_batch, texts, token_dtype(self.vocab_size))
         finally:
             self.tok.encode_special_tokens = False
 
@@ -302,7 +304,7 @@ class GPT2Tokenizer(Tokenizer):
 
     def encode_documents(self, texts: list[str]) -> list[list[int] | np.ndarray]:
         refuse_surrogates(texts)
-        return encode_in_pieces(self.enc.encode_ordinary_batch, texts)
+        return encode_in_pieces(self.enc.encode_ordinary_batch, texts, token_dtype(self.vocab_size))
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.enc.decode([int(i) for i in ids])
