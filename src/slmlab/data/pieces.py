@@ -7,10 +7,11 @@ pre-tokenizer of slmlab's trained BPE) splits text into pre-tokens that BPE enco
 and it never joins a character before a single space with the space when both neighbours of that
 space are non-white-space: the character ends a run of letters, digits or punctuation (no class
 of those holds white space), the space starts the next pre-token (` ?\\p{L}+`, ` ?\\p{N}+`,
-` ?[^\\s\\p{L}\\p{N}]+`), and the pattern has no look-behind. A match ending before the space looks
-ahead at most to the character before it. So encoding the text on either side of such a space
-separately gives exactly the ids of the whole (tests/test_tokenizers.py checks it against encoding
-whole, on adversarial text), and training BPE on the pieces counts the same pre-tokens.
+` ?[^\\s\\p{L}\\p{N}]+`), and the pattern has no look-behind. No match that ends at or before the
+space looks past it: the one look-ahead, in `\\s+(?!\\S)`, ends runs of white space, and the
+space's left neighbour is none. So encoding the text on either side of such a space separately
+gives exactly the ids of the whole (tests/test_pieces.py checks it against encoding whole, on
+adversarial text), and training BPE on the pieces counts the same pre-tokens.
 """
 
 from __future__ import annotations
