@@ -57,6 +57,7 @@ def test_bpe_in_pieces_gives_the_ids_of_the_whole_text(bpe, texts, size, batch_c
     assert [list(ids) for ids in got] == [_whole(bpe, text) for text in texts]
 
 
+@pytest.mark.network
 def test_gpt2_in_pieces_gives_the_ids_of_the_whole_text():
     from slmlab.data.corpora.fetch import fetch_gpt2_tokenizer
 
