@@ -141,7 +141,7 @@ def _ignored_under_switches(configs: list) -> list[tuple[str, str]]:
 
 def _ignored_attention_settings(configs: list) -> list[tuple[str, str]]:
     found, m, defaults = [], configs[0].model, type(configs[0].model)()
-    if all(_attention_patterns(c.model) == {"full"} and c.model.local_block != defaults.local_block for c in configs):
+    if all(set(c.model.layer_patterns) == {"full"} and c.model.local_block != defaults.local_block for c in configs):
         found.append(
             ("model.local_block", f"model.local_block = {m.local_block} is ignored with full attention in every layer; remove it")
         )
@@ -183,14 +183,6 @@ def check_no_ignored_setting(cfg, keys=None) -> None:
     for key, message in ignored_settings(cfg.phase_configs()):
         if keys is None or key in keys:
             raise ConfigError(message)
-
-
-def _attention_patterns(m) -> set[str]:
-    """The patterns the model's layers use (model.attention.layer_pattern, over every layer)."""
-    if m.attention_layers or not m.global_every:
-        return set(m.attention_layers) or {m.attention}
-    every = m.global_every  # layers k-1, 2k-1, ... are full
-    return ({m.attention} if every > 1 else set()) | ({"full"} if m.n_layer >= every else set())
 
 
 def check_architecture_support(m) -> None:

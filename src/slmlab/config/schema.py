@@ -122,6 +122,15 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
+    @property
+    def layer_patterns(self) -> list[str]:
+        """Each layer's attention pattern: model.attention_layers if given, else model.attention,
+        with every global_every-th layer (k-1, 2k-1, ...) "full" when global_every > 0."""
+        if self.attention_layers:
+            return list(self.attention_layers)
+        every = self.global_every
+        return ["full" if every and layer % every == every - 1 else self.attention for layer in range(self.n_layer)]
+
 
 MODEL_ATTRIBUTES.update(f.name for f in dataclasses.fields(ModelConfig))  # no section may shadow these
 MODEL_ATTRIBUTES.update(name for name in dir(ModelConfig) if not name.startswith("_"))

@@ -111,16 +111,6 @@ class FullCausal(nn.Module):
 ATTENTION_PATTERNS.register("full", FullCausal)
 
 
-def layer_pattern(cfg: ModelConfig, layer: int) -> str:
-    """The attention pattern of `layer`: model.attention_layers[layer] if given, else
-    model.attention, with every global_every-th layer "full" when global_every > 0."""
-    if cfg.attention_layers:
-        return cfg.attention_layers[layer]
-    if cfg.global_every and layer % cfg.global_every == cfg.global_every - 1:
-        return "full"
-    return cfg.attention
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, positions: nn.Module, extensions: list[nn.Module] | None = None):
         super().__init__()
@@ -129,7 +119,7 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.proj.residual_projection = True
         self.resid_dropout = build_dropout(cfg.dropout)
-        self.pattern = ATTENTION_PATTERNS[layer_pattern(cfg, layer)](cfg, layer)
+        self.pattern = ATTENTION_PATTERNS[cfg.layer_patterns[layer]](cfg, layer)
         self.extensions = nn.ModuleList(extensions or [])
         self._output_extensions = [e for e in self.extensions if callable(getattr(e, "output", None))]
         self._positions = [positions]  # shared with the decoder; a list keeps it out of this module's parameters

@@ -38,7 +38,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..config import ModelConfig
 from ..registry import ATTENTION_PATTERNS
-from .attention import KVCache, layer_pattern, lower_right_mask
+from .attention import KVCache, lower_right_mask
 
 
 def lower_right(Tq: int, Tk: int, device):
@@ -194,7 +194,7 @@ def trains_as_full_warning(cfg: ModelConfig, seq_len: int) -> str | None:
     """What makes a model with block-local layers train as full attention (None if nothing): a
     window of at most two blocks (seq_len <= 2 * local_block), where every query's own block and
     the one before hold every earlier token."""
-    if seq_len > 2 * cfg.local_block or all(layer_pattern(cfg, i) != "block_local" for i in range(cfg.n_layer)):
+    if seq_len > 2 * cfg.local_block or "block_local" not in cfg.layer_patterns:
         return None
     return (
         f"model.local_block = {cfg.local_block}: a training window of data.seq_len = {seq_len} tokens spans at most two "

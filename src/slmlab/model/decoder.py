@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..config.checks import check_model
-from .attention import FullCausal, KVCache, layer_pattern
+from .attention import FullCausal, KVCache
 from .block import Block
 from .generation import GenerationMixin
 from .heads import build_head
@@ -134,7 +134,7 @@ class Decoder(GenerationMixin, nn.Module):
         """One line: the shape, then what varies between configs of one shape (positions and their
         RoPE scaling, each layer's attention pattern, norm, MLP, extensions, head)."""
         m = self.cfg
-        patterns = [layer_pattern(m, layer) for layer in range(m.n_layer)]
+        patterns = m.layer_patterns
         positions = f"{m.pos} positions" + (f" (scale {m.rope_scale:g})" if m.pos == "rope" and m.rope_scale != 1 else "")
         attention = (patterns[0] if len(set(patterns)) == 1 else "/".join(patterns)) + " attention"
         if "block_local" in patterns:

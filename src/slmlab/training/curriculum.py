@@ -18,7 +18,6 @@ from ..config import ConfigError, RunConfig, check_config
 from ..data.corpora import CorpusError
 from ..data.sampling import check_windows
 from ..files import atomic_write_text
-from ..model.attention import layer_pattern
 from ..model.protocol import attention_modules
 from ..registry import ATTENTION_PATTERNS
 from ..runs.run_dir import RunDir
@@ -32,7 +31,7 @@ def assert_patterns(trainer: Trainer) -> None:
     layer's config asks for."""
     cfg = trainer.cfg.model
     for name, attention in attention_modules(trainer.model):
-        wanted = ATTENTION_PATTERNS[layer_pattern(cfg, attention.layer)]
+        wanted = ATTENTION_PATTERNS[cfg.layer_patterns[attention.layer]]
         if type(attention.pattern) is not wanted:
             raise ConfigError(
                 f"{trainer.cfg.name}: {name} runs {type(attention.pattern).__name__}, config asks for {wanted.__name__}"

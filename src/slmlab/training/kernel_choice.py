@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, ModelConfig
-from ..model.attention import layer_pattern
 from ..model.block_local import BlockLocal
 from .runtime import autocast, median_seconds
 
@@ -46,7 +45,7 @@ def flex_unavailable(device: torch.device, dropout: float) -> str:
 
 def check_local_kernel(cfg: ModelConfig, device: torch.device) -> None:
     """A one-line error when the config forces FlexAttention for training where it cannot train."""
-    uses_local = any(layer_pattern(cfg, layer) == "block_local" for layer in range(cfg.n_layer))
+    uses_local = "block_local" in cfg.layer_patterns
     if uses_local and cfg.local_kernel == "flex" and (why := flex_unavailable(device, cfg.dropout)):
         raise ConfigError(f"model.local_kernel = 'flex' cannot train here: {why}; use 'auto' or 'windows'")
 
