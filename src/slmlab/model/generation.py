@@ -174,12 +174,7 @@ class GenerationMixin:
                 fits = max(lengths) + max_new_tokens <= self.cfg.block_size
                 groups = [batch] if len(lengths) == 1 or (fits and self.decodes_padded()) else _by_length(batch, prompts)
                 for group in groups:
-                    steps = [0]  # the group's decoding steps, each len(group) tokens
-
-                    def step_done(rows=len(group), steps=steps):
-                        steps[0] += 1
-                        shown.update(rows)
-
+                    goal = shown.done + len(group) * max_new_tokens
                     rows = self._continue_rows(
                         [prompts[i] for i in group],
                         max_new_tokens,
@@ -191,12 +186,12 @@ class GenerationMixin:
                         until,
                         compile,
                         vocab_size,
-                        step_done,
+                        lambda tokens=len(group): shown.update(tokens),  # a decoding step: a token per row
                     )
                     for i, row in zip(group, rows):
                         out[i] = row
-                    if steps[0] < max_new_tokens:  # what an early stop left undone
-                        shown.update(len(group) * (max_new_tokens - steps[0]))
+                    if shown.done < goal:  # what an early stop left undone
+                        shown.update(goal - shown.done)
         return out
 
     def _continue_rows(
