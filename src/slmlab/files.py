@@ -175,7 +175,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
 
 def utf8_problem(data: bytes) -> str:
     """Why `data` (a file's or stream's bytes) is not UTF-8 text, to follow its name in a message:
-    UTF-16 named by its byte-order mark, else the first bad byte with its line and byte offset in
+    UTF-32 or UTF-16 named by its byte-order mark, else the first bad byte with its line and byte offset in
     the whole of `data` (a streaming decoder's error counts from its own chunk)."""
     for name, marks in (("UTF-32", (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")), ("UTF-16", (b"\xff\xfe", b"\xfe\xff"))):
         if data.startswith(marks):

@@ -55,6 +55,7 @@ log = logging.getLogger("slmlab")
 FORMAT_VERSION = 6
 ENCODE_BATCH = 1024  # documents, or fewer when they hold ENCODE_CHARS characters
 ENCODE_CHARS = 1 << 22
+COPIES_LISTED = 1000  # validation documents with a copy in training, at most, in the manifest
 
 
 def _short_hash(text: str) -> str:
@@ -254,7 +255,7 @@ def prepare_tokens(
             "%s: %s validation document(s) have an exact copy among the training documents (e.g. %r = %r): their "
             "validation loss scores text the model trained on; remove the copies from the corpus",
             data.source,
-            f"{len(copies)}+" if len(copies) == 1000 else len(copies),
+            f"{len(copies)}+" if len(copies) == COPIES_LISTED else len(copies),
             *copies[0],
         )
     return tokenizer, tokens
@@ -320,7 +321,7 @@ def _build_token_files(
             "val_fraction": val_fraction,
             "val_ids": sorted(val_ids),
             "split_by_position": False,
-            "val_copies_in_train": [list(pair) for pair in copies_across_split(documents, val_ids)[:1000]],
+            "val_copies_in_train": [list(pair) for pair in copies_across_split(documents, val_ids)[:COPIES_LISTED]],
             "streams": {split: _concatenate(work, split, counts[split], build / f"{split}.bin") for split in ("train", "val")},
         }
         if not val_ids:
