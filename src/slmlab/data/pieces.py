@@ -3,42 +3,67 @@ piece with bounded memory and the same ids.
 
 A Hugging Face `Encoding` keeps ~400 bytes per token (ids, offsets, token strings, masks): one
 20 MB document, encoded whole, took 3.7 GB. GPT-2's pattern (`tokenizers.GPT2_PATTERN`, also the
-pre-tokenizer of slmlab's trained BPE) splits text into pre-tokens that BPE encodes one by one,
-and it never joins a character before a single space with the space when both neighbours of that
-space are non-white-space: the character ends a run of letters, digits or punctuation (no class
-of those holds white space), the space starts the next pre-token (` ?\\p{L}+`, ` ?\\p{N}+`,
-` ?[^\\s\\p{L}\\p{N}]+`), and the pattern has no look-behind. No match that ends at or before the
-space looks past it: the one look-ahead, in `\\s+(?!\\S)`, ends runs of white space, and the
-space's left neighbour is none. So encoding the text on either side of such a space separately
-gives exactly the ids of the whole (tests/test_pieces.py checks it against encoding whole, on
-adversarial text), and training BPE on the pieces counts the same pre-tokens.
+pre-tokenizer of slmlab's trained BPE),
+
+    's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
+
+splits text into pre-tokens that BPE encodes one by one. It has no look-behind, and its one
+look-ahead, in `\\s+(?!\\S)`, ends runs of white space. So a cut between two characters is exact
+(the pre-tokens of the two sides are those of the whole) when no pre-token holds both and the left
+one is not white space. Two kinds of cut are:
+
+- before a single space between two non-white-space characters: the left character ends a run of
+  letters, digits or punctuation (no class of those holds white space), and the space starts the
+  next pre-token (` ?\\p{L}+`, ` ?\\p{N}+`, ` ?[^\\s\\p{L}\\p{N}]+`);
+- between a letter or digit and a character that is none of letter, digit, white space: no class
+  holds both, and only the contractions (`'s`, ...) join punctuation to letters, so the apostrophe
+  is never cut beside. This is what cuts text without spaces, Chinese or Japanese at its commas
+  and full stops, Hindi between letters and vowel signs.
+
+Python's `\\w` less `_` is exactly Unicode's letters and digits (categories L*, N*), but in the
+Unicode version of Python's own tables: a character unassigned there (a CJK ideograph of a newer
+version) may be a letter to the tokenizer, so the second kind never cuts beside one. Encoding the
+pieces separately gives exactly the ids of the whole (tests/test_pieces.py checks it against
+encoding whole, on adversarial text of several scripts), and training BPE on the pieces counts the
+same pre-tokens.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
 PIECE_CHARS = 1 << 16
 BATCH_CHARS = 1 << 20
-_CUT = re.compile(r"(?<=\S) (?=\S)")  # Python's \S is narrower than Unicode's non-White_Space: safe
+# Python's \S is narrower than Unicode's non-White_Space, [^\W_] is L* and N*: both safe
+_CUT = re.compile(r"(?<=\S) (?=\S)|(?<=[^\W_])(?=[^\w\s'])|(?<=[^\w\s'])(?=[^\W_])")
+
+
+def _cut_at(text: str, start: int) -> int | None:
+    """The first exact cut at or after `start` (module docstring), or None."""
+    for cut in _CUT.finditer(text, start):
+        at = cut.start()
+        if text[at] == " " or "Cn" not in (unicodedata.category(text[at - 1]), unicodedata.category(text[at])):
+            return at
+    return None
 
 
 def gpt2_pieces(text: str, size: int | None = None) -> Iterator[str]:
     """`text` cut into pieces of at least `size` (default PIECE_CHARS) characters, the last may be
-    shorter, each cut just before the first single space between two non-white-space characters
-    at or after `size` characters; a text with no such space there stays whole. Yielded one at a
-    time (each is a copy of its characters); "".join(pieces) == text."""
+    shorter, each cut at the first exact cut (module docstring) at or after `size` characters; a
+    text with none there stays whole. Yielded one at a time (each is a copy of its characters);
+    "".join(pieces) == text."""
     size = size or PIECE_CHARS
     start = 0
     while len(text) - start > size:
-        cut = _CUT.search(text, start + size)
+        cut = _cut_at(text, start + size)
         if cut is None:
             break
-        yield text[start : cut.start()]
-        start = cut.start()
+        yield text[start:cut]
+        start = cut
     yield text[start:]
 
 
