@@ -16,6 +16,7 @@ transformers = pytest.importorskip("transformers")
 from slmlab.cli import main
 from slmlab.data.tokens import TokenSplit
 from slmlab.persona.surgery import (
+    decoder_layers,
     insert_self_area,
     load_self_area,
     save_self_area,
@@ -231,3 +232,32 @@ def test_continuations_without_a_pad_token_and_beyond_the_context(kind):
     assert hf_continuations(model, bare, prompts, 10, sample=False) == hf_continuations(model, padded, prompts, 10, sample=False)
     with pytest.raises(ConfigError, match="exceed the model's 64-token context; give at most 51 new tokens"):
         hf_continuations(model, padded, prompts, 60, sample=False)
+
+
+def test_layers_off_the_usual_paths_are_found_by_the_configs_layer_count():
+    """MPT keeps its layers at transformer.blocks; a mixture keeps longer lists inside its layers."""
+    model = transformers.AutoModelForCausalLM.from_config(
+        transformers.MptConfig(d_model=32, n_heads=2, n_layers=2, vocab_size=64, max_seq_len=64)
+    ).eval()
+    idx = torch.randint(0, 64, (2, 16))
+    before = model(input_ids=idx).logits
+    area = insert_self_area(model, SelfAreaConfig(enabled=True, self_dim=8))
+    assert area.slots == 2 and torch.equal(model(input_ids=idx).logits, before)
+    with torch.no_grad():
+        area.alpha.fill_(0.5)
+    assert not torch.allclose(model(input_ids=idx).logits, before)
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.experts = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(8))
+
+    class Mixture(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = transformers.PretrainedConfig(num_hidden_layers=3)
+            self.trunk = torch.nn.Module()
+            self.trunk.blocks = torch.nn.ModuleList(Layer() for _ in range(3))
+
+    mixture = Mixture()
+    assert decoder_layers(mixture) is mixture.trunk.blocks

@@ -7,7 +7,9 @@ input hidden states (the residual stream), the same module the native decoder us
 Self Area trains; the base weights are frozen. The module is saved alone (self_area.safetensors
 plus self_area.json describing its shape and the base it was trained on) and loads back onto the
 same base. Decoder layers are found at the usual places (GPT-2 `transformer.h`, Llama/Mistral/
-Phi-3/Qwen `model.layers`, GPT-NeoX `gpt_neox.layers`), else as the model's longest ModuleList.
+Phi-3/Qwen `model.layers`, GPT-NeoX `gpt_neox.layers`, ...), else as the shallowest ModuleList of
+as many modules as the config has layers (MPT's `transformer.blocks`), never a layer's own list of
+experts.
 PATH is a local directory (or a .gguf file, read by transformers through the `gguf` package);
 nothing is downloaded.
 """
@@ -39,10 +41,21 @@ from ..training.optim import lr_at
 from ..variants.self_area import SelfArea, SelfAreaConfig
 
 log = logging.getLogger("slmlab")
-LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "model.language_model.layers")
+
+
+def text_config(model: nn.Module):
+    """The Hugging Face config of `model`'s language model: `config` itself, or its text part for a
+    model that reads images too (None for a model without a config)."""
+    config = getattr(model, "config", None)
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's decoder layers: the nn.ModuleList at a usual path (LAYER_PATHS), else the
+    shallowest one of `config.num_hidden_layers` modules (the longest where the config does not
+    say), so that a list inside a layer (a mixture's experts) is never taken for the layers."""
     for path in LAYER_PATHS:
         try:
             layers = model.get_submodule(path)
@@ -50,10 +63,14 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
             continue
         if isinstance(layers, nn.ModuleList):
             return layers
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    lists = [
+        (name.count("."), module) for name, module in model.named_modules() if isinstance(module, nn.ModuleList) and len(module)
+    ]
     if not lists:
         raise ConfigError(f"no decoder layers found in {type(model).__name__}: it has no nn.ModuleList")
-    return max(lists, key=len)
+    count = getattr(text_config(model), "num_hidden_layers", None)
+    named = [(depth, module) for depth, module in lists if len(module) == count]
+    return min(named, key=lambda item: item[0])[1] if named else max(lists, key=lambda item: (len(item[1]), -item[0]))[1]
 
 
 def _add_guidance(area: SelfArea, layer: int, module: nn.Module, args: tuple, kwargs: dict):
@@ -77,7 +94,7 @@ def insert_self_area(model: nn.Module, cfg: SelfAreaConfig) -> SelfArea:
         raise ConfigError("this model already has a Self Area")
     layers = decoder_layers(model)
     reference = next(model.parameters())
-    area = SelfArea(cfg, model.config.hidden_size, len(layers)).to(reference.device)
+    area = SelfArea(cfg, text_config(model).hidden_size, len(layers)).to(reference.device)
     for param in model.parameters():
         param.requires_grad_(False)
     model.self_area = area
@@ -124,10 +141,9 @@ def load_self_area(model: nn.Module, directory: str | Path) -> SelfArea:
         cfg = build_dataclass(SelfAreaConfig, meta["self_area"], "self_area")
     except ConfigError as err:
         raise CheckpointError(f"Self Area description {where} is damaged ({err}); {fix}") from None
-    if meta["d_model"] != model.config.hidden_size:
+    if meta["d_model"] != (width := text_config(model).hidden_size):
         raise CheckpointError(
-            f"{directory} was trained on a base with hidden size {meta['d_model']} "
-            f"({meta['base_model']}), this model has {model.config.hidden_size}"
+            f"{directory} was trained on a base with hidden size {meta['d_model']} ({meta['base_model']}), this model has {width}"
         )
     area = insert_self_area(model, cfg)
     if area.slots != meta["layers"]:
@@ -174,7 +190,8 @@ def load_hf_model(path: str | Path, device: torch.device):
 
 def model_context(model: nn.Module) -> int | None:
     """A Hugging Face model's context length in tokens (None where its config does not say)."""
-    return getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    config = text_config(model)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 def persona_tokens(data: DataConfig, tokenizer, val_fraction: float = 0.1) -> tuple[TokenSplit, TokenSplit]:
