@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -240,3 +241,21 @@ def test_token_writes_join_small_arrays_and_write_large_ones_as_they_are(tmp_pat
     with open(tmp_path / "t.bin", "wb") as handle:
         _append(handle, parts, large=10)  # small, large, small, large, small
     assert np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist() == np.concatenate(parts).tolist()
+
+
+def test_file_and_folder_names_that_are_not_utf8_still_name_documents(tmp_path):
+    """An archive unpacked with Latin-1 names ('caf\\xe9.txt'): Python reads such bytes as lone
+    surrogates, and hashing the fingerprint failed with UnicodeEncodeError. Ids, genres and
+    titles now write each such byte as \\xNN; the token files and the manifest are built."""
+    corpus = os.fsencode(tmp_path / "corpus")
+    os.makedirs(corpus + b"/chansons_\xe9t\xe9")
+    for i in range(6):
+        with open(corpus + b"/chansons_\xe9t\xe9/caf\xe9 %d.txt" % i, "w") as handle:
+            handle.write(f"the song number {i} is sung here once more. " * 20)
+    cfg = _data(os.fsdecode(corpus), tmp_path)
+    documents = list(data_module.DocumentSelection(cfg))
+    assert sorted(d.id for d in documents)[0] == "caf\\xe9 0.txt"  # ids are paths below the files' common folder
+    assert {d.genre for d in documents} == {"chansons_\\xe9t\\xe9"} and documents[0].title == "caf\\xe9 0"
+    _, tokens = prepare_tokens(cfg)
+    assert tokens.manifest["documents"]["train"] + tokens.manifest["documents"]["val"] == 6
+    assert set(tokens.manifest["streams"]["train"]) == {"chansons_\\xe9t\\xe9"}

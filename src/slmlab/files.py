@@ -208,6 +208,13 @@ def read_text(path: str | Path, what: str, error: type[SlmlabError], fix: str) -
         raise error(f"{what} {path} cannot be read ({err.strerror or err}); {fix}") from None
 
 
+def file_name_text(name: str) -> str:
+    """A name the file system gave as text UTF-8 can hold: bytes of the name that are not UTF-8
+    (which Python reads as lone surrogates) written \\xNN, so that a corpus file named in Latin-1
+    still gives a document id, genre and title."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def lone_surrogate(value) -> str | None:
     """The first character of `value` (a string, or the strings in its lists and dicts) that no
     UTF-8 text can hold, as "\\uXXXX", else None: a lone UTF-16 surrogate, which JSON's "\\ud800"

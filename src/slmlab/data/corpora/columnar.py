@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ...files import read_json
+from ...files import file_name_text, read_json
 from .document import Document
 from .fetch import CorpusError, file_digest
 from .local import corpus_files, parse_year
@@ -110,7 +110,7 @@ class ColumnarSource:
         return f"{self.kind}-{self.text_field}-" + file_digest(self.files, lambda path: f"{split_of[path]}|{self._name(path)}")
 
     def _name(self, path: Path) -> str:
-        return os.path.relpath(path, self.root).replace(os.sep, "/")
+        return file_name_text(os.path.relpath(path, self.root).replace(os.sep, "/"))
 
     def _batches(self, path: Path):
         """pyarrow record batches of `path`, one at a time."""

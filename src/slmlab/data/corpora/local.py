@@ -29,7 +29,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from ...files import is_run_folder, not_utf8, parse_json
+from ...files import file_name_text, is_run_folder, not_utf8, parse_json
 from .document import Document
 from .fetch import CorpusError, file_digest
 
@@ -173,12 +173,16 @@ class LocalSource:
 
     def _id_and_genre(self, path: Path) -> str:
         """What a file's documents take from its path: ids (below the root) and genre (its folder)."""
-        return f"{path.relative_to(self.root).as_posix()}|{path.parent.name}"
+        return f"{self._name(path)}|{file_name_text(path.parent.name)}"
+
+    def _name(self, path: Path) -> str:
+        """A file's documents' id: its path below the root, as text."""
+        return file_name_text(path.relative_to(self.root).as_posix())
 
     def documents(self) -> Iterator[Document]:
         total = 0
         for path in self.files:
-            name = path.relative_to(self.root).as_posix()
+            name = self._name(path)
             suffix = path.suffix.lower()
             if suffix in COMPRESSED:
                 raise CorpusError(f"{path} is compressed ({suffix}); decompress it first: slmlab reads {READABLE}")
@@ -188,9 +192,11 @@ class LocalSource:
                 docs = (self._document(record, where, f"{name}:{key}", table) for where, key, record in records)
             elif self.doc_separator:
                 parts = split_lazily(read_utf8(path), self.doc_separator)
-                docs = (Document(id=f"{name}#{i}", text=text, genre=path.stem, title=path.stem) for i, text in enumerate(parts))
+                stem = file_name_text(path.stem)
+                docs = (Document(id=f"{name}#{i}", text=text, genre=stem, title=stem) for i, text in enumerate(parts))
             else:
-                docs = iter([Document(id=name, text=read_utf8(path), genre=path.parent.name, title=path.stem)])
+                genre, title = file_name_text(path.parent.name), file_name_text(path.stem)
+                docs = iter([Document(id=name, text=read_utf8(path), genre=genre, title=title)])
             for doc in docs:
                 if doc.text.strip():
                     total += 1
