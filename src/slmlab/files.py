@@ -14,6 +14,8 @@ writing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -21,7 +23,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import ConfigError, SlmlabError
@@ -63,8 +65,31 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+FULL_BELOW = 1 << 20  # free bytes under which a writer's failure is taken for a full disk
+
+
+def disk_full(folder: str | Path) -> bool:
+    """Whether the file system holding `folder` has (nearly) no room left: what a failed write
+    means when its writer (numpy, torch, safetensors) reports it in words of its own."""
+    return shutil.disk_usage(folder).free < FULL_BELOW
+
+
+@contextlib.contextmanager
+def room_for(folder: Path, what: str, fix: str, error: type[SlmlabError]) -> Iterator[None]:
+    """Turn an OSError raised inside for a full disk (errno ENOSPC, or any while `folder`'s disk
+    is full) into one line saying so and what to do. Enter it inside the context that removes the
+    partial files, so the disk is checked while it is still full."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno != errno.ENOSPC and not disk_full(folder):
+            raise
+        raise error(f"no space left on the device of {folder} for {what} ({err}); nothing was kept: {fix}") from None
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call write(temp_path) to produce the file, then move it into place atomically."""
+    """Call write(temp_path) to produce the file, then move it into place atomically. A writer
+    that fails with the disk (nearly) full raises OSError(ENOSPC) whatever it raised itself."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path} is a folder: name a file to write")
@@ -72,7 +97,12 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except Exception as err:  # torch.save and safetensors report a full disk in their own exceptions
+            if isinstance(err, OSError) or not disk_full(path.parent):
+                raise
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
         os.chmod(tmp, FILE_MODE)  # after writing: a writer may replace the temp file with its own
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())

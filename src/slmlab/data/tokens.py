@@ -39,7 +39,15 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
-from ..files import atomic_write_text, fsync_directory, read_json, remove_stale_temps, require_fields, sha256_file
+from ..files import (
+    atomic_write_text,
+    fsync_directory,
+    read_json,
+    remove_stale_temps,
+    require_fields,
+    room_for,
+    sha256_file,
+)
 from ..locks import DirectoryLock
 from ..phase_progress import PhaseProgress
 from .corpora import CorpusError, DocumentSelection
@@ -188,18 +196,19 @@ def _write_streams(
 
 def _append(handle, parts: list[np.ndarray], large: int = 1 << 20) -> None:
     """Write `parts` in order: runs of small arrays joined into one write, a large one (a long
-    document's ids) written as it is rather than copied into a join."""
+    document's ids) written as it is rather than copied into a join. Through the file's own
+    write, whose full disk is an OSError with errno ENOSPC (numpy's tofile has none)."""
     small: list[np.ndarray] = []
     for part in parts:
         if len(part) < large:
             small.append(part)
             continue
         if small:
-            np.concatenate(small).tofile(handle)
+            handle.write(np.concatenate(small).data)
             small = []
-        part.tofile(handle)
+        handle.write(np.ascontiguousarray(part).data)
     if small:
-        np.concatenate(small).tofile(handle)
+        handle.write(np.concatenate(small).data)
 
 
 def _stream_file(work: Path, split: str, stream: str) -> Path:
@@ -227,7 +236,7 @@ def _split_single_document(directory: Path, dtype: np.dtype, val_fraction: float
     cut = int(total * (1 - val_fraction))
     with open(directory / "val.bin", "wb") as val:  # the tail is copied out and cut off, the file never read whole
         if total:
-            np.memmap(train, dtype=dtype, mode="r")[cut:].tofile(val)
+            val.write(np.memmap(train, dtype=dtype, mode="r")[cut:].data)
     os.truncate(train, cut * dtype.itemsize)
     (stream,) = manifest["streams"]["train"]
     manifest["streams"] = {"train": {stream: [0, cut]}, "val": {stream: [0, total - cut]}}
@@ -300,7 +309,11 @@ def _build_token_files(
     dtype = token_dtype(tokenizer.vocab_size)
     directory.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(directory.parent)  # build folders of killed processes
-    with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".build.{os.getpid()}.", suffix=".tmp") as tmp:
+    fix = "free space, or set data.cache_dir to a disk with room"
+    with (
+        tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".build.{os.getpid()}.", suffix=".tmp") as tmp,
+        room_for(directory.parent, "the token files", fix, CorpusError),
+    ):
         work = Path(tmp)
         with PhaseProgress(f"tokenizing {selection.data.source}", len(ids), "documents", bar=progress) as shown:
             counts = _write_streams(selection, tokenizer, val_ids, dtype, work, shown)

@@ -82,10 +82,18 @@ def save_checkpoint(directory: Path, step: int, weights: dict[str, torch.Tensor]
     directory.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
     weights_path, state_path, sums_path = _files(directory, name)
-    sums = {weights_path.name: save_weights(weights, weights_path)}
-    atomic_write(state_path, lambda tmp: torch.save(state, tmp))
-    sums[state_path.name] = sha256_file(state_path)
-    atomic_write_text(sums_path, json.dumps(sums, indent=1) + "\n")
+    try:
+        sums = {weights_path.name: save_weights(weights, weights_path)}
+        atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+        sums[state_path.name] = sha256_file(state_path)
+        atomic_write_text(sums_path, json.dumps(sums, indent=1) + "\n")
+    except OSError as err:  # a full disk: no half checkpoint is left to be counted, pruned or resumed from
+        for path in (weights_path, state_path, sums_path):
+            path.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"checkpoint {name} could not be written in {directory} ({err.strerror or err}); the checkpoints before it "
+            "are kept: free space, then continue with slmlab train --resume"
+        ) from None
     atomic_write_text(directory / "latest", name)
     for old in sorted(directory.glob("step_*.safetensors"))[:-keep]:
         for path in _files(directory, old.name.removesuffix(".safetensors")):
