@@ -395,3 +395,30 @@ def test_token_arrays_reach_the_file_through_its_own_write():
     out = io.BytesIO()
     _append(out, parts, large=8)
     assert out.getvalue() == np.concatenate(parts).tobytes()
+
+
+def test_a_writer_that_chooses_its_format_by_suffix_writes_atomically_and_its_stale_temp_is_removed(tmp_path):
+    """matplotlib's animation writers pick GIF or MP4 by the file name, so `viz animate` wrote
+    straight into training.gif: a full disk left half a GIF."""
+    from slmlab import files
+
+    seen = []
+    files.atomic_write(
+        tmp_path / "training.gif", lambda tmp: seen.append(tmp) or Path(tmp).write_bytes(b"GIF89a"), keep_suffix=True
+    )
+    assert seen[0].endswith(".tmp.gif") and (tmp_path / "training.gif").read_bytes() == b"GIF89a"
+    stale = tmp_path / ".training.gif.999999999.abcd1234.tmp.gif"  # a killed writer's
+    stale.write_bytes(b"half")
+    assert remove_stale_temps(tmp_path) == [stale] and sorted(p.name for p in tmp_path.iterdir()) == ["training.gif"]
+
+
+def test_a_write_that_fails_without_naming_its_file_is_named(tmp_path):
+    import errno
+
+    from slmlab import files
+
+    def write(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as Python's own writes on a full disk
+
+    with pytest.raises(OSError, match=r"No space left on device: '.*training\.gif'"):
+        files.atomic_write(tmp_path / "training.gif", write)

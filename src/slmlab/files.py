@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .errors import ConfigError, SlmlabError
 
-TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp(\.\w+)?$")
 
 
 def _umask() -> int:
@@ -76,31 +76,40 @@ def disk_full(folder: str | Path) -> bool:
 
 @contextlib.contextmanager
 def room_for(folder: Path, what: str, fix: str, error: type[SlmlabError]) -> Iterator[None]:
-    """Turn an OSError raised inside for a full disk (errno ENOSPC, or any while `folder`'s disk
-    is full) into one line saying so and what to do. Enter it inside the context that removes the
+    """Turn a write's failure for a full disk (an OSError with errno ENOSPC, or any error while
+    `folder`'s disk is full) into one line saying so and what to do. Enter it inside the context that removes the
     partial files, so the disk is checked while it is still full."""
     try:
         yield
-    except OSError as err:
-        if err.errno != errno.ENOSPC and not disk_full(folder):
+    except SlmlabError:
+        raise
+    except Exception as err:  # safetensors' SafetensorError, torch's RuntimeError: their own words for it
+        if getattr(err, "errno", None) != errno.ENOSPC and not disk_full(folder):
             raise
         raise error(f"no space left on the device of {folder} for {what} ({err}); nothing was kept: {fix}") from None
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[str], None], keep_suffix: bool = False) -> Path:
     """Call write(temp_path) to produce the file, then move it into place atomically. A writer
-    that fails with the disk (nearly) full raises OSError(ENOSPC) whatever it raised itself."""
+    that fails with the disk (nearly) full raises OSError(ENOSPC) whatever it raised itself.
+    `keep_suffix`: the temp name ends in the file's own suffix too, for writers that choose the
+    format by it (matplotlib's animation writers)."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path} is a folder: name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    suffix = ".tmp" + (path.suffix if keep_suffix else "")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=suffix)
     os.close(fd)
     try:
         try:
             write(tmp)
+        except OSError as err:
+            if err.filename is not None or err.errno is None:
+                raise
+            raise OSError(err.errno, err.strerror, str(path)) from err  # which file, where the writer did not say
         except Exception as err:  # torch.save and safetensors report a full disk in their own exceptions
-            if isinstance(err, OSError) or not disk_full(path.parent):
+            if not disk_full(path.parent):
                 raise
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
         os.chmod(tmp, FILE_MODE)  # after writing: a writer may replace the temp file with its own
@@ -183,7 +192,7 @@ def remove_stale_temps(directory: Path, everyone: bool = False) -> list[Path]:
     removed = []
     if not directory.is_dir():
         return removed
-    for path in sorted(directory.rglob(".*.tmp")):
+    for path in sorted(directory.rglob(".*.tmp*")):
         match = TEMP_NAME.match(path.name)
         if not match or path.is_symlink() or any(parent in removed for parent in path.parents):
             continue

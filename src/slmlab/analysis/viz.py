@@ -77,9 +77,11 @@ def plot_coloured_text(tokens: list[str], scores: dict[str, torch.Tensor], path:
 
 
 def save(movie, path: Path, writer, frames: int) -> None:
-    """Write `movie` through `writer`, its frames' progress shown (PhaseProgress)."""
+    """Write `movie` through `writer` (atomically, as every file), its frames' progress shown."""
     with PhaseProgress(f"writing {path}", frames, "frames") as progress:
-        movie.save(path, writer=writer, progress_callback=lambda i, n: progress.update())
+        atomic_write(
+            path, lambda tmp: movie.save(tmp, writer=writer, progress_callback=lambda i, n: progress.update()), keep_suffix=True
+        )
 
 
 def animate(frames_dir: Path, out: Path, fps: int = 4) -> list[Path]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..files import give_normal_modes
+from ..files import give_normal_modes, room_for
 from ..runs.run_dir import load_run
 from .native import best_native_layout, native_layout
 from .tokenizer import to_hf_tokenizer
@@ -113,8 +113,9 @@ def export_hf(run: str | Path, out: str | Path, layout: str = "auto") -> ExportR
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        hf.save_pretrained(staging)
-        hf_tokenizer.save_pretrained(staging)
+        with room_for(out.parent, "the exported model", "free space, or export to a disk with room", ConfigError):
+            hf.save_pretrained(staging)
+            hf_tokenizer.save_pretrained(staging)
         give_normal_modes(staging)
         if out.exists():
             out.rmdir()
