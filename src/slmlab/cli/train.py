@@ -103,24 +103,30 @@ def register(sub) -> None:
 
 def cmd_train(args, extra) -> int:
     cfg = train_config(args, extra)  # a bad config fails here, once, before any process starts
+    from ..runs import RunDir
+
     if args.nproc > 1:
         if not args.resume:
-            from ..runs import RunDir
-
             RunDir.for_config(cfg).ensure_free(args.overwrite)
         return launch_torchrun(args.nproc, without_option(args.argv[1:], "--nproc"))
     from ..training import distributed, train
+    from ..training.stopping import TrainingStopped, stop_at_step_end
 
     finished = False
     try:
-        result = train(
-            cfg,
-            resume=bool(args.resume),
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            from_checkpoint=args.from_checkpoint,
-        )
+        with stop_at_step_end():
+            result = train(
+                cfg,
+                resume=bool(args.resume),
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+                from_checkpoint=args.from_checkpoint,
+            )
         finished = True
+    except TrainingStopped as stop:
+        resume = args.resume or str(RunDir.for_config(cfg).path)
+        print(f"slmlab: {stop}; continue with: slmlab train --resume {resume}", file=sys.stderr)
+        return stop.exit_code
     finally:
         distributed.close(finished)
     if process_rank() != 0:

@@ -47,6 +47,7 @@ from ..runs.checkpoints import (
 )
 from ..runs.metrics import MetricsLog, perplexity
 from ..runs.run_dir import RunDir
+from . import stopping
 from .distributed import (
     World,
     check_batch,
@@ -319,19 +320,30 @@ class Trainer:
             self.close()
 
     def _fit(self) -> TrainResult:
-        t, d = self.cfg.train, self.cfg.data
+        t = self.cfg.train
         if self.step >= t.steps and self.run.summary.is_file():
             summary = self.run.read_summary()
             if summary["step"] == self.step:
                 log.info("%s finished at step %d already; raise --train.steps to train longer", self.run.path, self.step)
                 return TrainResult.from_summary(self.run.path, summary)
-        tokens_per_step = t.batch_size * d.seq_len * t.grad_accum
         progress = TrainingProgress(
             self.cfg.name, t.steps, self.step, bar=self.progress, log_lines=not self.progress and self.world.is_main
         )
         self.model.train()
+        self.started = time.perf_counter()
+        with stopping.armed():
+            scores, compile_seconds = self._loop(progress)
+        progress.close()
+        elapsed = time.perf_counter() - self.started
+        return self._finish(scores, elapsed, compile_seconds)
+
+    def _loop(self, progress: TrainingProgress) -> tuple[tuple[float, float], float]:
+        """Train to train.steps (or to the end of the step a stop signal arrived in, then raise
+        TrainingStopped); returns the last (validation loss, bits per byte) and the compile time."""
+        t, d = self.cfg.train, self.cfg.data
+        tokens_per_step = t.batch_size * d.seq_len * t.grad_accum
         tally, timed_steps = StepTally(self.device), 0
-        window_start = self.started = time.perf_counter()
+        window_start = self.started
         scores, compile_seconds = (math.nan, math.nan), 0.0  # the last (validation loss, bits per byte)
         while self.step < t.steps:
             first_compiled = t.compile and not compile_seconds
@@ -348,7 +360,8 @@ class Trainer:
             self.tokens += tokens_per_step
             progress.step()
             evaluating = self.step % t.eval_every == 0 or self.step == t.steps
-            checkpointing = t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps
+            stopping_now = stopping.requested() is not None and self.step < t.steps
+            checkpointing = stopping_now or (t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps)
             if self.step % t.log_every == 0 or evaluating or checkpointing:
                 window = tally.read(grad_norm)
                 self._account_skips(window)
@@ -375,9 +388,10 @@ class Trainer:
                 self._save_checkpoint()
             if t.viz_every and self.step % t.viz_every == 0:
                 self._save_frame()
-        progress.close()
-        elapsed = time.perf_counter() - self.started
-        return self._finish(scores, elapsed, compile_seconds)
+            if stopping_now:
+                progress.close()
+                raise stopping.TrainingStopped(stopping.requested(), self.step, self.run.path, f"step_{self.step:06d}")
+        return scores, compile_seconds
 
     def _save_frame(self) -> None:
         """An attention/loss frame of the first validation window, drawn by rank 0 (from a whole

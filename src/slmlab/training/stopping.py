@@ -1,0 +1,80 @@
+"""Ctrl-C (SIGINT) or SIGTERM (a cluster's notice before it preempts a job) during `slmlab train`
+ends the step under way, writes a checkpoint at it and stops, instead of losing every step since
+the last checkpoint (train.checkpoint_every, 500 by default). A second signal stops at once.
+
+The CLI's `train` installs the handlers (`stop_at_step_end`); the trainer arms them while its
+loop runs (`armed`). Outside the loop (reading the corpus, building the model) a signal interrupts
+at once, as without them. Only a single process stops this way: under torchrun the ranks would
+have to agree on the step, and a sweep's workers are stopped by their parent, so both keep the
+default (the run resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+
+from ..torchrun_env import world_size
+
+log = logging.getLogger("slmlab")
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_requested: list[str] = []  # the name of the signal that asked for a stop, once one did
+_armed: list[bool] = []  # non-empty while a training loop runs
+
+
+class TrainingStopped(Exception):
+    """Training stopped on a signal after writing the checkpoint `checkpoint` of run `run`."""
+
+    def __init__(self, signal_name: str, step: int, run, checkpoint: str):
+        self.signal_name, self.step, self.run, self.checkpoint = signal_name, step, run, checkpoint
+        super().__init__(f"stopped by {signal_name} at step {step}; checkpoint {checkpoint} written in {run}")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a process ended by the signal: 128 + its number."""
+        return 128 + signal.Signals[self.signal_name].value
+
+
+def requested() -> str | None:
+    """The signal that asked training to stop (e.g. "SIGINT"), or None."""
+    return _requested[0] if _requested else None
+
+
+@contextlib.contextmanager
+def stop_at_step_end() -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM during an `armed` training loop only ask it to stop
+    (`requested`); a second one, or one outside the loop, raises KeyboardInterrupt at once. Does
+    nothing off the main thread or under torchrun."""
+    if threading.current_thread() is not threading.main_thread() or world_size() > 1:
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in SIGNALS}
+
+    def ask(number, frame):
+        if _requested or not _armed:
+            raise KeyboardInterrupt
+        _requested.append(signal.Signals(number).name)
+        log.warning("%s: stopping after this step with a checkpoint (once more to stop at once)", _requested[0])
+
+    for number in SIGNALS:
+        signal.signal(number, ask)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        _requested.clear()
+
+
+@contextlib.contextmanager
+def armed() -> Iterator[None]:
+    """While inside (a training loop), a signal caught by `stop_at_step_end` asks for a stop at the
+    end of the step rather than interrupting."""
+    _armed.append(True)
+    try:
+        yield
+    finally:
+        _armed.clear()

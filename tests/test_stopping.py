@@ -1,0 +1,75 @@
+"""Ctrl-C or SIGTERM during `slmlab train` ends the step under way, writes a checkpoint at it and
+stops (exit 128 + the signal's number); resuming from it ends with the weights of a run that never
+stopped. A second signal, or one outside the training loop, interrupts at once, as before."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from safetensors.torch import load_file
+
+from slmlab.cli import main
+from slmlab.runs.run_dir import RunDir
+from slmlab.training import Trainer, stopping, train
+
+
+def _signal_at(trainer: Trainer, step: int, number: int = signal.SIGINT, times: int = 1) -> None:
+    """Send this process `number` (`times` times) while step `step` + 1 is being trained."""
+    real_next_batch = trainer.sampler.next_batch
+
+    def next_batch():
+        if trainer.step == step:
+            for _ in range(times):
+                os.kill(os.getpid(), number)
+        return real_next_batch()
+
+    trainer.sampler.next_batch = next_batch
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_at_the_end_of_the_step_with_a_checkpoint_and_resume_is_exact(text_corpus, make_config, number):
+    straight = make_config(text_corpus)
+    straight.name = "straight"
+    train(straight, progress=False)
+
+    cfg = make_config(text_corpus)  # checkpoints every 10 steps: the signal comes in step 7
+    trainer = Trainer(cfg, progress=False)
+    _signal_at(trainer, 6, number)
+    with stopping.stop_at_step_end(), pytest.raises(stopping.TrainingStopped) as caught:
+        trainer.fit()
+    assert caught.value.step == 7 and caught.value.exit_code == 128 + number
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+    run = RunDir.for_config(cfg)
+    assert (run.checkpoints / "latest").read_text() == "step_000007" and not run.final_weights.exists()
+    assert [r["step"] for r in run.read_metrics()][-1] == 7  # the loss of the steps since the last record
+
+    train(cfg, resume=True, progress=False)
+    a, b = load_file(RunDir.for_config(straight).final_weights), load_file(run.final_weights)
+    assert all(a[k].equal(b[k]) for k in a)
+
+
+def test_the_cli_says_where_to_resume_and_exits_as_the_signal_would(text_corpus, micro_toml, tmp_path, capsys, monkeypatch):
+    real_fit = Trainer.fit
+
+    def fit(trainer):
+        _signal_at(trainer, 2)
+        return real_fit(trainer)
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    assert main(["train", str(micro_toml), "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("slmlab: stopped by SIGINT at step 3; checkpoint step_000003 written in ")
+    assert err[-1].endswith("; continue with: slmlab train --resume " + str(tmp_path / "runs" / micro_toml.stem))
+
+
+def test_a_second_signal_or_one_before_the_loop_interrupts_at_once(text_corpus, make_config):
+    trainer = Trainer(make_config(text_corpus), progress=False)
+    _signal_at(trainer, 4, times=2)
+    with stopping.stop_at_step_end(), pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert not (RunDir.for_config(trainer.cfg).checkpoints / "latest").exists()  # no checkpoint at step 5
+    with stopping.stop_at_step_end(), pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)  # reading the corpus, building the model: nothing to finish
+    assert stopping.requested() is None
