@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,26 @@ def test_compile_decodes_the_same_text_in_generate_and_prompts(trained_run, caps
     assert main(["prompts", str(trained_run), "--out", str(reports[1]), "--compile"]) == 0
     assert reports[0].read_text() == reports[1].read_text()
     torch._dynamo.reset()
+
+
+def test_a_terminal_that_cannot_show_a_character_gets_an_escape_not_a_traceback(tmp_path, make_config, monkeypatch):
+    """PYTHONIOENCODING=ascii or a Latin-1 locale: printing the closing sample's '—' ended a
+    finished training run in a UnicodeEncodeError traceback."""
+    import io
+
+    from slmlab.training import train
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        (corpus / f"{i}.txt").write_text(f"text number {i} — with a dash — and more words. " * 20)
+    cfg = make_config(corpus, train={"steps": 2, "eval_every": 2, "checkpoint_every": 0})
+    run = train(cfg, progress=False).run_dir
+    for name in ("stdout", "stderr"):
+        monkeypatch.setattr(sys, name, io.TextIOWrapper(io.BytesIO(), encoding="ascii"))
+    assert main(["generate", str(run), "--prompt", "a —", "--max-new-tokens", "3", "--temperature", "0"]) == 0
+    assert main(["generate", str(run), "--prompt", "é"]) == 2  # the error names the character
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    assert sys.stdout.buffer.getvalue().startswith(b"a \\u2014")
+    assert b"vocabulary: '\\xe9'" in sys.stderr.buffer.getvalue()
