@@ -171,3 +171,15 @@ def test_a_run_trains_on_parquet_shards(shards, tmp_path):
     )
     result = train(cfg)
     assert result.val_loss < 4.0  # ln 256 = 5.55 at init: the repetitive text is being learned
+
+
+def test_parquet_labels_read_as_json_records_do(tmp_path):
+    """pandas writes a missing id in a float column as NaN: it was the id "nan" for every such row.
+    A list-valued genre column became streams named "['a']"."""
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": ["one", "two"], "id": [1.0, float("nan")], "genre": ["a", None]}), path)
+    docs = list(DocumentSelection(DataConfig(source=str(path))))
+    assert [(d.id, d.genre) for d in docs] == [("1.0", "a"), ("d.parquet:1", "")]
+    pq.write_table(pa.table({"text": ["one"], "genre": [["a"]]}), path)
+    with pytest.raises(CorpusError, match=r"d.parquet row 0: field 'genre' holds an array, not text"):
+        list(DocumentSelection(DataConfig(source=str(path))))

@@ -337,3 +337,23 @@ def test_separated_documents_are_split_as_str_split_splits(text):
     from slmlab.data.corpora.local import split_lazily
 
     assert list(split_lazily(text, "<EOS>")) == text.split("<EOS>")
+
+
+@pytest.mark.parametrize(
+    ("value", "read"),
+    [("poems", "poems"), (5, "5"), (1.5, "1.5"), (None, ""), ("  ", ""), (["a", "b"], None), ({"x": 1}, None), (True, None)],
+)
+def test_a_records_id_genre_and_title_are_text_or_numbers_never_a_written_out_list(tmp_path, value, read):
+    """A genre ["a", "b"] became the stream "['a', 'b']" and a blank genre a stream named "  "."""
+    import json
+
+    for field in ("id", "genre", "title"):
+        records = [{"text": "first words", "id": "one"}, {"text": "more words", "id": "two", field: value}]
+        (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+        selection = DocumentSelection(DataConfig(source=str(tmp_path / "d.jsonl")))
+        if read is None:
+            with pytest.raises(CorpusError, match=rf"d.jsonl:2: field '{field}' holds .*, not text; write it as a string"):
+                list(selection)
+            continue
+        second = list(selection)[1]
+        assert getattr(second, field) == (read or "d.jsonl:2" if field == "id" else read)

@@ -19,7 +19,7 @@ from pathlib import Path
 from ...files import file_name_text, read_json
 from .document import Document
 from .fetch import CorpusError, file_digest
-from .local import corpus_files, parse_year
+from .local import corpus_files, parse_label, parse_year
 
 OPTIONAL_COLUMNS = ("id", "year", "genre", "title")
 RESAVE = "save the dataset again with save_to_disk"
@@ -150,13 +150,17 @@ class ColumnarSource:
                         raise CorpusError(f"{where}: column '{self.text_field}' holds {type(text).__name__}, not text")
                     if not text.strip():
                         continue
-                    doc_id = columns["id"][i] if "id" in columns and columns["id"][i] is not None else f"{name}:{row + i}"
+                    label = {
+                        key: parse_label(columns[key][i], where, key) if key in columns else ""
+                        for key in ("id", "genre", "title")
+                    }
+                    doc_id = label["id"] or f"{name}:{row + i}"
                     total += 1
                     yield Document(
-                        id=f"{split}/{doc_id}" if split else str(doc_id),
+                        id=f"{split}/{doc_id}" if split else doc_id,
                         text=text,
-                        genre=str(columns["genre"][i] or "") if "genre" in columns else "",
-                        title=str(columns["title"][i] or "") if "title" in columns else "",
+                        genre=label["genre"],
+                        title=label["title"],
                         year=parse_year(columns["year"][i], where) if "year" in columns else None,
                     )
                 row += batch.num_rows

@@ -70,6 +70,19 @@ def parse_year(value, where: str) -> int | None:
     return int(value)
 
 
+def parse_label(value, where: str, field: str) -> str:
+    """A document's id, genre or title from a record: a string, or a number written as one; None,
+    NaN and blank text -> "" (not given). A list, an object or bytes is a CorpusError naming
+    `where`: written with str() it would become a genre "['a', 'b']"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        kind = "bytes" if isinstance(value, bytes) else json_kind(value)
+        raise CorpusError(f"{where}: field '{field}' holds {kind}, not text; write it as a string or leave it out")
+    text = str(value)
+    return text if text.strip() else ""
+
+
 SKIPPED_FOLDERS = ("__MACOSX",)  # macOS zip resource forks
 
 
@@ -224,7 +237,7 @@ class LocalSource:
             raise CorpusError(f"{where}: no field '{self.text_field}' (its fields: {fields}); {fix}")
         if not isinstance(record[self.text_field], (str, type(None))):
             raise CorpusError(f"{where}: field '{self.text_field}' holds {json_kind(record[self.text_field])}, not text")
-        given = {key: "" if record.get(key) is None else str(record[key]) for key in ("id", "genre", "title")}
+        given = {key: parse_label(record.get(key), where, key) for key in ("id", "genre", "title")}
         return Document(
             id=given["id"] or default_id,
             text=record[self.text_field] or "",
