@@ -4,6 +4,7 @@ stopped. A second signal, or one outside the training loop, interrupts at once, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -73,3 +74,59 @@ def test_a_second_signal_or_one_before_the_loop_interrupts_at_once(text_corpus, 
     with stopping.stop_at_step_end(), pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)  # reading the corpus, building the model: nothing to finish
     assert stopping.requested() is None
+
+
+def test_a_signal_ignored_by_whoever_started_training_stays_ignored():
+    """A job started with `&` from a script ignores SIGINT, so that Ctrl-C in the terminal leaves it
+    running: the handlers must not catch it again."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stopping.stop_at_step_end():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # SIGTERM is still taken
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+def test_a_stopped_sweep_starts_no_queued_run_and_its_runs_under_way_keep_their_steps(tmp_path, micro_toml, how):
+    """Ctrl-C (SIGINT to the terminal's process group) stopped the runs under way, then the pool
+    trained every queued run to the end before the sweep exited. `kill SWEEP` (SIGTERM to the
+    parent alone) is passed on to its workers."""
+    import subprocess
+    import sys
+    import time
+
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(
+        f'name = "s"\nout_dir = "{tmp_path / "runs"}"\nbase = "{micro_toml}"\nseeds = [0, 1]\n'
+        '[overrides]\n"train.steps" = 100000\n"train.checkpoint_every" = 100000\n[variants.a]\n'
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slmlab", "sweep", str(sweep), "--jobs", "1"],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        metrics = tmp_path / "runs" / "s" / "a_s0" / "metrics.jsonl"
+        deadline = time.time() + 120
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):  # the first run is training
+            assert time.time() < deadline and process.poll() is None
+            time.sleep(0.2)
+        if how == "ctrl-c":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, err
+    assert "interrupted (run the same sweep again to continue its runs)" in err
+    run = RunDir(tmp_path / "runs" / "s" / "a_s0")
+    latest = (run.checkpoints / "latest").read_text()
+    assert int(latest.removeprefix("step_")) == run.read_metrics()[-1]["step"] > 0  # its steps were kept
+    assert not (tmp_path / "runs" / "s" / "a_s1").exists()  # the queued run never started

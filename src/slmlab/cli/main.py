@@ -94,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slmlab: error: {err}{hint if isinstance(err, (FileExistsError, NotADirectoryError)) else ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("slmlab: interrupted (resume a training run with --resume RUN)", file=sys.stderr)
+        again = (
+            "run the same sweep again to continue its runs"
+            if args.verb_name == "sweep"
+            else "resume a training run with --resume RUN"
+        )
+        print(f"slmlab: interrupted ({again})", file=sys.stderr)
         return 130
     except (RuntimeError, MemoryError) as err:
         message = out_of_memory(err, args.verb_name)

@@ -224,6 +224,7 @@ def cmd_sweep(args, extra) -> int:
     )
     from ..experiments.sweep_config import load_sweep
     from ..experiments.tuning import tuning_jobs
+    from ..training.stopping import stop_at_step_end
 
     sweep, jobs = load_sweep(args.config, parse_overrides(extra))
     if args.dry_run:
@@ -234,11 +235,12 @@ def cmd_sweep(args, extra) -> int:
         print(write_slurm_script(Path(args.slurm), args.config, sweep, jobs, extra, args.sbatch))
     elif args.only is not None:
         jobs, _ = tune_settings(sweep, jobs, run=False)
-        job, outcome = run_one(sweep, jobs, args.only)
+        with stop_at_step_end():
+            job, outcome = run_one(sweep, jobs, args.only)
         print(f"{job.run.path}: {describe_outcome(outcome)}")
         return 1 if "failed" in outcome else 0  # a cluster task that failed says so
     else:
-        with sweep_lock(sweep):
+        with sweep_lock(sweep), stop_at_step_end():  # SIGTERM too lets the workers finish their step
             jobs, tuning = tune_settings(sweep, jobs, args.jobs)
             results = run_sweep(sweep, jobs, args.jobs)
             if sweep.lm_eval.tasks:

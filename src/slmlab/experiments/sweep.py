@@ -14,11 +14,13 @@ every run finished and writes the results table.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -30,6 +32,7 @@ from ..config import ConfigError, RunConfig
 from ..errors import SlmlabError
 from ..locks import DirectoryLock
 from ..runs.run_dir import RunDir
+from ..training import stopping
 from .sweep_config import Job, SweepConfig
 from .tuning import choose, tuning_jobs, tuning_record, with_tuned_settings
 
@@ -95,6 +98,7 @@ def follow_parent(parent: int, every: float = 1.0) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="follow-parent", daemon=True).start()
+    signal.signal(stopping.FORWARDED, lambda number, frame: None)  # between runs a stop passed on is no kill
 
 
 def sweep_lock(sweep: SweepConfig) -> DirectoryLock:
@@ -103,16 +107,27 @@ def sweep_lock(sweep: SweepConfig) -> DirectoryLock:
     return DirectoryLock(Path(sweep.out_dir) / sweep.name, "sweep")
 
 
+_stopped: list[str] = []  # in a worker: set once a signal stopped one of its runs
+
+
 def _execute(config: RunConfig, status: str, threads: int, device: str) -> dict:
-    """Worker: train one run (fresh or resumed); returns its summary or the failure."""
+    """Worker: train one run (fresh or resumed); returns its summary, the failure, or the stop
+    (Ctrl-C or SIGTERM: the step under way ends with a checkpoint; a worker that stopped starts
+    no other run, though the pool had already handed it one)."""
     from ..training import train
 
+    if _stopped:
+        return {"stopped": "not started: the sweep was stopped"}
     torch.set_num_threads(threads)
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, threads=threads, device=device))
     try:
-        train(config, resume=status == "resume", overwrite=status == "new", progress=False)
+        with stopping.stop_at_step_end():
+            train(config, resume=status == "resume", overwrite=status == "new", progress=False)
     except SlmlabError as err:  # this run's own problem (diverged, in use, damaged): the others go on
         return {"failed": str(err)}
+    except (stopping.TrainingStopped, KeyboardInterrupt) as stop:
+        _stopped.append(str(stop))
+        return {"stopped": str(stop) or "interrupted before its training loop"}
     return RunDir.for_config(config).read_summary()
 
 
@@ -126,7 +141,8 @@ def plan_devices(jobs: int) -> tuple[int, list[str], int]:
 
 
 def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tuple[str, int], dict]:
-    """Run every unfinished job; returns (variant, seed) -> summary (or {"failed": ...})."""
+    """Run every unfinished job; returns (variant, seed) -> summary (or {"failed": ...}). Ctrl-C or
+    SIGTERM stops it (KeyboardInterrupt) once the runs under way have written a checkpoint."""
     check_runs_match(jobs)
     results: dict[tuple[str, int], dict] = {}
     pending = []
@@ -151,13 +167,31 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
         futures = {
             pool.submit(_execute, job.config, status, threads, devices[i % slots]): job for i, (job, status) in enumerate(pending)
         }
-        for future in as_completed(futures):
-            job = futures[future]
-            results[(job.variant, job.seed)] = future.result()
-            outcome = results[(job.variant, job.seed)]
-            log.info("%s: %s", job.run.path, describe_outcome(outcome))
+        try:
+            for future in as_completed(futures):
+                job = futures[future]
+                outcome = results[(job.variant, job.seed)] = future.result()
+                log.info("%s: %s", job.run.path, describe_outcome(outcome))
+                if "stopped" in outcome:  # a signal reached this worker: the sweep stops with it
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers got it too and stop at their step's end
+            _stop_pool(pool, futures)
+            raise
     check_same_text(jobs, results)
     return results
+
+
+def _stop_pool(pool: ProcessPoolExecutor, futures: dict) -> None:
+    """Start no queued run and wait for the runs under way to write their checkpoints (the pool
+    would otherwise train every queued run before letting the sweep exit)."""
+    log.warning("stopping the sweep: runs under way end their step with a checkpoint; queued runs are not started")
+    for worker in multiprocessing.active_children():  # `kill SWEEP` reached this process alone
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, stopping.FORWARDED)
+    pool.shutdown(wait=True, cancel_futures=True)
+    for future, job in futures.items():
+        if future.done() and not future.cancelled() and future.exception() is None:
+            log.info("%s: %s", job.run.path, describe_outcome(future.result()))
 
 
 def check_same_text(jobs: list[Job], results: dict[tuple[str, int], dict]) -> None:
@@ -212,8 +246,8 @@ def tune_settings(sweep: SweepConfig, jobs: list[Job], parallel: int = 1, run: b
 
 
 def describe_outcome(outcome: dict) -> str:
-    """A run's outcome in a few words: its failure, or its validation perplexity."""
-    return outcome.get("failed") or f"val ppl {outcome['val_ppl']:.3f}"
+    """A run's outcome in a few words: its failure or stop, or its validation perplexity."""
+    return outcome.get("failed") or outcome.get("stopped") or f"val ppl {outcome['val_ppl']:.3f}"
 
 
 def failed_runs(jobs: list[Job], results: dict[tuple[str, int], dict]) -> list[str]:

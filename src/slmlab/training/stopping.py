@@ -1,12 +1,14 @@
 """Ctrl-C (SIGINT) or SIGTERM (a cluster's notice before it preempts a job) during `slmlab train`
-ends the step under way, writes a checkpoint at it and stops, instead of losing every step since
-the last checkpoint (train.checkpoint_every, 500 by default). A second signal stops at once.
+or `slmlab sweep` ends the step under way, writes a checkpoint at it and stops, instead of losing
+every step since the last checkpoint (train.checkpoint_every, 500 by default). A second signal
+stops at once.
 
-The CLI's `train` installs the handlers (`stop_at_step_end`); the trainer arms them while its
-loop runs (`armed`). Outside the loop (reading the corpus, building the model) a signal interrupts
-at once, as without them. Only a single process stops this way: under torchrun the ranks would
-have to agree on the step, and a sweep's workers are stopped by their parent, so both keep the
-default (the run resumes from its last checkpoint).
+The CLI installs the handlers (`stop_at_step_end`), and so does each sweep worker around its run;
+the trainer arms them while its loop runs (`armed`). Outside the loop (reading the corpus, building
+the model) a signal interrupts at once, as without them. A sweep passes a stop on to its workers
+with FORWARDED, which only asks (they may have had the Ctrl-C already). Under torchrun the ranks
+would have to agree on the step, so they keep the default (the run resumes from its last
+checkpoint).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..torchrun_env import world_size
 
 log = logging.getLogger("slmlab")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+FORWARDED = signal.SIGUSR1  # a sweep passes a stop on to its workers with it: it asks, and never stops at once
 _requested: list[str] = []  # the name of the signal that asked for a stop, once one did
 _armed: list[bool] = []  # non-empty while a training loop runs
 
@@ -30,7 +33,8 @@ class TrainingStopped(Exception):
 
     def __init__(self, signal_name: str, step: int, run, checkpoint: str):
         self.signal_name, self.step, self.run, self.checkpoint = signal_name, step, run, checkpoint
-        super().__init__(f"stopped by {signal_name} at step {step}; checkpoint {checkpoint} written in {run}")
+        by = "the sweep" if signal_name == FORWARDED.name else signal_name
+        super().__init__(f"stopped by {by} at step {step}; checkpoint {checkpoint} written in {run}")
 
     @property
     def exit_code(self) -> int:
@@ -46,12 +50,14 @@ def requested() -> str | None:
 @contextlib.contextmanager
 def stop_at_step_end() -> Iterator[None]:
     """While inside, SIGINT and SIGTERM during an `armed` training loop only ask it to stop
-    (`requested`); a second one, or one outside the loop, raises KeyboardInterrupt at once. Does
-    nothing off the main thread or under torchrun."""
+    (`requested`); a second one, or one outside the loop, raises KeyboardInterrupt at once.
+    FORWARDED (SIGUSR1) asks as the first does, however often it comes. Does nothing off the main
+    thread or under torchrun."""
     if threading.current_thread() is not threading.main_thread() or world_size() > 1:
         yield
         return
     previous = {number: signal.getsignal(number) for number in SIGNALS}
+    previous = {number: handler for number, handler in previous.items() if handler is not signal.SIG_IGN}
 
     def ask(number, frame):
         if _requested or not _armed:
@@ -59,8 +65,16 @@ def stop_at_step_end() -> Iterator[None]:
         _requested.append(signal.Signals(number).name)
         log.warning("%s: stopping after this step with a checkpoint (once more to stop at once)", _requested[0])
 
-    for number in SIGNALS:
+    def ask_once(number, frame):
+        if not _armed:
+            raise KeyboardInterrupt
+        if not _requested:
+            _requested.append(signal.Signals(number).name)
+            log.warning("the sweep is stopping: this run ends its step with a checkpoint")
+
+    for number in previous:  # a signal ignored by who started us (`slmlab train ... &` in a script) stays ignored
         signal.signal(number, ask)
+    previous[FORWARDED] = signal.signal(FORWARDED, ask_once)
     try:
         yield
     finally:
