@@ -412,7 +412,7 @@ def test_a_writer_that_chooses_its_format_by_suffix_writes_atomically_and_its_st
     assert remove_stale_temps(tmp_path) == [stale] and sorted(p.name for p in tmp_path.iterdir()) == ["training.gif"]
 
 
-def test_a_write_that_fails_without_naming_its_file_is_named(tmp_path):
+def test_a_write_that_fails_without_naming_its_file_is_named(tmp_path, monkeypatch):
     import errno
 
     from slmlab import files
@@ -422,3 +422,10 @@ def test_a_write_that_fails_without_naming_its_file_is_named(tmp_path):
 
     with pytest.raises(OSError, match=r"No space left on device: '.*training\.gif'"):
         files.atomic_write(tmp_path / "training.gif", write)
+
+    def numpy_write(tmp):
+        raise OSError("7000016 requested and 1568768 written")  # numpy's tofile: no errno, no file
+
+    monkeypatch.setattr(files, "disk_full", lambda folder: True)
+    with pytest.raises(OSError, match=r"No space left on device: '.*tokens\.bin'"):
+        files.atomic_write(tmp_path / "tokens.bin", numpy_write)

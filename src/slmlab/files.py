@@ -77,8 +77,8 @@ def disk_full(folder: str | Path) -> bool:
 @contextlib.contextmanager
 def room_for(folder: Path, what: str, fix: str, error: type[SlmlabError]) -> Iterator[None]:
     """Turn a write's failure for a full disk (an OSError with errno ENOSPC, or any error while
-    `folder`'s disk is full) into one line saying so and what to do. Enter it inside the context that removes the
-    partial files, so the disk is checked while it is still full."""
+    `folder`'s disk is full) into one line saying so and what to do. Enter it inside the context
+    that removes the partial files, so the disk is checked while it is still full."""
     try:
         yield
     except SlmlabError:
@@ -104,14 +104,13 @@ def atomic_write(path: str | Path, write: Callable[[str], None], keep_suffix: bo
     try:
         try:
             write(tmp)
-        except OSError as err:
-            if err.filename is not None or err.errno is None:
+        except Exception as err:  # torch.save, safetensors and numpy report a full disk in their own words
+            number = err.errno if isinstance(err, OSError) else None
+            if number is None and disk_full(path.parent):
+                number = errno.ENOSPC
+            if number is None or getattr(err, "filename", None) is not None:
                 raise
-            raise OSError(err.errno, err.strerror, str(path)) from err  # which file, where the writer did not say
-        except Exception as err:  # torch.save and safetensors report a full disk in their own exceptions
-            if not disk_full(path.parent):
-                raise
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+            raise OSError(number, os.strerror(number), str(path)) from err  # with the file the writer did not name
         os.chmod(tmp, FILE_MODE)  # after writing: a writer may replace the temp file with its own
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
