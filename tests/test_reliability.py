@@ -429,3 +429,36 @@ def test_a_write_that_fails_without_naming_its_file_is_named(tmp_path, monkeypat
     monkeypatch.setattr(files, "disk_full", lambda folder: True)
     with pytest.raises(OSError, match=r"No space left on device: '.*tokens\.bin'"):
         files.atomic_write(tmp_path / "tokens.bin", numpy_write)
+
+
+@pytest.mark.slow
+def test_a_sweep_worker_killed_from_outside_is_one_line_naming_the_run(tmp_path, micro_toml):
+    """The OOM killer's SIGKILL of a worker broke the process pool: a BrokenProcessPool traceback."""
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(
+        f'name = "oom"\nout_dir = "{tmp_path / "runs"}"\nbase = "{micro_toml}"\nseeds = [0]\n[overrides]\n"train.steps" = 100000\n[variants.a]\n'
+    )
+    parent = subprocess.Popen([sys.executable, "-m", "slmlab", "sweep", str(sweep)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "runs" / "oom" / "a_s0" / "metrics.jsonl").exists():  # the worker is training
+            assert time.time() < deadline and parent.poll() is None
+            time.sleep(0.2)
+        children = [s.parent for s in Path("/proc").glob("[0-9]*/stat") if _parent_of(s) == parent.pid]
+        (worker,) = [int(c.name) for c in children if b"spawn_main" in (c / "cmdline").read_bytes()]  # not the resource tracker
+        os.kill(worker, signal.SIGKILL)
+        _, err = parent.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            parent.kill()
+    assert parent.returncode == 2
+    line = next(line for line in err.splitlines() if line.startswith("slmlab: error:"))
+    assert f"a sweep worker was killed from outside (out of memory?) while training {tmp_path / 'runs' / 'oom' / 'a_s0'}" in line
+    assert "Traceback" not in err
+
+
+def _parent_of(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -24,12 +24,13 @@ import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
 
 from ..config import ConfigError, RunConfig
-from ..errors import SlmlabError
+from ..errors import SlmlabError, TrainingError
 from ..locks import DirectoryLock
 from ..runs.run_dir import RunDir
 from ..training import stopping
@@ -177,6 +178,15 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers got it too and stop at their step's end
             _stop_pool(pool, futures)
             raise
+        except BrokenProcessPool:  # a worker was killed (the OOM killer's SIGKILL); the pool ends the others
+            under_way = [
+                str(job.run.path) for job in futures.values() if job.run.config.is_file() and not job.run.summary.is_file()
+            ]
+            raise TrainingError(
+                f"a sweep worker was killed from outside (out of memory?) while training {', '.join(under_way) or 'a run'}; "
+                "every run keeps its last checkpoint: run the same sweep again to continue them (with fewer --jobs "
+                "if memory ran out)"
+            ) from None
     check_same_text(jobs, results)
     return results
 
