@@ -165,10 +165,10 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
     )
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=slots, mp_context=context, initializer=follow_parent, initargs=(os.getpid(),)) as pool:
-        futures = {
-            pool.submit(_execute, job.config, status, threads, devices[i % slots]): job for i, (job, status) in enumerate(pending)
-        }
+        futures = {}
         try:
+            for i, (job, status) in enumerate(pending):
+                futures[pool.submit(_execute, job.config, status, threads, devices[i % slots])] = job
             for future in as_completed(futures):
                 job = futures[future]
                 outcome = results[(job.variant, job.seed)] = future.result()
