@@ -72,8 +72,8 @@ def parse_year(value, where: str) -> int | None:
 
 def parse_label(value, where: str, field: str) -> str:
     """A document's id, genre or title from a record: a string, or a number written as one; None,
-    NaN and blank text -> "" (not given). A list, an object or bytes is a CorpusError naming
-    `where`: written with str() it would become a genre "['a', 'b']"."""
+    NaN and blank text -> "" (not given). A list, an object, bytes or a boolean is a CorpusError
+    naming `where`: written with str() it would become a genre "['a', 'b']"."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
