@@ -259,3 +259,21 @@ def test_file_and_folder_names_that_are_not_utf8_still_name_documents(tmp_path):
     _, tokens = prepare_tokens(cfg)
     assert tokens.manifest["documents"]["train"] + tokens.manifest["documents"]["val"] == 6
     assert set(tokens.manifest["streams"]["train"]) == {"chansons_\\xe9t\\xe9"}
+
+
+def test_a_corpus_of_more_genres_than_open_files_allowed_is_tokenized(tmp_path):
+    """A stream file stayed open per genre: a JSON lines corpus with an author or site per document
+    ("genre") failed with "Too many open files" under the common limit of 1,024."""
+    import json
+    import resource
+
+    records = [{"id": f"d{i}", "genre": f"author {i}", "text": f"words of author {i}. " * 5} for i in range(300)]
+    path = tmp_path / "authors.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(128, hard), hard))
+    try:
+        _, data = prepare_tokens(_data(path, tmp_path))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(data.train.streams) + len(data.val.streams) == 300

@@ -160,9 +160,10 @@ def validation_ids(ids: list[str], val_fraction: float) -> set[str]:
 def _write_streams(
     selection: DocumentSelection, tokenizer: Tokenizer, val_ids: set[str], dtype: np.dtype, work: Path, progress: PhaseProgress
 ) -> dict[str, dict[str, int]]:
-    """Encode documents in batches, appending each to `work/<split>/<stream>.bin`; returns counts."""
+    """Encode documents in batches, appending each to `work/<split>/<stream>.bin`; returns counts.
+    A stream's file is opened for each batch that has its documents, never held: a corpus of
+    thousands of genres (an author or a site per document) would pass the open-file limit."""
     separator = np.asarray(tokenizer.separator_ids(), dtype=dtype)
-    handles: dict[tuple[str, str], object] = {}
     counts: dict[str, dict[str, int]] = {"train": {}, "val": {}}
 
     def flush(batch):
@@ -171,26 +172,21 @@ def _write_streams(
             key = ("val" if doc.id in val_ids else "train", doc.genre or "all")
             arrays.setdefault(key, []).extend((np.asarray(ids, dtype=dtype), separator))
         for (split, stream), parts in arrays.items():
-            if (split, stream) not in handles:
-                (work / split).mkdir(exist_ok=True)
-                handles[split, stream] = open(_stream_file(work, split, stream), "ab")  # noqa: SIM115 (closed in the finally below)
-            _append(handles[split, stream], parts)
+            (work / split).mkdir(exist_ok=True)
+            with open(_stream_file(work, split, stream), "ab") as handle:
+                _append(handle, parts)
             counts[split][stream] = counts[split].get(stream, 0) + sum(len(part) for part in parts)
         progress.update(len(batch))
 
     batch, chars = [], 0
-    try:
-        for doc in selection:
-            batch.append(doc)
-            chars += len(doc.text)
-            if len(batch) == ENCODE_BATCH or chars >= ENCODE_CHARS:
-                flush(batch)
-                batch, chars = [], 0
-        if batch:
+    for doc in selection:
+        batch.append(doc)
+        chars += len(doc.text)
+        if len(batch) == ENCODE_BATCH or chars >= ENCODE_CHARS:
             flush(batch)
-    finally:
-        for handle in handles.values():
-            handle.close()
+            batch, chars = [], 0
+    if batch:
+        flush(batch)
     return counts
 
 
