@@ -124,6 +124,8 @@ def _execute(config: RunConfig, status: str, threads: int, device: str) -> dict:
     try:
         with stopping.stop_at_step_end():
             train(config, resume=status == "resume", overwrite=status == "new", progress=False)
+            if stopping.requested():  # asked for after the last step: this run finished, the next must not start
+                _stopped.append(stopping.requested())
     except SlmlabError as err:  # this run's own problem (diverged, in use, damaged): the others go on
         return {"failed": str(err)}
     except (stopping.TrainingStopped, KeyboardInterrupt) as stop:

@@ -4,11 +4,12 @@ every step since the last checkpoint (train.checkpoint_every, 500 by default). A
 stops at once.
 
 The CLI installs the handlers (`stop_at_step_end`), and so does each sweep worker around its run;
-the trainer arms them while its loop runs (`armed`). Outside the loop (reading the corpus, building
-the model) a signal interrupts at once, as without them. A sweep passes a stop on to its workers
-with FORWARDED, which only asks (they may have had the Ctrl-C already). Under torchrun the ranks
-would have to agree on the step, so they keep the default (the run resumes from its last
-checkpoint).
+the trainer arms them while it trains (`armed`: `Trainer.fit`, from the first step to the written
+results; a stop asked for after the last step lets the run finish). Before that (reading the
+corpus, building the model) a signal interrupts at once, as without them. A sweep passes a stop on
+to its workers with FORWARDED, which only asks (they may have had the Ctrl-C already). Under
+torchrun the ranks would have to agree on the step, so they keep the default (the run resumes from
+its last checkpoint).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ log = logging.getLogger("slmlab")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FORWARDED = signal.SIGUSR1  # a sweep passes a stop on to its workers with it: it asks, and never stops at once
 _requested: list[str] = []  # the name of the signal that asked for a stop, once one did
-_armed: list[bool] = []  # non-empty while a training loop runs
+_armed: list[bool] = []  # non-empty while a trainer trains
 
 
 class TrainingStopped(Exception):
@@ -49,8 +50,8 @@ def requested() -> str | None:
 
 @contextlib.contextmanager
 def stop_at_step_end() -> Iterator[None]:
-    """While inside, SIGINT and SIGTERM during an `armed` training loop only ask it to stop
-    (`requested`); a second one, or one outside the loop, raises KeyboardInterrupt at once.
+    """While inside, SIGINT and SIGTERM while `armed` only ask training to stop (`requested`); a
+    second one, or one while not armed, raises KeyboardInterrupt at once.
     FORWARDED (SIGUSR1) asks as the first does, however often it comes. Does nothing off the main
     thread or under torchrun."""
     if threading.current_thread() is not threading.main_thread() or world_size() > 1:
@@ -85,7 +86,7 @@ def stop_at_step_end() -> Iterator[None]:
 
 @contextlib.contextmanager
 def armed() -> Iterator[None]:
-    """While inside (a training loop), a signal caught by `stop_at_step_end` asks for a stop at the
+    """While inside (a trainer's fit), a signal caught by `stop_at_step_end` asks for a stop at the
     end of the step rather than interrupting."""
     _armed.append(True)
     try:

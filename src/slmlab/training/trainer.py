@@ -312,7 +312,8 @@ class Trainer:
         fresh run that fails before its first record (out of memory at the first step, say) leaves
         no directory, as a failed set-up does."""
         try:
-            return self._fit()
+            with stopping.armed():  # a stop signal ends the loop at a step's end (training/stopping.py)
+                return self._fit()
         except Exception:
             self._remove_if_empty()
             raise
@@ -320,30 +321,19 @@ class Trainer:
             self.close()
 
     def _fit(self) -> TrainResult:
-        t = self.cfg.train
+        t, d = self.cfg.train, self.cfg.data
         if self.step >= t.steps and self.run.summary.is_file():
             summary = self.run.read_summary()
             if summary["step"] == self.step:
                 log.info("%s finished at step %d already; raise --train.steps to train longer", self.run.path, self.step)
                 return TrainResult.from_summary(self.run.path, summary)
+        tokens_per_step = t.batch_size * d.seq_len * t.grad_accum
         progress = TrainingProgress(
             self.cfg.name, t.steps, self.step, bar=self.progress, log_lines=not self.progress and self.world.is_main
         )
         self.model.train()
-        self.started = time.perf_counter()
-        with stopping.armed():
-            scores, compile_seconds = self._loop(progress)
-        progress.close()
-        elapsed = time.perf_counter() - self.started
-        return self._finish(scores, elapsed, compile_seconds)
-
-    def _loop(self, progress: TrainingProgress) -> tuple[tuple[float, float], float]:
-        """Train to train.steps (or to the end of the step a stop signal arrived in, then raise
-        TrainingStopped); returns the last (validation loss, bits per byte) and the compile time."""
-        t, d = self.cfg.train, self.cfg.data
-        tokens_per_step = t.batch_size * d.seq_len * t.grad_accum
         tally, timed_steps = StepTally(self.device), 0
-        window_start = self.started
+        window_start = self.started = time.perf_counter()
         scores, compile_seconds = (math.nan, math.nan), 0.0  # the last (validation loss, bits per byte)
         while self.step < t.steps:
             first_compiled = t.compile and not compile_seconds
@@ -391,7 +381,9 @@ class Trainer:
             if stopping_now:
                 progress.close()
                 raise stopping.TrainingStopped(stopping.requested(), self.step, self.run.path, f"step_{self.step:06d}")
-        return scores, compile_seconds
+        progress.close()
+        elapsed = time.perf_counter() - self.started
+        return self._finish(scores, elapsed, compile_seconds)
 
     def _save_frame(self) -> None:
         """An attention/loss frame of the first validation window, drawn by rank 0 (from a whole
