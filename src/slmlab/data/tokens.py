@@ -165,6 +165,8 @@ def _write_streams(
     thousands of genres (an author or a site per document) would pass the open-file limit."""
     separator = np.asarray(tokenizer.separator_ids(), dtype=dtype)
     counts: dict[str, dict[str, int]] = {"train": {}, "val": {}}
+    for split in counts:
+        (work / split).mkdir()
 
     def flush(batch):
         arrays: dict[tuple[str, str], list[np.ndarray]] = {}  # one write per file and batch, in document order
@@ -172,7 +174,6 @@ def _write_streams(
             key = ("val" if doc.id in val_ids else "train", doc.genre or "all")
             arrays.setdefault(key, []).extend((np.asarray(ids, dtype=dtype), separator))
         for (split, stream), parts in arrays.items():
-            (work / split).mkdir(exist_ok=True)
             with open(_stream_file(work, split, stream), "ab") as handle:
                 _append(handle, parts)
             counts[split][stream] = counts[split].get(stream, 0) + sum(len(part) for part in parts)
