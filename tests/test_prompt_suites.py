@@ -71,3 +71,31 @@ def test_a_suite_whose_prompt_is_not_a_list_of_tables_is_read_or_named(tmp_path)
     )
     with pytest.raises(ConfigError, match="prompt ids must be unique; repeated: 'a'"):
         load_suite(suite)
+
+
+@pytest.mark.parametrize("renderer", ["commonmark", "python-markdown"])
+def test_a_prompt_id_with_markup_is_its_own_heading_text(renderer):
+    """Before: an id was written into its heading as it was, so `a\\n# Prompt suite` began a new
+    title line, `<b>` reached a rendered report as HTML, `x*y*` as emphasis and a closing `#` was
+    dropped. Each report's title, heading and prompt must render to exactly the text given."""
+    import html
+    import re
+
+    from slmlab.evals.prompts import markdown_report
+
+    odd = "a\n# Prompt suite <b>x*y* [l](u) _i_ `c` \\ ~~s~~ | &amp; #"
+    report = markdown_report(
+        "run`1", "su~ite", [{"id": odd, "prompt": "T", "completion": "x", "temperature": 0.0, "seed": 0, "max_tokens": 1}]
+    )
+    assert report.count("\n# ") == 0 and len([line for line in report.splitlines() if line.startswith("## ")]) == 1
+    if renderer == "commonmark":
+        markdown_it = pytest.importorskip("markdown_it")  # CommonMark, as GitHub reads it (installed with rich)
+        rendered = markdown_it.MarkdownIt("commonmark").enable(["strikethrough", "table"]).render(report)
+    else:
+        import markdown
+
+        rendered = markdown.markdown(report)
+    headings = re.findall(r"<h2>(.*?)</h2>", rendered)
+    assert [html.unescape(re.sub(r"<[^>]+>", "", h)) for h in headings] == [odd.replace("\n", "⏎")]
+    title = html.unescape(re.sub(r"<[^>]+>", "", re.search(r"<h1>(.*?)</h1>", rendered).group(1)))
+    assert title == "Prompt suite su~ite on run`1"

@@ -30,6 +30,18 @@ def code_span(text: str) -> str:
     return f"{ticks}{pad}{text}{pad}{ticks}"
 
 
+ENTITIES = {"<": "&lt;", ">": "&gt;", "&": "&amp;", "~": "&#126;", "|": "&#124;"}
+
+
+def plain_text(text: str) -> str:
+    """`text` on one line as literal Markdown text (a heading's or a paragraph's): newlines shown as
+    ⏎, the characters that start emphasis, code, links or a heading's closing # escaped with a
+    backslash, and those of HTML, strikethrough and tables written as entities (read alike by
+    CommonMark and Python-Markdown)."""
+    text = re.sub(r"([\\`*_\[\]#!])", r"\\\1", re.sub(r"\r\n|\r|\n", "⏎", text))
+    return re.sub(r"[<>&~|]", lambda match: ENTITIES[match.group()], text)
+
+
 def format_number(value, spec: str) -> str:
     """format(value, spec), or "–" for a missing (None) or NaN value."""
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)

@@ -18,7 +18,7 @@ from ..errors import TokenizerError
 from ..files import atomic_write_text, check_replaceable, parse_json, read_text
 from ..model.sampling import check_sampling, greedy_ignores
 from ..registry import closest
-from ..tables import code_block, code_span
+from ..tables import code_block, code_span, plain_text
 
 DEFAULT_SUITE = Path(__file__).parent / "suites" / "control_systems.toml"
 REPORT_TITLE = "# Prompt suite "  # a report's first words: an --out file that starts so may be replaced
@@ -119,10 +119,10 @@ def run_suite(
 
 
 def markdown_report(run_name: str, suite: str, results: list[dict]) -> str:
-    lines = [f"{REPORT_TITLE}`{suite}` on `{run_name}`", ""]
+    lines = [f"{REPORT_TITLE}{code_span(suite)} on {code_span(run_name)}", ""]
     for r in results:
         lines += [
-            f"## {r['id']}",
+            f"## {plain_text(r['id'])}",
             "",
             f"temperature {r['temperature']}, seed {r['seed']}, {r['max_tokens']} tokens",
             "",
