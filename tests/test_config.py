@@ -182,6 +182,9 @@ def test_bad_override_syntax_and_missing_files(tmp_path, toml_file):
     utf16.write_text('name = "a"\n', encoding="utf-32")
     with pytest.raises(ConfigError, match=r"utf16.toml is UTF-32 text \(it starts with a UTF-32 byte-order mark\)"):
         load_config(utf16)
+    utf16.write_bytes('name = "a"\n'.encode("utf-16-le"))  # no byte-order mark: it was "invalid TOML (Invalid statement)"
+    with pytest.raises(ConfigError, match=r"utf16.toml is not text: 50% of its first 22 bytes are NUL, as in UTF-16"):
+        load_config(utf16)
 
 
 @pytest.mark.parametrize("values", [[1, 2], "model", None])

@@ -120,6 +120,19 @@ def test_a_year_cut_off_on_documents_without_years_is_warned_of_once(text_corpus
             lambda p: (p / "u16.txt").write_text("hello there", encoding="utf-16") and str(p / "u16.txt"),
             "u16.txt is UTF-16 text \\(it starts with a UTF-16 byte-order mark\\); re-encode it as UTF-8",
         ),
+        (  # UTF-16 without a byte-order mark decodes as UTF-8 ('\x00h\x00e...'): it was trained on
+            lambda p: (p / "u16be.txt").write_bytes("hello there\n".encode("utf-16-be")) and str(p / "u16be.txt"),
+            "u16be.txt is not text: 50% of its first 24 bytes are NUL, as in UTF-16 or UTF-32 text saved without a "
+            "byte-order mark; re-encode it as UTF-8$",
+        ),
+        (
+            lambda p: (p / "u16.jsonl").write_bytes('{"text": "hi"}\n'.encode("utf-16-le")) and str(p / "u16.jsonl"),
+            "u16.jsonl is not text: 50% of its first 30 bytes are NUL",
+        ),
+        (
+            lambda p: (p / "u32.txt").write_bytes("hello there".encode("utf-32-le")) and str(p / "u32.txt"),
+            "u32.txt is not text: 75% of its first 44 bytes are NUL",
+        ),
         (  # read line by line: the decoder's error counted from its own chunk, not from the file's start
             lambda p: (
                 (p / "late.jsonl").write_bytes(b'{"text": "ok"}\n' * 2000 + b'{"text": "caf\xe9"}\n') and str(p / "late.jsonl")
@@ -160,6 +173,14 @@ def test_a_year_cut_off_on_documents_without_years_is_warned_of_once(text_corpus
 def test_bad_sources_are_clear_errors(tmp_path, setup, message):
     with pytest.raises(CorpusError, match=message):
         list(DocumentSelection(DataConfig(source=setup(tmp_path))))
+
+
+def test_text_with_a_few_nul_bytes_is_read_as_it_is(tmp_path):
+    """The refusal of UTF-16/32 without a byte-order mark goes by the share of NUL bytes: a text
+    file with some NULs in it (a log, a dump) is still text, and keeps them."""
+    text = "a line of text\x00 and more\n" * 50
+    (tmp_path / "nul.txt").write_text(text)
+    assert [d.text for d in DocumentSelection(DataConfig(source=str(tmp_path / "nul.txt")))] == [text]
 
 
 def test_a_record_that_is_a_string_is_the_text_itself(tmp_path):

@@ -99,3 +99,15 @@ def test_a_prompt_id_with_markup_is_its_own_heading_text(renderer):
     assert [html.unescape(re.sub(r"<[^>]+>", "", h)) for h in headings] == [odd.replace("\n", "⏎")]
     title = html.unescape(re.sub(r"<[^>]+>", "", re.search(r"<h1>(.*?)</h1>", rendered).group(1)))
     assert title == "Prompt suite su~ite on run`1"
+
+
+def test_a_prompt_suite_saved_as_utf16_without_its_mark_is_named(tmp_path):
+    """Read as UTF-8 it decoded, NUL beside each letter, and was refused as '[[prompt]]' missing."""
+    suite = tmp_path / "s.toml"
+    suite.write_bytes('[[prompt]]\nid = "a"\nprompt = "T"\n'.encode("utf-16-be"))
+    with pytest.raises(ConfigError, match=r"s.toml is not text: 50% of its first 66 bytes are NUL, as in UTF-16"):
+        load_suite(suite)
+    suite = tmp_path / "s.jsonl"
+    suite.write_bytes('{"id": "a", "prompt": "T"}\n'.encode("utf-16-le"))
+    with pytest.raises(ConfigError, match=r"prompt suite .*s.jsonl is not text: 50% of its first 54 bytes are NUL"):
+        load_suite(suite)

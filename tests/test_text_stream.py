@@ -106,7 +106,9 @@ def test_bad_prompt_files_are_one_line_errors(tiny_run, tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     (tmp_path / "latin1.txt").write_bytes("ROMcafé".encode("latin-1"))
     (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "wide.txt").write_bytes("ROMEO:".encode("utf-16-le"))  # no byte-order mark: valid UTF-8, NUL beside each letter
     cases = [
+        (["--prompt-file", "wide.txt"], "--prompt-file wide.txt is not text: 50% of its first 12 bytes are NUL, as in UTF-16"),
         (["--prompt-file", "missing.txt"], "--prompt-file missing.txt: no such file"),
         (["--prompt-file", "."], "--prompt-file .: a folder, not a file"),
         (["--prompt-file", "latin1.txt"], "--prompt-file latin1.txt is not UTF-8 text (bad byte 0xe9 on line 1, byte offset 6)"),

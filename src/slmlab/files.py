@@ -211,19 +211,44 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+HEAD_BYTES = 4096  # how much of a file wide_text reads
+
+
+def wide_text(head: bytes) -> str | None:
+    """Why `head` (a file's first bytes) is UTF-16 or UTF-32 rather than UTF-8 text, or None: named
+    by its byte-order mark, or without one by its NUL bytes: such text holds one beside each ASCII
+    letter (valid UTF-8, read as '\\x00H\\x00e...'), as binary files do; UTF-8 text holds almost none."""
+    for name, marks in (("UTF-32", (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")), ("UTF-16", (b"\xff\xfe", b"\xfe\xff"))):
+        if head.startswith(marks):
+            return f"is {name} text (it starts with a {name} byte-order mark)"
+    nuls = head.count(0)
+    if len(head) < 8 or nuls * 4 < len(head):
+        return None
+    return (
+        f"is not text: {nuls / len(head):.0%} of its first {len(head)} bytes are NUL, as in UTF-16 or UTF-32 "
+        "text saved without a byte-order mark"
+    )
+
+
 def utf8_problem(data: bytes) -> str:
     """Why `data` (a file's or stream's bytes) is not UTF-8 text, to follow its name in a message:
-    UTF-32 or UTF-16 named by its byte-order mark, else the first bad byte with its line and byte offset in
+    UTF-32 or UTF-16 named by its byte-order mark or NUL bytes (wide_text), else the first bad byte with its line and byte offset in
     the whole of `data` (a streaming decoder's error counts from its own chunk)."""
-    for name, marks in (("UTF-32", (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")), ("UTF-16", (b"\xff\xfe", b"\xfe\xff"))):
-        if data.startswith(marks):
-            return f"is {name} text (it starts with a {name} byte-order mark)"
+    if wide := wide_text(data[:HEAD_BYTES]):
+        return wide
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         return f"is not UTF-8 text (bad byte 0x{data[err.start]:02x} on line {line}, byte offset {err.start})"
     return "is not UTF-8 text"
+
+
+def refuse_wide_text(path: Path, where: str, error: type[SlmlabError]) -> None:
+    """Raise `error` naming `where` when the file at `path` starts as UTF-16 or UTF-32 text (wide_text)."""
+    with open(path, "rb") as handle:
+        if problem := wide_text(handle.read(HEAD_BYTES)):
+            raise error(f"{where} {problem}; re-encode it as UTF-8")
 
 
 def not_utf8(where: str, data: bytes) -> str:
@@ -235,7 +260,7 @@ def read_text(path: str | Path, what: str, error: type[SlmlabError], fix: str) -
     """A UTF-8 file's text, or `error` naming the file, what is wrong and `fix` (what to do)."""
     path = Path(path)
     try:
-        return path.read_text(encoding="utf-8-sig")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise error(f"{what} {path} is missing; {fix}") from None
     except IsADirectoryError:
@@ -244,6 +269,9 @@ def read_text(path: str | Path, what: str, error: type[SlmlabError], fix: str) -
         raise error(f"{what} {path} {utf8_problem(path.read_bytes())}; {fix}") from None
     except OSError as err:
         raise error(f"{what} {path} cannot be read ({err.strerror or err}); {fix}") from None
+    if "\x00" in text[:HEAD_BYTES] and (problem := wide_text(text[:HEAD_BYTES].encode())):
+        raise error(f"{what} {path} {problem}; {fix}")
+    return text
 
 
 def file_name_text(name: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..config.checks import INT64_LIMIT, check_seed
 from ..errors import ConfigError, SlmlabError
-from ..files import not_utf8
+from ..files import HEAD_BYTES, not_utf8, wide_text
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -191,9 +191,12 @@ def prompt_text(args: argparse.Namespace) -> str:
             raise ConfigError(f"--prompt-file {source}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
         data, where = path.read_bytes(), source
     try:
-        return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError(not_utf8(f"--prompt-file {where}", data)) from None
+    if problem := wide_text(data[:HEAD_BYTES]):
+        raise ConfigError(f"--prompt-file {where} {problem}; re-encode it as UTF-8")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:

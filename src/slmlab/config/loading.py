@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import plugins
 from ..errors import ConfigError
-from ..files import not_utf8
+from ..files import HEAD_BYTES, not_utf8, wide_text
 from ..registry import load_builtins
 from .checks import check_no_ignored_setting, validate
 from .schema import ModelConfig, RunConfig
@@ -166,6 +166,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(not_utf8(str(path), path.read_bytes())) from None
     except tomllib.TOMLDecodeError as err:
+        if problem := wide_text(path.read_bytes()[:HEAD_BYTES]):  # UTF-16 without a byte-order mark
+            raise ConfigError(f"{path} {problem}; re-encode it as UTF-8") from None
         raise ConfigError(f"{path}: invalid TOML ({err})") from None
 
 

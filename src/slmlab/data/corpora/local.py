@@ -29,7 +29,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from ...files import file_name_text, is_run_folder, not_utf8, parse_json
+from ...files import file_name_text, is_run_folder, not_utf8, parse_json, refuse_wide_text
 from .document import Document
 from .fetch import CorpusError, file_digest
 
@@ -199,6 +199,7 @@ class LocalSource:
             suffix = path.suffix.lower()
             if suffix in COMPRESSED:
                 raise CorpusError(f"{path} is compressed ({suffix}); decompress it first: slmlab reads {READABLE}")
+            refuse_wide_text(path, str(path), CorpusError)
             if suffix in RECORD_FORMATS:
                 table = suffix in (".csv", ".tsv")
                 records = self._records(path, suffix)
