@@ -205,3 +205,39 @@ def test_eval_refuses_to_change_the_runs_tokenizer_rather_than_ignore_it(micro_t
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "runs" / "r"), "--batches", "1", *override]) == 2
     assert f"{override[0][2:]} cannot change" in capsys.readouterr().err
+
+
+def test_a_run_whose_corpus_moved_is_scored_where_the_corpus_is_now(genre_corpus, micro_toml, tmp_path, capsys, caplog):
+    """eval --data.source NEW read the run's own corpus again to count overlap, so a run whose corpus
+    had moved (or was named relative to another folder) could not be scored anywhere: it failed with
+    'neither a built-in corpus nor an existing file'. The count is now left out, with a warning."""
+    argv = ["train", str(micro_toml), "--no-progress", "--name", "r", "--data.source", str(genre_corpus)]
+    assert main([*argv, "--data.val_fraction", "0.25"]) == 0
+    run = tmp_path / "runs" / "r"
+    before = _eval_json(run, capsys)
+    moved = genre_corpus.rename(tmp_path / "moved")
+    assert main(["eval", str(run), "--batches", "1"]) == 2
+    assert f"data.source: '{genre_corpus}' is neither" in capsys.readouterr().err
+    after = _eval_json(run, capsys, "--data.source", str(moved))
+    assert after["train_overlap"] is None and (after["loss"], after["documents"]) == (before["loss"], before["documents"])
+    assert "not counted how many scored documents the run trained on: its own corpus cannot be read" in caplog.text
+
+
+def test_a_relative_source_not_found_says_where_it_was_looked_for(micro_toml, tmp_path, monkeypatch, capsys):
+    """A run's recorded data.source is as given: relative to the folder it was trained from."""
+    (tmp_path / "c.txt").write_text("Some text to train on. " * 200)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "r", "--data.source", "c.txt"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "runs" / "r"), "--batches", "1"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"'c.txt' is neither a built-in corpus (shakespeare, brown) nor an existing file, directory or glob (a relative "
+        f"path, read from the working directory {elsewhere})"
+        in err
+        and err.count("\n") == 1
+    )
+    assert main(["eval", str(tmp_path / "runs" / "r"), "--batches", "1", "--data.source", "../c.txt"]) == 0

@@ -19,7 +19,7 @@ import torch
 
 from ..config import ConfigError, DataConfig, apply_overrides, config_from_dict
 from ..config.checks import TOKENIZER_KEYS
-from ..data.corpora import DocumentSelection
+from ..data.corpora import CorpusError, DocumentSelection
 from ..data.tokens import TokenSplit, describe_documents, prepare_tokens, validation_ids
 from ..runs.metrics import perplexity
 from ..runs.run_dir import load_run
@@ -112,7 +112,11 @@ def evaluation_tokens(cfg, tokenizer, split: str = "val", overrides: dict | None
     if split != "val":
         overlap = None
     elif overrides and documents:
-        overlap = train_overlap(cfg.data, data_cfg, set(data.manifest["val_ids"]) or None)  # none: split by position
+        try:
+            overlap = train_overlap(cfg.data, data_cfg, set(data.manifest["val_ids"]) or None)  # none: split by position
+        except CorpusError as err:  # the run's own corpus moved, or is relative to another folder
+            log.warning("not counted how many scored documents the run trained on: its own corpus cannot be read (%s)", err)
+            overlap = None
     else:
         overlap = 0  # the run's own validation split
     if overlap:

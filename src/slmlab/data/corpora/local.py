@@ -86,6 +86,12 @@ def parse_label(value, where: str, field: str) -> str:
 SKIPPED_FOLDERS = ("__MACOSX",)  # macOS zip resource forks
 
 
+def _read_from(path: Path) -> str:
+    """Where a relative data.source was looked for: a run's recorded source is relative to the folder
+    it was trained from, which need not be the one a later command runs in."""
+    return "" if path.is_absolute() else f" (a relative path, read from the working directory {Path.cwd()})"
+
+
 def _what_else(folder: Path, spec: str) -> str:
     """Why a folder gave no corpus files, and what to give instead."""
     others = corpus_files(folder, None)
@@ -169,10 +175,11 @@ class LocalSource:
         elif any(ch in spec for ch in "*?["):
             files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
             if not files:
-                raise CorpusError(f"data.source: the glob '{spec}' matches no file")
+                raise CorpusError(f"data.source: the glob '{spec}' matches no file{_read_from(path)}")
         else:
             raise CorpusError(
-                f"data.source: '{spec}' is neither a built-in corpus (shakespeare, brown) nor an existing file, directory or glob"
+                f"data.source: '{spec}' is neither a built-in corpus (shakespeare, brown) nor an existing file, directory or "
+                f"glob{_read_from(path)}"
             )
         return files
 
