@@ -49,13 +49,8 @@ def test_phases_hand_weights_on_and_run_their_own_settings(make_config, text_cor
     assert phase_c.data.mixture == {"prose": 3.0, "verse": 1.0} and phase_c.train.steps == 6
 
 
-def test_curriculum_end_to_end_and_exact_resume(make_config, text_corpus):
-    straight = curriculum(make_config, text_corpus, "straight")
-    train(straight, progress=False)
-    summary = RunDir.for_config(straight).read_summary()
-    assert [p["phase"] for p in summary["phases"]] == ["A", "B", "C"] and summary["step"] == 6
-
-    interrupted = curriculum(make_config, text_corpus, "interrupted")
+def interrupt_in_phase_b(cfg) -> None:
+    """Train the curriculum until phase B's step 4, where the process is interrupted."""
     original_fit = Trainer.fit
 
     def crash_in_phase_b(self):
@@ -67,9 +62,19 @@ def test_curriculum_end_to_end_and_exact_resume(make_config, text_corpus):
     Trainer.fit = crash_in_phase_b
     try:
         with pytest.raises(KeyboardInterrupt):
-            train(interrupted, progress=False)
+            train(cfg, progress=False)
     finally:
         Trainer.fit = original_fit
+
+
+def test_curriculum_end_to_end_and_exact_resume(make_config, text_corpus):
+    straight = curriculum(make_config, text_corpus, "straight")
+    train(straight, progress=False)
+    summary = RunDir.for_config(straight).read_summary()
+    assert [p["phase"] for p in summary["phases"]] == ["A", "B", "C"] and summary["step"] == 6
+
+    interrupted = curriculum(make_config, text_corpus, "interrupted")
+    interrupt_in_phase_b(interrupted)
     root = RunDir.for_config(interrupted).path
     assert (root / "phase1_A" / "summary.json").is_file() and not (root / "phase2_B" / "summary.json").exists()
     train(interrupted, resume=True, progress=False)
@@ -82,6 +87,27 @@ def test_curriculum_end_to_end_and_exact_resume(make_config, text_corpus):
 
     info = size_table(config_for_info(root, None))  # its config.json has no vocabulary: info failed on it
     assert info.count("phase ") == 3 and "block_local attention (block 8)" in info.split("phase B")[1]
+
+
+def test_a_curriculum_whose_corpus_moved_resumes_and_records_where_it_lies(make_config, text_corpus, tmp_path):
+    """A finished phase's token streams are checked against its summary, the interrupted phase's
+    against its checkpoint; every phase's config and the curriculum's record the new place."""
+    import json
+
+    cfg = curriculum(make_config, text_corpus, "moving")
+    interrupt_in_phase_b(cfg)
+    root = RunDir.for_config(cfg).path
+    moved = text_corpus.rename(tmp_path / "moved")
+    values = json.loads((root / "config.json").read_text())
+    values["data"]["source"] = str(moved)
+    train(config_from_dict(values), resume=True, progress=False)
+    for config in (root / "config.json", *(root / f"phase{i}_{n}" / "config.json" for i, n in ((1, "A"), (2, "B"), (3, "C")))):
+        assert json.loads(config.read_text())["data"]["source"] == str(moved), config
+    straight = curriculum(make_config, moved, "straight")
+    train(straight, progress=False)
+    a = load_file(RunDir.for_config(straight).path / "phase3_C" / "final.safetensors")
+    b = load_file(root / "phase3_C" / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_invalid_phase_is_a_clear_error(make_config, text_corpus):

@@ -177,6 +177,49 @@ def test_resume_on_a_corpus_that_changed_since_is_refused(text_corpus, make_conf
     assert train(cfg, resume=True, progress=False).step == 15
 
 
+def test_a_run_whose_corpus_moved_resumes_from_where_it_lies_now(text_corpus, make_config, tmp_path, capsys):
+    """`--resume RUN --data.source NEW` was refused (only train.* could change), so a run whose
+    corpus moved, or was named relative to another folder, could never be finished. Where the data
+    lies may now change: the token streams are checked, the run ends on the weights of a run that
+    never moved, and its config records the new place (only once the check has passed)."""
+    from safetensors.torch import load_file
+
+    from slmlab.training import Trainer
+    from tests.conftest import kill_after_step
+
+    straight = make_config(text_corpus, train={"steps": 10, "checkpoint_every": 5})
+    straight.name = "straight"
+    train(straight, progress=False)
+    cfg = make_config(text_corpus, train={"steps": 10, "checkpoint_every": 5})
+    kill_after_step(Trainer(cfg, progress=False), 5)
+    run = RunDir.for_config(cfg)
+    moved = text_corpus.rename(tmp_path / "moved")
+    other = tmp_path / "other"
+    (other / "prose").mkdir(parents=True)
+    (other / "prose" / "a.txt").write_text((moved / "prose" / "doc00.txt").read_text() * 3)
+    recorded = run.config.read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run.path), "--data.source", str(other), "--no-progress"]) == 2
+    assert "trained on other data than data.source" in capsys.readouterr().err and run.config.read_bytes() == recorded
+
+    state_file, sums = run.checkpoints / "step_000005.state.pt", run.checkpoints / "step_000005.sha256.json"
+    recorded_state, recorded_sums = state_file.read_bytes(), sums.read_bytes()
+    state = torch.load(state_file, weights_only=True)
+    torch.save({k: v for k, v in state.items() if k != "data_sha256"}, state_file)  # as an older slmlab wrote it
+    sums.unlink()
+    assert main(["train", "--resume", str(run.path), "--data.source", str(moved), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "did not record the token streams it trained on" in err and f"its own data.source '{text_corpus}'" in err
+    state_file.write_bytes(recorded_state)
+    sums.write_bytes(recorded_sums)
+
+    assert main(["train", "--resume", str(run.path), "--data.source", str(moved), "--no-progress"]) == 0
+    a, b = load_file(RunDir.for_config(straight).final_weights), load_file(run.final_weights)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads(run.config.read_text())["data"]["source"] == str(moved)
+    assert main(["eval", str(run.path), "--batches", "1"]) == 0  # later commands find the corpus too
+
+
 def test_resuming_a_finished_run_changes_nothing(text_corpus, make_config):
     cfg = make_config(text_corpus, train={"steps": 10, "checkpoint_every": 5})
     train(cfg, progress=False)

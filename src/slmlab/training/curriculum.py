@@ -23,6 +23,7 @@ from ..registry import ATTENTION_PATTERNS
 from ..runs.run_dir import RunDir
 from .distributed import World
 from .results import TrainResult
+from .resume import check_same_data, record_resumed, relocated
 from .trainer import Trainer, prepare_data
 
 
@@ -50,10 +51,11 @@ def train_curriculum(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
             lock.release()
 
 
-def check_phases(cfg: RunConfig, world: World, progress: bool = True) -> None:
+def check_phases(cfg: RunConfig, world: World, progress: bool = True) -> list[dict]:
     """Every phase's data gives the windows it asks for (known streams, long enough streams and
-    validation split), checked before the first phase trains rather than when its turn comes."""
-    tokenizer = None
+    validation split), checked before the first phase trains rather than when its turn comes ->
+    each phase's token manifest."""
+    tokenizer, manifests = None, []
     for index in range(len(cfg.phases)):
         sub = cfg.phase(index)
         tokenizer, data = prepare_data(sub.data, tokenizer, world, progress)
@@ -61,11 +63,33 @@ def check_phases(cfg: RunConfig, world: World, progress: bool = True) -> None:
             check_windows(data.train, data.val, sub.data.seq_len, sub.train.batch_size, sub.data.mixture)
         except CorpusError as err:
             raise CorpusError(f"phases[{index}] ({cfg.phases[index].name}): {err}") from None
+        manifests.append(data.manifest)
+    return manifests
+
+
+def relocate_finished(cfg: RunConfig, manifests: list[dict], world: World) -> None:
+    """A resume that reads the data from another place (resume.DATA_LOCATION): each finished
+    phase's token streams are checked against its summary and its config records the new place
+    (the phase under way is checked and recorded by its Trainer)."""
+    for index, manifest in enumerate(manifests):
+        run = RunDir.for_config(sub := cfg.phase(index))
+        if run.summary.is_file() and relocated(run.read_config(), sub):
+            check_same_data(run, run.read_summary().get("data_sha256"), manifest, sub)
+            if world.is_main:
+                record_resumed(run, sub)
+
+
+def relocate_root(cfg: RunConfig, root: RunDir, world: World) -> None:
+    """The curriculum's config records the data's new place once a phase has checked it."""
+    if world.is_main and relocated(root.read_config(), cfg):
+        record_resumed(root, cfg)
 
 
 def _train_phases(cfg: RunConfig, root: RunDir, world: World, resume: bool, overwrite: bool, progress: bool) -> TrainResult:
-    check_phases(cfg, world, progress)
-    if not resume:
+    manifests = check_phases(cfg, world, progress)
+    if resume:
+        relocate_finished(cfg, manifests, world)
+    else:
         root.ensure_free(overwrite)
         world.barrier()
         if world.is_main:
@@ -87,9 +111,11 @@ def _train_phases(cfg: RunConfig, root: RunDir, world: World, resume: bool, over
                 carry_optimizer=phase.carry_optimizer,
             ) as trainer:
                 assert_patterns(trainer)
+                relocate_root(cfg, root, world)
                 result = trainer.fit()
         phases.append({"phase": phase.name, "run": str(run.path), **run.read_summary()})
         previous = run
+    relocate_root(cfg, root, world)
     summary = {**{k: v for k, v in phases[-1].items() if k not in ("phase", "run")}, "phases": phases}
     if world.is_main and root.read_summary() != summary:  # a finished curriculum resumed: nothing changes
         atomic_write_text(root.summary, json.dumps(summary, indent=2) + "\n")

@@ -1,8 +1,9 @@
 """Resuming a run: the config it continues under, and the data its checkpoint must agree with.
 
 A resume continues the run as it was: only `train.steps` (never below the steps already trained),
-the trackers and `train.viz_every` (they watch the run, they do not change it) may differ from its
-recorded config, and the corpus must give the token streams the run trained on.
+the trackers and `train.viz_every` (they watch the run, they do not change it) and where the data
+lies (`data.source`, `data.cache_dir`: a corpus moved, or named relative to another folder) may
+differ from its recorded config, and the corpus must give the token streams the run trained on.
 """
 
 from __future__ import annotations
@@ -13,12 +14,18 @@ from ..runs.run_dir import RunDir
 from .trackers import TRACKER_FIELDS
 
 RESUME_CHANGES = ("steps", "viz_every", *TRACKER_FIELDS)  # the train.* fields a resume may change
+DATA_LOCATION = ("source", "cache_dir")  # the data.* fields it may change: where, not what (the token streams are checked)
 
 
-def resume_config(run: RunDir, checkpoint: str | None, requested: RunConfig, record: bool) -> RunConfig:
+def relocated(recorded: RunConfig, requested: RunConfig) -> bool:
+    """Whether `requested` reads the run's data from another place than it `recorded`."""
+    return any(getattr(recorded.data, name) != getattr(requested.data, name) for name in DATA_LOCATION)
+
+
+def resume_config(run: RunDir, checkpoint: str | None, requested: RunConfig) -> RunConfig:
     """The run's own config with the changes a resume may make taken from `requested`;
-    `checkpoint`: the one it resumes from (None: the run has none); `record`: write the changed
-    config back (rank 0)."""
+    `checkpoint`: the one it resumes from (None: the run has none). The caller records it once
+    the data is checked (check_same_data)."""
     cfg = run.read_config()
     if checkpoint is None:
         raise CheckpointError(
@@ -31,21 +38,35 @@ def resume_config(run: RunDir, checkpoint: str | None, requested: RunConfig, rec
             f"{run.path} has trained {done} steps (checkpoint {checkpoint}); --train.steps "
             f"{requested.train.steps} is below that: give --train.steps {done} or more"
         )
-    if any(getattr(requested.train, f) != getattr(cfg.train, f) for f in RESUME_CHANGES):
-        for name in RESUME_CHANGES:
-            setattr(cfg.train, name, getattr(requested.train, name))
-        if record:
-            run.write_config(cfg)
+    for name in RESUME_CHANGES:
+        setattr(cfg.train, name, getattr(requested.train, name))
+    for name in DATA_LOCATION:
+        setattr(cfg.data, name, getattr(requested.data, name))
     return cfg
 
 
-def check_same_data(run: RunDir, state: dict, manifest: dict, source: str) -> None:
-    """Refuse to resume on token streams other than the checkpoint's (`state["data_sha256"]`, the
-    token manifest's SHA-256s when it was saved; absent in checkpoints of older slmlab)."""
-    trained_on = state.get("data_sha256")
-    if trained_on is not None and trained_on != manifest["sha256"]:
+def check_same_data(run: RunDir, trained_on: dict | None, manifest: dict, cfg: RunConfig) -> None:
+    """Refuse to resume on token streams other than those the run trained on (`trained_on`: the
+    token manifest's SHA-256s a checkpoint or summary recorded; None in those of older slmlab, which
+    are then trusted only where the run's own data.source is read)."""
+    source, recorded_cfg = cfg.data.source, run.read_config()
+    recorded, moved = recorded_cfg.data.source, relocated(recorded_cfg, cfg)
+    if trained_on is None and moved:
         raise ConfigError(
-            f"{run.path} trained on other data than data.source '{source}' gives now (its files "
-            "changed since): resuming would train the rest on other text and score it on another validation "
-            "split; restore the corpus, or train a new run (--name) on the new one"
+            f"{run.path} was saved by an older slmlab that did not record the token streams it trained on, so "
+            f"data.source '{source}' cannot be checked to give them: resume with its own data.source '{recorded}'"
         )
+    if trained_on is not None and trained_on != manifest["sha256"]:
+        why = f"not the corpus it trained on ('{recorded}'), or its files changed since" if moved else "its files changed since"
+        raise ConfigError(
+            f"{run.path} trained on other data than data.source '{source}' gives now ({why}): resuming would train the "
+            "rest on other text and score it on another validation split; restore the corpus, or train a new run "
+            "(--name) on the new one"
+        )
+
+
+def record_resumed(run: RunDir, cfg: RunConfig) -> None:
+    """Write the config a resume continues under to the run, where it differs from the recorded one
+    (more steps, another tracker, the data's new place), once its data is checked."""
+    if cfg.to_dict() != run.read_config().to_dict():
+        run.write_config(cfg)

@@ -66,7 +66,7 @@ from .kernel_choice import check_local_kernel, choose_local_kernel
 from .optim import build_optimizer, lr_at, schedule_warning, select_trainable, step_unless
 from .progress import TrainingProgress
 from .results import TrainResult, final_sample
-from .resume import check_same_data, resume_config
+from .resume import check_same_data, record_resumed, resume_config
 from .runtime import (
     autocast,
     peak_memory_bytes,
@@ -164,7 +164,7 @@ class Trainer:
                 if from_checkpoint is None
                 else existing_checkpoint(self.run.checkpoints, from_checkpoint)
             )
-            cfg = resume_config(self.run, self.checkpoint, cfg, record=self.world.is_main)
+            cfg = resume_config(self.run, self.checkpoint, cfg)
         train = cfg.train
         check_batch(train.batch_size, self.world)
         warnings = [use_threads(train.threads)]
@@ -233,7 +233,9 @@ class Trainer:
         self.world.barrier()
 
     def _restore(self, state: dict) -> None:
-        check_same_data(self.run, state, self.data.manifest, self.cfg.data.source)
+        check_same_data(self.run, state.get("data_sha256"), self.data.manifest, self.cfg)
+        if self.world.is_main:
+            record_resumed(self.run, self.cfg)
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.step, self.tokens, self.nan_skips = state["step"], state["tokens"], state["nan_skips"]
