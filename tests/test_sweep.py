@@ -265,6 +265,38 @@ def test_runs_trained_on_a_corpus_that_changed_between_them_are_not_compared(mic
     assert main(["sweep", str(micro_sweep), "--jobs", "1"]) == 0
 
 
+def test_a_sweep_whose_corpus_moved_keeps_its_runs_and_adds_seeds(micro_sweep, tmp_path, capsys):
+    """With the corpus moved and the base config naming its new place, every finished run was
+    'trained with other settings (data.source ...)', and the fix offered was to delete them. Such
+    runs are now resumed as they are (their token streams checked, their configs recording the new
+    place, no step trained), and new seeds train beside them."""
+    import shutil
+
+    from tests.conftest import write_micro_toml
+
+    micro_sweep.write_text(micro_sweep.read_text().replace("seeds = [1, 2]", "seeds = [1]"))
+    assert main(["sweep", str(micro_sweep), "--jobs", "1"]) == 0
+    sweep_dir = tmp_path / "runs" / "micro"
+    weights = {name: (sweep_dir / name / "final.safetensors").read_bytes() for name in ("baseline_s1", "full_s1")}
+    moved = (tmp_path / "corpus").rename(tmp_path / "moved")
+    write_micro_toml(tmp_path / "base.toml", moved, tmp_path)
+    micro_sweep.write_text(micro_sweep.read_text().replace("seeds = [1]", "seeds = [1, 2]"))
+    capsys.readouterr()
+    assert main(["sweep", str(micro_sweep), "--jobs", "1"]) == 0
+    for name in ("baseline_s1", "full_s1", "baseline_s2"):
+        assert json.loads((sweep_dir / name / "config.json").read_text())["data"]["source"] == str(moved)
+    assert all((sweep_dir / name / "final.safetensors").read_bytes() == data for name, data in weights.items())
+    assert json.loads((sweep_dir / "full_s1" / "summary.json").read_text())["step"] == 12
+    other = tmp_path / "other"  # another corpus in another place: checked, refused, nothing recorded
+    shutil.copytree(moved, other)
+    (other / "prose" / "doc00.txt").write_text((other / "prose" / "doc00.txt").read_text() * 2)
+    write_micro_toml(tmp_path / "base.toml", other, tmp_path)
+    capsys.readouterr()
+    assert main(["sweep", str(micro_sweep), "--jobs", "1"]) == 1
+    assert "trained on other data than data.source" in capsys.readouterr().err
+    assert json.loads((sweep_dir / "full_s1" / "config.json").read_text())["data"]["source"] == str(moved)
+
+
 def test_a_sweep_with_a_failed_run_writes_its_table_and_exits_1(micro_toml, tmp_path, capsys):
     """One run failing (here: windows longer than its validation text) leaves the others trained
     and the table written, and the exit status says the table is not whole (it was 0)."""

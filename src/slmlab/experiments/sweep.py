@@ -42,10 +42,14 @@ log = logging.getLogger("slmlab")
 
 def run_status(job: Job) -> str:
     """'done' (summary.json exists, at the steps the sweep asks), 'resume' (has a checkpoint, or
-    finished at other steps), or 'new'."""
+    finished at other steps or with its data elsewhere: a resume checks and records the new place),
+    or 'new'."""
+    from ..training.resume import relocated
+
     run = job.run
     if run.summary.is_file():
-        return "done" if run.read_config().train.steps == job.config.train.steps else "resume"
+        recorded = run.read_config()
+        return "done" if recorded.train.steps == job.config.train.steps and not relocated(recorded, job.config) else "resume"
     if (run.checkpoints / "latest").is_file():
         return "resume"
     return "new"
@@ -56,14 +60,15 @@ SET_PER_WORKER = ("train.threads", "train.device")  # what `_execute` sets in ea
 
 def changed_since_trained(job: Job) -> list[str]:
     """The settings where the run folder's recorded config differs from what the sweep asks now,
-    as 'key: then -> now' (none for a new run; train.steps may grow and the trackers may change,
-    as in a resume; the tokenizer's vocabulary size is filled in at training)."""
+    as 'key: then -> now' (none for a new run; train.steps may grow, the trackers and where the data
+    lies may change, as in a resume; the tokenizer's vocabulary size is filled in at training)."""
     if not job.run.config.is_file():
         return []
-    from ..training.resume import RESUME_CHANGES
+    from ..training.resume import DATA_LOCATION, RESUME_CHANGES
 
     then, now = job.run.read_config().settings(), job.config.settings()
-    free = {*SET_PER_WORKER, *(f"train.{name}" for name in RESUME_CHANGES), "name", "out_dir"}
+    free = {*SET_PER_WORKER, *(f"train.{name}" for name in RESUME_CHANGES), *(f"data.{name}" for name in DATA_LOCATION)}
+    free |= {"name", "out_dir"}
     if now["model.vocab_size"] == 0:
         free.add("model.vocab_size")
     changed = [
