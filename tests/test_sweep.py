@@ -127,6 +127,24 @@ def test_bad_sweep_configs(tmp_path, micro_sweep):
         load_sweep(micro_sweep)
 
 
+def test_info_and_diagnose_of_a_sweep_config_look_at_every_variant(micro_sweep, tmp_path, capsys):
+    """They refused a sweep config and advised `slmlab sweep`, which trains every run; `check` took
+    it. Each variant's table is the one its own run config gives (the base with its settings)."""
+    base = str(tmp_path / "base.toml")
+    assert main(["info", str(micro_sweep), "--train.batch_size", "2"]) == 0
+    tables = capsys.readouterr().out
+    assert main(["info", base, "--train.batch_size", "2", "--train.seed", "1"]) == 0
+    baseline = capsys.readouterr().out
+    smat = ["--model.smat.use_S", "true", "--model.smat.use_G", "true"]
+    assert main(["info", base, "--train.batch_size", "2", "--train.seed", "1", *smat]) == 0
+    full = capsys.readouterr().out
+    assert baseline != full and tables == f"variant baseline:\n\n{baseline.rstrip()}\n\nvariant full:\n\n{full}"
+    assert main(["diagnose", str(micro_sweep), "--steps", "2"]) == 1  # two steps overfit nothing
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["baseline", "baseline", "full", "full"]
+    assert "[PASS] loss at init" in lines[2] and "[FAIL] overfit one batch" in lines[3]
+
+
 def test_a_shared_setting_one_variant_ignores_is_kept_for_the_variants_that_read_it(micro_sweep):
     """SMAT's s_dim in [overrides] is read by the 'full' variant, ignored by the baseline: the
     baseline's run used to be refused ("remove it"), which a sweep cannot do for one variant. A

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from .options import add_seed, add_verb, load_run_config
+from .options import add_seed, add_verb, configs_to_inspect
 
 KINDS = ("attention-extension", "output-gate", "mlp")  # analysis/scaffold.KIND_TEMPLATES (not imported: --help stays light)
 
@@ -47,15 +47,8 @@ def cmd_check(args, extra) -> int:
     model (at its first seed)."""
     from ..analysis.conformance import comparison_table, outcome_table, run_checks
     from ..analysis.tiny_models import models_to_check
-    from ..config import parse_overrides, read_toml
 
-    if "variants" in read_toml(args.config):
-        from ..experiments.sweep_config import first_seed_jobs, load_sweep
-
-        _, jobs = load_sweep(args.config, parse_overrides(extra))
-        given = {job.variant: job.config for job in first_seed_jobs(jobs)}
-    else:
-        given = {args.config: load_run_config(args.config, extra)}
+    given = configs_to_inspect(args.config, extra)
     configs = {label: cfg for name, run_cfg in given.items() for label, cfg in models_to_check(name, run_cfg).items()}
     results = {}
     for label, cfg in configs.items():

@@ -16,8 +16,8 @@ from .options import (
     add_verb,
     announce_compile,
     check_greedy_options,
+    configs_to_inspect,
     int_list,
-    load_run_config,
     option_rules,
     positive_float,
     positive_int,
@@ -126,7 +126,8 @@ def register(sub) -> None:
         sub,
         "diagnose",
         "check the loss at init (~ ln V) and that one batch can be overfitted",
-        "  slmlab diagnose configs/quickstart.toml\n  slmlab diagnose configs/smt_80m.toml --train.device cuda",
+        "  slmlab diagnose configs/quickstart.toml\n  slmlab diagnose configs/smt_80m.toml --train.device cuda\n"
+        "  slmlab diagnose configs/smat_ablation.toml   # a sweep config: every variant",
         overrides=True,
     )
     p.add_argument("config")
@@ -247,8 +248,10 @@ def cmd_ablate(args, extra) -> int:
 def cmd_diagnose(args, extra) -> int:
     from ..evals.diagnose import diagnose
 
-    result = diagnose(
-        load_run_config(args.config, extra), batch_size=args.batch_size, max_steps=args.steps, progress=sys.stderr.isatty()
-    )
-    print("\n".join(result.lines()))
-    return 0 if result.init_ok and result.overfit_ok else 1
+    configs = configs_to_inspect(args.config, extra)
+    passed = True
+    for label, cfg in configs.items():
+        result = diagnose(cfg, batch_size=args.batch_size, max_steps=args.steps, progress=sys.stderr.isatty())
+        print("\n".join(result.lines() if len(configs) == 1 else [f"{label}: {line}" for line in result.lines()]))
+        passed = passed and result.init_ok and result.overfit_ok
+    return 0 if passed else 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import add_checkpoint, add_device, add_out, add_prompt, add_verb, load_run_config, positive_int, prompt_text
+from .options import add_checkpoint, add_device, add_out, add_prompt, add_verb, configs_to_inspect, positive_int, prompt_text
 
 
 def register(sub) -> None:
@@ -12,7 +12,8 @@ def register(sub) -> None:
         sub,
         "info",
         "parameters, FLOPs per token and memory estimates of a config or run",
-        "  slmlab info configs/smat_64m.toml\n  slmlab info runs/quickstart --batch-size 8 --seq-len 512",
+        "  slmlab info configs/smat_64m.toml\n  slmlab info runs/quickstart --batch-size 8 --seq-len 512\n"
+        "  slmlab info configs/smat_ablation.toml      # a sweep config: one table per variant",
         overrides=True,
     )
     p.add_argument("target", metavar="CONFIG|RUN")
@@ -136,8 +137,13 @@ def print_readout(text: str, paths: list[Path]) -> int:
 def cmd_info(args, extra) -> int:
     from ..analysis.info import config_for_info, size_table
 
-    cfg = config_for_info(args.target, lambda: load_run_config(args.target, extra), extra)
-    print(size_table(cfg, args.batch_size, args.seq_len))
+    if Path(args.target).is_dir():
+        configs = {args.target: config_for_info(args.target, None, extra)}
+    else:
+        given = configs_to_inspect(args.target, extra)
+        configs = {label: config_for_info(args.target, lambda cfg=cfg: cfg) for label, cfg in given.items()}
+    tables = [size_table(cfg, args.batch_size, args.seq_len) for cfg in configs.values()]
+    print(tables[0] if len(tables) == 1 else "\n\n".join(f"variant {label}:\n\n{table}" for label, table in zip(configs, tables)))
     return 0
 
 

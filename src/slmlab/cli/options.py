@@ -256,6 +256,19 @@ def load_run_config(config: str, extra: list[str], name: str | None = None):
     return load_config(config, overrides)
 
 
+def configs_to_inspect(config: str, extra: list[str]) -> dict[str, object]:
+    """What `check`, `info` and `diagnose` look at: {CONFIG: its run config} for a run config, or
+    {variant: its run config at its first seed} for a sweep config (overrides apply to every run)."""
+    from ..config import parse_overrides, read_toml
+
+    if Path(config).is_file() and "variants" in read_toml(config):
+        from ..experiments.sweep_config import first_seed_jobs, load_sweep
+
+        _, jobs = load_sweep(config, parse_overrides(extra))
+        return {job.variant: job.config for job in first_seed_jobs(jobs)}
+    return {config: load_run_config(config, extra)}
+
+
 def check_overrides(args: argparse.Namespace, overrides: list[str]) -> None:
     """Refuse config overrides the verb would not read (add_verb's `overrides`)."""
     if overrides and not args.takes_overrides:
