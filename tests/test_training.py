@@ -198,10 +198,17 @@ def test_non_finite_steps_are_skipped_counted_and_abort_after_k(text_corpus, mak
         trainer.fit()
 
 
-def test_a_model_non_finite_from_its_first_step_is_named_as_the_cause_not_the_learning_rate(text_corpus, make_config):
-    """init_std = 1e30 overflows the initial model: no update is ever made, so 'lower train.lr' would mislead."""
-    cfg = make_config(text_corpus, model={"init_std": 1e30}, train={"steps": 12, "max_nan_skips": 3})
-    with pytest.raises(TrainingError, match=r"initial model's loss or gradient is not finite \(5 steps skipped.*init_std"):
+@pytest.mark.parametrize(("steps", "most", "skipped"), [(12, 3, 5), (3, 5, 3)])
+def test_a_model_non_finite_from_its_first_step_is_named_as_the_cause_not_the_learning_rate(
+    text_corpus, make_config, steps, most, skipped
+):
+    """init_std = 1e30 overflows the initial model: no update is ever made, so 'lower train.lr' would mislead.
+    A run shorter than max_nan_skips finished such steps as if trained, with NaN scores, then failed
+    at its closing sample blaming 'damaged weights' and wrote no summary."""
+    cfg = make_config(text_corpus, model={"init_std": 1e30}, train={"steps": steps, "max_nan_skips": most, "log_every": 5})
+    with pytest.raises(
+        TrainingError, match=rf"initial model's loss or gradient is not finite \({skipped} steps skipped.*init_std"
+    ):
         Trainer(cfg, progress=False).fit()
     assert not (Path(cfg.out_dir) / cfg.name).exists()  # nothing was recorded: no run folder is left
 

@@ -48,14 +48,16 @@ class StepTally:
         }
 
 
-def check_skips(window: dict, step: int, max_nan_skips: int) -> None:
+def check_skips(window: dict, step: int, max_nan_skips: int, last: bool = False) -> None:
     """Warn of a window's skipped steps; abort when `max_nan_skips` came in a row, naming the
-    model as the cause when they are every step of a run begun at step 0 (no update was made)."""
+    model as the cause when they are every step of a run begun at step 0 (no update was made),
+    as also when such a run ends (`last`) before that many steps: it trained nothing."""
     if window["skipped"]:
         log.warning("%d non-finite step(s) skipped (loss or gradient), up to step %d", window["skipped"], step)
-    if window["longest"] < max_nan_skips:
+    untrained = window["longest"] >= step  # not one update yet: the weights are the initial ones
+    if window["longest"] < max_nan_skips and not (last and untrained):
         return
-    if window["longest"] >= step:  # not one update yet: the weights are the initial ones
+    if untrained:
         raise TrainingError(
             f"the initial model's loss or gradient is not finite ({step} steps skipped, no update made), "
             "so no learning rate helps: a [model] value overflows (init_std, norm_eps, rope_scale, a variant's "

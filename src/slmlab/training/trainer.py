@@ -406,7 +406,7 @@ class Trainer:
 
     def _account_skips(self, window: dict) -> None:
         self.nan_skips += window["skipped"]
-        check_skips(window, self.step, self.cfg.train.max_nan_skips)
+        check_skips(window, self.step, self.cfg.train.max_nan_skips, last=self.step >= self.cfg.train.steps)
 
     def _finish(self, scores: tuple[float, float], elapsed: float, compile_seconds: float) -> TrainResult:
         if math.isnan(scores[0]):
