@@ -132,6 +132,11 @@ def test_lm_eval_scores_the_cloze_task_end_to_end(run, capsys):
     for path in (run / "missing_tasks", run / "config.json"):  # ran without the user's tasks, in silence
         assert main(["lm-eval", str(run), "--tasks", "slmlab_cloze", "--include-path", str(path)]) == 2
         assert "is not a folder: give the folder that holds your task YAMLs" in capsys.readouterr().err
+    results = (run / "lm_eval" / "results.json").read_bytes()
+    assert main(["lm-eval", str(run), "--tasks", "slmlab_cloze", "--limit", "4", "--num-fewshot", "100000"]) == 2
+    err = capsys.readouterr().err  # was lm-eval's ValueError traceback from random.sample
+    assert "--num-fewshot 100000 is more examples than a task has" in err and "Traceback" not in err
+    assert (run / "lm_eval" / "results.json").read_bytes() == results
 
 
 @pytest.mark.slow

@@ -245,6 +245,12 @@ def evaluate_run(
             f"lm-eval could not read a task's dataset offline ({str(err).splitlines()[0][:120]}); "
             "standard tasks need their datasets in the local Hugging Face cache"
         ) from None
+    except ValueError as err:  # random.sample in lm-eval's few-shot sampler
+        if num_fewshot and "larger than population" in str(err):
+            raise ConfigError(
+                f"--num-fewshot {num_fewshot} is more examples than a task has to draw its few-shot examples from; give fewer"
+            ) from None
+        raise
     scores = {  # lm-eval names a metric "acc,none" (metric, filter); its stderr "acc_stderr,none"
         task: {
             k.split(",")[0]: float(v) for k, v in values.items() if "," in k and "stderr" not in k and isinstance(v, (int, float))
