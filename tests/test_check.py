@@ -239,3 +239,12 @@ def test_a_plugin_section_named_like_a_model_setting_is_refused_where_it_registe
 def test_the_worked_example_passes_check(capsys):
     assert main(["check", str(ROOT / "examples" / "plugins" / "gated_attention_sweep.toml")]) == 0
     assert "33/33 properties hold" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seed", [0, 2**64 - 1])
+def test_any_seed_the_option_takes_checks_the_same_properties(seed, tmp_path, text_corpus, capsys):
+    """--seed 2**64 - 1 was taken, then determinism and the save/load round trip failed with
+    'Overflow when unpacking long long': they seed a second generator at seed + 1 and seed + 7."""
+    config = write_micro_toml(tmp_path / "c.toml", text_corpus, tmp_path)
+    assert main(["check", str(config), "--seed", str(seed)]) == 0
+    assert "11/11 properties hold" in capsys.readouterr().out

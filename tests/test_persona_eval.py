@@ -131,4 +131,24 @@ def test_every_run_compared_is_checked_before_any_is_measured(tmp_path, micro_to
         assert main([*argv, "--persona-data", str(text_corpus), "--other-data", str(tmp_path / "other.txt")]) == 2
         captured = capsys.readouterr()
         assert message in captured.err and "persona classifier" not in captured.out
+    # an --out that is a folder or lies below a file, and a device slmlab cannot run on, failed only at the end
+    (tmp_path / "a_file.txt").write_text("notes")
+    for options, message in (
+        (["--out", str(runs)], f"--out {runs} is a folder: name a file to write"),
+        (["--out", str(tmp_path / "a_file.txt" / "t.md")], "a_file.txt is a file, not a folder"),
+        (["--device", "bogus"], "device 'bogus' is not one slmlab runs on"),
+    ):
+        argv = [
+            "persona-eval",
+            str(runs / "byte"),
+            "--persona-data",
+            str(text_corpus),
+            "--other-data",
+            str(tmp_path / "other.txt"),
+        ]
+        assert main([*argv, *options]) == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and "persona classifier" not in captured.out + captured.err
     assert not (runs / "byte" / "persona_eval.json").exists()
+    argv = ["persona-eval", str(runs / "byte"), "--persona-data", str(text_corpus), "--other-data", str(tmp_path / "other.txt")]
+    assert main([*argv, "--seed", str(2**64 - 1), "--openings", "2", "--max-new-tokens", "4"]) == 0  # sklearn took < 2**32

@@ -157,8 +157,14 @@ def is_run_folder(folder: str | Path) -> bool:
 def check_replaceable(path: str | Path, option: str, what: str, is_ours: Callable[[str], bool]) -> None:
     """Refuse an output file that already holds something other than `what` (told apart by
     `is_ours(its text)`): a config, a corpus or notes named by mistake would be replaced. An
-    earlier output of the same command is replaced, as rerunning it should."""
+    earlier output of the same command is replaced, as rerunning it should. A folder, or a path
+    below a file, is refused too: checked before the command's work, not at its end."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder: name a file to write")
+    above = next((folder for folder in path.parents if folder.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ConfigError(f"{option} {path}: {above} is a file, not a folder")
     if not path.is_file():
         return
     try:

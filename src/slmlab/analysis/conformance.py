@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_model
 
-from ..config import ModelConfig, RunConfig
+from ..config import ModelConfig, RunConfig, offset_seed
 from ..model.protocol import attention_modules
 from ..phase_progress import tracked
 from ..registry import NAIVE_REFERENCES, build_model
@@ -212,7 +212,7 @@ def check_gradients(probe: Probe) -> Result:
 def _one_step(probe: Probe) -> tuple[float, torch.nn.Module]:
     model = probe.build().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    torch.manual_seed(probe.seed + 1)
+    torch.manual_seed(offset_seed(probe.seed, 1))
     _, loss = model(probe.tokens, probe.targets)
     loss.backward()
     optimizer.step()
@@ -234,7 +234,7 @@ def check_save_load(probe: Probe) -> Result:
     with torch.no_grad():
         for parameter in model.parameters():  # away from the init, so a parameter left out shows
             parameter.add_(torch.randn_like(parameter) * 0.01)
-    fresh = Probe(probe.cfg, probe.seed + 7).build().eval()
+    fresh = Probe(probe.cfg, offset_seed(probe.seed, 7)).build().eval()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "weights.safetensors"
         save_model(model, str(path))

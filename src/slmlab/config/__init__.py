@@ -2,7 +2,7 @@
 conversion and the rules that span fields."""
 
 from ..errors import ConfigError
-from .checks import check_name, check_no_ignored_setting, check_seed, resolve_vocab, validate
+from .checks import check_name, check_no_ignored_setting, check_seed, offset_seed, resolve_vocab, validate
 from .loading import (
     apply_overrides,
     check_config,
@@ -33,6 +33,7 @@ __all__ = [
     "config_from_dict",
     "dotted",
     "load_config",
+    "offset_seed",
     "parse_overrides",
     "read_toml",
     "require_run_config",

@@ -54,6 +54,12 @@ def check_seed(key: str, seed: int) -> int:
     return seed
 
 
+def offset_seed(seed: int, offset: int) -> int:
+    """Another seed derived from `seed` (seed + offset, wrapped into [0, 2**64)): a seed near the top
+    of the range stays one every generator takes."""
+    return (seed + offset) % SEED_LIMIT
+
+
 def _lookup(cfg: Any, key: str) -> Any:
     for part in key.split("."):
         cfg = getattr(cfg, part)

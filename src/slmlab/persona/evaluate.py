@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError, DataConfig
+from ..config import ConfigError, DataConfig, offset_seed
 from ..data.corpora import DocumentSelection, check_not_a_source_file, open_source
 from ..data.tokenizers import TokenizerError
 from ..data.tokens import prepare_tokens, validation_ids
@@ -115,7 +115,7 @@ class PersonaClassifier:
                 labels += [label] * len(chunks)
         self.pipeline = make_pipeline(
             TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, max_features=50000),
-            LogisticRegression(max_iter=2000, class_weight="balanced", random_state=seed),
+            LogisticRegression(max_iter=2000, class_weight="balanced", random_state=seed % 2**32),  # sklearn's range
         )
         self.pipeline.fit(train_texts, train_labels)
         self.held_out = len(test_texts)
@@ -185,7 +185,7 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
         if ids is None:
             continue
         encoded.append(ids[-(model.cfg.block_size // 2) :])
-        seeds.append(seed + index)
+        seeds.append(offset_seed(seed, index))
     if not encoded:
         return []
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
@@ -220,7 +220,7 @@ def evaluate_persona(
     weights = weights_identity(run.path)
     cfg, model, tokenizer = load_run(run.path, device)
     neutral = continuations(model, tokenizer, list(NEUTRAL), max_new_tokens, seed, device)
-    adversarial = continuations(model, tokenizer, adversarial_prompts, max_new_tokens, seed + 1000, device)
+    adversarial = continuations(model, tokenizer, adversarial_prompts, max_new_tokens, offset_seed(seed, 1000), device)
     if not neutral or not adversarial:
         raise unencodable(run.path)
     scores_n = (classifier.persona_probability(neutral) > 0.5).astype(float)
@@ -230,8 +230,8 @@ def evaluate_persona(
         "classifier_accuracy": classifier.accuracy,
         "classifier_held_out": classifier.held_out,
         "neutral": bootstrap_mean(scores_n, seed),
-        "adversarial": bootstrap_mean(scores_a, seed + 1),
-        "drift": bootstrap_difference(scores_n, scores_a, seed + 2),
+        "adversarial": bootstrap_mean(scores_a, offset_seed(seed, 1)),
+        "drift": bootstrap_difference(scores_n, scores_a, offset_seed(seed, 2)),
         "prompts": [len(neutral), len(adversarial)],
         "persona_ppl": text_perplexity(model, cfg, data.persona, tokenizer, device),
         "other_ppl": text_perplexity(model, cfg, data.other, tokenizer, device),
@@ -274,6 +274,7 @@ def persona_report(
 
     if not runs:
         raise ConfigError("name at least one run (or --compare RUN_A RUN_B ...)")
+    resolved = resolve_device(device)
     if out:
         for spec in filter(None, (persona_spec, other_spec)):  # a table written over the text it measures
             check_not_a_source_file(source_data_config(spec), out, "--out")
@@ -283,7 +284,6 @@ def persona_report(
         check_run(run)
     classifier = PersonaClassifier(data, seed)
     progress(f"persona classifier: held-out balanced accuracy {classifier.accuracy:.3f} on {classifier.held_out} passages")
-    resolved = resolve_device(device)
     prompts = adversarial_prompts(data, openings, seed)
     results = []
     for run in runs:
