@@ -135,7 +135,7 @@ def test_every_run_compared_is_checked_before_any_is_measured(tmp_path, micro_to
     (tmp_path / "a_file.txt").write_text("notes")
     for options, message in (
         (["--out", str(runs)], f"--out {runs} is a folder: name a file to write"),
-        (["--out", str(tmp_path / "a_file.txt" / "t.md")], "a_file.txt is a file, not a folder"),
+        (["--out", str(tmp_path / "a_file.txt" / "t.md")], "a_file.txt is a file (a file stands where a folder is needed"),
         (["--device", "bogus"], "device 'bogus' is not one slmlab runs on"),
     ):
         argv = [

@@ -164,7 +164,7 @@ def check_replaceable(path: str | Path, option: str, what: str, is_ours: Callabl
         raise ConfigError(f"{option} {path} is a folder: name a file to write")
     above = next((folder for folder in path.parents if folder.exists()), None)
     if above is not None and not above.is_dir():
-        raise ConfigError(f"{option} {path}: {above} is a file, not a folder")
+        raise ConfigError(f"{option} {path}: {above} is a file (a file stands where a folder is needed: choose another path)")
     if not path.is_file():
         return
     try:
