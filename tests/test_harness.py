@@ -139,6 +139,19 @@ def test_lm_eval_scores_the_cloze_task_end_to_end(run, capsys):
     assert (run / "lm_eval" / "results.json").read_bytes() == results
 
 
+def test_a_sweep_with_an_unknown_task_fails_before_any_run_trains(tmp_path, micro_sweep, capsys):
+    """The task names were read only once every run had trained: the sweep then failed without
+    writing its results table."""
+    text = micro_sweep.read_text()
+    micro_sweep.write_text(text + '\n[lm_eval]\ntasks = ["slmlab_clozee"]\n')
+    assert main(["sweep", str(micro_sweep)]) == 2
+    assert "lm-eval knows no task 'slmlab_clozee' (did you mean 'slmlab_cloze'?)" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "micro").exists()
+    micro_sweep.write_text(text + '\n[lm_eval]\ntasks = ["slmlab_cloze"]\nlimit = -1\n')
+    assert main(["sweep", str(micro_sweep), "--dry-run"]) == 2
+    assert "lm_eval.limit must be >= 0, got -1" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_sweep_puts_task_accuracy_with_paired_cis_in_its_table(tmp_path, micro_sweep, capsys):
     micro_sweep.write_text(micro_sweep.read_text() + '\n[lm_eval]\ntasks = ["slmlab_cloze"]\nlimit = 10\n')

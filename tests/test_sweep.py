@@ -145,6 +145,25 @@ def test_info_and_diagnose_of_a_sweep_config_look_at_every_variant(micro_sweep, 
     assert "[PASS] loss at init" in lines[2] and "[FAIL] overfit one batch" in lines[3]
 
 
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        ("[budget]\n", "[budget] asks for nothing: give one of tokens, flops or seconds"),
+        ("[tune]\nsteps = 4\n", "[tune] asks for nothing: give values to try for lr, warmup_steps or weight_decay"),
+        ("[tune]\nlr = []\n", "[tune] asks for nothing"),
+        ("[lm_eval]\ntasks = []\n", "[lm_eval] asks for nothing: give its tasks"),
+        ("lm_eval = 3\n", "lm_eval: expected a table ([lm_eval] or lm_eval = {...}), got int 3"),
+    ],
+)
+def test_a_table_that_asks_for_nothing_is_refused(micro_sweep, capsys, table, says):
+    """An empty [budget] ran the sweep at equal steps, an empty [tune] tuned nothing, in silence."""
+    text = micro_sweep.read_text()
+    micro_sweep.write_text(table + text if "=" in table.split("\n")[0] else text + table)
+    assert main(["sweep", str(micro_sweep), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "\n" not in err
+
+
 def test_a_shared_setting_one_variant_ignores_is_kept_for_the_variants_that_read_it(micro_sweep):
     """SMAT's s_dim in [overrides] is read by the 'full' variant, ignored by the baseline: the
     baseline's run used to be refused ("remove it"), which a sweep cannot do for one variant. A

@@ -228,6 +228,10 @@ def cmd_sweep(args, extra) -> int:
     from ..training.stopping import stop_at_step_end
 
     sweep, jobs = load_sweep(args.config, parse_overrides(extra))
+    if sweep.lm_eval.tasks:  # known before any run trains: the table is scored after all of them
+        from ..evals.harness import check_tasks
+
+        check_tasks(sweep.lm_eval.tasks)
     if args.dry_run:
         tuning = tuning_jobs(sweep, jobs)  # none without [tune]
         print("\n".join([*(f"tune {line}" for line in dry_run_lines(tuning)), *dry_run_lines(jobs)]))

@@ -67,7 +67,10 @@ def check_value(key: str, value: Any, annotation: Any) -> Any:
             return build_dataclass(annotation, value, prefix=key)
         if isinstance(value, annotation):
             return value
-    type_name = getattr(annotation, "__name__", str(annotation))
+    if dataclasses.is_dataclass(annotation) or origin is dict:
+        type_name = f"a table ([{key}] or {key} = {{...}})"
+    else:
+        type_name = getattr(annotation, "__name__", str(annotation))
     raise ConfigError(f"{key}: expected {type_name}, got {type(value).__name__} {value!r}")
 
 

@@ -189,6 +189,28 @@ def results_path(run: str | Path) -> Path:
     return Path(run) / "lm_eval" / "results.json"
 
 
+def check_tasks(tasks: list[str], include_path: str = "") -> None:
+    """Refuse task names lm-eval does not know (slmlab_cloze always exists; lm-eval's own task
+    index is read only when other tasks are named: seconds) and an --include-path that is no
+    folder, before any run is loaded or trained."""
+    from lm_eval.tasks import TaskManager
+
+    from .cloze import TASK
+
+    if not tasks:
+        raise ConfigError(f"name at least one task, e.g. --tasks {TASK}")
+    if include_path and not Path(include_path).is_dir():  # lm-eval walks it: a file or a typo gave no tasks, in silence
+        raise ConfigError(f"--include-path {include_path} is not a folder: give the folder that holds your task YAMLs")
+    others = [t for t in tasks if t != TASK]
+    if others:
+        known = [*TaskManager(include_path=include_path or None).all_tasks, TASK]
+        unknown = [t for t in others if t not in known]
+        if unknown:
+            raise ConfigError(
+                f"lm-eval knows no task {unknown[0]!r}{closest(unknown[0], known)}; give its folder with --include-path, or use {TASK}"
+            )
+
+
 def evaluate_run(
     run: str | Path,
     tasks: list[str],
@@ -211,19 +233,9 @@ def evaluate_run(
 
     from .cloze import TASK, cloze_examples, write_cloze_task
 
-    if not tasks:
-        raise ConfigError(f"name at least one task, e.g. --tasks {TASK}")
-    if include_path and not Path(include_path).is_dir():  # lm-eval walks it: a file or a typo gave no tasks, in silence
-        raise ConfigError(f"--include-path {include_path} is not a folder: give the folder that holds your task YAMLs")
+    check_tasks(tasks, include_path)
     include = [include_path] if include_path else []
-    others = [t for t in tasks if t != TASK]  # lm-eval's own task index is read only when needed (seconds)
-    if others:
-        known = [*TaskManager(include_path=include or None).all_tasks, TASK]
-        unknown = [t for t in others if t not in known]
-        if unknown:
-            raise ConfigError(
-                f"lm-eval knows no task {unknown[0]!r}{closest(unknown[0], known)}; give its folder with --include-path, or use {TASK}"
-            )
+    others = [t for t in tasks if t != TASK]
     weights = weights_identity(run)  # before loading: see runs/derived.py
     model = SlmlabLM(str(run), device=device, batch_size=batch_size)
     if TASK in tasks:

@@ -109,6 +109,7 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
             f"{path}: variants {folded} differ only in case; their run folders would be one folder "
             "on macOS and Windows: rename one"
         )
+    check_tables(path, values, sweep)
     sweep.baseline = sweep.baseline or next(iter(sweep.variants))
     if sweep.baseline not in sweep.variants:
         raise ConfigError(f"{path}: baseline '{sweep.baseline}' is not one of the variants {list(sweep.variants)}")
@@ -154,6 +155,27 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
     if steps:
         jobs = [Job(job.variant, job.seed, set_steps(job.config, steps[job.variant])) for job in jobs]
     return sweep, jobs
+
+
+def check_tables(path: Path, values: dict, sweep: SweepConfig) -> None:
+    """A [budget], [tune] or [lm_eval] table that asks for nothing, and [lm_eval] counts below their
+    range, are refused: the sweep ran as if the table were absent, in silence."""
+    asks = {
+        "budget": (sweep.budget.held() is not None, "one of tokens, flops or seconds"),
+        "tune": (bool(sweep.tune.axes()), "values to try for lr, warmup_steps or weight_decay"),
+        "lm_eval": (bool(sweep.lm_eval.tasks), 'its tasks (tasks = ["slmlab_cloze"])'),
+    }
+    for table, (asked, what) in asks.items():
+        if table in values and not asked:
+            raise ConfigError(f"{path}: [{table}] asks for nothing: give {what}, or remove the table")
+    spec = sweep.lm_eval
+    for name, value, least in (
+        ("limit", spec.limit, 0),
+        ("num_fewshot", spec.num_fewshot, 0),
+        ("batch_size", spec.batch_size, 1),
+    ):
+        if value < least:
+            raise ConfigError(f"{path}: lm_eval.{name} must be >= {least}, got {value}")
 
 
 def check_no_ignored_setting_in_sweep(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:
