@@ -85,6 +85,11 @@ def test_missing_and_failing_plugins_are_one_line_errors(tmp_path, text_corpus):
         load_config(plugin_toml(tmp_path, text_corpus, broken, ""))
     with pytest.raises(ConfigError, match="plugin module 'no_such_module_xyz' cannot be imported"):
         load_config(write_micro_toml(tmp_path / "m.toml", text_corpus, tmp_path), {"plugins": ["no_such_module_xyz"]})
+    notes = tmp_path / "ideas" / "gate.txt"  # not a .py file: an AttributeError traceback from importlib's None
+    notes.parent.mkdir()
+    notes.write_text("a gate on the output\n")
+    with pytest.raises(ConfigError, match=r"plugin file .*gate.txt is not Python source: name a .py file"):
+        load_config(plugin_toml(tmp_path, text_corpus, notes, ""))
 
 
 def test_a_run_records_its_plugins_source_and_sha256(trained):

@@ -109,6 +109,8 @@ def _import(spec: str, source: Path | None = None) -> Plugin:
         path = source or Path(spec)
         if not path.is_file():
             raise ConfigError(f"plugin file not found: {path} (plugins = [...] paths are relative to the config file)")
+        if path.suffix != ".py":  # Python imports no other file: spec_from_file_location gave None
+            raise ConfigError(f"plugin file {path} is not Python source: name a .py file, or an importable module")
         name = module_name(spec)
         _exec_file(spec, name, path)
         plugin = Plugin(spec, name, path, sha256_file(path))
