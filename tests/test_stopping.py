@@ -16,6 +16,21 @@ from slmlab.runs.run_dir import RunDir
 from slmlab.training import Trainer, stopping, train
 
 
+@pytest.fixture(autouse=True)
+def sigint_as_a_terminal_gives_it():
+    """Ctrl-C handled as Python does by default, even when the test run was started as a
+    background job (`make test &`), whose processes inherit SIGINT ignored."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def _sigint_by_default() -> None:
+    """In a child process before it starts: SIGINT at its default, so a Python child installs its
+    KeyboardInterrupt handler whatever this process inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _signal_at(trainer: Trainer, step: int, number: int = signal.SIGINT, times: int = 1) -> None:
     """Send this process `number` (`times` times) while step `step` + 1 is being trained."""
     real_next_batch = trainer.sampler.next_batch
@@ -109,6 +124,7 @@ def test_a_stopped_sweep_starts_no_queued_run_and_its_runs_under_way_keep_their_
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_sigint_by_default,
     )
     try:
         metrics = tmp_path / "runs" / "s" / "a_s0" / "metrics.jsonl"
