@@ -193,8 +193,6 @@ def check_tasks(tasks: list[str], include_path: str = "") -> None:
     """Refuse task names lm-eval does not know (slmlab_cloze always exists; lm-eval's own task
     index is read only when other tasks are named: seconds) and an --include-path that is no
     folder, before any run is loaded or trained."""
-    from lm_eval.tasks import TaskManager
-
     from .cloze import TASK
 
     if not tasks:
@@ -203,6 +201,8 @@ def check_tasks(tasks: list[str], include_path: str = "") -> None:
         raise ConfigError(f"--include-path {include_path} is not a folder: give the folder that holds your task YAMLs")
     others = [t for t in tasks if t != TASK]
     if others:
+        from lm_eval.tasks import TaskManager
+
         known = [*TaskManager(include_path=include_path or None).all_tasks, TASK]
         unknown = [t for t in others if t not in known]
         if unknown:

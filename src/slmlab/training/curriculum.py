@@ -73,16 +73,19 @@ def relocate_finished(cfg: RunConfig, manifests: list[dict], world: World) -> No
     (the phase under way is checked and recorded by its Trainer)."""
     for index, manifest in enumerate(manifests):
         run = RunDir.for_config(sub := cfg.phase(index))
-        if run.summary.is_file() and relocated(run.read_config(), sub):
-            check_same_data(run, run.read_summary().get("data_sha256"), manifest, sub)
+        if not run.summary.is_file():
+            continue
+        recorded = run.read_config()
+        if relocated(recorded, sub):
+            check_same_data(run, recorded, run.read_summary().get("data_sha256"), manifest, sub)
             if world.is_main:
-                record_resumed(run, sub)
+                record_resumed(run, recorded, sub)
 
 
 def relocate_root(cfg: RunConfig, root: RunDir, world: World) -> None:
     """The curriculum's config records the data's new place once a phase has checked it."""
-    if world.is_main and relocated(root.read_config(), cfg):
-        record_resumed(root, cfg)
+    if world.is_main and relocated(recorded := root.read_config(), cfg):
+        record_resumed(root, recorded, cfg)
 
 
 def _train_phases(cfg: RunConfig, root: RunDir, world: World, resume: bool, overwrite: bool, progress: bool) -> TrainResult:

@@ -45,12 +45,12 @@ def resume_config(run: RunDir, checkpoint: str | None, requested: RunConfig) -> 
     return cfg
 
 
-def check_same_data(run: RunDir, trained_on: dict | None, manifest: dict, cfg: RunConfig) -> None:
-    """Refuse to resume on token streams other than those the run trained on (`trained_on`: the
-    token manifest's SHA-256s a checkpoint or summary recorded; None in those of older slmlab, which
-    are then trusted only where the run's own data.source is read)."""
-    source, recorded_cfg = cfg.data.source, run.read_config()
-    recorded, moved = recorded_cfg.data.source, relocated(recorded_cfg, cfg)
+def check_same_data(run: RunDir, recorded_cfg: RunConfig, trained_on: dict | None, manifest: dict, cfg: RunConfig) -> None:
+    """Refuse to resume `run` (whose config.json holds `recorded_cfg`) under `cfg` on token streams
+    other than those it trained on (`trained_on`: the token manifest's SHA-256s a checkpoint or
+    summary recorded; None in those of older slmlab, which are then trusted only where the run's own
+    data.source is read)."""
+    source, recorded, moved = cfg.data.source, recorded_cfg.data.source, relocated(recorded_cfg, cfg)
     if trained_on is None and moved:
         raise ConfigError(
             f"{run.path} was saved by an older slmlab that did not record the token streams it trained on, so "
@@ -65,8 +65,8 @@ def check_same_data(run: RunDir, trained_on: dict | None, manifest: dict, cfg: R
         )
 
 
-def record_resumed(run: RunDir, cfg: RunConfig) -> None:
-    """Write the config a resume continues under to the run, where it differs from the recorded one
-    (more steps, another tracker, the data's new place), once its data is checked."""
-    if cfg.to_dict() != run.read_config().to_dict():
+def record_resumed(run: RunDir, recorded_cfg: RunConfig, cfg: RunConfig) -> None:
+    """Write the config a resume continues under to the run, where it differs from the one recorded
+    (`recorded_cfg`: more steps, another tracker, the data's new place), once its data is checked."""
+    if cfg.to_dict() != recorded_cfg.to_dict():
         run.write_config(cfg)

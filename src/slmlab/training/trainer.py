@@ -233,9 +233,10 @@ class Trainer:
         self.world.barrier()
 
     def _restore(self, state: dict) -> None:
-        check_same_data(self.run, state.get("data_sha256"), self.data.manifest, self.cfg)
+        recorded = self.run.read_config()
+        check_same_data(self.run, recorded, state.get("data_sha256"), self.data.manifest, self.cfg)
         if self.world.is_main:
-            record_resumed(self.run, self.cfg)
+            record_resumed(self.run, recorded, self.cfg)
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.step, self.tokens, self.nan_skips = state["step"], state["tokens"], state["nan_skips"]
