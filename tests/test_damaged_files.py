@@ -6,7 +6,7 @@ read by the verbs that read it."""
 from __future__ import annotations
 
 import json
-import os
+import random
 import shutil
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from slmlab.cli import main
 
 from .conftest import write_micro_toml
 
-RANDOM = os.urandom(64) + b"\xff\xfe\x00"
+RANDOM = random.Random(20261123).randbytes(64) + b"\xff\xfe\x00"  # the same bytes in every run
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,9 @@ def test_weights_that_sample_nan_are_one_line(copy, capsys):
     assert "not finite" in _one_line_error(capsys, "final.safetensors", "weights")
 
 
-@pytest.mark.parametrize("content", [b"\x80\x04cos\nsystem\n(S'echo pwned'\ntR.", RANDOM, b""])
+@pytest.mark.parametrize(
+    "content", [b"\x80\x04cos\nsystem\n(S'echo pwned'\ntR.", RANDOM, b""], ids=["hostile pickle", "random bytes", "empty"]
+)
 def test_a_hostile_or_damaged_pytorch_model_bin_is_one_line_in_surgery(tmp_path, content):
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models
