@@ -5,6 +5,7 @@ passes it as generated."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -215,6 +216,30 @@ def test_the_scaffold_refuses_bad_names_and_existing_files(tmp_path):
     with pytest.raises(ConfigError, match="already exist.*--force"):
         write_variant("twice", "output-gate", tmp_path)
     write_variant("twice", "output-gate", tmp_path, force=True)
+
+
+@pytest.mark.parametrize(
+    "name, wrong",
+    [
+        ("intervention", "intervention.py bind Intervention twice"),
+        ("hook_point", "hook_point.py bind HookPoint twice"),
+        ("config_error", "config_error.py bind ConfigError twice"),
+        ("exception", "exception.py bind Exception twice"),
+        ("none", "none.py invalid Python"),
+        ("baseline", "baseline_sweep.toml invalid (Cannot declare ('variants', 'baseline') twice"),
+    ],
+)
+def test_the_scaffold_refuses_a_name_that_would_break_a_file_it_writes(tmp_path, name, wrong):
+    """`intervention` wrote `class Intervention` over the slmlab class the plugin registers its
+    intervention with, so the plugin failed to import; `hook_point` made all 11 properties fail;
+    `none` wrote `class None`; `baseline` wrote a sweep declaring [variants.baseline] twice."""
+    for kind in ("attention-extension", "output-gate", "mlp"):
+        with pytest.raises(ConfigError, match=re.escape(f"variant name {name!r} would make {wrong}")):
+            write_variant(name, kind, tmp_path)
+    with pytest.raises(ConfigError, match="full_causal.py bind FullCausal twice"):
+        write_variant("full_causal", "attention-extension", tmp_path)  # its naive reference tests the pattern's class
+    assert not any(tmp_path.iterdir())
+    write_variant("full_causal", "mlp", tmp_path)  # an MLP imports no FullCausal: the name is free there
 
 
 def test_a_plugin_section_named_like_a_model_setting_is_refused_where_it_registers():

@@ -14,10 +14,14 @@ baseline off).
 
 from __future__ import annotations
 
+import ast
+import builtins
 import keyword
+from collections import Counter
 from pathlib import Path
 from string import Template
 
+from ..config import toml_problem
 from ..errors import ConfigError
 from ..files import atomic_write_text
 from ..registry import MODEL_SECTIONS, check_section_name, load_builtins
@@ -56,10 +60,53 @@ def write_variant(name: str, kind: str, out: str | Path, force: bool = False) ->
         out / f"{name}.toml": "run.toml.tmpl",
         out / f"{name}_sweep.toml": "sweep.toml.tmpl",
     }
+    texts = {
+        path: Template((TEMPLATES / template).read_text(encoding="utf-8")).substitute(values) for path, template in files.items()
+    }
+    for path, text in texts.items():
+        check_rendered(name, path, text)
     taken = [str(path) for path in files if path.exists()]
     if taken and not force:
         raise ConfigError(f"{', '.join(taken)} already exist; pick another name or pass --force to replace them")
     out.mkdir(parents=True, exist_ok=True)
-    for path, template in files.items():
-        atomic_write_text(path, Template((TEMPLATES / template).read_text(encoding="utf-8")).substitute(values))
+    for path, text in texts.items():
+        atomic_write_text(path, text)
     return list(files)
+
+
+def check_rendered(name: str, path: Path, text: str) -> None:
+    """Refuse a name that would make a file the scaffold writes wrong: a config that does not
+    parse (`baseline` declares the sweep's baseline variant twice), or a plugin that does not
+    parse (`none` makes `class None`) or whose class or function takes a name it imports, defines
+    or Python builds in (`intervention` makes class Intervention, which would replace slmlab's
+    Intervention it registers its own with; `exception` would hide Python's Exception)."""
+    if path.suffix == ".toml":
+        if problem := toml_problem(text):
+            raise ConfigError(f"variant name {name!r} would make {path.name} invalid ({problem}); pick another name")
+        return
+    try:
+        bound = Counter(bound_names(ast.parse(text)))
+    except SyntaxError as err:  # `none` makes `class None`
+        raise ConfigError(f"variant name {name!r} would make {path.name} invalid Python ({err.msg}); pick another name") from None
+    clashes = sorted(bound_name for bound_name, count in bound.items() if count > 1 or hasattr(builtins, bound_name))
+    if clashes:
+        raise ConfigError(
+            f"variant name {name!r} would make {path.name} bind {', '.join(clashes)} twice (a name it imports, "
+            "defines for itself or Python builds in); pick another name"
+        )
+
+
+def bound_names(module: ast.Module) -> list[str]:
+    """The names a module's top-level statements bind (imports, classes, functions, assignments)."""
+    names = []
+    for node in module.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names += [(alias.asname or alias.name).split(".")[0] for alias in node.names]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names += [target.id for target in targets if isinstance(target, ast.Name)]
+    return names

@@ -12,6 +12,7 @@ from .loading import (
     parse_overrides,
     read_toml,
     require_run_config,
+    toml_problem,
 )
 from .schema import DataConfig, ModelConfig, PhaseConfig, RunConfig, TrainConfig
 from .values import build_dataclass, check_value
@@ -38,5 +39,6 @@ __all__ = [
     "read_toml",
     "require_run_config",
     "resolve_vocab",
+    "toml_problem",
     "validate",
 ]

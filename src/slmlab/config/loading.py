@@ -29,6 +29,15 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
+def toml_problem(text: str) -> str | None:
+    """What the TOML parser finds wrong with `text`, or None when it parses."""
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        return str(err)
+    return None
+
+
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
     """Build and validate a RunConfig from nested plain values (e.g. parsed TOML or config.json)."""
     if not isinstance(values, dict):
