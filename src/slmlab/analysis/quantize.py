@@ -29,11 +29,22 @@ from ..tables import human, markdown_table
 INT8_FILE = "model_int8.pt"
 
 
+class Int8Linear(torch.ao.nn.quantized.dynamic.Linear):
+    """PyTorch's dynamic int8 linear layer, taking a 1-D input (in,) -> (out,) as nn.Linear does:
+    the quantised kernel needs at least 2 dimensions, and a layer may be fed a single vector (the
+    Self Area refines its one persona state so)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x[None])[0] if x.dim() == 1 else super().forward(x)
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """A CPU copy of `model` whose nn.Linear layers are int8 dynamically quantised."""
+    """A CPU copy of `model` whose nn.Linear layers are int8 dynamically quantised (Int8Linear)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the eager quantisation API announces its successor, torchao
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8, mapping={nn.Linear: Int8Linear}
+        )
 
 
 def weights_digest(model: nn.Module) -> str:
