@@ -135,3 +135,32 @@ def test_micro_stage_two_lowers_persona_text_loss(text_corpus, make_config, tmp_
     base_weights, tuned = load_file(base / "final.safetensors"), load_file(run.final_weights)
     for name, tensor in base_weights.items():  # the base model is untouched; only the Self Area moved
         assert torch.equal(tensor, tuned[name]) != name.startswith("conditioning."), name
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()))
+def test_self_area_off_is_the_host_model_and_random_persona_keeps_the_norm(mode):
+    """`slmlab ablate` on an SMT run: self_area_off gives the base model's logits exactly, in every
+    mode; random_persona feeds every layer a g of the learned one's norm and another direction."""
+    from slmlab.model.interventions import applicable, intervene
+    from slmlab.registry import INTERVENTIONS
+
+    base, smt = pair(**mode)
+    area = smt.conditioning.area
+    with torch.no_grad():
+        area.alpha.fill_(0.7)
+    idx = torch.randint(0, 40, (2, 20))
+    assert not torch.allclose(smt(idx)[0], base(idx)[0])
+    with intervene(smt, INTERVENTIONS["self_area"]["self_area_off"]):
+        torch.testing.assert_close(smt(idx)[0], base(idx)[0], rtol=0, atol=1e-6)
+    learned = area.guidance().detach()
+    seen = []
+    with intervene(smt, INTERVENTIONS["self_area"]["random_persona"]):
+        handle = area.hook_persona.register_forward_hook(lambda m, args, out: seen.append(out.detach()))
+        first = smt(idx)[0]
+        handle.remove()
+        torch.testing.assert_close(smt(idx)[0], first)  # the same random g at every application
+    torch.testing.assert_close(seen[0].norm(), learned.norm())
+    assert torch.cosine_similarity(seen[0], learned, dim=0) < 0.9
+    assert not torch.allclose(first, smt(idx)[0])
+    assert {i.name for i in applicable(smt)} >= {"self_area_off", "random_persona"}
+    assert not {i.name for i in applicable(base)} & {"self_area_off", "random_persona"}

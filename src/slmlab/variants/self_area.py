@@ -14,7 +14,12 @@ With `surgery_safe` α_l starts at 0, so a freshly inserted module changes nothi
 N(0, 1) and W_l at N(0, 1/self_dim), so W_l g has unit scale per feature (the size of a normed
 hidden state): α_l's gradient is not zero and a small α_l already steers every layer. The same
 `SelfArea` module serves the native decoder (as its residual conditioning) and model surgery on
-Hugging Face models (slmlab/persona/surgery.py). Hook points `hook_guidance.<l>` see Δ_l.
+Hugging Face models (slmlab/persona/surgery.py). Hook points: `hook_persona` sees g,
+`hook_guidance.<l>` sees Δ_l.
+
+Surgical ablations (`slmlab ablate RUN`): `self_area_off` sets g = 0, so no layer receives
+anything (the host model alone); `random_persona` replaces g by a random vector of the same norm
+(fixed seed), which asks whether the learned persona matters or any shift of that size would do.
 
 
 Stage 2 trains only the Self Area (train.trainable = "self_area"), optionally with every norm
@@ -34,7 +39,8 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..model.hooks import HookPoint
-from ..registry import CONDITIONING, TRAINABLE, register_check, register_section
+from ..model.interventions import Intervention, Replace, constant
+from ..registry import CONDITIONING, INTERVENTIONS, TRAINABLE, register_check, register_section
 
 
 @dataclass
@@ -69,11 +75,12 @@ class SelfArea(nn.Module):
         self.proj = nn.Parameter(torch.randn(self.slots, d_model, cfg.self_dim) / cfg.self_dim**0.5)
         self.alpha = nn.Parameter(torch.full((self.slots,), 0.0 if cfg.surgery_safe else 1.0))
         self.gate = nn.Parameter(torch.randn(self.slots, cfg.self_dim, d_model) * init_std) if cfg.token_dependent else None
+        self.hook_persona = HookPoint()
         self.hook_guidance = nn.ModuleList(HookPoint() for _ in range(self.slots))
 
     def guidance(self) -> torch.Tensor:
         """g = p + MLP(p), (self_dim,)."""
-        return self.state + self.refine(self.state)
+        return self.hook_persona(self.state + self.refine(self.state))
 
     def delta(self, layer: int, x: torch.Tensor) -> torch.Tensor | None:
         """Δ_layer for hidden states x (B, T, d_model) -> (d_model,) or, token-dependent,
@@ -124,6 +131,35 @@ register_section(
     extends="conditioning",
     read_with={f.name: ("enabled",) for f in dataclasses.fields(SelfAreaConfig) if f.name != "enabled"},
 )
+
+
+def _random_same_norm(seed: int = 0) -> Replace:
+    """Replace g (self_dim,) by r ||g|| / ||r||, one Gaussian r per application: every layer and
+    every batch sees the same random persona, as they see the one learned."""
+    r = torch.randn(0)
+
+    def replace(g: torch.Tensor) -> torch.Tensor:
+        nonlocal r
+        if r.shape != g.shape:
+            r = torch.randn(g.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+        return r.to(g) * (g.norm() / r.norm())
+
+    return replace
+
+
+OFF = Intervention(
+    "self_area_off",
+    "g = 0: the Self Area adds nothing to any layer (the host model alone)",
+    {"hook_persona": constant(torch.zeros_like)},
+    owner=SelfArea,
+)
+RANDOM_PERSONA = Intervention(
+    "random_persona",
+    "g replaced by a random vector of the same norm: this persona, or any shift of its size?",
+    {"hook_persona": _random_same_norm},
+    owner=SelfArea,
+)
+INTERVENTIONS.register("self_area", {OFF.name: OFF, RANDOM_PERSONA.name: RANDOM_PERSONA})
 TRAINABLE.register("self_area", self_area_parameters)
 TRAINABLE.register("self_area+norms", self_area_and_norm_parameters)
 
