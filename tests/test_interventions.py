@@ -180,3 +180,24 @@ def test_a_head_ablation_equals_the_model_with_that_heads_output_projection_colu
         untouched, _ = model(idx)
     torch.testing.assert_close(ablated, expected, rtol=1e-6, atol=1e-6)
     assert not torch.allclose(untouched, expected)
+
+
+def test_ablate_offers_the_kinds_an_architecture_has(text_corpus, make_config, capsys):
+    """The TapeTransformer has attention heads but no per-layer attention and MLP outputs:
+    `ablate --layers` said it had "no attention, MLP or head hook points either", yet --heads works."""
+    from slmlab.cli import main
+    from slmlab.training import train
+
+    tape = {
+        "arch": "tape",
+        "pos": "sinusoidal",
+        "n_head": 2,
+        "d_model": 16,
+        "tape": {"n_critics": 1, "critic_layers": 1, "rnn_dim": 8},
+    }
+    run = train(make_config(text_corpus, model=tape, train={"steps": 2, "checkpoint_every": 0}), progress=False).run_dir
+    for flags in ([], ["--layers"]):
+        assert main(["ablate", str(run), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().endswith("add --heads to zero each attention head in turn") and "--layers" not in err, err
+    assert main(["ablate", str(run), "--heads", "--n-batches", "1"]) == 0

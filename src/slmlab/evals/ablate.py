@@ -24,6 +24,17 @@ from ..training import evaluate
 from ..training.runtime import resolve_device
 
 
+def _hint(model) -> str:
+    """What `ablate` could do instead, for a model that declares no interventions and has none of
+    the kinds asked for: the generic kinds this architecture has (TapeTransformer: heads only)."""
+    kinds = {
+        "--layers": ("to zero each layer's attention and MLP output in turn", layer_ablations(model)),
+        "--heads": ("to zero each attention head in turn", head_ablations(model)),
+    }
+    offered = [f"{flag} {what}" for flag, (what, found) in kinds.items() if found]
+    return "add " + ", or ".join(offered) if offered else "this architecture has no attention, MLP or head hook points either"
+
+
 def ablate(
     run_path: str | Path, n_batches: int = 20, device: str = "auto", layers: bool = False, heads: bool = False
 ) -> tuple[str, dict]:
@@ -34,12 +45,9 @@ def ablate(
     cfg, model, tokenizer = load_run(run_path, device)
     interventions = applicable(model) + (layer_ablations(model) if layers else []) + (head_ablations(model) if heads else [])
     if not interventions:
-        hint = (
-            "this architecture has no attention, MLP or head hook points either"
-            if layers or heads
-            else "add --layers to zero each layer's attention and MLP output in turn, or --heads each attention head"
+        raise ConfigError(
+            f"{run_path}: this model declares no interventions (its variant has no hook points to ablate); {_hint(model)}"
         )
-        raise ConfigError(f"{run_path}: this model declares no interventions (its variant has no hook points to ablate); {hint}")
     _, data = prepare_tokens(cfg.data, tokenizer)
 
     def ppl() -> float:
