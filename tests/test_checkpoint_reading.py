@@ -55,6 +55,19 @@ def test_eval_and_generate_read_the_named_checkpoint(run, capsys):
     assert capsys.readouterr().out.strip() == tokenizer.decode(greedy).strip()
 
 
+def test_a_checkpoint_is_named_by_its_step_alone_too(run, capsys, caplog):
+    """`--checkpoint STEP` read "6" as a name and refused it, listing step_000006."""
+    assert main(["eval", str(run), "--checkpoint", CHECKPOINT, "--batches", "2", "--json"]) == 0
+    by_name = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(run), "--checkpoint", "6", "--batches", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == by_name  # "checkpoint": "step_000006" too
+    assert main(["viz", "lens", str(run), "--checkpoint", "000006", "--prompt", "The"]) == 0
+    assert (run / "viz" / CHECKPOINT / "lens.png").is_file()
+    caplog.set_level("INFO", logger="slmlab")
+    assert main(["train", "--resume", str(run), "--from-checkpoint", "6", "--no-progress"]) == 0
+    assert f"resumed {run} at step 6" in caplog.text
+
+
 def test_a_readout_of_a_checkpoint_is_written_apart_and_recorded_with_its_weights(run, capsys):
     from slmlab.runs.derived import weights_identity
 
@@ -73,7 +86,8 @@ def test_a_readout_of_a_checkpoint_is_written_apart_and_recorded_with_its_weight
     "argv, says",
     [
         (["eval", "RUN", "--checkpoint", "step_000009"], "no checkpoint 'step_000009' in "),
-        (["eval", "RUN", "--checkpoint", "6"], "checkpoints there: step_000012, step_000006"),
+        (["eval", "RUN", "--checkpoint", "9"], "no checkpoint 'step_000009' in "),
+        (["eval", "RUN", "--checkpoint", "-6"], "checkpoints there: step_000012, step_000006"),
         (["eval", "RUN", "--checkpoint", CHECKPOINT, "--int8"], "--checkpoint and --int8 do not go together"),
         (["eval", "RUN", "--checkpoint", CHECKPOINT, "--by-position"], "--checkpoint and --by-position do not go together"),
         (

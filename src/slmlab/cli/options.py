@@ -199,12 +199,18 @@ def prompt_text(args: argparse.Namespace) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def checkpoint_name(value: str) -> str:
+    """A checkpoint as users name it: `step_000200`, or its step alone (`200`) -> step_000200."""
+    return f"step_{int(value):06d}" if value.isascii() and value.isdigit() else value
+
+
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:
     """--checkpoint step_NNNNNN: read one of the run's checkpoints instead of its final weights."""
     parser.add_argument(
         "--checkpoint",
         metavar="STEP",
-        help="read this checkpoint of the run (e.g. step_000200; see RUN/checkpoints) instead of its final weights",
+        type=checkpoint_name,
+        help="read this checkpoint of the run (e.g. 200 or step_000200; see RUN/checkpoints) instead of its final weights",
     )
 
 

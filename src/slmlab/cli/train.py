@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..torchrun_env import process_rank
-from .options import add_verb, load_run_config, non_negative_int, option_rules, positive_int
+from .options import add_verb, checkpoint_name, load_run_config, non_negative_int, option_rules, positive_int
 
 
 def register(sub) -> None:
@@ -29,8 +29,9 @@ def register(sub) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its latest checkpoint")
     p.add_argument(
         "--from-checkpoint",
-        metavar="NAME",
-        help="with --resume: continue from this checkpoint (e.g. step_000200) rather than the latest",
+        metavar="STEP",
+        type=checkpoint_name,
+        help="with --resume: continue from this checkpoint (e.g. 200 or step_000200) rather than the latest",
     )
     p.add_argument("--name", help="run name (default: the config file's stem)")
     p.add_argument(
