@@ -295,3 +295,44 @@ def test_two_plugin_files_of_one_name_are_two_modules_and_two_records(tmp_path, 
         assert sys.modules[entry["module"]].mark == folder
     result = slmlab("eval", str(run), "--batches", "1", "--trust-plugins")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_plugin_keeps_the_init_its_constructor_gives(tmp_path):
+    """The backbone's GPT-2 init ran over every module after construction, the handed-in ones
+    too: the worked plugin's `bias_init` and the scaffold's output gate (bias 2.0, gates at 0.88)
+    started at bias 0, gates at 0.5, in silence. Handed-in modules now keep their own init unless
+    they ask for the backbone's (`host_init`, as SMAT and the Self Area do)."""
+    from slmlab.analysis.scaffold import write_variant
+    from slmlab.model import build_model
+
+    write_variant("gate_kept", "output-gate", tmp_path)
+    for config, bias in ((EXAMPLE.with_suffix(".toml"), 3.0), (tmp_path / "gate_kept.toml", 2.0)):
+        section = "gated_attention" if config.stem == "gated_attention" else "gate_kept"
+        overrides = {"model.vocab_size": 65, f"model.{section}.bias_init": bias}
+        torch.manual_seed(0)
+        model = build_model(load_config(config, overrides).model)
+        biases = [p for name, p in model.named_parameters() if name.endswith(".bias") and ".extensions." in name]
+        assert biases and all(torch.all(b == bias) for b in biases), config.name
+
+
+def test_smat_and_the_self_area_take_the_backbones_init():
+    """They ask for it (host_init): their linear layers are drawn N(0, init_std) in the backbone's
+    one pass, so their runs are the same as before plugins kept their own init."""
+    import dataclasses
+
+    from slmlab.config import ModelConfig
+    from slmlab.model import build_model
+    from slmlab.variants.self_area import SelfAreaConfig
+    from slmlab.variants.smat import SmatConfig
+
+    cfg = ModelConfig(n_layer=2, n_head=2, d_model=64, block_size=32, vocab_size=40, init_std=0.01)
+    smat = build_model(dataclasses.replace(cfg, smat=SmatConfig(use_S=True, use_G=True, s_dim=32)))
+    smt = build_model(dataclasses.replace(cfg, self_area=SelfAreaConfig(enabled=True, self_dim=64)))
+    for model, part in ((smat, "extensions.0.w_s.weight"), (smt, "conditioning.area.refine.0.weight")):
+        weight = next(p for name, p in model.named_parameters() if name.endswith(part))
+        assert float(weight.std()) == pytest.approx(0.01, rel=0.1)  # PyTorch's own Linear init is ~0.07 here
+    assert all(
+        float(b.abs().max()) == 0
+        for name, b in smt.named_parameters()
+        if name.startswith("conditioning.area.refine") and name.endswith("bias")
+    )

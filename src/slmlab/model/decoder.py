@@ -71,11 +71,19 @@ class Decoder(GenerationMixin, nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.wte.weight
         self.hook_embed = HookPoint()
-        self.apply(self._init_weights)
+        own_init = {id(m) for handed in self._handed_in() if not getattr(handed, "host_init", False) for m in handed.modules()}
+        self.apply(lambda module: None if id(module) in own_init else self._init_weights(module))
 
     # ---- model --------------------------------------------------------------------------
+    def _handed_in(self) -> list[nn.Module]:
+        """The modules the registries built for this model: its residual conditioning and every
+        layer's attention extensions. Each keeps the init its own constructor gave it (a gate's
+        bias_init, say), unless its class sets `host_init = True` to take the backbone's."""
+        return [self.conditioning, *(e for block in self.blocks for e in block.attn.extensions)]
+
     def _init_weights(self, module: nn.Module) -> None:
-        """GPT-2 init: N(0, 0.02); residual projections N(0, 0.02 / sqrt(2 n_layer)); biases 0."""
+        """GPT-2 init: N(0, 0.02); residual projections N(0, 0.02 / sqrt(2 n_layer)); biases 0.
+        Applied to the backbone's modules and to the handed-in ones that ask for it (_handed_in)."""
         std = self.cfg.init_std
         if isinstance(module, nn.Linear):
             scale = 1 / math.sqrt(2 * self.cfg.n_layer) if getattr(module, "residual_projection", False) else 1.0

@@ -98,6 +98,7 @@ class SelfAreaConditioning(nn.Module):
     """The decoder's residual conditioning: (layer, x) -> (x, shift of the sublayer inputs or None)."""
 
     padding_safe = True  # a shift per token (or one for all): no token sees another
+    host_init = True  # the refining MLP's layers take the host model's init (N(0, init_std), biases 0)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -70,6 +70,8 @@ class SmatConfig:
 
 
 class SemanticAttention(nn.Module):
+    host_init = True  # W_s and w_g take the backbone's GPT-2 init (N(0, init_std))
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         smat = cfg.smat
