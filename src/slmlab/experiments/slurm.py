@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..files import atomic_write_text, check_replaceable
 from .sweep_config import Job, SweepConfig
 
@@ -19,7 +20,15 @@ def write_slurm_script(
     check_replaceable(path, "--slurm", "a SLURM script slmlab wrote", lambda text: text.startswith(SCRIPT_START))
     slurm_log_dir(sweep).mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, slurm_script(config_path, sweep, jobs, extra_argv, directives))
-    return f"wrote {path}: submit it with `sbatch {path}` ({len(jobs)} array tasks)"
+    return f"wrote {path}: submit it with `sbatch {shlex.quote(str(path))}` ({len(jobs)} array tasks)"
+
+
+def directive_value(value: str) -> str:
+    """A value as an #SBATCH line needs it: sbatch splits the line at whitespace outside double
+    quotes, so a sweep named "s w" would name its job "s" (and its log folder "runs/s")."""
+    if '"' in value:
+        raise ConfigError(f"{value!r} cannot go into an #SBATCH line (it holds a double quote); rename it")
+    return f'"{value}"' if any(c.isspace() for c in value) else value
 
 
 def slurm_log_dir(sweep: SweepConfig) -> Path:
@@ -39,9 +48,9 @@ def slurm_script(
     logs = slurm_log_dir(sweep)
     command = shlex.join(["slmlab", "sweep", str(config_path), *extra_argv]) + ' --only "$SLURM_ARRAY_TASK_ID"'
     lines = [
-        f"{SCRIPT_START}{sweep.name}",
+        f"{SCRIPT_START}{directive_value(sweep.name)}",
         f"#SBATCH --array=0-{len(jobs) - 1}",
-        f"#SBATCH --output={logs}/%A_%a.out",
+        f"#SBATCH --output={directive_value(f'{logs}/%A_%a.out')}",
         *(f"#SBATCH {option}" for option in options),
         f"# {len(jobs)} runs: " + ", ".join(f"{i}={job.variant}_s{job.seed}" for i, job in enumerate(jobs)),
         f"# afterwards: {shlex.join(['slmlab', 'sweep', str(config_path), *extra_argv])}   (writes the results table)",
