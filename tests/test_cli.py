@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from slmlab.cli.main import build_parser, main
+from tests.conftest import write_micro_toml
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -171,3 +172,26 @@ def test_a_terminal_that_cannot_show_a_character_gets_an_escape_not_a_traceback(
         stream.flush()
     assert sys.stdout.buffer.getvalue().startswith(b"a \\u2014")
     assert b"vocabulary: '\\xe9'" in sys.stderr.buffer.getvalue()
+
+
+def test_commands_slmlab_prints_paste_back_with_paths_that_need_quoting(tmp_path, text_corpus, capsys):
+    """A run under "my runs/it's" was advised as `slmlab generate my runs/it's/r --int8`: pasted,
+    the shell splits the path (and stops at the apostrophe). Printed commands quote each word."""
+    import shlex
+
+    root = tmp_path / "my runs" / "it's"
+    config = write_micro_toml(tmp_path / "base.toml", text_corpus, root, steps=2, every=2)
+    run = root / "runs" / "r"
+    assert main(["train", str(config), "--name", "r", "--no-progress"]) == 0
+    assert main(["quantize", str(run), "--int8", "--batches", "1"]) == 0
+    advised = capsys.readouterr().out.strip().splitlines()[-1].split("`")[1]
+    assert shlex.split(advised) == ["slmlab", "generate", str(run), "--int8"]
+    assert main(["train", str(config), "--name", "r", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert shlex.split(err.split("resume it with ")[1].split(" or pick")[0]) == ["--resume", str(run)]
+    assert main(["new-variant", "quoted_idea", "--out", str(root / "ideas")]) == 0
+    assert shlex.split(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("next: ")) == [
+        "slmlab",
+        "check",
+        f"{root / 'ideas'}/quoted_idea.toml",
+    ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from collections.abc import Sequence
 
 
@@ -40,6 +41,12 @@ def plain_text(text: str) -> str:
     CommonMark and Python-Markdown)."""
     text = re.sub(r"([\\`*_\[\]#!])", r"\\\1", re.sub(r"\r\n|\r|\n", "⏎", text))
     return re.sub(r"[<>&~|]", lambda match: ENTITIES[match.group()], text)
+
+
+def command_line(*words: object) -> str:
+    """A command as a shell reads it back: each word quoted where it needs it (a path with a space,
+    an apostrophe), so a command slmlab prints or records can be pasted as it stands."""
+    return shlex.join(str(word) for word in words)
 
 
 def format_number(value, spec: str) -> str:

@@ -24,7 +24,7 @@ from torch import nn
 from ..files import atomic_write, atomic_write_text
 from ..runs.checkpoints import CheckpointError
 from ..runs.run_dir import load_run
-from ..tables import human, markdown_table
+from ..tables import command_line, human, markdown_table
 
 INT8_FILE = "model_int8.pt"
 
@@ -67,7 +67,7 @@ def load_int8(run: str | Path):
     """(config, int8 model on CPU, tokenizer) of a run quantised by `slmlab quantize`."""
     path = Path(run) / INT8_FILE
     if not path.is_file():
-        raise CheckpointError(f"{run} has no {INT8_FILE}; make it with `slmlab quantize {run} --int8`")
+        raise CheckpointError(f"{run} has no {INT8_FILE}; make it with `{command_line('slmlab', 'quantize', run, '--int8')}`")
     cfg, model, tokenizer = load_run(run, "cpu")
     quantized = quantize_int8(model)
     try:
@@ -81,7 +81,7 @@ def load_int8(run: str | Path):
     if source is not None and source != weights_digest(model):
         raise CheckpointError(
             f"{path} was made from other weights than {run} holds now (trained on since, or replaced); "
-            f"make it again with `slmlab quantize {run} --int8`"
+            f"make it again with `{command_line('slmlab', 'quantize', run, '--int8')}`"
         )
     return cfg, quantized, tokenizer
 
@@ -129,5 +129,5 @@ def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
     header = "CPU generation, tokens/s: median (range) of 5 runs"
     table = markdown_table(("model", "file size", header, "validation ppl"), rows)
     atomic_write_text(Path(run) / "quantize.md", f"# int8 dynamic quantisation of {Path(run).name}\n\n{table}\n")
-    record_derived(run, [Path(run) / "quantize.md", path], f"slmlab quantize {run} --int8", weights)
+    record_derived(run, [Path(run) / "quantize.md", path], command_line("slmlab", "quantize", run, "--int8"), weights)
     return table, path

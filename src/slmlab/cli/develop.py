@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+from ..tables import command_line
 from .options import add_seed, add_verb, configs_to_inspect
 
 KINDS = ("attention-extension", "output-gate", "mlp")  # analysis/scaffold.KIND_TEMPLATES (not imported: --help stays light)
@@ -70,5 +71,5 @@ def cmd_new_variant(args, extra) -> int:
 
     for path in write_variant(args.name, args.kind, args.out, args.force):
         print(f"wrote {path}")
-    print(f"next: slmlab check {args.out}/{args.name}.toml")
+    print(f"next: {command_line('slmlab', 'check', f'{args.out}/{args.name}.toml')}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..tables import command_line
 from .options import add_checkpoint, add_device, add_out, add_prompt, add_verb, configs_to_inspect, positive_int, prompt_text
 
 
@@ -198,7 +199,8 @@ def cmd_quantize(args, extra) -> int:
         raise ConfigError("say which quantisation: --int8 (dynamic int8 linear layers, CPU)")
     table, path = quantize_report(args.run, args.batches)
     print(table)
-    print(f"saved: {path}; use it with `slmlab generate {args.run} --int8` and `slmlab eval {args.run} --int8`")
+    generate, evaluate = (command_line("slmlab", verb, args.run, "--int8") for verb in ("generate", "eval"))
+    print(f"saved: {path}; use it with `{generate}` and `{evaluate}`")
     return 0
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..tables import command_line
 from ..torchrun_env import process_rank
 from .options import add_verb, checkpoint_name, load_run_config, non_negative_int, option_rules, positive_int
 
@@ -126,7 +127,7 @@ def cmd_train(args, extra) -> int:
         finished = True
     except TrainingStopped as stop:
         resume = args.resume or str(RunDir.for_config(cfg).path)
-        print(f"slmlab: {stop}; continue with: slmlab train --resume {resume}", file=sys.stderr)
+        print(f"slmlab: {stop}; continue with: {command_line('slmlab', 'train', '--resume', resume)}", file=sys.stderr)
         return stop.exit_code
     finally:
         distributed.close(finished)

@@ -19,6 +19,7 @@ from .. import plugins
 from ..errors import ConfigError
 from ..files import HEAD_BYTES, not_utf8, wide_text
 from ..registry import load_builtins
+from ..tables import command_line
 from .checks import check_no_ignored_setting, validate
 from .schema import ModelConfig, RunConfig
 from .values import build_dataclass
@@ -164,7 +165,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     if (path / "config.json").is_file():
         raise ConfigError(
             f"{path} is a run directory, not a config file: give the .toml file it was trained from "
-            f"(`slmlab train --resume {path}` continues it; its settings are in {path / 'config.json'})"
+            f"(`{command_line('slmlab', 'train', '--resume', path)}` continues it; its settings are in {path / 'config.json'})"
         )
     if path.is_dir():
         raise ConfigError(f"{path} is a folder, not a config file: give a .toml file")
@@ -188,7 +189,7 @@ def load_config(
     variants)."""
     values = read_toml(path)
     if "variants" in values:
-        raise ConfigError(f"{path} is a sweep config ([variants]): run it with `slmlab sweep {path}`")
+        raise ConfigError(f"{path} is a sweep config ([variants]): run it with `{command_line('slmlab', 'sweep', path)}`")
     values.setdefault("name", Path(path).stem)
     if "plugins" in values:  # plugin files are named relative to the config ...
         values["plugins"] = plugins.resolve(values["plugins"], Path(path).parent)

@@ -19,7 +19,7 @@ from ..phase_progress import PhaseProgress
 from ..registry import ABLATION_SUMMARIES
 from ..runs.derived import record_derived, weights_identity
 from ..runs.run_dir import load_run
-from ..tables import markdown_table
+from ..tables import command_line, markdown_table
 from ..training import evaluate
 from ..training.runtime import resolve_device
 
@@ -84,7 +84,7 @@ def ablate(
     record_derived(
         run,
         [run / "ablations.json", run / "ablations.md"],
-        f"slmlab ablate {run}" + (" --layers" if layers else "") + (" --heads" if heads else ""),
+        command_line("slmlab", "ablate", run, *(["--layers"] if layers else []), *(["--heads"] if heads else [])),
         weights,
     )
     return table, result

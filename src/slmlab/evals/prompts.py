@@ -18,7 +18,7 @@ from ..errors import TokenizerError
 from ..files import atomic_write_text, check_replaceable, parse_json, read_text
 from ..model.sampling import check_sampling, greedy_ignores
 from ..registry import closest
-from ..tables import code_block, code_span, plain_text
+from ..tables import code_block, code_span, command_line, plain_text
 
 DEFAULT_SUITE = Path(__file__).parent / "suites" / "control_systems.toml"
 REPORT_TITLE = "# Prompt suite "  # a report's first words: an --out file that starts so may be replaced
@@ -163,5 +163,7 @@ def prompts_report(
     )
     path = Path(out) if out else Path(run) / f"prompts_{suite.stem}.md"
     atomic_write_text(path, report)
-    record_derived(run, [path], f"slmlab prompts {run}" + (f" --suite {suite}" if suite != DEFAULT_SUITE else ""), weights)
+    record_derived(
+        run, [path], command_line("slmlab", "prompts", run, *(["--suite", suite] if suite != DEFAULT_SUITE else [])), weights
+    )
     return report, path

@@ -38,6 +38,7 @@ from ..config import ConfigError, RunConfig, build_dataclass, check_name, dotted
 from ..config.checks import check_no_ignored_setting, ignored_settings
 from ..data.corpora import check_outside_source, check_source_settings
 from ..runs.run_dir import RunDir
+from ..tables import command_line
 from .budget import Budget, apply_budget, set_steps
 from .tuning import Tune
 
@@ -84,7 +85,9 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
     path = Path(path)
     values = read_toml(path)
     if "variants" not in values and {"model", "data", "train", "phases"} & set(values):
-        raise ConfigError(f"{path} is a run config: train it with `slmlab train {path}`, or name it in a sweep as base = ...")
+        raise ConfigError(
+            f"{path} is a run config: train it with `{command_line('slmlab', 'train', path)}`, or name it in a sweep as base = ..."
+        )
     values.setdefault("name", path.stem)
     sweep = build_dataclass(SweepConfig, values)
     sweep.out_dir = os.path.expanduser(sweep.out_dir)

@@ -34,7 +34,7 @@ from ..files import atomic_write_text, check_replaceable, json_text
 from ..runs.derived import record_derived, weights_identity
 from ..runs.metrics import perplexity
 from ..runs.run_dir import RunDir, load_run
-from ..tables import markdown_table
+from ..tables import command_line, markdown_table
 from ..training import evaluate
 from .stage2 import source_data_config, trained_config
 
@@ -238,7 +238,7 @@ def evaluate_persona(
         "samples": {"neutral": neutral[:3], "adversarial": adversarial[:3]},
     }
     atomic_write_text(run.path / "persona_eval.json", json_text(result, indent=2))
-    record_derived(run.path, [run.path / "persona_eval.json"], f"slmlab persona-eval {run.path} ...", weights)
+    record_derived(run.path, [run.path / "persona_eval.json"], command_line("slmlab", "persona-eval", run.path) + " ...", weights)
     return result
 
 

@@ -37,6 +37,7 @@ from ..files import atomic_write, atomic_write_text, is_run_folder, read_json, r
 from ..phase_progress import PhaseProgress, tracked
 from ..runs.checkpoints import CheckpointError
 from ..runs.metrics import MetricsLog
+from ..tables import command_line
 from ..training.optim import lr_at
 from ..variants.self_area import SelfArea, SelfAreaConfig
 
@@ -174,7 +175,7 @@ def load_hf_model(path: str | Path, device: torch.device):
     if path.is_dir() and is_run_folder(path):
         raise ConfigError(
             f"--hf-model {path} is a slmlab run, not a transformers model: export it first "
-            f"(slmlab export {path} --to hf OUT), or train a Self Area into it with slmlab persona"
+            f"({command_line('slmlab', 'export', path, '--to', 'hf')} OUT), or train a Self Area into it with slmlab persona"
         )
     kwargs = {"local_files_only": True}
     if path.suffix.lower() == ".gguf":

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..files import atomic_write, atomic_write_text, read_json, sha256_file
+from ..tables import command_line
 
 CHECKPOINT_NAME = re.compile(r"step_\d{6,}")
 STATE_FIELDS = {"step": int, "tokens": int, "nan_skips": int, "optimizer": dict, "sampler": dict, "rng": dict}
@@ -136,7 +137,7 @@ def _older_intact(directory: Path, name: str | None) -> str:
         if (name is None or older < name) and is_intact(directory, older):
             return (
                 f"; an intact older checkpoint exists: resume from it with "
-                f"`slmlab train --resume {directory.parent} --from-checkpoint {older}`"
+                f"`{command_line('slmlab', 'train', '--resume', directory.parent, '--from-checkpoint', older)}`"
             )
     return "; no intact older checkpoint exists"
 

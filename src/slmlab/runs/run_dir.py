@@ -33,6 +33,7 @@ from ..errors import RunFileError
 from ..files import atomic_write_text, read_json, remove_stale_temps, require_fields
 from ..locks import DirectoryLock
 from ..model import build_model
+from ..tables import command_line
 from .checkpoints import CheckpointError, checksums, existing_checkpoint, latest_checkpoint, load_weights
 from .metrics import MetricsLog
 
@@ -117,7 +118,9 @@ class RunDir:
         if not self.config.is_file():
             raise ConfigError(f"{self.path} holds files that are not a slmlab run; pick another --name or --out_dir")
         if not overwrite:
-            raise ConfigError(f"{self.path} already holds a run; resume it with --resume {self.path} or pick another --name")
+            raise ConfigError(
+                f"{self.path} already holds a run; resume it with {command_line('--resume', self.path)} or pick another --name"
+            )
 
     def create(self, cfg: RunConfig, overwrite: bool = False) -> None:
         """Make the directory for a new run (replacing an old run's files only when `overwrite`)."""
@@ -180,7 +183,7 @@ class RunDir:
         """summary.json, checked ({} while the run has not finished)."""
         if not self.summary.exists():
             return {}
-        fix = f"delete it and run `slmlab train --resume {self.path}` to write it again from the final checkpoint"
+        fix = f"delete it and run `{command_line('slmlab', 'train', '--resume', self.path)}` to write it again from the final checkpoint"
         summary = read_json(self.summary, "run summary", RunFileError, fix)
         return require_fields(summary, SUMMARY_FIELDS, self.summary, "run summary", RunFileError, fix)
 
