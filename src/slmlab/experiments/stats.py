@@ -4,6 +4,9 @@ For seeds i with both runs finished, d_i = 100 (ppl_variant,i / ppl_baseline,i -
 change in percent. Reported: mean and sample std of each variant's perplexity, Δ% of the means,
 seed wins (d_i < 0), a 95% confidence interval of mean(d) from the t distribution with n - 1
 degrees of freedom, the paired t-test p-value (two-sided) and the exact sign-test p-value.
+When every seed moves by the same amount (sample sd of d = 0) the t statistic is undefined and p is
+NaN, not scipy's 0: zero spread over a few seeds is no evidence; the sign test and the interval (of
+width 0) still report.
 With several variants, the t-test p-values are Holm–Bonferroni adjusted as one family; and from
 the seed-to-seed spread of d, the seeds a paired t-test needs to detect a given effect at 80% power.
 """
