@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import atomic_write_text, check_replaceable
+from ..tables import command_line
 from .sweep_config import Job, SweepConfig
 
 SCRIPT_START = "#!/bin/bash\n#SBATCH --job-name="  # a script slmlab wrote starts so: --slurm may replace it
@@ -20,7 +20,7 @@ def write_slurm_script(
     check_replaceable(path, "--slurm", "a SLURM script slmlab wrote", lambda text: text.startswith(SCRIPT_START))
     slurm_log_dir(sweep).mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, slurm_script(config_path, sweep, jobs, extra_argv, directives))
-    return f"wrote {path}: submit it with `sbatch {shlex.quote(str(path))}` ({len(jobs)} array tasks)"
+    return f"wrote {path}: submit it with `{command_line('sbatch', path)}` ({len(jobs)} array tasks)"
 
 
 def directive_value(value: str) -> str:
@@ -46,14 +46,14 @@ def slurm_script(
     given = {d.split("=", 1)[0]: d for d in (d if d.startswith("--") else f"--{d}" for d in directives)}
     options = [f"{k}={v}" for k, v in defaults.items() if k not in given] + list(given.values())
     logs = slurm_log_dir(sweep)
-    command = shlex.join(["slmlab", "sweep", str(config_path), *extra_argv]) + ' --only "$SLURM_ARRAY_TASK_ID"'
+    command = command_line("slmlab", "sweep", config_path, *extra_argv) + ' --only "$SLURM_ARRAY_TASK_ID"'
     lines = [
         f"{SCRIPT_START}{directive_value(sweep.name)}",
         f"#SBATCH --array=0-{len(jobs) - 1}",
         f"#SBATCH --output={directive_value(f'{logs}/%A_%a.out')}",
         *(f"#SBATCH {option}" for option in options),
         f"# {len(jobs)} runs: " + ", ".join(f"{i}={job.variant}_s{job.seed}" for i, job in enumerate(jobs)),
-        f"# afterwards: {shlex.join(['slmlab', 'sweep', str(config_path), *extra_argv])}   (writes the results table)",
+        f"# afterwards: {command_line('slmlab', 'sweep', config_path, *extra_argv)}   (writes the results table)",
         "set -euo pipefail",
         command,
         "",
