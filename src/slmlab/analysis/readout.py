@@ -5,7 +5,6 @@ table into RUN/viz (or --out) recorded as derived from those weights."""
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from ..files import atomic_write_text
 from ..model.attention import CausalSelfAttention
 from ..model.hooks import HookPoint
 from ..model.modes import eval_mode
+from ..tables import command_line
 
 
 def residual_blocks(model: nn.Module, reader: str) -> list[nn.Module]:
@@ -122,7 +122,7 @@ def write_readout(
     folder = loaded.folder(out)
     paths = [draw(folder / f"{stem}.png"), folder / f"{stem}.md"]
     atomic_write_text(paths[1], markdown)
-    record_derived(loaded.run, paths, shlex.join(command), loaded.weights)
+    record_derived(loaded.run, paths, command_line(*command), loaded.weights)
     return paths
 
 

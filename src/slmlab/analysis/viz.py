@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shlex
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from ..files import atomic_write, atomic_write_text
 from ..model.attention_maps import AttentionMap
 from ..phase_progress import PhaseProgress
 from ..plotting import pyplot, save_png
+from ..tables import command_line
 from ..training.frames import PER_LINE, draw_coloured_text
 
 log = logging.getLogger("slmlab")
@@ -156,5 +156,5 @@ def attention_report(
     if export == "bertviz":
         paths.append(export_bertviz(maps, tokens, folder))
     command = ["slmlab", "viz", "attention", str(run), "--prompt", prompt, *option_args(checkpoint=checkpoint)]
-    record_derived(run, paths, shlex.join(command), loaded.weights)
+    record_derived(run, paths, command_line(*command), loaded.weights)
     return len(maps), len(ids), paths, folder

@@ -137,13 +137,13 @@ def register(sub) -> None:
 
 
 def cmd_eval(args, extra) -> int:
-    import shlex
     from pathlib import Path
 
     from ..config import parse_overrides
     from ..evals.score import load_for_inference, score_run
     from ..files import json_text
     from ..runs.derived import record_derived, weights_identity
+    from ..tables import command_line
 
     model_overrides = {"rope_scale": args.rope_scale} if args.rope_scale else None
     long_context = args.by_position or args.context_lengths
@@ -167,7 +167,7 @@ def cmd_eval(args, extra) -> int:
             args.context_lengths,
             args.rope_scale or 0.0,
         )
-        record_derived(args.run, written, shlex.join(["slmlab", *args.argv]), weights)
+        record_derived(args.run, written, command_line("slmlab", *args.argv), weights)
         print(text)
         return 0
     result = score_run(args.run, cfg, model, tokenizer, device, args.split, args.batches, parse_overrides(extra))
