@@ -135,15 +135,12 @@ register_section(
 
 
 def _random_same_norm(seed: int = 0) -> Replace:
-    """Replace g (self_dim,) by r ||g|| / ||r||, one Gaussian r per application: every layer and
-    every batch sees the same random persona, as they see the one learned."""
-    r = torch.randn(0)
+    """Replace g (self_dim,) by r ||g|| / ||r||, r Gaussian drawn from `seed` at every call: every
+    layer and every batch sees the same random persona, as they see the one learned."""
 
     def replace(g: torch.Tensor) -> torch.Tensor:
-        nonlocal r
-        if r.shape != g.shape:
-            r = torch.randn(g.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-        return r.to(g) * (g.norm() / r.norm())
+        r = torch.randn(g.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32).to(g)
+        return r * (g.norm() / r.norm())
 
     return replace
 
