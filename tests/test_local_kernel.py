@@ -20,13 +20,19 @@ from tests.test_block_local import naive_block_local
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("T, block", [(40, 8), (37, 8), (5, 8), (300, 128)])
-def test_flex_kernel_equals_naive_masked_attention(T, block):
-    torch.manual_seed(T)
+@pytest.mark.parametrize("block", [8, 128])
+def test_flex_kernel_equals_naive_masked_attention(block):
+    """At lengths on and off its 128-position tiles. Unpadded, torch's fused CPU kernel returned
+    zeros or NaN for some rows, in about half of all processes, at T = 8 mod 16 (8, 24, 40, ...)."""
     pattern = BlockLocal(ModelConfig(local_block=block, local_kernel="flex"), layer=0).eval()
     assert pattern.kernel == "flex"
-    q, k, v = (torch.randn(2, 3, T, 8) for _ in range(3))
-    torch.testing.assert_close(pattern(q, k, v, 1 / math.sqrt(8), 0), naive_block_local(q, k, v, block), rtol=1e-5, atol=1e-5)
+    for T in (5, 8, 24, 37, 40, 56, 72, 88, 128, 136, 300):
+        torch.manual_seed(T)
+        q, k, v = (torch.randn(2, 3, T, 8) for _ in range(3))
+        out = pattern(q, k, v, 1 / math.sqrt(8), 0)
+        torch.testing.assert_close(
+            out, naive_block_local(q, k, v, block), rtol=1e-5, atol=1e-5, msg=lambda m, T=T: f"T = {T}: {m}"
+        )
 
 
 def tiny_model(**fields):

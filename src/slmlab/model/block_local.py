@@ -13,7 +13,10 @@ hold any visible key) built from the mask predicate
 
     visible(i, j) = j <= i  and  j >= (i // B - 1) B
 
-so only the tiles on and next to the diagonal are computed. `kernel` says
+so only the tiles on and next to the diagonal are computed. The sequence reaches the kernel padded
+with zeros to a whole number of tiles (`FLEX_TILE`): torch's fused CPU kernel (2.13) returned
+zeros or NaN for some rows at other lengths (T = 8, 24, 40, ... on AVX-512), and a padded key is
+never visible to a real query (j <= i < T), so the padding changes nothing else. `kernel` says
 which one runs ("windows" or "flex"); `local_kernel.choose_local_kernel` sets it (the config's
 `model.local_kernel`, or on CUDA whichever is measured faster). FlexAttention has no backward on
 CPU and no attention dropout, so there it runs only for inference.
@@ -95,6 +98,9 @@ class WindowedKVCache(KVCache):
         return self.k[:, :, first : self.end], self.v[:, :, first : self.end]
 
 
+FLEX_TILE = 128  # create_block_mask's default BLOCK_SIZE: the kernel works on FLEX_TILE x FLEX_TILE tiles
+
+
 @functools.cache
 def compiled_flex_attention():
     """flex_attention through torch.compile: a fused kernel (called eagerly it would materialise
@@ -131,10 +137,16 @@ class BlockLocal(nn.Module):
         return self._block_masks[key]
 
     def _flex(self, q, k, v, scale):
-        """The same pattern through FlexAttention's fused kernel (no dropout: see the module docstring)."""
+        """The same pattern through FlexAttention's fused kernel (no dropout: see the module docstring),
+        on q, k, v zero-padded from T to the next multiple of FLEX_TILE positions, the output cut back."""
         if self.training and self.dropout:
             raise ValueError("the flex block-local kernel applies no attention dropout; use the windows kernel")
-        return compiled_flex_attention()(q, k, v, block_mask=self.block_mask(q.shape[2], q.device), scale=scale)
+        T = q.shape[2]
+        padded = -(-T // FLEX_TILE) * FLEX_TILE
+        if padded != T:
+            q, k, v = (F.pad(x, (0, 0, 0, padded - T)) for x in (q, k, v))
+        out = compiled_flex_attention()(q, k, v, block_mask=self.block_mask(padded, q.device), scale=scale)
+        return out[:, :, :T]
 
     def _blocked(self, q, k, v, scale, dropout):
         """(Bsz, H, T, D) -> (Bsz, H, T, D_v) in at most three SDPA calls, none with a mask tensor
