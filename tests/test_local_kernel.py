@@ -23,7 +23,8 @@ from tests.test_block_local import naive_block_local
 @pytest.mark.parametrize("block", [8, 128])
 def test_flex_kernel_equals_naive_masked_attention(block):
     """At lengths on and off its 128-position tiles. Unpadded, torch's fused CPU kernel returned
-    zeros or NaN for some rows, in about half of all processes, at T = 8 mod 16 (8, 24, 40, ...)."""
+    zeros or NaN for some rows, in about half of all processes, at T = 8 mod 16 (8, 24, 40, ...) on
+    an AVX2 CPU."""
     pattern = BlockLocal(ModelConfig(local_block=block, local_kernel="flex"), layer=0).eval()
     assert pattern.kernel == "flex"
     for T in (5, 8, 24, 37, 40, 56, 72, 88, 128, 136, 300):

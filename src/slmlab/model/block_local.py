@@ -15,7 +15,7 @@ hold any visible key) built from the mask predicate
 
 so only the tiles on and next to the diagonal are computed. The sequence reaches the kernel padded
 with zeros to a whole number of tiles (`FLEX_TILE`): torch's fused CPU kernel (2.13) returned
-zeros or NaN for some rows at other lengths (T = 8, 24, 40, ... on AVX-512), and a padded key is
+zeros or NaN for some rows at other lengths (T = 8, 24, 40, ... on an AVX2 CPU), and a padded key is
 never visible to a real query (j <= i < T), so the padding changes nothing else. `kernel` says
 which one runs ("windows" or "flex"); `local_kernel.choose_local_kernel` sets it (the config's
 `model.local_kernel`, or on CUDA whichever is measured faster). FlexAttention has no backward on
