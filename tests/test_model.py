@@ -195,6 +195,7 @@ def test_evaluation_helpers_restore_the_training_mode_however_they_end():
     "prompt, message",
     [
         (torch.zeros(1, 0, dtype=torch.long), "the prompt is empty"),
+        (torch.zeros(0, 3, dtype=torch.long), r"the prompt batch of shape \(0, 3\) has no rows"),  # RuntimeError from aminmax
         (torch.zeros(1, 3), "tensor of token ids, got torch.float32"),
         (torch.tensor([1, 2]), r"of shape \(2,\)"),  # an IndexError from the shape unpacking
         (torch.tensor([[1, 50]]), "token id 50, outside this model's vocabulary 0..49"),  # IndexError from the embedding
@@ -295,6 +296,7 @@ def test_targets_of_another_shape_are_refused_not_flattened_into_a_wrong_loss(ar
         ([[1.0, 2.0]], None, "idx of dtype torch.float32: token ids are torch.long"),  # RuntimeError
         ([[1, 2]], [[1.0, 2.0]], "targets of dtype torch.float32: token ids are torch.long"),  # RuntimeError from gather
         (torch.zeros(2, 0, dtype=torch.long), None, "holds no tokens"),  # Tape: "stack expects a non-empty TensorList"
+        (torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, 2, dtype=torch.long), "holds no tokens"),  # "cannot reshape"
     ],
 )
 def test_a_forward_refuses_ids_it_cannot_read_with_one_line_saying_what_to_fix(arch, idx, targets, message):

@@ -97,7 +97,7 @@ class GenerationMixin:
         return idx
 
     def _check_prompt(self, idx: torch.Tensor) -> None:
-        """A (B, T) tensor of token ids this model has, T >= 1 (checked once per call)."""
+        """A (B, T) tensor of token ids this model has, B >= 1, T >= 1 (checked once per call)."""
         if not isinstance(idx, torch.Tensor):
             raise ConfigError(
                 f"the prompt must be a (batch, tokens) tensor of token ids, got a {type(idx).__name__}: "
@@ -107,6 +107,8 @@ class GenerationMixin:
             raise ConfigError(
                 f"the prompt must be a (batch, tokens) tensor of token ids, got {idx.dtype} of shape {tuple(idx.shape)}"
             )
+        if idx.shape[0] == 0:
+            raise ConfigError(f"the prompt batch of shape {tuple(idx.shape)} has no rows: give at least one prompt")
         if idx.shape[1] == 0:
             raise ConfigError("the prompt is empty: give at least one token")
         bad = outside_vocabulary(idx, self.cfg.vocab_size)  # on any device: once per generation

@@ -2,7 +2,7 @@
 is one line that says what to fix instead of an IndexError from inside nn.Embedding or a loss that
 pairs tokens with the wrong targets.
 
-    idx      (B, T) token ids (torch.long or int32), T >= 1, 0 <= id < vocab_size
+    idx      (B, T) token ids (torch.long or int32), B >= 1, T >= 1, 0 <= id < vocab_size
     targets  None, or idx's shape and kind of ids; an id < vocab_size, or negative (ignored: -100, -1)
     start + T <= max_positions (start: the tokens already in the KV cache; 0 = no limit)
 
@@ -48,8 +48,8 @@ def check_inputs(
     for name, ids in (("idx", idx), ("targets", targets)):
         if ids is not None and ids.dtype not in (torch.long, torch.int):  # what nn.Embedding and gather read
             raise ConfigError(f"{name} of dtype {ids.dtype}: token ids are torch.long (or torch.int32) integers")
-    if idx.shape[1] == 0:
-        raise ConfigError(f"idx of shape {tuple(idx.shape)} holds no tokens: give at least one per row")
+    if idx.numel() == 0:
+        raise ConfigError(f"idx of shape {tuple(idx.shape)} holds no tokens: give at least one row of at least one token")
     if max_positions and start + idx.shape[1] > max_positions:
         raise ConfigError(
             f"sequence of {start + idx.shape[1]} tokens exceeds the {max_positions} positions this model knows (model.block_size)"
