@@ -55,6 +55,23 @@ def autocast(device: torch.device, dtype: str):
     return contextlib.nullcontext()
 
 
+def slow_bf16_warning(device: torch.device, dtype: str) -> str | None:
+    """A warning when bf16 autocast would train on a CPU without bf16 matrix instructions
+    (AVX512-BF16 or AMX): there each bf16 product is emulated, and the quickstart trained 17x
+    slower than in fp32 (an AMD EPYC with AVX2, 2026-12-02)."""
+    if dtype != "bf16" or device.type != "cpu" or _cpu_has_bf16_matmul():
+        return None
+    return (
+        "train.dtype = 'bf16' on a CPU without bf16 matrix instructions (AVX512-BF16 or AMX): bf16 products are "
+        "emulated there and training runs many times slower than fp32 (17x on the quickstart); use fp32 on this machine"
+    )
+
+
+def _cpu_has_bf16_matmul() -> bool:
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (private names)
+    return any(getattr(torch.cpu, name, lambda: True)() for name in probes)
+
+
 def use_threads(threads: int) -> str | None:
     """Set torch's CPU thread count to `threads` (0: leave torch's default) -> a warning when it
     is more than the cores this process may run on: oversubscribed threads wait on each other

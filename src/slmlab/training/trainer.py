@@ -73,6 +73,7 @@ from .runtime import (
     rng_state,
     seed_everything,
     set_rng_state,
+    slow_bf16_warning,
     use_threads,
 )
 from .tally import StepTally, check_skips
@@ -167,7 +168,7 @@ class Trainer:
             cfg = resume_config(self.run, self.checkpoint, cfg)
         train = cfg.train
         check_batch(train.batch_size, self.world)
-        warnings = [use_threads(train.threads)]
+        warnings = [use_threads(train.threads), slow_bf16_warning(self.device, train.dtype)]
         seed_everything(train.seed)
         tokenizer = None
         if resume:
