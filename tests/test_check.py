@@ -273,3 +273,18 @@ def test_any_seed_the_option_takes_checks_the_same_properties(seed, tmp_path, te
     config = write_micro_toml(tmp_path / "c.toml", text_corpus, tmp_path)
     assert main(["check", str(config), "--seed", str(seed)]) == 0
     assert "11/11 properties hold" in capsys.readouterr().out
+
+
+def test_a_config_asking_for_the_flex_kernel_is_checked_through_the_windows_kernel(tmp_path, text_corpus, capsys):
+    """FlexAttention has no backward (nor float64) on CPU, where check runs: a config with
+    model.local_kernel = 'flex' failed 9 of 11 properties with PyTorch's NotImplementedError,
+    none of them the model's fault. The windows kernel computes the same pattern
+    (tests/test_local_kernel.py), and the header line says which kernel ran."""
+    config = write_micro_toml(tmp_path / "c.toml", text_corpus, tmp_path)
+    overrides = ["--model.pos", "rope", "--model.attention", "block_local", "--model.local_block", "4"]
+    assert main(["check", str(config), *overrides, "--model.local_kernel", "flex"]) == 0
+    out = capsys.readouterr().out
+    assert "11/11 properties hold" in out
+    assert "block-local through the windows kernel (model.local_kernel = 'flex' computes the same pattern" in out
+    assert main(["check", str(config), *overrides]) == 0
+    assert "windows kernel" not in capsys.readouterr().out
