@@ -124,7 +124,7 @@ class BlockLocal(nn.Module):
     def forward(self, q, k, v, scale: float, q_start: int):
         dropout = self.dropout if self.training else 0.0
         if q_start == 0 and q.shape[2] == k.shape[2]:
-            if self.kernel == "flex":
+            if self.kernel == "flex" and q.device.type != "meta":  # meta: FLOP and memory counts (see _blocked)
                 return self._flex(q, k, v, scale)
             return self._blocked(q, k, v, scale, dropout)
         return self._from_cache(q, k, v, scale, q_start)
@@ -160,7 +160,9 @@ class BlockLocal(nn.Module):
             a last partial block     its r < B queries against the B + r keys from block m-1 on,
                                      lower-right causal
 
-        Nothing is padded, and backward keeps about what full attention's fused kernel keeps."""
+        Nothing is padded, and backward keeps about what full attention's fused kernel keeps. The
+        flex kernel's model is counted through this one on the meta device (`slmlab info`, a
+        sweep's FLOP budget), where FlexAttention cannot run."""
         T, B = q.shape[2], self.block
         attend = functools.partial(F.scaled_dot_product_attention, dropout_p=dropout, scale=scale)
         if T <= B:
