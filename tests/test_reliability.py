@@ -220,6 +220,38 @@ def test_a_run_whose_corpus_moved_resumes_from_where_it_lies_now(text_corpus, ma
     assert main(["eval", str(run.path), "--batches", "1"]) == 0  # later commands find the corpus too
 
 
+def test_a_run_resumes_on_another_machine_with_the_kernel_and_device_it_has(text_corpus, make_config, capsys):
+    """A run trained on a GPU with model.local_kernel = 'flex' (or train.device = 'cuda') could not
+    be finished on a CPU: training there said "use 'auto' or 'windows'", and --resume refused
+    --model.local_kernel (and --train.device) as changes to the run. Where it runs may change;
+    what it trains may not."""
+    from slmlab.training import Trainer
+    from tests.conftest import kill_after_step
+
+    model = {"pos": "rope", "attention": "block_local", "local_block": 8}
+    straight = make_config(text_corpus, model=model, train={"steps": 10, "checkpoint_every": 5})
+    straight.name = "straight"
+    train(straight, progress=False)
+    cfg = make_config(text_corpus, model=model, train={"steps": 10, "checkpoint_every": 5})
+    kill_after_step(Trainer(cfg, progress=False), 5)
+    run = RunDir.for_config(cfg)
+    recorded = json.loads(run.config.read_text())
+    recorded["model"]["local_kernel"], recorded["train"]["device"] = "flex", "cuda:7"  # as a GPU machine wrote it
+    run.config.write_text(json.dumps(recorded))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run.path), "--no-progress"]) == 2
+    assert "device 'cuda:7' was asked for" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run.path), "--train.device", "cpu", "--no-progress"]) == 2
+    assert "model.local_kernel = 'flex' cannot train here" in capsys.readouterr().err
+    argv = ["train", "--resume", str(run.path), "--train.device", "cpu", "--model.local_kernel", "windows", "--no-progress"]
+    assert main([*argv, "--model.local_block", "16"]) == 2
+    assert "can change, not ['model.local_block']" in capsys.readouterr().err
+    assert main(argv) == 0
+    assert (
+        json.loads(run.summary.read_text())["val_loss"] == json.loads(RunDir.for_config(straight).summary.read_text())["val_loss"]
+    )
+
+
 def test_resuming_a_finished_run_changes_nothing(text_corpus, make_config):
     cfg = make_config(text_corpus, train={"steps": 10, "checkpoint_every": 5})
     train(cfg, progress=False)

@@ -155,13 +155,14 @@ def train_config(args, extra):
 
         run = Path(os.path.abspath(args.resume))  # "runs/x/." or "." name the folder itself
         overrides = parse_overrides(extra)
-        from ..training.resume import DATA_LOCATION, RESUME_CHANGES
+        from ..training.resume import resumable_settings
 
-        unknown = set(overrides) - {f"train.{name}" for name in RESUME_CHANGES} - {f"data.{name}" for name in DATA_LOCATION}
+        unknown = set(overrides) - resumable_settings()
         if unknown:
             raise ConfigError(
                 "--resume continues the run as configured; only --train.steps, --train.viz_every, the train.tracker* "
-                f"fields and where its data lies (--data.source, --data.cache_dir) can change, not {sorted(unknown)}"
+                "fields, where it runs (--train.device, --train.threads, --train.compile, --model.local_kernel) and "
+                f"where its data lies (--data.source, --data.cache_dir) can change, not {sorted(unknown)}"
             )
         cfg = RunDir(run).read_config()
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {**overrides, "name": run.name, "out_dir": str(run.parent)}))

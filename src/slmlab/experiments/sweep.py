@@ -60,15 +60,15 @@ SET_PER_WORKER = ("train.threads", "train.device")  # what `_execute` sets in ea
 
 def changed_since_trained(job: Job) -> list[str]:
     """The settings where the run folder's recorded config differs from what the sweep asks now,
-    as 'key: then -> now' (none for a new run; train.steps may grow, the trackers and where the data
-    lies may change, as in a resume; the tokenizer's vocabulary size is filled in at training)."""
+    as 'key: then -> now' (none for a new run; train.steps may grow, the trackers, where it runs and
+    where the data lies may change, as in a resume; the tokenizer's vocabulary size is filled in at
+    training)."""
     if not job.run.config.is_file():
         return []
-    from ..training.resume import DATA_LOCATION, RESUME_CHANGES
+    from ..training.resume import resumable_settings
 
     then, now = job.run.read_config().settings(), job.config.settings()
-    free = {*SET_PER_WORKER, *(f"train.{name}" for name in RESUME_CHANGES), *(f"data.{name}" for name in DATA_LOCATION)}
-    free |= {"name", "out_dir"}
+    free = {*SET_PER_WORKER, *resumable_settings(), "name", "out_dir"}
     if now["model.vocab_size"] == 0:
         free.add("model.vocab_size")
     changed = [

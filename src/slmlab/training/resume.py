@@ -1,9 +1,12 @@
 """Resuming a run: the config it continues under, and the data its checkpoint must agree with.
 
 A resume continues the run as it was: only `train.steps` (never below the steps already trained),
-the trackers and `train.viz_every` (they watch the run, they do not change it) and where the data
-lies (`data.source`, `data.cache_dir`: a corpus moved, or named relative to another folder) may
-differ from its recorded config, and the corpus must give the token streams the run trained on.
+the trackers and `train.viz_every` (they watch the run, they do not change it), where it runs
+(`train.device`, `train.threads`, `train.compile`, `model.local_kernel`: another machine, or the
+other kernel of the same block-local pattern; equal to rounding, where an unchanged resume is
+bit-exact) and where the data lies (`data.source`, `data.cache_dir`: a corpus moved, or named
+relative to another folder) may differ from its recorded config, and the corpus must give the
+token streams the run trained on.
 """
 
 from __future__ import annotations
@@ -13,8 +16,15 @@ from ..runs.checkpoints import CheckpointError
 from ..runs.run_dir import RunDir
 from .trackers import TRACKER_FIELDS
 
-RESUME_CHANGES = ("steps", "viz_every", *TRACKER_FIELDS)  # the train.* fields a resume may change
+RESUME_CHANGES = ("steps", "viz_every", *TRACKER_FIELDS, "device", "threads", "compile")  # the train.* fields a resume may change
+KERNEL_CHOICE = ("local_kernel",)  # the model.* fields it may change: how a pattern is computed, not which
 DATA_LOCATION = ("source", "cache_dir")  # the data.* fields it may change: where, not what (the token streams are checked)
+
+
+def resumable_settings() -> set[str]:
+    """The dotted settings a resume may change (the module docstring says why each)."""
+    sections = (("train", RESUME_CHANGES), ("model", KERNEL_CHOICE), ("data", DATA_LOCATION))
+    return {f"{section}.{name}" for section, names in sections for name in names}
 
 
 def relocated(recorded: RunConfig, requested: RunConfig) -> bool:
@@ -38,10 +48,9 @@ def resume_config(run: RunDir, checkpoint: str | None, requested: RunConfig) -> 
             f"{run.path} has trained {done} steps (checkpoint {checkpoint}); --train.steps "
             f"{requested.train.steps} is below that: give --train.steps {done} or more"
         )
-    for name in RESUME_CHANGES:
-        setattr(cfg.train, name, getattr(requested.train, name))
-    for name in DATA_LOCATION:
-        setattr(cfg.data, name, getattr(requested.data, name))
+    for section, names in (("train", RESUME_CHANGES), ("model", KERNEL_CHOICE), ("data", DATA_LOCATION)):
+        for name in names:
+            setattr(getattr(cfg, section), name, getattr(getattr(requested, section), name))
     return cfg
 
 
