@@ -55,9 +55,6 @@ def run_status(job: Job) -> str:
     return "new"
 
 
-SET_PER_WORKER = ("train.threads", "train.device")  # what `_execute` sets in each run's config
-
-
 def changed_since_trained(job: Job) -> list[str]:
     """The settings where the run folder's recorded config differs from what the sweep asks now,
     as 'key: then -> now' (none for a new run; train.steps may grow, the trackers, where it runs and
@@ -68,7 +65,7 @@ def changed_since_trained(job: Job) -> list[str]:
     from ..training.resume import resumable_settings
 
     then, now = job.run.read_config().settings(), job.config.settings()
-    free = {*SET_PER_WORKER, *resumable_settings(), "name", "out_dir"}
+    free = {*resumable_settings(), "name", "out_dir"}  # (train.threads and train.device: `_execute` sets them per run)
     if now["model.vocab_size"] == 0:
         free.add("model.vocab_size")
     changed = [
