@@ -2,7 +2,7 @@
 #   make quickstart   install everything, then compare baseline vs full SMAT x 3 seeds on Shakespeare
 #   make test         install everything, fetch the bundled corpora, then run the whole test suite
 # For contributors: make lint (ruff check + format check), make format, make test-fast (the quick
-# core: no slow, multi-process or downloaded-corpus tests; ~8 min on 2 CPU cores, the whole suite 12-16).
+# core: no slow, multi-process or downloaded-corpus tests; ~8 min on 2 CPU cores, the whole suite 12-24).
 # TORCH_SPEC pins the torch build installed before slmlab itself (here: the local CPU wheel);
 # override it for another build, e.g. make test TORCH_SPEC="torch==2.13.0 --index-url ...".
 
