@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from ..config import ConfigError, ModelConfig, RunConfig, apply_overrides, config_from_dict
+from ..training.kernel_choice import forces_flex
 
 TINY = {"n_layer": 2, "n_head": 4, "d_model": 32, "d_ff": 0, "block_size": 40, "vocab_size": 61, "local_block": 4}
 
@@ -14,10 +15,10 @@ def tiny_config(cfg: RunConfig) -> ModelConfig:
     """cfg.model at tiny shapes: each TINY setting is taken only if the config still checks with
     it (an architecture's own rules, per-layer pattern lists, a plugin's constraints). Block-local
     layers run the "windows" kernel: the check runs on CPU, where FlexAttention has no backward
-    (and no float64); the "flex" kernel computes the same pattern (`flex_checked_as_windows`)."""
+    (and no float64); the "flex" kernel computes the same pattern (tests/test_local_kernel.py)."""
     values = cfg.to_dict()
     values["phases"] = []
-    accepted: dict = {"model.local_kernel": "windows"} if flex_checked_as_windows(cfg) else {}
+    accepted: dict = {"model.local_kernel": "windows"} if forces_flex(cfg.model) else {}
     for key, value in TINY.items():
         trial = {**accepted, f"model.{key}": value}
         if key == "block_size":  # the windows trained on must fit the tiny context; the probe reads no data
@@ -30,12 +31,6 @@ def tiny_config(cfg: RunConfig) -> ModelConfig:
             continue
         accepted = trial
     return config_from_dict(apply_overrides(values, accepted)).model
-
-
-def flex_checked_as_windows(cfg: RunConfig) -> bool:
-    """Whether cfg's block-local layers ask for FlexAttention, which `slmlab check` replaces by the
-    windows kernel (tests/test_local_kernel.py holds the two equal)."""
-    return cfg.model.local_kernel == "flex" and "block_local" in cfg.model.layer_patterns
 
 
 def models_to_check(label: str, cfg: RunConfig) -> dict[str, RunConfig]:

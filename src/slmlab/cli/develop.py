@@ -53,7 +53,8 @@ def cmd_check(args, extra) -> int:
     """A run config: its model (a curriculum: each phase's); a sweep config: every variant's
     model (at its first seed)."""
     from ..analysis.conformance import comparison_table, outcome_table, run_checks
-    from ..analysis.tiny_models import flex_checked_as_windows, models_to_check
+    from ..analysis.tiny_models import models_to_check
+    from ..training.kernel_choice import forces_flex
 
     given = configs_to_inspect(args.config, extra)
     configs = {label: cfg for name, run_cfg in given.items() for label, cfg in models_to_check(name, run_cfg).items()}
@@ -62,7 +63,7 @@ def cmd_check(args, extra) -> int:
         model_cfg, results[label] = run_checks(cfg, args.seed)
         print(
             f"{label}: {model_cfg.arch}, {model_cfg.n_layer} layers x {model_cfg.d_model} d_model, vocab {model_cfg.vocab_size}"
-            + (FLEX_NOTE if flex_checked_as_windows(cfg) else "")
+            + (FLEX_NOTE if forces_flex(cfg.model) else "")
         )
     print(outcome_table(results[label]) if len(results) == 1 else comparison_table(results))
     failed = [(label, o) for label, outcomes in results.items() for o in outcomes if o.result.passed is False]

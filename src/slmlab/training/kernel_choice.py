@@ -43,10 +43,14 @@ def flex_unavailable(device: torch.device, dropout: float) -> str:
     return ""
 
 
+def forces_flex(cfg: ModelConfig) -> bool:
+    """Whether the model has block-local layers and the config forces FlexAttention on them."""
+    return cfg.local_kernel == "flex" and "block_local" in cfg.layer_patterns
+
+
 def check_local_kernel(cfg: ModelConfig, device: torch.device) -> None:
     """A one-line error when the config forces FlexAttention for training where it cannot train."""
-    uses_local = "block_local" in cfg.layer_patterns
-    if uses_local and cfg.local_kernel == "flex" and (why := flex_unavailable(device, cfg.dropout)):
+    if forces_flex(cfg) and (why := flex_unavailable(device, cfg.dropout)):
         raise ConfigError(f"model.local_kernel = 'flex' cannot train here: {why}; use 'auto' or 'windows'")
 
 
