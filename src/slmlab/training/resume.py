@@ -19,12 +19,12 @@ from .trackers import TRACKER_FIELDS
 RESUME_CHANGES = ("steps", "viz_every", *TRACKER_FIELDS, "device", "threads", "compile")  # the train.* fields a resume may change
 KERNEL_CHOICE = ("local_kernel",)  # the model.* fields it may change: how a pattern is computed, not which
 DATA_LOCATION = ("source", "cache_dir")  # the data.* fields it may change: where, not what (the token streams are checked)
+RESUMABLE = (("train", RESUME_CHANGES), ("model", KERNEL_CHOICE), ("data", DATA_LOCATION))  # (section, its fields)
 
 
 def resumable_settings() -> set[str]:
     """The dotted settings a resume may change (the module docstring says why each)."""
-    sections = (("train", RESUME_CHANGES), ("model", KERNEL_CHOICE), ("data", DATA_LOCATION))
-    return {f"{section}.{name}" for section, names in sections for name in names}
+    return {f"{section}.{name}" for section, names in RESUMABLE for name in names}
 
 
 def relocated(recorded: RunConfig, requested: RunConfig) -> bool:
@@ -48,7 +48,7 @@ def resume_config(run: RunDir, checkpoint: str | None, requested: RunConfig) -> 
             f"{run.path} has trained {done} steps (checkpoint {checkpoint}); --train.steps "
             f"{requested.train.steps} is below that: give --train.steps {done} or more"
         )
-    for section, names in (("train", RESUME_CHANGES), ("model", KERNEL_CHOICE), ("data", DATA_LOCATION)):
+    for section, names in RESUMABLE:
         for name in names:
             setattr(getattr(cfg, section), name, getattr(getattr(requested, section), name))
     return cfg
