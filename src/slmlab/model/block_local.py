@@ -98,7 +98,7 @@ class WindowedKVCache(KVCache):
         return self.k[:, :, first : self.end], self.v[:, :, first : self.end]
 
 
-FLEX_TILE = 128  # create_block_mask's default BLOCK_SIZE: the kernel works on FLEX_TILE x FLEX_TILE tiles
+FLEX_TILE = 128  # the block mask's BLOCK_SIZE (torch's default): the kernel works on FLEX_TILE x FLEX_TILE tiles
 
 
 @functools.cache
@@ -133,7 +133,9 @@ class BlockLocal(nn.Module):
         """FlexAttention's block mask of the pattern at length T (built once per length and device)."""
         key = (T, str(device))
         if key not in self._block_masks:
-            self._block_masks[key] = create_block_mask(lambda batch, head, i, j: self.sees(i, j), None, None, T, T, device=device)
+            self._block_masks[key] = create_block_mask(
+                lambda batch, head, i, j: self.sees(i, j), None, None, T, T, device=device, BLOCK_SIZE=FLEX_TILE
+            )
         return self._block_masks[key]
 
     def _flex(self, q, k, v, scale):
