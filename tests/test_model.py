@@ -106,6 +106,37 @@ def test_residual_projections_get_the_scaled_init():
     assert abs(std - 0.02 / math.sqrt(16)) < 0.0005 and abs(model.blocks[0].mlp.fc.weight.std().item() - 0.02) < 0.001
 
 
+@pytest.mark.parametrize(
+    "arch, variant",
+    [
+        ("decoder", {"smat": {"use_S": True, "use_G": True}}),
+        ("decoder", {"self_area": {"enabled": True}}),
+        ("decoder", {"smat": {"use_S": True}, "pos": "rope"}),
+        ("tape", {"tape": {"coda_rule": "sum", "critic_rule": "soft_xor"}}),
+    ],
+    ids=["smat full", "self area", "smat s + rope", "tape rules"],
+)
+def test_variants_built_with_one_seed_share_every_weight_they_have_in_common(arch, variant):
+    """Common random numbers: a sweep pairs variants by seed, and a variant's extra modules (SMAT's
+    score and gate layers, the Self Area) used to shift the global random stream, so the baseline
+    and the variant started from unrelated weights. Each module now draws by its own name."""
+    from slmlab.config import config_from_dict
+
+    def weights(model: dict, seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(seed)
+        cfg = config_from_dict({"model": {"arch": arch, "n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 16,
+                                          "vocab_size": V, **model}, "data": {"seq_len": 16}}).model  # fmt: skip
+        torch.randn(int(1e3 * seed))  # whatever was drawn before does not matter beyond the seed
+        return dict(build_model(cfg).named_parameters())
+
+    base, other = weights({}, 0), weights(variant, 0)
+    shared = [n for n in base if n in other]
+    assert len(shared) >= len(base) - 1  # RoPE has no learned position table
+    drawn = [n for n in shared if base[n].std() > 0]
+    assert len(drawn) >= 8 and all(torch.equal(base[n], other[n]) for n in shared)
+    assert not any(torch.equal(base[n], weights({}, 1)[n]) for n in drawn)  # another seed, other weights
+
+
 def test_hook_points_can_read_and_replace_activations():
     model = tiny()
     idx = torch.randint(0, V, (1, 10))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
@@ -220,5 +221,26 @@ def build_model(cfg):
         built = (build(cfg, layer) for build in ATTENTION_EXTENSIONS.values())
         return [module for module in built if module is not None]
 
-    conditioning = next((m for m in (build(cfg) for build in CONDITIONING.values()) if m is not None), None)
-    return architecture(cfg, attention_extensions=attention_extensions, conditioning=conditioning)
+    token = _INIT_SEED.set(_draw_seed())  # before anything a variant builds draws: every variant draws the same one
+    try:
+        conditioning = next((m for m in (build(cfg) for build in CONDITIONING.values()) if m is not None), None)
+        return architecture(cfg, attention_extensions=attention_extensions, conditioning=conditioning)
+    finally:
+        _INIT_SEED.reset(token)
+
+
+_INIT_SEED: ContextVar[int | None] = ContextVar("slmlab_init_seed", default=None)
+
+
+def init_seed() -> int:
+    """The init seed of the model being built (model/initialization.py draws each module's weights
+    from it by name): the one build_model drew before building anything, else a fresh draw."""
+    seed = _INIT_SEED.get()
+    return seed if seed is not None else _draw_seed()
+
+
+def _draw_seed() -> int:
+    """One draw from torch's global CPU generator (under any default device)."""
+    import torch  # here, not at the top: the CLI's parser imports the registry without torch
+
+    return int(torch.randint(0, 2**62, (1,), device="cpu").item())

@@ -27,6 +27,7 @@ from .block import Block
 from .generation import GenerationMixin
 from .heads import build_head
 from .hooks import HookPoint
+from .initialization import init_by_name
 from .inputs import check_inputs
 from .layers import build_dropout, build_norm
 from .positions import build_positions
@@ -72,7 +73,7 @@ class Decoder(GenerationMixin, nn.Module):
             self.head.weight = self.wte.weight
         self.hook_embed = HookPoint()
         own_init = {id(m) for handed in self._handed_in() if not getattr(handed, "host_init", False) for m in handed.modules()}
-        self.apply(lambda module: None if id(module) in own_init else self._init_weights(module))
+        init_by_name(self, self._init_weights, skip=own_init)
 
     # ---- model --------------------------------------------------------------------------
     def _handed_in(self) -> list[nn.Module]:
@@ -81,17 +82,18 @@ class Decoder(GenerationMixin, nn.Module):
         bias_init, say), unless its class sets `host_init = True` to take the backbone's."""
         return [self.conditioning, *(e for block in self.blocks for e in block.attn.extensions)]
 
-    def _init_weights(self, module: nn.Module) -> None:
+    def _init_weights(self, module: nn.Module, generator: torch.Generator) -> None:
         """GPT-2 init: N(0, 0.02); residual projections N(0, 0.02 / sqrt(2 n_layer)); biases 0.
-        Applied to the backbone's modules and to the handed-in ones that ask for it (_handed_in)."""
+        Applied to the backbone's modules and to the handed-in ones that ask for it (_handed_in),
+        each drawn with its own name's generator (initialization.py: shared across variants)."""
         std = self.cfg.init_std
         if isinstance(module, nn.Linear):
             scale = 1 / math.sqrt(2 * self.cfg.n_layer) if getattr(module, "residual_projection", False) else 1.0
-            nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+            nn.init.normal_(module.weight, mean=0.0, std=std * scale, generator=generator)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
+            nn.init.normal_(module.weight, mean=0.0, std=std, generator=generator)
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list[KVCache] | None = None

@@ -47,6 +47,7 @@ from ..errors import ConfigError
 from ..model.attention import CausalSelfAttention, KVCache
 from ..model.generation import GenerationMixin
 from ..model.heads import build_head
+from ..model.initialization import init_by_name
 from ..model.inputs import check_inputs
 from ..model.layers import build_norm
 from ..model.positions import build_positions
@@ -196,11 +197,13 @@ class TapeTransformer(GenerationMixin, nn.Module):
         self.head = build_head(cfg)
         if cfg.tie_embeddings:
             self.head.weight = self.wte.weight
-        self.apply(self._init_weights)
+        init_by_name(self, self._init_weights, skip=set())
 
-    def _init_weights(self, module: nn.Module) -> None:
+    def _init_weights(self, module: nn.Module, generator: torch.Generator) -> None:
+        """N(0, init_std) weights, zero biases; each module drawn with its own name's generator
+        (model/initialization.py: shared across variants)."""
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std, generator=generator)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
