@@ -107,16 +107,17 @@ def test_residual_projections_get_the_scaled_init():
 
 
 @pytest.mark.parametrize(
-    "arch, variant",
+    "arch, common, variant",
     [
-        ("decoder", {"smat": {"use_S": True, "use_G": True}}),
-        ("decoder", {"self_area": {"enabled": True}}),
-        ("decoder", {"smat": {"use_S": True}, "pos": "rope"}),
-        ("tape", {"tape": {"coda_rule": "sum", "critic_rule": "soft_xor"}}),
+        ("decoder", {}, {"smat": {"use_S": True, "use_G": True}}),
+        ("decoder", {}, {"self_area": {"enabled": True}}),
+        ("decoder", {}, {"smat": {"use_S": True}, "pos": "rope"}),
+        ("decoder", {"head": "student_t", "tie_embeddings": False}, {"smat": {"use_G": True}}),
+        ("tape", {"tie_embeddings": False}, {"tape": {"coda_rule": "sum", "critic_rule": "soft_xor"}}),
     ],
-    ids=["smat full", "self area", "smat s + rope", "tape rules"],
+    ids=["smat full", "self area", "smat s + rope", "smat g, untied student-t head", "tape rules, untied head"],
 )
-def test_variants_built_with_one_seed_share_every_weight_they_have_in_common(arch, variant):
+def test_variants_built_with_one_seed_share_every_weight_they_have_in_common(arch, common, variant):
     """Common random numbers: a sweep pairs variants by seed, and a variant's extra modules (SMAT's
     score and gate layers, the Self Area) used to shift the global random stream, so the baseline
     and the variant started from unrelated weights. Each module now draws by its own name."""
@@ -129,12 +130,12 @@ def test_variants_built_with_one_seed_share_every_weight_they_have_in_common(arc
         torch.randn(int(1e3 * seed))  # whatever was drawn before does not matter beyond the seed
         return dict(build_model(cfg).named_parameters())
 
-    base, other = weights({}, 0), weights(variant, 0)
+    base, other = weights(common, 0), weights({**common, **variant}, 0)
     shared = [n for n in base if n in other]
     assert len(shared) >= len(base) - 1  # RoPE has no learned position table
     drawn = [n for n in shared if base[n].std() > 0]
     assert len(drawn) >= 8 and all(torch.equal(base[n], other[n]) for n in shared)
-    assert not any(torch.equal(base[n], weights({}, 1)[n]) for n in drawn)  # another seed, other weights
+    assert not any(torch.equal(base[n], weights(common, 1)[n]) for n in drawn)  # another seed, other weights
 
 
 def test_hook_points_can_read_and_replace_activations():

@@ -25,7 +25,7 @@ from ..config.checks import check_model
 from .attention import FullCausal, KVCache
 from .block import Block
 from .generation import GenerationMixin
-from .heads import build_head
+from .heads import StudentTHead, build_head
 from .hooks import HookPoint
 from .initialization import init_by_name
 from .inputs import check_inputs
@@ -92,7 +92,7 @@ class Decoder(GenerationMixin, nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std * scale, generator=generator)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
+        elif isinstance(module, (nn.Embedding, StudentTHead)):  # (V, d) tables
             nn.init.normal_(module.weight, mean=0.0, std=std, generator=generator)
 
     def forward(

@@ -46,7 +46,7 @@ from ..config.checks import check_model
 from ..errors import ConfigError
 from ..model.attention import CausalSelfAttention, KVCache
 from ..model.generation import GenerationMixin
-from ..model.heads import build_head
+from ..model.heads import StudentTHead, build_head
 from ..model.initialization import init_by_name
 from ..model.inputs import check_inputs
 from ..model.layers import build_norm
@@ -202,7 +202,7 @@ class TapeTransformer(GenerationMixin, nn.Module):
     def _init_weights(self, module: nn.Module, generator: torch.Generator) -> None:
         """N(0, init_std) weights, zero biases; each module drawn with its own name's generator
         (model/initialization.py: shared across variants)."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, (nn.Linear, nn.Embedding, StudentTHead)):
             nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std, generator=generator)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
