@@ -263,6 +263,8 @@ def test_resuming_a_finished_run_changes_nothing(text_corpus, make_config):
 
 
 def test_training_time_and_peak_memory_accumulate_across_resumed_sessions(text_corpus, make_config, monkeypatch):
+    import slmlab.training.results as results_module
+    import slmlab.training.resume as resume_module
     import slmlab.training.trainer as trainer_module
 
     cfg = make_config(text_corpus, train={"steps": 10, "checkpoint_every": 5})
@@ -271,7 +273,8 @@ def test_training_time_and_peak_memory_accumulate_across_resumed_sessions(text_c
     state_at_5 = torch.load(run.checkpoints / "step_000005.state.pt", weights_only=True)
     (run.checkpoints / "latest").write_text("step_000005")
     run.summary.unlink()
-    monkeypatch.setattr(trainer_module, "peak_memory_bytes", lambda device: 1)  # this session's peak is tiny
+    for module in (results_module, resume_module):  # this session's peak is tiny
+        monkeypatch.setattr(module, "peak_memory_bytes", lambda device: 1)
     monkeypatch.setattr(trainer_module.time, "perf_counter", _slow_clock())  # this session takes 1000 s a call
     train(cfg, resume=True, progress=False)
     second = run.read_summary()

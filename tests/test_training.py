@@ -174,21 +174,21 @@ def test_corrupt_or_mismatched_checkpoints_are_clear_errors(text_corpus, make_co
 def test_non_finite_steps_are_skipped_counted_and_abort_after_k(text_corpus, make_config, monkeypatch):
     cfg = make_config(text_corpus, train={"steps": 12, "max_nan_skips": 3, "log_every": 1})
     trainer = Trainer(cfg, progress=False)
-    real_forward_backward, real_train_step = trainer._forward_backward, trainer._train_step
+    real_forward_backward, real_train_step = trainer.optimizer_step.forward_backward, trainer.optimizer_step
     poisoned, changed = {3, 6, 7}, {}
 
     def sometimes_nan():  # step numbers count from 1
         loss, norm = real_forward_backward()
         return (loss * math.nan, norm) if trainer.step + 1 in poisoned else (loss, norm)
 
-    def watched_step():
+    def watched_step(step):
         before = [p.detach().clone() for p in trainer.model.parameters()]
-        out = real_train_step()
+        out = real_train_step(step)
         changed[trainer.step + 1] = any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
         return out
 
-    monkeypatch.setattr(trainer, "_forward_backward", sometimes_nan)
-    monkeypatch.setattr(trainer, "_train_step", watched_step)
+    monkeypatch.setattr(trainer.optimizer_step, "forward_backward", sometimes_nan)
+    monkeypatch.setattr(trainer, "optimizer_step", watched_step)
     trainer.fit()
     records = trainer.metrics.read()
     assert records[-1]["nan_skips"] == 3
@@ -199,13 +199,13 @@ def test_non_finite_steps_are_skipped_counted_and_abort_after_k(text_corpus, mak
     always = make_config(text_corpus, train={"steps": 12, "max_nan_skips": 3})
     always.name = "diverging"
     trainer = Trainer(always, progress=False)
-    real_forward_backward = trainer._forward_backward
+    real_forward_backward = trainer.optimizer_step.forward_backward
 
     def diverging_after_two():
         loss, norm = real_forward_backward()
         return (loss, norm) if trainer.step < 2 else (torch.tensor(math.nan), norm)
 
-    monkeypatch.setattr(trainer, "_forward_backward", diverging_after_two)
+    monkeypatch.setattr(trainer.optimizer_step, "forward_backward", diverging_after_two)
     with pytest.raises(TrainingError, match="3 consecutive non-finite steps by step 5; lower train.lr"):  # first log step
         trainer.fit()
 
@@ -230,16 +230,16 @@ def test_weights_that_overflow_are_never_checkpointed_over_the_last_good_ones(te
     skipped, and the run used to finish and write the inf weights as its final ones."""
     cfg = make_config(text_corpus, train={"steps": 10, "checkpoint_every": 5, "max_nan_skips": 50})
     trainer = Trainer(cfg, progress=False)
-    real_train_step = trainer._train_step
+    real_train_step = trainer.optimizer_step
 
-    def overflowing_at_step_seven():
-        out = real_train_step()
+    def overflowing_at_step_seven(step):
+        out = real_train_step(step)
         if trainer.step + 1 == 7:
             with torch.no_grad():
                 next(trainer.model.parameters()).fill_(math.inf)
         return out
 
-    monkeypatch.setattr(trainer, "_train_step", overflowing_at_step_seven)
+    monkeypatch.setattr(trainer, "optimizer_step", overflowing_at_step_seven)
     with pytest.raises(TrainingError, match="the weights are no longer finite at step 10"):
         trainer.fit()
     run = RunDir.for_config(cfg)

@@ -13,6 +13,7 @@ seed's notebook switched a flag on a built model and silently kept full attentio
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 from ..config import ConfigError, RunConfig, check_config
 from ..data.corpora import CorpusError
@@ -21,6 +22,7 @@ from ..files import atomic_write_text
 from ..model.protocol import attention_modules
 from ..registry import ATTENTION_PATTERNS
 from ..runs.run_dir import RunDir
+from .callbacks import TrainingCallback
 from .distributed import World
 from .results import TrainResult
 from .resume import check_same_data, record_resumed, relocated
@@ -39,13 +41,21 @@ def assert_patterns(trainer: Trainer) -> None:
             )
 
 
-def train_curriculum(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
+def train_curriculum(
+    cfg: RunConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: Iterable[TrainingCallback] = (),
+) -> TrainResult:
+    """Each phase in turn, a run of its own under the curriculum's directory, started from the
+    previous phase's final weights; `callbacks` watch every phase (closed as each ends)."""
     check_config(cfg)
     root = RunDir.for_config(cfg)
     world, _ = World.from_env(cfg.train.device)
     lock = root.lock() if world.is_main else None
     try:
-        return _train_phases(cfg, root, world, resume, overwrite, progress)
+        return _train_phases(cfg, root, world, resume, overwrite, progress, list(callbacks))
     finally:
         if lock is not None:
             lock.release()
@@ -88,7 +98,9 @@ def relocate_root(cfg: RunConfig, root: RunDir, world: World) -> None:
         record_resumed(root, recorded, cfg)
 
 
-def _train_phases(cfg: RunConfig, root: RunDir, world: World, resume: bool, overwrite: bool, progress: bool) -> TrainResult:
+def _train_phases(
+    cfg: RunConfig, root: RunDir, world: World, resume: bool, overwrite: bool, progress: bool, callbacks: list[TrainingCallback]
+) -> TrainResult:
     manifests = check_phases(cfg, world, progress)
     if resume:
         relocate_finished(cfg, manifests, world)
@@ -112,6 +124,7 @@ def _train_phases(cfg: RunConfig, root: RunDir, world: World, resume: bool, over
                 progress=progress,
                 init_from=None if resumable else previous,
                 carry_optimizer=phase.carry_optimizer,
+                callbacks=callbacks,
             ) as trainer:
                 assert_patterns(trainer)
                 relocate_root(cfg, root, world)

@@ -1,6 +1,6 @@
 """Frames of attention over training (`train --viz-every N`, `slmlab viz animate RUN`): the first
 validation window coloured by the attention each token receives and by its next-token loss, above
-the training loss and its EWMA. Saved by the trainer into RUN/viz/frames/frame_<step>.png."""
+the training loss and its EWMA. Saved by a training callback into RUN/viz/frames/frame_<step>.png."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch import nn
 
 from ..model.attention_maps import capture_attention, token_scores
 from ..plotting import pyplot, save_png
+from .callbacks import TrainingCallback
 
 
 def token_labels(tokenizer, ids: list[int]) -> list[str]:
@@ -86,3 +87,22 @@ def training_frame(
     path.parent.mkdir(parents=True, exist_ok=True)
     save_png(fig, path, dpi=80)
     return path
+
+
+class AttentionFrames(TrainingCallback):
+    """Every `every` steps, the frame of the first validation window (up to 64 tokens) with the
+    training loss so far, drawn by rank 0 from the whole model (gathered by every rank when FSDP
+    shards it)."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_step(self, trainer) -> None:
+        if trainer.step % self.every:
+            return
+        model = trainer.whole_model()  # a collective when the model is sharded
+        if trainer.world.is_main:
+            history = [(r["step"], r["loss"]) for r in trainer.metrics.read() if r.get("loss") is not None]
+            window = trainer.data.val.tokens[: min(64, trainer.cfg.data.seq_len) + 1].astype("int64").tolist()
+            path = trainer.run.path / "viz" / "frames" / f"frame_{trainer.step:06d}.png"
+            training_frame(model, trainer.tokenizer, window, history, trainer.step, path)

@@ -1,16 +1,26 @@
-"""What a finished run hands back: the TrainResult its summary.json records, and the sample of
-text it ends with."""
+"""What a finished run hands back: its final weights, the summary.json it records (read back as a
+TrainResult), and the sample of text it ends with."""
 
 from __future__ import annotations
 
+import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..data.tokenizers import Tokenizer
+from ..files import atomic_write_text
+from ..runs.checkpoints import save_weights
+from ..runs.metrics import perplexity
+from .runtime import peak_memory_bytes
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
 
 
 @dataclass
@@ -40,3 +50,41 @@ def final_sample(model, tokenizer: Tokenizer, val_tokens: np.ndarray, n_tokens: 
     generator = torch.Generator(device=device).manual_seed(seed)
     out = model.generate(prompt, n_tokens, temperature=0.8, top_k=50, generator=generator, vocab_size=tokenizer.vocab_size)
     return tokenizer.decode(out[0].tolist())
+
+
+def write_results(
+    trainer: Trainer, weights: dict[str, torch.Tensor], val_loss: float, val_bpb: float, elapsed: float, compile_seconds: float
+) -> TrainResult:
+    """On rank 0, once the last step is taken: the final weights (`weights`, whole) and the run's
+    summary.json. Its tokens/s is the median over the logging windows (robust to a slow one);
+    `elapsed`: this process's training seconds, added to those before a resume."""
+    t = trainer.cfg.train
+    final_sha256 = save_weights(weights, trainer.run.final_weights, metadata={"config": json.dumps(trainer.cfg.to_dict())})
+    history = [r for r in trainer.metrics.read() if "tokens_per_s" in r]
+    sample = ""
+    if t.sample_tokens:  # on this rank alone: a sharded model is read whole, from the final weights
+        model = trainer.whole_model(weights)
+        sample = final_sample(model, trainer.tokenizer, trainer.data.val.tokens, t.sample_tokens, trainer.device)
+    summary = {
+        "step": trainer.step,
+        "tokens": trainer.tokens,
+        "val_loss": val_loss,
+        "val_ppl": perplexity(val_loss),
+        "val_bpb": val_bpb,
+        "nan_skips": trainer.nan_skips,
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in history) if history else 0.0,
+        "train_seconds": trainer.seconds_before + elapsed,
+        "compile_seconds": compile_seconds,
+        "processes": trainer.world.size,
+        "peak_memory_bytes": max(trainer.peak_before, peak_memory_bytes(trainer.device)),
+        "params": trainer.stats.params,
+        "non_embedding_params": trainer.stats.non_embedding_params,
+        "vocab_size": trainer.cfg.model.vocab_size,
+        "sample": sample,
+        "final_sha256": final_sha256,
+        "data_sha256": trainer.data.manifest["sha256"],  # the token streams trained on (sweeps compare them)
+    }
+    if trainer.local_kernel:
+        summary["local_kernel"] = trainer.local_kernel
+    atomic_write_text(trainer.run.summary, json.dumps(summary, indent=2) + "\n")
+    return TrainResult.from_summary(trainer.run.path, summary)

@@ -1,4 +1,5 @@
-"""Resuming a run: the config it continues under, and the data its checkpoint must agree with.
+"""Resuming a run: the config it continues under, the data its checkpoint must agree with, and
+the training state a checkpoint holds beside the weights.
 
 A resume continues the run as it was: only `train.steps` (never below the steps already trained),
 the trackers and `train.viz_every` (they watch the run, they do not change it), where it runs
@@ -11,10 +12,21 @@ token streams the run trained on.
 
 from __future__ import annotations
 
+import logging
+import time
+from typing import TYPE_CHECKING
+
 from ..config import ConfigError, RunConfig
 from ..runs.checkpoints import CheckpointError
 from ..runs.run_dir import RunDir
+from .distributed import full_optimizer_state
+from .runtime import peak_memory_bytes, rng_state, set_rng_state
 from .trackers import TRACKER_FIELDS
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+log = logging.getLogger("slmlab")
 
 RESUME_CHANGES = ("steps", "viz_every", *TRACKER_FIELDS, "device", "threads", "compile")  # the train.* fields a resume may change
 KERNEL_CHOICE = ("local_kernel",)  # the model.* fields it may change: how a pattern is computed, not which
@@ -79,3 +91,37 @@ def record_resumed(run: RunDir, recorded_cfg: RunConfig, cfg: RunConfig) -> None
     (`recorded_cfg`: more steps, another tracker, the data's new place), once its data is checked."""
     if cfg.to_dict() != recorded_cfg.to_dict():
         run.write_config(cfg)
+
+
+def training_state(trainer: Trainer) -> dict:
+    """Everything but the weights that a bit-exact resume needs: the counters, the optimizer's
+    state (gathered whole: every rank takes part), the sampler's position, every RNG's state, and
+    the time, peak memory and token streams so far."""
+    elapsed = time.perf_counter() - trainer.started if trainer.started else 0.0
+    return {
+        "step": trainer.step,
+        "tokens": trainer.tokens,
+        "nan_skips": trainer.nan_skips,
+        "optimizer": full_optimizer_state(trainer.model, trainer.optimizer),
+        "sampler": trainer.sampler.state_dict(),
+        "rng": rng_state(),
+        "train_seconds": trainer.seconds_before + elapsed,
+        "peak_memory_bytes": max(trainer.peak_before, peak_memory_bytes(trainer.device)),
+        "data_sha256": trainer.data.manifest["sha256"],  # the token streams trained on (checked on resume)
+    }
+
+
+def restore_state(trainer: Trainer, state: dict) -> None:
+    """Put a checkpoint's training_state back (the optimizer's is loaded with the weights), once
+    its data is checked against the corpus; metrics.jsonl loses the records after its step."""
+    recorded = trainer.run.read_config()
+    check_same_data(trainer.run, recorded, state.get("data_sha256"), trainer.data.manifest, trainer.cfg)
+    if trainer.world.is_main:
+        record_resumed(trainer.run, recorded, trainer.cfg)
+    trainer.sampler.load_state_dict(state["sampler"])
+    set_rng_state(state["rng"])
+    trainer.step, trainer.tokens, trainer.nan_skips = state["step"], state["tokens"], state["nan_skips"]
+    trainer.seconds_before, trainer.peak_before = state.get("train_seconds", 0.0), state.get("peak_memory_bytes", 0)
+    if trainer.world.is_main:
+        trainer.metrics.truncate_after(trainer.step)
+    log.info("resumed %s at step %d", trainer.run.path, trainer.step)

@@ -31,6 +31,7 @@ from ..config import ConfigError, RunConfig
 from ..errors import RunFileError
 from ..files import atomic_write_text, read_json
 from ..registry import TRACKERS
+from .callbacks import TrainingCallback
 
 log = logging.getLogger("slmlab")
 IDS_FILE = "trackers.json"
@@ -133,8 +134,9 @@ def scalars_of(record: dict) -> dict[str, float]:
     }
 
 
-class Trackers:
-    """The trackers `train.trackers` names, for one run on the main process."""
+class Trackers(TrainingCallback):
+    """The trackers `train.trackers` names, for one run on the main process: each logging
+    window's record goes to every one of them."""
 
     def __init__(self, cfg: RunConfig, run: Path, resume: bool):
         self.open = []
@@ -145,7 +147,7 @@ class Trackers:
             self.close()
             raise
 
-    def log(self, record: dict) -> None:
+    def on_record(self, trainer, record: dict) -> None:
         scalars = scalars_of(record)
         for tracker in self.open:
             tracker.log(scalars, record["step"])

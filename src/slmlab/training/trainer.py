@@ -1,28 +1,26 @@
 """The training loop: one config in, one run directory out.
 
-Per optimizer step: the LR from the schedule, `grad_accum` micro-batches of random windows
-(forward under autocast, backward of loss / grad_accum), gradient clipping, then AdamW. A step
-whose loss or gradient norm is not finite is skipped (no update) and counted; `max_nan_skips`
-consecutive ones abort the run. Every `eval_every` steps the model is scored on a fixed
-validation sample; every `checkpoint_every` steps weights and full training state are saved, so
-`resume` continues bit-exactly (same weights as an uninterrupted run on CPU).
+Each optimizer step (step.py) may be skipped for a loss or gradient that is not finite, and
+`max_nan_skips` consecutive skipped ones abort the run. Every `eval_every` steps the model is
+scored on a fixed validation sample; every `checkpoint_every` steps weights and full training
+state are saved, so `resume` continues bit-exactly (same weights as an uninterrupted run on CPU).
+What watches the run without changing it (the trackers, attention frames, a user's own code) is a
+callback (callbacks.py).
 
 Under torchrun the same loop runs data-parallel (see distributed.py): every rank draws the same
 global batch and computes its own rows, DDP or FSDP2 averages the gradients, validation batches
 are split across ranks and the losses summed, and only rank 0 writes the run directory.
 
-The host never waits for the device inside a step: the non-finite guard is decided on the device
-(the fused AdamW kernel skips the update) and its counts are read with the loss at log steps, so
-an abort for too many consecutive skipped steps comes at the next log step.
+The host never waits for the device inside a step: the skip counts are read with the loss at log
+steps, so an abort for too many consecutive skipped steps comes at the next log step.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import statistics
 import time
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -33,7 +31,6 @@ from ..data.sampling import WindowSampler, check_windows
 from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..data.tokens import TokenData, prepare_tokens
 from ..errors import TrainingError
-from ..files import atomic_write_text
 from ..model import build_model, model_stats
 from ..model.block_local import trains_as_full_warning
 from ..runs.checkpoints import (
@@ -43,39 +40,29 @@ from ..runs.checkpoints import (
     load_training_state,
     load_weights,
     save_checkpoint,
-    save_weights,
 )
 from ..runs.metrics import MetricsLog, perplexity
 from ..runs.run_dir import RunDir
 from . import stopping
+from .callbacks import TrainingCallback
 from .distributed import (
     World,
     check_batch,
     full_model_state,
-    full_optimizer_state,
-    gradient_sync,
     load_optimizer_state,
-    local_scalar,
     parallelize,
     tied_aliases,
     weights_finite,
     whole_copy,
 )
-from .frames import training_frame
+from .frames import AttentionFrames
 from .kernel_choice import check_local_kernel, choose_local_kernel
-from .optim import build_optimizer, lr_at, schedule_warning, select_trainable, step_unless
+from .optim import build_optimizer, lr_at, schedule_warning, select_trainable
 from .progress import TrainingProgress
-from .results import TrainResult, final_sample
-from .resume import check_same_data, record_resumed, resume_config
-from .runtime import (
-    autocast,
-    peak_memory_bytes,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-    slow_bf16_warning,
-    use_threads,
-)
+from .results import TrainResult, write_results
+from .resume import restore_state, resume_config, training_state
+from .runtime import seed_everything, slow_bf16_warning, use_threads
+from .step import OptimizerStep
 from .tally import StepTally, check_skips
 from .trackers import Trackers
 from .validation import score_validation
@@ -104,10 +91,12 @@ class Trainer:
         init_from: RunDir | None = None,
         carry_optimizer: bool = False,
         from_checkpoint: str | None = None,
+        callbacks: Iterable[TrainingCallback] = (),
     ):
         """`init_from`: a finished run whose final weights and tokenizer this run starts from
         (a curriculum's previous phase); `carry_optimizer` also takes its AdamW state;
-        `from_checkpoint`: with `resume`, the checkpoint to continue from (default: the latest).
+        `from_checkpoint`: with `resume`, the checkpoint to continue from (default: the latest);
+        `callbacks`: the caller's own watchers (callbacks.py), called after the trainer's own.
 
         Rank 0 holds the run's writer lock from here until `close()`. A fresh run whose set-up
         fails (a corpus too short for the windows, a model that does not build) leaves no run
@@ -117,7 +106,7 @@ class Trainer:
         self.world, self.device = World.from_env(cfg.train.device)
         self._lock = self.run.lock() if self.world.is_main else None
         self._created = False
-        self.trackers: Trackers | None = None
+        self.callbacks = list(callbacks)  # the trackers and frames go before them once set up
         self._threads = torch.get_num_threads()  # train.threads applies to this run only
         try:
             self._set_up(cfg, resume, overwrite, progress, init_from, carry_optimizer, from_checkpoint)
@@ -130,25 +119,32 @@ class Trainer:
         """Remove the directory of a fresh run that failed before it recorded anything (no metrics,
         no checkpoint): the config and tokenizer it holds are the failed command's own."""
         if self._created and self.world.is_main and not self.run.metrics.exists() and not self.run.checkpoints.exists():
-            self._close_trackers()  # before removing what they wrote
+            self._close_callbacks()  # before removing what the trackers wrote
             self.run.remove_owned()
             if not any(self.run.path.iterdir()):
                 self.run.path.rmdir()
 
     def close(self) -> None:
-        """Finish the trackers, give up the run's writer lock and give the process back the
-        thread count it had (`train.threads` sets it for the run)."""
+        """Close the callbacks (the trackers finish), give up the run's writer lock and give the
+        process back the thread count it had (`train.threads` sets it for the run)."""
         if torch.get_num_threads() != self._threads:
             torch.set_num_threads(self._threads)
-        self._close_trackers()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        try:
+            self._close_callbacks()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
-    def _close_trackers(self) -> None:
-        if self.trackers is not None:
-            self.trackers.close()
-            self.trackers = None
+    def _close_callbacks(self) -> None:
+        """Each callback's close, once (a later call finds none left). A failure to close is
+        logged, not raised: the run's own record is written, and the others still close."""
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            try:
+                callback.close()
+            except Exception as err:
+                log.warning("callback %s did not close cleanly: %s", type(callback).__name__, err)
 
     def __enter__(self) -> Trainer:
         return self
@@ -227,24 +223,14 @@ class Trainer:
         if state is not None:
             load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         if resume:
-            self._restore(state)
+            restore_state(self, state)
         self.forward = torch.compile(self.wrapped) if train.compile else self.wrapped
-        if self.world.is_main:
-            self.trackers = Trackers(cfg, self.run.path, resume)
+        self.optimizer_step = OptimizerStep(
+            self.model, self.wrapped, self.forward, self.optimizer, self.sampler, train, self.world, self.device
+        )
+        watchers = [Trackers(cfg, self.run.path, resume)] if self.world.is_main else []
+        self.callbacks[:0] = watchers + ([AttentionFrames(train.viz_every)] if train.viz_every else [])
         self.world.barrier()
-
-    def _restore(self, state: dict) -> None:
-        recorded = self.run.read_config()
-        check_same_data(self.run, recorded, state.get("data_sha256"), self.data.manifest, self.cfg)
-        if self.world.is_main:
-            record_resumed(self.run, recorded, self.cfg)
-        self.sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
-        self.step, self.tokens, self.nan_skips = state["step"], state["tokens"], state["nan_skips"]
-        self.seconds_before, self.peak_before = state.get("train_seconds", 0.0), state.get("peak_memory_bytes", 0)
-        if self.world.is_main:
-            self.metrics.truncate_after(self.step)
-        log.info("resumed %s at step %d", self.run.path, self.step)
 
     def _save_checkpoint(self, weights: dict[str, torch.Tensor] | None = None) -> None:
         """Gather full weights and optimizer state (every rank takes part); rank 0 writes them.
@@ -256,17 +242,7 @@ class Trainer:
                 "or set train.grad_clip; the checkpoints saved before are kept"
             )
         weights = weights if weights is not None else full_model_state(self.model, self.aliases)
-        state = {
-            "step": self.step,
-            "tokens": self.tokens,
-            "nan_skips": self.nan_skips,
-            "optimizer": full_optimizer_state(self.model, self.optimizer),
-            "sampler": self.sampler.state_dict(),
-            "rng": rng_state(),
-            "train_seconds": self.seconds_before + (time.perf_counter() - self.started if self.started else 0.0),
-            "peak_memory_bytes": max(self.peak_before, peak_memory_bytes(self.device)),
-            "data_sha256": self.data.manifest["sha256"],  # the token streams trained on (checked on resume)
-        }
+        state = training_state(self)  # every rank gathers the optimizer's
         if self.world.is_main:
             save_checkpoint(self.run.checkpoints, self.step, weights, state, self.cfg.train.keep_checkpoints)
 
@@ -277,38 +253,6 @@ class Trainer:
             self.forward, self.data.val, self.cfg.data.seq_len, t.batch_size, t.eval_batches, self.device, t.dtype, self.world,
             self.token_bytes,
         )  # fmt: skip
-
-    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
-        """Host -> device: through pinned memory and without blocking on CUDA."""
-        if self.device.type == "cuda":
-            return batch.pin_memory().to(self.device, non_blocking=True)
-        return batch.to(self.device)
-
-    def _train_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One optimizer step, skipped on the device when the loss or gradient norm is not finite
-        -> (loss, gradient norm, skip) as 0-dim device tensors."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, self.cfg.train)
-        loss, grad_norm = self._forward_backward()
-        skip = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
-        step_unless(self.optimizer, skip)
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss, grad_norm, skip
-
-    def _forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """grad_accum micro-batches forward and backward, gradients clipped -> (global mean loss,
-        gradient norm before clipping)."""
-        t = self.cfg.train
-        loss_sum = torch.zeros((), device=self.device)
-        for micro in range(t.grad_accum):
-            x, y = (self._to_device(b) for b in self.sampler.next_batch())
-            with gradient_sync(self.wrapped, enabled=micro == t.grad_accum - 1):
-                with autocast(self.device, t.dtype):
-                    _, loss = self.forward(x, y)
-                (loss / t.grad_accum).backward()
-            loss_sum += loss.detach().float()
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
-        return self.world.mean(loss_sum / t.grad_accum), local_scalar(grad_norm)
 
     def fit(self) -> TrainResult:
         """Train to train.steps and write the results (a resumed run that had already finished
@@ -341,7 +285,7 @@ class Trainer:
         scores, compile_seconds = (math.nan, math.nan), 0.0  # the last (validation loss, bits per byte)
         while self.step < t.steps:
             first_compiled = t.compile and not compile_seconds
-            loss, grad_norm, skip = self._train_step()
+            loss, grad_norm, skip = self.optimizer_step(self.step)
             tally.add(loss, skip)
             if first_compiled:  # the first step compiles the graph: time it apart from the throughput
                 loss.item()
@@ -375,13 +319,14 @@ class Trainer:
                     record.update(val_loss=scores[0], val_ppl=perplexity(scores[0]), val_bpb=scores[1])
                 if self.world.is_main:
                     self.metrics.append(record)
-                    self.trackers.log(record)
                 progress.report(record)
+                for callback in self.callbacks:
+                    callback.on_record(self, record)
                 timed_steps, window_start = 0, time.perf_counter()
             if checkpointing:
                 self._save_checkpoint()
-            if t.viz_every and self.step % t.viz_every == 0:
-                self._save_frame()
+            for callback in self.callbacks:
+                callback.on_step(self)
             if stopping_now:
                 progress.close()
                 raise stopping.TrainingStopped(stopping.requested(), self.step, self.run.path, f"step_{self.step:06d}")
@@ -389,22 +334,14 @@ class Trainer:
         elapsed = time.perf_counter() - self.started
         return self._finish(scores, elapsed, compile_seconds)
 
-    def _save_frame(self) -> None:
-        """An attention/loss frame of the first validation window, drawn by rank 0 (from a whole
-        copy of the weights, gathered by every rank, when FSDP shards them)."""
-        weights = full_model_state(self.model, self.aliases) if self._sharded() else None  # a collective
-        if self.world.is_main:
-            history = [(r["step"], r["loss"]) for r in self.metrics.read() if r.get("loss") is not None]
-            window = self.data.val.tokens[: min(64, self.cfg.data.seq_len) + 1].astype("int64").tolist()
-            path = self.run.path / "viz" / "frames" / f"frame_{self.step:06d}.png"
-            training_frame(self._whole_model(weights), self.tokenizer, window, history, self.step, path)
-
-    def _sharded(self) -> bool:
-        return self.world.distributed and self.cfg.train.parallel == "fsdp"
-
-    def _whole_model(self, weights: dict[str, torch.Tensor] | None) -> nn.Module:
-        """The model for rank 0 to read on its own: itself, or a whole copy when FSDP shards it."""
-        return whole_copy(self.cfg.model, self.device, weights, self.aliases) if self._sharded() else self.model
+    def whole_model(self, weights: dict[str, torch.Tensor] | None = None) -> nn.Module | None:
+        """The model for rank 0 to read on its own: the model itself, or, when FSDP shards it, a
+        whole copy made from `weights` (gathered here when not given: a collective every rank
+        joins, and the other ranks get None)."""
+        if not (self.world.distributed and self.cfg.train.parallel == "fsdp"):
+            return self.model
+        weights = weights if weights is not None else full_model_state(self.model, self.aliases)
+        return whole_copy(self.cfg.model, self.device, weights, self.aliases) if self.world.is_main else None
 
     def _account_skips(self, window: dict) -> None:
         self.nan_skips += window["skipped"]
@@ -417,50 +354,20 @@ class Trainer:
         weights = full_model_state(self.model, self.aliases)
         self._save_checkpoint(weights)
         if self.world.is_main:
-            result = self._write_results(weights, val_loss, val_bpb, elapsed, compile_seconds)
+            result = write_results(self, weights, val_loss, val_bpb, elapsed, compile_seconds)
         self.world.barrier()  # the other ranks go on only once the run's files exist
         if not self.world.is_main:
             result = TrainResult(self.run.path, self.step, val_loss, perplexity(val_loss), 0.0, "", compile_seconds, val_bpb)
         return result
 
-    def _write_results(
-        self, weights: dict[str, torch.Tensor], val_loss: float, val_bpb: float, elapsed: float, compile_seconds: float
-    ) -> TrainResult:
-        t = self.cfg.train
-        val_ppl = perplexity(val_loss)
-        final_sha256 = save_weights(weights, self.run.final_weights, metadata={"config": json.dumps(self.cfg.to_dict())})
-        history = [r for r in self.metrics.read() if "tokens_per_s" in r]
-        tokens_per_s = statistics.median(r["tokens_per_s"] for r in history) if history else 0.0  # robust to a slow window
-        sample = ""
-        if t.sample_tokens:  # on this rank alone: a sharded model is read whole, from the final weights
-            sample = final_sample(self._whole_model(weights), self.tokenizer, self.data.val.tokens, t.sample_tokens, self.device)
-        summary = {
-            "step": self.step,
-            "tokens": self.tokens,
-            "val_loss": val_loss,
-            "val_ppl": val_ppl,
-            "val_bpb": val_bpb,
-            "nan_skips": self.nan_skips,
-            "tokens_per_s": tokens_per_s,
-            "train_seconds": self.seconds_before + elapsed,
-            "compile_seconds": compile_seconds,
-            "processes": self.world.size,
-            "peak_memory_bytes": max(self.peak_before, peak_memory_bytes(self.device)),
-            "params": self.stats.params,
-            "non_embedding_params": self.stats.non_embedding_params,
-            "vocab_size": self.cfg.model.vocab_size,
-            "sample": sample,
-            "final_sha256": final_sha256,
-            "data_sha256": self.data.manifest["sha256"],  # the token streams trained on (sweeps compare them)
-        }
-        if self.local_kernel:
-            summary["local_kernel"] = self.local_kernel
-        atomic_write_text(self.run.summary, json.dumps(summary, indent=2) + "\n")
-        return TrainResult.from_summary(self.run.path, summary)
-
 
 def train(
-    cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True, from_checkpoint: str | None = None
+    cfg: RunConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    from_checkpoint: str | None = None,
+    callbacks: Iterable[TrainingCallback] = (),
 ) -> TrainResult:
-    with Trainer(cfg, resume=resume, overwrite=overwrite, progress=progress, from_checkpoint=from_checkpoint) as trainer:
+    with Trainer(cfg, resume, overwrite, progress, from_checkpoint=from_checkpoint, callbacks=callbacks) as trainer:
         return trainer.fit()
