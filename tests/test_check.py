@@ -12,10 +12,12 @@ import pytest
 
 from slmlab.analysis.conformance import run_checks
 from slmlab.analysis.scaffold import write_variant
-from slmlab.analysis.tiny_models import TINY, models_to_check, tiny_config
+from slmlab.analysis.tiny_models import TINY, models_to_check, shrunk_sections, tiny_config
 from slmlab.cli import main
 from slmlab.config import ConfigError, load_config
 from slmlab.experiments.sweep_config import first_seed_jobs, load_sweep
+from slmlab.model.protocol import attention_modules
+from slmlab.registry import build_model
 from tests.conftest import write_micro_toml
 
 ROOT = Path(__file__).parents[1]
@@ -95,7 +97,23 @@ def test_the_check_runs_at_tiny_shapes_whatever_window_the_config_trains_on():
     assert cfg.data.seq_len > TINY["block_size"]
     model = tiny_config(cfg)
     assert (model.block_size, model.n_layer, model.d_model) == (TINY["block_size"], TINY["n_layer"], TINY["d_model"])
-    assert model.arch == "tape" and model.sections["tape"] == cfg.model.sections["tape"]
+    assert model.arch == "tape"
+
+
+def test_a_section_shrinks_to_its_own_tiny_sizes_and_never_grows():
+    """The TapeTransformer's 4 critics x 4 layers per stack made check's tiny model 36 attention
+    layers deep, and capturing its decoding graph took most of a minute; its section now names
+    the sizes that still run every path (register_section's `tiny`)."""
+    cfg = load_config(ROOT / "configs" / "tape_char_shakespeare.toml")
+    given, tiny = cfg.model.tape, tiny_config(cfg)
+    tape = tiny.sections["tape"]
+    assert (given.n_critics, given.critic_layers, given.coda_layers, given.mlp_expand) == (4, 4, 2, 8)
+    assert (tape.n_critics, tape.critic_layers, tape.coda_layers, tape.rnn_layers, tape.mlp_expand) == (2, 1, 1, 1, 2)
+    assert (tape.coda_rule, tape.critic_rule, tape.moderator, tape.rnn_dim) == ("soft_xor", "softmax_mix", "merge", 0)
+    assert len(attention_modules(build_model(tiny))) == 2 * 1 + 2 * 2 * 1  # the coda's two stacks, two critics' (36 before)
+    one_critic = load_config(ROOT / "configs" / "tape_char_shakespeare.toml", {"model.tape.n_critics": 1})
+    assert tiny_config(one_critic).sections["tape"].n_critics == 1  # already below the tiny size: kept
+    assert "; model.tape at n_critics = 2, coda_layers = 1, critic_layers = 1" in shrunk_sections(cfg.model, tiny)
 
 
 def test_smat_is_held_to_its_naive_reference():
@@ -258,6 +276,8 @@ def test_a_plugin_section_named_like_a_model_setting_is_refused_where_it_registe
         register_section("idea", Settings, read_with={"init": ("enabled",)})
     with pytest.raises(ConfigError, match=r"read_with names no switch"):
         register_section("idea", Settings, read_with={"enabled": ()})
+    with pytest.raises(ConfigError, match=r"\[model.idea\] tiny names \['width'\]: give the section's own fields"):
+        register_section("idea", Settings, tiny={"width": 2})
     assert "idea" not in MODEL_SECTIONS
 
 

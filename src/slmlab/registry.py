@@ -101,7 +101,9 @@ class Section:
     section's switches of which one must be on for it to be read ({"s_dim": ("use_S", "use_G")});
     changed with every one off, it is refused. `chosen_by` names the model choice that selects the
     idea by this section's name (an MLP plugin's "model.mlp": `model.mlp = "<name>"`); changed
-    while that choice names something else, the section is refused too."""
+    while that choice names something else, the section is refused too. `tiny` gives the
+    section's sizes for `slmlab check`'s tiny model ({"n_critics": 2}): each is taken where it is
+    below the config's own and the config still checks with it."""
 
     name: str
     config: type
@@ -109,6 +111,7 @@ class Section:
     arch: str = ""
     read_with: dict[str, tuple[str, ...]] = field(default_factory=dict)
     chosen_by: str = ""
+    tiny: dict[str, int | float] = field(default_factory=dict)
 
 
 # ---- the registries ------------------------------------------------------------------------
@@ -158,21 +161,26 @@ def register_section(
     arch: str = "",
     read_with: dict[str, tuple[str, ...]] | None = None,
     chosen_by: str = "",
+    tiny: dict[str, int | float] | None = None,
 ) -> None:
     """Declare `[model.<name>]`, validated as `config` (a dataclass) like the built-in sections;
     `read_with`: the settings read only when one of their switches (boolean fields) is on;
     `chosen_by`: the model choice ("model.mlp", "model.norm", ... : a CHOICE_REGISTRIES key) under
-    which the section is read only while that choice is `name`."""
+    which the section is read only while that choice is `name`; `tiny`: the smaller sizes (layer
+    counts, widths) `slmlab check` builds its tiny model with, so that it checks every code path
+    of the idea in seconds rather than at the config's depth."""
     choices = [r.config_key for r in CHOICE_REGISTRIES if r.config_key.startswith("model.")]
     if chosen_by and chosen_by not in choices:
         raise ConfigError(f"[model.{name}] chosen_by = {chosen_by!r} is not a model choice: give one of {', '.join(choices)}")
     check_section_name(name)
-    names = {f.name for f in fields(config)} if read_with else set()
+    names = {f.name for f in fields(config)} if read_with or tiny else set()
     for setting, switches in (read_with or {}).items():
         unknown = [n for n in (setting, *switches) if n not in names]
         if unknown or not switches:
             raise ConfigError(f"[model.{name}] read_with names {unknown or 'no switch'}: give the section's own fields")
-    MODEL_SECTIONS.register(name, Section(name, config, extends, arch, dict(read_with or {}), chosen_by))
+    if unknown := sorted(set(tiny or {}) - names):
+        raise ConfigError(f"[model.{name}] tiny names {unknown}: give the section's own fields")
+    MODEL_SECTIONS.register(name, Section(name, config, extends, arch, dict(read_with or {}), chosen_by, dict(tiny or {})))
 
 
 def register_check(check: Callable) -> Callable:

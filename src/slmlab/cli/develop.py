@@ -53,7 +53,7 @@ def cmd_check(args, extra) -> int:
     """A run config: its model (a curriculum: each phase's); a sweep config: every variant's
     model (at its first seed)."""
     from ..analysis.conformance import comparison_table, outcome_table, run_checks
-    from ..analysis.tiny_models import models_to_check
+    from ..analysis.tiny_models import models_to_check, shrunk_sections
     from ..training.kernel_choice import forces_flex
 
     given = configs_to_inspect(args.config, extra)
@@ -63,6 +63,7 @@ def cmd_check(args, extra) -> int:
         model_cfg, results[label] = run_checks(cfg, args.seed)
         print(
             f"{label}: {model_cfg.arch}, {model_cfg.n_layer} layers x {model_cfg.d_model} d_model, vocab {model_cfg.vocab_size}"
+            + shrunk_sections(cfg.model, model_cfg)
             + (FLEX_NOTE if forces_flex(cfg.model) else "")
         )
     print(outcome_table(results[label]) if len(results) == 1 else comparison_table(results))

@@ -257,7 +257,12 @@ class TapeTransformer(GenerationMixin, nn.Module):
 
 
 ARCHITECTURES.register("tape", TapeTransformer)
-register_section("tape", TapeConfig, arch="tape")
+register_section(
+    "tape",
+    TapeConfig,
+    arch="tape",
+    tiny={"n_critics": 2, "coda_layers": 1, "critic_layers": 1, "rnn_layers": 1, "mlp_expand": 2},  # every path, few layers
+)
 
 
 @register_check
