@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from slmlab.analysis.conformance import run_checks
 from slmlab.analysis.scaffold import write_variant
@@ -88,6 +89,39 @@ def test_the_built_in_reference_catches_what_the_other_properties_cannot(monkeyp
     assert results["naive reference (float64)"].passed is False, fault
     assert "attention@blocks.0.attn" in results["naive reference (float64)"].reason
     assert results["causality (eval)"].passed is True and results["KV cache = recomputation"].passed is True
+
+
+@pytest.mark.parametrize(
+    "fault, config",
+    [
+        ("a GELU MLP computed exactly rather than by GPT-2's tanh form", "quickstart.toml"),
+        ("a TapeTransformer whose softmax mix weighs each stream by the other's weight", "tape_char_shakespeare.toml"),
+    ],
+)
+def test_the_whole_model_reference_catches_what_no_layer_reference_sees(monkeypatch, fault, config):
+    """A fault outside the attention layers that is causal and self-consistent passes every other
+    property, and every layer's reference too; only the whole model's reference names it."""
+    cfg = load_config(ROOT / "configs" / config)
+    assert _naive_reference_of(cfg)["naive reference (float64)"].passed is True
+    if "GELU" in fault:
+        from slmlab.model.layers import MLP
+
+        monkeypatch.setattr(MLP, "forward", lambda self, x: self.proj(torch.nn.functional.gelu(self.fc(x))))
+    else:
+        from slmlab.variants import tape
+
+        monkeypatch.setitem(tape.RULES, "softmax_mix", lambda a, b: a * torch.sigmoid(b - a) + b * torch.sigmoid(a - b))
+    results = _naive_reference_of(cfg)
+    naive = results["naive reference (float64)"]
+    assert naive.passed is False, fault
+    assert re.search(r"naive reference \((decoder|tape) \(whole model\)\): output by", naive.reason), naive.reason
+    assert results["causality (eval)"].passed is True and results["KV cache = recomputation"].passed is True
+
+
+def test_a_model_with_a_piece_the_references_do_not_know_is_compared_layer_by_layer():
+    """The Self Area's conditioning has no whole-model reference: its layers are still compared."""
+    figure = _naive_reference_of(load_config(ROOT / "configs" / "smt_small.toml"))["naive reference (float64)"].figure
+    assert figure.startswith("2 layer(s): ") and "whole model" not in figure
 
 
 def test_the_check_runs_at_tiny_shapes_whatever_window_the_config_trains_on():

@@ -131,6 +131,7 @@ MODEL_SECTIONS: Registry[Section] = Registry("model config section")
 INTERVENTIONS: Registry[Any] = Registry("intervention")  # name -> model.interventions.Intervention
 ABLATION_SUMMARIES: Registry[Callable] = Registry("ablation summary")  # (rows) -> (text, result) | None
 NAIVE_REFERENCES: Registry[Callable] = Registry("naive reference")  # (attention, h, positions) -> output | None (slmlab check)
+NAIVE_MODEL_REFERENCES: Registry[Callable] = Registry("naive model reference")  # (model, idx) -> logits | None (slmlab check)
 CONFIG_CHECKS: list[Callable] = []  # (RunConfig) -> None, raising ConfigError
 
 CHOICE_REGISTRIES = (POSITIONS, ATTENTION_PATTERNS, NORMS, MLPS, HEADS, ARCHITECTURES, TOKENIZERS, OPTIMIZERS, TRAINABLE)

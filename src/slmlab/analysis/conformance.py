@@ -14,7 +14,7 @@ still checks), then each property is measured and judged:
 | save/load | weights written to safetensors and read into a fresh model give identical logits |
 | loss at init | the initial loss is within 10% of ln V (the model starts uncommitted) |
 | overfit one batch | within 100 AdamW steps on one batch, its loss falls below a third of the initial |
-| naive reference | for every registered registry.NAIVE_REFERENCES entry that applies to a layer: the layer's output and gradients equal it in float64 |
+| naive reference | for every registered registry.NAIVE_REFERENCES entry that applies to a layer, and every NAIVE_MODEL_REFERENCES entry that applies to the model: the output and gradients equal it in float64 |
 
 Each property yields pass / fail / n/a with its measured figure; a property whose code raises is a
 failure whose reason is the exception, in one line.
@@ -34,7 +34,7 @@ from safetensors.torch import save_model
 from ..config import ModelConfig, RunConfig, offset_seed
 from ..model.protocol import attention_modules
 from ..phase_progress import tracked
-from ..registry import NAIVE_REFERENCES, build_model
+from ..registry import NAIVE_MODEL_REFERENCES, NAIVE_REFERENCES, build_model
 from ..runs.checkpoints import load_weights
 from ..tables import markdown_table
 from . import references  # noqa: F401  (registers the built-in attention's naive reference)
@@ -286,41 +286,56 @@ def check_overfit(probe: Probe, steps: int = 100) -> Result:
     )
 
 
+def _differences(fast: torch.Tensor, naive: torch.Tensor, inputs: list[torch.Tensor], generator) -> tuple[float, float]:
+    """(max abs Δ of the outputs, max abs Δ of the gradients of a random weighting of them with
+    respect to `inputs`; inf where one side has a gradient and the other none)."""
+    weights = torch.randn(fast.shape, dtype=torch.float64, generator=generator)
+    grads_fast = torch.autograd.grad((fast * weights).sum(), inputs, allow_unused=True)
+    grads_naive = torch.autograd.grad((naive * weights).sum(), inputs, allow_unused=True)
+    worst_grad = 0.0
+    for a, b in zip(grads_fast, grads_naive):
+        if (a is None) != (b is None):
+            worst_grad = math.inf
+        elif a is not None:
+            worst_grad = max(worst_grad, (a - b).abs().max().item())
+    return (fast - naive).abs().max().item(), worst_grad
+
+
 def check_naive_references(probe: Probe) -> Result:
     """Each attention layer's output and gradients against every registered naive reference that
-    applies to it, in eval mode: dropout is no part of the definitions."""
+    applies to it, then the whole model's logits and the gradients of every parameter against
+    every whole-model reference that applies, in eval mode: dropout is no part of the definitions."""
     model = probe.build(torch.float64).eval()
     positions = torch.arange(probe.T)
     generator = torch.Generator().manual_seed(probe.seed)
-    compared, worst_out, worst_grad = [], 0.0, 0.0
+    compared: dict[str, tuple[float, float]] = {}  # label -> (max abs Δ out, Δ grad)
     for name, attention in attention_modules(model):
         h = torch.randn(2, probe.T, probe.cfg.d_model, dtype=torch.float64, generator=generator, requires_grad=True)
         for label, reference in NAIVE_REFERENCES.items():
             naive = reference(attention, h, positions)
-            if naive is None:
-                continue
-            fast = attention(h, positions)
-            weights = torch.randn(fast.shape, dtype=torch.float64, generator=generator)
-            inputs = [h, *(p for p in attention.parameters() if p.requires_grad)]
-            grads_fast = torch.autograd.grad((fast * weights).sum(), inputs, allow_unused=True)
-            grads_naive = torch.autograd.grad((naive * weights).sum(), inputs, allow_unused=True)
-            worst_out = max(worst_out, (fast - naive).abs().max().item())
-            for a, b in zip(grads_fast, grads_naive):
-                if (a is None) != (b is None):
-                    worst_grad = math.inf
-                elif a is not None:
-                    worst_grad = max(worst_grad, (a - b).abs().max().item())
-            compared.append(f"{label}@{name}")
+            if naive is not None:
+                inputs = [h, *(p for p in attention.parameters() if p.requires_grad)]
+                compared[f"{label}@{name}"] = _differences(attention(h, positions), naive, inputs, generator)
+    layers = len(compared)
+    for label, reference in NAIVE_MODEL_REFERENCES.items():
+        naive = reference(model, probe.tokens)
+        if naive is not None:
+            inputs = [p for p in model.parameters() if p.requires_grad]
+            compared[f"{label} (whole model)"] = _differences(model(probe.tokens)[0], naive, inputs, generator)
     if not compared:
         return Result(None, "no registered reference applies")
-    passed = worst_out <= EXACT and worst_grad <= EXACT
-    figure = f"{len(compared)} layer(s): max abs Δ out = {worst_out:.2g}, Δ grad = {worst_grad:.2g}"
+    worst_out, worst_grad = (max(d[i] for d in compared.values()) for i in range(2))
+    failing = [label for label, (out, grad) in compared.items() if out > EXACT or grad > EXACT]
+    more = f" and {len(failing) - 3} more" if len(failing) > 3 else ""
+    scope = f"{layers} layer(s)" + (" + whole model" if len(compared) > layers else "")
+    figure = f"{scope}: max abs Δ out = {worst_out:.2g}, Δ grad = {worst_grad:.2g}"
     return Result(
-        passed,
+        not failing,
         figure,
-        ""
-        if passed
-        else f"the fast path differs from its naive reference ({compared[0]}): output by {worst_out:.3g}, gradients by {worst_grad:.3g}",
+        f"the fast path differs from its naive reference ({', '.join(failing[:3])}{more}): output by {worst_out:.3g}, "
+        f"gradients by {worst_grad:.3g}"
+        if failing
+        else "",
     )
 
 

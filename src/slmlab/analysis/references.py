@@ -1,4 +1,6 @@
-"""`slmlab check`'s naive reference for the built-in attention layer: no extension, a full or
+"""`slmlab check`'s naive references for the built-in attention layer and the whole decoder.
+
+The layer: no extension, a full or
 block-local pattern, under any built-in position scheme. Written with explicit (T, T) matrices,
 and RoPE applied pair of dimensions by pair, so that the fast path (SDPA, the windowed kernel,
 the rotation by halves) is held to the definitions rather than to itself:
@@ -19,10 +21,13 @@ import math
 
 import torch
 
+from ..model import naive
 from ..model.attention import CausalSelfAttention, FullCausal
+from ..model.block import Block
 from ..model.block_local import BlockLocal
+from ..model.decoder import Decoder, NoConditioning
 from ..model.positions import LearnedPositions, RotaryPositions, SinusoidalPositions
-from ..registry import NAIVE_REFERENCES
+from ..registry import NAIVE_MODEL_REFERENCES, NAIVE_REFERENCES
 
 
 def rotate_pairs(x: torch.Tensor, positions: torch.Tensor, rope: RotaryPositions) -> torch.Tensor:
@@ -69,3 +74,35 @@ def plain_attention(attn, h: torch.Tensor, positions: torch.Tensor) -> torch.Ten
 
 
 NAIVE_REFERENCES.register("attention", plain_attention)
+
+
+def plain_decoder(model, idx: torch.Tensor) -> torch.Tensor | None:
+    """The decoder's logits for idx (B, T) from its definition (model/decoder.py's docstring),
+    every piece written out in model/naive.py and each attention by its layer reference:
+
+        x_0 = wte[idx] + PE;  x <- x + Attn_l(LN_1(x));  x <- x + MLP_l(LN_2(x));  logits = head(LN_f(x_L))
+
+    None where a piece has no naive form here (residual conditioning, a plugin's MLP or norm, a
+    layer no reference applies to)."""
+    if type(model) is not Decoder or type(model.conditioning) is not NoConditioning:
+        return None
+    T = idx.shape[1]
+    positions = torch.arange(T)
+    table = naive.position_embedding(model.positions, T, model.cfg.d_model, model.wte.weight.dtype)
+    if table is None:
+        return None
+    x = model.wte.weight[idx] + table
+    for block in model.blocks:
+        if type(block) is not Block or (h := naive.norm(block.ln1, x)) is None:
+            return None
+        if (attended := naive.attention(block.attn, h, positions)) is None:
+            return None
+        x = x + attended
+        if (h := naive.norm(block.ln2, x)) is None or (mixed := naive.mlp(block.mlp, h)) is None:
+            return None
+        x = x + mixed
+    h = naive.norm(model.norm_f, x)
+    return None if h is None else naive.head(model.head, h)
+
+
+NAIVE_MODEL_REFERENCES.register("decoder", plain_decoder)

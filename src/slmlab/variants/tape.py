@@ -44,6 +44,7 @@ from torch import nn
 from ..config import ModelConfig, TrainConfig
 from ..config.checks import check_model
 from ..errors import ConfigError
+from ..model import naive
 from ..model.attention import CausalSelfAttention, KVCache
 from ..model.generation import GenerationMixin
 from ..model.heads import StudentTHead, build_head
@@ -51,7 +52,7 @@ from ..model.initialization import init_by_name
 from ..model.inputs import check_inputs
 from ..model.layers import build_norm
 from ..model.positions import build_positions
-from ..registry import ARCHITECTURES, OPTIMIZERS, register_check, register_section
+from ..registry import ARCHITECTURES, NAIVE_MODEL_REFERENCES, OPTIMIZERS, register_check, register_section
 
 
 @dataclass
@@ -257,6 +258,80 @@ class TapeTransformer(GenerationMixin, nn.Module):
 
 
 ARCHITECTURES.register("tape", TapeTransformer)
+
+
+# ---- slmlab check's naive reference: the graph of this module's docstring, written out ------------
+
+NAIVE_RULES = {
+    "soft_xor": lambda a, b: (torch.sigmoid(a) + torch.sigmoid(b)) / 2 - torch.sigmoid(a) * torch.sigmoid(b),
+    "softmax_mix": lambda a, b: a * torch.sigmoid(a - b) + b * torch.sigmoid(b - a),
+    "sum": lambda a, b: a + b,
+}
+
+
+def naive_bounded_log(x: torch.Tensor) -> torch.Tensor:
+    u = 2 * torch.tanh(x / 2)
+    log_u = torch.sign(u) * torch.log1p(u.abs())
+    return 2 * torch.atanh(log_u / torch.sqrt(1 + 24 * log_u**2) / 2)
+
+
+def naive_tape_head(head: TapeHead, rule: str, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
+    """Left and right stacks, each layer attending to the previous layer's combination."""
+    left = right = combined = x
+    for pair in zip(head.left, head.right):
+        streams = []
+        for block, stream in zip(pair, (left, right)):
+            attended = naive.attention(block.attn, combined, positions)
+            if attended is None:
+                return None
+            h = naive.norm(block.ln1, stream + attended)
+            streams.append(naive.norm(block.ln2, h + naive.linear(block.proj, naive_bounded_log(naive.linear(block.fc, h)))))
+        left, right = streams
+        combined = NAIVE_RULES[rule](left, right)
+    return combined
+
+
+def naive_prophet(prophet: Prophet, x: torch.Tensor) -> torch.Tensor:
+    """h_t = soft_xor(a(W_1 x_t + U_1 h_{t-1}), a(W_2 x_t + U_2 h_{t-1})) per layer, h_0 = 0."""
+    w = prophet.width
+    for inputs, recurrent in zip(prophet.inputs, prophet.recurrent):
+        h, outputs = x.new_zeros(x.shape[0], w), []
+        for t in range(x.shape[1]):
+            z = naive.linear(inputs, x[:, t]) + h @ recurrent.weight.T
+            h = NAIVE_RULES["soft_xor"](naive_bounded_log(z[:, :w]), naive_bounded_log(z[:, w:]))
+            outputs.append(h)
+        x = torch.stack(outputs, dim=1)
+    return naive.linear(prophet.out, x)
+
+
+def naive_tape(model, idx: torch.Tensor) -> torch.Tensor | None:
+    """The TapeTransformer's logits for idx (B, T) from the graph in this module's docstring
+    (None for another model, or where a piece has no naive form)."""
+    if type(model) is not TapeTransformer:
+        return None
+    tape, T = model.cfg.tape, idx.shape[1]
+    positions = torch.arange(T)
+    table = naive.position_embedding(model.positions, T, model.cfg.d_model, model.wte.weight.dtype)
+    if table is None:
+        return None
+    x = model.wte.weight[idx] + table
+    coda = naive_tape_head(model.coda, tape.coda_rule, x, positions)
+    prophet = naive_prophet(model.prophet, x)
+    opinions = []
+    for gate, embedding, critic in zip(model.gates, model.critic_embeddings, model.critics):
+        g = torch.sigmoid(naive.linear(gate, torch.cat([coda, prophet], dim=-1)))
+        opinions.append(
+            naive_tape_head(critic, tape.critic_rule, g * coda + (1 - g) * prophet + embedding.weight[idx], positions)
+        )
+    if coda is None or any(o is None for o in opinions):
+        return None
+    merged = torch.cat([coda, *opinions], dim=-1)
+    h = naive.linear(model.merge, naive.norm(model.merge_norm, merged)) if tape.moderator == "merge" else opinions[-1]
+    h = naive.norm(model.norm_f, h)
+    return None if h is None else naive.head(model.head, h)
+
+
+NAIVE_MODEL_REFERENCES.register("tape", naive_tape)
 register_section(
     "tape",
     TapeConfig,

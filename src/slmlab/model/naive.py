@@ -1,0 +1,95 @@
+"""The backbone's pieces written from their definitions (explicit sums, no fused kernels), for the
+whole-model naive references `slmlab check` compares models against (registry.NAIVE_MODEL_REFERENCES):
+
+    LayerNorm  (x - mean(x)) / sqrt(var(x) + eps) * w + b      RMSNorm  x / sqrt(mean(x²) + eps) * w
+    GELU MLP   W_2 gelu_tanh(W_1 x + b_1) + b_2,  gelu_tanh(u) = u/2 (1 + tanh(sqrt(2/π)(u + 0.044715 u³)))
+    SwiGLU     W_down (silu(W_gate x) ⊙ W_up x),  silu(u) = u σ(u)
+    linear head  h Wᵀ;  Student-t head  -(ν + D)/2 · log(1 + ||h − w_v||² / ν) per vocabulary row w_v
+    positions  learned: wpe[t];  sinusoidal: PE[t, 2i] = sin(t / 10000^(2i/d)), PE[t, 2i+1] = cos(...)
+               (angles in float32, as the model's table is, so that a float64 comparison is exact);
+               rotary: nothing added (the layer reference rotates q and k)
+
+A norm or MLP of a plugin gives its own definition as a method, `naive(x)`; each function returns
+None for a module it does not know, and the reference using it then does not apply. A layer's
+attention is the first registered layer reference (registry.NAIVE_REFERENCES) that applies to it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..registry import NAIVE_REFERENCES
+from .heads import LinearHead, StudentTHead
+from .layers import MLP, SwiGLU
+from .positions import LearnedPositions, RotaryPositions, SinusoidalPositions
+
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return x @ layer.weight.T + (layer.bias if layer.bias is not None else 0)
+
+
+def norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    if type(module) is nn.LayerNorm:
+        centred = x - x.mean(-1, keepdim=True)
+        y = centred / torch.sqrt((centred * centred).mean(-1, keepdim=True) + module.eps) * module.weight
+        return y + module.bias if module.bias is not None else y
+    if type(module) is nn.RMSNorm:
+        eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * module.weight
+    return own_definition(module, x)
+
+
+def mlp(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    if type(module) is MLP:
+        u = linear(module.fc, x)
+        return linear(module.proj, u / 2 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u**3))))
+    if type(module) is SwiGLU:
+        gate = linear(module.gate, x)
+        return linear(module.down, gate * torch.sigmoid(gate) * linear(module.up, x))
+    return own_definition(module, x)
+
+
+def own_definition(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """A plugin module's `naive(x)`, its output written from its definition (None: it has none)."""
+    naive = getattr(module, "naive", None)
+    return naive(x) if callable(naive) else None
+
+
+def head(module: nn.Module, h: torch.Tensor) -> torch.Tensor | None:
+    """h (B, T, D) -> logits (B, T, V)."""
+    if type(module) is LinearHead:
+        return h @ module.weight.T
+    if type(module) is StudentTHead:
+        distance = ((h[..., None, :] - module.weight) ** 2).sum(-1)  # (B, T, V): every row's squared distance
+        return -(module.nu + h.shape[-1]) / 2 * torch.log1p(distance / module.nu)
+    return None
+
+
+def position_embedding(scheme: nn.Module, T: int, d_model: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """(T, d_model) added to the token embeddings at positions 0..T-1 (zeros for rotary)."""
+    if type(scheme) is LearnedPositions:
+        return scheme.wpe.weight[:T]
+    if type(scheme) is SinusoidalPositions:
+        frequencies = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
+        table = torch.zeros(T, d_model, dtype=dtype)
+        for i in range(0, d_model, 2):
+            angle = torch.arange(T, dtype=torch.float32) * frequencies[i // 2]
+            table[:, i] = angle.sin().to(dtype)
+            if i + 1 < d_model:
+                table[:, i + 1] = angle.cos().to(dtype)
+        return table
+    if type(scheme) is RotaryPositions:
+        return torch.zeros(T, d_model, dtype=dtype)
+    return None
+
+
+def attention(attn: nn.Module, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
+    """The layer's output by the first registered layer reference that applies to it."""
+    for reference in NAIVE_REFERENCES.values():
+        out = reference(attn, h, positions)
+        if out is not None:
+            return out
+    return None
