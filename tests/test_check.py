@@ -91,36 +91,62 @@ def test_the_built_in_reference_catches_what_the_other_properties_cannot(monkeyp
     assert results["causality (eval)"].passed is True and results["KV cache = recomputation"].passed is True
 
 
+def _exact_gelu_mlp(monkeypatch):
+    from slmlab.model.layers import MLP
+
+    monkeypatch.setattr(MLP, "forward", lambda self, x: self.proj(torch.nn.functional.gelu(self.fc(x))))
+
+
+def _swapped_softmax_mix(monkeypatch):
+    from slmlab.variants import tape
+
+    monkeypatch.setitem(tape.RULES, "softmax_mix", lambda a, b: a * torch.sigmoid(b - a) + b * torch.sigmoid(a - b))
+
+
+def _token_gate_of_the_wrong_sign(monkeypatch):
+    from slmlab.variants.self_area import SelfArea
+
+    def delta(self, layer, x):
+        g = self.guidance().to(x.dtype) * torch.sigmoid(-(x @ self.gate[layer].to(x.dtype).T))
+        return self.hook_guidance[layer](self.alpha[layer].to(x.dtype) * (g @ self.proj[layer].to(x.dtype).T))
+
+    monkeypatch.setattr(SelfArea, "delta", delta)
+
+
+TOKEN_GATED = {"model.self_area.token_dependent": True, "model.self_area.target": "sublayer_inputs"}
+
+
 @pytest.mark.parametrize(
-    "fault, config",
+    "fault, config, overrides",
     [
-        ("a GELU MLP computed exactly rather than by GPT-2's tanh form", "quickstart.toml"),
-        ("a TapeTransformer whose softmax mix weighs each stream by the other's weight", "tape_char_shakespeare.toml"),
+        (_exact_gelu_mlp, "quickstart.toml", {}),
+        (_swapped_softmax_mix, "tape_char_shakespeare.toml", {}),
+        (_token_gate_of_the_wrong_sign, "smt_small.toml", TOKEN_GATED),
     ],
+    ids=["exact GELU for GPT-2's tanh form", "tape softmax mix with swapped weights", "self area gate of the wrong sign"],
 )
-def test_the_whole_model_reference_catches_what_no_layer_reference_sees(monkeypatch, fault, config):
+def test_the_whole_model_reference_catches_what_no_layer_reference_sees(monkeypatch, fault, config, overrides):
     """A fault outside the attention layers that is causal and self-consistent passes every other
     property, and every layer's reference too; only the whole model's reference names it."""
-    cfg = load_config(ROOT / "configs" / config)
+    cfg = load_config(ROOT / "configs" / config, overrides)
     assert _naive_reference_of(cfg)["naive reference (float64)"].passed is True
-    if "GELU" in fault:
-        from slmlab.model.layers import MLP
-
-        monkeypatch.setattr(MLP, "forward", lambda self, x: self.proj(torch.nn.functional.gelu(self.fc(x))))
-    else:
-        from slmlab.variants import tape
-
-        monkeypatch.setitem(tape.RULES, "softmax_mix", lambda a, b: a * torch.sigmoid(b - a) + b * torch.sigmoid(a - b))
+    fault(monkeypatch)
     results = _naive_reference_of(cfg)
     naive = results["naive reference (float64)"]
-    assert naive.passed is False, fault
+    assert naive.passed is False
     assert re.search(r"naive reference \((decoder|tape) \(whole model\)\): output by", naive.reason), naive.reason
     assert results["causality (eval)"].passed is True and results["KV cache = recomputation"].passed is True
 
 
-def test_a_model_with_a_piece_the_references_do_not_know_is_compared_layer_by_layer():
-    """The Self Area's conditioning has no whole-model reference: its layers are still compared."""
-    figure = _naive_reference_of(load_config(ROOT / "configs" / "smt_small.toml"))["naive reference (float64)"].figure
+def test_a_model_with_a_piece_the_references_do_not_know_is_compared_layer_by_layer(monkeypatch):
+    """The Self Area's conditioning is written out in its `naive` method; without it, the model's
+    layers are still compared, and the whole model is not."""
+    from slmlab.variants.self_area import SelfAreaConditioning
+
+    cfg = load_config(ROOT / "configs" / "smt_small.toml", TOKEN_GATED)
+    assert _naive_reference_of(cfg)["naive reference (float64)"].figure.startswith("2 layer(s) + whole model: ")
+    monkeypatch.delattr(SelfAreaConditioning, "naive")
+    figure = _naive_reference_of(cfg)["naive reference (float64)"].figure
     assert figure.startswith("2 layer(s): ") and "whole model" not in figure
 
 

@@ -25,7 +25,7 @@ from ..model import naive
 from ..model.attention import CausalSelfAttention, FullCausal
 from ..model.block import Block
 from ..model.block_local import BlockLocal
-from ..model.decoder import Decoder, NoConditioning
+from ..model.decoder import Decoder
 from ..model.positions import LearnedPositions, RotaryPositions, SinusoidalPositions
 from ..registry import NAIVE_MODEL_REFERENCES, NAIVE_REFERENCES
 
@@ -80,11 +80,12 @@ def plain_decoder(model, idx: torch.Tensor) -> torch.Tensor | None:
     """The decoder's logits for idx (B, T) from its definition (model/decoder.py's docstring),
     every piece written out in model/naive.py and each attention by its layer reference:
 
-        x_0 = wte[idx] + PE;  x <- x + Attn_l(LN_1(x));  x <- x + MLP_l(LN_2(x));  logits = head(LN_f(x_L))
+        x_0 = wte[idx] + PE;  (x, s) <- conditioning_l(x);  x <- x + Attn_l(LN_1(x) + s);
+        x <- x + MLP_l(LN_2(x) + s);  logits = head(LN_f(x_L))           (s = 0 where there is no shift)
 
-    None where a piece has no naive form here (residual conditioning, a plugin's MLP or norm, a
-    layer no reference applies to)."""
-    if type(model) is not Decoder or type(model.conditioning) is not NoConditioning:
+    None where a piece has no naive form (a plugin's MLP, norm or conditioning without a `naive`
+    method, a layer no reference applies to)."""
+    if type(model) is not Decoder:
         return None
     T = idx.shape[1]
     positions = torch.arange(T)
@@ -92,13 +93,18 @@ def plain_decoder(model, idx: torch.Tensor) -> torch.Tensor | None:
     if table is None:
         return None
     x = model.wte.weight[idx] + table
-    for block in model.blocks:
-        if type(block) is not Block or (h := naive.norm(block.ln1, x)) is None:
+    for layer, block in enumerate(model.blocks):
+        if type(block) is not Block or (conditioned := naive.conditioning(model.conditioning, layer, x)) is None:
             return None
-        if (attended := naive.attention(block.attn, h, positions)) is None:
+        x, shift = conditioned
+        if (h := naive.norm(block.ln1, x)) is None:
+            return None
+        if (attended := naive.attention(block.attn, h if shift is None else h + shift, positions)) is None:
             return None
         x = x + attended
-        if (h := naive.norm(block.ln2, x)) is None or (mixed := naive.mlp(block.mlp, h)) is None:
+        if (h := naive.norm(block.ln2, x)) is None:
+            return None
+        if (mixed := naive.mlp(block.mlp, h if shift is None else h + shift)) is None:
             return None
         x = x + mixed
     h = naive.norm(model.norm_f, x)

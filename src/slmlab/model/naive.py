@@ -9,8 +9,9 @@ whole-model naive references `slmlab check` compares models against (registry.NA
                (angles in float32, as the model's table is, so that a float64 comparison is exact);
                rotary: nothing added (the layer reference rotates q and k)
 
-A norm or MLP of a plugin gives its own definition as a method, `naive(x)`; each function returns
-None for a module it does not know, and the reference using it then does not apply. A layer's
+A norm or MLP of a plugin gives its own definition as a method, `naive(x)`, and a residual
+conditioning as `naive(layer, x) -> (x, shift)`; each function returns None for a module it does
+not know, and the reference using it then does not apply. A layer's
 attention is the first registered layer reference (registry.NAIVE_REFERENCES) that applies to it.
 """
 
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from ..registry import NAIVE_REFERENCES
+from .decoder import NoConditioning
 from .heads import LinearHead, StudentTHead
 from .layers import MLP, SwiGLU
 from .positions import LearnedPositions, RotaryPositions, SinusoidalPositions
@@ -52,10 +54,18 @@ def mlp(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     return own_definition(module, x)
 
 
-def own_definition(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """A plugin module's `naive(x)`, its output written from its definition (None: it has none)."""
+def own_definition(module: nn.Module, *inputs: torch.Tensor | int):
+    """A module's `naive(...)`, its output written from its definition (None: it has none)."""
     naive = getattr(module, "naive", None)
-    return naive(x) if callable(naive) else None
+    return naive(*inputs) if callable(naive) else None
+
+
+def conditioning(module: nn.Module, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(x, shift of the sublayer inputs) before block `layer`: no change for the decoder's
+    NoConditioning, else the conditioning's own `naive(layer, x)`."""
+    if type(module) is NoConditioning:
+        return x, None
+    return own_definition(module, layer, x)
 
 
 def head(module: nn.Module, h: torch.Tensor) -> torch.Tensor | None:

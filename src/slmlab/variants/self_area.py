@@ -111,6 +111,21 @@ class SelfAreaConditioning(nn.Module):
             return x, None
         return (x, delta) if self.into_sublayers else (x + delta, None)
 
+    def naive(self, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The module docstring's equations written out, for slmlab check's whole-model reference:
+        g = p + W_2 GELU(W_1 p + b_1) + b_2 (GELU by erf), Δ_l = α_l Σ_s W_l[:, s] g_s (g_s gated by
+        σ(Σ_d U_l[s, d] x_d) per token)."""
+        area = self.area
+        if layer >= area.slots:
+            return x, None
+        p, (first, _, second) = area.state, area.refine
+        hidden = p @ first.weight.T + first.bias
+        g = p + (hidden / 2 * (1 + torch.erf(hidden / 2**0.5))) @ second.weight.T + second.bias
+        if area.gate is not None:
+            g = g * torch.sigmoid((x[..., None, :] * area.gate[layer]).sum(-1))  # (B, T, self_dim)
+        delta = area.alpha[layer] * (g[..., None, :] * area.proj[layer]).sum(-1)
+        return (x, delta) if self.into_sublayers else (x + delta, None)
+
 
 def build_self_area(cfg: ModelConfig) -> nn.Module | None:
     return SelfAreaConditioning(cfg) if cfg.self_area.enabled else None
