@@ -37,7 +37,7 @@ from ..phase_progress import tracked
 from ..registry import NAIVE_MODEL_REFERENCES, NAIVE_REFERENCES, build_model
 from ..runs.checkpoints import load_weights
 from ..tables import markdown_table
-from . import references  # noqa: F401  (registers the built-in attention's naive reference)
+from . import references  # noqa: F401  (registers the built-in attention's and decoder's naive references)
 from .tiny_models import tiny_config
 
 EXACT = 1e-9  # every comparison but the trained ones runs in float64: a real fault moves far more

@@ -1,9 +1,9 @@
 """`slmlab check`'s naive references for the built-in attention layer and the whole decoder.
 
-The layer: no extension, a full or
-block-local pattern, under any built-in position scheme. Written with explicit (T, T) matrices,
-and RoPE applied pair of dimensions by pair, so that the fast path (SDPA, the windowed kernel,
-the rotation by halves) is held to the definitions rather than to itself:
+The layer: no extension, a full or block-local pattern, under any built-in position scheme.
+Written with explicit (T, T) matrices, and RoPE applied pair of dimensions by pair, so that the
+fast path (SDPA, the windowed kernel, the rotation by halves) is held to the definitions rather
+than to itself:
 
     q, k, v = h W_qkv (split into H heads of width D)
     RoPE:     (x_d, x_{d+r/2}) -> (x_d cos a - x_{d+r/2} sin a, x_d sin a + x_{d+r/2} cos a),
