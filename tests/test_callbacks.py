@@ -81,3 +81,14 @@ def test_a_callback_that_fails_to_close_is_logged_and_the_others_still_close(tex
     result = train(make_config(text_corpus, train={"steps": 2}), progress=False, callbacks=[first, last])
     assert result.step == 2 and last.closed == [2]
     assert "callback Unclosable did not close cleanly: disk gone" in caplog.text
+
+
+def test_something_that_is_not_a_callback_is_refused_before_the_run_begins(text_corpus, make_config):
+    cfg = make_config(text_corpus)
+    with pytest.raises(TypeError, match=r"callbacks\[1\] \(builtin_function_or_method\) has no on_step, on_record, close"):
+        train(cfg, progress=False, callbacks=[Recorder(), print])
+    values = cfg.to_dict()
+    values["phases"] = [{"name": "A", "steps": 2}]
+    with pytest.raises(TypeError, match=r"callbacks\[0\] \(str\) has no"):
+        train(config_from_dict(values), progress=False, callbacks=["Recorder"])
+    assert not RunDir.for_config(cfg).path.exists()

@@ -28,6 +28,7 @@ A callback reads the run; it does not change what is trained (no resume could re
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 class TrainingCallback:
     """The three calls, each doing nothing until a subclass overrides it."""
 
+    CALLS = ("on_step", "on_record", "close")
+
     def on_step(self, trainer: Trainer) -> None:
         """After every optimizer step, on every rank."""
 
@@ -45,3 +48,17 @@ class TrainingCallback:
 
     def close(self) -> None:
         """Once, when the run ends however it ends."""
+
+
+def checked_callbacks(callbacks: Iterable[TrainingCallback]) -> list[TrainingCallback]:
+    """The callbacks as a list, each refused in one line unless it has the three calls (a
+    TrainingCallback subclass has them), before the run takes its lock or writes anything."""
+    callbacks = list(callbacks)
+    for index, callback in enumerate(callbacks):
+        missing = [name for name in TrainingCallback.CALLS if not callable(getattr(callback, name, None))]
+        if missing:
+            raise TypeError(
+                f"callbacks[{index}] ({type(callback).__name__}) has no {', '.join(missing)}: "
+                "give instances of a slmlab.training.TrainingCallback subclass"
+            )
+    return callbacks

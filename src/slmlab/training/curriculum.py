@@ -22,7 +22,7 @@ from ..files import atomic_write_text
 from ..model.protocol import attention_modules
 from ..registry import ATTENTION_PATTERNS
 from ..runs.run_dir import RunDir
-from .callbacks import TrainingCallback
+from .callbacks import TrainingCallback, checked_callbacks
 from .distributed import World
 from .results import TrainResult
 from .resume import check_same_data, record_resumed, relocated
@@ -51,11 +51,12 @@ def train_curriculum(
     """Each phase in turn, a run of its own under the curriculum's directory, started from the
     previous phase's final weights; `callbacks` watch every phase (closed as each ends)."""
     check_config(cfg)
+    callbacks = checked_callbacks(callbacks)
     root = RunDir.for_config(cfg)
     world, _ = World.from_env(cfg.train.device)
     lock = root.lock() if world.is_main else None
     try:
-        return _train_phases(cfg, root, world, resume, overwrite, progress, list(callbacks))
+        return _train_phases(cfg, root, world, resume, overwrite, progress, callbacks)
     finally:
         if lock is not None:
             lock.release()

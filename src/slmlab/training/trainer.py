@@ -44,7 +44,7 @@ from ..runs.checkpoints import (
 from ..runs.metrics import MetricsLog, perplexity
 from ..runs.run_dir import RunDir
 from . import stopping
-from .callbacks import TrainingCallback
+from .callbacks import TrainingCallback, checked_callbacks
 from .distributed import (
     World,
     check_batch,
@@ -102,11 +102,12 @@ class Trainer:
         fails (a corpus too short for the windows, a model that does not build) leaves no run
         directory behind, so the corrected command runs without --overwrite."""
         check_config(cfg)  # a config built or changed in code is held to the rules a loaded one meets
+        callbacks = checked_callbacks(callbacks)
         self.run = RunDir.for_config(cfg)
         self.world, self.device = World.from_env(cfg.train.device)
         self._lock = self.run.lock() if self.world.is_main else None
         self._created = False
-        self.callbacks = list(callbacks)  # the trackers and frames go before them once set up
+        self.callbacks = callbacks  # the trackers and frames go before them once set up
         self._threads = torch.get_num_threads()  # train.threads applies to this run only
         try:
             self._set_up(cfg, resume, overwrite, progress, init_from, carry_optimizer, from_checkpoint)
