@@ -338,6 +338,8 @@ def test_a_plugin_section_named_like_a_model_setting_is_refused_where_it_registe
         register_section("idea", Settings, read_with={"enabled": ()})
     with pytest.raises(ConfigError, match=r"\[model.idea\] tiny names \['width'\]: give the section's own fields"):
         register_section("idea", Settings, tiny={"width": 2})
+    with pytest.raises(ConfigError, match=r"tiny gives \['enabled'\] a value that is not a number"):
+        register_section("idea", Settings, tiny={"enabled": True})
     assert "idea" not in MODEL_SECTIONS
 
 

@@ -181,6 +181,8 @@ def register_section(
             raise ConfigError(f"[model.{name}] read_with names {unknown or 'no switch'}: give the section's own fields")
     if unknown := sorted(set(tiny or {}) - names):
         raise ConfigError(f"[model.{name}] tiny names {unknown}: give the section's own fields")
+    if not_sizes := sorted(k for k, v in (tiny or {}).items() if isinstance(v, bool) or not isinstance(v, (int, float))):
+        raise ConfigError(f"[model.{name}] tiny gives {not_sizes} a value that is not a number: give the smaller sizes")
     MODEL_SECTIONS.register(name, Section(name, config, extends, arch, dict(read_with or {}), chosen_by, dict(tiny or {})))
 
 
