@@ -209,16 +209,16 @@ def test_info_on_a_run_refuses_overrides_and_takes_them_on_a_config(micro_toml, 
 def test_running_out_of_memory_is_one_line_and_leaves_no_run(micro_toml, tmp_path, capsys, monkeypatch):
     """A batch or model too big for the machine ended in the allocator's traceback, and the fresh
     run's folder (config and tokenizer only) made the corrected command need --overwrite."""
-    from slmlab.training.trainer import Trainer
+    from slmlab.training.step import OptimizerStep
 
-    def too_big(self):
+    def too_big(self, step):
         raise RuntimeError(
             "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
             "you tried to allocate 51539607552 bytes. Error code 12 (Cannot allocate memory)"
         )
 
     with monkeypatch.context() as patched:
-        patched.setattr(Trainer, "_train_step", too_big)
+        patched.setattr(OptimizerStep, "__call__", too_big)
         assert main(["train", str(micro_toml), "--no-progress", "--name", "big"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("slmlab: error: out of memory (one allocation of 48.0 GiB): make the model") and "\n" not in err
