@@ -87,12 +87,9 @@ def plain_decoder(model, idx: torch.Tensor) -> torch.Tensor | None:
     method, a layer no reference applies to)."""
     if type(model) is not Decoder:
         return None
-    T = idx.shape[1]
-    positions = torch.arange(T)
-    table = naive.position_embedding(model.positions, T, model.cfg.d_model, model.wte.weight.dtype)
-    if table is None:
+    positions = torch.arange(idx.shape[1])
+    if (x := naive.embed(model, idx)) is None:
         return None
-    x = model.wte.weight[idx] + table
     for layer, block in enumerate(model.blocks):
         if type(block) is not Block or (conditioned := naive.conditioning(model.conditioning, layer, x)) is None:
             return None

@@ -96,6 +96,12 @@ def position_embedding(scheme: nn.Module, T: int, d_model: int, dtype: torch.dty
     return None
 
 
+def embed(model: nn.Module, idx: torch.Tensor) -> torch.Tensor | None:
+    """x_0 = wte[idx] + PE for a model with `wte` and `positions` (None: positions without a naive form)."""
+    table = position_embedding(model.positions, idx.shape[1], model.cfg.d_model, model.wte.weight.dtype)
+    return None if table is None else model.wte.weight[idx] + table
+
+
 def attention(attn: nn.Module, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
     """The layer's output by the first registered layer reference that applies to it."""
     for reference in NAIVE_REFERENCES.values():

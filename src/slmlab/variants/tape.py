@@ -309,12 +309,9 @@ def naive_tape(model, idx: torch.Tensor) -> torch.Tensor | None:
     (None for another model, or where a piece has no naive form)."""
     if type(model) is not TapeTransformer:
         return None
-    tape, T = model.cfg.tape, idx.shape[1]
-    positions = torch.arange(T)
-    table = naive.position_embedding(model.positions, T, model.cfg.d_model, model.wte.weight.dtype)
-    if table is None:
+    tape, positions = model.cfg.tape, torch.arange(idx.shape[1])
+    if (x := naive.embed(model, idx)) is None:
         return None
-    x = model.wte.weight[idx] + table
     coda = naive_tape_head(model.coda, tape.coda_rule, x, positions)
     prophet = naive_prophet(model.prophet, x)
     opinions = []
