@@ -282,9 +282,8 @@ def naive_tape_head(head: TapeHead, rule: str, x: torch.Tensor, positions: torch
         streams = []
         for block, stream in zip(pair, (left, right)):
             attended = naive.attention(block.attn, combined, positions)
-            if attended is None:
-                return None
-            h = naive.norm(block.ln1, stream + attended)
+            if attended is None or (h := naive.norm(block.ln1, stream + attended)) is None:
+                return None  # a plugin's norm without a naive form: the reference does not apply
             streams.append(naive.norm(block.ln2, h + naive.linear(block.proj, naive_bounded_log(naive.linear(block.fc, h)))))
         left, right = streams
         combined = NAIVE_RULES[rule](left, right)
@@ -312,7 +311,8 @@ def naive_tape(model, idx: torch.Tensor) -> torch.Tensor | None:
     tape, positions = model.cfg.tape, torch.arange(idx.shape[1])
     if (x := naive.embed(model, idx)) is None:
         return None
-    coda = naive_tape_head(model.coda, tape.coda_rule, x, positions)
+    if (coda := naive_tape_head(model.coda, tape.coda_rule, x, positions)) is None:
+        return None
     prophet = naive_prophet(model.prophet, x)
     opinions = []
     for gate, embedding, critic in zip(model.gates, model.critic_embeddings, model.critics):
@@ -320,7 +320,7 @@ def naive_tape(model, idx: torch.Tensor) -> torch.Tensor | None:
         opinions.append(
             naive_tape_head(critic, tape.critic_rule, g * coda + (1 - g) * prophet + embedding.weight[idx], positions)
         )
-    if coda is None or any(o is None for o in opinions):
+    if any(o is None for o in opinions):
         return None
     merged = torch.cat([coda, *opinions], dim=-1)
     h = naive.linear(model.merge, naive.norm(model.merge_norm, merged)) if tape.moderator == "merge" else opinions[-1]
