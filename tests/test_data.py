@@ -32,6 +32,24 @@ def test_token_files_are_reused_through_the_manifest(text_corpus, tmp_path, monk
     assert second.directory == first.directory and np.array_equal(second.train.tokens, first.train.tokens)
 
 
+@pytest.mark.parametrize("tokenizer, passes", [("char", 3), ("byte", 2)])
+def test_preparing_tokens_reads_the_corpus_no_more_often_than_it_must(text_corpus, tmp_path, monkeypatch, tokenizer, passes):
+    """A trained tokenizer's documents are counted (its progress total) and read; tokenizing then
+    read them twice more, once for the split's ids and digests, once to encode. The ids are
+    remembered from the count and the digests taken while encoding. A tokenizer that is not
+    trained (byte) still reads once for the ids, which decide the split before the first write."""
+    from slmlab.data.corpora.local import LocalSource
+
+    reads = []
+    documents = LocalSource.documents
+    monkeypatch.setattr(LocalSource, "documents", lambda self: reads.append(1) or documents(self))
+    cfg = _data(text_corpus, tmp_path)
+    cfg.tokenizer = tokenizer
+    _, tokens = prepare_tokens(cfg)
+    assert len(reads) == passes
+    assert tokens.manifest["documents"] == {"train": 10, "val": 2}
+
+
 def test_a_second_build_never_replaces_files_another_process_is_reading(text_corpus, tmp_path):
     """Parallel sweep jobs may build the same token files at once: the first complete directory
     stays in place (its open memory maps keep working), the later build is discarded."""

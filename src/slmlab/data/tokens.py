@@ -92,7 +92,7 @@ def get_tokenizer(data: DataConfig, selection: DocumentSelection, progress: bool
 def _counted(selection: DocumentSelection, progress: PhaseProgress) -> Iterator[str]:
     """The selection's texts, each counted by `progress` once the tokenizer asks for the next. The
     documents are counted first, once the tokenizer asks for one (byte and gpt2 never do)."""
-    progress.set_total(sum(1 for _ in selection))
+    progress.set_total(len(selection.ids()))
     for doc in selection:
         yield doc.text
         progress.update()
@@ -159,18 +159,21 @@ def validation_ids(ids: list[str], val_fraction: float) -> set[str]:
 
 def _write_streams(
     selection: DocumentSelection, tokenizer: Tokenizer, val_ids: set[str], dtype: np.dtype, work: Path, progress: PhaseProgress
-) -> dict[str, dict[str, int]]:
-    """Encode documents in batches, appending each to `work/<split>/<stream>.bin`; returns counts.
+) -> tuple[dict[str, dict[str, int]], list[tuple[str, bytes]]]:
+    """Encode documents in batches, appending each to `work/<split>/<stream>.bin`; returns the
+    token counts per split and stream, and each document's (id, text digest) in order.
     A stream's file is opened for each batch that has its documents, never held: a corpus of
     thousands of genres (an author or a site per document) would pass the open-file limit."""
     separator = np.asarray(tokenizer.separator_ids(), dtype=dtype)
     counts: dict[str, dict[str, int]] = {"train": {}, "val": {}}
+    documents: list[tuple[str, bytes]] = []
     for split in counts:
         (work / split).mkdir()
 
     def flush(batch):
         arrays: dict[tuple[str, str], list[np.ndarray]] = {}  # one write per file and batch, in document order
         for doc, ids in zip(batch, tokenizer.encode_documents([d.text for d in batch])):
+            documents.append((doc.id, _text_digest(doc.text)))
             key = ("val" if doc.id in val_ids else "train", doc.genre or "all")
             arrays.setdefault(key, []).extend((np.asarray(ids, dtype=dtype), separator))
         for (split, stream), parts in arrays.items():
@@ -188,7 +191,7 @@ def _write_streams(
             batch, chars = [], 0
     if batch:
         flush(batch)
-    return counts
+    return counts, documents
 
 
 def _append(handle, parts: list[np.ndarray], large: int = 1 << 20) -> None:
@@ -290,8 +293,7 @@ def _build_token_files(
     selection: DocumentSelection, tokenizer: Tokenizer, val_fraction: float, directory: Path, progress: bool | None = None
 ) -> None:
     log.info("tokenizing %s into %s", selection.data.source, directory)
-    documents = [(doc.id, _text_digest(doc.text)) for doc in selection]
-    ids = [doc_id for doc_id, _ in documents]
+    ids = selection.ids()
     shared = [i for i, n in Counter(ids).items() if n > 1]
     if shared:
         log.warning(
@@ -313,7 +315,7 @@ def _build_token_files(
     ):
         work = Path(tmp)
         with PhaseProgress(f"tokenizing {selection.data.source}", len(ids), "documents", bar=progress) as shown:
-            counts = _write_streams(selection, tokenizer, val_ids, dtype, work, shown)
+            counts, documents = _write_streams(selection, tokenizer, val_ids, dtype, work, shown)
         build = work / "out"
         build.mkdir()
         manifest = {

@@ -3,6 +3,7 @@
 selection = select_documents(cfg.data)
 for doc in selection: ...          # lazily, one Document at a time
 selection.dropped_by_year         # counted after iteration
+selection.ids()                   # the documents' ids, remembered from the last whole pass
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ class DocumentSelection:
         self.dropped_by_year = 0
         self.dropped_unknown_year = 0
         self.unknown_year = 0  # kept documents whose year is not known
+        self._ids: list[str] | None = None  # of the last pass that read the whole selection
 
     def fingerprint(self) -> str:
         d = self.data
@@ -139,9 +141,17 @@ class DocumentSelection:
             f"|unknown={d.allow_unknown_year}|max_docs={d.max_documents}"
         )
 
+    def ids(self) -> list[str]:
+        """The selected documents' ids, in order: remembered from the last pass that read the whole
+        selection (tokenizer training's count), else read now, so that tokenizing reads the corpus once."""
+        if self._ids is None:
+            self._ids = [doc.id for doc in self]
+        return self._ids
+
     def __iter__(self) -> Iterator[Document]:
         self.kept = self.dropped_by_year = self.dropped_unknown_year = self.unknown_year = 0
         seen_genres: set[str] = set()
+        ids = []
         for doc in self.source.documents():
             if self.genres and doc.genre not in self.genres:
                 seen_genres.add(doc.genre)
@@ -156,6 +166,7 @@ class DocumentSelection:
                 break
             self.kept += 1
             self.unknown_year += doc.year is None
+            ids.append(doc.id)
             yield doc
         if self.data.max_year or not self.data.allow_unknown_year:
             say_once(
@@ -170,6 +181,7 @@ class DocumentSelection:
             )
         if self.kept == 0:
             raise CorpusError(f"data: no documents left from '{self.data.source}' after the genre/year filters")
+        self._ids = ids
         if self.data.max_year and self.unknown_year == self.kept and not self.dropped_by_year:
             say_once(
                 logging.WARNING,
