@@ -214,9 +214,8 @@ def test_a_leading_byte_order_mark_is_not_text(tmp_path):
 def test_records_read_alike_from_json_lines_json_arrays_csv_and_tsv_in_any_case(tmp_path):
     """A .json array was one document of JSON syntax, a CSV's text column was read with its
     commas and header, a .JSONL file was plain text: all silently. Each is now its records, the
-    same documents in every format; a compressed file is one line saying to decompress it."""
+    same documents in every format."""
     import csv
-    import gzip
     import json
 
     records = [{"id": f"d{i}", "text": f"text, with commas\nand lines {i}", "year": 1900 + i, "genre": "g"} for i in range(5)]
@@ -237,10 +236,52 @@ def test_records_read_alike_from_json_lines_json_arrays_csv_and_tsv_in_any_case(
     }
     expected = [(r["id"], r["text"], r["year"] or None, "g") for r in records]
     assert all(documents == expected for documents in read.values()), read
-    with gzip.open(tmp_path / "g.txt.gz", "wt") as handle:
-        handle.write("some text")
-    with pytest.raises(CorpusError, match="g.txt.gz is compressed \\(.gz\\); decompress it first"):
-        list(DocumentSelection(DataConfig(source=str(tmp_path / "g.txt.gz"))))
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_compressed_files_read_as_the_files_they_hold(tmp_path, suffix):
+    """Corpora ship compressed (shard-00000.jsonl.gz): such a file was refused, to be decompressed
+    by hand. A gzip, bzip2 or xz file now reads as the file its name has without that suffix,
+    alone, in a folder or with a separator; an archive is still refused, and a truncated file is
+    one line naming it."""
+    import bz2
+    import gzip
+    import lzma
+    import shutil
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix]
+    plain, packed = tmp_path / "plain" / "corpus", tmp_path / "packed" / "corpus"  # one folder name: the files' genre
+    records = "".join(f'{{"id": "r{i}", "text": "record {i}, with a comma", "year": 1900}}\n' for i in range(4))
+    files = {
+        "shard.JSONL": records,
+        "table.csv": 'id,text\nc1,"a cell, with a comma"\nc2,another\n',
+        "prose/notes.txt": "\ufeffsome prose\n\nin paragraphs ü",
+        "code.txt": "def f(): pass<EOS>def g(): pass",
+    }
+    for name, text in files.items():
+        for root in (plain, packed):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (plain / name).write_text(text, encoding="utf-8")
+        with opener(packed / (name + suffix), "wt", encoding="utf-8") as handle:
+            handle.write(text)
+
+    def read(source, **fields):
+        documents = DocumentSelection(DataConfig(source=str(source), **fields))
+        return [(d.id.replace(suffix, ""), d.text, d.year, d.genre, d.title) for d in documents]
+
+    for name in ("shard.JSONL", "table.csv", "prose/notes.txt"):
+        assert read(packed / (name + suffix)) == read(plain / name)
+    separated = read(packed / ("code.txt" + suffix), doc_separator="<EOS>")
+    assert separated == read(plain / "code.txt", doc_separator="<EOS>") and separated[1][3:] == ("code", "code")
+    in_folder = read(packed)
+    assert in_folder == read(plain) and len(in_folder) == 4 + 1 + 1  # a folder's .jsonl and .txt, compressed or not
+    whole = (packed / ("shard.JSONL" + suffix)).read_bytes()
+    (packed / ("shard.JSONL" + suffix)).write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CorpusError, match=f"^{packed / ('shard.JSONL' + suffix)} is not a whole \\{suffix} file \\(.*\\); fetch"):
+        read(packed / ("shard.JSONL" + suffix))
+    shutil.make_archive(str(tmp_path / "corpus"), "zip", plain)
+    with pytest.raises(CorpusError, match="corpus.zip is compressed \\(.zip\\); decompress it first"):
+        read(tmp_path / "corpus.zip")
 
 
 def test_a_folder_says_which_record_files_it_leaves_out(tmp_path, caplog):

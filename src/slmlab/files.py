@@ -250,13 +250,6 @@ def utf8_problem(data: bytes) -> str:
     return "is not UTF-8 text"
 
 
-def refuse_wide_text(path: Path, where: str, error: type[SlmlabError]) -> None:
-    """Raise `error` naming `where` when the file at `path` starts as UTF-16 or UTF-32 text (wide_text)."""
-    with open(path, "rb") as handle:
-        if problem := wide_text(handle.read(HEAD_BYTES)):
-            raise error(f"{where} {problem}; re-encode it as UTF-8")
-
-
 def not_utf8(where: str, data: bytes) -> str:
     """The one-line error for a user's text file or stream `where` whose bytes are not UTF-8."""
     return f"{where} {utf8_problem(data)}; re-encode it as UTF-8"

@@ -18,7 +18,7 @@ from .brown import BrownSource
 from .columnar import ColumnarSource, is_columnar
 from .document import Document
 from .fetch import CorpusError
-from .local import RECORD_FORMATS, LocalSource, say_once
+from .local import RECORD_FORMATS, LocalSource, format_suffix, say_once
 from .shakespeare import ShakespeareSource
 
 log = logging.getLogger("slmlab")
@@ -96,7 +96,7 @@ def check_source_settings(data: DataConfig) -> None:
     elif is_columnar(data.source):
         kind, plain, records = "Parquet or a saved dataset", False, True
     else:
-        suffixes = {path.suffix.lower() for path in LocalSource(data.source).files}
+        suffixes = {format_suffix(path) for path in LocalSource(data.source).files}
         kind = "record files" if suffixes <= set(RECORD_FORMATS) else "plain text files"
         plain, records = not suffixes <= set(RECORD_FORMATS), bool(suffixes & set(RECORD_FORMATS))
     if data.doc_separator and not plain:

@@ -6,8 +6,9 @@ a .json file holding one object over several lines) is an object with the text u
 is the text itself (a .json array of strings, a .jsonl line per document); a .csv/.tsv file is
 a table with a header row naming the same columns (a .csv file's cells are separated by commas,
 or by the semicolons, tabs or bars of a header row that holds no comma). Suffixes match in any
-case (.TXT); a folder contributes its .txt, .md and .jsonl files; a compressed file is refused with
-what to do. A year is read as users write it: 1906, 1906.0 (pandas writes integer
+case (.TXT); a folder contributes its .txt, .md and .jsonl files. A file compressed with gzip, bzip2
+or xz (.jsonl.gz, .txt.xz) is read as the file its name has without that suffix; an archive (.zip,
+.tar) or a .zst file is refused with what to do. A year is read as users write it: 1906, 1906.0 (pandas writes integer
 columns with a missing value that way), "1906" or "1906.0"; null, "" and NaN mean unknown; anything
 else is refused with the file and line. Every other file is one document with an unknown year
 and its folder's name as genre, or, with `doc_separator` (seed 002's streams: `code.txt`,
@@ -17,30 +18,65 @@ each of the genre (stream) named by the file's stem.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import csv
 import glob
+import gzip
 import hashlib
 import json
 import logging
+import lzma
 import math
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from ...files import file_name_text, is_run_folder, not_utf8, parse_json, refuse_wide_text
+from ...files import HEAD_BYTES, file_name_text, is_run_folder, not_utf8, parse_json, wide_text
 from .document import Document
 from .fetch import CorpusError, file_digest
 
 log = logging.getLogger("slmlab")
 
+DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # the standard library's; read as they stream
+REFUSED = (".zst", ".zip", ".7z", ".tar", ".tgz")  # archives hold many files; zstd needs a package Python lacks
+DECOMPRESSION_ERRORS = (EOFError, OSError, lzma.LZMAError)  # a truncated file, a bad header or data stream
+
+
+def format_suffix(path: Path) -> str:
+    """The suffix that says how a file is read, lower case: 'shard.JSONL.gz' -> '.jsonl' (a compressed
+    file reads as what it holds), 'notes.txt' -> '.txt'."""
+    suffix = path.suffix.lower()
+    return Path(path.stem).suffix.lower() if suffix in DECOMPRESSORS else suffix
+
+
+def plain_stem(path: Path) -> str:
+    """A file's name without its suffixes of format and compression: 'code.txt.gz' -> 'code'."""
+    return Path(path.stem).stem if path.suffix.lower() in DECOMPRESSORS else path.stem
+
+
+def open_text(path: Path, newline: str | None = None):
+    """`path` opened for reading as UTF-8 text (a leading byte-order mark dropped), decompressed
+    as it is read where its suffix names gzip, bzip2 or xz."""
+    opener = DECOMPRESSORS.get(path.suffix.lower())
+    if opener is None:
+        return open(path, encoding="utf-8-sig", newline=newline)
+    return opener(path, "rt", encoding="utf-8-sig", newline=newline)
+
+
+def file_bytes(path: Path, size: int = -1) -> bytes:
+    """The first `size` bytes (-1: all) of what `path` holds, decompressed."""
+    with DECOMPRESSORS.get(path.suffix.lower(), open)(path, "rb") as handle:
+        return handle.read(size)
+
 
 def read_utf8(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")
+        with open_text(path) as handle:
+            return handle.read()
     except UnicodeDecodeError:
-        raise CorpusError(not_utf8(str(path), path.read_bytes())) from None
+        raise CorpusError(not_utf8(str(path), file_bytes(path))) from None
 
 
 def split_lazily(text: str, separator: str) -> Iterator[str]:
@@ -113,7 +149,7 @@ def corpus_files(folder: Path, suffixes: tuple[str, ...] | None) -> list[Path]:
         path
         for path in folder.rglob("*")
         if path.is_file()
-        and (suffixes is None or path.suffix.lower() in suffixes)
+        and (suffixes is None or format_suffix(path) in suffixes)
         and not any(part.startswith(".") or part in SKIPPED_FOLDERS for part in path.relative_to(folder).parts)
     )
 
@@ -161,8 +197,8 @@ class LocalSource:
             files = [path]
         elif path.is_dir():
             found = corpus_files(path, FOLDER_FORMATS + LEFT_OUT)  # one walk of the folder for both
-            files = [p for p in found if p.suffix.lower() in FOLDER_FORMATS]
-            _warn_of_records_left_out(path, [p for p in found if p.suffix.lower() in LEFT_OUT])
+            files = [p for p in found if format_suffix(p) in FOLDER_FORMATS]
+            _warn_of_records_left_out(path, [p for p in found if format_suffix(p) in LEFT_OUT])
             runs = [p.parent for p in files if p.name == "metrics.jsonl" and is_run_folder(p.parent)]
             if runs:  # its metrics log would fail as records, its reports would be read as text
                 where = "is" if runs[0] == path else "holds"
@@ -202,28 +238,37 @@ class LocalSource:
     def documents(self) -> Iterator[Document]:
         total = 0
         for path in self.files:
-            name = self._name(path)
-            suffix = path.suffix.lower()
-            if suffix in COMPRESSED:
-                raise CorpusError(f"{path} is compressed ({suffix}); decompress it first: slmlab reads {READABLE}")
-            refuse_wide_text(path, str(path), CorpusError)
-            if suffix in RECORD_FORMATS:
-                table = suffix in (".csv", ".tsv")
-                records = self._records(path, suffix)
-                docs = (self._document(record, where, f"{name}:{key}", table) for where, key, record in records)
-            elif self.doc_separator:
-                parts = split_lazily(read_utf8(path), self.doc_separator)
-                stem = file_name_text(path.stem)
-                docs = (Document(id=f"{name}#{i}", text=text, genre=stem, title=stem) for i, text in enumerate(parts))
-            else:
-                genre, title = file_name_text(path.parent.name), file_name_text(path.stem)
-                docs = iter([Document(id=name, text=read_utf8(path), genre=genre, title=title)])
-            for doc in docs:
-                if doc.text.strip():
-                    total += 1
-                    yield doc
+            try:
+                for doc in self._file_documents(path):
+                    if doc.text.strip():
+                        total += 1
+                        yield doc
+            except DECOMPRESSION_ERRORS as err:
+                if path.suffix.lower() not in DECOMPRESSORS or isinstance(err, CorpusError):
+                    raise
+                raise CorpusError(
+                    f"{path} is not a whole {path.suffix.lower()} file ({err}); fetch or compress it again"
+                ) from None
         if total == 0:
             raise CorpusError(f"data.source: '{self.spec}' contains no text (all documents are empty)")
+
+    def _file_documents(self, path: Path) -> Iterator[Document]:
+        """The documents of one file, empty ones included."""
+        name, suffix = self._name(path), format_suffix(path)
+        if path.suffix.lower() in REFUSED:
+            raise CorpusError(f"{path} is compressed ({path.suffix.lower()}); decompress it first: slmlab reads {READABLE}")
+        if problem := wide_text(file_bytes(path, HEAD_BYTES)):
+            raise CorpusError(f"{path} {problem}; re-encode it as UTF-8")
+        stem = file_name_text(plain_stem(path))
+        if suffix in RECORD_FORMATS:
+            table = suffix in (".csv", ".tsv")
+            for where, key, record in self._records(path, suffix):
+                yield self._document(record, where, f"{name}:{key}", table)
+        elif self.doc_separator:
+            for i, text in enumerate(split_lazily(read_utf8(path), self.doc_separator)):
+                yield Document(id=f"{name}#{i}", text=text, genre=stem, title=stem)
+        else:
+            yield Document(id=name, text=read_utf8(path), genre=file_name_text(path.parent.name), title=stem)
 
     def _document(self, record, where: str, default_id: str, table: bool = False) -> Document:
         """One record (a JSON object, a CSV row (`table`), or a JSON string: the text alone) as a
@@ -261,7 +306,7 @@ class LocalSource:
         try:
             if suffix in (".csv", ".tsv"):
                 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a document is one field: no 128 KiB cap
-                with open(path, encoding="utf-8-sig", newline="") as handle:
+                with open_text(path, newline="") as handle:
                     rows = csv.DictReader(handle, delimiter=_delimiter(handle, suffix))
                     for number, row in enumerate(rows, 2):
                         yield f"{path}:{rows.line_num}", number, row
@@ -270,13 +315,13 @@ class LocalSource:
             elif suffix == ".json" and "\n" in text.strip() and whole_object(text):  # one pretty-printed record
                 yield str(path), 1, parse_json(text, path, CorpusError)
             else:
-                with open(path, encoding="utf-8-sig") as handle:
+                with open_text(path) as handle:
                     for number, line in enumerate(handle, 1):
                         line = line.lstrip("\ufeff")  # files joined with `cat` keep each one's byte-order mark
                         if line.strip():
                             yield f"{path}:{number}", number, parse_json(line, f"{path}:{number}", CorpusError, "a JSON object")
         except UnicodeDecodeError:
-            raise CorpusError(not_utf8(str(path), path.read_bytes())) from None
+            raise CorpusError(not_utf8(str(path), file_bytes(path))) from None
         except csv.Error as err:
             raise CorpusError(f"{path} is not a CSV file slmlab can read ({err})") from None
 
@@ -319,7 +364,7 @@ def _warn_of_records_left_out(folder: Path, left_out: list[Path]) -> None:
         )
 
 
-COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z", ".tar", ".tgz")
 READABLE = (
-    "text (.txt, .md), JSON lines (.jsonl, .json), JSON arrays of objects or strings (.json), CSV/TSV with a header, Parquet"
+    "text (.txt, .md), JSON lines (.jsonl, .json), JSON arrays of objects or strings (.json), CSV/TSV with a header (each also "
+    "compressed: .gz, .bz2, .xz), Parquet"
 )
