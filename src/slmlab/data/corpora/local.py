@@ -244,7 +244,7 @@ class LocalSource:
                         total += 1
                         yield doc
             except DECOMPRESSION_ERRORS as err:
-                if path.suffix.lower() not in DECOMPRESSORS or isinstance(err, CorpusError):
+                if path.suffix.lower() not in DECOMPRESSORS:
                     raise
                 raise CorpusError(
                     f"{path} is not a whole {path.suffix.lower()} file ({err}); fetch or compress it again"
