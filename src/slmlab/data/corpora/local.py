@@ -41,7 +41,7 @@ log = logging.getLogger("slmlab")
 
 DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # the standard library's; read as they stream
 REFUSED = (".zst", ".zip", ".7z", ".tar", ".tgz")  # archives hold many files; zstd needs a package Python lacks
-DECOMPRESSION_ERRORS = (EOFError, OSError, lzma.LZMAError)  # a truncated file, a bad header or data stream
+DECOMPRESSION_ERRORS = (EOFError, OSError, lzma.LZMAError)  # a truncated file, a bad header or data stream (no errno)
 
 
 def format_suffix(path: Path) -> str:
@@ -244,8 +244,8 @@ class LocalSource:
                         total += 1
                         yield doc
             except DECOMPRESSION_ERRORS as err:
-                if path.suffix.lower() not in DECOMPRESSORS:
-                    raise
+                if path.suffix.lower() not in DECOMPRESSORS or getattr(err, "errno", None) is not None:
+                    raise  # a plain file's, or the system's (permission denied, a read error of the disk)
                 raise CorpusError(
                     f"{path} is not a whole {path.suffix.lower()} file ({err}); fetch or compress it again"
                 ) from None
