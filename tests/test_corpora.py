@@ -238,23 +238,38 @@ def test_records_read_alike_from_json_lines_json_arrays_csv_and_tsv_in_any_case(
     assert all(documents == expected for documents in read.values()), read
 
 
-@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
-def test_compressed_files_read_as_the_files_they_hold(tmp_path, suffix):
-    """Corpora ship compressed (shard-00000.jsonl.gz): such a file was refused, to be decompressed
-    by hand. A gzip, bzip2 or xz file now reads as the file its name has without that suffix,
-    alone, in a folder or with a separator; an archive is still refused, and a truncated file is
-    one line naming it."""
+def _compress(path, text: str, suffix: str) -> None:
+    """`text` written to `path` compressed as `suffix` says; zstd as two frames (as `zstd -T` and
+    joined files write them), each to be read."""
     import bz2
     import gzip
     import lzma
+
+    import zstandard
+
+    data = text.encode()
+    if suffix == ".zst":
+        compressor = zstandard.ZstdCompressor()
+        path.write_bytes(b"".join(compressor.compress(part) for part in (data[: len(data) // 2], data[len(data) // 2 :])))
+        return
+    with {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix](path, "wb") as handle:
+        handle.write(data)
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zst"])
+def test_compressed_files_read_as_the_files_they_hold(tmp_path, suffix):
+    """Corpora ship compressed (shard-00000.jsonl.gz, the Pile's .jsonl.zst): such a file was
+    refused, to be decompressed by hand. A gzip, bzip2, xz or zstd file now reads as the file its
+    name has without that suffix, alone, in a folder or with a separator; a truncated or damaged
+    file is one line naming it (zstandard's own reader returns a truncated file's text in
+    silence); an archive is still refused."""
     import shutil
 
-    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix]
     plain, packed = tmp_path / "plain" / "corpus", tmp_path / "packed" / "corpus"  # one folder name: the files' genre
     records = "".join(f'{{"id": "r{i}", "text": "record {i}, with a comma", "year": 1900}}\n' for i in range(4))
     files = {
         "shard.JSONL": records,
-        "table.csv": 'id,text\nc1,"a cell, with a comma"\nc2,another\n',
+        "table.csv": 'id;text\nc1;"a cell; with a semicolon"\nc2;another\n',
         "prose/notes.txt": "\ufeffsome prose\n\nin paragraphs ü",
         "code.txt": "def f(): pass<EOS>def g(): pass",
     }
@@ -262,8 +277,7 @@ def test_compressed_files_read_as_the_files_they_hold(tmp_path, suffix):
         for root in (plain, packed):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
         (plain / name).write_text(text, encoding="utf-8")
-        with opener(packed / (name + suffix), "wt", encoding="utf-8") as handle:
-            handle.write(text)
+        _compress(packed / (name + suffix), text, suffix)
 
     def read(source, **fields):
         documents = DocumentSelection(DataConfig(source=str(source), **fields))
@@ -271,16 +285,22 @@ def test_compressed_files_read_as_the_files_they_hold(tmp_path, suffix):
 
     for name in ("shard.JSONL", "table.csv", "prose/notes.txt"):
         assert read(packed / (name + suffix)) == read(plain / name)
+    assert (
+        len(read(packed / ("shard.JSONL" + suffix))) == 4
+        and read(packed / ("table.csv" + suffix))[0][1] == "a cell; with a semicolon"
+    )
     separated = read(packed / ("code.txt" + suffix), doc_separator="<EOS>")
     assert separated == read(plain / "code.txt", doc_separator="<EOS>") and separated[1][3:] == ("code", "code")
     in_folder = read(packed)
     assert in_folder == read(plain) and len(in_folder) == 4 + 1 + 1  # a folder's .jsonl and .txt, compressed or not
-    whole = (packed / ("shard.JSONL" + suffix)).read_bytes()
-    (packed / ("shard.JSONL" + suffix)).write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(CorpusError, match=f"^{packed / ('shard.JSONL' + suffix)} is not a whole \\{suffix} file \\(.*\\); fetch"):
-        read(packed / ("shard.JSONL" + suffix))
+    shard = packed / ("shard.JSONL" + suffix)
+    whole = shard.read_bytes()
+    for damaged in (whole[:-3], b"no compressed stream at all"):
+        shard.write_bytes(damaged)
+        with pytest.raises(CorpusError, match=f"^{shard} is not a whole \\{suffix} file \\(.*\\); fetch or compress it again$"):
+            read(shard)
     shutil.make_archive(str(tmp_path / "corpus"), "zip", plain)
-    with pytest.raises(CorpusError, match="corpus.zip is compressed \\(.zip\\); decompress it first"):
+    with pytest.raises(CorpusError, match="corpus.zip is an archive \\(.zip\\); unpack it first"):
         read(tmp_path / "corpus.zip")
 
 

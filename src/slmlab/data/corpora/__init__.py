@@ -16,9 +16,10 @@ from typing import Protocol
 from ...config import ConfigError, DataConfig
 from .brown import BrownSource
 from .columnar import ColumnarSource, is_columnar
+from .compressed import format_suffix
 from .document import Document
 from .fetch import CorpusError
-from .local import RECORD_FORMATS, LocalSource, format_suffix, say_once
+from .local import RECORD_FORMATS, LocalSource, say_once
 from .shakespeare import ShakespeareSource
 
 log = logging.getLogger("slmlab")

@@ -6,9 +6,9 @@ a .json file holding one object over several lines) is an object with the text u
 is the text itself (a .json array of strings, a .jsonl line per document); a .csv/.tsv file is
 a table with a header row naming the same columns (a .csv file's cells are separated by commas,
 or by the semicolons, tabs or bars of a header row that holds no comma). Suffixes match in any
-case (.TXT); a folder contributes its .txt, .md and .jsonl files. A file compressed with gzip, bzip2
-or xz (.jsonl.gz, .txt.xz) is read as the file its name has without that suffix; an archive (.zip,
-.tar) or a .zst file is refused with what to do. A year is read as users write it: 1906, 1906.0 (pandas writes integer
+case (.TXT); a folder contributes its .txt, .md and .jsonl files. A file compressed with gzip, bzip2,
+xz or zstd (.jsonl.gz, .txt.zst) is read as the file its name has without that suffix
+(compressed.py); an archive (.zip, .tar) is refused with what to do. A year is read as users write it: 1906, 1906.0 (pandas writes integer
 columns with a missing value that way), "1906" or "1906.0"; null, "" and NaN mean unknown; anything
 else is refused with the file and line. Every other file is one document with an unknown year
 and its folder's name as genre, or, with `doc_separator` (seed 002's streams: `code.txt`,
@@ -18,15 +18,12 @@ each of the genre (stream) named by the file's stem.
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import csv
 import glob
-import gzip
 import hashlib
 import json
 import logging
-import lzma
 import math
 import os
 import sys
@@ -34,41 +31,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ...files import HEAD_BYTES, file_name_text, is_run_folder, not_utf8, parse_json, wide_text
+from .compressed import ARCHIVES, DECOMPRESSION_ERRORS, compression, file_bytes, format_suffix, open_text, plain_stem
 from .document import Document
 from .fetch import CorpusError, file_digest
 
 log = logging.getLogger("slmlab")
-
-DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # the standard library's; read as they stream
-REFUSED = (".zst", ".zip", ".7z", ".tar", ".tgz")  # archives hold many files; zstd needs a package Python lacks
-DECOMPRESSION_ERRORS = (EOFError, OSError, lzma.LZMAError)  # a truncated file, a bad header or data stream (no errno)
-
-
-def format_suffix(path: Path) -> str:
-    """The suffix that says how a file is read, lower case: 'shard.JSONL.gz' -> '.jsonl' (a compressed
-    file reads as what it holds), 'notes.txt' -> '.txt'."""
-    suffix = path.suffix.lower()
-    return Path(path.stem).suffix.lower() if suffix in DECOMPRESSORS else suffix
-
-
-def plain_stem(path: Path) -> str:
-    """A file's name without its suffixes of format and compression: 'code.txt.gz' -> 'code'."""
-    return Path(path.stem).stem if path.suffix.lower() in DECOMPRESSORS else path.stem
-
-
-def open_text(path: Path, newline: str | None = None):
-    """`path` opened for reading as UTF-8 text (a leading byte-order mark dropped), decompressed
-    as it is read where its suffix names gzip, bzip2 or xz."""
-    opener = DECOMPRESSORS.get(path.suffix.lower())
-    if opener is None:
-        return open(path, encoding="utf-8-sig", newline=newline)
-    return opener(path, "rt", encoding="utf-8-sig", newline=newline)
-
-
-def file_bytes(path: Path, size: int = -1) -> bytes:
-    """The first `size` bytes (-1: all) of what `path` holds, decompressed."""
-    with DECOMPRESSORS.get(path.suffix.lower(), open)(path, "rb") as handle:
-        return handle.read(size)
 
 
 def read_utf8(path: Path) -> str:
@@ -244,7 +211,7 @@ class LocalSource:
                         total += 1
                         yield doc
             except DECOMPRESSION_ERRORS as err:
-                if path.suffix.lower() not in DECOMPRESSORS or getattr(err, "errno", None) is not None:
+                if not compression(path) or getattr(err, "errno", None) is not None:
                     raise  # a plain file's, or the system's (permission denied, a read error of the disk)
                 raise CorpusError(
                     f"{path} is not a whole {path.suffix.lower()} file ({err}); fetch or compress it again"
@@ -255,8 +222,8 @@ class LocalSource:
     def _file_documents(self, path: Path) -> Iterator[Document]:
         """The documents of one file, empty ones included."""
         name, suffix = self._name(path), format_suffix(path)
-        if path.suffix.lower() in REFUSED:
-            raise CorpusError(f"{path} is compressed ({path.suffix.lower()}); decompress it first: slmlab reads {READABLE}")
+        if path.suffix.lower() in ARCHIVES:
+            raise CorpusError(f"{path} is an archive ({path.suffix.lower()}); unpack it first: slmlab reads {READABLE}")
         if problem := wide_text(file_bytes(path, HEAD_BYTES)):
             raise CorpusError(f"{path} {problem}; re-encode it as UTF-8")
         stem = file_name_text(plain_stem(path))
@@ -307,7 +274,7 @@ class LocalSource:
             if suffix in (".csv", ".tsv"):
                 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a document is one field: no 128 KiB cap
                 with open_text(path, newline="") as handle:
-                    rows = csv.DictReader(handle, delimiter=_delimiter(handle, suffix))
+                    rows = csv.DictReader(handle, delimiter=_delimiter(path, suffix))
                     for number, row in enumerate(rows, 2):
                         yield f"{path}:{rows.line_num}", number, row
             elif suffix == ".json" and (text := read_utf8(path)).lstrip().startswith("["):
@@ -326,13 +293,13 @@ class LocalSource:
             raise CorpusError(f"{path} is not a CSV file slmlab can read ({err})") from None
 
 
-def _delimiter(handle, suffix: str) -> str:
+def _delimiter(path: Path, suffix: str) -> str:
     """A .tsv file's tab; a .csv file's comma, or the semicolon, tab or bar its header row holds
-    where it holds no comma (spreadsheets in many locales write ';'). Leaves `handle` at its start."""
+    where it holds no comma (spreadsheets in many locales write ';')."""
     if suffix == ".tsv":
         return "\t"
-    header = handle.readline()
-    handle.seek(0)
+    with open_text(path, newline="") as handle:  # its own handle: a compressed stream cannot seek back
+        header = handle.readline()
     return next((mark for mark in (",", ";", "\t", "|") if mark in header), ",")
 
 
@@ -366,5 +333,5 @@ def _warn_of_records_left_out(folder: Path, left_out: list[Path]) -> None:
 
 READABLE = (
     "text (.txt, .md), JSON lines (.jsonl, .json), JSON arrays of objects or strings (.json), CSV/TSV with a header (each also "
-    "compressed: .gz, .bz2, .xz), Parquet"
+    "compressed: .gz, .bz2, .xz, .zst), Parquet"
 )
