@@ -310,7 +310,13 @@ def test_a_folder_says_which_record_files_it_leaves_out(tmp_path, caplog):
     (tmp_path / "shard.csv").write_text("text\nrows of text\n")
     documents = list(DocumentSelection(DataConfig(source=str(tmp_path))))
     assert [d.id for d in documents] == ["notes.txt"]
-    assert "1 .json/.csv/.tsv file(s) left out (e.g. shard.csv)" in caplog.text and "*.csv" in caplog.text
+    assert "1 .json/.csv/.tsv file(s) left out (e.g. shard.csv)" in caplog.text and f"'{tmp_path}/*.csv'" in caplog.text
+    other = tmp_path / "other"  # the glob offered matches the file left out, compressed too
+    other.mkdir()
+    (other / "notes.txt").write_text("some text " * 20)
+    (other / "shard.json.gz").write_bytes(b"")
+    list(DocumentSelection(DataConfig(source=str(other))))
+    assert f"'{other}/*.json.gz'" in caplog.text
 
 
 def test_a_json_line_with_half_a_surrogate_pair_is_one_line_naming_it(tmp_path):

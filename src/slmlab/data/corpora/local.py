@@ -323,10 +323,11 @@ def _warn_of_records_left_out(folder: Path, left_out: list[Path]) -> None:
     """Say once per folder that its .json/.csv/.tsv files (`left_out`) are not read (a folder
     walk takes FOLDER_FORMATS), so a folder of CSV shards is never half-read in silence."""
     if left_out:
+        pattern = f"*{format_suffix(left_out[0])}{compression(left_out[0])}"  # *.csv, *.json.gz: what matches the example
         say_once(
             logging.WARNING,
             f"{folder}: {len(left_out)} .json/.csv/.tsv file(s) left out (e.g. {left_out[0].name}): a folder contributes "
-            f"its .txt, .md and .jsonl files; name record files by path or glob (data.source = '{folder}/*.csv')",
+            f"its .txt, .md and .jsonl files; name record files by path or glob (data.source = '{folder}/{pattern}')",
             key=folder.resolve(),
         )
 
