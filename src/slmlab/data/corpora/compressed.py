@@ -61,9 +61,9 @@ class ZstdFrames(io.RawIOBase):
             while data:
                 parts.append(self._frame.decompress(data))
                 self._in_frame = not self._frame.eof
-                data = self._frame.unused_data if self._frame.eof else b""
-                if self._frame.eof:
-                    self._frame = self._decompressor.decompressobj()
+                if self._in_frame:
+                    break
+                data, self._frame = self._frame.unused_data, self._decompressor.decompressobj()
         except self._errors as err:
             raise OSError(f"zstd: {err}") from None
         return b"".join(parts)

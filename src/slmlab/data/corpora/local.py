@@ -8,12 +8,13 @@ a table with a header row naming the same columns (a .csv file's cells are separ
 or by the semicolons, tabs or bars of a header row that holds no comma). Suffixes match in any
 case (.TXT); a folder contributes its .txt, .md and .jsonl files. A file compressed with gzip, bzip2,
 xz or zstd (.jsonl.gz, .txt.zst) is read as the file its name has without that suffix
-(compressed.py); an archive (.zip, .tar) is refused with what to do. A year is read as users write it: 1906, 1906.0 (pandas writes integer
-columns with a missing value that way), "1906" or "1906.0"; null, "" and NaN mean unknown; anything
-else is refused with the file and line. Every other file is one document with an unknown year
-and its folder's name as genre, or, with `doc_separator` (seed 002's streams: `code.txt`,
-`prose.txt` holding documents separated by a literal "<EOS>"), the documents between the markers,
-each of the genre (stream) named by the file's stem.
+(compressed.py); an archive (.zip, .tar) is refused with what to do. A year is read as users write
+it: 1906, 1906.0 (pandas writes integer columns with a missing value that way), "1906" or
+"1906.0"; null, "" and NaN mean unknown; anything else is refused with the file and line. Every
+other file is one document with an unknown year and its folder's name as genre, or, with
+`doc_separator` (seed 002's streams: `code.txt`, `prose.txt` holding documents separated by a
+literal "<EOS>"), the documents between the markers, each of the genre (stream) named by the
+file's stem.
 """
 
 from __future__ import annotations
@@ -213,9 +214,7 @@ class LocalSource:
             except DECOMPRESSION_ERRORS as err:
                 if not compression(path) or getattr(err, "errno", None) is not None:
                     raise  # a plain file's, or the system's (permission denied, a read error of the disk)
-                raise CorpusError(
-                    f"{path} is not a whole {path.suffix.lower()} file ({err}); fetch or compress it again"
-                ) from None
+                raise CorpusError(f"{path} is not a whole {compression(path)} file ({err}); fetch or compress it again") from None
         if total == 0:
             raise CorpusError(f"data.source: '{self.spec}' contains no text (all documents are empty)")
 
