@@ -45,6 +45,7 @@ class TrainingProgress:
             self.rates.append(record["tokens_per_s"])
             self.step_seconds.append(record["dt_ms"] / 1000)
         rate = f"{statistics.median(self.rates):.0f}" if self.rates else "–"
+        timed = {0: "no step timed yet", 1: "one window"}.get(len(self.rates), f"median of {len(self.rates)} windows")
         figures = {"loss": f"{record['loss']:.3f}", "tok_s": rate}
         evaluated = "val_loss" in record
         if evaluated:
@@ -56,8 +57,8 @@ class TrainingProgress:
             eta = clock((self.total_steps - record["step"]) * statistics.median(self.step_seconds)) if self.step_seconds else "–"
             scores = f", val loss {record['val_loss']:.4f} ({record['val_bpb']:.4f} bits/byte)" if evaluated else ""
             log.info(
-                "%s step %d/%d: loss %.4f%s, %s tokens/s (median of %d windows), ETA %s",
-                self.name, record["step"], self.total_steps, record["loss"], scores, rate, len(self.rates), eta,
+                "%s step %d/%d: loss %.4f%s, %s tokens/s (%s), ETA %s",
+                self.name, record["step"], self.total_steps, record["loss"], scores, rate, timed, eta,
             )  # fmt: skip
             self.last_line = time.monotonic()
 
