@@ -139,11 +139,13 @@ def test_a_year_cut_off_on_documents_without_years_is_warned_of_once(text_corpus
             ),
             "late.jsonl is not UTF-8 text \\(bad byte 0xe9 on line 2001, byte offset 30013\\)",
         ),
-        (lambda p: (p / "d").mkdir() or str(p / "d"), "holds no .txt, .md, .jsonl or .parquet files \\(nor any other file"),
+        (
+            lambda p: (p / "d").mkdir() or str(p / "d"),
+            "holds no .txt, .md or .jsonl files \\(plain, .gz, .bz2, .xz or .zst\\) and no .parquet files \\(nor any other file",
+        ),
         (  # extension-less files (LICENSE, README) were refused without saying how to read them
             lambda p: (p / "d").mkdir() or ((p / "d" / "GPL").write_text("x") and str(p / "d")),
-            "holds no .txt, .md, .jsonl or .parquet files \\(it holds 1 other, e.g. 'GPL'; .* a glob reads every file it "
-            "matches as text: '.*/d/\\*'\\)",
+            "and no .parquet files \\(it holds 1 other, e.g. 'GPL'; .* a glob reads every file it matches as text: '.*/d/\\*'\\)",
         ),
         (lambda p: str(p / "nothing-*.txt"), "the glob '.*nothing-\\*.txt' matches no file"),
         (  # a CSV file without its header row: the first row's text was quoted whole as a field name

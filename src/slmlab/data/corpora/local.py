@@ -32,7 +32,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ...files import HEAD_BYTES, file_name_text, is_run_folder, not_utf8, parse_json, wide_text
-from .compressed import ARCHIVES, DECOMPRESSION_ERRORS, compression, file_bytes, format_suffix, open_text, plain_stem
+from .compressed import (
+    ARCHIVES,
+    DECOMPRESSION_ERRORS,
+    DECOMPRESSORS,
+    compression,
+    file_bytes,
+    format_suffix,
+    open_text,
+    plain_stem,
+)
 from .document import Document
 from .fetch import CorpusError, file_digest
 
@@ -99,7 +108,8 @@ def _read_from(path: Path) -> str:
 def _what_else(folder: Path, spec: str) -> str:
     """Why a folder gave no corpus files, and what to give instead."""
     others = corpus_files(folder, None)
-    found = "holds no .txt, .md, .jsonl or .parquet files"
+    *compressed, last = DECOMPRESSORS
+    found = f"holds no .txt, .md or .jsonl files (plain, {', '.join(compressed)} or {last}) and no .parquet files"
     if not others:
         return f"{found} (nor any other file outside hidden folders)"
     example = others[0].relative_to(folder).as_posix()
