@@ -135,6 +135,30 @@ def test_a_changed_embedded_plugin_is_refused(tmp_path, text_corpus):
         build_from_hf_config(SlmlabConfig(**{k: v for k, v in values.items() if k.startswith("slmlab_")}))
 
 
+def test_an_embedded_plugin_runs_its_own_source_whatever_the_cache_holds(tmp_path, monkeypatch):
+    """The export's source is checked against its SHA-256, not the cached copy of it: a damaged
+    copy is written again (it used to be refused with "export the run again", which could not
+    help), and a changed source is refused even when an intact copy sits in the cache."""
+    import hashlib
+
+    from slmlab import plugins
+    from slmlab.errors import RunFileError
+
+    monkeypatch.setattr(plugins, "_active", {})
+    source = "ORIGIN = 'the export'\n"
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    spec = str(tmp_path / "idea.py")
+    cached = tmp_path / "cache" / digest / f"{plugins.module_name(spec)}.py"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("ORIGIN = 'a damaged cache'\n")
+    assert plugins.activate_embedded([{"spec": spec, "sha256": digest, "source": source}], tmp_path / "cache") == [spec]
+    assert sys.modules[plugins.module_name(spec)].ORIGIN == "the export" and cached.read_text() == source
+    changed = {"spec": str(tmp_path / "other.py"), "sha256": digest, "source": source + "ORIGIN = 'changed'\n"}
+    (tmp_path / "cache" / digest / f"{plugins.module_name(changed['spec'])}.py").write_text(source)
+    with pytest.raises(RunFileError, match="does not match its sha256"):
+        plugins.activate_embedded([changed], tmp_path / "cache")
+
+
 def test_native_layouts_are_refused_with_their_reason_and_auto_falls_back(tmp_path, text_corpus):
     run = trained_run(tmp_path, text_corpus, "partial", {**MODERN, "rope_fraction": 0.5})
     with pytest.raises(ConfigError, match=r"cannot be exported as native llama: .*rotates 8 of 16 dimensions.*--layout remote"):

@@ -216,8 +216,9 @@ def embed(specs: list[str]) -> list[dict]:
 
 def activate_embedded(entries: list[dict], folder: Path) -> list[str]:
     """Import the plugins `embed` carried (the caller has the user's consent to run them: Hugging
-    Face's trust_remote_code), each written to `folder`/<sha256>/ and checked against its SHA-256
-    first -> their specs. A plugin already imported with other code is an error, as for a run."""
+    Face's trust_remote_code), each checked against its SHA-256 first and written to
+    `folder`/<sha256>/ (again, where the copy there differs: a damaged cache) -> their specs. A
+    plugin already imported with other code is an error, as for a run."""
     specs = []
     for entry in entries:
         spec, digest, source = entry.get("spec"), entry.get("sha256"), entry.get("source")
@@ -228,13 +229,13 @@ def activate_embedded(entries: list[dict], folder: Path) -> list[str]:
             raise ConfigError(
                 f"plugin '{spec}' is already imported with other code (sha256 {loaded.sha256[:12]}); use a fresh process"
             )
+        if hashlib.sha256(source.encode("utf-8")).hexdigest() != digest:
+            raise RunFileError(f"embedded plugin '{spec}' does not match its sha256; export the run again")
         if loaded is None:
             path = folder / digest / f"{module_name(spec)}.py"
-            if not path.is_file():
+            if not path.is_file() or sha256_file(path) != digest:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(path, source.encode("utf-8"))
-            if sha256_file(path) != digest:
-                raise RunFileError(f"embedded plugin '{spec}' does not match its sha256; export the run again")
             _import(spec, source=path)
         specs.append(spec)
     return specs
