@@ -75,6 +75,11 @@ def test_frames_during_training_and_the_animation(micro_toml, tmp_path, capsys):
     assert gif.n_frames == 3
     assert main(["viz", "animate", str(tmp_path)]) == 2
     assert "no frames in" in capsys.readouterr().err
+    for damage in (frames[1].read_bytes()[:100], b""):  # cut short, emptied: Pillow's SyntaxError was a traceback
+        frames[1].write_bytes(damage)
+        assert main(["viz", "animate", str(tmp_path / "runs" / "tiny")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"slmlab: error: viz frame {frames[1]} is damaged (") and "\n" not in err, err
 
 
 def test_frames_can_be_asked_for_on_resume_and_do_not_change_the_training(text_corpus, make_config, capsys):

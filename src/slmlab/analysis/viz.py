@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RunFileError
 from ..files import atomic_write, atomic_write_text
 from ..model.attention_maps import AttentionMap
 from ..phase_progress import PhaseProgress
@@ -92,7 +92,7 @@ def animate(frames_dir: Path, out: Path, fps: int = 4) -> list[Path]:
     frames = sorted(frames_dir.glob("frame_*.png"))
     if not frames:
         raise ConfigError(f"no frames in {frames_dir}; train with --viz-every N first")
-    images = [plt.imread(f) for f in frames]
+    images = [_frame(plt, f) for f in frames]
     height, width = images[0].shape[:2]
     fig = plt.figure(figsize=(width / 80, height / 80), dpi=80)
     ax = fig.add_axes((0, 0, 1, 1))
@@ -108,6 +108,14 @@ def animate(frames_dir: Path, out: Path, fps: int = 4) -> list[Path]:
         log.warning("no MP4: ffmpeg is not installed (install it to get %s too)", out.with_suffix(".mp4"))
     plt.close(fig)
     return written
+
+
+def _frame(plt, path: Path):
+    """A saved frame's pixels, or one line naming a damaged one (Pillow says so as SyntaxError)."""
+    try:
+        return plt.imread(path)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise RunFileError(f"viz frame {path} is damaged ({err}); delete it to animate the others") from None
 
 
 def export_bertviz(maps: list[AttentionMap], tokens: list[str], out: Path) -> Path:
