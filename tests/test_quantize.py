@@ -40,6 +40,16 @@ def test_int8_model_runs_and_keeps_perplexity(text_corpus, make_config, capsys):
     assert main(["report", str(run)]) == 0  # the report card picks the comparison up
     assert "## int8 inference" in (run / "report.md").read_text() and f"{int8_ppl:.3f}" in (run / "report.md").read_text()
     capsys.readouterr()
+    intact = (run / "model_int8.pt").read_bytes()
+    flipped = bytearray(intact)
+    flipped[len(intact) // 2 : len(intact) // 2 + 64] = bytes(b ^ 0xFF for b in flipped[len(intact) // 2 : len(intact) // 2 + 64])
+    (run / "model_int8.pt").write_bytes(bytes(flipped))  # torch.load reads it without a word: wrong weights
+    assert main(["eval", str(run), "--int8", "--batches", "1"]) == 2
+    assert "model_int8.pt is damaged (its SHA-256 does not match" in capsys.readouterr().err
+    (run / "model_int8.sha256.json").write_text("[1, 2")
+    assert main(["generate", str(run), "--int8", "--prompt", "ROMEO"]) == 2
+    assert "model_int8.sha256.json is damaged" in capsys.readouterr().err
+    (run / "model_int8.sha256.json").unlink()  # as slmlab before the record wrote it: loaded as it is
     (run / "model_int8.pt").write_bytes(b"not a checkpoint")
     assert main(["generate", str(run), "--int8", "--prompt", "ROMEO"]) == 2
     assert "model_int8.pt is corrupt" in capsys.readouterr().err

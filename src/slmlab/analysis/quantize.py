@@ -2,9 +2,10 @@
 PyTorch's quantisation tooling (int8 weights; activations quantised on the fly; CPU kernels).
 
 The int8 weights go to RUN/model_int8.pt (a state dict of tensors and packed parameters, with the
-SHA-256 of the fp32 weights it was made from, loaded with `torch.load(weights_only=True)`);
-`load_int8` rebuilds the model from the run's config, quantises its structure and loads them,
-refusing a file made from other weights (a run resumed after it was quantised). Embeddings,
+SHA-256 of the fp32 weights it was made from, loaded with `torch.load(weights_only=True)`), and the
+file's own SHA-256 to RUN/model_int8.sha256.json (torch.load reads a flipped byte without a word);
+`load_int8` checks it, rebuilds the model from the run's config, quantises its structure and loads
+them, refusing a file made from other weights (a run resumed after it was quantised). Embeddings,
 norms and a tied LM head stay fp32. The comparison table sets file size, CPU generation speed
 and validation perplexity of the int8 model next to the fp32 one's.
 """
@@ -21,12 +22,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text, json_text, read_json, sha256_file
 from ..runs.checkpoints import CheckpointError
 from ..runs.run_dir import load_run
 from ..tables import command_line, human, markdown_table
 
 INT8_FILE = "model_int8.pt"
+INT8_SUM = "model_int8.sha256.json"
 
 
 class Int8Linear(torch.ao.nn.quantized.dynamic.Linear):
@@ -58,9 +60,26 @@ def weights_digest(model: nn.Module) -> str:
 
 
 def save_int8(quantized: nn.Module, run: str | Path, source_sha256: str) -> Path:
-    """Save the int8 state and the digest of the fp32 weights it was made from."""
+    """Save the int8 state and the digest of the fp32 weights it was made from, then the file's
+    own SHA-256 beside it."""
     payload = {"source_sha256": source_sha256, "int8_state": quantized.state_dict()}
-    return atomic_write(Path(run) / INT8_FILE, lambda tmp: torch.save(payload, tmp))
+    path = atomic_write(Path(run) / INT8_FILE, lambda tmp: torch.save(payload, tmp))
+    atomic_write_text(Path(run) / INT8_SUM, json_text({INT8_FILE: sha256_file(path)}) + "\n")
+    return path
+
+
+def _check_int8_file(run: str | Path, path: Path) -> None:
+    """CheckpointError unless `path` has the SHA-256 recorded when it was written (files of older
+    slmlab, without the record, are taken as they are)."""
+    remake = f"make it again with `{command_line('slmlab', 'quantize', run, '--int8')}`"
+    record = Path(run) / INT8_SUM
+    if not record.is_file():
+        return
+    recorded = read_json(record, "checksum of the int8 model", CheckpointError, remake).get(INT8_FILE)
+    if not isinstance(recorded, str):
+        raise CheckpointError(f"checksum of the int8 model {record} names no {INT8_FILE}; {remake}")
+    if sha256_file(path) != recorded:
+        raise CheckpointError(f"{path} is damaged (its SHA-256 does not match the one recorded when it was written); {remake}")
 
 
 def load_int8(run: str | Path):
@@ -68,6 +87,7 @@ def load_int8(run: str | Path):
     path = Path(run) / INT8_FILE
     if not path.is_file():
         raise CheckpointError(f"{run} has no {INT8_FILE}; make it with `{command_line('slmlab', 'quantize', run, '--int8')}`")
+    _check_int8_file(run, path)
     cfg, model, tokenizer = load_run(run, "cpu")
     quantized = quantize_int8(model)
     try:

@@ -68,6 +68,7 @@ class RunDir:
         "ablations.md",
         "quantize.md",
         "model_int8.pt",
+        "model_int8.sha256.json",
         "persona_eval.json",
         "report.md",
         "report.html",
