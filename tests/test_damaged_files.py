@@ -254,6 +254,27 @@ def test_a_damaged_self_area_description_is_one_error(tmp_path, damage):
         load_self_area(base(), tmp_path / "area")
 
 
+def test_self_area_weights_with_a_flipped_byte_are_refused(tmp_path):
+    """safetensors checks a file's header and length, not its tensors' bytes: the description
+    records the weights' SHA-256 and loading checks it."""
+    transformers = pytest.importorskip("transformers")
+    from slmlab.errors import CheckpointError
+    from slmlab.persona.surgery import insert_self_area, load_self_area, save_self_area
+    from slmlab.variants.self_area import SelfAreaConfig
+
+    def base():
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64))
+
+    save_self_area(insert_self_area(base(), SelfAreaConfig(enabled=True, self_dim=8)), tmp_path / "area", "gpt2")
+    load_self_area(base(), tmp_path / "area")
+    weights = tmp_path / "area" / "self_area.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(b ^ 0xFF for b in data[-8:])  # the last tensor's last values
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"self_area.safetensors is damaged \(its SHA-256 does not match"):
+        load_self_area(base(), tmp_path / "area")
+
+
 def test_a_prompt_suite_that_is_not_utf8_is_one_line(copy, capsys, tmp_path):
     run, _ = copy
     suite = tmp_path / "suite.jsonl"

@@ -26,16 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_file
+from safetensors.torch import load_model
 from torch import nn
 
 from ..config import ConfigError, DataConfig, TrainConfig, build_dataclass
 from ..data.corpora import DocumentSelection
 from ..data.sampling import WindowSampler
 from ..data.tokens import TokenSplit, validation_ids
-from ..files import atomic_write, atomic_write_text, is_run_folder, read_json, require_fields
+from ..files import atomic_write_text, is_run_folder, read_json, require_fields
 from ..phase_progress import PhaseProgress, tracked
-from ..runs.checkpoints import CheckpointError
+from ..runs.checkpoints import CheckpointError, save_weights, verify_file
 from ..runs.metrics import MetricsLog
 from ..tables import command_line
 from ..training.optim import lr_at
@@ -124,8 +124,14 @@ def save_self_area(area: SelfArea, directory: str | Path, base: str) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in area.state_dict().items()}
-    atomic_write(directory / "self_area.safetensors", lambda tmp: save_file(weights, tmp))
-    meta = {"self_area": dataclasses.asdict(area.cfg), "d_model": area.proj.shape[1], "layers": area.slots, "base_model": base}
+    sha256 = save_weights(weights, directory / "self_area.safetensors")
+    meta = {
+        "self_area": dataclasses.asdict(area.cfg),
+        "d_model": area.proj.shape[1],
+        "layers": area.slots,
+        "base_model": base,
+        "sha256": sha256,  # of self_area.safetensors: safetensors loads a flipped byte in a tensor without a word
+    }
     atomic_write_text(directory / "self_area.json", json.dumps(meta, indent=2) + "\n")
     return directory
 
@@ -149,6 +155,10 @@ def load_self_area(model: nn.Module, directory: str | Path) -> SelfArea:
     area = insert_self_area(model, cfg)
     if area.slots != meta["layers"]:
         raise CheckpointError(f"{directory} was trained on a base with {meta['layers']} layers, this model has {area.slots}")
+    recorded = meta.get("sha256")  # absent from the descriptions of older slmlab
+    if recorded is not None and not isinstance(recorded, str):
+        raise CheckpointError(f"Self Area description {where} is damaged (its sha256 is not text); {fix}")
+    verify_file(directory / "self_area.safetensors", recorded)
     try:
         load_model(area, str(directory / "self_area.safetensors"), device=str(next(area.parameters()).device))
     except (SafetensorError, OSError, RuntimeError) as err:
