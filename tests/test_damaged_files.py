@@ -283,10 +283,29 @@ def test_a_prompt_suite_that_is_not_utf8_is_one_line(copy, capsys, tmp_path):
     assert "not UTF-8 text (bad byte 0x" in _one_line_error(capsys, "suite.jsonl")  # and where it is
 
 
+def test_a_tokenizer_edited_into_another_valid_one_is_refused(copy, capsys):
+    """A finished run's summary records its tokenizer's SHA-256: a tokenizer.json that still
+    parses, of the same size, but maps one id to another character would decode and score other
+    text without a word (and a resume would record it as the run's)."""
+    run, _ = copy
+    tokenizer = json.loads((run / "tokenizer.json").read_text())
+    chars = tokenizer["chars"]
+    tokenizer["chars"] = chars.replace(chars[-1], "\u00e9")  # 'é' for the last character: same size, sorted alike
+    (run / "tokenizer.json").write_text(json.dumps(tokenizer))
+    for verb in ("eval", "generate", "resume"):
+        assert main(_verbs(run)[verb]) == 2, verb
+        assert "is not the tokenizer" in _one_line_error(capsys, "tokenizer.json")
+    assert "tokenizer_sha256" in json.loads((run / "summary.json").read_text())
+
+
 def test_a_tokenizer_larger_than_the_runs_model_is_one_line(copy, capsys):
     """tokenizer.json swapped for another run's (256 byte tokens for a ~30-token char model): its
-    ids would index past the embedding."""
+    ids would index past the embedding. Checked without the SHA-256 a finished run's summary
+    records (which refuses it first), as for an unfinished run or one of older slmlab."""
     run, _ = copy
+    summary = json.loads((run / "summary.json").read_text())
+    del summary["tokenizer_sha256"]
+    (run / "summary.json").write_text(json.dumps(summary))
     (run / "tokenizer.json").write_text('{"slmlab_tokenizer": "byte"}')
     for verb in ("eval", "generate", "resume"):
         assert main(_verbs(run)[verb]) == 2, verb

@@ -30,7 +30,7 @@ from .. import plugins
 from ..config import ConfigError, RunConfig, apply_overrides, check_no_ignored_setting, config_from_dict
 from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..errors import RunFileError
-from ..files import atomic_write_text, read_json, remove_stale_temps, require_fields
+from ..files import atomic_write_text, read_json, remove_stale_temps, require_fields, sha256_file
 from ..locks import DirectoryLock
 from ..model import build_model
 from ..tables import command_line
@@ -189,8 +189,16 @@ class RunDir:
         return require_fields(summary, SUMMARY_FIELDS, self.summary, "run summary", RunFileError, fix)
 
     def read_tokenizer(self, model_vocab_size: int) -> Tokenizer:
-        """The run's tokenizer, checked to fit its model (`model_vocab_size`, the run config's:
-        a larger tokenizer, another run's, would index past the embedding; 0: not resolved yet)."""
+        """The run's tokenizer, checked against the SHA-256 a finished run's summary recorded (a
+        file edited or damaged into other valid JSON) and to fit its model (`model_vocab_size`,
+        the run config's: a larger tokenizer, another run's, would index past the embedding; 0:
+        not resolved yet)."""
+        recorded = self.read_summary().get("tokenizer_sha256")  # none while unfinished, or from older slmlab
+        if isinstance(recorded, str) and self.tokenizer.is_file() and sha256_file(self.tokenizer) != recorded:
+            raise RunFileError(
+                f"{self.tokenizer} is not the tokenizer {self.path} trained with (its SHA-256 differs from the one "
+                f"{self.summary.name} recorded); restore it from a copy of the run"
+            )
         tokenizer = load_tokenizer(self.tokenizer)
         if 0 < model_vocab_size < tokenizer.vocab_size:
             raise RunFileError(

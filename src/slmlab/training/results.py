@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..data.tokenizers import Tokenizer
-from ..files import atomic_write_text
+from ..files import atomic_write_text, sha256_file
 from ..runs.checkpoints import save_weights
 from ..runs.metrics import perplexity
 from .runtime import peak_memory_bytes
@@ -82,6 +82,7 @@ def write_results(
         "vocab_size": trainer.cfg.model.vocab_size,
         "sample": sample,
         "final_sha256": final_sha256,
+        "tokenizer_sha256": sha256_file(trainer.run.tokenizer),  # a tokenizer.json edited or damaged into other valid JSON
         "data_sha256": trainer.data.manifest["sha256"],  # the token streams trained on (sweeps compare them)
     }
     if trainer.local_kernel:

@@ -28,7 +28,7 @@ from torch import nn
 from ..config import DataConfig, RunConfig, check_config, resolve_vocab
 from ..data.corpora import check_outside_source
 from ..data.sampling import WindowSampler, check_windows
-from ..data.tokenizers import Tokenizer, load_tokenizer
+from ..data.tokenizers import Tokenizer
 from ..data.tokens import TokenData, prepare_tokens
 from ..errors import TrainingError
 from ..model import build_model, model_stats
@@ -171,7 +171,7 @@ class Trainer:
         if resume:
             tokenizer = self.run.read_tokenizer(cfg.model.vocab_size)
         elif init_from:
-            tokenizer = load_tokenizer(init_from.tokenizer)
+            tokenizer = init_from.read_tokenizer(0)
         self.tokenizer, self.data = prepare_data(cfg.data, tokenizer, self.world, progress)
         resolve_vocab(cfg, self.tokenizer.vocab_size)
         check_windows(self.data.train, self.data.val, cfg.data.seq_len, train.batch_size, cfg.data.mixture)
