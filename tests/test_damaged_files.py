@@ -283,6 +283,23 @@ def test_a_prompt_suite_that_is_not_utf8_is_one_line(copy, capsys, tmp_path):
     assert "not UTF-8 text (bad byte 0x" in _one_line_error(capsys, "suite.jsonl")  # and where it is
 
 
+def test_a_config_edited_into_another_model_the_weights_still_fit_is_refused(copy, capsys):
+    """norm_eps (or rope_theta, local_block) changes the model without changing a weight's shape:
+    the weights files record the config they were trained under, and loading compares them."""
+    run, _ = copy
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["local_kernel"] = "windows"  # how block-local attention is computed: may change
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(_verbs(run)["eval"]) == 0
+    config["model"]["norm_eps"] = 0.1
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    for verb in ("eval", "generate", "resume"):
+        assert main(_verbs(run)[verb]) == 2, verb
+        err = _one_line_error(capsys, "config.json")
+        assert "gives model.norm_eps = 0.1, but" in err and "was trained with 1e-05" in err, err
+
+
 def test_a_tokenizer_edited_into_another_valid_one_is_refused(copy, capsys):
     """A finished run's summary records its tokenizer's SHA-256: a tokenizer.json that still
     parses, of the same size, but maps one id to another character would decode and score other

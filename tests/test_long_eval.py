@@ -130,5 +130,15 @@ def test_a_rope_scale_override_is_weighed_alone_not_with_the_runs_recorded_setti
     recorded = json.loads((path / "config.json").read_text())
     recorded["model"].update(smat={**recorded["model"].get("smat", {}), "s_dim": 8}, local_block=16)
     (path / "config.json").write_text(json.dumps(recorded))
+    # ... as trained: its weights record the config they were trained under
+    from safetensors.torch import load_file
+
+    from slmlab.runs.checkpoints import save_weights
+
+    summary = json.loads((path / "summary.json").read_text())
+    summary["final_sha256"] = save_weights(
+        load_file(path / "final.safetensors"), path / "final.safetensors", {"config": json.dumps(recorded)}
+    )
+    (path / "summary.json").write_text(json.dumps(summary))
     scaled, _, _ = load_run(path, model_overrides={"rope_scale": 2.0})
     assert scaled.model.rope_scale == 2.0 and scaled.model.smat.s_dim == 8 and scaled.model.local_block == 16

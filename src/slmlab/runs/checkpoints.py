@@ -15,22 +15,27 @@ bit-flipped file is reported by name, with the newest intact older checkpoint to
 (`slmlab train --resume RUN --from-checkpoint NAME`). Both files hold full, unsharded tensors,
 whatever the number of processes that wrote them, so a run checkpointed by N data-parallel ranks
 resumes on M. Loading never unpickles code: weights through safetensors, state through
-`torch.load(weights_only=True)`.
+`torch.load(weights_only=True)`. Each weights file also records the run config that saved it
+(safetensors metadata): a config.json edited, or damaged into other valid values, after training
+is refused rather than built into another model that the weights still fit (another
+rope_theta, local_block or norm_eps).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_file
 from torch import nn
 
-from ..errors import CheckpointError
+from ..config import ModelConfig, RunConfig, config_from_dict
+from ..errors import CheckpointError, RunFileError
 from ..files import atomic_write, atomic_write_text, read_json, sha256_file
 from ..tables import command_line
 
@@ -53,13 +58,43 @@ def verify_file(path: Path, expected: str | None) -> None:
         raise CheckpointError(f"{path} is damaged (its SHA-256 does not match the one recorded when it was written)")
 
 
-def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) -> None:
-    """Load safetensors weights into `model` (checked against `sha256` when given); any mismatch
-    or corruption is a CheckpointError."""
+def config_metadata(cfg: RunConfig) -> dict[str, str]:
+    """What a weights file records of the run that saved it: its config, as JSON."""
+    return {"config": json.dumps(cfg.to_dict())}
+
+
+def check_trained_model(path: Path, model_cfg: ModelConfig) -> None:
+    """RunFileError when the weights at `path` record a model section (config_metadata) other
+    than `model_cfg`, the one the run's config.json gives now. model.local_kernel may differ: it
+    chooses how block-local attention is computed (a resume may change it), not what. Files
+    without the record, or with one this slmlab cannot read (an older schema), are not compared."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            text = (handle.metadata() or {}).get("config")
+        trained = config_from_dict(json.loads(text)).model if text else None
+    except (SafetensorError, OSError, ValueError):  # ValueError: not JSON, or a ConfigError
+        return
+    if trained is None:
+        return
+    for field in dataclasses.fields(ModelConfig):
+        was, now = getattr(trained, field.name), getattr(model_cfg, field.name)
+        if field.name != "local_kernel" and was != now:
+            raise RunFileError(
+                f"the run's config.json gives model.{field.name} = {now!r}, but {path.name} was trained with {was!r}: "
+                "config.json was edited or damaged since; restore it from a copy of the run"
+            )
+
+
+def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None, model_cfg: ModelConfig | None = None) -> None:
+    """Load safetensors weights into `model` (checked against `sha256` when given, and against
+    the model section `model_cfg` the run's config gives: check_trained_model); any mismatch or
+    corruption is a CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no weights at {path}")
     verify_file(path, sha256)
+    if model_cfg is not None:
+        check_trained_model(path, model_cfg)
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except (SafetensorError, OSError, ValueError) as err:
@@ -77,14 +112,16 @@ def _files(directory: Path, name: str) -> tuple[Path, Path, Path]:
     return directory / f"{name}.safetensors", directory / f"{name}.state.pt", directory / f"{name}.sha256.json"
 
 
-def save_checkpoint(directory: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any], keep: int) -> Path:
-    """Write step `step`'s weights, training state and their checksums, point `latest` at it,
-    prune old ones."""
+def save_checkpoint(
+    directory: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any], keep: int, cfg: RunConfig
+) -> Path:
+    """Write step `step`'s weights (with `cfg`, the run's config: config_metadata), training state
+    and their checksums, point `latest` at it, prune old ones."""
     directory.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
     weights_path, state_path, sums_path = _files(directory, name)
     try:
-        sums = {weights_path.name: save_weights(weights, weights_path)}
+        sums = {weights_path.name: save_weights(weights, weights_path, config_metadata(cfg))}
         atomic_write(state_path, lambda tmp: torch.save(state, tmp))
         sums[state_path.name] = sha256_file(state_path)
         atomic_write_text(sums_path, json.dumps(sums, indent=1) + "\n")
@@ -168,9 +205,12 @@ def existing_checkpoint(directory: Path, name: str) -> str:
     return name
 
 
-def load_checkpoint(directory: Path, model: nn.Module, name: str | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    directory: Path, model: nn.Module, name: str | None = None, model_cfg: ModelConfig | None = None
+) -> dict[str, Any]:
     """Load weights of checkpoint `name` (default: latest) into model, after verifying both files
-    against their checksums; return its training state."""
+    against their checksums (and the weights against `model_cfg`: check_trained_model); return
+    its training state."""
     name = latest_checkpoint(directory) if name is None else existing_checkpoint(directory, name)
     if name is None:
         raise CheckpointError(f"no checkpoint in {directory} to resume from")
@@ -178,7 +218,7 @@ def load_checkpoint(directory: Path, model: nn.Module, name: str | None = None) 
     sums = checksums(directory, name)
     try:
         verify_file(state_path, sums.get(state_path.name))
-        load_weights(model, weights_path, sums.get(weights_path.name))
+        load_weights(model, weights_path, sums.get(weights_path.name), model_cfg)
     except CheckpointError as err:  # only now look for (and hash) the older checkpoints
         raise CheckpointError(f"{err}{_older_intact(directory, name)}") from None
     return load_training_state(directory, name)

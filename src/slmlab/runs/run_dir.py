@@ -276,6 +276,7 @@ def load_run(
     `model_overrides` ({"rope_scale": 2.0}) change model fields that carry no weights;
     `checkpoint` (step_NNNNNN): that checkpoint's weights instead (of a curriculum's model phase)."""
     run, cfg = model_run(path)
+    recorded_model = cfg.model
     if model_overrides:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {f"model.{k}": v for k, v in model_overrides.items()}))
         check_no_ignored_setting(cfg, keys={f"model.{k}" for k in model_overrides})
@@ -284,5 +285,5 @@ def load_run(
     weights, sha256 = model_weights(run, checkpoint)
     if checkpoint is None and weights != run.final_weights:
         log.info("%s has not finished training: using its latest checkpoint, %s", run.path, weights.stem)
-    load_weights(model, weights, sha256)
+    load_weights(model, weights, sha256, recorded_model)
     return cfg, model.to(device).eval(), tokenizer

@@ -15,7 +15,7 @@ import torch
 
 from ..data.tokenizers import Tokenizer
 from ..files import atomic_write_text, sha256_file
-from ..runs.checkpoints import save_weights
+from ..runs.checkpoints import config_metadata, save_weights
 from ..runs.metrics import perplexity
 from .runtime import peak_memory_bytes
 
@@ -59,7 +59,7 @@ def write_results(
     summary.json. Its tokens/s is the median over the logging windows (robust to a slow one);
     `elapsed`: this process's training seconds, added to those before a resume."""
     t = trainer.cfg.train
-    final_sha256 = save_weights(weights, trainer.run.final_weights, metadata={"config": json.dumps(trainer.cfg.to_dict())})
+    final_sha256 = save_weights(weights, trainer.run.final_weights, config_metadata(trainer.cfg))
     history = [r for r in trainer.metrics.read() if "tokens_per_s" in r]
     sample = ""
     if t.sample_tokens:  # on this rank alone: a sharded model is read whole, from the final weights

@@ -205,7 +205,7 @@ class Trainer:
         self.seconds_before, self.peak_before, self.started = 0.0, 0, None
         state = None
         if resume:
-            state = load_checkpoint(self.run.checkpoints, self.model, self.checkpoint)
+            state = load_checkpoint(self.run.checkpoints, self.model, self.checkpoint, cfg.model)
         elif init_from is not None:
             load_weights(self.model, init_from.final_weights)
             if carry_optimizer:
@@ -245,7 +245,7 @@ class Trainer:
         weights = weights if weights is not None else full_model_state(self.model, self.aliases)
         state = training_state(self)  # every rank gathers the optimizer's
         if self.world.is_main:
-            save_checkpoint(self.run.checkpoints, self.step, weights, state, self.cfg.train.keep_checkpoints)
+            save_checkpoint(self.run.checkpoints, self.step, weights, state, self.cfg.train.keep_checkpoints, self.cfg)
 
     def evaluate(self) -> tuple[float, float]:
         """(validation loss, its bits per byte)."""
