@@ -3,6 +3,7 @@ whose tables hold the real numbers from the runs' summaries and metrics."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 
@@ -128,6 +129,28 @@ def test_raw_html_in_report_markdown_is_shown_as_text(tmp_path):
     )
     assert "&lt;EOS&gt;" in page and "&lt;img src=x onerror=alert(1)&gt;" in page and "<img src=x" not in page
     assert 'src="data:image/png;base64,' in page
+
+
+def test_report_links_and_images_run_no_script_and_embed_nothing_from_outside_the_run(tmp_path):
+    """A run named "[a](javascript:alert(1))" (a valid folder name) rendered as a script link;
+    an image path may not carry a file from beside the run into a shared report."""
+    from slmlab.analysis.report import to_html
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "private.png").write_bytes(b"\x89PNG\r\n\x1a\nSECRET")
+    (run / "curves.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    page = to_html(
+        "# [a](javascript:alert(1))\n\n[b](JaVa&#115;cript:alert(2)) [c](java\tscript:alert(3)) [d](data:text/html,x)\n\n"
+        "[ok](prompts_x.md) [web](https://example.org/)\n\n![p](../private.png) ![c](curves.png)\n",
+        run,
+        "t",
+    )
+    links = re.findall(r'href="([^"]*)"', page)
+    assert links[:4] == ["", "", "java  script:alert(3)", ""]  # the tab became spaces: no scheme, a relative path
+    assert not [link for link in links if link.lower().startswith(("javascript", "data"))]
+    assert 'href="prompts_x.md"' in page and 'href="https://example.org/"' in page
+    assert base64.b64encode(b"SECRET").decode() not in page and page.count('src="data:image/png;base64,') == 1
 
 
 def test_a_table_cell_holding_a_pipe_or_a_line_break_keeps_its_column():

@@ -307,11 +307,17 @@ table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}th,td{border:1px so
 th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:.75rem;overflow-x:auto;white-space:pre-wrap}"""
 
 
+SAFE_SCHEMES = ("", "http", "https", "mailto")  # of a link's or image's address; "" = a path
+
+
 def to_html(markdown_text: str, base: Path, title: str) -> str:
-    """Render Markdown to one HTML page; images under `base` become inline data URIs. Raw HTML in
-    the Markdown (a config value such as data.doc_separator = "<EOS>", a run name) is shown as
-    text, never read as markup."""
+    """Render Markdown to one HTML page; PNG images inside `base` become inline data URIs. Raw
+    HTML in the Markdown (a config value such as data.doc_separator = "<EOS>", a run name) is shown
+    as text, never read as markup; so is a link or image address of another scheme than those in
+    SAFE_SCHEMES (a run named "[a](javascript:alert(1))" became a script link), and an image path
+    leading out of `base` is not embedded (a report is shared; the files beside it are not)."""
     import html
+    from urllib.parse import urlsplit
 
     import markdown
 
@@ -320,14 +326,26 @@ def to_html(markdown_text: str, base: Path, title: str) -> str:
     renderer.inlinePatterns.deregister("html")
     body = renderer.convert(markdown_text)
 
-    def inline(match: re.Match) -> str:
-        image = base / html.unescape(match.group(1))
-        if not image.is_file():
-            return match.group(0)
-        data = base64.b64encode(image.read_bytes()).decode("ascii")
-        return f'src="data:image/png;base64,{data}"'
+    def address(match: re.Match) -> str:
+        attribute, url = match.group(1), html.unescape(match.group(2))
+        try:
+            scheme = urlsplit(url).scheme
+        except ValueError:  # an address urlsplit cannot read (an unbalanced "[" of IPv6)
+            scheme = "unreadable"
+        if scheme not in SAFE_SCHEMES:
+            return f'{attribute}=""'
+        image = (base / url).resolve()
+        if (
+            attribute == "src"
+            and not scheme
+            and url.endswith(".png")
+            and image.is_relative_to(base.resolve())
+            and image.is_file()
+        ):
+            return f'src="data:image/png;base64,{base64.b64encode(image.read_bytes()).decode("ascii")}"'
+        return match.group(0)
 
-    body = re.sub(r'src="([^"]+\.png)"', inline, body)
+    body = re.sub(r'\b(href|src)="([^"]*)"', address, body)
     return (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
