@@ -155,16 +155,22 @@ def test_damaged_token_files_are_never_trained_on(copy, capsys, damage):
     capsys.readouterr()
 
 
-def test_a_damaged_cached_tokenizer_is_rebuilt_with_a_warning(copy, caplog):
+@pytest.mark.parametrize("damage", ["random bytes", "other valid json"])
+def test_a_damaged_cached_tokenizer_is_rebuilt_with_a_warning(copy, caplog, damage):
+    """Its file name records its SHA-256: JSON still valid but mapping ids to other characters
+    would otherwise tokenize the next run's corpus in silence."""
     run, cache = copy
     (cached,) = cache.glob("tokenizers/*.json")
-    cached.write_bytes(RANDOM)
+    intact = cached.read_text()
+    other = json.loads(intact)
+    other["chars"] = other["chars"].replace(other["chars"][-1], "\u00e9")
+    cached.write_bytes(RANDOM) if damage == "random bytes" else cached.write_text(json.dumps(other))
     config = run.parent.parent / "micro.toml"
     source = json.loads((run / "config.json").read_text())["data"]["source"]
     argv = ["train", str(config), "--no-progress", "--name", "again", "--data.source", source]
     assert main([*argv, "--data.cache_dir", str(cache), "--out_dir", str(run.parent)]) == 0
     assert "training the tokenizer again" in caplog.text
-    assert json.loads(cached.read_text())  # replaced by a whole file
+    assert cached.read_text() == intact  # trained again into the same file, whole
 
 
 def test_weights_that_sample_nan_are_one_line(copy, capsys):

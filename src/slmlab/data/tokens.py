@@ -72,20 +72,26 @@ def _short_hash(text: str) -> str:
 
 def get_tokenizer(data: DataConfig, selection: DocumentSelection, progress: bool | None = None) -> Tokenizer:
     """The tokenizer `data` asks for, trained on the selection once and cached by fingerprint (and
-    FORMAT_VERSION: how documents are read from the files is part of what it was trained on).
-    `progress`: as prepare_tokens'; it counts the documents the tokenizer has read."""
+    FORMAT_VERSION: how documents are read from the files is part of what it was trained on) as
+    tokenizers/<kind>-<key>-<its own SHA-256>.json, so that a cached file damaged into other valid
+    JSON is trained again rather than used. `progress`: as prepare_tokens'; it counts the documents
+    the tokenizer has read."""
     key = _short_hash(f"{FORMAT_VERSION}|{selection.fingerprint()}|{data.tokenizer}|{data.vocab_size}|{data.tiktoken_file}")
-    path = cache_dir(data.cache_dir) / "tokenizers" / f"{data.tokenizer}-{key}.json"
-    if path.exists():
+    folder = cache_dir(data.cache_dir) / "tokenizers"
+    for path in sorted(folder.glob(f"{data.tokenizer}-{key}-*.json")):
         try:
+            if sha256_file(path)[:16] != path.stem.rsplit("-", 1)[1]:
+                raise TokenizerError(f"cached tokenizer {path} is damaged (its SHA-256 is not the one its name records)")
             return load_tokenizer(path)
         except TokenizerError as err:  # a cache: say so and build it again
             log.warning("%s; training the tokenizer again", err)
+            path.unlink(missing_ok=True)
     log.info("training %s tokenizer on %s", data.tokenizer, data.source)
     with PhaseProgress(f"training the {data.tokenizer} tokenizer", None, "documents", bar=progress) as shown:
         tokenizer = train_tokenizer(data, _counted(selection, shown))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, tokenizer.to_json())
+    text = tokenizer.to_json()
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"{data.tokenizer}-{key}-{_short_hash(text)}.json", text)
     return tokenizer
 
 
