@@ -86,9 +86,9 @@ def check_trained_model(path: Path, model_cfg: ModelConfig) -> None:
 
 
 def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None, model_cfg: ModelConfig | None = None) -> None:
-    """Load safetensors weights into `model` (checked against `sha256` when given, and against
-    the model section `model_cfg` the run's config gives: check_trained_model); any mismatch or
-    corruption is a CheckpointError."""
+    """Load safetensors weights into `model`, checked against `sha256` when given (any mismatch or
+    corruption is a CheckpointError) and against the model section `model_cfg` the run's config
+    gives (check_trained_model's RunFileError)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no weights at {path}")
