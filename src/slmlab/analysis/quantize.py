@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..files import atomic_write, atomic_write_text, json_text, read_json, sha256_file
-from ..runs.checkpoints import CheckpointError
+from ..runs.checkpoints import CheckpointError, verify_file
 from ..runs.run_dir import load_run
 from ..tables import command_line, human, markdown_table
 
@@ -78,8 +78,7 @@ def _check_int8_file(run: str | Path, path: Path) -> None:
     recorded = read_json(record, "checksum of the int8 model", CheckpointError, remake).get(INT8_FILE)
     if not isinstance(recorded, str):
         raise CheckpointError(f"checksum of the int8 model {record} names no {INT8_FILE}; {remake}")
-    if sha256_file(path) != recorded:
-        raise CheckpointError(f"{path} is damaged (its SHA-256 does not match the one recorded when it was written); {remake}")
+    verify_file(path, recorded, remake)
 
 
 def load_int8(run: str | Path):

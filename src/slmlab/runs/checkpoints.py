@@ -52,10 +52,12 @@ def save_weights(weights: dict[str, torch.Tensor], path: str | Path, metadata: d
     return sha256_file(path)
 
 
-def verify_file(path: Path, expected: str | None) -> None:
-    """CheckpointError naming `path` when its SHA-256 is not `expected` (None: nothing recorded)."""
+def verify_file(path: Path, expected: str | None, fix: str = "") -> None:
+    """CheckpointError naming `path` (and `fix`, what to do, where given) when its SHA-256 is not
+    `expected` (None: nothing recorded)."""
     if expected is not None and path.is_file() and sha256_file(path) != expected:
-        raise CheckpointError(f"{path} is damaged (its SHA-256 does not match the one recorded when it was written)")
+        advice = f"; {fix}" if fix else ""
+        raise CheckpointError(f"{path} is damaged (its SHA-256 does not match the one recorded when it was written){advice}")
 
 
 def config_metadata(cfg: RunConfig) -> dict[str, str]:

