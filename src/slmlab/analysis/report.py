@@ -334,15 +334,10 @@ def to_html(markdown_text: str, base: Path, title: str) -> str:
             scheme = "unreadable"
         if scheme not in SAFE_SCHEMES:
             return f'{attribute}=""'
-        image = (base / url).resolve()
-        if (
-            attribute == "src"
-            and not scheme
-            and url.endswith(".png")
-            and image.is_relative_to(base.resolve())
-            and image.is_file()
-        ):
-            return f'src="data:image/png;base64,{base64.b64encode(image.read_bytes()).decode("ascii")}"'
+        if attribute == "src" and not scheme and url.endswith(".png"):
+            image = (base / url).resolve()
+            if image.is_relative_to(base.resolve()) and image.is_file():
+                return f'src="data:image/png;base64,{base64.b64encode(image.read_bytes()).decode("ascii")}"'
         return match.group(0)
 
     body = re.sub(r'\b(href|src)="([^"]*)"', address, body)

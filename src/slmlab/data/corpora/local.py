@@ -343,5 +343,5 @@ def _warn_of_records_left_out(folder: Path, left_out: list[Path]) -> None:
 
 READABLE = (
     "text (.txt, .md), JSON lines (.jsonl, .json), JSON arrays of objects or strings (.json), CSV/TSV with a header (each also "
-    "compressed: .gz, .bz2, .xz, .zst), Parquet"
+    f"compressed: {', '.join(DECOMPRESSORS)}), Parquet"
 )
