@@ -187,6 +187,34 @@ def test_export_never_overwrites_a_folder_and_says_so_in_one_line(tmp_path, text
     assert "exported as gpt2" in capsys.readouterr().out
 
 
+def test_a_plugin_buffer_that_no_checkpoint_holds_is_computed_again_when_loaded(tmp_path, text_corpus):
+    """transformers builds a remote-code model on the meta device, so a non-persistent buffer (the
+    `new-variant --kind mlp` skeleton's power p, a plugin's table of constants) came back as
+    uninitialised memory and every such export failed its own logit check. The loaded model
+    now takes those buffers from a fresh build, leaving torch's random state alone."""
+    from slmlab.analysis.scaffold import write_variant
+
+    write_variant("relu2", "mlp", tmp_path / "ideas")
+    run = trained_run(tmp_path, text_corpus, "relu2", {"mlp": "relu2"}, plugins=[str(tmp_path / "ideas" / "relu2.py")])
+    assert export_hf(run, tmp_path / "hf").max_abs_diff < 1e-5
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True, dtype=torch.bfloat16)
+    assert {float(block.mlp.power) for block in hf.model.blocks} == {2.0}
+    hf.model.blocks[0].mlp.power.fill_(5.0)
+    state = torch.get_rng_state()
+    hf.restore_computed_buffers()
+    assert torch.equal(torch.get_rng_state(), state) and float(hf.model.blocks[0].mlp.power) == 2.0
+
+
+def test_an_export_that_fails_its_logit_check_leaves_no_folder(tmp_path, text_corpus, monkeypatch):
+    from slmlab.export import hf
+
+    run = trained_run(tmp_path, text_corpus, "base")
+    monkeypatch.setattr(hf, "TOLERANCE", -1.0)
+    with pytest.raises(ConfigError, match="nothing was written to"):
+        export_hf(run, tmp_path / "out" / "hf")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_an_export_is_readable_as_the_umask_says_and_never_samples_a_padded_id(tmp_path, text_corpus):
     """The folder is staged in a private temp folder and safetensors writes 0o600: the export gets
     the modes mkdir and open() give. An embedding padded past the tokenizer (64 > the char

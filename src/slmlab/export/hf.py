@@ -83,6 +83,15 @@ def max_logit_difference(model, hf_model, ids: torch.Tensor) -> float:
     return float((ours.float() - theirs.float()).abs().max())
 
 
+def _reloaded_difference(folder: Path, layout: str, model, cfg) -> float:
+    """The largest |logit| difference between `model` and the export in `folder` as transformers
+    loads it."""
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=layout == "remote", dtype=torch.float32).eval()
+    return max_logit_difference(model, loaded, probe_ids(cfg))
+
+
 def export_hf(run: str | Path, out: str | Path, layout: str = "auto") -> ExportResult:
     """Export `run`'s final model and tokenizer to the new folder `out` (see the module docstring)."""
     try:
@@ -117,17 +126,15 @@ def export_hf(run: str | Path, out: str | Path, layout: str = "auto") -> ExportR
             hf.save_pretrained(staging)
             hf_tokenizer.save_pretrained(staging)
         give_normal_modes(staging)
+        difference = _reloaded_difference(staging, layout, model, cfg)
+        if not difference <= TOLERANCE:
+            raise ConfigError(
+                f"the exported model's logits differ from slmlab's by {difference:.2e} (> {TOLERANCE}), "
+                f"so nothing was written to {out}; please report this"
+            )
         if out.exists():
             out.rmdir()
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    from transformers import AutoModelForCausalLM
-
-    loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=layout == "remote", dtype=torch.float32).eval()
-    difference = max_logit_difference(model, loaded, probe_ids(cfg))
-    if not difference <= TOLERANCE:
-        raise ConfigError(
-            f"the exported model's logits differ from slmlab's by {difference:.2e} (> {TOLERANCE}); please report this"
-        )
     return ExportResult(out, layout, difference, {k: v for k, v in reasons.items() if v})

@@ -54,6 +54,34 @@ class SlmlabForCausalLM(PreTrainedModel, GenerationMixin):
     def _supports_default_dynamic_cache(cls) -> bool:
         return False
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Hugging Face's loading, then the buffers that no checkpoint holds (non-persistent ones: a
+        plugin's table of constants, say), as the model's own constructor computes them:
+        transformers builds the model on the meta device and leaves those buffers uninitialised."""
+        model = super().from_pretrained(*args, **kwargs)
+        model.restore_computed_buffers()
+        return model
+
+    def restore_computed_buffers(self) -> None:
+        """Set every non-persistent buffer to its value in a freshly built model (built on the CPU,
+        leaving torch's global random state as it was)."""
+        from slmlab.export.remote import build_from_hf_config
+
+        names = [
+            f"{prefix}.{name}" if prefix else name
+            for prefix, module in self.model.named_modules()
+            for name in module._non_persistent_buffers_set
+            if module._buffers.get(name) is not None
+        ]
+        if not names:
+            return
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+            fresh = build_from_hf_config(self.config)
+        with torch.no_grad():
+            for name in names:
+                self.model.get_buffer(name).copy_(fresh.get_buffer(name))
+
     def _init_weights(self, module) -> None:
         """Weights come from the checkpoint; slmlab's own initialisation ran when it was built."""
 
