@@ -336,3 +336,72 @@ def test_smat_and_the_self_area_take_the_backbones_init():
         for name, b in smt.named_parameters()
         if name.startswith("conditioning.area.refine") and name.endswith("bias")
     )
+
+
+RECURRENT = '''
+import torch.nn.functional as F
+from torch import nn
+from slmlab.model.generation import GenerationMixin
+from slmlab.registry import ARCHITECTURES
+
+
+class State:
+    def __init__(self):
+        self.length, self.h = 0, None
+
+
+class RecurrentLM(GenerationMixin, nn.Module):
+    """A GRU language model: an architecture with no attention layer at all."""
+
+    extension_points = frozenset()
+    exact_memory_estimate = False
+
+    def __init__(self, cfg, attention_extensions=None, conditioning=None):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.rnn = nn.GRU(cfg.d_model, cfg.d_model, num_layers=cfg.n_layer, batch_first=True)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+
+    def forward(self, idx, targets=None, caches=None):
+        out, h = self.rnn(self.wte(idx), caches[0].h if caches else None)
+        if caches:
+            caches[0].h, caches[0].length = h, caches[0].length + idx.shape[1]
+        logits = self.head(out)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    def make_caches(self):
+        return [State()]
+
+    def shard_units(self):
+        return [self.rnn]
+
+    def describe(self):
+        return f"GRU, {self.cfg.n_layer} layers x {self.cfg.d_model}"
+
+
+ARCHITECTURES.register("recurrent_test", RecurrentLM)
+'''
+
+
+def test_an_architecture_without_attention_checks_trains_and_refuses_attention_maps_in_one_line(tmp_path, text_corpus):
+    """A whole-architecture plugin with no CausalSelfAttention (a GRU) passes `slmlab check` and
+    trains; the two verbs that draw attention maps say in one line why they cannot (`train
+    --viz-every` crashed at its first frame, after training, and `viz attention` with a traceback)
+    and write nothing."""
+    plugin = tmp_path / "recurrent.py"
+    plugin.write_text(RECURRENT)
+    config = plugin_toml(tmp_path, text_corpus, plugin, section="")
+    config.write_text(config.read_text().replace("[model]\n", '[model]\narch = "recurrent_test"\n'))
+    checked = slmlab("check", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    framed = slmlab("train", str(config), "--name", "framed", "--viz-every", "2", "--no-progress")
+    assert framed.returncode == 2 and not (tmp_path / "runs" / "framed").exists()
+    assert "train.viz_every needs attention maps, and model.arch = 'recurrent_test' has no attention layers" in framed.stderr
+    assert "Traceback" not in framed.stderr
+    assert slmlab("train", str(config), "--name", "plain", "--no-progress").returncode == 0
+    drawn = slmlab("viz", "attention", str(tmp_path / "runs" / "plain"), "--prompt", "abc", "--trust-plugins")
+    assert drawn.returncode == 2 and "Traceback" not in drawn.stderr
+    assert drawn.stderr.strip().splitlines()[-1].endswith("has no attention layers (CausalSelfAttention) to take them from")
+    assert not (tmp_path / "runs" / "plain" / "viz").exists()

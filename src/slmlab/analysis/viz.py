@@ -140,11 +140,12 @@ def attention_report(
     """Heatmaps of every attention module, the prompt coloured by attention received and given,
     and (export="bertviz") the maps for bertviz -> (modules, tokens, files written, folder);
     `checkpoint`: read that checkpoint's weights instead of the final ones."""
-    from ..model.attention_maps import capture_attention, token_scores
+    from ..model.attention_maps import capture_attention, require_attention, token_scores
     from ..runs.derived import record_derived
     from .readout import load_for_readout, option_args
 
     loaded = load_for_readout(run, device, checkpoint)
+    require_attention(loaded.model, "slmlab viz attention")
     ids = loaded.ids(prompt)
     if not ids:
         raise ConfigError("the prompt is empty: give some text to look at")

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+from .attention import CausalSelfAttention
 from .modes import eval_mode
 from .protocol import attention_modules
 
@@ -29,11 +31,24 @@ class AttentionMap:
     output: torch.Tensor  # (heads, Tq, D) what the pattern returned
 
 
+def require_attention(model: nn.Module, what: str) -> list[tuple[str, CausalSelfAttention]]:
+    """The model's attention modules; none (an architecture without CausalSelfAttention layers)
+    is a ConfigError saying that `what` needs them."""
+    modules = attention_modules(model)
+    if not modules:
+        arch = getattr(getattr(model, "cfg", None), "arch", type(model).__name__)
+        raise ConfigError(
+            f"{what} needs attention maps, and model.arch = {arch!r} has no attention layers "
+            "(CausalSelfAttention) to take them from"
+        )
+    return modules
+
+
 @torch.no_grad()
 def capture_attention(model: nn.Module, idx: torch.Tensor) -> tuple[list[AttentionMap], torch.Tensor]:
     """Run model on idx (1, T) in eval mode -> (every attention module's probabilities, the logits)."""
     maps, handles = [], []
-    for name, module in attention_modules(model):
+    for name, module in require_attention(model, "capture_attention"):
 
         def hook(pattern, args, output, name=name):
             q, k, v, scale, q_start = args

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..model.attention_maps import capture_attention, token_scores
+from ..model.attention_maps import capture_attention, require_attention, token_scores
 from ..plotting import pyplot, save_png
 from .callbacks import TrainingCallback
 
@@ -94,7 +94,8 @@ class AttentionFrames(TrainingCallback):
     training loss so far, drawn by rank 0 from the whole model (gathered by every rank when FSDP
     shards it)."""
 
-    def __init__(self, every: int):
+    def __init__(self, every: int, model: nn.Module):
+        require_attention(model, "train.viz_every")
         self.every = every
 
     def on_step(self, trainer) -> None:

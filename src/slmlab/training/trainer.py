@@ -230,7 +230,7 @@ class Trainer:
             self.model, self.wrapped, self.forward, self.optimizer, self.sampler, train, self.world, self.device
         )
         watchers = [Trackers(cfg, self.run.path, resume)] if self.world.is_main else []
-        self.callbacks[:0] = watchers + ([AttentionFrames(train.viz_every)] if train.viz_every else [])
+        self.callbacks[:0] = watchers + ([AttentionFrames(train.viz_every, self.model)] if train.viz_every else [])
         self.world.barrier()
 
     def _save_checkpoint(self, weights: dict[str, torch.Tensor] | None = None) -> None:
