@@ -144,7 +144,7 @@ def test_genres_of_any_spelling_are_streams_and_never_paths(tmp_path):
 def test_a_validation_document_copied_into_training_is_named(tmp_path, caplog):
     """The split goes by id, so a document under two names (GPL and its symlink GPL-3, a page
     scraped twice) could sit on both sides: its validation loss scored memorised text, in silence."""
-    from slmlab.data.tokens import is_validation
+    from slmlab.data.split import is_validation
 
     names = [f"doc{i}.txt" for i in range(40)]
     val_name = next(n for n in names if is_validation(n, 0.3))

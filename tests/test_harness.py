@@ -104,7 +104,7 @@ def test_cloze_task_is_built_from_held_out_passages_only(text_corpus):
     examples = cloze_examples(data, tokenizer, limit=20)
     assert 0 < len(examples) <= 20
     from slmlab.data.corpora import DocumentSelection
-    from slmlab.data.tokens import validation_ids
+    from slmlab.data.split import validation_ids
 
     docs = list(DocumentSelection(data))
     held = validation_ids([d.id for d in docs], data.val_fraction)

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from slmlab.cli import main
 from slmlab.config import DataConfig
 from slmlab.data.corpora import CorpusError, DocumentSelection
-from slmlab.data.tokens import describe_documents, is_validation, prepare_tokens, validation_ids
+from slmlab.data.split import describe_documents, is_validation, validation_ids
+from slmlab.data.tokens import prepare_tokens
 
 IDS = st.lists(st.text(min_size=1, max_size=12), min_size=2, max_size=60, unique=True)
 

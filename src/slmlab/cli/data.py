@@ -53,7 +53,8 @@ def register(sub) -> None:
 
 def cmd_data_prepare(args, extra) -> int:
     from ..data.corpora import check_source_settings
-    from ..data.tokens import describe_documents, prepare_tokens
+    from ..data.split import describe_documents
+    from ..data.tokens import prepare_tokens
 
     source = load_run_config(args.config, extra).data
     check_source_settings(source)

@@ -12,13 +12,7 @@ selection, the tokenizer and the split):
 Opening the files checks them against the manifest (sizes and checksums): a truncated, zeroed or
 bit-flipped file is an error naming it, never trained on.
 
-The split is by document, and a document's split depends on its own id alone: it is validation
-when u(id) < val_fraction, with u(id) = sha1(id) read as a fraction in [0, 1). So every slice,
-filter or cross-corpus evaluation of a run sees its documents on the side they were on in
-training. Small corpora stay sensible: if no document falls below val_fraction the one with the
-smallest u(id) is validation, if every one does the largest is kept for training (these two
-choices depend on the selection and are recorded in the manifest, which eval's train-overlap
-count reads), and a corpus of a single document is split by position.
+The split is by document (split.py), and a corpus of a single document is split by position.
 Documents stream through two passes (ids, then text) and are written in batches, so a corpus
 larger than RAM never has to fit in memory; training reads the files through `np.memmap`.
 """
@@ -52,6 +46,7 @@ from ..locks import DirectoryLock
 from ..phase_progress import PhaseProgress
 from .corpora import CorpusError, DocumentSelection
 from .corpora.fetch import cache_dir
+from .split import copies_across_split, text_digest, validation_ids
 from .tokenizers import Tokenizer, TokenizerError, load_tokenizer, token_dtype, train_tokenizer
 
 log = logging.getLogger("slmlab")
@@ -130,39 +125,6 @@ class TokenData:
     directory: Path
 
 
-def describe_documents(manifest: dict, split: str) -> str:
-    """How much of the corpus a split holds, in words: '12 documents', or for a corpus of one
-    document (or of documents that all share one id) split by position, 'the first 90% of 1
-    document'."""
-    count = manifest["documents"][split]
-    documents = f"{count} document{'' if count == 1 else 's'}"
-    if manifest.get("split_by_position"):
-        share = 1 - manifest["val_fraction"] if split == "train" else manifest["val_fraction"]
-        return f"the {'first' if split == 'train' else 'last'} {share:.0%} of {documents}"
-    return documents
-
-
-def hash_fraction(doc_id: str) -> float:
-    """u(id): the document id's SHA-1 read as a fraction in [0, 1)."""
-    return int(hashlib.sha1(doc_id.encode()).hexdigest()[:15], 16) / 16**15
-
-
-def is_validation(doc_id: str, val_fraction: float) -> bool:
-    """The split rule: a function of the document's own id (and val_fraction) alone."""
-    return hash_fraction(doc_id) < val_fraction
-
-
-def validation_ids(ids: list[str], val_fraction: float) -> set[str]:
-    """The validation documents of a selection of more than one document: the rule, with at
-    least one document on each side."""
-    chosen = {i for i in ids if is_validation(i, val_fraction)}
-    if not chosen:
-        chosen = {min(ids, key=hash_fraction)}
-    if len(chosen) == len(set(ids)):
-        chosen.discard(max(ids, key=hash_fraction))
-    return chosen
-
-
 def _write_streams(
     selection: DocumentSelection, tokenizer: Tokenizer, val_ids: set[str], dtype: np.dtype, work: Path, progress: PhaseProgress
 ) -> tuple[dict[str, dict[str, int]], list[tuple[str, bytes]]]:
@@ -179,7 +141,7 @@ def _write_streams(
     def flush(batch):
         arrays: dict[tuple[str, str], list[np.ndarray]] = {}  # one write per file and batch, in document order
         for doc, ids in zip(batch, tokenizer.encode_documents([d.text for d in batch])):
-            documents.append((doc.id, _text_digest(doc.text)))
+            documents.append((doc.id, text_digest(doc.text)))
             key = ("val" if doc.id in val_ids else "train", doc.genre or "all")
             arrays.setdefault(key, []).extend((np.asarray(ids, dtype=dtype), separator))
         for (split, stream), parts in arrays.items():
@@ -274,25 +236,6 @@ def prepare_tokens(
             *copies[0],
         )
     return tokenizer, tokens
-
-
-def _text_digest(text: str, chunk: int = 1 << 22) -> bytes:
-    """SHA-1 of the text's UTF-8 bytes, encoded a chunk at a time (not a copy of a long document)."""
-    digest = hashlib.sha1()
-    for start in range(0, len(text), chunk):
-        digest.update(text[start : start + chunk].encode("utf-8", "surrogatepass"))
-    return digest.digest()
-
-
-def copies_across_split(documents: list[tuple[str, bytes]], val_ids: set[str]) -> list[tuple[str, str]]:
-    """(validation id, training id) for each validation document whose text is, byte for byte, a
-    training document's (`documents`: (id, digest of the text)). GPL beside its symlink GPL-3, one
-    page scraped twice: the split goes by id, so the copies can land on both sides."""
-    in_train: dict[bytes, str] = {}
-    for doc_id, digest in documents:
-        if doc_id not in val_ids:
-            in_train.setdefault(digest, doc_id)
-    return [(doc_id, in_train[digest]) for doc_id, digest in documents if doc_id in val_ids and digest in in_train]
 
 
 def _build_token_files(

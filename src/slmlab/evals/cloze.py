@@ -20,8 +20,9 @@ from pathlib import Path
 
 from ..config import DataConfig
 from ..data.corpora import DocumentSelection
+from ..data.split import validation_ids
 from ..data.tokenizers import Tokenizer
-from ..data.tokens import prepare_tokens, validation_ids
+from ..data.tokens import prepare_tokens
 from ..errors import ConfigError, TokenizerError
 from ..files import atomic_write_text
 

@@ -20,7 +20,8 @@ import torch
 from ..config import ConfigError, DataConfig, apply_overrides, config_from_dict
 from ..config.checks import TOKENIZER_KEYS
 from ..data.corpora import CorpusError, DocumentSelection
-from ..data.tokens import TokenSplit, describe_documents, prepare_tokens, validation_ids
+from ..data.split import describe_documents, validation_ids
+from ..data.tokens import TokenSplit, prepare_tokens
 from ..runs.metrics import perplexity
 from ..runs.run_dir import load_run
 from ..training.runtime import resolve_device

@@ -28,8 +28,9 @@ import torch
 
 from ..config import ConfigError, DataConfig, offset_seed
 from ..data.corpora import DocumentSelection, check_not_a_source_file, open_source
+from ..data.split import validation_ids
 from ..data.tokenizers import TokenizerError
-from ..data.tokens import prepare_tokens, validation_ids
+from ..data.tokens import prepare_tokens
 from ..files import atomic_write_text, check_replaceable, json_text
 from ..runs.derived import record_derived, weights_identity
 from ..runs.metrics import perplexity

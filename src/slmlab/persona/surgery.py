@@ -32,7 +32,8 @@ from torch import nn
 from ..config import ConfigError, DataConfig, TrainConfig, build_dataclass
 from ..data.corpora import DocumentSelection
 from ..data.sampling import WindowSampler
-from ..data.tokens import TokenSplit, validation_ids
+from ..data.split import validation_ids
+from ..data.tokens import TokenSplit
 from ..files import atomic_write_text, is_run_folder, read_json, require_fields
 from ..phase_progress import PhaseProgress, tracked
 from ..runs.checkpoints import CheckpointError, save_weights, verify_file
