@@ -77,6 +77,9 @@ def test_persona_eval_finds_the_known_answer(two_styles, capsys):
     assert low <= jolly["neutral"][0] <= high
     assert main(["report", str(runs["jolly"])]) == 0  # the report card picks the result up
     assert "## Persona robustness" in (runs["jolly"] / "report.md").read_text()
+    (runs["jolly"] / "persona_eval.json").write_text(json.dumps({**jolly, "classifier_accuracy": None}))
+    assert main(["report", str(runs["jolly"])]) == 0  # an accuracy not measured (null) is said so
+    assert "held-out balanced accuracy not measured;" in (runs["jolly"] / "report.md").read_text()
 
 
 def test_bootstrap_intervals():
@@ -152,3 +155,24 @@ def test_every_run_compared_is_checked_before_any_is_measured(tmp_path, micro_to
     assert not (runs / "byte" / "persona_eval.json").exists()
     argv = ["persona-eval", str(runs / "byte"), "--persona-data", str(text_corpus), "--other-data", str(tmp_path / "other.txt")]
     assert main([*argv, "--seed", str(2**64 - 1), "--openings", "2", "--max-new-tokens", "4"]) == 0  # sklearn took < 2**32
+
+
+def test_a_side_of_one_document_is_held_out_by_position_so_the_balanced_accuracy_is_balanced(tmp_path):
+    """`--other-data other.txt` (one document) put every 'other' passage into training: the
+    held-out 'balanced' accuracy was the persona's recall alone (sklearn warned that one label was
+    found). Now a one-document side holds out its last fifth of passages; a side too short for
+    that leaves the accuracy unmeasured, and the report card says so instead of failing."""
+    from slmlab.persona.evaluate import PersonaClassifier, held_out_passages, passages, persona_data
+
+    rng = np.random.default_rng(0)
+    for name, words in (("jolly.txt", JOLLY), ("mechanical.txt", MECHANICAL)):
+        (tmp_path / name).write_text(" ".join(" ".join(rng.choice(words, 6)) + "." for _ in range(300)))
+    chunks = passages((tmp_path / "jolly.txt").read_text())
+    document = type("Doc", (), {"id": "a", "text": (tmp_path / "jolly.txt").read_text()})
+    [(first, kept), (second, held)] = held_out_passages([document])
+    assert (first, second) == (False, True) and kept + held == chunks and len(held) == max(1, len(chunks) // 5)
+    classifier = PersonaClassifier(persona_data(str(tmp_path / "jolly.txt"), str(tmp_path / "mechanical.txt")))
+    assert classifier.accuracy == 1.0 and classifier.held_out == 2 * len(held)
+    (tmp_path / "short.txt").write_text("one short line of another voice.")
+    unmeasured = PersonaClassifier(persona_data(str(tmp_path / "jolly.txt"), str(tmp_path / "short.txt")))
+    assert np.isnan(unmeasured.accuracy) and "not measured" in unmeasured.describe()

@@ -176,7 +176,12 @@ def _extras(path: Path) -> list[str]:
 
         result = read_json(path / "persona_eval.json", "persona evaluation", RunFileError, REWRITE)
         require_fields(
-            result, {"classifier_accuracy": (int, float)}, path / "persona_eval.json", "persona evaluation", RunFileError, REWRITE
+            result,
+            {"classifier_accuracy": (int, float, type(None))},  # null: not measured (persona/evaluate.py)
+            path / "persona_eval.json",
+            "persona evaluation",
+            RunFileError,
+            REWRITE,
         )
         try:
             table = results_table([result])
@@ -184,11 +189,12 @@ def _extras(path: Path) -> list[str]:
             raise RunFileError(
                 f"persona evaluation {path / 'persona_eval.json'} is damaged (fields missing); {REWRITE}"
             ) from None
+        accuracy = result["classifier_accuracy"]
+        measured = "not measured" if accuracy is None else f"{accuracy:.3f}"
         parts += [
             "## Persona robustness",
             *_out_of_date(path, stale, "persona_eval.json"),
-            f"Classifier held-out balanced accuracy {result['classifier_accuracy']:.3f}; "
-            "adherence with 95% bootstrap intervals over prompts.",
+            f"Classifier held-out balanced accuracy {measured}; adherence with 95% bootstrap intervals over prompts.",
             table,
         ]
     suites = sorted(path.glob("prompts_*.md"))

@@ -5,8 +5,9 @@ measures it. For each run:
 
 1. A persona classifier: TF-IDF character n-grams + logistic regression (scikit-learn), trained on
    ~400-character passages of persona text (label 1) against other text (label 0), split by
-   document; its held-out balanced accuracy (mean recall of the two classes, so a classifier that
-   calls everything "other" scores 0.5 however rare the persona is) is reported.
+   document (a side of one document by position); its held-out balanced accuracy (mean recall of
+   the two classes, so a classifier that calls everything "other" scores 0.5 however rare the
+   persona is) is reported, where both sides have held-out passages.
 2. Generations (fixed seeds) from neutral prompts (short generic openings) and adversarial prompts
    (openings of held-out documents of the other text, and instruction-like openings asking for
    another style). Adherence = share of continuations the classifier calls persona; drift =
@@ -107,11 +108,8 @@ class PersonaClassifier:
 
         train_texts, train_labels, test_texts, test_labels = [], [], [], []
         for label, cfg in ((1, data.persona), (0, data.other)):
-            docs = list(DocumentSelection(cfg))
-            test_ids = validation_ids([d.id for d in docs], 0.2) if len(docs) > 1 else set()
-            for doc in docs:
-                chunks = passages(doc.text)
-                texts, labels = (test_texts, test_labels) if doc.id in test_ids else (train_texts, train_labels)
+            for held, chunks in held_out_passages(list(DocumentSelection(cfg))):
+                texts, labels = (test_texts, test_labels) if held else (train_texts, train_labels)
                 texts += chunks
                 labels += [label] * len(chunks)
         self.pipeline = make_pipeline(
@@ -120,10 +118,29 @@ class PersonaClassifier:
         )
         self.pipeline.fit(train_texts, train_labels)
         self.held_out = len(test_texts)
-        self.accuracy = float(balanced_accuracy_score(test_labels, self.pipeline.predict(test_texts))) if test_texts else math.nan
+        both = set(test_labels) == {0, 1}  # a balanced accuracy needs held-out passages of each side
+        self.accuracy = float(balanced_accuracy_score(test_labels, self.pipeline.predict(test_texts))) if both else math.nan
 
     def persona_probability(self, texts: list[str]) -> np.ndarray:
         return self.pipeline.predict_proba(texts)[:, 1]
+
+    def describe(self) -> str:
+        """The held-out accuracy in words, or why it was not measured."""
+        if math.isnan(self.accuracy):
+            return "held-out balanced accuracy not measured (each side needs text of two passages or more)"
+        return f"held-out balanced accuracy {self.accuracy:.3f} on {self.held_out} passages"
+
+
+def held_out_passages(docs: list, fraction: float = 0.2) -> list[tuple[bool, list[str]]]:
+    """(held out?, passages) of each document of one side: split by document (data/split.py),
+    or for a single document by position, its last `fraction` of passages held out (at least one,
+    when it has two or more), as token files split a one-document corpus."""
+    if len(docs) > 1:
+        test_ids = validation_ids([d.id for d in docs], fraction)
+        return [(doc.id in test_ids, passages(doc.text)) for doc in docs]
+    chunks = [chunk for doc in docs for chunk in passages(doc.text)]
+    cut = len(chunks) - max(1, int(len(chunks) * fraction)) if len(chunks) > 1 else len(chunks)
+    return [(False, chunks[:cut]), (True, chunks[cut:])]
 
 
 # ---- generations and scores -------------------------------------------------------------------
@@ -284,7 +301,7 @@ def persona_report(
     for run in runs:
         check_run(run)
     classifier = PersonaClassifier(data, seed)
-    progress(f"persona classifier: held-out balanced accuracy {classifier.accuracy:.3f} on {classifier.held_out} passages")
+    progress(f"persona classifier: {classifier.describe()}")
     prompts = adversarial_prompts(data, openings, seed)
     results = []
     for run in runs:
@@ -294,8 +311,8 @@ def persona_report(
     if out:
         atomic_write_text(
             Path(out),
-            f"{REPORT_TITLE}{persona_spec}\n\nclassifier held-out balanced accuracy "
-            f"{classifier.accuracy:.3f}; adherence = share of continuations classified as persona, "
+            f"{REPORT_TITLE}{persona_spec}\n\nclassifier {classifier.describe()}; "
+            "adherence = share of continuations classified as persona, "
             f"95% bootstrap CIs over prompts\n\n{table}\n",
         )
     return table
