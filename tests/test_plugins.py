@@ -405,3 +405,71 @@ def test_an_architecture_without_attention_checks_trains_and_refuses_attention_m
     assert drawn.returncode == 2 and "Traceback" not in drawn.stderr
     assert drawn.stderr.strip().splitlines()[-1].endswith("has no attention layers (CausalSelfAttention) to take them from")
     assert not (tmp_path / "runs" / "plain" / "viz").exists()
+
+
+WORDS = '''
+import json
+import re
+
+import numpy as np
+
+from slmlab.data.tokenizers import Tokenizer
+from slmlab.registry import TOKENIZER_FILES, TOKENIZERS
+
+PIECES = re.compile(r"\\s+|\\S+")
+
+
+class Words(Tokenizer):
+    """Whitespace and words of the training text, the last id for any other piece."""
+
+    kind = "{kind}"
+
+    def __init__(self, words):
+        self.words, self.vocab_size = list(words), len(words)
+        self.index = {{w: i for i, w in enumerate(self.words)}}
+
+    def encode(self, text):
+        return [self.index.get(p, self.vocab_size - 1) for p in PIECES.findall(text)]
+
+    def decode(self, ids):
+        return "".join(self.words[i] for i in ids)
+
+    def to_json(self):
+        return json.dumps({{"slmlab_tokenizer": self.kind, "words": self.words}})
+
+    def token_bytes(self):
+        return np.array([len(w.encode()) for w in self.words[:-1]] + [0], dtype=np.int64)
+
+
+def learn(data, texts):
+    return Words(sorted({{p for t in texts for p in PIECES.findall(t)}}) + ["<other>"])
+
+
+TOKENIZERS.register("{kind}", learn)
+'''
+
+
+def test_a_tokenizer_plugin_trains_and_its_runs_read_back_or_is_refused_before_training(tmp_path, text_corpus):
+    """A plugin tokenizer used to train a run that no verb could read (its tokenizer.json was
+    'neither an slmlab nor a Hugging Face tokenizer file'). Its reader registers in
+    TOKENIZER_FILES; a tokenizer whose file does not read back is refused before the run exists."""
+    for kind, reader in (
+        ("words_read", 'TOKENIZER_FILES.register("words_read", lambda spec: Words(spec["words"]))\n'),
+        ("words_unread", ""),
+    ):
+        plugin = tmp_path / f"{kind}.py"
+        plugin.write_text(WORDS.format(kind=kind) + reader)
+        config = plugin_toml(tmp_path, text_corpus, plugin, section="")
+        config.write_text(config.read_text().replace('tokenizer = "char"', f'tokenizer = "{kind}"'))
+        trained = slmlab("train", str(config), "--name", kind, "--no-progress")
+        if reader:
+            assert trained.returncode == 0, trained.stderr
+            evaluated = slmlab("eval", str(tmp_path / "runs" / kind), "--batches", "1", "--trust-plugins")
+            assert evaluated.returncode == 0 and "bits/byte" in evaluated.stdout, evaluated.stderr
+        else:
+            assert trained.returncode == 2 and not (tmp_path / "runs" / kind).exists()
+            assert trained.stderr.strip().endswith(
+                "data.tokenizer = 'words_unread' writes a file slmlab cannot read back: tokenizer.json holds a "
+                "'words_unread' tokenizer, which nothing loaded reads: name the plugin that registers its reader "
+                "(registry.TOKENIZER_FILES) in the config's plugins"
+            )

@@ -2,7 +2,10 @@
 
 All share one small interface (`encode`, `encode_batch`, `decode`, `vocab_size`, `eos_id`,
 `to_json`) and are saved as one `tokenizer.json` in the run directory: the Hugging Face format
-for BPE, a small slmlab JSON object for the others.
+for BPE, a small slmlab JSON object for the others, {"slmlab_tokenizer": kind, ...}, which the
+reader registered for that kind reads back (registry.TOKENIZER_FILES; a plugin tokenizer
+registers its own, and a tokenizer whose file does not read back as itself is refused when it
+is trained, before a run is written that nothing could read).
 
 Documents are joined with `separator_ids()`: the `[EOS]` id where the tokenizer has one, else
 the encoding of a blank line. A corpus's documents go through `encode_documents`, where a text
@@ -26,7 +29,7 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import TokenizerError
 from ..files import atomic_write_text, lone_surrogate, read_text
-from ..registry import TOKENIZERS
+from ..registry import TOKENIZER_FILES, TOKENIZERS
 from .pieces import all_pieces, encode_in_pieces
 
 SPECIAL_TOKENS = ("[UNK]", "[PAD]", "[BOS]", "[EOS]")
@@ -335,13 +338,18 @@ def is_tokenizer_json(text: str) -> bool:
 def train_tokenizer(data: DataConfig, texts: Iterable[str]) -> Tokenizer:
     """Build the tokenizer `data.tokenizer` names (registry.TOKENIZERS); `texts` is read only by
     the tokenizers that learn from text (char, bpe)."""
-    return TOKENIZERS[data.tokenizer](data, texts)
+    tokenizer = TOKENIZERS[data.tokenizer](data, texts)
+    check_readable(tokenizer, data.tokenizer)
+    return tokenizer
 
 
 TOKENIZERS.register("byte", lambda data, texts: ByteTokenizer())
 TOKENIZERS.register("char", lambda data, texts: CharTokenizer.train(texts))
 TOKENIZERS.register("bpe", lambda data, texts: BPETokenizer.train(iter(texts), data.vocab_size))
 TOKENIZERS.register("gpt2", lambda data, texts: GPT2Tokenizer(GPT2Tokenizer.locate(data.tiktoken_file)))
+TOKENIZER_FILES.register("byte", lambda spec: ByteTokenizer())
+TOKENIZER_FILES.register("char", lambda spec: CharTokenizer(spec["chars"]))
+TOKENIZER_FILES.register("gpt2", lambda spec: GPT2Tokenizer(spec["file"]))
 
 
 def tokenizer_from_json(text: str) -> Tokenizer:
@@ -350,17 +358,8 @@ def tokenizer_from_json(text: str) -> Tokenizer:
     except json.JSONDecodeError:
         raise TokenizerError("tokenizer.json is not valid JSON; delete it or re-run `slmlab tokenizer train`") from None
     kind = spec.get("slmlab_tokenizer") if isinstance(spec, dict) else None
-    field = {"char": "chars", "gpt2": "file"}.get(kind)
-    if field and not isinstance(spec.get(field), str):
-        raise TokenizerError(
-            f"tokenizer.json ({kind}) has no valid '{field}' entry; delete it or re-run `slmlab tokenizer train`"
-        )
-    if kind == "byte":
-        return ByteTokenizer()
-    if kind == "char":
-        return CharTokenizer(spec["chars"])
-    if kind == "gpt2":
-        return GPT2Tokenizer(spec["file"])
+    if kind is not None:
+        return _read_slmlab_tokenizer(kind, spec)
     if isinstance(spec, dict) and "model" in spec:
         from tokenizers import Tokenizer as HFTokenizer
 
@@ -372,6 +371,42 @@ def tokenizer_from_json(text: str) -> Tokenizer:
                 "delete it or re-run `slmlab tokenizer train`"
             ) from None
     raise TokenizerError("tokenizer.json is neither an slmlab nor a Hugging Face tokenizer file")
+
+
+def _read_slmlab_tokenizer(kind, spec: dict) -> Tokenizer:
+    """The tokenizer an {"slmlab_tokenizer": kind, ...} file holds, read by the reader registered
+    for its kind (registry.TOKENIZER_FILES: the built-in kinds below, a plugin's own)."""
+    reader = TOKENIZER_FILES.get(kind) if isinstance(kind, str) else None
+    if reader is None:
+        raise TokenizerError(
+            f"tokenizer.json holds a {kind!r} tokenizer, which nothing loaded reads: name the plugin that "
+            "registers its reader (registry.TOKENIZER_FILES) in the config's plugins"
+        )
+    field = {"char": "chars", "gpt2": "file"}.get(kind)
+    if field and not isinstance(spec.get(field), str):
+        raise TokenizerError(
+            f"tokenizer.json ({kind}) has no valid '{field}' entry; delete it or re-run `slmlab tokenizer train`"
+        )
+    try:
+        return reader(spec)
+    except (KeyError, TypeError, ValueError, IndexError) as err:  # a plugin reader's view of a damaged file
+        raise TokenizerError(
+            f"tokenizer.json ({kind}) cannot be read ({type(err).__name__}: {err}); delete it or re-run `slmlab tokenizer train`"
+        ) from None
+
+
+def check_readable(tokenizer: Tokenizer, name: str) -> None:
+    """The file `tokenizer` writes reads back as the same tokenizer (a run is read back from it):
+    else a TokenizerError naming what a plugin tokenizer lacks."""
+    try:
+        again = tokenizer_from_json(tokenizer.to_json())
+    except TokenizerError as err:
+        raise TokenizerError(f"data.tokenizer = {name!r} writes a file slmlab cannot read back: {err}") from None
+    if again.digest() != tokenizer.digest():
+        raise TokenizerError(
+            f"data.tokenizer = {name!r} reads back from its file as another tokenizer (its to_json and its "
+            "registered reader disagree)"
+        )
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

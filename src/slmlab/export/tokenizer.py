@@ -48,7 +48,7 @@ def _backend(tokenizer: Tokenizer):
         backend.decoder = decoders.ByteLevel()
         backend.add_special_tokens(["<|endoftext|>"])
         return backend, {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
-    raise ValueError(f"no Hugging Face form for the '{tokenizer.kind}' tokenizer")
+    raise ValueError(f"no Hugging Face form for the '{tokenizer.kind}' tokenizer (export converts bpe, byte, char and gpt2)")
 
 
 def to_hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):
