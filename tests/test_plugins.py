@@ -473,3 +473,27 @@ def test_a_tokenizer_plugin_trains_and_its_runs_read_back_or_is_refused_before_t
                 "'words_unread' tokenizer, which nothing loaded reads: name the plugin that registers its reader "
                 "(registry.TOKENIZER_FILES) in the config's plugins"
             )
+
+
+def test_persona_trains_a_plugins_parameter_selection(tmp_path, text_corpus):
+    """`persona --train` offered only the built-in selections (an argparse choice list), so a
+    plugin's registry.TRAINABLE entry could not be used there; a name that is none of them is one
+    line naming the closest."""
+    from safetensors.torch import load_file
+
+    plugin = tmp_path / "attention_only.py"
+    plugin.write_text(
+        "from slmlab.registry import TRAINABLE\n\n"
+        "TRAINABLE.register('attention_only', lambda model: [p for n, p in model.named_parameters() if '.attn.' in n])\n"
+    )
+    config = plugin_toml(tmp_path, text_corpus, plugin, section="")
+    assert slmlab("train", str(config), "--name", "base", "--no-progress").returncode == 0
+    base = tmp_path / "runs" / "base"
+    common = ["persona", str(base), "--persona-data", str(text_corpus), "--steps", "3", "--trust-plugins", "--no-progress"]
+    wrong = slmlab(*common, "--train", "attention_onl")
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines()[-1].endswith("(did you mean 'attention_only'?)")
+    tuned = slmlab(*common, "--train", "attention_only")
+    assert tuned.returncode == 0, tuned.stderr
+    before, after = load_file(base / "final.safetensors"), load_file(tmp_path / "runs" / "base_persona" / "final.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(".attn." in name for name in changed)

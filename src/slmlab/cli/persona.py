@@ -21,7 +21,10 @@ def register(sub) -> None:
         "--persona-data", required=True, metavar="SOURCE", help="brown:R, shakespeare:comedies, a .txt/.jsonl file or directory"
     )
     p.add_argument(
-        "--train", choices=("self_area", "self_area+norms", "all"), default="self_area", help="what trains (default self_area)"
+        "--train",
+        default="self_area",
+        metavar="SELECTION",
+        help="what trains: self_area (default), self_area+norms, all, or a plugin's selection (registry.TRAINABLE)",
     )
     p.add_argument("--steps", type=positive_int, default=300)
     p.add_argument("--lr", type=positive_float, default=1e-3)

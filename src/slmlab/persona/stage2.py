@@ -2,7 +2,8 @@
 
 The persona run is an ordinary run directory next to RUN: the same model and tokenizer, started
 from RUN's final weights, trained on SOURCE with its own steps, LR schedule and metrics, and with
-only the chosen parameters trainable (`self_area`, `self_area+norms` or `all`; train.trainable).
+only the chosen parameters trainable (`self_area`, `self_area+norms`, `all` or a plugin's
+selection: registry.TRAINABLE, train.trainable).
 
 SOURCE is any corpus the foundation reads, optionally with genres after a colon:
 `brown:R` (Brown's "humor" as a persona), `brown:D,R`, `shakespeare:comedies`, `persona.txt`.
@@ -20,6 +21,7 @@ from ..config import (
     config_from_dict,
 )
 from ..config.checks import TOKENIZER_KEYS
+from ..registry import TRAINABLE, closest
 from ..runs.run_dir import RunDir, phase_runs
 
 NAMED_CORPORA = ("shakespeare", "brown")
@@ -65,7 +67,9 @@ def persona_config(
     extra: dict | None = None,
 ) -> tuple[RunDir, RunConfig]:
     """(the base run, the stage-2 run's config)."""
-    base, cfg = trained_config(RunDir(Path(run_path)))
+    base, cfg = trained_config(RunDir(Path(run_path)))  # (its plugins imported: their selections count)
+    if trainable not in TRAINABLE:
+        raise ConfigError(f"--train {trainable!r} is not one of {', '.join(TRAINABLE)}{closest(trainable, TRAINABLE)}")
     if trainable.startswith("self_area") and not cfg.model.self_area.enabled:
         raise ConfigError(
             f"{base.path} was trained without a Self Area, so --train {trainable} has nothing to train: use --train all, "
