@@ -258,7 +258,7 @@ def test_the_scaffold_passes_its_own_check(tmp_path, capsys, kind):
     assert ("naive_reference" in source) == (kind != "mlp")  # slmlab check's references compare attention layers
     assert main(["check", str(tmp_path / "ideas" / f"{name}_sweep.toml")]) == 0
     out = capsys.readouterr().out
-    assert "22/22 properties hold" in out
+    assert "24/24 properties hold" in out
     naive_row = next(line for line in out.splitlines() if line.startswith("| naive reference"))
     assert naive_row.split("|")[3].strip() == "pass"  # the idea's own column: held to its reference
 
@@ -345,7 +345,7 @@ def test_a_plugin_section_named_like_a_model_setting_is_refused_where_it_registe
 
 def test_the_worked_example_passes_check(capsys):
     assert main(["check", str(ROOT / "examples" / "plugins" / "gated_attention_sweep.toml")]) == 0
-    assert "33/33 properties hold" in capsys.readouterr().out
+    assert "36/36 properties hold" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("seed", [0, 2**64 - 1])
@@ -354,7 +354,7 @@ def test_any_seed_the_option_takes_checks_the_same_properties(seed, tmp_path, te
     'Overflow when unpacking long long': they seed a second generator at seed + 1 and seed + 7."""
     config = write_micro_toml(tmp_path / "c.toml", text_corpus, tmp_path)
     assert main(["check", str(config), "--seed", str(seed)]) == 0
-    assert "11/11 properties hold" in capsys.readouterr().out
+    assert "12/12 properties hold" in capsys.readouterr().out
 
 
 def test_a_config_asking_for_the_flex_kernel_is_checked_through_the_windows_kernel(tmp_path, text_corpus, capsys):
@@ -366,7 +366,61 @@ def test_a_config_asking_for_the_flex_kernel_is_checked_through_the_windows_kern
     overrides = ["--model.pos", "rope", "--model.attention", "block_local", "--model.local_block", "4"]
     assert main(["check", str(config), *overrides, "--model.local_kernel", "flex"]) == 0
     out = capsys.readouterr().out
-    assert "11/11 properties hold" in out
+    assert "12/12 properties hold" in out
     assert "block-local through the windows kernel (model.local_kernel = 'flex' computes the same pattern" in out
     assert main(["check", str(config), *overrides]) == 0
     assert "windows kernel" not in capsys.readouterr().out
+
+
+LAST_ROW_POSITIONS = """
+from torch import nn
+from slmlab.registry import POSITIONS
+
+class LastRow(nn.Module):
+    '''Learned positions read from the last row's positions only: right for (T,) positions, wrong
+    for the other rows of a left-padded batch, where each row starts elsewhere.'''
+{declaration}
+    def __init__(self, cfg):
+        super().__init__()
+        self.max_positions = cfg.block_size
+        self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)
+
+    def embed(self, positions):
+        return self.wpe(positions.reshape(-1)[-positions.shape[-1]:])
+
+    def rotate(self, q, k, positions):
+        return q, k
+
+POSITIONS.register("{name}", LastRow)
+"""
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_position_scheme_is_given_left_padded_batches_only_if_it_says_it_takes_them(tmp_path, text_corpus, capsys, declared):
+    """A plugin position scheme that declares `padding_safe` is held to decoding each prompt alone
+    (this one reads one row's positions for all, and nothing else fails); one that does not
+    declare it is given equal-length batches (decodes_padded used to ignore the position scheme,
+    so such a scheme got (B, T) positions it never expected: a traceback in `slmlab prompts`)."""
+    import dataclasses
+
+    from slmlab.config import load_config
+    from slmlab.model import build_model
+
+    name = f"last_row_{declared}".lower()
+    (tmp_path / f"{name}.py").write_text(
+        LAST_ROW_POSITIONS.format(name=name, declaration="    padding_safe = True\n" if declared else "")
+    )
+    config = write_micro_toml(tmp_path / f"{name}.toml", text_corpus, tmp_path)
+    config.write_text(f'plugins = ["{name}.py"]\n' + config.read_text().replace("[model]\n", f'[model]\npos = "{name}"\n'))
+    code = main(["check", str(config)])
+    captured = capsys.readouterr()
+    failing = [line for line in captured.err.splitlines() if line.startswith("FAIL")]
+    if declared:
+        assert code == 1 and [line.split(":")[0] for line in failing] == ["FAIL left-padded batch = alone"]
+        assert "a prompt's logits differ from its own decoded alone" in failing[0]
+    else:
+        assert code == 0 and "| left-padded batch = alone | n/a" in captured.out.replace("  ", "")
+        model = build_model(dataclasses.replace(load_config(config).model, vocab_size=16)).eval()
+        prompts = [[1, 2, 3], [4], [5, 6]]
+        together = model.generate_many(prompts, 4, temperature=0)
+        assert together == [model.generate_many([p], 4, temperature=0)[0] for p in prompts]

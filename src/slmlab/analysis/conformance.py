@@ -8,6 +8,7 @@ still checks), then each property is measured and judged:
 | causality (train, eval) | changing the tokens at positions >= t never changes the logits at positions < t |
 | batch independence | a row's logits do not depend on the other rows of its batch |
 | KV cache | decoding in chunks (1 at a time, 3 at a time, half then singles) through the caches equals the full forward, past any local window |
+| left-padded batch | where the model decodes left-padded batches (`decodes_padded()`), greedy decoding of prompts of three lengths in one batch gives each row its prompt's logits alone, step by step |
 | compiled decoding | greedy decoding through torch.compile's capture (Dynamo, graphs run as captured) equals eager decoding, and a longer generation captures no new graph |
 | gradients | every trainable parameter gets a finite, non-zero gradient (frozen = requires_grad False) |
 | determinism | the same seed builds the same weights and one training step gives bit-identical loss and weights |
@@ -129,6 +130,44 @@ def check_kv_cache(probe: Probe) -> Result:
     passed = worst <= EXACT
     reason = "" if passed else f"decoding through the KV cache differs from the full forward by {worst:.3g} (float64)"
     return Result(passed, f"{len(schedules)} schedules over {T} tokens, max abs Δ = {worst:.2g}", reason)
+
+
+def _greedy_logits(model, idx: torch.Tensor, n: int, padding: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, n, V): the logits of each of n greedy decoding steps from idx (B, T)."""
+    steps = []
+
+    def greedy(logits: torch.Tensor) -> torch.Tensor:
+        steps.append(logits)
+        return logits.argmax(-1, keepdim=True)
+
+    model.generate(idx, n, sample=greedy, padding=padding)
+    return torch.stack(steps, dim=1)
+
+
+def check_padded_decoding(probe: Probe) -> Result:
+    """Where the model says it decodes left-padded batches exactly (`decodes_padded()`: prompts,
+    persona-eval and lm-eval then batch prompts of different lengths), greedy decoding of prompts
+    of three lengths as one left-padded batch gives each row the logits, step by step, of its
+    prompt decoded alone (float64)."""
+    model = probe.build(torch.float64).eval()
+    if not model.decodes_padded():
+        return Result(None, "decodes batches of equal-length prompts only")
+    lengths = sorted({1, max(1, probe.T // 4), max(1, probe.T // 2)})
+    width, n = lengths[-1], max(1, probe.T - lengths[-1] - 2)
+    prompts = [probe.tokens[i % len(probe.tokens), :length] for i, length in enumerate(lengths)]
+    padding = torch.tensor([width - length for length in lengths])
+    idx = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=p.dtype), p]) for p in prompts])
+    with torch.no_grad():
+        together = _greedy_logits(model, idx, n, padding)
+        worst = max((together[i] - _greedy_logits(model, p[None], n)[0]).abs().max().item() for i, p in enumerate(prompts))
+    passed = worst <= EXACT
+    reason = (
+        ""
+        if passed
+        else f"decoded in one left-padded batch, a prompt's logits differ from its own decoded alone by {worst:.3g} "
+        "(something declared padding_safe reads the padding, or takes only (T,) positions)"
+    )
+    return Result(passed, f"prompts of {', '.join(map(str, lengths))} tokens, {n} steps, max abs Δ = {worst:.2g}", reason)
 
 
 class CountingBackend:
@@ -344,6 +383,7 @@ PROPERTIES: tuple[tuple[str, Callable[[Probe], Result]], ...] = (
     ("causality (eval)", lambda probe: check_causality(probe, "eval")),
     ("batch independence", check_batch_independence),
     ("KV cache = recomputation", check_kv_cache),
+    ("left-padded batch = alone", check_padded_decoding),
     ("compiled decoding = eager", check_compiled_decoding),
     ("gradients", check_gradients),
     ("determinism", check_determinism),

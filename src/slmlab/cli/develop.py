@@ -16,7 +16,7 @@ def register(sub) -> None:
         sub,
         "check",
         "conformance suite of the model a config builds, at tiny shapes: causality, batch independence, "
-        "KV cache, gradients, determinism, save/load, initial loss, overfitting, naive references",
+        "KV cache, left-padded decoding, gradients, determinism, save/load, initial loss, overfitting, naive references",
         "  slmlab check configs/quickstart.toml\n"
         "  slmlab check configs/smat_quick.toml --model.smat.use_S true\n"
         "  slmlab check examples/plugins/gated_attention.toml",

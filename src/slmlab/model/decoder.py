@@ -128,10 +128,11 @@ class Decoder(GenerationMixin, nn.Module):
 
     def decodes_padded(self) -> bool:
         """Whether a left-padded batch decodes exactly as each row alone: full attention in every
-        layer (it masks the padding) and extensions and conditioning that declare `padding_safe`
-        (they mix no tokens, or mask the padding themselves). Otherwise generate_many batches only
-        prompts of equal length."""
-        return getattr(self.conditioning, "padding_safe", False) and all(
+        layer (it masks the padding), and a position scheme, extensions and conditioning that
+        declare `padding_safe` (they take per-row positions, mix no tokens, or mask the padding
+        themselves). Otherwise generate_many batches only prompts of equal length."""
+        safe = (getattr(self.positions, "padding_safe", False), getattr(self.conditioning, "padding_safe", False))
+        return all(safe) and all(
             type(block.attn.pattern) is FullCausal and all(getattr(e, "padding_safe", False) for e in block.attn.extensions)
             for block in self.blocks
         )

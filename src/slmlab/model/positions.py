@@ -5,7 +5,9 @@ to the token embeddings (or None), and `rotate(q, k, positions)` transforms quer
 inside attention (identity here). `max_positions` is the longest sequence it can place (None if
 unbounded). `positions` is a (T,) tensor of absolute indices, which
 continue from the KV cache length during generation, or (B, T) when the rows of a left-padded
-batch start at different places.
+batch start at different places: a scheme that takes those says `padding_safe = True` (a plugin's
+that does not is given batches of equal-length prompts only; `slmlab check` holds one that says
+so to decoding each prompt alone).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from ..registry import POSITIONS
 
 class LearnedPositions(nn.Module):
     """GPT-2 style learned absolute embeddings: x_t = wte[token_t] + wpe[t], t < block_size."""
+
+    padding_safe = True  # wpe looks up (T,) and (B, T) positions alike
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -47,6 +51,8 @@ class RotaryPositions(nn.Module):
     version) and reused by the next layers, which then cost a roll and three elementwise ops each.
     While torch.compile traces, nothing is kept (the compiler shares the work itself), nor for
     positions made under torch.inference_mode (they carry no version to tell a change by)."""
+
+    padding_safe = True  # per-row (B, T) positions give (B, 1, T, r) tables
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -100,6 +106,8 @@ class RotaryPositions(nn.Module):
 class SinusoidalPositions(nn.Module):
     """Fixed absolute positions (Vaswani et al.), nothing learned or stored:
     PE[t, 2i] = sin(t / 10000^(2i/d)),  PE[t, 2i+1] = cos(t / 10000^(2i/d))."""
+
+    padding_safe = True  # (T,) and (B, T) positions alike
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
