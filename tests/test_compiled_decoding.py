@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import slmlab.model.generation as generation
-from slmlab.analysis.conformance import CountingBackend
+from slmlab.analysis.decoding_checks import CountingBackend
 from slmlab.config import ConfigError
 from tests.test_batched_generation import ARCHITECTURES, PROMPTS, model_for
 

@@ -18,7 +18,8 @@ still checks), then each property is measured and judged:
 | naive reference | for every registered registry.NAIVE_REFERENCES entry that applies to a layer, and every NAIVE_MODEL_REFERENCES entry that applies to the model: the output and gradients equal it in float64 |
 
 Each property yields pass / fail / n/a with its measured figure; a property whose code raises is a
-failure whose reason is the exception, in one line.
+failure whose reason is the exception, in one line. The decoding properties live in
+decoding_checks.py, the shared Probe and Result in probe.py.
 """
 
 from __future__ import annotations
@@ -35,48 +36,13 @@ from safetensors.torch import save_model
 from ..config import ModelConfig, RunConfig, offset_seed
 from ..model.protocol import attention_modules
 from ..phase_progress import tracked
-from ..registry import NAIVE_MODEL_REFERENCES, NAIVE_REFERENCES, build_model
+from ..registry import NAIVE_MODEL_REFERENCES, NAIVE_REFERENCES
 from ..runs.checkpoints import load_weights
 from ..tables import markdown_table
 from . import references  # noqa: F401  (registers the built-in attention's and decoder's naive references)
+from .decoding_checks import check_compiled_decoding, check_kv_cache, check_padded_decoding
+from .probe import EXACT, Probe, Result
 from .tiny_models import tiny_config
-
-EXACT = 1e-9  # every comparison but the trained ones runs in float64: a real fault moves far more
-
-
-@dataclass
-class Result:
-    """One property's verdict: passed is None when it does not apply; reason says why it failed."""
-
-    passed: bool | None
-    figure: str
-    reason: str = ""
-
-
-@dataclass
-class Outcome:
-    name: str
-    result: Result
-
-
-class Probe:
-    """Builds the model under test (seeded) and holds the shared inputs."""
-
-    def __init__(self, cfg: ModelConfig, seed: int = 0):
-        self.cfg, self.seed = cfg, seed
-        self.T = min(cfg.block_size, 40)
-        generator = torch.Generator().manual_seed(seed)
-        self.tokens = torch.randint(0, cfg.vocab_size, (3, self.T), generator=generator)
-        self.targets = torch.randint(0, cfg.vocab_size, (3, self.T), generator=generator)
-
-    def build(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-        torch.manual_seed(self.seed)
-        return build_model(self.cfg).to(dtype)
-
-    def logits(self, model, tokens, seed: int | None = None) -> torch.Tensor:
-        if seed is not None:
-            torch.manual_seed(seed)  # the same dropout masks for both inputs in train mode
-        return model(tokens)[0]
 
 
 def check_causality(probe: Probe, mode: str) -> Result:
@@ -108,115 +74,6 @@ def check_batch_independence(probe: Probe) -> Result:
     passed = worst <= EXACT
     reason = "" if passed else f"a row's logits change with the other rows of its batch (by {worst:.3g})"
     return Result(passed, f"max abs Δ = {worst:.2g}", reason)
-
-
-def check_kv_cache(probe: Probe) -> Result:
-    model = probe.build(torch.float64).eval()
-    T = probe.T
-    schedules = {
-        "1 at a time": [1] * T,
-        "3 at a time": [3] * (T // 3) + ([T % 3] if T % 3 else []),
-        "half, then 1s": [T // 2] + [1] * (T - T // 2),
-    }
-    worst = 0.0
-    with torch.no_grad():
-        full = probe.logits(model, probe.tokens)
-        for sizes in schedules.values():
-            caches, start, pieces = model.make_caches(), 0, []
-            for size in sizes:
-                pieces.append(model(probe.tokens[:, start : start + size], caches=caches)[0])
-                start += size
-            worst = max(worst, (torch.cat(pieces, dim=1) - full).abs().max().item())
-    passed = worst <= EXACT
-    reason = "" if passed else f"decoding through the KV cache differs from the full forward by {worst:.3g} (float64)"
-    return Result(passed, f"{len(schedules)} schedules over {T} tokens, max abs Δ = {worst:.2g}", reason)
-
-
-def _greedy_logits(model, idx: torch.Tensor, n: int, padding: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, n, V): the logits of each of n greedy decoding steps from idx (B, T)."""
-    steps = []
-
-    def greedy(logits: torch.Tensor) -> torch.Tensor:
-        steps.append(logits)
-        return logits.argmax(-1, keepdim=True)
-
-    model.generate(idx, n, sample=greedy, padding=padding)
-    return torch.stack(steps, dim=1)
-
-
-def check_padded_decoding(probe: Probe) -> Result:
-    """Where the model says it decodes left-padded batches exactly (`decodes_padded()`: prompts,
-    persona-eval and lm-eval then batch prompts of different lengths), greedy decoding of prompts
-    of three lengths as one left-padded batch gives each row the logits, step by step, of its
-    prompt decoded alone (float64)."""
-    model = probe.build(torch.float64).eval()
-    if not model.decodes_padded():
-        return Result(None, "decodes batches of equal-length prompts only")
-    lengths = sorted({1, max(1, probe.T // 4), max(1, probe.T // 2)})
-    width, n = lengths[-1], max(1, probe.T - lengths[-1] - 2)
-    prompts = [probe.tokens[i % len(probe.tokens), :length] for i, length in enumerate(lengths)]
-    padding = torch.tensor([width - length for length in lengths])
-    idx = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=p.dtype), p]) for p in prompts])
-    with torch.no_grad():
-        together = _greedy_logits(model, idx, n, padding)
-        worst = max((together[i] - _greedy_logits(model, p[None], n)[0]).abs().max().item() for i, p in enumerate(prompts))
-    passed = worst <= EXACT
-    reason = (
-        ""
-        if passed
-        else f"decoded in one left-padded batch, a prompt's logits differ from its own decoded alone by {worst:.3g} "
-        "(something declared padding_safe reads the padding, or takes only (T,) positions)"
-    )
-    return Result(passed, f"prompts of {', '.join(map(str, lengths))} tokens, {n} steps, max abs Δ = {worst:.2g}", reason)
-
-
-class CountingBackend:
-    """A torch.compile backend that runs each captured graph as it is and counts them."""
-
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, graph_module, example_inputs):
-        self.graphs += 1
-        return graph_module.forward
-
-
-def check_compiled_decoding(probe: Probe) -> Result:
-    """What `generate(..., compile=True)` needs of the model's code: Dynamo captures it without
-    changing a token, in a bounded number of graphs: a generation over about half the context,
-    then one twice as long ending just inside it (a window rebuild is left to the tests: capturing
-    is slow on a large graph, Tape's). The first is long enough for a windowed cache to fill and
-    start dropping positions (block-local's, at the tiny local_block), a regime with graphs of
-    its own. The captured graphs run as captured: inductor's kernels are torch's to test."""
-    model = probe.build(torch.float64).eval()
-    prompt = probe.tokens[:1, : max(1, probe.T // 8)]
-    n = (probe.T - prompt.shape[1]) // 2
-    backend = CountingBackend()
-    torch._dynamo.reset()
-    # above the steps taken, so that a model that recompiles at every step shows it instead of
-    # falling back to eager at Dynamo's default limit (8) and looking bounded
-    with torch._dynamo.config.patch(recompile_limit=64):
-        try:
-            same = torch.equal(
-                model.generate(prompt, n, temperature=0, compile=backend), model.generate(prompt, n, temperature=0)
-            )
-            graphs = backend.graphs
-            per_step = graphs > n // 2  # a graph every other step already: unbounded, no need to go on
-            if not per_step:
-                longer = model.generate(prompt, 2 * n, temperature=0, compile=backend)
-                same = same and torch.equal(longer, model.generate(prompt, 2 * n, temperature=0))
-        finally:
-            torch._dynamo.reset()
-    reasons = [] if same else ["compiled greedy decoding differs from eager decoding"]
-    if per_step:
-        bounded, figure = False, f"{n} tokens, {graphs} graph(s)"
-        reasons.append(f"{n} tokens captured {graphs} graphs: it recompiles as it decodes")
-    else:
-        bounded = backend.graphs == graphs
-        figure = f"{2 * n} tokens, {graphs} graph(s)" + ("" if bounded else f", then {backend.graphs}")
-        if not bounded:
-            reasons.append(f"a longer generation captured {backend.graphs - graphs} new graph(s): it recompiles as it decodes")
-    return Result(same and bounded, figure, "; ".join(reasons))
 
 
 def _gradients(model, probe: Probe) -> dict[str, torch.Tensor | None]:
@@ -376,6 +233,12 @@ def check_naive_references(probe: Probe) -> Result:
         if failing
         else "",
     )
+
+
+@dataclass
+class Outcome:
+    name: str
+    result: Result
 
 
 PROPERTIES: tuple[tuple[str, Callable[[Probe], Result]], ...] = (

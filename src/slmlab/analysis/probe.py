@@ -1,0 +1,42 @@
+"""What every `slmlab check` property shares: the model under test, built seeded at its tiny
+shapes (Probe), the inputs it is probed with, and the verdict a property returns (Result)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ModelConfig
+from ..registry import build_model
+
+EXACT = 1e-9  # every comparison but the trained ones runs in float64: a real fault moves far more
+
+
+@dataclass
+class Result:
+    """One property's verdict: passed is None when it does not apply; reason says why it failed."""
+
+    passed: bool | None
+    figure: str
+    reason: str = ""
+
+
+class Probe:
+    """Builds the model under test (seeded) and holds the shared inputs."""
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
+        self.cfg, self.seed = cfg, seed
+        self.T = min(cfg.block_size, 40)
+        generator = torch.Generator().manual_seed(seed)
+        self.tokens = torch.randint(0, cfg.vocab_size, (3, self.T), generator=generator)
+        self.targets = torch.randint(0, cfg.vocab_size, (3, self.T), generator=generator)
+
+    def build(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+        torch.manual_seed(self.seed)
+        return build_model(self.cfg).to(dtype)
+
+    def logits(self, model, tokens, seed: int | None = None) -> torch.Tensor:
+        if seed is not None:
+            torch.manual_seed(seed)  # the same dropout masks for both inputs in train mode
+        return model(tokens)[0]
