@@ -1,0 +1,169 @@
+"""Plugins of every registry kind beyond attention extensions: a whole architecture with no
+attention layer, a tokenizer (with the reader of its file), a trainable-parameter selection. Each
+is one file named in a config, and every verb that reads its runs reads them."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.test_plugins import plugin_toml, slmlab
+
+RECURRENT = '''
+import torch.nn.functional as F
+from torch import nn
+from slmlab.model.generation import GenerationMixin
+from slmlab.registry import ARCHITECTURES
+
+
+class State:
+    def __init__(self):
+        self.length, self.h = 0, None
+
+
+class RecurrentLM(GenerationMixin, nn.Module):
+    """A GRU language model: an architecture with no attention layer at all."""
+
+    extension_points = frozenset()
+    exact_memory_estimate = False
+
+    def __init__(self, cfg, attention_extensions=None, conditioning=None):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.rnn = nn.GRU(cfg.d_model, cfg.d_model, num_layers=cfg.n_layer, batch_first=True)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+
+    def forward(self, idx, targets=None, caches=None):
+        out, h = self.rnn(self.wte(idx), caches[0].h if caches else None)
+        if caches:
+            caches[0].h, caches[0].length = h, caches[0].length + idx.shape[1]
+        logits = self.head(out)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    def make_caches(self):
+        return [State()]
+
+    def shard_units(self):
+        return [self.rnn]
+
+    def describe(self):
+        return f"GRU, {self.cfg.n_layer} layers x {self.cfg.d_model}"
+
+
+ARCHITECTURES.register("recurrent_test", RecurrentLM)
+'''
+
+
+def test_an_architecture_without_attention_checks_trains_and_refuses_attention_maps_in_one_line(tmp_path, text_corpus):
+    """A whole-architecture plugin with no CausalSelfAttention (a GRU) passes `slmlab check` and
+    trains; the two verbs that draw attention maps say in one line why they cannot (`train
+    --viz-every` crashed at its first frame, after training, and `viz attention` with a traceback)
+    and write nothing."""
+    plugin = tmp_path / "recurrent.py"
+    plugin.write_text(RECURRENT)
+    config = plugin_toml(tmp_path, text_corpus, plugin, section="")
+    config.write_text(config.read_text().replace("[model]\n", '[model]\narch = "recurrent_test"\n'))
+    checked = slmlab("check", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    framed = slmlab("train", str(config), "--name", "framed", "--viz-every", "2", "--no-progress")
+    assert framed.returncode == 2 and not (tmp_path / "runs" / "framed").exists()
+    assert "train.viz_every needs attention maps, and model.arch = 'recurrent_test' has no attention layers" in framed.stderr
+    assert "Traceback" not in framed.stderr
+    assert slmlab("train", str(config), "--name", "plain", "--no-progress").returncode == 0
+    drawn = slmlab("viz", "attention", str(tmp_path / "runs" / "plain"), "--prompt", "abc", "--trust-plugins")
+    assert drawn.returncode == 2 and "Traceback" not in drawn.stderr
+    assert drawn.stderr.strip().splitlines()[-1].endswith("has no attention layers (CausalSelfAttention) to take them from")
+    assert not (tmp_path / "runs" / "plain" / "viz").exists()
+
+
+WORDS = '''
+import json
+import re
+
+import numpy as np
+
+from slmlab.data.tokenizers import Tokenizer
+from slmlab.registry import TOKENIZER_FILES, TOKENIZERS
+
+PIECES = re.compile(r"\\s+|\\S+")
+
+
+class Words(Tokenizer):
+    """Whitespace and words of the training text, the last id for any other piece."""
+
+    kind = "{kind}"
+
+    def __init__(self, words):
+        self.words, self.vocab_size = list(words), len(words)
+        self.index = {{w: i for i, w in enumerate(self.words)}}
+
+    def encode(self, text):
+        return [self.index.get(p, self.vocab_size - 1) for p in PIECES.findall(text)]
+
+    def decode(self, ids):
+        return "".join(self.words[i] for i in ids)
+
+    def to_json(self):
+        return json.dumps({{"slmlab_tokenizer": self.kind, "words": self.words}})
+
+    def token_bytes(self):
+        return np.array([len(w.encode()) for w in self.words[:-1]] + [0], dtype=np.int64)
+
+
+def learn(data, texts):
+    return Words(sorted({{p for t in texts for p in PIECES.findall(t)}}) + ["<other>"])
+
+
+TOKENIZERS.register("{kind}", learn)
+'''
+
+
+def test_a_tokenizer_plugin_trains_and_its_runs_read_back_or_is_refused_before_training(tmp_path, text_corpus):
+    """A plugin tokenizer used to train a run that no verb could read (its tokenizer.json was
+    'neither an slmlab nor a Hugging Face tokenizer file'). Its reader registers in
+    TOKENIZER_FILES; a tokenizer whose file does not read back is refused before the run exists."""
+    for kind, reader in (
+        ("words_read", 'TOKENIZER_FILES.register("words_read", lambda spec: Words(spec["words"]))\n'),
+        ("words_unread", ""),
+    ):
+        plugin = tmp_path / f"{kind}.py"
+        plugin.write_text(WORDS.format(kind=kind) + reader)
+        config = plugin_toml(tmp_path, text_corpus, plugin, section="")
+        config.write_text(config.read_text().replace('tokenizer = "char"', f'tokenizer = "{kind}"'))
+        trained = slmlab("train", str(config), "--name", kind, "--no-progress")
+        if reader:
+            assert trained.returncode == 0, trained.stderr
+            evaluated = slmlab("eval", str(tmp_path / "runs" / kind), "--batches", "1", "--trust-plugins")
+            assert evaluated.returncode == 0 and "bits/byte" in evaluated.stdout, evaluated.stderr
+        else:
+            assert trained.returncode == 2 and not (tmp_path / "runs" / kind).exists()
+            assert trained.stderr.strip().endswith(
+                "data.tokenizer = 'words_unread' writes a file slmlab cannot read back: tokenizer.json holds a "
+                "'words_unread' tokenizer, which nothing loaded reads: name the plugin that registers its reader "
+                "(registry.TOKENIZER_FILES) in the config's plugins"
+            )
+
+
+def test_persona_trains_a_plugins_parameter_selection(tmp_path, text_corpus):
+    """`persona --train` offered only the built-in selections (an argparse choice list), so a
+    plugin's registry.TRAINABLE entry could not be used there; a name that is none of them is one
+    line naming the closest."""
+    from safetensors.torch import load_file
+
+    plugin = tmp_path / "attention_only.py"
+    plugin.write_text(
+        "from slmlab.registry import TRAINABLE\n\n"
+        "TRAINABLE.register('attention_only', lambda model: [p for n, p in model.named_parameters() if '.attn.' in n])\n"
+    )
+    config = plugin_toml(tmp_path, text_corpus, plugin, section="")
+    assert slmlab("train", str(config), "--name", "base", "--no-progress").returncode == 0
+    base = tmp_path / "runs" / "base"
+    common = ["persona", str(base), "--persona-data", str(text_corpus), "--steps", "3", "--trust-plugins", "--no-progress"]
+    wrong = slmlab(*common, "--train", "attention_onl")
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines()[-1].endswith("(did you mean 'attention_only'?)")
+    tuned = slmlab(*common, "--train", "attention_only")
+    assert tuned.returncode == 0, tuned.stderr
+    before, after = load_file(base / "final.safetensors"), load_file(tmp_path / "runs" / "base_persona" / "final.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(".attn." in name for name in changed)
