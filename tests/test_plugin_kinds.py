@@ -167,3 +167,55 @@ def test_persona_trains_a_plugins_parameter_selection(tmp_path, text_corpus):
     before, after = load_file(base / "final.safetensors"), load_file(tmp_path / "runs" / "base_persona" / "final.safetensors")
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed and all(".attn." in name for name in changed)
+
+
+LAYER_BIAS = """
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from slmlab.registry import CONDITIONING, register_section
+
+
+@dataclass
+class LayerBiasConfig:
+    enabled: bool = False
+
+
+class LayerBias(nn.Module):
+    '''A learned shift of the residual stream before each block: x -> x + b_layer.'''
+
+    padding_safe = True
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(cfg.n_layer, cfg.d_model))
+
+    def forward(self, layer, x):
+        return x + self.bias[layer], None
+
+    def naive(self, layer, x):
+        return x + self.bias[layer], None
+
+
+CONDITIONING.register("layer_bias", lambda cfg: LayerBias(cfg) if cfg.layer_bias.enabled else None)
+register_section("layer_bias", LayerBiasConfig, extends="conditioning")
+"""
+
+
+def test_a_conditioning_plugin_checks_and_two_conditionings_are_refused_not_one_dropped(tmp_path, text_corpus):
+    """The decoder takes one residual conditioning; with a plugin's and the Self Area both
+    switched on, build_model kept the first registered (the Self Area) and dropped the plugin's in
+    silence. Now that is one line, before any run directory is written."""
+    plugin = tmp_path / "layer_bias.py"
+    plugin.write_text(LAYER_BIAS)
+    config = plugin_toml(tmp_path, text_corpus, plugin, section="[model.layer_bias]\nenabled = true\n")
+    checked = slmlab("check", str(config))
+    assert checked.returncode == 0 and "naive reference (float64) | pass" in checked.stdout, checked.stdout + checked.stderr
+    both = ["--model.self_area.enabled", "true"]
+    message = "the model would have 2 residual conditionings (self_area, layer_bias), and an architecture takes one"
+    for verb in (["check", str(config), *both], ["train", str(config), "--name", "both", "--no-progress", *both]):
+        result = slmlab(*verb)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "runs" / "both").exists()

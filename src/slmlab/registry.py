@@ -237,7 +237,13 @@ def build_model(cfg):
 
     token = _INIT_SEED.set(_draw_seed())  # before anything a variant builds draws: every variant draws the same one
     try:
-        conditioning = next((m for m in (build(cfg) for build in CONDITIONING.values()) if m is not None), None)
+        built = {name: m for name, m in ((name, build(cfg)) for name, build in CONDITIONING.items()) if m is not None}
+        if len(built) > 1:
+            raise ConfigError(
+                f"the model would have {len(built)} residual conditionings ({', '.join(built)}), and an "
+                "architecture takes one: switch all but one off"
+            )
+        conditioning = next(iter(built.values()), None)
         return architecture(cfg, attention_extensions=attention_extensions, conditioning=conditioning)
     finally:
         _INIT_SEED.reset(token)

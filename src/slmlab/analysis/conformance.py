@@ -261,6 +261,7 @@ def run_checks(cfg: RunConfig, seed: int = 0) -> tuple[ModelConfig, list[Outcome
     """Every property, on `cfg`'s model at tiny shapes -> (the tiny ModelConfig, outcomes)."""
     model_cfg = tiny_config(cfg)
     probe = Probe(model_cfg, seed)
+    probe.build()  # a config no model can be built from is its one ConfigError, not a failure per property
     outcomes = []
     for name, check in tracked(PROPERTIES, "checking", len(PROPERTIES), "properties"):
         try:
