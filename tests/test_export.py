@@ -197,7 +197,9 @@ def test_a_plugin_buffer_that_no_checkpoint_holds_is_computed_again_when_loaded(
     write_variant("relu2", "mlp", tmp_path / "ideas")
     run = trained_run(tmp_path, text_corpus, "relu2", {"mlp": "relu2"}, plugins=[str(tmp_path / "ideas" / "relu2.py")])
     assert export_hf(run, tmp_path / "hf").max_abs_diff < 1e-5
-    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True, dtype=torch.bfloat16)
+    hf, _ = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "hf", trust_remote_code=True, dtype=torch.bfloat16, output_loading_info=True
+    )
     assert {float(block.mlp.power) for block in hf.model.blocks} == {2.0}
     hf.model.blocks[0].mlp.power.fill_(5.0)
     state = torch.get_rng_state()

@@ -59,9 +59,9 @@ class SlmlabForCausalLM(PreTrainedModel, GenerationMixin):
         """Hugging Face's loading, then the buffers that no checkpoint holds (non-persistent ones: a
         plugin's table of constants, say), as the model's own constructor computes them:
         transformers builds the model on the meta device and leaves those buffers uninitialised."""
-        model = super().from_pretrained(*args, **kwargs)
-        model.restore_computed_buffers()
-        return model
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).restore_computed_buffers()  # output_loading_info=True
+        return loaded
 
     def restore_computed_buffers(self) -> None:
         """Set every non-persistent buffer to its value in a freshly built model (built on the CPU,
