@@ -22,6 +22,7 @@ ARCHITECTURES = {  # name -> (model fields, decodes left-padded batches)
     "sinusoidal": ({"pos": "sinusoidal"}, True),
     "self area": ({"self_area": {"enabled": True, "self_dim": 8, "token_dependent": True, "surgery_safe": False}}, True),
     "gated plugin": ({"gated_attention": {"enabled": True}}, True),
+    "smat s only": ({"smat": {"use_S": True}}, True),
     "smat full": ({"smat": {"use_S": True, "use_G": True}}, False),
     "block local": ({"pos": "rope", "attention": "block_local", "local_block": 4}, False),
     "tape": ({"arch": "tape", "tape": {"n_critics": 2, "coda_layers": 1, "critic_layers": 1}}, False),

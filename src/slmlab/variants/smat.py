@@ -76,6 +76,9 @@ class SemanticAttention(nn.Module):
         super().__init__()
         smat = cfg.smat
         self.use_S, self.use_G = smat.use_S, smat.use_G
+        # S reads each token's own h (padded keys are masked like any key); G's centrality sums
+        # over the prefix and counts positions, padding included: left-padded batches only without G
+        self.padding_safe = not self.use_G
         self.seq_norm = cfg.block_size if smat.centrality_norm == "seq" else 0
         self.w_s = nn.Linear(cfg.d_model, smat.s_dim, bias=False)
         self.hook_s = HookPoint()
