@@ -113,6 +113,8 @@ def check_compiled_decoding(probe: Probe) -> Result:
     else:
         bounded = backend.graphs == graphs
         figure = f"{2 * n} tokens, {graphs} graph(s)" + ("" if bounded else f", then {backend.graphs}")
+        if not backend.graphs:  # Dynamo fell back to Python for the whole step: nothing compiles, nothing breaks
+            figure += " (nothing captured: --compile decodes it eagerly)"
         if not bounded:
             reasons.append(f"a longer generation captured {backend.graphs - graphs} new graph(s): it recompiles as it decodes")
     return Result(same and bounded, figure, "; ".join(reasons))
