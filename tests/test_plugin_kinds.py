@@ -221,3 +221,51 @@ def test_a_conditioning_plugin_checks_and_two_conditionings_are_refused_not_one_
         result = slmlab(*verb)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "runs" / "both").exists()
+
+
+HALF_DONE = """
+import torch
+from torch import nn
+from slmlab.registry import HEADS, POSITIONS
+
+
+class NoPositions(nn.Module):
+    '''No position information at all (NoPE), but without max_positions.'''
+
+    def __init__(self, cfg):
+        super().__init__()
+
+    def embed(self, positions):
+        return None
+
+    def rotate(self, q, k, positions):
+        return q, k
+
+
+class BareHead(nn.Linear):
+    '''A linear head without the loss(h, targets) the trainer calls.'''
+
+    def __init__(self, cfg):
+        super().__init__(cfg.d_model, cfg.vocab_size, bias=False)
+
+
+POSITIONS.register("nope_half_done", NoPositions)
+HEADS.register("head_half_done", BareHead)
+"""
+
+
+def test_a_plugin_class_missing_a_member_the_backbone_reads_is_one_line(tmp_path, text_corpus):
+    """A position scheme without max_positions, or a head without loss(), failed with an
+    AttributeError traceback once the model ran; now the model is not built, in one line."""
+    plugin = tmp_path / "half_done.py"
+    plugin.write_text(HALF_DONE)
+    config = plugin_toml(tmp_path, text_corpus, plugin, section="")
+    for setting, message in (
+        ("--model.pos=nope_half_done", "position scheme 'nope_half_done' (NoPositions) has no max_positions"),
+        ("--model.head=head_half_done", "LM head 'head_half_done' (BareHead) has no loss"),
+    ):
+        for verb in (["check", str(config)], ["train", str(config), "--name", "half", "--no-progress"]):
+            result = slmlab(*verb, setting)
+            assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+            assert message in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "runs" / "half").exists()

@@ -189,6 +189,19 @@ def register_section(
     MODEL_SECTIONS.register(name, Section(name, config, extends, arch, dict(read_with or {}), chosen_by, dict(tiny or {})))
 
 
+def require_members(entry: T, kind: str, name: str, members: tuple[str, ...]) -> T:
+    """`entry`, built from the `kind` registered as `name`, if it has every member the backbone
+    reads of that kind (docs/architecture.md's extension points); else a ConfigError naming what
+    it lacks (a plugin's class that left one out failed later, with an AttributeError)."""
+    missing = [member for member in members if not hasattr(entry, member)]
+    if missing:
+        raise ConfigError(
+            f"{kind} '{name}' ({type(entry).__name__}) has no {', '.join(missing)}, which slmlab reads of every "
+            f"{kind}: add {'them' if len(missing) > 1 else 'it'} (docs/architecture.md, extension points)"
+        )
+    return entry
+
+
 def register_check(check: Callable) -> Callable:
     """A config rule that spans sections: check(cfg) raises ConfigError with one line."""
     if check not in CONFIG_CHECKS:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..registry import ATTENTION_PATTERNS
+from ..registry import ATTENTION_PATTERNS, require_members
 from .hooks import HookPoint
 from .layers import build_dropout
 
@@ -119,7 +119,8 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.proj.residual_projection = True
         self.resid_dropout = build_dropout(cfg.dropout)
-        self.pattern = ATTENTION_PATTERNS[cfg.layer_patterns[layer]](cfg, layer)
+        name = cfg.layer_patterns[layer]
+        self.pattern = require_members(ATTENTION_PATTERNS[name](cfg, layer), "attention pattern", name, ("make_cache", "visible"))
         self.extensions = nn.ModuleList(extensions or [])
         self._output_extensions = [e for e in self.extensions if callable(getattr(e, "output", None))]
         self._positions = [positions]  # shared with the decoder; a list keeps it out of this module's parameters

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..registry import HEADS
+from ..registry import HEADS, require_members
 from .loss import linear_cross_entropy
 
 
@@ -53,4 +53,4 @@ HEADS.register("student_t", StudentTHead)
 
 def build_head(cfg: ModelConfig) -> nn.Module:
     """The LM head `model.head` names (registry.HEADS)."""
-    return HEADS[cfg.head](cfg)
+    return require_members(HEADS[cfg.head](cfg), "LM head", cfg.head, ("weight", "loss"))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..registry import POSITIONS
+from ..registry import POSITIONS, require_members
 
 
 class LearnedPositions(nn.Module):
@@ -130,4 +130,4 @@ POSITIONS.register("sinusoidal", SinusoidalPositions)
 
 def build_positions(cfg: ModelConfig) -> nn.Module:
     """The position scheme `model.pos` names (registry.POSITIONS)."""
-    return POSITIONS[cfg.pos](cfg)
+    return require_members(POSITIONS[cfg.pos](cfg), "position scheme", cfg.pos, ("embed", "rotate", "max_positions"))
