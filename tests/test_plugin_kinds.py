@@ -226,7 +226,7 @@ def test_a_conditioning_plugin_checks_and_two_conditionings_are_refused_not_one_
 HALF_DONE = """
 import torch
 from torch import nn
-from slmlab.registry import HEADS, POSITIONS
+from slmlab.registry import ARCHITECTURES, HEADS, POSITIONS
 
 
 class NoPositions(nn.Module):
@@ -249,20 +249,34 @@ class BareHead(nn.Linear):
         super().__init__(cfg.d_model, cfg.vocab_size, bias=False)
 
 
+class Forward(nn.Module):
+    '''An architecture that is only a forward: none of what the generic tools read.'''
+
+    def __init__(self, cfg, attention_extensions=None, conditioning=None):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, idx, targets=None, caches=None):
+        raise NotImplementedError
+
+
 POSITIONS.register("nope_half_done", NoPositions)
 HEADS.register("head_half_done", BareHead)
+ARCHITECTURES.register("arch_half_done", Forward)
 """
 
 
 def test_a_plugin_class_missing_a_member_the_backbone_reads_is_one_line(tmp_path, text_corpus):
-    """A position scheme without max_positions, or a head without loss(), failed with an
-    AttributeError traceback once the model ran; now the model is not built, in one line."""
+    """A position scheme without max_positions, a head without loss(), or an architecture without
+    the class attributes the config checks read failed with an AttributeError traceback; now the
+    config or the model is refused, in one line."""
     plugin = tmp_path / "half_done.py"
     plugin.write_text(HALF_DONE)
     config = plugin_toml(tmp_path, text_corpus, plugin, section="")
     for setting, message in (
         ("--model.pos=nope_half_done", "position scheme 'nope_half_done' (NoPositions) has no max_positions"),
         ("--model.head=head_half_done", "LM head 'head_half_done' (BareHead) has no loss"),
+        ("--model.arch=arch_half_done", "architecture 'arch_half_done' (Forward) has no extension_points, exact_memory_estimate"),
     ):
         for verb in (["check", str(config)], ["train", str(config), "--name", "half", "--no-progress"]):
             result = slmlab(*verb, setting)

@@ -195,8 +195,9 @@ def require_members(entry: T, kind: str, name: str, members: tuple[str, ...]) ->
     it lacks (a plugin's class that left one out failed later, with an AttributeError)."""
     missing = [member for member in members if not hasattr(entry, member)]
     if missing:
+        built = entry if isinstance(entry, type) else type(entry)
         raise ConfigError(
-            f"{kind} '{name}' ({type(entry).__name__}) has no {', '.join(missing)}, which slmlab reads of every "
+            f"{kind} '{name}' ({built.__name__}) has no {', '.join(missing)}, which slmlab reads of every "
             f"{kind}: add {'them' if len(missing) > 1 else 'it'} (docs/architecture.md, extension points)"
         )
     return entry
@@ -229,6 +230,10 @@ def load_builtins() -> None:
             importlib.import_module(module)
 
 
+# what the generic tools call on every built architecture (model/protocol.py's LanguageModel)
+MODEL_MEMBERS = ("cfg", "make_caches", "generate", "generate_many", "decodes_padded", "shard_units", "describe")
+
+
 def build_model(cfg):
     """A fresh, initialised model for a ModelConfig (vocab_size resolved). The architecture is
     handed the attention extensions and the residual conditioning the registered builders make
@@ -257,7 +262,8 @@ def build_model(cfg):
                 "architecture takes one: switch all but one off"
             )
         conditioning = next(iter(built.values()), None)
-        return architecture(cfg, attention_extensions=attention_extensions, conditioning=conditioning)
+        model = architecture(cfg, attention_extensions=attention_extensions, conditioning=conditioning)
+        return require_members(model, "architecture", cfg.arch, MODEL_MEMBERS)
     finally:
         _INIT_SEED.reset(token)
 

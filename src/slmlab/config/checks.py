@@ -16,7 +16,15 @@ import os
 from typing import Any
 
 from ..errors import ConfigError
-from ..registry import ARCHITECTURES, ATTENTION_PATTERNS, CHOICE_REGISTRIES, CONFIG_CHECKS, MODEL_SECTIONS, TRACKERS
+from ..registry import (
+    ARCHITECTURES,
+    ATTENTION_PATTERNS,
+    CHOICE_REGISTRIES,
+    CONFIG_CHECKS,
+    MODEL_SECTIONS,
+    TRACKERS,
+    require_members,
+)
 
 
 def check_name(key: str, name: str) -> str:
@@ -191,9 +199,13 @@ def check_no_ignored_setting(cfg, keys=None) -> None:
             raise ConfigError(message)
 
 
+CLASS_MEMBERS = ("extension_points", "exact_memory_estimate")  # what slmlab reads of an architecture's class (model/protocol.py)
+
+
 def check_architecture_support(m) -> None:
     """Refuse settings the chosen architecture would silently ignore."""
-    points = ARCHITECTURES[m.arch].extension_points
+    architecture = require_members(ARCHITECTURES[m.arch], "architecture", m.arch, CLASS_MEMBERS)
+    points = architecture.extension_points
     for name, section in MODEL_SECTIONS.items():
         change = first_change(getattr(m, name))
         if change is None:
