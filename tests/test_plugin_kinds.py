@@ -226,7 +226,7 @@ def test_a_conditioning_plugin_checks_and_two_conditionings_are_refused_not_one_
 HALF_DONE = """
 import torch
 from torch import nn
-from slmlab.registry import ARCHITECTURES, HEADS, POSITIONS
+from slmlab.registry import ARCHITECTURES, HEADS, OPTIMIZERS, POSITIONS, TRACKERS
 
 
 class NoPositions(nn.Module):
@@ -262,7 +262,19 @@ class Forward(nn.Module):
 
 POSITIONS.register("nope_half_done", NoPositions)
 HEADS.register("head_half_done", BareHead)
+class Tracker:
+    '''A tracker that logs but cannot be closed.'''
+
+    def __init__(self, cfg, run, resume):
+        pass
+
+    def log(self, scalars, step):
+        pass
+
+
 ARCHITECTURES.register("arch_half_done", Forward)
+TRACKERS.register("tracker_half_done", Tracker)
+OPTIMIZERS.register("optimizer_half_done", lambda model, cfg, device: [p for p in model.parameters()])
 """
 
 
@@ -282,4 +294,10 @@ def test_a_plugin_class_missing_a_member_the_backbone_reads_is_one_line(tmp_path
             result = slmlab(*verb, setting)
             assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
             assert message in result.stderr.strip().splitlines()[-1]
+    for setting, message in (  # what only training builds
+        ('--train.trackers=["tracker_half_done"]', "tracker 'tracker_half_done' (Tracker) has no close"),
+        ("--train.optimizer=optimizer_half_done", "optimizer 'optimizer_half_done' (list) has no param_groups, step"),
+    ):
+        result = slmlab("train", str(config), "--name", "half", "--no-progress", setting)
+        assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1], result.stderr
     assert not (tmp_path / "runs" / "half").exists()

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, TrainConfig
-from ..registry import OPTIMIZERS, TRAINABLE
+from ..registry import OPTIMIZERS, TRAINABLE, require_members
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -41,9 +41,17 @@ TRAINABLE.register("all", lambda model: None)  # None: nothing is frozen
 FUSED_DEVICES = ("cuda", "cpu", "mps", "xpu")
 
 
+OPTIMIZER_MEMBERS = (
+    "param_groups",
+    "step",
+    "zero_grad",
+)  # what the trainer calls (state goes through torch.distributed.checkpoint)
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """The optimizer `train.optimizer` names (registry.OPTIMIZERS)."""
-    return OPTIMIZERS[cfg.optimizer](model, cfg, device)
+    built = OPTIMIZERS[cfg.optimizer](model, cfg, device)
+    return require_members(built, "optimizer", cfg.optimizer, OPTIMIZER_MEMBERS)
 
 
 @OPTIMIZERS.register("adamw")

@@ -30,7 +30,7 @@ from pathlib import Path
 from ..config import ConfigError, RunConfig
 from ..errors import RunFileError
 from ..files import atomic_write_text, read_json
-from ..registry import TRACKERS
+from ..registry import TRACKERS, require_members
 from .callbacks import TrainingCallback
 
 log = logging.getLogger("slmlab")
@@ -142,7 +142,7 @@ class Trackers(TrainingCallback):
         self.open = []
         try:
             for name in cfg.train.trackers:
-                self.open.append(TRACKERS[name](cfg, run, resume))
+                self.open.append(require_members(TRACKERS[name](cfg, run, resume), "tracker", name, ("log", "close")))
         except BaseException:
             self.close()
             raise
