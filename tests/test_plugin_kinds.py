@@ -226,7 +226,7 @@ def test_a_conditioning_plugin_checks_and_two_conditionings_are_refused_not_one_
 HALF_DONE = """
 import torch
 from torch import nn
-from slmlab.registry import ARCHITECTURES, HEADS, OPTIMIZERS, POSITIONS, TRACKERS
+from slmlab.registry import ARCHITECTURES, HEADS, OPTIMIZERS, POSITIONS, TOKENIZERS, TRACKERS
 
 
 class NoPositions(nn.Module):
@@ -275,6 +275,7 @@ class Tracker:
 ARCHITECTURES.register("arch_half_done", Forward)
 TRACKERS.register("tracker_half_done", Tracker)
 OPTIMIZERS.register("optimizer_half_done", lambda model, cfg, device: [p for p in model.parameters()])
+TOKENIZERS.register("tokenizer_half_done", lambda data, texts: {c: i for i, c in enumerate(sorted(set("".join(texts))))})
 """
 
 
@@ -297,6 +298,7 @@ def test_a_plugin_class_missing_a_member_the_backbone_reads_is_one_line(tmp_path
     for setting, message in (  # what only training builds
         ('--train.trackers=["tracker_half_done"]', "tracker 'tracker_half_done' (Tracker) has no close"),
         ("--train.optimizer=optimizer_half_done", "optimizer 'optimizer_half_done' (list) has no param_groups, step"),
+        ("--data.tokenizer=tokenizer_half_done", "data.tokenizer = 'tokenizer_half_done' built a dict, not a tokenizer"),
     ):
         result = slmlab("train", str(config), "--name", "half", "--no-progress", setting)
         assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1], result.stderr

@@ -339,6 +339,11 @@ def train_tokenizer(data: DataConfig, texts: Iterable[str]) -> Tokenizer:
     """Build the tokenizer `data.tokenizer` names (registry.TOKENIZERS); `texts` is read only by
     the tokenizers that learn from text (char, bpe)."""
     tokenizer = TOKENIZERS[data.tokenizer](data, texts)
+    if not isinstance(tokenizer, Tokenizer):
+        raise TokenizerError(
+            f"data.tokenizer = {data.tokenizer!r} built a {type(tokenizer).__name__}, not a tokenizer: subclass "
+            "slmlab.data.tokenizers.Tokenizer (encode, decode, to_json, token_bytes)"
+        )
     check_readable(tokenizer, data.tokenizer)
     return tokenizer
 
