@@ -124,9 +124,8 @@ MLPS: Registry[type] = Registry("MLP", "model.mlp")  # cls(cfg): (B, T, d_model)
 HEADS: Registry[type] = Registry("LM head", "model.head")
 ARCHITECTURES: Registry[type] = Registry("architecture", "model.arch")  # cls(cfg, extensions)
 TOKENIZERS: Registry[Callable] = Registry("tokenizer", "data.tokenizer")  # (data cfg, texts) -> Tokenizer
-TOKENIZER_FILES: Registry[Callable] = Registry(
-    "tokenizer file reader"
-)  # kind -> (spec dict) -> Tokenizer: reads back Tokenizer.to_json
+# kind -> (spec dict) -> Tokenizer: reads back what a tokenizer's to_json() wrote ({"slmlab_tokenizer": kind, ...})
+TOKENIZER_FILES: Registry[Callable] = Registry("tokenizer file reader")
 OPTIMIZERS: Registry[Callable] = Registry("optimizer", "train.optimizer")  # (model, train cfg, device) -> optimizer
 TRAINABLE: Registry[Callable] = Registry("trainable-parameter selection", "train.trainable")  # (model) -> params | None
 TRACKERS: Registry[Callable] = Registry("tracker", "train.trackers")  # (cfg, run path, resume) -> tracker (training/trackers.py)
