@@ -340,6 +340,12 @@ def test_a_plugin_section_named_like_a_model_setting_is_refused_where_it_registe
         register_section("idea", Settings, tiny={"width": 2})
     with pytest.raises(ConfigError, match=r"tiny gives \['enabled'\] a value that is not a number"):
         register_section("idea", Settings, tiny={"enabled": True})
+
+    class Plain:  # a plain class: its settings were refused later as "expected Plain, got dict"
+        enabled = False
+
+    with pytest.raises(ConfigError, match=r"\[model.idea\] is registered with Plain, not a dataclass: decorate it"):
+        register_section("idea", Plain)
     assert "idea" not in MODEL_SECTIONS
 
 

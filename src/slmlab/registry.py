@@ -20,7 +20,7 @@ import difflib
 import importlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Generic, TypeVar
 
 from .errors import ConfigError
@@ -172,6 +172,10 @@ def register_section(
     which the section is read only while that choice is `name`; `tiny`: the smaller sizes (layer
     counts, widths) `slmlab check` builds its tiny model with, so that it checks every code path
     of the idea in seconds rather than at the config's depth."""
+    if not (isinstance(config, type) and is_dataclass(config)):
+        raise ConfigError(
+            f"[model.{name}] is registered with {getattr(config, '__name__', repr(config))}, not a dataclass: decorate it with @dataclass"
+        )
     choices = [r.config_key for r in CHOICE_REGISTRIES if r.config_key.startswith("model.")]
     if chosen_by and chosen_by not in choices:
         raise ConfigError(f"[model.{name}] chosen_by = {chosen_by!r} is not a model choice: give one of {', '.join(choices)}")
