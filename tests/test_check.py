@@ -266,6 +266,8 @@ def test_the_scaffold_passes_its_own_check(tmp_path, capsys, kind):
 def test_a_section_chosen_by_a_model_choice_is_read_only_while_chosen(tmp_path, capsys):
     """An MLP plugin's [model.<name>] set while model.mlp names another MLP changed nothing; it is
     refused, unless a sweep's variant chooses the plugin (the base config then sets it for that one)."""
+    from dataclasses import make_dataclass
+
     from slmlab.registry import register_section
 
     write_variant("relu_sq", "mlp", tmp_path / "ideas")
@@ -276,7 +278,7 @@ def test_a_section_chosen_by_a_model_choice_is_read_only_while_chosen(tmp_path, 
     assert main(["sweep", sweep, "--dry-run", "--model.relu_sq.power", "3"]) == 0  # shared: the relu_sq variant reads it
     capsys.readouterr()
     with pytest.raises(ConfigError, match="chosen_by = 'model.bogus' is not a model choice: give one of model.pos"):
-        register_section("bogus_section", type("C", (), {}), chosen_by="model.bogus")
+        register_section("bogus_section", make_dataclass("C", []), chosen_by="model.bogus")
 
 
 def test_the_scaffold_refuses_bad_names_and_existing_files(tmp_path):
