@@ -353,8 +353,19 @@ TOKENIZERS.register("char", lambda data, texts: CharTokenizer.train(texts))
 TOKENIZERS.register("bpe", lambda data, texts: BPETokenizer.train(iter(texts), data.vocab_size))
 TOKENIZERS.register("gpt2", lambda data, texts: GPT2Tokenizer(GPT2Tokenizer.locate(data.tiktoken_file)))
 TOKENIZER_FILES.register("byte", lambda spec: ByteTokenizer())
-TOKENIZER_FILES.register("char", lambda spec: CharTokenizer(spec["chars"]))
-TOKENIZER_FILES.register("gpt2", lambda spec: GPT2Tokenizer(spec["file"]))
+TOKENIZER_FILES.register("char", lambda spec: CharTokenizer(_text_entry(spec, "chars")))
+TOKENIZER_FILES.register("gpt2", lambda spec: GPT2Tokenizer(_text_entry(spec, "file")))
+
+
+def _text_entry(spec: dict, field: str) -> str:
+    """A tokenizer file's string entry `field`, else a TokenizerError naming it."""
+    value = spec.get(field)
+    if not isinstance(value, str):
+        raise TokenizerError(
+            f"tokenizer.json ({spec['slmlab_tokenizer']}) has no valid '{field}' entry; delete it or re-run "
+            "`slmlab tokenizer train`"
+        )
+    return value
 
 
 def tokenizer_from_json(text: str) -> Tokenizer:
@@ -387,13 +398,10 @@ def _read_slmlab_tokenizer(kind, spec: dict) -> Tokenizer:
             f"tokenizer.json holds a {kind!r} tokenizer, which nothing loaded reads: name the plugin that "
             "registers its reader (registry.TOKENIZER_FILES) in the config's plugins"
         )
-    field = {"char": "chars", "gpt2": "file"}.get(kind)
-    if field and not isinstance(spec.get(field), str):
-        raise TokenizerError(
-            f"tokenizer.json ({kind}) has no valid '{field}' entry; delete it or re-run `slmlab tokenizer train`"
-        )
     try:
         return reader(spec)
+    except TokenizerError:  # the reader's own one line
+        raise
     except (KeyError, TypeError, ValueError, IndexError) as err:  # a plugin reader's view of a damaged file
         raise TokenizerError(
             f"tokenizer.json ({kind}) cannot be read ({type(err).__name__}: {err}); delete it or re-run `slmlab tokenizer train`"

@@ -41,11 +41,8 @@ TRAINABLE.register("all", lambda model: None)  # None: nothing is frozen
 FUSED_DEVICES = ("cuda", "cpu", "mps", "xpu")
 
 
-OPTIMIZER_MEMBERS = (
-    "param_groups",
-    "step",
-    "zero_grad",
-)  # what the trainer calls (state goes through torch.distributed.checkpoint)
+# what the trainer calls of an optimizer (its state goes through torch.distributed.checkpoint)
+OPTIMIZER_MEMBERS = ("param_groups", "step", "zero_grad")
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
