@@ -239,7 +239,7 @@ def test_an_export_is_readable_as_the_umask_says_and_never_samples_a_padded_id(t
 @pytest.mark.parametrize("kind", ["byte", "char", "bpe"])
 def test_tokenizers_convert_id_for_id(tmp_path, text_corpus, kind):
     from slmlab.config import DataConfig
-    from slmlab.data.tokenizers import train_tokenizer
+    from slmlab.data.tokenizer_kinds import train_tokenizer
 
     texts = [p.read_text() for p in sorted(text_corpus.rglob("*.txt"))]
     tokenizer = train_tokenizer(DataConfig(tokenizer=kind, vocab_size=300), texts)

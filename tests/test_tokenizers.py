@@ -5,15 +5,8 @@ from __future__ import annotations
 import pytest
 
 from slmlab.config import DataConfig
-from slmlab.data.tokenizers import (
-    BPETokenizer,
-    ByteTokenizer,
-    CharTokenizer,
-    GPT2Tokenizer,
-    TokenizerError,
-    load_tokenizer,
-    train_tokenizer,
-)
+from slmlab.data.tokenizer_kinds import load_tokenizer, train_tokenizer
+from slmlab.data.tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, GPT2Tokenizer, TokenizerError
 
 TEXT = "ROMEO:\n  But soft!  what light, through yonder window breaks?\n\n\tIt is the east — and Juliet is the sun.\n"
 

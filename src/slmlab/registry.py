@@ -216,7 +216,7 @@ def register_check(check: Callable) -> Callable:
 # ---- built-ins and building ----------------------------------------------------------------
 BUILTINS = (
     "slmlab.model",  # the backbone: positions, patterns, norms, heads, the decoder
-    "slmlab.data.tokenizers",
+    "slmlab.data.tokenizer_kinds",
     "slmlab.training.optim",
     "slmlab.training.trackers",
     "slmlab.variants",  # SMAT, the Self Area, the TapeTransformer: registered as a plugin is

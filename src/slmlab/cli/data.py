@@ -80,7 +80,7 @@ def cmd_data_download(args, extra) -> int:
 
 def cmd_tokenizer_train(args, extra) -> int:
     from ..data.corpora import DocumentSelection, check_not_a_source_file, check_source_settings
-    from ..data.tokenizers import is_tokenizer_json
+    from ..data.tokenizer_kinds import is_tokenizer_json
     from ..data.tokens import get_tokenizer
     from ..files import check_replaceable
 

@@ -2,10 +2,8 @@
 
 All share one small interface (`encode`, `encode_batch`, `decode`, `vocab_size`, `eos_id`,
 `to_json`) and are saved as one `tokenizer.json` in the run directory: the Hugging Face format
-for BPE, a small slmlab JSON object for the others, {"slmlab_tokenizer": kind, ...}, which the
-reader registered for that kind reads back (registry.TOKENIZER_FILES; a plugin tokenizer
-registers its own, and a tokenizer whose file does not read back as itself is refused when it
-is trained, before a run is written that nothing could read).
+for BPE, a small slmlab JSON object for the others (tokenizer_kinds.py builds them by name and
+reads them back).
 
 Documents are joined with `separator_ids()`: the `[EOS]` id where the tokenizer has one, else
 the encoding of a blank line. A corpus's documents go through `encode_documents`, where a text
@@ -26,10 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DataConfig
 from ..errors import TokenizerError
-from ..files import atomic_write_text, lone_surrogate, read_text
-from ..registry import TOKENIZER_FILES, TOKENIZERS
+from ..files import atomic_write_text, lone_surrogate
 from .pieces import all_pieces, encode_in_pieces
 
 SPECIAL_TOKENS = ("[UNK]", "[PAD]", "[BOS]", "[EOS]")
@@ -318,116 +314,3 @@ class GPT2Tokenizer(Tokenizer):
     def token_bytes(self) -> np.ndarray:
         lengths = [len(self.enc.decode_single_token_bytes(i)) for i in range(self.eos_id)]
         return np.array([*lengths, 0], dtype=np.int64)  # <|endoftext|> stands for no text
-
-
-def is_tokenizer_json(text: str) -> bool:
-    """Whether `text` is a tokenizer file as slmlab writes them: its own kinds, or a Hugging Face
-    tokenizers JSON of its BPE (slmlab's special tokens, and only those). A pretrained model's
-    tokenizer.json is not one."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return False
-    if not isinstance(value, dict):
-        return False
-    added = value.get("added_tokens")
-    specials = [token.get("content") for token in added if isinstance(token, dict)] if isinstance(added, list) else None
-    return "slmlab_tokenizer" in value or ("model" in value and specials == list(SPECIAL_TOKENS))
-
-
-def train_tokenizer(data: DataConfig, texts: Iterable[str]) -> Tokenizer:
-    """Build the tokenizer `data.tokenizer` names (registry.TOKENIZERS); `texts` is read only by
-    the tokenizers that learn from text (char, bpe)."""
-    tokenizer = TOKENIZERS[data.tokenizer](data, texts)
-    if not isinstance(tokenizer, Tokenizer):
-        raise TokenizerError(
-            f"data.tokenizer = {data.tokenizer!r} built a {type(tokenizer).__name__}, not a tokenizer: subclass "
-            "slmlab.data.tokenizers.Tokenizer (encode, decode, to_json, token_bytes)"
-        )
-    check_readable(tokenizer, data.tokenizer)
-    return tokenizer
-
-
-TOKENIZERS.register("byte", lambda data, texts: ByteTokenizer())
-TOKENIZERS.register("char", lambda data, texts: CharTokenizer.train(texts))
-TOKENIZERS.register("bpe", lambda data, texts: BPETokenizer.train(iter(texts), data.vocab_size))
-TOKENIZERS.register("gpt2", lambda data, texts: GPT2Tokenizer(GPT2Tokenizer.locate(data.tiktoken_file)))
-TOKENIZER_FILES.register("byte", lambda spec: ByteTokenizer())
-TOKENIZER_FILES.register("char", lambda spec: CharTokenizer(_text_entry(spec, "chars")))
-TOKENIZER_FILES.register("gpt2", lambda spec: GPT2Tokenizer(_text_entry(spec, "file")))
-
-
-def _text_entry(spec: dict, field: str) -> str:
-    """A tokenizer file's string entry `field`, else a TokenizerError naming it."""
-    value = spec.get(field)
-    if not isinstance(value, str):
-        raise TokenizerError(
-            f"tokenizer.json ({spec['slmlab_tokenizer']}) has no valid '{field}' entry; delete it or re-run "
-            "`slmlab tokenizer train`"
-        )
-    return value
-
-
-def tokenizer_from_json(text: str) -> Tokenizer:
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError:
-        raise TokenizerError("tokenizer.json is not valid JSON; delete it or re-run `slmlab tokenizer train`") from None
-    kind = spec.get("slmlab_tokenizer") if isinstance(spec, dict) else None
-    if kind is not None:
-        return _read_slmlab_tokenizer(kind, spec)
-    if isinstance(spec, dict) and "model" in spec:
-        from tokenizers import Tokenizer as HFTokenizer
-
-        try:
-            return BPETokenizer(HFTokenizer.from_str(text))
-        except Exception as err:  # the Rust library's parse errors have no finer Python type
-            raise TokenizerError(
-                f"tokenizer.json is not a valid Hugging Face tokenizer ({str(err).splitlines()[0][:80]}); "
-                "delete it or re-run `slmlab tokenizer train`"
-            ) from None
-    raise TokenizerError("tokenizer.json is neither an slmlab nor a Hugging Face tokenizer file")
-
-
-def _read_slmlab_tokenizer(kind, spec: dict) -> Tokenizer:
-    """The tokenizer an {"slmlab_tokenizer": kind, ...} file holds, read by the reader registered
-    for its kind (registry.TOKENIZER_FILES: the built-in kinds below, a plugin's own)."""
-    reader = TOKENIZER_FILES.get(kind) if isinstance(kind, str) else None
-    if reader is None:
-        raise TokenizerError(
-            f"tokenizer.json holds a {kind!r} tokenizer, which nothing loaded reads: name the plugin that "
-            "registers its reader (registry.TOKENIZER_FILES) in the config's plugins"
-        )
-    try:
-        return reader(spec)
-    except TokenizerError:  # the reader's own one line
-        raise
-    except (KeyError, TypeError, ValueError, IndexError) as err:  # a plugin reader's view of a damaged file
-        raise TokenizerError(
-            f"tokenizer.json ({kind}) cannot be read ({type(err).__name__}: {err}); delete it or re-run `slmlab tokenizer train`"
-        ) from None
-
-
-def check_readable(tokenizer: Tokenizer, name: str) -> None:
-    """The file `tokenizer` writes reads back as the same tokenizer (a run is read back from it):
-    else a TokenizerError naming what a plugin tokenizer lacks."""
-    try:
-        again = tokenizer_from_json(tokenizer.to_json())
-    except TokenizerError as err:
-        raise TokenizerError(f"data.tokenizer = {name!r} writes a file slmlab cannot read back: {err}") from None
-    if again.digest() != tokenizer.digest():
-        raise TokenizerError(
-            f"data.tokenizer = {name!r} reads back from its file as another tokenizer (its to_json and its "
-            "registered reader disagree)"
-        )
-
-
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    path = Path(path)
-    if not path.is_file():
-        raise TokenizerError(f"no tokenizer at {path}")
-    text = read_text(path, "tokenizer", TokenizerError, "delete it or re-run `slmlab tokenizer train`")
-    try:
-        return tokenizer_from_json(text)
-    except TokenizerError as err:
-        raise TokenizerError(f"{path}: {err}") from None

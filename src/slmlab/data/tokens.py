@@ -47,7 +47,8 @@ from ..phase_progress import PhaseProgress
 from .corpora import CorpusError, DocumentSelection
 from .corpora.fetch import cache_dir
 from .split import copies_across_split, text_digest, validation_ids
-from .tokenizers import Tokenizer, TokenizerError, load_tokenizer, token_dtype, train_tokenizer
+from .tokenizer_kinds import load_tokenizer, train_tokenizer
+from .tokenizers import Tokenizer, TokenizerError, token_dtype
 
 log = logging.getLogger("slmlab")
 # 6: the manifest lists validation documents with an exact copy in training (the same token files);

@@ -28,7 +28,8 @@ from torch import nn
 
 from .. import plugins
 from ..config import ConfigError, RunConfig, apply_overrides, check_no_ignored_setting, config_from_dict
-from ..data.tokenizers import Tokenizer, load_tokenizer
+from ..data.tokenizer_kinds import load_tokenizer
+from ..data.tokenizers import Tokenizer
 from ..errors import RunFileError
 from ..files import atomic_write_text, read_json, remove_stale_temps, require_fields, sha256_file
 from ..locks import DirectoryLock
