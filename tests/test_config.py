@@ -122,6 +122,9 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
             "train.keep_checkpoints = 5 is ignored with train.checkpoint_every = 0",
         ),
         (["--model.local_block", "16"], "model.local_block = 16 is ignored with full attention in every layer"),
+        (["--train.tracker_project", "lab"], "train.tracker_project = 'lab' is ignored with train.trackers = []"),
+        (["--train.tracker_group", "g"], "train.tracker_group = 'g' is ignored with train.trackers = []"),
+        (["--train.tracker_tags", '["a"]'], "train.tracker_tags = ['a'] is ignored with train.trackers = []"),
         # a variant section's setting read only under a switch that is off (registry.Section.read_with)
         (["--model.smat.s_dim", "16"], "model.smat.s_dim = 16 is read only with model.smat.use_S or model.smat.use_G = true"),
         (

@@ -117,10 +117,12 @@ def test_trackio_local_store_holds_metrics_and_config(make_config):
 def test_a_sweep_groups_its_runs_and_tags_variant_and_seed(micro_sweep):
     from slmlab.experiments.sweep_config import load_sweep
 
-    _, jobs = load_sweep(micro_sweep)
+    _, jobs = load_sweep(micro_sweep, {"train.trackers": ["tensorboard"]})
     for job in jobs:
         assert job.config.train.tracker_group == "micro"
         assert job.config.train.tracker_tags == [job.variant, f"seed{job.seed}"]
+    _, untracked = load_sweep(micro_sweep)  # no tracker reads them: the runs' configs stay as written
+    assert {(job.config.train.tracker_group, tuple(job.config.train.tracker_tags)) for job in untracked} == {("", ())}
 
 
 def test_unknown_missing_or_repeated_trackers_are_one_line_errors(make_config, monkeypatch):

@@ -106,6 +106,7 @@ IGNORED_UNDER = {
     "data.tiktoken_file": ("data.tokenizer", ("byte", "char", "bpe")),
     "train.decay_fraction": ("train.schedule", ("cosine",)),
     "train.keep_checkpoints": ("train.checkpoint_every", (0,)),  # only the final checkpoint is written
+    **{f"train.tracker_{name}": ("train.trackers", ([],)) for name in ("project", "group", "tags")},
 }
 
 

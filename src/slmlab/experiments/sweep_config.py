@@ -219,8 +219,11 @@ def check_no_per_run_settings(path: Path, sweep: SweepConfig, extra_overrides: d
 
 def tracked(config: RunConfig, sweep: str, variant: str, seed: int) -> RunConfig:
     """The run's config with its tracker group (the sweep's name, unless the config names one)
-    and tags (its variant and seed added), so trackers show a sweep as one group."""
+    and tags (its variant and seed added), so trackers show a sweep as one group. Without
+    trackers the config stays as it is: nothing would read them."""
     train = config.train
+    if not train.trackers:
+        return config
     tags = list(dict.fromkeys([*train.tracker_tags, variant, f"seed{seed}"]))
     return dataclasses.replace(
         config, train=dataclasses.replace(train, tracker_group=train.tracker_group or sweep, tracker_tags=tags)
