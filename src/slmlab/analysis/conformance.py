@@ -41,7 +41,7 @@ from ..runs.checkpoints import load_weights
 from ..tables import markdown_table
 from . import references  # noqa: F401  (registers the built-in attention's and decoder's naive references)
 from .decoding_checks import check_compiled_decoding, check_kv_cache, check_padded_decoding
-from .probe import EXACT, Probe, Result
+from .probe import Probe, Result, agrees
 from .tiny_models import tiny_config
 
 
@@ -50,13 +50,13 @@ def check_causality(probe: Probe, mode: str) -> Result:
     model.train(mode == "train")
     worst = 0.0
     with torch.no_grad():
+        full = probe.logits(model, probe.tokens, seed=1)
         for t in sorted({1, probe.T // 2, probe.T - 1}):
             changed = probe.tokens.clone()
             changed[:, t:] = (changed[:, t:] + 1 + torch.arange(probe.T - t)) % probe.cfg.vocab_size
-            before = probe.logits(model, probe.tokens, seed=1)[:, :t]
             after = probe.logits(model, changed, seed=1)[:, :t]
-            worst = max(worst, (before - after).abs().max().item())
-    passed = worst <= EXACT
+            worst = max(worst, (full[:, :t] - after).abs().max().item())
+    passed = agrees(worst, full)
     reason = (
         ""
         if passed
@@ -71,7 +71,7 @@ def check_batch_independence(probe: Probe) -> Result:
         together = probe.logits(model, probe.tokens)
         alone = torch.cat([probe.logits(model, probe.tokens[i : i + 1]) for i in range(len(probe.tokens))])
     worst = (together - alone).abs().max().item()
-    passed = worst <= EXACT
+    passed = agrees(worst, alone)
     reason = "" if passed else f"a row's logits change with the other rows of its batch (by {worst:.3g})"
     return Result(passed, f"max abs Δ = {worst:.2g}", reason)
 
@@ -182,19 +182,22 @@ def check_overfit(probe: Probe, steps: int = 100) -> Result:
     )
 
 
-def _differences(fast: torch.Tensor, naive: torch.Tensor, inputs: list[torch.Tensor], generator) -> tuple[float, float]:
+def _differences(fast: torch.Tensor, naive: torch.Tensor, inputs: list[torch.Tensor], generator) -> tuple[float, float, bool]:
     """(max abs Δ of the outputs, max abs Δ of the gradients of a random weighting of them with
-    respect to `inputs`; inf where one side has a gradient and the other none)."""
+    respect to `inputs`, whether both agree in float64 (`agrees`, each gradient at its own scale));
+    inf and disagreement where one side has a gradient and the other none."""
     weights = torch.randn(fast.shape, dtype=torch.float64, generator=generator)
     grads_fast = torch.autograd.grad((fast * weights).sum(), inputs, allow_unused=True)
     grads_naive = torch.autograd.grad((naive * weights).sum(), inputs, allow_unused=True)
-    worst_grad = 0.0
+    worst_out = (fast - naive).abs().max().item()
+    worst_grad, agreed = 0.0, agrees(worst_out, naive)
     for a, b in zip(grads_fast, grads_naive):
         if (a is None) != (b is None):
-            worst_grad = math.inf
+            worst_grad, agreed = math.inf, False
         elif a is not None:
-            worst_grad = max(worst_grad, (a - b).abs().max().item())
-    return (fast - naive).abs().max().item(), worst_grad
+            difference = (a - b).abs().max().item()
+            worst_grad, agreed = max(worst_grad, difference), agreed and agrees(difference, b)
+    return worst_out, worst_grad, agreed
 
 
 def check_naive_references(probe: Probe) -> Result:
@@ -204,7 +207,7 @@ def check_naive_references(probe: Probe) -> Result:
     model = probe.build(torch.float64).eval()
     positions = torch.arange(probe.T)
     generator = torch.Generator().manual_seed(probe.seed)
-    compared: dict[str, tuple[float, float]] = {}  # label -> (max abs Δ out, Δ grad)
+    compared: dict[str, tuple[float, float, bool]] = {}  # label -> (max abs Δ out, Δ grad, agreed)
     for name, attention in attention_modules(model):
         h = torch.randn(2, probe.T, probe.cfg.d_model, dtype=torch.float64, generator=generator, requires_grad=True)
         for label, reference in NAIVE_REFERENCES.items():
@@ -221,7 +224,7 @@ def check_naive_references(probe: Probe) -> Result:
     if not compared:
         return Result(None, "no registered reference applies")
     worst_out, worst_grad = (max(d[i] for d in compared.values()) for i in range(2))
-    failing = [label for label, (out, grad) in compared.items() if out > EXACT or grad > EXACT]
+    failing = [label for label, (_, _, agreed) in compared.items() if not agreed]
     more = f" and {len(failing) - 3} more" if len(failing) > 3 else ""
     scope = f"{layers} layer(s)" + (" + whole model" if len(compared) > layers else "")
     figure = f"{scope}: max abs Δ out = {worst_out:.2g}, Δ grad = {worst_grad:.2g}"

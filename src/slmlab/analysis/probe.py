@@ -13,6 +13,14 @@ from ..registry import build_model
 EXACT = 1e-9  # every comparison but the trained ones runs in float64: a real fault moves far more
 
 
+def agrees(difference: float, *references: torch.Tensor) -> bool:
+    """Float64 agreement: max |Δ| <= EXACT · max(1, max |reference|). Rounding grows with the
+    size of the values compared (a model with large weights has logits and gradients of 10^3 and
+    more), so the bound scales with them; values of order one or less are held to EXACT itself."""
+    scale = max([1.0, *(r.abs().max().item() for r in references if r.numel())])
+    return difference <= EXACT * scale
+
+
 @dataclass
 class Result:
     """One property's verdict: passed is None when it does not apply; reason says why it failed."""
