@@ -127,6 +127,40 @@ def test_diagnose_passes_on_a_small_model(capsys, variant):
     assert "[PASS] loss at init" in out and "[PASS] overfit one batch" in out and "ln V = " in out
 
 
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["--model.dropout", "0.5"], "(target < 0.1; dropout off;"),  # under dropout the loss stayed at ~1.1
+        (["--data.seq_len", "1"], "above the batch's floor"),  # one-token contexts with several next tokens
+    ],
+)
+def test_diagnose_passes_a_sound_model_that_no_model_could_take_below_0_1(capsys, overrides, says):
+    argv = ["diagnose", QUICKSTART, *SMALL, "--model.d_model", "32", "--data.seq_len", "32", "--steps", "500", *overrides]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[PASS] overfit one batch" in out and says in out
+
+
+def test_the_context_floor_equals_the_entropy_of_next_tokens_grouped_by_their_whole_context():
+    from collections import Counter, defaultdict
+
+    import torch
+
+    from slmlab.evals.diagnose import context_floor
+
+    generator = torch.Generator().manual_seed(0)
+    for vocab, rows, length in [(2, 8, 6), (3, 16, 5), (50, 4, 32)]:
+        x = torch.randint(vocab, (rows, length), generator=generator)
+        y = torch.randint(vocab, (rows, length), generator=generator)
+        groups = defaultdict(Counter)
+        for b in range(rows):
+            for t in range(length):
+                groups[tuple(x[b, : t + 1].tolist())][int(y[b, t])] += 1
+        naive = sum(c * math.log(sum(g.values()) / c) for g in groups.values() for c in g.values()) / x.numel()
+        assert context_floor(x, y) == pytest.approx(naive, abs=1e-12)
+    assert context_floor(x[:1], y[:1]) == 0.0  # one row: every context is its own
+
+
 def test_compile_decodes_the_same_text_in_generate_and_prompts(trained_run, capsys, monkeypatch, tmp_path):
     """--compile goes through generation.compiled (here with a backend that runs each captured graph
     as it is, and keeps it) and changes no token."""
