@@ -55,6 +55,9 @@ from slmlab.config import ConfigError, config_from_dict
         ["train", "SWEEP"],  # the wrong kind of config: "unknown config key 'base'"
         ["sweep", "CONFIG", "--dry-run"],  # "unknown config key 'model'"
         ["tokenizer", "train", "CONFIG", "--train.lr=1"],
+        ["train", "CONFIG", "--out_dir", '"runs\\u0000x"'],  # ValueError: embedded null byte
+        ["train", "CONFIG", "--data.cache_dir", '"c\\u0000"'],
+        ["prompts", "RUN", "--out", "report\x00.md"],  # from a caller of main(): a shell cannot pass one
     ],
 )
 def test_a_bad_argument_is_one_line_and_nothing_is_written(argv, micro_toml, tmp_path, capsys):
@@ -68,6 +71,13 @@ def test_a_bad_argument_is_one_line_and_nothing_is_written(argv, micro_toml, tmp
     err = capsys.readouterr().err.strip()
     assert "error" in err and "\n" not in err and "Traceback" not in err
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_plugin_path_with_a_nul_character_is_one_line(micro_toml, tmp_path, capsys):
+    config = tmp_path / "with_plugin.toml"
+    config.write_text('plugins = ["idea\\u0000.py"]\n' + micro_toml.read_text())
+    assert _exit_code(["train", str(config)]) == 2
+    assert "plugins: 'idea\\x00.py' holds a NUL character" in capsys.readouterr().err
 
 
 def _exit_code(argv: list[str]) -> int:

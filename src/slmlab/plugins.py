@@ -79,6 +79,9 @@ def resolve(specs: list | str, base: Path) -> list:
         specs = [specs]
     if not isinstance(specs, list):
         return specs  # the schema check names the mistake
+    for spec in specs:
+        if isinstance(spec, str) and "\0" in spec:
+            raise ConfigError(f"plugins: {spec!r} holds a NUL character, which no path or module name can; remove it")
     return [_absolute(Path(s).expanduser(), base) if isinstance(s, str) and is_file_spec(s) else s for s in specs]
 
 

@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         for arg in argv:
             if lone_surrogate(arg):  # Python's stand-in for a byte that is not UTF-8 (surrogateescape)
                 raise SlmlabError(f"argument {arg!r} is not UTF-8 text; give slmlab UTF-8 arguments")
+            if "\0" in arg:  # only a caller of main() can pass one: a shell's arguments end at NUL
+                raise SlmlabError(f"argument {arg!r} holds a NUL character, which no path or text argument can")
         check_overrides(args, extra)
         check_option_rules(args, given_options(build_parser(), own))
         return args.func(args, extra)

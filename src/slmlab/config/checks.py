@@ -317,12 +317,18 @@ def check_model(m, building: bool = False) -> None:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
 
 
+PATH_SETTINGS = ("out_dir", "data.source", "data.cache_dir", "data.tiktoken_file")
+
+
 def validate(cfg) -> None:
     """Reject impossible values with one line naming the key."""
     m, d, t = cfg.model, cfg.data, cfg.train
     check_name("name", cfg.name)
     if not cfg.out_dir:
         raise ConfigError("out_dir is empty: name the folder that holds run directories (default 'runs')")
+    for key in PATH_SETTINGS:
+        if "\0" in _lookup(cfg, key):
+            raise ConfigError(f"{key} = {_lookup(cfg, key)!r} holds a NUL character, which no path can; remove it")
     check_choices(cfg)
     check_seed("train.seed", t.seed)
     check_model(m)
