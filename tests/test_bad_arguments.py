@@ -41,6 +41,7 @@ from slmlab.config import ConfigError, config_from_dict
         ["train", "CONFIG", "--train.device", "meta"],
         ["train", "CONFIG", "--train.device", "cpu:1"],
         ["train", "CONFIG", "--train.device", "xpu"],
+        ["info", "CONFIG", "--train.device", "cuda0"],  # info reads no device: it took any name
         ["train", "CONFIG", "--train.seed", "-1"],
         ["generate", "RUN", "--prompt", "a", "--seed", "-1"],
         ["generate", "RUN", "--prompt", "a", "--seed", str(2**64)],

@@ -2,7 +2,8 @@
 conversion and the rules that span fields."""
 
 from ..errors import ConfigError
-from .checks import check_name, check_no_ignored_setting, check_seed, offset_seed, resolve_vocab, validate
+from .checks import check_name, check_seed, offset_seed, resolve_vocab, validate
+from .ignored import check_no_ignored_setting
 from .loading import (
     apply_overrides,
     check_config,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any
 
 from ..errors import ConfigError
@@ -68,7 +69,8 @@ def offset_seed(seed: int, offset: int) -> int:
     return (seed + offset) % SEED_LIMIT
 
 
-def _lookup(cfg: Any, key: str) -> Any:
+def value_at(cfg: Any, key: str) -> Any:
+    """The value of a dotted setting ("model.smat.use_S") of a RunConfig."""
     for part in key.split("."):
         cfg = getattr(cfg, part)
     return cfg
@@ -76,7 +78,7 @@ def _lookup(cfg: Any, key: str) -> Any:
 
 def check_choices(cfg) -> None:
     for registry in CHOICE_REGISTRIES:
-        registry[_lookup(cfg, registry.config_key)]  # an unknown name raises ConfigError
+        registry[value_at(cfg, registry.config_key)]  # an unknown name raises ConfigError
     for i, pattern in enumerate(cfg.model.attention_layers):
         if pattern not in ATTENTION_PATTERNS:
             raise ConfigError(f"model.attention_layers[{i}] = {pattern!r} is not one of {', '.join(ATTENTION_PATTERNS)}")
@@ -93,111 +95,6 @@ def first_change(section: Any) -> tuple[str, Any] | None:
         if getattr(section, f.name) != getattr(default, f.name):
             return f.name, getattr(section, f.name)
     return None
-
-
-# A setting read only under some choices: key -> (the choice, the built-in values that ignore it).
-# Only built-in values are listed, so a plugin's position scheme or tokenizer may read the setting.
-IGNORED_UNDER = {
-    "model.rope_theta": ("model.pos", ("learned", "sinusoidal")),
-    "model.rope_scale": ("model.pos", ("learned", "sinusoidal")),
-    "model.rope_fraction": ("model.pos", ("learned", "sinusoidal")),
-    "model.student_t_nu": ("model.head", ("linear",)),
-    "data.vocab_size": ("data.tokenizer", ("byte", "char", "gpt2")),
-    "data.tiktoken_file": ("data.tokenizer", ("byte", "char", "bpe")),
-    "train.decay_fraction": ("train.schedule", ("cosine",)),
-    "train.keep_checkpoints": ("train.checkpoint_every", (0,)),  # only the final checkpoint is written
-    **{f"train.tracker_{name}": ("train.trackers", ([],)) for name in ("project", "group", "tags")},
-}
-
-
-def ignored_settings(configs: list) -> list[tuple[str, str]]:
-    """(key, one-line message) for each setting changed from its default that every config in
-    `configs` ignores: model.rope_scale with learned positions, data.vocab_size with a char
-    tokenizer, a variant section's setting read only with a switch that is off (a section's
-    `read_with`: model.smat.s_dim with use_S and use_G both false) or while the choice that names
-    it names another (a section's `chosen_by`: an MLP plugin's settings with another model.mlp),
-    attention settings no layer reads. Each config counts as it is, so a curriculum's phases or a sweep's variants use a
-    setting if any one of them does."""
-    return [*_ignored_under_choices(configs), *_ignored_under_switches(configs), *_ignored_attention_settings(configs)]
-
-
-def _ignored_under_choices(configs: list) -> list[tuple[str, str]]:
-    found = []
-    for key, (choice, ignoring) in IGNORED_UNDER.items():
-        section, name = key.split(".")
-        default = getattr(type(getattr(configs[0], section))(), name)
-        if all(_lookup(c, choice) in ignoring and _lookup(c, key) != default for c in configs):
-            value, chosen = _lookup(configs[0], key), _lookup(configs[0], choice)
-            found.append((key, f"{key} = {value!r} is ignored with {choice} = {chosen!r}; remove it"))
-    return found
-
-
-def _ignored_under_switches(configs: list) -> list[tuple[str, str]]:
-    found = []
-    for name, section in MODEL_SECTIONS.items():
-        default = section.config()
-        changed = [c for c in configs if first_change(getattr(c.model, name))]
-        if section.chosen_by and changed and all(_lookup(c, section.chosen_by) != name for c in configs):
-            setting, value = first_change(getattr(changed[0].model, name))
-            found.append(
-                (
-                    f"model.{name}.{setting}",
-                    f"model.{name}.{setting} = {value!r} is read only with {section.chosen_by} = {name!r}; "
-                    "remove it or choose it",
-                )
-            )
-        for setting, switches in section.read_with.items():
-            key, keys = f"model.{name}.{setting}", [f"model.{name}.{switch}" for switch in switches]
-            if all(_lookup(c, key) != getattr(default, setting) and not any(_lookup(c, k) for k in keys) for c in configs):
-                value = _lookup(configs[0], key)
-                found.append((key, f"{key} = {value!r} is read only with {' or '.join(keys)} = true; remove it or turn that on"))
-    return found
-
-
-def _ignored_attention_settings(configs: list) -> list[tuple[str, str]]:
-    found, m, defaults = [], configs[0].model, type(configs[0].model)()
-    if all(set(c.model.layer_patterns) == {"full"} and c.model.local_block != defaults.local_block for c in configs):
-        found.append(
-            ("model.local_block", f"model.local_block = {m.local_block} is ignored with full attention in every layer; remove it")
-        )
-    if all(c.model.attention_layers and c.model.attention != defaults.attention for c in configs):
-        found.append(
-            (
-                "model.attention",
-                f"model.attention = {m.attention!r} is ignored: model.attention_layers names every layer's pattern; "
-                "remove one of them",
-            )
-        )
-    if all(c.model.global_every and (c.model.attention == "full" or c.model.attention_layers) for c in configs):
-        found.append(
-            (
-                "model.global_every",
-                f"model.global_every = {m.global_every} makes every k-th layer of a local model.attention full; "
-                f"with model.attention = {m.attention!r}"
-                + (" and model.attention_layers" if m.attention_layers else "")
-                + " it changes nothing; remove it",
-            )
-        )
-    elif all(c.model.global_every > c.model.n_layer for c in configs):
-        found.append(
-            (
-                "model.global_every",
-                f"model.global_every = {m.global_every} makes every k-th layer full, but the model has "
-                f"{m.n_layer} layer(s): it changes nothing; lower it to at most model.n_layer",
-            )
-        )
-    return found
-
-
-def check_no_ignored_setting(cfg, keys=None) -> None:
-    """Refuse a setting changed from its default that the config ignores (`ignored_settings`;
-    a curriculum's setting counts if any phase uses it): it would change nothing while the user
-    believes it did. With `keys`, only those settings (the ones a user just gave, on top of a
-    config that loads as it is). For configs a user writes (load_config) and overrides of a trained
-    run's config; a run's recorded config.json loads as it is."""
-    for key, message in ignored_settings(cfg.phase_configs()):
-        if keys is None or key in keys:
-            raise ConfigError(message)
 
 
 CLASS_MEMBERS = ("extension_points", "exact_memory_estimate")  # what slmlab reads of an architecture's class (model/protocol.py)
@@ -318,6 +215,7 @@ def check_model(m, building: bool = False) -> None:
 
 
 PATH_SETTINGS = ("out_dir", "data.source", "data.cache_dir", "data.tiktoken_file")
+DEVICE_NAMES = re.compile(r"auto|cpu(:0)?|mps(:0)?|cuda(:\d+)?")  # what training.runtime.resolve_device takes
 
 
 def validate(cfg) -> None:
@@ -327,10 +225,12 @@ def validate(cfg) -> None:
     if not cfg.out_dir:
         raise ConfigError("out_dir is empty: name the folder that holds run directories (default 'runs')")
     for key in PATH_SETTINGS:
-        if "\0" in _lookup(cfg, key):
-            raise ConfigError(f"{key} = {_lookup(cfg, key)!r} holds a NUL character, which no path can; remove it")
+        if "\0" in value_at(cfg, key):
+            raise ConfigError(f"{key} = {value_at(cfg, key)!r} holds a NUL character, which no path can; remove it")
     check_choices(cfg)
     check_seed("train.seed", t.seed)
+    if not DEVICE_NAMES.fullmatch(t.device):  # whether this machine has it is known only where it runs
+        raise ConfigError(f"train.device = {t.device!r} is not a device slmlab runs on: use auto, cpu, cuda, cuda:N or mps")
     check_model(m)
     positive = {
         "data.seq_len": d.seq_len,

@@ -20,7 +20,8 @@ from ..errors import ConfigError
 from ..files import HEAD_BYTES, not_utf8, wide_text
 from ..registry import load_builtins
 from ..tables import command_line
-from .checks import check_no_ignored_setting, validate
+from .checks import validate
+from .ignored import check_no_ignored_setting
 from .schema import ModelConfig, RunConfig
 from .values import build_dataclass
 

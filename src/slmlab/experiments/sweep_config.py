@@ -35,7 +35,7 @@ from typing import Any
 
 from .. import plugins
 from ..config import ConfigError, RunConfig, build_dataclass, check_name, dotted, load_config, read_toml
-from ..config.checks import check_no_ignored_setting, ignored_settings
+from ..config.ignored import check_no_ignored_setting, ignored_settings
 from ..data.corpora import check_outside_source, check_source_settings
 from ..runs.run_dir import RunDir
 from ..tables import command_line
