@@ -92,6 +92,25 @@ def test_bootstrap_intervals():
     assert bootstrap_mean(values, seed=3) == bootstrap_mean(values, seed=3)  # fixed seeds reproduce
 
 
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["persona-eval", "RUN", "--persona-data", "GONE", "--other-data", "TEXT"], "--persona-data"),
+        (["persona-eval", "RUN", "--persona-data", "TEXT", "--other-data", "GONE"], "--other-data"),
+        (["persona-eval", "RUN", "--persona-data", "TEXT", "--other-data", "GONE", "--out", "OUT"], "--other-data"),
+        (["persona", "RUN", "--persona-data", "GONE", "--train", "all"], "--persona-data"),
+    ],
+)
+def test_a_persona_source_that_names_no_corpus_is_named_by_its_option(tmp_path, capsys, micro_toml, argv, option):
+    """It was "data.source: 'gone.txt' is neither a built-in corpus ...": a key the user never gave."""
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "r"]) == 0
+    (tmp_path / "p.txt").write_text("hello there")
+    names = {"RUN": str(tmp_path / "runs" / "r"), "GONE": str(tmp_path / "gone.txt"), "TEXT": str(tmp_path / "p.txt")}
+    capsys.readouterr()
+    assert main([names.get(a, str(tmp_path / "out.md") if a == "OUT" else a) for a in argv]) == 2
+    assert capsys.readouterr().err.startswith(f"slmlab: error: {option}: '{tmp_path / 'gone.txt'}' is neither a built-in")
+
+
 def test_persona_eval_needs_other_text_for_a_plain_source(tmp_path, capsys):
     (tmp_path / "p.txt").write_text("hello")
     assert main(["persona-eval", "runs/x", "--persona-data", str(tmp_path / "p.txt")]) == 2

@@ -75,7 +75,7 @@ class PersonaData:
 def persona_data(persona_spec: str, other_spec: str = "", cache_dir: str = "") -> PersonaData:
     persona = source_data_config(persona_spec, cache_dir=cache_dir)
     if other_spec:
-        other = source_data_config(other_spec, cache_dir=cache_dir)
+        other = source_data_config(other_spec, "--other-data", cache_dir=cache_dir)
     elif persona.genres:  # the same named corpus, every other genre
         source = open_source(persona)
         chosen = {source.resolve_genre(g) for g in persona.genres}
@@ -294,8 +294,9 @@ def persona_report(
         raise ConfigError("name at least one run (or --compare RUN_A RUN_B ...)")
     resolved = resolve_device(device)
     if out:
-        for spec in filter(None, (persona_spec, other_spec)):  # a table written over the text it measures
-            check_not_a_source_file(source_data_config(spec), out, "--out")
+        for spec, option in ((persona_spec, "--persona-data"), (other_spec, "--other-data")):
+            if spec:  # a table written over the text it measures
+                check_not_a_source_file(source_data_config(spec, option), out, "--out")
         check_replaceable(out, "--out", "a persona-eval table", lambda text: text.startswith(REPORT_TITLE))
     data = persona_data(persona_spec, other_spec)
     for run in runs:

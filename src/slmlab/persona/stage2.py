@@ -21,25 +21,32 @@ from ..config import (
     config_from_dict,
 )
 from ..config.checks import TOKENIZER_KEYS
+from ..data.corpora import CorpusError, open_source
 from ..registry import TRAINABLE, closest
 from ..runs.run_dir import RunDir, phase_runs
 
 NAMED_CORPORA = ("shakespeare", "brown")
 
 
-def source_overrides(spec: str) -> dict:
-    """'brown:R,D' -> {'data.source': 'brown', 'data.genres': ['R', 'D']}; a path stays whole."""
+def source_overrides(spec: str, option: str = "--persona-data") -> dict:
+    """'brown:R,D' -> {'data.source': 'brown', 'data.genres': ['R', 'D']}; a path stays whole,
+    and one that names no corpus is refused under `option`, the command-line option that gave it."""
     name, _, genres = spec.partition(":")
     if name in NAMED_CORPORA:
         return {"data.source": name, "data.genres": [g for g in genres.split(",") if g]}
     if not spec:
-        raise ConfigError("--persona-data is empty: give a corpus, e.g. brown:R or persona.txt")
+        raise ConfigError(f"{option} is empty: give a corpus, e.g. brown:R or persona.txt")
+    try:
+        open_source(DataConfig(source=spec))  # finds its files: where none are, it says why
+    except CorpusError as err:
+        raise CorpusError(f"{option}: {str(err).removeprefix('data.source: ')}") from None
     return {"data.source": spec, "data.genres": []}
 
 
-def source_data_config(spec: str, **fields) -> DataConfig:
+def source_data_config(spec: str, option: str = "--persona-data", **fields) -> DataConfig:
     """A DataConfig that reads SOURCE (as `source_overrides` parses it), with other fields given."""
-    return DataConfig(**{key.split(".", 1)[1]: value for key, value in source_overrides(spec).items()}, **fields)
+    overrides = source_overrides(spec, option)
+    return DataConfig(**{key.split(".", 1)[1]: value for key, value in overrides.items()}, **fields)
 
 
 def trained_config(run: RunDir) -> tuple[RunDir, RunConfig]:
