@@ -17,7 +17,9 @@ end-of-text token.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import subprocess
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,15 +245,16 @@ def evaluate_run(
         include.append(str(write_cloze_task(results_path(run).parent / "tasks", examples)))
     manager = TaskManager(include_path=include or None, include_defaults=bool(others))
     try:
-        output = lm_eval.simple_evaluate(
-            model=model,
-            tasks=tasks,
-            num_fewshot=num_fewshot,
-            limit=limit or None,
-            task_manager=manager,
-            log_samples=False,
-            bootstrap_iters=1000,
-        )
+        with _quiet_git_hash():
+            output = lm_eval.simple_evaluate(
+                model=model,
+                tasks=tasks,
+                num_fewshot=num_fewshot,
+                limit=limit or None,
+                task_manager=manager,
+                log_samples=False,
+                bootstrap_iters=1000,
+            )
     except (ConnectionError, OSError) as err:
         raise ConfigError(
             f"lm-eval could not read a task's dataset offline ({str(err).splitlines()[0][:120]}); "
@@ -303,3 +306,30 @@ def score_sweep_runs(
             scores, _ = evaluate_run(job.run.path, tasks, limit, num_fewshot, batch_size)
         result["lm_eval"] = scores
     return results
+
+
+@contextlib.contextmanager
+def _quiet_git_hash() -> Iterator[None]:
+    """lm-eval records `git describe --always` of the working directory and lets git write
+    "fatal: not a git repository" to the terminal wherever there is none, as if slmlab had
+    failed. Within this block it records the same hash (lm-eval's own fallback where git cannot
+    say) with git's complaint kept off the terminal."""
+    import lm_eval.evaluator as evaluator
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    def git_hash() -> str | None:
+        try:
+            described = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=True)
+            return described.stdout.strip()
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            return get_commit_from_path(Path.cwd())
+
+    original = getattr(evaluator, "get_git_commit_hash", None)
+    if original is None:  # another lm-eval: nothing to quieten
+        yield
+        return
+    evaluator.get_git_commit_hash = git_hash
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
