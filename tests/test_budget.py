@@ -66,3 +66,8 @@ def test_budget_mistakes_are_one_line_errors(tmp_path, micro_toml):
         load_sweep(sweep_file(tmp_path, micro_toml, "tokens = 10"))
     with pytest.raises(ConfigError, match="did you mean 'flops'"):
         load_sweep(sweep_file(tmp_path, micro_toml, "flop = 1e9"))
+    # it said "train.steps = 2486... is too large", a setting the user never gave
+    with pytest.raises(
+        ConfigError, match=r"budget flops = 1e\+30 buys variant '(baseline|full)' .* steps, more than a run can count"
+    ):
+        load_sweep(sweep_file(tmp_path, micro_toml, "flops = 1e30"))

@@ -182,6 +182,14 @@ def test_a_shared_setting_one_variant_ignores_is_kept_for_the_variants_that_read
         load_sweep(micro_sweep)
 
 
+def test_a_sweep_with_an_empty_out_dir_is_refused(micro_sweep):
+    """Its runs went to a folder named after the sweep in the working directory; a run config's
+    empty out_dir was already refused."""
+    micro_sweep.write_text(micro_sweep.read_text().replace(f'out_dir = "{micro_sweep.parent / "runs"}"', 'out_dir = ""'))
+    with pytest.raises(ConfigError, match="out_dir is empty: name the folder that holds the sweep's folder"):
+        load_sweep(micro_sweep)
+
+
 def test_a_sweep_named_like_an_existing_run_is_refused(micro_sweep, micro_toml, tmp_path):
     from slmlab.cli import main
 

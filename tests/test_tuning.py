@@ -95,6 +95,9 @@ def test_a_grid_of_learning_rate_and_weight_decay_picks_the_best_combination(tmp
         ("weight_decay = [-0.1]", "", "tune.weight_decay must hold weight decays >= 0"),
         ("warmup_steps = [-1]", "", "tune.warmup_steps must hold step counts >= 0"),
         ("weight_decay = [0.1]", '"train.weight_decay" = 0.2', "sets train.weight_decay, which the sweep sets for every run"),
+        # a value the grid sets is refused naming the grid point, not a train.* key the user never set
+        ("lr = [1e9]", "", "[tune] grid point lr1e+09 of variant 'baseline': train.lr * train.weight_decay"),
+        ("lr = [1e-3]\nsteps = 10000000000000000000000", "", "[tune] grid point lr0.001 of variant 'baseline': train.steps"),
     ],
 )
 def test_a_tuning_grid_that_cannot_run_as_written_is_one_line(tmp_path, micro_toml, capsys, tune, overrides, says):

@@ -97,6 +97,9 @@ def step_cost(cfg: RunConfig, kind: str) -> float:
     return seconds_per_step(cfg)
 
 
+MAX_STEPS = 2**63  # train.steps is a whole number below it (config.checks)
+
+
 def steps_within(cfg: RunConfig, kind: str, amount: float, label: str = "") -> int:
     """The most steps `cfg` can take within the budget (at least 1), refusing a budget below warmup."""
     steps = math.floor(amount / step_cost(cfg, kind))
@@ -104,6 +107,11 @@ def steps_within(cfg: RunConfig, kind: str, amount: float, label: str = "") -> i
         raise ConfigError(
             f"budget {kind} = {amount:g} buys {label or cfg.name} only {steps} steps, not more than its "
             f"{cfg.train.warmup_steps} warmup steps; raise the budget"
+        )
+    if steps >= MAX_STEPS:
+        raise ConfigError(
+            f"budget {kind} = {amount:g} buys {label or cfg.name} {steps:.3g} steps, more than a run can count "
+            f"(below 2**63); lower the budget"
         )
     return steps
 

@@ -92,6 +92,8 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
     sweep = build_dataclass(SweepConfig, values)
     sweep.out_dir = os.path.expanduser(sweep.out_dir)
     check_name("name", sweep.name)
+    if not sweep.out_dir:  # its runs went to a folder named after the sweep in the working directory
+        raise ConfigError(f"{path}: out_dir is empty: name the folder that holds the sweep's folder (default 'runs')")
     if not sweep.base:
         raise ConfigError(f"{path}: 'base' must name a run config (e.g. base = \"quickstart.toml\")")
     if not sweep.variants:

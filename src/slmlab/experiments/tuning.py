@@ -91,7 +91,11 @@ def tuning_jobs(sweep, jobs: list) -> list:
             overrides = {**point, "name": f"{job.variant}_{point_label(point)}", "out_dir": str(folder)}
             if sweep.tune.steps:
                 overrides["train.steps"] = sweep.tune.steps
-            tuned.append(Job(job.variant, index, config_from_dict(apply_overrides(job.config.to_dict(), overrides))))
+            try:
+                config = config_from_dict(apply_overrides(job.config.to_dict(), overrides))
+            except ConfigError as err:  # it named train.lr or train.steps, which the user set only through [tune]
+                raise ConfigError(f"[tune] grid point {point_label(point)} of variant '{job.variant}': {err}") from None
+            tuned.append(Job(job.variant, index, config))
     return tuned
 
 
