@@ -94,22 +94,50 @@ def test_gpt2_tokenizer_matches_known_ids():
     assert 50256 not in ids and int(tok.token_bytes()[ids].sum()) == len(ODD.encode("utf-8"))
 
 
-@pytest.mark.parametrize("kind", ["byte", "char", "bpe", "gpt2"])
-def test_half_a_surrogate_pair_is_a_clear_error_for_every_tokenizer(kind, bpe):
-    """'\\ud800' (a JSON escape, or a command line's bytes that are not UTF-8) is no character:
-    the backends raised TypeError or UnicodeEncodeError, or tiktoken replaced it in silence."""
+def tokenizer_of(kind: str, bpe):
+    """A built-in tokenizer of each kind: bytes, a char table of "ab", the trained BPE, GPT-2."""
     from slmlab.data.corpora.fetch import fetch_gpt2_tokenizer
 
-    tok = {
+    return {
         "byte": ByteTokenizer,
         "char": lambda: CharTokenizer("ab"),
         "bpe": lambda: bpe,
         "gpt2": lambda: GPT2Tokenizer(fetch_gpt2_tokenizer()),
     }[kind]()
+
+
+@pytest.mark.parametrize("kind", ["byte", "char", "bpe", "gpt2"])
+def test_half_a_surrogate_pair_is_a_clear_error_for_every_tokenizer(kind, bpe):
+    """'\\ud800' (a JSON escape, or a command line's bytes that are not UTF-8) is no character:
+    the backends raised TypeError or UnicodeEncodeError, or tiktoken replaced it in silence."""
+    tok = tokenizer_of(kind, bpe)
     for encode in (tok.encode, lambda text: tok.encode_batch(["a", text]), lambda text: tok.encode_documents([text])):
         with pytest.raises(TokenizerError, match=r"the text holds \\ud800, half of a UTF-16 pair"):
             encode("a\ud800b")
     assert tok.encode_batch(["ab", "ba"]) == [tok.encode("ab"), tok.encode("ba")]
+
+
+@pytest.mark.parametrize("kind", ["byte", "char", "bpe", "gpt2"])
+def test_an_id_outside_the_vocabulary_is_a_clear_error_for_every_tokenizer(kind, bpe):
+    """A char table read -1 as its last character and failed on 10**6 with an IndexError; bytes()
+    and tiktoken raised their own errors."""
+    tok = tokenizer_of(kind, bpe)
+    for outside in (-1, tok.vocab_size, 10**6):
+        with pytest.raises(TokenizerError, match=rf"token id {outside} is outside this {kind} tokenizer's vocabulary"):
+            tok.decode([0, outside])
+    assert tok.decode(tok.encode("ab")) == "ab"
+
+
+def test_a_padded_vocabulary_reads_out_text_tokens_only(micro_toml, tmp_path, capsys):
+    """A model whose embedding is wider than its tokenizer (model.vocab_size > the tokenizer's):
+    the logit lens and attribution's default answer took the argmax over every id, and an extra
+    id ended in "IndexError: string index out of range"."""
+    from slmlab.cli import main
+
+    assert main(["train", str(micro_toml), "--name", "padded", "--model.vocab_size", "4096", "--train.steps", "3"]) == 0
+    run = str(tmp_path / "runs" / "padded")
+    assert main(["viz", "lens", run, "--prompt", "the cat sat", "--out", str(tmp_path / "lens")]) == 0
+    assert main(["viz", "attribute", run, "--prompt", "the cat sat", "--out", str(tmp_path / "attr")]) == 0
 
 
 def test_tokenizer_train_replaces_its_own_output_only(micro_toml, tmp_path, capsys):

@@ -84,7 +84,8 @@ def lens_report(
     lens = logit_lens(loaded.model, torch.tensor([ids], device=loaded.device))[:, 0].cpu()  # (stages, T, V)
     next_ids = torch.tensor(ids[1:])
     next_logp = lens[:, :-1].gather(-1, next_ids.expand(lens.shape[0], -1)[..., None])[..., 0]  # (stages, T - 1)
-    top = [loaded.labels(row.tolist()) for row in lens[:, :-1].argmax(-1)]
+    tokens_only = lens[:, :-1, : loaded.tokenizer.vocab_size]  # a padded embedding's extra ids are no text
+    top = [loaded.labels(row.tolist()) for row in tokens_only.argmax(-1)]
     tokens = loaded.labels(ids)
     rows = [
         [name, *(f"{label} ({math.exp(lp):.2f})" for label, lp in zip(top[s], next_logp[s].tolist()))]

@@ -94,10 +94,11 @@ def one_token(tokenizer, text: str, flag: str) -> int:
 
 def answer_tokens(loaded: LoadedRun, idx: torch.Tensor, answer: str | None, wrong: str | None) -> tuple[int, int | None]:
     """(answer id, wrong id or None): --answer's one token, by default the model's most likely next
-    token after idx (1, T); --wrong's one token, which must differ from the answer."""
+    token after idx (1, T) among the tokenizer's (a padded embedding's extra ids are no text);
+    --wrong's one token, which must differ from the answer."""
     if answer is None:
         with torch.no_grad(), eval_mode(loaded.model):
-            answer_id = int(loaded.model(idx)[0][0, -1].argmax())
+            answer_id = int(loaded.model(idx)[0][0, -1, : loaded.tokenizer.vocab_size].argmax())
     else:
         answer_id = one_token(loaded.tokenizer, answer, "--answer")
     wrong_id = None if wrong is None else one_token(loaded.tokenizer, wrong, "--wrong")

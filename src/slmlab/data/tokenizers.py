@@ -67,6 +67,18 @@ class Tokenizer(ABC):
     @abstractmethod
     def decode(self, ids: Iterable[int]) -> str: ...
 
+    def checked_ids(self, ids: Iterable[int]) -> list[int]:
+        """`ids` as ints, each the id of a token of this tokenizer (0 .. vocab_size - 1), else a
+        TokenizerError: a char table read -1 as its last character, the byte and BPE backends
+        failed with an IndexError or ValueError, or dropped the id."""
+        ids = [int(i) for i in ids]
+        outside = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if outside is not None:
+            raise TokenizerError(
+                f"token id {outside} is outside this {self.kind} tokenizer's vocabulary (ids 0..{self.vocab_size - 1})"
+            )
+        return ids
+
     @abstractmethod
     def to_json(self) -> str: ...
 
@@ -108,7 +120,7 @@ class ByteTokenizer(Tokenizer):
         return [np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(token_dtype(self.vocab_size)) for text in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+        return bytes(self.checked_ids(ids)).decode("utf-8", errors="replace")
 
     def to_json(self) -> str:
         return json.dumps({"slmlab_tokenizer": "byte"})
@@ -162,7 +174,7 @@ class CharTokenizer(Tokenizer):
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
+        return "".join(self.chars[i] for i in self.checked_ids(ids))
 
     def to_json(self) -> str:
         return json.dumps({"slmlab_tokenizer": "char", "chars": self.chars}, ensure_ascii=False)
@@ -230,7 +242,7 @@ class BPETokenizer(Tokenizer):
         )
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+        return self.tok.decode(self.checked_ids(ids), skip_special_tokens=False)
 
     def to_json(self) -> str:
         return self.tok.to_str()
@@ -306,7 +318,7 @@ class GPT2Tokenizer(Tokenizer):
         return encode_in_pieces(self.enc.encode_ordinary_batch, texts, token_dtype(self.vocab_size))
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self.enc.decode([int(i) for i in ids])
+        return self.enc.decode(self.checked_ids(ids))
 
     def to_json(self) -> str:
         return json.dumps({"slmlab_tokenizer": "gpt2", "file": str(self.path.resolve()), "sha256": GPT2_FILE_SHA256})

@@ -116,7 +116,8 @@ class SlmlabLM(LM):
                 positions = logprobs[r, end - len(continuation) : end]
                 target = torch.tensor(continuation)
                 total = float(positions.gather(1, target[:, None]).sum())
-                results[i] = (total, bool((positions.argmax(-1) == target).all()))
+                greedy = positions[:, : self.tokenizer.vocab_size].argmax(-1)  # as generation draws: text tokens only
+                results[i] = (total, bool((greedy == target).all()))
         return results
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
