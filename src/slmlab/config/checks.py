@@ -225,8 +225,9 @@ def validate(cfg) -> None:
     if not cfg.out_dir:
         raise ConfigError("out_dir is empty: name the folder that holds run directories (default 'runs')")
     for key in PATH_SETTINGS:
-        if "\0" in value_at(cfg, key):
-            raise ConfigError(f"{key} = {value_at(cfg, key)!r} holds a NUL character, which no path can; remove it")
+        path = value_at(cfg, key)
+        if "\0" in path:
+            raise ConfigError(f"{key} = {path!r} holds a NUL character, which no path can; remove it")
     check_choices(cfg)
     check_seed("train.seed", t.seed)
     if not DEVICE_NAMES.fullmatch(t.device):  # whether this machine has it is known only where it runs

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ConfigError, RunConfig, apply_overrides, config_from_dict, resolve_vocab
+from ..config.checks import INT64_LIMIT
 from ..data.tokens import vocab_size_of
 from ..model import build_model
 from ..model.accounting import measured_flops_per_token
@@ -97,9 +98,6 @@ def step_cost(cfg: RunConfig, kind: str) -> float:
     return seconds_per_step(cfg)
 
 
-MAX_STEPS = 2**63  # train.steps is a whole number below it (config.checks)
-
-
 def steps_within(cfg: RunConfig, kind: str, amount: float, label: str = "") -> int:
     """The most steps `cfg` can take within the budget (at least 1), refusing a budget below warmup."""
     steps = math.floor(amount / step_cost(cfg, kind))
@@ -108,7 +106,7 @@ def steps_within(cfg: RunConfig, kind: str, amount: float, label: str = "") -> i
             f"budget {kind} = {amount:g} buys {label or cfg.name} only {steps} steps, not more than its "
             f"{cfg.train.warmup_steps} warmup steps; raise the budget"
         )
-    if steps >= MAX_STEPS:
+    if steps >= INT64_LIMIT:  # train.steps must stay below it
         raise ConfigError(
             f"budget {kind} = {amount:g} buys {label or cfg.name} {steps:.3g} steps, more than a run can count "
             f"(below 2**63); lower the budget"
