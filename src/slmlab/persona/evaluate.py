@@ -293,11 +293,12 @@ def persona_report(
     if not runs:
         raise ConfigError("name at least one run (or --compare RUN_A RUN_B ...)")
     resolved = resolve_device(device)
-    data = persona_data(persona_spec, other_spec)
     if out:
-        for source in (data.persona, data.other):  # a table written over the text it measures
-            check_not_a_source_file(source, out, "--out")
+        for spec, option in ((persona_spec, "--persona-data"), (other_spec, "--other-data")):
+            if spec:  # a table written over the text it measures
+                check_not_a_source_file(source_data_config(spec, option), out, "--out")
         check_replaceable(out, "--out", "a persona-eval table", lambda text: text.startswith(REPORT_TITLE))
+    data = persona_data(persona_spec, other_spec)
     for run in runs:
         check_run(run)
     classifier = PersonaClassifier(data, seed)
