@@ -83,7 +83,7 @@ def test_the_built_in_reference_catches_what_the_other_properties_cannot(monkeyp
         monkeypatch.setattr(BlockLocal, "make_cache", lambda self, max_len: WindowedKVCache(3 * self.block))
     else:
         angles = RotaryPositions.angles
-        monkeypatch.setattr(RotaryPositions, "angles", lambda self, p: angles(self, p * self.scale**2))
+        monkeypatch.setattr(RotaryPositions, "angles", lambda self, p, dtype: angles(self, p * self.scale**2, dtype))
     results = _naive_reference_of(cfg)
     assert results["naive reference (float64)"].passed is False, fault
     assert "attention@blocks.0.attn" in results["naive reference (float64)"].reason

@@ -87,8 +87,9 @@ def test_rotation_equals_the_pairwise_rotation_matrices(fraction, per_row):
     torch.manual_seed(0)
     q, k = torch.randn(2, 2, 3, 6, 32, dtype=torch.float64)
     where = torch.tensor([[0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10]]) if per_row else torch.arange(3, 9)
+    where = where + 4090  # far out, where float32 angles would be off by ~1e-4 rad
     rq, rk = positions.rotate(q, k, where)
-    close = {"rtol": 1e-6, "atol": 1e-6}  # the angles are float32
+    close = {"rtol": 0, "atol": 1e-11}  # float64 tensors are rotated by float64 angles (~4e3 rad, rounded)
     torch.testing.assert_close(rq, naive_rope(q, where, positions.rotary_dim, scale=1.5), **close)
     torch.testing.assert_close(rk, naive_rope(k, where, positions.rotary_dim, scale=1.5), **close)
 
@@ -98,7 +99,7 @@ def test_tables_are_made_once_per_forward_and_again_for_new_or_changed_positions
     model = build_model(ModelConfig(vocab_size=40, n_layer=3, n_head=2, d_model=32, block_size=32, pos="rope")).eval()
     calls = []
     angles = model.positions.angles
-    monkeypatch.setattr(model.positions, "angles", lambda p: calls.append(p) or angles(p))
+    monkeypatch.setattr(model.positions, "angles", lambda p, dtype: calls.append(p) or angles(p, dtype))
     idx = torch.randint(0, 40, (2, 12))
     first, _ = model(idx)
     model(idx)
@@ -120,3 +121,31 @@ def test_bad_rope_settings_are_rejected():
         config_from_dict({"model": {"pos": "rope", "rope_fraction": 0.0}})
     with pytest.raises(ConfigError, match="model.rope_scale must be > 0"):
         config_from_dict({"model": {"pos": "rope", "rope_scale": -1.0}})
+
+
+def test_sinusoidal_table_of_a_float64_model_is_the_float64_formula_and_float32_stays_float32():
+    """PE[t, 2i] = sin(t / 10000^(2i/d)), PE[t, 2i+1] = cos(...), written out in float64 at far positions
+    (float32 angles are off by ~1e-4 rad there); a float32 model keeps float32 tables."""
+    model = build_model(ModelConfig(vocab_size=40, n_layer=1, n_head=2, d_model=10, block_size=16, pos="sinusoidal"))
+    where = torch.arange(4090, 4096)
+    expected = torch.tensor(
+        [[(math.sin if i % 2 == 0 else math.cos)(t / 10000 ** ((i - i % 2) / 10)) for i in range(10)] for t in where.tolist()],
+        dtype=torch.float64,
+    )
+    assert model.positions.embed(where).dtype == torch.float32
+    table = model.double().positions.embed(where)
+    assert table.dtype == torch.float64
+    torch.testing.assert_close(table, expected, rtol=0, atol=1e-11)  # float64 rounding of angles ~4e3
+    assert "positions.dtype_probe" not in model.state_dict()  # nothing stored: checkpoints are unchanged
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope", "sinusoidal"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_model_cast_to_half_precision_runs_with_every_position_scheme(pos, dtype):
+    """The sinusoidal table used to stay float32 and turn a bf16 model's residual stream float32,
+    which its bf16 layers then refused ("mixed dtype")."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=16, block_size=16, pos=pos)).to(dtype).eval()
+    logits, _ = model(torch.randint(0, 40, (2, 8)))
+    assert logits.dtype == dtype and torch.isfinite(logits).all()
+    assert model.generate(torch.randint(0, 40, (1, 4)), 3).shape == (1, 7)

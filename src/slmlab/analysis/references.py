@@ -11,8 +11,8 @@ than to itself:
     allowed:  j <= i, and for block-local also block(j) >= block(i) - 1, block(p) = p // B
     out     = W_o concat_h(softmax(q k^T / sqrt(D), -inf where not allowed) v)
 
-The angles and their cosines and sines are taken in float32, as the model's tables are
-(RotaryPositions), so that a float64 comparison is exact.
+The angles are taken in float64 for float64 inputs (float32 otherwise), as the model's tables are
+(positions.angle_dtype), so that a float64 comparison is exact.
 """
 
 from __future__ import annotations
@@ -26,17 +26,16 @@ from ..model.attention import CausalSelfAttention, FullCausal
 from ..model.block import Block
 from ..model.block_local import BlockLocal
 from ..model.decoder import Decoder
-from ..model.positions import LearnedPositions, RotaryPositions, SinusoidalPositions
+from ..model.positions import LearnedPositions, RotaryPositions, SinusoidalPositions, angle_dtype
 from ..registry import NAIVE_MODEL_REFERENCES, NAIVE_REFERENCES
 
 
 def rotate_pairs(x: torch.Tensor, positions: torch.Tensor, rope: RotaryPositions) -> torch.Tensor:
     """x (B, H, T, D) at (T,) positions, rotated one pair of dimensions (d, d + r/2) at a time."""
-    half = rope.rotary_dim // 2
-    frequencies = rope.theta ** (-torch.arange(half, dtype=torch.float32) / half)
+    half, precision = rope.rotary_dim // 2, angle_dtype(x.dtype)
     out = x.clone()
     for d in range(half):
-        angle = positions.float() / rope.scale * frequencies[d]
+        angle = positions.to(precision) / rope.scale * rope.theta ** (-d / half)
         cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
         a, b = x[..., d], x[..., d + half]
         out[..., d] = a * cos - b * sin

@@ -6,7 +6,7 @@ whole-model naive references `slmlab check` compares models against (registry.NA
     SwiGLU     W_down (silu(W_gate x) ⊙ W_up x),  silu(u) = u σ(u)
     linear head  h Wᵀ;  Student-t head  -(ν + D)/2 · log(1 + ||h − w_v||² / ν) per vocabulary row w_v
     positions  learned: wpe[t];  sinusoidal: PE[t, 2i] = sin(t / 10000^(2i/d)), PE[t, 2i+1] = cos(...)
-               (angles in float32, as the model's table is, so that a float64 comparison is exact);
+               (angles in float64: a float64 model computes its table in float64 too);
                rotary: nothing added (the layer reference rotates q and k)
 
 A norm or MLP of a plugin gives its own definition as a method, `naive(x)`, and a residual
@@ -83,10 +83,9 @@ def position_embedding(scheme: nn.Module, T: int, d_model: int, dtype: torch.dty
     if type(scheme) is LearnedPositions:
         return scheme.wpe.weight[:T]
     if type(scheme) is SinusoidalPositions:
-        frequencies = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
         table = torch.zeros(T, d_model, dtype=dtype)
         for i in range(0, d_model, 2):
-            angle = torch.arange(T, dtype=torch.float32) * frequencies[i // 2]
+            angle = torch.arange(T, dtype=torch.float64) / 10000.0 ** (i / d_model)
             table[:, i] = angle.sin().to(dtype)
             if i + 1 < d_model:
                 table[:, i + 1] = angle.cos().to(dtype)

@@ -19,6 +19,13 @@ from ..config import ModelConfig
 from ..registry import POSITIONS, require_members
 
 
+def angle_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision position angles are computed in for a model of `dtype`: float32 (bf16 or fp16
+    angles would be wrong by whole radians at long positions), float64 for a float64 model, so that
+    it agrees with a float64 reference to float64 rounding."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class LearnedPositions(nn.Module):
     """GPT-2 style learned absolute embeddings: x_t = wte[token_t] + wpe[t], t < block_size."""
 
@@ -64,11 +71,12 @@ class RotaryPositions(nn.Module):
     def embed(self, positions: torch.Tensor) -> None:
         return None
 
-    def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T,) or (B, T) positions -> cos, sin tables of shape (..., T, rotary_dim / 2), in float32."""
+    def angles(self, positions: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T,) or (B, T) positions -> cos, sin tables of shape (..., T, rotary_dim / 2), computed in
+        `dtype` (float32, or float64 for a float64 model: angle_dtype)."""
         half = self.rotary_dim // 2
-        inv_freq = self.theta ** (-torch.arange(half, device=positions.device, dtype=torch.float32) / half)
-        angle = (positions.float() / self.scale)[..., None] * inv_freq
+        inv_freq = self.theta ** (-torch.arange(half, device=positions.device, dtype=dtype) / half)
+        angle = (positions.to(dtype) / self.scale)[..., None] * inv_freq
         return angle.cos(), angle.sin()
 
     def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +93,7 @@ class RotaryPositions(nn.Module):
         return made
 
     def _tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.angles(positions)
+        cos, sin = self.angles(positions, angle_dtype(dtype))
         cos2, sin2 = torch.cat([cos, cos], dim=-1).to(dtype), torch.cat([-sin, sin], dim=-1).to(dtype)
         if positions.dim() == 2:  # (B, T, r) -> (B, 1, T, r): the same angle for every head
             cos2, sin2 = cos2[:, None], sin2[:, None]
@@ -113,11 +121,16 @@ class SinusoidalPositions(nn.Module):
         super().__init__()
         self.max_positions = None
         self.d_model = cfg.d_model
+        # holds nothing; it follows the model's .double() / .bfloat16(), which tells embed the dtype
+        self.register_buffer("dtype_probe", torch.empty(0), persistent=False)
 
     def embed(self, positions: torch.Tensor) -> torch.Tensor:
-        inv_freq = 10000.0 ** (-torch.arange(0, self.d_model, 2, device=positions.device, dtype=torch.float32) / self.d_model)
-        angle = positions.float()[..., None] * inv_freq
-        return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(-2)[..., : self.d_model]
+        """(T,) or (B, T) positions -> (..., T, d_model) in the model's dtype, computed in float32
+        (float64 in a float64 model)."""
+        dtype = angle_dtype(self.dtype_probe.dtype)
+        inv_freq = 10000.0 ** (-torch.arange(0, self.d_model, 2, device=positions.device, dtype=dtype) / self.d_model)
+        angle = positions.to(dtype)[..., None] * inv_freq
+        return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(-2)[..., : self.d_model].to(self.dtype_probe.dtype)
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor):
         return q, k
