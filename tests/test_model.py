@@ -249,6 +249,14 @@ def test_generate_refuses_a_prompt_that_is_not_token_ids_of_this_model(prompt, m
         ({"max_new_tokens": 2.5}, "got 2.5"),
         ({"max_new_tokens": 3, "vocab_size": 0}, r"vocab_size = 0 must be in 1..50"),  # sampled from no logits
         ({"max_new_tokens": 3, "vocab_size": 51}, r"vocab_size = 51 must be in 1..50"),
+        # a stop token the model cannot sample stopped nothing, in silence; the others raised TypeError
+        ({"max_new_tokens": 3, "stop_token": 50}, r"stop_token = 50 is no id of this model: give one of 0..49"),
+        ({"max_new_tokens": 3, "stop_token": -1}, r"stop_token must be a whole number >= 0, got -1"),
+        ({"max_new_tokens": 3, "stop_token": 2.5}, r"stop_token must be a whole number >= 0, got 2.5"),
+        ({"max_new_tokens": 3, "top_k": 2.5}, r"top_k must be a whole number >= 0 \(0 = off\), got 2.5"),
+        ({"max_new_tokens": 3, "top_k": True}, r"top_k must be a whole number >= 0 \(0 = off\), got True"),
+        ({"max_new_tokens": 3, "temperature": "1"}, r"temperature must be a finite number >= 0 \(0 = greedy\), got '1'"),
+        ({"max_new_tokens": 3, "top_p": "0.9"}, r"top_p must be in \(0, 1\] \(1 = off\), got '0.9'"),
     ],
 )
 def test_generate_refuses_impossible_counts(settings, message):
@@ -291,6 +299,8 @@ def test_a_forward_refuses_ids_that_are_not_a_tensor(arch):
     [
         ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),  # ValueError from range()
         ({"generators": [torch.Generator()]}, "1 generators for 2 prompts: give one per prompt"),  # IndexError
+        ({"stop_token": 50}, r"stop_token = 50 is no id of this model"),
+        ({"top_k": 1.5}, r"top_k must be a whole number >= 0"),
     ],
 )
 def test_generate_many_refuses_impossible_settings(settings, message):

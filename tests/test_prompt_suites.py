@@ -18,7 +18,7 @@ from slmlab.evals.prompts import load_suite
         ("temperature = -0.5", "temperature must be a finite number >= 0"),
         ("top_p = 0.0", "top_p must be in (0, 1]"),
         ("top_p = 1.5", "top_p must be in (0, 1]"),
-        ("top_k = -3", "top_k must be >= 0"),
+        ("top_k = -3", "top_k must be a whole number >= 0"),
         ('prompt = ""', "prompt 'odd' is empty"),
         ('prompt = "T~"', "prompt 'odd': characters not in the tokenizer's vocabulary: '~'"),
         ("temperature = 0.0\ntop_k = 5", "top_k filters what is sampled, and temperature 0 samples nothing (greedy decoding)"),

@@ -60,7 +60,7 @@ class GenerationMixin:
         Decoding one or two rows on CPU multiplies the wide linear layers by (in, out) copies of
         their weights, made for the call (decoding_layout.py: the same products, faster)."""
         self._check_prompt(idx)
-        self._check_counts(max_new_tokens, vocab_size)
+        self._check_counts(max_new_tokens, vocab_size, stop_token)
         if idx.shape[1] > self.cfg.block_size:
             raise ConfigError(
                 f"the prompt has {idx.shape[1]} tokens but the model's context is {self.cfg.block_size}; shorten it"
@@ -118,13 +118,18 @@ class GenerationMixin:
                 f"0..{self.cfg.vocab_size - 1}: encode it with the run's tokenizer"
             )
 
-    def _check_counts(self, max_new_tokens, vocab_size) -> None:
-        """max_new_tokens a whole number >= 0; vocab_size (when given) 1..the model's vocabulary."""
+    def _check_counts(self, max_new_tokens, vocab_size, stop_token) -> None:
+        """max_new_tokens a whole number >= 0; vocab_size (when given) 1..the model's vocabulary;
+        stop_token (when given) an id of it: one it can never sample would stop nothing, silently."""
         check_whole_number("max_new_tokens", max_new_tokens, 0)
         if vocab_size is not None and not 0 < vocab_size <= self.cfg.vocab_size:
             raise ConfigError(
                 f"vocab_size = {vocab_size} must be in 1..{self.cfg.vocab_size} (the tokenizer's, at most the model's)"
             )
+        if stop_token is not None:
+            check_whole_number("stop_token", stop_token, 0)
+            if stop_token >= self.cfg.vocab_size:
+                raise ConfigError(f"stop_token = {stop_token} is no id of this model: give one of 0..{self.cfg.vocab_size - 1}")
 
     def decodes_padded(self) -> bool:
         """Whether a left-padded batch decodes exactly (an architecture that masks padding says so)."""
@@ -156,6 +161,7 @@ class GenerationMixin:
         in `generate`; `progress`: a label to show the tokens generated under (PhaseProgress,
         counted at every step, so one long batch shows progress too)."""
         check_sampling(temperature, top_k, top_p)
+        self._check_counts(max_new_tokens, vocab_size, stop_token)
         check_whole_number("batch_size", batch_size, 1)
         if generators is not None and len(generators) != len(prompts):
             raise ConfigError(f"{len(generators)} generators for {len(prompts)} prompts: give one per prompt, or none")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -10,14 +11,18 @@ import torch
 from ..errors import CheckpointError, ConfigError
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
     """Sampling options sample_next can honour (checked once per generation, not per token)."""
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0:
-        raise ConfigError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+    if not (_is_number(temperature) and math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if isinstance(top_k, bool) or not hasattr(top_k, "__index__") or top_k < 0:
+        raise ConfigError(f"top_k must be a whole number >= 0 (0 = off), got {top_k!r}")
+    if not (_is_number(top_p) and 0 < top_p <= 1):
+        raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
 
 
 def greedy_ignores(temperature: float, top_k: int, top_p: float, spell: Callable[[str], str] = str) -> str:
