@@ -97,7 +97,7 @@ class Words(Tokenizer):
     kind = "{kind}"
 
     def __init__(self, words):
-        self.words, self.vocab_size = list(words), len(words)
+        self.words, self.vocab_size = list(words), np.int64(len(words))  # a numpy count, as numpy code gives
         self.index = {{w: i for i, w in enumerate(self.words)}}
 
     def encode(self, text):

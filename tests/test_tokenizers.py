@@ -174,3 +174,19 @@ def test_char_and_byte_documents_are_compact_arrays_equal_to_encode():
     byte = ByteTokenizer()
     (ids,) = byte.encode_documents([text])
     assert ids.dtype == np.uint16 and ids.tolist() == byte.encode(text)
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, None, True])
+def test_a_tokenizer_without_a_whole_vocab_size_is_refused_and_a_numpy_count_made_an_int(size):
+    """A plugin tokenizer's np.int64 vocab_size failed writing the token manifest (not JSON
+    serializable); a missing or fractional one failed later, inside torch."""
+    import numpy as np
+
+    from slmlab.data.tokenizer_kinds import plain_vocab_size
+
+    tokenizer = ByteTokenizer()
+    tokenizer.vocab_size = size
+    with pytest.raises(TokenizerError, match=f"the 'mine' tokenizer's vocab_size is {size!r}: give the number of its ids"):
+        plain_vocab_size(tokenizer, "mine")
+    tokenizer.vocab_size = np.int64(256)
+    assert type(plain_vocab_size(tokenizer, "mine").vocab_size) is int

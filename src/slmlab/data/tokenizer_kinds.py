@@ -42,7 +42,21 @@ def train_tokenizer(data: DataConfig, texts: Iterable[str]) -> Tokenizer:
             f"data.tokenizer = {data.tokenizer!r} built a {type(tokenizer).__name__}, not a tokenizer: subclass "
             "slmlab.data.tokenizers.Tokenizer (encode, decode, to_json, token_bytes)"
         )
-    check_readable(tokenizer, data.tokenizer)
+    check_readable(plain_vocab_size(tokenizer, data.tokenizer), data.tokenizer)
+    return tokenizer
+
+
+def plain_vocab_size(tokenizer: Tokenizer, kind: str) -> Tokenizer:
+    """`tokenizer`, its vocab_size a whole number > 0 and a Python int (a plugin's numpy count is
+    made one: it is written into JSON files), else a TokenizerError naming the kind."""
+    size = getattr(tokenizer, "vocab_size", None)
+    if isinstance(size, bool) or not hasattr(size, "__index__") or size <= 0:
+        raise TokenizerError(f"the {kind!r} tokenizer's vocab_size is {size!r}: give the number of its ids, a whole number > 0")
+    if type(size) is not int:
+        try:
+            tokenizer.vocab_size = int(size)
+        except AttributeError:  # a property without a setter
+            raise TokenizerError(f"the {kind!r} tokenizer's vocab_size is a {type(size).__name__}: give a Python int") from None
     return tokenizer
 
 
@@ -97,7 +111,7 @@ def _read_slmlab_tokenizer(kind, spec: dict) -> Tokenizer:
             "registers its reader (registry.TOKENIZER_FILES) in the config's plugins"
         )
     try:
-        return reader(spec)
+        return plain_vocab_size(reader(spec), kind)
     except TokenizerError:  # the reader's own one line
         raise
     except (KeyError, TypeError, ValueError, IndexError) as err:  # a plugin reader's view of a damaged file
