@@ -34,3 +34,39 @@ def test_the_docstrings_session_trains_reads_back_samples_and_caches(micro_toml)
     assert logits.shape == (1, 7, cfg.model.vocab_size) and len(cache) == cfg.model.n_layer
     fresh = slmlab.build_model(cfg.model)
     assert sum(p.numel() for p in fresh.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [  # each used to fail inside torch (TypeError, RuntimeError) or build a meaningless model in silence
+        ({"n_layer": 2.5}, "model.n_layer: expected int, got float 2.5"),
+        ({"d_ff": True}, "model.d_ff: expected int, got bool True"),
+        ({"arch": []}, r"model.arch: expected str, got list \[\]"),
+        ({"norm_eps": float("nan")}, "model.norm_eps must be a finite number, got nan"),  # a NaN loss
+        ({"smat": {"use_S": True, "s_dim": 0}}, "model.smat.s_dim must be > 0, got 0"),  # S of no dimension
+        ({"smat": {"use_G": True, "s_dim": -1}}, "model.smat.s_dim must be > 0, got -1"),
+        ({"smat": {"use_S": True, "s_dim": 10**13}}, "model.smat.s_dim = 10000000000000, model.n_layer = 1 make over"),
+        ({"self_area": {"enabled": True, "hidden": -1}}, "model.self_area.self_dim must be > 0 and hidden >= 0"),
+        ({"self_area": {"enabled": True, "self_dim": 10**30}}, "model.self_area.self_dim = 10+ is too large: give a whole"),
+        ({"arch": "tape", "tape": {"n_critics": -1}}, "model.tape.n_critics must be > 0, got -1"),
+        ({"arch": "tape", "tape": {"n_critics": 10**11}}, "model.tape.n_critics = 100000000000, coda_layers = 2, .* make over"),
+    ],
+)
+def test_build_model_checks_a_config_made_in_code_as_a_loaded_one(fields, message):
+    """A ModelConfig made in code skipped the loader's checks: its values' types and the variants'
+    section rules. build_model now applies both before any builder reads the config."""
+    from slmlab.config import build_dataclass
+
+    base = {"vocab_size": 40, "n_layer": 1, "n_head": 2, "d_model": 16, "block_size": 16}
+    sections = {
+        name: build_dataclass(slmlab.ModelConfig.SECTIONS[name].config, value)
+        for name, value in fields.items()
+        if isinstance(value, dict)
+    }
+    cfg = slmlab.ModelConfig(**{**base, **{k: v for k, v in fields.items() if not isinstance(v, dict)}}, **sections)
+    with pytest.raises(slmlab.ConfigError, match=message.replace("+", r"\d+")) as info:
+        slmlab.build_model(cfg)
+    assert "\n" not in str(info.value)
+    if sections:  # the same rules hold for a loaded config
+        with pytest.raises(slmlab.ConfigError, match=message.replace("+", r"\d+")):
+            slmlab.config_from_dict({"model": {**base, **fields}})

@@ -39,7 +39,7 @@ from slmlab.errors import ConfigError
 from slmlab.model.attention import FullCausal
 from slmlab.model.hooks import HookPoint
 from slmlab.model.interventions import Intervention, constant
-from slmlab.registry import ATTENTION_EXTENSIONS, INTERVENTIONS, NAIVE_REFERENCES, register_check, register_section
+from slmlab.registry import ATTENTION_EXTENSIONS, INTERVENTIONS, NAIVE_REFERENCES, register_model_check, register_section
 
 
 @dataclass
@@ -87,10 +87,10 @@ register_section(
 )
 
 
-@register_check
-def check_gated_attention(cfg) -> None:
-    if cfg.model.gated_attention.enabled and cfg.model.arch != "decoder":
-        raise ConfigError(f"model.gated_attention needs model.arch = 'decoder', not '{cfg.model.arch}'")
+@register_model_check
+def check_gated_attention(m) -> None:
+    if m.gated_attention.enabled and m.arch != "decoder":
+        raise ConfigError(f"model.gated_attention needs model.arch = 'decoder', not '{m.arch}'")
 
 
 def _mean_over_tokens(gate: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ second list to keep in sync.
     POSITIONS.register("rope", RotaryPositions)            # a class built as cls(cfg)
     ATTENTION_EXTENSIONS.register("smat", build_smat)      # builder(cfg, layer) -> module | None
     register_section("smat", SmatConfig, extends="attention")   # [model.smat] is validated
-    CONFIG_CHECKS.append(check_smat)                       # rules that span sections
+    register_model_check(check_smat)                       # a rule on the model settings
 
 Built-in modules register themselves when imported; `load_builtins()` imports them (once), the
 same way a plugin module is imported. Nothing here imports torch.
@@ -135,6 +135,7 @@ ABLATION_SUMMARIES: Registry[Callable] = Registry("ablation summary")  # (rows) 
 NAIVE_REFERENCES: Registry[Callable] = Registry("naive reference")  # (attention, h, positions) -> output | None (slmlab check)
 NAIVE_MODEL_REFERENCES: Registry[Callable] = Registry("naive model reference")  # (model, idx) -> logits | None (slmlab check)
 CONFIG_CHECKS: list[Callable] = []  # (RunConfig) -> None, raising ConfigError
+MODEL_CHECKS: list[Callable] = []  # (ModelConfig) -> None, raising ConfigError: a config's and build_model's
 
 CHOICE_REGISTRIES = (POSITIONS, ATTENTION_PATTERNS, NORMS, MLPS, HEADS, ARCHITECTURES, TOKENIZERS, OPTIMIZERS, TRAINABLE)
 
@@ -213,6 +214,14 @@ def register_check(check: Callable) -> Callable:
     return check
 
 
+def register_model_check(check: Callable) -> Callable:
+    """A rule on the model settings alone: check(model_cfg) raises ConfigError with one line. It
+    holds for a loaded config and for a ModelConfig made in code, which build_model checks too."""
+    if check not in MODEL_CHECKS:
+        MODEL_CHECKS.append(check)
+    return check
+
+
 # ---- built-ins and building ----------------------------------------------------------------
 BUILTINS = (
     "slmlab.model",  # the backbone: positions, patterns, norms, heads, the decoder
@@ -250,6 +259,7 @@ def build_model(cfg):
         )
         raise ConfigError(f"build_model takes a ModelConfig, got {given}{hint}")
     load_builtins()
+    cfg.check(building=True)  # before any builder reads it: a wrong value fails in one line, not inside torch
     architecture = ARCHITECTURES[cfg.arch]
 
     def attention_extensions(layer: int) -> list:

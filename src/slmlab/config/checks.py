@@ -22,10 +22,12 @@ from ..registry import (
     ATTENTION_PATTERNS,
     CHOICE_REGISTRIES,
     CONFIG_CHECKS,
+    MODEL_CHECKS,
     MODEL_SECTIONS,
     TRACKERS,
     require_members,
 )
+from .values import build_dataclass
 
 
 def check_name(key: str, name: str) -> str:
@@ -141,11 +143,16 @@ def check_size(m) -> None:
     hours creating layers before running out of memory. The count is the backbone's closed form
     (attention 4 d² + MLP 2 d d_ff per layer, embeddings), a lower bound for every architecture."""
     params = m.n_layer * (4 * m.d_model**2 + 2 * m.d_model * m.ff_dim) + (m.vocab_size + m.block_size) * m.d_model
-    if params > MAX_PARAMETERS:
-        raise ConfigError(
-            f"model.n_layer = {m.n_layer}, d_model = {m.d_model}, d_ff = {m.ff_dim}, block_size = {m.block_size} "
-            f"make over {params:.1e} parameters, more than any machine holds; check those values"
-        )
+    check_parameters(
+        params, f"model.n_layer = {m.n_layer}, d_model = {m.d_model}, d_ff = {m.ff_dim}, block_size = {m.block_size}"
+    )
+
+
+def check_parameters(count: int, settings: str) -> None:
+    """Refuse a parameter count past MAX_PARAMETERS, naming the `settings` that make it (a section's
+    rule passes its own closed form: the widths and counts it adds)."""
+    if count > MAX_PARAMETERS:
+        raise ConfigError(f"{settings} make over {count:.1e} parameters, more than any machine holds; check those values")
 
 
 def _check_int64(name: str, section) -> None:
@@ -167,8 +174,11 @@ def _check_signs(positive: dict, non_negative: dict) -> None:
 
 def check_model(m, building: bool = False) -> None:
     """Reject a ModelConfig no model can be built from, with one line naming the key: validate()'s
-    model rules. Architectures apply them again when `building` (a ModelConfig made or changed in
-    code meets them too), and then the vocabulary size must be resolved."""
+    model rules, then those registered in MODEL_CHECKS. build_model and the architectures apply
+    them again when `building` (a ModelConfig made or changed in code meets them too, each value's
+    type first, as a loaded one's), and then the vocabulary size must be resolved."""
+    if building:
+        build_dataclass(type(m), m.to_dict(), prefix="model")
     if building and m.vocab_size <= 0:
         raise ConfigError("model.vocab_size must be set (it comes from the tokenizer)")
     check_architecture_support(m)
@@ -190,6 +200,8 @@ def check_model(m, building: bool = False) -> None:
     if m.init_std <= 0:  # every weight starts at 0: no gradient reaches any, and the loss stays at ln V
         raise ConfigError(f"model.init_std must be > 0 (at 0 no weight ever receives a gradient), got {m.init_std}")
     _check_int64("model", m)
+    for name, section in m.sections.items():
+        _check_int64(f"model.{name}", section)
     if m.d_model % m.n_head:
         raise ConfigError(f"model.d_model = {m.d_model} is not divisible by model.n_head = {m.n_head}")
     check_size(m)
@@ -212,6 +224,8 @@ def check_model(m, building: bool = False) -> None:
         raise ConfigError(f"model.rope_fraction = {m.rope_fraction} rotates no dimension of {m.head_dim}-wide heads")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    for check in MODEL_CHECKS:  # the rules variants and plugins register on their sections
+        check(m)
 
 
 PATH_SETTINGS = ("out_dir", "data.source", "data.cache_dir", "data.tiktoken_file")

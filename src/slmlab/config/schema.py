@@ -90,6 +90,13 @@ class ModelConfig:
         for name, section in MODEL_SECTIONS.items():
             self.sections.setdefault(name, section.config())
 
+    def check(self, building: bool = False) -> None:
+        """Refuse settings no model can be built from, in one line naming the key
+        (config.checks.check_model; `building`: each value's type too, and a resolved vocabulary)."""
+        from .checks import check_model
+
+        check_model(self, building)
+
     def __getattr__(self, name: str) -> Any:
         """`cfg.smat`: a registered section (one registered after this config was made, a
         plugin's, starts at its defaults)."""

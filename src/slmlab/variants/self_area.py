@@ -37,10 +37,11 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..config.checks import check_parameters
 from ..errors import ConfigError
 from ..model.hooks import HookPoint
 from ..model.interventions import Intervention, Replace, constant
-from ..registry import CONDITIONING, INTERVENTIONS, TRAINABLE, register_check, register_section
+from ..registry import CONDITIONING, INTERVENTIONS, TRAINABLE, register_check, register_model_check, register_section
 
 
 @dataclass
@@ -177,10 +178,21 @@ TRAINABLE.register("self_area", self_area_parameters)
 TRAINABLE.register("self_area+norms", self_area_and_norm_parameters)
 
 
-@register_check
-def check_self_area(cfg) -> None:
-    area, trainable = cfg.model.self_area, cfg.train.trainable
+@register_model_check
+def check_self_area_sizes(m: ModelConfig) -> None:
+    area = m.self_area
     if area.self_dim <= 0 or area.hidden < 0:
         raise ConfigError(f"model.self_area.self_dim must be > 0 and hidden >= 0, got {area.self_dim}, {area.hidden}")
+    if area.enabled:  # the refining MLP, then W_l (and the token gate U_l) per layer
+        hidden = area.hidden or 2 * area.self_dim
+        check_parameters(
+            2 * area.self_dim * hidden + 2 * m.n_layer * m.d_model * area.self_dim,
+            f"model.self_area.self_dim = {area.self_dim}, hidden = {hidden}, model.n_layer = {m.n_layer}",
+        )
+
+
+@register_check
+def check_self_area_training(cfg) -> None:
+    area, trainable = cfg.model.self_area, cfg.train.trainable
     if trainable in ("self_area", "self_area+norms") and not area.enabled:
         raise ConfigError(f"train.trainable = '{trainable}' needs a Self Area; set model.self_area.enabled = true")

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..config.checks import check_parameters
 from ..errors import ConfigError
 from ..model.attention import FullCausal
 from ..model.hooks import HookPoint
@@ -46,7 +47,7 @@ from ..registry import (
     ATTENTION_EXTENSIONS,
     INTERVENTIONS,
     NAIVE_REFERENCES,
-    register_check,
+    register_model_check,
     register_section,
 )
 
@@ -140,10 +141,12 @@ register_section(
 )
 
 
-@register_check
-def check_smat(cfg) -> None:
-    if cfg.model.smat.s_dim <= 0:
-        raise ConfigError(f"model.smat.s_dim must be > 0, got {cfg.model.smat.s_dim}")
+@register_model_check
+def check_smat(m: ModelConfig) -> None:
+    if m.smat.s_dim <= 0:
+        raise ConfigError(f"model.smat.s_dim must be > 0, got {m.smat.s_dim}")
+    if m.smat.use_S or m.smat.use_G:
+        check_parameters(m.n_layer * m.smat.s_dim * m.d_model, f"model.smat.s_dim = {m.smat.s_dim}, model.n_layer = {m.n_layer}")
 
 
 def naive_attention(attn, h: torch.Tensor, norm_len: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, TrainConfig
-from ..config.checks import check_model
+from ..config.checks import check_model, check_parameters
 from ..errors import ConfigError
 from ..model import naive
 from ..model.attention import CausalSelfAttention, KVCache
@@ -52,7 +52,7 @@ from ..model.initialization import init_by_name
 from ..model.inputs import check_inputs
 from ..model.layers import build_norm
 from ..model.positions import build_positions
-from ..registry import ARCHITECTURES, NAIVE_MODEL_REFERENCES, OPTIMIZERS, register_check, register_section
+from ..registry import ARCHITECTURES, NAIVE_MODEL_REFERENCES, OPTIMIZERS, register_model_check, register_section
 
 
 @dataclass
@@ -337,12 +337,12 @@ register_section(
 )
 
 
-@register_check
-def check_tape(cfg) -> None:
-    t = cfg.model.tape
-    if cfg.model.arch == "tape" and cfg.model.mlp != "gelu":
+@register_model_check
+def check_tape(m: ModelConfig) -> None:
+    t = m.tape
+    if m.arch == "tape" and m.mlp != "gelu":
         raise ConfigError(
-            f"model.mlp = {cfg.model.mlp!r} has no effect under model.arch = 'tape' (its MLP is the rectified KAN, "
+            f"model.mlp = {m.mlp!r} has no effect under model.arch = 'tape' (its MLP is the rectified KAN, "
             "sized by model.tape.mlp_expand); leave model.mlp = 'gelu'"
         )
     for key in ("n_critics", "coda_layers", "critic_layers", "rnn_layers", "mlp_expand"):
@@ -353,6 +353,15 @@ def check_tape(cfg) -> None:
     for key in ("coda_rule", "critic_rule"):
         if getattr(t, key) not in RULES:
             raise ConfigError(f"model.tape.{key} = {getattr(t, key)!r} is not one of {', '.join(RULES)}")
+    if m.arch == "tape":  # tape blocks (attention 4 d², MLP 2 d · expand d), critic embeddings, prophet, merge
+        critics, width, d = (1 if t.moderator == "last" else t.n_critics), t.rnn_dim or m.d_model, m.d_model
+        blocks = 2 * (t.coda_layers + critics * t.critic_layers)
+        check_parameters(
+            blocks * (4 + 2 * t.mlp_expand) * d * d + critics * m.vocab_size * d + t.rnn_layers * 4 * width * max(width, d)
+            + (t.n_critics + 1) * d * d,
+            f"model.tape.n_critics = {t.n_critics}, coda_layers = {t.coda_layers}, critic_layers = {t.critic_layers}, "
+            f"mlp_expand = {t.mlp_expand}, rnn_dim = {width}, rnn_layers = {t.rnn_layers}",
+        )  # fmt: skip
 
 
 # ---- the notebook's optimizer ------------------------------------------------------------------
