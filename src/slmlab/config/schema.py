@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigError
 from ..registry import MODEL_ATTRIBUTES, MODEL_SECTIONS, closest, load_builtins
+from .checks import check_model
 
 
 def _accepts_sections(cls: type) -> type:
@@ -93,8 +94,6 @@ class ModelConfig:
     def check(self, building: bool = False) -> None:
         """Refuse settings no model can be built from, in one line naming the key
         (config.checks.check_model; `building`: each value's type too, and a resolved vocabulary)."""
-        from .checks import check_model
-
         check_model(self, building)
 
     def __getattr__(self, name: str) -> Any:
