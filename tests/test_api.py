@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,3 +71,12 @@ def test_build_model_checks_a_config_made_in_code_as_a_loaded_one(fields, messag
     if sections:  # the same rules hold for a loaded config
         with pytest.raises(slmlab.ConfigError, match=message.replace("+", r"\d+")):
             slmlab.config_from_dict({"model": {**base, **fields}})
+
+
+def test_a_run_is_named_by_a_path_as_str_or_path_and_anything_else_is_one_line(micro_toml):
+    """load_run(5) raised TypeError from inside pathlib; RunDir("runs/x") held a str, and its
+    files (path / "config.json") raised TypeError when first read."""
+    for given in (5, None, ["runs/x"]):
+        with pytest.raises(slmlab.ConfigError, match=f"a run directory is a path, got {type(given).__name__} "):
+            slmlab.load_run(given)
+    assert slmlab.RunDir("runs/x").config == slmlab.RunDir(Path("runs/x")).config

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,13 @@ SUMMARY_FIELDS = {"step": int, "val_loss": (int, float), "val_ppl": (int, float)
 @dataclass(frozen=True)
 class RunDir:
     path: Path
+
+    def __post_init__(self) -> None:
+        """A path given as a str is made a Path; anything that is no path is refused in one line
+        (load_run(5) raised TypeError from inside pathlib)."""
+        if not isinstance(self.path, (str, os.PathLike)):
+            raise ConfigError(f"a run directory is a path, got {type(self.path).__name__} {self.path!r}")
+        object.__setattr__(self, "path", Path(self.path))
 
     config = property(lambda self: self.path / "config.json")
     plugin_dir = property(lambda self: self.path / "plugins")  # plugin sources and manifest.json (slmlab/plugins.py)
@@ -240,7 +248,7 @@ def phase_runs(path: str | Path, cfg: RunConfig, begun: bool = False) -> list[Ru
 def model_run(path: str | Path) -> tuple[RunDir, RunConfig]:
     """The run directory that holds a run's model, and its config: the run itself, or a
     curriculum's last phase (while the curriculum is unfinished, the last phase that started)."""
-    run = RunDir(Path(path))
+    run = RunDir(path)
     cfg = run.read_config()
     if cfg.phases:
         started = phase_runs(path, cfg, begun=True)
