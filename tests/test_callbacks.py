@@ -91,4 +91,7 @@ def test_something_that_is_not_a_callback_is_refused_before_the_run_begins(text_
     values["phases"] = [{"name": "A", "steps": 2}]
     with pytest.raises(TypeError, match=r"callbacks\[0\] \(str\) has no"):
         train(config_from_dict(values), progress=False, callbacks=["Recorder"])
+    with pytest.raises(TypeError, match=r"callbacks is a Recorder, not a list of them: give \[callback, ...\]"):
+        train(cfg, progress=False, callbacks=Recorder())  # 'Recorder' object is not iterable
     assert not RunDir.for_config(cfg).path.exists()
+    assert train(cfg, progress=False, callbacks=None).step == cfg.train.steps  # None: no callbacks

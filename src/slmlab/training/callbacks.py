@@ -50,9 +50,13 @@ class TrainingCallback:
         """Once, when the run ends however it ends."""
 
 
-def checked_callbacks(callbacks: Iterable[TrainingCallback]) -> list[TrainingCallback]:
-    """The callbacks as a list, each refused in one line unless it has the three calls (a
-    TrainingCallback subclass has them), before the run takes its lock or writes anything."""
+def checked_callbacks(callbacks: Iterable[TrainingCallback] | None) -> list[TrainingCallback]:
+    """The callbacks as a list (None: none), each refused in one line unless it has the three
+    calls (a TrainingCallback subclass has them), before the run takes its lock or writes anything."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, TrainingCallback) or not isinstance(callbacks, Iterable):
+        raise TypeError(f"callbacks is a {type(callbacks).__name__}, not a list of them: give [callback, ...]")
     callbacks = list(callbacks)
     for index, callback in enumerate(callbacks):
         missing = [name for name in TrainingCallback.CALLS if not callable(getattr(callback, name, None))]
