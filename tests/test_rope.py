@@ -149,3 +149,12 @@ def test_a_model_cast_to_half_precision_runs_with_every_position_scheme(pos, dty
     logits, _ = model(torch.randint(0, 40, (2, 8)))
     assert logits.dtype == dtype and torch.isfinite(logits).all()
     assert model.generate(torch.randint(0, 40, (1, 4)), 3).shape == (1, 7)
+
+
+def test_a_position_table_in_another_dtype_joins_the_stream_in_the_models_dtype(monkeypatch):
+    """A plugin scheme's float32 table turned a bf16 model's stream float32 ("mixed dtype")."""
+    model = build_model(ModelConfig(vocab_size=40, n_layer=1, n_head=2, d_model=16, block_size=16)).to(torch.bfloat16)
+    table = model.positions.wpe.weight.float()
+    monkeypatch.setattr(model.positions, "embed", lambda positions: table[positions])
+    logits, _ = model(torch.randint(0, 40, (2, 8)))
+    assert logits.dtype == torch.bfloat16

@@ -111,8 +111,8 @@ class Decoder(GenerationMixin, nn.Module):
             positions = (positions[None, :] - padding[:, None]).clamp_min(0)
         x = self.wte(idx)
         pos_emb = self.positions.embed(positions)
-        if pos_emb is not None:
-            x = x + pos_emb
+        if pos_emb is not None:  # in the stream's dtype: a plugin's float32 table must not turn a bf16 model float32
+            x = x + pos_emb.to(x.dtype)
         x = self.drop(self.hook_embed(x))
         for layer, block in enumerate(self.blocks):
             x, shift = self.conditioning(layer, x)
