@@ -256,6 +256,7 @@ def test_generate_refuses_a_prompt_that_is_not_token_ids_of_this_model(prompt, m
         ({"max_new_tokens": 3, "top_k": 2.5}, r"top_k must be a whole number >= 0 \(0 = off\), got 2.5"),
         ({"max_new_tokens": 3, "top_k": True}, r"top_k must be a whole number >= 0 \(0 = off\), got True"),
         ({"max_new_tokens": 3, "temperature": "1"}, r"temperature must be a finite number >= 0 \(0 = greedy\), got '1'"),
+        ({"max_new_tokens": 3, "compile": "nope"}, r"compile = 'nope' is not a torch.compile backend: give True"),
         ({"max_new_tokens": 3, "top_p": "0.9"}, r"top_p must be in \(0, 1\] \(1 = off\), got '0.9'"),
     ],
 )

@@ -234,7 +234,13 @@ def compiled(model: nn.Module, backend: str | Callable = "inductor") -> Callable
     rebuild, block-local's window move), never one per token. torch.compile keeps its graphs with
     the code, so a later call with this model (or another of its architecture and shapes) reuses
     them. A compiler that cannot run here (no C++ compiler for inductor, say) is a one-line error."""
-    fast = torch.compile(model, backend=backend)
+    try:
+        fast = torch.compile(model, backend=backend)
+    except torch._dynamo.exc.InvalidBackend:
+        raise ConfigError(
+            f"compile = {backend!r} is not a torch.compile backend: give True (inductor), a backend by name "
+            "(torch._dynamo.list_backends()) or a callable"
+        ) from None
 
     def step(*args, **kwargs):
         try:
