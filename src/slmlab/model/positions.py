@@ -121,16 +121,16 @@ class SinusoidalPositions(nn.Module):
         super().__init__()
         self.max_positions = None
         self.d_model = cfg.d_model
-        # holds nothing; it follows the model's .double() / .bfloat16(), which tells embed the dtype
+        # holds nothing; it follows the model's .double() / .float(), which tells embed the precision
         self.register_buffer("dtype_probe", torch.empty(0), persistent=False)
 
     def embed(self, positions: torch.Tensor) -> torch.Tensor:
-        """(T,) or (B, T) positions -> (..., T, d_model) in the model's dtype, computed in float32
-        (float64 in a float64 model)."""
+        """(T,) or (B, T) positions -> (..., T, d_model), in float32 (float64 in a float64 model: the
+        architectures add it in their stream's dtype)."""
         dtype = angle_dtype(self.dtype_probe.dtype)
         inv_freq = 10000.0 ** (-torch.arange(0, self.d_model, 2, device=positions.device, dtype=dtype) / self.d_model)
         angle = positions.to(dtype)[..., None] * inv_freq
-        return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(-2)[..., : self.d_model].to(self.dtype_probe.dtype)
+        return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(-2)[..., : self.d_model]
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor):
         return q, k
