@@ -124,9 +124,15 @@ def check_architecture_support(m) -> None:
         )
 
 
+def is_whole_number(value, minimum: int) -> bool:
+    """Whether `value` is a whole number >= minimum: an int or anything with __index__ (a numpy
+    integer, a 0-d integer tensor), not a bool, a float or a string."""
+    return not isinstance(value, bool) and hasattr(value, "__index__") and value >= minimum
+
+
 def check_whole_number(name: str, value, minimum: int) -> None:
     """Refuse a count that is not a whole number >= minimum (a bool, a float, a negative) by name."""
-    if isinstance(value, bool) or not hasattr(value, "__index__") or value < minimum:
+    if not is_whole_number(value, minimum):
         raise ConfigError(f"{name} must be a whole number >= {minimum}, got {value!r}")
 
 

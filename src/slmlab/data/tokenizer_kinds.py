@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..config import DataConfig
+from ..config.checks import is_whole_number
 from ..errors import TokenizerError
 from ..files import read_text
 from ..registry import TOKENIZER_FILES, TOKENIZERS
@@ -50,7 +51,7 @@ def plain_vocab_size(tokenizer: Tokenizer, kind: str) -> Tokenizer:
     """`tokenizer`, its vocab_size a whole number > 0 and a Python int (a plugin's numpy count is
     made one: it is written into JSON files), else a TokenizerError naming the kind."""
     size = getattr(tokenizer, "vocab_size", None)
-    if isinstance(size, bool) or not hasattr(size, "__index__") or size <= 0:
+    if not is_whole_number(size, 1):
         raise TokenizerError(f"the {kind!r} tokenizer's vocab_size is {size!r}: give the number of its ids, a whole number > 0")
     if type(size) is not int:
         try:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..config.checks import is_whole_number
 from ..errors import CheckpointError, ConfigError
 
 
@@ -19,7 +20,7 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
     """Sampling options sample_next can honour (checked once per generation, not per token)."""
     if not (_is_number(temperature) and math.isfinite(temperature) and temperature >= 0):
         raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if isinstance(top_k, bool) or not hasattr(top_k, "__index__") or top_k < 0:
+    if not is_whole_number(top_k, 0):
         raise ConfigError(f"top_k must be a whole number >= 0 (0 = off), got {top_k!r}")
     if not (_is_number(top_p) and 0 < top_p <= 1):
         raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
