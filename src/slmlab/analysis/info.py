@@ -68,7 +68,7 @@ def config_for_info(target: str | Path, load_config, overrides: list[str] = ()) 
                 f"info {target} describes the run as trained, so it takes no overrides ({' '.join(overrides)}); "
                 "apply them to a config file"
             )
-        cfg = RunDir(Path(target)).read_config()
+        cfg = RunDir(target).read_config()
         begun = phase_runs(target, cfg, begun=True)
         if not cfg.model.vocab_size and begun:  # a curriculum's phases record it, the first one to begin first
             resolve_vocab(cfg, begun[0].read_config().model.vocab_size)

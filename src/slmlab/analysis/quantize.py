@@ -140,7 +140,7 @@ def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
     _, data = prepare_tokens(cfg.data, tokenizer)
     prompt = data.val.tokens[: min(16, cfg.model.block_size)].astype("int64").tolist()
     rows, cpu = [], torch.device("cpu")
-    for label, m, size in (("fp32", model, file_size(RunDir(Path(run)).final_weights)), ("int8", quantized, file_size(path))):
+    for label, m, size in (("fp32", model, file_size(RunDir(run).final_weights)), ("int8", quantized, file_size(path))):
         loss = evaluate(m, data.val, cfg.data.seq_len, cfg.train.batch_size, batches, cpu, progress=f"scoring {label}")
         median, slowest, fastest = generation_speed(m, prompt)
         speed = f"{median:,.1f} ({slowest:,.1f}–{fastest:,.1f})"

@@ -210,7 +210,7 @@ def _extras(path: Path) -> list[str]:
 def _run_report(path: Path) -> tuple[str, str]:
     run = RunDir(path)
     cfg, summary = run.read_config(), run.read_summary()
-    phases = [RunDir(Path(p["run"])) for p in summary.get("phases", [])]
+    phases = [RunDir(p["run"]) for p in summary.get("phases", [])]
     if cfg.phases and not phases:  # an unfinished curriculum: the phases that have started
         phases = phase_runs(path, cfg, begun=True)
     if not summary and not run.read_metrics() and not phases:

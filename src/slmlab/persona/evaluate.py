@@ -186,7 +186,7 @@ def unencodable(run_path) -> ConfigError:
 def check_run(run_path: str | Path) -> None:
     """A finished run whose tokenizer encodes the neutral prompts: checked for every run compared
     before the minutes spent generating from the ones before it."""
-    run, cfg = trained_config(RunDir(Path(run_path)))
+    run, cfg = trained_config(RunDir(run_path))
     tokenizer = run.read_tokenizer(cfg.model.vocab_size)
     if all(encoded_or_none(tokenizer, prompt) is None for prompt in NEUTRAL):
         raise unencodable(run.path)
@@ -234,7 +234,7 @@ def evaluate_persona(
     seed: int = 0,
 ) -> dict:
     """One run's scores; the classifier and the adversarial prompts are shared by every run compared."""
-    run, _ = trained_config(RunDir(Path(run_path)))
+    run, _ = trained_config(RunDir(run_path))
     weights = weights_identity(run.path)
     cfg, model, tokenizer = load_run(run.path, device)
     neutral = continuations(model, tokenizer, list(NEUTRAL), max_new_tokens, seed, device)

@@ -74,7 +74,7 @@ def persona_config(
     extra: dict | None = None,
 ) -> tuple[RunDir, RunConfig]:
     """(the base run, the stage-2 run's config)."""
-    base, cfg = trained_config(RunDir(Path(run_path)))  # (its plugins imported: their selections count)
+    base, cfg = trained_config(RunDir(run_path))  # (its plugins imported: their selections count)
     if trainable not in TRAINABLE:
         raise ConfigError(f"--train {trainable!r} is not one of {', '.join(TRAINABLE)}{closest(trainable, TRAINABLE)}")
     if trainable.startswith("self_area") and not cfg.model.self_area.enabled:
