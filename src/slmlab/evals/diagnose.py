@@ -42,7 +42,7 @@ class Diagnosis:
 
     @property
     def overfit_target(self) -> float:
-        return self.floor + OVERFIT_TARGET
+        return overfit_target(self.floor)
 
     @property
     def init_ok(self) -> bool:
@@ -68,6 +68,11 @@ class Diagnosis:
             f"{self.overfit_target:.4f}: {OVERFIT_TARGET} above the batch's floor {self.floor:.4f}, "
             "where positions with the same context have different next tokens"
         )
+
+
+def overfit_target(floor: float) -> float:
+    """The loss a bug-free model must get below on a batch whose context_floor is `floor`."""
+    return floor + OVERFIT_TARGET
 
 
 def context_floor(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -100,7 +105,7 @@ def diagnose(cfg: RunConfig, batch_size: int = 4, max_steps: int = 500, lr: floa
     x, y = WindowSampler(data.train, cfg.data.seq_len, batch_size, cfg.train.seed).next_batch()
     x, y = x.to(device), y.to(device)
     floor = context_floor(x, y)
-    target = floor + OVERFIT_TARGET
+    target = overfit_target(floor)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     started, loss, step = time.perf_counter(), math.inf, 0
     bar = tqdm(total=max_steps, desc="overfit one batch", unit="step", disable=not progress, dynamic_ncols=True)
