@@ -145,10 +145,9 @@ def cmd_eval(args, extra) -> int:
     from ..runs.derived import record_derived, weights_identity
     from ..tables import command_line
 
-    model_overrides = {"rope_scale": args.rope_scale} if args.rope_scale else None
     long_context = args.by_position or args.context_lengths
     weights = weights_identity(args.run, args.checkpoint) if long_context else None  # before loading: see runs/derived.py
-    cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8, model_overrides, args.checkpoint)
+    cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8, args.rope_scale, args.checkpoint)
     if long_context:
         from ..evals.long_context import long_context_report
         from ..evals.score import evaluation_tokens

@@ -19,11 +19,12 @@ import torch
 
 from ..config import ConfigError, DataConfig, apply_overrides, config_from_dict
 from ..config.checks import TOKENIZER_KEYS
+from ..config.ignored import ignored_settings
 from ..data.corpora import CorpusError, DocumentSelection
 from ..data.split import describe_documents, validation_ids
 from ..data.tokens import TokenSplit, prepare_tokens
 from ..runs.metrics import perplexity
-from ..runs.run_dir import load_run
+from ..runs.run_dir import load_run, model_run
 from ..training.runtime import resolve_device
 from ..training.validation import score_validation
 from .text_stream import TextStream
@@ -32,20 +33,35 @@ log = logging.getLogger("slmlab")
 
 
 def load_for_inference(
-    run: str | Path, device: str = "auto", int8: bool = False, model_overrides: dict | None = None, checkpoint: str | None = None
+    run: str | Path, device: str = "auto", int8: bool = False, rope_scale: float | None = None, checkpoint: str | None = None
 ):
-    """(config, model, tokenizer, device): the fp32 run (`checkpoint`: that checkpoint's weights),
-    or with int8 its quantised model (of the final weights) on CPU."""
+    """(config, model, tokenizer, device): the fp32 run (`checkpoint`: that checkpoint's weights;
+    `rope_scale`: its RoPE positions divided by this instead), or with int8 its quantised model
+    (of the final weights) on CPU."""
     if int8:
         from ..analysis.quantize import load_int8
 
         if device not in ("auto", "cpu"):
             raise ConfigError("--int8 models run on the CPU; drop --device or use --device cpu")
-        if model_overrides:
+        if rope_scale:
             raise ConfigError("--rope-scale does not apply to the saved --int8 model; drop one of the two")
         return (*load_int8(run), torch.device("cpu"))
+    if rope_scale:
+        _check_rope_scale_applies(run, rope_scale)
     resolved = resolve_device(device)
-    return (*load_run(run, resolved, model_overrides, checkpoint), resolved)
+    return (*load_run(run, resolved, {"rope_scale": rope_scale} if rope_scale else None, checkpoint), resolved)
+
+
+def _check_rope_scale_applies(run: str | Path, rope_scale: float) -> None:
+    """--rope-scale on a run whose positions do not read model.rope_scale (learned, sinusoidal)
+    would score the unscaled model under the scaled label: refused, naming the option."""
+    _, cfg = model_run(run)
+    scaled = config_from_dict(apply_overrides(cfg.to_dict(), {"model.rope_scale": rope_scale}))
+    if any(key == "model.rope_scale" for key, _ in ignored_settings(scaled.phase_configs())):
+        raise ConfigError(
+            f"--rope-scale {rope_scale:g} would change nothing: {run} has model.pos = {cfg.model.pos!r}, "
+            "which does not read rope_scale; drop --rope-scale"
+        )
 
 
 @dataclass
