@@ -77,6 +77,20 @@ def test_unsupported_or_unknown_settings_are_one_line_errors(model, train, messa
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_the_members_slmlab_requires_are_the_protocols():
+    """registry.MODEL_MEMBERS (checked on a built model) and config.checks.CLASS_MEMBERS (checked
+    on the class before building) are written out where torch may not be imported; they must
+    name exactly what model/protocol.py's LanguageModel declares, forward aside (nn.Module's)."""
+    from slmlab.config.checks import CLASS_MEMBERS
+    from slmlab.model.protocol import LanguageModel
+    from slmlab.registry import MODEL_MEMBERS
+
+    declared = set(LanguageModel.__annotations__) | {
+        name for name, value in vars(LanguageModel).items() if callable(value) and not name.startswith("_")
+    }
+    assert declared - {"forward"} == set(MODEL_MEMBERS) | set(CLASS_MEMBERS)
+
+
 def test_an_unknown_optimizer_lists_every_registered_one():
     """The listing follows registration order, which depends on which module was imported first
     (variants/tape.py registers "wolf"), so only the names are checked."""
