@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from ..model.generation import left_padded
 from .probe import Probe, Result, agrees
 
 
@@ -52,10 +53,9 @@ def check_padded_decoding(probe: Probe) -> Result:
     if not model.decodes_padded():
         return Result(None, "decodes batches of equal-length prompts only")
     lengths = sorted({1, max(1, probe.T // 4), max(1, probe.T // 2)})
-    width, n = lengths[-1], max(1, probe.T - lengths[-1] - 2)
+    n = max(1, probe.T - lengths[-1] - 2)
     prompts = [probe.tokens[i % len(probe.tokens), :length] for i, length in enumerate(lengths)]
-    padding = torch.tensor([width - length for length in lengths])
-    idx = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=p.dtype), p]) for p in prompts])
+    idx, padding = left_padded([p.tolist() for p in prompts])
     with torch.no_grad():
         together = _greedy_logits(model, idx, n, padding)
         alone = [_greedy_logits(model, p[None], n)[0] for p in prompts]

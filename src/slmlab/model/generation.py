@@ -207,16 +207,15 @@ class GenerationMixin:
     ) -> list[list[int]]:
         """One batch through `generate`: equal lengths as they are (sliding window included),
         unequal ones left-padded; `step_done()` after each decoding step (but one that a stop token ends)."""
-        width = max(len(p) for p in prompts)
-        device = next(self.parameters()).device
-        idx = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
+        idx, padding = left_padded(prompts, next(self.parameters()).device)
+        width = idx.shape[1]
         sampler = _RowSampler(temperature, top_k, top_p, generators)
 
         def done(sequence: torch.Tensor) -> bool:
             step_done()
             return until is not None and until(sequence[:, width:])
 
-        padding = None if len({len(p) for p in prompts}) == 1 else width - torch.tensor([len(p) for p in prompts], device=device)
+        padding = None if len({len(p) for p in prompts}) == 1 else padding
         limits = {"stop_token": stop_token, "until": done, "vocab_size": vocab_size}
         full = self.generate(idx, max_new_tokens, sample=sampler, padding=padding, compile=compile, **limits)
         rows = []
@@ -225,6 +224,14 @@ class GenerationMixin:
                 row = row[: row.index(stop_token) + 1]
             rows.append(row)
         return rows
+
+
+def left_padded(prompts: list[list[int]], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx (B, W), padding (B,)): the prompts as one batch of their longest length W, row i
+    starting with padding[i] = W - len(prompts[i]) pad tokens (id 0), as `generate(padding=)` reads it."""
+    width = max(len(p) for p in prompts)
+    idx = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], device=device)
+    return idx, torch.tensor([width - len(p) for p in prompts], device=device)
 
 
 def compiled(model: nn.Module, backend: str | Callable = "inductor") -> Callable:
