@@ -93,7 +93,7 @@ def test_the_members_slmlab_requires_are_the_protocols():
 
 def test_an_unknown_optimizer_lists_every_registered_one():
     """The listing follows registration order, which depends on which module was imported first
-    (variants/tape.py registers "wolf"), so only the names are checked."""
+    (variants/wolf.py registers "wolf"), so only the names are checked."""
     with pytest.raises(ConfigError) as info:
         config_from_dict({"train": {"optimizer": "sgd"}})
     listed = str(info.value).split("is not one of ", 1)[1]

@@ -15,7 +15,8 @@ from slmlab.model import build_model
 from slmlab.model.heads import StudentTHead
 from slmlab.runs.run_dir import RunDir
 from slmlab.training import train
-from slmlab.variants.tape import TapeConfig, Wolf, bounded_log, soft_xor, softmax_mix
+from slmlab.variants.tape import TapeConfig, bounded_log, soft_xor, softmax_mix
+from slmlab.variants.wolf import Wolf
 
 V = 53
 

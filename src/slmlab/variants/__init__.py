@@ -1,6 +1,6 @@
 """The built-in ideas, one file each, registered through the same calls a user's plugin makes:
 SMAT (attention extension + interventions), SMT's Self Area (residual conditioning + stage-2
-parameter selections), the TapeTransformer (a whole architecture + the Wolf optimizer).
+parameter selections), the TapeTransformer (a whole architecture) and its notebook's Wolf optimizer.
 
 Every module in this folder is imported (in name order) when the package is: a new idea is one
 new file here, with no list to edit."""

@@ -27,13 +27,11 @@ and a non-zero gradient for every parameter.
 
 The graph takes no attention extensions, no residual conditioning and no per-layer attention
 patterns (`extension_points` is empty: the config checks refuse those settings); model.attention
-applies to every tape block. The notebook's sign-agreement optimizer (Wolf) is registered as
-train.optimizer = "wolf".
+applies to every tape block. The notebook's sign-agreement optimizer is variants/wolf.py.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -41,7 +39,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..config import ModelConfig, TrainConfig
+from ..config import ModelConfig
 from ..config.checks import check_model, check_parameters
 from ..errors import ConfigError
 from ..model import naive
@@ -52,7 +50,7 @@ from ..model.initialization import init_by_name
 from ..model.inputs import check_inputs
 from ..model.layers import build_norm
 from ..model.positions import build_positions
-from ..registry import ARCHITECTURES, NAIVE_MODEL_REFERENCES, OPTIMIZERS, register_model_check, register_section
+from ..registry import ARCHITECTURES, NAIVE_MODEL_REFERENCES, register_model_check, register_section
 
 
 @dataclass
@@ -362,44 +360,3 @@ def check_tape(m: ModelConfig) -> None:
             f"model.tape.n_critics = {t.n_critics}, coda_layers = {t.coda_layers}, critic_layers = {t.critic_layers}, "
             f"mlp_expand = {t.mlp_expand}, rnn_dim = {width}, rnn_layers = {t.rnn_layers}",
         )  # fmt: skip
-
-
-# ---- the notebook's optimizer ------------------------------------------------------------------
-
-
-class Wolf(torch.optim.Optimizer):
-    """The TapeTransformer notebook's sign-agreement optimizer. With c = 1/e, per parameter:
-
-        u = (1 − c) m + c g              the step candidate (an EMA of the gradient)
-        m ← (1 − c) m + c u              the state
-        p ← p − lr u   where sign(u) = sign(g), else p unchanged
-
-    No weight decay (a group's weight_decay is ignored)."""
-
-    C = math.exp(-1.0)
-
-    def __init__(self, params, lr: float = 0.25):
-        super().__init__(params, {"lr": lr})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                m = state.setdefault("m", torch.zeros_like(p))
-                u = (1 - self.C) * m + self.C * p.grad
-                m.mul_(1 - self.C).add_(u, alpha=self.C)
-                p.sub_(torch.where(torch.sign(u) * torch.sign(p.grad) > 0, u, torch.zeros_like(u)), alpha=group["lr"])
-        return loss
-
-
-@OPTIMIZERS.register("wolf")
-def build_wolf(model: nn.Module, cfg: TrainConfig, device: torch.device) -> Wolf:
-    """Wolf over every trainable parameter (it applies no weight decay)."""
-    return Wolf([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
