@@ -54,6 +54,17 @@ def test_batched_continuations_equal_each_prompt_alone(name):
     assert sampled == expected
 
 
+@pytest.mark.parametrize("name", [name for name, (_, padded) in ARCHITECTURES.items() if not padded])
+def test_generate_refuses_padding_for_a_model_that_does_not_decode_it_exactly(name):
+    """generate(padding=) on such a model decoded the padded rows with the padding in their
+    context (or in SMAT's centrality), and returned continuations unlike each prompt's alone."""
+    model = model_for(name)
+    idx, padding = torch.tensor([[0, 0, 1, 2], [3, 4, 5, 6]]), torch.tensor([2, 0])
+    with pytest.raises(ConfigError, match=r"does not decode left-padded batches exactly \(decodes_padded\(\) is False\)"):
+        model.generate(idx, 3, padding=padding)
+    assert model_for("learned").generate(idx, 3, padding=padding).shape == (2, 7)
+
+
 def test_padding_never_leaks_into_a_row():
     """Changing the padding's token ids (what a padded row could have read) changes nothing."""
     model = model_for("learned")

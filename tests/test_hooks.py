@@ -71,3 +71,6 @@ def test_run_with_cache_keeps_every_hook_point_and_the_residual_stream_adds_up()
     assert list(named) == ["blocks.1.hook_attn_out"]
     with pytest.raises(ConfigError, match="no hook point 'blocks.1.hook_atn_out' \\(close: blocks.1.hook_attn_out"):
         run_with_cache(model, idx, names=["blocks.1.hook_atn_out"])
+    for names in (5, [5]):  # TypeError: 'int' object is not iterable
+        with pytest.raises(ConfigError, match="names must be a hook point's name, a list of names or a test on the name"):
+            run_with_cache(model, idx, names=names)

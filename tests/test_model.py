@@ -258,6 +258,18 @@ def test_generate_refuses_a_prompt_that_is_not_token_ids_of_this_model(prompt, m
         ({"max_new_tokens": 3, "temperature": "1"}, r"temperature must be a finite number >= 0 \(0 = greedy\), got '1'"),
         ({"max_new_tokens": 3, "compile": "nope"}, r"compile = 'nope' is not a torch.compile backend: give True"),
         ({"max_new_tokens": 3, "top_p": "0.9"}, r"top_p must be in \(0, 1\] \(1 = off\), got '0.9'"),
+        # TypeErrors from inside the loop ('int' object is not callable), or accepted: "no" is truthy
+        ({"max_new_tokens": 3, "until": 5}, r"until must be a function \(or None\), got int 5"),
+        ({"max_new_tokens": 3, "sample": "greedy"}, r"sample must be a function \(or None\), got str 'greedy'"),
+        ({"max_new_tokens": 3, "generator": 7}, r"generator must be a torch.Generator \(or None\), got int 7"),
+        ({"max_new_tokens": 3, "use_cache": "no"}, r"use_cache must be True or False, got 'no'"),
+        ({"max_new_tokens": 3, "padding": 1}, r"padding must be a \(1,\) tensor of whole numbers, one per prompt row; got int"),
+        ({"max_new_tokens": 3, "padding": torch.tensor([0, 0])}, r"got torch.int64 of shape \(2,\)"),
+        ({"max_new_tokens": 3, "padding": torch.tensor([0.0])}, r"got torch.float32 of shape \(1,\)"),
+        (
+            {"max_new_tokens": 3, "padding": torch.tensor([2])},
+            r"padding holds \[2\]: each row's count of pad tokens must be in 0..1",
+        ),
     ],
 )
 def test_generate_refuses_impossible_counts(settings, message):
@@ -302,6 +314,10 @@ def test_a_forward_refuses_ids_that_are_not_a_tensor(arch):
         ({"generators": [torch.Generator()]}, "1 generators for 2 prompts: give one per prompt"),  # IndexError
         ({"stop_token": 50}, r"stop_token = 50 is no id of this model"),
         ({"top_k": 1.5}, r"top_k must be a whole number >= 0"),
+        ({"generators": 3}, r"generators must be a list, one per prompt, or None; got int"),  # TypeError from len()
+        ({"generators": [None, 3]}, r"generators\[1\] must be a torch.Generator \(or None\), got int 3"),
+        ({"until": "\n"}, r"until must be a function \(or None\), got str"),
+        ({"progress": 1}, r"progress must be a label \(a string; '' = none\), got 1"),
     ],
 )
 def test_generate_many_refuses_impossible_settings(settings, message):

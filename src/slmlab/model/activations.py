@@ -37,7 +37,9 @@ def run_with_cache(
     elif callable(names):
         chosen = [name for name in points if names(name)]
     else:
-        chosen = [names] if isinstance(names, str) else list(names)  # a string is one name, not its letters
+        chosen = [names] if isinstance(names, str) else list(names) if isinstance(names, Iterable) else None
+        if chosen is None or not all(isinstance(name, str) for name in chosen):  # a string is one name, not its letters
+            raise ConfigError(f"names must be a hook point's name, a list of names or a test on the name; got {names!r:.60}")
         for name in chosen:
             if name not in points:
                 close = difflib.get_close_matches(name, points, n=3) or sorted(points)[:3]

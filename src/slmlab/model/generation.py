@@ -66,6 +66,17 @@ class GenerationMixin:
                 f"the prompt has {idx.shape[1]} tokens but the model's context is {self.cfg.block_size}; shorten it"
             )
         check_sampling(temperature, top_k, top_p)
+        _check_callbacks(until=until, sample=sample)
+        _check_generator("generator", generator)
+        if not isinstance(use_cache, bool):
+            raise ConfigError(f"use_cache must be True or False, got {use_cache!r}")
+        if padding is not None:
+            _check_padding(padding, idx)
+            if not self.decodes_padded():
+                raise ConfigError(
+                    "this model does not decode left-padded batches exactly (decodes_padded() is False): "
+                    "give prompts of equal length, or generate_many, which groups them by length"
+                )
         if padding is not None and not (use_cache and idx.shape[1] + max_new_tokens <= self.cfg.block_size):
             raise ConfigError("a left-padded batch decodes with the KV cache and within the model's context only")
         with eval_mode(self), DecodingLayout(self, enabled=idx.shape[0] <= MAX_ROWS):  # decoding_layout.py says why
@@ -163,8 +174,16 @@ class GenerationMixin:
         check_sampling(temperature, top_k, top_p)
         self._check_counts(max_new_tokens, vocab_size, stop_token)
         check_whole_number("batch_size", batch_size, 1)
-        if generators is not None and len(generators) != len(prompts):
-            raise ConfigError(f"{len(generators)} generators for {len(prompts)} prompts: give one per prompt, or none")
+        _check_callbacks(until=until)
+        if not isinstance(progress, str):
+            raise ConfigError(f"progress must be a label (a string; '' = none), got {progress!r:.40}")
+        if generators is not None:
+            if not isinstance(generators, (list, tuple)):
+                raise ConfigError(f"generators must be a list, one per prompt, or None; got {type(generators).__name__}")
+            if len(generators) != len(prompts):
+                raise ConfigError(f"{len(generators)} generators for {len(prompts)} prompts: give one per prompt, or none")
+            for i, generator in enumerate(generators):
+                _check_generator(f"generators[{i}]", generator)
         if isinstance(prompts, torch.Tensor):
             prompts = prompts.tolist()  # (B, T) -> B lists of ids; any other shape is refused below
         if not all(isinstance(ids, (list, tuple)) and all(isinstance(i, int) for i in ids) for ids in prompts):
@@ -224,6 +243,34 @@ class GenerationMixin:
                 row = row[: row.index(stop_token) + 1]
             rows.append(row)
         return rows
+
+
+def _check_callbacks(**callbacks) -> None:
+    """Each of until / sample is None or a callable (called per step: a wrong one would fail
+    inside the loop, after the prompt's forward pass)."""
+    for name, value in callbacks.items():
+        if value is not None and not callable(value):
+            raise ConfigError(f"{name} must be a function (or None), got {type(value).__name__} {value!r:.40}")
+
+
+def _check_generator(name: str, generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ConfigError(f"{name} must be a torch.Generator (or None), got {type(generator).__name__} {generator!r:.40}")
+
+
+def _check_padding(padding, idx: torch.Tensor) -> None:
+    """padding (B,): whole numbers, each row keeping at least one token of its prompt (idx (B, T))."""
+    B, T = idx.shape
+    if (
+        not isinstance(padding, torch.Tensor)
+        or padding.shape != (B,)
+        or padding.dtype.is_floating_point
+        or padding.dtype == torch.bool
+    ):
+        got = f"{padding.dtype} of shape {tuple(padding.shape)}" if isinstance(padding, torch.Tensor) else type(padding).__name__
+        raise ConfigError(f"padding must be a ({B},) tensor of whole numbers, one per prompt row; got {got}")
+    if bool((padding < 0).any()) or bool((padding >= T).any()):
+        raise ConfigError(f"padding holds {padding.tolist()!r:.60}: each row's count of pad tokens must be in 0..{T - 1}")
 
 
 def left_padded(prompts: list[list[int]], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
