@@ -42,6 +42,23 @@ def test_resume_is_bit_exact(text_corpus, make_config):
     assert losses_a == losses_b
 
 
+def test_a_run_killed_while_writing_its_first_checkpoint_says_so(text_corpus, make_config):
+    """Killed after the weights of its first checkpoint were in place but before its training
+    state and the `latest` pointer: nothing to resume from, and the error said the run "stopped
+    before its first one" beside a step_000005.safetensors the user can see."""
+    cfg = make_config(text_corpus, train={"steps": 10, "checkpoint_every": 5})
+    kill_after_step(Trainer(cfg, progress=False), 5)
+    checkpoints = RunDir.for_config(cfg).checkpoints
+    for path in checkpoints.iterdir():
+        if path.name != "step_000005.safetensors":
+            path.unlink()
+    with pytest.raises(CheckpointError, match=r"stopped while writing its first, step_000005, which is incomplete\); train it"):
+        train(cfg, resume=True, progress=False)
+    shutil.rmtree(checkpoints)
+    with pytest.raises(CheckpointError, match=r"no checkpoint to resume from \(it stopped before its first one\)"):
+        train(cfg, resume=True, progress=False)
+
+
 def test_run_directory_layout_and_metrics(text_corpus, make_config):
     cfg = make_config(text_corpus)
     result = train(cfg, progress=False)

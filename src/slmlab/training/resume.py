@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..config import ConfigError, RunConfig
-from ..runs.checkpoints import CheckpointError
+from ..runs.checkpoints import CheckpointError, checkpoint_names
 from ..runs.run_dir import RunDir
 from .distributed import full_optimizer_state
 from .runtime import peak_memory_bytes, rng_state, set_rng_state
@@ -50,8 +50,10 @@ def resume_config(run: RunDir, checkpoint: str | None, requested: RunConfig) -> 
     the data is checked (check_same_data)."""
     cfg = run.read_config()
     if checkpoint is None:
+        partial = checkpoint_names(run.checkpoints) if run.checkpoints.is_dir() else []
+        when = f"while writing its first, {partial[-1]}, which is incomplete" if partial else "before its first one"
         raise CheckpointError(
-            f"{run.path} has no checkpoint to resume from (it stopped before its first one); "
+            f"{run.path} has no checkpoint to resume from (it stopped {when}); "
             "train it again under another --name, or with --overwrite to replace it"
         )
     done = int(checkpoint.removeprefix("step_"))
