@@ -59,6 +59,28 @@ def test_a_run_killed_while_writing_its_first_checkpoint_says_so(text_corpus, ma
         train(cfg, resume=True, progress=False)
 
 
+def test_a_resume_leaves_nothing_of_the_end_it_moves_away_from(text_corpus, make_config):
+    """Extending a finished run and dying on the way left its old final.safetensors and
+    summary.json, so `eval` scored the old end as if the run had finished; branching from an
+    older checkpoint to an earlier end left the later checkpoints of the end it left, which
+    `--checkpoint` then loaded as this run's."""
+    cfg = make_config(text_corpus, train={"steps": 8, "checkpoint_every": 2, "keep_checkpoints": 4})
+    train(cfg, progress=False)
+    run = RunDir.for_config(cfg)
+    longer = replace(cfg, train=replace(cfg.train, steps=16))
+    kill_after_step(Trainer(longer, resume=True, progress=False), 12)
+    assert not run.final_weights.exists() and not run.summary.exists()
+    _, model, _ = load_run(run.path)  # the latest checkpoint, step 12: not the old end's weights
+    step_12 = load_file(run.checkpoints / "step_000012.safetensors")
+    assert all(torch.equal(value, step_12[name]) for name, value in model.state_dict().items() if name in step_12)
+
+    train(cfg, resume=True, from_checkpoint="step_000006", progress=False)  # back to an end at step 8
+    assert checkpoint_module.checkpoint_names(run.checkpoints) == ["step_000008", "step_000006"]
+    assert [r["step"] for r in run.read_metrics()][-1] == 8 and run.read_summary()["step"] == 8
+    with pytest.raises(CheckpointError, match="no checkpoint 'step_000012'"):
+        load_run(run.path, checkpoint="step_000012")
+
+
 def test_run_directory_layout_and_metrics(text_corpus, make_config):
     cfg = make_config(text_corpus)
     result = train(cfg, progress=False)

@@ -141,6 +141,15 @@ def save_checkpoint(
     return directory / name
 
 
+def remove_checkpoints_after(directory: Path, step: int) -> list[str]:
+    """Delete the checkpoints of steps after `step` (every file of each); their names, oldest first."""
+    later = sorted(name for name in checkpoint_names(directory) if int(name.removeprefix("step_")) > step)
+    for name in later:
+        for path in _files(directory, name):
+            path.unlink(missing_ok=True)
+    return later
+
+
 def checkpoint_names(directory: Path) -> list[str]:
     """Names of the checkpoints whose weights exist, newest first."""
     names = [p.name.removesuffix(".safetensors") for p in directory.glob("step_*.safetensors")]

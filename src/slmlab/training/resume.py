@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..config import ConfigError, RunConfig
-from ..runs.checkpoints import CheckpointError, checkpoint_names
+from ..runs.checkpoints import CheckpointError, checkpoint_names, remove_checkpoints_after
 from ..runs.run_dir import RunDir
 from .distributed import full_optimizer_state
 from .runtime import peak_memory_bytes, rng_state, set_rng_state
@@ -126,4 +126,22 @@ def restore_state(trainer: Trainer, state: dict) -> None:
     trainer.seconds_before, trainer.peak_before = state.get("train_seconds", 0.0), state.get("peak_memory_bytes", 0)
     if trainer.world.is_main:
         trainer.metrics.truncate_after(trainer.step)
+        drop_superseded(trainer.run, trainer.step, trainer.cfg.train.steps)
     log.info("resumed %s at step %d", trainer.run.path, trainer.step)
+
+
+def drop_superseded(run: RunDir, step: int, steps: int) -> None:
+    """Remove what a resume from `step` leaves behind, as metrics.jsonl loses its later records:
+    the checkpoints after it (an end the run leaves under --from-checkpoint, or one a kill cut
+    short), and, when it trains on (step < steps), the final weights and summary of the end it
+    had. Until it finishes again the run is unfinished, and every reader takes its latest
+    checkpoint, not the weights of an end it no longer has (the final step always has its own
+    checkpoint, so resuming from that end keeps its weights there)."""
+    removed = [f"checkpoints {', '.join(names)}" for names in [remove_checkpoints_after(run.checkpoints, step)] if names]
+    if step < steps:
+        for path in (run.final_weights, run.summary):
+            if path.is_file():
+                path.unlink()
+                removed.append(path.name)
+    if removed:
+        log.info("resuming %s at step %d: removed %s (unfinished until it ends again)", run.path, step, "; ".join(removed))
