@@ -89,6 +89,30 @@ def test_curriculum_end_to_end_and_exact_resume(make_config, text_corpus):
     assert info.count("phase ") == 3 and "block_local attention (block 8)" in info.split("phase B")[1]
 
 
+def test_a_phase_a_later_phase_began_from_keeps_its_end(make_config, text_corpus):
+    """Resuming phase A's own directory to more steps, or from an older checkpoint, once phase B
+    had begun from A's end, trained A on in silence: B and C descended from an end A no longer
+    had, and the curriculum, resumed, never trained them again."""
+    from dataclasses import replace
+
+    cfg = curriculum(make_config, text_corpus, "branched")
+    interrupt_in_phase_b(cfg)
+    phase_a = cfg.phase(0)
+    a = RunDir.for_config(phase_a)
+    before = a.final_weights.read_bytes()
+    longer = replace(phase_a, train=replace(phase_a.train, steps=12))
+    for settings, step in (({"cfg": longer}, 8), ({"cfg": phase_a, "from_checkpoint": "step_000004"}, 4)):
+        with pytest.raises(
+            ConfigError,
+            match=f"is phase 1 of the curriculum .*, and phase2_B began from its end: training it on from step {step}",
+        ):
+            train(settings.pop("cfg"), resume=True, progress=False, **settings)
+    assert a.final_weights.read_bytes() == before and a.read_summary()["step"] == 8
+    train(phase_a, resume=True, progress=False)  # finished: changes nothing
+    train(cfg, resume=True, progress=False)  # the curriculum itself finishes B and C
+    assert RunDir.for_config(cfg.phase(2)).read_summary()["step"] == 6
+
+
 def test_a_curriculum_whose_corpus_moved_resumes_and_records_where_it_lies(make_config, text_corpus, tmp_path):
     """A finished phase's token streams are checked against its summary, the interrupted phase's
     against its checkpoint; every phase's config and the curriculum's record the new place."""

@@ -17,8 +17,9 @@ import time
 from typing import TYPE_CHECKING
 
 from ..config import ConfigError, RunConfig
+from ..errors import RunFileError
 from ..runs.checkpoints import CheckpointError, checkpoint_names, remove_checkpoints_after
-from ..runs.run_dir import RunDir
+from ..runs.run_dir import RunDir, phase_runs
 from .distributed import full_optimizer_state
 from .runtime import peak_memory_bytes, rng_state, set_rng_state
 from .trackers import TRACKER_FIELDS
@@ -37,6 +38,30 @@ RESUMABLE = (("train", RESUME_CHANGES), ("model", KERNEL_CHOICE), ("data", DATA_
 def resumable_settings() -> set[str]:
     """The dotted settings a resume may change (the module docstring says why each)."""
     return {f"{section}.{name}" for section, names in RESUMABLE for name in names}
+
+
+def check_no_later_phase(run: RunDir, done: int, steps: int) -> None:
+    """Refuse to move the end of a curriculum's phase (train on from step `done` to `steps`, or
+    from a checkpoint before its end) once a later phase has begun from that end: the later
+    phases would descend from an end the phase no longer has, and the curriculum, finished, would
+    never train them again."""
+    curriculum = RunDir(run.path.parent)
+    try:
+        cfg = curriculum.read_config() if curriculum.config.is_file() else None
+    except (ConfigError, RunFileError):
+        return  # not a curriculum slmlab can read: the run is resumed on its own
+    phases = [phase.path.name for phase in phase_runs(curriculum.path, cfg)] if cfg is not None and cfg.phases else []
+    if run.path.name not in phases:
+        return
+    index = phases.index(run.path.name)
+    later = [phase.path.name for phase in phase_runs(curriculum.path, cfg, begun=True) if phases.index(phase.path.name) > index]
+    ended = run.read_summary().get("step")
+    if later and (done < steps or (ended is not None and done < ended)):
+        raise ConfigError(
+            f"{run.path} is phase {index + 1} of the curriculum {curriculum.path}, and {', '.join(later)} began from its end: "
+            f"training it on from step {done} would leave them descended from an end it no longer has; "
+            "resume the curriculum itself, or train it again under another --name"
+        )
 
 
 def relocated(recorded: RunConfig, requested: RunConfig) -> bool:
@@ -62,6 +87,7 @@ def resume_config(run: RunDir, checkpoint: str | None, requested: RunConfig) -> 
             f"{run.path} has trained {done} steps (checkpoint {checkpoint}); --train.steps "
             f"{requested.train.steps} is below that: give --train.steps {done} or more"
         )
+    check_no_later_phase(run, done, requested.train.steps)
     for section, names in RESUMABLE:
         for name in names:
             setattr(getattr(cfg, section), name, getattr(getattr(requested, section), name))
