@@ -163,7 +163,8 @@ def drop_superseded(run: RunDir, step: int, steps: int) -> None:
     had. Until it finishes again the run is unfinished, and every reader takes its latest
     checkpoint, not the weights of an end it no longer has (the final step always has its own
     checkpoint, so resuming from that end keeps its weights there)."""
-    removed = [f"checkpoints {', '.join(names)}" for names in [remove_checkpoints_after(run.checkpoints, step)] if names]
+    later = remove_checkpoints_after(run.checkpoints, step)
+    removed = [f"checkpoints {', '.join(later)}"] if later else []
     if step < steps:
         for path in (run.final_weights, run.summary):
             if path.is_file():
