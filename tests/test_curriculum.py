@@ -113,6 +113,24 @@ def test_a_phase_a_later_phase_began_from_keeps_its_end(make_config, text_corpus
     assert RunDir.for_config(cfg.phase(2)).read_summary()["step"] == 6
 
 
+def test_extending_the_last_phase_makes_the_curriculum_unfinished_until_it_ends(make_config, text_corpus):
+    """Phase C extended through its own directory and killed on the way left the curriculum's
+    summary.json, which `report` and a sweep read as the curriculum's end, at C's old end."""
+    from dataclasses import replace
+
+    from tests.conftest import kill_after_step
+
+    cfg = curriculum(make_config, text_corpus, "extended")
+    train(cfg, progress=False)
+    root, phase_c = RunDir.for_config(cfg), cfg.phase(2)
+    assert root.read_summary()["step"] == 6
+    kill_after_step(Trainer(replace(phase_c, train=replace(phase_c.train, steps=12)), resume=True, progress=False), 8)
+    assert not root.summary.exists() and not RunDir.for_config(phase_c).summary.exists()
+    train(replace(phase_c, train=replace(phase_c.train, steps=12)), resume=True, progress=False)
+    train(cfg, resume=True, progress=False)  # the curriculum writes its summary again, from the phases as they are
+    assert root.read_summary()["step"] == 12 and root.read_summary()["phases"][-1]["step"] == 12
+
+
 def test_a_curriculum_whose_corpus_moved_resumes_and_records_where_it_lies(make_config, text_corpus, tmp_path):
     """A finished phase's token streams are checked against its summary, the interrupted phase's
     against its checkpoint; every phase's config and the curriculum's record the new place."""

@@ -40,21 +40,28 @@ def resumable_settings() -> set[str]:
     return {f"{section}.{name}" for section, names in RESUMABLE for name in names}
 
 
+def curriculum_phase(run: RunDir) -> tuple[RunDir, RunConfig, int] | None:
+    """(the curriculum, its config, the phase's index) when `run` is a phase of a curriculum
+    slmlab can read in the folder above it; else None."""
+    curriculum = RunDir(run.path.parent)
+    try:
+        cfg = curriculum.read_config() if curriculum.config.is_file() else None
+    except (ConfigError, RunFileError):
+        return None  # not a curriculum slmlab can read: the run stands on its own
+    phases = [phase.path.name for phase in phase_runs(curriculum.path, cfg)] if cfg is not None and cfg.phases else []
+    return (curriculum, cfg, phases.index(run.path.name)) if run.path.name in phases else None
+
+
 def check_no_later_phase(run: RunDir, done: int, steps: int) -> None:
     """Refuse to move the end of a curriculum's phase (train on from step `done` to `steps`, or
     from a checkpoint before its end) once a later phase has begun from that end: the later
     phases would descend from an end the phase no longer has, and the curriculum, finished, would
     never train them again."""
-    curriculum = RunDir(run.path.parent)
-    try:
-        cfg = curriculum.read_config() if curriculum.config.is_file() else None
-    except (ConfigError, RunFileError):
-        return  # not a curriculum slmlab can read: the run is resumed on its own
-    phases = [phase.path.name for phase in phase_runs(curriculum.path, cfg)] if cfg is not None and cfg.phases else []
-    if run.path.name not in phases:
+    found = curriculum_phase(run)
+    if found is None:
         return
-    index = phases.index(run.path.name)
-    later = [phase.path.name for phase in phase_runs(curriculum.path, cfg, begun=True) if phases.index(phase.path.name) > index]
+    curriculum, cfg, index = found
+    later = [phase.path.name for phase in phase_runs(curriculum.path, cfg, begun=True)[index + 1 :]]
     ended = run.read_summary().get("step")
     if later and (done < steps or (ended is not None and done < ended)):
         raise ConfigError(
@@ -160,15 +167,20 @@ def drop_superseded(run: RunDir, step: int, steps: int) -> None:
     """Remove what a resume from `step` leaves behind, as metrics.jsonl loses its later records:
     the checkpoints after it (an end the run leaves under --from-checkpoint, or one a kill cut
     short), and, when it trains on (step < steps), the final weights and summary of the end it
-    had. Until it finishes again the run is unfinished, and every reader takes its latest
-    checkpoint, not the weights of an end it no longer has (the final step always has its own
-    checkpoint, so resuming from that end keeps its weights there)."""
+    had (for a curriculum's phase, the curriculum's summary too). Until it finishes again the run
+    is unfinished, and every reader takes its latest checkpoint, not the weights of an end it no
+    longer has (the final step always has its own checkpoint, so resuming from that end keeps its
+    weights there)."""
     later = remove_checkpoints_after(run.checkpoints, step)
     removed = [f"checkpoints {', '.join(later)}"] if later else []
     if step < steps:
-        for path in (run.final_weights, run.summary):
+        ends = {run.final_weights: "final.safetensors", run.summary: "summary.json"}
+        found = curriculum_phase(run)
+        if found:  # a curriculum's summary is made of its phases': it goes too
+            ends[found[0].summary] = f"the curriculum's summary.json ({found[0].path})"
+        for path, label in ends.items():
             if path.is_file():
                 path.unlink()
-                removed.append(path.name)
+                removed.append(label)
     if removed:
         log.info("resuming %s at step %d: removed %s (unfinished until it ends again)", run.path, step, "; ".join(removed))
