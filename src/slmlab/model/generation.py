@@ -77,8 +77,8 @@ class GenerationMixin:
                     "this model does not decode left-padded batches exactly (decodes_padded() is False): "
                     "give prompts of equal length, or generate_many, which groups them by length"
                 )
-        if padding is not None and not (use_cache and idx.shape[1] + max_new_tokens <= self.cfg.block_size):
-            raise ConfigError("a left-padded batch decodes with the KV cache and within the model's context only")
+            if not (use_cache and idx.shape[1] + max_new_tokens <= self.cfg.block_size):
+                raise ConfigError("a left-padded batch decodes with the KV cache and within the model's context only")
         with eval_mode(self), DecodingLayout(self, enabled=idx.shape[0] <= MAX_ROWS):  # decoding_layout.py says why
             model = compiled(self, "inductor" if compile is True else compile) if compile else self
             caches, pending = None, idx
@@ -114,7 +114,7 @@ class GenerationMixin:
                 f"the prompt must be a (batch, tokens) tensor of token ids, got a {type(idx).__name__}: "
                 "give torch.tensor([ids]), or a list of id lists to generate_many"
             )
-        if idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        if idx.dim() != 2 or not _holds_whole_numbers(idx):
             raise ConfigError(
                 f"the prompt must be a (batch, tokens) tensor of token ids, got {idx.dtype} of shape {tuple(idx.shape)}"
             )
@@ -258,15 +258,15 @@ def _check_generator(name: str, generator) -> None:
         raise ConfigError(f"{name} must be a torch.Generator (or None), got {type(generator).__name__} {generator!r:.40}")
 
 
+def _holds_whole_numbers(tensor: torch.Tensor) -> bool:
+    """An integer dtype: not floating point, complex or bool (token ids, pad counts)."""
+    return not (tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool)
+
+
 def _check_padding(padding, idx: torch.Tensor) -> None:
     """padding (B,): whole numbers, each row keeping at least one token of its prompt (idx (B, T))."""
     B, T = idx.shape
-    if (
-        not isinstance(padding, torch.Tensor)
-        or padding.shape != (B,)
-        or padding.dtype.is_floating_point
-        or padding.dtype == torch.bool
-    ):
+    if not isinstance(padding, torch.Tensor) or padding.shape != (B,) or not _holds_whole_numbers(padding):
         got = f"{padding.dtype} of shape {tuple(padding.shape)}" if isinstance(padding, torch.Tensor) else type(padding).__name__
         raise ConfigError(f"padding must be a ({B},) tensor of whole numbers, one per prompt row; got {got}")
     if bool((padding < 0).any()) or bool((padding >= T).any()):
