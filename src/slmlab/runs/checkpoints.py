@@ -136,17 +136,21 @@ def save_checkpoint(
         ) from None
     atomic_write_text(directory / "latest", name)
     for old in sorted(directory.glob("step_*.safetensors"))[:-keep]:
-        for path in _files(directory, old.name.removesuffix(".safetensors")):
-            path.unlink(missing_ok=True)
+        _remove(directory, old.name.removesuffix(".safetensors"))
     return directory / name
+
+
+def _remove(directory: Path, name: str) -> None:
+    """Delete every file of checkpoint `name` (those that exist)."""
+    for path in _files(directory, name):
+        path.unlink(missing_ok=True)
 
 
 def remove_checkpoints_after(directory: Path, step: int) -> list[str]:
     """Delete the checkpoints of steps after `step` (every file of each); their names, oldest first."""
     later = sorted(name for name in checkpoint_names(directory) if int(name.removeprefix("step_")) > step)
     for name in later:
-        for path in _files(directory, name):
-            path.unlink(missing_ok=True)
+        _remove(directory, name)
     return later
 
 
