@@ -132,6 +132,13 @@ def test_saved_dataset_and_dataset_dict(tmp_path):
             lambda p: pq.write_table(pa.table({"text": ["x"], "year": ["soon"]}), p / "a.parquet") or str(p / "a.parquet"),
             "row 0: year 'soon'",
         ),
+        (  # it was a KeyError from pyarrow
+            lambda p: (
+                pq.write_table(pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], names=["text", "text"]), p / "a.parquet")
+                or str(p / "a.parquet")
+            ),
+            "names the column 'text' more than once",
+        ),
         (lambda p: (p / "state.json").write_text('{"_data_files": []}') and str(p), "lists no data files"),
         (
             lambda p: (p / "state.json").write_text('{"_data_files": [{"filename": "gone.arrow"}]}') and str(p),

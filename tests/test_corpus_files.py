@@ -196,6 +196,32 @@ def test_a_null_text_is_an_empty_document_in_json_lines_as_in_parquet(tmp_path):
     assert [d.text for d in docs] == ["kept", "also kept"]
 
 
+REPEATED = {  # file: (content, what the error names)
+    "d.jsonl": ('{"text": "the text meant", "text": "x"}\n', "field 'text'"),
+    "d.json": ('[{"text": "a text", "id": "a", "id": "b"}]', "item 1: names the field 'id'"),
+    "one.json": ('{\n "text": "one record",\n "year": 1900,\n "year": 2000\n}', "field 'year'"),
+    "d.csv": ('text,genre,text\n"the text meant",g,x\n', "column 'text'"),
+    "d.tsv": ("title\ttext\ttitle\na\tthe text\tb\n", "column 'title'"),
+}
+
+
+@pytest.mark.parametrize("name", list(REPEATED))
+def test_a_record_naming_a_field_it_reads_twice_is_refused(tmp_path, name):
+    """json and csv keep the last of a repeated key or column in silence: a JSON line
+    {"text": "the text meant", "text": "x"} trained on "x", without a word."""
+    content, named = REPEATED[name]
+    (tmp_path / name).write_text(content)
+    with pytest.raises(CorpusError, match=f"{name}.*{named} more than once"):
+        list(DocumentSelection(DataConfig(source=str(tmp_path / name))))
+
+
+def test_fields_a_corpus_does_not_read_may_repeat(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "kept", "tag": 1, "tag": 2, "meta": {"a": 1, "a": 2}}\n')
+    (tmp_path / "d.csv").write_text("text,,\nkept,1,2\n")  # a spreadsheet's unnamed columns
+    for name in ("d.jsonl", "d.csv"):
+        assert [d.text for d in DocumentSelection(DataConfig(source=str(tmp_path / name)))] == ["kept"]
+
+
 def test_a_json_file_holding_one_pretty_printed_object_is_one_record(tmp_path):
     """It was read as JSON lines: "one.json:1: not a JSON object" (line 1 being "{")."""
     import json

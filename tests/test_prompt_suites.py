@@ -47,6 +47,15 @@ def test_a_prompt_suite_entry_without_its_id_or_text_is_one_line(tmp_path):
             load_suite(suite)
 
 
+def test_a_json_line_naming_a_setting_twice_is_refused(tmp_path):
+    """json keeps the last of a repeated key: {"prompt": "A", ..., "prompt": "B"} generated from "B"
+    in silence (TOML refuses a repeated key itself)."""
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text('{"id": "a", "prompt": "T"}\n{"id": "b", "prompt": "A", "seed": 1, "prompt": "B"}\n')
+    with pytest.raises(ConfigError, match=r"suite.jsonl:2: names 'prompt' more than once"):
+        load_suite(suite)
+
+
 def test_a_prompt_suite_with_other_tables_names_them(tmp_path):
     """[[prompts]] (plural) said only "the suite has no prompts"; a stray key was ignored."""
     suite = tmp_path / "suite.toml"

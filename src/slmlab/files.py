@@ -295,11 +295,27 @@ def lone_surrogate(value) -> str | None:
     return next((bad for key, item in items for bad in (lone_surrogate(key), lone_surrogate(item)) if bad), None)
 
 
+class JsonObject(dict):
+    """A JSON object as parse_json reads it. `repeated`: the keys its text gives more than once,
+    of which json.loads keeps the last in silence (readers refuse those they read)."""
+
+    repeated: frozenset[str] = frozenset()
+
+
+def _json_object(pairs: list[tuple[str, object]]) -> JsonObject:
+    value = JsonObject(pairs)
+    if len(value) < len(pairs):
+        keys = [key for key, _ in pairs]
+        value.repeated = frozenset(key for key in value if keys.count(key) > 1)
+    return value
+
+
 def parse_json(text: str, where, error: type[SlmlabError], expected: str = "JSON"):
-    """json.loads(text) for a record from a user's file (a JSON line, a .json file): text that is
-    not `expected`, or that holds a lone surrogate escape, is `error` naming `where`."""
+    """json.loads(text) for a record from a user's file (a JSON line, a .json file), its objects
+    JsonObjects: text that is not `expected`, or that holds a lone surrogate escape, is `error`
+    naming `where`."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_json_object)
     except json.JSONDecodeError:
         raise error(f"{where}: not {expected}") from None
     bad = lone_surrogate(value) if "\\u" in text else None  # only a \u escape makes one

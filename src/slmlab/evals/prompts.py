@@ -43,7 +43,12 @@ def load_suite(path: str | Path) -> list[Prompt]:
         records = []
         for number, line in enumerate(read_text(path, "prompt suite", ConfigError, "save it as UTF-8 text").splitlines(), 1):
             if line.strip():
-                records.append(parse_json(line, f"{path}:{number}", ConfigError, "a JSON object"))
+                record = parse_json(line, f"{path}:{number}", ConfigError, "a JSON object")
+                if getattr(record, "repeated", None):  # json keeps the last in silence
+                    raise ConfigError(
+                        f"{path}:{number}: names {', '.join(map(repr, sorted(record.repeated)))} more than once: keep one"
+                    )
+                records.append(record)
     else:
         values = read_toml(path)
         others = [key for key in values if key != "prompt"]

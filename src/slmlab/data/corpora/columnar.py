@@ -19,9 +19,8 @@ from pathlib import Path
 from ...files import file_name_text, read_json
 from .document import Document
 from .fetch import CorpusError, file_digest
-from .local import corpus_files, parse_label, parse_year
+from .local import LABEL_FIELDS, corpus_files, parse_label, parse_year, refuse_repeated, repeated
 
-OPTIONAL_COLUMNS = ("id", "year", "genre", "title")
 RESAVE = "save the dataset again with save_to_disk"
 BATCH_ROWS = 1024
 
@@ -118,8 +117,8 @@ class ColumnarSource:
         try:
             if self.kind == "parquet":
                 handle = pa.parquet.ParquetFile(path)
-                columns = [c for c in (self.text_field, *OPTIONAL_COLUMNS) if c in handle.schema_arrow.names]
                 self._check_text_column(path, handle.schema_arrow.names)
+                columns = [c for c in (self.text_field, *LABEL_FIELDS) if c in handle.schema_arrow.names]
                 yield from handle.iter_batches(batch_size=BATCH_ROWS, columns=columns)
             else:
                 with pa.memory_map(str(path)) as source:
@@ -130,6 +129,7 @@ class ColumnarSource:
             raise CorpusError(f"{path} is not a readable {self.kind} file ({str(err).splitlines()[0][:100]})") from None
 
     def _check_text_column(self, path: Path, names: list[str]) -> None:
+        refuse_repeated(repeated(names), self.text_field, str(path), "column")
         if self.text_field not in names:
             raise CorpusError(f"{path}: no column '{self.text_field}' (columns: {', '.join(names)}); set data.text_field")
 
@@ -139,9 +139,7 @@ class ColumnarSource:
             name = self._name(path)
             row = 0
             for batch in self._batches(path):
-                columns = {
-                    c: batch.column(c).to_pylist() for c in (self.text_field, *OPTIONAL_COLUMNS) if c in batch.schema.names
-                }
+                columns = {c: batch.column(c).to_pylist() for c in (self.text_field, *LABEL_FIELDS) if c in batch.schema.names}
                 for i, text in enumerate(columns[self.text_field]):
                     where = f"{path} row {row + i}"
                     if text is None:

@@ -83,6 +83,25 @@ def parse_year(value, where: str) -> int | None:
     return int(value)
 
 
+LABEL_FIELDS = ("id", "year", "genre", "title")  # a record's optional fields (columns) beside its text
+
+
+def repeated(names: list[str]) -> set[str]:
+    """The names a list (a CSV header, a Parquet schema) holds more than once."""
+    return {name for name in names if names.count(name) > 1}
+
+
+def refuse_repeated(twice: set[str] | frozenset[str], text_field: str, where: str, kind: str = "field") -> None:
+    """A record, header or schema naming a field slmlab reads (the text, LABEL_FIELDS) more than
+    once is a CorpusError: its readers keep one of them in silence (JSON and CSV the last), so the
+    text trained on might not be the one meant."""
+    field = next((name for name in (text_field, *LABEL_FIELDS) if name in twice), None)
+    if field is not None:
+        raise CorpusError(
+            f"{where}: names the {kind} '{field}' more than once, and only one would be read; rename or drop the others"
+        )
+
+
 def parse_label(value, where: str, field: str) -> str:
     """A document's id, genre or title from a record: a string, or a number written as one; None,
     NaN and blank text -> "" (not given). A list, an object, bytes or a boolean is a CorpusError
@@ -253,6 +272,7 @@ class LocalSource:
             return Document(id=default_id, text=record, genre="", title="")
         if not isinstance(record, dict):
             raise CorpusError(f"{where}: a record is a JSON object with a '{self.text_field}' field, not {json_kind(record)}")
+        refuse_repeated(getattr(record, "repeated", frozenset()), self.text_field, where)
         if self.text_field not in record:
             names = [key for key in record if key is not None]  # None: a CSV row's cells beyond its header's
             fields = ", ".join(repr(key if len(key) <= 40 else key[:37] + "...") for key in names[:12]) or "none"
@@ -275,8 +295,7 @@ class LocalSource:
             year=parse_year(record.get("year"), where),
         )
 
-    @staticmethod
-    def _records(path: Path, suffix: str) -> Iterator[tuple[str, int, object]]:
+    def _records(self, path: Path, suffix: str) -> Iterator[tuple[str, int, object]]:
         """(where, number, record) of each record of a JSON lines file, a .json file (JSON lines or
         one array of objects) or a CSV/TSV file with a header row."""
         try:
@@ -284,6 +303,7 @@ class LocalSource:
                 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a document is one field: no 128 KiB cap
                 with open_text(path, newline="") as handle:
                     rows = csv.DictReader(handle, delimiter=_delimiter(path, suffix))
+                    refuse_repeated(repeated(rows.fieldnames or []), self.text_field, str(path), "column")
                     for number, row in enumerate(rows, 2):
                         yield f"{path}:{rows.line_num}", number, row
             elif suffix == ".json" and (text := read_utf8(path)).lstrip().startswith("["):
