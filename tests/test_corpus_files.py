@@ -4,6 +4,8 @@ carry (ids, genres, titles)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from slmlab.config import DataConfig
@@ -213,6 +215,29 @@ def test_a_record_naming_a_field_it_reads_twice_is_refused(tmp_path, name):
     (tmp_path / name).write_text(content)
     with pytest.raises(CorpusError, match=f"{name}.*{named} more than once"):
         list(DocumentSelection(DataConfig(source=str(tmp_path / name))))
+
+
+@pytest.mark.parametrize(
+    "rows, says",
+    [
+        ("text,id\nHello, world,1\n", "d.csv:2: 3 cells under a header of 2 columns; quote a text that holds ','"),
+        ("id,text\n1\n2,fine\n", "d.csv:2: 1 cell under a header of 2 columns"),  # a text's unquoted line break
+    ],
+)
+def test_a_csv_row_that_does_not_fit_its_header_is_refused(tmp_path, rows, says):
+    """csv cut a text at an unquoted comma in silence: `Hello, world,1` trained on "Hello", with the
+    id " world"; a row without a cell for the text was left out as an empty document."""
+    (tmp_path / "d.csv").write_text(rows)
+    with pytest.raises(CorpusError, match=re.escape(says)):
+        list(DocumentSelection(DataConfig(source=str(tmp_path / "d.csv"))))
+
+
+def test_a_csv_row_may_pad_or_leave_out_trailing_cells(tmp_path):
+    (tmp_path / "d.csv").write_text("text,id,year\nHello world,1,,,\nfine,2\n")
+    assert [(d.text, d.id) for d in DocumentSelection(DataConfig(source=str(tmp_path / "d.csv")))] == [
+        ("Hello world", "1"),
+        ("fine", "2"),
+    ]
 
 
 def test_fields_a_corpus_does_not_read_may_repeat(tmp_path):

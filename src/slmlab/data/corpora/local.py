@@ -300,12 +300,7 @@ class LocalSource:
         one array of objects) or a CSV/TSV file with a header row."""
         try:
             if suffix in (".csv", ".tsv"):
-                csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a document is one field: no 128 KiB cap
-                with open_text(path, newline="") as handle:
-                    rows = csv.DictReader(handle, delimiter=_delimiter(path, suffix))
-                    refuse_repeated(repeated(rows.fieldnames or []), self.text_field, str(path), "column")
-                    for number, row in enumerate(rows, 2):
-                        yield f"{path}:{rows.line_num}", number, row
+                yield from self._table_rows(path, suffix)
             elif suffix == ".json" and (text := read_utf8(path)).lstrip().startswith("["):
                 yield from ((f"{path}: item {i}", i, record) for i, record in enumerate(parse_json(text, path, CorpusError), 1))
             elif suffix == ".json" and "\n" in text.strip() and whole_object(text):  # one pretty-printed record
@@ -320,6 +315,28 @@ class LocalSource:
             raise CorpusError(not_utf8(str(path), file_bytes(path))) from None
         except csv.Error as err:
             raise CorpusError(f"{path} is not a CSV file slmlab can read ({err})") from None
+
+    def _table_rows(self, path: Path, suffix: str) -> Iterator[tuple[str, int, dict]]:
+        """(where, number, row) of each row of a CSV/TSV file with a header row. A row with more
+        (non-empty) cells than the header has columns, or too few to hold the text's, is a
+        CorpusError: csv cuts the text at an unquoted delimiter or line break in silence
+        (`Hello, world` read as the text "Hello" and an id " world")."""
+        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a document is one field: no 128 KiB cap
+        delimiter = _delimiter(path, suffix)
+        with open_text(path, newline="") as handle:
+            rows = csv.DictReader(handle, delimiter=delimiter)
+            columns = rows.fieldnames or []
+            refuse_repeated(repeated(columns), self.text_field, str(path), "column")
+            for number, row in enumerate(rows, 2):
+                where = f"{path}:{rows.line_num}"
+                beyond = row.get(None, [])  # csv's restkey: the cells past the header's columns
+                if self.text_field in columns and (any(beyond) or row[self.text_field] is None):  # empty ones: padding
+                    cells = len(columns) + len(beyond) if beyond else sum(cell is not None for cell in row.values())
+                    raise CorpusError(
+                        f"{where}: {cells} cell{'s' * (cells != 1)} under a header of {len(columns)} columns; "
+                        f'quote a text that holds {delimiter!r} or a line break ("...")'
+                    )
+                yield where, number, row
 
 
 def _delimiter(path: Path, suffix: str) -> str:
