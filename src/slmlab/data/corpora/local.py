@@ -79,7 +79,7 @@ def parse_year(value, where: str) -> int | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
-        raise CorpusError(f"{where}: year {given!r} is not a whole number; write it as 1906 or leave it out")
+        raise CorpusError(f"{where}: year {given!r} is not a whole number; write the year alone (1906) or leave it out")
     return int(value)
 
 
