@@ -157,7 +157,7 @@ def test_an_existing_run_is_never_overwritten_silently(text_corpus, make_config)
 
     cfg = make_config(text_corpus, train={"steps": 5, "eval_every": 5})
     train(cfg, progress=False)
-    with pytest.raises(ConfigError, match="already holds a run; resume it with --resume"):
+    with pytest.raises(ConfigError, match="already holds a run; resume it with slmlab train --resume"):
         train(cfg, progress=False)
     train(cfg, overwrite=True, progress=False)
 

@@ -129,7 +129,7 @@ class RunDir:
             raise ConfigError(f"{self.path} holds files that are not a slmlab run; pick another --name or --out_dir")
         if not overwrite:
             raise ConfigError(
-                f"{self.path} already holds a run; resume it with {command_line('--resume', self.path)} or pick another --name"
+                f"{self.path} already holds a run; resume it with {command_line('slmlab', 'train', '--resume', self.path)} or pick another --name"
             )
 
     def create(self, cfg: RunConfig, overwrite: bool = False) -> None:
