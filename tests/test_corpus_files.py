@@ -269,15 +269,17 @@ def test_genres_that_match_nothing_name_the_genres_there_are(text_corpus):
     assert len(list(DocumentSelection(DataConfig(source=str(text_corpus), genres=["verse"])))) == 6
 
 
-def test_a_run_folder_given_or_found_as_corpus_is_named(text_corpus):
+def test_a_run_folder_given_or_found_as_corpus_is_named(text_corpus, caplog):
     """data.source = a run (or a folder holding one) failed on its metrics.jsonl with "no string
-    field 'text' (set data.text_field)", which pointed at the wrong fix."""
+    field 'text' (set data.text_field)", which pointed at the wrong fix; the refusal came after a
+    warning that its .json files were left out, as if it were a corpus."""
     run = text_corpus / "old_runs" / "r"
     run.mkdir(parents=True)
     (run / "config.json").write_text("{}")
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
     with pytest.raises(CorpusError, match=r"'.*old_runs/r' is a slmlab run folder"):
         list(DocumentSelection(DataConfig(source=str(run))))
+    assert "left out" not in caplog.text
     with pytest.raises(CorpusError, match=r"holds a slmlab run folder \(.*old_runs/r\), not a corpus"):
         list(DocumentSelection(DataConfig(source=str(text_corpus))))
 

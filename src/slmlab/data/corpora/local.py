@@ -195,7 +195,6 @@ class LocalSource:
         elif path.is_dir():
             found = corpus_files(path, FOLDER_FORMATS + LEFT_OUT)  # one walk of the folder for both
             files = [p for p in found if format_suffix(p) in FOLDER_FORMATS]
-            _warn_of_records_left_out(path, [p for p in found if format_suffix(p) in LEFT_OUT])
             runs = [p.parent for p in files if p.name == "metrics.jsonl" and is_run_folder(p.parent)]
             if runs:  # its metrics log would fail as records, its reports would be read as text
                 where = "is" if runs[0] == path else "holds"
@@ -203,6 +202,7 @@ class LocalSource:
                     f"data.source: '{spec}' {where} a slmlab run folder ({runs[0]}), not a corpus: "
                     "name a folder of your text without runs in it"
                 )
+            _warn_of_records_left_out(path, [p for p in found if format_suffix(p) in LEFT_OUT])  # of a corpus only
             if not files:
                 raise CorpusError(f"data.source: '{spec}' {_what_else(path, spec)}")
         elif any(ch in spec for ch in "*?["):
