@@ -232,6 +232,25 @@ def test_a_csv_row_that_does_not_fit_its_header_is_refused(tmp_path, rows, says)
         list(DocumentSelection(DataConfig(source=str(tmp_path / "d.csv"))))
 
 
+def test_a_quote_that_never_closes_is_refused_in_csv_and_text_in_tsv(tmp_path):
+    """A text starting with a quote ("Tis ...) opened a quoted field that ran on through every
+    later row: the rest of the file became one document, ids and delimiters included, in silence.
+    A CSV file says where; a TSV file, whose quotes are often plain text (GLUE's), reads them as
+    text, while one written with CSV's quoting (a tab inside quotes, quotes doubled) reads as such."""
+
+    def texts(name: str, content: str) -> list[str]:
+        (tmp_path / name).write_text(content)
+        return [d.text for d in DocumentSelection(DataConfig(source=str(tmp_path / name)))]
+
+    with pytest.raises(CorpusError, match=r"d.csv:3: unexpected end of data: a quote that opens a field must close it"):
+        texts("d.csv", 'text,id\nfine,0\n"Tis the season,1\nNext line,2\n')
+    with pytest.raises(CorpusError, match=r"e.csv:2: ',' expected after '\"'"):
+        texts("e.csv", 'text,id\n"Hi" she said,1\n')
+    assert texts("f.csv", 'text,id\n"say ""hi"", now",1\n') == ['say "hi", now']
+    assert texts("a.tsv", 'text\tid\n"Tis the season\t1\n"Hi" she said\t2\n') == ['"Tis the season', '"Hi" she said']
+    assert texts("b.tsv", 'text\tid\n"a\ttab, ""quoted"""\t1\n') == ['a\ttab, "quoted"']
+
+
 def test_a_csv_row_may_pad_or_leave_out_trailing_cells(tmp_path):
     (tmp_path / "d.csv").write_text("text,id,year\nHello world,1,,,\nfine,2\n")
     assert [(d.text, d.id) for d in DocumentSelection(DataConfig(source=str(tmp_path / "d.csv")))] == [

@@ -313,30 +313,49 @@ class LocalSource:
                             yield f"{path}:{number}", number, parse_json(line, f"{path}:{number}", CorpusError, "a JSON object")
         except UnicodeDecodeError:
             raise CorpusError(not_utf8(str(path), file_bytes(path))) from None
-        except csv.Error as err:
-            raise CorpusError(f"{path} is not a CSV file slmlab can read ({err})") from None
 
     def _table_rows(self, path: Path, suffix: str) -> Iterator[tuple[str, int, dict]]:
-        """(where, number, row) of each row of a CSV/TSV file with a header row. A row with more
-        (non-empty) cells than the header has columns, or too few to hold the text's, is a
-        CorpusError: csv cuts the text at an unquoted delimiter or line break in silence
-        (`Hello, world` read as the text "Hello" and an id " world")."""
+        """(where, number, row) of each row of a CSV/TSV file with a header row, read strictly: a
+        quote that opens a field and never closes it fair and square is a CorpusError, not a field
+        that runs on through every later row. A TSV file whose quotes are plain text (`"Tis`,
+        `"Hi" she said`) reads with its quotes as text. A row with more (non-empty) cells than the
+        header has columns, or too few to hold the text's, is a CorpusError: csv cuts the text at
+        an unquoted delimiter or line break in silence (`Hello, world` read as the text "Hello"
+        and an id " world")."""
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a document is one field: no 128 KiB cap
         delimiter = _delimiter(path, suffix)
+        quoting = csv.QUOTE_NONE if suffix == ".tsv" and not _reads_quoted(path, delimiter) else csv.QUOTE_MINIMAL
         with open_text(path, newline="") as handle:
-            rows = csv.DictReader(handle, delimiter=delimiter)
-            columns = rows.fieldnames or []
-            refuse_repeated(repeated(columns), self.text_field, str(path), "column")
-            for number, row in enumerate(rows, 2):
-                where = f"{path}:{rows.line_num}"
-                beyond = row.get(None, [])  # csv's restkey: the cells past the header's columns
-                if self.text_field in columns and (any(beyond) or row[self.text_field] is None):  # empty ones: padding
-                    cells = len(columns) + len(beyond) if beyond else sum(cell is not None for cell in row.values())
-                    raise CorpusError(
-                        f"{where}: {cells} cell{'s' * (cells != 1)} under a header of {len(columns)} columns; "
-                        f'quote a text that holds {delimiter!r} or a line break ("...")'
-                    )
-                yield where, number, row
+            rows = csv.DictReader(handle, delimiter=delimiter, quoting=quoting, strict=True)
+            try:
+                columns = rows.fieldnames or []
+                refuse_repeated(repeated(columns), self.text_field, str(path), "column")
+                for number, row in enumerate(rows, 2):
+                    where = f"{path}:{rows.line_num}"
+                    beyond = row.get(None, [])  # csv's restkey: the cells past the header's columns
+                    if self.text_field in columns and (any(beyond) or row[self.text_field] is None):  # empty ones: padding
+                        cells = len(columns) + len(beyond) if beyond else sum(cell is not None for cell in row.values())
+                        raise CorpusError(
+                            f"{where}: {cells} cell{'s' * (cells != 1)} under a header of {len(columns)} columns; "
+                            f'quote a text that holds {delimiter!r} or a line break ("...")'
+                        )
+                    yield where, number, row
+            except csv.Error as err:
+                raise CorpusError(  # DictReader.line_num: where the last whole row ended
+                    f"{path}:{rows.line_num + 1}: {err}: a quote that opens a field must close it, with the quotes "
+                    'inside doubled ("say ""hi"""); a text that starts with a quote must be quoted so'
+                ) from None
+
+
+def _reads_quoted(path: Path, delimiter: str) -> bool:
+    """Whether a file reads under CSV's quoting rules, strictly (one pass of the csv parser)."""
+    with open_text(path, newline="") as handle:
+        try:
+            for _ in csv.reader(handle, delimiter=delimiter, strict=True):
+                pass
+        except csv.Error:
+            return False
+    return True
 
 
 def _delimiter(path: Path, suffix: str) -> str:
