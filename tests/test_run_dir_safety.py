@@ -204,3 +204,16 @@ def test_an_out_dir_under_home_is_expanded_like_the_other_paths(micro_toml, micr
     micro_sweep.write_text(text.replace(f'out_dir = "{tmp_path / "runs"}"', 'out_dir = "~/sweeps"'))
     _, jobs = load_sweep(micro_sweep)
     assert all(job.run.path.is_relative_to(home / "sweeps") for job in jobs)
+
+
+def test_a_tokenizer_is_never_written_into_a_run_folder(micro_toml, tmp_path, capsys):
+    """`tokenizer train --out RUN/tokenizer.json` replaced the run's own tokenizer (a tokenizer
+    file, so it counted as an earlier output to replace): the run then read text with another."""
+    assert _train(micro_toml, "--name", "mine") == 0
+    own = tmp_path / "runs" / "mine" / "tokenizer.json"
+    before = own.read_bytes()
+    capsys.readouterr()
+    argv = ["tokenizer", "train", str(micro_toml), "--data.tokenizer", "byte", "--out", str(own)]
+    assert main(argv) == 2
+    assert "is inside the run folder" in capsys.readouterr().err
+    assert own.read_bytes() == before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .options import add_verb, load_run_config
 
 
@@ -82,11 +84,14 @@ def cmd_tokenizer_train(args, extra) -> int:
     from ..data.corpora import DocumentSelection, check_not_a_source_file, check_source_settings
     from ..data.tokenizer_kinds import is_tokenizer_json
     from ..data.tokens import get_tokenizer
-    from ..files import check_replaceable
+    from ..errors import ConfigError
+    from ..files import check_replaceable, is_run_folder
 
     cfg = load_run_config(args.config, extra)
     check_source_settings(cfg.data)
     check_not_a_source_file(cfg.data, args.out, "--out")
+    if is_run_folder(Path(args.out).parent):  # its tokenizer.json is the run's own: replaced, the run would read another
+        raise ConfigError(f"--out {args.out} is inside the run folder {Path(args.out).parent}: write the tokenizer outside runs")
     check_replaceable(args.out, "--out", "a tokenizer file", is_tokenizer_json)
     tokenizer = get_tokenizer(cfg.data, DocumentSelection(cfg.data))
     path = tokenizer.save(args.out)
