@@ -51,12 +51,14 @@ from .tokenizer_kinds import load_tokenizer, train_tokenizer
 from .tokenizers import Tokenizer, TokenizerError, token_dtype
 
 log = logging.getLogger("slmlab")
+# 7: CSV/TSV rows read strictly (a quote that never closes, a row that does not fit its header:
+#    refused; a TSV's plain-text quotes are text) and repeated text/label fields refused;
 # 6: the manifest lists validation documents with an exact copy in training (the same token files);
 # 5: "[EOS]" and "<|endoftext|>" in the text are text, not the special id; .json arrays and .csv/.tsv
 #    files are records (they were one plain-text document);
 # 4: a leading UTF-8 byte-order mark is not text, one document split by position is on both sides;
 # 3: split by each id's own hash, checksums; 2: local ids are relative paths
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 ENCODE_BATCH = 1024  # documents, or fewer when they hold ENCODE_CHARS characters
 ENCODE_CHARS = 1 << 22
 COPIES_LISTED = 1000  # validation documents with a copy in training, at most, in the manifest
