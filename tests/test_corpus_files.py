@@ -288,6 +288,16 @@ def test_genres_that_match_nothing_name_the_genres_there_are(text_corpus):
     assert len(list(DocumentSelection(DataConfig(source=str(text_corpus), genres=["verse"])))) == 6
 
 
+def test_a_json_file_that_does_not_parse_says_where(tmp_path):
+    """A 6,000-line .json array with one trailing comma (line 4503) said only "not JSON"."""
+    import json
+
+    text = json.dumps([{"text": f"doc {i}"} for i in range(2000)], indent=1).replace('"doc 1500"', '"doc 1500",')
+    (tmp_path / "big.json").write_text(text)
+    with pytest.raises(CorpusError, match=r"big.json: not JSON \(Expecting property name .* at line 4504, column 2\)"):
+        list(DocumentSelection(DataConfig(source=str(tmp_path / "big.json"))))
+
+
 def test_a_run_folder_given_or_found_as_corpus_is_named(text_corpus, caplog):
     """data.source = a run (or a folder holding one) failed on its metrics.jsonl with "no string
     field 'text' (set data.text_field)", which pointed at the wrong fix; the refusal came after a

@@ -316,8 +316,9 @@ def parse_json(text: str, where, error: type[SlmlabError], expected: str = "JSON
     naming `where`."""
     try:
         value = json.loads(text, object_pairs_hook=_json_object)
-    except json.JSONDecodeError:
-        raise error(f"{where}: not {expected}") from None
+    except json.JSONDecodeError as err:  # where in a whole file's text; in a line's, the column
+        at = f"line {err.lineno}, column {err.colno}" if "\n" in text.strip() else f"column {err.colno}"
+        raise error(f"{where}: not {expected} ({err.msg} at {at})") from None
     bad = lone_surrogate(value) if "\\u" in text else None  # only a \u escape makes one
     if bad:
         raise error(f"{where}: holds {bad}, half of a UTF-16 pair and no character; fix or drop that record")
