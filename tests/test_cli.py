@@ -224,7 +224,7 @@ def test_commands_slmlab_prints_paste_back_with_paths_that_need_quoting(tmp_path
     assert shlex.split(advised) == ["slmlab", "generate", str(run), "--int8"]
     assert main(["train", str(config), "--name", "r", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert shlex.split(err.split("resume it with ")[1].split(" or pick")[0]) == ["--resume", str(run)]
+    assert shlex.split(err.split("resume it with ")[1].split(" or pick")[0]) == ["slmlab", "train", "--resume", str(run)]
     assert main(["new-variant", "quoted_idea", "--out", str(root / "ideas")]) == 0
     assert shlex.split(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("next: ")) == [
         "slmlab",
