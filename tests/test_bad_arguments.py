@@ -295,6 +295,7 @@ def test_every_device_running_out_of_memory_reads_as_such(error, size):
         (["surgery", "--hf-model", "RUN", "--load", "RUN", "--steps", "5"], "--load and --steps do not go together"),
         (["surgery", "--hf-model", "RUN", "--load", "RUN", "--token-dependent"], "--load and --token-dependent"),
         (["surgery", "--hf-model", "RUN", "--max-new-tokens", "5"], "--max-new-tokens applies only with --generate"),
+        (["surgery", "--hf-model", "RUN", "--load", "RUN"], "--load applies only with --generate"),  # loaded, then nothing
     ],
 )
 def test_an_option_the_verb_would_ignore_is_refused(argv, says, micro_toml, tmp_path, capsys):

@@ -83,7 +83,7 @@ def register(sub) -> None:
     training = ("--persona-data", "--out", "--steps", "--lr", "--batch-size", "--seq-len", "--self-dim", "--token-dependent")
     option_rules(
         p,
-        needs={"--max-new-tokens": "--generate"},
+        needs={"--max-new-tokens": "--generate", "--load": "--generate"},  # --load alone loads, then does nothing
         conflicts=[("--load", option, f"{option} is for training a Self Area; --load uses a trained one") for option in training]
         + [
             ("--load", "--overwrite", "--load writes nothing"),
