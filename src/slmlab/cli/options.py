@@ -74,13 +74,14 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
 
 
 def check_option_rules(args: argparse.Namespace, given: set[str]) -> None:
-    """Refuse an option the verb would ignore (option_rules), in one line that says what to do."""
-    for option, needed in args.option_needs.items():
-        if option in given and needed not in given:
-            raise ConfigError(f"{option} applies only with {needed}: add {needed}, or remove {option}")
+    """Refuse an option the verb would ignore (option_rules), in one line that says what to do:
+    two options that contradict each other first, then one given without the option it needs."""
     for option, other, why in args.option_conflicts:
         if option in given and other in given:
             raise ConfigError(f"{option} and {other} do not go together ({why}): remove one")
+    for option, needed in args.option_needs.items():
+        if option in given and needed not in given:
+            raise ConfigError(f"{option} applies only with {needed}: add {needed}, or remove {option}")
 
 
 def positive_int(text: str) -> int:
