@@ -300,15 +300,16 @@ def surgery(
     from .stage2 import source_data_config
 
     resolved = resolve_device(device)
+    folder = Path(out or f"runs/surgery_{Path(hf_model).stem}")
+    check_surgery_folder(folder, overwrite)  # before the base model loads (seconds to minutes)
+    persona = source_data_config(persona_data)
     model, tokenizer = load_hf_model(hf_model, resolved)
     context = model_context(model)
     if context and seq_len > context:
         raise ConfigError(
             f"--seq-len {seq_len} exceeds the {context}-token context of {hf_model}; give --seq-len {context} or less"
         )
-    folder = Path(out or f"runs/surgery_{Path(hf_model).stem}")
-    check_surgery_folder(folder, overwrite)
-    train_split, val_split = persona_tokens(source_data_config(persona_data), tokenizer)
+    train_split, val_split = persona_tokens(persona, tokenizer)
     area = insert_self_area(model, SelfAreaConfig(enabled=True, self_dim=self_dim, token_dependent=token_dependent))
     before = persona_loss(model, val_split, seq_len, batch_size, 8, resolved)
     folder.mkdir(parents=True, exist_ok=True)
