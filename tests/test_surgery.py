@@ -189,6 +189,12 @@ def test_surgery_verb_end_to_end(tmp_path, text_corpus, capsys, caplog, monkeypa
         assert main([*command, "--steps", "2", "--out", str(target), "--device", "cpu"]) == 2
         assert says in capsys.readouterr().err
     assert all((run / name).read_text() == "precious" for name in ("config.json", "metrics.jsonl", "summary.json"))
+    # both are found before the base model loads: with no model there, they are still what is named
+    command = ["surgery", "--hf-model", str(tmp_path / "empty"), "--persona-data", str(text_corpus / "verse")]
+    assert main([*command, "--out", str(out)]) == 2
+    assert "already holds a Self Area" in capsys.readouterr().err
+    assert main(["surgery", "--hf-model", str(tmp_path / "empty"), "--persona-data", str(tmp_path / "no_such.txt")]) == 2
+    assert "--persona-data: 'no_such.txt' is neither" in capsys.readouterr().err.replace(str(tmp_path) + "/", "")
 
 
 def char_tokenizer():
