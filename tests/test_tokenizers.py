@@ -190,3 +190,17 @@ def test_a_tokenizer_without_a_whole_vocab_size_is_refused_and_a_numpy_count_mad
         plain_vocab_size(tokenizer, "mine")
     tokenizer.vocab_size = np.int64(256)
     assert type(plain_vocab_size(tokenizer, "mine").vocab_size) is int
+
+
+def test_a_bpe_vocabulary_the_corpus_cannot_fill_is_warned_of(caplog):
+    """BPE stops merging when no pair is left: 'vocab_size = 5000' on a small corpus gave a few hundred
+    ids in silence, and two runs 'at 4k and 8k' compared one tokenizer with itself."""
+    texts = ["the cat sat on the mat. " * 50]
+    with caplog.at_level("WARNING", logger="slmlab"):
+        small = train_tokenizer(DataConfig(tokenizer="bpe", vocab_size=5000), texts)
+    assert small.vocab_size < 5000
+    assert f"data.vocab_size = 5000, but the corpus has pairs to merge for only {small.vocab_size} BPE tokens" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="slmlab"):
+        assert train_tokenizer(DataConfig(tokenizer="bpe", vocab_size=small.vocab_size), texts).vocab_size == small.vocab_size
+    assert "pairs to merge" not in caplog.text

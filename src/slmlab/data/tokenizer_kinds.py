@@ -8,6 +8,7 @@ back as itself is refused when it is trained, before a run is written that nothi
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -63,7 +64,23 @@ def plain_vocab_size(tokenizer: Tokenizer, kind: str) -> Tokenizer:
 
 TOKENIZERS.register("byte", lambda data, texts: ByteTokenizer())
 TOKENIZERS.register("char", lambda data, texts: CharTokenizer.train(texts))
-TOKENIZERS.register("bpe", lambda data, texts: BPETokenizer.train(iter(texts), data.vocab_size))
+
+
+def _trained_bpe(data: DataConfig, texts: Iterable[str]) -> BPETokenizer:
+    """BPE trained to data.vocab_size ids, or to fewer where the corpus runs out of pairs to
+    merge: said, since a run that asked for 8,192 would otherwise be compared as if it had them."""
+    tokenizer = BPETokenizer.train(iter(texts), data.vocab_size)
+    if tokenizer.vocab_size < data.vocab_size:
+        logging.getLogger("slmlab").warning(
+            "data.vocab_size = %d, but the corpus has pairs to merge for only %d BPE tokens: the tokenizer, and "
+            "the model's vocabulary, hold %d; give more text, or data.vocab_size <= %d",
+            data.vocab_size,
+            *[tokenizer.vocab_size] * 3,
+        )
+    return tokenizer
+
+
+TOKENIZERS.register("bpe", _trained_bpe)
 TOKENIZERS.register("gpt2", lambda data, texts: GPT2Tokenizer(GPT2Tokenizer.locate(data.tiktoken_file)))
 TOKENIZER_FILES.register("byte", lambda spec: ByteTokenizer())
 TOKENIZER_FILES.register("char", lambda spec: CharTokenizer(_text_entry(spec, "chars")))
