@@ -368,3 +368,26 @@ def test_a_config_changed_in_code_is_held_to_the_rules_a_loaded_one_meets(text_c
         with pytest.raises(ConfigError, match=message):
             entry(cfg, progress=False)
     assert not Path(cfg.out_dir).exists()
+
+
+def test_learned_positions_past_the_training_window_are_warned_of(text_corpus, make_config, caplog):
+    """block_size 64 with seq_len 32: wpe[32:] never got a gradient, and generating past 32 tokens
+    read random embeddings, in silence. A run that starts from trained weights is not warned."""
+    from slmlab.model.positions import untrained_positions_warning
+
+    cfg = make_config(text_corpus, model={"block_size": 64}, data={"seq_len": 32}, train={"steps": 2, "eval_every": 2})
+    assert untrained_positions_warning(replace(cfg.model, pos="rope"), 32) is None
+    assert untrained_positions_warning(cfg.model, 64) is None
+    with caplog.at_level("WARNING", logger="slmlab"):
+        result = train(cfg, progress=False)
+    assert "model.block_size = 64 with learned positions, but data.seq_len = 32: positions 32-63 get no gradient" in caplog.text
+    _, model, _ = load_run(result.run_dir)
+    idx = torch.randint(0, model.cfg.vocab_size, (2, 32))
+    model.train()
+    model(idx, idx)[1].backward()
+    grad = model.positions.wpe.weight.grad
+    assert grad[32:].abs().sum() == 0 and grad[:32].abs().sum() > 0  # what the warning says
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="slmlab"):
+        train(replace(cfg, train=replace(cfg.train, steps=4)), progress=False, resume=True)  # trained on
+    assert "learned positions" not in caplog.text

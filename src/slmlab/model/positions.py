@@ -141,6 +141,19 @@ POSITIONS.register("rope", RotaryPositions)
 POSITIONS.register("sinusoidal", SinusoidalPositions)
 
 
+def untrained_positions_warning(cfg: ModelConfig, seq_len: int) -> str | None:
+    """What a fresh model with learned positions leaves untrained (None if nothing): its windows
+    start at position 0, so the embeddings of positions seq_len .. block_size - 1 get no gradient
+    and stay random, and text past seq_len tokens (generation, eval --by-position) reads them."""
+    if cfg.pos != "learned" or seq_len >= cfg.block_size:
+        return None
+    return (
+        f"model.block_size = {cfg.block_size} with learned positions, but data.seq_len = {seq_len}: positions "
+        f"{seq_len}-{cfg.block_size - 1} get no gradient and keep random embeddings, which text past {seq_len} "
+        "tokens reads (generation, eval --by-position); set model.block_size = data.seq_len, or model.pos = 'rope'"
+    )
+
+
 def build_positions(cfg: ModelConfig) -> nn.Module:
     """The position scheme `model.pos` names (registry.POSITIONS)."""
     return require_members(POSITIONS[cfg.pos](cfg), "position scheme", cfg.pos, ("embed", "rotate", "max_positions"))

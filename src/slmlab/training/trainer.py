@@ -33,6 +33,7 @@ from ..data.tokens import TokenData, prepare_tokens
 from ..errors import TrainingError
 from ..model import build_model, model_stats
 from ..model.block_local import trains_as_full_warning
+from ..model.positions import untrained_positions_warning
 from ..runs.checkpoints import (
     existing_checkpoint,
     latest_checkpoint,
@@ -177,6 +178,8 @@ class Trainer:
         check_windows(self.data.train, self.data.val, cfg.data.seq_len, train.batch_size, cfg.data.mixture)
         self.token_bytes = torch.from_numpy(self.tokenizer.token_bytes())
         check_local_kernel(cfg.model, self.device)
+        if not (resume or init_from):  # a model whose weights come from a run: its positions were trained there
+            warnings.append(untrained_positions_warning(cfg.model, cfg.data.seq_len))
         for warning in (*warnings, schedule_warning(train), trains_as_full_warning(cfg.model, cfg.data.seq_len)):
             if warning and self.world.is_main:
                 log.warning("%s", warning)
