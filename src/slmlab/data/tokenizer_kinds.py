@@ -19,6 +19,8 @@ from ..files import read_text
 from ..registry import TOKENIZER_FILES, TOKENIZERS
 from .tokenizers import SPECIAL_TOKENS, BPETokenizer, ByteTokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer
 
+log = logging.getLogger("slmlab")
+
 
 def is_tokenizer_json(text: str) -> bool:
     """Whether `text` is a tokenizer file as slmlab writes them: its own kinds, or a Hugging Face
@@ -62,24 +64,20 @@ def plain_vocab_size(tokenizer: Tokenizer, kind: str) -> Tokenizer:
     return tokenizer
 
 
-TOKENIZERS.register("byte", lambda data, texts: ByteTokenizer())
-TOKENIZERS.register("char", lambda data, texts: CharTokenizer.train(texts))
-
-
 def _trained_bpe(data: DataConfig, texts: Iterable[str]) -> BPETokenizer:
     """BPE trained to data.vocab_size ids, or to fewer where the corpus runs out of pairs to
     merge: said, since a run that asked for 8,192 would otherwise be compared as if it had them."""
     tokenizer = BPETokenizer.train(iter(texts), data.vocab_size)
-    if tokenizer.vocab_size < data.vocab_size:
-        logging.getLogger("slmlab").warning(
-            "data.vocab_size = %d, but the corpus has pairs to merge for only %d BPE tokens: the tokenizer, and "
-            "the model's vocabulary, hold %d; give more text, or data.vocab_size <= %d",
-            data.vocab_size,
-            *[tokenizer.vocab_size] * 3,
+    if (size := tokenizer.vocab_size) < data.vocab_size:
+        log.warning(
+            f"data.vocab_size = {data.vocab_size}, but the corpus has pairs to merge for only {size} BPE tokens: the "
+            f"tokenizer, and the model's vocabulary, hold {size}; give more text, or data.vocab_size <= {size}"
         )
     return tokenizer
 
 
+TOKENIZERS.register("byte", lambda data, texts: ByteTokenizer())
+TOKENIZERS.register("char", lambda data, texts: CharTokenizer.train(texts))
 TOKENIZERS.register("bpe", _trained_bpe)
 TOKENIZERS.register("gpt2", lambda data, texts: GPT2Tokenizer(GPT2Tokenizer.locate(data.tiktoken_file)))
 TOKENIZER_FILES.register("byte", lambda spec: ByteTokenizer())
