@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ...files import file_name_text, read_json
-from .document import Document
+from .document import LABEL_FIELDS, Document, refuse_repeated, repeated
 from .fetch import CorpusError, file_digest
-from .local import LABEL_FIELDS, corpus_files, parse_label, parse_year, refuse_repeated, repeated
+from .local import corpus_files, parse_label, parse_year
 
 RESAVE = "save the dataset again with save_to_disk"
 BATCH_ROWS = 1024

@@ -20,14 +20,12 @@ file's stem.
 from __future__ import annotations
 
 import contextlib
-import csv
 import glob
 import hashlib
 import json
 import logging
 import math
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +40,8 @@ from .compressed import (
     open_text,
     plain_stem,
 )
-from .document import Document
+from .csv_rows import table_rows
+from .document import Document, refuse_repeated
 from .fetch import CorpusError, file_digest
 
 log = logging.getLogger("slmlab")
@@ -81,25 +80,6 @@ def parse_year(value, where: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
         raise CorpusError(f"{where}: year {given!r} is not a whole number; write the year alone (1906) or leave it out")
     return int(value)
-
-
-LABEL_FIELDS = ("id", "year", "genre", "title")  # a record's optional fields (columns) beside its text
-
-
-def repeated(names: list[str]) -> set[str]:
-    """The names a list (a CSV header, a Parquet schema) holds more than once."""
-    return {name for name in names if names.count(name) > 1}
-
-
-def refuse_repeated(twice: set[str] | frozenset[str], text_field: str, where: str, kind: str = "field") -> None:
-    """A record, header or schema naming a field slmlab reads (the text, LABEL_FIELDS) more than
-    once is a CorpusError: its readers keep one of them in silence (JSON and CSV the last), so the
-    text trained on might not be the one meant."""
-    field = next((name for name in (text_field, *LABEL_FIELDS) if name in twice), None)
-    if field is not None:
-        raise CorpusError(
-            f"{where}: names the {kind} '{field}' more than once, and only one would be read; rename or drop the others"
-        )
 
 
 def parse_label(value, where: str, field: str) -> str:
@@ -300,7 +280,7 @@ class LocalSource:
         one array of objects) or a CSV/TSV file with a header row."""
         try:
             if suffix in (".csv", ".tsv"):
-                yield from self._table_rows(path, suffix)
+                yield from table_rows(path, suffix, self.text_field)
             elif suffix == ".json" and (text := read_utf8(path)).lstrip().startswith("["):
                 yield from ((f"{path}: item {i}", i, record) for i, record in enumerate(parse_json(text, path, CorpusError), 1))
             elif suffix == ".json" and "\n" in text.strip() and whole_object(text):  # one pretty-printed record
@@ -313,59 +293,6 @@ class LocalSource:
                             yield f"{path}:{number}", number, parse_json(line, f"{path}:{number}", CorpusError, "a JSON object")
         except UnicodeDecodeError:
             raise CorpusError(not_utf8(str(path), file_bytes(path))) from None
-
-    def _table_rows(self, path: Path, suffix: str) -> Iterator[tuple[str, int, dict]]:
-        """(where, number, row) of each row of a CSV/TSV file with a header row, read strictly: a
-        quote that opens a field and never closes it fair and square is a CorpusError, not a field
-        that runs on through every later row. A TSV file whose quotes are plain text (`"Tis`,
-        `"Hi" she said`) reads with its quotes as text. A row with more (non-empty) cells than the
-        header has columns, or too few to hold the text's, is a CorpusError: csv cuts the text at
-        an unquoted delimiter or line break in silence (`Hello, world` read as the text "Hello"
-        and an id " world")."""
-        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a document is one field: no 128 KiB cap
-        delimiter = _delimiter(path, suffix)
-        quoting = csv.QUOTE_NONE if suffix == ".tsv" and not _reads_quoted(path, delimiter) else csv.QUOTE_MINIMAL
-        with open_text(path, newline="") as handle:
-            rows = csv.DictReader(handle, delimiter=delimiter, quoting=quoting, strict=True)
-            try:
-                columns = rows.fieldnames or []
-                refuse_repeated(repeated(columns), self.text_field, str(path), "column")
-                for number, row in enumerate(rows, 2):
-                    where = f"{path}:{rows.line_num}"
-                    beyond = row.get(None, [])  # csv's restkey: the cells past the header's columns
-                    if self.text_field in columns and (any(beyond) or row[self.text_field] is None):  # empty ones: padding
-                        cells = len(columns) + len(beyond) if beyond else sum(cell is not None for cell in row.values())
-                        raise CorpusError(
-                            f"{where}: {cells} cell{'s' * (cells != 1)} under a header of {len(columns)} columns; "
-                            f'quote a text that holds {delimiter!r} or a line break ("...")'
-                        )
-                    yield where, number, row
-            except csv.Error as err:
-                raise CorpusError(  # DictReader.line_num: where the last whole row ended
-                    f"{path}:{rows.line_num + 1}: {err}: a quote that opens a field must close it, with the quotes "
-                    'inside doubled ("say ""hi"""); a text that starts with a quote must be quoted so'
-                ) from None
-
-
-def _reads_quoted(path: Path, delimiter: str) -> bool:
-    """Whether a file reads under CSV's quoting rules, strictly (one pass of the csv parser)."""
-    with open_text(path, newline="") as handle:
-        try:
-            for _ in csv.reader(handle, delimiter=delimiter, strict=True):
-                pass
-        except csv.Error:
-            return False
-    return True
-
-
-def _delimiter(path: Path, suffix: str) -> str:
-    """A .tsv file's tab; a .csv file's comma, or the semicolon, tab or bar its header row holds
-    where it holds no comma (spreadsheets in many locales write ';')."""
-    if suffix == ".tsv":
-        return "\t"
-    with open_text(path, newline="") as handle:  # its own handle: a compressed stream cannot seek back
-        header = handle.readline()
-    return next((mark for mark in (",", ";", "\t", "|") if mark in header), ",")
 
 
 RECORD_FORMATS = (".jsonl", ".json", ".csv", ".tsv")
