@@ -125,7 +125,7 @@ def test_a_changed_plugin_is_named(trained, tmp_path):
     assert "changed since" in warned.stderr and "recorded copy" in warned.stderr
     # in a process where the plugin runs with other code than the run recorded: an error
     spec = manifest[0]["spec"]
-    active = plugins.active(spec)
+    active = plugins._active[spec]
     plugins._active[spec] = plugins.Plugin(spec, active.module, active.source, "0" * 64)
     try:
         with pytest.raises(ConfigError, match="changed since"):

@@ -94,10 +94,6 @@ def activate(specs: list[str]) -> list[Plugin]:
     return [_active.get(spec) or _import(spec) for spec in specs]
 
 
-def active(spec: str) -> Plugin | None:
-    return _active.get(spec)
-
-
 def _import(spec: str, source: Path | None = None) -> Plugin:
     """Import `spec` (from `source`, a recorded copy, when given) and remember it."""
     if not isinstance(spec, str) or not spec.strip():
