@@ -20,7 +20,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from slmlab.cli import main
 from slmlab.config import ConfigError, config_from_dict
 from slmlab.export.hf import export_hf
+from slmlab.export.remote import masked_logits
 from slmlab.export.tokenizer import to_hf_tokenizer
+from slmlab.model import build_model
 from slmlab.runs.run_dir import load_run
 from slmlab.training import train
 from tests.conftest import tiny_config
@@ -96,6 +98,35 @@ def test_every_architecture_exports_with_equal_logits_and_generation(tmp_path, t
     assert out.shape[1] > prompt_ids.shape[1]
     assert out[0].tolist() == expected[0, : out.shape[1]].tolist()
     assert hf_tokenizer.decode(out[0]) == tokenizer.decode(out[0].tolist())
+    check_padded_batches(hf, ours, [tokenizer.encode(p) for p in ("ROMEO:\nBut soft", "JULIET:\nO Romeo, Romeo, wherefore")])
+
+
+def check_padded_batches(hf, ours, prompts: list[list[int]]) -> None:
+    """Prompts of unequal lengths in one padded batch, as Hugging Face users batch them: right
+    padding leaves each row's logits its own (a causal model), and greedy generate() on a
+    left-padded batch continues each prompt as it would alone, or, for a model that does not
+    decode left padding exactly, is refused."""
+    width = max(map(len, prompts))
+
+    def padded(left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [([0] * (width - len(p)) + p) if left else (p + [0] * (width - len(p))) for p in prompts]
+        masks = [([0] * (width - len(p)) + [1] * len(p)) if left else ([1] * len(p) + [0] * (width - len(p))) for p in prompts]
+        return torch.tensor(rows), torch.tensor(masks)
+
+    ids, mask = padded(left=False)
+    with torch.no_grad():
+        logits = hf(input_ids=ids, attention_mask=mask).logits
+        for row, prompt in enumerate(prompts):
+            assert (logits[row, : len(prompt)] - ours(torch.tensor([prompt]))[0][0]).abs().max() < 1e-5
+    ids, mask = padded(left=True)
+    if type(hf).__name__ == "SlmlabForCausalLM" and not ours.decodes_padded():
+        with pytest.raises(ValueError, match="does not decode left-padded batches exactly"):
+            hf.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        return
+    out = hf.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    for row, prompt in enumerate(prompts):
+        alone = greedy(ours, torch.tensor([prompt]), 8)[0, len(prompt) :].tolist()
+        assert out[row, width:].tolist() == alone[: out.shape[1] - width]
 
 
 def test_a_plugin_model_loads_in_a_fresh_process_from_its_embedded_source(tmp_path, text_corpus):
@@ -234,6 +265,26 @@ def test_an_export_is_readable_as_the_umask_says_and_never_samples_a_padded_id(t
     torch.manual_seed(0)
     out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40, do_sample=True, temperature=5.0)
     assert out.shape[1] > prompt.shape[1] and int(out.max()) < tokenizer.vocab_size < 64
+
+
+def test_a_padded_batch_holds_each_rows_tokens_as_one_run():
+    """masked_logits (the remote-code model's forward) reads a mask of 0/1 whose 1s are one run
+    per row; any other mask is refused in one line rather than read as something else."""
+    cfg = config_from_dict(
+        {"model": {"n_layer": 1, "n_head": 2, "d_model": 16, "block_size": 16, "vocab_size": 11}, "data": {"seq_len": 16}}
+    )
+    model = build_model(cfg.model).eval()
+    ids = torch.arange(12).remainder(11).reshape(2, 6)
+    with torch.no_grad():
+        assert torch.equal(masked_logits(model, ids, torch.ones_like(ids)), model(ids)[0])
+        for mask, message in (
+            ([[1, 1, 0, 1, 1, 1], [1] * 6], "one run"),
+            ([[0] * 6, [1] * 6], "one run"),
+            ([[1, 1, 2, 1, 1, 1], [1] * 6], "must be 0/1"),
+            ([[1] * 5, [1] * 5], "must be 0/1 of the input_ids' shape"),
+        ):
+            with pytest.raises(ValueError, match=message):
+                masked_logits(model, ids, torch.tensor(mask))
 
 
 @pytest.mark.parametrize("kind", ["byte", "char", "bpe"])

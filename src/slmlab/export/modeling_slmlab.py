@@ -11,8 +11,9 @@ holds the run's `model` section (`slmlab_model`) and the source of every plugin 
 needs `pip install slmlab` (the version that exported it is recorded as `slmlab_version`).
 Architectures that map exactly onto GPT-2 or Llama are exported natively instead (no remote code).
 
-Shapes: input_ids (B, T) -> logits (B, T, V). Decoding recomputes the (cropped) context each step:
-slmlab's own KV cache lives in slmlab's `generate`, not in Hugging Face's cache classes.
+Shapes: input_ids (B, T) -> logits (B, T, V); attention_mask (B, T) may mark padding before
+and/or after each row's tokens (remote.masked_logits). Decoding recomputes the (cropped) context
+each step: slmlab's own KV cache lives in slmlab's `generate`, not in Hugging Face's cache classes.
 """
 
 from __future__ import annotations
@@ -92,10 +93,12 @@ class SlmlabForCausalLM(PreTrainedModel, GenerationMixin):
         return None  # the LM head is slmlab's (it may be tied, or not linear at all)
 
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, labels=None, **kwargs):
-        """input_ids (B, T) -> CausalLMOutputWithPast(logits (B, T, V), loss of labels shifted by one)."""
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("slmlab models take unpadded batches: give prompts of equal length (attention_mask all ones)")
-        logits, _ = self.model(input_ids)
+        """input_ids (B, T) -> CausalLMOutputWithPast(logits (B, T, V), loss of labels shifted by one).
+        attention_mask (B, T): 0 marks padding, before each row's tokens (left, as `generate()`
+        pads) or after them (right); slmlab.export.remote.masked_logits says which models take which."""
+        from slmlab.export.remote import masked_logits
+
+        logits = masked_logits(self.model, input_ids, attention_mask)
         loss = None
         if labels is not None:
             loss = torch.nn.functional.cross_entropy(
