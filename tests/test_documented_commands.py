@@ -1,8 +1,8 @@
 """Every command the documentation shows is one slmlab accepts: the README's and docs' code blocks
 and code spans, the usage comments at the top of the bundled and example configs, the Makefile's
-recipes and each verb's --help examples parse, pass the verb's option rules, and, where they name
-a bundled config, load it with their overrides.
-(A README line once combined two options the sweep verb refuses together.)"""
+recipes and each verb's --help examples parse, pass the verb's option rules, give settings that
+exist, and, where they name a bundled config, load it with their overrides. (A README line once
+combined two options the sweep verb refuses together.)"""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 from slmlab.cli.main import build_parser, split_overrides
 from slmlab.cli.options import check_option_rules, check_overrides, configs_to_inspect, given_options
+from slmlab.config import RunConfig, apply_overrides, config_from_dict, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_VERBS = {"train", "sweep", "check", "info", "diagnose"}
@@ -101,6 +102,8 @@ def test_a_documented_command_is_one_slmlab_accepts(source, command, monkeypatch
         pytest.fail(f"{source}: `{command}` does not parse")
     check_overrides(args, overrides)
     check_option_rules(args, given_options(build_parser(), own))
+    if overrides:  # settings that exist, with values of their types (a run's verbs read them over its config)
+        config_from_dict(apply_overrides(RunConfig().to_dict(), parse_overrides(overrides)))
     config = getattr(args, "config", None)
     if args.verb in CONFIG_VERBS and isinstance(config, str) and (ROOT / config).is_file():
         assert configs_to_inspect(config, overrides)
