@@ -212,13 +212,31 @@ BROKEN = {
         "            v = v * (1.0 + 0.0 * len(state['steps']))\n"
         "        return q, k, v, scale",
     ),
+    # faults behind a gate that starts shut (alpha = 0 at init, as ReZero and LayerScale start):
+    # the model at its init has none of them
+    "gated peek": (
+        "causality (eval)",
+        "alpha = self.unused[0] - 1.0  # 0 at init: opens as it trains\n"
+        "        return q, k, v + alpha * v.roll(-1, dims=2), scale",
+    ),
+    "gated padding count": (
+        "left-padded batch = alone",
+        "alpha = self.unused[0] - 1.0  # 0 at init: opens as it trains\n"
+        "        start = state.get('count', 0) if state is not None else 0  # counts the padding too\n"
+        "        if state is not None:\n"
+        "            state['count'] = start + k.shape[2]\n"
+        "        steps = torch.arange(start, start + k.shape[2], dtype=v.dtype, device=v.device)[:, None]\n"
+        "        return q, k, v * (1.0 + alpha * steps / 64), scale",
+        "self.padding_safe = True  # declared, but its position count includes the padding",
+    ),
 }
 
 
 def broken_plugin(tmp_path: Path, text_corpus, name: str) -> Path:
     """A one-file plugin whose extension breaks one property, and a config switching it on."""
-    body = BROKEN[name][1]
-    plugin = tmp_path / f"broken_{name}.py"
+    _, body, *declaration = BROKEN[name]
+    slug = name.replace(" ", "_")
+    plugin = tmp_path / f"broken_{slug}.py"
     plugin.write_text(f"""
 from dataclasses import dataclass
 import torch
@@ -233,15 +251,16 @@ class Broken(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.unused = nn.Parameter(torch.ones(3))
+        {"".join(declaration)}
 
     def forward(self, q, k, v, h, scale, state):
         {body}
 
-ATTENTION_EXTENSIONS.register("broken_{name}", lambda cfg, layer: Broken(cfg) if cfg.broken_{name}.enabled else None)
-register_section("broken_{name}", BrokenConfig, extends="attention")
+ATTENTION_EXTENSIONS.register("broken_{slug}", lambda cfg, layer: Broken(cfg) if cfg.broken_{slug}.enabled else None)
+register_section("broken_{slug}", BrokenConfig, extends="attention")
 """)
-    config = write_micro_toml(tmp_path / f"{name}.toml", text_corpus, tmp_path)
-    config.write_text(f'plugins = ["{plugin.name}"]\n' + config.read_text() + f"[model.broken_{name}]\nenabled = true\n")
+    config = write_micro_toml(tmp_path / f"{slug}.toml", text_corpus, tmp_path)
+    config.write_text(f'plugins = ["{plugin.name}"]\n' + config.read_text() + f"[model.broken_{slug}]\nenabled = true\n")
     return config
 
 

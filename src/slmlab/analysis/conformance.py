@@ -17,6 +17,10 @@ still checks), then each property is measured and judged:
 | overfit one batch | within 100 AdamW steps on one batch, its loss falls below a third of the initial |
 | naive reference | for every registered registry.NAIVE_REFERENCES entry that applies to a layer, and every NAIVE_MODEL_REFERENCES entry that applies to the model: the output and gradients equal it in float64 |
 
+The properties that compare two computations (causality, batches, caches, padding, compiling,
+save/load, references) run on the model moved off its init (Probe.build's `moved`), so a path a
+zero-initialised gate shuts at init is probed too; the others run on the model as built.
+
 Each property yields pass / fail / n/a with its measured figure; a property whose code raises is a
 failure whose reason is the exception, in one line. The decoding properties live in
 decoding_checks.py, the shared Probe and Result in probe.py.
@@ -46,7 +50,7 @@ from .tiny_models import tiny_config
 
 
 def check_causality(probe: Probe, mode: str) -> Result:
-    model = probe.build(torch.float64)
+    model = probe.build(torch.float64, moved=True)
     model.train(mode == "train")
     worst = 0.0
     with torch.no_grad():
@@ -66,7 +70,7 @@ def check_causality(probe: Probe, mode: str) -> Result:
 
 
 def check_batch_independence(probe: Probe) -> Result:
-    model = probe.build(torch.float64).eval()
+    model = probe.build(torch.float64, moved=True).eval()
     with torch.no_grad():
         together = probe.logits(model, probe.tokens)
         alone = torch.cat([probe.logits(model, probe.tokens[i : i + 1]) for i in range(len(probe.tokens))])
@@ -126,10 +130,7 @@ def check_determinism(probe: Probe) -> Result:
 
 
 def check_save_load(probe: Probe) -> Result:
-    model = probe.build().eval()
-    with torch.no_grad():
-        for parameter in model.parameters():  # away from the init, so a parameter left out shows
-            parameter.add_(torch.randn_like(parameter) * 0.01)
+    model = probe.build(moved=True).eval()  # away from the init, so a parameter left out shows
     fresh = Probe(probe.cfg, offset_seed(probe.seed, 7)).build().eval()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "weights.safetensors"
@@ -204,7 +205,7 @@ def check_naive_references(probe: Probe) -> Result:
     """Each attention layer's output and gradients against every registered naive reference that
     applies to it, then the whole model's logits and the gradients of every parameter against
     every whole-model reference that applies, in eval mode: dropout is no part of the definitions."""
-    model = probe.build(torch.float64).eval()
+    model = probe.build(torch.float64, moved=True).eval()
     positions = torch.arange(probe.T)
     generator = torch.Generator().manual_seed(probe.seed)
     compared: dict[str, tuple[float, float, bool]] = {}  # label -> (max abs Δ out, Δ grad, agreed)

@@ -11,7 +11,7 @@ from .probe import Probe, Result, agrees
 
 
 def check_kv_cache(probe: Probe) -> Result:
-    model = probe.build(torch.float64).eval()
+    model = probe.build(torch.float64, moved=True).eval()
     T = probe.T
     schedules = {
         "1 at a time": [1] * T,
@@ -49,7 +49,7 @@ def check_padded_decoding(probe: Probe) -> Result:
     persona-eval and lm-eval then batch prompts of different lengths), greedy decoding of prompts
     of three lengths as one left-padded batch gives each row the logits, step by step, of its
     prompt decoded alone (float64)."""
-    model = probe.build(torch.float64).eval()
+    model = probe.build(torch.float64, moved=True).eval()
     if not model.decodes_padded():
         return Result(None, "decodes batches of equal-length prompts only")
     lengths = sorted({1, max(1, probe.T // 4), max(1, probe.T // 2)})
@@ -88,7 +88,7 @@ def check_compiled_decoding(probe: Probe) -> Result:
     is slow on a large graph, Tape's). The first is long enough for a windowed cache to fill and
     start dropping positions (block-local's, at the tiny local_block), a regime with graphs of
     its own. The captured graphs run as captured: inductor's kernels are torch's to test."""
-    model = probe.build(torch.float64).eval()
+    model = probe.build(torch.float64, moved=True).eval()
     prompt = probe.tokens[:1, : max(1, probe.T // 8)]
     n = (probe.T - prompt.shape[1]) // 2
     backend = CountingBackend()

@@ -40,9 +40,22 @@ class Probe:
         self.tokens = torch.randint(0, cfg.vocab_size, (3, self.T), generator=generator)
         self.targets = torch.randint(0, cfg.vocab_size, (3, self.T), generator=generator)
 
-    def build(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    def build(self, dtype: torch.dtype = torch.float32, moved: bool = False) -> torch.nn.Module:
+        """The model at its init (seeded); `moved`: with every parameter then shifted off it, by
+        Gaussian noise of half its spread (0.1 for a tensor of one value: a zero-initialised gate,
+        a norm's ones), so that paths an init switches off (a gate's input at μ = 0, a Self Area
+        at α = 0) are probed too. The properties that compare two ways of computing one thing
+        (causality, batches, caches, padding, compiling, references) run on a moved model."""
         torch.manual_seed(self.seed)
-        return build_model(self.cfg).to(dtype)
+        model = build_model(self.cfg).to(dtype)
+        if moved:
+            generator = torch.Generator().manual_seed(self.seed)
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    spread = parameter.std().item() if parameter.numel() > 1 else 0.0
+                    noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+                    parameter.add_(noise.to(parameter.device) * (0.5 * spread if spread > 0 else 0.1))
+        return model
 
     def logits(self, model, tokens, seed: int | None = None) -> torch.Tensor:
         if seed is not None:

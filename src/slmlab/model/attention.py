@@ -45,15 +45,27 @@ class KVCache:
 
     `padding` (B,) long, or None: how many left-padding entries each row's buffer starts with (a
     batch of prompts of different lengths, GenerationMixin.generate_many); attention never reads
-    them and positions count from the first real token."""
+    them and positions count from the first real token. Extensions read it as state["padding"]
+    (absent when the batch is not padded): an extension whose running state sums over the prefix
+    (SMAT's centrality) leaves those entries out with it."""
 
     def __init__(self, max_len: int):
         self.max_len = max_len
         self.length = 0
-        self.state: dict = {}  # per-layer running state of attention extensions
-        self.padding: torch.Tensor | None = None
+        self.state: dict = {}  # per-layer running state of attention extensions, and "padding"
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
+
+    @property
+    def padding(self) -> torch.Tensor | None:
+        return self.state.get("padding")
+
+    @padding.setter
+    def padding(self, value: torch.Tensor | None) -> None:
+        if value is None:
+            self.state.pop("padding", None)
+        else:
+            self.state["padding"] = value
 
     def _allocate(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """The max_len-position buffers, shaped after the first keys/values (B, H, T, D)."""

@@ -77,9 +77,9 @@ class SemanticAttention(nn.Module):
         super().__init__()
         smat = cfg.smat
         self.use_S, self.use_G = smat.use_S, smat.use_G
-        # S reads each token's own h (padded keys are masked like any key); G's centrality sums
-        # over the prefix and counts positions, padding included: left-padded batches only without G
-        self.padding_safe = not self.use_G
+        # S reads each token's own h (padded keys are masked like any key); G's centrality leaves
+        # out the padding (state["padding"]) from its sums and counts: left-padded batches are exact
+        self.padding_safe = True
         self.seq_norm = cfg.block_size if smat.centrality_norm == "seq" else 0
         self.w_s = nn.Linear(cfg.d_model, smat.s_dim, bias=False)
         self.hook_s = HookPoint()
@@ -94,19 +94,25 @@ class SemanticAttention(nn.Module):
             self.beta = nn.Parameter(torch.full((gates,), float(smat.beta_init)))
 
     def centrality(self, s_hat: torch.Tensor, state: dict | None) -> torch.Tensor:
-        """c_j for (B, T, s) unit vectors, continuing the prefix sums kept in `state` -> (B, T)."""
+        """c_j for (B, T, s) unit vectors, continuing the prefix sums kept in `state` -> (B, T).
+        In a left-padded batch (state["padding"] (B,)) row b's first padding[b] entries are left
+        out of the sums and j counts from its first token, so each row gets its c alone (c = 0
+        at the padding, which attention never reads)."""
         _, T, _ = s_hat.shape
+        start = state.get("count", 0) if state is not None else 0
+        padding = state.get("padding") if state is not None else None
+        steps = torch.arange(start, start + T, device=s_hat.device)  # each entry's place in the cache
+        if padding is not None:
+            s_hat = s_hat * (steps >= padding[:, None]).to(s_hat.dtype)[..., None]
+            steps = (steps - padding[:, None]).clamp_min(0)  # (B, T): from each row's first token
+        counts = (steps + 1).to(s_hat.dtype)  # j, 1-based
         prefix_sum = s_hat.cumsum(dim=1)
-        start = 0
         if state is not None:
             if "s_sum" in state:
                 prefix_sum = prefix_sum + state["s_sum"][:, None]
-                start = state["count"]
             state["s_sum"], state["count"] = prefix_sum[:, -1], start + T
         if self.seq_norm:
-            counts = torch.full((T,), float(self.seq_norm), device=s_hat.device, dtype=s_hat.dtype)
-        else:
-            counts = torch.arange(start + 1, start + T + 1, device=s_hat.device, dtype=s_hat.dtype)
+            counts = torch.full_like(counts, float(self.seq_norm))
         return (s_hat * prefix_sum).sum(-1) / counts
 
     def forward(self, q, k, v, h, scale: float, state: dict | None):
