@@ -51,7 +51,7 @@ class Probe:
         if moved:
             generator = torch.Generator().manual_seed(self.seed)
             with torch.no_grad():
-                for parameter in model.parameters():
+                for parameter in (p for p in model.parameters() if p.is_floating_point()):  # an index table stays
                     spread = parameter.std().item() if parameter.numel() > 1 else 0.0
                     noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
                     parameter.add_(noise.to(parameter.device) * (0.5 * spread if spread > 0 else 0.1))
