@@ -59,6 +59,29 @@ def test_a_seconds_budget_times_each_variant(tmp_path, micro_toml, monkeypatch):
     assert steps_of(load_sweep(sweep_file(tmp_path, micro_toml, "seconds = 10"))[1]) == {"baseline": 200, "full": 100}
 
 
+def test_a_seconds_budget_is_timed_once_per_sweep(tmp_path, micro_toml, monkeypatch, capsys):
+    """Step times move between measurements: timed anew by each command, a finished sweep run again
+    gave every run more steps to train (97 -> 145), and each SLURM task its own. The sweep verb
+    records them in the sweep folder; later commands read them, re-timing only a changed variant."""
+    times = iter([0.05, 0.1, 0.07, 0.02, 0.09, 0.03])
+    timed = []
+    monkeypatch.setattr(budget_module, "seconds_per_step", lambda cfg: timed.append(cfg.name) or next(times))
+    config = sweep_file(tmp_path, micro_toml, "seconds = 10")
+    record = tmp_path / "runs" / "budget" / "budget.json"
+    assert steps_of(load_sweep(config)[1]) == {"baseline": 200, "full": 100} and not record.exists()  # check, info
+    assert main(["sweep", config, "--dry-run"]) == 0  # the sweep verb times and records
+    assert "baseline_s1  [new]  142 steps" in capsys.readouterr().out and record.is_file()
+    assert steps_of(load_sweep(config)[1]) == {"baseline": 142, "full": 500} and len(timed) == 4
+    changed = sweep_file(tmp_path, micro_toml, "seconds = 10", full='"model.smat.use_S" = true')
+    assert steps_of(load_sweep(changed, record_timings=True)[1]) == {"baseline": 142, "full": 111} and len(timed) == 5
+    assert steps_of(load_sweep(changed)[1])["full"] == 111 and len(timed) == 5
+    record.write_text("{not json")
+    with pytest.raises(
+        ConfigError, match=r"step times .*budget\.json is damaged .* delete .*budget\.json to time the variants again"
+    ):
+        load_sweep(config)
+
+
 def test_budget_mistakes_are_one_line_errors(tmp_path, micro_toml):
     with pytest.raises(ConfigError, match="give one of tokens, flops, seconds"):
         load_sweep(sweep_file(tmp_path, micro_toml, "tokens = 1000\nflops = 1e9"))

@@ -230,7 +230,7 @@ def cmd_sweep(args, extra) -> int:
     from ..experiments.tuning import tuning_jobs
     from ..training.stopping import stop_at_step_end
 
-    sweep, jobs = load_sweep(args.config, parse_overrides(extra))
+    sweep, jobs = load_sweep(args.config, parse_overrides(extra), record_timings=True)
     if sweep.lm_eval.tasks:  # known before any run trains: the table is scored after all of them
         from ..evals.harness import check_tasks
 

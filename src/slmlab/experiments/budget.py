@@ -15,18 +15,26 @@ held and shows each variant's steps, tokens and FLOPs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
 import math
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ..config import ConfigError, RunConfig, apply_overrides, config_from_dict, resolve_vocab
 from ..config.checks import INT64_LIMIT
 from ..data.tokens import vocab_size_of
+from ..files import atomic_write_text, json_text, read_json
 from ..model import build_model
 from ..model.accounting import measured_flops_per_token
+
+log = logging.getLogger("slmlab")
+BUDGET_TIMINGS = "budget.json"  # a sweep folder's record of its variants' step times (seconds budgets)
 
 
 @dataclass
@@ -98,9 +106,10 @@ def step_cost(cfg: RunConfig, kind: str) -> float:
     return seconds_per_step(cfg)
 
 
-def steps_within(cfg: RunConfig, kind: str, amount: float, label: str = "") -> int:
-    """The most steps `cfg` can take within the budget (at least 1), refusing a budget below warmup."""
-    steps = math.floor(amount / step_cost(cfg, kind))
+def steps_within(cfg: RunConfig, kind: str, amount: float, label: str = "", cost: float | None = None) -> int:
+    """The most steps `cfg` can take within the budget (at least 1), refusing a budget below warmup;
+    `cost`: one step's, when already known (else step_cost measures it)."""
+    steps = math.floor(amount / (step_cost(cfg, kind) if cost is None else cost))
     if steps <= cfg.train.warmup_steps:
         raise ConfigError(
             f"budget {kind} = {amount:g} buys {label or cfg.name} only {steps} steps, not more than its "
@@ -114,13 +123,59 @@ def steps_within(cfg: RunConfig, kind: str, amount: float, label: str = "") -> i
     return steps
 
 
-def apply_budget(configs: dict[str, RunConfig], budget: Budget) -> dict[str, int]:
-    """variant -> steps under the budget (costs measured once per variant); {} without a budget."""
+def apply_budget(
+    configs: dict[str, RunConfig], budget: Budget, timings: Path | None = None, record: bool = False
+) -> dict[str, int]:
+    """variant -> steps under the budget (costs measured once per variant); {} without a budget.
+
+    A seconds budget times each variant's step, and a timing moves from run to run: measured
+    anew by every command, it gave a finished sweep run again more steps to train, and each SLURM
+    task its own. So the step times are read from `timings` (the sweep folder's budget.json) for
+    every variant it holds at the same settings; `record`: the ones measured now are added to it."""
     held = budget.held()
     if held is None:
         return {}
     kind, amount = held
-    return {variant: steps_within(cfg, kind, amount, f"variant '{variant}'") for variant, cfg in configs.items()}
+    costs = _recorded_step_times(configs, timings, record) if kind == "seconds" else {}
+    return {
+        variant: steps_within(cfg, kind, amount, f"variant '{variant}'", costs.get(variant)) for variant, cfg in configs.items()
+    }
+
+
+def _timing_key(cfg: RunConfig) -> str:
+    """What a variant's step time depends on: its settings but its name, folder, steps and seed."""
+    unread = {"name", "out_dir", "train.steps", "train.seed"}
+    settings = {key: value for key, value in cfg.settings().items() if key not in unread and not key.startswith("train.tracker")}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _recorded_step_times(configs: dict[str, RunConfig], timings: Path | None, record: bool) -> dict[str, float]:
+    """variant -> seconds per step: from `timings` where it holds the variant at its settings, else
+    measured now (and, with `record`, written to it)."""
+    entries = {}
+    if timings is not None and timings.is_file():
+        held = read_json(timings, "the sweep's step times", ConfigError, f"delete {timings} to time the variants again")
+        entries = dict(held["variants"]) if isinstance(held.get("variants"), dict) else {}
+    costs, timed = {}, []
+    for variant, cfg in configs.items():
+        key, entry = _timing_key(cfg), entries.get(variant)
+        seconds = entry.get("seconds_per_step") if isinstance(entry, dict) and entry.get("settings") == key else None
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 < seconds < math.inf:
+            costs[variant] = float(seconds)
+        else:
+            costs[variant] = seconds_per_step(cfg)
+            entries[variant] = {
+                "settings": key,
+                "seconds_per_step": costs[variant],
+                "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
+            timed.append(variant)
+    if len(timed) < len(configs):
+        log.info("budget seconds: step times as measured earlier, in %s (delete it to time the variants again)", timings)
+    if timed and record and timings is not None:
+        timings.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(timings, json_text({"variants": entries}, indent=2))
+    return costs
 
 
 def set_steps(cfg: RunConfig, steps: int) -> RunConfig:

@@ -39,7 +39,7 @@ from ..config.ignored import check_no_ignored_setting, ignored_settings
 from ..data.corpora import check_outside_source, check_source_settings
 from ..runs.run_dir import RunDir
 from ..tables import command_line
-from .budget import Budget, apply_budget, set_steps
+from .budget import BUDGET_TIMINGS, Budget, apply_budget, set_steps
 from .tuning import Tune
 
 
@@ -80,8 +80,13 @@ class Job:
         return RunDir.for_config(self.config)
 
 
-def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) -> tuple[SweepConfig, list[Job]]:
-    """Read a sweep config and resolve (and validate) the run config of every (variant, seed)."""
+def load_sweep(
+    path: str | Path, extra_overrides: dict[str, Any] | None = None, record_timings: bool = False
+) -> tuple[SweepConfig, list[Job]]:
+    """Read a sweep config and resolve (and validate) the run config of every (variant, seed).
+    A seconds budget reads each variant's step time from the sweep folder's budget.json, timing
+    those it lacks (`record_timings`: and adding them to it; the sweep verb does, so that every
+    later command, and each SLURM task, gives a run the steps it was first given)."""
     path = Path(path)
     values = read_toml(path)
     if "variants" not in values and {"model", "data", "train", "phases"} & set(values):
@@ -156,7 +161,9 @@ def load_sweep(path: str | Path, extra_overrides: dict[str, Any] | None = None) 
             check_outside_source(job.config.data, Path(sweep.out_dir) / sweep.name, "the sweep's folder")
         except ConfigError as err:
             raise ConfigError(f"variant '{job.variant}': {err}") from None
-    steps = apply_budget({job.variant: job.config for job in first_seed_jobs(jobs)}, sweep.budget)  # each variant's first seed
+    timings = Path(sweep.out_dir) / sweep.name / BUDGET_TIMINGS
+    first = {job.variant: job.config for job in first_seed_jobs(jobs)}  # each variant's first seed
+    steps = apply_budget(first, sweep.budget, timings, record_timings)
     if steps:
         jobs = [Job(job.variant, job.seed, set_steps(job.config, steps[job.variant])) for job in jobs]
     return sweep, jobs
