@@ -111,7 +111,12 @@ def test_auto_keeps_the_measured_faster_kernel_by_majority(monkeypatch, flex_s, 
     monkeypatch.setattr(lk, "time_local_kernels", lambda *a, **k: {"windows": windows_s, "flex": flex_s})
     model, cfg = tiny_model()
     chosen = lk.choose_local_kernel(model, cfg, 2, 32, torch.device("cpu"), vote=lambda mine: (mine + others_prefer_flex) / 2)
-    assert chosen == {"kernel": expected, "chosen_by": "timing", "seconds": {"windows": windows_s, "flex": flex_s}}
+    assert chosen == {
+        "kernel": expected,
+        "chosen_by": "timing",
+        "seconds": {"windows": windows_s, "flex": flex_s},
+        "device": "cpu",
+    }
     assert all(layer.kernel == expected for layer in lk.block_local_layers(model))
 
 
@@ -127,3 +132,23 @@ def test_training_records_the_kernel_and_refuses_flex_on_cpu_before_writing(make
     with pytest.raises(ConfigError, match="cannot train here"):
         train(flex, progress=False)
     assert not (tmp_path / "runs" / "flex").exists()
+
+
+def test_a_resumed_run_keeps_the_kernel_its_start_timed(monkeypatch):
+    """The kernels round differently: a resume that timed again and chose the other would not
+    continue the run bit for bit. The timed choice travels in the checkpoint and is kept on the
+    same kind of device; another device times again, and a config choice is the config's."""
+    monkeypatch.setattr(lk, "flex_unavailable", lambda device, dropout: "")
+    timings = iter([{"windows": 2.0, "flex": 1.0}, {"windows": 1.0, "flex": 2.0}])
+    monkeypatch.setattr(lk, "time_local_kernels", lambda *a, **k: next(timings))
+    model, cfg = tiny_model()
+    start = lk.choose_local_kernel(model, cfg, 2, 32, torch.device("cpu"))
+    assert start["kernel"] == "flex" and start["device"] == "cpu"
+    resumed = lk.choose_local_kernel(model, cfg, 2, 32, torch.device("cpu"), earlier=start)
+    assert resumed["kernel"] == "flex" and resumed["chosen_by"] == "timing at the run's start (resumed)"
+    again = lk.choose_local_kernel(model, cfg, 2, 32, torch.device("cpu"), earlier=resumed)  # a second resume
+    assert again["kernel"] == "flex"
+    elsewhere = lk.choose_local_kernel(model, cfg, 2, 32, torch.device("cpu"), earlier={**start, "device": "cuda"})
+    assert elsewhere["kernel"] == "windows" and elsewhere["chosen_by"] == "timing"
+    model, cfg = tiny_model(local_kernel="windows")
+    assert lk.choose_local_kernel(model, cfg, 2, 32, torch.device("cpu"), earlier=start)["kernel"] == "windows"

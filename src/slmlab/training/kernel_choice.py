@@ -95,11 +95,15 @@ def choose_local_kernel(
     device: torch.device,
     dtype: str = "fp32",
     vote=lambda flex_faster: flex_faster,
+    earlier: dict | None = None,
 ) -> dict | None:
     """Set the kernel of every block-local layer of `model` (a config choice, or under "auto" the
     faster on a random batch of (rows, seq_len) tokens) -> what was chosen and why (None when the
     model has no block-local layer). `vote` turns this process's 0/1 preference into the share of
-    processes that prefer FlexAttention (the world mean under distributed training)."""
+    processes that prefer FlexAttention (the world mean under distributed training). `earlier`:
+    the choice a resumed run timed when it started; where the same kind of device can run it,
+    it is kept, since the two kernels round differently and a resume that timed again and chose
+    the other would not continue the run bit for bit."""
     if not block_local_layers(model):
         return None
     if cfg.local_kernel != "auto":
@@ -109,10 +113,14 @@ def choose_local_kernel(
     if why := flex_unavailable(device, cfg.dropout):
         set_kernel(model, "windows")
         return {"kernel": "windows", "chosen_by": why}
+    timed = isinstance(earlier, dict) and "seconds" in earlier and earlier.get("device") == device.type
+    if timed and earlier.get("kernel") in BlockLocal.KERNELS:
+        set_kernel(model, earlier["kernel"])
+        return {**earlier, "chosen_by": "timing at the run's start (resumed)"}
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, cfg.vocab_size, (rows, seq_len), generator=generator).to(device)
     seconds = time_local_kernels(model, tokens, dtype)
     share = float(vote(torch.tensor(float(seconds["flex"] < seconds["windows"]), device=device)))
     kernel = "flex" if share > 0.5 else "windows"
     set_kernel(model, kernel)
-    return {"kernel": kernel, "chosen_by": "timing", "seconds": seconds}
+    return {"kernel": kernel, "chosen_by": "timing", "seconds": seconds, "device": device.type}

@@ -143,6 +143,7 @@ def training_state(trainer: Trainer) -> dict:
         "train_seconds": trainer.seconds_before + elapsed,
         "peak_memory_bytes": max(trainer.peak_before, peak_memory_bytes(trainer.device)),
         "data_sha256": trainer.data.manifest["sha256"],  # the token streams trained on (checked on resume)
+        "local_kernel": trainer.local_kernel,  # a timed block-local kernel choice, kept on resume
     }
 
 

@@ -215,7 +215,14 @@ class Trainer:
                 state = {"optimizer": load_training_state(init_from.checkpoints)["optimizer"]}
         rows = len(range(train.batch_size)[self.world.rows(train.batch_size)])
         self.local_kernel = choose_local_kernel(
-            self.model, cfg.model, rows, cfg.data.seq_len, self.device, train.dtype, vote=self.world.mean
+            self.model,
+            cfg.model,
+            rows,
+            cfg.data.seq_len,
+            self.device,
+            train.dtype,
+            vote=self.world.mean,
+            earlier=state.get("local_kernel") if resume else None,
         )
         if self.local_kernel:
             log.info("block-local kernel: %s (%s)", self.local_kernel["kernel"], self.local_kernel["chosen_by"])
