@@ -92,7 +92,7 @@ def _exit_code(argv: list[str]) -> int:
 def test_a_curriculum_with_a_bad_later_phase_fails_before_the_first_phase_trains(micro_toml, tmp_path, capsys):
     config = tmp_path / "curriculum.toml"
     config.write_text(
-        micro_toml.read_text() + '\n[[phases]]\nname = "A"\nsteps = 4\n[[phases]]\nname = "B"\nsteps = 4\n'
+        micro_toml.read_text() + '\n[[phases]]\nname = "A"\n[[phases]]\nname = "B"\nsteps = 4\n'
         "[phases.mixture]\nprose = 1.0\nnovels = 1.0\n"
     )
     assert main(["train", str(config), "--no-progress"]) == 2

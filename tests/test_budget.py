@@ -5,6 +5,7 @@ budget held and show steps and FLOPs."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +81,22 @@ def test_a_seconds_budget_is_timed_once_per_sweep(tmp_path, micro_toml, monkeypa
         ConfigError, match=r"step times .*budget\.json is damaged .* delete .*budget\.json to time the variants again"
     ):
         load_sweep(config)
+
+
+def test_a_budget_or_a_tuned_setting_a_curriculum_replaces_is_refused(tmp_path, micro_toml):
+    """A budget sets train.steps, which a curriculum's phases replace with their own: the sweep
+    listed 78 steps per run and trained the phases' 20 + 10."""
+    micro_toml.write_text(micro_toml.read_text().replace("steps = 12\n", "") + '[[phases]]\nname = "A"\nsteps = 6\nlr = 1e-3\n')
+    with pytest.raises(
+        ConfigError, match=r"\[budget\] sets each run's train.steps, but variant '(baseline|full)' trains a curriculum"
+    ):
+        load_sweep(sweep_file(tmp_path, micro_toml, "tokens = 5000"))
+    path = Path(sweep_file(tmp_path, micro_toml, "tokens = 5000"))
+    path.write_text(path.read_text().replace("[budget]\ntokens = 5000", "[tune]\nlr = [1e-3, 3e-3]"))
+    with pytest.raises(ConfigError, match=r"\[tune\] sets train.lr, which variant '(baseline|full)''s curriculum replaces"):
+        load_sweep(path)
+    path.write_text(path.read_text().replace("lr = [1e-3, 3e-3]", "weight_decay = [0.0, 0.1]"))
+    assert len(load_sweep(path)[1]) == 2  # a setting no phase sets is tuned as ever
 
 
 def test_budget_mistakes_are_one_line_errors(tmp_path, micro_toml):

@@ -222,9 +222,27 @@ def test_a_setting_is_kept_where_its_choice_uses_it(toml_file, tmp_path):
     curriculum = tmp_path / "curriculum.toml"  # local_block serves phase B only: kept
     curriculum.write_text(
         toml_file.read_text().replace("[model]\n", '[model]\npos = "rope"\nlocal_block = 16\n')
-        + '[[phases]]\nname = "A"\nsteps = 2\n[[phases]]\nname = "B"\nsteps = 2\nattention = "block_local"\n'
+        + '[[phases]]\nname = "A"\n[[phases]]\nname = "B"\nsteps = 2\nattention = "block_local"\n'
     )
     assert load_config(curriculum).phase(1).model.local_block == 16
+
+
+def test_a_setting_the_first_phase_replaces_is_refused(toml_file, tmp_path):
+    """Each phase starts from the one before it, never from the run's own values: with phases that
+    train 2 and 3 steps, `--train.steps 5000` trained 5 steps in silence."""
+    curriculum = tmp_path / "curriculum.toml"
+    curriculum.write_text(
+        toml_file.read_text().replace("steps = 10\n", "")
+        + '[[phases]]\nname = "A"\nsteps = 2\nlr = 1e-3\n[[phases]]\nname = "B"\nsteps = 3\nwarmup_steps = 1\n'
+    )
+    assert [phase.train.steps for phase in load_config(curriculum).phase_configs()] == [2, 3]
+    for override, phase_value in ((["--train.steps", "5000"], "steps = 2"), (["--train.lr", "0.01"], "lr = 0.001")):
+        with pytest.raises(
+            ConfigError, match=rf"{override[0][2:]} = .* is ignored: the curriculum's first phase \(A\) sets {phase_value}"
+        ):
+            load_config(curriculum, override)
+    assert load_config(curriculum, ["--train.steps", "2"]).phase(0).train.steps == 2  # the phase's own value: no change
+    assert load_config(curriculum, ["--train.warmup_steps", "5"]).phase(0).train.warmup_steps == 5  # phase A reads it
 
 
 def test_a_recorded_run_config_with_an_ignored_setting_still_loads(toml_file):

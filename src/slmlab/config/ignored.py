@@ -103,12 +103,40 @@ def _ignored_attention_settings(configs: list) -> list[tuple[str, str]]:
     return found
 
 
+def set_by_first_phase(cfg) -> dict[str, tuple[str, object]]:
+    """key -> (phase name, value) for each setting a curriculum's first phase sets: the run's own
+    value of it is read by no phase, since each later phase starts from the one before it."""
+    if not cfg.phases:
+        return {}
+    first = cfg.phases[0]
+    return {key: (first.name, value) for key, value in first.overrides().items()}
+
+
+def replaced_by_phases(cfg) -> list[tuple[str, str]]:
+    """(key, one-line message) for each setting changed from its default, and from the value the
+    first phase gives it, that no phase of the curriculum reads (`--train.steps 5000` on a config
+    whose phases train 400 and 200 steps)."""
+    found = []
+    for key, (phase, value) in set_by_first_phase(cfg).items():
+        section, name = key.split(".")
+        given = value_at(cfg, key)
+        if given != getattr(type(getattr(cfg, section))(), name) and given != value:
+            found.append(
+                (
+                    key,
+                    f"{key} = {given!r} is ignored: the curriculum's first phase ({phase}) sets {name} = {value!r} and "
+                    "each later phase starts from the one before it; remove it or change it in [[phases]]",
+                )
+            )
+    return found
+
+
 def check_no_ignored_setting(cfg, keys=None) -> None:
-    """Refuse a setting changed from its default that the config ignores (`ignored_settings`;
-    a curriculum's setting counts if any phase uses it): it would change nothing while the user
-    believes it did. With `keys`, only those settings (the ones a user just gave, on top of a
+    """Refuse a setting changed from its default that the config ignores (`ignored_settings`, where
+    a curriculum's setting counts if any phase uses it, and `replaced_by_phases`): it would change
+    nothing while the user believes it did. With `keys`, only those settings (the ones a user just gave, on top of a
     config that loads as it is). For configs a user writes (load_config) and overrides of a trained
     run's config; a run's recorded config.json loads as it is."""
-    for key, message in ignored_settings(cfg.phase_configs()):
+    for key, message in [*ignored_settings(cfg.phase_configs()), *replaced_by_phases(cfg)]:
         if keys is None or key in keys:
             raise ConfigError(message)

@@ -35,7 +35,7 @@ from typing import Any
 
 from .. import plugins
 from ..config import ConfigError, RunConfig, build_dataclass, check_name, dotted, load_config, read_toml
-from ..config.ignored import check_no_ignored_setting, ignored_settings
+from ..config.ignored import check_no_ignored_setting, ignored_settings, replaced_by_phases, set_by_first_phase
 from ..data.corpora import check_outside_source, check_source_settings
 from ..runs.run_dir import RunDir
 from ..tables import command_line
@@ -155,6 +155,7 @@ def load_sweep(
                 raise ConfigError(f"variant '{variant}': {err}") from None
             jobs.append(Job(variant, seed, tracked(config, sweep.name, variant, seed)))
     check_no_ignored_setting_in_sweep(path, sweep, first_seed_jobs(jobs))
+    check_curriculum_tables(path, sweep, first_seed_jobs(jobs))
     for job in first_seed_jobs(jobs):
         try:
             check_source_settings(job.config.data)
@@ -200,8 +201,32 @@ def check_no_ignored_setting_in_sweep(path: Path, sweep: SweepConfig, jobs: list
         except ConfigError as err:
             raise ConfigError(f"variant '{job.variant}': {err}") from None
     ignored = ignored_settings([phase for job in jobs for phase in job.config.phase_configs()])
+    replaced = [dict(replaced_by_phases(job.config)) for job in jobs]
+    ignored += [(key, message) for key, message in replaced[0].items() if all(key in other for other in replaced)]
     if ignored:
         raise ConfigError(f"{path}: {ignored[0][1]} (every variant ignores it)")
+
+
+def check_curriculum_tables(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:
+    """A [budget] or [tune] sets train settings that a curriculum's phases may replace: a budget's
+    train.steps (each phase trains its own steps), a grid's values where the first phase sets its
+    own (phases[0].lr). Refused rather than run as if the table were absent."""
+    phased = next((job for job in jobs if job.config.phases), None)
+    if phased is None:
+        return
+    if sweep.budget.held() is not None:
+        raise ConfigError(
+            f"{path}: [budget] sets each run's train.steps, but variant '{phased.variant}' trains a curriculum whose "
+            "phases each train their own steps; give the phases' steps yourself, or a base config without [[phases]]"
+        )
+    tuned = [*sweep.tune.axes(), *(["train.steps"] if sweep.tune.steps else [])]
+    for job in jobs:
+        for key in tuned:
+            if key in set_by_first_phase(job.config) or (key == "train.steps" and job.config.phases):
+                raise ConfigError(
+                    f"{path}: [tune] sets {key}, which variant '{job.variant}''s curriculum replaces in its phases; "
+                    "tune a base config without [[phases]], or remove it from [tune]"
+                )
 
 
 def per_run_settings(sweep: SweepConfig) -> dict[str, str]:
