@@ -53,6 +53,20 @@ HEADERS = (
 )
 
 
+def trained_parts(summary: dict) -> list[dict]:
+    """What a run trained, part by part: a curriculum's phases (its summary is the last phase's,
+    with every phase's under "phases"), else the run itself."""
+    return summary.get("phases") or [summary]
+
+
+def train_flops(config, summaries: list[dict]) -> float:
+    """The mean over `summaries` (finished runs of `config`) of the tokens trained times the
+    model's counted FLOPs per token, phase by phase for a curriculum (each at its own seq_len)."""
+    per_token = [flops_per_token(phase) for phase in config.phase_configs()]
+    totals = [sum(part.get("tokens", math.nan) * f for part, f in zip(trained_parts(s), per_token)) for s in summaries]
+    return mean_std(totals)[0]
+
+
 def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[dict]:
     """One record per variant with every column of the results table."""
     ppl = {
@@ -82,8 +96,8 @@ def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[
                 "nan_skips": sum(r.get("nan_skips", 0) for r in done),
                 "is_baseline": variant == sweep.baseline,
                 **comparison.to_dict(),
-                "steps": mean_std([r["step"] for r in done])[0],
-                "tokens": mean_std([r["tokens"] for r in done if "tokens" in r])[0],
+                "steps": mean_std([sum(part["step"] for part in trained_parts(r)) for r in done])[0],
+                "tokens": mean_std([sum(part.get("tokens", math.nan) for part in trained_parts(r)) for r in done])[0],
                 "tokens_per_s": statistics.median([r["tokens_per_s"] for r in done]) if done else math.nan,
                 "peak_memory_bytes": mean_std([r["peak_memory_bytes"] for r in done])[0],
                 "params": done[0]["params"] if done else None,  # unknown: no run finished
@@ -188,7 +202,8 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
     records = summarize(sweep, results)
     configs = {job.variant: job.config for job in first_seed_jobs(jobs)}
     for record in records:  # training FLOPs: tokens x the model's counted FLOPs per token
-        record["train_flops"] = record["tokens"] * flops_per_token(configs[record["variant"]]) if record["runs"] else math.nan
+        done = [r for (v, _), r in results.items() if v == record["variant"] and "failed" not in r]
+        record["train_flops"] = train_flops(configs[record["variant"]], done) if record["runs"] else math.nan
     table = results_table(records)
     held = sweep.budget.held()
     budget = (
