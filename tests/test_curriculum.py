@@ -201,3 +201,18 @@ def test_an_unfinished_curriculum_is_read_at_its_latest_phase(make_config, text_
         shutil.rmtree(root / phase)
     with pytest.raises(ConfigError, match="has not started training"):
         load_run(root)
+
+
+def test_resuming_a_curriculum_with_steps_its_phases_replace_is_refused(make_config, text_corpus, capsys):
+    """`train --resume CURRICULUM --train.steps 100` finished at once and trained nothing: the
+    phases train their own steps. It is refused, naming the phase folder that can train on."""
+    from slmlab.cli import main
+
+    cfg = curriculum(make_config, text_corpus)
+    cfg.phases = cfg.phases[:1]
+    train(cfg, progress=False)
+    root = RunDir.for_config(cfg).path
+    assert main(["train", "--resume", str(root), "--train.steps", "100", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "train.steps = 100 is ignored: the curriculum's first phase (A) sets steps = 8" in err
+    assert f"resume its own folder ({root / 'phase1_A'})" in err and err.count("\n") == 1

@@ -146,7 +146,7 @@ def cmd_train(args, extra) -> int:
 
 def train_config(args, extra):
     """The checked config of `train`: CONFIG + overrides, or the run's own for --resume."""
-    from ..config import ConfigError, apply_overrides, config_from_dict, parse_overrides
+    from ..config import ConfigError, apply_overrides, check_no_ignored_setting, config_from_dict, parse_overrides
 
     if args.viz_every is not None:
         extra = [*extra, "--train.viz_every", str(args.viz_every)]
@@ -166,6 +166,13 @@ def train_config(args, extra):
             )
         cfg = RunDir(run).read_config()
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {**overrides, "name": run.name, "out_dir": str(run.parent)}))
+        try:  # --train.steps on a curriculum whose phases train their own steps
+            check_no_ignored_setting(cfg, keys=set(overrides))
+        except ConfigError as err:
+            last = f"phase{len(cfg.phases)}_{cfg.phases[-1].name}" if cfg.phases else ""
+            raise ConfigError(
+                f"{err}" + (f"; to train a phase longer, resume its own folder ({run / last})" if last else "")
+            ) from None
     elif args.config:
         cfg = load_run_config(args.config, extra, args.name)
         from ..data.corpora import check_source_settings
