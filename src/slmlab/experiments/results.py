@@ -53,6 +53,11 @@ HEADERS = (
 )
 
 
+def finished_runs(results: dict[tuple[str, int], dict], variant: str) -> list[dict]:
+    """The summaries of the variant's runs that finished (a failed run is {"failed": why})."""
+    return [r for (v, _), r in results.items() if v == variant and "failed" not in r]
+
+
 def trained_parts(summary: dict) -> list[dict]:
     """What a run trained, part by part: a curriculum's phases (its summary is the last phase's,
     with every phase's under "phases"), else the run itself."""
@@ -79,7 +84,7 @@ def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[
     records = []
     for variant in sweep.variants:
         runs = [r for (v, _), r in results.items() if v == variant]
-        done = [r for r in runs if "failed" not in r]
+        done = finished_runs(results, variant)
         mean, std = mean_std(list(ppl[variant].values()))
         comparison = paired_comparison(ppl[variant], ppl[sweep.baseline])
         records.append(
@@ -202,7 +207,7 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
     records = summarize(sweep, results)
     configs = {job.variant: job.config for job in first_seed_jobs(jobs)}
     for record in records:  # training FLOPs: tokens x the model's counted FLOPs per token
-        done = [r for (v, _), r in results.items() if v == record["variant"] and "failed" not in r]
+        done = finished_runs(results, record["variant"])
         record["train_flops"] = train_flops(configs[record["variant"]], done) if record["runs"] else math.nan
     table = results_table(records)
     held = sweep.budget.held()

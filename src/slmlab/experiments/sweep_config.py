@@ -220,13 +220,14 @@ def check_curriculum_tables(path: Path, sweep: SweepConfig, jobs: list[Job]) -> 
             "phases each train their own steps; give the phases' steps yourself, or a base config without [[phases]]"
         )
     tuned = [*sweep.tune.axes(), *(["train.steps"] if sweep.tune.steps else [])]
-    for job in jobs:
-        for key in tuned:
-            if key in set_by_first_phase(job.config) or (key == "train.steps" and job.config.phases):
-                raise ConfigError(
-                    f"{path}: [tune] sets {key}, which variant '{job.variant}''s curriculum replaces in its phases; "
-                    "tune a base config without [[phases]], or remove it from [tune]"
-                )
+    for job in jobs:  # every phase trains its own steps, whether the first sets them or not
+        replaced = {*set_by_first_phase(job.config), "train.steps"} if job.config.phases else set()
+        key = next((key for key in tuned if key in replaced), None)
+        if key is not None:
+            raise ConfigError(
+                f"{path}: [tune] sets {key}, which variant '{job.variant}''s curriculum replaces in its phases; "
+                "tune a base config without [[phases]], or remove it from [tune]"
+            )
 
 
 def per_run_settings(sweep: SweepConfig) -> dict[str, str]:

@@ -14,6 +14,7 @@ from .. import __version__, plugins
 from ..config import RunConfig, config_from_dict
 from ..data.corpora.fetch import cache_dir
 from ..model import build_model
+from ..model.generation import padded_caches
 
 
 def hf_config_values(cfg: RunConfig) -> dict:
@@ -57,7 +58,4 @@ def masked_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
             f"this model ({model.describe()}) does not decode left-padded batches exactly: give prompts of equal length, "
             "or pad on the right to score them"
         )
-    caches = model.make_caches()
-    for cache in caches:
-        cache.padding = first
-    return model(input_ids, caches=caches)[0]
+    return model(input_ids, caches=padded_caches(model, first))[0]

@@ -87,10 +87,7 @@ class GenerationMixin:
                 if use_cache:
                     if caches is None or caches[0].length + pending.shape[1] > self.cfg.block_size:
                         window = idx[:, -(self.cfg.block_size // 2 or 1) :] if caches is not None else idx
-                        caches = self.make_caches()
-                        if padding is not None:
-                            for cache in caches:
-                                cache.padding = padding
+                        caches = padded_caches(self, padding)
                         pending = window
                     logits, _ = model(pending, caches=caches)
                 else:
@@ -271,6 +268,16 @@ def _check_padding(padding, idx: torch.Tensor) -> None:
         raise ConfigError(f"padding must be a ({B},) tensor of whole numbers, one per prompt row; got {got}")
     if bool((padding < 0).any()) or bool((padding >= T).any()):
         raise ConfigError(f"padding holds {padding.tolist()!r:.60}: each row's count of pad tokens must be in 0..{T - 1}")
+
+
+def padded_caches(model: nn.Module, padding: torch.Tensor | None) -> list:
+    """The model's fresh KV caches (make_caches), each told the batch's left padding (B,) when
+    there is one: attention and extensions then leave it out (KVCache.padding)."""
+    caches = model.make_caches()
+    if padding is not None:
+        for cache in caches:
+            cache.padding = padding
+    return caches
 
 
 def left_padded(prompts: list[list[int]], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

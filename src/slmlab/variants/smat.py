@@ -105,14 +105,12 @@ class SemanticAttention(nn.Module):
         if padding is not None:
             s_hat = s_hat * (steps >= padding[:, None]).to(s_hat.dtype)[..., None]
             steps = (steps - padding[:, None]).clamp_min(0)  # (B, T): from each row's first token
-        counts = (steps + 1).to(s_hat.dtype)  # j, 1-based
         prefix_sum = s_hat.cumsum(dim=1)
         if state is not None:
             if "s_sum" in state:
                 prefix_sum = prefix_sum + state["s_sum"][:, None]
             state["s_sum"], state["count"] = prefix_sum[:, -1], start + T
-        if self.seq_norm:
-            counts = torch.full_like(counts, float(self.seq_norm))
+        counts = float(self.seq_norm) if self.seq_norm else (steps + 1).to(s_hat.dtype)  # n_j: block_size, or j
         return (s_hat * prefix_sum).sum(-1) / counts
 
     def forward(self, q, k, v, h, scale: float, state: dict | None):
