@@ -216,3 +216,28 @@ def test_resuming_a_curriculum_with_steps_its_phases_replace_is_refused(make_con
     err = capsys.readouterr().err
     assert "train.steps = 100 is ignored: the curriculum's first phase (A) sets steps = 8" in err
     assert f"resume its own folder ({root / 'phase1_A'})" in err and err.count("\n") == 1
+
+
+def test_a_curriculum_run_counts_the_steps_tokens_and_flops_of_every_phase():
+    """A curriculum's summary is its last phase's, with every phase's under "phases": the table
+    showed phase B's 10 steps and 1.28K tokens for a run that trained 30 steps and 2.56K tokens."""
+    from slmlab.config import config_from_dict
+    from slmlab.experiments.budget import flops_per_token
+    from slmlab.experiments.results import summarize, train_flops
+    from slmlab.experiments.sweep_config import SweepConfig
+
+    config = config_from_dict(
+        {
+            "model": {"n_layer": 1, "n_head": 2, "d_model": 16, "block_size": 64, "vocab_size": 30},
+            "data": {"seq_len": 16},
+            "phases": [{"name": "A", "steps": 20}, {"name": "B", "steps": 10, "seq_len": 32}],
+        }
+    )
+    phases = [{"step": 20, "tokens": 1280}, {"step": 10, "tokens": 1280}]
+    done = {"val_ppl": 9.0, "val_bpb": 3.0, "step": 10, "tokens": 1280, "tokens_per_s": 1e4, "peak_memory_bytes": 1e8}
+    sweep = SweepConfig(name="s", base="b.toml", seeds=[0], variants={"base": {}}, baseline="base")
+    summary = {**done, "params": 9920, "phases": phases}
+    (record,) = summarize(sweep, {("base", 0): summary})
+    assert (record["steps"], record["tokens"]) == (30, 2560)
+    short, long = (flops_per_token(phase) for phase in config.phase_configs())
+    assert short < long and train_flops(config, [summary]) == 1280 * short + 1280 * long

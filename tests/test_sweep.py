@@ -54,31 +54,6 @@ def test_a_variants_speed_is_the_median_over_its_seeds():
     assert record["tokens_per_s"] == 1000.0
 
 
-def test_a_curriculum_run_counts_the_steps_tokens_and_flops_of_every_phase():
-    """A curriculum's summary is its last phase's, with every phase's under "phases": the table
-    showed phase B's 10 steps and 1.28K tokens for a run that trained 30 steps and 2.56K tokens."""
-    from slmlab.config import config_from_dict
-    from slmlab.experiments.budget import flops_per_token
-    from slmlab.experiments.results import summarize, train_flops
-    from slmlab.experiments.sweep_config import SweepConfig
-
-    config = config_from_dict(
-        {
-            "model": {"n_layer": 1, "n_head": 2, "d_model": 16, "block_size": 64, "vocab_size": 30},
-            "data": {"seq_len": 16},
-            "phases": [{"name": "A", "steps": 20}, {"name": "B", "steps": 10, "seq_len": 32}],
-        }
-    )
-    phases = [{"step": 20, "tokens": 1280}, {"step": 10, "tokens": 1280}]
-    done = {"val_ppl": 9.0, "val_bpb": 3.0, "step": 10, "tokens": 1280, "tokens_per_s": 1e4, "peak_memory_bytes": 1e8}
-    sweep = SweepConfig(name="s", base="b.toml", seeds=[0], variants={"base": {}}, baseline="base")
-    summary = {**done, "params": 9920, "phases": phases}
-    (record,) = summarize(sweep, {("base", 0): summary})
-    assert (record["steps"], record["tokens"]) == (30, 2560)
-    short, long = (flops_per_token(phase) for phase in config.phase_configs())
-    assert short < long and train_flops(config, [summary]) == 1280 * short + 1280 * long
-
-
 def test_a_missing_seed_is_left_out_of_the_pairing():
     c = paired_comparison({0: 9.0, 1: 9.0}, {0: 10.0, 1: 10.0, 2: 10.0})
     assert c.n_pairs == 2 and c.wins == 2 and c.sign_p == pytest.approx(0.5)
