@@ -11,6 +11,7 @@ import torch
 
 from slmlab.config import ConfigError, ModelConfig
 from slmlab.model import build_model
+from slmlab.model.generation import left_padded
 from slmlab.plugins import activate
 
 GATED = str(Path(__file__).parents[1] / "examples" / "plugins" / "gated_attention.py")
@@ -28,8 +29,13 @@ ARCHITECTURES = {  # name -> (model fields, decodes left-padded batches)
         {"smat": {"use_G": True, "gate_per_head": True, "centrality_norm": "seq", "mu_init": -4.0}},
         True,
     ),
-    "block local": ({"pos": "rope", "attention": "block_local", "local_block": 4}, False),
-    "tape": ({"arch": "tape", "tape": {"n_critics": 2, "coda_layers": 1, "critic_layers": 1}}, False),
+    "block local": ({"pos": "rope", "attention": "block_local", "local_block": 4}, True),
+    "block local, learned, global layer": ({"attention": "block_local", "local_block": 3, "global_every": 2}, True),
+    "tape": ({"arch": "tape", "tape": {"n_critics": 2, "coda_layers": 1, "critic_layers": 1}}, True),
+    "tape, block local, rope": (
+        {"arch": "tape", "pos": "rope", "attention": "block_local", "local_block": 3, "tape": {"n_critics": 1, "coda_layers": 1}},
+        True,
+    ),
 }
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [13], [14, 15, 16, 17], [18, 19, 20], [21, 22, 23, 24, 25, 26]]
 
@@ -58,15 +64,20 @@ def test_batched_continuations_equal_each_prompt_alone(name):
     assert sampled == expected
 
 
-@pytest.mark.parametrize("name", [name for name, (_, padded) in ARCHITECTURES.items() if not padded])
+@pytest.mark.parametrize("name", ["learned", "tape"])
 def test_generate_refuses_padding_for_a_model_that_does_not_decode_it_exactly(name):
-    """generate(padding=) on such a model decoded the padded rows with the padding in their
-    context (or in SMAT's centrality), and returned continuations unlike each prompt's alone."""
+    """generate(padding=) on a model with a part that does not mask padding (here an attention
+    pattern that does not declare `padding_safe`) would decode the padded rows with the padding in
+    their context: refused in one line, and generate_many batches such prompts by length."""
     model = model_for(name)
     idx, padding = torch.tensor([[0, 0, 1, 2], [3, 4, 5, 6]]), torch.tensor([2, 0])
+    assert model.generate(idx, 3, padding=padding).shape == (2, 7)
+    attention = next(m for m in model.modules() if hasattr(m, "pattern"))
+    attention.pattern.padding_safe = False  # this layer's pattern alone: the model no longer decodes padding
+    assert not model.decodes_padded()
     with pytest.raises(ConfigError, match=r"does not decode left-padded batches exactly \(decodes_padded\(\) is False\)"):
         model.generate(idx, 3, padding=padding)
-    assert model_for("learned").generate(idx, 3, padding=padding).shape == (2, 7)
+    assert model.generate_many(PROMPTS, 5, temperature=0.0) == [alone(model, p, 5, temperature=0.0) for p in PROMPTS]
 
 
 @pytest.mark.parametrize("name", [name for name, (_, padded) in ARCHITECTURES.items() if padded])
@@ -91,6 +102,28 @@ def test_padding_never_leaks_into_a_row(name):
     with torch.no_grad():
         alone_logits = model(torch.tensor([[5, 6, 7, 9]]))[0][0]
     torch.testing.assert_close(outs[0], alone_logits, rtol=0, atol=1e-12)
+
+
+def test_block_local_rows_count_their_blocks_from_their_first_token():
+    """Block-local attention decodes a left-padded batch row by row: each row's blocks start at its
+    own first token, through a prefill longer than the windowed cache holds (23 tokens against 2 x
+    2B = 12) and steps that roll the window, logits equal to each prompt's alone (float64)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**SHAPE, attention="block_local", local_block=3, pos="rope")).double().eval()
+    with torch.no_grad():
+        for parameter in model.parameters():  # off the init, so every block's attention matters
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    prompts, steps = [[7, 8], list(range(1, 10)), list(range(20, 43))], torch.arange(11, 21)
+    idx, padding = left_padded(prompts)
+    caches = model.make_caches()
+    for cache in caches:
+        cache.padding = padding
+    with torch.no_grad():
+        together = [model(idx, caches=caches)[0]] + [model(torch.full((3, 1), int(step)), caches=caches)[0] for step in steps]
+        together = torch.cat(together, dim=1)
+        for row, prompt in enumerate(prompts):
+            alone_logits = model(torch.tensor([prompt + steps.tolist()]))[0][0]
+            torch.testing.assert_close(together[row, int(padding[row]) :], alone_logits, rtol=0, atol=1e-12)
 
 
 def test_each_row_stops_at_its_own_stop_token_and_long_prompts_fall_back_to_equal_lengths():

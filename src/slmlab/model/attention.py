@@ -90,6 +90,8 @@ class FullCausal(nn.Module):
     """Pattern "full": query t attends to keys 0..q_start+t (fused SDPA kernels, no T x T tensor
     in training: only the rare chunked prefill onto a non-empty cache builds a (Tq, Tk) mask)."""
 
+    padding_safe = True  # forward takes `padding`: left-padded batches decode exactly (decodes_padded)
+
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.dropout = cfg.dropout
@@ -158,7 +160,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             q_start = cache.length
             k, v = cache.update(k, v)
-            if getattr(cache, "padding", None) is not None:  # only full attention decodes padded batches (decodes_padded)
+            if getattr(cache, "padding", None) is not None:  # only to a pattern that declares padding_safe (decodes_padded)
                 padded = {"padding": cache.padding}
         y = self.pattern(q, k, v, scale, q_start, **padded)[..., : self.head_dim]
         for extension in self._output_extensions:

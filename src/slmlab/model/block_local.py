@@ -22,7 +22,11 @@ which one runs ("windows" or "flex"); `local_kernel.choose_local_kernel` sets it
 CPU and no attention dropout, so there it runs only for inference.
 
 During generation the layer's cache keeps only the last 2B positions (`WindowedKVCache`), which is
-all a query can see: position t needs keys from (t // B - 1) B to t.
+all a query can see: position t needs keys from (t // B - 1) B to t. A left-padded batch of prompts
+(`padding`, (Bsz,) counts) counts each row's positions from its first real token, so its blocks
+start there: row r's query at cache position i sees key j iff sees(i - p_r, j - p_r) and j >= p_r,
+an explicit (Bsz, Tq, Tk) mask (prompts and single steps: small). Each row still needs at most the
+last 2B cache positions, so the one window serves every row.
 """
 
 from __future__ import annotations
@@ -110,6 +114,7 @@ def compiled_flex_attention():
 
 class BlockLocal(nn.Module):
     KERNELS = ("windows", "flex")
+    padding_safe = True  # each row's blocks start at its first real token (forward's `padding`)
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -121,8 +126,12 @@ class BlockLocal(nn.Module):
     def make_cache(self, max_len: int) -> KVCache:
         return WindowedKVCache(2 * self.block)
 
-    def forward(self, q, k, v, scale: float, q_start: int):
+    def forward(self, q, k, v, scale: float, q_start: int, padding: torch.Tensor | None = None):
+        """`padding` (Bsz,): left-padding keys per row, never attended; the row's positions, and
+        so its blocks, count from its first real token (a padding query attends to itself alone)."""
         dropout = self.dropout if self.training else 0.0
+        if padding is not None:
+            return self._padded(q, k, v, scale, q_start, padding)
         if q_start == 0 and q.shape[2] == k.shape[2]:
             if self.kernel == "flex" and q.device.type != "meta":  # meta: FLOP and memory counts (see _blocked)
                 return self._flex(q, k, v, scale)
@@ -196,6 +205,20 @@ class BlockLocal(nn.Module):
         """The pattern itself: query position i sees key position j iff j <= i and j >= (i // B - 1) B
         (shared by `visible` and FlexAttention's block mask)."""
         return (j <= i) & (j >= (i // self.block - 1) * self.block)
+
+    def _padded(self, q, k, v, scale, q_start, padding):
+        """Left-padded rows: the pattern on each row's own positions (cache position - padding)."""
+        Tq, Tk = q.shape[2], k.shape[2]
+        q_pos = torch.arange(q_start, q_start + Tq, device=q.device)
+        k_pos = torch.arange(q_start + Tq - Tk, q_start + Tq, device=q.device)
+        own = q_pos[:, None] == k_pos[None, :]  # (Tq, Tk)
+        rows_q, rows_k = q_pos[None, :] - padding[:, None], k_pos[None, :] - padding[:, None]  # (Bsz, Tq), (Bsz, Tk)
+        real = self.sees(rows_q[:, :, None], rows_k[:, None, :]) & (rows_k >= 0)[:, None, :]
+        mask = (real | own)[:, None]  # (Bsz, 1, Tq, Tk)
+        if torch.compiler.is_compiling():  # inductor (torch 2.13) fails to lower SDPA with this mask once the window moved
+            scores = (q @ k.transpose(-1, -2)) * scale
+            return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
     def _from_cache(self, q, k, v, scale, q_start):
         """Queries at q_start.. against the most recent keys (cached window + new)."""

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..config.checks import check_model
-from .attention import FullCausal, KVCache
+from .attention import KVCache
 from .block import Block
 from .generation import GenerationMixin
 from .heads import StudentTHead, build_head
@@ -127,13 +127,15 @@ class Decoder(GenerationMixin, nn.Module):
         return [block.attn.make_cache(self.cfg.block_size) for block in self.blocks]
 
     def decodes_padded(self) -> bool:
-        """Whether a left-padded batch decodes exactly as each row alone: full attention in every
-        layer (it masks the padding), and a position scheme, extensions and conditioning that
-        declare `padding_safe` (they take per-row positions, mix no tokens, or mask the padding
-        themselves). Otherwise generate_many batches only prompts of equal length."""
+        """Whether a left-padded batch decodes exactly as each row alone: attention patterns that
+        declare `padding_safe` (their forward takes `padding` and masks it: full, block-local), and
+        a position scheme, extensions and conditioning that declare it too (they take per-row
+        positions, mix no tokens, or mask the padding themselves). Otherwise generate_many batches
+        only prompts of equal length."""
         safe = (getattr(self.positions, "padding_safe", False), getattr(self.conditioning, "padding_safe", False))
         return all(safe) and all(
-            type(block.attn.pattern) is FullCausal and all(getattr(e, "padding_safe", False) for e in block.attn.extensions)
+            getattr(block.attn.pattern, "padding_safe", False)
+            and all(getattr(e, "padding_safe", False) for e in block.attn.extensions)
             for block in self.blocks
         )
 

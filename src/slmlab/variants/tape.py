@@ -142,7 +142,12 @@ class Prophet(nn.Module):
         self.out = nn.Linear(width, cfg.d_model, bias=cfg.bias)
         self.width = width
 
-    def forward(self, x: torch.Tensor, state: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, state: list[torch.Tensor] | None = None, real: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`state`: each layer's last hidden state (B, width) from the cache; `real` (B, T) bool:
+        which positions hold a real token (a left-padded batch), the others leaving the state as
+        it was, so a row's recurrence starts at its first real token as it would alone."""
         B, T, _ = x.shape
         final = []
         for layer, (inp, rec) in enumerate(zip(self.inputs, self.recurrent)):
@@ -151,7 +156,8 @@ class Prophet(nn.Module):
             outputs = []
             for t in range(T):
                 z = pre[:, t] + rec(h)
-                h = soft_xor(bounded_log(z[:, : self.width]), bounded_log(z[:, self.width :]))
+                step = soft_xor(bounded_log(z[:, : self.width]), bounded_log(z[:, self.width :]))
+                h = step if real is None else torch.where(real[:, t, None], step, h)
                 outputs.append(h)
             x = torch.stack(outputs, dim=1)
             final.append(h)
@@ -212,13 +218,17 @@ class TapeTransformer(GenerationMixin, nn.Module):
         check_inputs(idx, targets, vocab_size=self.cfg.vocab_size, start=start, max_positions=self.cfg.block_size)
         B, T = idx.shape
         positions = torch.arange(start, start + T, device=idx.device)
+        padding, real = getattr(caches[0], "padding", None) if caches else None, None
+        if padding is not None:  # a left-padded batch: each row counts from its first real token
+            real = positions[None, :] >= padding[:, None]  # (B, T)
+            positions = (positions[None, :] - padding[:, None]).clamp_min(0)
         x = self.wte(idx)
         pos_emb = self.positions.embed(positions)
         if pos_emb is not None:
             x = x + pos_emb.to(x.dtype)
         n_coda = 2 * self.cfg.tape.coda_layers
         coda = self.coda(x, positions, caches[:n_coda] if caches else None)
-        prophet, rnn_state = self.prophet(x, caches.rnn_state if caches else None)
+        prophet, rnn_state = self.prophet(x, caches.rnn_state if caches else None, real)
         if caches is not None:
             caches.rnn_state = rnn_state
         opinions, per_critic = [], 2 * self.cfg.tape.critic_layers
@@ -240,9 +250,20 @@ class TapeTransformer(GenerationMixin, nn.Module):
         size = self.cfg.block_size
         return TapeCache([*self.coda.make_caches(size), *(c for critic in self.critics for c in critic.make_caches(size))])
 
-    def shard_units(self) -> list[nn.Module]:
-        """Every tape block (coda and critics): FSDP2 shards each on its own."""
+    def decodes_padded(self) -> bool:
+        """A left-padded batch decodes exactly where the positions take per-row (B, T) positions and
+        every tape block's attention pattern masks the padding (the prophet skips it itself)."""
+        return getattr(self.positions, "padding_safe", False) and all(
+            getattr(block.attn.pattern, "padding_safe", False) for block in self.tape_blocks()
+        )
+
+    def tape_blocks(self) -> list[TapeBlock]:
+        """Every tape block, the coda's and the critics'."""
         return [m for m in self.modules() if isinstance(m, TapeBlock)]
+
+    def shard_units(self) -> list[nn.Module]:
+        """Every tape block: FSDP2 shards each on its own."""
+        return self.tape_blocks()
 
     def describe(self) -> str:
         m, t = self.cfg, self.cfg.tape
