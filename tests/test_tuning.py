@@ -41,8 +41,13 @@ def test_each_variant_trains_its_seeds_at_its_best_learning_rate(tmp_path, tuned
         assert math.isclose(record["chosen_lr"][variant], best)
         for seed in (1, 2):
             assert RunDir(sweep_dir / f"{variant}_s{seed}").read_config().train.lr == best
-        assert RunDir(sweep_dir / "tune" / f"{variant}_lr1e-05").read_config().train.steps == 6
-    assert "Learning rate, tuned per variant" in (sweep_dir / "results.md").read_text()
+        tuning_run = RunDir(sweep_dir / "tune" / f"{variant}_lr1e-05").read_config().train
+        assert (tuning_run.steps, tuning_run.seed) == (6, 1000)  # a seed of its own: none of the compared 1, 2
+    assert record["seed"] == 1000
+    assert (
+        "Learning rate, tuned per variant (final validation loss of one 6-step run per grid point at seed 1000, none"
+        in (sweep_dir / "results.md").read_text()
+    )
     assert (sweep_dir / "tuning.png").stat().st_size > 0
 
     caplog.clear()
@@ -98,6 +103,9 @@ def test_a_grid_of_learning_rate_and_weight_decay_picks_the_best_combination(tmp
         # a value the grid sets is refused naming the grid point, not a train.* key the user never set
         ("lr = [1e9]", "", "[tune] grid point lr1e+09 of variant 'baseline': train.lr * train.weight_decay"),
         ("lr = [1e-3]\nsteps = 10000000000000000000000", "", "[tune] grid point lr0.001 of variant 'baseline': train.steps"),
+        # tuned at a compared seed, that seed's run would carry the luck of the best of the grid
+        ("lr = [1e-3]\nseed = 1", "", "tune.seed = 1 is also one of the seeds"),
+        ("lr = [1e-3]\nseed = -1", "", "tune.seed must be a whole number from 0 to 2**64 - 1, got -1"),
     ],
 )
 def test_a_tuning_grid_that_cannot_run_as_written_is_one_line(tmp_path, micro_toml, capsys, tune, overrides, says):

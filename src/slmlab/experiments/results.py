@@ -247,7 +247,7 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
 
 def tuning_note(tuning: dict) -> str:
     length = f"{tuning['steps']}-step" if tuning["steps"] else "full-length"
-    return f"final validation loss of one {length} run per grid point at the first seed; * = chosen, used by every seed"
+    return f"final validation loss of one {length} run per grid point at seed {tuning['seed']}, none of the compared seeds; * = chosen, used by every seed"
 
 
 def plot_curves(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:

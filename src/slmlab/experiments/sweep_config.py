@@ -172,7 +172,8 @@ def load_sweep(
 
 def check_tables(path: Path, values: dict, sweep: SweepConfig) -> None:
     """A [budget], [tune] or [lm_eval] table that asks for nothing, and [lm_eval] counts below their
-    range, are refused: the sweep ran as if the table were absent, in silence."""
+    range, are refused: the sweep ran as if the table were absent, in silence. So is a tune.seed
+    that is one of the compared seeds (experiments/tuning.py says why)."""
     asks = {
         "budget": (sweep.budget.held() is not None, "one of tokens, flops or seconds"),
         "tune": (bool(sweep.tune.axes()), "values to try for lr, warmup_steps or weight_decay"),
@@ -181,6 +182,11 @@ def check_tables(path: Path, values: dict, sweep: SweepConfig) -> None:
     for table, (asked, what) in asks.items():
         if table in values and not asked:
             raise ConfigError(f"{path}: [{table}] asks for nothing: give {what}, or remove the table")
+    if sweep.tune.axes() and sweep.tune.seed in sweep.seeds:
+        raise ConfigError(
+            f"{path}: tune.seed = {sweep.tune.seed} is also one of the seeds: the best of the grid's runs at that seed "
+            "would stand in the comparison with its luck; give [tune] seed another value"
+        )
     spec = sweep.lm_eval
     for name, value, least in (
         ("limit", spec.limit, 0),

@@ -6,14 +6,19 @@ variant, run before the seeds.
     warmup_steps = [10, 50]       # optional
     weight_decay = [0.0, 0.1]     # optional
     steps = 150                   # each tuning run's length (0: the sweep's own train.steps)
+    seed = 1000                   # the tuning runs' seed (default), none of the sweep's seeds
 
-For every variant and grid point a short run trains at the variant's first seed in
+For every variant and grid point a short run trains at `seed` in
 <out_dir>/<sweep>/tune/<variant>_lr<value>[_wu<value>][_wd<value>]/: an ordinary run directory,
 so finished tuning runs are skipped and interrupted ones resume, like the rest of the sweep. Each
 variant's seeded runs then use the point with the lowest final validation loss. The grid, every
 tuning loss and the choice go into results.md and results.json, and tuning.png plots final
 validation loss against the first tuned setting, one line per variant (and value of the others).
 A variant whose tuning run diverged at a point simply does not choose it.
+
+The tuning seed is none of the compared seeds: the chosen point is the best of several noisy runs,
+and tuned at a compared seed (with `steps = 0` the chosen tuning run *is* that seed's run), that
+luck would sit in the comparison, in favour of whichever variant drew more of it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError, apply_overrides, config_from_dict
+from ..config.checks import check_seed
 from ..plotting import pyplot, save_png
 from ..tables import format_number, markdown_table
 
@@ -42,6 +48,7 @@ class Tune:
     warmup_steps: list[int] = field(default_factory=list)
     weight_decay: list[float] = field(default_factory=list)
     steps: int = 0
+    seed: int = 1000  # the tuning runs' train.seed: held out from the comparison (the sweep refuses one of its seeds)
 
     def check(self) -> None:
         if any(not (math.isfinite(v) and v > 0) for v in self.lr):
@@ -56,6 +63,7 @@ class Tune:
                 raise ConfigError(f"tune.{name} lists a value twice ({values}): each grid point is one run, list it once")
         if self.steps < 0:
             raise ConfigError(f"tune.steps must be >= 0, got {self.steps}")
+        check_seed("tune.seed", self.seed)
 
     def axes(self) -> dict[str, list]:
         """The train settings tuned (in TUNABLE's order) -> their values; {} without a grid."""
@@ -79,8 +87,8 @@ def point_label(point: Point) -> str:
 
 
 def tuning_jobs(sweep, jobs: list) -> list:
-    """One short run per (variant, grid point), at each variant's first seed; Job.seed holds the
-    point's index in the grid (results are keyed by (variant, seed))."""
+    """One short run per (variant, grid point), from each variant's first-seed config at
+    tune.seed; Job.seed holds the point's index in the grid (results are keyed by (variant, seed))."""
     from .sweep_config import Job, first_seed_jobs
 
     sweep.tune.check()
@@ -88,7 +96,12 @@ def tuning_jobs(sweep, jobs: list) -> list:
     tuned = []
     for job in first_seed_jobs(jobs):
         for index, point in enumerate(sweep.tune.grid()):
-            overrides = {**point, "name": f"{job.variant}_{point_label(point)}", "out_dir": str(folder)}
+            overrides = {
+                **point,
+                "name": f"{job.variant}_{point_label(point)}",
+                "out_dir": str(folder),
+                "train.seed": sweep.tune.seed,
+            }
             if sweep.tune.steps:
                 overrides["train.steps"] = sweep.tune.steps
             try:
@@ -122,14 +135,20 @@ def with_tuned_settings(jobs: list, chosen: dict[str, Point]) -> list:
 
 
 def tuning_record(sweep, results: dict, chosen: dict[str, Point]) -> dict:
-    """What results.json keeps: the grid, each variant's final loss per point (keyed by
-    point_label), the choice; with a learning-rate grid also `lr_grid` and `chosen_lr`."""
+    """What results.json keeps: the grid, the tuning runs' steps and seed, each variant's final
+    loss per point (keyed by point_label), the choice; with a learning-rate grid also `lr_grid` and `chosen_lr`."""
     grid = sweep.tune.grid()
     losses = {
         variant: {point_label(point): results.get((variant, i), {}).get("val_loss") for i, point in enumerate(grid)}
         for variant in sweep.variants
     }
-    record = {"grid": sweep.tune.axes(), "steps": sweep.tune.steps, "final_val_loss": losses, "chosen": chosen}
+    record = {
+        "grid": sweep.tune.axes(),
+        "steps": sweep.tune.steps,
+        "seed": sweep.tune.seed,
+        "final_val_loss": losses,
+        "chosen": chosen,
+    }
     if sweep.tune.lr:
         record.update(lr_grid=sweep.tune.lr, chosen_lr={variant: point["train.lr"] for variant, point in chosen.items()})
     return record
