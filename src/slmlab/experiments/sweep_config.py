@@ -272,7 +272,8 @@ def tracked(config: RunConfig, sweep: str, variant: str, seed: int) -> RunConfig
 
 
 def first_seed_jobs(jobs: list[Job]) -> list[Job]:
-    """Each variant's job at its first seed (what its cost, tuning and checks are measured on)."""
+    """Each variant's job at its first seed (its cost and checks are measured on it; its tuning runs
+    start from its config, at tune.seed)."""
     firsts: dict[str, Job] = {}
     for job in jobs:
         firsts.setdefault(job.variant, job)
