@@ -10,8 +10,8 @@ Groups, each with its own baseline measured in the same run (ratios are against 
   attention  one attention call: full (fused SDPA), block-local, naive T x T, T = 1k..8k
              (benchmarks/attention_scaling.py)
   presets    on CUDA only: the 64M and 80M presets (bf16 + compile where asked), the MFU target
-  decoding   `generate` at the quickstart size and ~10M: cached, recomputing, 8 prompts one at a
-             time or as one left-padded batch, and with --compile compiled; time per token
+  decoding   `generate` at the quickstart size and ~10M, block-local and Tape: cached, recomputing,
+             8 prompts one at a time or as one left-padded batch, and with --compile compiled; time per token
              against the same model's full-sequence forward (benchmarks/decoding.py)
   step       on CPU only: slmlab's training loop against a minimal nanoGPT-style loop at nanoGPT's
              CPU recipe and at 6 x 384, taking turns over --rounds (benchmarks/step_overhead.py)

@@ -1,12 +1,14 @@
 """Decoding speed: tokens/s of `model.generate` with the KV cache, without it, compiled, at batch 1
-and 8, as a ratio to the same model's full-sequence forward throughput measured in the same run.
+and 8, as a ratio to the same model's full-sequence forward throughput measured in the same run, for
+the two decoder sizes of issue 17, a block-local decoder and a TapeTransformer.
 
     forward      one no-grad forward pass over T = 512 tokens at batch 1: the ceiling a decoder that
                  had no per-token cost would approach
     cached       `generate` with the KV cache: one token per step through every layer
     recompute    `generate(use_cache=False)`: the whole context again at every step
-    8 prompts    prompts of 8 different lengths: one `generate` each, or one left-padded batch
-                 (`generate_many`, each continuation equal to its prompt's alone)
+    8 prompts    prompts of 8 different lengths: one `generate` each (what batching by length
+                 amounts to), or one left-padded batch (`generate_many`, each continuation equal to
+                 its prompt's alone)
     compiled     cached, `generate(..., compile=True)`: the model through torch.compile with
                  automatic dynamic shapes (compilation, two graphs per batch size, timed apart)
 
@@ -34,6 +36,14 @@ from slmlab.training.runtime import sync
 MODELS = {
     "quickstart size (4 x 192, char vocab 76)": {"n_layer": 4, "n_head": 4, "d_model": 192, "d_ff": 768, "vocab_size": 76},
     "~10M (6 x 384, vocab 8k)": {"n_layer": 6, "n_head": 6, "d_model": 384, "vocab_size": 8192},
+    "block-local, quickstart size (B = 64, RoPE)": {
+        **{"n_layer": 4, "n_head": 4, "d_model": 192, "d_ff": 768, "vocab_size": 76},
+        **{"attention": "block_local", "local_block": 64, "pos": "rope"},
+    },
+    "TapeTransformer, tape_small's shape": {
+        **{"arch": "tape", "n_head": 4, "d_model": 64, "vocab_size": 65, "pos": "sinusoidal", "head": "student_t"},
+        "tape": {"n_critics": 2, "coda_layers": 2, "critic_layers": 2, "rnn_dim": 64},
+    },
 }
 
 
