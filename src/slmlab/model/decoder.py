@@ -30,7 +30,7 @@ from .hooks import HookPoint
 from .initialization import init_by_name
 from .inputs import check_inputs
 from .layers import build_dropout, build_norm
-from .positions import build_positions
+from .positions import build_positions, token_positions
 
 
 class NoConditioning(nn.Module):
@@ -105,10 +105,8 @@ class Decoder(GenerationMixin, nn.Module):
         start = caches[0].length if caches else 0
         check_inputs(idx, targets, vocab_size=self.cfg.vocab_size, start=start, max_positions=self.positions.max_positions)
         B, T = idx.shape
-        positions = torch.arange(start, start + T, device=idx.device)
         padding = getattr(caches[0], "padding", None) if caches else None  # a pattern's own cache class may have none
-        if padding is not None:  # a left-padded batch: each row counts from its first real token
-            positions = (positions[None, :] - padding[:, None]).clamp_min(0)
+        positions, _ = token_positions(start, T, padding, idx.device)  # (B, T) in a left-padded batch
         x = self.wte(idx)
         pos_emb = self.positions.embed(positions)
         if pos_emb is not None:  # in the stream's dtype: a plugin's float32 table must not turn a bf16 model float32

@@ -26,6 +26,17 @@ def angle_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def token_positions(start: int, T: int, padding: torch.Tensor | None, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The positions of T tokens from cache position `start`: (T,) absolute indices, or for a
+    left-padded batch (`padding` (B,) counts) (B, T) ones counted from each row's first real token
+    (0 over the padding), with (B, T) bool of which tokens are real (None without padding)."""
+    positions = torch.arange(start, start + T, device=device)
+    if padding is None:
+        return positions, None
+    real = positions[None, :] >= padding[:, None]
+    return (positions[None, :] - padding[:, None]).clamp_min(0), real
+
+
 class LearnedPositions(nn.Module):
     """GPT-2 style learned absolute embeddings: x_t = wte[token_t] + wpe[t], t < block_size."""
 

@@ -49,7 +49,7 @@ from ..model.heads import StudentTHead, build_head
 from ..model.initialization import init_by_name
 from ..model.inputs import check_inputs
 from ..model.layers import build_norm
-from ..model.positions import build_positions
+from ..model.positions import build_positions, token_positions
 from ..registry import ARCHITECTURES, NAIVE_MODEL_REFERENCES, register_model_check, register_section
 
 
@@ -217,11 +217,8 @@ class TapeTransformer(GenerationMixin, nn.Module):
         start = caches[0].length if caches else 0
         check_inputs(idx, targets, vocab_size=self.cfg.vocab_size, start=start, max_positions=self.cfg.block_size)
         B, T = idx.shape
-        positions = torch.arange(start, start + T, device=idx.device)
-        padding, real = getattr(caches[0], "padding", None) if caches else None, None
-        if padding is not None:  # a left-padded batch: each row counts from its first real token
-            real = positions[None, :] >= padding[:, None]  # (B, T)
-            positions = (positions[None, :] - padding[:, None]).clamp_min(0)
+        padding = getattr(caches[0], "padding", None) if caches else None
+        positions, real = token_positions(start, T, padding, idx.device)  # real: (B, T), the prophet skips the rest
         x = self.wte(idx)
         pos_emb = self.positions.embed(positions)
         if pos_emb is not None:
