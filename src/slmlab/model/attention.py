@@ -40,6 +40,18 @@ def lower_right_mask(Tq: int, Tk: int, device) -> torch.Tensor:
     return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
 
 
+def padded_visible(sees, Tq: int, Tk: int, q_start: int, padding: torch.Tensor, device) -> torch.Tensor:
+    """(B, Tq, Tk) bool of a left-padded batch (`padding` (B,) counts): the queries at cache
+    positions q_start.. and the keys the last Tk positions up to them; row b's query i sees key j
+    when the pattern `sees(i - p_b, j - p_b)` on the row's own positions and j is no padding
+    (j >= p_b). A padding query sees its own key alone, so its output stays finite and unread."""
+    q_pos = torch.arange(q_start, q_start + Tq, device=device)
+    k_pos = torch.arange(q_start + Tq - Tk, q_start + Tq, device=device)
+    rows_q, rows_k = q_pos[None, :] - padding[:, None], k_pos[None, :] - padding[:, None]  # (B, Tq), (B, Tk)
+    real = sees(rows_q[:, :, None], rows_k[:, None, :]) & (rows_k >= 0)[:, None, :]
+    return real | (q_pos[:, None] == k_pos[None, :])
+
+
 class KVCache:
     """Preallocated keys/values of one layer: (B, H, max_len, D_k) and (B, H, max_len, D_v).
 
@@ -103,16 +115,16 @@ class FullCausal(nn.Module):
         """(Tq, Tk) bool: which keys each query sees (the queries are the last Tq of the Tk keys)."""
         return lower_right_mask(Tq, Tk, device)
 
+    def sees(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """The pattern on positions: query position i sees key position j iff j <= i."""
+        return j <= i
+
     def forward(self, q, k, v, scale: float, q_start: int, padding: torch.Tensor | None = None):
-        """`padding` (B,): left-padding keys per row, never attended (a padding query attends to
-        itself alone, so its output stays finite and unread)."""
+        """`padding` (B,): left-padding keys per row, never attended (`padded_visible`)."""
         dropout = self.dropout if self.training else 0.0
         Tq, Tk = q.shape[2], k.shape[2]
         if padding is not None:
-            keys = torch.arange(Tk, device=q.device)
-            own = keys[None, :] == (Tk - Tq + torch.arange(Tq, device=q.device))[:, None]  # (Tq, Tk): each query's own key
-            real = keys[None, None, :] >= padding[:, None, None]  # (B, 1, Tk)
-            mask = self.visible(Tq, Tk, q_start, q.device) & (real | own)  # (B, Tq, Tk)
+            mask = padded_visible(self.sees, Tq, Tk, q_start, padding, q.device)  # (B, Tq, Tk)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], dropout_p=dropout, scale=scale)
         if Tq == 1:  # one new query: it sees every key so far
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scale)

@@ -45,7 +45,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..config import ModelConfig
 from ..registry import ATTENTION_PATTERNS
-from .attention import KVCache, lower_right_mask
+from .attention import KVCache, lower_right_mask, padded_visible
 
 
 def lower_right(Tq: int, Tk: int, device):
@@ -208,13 +208,7 @@ class BlockLocal(nn.Module):
 
     def _padded(self, q, k, v, scale, q_start, padding):
         """Left-padded rows: the pattern on each row's own positions (cache position - padding)."""
-        Tq, Tk = q.shape[2], k.shape[2]
-        q_pos = torch.arange(q_start, q_start + Tq, device=q.device)
-        k_pos = torch.arange(q_start + Tq - Tk, q_start + Tq, device=q.device)
-        own = q_pos[:, None] == k_pos[None, :]  # (Tq, Tk)
-        rows_q, rows_k = q_pos[None, :] - padding[:, None], k_pos[None, :] - padding[:, None]  # (Bsz, Tq), (Bsz, Tk)
-        real = self.sees(rows_q[:, :, None], rows_k[:, None, :]) & (rows_k >= 0)[:, None, :]
-        mask = (real | own)[:, None]  # (Bsz, 1, Tq, Tk)
+        mask = padded_visible(self.sees, q.shape[2], k.shape[2], q_start, padding, q.device)[:, None]  # (Bsz, 1, Tq, Tk)
         if torch.compiler.is_compiling():  # inductor (torch 2.13) fails to lower SDPA with this mask once the window moved
             scores = (q @ k.transpose(-1, -2)) * scale
             return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v

@@ -42,6 +42,7 @@ from ..errors import ConfigError
 from ..model.attention import FullCausal
 from ..model.hooks import HookPoint
 from ..model.interventions import Intervention, Replace, constant
+from ..model.positions import token_positions
 from ..registry import (
     ABLATION_SUMMARIES,
     ATTENTION_EXTENSIONS,
@@ -101,10 +102,9 @@ class SemanticAttention(nn.Module):
         _, T, _ = s_hat.shape
         start = state.get("count", 0) if state is not None else 0
         padding = state.get("padding") if state is not None else None
-        steps = torch.arange(start, start + T, device=s_hat.device)  # each entry's place in the cache
-        if padding is not None:
-            s_hat = s_hat * (steps >= padding[:, None]).to(s_hat.dtype)[..., None]
-            steps = (steps - padding[:, None]).clamp_min(0)  # (B, T): from each row's first token
+        steps, real = token_positions(start, T, padding, s_hat.device)  # (T,), or (B, T) from each row's first token
+        if real is not None:
+            s_hat = s_hat * real.to(s_hat.dtype)[..., None]
         prefix_sum = s_hat.cumsum(dim=1)
         if state is not None:
             if "s_sum" in state:
