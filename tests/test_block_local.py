@@ -35,6 +35,57 @@ def test_equals_naive_masked_attention_forward_and_backward(T, block):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def naive_padded_block_local(q, k, v, block, q_start, padding):
+    """Row by row, query by query: the query at cache position i of a row with p padding entries
+    sees the key at position j (the keys are the last Tk positions up to the last query) iff j >= p
+    and, counted from the row's first token, j - p <= i - p and j - p >= ((i - p) // B - 1) B."""
+    Bsz, H, Tq, D = q.shape
+    Tk = k.shape[2]
+    out = torch.zeros(Bsz, H, Tq, v.shape[-1], dtype=q.dtype)
+    for r in range(Bsz):
+        p = int(padding[r])
+        for t in range(Tq):
+            i = q_start + t
+            if i < p:
+                continue  # a padding query: unread
+            first = q_start + Tq - Tk  # the first key's position
+            keys = [j - first for j in range(first, first + Tk) if j >= p and ((i - p) // block - 1) * block <= j - p <= i - p]
+            scores = (q[r, :, t : t + 1] @ k[r, :, keys].transpose(-1, -2)) / math.sqrt(D)
+            out[r, :, t] = (scores.softmax(-1) @ v[r, :, keys])[:, 0]
+    return out
+
+
+@pytest.mark.parametrize(
+    "Tq, before, q_start, block",
+    [
+        (1, 8, 9, 4),
+        (4, 4, 4, 4),
+        (5, 0, 0, 4),
+        (23, 0, 0, 3),
+        (30, 0, 0, 4),
+        (30, 8, 14, 4),
+        (17, 3, 3, 4),
+        (40, 16, 40, 8),
+        (6, 1, 9, 4),
+    ],
+)
+def test_a_left_padded_batch_attends_each_row_from_its_first_token(Tq, before, q_start, block):
+    """Decoding steps (Tq <= B: one mask) and long prefills (Tq > B: 3B-key windows), onto an empty
+    cache or after kept keys, equal the naive per-row reference; padding queries stay finite."""
+    torch.manual_seed(Tq + before)
+    pattern = BlockLocal(ModelConfig(local_block=block), layer=0)
+    q = torch.randn(4, 2, Tq, 8, dtype=torch.float64)
+    k, v = torch.randn(2, 4, 2, Tq + before, 8, dtype=torch.float64)
+    end = q_start + Tq
+    padding = torch.tensor([0, min(2, end - 1), min(block + 1, end - 1), end - 1])  # the last row: one real token
+    fast = pattern(q, k, v, 1 / math.sqrt(8), q_start, padding=padding)
+    naive = naive_padded_block_local(q, k, v, block, q_start, padding)
+    assert fast.shape == naive.shape and torch.isfinite(fast).all()
+    for r, p in enumerate(padding.tolist()):
+        real = slice(max(p - q_start, 0), None)
+        torch.testing.assert_close(fast[r, :, real], naive[r, :, real], rtol=1e-10, atol=1e-12)
+
+
 def test_a_single_block_is_full_causal_attention():
     q, k, v = torch.randn(3, 1, 2, 6, 8, dtype=torch.float64)
     full = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)

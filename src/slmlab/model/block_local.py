@@ -24,9 +24,11 @@ CPU and no attention dropout, so there it runs only for inference.
 During generation the layer's cache keeps only the last 2B positions (`WindowedKVCache`), which is
 all a query can see: position t needs keys from (t // B - 1) B to t. A left-padded batch of prompts
 (`padding`, (Bsz,) counts) counts each row's positions from its first real token, so its blocks
-start there: row r's query at cache position i sees key j iff sees(i - p_r, j - p_r) and j >= p_r,
-an explicit (Bsz, Tq, Tk) mask (prompts and single steps: small). Each row still needs at most the
-last 2B cache positions, so the one window serves every row.
+start there: row r's query at cache position i sees key j iff sees(i - p_r, j - p_r) and j >= p_r.
+Wherever a row's blocks start, a query sees no key more than 2B - 1 positions back, so each row
+still needs at most the last 2B cache positions (the one window serves every row), and a long
+prompt is attended in chunks of B queries against 3B keys under explicit (Bsz, B, 3B) masks:
+O(T B) again, no (Tq, Tk) mask.
 """
 
 from __future__ import annotations
@@ -207,17 +209,59 @@ class BlockLocal(nn.Module):
         return (j <= i) & (j >= (i // self.block - 1) * self.block)
 
     def _padded(self, q, k, v, scale, q_start, padding):
-        """Left-padded rows: the pattern on each row's own positions (cache position - padding)."""
+        """Left-padded rows: the pattern on each row's own positions (cache position - padding).
+        Up to B queries (decoding steps) against all Tk keys under one (Bsz, Tq, Tk) mask; a longer
+        prefill in windows (`_padded_windows`)."""
+        if q.shape[2] > self.block:
+            return self._padded_windows(q, k, v, scale, q_start, padding)
         mask = padded_visible(self.sees, q.shape[2], k.shape[2], q_start, padding, q.device)[:, None]  # (Bsz, 1, Tq, Tk)
-        if torch.compiler.is_compiling():  # inductor (torch 2.13) fails to lower SDPA with this mask once the window moved
-            scores = (q @ k.transpose(-1, -2)) * scale
-            return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return _masked_attention(q, k, v, scale, mask)
+
+    def _padded_windows(self, q, k, v, scale, q_start, padding):
+        """(Bsz, H, Tq, D) queries, the last Tq of the Tk keys -> (Bsz, H, Tq, D_v), in O(Tq B) as
+        `_blocked`: the queries cut into n = ceil(Tq / B) chunks of B (the last one zero-padded),
+        chunk c against the 3B keys ending with its last query. A row's blocks start at its own
+        first token, but wherever they start a query at position i sees no key before i - 2B + 1,
+        so those 3B keys hold all it can see; keys before the first (or after the last) are zeros,
+        never visible. Each chunk's (Bsz, B, 3B) mask is `padded_visible`'s, cut to its window."""
+        Bsz, Tq, Tk, B = q.shape[0], q.shape[2], k.shape[2], self.block
+        n, before = -(-Tq // B), Tk - Tq  # chunks; keys before the first query
+        after = n * B - Tq
+
+        def per_chunk(x: torch.Tensor) -> torch.Tensor:  # (Bsz, H, n, L, D') -> (Bsz n, H, L, D')
+            return x.transpose(1, 2).flatten(0, 1)
+
+        queries = per_chunk(F.pad(q, (0, 0, 0, after)).unflatten(2, (n, B)))
+
+        def windows(x):  # chunk c's keys: cache positions q_start + cB - 2B .. q_start + cB + B - 1
+            x = F.pad(x, (0, 0, 2 * B, after))[:, :, before : before + (n + 2) * B]
+            return per_chunk(x.unfold(2, 3 * B, B).transpose(-1, -2))
+
+        q_pos = q_start + torch.arange(n * B, device=q.device).view(n, B)  # (n, B)
+        k_pos = q_pos[:, :1] - 2 * B + torch.arange(3 * B, device=q.device)  # (n, 3B)
+        index = k_pos - q_start + before  # where each key sits in k: outside [0, Tk) it is a zero
+        rows_q = q_pos - padding[:, None, None]  # (Bsz, n, B): positions from each row's first token
+        rows_k = k_pos - padding[:, None, None]  # (Bsz, n, 3B)
+        real = (rows_k >= 0) & (index >= 0) & (index < Tk)
+        mask = self.sees(rows_q[..., None], rows_k[..., None, :]) & real[..., None, :]
+        mask = mask | (q_pos[:, :, None] == k_pos[:, None, :])  # a padding query sees itself alone
+        out = _masked_attention(queries, windows(k), windows(v), scale, mask.flatten(0, 1)[:, None])  # (Bsz n, H, B, D_v)
+        return out.unflatten(0, (Bsz, n)).transpose(1, 2).flatten(2, 3)[:, :, :Tq]
 
     def _from_cache(self, q, k, v, scale, q_start):
         """Queries at q_start.. against the most recent keys (cached window + new)."""
         mask = self.visible(q.shape[2], k.shape[2], q_start, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def _masked_attention(q, k, v, scale, mask):
+    """SDPA of (..., Tq, D) queries with a bool mask broadcast to (..., Tq, Tk); under torch.compile
+    the scores written out: inductor (torch 2.13) failed to lower SDPA with a padded batch's mask
+    once the window had moved ("Exponent must be non-negative")."""
+    if torch.compiler.is_compiling():
+        scores = (q @ k.transpose(-1, -2)) * scale
+        return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 ATTENTION_PATTERNS.register("block_local", BlockLocal)
