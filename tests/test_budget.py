@@ -5,6 +5,7 @@ budget held and show steps and FLOPs."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -74,13 +75,53 @@ def test_a_seconds_budget_is_timed_once_per_sweep(tmp_path, micro_toml, monkeypa
     assert "baseline_s1  [new]  142 steps" in capsys.readouterr().out and record.is_file()
     assert steps_of(load_sweep(config)[1]) == {"baseline": 142, "full": 500} and len(timed) == 4
     changed = sweep_file(tmp_path, micro_toml, "seconds = 10", full='"model.smat.use_S" = true')
-    assert steps_of(load_sweep(changed, record_timings=True)[1]) == {"baseline": 142, "full": 111} and len(timed) == 5
+    assert steps_of(load_sweep(changed, step_times="record")[1]) == {"baseline": 142, "full": 111} and len(timed) == 5
     assert steps_of(load_sweep(changed)[1])["full"] == 111 and len(timed) == 5
     record.write_text("{not json")
     with pytest.raises(
         ConfigError, match=r"step times .*budget\.json is damaged .* delete .*budget\.json to time the variants again"
     ):
         load_sweep(config)
+
+
+def test_a_step_is_timed_as_the_run_trains_it(tmp_path, micro_toml, monkeypatch):
+    """The seconds budget timed every variant with plain AdamW in fp32: a Muon variant (the modern
+    baseline's optimizer, several matrix products per update) was given AdamW's step count. It
+    times the trainer's own OptimizerStep, with the run's optimizer and trainable parameters."""
+    built = []
+    real = budget_module.build_optimizer
+    monkeypatch.setattr(
+        budget_module, "build_optimizer", lambda model, train, device: built.append(real(model, train, device)) or built[-1]
+    )
+    stepped = []
+    monkeypatch.setattr(
+        budget_module.OptimizerStep,
+        "__call__",
+        lambda self, n, real=budget_module.OptimizerStep.__call__: stepped.append(n) or real(self, n),
+    )
+    config = sweep_file(tmp_path, micro_toml, "seconds = 10", full='"train.optimizer" = "muon"')
+    jobs = load_sweep(config)[1]
+    assert [type(o).__name__ for o in built] == ["AdamW", "Optimizers"] and stepped == [0, 1, 2, 2, 2, 2, 2] * 2
+    muon = next(job.config for job in jobs if job.variant == "full")
+    assert muon.train.optimizer == "muon" and 0 < seconds_per_step(muon, repeats=1, warmup=0) < 5
+
+
+def test_a_slurm_script_does_not_time_a_seconds_budget_on_the_login_node(tmp_path, micro_toml, monkeypatch, capsys):
+    """--slurm timed each variant's step where the script was written (a login node, often without
+    the GPU the tasks train on) and recorded it for every task: the runs trained for a budget of
+    another machine's seconds. It refuses instead, until the step times are recorded elsewhere."""
+    monkeypatch.setattr(budget_module, "seconds_per_step", lambda cfg: 0.05)
+    config, script = sweep_file(tmp_path, micro_toml, "seconds = 10"), tmp_path / "sweep.sh"
+    assert main(["sweep", config, "--slurm", str(script)]) == 2
+    assert re.search(
+        r"variant 'baseline' has no step time in .*budget\.json.* with --dry-run instead of --slurm", capsys.readouterr().err
+    )
+    assert not script.exists() and not (tmp_path / "runs" / "budget" / "budget.json").exists()
+    assert main(["sweep", config, "--dry-run"]) == 0  # on a node that trains: records them
+    record = (tmp_path / "runs" / "budget" / "budget.json").read_text()
+    assert '"machine":' in record and "threads" in record
+    assert main(["sweep", config, "--slurm", str(script)]) == 0 and script.is_file()
+    assert "200 steps" in capsys.readouterr().out
 
 
 def test_a_budget_or_a_tuned_setting_a_curriculum_replaces_is_refused(tmp_path, micro_toml):

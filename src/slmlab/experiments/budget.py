@@ -6,8 +6,9 @@
 Each variant trains steps = floor(budget / cost of one optimizer step), where one step is
 batch_size x seq_len x grad_accum tokens; its FLOPs are that many tokens times the model's training
 FLOPs per token (counted by torch.utils.flop_counter on the meta device, so a plugin's cost counts
-without a formula); its seconds are the median of 5 timed steps of the variant's model after 2
-warm-up steps, on this machine's CPU threads or GPU. The LR schedule is a function of train.steps,
+without a formula); its seconds are the median of 5 timed optimizer steps of the variant as it
+trains (`seconds_per_step`) after 2 warm-up steps, on the machine that runs the sweep command,
+recorded in the sweep folder's budget.json (`apply_budget`). The LR schedule is a function of train.steps,
 so it stretches with the budget (warmup stays as configured). The results table says which budget
 held and shows each variant's steps, tokens and FLOPs.
 """
@@ -19,7 +20,7 @@ import hashlib
 import json
 import logging
 import math
-import statistics
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,10 @@ from ..data.tokens import vocab_size_of
 from ..files import atomic_write_text, json_text, read_json
 from ..model import build_model
 from ..model.accounting import measured_flops_per_token
+from ..training.distributed import World
+from ..training.optim import build_optimizer, select_trainable
+from ..training.runtime import median_seconds, resolve_device
+from ..training.step import OptimizerStep
 
 log = logging.getLogger("slmlab")
 BUDGET_TIMINGS = "budget.json"  # a sweep folder's record of its variants' step times (seconds budgets)
@@ -74,27 +79,33 @@ def flops_per_token(cfg: RunConfig) -> float:
     return measured_flops_per_token(model, cfg.data.seq_len)
 
 
+class _RandomWindows:
+    """A sampler of one fixed batch of random tokens, (batch_size, seq_len) inputs and targets."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device):
+        shape = (cfg.train.batch_size, cfg.data.seq_len)
+        self.batch = torch.randint(0, cfg.model.vocab_size, shape, device=device)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batch, self.batch
+
+
 def seconds_per_step(cfg: RunConfig, repeats: int = 5, warmup: int = 2) -> float:
-    """Median wall-clock seconds of one training step (forward, backward, AdamW) of the model."""
+    """Median wall-clock seconds of one of the run's own optimizer steps (`OptimizerStep`, as the
+    trainer takes them: its device, dtype, optimizer, trainable parameters, grad_accum micro-batches,
+    gradient clipping, torch.compile) on random tokens of its batch shape, after `warmup` steps (in
+    which a compiled model compiles). A variant that trains with Muon is timed with Muon."""
     cfg = with_vocab(cfg)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.train.device)
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    shape = (cfg.train.batch_size, cfg.data.seq_len)
-    tokens = torch.randint(0, cfg.model.vocab_size, shape, device=device)
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        for _ in range(cfg.train.grad_accum):
-            model(tokens, tokens)[1].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    select_trainable(model, cfg.train.trainable)
+    forward = torch.compile(model) if cfg.train.compile else model
+    optimizer = build_optimizer(model, cfg.train, device)
+    step = OptimizerStep(model, model, forward, optimizer, _RandomWindows(cfg, device), cfg.train, World(), device)
+    for n in range(warmup):
+        step(n)
+    return median_seconds(lambda: step(warmup), repeats, device)
 
 
 def step_cost(cfg: RunConfig, kind: str) -> float:
@@ -124,19 +135,21 @@ def steps_within(cfg: RunConfig, kind: str, amount: float, label: str = "", cost
 
 
 def apply_budget(
-    configs: dict[str, RunConfig], budget: Budget, timings: Path | None = None, record: bool = False
+    configs: dict[str, RunConfig], budget: Budget, timings: Path | None = None, step_times: str = "measure"
 ) -> dict[str, int]:
     """variant -> steps under the budget (costs measured once per variant); {} without a budget.
 
     A seconds budget times each variant's step, and a timing moves from run to run: measured
     anew by every command, it gave a finished sweep run again more steps to train, and each SLURM
     task its own. So the step times are read from `timings` (the sweep folder's budget.json) for
-    every variant it holds at the same settings; `record`: the ones measured now are added to it."""
+    every variant it holds at the same settings, and the others (`step_times`) are "measure"d here,
+    measured and "record"ed in it, or refused ("recorded": a SLURM script is written on a login
+    node, whose step times are not those of the nodes that train)."""
     held = budget.held()
     if held is None:
         return {}
     kind, amount = held
-    costs = _recorded_step_times(configs, timings, record) if kind == "seconds" else {}
+    costs = _recorded_step_times(configs, timings, step_times) if kind == "seconds" else {}
     return {
         variant: steps_within(cfg, kind, amount, f"variant '{variant}'", costs.get(variant)) for variant, cfg in configs.items()
     }
@@ -149,9 +162,9 @@ def _timing_key(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _recorded_step_times(configs: dict[str, RunConfig], timings: Path | None, record: bool) -> dict[str, float]:
+def _recorded_step_times(configs: dict[str, RunConfig], timings: Path | None, step_times: str) -> dict[str, float]:
     """variant -> seconds per step: from `timings` where it holds the variant at its settings, else
-    measured now (and, with `record`, written to it)."""
+    as `step_times` says (see apply_budget)."""
     entries = {}
     if timings is not None and timings.is_file():
         held = read_json(timings, "the sweep's step times", ConfigError, f"delete {timings} to time the variants again")
@@ -162,20 +175,34 @@ def _recorded_step_times(configs: dict[str, RunConfig], timings: Path | None, re
         seconds = entry.get("seconds_per_step") if isinstance(entry, dict) and entry.get("settings") == key else None
         if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 < seconds < math.inf:
             costs[variant] = float(seconds)
-        else:
-            costs[variant] = seconds_per_step(cfg)
-            entries[variant] = {
-                "settings": key,
-                "seconds_per_step": costs[variant],
-                "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
-            }
-            timed.append(variant)
+            continue
+        if step_times == "recorded":
+            raise ConfigError(
+                f"budget seconds: variant '{variant}' has no step time in {timings} at its settings, and it would be "
+                f"timed here ({platform.node() or 'this machine'}), not where the runs train: record the step times "
+                "on a node that trains, by running the same `slmlab sweep` command there with --dry-run instead of "
+                "--slurm (e.g. through srun), then write the script again"
+            )
+        costs[variant] = seconds_per_step(cfg)
+        entries[variant] = {
+            "settings": key,
+            "seconds_per_step": costs[variant],
+            "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "machine": _machine(resolve_device(cfg.train.device)),
+        }
+        timed.append(variant)
     if len(timed) < len(configs):
         log.info("budget seconds: step times as measured earlier, in %s (delete it to time the variants again)", timings)
-    if timed and record and timings is not None:
+    if timed and step_times == "record" and timings is not None:
         timings.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(timings, json_text({"variants": entries}, indent=2))
     return costs
+
+
+def _machine(device: torch.device) -> str:
+    """Where a step time was measured: the host and its device ("gpu01, NVIDIA H100 80GB HBM3")."""
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type}, {torch.get_num_threads()} threads"
+    return f"{platform.node() or 'this machine'}, {where}"
 
 
 def set_steps(cfg: RunConfig, steps: int) -> RunConfig:

@@ -81,12 +81,13 @@ class Job:
 
 
 def load_sweep(
-    path: str | Path, extra_overrides: dict[str, Any] | None = None, record_timings: bool = False
+    path: str | Path, extra_overrides: dict[str, Any] | None = None, step_times: str = "measure"
 ) -> tuple[SweepConfig, list[Job]]:
     """Read a sweep config and resolve (and validate) the run config of every (variant, seed).
     A seconds budget reads each variant's step time from the sweep folder's budget.json, timing
-    those it lacks (`record_timings`: and adding them to it; the sweep verb does, so that every
-    later command, and each SLURM task, gives a run the steps it was first given)."""
+    those it lacks (`step_times`: "measure"; "record": and adding them to it, as the sweep verb
+    does, so that every later command, and each SLURM task, gives a run the steps it was first
+    given; "recorded": refusing them, as --slurm does: see budget.apply_budget)."""
     path = Path(path)
     values = read_toml(path)
     if "variants" not in values and {"model", "data", "train", "phases"} & set(values):
@@ -164,7 +165,7 @@ def load_sweep(
             raise ConfigError(f"variant '{job.variant}': {err}") from None
     timings = Path(sweep.out_dir) / sweep.name / BUDGET_TIMINGS
     first = {job.variant: job.config for job in first_seed_jobs(jobs)}  # each variant's first seed
-    steps = apply_budget(first, sweep.budget, timings, record_timings)
+    steps = apply_budget(first, sweep.budget, timings, step_times)
     if steps:
         jobs = [Job(job.variant, job.seed, set_steps(job.config, steps[job.variant])) for job in jobs]
     return sweep, jobs
