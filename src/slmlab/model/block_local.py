@@ -249,7 +249,10 @@ class BlockLocal(nn.Module):
         return out.unflatten(0, (Bsz, n)).transpose(1, 2).flatten(2, 3)[:, :, :Tq]
 
     def _from_cache(self, q, k, v, scale, q_start):
-        """Queries at q_start.. against the most recent keys (cached window + new)."""
+        """Queries at q_start.. against the most recent keys (cached window + new): up to B under one
+        (Tq, Tk) mask, a longer chunk in windows (`_padded_windows` with no padding)."""
+        if q.shape[2] > self.block:
+            return self._padded_windows(q, k, v, scale, q_start, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
         mask = self.visible(q.shape[2], k.shape[2], q_start, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
