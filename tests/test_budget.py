@@ -109,13 +109,13 @@ def test_a_step_is_timed_as_the_run_trains_it(tmp_path, micro_toml, monkeypatch)
 def test_a_slurm_script_does_not_time_a_seconds_budget_on_the_login_node(tmp_path, micro_toml, monkeypatch, capsys):
     """--slurm timed each variant's step where the script was written (a login node, often without
     the GPU the tasks train on) and recorded it for every task: the runs trained for a budget of
-    another machine's seconds. It refuses instead, until the step times are recorded elsewhere."""
+    another machine's seconds; a task that found none timed its own. Both refuse instead, until the
+    step times are recorded on a node that trains."""
     monkeypatch.setattr(budget_module, "seconds_per_step", lambda cfg: 0.05)
     config, script = sweep_file(tmp_path, micro_toml, "seconds = 10"), tmp_path / "sweep.sh"
-    assert main(["sweep", config, "--slurm", str(script)]) == 2
-    assert re.search(
-        r"variant 'baseline' has no step time in .*budget\.json.* with --dry-run instead of --slurm", capsys.readouterr().err
-    )
+    for task in (["--slurm", str(script)], ["--only", "0"]):  # nor a task: each would train its own budget
+        assert main(["sweep", config, *task]) == 2
+        assert re.search(r"variant 'baseline' has no step time in .*budget\.json.* there with --dry-run", capsys.readouterr().err)
     assert not script.exists() and not (tmp_path / "runs" / "budget" / "budget.json").exists()
     assert main(["sweep", config, "--dry-run"]) == 0  # on a node that trains: records them
     record = (tmp_path / "runs" / "budget" / "budget.json").read_text()

@@ -237,7 +237,9 @@ def cmd_sweep(args, extra) -> int:
     from ..experiments.tuning import tuning_jobs
     from ..training.stopping import stop_at_step_end
 
-    sweep, jobs = load_sweep(args.config, parse_overrides(extra), step_times="recorded" if args.slurm else "record")
+    sweep, jobs = load_sweep(
+        args.config, parse_overrides(extra), step_times="recorded" if args.slurm or args.only is not None else "record"
+    )
     if sweep.lm_eval.tasks:  # known before any run trains: the table is scored after all of them
         from ..evals.harness import check_tasks
 

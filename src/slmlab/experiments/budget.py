@@ -143,8 +143,9 @@ def apply_budget(
     anew by every command, it gave a finished sweep run again more steps to train, and each SLURM
     task its own. So the step times are read from `timings` (the sweep folder's budget.json) for
     every variant it holds at the same settings, and the others (`step_times`) are "measure"d here,
-    measured and "record"ed in it, or refused ("recorded": a SLURM script is written on a login
-    node, whose step times are not those of the nodes that train)."""
+    measured and "record"ed in it, or refused ("recorded", for --slurm and --only: a SLURM script
+    is written on a login node, whose step times are not those of the nodes that train, and SLURM
+    tasks that each timed a variant anew would each train their own number of steps)."""
     held = budget.held()
     if held is None:
         return {}
@@ -178,10 +179,10 @@ def _recorded_step_times(configs: dict[str, RunConfig], timings: Path | None, st
             continue
         if step_times == "recorded":
             raise ConfigError(
-                f"budget seconds: variant '{variant}' has no step time in {timings} at its settings, and it would be "
-                f"timed here ({platform.node() or 'this machine'}), not where the runs train: record the step times "
-                "on a node that trains, by running the same `slmlab sweep` command there with --dry-run instead of "
-                "--slurm (e.g. through srun), then write the script again"
+                f"budget seconds: variant '{variant}' has no step time in {timings} at its settings, and --slurm and "
+                "--only time nothing (a login node's step times are not a training node's, and each task timing "
+                "its own would train its own budget): record them on a node that trains by running the same "
+                "`slmlab sweep` command there with --dry-run (e.g. through srun), then run this again"
             )
         costs[variant] = seconds_per_step(cfg)
         entries[variant] = {
