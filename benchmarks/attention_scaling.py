@@ -73,12 +73,17 @@ def growth_exponent(results: dict, pattern: str, lengths=LENGTHS) -> float:
     return float(np.polyfit(np.log(lengths), np.log([results[pattern, T]["seconds"] for T in lengths]), 1)[0])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def attention_arguments(description: str, block: int) -> argparse.Namespace:
+    """--device, --block and --repeats of an attention benchmark."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--block", type=int, default=256)
+    parser.add_argument("--block", type=int, default=block)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = attention_arguments(__doc__, 256)
     print(f"device: {args.device}, torch {torch.__version__}, 1 x 8 heads x 64, block {args.block}, forward + backward")
     results = collect(args.device, args.block, args.repeats)
     print(

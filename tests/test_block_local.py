@@ -60,6 +60,7 @@ def naive_padded_block_local(q, k, v, block, q_start, padding):
     [
         (1, 8, 9, 4),
         (4, 4, 4, 4),
+        (3, 0, 0, 4),
         (5, 0, 0, 4),
         (23, 0, 0, 3),
         (30, 0, 0, 4),
@@ -70,8 +71,10 @@ def naive_padded_block_local(q, k, v, block, q_start, padding):
     ],
 )
 def test_a_left_padded_batch_attends_each_row_from_its_first_token(Tq, before, q_start, block):
-    """Decoding steps (Tq <= B: one mask) and long prefills (Tq > B: 3B-key windows), onto an empty
-    cache or after kept keys, equal the naive per-row reference; padding queries stay finite."""
+    """Whole padded prefills (each row's tokens rotated to the front), decoding steps (Tq <= B
+    after kept keys: one mask) and long chunks after kept keys (Tq > B: 3B-key windows; even with
+    fewer kept keys than a query could see) equal the naive per-row reference; padding queries stay
+    finite."""
     torch.manual_seed(Tq + before)
     pattern = BlockLocal(ModelConfig(local_block=block), layer=0)
     q = torch.randn(4, 2, Tq, 8, dtype=torch.float64)

@@ -26,9 +26,10 @@ all a query can see: position t needs keys from (t // B - 1) B to t. A left-padd
 (`padding`, (Bsz,) counts) counts each row's positions from its first real token, so its blocks
 start there: row r's query at cache position i sees key j iff sees(i - p_r, j - p_r) and j >= p_r.
 Wherever a row's blocks start, a query sees no key more than 2B - 1 positions back, so each row
-still needs at most the last 2B cache positions (the one window serves every row), and a long
-prompt is attended in chunks of B queries against 3B keys under explicit (Bsz, B, 3B) masks:
-O(T B) again, no (Tq, Tk) mask.
+still needs at most the last 2B cache positions (the one window serves every row). A padded prefill
+rotates each row's tokens to the front and attends block by block as training does; a long chunk
+onto a non-empty cache goes in chunks of B queries against 3B keys under explicit (Bsz, B, 3B)
+masks: O(T B) either way, no (Tq, Tk) mask.
 """
 
 from __future__ import annotations
@@ -135,10 +136,14 @@ class BlockLocal(nn.Module):
         if padding is not None:
             return self._padded(q, k, v, scale, q_start, padding)
         if q_start == 0 and q.shape[2] == k.shape[2]:
-            if self.kernel == "flex" and q.device.type != "meta":  # meta: FLOP and memory counts (see _blocked)
-                return self._flex(q, k, v, scale)
-            return self._blocked(q, k, v, scale, dropout)
+            return self._whole(q, k, v, scale, dropout)
         return self._from_cache(q, k, v, scale, q_start)
+
+    def _whole(self, q, k, v, scale, dropout):
+        """A whole sequence (training, a prefill onto an empty cache): FlexAttention or the windows."""
+        if self.kernel == "flex" and q.device.type != "meta":  # meta: FLOP and memory counts (see _blocked)
+            return self._flex(q, k, v, scale)
+        return self._blocked(q, k, v, scale, dropout)
 
     def block_mask(self, T: int, device: torch.device) -> BlockMask:
         """FlexAttention's block mask of the pattern at length T (built once per length and device)."""
@@ -210,12 +215,30 @@ class BlockLocal(nn.Module):
 
     def _padded(self, q, k, v, scale, q_start, padding):
         """Left-padded rows: the pattern on each row's own positions (cache position - padding).
-        Up to B queries (decoding steps) against all Tk keys under one (Bsz, Tq, Tk) mask; a longer
-        prefill in windows (`_padded_windows`)."""
+        A whole padded batch (a prefill) with each row's tokens moved to the front (`_rows_to_front`);
+        up to B queries (decoding steps) against all Tk keys under one (Bsz, Tq, Tk) mask; a longer
+        chunk onto a cache in windows (`_padded_windows`)."""
+        if q_start == 0 and q.shape[2] == k.shape[2]:
+            return self._rows_to_front(q, k, v, scale, padding)
         if q.shape[2] > self.block:
             return self._padded_windows(q, k, v, scale, q_start, padding)
         mask = padded_visible(self.sees, q.shape[2], k.shape[2], q_start, padding, q.device)[:, None]  # (Bsz, 1, Tq, Tk)
         return _masked_attention(q, k, v, scale, mask)
+
+    def _rows_to_front(self, q, k, v, scale, padding):
+        """A whole left-padded batch (Bsz, H, T, D): each row rotated by its padding, so that its
+        tokens come first and its padding last, attended as a sequence of its own (`_whole`: block
+        by block from the row's first token), and rotated back. A token sees no later position, so
+        the padding moved behind a row's tokens changes none of theirs; a padding query's output is
+        finite and unread."""
+        T = q.shape[2]
+        rows, steps = torch.arange(q.shape[0], device=q.device)[:, None], torch.arange(T, device=q.device)
+
+        def rotate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:  # row r's position t <- (t + shift_r) mod T
+            return x.transpose(1, 2)[rows, (steps + shift[:, None]) % T].transpose(1, 2)  # whole (H, D) slices
+
+        out = self._whole(rotate(q, padding), rotate(k, padding), rotate(v, padding), scale, 0.0)
+        return rotate(out, -padding)
 
     def _padded_windows(self, q, k, v, scale, q_start, padding):
         """(Bsz, H, Tq, D) queries, the last Tq of the Tk keys -> (Bsz, H, Tq, D_v), in O(Tq B) as
