@@ -124,6 +124,17 @@ def test_a_slurm_script_does_not_time_a_seconds_budget_on_the_login_node(tmp_pat
     assert "200 steps" in capsys.readouterr().out
 
 
+def test_the_results_name_the_machine_a_seconds_budget_was_timed_on(tmp_path, micro_toml, monkeypatch, capsys):
+    monkeypatch.setattr(budget_module, "seconds_per_step", lambda cfg: 0.1)
+    config = sweep_file(tmp_path, micro_toml, "seconds = 0.5")
+    assert main(["sweep", config, "--jobs", "1"]) == 0
+    capsys.readouterr()
+    results = (tmp_path / "runs" / "budget" / "results.md").read_text()
+    assert re.search(
+        r"budget seconds = 0.5 held by every variant .* Step times measured on .+, cpu, \d+ threads \(budget\.json\)\.", results
+    )
+
+
 def test_a_budget_or_a_tuned_setting_a_curriculum_replaces_is_refused(tmp_path, micro_toml):
     """A budget sets train.steps, which a curriculum's phases replace with their own: the sweep
     listed 78 steps per run and trained the phases' 20 + 10."""

@@ -166,10 +166,7 @@ def _timing_key(cfg: RunConfig) -> str:
 def _recorded_step_times(configs: dict[str, RunConfig], timings: Path | None, step_times: str) -> dict[str, float]:
     """variant -> seconds per step: from `timings` where it holds the variant at its settings, else
     as `step_times` says (see apply_budget)."""
-    entries = {}
-    if timings is not None and timings.is_file():
-        held = read_json(timings, "the sweep's step times", ConfigError, f"delete {timings} to time the variants again")
-        entries = dict(held["variants"]) if isinstance(held.get("variants"), dict) else {}
+    entries = _recorded(timings) if timings is not None else {}
     costs, timed = {}, []
     for variant, cfg in configs.items():
         key, entry = _timing_key(cfg), entries.get(variant)
@@ -204,6 +201,21 @@ def _machine(device: torch.device) -> str:
     """Where a step time was measured: the host and its device ("gpu01, NVIDIA H100 80GB HBM3")."""
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type}, {torch.get_num_threads()} threads"
     return f"{platform.node() or 'this machine'}, {where}"
+
+
+def _recorded(timings: Path) -> dict:
+    """budget.json's {variant: {settings, seconds_per_step, measured, machine}} ({} without one)."""
+    if not timings.is_file():
+        return {}
+    held = read_json(timings, "the sweep's step times", ConfigError, f"delete {timings} to time the variants again")
+    return dict(held["variants"]) if isinstance(held.get("variants"), dict) else {}
+
+
+def timing_machines(timings: Path) -> str:
+    """The machines the step times in `timings` were measured on, as one phrase."""
+    entries = _recorded(timings).values()
+    machines = sorted({str(e.get("machine", "an unrecorded machine")) for e in entries if isinstance(e, dict)})
+    return "; ".join(machines) or "an unrecorded machine"
 
 
 def set_steps(cfg: RunConfig, steps: int) -> RunConfig:

@@ -24,7 +24,7 @@ from ..files import atomic_write_text, json_text
 from ..plotting import pyplot, save_png
 from ..runs.run_dir import RunDir
 from ..tables import format_number, human, markdown_table
-from .budget import flops_per_token
+from .budget import BUDGET_TIMINGS, flops_per_token, timing_machines
 from .stats import holm_adjusted, mean_std, paired_comparison, paired_difference, seeds_needed
 from .sweep_config import Job, SweepConfig, first_seed_jobs
 from .tuning import plot_tuning, tuned_names, tuning_table
@@ -216,6 +216,8 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
         if held
         else "Equal steps: no [budget]; a variant that costs more per step also spent more compute."
     )
+    if held and held[0] == "seconds":
+        budget += f" Step times measured on {timing_machines(sweep_dir / BUDGET_TIMINGS)} ({BUDGET_TIMINGS})."
     atomic_write_text(
         sweep_dir / "results.md",
         f"# Sweep {sweep.name}\n\nseeds {sweep.seeds}; Δ = variant vs {sweep.baseline}, "
