@@ -55,6 +55,9 @@ def test_each_variant_trains_its_seeds_at_its_best_learning_rate(tmp_path, tuned
         assert main(["sweep", str(tuned_sweep), "--jobs", "1"]) == 0  # resumable: nothing trains again
     assert caplog.text.count("finished earlier, skipped") == 8
     assert main(["sweep", str(tuned_sweep), "--only", "0"]) == 0  # tuning done: a cluster task reads it
+    capsys.readouterr()
+    assert main(["sweep", str(tuned_sweep), "--dry-run"]) == 0  # listed at their tuned rates: done, not "other settings"
+    assert capsys.readouterr().out.count("[done]") == 8
 
 
 def test_a_grid_of_learning_rate_and_weight_decay_picks_the_best_combination(tmp_path, micro_toml, capsys):

@@ -229,6 +229,7 @@ def cmd_sweep(args, extra) -> int:
         dry_run_lines,
         failed_runs,
         run_one,
+        run_status,
         run_sweep,
         sweep_lock,
         tune_settings,
@@ -246,6 +247,8 @@ def cmd_sweep(args, extra) -> int:
         check_tasks(sweep.lm_eval.tasks)
     if args.dry_run:
         tuning = tuning_jobs(sweep, jobs)  # none without [tune]
+        if tuning and all(run_status(job) == "done" for job in tuning):  # list the runs at their tuned settings
+            jobs, _ = tune_settings(sweep, jobs, run=False)
         print("\n".join([*(f"tune {line}" for line in dry_run_lines(tuning)), *dry_run_lines(jobs)]))
     elif args.slurm:
         jobs, _ = tune_settings(sweep, jobs, run=False)
