@@ -9,12 +9,15 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from slmlab.cli import main
-from slmlab.config import ConfigError
+from slmlab.config import ConfigError, apply_overrides, config_from_dict
 from slmlab.experiments import budget as budget_module
 from slmlab.experiments.budget import flops_per_token, seconds_per_step, tokens_per_step
 from slmlab.experiments.sweep_config import load_sweep
+from slmlab.model import build_model
+from slmlab.training.optim import select_trainable
 
 
 def sweep_file(tmp_path, micro_toml, budget: str, full: str = '"model.smat.use_S" = true\n"model.smat.use_G" = true') -> str:
@@ -51,6 +54,21 @@ def test_a_flops_budget_gives_a_costlier_variant_fewer_steps(tmp_path, micro_tom
 def test_a_token_budget_follows_the_batch(tmp_path, micro_toml):
     _, jobs = load_sweep(sweep_file(tmp_path, micro_toml, "tokens = 3200", full='"train.batch_size" = 8'))
     assert steps_of(jobs) == {"baseline": 25, "full": 12}  # 4 x 32 and 8 x 32 tokens per step
+
+
+def test_frozen_weights_cost_no_gradient_flops(tmp_path, micro_toml):
+    """A run that trains a subset (train.trainable, SMT's stage 2) computes no weight gradient for
+    the frozen linear layers: 2 in x out FLOPs per token fewer each, which the FLOPs budget and the
+    results' train FLOPs counted anyway."""
+    _, jobs = load_sweep(sweep_file(tmp_path, micro_toml, "tokens = 3200", full='"model.self_area.enabled" = true'))
+    area = next(job.config for job in jobs if job.variant == "full")
+    frozen = config_from_dict(apply_overrides(area.to_dict(), {"train.trainable": "self_area"}))
+    model = build_model(budget_module.with_vocab(area).model)
+    select_trainable(model, "self_area")
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    frozen_weights = sum(m.weight.numel() for m in linear if not m.weight.requires_grad)
+    assert 0 < frozen_weights < sum(m.weight.numel() for m in linear)
+    assert flops_per_token(area) - flops_per_token(frozen) == 2 * frozen_weights
 
 
 def test_a_seconds_budget_times_each_variant(tmp_path, micro_toml, monkeypatch):

@@ -28,6 +28,31 @@ def test_matches_the_naive_reference_in_float64(vocab, rows):
     torch.testing.assert_close(grads[1], w.grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("frozen", ["", "weight", "h"])
+def test_counted_flops_are_6nvd_and_a_frozen_input_gets_no_gradient(frozen):
+    """torch.utils.flop_counter (what a FLOPs budget and `slmlab info` count) missed the head's
+    weight gradient (an in-place addmm_ it does not see), 2 N V d of the 6 N V d; and a frozen head
+    (SMT's stage 2) still had its (V, d) gradient computed. Each product is counted, and made only
+    for an input that needs it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    rows, vocab, d = 3000, 1000, 16  # several chunks
+    h = torch.randn(rows, d, dtype=torch.float64, requires_grad=frozen != "h")
+    w = torch.randn(vocab, d, dtype=torch.float64, requires_grad=frozen != "weight")
+    y = torch.randint(0, vocab, (rows,))
+    with FlopCounterMode(display=False) as counter:
+        linear_cross_entropy(h, w, y).backward()
+    assert counter.get_total_flops() == (4 if frozen else 6) * rows * vocab * d
+    reference_h, reference_w = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    F.cross_entropy(reference_h @ reference_w.t(), y).backward()
+    for ours, reference, name in ((h, reference_h, "h"), (w, reference_w, "weight")):
+        if name == frozen:
+            assert ours.grad is None
+        else:
+            torch.testing.assert_close(ours.grad, reference.grad, rtol=1e-10, atol=1e-12)
+
+
 def test_gradcheck():
     torch.manual_seed(1)
     h = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)

@@ -73,9 +73,11 @@ def with_vocab(cfg: RunConfig) -> RunConfig:
 
 
 def flops_per_token(cfg: RunConfig) -> float:
-    """Training FLOPs per token of the config's model at its seq_len (meta device: no memory)."""
+    """Training FLOPs per token of the config's model at its seq_len (meta device: no memory), with
+    the parameters train.trainable freezes frozen: autograd computes no gradient for them."""
     with torch.device("meta"):
         model = build_model(with_vocab(cfg).model)
+    select_trainable(model, cfg.train.trainable)
     return measured_flops_per_token(model, cfg.data.seq_len)
 
 

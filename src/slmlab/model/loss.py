@@ -37,9 +37,11 @@ def _accumulation_dtype(h: torch.Tensor) -> torch.dtype:
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The gradients of the inputs that need one only: a frozen head (SMT's stage 2) costs no
+        (V, d) product, and frozen layers below it no (N, d) one."""
         n, acc = h.shape[0], _accumulation_dtype(h)
-        grad_h = torch.empty_like(h)
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        grad_h = torch.empty_like(h) if h.requires_grad else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if weight.requires_grad else None
         total = torch.zeros((), dtype=acc, device=h.device)
         kept = targets >= 0
         step = _chunk_rows(weight.shape[0])
@@ -52,8 +54,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
             grad[torch.arange(len(y), device=y.device), y] -= 1.0
             grad.mul_(m[:, None])  # an ignored row's gradient is 0 (the chunk is in cache: ~free)
-            grad_h[rows] = (grad.to(weight.dtype) @ weight).to(h.dtype)
-            grad_w.addmm_(grad.t(), h_chunk.to(acc))
+            if grad_h is not None:
+                grad_h[rows] = (grad.to(weight.dtype) @ weight).to(h.dtype)
+            if grad_w is not None:
+                torch.addmm(grad_w, grad.t(), h_chunk.to(acc), out=grad_w)  # not addmm_: flop_counter skips in-place ops
         count = kept.sum().to(acc)
         ctx.save_for_backward(grad_h, grad_w, count)
         ctx.weight_dtype = weight.dtype
@@ -63,7 +67,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         grad_h, grad_w, count = ctx.saved_tensors
         scale = grad_output / count
-        return grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(ctx.weight_dtype), None
+        return (
+            None if grad_h is None else grad_h * scale.to(grad_h.dtype),
+            None if grad_w is None else (grad_w * scale).to(ctx.weight_dtype),
+            None,
+        )
 
 
 @torch.no_grad()
