@@ -164,3 +164,26 @@ def test_self_area_off_is_the_host_model_and_random_persona_keeps_the_norm(mode)
     assert not torch.allclose(first, smt(idx)[0])
     assert {i.name for i in applicable(smt)} >= {"self_area_off", "random_persona"}
     assert not {i.name for i in applicable(base)} & {"self_area_off", "random_persona"}
+
+
+def test_info_counts_only_the_trainable_parameters_gradients_and_optimizer_state(micro_toml, capsys):
+    """`slmlab info` of a stage-2 style config (train.trainable = "self_area") gave every parameter
+    a gradient and AdamW state; a frozen weight has neither, nor a weight-gradient product."""
+    from slmlab.tables import human
+
+    def info_rows(*extra: str) -> dict[str, str]:
+        assert main(["info", str(micro_toml), "--model.self_area.enabled", "true", *extra]) == 0
+        cells = (line.split("|")[1:3] for line in capsys.readouterr().out.splitlines() if line.startswith("| "))
+        return {key.strip(): value.strip() for key, value in cells}
+
+    everything, frozen = info_rows(), info_rows("--train.trainable", "self_area")
+    model = build_model(
+        ModelConfig(n_layer=1, n_head=2, d_model=16, block_size=32, vocab_size=100, self_area=SelfAreaConfig(enabled=True))
+    )
+    trainable = sum(p.numel() for name, p in model.named_parameters() if name.startswith("conditioning.area"))
+    assert frozen["trainable parameters (train.trainable = self_area)"] == f"{trainable:,} ({human(trainable)})"
+    assert "trainable parameters (train.trainable = all)" not in everything
+    gradients = next(value for key, value in frozen.items() if key.startswith("training memory: gradients"))
+    assert gradients == human(4 * trainable, "B")
+    counted = "FLOPs / token (train, T=32, counted by torch.utils.flop_counter)"
+    assert float(frozen[counted].rstrip("K")) < float(everything[counted].rstrip("K"))

@@ -13,6 +13,7 @@ from ..config import RunConfig
 from ..model import build_model, model_stats
 from ..model.accounting import measured_flops_per_token, traced_activation_bytes
 from ..tables import human, markdown_table
+from ..training.optim import select_trainable
 
 
 def size_table(cfg: RunConfig, batch_size: int | None = None, seq_len: int | None = None) -> str:
@@ -32,15 +33,21 @@ def _size_table(cfg: RunConfig, batch_size: int | None, seq_len: int | None) -> 
     with torch.device("meta"):
         model = build_model(cfg.model)
     stats = model_stats(model, cfg.model)
+    trainable = select_trainable(model, cfg.train.trainable)  # frozen weights: no gradient, no optimizer state
     batch = batch_size or cfg.train.batch_size
     seq = seq_len or cfg.data.seq_len
-    train_mem = stats.training_bytes(batch, seq, cfg.train.dtype)
+    train_mem = stats.training_bytes(batch, seq, cfg.train.dtype, trainable)
     m = cfg.model
     infer32, infer16 = stats.inference_bytes(1, m.block_size, "fp32"), stats.inference_bytes(1, m.block_size, "bf16")
     rows = [
         ("architecture", model.describe()),
         ("parameters", f"{stats.params:,} ({human(stats.params)})"),
         ("non-embedding parameters", f"{stats.non_embedding_params:,} ({human(stats.non_embedding_params)})"),
+        *(
+            [(f"trainable parameters (train.trainable = {cfg.train.trainable})", f"{trainable:,} ({human(trainable)})")]
+            if trainable < stats.params
+            else []
+        ),
         (f"FLOPs / token (train, T={seq})", human(stats.flops_per_token(seq, training=True))),
         (f"FLOPs / token (train, T={seq}, counted by torch.utils.flop_counter)", human(measured_flops_per_token(model, seq))),
         (f"FLOPs / token (inference, T={seq})", human(stats.flops_per_token(seq, training=False))),

@@ -53,12 +53,14 @@ class ModelStats:
         per_token = (self.n_layer * (9 * self.d_model + 2 * self.d_ff) + 3 * self.d_model) * BYTES[dtype]
         return batch_size * seq_len * per_token + 4 * self.vocab_size * self.d_model
 
-    def training_bytes(self, batch_size: int, seq_len: int, dtype: str = "fp32") -> dict[str, int]:
-        """fp32 master weights, gradients and AdamW state, plus activations at (batch, seq)."""
+    def training_bytes(self, batch_size: int, seq_len: int, dtype: str = "fp32", trainable: int | None = None) -> dict[str, int]:
+        """fp32 master weights, gradients and AdamW state, plus activations at (batch, seq); only
+        `trainable` parameters (default: all) have gradients and optimizer state."""
+        trainable = self.params if trainable is None else trainable
         parts = {
             "weights": 4 * self.params,
-            "gradients": 4 * self.params,
-            "optimizer": 8 * self.params,
+            "gradients": 4 * trainable,
+            "optimizer": 8 * trainable,
             "activations": self.activation_bytes(batch_size, seq_len, dtype),
         }
         parts["total"] = sum(parts.values())
