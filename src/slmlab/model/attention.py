@@ -42,14 +42,20 @@ def lower_right_mask(Tq: int, Tk: int, device) -> torch.Tensor:
 
 def padded_visible(sees, Tq: int, Tk: int, q_start: int, padding: torch.Tensor, device) -> torch.Tensor:
     """(B, Tq, Tk) bool of a left-padded batch (`padding` (B,) counts): the queries at cache
-    positions q_start.. and the keys the last Tk positions up to them; row b's query i sees key j
-    when the pattern `sees(i - p_b, j - p_b)` on the row's own positions and j is no padding
-    (j >= p_b). A padding query sees its own key alone, so its output stays finite and unread."""
+    positions q_start.. and the keys the last Tk positions up to them (`visible_in_rows`)."""
     q_pos = torch.arange(q_start, q_start + Tq, device=device)
-    k_pos = torch.arange(q_start + Tq - Tk, q_start + Tq, device=device)
-    rows_q, rows_k = q_pos[None, :] - padding[:, None], k_pos[None, :] - padding[:, None]  # (B, Tq), (B, Tk)
-    real = sees(rows_q[:, :, None], rows_k[:, None, :]) & (rows_k >= 0)[:, None, :]
-    return real | (q_pos[:, None] == k_pos[None, :])
+    return visible_in_rows(sees, q_pos, torch.arange(q_start + Tq - Tk, q_start + Tq, device=device), padding)
+
+
+def visible_in_rows(sees, q_pos: torch.Tensor, k_pos: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """(B, *S, Tq, Tk) bool for queries at cache positions q_pos (*S, Tq) and keys at k_pos (*S, Tk)
+    in a left-padded batch (`padding` (B,) counts): row b's query i sees key j when the pattern
+    `sees(i - p_b, j - p_b)` holds on the row's own positions and j is no padding (j >= p_b). A
+    padding query sees its own key alone, so its output stays finite and unread."""
+    pad = padding.view(-1, *([1] * q_pos.dim()))
+    rows_q, rows_k = q_pos - pad, k_pos - pad  # (B, *S, Tq), (B, *S, Tk)
+    real = sees(rows_q[..., :, None], rows_k[..., None, :]) & (rows_k >= 0)[..., None, :]
+    return real | (q_pos[..., :, None] == k_pos[..., None, :])
 
 
 class KVCache:
@@ -155,6 +161,11 @@ class CausalSelfAttention(nn.Module):
     def make_cache(self, max_len: int) -> KVCache:
         """The KV cache this layer's pattern needs (full: max_len positions; block-local: 2B)."""
         return self.pattern.make_cache(max_len)
+
+    def decodes_padded(self) -> bool:
+        """Whether this layer attends a left-padded batch exactly as each row alone: its pattern
+        and every extension declare `padding_safe` (the pattern's forward takes `padding`)."""
+        return getattr(self.pattern, "padding_safe", False) and all(getattr(e, "padding_safe", False) for e in self.extensions)
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = h.shape

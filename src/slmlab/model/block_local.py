@@ -48,7 +48,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..config import ModelConfig
 from ..registry import ATTENTION_PATTERNS
-from .attention import KVCache, lower_right_mask, padded_visible
+from .attention import KVCache, lower_right_mask, padded_visible, visible_in_rows
 
 
 def lower_right(Tq: int, Tk: int, device):
@@ -246,9 +246,9 @@ class BlockLocal(nn.Module):
         chunk c against the 3B keys ending with its last query. A row's blocks start at its own
         first token, but wherever they start a query at position i sees no key before i - 2B + 1,
         so those 3B keys hold all it can see; keys before the first (or after the last) are zeros,
-        never visible. Each chunk's (Bsz, B, 3B) mask is `padded_visible`'s, cut to its window."""
-        Bsz, Tq, Tk, B = q.shape[0], q.shape[2], k.shape[2], self.block
-        n, before = -(-Tq // B), Tk - Tq  # chunks; keys before the first query
+        never visible. Each chunk's (Bsz, B, 3B) mask is `visible_in_rows` on its window's positions."""
+        Bsz, Tq, B = q.shape[0], q.shape[2], self.block
+        n, before = -(-Tq // B), k.shape[2] - Tq  # chunks; keys before the first query
         after = n * B - Tq
 
         def per_chunk(x: torch.Tensor) -> torch.Tensor:  # (Bsz, H, n, L, D') -> (Bsz n, H, L, D')
@@ -262,12 +262,8 @@ class BlockLocal(nn.Module):
 
         q_pos = q_start + torch.arange(n * B, device=q.device).view(n, B)  # (n, B)
         k_pos = q_pos[:, :1] - 2 * B + torch.arange(3 * B, device=q.device)  # (n, 3B)
-        index = k_pos - q_start + before  # where each key sits in k: outside [0, Tk) it is a zero
-        rows_q = q_pos - padding[:, None, None]  # (Bsz, n, B): positions from each row's first token
-        rows_k = k_pos - padding[:, None, None]  # (Bsz, n, 3B)
-        real = (rows_k >= 0) & (index >= 0) & (index < Tk)
-        mask = self.sees(rows_q[..., None], rows_k[..., None, :]) & real[..., None, :]
-        mask = mask | (q_pos[:, :, None] == k_pos[:, None, :])  # a padding query sees itself alone
+        given = k_pos - q_start + before >= 0  # a key before k's first is a zero (one after it, j > i, is never seen)
+        mask = visible_in_rows(self.sees, q_pos, k_pos, padding) & given[:, None, :]  # (Bsz, n, B, 3B)
         out = _masked_attention(queries, windows(k), windows(v), scale, mask.flatten(0, 1)[:, None])  # (Bsz n, H, B, D_v)
         return out.unflatten(0, (Bsz, n)).transpose(1, 2).flatten(2, 3)[:, :, :Tq]
 

@@ -131,11 +131,7 @@ class Decoder(GenerationMixin, nn.Module):
         positions, mix no tokens, or mask the padding themselves). Otherwise generate_many batches
         only prompts of equal length."""
         safe = (getattr(self.positions, "padding_safe", False), getattr(self.conditioning, "padding_safe", False))
-        return all(safe) and all(
-            getattr(block.attn.pattern, "padding_safe", False)
-            and all(getattr(e, "padding_safe", False) for e in block.attn.extensions)
-            for block in self.blocks
-        )
+        return all(safe) and all(block.attn.decodes_padded() for block in self.blocks)
 
     def shard_units(self) -> list[nn.Module]:
         """The blocks: FSDP2 shards each on its own, then the rest with the root."""

@@ -249,10 +249,8 @@ class TapeTransformer(GenerationMixin, nn.Module):
 
     def decodes_padded(self) -> bool:
         """A left-padded batch decodes exactly where the positions take per-row (B, T) positions and
-        every tape block's attention pattern masks the padding (the prophet skips it itself)."""
-        return getattr(self.positions, "padding_safe", False) and all(
-            getattr(block.attn.pattern, "padding_safe", False) for block in self.tape_blocks()
-        )
+        every tape block's attention masks the padding (the prophet skips it itself)."""
+        return getattr(self.positions, "padding_safe", False) and all(block.attn.decodes_padded() for block in self.tape_blocks())
 
     def tape_blocks(self) -> list[TapeBlock]:
         """Every tape block, the coda's and the critics'."""
