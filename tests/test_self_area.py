@@ -187,3 +187,5 @@ def test_info_counts_only_the_trainable_parameters_gradients_and_optimizer_state
     assert gradients == human(4 * trainable, "B")
     counted = "FLOPs / token (train, T=32, counted by torch.utils.flop_counter)"
     assert float(frozen[counted].rstrip("K")) < float(everything[counted].rstrip("K"))
+    assert "FLOPs / token (train, T=32, if every parameter trained)" in frozen  # the closed form says what it assumes
+    assert "FLOPs / token (train, T=32)" in everything

@@ -38,6 +38,7 @@ def _size_table(cfg: RunConfig, batch_size: int | None, seq_len: int | None) -> 
     seq = seq_len or cfg.data.seq_len
     train_mem = stats.training_bytes(batch, seq, cfg.train.dtype, trainable)
     m = cfg.model
+    every = ", if every parameter trained" if trainable < stats.params else ""  # the closed form knows no frozen weights
     infer32, infer16 = stats.inference_bytes(1, m.block_size, "fp32"), stats.inference_bytes(1, m.block_size, "bf16")
     rows = [
         ("architecture", model.describe()),
@@ -48,7 +49,7 @@ def _size_table(cfg: RunConfig, batch_size: int | None, seq_len: int | None) -> 
             if trainable < stats.params
             else []
         ),
-        (f"FLOPs / token (train, T={seq})", human(stats.flops_per_token(seq, training=True))),
+        (f"FLOPs / token (train, T={seq}{every})", human(stats.flops_per_token(seq, training=True))),
         (f"FLOPs / token (train, T={seq}, counted by torch.utils.flop_counter)", human(measured_flops_per_token(model, seq))),
         (f"FLOPs / token (inference, T={seq})", human(stats.flops_per_token(seq, training=False))),
         ("inference memory fp32 (weights + KV cache, 1 x block)", human(infer32["total"], "B")),
