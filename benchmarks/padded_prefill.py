@@ -1,6 +1,6 @@
 """A left-padded batch of long prompts through block-local attention, as `generate_many` prefills
-it (inference): slmlab's way (each row's tokens rotated to the front, then the block-by-block
-kernel training uses), against the same attention under one explicit (rows, T, T) mask (slmlab's
+it (inference): slmlab's way (eagerly, each row's tokens through the block-by-block kernel training
+uses, written into the batch's output), against the same attention under one explicit (rows, T, T) mask (slmlab's
 way before 2026-12-03, and a dense implementation's), and against the rows one at a time, unpadded
 (the floor a batch should approach: it skips the padding).
 

@@ -71,7 +71,7 @@ def naive_padded_block_local(q, k, v, block, q_start, padding):
     ],
 )
 def test_a_left_padded_batch_attends_each_row_from_its_first_token(Tq, before, q_start, block):
-    """Whole padded prefills (each row's tokens rotated to the front), decoding steps (Tq <= B
+    """Whole padded prefills (each row attended on its own), decoding steps (Tq <= B
     after kept keys: one mask) and long chunks after kept keys (Tq > B: 3B-key windows; even with
     fewer kept keys than a query could see) equal the naive per-row reference; padding queries stay
     finite."""

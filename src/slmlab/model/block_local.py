@@ -27,7 +27,7 @@ all a query can see: position t needs keys from (t // B - 1) B to t. A left-padd
 start there: row r's query at cache position i sees key j iff sees(i - p_r, j - p_r) and j >= p_r.
 Wherever a row's blocks start, a query sees no key more than 2B - 1 positions back, so each row
 still needs at most the last 2B cache positions (the one window serves every row). A padded prefill
-rotates each row's tokens to the front and attends block by block as training does; a long chunk
+attends each row's tokens block by block as training does; a long chunk
 onto a non-empty cache goes in chunks of B queries against 3B keys under explicit (Bsz, B, 3B)
 masks: O(T B) either way, no (Tq, Tk) mask.
 """
@@ -215,30 +215,31 @@ class BlockLocal(nn.Module):
 
     def _padded(self, q, k, v, scale, q_start, padding):
         """Left-padded rows: the pattern on each row's own positions (cache position - padding).
-        A whole padded batch (a prefill) with each row's tokens moved to the front (`_rows_to_front`);
+        A whole padded batch (a prefill) row by row (`_rows_apart`);
         up to B queries (decoding steps) against all Tk keys under one (Bsz, Tq, Tk) mask; a longer
         chunk onto a cache in windows (`_padded_windows`)."""
         if q_start == 0 and q.shape[2] == k.shape[2]:
-            return self._rows_to_front(q, k, v, scale, padding)
+            return self._rows_apart(q, k, v, scale, padding)
         if q.shape[2] > self.block:
             return self._padded_windows(q, k, v, scale, q_start, padding)
         mask = padded_visible(self.sees, q.shape[2], k.shape[2], q_start, padding, q.device)[:, None]  # (Bsz, 1, Tq, Tk)
         return _masked_attention(q, k, v, scale, mask)
 
-    def _rows_to_front(self, q, k, v, scale, padding):
-        """A whole left-padded batch (Bsz, H, T, D): each row rotated by its padding, so that its
-        tokens come first and its padding last, attended as a sequence of its own (`_whole`: block
-        by block from the row's first token), and rotated back. A token sees no later position, so
-        the padding moved behind a row's tokens changes none of theirs; a padding query's output is
-        finite and unread."""
-        T = q.shape[2]
-        rows, steps = torch.arange(q.shape[0], device=q.device)[:, None], torch.arange(T, device=q.device)
-
-        def rotate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:  # row r's position t <- (t + shift_r) mod T
-            return x.transpose(1, 2)[rows, (steps + shift[:, None]) % T].transpose(1, 2)  # whole (H, D) slices
-
-        out = self._whole(rotate(q, padding), rotate(k, padding), rotate(v, padding), scale, 0.0)
-        return rotate(out, -padding)
+    def _rows_apart(self, q, k, v, scale, padding):
+        """A whole left-padded batch (Bsz, H, T, D): each row's tokens attended as a sequence of
+        their own (`_whole`: block by block from the row's first token). Eagerly each row is a view
+        of its tokens, and a padding query's output is zero (no token reads it). Under
+        torch.compile, where the paddings are data, the rows are rotated so that their tokens come
+        first and their padding last, attended as one batch and rotated back: a token sees no
+        later position, so the padding behind it changes none of theirs."""
+        if torch.compiler.is_compiling():
+            out = self._whole(_rotate(q, padding), _rotate(k, padding), _rotate(v, padding), scale, 0.0)
+            return _rotate(out, -padding)
+        out = q.new_empty(*q.shape[:3], v.shape[-1])
+        for r, p in enumerate(padding.tolist()):
+            out[r, :, :p] = 0.0
+            out[r : r + 1, :, p:] = self._whole(*(x[r : r + 1, :, p:] for x in (q, k, v)), scale, 0.0)
+        return out
 
     def _padded_windows(self, q, k, v, scale, q_start, padding):
         """(Bsz, H, Tq, D) queries, the last Tq of the Tk keys -> (Bsz, H, Tq, D_v), in O(Tq B) as
@@ -274,6 +275,13 @@ class BlockLocal(nn.Module):
             return self._padded_windows(q, k, v, scale, q_start, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
         mask = self.visible(q.shape[2], k.shape[2], q_start, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def _rotate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """(Bsz, H, T, D) with row r's position t <- (t + shift_r) mod T, one gather (whole (H, D) slices)."""
+    T = x.shape[2]
+    rows, steps = torch.arange(x.shape[0], device=x.device)[:, None], torch.arange(T, device=x.device)
+    return x.transpose(1, 2)[rows, (steps + shift[:, None]) % T].transpose(1, 2)
 
 
 def _masked_attention(q, k, v, scale, mask):
