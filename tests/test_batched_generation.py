@@ -219,3 +219,24 @@ def test_prompts_of_the_wrong_kind_are_refused_in_one_line():
             model.generate_many(prompts, 2)
     batch = torch.tensor([[1, 2, 3], [4, 5, 6]])
     assert model.generate_many(batch, 4, temperature=0.0) == model.generate_many(batch.tolist(), 4, temperature=0.0)
+
+
+@pytest.mark.parametrize("Tq, before", [(9, 0), (1, 8), (3, 6), (1, 0)])
+def test_full_attention_attends_a_left_padded_batch_as_each_row_alone(Tq, before):
+    """Full causal attention on a left-padded batch: a whole prefill (each row's tokens on their
+    own, on CPU) and steps after kept keys (one padding mask) equal the naive per-row reference,
+    block-local's with a block longer than any sequence; padding queries stay finite."""
+    from slmlab.model.attention import FullCausal
+    from tests.test_block_local import naive_padded_block_local
+
+    torch.manual_seed(Tq + before)
+    q = torch.randn(4, 2, Tq, 8, dtype=torch.float64)
+    k, v = torch.randn(2, 4, 2, Tq + before, 8, dtype=torch.float64)
+    end = before + Tq
+    padding = torch.tensor([0, min(2, end - 1), min(5, end - 1), end - 1])  # the last row: one real token
+    fast = FullCausal(ModelConfig(), 0)(q, k, v, 1 / 8**0.5, before, padding=padding)
+    naive = naive_padded_block_local(q, k, v, 10**6, before, padding)
+    assert torch.isfinite(fast).all()
+    for r, p in enumerate(padding.tolist()):
+        real = slice(max(p - before, 0), None)
+        torch.testing.assert_close(fast[r, :, real], naive[r, :, real], rtol=1e-10, atol=1e-12)

@@ -48,7 +48,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..config import ModelConfig
 from ..registry import ATTENTION_PATTERNS
-from .attention import KVCache, lower_right_mask, padded_visible, visible_in_rows
+from .attention import KVCache, attends_rows_apart, lower_right_mask, padded_visible, rows_apart, visible_in_rows
 
 
 def lower_right(Tq: int, Tk: int, device):
@@ -227,19 +227,15 @@ class BlockLocal(nn.Module):
 
     def _rows_apart(self, q, k, v, scale, padding):
         """A whole left-padded batch (Bsz, H, T, D): each row's tokens attended as a sequence of
-        their own (`_whole`: block by block from the row's first token). Eagerly each row is a view
-        of its tokens, and a padding query's output is zero (no token reads it). Under
-        torch.compile, where the paddings are data, the rows are rotated so that their tokens come
-        first and their padding last, attended as one batch and rotated back: a token sees no
-        later position, so the padding behind it changes none of theirs."""
-        if torch.compiler.is_compiling():
-            out = self._whole(_rotate(q, padding), _rotate(k, padding), _rotate(v, padding), scale, 0.0)
-            return _rotate(out, -padding)
-        out = q.new_empty(*q.shape[:3], v.shape[-1])
-        for r, p in enumerate(padding.tolist()):
-            out[r, :, :p] = 0.0
-            out[r : r + 1, :, p:] = self._whole(*(x[r : r + 1, :, p:] for x in (q, k, v)), scale, 0.0)
-        return out
+        their own (`_whole`: block by block from the row's first token). On CPU, eagerly, row by
+        row (`rows_apart`; the batch rotated by advanced indexing took 1.3-3.7x as long); else the
+        rows rotated so that their tokens come first and their padding last, attended as one
+        batch and rotated back: a token sees no later position, so the padding behind it changes
+        none of theirs (under torch.compile one gather that Inductor fuses, for any paddings)."""
+        whole = functools.partial(self._whole, scale=scale, dropout=0.0)
+        if attends_rows_apart(q):
+            return rows_apart(whole, q, k, v, padding)
+        return _rotate(whole(_rotate(q, padding), _rotate(k, padding), _rotate(v, padding)), -padding)
 
     def _padded_windows(self, q, k, v, scale, q_start, padding):
         """(Bsz, H, Tq, D) queries, the last Tq of the Tk keys -> (Bsz, H, Tq, D_v), in O(Tq B) as
