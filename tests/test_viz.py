@@ -137,3 +137,67 @@ def test_viz_lens_writes_the_heatmap_and_table_and_refuses_what_it_cannot_read(t
     assert "fewer than 2 tokens" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="model.arch = 'tape' has none"):
         logit_lens(build_model(MODELS["tape"]).eval(), torch.zeros(1, 4, dtype=torch.long))
+
+
+ALIBI = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slmlab.model.attention import KVCache
+from slmlab.registry import ATTENTION_PATTERNS
+
+
+class Alibi(nn.Module):
+    """Causal attention with ALiBi's bias -m_h (i - j), m_h = 2^(-8 h / H), h = 1..H."""
+
+    def __init__(self, cfg, layer):
+        super().__init__()
+        self.register_buffer("slopes", 2.0 ** (-8.0 * torch.arange(1, cfg.n_head + 1) / cfg.n_head), persistent=False)
+
+    def make_cache(self, max_len):
+        return KVCache(max_len)
+
+    def visible(self, Tq, Tk, q_start, device):
+        q_pos = torch.arange(q_start, q_start + Tq, device=device)[:, None]
+        return torch.arange(q_start + Tq - Tk, q_start + Tq, device=device) <= q_pos
+
+    def bias(self, Tq, Tk, q_start, device, dtype):
+        distance = torch.arange(q_start, q_start + Tq, device=device)[:, None] - torch.arange(q_start + Tq - Tk, q_start + Tq, device=device)
+        bias = -distance.to(dtype) * self.slopes.to(dtype)[:, None, None]  # (H, Tq, Tk)
+        return bias.masked_fill(distance < 0, float("-inf"))
+
+    def forward(self, q, k, v, scale, q_start):
+        mask = self.bias(q.shape[2], k.shape[2], q_start, q.device, q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+{scores}
+
+ATTENTION_PATTERNS.register("{name}", Alibi)
+'''
+SCORES = """
+    def scores(self, q, k, scale, q_start):
+        return (q @ k.transpose(-1, -2)) * scale + self.bias(q.shape[2], k.shape[2], q_start, q.device, q.dtype)
+"""
+
+
+def test_a_pattern_with_a_score_bias_draws_its_own_maps_or_is_refused(tmp_path):
+    """A plugin pattern that adds a bias to the logits (ALiBi) had maps drawn without it, in
+    silence: the maps are the pattern's own `scores` where it has them, else refused in one line."""
+    from slmlab.plugins import activate
+
+    idx = torch.randint(0, 40, (1, 21))
+    for name, scores in (("alibi_scored", SCORES), ("alibi_unscored", "")):
+        path = tmp_path / f"{name}.py"
+        path.write_text(ALIBI.format(name=name, scores=scores))
+        activate([str(path)])
+        model = build_model(dataclasses.replace(BASE, attention=name, n_head=4)).eval()
+        if not scores:
+            with pytest.raises(
+                ConfigError, match=r"blocks.0.attn: the attention pattern Alibi applies more than .* give it a method scores"
+            ):
+                capture_attention(model, idx)
+            continue
+        maps, _ = capture_attention(model, idx)
+        for amap in maps:
+            assert (amap.probs.triu(diagonal=1) == 0).all()
+            torch.testing.assert_close(amap.probs @ amap.values, amap.output, rtol=1e-4, atol=1e-5)

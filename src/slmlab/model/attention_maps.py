@@ -7,7 +7,8 @@ rebuilds
 
     P = softmax(q kᵀ · scale, over the keys the pattern lets each query see)   (heads, T, T)
 
-which is exactly the attention the model applied (tested: P v equals the pattern's output).
+(or softmax of the pattern's own `scores`, for one that adds a bias), which is exactly the
+attention the model applied: P v must equal the pattern's output, else the capture is refused.
 """
 
 from __future__ import annotations
@@ -52,10 +53,10 @@ def capture_attention(model: nn.Module, idx: torch.Tensor) -> tuple[list[Attenti
 
         def hook(pattern, args, output, name=name):
             q, k, v, scale, q_start = args
-            scores = (q[0].float() @ k[0].float().transpose(-2, -1)) * scale
-            visible = pattern.visible(q.shape[2], k.shape[2], q_start, q.device)
-            probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
-            maps.append(AttentionMap(name, probs, v[0].float(), output[0].float()))
+            probs = attention_scores(pattern, q[:1].float(), k[:1].float(), scale, q_start)[0].softmax(-1)
+            amap = AttentionMap(name, probs, v[0].float(), output[0].float())
+            _check_applied(amap, pattern)
+            maps.append(amap)
 
         handles.append(module.pattern.register_forward_hook(hook))
     try:
@@ -65,6 +66,29 @@ def capture_attention(model: nn.Module, idx: torch.Tensor) -> tuple[list[Attenti
         for handle in handles:
             handle.remove()
     return maps, logits
+
+
+def attention_scores(pattern: nn.Module, q: torch.Tensor, k: torch.Tensor, scale: float, q_start: int) -> torch.Tensor:
+    """The logits a pattern softmaxes, (B, H, Tq, Tk), -inf where a query sees no key: the
+    pattern's own `scores(q, k, scale, q_start)` where it has one (a pattern that adds a bias,
+    ALiBi's say), else q kᵀ · scale over the keys `visible(Tq, Tk, q_start, device)` allows."""
+    if hasattr(pattern, "scores"):
+        return pattern.scores(q, k, scale, q_start)
+    visible = pattern.visible(q.shape[2], k.shape[2], q_start, q.device)
+    return ((q @ k.transpose(-2, -1)) * scale).masked_fill(~visible, float("-inf"))
+
+
+def _check_applied(amap: AttentionMap, pattern: nn.Module) -> None:
+    """Refuse a map that is not the attention the pattern applied: P v must give its output (to
+    1e-3 of the output's size), else the pattern's softmax holds a term the map left out."""
+    width = amap.output.shape[-1]
+    error = (amap.probs @ amap.values[..., :width] - amap.output).abs().max().item()
+    if not error <= 1e-3 * amap.output.abs().max().item() + 1e-5:
+        raise ConfigError(
+            f"{amap.name}: the attention pattern {type(pattern).__name__} applies more than softmax(q·k·scale) over the keys "
+            f"its visible() allows (P v misses its output by {error:.2g}); give it a method scores(q, k, scale, q_start) "
+            "returning its (B, H, Tq, Tk) logits, -inf where unseen, for attention maps"
+        )
 
 
 def token_scores(maps: list[AttentionMap]) -> tuple[torch.Tensor, torch.Tensor]:
