@@ -134,7 +134,7 @@ class BlockLocal(nn.Module):
         so its blocks, count from its first real token (a padding query attends to itself alone)."""
         dropout = self.dropout if self.training else 0.0
         if padding is not None:
-            return self._padded(q, k, v, scale, q_start, padding)
+            return self._padded(q, k, v, scale, q_start, padding, dropout)
         if q_start == 0 and q.shape[2] == k.shape[2]:
             return self._whole(q, k, v, scale, dropout)
         return self._from_cache(q, k, v, scale, q_start)
@@ -213,26 +213,26 @@ class BlockLocal(nn.Module):
         (shared by `visible` and FlexAttention's block mask)."""
         return (j <= i) & (j >= (i // self.block - 1) * self.block)
 
-    def _padded(self, q, k, v, scale, q_start, padding):
+    def _padded(self, q, k, v, scale, q_start, padding, dropout):
         """Left-padded rows: the pattern on each row's own positions (cache position - padding).
         A whole padded batch (a prefill) row by row (`_rows_apart`);
         up to B queries (decoding steps) against all Tk keys under one (Bsz, Tq, Tk) mask; a longer
         chunk onto a cache in windows (`_padded_windows`)."""
         if q_start == 0 and q.shape[2] == k.shape[2]:
-            return self._rows_apart(q, k, v, scale, padding)
+            return self._rows_apart(q, k, v, scale, padding, dropout)
         if q.shape[2] > self.block:
             return self._padded_windows(q, k, v, scale, q_start, padding)
         mask = padded_visible(self.sees, q.shape[2], k.shape[2], q_start, padding, q.device)[:, None]  # (Bsz, 1, Tq, Tk)
         return _masked_attention(q, k, v, scale, mask)
 
-    def _rows_apart(self, q, k, v, scale, padding):
+    def _rows_apart(self, q, k, v, scale, padding, dropout):
         """A whole left-padded batch (Bsz, H, T, D): each row's tokens attended as a sequence of
         their own (`_whole`: block by block from the row's first token). On CPU, eagerly, row by
         row (`rows_apart`; the batch rotated by advanced indexing took 1.3-3.7x as long); else the
         rows rotated so that their tokens come first and their padding last, attended as one
         batch and rotated back: a token sees no later position, so the padding behind it changes
         none of theirs (under torch.compile one gather that Inductor fuses, for any paddings)."""
-        whole = functools.partial(self._whole, scale=scale, dropout=0.0)
+        whole = functools.partial(self._whole, scale=scale, dropout=dropout)  # (training: a padded batch through an export)
         if attends_rows_apart(q):
             return rows_apart(whole, q, k, v, padding)
         return _rotate(whole(_rotate(q, padding), _rotate(k, padding), _rotate(v, padding)), -padding)
