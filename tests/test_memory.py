@@ -4,12 +4,17 @@ autograd keeps for backward (unique storages). Each estimate must be within 25%.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from slmlab.config import ModelConfig, TrainConfig
 from slmlab.model import build_model, model_stats
+from slmlab.model.accounting import cache_bytes
 from slmlab.training.optim import build_optimizer
+from slmlab.variants.smat import SmatConfig
+from slmlab.variants.tape import TapeConfig
 
 
 def kept_for_backward(model, x) -> tuple[torch.Tensor, int]:
@@ -76,13 +81,39 @@ def test_traced_estimate_for_the_tape_graph_within_25_percent():
     assert traced == pytest.approx(measured, rel=0.25)
 
 
-def test_inference_memory_estimate_counts_weights_and_a_full_kv_cache():
-    cfg = ModelConfig(n_layer=3, n_head=4, d_model=64, vocab_size=100, block_size=96)
-    model = build_model(cfg).eval()
-    caches = model.make_caches()
+CACHED = {  # model fields -> the bytes its caches hold after 96 tokens (L = 3 layers, d = 64, 4 heads of 16)
+    "decoder": ({}, 2 * 3 * 96 * 64 * 4),
+    "smat: keys and values widened by s_dim, and the running sum of s": (
+        {"smat": SmatConfig(use_S=True, use_G=True, s_dim=8)},
+        2 * 3 * 96 * 4 * (16 + 8) * 4 + 3 * 8 * 4,
+    ),
+    "block-local: a buffer of twice the 2B window": (
+        {"attention": "block_local", "pos": "rope", "local_block": 8},
+        2 * 3 * 32 * 64 * 4,
+    ),
+    "tape: 3 layers, a coda layer and 2 critics of 1 layer": (
+        {"arch": "tape", "pos": "sinusoidal", "tape": TapeConfig(n_critics=2, critic_layers=1, coda_layers=1, rnn_dim=8)},
+        2 * 6 * 96 * 64 * 4,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", CACHED)
+def test_the_decoding_cache_is_counted_on_the_caches_the_model_makes(kind):
+    """`slmlab info`'s decoding cache is counted on the caches a model built on the meta device
+    makes and fills: a closed form 2 L T d missed SMAT's wider keys and values and a block-local
+    layer's window (O(B) whatever the context) and a TapeTransformer's other layers, and equals
+    what a real filled cache holds."""
+    fields, expected = CACHED[kind]
+    cfg = ModelConfig(n_layer=3, n_head=4, d_model=64, vocab_size=100, block_size=96, **fields)
+    caches = build_model(cfg).eval().make_caches()
     with torch.no_grad():
-        model(torch.randint(0, 100, (2, 96)), caches=caches)
-    cache_bytes = sum(c.k.nbytes + c.v.nbytes for c in caches)
-    estimate = model_stats(model, cfg).inference_bytes(2, 96)
-    assert estimate["kv_cache"] == cache_bytes
-    assert estimate["weights"] == sum(p.nbytes for p in model.parameters())
+        build_model(cfg).eval()(torch.randint(0, 100, (1, 96)), caches=caches)
+    held = [t for c in caches for t in (c.k, c.v, *c.state.values()) if torch.is_tensor(t)]
+    real = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held}.values())
+    with torch.device("meta"):
+        meta = build_model(cfg)
+        longer = build_model(dataclasses.replace(cfg, block_size=192))
+    assert cache_bytes(meta, 96) == real == expected
+    assert cache_bytes(meta, 96, "bf16") == expected // 2
+    assert (cache_bytes(longer, 192) == expected) == kind.startswith("block-local")

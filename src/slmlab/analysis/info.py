@@ -11,7 +11,7 @@ import torch
 
 from ..config import RunConfig
 from ..model import build_model, model_stats
-from ..model.accounting import measured_flops_per_token, traced_activation_bytes
+from ..model.accounting import cache_bytes, measured_flops_per_token, traced_activation_bytes
 from ..tables import human, markdown_table
 from ..training.optim import select_trainable
 
@@ -39,7 +39,7 @@ def _size_table(cfg: RunConfig, batch_size: int | None, seq_len: int | None) -> 
     train_mem = stats.training_bytes(batch, seq, cfg.train.dtype, trainable)
     m = cfg.model
     every = ", if every parameter trained" if trainable < stats.params else ""  # the closed form knows no frozen weights
-    infer32, infer16 = stats.inference_bytes(1, m.block_size, "fp32"), stats.inference_bytes(1, m.block_size, "bf16")
+    cache32, cache16 = (cache_bytes(model, m.block_size, dtype) for dtype in ("fp32", "bf16"))
     rows = [
         ("architecture", model.describe()),
         ("parameters", f"{stats.params:,} ({human(stats.params)})"),
@@ -52,8 +52,9 @@ def _size_table(cfg: RunConfig, batch_size: int | None, seq_len: int | None) -> 
         (f"FLOPs / token (train, T={seq}{every})", human(stats.flops_per_token(seq, training=True))),
         (f"FLOPs / token (train, T={seq}, counted by torch.utils.flop_counter)", human(measured_flops_per_token(model, seq))),
         (f"FLOPs / token (inference, T={seq})", human(stats.flops_per_token(seq, training=False))),
-        ("inference memory fp32 (weights + KV cache, 1 x block)", human(infer32["total"], "B")),
-        ("inference memory bf16 (weights + KV cache, 1 x block)", human(infer16["total"], "B")),
+        ("decoding cache fp32 (1 x block, counted)", human(cache32, "B")),
+        ("inference memory fp32 (weights + decoding cache, 1 x block)", human(4 * stats.params + cache32, "B")),
+        ("inference memory bf16 (weights + decoding cache, 1 x block)", human(2 * stats.params + cache16, "B")),
     ]
     if not model.exact_memory_estimate:  # no closed form for this graph: trace one forward pass on the meta device
         train_mem["activations"] = traced_activation_bytes(model, batch, seq)

@@ -14,6 +14,7 @@ activations kept for backward are about (9 d + 2 d_ff) values per token and laye
 and outputs, q/k/v, attention output and its reshaped copy, MLP hidden before and after GELU;
 fused attention keeps no T x T matrix) plus the final norm (2 d); the fused chunked head
 (loss.py) keeps no (tokens, V) logits, only a d-wide gradient per token and one V x d matrix.
+The decoding cache is counted on the caches a model makes (`cache_bytes`), never a formula.
 """
 
 from __future__ import annotations
@@ -62,15 +63,6 @@ class ModelStats:
             "gradients": 4 * trainable,
             "optimizer": 8 * trainable,
             "activations": self.activation_bytes(batch_size, seq_len, dtype),
-        }
-        parts["total"] = sum(parts.values())
-        return parts
-
-    def inference_bytes(self, batch_size: int, seq_len: int, dtype: str = "fp32") -> dict[str, int]:
-        """Weights in `dtype` plus the KV cache for (batch, seq) in `dtype`."""
-        parts = {
-            "weights": BYTES[dtype] * self.params,
-            "kv_cache": 2 * self.n_layer * batch_size * seq_len * self.d_model * BYTES[dtype],
         }
         parts["total"] = sum(parts.values())
         return parts
@@ -130,6 +122,41 @@ def traced_activation_bytes(model: nn.Module, batch_size: int, seq_len: int) -> 
 
     idx = torch.zeros(batch_size, seq_len, dtype=torch.long, device=next(model.parameters()).device)
     return bytes_kept_for_backward(lambda: model(idx, idx), exclude=model.parameters())[1]
+
+
+def cache_bytes(model: nn.Module, seq_len: int, dtype: str = "fp32") -> int:
+    """Bytes of the model's decoding caches once they hold `seq_len` tokens of one sequence,
+    counted on the caches `make_caches()` gives and one forward fills (on a model built on the
+    meta device: shapes only), each storage once, floating tensors at `dtype`'s size: what each
+    architecture or plugin really keeps (a block-local layer its window, SMAT its wider keys and
+    values, a TapeTransformer its every attention layer)."""
+    device = next(model.parameters()).device
+    caches = model.make_caches()
+    with torch.no_grad():
+        model(torch.zeros(1, seq_len, dtype=torch.long, device=device), caches=caches)
+    storages = {}
+    for tensor in _held_tensors(caches, set()):
+        key, size = _storage_key(tensor)
+        storages[key] = size // tensor.element_size() * BYTES[dtype] if tensor.is_floating_point() else size
+    return sum(storages.values())
+
+
+def _held_tensors(value, seen: set[int]) -> Iterable[torch.Tensor]:
+    """Every tensor `value` holds: in lists, tuples, dicts and plain objects' attributes (caches
+    are such objects), each object visited once."""
+    if id(value) in seen or isinstance(value, nn.Module):
+        return
+    seen.add(id(value))
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _held_tensors(item, seen)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _held_tensors(item, seen)
+    elif hasattr(value, "__dict__"):
+        yield from _held_tensors(vars(value), seen)
 
 
 def measured_flops_per_token(model: nn.Module, seq_len: int) -> float:

@@ -109,7 +109,7 @@ class SemanticAttention(nn.Module):
         if state is not None:
             if "s_sum" in state:
                 prefix_sum = prefix_sum + state["s_sum"][:, None]
-            state["s_sum"], state["count"] = prefix_sum[:, -1], start + T
+            state["s_sum"], state["count"] = prefix_sum[:, -1].clone(), start + T  # (a view would keep (B, T, s) alive)
         counts = float(self.seq_norm) if self.seq_norm else (steps + 1).to(s_hat.dtype)  # n_j: block_size, or j
         return (s_hat * prefix_sum).sum(-1) / counts
 
