@@ -24,7 +24,6 @@ class RecurrentLM(GenerationMixin, nn.Module):
     """A GRU language model: an architecture with no attention layer at all."""
 
     extension_points = frozenset()
-    exact_memory_estimate = False
 
     def __init__(self, cfg, attention_extensions=None, conditioning=None):
         super().__init__()
@@ -289,7 +288,7 @@ def test_a_plugin_class_missing_a_member_the_backbone_reads_is_one_line(tmp_path
     for setting, message in (
         ("--model.pos=nope_half_done", "position scheme 'nope_half_done' (NoPositions) has no max_positions"),
         ("--model.head=head_half_done", "LM head 'head_half_done' (BareHead) has no loss"),
-        ("--model.arch=arch_half_done", "architecture 'arch_half_done' (Forward) has no extension_points, exact_memory_estimate"),
+        ("--model.arch=arch_half_done", "architecture 'arch_half_done' (Forward) has no extension_points"),
     ):
         for verb in (["check", str(config)], ["train", str(config), "--name", "half", "--no-progress"]):
             result = slmlab(*verb, setting)

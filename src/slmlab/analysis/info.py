@@ -36,7 +36,7 @@ def _size_table(cfg: RunConfig, batch_size: int | None, seq_len: int | None) -> 
     trainable = select_trainable(model, cfg.train.trainable)  # frozen weights: no gradient, no optimizer state
     batch = batch_size or cfg.train.batch_size
     seq = seq_len or cfg.data.seq_len
-    train_mem = stats.training_bytes(batch, seq, cfg.train.dtype, trainable)
+    train_mem = stats.training_bytes(traced_activation_bytes(model, batch, seq, cfg.train.dtype), trainable)
     m = cfg.model
     every = ", if every parameter trained" if trainable < stats.params else ""  # the closed form knows no frozen weights
     cache32, cache16 = (cache_bytes(model, m.block_size, dtype) for dtype in ("fp32", "bf16"))
@@ -56,9 +56,6 @@ def _size_table(cfg: RunConfig, batch_size: int | None, seq_len: int | None) -> 
         ("inference memory fp32 (weights + decoding cache, 1 x block)", human(4 * stats.params + cache32, "B")),
         ("inference memory bf16 (weights + decoding cache, 1 x block)", human(2 * stats.params + cache16, "B")),
     ]
-    if not model.exact_memory_estimate:  # no closed form for this graph: trace one forward pass on the meta device
-        train_mem["activations"] = traced_activation_bytes(model, batch, seq)
-        train_mem["total"] = sum(v for k, v in train_mem.items() if k != "total")
     rows += [(f"training memory: {k} (batch {batch} x {seq})", human(v, "B")) for k, v in train_mem.items()]
     return markdown_table(("quantity", "value"), rows)
 

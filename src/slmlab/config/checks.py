@@ -99,7 +99,7 @@ def first_change(section: Any) -> tuple[str, Any] | None:
     return None
 
 
-CLASS_MEMBERS = ("extension_points", "exact_memory_estimate")  # what slmlab reads of an architecture's class (model/protocol.py)
+CLASS_MEMBERS = ("extension_points",)  # what slmlab reads of an architecture's class (model/protocol.py)
 
 
 def check_architecture_support(m) -> None:

@@ -46,7 +46,6 @@ class Decoder(GenerationMixin, nn.Module):
     """The backbone (model.arch = "decoder"); implements protocol.LanguageModel."""
 
     extension_points = frozenset({"attention", "conditioning", "per_layer_attention"})
-    exact_memory_estimate = True  # accounting.ModelStats's closed form describes this graph
 
     def __init__(
         self,

@@ -13,7 +13,6 @@ An architecture is a class registered in registry.ARCHITECTURES and built as
 | `shard_units()` -> modules FSDP2 shards one by one | training.distributed |
 | `describe()` -> one line on the model's shape | info, report |
 | `extension_points` (class) | config checks: "attention" (extensions handed in), "conditioning", "per_layer_attention" |
-| `exact_memory_estimate` (class) | info: accounting's closed form (True) or a traced forward pass (False) |
 | `head` with `.weight` (V, d) | accounting, the fused loss |
 
 Attention maps (viz), the curriculum's pattern check and FLOPs find every `CausalSelfAttention`
@@ -37,7 +36,6 @@ from .attention import CausalSelfAttention
 class LanguageModel(Protocol):
     cfg: ModelConfig
     extension_points: ClassVar[frozenset[str]]
-    exact_memory_estimate: ClassVar[bool]
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list | None = None

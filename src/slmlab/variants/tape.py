@@ -176,7 +176,6 @@ class TapeTransformer(GenerationMixin, nn.Module):
     """model.arch = "tape"; implements model.protocol.LanguageModel."""
 
     extension_points = frozenset()
-    exact_memory_estimate = False  # info traces a forward pass instead of the decoder's closed form
 
     def __init__(self, cfg: ModelConfig, attention_extensions: Callable | None = None, conditioning: nn.Module | None = None):
         """The config checks refuse extensions and conditioning for this architecture, so none
