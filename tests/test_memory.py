@@ -128,3 +128,15 @@ def test_the_decoding_cache_is_counted_on_the_caches_the_model_makes(kind):
     assert cache_bytes(meta, 96) == real == expected
     assert cache_bytes(meta, 96, "bf16") == expected // 2
     assert (cache_bytes(longer, 192) == expected) == kind.startswith("block-local")
+
+
+def test_bf16_activations_under_cpu_autocast_are_about_1_4x_the_all_bf16_count():
+    """What `slmlab info` says beside a bf16 run's activations: they are counted as if every one
+    were bf16, and CPU autocast, which keeps the residual stream and norms in fp32, holds ~1.4x."""
+    cfg = ModelConfig(n_layer=4, n_head=4, d_model=128, vocab_size=2000, block_size=128)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, activations = kept_for_backward(build_model(cfg), torch.randint(0, 2000, (4, 128)))
+    with torch.device("meta"):
+        counted = traced_activation_bytes(build_model(cfg), 4, 128, "bf16")
+    assert 1.25 < activations / counted < 1.55

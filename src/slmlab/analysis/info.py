@@ -56,7 +56,9 @@ def _size_table(cfg: RunConfig, batch_size: int | None, seq_len: int | None) -> 
         ("inference memory fp32 (weights + decoding cache, 1 x block)", human(4 * stats.params + cache32, "B")),
         ("inference memory bf16 (weights + decoding cache, 1 x block)", human(2 * stats.params + cache16, "B")),
     ]
-    rows += [(f"training memory: {k} (batch {batch} x {seq})", human(v, "B")) for k, v in train_mem.items()]
+    half = cfg.train.dtype != "fp32"  # traced in fp32 and halved; autocast keeps the residual stream and norms in fp32
+    notes = {"activations": f", counted at {cfg.train.dtype}: CPU autocast measured ~1.4x"} if half else {}
+    rows += [(f"training memory: {k} (batch {batch} x {seq}{notes.get(k, '')})", human(v, "B")) for k, v in train_mem.items()]
     return markdown_table(("quantity", "value"), rows)
 
 
