@@ -221,13 +221,18 @@ def test_prompts_of_the_wrong_kind_are_refused_in_one_line():
     assert model.generate_many(batch, 4, temperature=0.0) == model.generate_many(batch.tolist(), 4, temperature=0.0)
 
 
+@pytest.mark.parametrize("rows_apart", [True, False], ids=["rows apart (CPU)", "one mask (GPU, compiled)"])
 @pytest.mark.parametrize("Tq, before", [(9, 0), (1, 8), (3, 6), (1, 0)])
-def test_full_attention_attends_a_left_padded_batch_as_each_row_alone(Tq, before):
+def test_full_attention_attends_a_left_padded_batch_as_each_row_alone(Tq, before, rows_apart, monkeypatch):
     """Full causal attention on a left-padded batch: a whole prefill (each row's tokens on their
-    own, on CPU) and steps after kept keys (one padding mask) equal the naive per-row reference,
-    block-local's with a block longer than any sequence; padding queries stay finite."""
+    own, or under one padding mask: either route) and steps after kept keys (one padding mask)
+    equal the naive per-row reference, block-local's with a block longer than any sequence;
+    padding queries stay finite."""
+    from slmlab.model import attention
     from slmlab.model.attention import FullCausal
     from tests.test_block_local import naive_padded_block_local
+
+    monkeypatch.setattr(attention, "attends_rows_apart", lambda q: rows_apart)
 
     torch.manual_seed(Tq + before)
     q = torch.randn(4, 2, Tq, 8, dtype=torch.float64)

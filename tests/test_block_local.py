@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from slmlab.config import ConfigError, ModelConfig, config_from_dict
-from slmlab.model import build_model
+from slmlab.model import block_local, build_model
 from slmlab.model.block_local import BlockLocal, trains_as_full_warning
 
 
@@ -70,11 +70,14 @@ def naive_padded_block_local(q, k, v, block, q_start, padding):
         (6, 1, 9, 4),
     ],
 )
-def test_a_left_padded_batch_attends_each_row_from_its_first_token(Tq, before, q_start, block):
-    """Whole padded prefills (each row attended on its own), decoding steps (Tq <= B
+@pytest.mark.parametrize("rows_apart", [True, False], ids=["rows apart (CPU)", "rotated batch (GPU, compiled)"])
+def test_a_left_padded_batch_attends_each_row_from_its_first_token(Tq, before, q_start, block, rows_apart, monkeypatch):
+    """Whole padded prefills (each row attended on its own, or the batch rotated: either route),
+    decoding steps (Tq <= B
     after kept keys: one mask) and long chunks after kept keys (Tq > B: 3B-key windows; even with
     fewer kept keys than a query could see) equal the naive per-row reference; padding queries stay
     finite."""
+    monkeypatch.setattr(block_local, "attends_rows_apart", lambda q: rows_apart)
     torch.manual_seed(Tq + before)
     pattern = BlockLocal(ModelConfig(local_block=block), layer=0)
     q = torch.randn(4, 2, Tq, 8, dtype=torch.float64)

@@ -131,7 +131,7 @@ class BlockLocal(nn.Module):
 
     def forward(self, q, k, v, scale: float, q_start: int, padding: torch.Tensor | None = None):
         """`padding` (Bsz,): left-padding keys per row, never attended; the row's positions, and
-        so its blocks, count from its first real token (a padding query attends to itself alone)."""
+        so its blocks, count from its first real token (a padding query's output is finite and unread)."""
         dropout = self.dropout if self.training else 0.0
         if padding is not None:
             return self._padded(q, k, v, scale, q_start, padding, dropout)
