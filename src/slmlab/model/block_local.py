@@ -227,11 +227,12 @@ class BlockLocal(nn.Module):
 
     def _rows_apart(self, q, k, v, scale, padding, dropout):
         """A whole left-padded batch (Bsz, H, T, D): each row's tokens attended as a sequence of
-        their own (`_whole`: block by block from the row's first token). On CPU, eagerly, row by
-        row (`rows_apart`; the batch rotated by advanced indexing took 1.3-3.7x as long); else the
-        rows rotated so that their tokens come first and their padding last, attended as one
-        batch and rotated back: a token sees no later position, so the padding behind it changes
-        none of theirs (under torch.compile one gather that Inductor fuses, for any paddings)."""
+        their own (`_whole`: block by block from the row's first token). Row by row where
+        `attends_rows_apart` (CPU, eager, long rows: the batch rotated by advanced indexing took
+        1.3-3.7x as long); else the rows rotated so that their tokens come first and their padding
+        last, attended as one batch and rotated back: a token sees no later position, so the
+        padding behind it changes none of theirs (under torch.compile one gather that Inductor
+        fuses, for any paddings)."""
         whole = functools.partial(self._whole, scale=scale, dropout=dropout)  # (training: a padded batch through an export)
         if attends_rows_apart(q):
             return rows_apart(whole, q, k, v, padding)
