@@ -37,10 +37,7 @@ class ModelStats:
     params: int
     embedding_params: int
     matmul_params: int
-    n_layer: int
     d_model: int
-    d_ff: int
-    vocab_size: int
     windows: tuple[int, ...]  # per attention layer: keys a query can reach (0 = the whole context)
 
     @property
@@ -76,7 +73,7 @@ def model_stats(model: nn.Module, cfg: ModelConfig) -> ModelStats:
         for m in model.modules()
         if isinstance(m, CausalSelfAttention)
     )
-    return ModelStats(params, embedding, matmul, len(windows), cfg.d_model, cfg.ff_dim, cfg.vocab_size, windows)
+    return ModelStats(params, embedding, matmul, cfg.d_model, windows)
 
 
 def _storage_key(tensor) -> tuple[int, int]:
