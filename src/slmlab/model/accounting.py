@@ -76,6 +76,11 @@ def model_stats(model: nn.Module, cfg: ModelConfig) -> ModelStats:
     return ModelStats(params, embedding, matmul, cfg.d_model, windows)
 
 
+def _bytes_at(tensor: torch.Tensor, size: int, dtype: str | None) -> int:
+    """`size` bytes of `tensor`'s memory, counted at `dtype`'s element size if it is floating (None: as it is)."""
+    return size // tensor.element_size() * BYTES[dtype] if dtype and tensor.is_floating_point() else size
+
+
 def _storage_key(tensor) -> tuple[int, int]:
     """(identity, bytes) of the memory behind `tensor`: its storage, or on the meta device (where
     storages have no address) its base tensor."""
@@ -94,7 +99,7 @@ def bytes_kept_for_backward(run: Callable[[], object], exclude: Iterable = (), d
 
     def pack(tensor):
         key, size = _storage_key(tensor)
-        seen[key] = size // tensor.element_size() * BYTES[dtype] if dtype and tensor.is_floating_point() else size
+        seen[key] = _bytes_at(tensor, size, dtype)
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
@@ -148,7 +153,7 @@ def cache_bytes(model: nn.Module, seq_len: int, dtype: str = "fp32") -> int:
     storages = {}
     for tensor in _held_tensors(caches, set()):
         key, size = _storage_key(tensor)
-        storages[key] = size // tensor.element_size() * BYTES[dtype] if tensor.is_floating_point() else size
+        storages[key] = _bytes_at(tensor, size, dtype)
     return sum(storages.values())
 
 
