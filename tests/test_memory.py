@@ -125,9 +125,10 @@ def test_the_decoding_cache_is_counted_on_the_caches_the_model_makes(kind):
     with torch.device("meta"):
         meta = build_model(cfg)
         longer = build_model(dataclasses.replace(cfg, block_size=192))
-    assert cache_bytes(meta, 96) == real == expected
-    assert cache_bytes(meta, 96, "bf16") == expected // 2
-    assert (cache_bytes(longer, 192) == expected) == kind.startswith("block-local")
+    counted = cache_bytes(meta, 96, ("fp32", "bf16"))
+    assert counted["fp32"] == real == expected
+    assert counted["bf16"] == expected // 2
+    assert (cache_bytes(longer, 192)["fp32"] == expected) == kind.startswith("block-local")
 
 
 def test_bf16_activations_under_cpu_autocast_are_about_1_4x_the_all_bf16_count():

@@ -39,7 +39,7 @@ def _size_table(cfg: RunConfig, batch_size: int | None, seq_len: int | None) -> 
     train_mem = stats.training_bytes(traced_activation_bytes(model, batch, seq, cfg.train.dtype), trainable)
     m = cfg.model
     every = ", if every parameter trained" if trainable < stats.params else ""  # the closed form knows no frozen weights
-    cache32, cache16 = (cache_bytes(model, m.block_size, dtype) for dtype in ("fp32", "bf16"))
+    cache = cache_bytes(model, m.block_size, ("fp32", "bf16"))  # one filled cache, counted at both sizes
     rows = [
         ("architecture", model.describe()),
         ("parameters", f"{stats.params:,} ({human(stats.params)})"),
@@ -52,9 +52,9 @@ def _size_table(cfg: RunConfig, batch_size: int | None, seq_len: int | None) -> 
         (f"FLOPs / token (train, T={seq}{every})", human(stats.flops_per_token(seq, training=True))),
         (f"FLOPs / token (train, T={seq}, counted by torch.utils.flop_counter)", human(measured_flops_per_token(model, seq))),
         (f"FLOPs / token (inference, T={seq})", human(stats.flops_per_token(seq, training=False))),
-        ("decoding cache fp32 (1 x block, counted)", human(cache32, "B")),
-        ("inference memory fp32 (weights + decoding cache, 1 x block)", human(4 * stats.params + cache32, "B")),
-        ("inference memory bf16 (weights + decoding cache, 1 x block)", human(2 * stats.params + cache16, "B")),
+        ("decoding cache fp32 (1 x block, counted)", human(cache["fp32"], "B")),
+        ("inference memory fp32 (weights + decoding cache, 1 x block)", human(4 * stats.params + cache["fp32"], "B")),
+        ("inference memory bf16 (weights + decoding cache, 1 x block)", human(2 * stats.params + cache["bf16"], "B")),
     ]
     half = cfg.train.dtype != "fp32"  # traced in fp32 and halved; autocast keeps the residual stream and norms in fp32
     notes = {"activations": f", counted at {cfg.train.dtype}: CPU autocast measured ~1.4x"} if half else {}

@@ -140,12 +140,12 @@ def traced_activation_bytes(model: nn.Module, batch_size: int, seq_len: int, dty
         return bytes_kept_for_backward(lambda: model(idx, idx), exclude=model.parameters(), dtype=dtype)[1]
 
 
-def cache_bytes(model: nn.Module, seq_len: int, dtype: str = "fp32") -> int:
-    """Bytes of the model's decoding caches once they hold `seq_len` tokens of one sequence,
-    counted on the caches `make_caches()` gives and one forward fills (on a model built on the
-    meta device: shapes only), each storage once, floating tensors at `dtype`'s size: what each
-    architecture or plugin really keeps (a block-local layer its window, SMAT its wider keys and
-    values, a TapeTransformer its every attention layer)."""
+def cache_bytes(model: nn.Module, seq_len: int, dtypes: tuple[str, ...] = ("fp32",)) -> dict[str, int]:
+    """dtype -> bytes of the model's decoding caches once they hold `seq_len` tokens of one
+    sequence, counted on the caches `make_caches()` gives and one forward fills (on a model built
+    on the meta device: shapes only), each storage once, floating tensors at the dtype's size: what
+    each architecture or plugin really keeps (a block-local layer its window, SMAT its wider keys
+    and values, a TapeTransformer its every attention layer)."""
     device = next(model.parameters()).device
     caches = model.make_caches()
     with torch.no_grad():
@@ -153,8 +153,8 @@ def cache_bytes(model: nn.Module, seq_len: int, dtype: str = "fp32") -> int:
     storages = {}
     for tensor in _held_tensors(caches, set()):
         key, size = _storage_key(tensor)
-        storages[key] = _bytes_at(tensor, size, dtype)
-    return sum(storages.values())
+        storages[key] = tensor, size
+    return {dtype: sum(_bytes_at(tensor, size, dtype) for tensor, size in storages.values()) for dtype in dtypes}
 
 
 def _held_tensors(value, seen: set[int]) -> Iterable[torch.Tensor]:
