@@ -38,7 +38,8 @@ def _size_table(cfg: RunConfig, batch_size: int | None, seq_len: int | None) -> 
     seq = seq_len or cfg.data.seq_len
     train_mem = stats.training_bytes(traced_activation_bytes(model, batch, seq, cfg.train.dtype), trainable)
     m = cfg.model
-    every = ", if every parameter trained" if trainable < stats.params else ""  # the closed form knows no frozen weights
+    frozen = trainable < stats.params
+    every = ", if every parameter trained" if frozen else ""  # the closed form knows no frozen weights
     cache = cache_bytes(model, m.block_size, ("fp32", "bf16"))  # one filled cache, counted at both sizes
     rows = [
         ("architecture", model.describe()),
@@ -46,7 +47,7 @@ def _size_table(cfg: RunConfig, batch_size: int | None, seq_len: int | None) -> 
         ("non-embedding parameters", f"{stats.non_embedding_params:,} ({human(stats.non_embedding_params)})"),
         *(
             [(f"trainable parameters (train.trainable = {cfg.train.trainable})", f"{trainable:,} ({human(trainable)})")]
-            if trainable < stats.params
+            if frozen
             else []
         ),
         (f"FLOPs / token (train, T={seq}{every})", human(stats.flops_per_token(seq, training=True))),
