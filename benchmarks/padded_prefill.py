@@ -1,8 +1,8 @@
 """A left-padded batch of long prompts through block-local attention, as `generate_many` prefills
-it (inference): slmlab's way (eagerly, each row's tokens through the block-by-block kernel training
-uses, written into the batch's output), against the same attention under one explicit (rows, T, T) mask (slmlab's
-way before 2026-12-03, and a dense implementation's), and against the rows one at a time, unpadded
-(the floor a batch should approach: it skips the padding).
+it (inference): slmlab's way (on CPU each row's tokens through the block-by-block kernel training
+uses, written into the batch's output), against the same attention under one explicit
+(rows, T, T) mask (slmlab's way before 2026-12-03, and a dense implementation's), and against the
+rows one at a time, unpadded (the floor a batch should approach: it skips the padding).
 
 One attention call of 4 rows of T, 7T/8, 3T/4 and 5T/8 tokens left-padded to T, 8 heads of 64,
 block B, at T = 1k, 2k, 4k, 8k, each measurement in a fresh process; the median time of the

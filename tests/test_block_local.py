@@ -73,10 +73,9 @@ def naive_padded_block_local(q, k, v, block, q_start, padding):
 @pytest.mark.parametrize("rows_apart", [True, False], ids=["rows apart (CPU)", "rotated batch (GPU, compiled)"])
 def test_a_left_padded_batch_attends_each_row_from_its_first_token(Tq, before, q_start, block, rows_apart, monkeypatch):
     """Whole padded prefills (each row attended on its own, or the batch rotated: either route),
-    decoding steps (Tq <= B
-    after kept keys: one mask) and long chunks after kept keys (Tq > B: 3B-key windows; even with
-    fewer kept keys than a query could see) equal the naive per-row reference; padding queries stay
-    finite."""
+    decoding steps (Tq <= B after kept keys: one mask) and long chunks after kept keys (Tq > B:
+    3B-key windows; even with fewer kept keys than a query could see) equal the naive per-row
+    reference; padding queries stay finite."""
     monkeypatch.setattr(block_local, "attends_rows_apart", lambda q: rows_apart)
     torch.manual_seed(Tq + before)
     pattern = BlockLocal(ModelConfig(local_block=block), layer=0)
