@@ -212,6 +212,13 @@ BROKEN = {
         "            v = v * (1.0 + 0.0 * len(state['steps']))\n"
         "        return q, k, v, scale",
     ),
+    "prompt bound": (
+        "compiled decoding = eager",
+        "if state is not None:  # the prompt's length kept as a Python int: each prompt's steps differ\n"
+        "            state.setdefault('prompt', k.shape[2])\n"
+        "            v = v * (1.0 + 0.0 * state['prompt'])\n"
+        "        return q, k, v, scale",
+    ),
     # faults behind a gate that starts shut (alpha = 0 at init, as ReZero and LayerScale start):
     # the model at its init has none of them
     "gated peek": (

@@ -30,6 +30,12 @@ def test_compiled_decoding_equals_eager_and_compiles_per_generation_not_per_toke
     longer = model.generate(prompt, 100, temperature=0.0, compile=counting)
     assert counting.graphs == graphs, "a longer generation compiled again"
     assert torch.equal(longer, model.generate(prompt, 100, temperature=0.0))
+    # a prompt runs eagerly, so prompts of other lengths take the same graphs: compiled, each
+    # length made its own, and each branch on it (block-local's blocks; Tape's recurrence unrolled)
+    for length in range(1, 9):
+        other = torch.arange(1, length + 1)[None]
+        assert torch.equal(model.generate(other, 3, temperature=0.0, compile=counting), model.generate(other, 3, temperature=0.0))
+    assert counting.graphs == graphs, "a prompt of another length compiled again"
     generators = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]
     sampled = model.generate_many(PROMPTS, 8, top_k=20, generators=generators, compile=counting)
     generators = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]

@@ -84,10 +84,12 @@ class CountingBackend:
 def check_compiled_decoding(probe: Probe) -> Result:
     """What `generate(..., compile=True)` needs of the model's code: Dynamo captures it without
     changing a token, in a bounded number of graphs: a generation over about half the context,
-    then one twice as long ending just inside it (a window rebuild is left to the tests: capturing
-    is slow on a large graph, Tape's). The first is long enough for a windowed cache to fill and
-    start dropping positions (block-local's, at the tiny local_block), a regime with graphs of
-    its own. The captured graphs run as captured: inductor's kernels are torch's to test."""
+    then one twice as long from a prompt one token longer, ending just inside it (a window
+    rebuild is left to the tests: capturing is slow on a large graph, Tape's). The first is long
+    enough for a windowed cache to fill and start dropping positions (block-local's, at the tiny
+    local_block), a regime with graphs of its own. The prompt is read eagerly (`generate`), so
+    only what a step keeps of its length could make graphs per prompt. The captured graphs run
+    as captured: inductor's kernels are torch's to test."""
     model = probe.build(torch.float64, moved=True).eval()
     prompt = probe.tokens[:1, : max(1, probe.T // 8)]
     n = (probe.T - prompt.shape[1]) // 2
@@ -103,8 +105,9 @@ def check_compiled_decoding(probe: Probe) -> Result:
             graphs = backend.graphs
             per_step = graphs > n // 2  # a graph every other step already: unbounded, no need to go on
             if not per_step:
-                longer = model.generate(prompt, 2 * n, temperature=0, compile=backend)
-                same = same and torch.equal(longer, model.generate(prompt, 2 * n, temperature=0))
+                other = probe.tokens[:1, : prompt.shape[1] + 1]
+                longer = model.generate(other, 2 * n - 1, temperature=0, compile=backend)
+                same = same and torch.equal(longer, model.generate(other, 2 * n - 1, temperature=0))
         finally:
             torch._dynamo.reset()
     reasons = [] if same else ["compiled greedy decoding differs from eager decoding"]
@@ -113,9 +116,12 @@ def check_compiled_decoding(probe: Probe) -> Result:
         reasons.append(f"{n} tokens captured {graphs} graphs: it recompiles as it decodes")
     else:
         bounded = backend.graphs == graphs
-        figure = f"{2 * n} tokens, {graphs} graph(s)" + ("" if bounded else f", then {backend.graphs}")
+        figure = f"{2 * n - 1} tokens, {graphs} graph(s)" + ("" if bounded else f", then {backend.graphs}")
         if not backend.graphs:  # Dynamo fell back to Python for the whole step: nothing compiles, nothing breaks
             figure += " (nothing captured: --compile decodes it eagerly)"
         if not bounded:
-            reasons.append(f"a longer generation captured {backend.graphs - graphs} new graph(s): it recompiles as it decodes")
+            reasons.append(
+                f"a longer generation from another prompt captured {backend.graphs - graphs} new graph(s): "
+                "it recompiles as it decodes"
+            )
     return Result(same and bounded, figure, "; ".join(reasons))

@@ -52,8 +52,11 @@ class GenerationMixin:
         carry it (for a model that `decodes_padded()`, and a prompt plus new tokens that fit the
         context: a sliding window would cut rows at different places). `compile`: every step runs
         the model through torch.compile (`compiled`; docs/performance.md says where it pays):
-        True for inductor, or a torch.compile backend by name or as a callable. `vocab_size`: the
-        tokenizer's; ids from it up to the model's (padded) vocabulary are never sampled.
+        True for inductor, or a torch.compile backend by name or as a callable; the prompt (and a
+        rebuilt window) is read into the caches eagerly: compiled, each prompt length, and each
+        branch on it (block-local's blocks, Tape's recurrence unrolled), would be graphs of its
+        own. `vocab_size`: the tokenizer's; ids from it up to the model's (padded) vocabulary are
+        never sampled.
 
         With the KV cache, each step runs only the new token. When the context reaches
         block_size, the cache is rebuilt from the last block_size // 2 tokens (a sliding window).
@@ -85,11 +88,12 @@ class GenerationMixin:
             stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
             for _ in range(max_new_tokens):
                 if use_cache:
-                    if caches is None or caches[0].length + pending.shape[1] > self.cfg.block_size:
+                    prefill = caches is None or caches[0].length + pending.shape[1] > self.cfg.block_size
+                    if prefill:
                         window = idx[:, -(self.cfg.block_size // 2 or 1) :] if caches is not None else idx
                         caches = padded_caches(self, padding)
                         pending = window
-                    logits, _ = model(pending, caches=caches)
+                    logits, _ = (self if prefill else model)(pending, caches=caches)
                 else:
                     logits, _ = model(idx[:, -self.cfg.block_size :])
                 last = logits[:, -1, :vocab_size]
@@ -289,12 +293,13 @@ def left_padded(prompts: list[list[int]], device: torch.device | str = "cpu") ->
 
 
 def compiled(model: nn.Module, backend: str | Callable = "inductor") -> Callable:
-    """`model` through torch.compile (with `backend`), for decoding. Shapes are left to Dynamo's
-    automatic dynamism: one graph for the prompt, one for the steps after it (where the cache
-    length turns symbolic) and one more wherever the code branches on the length (a sliding-window
-    rebuild, block-local's window move), never one per token. torch.compile keeps its graphs with
-    the code, so a later call with this model (or another of its architecture and shapes) reuses
-    them. A compiler that cannot run here (no C++ compiler for inductor, say) is a one-line error."""
+    """`model` through torch.compile (with `backend`), for decoding steps (`generate` reads the
+    prompt eagerly). Shapes are left to Dynamo's automatic dynamism: one graph for the first step,
+    one for the steps after it (where the cache length turns symbolic) and one more wherever the
+    code branches on the length (block-local's window move), never one per token or per prompt
+    length. torch.compile keeps its graphs with the code, so a later call with this model (or
+    another of its architecture and shapes) reuses them. A compiler that cannot run here (no C++
+    compiler for inductor, say) is a one-line error."""
     try:
         fast = torch.compile(model, backend=backend)
     except torch._dynamo.exc.InvalidBackend:
