@@ -1,17 +1,15 @@
 """The size-and-cost table of a config: parameters, FLOPs per token, inference and training memory.
 
 Shared by `slmlab info` and the report card. The model is built on the meta device, so even a
-large preset costs no memory to describe."""
+large preset costs no memory to describe (`countable_model`: on the CPU if its forward reads values)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..config import RunConfig
-from ..model import build_model, model_stats
-from ..model.accounting import cache_bytes, measured_flops_per_token, traced_activation_bytes
+from ..model import model_stats
+from ..model.accounting import cache_bytes, countable_model, measured_flops_per_token, traced_activation_bytes
 from ..tables import human, markdown_table
 from ..training.optim import select_trainable
 
@@ -30,8 +28,7 @@ def size_table(cfg: RunConfig, batch_size: int | None = None, seq_len: int | Non
 
 
 def _size_table(cfg: RunConfig, batch_size: int | None, seq_len: int | None) -> str:
-    with torch.device("meta"):
-        model = build_model(cfg.model)
+    model = countable_model(cfg.model)
     stats = model_stats(model, cfg.model)
     trainable = select_trainable(model, cfg.train.trainable)  # frozen weights: no gradient, no optimizer state
     batch = batch_size or cfg.train.batch_size

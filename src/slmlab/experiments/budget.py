@@ -6,7 +6,7 @@
 Each variant trains steps = floor(budget / cost of one optimizer step), where one step is
 batch_size x seq_len x grad_accum tokens; its FLOPs are that many tokens times the model's training
 FLOPs per token (counted by torch.utils.flop_counter on the meta device, so a plugin's cost counts
-without a formula); its seconds are the median of 5 timed optimizer steps of the variant as it
+without a formula; on the CPU for a forward that reads values, as an MoE's routing does); its seconds are the median of 5 timed optimizer steps of the variant as it
 trains (`seconds_per_step`) after 2 warm-up steps, on the machine that runs the sweep command,
 recorded in the sweep folder's budget.json (`apply_budget`). The LR schedule is a function of train.steps,
 so it stretches with the budget (warmup stays as configured). The results table says which budget
@@ -32,7 +32,7 @@ from ..config.checks import INT64_LIMIT
 from ..data.tokens import vocab_size_of
 from ..files import atomic_write_text, json_text, read_json
 from ..model import build_model
-from ..model.accounting import measured_flops_per_token
+from ..model.accounting import countable_model, measured_flops_per_token
 from ..training.distributed import World
 from ..training.optim import build_optimizer, select_trainable
 from ..training.runtime import median_seconds, resolve_device
@@ -73,10 +73,10 @@ def with_vocab(cfg: RunConfig) -> RunConfig:
 
 
 def flops_per_token(cfg: RunConfig) -> float:
-    """Training FLOPs per token of the config's model at its seq_len (meta device: no memory), with
-    the parameters train.trainable freezes frozen: autograd computes no gradient for them."""
-    with torch.device("meta"):
-        model = build_model(with_vocab(cfg).model)
+    """Training FLOPs per token of the config's model at its seq_len (`countable_model`: on the meta
+    device, no memory), with the parameters train.trainable freezes frozen: autograd computes no
+    gradient for them."""
+    model = countable_model(with_vocab(cfg).model)
     select_trainable(model, cfg.train.trainable)
     return measured_flops_per_token(model, cfg.data.seq_len)
 

@@ -14,7 +14,8 @@ activations kept for backward and the decoding cache are counted, never a formul
 forward of the model built on the meta device, with attention as the fused kernel
 (`traced_activation_bytes`; for the decoder about (9 d + 2 d_ff) values per token and layer, the
 fused chunked head keeping no (tokens, V) logits), and the caches the model makes, filled
-(`cache_bytes`). A closed form missed SMAT's and SwiGLU's extra activations by 30%.
+(`cache_bytes`). A closed form missed SMAT's and SwiGLU's extra activations by 30%. A model
+whose forward reads values (data-dependent routing) is counted on the CPU (`countable_model`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..config import ModelConfig
+from ..registry import build_model
 
 BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
 
@@ -74,6 +76,25 @@ def model_stats(model: nn.Module, cfg: ModelConfig) -> ModelStats:
         if isinstance(m, CausalSelfAttention)
     )
     return ModelStats(params, embedding, matmul, cfg.d_model, windows)
+
+
+def countable_model(cfg: ModelConfig) -> nn.Module:
+    """The model `cfg` builds, for counting: on the meta device (shapes only: no memory, no
+    arithmetic) where its forward runs there, training and decoding. A forward that reads values,
+    as data-dependent routing does (an MoE's `nonzero`, `.item()`, a branch on a tensor), cannot
+    run on meta: then the model is built on the CPU, seeded, and counting runs it for real (one
+    sequence at a time: `traced_activation_bytes`)."""
+    with torch.device("meta"):
+        model = build_model(cfg)
+    idx = torch.zeros(1, min(2, cfg.block_size), dtype=torch.long, device="meta")
+    try:
+        model(idx, idx)
+        with torch.no_grad():
+            model(idx, caches=model.make_caches())
+        return model
+    except (NotImplementedError, RuntimeError):  # the CPU build runs it, or raises what is wrong
+        torch.manual_seed(0)
+        return build_model(cfg)
 
 
 def _bytes_at(tensor: torch.Tensor, size: int, dtype: str | None) -> int:
@@ -134,10 +155,21 @@ def traced_activation_bytes(model: nn.Module, batch_size: int, seq_len: int, dty
     """Bytes autograd keeps for backward in one training forward pass of `model` (built on the meta
     device: shapes only, no memory, no compute), attention as the fused kernel, floating tensors
     at `dtype`'s size (a bf16 run's activations taken as all bf16). Any architecture or plugin;
-    equal to a CPU run's for the decoder, SMAT, SwiGLU, block-local and the TapeTransformer (tested)."""
-    idx = torch.zeros(batch_size, seq_len, dtype=torch.long, device=next(model.parameters()).device)
-    with _FusedAttentionOnMeta():
-        return bytes_kept_for_backward(lambda: model(idx, idx), exclude=model.parameters(), dtype=dtype)[1]
+    equal to a CPU run's for the decoder, SMAT, SwiGLU, block-local and the TapeTransformer (tested).
+    A model on a real device (`countable_model`) runs one and two sequences, and the bytes are
+    extrapolated to batch_size along that line (every activation grows with the batch, except a
+    few per step)."""
+    device = next(model.parameters()).device
+
+    def kept(rows: int) -> int:
+        idx = torch.zeros(rows, seq_len, dtype=torch.long, device=device)
+        with _FusedAttentionOnMeta():
+            return bytes_kept_for_backward(lambda: model(idx, idx), exclude=model.parameters(), dtype=dtype)[1]
+
+    if device.type == "meta" or batch_size == 1:
+        return kept(batch_size)
+    one = kept(1)
+    return one + (batch_size - 1) * (kept(2) - one)
 
 
 def cache_bytes(model: nn.Module, seq_len: int, dtypes: tuple[str, ...] = ("fp32",)) -> dict[str, int]:
@@ -178,12 +210,15 @@ def _held_tensors(value, seen: set[int]) -> Iterable[torch.Tensor]:
 def measured_flops_per_token(model: nn.Module, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward) counted by torch.utils.flop_counter on one
     (1, seq_len) sequence: what any architecture or plugin really runs, whatever its graph. On a
-    model built on the meta device it costs no memory and runs no arithmetic."""
+    model built on the meta device it costs no memory and runs no arithmetic. Attention is counted
+    through SDPA's math path, as its dense products (the meta device's path; flop_counter counts
+    no FLOP of the CPU's fused kernel, which a model `countable_model` builds on the CPU runs)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     device = next(model.parameters()).device
     tokens = torch.zeros(1, seq_len, dtype=torch.long, device=device)
-    with FlopCounterMode(display=False) as counter:
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(tokens, tokens)[1].backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / seq_len
