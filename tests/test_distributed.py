@@ -158,6 +158,53 @@ def test_muon_under_two_processes_trains_like_one_process(runs, parallel):
     assert_same_weights(runs / "muon_one" / "final.safetensors", runs / f"muon_{parallel}" / "final.safetensors", atol=1e-3)
 
 
+EXPERTS = """
+import torch
+from torch import nn
+from slmlab.registry import MLPS
+
+
+class Experts(nn.Module):
+    \"\"\"Top-1 of 128 small experts, each its own module: a step leaves most of them unused.\"\"\"
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.router = nn.Linear(cfg.d_model, 128, bias=False)
+        self.experts = nn.ModuleList(nn.Linear(cfg.d_model, cfg.d_model) for _ in range(128))
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        gate, chosen = self.router(flat).softmax(-1).max(-1)
+        out = torch.zeros_like(flat)
+        for e in chosen.unique().tolist():
+            rows = (chosen == e).nonzero()[:, 0]
+            out = out.index_add(0, rows, self.experts[e](flat[rows]) * gate[rows, None])
+        return out.reshape(x.shape)
+
+
+MLPS.register("experts_test", Experts)
+"""
+
+
+def test_a_model_whose_steps_leave_parameters_unused_trains_under_ddp_like_one_process(runs):
+    """DDP waited for the gradients of parameters a step did not use (an MoE's unchosen experts)
+    and failed at the next step with a traceback. (FSDP2 cannot train such a model: its ranks
+    reduce-scatter different sets of gradients; docs/scaling-out.md.)"""
+    parallel = "ddp"
+    root = runs.parent
+    (root / "experts.py").write_text(EXPERTS)
+    config = root / "experts.toml"
+    config.write_text(
+        'plugins = ["experts.py"]\n' + (root / "tiny.toml").read_text().replace("[model]\n", '[model]\nmlp = "experts_test"\n')
+    )
+    if not (runs / "experts_one").is_dir():
+        slmlab_train(str(config), "--name", "experts_one")
+    slmlab_train(str(config), "--name", f"experts_{parallel}", "--nproc", "2", "--train.parallel", parallel)
+    one, two = losses(runs / "experts_one"), losses(runs / f"experts_{parallel}")
+    assert two[0] == pytest.approx(one[0], abs=1e-5) and two[1] == pytest.approx(one[1], abs=1e-5)
+    assert_same_weights(runs / "experts_one" / "final.safetensors", runs / f"experts_{parallel}" / "final.safetensors")
+
+
 def test_rank_rows_are_disjoint_and_cover_the_batch():
     for size in (1, 2, 3, 4):
         for batch in (1, 5, 8):

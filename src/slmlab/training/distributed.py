@@ -122,7 +122,10 @@ def parallelize(model: nn.Module, world: World, mode: str, device: torch.device)
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # a step may leave parameters unused (an MoE's experts no token chose): without the search
+        # for them DDP waits for their gradients and fails at the next step
+        devices = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=devices, find_unused_parameters=True)
     from torch.distributed.fsdp import fully_shard
 
     for unit in model.shard_units():
