@@ -165,16 +165,26 @@ from slmlab.registry import MLPS
 
 
 class Experts(nn.Module):
-    \"\"\"Top-1 of 128 small experts, each its own module: a step leaves most of them unused.\"\"\"
+    \"\"\"Top-1 of 128 small experts, each its own module: a step leaves most of them unused.
+    ST-MoE's router z-loss, 0.001 s mean_t logsumexp(router logits_t)^2, is an auxiliary term (a
+    mean over tokens, as the language-modelling loss is: 2 ranks' mean is one process's), with s a
+    parameter only that term reaches.\"\"\"
 
     def __init__(self, cfg):
         super().__init__()
         self.router = nn.Linear(cfg.d_model, 128, bias=False)
         self.experts = nn.ModuleList(nn.Linear(cfg.d_model, cfg.d_model) for _ in range(128))
+        self.scale = nn.Parameter(torch.ones(1))
+        self.balance = None
+
+    def auxiliary_loss(self):
+        return self.balance
 
     def forward(self, x):
         flat = x.reshape(-1, x.shape[-1])
-        gate, chosen = self.router(flat).softmax(-1).max(-1)
+        logits = self.router(flat)
+        gate, chosen = logits.softmax(-1).max(-1)
+        self.balance = 0.001 * self.scale[0] * logits.logsumexp(-1).pow(2).mean()
         out = torch.zeros_like(flat)
         for e in chosen.unique().tolist():
             rows = (chosen == e).nonzero()[:, 0]
@@ -188,8 +198,9 @@ MLPS.register("experts_test", Experts)
 
 def test_a_model_whose_steps_leave_parameters_unused_trains_under_ddp_like_one_process(runs):
     """DDP waited for the gradients of parameters a step did not use (an MoE's unchosen experts)
-    and failed at the next step with a traceback. (FSDP2 cannot train such a model: its ranks
-    reduce-scatter different sets of gradients; docs/scaling-out.md.)"""
+    and failed at the next step with a traceback; and its search for them, from the outputs of
+    the forward, missed what only an auxiliary term reaches. (FSDP2 cannot
+    train such a model: its ranks reduce-scatter different sets of gradients; docs/scaling-out.md.)"""
     parallel = "ddp"
     root = runs.parent
     (root / "experts.py").write_text(EXPERTS)
@@ -201,8 +212,22 @@ def test_a_model_whose_steps_leave_parameters_unused_trains_under_ddp_like_one_p
         slmlab_train(str(config), "--name", "experts_one")
     slmlab_train(str(config), "--name", f"experts_{parallel}", "--nproc", "2", "--train.parallel", parallel)
     one, two = losses(runs / "experts_one"), losses(runs / f"experts_{parallel}")
+    aux = [[json.loads(line)["aux_loss"] for line in (runs / name / "metrics.jsonl").read_text().splitlines()]
+           for name in ("experts_one", f"experts_{parallel}")]  # fmt: skip
+    assert aux[1] == pytest.approx(aux[0], abs=1e-6) and all(a > 0 for a in aux[0])
     assert two[0] == pytest.approx(one[0], abs=1e-5) and two[1] == pytest.approx(one[1], abs=1e-5)
     assert_same_weights(runs / "experts_one" / "final.safetensors", runs / f"experts_{parallel}" / "final.safetensors")
+
+
+def test_fsdp2_refuses_a_0_dim_parameter_in_one_line():
+    """fully_shard raised a ValueError traceback in every rank for a plugin's scalar parameter."""
+    from slmlab.config import ConfigError
+    from slmlab.training.distributed import parallelize
+
+    model = torch.nn.Linear(2, 2)
+    model.temperature = torch.nn.Parameter(torch.ones(()))
+    with pytest.raises(ConfigError, match=r"cannot shard 0-dim parameters \(temperature\).*shape \(1,\)"):
+        parallelize(model, World(rank=0, size=2), "fsdp", torch.device("cpu"))
 
 
 def test_rank_rows_are_disjoint_and_cover_the_batch():

@@ -36,6 +36,15 @@ def plugin_toml(tmp_path: Path, corpus, plugin: Path, section: str = "[model.gat
     return path
 
 
+def active_plugin(folder: Path, name: str, source: str) -> Path:
+    """`source` written to folder/name.py and imported as a plugin (once per process: a module-scoped
+    fixture's folder, since a second file registering the same names is refused)."""
+    plugin = folder / f"{name}.py"
+    plugin.write_text(source)
+    plugins.activate([str(plugin)])
+    return plugin
+
+
 def slmlab(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k != plugins.TRUST_VARIABLE}
     return subprocess.run(

@@ -13,9 +13,8 @@ from slmlab.config import ModelConfig, load_config
 from slmlab.experiments.budget import flops_per_token
 from slmlab.model import build_model
 from slmlab.model.accounting import countable_model, measured_flops_per_token, traced_activation_bytes
-from slmlab.plugins import activate
 from tests.test_memory import kept_for_backward
-from tests.test_plugins import plugin_toml, slmlab
+from tests.test_plugins import active_plugin, plugin_toml, slmlab
 
 EXPERTS, TOP_K, WIDTH = 4, 2, 24  # each token runs TOP_K experts of WIDTH hidden units
 
@@ -53,10 +52,7 @@ MLPS.register("routed_test", RoutedMLP)
 
 @pytest.fixture(scope="module")
 def routed(tmp_path_factory):
-    plugin = tmp_path_factory.mktemp("plugin") / "routed.py"
-    plugin.write_text(ROUTED)
-    activate([str(plugin)])
-    return plugin
+    return active_plugin(tmp_path_factory.mktemp("plugin"), "routed", ROUTED)
 
 
 SHAPE = {"n_layer": 2, "n_head": 2, "d_model": 32, "vocab_size": 64, "block_size": 64}

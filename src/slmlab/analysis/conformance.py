@@ -38,6 +38,7 @@ import torch
 from safetensors.torch import save_model
 
 from ..config import ModelConfig, RunConfig, offset_seed
+from ..model.auxiliary import objective
 from ..model.protocol import attention_modules
 from ..phase_progress import tracked
 from ..registry import NAIVE_MODEL_REFERENCES, NAIVE_REFERENCES
@@ -82,7 +83,7 @@ def check_batch_independence(probe: Probe) -> Result:
 
 def _gradients(model, probe: Probe) -> dict[str, torch.Tensor | None]:
     model.zero_grad(set_to_none=True)
-    model(probe.tokens, probe.targets)[1].backward()
+    objective(model, model(probe.tokens, probe.targets)[1]).backward()
     return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -114,7 +115,7 @@ def _one_step(probe: Probe) -> tuple[float, torch.nn.Module]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     torch.manual_seed(offset_seed(probe.seed, 1))
     _, loss = model(probe.tokens, probe.targets)
-    loss.backward()
+    objective(model, loss).backward()
     optimizer.step()
     return loss.item(), model
 
@@ -169,7 +170,7 @@ def check_overfit(probe: Probe, steps: int = 100) -> Result:
     for taken in range(1, steps + 1):
         _, loss = model(batch, targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective(model, loss).backward()
         optimizer.step()
         last = loss.item()
         first = last if taken == 1 else first

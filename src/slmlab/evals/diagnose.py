@@ -22,6 +22,7 @@ from ..config import RunConfig, check_config, resolve_vocab
 from ..data.sampling import WindowSampler
 from ..data.tokens import prepare_tokens
 from ..model import build_model
+from ..model.auxiliary import objective
 from ..model.modes import eval_mode
 from ..training.runtime import resolve_device, seed_everything
 
@@ -115,7 +116,7 @@ def diagnose(cfg: RunConfig, batch_size: int = 4, max_steps: int = 500, lr: floa
         while step < max_steps and loss >= target:
             _, out = model(x, y)
             optimizer.zero_grad(set_to_none=True)
-            out.backward()
+            objective(model, out).backward()
             optimizer.step()
             loss, step = out.item(), step + 1
             bar.update(1)

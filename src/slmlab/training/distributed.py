@@ -25,6 +25,7 @@ from torch import nn
 
 from ..config import ConfigError, ModelConfig
 from ..model import build_model
+from ..model.auxiliary import WithAuxiliary, auxiliary_modules
 from ..torchrun_env import env_int, world_size
 from .runtime import resolve_device
 
@@ -125,9 +126,16 @@ def parallelize(model: nn.Module, world: World, mode: str, device: torch.device)
         # a step may leave parameters unused (an MoE's experts no token chose): without the search
         # for them DDP waits for their gradients and fails at the next step
         devices = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=devices, find_unused_parameters=True)
+        trained = WithAuxiliary(model) if auxiliary_modules(model) else model  # auxiliary terms among its outputs
+        return DistributedDataParallel(trained, device_ids=devices, find_unused_parameters=True)
     from torch.distributed.fsdp import fully_shard
 
+    scalars = [name for name, p in model.named_parameters() if p.dim() == 0]
+    if scalars:
+        raise ConfigError(
+            f"train.parallel = 'fsdp' cannot shard 0-dim parameters ({', '.join(scalars[:3])}): make each a tensor of "
+            "shape (1,), or use train.parallel = 'ddp'"
+        )
     for unit in model.shard_units():
         fully_shard(unit)
     fully_shard(model)
