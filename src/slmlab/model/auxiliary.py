@@ -10,9 +10,8 @@ Whatever trains the model backpropagates
 (the training step, each of `grad_accum` micro-batches; `slmlab check`'s gradient, determinism and
 overfitting properties; `diagnose`), and the trainer logs the sum as `aux_loss`. Under DDP the
 terms are outputs of the wrapped forward (`WithAuxiliary`), where DDP's search for the parameters
-a step left unused sees what they reach. Validation loss,
-perplexity and bits per byte stay the language-modelling loss alone, so runs with and without an
-auxiliary term compare.
+a step left unused sees what they reach. Validation loss, perplexity and bits per byte stay the
+language-modelling loss alone, so runs with and without an auxiliary term compare.
 """
 
 from __future__ import annotations
