@@ -219,6 +219,23 @@ def test_a_model_whose_steps_leave_parameters_unused_trains_under_ddp_like_one_p
     assert_same_weights(runs / "experts_one" / "final.safetensors", runs / f"experts_{parallel}" / "final.safetensors")
 
 
+def test_an_error_in_every_process_is_one_line(runs, tmp_path):
+    """A corpus too small to train on, found by each process: the processes wrote the same line at
+    once (interleaved), then torchrun its agent's log line and a 40-line traceback."""
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "a.txt").write_text("a few words only")
+    done = subprocess.run(
+        [sys.executable, "-m", "slmlab", "train", str(runs.parent / "tiny.toml"), "--nproc", "2", "--no-progress",
+         "--name", "small", "--data.source", str(tmp_path / "small")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    errors = [line for line in done.stderr.splitlines() if line.startswith("slmlab: error")]  # after rank 0's log lines
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert errors[0].startswith("slmlab: error: the training split has") and errors[0].endswith("use more text")
+    assert done.stderr.endswith(errors[0] + "\n")
+    assert not (runs / "small").exists()
+
+
 def test_fsdp2_refuses_a_0_dim_parameter_in_one_line():
     """fully_shard raised a ValueError traceback in every rank for a plugin's scalar parameter."""
     from slmlab.config import ConfigError

@@ -4,6 +4,7 @@ CLI reads the rank before it loads anything): RANK, WORLD_SIZE and LOCAL_RANK.""
 from __future__ import annotations
 
 import os
+import sys
 
 from .errors import ConfigError
 
@@ -34,3 +35,20 @@ def process_rank() -> int:
         return env_int("RANK", 0) if world_size() > 1 else 0
     except ConfigError:
         return 0
+
+
+RANK_ERRORS = "SLMLAB_RANK_ERRORS"  # a folder `slmlab train --nproc` gives its processes for their one-line errors
+
+
+def report_error(message: str) -> None:
+    """Print slmlab's one-line error to stderr. Under `slmlab train --nproc`, every process also
+    writes it to RANK_ERRORS/<rank>.txt, and only rank 0 prints it: the launcher prints another
+    rank's where it differs from rank 0's (the same line from every process, written at once,
+    came out interleaved)."""
+    folder, rank = os.environ.get(RANK_ERRORS), process_rank()
+    if folder and os.path.isdir(folder):
+        with open(os.path.join(folder, f"{rank}.txt"), "w", encoding="utf-8") as file:
+            file.write(message)
+        if rank:
+            return
+    sys.stderr.write(message + "\n")

@@ -21,7 +21,7 @@ import os
 import sys
 
 from .. import __version__
-from ..torchrun_env import process_rank
+from ..torchrun_env import process_rank, report_error
 from . import data, develop, evaluate, inspect, interop, persona, train
 from .options import OneLineParser, check_option_rules, check_overrides, given_options
 
@@ -86,14 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         check_option_rules(args, given_options(build_parser(), own))
         return args.func(args, extra)
     except SlmlabError as err:
-        print(f"slmlab: error: {err}", file=sys.stderr)
+        report_error(f"slmlab: error: {err}")
         return 2
     except BrokenPipeError:  # the reader went away (`slmlab info CONFIG | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as err:  # a path it cannot read or write (permissions, a file where a folder goes, a full disk)
         hint = " (a file stands where a folder is needed: choose another path)"
-        print(f"slmlab: error: {err}{hint if isinstance(err, (FileExistsError, NotADirectoryError)) else ''}", file=sys.stderr)
+        report_error(f"slmlab: error: {err}{hint if isinstance(err, (FileExistsError, NotADirectoryError)) else ''}")
         return 2
     except KeyboardInterrupt:
         again = (
@@ -107,5 +107,5 @@ def main(argv: list[str] | None = None) -> int:
         message = out_of_memory(err, args.verb_name)
         if message is None:
             raise
-        print(f"slmlab: error: {message}", file=sys.stderr)
+        report_error(f"slmlab: error: {message}")
         return 2

@@ -190,13 +190,14 @@ def train_config(args, extra):
 
 def launch_torchrun(nproc: int, argv: list[str]) -> int:
     """`slmlab train --nproc N ...` = `torchrun --standalone --nproc_per_node N -m slmlab train ...`
-    (CPU threads shared between the processes unless OMP_NUM_THREADS says otherwise)."""
+    (CPU threads shared between the processes unless OMP_NUM_THREADS says otherwise), through
+    training/launch.py: a process's failure is one line, not torchrun's traceback."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     command = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "slmlab.training.launch",
         "--standalone",
         f"--nproc_per_node={nproc}",
         "-m",

@@ -1,0 +1,53 @@
+"""`slmlab train --nproc N`'s launcher (training/launch.py): a failure is one line, not torchrun's
+traceback, and the same error from every process is printed once."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import signal
+
+
+def test_processes_of_one_training_hand_their_errors_to_the_launcher(tmp_path, monkeypatch, capsys):
+    """Under `slmlab train --nproc`, rank 0 prints its one-line error and every rank writes its own
+    to the launcher's folder, which prints another rank's only where it differs."""
+    from slmlab.torchrun_env import RANK_ERRORS, report_error
+
+    monkeypatch.setenv(RANK_ERRORS, str(tmp_path))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        report_error(f"slmlab: error: from {rank}")
+    assert capsys.readouterr().err == "slmlab: error: from 0\n"
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        "0.txt": "slmlab: error: from 0",
+        "1.txt": "slmlab: error: from 1",
+    }
+    monkeypatch.delenv(RANK_ERRORS)
+    report_error("slmlab: error: alone")
+    assert capsys.readouterr().err == "slmlab: error: alone\n"
+
+
+def test_the_launcher_prints_what_rank_0_did_not():
+    """Rank 0 printed its own line: another rank's is printed only where it differs; a rank with
+    no line of its own that torchrun stopped (SIGTERM) after the error is no failure; a crash is
+    one line naming the process, its exit code and its signal."""
+    from types import SimpleNamespace
+
+    from slmlab.training.launch import _report
+
+    def failed(code):
+        return SimpleNamespace(exitcode=code, signal_name=lambda: signal.Signals(-code).name)
+
+    same, other = "slmlab: error: too few tokens", "slmlab: error: out of memory"
+    cases = [
+        ({0: failed(2), 1: failed(2)}, {0: same, 1: same}, 2, ""),
+        ({0: failed(-15), 1: failed(2)}, {1: same}, 2, same + "\n"),
+        ({0: failed(2), 1: failed(2)}, {0: same, 1: other}, 2, "slmlab: error (process 1): out of memory\n"),
+        ({0: failed(-15), 1: failed(-9)}, {}, 1, "slmlab: error: training process 0 exited with code -15 (SIGTERM)\n"
+         "slmlab: error: training process 1 exited with code -9 (SIGKILL)\n"),
+    ]  # fmt: skip
+    for failures, errors, code, printed in cases:
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            assert _report(failures, errors) == code
+        assert err.getvalue() == printed
