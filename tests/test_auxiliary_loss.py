@@ -106,3 +106,27 @@ def test_a_model_without_auxiliary_terms_trains_on_its_loss_alone(tmp_path, micr
     model = build_model(cfg.model)
     loss = torch.tensor(2.5)
     assert auxiliary_modules(model) == [] and objective(model, loss) is loss
+
+
+@pytest.mark.parametrize(
+    ("term", "said"),
+    [
+        (torch.ones(3), r"a tensor of shape \(3,\) \(torch.float32\)"),
+        (0.5, "0.5"),
+        (torch.tensor(1), r"a tensor of shape \(\) \(torch.int64\)"),
+    ],
+)
+def test_a_term_that_is_not_a_0_dim_floating_tensor_is_one_line(term, said):
+    """A vector was summed in silence (a per-token loss counted at its batch's size); a float failed
+    deep in torch.stack."""
+    from torch import nn
+
+    from slmlab.config import ConfigError
+    from slmlab.model.auxiliary import auxiliary_loss
+
+    class Odd(nn.Module):
+        def auxiliary_loss(self):
+            return term
+
+    with pytest.raises(ConfigError, match=rf"Odd.auxiliary_loss\(\) gave {said}: give a 0-dim floating tensor"):
+        auxiliary_loss([Odd()])

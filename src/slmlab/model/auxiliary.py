@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 def auxiliary_modules(model: nn.Module) -> list[nn.Module]:
     """The modules of `model` that give an auxiliary loss."""
@@ -27,9 +29,21 @@ def auxiliary_modules(model: nn.Module) -> list[nn.Module]:
 
 def auxiliary_loss(modules: list[nn.Module]) -> torch.Tensor | None:
     """The sum of the terms `modules` (from `auxiliary_modules`) gave in their latest forward, or
-    None when none gave one."""
-    terms = [term for term in (m.auxiliary_loss() for m in modules) if term is not None]
-    return torch.stack([t.float() for t in terms]).sum() if terms else None
+    None when none gave one. A term that is not a 0-dim floating tensor is a one-line error: a
+    vector would be summed in silence, a per-token loss counted at its batch's size."""
+    terms = []
+    for module in modules:
+        term = module.auxiliary_loss()
+        if term is None:
+            continue
+        if not (isinstance(term, torch.Tensor) and term.dim() == 0 and term.is_floating_point()):
+            got = f"a tensor of shape {tuple(term.shape)} ({term.dtype})" if isinstance(term, torch.Tensor) else repr(term)
+            raise ConfigError(
+                f"{type(module).__name__}.auxiliary_loss() gave {got}: give a 0-dim floating tensor of the latest "
+                "forward's graph (a mean over its tokens), or None"
+            )
+        terms.append(term.float())
+    return torch.stack(terms).sum() if terms else None
 
 
 def objective(model: nn.Module, loss: torch.Tensor, modules: list[nn.Module] | None = None) -> torch.Tensor:
