@@ -22,10 +22,10 @@ from .runtime import autocast
 
 
 class OptimizerStep:
-    """`step(n)` takes optimizer step n (0-based) -> (loss, gradient norm, skip, auxiliary): 0-dim
-    device tensors, the global mean loss over the micro-batches, the norm before clipping, 1.0
-    where the update was skipped, and the global mean of the model's auxiliary terms (None for a
-    model without any: model/auxiliary.py).
+    """`step(n)` takes optimizer step n (0-based) -> (loss, gradient norm, skip) as 0-dim device
+    tensors: the global mean loss over the micro-batches, the norm before clipping, 1.0 where the
+    update was skipped. `auxiliary`: the global mean of the model's auxiliary terms in the latest
+    step (None for a model without any: model/auxiliary.py).
 
     `forward`: the model as called (compiled or not), `wrapped`: the module DDP/FSDP2 made of
     `model` (gradient sync is held back until the last micro-batch)."""
@@ -43,17 +43,17 @@ class OptimizerStep:
     ):
         self.model, self.wrapped, self.forward, self.optimizer = model, wrapped, forward, optimizer
         self.sampler, self.train, self.world, self.device = sampler, train, world, device
-        self.auxiliary = auxiliary_modules(model)  # modules that add a term to the objective
-        self._auxiliary_mean: torch.Tensor | None = None  # the last forward_backward's
+        self.auxiliary_modules = auxiliary_modules(model)  # modules that add a term to the objective
+        self.auxiliary: torch.Tensor | None = None
 
-    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, self.train)
         loss, grad_norm = self.forward_backward()
         skip = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
         step_unless(self.optimizer, skip)
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, grad_norm, skip, self._auxiliary_mean
+        return loss, grad_norm, skip
 
     def forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """grad_accum micro-batches forward and backward (of the loss plus the model's auxiliary
@@ -67,13 +67,13 @@ class OptimizerStep:
                 with autocast(self.device, t.dtype):
                     out = self.forward(x, y)  # under DDP with auxiliary terms, their sum third (WithAuxiliary)
                     loss = out[1]
-                    extra = out[2] if len(out) > 2 else auxiliary_loss(self.auxiliary)
+                    extra = out[2] if len(out) > 2 else auxiliary_loss(self.auxiliary_modules)
                 ((loss if extra is None else loss + extra) / t.grad_accum).backward()
             loss_sum += loss.detach().float()
             if extra is not None:
                 auxiliary_sum += extra.detach()
-        if self.auxiliary:
-            self._auxiliary_mean = self.world.mean(auxiliary_sum / t.grad_accum)
+        if self.auxiliary_modules:
+            self.auxiliary = self.world.mean(auxiliary_sum / t.grad_accum)
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
         return self.world.mean(loss_sum / t.grad_accum), local_scalar(grad_norm)
 

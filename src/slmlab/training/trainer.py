@@ -236,7 +236,7 @@ class Trainer:
         if resume:
             restore_state(self, state)
         self.forward = torch.compile(self.wrapped) if train.compile else self.wrapped
-        self.optimizer_step = OptimizerStep(
+        self.optimizer_step = self.stepper = OptimizerStep(  # `stepper` keeps it where a caller wraps optimizer_step
             self.model, self.wrapped, self.forward, self.optimizer, self.sampler, train, self.world, self.device
         )
         watchers = [Trackers(cfg, self.run.path, resume)] if self.world.is_main else []
@@ -296,7 +296,7 @@ class Trainer:
         scores, compile_seconds = (math.nan, math.nan), 0.0  # the last (validation loss, bits per byte)
         while self.step < t.steps:
             first_compiled = t.compile and not compile_seconds
-            loss, grad_norm, skip, auxiliary = self.optimizer_step(self.step)
+            loss, grad_norm, skip = self.optimizer_step(self.step)
             tally.add(loss, skip)
             if first_compiled:  # the first step compiles the graph: time it apart from the throughput
                 loss.item()
@@ -323,8 +323,8 @@ class Trainer:
                     "grad_norm": window["grad_norm"],
                     "nan_skips": self.nan_skips,
                 }
-                if auxiliary is not None:  # the last step's auxiliary terms
-                    record["aux_loss"] = auxiliary.item()
+                if self.stepper.auxiliary is not None:  # the last step's auxiliary terms
+                    record["aux_loss"] = self.stepper.auxiliary.item()
                 if dt > 0:  # a window of the compiling step alone times nothing
                     record.update(dt_ms=1000 * dt, tokens_per_s=tokens_per_step / dt)
                 if evaluating:
