@@ -46,11 +46,11 @@ def auxiliary_loss(modules: list[nn.Module]) -> torch.Tensor | None:
     return torch.stack(terms).sum() if terms else None
 
 
-def objective(model: nn.Module, loss: torch.Tensor, modules: list[nn.Module] | None = None) -> torch.Tensor:
-    """What training backpropagates after a forward that returned `loss`: the loss plus the
-    auxiliary terms of that forward (`modules`: `auxiliary_modules(model)`, found once by a caller
-    that steps many times)."""
-    extra = auxiliary_loss(auxiliary_modules(model) if modules is None else modules)
+def objective(model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    """What training backpropagates after a forward of `model` that returned `loss`: the loss plus
+    the auxiliary terms of that forward (the training step, which steps many times, finds the
+    modules once and calls `auxiliary_loss` itself)."""
+    extra = auxiliary_loss(auxiliary_modules(model))
     return loss if extra is None else loss + extra
 
 
