@@ -93,8 +93,9 @@ def countable_model(cfg: ModelConfig) -> nn.Module:
             model(idx, caches=model.make_caches())
         return model
     except (NotImplementedError, RuntimeError):  # the CPU build runs it, or raises what is wrong
-        torch.manual_seed(0)
-        return build_model(cfg)
+        with torch.random.fork_rng():  # seeded for counts that repeat, the caller's generator untouched
+            torch.manual_seed(0)
+            return build_model(cfg)
 
 
 def _bytes_at(tensor: torch.Tensor, size: int, dtype: str | None) -> int:

@@ -60,7 +60,8 @@ class OptimizerStep:
         terms, model/auxiliary.py), gradients clipped -> (global mean loss, gradient norm before
         clipping)."""
         t = self.train
-        loss_sum, auxiliary_sum = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        auxiliary_sum = torch.zeros((), device=self.device) if self.auxiliary_modules else None
         for micro in range(t.grad_accum):
             x, y = (self._to_device(b) for b in self.sampler.next_batch())
             with gradient_sync(self.wrapped, enabled=micro == t.grad_accum - 1):
@@ -72,7 +73,7 @@ class OptimizerStep:
             loss_sum += loss.detach().float()
             if extra is not None:
                 auxiliary_sum += extra.detach()
-        if self.auxiliary_modules:
+        if auxiliary_sum is not None:
             self.auxiliary = self.world.mean(auxiliary_sum / t.grad_accum)
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
         return self.world.mean(loss_sum / t.grad_accum), local_scalar(grad_norm)
