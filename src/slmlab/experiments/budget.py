@@ -6,9 +6,10 @@
 Each variant trains steps = floor(budget / cost of one optimizer step), where one step is
 batch_size x seq_len x grad_accum tokens; its FLOPs are that many tokens times the model's training
 FLOPs per token (counted by torch.utils.flop_counter on the meta device, so a plugin's cost counts
-without a formula; on the CPU for a forward that reads values, as an MoE's routing does); its seconds are the median of 5 timed optimizer steps of the variant as it
-trains (`seconds_per_step`) after 2 warm-up steps, on the machine that runs the sweep command,
-recorded in the sweep folder's budget.json (`apply_budget`). The LR schedule is a function of train.steps,
+without a formula; on the CPU for a forward that reads values, as an MoE's routing does); its
+seconds are the median of 5 timed optimizer steps of the variant as it trains
+(`seconds_per_step`) after 2 warm-up steps, on the machine that runs the sweep command, recorded
+in the sweep folder's budget.json (`apply_budget`). The LR schedule is a function of train.steps,
 so it stretches with the budget (warmup stays as configured). The results table says which budget
 held and shows each variant's steps, tokens and FLOPs.
 """
