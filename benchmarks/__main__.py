@@ -15,7 +15,8 @@ Groups, each with its own baseline measured in the same run (ratios are against 
              against the same model's full-sequence forward (benchmarks/decoding.py)
   step       on CPU only: slmlab's training loop against a minimal nanoGPT-style loop at nanoGPT's
              CPU recipe and at 6 x 384, taking turns over --rounds (benchmarks/step_overhead.py)
-MFU = tokens/s x (6 N + 12 d sum_l T_l) / peak (measured fp32 matmul peak on CPU, 989 TFLOP/s on CUDA),
+MFU = tokens/s x (6 N + 12 d sum_l T_l) / peak (measured fp32 matmul peak on CPU; on
+CUDA the device's datasheet dense bf16 peak, benchmarks/timing.py),
 where T_l is the keys layer l reaches: T, or 2B for block-local (slmlab.model.accounting).
 
     python -m benchmarks all [--out runs/bench.md] [--steps 6]

@@ -6,7 +6,7 @@ for comparison. All at T = 256 and 1024 in one run, on a 4-layer model (default 
 4 heads, like the quickstart; --d-model/--n-head for others), s_dim 32. Each measurement runs in
 a fresh process so peak memory is its own.
 
-    python -m benchmarks.smat_overhead [--device cuda] [--steps 8] [--d-model 384 --n-head 6]
+    python -m benchmarks.smat_overhead [--device cuda] [--steps 8] [--d-model 384 --n-head 6] [--dtype bf16 --compile]
 """
 
 from __future__ import annotations
@@ -67,12 +67,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096, help="tokens per step (batch = tokens / T)")
     parser.add_argument("--d-model", type=int, default=192)
     parser.add_argument("--n-head", type=int, default=4, help="SMAT's 64M model: --d-model 384 --n-head 6 (64-wide heads)")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     print(
         f"device: {args.device}, torch {torch.__version__}, {args.tokens} tokens per step, "
-        f"model 4 x {args.d_model} x {args.n_head} heads, s_dim 32"
+        f"model 4 x {args.d_model} x {args.n_head} heads, s_dim 32, {args.dtype}{', compiled' if args.compile else ''}"
     )
-    rows = collect(args.device, (256, 1024), args.tokens, args.steps, args.d_model, args.n_head)
+    rows = collect(args.device, (256, 1024), args.tokens, args.steps, args.d_model, args.n_head, args.dtype, args.compile)
     table = []
     for r in rows:
         base = next(b for b in rows if b["seq"] == r["seq"] and b["variant"] == "baseline")

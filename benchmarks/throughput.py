@@ -2,8 +2,8 @@
 
 MFU = tokens/s x training FLOPs per token (6 N + 12 L d T) / peak. The peak is measured in the
 same run: on CPU the best fp32 matmul rate of this machine (square matmuls of a few sizes), on
-CUDA the device's dense bf16 peak (989 TFLOP/s for an H100 SXM unless --peak-tflops says
-otherwise), so the ratio says how much of what the hardware can do the model actually uses.
+CUDA the device's datasheet dense bf16 peak (989 TFLOP/s for an H100 SXM or an H200; a device
+not listed in timing.py gets its measured bf16 matmul rate, said so; --peak-tflops overrides), so the ratio says how much of what the hardware can do the model actually uses.
 A reference row gives the same model with PyTorch's stock loss (logits + F.cross_entropy),
 the nanoGPT formulation, measured in the same run.
 
@@ -45,7 +45,12 @@ def arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak; default: measured (CPU) or 989 (CUDA)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=0.0,
+        help="device peak; default: measured (CPU) or the device's datasheet dense bf16 (CUDA)",
+    )
     return parser
 
 

@@ -17,7 +17,19 @@ from slmlab.training.kernel_choice import time_local_kernels
 from slmlab.training.optim import build_optimizer
 from slmlab.training.runtime import autocast, median_seconds, peak_memory_bytes, sync
 
-H100_BF16_DENSE = 989e12
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets, by a part of the name CUDA
+# reports; the first entry the name contains wins, so a variant precedes the name it extends.
+DENSE_BF16_PEAKS = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("GH200", 989e12),
+    ("H200", 989e12),  # the H100's processor with more memory
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+)
 
 
 def in_fresh_process(fn: Callable, *args, **kwargs):
@@ -44,12 +56,21 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, repeat
     return best
 
 
+def datasheet_peak(name: str) -> float | None:
+    """A CUDA device's dense bf16 peak by its name ("NVIDIA H200" -> 989e12), None if not listed."""
+    return next((peak for part, peak in DENSE_BF16_PEAKS if part in name), None)
+
+
 def device_peak(device: torch.device, given_tflops: float = 0.0) -> tuple[float, str]:
-    """(peak FLOP/s, where it comes from): given, an H100's dense bf16 on CUDA, else measured fp32."""
+    """(peak FLOP/s, where it comes from): given; on CUDA the device's datasheet dense bf16 peak,
+    or for a device not listed its measured bf16 matmul rate, said so; on CPU the measured fp32."""
     if given_tflops:
         return given_tflops * 1e12, "given"
     if device.type == "cuda":
-        return H100_BF16_DENSE, "H100 dense bf16"
+        name = torch.cuda.get_device_name(device)
+        if (peak := datasheet_peak(name)) is not None:
+            return peak, f"{name}, datasheet dense bf16"
+        return matmul_peak(device, torch.bfloat16), f"{name}: no datasheet peak known, measured bf16 matmul"
     return matmul_peak(device), "measured fp32 matmul"
 
 

@@ -11,6 +11,16 @@ from slmlab.config import RunConfig, config_from_dict
 
 torch.set_num_threads(2)
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Every device this machine has: the CPU, and CUDA where present. A test that takes it runs
+    once per device (ids `cpu`, `cuda`: `pytest -k cuda` runs the CUDA half on a GPU machine)."""
+    return torch.device(request.param)
+
+
 LINES = [
     "ROMEO:\nBut soft, what light through yonder window breaks?",
     "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?",

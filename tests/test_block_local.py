@@ -15,18 +15,18 @@ from slmlab.model.block_local import BlockLocal, trains_as_full_warning
 def naive_block_local(q, k, v, block):
     """softmax over an explicit (T, T) mask: key j visible to query i iff j <= i and j >= (i // B - 1) B."""
     T = q.shape[2]
-    i = torch.arange(T)[:, None]
-    j = torch.arange(T)[None, :]
+    i = torch.arange(T, device=q.device)[:, None]
+    j = torch.arange(T, device=q.device)[None, :]
     allowed = (j <= i) & (j >= (i // block - 1) * block)
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
 
 
 @pytest.mark.parametrize("T, block", [(32, 8), (29, 8), (12, 8), (5, 8), (8, 8), (17, 4)])
-def test_equals_naive_masked_attention_forward_and_backward(T, block):
+def test_equals_naive_masked_attention_forward_and_backward(T, block, device):
     torch.manual_seed(T)
     pattern = BlockLocal(ModelConfig(local_block=block), layer=0)
-    q, k, v = (torch.randn(2, 3, T, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(2, 3, T, 8, dtype=torch.float64).to(device).requires_grad_() for _ in range(3))
     fast = pattern(q, k, v, 1 / math.sqrt(8), 0)
     naive = naive_block_local(q, k, v, block)
     torch.testing.assert_close(fast, naive, rtol=1e-10, atol=1e-12)
@@ -41,7 +41,7 @@ def naive_padded_block_local(q, k, v, block, q_start, padding):
     and, counted from the row's first token, j - p <= i - p and j - p >= ((i - p) // B - 1) B."""
     Bsz, H, Tq, D = q.shape
     Tk = k.shape[2]
-    out = torch.zeros(Bsz, H, Tq, v.shape[-1], dtype=q.dtype)
+    out = torch.zeros(Bsz, H, Tq, v.shape[-1], dtype=q.dtype, device=q.device)
     for r in range(Bsz):
         p = int(padding[r])
         for t in range(Tq):
@@ -71,7 +71,7 @@ def naive_padded_block_local(q, k, v, block, q_start, padding):
     ],
 )
 @pytest.mark.parametrize("rows_apart", [True, False], ids=["rows apart (CPU)", "rotated batch (GPU, compiled)"])
-def test_a_left_padded_batch_attends_each_row_from_its_first_token(Tq, before, q_start, block, rows_apart, monkeypatch):
+def test_a_left_padded_batch_attends_each_row_from_its_first_token(Tq, before, q_start, block, rows_apart, monkeypatch, device):
     """Whole padded prefills (each row attended on its own, or the batch rotated: either route),
     decoding steps (Tq <= B after kept keys: one mask) and long chunks after kept keys (Tq > B:
     3B-key windows; even with fewer kept keys than a query could see) equal the naive per-row
@@ -79,10 +79,10 @@ def test_a_left_padded_batch_attends_each_row_from_its_first_token(Tq, before, q
     monkeypatch.setattr(block_local, "attends_rows_apart", lambda q: rows_apart)
     torch.manual_seed(Tq + before)
     pattern = BlockLocal(ModelConfig(local_block=block), layer=0)
-    q = torch.randn(4, 2, Tq, 8, dtype=torch.float64)
-    k, v = torch.randn(2, 4, 2, Tq + before, 8, dtype=torch.float64)
+    q = torch.randn(4, 2, Tq, 8, dtype=torch.float64).to(device)
+    k, v = torch.randn(2, 4, 2, Tq + before, 8, dtype=torch.float64).to(device)
     end = q_start + Tq
-    padding = torch.tensor([0, min(2, end - 1), min(block + 1, end - 1), end - 1])  # the last row: one real token
+    padding = torch.tensor([0, min(2, end - 1), min(block + 1, end - 1), end - 1], device=device)  # the last row: one real token
     fast = pattern(q, k, v, 1 / math.sqrt(8), q_start, padding=padding)
     naive = naive_padded_block_local(q, k, v, block, q_start, padding)
     assert fast.shape == naive.shape and torch.isfinite(fast).all()
@@ -125,10 +125,10 @@ def model(**fields):
     return build_model(cfg).double().eval()
 
 
-def test_cached_generation_keeps_a_2b_window_and_matches_recomputation():
-    m = model(attention="block_local", global_every=3)
+def test_cached_generation_keeps_a_2b_window_and_matches_recomputation(device):
+    m = model(attention="block_local", global_every=3).to(device)
     assert [type(b.attn.pattern).__name__ for b in m.blocks] == ["BlockLocal", "BlockLocal", "FullCausal"]
-    idx = torch.randint(0, 30, (2, 40))
+    idx = torch.randint(0, 30, (2, 40)).to(device)
     full, _ = m(idx)
     caches = m.make_caches()
     parts = [m(idx[:, :7], caches=caches)[0]]
@@ -142,9 +142,9 @@ def test_cached_generation_keeps_a_2b_window_and_matches_recomputation():
     assert caches[0].length == 40 and caches[2].k.shape[2] == 64
 
 
-def test_block_local_model_is_causal_and_local():
-    m = model(attention_layers=["block_local"] * 3)
-    idx = torch.randint(0, 30, (1, 40))
+def test_block_local_model_is_causal_and_local(device):
+    m = model(attention_layers=["block_local"] * 3).to(device)
+    idx = torch.randint(0, 30, (1, 40)).to(device)
     base, _ = m(idx)
     changed = idx.clone()
     changed[:, 2] = (changed[:, 2] + 1) % 30

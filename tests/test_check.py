@@ -33,16 +33,16 @@ def configs_of(path: Path):
     return list(models_to_check(path.stem, load_config(path)).items())
 
 
-_CHECKED: dict[str, list] = {}  # outcomes by tiny model: 26 models of the configs shrink to 15 distinct ones
+_CHECKED: dict[tuple[str, str], list] = {}  # outcomes by tiny model and device: 26 models shrink to 15 distinct ones
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_every_built_in_config_passes(path):
+def test_every_built_in_config_passes(path, device):
     for label, cfg in configs_of(path):
-        tiny = repr(tiny_config(cfg))  # run_checks checks this model and nothing else of cfg
-        if tiny not in _CHECKED:
-            _CHECKED[tiny] = run_checks(cfg)[1]
-        outcomes = _CHECKED[tiny]
+        key = repr(tiny_config(cfg)), str(device)  # run_checks checks this model and nothing else of cfg
+        if key not in _CHECKED:
+            _CHECKED[key] = run_checks(cfg, device=device)[1]
+        outcomes = _CHECKED[key]
         failed = [f"{o.name}: {o.result.reason}" for o in outcomes if o.result.passed is False]
         assert not failed, (label, failed)
         naive = {o.name: o.result for o in outcomes}["naive reference (float64)"]

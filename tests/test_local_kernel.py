@@ -21,19 +21,26 @@ from tests.test_block_local import naive_block_local
 
 @pytest.mark.slow
 @pytest.mark.parametrize("block", [8, 128])
-def test_flex_kernel_equals_naive_masked_attention(block):
-    """At lengths on and off its 128-position tiles. Unpadded, torch's fused CPU kernel returned
-    zeros or NaN for some rows, in about half of all processes, at T = 8 mod 16 (8, 24, 40, ...) on
-    an AVX2 CPU."""
-    pattern = BlockLocal(ModelConfig(local_block=block, local_kernel="flex"), layer=0).eval()
+def test_flex_kernel_equals_naive_masked_attention(block, device):
+    """At lengths on and off its 128-position tiles; on CUDA, where FlexAttention trains, its
+    gradients too. Unpadded, torch's fused CPU kernel returned zeros or NaN for some rows, in about
+    half of all processes, at T = 8 mod 16 (8, 24, 40, ...) on an AVX2 CPU."""
+    pattern = BlockLocal(ModelConfig(local_block=block, local_kernel="flex"), layer=0)
     assert pattern.kernel == "flex"
+    trains = not lk.flex_unavailable(device, 0.0)
     for T in (5, 8, 24, 37, 40, 56, 72, 88, 128, 136, 300):
         torch.manual_seed(T)
-        q, k, v = (torch.randn(2, 3, T, 8) for _ in range(3))
-        out = pattern(q, k, v, 1 / math.sqrt(8), 0)
-        torch.testing.assert_close(
-            out, naive_block_local(q, k, v, block), rtol=1e-5, atol=1e-5, msg=lambda m, T=T: f"T = {T}: {m}"
-        )
+        q, k, v = (torch.randn(2, 3, T, 16).to(device).requires_grad_(trains) for _ in range(3))
+        with torch.set_grad_enabled(trains):
+            out, naive = pattern(q, k, v, 1 / math.sqrt(16), 0), naive_block_local(q, k, v, block)
+        torch.testing.assert_close(out, naive, rtol=1e-5, atol=1e-5, msg=lambda m, T=T: f"T = {T}: {m}")
+        if trains:
+            w = torch.randn_like(out)
+            grads = torch.autograd.grad((out * w).sum(), (q, k, v)), torch.autograd.grad((naive * w).sum(), (q, k, v))
+            for name, ours, reference in zip("qkv", *grads):
+                torch.testing.assert_close(
+                    ours, reference, rtol=1e-4, atol=1e-4, msg=lambda m, T=T, n=name: f"T = {T}, d{n}: {m}"
+                )
 
 
 def tiny_model(**fields):
@@ -53,9 +60,10 @@ def tiny_model(**fields):
 
 
 @pytest.mark.slow
-def test_flex_model_matches_window_model_and_generates_from_its_cache():
+def test_flex_model_matches_window_model_and_generates_from_its_cache(device):
     model, _ = tiny_model()
-    idx = torch.randint(0, 30, (2, 45))
+    model.to(device)
+    idx = torch.randint(0, 30, (2, 45)).to(device)
     with torch.no_grad():
         windows, _ = model(idx)
         lk.set_kernel(model, "flex")

@@ -11,11 +11,11 @@ from slmlab.model.loss import linear_cross_entropy
 
 
 @pytest.mark.parametrize("vocab, rows", [(50, 7), (3000, 1500)])  # one chunk; many chunks with a ragged tail
-def test_matches_the_naive_reference_in_float64(vocab, rows):
+def test_matches_the_naive_reference_in_float64(vocab, rows, device):
     torch.manual_seed(0)
-    h = torch.randn(rows, 16, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(vocab, 16, dtype=torch.float64, requires_grad=True)
-    y = torch.randint(0, vocab, (rows,))
+    h = torch.randn(rows, 16, dtype=torch.float64).to(device).requires_grad_()
+    w = torch.randn(vocab, 16, dtype=torch.float64).to(device).requires_grad_()
+    y = torch.randint(0, vocab, (rows,)).to(device)
     ours = linear_cross_entropy(h, w, y)
     (ours * 3.0).backward()
     grads = h.grad.clone(), w.grad.clone()

@@ -23,21 +23,21 @@ def tiny(**fields) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("fields", [{}, {"norm": "rmsnorm"}, {"bias": False, "tie_embeddings": False}])
-def test_changing_a_future_token_never_changes_earlier_logits(fields):
-    model = tiny(**fields).double()
-    idx = torch.randint(0, V, (3, 40))
+def test_changing_a_future_token_never_changes_earlier_logits(fields, device):
+    model = tiny(**fields).double().to(device)
+    idx = torch.randint(0, V, (3, 40)).to(device)
     base, _ = model(idx)
     for t in (0, 17, 38):
         changed = idx.clone()
-        changed[:, t + 1] = (changed[:, t + 1] + 1 + torch.arange(3)) % V
+        changed[:, t + 1] = (changed[:, t + 1] + 1 + torch.arange(3, device=device)) % V
         logits, _ = model(changed)
         assert torch.equal(logits[:, : t + 1], base[:, : t + 1])
         assert not torch.allclose(logits[:, t + 1], base[:, t + 1])
 
 
-def test_cached_decoding_equals_full_recomputation():
-    model = tiny().double()
-    idx = torch.randint(0, V, (2, 30))
+def test_cached_decoding_equals_full_recomputation(device):
+    model = tiny().double().to(device)
+    idx = torch.randint(0, V, (2, 30)).to(device)
     full, _ = model(idx)
     caches = [KVCache(48) for _ in model.blocks]
     prefill, _ = model(idx[:, :12], caches=caches)

@@ -33,11 +33,11 @@ def smat_model(variant: str, **smat_fields) -> torch.nn.Module:
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("smat_fields", [{}, {"gate_per_head": True, "centrality_norm": "seq"}])
-def test_fast_path_matches_naive_reference_forward_and_backward(variant, smat_fields):
-    model = smat_model(variant, **smat_fields)
+def test_fast_path_matches_naive_reference_forward_and_backward(variant, smat_fields, device):
+    model = smat_model(variant, **smat_fields).to(device)
     attn = model.blocks[1].attn
-    h = torch.randn(3, 20, 16, dtype=torch.float64, requires_grad=True)
-    positions = torch.arange(20)
+    h = torch.randn(3, 20, 16, dtype=torch.float64).to(device).requires_grad_()
+    positions = torch.arange(20, device=device)
     fast = attn(h, positions)
     norm_len = model.cfg.block_size if smat_fields.get("centrality_norm") == "seq" else 0
     naive = naive_attention(attn, h, norm_len)
@@ -52,9 +52,9 @@ def test_fast_path_matches_naive_reference_forward_and_backward(variant, smat_fi
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_cached_generation_equals_full_recomputation(variant):
-    model = smat_model(variant, gate_per_head=True).eval()
-    idx = torch.randint(0, 37, (2, 22))
+def test_cached_generation_equals_full_recomputation(variant, device):
+    model = smat_model(variant, gate_per_head=True).eval().to(device)
+    idx = torch.randint(0, 37, (2, 22)).to(device)
     full, _ = model(idx)
     caches = [KVCache(24) for _ in model.blocks]
     parts = [model(idx[:, :9], caches=caches)[0]]
@@ -65,9 +65,9 @@ def test_cached_generation_equals_full_recomputation(variant):
         assert caches[0].k.shape[-1] == 8 + 6  # the cache holds the extra key dimensions
 
 
-def test_full_smat_is_causal():
-    model = smat_model("full")
-    idx = torch.randint(0, 37, (2, 20))
+def test_full_smat_is_causal(device):
+    model = smat_model("full").to(device)
+    idx = torch.randint(0, 37, (2, 20)).to(device)
     base, _ = model(idx)
     changed = idx.clone()
     changed[:, 12] = (changed[:, 12] + 1) % 37

@@ -22,12 +22,15 @@ from slmlab.training.optim import lr_at, param_groups
 from tests.conftest import kill_after_step
 
 
-def test_resume_is_bit_exact(text_corpus, make_config):
-    straight = make_config(text_corpus, model={"dropout": 0.1}, train={"steps": 20, "checkpoint_every": 10})
+def test_resume_is_bit_exact(text_corpus, make_config, device):
+    """Bit-exact on the CPU; on CUDA, where kernels may reduce in another order from one call to
+    the next, equal to float32 rounding (dropout's masks included: the CUDA generator is resumed)."""
+    settings = {"steps": 20, "checkpoint_every": 10, "device": device.type}
+    straight = make_config(text_corpus, model={"dropout": 0.1}, train=settings)
     straight.name = "straight"
     train(straight, progress=False)
 
-    halves = make_config(text_corpus, model={"dropout": 0.1}, train={"steps": 20, "checkpoint_every": 10})
+    halves = make_config(text_corpus, model={"dropout": 0.1}, train=settings)
     halves.name = "halves"
     kill_after_step(Trainer(halves, progress=False), 10)  # the process dies after the step-10 checkpoint
     assert not RunDir.for_config(halves).final_weights.exists()
@@ -35,12 +38,17 @@ def test_resume_is_bit_exact(text_corpus, make_config):
 
     a = load_file(RunDir.for_config(straight).final_weights)
     b = load_file(RunDir.for_config(halves).final_weights)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [r["step"] for r in RunDir.for_config(halves).read_metrics()]
     assert steps == sorted(set(steps)) and steps[-1] == 20  # no duplicated records after resume
     losses_a = [r["loss"] for r in RunDir.for_config(straight).read_metrics()]
     losses_b = [r["loss"] for r in RunDir.for_config(halves).read_metrics()]
-    assert losses_a == losses_b
+    assert a.keys() == b.keys()
+    if device.type == "cpu":
+        assert all(torch.equal(a[k], b[k]) for k in a) and losses_a == losses_b
+    else:
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+        torch.testing.assert_close(losses_a, losses_b, rtol=1e-4, atol=1e-5)
 
 
 def test_a_run_killed_while_writing_its_first_checkpoint_says_so(text_corpus, make_config):

@@ -131,7 +131,7 @@ def naive_reference(attn, h: torch.Tensor, positions: torch.Tensor) -> torch.Ten
     q, k, v = attn.qkv(h).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
     q, k = attn._positions[0].rotate(q, k, positions)
     logits = q @ k.transpose(-1, -2) / math.sqrt(D)
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
     y = logits.masked_fill(~causal, float("-inf")).softmax(-1) @ v
     y = y * attn.extensions[0].gate(h)
     return attn.proj(y.transpose(1, 2).reshape(B, T, C))

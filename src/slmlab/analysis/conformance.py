@@ -58,7 +58,7 @@ def check_causality(probe: Probe, mode: str) -> Result:
         full = probe.logits(model, probe.tokens, seed=1)
         for t in sorted({1, probe.T // 2, probe.T - 1}):
             changed = probe.tokens.clone()
-            changed[:, t:] = (changed[:, t:] + 1 + torch.arange(probe.T - t)) % probe.cfg.vocab_size
+            changed[:, t:] = (changed[:, t:] + 1 + torch.arange(probe.T - t, device=probe.device)) % probe.cfg.vocab_size
             after = probe.logits(model, changed, seed=1)[:, :t]
             worst = max(worst, (full[:, :t] - after).abs().max().item())
     passed = agrees(worst, full)
@@ -132,7 +132,7 @@ def check_determinism(probe: Probe) -> Result:
 
 def check_save_load(probe: Probe) -> Result:
     model = probe.build(moved=True).eval()  # away from the init, so a parameter left out shows
-    fresh = Probe(probe.cfg, offset_seed(probe.seed, 7)).build().eval()
+    fresh = Probe(probe.cfg, offset_seed(probe.seed, 7), probe.device).build().eval()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "weights.safetensors"
         save_model(model, str(path))
@@ -184,11 +184,13 @@ def check_overfit(probe: Probe, steps: int = 100) -> Result:
     )
 
 
-def _differences(fast: torch.Tensor, naive: torch.Tensor, inputs: list[torch.Tensor], generator) -> tuple[float, float, bool]:
+def _differences(
+    probe: Probe, fast: torch.Tensor, naive: torch.Tensor, inputs: list[torch.Tensor], generator
+) -> tuple[float, float, bool]:
     """(max abs Δ of the outputs, max abs Δ of the gradients of a random weighting of them with
     respect to `inputs`, whether both agree in float64 (`agrees`, each gradient at its own scale));
     inf and disagreement where one side has a gradient and the other none."""
-    weights = torch.randn(fast.shape, dtype=torch.float64, generator=generator)
+    weights = probe.randn(*fast.shape, generator=generator)
     grads_fast = torch.autograd.grad((fast * weights).sum(), inputs, allow_unused=True)
     grads_naive = torch.autograd.grad((naive * weights).sum(), inputs, allow_unused=True)
     worst_out = (fast - naive).abs().max().item()
@@ -207,22 +209,22 @@ def check_naive_references(probe: Probe) -> Result:
     applies to it, then the whole model's logits and the gradients of every parameter against
     every whole-model reference that applies, in eval mode: dropout is no part of the definitions."""
     model = probe.build(torch.float64, moved=True).eval()
-    positions = torch.arange(probe.T)
+    positions = torch.arange(probe.T, device=probe.device)
     generator = torch.Generator().manual_seed(probe.seed)
     compared: dict[str, tuple[float, float, bool]] = {}  # label -> (max abs Δ out, Δ grad, agreed)
     for name, attention in attention_modules(model):
-        h = torch.randn(2, probe.T, probe.cfg.d_model, dtype=torch.float64, generator=generator, requires_grad=True)
+        h = probe.randn(2, probe.T, probe.cfg.d_model, generator=generator, requires_grad=True)
         for label, reference in NAIVE_REFERENCES.items():
             naive = reference(attention, h, positions)
             if naive is not None:
                 inputs = [h, *(p for p in attention.parameters() if p.requires_grad)]
-                compared[f"{label}@{name}"] = _differences(attention(h, positions), naive, inputs, generator)
+                compared[f"{label}@{name}"] = _differences(probe, attention(h, positions), naive, inputs, generator)
     layers = len(compared)
     for label, reference in NAIVE_MODEL_REFERENCES.items():
         naive = reference(model, probe.tokens)
         if naive is not None:
             inputs = [p for p in model.parameters() if p.requires_grad]
-            compared[f"{label} (whole model)"] = _differences(model(probe.tokens)[0], naive, inputs, generator)
+            compared[f"{label} (whole model)"] = _differences(probe, model(probe.tokens)[0], naive, inputs, generator)
     if not compared:
         return Result(None, "no registered reference applies")
     worst_out, worst_grad = (max(d[i] for d in compared.values()) for i in range(2))
@@ -262,10 +264,10 @@ PROPERTIES: tuple[tuple[str, Callable[[Probe], Result]], ...] = (
 )
 
 
-def run_checks(cfg: RunConfig, seed: int = 0) -> tuple[ModelConfig, list[Outcome]]:
-    """Every property, on `cfg`'s model at tiny shapes -> (the tiny ModelConfig, outcomes)."""
+def run_checks(cfg: RunConfig, seed: int = 0, device: torch.device | str = "cpu") -> tuple[ModelConfig, list[Outcome]]:
+    """Every property, on `cfg`'s model at tiny shapes on `device` -> (the tiny ModelConfig, outcomes)."""
     model_cfg = tiny_config(cfg)
-    probe = Probe(model_cfg, seed)
+    probe = Probe(model_cfg, seed, device)
     probe.build()  # a config no model can be built from is its one ConfigError, not a failure per property
     outcomes = []
     for name, check in tracked(PROPERTIES, "checking", len(PROPERTIES), "properties"):

@@ -55,7 +55,7 @@ def check_padded_decoding(probe: Probe) -> Result:
     lengths = sorted({1, max(1, probe.T // 4), max(1, probe.T // 2)})
     n = max(1, probe.T - lengths[-1] - 2)
     prompts = [probe.tokens[i % len(probe.tokens), :length] for i, length in enumerate(lengths)]
-    idx, padding = left_padded([p.tolist() for p in prompts])
+    idx, padding = left_padded([p.tolist() for p in prompts], probe.device)
     with torch.no_grad():
         together = _greedy_logits(model, idx, n, padding)
         alone = [_greedy_logits(model, p[None], n)[0] for p in prompts]

@@ -31,14 +31,19 @@ class Result:
 
 
 class Probe:
-    """Builds the model under test (seeded) and holds the shared inputs."""
+    """Builds the model under test (seeded) on `device` and holds the shared inputs there. Every
+    value is drawn on the CPU, so a model and its inputs are the same on every device."""
 
-    def __init__(self, cfg: ModelConfig, seed: int = 0):
-        self.cfg, self.seed = cfg, seed
+    def __init__(self, cfg: ModelConfig, seed: int = 0, device: torch.device | str = "cpu"):
+        self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
         self.T = min(cfg.block_size, 40)
         generator = torch.Generator().manual_seed(seed)
-        self.tokens = torch.randint(0, cfg.vocab_size, (3, self.T), generator=generator)
-        self.targets = torch.randint(0, cfg.vocab_size, (3, self.T), generator=generator)
+        self.tokens = torch.randint(0, cfg.vocab_size, (3, self.T), generator=generator).to(self.device)
+        self.targets = torch.randint(0, cfg.vocab_size, (3, self.T), generator=generator).to(self.device)
+
+    def randn(self, *shape: int, generator: torch.Generator, requires_grad: bool = False) -> torch.Tensor:
+        """Float64 Gaussian values drawn on the CPU from `generator`, on the probe's device."""
+        return torch.randn(shape, dtype=torch.float64, generator=generator).to(self.device).requires_grad_(requires_grad)
 
     def build(self, dtype: torch.dtype = torch.float32, moved: bool = False) -> torch.nn.Module:
         """The model at its init (seeded); `moved`: with every parameter then shifted off it, by
@@ -55,7 +60,7 @@ class Probe:
                     spread = parameter.std().item() if parameter.numel() > 1 else 0.0
                     noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
                     parameter.add_(noise.to(parameter.device) * (0.5 * spread if spread > 0 else 0.1))
-        return model
+        return model.to(self.device)
 
     def logits(self, model, tokens, seed: int | None = None) -> torch.Tensor:
         if seed is not None:

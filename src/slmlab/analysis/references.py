@@ -43,9 +43,9 @@ def rotate_pairs(x: torch.Tensor, positions: torch.Tensor, rope: RotaryPositions
     return out
 
 
-def allowed_keys(pattern, T: int) -> torch.Tensor | None:
-    """(T, T) bool: query i may attend to key j (None for a pattern this reference does not know)."""
-    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+def allowed_keys(pattern, T: int, device: torch.device | None = None) -> torch.Tensor | None:
+    """(T, T) bool on `device`: query i may attend to key j (None for a pattern this reference does not know)."""
+    i, j = torch.arange(T, device=device)[:, None], torch.arange(T, device=device)[None, :]
     if isinstance(pattern, FullCausal):
         return j <= i
     if isinstance(pattern, BlockLocal):
@@ -59,7 +59,7 @@ def plain_attention(attn, h: torch.Tensor, positions: torch.Tensor) -> torch.Ten
     if type(attn) is not CausalSelfAttention or len(attn.extensions):
         return None
     scheme = attn._positions[0]
-    allowed = allowed_keys(attn.pattern, h.shape[1])
+    allowed = allowed_keys(attn.pattern, h.shape[1], h.device)
     if allowed is None or type(scheme) not in (LearnedPositions, SinusoidalPositions, RotaryPositions):
         return None
     B, T, C = h.shape
@@ -86,7 +86,7 @@ def plain_decoder(model, idx: torch.Tensor) -> torch.Tensor | None:
     method, a layer no reference applies to)."""
     if type(model) is not Decoder:
         return None
-    positions = torch.arange(idx.shape[1])
+    positions = torch.arange(idx.shape[1], device=idx.device)
     if (x := naive.embed(model, idx)) is None:
         return None
     for layer, block in enumerate(model.blocks):

@@ -19,11 +19,17 @@ def register(sub) -> None:
         "KV cache, left-padded decoding, gradients, determinism, save/load, initial loss, overfitting, naive references",
         "  slmlab check configs/quickstart.toml\n"
         "  slmlab check configs/smat_quick.toml --model.smat.use_S true\n"
-        "  slmlab check examples/plugins/gated_attention.toml",
+        "  slmlab check examples/plugins/gated_attention.toml\n"
+        "  slmlab check configs/smat_quick.toml --device cuda",
         overrides=True,
     )
     p.add_argument("config")
     add_seed(p, help="seed of the tiny model and its inputs")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the tiny model runs, in float64 (default cpu; cuda, cuda:N or mps check that device's kernels)",
+    )
     p.set_defaults(func=cmd_check)
 
     p = add_verb(
@@ -55,12 +61,14 @@ def cmd_check(args, extra) -> int:
     from ..analysis.conformance import comparison_table, outcome_table, run_checks
     from ..analysis.tiny_models import models_to_check, shrunk_sections
     from ..training.kernel_choice import forces_flex
+    from ..training.runtime import resolve_device
 
+    device = resolve_device(args.device)
     given = configs_to_inspect(args.config, extra)
     configs = {label: cfg for name, run_cfg in given.items() for label, cfg in models_to_check(name, run_cfg).items()}
     results = {}
     for label, cfg in configs.items():
-        model_cfg, results[label] = run_checks(cfg, args.seed)
+        model_cfg, results[label] = run_checks(cfg, args.seed, device)
         print(
             f"{label}: {model_cfg.arch}, {model_cfg.n_layer} layers x {model_cfg.d_model} d_model, vocab {model_cfg.vocab_size}"
             + shrunk_sections(cfg.model, model_cfg)

@@ -78,26 +78,28 @@ def head(module: nn.Module, h: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def position_embedding(scheme: nn.Module, T: int, d_model: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """(T, d_model) added to the token embeddings at positions 0..T-1 (zeros for rotary)."""
+def position_embedding(
+    scheme: nn.Module, T: int, d_model: int, dtype: torch.dtype, device: torch.device | None = None
+) -> torch.Tensor | None:
+    """(T, d_model) on `device`, added to the token embeddings at positions 0..T-1 (zeros for rotary)."""
     if type(scheme) is LearnedPositions:
         return scheme.wpe.weight[:T]
     if type(scheme) is SinusoidalPositions:
-        table = torch.zeros(T, d_model, dtype=dtype)
+        table = torch.zeros(T, d_model, dtype=dtype, device=device)
         for i in range(0, d_model, 2):
-            angle = torch.arange(T, dtype=torch.float64) / 10000.0 ** (i / d_model)
+            angle = torch.arange(T, dtype=torch.float64, device=device) / 10000.0 ** (i / d_model)
             table[:, i] = angle.sin().to(dtype)
             if i + 1 < d_model:
                 table[:, i + 1] = angle.cos().to(dtype)
         return table
     if type(scheme) is RotaryPositions:
-        return torch.zeros(T, d_model, dtype=dtype)
+        return torch.zeros(T, d_model, dtype=dtype, device=device)
     return None
 
 
 def embed(model: nn.Module, idx: torch.Tensor) -> torch.Tensor | None:
     """x_0 = wte[idx] + PE for a model with `wte` and `positions` (None: positions without a naive form)."""
-    table = position_embedding(model.positions, idx.shape[1], model.cfg.d_model, model.wte.weight.dtype)
+    table = position_embedding(model.positions, idx.shape[1], model.cfg.d_model, model.wte.weight.dtype, idx.device)
     return None if table is None else model.wte.weight[idx] + table
 
 

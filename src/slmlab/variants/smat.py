@@ -164,7 +164,7 @@ def naive_attention(attn, h: torch.Tensor, norm_len: int = 0, positions: torch.T
     if positions is not None:
         q, k = attn._positions[0].rotate(q, k, positions)
     logits = q @ k.transpose(-1, -2) / math.sqrt(D)
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
     for ext in attn.extensions:
         s = ext.w_s(h)
         s_hat = s / s.norm(dim=-1, keepdim=True)
@@ -172,7 +172,11 @@ def naive_attention(attn, h: torch.Tensor, norm_len: int = 0, positions: torch.T
         if ext.use_S:
             logits = logits + torch.nn.functional.softplus(ext.lambda_raw) * S[:, None]
         if ext.use_G:
-            n = torch.full((T,), float(norm_len)) if norm_len else torch.arange(1, T + 1, dtype=h.dtype)
+            n = (
+                torch.full((T,), float(norm_len), device=h.device)
+                if norm_len
+                else torch.arange(1, T + 1, dtype=h.dtype, device=h.device)
+            )
             c = (S * causal).sum(-1) / n  # mean over l <= j
             gate = torch.sigmoid(ext.w_g(h) + ext.mu * c[..., None] + ext.beta)
             v = v * gate.transpose(1, 2)[..., None]

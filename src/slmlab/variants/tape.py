@@ -321,7 +321,7 @@ def naive_tape(model, idx: torch.Tensor) -> torch.Tensor | None:
     (None for another model, or where a piece has no naive form)."""
     if type(model) is not TapeTransformer:
         return None
-    tape, positions = model.cfg.tape, torch.arange(idx.shape[1])
+    tape, positions = model.cfg.tape, torch.arange(idx.shape[1], device=idx.device)
     if (x := naive.embed(model, idx)) is None:
         return None
     if (coda := naive_tape_head(model.coda, tape.coda_rule, x, positions)) is None:
