@@ -113,7 +113,7 @@ def model_rows(args, peak: float) -> list[tuple]:
 def kernel_rows(args) -> list[tuple]:
     """Block-local kernels of the long-context model: windows (the baseline) vs FlexAttention."""
     cfg = ModelConfig(block_size=2048, pos="rope", attention="block_local", local_block=256, **TEN_M)
-    backward = not flex_unavailable(torch.device(args.device), cfg.dropout)
+    backward = not flex_unavailable(torch.device(args.device), cfg)
     seconds = in_fresh_process(local_kernel_seconds, cfg, 2, 2048, args.device, args.dtype, backward, args.steps)
     group = f"kernels (T=2048, batch 2, {'forward + backward' if backward else 'forward only'})"
     return [

@@ -20,11 +20,16 @@ from slmlab.model import build_model
 from slmlab.training.optim import select_trainable
 
 
-def sweep_file(tmp_path, micro_toml, budget: str, full: str = '"model.smat.use_S" = true\n"model.smat.use_G" = true') -> str:
+def sweep_file(
+    tmp_path, micro_toml, budget: str, full: str = '"model.smat.use_S" = true\n"model.smat.use_G" = true', device: str = "cpu"
+) -> str:
+    """A baseline-vs-SMAT sweep of the micro config under `budget`, trained on `device` (the CPU,
+    whose step times are named by thread count, unless a test asks for another)."""
     path = tmp_path / "budget_sweep.toml"
     path.write_text(
         f'name = "budget"\nbase = "{micro_toml.name}"\nout_dir = "{tmp_path / "runs"}"\nseeds = [1]\n'
-        f'[overrides]\n"train.warmup_steps" = 1\n[budget]\n{budget}\n[variants.baseline]\n[variants.full]\n{full}\n'
+        f'[overrides]\n"train.warmup_steps" = 1\n"train.device" = "{device}"\n'
+        f"[budget]\n{budget}\n[variants.baseline]\n[variants.full]\n{full}\n"
     )
     return str(path)
 
@@ -71,8 +76,8 @@ def test_frozen_weights_cost_no_gradient_flops(tmp_path, micro_toml):
     assert flops_per_token(area) - flops_per_token(frozen) == 2 * frozen_weights
 
 
-def test_a_seconds_budget_times_each_variant(tmp_path, micro_toml, monkeypatch):
-    cfg = load_sweep(sweep_file(tmp_path, micro_toml, "seconds = 10"))[1][0].config
+def test_a_seconds_budget_times_each_variant(tmp_path, micro_toml, monkeypatch, device):
+    cfg = load_sweep(sweep_file(tmp_path, micro_toml, "seconds = 10", device=device.type))[1][0].config
     measured = seconds_per_step(cfg)
     assert 0 < measured < 5 and math.isfinite(measured)
     monkeypatch.setattr(budget_module, "seconds_per_step", lambda cfg: 0.1 if cfg.model.smat.use_S else 0.05)

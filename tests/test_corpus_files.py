@@ -82,10 +82,10 @@ def _compress(path, text: str, suffix: str) -> None:
     import gzip
     import lzma
 
-    import zstandard
-
     data = text.encode()
     if suffix == ".zst":
+        import zstandard
+
         compressor = zstandard.ZstdCompressor()
         path.write_bytes(b"".join(compressor.compress(part) for part in (data[: len(data) // 2], data[len(data) // 2 :])))
         return

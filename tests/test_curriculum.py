@@ -34,7 +34,7 @@ def test_phases_hand_weights_on_and_run_their_own_settings(make_config, text_cor
     Trainer(phase_a, overwrite=True, progress=False).fit()
     first = RunDir.for_config(phase_a)
     phase_b = Trainer(cfg.phase(1), overwrite=True, progress=False, init_from=first)
-    start = {k: v for k, v in phase_b.model.state_dict().items()}
+    start = {k: v.cpu() for k, v in phase_b.model.state_dict().items()}
     final_a = load_file(first.final_weights)
     assert all(torch.equal(start[k], final_a[k]) for k in final_a)
     assert all(isinstance(b.attn.pattern, BlockLocal) for b in phase_b.model.blocks)

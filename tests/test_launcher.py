@@ -51,3 +51,23 @@ def test_the_launcher_prints_what_rank_0_did_not():
         with contextlib.redirect_stderr(io.StringIO()) as err:
             assert _report(failures, errors) == code
         assert err.getvalue() == printed
+
+
+def test_more_processes_than_gpus_is_one_line_naming_the_fix(monkeypatch):
+    """`--nproc 2` on a machine with one GPU: the second process asked CUDA for device 1 and died
+    in a traceback ("invalid device ordinal", seen on an H200 machine)."""
+    import pytest
+    import torch
+
+    from slmlab.config import ConfigError
+    from slmlab.training import distributed
+
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(
+        ConfigError, match=r"process 1 of this machine has no GPU of its own: it has 1 CUDA device\(s\); .*--nproc"
+    ):
+        distributed.World.from_env("auto")

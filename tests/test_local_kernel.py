@@ -25,9 +25,10 @@ def test_flex_kernel_equals_naive_masked_attention(block, device):
     """At lengths on and off its 128-position tiles; on CUDA, where FlexAttention trains, its
     gradients too. Unpadded, torch's fused CPU kernel returned zeros or NaN for some rows, in about
     half of all processes, at T = 8 mod 16 (8, 24, 40, ...) on an AVX2 CPU."""
-    pattern = BlockLocal(ModelConfig(local_block=block, local_kernel="flex"), layer=0)
+    cfg = ModelConfig(local_block=block, local_kernel="flex")
+    pattern = BlockLocal(cfg, layer=0)
     assert pattern.kernel == "flex"
-    trains = not lk.flex_unavailable(device, 0.0)
+    trains = not lk.flex_unavailable(device, cfg)
     for T in (5, 8, 24, 37, 40, 56, 72, 88, 128, 136, 300):
         torch.manual_seed(T)
         q, k, v = (torch.randn(2, 3, T, 16).to(device).requires_grad_(trains) for _ in range(3))
@@ -49,7 +50,7 @@ def tiny_model(**fields):
         vocab_size=30,
         n_layer=2,
         n_head=2,
-        d_model=16,
+        d_model=32,  # heads of 16: the least CUDA's FlexAttention kernel takes
         block_size=64,
         pos="rope",
         local_block=8,
@@ -98,6 +99,9 @@ def test_config_choices_and_cpu_auto():
     model, cfg = tiny_model(local_kernel="flex")
     with pytest.raises(ConfigError, match="model.local_kernel = 'flex' cannot train here: FlexAttention has no backward on cpu"):
         lk.choose_local_kernel(model, cfg, 2, 32, torch.device("cpu"))
+    narrow = ModelConfig(n_head=4, d_model=32, attention="block_local", local_kernel="flex")  # heads of 8
+    with pytest.raises(ConfigError, match="FlexAttention on CUDA needs heads of at least 16 dimensions \\(the model's have 8\\)"):
+        lk.check_local_kernel(narrow, torch.device("cuda"))  # (an H200 found it: inductor's kernel is NYI below 16)
     all_full = ModelConfig(n_layer=2, attention="block_local", attention_layers=["full", "full"], local_kernel="flex")
     lk.check_local_kernel(all_full, torch.device("cpu"))  # no block-local layer: nothing for flex to run
     with pytest.raises(ConfigError, match="applies no attention dropout but model.dropout = 0.1"):
@@ -115,7 +119,7 @@ def test_config_choices_and_cpu_auto():
     ],
 )
 def test_auto_keeps_the_measured_faster_kernel_by_majority(monkeypatch, flex_s, windows_s, others_prefer_flex, expected):
-    monkeypatch.setattr(lk, "flex_unavailable", lambda device, dropout: "")
+    monkeypatch.setattr(lk, "flex_unavailable", lambda device, cfg: "")
     monkeypatch.setattr(lk, "time_local_kernels", lambda *a, **k: {"windows": windows_s, "flex": flex_s})
     model, cfg = tiny_model()
     chosen = lk.choose_local_kernel(model, cfg, 2, 32, torch.device("cpu"), vote=lambda mine: (mine + others_prefer_flex) / 2)
@@ -129,13 +133,12 @@ def test_auto_keeps_the_measured_faster_kernel_by_majority(monkeypatch, flex_s, 
 
 
 def test_training_records_the_kernel_and_refuses_flex_on_cpu_before_writing(make_config, text_corpus, tmp_path):
-    cfg = make_config(text_corpus, model={"attention": "block_local", "local_block": 8, "pos": "rope"}, train={"steps": 2})
+    cpu = {"steps": 2, "device": "cpu"}
+    cfg = make_config(text_corpus, model={"attention": "block_local", "local_block": 8, "pos": "rope"}, train=cpu)
     result = train(cfg, progress=False)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["local_kernel"] == {"kernel": "windows", "chosen_by": "FlexAttention has no backward on cpu"}
-    flex = make_config(
-        text_corpus, model={"attention": "block_local", "local_block": 8, "local_kernel": "flex"}, train={"steps": 2}
-    )
+    flex = make_config(text_corpus, model={"attention": "block_local", "local_block": 8, "local_kernel": "flex"}, train=cpu)
     flex.name = "flex"
     with pytest.raises(ConfigError, match="cannot train here"):
         train(flex, progress=False)
@@ -146,7 +149,7 @@ def test_a_resumed_run_keeps_the_kernel_its_start_timed(monkeypatch):
     """The kernels round differently: a resume that timed again and chose the other would not
     continue the run bit for bit. The timed choice travels in the checkpoint and is kept on the
     same kind of device; another device times again, and a config choice is the config's."""
-    monkeypatch.setattr(lk, "flex_unavailable", lambda device, dropout: "")
+    monkeypatch.setattr(lk, "flex_unavailable", lambda device, cfg: "")
     timings = iter([{"windows": 2.0, "flex": 1.0}, {"windows": 1.0, "flex": 2.0}])
     monkeypatch.setattr(lk, "time_local_kernels", lambda *a, **k: next(timings))
     model, cfg = tiny_model()

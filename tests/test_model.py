@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from slmlab.config import ConfigError, ModelConfig
+from slmlab.errors import CheckpointError
 from slmlab.model import KVCache, build_model, model_stats
 from slmlab.model.attention_maps import capture_attention
 from slmlab.model.modes import eval_mode
-from slmlab.model.sampling import sample_next
+from slmlab.model.sampling import sample_next, unusable_rows
 
 V = 61
 
@@ -369,3 +370,20 @@ def test_a_forward_refuses_ids_it_cannot_read_with_one_line_saying_what_to_fix(a
     logits, _ = model(torch.tensor([[1, 49]], dtype=torch.int32))
     _, loss = model(torch.tensor([[1, 49]]), torch.tensor([[-100, 3]]))
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits[0, 1:], torch.tensor([3])))
+
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_weights_that_give_nan_logits_are_an_error_in_greedy_decoding_too(temperature, device):
+    """Sampling refuses NaN probabilities; greedy decoding's argmax of NaN logits is a token all the
+    same, so generate checks each step's logits (on the device, read once at the end: on CUDA a
+    NaN reaching multinomial is a device-side assert that ends the process's CUDA context)."""
+    model = tiny().to(device)
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="next-token probabilities are not finite"):
+        model.generate(torch.zeros(2, 3, dtype=torch.long, device=device), 4, temperature=temperature)
+
+
+def test_a_token_ruled_out_by_an_infinite_logit_is_no_damage():
+    logits = torch.tensor([[0.0, float("-inf"), 1.0], [float("nan"), 0.0, 0.0], [float("-inf")] * 3, [0.0, float("inf"), 0]])
+    assert unusable_rows(logits).tolist() == [False, True, True, True]

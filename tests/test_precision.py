@@ -12,6 +12,7 @@ import torch
 
 from slmlab.analysis.probe import Probe
 from slmlab.config import ModelConfig
+from slmlab.training.kernel_choice import set_kernel
 from slmlab.training.runtime import autocast
 from slmlab.variants.smat import SmatConfig
 from tests.conftest import DEVICES
@@ -56,6 +57,7 @@ def test_fast_path_agrees_with_float64_to_its_precision(device, name, dtype):
     probe = Probe(cfg, seed=3)
     reference_model = probe.build(torch.float64, moved=True).train()  # off its init: gates and Self Area open
     model = copy.deepcopy(reference_model).float().to(device)
+    set_kernel(reference_model, "windows")  # the same pattern: FlexAttention has no backward on the CPU
     device = torch.device(device)
     idx, targets = probe.tokens, probe.targets
     reference = forward_backward(reference_model, idx, targets, torch.device("cpu"), "fp32")

@@ -38,12 +38,12 @@ def test_every_architecture_runs_through_every_generic_tool(arch, text_corpus, m
     units = model.shard_units()  # what FSDP2 shards
     assert units and all(any(p is q for q in model.parameters()) for u in units for p in u.parameters())
     assert select_trainable(model, "all") == sum(p.numel() for p in model.parameters())
-    idx = torch.randint(0, cfg.model.vocab_size, (1, 6))
+    idx = torch.randint(0, cfg.model.vocab_size, (1, 6)).to(trainer.device)
     cached = model.generate(idx, 8, temperature=0)
     assert torch.equal(cached, model.generate(idx, 8, temperature=0, use_cache=False))
     maps, logits = capture_attention(model, idx)  # viz
     assert maps and logits.shape == (1, 6, cfg.model.vocab_size)
-    rows = loss_by_position(model, trainer.data.val, 32, 16, 2, 1, torch.device("cpu"))  # long context
+    rows = loss_by_position(model, trainer.data.val, 32, 16, 2, 1, trainer.device)  # long context
     assert len(rows) == 2
     assert model.describe() in size_table(cfg)  # info
 

@@ -229,10 +229,11 @@ def test_a_run_resumes_on_another_machine_with_the_kernel_and_device_it_has(text
     from tests.conftest import kill_after_step
 
     model = {"pos": "rope", "attention": "block_local", "local_block": 8}
-    straight = make_config(text_corpus, model=model, train={"steps": 10, "checkpoint_every": 5})
+    on_cpu = {"steps": 10, "checkpoint_every": 5, "device": "cpu"}  # the run it is compared with, bit for bit
+    straight = make_config(text_corpus, model=model, train=on_cpu)
     straight.name = "straight"
     train(straight, progress=False)
-    cfg = make_config(text_corpus, model=model, train={"steps": 10, "checkpoint_every": 5})
+    cfg = make_config(text_corpus, model=model, train=on_cpu)
     kill_after_step(Trainer(cfg, progress=False), 5)
     run = RunDir.for_config(cfg)
     recorded = json.loads(run.config.read_text())

@@ -137,7 +137,7 @@ def plot_attribution(result: Attribution, path: Path, title: str) -> Path:
     if result.heads is not None:
         heads = axes[0, 1]
         limit = float(result.heads.abs().max()) or 1.0
-        image = heads.imshow(result.heads.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+        image = heads.imshow(result.heads.cpu().numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
         heads.set_xticks(range(result.heads.shape[1]), [f"head {h}" for h in range(result.heads.shape[1])], fontsize=8)
         heads.set_yticks(range(result.heads.shape[0]), [f"block {b}" for b in range(result.heads.shape[0])], fontsize=8)
         heads.set_title("attention heads (hook_z through W_O)", fontsize=9)

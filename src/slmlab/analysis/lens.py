@@ -58,7 +58,7 @@ def plot_lens(next_logp: torch.Tensor, top: list[list[str]], tokens: list[str], 
 
     stages, positions = next_logp.shape
     fig, ax = plt.subplots(figsize=(2.5 + 0.6 * positions, 1.2 + 0.45 * stages))
-    image = ax.imshow(next_logp.numpy(), cmap="viridis", aspect="auto", vmax=0.0)
+    image = ax.imshow(next_logp.cpu().numpy(), cmap="viridis", aspect="auto", vmax=0.0)
     for s in range(stages):
         for t in range(positions):
             bright = image.norm(float(next_logp[s, t])) > 0.6  # viridis turns yellow: dark text reads there

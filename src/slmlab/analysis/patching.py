@@ -167,7 +167,7 @@ def plot_patching(result: Patching, positions: list[str], path: Path, title: str
     width = 2.5 + 0.5 * len(positions)
     fig, axes = plt.subplots(len(panels), 1, figsize=(width, 1.0 + len(panels) * (1.1 + 0.4 * layers)), squeeze=False)
     for ax, (name, scores, labels) in zip(axes[:, 0], panels):
-        image = ax.imshow(scores.numpy(), cmap="RdBu_r", vmin=-1.0, vmax=1.0, aspect="auto")
+        image = ax.imshow(scores.cpu().numpy(), cmap="RdBu_r", vmin=-1.0, vmax=1.0, aspect="auto")
         ax.set_xticks(range(len(labels)), labels, rotation=90 if name != "hook_z" else 0, fontsize=7)
         ax.set_yticks(range(layers), [f"block {layer}" for layer in range(layers)], fontsize=8)
         ax.set_title(f"{POINT_TITLES[name]} ({name})", fontsize=9)

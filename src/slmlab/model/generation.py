@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from ..config.checks import check_whole_number
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..phase_progress import PhaseProgress
 from .decoding_layout import MAX_ROWS, DecodingLayout
 from .inputs import outside_vocabulary
 from .modes import eval_mode
-from .sampling import check_sampling, sample_next
+from .sampling import NOT_FINITE, check_sampling, sample_next, unusable_rows
 
 
 class GenerationMixin:
@@ -86,6 +86,7 @@ class GenerationMixin:
             model = compiled(self, "inductor" if compile is True else compile) if compile else self
             caches, pending = None, idx
             stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+            unusable = torch.zeros_like(stopped)  # rows whose logits were NaN or +inf at some step: checked once, at the end
             for _ in range(max_new_tokens):
                 if use_cache:
                     prefill = caches is None or caches[0].length + pending.shape[1] > self.cfg.block_size
@@ -97,6 +98,7 @@ class GenerationMixin:
                 else:
                     logits, _ = model(idx[:, -self.cfg.block_size :])
                 last = logits[:, -1, :vocab_size]
+                unusable |= unusable_rows(last)
                 next_id = sample(last) if sample is not None else sample_next(last, temperature, top_k, top_p, generator)
                 idx = torch.cat([idx, next_id], dim=1)
                 pending = next_id
@@ -106,6 +108,8 @@ class GenerationMixin:
                         break
                 if until is not None and until(idx):
                     break
+        if bool(unusable.any()):  # greedy decoding too: argmax of NaN logits is a token, silently
+            raise CheckpointError(NOT_FINITE)
         return idx
 
     def _check_prompt(self, idx: torch.Tensor) -> None:

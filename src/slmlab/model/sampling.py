@@ -11,6 +11,17 @@ import torch
 from ..config.checks import is_whole_number
 from ..errors import CheckpointError, ConfigError
 
+NOT_FINITE = (
+    "the model's next-token probabilities are not finite (NaN or inf logits): its weights are damaged "
+    "or its training diverged; use an earlier checkpoint"
+)
+
+
+def unusable_rows(logits: torch.Tensor) -> torch.Tensor:
+    """(B, V) logits -> (B,) bool: rows no distribution can be read from (a NaN or +inf logit, or
+    every logit -inf). -inf alone is a token ruled out, not damage."""
+    return torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1) | torch.isneginf(logits).all(-1)
+
 
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -66,12 +77,12 @@ def sample_next(
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
+    if probs.device.type != "cpu":  # there multinomial's check is a device-side assert that ends the process's
+        # CUDA context: such a row is drawn from uniform instead, and generate raises NOT_FINITE at its end
+        probs = torch.where(torch.isfinite(probs).all(dim=-1, keepdim=True), probs, 1.0)
     try:
         return torch.multinomial(probs, 1, generator=generator)
-    except RuntimeError as err:  # checked by multinomial itself: no extra host sync per token
+    except RuntimeError as err:  # checked by multinomial itself on CPU: no extra host sync per token
         if "probability tensor" not in str(err):
             raise
-        raise CheckpointError(
-            "the model's next-token probabilities are not finite (NaN or inf logits): its weights are damaged "
-            "or its training diverged; use an earlier checkpoint"
-        ) from None
+        raise CheckpointError(NOT_FINITE) from None

@@ -74,6 +74,12 @@ class World:
         world = cls(env_int("RANK", 0), size, env_int("LOCAL_RANK", 0))
         device = resolve_device(device_name)
         if device.type == "cuda":
+            if world.local_rank >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"process {world.local_rank} of this machine has no GPU of its own: it has "
+                    f"{torch.cuda.device_count()} CUDA device(s); start at most that many processes per machine "
+                    "(--nproc), or set train.device = 'cpu'"
+                )
             device = torch.device("cuda", world.local_rank)
             torch.cuda.set_device(device)
         elif device.type != "cpu":
@@ -136,9 +142,12 @@ def parallelize(model: nn.Module, world: World, mode: str, device: torch.device)
             f"train.parallel = 'fsdp' cannot shard 0-dim parameters ({', '.join(scalars[:3])}): make each a tensor of "
             "shape (1,), or use train.parallel = 'ddp'"
         )
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(device.type, (world.size,))  # fully_shard's default is CUDA wherever CUDA exists
     for unit in model.shard_units():
-        fully_shard(unit)
-    fully_shard(model)
+        fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model
 
 

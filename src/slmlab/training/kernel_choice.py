@@ -30,12 +30,17 @@ def block_local_layers(model: nn.Module) -> list[BlockLocal]:
     return [m for m in model.modules() if isinstance(m, BlockLocal)]
 
 
-def flex_unavailable(device: torch.device, dropout: float) -> str:
-    """Why FlexAttention cannot train here ("" when it can)."""
+FLEX_MIN_HEAD_DIM = 16  # inductor's CUDA FlexAttention kernel: "NYI" below (torch 2.11, an H200)
+
+
+def flex_unavailable(device: torch.device, cfg: ModelConfig) -> str:
+    """Why FlexAttention cannot train `cfg`'s model here ("" when it can)."""
     if device.type != "cuda":
         return f"FlexAttention has no backward on {device.type}"
-    if dropout:
-        return f"FlexAttention applies no attention dropout (model.dropout = {dropout})"
+    if cfg.dropout:
+        return f"FlexAttention applies no attention dropout (model.dropout = {cfg.dropout})"
+    if cfg.head_dim < FLEX_MIN_HEAD_DIM:
+        return f"FlexAttention on CUDA needs heads of at least {FLEX_MIN_HEAD_DIM} dimensions (the model's have {cfg.head_dim})"
     from torch.utils._triton import has_triton
 
     if not has_triton():
@@ -50,7 +55,7 @@ def forces_flex(cfg: ModelConfig) -> bool:
 
 def check_local_kernel(cfg: ModelConfig, device: torch.device) -> None:
     """A one-line error when the config forces FlexAttention for training where it cannot train."""
-    if forces_flex(cfg) and (why := flex_unavailable(device, cfg.dropout)):
+    if forces_flex(cfg) and (why := flex_unavailable(device, cfg)):
         raise ConfigError(f"model.local_kernel = 'flex' cannot train here: {why}; use 'auto' or 'windows'")
 
 
@@ -110,7 +115,7 @@ def choose_local_kernel(
         check_local_kernel(cfg, device)
         set_kernel(model, cfg.local_kernel)
         return {"kernel": cfg.local_kernel, "chosen_by": "model.local_kernel"}
-    if why := flex_unavailable(device, cfg.dropout):
+    if why := flex_unavailable(device, cfg):
         set_kernel(model, "windows")
         return {"kernel": "windows", "chosen_by": why}
     timed = isinstance(earlier, dict) and "seconds" in earlier and earlier.get("device") == device.type

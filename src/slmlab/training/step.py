@@ -79,7 +79,8 @@ class OptimizerStep:
         return self.world.mean(loss_sum / t.grad_accum), local_scalar(grad_norm)
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
-        """Host -> device: through pinned memory and without blocking on CUDA."""
-        if self.device.type == "cuda":
+        """Host -> device: through pinned memory and without blocking on CUDA (a batch a sampler
+        drew on the device already, as a step-time measurement's does, stays as it is)."""
+        if self.device.type == "cuda" and batch.device.type == "cpu":
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch.to(self.device)
