@@ -1,7 +1,8 @@
 """`slmlab check CONFIG`: the conformance suite for any model a config builds (built-in or plugin).
 
 The model is rebuilt at tiny shapes (tiny_models.py: each shape setting shrunk only where the config
-still checks), then each property is measured and judged:
+still checks) on the CPU, or on the device `--device` names (its kernels checked in float64 against
+the same weights and inputs), then each property is measured and judged:
 
 | property | holds when |
 | --- | --- |
