@@ -31,9 +31,9 @@ def _model(kind: str):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("wrong", [None, 7])
-def test_contributions_sum_to_the_logit_and_heads_to_their_attention(kind, wrong):
-    model = _model(kind)
-    idx = torch.randint(0, 40, (1, 13), generator=torch.Generator().manual_seed(1))
+def test_contributions_sum_to_the_logit_and_heads_to_their_attention(kind, wrong, device):
+    model = _model(kind).to(device)
+    idx = torch.randint(0, 40, (1, 13), generator=torch.Generator().manual_seed(1)).to(device)
     result = logit_attribution(model, idx, answer=3, wrong=wrong)
     logits = model(idx)[0][0, -1].detach()
     expected = logits[3] - (logits[wrong] if wrong is not None else 0.0)

@@ -267,14 +267,14 @@ def test_an_export_is_readable_as_the_umask_says_and_never_samples_a_padded_id(t
     assert out.shape[1] > prompt.shape[1] and int(out.max()) < tokenizer.vocab_size < 64
 
 
-def test_a_padded_batch_holds_each_rows_tokens_as_one_run():
+def test_a_padded_batch_holds_each_rows_tokens_as_one_run(device):
     """masked_logits (the remote-code model's forward) reads a mask of 0/1 whose 1s are one run
     per row; any other mask is refused in one line rather than read as something else."""
     cfg = config_from_dict(
         {"model": {"n_layer": 1, "n_head": 2, "d_model": 16, "block_size": 16, "vocab_size": 11}, "data": {"seq_len": 16}}
     )
-    model = build_model(cfg.model).eval()
-    ids = torch.arange(12).remainder(11).reshape(2, 6)
+    model = build_model(cfg.model).eval().to(device)
+    ids = torch.arange(12, device=device).remainder(11).reshape(2, 6)
     with torch.no_grad():
         assert torch.equal(masked_logits(model, ids, torch.ones_like(ids)), model(ids)[0])
         for mask, message in (
@@ -284,7 +284,7 @@ def test_a_padded_batch_holds_each_rows_tokens_as_one_run():
             ([[1] * 5, [1] * 5], "must be 0/1 of the input_ids' shape"),
         ):
             with pytest.raises(ValueError, match=message):
-                masked_logits(model, ids, torch.tensor(mask))
+                masked_logits(model, ids, torch.tensor(mask, device=device))
 
 
 @pytest.mark.parametrize("kind", ["byte", "char", "bpe"])

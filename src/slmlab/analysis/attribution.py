@@ -112,7 +112,9 @@ def logit_attribution(model: nn.Module, idx: torch.Tensor, answer: int, wrong: i
             w = proj.weight.double().view(proj.weight.shape[0], z.shape[0], z.shape[1])  # (d, H, D)
             rows.append(torch.stack([linear(w[:, h] @ z[h]) @ direction for h in range(z.shape[0])]))
             biases.append(
-                linear(proj.bias.double()) @ direction if proj.bias is not None else torch.zeros((), dtype=torch.float64)
+                linear(proj.bias.double()) @ direction
+                if proj.bias is not None
+                else torch.zeros((), dtype=torch.float64, device=direction.device)
             )
         heads_out, heads_bias = torch.stack(rows), torch.stack(biases)
     metric = float(last[answer] - (last[wrong] if wrong is not None else 0.0))

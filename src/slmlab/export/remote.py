@@ -49,7 +49,9 @@ def masked_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     real = mask.bool()
     counts = real.sum(1)
     first = real.int().argmax(1)  # each row's first token (0 where the row has none)
-    if bool((counts == 0).any()) or bool((real.cumsum(1)[torch.arange(len(real)), first + counts - 1] != counts).any()):
+    if bool((counts == 0).any()) or bool(
+        (real.cumsum(1)[torch.arange(len(real), device=real.device), first + counts - 1] != counts).any()
+    ):
         raise ValueError("each row of attention_mask must hold its tokens as one run, padding only before and/or after them")
     if not bool(first.any()):  # no left padding
         return model(input_ids)[0]
