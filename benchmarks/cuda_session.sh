@@ -53,6 +53,7 @@ stage tests_cuda 90 python3 -m pytest tests -p no:cacheprovider -n 14 -k cuda --
 stage tests 180 python3 -m pytest tests -p no:cacheprovider -n 14 -v -v --timeout 120 --tb=short -rfE
 stage nccl 40 python3 -m slmlab train configs/quickstart.toml --nproc 1 --name nccl --out_dir "$RUNS" --no-progress \
     --train.steps 40 --train.eval_every 20 --train.checkpoint_every 40 --train.dtype bf16
+stage profile 90 python3 -m benchmarks.profile_step configs/smat_64m.toml --train.device cuda --top 25
 stage presets 240 python3 -m benchmarks all --device cuda --dtype bf16 --compile --groups presets --steps 10 \
     --out "$LOGS/presets.md"
 stage smat64m_baseline 180 "${SMAT_RUN[@]}" --name baseline

@@ -93,11 +93,11 @@ class _RandomWindows:
         return self.batch, self.batch
 
 
-def seconds_per_step(cfg: RunConfig, repeats: int = 5, warmup: int = 2) -> float:
-    """Median wall-clock seconds of one of the run's own optimizer steps (`OptimizerStep`, as the
-    trainer takes them: its device, dtype, optimizer, trainable parameters, grad_accum micro-batches,
-    gradient clipping, torch.compile) on random tokens of its batch shape, after `warmup` steps (in
-    which a compiled model compiles). A variant that trains with Muon is timed with Muon."""
+def run_step(cfg: RunConfig) -> tuple[OptimizerStep, torch.device]:
+    """One of the run's own optimizer steps (`OptimizerStep`, as the trainer takes them: its device,
+    dtype, optimizer, trainable parameters, grad_accum micro-batches, gradient clipping,
+    torch.compile) on one batch of random tokens of its shape, already on the device; a fresh
+    model, seeded. A variant that trains with Muon steps with Muon."""
     cfg = with_vocab(cfg)
     device = resolve_device(cfg.train.device)
     torch.manual_seed(0)
@@ -105,7 +105,13 @@ def seconds_per_step(cfg: RunConfig, repeats: int = 5, warmup: int = 2) -> float
     select_trainable(model, cfg.train.trainable)
     forward = torch.compile(model) if cfg.train.compile else model
     optimizer = build_optimizer(model, cfg.train, device)
-    step = OptimizerStep(model, model, forward, optimizer, _RandomWindows(cfg, device), cfg.train, World(), device)
+    return OptimizerStep(model, model, forward, optimizer, _RandomWindows(cfg, device), cfg.train, World(), device), device
+
+
+def seconds_per_step(cfg: RunConfig, repeats: int = 5, warmup: int = 2) -> float:
+    """Median wall-clock seconds of one of the run's own optimizer steps (`run_step`), after
+    `warmup` steps (in which a compiled model compiles)."""
+    step, device = run_step(cfg)
     for n in range(warmup):
         step(n)
     return median_seconds(lambda: step(warmup), repeats, device)
