@@ -71,3 +71,26 @@ def test_more_processes_than_gpus_is_one_line_naming_the_fix(monkeypatch):
         ConfigError, match=r"process 1 of this machine has no GPU of its own: it has 1 CUDA device\(s\); .*--nproc"
     ):
         distributed.World.from_env("auto")
+
+
+def test_nccl_is_bound_to_the_process_gpu(monkeypatch):
+    """Without device_id NCCL guessed each process's GPU from its global rank, which torch warns
+    can hang where ranks and GPUs do not line up (its warning, seen on an H200 under --nproc 1)."""
+    import torch
+
+    from slmlab.training import distributed
+
+    env = {"WORLD_SIZE": "2", "RANK": "3", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    joined = {}
+    monkeypatch.setattr(distributed, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        distributed.dist, "init_process_group", lambda backend, **kwargs: joined.update(backend=backend, **kwargs)
+    )
+    world, device = distributed.World.from_env("auto")
+    assert (world.rank, world.local_rank, device) == (3, 1, torch.device("cuda", 1))
+    assert joined["backend"] == "nccl" and joined["device_id"] == torch.device("cuda", 1)

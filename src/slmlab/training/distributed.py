@@ -88,7 +88,10 @@ class World:
             backend = "nccl" if device.type == "cuda" else "gloo"
             if not dist.is_available() or (backend == "gloo" and not dist.is_gloo_available()):
                 raise ConfigError(f"this PyTorch build has no '{backend}' backend for distributed training")
-            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+            # NCCL bound to this process's GPU: without device_id it guesses the GPU from the global rank,
+            # which torch warns "can cause a hang if rank to GPU mapping is heterogeneous" (seen on an H200)
+            bound = {"device_id": device} if backend == "nccl" else {}
+            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **bound)
         return world, device
 
     def barrier(self) -> None:
