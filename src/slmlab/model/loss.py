@@ -13,11 +13,12 @@ gradient rows while the chunk is in cache, and needs no host sync.
 Rows are processed in chunks: each chunk's logits are made, turned into their gradient in place
 and multiplied out into dloss/dh and dloss/dW at once, so forward keeps only (N, d) + (V, d)
 gradients for backward instead of (N, V) logits and their log-softmax. On CPU a chunk holds about
-2M logits (8 MB in fp32): there every fresh (N, V) buffer costs page faults, and chunking took the
-loss from a fifth of a small model's training step to a few percent. On a GPU a chunk holds about
-64M (256 MB): 41-row chunks at GPT-2's vocabulary made 100 of them per micro-batch of 4,096 rows
-(an H200, 2026-12-04), each a handful of kernel launches eagerly and all of them unrolled into the
-graph under torch.compile. The matmul FLOPs are the usual 6 N V d, and under autocast all three
+2M logits (8 MB in fp32), and at least 256 rows: there every fresh (N, V) buffer costs page faults,
+and chunking took the loss from a fifth of a small model's training step to a few percent. On a GPU
+a chunk holds about 64M (256 MB). Chunks of 2M logits and at least 32 rows were 41 rows at GPT-2's
+vocabulary: 100 of them per micro-batch of 4,096 rows (an H200, 2026-12-04), each a handful of
+kernel launches eagerly and all of them unrolled into the graph under torch.compile (on 2 CPU
+cores, a 2-layer model's compiled first step took 104 s at 41 rows, 27.6 s at 256). The matmul FLOPs are the usual 6 N V d, and under autocast all three
 products run in its dtype (the weight gradient's too, accumulated over chunks in float32).
 """
 
@@ -30,7 +31,7 @@ ACCELERATOR_CHUNK_ELEMENTS = 1 << 26
 
 
 def _chunk_rows(vocab_size: int, device: torch.device) -> int:
-    return max(32, CHUNK_ELEMENTS.get(device.type, ACCELERATOR_CHUNK_ELEMENTS) // vocab_size)
+    return max(256, CHUNK_ELEMENTS.get(device.type, ACCELERATOR_CHUNK_ELEMENTS) // vocab_size)
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
