@@ -12,7 +12,9 @@
 # It runs from the source tree (PYTHONPATH) with the machine's own torch, and needs the bundled
 # corpora and the GPT-2 BPE file in $SLMLAB_CACHE (default .gpu/cache): nothing is downloaded.
 # Measured on an H200 (2026-12-04): the whole suite needs ~160 s with 14 workers; compiling the
-# 24-layer 64M preset's training step takes more than 75 s with a cold Inductor cache.
+# 24-layer 64M preset's training step took more than 75 s with a cold Inductor cache (with the fused
+# loss's 41-row chunks, 100 per micro-batch, since made 1,335 rows on a GPU), and the decoding
+# group did not finish 512 new tokens per setting for its four models within 50 s.
 set -u
 OUT=${OUT:-runs/cuda_session}
 BUDGET=${1:-570}
@@ -60,7 +62,7 @@ stage smat64m_baseline 180 "${SMAT_RUN[@]}" --name baseline
 stage smat64m_full 180 "${SMAT_RUN[@]}" --name full --model.smat.use_S true --model.smat.use_G true
 stage kernels 70 python3 -m benchmarks all --device cuda --dtype bf16 --groups kernels,long-ctx,attention --steps 6 \
     --out "$LOGS/kernels.md"
-stage decoding 50 python3 -m benchmarks all --device cuda --groups decoding --out "$LOGS/decoding.md"
+stage decoding 90 python3 -m benchmarks all --device cuda --groups decoding --new-tokens 128 --out "$LOGS/decoding.md"
 stage smat_overhead 40 python3 -m benchmarks.smat_overhead --device cuda --dtype bf16 --d-model 384 --n-head 6 \
     --tokens 16384 --steps 10
 cat "$LOGS/summary.txt"
