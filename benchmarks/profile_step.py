@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15, help="operators listed per table")
     args, extra = parser.parse_known_args()
     cfg = load_config(args.config, extra)  # --section.key value overrides, as the CLI takes them
-    step, device = run_step(cfg)
+    step = run_step(cfg)
+    device = step.device
     started = time.perf_counter()
     for n in range(args.warmup):
         step(n)

@@ -53,6 +53,13 @@ def test_the_launcher_prints_what_rank_0_did_not():
         assert err.getvalue() == printed
 
 
+def as_torchrun_process(monkeypatch, rank: int, local_rank: int) -> None:
+    """The environment torchrun gives one process of a distributed run (WORLD_SIZE 2)."""
+    env = {"WORLD_SIZE": 2, "RANK": rank, "LOCAL_RANK": local_rank, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": 29999}
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+
+
 def test_more_processes_than_gpus_is_one_line_naming_the_fix(monkeypatch):
     """`--nproc 2` on a machine with one GPU: the second process asked CUDA for device 1 and died
     in a traceback ("invalid device ordinal", seen on an H200 machine)."""
@@ -62,9 +69,7 @@ def test_more_processes_than_gpus_is_one_line_naming_the_fix(monkeypatch):
     from slmlab.config import ConfigError
     from slmlab.training import distributed
 
-    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    as_torchrun_process(monkeypatch, rank=1, local_rank=1)
     monkeypatch.setattr(distributed, "resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(
@@ -80,9 +85,7 @@ def test_nccl_is_bound_to_the_process_gpu(monkeypatch):
 
     from slmlab.training import distributed
 
-    env = {"WORLD_SIZE": "2", "RANK": "3", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    as_torchrun_process(monkeypatch, rank=3, local_rank=1)
     joined = {}
     monkeypatch.setattr(distributed, "resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -93,7 +93,7 @@ class _RandomWindows:
         return self.batch, self.batch
 
 
-def run_step(cfg: RunConfig) -> tuple[OptimizerStep, torch.device]:
+def run_step(cfg: RunConfig) -> OptimizerStep:
     """One of the run's own optimizer steps (`OptimizerStep`, as the trainer takes them: its device,
     dtype, optimizer, trainable parameters, grad_accum micro-batches, gradient clipping,
     torch.compile) on one batch of random tokens of its shape, already on the device; a fresh
@@ -105,16 +105,16 @@ def run_step(cfg: RunConfig) -> tuple[OptimizerStep, torch.device]:
     select_trainable(model, cfg.train.trainable)
     forward = torch.compile(model) if cfg.train.compile else model
     optimizer = build_optimizer(model, cfg.train, device)
-    return OptimizerStep(model, model, forward, optimizer, _RandomWindows(cfg, device), cfg.train, World(), device), device
+    return OptimizerStep(model, model, forward, optimizer, _RandomWindows(cfg, device), cfg.train, World(), device)
 
 
 def seconds_per_step(cfg: RunConfig, repeats: int = 5, warmup: int = 2) -> float:
     """Median wall-clock seconds of one of the run's own optimizer steps (`run_step`), after
     `warmup` steps (in which a compiled model compiles)."""
-    step, device = run_step(cfg)
+    step = run_step(cfg)
     for n in range(warmup):
         step(n)
-    return median_seconds(lambda: step(warmup), repeats, device)
+    return median_seconds(lambda: step(warmup), repeats, step.device)
 
 
 def step_cost(cfg: RunConfig, kind: str) -> float:

@@ -18,8 +18,9 @@ and chunking took the loss from a fifth of a small model's training step to a fe
 a chunk holds about 64M (256 MB). Chunks of 2M logits and at least 32 rows were 41 rows at GPT-2's
 vocabulary: 100 of them per micro-batch of 4,096 rows (an H200, 2026-12-04), each a handful of
 kernel launches eagerly and all of them unrolled into the graph under torch.compile (on 2 CPU
-cores, a 2-layer model's compiled first step took 104 s at 41 rows, 27.6 s at 256). The matmul FLOPs are the usual 6 N V d, and under autocast all three
-products run in its dtype (the weight gradient's too, accumulated over chunks in float32).
+cores, a 2-layer model's compiled first step took 104 s at 41 rows, 27.6 s at 256). The matmul
+FLOPs are the usual 6 N V d, and under autocast all three products run in its dtype (the weight
+gradient's too, accumulated over chunks in float32).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def sample_next(
     probs = logits.softmax(dim=-1)
     if probs.device.type != "cpu":  # there multinomial's check is a device-side assert that ends the process's
         # CUDA context: such a row is drawn from uniform instead, and generate raises NOT_FINITE at its end
-        probs = torch.where(torch.isfinite(probs).all(dim=-1, keepdim=True), probs, 1.0)
+        probs = torch.where(unusable_rows(logits)[:, None], 1.0, probs)
     try:
         return torch.multinomial(probs, 1, generator=generator)
     except RuntimeError as err:  # checked by multinomial itself on CPU: no extra host sync per token
