@@ -57,12 +57,15 @@ def test_inductor_decoding_equals_eager():
     torch._dynamo.reset()
 
 
-def test_inductor_decodes_a_left_padded_block_local_batch_as_eager():
-    """Inductor (torch 2.13) failed to lower SDPA with block-local attention's per-row padding
-    mask once the windowed cache had moved; the compiled steps now write the scores out."""
+def test_inductor_decodes_block_local_batches_as_eager():
+    """Inductor (torch 2.13) failed to lower SDPA with block-local attention's mask once the
+    windowed cache had moved, for a left-padded batch and for two or more rows of one prompt
+    (one row passed); the compiled steps now write the scores out."""
     torch._dynamo.reset()
     model = model_for("block local")
     assert model.generate_many(PROMPTS, 12, temperature=0.0, compile=True) == model.generate_many(PROMPTS, 12, temperature=0.0)
+    rows = torch.tensor([PROMPTS[1]] * 2)
+    assert torch.equal(model.generate(rows, 16, temperature=0.0, compile=True), model.generate(rows, 16, temperature=0.0))
     torch._dynamo.reset()
 
 

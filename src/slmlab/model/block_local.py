@@ -270,8 +270,7 @@ class BlockLocal(nn.Module):
         (Tq, Tk) mask, a longer chunk in windows (`_padded_windows` with no padding)."""
         if q.shape[2] > self.block:
             return self._padded_windows(q, k, v, scale, q_start, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
-        mask = self.visible(q.shape[2], k.shape[2], q_start, q.device)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return _masked_attention(q, k, v, scale, self.visible(q.shape[2], k.shape[2], q_start, q.device))
 
 
 def _rotate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -283,8 +282,8 @@ def _rotate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 def _masked_attention(q, k, v, scale, mask):
     """SDPA of (..., Tq, D) queries with a bool mask broadcast to (..., Tq, Tk); under torch.compile
-    the scores written out: inductor (torch 2.13) failed to lower SDPA with a padded batch's mask
-    once the window had moved ("Exponent must be non-negative")."""
+    the scores written out: inductor (torch 2.13) failed to lower SDPA with a mask once the window
+    had moved ("Exponent must be non-negative"; a padded batch, or 8 rows of one prompt)."""
     if torch.compiler.is_compiling():
         scores = (q @ k.transpose(-1, -2)) * scale
         return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
