@@ -266,8 +266,13 @@ class BlockLocal(nn.Module):
         return out.unflatten(0, (Bsz, n)).transpose(1, 2).flatten(2, 3)[:, :, :Tq]
 
     def _from_cache(self, q, k, v, scale, q_start):
-        """Queries at q_start.. against the most recent keys (cached window + new): up to B under one
-        (Tq, Tk) mask, a longer chunk in windows (`_padded_windows` with no padding)."""
+        """Queries at q_start.. against the most recent keys (cached window + new): one (a decoding
+        step) against the keys it sees, which are the last ones (from the start of the block
+        before its own: min(q_start mod B + B, q_start) + 1 of them), unmasked; up to B under one
+        (Tq, Tk) mask; a longer chunk in windows (`_padded_windows` with no padding)."""
+        if q.shape[2] == 1:
+            first = k.shape[2] - min(q_start % self.block + self.block, q_start) - 1
+            return F.scaled_dot_product_attention(q, k[:, :, first:], v[:, :, first:], scale=scale)
         if q.shape[2] > self.block:
             return self._padded_windows(q, k, v, scale, q_start, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
         return _masked_attention(q, k, v, scale, self.visible(q.shape[2], k.shape[2], q_start, q.device))
