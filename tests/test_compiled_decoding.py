@@ -42,6 +42,22 @@ def test_compiled_decoding_equals_eager_and_compiles_per_generation_not_per_toke
     assert sampled == model.generate_many(PROMPTS, 8, top_k=20, generators=generators)
 
 
+def test_a_process_decoding_many_kinds_of_batch_keeps_compiling(counting):
+    """Each kind of batch takes graphs of its own (one row, two, more; left-padded or not), three
+    each for block-local (the first step, the later ones, the window move): at torch.compile's
+    default limit of 8 graphs, a process decoding many batches (a prompt suite) went on eagerly,
+    after a warning. generate makes room for DECODING_GRAPHS."""
+    model = model_for("block local")
+    for batch in (1, 2, 8):
+        model.generate(torch.tensor([PROMPTS[1]] * batch), 30, temperature=0.0, compile=counting)
+    model.generate_many(PROMPTS, 12, temperature=0.0, compile=counting)
+    graphs = counting.graphs
+    assert graphs >= 8
+    three = model.generate_many(PROMPTS[:3], 12, temperature=0.0, compile=counting)
+    assert counting.graphs > graphs, "a new kind of batch decoded eagerly: torch.compile's graph limit was reached"
+    assert three == model.generate_many(PROMPTS[:3], 12, temperature=0.0)
+
+
 def test_inductor_decoding_equals_eager():
     """The real backend (inductor's generated kernels), on the baseline: the same greedy tokens and
     logits equal to rounding."""

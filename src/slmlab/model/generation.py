@@ -13,6 +13,7 @@ torch.compile (`compile=True`, `compiled`): the same tokens, a bounded number of
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -82,7 +83,8 @@ class GenerationMixin:
                 )
             if not (use_cache and idx.shape[1] + max_new_tokens <= self.cfg.block_size):
                 raise ConfigError("a left-padded batch decodes with the KV cache and within the model's context only")
-        with eval_mode(self), DecodingLayout(self, enabled=idx.shape[0] <= MAX_ROWS):  # decoding_layout.py says why
+        layout = DecodingLayout(self, enabled=idx.shape[0] <= MAX_ROWS)  # decoding_layout.py says why
+        with eval_mode(self), layout, room_for_graphs(bool(compile)):
             model = compiled(self, "inductor" if compile is True else compile) if compile else self
             caches, pending = None, idx
             stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
@@ -320,6 +322,22 @@ def compiled(model: nn.Module, backend: str | Callable = "inductor") -> Callable
             raise ConfigError(f"torch.compile cannot compile the decoder here ({cause}); decode without --compile") from None
 
     return step
+
+
+DECODING_GRAPHS = 32  # graphs torch.compile may make of a model's forward while it decodes (its default: 8)
+
+
+def room_for_graphs(compiling: bool) -> contextlib.AbstractContextManager:
+    """While compiled steps decode, room for DECODING_GRAPHS graphs of the model's forward: each
+    kind of batch takes graphs of its own (one row, two, more: decoding_layout.py; left-padded or
+    not), a few each (the first step, the later ones, block-local's window move), and at
+    torch.compile's default limit of 8 a process that decodes many batches (a prompt suite) went
+    on eagerly after a warning. A model that recompiles at every step still stops there (and
+    `slmlab check` names it)."""
+    if not compiling:
+        return contextlib.nullcontext()
+    limit = torch._dynamo.config.recompile_limit
+    return torch._dynamo.config.patch(recompile_limit=max(limit, DECODING_GRAPHS))
 
 
 def _by_length(batch: list[int], prompts: list[list[int]]) -> list[list[int]]:
