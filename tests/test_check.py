@@ -78,7 +78,7 @@ def test_the_built_in_reference_catches_what_the_other_properties_cannot(monkeyp
     cfg = load_config(ROOT / "configs" / "quickstart.toml", overrides)
     assert _naive_reference_of(cfg)["naive reference (float64)"].passed is True
     if "block-local" in fault:  # in every path: full sequences through the mask the cache path uses
-        monkeypatch.setattr(BlockLocal, "sees", lambda self, i, j: (j <= i) & (j >= (i // self.block - 2) * self.block))
+        monkeypatch.setattr(BlockLocal, "first_seen", lambda self, i: (i // self.block - 2) * self.block)
         monkeypatch.setattr(BlockLocal, "_blocked", lambda self, q, k, v, scale, dropout: self._from_cache(q, k, v, scale, 0))
         monkeypatch.setattr(BlockLocal, "make_cache", lambda self, max_len: WindowedKVCache(3 * self.block))
     else:

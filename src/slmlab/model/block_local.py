@@ -208,10 +208,15 @@ class BlockLocal(nn.Module):
         k_pos = torch.arange(q_start + Tq - Tk, q_start + Tq, device=device)[None, :]
         return self.sees(q_pos, k_pos)
 
+    def first_seen(self, i):
+        """The first key position query position i sees: the start of the block before its own,
+        (i // B - 1) B (negative in block 0, where it sees every earlier key). i: an int or a tensor."""
+        return (i // self.block - 1) * self.block
+
     def sees(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        """The pattern itself: query position i sees key position j iff j <= i and j >= (i // B - 1) B
-        (shared by `visible` and FlexAttention's block mask)."""
-        return (j <= i) & (j >= (i // self.block - 1) * self.block)
+        """The pattern itself: query position i sees key position j iff first_seen(i) <= j <= i
+        (shared by `visible` and FlexAttention's block mask; a decoding step slices by first_seen)."""
+        return (j <= i) & (j >= self.first_seen(i))
 
     def _padded(self, q, k, v, scale, q_start, padding, dropout):
         """Left-padded rows: the pattern on each row's own positions (cache position - padding).
@@ -267,11 +272,11 @@ class BlockLocal(nn.Module):
 
     def _from_cache(self, q, k, v, scale, q_start):
         """Queries at q_start.. against the most recent keys (cached window + new): one (a decoding
-        step) against the keys it sees, which are the last ones (from the start of the block
-        before its own: min(q_start mod B + B, q_start) + 1 of them), unmasked; up to B under one
+        step) against the keys it sees, which are the last ones (from first_seen(q_start) on:
+        min(q_start - first_seen(q_start), q_start) + 1 of them), unmasked; up to B under one
         (Tq, Tk) mask; a longer chunk in windows (`_padded_windows` with no padding)."""
         if q.shape[2] == 1:
-            first = k.shape[2] - min(q_start % self.block + self.block, q_start) - 1
+            first = k.shape[2] - min(q_start - self.first_seen(q_start), q_start) - 1
             return F.scaled_dot_product_attention(q, k[:, :, first:], v[:, :, first:], scale=scale)
         if q.shape[2] > self.block:
             return self._padded_windows(q, k, v, scale, q_start, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
