@@ -293,7 +293,7 @@ def _rotate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 def _masked_attention(q, k, v, scale, mask):
     """SDPA of (..., Tq, D) queries with a bool mask broadcast to (..., Tq, Tk); under torch.compile
     the scores written out: inductor (torch 2.13) failed to lower SDPA with a mask once the window
-    had moved ("Exponent must be non-negative"; a padded batch, or 8 rows of one prompt)."""
+    had moved ("Exponent must be non-negative"), for a padded batch and for two or more rows."""
     if torch.compiler.is_compiling():
         scores = (q @ k.transpose(-1, -2)) * scale
         return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
