@@ -342,10 +342,13 @@ def _has_cpp_compiler() -> bool:
 
 @pytest.mark.skipif(not _has_cpp_compiler(), reason="torch.compile on CPU needs a C++ compiler")
 @pytest.mark.slow
-def test_compiled_training_gives_the_eager_losses_and_times_compilation_apart(text_corpus, make_config):
+def test_compiled_training_gives_the_eager_losses_and_times_compilation_apart(text_corpus, make_config, caplog):
     train_cfg = {"steps": 3, "log_every": 1, "eval_every": 3, "checkpoint_every": 0}
     eager = train(replace(make_config(text_corpus, train=train_cfg), name="eager"), progress=False)
-    compiled = train(replace(make_config(text_corpus, train={**train_cfg, "compile": True}), name="compiled"), progress=False)
+    with caplog.at_level("INFO", logger="slmlab"):
+        compiled = train(replace(make_config(text_corpus, train={**train_cfg, "compile": True}), name="compiled"), progress=False)
+    announced, timed = (caplog.text.index(line) for line in ("compiling the training step", "first step took"))
+    assert announced < timed  # said before the silent seconds of compiling, and their length after
     losses = [[r["loss"] for r in RunDir(result.run_dir).read_metrics()] for result in (eager, compiled)]
     assert losses[1] == pytest.approx(losses[0], abs=2e-4)
     assert compiled.val_loss == pytest.approx(eager.val_loss, abs=2e-4)

@@ -296,6 +296,8 @@ class Trainer:
         scores, compile_seconds = (math.nan, math.nan), 0.0  # the last (validation loss, bits per byte)
         while self.step < t.steps:
             first_compiled = t.compile and not compile_seconds
+            if first_compiled:  # else the bar (or, without one, the log) stays silent while it compiles
+                log.info("torch.compile: compiling the training step (the first step takes seconds to minutes)")
             loss, grad_norm, skip = self.optimizer_step(self.step)
             tally.add(loss, skip)
             if first_compiled:  # the first step compiles the graph: time it apart from the throughput
