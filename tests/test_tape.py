@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from slmlab.analysis.decoding_checks import CountingBackend
 from slmlab.config import ModelConfig
 from slmlab.model import build_model
 from slmlab.model.heads import StudentTHead
@@ -142,17 +143,6 @@ def test_every_parameter_receives_a_gradient(moderator):
     assert loss.item() == pytest.approx(math.log(V), abs=0.3)  # loss at init ≈ ln V
 
 
-class _CountingOps:
-    """A torch.compile backend that runs each captured graph as it is and counts its nodes."""
-
-    def __init__(self):
-        self.nodes = 0
-
-    def __call__(self, graph_module, example_inputs):
-        self.nodes += len(graph_module.graph.nodes)
-        return graph_module.forward
-
-
 def test_compiled_training_leaves_the_prophets_steps_out_of_the_graph():
     """Traced, the char-RNN's T steps were unrolled into the training graph (142 s of inductor
     compiling at T = 37 on a small model, growing with T); they now run eagerly between graphs of
@@ -164,7 +154,7 @@ def test_compiled_training_leaves_the_prophets_steps_out_of_the_graph():
         idx = torch.randint(0, V, (2, T))
         _, loss = model(idx, idx.roll(-1, dims=1))
         expected = torch.autograd.grad(loss, list(model.parameters()))
-        counting = _CountingOps()
+        counting = CountingBackend()
         _, compiled_loss = torch.compile(model, backend=counting, dynamic=False)(idx, idx.roll(-1, dims=1))
         torch.testing.assert_close(compiled_loss, loss, rtol=0, atol=1e-12)
         for got, want in zip(torch.autograd.grad(compiled_loss, list(model.parameters())), expected):

@@ -71,13 +71,15 @@ def check_padded_decoding(probe: Probe) -> Result:
 
 
 class CountingBackend:
-    """A torch.compile backend that runs each captured graph as it is and counts them."""
+    """A torch.compile backend that runs each captured graph as it is and counts them (`graphs`)
+    and their nodes (`nodes`: how much was traced)."""
 
     def __init__(self):
-        self.graphs = 0
+        self.graphs = self.nodes = 0
 
     def __call__(self, graph_module, example_inputs):
         self.graphs += 1
+        self.nodes += len(graph_module.graph.nodes)
         return graph_module.forward
 
 
