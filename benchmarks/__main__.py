@@ -4,9 +4,10 @@ Groups, each with its own baseline measured in the same run (ratios are against 
   variants   training step of the ~10M model (6 x 384, 6 heads of 64, 8k vocab, T = 256): the
              baseline, the stock-loss formulation, RoPE, and the SMAT variants
   long ctx   the same model at T = 2048: full vs block-local attention (block 256)
-  kernels    that block-local model with each block-local kernel (SDPA windows, FlexAttention),
-             timed by the function the trainer's "auto" choice uses: forward + backward where
-             FlexAttention can train (CUDA), forward only elsewhere
+  kernels    that model at each --kernel-lengths (default 2048): full attention against each
+             block-local kernel (SDPA windows, FlexAttention; timed by the function the trainer's
+             "auto" choice uses, which names its pick): forward + backward where FlexAttention can
+             train (CUDA), forward only elsewhere
   attention  one attention call: full (fused SDPA), block-local, naive T x T, T = 1k..8k
              (benchmarks/attention_scaling.py)
   presets    on CUDA only: the 64M and 80M presets (bf16 + compile where asked), the MFU target
@@ -58,10 +59,10 @@ PRESETS = ("configs/smat_64m.toml", "configs/smt_80m.toml")
 GROUPS = ("variants", "long-ctx", "kernels", "attention", "presets", "decoding", "step")
 
 
-def preset(path: str) -> tuple[ModelConfig, int, int, bool]:
-    """A preset's model (GPT-2 vocabulary where the tokenizer would set it) at batch 16."""
+def preset(path: str, batch: int) -> tuple[ModelConfig, int, int, bool]:
+    """A preset's model (GPT-2 vocabulary where the tokenizer would set it) at `batch`."""
     cfg = load_config(path)
-    return dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or 50257), 16, cfg.data.seq_len, False
+    return dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or 50257), batch, cfg.data.seq_len, False
 
 
 def model_rows(args, peak: float) -> list[tuple]:
@@ -106,20 +107,27 @@ def model_rows(args, peak: float) -> list[tuple]:
             },
         )
     if "presets" in args.groups and torch.device(args.device).type == "cuda":
-        group("presets", {Path(path).stem: preset(path) for path in PRESETS})
+        group(f"presets (batch {args.preset_batch})", {Path(path).stem: preset(path, args.preset_batch) for path in PRESETS})
     return rows
 
 
 def kernel_rows(args) -> list[tuple]:
-    """Block-local kernels of the long-context model: windows (the baseline) vs FlexAttention."""
+    """The long-context model (T at each --kernel-lengths, block 256) forward (+ backward): full
+    attention (the baseline) vs each block-local kernel (SDPA windows, FlexAttention), and which
+    one the trainer's "auto" would pick (the faster, where FlexAttention can train)."""
     cfg = ModelConfig(block_size=2048, pos="rope", attention="block_local", local_block=256, **TEN_M)
-    backward = not flex_unavailable(torch.device(args.device), cfg)
-    seconds = in_fresh_process(local_kernel_seconds, cfg, 2, 2048, args.device, args.dtype, backward, args.steps)
-    group = f"kernels (T=2048, batch 2, {'forward + backward' if backward else 'forward only'})"
-    return [
-        (group, f"block_local {kernel}", "–", f"{2 * 2048 / s:,.0f}", "–", "–", f"{s / seconds['windows']:.2f}x", "–")
-        for kernel, s in seconds.items()
-    ]
+    why = flex_unavailable(torch.device(args.device), cfg)
+    seconds = in_fresh_process(local_kernel_seconds, cfg, args.kernel_lengths, args.device, args.dtype, not why, args.steps)
+    rows = []
+    for T, times in seconds.items():
+        batch = max(1, 4096 // T)
+        picks = "windows" if why else min(("windows", "flex"), key=times.get)
+        group = f"kernels (T={T}, batch {batch}, {'forward + backward' if not why else 'forward only'}; auto picks {picks})"
+        for kernel in ("full", "windows", "flex"):
+            label = "full attention (fused SDPA)" if kernel == "full" else f"block_local {kernel}"
+            speed = f"{batch * T / times[kernel]:,.0f}"
+            rows.append((group, label, "–", speed, "–", "–", f"{times[kernel] / times['full']:.2f}x", "–"))
+    return rows
 
 
 def attention_rows(args) -> tuple[list[tuple], dict[str, float]]:
@@ -180,6 +188,16 @@ def step_rows(args) -> list[tuple]:
     return rows
 
 
+def lengths(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"lengths must be whole numbers, comma-separated, got {text!r}") from None
+    if not values or min(values) < 256 or any(T % 256 for T in values):
+        raise argparse.ArgumentTypeError(f"lengths must be multiples of the block (256), got {text!r}")
+    return values
+
+
 def groups(text: str) -> list[str]:
     chosen = [g.strip() for g in text.split(",")] if text != "all" else list(GROUPS)
     if unknown := [g for g in chosen if g not in GROUPS]:
@@ -199,6 +217,10 @@ def main() -> None:
     parser.add_argument("--groups", type=groups, default="all", help=f"comma-separated, of: {', '.join(GROUPS)} (default all)")
     parser.add_argument("--new-tokens", type=int, default=512, help="decoding: tokens generated per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="step: turns each loop takes")
+    parser.add_argument("--preset-batch", type=int, default=16, help="presets: sequences per step (default 16, the presets')")
+    parser.add_argument(
+        "--kernel-lengths", type=lengths, default=(2048,), help="kernels: sequence lengths, comma-separated (default 2048)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     peak, source = device_peak(device, args.peak_tflops)

@@ -7,6 +7,7 @@ for comparison. All at T = 256 and 1024 in one run, on a 4-layer model (default 
 a fresh process so peak memory is its own.
 
     python -m benchmarks.smat_overhead [--device cuda] [--steps 8] [--d-model 384 --n-head 6] [--dtype bf16 --compile]
+    python -m benchmarks.smat_overhead --variants full   # the baseline and full SMAT only
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def collect(
     return rows
 
 
+def variants(text: str) -> tuple[str, ...]:
+    """--variants: names of VARIANTS, comma-separated; the baseline is always measured (ratios are against it)."""
+    chosen = tuple(v.strip() for v in text.split(","))
+    if unknown := [v for v in chosen if v not in VARIANTS]:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    return ("baseline", *(v for v in chosen if v != "baseline"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -69,12 +78,17 @@ def main() -> None:
     parser.add_argument("--n-head", type=int, default=4, help="SMAT's 64M model: --d-model 384 --n-head 6 (64-wide heads)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--variants", type=variants, default=tuple(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)} (default all)"
+    )
     args = parser.parse_args()
     print(
         f"device: {args.device}, torch {torch.__version__}, {args.tokens} tokens per step, "
         f"model 4 x {args.d_model} x {args.n_head} heads, s_dim 32, {args.dtype}{', compiled' if args.compile else ''}"
     )
-    rows = collect(args.device, (256, 1024), args.tokens, args.steps, args.d_model, args.n_head, args.dtype, args.compile)
+    rows = collect(
+        args.device, (256, 1024), args.tokens, args.steps, args.d_model, args.n_head, args.dtype, args.compile, args.variants
+    )
     table = []
     for r in rows:
         base = next(b for b in rows if b["seq"] == r["seq"] and b["variant"] == "baseline")

@@ -3,6 +3,8 @@ the device's peak FLOP/s, and the training-step measurement every model benchmar
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -133,9 +135,33 @@ def train_step_rate(
     }
 
 
-def local_kernel_seconds(cfg: ModelConfig, batch: int, seq: int, device: str, dtype: str, backward: bool, repeats: int) -> dict:
-    """A fresh block-local model's forward (+ backward) time with each block-local kernel."""
-    torch.manual_seed(0)
-    model = build_model(cfg).to(device)
-    tokens = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
-    return time_local_kernels(model, tokens, dtype, backward=backward, repeats=repeats)
+def pass_once(model, tokens: torch.Tensor, dtype: str, backward: bool) -> None:
+    """One forward (+ backward) of `model` on `tokens` (B, T), predicting the tokens themselves."""
+    with torch.set_grad_enabled(backward), autocast(tokens.device, dtype):
+        _, loss = model(tokens, tokens)
+    if backward:
+        loss.backward()
+
+
+def local_kernel_seconds(
+    cfg: ModelConfig, lengths: tuple[int, ...], device: str, dtype: str, backward: bool, repeats: int
+) -> dict:
+    """{T: {"full": s, "windows": s, "flex": s}}: median seconds of one forward (+ backward) of a
+    fresh model at each length T (batch max(1, 4096 // T)) with full attention (fused SDPA) and
+    with each block-local kernel of `cfg`'s block-local model, all in one process (FlexAttention
+    compiles once per shape). The block-local kernels take turns (`time_local_kernels`, the
+    trainer's "auto" choice)."""
+    device = torch.device(device)
+    seconds = {}
+    for T in lengths:
+        torch.manual_seed(0)
+        local = build_model(dataclasses.replace(cfg, block_size=T)).to(device)
+        tokens = torch.randint(0, cfg.vocab_size, (max(1, 4096 // T), T), device=device)
+        seconds[T] = time_local_kernels(local, tokens, dtype, backward=backward, repeats=repeats)
+        del local
+        full = build_model(dataclasses.replace(cfg, block_size=T, attention="full")).to(device)
+        step = functools.partial(pass_once, full, tokens, dtype, backward)
+        step()
+        seconds[T]["full"] = median_seconds(step, repeats, device)
+        del full
+    return seconds
