@@ -144,3 +144,33 @@ def test_under_autocast_every_product_of_the_head_runs_in_its_dtype(device, monk
     for name, got, expected in (("loss", ours, reference), ("dh", h.grad, h64.grad), ("dW", w.grad, w64.grad)):
         error = ((got.double() - expected).norm() / expected.norm()).item()
         assert error < 2e-2, f"{name}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_compiled_loss_stays_in_one_graph_where_dynamo_cannot_trace_the_autocast_check(autocast, monkeypatch):
+    """torch 2.11's Dynamo could not trace torch.amp.is_autocast_available: on an H200 the compiled
+    training step broke its graph at the loss, which then ran eagerly. Here the check is made
+    untraceable the same way (a graph break inside it); the loss must still compile whole."""
+    from slmlab.analysis.decoding_checks import CountingBackend
+    from slmlab.config import ModelConfig
+    from slmlab.model import build_model
+
+    available = torch.amp.is_autocast_available
+
+    def untraceable(device_type):
+        torch._dynamo.graph_break()
+        return available(device_type)
+
+    monkeypatch.setattr(torch.amp, "is_autocast_available", untraceable)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=40, n_layer=1, n_head=2, d_model=16, block_size=16))
+    backend = CountingBackend()
+    step = torch.compile(model, backend=backend, fullgraph=True)
+    idx = torch.randint(0, 40, (2, 12))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        _, loss = step(idx, idx)
+        _, eager = model(idx, idx)
+    loss.backward()
+    assert backend.graphs == 1
+    torch.testing.assert_close(loss, eager)
