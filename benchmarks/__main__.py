@@ -69,12 +69,11 @@ def model_rows(args, peak: float) -> list[tuple]:
     rows = []
 
     def group(name: str, runs: dict[str, tuple[ModelConfig, int, int, bool]]):
-        results = {
-            label: in_fresh_process(
-                train_step_rate, cfg, batch, seq, args.device, args.dtype, args.compile, args.steps, stock=stock
-            )
-            for label, (cfg, batch, seq, stock) in runs.items()
-        }
+        results = {}
+        for label, (cfg, batch, seq, stock) in runs.items():
+            r = in_fresh_process(train_step_rate, cfg, batch, seq, args.device, args.dtype, args.compile, args.steps, stock=stock)
+            print(f"{name}, {label}: {r['tokens_per_s']:,.0f} tokens/s", flush=True)  # kept if a time cap stops the run
+            results[label] = r
         base = next(iter(results.values()))
         for label, r in results.items():
             rows.append(
@@ -155,12 +154,16 @@ def attention_rows(args) -> tuple[list[tuple], dict[str, float]]:
 
 
 def decoding_rows(args) -> list[tuple]:
-    """Per model, every decoding setting; time per token against its full-sequence forward's."""
+    """Per model, every decoding setting; time per token against its full-sequence forward's.
+    Each model's figures are printed as soon as they are measured (a run stopped by a time cap
+    keeps them)."""
     rows = []
     for name, shape in decoding.MODELS.items():
         results = in_fresh_process(decoding.measure, shape, args.new_tokens, 3, args.compile, args.device)
         forward = results["forward (T=512, batch 1)"][0]
-        for setting, median, _, _ in decoding.settings(results):
+        measured = decoding.settings(results)
+        print(f"{name}: " + "; ".join(f"{setting} {median:,.0f} tokens/s" for setting, median, _, _ in measured), flush=True)
+        for setting, median, _, _ in measured:
             rows.append(
                 (
                     f"decoding, {name}",

@@ -58,6 +58,7 @@ def collect(
                 train_step_rate, cfg, tokens // seq, seq, device, dtype, compile, steps, naive="naive" in variant
             )
             rows.append({"seq": seq, "variant": variant, **result})
+            print(f"T={seq} {variant}: {1000 * result['step_s']:.1f} ms per step", flush=True)  # kept if a time cap stops the run
     return rows
 
 
