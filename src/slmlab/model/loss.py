@@ -35,18 +35,14 @@ def _chunk_rows(vocab_size: int, device: torch.device) -> int:
     return max(256, CHUNK_ELEMENTS.get(device.type, ACCELERATOR_CHUNK_ELEMENTS) // vocab_size)
 
 
-@torch.compiler.assume_constant_result
-def _has_autocast(device_type: str) -> bool:
-    """Whether autocast exists for the device type (not for meta: FLOP and memory counts). A
-    constant to torch.compile: torch 2.11's Dynamo cannot trace the check, and broke the compiled
-    training step's graph at the loss (an H200, 2026-12-04), which then ran eagerly."""
-    return torch.amp.is_autocast_available(device_type)
-
-
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The dtype autocast runs products in on `device`; None where it is off, or where the device
-    has no autocast."""
-    if not (_has_autocast(device.type) and torch.is_autocast_enabled(device.type)):
+    has no autocast (meta: FLOP and memory counts, never compiled). torch.compile does not trace
+    the availability check: torch 2.11's Dynamo cannot, and broke the compiled training step's graph
+    at the loss, which then ran eagerly (an H200, 2026-12-04)."""
+    if not torch.compiler.is_compiling() and not torch.amp.is_autocast_available(device.type):
+        return None
+    if not torch.is_autocast_enabled(device.type):
         return None
     return torch.get_autocast_dtype(device.type)
 
