@@ -1,7 +1,7 @@
 #!/bin/bash
 # Everything slmlab measures on a lent CUDA GPU, in prepared runs that fit a short lease: the
-# machine, the test suite on CUDA, decoding speed (eager and compiled), SMAT's compiled overhead,
-# the presets' MFU (bf16 + compile), a profile of the eager 64M step, block-local kernels against
+# machine, the test suite on CUDA, decoding speed (eager and compiled), profiles of the compiled and
+# eager 64M step, SMAT's compiled overhead, the presets' MFU (bf16 + compile), block-local kernels against
 # full attention at 4k-32k, `train --nproc 1` over NCCL, and a real training run at SMAT's 64M scale
 # (baseline and full SMAT, compiled, side by side). Each stage runs under its own time cap and is
 # skipped when the budget is spent; every log goes into $OUT/logs.tgz after each stage, so a stage
@@ -31,7 +31,7 @@ LOGS=$(mktemp -d)
 START=$(date +%s)
 mkdir -p "$OUT"
 # what the second lease left unmeasured first (part 1); then what it measured, to see the fixes since
-PARTS=("" "machine tests_cuda decoding smat_overhead presets"
+PARTS=("" "machine tests_cuda decoding profile_compiled smat_overhead presets"
     "machine decoding_compiled profile kernels nccl smat64m_baseline smat64m_full")
 STAGES=${STAGES:-${PARTS[${PART:-1}]}}
 export PYTHONPATH="$PWD/src:$PWD" PYTHONUNBUFFERED=1 SLMLAB_CACHE="${SLMLAB_CACHE:-$PWD/.gpu/cache}"
@@ -97,6 +97,9 @@ stage machine 20 bash -c 'nvidia-smi; python3 -c "import torch, triton; print(to
 triton.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_capability())"; nproc; free -g'
 stage tests_cuda 90 python3 -m pytest tests -p no:cacheprovider -n 14 -k cuda --timeout 150 --tb=short -rfE
 stage decoding 150 python3 -m benchmarks all --device cuda --groups decoding --new-tokens 128 --out "$LOGS/decoding.md"
+# why the compiled 64M step ran at 5% MFU (32 ms per micro-batch of 4,096 tokens)
+stage profile_compiled 120 python3 -m benchmarks.profile_step configs/smat_64m.toml --train.device cuda --train.compile true \
+    --steps 5 --top 25
 stage smat_overhead 150 python3 -m benchmarks.smat_overhead --device cuda --dtype bf16 --compile --d-model 384 --n-head 6 \
     --tokens 16384 --steps 10 --variants full
 stage presets 150 python3 -m benchmarks all --device cuda --dtype bf16 --compile --groups presets --steps 10 \
