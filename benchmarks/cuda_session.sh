@@ -32,7 +32,7 @@ START=$(date +%s)
 mkdir -p "$OUT"
 # what the second lease left unmeasured first (part 1); then what it measured, to see the fixes since
 PARTS=("" "machine tests_cuda decoding profile_compiled smat_overhead presets"
-    "machine decoding_compiled profile kernels nccl smat64m_baseline smat64m_full")
+    "machine decoding_compiled presets_batch64 profile kernels nccl smat64m_baseline smat64m_full")
 STAGES=${STAGES:-${PARTS[${PART:-1}]}}
 export PYTHONPATH="$PWD/src:$PWD" PYTHONUNBUFFERED=1 SLMLAB_CACHE="${SLMLAB_CACHE:-$PWD/.gpu/cache}"
 RUNS="$LOGS/runs"
@@ -95,7 +95,7 @@ SMAT_RUN=(python3 -m slmlab train configs/smat_64m.toml --out_dir "$RUNS" --no-p
 
 stage machine 20 bash -c 'nvidia-smi; python3 -c "import torch, triton; print(torch.__version__, torch.version.cuda, \
 triton.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_capability())"; nproc; free -g'
-stage tests_cuda 90 python3 -m pytest tests -p no:cacheprovider -n 14 -k cuda --timeout 150 --tb=short -rfE
+stage tests_cuda 90 python3 -m pytest tests -p no:cacheprovider -n 14 -k cuda --timeout 150 --tb=short -rfEs
 stage decoding 150 python3 -m benchmarks all --device cuda --groups decoding --new-tokens 128 --out "$LOGS/decoding.md"
 # why the compiled 64M step ran at 5% MFU (32 ms per micro-batch of 4,096 tokens)
 stage profile_compiled 120 python3 -m benchmarks.profile_step configs/smat_64m.toml --train.device cuda --train.compile true \
@@ -106,6 +106,9 @@ stage presets 150 python3 -m benchmarks all --device cuda --dtype bf16 --compile
     --out "$LOGS/presets.md"
 stage decoding_compiled 150 python3 -m benchmarks all --device cuda --groups decoding --new-tokens 128 --compile \
     --out "$LOGS/decoding_compiled.md"
+# how much of the presets' MFU gap is their small batch (16 x 256 tokens)
+stage presets_batch64 150 python3 -m benchmarks all --device cuda --dtype bf16 --compile --groups presets --steps 10 \
+    --preset-batch 64 --out "$LOGS/presets_batch64.md"
 stage profile 40 python3 -m benchmarks.profile_step configs/smat_64m.toml --train.device cuda --top 25
 stage kernels 60 python3 -m benchmarks all --device cuda --dtype bf16 --groups kernels --steps 5 \
     --kernel-lengths 4096,8192,16384,32768 --out "$LOGS/kernels.md"
