@@ -38,6 +38,7 @@ from benchmarks import attention_scaling, decoding, step_overhead
 from benchmarks.timing import (
     device_peak,
     in_fresh_process,
+    kernel_batch,
     local_kernel_seconds,
     train_step_rate,
 )
@@ -119,7 +120,7 @@ def kernel_rows(args) -> list[tuple]:
     seconds = in_fresh_process(local_kernel_seconds, cfg, args.kernel_lengths, args.device, args.dtype, not why, args.steps)
     rows = []
     for T, times in seconds.items():
-        batch = max(1, 4096 // T)
+        batch = kernel_batch(T)
         picks = "windows" if why else min(("windows", "flex"), key=times.get)
         group = f"kernels (T={T}, batch {batch}, {'forward + backward' if not why else 'forward only'}; auto picks {picks})"
         for kernel in ("full", "windows", "flex"):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from slmlab.config import ModelConfig, TrainConfig
 from slmlab.model import build_model, model_stats
-from slmlab.training.kernel_choice import time_local_kernels
+from slmlab.training.kernel_choice import forward_backward, time_local_kernels
 from slmlab.training.optim import build_optimizer
 from slmlab.training.runtime import autocast, median_seconds, peak_memory_bytes, sync
 
@@ -135,19 +135,16 @@ def train_step_rate(
     }
 
 
-def pass_once(model, tokens: torch.Tensor, dtype: str, backward: bool) -> None:
-    """One forward (+ backward) of `model` on `tokens` (B, T), predicting the tokens themselves."""
-    with torch.set_grad_enabled(backward), autocast(tokens.device, dtype):
-        _, loss = model(tokens, tokens)
-    if backward:
-        loss.backward()
+def kernel_batch(seq: int) -> int:
+    """Sequences per pass of the kernels group at length `seq`: 4,096 tokens, at least one sequence."""
+    return max(1, 4096 // seq)
 
 
 def local_kernel_seconds(
     cfg: ModelConfig, lengths: tuple[int, ...], device: str, dtype: str, backward: bool, repeats: int
 ) -> dict:
     """{T: {"full": s, "windows": s, "flex": s}}: median seconds of one forward (+ backward) of a
-    fresh model at each length T (batch max(1, 4096 // T)) with full attention (fused SDPA) and
+    fresh model at each length T (batch `kernel_batch(T)`) with full attention (fused SDPA) and
     with each block-local kernel of `cfg`'s block-local model, all in one process (FlexAttention
     compiles once per shape). The block-local kernels take turns (`time_local_kernels`, the
     trainer's "auto" choice)."""
@@ -156,11 +153,11 @@ def local_kernel_seconds(
     for T in lengths:
         torch.manual_seed(0)
         local = build_model(dataclasses.replace(cfg, block_size=T)).to(device)
-        tokens = torch.randint(0, cfg.vocab_size, (max(1, 4096 // T), T), device=device)
+        tokens = torch.randint(0, cfg.vocab_size, (kernel_batch(T), T), device=device)
         seconds[T] = time_local_kernels(local, tokens, dtype, backward=backward, repeats=repeats)
         del local
         full = build_model(dataclasses.replace(cfg, block_size=T, attention="full")).to(device)
-        step = functools.partial(pass_once, full, tokens, dtype, backward)
+        step = functools.partial(forward_backward, full, tokens, dtype, backward)
         step()
         seconds[T]["full"] = median_seconds(step, repeats, device)
         del full

@@ -64,6 +64,15 @@ def set_kernel(model: nn.Module, kernel: str) -> None:
         layer.kernel = kernel
 
 
+def forward_backward(model: nn.Module, tokens: torch.Tensor, dtype: str = "fp32", backward: bool = True) -> None:
+    """One forward (+ backward) of `model` on `tokens` (B, T), predicting the tokens themselves
+    (what a kernel's timing measures)."""
+    with torch.set_grad_enabled(backward), autocast(tokens.device, dtype):
+        _, loss = model(tokens, tokens)
+    if backward:
+        loss.backward()
+
+
 def time_local_kernels(
     model: nn.Module, tokens: torch.Tensor, dtype: str = "fp32", backward: bool = True, repeats: int = 3
 ) -> dict[str, float]:
@@ -76,10 +85,7 @@ def time_local_kernels(
 
     def step(kernel: str) -> None:
         set_kernel(model, kernel)
-        with torch.set_grad_enabled(backward), autocast(device, dtype):
-            _, loss = model(tokens, tokens)
-        if backward:
-            loss.backward()
+        forward_backward(model, tokens, dtype, backward)
 
     for kernel in BlockLocal.KERNELS:
         step(kernel)
