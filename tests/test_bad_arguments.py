@@ -89,6 +89,32 @@ def _exit_code(argv: list[str]) -> int:
         return stop.code
 
 
+def test_a_verb_option_spelled_with_underscores_is_the_dashed_option(micro_toml, capsys):
+    """Overrides take underscores (--out_dir, --train.batch_size) and so do nanoGPT's flags: a
+    verb's own --batch-size given as --batch_size (or --batch_size=4) is the same option."""
+    assert _exit_code(["info", str(micro_toml), "--batch-size", "4", "--seq-len", "8"]) == 0
+    dashed = capsys.readouterr().out
+    assert _exit_code(["info", str(micro_toml), "--batch_size", "4", "--seq_len=8"]) == 0
+    assert capsys.readouterr().out == dashed
+    assert _exit_code(["info", str(micro_toml), "--batch-size", "5", "--seq-len", "8"]) == 0
+    assert capsys.readouterr().out != dashed  # the option is read, not dropped
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["info", "CONFIG", "--batch-sise", "4"], "unrecognized arguments: --batch-sise 4 (did you mean --batch-size?)"),
+        (["generate", "RUN", "--prompt", "a", "--max_new_tokenz", "3"], "(did you mean --max-new-tokens?)"),
+        (["info", "CONFIG", "stray"], "slmlab info: error: unrecognized arguments: stray (see slmlab info --help)"),
+    ],
+)
+def test_an_unknown_option_names_the_verbs_closest_one(argv, says, micro_toml, tmp_path, capsys):
+    names = {"CONFIG": str(micro_toml), "RUN": str(tmp_path / "none")}
+    assert _exit_code([names.get(a, a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "\n" not in err
+
+
 def test_a_curriculum_with_a_bad_later_phase_fails_before_the_first_phase_trains(micro_toml, tmp_path, capsys):
     config = tmp_path / "curriculum.toml"
     config.write_text(

@@ -23,7 +23,7 @@ import sys
 from .. import __version__
 from ..torchrun_env import process_rank, report_error
 from . import data, develop, evaluate, inspect, interop, persona, train
-from .options import OneLineParser, check_option_rules, check_overrides, given_options
+from .options import OneLineParser, check_option_rules, check_overrides, dashed_options, given_options, refuse_unrecognized
 
 VERB_GROUPS = (train, evaluate, persona, inspect, develop, interop, data)
 log = logging.getLogger("slmlab")
@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else list(argv)
     own, extra = split_overrides(argv)
-    args = build_parser().parse_args(own)
+    own = dashed_options(build_parser(), own)
+    args, unknown = build_parser().parse_known_args(own)
+    if unknown:
+        refuse_unrecognized(args.verb_parser, unknown)
     args.argv = argv
     from .. import plugins
     from ..errors import SlmlabError, out_of_memory

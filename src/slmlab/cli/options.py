@@ -7,6 +7,7 @@ Nothing here imports torch, or the parts of the library that do, at module level
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import math
 import sys
@@ -24,6 +25,38 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def dashed_options(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`argv` with `--max_new_tokens` (or `--max_new_tokens=3`) spelled `--max-new-tokens` where
+    that is an option of `parser` or its verbs: overrides take underscores (`--out_dir`,
+    `--train.batch_size`), nanoGPT's flags too, and a verb's own dashed option refused in
+    that spelling sent users to --help. No verb option has an underscore of its own."""
+    known, parsers = set(), [parser]
+    while parsers:
+        for action in parsers.pop()._actions:
+            known.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    spelled = []
+    for arg in argv:
+        name, equals, value = arg.partition("=")
+        dashed = "--" + name[2:].replace("_", "-")
+        spelled.append(dashed + equals + value if name.startswith("--") and dashed in known else arg)
+    return spelled
+
+
+def refuse_unrecognized(verb: argparse.ArgumentParser, unknown: list[str]) -> None:
+    """Exit with one line naming the arguments `verb` does not take and, for a mistyped option,
+    the verb's option spelled closest (`--max-new-tokenz` -> `--max-new-tokens`)."""
+    options = [option for action in verb._actions for option in action.option_strings]
+    hint = ""
+    for arg in unknown:
+        close = difflib.get_close_matches(arg.partition("=")[0], options, n=1) if arg.startswith("-") else []
+        if close:
+            hint = f" (did you mean {close[0]}?)"
+            break
+    verb.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+
 def add_verb(subparsers, name: str, help: str, examples: str, overrides: bool | str = False) -> argparse.ArgumentParser:
     """A sub-command whose --help ends with examples; `overrides`: it takes dotted config
     overrides (`--model.n_layer 4`), which the others refuse rather than ignore; a section name
@@ -32,7 +65,11 @@ def add_verb(subparsers, name: str, help: str, examples: str, overrides: bool | 
         name, help=help, description=help, epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.set_defaults(
-        takes_overrides=overrides, verb_name=parser.prog.removeprefix("slmlab "), option_needs={}, option_conflicts=[]
+        takes_overrides=overrides,
+        verb_name=parser.prog.removeprefix("slmlab "),
+        verb_parser=parser,
+        option_needs={},
+        option_conflicts=[],
     )
     parser.add_argument(
         "--trust-plugins",
