@@ -8,7 +8,7 @@ import argparse
 import pytest
 
 from slmlab.cli import main
-from slmlab.config import ConfigError, config_from_dict
+from slmlab.config import ConfigError, config_from_dict, load_config
 
 
 @pytest.mark.parametrize(
@@ -98,6 +98,12 @@ def test_a_verb_option_spelled_with_underscores_is_the_dashed_option(micro_toml,
     assert capsys.readouterr().out == dashed
     assert _exit_code(["info", str(micro_toml), "--batch-size", "5", "--seq-len", "8"]) == 0
     assert capsys.readouterr().out != dashed  # the option is read, not dropped
+
+
+def test_out_dir_spelled_with_a_dash_is_the_override(micro_toml, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    assert _exit_code(["train", str(micro_toml), "--out-dir", str(elsewhere), "--train.steps", "2", "--no-progress"]) == 0
+    assert (elsewhere / load_config(micro_toml).name / "config.json").is_file()
 
 
 @pytest.mark.parametrize(

@@ -44,14 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     """Separate config overrides (`--section.key value`, `--section.key=value`, `--out_dir DIR`)
-    from the verb's own arguments, so a value is never taken for a positional argument."""
+    from the verb's own arguments, so a value is never taken for a positional argument.
+    `--out-dir`, spelled as the verbs' own options are, is `--out_dir`."""
     own, overrides, i = [], [], 0
     while i < len(argv):
         arg = argv[i]
         key = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+        if key == "out-dir":
+            key, arg = "out_dir", "--out_dir" + arg.removeprefix("--out-dir")
         if "." in key or key == "out_dir":
             takes_value = "=" not in arg and i + 1 < len(argv)
-            overrides += argv[i : i + 1 + takes_value]
+            overrides += [arg, *argv[i + 1 : i + 1 + takes_value]]
             i += 1 + takes_value
         else:
             own.append(arg)
