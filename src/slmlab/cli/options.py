@@ -47,7 +47,7 @@ def dashed_options(parser: argparse.ArgumentParser, argv: list[str]) -> list[str
 def refuse_unrecognized(verb: argparse.ArgumentParser, unknown: list[str]) -> None:
     """Exit with one line naming the arguments `verb` does not take and, for a mistyped option,
     the verb's option spelled closest (`--max-new-tokenz` -> `--max-new-tokens`)."""
-    options = [option for action in verb._actions for option in action.option_strings]
+    options = [option for action in verb._actions for option in action.option_strings if option not in ("-h", "--help")]
     hint = ""
     for arg in unknown:
         close = difflib.get_close_matches(arg.partition("=")[0], options, n=1) if arg.startswith("-") else []
