@@ -101,3 +101,11 @@ def test_a_checkpoint_that_cannot_be_read_is_one_line(run, capsys, argv, says):
     assert main([str(run) if a == "RUN" else a for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert says in err and "\n" not in err
+
+
+def test_a_finished_run_without_its_final_weights_names_the_checkpoint_to_read_instead(run, capsys):
+    (run / "final.safetensors").unlink()
+    assert main(["generate", str(run), "--prompt", "T", "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "final.safetensors is missing" in err and "(--checkpoint step_000012)" in err and "\n" not in err
+    assert main(["generate", str(run), "--prompt", "T", "--max-new-tokens", "2", "--checkpoint", "step_000012"]) == 0

@@ -269,9 +269,15 @@ def model_weights(run: RunDir, checkpoint: str | None = None) -> tuple[Path, str
         name = existing_checkpoint(run.checkpoints, checkpoint)
         return run.checkpoints / f"{name}.safetensors", checksums(run.checkpoints, name).get(f"{name}.safetensors")
     summary = run.read_summary()
-    if run.final_weights.is_file() or "final_sha256" in summary:  # a finished run must have its final weights
+    if run.final_weights.is_file():
         return run.final_weights, summary.get("final_sha256")
     name = latest_checkpoint(run.checkpoints)
+    if "final_sha256" in summary:  # a finished run must have its final weights
+        instead = f", or read its checkpoint {name} (--checkpoint {name})" if name else ""
+        raise CheckpointError(
+            f"{run.final_weights} is missing, though {run.path} finished training with it: "
+            f"restore it from a copy of the run{instead}"
+        )
     if name is None:
         raise CheckpointError(f"{run.path} has no final.safetensors and no checkpoint yet")
     return run.checkpoints / f"{name}.safetensors", checksums(run.checkpoints, name).get(f"{name}.safetensors")
