@@ -113,6 +113,10 @@ def test_out_dir_spelled_with_a_dash_is_the_override(micro_toml, tmp_path):
         (["generate", "RUN", "--prompt", "a", "--max_new_tokenz", "3"], "(did you mean --max-new-tokens?)"),
         (["info", "CONFIG", "stray"], "slmlab info: error: unrecognized arguments: stray (see slmlab info --help)"),
         (["info", "CONFIG", "--head", "1"], "slmlab info: error: unrecognized arguments: --head 1 (see slmlab info --help)"),
+        (
+            ["eval", "RUN", "--prompt-file", "p"],
+            "unrecognized arguments: --prompt-file p (see slmlab eval --help)",
+        ),  # not --rope-scale
     ],
 )
 def test_an_unknown_option_names_the_verbs_closest_one(argv, says, micro_toml, tmp_path, capsys):

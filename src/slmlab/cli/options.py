@@ -50,7 +50,7 @@ def refuse_unrecognized(verb: argparse.ArgumentParser, unknown: list[str]) -> No
     options = [option for action in verb._actions for option in action.option_strings if option not in ("-h", "--help")]
     hint = ""
     for arg in unknown:
-        close = difflib.get_close_matches(arg.partition("=")[0], options, n=1) if arg.startswith("-") else []
+        close = difflib.get_close_matches(arg.partition("=")[0], options, n=1, cutoff=0.7) if arg.startswith("-") else []
         if close:
             hint = f" (did you mean {close[0]}?)"
             break
