@@ -100,6 +100,16 @@ def test_a_verb_option_spelled_with_underscores_is_the_dashed_option(micro_toml,
     assert capsys.readouterr().out != dashed  # the option is read, not dropped
 
 
+def test_after_a_bare_double_dash_every_argument_is_a_value_as_written():
+    from slmlab.cli.main import build_parser, split_overrides
+    from slmlab.cli.options import dashed_options
+
+    argv = ["generate", "RUN", "--top_k", "5", "--prompt", "--", "--top_k", "--model.n_layer", "--out-dir"]
+    own, overrides = split_overrides(argv)
+    assert overrides == [] and own == argv
+    assert dashed_options(build_parser(), own) == ["generate", "RUN", "--top-k", "5", "--prompt", *argv[5:]]
+
+
 def test_out_dir_spelled_with_a_dash_is_the_override(micro_toml, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     assert _exit_code(["train", str(micro_toml), "--out-dir", str(elsewhere), "--train.steps", "2", "--no-progress"]) == 0

@@ -45,10 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     """Separate config overrides (`--section.key value`, `--section.key=value`, `--out_dir DIR`)
     from the verb's own arguments, so a value is never taken for a positional argument.
-    `--out-dir`, spelled as the verbs' own options are, is `--out_dir`."""
+    `--out-dir`, spelled as the verbs' own options are, is `--out_dir`. After a bare `--` every
+    argument is a value of the verb's own."""
     own, overrides, i = [], [], 0
     while i < len(argv):
         arg = argv[i]
+        if arg == "--":
+            return own + argv[i:], overrides
         key = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
         if key == "out-dir":
             key, arg = "out_dir", "--out_dir" + arg.removeprefix("--out-dir")

@@ -29,19 +29,21 @@ def dashed_options(parser: argparse.ArgumentParser, argv: list[str]) -> list[str
     """`argv` with `--max_new_tokens` (or `--max_new_tokens=3`) spelled `--max-new-tokens` where
     that is an option of `parser` or its verbs: overrides take underscores (`--out_dir`,
     `--train.batch_size`), nanoGPT's flags too, and a verb's own dashed option refused in
-    that spelling sent users to --help. No verb option has an underscore of its own."""
+    that spelling sent users to --help. No verb option has an underscore of its own. After a bare
+    `--` every argument is a value, as argparse reads it, and stays as written."""
     known, parsers = set(), [parser]
     while parsers:
         for action in parsers.pop()._actions:
             known.update(action.option_strings)
             if isinstance(action, argparse._SubParsersAction):
                 parsers.extend(action.choices.values())
+    values_from = argv.index("--") if "--" in argv else len(argv)
     spelled = []
-    for arg in argv:
+    for arg in argv[:values_from]:
         name, equals, value = arg.partition("=")
         dashed = "--" + name[2:].replace("_", "-")
         spelled.append(dashed + equals + value if name.startswith("--") and dashed in known else arg)
-    return spelled
+    return spelled + argv[values_from:]
 
 
 def refuse_unrecognized(verb: argparse.ArgumentParser, unknown: list[str]) -> None:
