@@ -36,7 +36,7 @@ from ..files import atomic_write_text, read_json, remove_stale_temps, require_fi
 from ..locks import DirectoryLock
 from ..model import build_model
 from ..tables import command_line
-from .checkpoints import CheckpointError, checksums, existing_checkpoint, latest_checkpoint, load_weights
+from .checkpoints import CheckpointError, checkpoint_names, checksums, existing_checkpoint, latest_checkpoint, load_weights
 from .metrics import MetricsLog
 
 log = logging.getLogger("slmlab")
@@ -271,13 +271,14 @@ def model_weights(run: RunDir, checkpoint: str | None = None) -> tuple[Path, str
     summary = run.read_summary()
     if run.final_weights.is_file():
         return run.final_weights, summary.get("final_sha256")
-    name = latest_checkpoint(run.checkpoints)
     if "final_sha256" in summary:  # a finished run must have its final weights
-        instead = f", or read its checkpoint {name} (--checkpoint {name})" if name else ""
+        kept = checkpoint_names(run.checkpoints)  # newest first; not the `latest` pointer, which may be damaged too
+        instead = f", or read its checkpoint {kept[0]} (--checkpoint {kept[0]})" if kept else ""
         raise CheckpointError(
             f"{run.final_weights} is missing, though {run.path} finished training with it: "
             f"restore it from a copy of the run{instead}"
         )
+    name = latest_checkpoint(run.checkpoints)
     if name is None:
         raise CheckpointError(f"{run.path} has no final.safetensors and no checkpoint yet")
     return run.checkpoints / f"{name}.safetensors", checksums(run.checkpoints, name).get(f"{name}.safetensors")
