@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else list(argv)
     own, extra = split_overrides(argv)
-    own = dashed_options(build_parser(), own)
-    args, unknown = build_parser().parse_known_args(own)
+    parser = build_parser()
+    own = dashed_options(parser, own)
+    args, unknown = parser.parse_known_args(own)
     if unknown:
         refuse_unrecognized(args.verb_parser, unknown)
     args.argv = argv

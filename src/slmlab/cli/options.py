@@ -25,18 +25,23 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def parser_tree(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`parser` and every sub-command parser under it (verbs, and verbs of verb groups)."""
+    parsers = [parser]
+    for current in parsers:  # the list grows as it is walked: breadth first
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    return parsers
+
+
 def dashed_options(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     """`argv` with `--max_new_tokens` (or `--max_new_tokens=3`) spelled `--max-new-tokens` where
     that is an option of `parser` or its verbs: overrides take underscores (`--out_dir`,
     `--train.batch_size`), nanoGPT's flags too, and a verb's own dashed option refused in
     that spelling sent users to --help. No verb option has an underscore of its own. After a bare
     `--` every argument is a value, as argparse reads it, and stays as written."""
-    known, parsers = set(), [parser]
-    while parsers:
-        for action in parsers.pop()._actions:
-            known.update(action.option_strings)
-            if isinstance(action, argparse._SubParsersAction):
-                parsers.extend(action.choices.values())
+    known = {option for each in parser_tree(parser) for action in each._actions for option in action.option_strings}
     values_from = argv.index("--") if "--" in argv else len(argv)
     spelled = []
     for arg in argv[:values_from]:
@@ -95,16 +100,11 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     """The options (and positional arguments, by metavar) that `argv` gives the verb it names,
     defaults left out: `argv` parsed again by `parser` (a fresh one: its defaults are removed)
     with every default suppressed."""
-    parsers, leaves = [parser], {}
-    while parsers:
-        current = parsers.pop()
-        leaves[current._defaults.get("verb_name")] = current
-        for action in current._actions:
+    for each in parser_tree(parser):
+        for action in each._actions:
             action.default = argparse.SUPPRESS
-            if isinstance(action, argparse._SubParsersAction):
-                parsers.extend(action.choices.values())
     namespace = parser.parse_args(argv)
-    verb = leaves[namespace.verb_name]
+    verb = namespace.verb_parser
     return {
         action.option_strings[0] if action.option_strings else (action.metavar or action.dest.upper())
         for action in verb._actions
