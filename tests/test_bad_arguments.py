@@ -8,7 +8,7 @@ import argparse
 import pytest
 
 from slmlab.cli import main
-from slmlab.config import ConfigError, config_from_dict, load_config
+from slmlab.config import ConfigError, config_from_dict
 
 
 @pytest.mark.parametrize(
@@ -87,53 +87,6 @@ def _exit_code(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as stop:
         return stop.code
-
-
-def test_a_verb_option_spelled_with_underscores_is_the_dashed_option(micro_toml, capsys):
-    """Overrides take underscores (--out_dir, --train.batch_size) and so do nanoGPT's flags: a
-    verb's own --batch-size given as --batch_size (or --batch_size=4) is the same option."""
-    assert _exit_code(["info", str(micro_toml), "--batch-size", "4", "--seq-len", "8"]) == 0
-    dashed = capsys.readouterr().out
-    assert _exit_code(["info", str(micro_toml), "--batch_size", "4", "--seq_len=8"]) == 0
-    assert capsys.readouterr().out == dashed
-    assert _exit_code(["info", str(micro_toml), "--batch-size", "5", "--seq-len", "8"]) == 0
-    assert capsys.readouterr().out != dashed  # the option is read, not dropped
-
-
-def test_after_a_bare_double_dash_every_argument_is_a_value_as_written():
-    from slmlab.cli.main import build_parser, split_overrides
-    from slmlab.cli.options import dashed_options
-
-    argv = ["generate", "RUN", "--top_k", "5", "--prompt", "--", "--top_k", "--model.n_layer", "--out-dir"]
-    own, overrides = split_overrides(argv)
-    assert overrides == [] and own == argv
-    assert dashed_options(build_parser(), own) == ["generate", "RUN", "--top-k", "5", "--prompt", *argv[5:]]
-
-
-def test_out_dir_spelled_with_a_dash_is_the_override(micro_toml, tmp_path):
-    elsewhere = tmp_path / "elsewhere"
-    assert _exit_code(["train", str(micro_toml), "--out-dir", str(elsewhere), "--train.steps", "2", "--no-progress"]) == 0
-    assert (elsewhere / load_config(micro_toml).name / "config.json").is_file()
-
-
-@pytest.mark.parametrize(
-    "argv, says",
-    [
-        (["info", "CONFIG", "--batch-sise", "4"], "unrecognized arguments: --batch-sise 4 (did you mean --batch-size?)"),
-        (["generate", "RUN", "--prompt", "a", "--max_new_tokenz", "3"], "(did you mean --max-new-tokens?)"),
-        (["info", "CONFIG", "stray"], "slmlab info: error: unrecognized arguments: stray (see slmlab info --help)"),
-        (["info", "CONFIG", "--head", "1"], "slmlab info: error: unrecognized arguments: --head 1 (see slmlab info --help)"),
-        (
-            ["eval", "RUN", "--prompt-file", "p"],
-            "unrecognized arguments: --prompt-file p (see slmlab eval --help)",
-        ),  # not --rope-scale
-    ],
-)
-def test_an_unknown_option_names_the_verbs_closest_one(argv, says, micro_toml, tmp_path, capsys):
-    names = {"CONFIG": str(micro_toml), "RUN": str(tmp_path / "none")}
-    assert _exit_code([names.get(a, a) for a in argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert says in err and "\n" not in err
 
 
 def test_a_curriculum_with_a_bad_later_phase_fails_before_the_first_phase_trains(micro_toml, tmp_path, capsys):
