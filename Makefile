@@ -2,7 +2,8 @@
 #   make quickstart   install everything, then compare baseline vs full SMAT x 3 seeds on Shakespeare
 #   make test         install everything, fetch the bundled corpora, then run the whole test suite
 # For contributors: make lint (ruff check + format check), make format, make test-fast (the quick
-# core: no slow, multi-process or downloaded-corpus tests; ~8 min on 2 CPU cores, the whole suite 12-24).
+# core: no slow, multi-process or downloaded-corpus tests). Both run the tests on every core (pytest-xdist's
+# -n logical: one worker per logical CPU, the CPU threads shared out in tests/conftest.py); plain `pytest` runs one process.
 # TORCH_SPEC pins the torch build installed before slmlab itself (here: the local CPU wheel);
 # override it for another build, e.g. make test TORCH_SPEC="torch==2.13.0 --index-url ...".
 
@@ -28,10 +29,10 @@ quickstart: install
 
 test: install
 	$(BIN)/slmlab data download
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n logical
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not distributed and not network"
+	$(BIN)/python -m pytest -n logical -m "not slow and not distributed and not network"
 
 lint: install
 	$(BIN)/ruff check .

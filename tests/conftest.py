@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
 from slmlab.config import RunConfig, config_from_dict
 
-torch.set_num_threads(2)
+# Two CPU threads per test process, shared out between pytest-xdist's workers (`pytest -n 2`: one each)
+torch.set_num_threads(max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
