@@ -87,6 +87,7 @@ def test_training_backpropagates_the_auxiliary_term_logs_it_and_scores_without_i
     assert summary["val_loss"] == pytest.approx([r for r in records[200.0] if "val_loss" in r][-1]["val_loss"])
 
 
+@pytest.mark.slow
 def test_check_counts_a_gradient_the_auxiliary_term_alone_gives(tmp_path, text_corpus, penalised, capsys):
     """s gets its gradient from the auxiliary term only: the gradients property reaches it through
     the objective (with the term off, nothing does, and the property names s)."""

@@ -89,6 +89,7 @@ def test_bpb_is_comparable_across_tokenizers(tmp_path, text_corpus, make_config)
     assert 0.5 < results["char"].val_bpb / results["byte"].val_bpb < 2
 
 
+@pytest.mark.slow
 def test_bpb_reaches_metrics_summary_eval_sweep_and_report(tmp_path, micro_sweep, capsys):
     assert main(["sweep", str(micro_sweep), "--jobs", "1"]) == 0
     capsys.readouterr()

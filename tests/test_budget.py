@@ -38,6 +38,7 @@ def steps_of(jobs) -> dict[str, int]:
     return {job.variant: job.config.train.steps for job in jobs}
 
 
+@pytest.mark.slow
 def test_a_flops_budget_gives_a_costlier_variant_fewer_steps(tmp_path, micro_toml, capsys):
     _, jobs = load_sweep(sweep_file(tmp_path, micro_toml, "flops = 5e8"))
     steps = steps_of(jobs)
@@ -147,6 +148,7 @@ def test_a_slurm_script_does_not_time_a_seconds_budget_on_the_login_node(tmp_pat
     assert "200 steps" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_results_name_the_machine_a_seconds_budget_was_timed_on(tmp_path, micro_toml, monkeypatch, capsys):
     monkeypatch.setattr(budget_module, "seconds_per_step", lambda cfg: 0.1)
     config = sweep_file(tmp_path, micro_toml, "seconds = 0.5")

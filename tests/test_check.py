@@ -37,6 +37,7 @@ _CHECKED: dict[tuple[str, str], list] = {}  # outcomes by tiny model and device:
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+@pytest.mark.slow
 def test_every_built_in_config_passes(path, device):
     for label, cfg in configs_of(path):
         key = repr(tiny_config(cfg)), str(device)  # run_checks checks this model and nothing else of cfg
@@ -137,6 +138,7 @@ def test_the_whole_model_reference_catches_what_no_layer_reference_sees(monkeypa
     assert results["causality (eval)"].passed is True and results["KV cache = recomputation"].passed is True
 
 
+@pytest.mark.slow
 def test_a_model_with_a_piece_the_references_do_not_know_is_compared_layer_by_layer(monkeypatch):
     """The Self Area's conditioning is written out in its `naive` method; without it, the model's
     layers are still compared, and the whole model is not."""
@@ -312,6 +314,7 @@ def test_a_plugin_section_named_like_a_model_setting_is_refused_where_it_registe
     assert "idea" not in MODEL_SECTIONS
 
 
+@pytest.mark.slow
 def test_the_worked_example_passes_check(capsys):
     assert main(["check", str(ROOT / "examples" / "plugins" / "gated_attention_sweep.toml")]) == 0
     assert "36/36 properties hold" in capsys.readouterr().out
@@ -326,6 +329,7 @@ def test_any_seed_the_option_takes_checks_the_same_properties(seed, tmp_path, te
     assert "12/12 properties hold" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_config_asking_for_the_flex_kernel_is_checked_through_the_windows_kernel(tmp_path, text_corpus, capsys):
     """FlexAttention has no backward (nor float64) on CPU, where check runs: a config with
     model.local_kernel = 'flex' failed 9 of 11 properties with PyTorch's NotImplementedError,

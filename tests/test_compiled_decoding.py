@@ -12,6 +12,8 @@ from slmlab.analysis.decoding_checks import CountingBackend
 from slmlab.config import ConfigError
 from tests.test_batched_generation import ARCHITECTURES, PROMPTS, model_for
 
+pytestmark = pytest.mark.slow  # every test here compiles
+
 
 @pytest.fixture
 def counting():

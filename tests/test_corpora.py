@@ -77,6 +77,7 @@ def test_genre_filter_selects_streams_by_letter_or_name():
         DocumentSelection(DataConfig(source="brown", genres=["Z"]))
 
 
+@pytest.mark.slow
 def test_year_cut_off_drops_later_documents_and_counts_them():
     selection = DocumentSelection(DataConfig(source="shakespeare", max_year=1600))
     kept = list(selection)

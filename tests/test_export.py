@@ -129,6 +129,7 @@ def check_padded_batches(hf, ours, prompts: list[list[int]]) -> None:
         assert out[row, width:].tolist() == alone[: out.shape[1] - width]
 
 
+@pytest.mark.slow
 def test_a_plugin_model_loads_in_a_fresh_process_from_its_embedded_source(tmp_path, text_corpus):
     """The user's side: a new Python process that never imported the plugin loads the export."""
     run = trained_run(tmp_path, text_corpus, "gated", {"gated_attention": {"enabled": True}}, plugins=[GATED])

@@ -141,6 +141,7 @@ def test_lm_eval_scores_the_cloze_task_end_to_end(run, capfd, tmp_path, monkeypa
     assert (run / "lm_eval" / "results.json").read_bytes() == results
 
 
+@pytest.mark.slow
 def test_a_sweep_with_an_unknown_task_fails_before_any_run_trains(tmp_path, micro_sweep, capsys):
     """The task names were read only once every run had trained: the sweep then failed without
     writing its results table."""

@@ -72,6 +72,7 @@ def test_routed_activations_are_what_a_training_step_keeps(routed):
     assert traced_activation_bytes(countable_model(cfg), 6, 64) == activations
 
 
+@pytest.mark.slow
 def test_info_and_a_sweeps_flop_count_take_a_routed_plugin(tmp_path, text_corpus, routed):
     config = moe_toml(tmp_path, text_corpus)
     info = slmlab("info", str(config))
@@ -80,6 +81,7 @@ def test_info_and_a_sweeps_flop_count_take_a_routed_plugin(tmp_path, text_corpus
     assert flops_per_token(load_config(config)) > 0  # what a sweep's train-FLOPs column and FLOP budgets use
 
 
+@pytest.mark.slow
 def test_the_moe_example_passes_check(capsys):
     assert main(["check", str(MOE.with_name("moe_sweep.toml"))]) == 0
     assert "24/24 properties hold" in capsys.readouterr().out

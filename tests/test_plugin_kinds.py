@@ -4,6 +4,7 @@ is one file named in a config, and every verb that reads its runs reads them."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.test_plugins import plugin_toml, slmlab
@@ -54,6 +55,7 @@ ARCHITECTURES.register("recurrent_test", RecurrentLM)
 '''
 
 
+@pytest.mark.slow
 def test_an_architecture_without_attention_checks_trains_and_refuses_attention_maps_in_one_line(tmp_path, text_corpus):
     """A whole-architecture plugin with no CausalSelfAttention (a GRU) passes `slmlab check` and
     trains; the two verbs that draw attention maps say in one line why they cannot (`train
@@ -120,6 +122,7 @@ TOKENIZERS.register("{kind}", learn)
 '''
 
 
+@pytest.mark.slow
 def test_a_tokenizer_plugin_trains_and_its_runs_read_back_or_is_refused_before_training(tmp_path, text_corpus):
     """A plugin tokenizer used to train a run that no verb could read (its tokenizer.json was
     'neither an slmlab nor a Hugging Face tokenizer file'). Its reader registers in
@@ -146,6 +149,7 @@ def test_a_tokenizer_plugin_trains_and_its_runs_read_back_or_is_refused_before_t
             )
 
 
+@pytest.mark.slow
 def test_persona_trains_a_plugins_parameter_selection(tmp_path, text_corpus):
     """`persona --train` offered only the built-in selections (an argparse choice list), so a
     plugin's registry.TRAINABLE entry could not be used there; a name that is none of them is one
@@ -205,6 +209,7 @@ register_section("layer_bias", LayerBiasConfig, extends="conditioning")
 """
 
 
+@pytest.mark.slow
 def test_a_conditioning_plugin_checks_and_two_conditionings_are_refused_not_one_dropped(tmp_path, text_corpus):
     """The decoder takes one residual conditioning; with a plugin's and the Self Area both
     switched on, build_model kept the first registered (the Self Area) and dropped the plugin's in
@@ -278,6 +283,7 @@ TOKENIZERS.register("tokenizer_half_done", lambda data, texts: {c: i for i, c in
 """
 
 
+@pytest.mark.slow
 def test_a_plugin_class_missing_a_member_the_backbone_reads_is_one_line(tmp_path, text_corpus):
     """A position scheme without max_positions, a head without loss(), or an architecture without
     the class attributes the config checks read failed with an AttributeError traceback; now the

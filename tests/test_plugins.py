@@ -110,6 +110,7 @@ def test_a_run_records_its_plugins_source_and_sha256(trained):
     assert cfg.model.gated_attention.enabled and any(type(m).__name__ == "OutputGate" for m in model.modules())
 
 
+@pytest.mark.slow
 def test_a_run_never_executes_plugin_code_unless_trusted(trained):
     run, _ = trained
     refused = slmlab("eval", str(run), "--batches", "1")
@@ -171,6 +172,7 @@ def test_a_plugin_can_be_an_importable_module(tmp_path, text_corpus, monkeypatch
     assert cfg.plugins == ["my_scale_idea"] and cfg.model.my_scale.factor == 2.0
 
 
+@pytest.mark.slow
 def test_resume_and_ablate_run_the_recorded_plugin(trained):
     run, _ = trained
     resumed = slmlab("train", "--resume", str(run), "--train.steps", "14", "--no-progress", "--trust-plugins")
@@ -254,6 +256,7 @@ def test_interventions_of_two_ideas_with_the_same_hook_name_stay_apart(tmp_path,
     ],
     ids=["info", "viz", "report", "diagnose"],
 )
+@pytest.mark.slow
 def test_every_verb_reads_a_run_with_plugins(trained, tmp_path, verb):
     run, config = trained
     args = [a.format(run=run, config=config, tmp=tmp_path) for a in verb]

@@ -47,6 +47,7 @@ def test_sweep_report_holds_the_results_table_and_every_run(micro_sweep, tmp_pat
     assert 'src="data:image/png;base64,' in (sweep_dir / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_report_flags_results_of_weights_the_run_has_trained_past(text_corpus, make_config, capsys):
     """Quantised and evaluated, then trained on: the report showed the old int8 table and plots as
     the run's. Each is flagged, naming the command that redoes it, until that command reruns."""

@@ -14,6 +14,7 @@ from slmlab.config import ConfigError
 
 
 @pytest.mark.parametrize("kind", ["attention-extension", "output-gate", "mlp"])
+@pytest.mark.slow
 def test_the_scaffold_passes_its_own_check(tmp_path, capsys, kind):
     name = f"idea_{kind.replace('-', '_')}"
     written = write_variant(name, kind, tmp_path / "ideas")

@@ -271,6 +271,7 @@ def test_a_slurm_script_quotes_what_sbatch_would_split(micro_sweep, tmp_path, ca
     assert "cannot go into an #SBATCH line (it holds a double quote)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_one_seed_results_are_standard_json_with_an_unknown_spread(micro_sweep, tmp_path, capsys):
     """With one seed the spread and every interval are undefined: null in results.json (json.dumps
     wrote NaN, which jq and JavaScript refuse) and '–' in the table, never a spread of 0."""
@@ -291,6 +292,7 @@ def test_one_seed_results_are_standard_json_with_an_unknown_spread(micro_sweep, 
     json.loads(capsys.readouterr().out, parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_a_run_trained_with_other_settings_is_never_reused(micro_sweep, tmp_path, capsys):
     """Changing a variant's setting and running the sweep again skipped its finished runs, whose
     results then stood in the table under the new setting; more steps train them on."""
@@ -312,6 +314,7 @@ def test_a_run_trained_with_other_settings_is_never_reused(micro_sweep, tmp_path
     assert "train.steps: 18 -> 12" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_runs_trained_on_a_corpus_that_changed_between_them_are_not_compared(micro_sweep, tmp_path, capsys):
     """A finished run was kept from an earlier sweep and a new seed trained on the edited corpus:
     the table compared them as if they saw the same text."""
@@ -331,6 +334,7 @@ def test_runs_trained_on_a_corpus_that_changed_between_them_are_not_compared(mic
     assert main(["sweep", str(micro_sweep), "--jobs", "1"]) == 0
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_corpus_moved_keeps_its_runs_and_adds_seeds(micro_sweep, tmp_path, capsys):
     """With the corpus moved and the base config naming its new place, every finished run was
     'trained with other settings (data.source ...)', and the fix offered was to delete them. Such
@@ -363,6 +367,7 @@ def test_a_sweep_whose_corpus_moved_keeps_its_runs_and_adds_seeds(micro_sweep, t
     assert json.loads((sweep_dir / "full_s1" / "config.json").read_text())["data"]["source"] == str(moved)
 
 
+@pytest.mark.slow
 def test_a_sweep_with_a_failed_run_writes_its_table_and_exits_1(micro_toml, tmp_path, capsys):
     """One run failing (here: windows longer than its validation text) leaves the others trained
     and the table written, and the exit status says the table is not whole (it was 0)."""

@@ -143,6 +143,7 @@ def test_every_parameter_receives_a_gradient(moderator):
     assert loss.item() == pytest.approx(math.log(V), abs=0.3)  # loss at init ≈ ln V
 
 
+@pytest.mark.slow
 def test_compiled_training_leaves_the_prophets_steps_out_of_the_graph():
     """Traced, the char-RNN's T steps were unrolled into the training graph (142 s of inductor
     compiling at T = 37 on a small model, growing with T); they now run eagerly between graphs of

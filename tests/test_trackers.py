@@ -77,6 +77,7 @@ def test_tensorboard_holds_every_metric_and_the_config(make_config):
     assert '"n_layer": 2' in text
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_metrics_config_group_and_tags(make_config, monkeypatch):
     wandb = pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -25,6 +25,7 @@ def tuned_sweep(tmp_path, micro_toml):
     return path
 
 
+@pytest.mark.slow
 def test_each_variant_trains_its_seeds_at_its_best_learning_rate(tmp_path, tuned_sweep, capsys, caplog):
     assert main(["sweep", str(tuned_sweep), "--dry-run"]) == 0
     assert capsys.readouterr().out.count("tune ") == 4  # 2 variants x 2 values
@@ -60,6 +61,7 @@ def test_each_variant_trains_its_seeds_at_its_best_learning_rate(tmp_path, tuned
     assert capsys.readouterr().out.count("[done]") == 8
 
 
+@pytest.mark.slow
 def test_a_grid_of_learning_rate_and_weight_decay_picks_the_best_combination(tmp_path, micro_toml, capsys):
     """The issue's optional warmup and weight-decay grids: every combination is one tuning run,
     named by its settings, and the seeds train at the combination with the lowest final loss."""
