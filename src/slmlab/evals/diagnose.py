@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ from ..data.tokens import prepare_tokens
 from ..model import build_model
 from ..model.auxiliary import objective
 from ..model.modes import eval_mode
+from ..training.distributed import World
+from ..training.memory_room import check_training_room
 from ..training.runtime import resolve_device, seed_everything
 
 log = logging.getLogger("slmlab")
@@ -102,6 +104,7 @@ def diagnose(cfg: RunConfig, batch_size: int = 4, max_steps: int = 500, lr: floa
     device = resolve_device(cfg.train.device)
     tokenizer, data = prepare_tokens(cfg.data)
     resolve_vocab(cfg, tokenizer.vocab_size)
+    check_training_room(replace(cfg, train=replace(cfg.train, batch_size=batch_size)), device, World())
     model = build_model(cfg.model).to(device)
     x, y = WindowSampler(data.train, cfg.data.seq_len, batch_size, cfg.train.seed).next_batch()
     x, y = x.to(device), y.to(device)

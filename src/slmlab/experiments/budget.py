@@ -35,6 +35,7 @@ from ..files import atomic_write_text, json_text, read_json
 from ..model import build_model
 from ..model.accounting import countable_model, measured_flops_per_token
 from ..training.distributed import World
+from ..training.memory_room import check_training_room
 from ..training.optim import build_optimizer, select_trainable
 from ..training.runtime import median_seconds, resolve_device
 from ..training.step import OptimizerStep
@@ -100,6 +101,7 @@ def run_step(cfg: RunConfig) -> OptimizerStep:
     model, seeded. A variant that trains with Muon steps with Muon."""
     cfg = with_vocab(cfg)
     device = resolve_device(cfg.train.device)
+    check_training_room(cfg, device, World())
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device)
     select_trainable(model, cfg.train.trainable)

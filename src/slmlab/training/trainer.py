@@ -58,6 +58,7 @@ from .distributed import (
 )
 from .frames import AttentionFrames
 from .kernel_choice import check_local_kernel, choose_local_kernel
+from .memory_room import check_training_room
 from .optim import build_optimizer, lr_at, schedule_warning, select_trainable
 from .progress import TrainingProgress
 from .results import TrainResult, write_results
@@ -178,6 +179,7 @@ class Trainer:
         check_windows(self.data.train, self.data.val, cfg.data.seq_len, train.batch_size, cfg.data.mixture)
         self.token_bytes = torch.from_numpy(self.tokenizer.token_bytes())
         check_local_kernel(cfg.model, self.device)
+        check_training_room(cfg, self.device, self.world)  # before the run folder is made or replaced
         if not (resume or init_from):  # a model whose weights come from a run: its positions were trained there
             warnings.append(untrained_positions_warning(cfg.model, cfg.data.seq_len))
         for warning in (*warnings, schedule_warning(train), trains_as_full_warning(cfg.model, cfg.data.seq_len)):

@@ -1,0 +1,150 @@
+"""Refuse, before anything is written, a training run this machine's memory cannot hold.
+
+On Linux, memory is lent before it exists (overcommit): a model whose weights, gradients and
+optimizer state outgrow the machine's RAM and swap is built anyway, and the kernel's out-of-memory
+killer ends the process part-way, with no message (sometimes another process with it), after
+`--overwrite` has cleared the old run. A typo does it: model.block_size = 100000000 with learned
+positions is a table of 10^8 x d_model. So the trainer first counts, on a copy of the model built
+on the meta device (shapes only: no memory, no arithmetic, no random initial values):
+
+    need = weights and buffers + optimizer state + max(gradients, activations)
+
+with the activations those one micro-batch keeps for backward (`traced_activation_bytes`) and
+AdamW's state its two moments (another optimizer's is not counted). This is a lower bound of the
+peak: before backward starts the forward's activations are all alive, and at its end the
+gradients are; the optimizer's state lives from the first step on. So only a run that cannot fit
+is refused. Tracing the activations takes from 0.1 s to seconds (a TapeTransformer's recurrence),
+so it runs only where they might not fit: where GENEROUS times the decoder's own count,
+(9 d_model + 2 d_ff) fp32 values per token and layer, would not (SMAT and the TapeTransformer
+keep up to ~6 times that). A CUDA or MPS device refuses an allocation past its memory at once,
+with an error the CLI words (errors.out_of_memory); macOS swaps rather than kills.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from ..config import ConfigError, RunConfig
+from ..model.accounting import traced_activation_bytes
+from ..registry import build_model
+from ..tables import human
+from ..torchrun_env import env_int
+from .distributed import World
+from .optim import select_trainable
+
+OPTIMIZER_STATE_COPIES = {"adamw": 2}  # copies of each trainable parameter the optimizer keeps: exp_avg, exp_avg_sq
+GENEROUS = 16  # times the decoder's activations per token and layer: a bound to decide whether to trace
+RANDOM_FILLS = {"normal_", "uniform_", "trunc_normal_", "exponential_", "bernoulli_", "random_"}
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v2, v1
+
+
+def host_memory_bytes() -> int | None:
+    """This machine's RAM (at most the memory limit of the container the process runs in) plus
+    its swap; None where it cannot be read."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+    for limit in CGROUP_LIMITS:
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max": no limit
+            ram = min(ram, int(text))
+    return ram + _swap_bytes()
+
+
+def _swap_bytes() -> int:
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        if line.startswith("SwapTotal:"):
+            return int(line.split()[1]) * 1024  # "SwapTotal:  2097148 kB"
+    return 0
+
+
+class _NoRandomFills(TorchFunctionMode):
+    """Random initial values (nn.init's and Tensor's in-place fills) skipped on the meta device,
+    where they would be shapes only anyway: meta's normal_ goes through torch._refs, which
+    imports torch._dynamo (~2 s) on first use."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in RANDOM_FILLS:
+            tensor = args[0] if args else kwargs.get("tensor")
+            if isinstance(tensor, torch.Tensor) and tensor.device.type == "meta":
+                return tensor
+        return func(*args, **kwargs)
+
+
+def training_need(cfg: RunConfig, rows: int, shards: int = 1, room: int | None = None) -> dict | None:
+    """Bytes one training process must hold at its peak, at least (the module's docstring):
+    {"weights", "optimizer", "gradients", "activations" (None: not traced), "need"}, and the model's largest tensor
+    ("largest": its name, "largest_size": its elements). `rows`: the process's rows of a
+    micro-batch; `shards`: the processes FSDP spreads weights, gradients and optimizer state over
+    (1: each holds them all); `room`: the bytes the process may use; activations are traced only
+    where GENEROUS times the decoder's count of them would not fit beside the rest (None: always).
+    None for a model that cannot be built on the meta device (a plugin that reads values while it
+    builds): then nothing is checked."""
+    m = cfg.model
+    try:
+        with torch.device("meta"), _NoRandomFills():
+            model = build_model(m)
+    except (NotImplementedError, RuntimeError):
+        return None
+    select_trainable(model, cfg.train.trainable)
+    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    need = {
+        "weights": weights // shards,
+        "optimizer": OPTIMIZER_STATE_COPIES.get(cfg.train.optimizer, 0) * trainable // shards,
+        "gradients": trainable // shards,
+        "activations": None,  # not traced
+    }
+    fixed = need["weights"] + need["optimizer"]
+    generous = GENEROUS * rows * cfg.data.seq_len * m.n_layer * (9 * m.d_model + 2 * m.ff_dim) * 4
+    if room is None or fixed + generous > room:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # a forward that reads values: not counted
+            need["activations"] = traced_activation_bytes(model, rows, cfg.data.seq_len, cfg.train.dtype)
+    need["need"] = fixed + max(need["gradients"], need["activations"] or 0)
+    tensors = dict((*model.named_parameters(), *model.named_buffers()))
+    need["largest"] = max(tensors, key=lambda name: tensors[name].numel())
+    need["largest_size"] = tensors[need["largest"]].numel()
+    return need
+
+
+def check_training_room(cfg: RunConfig, device: torch.device, world: World) -> None:
+    """Refuse (ConfigError, one line) a run whose training processes on this machine (torchrun's
+    LOCAL_WORLD_SIZE, each with its rows of the batch) need more memory than it has
+    (`training_need` each; FSDP shards the weights over the whole world); on Linux CPU runs only
+    (the module's docstring says why)."""
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return
+    have = host_memory_bytes()
+    if have is None:
+        return
+    rows = len(range(cfg.train.batch_size)[world.rows(cfg.train.batch_size)])
+    shards = world.size if cfg.train.parallel == "fsdp" else 1
+    processes = env_int("LOCAL_WORLD_SIZE", 1) if world.distributed else 1
+    need = training_need(cfg, rows, shards, have // processes)
+    if need is None or need["need"] * processes <= have:
+        return
+    each = f"{processes} processes x " if processes > 1 else ""
+    counted = [key for key in ("weights", "optimizer", "gradients", "activations") if need[key] is not None]
+    parts = ", ".join(f"{key} {human(need[key], 'B')}" for key in counted)
+    if need["weights"] > (need["activations"] or 0):  # the model itself: name where it is largest
+        parts += f"; the largest tensor, {need['largest']}, holds {human(need['largest_size'])} values"
+    raise ConfigError(
+        f"training this model needs at least {each}{human(need['need'], 'B')} of memory ({parts}), but this machine has "
+        f"{human(have, 'B')} (RAM and swap): make the model, train.batch_size or data.seq_len smaller, or raise "
+        "train.grad_accum (`slmlab info CONFIG` itemises it)"
+    )
