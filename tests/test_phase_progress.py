@@ -80,6 +80,11 @@ def test_scoring_ablating_and_generating_log_their_progress(text_corpus, make_co
     stop = model.generate_many([[1, 2]], 1, temperature=0)[0][0]  # what it decodes first, as a stop token: the batch ends at once
     model.generate_many([[1, 2]], 5, temperature=0, stop_token=stop, progress="stopped")
     assert [line.split(" tokens")[0] for line in every_update_logs() if line.startswith("stopped")] == ["stopped: 5/5"]
+    # `slmlab generate --num-samples N` printed nothing until its batch finished (3,000 samples: 30 s)
+    assert main(["generate", str(run), "--prompt", "RO", "--num-samples", "3", "--max-new-tokens", "4", "--ignore-eos"]) == 0
+    assert [line.split(" tokens")[0] for line in every_update_logs() if line.startswith("sampling 3")] == [
+        f"sampling 3: {n}/12" for n in (3, 6, 9, 12)
+    ]
 
 
 def test_writing_an_animation_logs_its_frames(tmp_path, every_update_logs):

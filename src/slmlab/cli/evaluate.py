@@ -207,6 +207,7 @@ def cmd_generate(args, extra) -> int:
         args.compile,
         write=print_now if streaming else None,
         stop_at_eos=not args.ignore_eos,
+        progress=f"sampling {args.num_samples}",
     )
     if streaming:
         print()

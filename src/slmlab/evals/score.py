@@ -23,6 +23,7 @@ from ..config.ignored import ignored_settings
 from ..data.corpora import CorpusError, DocumentSelection
 from ..data.split import describe_documents, validation_ids
 from ..data.tokens import TokenSplit, prepare_tokens
+from ..phase_progress import PhaseProgress
 from ..runs.metrics import perplexity
 from ..runs.run_dir import load_run, model_run
 from ..training.runtime import resolve_device
@@ -195,13 +196,14 @@ def generate_texts(
     compile: bool = False,
     write: Callable[[str], object] | None = None,
     stop_at_eos: bool = True,
+    progress: str = "",
 ) -> list[str]:
     """`num_samples` continuations of `prompt`, sampled as one batch (one seeded generator), decoded
     with the prompt (`compile`: through torch.compile, GenerationMixin.generate). `stop_at_eos`:
     a continuation ends before the tokenizer's end-of-text id (where it has one: documents are
     joined by it), as Hugging Face's generate stops; off, sampling goes on past it. `write`: with
     one sample, is given the text as it comes, the prompt first (TextStream: the pieces join to
-    the text returned)."""
+    the text returned); else `progress` labels the tokens generated (PhaseProgress; "" = none)."""
     ids = prompt_ids(tokenizer, prompt, cfg.model.block_size)
     if not ids:
         raise ConfigError("the prompt is empty (or holds no character this tokenizer knows): give some text to continue")
@@ -210,26 +212,33 @@ def generate_texts(
     if stream is not None:
         stream.push(ids)
 
-    def show_newest(sequence: torch.Tensor) -> bool:
+    shown = PhaseProgress(progress if stream is None else "", num_samples * max_new_tokens, "tokens")
+
+    def step_done(sequence: torch.Tensor) -> bool:
+        """After each decoding step: the new token shown (one sample), or counted."""
+        if stream is None:
+            shown.update(num_samples)
+            return False
         newest = sequence[0, -1:].tolist()
         if newest != [stop]:  # the end-of-text id ends the sample, and is no text of it
             stream.push(newest)
         return False  # never ends the generation itself
 
     generator = torch.Generator(device=device).manual_seed(seed)
-    out = model.generate(
-        torch.tensor([ids] * num_samples, device=device),
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        generator=generator,
-        use_cache=use_cache,
-        compile=compile,
-        vocab_size=tokenizer.vocab_size,
-        until=None if stream is None else show_newest,
-        stop_token=stop,
-    )
+    with shown:
+        out = model.generate(
+            torch.tensor([ids] * num_samples, device=device),
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+            use_cache=use_cache,
+            compile=compile,
+            vocab_size=tokenizer.vocab_size,
+            until=step_done,
+            stop_token=stop,
+        )
     if stream is not None:
         stream.close()
     continuations = [row[len(ids) :] for row in out.tolist()]
