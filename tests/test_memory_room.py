@@ -75,6 +75,18 @@ def test_activations_are_traced_only_where_they_might_not_fit():
     assert training_need(cfg, rows=3, room=2**10)["activations"] > 0
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_counting_draws_nothing_from_the_run_s_random_stream(arch):
+    """Building on the meta device advanced torch's generator, so every checked run trained
+    other weights than the same run unchecked (the quickstart's README figures among them)."""
+    cfg = run_config(ARCHITECTURES[arch] | {"dropout": 0.1})
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    training_need(cfg, rows=3)  # activations traced too
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_this_machine_s_memory_is_read():
     if not sys.platform.startswith("linux"):
         pytest.skip("read on Linux only")

@@ -96,8 +96,8 @@ def training_need(cfg: RunConfig, rows: int, shards: int = 1, room: int | None =
     None for a model that cannot be built on the meta device (a plugin that reads values while it
     builds): then nothing is checked."""
     m = cfg.model
-    try:
-        with torch.device("meta"), _NoRandomFills():
+    try:  # the random draws a build takes, off the run's own stream: the run trains as it would unchecked
+        with torch.random.fork_rng(devices=[]), torch.device("meta"), _NoRandomFills():
             model = build_model(m)
     except (NotImplementedError, RuntimeError):
         return None
