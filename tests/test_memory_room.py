@@ -133,3 +133,21 @@ def test_the_count_needs_no_compiler_import():
         "assert 'torch._dynamo' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def test_a_sweep_runs_side_by_side_only_as_many_runs_as_the_memory_holds(micro_sweep, tmp_path, monkeypatch, caplog):
+    """`--jobs 4` on a machine that holds three of the largest run: three workers (a worker the
+    out-of-memory killer ends breaks the whole pool)."""
+    monkeypatch.setattr(memory_room.sys, "platform", "linux")
+    small, large = run_config({}), run_config({"d_model": 64, "n_layer": 3})
+    largest = training_need(large, 3)["need"]
+    monkeypatch.setattr(memory_room, "host_memory_bytes", lambda: 3 * largest + 1)
+    assert memory_room.runs_that_fit([small, large, small], 4) == (3, largest)
+    assert memory_room.runs_that_fit([small, small], 2)[0] == 2
+    monkeypatch.setattr(memory_room, "host_memory_bytes", lambda: 1)  # not even one: each run refuses itself
+    assert memory_room.runs_that_fit([small], 2)[0] == 1
+    caplog.set_level("INFO", logger="slmlab")
+    assert main(["sweep", str(micro_sweep), "--jobs", "2"]) == 0  # the workers see the real memory
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("this machine's memory holds 1 of these runs at a time") for line in lines)
+    assert any(line.endswith("1 parallel job(s), 2 thread(s) each") for line in lines)

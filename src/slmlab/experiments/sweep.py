@@ -33,7 +33,10 @@ from ..config import ConfigError, RunConfig
 from ..errors import SlmlabError, TrainingError
 from ..locks import DirectoryLock
 from ..runs.run_dir import RunDir
+from ..tables import human
 from ..training import stopping
+from ..training.memory_room import runs_that_fit
+from .budget import with_vocab
 from .sweep_config import Job, SweepConfig
 from .tuning import choose, tuning_jobs, tuning_record, with_tuned_settings
 
@@ -159,6 +162,15 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
         else:  # a "new" run that started but never checkpointed is replaced (train(overwrite=True))
             pending.append((job, status))
     slots, devices, threads = plan_devices(min(parallel, len(pending)))  # --jobs 8 for 2 runs: 2 share the cores
+    if devices[0] == "cpu" and slots > 1:  # as many side by side as the memory holds (a killed worker ends the pool)
+        fit, largest = runs_that_fit([with_vocab(job.config) for job, _ in pending], slots)
+        if fit < slots:
+            log.warning(
+                "this machine's memory holds %d of these runs at a time (the largest needs at least %s): "
+                "running %d in parallel, not %d",
+                *(fit, human(largest, "B"), fit, slots),
+            )
+            slots, devices, threads = plan_devices(fit)
     log.info(
         "sweep %s: %d runs to do, %d done; %d parallel job(s), %d thread(s) each",
         sweep.name,

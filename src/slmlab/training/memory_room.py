@@ -148,3 +148,16 @@ def check_training_room(cfg: RunConfig, device: torch.device, world: World) -> N
         f"{human(have, 'B')} (RAM and swap): make the model, train.batch_size or data.seq_len smaller, or raise "
         "train.grad_accum (`slmlab info CONFIG` itemises it)"
     )
+
+
+def runs_that_fit(configs: list[RunConfig], slots: int) -> tuple[int, int]:
+    """(parallel runs, bytes the largest needs): at most `slots` of the CPU runs `configs` (vocab
+    resolved) side by side on this machine, as many as its memory holds for the one that needs
+    most (`training_need`), at least one (a run that cannot fit alone refuses itself when it
+    starts). On Linux only, as `check_training_room`; elsewhere (slots, 0)."""
+    have = host_memory_bytes() if sys.platform.startswith("linux") else None
+    if have is None:
+        return slots, 0
+    needs = [training_need(cfg, cfg.train.batch_size, room=have // slots) for cfg in configs]
+    largest = max((need["need"] for need in needs if need is not None), default=0)
+    return max(1, min(slots, have // largest if largest else slots)), largest
