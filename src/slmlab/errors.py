@@ -46,6 +46,12 @@ GENERATING = {"generate", "prompts", "persona-eval", "lm-eval"}  # verbs whose m
 SCORING = {"eval", "ablate", "quantize", "viz", "info", "check", "report", "export"}
 
 
+TRAINING_MEMORY_ADVICE = (  # a training run that does not fit: out_of_memory's, training/memory_room.py's
+    "make the model, train.batch_size or the sequence length smaller, or raise train.grad_accum "
+    "(`slmlab info CONFIG` estimates the memory a run needs)"
+)
+
+
 def out_of_memory(err: BaseException, verb: str = "train") -> str | None:
     """What to tell the user when `err` is the device or host running out of memory (torch's
     OutOfMemoryError on CUDA, the CPU allocator's and MPS's RuntimeError, Python's MemoryError),
@@ -65,8 +71,5 @@ def out_of_memory(err: BaseException, verb: str = "train") -> str | None:
     elif command in SCORING:
         advice = "score fewer rows at once (--batch-size where the command has it) or use a larger machine"
     else:
-        advice = (
-            "make the model, train.batch_size or the sequence length smaller, or raise train.grad_accum "
-            "(`slmlab info CONFIG` estimates the memory a run needs)"
-        )
+        advice = TRAINING_MEMORY_ADVICE
     return f"out of memory{size}: {advice}"

@@ -163,13 +163,11 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
             pending.append((job, status))
     slots, devices, threads = plan_devices(min(parallel, len(pending)))  # --jobs 8 for 2 runs: 2 share the cores
     if devices[0] == "cpu" and slots > 1:  # as many side by side as the memory holds (a killed worker ends the pool)
-        fit, largest = runs_that_fit([with_vocab(job.config) for job, _ in pending], slots)
+        shapes = {job.variant: job.config for job, _ in pending}  # a variant's seeds share its shapes
+        fit, largest = runs_that_fit([with_vocab(config) for config in shapes.values()], slots)
         if fit < slots:
-            log.warning(
-                "this machine's memory holds %d of these runs at a time (the largest needs at least %s): "
-                "running %d in parallel, not %d",
-                *(fit, human(largest, "B"), fit, slots),
-            )
+            message = "this machine's memory holds %d of these runs at a time (the largest needs at least %s): running %d in parallel, not %d"
+            log.warning(message, fit, human(largest, "B"), fit, slots)
             slots, devices, threads = plan_devices(fit)
     log.info(
         "sweep %s: %d runs to do, %d done; %d parallel job(s), %d thread(s) each",

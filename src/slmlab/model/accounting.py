@@ -78,14 +78,39 @@ def model_stats(model: nn.Module, cfg: ModelConfig) -> ModelStats:
     return ModelStats(params, embedding, matmul, cfg.d_model, windows)
 
 
+RANDOM_FILLS = {"normal_", "uniform_", "trunc_normal_", "exponential_", "bernoulli_", "random_"}
+
+
+class _NoRandomFills(TorchFunctionMode):
+    """Random initial values (nn.init's and Tensor's in-place fills) skipped on the meta device,
+    where they would be shapes only anyway: meta's normal_ goes through torch._refs, which
+    imports torch._dynamo (~2 s) on first use."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in RANDOM_FILLS:
+            tensor = args[0] if args else kwargs.get("tensor")
+            if isinstance(tensor, torch.Tensor) and tensor.device.type == "meta":
+                return tensor
+        return func(*args, **kwargs)
+
+
+def meta_model(cfg: ModelConfig) -> nn.Module:
+    """The model `cfg` builds, on the meta device: shapes only (no memory, no arithmetic, no
+    random initial values), and no draw from the caller's generator (building drew from it:
+    SMAT's, SMT's and the TapeTransformer's constructors), so a run that counts first trains as
+    it would unchecked."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"), _NoRandomFills():
+        return build_model(cfg)
+
+
 def countable_model(cfg: ModelConfig) -> nn.Module:
     """The model `cfg` builds, for counting: on the meta device (shapes only: no memory, no
     arithmetic) where its forward runs there, training and decoding. A forward that reads values,
     as data-dependent routing does (an MoE's `nonzero`, `.item()`, a branch on a tensor), cannot
     run on meta: then the model is built on the CPU, seeded, and counting runs it for real (one
     sequence at a time: `traced_activation_bytes`)."""
-    with torch.device("meta"):
-        model = build_model(cfg)
+    model = meta_model(cfg)
     idx = torch.zeros(1, min(2, cfg.block_size), dtype=torch.long, device="meta")
     try:
         model(idx, idx)

@@ -28,11 +28,10 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from ..config import ConfigError, RunConfig
-from ..model.accounting import traced_activation_bytes
-from ..registry import build_model
+from ..errors import TRAINING_MEMORY_ADVICE
+from ..model.accounting import meta_model, traced_activation_bytes
 from ..tables import human
 from ..torchrun_env import env_int
 from .distributed import World
@@ -40,7 +39,6 @@ from .optim import select_trainable
 
 OPTIMIZER_STATE_COPIES = {"adamw": 2}  # copies of each trainable parameter the optimizer keeps: exp_avg, exp_avg_sq
 GENEROUS = 16  # times the decoder's activations per token and layer: a bound to decide whether to trace
-RANDOM_FILLS = {"normal_", "uniform_", "trunc_normal_", "exponential_", "bernoulli_", "random_"}
 CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v2, v1
 
 
@@ -72,20 +70,6 @@ def _swap_bytes() -> int:
     return 0
 
 
-class _NoRandomFills(TorchFunctionMode):
-    """Random initial values (nn.init's and Tensor's in-place fills) skipped on the meta device,
-    where they would be shapes only anyway: meta's normal_ goes through torch._refs, which
-    imports torch._dynamo (~2 s) on first use."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if getattr(func, "__name__", "") in RANDOM_FILLS:
-            tensor = args[0] if args else kwargs.get("tensor")
-            if isinstance(tensor, torch.Tensor) and tensor.device.type == "meta":
-                return tensor
-        return func(*args, **kwargs)
-
-
 def training_need(cfg: RunConfig, rows: int, shards: int = 1, room: int | None = None) -> dict | None:
     """Bytes one training process must hold at its peak, at least (the module's docstring):
     {"weights", "optimizer", "gradients", "activations" (None: not traced), "need"}, and the model's largest tensor
@@ -96,13 +80,13 @@ def training_need(cfg: RunConfig, rows: int, shards: int = 1, room: int | None =
     None for a model that cannot be built on the meta device (a plugin that reads values while it
     builds): then nothing is checked."""
     m = cfg.model
-    try:  # the random draws a build takes, off the run's own stream: the run trains as it would unchecked
-        with torch.random.fork_rng(devices=[]), torch.device("meta"), _NoRandomFills():
-            model = build_model(m)
+    try:
+        model = meta_model(m)
     except (NotImplementedError, RuntimeError):
         return None
     select_trainable(model, cfg.train.trainable)
-    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    tensors = dict((*model.named_parameters(), *model.named_buffers()))
+    weights = sum(t.numel() * t.element_size() for t in tensors.values())
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     need = {
         "weights": weights // shards,
@@ -116,7 +100,6 @@ def training_need(cfg: RunConfig, rows: int, shards: int = 1, room: int | None =
         with contextlib.suppress(NotImplementedError, RuntimeError):  # a forward that reads values: not counted
             need["activations"] = traced_activation_bytes(model, rows, cfg.data.seq_len, cfg.train.dtype)
     need["need"] = fixed + max(need["gradients"], need["activations"] or 0)
-    tensors = dict((*model.named_parameters(), *model.named_buffers()))
     need["largest"] = max(tensors, key=lambda name: tensors[name].numel())
     need["largest_size"] = tensors[need["largest"]].numel()
     return need
@@ -145,8 +128,7 @@ def check_training_room(cfg: RunConfig, device: torch.device, world: World) -> N
         parts += f"; the largest tensor, {need['largest']}, holds {human(need['largest_size'])} values"
     raise ConfigError(
         f"training this model needs at least {each}{human(need['need'], 'B')} of memory ({parts}), but this machine has "
-        f"{human(have, 'B')} (RAM and swap): make the model, train.batch_size or data.seq_len smaller, or raise "
-        "train.grad_accum (`slmlab info CONFIG` itemises it)"
+        f"{human(have, 'B')} (RAM and swap): {TRAINING_MEMORY_ADVICE}"
     )
 
 
