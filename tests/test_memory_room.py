@@ -12,10 +12,11 @@ import torch
 
 from slmlab.cli import main
 from slmlab.config import ConfigError, RunConfig, config_from_dict
+from slmlab.host_memory import host_memory_bytes
 from slmlab.model import build_model
 from slmlab.model.accounting import traced_activation_bytes
 from slmlab.training import memory_room, train
-from slmlab.training.memory_room import host_memory_bytes, training_need
+from slmlab.training.memory_room import training_need
 from slmlab.training.optim import build_optimizer, select_trainable
 
 ARCHITECTURES = {

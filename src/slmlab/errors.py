@@ -52,6 +52,11 @@ TRAINING_MEMORY_ADVICE = (  # a training run that does not fit: out_of_memory's,
 )
 
 
+GENERATION_MEMORY_ADVICE = (  # a generation that does not fit: out_of_memory's, model/decoding_room.py's
+    "generate fewer rows at once (--num-samples, --batch-size) or fewer tokens (--max-new-tokens)"
+)
+
+
 def out_of_memory(err: BaseException, verb: str = "train") -> str | None:
     """What to tell the user when `err` is the device or host running out of memory (torch's
     OutOfMemoryError on CUDA, the CPU allocator's and MPS's RuntimeError, Python's MemoryError),
@@ -67,7 +72,7 @@ def out_of_memory(err: BaseException, verb: str = "train") -> str | None:
         size = f" (one allocation of {value / 2**30:.1f} GiB)" if unit == "bytes" else f" (one allocation of {value:g} {unit})"
     command = verb.split()[0]  # "viz attention" -> "viz"
     if command in GENERATING:
-        advice = "generate fewer rows at once (--num-samples, --batch-size) or fewer tokens (--max-new-tokens)"
+        advice = GENERATION_MEMORY_ADVICE
     elif command in SCORING:
         advice = "score fewer rows at once (--batch-size where the command has it) or use a larger machine"
     else:

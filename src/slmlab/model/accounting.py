@@ -208,11 +208,23 @@ def cache_bytes(model: nn.Module, seq_len: int, dtypes: tuple[str, ...] = ("fp32
     caches = model.make_caches()
     with torch.no_grad():
         model(torch.zeros(1, seq_len, dtype=torch.long, device=device), caches=caches)
+    storages = _held_storages(caches)
+    return {dtype: sum(_bytes_at(tensor, size, dtype) for tensor, size in storages.values()) for dtype in dtypes}
+
+
+def held_bytes(value) -> int:
+    """Bytes of the memory behind the tensors `value` holds (in lists, dicts and objects' attributes:
+    a model's caches), each storage once."""
+    return sum(size for _, size in _held_storages(value).values())
+
+
+def _held_storages(value) -> dict[int, tuple[torch.Tensor, int]]:
+    """storage identity -> (a tensor on it, its bytes), for every tensor `value` holds."""
     storages = {}
-    for tensor in _held_tensors(caches, set()):
+    for tensor in _held_tensors(value, set()):
         key, size = _storage_key(tensor)
         storages[key] = tensor, size
-    return {dtype: sum(_bytes_at(tensor, size, dtype) for tensor, size in storages.values()) for dtype in dtypes}
+    return storages
 
 
 def _held_tensors(value, seen: set[int]) -> Iterable[torch.Tensor]:

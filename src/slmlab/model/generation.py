@@ -23,6 +23,7 @@ from ..config.checks import check_whole_number
 from ..errors import CheckpointError, ConfigError
 from ..phase_progress import PhaseProgress
 from .decoding_layout import MAX_ROWS, DecodingLayout
+from .decoding_room import check_decoding_room
 from .inputs import outside_vocabulary
 from .modes import eval_mode
 from .sampling import NOT_FINITE, check_sampling, sample_next, unusable_rows
@@ -97,6 +98,8 @@ class GenerationMixin:
                         caches = padded_caches(self, padding)
                         pending = window
                     logits, _ = (self if prefill else model)(pending, caches=caches)
+                    if pending is idx:  # the prompt's forward allocated the caches: will they fit filled?
+                        check_decoding_room(self, caches, idx.shape[0], idx.shape[1] + max_new_tokens)
                 else:
                     logits, _ = model(idx[:, -self.cfg.block_size :])
                 last = logits[:, -1, :vocab_size]

@@ -23,14 +23,13 @@ with an error the CLI words (errors.out_of_memory); macOS swaps rather than kill
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-from pathlib import Path
 
 import torch
 
 from ..config import ConfigError, RunConfig
 from ..errors import TRAINING_MEMORY_ADVICE
+from ..host_memory import host_memory_bytes
 from ..model.accounting import meta_model, traced_activation_bytes
 from ..tables import human
 from ..torchrun_env import env_int
@@ -39,35 +38,6 @@ from .optim import select_trainable
 
 OPTIMIZER_STATE_COPIES = {"adamw": 2}  # copies of each trainable parameter the optimizer keeps: exp_avg, exp_avg_sq
 GENEROUS = 16  # times the decoder's activations per token and layer: a bound to decide whether to trace
-CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v2, v1
-
-
-def host_memory_bytes() -> int | None:
-    """This machine's RAM (at most the memory limit of the container the process runs in) plus
-    its swap; None where it cannot be read."""
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-    for limit in CGROUP_LIMITS:
-        try:
-            text = Path(limit).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():  # "max": no limit
-            ram = min(ram, int(text))
-    return ram + _swap_bytes()
-
-
-def _swap_bytes() -> int:
-    try:
-        lines = Path("/proc/meminfo").read_text().splitlines()
-    except OSError:
-        return 0
-    for line in lines:
-        if line.startswith("SwapTotal:"):
-            return int(line.split()[1]) * 1024  # "SwapTotal:  2097148 kB"
-    return 0
 
 
 def training_need(cfg: RunConfig, rows: int, shards: int = 1, room: int | None = None) -> dict | None:
