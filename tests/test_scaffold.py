@@ -50,6 +50,8 @@ def test_a_section_chosen_by_a_model_choice_is_read_only_while_chosen(tmp_path, 
 def test_the_scaffold_refuses_bad_names_and_existing_files(tmp_path):
     with pytest.raises(ConfigError, match="lower-case Python identifier"):
         write_variant("My-Idea", "attention-extension", tmp_path)
+    with pytest.raises(ConfigError, match="'class' is a Python keyword"):  # `import class` cannot be written
+        write_variant("class", "attention-extension", tmp_path)
     with pytest.raises(ConfigError, match="taken by a built-in section"):
         write_variant("smat", "attention-extension", tmp_path)
     for taken in ("dropout", "head_dim", "sections", "to_dict"):  # cfg.model.<name> would read the field instead

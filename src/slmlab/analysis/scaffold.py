@@ -37,7 +37,9 @@ KIND_TEMPLATES = {  # kind -> (plugin template, (the run config's lines that tur
 
 def check_variant_name(name: str) -> None:
     load_builtins()
-    if not name.isidentifier() or keyword.iskeyword(name) or not name.islower():
+    if keyword.iskeyword(name):
+        raise ConfigError(f"variant name {name!r} is a Python keyword; pick another name, e.g. head_temperature")
+    if not name.isidentifier() or not name.islower():
         raise ConfigError(f"variant name {name!r} must be a lower-case Python identifier, e.g. head_temperature")
     if name in MODEL_SECTIONS:
         raise ConfigError(f"[model.{name}] is taken by a built-in section; pick another name")
