@@ -63,7 +63,9 @@ class GenerationMixin:
         With the KV cache, each step runs only the new token. When the context reaches
         block_size, the cache is rebuilt from the last block_size // 2 tokens (a sliding window).
         Decoding one or two rows on CPU multiplies the wide linear layers by (in, out) copies of
-        their weights, made for the call (decoding_layout.py: the same products, faster)."""
+        their weights, made for the call (decoding_layout.py: the same products, faster). On a
+        Linux CPU, a generation whose caches, once filled, would outgrow RAM and swap is refused
+        when the prompt has been read, before a token is sampled (decoding_room.py)."""
         self._check_prompt(idx)
         self._check_counts(max_new_tokens, vocab_size, stop_token)
         if idx.shape[1] > self.cfg.block_size:
