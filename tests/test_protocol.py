@@ -11,6 +11,7 @@ from slmlab.config import ConfigError, config_from_dict
 from slmlab.evals.long_context import loss_by_position
 from slmlab.model import LanguageModel, build_model
 from slmlab.model.attention_maps import capture_attention
+from slmlab.model.generation import keeps_logits
 from slmlab.registry import ARCHITECTURES, load_builtins
 from slmlab.training import Trainer
 from slmlab.training.curriculum import assert_patterns
@@ -108,3 +109,35 @@ def test_tape_with_moderator_last_builds_only_what_it_reads():
     last, full = build_model(cfg.model), build_model(merge.model)
     assert len(last.critics) == 1 and len(full.critics) == merge.model.tape.n_critics
     assert sum(p.numel() for p in last.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_logits_to_keep_gives_the_last_positions_logits_and_generation_reads_the_prompt_for_one(arch, monkeypatch):
+    """forward(..., logits_to_keep=k): the last k positions' logits of the full forward (with
+    caches or without); generate computes the prompt's head for its last token only, and draws
+    the tokens it drew when the head ran on every position."""
+    assert arch in SMALL, f"add a tiny config for the architecture '{arch}' to this test"
+    cfg = config_from_dict({"model": {"arch": arch, "n_layer": 2, "n_head": 2, "d_model": 16, "vocab_size": 40, **SMALL[arch]}})
+    torch.manual_seed(0)
+    model = build_model(cfg.model).double().eval()
+    idx = torch.randint(0, 40, (2, 7))
+    full, _ = model(idx)
+    for k in (1, 3, 7, 9):
+        kept, _ = model(idx, logits_to_keep=k)
+        torch.testing.assert_close(kept, full[:, -k:], rtol=0, atol=1e-12)
+    kept, _ = model(idx, caches=model.make_caches(), logits_to_keep=1)
+    torch.testing.assert_close(kept, full[:, -1:], rtol=0, atol=1e-12)
+    rows = []
+    handle = model.head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[1]))
+    sampled = model.generate(idx, 5, generator=torch.Generator().manual_seed(1))
+    handle.remove()
+    assert rows == [1] * 5  # the prompt's forward and each step: one position each
+    every_position = type(model).forward  # a plugin's forward without logits_to_keep: generates the same
+    monkeypatch.setattr(
+        type(model), "forward", lambda self, idx, targets=None, caches=None: every_position(self, idx, targets, caches)
+    )
+    keeps_logits.cache_clear()
+    try:
+        assert torch.equal(model.generate(idx, 5, generator=torch.Generator().manual_seed(1)), sampled)
+    finally:
+        keeps_logits.cache_clear()

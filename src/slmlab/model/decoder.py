@@ -95,12 +95,17 @@ class Decoder(GenerationMixin, nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std, generator=generator)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list[KVCache] | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        caches: list[KVCache] | None = None,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, V), None); given targets (B, T) -> (None, mean
         cross-entropy over the targets that are not negative: -100 and -1 mask a position out),
         computed by the head (heads.py; the linear head's fused chunked loss never materialises
-        the logits)."""
+        the logits). `logits_to_keep` = k > 0: the logits of the last k positions only, (B, k, V),
+        as Hugging Face's argument of that name (generation reads the prompt for its last one)."""
         start = caches[0].length if caches else 0
         check_inputs(idx, targets, vocab_size=self.cfg.vocab_size, start=start, max_positions=self.positions.max_positions)
         B, T = idx.shape
@@ -116,7 +121,7 @@ class Decoder(GenerationMixin, nn.Module):
             x = block(x, positions, caches[layer] if caches else None, shift)
         x = self.norm_f(x)
         if targets is None:
-            return self.head(x), None
+            return self.head(x[:, -logits_to_keep:] if logits_to_keep else x), None
         return None, self.head.loss(x.reshape(B * T, -1), targets.reshape(-1))
 
     def make_caches(self) -> list[KVCache]:

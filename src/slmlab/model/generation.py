@@ -14,6 +14,8 @@ torch.compile (`compile=True`, `compiled`): the same tokens, a bounded number of
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -90,6 +92,7 @@ class GenerationMixin:
         with eval_mode(self), layout, room_for_graphs(bool(compile)):
             model = compiled(self, "inductor" if compile is True else compile) if compile else self
             caches, pending = None, idx
+            last_logits = {"logits_to_keep": 1} if keeps_logits(type(self)) else {}  # the head for the last token only
             stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
             unusable = torch.zeros_like(stopped)  # rows whose logits were NaN or +inf at some step: checked once, at the end
             for _ in range(max_new_tokens):
@@ -99,11 +102,11 @@ class GenerationMixin:
                         window = idx[:, -(self.cfg.block_size // 2 or 1) :] if caches is not None else idx
                         caches = padded_caches(self, padding)
                         pending = window
-                    logits, _ = (self if prefill else model)(pending, caches=caches)
+                    logits, _ = (self if prefill else model)(pending, caches=caches, **last_logits)
                     if pending is idx:  # the prompt's forward allocated the caches: will they fit filled?
                         check_decoding_room(self, caches, idx.shape[0], idx.shape[1] + max_new_tokens)
                 else:
-                    logits, _ = model(idx[:, -self.cfg.block_size :])
+                    logits, _ = model(idx[:, -self.cfg.block_size :], **last_logits)
                 last = logits[:, -1, :vocab_size]
                 unusable |= unusable_rows(last)
                 next_id = sample(last) if sample is not None else sample_next(last, temperature, top_k, top_p, generator)
@@ -283,6 +286,14 @@ def _check_padding(padding, idx: torch.Tensor) -> None:
         raise ConfigError(f"padding must be a ({B},) tensor of whole numbers, one per prompt row; got {got}")
     if bool((padding < 0).any()) or bool((padding >= T).any()):
         raise ConfigError(f"padding holds {padding.tolist()!r:.60}: each row's count of pad tokens must be in 0..{T - 1}")
+
+
+@functools.cache
+def keeps_logits(architecture: type) -> bool:
+    """Whether the architecture's forward takes `logits_to_keep` (protocol.py: optional; a
+    plugin's may not): generation then computes the prompt's head (B, T, V) for its last token
+    only, (B, 1, V): a GPT-2 vocabulary's head was a third of a 256-token prompt's forward."""
+    return "logits_to_keep" in inspect.signature(architecture.forward).parameters
 
 
 def padded_caches(model: nn.Module, padding: torch.Tensor | None) -> list:

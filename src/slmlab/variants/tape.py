@@ -223,8 +223,11 @@ class TapeTransformer(GenerationMixin, nn.Module):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: TapeCache | None = None):
-        """idx (B, T) -> (logits (B, T, V), None), or with targets (None, mean cross-entropy)."""
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: TapeCache | None = None, logits_to_keep: int = 0
+    ):
+        """idx (B, T) -> (logits (B, T, V), None), or with targets (None, mean cross-entropy);
+        `logits_to_keep` = k > 0: the last k positions' logits only (Decoder.forward)."""
         start = caches[0].length if caches else 0
         check_inputs(idx, targets, vocab_size=self.cfg.vocab_size, start=start, max_positions=self.cfg.block_size)
         B, T = idx.shape
@@ -251,7 +254,7 @@ class TapeTransformer(GenerationMixin, nn.Module):
             h = opinions[-1]
         h = self.norm_f(h)
         if targets is None:
-            return self.head(h), None
+            return self.head(h[:, -logits_to_keep:] if logits_to_keep else h), None
         return None, self.head.loss(h.reshape(B * T, -1), targets.reshape(-1))
 
     def make_caches(self) -> TapeCache:
