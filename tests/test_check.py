@@ -177,13 +177,16 @@ def test_a_section_shrinks_to_its_own_tiny_sizes_and_never_grows():
     assert "; model.tape at n_critics = 2, coda_layers = 1, critic_layers = 1" in shrunk_sections(cfg.model, tiny)
 
 
-def test_smat_is_held_to_its_naive_reference():
+@pytest.mark.parametrize("pattern", [{}, {"model.attention": "block_local", "model.local_block": 8}], ids=["full", "block_local"])
+def test_smat_is_held_to_its_naive_reference(pattern):
     """With dropout too: the references are compared in eval mode (SMT's preset, dropout 0.1,
-    failed against the reference of its own attention)."""
-    overrides = {"model.smat.use_S": True, "model.smat.use_G": True, "model.dropout": 0.2}
+    failed against the reference of its own attention). On block-local layers too: SMAT's
+    reference masks its logits with the window (it applied to full attention only, and a
+    block-local SMAT model was compared with nothing)."""
+    overrides = {"model.smat.use_S": True, "model.smat.use_G": True, "model.dropout": 0.2, **pattern}
     cfg = load_config(ROOT / "configs" / "quickstart.toml", overrides)
     outcome = {o.name: o.result for o in run_checks(cfg)[1]}["naive reference (float64)"]
-    assert outcome.passed is True and "2 layer(s)" in outcome.figure
+    assert outcome.passed is True and outcome.figure.startswith("2 layer(s) + whole model: "), outcome.figure
 
 
 def test_float64_rounding_is_judged_at_the_size_of_the_values_compared():

@@ -12,10 +12,12 @@ from slmlab.variants.smat import SmatConfig, naive_attention
 VARIANTS = {"baseline": (False, False), "s_only": (True, False), "g_only": (False, True), "full": (True, True)}
 
 
-def smat_model(variant: str, **smat_fields) -> torch.nn.Module:
+def smat_model(variant: str, pattern: dict | None = None, **smat_fields) -> torch.nn.Module:
+    """A 2-layer SMAT model in float64, its gates moved off their init; `pattern`: attention fields."""
     use_S, use_G = VARIANTS[variant]
     torch.manual_seed(0)
     cfg = ModelConfig(
+        **(pattern or {}),
         vocab_size=37,
         n_layer=2,
         n_head=2,
@@ -31,16 +33,26 @@ def smat_model(variant: str, **smat_fields) -> torch.nn.Module:
     return model
 
 
+def allowed_keys(T: int, block: int | None, device) -> torch.Tensor:
+    """(T, T): key j <= i, and under block-local attention of block B in query i's block or the one before."""
+    i, j = torch.arange(T, device=device)[:, None], torch.arange(T, device=device)[None, :]
+    return (j <= i) if block is None else (j <= i) & (j // block >= i // block - 1)
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("smat_fields", [{}, {"gate_per_head": True, "centrality_norm": "seq"}])
-def test_fast_path_matches_naive_reference_forward_and_backward(variant, smat_fields, device):
-    model = smat_model(variant, **smat_fields).to(device)
+@pytest.mark.parametrize("block", [None, 4], ids=["full", "block_local"])
+def test_fast_path_matches_naive_reference_forward_and_backward(variant, smat_fields, block, device):
+    """Under block-local attention (B = 4: 20 tokens in 5 blocks) the bias λS and the gated values
+    reach only the keys of the query's window; the centrality c still sums the whole prefix."""
+    pattern = {"attention": "block_local", "local_block": block} if block else {}
+    model = smat_model(variant, pattern, **smat_fields).to(device)
     attn = model.blocks[1].attn
     h = torch.randn(3, 20, 16, dtype=torch.float64).to(device).requires_grad_()
     positions = torch.arange(20, device=device)
     fast = attn(h, positions)
     norm_len = model.cfg.block_size if smat_fields.get("centrality_norm") == "seq" else 0
-    naive = naive_attention(attn, h, norm_len)
+    naive = naive_attention(attn, h, norm_len, allowed=allowed_keys(20, block, device))
     torch.testing.assert_close(fast, naive, rtol=1e-10, atol=1e-12)
     weights = torch.randn_like(fast)
     params = [h, *attn.parameters()]

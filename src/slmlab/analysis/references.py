@@ -22,9 +22,8 @@ import math
 import torch
 
 from ..model import naive
-from ..model.attention import CausalSelfAttention, FullCausal
+from ..model.attention import CausalSelfAttention
 from ..model.block import Block
-from ..model.block_local import BlockLocal
 from ..model.decoder import Decoder
 from ..model.positions import LearnedPositions, RotaryPositions, SinusoidalPositions, angle_dtype
 from ..registry import NAIVE_MODEL_REFERENCES, NAIVE_REFERENCES
@@ -43,23 +42,13 @@ def rotate_pairs(x: torch.Tensor, positions: torch.Tensor, rope: RotaryPositions
     return out
 
 
-def allowed_keys(pattern, T: int, device: torch.device | None = None) -> torch.Tensor | None:
-    """(T, T) bool on `device`: query i may attend to key j (None for a pattern this reference does not know)."""
-    i, j = torch.arange(T, device=device)[:, None], torch.arange(T, device=device)[None, :]
-    if isinstance(pattern, FullCausal):
-        return j <= i
-    if isinstance(pattern, BlockLocal):
-        return (j <= i) & (j // pattern.block >= i // pattern.block - 1)
-    return None
-
-
 def plain_attention(attn, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
     """The layer's output for h (B, T, d_model) at (T,) positions, or None where it is not a
     built-in layer without extensions."""
     if type(attn) is not CausalSelfAttention or len(attn.extensions):
         return None
     scheme = attn._positions[0]
-    allowed = allowed_keys(attn.pattern, h.shape[1], h.device)
+    allowed = naive.allowed_keys(attn.pattern, h.shape[1], h.device)
     if allowed is None or type(scheme) not in (LearnedPositions, SinusoidalPositions, RotaryPositions):
         return None
     B, T, C = h.shape

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from ..registry import NAIVE_REFERENCES
+from .attention import FullCausal
+from .block_local import BlockLocal
 from .decoder import NoConditioning
 from .heads import LinearHead, StudentTHead
 from .layers import MLP, SwiGLU
@@ -52,6 +54,20 @@ def mlp(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         gate = linear(module.gate, x)
         return linear(module.down, gate * torch.sigmoid(gate) * linear(module.up, x))
     return own_definition(module, x)
+
+
+def allowed_keys(pattern: nn.Module, T: int, device: torch.device | None = None) -> torch.Tensor | None:
+    """(T, T) bool on `device`: query i may attend to key j, from the attention pattern's
+    definition (None for a pattern written nowhere here):
+
+        full causal   j <= i
+        block-local   j <= i and block(j) >= block(i) - 1,  block(p) = p // B"""
+    i, j = torch.arange(T, device=device)[:, None], torch.arange(T, device=device)[None, :]
+    if isinstance(pattern, FullCausal):
+        return j <= i
+    if isinstance(pattern, BlockLocal):
+        return (j <= i) & (j // pattern.block >= i // pattern.block - 1)
+    return None
 
 
 def own_definition(module: nn.Module, *inputs: torch.Tensor | int):

@@ -39,7 +39,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..config.checks import check_parameters
 from ..errors import ConfigError
-from ..model.attention import FullCausal
+from ..model import naive
 from ..model.hooks import HookPoint
 from ..model.interventions import Intervention, Replace, constant
 from ..model.positions import token_positions
@@ -153,11 +153,15 @@ def check_smat(m: ModelConfig) -> None:
         check_parameters(m.n_layer * m.smat.s_dim * m.d_model, f"model.smat.s_dim = {m.smat.s_dim}, model.n_layer = {m.n_layer}")
 
 
-def naive_attention(attn, h: torch.Tensor, norm_len: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
+def naive_attention(
+    attn, h: torch.Tensor, norm_len: int = 0, positions: torch.Tensor | None = None, allowed: torch.Tensor | None = None
+) -> torch.Tensor:
     """The naive reference of one attention layer's forward (no cache; q, k rotated at
     `positions` when given): softmax(QK^T/sqrt(D) + λS + M)(G ⊙ V) with explicit (T, T)
-    matrices, then W_o. The tests and `slmlab check` hold the fast path to it; the benchmarks
-    time it as the cost of the naive form."""
+    matrices, then W_o. M is -inf where `allowed` (T, T) is False (default: causal, j <= i; a
+    block-local layer's window: model/naive.py's allowed_keys); the centrality c sums over the
+    whole causal prefix whatever the pattern. The tests and `slmlab check` hold the fast path to
+    it; the benchmarks time it as the cost of the naive form."""
     B, T, C = h.shape
     H, D = attn.n_head, attn.head_dim
     q, k, v = attn.qkv(h).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
@@ -165,6 +169,7 @@ def naive_attention(attn, h: torch.Tensor, norm_len: int = 0, positions: torch.T
         q, k = attn._positions[0].rotate(q, k, positions)
     logits = q @ k.transpose(-1, -2) / math.sqrt(D)
     causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
+    allowed = causal if allowed is None else allowed
     for ext in attn.extensions:
         s = ext.w_s(h)
         s_hat = s / s.norm(dim=-1, keepdim=True)
@@ -180,16 +185,18 @@ def naive_attention(attn, h: torch.Tensor, norm_len: int = 0, positions: torch.T
             c = (S * causal).sum(-1) / n  # mean over l <= j
             gate = torch.sigmoid(ext.w_g(h) + ext.mu * c[..., None] + ext.beta)
             v = v * gate.transpose(1, 2)[..., None]
-    weights = logits.masked_fill(~causal, float("-inf")).softmax(-1)
+    weights = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
     y = (weights @ v).transpose(1, 2).reshape(B, T, C)
     return attn.proj(y)
 
 
 def reference(attn, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
-    """`slmlab check`'s naive reference for a full-attention layer whose one extension is SMAT."""
-    if not isinstance(attn.pattern, FullCausal) or [type(e) for e in attn.extensions] != [SemanticAttention]:
+    """`slmlab check`'s naive reference for a layer whose one extension is SMAT, under a pattern
+    whose allowed keys are written out (full causal, block-local)."""
+    allowed = naive.allowed_keys(attn.pattern, h.shape[1], h.device)
+    if allowed is None or [type(e) for e in attn.extensions] != [SemanticAttention]:
         return None
-    return naive_attention(attn, h, attn.extensions[0].seq_norm, positions)
+    return naive_attention(attn, h, attn.extensions[0].seq_norm, positions, allowed)
 
 
 NAIVE_REFERENCES.register("smat", reference)
