@@ -321,6 +321,10 @@ def test_a_plugin_section_named_like_a_model_setting_is_refused_where_it_registe
 def test_the_worked_example_passes_check(capsys):
     assert main(["check", str(ROOT / "examples" / "plugins" / "gated_attention_sweep.toml")]) == 0
     assert "36/36 properties hold" in capsys.readouterr().out
+    block_local = {"model.attention": "block_local", "model.local_block": 8}  # its reference masks by the pattern
+    cfg = load_config(ROOT / "examples" / "plugins" / "gated_attention.toml", block_local)
+    naive = _naive_reference_of(cfg)["naive reference (float64)"]
+    assert naive.passed is True and naive.figure.startswith("2 layer(s) + whole model: "), naive.figure
 
 
 @pytest.mark.parametrize("seed", [0, 2**64 - 1])

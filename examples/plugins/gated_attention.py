@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from slmlab.errors import ConfigError
-from slmlab.model.attention import FullCausal
+from slmlab.model import naive
 from slmlab.model.hooks import HookPoint
 from slmlab.model.interventions import Intervention, constant
 from slmlab.registry import ATTENTION_EXTENSIONS, INTERVENTIONS, NAIVE_REFERENCES, register_model_check, register_section
@@ -123,16 +123,16 @@ INTERVENTIONS.register(
 
 def naive_reference(attn, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
     """W_o concat(G ⊙ softmax(QK^T/sqrt(D) + M) V) with an explicit (T, T) mask, for a
-    full-attention layer whose one extension is this gate (else None)."""
-    if not isinstance(attn.pattern, FullCausal) or [type(e) for e in attn.extensions] != [OutputGate]:
+    layer whose one extension is this gate, full or block-local (else None)."""
+    allowed = naive.allowed_keys(attn.pattern, h.shape[1], h.device)  # (T, T): j <= i, within the window if block-local
+    if allowed is None or [type(e) for e in attn.extensions] != [OutputGate]:
         return None
     B, T, C = h.shape
     H, D = attn.n_head, attn.head_dim
     q, k, v = attn.qkv(h).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
     q, k = attn._positions[0].rotate(q, k, positions)
     logits = q @ k.transpose(-1, -2) / math.sqrt(D)
-    causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
-    y = logits.masked_fill(~causal, float("-inf")).softmax(-1) @ v
+    y = logits.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
     y = y * attn.extensions[0].gate(h)
     return attn.proj(y.transpose(1, 2).reshape(B, T, C))
 
