@@ -24,6 +24,7 @@ BACKBONE = {
     "bias": st.booleans(),
     "tie_embeddings": st.booleans(),
     "head": st.sampled_from(["linear", "student_t"]),
+    "dropout": st.sampled_from([0.0, 0.1]),  # check compares in eval mode, and trains with it
 }
 DECODER = {
     "arch": st.just("decoder"),
@@ -45,6 +46,8 @@ DECODER = {
         {
             "enabled": st.booleans(),
             "self_dim": st.just(8),
+            "hidden": st.sampled_from([0, 12]),
+            "surgery_safe": st.booleans(),
             "guidance_mode": st.sampled_from(["every_layer", "input_once"]),
             "target": st.sampled_from(["residual", "sublayer_inputs"]),
             "token_dependent": st.booleans(),
