@@ -29,7 +29,7 @@ BACKBONE = {
 DECODER = {
     "arch": st.just("decoder"),
     "mlp": st.sampled_from(["gelu", "swiglu"]),
-    "attention": st.sampled_from(["full", "block_local"]),
+    "attention": st.sampled_from(["full", "block_local", "per layer"]),
     "local_block": st.sampled_from([4, 8]),
     "global_every": st.sampled_from([0, 2]),
     "smat": st.fixed_dictionaries(
@@ -75,7 +75,10 @@ def _settings_it_reads(model: dict) -> dict:
         model.pop("rope_fraction"), model.pop("rope_scale")
     if model["arch"] == "tape":
         return model
-    if model["attention"] != "block_local":
+    if model["attention"] == "per layer":  # model.attention_layers: block-local first, then full
+        model["attention_layers"] = ["block_local", "full"][: model["n_layer"]]
+        model.pop("attention"), model.pop("global_every")
+    elif model["attention"] != "block_local":
         model.pop("local_block"), model.pop("global_every")
     smat = model["smat"]
     if not (smat["use_S"] or smat["use_G"]):
