@@ -159,6 +159,25 @@ def test_invalid_phase_is_a_clear_error(make_config, text_corpus):
         config_from_dict(values)
 
 
+def test_a_value_the_first_phase_replaces_is_not_held_against_the_curriculum(make_config, text_corpus):
+    """A block_size of 64 with the first phase training on 16-token windows: the run's default
+    data.seq_len (256) is read by no phase. It was refused as exceeding the context, and giving
+    data.seq_len was refused as ignored, so no such curriculum could be written without knowing
+    to repeat the phase's value. It trains, and `diagnose` runs its first phase."""
+    from slmlab.evals.diagnose import diagnose
+
+    values = make_config(text_corpus, train={"steps": 3, "eval_every": 3, "checkpoint_every": 0}).to_dict()
+    values["data"].pop("seq_len")
+    values["phases"] = [{"name": "A", "steps": 3, "seq_len": 16}, {"name": "B", "steps": 2, "seq_len": 64}]
+    cfg = config_from_dict(values)
+    assert cfg.data.seq_len == 256 > cfg.model.block_size and [p.data.seq_len for p in cfg.phase_configs()] == [16, 64]
+    assert train(cfg, progress=False).step == 2
+    assert diagnose(cfg, max_steps=2, progress=False).init_ok
+    values["model"]["n_head"] = 3  # a rule the first phase does not touch is still the config's own error
+    with pytest.raises(ConfigError, match="^model.d_model = 32 is not divisible by model.n_head = 3$"):
+        config_from_dict(values)
+
+
 @pytest.mark.parametrize(
     "names, message",
     [

@@ -98,8 +98,11 @@ def context_floor(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def diagnose(cfg: RunConfig, batch_size: int = 4, max_steps: int = 500, lr: float = 3e-3, progress: bool = True) -> Diagnosis:
     """Loss at init, then up to `max_steps` steps on one batch until the loss falls below the
-    target (a tqdm bar, or one log line every 50 steps without one); both with dropout off."""
+    target (a tqdm bar, or one log line every 50 steps without one); both with dropout off. A
+    curriculum is diagnosed as its first phase trains: the fresh model, on that phase's windows."""
     check_config(cfg)
+    if cfg.phases:
+        cfg = cfg.phase(0)
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     tokenizer, data = prepare_tokens(cfg.data)
