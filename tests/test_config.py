@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from slmlab.config import ConfigError, config_from_dict, load_config, parse_overrides
@@ -154,6 +156,10 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
             ["--model.attention", "block_local", "--model.attention_layers", '["full", "block_local"]'],
             "model.attention = 'block_local' is ignored: model.attention_layers names every layer's pattern",
         ),
+        (  # layer k-1 for k = 1: every layer
+            ["--model.attention", "block_local", "--model.global_every", "1"],
+            "model.attention = 'block_local' is ignored: model.global_every = 1 makes every layer full attention",
+        ),
     ],
 )
 def test_bad_values_are_rejected_in_one_line_naming_the_key(toml_file, overrides, message):
@@ -243,6 +249,30 @@ def test_a_setting_the_first_phase_replaces_is_refused(toml_file, tmp_path):
             load_config(curriculum, override)
     assert load_config(curriculum, ["--train.steps", "2"]).phase(0).train.steps == 2  # the phase's own value: no change
     assert load_config(curriculum, ["--train.warmup_steps", "5"]).phase(0).train.warmup_steps == 5  # phase A reads it
+
+
+@pytest.mark.parametrize(
+    "model, phase_b, message",
+    [
+        ("", "rope_scale = 2.0", "model.rope_scale = 2.0 is ignored with model.pos = 'learned'"),
+        ('attention_layers = ["full", "full"]', 'attention = "block_local"', "model.attention = 'block_local' is ignored: "),
+        ("global_every = 1", 'attention = "block_local"', "model.attention = 'block_local' is ignored: model.global_every = 1"),
+    ],
+)
+def test_a_setting_a_phase_changes_that_the_phase_ignores_is_refused(toml_file, tmp_path, model, phase_b, message):
+    """A setting counts for a curriculum if any phase reads it; one that a phase changes and that
+    phase itself ignores trained the phase as if the line were not there (seed 002's phase B scales
+    RoPE: on a model with learned positions it scaled nothing)."""
+    curriculum = tmp_path / "curriculum.toml"
+    curriculum.write_text(
+        toml_file.read_text().replace("[model]\n", f"[model]\n{model}\n").replace("steps = 10\n", "")
+        + f'[[phases]]\nname = "A"\nsteps = 2\n[[phases]]\nname = "B"\nsteps = 2\n{phase_b}\n'
+    )
+    with pytest.raises(ConfigError, match=re.escape(f"phases[1] (B): {message}")):
+        load_config(curriculum)
+    if "rope_scale" in phase_b:  # read where the model rotates: kept
+        curriculum.write_text(curriculum.read_text().replace("[model]\n", '[model]\npos = "rope"\n'))
+        assert load_config(curriculum).phase(1).model.rope_scale == 2.0
 
 
 def test_a_recorded_run_config_with_an_ignored_setting_still_loads(toml_file):

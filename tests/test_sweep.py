@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -178,6 +179,23 @@ def test_a_shared_setting_one_variant_ignores_is_kept_for_the_variants_that_read
     micro_sweep.write_text(text.replace("[variants.baseline]", '[overrides]\n"model.rope_theta" = 500.0\n[variants.baseline]'))
     with pytest.raises(
         ConfigError, match="model.rope_theta = 500.0 is ignored with model.pos = 'learned'; remove it \\(every variant"
+    ):
+        load_sweep(micro_sweep)
+
+
+def test_a_phase_setting_is_refused_only_where_every_variant_ignores_it(micro_sweep, micro_toml):
+    """A curriculum's phase B scales RoPE: kept while one variant rotates, refused when none does."""
+    micro_toml.write_text(
+        micro_toml.read_text().replace("steps = 12\n", "")
+        + '[[phases]]\nname = "A"\nsteps = 2\n[[phases]]\nname = "B"\nsteps = 2\nrope_scale = 2.0\n'
+    )
+    text = micro_sweep.read_text()
+    micro_sweep.write_text(text.replace("[variants.full]", '[variants.full]\n"model.pos" = "rope"'))
+    _, jobs = load_sweep(micro_sweep)
+    assert {job.variant: job.config.phase(1).model.rope_scale for job in jobs} == {"baseline": 2.0, "full": 2.0}
+    micro_sweep.write_text(text)
+    with pytest.raises(
+        ConfigError, match=re.escape("phases[1] (B): model.rope_scale = 2.0 is ignored with model.pos = 'learned'")
     ):
         load_sweep(micro_sweep)
 

@@ -82,6 +82,16 @@ def _ignored_attention_settings(configs: list) -> list[tuple[str, str]]:
                 "remove one of them",
             )
         )
+    if all(
+        c.model.global_every == 1 and c.model.attention != defaults.attention and not c.model.attention_layers for c in configs
+    ):
+        found.append(
+            (
+                "model.attention",
+                f"model.attention = {m.attention!r} is ignored: model.global_every = 1 makes every layer full attention; "
+                "remove one of them",
+            )
+        )
     if all(c.model.global_every and (c.model.attention == "full" or c.model.attention_layers) for c in configs):
         found.append(
             (
@@ -131,12 +141,27 @@ def replaced_by_phases(cfg) -> list[tuple[str, str]]:
     return found
 
 
+def ignored_in_phases(cfg) -> list[tuple[str, str]]:
+    """(key, one-line message) for each setting a curriculum's phase changes that the phase's own
+    config ignores (`ignored_settings` of that phase alone): phase B's rope_scale = 2.0 on a model
+    with learned positions, or its attention = "block_local" where model.attention_layers names
+    every layer's pattern, trained phase B as if the line were not there."""
+    found = []
+    for index, phase in enumerate(cfg.phases):
+        changed = phase.overrides()
+        for key, message in ignored_settings([cfg.phase(index)]):
+            if key in changed:
+                found.append((key, f"phases[{index}] ({phase.name}): {message}"))
+    return found
+
+
 def check_no_ignored_setting(cfg, keys=None) -> None:
     """Refuse a setting changed from its default that the config ignores (`ignored_settings`, where
-    a curriculum's setting counts if any phase uses it, and `replaced_by_phases`): it would change
-    nothing while the user believes it did. With `keys`, only those settings (the ones a user just gave, on top of a
-    config that loads as it is). For configs a user writes (load_config) and overrides of a trained
-    run's config; a run's recorded config.json loads as it is."""
-    for key, message in [*ignored_settings(cfg.phase_configs()), *replaced_by_phases(cfg)]:
+    a curriculum's setting counts if any phase uses it, `replaced_by_phases`, and
+    `ignored_in_phases`): it would change nothing while the user believes it did. With `keys`,
+    only those settings (the ones a user just gave, on top of a config that loads as it is). For
+    configs a user writes (load_config) and overrides of a trained run's config; a run's recorded
+    config.json loads as it is."""
+    for key, message in [*ignored_settings(cfg.phase_configs()), *replaced_by_phases(cfg), *ignored_in_phases(cfg)]:
         if keys is None or key in keys:
             raise ConfigError(message)

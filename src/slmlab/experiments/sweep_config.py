@@ -35,7 +35,13 @@ from typing import Any
 
 from .. import plugins
 from ..config import ConfigError, RunConfig, build_dataclass, check_name, dotted, load_config, read_toml
-from ..config.ignored import check_no_ignored_setting, ignored_settings, replaced_by_phases, set_by_first_phase
+from ..config.ignored import (
+    check_no_ignored_setting,
+    ignored_in_phases,
+    ignored_settings,
+    replaced_by_phases,
+    set_by_first_phase,
+)
 from ..data.corpora import check_outside_source, check_source_settings
 from ..runs.run_dir import RunDir
 from ..tables import command_line
@@ -208,8 +214,9 @@ def check_no_ignored_setting_in_sweep(path: Path, sweep: SweepConfig, jobs: list
         except ConfigError as err:
             raise ConfigError(f"variant '{job.variant}': {err}") from None
     ignored = ignored_settings([phase for job in jobs for phase in job.config.phase_configs()])
-    replaced = [dict(replaced_by_phases(job.config)) for job in jobs]
-    ignored += [(key, message) for key, message in replaced[0].items() if all(key in other for other in replaced)]
+    for found in (replaced_by_phases, ignored_in_phases):  # a curriculum's: refused where every variant ignores it
+        per_job = [dict(found(job.config)) for job in jobs]
+        ignored += [(key, message) for key, message in per_job[0].items() if all(key in other for other in per_job)]
     if ignored:
         raise ConfigError(f"{path}: {ignored[0][1]} (every variant ignores it)")
 
