@@ -19,6 +19,9 @@ IGNORED_UNDER = {
     "data.vocab_size": ("data.tokenizer", ("byte", "char", "gpt2")),
     "data.tiktoken_file": ("data.tokenizer", ("byte", "char", "bpe")),
     "train.decay_fraction": ("train.schedule", ("cosine",)),
+    **{
+        f"train.{name}": ("train.optimizer", ("wolf",)) for name in ("weight_decay", "beta1", "beta2")
+    },  # sign agreement, no decay
     "train.keep_checkpoints": ("train.checkpoint_every", (0,)),  # only the final checkpoint is written
     **{f"train.tracker_{name}": ("train.trackers", ([],)) for name in ("project", "group", "tags")},
 }
