@@ -16,6 +16,8 @@ IGNORED_UNDER = {
     "model.rope_scale": ("model.pos", ("learned", "sinusoidal")),
     "model.rope_fraction": ("model.pos", ("learned", "sinusoidal")),
     "model.student_t_nu": ("model.head", ("linear",)),
+    "model.n_layer": ("model.arch", ("tape",)),  # its depth: model.tape's coda_layers and critic_layers
+    "model.d_ff": ("model.arch", ("tape",)),  # its MLP width: model.tape.mlp_expand * d_model
     "data.vocab_size": ("data.tokenizer", ("byte", "char", "gpt2")),
     "data.tiktoken_file": ("data.tokenizer", ("byte", "char", "bpe")),
     "train.decay_fraction": ("train.schedule", ("cosine",)),
