@@ -120,13 +120,6 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
         (["--data.tiktoken_file", "gpt2.tiktoken"], "data.tiktoken_file = 'gpt2.tiktoken' is ignored with data.tokenizer"),
         (["--train.decay_fraction", "0.5"], "train.decay_fraction = 0.5 is ignored with train.schedule = 'cosine'"),
         (
-            ["--train.optimizer", "wolf", "--train.weight_decay", "0.5"],
-            "train.weight_decay = 0.5 is ignored with train.optimizer",
-        ),
-        (["--train.optimizer", "wolf", "--train.beta2", "0.99"], "train.beta2 = 0.99 is ignored with train.optimizer = 'wolf'"),
-        (["--model.arch", "tape", "--model.n_layer", "3"], "model.n_layer = 3 is ignored with model.arch = 'tape'"),
-        (["--model.arch", "tape", "--model.n_layer", "4", "--model.d_ff", "96"], "model.d_ff = 96 is ignored with model.arch"),
-        (
             ["--train.checkpoint_every", "0", "--train.keep_checkpoints", "5"],
             "train.keep_checkpoints = 5 is ignored with train.checkpoint_every = 0",
         ),

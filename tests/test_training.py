@@ -148,6 +148,26 @@ def test_more_threads_than_cores_are_warned_of(text_corpus, make_config, monkeyp
     assert torch.get_num_threads() == before
 
 
+def test_settings_a_choice_does_not_read_are_warned_of(text_corpus, make_config, caplog):
+    """A decoder config trained as the TapeTransformer keeps its n_layer (the Tape's depth is
+    model.tape's), and a config's weight_decay under the wolf optimizer (it reads only lr): each
+    run trains, and says which setting changed nothing."""
+    tape = {"arch": "tape", "pos": "sinusoidal", "tape": {"n_critics": 1, "coda_layers": 1, "critic_layers": 1}}
+    runs = {
+        "tape": make_config(text_corpus, model=tape, train={"steps": 2, "eval_every": 2}),
+        "wolf": make_config(text_corpus, train={"steps": 2, "eval_every": 2, "optimizer": "wolf", "weight_decay": 0.0}),
+    }
+    with caplog.at_level("WARNING", logger="slmlab"):
+        for name, cfg in runs.items():
+            assert train(replace(cfg, name=name), progress=False).step == 2
+    assert "model.n_layer = 2 is not read with model.arch = 'tape' (its depth is model.tape's coda_layers" in caplog.text
+    assert "train.weight_decay = 0.0 is not read with train.optimizer = 'wolf'" in caplog.text
+    with caplog.at_level("WARNING", logger="slmlab"):
+        caplog.clear()
+        train(replace(make_config(text_corpus, train={"steps": 2, "eval_every": 2}), name="decoder"), progress=False)
+    assert "is not read with" not in caplog.text
+
+
 @pytest.mark.parametrize("bf16_matmul", [True, False])
 def test_bf16_on_a_cpu_without_bf16_products_is_warned_of(text_corpus, make_config, monkeypatch, caplog, bf16_matmul):
     """On an AVX2 CPU the quickstart trained 17x slower in bf16 than in fp32, in silence."""

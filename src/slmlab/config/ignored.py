@@ -16,17 +16,38 @@ IGNORED_UNDER = {
     "model.rope_scale": ("model.pos", ("learned", "sinusoidal")),
     "model.rope_fraction": ("model.pos", ("learned", "sinusoidal")),
     "model.student_t_nu": ("model.head", ("linear",)),
-    "model.n_layer": ("model.arch", ("tape",)),  # its depth: model.tape's coda_layers and critic_layers
-    "model.d_ff": ("model.arch", ("tape",)),  # its MLP width: model.tape.mlp_expand * d_model
     "data.vocab_size": ("data.tokenizer", ("byte", "char", "gpt2")),
     "data.tiktoken_file": ("data.tokenizer", ("byte", "char", "bpe")),
     "train.decay_fraction": ("train.schedule", ("cosine",)),
-    **{
-        f"train.{name}": ("train.optimizer", ("wolf",)) for name in ("weight_decay", "beta1", "beta2")
-    },  # sign agreement, no decay
     "train.keep_checkpoints": ("train.checkpoint_every", (0,)),  # only the final checkpoint is written
     **{f"train.tracker_{name}": ("train.trackers", ([],)) for name in ("project", "group", "tags")},
 }
+
+# Settings a built-in choice does not read, but that a config written for another choice carries
+# into it (a decoder config trained as the TapeTransformer with --model.arch tape, a test config's
+# weight_decay = 0 under --train.optimizer wolf): the trainer warns of them (`unread_settings`)
+# rather than refusing, so that switching one choice on the command line keeps working.
+# key -> (the choice, the built-in values that do not read it, what they read instead)
+UNREAD_UNDER = {
+    "model.n_layer": ("model.arch", ("tape",), "its depth is model.tape's coda_layers and critic_layers"),
+    "model.d_ff": ("model.arch", ("tape",), "its MLP width is model.tape.mlp_expand x model.d_model"),
+    **{
+        f"train.{name}": ("train.optimizer", ("wolf",), "it reads only train.lr and applies no weight decay")
+        for name in ("weight_decay", "beta1", "beta2")
+    },
+}
+
+
+def unread_settings(cfg) -> list[str]:
+    """One warning per setting of `cfg` changed from its default that its choices do not read
+    (UNREAD_UNDER): `model.n_layer = 2 is not read with model.arch = 'tape' (...)`."""
+    found = []
+    for key, (choice, ignoring, instead) in UNREAD_UNDER.items():
+        section, name = key.split(".")
+        value, chosen = value_at(cfg, key), value_at(cfg, choice)
+        if chosen in ignoring and value != getattr(type(getattr(cfg, section))(), name):
+            found.append(f"{key} = {value!r} is not read with {choice} = {chosen!r} ({instead}): it changes nothing in this run")
+    return found
 
 
 def ignored_settings(configs: list) -> list[tuple[str, str]]:

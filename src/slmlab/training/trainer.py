@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..config import DataConfig, RunConfig, check_config, resolve_vocab
+from ..config.ignored import unread_settings
 from ..data.corpora import check_outside_source
 from ..data.sampling import WindowSampler, check_windows
 from ..data.tokenizers import Tokenizer
@@ -182,7 +183,8 @@ class Trainer:
         check_training_room(cfg, self.device, self.world)  # before the run folder is made or replaced
         if not (resume or init_from):  # a model whose weights come from a run: its positions were trained there
             warnings.append(untrained_positions_warning(cfg.model, cfg.data.seq_len))
-        for warning in (*warnings, schedule_warning(train), trains_as_full_warning(cfg.model, cfg.data.seq_len)):
+        warnings += [schedule_warning(train), trains_as_full_warning(cfg.model, cfg.data.seq_len), *unread_settings(cfg)]
+        for warning in warnings:
             if warning and self.world.is_main:
                 log.warning("%s", warning)
         self.cfg, self.progress = cfg, progress and self.world.is_main
