@@ -79,9 +79,7 @@ def _check_rules(cfg: RunConfig) -> None:
 
 
 def _as_first_phase_sets_it(cfg: RunConfig) -> RunConfig:
-    """`cfg` with its first phase's changes applied (phases kept): `cfg` itself without phases."""
-    if not cfg.phases:
-        return cfg
+    """A curriculum's `cfg` with its first phase's changes applied (its phases kept)."""
     return build_dataclass(RunConfig, apply_overrides(cfg.to_dict(), cfg.phases[0].overrides()))
 
 
