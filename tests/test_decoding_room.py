@@ -24,8 +24,7 @@ ARCHITECTURES = {
 
 @pytest.fixture
 def machine(monkeypatch):
-    """Set this machine's memory (RAM and swap) to a number of bytes, on Linux."""
-    monkeypatch.setattr(decoding_room.sys, "platform", "linux")
+    """Set this machine's memory (RAM and swap) to a number of bytes."""
 
     def set_memory(size: int) -> None:
         monkeypatch.setattr(decoding_room, "host_memory_bytes", lambda: size)

@@ -9,6 +9,7 @@ such a process part-way with no message.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v2, v1
@@ -16,7 +17,10 @@ CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limi
 
 def host_memory_bytes() -> int | None:
     """This machine's RAM (at most the memory limit of the container the process runs in) plus
-    its swap; None where it cannot be read."""
+    its swap; None off Linux (the checks that read it guard against Linux's out-of-memory killer:
+    macOS swaps rather than kills) or where it cannot be read."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):

@@ -19,8 +19,6 @@ buffers and that exceed this machine's RAM and swap. On Linux CPU only, as the t
 
 from __future__ import annotations
 
-import sys
-
 from torch import nn
 
 from ..errors import GENERATION_MEMORY_ADVICE, ConfigError
@@ -33,10 +31,7 @@ def check_decoding_room(model: nn.Module, caches, rows: int, positions: int) -> 
     """Refuse (ConfigError, one line) decoding `rows` sequences up to `positions` tokens each
     (prompt and new tokens) into `caches` (the model's, allocated by the prompt's forward) when
     the model and the caches' filled part need more than this machine's RAM and swap."""
-    device = next(model.parameters()).device
-    if device.type != "cpu" or not sys.platform.startswith("linux"):
-        return
-    have = host_memory_bytes()
+    have = host_memory_bytes() if next(model.parameters()).device.type == "cpu" else None
     if have is None:
         return
     weights = held_bytes([*model.parameters(), *model.buffers()])

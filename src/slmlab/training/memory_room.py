@@ -23,7 +23,6 @@ with an error the CLI words (errors.out_of_memory); macOS swaps rather than kill
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import torch
 
@@ -80,9 +79,7 @@ def check_training_room(cfg: RunConfig, device: torch.device, world: World) -> N
     LOCAL_WORLD_SIZE, each with its rows of the batch) need more memory than it has
     (`training_need` each; FSDP shards the weights over the whole world); on Linux CPU runs only
     (the module's docstring says why)."""
-    if device.type != "cpu" or not sys.platform.startswith("linux"):
-        return
-    have = host_memory_bytes()
+    have = host_memory_bytes() if device.type == "cpu" else None
     if have is None:
         return
     rows = len(range(cfg.train.batch_size)[world.rows(cfg.train.batch_size)])
@@ -107,7 +104,7 @@ def runs_that_fit(configs: list[RunConfig], slots: int) -> tuple[int, int]:
     resolved) side by side on this machine, as many as its memory holds for the one that needs
     most (`training_need`), at least one (a run that cannot fit alone refuses itself when it
     starts). On Linux only, as `check_training_room`; elsewhere (slots, 0)."""
-    have = host_memory_bytes() if sys.platform.startswith("linux") else None
+    have = host_memory_bytes()
     if have is None:
         return slots, 0
     needs = [training_need(cfg, cfg.train.batch_size, room=have // slots) for cfg in configs]
