@@ -78,6 +78,12 @@ def value_at(cfg: Any, key: str) -> Any:
     return cfg
 
 
+def default_at(cfg: Any, key: str) -> Any:
+    """The default of a top-level section's setting ("train.decay_fraction") of a RunConfig."""
+    section, name = key.split(".")
+    return getattr(type(getattr(cfg, section))(), name)
+
+
 def check_choices(cfg) -> None:
     for registry in CHOICE_REGISTRIES:
         registry[value_at(cfg, registry.config_key)]  # an unknown name raises ConfigError

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..registry import MODEL_SECTIONS
-from .checks import first_change, value_at
+from .checks import default_at, first_change, value_at
 
 # A setting read only under some choices: key -> (the choice, the built-in values that ignore it).
 # Only built-in values are listed, so a plugin's position scheme or tokenizer may read the setting.
@@ -43,9 +43,8 @@ def unread_settings(cfg) -> list[str]:
     (UNREAD_UNDER): `model.n_layer = 2 is not read with model.arch = 'tape' (...)`."""
     found = []
     for key, (choice, ignoring, instead) in UNREAD_UNDER.items():
-        section, name = key.split(".")
         value, chosen = value_at(cfg, key), value_at(cfg, choice)
-        if chosen in ignoring and value != getattr(type(getattr(cfg, section))(), name):
+        if chosen in ignoring and value != default_at(cfg, key):
             found.append(f"{key} = {value!r} is not read with {choice} = {chosen!r} ({instead}): it changes nothing in this run")
     return found
 
@@ -64,8 +63,7 @@ def ignored_settings(configs: list) -> list[tuple[str, str]]:
 def _ignored_under_choices(configs: list) -> list[tuple[str, str]]:
     found = []
     for key, (choice, ignoring) in IGNORED_UNDER.items():
-        section, name = key.split(".")
-        default = getattr(type(getattr(configs[0], section))(), name)
+        default = default_at(configs[0], key)
         if all(value_at(c, choice) in ignoring and value_at(c, key) != default for c in configs):
             value, chosen = value_at(configs[0], key), value_at(configs[0], choice)
             found.append((key, f"{key} = {value!r} is ignored with {choice} = {chosen!r}; remove it"))
@@ -154,13 +152,12 @@ def replaced_by_phases(cfg) -> list[tuple[str, str]]:
     whose phases train 400 and 200 steps)."""
     found = []
     for key, (phase, value) in set_by_first_phase(cfg).items():
-        section, name = key.split(".")
         given = value_at(cfg, key)
-        if given != getattr(type(getattr(cfg, section))(), name) and given != value:
+        if given != default_at(cfg, key) and given != value:
             found.append(
                 (
                     key,
-                    f"{key} = {given!r} is ignored: the curriculum's first phase ({phase}) sets {name} = {value!r} and "
+                    f"{key} = {given!r} is ignored: the curriculum's first phase ({phase}) sets {key.partition('.')[2]} = {value!r} and "
                     "each later phase starts from the one before it; remove it or change it in [[phases]]",
                 )
             )
