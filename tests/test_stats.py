@@ -43,6 +43,8 @@ def test_a_comparison_reports_the_spread_of_its_paired_differences():
     d = np.array([-10.0, -5.0, -12.0])
     assert comparison.sd == pytest.approx(float(np.std(d, ddof=1)))
     assert comparison.t_p == pytest.approx(float(stats.ttest_1samp(d, 0.0).pvalue))
+    interval = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    assert (comparison.ci_low, comparison.ci_high) == pytest.approx(interval)
 
 
 def test_the_bpb_effect_and_its_interval():

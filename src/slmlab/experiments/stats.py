@@ -58,8 +58,7 @@ def paired_comparison(variant: dict[int, float], baseline: dict[int, float]) -> 
     d = 100.0 * (v / b - 1.0)
     wins = int(np.sum(d < 0))
     if n >= 2 and np.std(d, ddof=1) > 0:
-        half = stats.t.ppf(0.975, n - 1) * np.std(d, ddof=1) / math.sqrt(n)
-        ci = (float(d.mean() - half), float(d.mean() + half))
+        ci = _t_interval(d)
         t_p = float(stats.ttest_1samp(d, 0.0).pvalue)
     else:
         ci, t_p = (float(d.mean()), float(d.mean())) if n >= 2 else (math.nan, math.nan), math.nan
@@ -124,5 +123,11 @@ def paired_difference(variant: dict[int, float], baseline: dict[int, float]) -> 
     d = np.array([variant[s] - baseline[s] for s in seeds], dtype=np.float64)
     if len(d) < 2:
         return (float(d.mean()) if len(d) else math.nan), math.nan, math.nan
+    return float(d.mean()), *_t_interval(d)
+
+
+def _t_interval(d: np.ndarray) -> tuple[float, float]:
+    """The 95% confidence interval of mean(d) over n >= 2 paired differences:
+    mean ± t_0.975(n - 1) · s / sqrt(n), s the sample standard deviation."""
     half = stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(len(d))
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+    return float(d.mean() - half), float(d.mean() + half)
