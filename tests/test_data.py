@@ -203,6 +203,19 @@ def test_windows_are_real_slices_of_the_token_file(text_corpus, tmp_path):
         assert len(starts) >= 1
 
 
+@pytest.mark.parametrize("length", [17, 18, 40])
+def test_every_window_start_is_drawn_up_to_the_last_one_that_fits(length):
+    """Starts are uniform over 0 .. len - seq_len - 1 (the last window ends on the last token): a
+    split of exactly seq_len + 1 tokens holds one window, and none is left out at the end."""
+    from slmlab.data.tokens import TokenSplit
+
+    split = TokenSplit(np.arange(length, dtype=np.uint16), {})
+    offsets = WindowSampler(split, 16, 2000, seed=0).next_offsets()
+    assert set(offsets.tolist()) == set(range(length - 16))
+    x, y = WindowSampler(split, 16, 3, seed=0).next_batch()
+    assert torch.equal(y[:, :-1], x[:, 1:]) and int(y.max()) <= length - 1
+
+
 def test_mixture_weights_are_respected(text_corpus, tmp_path):
     _, data = prepare_tokens(_data(text_corpus, tmp_path))
     sampler = WindowSampler(data.train, 16, 4000, seed=3, mixture={"prose": 3.0, "verse": 1.0})
@@ -223,6 +236,19 @@ def test_validation_sample_is_fixed_and_too_short_split_is_an_error(text_corpus,
     assert len(first) == 3 and all(torch.equal(a, b) for a, b in zip(first, second))
     with pytest.raises(CorpusError, match="validation split has"):
         list(validation_batches(data.val, len(data.val) + 5, 4, 3))
+
+
+@pytest.mark.parametrize("length, n_batches, starts", [(17, 3, [0]), (20, 5, [0, 1, 2, 3]), (116, 2, [0, 33, 66, 99])])
+def test_the_validation_sample_is_evenly_spaced_from_the_first_window_to_the_last(length, n_batches, starts):
+    """n_batches x batch_size windows (here 2 a batch) from start 0 to the last one that fits, as
+    many as there are starts when fewer: each start once, the last window ending on the last token."""
+    from slmlab.data.tokens import TokenSplit
+
+    split = TokenSplit(np.arange(length, dtype=np.uint16), {})
+    batches = list(validation_batches(split, 16, 2, n_batches))
+    x = torch.cat([x for x, _ in batches])
+    assert x[:, 0].tolist() == starts and len(batches) == -(-len(starts) // 2)
+    assert all(torch.equal(y, x + 1) for (x, y) in batches)
 
 
 def test_token_dtype_fits_the_vocabulary():
