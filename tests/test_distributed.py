@@ -144,6 +144,18 @@ def test_tape_under_fsdp2_trains_like_one_process(runs):
     assert_same_weights(runs / "tape_one" / "final.safetensors", runs / "tape_fsdp" / "final.safetensors", atol=1e-4)
 
 
+def test_smat_under_fsdp2_trains_like_one_process(runs):
+    """SMAT's similarity weight was a 0-dim parameter, which fully_shard refuses: the built-in
+    variant could not train under FSDP2 at all."""
+    config = runs.parent / "tiny.toml"
+    smat = ["--model.smat.use_S", "true", "--model.smat.use_G", "true"]
+    slmlab_train(str(config), "--name", "smat_one", *smat)
+    slmlab_train(str(config), "--name", "smat_fsdp", "--nproc", "2", "--train.parallel", "fsdp", *smat)
+    one, fsdp = losses(runs / "smat_one"), losses(runs / "smat_fsdp")
+    assert fsdp[0] == pytest.approx(one[0], abs=1e-5) and fsdp[1] == pytest.approx(one[1], abs=1e-5)
+    assert_same_weights(runs / "smat_one" / "final.safetensors", runs / "smat_fsdp" / "final.safetensors")
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_muon_under_two_processes_trains_like_one_process(runs, parallel):
     """Muon + AdamW stepped as one: DDP replicates it; under FSDP2 Newton-Schulz runs on the

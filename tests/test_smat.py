@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -101,3 +103,39 @@ def test_smat_configs_and_parameter_cost():
     full = smat_model("full", gate_per_head=True)
     extra = sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in base.parameters())
     assert extra == 2 * (16 * 6 + 1 + 16 * 2 + 2 + 2)  # per layer: W_s, λ_raw, w_g, μ, β
+
+
+def test_a_run_saved_with_a_0_dim_lambda_loads_and_resumes_as_it_is_now():
+    """λ's raw parameter became (1,) on 2026-12-05 (FSDP2 shards no 0-dim parameter, so SMAT could
+    not train under it): weights and AdamW moments saved 0-dim load into the (1,) parameter, and
+    training goes on exactly as from the same state saved (1,)."""
+    from slmlab.training.distributed import full_optimizer_state, load_optimizer_state
+
+    def step(model, optimizer):
+        model(torch.arange(20)[None] % 37, torch.arange(1, 21)[None] % 37)[1].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    model = smat_model("full")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    step(model, optimizer)
+    weights, state = model.state_dict(), full_optimizer_state(model, optimizer)
+    legacy_weights = {name: t.reshape(()) if name.endswith("lambda_raw") else t for name, t in weights.items()}
+    legacy_state = {
+        "param_groups": state["param_groups"],
+        "state": {
+            name: {k: v.reshape(()) if name.endswith("lambda_raw") and k != "step" else v for k, v in entries.items()}
+            for name, entries in state["state"].items()
+        },
+    }
+    assert any(t.dim() == 0 for name, t in legacy_weights.items() if name.endswith("lambda_raw"))
+    resumed = {}
+    for name, (saved_weights, saved_state) in {"now": (weights, state), "legacy": (legacy_weights, legacy_state)}.items():
+        fresh = smat_model("full")
+        fresh.load_state_dict(saved_weights)
+        fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+        load_optimizer_state(fresh, fresh_optimizer, copy.deepcopy(saved_state))  # (AdamW steps its moments in place)
+        step(fresh, fresh_optimizer)
+        resumed[name] = fresh.state_dict()
+    assert all(torch.equal(resumed["now"][k], resumed["legacy"][k]) for k in resumed["now"])
+    assert resumed["legacy"]["blocks.0.attn.extensions.0.lambda_raw"].shape == (1,)

@@ -227,8 +227,21 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a name-keyed full optimizer state into this rank's (possibly sharded) optimizer."""
+    _shaped_as_their_parameters(model, state)
     api = _state_dict_api()
     api.set_optimizer_state_dict(model, getattr(optimizer, "optimizers", optimizer), state, options=_full(api, cpu_offload=False))
+
+
+def _shaped_as_their_parameters(model: nn.Module, state: dict) -> None:
+    """Give a (1,) parameter's per-element state (AdamW's moments; not its step count) that shape
+    where it was saved 0-dim: SMAT's lambda_raw was a scalar until 2026-12-05, which FSDP2
+    cannot shard, and a run saved before then resumes with it as it is now."""
+    vectors = {name for name, p in model.named_parameters() if p.shape == (1,)}
+    for name, entries in state.get("state", {}).items():
+        if name in vectors:
+            for key, value in entries.items():
+                if key != "step" and torch.is_tensor(value) and value.dim() == 0:
+                    entries[key] = value.reshape(1)
 
 
 def close(finished: bool = False) -> None:

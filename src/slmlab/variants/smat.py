@@ -19,7 +19,7 @@ ever built, and the KV cache stores the extra key dimensions (and the running Σ
 generation is cached too. The naive T x T form lives only in the tests.
 
 Hook points, for interventions (model/interventions.py): hook_s (ŝ, (B, T, s_dim)); with use_S
-hook_lambda (λ, scalar); with use_G hook_c (c, (B, T)) and hook_gate (G, (B, T, 1 or H)).
+hook_lambda (λ, (1,)); with use_G hook_c (c, (B, T)) and hook_gate (G, (B, T, 1 or H)).
 
 Surgical ablations (seed 003), registered as interventions: λ = 0, S removed, a random S of the
 same norm, G replaced by its mean, G forced to 1; `slmlab ablate` also reports the share of S's
@@ -85,8 +85,10 @@ class SemanticAttention(nn.Module):
         self.w_s = nn.Linear(cfg.d_model, smat.s_dim, bias=False)
         self.hook_s = HookPoint()
         if self.use_S:
-            self.lambda_raw = nn.Parameter(torch.tensor(float(smat.lambda_raw_init)))
+            # (1,), not 0-dim: FSDP2 shards no scalar parameter
+            self.lambda_raw = nn.Parameter(torch.full((1,), float(smat.lambda_raw_init)))
             self.hook_lambda = HookPoint()
+            self.register_load_state_dict_pre_hook(_lambda_saved_as_a_scalar)
         if self.use_G:
             self.hook_c, self.hook_gate = HookPoint(), HookPoint()
             gates = cfg.n_head if smat.gate_per_head else 1
@@ -126,6 +128,13 @@ class SemanticAttention(nn.Module):
             k = torch.cat([k, extra], dim=-1)
             scale = 1.0
         return q, k, v, scale
+
+
+def _lambda_saved_as_a_scalar(module, state_dict, prefix, *_) -> None:
+    """Weights saved before 2026-12-05 hold lambda_raw 0-dim: loaded as the (1,) it is now."""
+    key = prefix + "lambda_raw"
+    if key in state_dict and state_dict[key].dim() == 0:
+        state_dict[key] = state_dict[key].reshape(1)
 
 
 def build_smat(cfg: ModelConfig, layer: int) -> nn.Module | None:
