@@ -159,9 +159,11 @@ def test_smat_under_fsdp2_trains_like_one_process(runs):
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_muon_under_two_processes_trains_like_one_process(runs, parallel):
     """Muon + AdamW stepped as one: DDP replicates it; under FSDP2 Newton-Schulz runs on the
-    sharded matrices (DTensor) and must still orthogonalise the whole matrix."""
+    sharded matrices (DTensor) and must still orthogonalise the whole matrix, SMAT's one-row gate
+    w_g (1, 32) too (sharded on its rows, rank 1 held none of it and Muon's update failed)."""
     config = runs.parent / "tiny.toml"
     modern = ["--train.optimizer", "muon", "--model.mlp", "swiglu", "--model.bias", "false", "--model.norm", "rmsnorm"]
+    modern += ["--model.smat.use_G", "true"]
     if not (runs / "muon_one").is_dir():
         slmlab_train(str(config), "--name", "muon_one", *modern)
     slmlab_train(str(config), "--name", f"muon_{parallel}", "--nproc", "2", "--train.parallel", parallel, *modern)
@@ -246,6 +248,32 @@ def test_an_error_in_every_process_is_one_line(runs, tmp_path):
     assert errors[0].startswith("slmlab: error: the training split has") and errors[0].endswith("use more text")
     assert done.stderr.endswith(errors[0] + "\n")
     assert not (runs / "small").exists()
+
+
+def test_muon_refuses_a_matrix_fsdp2_leaves_some_ranks_no_rows_of(runs, tmp_path):
+    """SMAT's gate w_g (1, 33) on 2 processes: one row, and 33 columns that do not split in two."""
+    narrow = ["--train.optimizer", "muon", "--model.smat.use_G", "true", "--model.d_model", "33", "--model.n_head", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "slmlab", "train", str(runs.parent / "tiny.toml"), "--nproc", "2", "--no-progress",
+         "--name", "narrow", "--train.parallel", "fsdp", *narrow],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    errors = [line for line in done.stderr.splitlines() if line.startswith("slmlab: error")]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "cannot update blocks.0.attn.extensions.0.w_g.weight (1, 33) under train.parallel = 'fsdp' on 2" in errors[0]
+
+
+def test_fsdp2_shards_a_matrix_with_fewer_rows_than_processes_on_its_columns():
+    from torch.distributed.tensor import Shard
+
+    from slmlab.training.distributed import shard_placement
+
+    def placed(*shape, processes=4):
+        return shard_placement(torch.nn.Parameter(torch.zeros(shape)), processes)
+
+    assert placed(1, 32) == Shard(1) and placed(3, 8) == Shard(1)
+    assert placed(4, 32) is None and placed(5, 7) is None and placed(32) is None  # rows, the default
+    assert placed(1, 33) is None and placed(2, 2, 4) is None  # columns that do not split evenly; not a matrix
 
 
 def test_fsdp2_refuses_a_0_dim_parameter_in_one_line():

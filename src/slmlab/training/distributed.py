@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import gc
 import os
 from dataclasses import dataclass
@@ -148,10 +149,24 @@ def parallelize(model: nn.Module, world: World, mode: str, device: torch.device)
     from torch.distributed.device_mesh import init_device_mesh
 
     mesh = init_device_mesh(device.type, (world.size,))  # fully_shard's default is CUDA wherever CUDA exists
+    placement = functools.partial(shard_placement, processes=world.size)
     for unit in model.shard_units():
-        fully_shard(unit, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(unit, mesh=mesh, shard_placement_fn=placement)
+    fully_shard(model, mesh=mesh, shard_placement_fn=placement)
     return model
+
+
+def shard_placement(param: nn.Parameter, processes: int):
+    """Where FSDP2 shards `param`: on its rows (None: the default), except a matrix with fewer rows
+    than processes and columns that split evenly among them (SMAT's (gates, d_model) w_g), which is
+    sharded on its columns. Some ranks would hold no rows of it, and Muon's in-place update of such
+    a matrix fails under DTensor (torch 2.13: "in-place operations that require placement changes";
+    FSDP2 shards unevenly only on dim 0)."""
+    from torch.distributed.tensor import Shard
+
+    if param.dim() == 2 and param.shape[0] < processes and param.shape[1] % processes == 0:
+        return Shard(1)
+    return None
 
 
 @contextlib.contextmanager

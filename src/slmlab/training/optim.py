@@ -107,11 +107,28 @@ def build_muon(model: nn.Module, cfg: TrainConfig, device: torch.device) -> Opti
     matrices = muon_matrices(model)
     if not matrices:
         raise ConfigError("train.optimizer = 'muon': the model has no hidden 2-D matrices to give it")
+    check_muon_shards(model, matrices)
     chosen = {id(p) for p in matrices}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
     adamw = torch.optim.AdamW(rest, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=0.0, foreach=True)
     muon = torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
     return Optimizers(adamw, muon)
+
+
+def check_muon_shards(model: nn.Module, matrices: list[nn.Parameter]) -> None:
+    """Refuse, in one line, a matrix FSDP2 shards on rows some ranks do not hold (fewer rows than
+    processes, columns that do not split evenly: distributed.shard_placement): Muon's update of it
+    fails under DTensor."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    chosen = {id(p) for p in matrices}
+    for name, p in model.named_parameters():
+        if id(p) in chosen and isinstance(p, DTensor) and p.placements == (Shard(0),) and p.shape[0] < p.device_mesh.size():
+            raise ConfigError(
+                f"train.optimizer = 'muon' cannot update {name} {tuple(p.shape)} under train.parallel = 'fsdp' on "
+                f"{p.device_mesh.size()} processes (fewer rows than processes, and its columns do not split evenly among "
+                "them): use train.parallel = 'ddp', fewer processes, or train.optimizer = 'adamw'"
+            )
 
 
 def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
