@@ -233,6 +233,53 @@ def test_a_model_whose_steps_leave_parameters_unused_trains_under_ddp_like_one_p
     assert_same_weights(runs / "experts_one" / "final.safetensors", runs / f"experts_{parallel}" / "final.safetensors")
 
 
+PROBE = """
+import os
+import torch
+from torch import nn
+from slmlab.registry import MLPS
+
+
+class Probe(nn.Module):
+    \"\"\"The MLP slot as a gain, writing one draw of torch's generator per training forward (what
+    dropout draws its masks from) to a file of this rank's.\"\"\"
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        if self.training:
+            with open(os.path.join(os.environ["PROBE_DIR"], f"rank{os.environ.get('RANK', '0')}.txt"), "a") as f:
+                f.write(f"{torch.rand(()).item()}\\n")
+        return x * self.gain
+
+
+MLPS.register("probe_test", Probe)
+"""
+
+
+def test_each_rank_draws_its_own_dropout_masks_and_a_rerun_draws_them_again(runs, tmp_path, monkeypatch):
+    """Every rank was seeded alike, so rank 1 drew rank 0's dropout masks for its own rows: the
+    global batch had half as many masks as rows. Each step is now seeded from (seed, step, rank)."""
+    root = runs.parent
+    (root / "probe.py").write_text(PROBE)
+    config = root / "probe.toml"
+    config.write_text(
+        'plugins = ["probe.py"]\n' + (root / "tiny.toml").read_text().replace("[model]\n", '[model]\nmlp = "probe_test"\n')
+    )
+    draws = {}
+    for name in ("probe_a", "probe_b"):
+        monkeypatch.setenv("PROBE_DIR", str(tmp_path / name))
+        (tmp_path / name).mkdir()
+        slmlab_train(str(config), "--name", name, "--nproc", "2")
+        draws[name] = [(tmp_path / name / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    rank0, rank1 = draws["probe_a"]
+    assert len(rank0) == len(rank1) == 6 * 2 * 2  # steps x micro-batches x layers
+    assert not set(rank0) & set(rank1)  # no draw of one rank is the other's
+    assert draws["probe_b"] == draws["probe_a"]  # a function of the seed, the step and the rank
+
+
 def test_an_error_in_every_process_is_one_line(runs, tmp_path):
     """A corpus too small to train on, found by each process: the processes wrote the same line at
     once (interleaved), then torchrun its agent's log line and a 40-line traceback."""

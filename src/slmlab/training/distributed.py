@@ -20,6 +20,7 @@ import gc
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -59,6 +60,15 @@ class World:
     @property
     def distributed(self) -> bool:
         return self.size > 1
+
+    def seed_step(self, seed: int, step: int) -> None:
+        """Seed torch's generators for optimizer step `step` on this rank, when there are several:
+        each rank computes other rows of the global batch, and with one seed for all they drew the
+        same dropout masks for them (row i of rank 0 and row i of rank 1 alike). The seed is
+        numpy's SeedSequence of (seed, step, rank): a function of the step, so a resumed run draws
+        what the uninterrupted one drew. One process keeps the run's own stream."""
+        if self.distributed:
+            torch.manual_seed(int(np.random.SeedSequence([seed, step, self.rank]).generate_state(1, np.uint64)[0]))
 
     @classmethod
     def from_env(cls, device_name: str) -> tuple[World, torch.device]:

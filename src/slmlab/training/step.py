@@ -49,6 +49,7 @@ class OptimizerStep:
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, self.train)
+        self.world.seed_step(self.train.seed, step)  # several ranks: dropout masks of their own
         loss, grad_norm = self.forward_backward()
         skip = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
         step_unless(self.optimizer, skip)
