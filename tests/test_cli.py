@@ -81,7 +81,7 @@ def test_user_errors_are_one_line(trained_run, capsys, tmp_path):
         (
             ["train", "--resume", str(trained_run), "--model.n_layer", "3"],
             "only --train.steps, --train.viz_every, the train.tracker* fields, where it runs (--train.device, "
-            "--train.threads, --train.compile, --model.local_kernel) and where its data lies (--data.source, "
+            "--train.threads, --train.compile, --train.parallel, --model.local_kernel) and where its data lies (--data.source, "
             "--data.cache_dir) can change, not ['model.n_layer']",
         ),
         (["data", "download", "wikipedia"], "unknown download 'wikipedia'"),

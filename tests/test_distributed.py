@@ -132,6 +132,20 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs, written_by):
     assert_same_weights(runs / written_by / "final.safetensors", resumed / "final.safetensors")
 
 
+def test_a_ddp_checkpoint_resumes_sharded_under_fsdp2(runs):
+    """How the processes share the model may change on resume, as the device may: --resume refused
+    --train.parallel, so a run that outgrew replicated weights could not go on sharded."""
+    resumed = runs / "ddp_as_fsdp"
+    shutil.copytree(runs / "ddp", resumed)
+    (resumed / "checkpoints" / "latest").write_text("step_000003")
+    (resumed / "summary.json").unlink()
+    (resumed / "final.safetensors").unlink()
+    slmlab_train("--resume", str(resumed), "--nproc", "2", "--train.parallel", "fsdp")
+    assert losses(resumed)[0] == pytest.approx(losses(runs / "ddp")[0], abs=1e-5)
+    assert_same_weights(runs / "ddp" / "final.safetensors", resumed / "final.safetensors")
+    assert json.loads((resumed / "config.json").read_text())["train"]["parallel"] == "fsdp"
+
+
 def test_tape_under_fsdp2_trains_like_one_process(runs):
     """The other architecture through FSDP2: its shard units (prelude, coda, critics, moderator)."""
     config = runs.parent / "tiny.toml"

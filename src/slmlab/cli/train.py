@@ -161,8 +161,9 @@ def train_config(args, extra):
         if unknown:
             raise ConfigError(
                 "--resume continues the run as configured; only --train.steps, --train.viz_every, the train.tracker* "
-                "fields, where it runs (--train.device, --train.threads, --train.compile, --model.local_kernel) and "
-                f"where its data lies (--data.source, --data.cache_dir) can change, not {sorted(unknown)}"
+                "fields, where it runs (--train.device, --train.threads, --train.compile, --train.parallel, "
+                "--model.local_kernel) and where its data lies (--data.source, --data.cache_dir) can change, "
+                f"not {sorted(unknown)}"
             )
         cfg = RunDir(run).read_config()
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {**overrides, "name": run.name, "out_dir": str(run.parent)}))
