@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
+import time
 
 import pytest
 import torch
@@ -141,3 +145,31 @@ def kill_after_step(trainer, step: int) -> None:
     trainer.sampler.next_batch = next_batch
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
+
+
+def _sigint_by_default() -> None:
+    """In a child process before it starts: SIGINT at its default, so a Python child installs its
+    KeyboardInterrupt handler whatever this process inherited (`make test &` starts with it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def stop_once_training(command: list[str], metrics, how: str, records: int = 1) -> subprocess.Popen:
+    """Start `command` in a session of its own, wait until its `metrics` (a metrics.jsonl) holds
+    `records` records, then stop it as a user would: "ctrl-c" (SIGINT to its whole process group,
+    as a terminal sends it) or "kill" (SIGTERM to the process alone). -> the finished process, its
+    stderr read into `.stderr_text`; anything of it still running afterwards is killed."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_sigint_by_default)
+    try:
+        deadline = time.time() + 120
+        while not (metrics.exists() and metrics.read_text().count("\n") >= records):
+            assert time.time() < deadline and process.poll() is None, "it did not start training"
+            time.sleep(0.2)
+        if how == "ctrl-c":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
+        _, process.stderr_text = process.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    return process

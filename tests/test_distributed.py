@@ -7,7 +7,9 @@ processes resumes in 1 and ends where the uninterrupted run ended; only rank 0 w
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from safetensors.torch import load_file
 from slmlab.cli.train import without_option as _without_option
 from slmlab.training.distributed import World
 
-from .conftest import LINES
+from .conftest import LINES, stop_once_training
 
 pytestmark = [
     pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="this PyTorch build has no gloo backend"),
@@ -335,6 +337,25 @@ def test_fsdp2_shards_a_matrix_with_fewer_rows_than_processes_on_its_columns():
     assert placed(1, 32) == Shard(1) and placed(3, 8) == Shard(1)
     assert placed(4, 32) is None and placed(5, 7) is None and placed(32) is None  # rows, the default
     assert placed(1, 33) is None and placed(2, 2, 4) is None  # columns that do not split evenly; not a matrix
+
+
+@pytest.mark.parametrize("stop", ["Ctrl-C", "SIGTERM to slmlab"])
+def test_stopping_a_data_parallel_run_is_one_line_and_leaves_no_process(runs, stop):
+    """Ctrl-C (SIGINT to the terminal's process group) printed torchrun's 20-line SignalException
+    traceback after one "interrupted" line per process, and slmlab itself, interrupted, killed
+    torchrun at once; a SIGTERM to slmlab alone ended it with no word."""
+    name = f"stopped_{stop.split()[0].replace('-', '')}"
+    command = [sys.executable, "-m", "slmlab", "train", str(runs.parent / "tiny.toml"), "--nproc", "2", "--no-progress",
+               "--name", name, "--train.steps", "100000", "--train.checkpoint_every", "1000"]  # fmt: skip
+    process = stop_once_training(command, runs / name / "metrics.jsonl", "ctrl-c" if stop == "Ctrl-C" else "kill")
+    stderr = process.stderr_text
+    said = [line for line in stderr.splitlines() if line.startswith("slmlab:")]
+    expected = "slmlab: interrupted" if stop == "Ctrl-C" else "slmlab: stopped by SIGTERM"
+    assert process.returncode == (130 if stop == "Ctrl-C" else 143), stderr[-2000:]
+    assert len(said) == 1 and said[0].startswith(expected) and "Traceback" not in stderr, stderr[-2000:]
+    with contextlib.suppress(ProcessLookupError):  # every process of its session has ended
+        os.killpg(process.pid, 0)
+        pytest.fail("a process of the stopped run is still running")
 
 
 def test_fsdp2_refuses_a_0_dim_parameter_in_one_line():

@@ -4,7 +4,6 @@ stopped. A second signal, or one outside the training loop, interrupts at once, 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 
@@ -14,6 +13,7 @@ from safetensors.torch import load_file
 from slmlab.cli import main
 from slmlab.runs.run_dir import RunDir
 from slmlab.training import Trainer, stopping, train
+from tests.conftest import stop_once_training
 
 
 @pytest.fixture(autouse=True)
@@ -23,12 +23,6 @@ def sigint_as_a_terminal_gives_it():
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, before)
-
-
-def _sigint_by_default() -> None:
-    """In a child process before it starts: SIGINT at its default, so a Python child installs its
-    KeyboardInterrupt handler whatever this process inherited."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _signal_at(trainer: Trainer, step: int, number: int = signal.SIGINT, times: int = 1) -> None:
@@ -110,36 +104,17 @@ def test_a_stopped_sweep_starts_no_queued_run_and_its_runs_under_way_keep_their_
     """Ctrl-C (SIGINT to the terminal's process group) stopped the runs under way, then the pool
     trained every queued run to the end before the sweep exited. `kill SWEEP` (SIGTERM to the
     parent alone) is passed on to its workers."""
-    import subprocess
     import sys
-    import time
 
     sweep = tmp_path / "sweep.toml"
     sweep.write_text(
         f'name = "s"\nout_dir = "{tmp_path / "runs"}"\nbase = "{micro_toml}"\nseeds = [0, 1]\n'
         '[overrides]\n"train.steps" = 100000\n"train.checkpoint_every" = 100000\n[variants.a]\n'
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "slmlab", "sweep", str(sweep), "--jobs", "1"],
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=_sigint_by_default,
-    )
-    try:
-        metrics = tmp_path / "runs" / "s" / "a_s0" / "metrics.jsonl"
-        deadline = time.time() + 120
-        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):  # the first run is training
-            assert time.time() < deadline and process.poll() is None
-            time.sleep(0.2)
-        if how == "ctrl-c":
-            os.killpg(process.pid, signal.SIGINT)
-        else:
-            process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+    metrics = tmp_path / "runs" / "s" / "a_s0" / "metrics.jsonl"  # the first run is training
+    command = [sys.executable, "-m", "slmlab", "sweep", str(sweep), "--jobs", "1"]
+    process = stop_once_training(command, metrics, how, records=2)
+    err = process.stderr_text
     assert process.returncode == 130, err
     assert "interrupted (run the same sweep again to continue its runs)" in err
     run = RunDir(tmp_path / "runs" / "s" / "a_s0")

@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.verb_name == "sweep"
             else "resume a training run with --resume RUN"
         )
-        print(f"slmlab: interrupted ({again})", file=sys.stderr)
+        if rank == 0:  # under torchrun every process was interrupted: one says so
+            print(f"slmlab: interrupted ({again})", file=sys.stderr)
         return 130
     except (RuntimeError, MemoryError) as err:
         message = out_of_memory(err, args.verb_name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -206,7 +207,19 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
         "train",
         *argv,
     ]
-    return subprocess.run(command, env=env, check=False).returncode
+    launcher = subprocess.Popen(command, env=env)
+    # Ctrl-C reaches every process of the terminal's group, torchrun's and its workers' too: this
+    # one waits for them to stop (on KeyboardInterrupt subprocess would kill torchrun at once and
+    # orphan the workers); a SIGTERM sent to this process alone is passed on to torchrun.
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda number, _: launcher.send_signal(number)),
+    }
+    try:
+        return launcher.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def without_option(argv: list[str], option: str) -> list[str]:

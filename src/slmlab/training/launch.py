@@ -22,16 +22,23 @@ SLMLAB_ERROR = 2  # the exit code of `slmlab` after printing a one-line error (c
 def main(argv: list[str]) -> int:
     """Run torchrun with `argv`; the processes' one-line errors go to a folder (RANK_ERRORS) from
     which rank 0's is printed by rank 0, and another rank's here where it differs."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
+    logging.getLogger("torch.distributed.elastic.agent.server.api").setLevel(logging.ERROR)  # "Received 2 death signal"
     with tempfile.TemporaryDirectory(prefix="slmlab-ranks-") as folder:
         os.environ[RANK_ERRORS] = folder
         try:
             run(parse_args(argv))
         except ChildFailedError as err:
             return _report(err.failures, {int(p.stem): p.read_text(encoding="utf-8") for p in Path(folder).glob("*.txt")})
+        except SignalException as err:  # torchrun stopped its processes (Ctrl-C: rank 0 said so)
+            if err.sigval != signal.SIGINT:
+                name = signal.Signals(err.sigval).name
+                print(f"slmlab: stopped by {name} (resume a training run with --resume RUN)", file=sys.stderr)
+            return 128 + int(err.sigval)
     return 0
 
 
