@@ -358,6 +358,28 @@ def test_stopping_a_data_parallel_run_is_one_line_and_leaves_no_process(runs, st
         pytest.fail("a process of the stopped run is still running")
 
 
+def test_ddp_looks_for_unused_parameters_only_in_a_model_with_a_plugin_module():
+    """DDP walked the autograd graph after every backward looking for parameters without a
+    gradient, and every process warned that it found none, for models whose every parameter takes
+    part in every step; a plugin's may not (the MoE test above trains one)."""
+    from slmlab.config import ModelConfig
+    from slmlab.model import build_model
+    from slmlab.training.distributed import may_leave_parameters_unused
+
+    shape = {"n_layer": 2, "n_head": 2, "d_model": 16, "vocab_size": 20, "block_size": 16}
+    for extra in ({}, {"smat": {"use_S": True, "use_G": True}, "self_area": {"enabled": True}}, {"arch": "tape"}):
+        assert not may_leave_parameters_unused(build_model(ModelConfig(**shape, **extra)))
+
+    class Routed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.experts = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(2))
+
+    model = build_model(ModelConfig(**shape))
+    model.blocks[0].mlp = Routed()
+    assert may_leave_parameters_unused(model)
+
+
 def test_fsdp2_refuses_a_0_dim_parameter_in_one_line():
     """fully_shard raised a ValueError traceback in every rank for a plugin's scalar parameter."""
     from slmlab.config import ConfigError

@@ -143,11 +143,9 @@ def parallelize(model: nn.Module, world: World, mode: str, device: torch.device)
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        # a step may leave parameters unused (an MoE's experts no token chose): without the search
-        # for them DDP waits for their gradients and fails at the next step
         devices = [device.index] if device.type == "cuda" else None
         trained = WithAuxiliary(model) if auxiliary_modules(model) else model  # auxiliary terms among its outputs
-        return DistributedDataParallel(trained, device_ids=devices, find_unused_parameters=True)
+        return DistributedDataParallel(trained, device_ids=devices, find_unused_parameters=may_leave_parameters_unused(model))
     from torch.distributed.fsdp import fully_shard
 
     scalars = [name for name, p in model.named_parameters() if p.dim() == 0]
@@ -164,6 +162,17 @@ def parallelize(model: nn.Module, world: World, mode: str, device: torch.device)
         fully_shard(unit, mesh=mesh, shard_placement_fn=placement)
     fully_shard(model, mesh=mesh, shard_placement_fn=placement)
     return model
+
+
+def may_leave_parameters_unused(model: nn.Module) -> bool:
+    """Whether a step of `model` may leave some of its parameters without a gradient (an MoE
+    plugin's experts that no token chose), so that DDP must look for them after every backward
+    (else it waits for their gradients and fails at the next step): where any of its modules comes
+    from a plugin. slmlab's own modules give every trainable parameter a gradient in every step
+    (`slmlab check`'s gradients property, held for every combination of them in
+    tests/test_combinations.py), and the search costs a walk of the autograd graph each step (and
+    torch's warning in every process that it found nothing)."""
+    return any(not type(module).__module__.startswith(("slmlab.", "torch.")) for module in model.modules())
 
 
 def shard_placement(param: nn.Parameter, processes: int):
