@@ -5,9 +5,9 @@ A resume continues the run as it was: only `train.steps` (never below the steps 
 the trackers and `train.viz_every` (they watch the run, they do not change it), where it runs
 (`train.device`, `train.threads`, `train.compile`, `train.parallel`, `model.local_kernel`: another
 machine, processes that shard the model rather than replicate it, or the other kernel of the same
-block-local pattern; equal to rounding, where an unchanged resume is bit-exact) and where the data lies (`data.source`, `data.cache_dir`: a corpus moved, or named
-relative to another folder) may differ from its recorded config, and the corpus must give the
-token streams the run trained on.
+block-local pattern; equal to rounding, where an unchanged resume is bit-exact) and where the data
+lies (`data.source`, `data.cache_dir`: a corpus moved, or named relative to another folder) may
+differ from its recorded config, and the corpus must give the token streams the run trained on.
 """
 
 from __future__ import annotations
@@ -29,15 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("slmlab")
 
-RESUME_CHANGES = (
-    "steps",
-    "viz_every",
-    *TRACKER_FIELDS,
-    "device",
-    "threads",
-    "compile",
-    "parallel",
-)  # the train.* fields a resume may change
+# the train.* fields a resume may change: what watches the run, and where and how it runs
+RESUME_CHANGES = ("steps", "viz_every", *TRACKER_FIELDS, "device", "threads", "compile", "parallel")
 KERNEL_CHOICE = ("local_kernel",)  # the model.* fields it may change: how a pattern is computed, not which
 DATA_LOCATION = ("source", "cache_dir")  # the data.* fields it may change: where, not what (the token streams are checked)
 RESUMABLE = (("train", RESUME_CHANGES), ("model", KERNEL_CHOICE), ("data", DATA_LOCATION))  # (section, its fields)
