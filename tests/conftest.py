@@ -132,6 +132,14 @@ seeds = [1, 2]
     return sweep
 
 
+def one_line_error(capsys, *names: str) -> str:
+    """The captured stderr, asserted to be one `slmlab: error:` line with no traceback that names one of names."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("slmlab: error:") and "\n" not in err and "Traceback" not in err, err
+    assert any(name in err for name in names), err
+    return err
+
+
 def kill_after_step(trainer, step: int) -> None:
     """Run `trainer.fit()` and die (KeyboardInterrupt, as a kill would) once it has finished
     `step`, i.e. right after that step's checkpoint: what a resume test then recovers from."""

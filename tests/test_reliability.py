@@ -1,16 +1,13 @@
 """Nothing lost, nothing silently wrong (reliability issue, classes 2, 3 and 6): one writer per run
 directory, temp files of killed writes cleaned up, checksummed checkpoints with the intact older
-one offered, sweep workers that die with their parent, resume that means what it says."""
+one offered, resume that means what it says (sweep workers: test_sweep_workers.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -302,55 +299,6 @@ def test_a_run_rejected_during_set_up_leaves_no_directory_behind(micro_toml, tmp
     assert not (tmp_path / "runs" / "short").exists()
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's exit may wait for a reaper)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
-def test_sweep_workers_die_with_a_killed_parent(tmp_path, micro_toml):
-    sweep = tmp_path / "sweep.toml"
-    sweep.write_text(
-        f'name = "orphans"\nout_dir = "{tmp_path / "runs"}"\nbase = "{micro_toml}"\nseeds = [0]\n[overrides]\n"train.steps" = 100000\n[variants.a]\n'
-    )
-    parent = subprocess.Popen([sys.executable, "-m", "slmlab", "sweep", str(sweep)], stderr=subprocess.DEVNULL)
-
-    def children() -> list[int]:
-        found = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == parent.pid:
-                found.append(int(stat.parent.name))
-        return found
-
-    workers: list[int] = []
-    try:
-        deadline = time.time() + 120
-        while not (tmp_path / "runs" / "orphans" / "a_s0" / "metrics.jsonl").exists():  # a worker is training
-            assert time.time() < deadline and parent.poll() is None
-            time.sleep(0.2)
-        workers += children()
-        assert workers
-        parent.send_signal(signal.SIGKILL)
-        parent.wait()
-        deadline = time.time() + 20
-        while any(_running(pid) for pid in workers):
-            assert time.time() < deadline, "a sweep worker outlived its parent"
-            time.sleep(0.2)
-    finally:  # never leave a process behind, whatever failed
-        for pid in [parent.pid, *workers]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        parent.wait()
-
-
 def test_a_second_sweep_of_the_same_name_is_refused_while_one_runs(micro_sweep, tmp_path, capsys, holder):
     process = holder(tmp_path / "runs" / "micro")
     assert main(["sweep", str(micro_sweep)]) == 2
@@ -368,36 +316,3 @@ def test_reading_an_unfinished_run_says_which_checkpoint_it_uses(text_corpus, ma
     with caplog.at_level("INFO", logger="slmlab"):
         load_run(out)
     assert f"{out} has not finished training: using its latest checkpoint, step_000004" in caplog.text
-
-
-@pytest.mark.slow
-def test_a_sweep_worker_killed_from_outside_is_one_line_naming_the_run(tmp_path, micro_toml):
-    """The OOM killer's SIGKILL of a worker broke the process pool: a BrokenProcessPool traceback."""
-    sweep = tmp_path / "sweep.toml"
-    sweep.write_text(
-        f'name = "oom"\nout_dir = "{tmp_path / "runs"}"\nbase = "{micro_toml}"\nseeds = [0]\n[overrides]\n"train.steps" = 100000\n[variants.a]\n'
-    )
-    parent = subprocess.Popen([sys.executable, "-m", "slmlab", "sweep", str(sweep)], stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 120
-        while not (tmp_path / "runs" / "oom" / "a_s0" / "metrics.jsonl").exists():  # the worker is training
-            assert time.time() < deadline and parent.poll() is None
-            time.sleep(0.2)
-        children = [s.parent for s in Path("/proc").glob("[0-9]*/stat") if _parent_of(s) == parent.pid]
-        (worker,) = [int(c.name) for c in children if b"spawn_main" in (c / "cmdline").read_bytes()]  # not the resource tracker
-        os.kill(worker, signal.SIGKILL)
-        _, err = parent.communicate(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            parent.kill()
-    assert parent.returncode == 2
-    line = next(line for line in err.splitlines() if line.startswith("slmlab: error:"))
-    assert f"a sweep worker was killed from outside (out of memory?) while training {tmp_path / 'runs' / 'oom' / 'a_s0'}" in line
-    assert "Traceback" not in err
-
-
-def _parent_of(stat: Path) -> int | None:
-    try:
-        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
