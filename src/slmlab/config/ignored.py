@@ -164,15 +164,16 @@ def replaced_by_phases(cfg) -> list[tuple[str, str]]:
     return found
 
 
-def ignored_in_phases(cfg) -> list[tuple[str, str]]:
+def ignored_in_phases(cfg, phase_configs: list | None = None) -> list[tuple[str, str]]:
     """(key, one-line message) for each setting a curriculum's phase changes that the phase's own
     config ignores (`ignored_settings` of that phase alone): phase B's rope_scale = 2.0 on a model
     with learned positions, or its attention = "block_local" where model.attention_layers names
-    every layer's pattern, trained phase B as if the line were not there."""
+    every layer's pattern, trained phase B as if the line were not there. `phase_configs`:
+    `cfg.phase_configs()` where the caller has them already (each is built anew otherwise)."""
     found = []
-    for index, phase in enumerate(cfg.phases):
+    for index, (phase, phase_config) in enumerate(zip(cfg.phases, phase_configs or cfg.phase_configs())):
         changed = phase.overrides()
-        for key, message in ignored_settings([cfg.phase(index)]):
+        for key, message in ignored_settings([phase_config]):
             if key in changed:
                 found.append((key, f"phases[{index}] ({phase.name}): {message}"))
     return found
@@ -185,6 +186,7 @@ def check_no_ignored_setting(cfg, keys=None) -> None:
     only those settings (the ones a user just gave, on top of a config that loads as it is). For
     configs a user writes (load_config) and overrides of a trained run's config; a run's recorded
     config.json loads as it is."""
-    for key, message in [*ignored_settings(cfg.phase_configs()), *replaced_by_phases(cfg), *ignored_in_phases(cfg)]:
+    phase_configs = cfg.phase_configs()
+    for key, message in [*ignored_settings(phase_configs), *replaced_by_phases(cfg), *ignored_in_phases(cfg, phase_configs)]:
         if keys is None or key in keys:
             raise ConfigError(message)
