@@ -85,6 +85,28 @@ def test_a_second_signal_or_one_before_the_loop_interrupts_at_once(text_corpus, 
     assert stopping.requested() is None
 
 
+def test_under_torchrun_its_copy_of_a_signal_only_asks_and_a_later_one_stops_at_once(monkeypatch):
+    """torchrun passes each signal it gets on to its processes, which a terminal's Ctrl-C reached
+    already: that copy (within TORCHRUN_ECHO seconds) must not stop a process at once, mid-step,
+    while the others end theirs. A Ctrl-C given later still does."""
+    now = [100.0]
+    monkeypatch.setattr(stopping.time, "monotonic", lambda: now[0])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with stopping.stop_at_step_end(), stopping.armed():
+        os.kill(os.getpid(), signal.SIGINT)  # the terminal's
+        now[0] += 0.05
+        os.kill(os.getpid(), signal.SIGINT)  # torchrun's copy
+        assert stopping.requested() == "SIGINT"
+        now[0] += stopping.TORCHRUN_ECHO
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with stopping.stop_at_step_end(), stopping.armed():  # one process: a second signal stops at once
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_a_signal_ignored_by_whoever_started_training_stays_ignored():
     """A job started with `&` from a script ignores SIGINT, so that Ctrl-C in the terminal leaves it
     running: the handlers must not catch it again."""

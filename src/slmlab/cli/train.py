@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..tables import command_line
-from ..torchrun_env import process_rank
+from ..torchrun_env import process_rank, report_error, world_size
 from .options import add_verb, checkpoint_name, load_run_config, non_negative_int, option_rules, positive_int
 
 
@@ -126,9 +126,13 @@ def cmd_train(args, extra) -> int:
                 from_checkpoint=args.from_checkpoint,
             )
         finished = True
-    except TrainingStopped as stop:
-        resume = args.resume or str(RunDir.for_config(cfg).path)
-        print(f"slmlab: {stop}; continue with: {command_line('slmlab', 'train', '--resume', resume)}", file=sys.stderr)
+    except TrainingStopped as stop:  # under torchrun every process stopped at this step, together
+        resume = ["--resume", args.resume or str(RunDir.for_config(cfg).path)]
+        processes = world_size()
+        resume += ["--nproc", str(processes)] if processes > 1 else []
+        resume += ["--trust-plugins"] if cfg.plugins else []  # the code this run was started with
+        report_error(f"slmlab: {stop}; continue with: {command_line('slmlab', 'train', *resume)}")  # rank 0 says it
+        finished = True  # every process leaves the group as after a finished run
         return stop.exit_code
     finally:
         distributed.close(finished)

@@ -3,7 +3,8 @@ TORCHRUN_ARGS...`): torchrun's own launcher, with its report of failed processes
 each. A process that stopped on slmlab's own error has printed it in one line and exited with 2;
 torchrun added its agent's log line and a 40-line traceback ending in ChildFailedError, which
 said nothing more. Any other failure (a crash, a signal: the OOM killer) gets one line naming
-the process, its exit code and its signal."""
+the process, its exit code and its signal. Processes that stopped on a signal at a step's end,
+together (training/stopping.py), are no failure: rank 0 has said where."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from ..torchrun_env import RANK_ERRORS
 
 SLMLAB_ERROR = 2  # the exit code of `slmlab` after printing a one-line error (cli/main.py)
+STOPPED = {128 + signal.SIGINT, 128 + signal.SIGTERM}  # the exit codes of training stopped at a step's end (stopping.py)
 
 
 def main(argv: list[str]) -> int:
@@ -33,19 +35,27 @@ def main(argv: list[str]) -> int:
         try:
             run(parse_args(argv))
         except ChildFailedError as err:
-            return _report(err.failures, {int(p.stem): p.read_text(encoding="utf-8") for p in Path(folder).glob("*.txt")})
-        except SignalException as err:  # torchrun stopped its processes (Ctrl-C: rank 0 said so)
-            if err.sigval != signal.SIGINT:
+            return _report(err.failures, _lines_said(folder))
+        except SignalException as err:  # torchrun passed the signal on to its processes
+            if err.sigval != signal.SIGINT and 0 not in _lines_said(folder):  # else rank 0 said what stopped
                 name = signal.Signals(err.sigval).name
                 print(f"slmlab: stopped by {name} (resume a training run with --resume RUN)", file=sys.stderr)
             return 128 + int(err.sigval)
     return 0
 
 
+def _lines_said(folder: str) -> dict[int, str]:
+    """rank -> the one line that process printed for the launcher (torchrun_env.report_error)."""
+    return {int(p.stem): p.read_text(encoding="utf-8") for p in Path(folder).glob("*.txt")}
+
+
 def _report(failures: dict, errors: dict[int, str]) -> int:
     """Print what rank 0 has not: another rank's one-line error where it differs from rank 0's
     (rank 0's own where it printed none), and one line per process that failed otherwise; a
     process torchrun stopped (SIGTERM) after another's error is no failure of its own."""
+    exits = {f.exitcode for f in failures.values()}
+    if len(exits) == 1 and exits <= STOPPED and 0 in errors:  # every process stopped on a signal, at one step,
+        return exits.pop()  # and rank 0 said where
     errored = any(f.exitcode == SLMLAB_ERROR for f in failures.values())
     shown = {errors[0]} if 0 in errors else set()
     for rank, failure in sorted(failures.items()):

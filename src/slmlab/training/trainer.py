@@ -298,6 +298,7 @@ class Trainer:
         tally, timed_steps = StepTally(self.device), 0
         window_start = self.started = time.perf_counter()
         scores, compile_seconds = (math.nan, math.nan), 0.0  # the last (validation loss, bits per byte)
+        vote = stopping.StopVote(self.world.distributed)  # whether a signal stops training at a step's end
         while self.step < t.steps:
             first_compiled = t.compile and not compile_seconds
             if first_compiled:  # else the bar (or, without one, the log) stays silent while it compiles
@@ -315,7 +316,8 @@ class Trainer:
             self.tokens += tokens_per_step
             progress.step()
             evaluating = self.step % t.eval_every == 0 or self.step == t.steps
-            stopping_now = stopping.requested() is not None and self.step < t.steps
+            stop_signal = vote()  # every step, in every process
+            stopping_now = stop_signal is not None and self.step < t.steps
             checkpointing = stopping_now or (t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps)
             if self.step % t.log_every == 0 or evaluating or checkpointing:
                 window = tally.read(grad_norm)
@@ -348,8 +350,10 @@ class Trainer:
                 callback.on_step(self)
             if stopping_now:
                 progress.close()
-                raise stopping.TrainingStopped(stopping.requested(), self.step, self.run.path, f"step_{self.step:06d}")
+                vote.close()
+                raise stopping.TrainingStopped(stop_signal, self.step, self.run.path, f"step_{self.step:06d}")
         progress.close()
+        vote.close()
         elapsed = time.perf_counter() - self.started
         return self._finish(scores, elapsed, compile_seconds)
 
