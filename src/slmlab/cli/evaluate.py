@@ -22,8 +22,10 @@ from .options import (
     positive_float,
     positive_int,
     prompt_text,
+    text_file,
 )
 
+TEXT_CONFLICTS = ("--split", "--batches", "--by-position", "--context-lengths")
 CHECKPOINT_NOT_INT8 = ("--checkpoint", "--int8", "the int8 model is quantised from the run's final weights")
 
 
@@ -36,10 +38,24 @@ def register(sub) -> None:
         "  slmlab eval runs/quickstart --data.genres tragedies   # a slice of the corpus\n"
         "  slmlab eval runs/bytes --data.source brown           # another corpus (byte/BPE/GPT-2 tokenizers)\n"
         "  slmlab eval runs/long --by-position --context-length 1024\n"
-        "  slmlab eval runs/long --context-lengths 256,512,1024,2048 --rope-scale 2",
+        "  slmlab eval runs/long --context-lengths 256,512,1024,2048 --rope-scale 2\n"
+        "  slmlab eval runs/quickstart --text sonnets.txt --stride 64   # every token of a text file, once",
         overrides=True,
     )
     p.add_argument("run")
+    p.add_argument(
+        "--text",
+        metavar="PATH",
+        help="score every token of this UTF-8 text file once, with as much of the text before it as the context holds "
+        "('-': standard input), instead of the validation split",
+    )
+    p.add_argument(
+        "--stride",
+        type=positive_int,
+        default=None,
+        help="with --text: move the context window by this many tokens (default: the whole window; smaller gives each "
+        "token more context for more compute)",
+    )
     p.add_argument("--batches", type=positive_int, default=50, help="number of validation batches (default 50)")
     p.add_argument("--split", choices=("val", "train"), default="val")
     add_device(p)
@@ -57,8 +73,9 @@ def register(sub) -> None:
     add_int8(p)
     option_rules(
         p,
-        needs={"--context-length": "--by-position", "--bucket": "--by-position"},
+        needs={"--context-length": "--by-position", "--bucket": "--by-position", "--stride": "--text"},
         conflicts=[
+            *(("--text", option, "--text scores the file, not the run's validation split") for option in TEXT_CONFLICTS),
             ("--json", "--by-position", "the per-position report is a table and a JSON file in RUN"),
             ("--json", "--context-lengths", "the per-length report is a table and a JSON file in RUN"),
             CHECKPOINT_NOT_INT8,
@@ -145,6 +162,8 @@ def cmd_eval(args, extra) -> int:
     from ..runs.derived import record_derived, weights_identity
     from ..tables import command_line
 
+    if args.text is not None:
+        return eval_text(args, extra)
     long_context = args.by_position or args.context_lengths
     weights = weights_identity(args.run, args.checkpoint) if long_context else None  # before loading: see runs/derived.py
     cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8, args.rope_scale, args.checkpoint)
@@ -180,6 +199,32 @@ def cmd_eval(args, extra) -> int:
         + f", {result['coverage']} ({result['tokens']:,} tokens"
         + ("" if result["train_overlap"] is None else f", {result['train_overlap']} in the run's training split")
         + f"): loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}, {result['bpb']:.4f} bits/byte"
+    )
+    return 0
+
+
+def eval_text(args, extra) -> int:
+    """`slmlab eval RUN --text FILE`: every token of the file scored once (evals/text_score.py)."""
+    from ..errors import ConfigError
+    from ..evals.score import load_for_inference
+    from ..evals.text_score import score_text
+    from ..files import json_text
+
+    if extra:
+        raise ConfigError(f"--text scores that file: settings such as {extra[0]} choose the validation split; leave them out")
+    text = text_file(args.text, "--text")
+    _, model, tokenizer, _ = load_for_inference(args.run, args.device, args.int8, args.rope_scale, args.checkpoint)
+    result = score_text(model, tokenizer, text, args.stride, progress="scoring")
+    where = "standard input" if args.text == "-" else args.text
+    if args.json:
+        print(json_text({"text": where, **({"checkpoint": args.checkpoint} if args.checkpoint else {}), **result}))
+        return 0
+    print(
+        f"{where}"
+        + (f" at {args.checkpoint}" if args.checkpoint else "")
+        + f": {result['tokens']:,} tokens ({result['bytes']:,} bytes), each scored once, in {result['windows']:,} windows of "
+        + f"{result['window']} moved by {result['stride']}: loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}, "
+        + f"{result['bpb']:.4f} bits/byte"
     )
     return 0
 

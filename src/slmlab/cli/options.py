@@ -217,25 +217,28 @@ def add_prompt(parser: argparse.ArgumentParser) -> None:
 
 
 def prompt_text(args: argparse.Namespace) -> str:
-    """The prompt the command line gives: --prompt's text, or the whole of --prompt-file's, its
-    line ends read as the corpus's text files are (universal newlines: CR LF and CR become LF), so
-    a prompt saved on Windows is the text a model trained on such files has seen."""
-    if args.prompt is not None:
-        return args.prompt
-    source = args.prompt_file
+    """The prompt the command line gives: --prompt's text, or the whole of --prompt-file's
+    (`text_file`)."""
+    return args.prompt if args.prompt is not None else text_file(args.prompt_file, "--prompt-file")
+
+
+def text_file(source: str, option: str) -> str:
+    """The text of the UTF-8 file `source` ('-': standard input) that `option` names, its line ends
+    read as the corpus's text files are (universal newlines: CR LF and CR become LF), so a text
+    saved on Windows is the text a model trained on such files has seen."""
     if source == "-":
         data, where = sys.stdin.buffer.read(), "standard input"
     else:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise ConfigError(f"--prompt-file {source}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
+            raise ConfigError(f"{option} {source}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
         data, where = path.read_bytes(), source
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ConfigError(not_utf8(f"--prompt-file {where}", data)) from None
+        raise ConfigError(not_utf8(f"{option} {where}", data)) from None
     if problem := wide_text(data[:HEAD_BYTES]):
-        raise ConfigError(f"--prompt-file {where} {problem}; re-encode it as UTF-8")
+        raise ConfigError(f"{option} {where} {problem}; re-encode it as UTF-8")
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 

@@ -25,13 +25,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..errors import RunFileError
 from ..files import atomic_write_text, json_text, read_json
 from ..registry import closest
 from ..runs.derived import weights_identity
+from .text_score import continuation_logprobs, rolling_pairs
 
 log = logging.getLogger("slmlab")
 
@@ -88,50 +88,18 @@ class SlmlabLM(LM):
             return context_ids or self.prefix, self.tokenizer.encode(continuation)
         return (context_ids or self.prefix), whole[len(context_ids) :]
 
-    @torch.no_grad()
     def score_tokens(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """(log-probability of each continuation after its context, whether greedy decoding
-        produces it), in batches; inputs keep their last `window` tokens."""
-        results: list[tuple[float, bool] | None] = [None] * len(pairs)
-        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            rows = []
-            for i in batch:
-                context, continuation = pairs[i]
-                if not continuation:
-                    raise ConfigError("lm-eval asked to score an empty continuation")
-                if len(continuation) > self.window:
-                    raise ConfigError(f"a continuation of {len(continuation)} tokens exceeds the model's window of {self.window}")
-                rows.append((context + continuation)[-(self.window + 1) :][:-1])
-            width = max(len(r) for r in rows)
-            ids = torch.zeros(len(rows), width, dtype=torch.long)
-            for r, row in enumerate(rows):
-                ids[r, : len(row)] = torch.tensor(row)
-            logits, _ = self.model(ids.to(self._device))
-            logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
-            for r, i in enumerate(batch):
-                continuation = pairs[i][1]
-                end = len(rows[r])
-                positions = logprobs[r, end - len(continuation) : end]
-                target = torch.tensor(continuation)
-                total = float(positions.gather(1, target[:, None]).sum())
-                greedy = positions[:, : self.tokenizer.vocab_size].argmax(-1)  # as generation draws: text tokens only
-                results[i] = (total, bool((greedy == target).all()))
-        return results
+        produces it), in batches; inputs keep their last `window` tokens (text_score.py)."""
+        return continuation_logprobs(self.model, pairs, self.batch_size, self.tokenizer.vocab_size)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         return self.score_tokens([self._encode_pair(*request.args) for request in requests])
 
     def rolling_windows(self, ids: list[int]) -> Iterator[tuple[list[int], list[int]]]:
-        """(context, targets) windows predicting every id once: targets in chunks of `window`,
-        each after as much preceding text as fits the window (the first after the separator).
-        With full = [separator] + ids, the chunk ids[end : stop] is full[end + 1 : stop + 1],
-        read from the inputs full[stop - window : stop]."""
-        full = self.prefix[-1:] + ids
-        for end in range(0, len(ids), self.window):
-            stop = min(end + self.window, len(ids))
-            yield full[max(0, stop - self.window) : end + 1], full[end + 1 : stop + 1]
+        """(context, targets) windows predicting every id once, in disjoint chunks of `window`, each
+        after as much preceding text as fits the window (the first after the separator)."""
+        return rolling_pairs(ids, self.prefix, self.window, self.window)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         pairs, owner = [], []

@@ -1,0 +1,105 @@
+"""Scoring a whole text: every token predicted once, each after as much of the text before it as
+the model's window holds, as lm-evaluation-harness's rolling log-likelihood and Hugging Face's
+strided perplexity score a document (`slmlab eval RUN --text FILE`; the lm-eval adapter).
+
+With full = [separator] + ids (the first token is predicted after the separator that joins
+documents in training), n = len(ids), and window ends stop = min(window, n), then + stride up to n:
+
+    inputs   full[max(0, stop - window) : stop]
+    targets  full[max(0, stop - window) + 1 : stop + 1], of which those after the previous window's
+             stop count
+
+stride = window gives disjoint chunks (lm-eval's rolling windows: a token sees 0..window-1 tokens of
+its own chunk); a smaller stride gives every token after the first window at least window - stride
+tokens of context, for about window / stride times the compute.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError
+from ..phase_progress import PhaseProgress
+from ..runs.metrics import perplexity
+
+
+def rolling_pairs(ids: list[int], separator: list[int], window: int, stride: int) -> Iterator[tuple[list[int], list[int]]]:
+    """(context, targets) per window above: the targets it counts, and the inputs before them."""
+    full = separator[-1:] + list(ids)
+    previous, stop = 0, min(window, len(ids))
+    while previous < len(ids):
+        yield full[max(0, stop - window) : previous + 1], full[previous + 1 : stop + 1]
+        previous, stop = stop, min(stop + stride, len(ids))
+
+
+@torch.no_grad()
+def continuation_logprobs(
+    model, pairs: list[tuple[list[int], list[int]]], batch_size: int, text_vocab: int, progress: str = ""
+) -> list[tuple[float, bool]]:
+    """(log p(targets | context) in nats, whether greedy decoding over the first `text_vocab` ids
+    produces the targets) for each (context, targets) pair, `batch_size` pairs a forward, right-padded
+    (the model is causal: a position never sees the padding after it). Each pair's inputs are its
+    last model.cfg.block_size ids before its last target; targets longer than that are refused."""
+    window = model.cfg.block_size
+    device = next(model.parameters()).device
+    results: list[tuple[float, bool] | None] = [None] * len(pairs)
+    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    with PhaseProgress(progress, len(pairs), "windows") as shown:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            rows = []
+            for i in batch:
+                context, targets = pairs[i]
+                if not targets:
+                    raise ConfigError("an empty continuation cannot be scored: give at least one token")
+                if len(targets) > window:
+                    raise ConfigError(f"a continuation of {len(targets)} tokens exceeds the model's window of {window}")
+                rows.append((context + targets)[-(window + 1) :][:-1])
+            ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+            for r, row in enumerate(rows):
+                ids[r, : len(row)] = torch.tensor(row)
+            logits, _ = model(ids.to(device))
+            for r, i in enumerate(batch):
+                targets = torch.tensor(pairs[i][1], device=device)
+                end = len(rows[r])
+                logprobs = F.log_softmax(logits[r, end - len(targets) : end].float(), dim=-1)  # one row at a time: (n, V)
+                total = float(logprobs.gather(1, targets[:, None]).sum())
+                greedy = logprobs[:, :text_vocab].argmax(-1)  # as generation draws: text tokens only
+                results[i] = (total, bool((greedy == targets).all()))
+            shown.update(len(batch))
+    return results
+
+
+def score_text(
+    model, tokenizer, text: str, stride: int | None = None, batch_size: int = 16, progress: str = ""
+) -> dict[str, Any]:
+    """Every token of `text` scored once (module docstring), windows of model.cfg.block_size moved by
+    `stride` (default: the window) -> {tokens, bytes, loss (mean nats per token), ppl, bpb (bits per
+    UTF-8 byte of the text), window, stride, windows}. `text` is read as corpus text: "[EOS]" in it
+    is text, not the special token."""
+    window = model.cfg.block_size
+    stride = window if stride is None else stride
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= window:
+        raise ConfigError(f"the stride must be a whole number from 1 to the model's window of {window}, got {stride!r}")
+    ids = [int(i) for i in tokenizer.encode_documents([text])[0]]
+    if not ids:
+        raise ConfigError("the text is empty (or holds nothing this tokenizer encodes): give some text to score")
+    pairs = list(rolling_pairs(ids, tokenizer.separator_ids(), window, stride))
+    total = sum(logprob for logprob, _ in continuation_logprobs(model, pairs, batch_size, tokenizer.vocab_size, progress))
+    size = len(text.encode("utf-8"))
+    loss = -total / len(ids)
+    return {
+        "tokens": len(ids),
+        "bytes": size,
+        "loss": loss,
+        "ppl": perplexity(loss),
+        "bpb": -total / math.log(2) / size,
+        "window": window,
+        "stride": stride,
+        "windows": len(pairs),
+    }

@@ -1,0 +1,109 @@
+"""`slmlab eval RUN --text FILE`: every token of a text scored once, each after the text before it
+that its window holds, against a naive token-by-token reference; bits per byte of the file's
+bytes; bad input is one line."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slmlab.cli import main
+from slmlab.config import ModelConfig, config_from_dict
+from slmlab.data.tokenizers import ByteTokenizer
+from slmlab.evals.text_score import rolling_pairs, score_text
+from slmlab.model import build_model
+from slmlab.training import train
+from tests.conftest import one_line_error, tiny_config
+
+TEXT = "HAMLET:\nTo be, or not to be, that is the question.\nCafé — naïve? " * 3  # multi-byte characters
+
+
+@pytest.mark.parametrize(
+    ("n", "window", "stride"), [(1, 8, 8), (7, 8, 8), (8, 8, 3), (29, 8, 8), (29, 8, 5), (29, 8, 1), (30, 1, 1)]
+)
+def test_the_windows_predict_every_token_once_after_the_most_context_they_hold(n, window, stride):
+    ids = list(range(10, 10 + n))
+    full = [0, *ids]
+    pairs = list(rolling_pairs(ids, [7, 0], window, stride))
+    assert [t for _, t in pairs] != [] and list(itertools.chain(*(t for _, t in pairs))) == ids  # once each, in order
+    seen = 0
+    for context, targets in pairs:
+        inputs = (context + targets)[:-1]
+        assert context and len(inputs) <= window
+        start = full.index(targets[0]) - len(context)
+        assert full[start : start + len(inputs) + 1] == context + targets  # contiguous text, nothing skipped
+        if seen >= window:  # after the first window: at least window - stride tokens before each target
+            assert len(context) >= window - stride
+        seen += len(targets)
+
+
+def _naive_total(model, ids: list[int], separator: int, window: int, stride: int) -> float:
+    """Token by token, alone: token j of full = [separator] + ids is read by the first window whose
+    end (min(window, n), then + stride) reaches it, from that window's first input on."""
+    full, n = [separator, *ids], len(ids)
+    stops = [min(window, n)]
+    while stops[-1] < n:
+        stops.append(min(stops[-1] + stride, n))
+    total = 0.0
+    with torch.no_grad():
+        for j in range(1, n + 1):
+            stop = next(s for s in stops if s >= j)
+            logits, _ = model(torch.tensor([full[max(0, stop - window) : j]]))
+            total += float(F.log_softmax(logits[0, -1].double(), -1)[full[j]])
+    return total
+
+
+@pytest.mark.parametrize("stride", [None, 5, 1])
+def test_score_text_equals_a_token_by_token_reference(stride):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=2, n_head=2, d_model=32, vocab_size=260, block_size=16)).eval()
+    tokenizer = ByteTokenizer()
+    result = score_text(model, tokenizer, TEXT, stride, batch_size=3)
+    ids = list(TEXT.encode("utf-8"))
+    expected = _naive_total(model, ids, tokenizer.separator_ids()[-1], 16, stride or 16)
+    assert result["tokens"] == result["bytes"] == len(ids) and result["stride"] == (stride or 16)
+    assert -result["loss"] * result["tokens"] == pytest.approx(expected, rel=1e-5)
+    assert result["bpb"] == pytest.approx(result["loss"] / math.log(2))  # bytes are the tokens
+    assert result["ppl"] == pytest.approx(math.exp(result["loss"]))
+
+
+def test_the_cli_scores_a_file_as_corpus_text_in_bits_per_byte_and_refuses_bad_input_in_one_line(tmp_path, text_corpus, capsys):
+    base = tiny_config(text_corpus, tmp_path).to_dict()
+    base["model"]["block_size"] = 32
+    base["train"].update(steps=40, checkpoint_every=0, eval_every=40)
+    run = train(config_from_dict(base), progress=False).run_dir
+    sample = tmp_path / "sample.txt"
+    sample.write_bytes(("ROMEO:\r\nBut soft, what light through yonder window breaks?\r\n" * 6).encode())
+    assert main(["eval", str(run), "--text", str(sample), "--json"]) == 0
+    disjoint = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(run), "--text", str(sample), "--stride", "4", "--json"]) == 0
+    sliding = json.loads(capsys.readouterr().out)
+    text = sample.read_text().replace("\r\n", "\n")  # read as corpus files are
+    assert disjoint["tokens"] == len(text) and disjoint["bytes"] == len(text.encode()) and disjoint["windows"] == 11
+    assert sliding["tokens"] == disjoint["tokens"] and sliding["windows"] == 1 + math.ceil((len(text) - 32) / 4)
+    assert disjoint["bpb"] == pytest.approx(disjoint["loss"] * disjoint["tokens"] / math.log(2) / disjoint["bytes"])
+    assert main(["eval", str(run), "--text", str(sample)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{sample}: {len(text)} tokens ({len(text)} bytes), each scored once, in 11 windows of 32 moved by 32")
+    assert line.endswith(f"{disjoint['bpb']:.4f} bits/byte")
+
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("Café".encode("latin-1"))
+    (tmp_path / "unknown.txt").write_text("ROMEO: ☃")
+    for argv, says in [
+        (["--text", str(tmp_path / "empty.txt")], "the text is empty"),
+        (["--text", str(tmp_path / "missing.txt")], "--text " + str(tmp_path / "missing.txt") + ": no such file"),
+        (["--text", str(tmp_path / "latin1.txt")], "not UTF-8"),
+        (["--text", str(tmp_path / "unknown.txt")], "not in the tokenizer's vocabulary"),
+        (["--text", str(sample), "--stride", "33"], "the stride must be a whole number from 1 to the model's window of 32"),
+        (["--text", str(sample), "--data.source", "x.txt"], "--text scores that file: settings such as --data.source"),
+        (["--stride", "4"], "--stride applies only with --text"),
+        (["--text", str(sample), "--by-position"], "--text scores the file, not the run's validation split"),
+    ]:
+        assert main(["eval", str(run), *argv]) == 2, argv
+        one_line_error(capsys, says)
