@@ -94,6 +94,15 @@ def activate(specs: list[str]) -> list[Plugin]:
     return [_active.get(spec) or _import(spec) for spec in specs]
 
 
+def owner_of(module: str) -> Plugin | None:
+    """The imported plugin whose code `module` (an entry's __module__) is, or None (slmlab's own,
+    or code registered from outside any plugin)."""
+    for plugin in _active.values():
+        if module == plugin.module or module.startswith(plugin.module + "."):
+            return plugin
+    return None
+
+
 def _import(spec: str, source: Path | None = None) -> Plugin:
     """Import `spec` (from `source`, a recorded copy, when given) and remember it."""
     if not isinstance(spec, str) or not spec.strip():

@@ -22,6 +22,7 @@ from ..registry import load_builtins
 from ..tables import command_line
 from .checks import validate
 from .ignored import check_no_ignored_setting
+from .plugin_use import check_plugins_named
 from .schema import ModelConfig, RunConfig
 from .values import build_dataclass
 
@@ -76,6 +77,7 @@ def _check_rules(cfg: RunConfig) -> None:
                 f"phases[{names.index(name)}] and phases[{index}] are both named {name!r}: give each phase its own name"
             )
         cfg.phase(index)  # every phase must be a valid config too
+    check_plugins_named(cfg)
 
 
 def _as_first_phase_sets_it(cfg: RunConfig) -> RunConfig:

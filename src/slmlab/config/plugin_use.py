@@ -1,0 +1,43 @@
+"""A config may use only the plugins it names. Plugins register into process-wide registries, so
+once one config's plugin is imported, another config of the same process (a notebook, a script
+training several runs) could choose its MLP or set its section without naming it: the run trained,
+and its config.json, recording no plugin, could not be read back anywhere else ("unknown config
+key"). Such a config is refused in one line saying which plugin to add."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .. import plugins
+from ..errors import ConfigError
+from ..registry import ATTENTION_PATTERNS, CHOICE_REGISTRIES, MODEL_SECTIONS, TRACKERS, Registry
+from .checks import value_at
+
+
+def used_entries(cfg) -> Iterator[tuple[str, object]]:
+    """(what the config says, the registered entry it chooses) for every registry choice it makes
+    (model.mlp, data.tokenizer, train.trackers, each of model.attention_layers, ...), and
+    ("[model.<name>]", the section's dataclass) for each section set away from its defaults."""
+    choices: list[tuple[Registry, str]] = [(r, r.config_key) for r in CHOICE_REGISTRIES]
+    choices += [(TRACKERS, "train.trackers"), (ATTENTION_PATTERNS, "model.attention_layers")]
+    for registry, key in choices:
+        value = value_at(cfg, key)
+        for name in value if isinstance(value, list) else [value]:
+            if isinstance(name, str) and name in registry:
+                yield f"{key} = {name!r}", registry.get(name)
+    for name, section in MODEL_SECTIONS.items():
+        if getattr(cfg.model, name) != section.config():
+            yield f"[model.{name}]", section.config
+
+
+def check_plugins_named(cfg) -> None:
+    """Refuse a choice or section that comes from a plugin imported in this process but not named
+    in cfg.plugins."""
+    named = {plugin.module for plugin in plugins.activate(cfg.plugins)}
+    for what, entry in used_entries(cfg):
+        owner = plugins.owner_of(getattr(entry, "__module__", "") or "")
+        if owner is not None and owner.module not in named:
+            raise ConfigError(
+                f"{what} comes from the plugin {owner.spec}, which this config does not name (another config "
+                f"imported it in this process): add it to plugins = [...], or the run could not be read back"
+            )
