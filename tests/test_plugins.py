@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -100,31 +99,6 @@ def test_missing_and_failing_plugins_are_one_line_errors(tmp_path, text_corpus):
     notes.write_text("a gate on the output\n")
     with pytest.raises(ConfigError, match=r"plugin file .*gate.txt is not Python source: name a .py file"):
         load_config(plugin_toml(tmp_path, text_corpus, notes, ""))
-
-
-def test_a_config_may_use_only_the_plugins_it_names(tmp_path, text_corpus):
-    """Once one config imported a plugin, another config of the same process could set its section
-    or choose its MLP without naming it: the run trained, and its config.json (no plugin recorded)
-    could not be read back anywhere else ("unknown config key 'model.gated_attention'")."""
-    from slmlab.config import config_from_dict
-
-    gated = load_config(plugin_toml(tmp_path, text_corpus, EXAMPLE))
-    moe = load_config(ROOT / "examples" / "plugins" / "moe.toml", {"data.source": str(text_corpus)})
-    for cfg, says in [
-        (gated, "[model.gated_attention] comes from the plugin " + str(EXAMPLE)),
-        (moe, "model.mlp = 'moe' comes from the plugin " + str(EXAMPLE.parent / "moe.py")),
-    ]:
-        values = cfg.to_dict()
-        assert config_from_dict(values).plugins == cfg.plugins  # named: as before
-        with pytest.raises(ConfigError, match=re.escape(says) + r", which this config does not name .* add it to plugins"):
-            config_from_dict({**values, "plugins": []})
-        cfg.plugins = []  # changed in code: train refuses it before it makes a directory
-        with pytest.raises(ConfigError, match=re.escape(says)):
-            train(cfg, progress=False)
-        assert not (Path(cfg.out_dir) / cfg.name).exists()
-    plain = gated.to_dict()
-    del plain["model"]["gated_attention"]
-    assert config_from_dict({**plain, "plugins": []}).plugins == []  # the plugin imported, but unused: fine
 
 
 def test_a_run_records_its_plugins_source_and_sha256(trained):

@@ -2,7 +2,9 @@
 once one config's plugin is imported, another config of the same process (a notebook, a script
 training several runs) could choose its MLP or set its section without naming it: the run trained,
 and its config.json, recording no plugin, could not be read back anywhere else ("unknown config
-key"). Such a config is refused in one line saying which plugin to add."""
+key"). Such a config is refused in one line saying which plugin to add. Code registered outside
+any plugin (a class defined in a notebook) is allowed, with a warning when a run trains on it:
+the run records no copy of it."""
 
 from __future__ import annotations
 
@@ -41,3 +43,20 @@ def check_plugins_named(cfg) -> None:
                 f"{what} comes from the plugin {owner.spec}, which this config does not name (another config "
                 f"imported it in this process): add it to plugins = [...], or the run could not be read back"
             )
+
+
+def unrecorded_code_warning(cfg) -> str | None:
+    """A warning naming what the config uses from code registered outside slmlab and outside any
+    plugin (a notebook's `MLPS.register("mine", Mine)`): a run records no copy of it, so the run
+    reads back only where that code registers it again. None when there is none."""
+    outside = [
+        f"{what} ({module})"
+        for what, entry in used_entries(cfg)
+        if not (module := getattr(entry, "__module__", "") or "").startswith("slmlab.") and plugins.owner_of(module) is None
+    ]
+    if not outside:
+        return None
+    return (
+        f"{', '.join(outside)} comes from code that is not a plugin: the run records no copy of it and reads back only "
+        "where that code registers it again; put it in a file and name it in plugins = [...] to record it"
+    )

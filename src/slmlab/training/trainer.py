@@ -27,6 +27,7 @@ from torch import nn
 
 from ..config import DataConfig, RunConfig, check_config, resolve_vocab
 from ..config.ignored import unread_settings
+from ..config.plugin_use import unrecorded_code_warning
 from ..data.corpora import check_outside_source
 from ..data.sampling import WindowSampler, check_windows
 from ..data.tokenizers import Tokenizer
@@ -184,6 +185,7 @@ class Trainer:
         if not (resume or init_from):  # a model whose weights come from a run: its positions were trained there
             warnings.append(untrained_positions_warning(cfg.model, cfg.data.seq_len))
         warnings += [schedule_warning(train), trains_as_full_warning(cfg.model, cfg.data.seq_len), *unread_settings(cfg)]
+        warnings.append(unrecorded_code_warning(cfg))
         for warning in warnings:
             if warning and self.world.is_main:
                 log.warning("%s", warning)
