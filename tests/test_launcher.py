@@ -31,7 +31,8 @@ def test_processes_of_one_training_hand_their_errors_to_the_launcher(tmp_path, m
 def test_the_launcher_prints_what_rank_0_did_not():
     """Rank 0 printed its own line: another rank's is printed only where it differs; a rank with
     no line of its own that torchrun stopped (SIGTERM) after the error is no failure; a crash is
-    one line naming the process, its exit code and its signal."""
+    one line naming the process, its exit code and its signal; processes that stopped together on
+    a signal are no failure."""
     from types import SimpleNamespace
 
     from slmlab.training.launch import _report
@@ -40,12 +41,19 @@ def test_the_launcher_prints_what_rank_0_did_not():
         return SimpleNamespace(exitcode=code, signal_name=lambda: signal.Signals(-code).name)
 
     same, other = "slmlab: error: too few tokens", "slmlab: error: out of memory"
+    stopped = "slmlab: stopped by SIGINT at step 4; checkpoint step_000004 written in runs/x; continue with: ..."
     cases = [
         ({0: failed(2), 1: failed(2)}, {0: same, 1: same}, 2, ""),
         ({0: failed(-15), 1: failed(2)}, {1: same}, 2, same + "\n"),
         ({0: failed(2), 1: failed(2)}, {0: same, 1: other}, 2, "slmlab: error (process 1): out of memory\n"),
         ({0: failed(-15), 1: failed(-9)}, {}, 1, "slmlab: error: training process 0 exited with code -15 (SIGTERM)\n"
          "slmlab: error: training process 1 exited with code -9 (SIGKILL)\n"),
+        # stopped by a signal at one step (training/stopping.py), rank 0 having said where; torchrun
+        # may stop a process that has not exited yet with SIGTERM
+        ({0: failed(130), 1: failed(130)}, {0: stopped}, 130, ""),
+        ({0: failed(143), 1: failed(-15)}, {0: stopped}, 143, ""),
+        ({0: failed(130), 1: failed(130)}, {}, 1, "slmlab: error: training process 0 exited with code 130\n"
+         "slmlab: error: training process 1 exited with code 130\n"),
     ]  # fmt: skip
     for failures, errors, code, printed in cases:
         with contextlib.redirect_stderr(io.StringIO()) as err:

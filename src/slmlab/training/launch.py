@@ -53,8 +53,8 @@ def _report(failures: dict, errors: dict[int, str]) -> int:
     """Print what rank 0 has not: another rank's one-line error where it differs from rank 0's
     (rank 0's own where it printed none), and one line per process that failed otherwise; a
     process torchrun stopped (SIGTERM) after another's error is no failure of its own."""
-    exits = {f.exitcode for f in failures.values()}
-    if len(exits) == 1 and exits <= STOPPED and 0 in errors:  # every process stopped on a signal, at one step,
+    exits = {f.exitcode for f in failures.values()} - {-signal.SIGTERM}  # torchrun stops the others after a first exit
+    if len(exits) == 1 and exits <= STOPPED and 0 in errors:  # the processes stopped on a signal at one step,
         return exits.pop()  # and rank 0 said where
     errored = any(f.exitcode == SLMLAB_ERROR for f in failures.values())
     shown = {errors[0]} if 0 in errors else set()
