@@ -97,6 +97,7 @@ def test_the_cli_scores_a_file_as_corpus_text_in_bits_per_byte_and_refuses_bad_i
     (tmp_path / "unknown.txt").write_text("ROMEO: ☃")
     for argv, says in [
         (["--text", str(tmp_path / "empty.txt")], "the text is empty"),
+        (["--text", ""], "--text is empty: give the path of a UTF-8 text file"),
         (["--text", str(tmp_path / "missing.txt")], "--text " + str(tmp_path / "missing.txt") + ": no such file"),
         (["--text", str(tmp_path / "latin1.txt")], "not UTF-8"),
         (["--text", str(tmp_path / "unknown.txt")], "not in the tokenizer's vocabulary"),

@@ -226,6 +226,8 @@ def text_file(source: str, option: str) -> str:
     """The text of the UTF-8 file `source` ('-': standard input) that `option` names, its line ends
     read as the corpus's text files are (universal newlines: CR LF and CR become LF), so a text
     saved on Windows is the text a model trained on such files has seen."""
+    if not source.strip():
+        raise ConfigError(f"{option} is empty: give the path of a UTF-8 text file ('-': standard input)")
     if source == "-":
         data, where = sys.stdin.buffer.read(), "standard input"
     else:
