@@ -30,6 +30,7 @@ def test_the_windows_predict_every_token_once_after_the_most_context_they_hold(n
     ids = list(range(10, 10 + n))
     full = [0, *ids]
     pairs = list(rolling_pairs(ids, [7, 0], window, stride))
+    assert len(pairs) == 1 + math.ceil((n - min(window, n)) / stride)  # the count score_text reports
     assert [t for _, t in pairs] != [] and list(itertools.chain(*(t for _, t in pairs))) == ids  # once each, in order
     seen = 0
     for context, targets in pairs:

@@ -16,10 +16,12 @@ tokens of context, for about window / stride times the compute.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,13 +30,20 @@ from ..phase_progress import PhaseProgress
 from ..runs.metrics import perplexity
 
 
+def window_spans(n: int, window: int, stride: int) -> Iterator[tuple[int, int, int]]:
+    """(start, counted, stop) per window above, as indices into full: inputs full[start:stop],
+    targets full[start + 1 : stop + 1], of which those after full[counted] count."""
+    counted, stop = 0, min(window, n)
+    while counted < n:
+        yield max(0, stop - window), counted, stop
+        counted, stop = stop, min(stop + stride, n)
+
+
 def rolling_pairs(ids: list[int], separator: list[int], window: int, stride: int) -> Iterator[tuple[list[int], list[int]]]:
     """(context, targets) per window above: the targets it counts, and the inputs before them."""
     full = separator[-1:] + list(ids)
-    previous, stop = 0, min(window, len(ids))
-    while previous < len(ids):
-        yield full[max(0, stop - window) : previous + 1], full[previous + 1 : stop + 1]
-        previous, stop = stop, min(stop + stride, len(ids))
+    for start, counted, stop in window_spans(len(ids), window, stride):
+        yield full[start : counted + 1], full[counted + 1 : stop + 1]
 
 
 @torch.no_grad()
@@ -75,22 +84,41 @@ def continuation_logprobs(
     return results
 
 
+@torch.no_grad()
 def score_text(
     model, tokenizer, text: str, stride: int | None = None, batch_size: int = 16, progress: str = ""
 ) -> dict[str, Any]:
     """Every token of `text` scored once (module docstring), windows of model.cfg.block_size moved by
     `stride` (default: the window) -> {tokens, bytes, loss (mean nats per token), ppl, bpb (bits per
     UTF-8 byte of the text), window, stride, windows}. `text` is read as corpus text: "[EOS]" in it
-    is text, not the special token."""
+    is text, not the special token. The ids stay one integer array and the windows are made a batch
+    at a time, so a text of any length needs memory for itself and one batch."""
     window = model.cfg.block_size
     stride = window if stride is None else stride
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= window:
         raise ConfigError(f"the stride must be a whole number from 1 to the model's window of {window}, got {stride!r}")
-    ids = [int(i) for i in tokenizer.encode_documents([text])[0]]
-    if not ids:
+    ids = np.asarray(tokenizer.encode_documents([text])[0], dtype=np.int64)
+    if not len(ids):
         raise ConfigError("the text is empty (or holds nothing this tokenizer encodes): give some text to score")
-    pairs = list(rolling_pairs(ids, tokenizer.separator_ids(), window, stride))
-    total = sum(logprob for logprob, _ in continuation_logprobs(model, pairs, batch_size, tokenizer.vocab_size, progress))
+    full = torch.from_numpy(np.concatenate([np.asarray(tokenizer.separator_ids()[-1:], dtype=np.int64), ids]))
+    spans = window_spans(len(ids), window, stride)
+    count = 1 + -(-(len(ids) - min(window, len(ids))) // stride)  # the first window, then one per stride
+    device = next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    with PhaseProgress(progress, count, "windows") as shown:
+        while batch := list(itertools.islice(spans, batch_size)):
+            width = max(stop - start for start, _, stop in batch)
+            inputs = torch.zeros(len(batch), width, dtype=torch.long)  # right-padded: the model is causal
+            for row, (start, _, stop) in enumerate(batch):
+                inputs[row, : stop - start] = full[start:stop]
+            logits, _ = model(inputs.to(device))
+            for row, (start, counted, stop) in enumerate(batch):
+                scored = logits[
+                    row, counted - start : stop - start
+                ].float()  # the positions that predict full[counted + 1 : stop + 1]
+                total -= F.cross_entropy(scored, full[counted + 1 : stop + 1].to(device), reduction="sum").double()
+            shown.update(len(batch))
+    total = float(total)
     size = len(text.encode("utf-8"))
     loss = -total / len(ids)
     return {
@@ -101,5 +129,5 @@ def score_text(
         "bpb": -total / math.log(2) / size,
         "window": window,
         "stride": stride,
-        "windows": len(pairs),
+        "windows": count,
     }
