@@ -109,3 +109,34 @@ def test_the_cli_scores_a_file_as_corpus_text_in_bits_per_byte_and_refuses_bad_i
     ]:
         assert main(["eval", str(run), *argv]) == 2, argv
         one_line_error(capsys, says)
+
+
+@pytest.mark.slow
+def test_a_sweep_scores_the_text_with_every_finished_run_and_pairs_the_variants_by_seed(micro_sweep, tmp_path, capsys, caplog):
+    from slmlab.evals.score import load_for_inference
+    from slmlab.experiments.stats import paired_difference
+
+    assert main(["sweep", str(micro_sweep)]) == 0
+    sweep_dir = tmp_path / "runs" / "micro"
+    sample = tmp_path / "sample.txt"
+    sample.write_text("To be, or not to be, that is the question. " * 8)
+    (sweep_dir / "full_s2" / "summary.json").unlink()  # as if killed: left out, and said so
+    capsys.readouterr()
+    with caplog.at_level("WARNING", logger="slmlab"):
+        assert main(["eval", str(sweep_dir), "--text", str(sample), "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert f"{sweep_dir / 'full_s2'} has not finished (no summary.json): left out" in caplog.text
+    by_variant = {v["variant"]: v for v in figures["variants"]}
+    assert {v: sorted(by_variant[v]["bpb_by_seed"]) for v in by_variant} == {"baseline": ["1", "2"], "full": ["1"]}
+    for variant, seed in [("baseline", 1), ("baseline", 2), ("full", 1)]:
+        _, model, tokenizer, _ = load_for_inference(sweep_dir / f"{variant}_s{seed}", "cpu")
+        alone = score_text(model, tokenizer, sample.read_text())["bpb"]
+        assert by_variant[variant]["bpb_by_seed"][str(seed)] == pytest.approx(alone, rel=1e-9)
+    full, base = ({int(s): b for s, b in by_variant[v]["bpb_by_seed"].items()} for v in ("full", "baseline"))
+    assert by_variant["full"]["delta_bpb"] == pytest.approx(paired_difference(full, base)[0])
+    assert by_variant["full"]["wins"] == int(full[1] < base[1])
+    assert main(["eval", str(sweep_dir), "--text", str(sample)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"micro on {sample} (bits per byte):\n| variant") and "| full " in out
+    assert main(["eval", str(sweep_dir), "--text", str(sample), "--int8"]) == 2
+    one_line_error(capsys, "--int8 reads one run;")

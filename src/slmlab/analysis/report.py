@@ -27,6 +27,7 @@ import torch
 from .. import __version__
 from ..config import ConfigError, RunConfig
 from ..errors import RunFileError
+from ..experiments.sweep_dir import read_sweep_dir
 from ..files import atomic_write_text, read_json, read_text, require_fields
 from ..plotting import pyplot, save_png
 from ..runs.derived import out_of_date
@@ -250,34 +251,25 @@ def _run_report(path: Path) -> tuple[str, str]:
 
 
 def _sweep_report(path: Path) -> tuple[str, str]:
-    where, fix = path / "results.json", "run `slmlab sweep` on its config again to rewrite it (finished runs are kept)"
-    results = read_json(where, "sweep results", RunFileError, fix)
-    require_fields(results, {"sweep": str, "baseline": str, "variants": list}, where, "sweep results", RunFileError, fix)
-    if not all(isinstance(r, dict) and isinstance(r.get("variant"), str) for r in results["variants"]):
-        raise RunFileError(f"sweep results {where} is damaged (a variant record without its name); {fix}")
-    runs = [RunDir(d) for d in sorted(path.iterdir()) if (d / "config.json").is_file()]
-    by_variant: dict[str, list[RunDir]] = {}
-    for record in results["variants"]:
-        prefix = f"{record['variant']}_s"
-        by_variant[record["variant"]] = [
-            r for r in runs if r.path.name.startswith(prefix) and r.path.name[len(prefix) :].isdigit()
-        ]
-    baseline_runs = by_variant.get(results["baseline"]) or runs
+    sweep = read_sweep_dir(path)
+    runs = sweep.runs
+    by_variant = {variant: list(members.values()) for variant, members in sweep.by_variant.items()}
+    baseline_runs = by_variant.get(sweep.baseline) or runs
     base = baseline_runs[0].read_config()
-    parts = [f"# Sweep report: {results['sweep']}", _provenance()]
+    parts = [f"# Sweep report: {sweep.name}", _provenance()]
     if (path / "results.md").is_file():
         parts.append(_heading_free(_text(path / "results.md")))
     if (path / "curves.png").is_file():
         parts.append("![validation loss by variant](curves.png)")
     parts += [
         "## Base configuration",
-        f"The baseline variant `{results['baseline']}`; settings that differ from slmlab's defaults:",
+        f"The baseline variant `{sweep.baseline}`; settings that differ from slmlab's defaults:",
         markdown_table(("setting", "value", "default"), changed_settings(base, RunConfig())),
         size_table(base),
         "## What each variant changes",
     ]
     for variant, members in by_variant.items():
-        if variant == results["baseline"] or not members:
+        if variant == sweep.baseline or not members:
             continue
         changed = changed_settings(members[0].read_config(), base)
         parts.append(f"**{variant}**: " + (", ".join(f"`{k}` = {v}" for k, v, _ in changed) or "nothing (a replicate)"))
@@ -303,7 +295,7 @@ def _sweep_report(path: Path) -> tuple[str, str]:
     if any(text for _, text in samples):
         parts.append("## Samples (first seed of each variant)")
         parts += [f"**{v}**\n\n{code_block(text, 'text')}" for v, text in samples if text]
-    return f"slmlab sweep {results['sweep']}", "\n\n".join(parts) + "\n"
+    return f"slmlab sweep {sweep.name}", "\n\n".join(parts) + "\n"
 
 
 # ---- HTML ------------------------------------------------------------------------------------

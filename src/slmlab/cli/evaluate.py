@@ -39,7 +39,8 @@ def register(sub) -> None:
         "  slmlab eval runs/bytes --data.source brown           # another corpus (byte/BPE/GPT-2 tokenizers)\n"
         "  slmlab eval runs/long --by-position --context-length 1024\n"
         "  slmlab eval runs/long --context-lengths 256,512,1024,2048 --rope-scale 2\n"
-        "  slmlab eval runs/quickstart --text sonnets.txt --stride 64   # every token of a text file, once",
+        "  slmlab eval runs/quickstart --text sonnets.txt --stride 64   # every token of a text file, once\n"
+        "  slmlab eval runs/smat_quick --text sonnets.txt               # a sweep: each variant vs the baseline, by seed",
         overrides=True,
     )
     p.add_argument("run")
@@ -47,7 +48,8 @@ def register(sub) -> None:
         "--text",
         metavar="PATH",
         help="score every token of this UTF-8 text file once, with as much of the text before it as the context holds "
-        "('-': standard input), instead of the validation split",
+        "('-': standard input), instead of the validation split; RUN may be a sweep folder: every finished run scores "
+        "it, and each variant's bits per byte are paired with the baseline's by seed",
     )
     p.add_argument(
         "--stride",
@@ -205,14 +207,19 @@ def cmd_eval(args, extra) -> int:
 
 def eval_text(args, extra) -> int:
     """`slmlab eval RUN --text FILE`: every token of the file scored once (evals/text_score.py)."""
+    from pathlib import Path
+
     from ..errors import ConfigError
     from ..evals.score import load_for_inference
     from ..evals.text_score import score_text
+    from ..experiments.sweep_dir import is_sweep_dir
     from ..files import json_text
 
     if extra:
         raise ConfigError(f"--text scores that file: settings such as {extra[0]} choose the validation split; leave them out")
     text = text_file(args.text, "--text")
+    if is_sweep_dir(Path(args.run)):
+        return eval_sweep_text(args, text)
     _, model, tokenizer, _ = load_for_inference(args.run, args.device, args.int8, args.rope_scale, args.checkpoint)
     result = score_text(model, tokenizer, text, args.stride, progress="scoring")
     where = "standard input" if args.text == "-" else args.text
@@ -226,6 +233,25 @@ def eval_text(args, extra) -> int:
         + f"{result['window']} moved by {result['stride']}: loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}, "
         + f"{result['bpb']:.4f} bits/byte"
     )
+    return 0
+
+
+def eval_sweep_text(args, text: str) -> int:
+    """`slmlab eval SWEEP --text FILE`: each variant's bits per byte on the file, paired with the
+    baseline's by seed (evals/sweep_text.py)."""
+    from pathlib import Path
+
+    from ..errors import ConfigError
+    from ..evals.sweep_text import score_sweep_text
+    from ..files import json_text
+
+    for option in ("checkpoint", "int8", "rope_scale"):
+        if getattr(args, option):
+            flag = "--" + option.replace("_", "-")
+            raise ConfigError(f"{flag} reads one run; {args.run} is a sweep, whose runs are scored at their final weights")
+    table, figures = score_sweep_text(Path(args.run), text, args.stride, args.device)
+    where = "standard input" if args.text == "-" else args.text
+    print(json_text({"text": where, **figures}) if args.json else f"{figures['sweep']} on {where} (bits per byte):\n{table}")
     return 0
 
 

@@ -158,9 +158,7 @@ def results_table(records: list[dict]) -> str:
                 format_number(r["val_ppl_mean"], ".3f"),
                 format_number(r["val_ppl_std"], ".3f"),
                 format_number(r["val_bpb_mean"], ".4f"),
-                "–"
-                if base
-                else f"{format_number(r['delta_bpb'], '+.4f')} [{format_number(r['delta_bpb_low'], '+.4f')}, {format_number(r['delta_bpb_high'], '+.4f')}]",
+                "–" if base else delta_cell(r["delta_bpb"], r["delta_bpb_low"], r["delta_bpb_high"]),
                 "–" if base or not _finite(r["delta_pct"]) else f"{r['delta_pct']:+.2f}%",
                 "–" if base else f"{r['wins']}/{r['n_pairs']}",
                 f"{r['failed_runs']} runs, {r['nan_skips']} steps",
@@ -185,6 +183,11 @@ def results_table(records: list[dict]) -> str:
     return markdown_table(HEADERS, rows)
 
 
+def delta_cell(delta: float, low: float, high: float) -> str:
+    """A paired difference and its 95% CI as a table shows it: "-0.0264 [-0.0504, -0.0023]"."""
+    return f"{format_number(delta, '+.4f')} [{format_number(low, '+.4f')}, {format_number(high, '+.4f')}]"
+
+
 def harness_cells(record: dict, names: list[str]) -> list[str]:
     cells = []
     for name in names:
@@ -193,11 +196,7 @@ def harness_cells(record: dict, names: list[str]) -> list[str]:
             cells += ["–", "–"]
             continue
         cells.append(format_number(column["mean"], ".4f"))
-        cells.append(
-            "–"
-            if record["is_baseline"]
-            else f"{format_number(column['delta'], '+.4f')} [{format_number(column['low'], '+.4f')}, {format_number(column['high'], '+.4f')}]"
-        )
+        cells.append("–" if record["is_baseline"] else delta_cell(column["delta"], column["low"], column["high"]))
     return cells
 
 

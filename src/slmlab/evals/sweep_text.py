@@ -1,0 +1,57 @@
+"""`slmlab eval SWEEP --text FILE`: every finished run of a sweep scores the same text (text_score.py),
+and each variant's bits per byte are compared with the baseline's seed by seed: the verdict of the
+sweep's table, on text none of the runs trained on (another corpus, a held-out book). Bits per
+byte, not loss: the variants may use different tokenizers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..experiments.results import delta_cell
+from ..experiments.stats import mean_std, paired_difference
+from ..experiments.sweep_dir import read_sweep_dir
+from ..tables import format_number, markdown_table
+from .score import load_for_inference
+from .text_score import score_text
+
+log = logging.getLogger("slmlab")
+HEADERS = ("variant", "runs", "text bpb", "std", "Δ bpb [95% CI]", "wins")
+
+
+def score_sweep_text(path: Path, text: str, stride: int | None, device: str) -> tuple[str, dict[str, Any]]:
+    """(a Markdown table of each variant's bits per byte on `text` and its paired Δ vs the
+    baseline, the figures as a dict). Runs without a summary.json (failed or unfinished) are left
+    out, and said so."""
+    sweep = read_sweep_dir(path)
+    scores: dict[str, dict[int, float]] = {}
+    for variant, members in sweep.by_variant.items():
+        scores[variant] = {}
+        for seed, run in members.items():
+            if not run.summary.is_file():
+                log.warning("%s has not finished (no summary.json): left out", run.path)
+                continue
+            _, model, tokenizer, _ = load_for_inference(run.path, device)
+            scores[variant][seed] = score_text(model, tokenizer, text, stride, progress=run.path.name)["bpb"]
+    baseline = scores.get(sweep.baseline, {})
+    rows, variants = [], []
+    for variant, by_seed in scores.items():
+        mean, std = mean_std(list(by_seed.values()))
+        delta, low, high = paired_difference(by_seed, baseline) if variant != sweep.baseline else (None, None, None)
+        pairs = sorted(set(by_seed) & set(baseline))
+        wins = sum(by_seed[s] < baseline[s] for s in pairs)
+        is_baseline = variant == sweep.baseline
+        rows.append(
+            (
+                variant + (" (baseline)" if is_baseline else ""),
+                len(by_seed),
+                format_number(mean, ".4f"),
+                format_number(std, ".4f"),
+                "–" if is_baseline else delta_cell(delta, low, high),
+                "–" if is_baseline else f"{wins}/{len(pairs)}",
+            )
+        )
+        variants.append({"variant": variant, "bpb_by_seed": by_seed, "bpb_mean": mean, "bpb_std": std, "delta_bpb": delta,
+                         "delta_bpb_low": low, "delta_bpb_high": high, "wins": None if is_baseline else wins})  # fmt: skip
+    return markdown_table(HEADERS, rows), {"sweep": sweep.name, "baseline": sweep.baseline, "variants": variants}
