@@ -67,3 +67,45 @@ def test_code_registered_outside_any_plugin_trains_with_a_warning_that_the_run_d
     with caplog.at_level("WARNING", logger="slmlab"):
         train(load_config(config, {"name": "plain"}), progress=False)
     assert "not a plugin" not in caplog.text
+
+
+EDITED = """
+from torch import nn
+from slmlab.registry import MLPS
+
+
+class Doubling(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x):
+        return 2 * self.fc(x)
+
+
+MLPS.register("edited_test", Doubling)
+"""
+
+
+def test_a_plugin_edited_after_this_process_imported_it_is_refused_and_the_run_records_what_ran(tmp_path, text_corpus):
+    """Python cannot import a module again: a notebook that edited its plugin trained the old code,
+    and the run recorded the edited file under the old code's SHA-256, so it could never be read
+    back ("the recorded plugin copy ... does not match its sha256")."""
+    import subprocess
+    import sys
+
+    plugin = tmp_path / "edited.py"
+    plugin.write_text(EDITED)
+    config = write_micro_toml(tmp_path / "edited.toml", text_corpus, tmp_path, steps=2)
+    config.write_text('plugins = ["edited.py"]\n' + config.read_text().replace("[model]\n", '[model]\nmlp = "edited_test"\n'))
+    run = Path(train(load_config(config), progress=False).run_dir)
+    plugin.write_text(EDITED.replace("2 * ", "3 * "))
+    with pytest.raises(ConfigError, match=r"plugin .*edited.py changed since this process imported it .* restart the process"):
+        load_config(config, {"name": "after"})
+    assert not (tmp_path / "runs" / "after").exists()
+    (copy,) = (run / "plugins").glob("*.py")
+    assert copy.read_text() == EDITED  # the code that ran, which matches the manifest's SHA-256
+    done = subprocess.run(
+        [sys.executable, "-m", "slmlab", "eval", str(run), "--trust-plugins", "--batches", "1"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "changed since" in done.stderr, done.stderr[-2000:]  # read back from its copy

@@ -23,13 +23,12 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, RunFileError
-from .files import atomic_write, atomic_write_bytes, atomic_write_text, read_json, sha256_file
+from .files import atomic_write_bytes, atomic_write_text, read_json, sha256_file
 
 log = logging.getLogger("slmlab")
 TRUST_VARIABLE = "SLMLAB_TRUST_PLUGINS"
@@ -43,12 +42,14 @@ class PluginTrustError(ConfigError):
 @dataclass(frozen=True)
 class Plugin:
     """One imported plugin: `spec` as the config holds it (a file's absolute path, or a module
-    name), the module it was imported as, the file holding its code and that file's SHA-256."""
+    name), the module it was imported as, the file holding its code, and that code as imported
+    (`code`, what runs and what a run records) with its SHA-256."""
 
     spec: str
     module: str
     source: Path
     sha256: str
+    code: bytes = field(repr=False, default=b"")
 
 
 _active: dict[str, Plugin] = {}
@@ -90,8 +91,20 @@ def _absolute(path: Path, base: Path) -> str:
 
 
 def activate(specs: list[str]) -> list[Plugin]:
-    """Import every plugin not yet imported in this process (a no-op for the others)."""
-    return [_active.get(spec) or _import(spec) for spec in specs]
+    """Import every plugin not yet imported in this process; one imported already is refused if
+    its file has changed since (this process runs the code it imported: a run trained now would
+    record the edit it never ran, or a notebook would train without it, unawares)."""
+    return [_unchanged(_active[spec]) if spec in _active else _import(spec) for spec in specs]
+
+
+def _unchanged(plugin: Plugin) -> Plugin:
+    now = sha256_file(plugin.source) if plugin.source.is_file() else plugin.sha256  # deleted: the code imported stands
+    if now != plugin.sha256:
+        raise ConfigError(
+            f"plugin {plugin.spec} changed since this process imported it (sha256 {plugin.sha256[:12]} then, {now[:12]} "
+            "now), and Python cannot import it again: restart the process (in a notebook, the kernel) to use the new code"
+        )
+    return plugin
 
 
 def owner_of(module: str) -> Plugin | None:
@@ -112,16 +125,17 @@ def _import(spec: str, source: Path | None = None) -> Plugin:
         path = Path(getattr(module, "__file__", "") or "")
         if not path.is_file():
             raise ConfigError(f"plugin '{spec}' has no source file to record (a namespace package?); name its module file")
-        plugin = Plugin(spec, spec, path, sha256_file(path))
+        code = path.read_bytes()
+        plugin = Plugin(spec, spec, path, hashlib.sha256(code).hexdigest(), code)
     else:
         path = source or Path(spec)
         if not path.is_file():
             raise ConfigError(f"plugin file not found: {path} (plugins = [...] paths are relative to the config file)")
         if path.suffix != ".py":  # Python imports no other file: spec_from_file_location gave None
             raise ConfigError(f"plugin file {path} is not Python source: name a .py file, or an importable module")
-        name = module_name(spec)
+        name, code = module_name(spec), path.read_bytes()  # read before it runs: the code recorded is the code run
         _exec_file(spec, name, path)
-        plugin = Plugin(spec, name, path, sha256_file(path))
+        plugin = Plugin(spec, name, path, hashlib.sha256(code).hexdigest(), code)
     _active[spec] = plugin
     return plugin
 
@@ -168,7 +182,7 @@ def record(folder: Path, specs: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for plugin in activate(specs):
         copy = f"{plugin.module}.py"
-        atomic_write(folder / copy, lambda tmp, source=plugin.source: shutil.copyfile(source, tmp))
+        atomic_write_bytes(folder / copy, plugin.code)
         entries.append(
             {"spec": plugin.spec, "module": plugin.module, "source": str(plugin.source), "copy": copy, "sha256": plugin.sha256}
         )
@@ -216,10 +230,7 @@ def _warn_if_changed(spec: str, entry: dict, run: Path) -> None:
 # ---- carried inside an exported model (slmlab export --to hf) -------------------------------
 def embed(specs: list[str]) -> list[dict]:
     """[{spec, module, sha256, source}] of each plugin: the code an exported model needs to run."""
-    return [
-        {"spec": p.spec, "module": p.module, "sha256": p.sha256, "source": p.source.read_bytes().decode("utf-8")}
-        for p in activate(specs)
-    ]
+    return [{"spec": p.spec, "module": p.module, "sha256": p.sha256, "source": p.code.decode("utf-8")} for p in activate(specs)]
 
 
 def activate_embedded(entries: list[dict], folder: Path) -> list[str]:
