@@ -32,12 +32,20 @@ def used_entries(cfg) -> Iterator[tuple[str, object]]:
             yield f"[model.{name}]", section.config
 
 
+def module_of(entry: object) -> str | None:
+    """The module whose code `entry` is (a functools.partial's function's), or None where it does
+    not say (then nothing is said of it)."""
+    entry = getattr(entry, "func", entry)  # functools.partial
+    module = getattr(entry, "__module__", None)
+    return module if isinstance(module, str) and module else None
+
+
 def check_plugins_named(cfg) -> None:
     """Refuse a choice or section that comes from a plugin imported in this process but not named
     in cfg.plugins."""
     named = {plugin.module for plugin in plugins.activate(cfg.plugins)}
     for what, entry in used_entries(cfg):
-        owner = plugins.owner_of(getattr(entry, "__module__", "") or "")
+        owner = plugins.owner_of(module_of(entry) or "")
         if owner is not None and owner.module not in named:
             raise ConfigError(
                 f"{what} comes from the plugin {owner.spec}, which this config does not name (another config "
@@ -52,7 +60,7 @@ def unrecorded_code_warning(cfg) -> str | None:
     outside = [
         f"{what} ({module})"
         for what, entry in used_entries(cfg)
-        if not (module := getattr(entry, "__module__", "") or "").startswith("slmlab.") and plugins.owner_of(module) is None
+        if (module := module_of(entry)) is not None and not module.startswith("slmlab.") and plugins.owner_of(module) is None
     ]
     if not outside:
         return None
