@@ -109,3 +109,31 @@ def test_a_plugin_edited_after_this_process_imported_it_is_refused_and_the_run_r
         [sys.executable, "-m", "slmlab", "eval", str(run), "--trust-plugins", "--batches", "1"], capture_output=True, text=True
     )
     assert done.returncode == 0 and "changed since" in done.stderr, done.stderr[-2000:]  # read back from its copy
+
+
+@pytest.mark.slow
+def test_a_sweep_never_reuses_a_run_trained_with_other_plugin_code(tmp_path, text_corpus):
+    """A sweep run again after its plugin was edited must not take the runs finished with the old
+    code as its own (the table would compare two versions of the idea under one name): reading a
+    run's config compares the plugin with the run's record."""
+    import subprocess
+    import sys
+
+    plugin = tmp_path / "versioned.py"
+    plugin.write_text(EDITED.replace("edited_test", "versioned_test"))
+    write_micro_toml(tmp_path / "base.toml", text_corpus, tmp_path, steps=2)
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(
+        f'name = "v"\nbase = "base.toml"\nout_dir = "{tmp_path / "runs"}"\nplugins = ["versioned.py"]\nseeds = [0]\n'
+        '[variants.baseline]\n[variants.doubling]\n"model.mlp" = "versioned_test"\n'
+    )
+
+    def sweep_again() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "slmlab", "sweep", str(sweep)], capture_output=True, text=True)
+
+    assert (done := sweep_again()).returncode == 0, done.stderr[-2000:]
+    assert (done := sweep_again()).returncode == 0, done.stderr[-2000:]  # unchanged: every run is reused
+    plugin.write_text(plugin.read_text().replace("2 * ", "3 * "))
+    refused = sweep_again()
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith(f"slmlab: error: plugin '{plugin}' changed since {tmp_path / 'runs' / 'v'}/")
