@@ -33,7 +33,7 @@ def register(sub) -> None:
     p = add_verb(
         sub,
         "eval",
-        "validation loss and perplexity of a trained run",
+        "validation loss, perplexity and bits per byte of a trained run, or of every token of a text file (--text)",
         "  slmlab eval runs/quickstart\n"
         "  slmlab eval runs/quickstart --data.genres tragedies   # a slice of the corpus\n"
         "  slmlab eval runs/bytes --data.source brown           # another corpus (byte/BPE/GPT-2 tokenizers)\n"
