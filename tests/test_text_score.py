@@ -59,10 +59,20 @@ def _naive_total(model, ids: list[int], separator: int, window: int, stride: int
     return total
 
 
-@pytest.mark.parametrize("stride", [None, 5, 1])
-def test_score_text_equals_a_token_by_token_reference(stride):
+ARCHITECTURES = {
+    "decoder": {},
+    "block-local, RoPE": {"attention": "block_local", "local_block": 4, "pos": "rope"},
+    "SMAT + Self Area": {"smat": {"use_S": True, "use_G": True}, "self_area": {"enabled": True, "self_dim": 8}},
+    "Student-t head": {"head": "student_t"},
+    "TapeTransformer": {"arch": "tape", "tape": {"n_critics": 2, "rnn_dim": 8}},
+}
+
+
+@pytest.mark.parametrize(("stride", "architecture"), [(None, "decoder"), (1, "decoder"), *((5, name) for name in ARCHITECTURES)])
+def test_score_text_equals_a_token_by_token_reference(stride, architecture):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(n_layer=2, n_head=2, d_model=32, vocab_size=260, block_size=16)).eval()
+    shape = {"n_layer": 2, "n_head": 2, "d_model": 32, "vocab_size": 260, "block_size": 16}
+    model = build_model(ModelConfig(**shape, **ARCHITECTURES[architecture])).eval()
     tokenizer = ByteTokenizer()
     result = score_text(model, tokenizer, TEXT, stride, batch_size=3)
     ids = list(TEXT.encode("utf-8"))
