@@ -137,3 +137,33 @@ def test_a_sweep_never_reuses_a_run_trained_with_other_plugin_code(tmp_path, tex
     refused = sweep_again()
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.startswith(f"slmlab: error: plugin '{plugin}' changed since {tmp_path / 'runs' / 'v'}/")
+
+
+def test_a_new_run_never_trains_another_runs_recorded_copy_of_a_plugin_edited_since(tmp_path, text_corpus):
+    """Reading a run back with --trust-plugins imports its recorded copy; a new run of the same
+    process then trained that copy while the plugin's file held the edited code."""
+    import subprocess
+    import sys
+
+    plugin = tmp_path / "copied.py"
+    plugin.write_text(EDITED.replace("edited_test", "copied_test"))
+    config = write_micro_toml(tmp_path / "copied.toml", text_corpus, tmp_path, steps=2)
+    config.write_text('plugins = ["copied.py"]\n' + config.read_text().replace("[model]\n", '[model]\nmlp = "copied_test"\n'))
+    script = (
+        "import sys, slmlab\n"
+        "from slmlab import plugins\n"
+        "plugins.trust()\n"
+        "slmlab.load_run(sys.argv[1])\n"
+        "slmlab.train(slmlab.load_config(sys.argv[2], {'name': sys.argv[3]}), progress=False)\n"
+    )
+    first = subprocess.run(
+        [sys.executable, "-m", "slmlab", "train", str(config), "--no-progress"], capture_output=True, text=True
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = tmp_path / "runs" / "copied"
+    unchanged = subprocess.run([sys.executable, "-c", script, str(run), str(config), "same"], capture_output=True, text=True)
+    assert unchanged.returncode == 0, unchanged.stderr[-2000:]  # the copy is the file's code: fine
+    plugin.write_text(plugin.read_text().replace("2 * ", "3 * "))
+    edited = subprocess.run([sys.executable, "-c", script, str(run), str(config), "after"], capture_output=True, text=True)
+    assert edited.returncode == 1 and f"this process runs plugin {plugin} as the copy recorded in {run}" in edited.stderr
+    assert "start it in a fresh process" in edited.stderr and not (tmp_path / "runs" / "after").exists()

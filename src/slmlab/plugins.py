@@ -176,6 +176,23 @@ def _exec_file(spec: str, name: str, path: Path) -> None:
 
 
 # ---- recording in a run directory ----------------------------------------------------------
+def check_current(specs: list[str]) -> None:
+    """Refuse to start a new run on a plugin this process runs from another run's recorded copy
+    (read back with --trust-plugins) while the plugin's own file now holds other code: the new run
+    would train the old copy, unawares."""
+    for plugin in activate(specs):
+        original = Path(plugin.spec)
+        if not is_file_spec(plugin.spec) or plugin.source == original or not original.is_file():
+            continue
+        now = sha256_file(original)
+        if now != plugin.sha256:
+            raise ConfigError(
+                f"this process runs plugin {plugin.spec} as the copy recorded in {plugin.source.parent.parent} (sha256 "
+                f"{plugin.sha256[:12]}), but the file now holds other code ({now[:12]}): a new run would train the copy; "
+                "start it in a fresh process"
+            )
+
+
 def record(folder: Path, specs: list[str]) -> None:
     """Copy each active plugin's source into `folder` (RUN/plugins) and write the manifest."""
     entries = []

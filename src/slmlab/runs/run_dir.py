@@ -135,6 +135,7 @@ class RunDir:
     def create(self, cfg: RunConfig, overwrite: bool = False) -> None:
         """Make the directory for a new run (replacing an old run's files only when `overwrite`)."""
         self.ensure_free(overwrite)
+        plugins.check_current(cfg.plugins)
         if self.holds_run():
             kept = self.remove_owned()
             if kept:
