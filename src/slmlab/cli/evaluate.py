@@ -98,7 +98,13 @@ def register(sub) -> None:
     add_prompt(p)
     add_sampling(p)
     add_seed(p)
-    p.add_argument("--num-samples", type=positive_int, default=1)
+    p.add_argument(
+        "--num-samples",
+        type=positive_int,
+        default=1,
+        help="continuations to sample, as one batch from one seeded generator (as Hugging Face's num_return_sequences: "
+        "the first of several differs from --num-samples 1's with the same seed)",
+    )
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step")
     add_compile(p)
     add_checkpoint(p)
