@@ -224,11 +224,11 @@ def eval_text(args, extra) -> int:
     if extra:
         raise ConfigError(f"--text scores that file: settings such as {extra[0]} choose the validation split; leave them out")
     text = text_file(args.text, "--text")
+    where = "standard input" if args.text == "-" else args.text
     if is_sweep_dir(Path(args.run)):
-        return eval_sweep_text(args, text)
+        return eval_sweep_text(args, text, where)
     _, model, tokenizer, _ = load_for_inference(args.run, args.device, args.int8, args.rope_scale, args.checkpoint)
     result = score_text(model, tokenizer, text, args.stride, progress="scoring")
-    where = "standard input" if args.text == "-" else args.text
     if args.json:
         print(json_text({"text": where, **({"checkpoint": args.checkpoint} if args.checkpoint else {}), **result}))
         return 0
@@ -242,7 +242,7 @@ def eval_text(args, extra) -> int:
     return 0
 
 
-def eval_sweep_text(args, text: str) -> int:
+def eval_sweep_text(args, text: str, where: str) -> int:
     """`slmlab eval SWEEP --text FILE`: each variant's bits per byte on the file, paired with the
     baseline's by seed (evals/sweep_text.py)."""
     from pathlib import Path
@@ -256,7 +256,6 @@ def eval_sweep_text(args, text: str) -> int:
             flag = "--" + option.replace("_", "-")
             raise ConfigError(f"{flag} reads one run; {args.run} is a sweep, whose runs are scored at their final weights")
     table, figures = score_sweep_text(Path(args.run), text, args.stride, args.device)
-    where = "standard input" if args.text == "-" else args.text
     print(json_text({"text": where, **figures}) if args.json else f"{figures['sweep']} on {where} (bits per byte):\n{table}")
     return 0
 

@@ -43,7 +43,7 @@ def module_of(entry: object) -> str | None:
 def check_plugins_named(cfg) -> None:
     """Refuse a choice or section that comes from a plugin imported in this process but not named
     in cfg.plugins."""
-    named = {plugin.module for plugin in plugins.activate(cfg.plugins)}
+    named = {plugins.module_name(spec) for spec in cfg.plugins}  # activated (and checked) by config_from_dict
     for what, entry in used_entries(cfg):
         owner = plugins.owner_of(module_of(entry) or "")
         if owner is not None and owner.module not in named:

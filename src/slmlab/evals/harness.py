@@ -25,13 +25,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..errors import RunFileError
 from ..files import atomic_write_text, json_text, read_json
 from ..registry import closest
 from ..runs.derived import weights_identity
-from .text_score import continuation_logprobs, rolling_pairs
+from .text_score import rolling_pairs
 
 log = logging.getLogger("slmlab")
 
@@ -88,10 +89,35 @@ class SlmlabLM(LM):
             return context_ids or self.prefix, self.tokenizer.encode(continuation)
         return (context_ids or self.prefix), whole[len(context_ids) :]
 
+    @torch.no_grad()
     def score_tokens(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """(log-probability of each continuation after its context, whether greedy decoding
-        produces it), in batches; inputs keep their last `window` tokens (text_score.py)."""
-        return continuation_logprobs(self.model, pairs, self.batch_size, self.tokenizer.vocab_size)
+        produces it), in batches of `batch_size`, right-padded (the model is causal: a position
+        never sees the padding after it); inputs keep their last `window` tokens."""
+        results: list[tuple[float, bool] | None] = [None] * len(pairs)
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            rows = []
+            for i in batch:
+                context, continuation = pairs[i]
+                if not continuation:
+                    raise ConfigError("lm-eval asked to score an empty continuation")
+                if len(continuation) > self.window:
+                    raise ConfigError(f"a continuation of {len(continuation)} tokens exceeds the model's window of {self.window}")
+                rows.append((context + continuation)[-(self.window + 1) :][:-1])
+            ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+            for r, row in enumerate(rows):
+                ids[r, : len(row)] = torch.tensor(row)
+            logits, _ = self.model(ids.to(self._device))
+            for r, i in enumerate(batch):
+                target = torch.tensor(pairs[i][1], device=logits.device)
+                end = len(rows[r])
+                logprobs = F.log_softmax(logits[r, end - len(target) : end].float(), dim=-1)  # a row at a time: (n, V)
+                total = float(logprobs.gather(1, target[:, None]).sum())
+                greedy = logprobs[:, : self.tokenizer.vocab_size].argmax(-1)  # as generation draws: text tokens only
+                results[i] = (total, bool((greedy == target).all()))
+        return results
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         return self.score_tokens([self._encode_pair(*request.args) for request in requests])

@@ -37,11 +37,11 @@ def score_sweep_text(path: Path, text: str, stride: int | None, device: str) -> 
     baseline = scores.get(sweep.baseline, {})
     rows, variants = [], []
     for variant, by_seed in scores.items():
+        is_baseline = variant == sweep.baseline
         mean, std = mean_std(list(by_seed.values()))
-        delta, low, high = paired_difference(by_seed, baseline) if variant != sweep.baseline else (None, None, None)
+        delta, low, high = (None, None, None) if is_baseline else paired_difference(by_seed, baseline)
         pairs = sorted(set(by_seed) & set(baseline))
         wins = sum(by_seed[s] < baseline[s] for s in pairs)
-        is_baseline = variant == sweep.baseline
         rows.append(
             (
                 variant + (" (baseline)" if is_baseline else ""),

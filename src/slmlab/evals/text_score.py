@@ -1,6 +1,7 @@
 """Scoring a whole text: every token predicted once, each after as much of the text before it as
 the model's window holds, as lm-evaluation-harness's rolling log-likelihood and Hugging Face's
-strided perplexity score a document (`slmlab eval RUN --text FILE`; the lm-eval adapter).
+strided perplexity score a document (`slmlab eval RUN --text FILE`; the lm-eval adapter's rolling
+windows).
 
 With full = [separator] + ids (the first token is predicted after the separator that joins
 documents in training), n = len(ids), and window ends stop = min(window, n), then + stride up to n:
@@ -44,44 +45,6 @@ def rolling_pairs(ids: list[int], separator: list[int], window: int, stride: int
     full = separator[-1:] + list(ids)
     for start, counted, stop in window_spans(len(ids), window, stride):
         yield full[start : counted + 1], full[counted + 1 : stop + 1]
-
-
-@torch.no_grad()
-def continuation_logprobs(
-    model, pairs: list[tuple[list[int], list[int]]], batch_size: int, text_vocab: int, progress: str = ""
-) -> list[tuple[float, bool]]:
-    """(log p(targets | context) in nats, whether greedy decoding over the first `text_vocab` ids
-    produces the targets) for each (context, targets) pair, `batch_size` pairs a forward, right-padded
-    (the model is causal: a position never sees the padding after it). Each pair's inputs are its
-    last model.cfg.block_size ids before its last target; targets longer than that are refused."""
-    window = model.cfg.block_size
-    device = next(model.parameters()).device
-    results: list[tuple[float, bool] | None] = [None] * len(pairs)
-    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-    with PhaseProgress(progress, len(pairs), "windows") as shown:
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            rows = []
-            for i in batch:
-                context, targets = pairs[i]
-                if not targets:
-                    raise ConfigError("an empty continuation cannot be scored: give at least one token")
-                if len(targets) > window:
-                    raise ConfigError(f"a continuation of {len(targets)} tokens exceeds the model's window of {window}")
-                rows.append((context + targets)[-(window + 1) :][:-1])
-            ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
-            for r, row in enumerate(rows):
-                ids[r, : len(row)] = torch.tensor(row)
-            logits, _ = model(ids.to(device))
-            for r, i in enumerate(batch):
-                targets = torch.tensor(pairs[i][1], device=device)
-                end = len(rows[r])
-                logprobs = F.log_softmax(logits[r, end - len(targets) : end].float(), dim=-1)  # one row at a time: (n, V)
-                total = float(logprobs.gather(1, targets[:, None]).sum())
-                greedy = logprobs[:, :text_vocab].argmax(-1)  # as generation draws: text tokens only
-                results[i] = (total, bool((greedy == targets).all()))
-            shown.update(len(batch))
-    return results
 
 
 @torch.no_grad()
