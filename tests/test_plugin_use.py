@@ -5,6 +5,8 @@ the run records no copy of it (config/plugin_use.py)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,17 +89,21 @@ MLPS.register("edited_test", Doubling)
 """
 
 
+def mlp_plugin_config(tmp_path: Path, corpus, name: str) -> tuple[Path, Path]:
+    """(tmp_path/<name>.py: EDITED registering its MLP as "<name>_test", a 2-step micro config
+    naming that plugin and choosing that MLP)."""
+    plugin = tmp_path / f"{name}.py"
+    plugin.write_text(EDITED.replace("edited_test", f"{name}_test"))
+    config = write_micro_toml(tmp_path / f"{name}.toml", corpus, tmp_path, steps=2)
+    config.write_text(f'plugins = ["{name}.py"]\n' + config.read_text().replace("[model]\n", f'[model]\nmlp = "{name}_test"\n'))
+    return plugin, config
+
+
 def test_a_plugin_edited_after_this_process_imported_it_is_refused_and_the_run_records_what_ran(tmp_path, text_corpus):
     """Python cannot import a module again: a notebook that edited its plugin trained the old code,
     and the run recorded the edited file under the old code's SHA-256, so it could never be read
     back ("the recorded plugin copy ... does not match its sha256")."""
-    import subprocess
-    import sys
-
-    plugin = tmp_path / "edited.py"
-    plugin.write_text(EDITED)
-    config = write_micro_toml(tmp_path / "edited.toml", text_corpus, tmp_path, steps=2)
-    config.write_text('plugins = ["edited.py"]\n' + config.read_text().replace("[model]\n", '[model]\nmlp = "edited_test"\n'))
+    plugin, config = mlp_plugin_config(tmp_path, text_corpus, "edited")
     run = Path(train(load_config(config), progress=False).run_dir)
     plugin.write_text(EDITED.replace("2 * ", "3 * "))
     with pytest.raises(ConfigError, match=r"plugin .*edited.py changed since this process imported it .* restart the process"):
@@ -116,9 +122,6 @@ def test_a_sweep_never_reuses_a_run_trained_with_other_plugin_code(tmp_path, tex
     """A sweep run again after its plugin was edited must not take the runs finished with the old
     code as its own (the table would compare two versions of the idea under one name): reading a
     run's config compares the plugin with the run's record."""
-    import subprocess
-    import sys
-
     plugin = tmp_path / "versioned.py"
     plugin.write_text(EDITED.replace("edited_test", "versioned_test"))
     write_micro_toml(tmp_path / "base.toml", text_corpus, tmp_path, steps=2)
@@ -142,13 +145,7 @@ def test_a_sweep_never_reuses_a_run_trained_with_other_plugin_code(tmp_path, tex
 def test_a_new_run_never_trains_another_runs_recorded_copy_of_a_plugin_edited_since(tmp_path, text_corpus):
     """Reading a run back with --trust-plugins imports its recorded copy; a new run of the same
     process then trained that copy while the plugin's file held the edited code."""
-    import subprocess
-    import sys
-
-    plugin = tmp_path / "copied.py"
-    plugin.write_text(EDITED.replace("edited_test", "copied_test"))
-    config = write_micro_toml(tmp_path / "copied.toml", text_corpus, tmp_path, steps=2)
-    config.write_text('plugins = ["copied.py"]\n' + config.read_text().replace("[model]\n", '[model]\nmlp = "copied_test"\n'))
+    plugin, config = mlp_plugin_config(tmp_path, text_corpus, "copied")
     script = (
         "import sys, slmlab\n"
         "from slmlab import plugins\n"
