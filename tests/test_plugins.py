@@ -349,3 +349,14 @@ def test_smat_and_the_self_area_take_the_backbones_init():
         for name, b in smt.named_parameters()
         if name.startswith("conditioning.area.refine") and name.endswith("bias")
     )
+
+
+def test_a_plugin_file_module_is_never_taken_for_slmlab_code(tmp_path):
+    """A file plugin is imported as `slmlab_plugin_<stem>_<hash>`: outside slmlab's own modules,
+    so its sections are written to config.json, its code warned of where unrecorded, and DDP looks
+    for its unused parameters."""
+    from slmlab.registry import is_builtin_module
+
+    assert is_builtin_module("slmlab") and is_builtin_module("slmlab.model.layers")
+    spec = str(tmp_path / "slmlab.py")
+    assert not is_builtin_module(plugins.module_name(spec)) and not is_builtin_module("slmlabx.layers")

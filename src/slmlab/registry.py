@@ -242,6 +242,12 @@ def load_builtins() -> None:
             importlib.import_module(module)
 
 
+def is_builtin_module(module: str) -> bool:
+    """Whether `module` (a class's or function's __module__) is slmlab's own code: not a
+    plugin's (imported as its own module, `plugins.module_name`), a notebook's or a library's."""
+    return module == "slmlab" or module.startswith("slmlab.")
+
+
 # what the generic tools call on every built architecture (model/protocol.py's LanguageModel)
 MODEL_MEMBERS = ("cfg", "make_caches", "generate", "generate_many", "decodes_padded", "shard_units", "describe")
 

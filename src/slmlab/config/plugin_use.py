@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from .. import plugins
 from ..errors import ConfigError
-from ..registry import ATTENTION_PATTERNS, CHOICE_REGISTRIES, MODEL_SECTIONS, TRACKERS, Registry
+from ..registry import ATTENTION_PATTERNS, CHOICE_REGISTRIES, MODEL_SECTIONS, TRACKERS, Registry, is_builtin_module
 from .checks import value_at
 
 
@@ -60,7 +60,7 @@ def unrecorded_code_warning(cfg) -> str | None:
     outside = [
         f"{what} ({module})"
         for what, entry in used_entries(cfg)
-        if (module := module_of(entry)) is not None and not module.startswith("slmlab.") and plugins.owner_of(module) is None
+        if (module := module_of(entry)) is not None and not is_builtin_module(module) and plugins.owner_of(module) is None
     ]
     if not outside:
         return None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigError
-from ..registry import MODEL_ATTRIBUTES, MODEL_SECTIONS, closest, load_builtins
+from ..registry import MODEL_ATTRIBUTES, MODEL_SECTIONS, closest, is_builtin_module, load_builtins
 from .checks import check_model
 
 
@@ -116,7 +116,7 @@ class ModelConfig:
         values = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "sections"}
         for name, section in MODEL_SECTIONS.items():
             value = getattr(self, name)
-            if section.config.__module__.startswith("slmlab.") or value != section.config():
+            if is_builtin_module(section.config.__module__) or value != section.config():
                 values[name] = dataclasses.asdict(value)
         return values
 

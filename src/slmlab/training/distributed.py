@@ -28,6 +28,7 @@ from torch import nn
 from ..config import ConfigError, ModelConfig
 from ..model import build_model
 from ..model.auxiliary import WithAuxiliary, auxiliary_modules
+from ..registry import is_builtin_module
 from ..torchrun_env import env_int, world_size
 from .runtime import resolve_device
 
@@ -172,7 +173,9 @@ def may_leave_parameters_unused(model: nn.Module) -> bool:
     (`slmlab check`'s gradients property, held for every combination of them in
     tests/test_combinations.py), and the search costs a walk of the autograd graph each step (and
     torch's warning in every process that it found nothing)."""
-    return any(not type(module).__module__.startswith(("slmlab.", "torch.")) for module in model.modules())
+    return any(
+        not (is_builtin_module(kind := type(module).__module__) or kind.startswith("torch.")) for module in model.modules()
+    )
 
 
 def shard_placement(param: nn.Parameter, processes: int):
