@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from slmlab.cli.main import build_parser, main
-from tests.conftest import write_micro_toml
+from tests.conftest import one_line_error, write_micro_toml
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -161,7 +161,7 @@ def test_the_context_floor_equals_the_entropy_of_next_tokens_grouped_by_their_wh
     assert context_floor(x[:1], y[:1]) == 0.0  # one row: every context is its own
 
 
-def test_compile_decodes_the_same_text_in_generate_and_prompts(trained_run, capsys, monkeypatch, tmp_path):
+def test_compile_decodes_the_same_text_in_generate_and_prompts(trained_run, capsys, caplog, monkeypatch, tmp_path):
     """--compile goes through generation.compiled (here with a backend that runs each captured graph
     as it is, and keeps it) and changes no token."""
     import torch
@@ -176,10 +176,15 @@ def test_compile_decodes_the_same_text_in_generate_and_prompts(trained_run, caps
         lambda model, backend: torch.compile(model, backend=lambda gm, inputs: graphs.append(gm) or gm.forward),
     )
     args = ["generate", str(trained_run), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1"]
+    caplog.set_level("INFO", logger="slmlab")
     assert main(args) == 0
     eager = capsys.readouterr().out
     assert main([*args, "--compile"]) == 0
-    assert capsys.readouterr().out == eager and graphs
+    assert capsys.readouterr().out == eager and graphs and "decoding through torch.compile" in caplog.text
+    caplog.clear()
+    assert main([*args[:2], "--prompt", "ROMEO " * 100, "--compile"]) == 2
+    assert "torch.compile" not in caplog.text  # refused before the notice
+    one_line_error(capsys, "shorten it")
     reports = [tmp_path / "eager.md", tmp_path / "compiled.md"]
     assert main(["prompts", str(trained_run), "--out", str(reports[0])]) == 0
     assert main(["prompts", str(trained_run), "--out", str(reports[1]), "--compile"]) == 0

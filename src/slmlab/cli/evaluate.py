@@ -14,7 +14,6 @@ from .options import (
     add_sampling,
     add_seed,
     add_verb,
-    announce_compile,
     check_greedy_options,
     configs_to_inspect,
     int_list,
@@ -265,7 +264,6 @@ def cmd_generate(args, extra) -> int:
 
     check_greedy_options(args)
     cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8, checkpoint=args.checkpoint)
-    announce_compile(args)
     streaming = args.num_samples == 1  # one sample is printed as it is generated
     texts = generate_texts(
         model,
@@ -303,7 +301,6 @@ def print_now(text: str) -> None:
 def cmd_prompts(args, extra) -> int:
     from ..evals.prompts import prompts_report
 
-    announce_compile(args)
     report, path = prompts_report(args.run, args.suite or None, args.out or None, args.device, args.compile)
     print(report)
     print(f"saved: {path}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import logging
 import math
 import sys
 from pathlib import Path
@@ -197,12 +196,6 @@ def add_compile(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="decode through torch.compile: seconds of compiling first, then faster steps on small models (docs/performance.md)",
     )
-
-
-def announce_compile(args: argparse.Namespace) -> None:
-    """One line before a --compile run's silent first steps (the compiling)."""
-    if args.compile:
-        logging.getLogger("slmlab").info("decoding through torch.compile: the first steps compile (seconds to a minute on CPU)")
 
 
 def add_prompt(parser: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ from ..files import atomic_write_text, check_replaceable, parse_json, read_text
 from ..model.sampling import check_sampling, greedy_ignores
 from ..registry import closest
 from ..tables import code_block, code_span, command_line, plain_text
+from .score import announce_compile
 
 DEFAULT_SUITE = Path(__file__).parent / "suites" / "control_systems.toml"
 REPORT_TITLE = "# Prompt suite "  # a report's first words: an --out file that starts so may be replaced
@@ -108,6 +109,7 @@ def run_suite(
                 "give a suite of shorter prompts (--suite FILE), or train with a longer model.block_size"
             )
         encoded.append(ids)
+    announce_compile(compile)
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault((p.max_tokens, p.temperature, p.top_k, p.top_p), []).append(i)

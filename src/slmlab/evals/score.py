@@ -180,6 +180,13 @@ def prompt_ids(tokenizer, prompt: str, context: int) -> list[int]:
     return ids
 
 
+def announce_compile(compile: bool) -> None:
+    """One line before compiled decoding's silent first steps (the compiling), said once its
+    prompts have been read and found to fit: a refused prompt is not preceded by it."""
+    if compile:
+        log.info("decoding through torch.compile: the first steps compile (seconds to a minute on CPU)")
+
+
 def generate_texts(
     model,
     tokenizer,
@@ -207,6 +214,7 @@ def generate_texts(
     ids = prompt_ids(tokenizer, prompt, cfg.model.block_size)
     if not ids:
         raise ConfigError("the prompt is empty (or holds no character this tokenizer knows): give some text to continue")
+    announce_compile(compile)
     stop = tokenizer.eos_id if stop_at_eos else None
     stream = TextStream(tokenizer, write) if write is not None and num_samples == 1 else None
     if stream is not None:
