@@ -71,6 +71,16 @@ def test_hidden_shards_are_left_out_of_a_folder(shards):
     assert [d.text for d in docs] == TEXTS
 
 
+def test_a_folder_of_shards_says_which_other_files_it_leaves_out(shards, caplog):
+    """A folder holding .parquet shards reads them alone: a .txt beside them was left out in
+    silence (the same folder without shards would have read it)."""
+    (shards / "README.md").write_text("# a dataset card")
+    (shards / "part0" / "extra.txt").write_text("text " * 50)
+    docs = list(open_source(DataConfig(source=str(shards), text_field="content")).documents())
+    assert [d.text for d in docs] == TEXTS
+    assert "2 file(s) left out (e.g. README.md, part0/extra.txt): a folder contributes its .parquet shards alone" in caplog.text
+
+
 def test_a_glob_of_parquet_shards_is_read_as_parquet(shards):
     source = open_source(DataConfig(source=str(shards / "**" / "*.parquet"), text_field="content"))
     assert isinstance(source, ColumnarSource)

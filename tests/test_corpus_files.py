@@ -141,13 +141,27 @@ def test_compressed_files_read_as_the_files_they_hold(tmp_path, suffix):
         read(tmp_path / "corpus.zip")
 
 
-def test_a_folder_says_which_record_files_it_leaves_out(tmp_path, caplog):
-    """A folder contributes its .txt, .md and .jsonl files; its CSV shards were left out in silence."""
+def test_a_folder_says_which_files_it_leaves_out(tmp_path, caplog):
+    """A folder contributes its .txt, .md and .jsonl files; its CSV shards, and every other file
+    (.rst, Gutenberg's extensionless texts, .html), were left out in silence."""
     (tmp_path / "notes.txt").write_text("some text " * 20)
     (tmp_path / "shard.csv").write_text("text\nrows of text\n")
     documents = list(DocumentSelection(DataConfig(source=str(tmp_path))))
     assert [d.id for d in documents] == ["notes.txt"]
-    assert "1 .json/.csv/.tsv file(s) left out (e.g. shard.csv)" in caplog.text and f"'{tmp_path}/*.csv'" in caplog.text
+    assert "1 file(s) left out (e.g. shard.csv)" in caplog.text and f"'{tmp_path}/*.csv'" in caplog.text
+    texts = tmp_path / "texts"
+    (texts / ".git").mkdir(parents=True)
+    (texts / ".git" / "HEAD").write_text("ref: main")  # hidden: neither read nor named
+    for name in ("a.txt", "b.rst", "pg1342", "c/d.html"):
+        (texts / name).parent.mkdir(exist_ok=True)
+        (texts / name).write_text("more text " * 20)
+    caplog.clear()
+    assert [d.id for d in DocumentSelection(DataConfig(source=str(texts)))] == ["a.txt"]
+    assert f"{texts}: 3 file(s) left out (e.g. b.rst, c/d.html, pg1342)" in caplog.text and f"'{texts}/*.rst'" in caplog.text
+    caplog.clear()
+    (texts / "b.rst").unlink(), (texts / "c" / "d.html").unlink(), (texts / "pg1342").unlink()
+    list(DocumentSelection(DataConfig(source=str(texts))))
+    assert "left out" not in caplog.text
     other = tmp_path / "other"  # the glob offered matches the file left out, compressed too
     other.mkdir()
     (other / "notes.txt").write_text("some text " * 20)

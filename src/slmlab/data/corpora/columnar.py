@@ -19,7 +19,7 @@ from pathlib import Path
 from ...files import file_name_text, read_json
 from .document import LABEL_FIELDS, Document, refuse_repeated, repeated
 from .fetch import CorpusError, file_digest
-from .local import corpus_files, parse_label, parse_year
+from .local import corpus_files, parse_label, parse_year, warn_of_files_left_out
 
 RESAVE = "save the dataset again with save_to_disk"
 BATCH_ROWS = 1024
@@ -87,12 +87,22 @@ class ColumnarSource:
         if saved is not None:
             self.parts = saved
         else:
-            files = _glob(spec) or ([path] if path.is_file() else corpus_files(path, (".parquet",)))
+            files = _glob(spec) or ([path] if path.is_file() else self._folder_shards(path))
             self.parts = [("", f) for f in files]
         if not self.parts:
             raise CorpusError(f"data.source: '{spec}' holds no .parquet files")
         self.root = path if path.is_dir() else Path(os.path.commonpath([f.parent for f in self.files]))
         self.genres: tuple[str, ...] = ()
+
+    @staticmethod
+    def _folder_shards(folder: Path) -> list[Path]:
+        """The .parquet files under `folder`, its other files said to be left out (the .txt beside
+        the shards, which a folder of text alone would have read)."""
+        found = corpus_files(folder, None)
+        shards = [p for p in found if p.suffix.lower() == ".parquet"]
+        if shards:
+            warn_of_files_left_out(folder, [p for p in found if p.suffix.lower() != ".parquet"], "its .parquet shards alone")
+        return shards
 
     @property
     def files(self) -> list[Path]:

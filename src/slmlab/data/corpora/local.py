@@ -6,7 +6,7 @@ a .json file holding one object over several lines) is an object with the text u
 is the text itself (a .json array of strings, a .jsonl line per document); a .csv/.tsv file is
 a table with a header row naming the same columns (a .csv file's cells are separated by commas,
 or by the semicolons, tabs or bars of a header row that holds no comma). Suffixes match in any
-case (.TXT); a folder contributes its .txt, .md and .jsonl files. A file compressed with gzip, bzip2,
+case (.TXT); a folder contributes its .txt, .md and .jsonl files (a warning names the others). A file compressed with gzip, bzip2,
 xz or zstd (.jsonl.gz, .txt.zst) is read as the file its name has without that suffix
 (compressed.py); an archive (.zip, .tar) is refused with what to do. A year is read as users write
 it: 1906, 1906.0 (pandas writes integer columns with a missing value that way), "1906" or
@@ -173,7 +173,7 @@ class LocalSource:
         if path.is_file():
             files = [path]
         elif path.is_dir():
-            found = corpus_files(path, FOLDER_FORMATS + LEFT_OUT)  # one walk of the folder for both
+            found = corpus_files(path, None)  # one walk of the folder for what it reads and what it leaves out
             files = [p for p in found if format_suffix(p) in FOLDER_FORMATS]
             runs = [p.parent for p in files if p.name == "metrics.jsonl" and is_run_folder(p.parent)]
             if runs:  # its metrics log would fail as records, its reports would be read as text
@@ -182,9 +182,9 @@ class LocalSource:
                     f"data.source: '{spec}' {where} a slmlab run folder ({runs[0]}), not a corpus: "
                     "name a folder of your text without runs in it"
                 )
-            _warn_of_records_left_out(path, [p for p in found if format_suffix(p) in LEFT_OUT])  # of a corpus only
             if not files:
                 raise CorpusError(f"data.source: '{spec}' {_what_else(path, spec)}")
+            warn_of_files_left_out(path, [p for p in found if format_suffix(p) not in FOLDER_FORMATS], TEXT_FOLDER)
         elif any(ch in spec for ch in "*?["):
             files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
             if not files:
@@ -297,7 +297,7 @@ class LocalSource:
 
 RECORD_FORMATS = (".jsonl", ".json", ".csv", ".tsv")
 FOLDER_FORMATS = (".txt", ".md", ".jsonl")  # what a folder contributes: a stray .json (package.json) is no corpus
-LEFT_OUT = tuple(s for s in RECORD_FORMATS if s not in FOLDER_FORMATS)  # records a folder holds but does not read
+TEXT_FOLDER = "its .txt, .md and .jsonl files"
 _said: set = set()
 
 
@@ -311,15 +311,18 @@ def say_once(level: int, message: str, key=None) -> None:
         log.log(level, "%s", message)
 
 
-def _warn_of_records_left_out(folder: Path, left_out: list[Path]) -> None:
-    """Say once per folder that its .json/.csv/.tsv files (`left_out`) are not read (a folder
-    walk takes FOLDER_FORMATS), so a folder of CSV shards is never half-read in silence."""
+def warn_of_files_left_out(folder: Path, left_out: list[Path], contributes: str) -> None:
+    """Say once per folder which of its files (`left_out`: CSV shards, .rst or extensionless text,
+    the .txt beside Parquet shards) a folder corpus does not read, and how to read them, so that a
+    corpus is never half-read in silence. `contributes`: what the folder reads."""
     if left_out:
-        pattern = f"*{format_suffix(left_out[0])}{compression(left_out[0])}"  # *.csv, *.json.gz: what matches the example
+        first = left_out[0]
+        pattern = f"*{format_suffix(first)}{compression(first)}"  # *.csv, *.json.gz: what matches the example
+        examples = ", ".join(p.relative_to(folder).as_posix() for p in left_out[:3])
         say_once(
             logging.WARNING,
-            f"{folder}: {len(left_out)} .json/.csv/.tsv file(s) left out (e.g. {left_out[0].name}): a folder contributes "
-            f"its .txt, .md and .jsonl files; name record files by path or glob (data.source = '{folder}/{pattern}')",
+            f"{folder}: {len(left_out)} file(s) left out (e.g. {examples}): a folder contributes {contributes}; name others "
+            f"by path or glob (data.source = '{folder}/{pattern}')",
             key=folder.resolve(),
         )
 
