@@ -127,3 +127,35 @@ def test_a_long_document_reaches_the_encoder_in_bounded_calls(bpe, monkeypatch):
     (ids,) = bpe.encode_documents([text])
     assert list(ids) == _whole(bpe, text)
     assert len(calls) > 30 and max(calls) < 256 + 64 + 8  # a batch stops at the piece that reaches BATCH_CHARS
+
+
+RUN_ATOMS = ["A", "C", "g", "7", "=", "_", " ", "\n", "中", "😀", "é", "'s", ", "]  # runs of one class, and breaks
+
+
+@given(st.lists(st.tuples(st.sampled_from(RUN_ATOMS), st.integers(1, 30)), max_size=12), st.integers(2, 9))
+@settings(max_examples=400, deadline=None)
+def test_a_bpe_trainer_reads_no_pre_token_longer_than_the_limit(runs, longest):
+    """A genome, a base64 blob or a rule of '=' is one pre-token, which Hugging Face's BPE trainer
+    scans once per merge: a 5 MB one did not finish in 15 minutes. Training pieces cut such runs,
+    against the tokenizer's own pre-tokenizer, and leave text without them whole."""
+    from tokenizers import pre_tokenizers
+
+    text = "".join(atom * count for atom, count in runs)
+    cut = list(pieces.trainable_pieces(text, longest))
+    assert "".join(cut) == text
+    split = pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str
+    assert all(end - start <= longest + 1 for piece in cut for _, (start, end) in split(piece))  # + a leading space
+    if all(end - start <= longest for _, (start, end) in split(text)):
+        assert cut == [text]
+
+
+def test_a_genome_trains_a_bpe_on_pieces_it_encodes_exactly(monkeypatch):
+    from slmlab.data import tokenizers
+
+    read = []
+    monkeypatch.setattr(tokenizers, "all_pieces", lambda texts: (read.append(p) or p for p in pieces.all_pieces(texts)))
+    genome = "".join(np.random.default_rng(0).choice(list("ACGT"), size=300_000))
+    bpe = BPETokenizer.train(iter([genome, "a line of text\n"]), vocab_size=600)
+    assert max(map(len, read)) == pieces.TRAINING_RUN_CHARS and "".join(read) == genome + "a line of text\n"
+    ids = bpe.encode_documents([genome])[0]
+    assert bpe.vocab_size == 600 and len(ids) < len(genome) / 3 and bpe.decode(ids) == genome
