@@ -12,7 +12,7 @@ ROOT = Path(__file__).parents[1]
 SRC = ROOT / "src" / "slmlab"
 # lower layers first; a module may import its own layer or any layer below it
 LAYERS = {
-    "errors": 0, "files": 0, "locks": 0, "tables": 0, "plotting": 0, "phase_progress": 0, "torchrun_env": 0, "host_memory": 0, "registry": 1, "plugins": 1, "config": 2, "data": 3, "model": 4, "variants": 5,
+    "errors": 0, "files": 0, "locks": 0, "tables": 0, "plotting": 0, "phase_progress": 0, "torchrun_env": 0, "host_memory": 0, "interruptible": 0, "registry": 1, "plugins": 1, "config": 2, "data": 3, "model": 4, "variants": 5,
     "runs": 6, "training": 7, "experiments": 8, "evals": 9, "persona": 9, "analysis": 9, "export": 9, "cli": 10,
 }  # fmt: skip
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from slmlab.cli import main
 from slmlab.runs.run_dir import RunDir
 from slmlab.training import Trainer, stopping, train
-from tests.conftest import stop_once_training
+from tests.conftest import stop_once_training, write_micro_toml
 
 
 @pytest.fixture(autouse=True)
@@ -143,3 +143,38 @@ def test_a_stopped_sweep_starts_no_queued_run_and_its_runs_under_way_keep_their_
     latest = (run.checkpoints / "latest").read_text()
     assert int(latest.removeprefix("step_")) == run.read_metrics()[-1]["step"] > 0  # its steps were kept
     assert not (tmp_path / "runs" / "s" / "a_s1").exists()  # the queued run never started
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_bpe_trainer_runs_stops_at_once(tmp_path, number):
+    """The Rust BPE trainer held the main thread for the whole of its merges: slmlab's SIGTERM
+    handler, and Ctrl-C, took effect only when it returned (56 s here, minutes on a large corpus).
+    The trainer is made slow on purpose: a 300,000-letter genome read as one word."""
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "genome.txt").write_text("".join("ACGT"[i * 7 % 13 % 4] for i in range(300_000)))
+    child = (
+        "import sys; from slmlab.data import pieces; pieces.trainable_pieces.__defaults__ = (10**9,); "
+        "from slmlab.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    settings = ["--data.tokenizer", "bpe", "--data.vocab_size", "1000", "--data.cache_dir", str(tmp_path / "cache")]
+    command = [sys.executable, "-c", child, "train", str(write_micro_toml(tmp_path / "c.toml", tmp_path / "corpus", tmp_path))]
+    process = subprocess.Popen([*command, *settings], stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if "training bpe tokenizer" in line:
+            break
+    time.sleep(2.0)  # the genome has been read: the trainer is merging, in Rust
+    assert process.poll() is None
+    process.send_signal(number)
+    try:
+        err = process.communicate(timeout=20)[1]
+    finally:
+        process.kill()
+    assert (
+        process.returncode == 130
+        and err.strip() == "slmlab: interrupted (a run that wrote a checkpoint continues with slmlab train --resume RUN)"
+    ), err

@@ -106,13 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         report_error(f"slmlab: error: {err}{hint if isinstance(err, (FileExistsError, NotADirectoryError)) else ''}")
         return 2
     except KeyboardInterrupt:
-        again = (
-            "run the same sweep again to continue its runs"
-            if args.verb_name == "sweep"
-            else "resume a training run with --resume RUN"
-        )
+        again = {
+            "sweep": " (run the same sweep again to continue its runs)",
+            "train": " (a run that wrote a checkpoint continues with slmlab train --resume RUN)",
+        }.get(args.verb_name, "")
         if rank == 0:  # under torchrun every process was interrupted: one says so
-            print(f"slmlab: interrupted ({again})", file=sys.stderr)
+            print(f"slmlab: interrupted{again}", file=sys.stderr)
         return 130
     except (RuntimeError, MemoryError) as err:
         message = out_of_memory(err, args.verb_name)

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import TokenizerError
 from ..files import atomic_write_text, lone_surrogate
+from ..interruptible import interruptible
 from .pieces import all_pieces, encode_in_pieces
 
 SPECIAL_TOKENS = ("[UNK]", "[PAD]", "[BOS]", "[EOS]")
@@ -209,7 +210,7 @@ class BPETokenizer(Tokenizer):
             show_progress=False,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
-        tok.train_from_iterator(all_pieces(texts), trainer=trainer)  # the same pre-token counts as whole texts
+        interruptible(lambda: tok.train_from_iterator(all_pieces(texts), trainer=trainer))  # pre-tokens as whole texts'
         return cls(tok)
 
     def encode(self, text: str) -> list[int]:
