@@ -119,3 +119,33 @@ def test_showing_progress_changes_no_score(text_corpus, make_config):
     assert score_validation(*args, token_bytes=token_bytes, progress="scoring") == score_validation(
         *args, token_bytes=token_bytes
     )
+
+
+def test_a_phase_past_its_count_says_it_is_still_working(every_update_logs):
+    """The BPE trainer merges for a while after its last document: the line said 'N/N documents
+    (100%), ETA 0:00:00' or nothing at all."""
+    with PhaseProgress("training the bpe tokenizer", 2, "documents", bar=False) as progress:
+        progress.update(2)
+        progress.tick()
+    assert re.fullmatch(
+        r"training the bpe tokenizer: all 2 documents done, still working \(0:00:0\d so far\)", every_update_logs()[-1]
+    )
+
+
+def test_a_native_call_runs_off_the_main_thread_and_is_waited_on_with_ticks():
+    import threading
+    import time
+
+    from slmlab.interruptible import interruptible
+
+    ticks, threads = [], []
+
+    def call() -> int:
+        threads.append(threading.current_thread())
+        time.sleep(0.35)
+        return 7
+
+    assert interruptible(call, waiting=lambda: ticks.append(1)) == 7
+    assert threads[0] is not threading.main_thread() and ticks
+    with pytest.raises(ValueError, match="from the call"):
+        interruptible(lambda: (_ for _ in ()).throw(ValueError("from the call")))

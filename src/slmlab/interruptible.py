@@ -20,9 +20,10 @@ T = TypeVar("T")
 WAIT_SECONDS = 0.1  # how often the waiting main thread wakes (a signal also wakes it)
 
 
-def interruptible(call: Callable[[], T]) -> T:
-    """call()'s value, or what it raised, with signals handled while it runs (module docstring).
-    Off the main thread (no signal is handled there anyway) it is called directly."""
+def interruptible(call: Callable[[], T], waiting: Callable[[], object] | None = None) -> T:
+    """call()'s value, or what it raised, with signals handled while it runs (module docstring);
+    `waiting` is called each time the main thread wakes (every WAIT_SECONDS: a progress line
+    that is due). Off the main thread (no signal is handled there anyway) it is called directly."""
     if threading.current_thread() is not threading.main_thread():
         return call()
     outcome: dict[str, object] = {}
@@ -37,6 +38,8 @@ def interruptible(call: Callable[[], T]) -> T:
     worker.start()
     while worker.is_alive():
         worker.join(WAIT_SECONDS)
+        if waiting is not None:
+            waiting()
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["value"]  # type: ignore[return-value]

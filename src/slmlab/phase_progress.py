@@ -48,10 +48,27 @@ class PhaseProgress:
     def update(self, n: int = 1) -> None:
         self.done += n
         self.bar.update(n)
+        self._say(self.line)
+
+    def tick(self) -> None:
+        """For whoever waits on work that counts nothing for a while (the BPE trainer's merges
+        after its last document): a line if one is due, saying so once the count is complete, or
+        the bar's clock refreshed."""
+        if not self.log_lines:
+            self.bar.refresh()
+        else:
+            self._say(self.still_working if self.total and self.done >= self.total else self.line)
+
+    def _say(self, line) -> None:
+        """Log `line(elapsed)` where log lines are shown and a heartbeat has passed since the last."""
         now = time.monotonic()
         if self.log_lines and now - self.last_line >= self.heartbeat:
             self.last_line = now
-            log.info("%s", self.line(now - self.started))
+            log.info("%s", line(now - self.started))
+
+    def still_working(self, elapsed: float) -> str:
+        """'<desc>: all 600 documents done, still working (0:01:20 so far)'."""
+        return f"{self.desc}: all {self.total:,} {self.unit} done, still working ({clock(elapsed)} so far)"
 
     def line(self, elapsed: float) -> str:
         """'<desc>: 120/600 documents (20%), 3.1 documents/s, ETA 0:02:35' (no share or ETA

@@ -42,6 +42,7 @@ from ..files import (
     room_for,
     sha256_file,
 )
+from ..interruptible import interruptible
 from ..locks import DirectoryLock
 from ..phase_progress import PhaseProgress
 from .corpora import CorpusError, DocumentSelection
@@ -86,7 +87,7 @@ def get_tokenizer(data: DataConfig, selection: DocumentSelection, progress: bool
             path.unlink(missing_ok=True)
     log.info("training %s tokenizer on %s", data.tokenizer, data.source)
     with PhaseProgress(f"training the {data.tokenizer} tokenizer", None, "documents", bar=progress) as shown:
-        tokenizer = train_tokenizer(data, _counted(selection, shown))
+        tokenizer = interruptible(lambda: train_tokenizer(data, _counted(selection, shown)), waiting=shown.tick)
     text = tokenizer.to_json()
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / f"{data.tokenizer}-{key}-{_short_hash(text)}.json", text)
