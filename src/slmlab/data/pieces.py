@@ -39,7 +39,9 @@ import numpy as np
 PIECE_CHARS = 1 << 16
 BATCH_CHARS = 1 << 20
 TRAINING_RUN_CHARS = 1024
-_LONG_RUN = r"[^\W\d_]{{{n},}}|\d{{{n},}}|(?:[^\w\s]|_){{{n},}}|\s{{{n},}}"  # letters, digits, the rest, white space
+# a contraction ('s, 'll, ...: its own pre-token, before the letters after it), else a long run of
+# letters, digits, other non-space characters or white space
+_LONG_RUN = r"(?P<contraction>'(?:[sdmt]|ll|ve|re))|[^\W\d_]{{{n},}}|\d{{{n},}}|(?:[^\w\s]|_){{{n},}}|\s{{{n},}}"
 # Python's \S is narrower than Unicode's non-White_Space, [^\W_] is L* and N*: both safe
 _CUT = re.compile(r"(?<=\S) (?=\S)|(?<=[^\W_])(?=[^\w\s'])|(?<=[^\w\s'])(?=[^\W_])")
 
@@ -91,6 +93,8 @@ def trainable_pieces(piece: str, longest: int = TRAINING_RUN_CHARS) -> Iterator[
         return
     start = 0
     for run in re.finditer(_LONG_RUN.format(n=longest + 1), piece):
+        if run.lastgroup == "contraction":
+            continue
         for cut in range(run.start() + longest, run.end(), longest):
             yield piece[start:cut]
             start = cut
