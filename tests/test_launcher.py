@@ -61,6 +61,24 @@ def test_the_launcher_prints_what_rank_0_did_not():
         assert err.getvalue() == printed
 
 
+def test_a_signal_to_torchrun_before_rank_0_said_anything_names_the_resume_with_its_processes(monkeypatch, capsys):
+    """torchrun stopped by a signal (passed on to its processes) that rank 0 did not report: the
+    launcher's line named `--resume RUN` without the `--nproc N` the run needs."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from slmlab.training.launch import main
+
+    def stopped(args):
+        raise SignalException("stopped", sigval=signal.SIGTERM)
+
+    monkeypatch.setattr(torchrun, "run", stopped)
+    assert main(["--standalone", "--nproc_per_node=3", "-m", "slmlab", "train", "x.toml"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == (
+        "slmlab: stopped by SIGTERM (a run that wrote a checkpoint continues with slmlab train --resume RUN --nproc 3)\n"
+    )
+
+
 def as_torchrun_process(monkeypatch, rank: int, local_rank: int) -> None:
     """The environment torchrun gives one process of a distributed run (WORLD_SIZE 2)."""
     env = {"WORLD_SIZE": 2, "RANK": rank, "LOCAL_RANK": local_rank, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": 29999}

@@ -32,14 +32,16 @@ def main(argv: list[str]) -> int:
     logging.getLogger("torch.distributed.elastic.agent.server.api").setLevel(logging.ERROR)  # "Received 2 death signal"
     with tempfile.TemporaryDirectory(prefix="slmlab-ranks-") as folder:
         os.environ[RANK_ERRORS] = folder
+        args = parse_args(argv)
         try:
-            run(parse_args(argv))
+            run(args)
         except ChildFailedError as err:
             return _report(err.failures, _lines_said(folder))
         except SignalException as err:  # torchrun passed the signal on to its processes
             if err.sigval != signal.SIGINT and 0 not in _lines_said(folder):  # else rank 0 said what stopped
                 name = signal.Signals(err.sigval).name
-                print(f"slmlab: stopped by {name} (resume a training run with --resume RUN)", file=sys.stderr)
+                again = f"slmlab train --resume RUN --nproc {args.nproc_per_node}"
+                print(f"slmlab: stopped by {name} (a run that wrote a checkpoint continues with {again})", file=sys.stderr)
             return 128 + int(err.sigval)
     return 0
 
