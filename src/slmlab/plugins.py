@@ -97,9 +97,15 @@ def activate(specs: list[str]) -> list[Plugin]:
     return [_unchanged(_active[spec]) if spec in _active else _import(spec) for spec in specs]
 
 
+def _other_code(path: Path, plugin: Plugin) -> str | None:
+    """The SHA-256 of the file `path` where it holds other code than `plugin` runs; None where it
+    holds the same, or is gone (the code imported stands)."""
+    now = sha256_file(path) if path.is_file() else plugin.sha256
+    return now if now != plugin.sha256 else None
+
+
 def _unchanged(plugin: Plugin) -> Plugin:
-    now = sha256_file(plugin.source) if plugin.source.is_file() else plugin.sha256  # deleted: the code imported stands
-    if now != plugin.sha256:
+    if now := _other_code(plugin.source, plugin):
         raise ConfigError(
             f"plugin {plugin.spec} changed since this process imported it (sha256 {plugin.sha256[:12]} then, {now[:12]} "
             "now), and Python cannot import it again: restart the process (in a notebook, the kernel) to use the new code"
@@ -182,10 +188,7 @@ def check_current(specs: list[str]) -> None:
     would train the old copy, unawares."""
     for plugin in activate(specs):
         original = Path(plugin.spec)
-        if not is_file_spec(plugin.spec) or plugin.source == original or not original.is_file():
-            continue
-        now = sha256_file(original)
-        if now != plugin.sha256:
+        if is_file_spec(plugin.spec) and plugin.source != original and (now := _other_code(original, plugin)):
             raise ConfigError(
                 f"this process runs plugin {plugin.spec} as the copy recorded in {plugin.source.parent.parent} (sha256 "
                 f"{plugin.sha256[:12]}), but the file now holds other code ({now[:12]}): a new run would train the copy; "

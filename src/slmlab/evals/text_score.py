@@ -67,7 +67,7 @@ def score_text(
     spans = window_spans(len(ids), window, stride)
     count = 1 + -(-(len(ids) - min(window, len(ids))) // stride)  # the first window, then one per stride
     device = next(model.parameters()).device
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    nll = torch.zeros((), dtype=torch.float64, device=device)  # nats, summed over the tokens scored
     with PhaseProgress(progress, count, "windows") as shown:
         while batch := list(itertools.islice(spans, batch_size)):
             width = max(stop - start for start, _, stop in batch)
@@ -76,20 +76,17 @@ def score_text(
                 inputs[row, : stop - start] = full[start:stop]
             logits, _ = model(inputs.to(device))
             for row, (start, counted, stop) in enumerate(batch):
-                scored = logits[
-                    row, counted - start : stop - start
-                ].float()  # the positions that predict full[counted + 1 : stop + 1]
-                total -= F.cross_entropy(scored, full[counted + 1 : stop + 1].to(device), reduction="sum").double()
+                scored = logits[row, counted - start : stop - start].float()  # predicting full[counted + 1 : stop + 1]
+                nll += F.cross_entropy(scored, full[counted + 1 : stop + 1].to(device), reduction="sum").double()
             shown.update(len(batch))
-    total = float(total)
     size = len(text.encode("utf-8"))
-    loss = -total / len(ids)
+    loss = float(nll) / len(ids)
     return {
         "tokens": len(ids),
         "bytes": size,
         "loss": loss,
         "ppl": perplexity(loss),
-        "bpb": -total / math.log(2) / size,
+        "bpb": float(nll) / math.log(2) / size,
         "window": window,
         "stride": stride,
         "windows": count,
