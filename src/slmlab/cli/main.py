@@ -23,7 +23,15 @@ import sys
 from .. import __version__
 from ..torchrun_env import process_rank, report_error
 from . import data, develop, evaluate, inspect, interop, persona, train
-from .options import OneLineParser, check_option_rules, check_overrides, dashed_options, given_options, refuse_unrecognized
+from .options import (
+    OneLineParser,
+    check_option_rules,
+    check_overrides,
+    dashed_options,
+    given_options,
+    refuse_empty_arguments,
+    refuse_unrecognized,
+)
 
 VERB_GROUPS = (train, evaluate, persona, inspect, develop, interop, data)
 log = logging.getLogger("slmlab")
@@ -92,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise SlmlabError(f"argument {arg!r} is not UTF-8 text; give slmlab UTF-8 arguments")
             if "\0" in arg:  # only a caller of main() can pass one: a shell's arguments end at NUL
                 raise SlmlabError(f"argument {arg!r} holds a NUL character, which no path or text argument can")
+        given = given_options(build_parser(), own)
+        refuse_empty_arguments(args, given)
         check_overrides(args, extra)
-        check_option_rules(args, given_options(build_parser(), own))
+        check_option_rules(args, given)
         return args.func(args, extra)
     except SlmlabError as err:
         report_error(f"slmlab: error: {err}")

@@ -111,6 +111,48 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     }
 
 
+EMPTY_ASKS = {  # what an argument given as '' should have been: by metavar, else by dest
+    "RUN": "a run directory",
+    "RUN_OR_SWEEP": "a run or sweep directory",
+    "CONFIG|RUN": "a .toml config or a run directory",
+    "SOURCE": "a corpus, e.g. brown:R or persona.txt",
+    "PATH": "the path of a UTF-8 text file ('-': standard input)",
+    "MODEL": "a local transformers model directory or .gguf file",
+    "DIR": "a folder",
+    "OUT": "the path of the new folder",
+    "FILE": "the path of the file to write",
+    "OPTION": "an #SBATCH option, e.g. --sbatch=--partition=gpu",
+    "SELECTION": "what trains (self_area, self_area+norms, all, or a plugin's parameters)",
+    "PROMPT": "some text",
+    "run": "a run directory",
+    "config": "a .toml config file",
+    "out": "a path ('.' for the working directory)",
+    "suite": "a suite file (.toml or .jsonl), or leave --suite out for the bundled suite",
+    "name": "a name",
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "tasks": "comma-separated task names",
+    "include_path": "a folder of task YAMLs",
+    "prompt": "some text",
+    "clean": "some text",
+    "corrupt": "some text",
+    "answer": "one token's text",
+    "wrong": "one token's text",
+}
+
+
+def refuse_empty_arguments(args: argparse.Namespace, given: set[str]) -> None:
+    """Refuse an argument `given` as '' (`--out ''`, `--slurm "$UNSET"`) in one line: no argument of
+    slmlab takes an empty value, and one would be read as the working directory (a path), or taken
+    for an option not given, so that its default ran in silence (a sweep ran instead of writing its
+    SLURM script; `prompts --suite ''` ran the bundled suite)."""
+    for action in args.verb_parser._actions:
+        name = action.option_strings[0] if action.option_strings else (action.metavar or action.dest.upper())
+        value = getattr(args, action.dest, None)
+        if name in given and "" in (value if isinstance(value, list) else [value]):
+            ask = EMPTY_ASKS.get(action.metavar) or EMPTY_ASKS.get(action.dest, "a value")
+            raise ConfigError(f"{name} is empty: give {ask}")
+
+
 def check_option_rules(args: argparse.Namespace, given: set[str]) -> None:
     """Refuse an option the verb would ignore (option_rules), in one line that says what to do:
     two options that contradict each other first, then one given without the option it needs."""

@@ -63,7 +63,7 @@ def register(sub) -> None:
         "  slmlab surgery --hf-model models/smollm2-135m --persona-data brown:R --steps 200\n"
         "  slmlab surgery --hf-model models/smollm2-135m --load runs/surgery_smollm2-135m --generate 'The day'",
     )
-    p.add_argument("--hf-model", required=True, metavar="PATH", help="a local transformers model directory or .gguf file")
+    p.add_argument("--hf-model", required=True, metavar="MODEL", help="a local transformers model directory or .gguf file")
     p.add_argument(
         "--persona-data", default="", metavar="SOURCE", help="brown:R, shakespeare:comedies, a .txt/.jsonl file or directory"
     )

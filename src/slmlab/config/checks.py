@@ -250,6 +250,11 @@ def validate(cfg) -> None:
     check_name("name", cfg.name)
     if not cfg.out_dir:
         raise ConfigError("out_dir is empty: name the folder that holds run directories (default 'runs')")
+    if not cfg.data.source:  # read as a path, '' would be the working directory, whatever it holds
+        raise ConfigError(
+            "data.source is empty: name a built-in corpus (shakespeare, brown), a file, a folder or a glob "
+            "(data.source = '.' reads the working directory)"
+        )
     for key in PATH_SETTINGS:
         path = value_at(cfg, key)
         if "\0" in path:
