@@ -14,6 +14,8 @@ from typing import TypeVar
 
 from tqdm.auto import tqdm
 
+from .tables import counted
+
 log = logging.getLogger("slmlab")
 PHASE_HEARTBEAT = 20.0  # seconds between log lines when no bar is shown
 T = TypeVar("T")
@@ -68,7 +70,7 @@ class PhaseProgress:
 
     def still_working(self, elapsed: float) -> str:
         """'<desc>: all 600 documents done, still working (0:01:20 so far)'."""
-        return f"{self.desc}: all {self.total:,} {self.unit} done, still working ({clock(elapsed)} so far)"
+        return f"{self.desc}: all {counted(self.total, self.unit)} done, still working ({clock(elapsed)} so far)"
 
     def line(self, elapsed: float) -> str:
         """'<desc>: 120/600 documents (20%), 3.1 documents/s, ETA 0:02:35' (no share or ETA

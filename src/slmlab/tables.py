@@ -79,3 +79,8 @@ def human(n: float, unit: str = "") -> str:
         if abs(n) >= size:
             return f"{n / size:.2f}{prefix}"
     return f"{n:.0f}"
+
+
+def counted(count: int, things: str) -> str:
+    """'1 document', '1,200 documents': `count` with the plural noun `things`, singular for one."""
+    return f"{count:,} {things.removesuffix('s') if count == 1 else things}"

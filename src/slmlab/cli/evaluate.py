@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..tables import counted
 from .options import (
     add_checkpoint,
     add_compile,
@@ -234,7 +235,7 @@ def eval_text(args, extra) -> int:
     print(
         f"{where}"
         + (f" at {args.checkpoint}" if args.checkpoint else "")
-        + f": {result['tokens']:,} tokens ({result['bytes']:,} bytes), each scored once, in {result['windows']:,} windows of "
+        + f": {result['tokens']:,} tokens ({result['bytes']:,} bytes), each scored once, in {counted(result['windows'], 'windows')} of "
         + f"{result['window']} moved by {result['stride']}: loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}, "
         + f"{result['bpb']:.4f} bits/byte"
     )

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 
+from ..tables import counted
+
 
 def hash_fraction(doc_id: str) -> float:
     """u(id): the document id's SHA-1 read as a fraction in [0, 1)."""
@@ -39,7 +41,7 @@ def describe_documents(manifest: dict, split: str) -> str:
     document (or of documents that all share one id) split by position, 'the first 90% of 1
     document'."""
     count = manifest["documents"][split]
-    documents = f"{count} document{'' if count == 1 else 's'}"
+    documents = counted(count, "documents")
     if manifest.get("split_by_position"):
         share = 1 - manifest["val_fraction"] if split == "train" else manifest["val_fraction"]
         return f"the {'first' if split == 'train' else 'last'} {share:.0%} of {documents}"
