@@ -8,6 +8,7 @@ import argparse
 import pytest
 
 from slmlab.cli import main
+from slmlab.cli.options import OUTPUT_DESTS
 from slmlab.config import ConfigError, config_from_dict
 
 
@@ -363,10 +364,10 @@ def test_generate_refuses_sampling_options_that_greedy_decoding_ignores(micro_to
     assert main(["generate", run, "--prompt", "T", "--temperature", "0", "--max-new-tokens", "3"]) == 0
 
 
-def _empty_argument_cases() -> list[list[str]]:
-    """For every argument of every verb that takes a text value (not a number, not a choice):
-    the verb's command line with that argument given as '' and every other required one as 'x'
-    (or its first choice)."""
+def _argument_cases(value: str, dests=None) -> list[list[str]]:
+    """For every argument of every verb that takes a text value (not a number, not a choice), or
+    those of `dests`: the verb's command line with that argument given as `value` and every other
+    required one as 'x' (or its first choice)."""
     from slmlab.cli.main import build_parser
     from slmlab.cli.options import parser_tree
 
@@ -379,10 +380,12 @@ def _empty_argument_cases() -> list[list[str]]:
         for target in parser._actions:
             if target.type not in (None, str) or target.choices or target.nargs == 0 or target.dest == "help":
                 continue
+            if dests is not None and target.dest not in dests:
+                continue
             argv = list(verb)
             for action in parser._actions:
                 if action is target:
-                    argv += [*action.option_strings[:1], ""]
+                    argv += [*action.option_strings[:1], value]
                 elif not action.option_strings and action.nargs not in ("*", "?"):
                     argv.append("x")
                 elif action.option_strings and (
@@ -393,7 +396,7 @@ def _empty_argument_cases() -> list[list[str]]:
     return cases
 
 
-@pytest.mark.parametrize("argv", _empty_argument_cases(), ids=lambda argv: " ".join(a or "''" for a in argv))
+@pytest.mark.parametrize("argv", _argument_cases(""), ids=lambda argv: " ".join(a or "''" for a in argv))
 def test_an_argument_given_empty_is_refused_in_one_line(argv, tmp_path, monkeypatch, capsys):
     """`--slurm ''` ran the whole sweep (the option read as not given), `prompts --suite ''` ran the
     bundled suite, `viz --out ''` wrote to the run's folder and `new-variant --out ''` wrote into
@@ -408,9 +411,21 @@ def test_an_argument_given_empty_is_refused_in_one_line(argv, tmp_path, monkeypa
     assert not list(tmp_path.iterdir())
 
 
-def test_the_empty_argument_cases_cover_every_verb():
-    verbs = {case[0] for case in _empty_argument_cases()}
-    assert len(_empty_argument_cases()) >= 50 and {"sweep", "prompts", "viz", "new-variant", "export"} <= verbs
+@pytest.mark.parametrize("argv", _argument_cases("-", OUTPUT_DESTS), ids=" ".join)
+def test_an_output_given_as_a_dash_is_refused_rather_than_written_as_a_file_named_dash(argv, tmp_path, monkeypatch, capsys):
+    """'-' is standard input for --text and --prompt-file; `tokenizer train --out -` wrote a file
+    named '-', which `prompts --suite -` then read as TOML."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not standard output" in err and "\n" not in err, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_argument_cases_cover_every_verb_and_output():
+    verbs = {case[0] for case in _argument_cases("")}
+    assert len(_argument_cases("")) >= 50 and {"sweep", "prompts", "viz", "new-variant", "export"} <= verbs
+    assert len(_argument_cases("-", OUTPUT_DESTS)) >= 10
 
 
 def test_an_empty_data_source_is_refused_rather_than_read_as_the_working_directory():

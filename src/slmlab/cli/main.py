@@ -29,8 +29,8 @@ from .options import (
     check_overrides,
     dashed_options,
     given_options,
-    refuse_empty_arguments,
     refuse_unrecognized,
+    refuse_unusable_arguments,
 )
 
 VERB_GROUPS = (train, evaluate, persona, inspect, develop, interop, data)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             if "\0" in arg:  # only a caller of main() can pass one: a shell's arguments end at NUL
                 raise SlmlabError(f"argument {arg!r} holds a NUL character, which no path or text argument can")
         given = given_options(build_parser(), own)
-        refuse_empty_arguments(args, given)
+        refuse_unusable_arguments(args, given)
         check_overrides(args, extra)
         check_option_rules(args, given)
         return args.func(args, extra)

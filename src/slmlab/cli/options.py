@@ -140,17 +140,28 @@ EMPTY_ASKS = {  # what an argument given as '' should have been: by metavar, els
 }
 
 
-def refuse_empty_arguments(args: argparse.Namespace, given: set[str]) -> None:
-    """Refuse an argument `given` as '' (`--out ''`, `--slurm "$UNSET"`) in one line: no argument of
-    slmlab takes an empty value, and one would be read as the working directory (a path), or taken
-    for an option not given, so that its default ran in silence (a sweep ran instead of writing its
-    SLURM script; `prompts --suite ''` ran the bundled suite)."""
+OUTPUT_DESTS = ("out", "slurm")  # arguments that name a file or folder slmlab writes
+
+
+def refuse_unusable_arguments(args: argparse.Namespace, given: set[str]) -> None:
+    """Refuse, in one line, an argument `given` as '' (`--out ''`, `--slurm "$UNSET"`), or an output
+    given as '-'. No argument of slmlab takes an empty value: read as a path it was the working
+    directory, or taken for an option not given, its default ran in silence (a sweep ran instead of
+    writing its SLURM script; `prompts --suite ''` ran the bundled suite). '-' reads standard input
+    where an option takes a text (--text, --prompt-file), but an output is a file or folder: it
+    wrote one named '-'."""
     for action in args.verb_parser._actions:
         name = action.option_strings[0] if action.option_strings else (action.metavar or action.dest.upper())
         value = getattr(args, action.dest, None)
-        if name in given and "" in (value if isinstance(value, list) else [value]):
+        if name not in given:
+            continue
+        if "" in (value if isinstance(value, list) else [value]):
             ask = EMPTY_ASKS.get(action.metavar) or EMPTY_ASKS.get(action.dest, "a value")
             raise ConfigError(f"{name} is empty: give {ask}")
+        if action.dest in OUTPUT_DESTS and value == "-":
+            raise ConfigError(
+                f"{name} -: slmlab writes a file or folder there, not standard output: name a path (./- for a file named '-')"
+            )
 
 
 def check_option_rules(args: argparse.Namespace, given: set[str]) -> None:
