@@ -3,6 +3,8 @@ line that names the prompt and what to fix, before any prompt is generated."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from slmlab.cli import main
@@ -119,4 +121,13 @@ def test_a_prompt_suite_saved_as_utf16_without_its_mark_is_named(tmp_path):
     suite = tmp_path / "s.jsonl"
     suite.write_bytes('{"id": "a", "prompt": "T"}\n'.encode("utf-16-le"))
     with pytest.raises(ConfigError, match=r"prompt suite .*s.jsonl is not text: 50% of its first 54 bytes are NUL"):
+        load_suite(suite)
+
+
+@pytest.mark.parametrize("prompt_id", ["", "  ", "\n"])
+def test_a_prompt_with_an_empty_id_is_refused(tmp_path, prompt_id):
+    """An empty id made the prompt's section of the report a heading with no text ('## ')."""
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text(json.dumps({"id": prompt_id, "prompt": "T"}) + "\n")
+    with pytest.raises(ConfigError, match=r"prompt\[0\] .*: id is empty"):
         load_suite(suite)

@@ -73,6 +73,8 @@ def load_suite(path: str | Path) -> list[Prompt]:
         raise ConfigError(f"{path}: {err}") from None
     for i, p in enumerate(prompts):
         try:
+            if not p.id.strip():  # the report's heading for the prompt: '## ' and nothing
+                raise ConfigError("id is empty: give each prompt a name, the heading of its section in the report")
             if p.max_tokens <= 0:
                 raise ConfigError(f"max_tokens must be > 0, got {p.max_tokens}")
             check_seed("seed", p.seed)
