@@ -32,6 +32,25 @@ def test_char_tokenizer_round_trips_and_rejects_unknown_characters():
         tok.encode("Zebra")
 
 
+@pytest.mark.parametrize("corpus_form, text_form", [("NFD", "NFC"), ("NFC", "NFD")])
+def test_char_tokenizer_names_the_unicode_form_a_refused_text_would_fit_in(corpus_form, text_form):
+    """A corpus that writes 'é' as e + U+0301 refused the 'é' a keyboard types with a message
+    showing the very character the corpus is full of: each refused character now has its code
+    point, and the message says which normal form the corpus uses."""
+    import unicodedata
+
+    words = "café, élève, fenêtre, où"
+    tok = CharTokenizer.train([unicodedata.normalize(corpus_form, words)])
+    text = unicodedata.normalize(text_form, "où, café")
+    with pytest.raises(TokenizerError, match=f"U\\+.*normal form {corpus_form}: normalize the text to {corpus_form}"):
+        tok.encode(text)
+    assert tok.decode(tok.encode(unicodedata.normalize(corpus_form, text))) == unicodedata.normalize(corpus_form, text)
+    with pytest.raises(TokenizerError, match=r"'Z' \(U\+005A\) \(a char tokenizer knows only its training corpus"):
+        tok.encode(unicodedata.normalize(corpus_form, "Zé"))  # no normal form holds Z: the usual advice
+    with pytest.raises(TokenizerError, match=r"\(U\+5341\) and 3 more"):
+        tok.encode("一二三四五六七八九十百千万")
+
+
 def test_bpe_restores_spacing_and_special_tokens(bpe):
     assert bpe.vocab_size <= 400 and [bpe.tok.token_to_id(t) for t in ("[UNK]", "[PAD]", "[BOS]", "[EOS]")] == [0, 1, 2, 3]
     ids = bpe.encode(TEXT)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -166,13 +167,24 @@ class CharTokenizer(Tokenizer):
             found = np.minimum(np.searchsorted(self._codes, codes), len(self._codes) - 1)
             unknown = self._codes[found] != codes
             if unknown.any():
-                missing = sorted({chr(c) for c in codes[unknown]})
-                raise TokenizerError(
-                    f"characters not in the tokenizer's vocabulary: {''.join(missing)!r} "
-                    "(a char tokenizer knows only its training corpus; use byte or bpe for other text)"
-                )
+                raise TokenizerError(self._unknown(text, sorted({chr(c) for c in codes[unknown]})))
             ids[start : start + len(codes)] = found
         return ids
+
+    def _unknown(self, text: str, missing: list[str], shown: int = 10) -> str:
+        """The characters of `text` outside the vocabulary, each with its code point (an 'é' the
+        corpus writes as e + U+0301 looks like the one refused), and what to do: normalize the
+        text where the corpus writes the same characters in the other Unicode form."""
+        listed = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in missing[:shown])
+        more = f" and {len(missing) - shown:,} more" if len(missing) > shown else ""
+        known = set(self.chars)
+        for form in ("NFC", "NFD"):
+            if unicodedata.normalize(form, text) != text and set(unicodedata.normalize(form, text)) <= known:
+                fix = f"the corpus writes them in Unicode normal form {form}: normalize the text to {form} (unicodedata.normalize('{form}', text))"
+                break
+        else:
+            fix = "a char tokenizer knows only its training corpus; use byte or bpe for other text"
+        return f"characters not in the tokenizer's vocabulary: {listed}{more} ({fix})"
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[i] for i in self.checked_ids(ids))
