@@ -195,3 +195,30 @@ def test_a_side_of_one_document_is_held_out_by_position_so_the_balanced_accuracy
     (tmp_path / "short.txt").write_text("one short line of another voice.")
     unmeasured = PersonaClassifier(persona_data(str(tmp_path / "jolly.txt"), str(tmp_path / "short.txt")))
     assert np.isnan(unmeasured.accuracy) and "not measured" in unmeasured.describe()
+
+
+def test_text_a_char_run_cannot_encode_is_said_to_be_left_out_not_a_silent_nan(tmp_path, micro_toml, caplog, capsys):
+    """A char-level run measured against another text whose characters it has never seen printed
+    'nan' as the other text's perplexity, and left out the openings it could not encode, without a
+    word: each is now a warning saying why, and the table shows '–', as every table does for a value not measured."""
+    from slmlab.persona.evaluate import INSTRUCTIONS, NEUTRAL
+
+    sentences = [*NEUTRAL, *INSTRUCTIONS]
+    rng = np.random.default_rng(0)
+    for side, mark in (("persona", ""), ("other", "§ ")):
+        (tmp_path / side).mkdir()
+        for i in range(8):
+            words = " ".join(rng.permutation(sentences)) * 3
+            (tmp_path / side / f"doc{i}.txt").write_text((mark if i % 2 else "") + words)
+    argv = ["train", str(micro_toml), "--name", "char", "--data.source", str(tmp_path / "persona"), "--no-progress"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    caplog.set_level("WARNING")
+    run = tmp_path / "runs" / "char"
+    argv = ["persona-eval", str(run), "--persona-data", str(tmp_path / "persona"), "--other-data", str(tmp_path / "other")]
+    assert main([*argv, "--openings", "8", "--max-new-tokens", "4"]) == 0
+    assert "other-text ppl not measured ('–' in the table)" in caplog.text and "'§' (U+00A7)" in caplog.text
+    assert "adversarial prompts hold characters its tokenizer cannot encode" in caplog.text
+    assert "persona-text ppl not measured" not in caplog.text
+    assert capsys.readouterr().out.splitlines()[-1].rstrip(" |").endswith("–")
+    assert json.loads((run / "persona_eval.json").read_text())["other_ppl"] is None  # JSON has no NaN

@@ -21,6 +21,7 @@ genre but R), else what `--other-data` names. `--compare RUN_A RUN_B ...` puts r
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from ..files import atomic_write_text, check_replaceable, json_text
 from ..runs.derived import record_derived, weights_identity
 from ..runs.metrics import perplexity
 from ..runs.run_dir import RunDir, load_run
-from ..tables import command_line, markdown_table
+from ..tables import command_line, format_number, markdown_table
 from ..training import evaluate
 from .stage2 import source_data_config, trained_config
 
@@ -214,11 +215,15 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
     return [tokenizer.decode(tokenizer.until_eos(row)) for row in rows]
 
 
-def text_perplexity(model, cfg, data: DataConfig, tokenizer, device) -> float:
-    """Validation perplexity of `data` under the run's tokenizer (NaN if it cannot encode the text)."""
+def text_perplexity(model, cfg, data: DataConfig, tokenizer, device, label: str = "text") -> float:
+    """Validation perplexity of `data` under the run's tokenizer; NaN, with a warning naming
+    `label` and why, if the tokenizer cannot encode the text (a char tokenizer of another corpus)."""
     try:
         _, tokens = prepare_tokens(dataclasses.replace(data, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len), tokenizer)
-    except TokenizerError:
+    except TokenizerError as err:
+        logging.warning(
+            f"{label} ppl not measured ('–' in the table): the run's {cfg.data.tokenizer} tokenizer cannot encode {data.source}: {err}"
+        )
         return math.nan
     loss = evaluate(model, tokens.val, cfg.data.seq_len, cfg.train.batch_size, 10, device)
     return perplexity(loss)
@@ -241,6 +246,12 @@ def evaluate_persona(
     adversarial = continuations(model, tokenizer, adversarial_prompts, max_new_tokens, offset_seed(seed, 1000), device)
     if not neutral or not adversarial:
         raise unencodable(run.path)
+    for kind, kept, given in (("neutral", neutral, NEUTRAL), ("adversarial", adversarial, adversarial_prompts)):
+        if len(kept) < len(given):
+            logging.warning(
+                f"{run_path}: {len(given) - len(kept)} of {len(given)} {kind} prompts hold characters its tokenizer cannot "
+                f"encode: adherence is measured on the other {len(kept)}"
+            )
     scores_n = (classifier.persona_probability(neutral) > 0.5).astype(float)
     scores_a = (classifier.persona_probability(adversarial) > 0.5).astype(float)
     result = {
@@ -251,8 +262,8 @@ def evaluate_persona(
         "adversarial": bootstrap_mean(scores_a, offset_seed(seed, 1)),
         "drift": bootstrap_difference(scores_n, scores_a, offset_seed(seed, 2)),
         "prompts": [len(neutral), len(adversarial)],
-        "persona_ppl": text_perplexity(model, cfg, data.persona, tokenizer, device),
-        "other_ppl": text_perplexity(model, cfg, data.other, tokenizer, device),
+        "persona_ppl": text_perplexity(model, cfg, data.persona, tokenizer, device, f"{run_path}: persona-text"),
+        "other_ppl": text_perplexity(model, cfg, data.other, tokenizer, device, f"{run_path}: other-text"),
         "samples": {"neutral": neutral[:3], "adversarial": adversarial[:3]},
     }
     atomic_write_text(run.path / "persona_eval.json", json_text(result, indent=2))
@@ -267,7 +278,14 @@ def _ci(triple) -> str:
 
 def results_table(results: list[dict]) -> str:
     rows = [
-        (r["run"], _ci(r["neutral"]), _ci(r["adversarial"]), _ci(r["drift"]), f"{r['persona_ppl']:.2f}", f"{r['other_ppl']:.2f}")
+        (
+            r["run"],
+            _ci(r["neutral"]),
+            _ci(r["adversarial"]),
+            _ci(r["drift"]),
+            format_number(r["persona_ppl"], ".2f"),
+            format_number(r["other_ppl"], ".2f"),
+        )
         for r in results
     ]
     return markdown_table(
