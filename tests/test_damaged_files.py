@@ -299,6 +299,32 @@ def test_a_config_edited_into_another_model_the_weights_still_fit_is_refused(cop
         assert "gives model.norm_eps = 0.1, but" in err and "was trained with 1e-05" in err, err
 
 
+@pytest.mark.parametrize(
+    "edit, says",
+    [  # a variant's setting was shown as its whole section's repr (hundreds of characters)
+        (
+            lambda c: c["model"]["smat"].update(use_S=True),
+            "gives model.smat.use_S = True, but final.safetensors was trained with False",
+        ),
+        (lambda c: c["model"].pop("smat"), None),  # the section's defaults: the same model
+        (lambda c: c.pop("model"), "lacks the [model] every run records"),  # was: 'model.vocab_size must be set'
+        (lambda c: [c.pop("data"), c.pop("train")], "lacks the [data] and [train] every run records"),
+    ],
+)
+def test_a_config_edited_in_a_section_is_named_by_its_dotted_key(copy, capsys, edit, says):
+    run, _ = copy
+    config = json.loads((run / "config.json").read_text())
+    edit(config)
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    if says is None:
+        assert main(_verbs(run)["eval"]) == 0
+        return
+    assert main(_verbs(run)["eval"]) == 2
+    err = one_line_error(capsys, "config.json")
+    assert says in err and len(err) < 300, err
+
+
 def test_a_tokenizer_edited_into_another_valid_one_is_refused(copy, capsys):
     """A finished run's summary records its tokenizer's SHA-256: a tokenizer.json that still
     parses, of the same size, but maps one id to another character would decode and score other

@@ -35,8 +35,9 @@ def test_a_run_name_that_is_not_a_plain_name_is_refused_and_nothing_is_touched(
         name = str(tmp_path / "elsewhere")
     assert _train(micro_toml, "--name", name, "--overwrite") == 2
     err = capsys.readouterr().err.strip()
-    # a NUL can come only from a caller of main(), which refuses it in any argument
-    assert ("holds a NUL character" if "\x00" in name else "is not a name") in err
+    # a NUL can come only from a caller of main()
+    says = "holds a NUL character" if "\x00" in name else "--name is empty" if not name else "is not a name"
+    assert says in err  # a NUL and '' are refused in any argument
     assert "\n" not in err and "--overwrite" not in err
     assert all(path.read_text() == "precious" for path in bystanders)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["other_run"]

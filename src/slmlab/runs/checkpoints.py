@@ -73,18 +73,22 @@ def check_trained_model(path: Path, model_cfg: ModelConfig) -> None:
     try:
         with safe_open(str(path), framework="pt") as handle:
             text = (handle.metadata() or {}).get("config")
-        trained = config_from_dict(json.loads(text)).model if text else None
+        trained = config_from_dict(json.loads(text)) if text else None
     except (SafetensorError, OSError, ValueError):  # ValueError: not JSON, or a ConfigError
         return
     if trained is None:
         return
-    for field in dataclasses.fields(ModelConfig):
-        was, now = getattr(trained, field.name), getattr(model_cfg, field.name)
-        if field.name != "local_kernel" and was != now:
+    was, now = _model_settings(trained), _model_settings(dataclasses.replace(trained, model=model_cfg))
+    for key in sorted(was.keys() | now.keys()):  # by dotted key: a variant's setting is named, not its whole section
+        if key != "model.local_kernel" and was.get(key) != now.get(key):
             raise RunFileError(
-                f"the run's config.json gives model.{field.name} = {now!r}, but {path.name} was trained with {was!r}: "
+                f"the run's config.json gives {key} = {now.get(key)!r}, but {path.name} was trained with {was.get(key)!r}: "
                 "config.json was edited or damaged since; restore it from a copy of the run"
             )
+
+
+def _model_settings(cfg: RunConfig) -> dict[str, Any]:
+    return {key: value for key, value in cfg.settings().items() if key.startswith("model.")}
 
 
 def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None, model_cfg: ModelConfig | None = None) -> None:
