@@ -365,11 +365,11 @@ def test_generate_refuses_sampling_options_that_greedy_decoding_ignores(micro_to
 
 
 def _argument_cases(value: str, dests=None) -> list[list[str]]:
-    """For every argument of every verb that takes a text value (not a number, not a choice), or
-    those of `dests`: the verb's command line with that argument given as `value` and every other
-    required one as 'x' (or its first choice)."""
+    """For every argument of every verb that takes a text value (not a number, not a choice; a
+    checkpoint's name is text), or those of `dests`: the verb's command line with that argument
+    given as `value` and every other required one as 'x' (or its first choice)."""
     from slmlab.cli.main import build_parser
-    from slmlab.cli.options import parser_tree
+    from slmlab.cli.options import checkpoint_name, parser_tree
 
     cases = []
     for parser in parser_tree(build_parser()):
@@ -378,7 +378,7 @@ def _argument_cases(value: str, dests=None) -> list[list[str]]:
         verb = parser.prog.split()[1:]
         groups = [g for g in parser._mutually_exclusive_groups if g.required]
         for target in parser._actions:
-            if target.type not in (None, str) or target.choices or target.nargs == 0 or target.dest == "help":
+            if target.type not in (None, str, checkpoint_name) or target.choices or target.nargs == 0 or target.dest == "help":
                 continue
             if dests is not None and target.dest not in dests:
                 continue

@@ -121,6 +121,9 @@ def test_a_damaged_checkpoint_names_the_file_and_offers_the_intact_older_one(tex
     for wrong in ("latest", "../step_000010", "", "step_000012"):  # a ValueError traceback, or '' silently the latest
         assert main(["train", "--resume", str(run.path), "--from-checkpoint", wrong, "--no-progress"]) == 2
         err = capsys.readouterr().err.strip()
+        if not wrong:  # refused as an empty argument is, before the run is read
+            assert "--from-checkpoint is empty: give a checkpoint, e.g. 200 or step_000200" in err, err
+            continue
         assert f"no checkpoint {wrong!r} in" in err and "checkpoints there: step_000020, step_000015" in err, err
     assert main(["train", "--resume", str(run.path), "--from-checkpoint", "step_000010", "--no-progress"]) == 0
     assert RunDir(run.path).read_summary()["step"] == 20

@@ -124,6 +124,7 @@ EMPTY_ASKS = {  # what an argument given as '' should have been: by metavar, els
     "OPTION": "an #SBATCH option, e.g. --sbatch=--partition=gpu",
     "SELECTION": "what trains (self_area, self_area+norms, all, or a plugin's parameters)",
     "PROMPT": "some text",
+    "STEP": "a checkpoint, e.g. 200 or step_000200 (RUN/checkpoints holds them)",
     "run": "a run directory",
     "config": "a .toml config file",
     "out": "a path ('.' for the working directory)",
