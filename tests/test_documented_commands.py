@@ -95,7 +95,7 @@ def test_the_documentation_shows_commands_of_every_kind():
 def test_a_documented_command_is_one_slmlab_accepts(source, command, monkeypatch):
     monkeypatch.chdir(ROOT)
     argv = shlex.split(command, comments=True)[1:]
-    own, overrides = split_overrides(argv)
+    own, overrides = split_overrides(argv, build_parser())
     try:
         args = build_parser().parse_args(own)
     except SystemExit:

@@ -26,7 +26,7 @@ def test_after_a_bare_double_dash_every_argument_is_a_value_as_written():
     from slmlab.cli.options import dashed_options
 
     argv = ["generate", "RUN", "--top_k", "5", "--prompt", "--", "--top_k", "--model.n_layer", "--out-dir"]
-    own, overrides = split_overrides(argv)
+    own, overrides = split_overrides(argv, build_parser())
     assert overrides == [] and own == argv
     assert dashed_options(build_parser(), own) == ["generate", "RUN", "--top-k", "5", "--prompt", *argv[5:]]
 
@@ -55,3 +55,20 @@ def test_an_unknown_option_names_the_verbs_closest_one(argv, says, micro_toml, t
     assert _exit_code([names.get(a, a) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert says in err and "\n" not in err
+
+
+def test_a_section_given_as_a_table_on_the_command_line_sets_the_keys_it_names(micro_toml, capsys):
+    """`--model '{n_layer = 2}'`, as docs/reliability.md shows it, was 'unrecognized arguments':
+    only dotted keys were taken for overrides. A verb's own option of the same name stays its own
+    (persona --train SELECTION)."""
+    from slmlab.cli.main import build_parser, split_overrides
+
+    assert _exit_code(["info", str(micro_toml), "--model", "{n_layer = 3, smat = {use_S = true}}"]) == 0
+    table = capsys.readouterr().out
+    assert "3 layers" in table and "SemanticAttention" in table
+    assert _exit_code(["info", str(micro_toml), "--model", "{n_layer = 3}", "--model.n_layer", "2"]) == 0  # the last wins
+    assert "2 layers" in capsys.readouterr().out
+    assert _exit_code(["data", "prepare", str(micro_toml), "--model", "{n_layer = 3}"]) == 2
+    assert "data prepare reads only data.* settings, so ['model'] would change nothing" in capsys.readouterr().err
+    argv = ["persona", "RUN", "--persona-data", "x", "--train", "all", "--data", "{seq_len = 8}"]
+    assert split_overrides(argv, build_parser()) == (argv[:6], argv[6:])

@@ -50,11 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Separate config overrides (`--section.key value`, `--section.key=value`, `--out_dir DIR`)
-    from the verb's own arguments, so a value is never taken for a positional argument.
-    `--out-dir`, spelled as the verbs' own options are, is `--out_dir`. After a bare `--` every
-    argument is a value of the verb's own."""
+SECTION_OVERRIDES = ("model", "data", "train")  # a section given as a table: --model '{n_layer = 2}'
+
+
+def split_overrides(argv: list[str], parser: argparse.ArgumentParser | None = None) -> tuple[list[str], list[str]]:
+    """Separate config overrides (`--section.key value`, `--section.key=value`, `--out_dir DIR`,
+    and, where `parser`'s verb has no option of that name (persona's --train), a section's table:
+    `--model '{n_layer = 2}'`) from the verb's own arguments, so a value is never taken for a
+    positional argument. `--out-dir`, spelled as the verbs' own options are, is `--out_dir`. After
+    a bare `--` every argument is a value of the verb's own."""
+    own_options = verb_options(parser, argv) if parser is not None else set()
+    tables = {key for key in SECTION_OVERRIDES if parser is not None and f"--{key}" not in own_options}
     own, overrides, i = [], [], 0
     while i < len(argv):
         arg = argv[i]
@@ -63,7 +69,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
         key = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
         if key == "out-dir":
             key, arg = "out_dir", "--out_dir" + arg.removeprefix("--out-dir")
-        if "." in key or key == "out_dir":
+        if "." in key or key == "out_dir" or key in tables:
             takes_value = "=" not in arg and i + 1 < len(argv)
             overrides += [arg, *argv[i + 1 : i + 1 + takes_value]]
             i += 1 + takes_value
@@ -73,6 +79,16 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return own, overrides
 
 
+def verb_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The option strings of the verb `argv` names (`viz attention`: the verb of a group)."""
+    for arg in argv:
+        verbs = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if verbs is None or arg not in verbs.choices:
+            break
+        parser = verbs.choices[arg]
+    return {option for action in parser._actions for option in action.option_strings}
+
+
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a character gets \u2014, not a traceback
         if hasattr(stream, "reconfigure"):
@@ -80,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     rank = process_rank()  # under torchrun, only rank 0 reports progress
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else list(argv)
-    own, extra = split_overrides(argv)
     parser = build_parser()
+    own, extra = split_overrides(argv, parser)
     own = dashed_options(parser, own)
     args, unknown = parser.parse_known_args(own)
     if unknown:

@@ -373,6 +373,6 @@ def check_overrides(args: argparse.Namespace, overrides: list[str]) -> None:
         raise SlmlabError(f"{args.verb_name} takes no config overrides, got {' '.join(overrides)}")
     if isinstance(args.takes_overrides, str):
         keys = [arg[2:].split("=", 1)[0] for arg in overrides if arg.startswith("--")]
-        unread = [key for key in keys if not key.startswith(args.takes_overrides + ".")]
+        unread = [key for key in keys if key != args.takes_overrides and not key.startswith(args.takes_overrides + ".")]
         if unread:
             raise SlmlabError(f"{args.verb_name} reads only {args.takes_overrides}.* settings, so {unread} would change nothing")
