@@ -218,6 +218,7 @@ def test_text_a_char_run_cannot_encode_is_said_to_be_left_out_not_a_silent_nan(t
     argv = ["persona-eval", str(run), "--persona-data", str(tmp_path / "persona"), "--other-data", str(tmp_path / "other")]
     assert main([*argv, "--openings", "8", "--max-new-tokens", "4"]) == 0
     assert "other-text ppl not measured ('–' in the table)" in caplog.text and "'§' (U+00A7)" in caplog.text
+    assert f"cannot encode {tmp_path / 'other'}, document 'doc1.txt': characters not in" in caplog.text  # the first one
     assert "adversarial prompts hold characters its tokenizer cannot encode" in caplog.text
     assert "persona-text ppl not measured" not in caplog.text
     assert capsys.readouterr().out.splitlines()[-1].rstrip(" |").endswith("–")

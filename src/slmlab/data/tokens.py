@@ -144,7 +144,11 @@ def _write_streams(
 
     def flush(batch):
         arrays: dict[tuple[str, str], list[np.ndarray]] = {}  # one write per file and batch, in document order
-        for doc, ids in zip(batch, tokenizer.encode_documents([d.text for d in batch])):
+        try:
+            encoded = tokenizer.encode_documents([d.text for d in batch])
+        except TokenizerError as err:
+            raise _refused_document(selection.data.source, tokenizer, batch, err) from None
+        for doc, ids in zip(batch, encoded):
             documents.append((doc.id, text_digest(doc.text)))
             key = ("val" if doc.id in val_ids else "train", doc.genre or "all")
             arrays.setdefault(key, []).extend((np.asarray(ids, dtype=dtype), separator))
@@ -164,6 +168,17 @@ def _write_streams(
     if batch:
         flush(batch)
     return counts, documents
+
+
+def _refused_document(source: str, tokenizer: Tokenizer, batch: list, err: TokenizerError) -> TokenizerError:
+    """`err` (a char tokenizer of another corpus refusing a character) named by the corpus and
+    the first document of `batch` the tokenizer refuses."""
+    for doc in batch:
+        try:
+            tokenizer.encode_documents([doc.text])
+        except TokenizerError as own:
+            return TokenizerError(f"{source}, document {doc.id!r}: {own}")
+    return TokenizerError(f"{source}: {err}")
 
 
 def _append(handle, parts: list[np.ndarray], large: int = 1 << 20) -> None:

@@ -222,7 +222,7 @@ def text_perplexity(model, cfg, data: DataConfig, tokenizer, device, label: str 
         _, tokens = prepare_tokens(dataclasses.replace(data, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len), tokenizer)
     except TokenizerError as err:
         logging.warning(
-            f"{label} ppl not measured ('–' in the table): the run's {cfg.data.tokenizer} tokenizer cannot encode {data.source}: {err}"
+            f"{label} ppl not measured ('–' in the table): the run's {cfg.data.tokenizer} tokenizer cannot encode {err}"
         )
         return math.nan
     loss = evaluate(model, tokens.val, cfg.data.seq_len, cfg.train.batch_size, 10, device)
