@@ -78,7 +78,7 @@ def test_a_folder_of_shards_says_which_other_files_it_leaves_out(shards, caplog)
     (shards / "part0" / "extra.txt").write_text("text " * 50)
     docs = list(open_source(DataConfig(source=str(shards), text_field="content")).documents())
     assert [d.text for d in docs] == TEXTS
-    assert "2 file(s) left out (e.g. README.md, part0/extra.txt): a folder contributes its .parquet shards alone" in caplog.text
+    assert "2 files left out (e.g. README.md, part0/extra.txt): a folder contributes its .parquet shards alone" in caplog.text
 
 
 def test_a_glob_of_parquet_shards_is_read_as_parquet(shards):

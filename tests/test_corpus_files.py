@@ -4,6 +4,7 @@ carry (ids, genres, titles)."""
 
 from __future__ import annotations
 
+import gzip
 import re
 
 import pytest
@@ -148,7 +149,7 @@ def test_a_folder_says_which_files_it_leaves_out(tmp_path, caplog):
     (tmp_path / "shard.csv").write_text("text\nrows of text\n")
     documents = list(DocumentSelection(DataConfig(source=str(tmp_path))))
     assert [d.id for d in documents] == ["notes.txt"]
-    assert "1 file(s) left out (e.g. shard.csv)" in caplog.text and f"'{tmp_path}/*.csv'" in caplog.text
+    assert "1 file left out (e.g. shard.csv)" in caplog.text and f"'{tmp_path}/*.csv'" in caplog.text
     texts = tmp_path / "texts"
     (texts / ".git").mkdir(parents=True)
     (texts / ".git" / "HEAD").write_text("ref: main")  # hidden: neither read nor named
@@ -157,7 +158,7 @@ def test_a_folder_says_which_files_it_leaves_out(tmp_path, caplog):
         (texts / name).write_text("more text " * 20)
     caplog.clear()
     assert [d.id for d in DocumentSelection(DataConfig(source=str(texts)))] == ["a.txt"]
-    assert f"{texts}: 3 file(s) left out (e.g. b.rst, c/d.html, pg1342)" in caplog.text and f"'{texts}/*.rst'" in caplog.text
+    assert f"{texts}: 3 files left out (e.g. b.rst, c/d.html, pg1342)" in caplog.text and f"'{texts}/*.rst'" in caplog.text
     caplog.clear()
     (texts / "b.rst").unlink(), (texts / "c" / "d.html").unlink(), (texts / "pg1342").unlink()
     list(DocumentSelection(DataConfig(source=str(texts))))
@@ -168,6 +169,15 @@ def test_a_folder_says_which_files_it_leaves_out(tmp_path, caplog):
     (other / "shard.json.gz").write_bytes(b"")
     list(DocumentSelection(DataConfig(source=str(other))))
     assert f"'{other}/*.json.gz'" in caplog.text
+    debian = tmp_path / "doc"  # /usr/share/doc: its files one folder down, their suffixes capitalised
+    (debian / "adduser").mkdir(parents=True)
+    (debian / "adduser" / "NEWS.Debian.gz").write_bytes(gzip.compress(b"adduser (3.1) unstable; news " * 20))
+    (debian / "adduser" / "README.md").write_text("read me " * 20)
+    caplog.clear()
+    list(DocumentSelection(DataConfig(source=str(debian))))
+    offered = f"{debian}/**/*.Debian.gz"  # it offered '*.debian.gz', which matches nothing here
+    assert f"'{offered}'" in caplog.text
+    assert [d.id for d in DocumentSelection(DataConfig(source=offered))] == ["NEWS.Debian.gz"]
 
 
 def test_a_json_line_with_half_a_surrogate_pair_is_one_line_naming_it(tmp_path):

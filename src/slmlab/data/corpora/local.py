@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ...files import HEAD_BYTES, file_name_text, is_run_folder, not_utf8, parse_json, wide_text
+from ...tables import counted
 from .compressed import (
     ARCHIVES,
     DECOMPRESSION_ERRORS,
@@ -317,11 +318,14 @@ def warn_of_files_left_out(folder: Path, left_out: list[Path], contributes: str)
     corpus is never half-read in silence. `contributes`: what the folder reads."""
     if left_out:
         first = left_out[0]
-        pattern = f"*{format_suffix(first)}{compression(first)}"  # *.csv, *.json.gz: what matches the example
+        suffixes = first.suffixes[-2 if compression(first) else -1 :] if first.suffix else []
+        pattern = "*" + "".join(suffixes)  # *.csv, *.json.gz, *.Debian.gz: what matches the example, in its case
+        if first.parent != folder:  # the folder is read through its subfolders
+            pattern = f"**/{pattern}"
         examples = ", ".join(p.relative_to(folder).as_posix() for p in left_out[:3])
         say_once(
             logging.WARNING,
-            f"{folder}: {len(left_out)} file(s) left out (e.g. {examples}): a folder contributes {contributes}; name others "
+            f"{folder}: {counted(len(left_out), 'files')} left out (e.g. {examples}): a folder contributes {contributes}; name others "
             f"by path or glob (data.source = '{folder}/{pattern}')",
             key=folder.resolve(),
         )
