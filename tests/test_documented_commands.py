@@ -107,3 +107,18 @@ def test_a_documented_command_is_one_slmlab_accepts(source, command, monkeypatch
     config = getattr(args, "config", None)
     if args.verb in CONFIG_VERBS and isinstance(config, str) and (ROOT / config).is_file():
         assert configs_to_inspect(config, overrides)
+
+
+def test_every_file_of_the_repository_the_documentation_names_exists():
+    """The docs named `src/slmlab/config.py` for every field and default long after the config
+    became a package: each `path` in a code span that starts at a folder of the repository
+    (src/, tests/, benchmarks/, configs/, docs/, examples/) is a file or folder there."""
+    named = set()
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for span in re.findall(r"`([^`\s]+)`", doc.read_text()):
+            path = span.rstrip(".,:;").split("::")[0]
+            if path.split("/")[0] in {"src", "tests", "benchmarks", "configs", "docs", "examples"} and "*" not in path:
+                named.add((doc.name, path))
+    assert len(named) >= 20
+    missing = sorted((doc, path) for doc, path in named if not (ROOT / path).exists())
+    assert not missing, missing
