@@ -21,6 +21,7 @@ import os
 import sys
 
 from .. import __version__
+from ..config.loading import SECTION_NAMES
 from ..torchrun_env import process_rank, report_error
 from . import data, develop, evaluate, inspect, interop, persona, train
 from .options import (
@@ -50,17 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SECTION_OVERRIDES = ("model", "data", "train")  # a section given as a table: --model '{n_layer = 2}'
-
-
-def split_overrides(argv: list[str], parser: argparse.ArgumentParser | None = None) -> tuple[list[str], list[str]]:
+def split_overrides(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
     """Separate config overrides (`--section.key value`, `--section.key=value`, `--out_dir DIR`,
     and, where `parser`'s verb has no option of that name (persona's --train), a section's table:
     `--model '{n_layer = 2}'`) from the verb's own arguments, so a value is never taken for a
     positional argument. `--out-dir`, spelled as the verbs' own options are, is `--out_dir`. After
     a bare `--` every argument is a value of the verb's own."""
-    own_options = verb_options(parser, argv) if parser is not None else set()
-    tables = {key for key in SECTION_OVERRIDES if parser is not None and f"--{key}" not in own_options}
+    own_options = verb_options(parser, argv)
+    tables = {key for key in SECTION_NAMES if f"--{key}" not in own_options}  # --model '{n_layer = 2}'
     own, overrides, i = [], [], 0
     while i < len(argv):
         arg = argv[i]

@@ -137,7 +137,7 @@ def _is_section(key: str) -> bool:
     return len(parts) == 2 and parts[0] == "model" and parts[1] not in MODEL_FIELDS
 
 
-SECTION_NAMES = {f.name for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default_factory)}
+SECTION_NAMES = tuple(f.name for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default_factory))
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
 

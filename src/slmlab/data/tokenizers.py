@@ -179,7 +179,8 @@ class CharTokenizer(Tokenizer):
         more = f" and {len(missing) - shown:,} more" if len(missing) > shown else ""
         known = set(self.chars)
         for form in ("NFC", "NFD"):
-            if unicodedata.normalize(form, text) != text and set(unicodedata.normalize(form, text)) <= known:
+            normal = unicodedata.normalize(form, text)
+            if normal != text and set(normal) <= known:
                 fix = f"the corpus writes them in Unicode normal form {form}: normalize the text to {form} (unicodedata.normalize('{form}', text))"
                 break
         else:

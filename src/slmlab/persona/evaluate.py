@@ -41,6 +41,8 @@ from ..tables import command_line, format_number, markdown_table
 from ..training import evaluate
 from .stage2 import source_data_config, trained_config
 
+log = logging.getLogger("slmlab")
+
 REPORT_TITLE = "# Persona robustness: "  # the --out table's first words: a file that starts so may be replaced
 NEUTRAL = (
     "The",
@@ -215,15 +217,13 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
     return [tokenizer.decode(tokenizer.until_eos(row)) for row in rows]
 
 
-def text_perplexity(model, cfg, data: DataConfig, tokenizer, device, label: str = "text") -> float:
+def text_perplexity(model, cfg, data: DataConfig, tokenizer, device, label: str) -> float:
     """Validation perplexity of `data` under the run's tokenizer; NaN, with a warning naming
     `label` and why, if the tokenizer cannot encode the text (a char tokenizer of another corpus)."""
     try:
         _, tokens = prepare_tokens(dataclasses.replace(data, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len), tokenizer)
     except TokenizerError as err:
-        logging.warning(
-            f"{label} ppl not measured ('–' in the table): the run's {cfg.data.tokenizer} tokenizer cannot encode {err}"
-        )
+        log.warning(f"{label} ppl not measured ('–' in the table): the run's {cfg.data.tokenizer} tokenizer cannot encode {err}")
         return math.nan
     loss = evaluate(model, tokens.val, cfg.data.seq_len, cfg.train.batch_size, 10, device)
     return perplexity(loss)
@@ -248,7 +248,7 @@ def evaluate_persona(
         raise unencodable(run.path)
     for kind, kept, given in (("neutral", neutral, NEUTRAL), ("adversarial", adversarial, adversarial_prompts)):
         if len(kept) < len(given):
-            logging.warning(
+            log.warning(
                 f"{run_path}: {len(given) - len(kept)} of {len(given)} {kind} prompts hold characters its tokenizer cannot "
                 f"encode: adherence is measured on the other {len(kept)}"
             )

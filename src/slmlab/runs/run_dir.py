@@ -29,6 +29,7 @@ from torch import nn
 
 from .. import plugins
 from ..config import ConfigError, RunConfig, apply_overrides, check_no_ignored_setting, config_from_dict
+from ..config.loading import SECTION_NAMES
 from ..data.tokenizer_kinds import load_tokenizer
 from ..data.tokenizers import Tokenizer
 from ..errors import RunFileError
@@ -40,7 +41,6 @@ from .checkpoints import CheckpointError, checkpoint_names, checksums, existing_
 from .metrics import MetricsLog
 
 log = logging.getLogger("slmlab")
-RUN_SECTIONS = ("model", "data", "train")  # what every config.json slmlab writes holds
 SUMMARY_FIELDS = {"step": int, "val_loss": (int, float), "val_ppl": (int, float)}
 
 
@@ -180,7 +180,7 @@ class RunDir:
             raise ConfigError(f"{self.path} is not a run directory (no config.json){hint}")
         fix = "it is the record of what ran: restore it from a copy of the run"
         values = read_json(self.config, "run config", ConfigError, fix)
-        lacking = [name for name in RUN_SECTIONS if isinstance(values, dict) and name not in values]
+        lacking = [name for name in SECTION_NAMES if isinstance(values, dict) and name not in values]
         if lacking:  # every run records them: defaults in their place would be another model
             sections = " and ".join(f"[{name}]" for name in lacking)
             raise ConfigError(f"run config {self.config} lacks the {sections} every run records: {fix}")
