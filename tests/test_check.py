@@ -144,10 +144,10 @@ def test_a_model_with_a_piece_the_references_do_not_know_is_compared_layer_by_la
     from slmlab.variants.self_area import SelfAreaConditioning
 
     cfg = load_config(ROOT / "configs" / "smt_small.toml", TOKEN_GATED)
-    assert _naive_reference_of(cfg)["naive reference (float64)"].figure.startswith("2 layer(s) + whole model: ")
+    assert _naive_reference_of(cfg)["naive reference (float64)"].figure.startswith("2 layers + whole model: ")
     monkeypatch.delattr(SelfAreaConditioning, "naive")
     figure = _naive_reference_of(cfg)["naive reference (float64)"].figure
-    assert figure.startswith("2 layer(s): ") and "whole model" not in figure
+    assert figure.startswith("2 layers: ") and "whole model" not in figure
 
 
 def test_the_check_runs_at_tiny_shapes_whatever_window_the_config_trains_on():
@@ -185,7 +185,7 @@ def test_smat_is_held_to_its_naive_reference(pattern):
     overrides = {"model.smat.use_S": True, "model.smat.use_G": True, "model.dropout": 0.2, **pattern}
     cfg = load_config(ROOT / "configs" / "quickstart.toml", overrides)
     outcome = {o.name: o.result for o in run_checks(cfg)[1]}["naive reference (float64)"]
-    assert outcome.passed is True and outcome.figure.startswith("2 layer(s) + whole model: "), outcome.figure
+    assert outcome.passed is True and outcome.figure.startswith("2 layers + whole model: "), outcome.figure
 
 
 def test_float64_rounding_is_judged_at_the_size_of_the_values_compared():
@@ -234,7 +234,7 @@ def test_the_worked_example_passes_check(capsys):
     block_local = {"model.attention": "block_local", "model.local_block": 8}  # its reference masks by the pattern
     cfg = load_config(ROOT / "examples" / "plugins" / "gated_attention.toml", block_local)
     naive = _naive_reference_of(cfg)["naive reference (float64)"]
-    assert naive.passed is True and naive.figure.startswith("2 layer(s) + whole model: "), naive.figure
+    assert naive.passed is True and naive.figure.startswith("2 layers + whole model: "), naive.figure
 
 
 @pytest.mark.parametrize("seed", [0, 2**64 - 1])

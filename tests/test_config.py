@@ -150,7 +150,7 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
         (["--model.global_every", "2"], "model.global_every = 2 makes every k-th layer of a local model.attention full"),
         (  # layers k-1, 2k-1, ... are full: with fewer layers than k, none is, and the model stays all local
             ["--model.attention", "block_local", "--model.n_layer", "2", "--model.global_every", "3"],
-            "model.global_every = 3 makes every k-th layer full, but the model has 2 layer(s): it changes nothing",
+            "model.global_every = 3 makes every k-th layer full, but the model has 2 layers: it changes nothing",
         ),
         (
             ["--model.attention", "block_local", "--model.attention_layers", '["full", "block_local"]'],

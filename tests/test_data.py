@@ -158,7 +158,7 @@ def test_a_validation_document_copied_into_training_is_named(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="slmlab"):
         _, data = prepare_tokens(_data(corpus, tmp_path, val_fraction=0.3))
     assert data.manifest["val_copies_in_train"] == [[val_name, train_name]]
-    assert f"1 validation document(s) have an exact copy among the training documents (e.g. '{val_name}' = " in caplog.text
+    assert f"1 validation document has an exact copy among the training documents (e.g. '{val_name}' = " in caplog.text
     caplog.clear()
     (corpus / train_name).unlink()
     (corpus / train_name).write_text("another text altogether. " * 10)

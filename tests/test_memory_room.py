@@ -157,4 +157,4 @@ def test_a_sweep_runs_side_by_side_only_as_many_runs_as_the_memory_holds(micro_s
     assert main(["sweep", str(micro_sweep), "--jobs", "2"]) == 0  # the workers see the real memory
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("this machine's memory holds 1 of these runs at a time") for line in lines)
-    assert any(line.endswith("1 parallel job(s), 2 thread(s) each") for line in lines)
+    assert any(line.endswith("1 parallel job, 2 threads each") for line in lines)

@@ -68,7 +68,7 @@ def test_an_architecture_without_attention_checks_trains_and_refuses_attention_m
     checked = slmlab("check", str(config))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     compiled = next(line for line in checked.stdout.splitlines() if line.startswith("| compiled decoding"))
-    assert (" 0 graph(s)" in compiled) == ("nothing captured: --compile decodes it eagerly" in compiled)  # nn.GRU
+    assert (" 0 graphs" in compiled) == ("nothing captured: --compile decodes it eagerly" in compiled)  # nn.GRU
     framed = slmlab("train", str(config), "--name", "framed", "--viz-every", "2", "--no-progress")
     assert framed.returncode == 2 and not (tmp_path / "runs" / "framed").exists()
     assert "train.viz_every needs attention maps, and model.arch = 'recurrent_test' has no attention layers" in framed.stderr

@@ -84,7 +84,7 @@ def test_overwrite_removes_only_what_slmlab_wrote(micro_toml, tmp_path, capsys, 
     assert main(["eval", str(run), "--by-position", "--batches", "1"]) == 0  # derived.json and its lock
     caplog.clear()
     assert _train(micro_toml, "--name", "mine", "--overwrite") == 0
-    assert "kept 2 file(s) slmlab did not write: data, my_notes.md" in caplog.text
+    assert "kept 2 files slmlab did not write: data, my_notes.md" in caplog.text
     assert (run / "my_notes.md").read_text() == "keep me" and (run / "data" / "corpus.txt").read_text() == "keep me too"
     assert (run / "final.safetensors").is_file() and (run / "summary.json").is_file()
 

@@ -31,7 +31,7 @@ def test_the_scaffold_passes_its_own_check(tmp_path, capsys, kind):
     if kind != "mlp":  # its reference masks by the layer's pattern: block-local layers are compared too
         cfg = load_config(tmp_path / "ideas" / f"{name}.toml", {"model.attention": "block_local", "model.local_block": 8})
         naive = {o.name: o.result for o in run_checks(cfg)[1]}["naive reference (float64)"]
-        assert naive.passed is True and naive.figure.startswith("2 layer(s) + whole model: "), naive.figure
+        assert naive.passed is True and naive.figure.startswith("2 layers + whole model: "), naive.figure
 
 
 def test_a_section_chosen_by_a_model_choice_is_read_only_while_chosen(tmp_path, capsys):

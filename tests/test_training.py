@@ -144,7 +144,7 @@ def test_more_threads_than_cores_are_warned_of(text_corpus, make_config, monkeyp
         train(replace(make_config(text_corpus, train={"steps": 2, "eval_every": 2, "threads": 2}), name="two"), progress=False)
         assert "CPU core" not in caplog.text
         train(replace(make_config(text_corpus, train={"steps": 2, "eval_every": 2, "threads": 3}), name="three"), progress=False)
-    assert "train.threads = 3 is more than the 2 CPU core(s) this process may use" in caplog.text
+    assert "train.threads = 3 is more than the 2 CPU cores this process may use" in caplog.text
     assert torch.get_num_threads() == before
 
 

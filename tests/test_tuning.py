@@ -30,7 +30,7 @@ def test_each_variant_trains_its_seeds_at_its_best_learning_rate(tmp_path, tuned
     assert main(["sweep", str(tuned_sweep), "--dry-run"]) == 0
     assert capsys.readouterr().out.count("tune ") == 4  # 2 variants x 2 values
     assert main(["sweep", str(tuned_sweep), "--only", "0"]) == 2  # before tuning: refused, one line
-    assert "tuning run(s) are not finished" in capsys.readouterr().err
+    assert "tuning runs not finished: " in capsys.readouterr().err
 
     assert main(["sweep", str(tuned_sweep), "--jobs", "1"]) == 0
     capsys.readouterr()

@@ -99,7 +99,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None], keep_suffix: bo
         raise ConfigError(f"{path} is a folder: name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".tmp" + (path.suffix if keep_suffix else "")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=suffix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=suffix)
+    except OSError as err:  # named by the file asked for, not by the temp file's random name
+        raise OSError(err.errno, err.strerror, str(path)) from None
     os.close(fd)
     try:
         try:

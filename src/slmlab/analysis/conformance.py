@@ -44,7 +44,7 @@ from ..model.protocol import attention_modules
 from ..phase_progress import tracked
 from ..registry import NAIVE_MODEL_REFERENCES, NAIVE_REFERENCES
 from ..runs.checkpoints import load_weights
-from ..tables import markdown_table
+from ..tables import counted, markdown_table
 from . import references  # noqa: F401  (registers the built-in attention's and decoder's naive references)
 from .decoding_checks import check_compiled_decoding, check_kv_cache, check_padded_decoding
 from .probe import Probe, Result, agrees
@@ -231,7 +231,7 @@ def check_naive_references(probe: Probe) -> Result:
     worst_out, worst_grad = (max(d[i] for d in compared.values()) for i in range(2))
     failing = [label for label, (_, _, agreed) in compared.items() if not agreed]
     more = f" and {len(failing) - 3} more" if len(failing) > 3 else ""
-    scope = f"{layers} layer(s)" + (" + whole model" if len(compared) > layers else "")
+    scope = counted(layers, "layers") + (" + whole model" if len(compared) > layers else "")
     figure = f"{scope}: max abs Δ out = {worst_out:.2g}, Δ grad = {worst_grad:.2g}"
     return Result(
         not failing,

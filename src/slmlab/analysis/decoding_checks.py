@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..model.generation import left_padded
+from ..tables import counted
 from .probe import Probe, Result, agrees
 
 
@@ -114,11 +115,11 @@ def check_compiled_decoding(probe: Probe) -> Result:
             torch._dynamo.reset()
     reasons = [] if same else ["compiled greedy decoding differs from eager decoding"]
     if per_step:
-        bounded, figure = False, f"{n} tokens, {graphs} graph(s)"
+        bounded, figure = False, f"{n} tokens, {counted(graphs, 'graphs')}"
         reasons.append(f"{n} tokens captured {graphs} graphs: it recompiles as it decodes")
     else:
         bounded = backend.graphs == graphs
-        figure = f"{2 * n - 1} tokens, {graphs} graph(s)" + ("" if bounded else f", then {backend.graphs}")
+        figure = f"{2 * n - 1} tokens, {counted(graphs, 'graphs')}" + ("" if bounded else f", then {backend.graphs}")
         if not backend.graphs:  # Dynamo fell back to Python for the whole step: nothing compiles, nothing breaks
             figure += " (nothing captured: --compile decodes it eagerly)"
         if not bounded:

@@ -33,6 +33,7 @@ from .options import (
     refuse_unrecognized,
     refuse_unusable_arguments,
 )
+from .os_errors import os_error_message
 
 VERB_GROUPS = (train, evaluate, persona, inspect, develop, interop, data)
 log = logging.getLogger("slmlab")
@@ -126,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as err:  # a path it cannot read or write (permissions, a file where a folder goes, a full disk)
-        hint = " (a file stands where a folder is needed: choose another path)"
-        report_error(f"slmlab: error: {err}{hint if isinstance(err, (FileExistsError, NotADirectoryError)) else ''}")
+        report_error(f"slmlab: error: {os_error_message(err)}")
         return 2
     except KeyboardInterrupt:
         again = {

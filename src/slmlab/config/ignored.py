@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..registry import MODEL_SECTIONS
+from ..tables import counted
 from .checks import default_at, first_change, value_at
 
 # A setting read only under some choices: key -> (the choice, the built-in values that ignore it).
@@ -131,7 +132,7 @@ def _ignored_attention_settings(configs: list) -> list[tuple[str, str]]:
             (
                 "model.global_every",
                 f"model.global_every = {m.global_every} makes every k-th layer full, but the model has "
-                f"{m.n_layer} layer(s): it changes nothing; lower it to at most model.n_layer",
+                f"{counted(m.n_layer, 'layers')}: it changes nothing; lower it to at most model.n_layer",
             )
         )
     return found

@@ -53,7 +53,9 @@ class WindowSampler:
             names = list(mixture)
             unknown = [n for n in names if n not in split.streams]
             if unknown:
-                raise CorpusError(f"data.mixture: unknown stream(s) {unknown}; streams are {sorted(split.streams)}")
+                raise CorpusError(
+                    f"data.mixture: unknown {'stream' if len(unknown) == 1 else 'streams'} {unknown}; streams are {sorted(split.streams)}"
+                )
             names = [n for n in names if mixture[n] > 0]
             weights = np.array([mixture[n] for n in names], dtype=np.float64)
         else:

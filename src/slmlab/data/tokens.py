@@ -248,10 +248,12 @@ def prepare_tokens(
     copies = tokens.manifest.get("val_copies_in_train")
     if copies:
         log.warning(
-            "%s: %s validation document(s) have an exact copy among the training documents (e.g. %r = %r): their "
+            "%s: %s an exact copy among the training documents (e.g. %r = %r): their "
             "validation loss scores text the model trained on; remove the copies from the corpus",
             data.source,
-            f"{len(copies)}+" if len(copies) == COPIES_LISTED else len(copies),
+            "1 validation document has"
+            if len(copies) == 1
+            else f"{len(copies)}{'+' * (len(copies) == COPIES_LISTED)} validation documents have",
             *copies[0],
         )
     return tokenizer, tokens

@@ -33,7 +33,7 @@ from ..config import ConfigError, RunConfig
 from ..errors import SlmlabError, TrainingError
 from ..locks import DirectoryLock
 from ..runs.run_dir import RunDir
-from ..tables import human
+from ..tables import counted, human
 from ..training import stopping
 from ..training.memory_room import runs_that_fit
 from .budget import with_vocab
@@ -170,12 +170,12 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
             log.warning(message, fit, human(largest, "B"), fit, slots)
             slots, devices, threads = plan_devices(fit)
     log.info(
-        "sweep %s: %d runs to do, %d done; %d parallel job(s), %d thread(s) each",
+        "sweep %s: %s to do, %d done; %s, %s each",
         sweep.name,
-        len(pending),
+        counted(len(pending), "runs"),
         len(results),
-        slots,
-        threads,
+        counted(slots, "parallel jobs"),
+        counted(threads, "threads"),
     )
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=slots, mp_context=context, initializer=follow_parent, initargs=(os.getpid(),)) as pool:
@@ -261,7 +261,7 @@ def tune_settings(sweep: SweepConfig, jobs: list[Job], parallel: int = 1, run: b
         unfinished = [str(job.run.path) for job in tuning if run_status(job) != "done"]
         if unfinished:
             raise ConfigError(
-                f"{len(unfinished)} tuning run(s) are not finished (e.g. {unfinished[0]}): run `slmlab sweep` on this "
+                f"tuning runs not finished: {len(unfinished)} (e.g. {unfinished[0]}): run `slmlab sweep` on this "
                 "config once locally to tune, or remove [tune]"
             )
         results = {(job.variant, job.seed): job.run.read_summary() for job in tuning}

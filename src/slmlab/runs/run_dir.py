@@ -36,7 +36,7 @@ from ..errors import RunFileError
 from ..files import atomic_write_text, read_json, remove_stale_temps, require_fields, sha256_file
 from ..locks import DirectoryLock
 from ..model import build_model
-from ..tables import command_line
+from ..tables import command_line, counted
 from .checkpoints import CheckpointError, checkpoint_names, checksums, existing_checkpoint, latest_checkpoint, load_weights
 from .metrics import MetricsLog
 
@@ -140,7 +140,7 @@ class RunDir:
         if self.holds_run():
             kept = self.remove_owned()
             if kept:
-                log.warning("%s: kept %d file(s) slmlab did not write: %s", self.path, len(kept), ", ".join(kept[:5]))
+                log.warning("%s: kept %s slmlab did not write: %s", self.path, counted(len(kept), "files"), ", ".join(kept[:5]))
         self.path.mkdir(parents=True, exist_ok=True)
         if cfg.plugins:
             plugins.record(self.plugin_dir, cfg.plugins)
@@ -148,11 +148,16 @@ class RunDir:
 
     def remove_owned(self) -> list[str]:
         """Delete what slmlab wrote here (OWNED, and phase sub-runs recursively); return the
-        names of the entries left in place."""
-        for entry in self.path.iterdir():
-            if entry.is_symlink() or not self._owned(entry.name):
-                continue
-            if entry.name in self.OWNED or not fnmatch.fnmatch(entry.name, self.PHASES):
+        names of the entries left in place. A folder this user may not change is refused before
+        anything is deleted, and config.json goes last: a removal stopped half-way (a file that
+        cannot be deleted, Ctrl-C) leaves a run that --overwrite can remove again."""
+        owned = sorted(
+            (entry for entry in self.path.iterdir() if not entry.is_symlink() and self._owned(entry.name)),
+            key=lambda entry: entry == self.config,
+        )
+        self._check_removable(owned)
+        for entry in owned:
+            if not self._is_phase(entry):
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
             else:  # a phase sub-run: only its own files, then the folder if that empties it
                 phase = RunDir(entry)
@@ -161,6 +166,22 @@ class RunDir:
                 if not any(entry.iterdir()):
                     entry.rmdir()
         return sorted(entry.name for entry in self.path.iterdir())
+
+    def _check_removable(self, entries: list[Path]) -> None:
+        """Refuse (before deleting anything) when a folder that holds one of `entries`, or one
+        inside them, does not let this user delete from it (a phase sub-run checks its own)."""
+        removed_whole = [entry for entry in entries if entry.is_dir() and not self._is_phase(entry)]
+        folders = [self.path] + [Path(root) for entry in removed_whole for root, _, _ in os.walk(entry)]
+        for folder in folders:
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ConfigError(
+                    f"cannot overwrite {self.path}: this user may not delete files in {folder}; change its permissions "
+                    "(chmod, chown) or pick another --name"
+                )
+
+    def _is_phase(self, entry: Path) -> bool:
+        """Whether `entry` (one of this run's) is a curriculum phase's sub-run, not one of its files."""
+        return entry.name not in self.OWNED and fnmatch.fnmatch(entry.name, self.PHASES)
 
     def _owned(self, name: str) -> bool:
         patterns = (*self.OWNED, *(f".{p}.*" for p in self.OWNED), f".{self.PHASES}.lock", ".derived.lock")

@@ -29,6 +29,7 @@ from ..config import ConfigError, ModelConfig
 from ..model import build_model
 from ..model.auxiliary import WithAuxiliary, auxiliary_modules
 from ..registry import is_builtin_module
+from ..tables import counted
 from ..torchrun_env import env_int, world_size
 from .runtime import resolve_device
 
@@ -89,7 +90,7 @@ class World:
             if world.local_rank >= torch.cuda.device_count():
                 raise ConfigError(
                     f"process {world.local_rank} of this machine has no GPU of its own: it has "
-                    f"{torch.cuda.device_count()} CUDA device(s); start at most that many processes per machine "
+                    f"{counted(torch.cuda.device_count(), 'CUDA devices')}; start at most that many processes per machine "
                     "(--nproc), or set train.device = 'cpu'"
                 )
             device = torch.device("cuda", world.local_rank)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
+from ..tables import counted
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,7 +38,7 @@ def resolve_device(name: str) -> torch.device:
     count = torch.cuda.device_count()
     if device.type == "cuda" and (device.index or 0) >= count:
         raise ConfigError(
-            f"device '{name}' was asked for but this machine has {count} CUDA device(s); use cuda:0 up to cuda:{count - 1}"
+            f"device '{name}' was asked for but this machine has {counted(count, 'CUDA devices')}; use cuda:0 up to cuda:{count - 1}"
         )
     if device.type == "mps" and not _mps_available():
         raise ConfigError(f"device '{name}' was asked for but MPS is not available here; use 'auto' or 'cpu'")
@@ -83,7 +84,7 @@ def use_threads(threads: int) -> str | None:
     if threads <= cores:
         return None
     return (
-        f"train.threads = {threads} is more than the {cores} CPU core(s) this process may use: the extra threads "
+        f"train.threads = {threads} is more than the {counted(cores, 'CPU cores')} this process may use: the extra threads "
         "wait on each other and slow training; set it at most to the core count, or 0 for torch's default"
     )
 

@@ -9,6 +9,7 @@ import math
 import torch
 
 from ..errors import TrainingError
+from ..tables import counted
 
 log = logging.getLogger("slmlab")
 
@@ -53,7 +54,7 @@ def check_skips(window: dict, step: int, max_nan_skips: int, last: bool = False)
     model as the cause when they are every step of a run begun at step 0 (no update was made),
     as also when such a run ends (`last`) before that many steps: it trained nothing."""
     if window["skipped"]:
-        log.warning("%d non-finite step(s) skipped (loss or gradient), up to step %d", window["skipped"], step)
+        log.warning("%s skipped (loss or gradient), up to step %d", counted(window["skipped"], "non-finite steps"), step)
     untrained = window["longest"] >= step  # not one update yet: the weights are the initial ones
     if window["longest"] < max_nan_skips and not (last and untrained):
         return

@@ -11,7 +11,6 @@ downloaded: these are local files only.
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from ...files import file_name_text, read_json
 from .document import LABEL_FIELDS, Document, refuse_repeated, repeated
 from .fetch import CorpusError, file_digest
-from .local import corpus_files, parse_label, parse_year, warn_of_files_left_out
+from .local import corpus_files, glob_files, parse_label, parse_year, warn_of_files_left_out
 
 RESAVE = "save the dataset again with save_to_disk"
 BATCH_ROWS = 1024
@@ -38,7 +37,7 @@ def _glob(spec: str) -> list[Path]:
     """The files a glob spec ('shards/*.parquet', '**' allowed) matches; [] for a plain path."""
     if not any(ch in spec for ch in "*?["):
         return []
-    return sorted(Path(p) for p in glob.glob(str(Path(spec).expanduser()), recursive=True) if Path(p).is_file())
+    return glob_files(spec)
 
 
 def is_columnar(spec: str) -> bool:

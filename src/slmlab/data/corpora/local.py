@@ -20,6 +20,8 @@ file's stem.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fnmatch
 import glob
 import hashlib
 import json
@@ -122,13 +124,62 @@ def _what_else(folder: Path, spec: str) -> str:
 def corpus_files(folder: Path, suffixes: tuple[str, ...] | None) -> list[Path]:
     """The files under `folder` with one of `suffixes` (None: any), sorted, leaving out hidden files
     and folders (.git, .ipynb_checkpoints copies that would put one text on both sides of the split,
-    .DS_Store) and __MACOSX resource forks, as a shell glob does."""
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file()
-        and (suffixes is None or format_suffix(path) in suffixes)
-        and not any(part.startswith(".") or part in SKIPPED_FOLDERS for part in path.relative_to(folder).parts)
+    .DS_Store) and __MACOSX resource forks, as a shell glob does. A folder inside that cannot be
+    listed (permissions) is refused: its files would be left out without a word."""
+
+    def refuse(err: OSError) -> None:
+        raise _unlisted(Path(err.filename), err, f"its files would be left out of the corpus read from {folder}")
+
+    found = []
+    for here, folders, names in os.walk(folder, onerror=refuse):  # links to folders are not followed, as rglob
+        folders[:] = [name for name in folders if not name.startswith(".") and name not in SKIPPED_FOLDERS]
+        paths = (Path(here, name) for name in names if not name.startswith("."))
+        found += [path for path in paths if path.is_file() and (suffixes is None or format_suffix(path) in suffixes)]
+    return sorted(found)
+
+
+def glob_files(pattern: str) -> list[Path]:
+    """The files the shell glob `pattern` (`**` at any depth, ~ expanded) matches, sorted. A folder
+    the glob would list but this user may not is refused: glob leaves its files out without a word."""
+    pattern = str(Path(pattern).expanduser())
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    _refuse_unlisted_folders(Path(*parts[:fixed]) if fixed else Path("."), parts[fixed:], pattern)
+    return sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+
+
+def _refuse_unlisted_folders(folder: Path, rest: tuple[str, ...], pattern: str) -> None:
+    """Raise when glob, matching `rest` (the pattern's parts below `folder`), would need to list a
+    folder (a part with a wildcard; `**`: every visible folder below) or enter one (a plain part)
+    that this user may not."""
+    if not rest:
+        return
+    part, below = rest[0], rest[1:]
+    if not glob.has_magic(part):  # looked up, not listed: needs only search permission
+        if os.path.isdir(folder) and not os.access(folder, os.X_OK):
+            denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            raise _unlisted(folder, denied, f"the glob '{pattern}' cannot find its files", "enter")
+        _refuse_unlisted_folders(folder / part, below, pattern)
+        return
+    try:
+        entries = list(os.scandir(folder))
+    except PermissionError as err:
+        raise _unlisted(folder, err, f"the glob '{pattern}' would leave its files out") from None
+    except OSError:  # not a folder, or not there: glob finds nothing there either
+        return
+    for entry in entries:
+        if entry.is_symlink() or not entry.is_dir() or (entry.name.startswith(".") and not part.startswith(".")):
+            continue
+        if part == "**":
+            _refuse_unlisted_folders(Path(entry.path), rest, pattern)
+        elif fnmatch.fnmatch(entry.name, part):
+            _refuse_unlisted_folders(Path(entry.path), below, pattern)
+
+
+def _unlisted(folder: Path, err: OSError, consequence: str, action: str = "list") -> CorpusError:
+    return CorpusError(
+        f"cannot {action} the folder {folder} ({(err.strerror or str(err)).lower()}): {consequence}; change its permissions "
+        "(chmod, chown) or move it out of the corpus"
     )
 
 
@@ -187,7 +238,7 @@ class LocalSource:
                 raise CorpusError(f"data.source: '{spec}' {_what_else(path, spec)}")
             warn_of_files_left_out(path, [p for p in found if format_suffix(p) not in FOLDER_FORMATS], TEXT_FOLDER)
         elif any(ch in spec for ch in "*?["):
-            files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+            files = glob_files(str(path))
             if not files:
                 raise CorpusError(f"data.source: the glob '{spec}' matches no file{_read_from(path)}")
         else:

@@ -1,0 +1,235 @@
+"""Files and folders this user may not read, list or change: one line naming the path, whether it
+was read or written and what to change; a folder corpus or glob never leaves an unlistable folder's
+files out in silence; --overwrite of a run it cannot delete from deletes nothing.
+
+Root may read and write anything, so where these tests run as root (CI) the permission a folder
+lacks is simulated (os.access, os.scandir, mkstemp failing as the kernel fails them); the last test
+repeats the whole journey with real permissions wherever it runs as another user."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slmlab.cli import main
+from slmlab.cli.os_errors import os_error_message
+from slmlab.data.corpora.local import corpus_files, glob_files
+from slmlab.errors import ConfigError, CorpusError
+from slmlab.runs import RunDir
+
+
+def _denied(path) -> PermissionError:
+    return PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+
+def _lacking(monkeypatch, path: Path, *modes: int) -> None:
+    """os.access answers as if this user lacked `modes` on `path` (and has every other)."""
+    access = os.access
+
+    def answer(where, mode, *args, **kwargs):
+        if Path(where).resolve() == path.resolve() and any(mode & m for m in modes):
+            return False
+        return access(where, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", answer)
+
+
+def _unlistable(monkeypatch, folder: Path) -> None:
+    """os.scandir (which os.walk and glob call) fails on `folder` as on a folder of mode 0o000."""
+    scandir = os.scandir
+
+    def listing(where="."):
+        if Path(where).resolve() == folder.resolve():
+            raise _denied(where)
+        return scandir(where)
+
+    monkeypatch.setattr(os, "scandir", listing)
+
+
+def test_a_file_it_may_not_read_is_named_as_read(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("text")
+    _lacking(monkeypatch, corpus, os.R_OK)
+    message = os_error_message(_denied(corpus))
+    assert message.startswith(f"cannot read {corpus}: permission denied for this user; change its permissions")
+    assert "Errno" not in message
+
+
+def test_a_file_in_a_folder_it_may_not_write_names_the_folder_and_the_option_that_chose_it(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _lacking(monkeypatch, runs, os.W_OK)
+    monkeypatch.setenv("SLMLAB_CACHE", str(tmp_path / "cache"))
+    message = os_error_message(_denied(runs / "a" / "config.json"))
+    assert message == (
+        f"cannot write {runs / 'a' / 'config.json'}: the folder {runs} is not writable for this user; change its "
+        "permissions (chmod, chown) or write elsewhere (--out_dir for a run, --out for a file)"
+    )
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _lacking(monkeypatch, cache, os.W_OK)
+    assert os_error_message(_denied(cache / "tokens")).endswith(
+        "or set SLMLAB_CACHE (or data.cache_dir) to a folder you can write"
+    )
+
+
+def test_a_folder_it_may_not_enter_is_named_before_what_lies_in_it(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    (runs / "a").mkdir(parents=True)
+    _lacking(monkeypatch, runs, os.X_OK)
+    message = os_error_message(_denied(runs / "a" / "config.json"))
+    assert message.startswith(f"cannot reach {runs / 'a' / 'config.json'}: this user may not enter the folder {runs};")
+
+
+@pytest.mark.parametrize(
+    ("number", "says"),
+    [
+        (errno.EROFS, "its file system is read-only; or write elsewhere"),
+        (errno.ENOSPC, "no space left on its disk; free some space or write elsewhere"),
+        (errno.EISDIR, "is a folder where a file is needed"),
+        (errno.ENOTDIR, "a file stands where a folder is needed"),
+        (errno.ENAMETOOLONG, "the name is too long for the file system"),
+        (errno.ENOENT, "no such file or folder; check the path"),
+    ],
+)
+def test_other_file_system_errors_say_what_to_change(number, says, tmp_path):
+    message = os_error_message(OSError(number, os.strerror(number), str(tmp_path / "x")))
+    assert says in message and str(tmp_path / "x") in message and "Errno" not in message
+
+
+def test_a_write_refused_by_its_folder_is_named_by_the_file_not_its_temp_file(micro_toml, tmp_path, capsys, monkeypatch):
+    """mkstemp's error named '.config.json.25396.2fpnrz3d.tmp', a file the user never asked for."""
+    import tempfile
+
+    mkstemp = tempfile.mkstemp
+
+    def refuse(*args, dir=None, prefix="", **kwargs):
+        if not prefix.startswith(".config.json."):
+            return mkstemp(*args, dir=dir, prefix=prefix, **kwargs)
+        raise _denied(Path(dir) / f"{prefix}abc.tmp")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert main(["train", str(micro_toml), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"slmlab: error: {tmp_path / 'runs' / 'base' / 'config.json'}: permission denied for this user")
+    assert ".tmp" not in err and err.count("\n") == 1
+
+
+def test_a_folder_corpus_refuses_a_subfolder_it_cannot_list(tmp_path, monkeypatch):
+    """os.walk and rglob skip such a folder without a word: the run trained on less text."""
+    (tmp_path / "corpus" / "more").mkdir(parents=True)
+    (tmp_path / "corpus" / "a.txt").write_text("a")
+    (tmp_path / "corpus" / "more" / "b.txt").write_text("b")
+    (tmp_path / "corpus" / ".git").mkdir()
+    _unlistable(monkeypatch, tmp_path / "corpus" / ".git")  # hidden: never read, never refused
+    assert [p.name for p in corpus_files(tmp_path / "corpus", None)] == ["a.txt", "b.txt"]
+    _unlistable(monkeypatch, tmp_path / "corpus" / "more")
+    with pytest.raises(CorpusError, match=r"cannot list the folder .*more \(permission denied\): its files would be left out"):
+        corpus_files(tmp_path / "corpus", None)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "refused"),
+    [
+        ("corpus/**/*.txt", True),
+        ("corpus/*/*.txt", True),
+        ("corpus/m*/b.txt", False),  # looks b.txt up without listing: needs only search permission
+        ("corpus/*.txt", False),  # lists corpus only
+        ("corpus/x*/*.txt", False),  # never enters 'more'
+        ("corpus/*/.hidden/*.txt", False),
+    ],
+)
+def test_a_glob_refuses_a_folder_it_would_list_but_cannot(pattern, refused, tmp_path, monkeypatch):
+    (tmp_path / "corpus" / "more").mkdir(parents=True)
+    (tmp_path / "corpus" / "a.txt").write_text("a")
+    (tmp_path / "corpus" / "more" / "b.txt").write_text("b")
+    monkeypatch.chdir(tmp_path)
+    _unlistable(monkeypatch, tmp_path / "corpus" / "more")
+    if refused:
+        with pytest.raises(
+            CorpusError, match=rf"cannot list the folder corpus/more .*the glob '{re.escape(pattern)}' would leave"
+        ):
+            glob_files(pattern)
+    else:
+        glob_files(pattern)
+
+
+def test_a_glob_through_a_folder_it_cannot_enter_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "corpus" / "more").mkdir(parents=True)
+    (tmp_path / "corpus" / "more" / "b.txt").write_text("b")
+    _lacking(monkeypatch, tmp_path / "corpus" / "more", os.X_OK)
+    with pytest.raises(CorpusError, match=r"cannot enter the folder .*more .*cannot find its files"):
+        glob_files(str(tmp_path / "corpus" / "m*" / "b.txt"))
+
+
+def _trained(micro_toml, tmp_path) -> RunDir:
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "a"]) == 0
+    return RunDir(tmp_path / "runs" / "a")
+
+
+def test_overwrite_of_a_run_it_may_not_delete_from_deletes_nothing(micro_toml, tmp_path, capsys, monkeypatch):
+    run = _trained(micro_toml, tmp_path)
+    before = sorted(p.relative_to(run.path) for p in run.path.rglob("*"))
+    _lacking(monkeypatch, run.checkpoints, os.W_OK)
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "a", "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"slmlab: error: cannot overwrite {run.path}: this user may not delete files in {run.checkpoints}; "
+        "change its permissions (chmod, chown) or pick another --name"
+    )
+    assert sorted(p.relative_to(run.path) for p in run.path.rglob("*")) == before
+
+
+def test_an_overwrite_stopped_half_way_leaves_a_run_it_can_overwrite_again(micro_toml, tmp_path, capsys, monkeypatch):
+    """config.json went with the first files: what was left was 'files that are not a slmlab run',
+    which --overwrite then refused to touch."""
+    run = _trained(micro_toml, tmp_path)
+    rmtree = shutil.rmtree
+
+    def stopped(path, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", stopped)  # Ctrl-C while deleting the checkpoints
+    with pytest.raises(KeyboardInterrupt):
+        run.remove_owned()
+    assert run.config.is_file()
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "a", "--overwrite"]) == 0
+
+
+def test_remove_owned_refuses_before_deleting_when_the_run_folder_itself_is_read_only(micro_toml, tmp_path, monkeypatch):
+    run = _trained(micro_toml, tmp_path)
+    _lacking(monkeypatch, run.path, os.W_OK)
+    with pytest.raises(ConfigError, match="may not delete files in"):
+        run.remove_owned()
+    assert run.config.is_file() and run.final_weights.is_file()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes through any permission")
+def test_real_permissions_end_to_end(micro_toml, tmp_path):
+    """The same refusals with real modes, through the command line."""
+    slmlab = [sys.executable, "-m", "slmlab"]
+
+    def run(*argv) -> str:
+        done = subprocess.run([*slmlab, *argv], capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and "Errno" not in done.stderr and "Traceback" not in done.stderr
+        return done.stderr
+
+    (tmp_path / "ro").mkdir(mode=0o555)
+    assert "the folder" in run("train", str(micro_toml), "--out_dir", str(tmp_path / "ro"), "--no-progress")
+    corpus = tmp_path / "corpus"
+    (corpus / "more").mkdir(parents=True)
+    (corpus / "a.txt").write_text("some text " * 200)
+    (corpus / "more" / "b.txt").write_text("more text " * 200)
+    (corpus / "more").chmod(0)
+    try:
+        assert "cannot list the folder" in run("train", str(micro_toml), "--data.source", str(corpus), "--no-progress")
+    finally:
+        (corpus / "more").chmod(0o755)
