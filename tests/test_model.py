@@ -272,7 +272,7 @@ def test_a_forward_refuses_ids_that_are_not_a_tensor(arch):
     "settings, message",
     [
         ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),  # ValueError from range()
-        ({"generators": [torch.Generator()]}, "1 generators for 2 prompts: give one per prompt"),  # IndexError
+        ({"generators": [torch.Generator()]}, "1 generator for 2 prompts: give one per prompt"),  # IndexError
         ({"stop_token": 50}, r"stop_token = 50 is no id of this model"),
         ({"top_k": 1.5}, r"top_k must be a whole number >= 0"),
         ({"generators": 3}, r"generators must be a list, one per prompt, or None; got int"),  # TypeError from len()

@@ -67,10 +67,10 @@ def test_a_file_in_a_folder_it_may_not_write_names_the_folder_and_the_option_tha
     runs.mkdir()
     _lacking(monkeypatch, runs, os.W_OK)
     monkeypatch.setenv("SLMLAB_CACHE", str(tmp_path / "cache"))
-    message = os_error_message(_denied(runs / "a" / "config.json"))
+    message = os_error_message(_denied(runs / "a" / "config.json"), ["--out_dir"])
     assert message == (
         f"cannot write {runs / 'a' / 'config.json'}: the folder {runs} is not writable for this user; change its "
-        "permissions (chmod, chown) or write elsewhere (--out_dir for a run, --out for a file)"
+        "permissions (chmod, chown) or give another --out_dir"
     )
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -91,8 +91,8 @@ def test_a_folder_it_may_not_enter_is_named_before_what_lies_in_it(tmp_path, mon
 @pytest.mark.parametrize(
     ("number", "says"),
     [
-        (errno.EROFS, "its file system is read-only; or write elsewhere"),
-        (errno.ENOSPC, "no space left on its disk; free some space or write elsewhere"),
+        (errno.EROFS, "its file system is read-only; give another --out"),
+        (errno.ENOSPC, "no space left on its disk; free some space or give another --out"),
         (errno.EISDIR, "is a folder where a file is needed"),
         (errno.ENOTDIR, "a file stands where a folder is needed"),
         (errno.ENAMETOOLONG, "the name is too long for the file system"),
@@ -100,7 +100,7 @@ def test_a_folder_it_may_not_enter_is_named_before_what_lies_in_it(tmp_path, mon
     ],
 )
 def test_other_file_system_errors_say_what_to_change(number, says, tmp_path):
-    message = os_error_message(OSError(number, os.strerror(number), str(tmp_path / "x")))
+    message = os_error_message(OSError(number, os.strerror(number), str(tmp_path / "x")), ["--out"])
     assert says in message and str(tmp_path / "x") in message and "Errno" not in message
 
 
@@ -233,3 +233,41 @@ def test_real_permissions_end_to_end(micro_toml, tmp_path):
         assert "cannot list the folder" in run("train", str(micro_toml), "--data.source", str(corpus), "--no-progress")
     finally:
         (corpus / "more").chmod(0o755)
+
+
+def _read_only(monkeypatch, folder: Path) -> None:
+    """Files cannot be made in `folder` (mkstemp fails as the kernel fails it), and os.access says so."""
+    import tempfile
+
+    mkstemp = tempfile.mkstemp
+
+    def refuse(*args, dir=None, prefix="", **kwargs):
+        if dir is not None and Path(dir).resolve() == folder.resolve():
+            raise _denied(Path(dir) / f"{prefix}abc.tmp")
+        return mkstemp(*args, dir=dir, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    _lacking(monkeypatch, folder, os.W_OK)
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["ablate", "{run}", "--layers"], "or copy the run {run} to a folder you can write and give the copy"),
+        (["prompts", "{run}", "--suite", "{suite}", "--out", "{run}/p.md"], "or give another --out"),
+        (["tokenizer", "train", "{config}", "--out", "{ro}/t.json"], "or give another --out"),
+    ],
+)
+def test_a_read_only_run_folder_names_the_argument_that_writes_elsewhere(argv, hint, micro_toml, tmp_path, capsys, monkeypatch):
+    run = _trained(micro_toml, tmp_path)
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[[prompt]]\nid = "a"\nprompt = "th"\nmax_tokens = 2\n')
+    folder = tmp_path / "ro" if "{ro}/t.json" in argv else run.path
+    folder.mkdir(exist_ok=True)
+    names = {"run": run.path, "ro": folder, "suite": suite, "config": micro_toml}
+    argv = [arg.format(**names) for arg in argv]
+    _read_only(monkeypatch, folder)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"the folder {folder} is not writable for this user" in err
+    assert err.strip().endswith(hint.format(**names))

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import ConfigError, SlmlabError
+from .tables import counted
 
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp(\.\w+)?$")
 
@@ -234,7 +235,7 @@ def wide_text(head: bytes) -> str | None:
     if len(head) < 8 or nuls * 4 < len(head):
         return None
     return (
-        f"is not text: {nuls / len(head):.0%} of its first {len(head)} bytes are NUL, as in UTF-16 or UTF-32 "
+        f"is not text: {nuls / len(head):.0%} of its first {counted(len(head), 'bytes')} are NUL, as in UTF-16 or UTF-32 "
         "text saved without a byte-order mark"
     )
 

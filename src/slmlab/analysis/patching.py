@@ -39,7 +39,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..model.modes import eval_mode
 from ..plotting import pyplot, save_png
-from ..tables import markdown_table
+from ..tables import counted, markdown_table
 from .readout import (
     LoadedRun,
     answer_tokens,
@@ -205,7 +205,7 @@ def patching_report(
     clean_ids, corrupt_ids = loaded.ids(clean), loaded.ids(corrupt)
     if not clean_ids or len(clean_ids) != len(corrupt_ids):
         raise ConfigError(
-            f"the clean prompt is {len(clean_ids)} tokens and the corrupted one {len(corrupt_ids)}: patching compares "
+            f"the clean prompt is {counted(len(clean_ids), 'tokens')} and the corrupted one {len(corrupt_ids)}: patching compares "
             "them position by position, so give two non-empty prompts of the same length in tokens"
         )
     clean_t, corrupt_t = (torch.tensor([ids], device=loaded.device) for ids in (clean_ids, corrupt_ids))

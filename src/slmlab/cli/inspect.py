@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..tables import command_line
+from ..tables import command_line, counted
 from .options import add_checkpoint, add_device, add_out, add_prompt, add_verb, configs_to_inspect, positive_int, prompt_text
 
 
@@ -154,7 +154,9 @@ def cmd_viz_attention(args, extra) -> int:
     modules, tokens, paths, folder = attention_report(
         args.run, prompt_text(args), args.out or None, args.export, args.device, args.checkpoint
     )
-    print(f"{modules} attention modules, {tokens} tokens: wrote {len(paths)} files to {folder}")
+    print(
+        f"{counted(modules, 'attention modules')}, {counted(tokens, 'tokens')}: wrote {counted(len(paths), 'files')} to {folder}"
+    )
     return 0
 
 

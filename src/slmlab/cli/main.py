@@ -33,7 +33,7 @@ from .options import (
     refuse_unrecognized,
     refuse_unusable_arguments,
 )
-from .os_errors import os_error_message
+from .os_errors import os_error_message, output_arguments
 
 VERB_GROUPS = (train, evaluate, persona, inspect, develop, interop, data)
 log = logging.getLogger("slmlab")
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as err:  # a path it cannot read or write (permissions, a file where a folder goes, a full disk)
-        report_error(f"slmlab: error: {os_error_message(err)}")
+        report_error(f"slmlab: error: {os_error_message(err, output_arguments(args))}")
         return 2
     except KeyboardInterrupt:
         again = {

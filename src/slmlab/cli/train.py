@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..tables import command_line
+from ..tables import command_line, counted
 from ..torchrun_env import process_rank, report_error, world_size
 from .options import add_verb, checkpoint_name, load_run_config, non_negative_int, option_rules, positive_int
 
@@ -292,6 +292,9 @@ def cmd_sweep(args, extra) -> int:
         print(f"results: {sweep_dir}/results.md, results.json, results.csv, curves.png")
         failed = failed_runs(jobs, results)
         if failed:  # the table is written, and the exit status says it is not whole
-            print(f"slmlab: {len(failed)} of {len(jobs)} runs failed (the failures column); {failed[0]}", file=sys.stderr)
+            print(
+                f"slmlab: {len(failed)} of {counted(len(jobs), 'runs')} failed (the failures column); {failed[0]}",
+                file=sys.stderr,
+            )
             return 1
     return 0

@@ -27,6 +27,7 @@ from ..registry import (
     TRACKERS,
     require_members,
 )
+from ..tables import counted
 from .values import build_dataclass
 
 
@@ -218,7 +219,9 @@ def check_model(m, building: bool = False) -> None:
         raise ConfigError(f"model.d_model = {m.d_model} is not divisible by model.n_head = {m.n_head}")
     check_size(m)
     if m.attention_layers and len(m.attention_layers) != m.n_layer:
-        raise ConfigError(f"model.attention_layers has {len(m.attention_layers)} entries for model.n_layer = {m.n_layer}")
+        raise ConfigError(
+            f"model.attention_layers has {counted(len(m.attention_layers), 'entries')} for model.n_layer = {m.n_layer}"
+        )
     if m.local_kernel == "flex" and m.dropout:
         raise ConfigError(
             f"model.local_kernel = 'flex' applies no attention dropout but model.dropout = {m.dropout}; use 'windows' or 'auto'"

@@ -10,6 +10,7 @@ import torch
 
 from ..config.checks import check_whole_number
 from ..phase_progress import tracked
+from ..tables import counted
 from .corpora import CorpusError
 from .tokens import TokenSplit
 
@@ -106,7 +107,7 @@ def validation_batches(
     last = len(split) - seq_len - 1
     if last < 0:
         raise CorpusError(
-            f"the validation split has {len(split)} tokens, fewer than {length_setting} + 1 = {seq_len + 1}; "
+            f"the validation split has {counted(len(split), 'tokens')}, fewer than {length_setting} + 1 = {seq_len + 1}; "
             f"raise data.val_fraction or lower {length_setting}"
         )
     count = min(n_batches * batch_size, last + 1)

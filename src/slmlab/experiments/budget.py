@@ -34,6 +34,7 @@ from ..data.tokens import vocab_size_of
 from ..files import atomic_write_text, json_text, read_json
 from ..model import build_model
 from ..model.accounting import countable_model, measured_flops_per_token
+from ..tables import counted
 from ..training.distributed import World
 from ..training.memory_room import check_training_room
 from ..training.optim import build_optimizer, select_trainable
@@ -134,7 +135,7 @@ def steps_within(cfg: RunConfig, kind: str, amount: float, label: str = "", cost
     steps = math.floor(amount / (step_cost(cfg, kind) if cost is None else cost))
     if steps <= cfg.train.warmup_steps:
         raise ConfigError(
-            f"budget {kind} = {amount:g} buys {label or cfg.name} only {steps} steps, not more than its "
+            f"budget {kind} = {amount:g} buys {label or cfg.name} only {counted(steps, 'steps')}, not more than its "
             f"{cfg.train.warmup_steps} warmup steps; raise the budget"
         )
     if steps >= INT64_LIMIT:  # train.steps must stay below it

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import atomic_write_text, check_replaceable
-from ..tables import command_line
+from ..tables import command_line, counted
 from .sweep_config import Job, SweepConfig
 
 SCRIPT_START = "#!/bin/bash\n#SBATCH --job-name="  # a script slmlab wrote starts so: --slurm may replace it
@@ -52,7 +52,7 @@ def slurm_script(
         f"#SBATCH --array=0-{len(jobs) - 1}",
         f"#SBATCH --output={directive_value(f'{logs}/%A_%a.out')}",
         *(f"#SBATCH {option}" for option in options),
-        f"# {len(jobs)} runs: " + ", ".join(f"{i}={job.variant}_s{job.seed}" for i, job in enumerate(jobs)),
+        f"# {counted(len(jobs), 'runs')}: " + ", ".join(f"{i}={job.variant}_s{job.seed}" for i, job in enumerate(jobs)),
         f"# afterwards: {command_line('slmlab', 'sweep', config_path, *extra_argv)}   (writes the results table)",
         "set -euo pipefail",
         command,

@@ -24,6 +24,7 @@ from torch import nn
 from ..config.checks import check_whole_number
 from ..errors import CheckpointError, ConfigError
 from ..phase_progress import PhaseProgress
+from ..tables import counted
 from .decoding_layout import MAX_ROWS, DecodingLayout
 from .decoding_room import check_decoding_room
 from .inputs import outside_vocabulary
@@ -196,7 +197,9 @@ class GenerationMixin:
             if not isinstance(generators, (list, tuple)):
                 raise ConfigError(f"generators must be a list, one per prompt, or None; got {type(generators).__name__}")
             if len(generators) != len(prompts):
-                raise ConfigError(f"{len(generators)} generators for {len(prompts)} prompts: give one per prompt, or none")
+                raise ConfigError(
+                    f"{counted(len(generators), 'generators')} for {counted(len(prompts), 'prompts')}: give one per prompt, or none"
+                )
             for i, generator in enumerate(generators):
                 _check_generator(f"generators[{i}]", generator)
         if isinstance(prompts, torch.Tensor):

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from ...tables import counted
 from .compressed import open_text
 from .document import refuse_repeated, repeated
 from .fetch import CorpusError
@@ -35,7 +36,7 @@ def table_rows(path: Path, suffix: str, text_field: str) -> Iterator[tuple[str, 
                 if text_field in columns and (any(beyond) or row[text_field] is None):  # empty ones: padding
                     cells = len(columns) + len(beyond) if beyond else sum(cell is not None for cell in row.values())
                     raise CorpusError(
-                        f"{where}: {cells} cell{'s' * (cells != 1)} under a header of {len(columns)} columns; "
+                        f"{where}: {cells} cell{'s' * (cells != 1)} under a header of {counted(len(columns), 'columns')}; "
                         f'quote a text that holds {delimiter!r} or a line break ("...")'
                     )
                 yield where, number, row
