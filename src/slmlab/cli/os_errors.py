@@ -73,8 +73,8 @@ def _elsewhere(path: Path, outputs: Sequence[str]) -> str:
     arguments that choose it."""
     from ..data.corpora.fetch import cache_location
 
-    absolute = Path(os.path.abspath(path))
-    if absolute.is_relative_to(os.path.abspath(cache_location())):
+    absolute, cache = Path(os.path.abspath(path)), Path(os.path.abspath(cache_location()))
+    if absolute.is_relative_to(cache) or cache.is_relative_to(absolute):  # in the cache, or a folder on its way
         return "set SLMLAB_CACHE (or data.cache_dir) to a folder you can write"
     run = next((folder for folder in absolute.parents if is_run_folder(folder)), None)
     if run is not None and "--out" not in outputs:
