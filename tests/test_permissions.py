@@ -78,6 +78,10 @@ def test_a_file_in_a_folder_it_may_not_write_names_the_folder_and_the_option_tha
     assert os_error_message(_denied(cache / "tokens")).endswith(
         "or set SLMLAB_CACHE (or data.cache_dir) to a folder you can write"
     )
+    monkeypatch.setenv("SLMLAB_CACHE", str(tmp_path / "home" / ".cache" / "slmlab"))  # a HOME it may not make
+    assert os_error_message(_denied(tmp_path / "home"), ["--out_dir"]).endswith(
+        "or set SLMLAB_CACHE (or data.cache_dir) to a folder you can write"
+    )
 
 
 def test_a_folder_it_may_not_enter_is_named_before_what_lies_in_it(tmp_path, monkeypatch):
