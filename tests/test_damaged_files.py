@@ -308,6 +308,10 @@ def test_a_config_edited_into_another_model_the_weights_still_fit_is_refused(cop
         ),
         (lambda c: c["model"].pop("smat"), None),  # the section's defaults: the same model
         (lambda c: c.pop("model"), "lacks the [model] every run records"),  # was: 'model.vocab_size must be set'
+        (  # was read without a word: every verb reads tokenizer.json, the record misstated the run
+            lambda c: c["data"].update(tokenizer="byte"),
+            "says data.tokenizer = 'byte' but",
+        ),
         (lambda c: [c.pop("data"), c.pop("train")], "lacks the [data] and [train] every run records"),
     ],
 )

@@ -76,6 +76,7 @@ def _trained_bpe(data: DataConfig, texts: Iterable[str]) -> BPETokenizer:
     return tokenizer
 
 
+BUILT_IN_TOKENIZERS = {"byte", "char", "bpe", "gpt2"}  # each registered under its Tokenizer's kind
 TOKENIZERS.register("byte", lambda data, texts: ByteTokenizer())
 TOKENIZERS.register("char", lambda data, texts: CharTokenizer.train(texts))
 TOKENIZERS.register("bpe", _trained_bpe)

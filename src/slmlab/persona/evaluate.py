@@ -190,7 +190,7 @@ def check_run(run_path: str | Path) -> None:
     """A finished run whose tokenizer encodes the neutral prompts: checked for every run compared
     before the minutes spent generating from the ones before it."""
     run, cfg = trained_config(RunDir(run_path))
-    tokenizer = run.read_tokenizer(cfg.model.vocab_size)
+    tokenizer = run.read_tokenizer(cfg.model.vocab_size, cfg.data.tokenizer)
     if all(encoded_or_none(tokenizer, prompt) is None for prompt in NEUTRAL):
         raise unencodable(run.path)
 

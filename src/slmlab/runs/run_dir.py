@@ -30,7 +30,7 @@ from torch import nn
 from .. import plugins
 from ..config import ConfigError, RunConfig, apply_overrides, check_no_ignored_setting, config_from_dict
 from ..config.loading import SECTION_NAMES
-from ..data.tokenizer_kinds import load_tokenizer
+from ..data.tokenizer_kinds import BUILT_IN_TOKENIZERS, load_tokenizer
 from ..data.tokenizers import Tokenizer
 from ..errors import RunFileError
 from ..files import atomic_write_text, read_json, remove_stale_temps, require_fields, sha256_file
@@ -224,11 +224,12 @@ class RunDir:
         summary = read_json(self.summary, "run summary", RunFileError, fix)
         return require_fields(summary, SUMMARY_FIELDS, self.summary, "run summary", RunFileError, fix)
 
-    def read_tokenizer(self, model_vocab_size: int) -> Tokenizer:
+    def read_tokenizer(self, model_vocab_size: int, named: str = "") -> Tokenizer:
         """The run's tokenizer, checked against the SHA-256 a finished run's summary recorded (a
-        file edited or damaged into other valid JSON) and to fit its model (`model_vocab_size`,
-        the run config's: a larger tokenizer, another run's, would index past the embedding; 0:
-        not resolved yet)."""
+        file edited or damaged into other valid JSON), to fit its model (`model_vocab_size`, the
+        run config's: a larger tokenizer, another run's, would index past the embedding; 0: not
+        resolved yet) and to be of the kind the config names (`named`, its data.tokenizer: a
+        built-in kind must be the file's)."""
         recorded = self.read_summary().get("tokenizer_sha256")  # none while unfinished, or from older slmlab
         if isinstance(recorded, str) and self.tokenizer.is_file() and sha256_file(self.tokenizer) != recorded:
             raise RunFileError(
@@ -240,6 +241,11 @@ class RunDir:
             raise RunFileError(
                 f"{self.tokenizer} has {tokenizer.vocab_size} tokens but the run's model has {model_vocab_size}: "
                 "it is not this run's tokenizer; restore it from a copy of the run"
+            )
+        if named and named != tokenizer.kind and BUILT_IN_TOKENIZERS & {named, tokenizer.kind}:
+            raise RunFileError(
+                f"{self.path}: config.json says data.tokenizer = {named!r} but tokenizer.json is a {tokenizer.kind!r} "
+                "tokenizer: one of them was edited or replaced; restore it from a copy of the run"
             )
         return tokenizer
 
@@ -323,7 +329,7 @@ def load_run(
     if model_overrides:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {f"model.{k}": v for k, v in model_overrides.items()}))
         check_no_ignored_setting(cfg, keys={f"model.{k}" for k in model_overrides})
-    tokenizer = run.read_tokenizer(cfg.model.vocab_size)
+    tokenizer = run.read_tokenizer(cfg.model.vocab_size, cfg.data.tokenizer)
     model = build_model(cfg.model)
     weights, sha256 = model_weights(run, checkpoint)
     if checkpoint is None and weights != run.final_weights:

@@ -173,7 +173,7 @@ class Trainer:
         seed_everything(train.seed)
         tokenizer = None
         if resume:
-            tokenizer = self.run.read_tokenizer(cfg.model.vocab_size)
+            tokenizer = self.run.read_tokenizer(cfg.model.vocab_size, cfg.data.tokenizer)
         elif init_from:
             tokenizer = init_from.read_tokenizer(0)
         self.tokenizer, self.data = prepare_data(cfg.data, tokenizer, self.world, progress)
