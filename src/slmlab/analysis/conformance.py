@@ -180,7 +180,7 @@ def check_overfit(probe: Probe, steps: int = 100) -> Result:
     passed = math.isfinite(last) and last < first / 3
     return Result(
         passed,
-        f"loss {first:.2f} -> {last:.2f} in {taken} steps",
+        f"loss {first:.2f} -> {last:.2f} in {counted(taken, 'steps')}",
         "" if passed else f"{steps} steps on one batch only took the loss from {first:.2f} to {last:.2f}: the model cannot learn",
     )
 

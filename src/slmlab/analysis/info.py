@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import RunConfig
 from ..model import model_stats
 from ..model.accounting import cache_bytes, countable_model, measured_flops_per_token, traced_activation_bytes
-from ..tables import human, markdown_table
+from ..tables import counted, human, markdown_table
 from ..training.optim import select_trainable
 
 
@@ -23,7 +23,9 @@ def size_table(cfg: RunConfig, batch_size: int | None = None, seq_len: int | Non
     tables = []
     for index, phase in enumerate(cfg.phases):
         phase_cfg = cfg.phase(index)
-        tables.append(f"phase {phase.name} ({phase_cfg.train.steps} steps):\n\n{_size_table(phase_cfg, batch_size, seq_len)}")
+        tables.append(
+            f"phase {phase.name} ({counted(phase_cfg.train.steps, 'steps')}):\n\n{_size_table(phase_cfg, batch_size, seq_len)}"
+        )
     return "\n\n".join(tables)
 
 

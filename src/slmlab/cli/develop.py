@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from ..tables import command_line
+from ..tables import command_line, counted
 from .options import add_seed, add_verb, configs_to_inspect
 
 KINDS = ("attention-extension", "output-gate", "mlp")  # analysis/scaffold.KIND_TEMPLATES (not imported: --help stays light)
@@ -70,7 +70,7 @@ def cmd_check(args, extra) -> int:
     for label, cfg in configs.items():
         model_cfg, results[label] = run_checks(cfg, args.seed, device)
         print(
-            f"{label}: {model_cfg.arch}, {model_cfg.n_layer} layers x {model_cfg.d_model} d_model, vocab {model_cfg.vocab_size}"
+            f"{label}: {model_cfg.arch}, {counted(model_cfg.n_layer, 'layers')} x {model_cfg.d_model} d_model, vocab {model_cfg.vocab_size}"
             + shrunk_sections(cfg.model, model_cfg)
             + (FLEX_NOTE if forces_flex(cfg.model) else "")
         )

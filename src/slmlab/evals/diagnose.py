@@ -24,6 +24,7 @@ from ..data.tokens import prepare_tokens
 from ..model import build_model
 from ..model.auxiliary import objective
 from ..model.modes import eval_mode
+from ..tables import counted
 from ..training.distributed import World
 from ..training.memory_room import check_training_room
 from ..training.runtime import resolve_device, seed_everything
@@ -60,7 +61,7 @@ class Diagnosis:
         return [
             f"[{mark[self.init_ok]}] loss at init {self.init_loss:.3f} vs ln V = {self.ln_vocab:.3f} "
             f"(|diff| = {abs(self.init_loss - self.ln_vocab):.3f}, tolerance {INIT_TOLERANCE})",
-            f"[{mark[self.overfit_ok]}] overfit one batch: loss {self.overfit_loss:.4f} after {self.overfit_steps} steps "
+            f"[{mark[self.overfit_ok]}] overfit one batch: loss {self.overfit_loss:.4f} after {counted(self.overfit_steps, 'steps')} "
             f"(target < {self._target_text()}; dropout off; {self.seconds:.1f}s)",
         ]
 

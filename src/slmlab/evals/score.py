@@ -26,6 +26,7 @@ from ..data.tokens import TokenSplit, prepare_tokens
 from ..phase_progress import PhaseProgress
 from ..runs.metrics import perplexity
 from ..runs.run_dir import load_run, model_run
+from ..tables import counted
 from ..training.runtime import resolve_device
 from ..training.validation import score_validation
 from .text_stream import TextStream
@@ -83,7 +84,7 @@ def describe_selection(data: DataConfig) -> str:
     """'brown (genres a, b; max_year 1600; first 20 documents)': a selection in one line."""
     filters = [f"genres {', '.join(data.genres)}"] if data.genres else []
     filters += [f"max_year {data.max_year}"] if data.max_year else []
-    filters += [f"first {data.max_documents} documents"] if data.max_documents else []
+    filters += [f"first {counted(data.max_documents, 'documents')}"] if data.max_documents else []
     return data.source + (f" ({'; '.join(filters)})" if filters else "")
 
 

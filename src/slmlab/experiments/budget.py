@@ -136,7 +136,7 @@ def steps_within(cfg: RunConfig, kind: str, amount: float, label: str = "", cost
     if steps <= cfg.train.warmup_steps:
         raise ConfigError(
             f"budget {kind} = {amount:g} buys {label or cfg.name} only {counted(steps, 'steps')}, not more than its "
-            f"{cfg.train.warmup_steps} warmup steps; raise the budget"
+            f"{counted(cfg.train.warmup_steps, 'warmup steps')}; raise the budget"
         )
     if steps >= INT64_LIMIT:  # train.steps must stay below it
         raise ConfigError(

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..config.checks import check_model
+from ..tables import counted
 from .attention import KVCache
 from .block import Block
 from .generation import GenerationMixin
@@ -154,7 +155,7 @@ class Decoder(GenerationMixin, nn.Module):
         if not isinstance(self.conditioning, NoConditioning):
             extras.append(type(self.conditioning).__name__)
         parts = [
-            f"{m.n_layer} layers x {m.d_model} d_model x {m.n_head} heads", f"d_ff {m.ff_dim}", f"block {m.block_size}",
+            f"{counted(m.n_layer, 'layers')} x {m.d_model} d_model x {counted(m.n_head, 'heads')}", f"d_ff {m.ff_dim}", f"block {m.block_size}",
             positions, attention, m.norm, f"{m.mlp} MLP", *extras,
             f"vocab {m.vocab_size}", f"{'tied' if m.tie_embeddings else 'untied'} {m.head} head",
         ]  # fmt: skip

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import GENERATION_MEMORY_ADVICE, ConfigError
 from ..host_memory import host_memory_bytes
-from ..tables import human
+from ..tables import counted, human
 from .accounting import held_bytes
 
 
@@ -39,7 +39,7 @@ def check_decoding_room(model: nn.Module, caches, rows: int, positions: int) -> 
     if weights + filled <= have:
         return
     raise ConfigError(
-        f"decoding {rows} sequences of up to {positions} tokens needs at least {human(weights + filled, 'B')} of memory "
+        f"decoding {counted(rows, 'sequences')} of up to {positions} tokens needs at least {human(weights + filled, 'B')} of memory "
         f"(weights {human(weights, 'B')}, caches {human(filled, 'B')}), but this machine has {human(have, 'B')} "
         f"(RAM and swap): {GENERATION_MEMORY_ADVICE}"
     )

@@ -37,7 +37,7 @@ from ..files import atomic_write_text, check_replaceable, json_text
 from ..runs.derived import record_derived, weights_identity
 from ..runs.metrics import perplexity
 from ..runs.run_dir import RunDir, load_run
-from ..tables import command_line, format_number, markdown_table
+from ..tables import command_line, counted, format_number, markdown_table
 from ..training import evaluate
 from .stage2 import source_data_config, trained_config
 
@@ -249,7 +249,7 @@ def evaluate_persona(
     for kind, kept, given in (("neutral", neutral, NEUTRAL), ("adversarial", adversarial, adversarial_prompts)):
         if len(kept) < len(given):
             log.warning(
-                f"{run_path}: {len(given) - len(kept)} of {len(given)} {kind} prompts hold characters its tokenizer cannot "
+                f"{run_path}: {len(given) - len(kept)} of {counted(len(given), kind + ' prompts')} hold characters its tokenizer cannot "
                 f"encode: adherence is measured on the other {len(kept)}"
             )
     scores_n = (classifier.persona_probability(neutral) > 0.5).astype(float)

@@ -20,6 +20,7 @@ from ..config import ConfigError, RunConfig
 from ..errors import RunFileError
 from ..runs.checkpoints import CheckpointError, checkpoint_names, remove_checkpoints_after
 from ..runs.run_dir import RunDir, phase_runs
+from ..tables import counted
 from .distributed import full_optimizer_state
 from .runtime import peak_memory_bytes, rng_state, set_rng_state
 from .trackers import TRACKER_FIELDS
@@ -92,7 +93,7 @@ def resume_config(run: RunDir, checkpoint: str | None, requested: RunConfig) -> 
     done = int(checkpoint.removeprefix("step_"))
     if requested.train.steps < done:
         raise ConfigError(
-            f"{run.path} has trained {done} steps (checkpoint {checkpoint}); --train.steps "
+            f"{run.path} has trained {counted(done, 'steps')} (checkpoint {checkpoint}); --train.steps "
             f"{requested.train.steps} is below that: give --train.steps {done} or more"
         )
     check_no_later_phase(run, done, requested.train.steps)

@@ -60,7 +60,7 @@ def check_skips(window: dict, step: int, max_nan_skips: int, last: bool = False)
         return
     if untrained:
         raise TrainingError(
-            f"the initial model's loss or gradient is not finite ({step} steps skipped, no update made), "
+            f"the initial model's loss or gradient is not finite ({counted(step, 'steps')} skipped, no update made), "
             "so no learning rate helps: a [model] value overflows (init_std, norm_eps, rope_scale, a variant's "
             "section); `slmlab diagnose CONFIG` shows the loss at initialisation"
         )

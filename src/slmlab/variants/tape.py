@@ -51,6 +51,7 @@ from ..model.inputs import check_inputs
 from ..model.layers import build_norm
 from ..model.positions import build_positions, token_positions
 from ..registry import ARCHITECTURES, NAIVE_MODEL_REFERENCES, register_model_check, register_section
+from ..tables import counted
 
 
 @dataclass
@@ -278,8 +279,8 @@ class TapeTransformer(GenerationMixin, nn.Module):
         m, t = self.cfg, self.cfg.tape
         critics = f"{t.n_critics} critics" if t.moderator == "merge" else "1 critic (moderator last)"
         return (
-            f"tape: coda {t.coda_layers} + {critics} x {t.critic_layers} layers (left/right stacks), "
-            f"d_model {m.d_model}, {m.n_head} heads, MLP x{t.mlp_expand}, prophet RNN {t.rnn_dim or m.d_model} x {t.rnn_layers}, "
+            f"tape: coda {t.coda_layers} + {critics} x {counted(t.critic_layers, 'layers')} (left/right stacks), "
+            f"d_model {m.d_model}, {counted(m.n_head, 'heads')}, MLP x{t.mlp_expand}, prophet RNN {t.rnn_dim or m.d_model} x {t.rnn_layers}, "
             f"moderator {t.moderator}, block {m.block_size}, vocab {m.vocab_size}, "
             f"{'tied' if m.tie_embeddings else 'untied'} {m.head} head"
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ...config import ConfigError, DataConfig
+from ...tables import counted
 from .brown import BrownSource
 from .columnar import ColumnarSource, is_columnar
 from .compressed import format_suffix
@@ -172,7 +173,7 @@ class DocumentSelection:
         if self.data.max_year or not self.data.allow_unknown_year:
             say_once(
                 logging.INFO,
-                f"year cut-off {self.data.max_year} on '{self.data.source}': dropped {self.dropped_by_year} documents "
+                f"year cut-off {self.data.max_year} on '{self.data.source}': dropped {counted(self.dropped_by_year, 'documents')} "
                 f"later than it, {self.dropped_unknown_year} of unknown year",
             )
         if self.kept == 0 and self.genres and seen_genres and not (self.dropped_by_year or self.dropped_unknown_year):
