@@ -275,3 +275,30 @@ def test_a_read_only_run_folder_names_the_argument_that_writes_elsewhere(argv, h
     err = capsys.readouterr().err
     assert f"the folder {folder} is not writable for this user" in err
     assert err.strip().endswith(hint.format(**names))
+
+
+def test_another_user_s_lock_file_in_a_shared_cache_still_locks(tmp_path, monkeypatch):
+    """A lab's shared cache: the lock file beside a token cache was made by the user who built
+    it (0o644), and every other user failed to open it for writing: 'Permission denied' for a
+    cache they could read. It is opened for reading then, which flock needs no more than."""
+    from slmlab.errors import RunInUseError
+    from slmlab.locks import DirectoryLock
+
+    DirectoryLock(tmp_path / "tokens").acquire().release()  # the first user's lock file
+    opened = os.open
+
+    def another_user(path, flags, *args):
+        if flags & os.O_RDWR and Path(path).name == ".tokens.lock":
+            raise _denied(path)
+        return opened(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", another_user)
+    with DirectoryLock(tmp_path / "tokens", "token cache"):
+        monkeypatch.setattr(os, "open", opened)  # a third process, which may write the file
+        with pytest.raises(RunInUseError, match="the token cache .* is in use by process"):
+            DirectoryLock(tmp_path / "tokens", "token cache").acquire()
+    DirectoryLock(tmp_path / "tokens").acquire().release()  # given back when the holder closed it
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(os, "open", another_user)
+    with pytest.raises(PermissionError):  # a lock file it may not make is still an error
+        DirectoryLock(tmp_path / "runs" / "tokens").acquire()

@@ -47,7 +47,12 @@ class DirectoryLock:
         if self.fd is not None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd, writable = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), True
+        except PermissionError:  # another user's lock file in a shared folder (a lab's cache): locking needs no write
+            if not self.path.is_file():
+                raise
+            fd, writable = os.open(self.path, os.O_RDONLY), False
         if not _try_lock(fd, self.wait):
             os.lseek(fd, 0, os.SEEK_SET)
             holder = os.read(fd, 32).decode("ascii", "replace").strip()
@@ -56,9 +61,9 @@ class DirectoryLock:
                 f"the {self.what} {self.directory} is in use by process {holder or '?'} (it holds {self.path}); "
                 "wait for it to finish or stop that process"
             )
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if writable:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
         return self
 
