@@ -302,3 +302,23 @@ def test_another_user_s_lock_file_in_a_shared_cache_still_locks(tmp_path, monkey
     monkeypatch.setattr(os, "open", another_user)
     with pytest.raises(PermissionError):  # a lock file it may not make is still an error
         DirectoryLock(tmp_path / "runs" / "tokens").acquire()
+
+
+def test_another_user_s_stale_temp_file_that_cannot_be_deleted_is_left(tmp_path, monkeypatch):
+    """Clearing a killed writer's temp files is housekeeping: one this user may not delete (another
+    user's, in a shared cache) stopped every run that built token files there."""
+    from slmlab.files import remove_stale_temps
+
+    theirs, ours = tmp_path / ".build.999999999.ab12.tmp", tmp_path / ".config.json.999999998.cd34.tmp"
+    theirs.write_bytes(b"half")
+    ours.write_bytes(b"half")
+    unlink = Path.unlink
+
+    def guarded(path, *args, **kwargs):
+        if path == theirs:
+            raise _denied(path)
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", guarded)
+    assert remove_stale_temps(tmp_path) == [ours]
+    assert theirs.exists() and not ours.exists()

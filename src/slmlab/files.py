@@ -195,9 +195,9 @@ def pid_alive(pid: int) -> bool:
 
 def remove_stale_temps(directory: Path, everyone: bool = False) -> list[Path]:
     """Delete the temp files (and build folders) of interrupted writes under `directory`
-    (recursively): those whose
-    writer is dead, or all of them when `everyone` (the caller holds the directory's lock, so no
-    one else writes there). Returns what was removed."""
+    (recursively): those whose writer is dead, or all of them when `everyone` (the caller holds the
+    directory's lock, so no one else writes there). Another user's, in a folder this user may not
+    delete from (a lab's shared cache), stay. Returns what was removed."""
     removed = []
     if not directory.is_dir():
         return removed
@@ -207,7 +207,10 @@ def remove_stale_temps(directory: Path, everyone: bool = False) -> list[Path]:
             continue
         pid = int(match["pid"])
         if everyone or (pid != os.getpid() and not pid_alive(pid)):
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            try:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            except PermissionError:
+                continue
             removed.append(path)
     return removed
 
