@@ -155,7 +155,7 @@ def test_block_local_model_is_causal_and_local(device):
 
 
 def test_bad_pattern_configs():
-    with pytest.raises(ConfigError, match="model.attention_layers has 1 entries for model.n_layer = 4"):
+    with pytest.raises(ConfigError, match="model.attention_layers has 1 entry for model.n_layer = 4"):
         config_from_dict({"model": {"attention_layers": ["full"]}})
     with pytest.raises(ConfigError, match="model.attention_layers\\[1\\] = 'sparse' is not one of full, block_local"):
         config_from_dict({"model": {"n_layer": 2, "attention_layers": ["full", "sparse"]}})

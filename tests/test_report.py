@@ -163,3 +163,11 @@ def test_a_table_cell_holding_a_pipe_or_a_line_break_keeps_its_column():
     rows = table.splitlines()
     assert rows[2] == "| a\\|b      | 1.5 |" and rows[3] == "| two lines | 2.0 |"
     assert all(row.replace("\\|", "").count("|") == 3 for row in rows)
+
+
+def test_counts_are_written_singular_for_one():
+    """'1 layers', '1 entrie': every count in a message goes through `counted`."""
+    from slmlab.tables import counted
+
+    assert [counted(n, "entries") for n in (0, 1, 2)] == ["0 entries", "1 entry", "2 entries"]
+    assert counted(1, "CUDA devices") == "1 CUDA device" and counted(1_200, "documents") == "1,200 documents"

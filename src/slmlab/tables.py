@@ -82,5 +82,7 @@ def human(n: float, unit: str = "") -> str:
 
 
 def counted(count: int, things: str) -> str:
-    """'1 document', '1,200 documents': `count` with the plural noun `things`, singular for one."""
-    return f"{count:,} {things.removesuffix('s') if count == 1 else things}"
+    """'1 document', '1,200 documents', '1 entry': `count` with the plural noun `things` (regular,
+    or in -ies), singular for one."""
+    singular = things[:-3] + "y" if things.endswith("ies") else things.removesuffix("s")
+    return f"{count:,} {singular if count == 1 else things}"
