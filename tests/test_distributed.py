@@ -76,7 +76,7 @@ def assert_same_weights(a, b, atol=1e-5):
     wa, wb = load_file(a), load_file(b)
     assert wa.keys() == wb.keys()
     for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], atol=atol, rtol=1e-4, msg=name)
+        torch.testing.assert_close(wa[name], wb[name], atol=atol, rtol=1e-4, msg=lambda details, name=name: f"{name}: {details}")
 
 
 def tiny_setup(root: Path) -> Path:

@@ -98,9 +98,7 @@ def test_more_processes_than_gpus_is_one_line_naming_the_fix(monkeypatch):
     as_torchrun_process(monkeypatch, rank=1, local_rank=1)
     monkeypatch.setattr(distributed, "resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(
-        ConfigError, match=r"process 1 of this machine has no GPU of its own: it has 1 CUDA device\(s\); .*--nproc"
-    ):
+    with pytest.raises(ConfigError, match=r"process 1 of this machine has no GPU of its own: it has 1 CUDA device; .*--nproc"):
         distributed.World.from_env("auto")
 
 
