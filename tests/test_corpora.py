@@ -176,3 +176,41 @@ def test_a_year_cut_off_on_documents_without_years_is_warned_of_once(text_corpus
 def test_bad_sources_are_clear_errors(tmp_path, setup, message):
     with pytest.raises(CorpusError, match=message):
         list(DocumentSelection(DataConfig(source=setup(tmp_path))))
+
+
+def test_a_glob_reads_each_file_once_through_links_and_skips_hidden_names(tmp_path, monkeypatch):
+    """glob.glob's '**' follows links to folders: one link to the folder above gave every file 41
+    times (the run trained on copies and validated on copies of its training text), two such links
+    never finished. Now '**' does as bash's globstar: it does not follow them."""
+    from slmlab.data.corpora.local import glob_files
+
+    (tmp_path / "c" / "sub").mkdir(parents=True)
+    (tmp_path / "c" / ".hidden").mkdir()
+    for name in ("c/a.txt", "c/sub/b.txt", "c/.hidden/h.txt", "c/.h.txt"):
+        (tmp_path / name).write_text("text")
+    (tmp_path / "c" / "sub" / "up").symlink_to("..")
+    (tmp_path / "c" / "sub" / "up_again").symlink_to("..")
+    (tmp_path / "c" / "same.txt").symlink_to(tmp_path / "c" / "a.txt")  # one file, two names: read once
+    monkeypatch.chdir(tmp_path)
+    names = lambda pattern: [str(p) for p in glob_files(pattern)]
+    assert names("c/**/*.txt") == names("c/**") == ["c/a.txt", "c/sub/b.txt"]
+    assert names("c/sub/up/*.txt") == ["c/sub/up/a.txt"]  # a link named in the pattern is followed
+    assert names("c/.*.txt") == ["c/.h.txt"] and names("c/.hidden/*") == ["c/.hidden/h.txt"]
+    with pytest.raises(CorpusError, match=r"'\*\*' inside a name"):
+        glob_files("c/a**/b.txt")
+
+
+def test_a_folder_corpus_follows_links_to_folders_and_reads_each_file_once(tmp_path):
+    """Links to folders were skipped without a word (data linked into the corpus folder was not
+    read); followed, a link to a folder above, or a second name of one file, reads nothing twice."""
+    from slmlab.data.corpora.local import corpus_files
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "linked.txt").write_text("text")
+    (tmp_path / "c" / "sub").mkdir(parents=True)
+    (tmp_path / "c" / "a.txt").write_text("text")
+    (tmp_path / "c" / "data").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "c" / "sub" / "up").symlink_to("..")
+    (tmp_path / "c" / "sub" / "same.txt").symlink_to(tmp_path / "c" / "a.txt")
+    found = [p.relative_to(tmp_path / "c").as_posix() for p in corpus_files(tmp_path / "c", None)]
+    assert found == ["a.txt", "data/linked.txt"]
