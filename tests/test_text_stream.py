@@ -4,6 +4,7 @@ pieces join to the text decoded at once, for every tokenizer, whatever the token
 from __future__ import annotations
 
 import io
+import os
 import random
 import sys
 
@@ -111,6 +112,7 @@ def test_bad_prompt_files_are_one_line_errors(tiny_run, tmp_path, monkeypatch, c
         (["--prompt-file", "wide.txt"], "--prompt-file wide.txt is not text: 50% of its first 12 bytes are NUL, as in UTF-16"),
         (["--prompt-file", "missing.txt"], "--prompt-file missing.txt: no such file"),
         (["--prompt-file", "."], "--prompt-file .: a folder, not a file"),
+        (["--prompt-file", os.devnull], f"--prompt-file {os.devnull}: a device, not a file; give a file ('-': standard input)"),
         (["--prompt-file", "latin1.txt"], "--prompt-file latin1.txt is not UTF-8 text (bad byte 0xe9 on line 1, byte offset 6)"),
         (["--prompt-file", "empty.txt"], "the prompt is empty"),
         (["--prompt", "x", "--prompt-file", "empty.txt"], "not allowed with argument"),
@@ -180,3 +182,21 @@ def test_generation_ends_where_the_model_ends_its_document(tokenizers):
         assert continuations(model, tok, ["la", "la"], 4, 0, device) == ["b", "abcb"]
     finally:
         handle.remove()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_pipe_is_read_as_a_prompt_or_text_file(tiny_run, tmp_path, capsys):
+    """A shell's process substitution (--text <(zcat book.txt.gz)) is a pipe, not a regular file:
+    it was refused as 'no such file'."""
+    import threading
+
+    pipe = tmp_path / "pipe"
+    argv = ["generate", str(tiny_run), "--max-new-tokens", "5", "--seed", "0"]
+    assert main([*argv, "--prompt", "ROMEO:"]) == 0
+    by_argument = capsys.readouterr().out
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_text("ROMEO:"))
+    writer.start()
+    assert main([*argv, "--prompt-file", str(pipe)]) == 0
+    writer.join()
+    assert capsys.readouterr().out == by_argument

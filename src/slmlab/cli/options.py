@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import stat
 import sys
 from pathlib import Path
 
@@ -279,8 +280,14 @@ def text_file(source: str, option: str) -> str:
         data, where = sys.stdin.buffer.read(), "standard input"
     else:
         path = Path(source).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"{option} {source}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise ConfigError(f"{option} {source}: no such file") from None
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"{option} {source}: a folder, not a file")
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # a pipe: a shell's <(zcat book.txt.gz)
+            raise ConfigError(f"{option} {source}: a device, not a file; give a file ('-': standard input)")
         data, where = path.read_bytes(), source
     try:
         text = data.decode("utf-8-sig")
