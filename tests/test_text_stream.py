@@ -200,3 +200,23 @@ def test_a_pipe_is_read_as_a_prompt_or_text_file(tiny_run, tmp_path, capsys):
     assert main([*argv, "--prompt-file", str(pipe)]) == 0
     writer.join()
     assert capsys.readouterr().out == by_argument
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_pipe_or_device_where_a_file_is_read_again_is_refused_by_its_kind(tiny_run, micro_toml, tmp_path, capsys):
+    """A config, a prompt suite or a corpus given as <(cat x) or /dev/null was 'not found', or
+    'neither a built-in corpus nor an existing file': it is there, but read more than once (a
+    corpus) or named by its file (a config names the run, a suite's suffix says how to read it)."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)  # nothing writes it: it must be refused before anything opens it
+    for given, kind in ((str(pipe), "pipe"), (os.devnull, "device")):
+        cases = [
+            (["train", given], f"{given} is a {kind}, not a config file: give a .toml file"),
+            (["sweep", given], f"{given} is a {kind}, not a config file"),
+            (["prompts", str(tiny_run), "--suite", given], f"{given} is a {kind}, not a prompt suite"),
+            (["train", str(micro_toml), "--data.source", given], f"data.source: '{given}' is a {kind}, not a corpus file"),
+        ]
+        for argv, says in cases:
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert says in err and err.count("\n") == 1, err

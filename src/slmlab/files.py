@@ -22,6 +22,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -150,6 +151,20 @@ def json_text(value, **options) -> str:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` (UTF-8) to `path`: readers never see half a file."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def file_kind(path: str | Path) -> str:
+    """What `path` is, links followed: 'file', 'folder', 'pipe' (a shell's <(command), a FIFO),
+    'device' (/dev/null; a socket counts as one) or 'missing'."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return "pipe" if stat.S_ISFIFO(mode) else "device"
 
 
 def is_run_folder(folder: str | Path) -> bool:

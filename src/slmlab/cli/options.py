@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
-import stat
 import sys
 from pathlib import Path
 
 from ..config.checks import INT64_LIMIT, check_seed
 from ..errors import ConfigError, SlmlabError
-from ..files import HEAD_BYTES, not_utf8, wide_text
+from ..files import HEAD_BYTES, file_kind, not_utf8, wide_text
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -280,14 +279,12 @@ def text_file(source: str, option: str) -> str:
         data, where = sys.stdin.buffer.read(), "standard input"
     else:
         path = Path(source).expanduser()
-        try:
-            mode = path.stat().st_mode
-        except FileNotFoundError:
-            raise ConfigError(f"{option} {source}: no such file") from None
-        if stat.S_ISDIR(mode):
-            raise ConfigError(f"{option} {source}: a folder, not a file")
-        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # a pipe: a shell's <(zcat book.txt.gz)
-            raise ConfigError(f"{option} {source}: a device, not a file; give a file ('-': standard input)")
+        kind = file_kind(path)
+        if kind not in ("file", "pipe"):  # a pipe: a shell's <(zcat book.txt.gz)
+            problem = {"missing": "no such file", "folder": "a folder, not a file"}.get(kind, "a device, not a file")
+            raise ConfigError(
+                f"{option} {source}: {problem}" + ("; give a file ('-': standard input)" if kind == "device" else "")
+            )
         data, where = path.read_bytes(), source
     try:
         text = data.decode("utf-8-sig")

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import plugins
 from ..errors import ConfigError
-from ..files import HEAD_BYTES, not_utf8, wide_text
+from ..files import HEAD_BYTES, file_kind, not_utf8, wide_text
 from ..registry import load_builtins
 from ..tables import command_line
 from .checks import validate
@@ -183,10 +183,11 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             f"{path} is a run directory, not a config file: give the .toml file it was trained from "
             f"(`{command_line('slmlab', 'train', '--resume', path)}` continues it; its settings are in {path / 'config.json'})"
         )
-    if path.is_dir():
-        raise ConfigError(f"{path} is a folder, not a config file: give a .toml file")
-    if not path.is_file():
+    kind = file_kind(path)
+    if kind == "missing":
         raise ConfigError(f"config file not found: {path}")
+    if kind != "file":  # a pipe would give the run its name ('63' from /dev/fd/63) and its folder's relative paths
+        raise ConfigError(f"{path} is a {kind}, not a config file: give a .toml file (its name names the run)")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:

@@ -15,7 +15,7 @@ import torch
 
 from ..config import ConfigError, build_dataclass, check_seed, read_toml
 from ..errors import TokenizerError
-from ..files import atomic_write_text, check_replaceable, parse_json, read_text
+from ..files import atomic_write_text, check_replaceable, file_kind, parse_json, read_text
 from ..model.sampling import check_sampling, greedy_ignores
 from ..registry import closest
 from ..tables import code_block, code_span, command_line, plain_text
@@ -38,8 +38,11 @@ class Prompt:
 
 def load_suite(path: str | Path) -> list[Prompt]:
     path = Path(path)
-    if not path.is_file():
+    kind = file_kind(path)
+    if kind == "missing":
         raise ConfigError(f"prompt suite not found: {path}")
+    if kind != "file":  # its suffix says how to read it, and a pipe's name has none
+        raise ConfigError(f"{path} is a {kind}, not a prompt suite: give a .toml or .jsonl file")
     if path.suffix.lower() == ".jsonl":
         records = []
         for number, line in enumerate(read_text(path, "prompt suite", ConfigError, "save it as UTF-8 text").splitlines(), 1):

@@ -32,7 +32,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ...files import HEAD_BYTES, file_name_text, is_run_folder, not_utf8, parse_json, wide_text
+from ...files import HEAD_BYTES, file_kind, file_name_text, is_run_folder, not_utf8, parse_json, wide_text
 from ...tables import counted
 from .compressed import (
     ARCHIVES,
@@ -284,6 +284,11 @@ class LocalSource:
             files = glob_files(str(path))
             if not files:
                 raise CorpusError(f"data.source: the glob '{spec}' matches no file{_read_from(path)}")
+        elif (kind := file_kind(path)) in ("pipe", "device"):
+            raise CorpusError(
+                f"data.source: '{spec}' is a {kind}, not a corpus file: a corpus is read more than once (its fingerprint, "
+                "its tokenizer, its token files); save the text to a file and give that"
+            )
         else:
             raise CorpusError(
                 f"data.source: '{spec}' is neither a built-in corpus (shakespeare, brown) nor an existing file, directory or "
