@@ -5,6 +5,8 @@ as '-' (standard input is '-' only for --text and --prompt-file), an empty data.
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 
 import pytest
 
@@ -69,6 +71,29 @@ def test_an_output_given_as_a_dash_is_refused_rather_than_written_as_a_file_name
     err = capsys.readouterr().err.strip()
     assert "not standard output" in err and "\n" not in err, err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("argv", _argument_cases("PIPE", OUTPUT_DESTS), ids=" ".join)
+def test_an_output_that_is_a_pipe_or_device_is_refused_rather_than_replaced(argv, tmp_path, monkeypatch, capsys):
+    """The atomic write's rename put a regular file in the place of a pipe, or, run as root, of
+    /dev/null itself (`prompts RUN --out /dev/null` to throw the report away)."""
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo(tmp_path / "PIPE")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "PIPE is a pipe: slmlab writes a file or folder there" in err and "\n" not in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["PIPE"] and stat.S_ISFIFO(os.stat(tmp_path / "PIPE").st_mode)
+
+
+def test_a_write_never_replaces_a_pipe_or_device(tmp_path):
+    from slmlab.files import atomic_write_text
+
+    os.mkfifo(tmp_path / "pipe")
+    for target, kind in ((tmp_path / "pipe", "pipe"), (os.devnull, "device")):
+        with pytest.raises(ConfigError, match=f"is a {kind}, not a file: slmlab writes a whole file there"):
+            atomic_write_text(target, "text")
+    assert stat.S_ISFIFO(os.stat(tmp_path / "pipe").st_mode) and stat.S_ISCHR(os.stat(os.devnull).st_mode)
 
 
 def test_the_argument_cases_cover_every_verb_and_output():

@@ -97,8 +97,11 @@ def atomic_write(path: str | Path, write: Callable[[str], None], keep_suffix: bo
     `keep_suffix`: the temp name ends in the file's own suffix too, for writers that choose the
     format by it (matplotlib's animation writers)."""
     path = Path(path)
-    if path.is_dir():
+    kind = file_kind(path)
+    if kind == "folder":
         raise ConfigError(f"{path} is a folder: name a file to write")
+    if kind in ("pipe", "device"):  # the rename would put a file in the place of /dev/null (as root)
+        raise ConfigError(f"{path} is a {kind}, not a file: slmlab writes a whole file there and would replace it; name a file")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".tmp" + (path.suffix if keep_suffix else "")
     try:
@@ -176,11 +179,15 @@ def is_run_folder(folder: str | Path) -> bool:
 def check_replaceable(path: str | Path, option: str, what: str, is_ours: Callable[[str], bool]) -> None:
     """Refuse an output file that already holds something other than `what` (told apart by
     `is_ours(its text)`): a config, a corpus or notes named by mistake would be replaced. An
-    earlier output of the same command is replaced, as rerunning it should. A folder, or a path
-    below a file, is refused too: checked before the command's work, not at its end."""
+    earlier output of the same command is replaced, as rerunning it should. A folder, a pipe or a
+    device (/dev/null), or a path below a file, is refused too: checked before the command's work,
+    not at its end."""
     path = Path(path)
-    if path.is_dir():
+    kind = file_kind(path)
+    if kind == "folder":
         raise ConfigError(f"{option} {path} is a folder: name a file to write")
+    if kind in ("pipe", "device"):
+        raise ConfigError(f"{option} {path} is a {kind}, not a file: slmlab writes a whole file there; name a file")
     above = next((folder for folder in path.parents if folder.exists()), None)
     if above is not None and not above.is_dir():
         raise ConfigError(f"{option} {path}: {above} is a file (a file stands where a folder is needed: choose another path)")

@@ -150,7 +150,8 @@ def refuse_unusable_arguments(args: argparse.Namespace, given: set[str]) -> None
     directory, or taken for an option not given, its default ran in silence (a sweep ran instead of
     writing its SLURM script; `prompts --suite ''` ran the bundled suite). '-' reads standard input
     where an option takes a text (--text, --prompt-file), but an output is a file or folder: it
-    wrote one named '-'."""
+    wrote one named '-'; an output that is a pipe or a device (/dev/null, as root) was replaced by
+    a file."""
     for action in args.verb_parser._actions:
         name = action.option_strings[0] if action.option_strings else (action.metavar or action.dest.upper())
         value = getattr(args, action.dest, None)
@@ -162,6 +163,10 @@ def refuse_unusable_arguments(args: argparse.Namespace, given: set[str]) -> None
         if action.dest in OUTPUT_DESTS and value == "-":
             raise ConfigError(
                 f"{name} -: slmlab writes a file or folder there, not standard output: name a path (./- for a file named '-')"
+            )
+        if action.dest in OUTPUT_DESTS and isinstance(value, str) and (kind := file_kind(value)) in ("pipe", "device"):
+            raise ConfigError(
+                f"{name} {value} is a {kind}: slmlab writes a file or folder there (and would replace it): name a path"
             )
 
 
