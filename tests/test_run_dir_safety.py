@@ -108,6 +108,23 @@ def test_a_run_directory_that_links_elsewhere_is_refused(micro_toml, bystanders,
     assert all(path.read_text() == "precious" for path in bystanders)
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+def test_a_link_to_a_run_beside_it_names_the_run_and_writes_nothing(micro_toml, tmp_path, capsys):
+    """`runs/latest -> a` was said to lead outside runs; a run is written and locked under one name,
+    so a resume through the link is refused with the name to give."""
+    assert _train(micro_toml, "--name", "a") == 0
+    (tmp_path / "runs" / "latest").symlink_to("a")
+    before = sorted((tmp_path / "runs" / "a").rglob("*"))
+    for argv in (
+        ["train", "--resume", str(tmp_path / "runs" / "latest"), "--train.steps", "20"],
+        ["train", str(micro_toml), "--name", "latest", "--overwrite"],
+    ):
+        assert main([*argv, "--no-progress"]) == 2
+        assert f"latest is a link to {tmp_path / 'runs' / 'a'}: give that name" in capsys.readouterr().err
+    assert sorted((tmp_path / "runs" / "a").rglob("*")) == before
+    assert main(["eval", str(tmp_path / "runs" / "latest")]) == 0  # reading through it is fine
+
+
 def test_out_dir_naming_a_file_is_one_line(micro_toml, tmp_path, capsys):
     (tmp_path / "a_file").write_text("x")
     assert _train(micro_toml, "--out_dir", str(tmp_path / "a_file")) == 2

@@ -107,6 +107,11 @@ class RunDir:
         parent = self.path.parent
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"out_dir {parent} is a file, not a folder; set --out_dir to a folder")
+        if self.path.is_symlink() and self.path.resolve().parent == parent.resolve():
+            raise ConfigError(
+                f"{self.path} is a link to {parent / self.path.resolve().name}: give that name (a run is written, and locked, "
+                "under one name only)"
+            )
         if self.path.is_symlink() or (self.path.exists() and self.path.resolve().parent != parent.resolve()):
             raise ConfigError(f"{self.path} leads outside {parent} (a link?); slmlab writes a run only inside its out_dir")
         if self.path.exists() and not self.path.is_dir():
