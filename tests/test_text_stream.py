@@ -220,3 +220,15 @@ def test_a_pipe_or_device_where_a_file_is_read_again_is_refused_by_its_kind(tiny
             assert main(argv) == 2, argv
             err = capsys.readouterr().err
             assert says in err and err.count("\n") == 1, err
+
+
+def test_standard_input_from_a_terminal_says_how_to_end_it(tiny_run, monkeypatch, capsys):
+    """`--prompt-file -` typed at a terminal waited in silence for text and Ctrl-D."""
+
+    class Terminal(io.TextIOWrapper):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal(io.BytesIO(b"ROMEO:")))
+    assert main(["generate", str(tiny_run), "--prompt-file", "-", "--max-new-tokens", "2"]) == 0
+    assert "--prompt-file -: reading the text from the terminal; end it with Ctrl-D" in capsys.readouterr().err

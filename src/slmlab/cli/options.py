@@ -281,6 +281,8 @@ def text_file(source: str, option: str) -> str:
     if not source.strip():
         raise ConfigError(f"{option} is empty: give the path of a UTF-8 text file ('-': standard input)")
     if source == "-":
+        if sys.stdin.isatty():  # else it waits in silence for what the user does not know to type
+            print(f"{option} -: reading the text from the terminal; end it with Ctrl-D", file=sys.stderr)
         data, where = sys.stdin.buffer.read(), "standard input"
     else:
         path = Path(source).expanduser()
