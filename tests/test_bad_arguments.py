@@ -361,3 +361,21 @@ def test_generate_refuses_sampling_options_that_greedy_decoding_ignores(micro_to
     assert main(["generate", run, "--prompt", "T", "--temperature", "0", "--max-new-tokens", "3", *options]) == 2
     assert says in capsys.readouterr().err
     assert main(["generate", run, "--prompt", "T", "--temperature", "0", "--max-new-tokens", "3"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [  # nanoGPT's flags: a setting without its section, a Python boolean
+        (["--n_layer", "2"], "unrecognized arguments: --n_layer 2 (did you mean --model.n_layer?)"),
+        (["--lr=1e-3"], "(did you mean --train.lr?)"),
+        (["--seq-len", "16"], "(did you mean --data.seq_len?)"),
+        (["--train.compile=False"], "train.compile: write false, not 'False' (TOML's true and false are lower case)"),
+        (["--train.compile", "1"], "train.compile: expected true or false, got int 1"),
+    ],
+)
+def test_a_setting_given_as_nanogpt_gives_it_is_answered_with_its_spelling_here(given, says, micro_toml, capsys):
+    try:
+        code = main(["train", str(micro_toml), "--no-progress", *given])
+    except SystemExit as exit:  # argparse's own refusal
+        code = exit.code
+    assert code == 2 and says in capsys.readouterr().err

@@ -7,12 +7,14 @@ Nothing here imports torch, or the parts of the library that do, at module level
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import math
 import sys
 from pathlib import Path
 
 from ..config.checks import INT64_LIMIT, check_seed
+from ..config.loading import SECTION_NAMES
 from ..errors import ConfigError, SlmlabError
 from ..files import HEAD_BYTES, file_kind, not_utf8, wide_text
 
@@ -57,10 +59,24 @@ def refuse_unrecognized(verb: argparse.ArgumentParser, unknown: list[str]) -> No
     hint = ""
     for arg in unknown:
         close = difflib.get_close_matches(arg.partition("=")[0], options, n=1, cutoff=0.7) if arg.startswith("-") else []
-        if close:
-            hint = f" (did you mean {close[0]}?)"
+        setting = sectioned_setting(arg.partition("=")[0]) if verb.get_default("takes_overrides") is True else None
+        if close or setting:
+            hint = f" (did you mean {close[0] if close else setting}?)"
             break
     verb.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+
+def sectioned_setting(arg: str) -> str | None:
+    """`--n_layer` (nanoGPT's flag) -> '--model.n_layer': the override of the one config setting of
+    that name, which takes its section; None when no section, or more than one, has it."""
+    from ..config.schema import RunConfig
+
+    name = arg.lstrip("-").replace("-", "_")
+    if not arg.startswith("--") or not name.isidentifier():
+        return None
+    sections = {field.name: field.default_factory for field in dataclasses.fields(RunConfig) if field.name in SECTION_NAMES}
+    owners = [section for section, kind in sections.items() if name in {field.name for field in dataclasses.fields(kind)}]
+    return f"--{owners[0]}.{name}" if len(owners) == 1 else None
 
 
 def add_verb(subparsers, name: str, help: str, examples: str, overrides: bool | str = False) -> argparse.ArgumentParser:

@@ -38,6 +38,8 @@ def check_value(key: str, value: Any, annotation: Any) -> Any:
     if annotation is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):  # --train.compile=False, as nanoGPT's flags
+            raise ConfigError(f"{key}: write {value.lower()}, not {value!r} (TOML's true and false are lower case)")
     elif annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -69,6 +71,8 @@ def check_value(key: str, value: Any, annotation: Any) -> Any:
             return value
     if dataclasses.is_dataclass(annotation) or origin is dict:
         type_name = f"a table ([{key}] or {key} = {{...}})"
+    elif annotation is bool:
+        type_name = "true or false"
     else:
         type_name = getattr(annotation, "__name__", str(annotation))
     raise ConfigError(f"{key}: expected {type_name}, got {type(value).__name__} {value!r}")
