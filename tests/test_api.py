@@ -33,6 +33,8 @@ def test_the_docstrings_session_trains_reads_back_samples_and_caches(micro_toml)
     assert ids.shape == (1, 7)
     logits, cache = slmlab.run_with_cache(model, ids, names=lambda name: name.endswith("hook_z"))
     assert logits.shape == (1, 7, cfg.model.vocab_size) and len(cache) == cfg.model.n_layer
+    ablated = slmlab.run_with_hooks(model, ids, [("blocks.0.hook_attn_out", lambda out, name: out * 0)])
+    assert ablated.shape == logits.shape and not torch.allclose(ablated, logits)
     fresh = slmlab.build_model(cfg.model)
     assert sum(p.numel() for p in fresh.parameters()) == sum(p.numel() for p in model.parameters())
 

@@ -74,3 +74,39 @@ def test_run_with_cache_keeps_every_hook_point_and_the_residual_stream_adds_up()
     for names in (5, [5]):  # TypeError: 'int' object is not iterable
         with pytest.raises(ConfigError, match="names must be a hook point's name, a list of names or a test on the name"):
             run_with_cache(model, idx, names=names)
+
+
+def test_run_with_hooks_changes_one_pass_as_a_hand_registered_hook_does():
+    """run_with_hooks (TransformerLens's fwd_hooks): a hook returning a tensor replaces the
+    activation for that pass only, one returning None reads it, a test on the name hooks every
+    point it accepts; the same logits as a forward hook registered by hand; gradients flow."""
+    import pytest
+
+    from slmlab.config import ConfigError
+    from slmlab.model import run_with_hooks
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=50, n_layer=2, n_head=2, d_model=16, block_size=16))
+    idx = torch.randint(0, 50, (2, 7))
+    model.eval()
+    handle = model.get_submodule("blocks.1.hook_attn_out").register_forward_hook(lambda m, a, out: out * 0)
+    by_hand = model(idx)[0]
+    handle.remove()
+    plain = model(idx)[0]
+    seen = []
+    logits = run_with_hooks(
+        model,
+        idx,
+        [
+            ("blocks.1.hook_attn_out", lambda out, name: out * 0),
+            (lambda n: n.endswith("hook_q"), lambda q, name: seen.append(name)),
+        ],
+    )
+    torch.testing.assert_close(logits, by_hand)
+    assert seen == ["blocks.0.attn.hook_q", "blocks.1.attn.hook_q"] and not torch.allclose(logits, plain)
+    torch.testing.assert_close(model(idx)[0], plain)  # gone after the pass
+    assert not any(m._forward_hooks for m in model.modules()) and logits.requires_grad
+    with pytest.raises(ConfigError, match="no hook point 'blocks.9.hook_attn_out'"):
+        run_with_hooks(model, idx, [("blocks.9.hook_attn_out", lambda out, name: out)])
+    with pytest.raises(ConfigError, match="is float, not a function of \\(activation, name\\)"):
+        run_with_hooks(model, idx, [("blocks.1.hook_attn_out", 0.0)])

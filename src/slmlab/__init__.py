@@ -7,6 +7,7 @@ The Python entry points, importable from here (each loads its module, and torch,
     cfg, model, tokenizer = slmlab.load_run(result.run_dir)  # a finished run, in eval mode
     ids = model.generate(torch.tensor([tokenizer.encode("ROMEO:")]), 100)
     logits, cache = slmlab.run_with_cache(model, ids)        # every hook point's activation
+    logits = slmlab.run_with_hooks(model, ids, [("blocks.0.hook_attn_out", lambda out, name: out * 0)])
     model = slmlab.build_model(slmlab.ModelConfig(n_layer=2, d_model=64, n_head=4, vocab_size=256))
 """
 
@@ -29,6 +30,7 @@ API = {
     "RunDir": "slmlab.runs",
     "build_model": "slmlab.model",
     "run_with_cache": "slmlab.model",
+    "run_with_hooks": "slmlab.model",
 }
 __all__ = ["__version__", *API]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..registry import ARCHITECTURES, build_model
 from .accounting import ModelStats, model_stats
-from .activations import run_with_cache
+from .activations import run_with_cache, run_with_hooks
 from .attention import KVCache
 from .block_local import BlockLocal
 from .decoder import Decoder
@@ -29,4 +29,5 @@ __all__ = [
     "build_positions",
     "model_stats",
     "run_with_cache",
+    "run_with_hooks",
 ]

@@ -1,10 +1,11 @@
-"""Reading a model's activations the TransformerLens way: one forward pass, keeping what its hook
-points (model/hooks.py) saw.
+"""Reading and changing a model's activations the TransformerLens way: one forward pass, keeping
+what its hook points (model/hooks.py) saw, or with hooks on them for that pass only.
 
     logits, cache = run_with_cache(model, idx)                                   # every hook point
     logits, cache = run_with_cache(model, idx, names=["blocks.0.hook_attn_out"])  # just these
     logits, cache = run_with_cache(model, idx, names="blocks.0.hook_attn_out")    # just this one
     logits, cache = run_with_cache(model, idx, names=lambda name: name.endswith("hook_z"))
+    logits = run_with_hooks(model, idx, [("blocks.0.attn.hook_z", lambda z, name: z * 0)])  # hooks for one pass
 
 `cache` maps each hook point's module name to its output, e.g. "blocks.1.hook_resid_pre"
 (B, T, d_model), "blocks.0.attn.hook_q" (B, H, T, D). In the backbone the residual stream obeys
@@ -31,29 +32,58 @@ def run_with_cache(
     without autograd; `names`: the hook points to keep (a name, a list of names, or a test on the
     name, as TransformerLens's names_filter; None: all). A name the model does not have is an
     error that lists the close ones."""
-    points = {name: module for name, module in model.named_modules() if isinstance(module, HookPoint)}
-    if names is None:
-        chosen = list(points)
-    elif callable(names):
-        chosen = [name for name in points if names(name)]
-    else:
-        chosen = [names] if isinstance(names, str) else list(names) if isinstance(names, Iterable) else None
-        if chosen is None or not all(isinstance(name, str) for name in chosen):  # a string is one name, not its letters
-            raise ConfigError(f"names must be a hook point's name, a list of names or a test on the name; got {names!r:.60}")
-        for name in chosen:
-            if name not in points:
-                close = difflib.get_close_matches(name, points, n=3) or sorted(points)[:3]
-                raise ConfigError(f"the model has no hook point {name!r} (close: {', '.join(close)})")
+    points = hook_points_named(model, names)
     cache: dict[str, torch.Tensor] = {}
 
     def keep(name: str) -> Callable:
         return lambda module, args, output: cache.__setitem__(name, output.detach())
 
-    handles = [points[name].register_forward_hook(keep(name)) for name in chosen]
+    with torch.no_grad():
+        logits = _forward_hooked(model, idx, [(module, keep(name)) for name, module in points.items()])
+    return logits, cache
+
+
+def run_with_hooks(
+    model: nn.Module, idx: torch.Tensor, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], Callable]]
+) -> torch.Tensor:
+    """Logits (B, T, V) of one forward pass in eval mode with each (name, hook) of `fwd_hooks` on
+    the hook points it names (a name, or a test on the name, as TransformerLens's fwd_hooks):
+    hook(activation, name) returns the activation to use instead, or None to keep it. Autograd
+    stays on (attribution reads gradients); the hooks are gone after the pass, however it ends."""
+    hooked = []
+    for names, hook in fwd_hooks:
+        if not callable(hook):
+            raise ConfigError(f"the hook for {names!r} is {type(hook).__name__}, not a function of (activation, name)")
+        for name, module in hook_points_named(model, names).items():
+            hooked.append((module, lambda module, args, output, hook=hook, name=name: hook(output, name)))
+    return _forward_hooked(model, idx, hooked)
+
+
+def hook_points_named(model: nn.Module, names: Iterable[str] | Callable[[str], bool] | str | None) -> dict[str, nn.Module]:
+    """{name: hook point} of `model` that `names` chooses: a name, a list of names, a test on the
+    name, or None (all). A name the model does not have is a ConfigError listing the close ones."""
+    points = {name: module for name, module in model.named_modules() if isinstance(module, HookPoint)}
+    if names is None:
+        return points
+    if callable(names):
+        return {name: module for name, module in points.items() if names(name)}
+    chosen = [names] if isinstance(names, str) else list(names) if isinstance(names, Iterable) else None
+    if chosen is None or not all(isinstance(name, str) for name in chosen):  # a string is one name, not its letters
+        raise ConfigError(f"names must be a hook point's name, a list of names or a test on the name; got {names!r:.60}")
+    for name in chosen:
+        if name not in points:
+            close = difflib.get_close_matches(name, points, n=3) or sorted(points)[:3]
+            raise ConfigError(f"the model has no hook point {name!r} (close: {', '.join(close)})")
+    return {name: points[name] for name in chosen}
+
+
+def _forward_hooked(model: nn.Module, idx: torch.Tensor, hooks: list[tuple[nn.Module, Callable]]) -> torch.Tensor:
+    """The logits of model(idx) in eval mode with each (module, forward hook) registered for it."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
     try:
-        with torch.no_grad(), eval_mode(model):
+        with eval_mode(model):
             logits, _ = model(idx)
     finally:
         for handle in handles:
             handle.remove()
-    return logits, cache
+    return logits
