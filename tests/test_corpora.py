@@ -182,7 +182,7 @@ def test_a_glob_reads_each_file_once_through_links_and_skips_hidden_names(tmp_pa
     """glob.glob's '**' follows links to folders: one link to the folder above gave every file 41
     times (the run trained on copies and validated on copies of its training text), two such links
     never finished. Now '**' does as bash's globstar: it does not follow them."""
-    from slmlab.data.corpora.local import glob_files
+    from slmlab.data.corpora.listing import glob_files
 
     (tmp_path / "c" / "sub").mkdir(parents=True)
     (tmp_path / "c" / ".hidden").mkdir()
@@ -203,7 +203,7 @@ def test_a_glob_reads_each_file_once_through_links_and_skips_hidden_names(tmp_pa
 def test_a_folder_corpus_follows_links_to_folders_and_reads_each_file_once(tmp_path):
     """Links to folders were skipped without a word (data linked into the corpus folder was not
     read); followed, a link to a folder above, or a second name of one file, reads nothing twice."""
-    from slmlab.data.corpora.local import corpus_files
+    from slmlab.data.corpora.listing import corpus_files
 
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "linked.txt").write_text("text")

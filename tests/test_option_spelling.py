@@ -43,7 +43,8 @@ def test_out_dir_spelled_with_a_dash_is_the_override(micro_toml, tmp_path):
         (["info", "CONFIG", "--batch-sise", "4"], "unrecognized arguments: --batch-sise 4 (did you mean --batch-size?)"),
         (["generate", "RUN", "--prompt", "a", "--max_new_tokenz", "3"], "(did you mean --max-new-tokens?)"),
         (["info", "CONFIG", "stray"], "slmlab info: error: unrecognized arguments: stray (see slmlab info --help)"),
-        (["info", "CONFIG", "--head", "1"], "slmlab info: error: unrecognized arguments: --head 1 (see slmlab info --help)"),
+        (["info", "CONFIG", "--heads", "1"], "slmlab info: error: unrecognized arguments: --heads 1 (see slmlab info --help)"),
+        (["info", "CONFIG", "--head", "1"], "unrecognized arguments: --head 1 (did you mean --model.head?)"),  # a setting
         (
             ["eval", "RUN", "--prompt-file", "p"],
             "unrecognized arguments: --prompt-file p (see slmlab eval --help)",

@@ -20,7 +20,7 @@ import pytest
 
 from slmlab.cli import main
 from slmlab.cli.os_errors import os_error_message
-from slmlab.data.corpora.local import corpus_files, glob_files
+from slmlab.data.corpora.listing import corpus_files, glob_files
 from slmlab.errors import ConfigError, CorpusError
 from slmlab.runs import RunDir
 

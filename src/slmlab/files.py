@@ -97,11 +97,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None], keep_suffix: bo
     `keep_suffix`: the temp name ends in the file's own suffix too, for writers that choose the
     format by it (matplotlib's animation writers)."""
     path = Path(path)
-    kind = file_kind(path)
-    if kind == "folder":
-        raise ConfigError(f"{path} is a folder: name a file to write")
-    if kind in ("pipe", "device"):  # the rename would put a file in the place of /dev/null (as root)
-        raise ConfigError(f"{path} is a {kind}, not a file: slmlab writes a whole file there and would replace it; name a file")
+    refuse_other_than_a_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".tmp" + (path.suffix if keep_suffix else "")
     try:
@@ -170,6 +166,17 @@ def file_kind(path: str | Path) -> str:
     return "pipe" if stat.S_ISFIFO(mode) else "device"
 
 
+def refuse_other_than_a_file(path: Path, option: str = "") -> None:
+    """Refuse to write a file at `path` (named by `option`, if given) where a folder, a pipe or a
+    device is: the atomic write's rename would put a file in the place of a pipe, or (as root) of
+    /dev/null itself."""
+    kind, named = file_kind(path), f"{option} {path}".strip()
+    if kind == "folder":
+        raise ConfigError(f"{named} is a folder: name a file to write")
+    if kind in ("pipe", "device"):
+        raise ConfigError(f"{named} is a {kind}, not a file: slmlab writes a whole file there and would replace it; name a file")
+
+
 def is_run_folder(folder: str | Path) -> bool:
     """Whether `folder` is a slmlab run directory (its config.json beside its metrics.jsonl), as
     opposed to a corpus folder or a transformers model folder (a config.json alone)."""
@@ -183,11 +190,7 @@ def check_replaceable(path: str | Path, option: str, what: str, is_ours: Callabl
     device (/dev/null), or a path below a file, is refused too: checked before the command's work,
     not at its end."""
     path = Path(path)
-    kind = file_kind(path)
-    if kind == "folder":
-        raise ConfigError(f"{option} {path} is a folder: name a file to write")
-    if kind in ("pipe", "device"):
-        raise ConfigError(f"{option} {path} is a {kind}, not a file: slmlab writes a whole file there; name a file")
+    refuse_other_than_a_file(path, option)
     above = next((folder for folder in path.parents if folder.exists()), None)
     if above is not None and not above.is_dir():
         raise ConfigError(f"{option} {path}: {above} is a file (a file stands where a folder is needed: choose another path)")

@@ -11,7 +11,6 @@ from .options import (
     add_device,
     add_int8,
     add_out,
-    add_prompt,
     add_sampling,
     add_seed,
     add_verb,
@@ -21,9 +20,8 @@ from .options import (
     option_rules,
     positive_float,
     positive_int,
-    prompt_text,
-    text_file,
 )
+from .text_input import add_prompt, prompt_text, text_file
 
 TEXT_CONFLICTS = ("--split", "--batches", "--by-position", "--context-lengths")
 CHECKPOINT_NOT_INT8 = ("--checkpoint", "--int8", "the int8 model is quantised from the run's final weights")

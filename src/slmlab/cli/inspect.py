@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..tables import command_line, counted
-from .options import add_checkpoint, add_device, add_out, add_prompt, add_verb, configs_to_inspect, positive_int, prompt_text
+from .options import add_checkpoint, add_device, add_out, add_verb, configs_to_inspect, positive_int
+from .text_input import add_prompt, prompt_text
 
 
 def register(sub) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 from ...files import file_name_text, read_json
 from .document import LABEL_FIELDS, Document, refuse_repeated, repeated
 from .fetch import CorpusError, file_digest
-from .local import corpus_files, glob_files, parse_label, parse_year, warn_of_files_left_out
+from .listing import corpus_files, glob_files
+from .local import parse_label, parse_year, warn_of_files_left_out
 
 RESAVE = "save the dataset again with save_to_disk"
 BATCH_ROWS = 1024

@@ -21,9 +21,6 @@ file's stem.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fnmatch
-import glob
 import hashlib
 import json
 import logging
@@ -47,6 +44,7 @@ from .compressed import (
 from .csv_rows import table_rows
 from .document import Document, refuse_repeated
 from .fetch import CorpusError, file_digest
+from .listing import corpus_files, glob_files
 
 log = logging.getLogger("slmlab")
 
@@ -99,9 +97,6 @@ def parse_label(value, where: str, field: str) -> str:
     return text if text.strip() else ""
 
 
-SKIPPED_FOLDERS = ("__MACOSX",)  # macOS zip resource forks
-
-
 def _read_from(path: Path) -> str:
     """Where a relative data.source was looked for: a run's recorded source is relative to the folder
     it was trained from, which need not be the one a later command runs in."""
@@ -119,110 +114,6 @@ def _what_else(folder: Path, spec: str) -> str:
     return (
         f"{found} (it holds {len(others)} other, e.g. '{example}'; a folder's .json, .csv and .tsv files are read only "
         f"when named by their path, and a glob reads every file it matches as text: '{Path(spec) / '*'}')"
-    )
-
-
-def corpus_files(folder: Path, suffixes: tuple[str, ...] | None) -> list[Path]:
-    """The files under `folder` with one of `suffixes` (None: any), sorted, leaving out hidden files
-    and folders (.git, .ipynb_checkpoints copies that would put one text on both sides of the split,
-    .DS_Store) and __MACOSX resource forks, as a shell glob does. Links to folders are followed (a
-    corpus folder often links the data in), each real folder and file read once (a link to a folder
-    above, or two names of one file, would put the same text in twice). A folder inside that cannot
-    be listed (permissions) is refused: its files would be left out without a word."""
-
-    def refuse(err: OSError) -> None:
-        raise _unlisted(Path(err.filename), err, f"its files would be left out of the corpus read from {folder}")
-
-    found, seen = [], set()  # seen: real folders walked
-    for here, folders, names in os.walk(folder, onerror=refuse, followlinks=True):
-        if os.path.realpath(here) in seen:
-            folders.clear()
-            continue
-        seen.add(os.path.realpath(here))
-        folders[:] = sorted(name for name in folders if not name.startswith(".") and name not in SKIPPED_FOLDERS)
-        paths = (Path(here, name) for name in names if not name.startswith("."))
-        found += [path for path in paths if path.is_file() and (suffixes is None or format_suffix(path) in suffixes)]
-    return read_once(found)
-
-
-def read_once(paths) -> list[Path]:
-    """`paths` sorted, each file once: a later name of a file already listed (a link to it, a path
-    through a link to its folder) is left out."""
-    seen, files = set(), []
-    for path in sorted(paths):
-        if os.path.realpath(path) not in seen:
-            seen.add(os.path.realpath(path))
-            files.append(path)
-    return files
-
-
-def glob_files(pattern: str) -> list[Path]:
-    """The files the shell glob `pattern` (~ expanded) matches, sorted. As in bash's globstar, `**`
-    matches any depth of folders but does not follow links to folders (glob.glob does: a link to a
-    folder above gave each file again at every depth, 40 times over for one link, and two such
-    links never finished), names starting with '.' match only a part that starts with '.', and a
-    file matched under two names is read once. A folder the glob would list but this user may not
-    is refused: its files would be left out."""
-    pattern = str(Path(pattern).expanduser())
-    parts = Path(pattern).parts
-    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
-    root, rest = Path(*parts[:fixed]) if fixed else Path("."), parts[fixed:]
-    if not rest:
-        return [root] if root.is_file() else []
-    if rest[-1] == "**":  # every file below, as glob.glob's 'folder/**' (pathlib's matches folders only)
-        rest = (*rest, "*")
-    if any("**" in part and part != "**" for part in rest):
-        raise CorpusError(
-            f"data.source: the glob '{pattern}' has '**' inside a name; '**' stands alone between slashes (a/**/*.txt)"
-        )
-    _refuse_unlisted_folders(root, rest, pattern)
-    dotted = any(part.startswith(".") for part in rest)
-    return read_once(
-        path
-        for path in root.glob(str(Path(*rest)))
-        if path.is_file() and (dotted or not any(part.startswith(".") for part in path.relative_to(root).parts))
-    )
-
-
-def _refuse_unlisted_folders(folder: Path, rest: tuple[str, ...], pattern: str) -> None:
-    """Raise when the glob, matching `rest` (the pattern's parts below `folder`), would need to
-    list a folder (a part with a wildcard; `**`: every visible folder below, links to folders
-    not followed) or enter one (a plain part) that this user may not."""
-    if not rest:
-        return
-    part, below = rest[0], rest[1:]
-    if part == "**":
-        _refuse_unlisted_folders(folder, below, pattern)  # '**' standing for no folder at all
-        for entry in _listing(folder, pattern):
-            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
-                _refuse_unlisted_folders(Path(entry.path), rest, pattern)
-        return
-    if not glob.has_magic(part):  # looked up, not listed: needs only search permission
-        if os.path.isdir(folder) and not os.access(folder, os.X_OK):
-            denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-            raise _unlisted(folder, denied, f"the glob '{pattern}' cannot find its files", "enter")
-        _refuse_unlisted_folders(folder / part, below, pattern)
-        return
-    for entry in _listing(folder, pattern):
-        if entry.is_dir() and fnmatch.fnmatch(entry.name, part) and (part.startswith(".") or not entry.name.startswith(".")):
-            _refuse_unlisted_folders(Path(entry.path), below, pattern)
-
-
-def _listing(folder: Path, pattern: str) -> list[os.DirEntry]:
-    """`folder`'s entries; a folder this user may not list is refused (CorpusError), one that is
-    not there (or not a folder) has none, as for the glob."""
-    try:
-        return list(os.scandir(folder))
-    except PermissionError as err:
-        raise _unlisted(folder, err, f"the glob '{pattern}' would leave its files out") from None
-    except OSError:
-        return []
-
-
-def _unlisted(folder: Path, err: OSError, consequence: str, action: str = "list") -> CorpusError:
-    return CorpusError(
-        f"cannot {action} the folder {folder} ({(err.strerror or str(err)).lower()}): {consequence}; change its permissions "
-        "(chmod, chown) or move it out of the corpus"
     )
 
 
