@@ -53,6 +53,7 @@ log_every = 1
 checkpoint_every = 3
 sample_tokens = 8
 device = "cpu"
+threads = 1  # as torchrun gives each of its processes: one process's matmuls then sum in the same order under any load
 """
 
 
