@@ -42,10 +42,12 @@ def text_file(source: str, option: str) -> str:
         path = Path(source).expanduser()
         kind = file_kind(path)
         if kind not in ("file", "pipe"):  # a pipe: a shell's <(zcat book.txt.gz)
-            problem = {"missing": "no such file", "folder": "a folder, not a file"}.get(kind, "a device, not a file")
-            raise ConfigError(
-                f"{option} {source}: {problem}" + ("; give a file ('-': standard input)" if kind == "device" else "")
-            )
+            problem = {
+                "missing": "no such file",
+                "folder": "a folder, not a file",
+                "device": "a device, not a file; give a file ('-': standard input)",
+            }[kind]
+            raise ConfigError(f"{option} {source}: {problem}")
         data, where = path.read_bytes(), source
     try:
         text = data.decode("utf-8-sig")

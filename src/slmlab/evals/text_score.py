@@ -79,14 +79,14 @@ def score_text(
                 scored = logits[row, counted - start : stop - start].float()  # predicting full[counted + 1 : stop + 1]
                 nll += F.cross_entropy(scored, full[counted + 1 : stop + 1].to(device), reduction="sum").double()
             shown.update(len(batch))
-    size = len(text.encode("utf-8"))
-    loss = float(nll) / len(ids)
+    size, nats = len(text.encode("utf-8")), float(nll)
+    loss = nats / len(ids)
     return {
         "tokens": len(ids),
         "bytes": size,
         "loss": loss,
         "ppl": perplexity(loss),
-        "bpb": float(nll) / math.log(2) / size,
+        "bpb": nats / math.log(2) / size,
         "window": window,
         "stride": stride,
         "windows": count,

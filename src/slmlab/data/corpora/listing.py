@@ -29,10 +29,11 @@ def corpus_files(folder: Path, suffixes: tuple[str, ...] | None) -> list[Path]:
 
     found, seen = [], set()  # seen: real folders walked
     for here, folders, names in os.walk(folder, onerror=refuse, followlinks=True):
-        if os.path.realpath(here) in seen:
+        real = os.path.realpath(here)
+        if real in seen:
             folders.clear()
             continue
-        seen.add(os.path.realpath(here))
+        seen.add(real)
         folders[:] = sorted(name for name in folders if not name.startswith(".") and name not in SKIPPED_FOLDERS)
         paths = (Path(here, name) for name in names if not name.startswith("."))
         found += [path for path in paths if path.is_file() and (suffixes is None or format_suffix(path) in suffixes)]
@@ -44,8 +45,8 @@ def read_once(paths) -> list[Path]:
     through a link to its folder) is left out."""
     seen, files = set(), []
     for path in sorted(paths):
-        if os.path.realpath(path) not in seen:
-            seen.add(os.path.realpath(path))
+        if (real := os.path.realpath(path)) not in seen:
+            seen.add(real)
             files.append(path)
     return files
 
