@@ -49,9 +49,9 @@ def command_line(*words: object) -> str:
     return shlex.join(str(word) for word in words)
 
 
-def format_number(value, spec: str) -> str:
-    """format(value, spec), or "–" for a missing (None) or NaN value."""
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+def format_number(value, spec: str, unit: str = "") -> str:
+    """format(value, spec) + unit, or "–" for a missing (None) or NaN value (an inf is "inf")."""
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec) + unit
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -126,10 +126,9 @@ def cmd_persona_eval(args, extra) -> int:
 
 
 def cmd_surgery(args, extra) -> int:
-    import math
-
     from ..config import ConfigError
     from ..persona.surgery import greedy_continuation, load_with_self_area, surgery
+    from ..runs.metrics import perplexity
 
     if args.load:
         model, tokenizer = load_with_self_area(args.hf_model, args.load, args.device)
@@ -152,7 +151,9 @@ def cmd_surgery(args, extra) -> int:
         )
         before, after = summary["persona_val_loss_before"], summary["persona_val_loss_after"]
         print(f"Self Area ({summary['self_area_params']:,} parameters; base {summary['base_params']:,} frozen) saved to {folder}")
-        print(f"persona validation loss {before:.4f} -> {after:.4f} (perplexity {math.exp(before):.2f} -> {math.exp(after):.2f})")
+        print(
+            f"persona validation loss {before:.4f} -> {after:.4f} (perplexity {perplexity(before):.2f} -> {perplexity(after):.2f})"
+        )
     if args.generate:
         print(greedy_continuation(model, tokenizer, args.generate, args.max_new_tokens))
     return 0

@@ -8,7 +8,6 @@ Results are printed and saved as ablations.md and ablations.json in the run dire
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from ..config import ConfigError
@@ -18,8 +17,9 @@ from ..model.interventions import applicable, head_ablations, intervene, layer_a
 from ..phase_progress import PhaseProgress
 from ..registry import ABLATION_SUMMARIES
 from ..runs.derived import record_derived, weights_identity
+from ..runs.metrics import perplexity
 from ..runs.run_dir import load_run
-from ..tables import command_line, markdown_table
+from ..tables import command_line, format_number, markdown_table
 from ..training import evaluate
 from ..training.runtime import resolve_device
 
@@ -51,7 +51,7 @@ def ablate(
     _, data = prepare_tokens(cfg.data, tokenizer)
 
     def ppl() -> float:
-        return math.exp(evaluate(model, data.val, cfg.data.seq_len, cfg.train.batch_size, n_batches, device, cfg.train.dtype))
+        return perplexity(evaluate(model, data.val, cfg.data.seq_len, cfg.train.batch_size, n_batches, device, cfg.train.dtype))
 
     with PhaseProgress(f"ablating {run_path}", len(interventions) + 1, "evaluations") as progress:
         reference = ppl()
@@ -70,7 +70,7 @@ def ablate(
     result = {"run": str(run_path), "n_batches": n_batches, "layers": layers, "heads": heads, "interventions": rows}
     table = markdown_table(
         ("intervention", "what it changes", "val ppl", "Δ% vs unmodified"),
-        [(n, r["description"], f"{r['val_ppl']:.3f}", f"{r['delta_pct']:+.2f}%") for n, r in rows.items()],
+        [(n, r["description"], f"{r['val_ppl']:.3f}", format_number(r["delta_pct"], "+.2f", "%")) for n, r in rows.items()],
     )
     for summarize in ABLATION_SUMMARIES.values():  # what a variant reads from its own rows (SMAT: the bias/gate split)
         summary = summarize(rows)

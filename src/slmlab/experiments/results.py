@@ -75,8 +75,7 @@ def train_flops(config, summaries: list[dict]) -> float:
 def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[dict]:
     """One record per variant with every column of the results table."""
     ppl = {
-        v: {s: r["val_ppl"] for (v2, s), r in results.items() if v2 == v and math.isfinite(r.get("val_ppl", math.nan))}
-        for v in sweep.variants
+        v: {s: r["val_ppl"] for (v2, s), r in results.items() if v2 == v and _measured(r.get("val_ppl"))} for v in sweep.variants
     }
     bpb = {
         v: {s: r["val_bpb"] for (v2, s), r in results.items() if v2 == v and _finite(r.get("val_bpb"))} for v in sweep.variants
@@ -147,6 +146,12 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _measured(value) -> bool:
+    """A finished run's perplexity: a number, inf included (it overflowed: the run diverged, and
+    leaving its seed out would flatter its variant); a failed run has none."""
+    return isinstance(value, (int, float)) and not math.isnan(value)
+
+
 def results_table(records: list[dict]) -> str:
     rows = []
     for r in records:
@@ -159,7 +164,7 @@ def results_table(records: list[dict]) -> str:
                 format_number(r["val_ppl_std"], ".3f"),
                 format_number(r["val_bpb_mean"], ".4f"),
                 "–" if base else delta_cell(r["delta_bpb"], r["delta_bpb_low"], r["delta_bpb_high"]),
-                "–" if base or not _finite(r["delta_pct"]) else f"{r['delta_pct']:+.2f}%",
+                "–" if base else format_number(r["delta_pct"], "+.2f", "%"),
                 "–" if base else f"{r['wins']}/{r['n_pairs']}",
                 f"{r['failed_runs']} runs, {r['nan_skips']} steps",
                 "–" if base else f"[{format_number(r['ci_low'], '+.2f')}, {format_number(r['ci_high'], '+.2f')}]",

@@ -6,7 +6,9 @@ seed wins (d_i < 0), a 95% confidence interval of mean(d) from the t distributio
 degrees of freedom, the paired t-test p-value (two-sided) and the exact sign-test p-value.
 When every seed moves by the same amount (sample sd of d = 0) the t statistic is undefined and p is
 NaN, not scipy's 0: zero spread over a few seeds is no evidence; the sign test and the interval (of
-width 0) still report.
+width 0) still report. A diverged run's perplexity can pass float64's range (inf): its seed's d is
++inf, which the sign test counts as a loss; the mean, interval and t-test of such a d are not
+numbers anyone measured, so they are inf or NaN rather than the figures of a capped value.
 With several variants, the t-test p-values are Holm–Bonferroni adjusted as one family; and from
 the seed-to-seed spread of d, the seeds a paired t-test needs to detect a given effect at 80% power.
 """
@@ -44,37 +46,42 @@ def _by_seed(*results) -> None:
 
 
 def paired_comparison(variant: dict[int, float], baseline: dict[int, float]) -> Comparison:
-    """variant/baseline: seed -> perplexity (finite values only)."""
+    """variant/baseline: seed -> perplexity, inf for a run whose perplexity overflowed float64
+    (diverged): its Δ is +inf, a loss in the sign test, and leaves the interval and t-test NaN."""
     _by_seed(variant, baseline)
     seeds = sorted(set(variant) & set(baseline))
     v = np.array([variant[s] for s in seeds], dtype=np.float64)
     b = np.array([baseline[s] for s in seeds], dtype=np.float64)
     n = len(seeds)
-    delta = (
-        100.0 * (np.mean(list(variant.values())) / np.mean(list(baseline.values())) - 1.0) if variant and baseline else math.nan
-    )
+    with np.errstate(invalid="ignore"):  # inf / inf: both runs of a seed diverged, a Δ nobody measured (NaN)
+        delta = (
+            100.0 * (np.mean(list(variant.values())) / np.mean(list(baseline.values())) - 1.0)
+            if variant and baseline
+            else math.nan
+        )
+        d = 100.0 * (v / b - 1.0)
     if n == 0:
-        return Comparison(0, delta, 0, math.nan, math.nan, math.nan, math.nan)
-    d = 100.0 * (v / b - 1.0)
+        return Comparison(0, float(delta), 0, math.nan, math.nan, math.nan, math.nan)
     wins = int(np.sum(d < 0))
-    if n >= 2 and np.std(d, ddof=1) > 0:
+    spread = float(np.std(d, ddof=1)) if n >= 2 and np.isfinite(d).all() else math.nan
+    if spread > 0:
         ci = _t_interval(d)
         t_p = float(stats.ttest_1samp(d, 0.0).pvalue)
-    else:
-        ci, t_p = (float(d.mean()), float(d.mean())) if n >= 2 else (math.nan, math.nan), math.nan
-    decided = int(np.sum(d != 0))
+    else:  # one seed, a Δ that is not finite, or every seed's Δ the same: no t-test
+        ci, t_p = (float(d.mean()), float(d.mean())) if spread == 0 else (math.nan, math.nan), math.nan
+    decided = int(np.sum((d != 0) & ~np.isnan(d)))  # an infinite Δ is decided; inf / inf is not
     sign_p = float(stats.binomtest(wins, decided, 0.5).pvalue) if decided else 1.0
-    sd = float(np.std(d, ddof=1)) if n >= 2 else math.nan
-    return Comparison(n, float(delta), wins, ci[0], ci[1], t_p, sign_p, sd)
+    return Comparison(n, float(delta), wins, ci[0], ci[1], t_p, sign_p, spread)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     """The mean and the sample standard deviation (ddof 1: NaN for a single value, whose spread
-    is unknown, not 0)."""
+    is unknown, not 0, and for values that include an infinity)."""
     if not values:
         return math.nan, math.nan
     array = np.asarray(values, dtype=np.float64)
-    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else math.nan
+    spread = len(array) > 1 and np.isfinite(array).all()  # an inf (an overflowed perplexity) has no spread
+    return float(array.mean()), float(array.std(ddof=1)) if spread else math.nan
 
 
 def holm_adjusted(p_values: dict[str, float]) -> dict[str, float]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from ..data.corpora import DocumentSelection
 from ..data.sampling import WindowSampler
 from ..data.split import validation_ids
 from ..data.tokens import TokenSplit
-from ..files import atomic_write_text, is_run_folder, read_json, require_fields
+from ..files import atomic_write_text, is_run_folder, json_text, read_json, require_fields
 from ..phase_progress import PhaseProgress, tracked
 from ..runs.checkpoints import CheckpointError, save_weights, verify_file
 from ..runs.metrics import MetricsLog
@@ -133,7 +132,7 @@ def save_self_area(area: SelfArea, directory: str | Path, base: str) -> Path:
         "base_model": base,
         "sha256": sha256,  # of self_area.safetensors: safetensors loads a flipped byte in a tensor without a word
     }
-    atomic_write_text(directory / "self_area.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(directory / "self_area.json", json_text(meta, indent=2) + "\n")
     return directory
 
 
@@ -326,7 +325,7 @@ def surgery(
         "persona_val_loss_before": before,
         "persona_val_loss_after": after,
     }
-    atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(folder / "summary.json", json_text(summary, indent=2) + "\n")
     return model, tokenizer, summary, folder
 
 

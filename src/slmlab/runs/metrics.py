@@ -11,8 +11,14 @@ from ..files import atomic_write_text, json_text
 
 
 def perplexity(loss: float) -> float:
-    """exp(loss), capped at exp(50) so a diverged run still gives a finite number."""
-    return math.exp(min(loss, 50.0))
+    """exp(loss), exactly: inf past float64's range (a loss above ~709.78 nats per token, a
+    diverged run). Never capped: a cap made diverged runs' perplexities equal (a std of 0), and a
+    sweep's paired statistics took the capped values for measurements. JSON files hold inf as
+    null (`files.json_text`); `RunDir.read_summary` gives it back as inf."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
 
 
 NUMERIC = ("step", "tokens", "loss", "val_loss", "val_ppl", "val_bpb", "lr", "grad_norm", "dt_ms", "tokens_per_s", "nan_skips")

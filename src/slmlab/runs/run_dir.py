@@ -38,10 +38,19 @@ from ..locks import DirectoryLock
 from ..model import build_model
 from ..tables import command_line, counted
 from .checkpoints import CheckpointError, checkpoint_names, checksums, existing_checkpoint, latest_checkpoint, load_weights
-from .metrics import MetricsLog
+from .metrics import MetricsLog, perplexity
 
 log = logging.getLogger("slmlab")
-SUMMARY_FIELDS = {"step": int, "val_loss": (int, float), "val_ppl": (int, float)}
+SUMMARY_FIELDS = {"step": int, "val_loss": (int, float), "val_ppl": (int, float, type(None))}  # null: exp(val_loss) overflowed
+
+
+def exact_perplexity(record: dict) -> None:
+    """Give a summary's val_ppl back as exp(val_loss) where the file could not hold it: JSON's null
+    for a perplexity past float64's range, or slmlab's cap at exp(50) before 2026-12-05 (diverged
+    runs all read 5.18e21)."""
+    loss, ppl = record.get("val_loss"), record.get("val_ppl")
+    if isinstance(loss, (int, float)) and (ppl is None or loss > 50.0):
+        record["val_ppl"] = perplexity(loss)
 
 
 @dataclass(frozen=True)
@@ -226,8 +235,17 @@ class RunDir:
         if not self.summary.exists():
             return {}
         fix = f"delete it and run `{command_line('slmlab', 'train', '--resume', self.path)}` to write it again from the final checkpoint"
-        summary = read_json(self.summary, "run summary", RunFileError, fix)
-        return require_fields(summary, SUMMARY_FIELDS, self.summary, "run summary", RunFileError, fix)
+        summary = require_fields(
+            read_json(self.summary, "run summary", RunFileError, fix),
+            SUMMARY_FIELDS,
+            self.summary,
+            "run summary",
+            RunFileError,
+            fix,
+        )
+        for record in (summary, *(p for p in summary.get("phases") or () if isinstance(p, dict))):
+            exact_perplexity(record)
+        return summary
 
     def read_tokenizer(self, model_vocab_size: int, named: str = "") -> Tokenizer:
         """The run's tokenizer, checked against the SHA-256 a finished run's summary recorded (a

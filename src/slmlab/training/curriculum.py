@@ -12,13 +12,12 @@ seed's notebook switched a flag on a built model and silently kept full attentio
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 from ..config import ConfigError, RunConfig, check_config
 from ..data.corpora import CorpusError
 from ..data.sampling import check_windows
-from ..files import atomic_write_text
+from ..files import atomic_write_text, json_text
 from ..model.protocol import attention_modules
 from ..registry import ATTENTION_PATTERNS
 from ..runs.run_dir import RunDir
@@ -135,5 +134,5 @@ def _train_phases(
     relocate_root(cfg, root, world)
     summary = {**{k: v for k, v in phases[-1].items() if k not in ("phase", "run")}, "phases": phases}
     if world.is_main and root.read_summary() != summary:  # a finished curriculum resumed: nothing changes
-        atomic_write_text(root.summary, json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(root.summary, json_text(summary, indent=2) + "\n")
     return result or TrainResult.from_summary(root.path, phases[-1])

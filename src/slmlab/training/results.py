@@ -3,7 +3,6 @@ TrainResult), and the sample of text it ends with."""
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 
 from ..data.tokenizers import Tokenizer
-from ..files import atomic_write_text, sha256_file
+from ..files import atomic_write_text, json_text, sha256_file
 from ..runs.checkpoints import config_metadata, save_weights
 from ..runs.metrics import perplexity
 from .runtime import peak_memory_bytes
@@ -87,5 +86,5 @@ def write_results(
     }
     if trainer.local_kernel:
         summary["local_kernel"] = trainer.local_kernel
-    atomic_write_text(trainer.run.summary, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(trainer.run.summary, json_text(summary, indent=2) + "\n")
     return TrainResult.from_summary(trainer.run.path, summary)
