@@ -44,7 +44,7 @@ log = logging.getLogger("slmlab")
 SUMMARY_FIELDS = {"step": int, "val_loss": (int, float), "val_ppl": (int, float, type(None))}  # null: exp(val_loss) overflowed
 
 
-def exact_perplexity(record: dict) -> None:
+def _exact_perplexity(record: dict) -> None:
     """Give a summary's val_ppl back as exp(val_loss) where the file could not hold it: JSON's null
     for a perplexity past float64's range, or slmlab's cap at exp(50) before 2026-12-05 (diverged
     runs all read 5.18e21)."""
@@ -235,16 +235,10 @@ class RunDir:
         if not self.summary.exists():
             return {}
         fix = f"delete it and run `{command_line('slmlab', 'train', '--resume', self.path)}` to write it again from the final checkpoint"
-        summary = require_fields(
-            read_json(self.summary, "run summary", RunFileError, fix),
-            SUMMARY_FIELDS,
-            self.summary,
-            "run summary",
-            RunFileError,
-            fix,
-        )
-        for record in (summary, *(p for p in summary.get("phases") or () if isinstance(p, dict))):
-            exact_perplexity(record)
+        summary = read_json(self.summary, "run summary", RunFileError, fix)
+        require_fields(summary, SUMMARY_FIELDS, self.summary, "run summary", RunFileError, fix)
+        for record in (summary, *(p for p in summary.get("phases") or () if isinstance(p, dict))):  # a curriculum's phases
+            _exact_perplexity(record)
         return summary
 
     def read_tokenizer(self, model_vocab_size: int, named: str = "") -> Tokenizer:
