@@ -171,3 +171,11 @@ def test_counts_are_written_singular_for_one():
 
     assert [counted(n, "entries") for n in (0, 1, 2)] == ["0 entries", "1 entry", "2 entries"]
     assert counted(1, "CUDA devices") == "1 CUDA device" and counted(1_200, "documents") == "1,200 documents"
+
+
+def test_large_figures_take_the_next_prefix():
+    """A GPU run's training FLOPs pass 1e15: '25.00P', not '25000.00T'."""
+    from slmlab.tables import human
+
+    assert [human(n) for n in (999, 2.57e12, 2.5e16, 3e19)] == ["999", "2.57T", "25.00P", "30.00E"]
+    assert human(3 * 1024**5, "B") == "3.0 PiB" and human(1536, "B") == "1.5 KiB"

@@ -69,13 +69,14 @@ def _cell(value: object) -> str:
 
 
 def human(n: float, unit: str = "") -> str:
-    """1234567 -> '1.23M'; with unit 'B' uses binary prefixes (KiB, MiB, GiB)."""
+    """1234567 -> '1.23M', up to E (1e18: a GPU run's training FLOPs pass 1e15, which read
+    '25000.00T'); with unit 'B' binary prefixes (KiB, MiB, ... PiB)."""
     if unit == "B":
-        for prefix in ("B", "KiB", "MiB", "GiB", "TiB"):
-            if abs(n) < 1024 or prefix == "TiB":
+        for prefix in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+            if abs(n) < 1024 or prefix == "PiB":
                 return f"{n:.1f} {prefix}" if prefix != "B" else f"{int(n)} B"
             n /= 1024
-    for prefix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    for prefix, size in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= size:
             return f"{n / size:.2f}{prefix}"
     return f"{n:.0f}"
