@@ -40,6 +40,8 @@ def test_a_seed_whose_perplexity_overflowed_is_a_loss_with_no_interval():
     assert one.sign_p == pytest.approx(1.0)  # 1 win of 3 decided seeds
     assert math.isnan(both.delta_pct) and both.wins == 0 and both.sign_p == 1.0  # inf / inf: one seed decided (a loss)
     assert spread[0] == math.inf and math.isnan(spread[1])
+    against = paired_comparison({0: 30.0, 1: 25.0}, {0: math.inf, 1: 26.0})  # the baseline's seed 0 diverged
+    assert against.wins == 2 and math.isnan(against.ci_low) and math.isnan(against.t_p)  # -100% is no measurement
     finite = paired_comparison({0: 22.0, 1: 30.0}, {0: 20.0, 1: 21.0})  # unchanged for measured values
     assert finite.sd > 0 and finite.ci_low < finite.delta_pct < finite.ci_high and 0 < finite.t_p < 1
 

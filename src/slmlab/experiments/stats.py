@@ -7,8 +7,9 @@ degrees of freedom, the paired t-test p-value (two-sided) and the exact sign-tes
 When every seed moves by the same amount (sample sd of d = 0) the t statistic is undefined and p is
 NaN, not scipy's 0: zero spread over a few seeds is no evidence; the sign test and the interval (of
 width 0) still report. A diverged run's perplexity can pass float64's range (inf): its seed's d is
-+inf, which the sign test counts as a loss; the mean, interval and t-test of such a d are not
-numbers anyone measured, so they are inf or NaN rather than the figures of a capped value.
++inf (-100% for a diverged baseline run), which the sign test counts as a loss (a win); the
+interval and t-test of such a d are not numbers anyone measured, so they are NaN rather than the
+figures of a capped value.
 With several variants, the t-test p-values are Holm–Bonferroni adjusted as one family; and from
 the seed-to-seed spread of d, the seeds a paired t-test needs to detect a given effect at 80% power.
 """
@@ -47,7 +48,8 @@ def _by_seed(*results) -> None:
 
 def paired_comparison(variant: dict[int, float], baseline: dict[int, float]) -> Comparison:
     """variant/baseline: seed -> perplexity, inf for a run whose perplexity overflowed float64
-    (diverged): its Δ is +inf, a loss in the sign test, and leaves the interval and t-test NaN."""
+    (diverged): its Δ is +inf (-100% where the baseline's run diverged), a loss (a win) in the
+    sign test, and the interval and t-test are NaN."""
     _by_seed(variant, baseline)
     seeds = sorted(set(variant) & set(baseline))
     v = np.array([variant[s] for s in seeds], dtype=np.float64)
@@ -63,11 +65,12 @@ def paired_comparison(variant: dict[int, float], baseline: dict[int, float]) -> 
     if n == 0:
         return Comparison(0, float(delta), 0, math.nan, math.nan, math.nan, math.nan)
     wins = int(np.sum(d < 0))
-    spread = float(np.std(d, ddof=1)) if n >= 2 and np.isfinite(d).all() else math.nan
+    measured = np.isfinite(v).all() and np.isfinite(b).all()  # vs a diverged baseline, d = -100% is no measurement either
+    spread = float(np.std(d, ddof=1)) if n >= 2 and measured else math.nan
     if spread > 0:
         ci = _t_interval(d)
         t_p = float(stats.ttest_1samp(d, 0.0).pvalue)
-    else:  # one seed, a Δ that is not finite, or every seed's Δ the same: no t-test
+    else:  # one seed, a perplexity that is not finite, or every seed's Δ the same: no t-test
         ci, t_p = (float(d.mean()), float(d.mean())) if spread == 0 else (math.nan, math.nan), math.nan
     decided = int(np.sum((d != 0) & ~np.isnan(d)))  # an infinite Δ is decided; inf / inf is not
     sign_p = float(stats.binomtest(wins, decided, 0.5).pvalue) if decided else 1.0
