@@ -82,3 +82,21 @@ def test_a_diverged_run_records_and_reads_back_an_infinite_perplexity(diverged, 
         record["train_flops"] = math.nan  # (what results_table shows beside: the configs' FLOPs, not at issue here)
     row = next(line for line in results_table(records).splitlines() if line.startswith("| hot"))
     assert "| inf " in row and "+inf%" in row
+
+
+def test_the_sweep_curves_beside_a_diverged_variant_are_drawn_on_a_log_axis(diverged, text_corpus, make_config, monkeypatch):
+    """On a linear axis the baseline's curve lay flat on 0 under the diverged variant's 1e5."""
+    from slmlab.experiments import results as results_module
+    from slmlab.experiments.sweep_config import Job
+
+    cfg, _ = diverged
+    normal = make_config(text_corpus, train={"steps": 20})
+    normal.name = "normal"
+    train(normal, progress=False)
+    figures = []
+    monkeypatch.setattr(results_module, "save_png", lambda fig, path, dpi: figures.append(fig))
+    sweep = SweepConfig(name="s", variants={"baseline": {}, "hot": {}}, baseline="baseline")
+    results_module.plot_curves(normal.out_dir, sweep, [Job("baseline", 0, normal), Job("hot", 0, cfg)])
+    assert figures[0].axes[0].get_yscale() == "log"
+    results_module.plot_curves(normal.out_dir, sweep, [Job("baseline", 0, normal)])
+    assert figures[1].axes[0].get_yscale() == "linear"

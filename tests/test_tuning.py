@@ -120,3 +120,21 @@ def test_a_tuning_grid_that_cannot_run_as_written_is_one_line(tmp_path, micro_to
     )
     assert main(["sweep", str(path), "--dry-run"]) == 2
     assert says in capsys.readouterr().err
+
+
+def test_a_diverged_grid_point_puts_the_losses_on_a_log_axis(tmp_path, monkeypatch):
+    """A learning rate that diverges (a loss of 1e5 beside 1.5) flattened every other point onto
+    0 on a linear axis; ordinary losses keep one."""
+    from slmlab.experiments import tuning
+    from slmlab.plotting import loss_axis, pyplot
+
+    figures = []
+    monkeypatch.setattr(tuning, "save_png", lambda fig, path, dpi: figures.append(fig))
+    grid = {"train.lr": [1e-3, 1e-2, 1.0]}
+    labels = [tuning.point_label({"train.lr": lr}) for lr in grid["train.lr"]]
+    for losses, scale in (([1.6, 1.5, 1e5], "log"), ([1.6, 1.5, 2.4], "linear")):
+        tuning.plot_tuning(tmp_path / "tuning.png", {"grid": grid, "final_val_loss": {"baseline": dict(zip(labels, losses))}})
+        assert figures.pop().axes[0].get_yscale() == scale
+    _, ax = pyplot().subplots()
+    loss_axis(ax, [None, math.inf, 0.0, 4.2, 1.4])  # what is not a positive finite loss is not counted
+    assert ax.get_yscale() == "linear"

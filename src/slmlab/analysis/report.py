@@ -29,7 +29,7 @@ from ..config import ConfigError, RunConfig
 from ..errors import RunFileError
 from ..experiments.sweep_dir import read_sweep_dir
 from ..files import atomic_write_text, read_json, read_text, require_fields
-from ..plotting import pyplot, save_png
+from ..plotting import loss_axis, pyplot, save_png
 from ..runs.derived import out_of_date
 from ..runs.run_dir import RunDir, phase_runs
 from ..tables import code_block, code_span, format_number, human, markdown_table
@@ -90,7 +90,7 @@ def plot_training(path: Path, runs: list[RunDir]) -> None:
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    offset = 0
+    offset, drawn = 0, []
     for index, run in enumerate(runs):
         records = run.read_metrics()
         if not records:
@@ -103,8 +103,10 @@ def plot_training(path: Path, runs: list[RunDir]) -> None:
             ax.plot(*zip(*val), "o-", color="tab:orange", label="validation loss" if first else None)
         if len(runs) > 1:
             ax.axvline(offset, color="grey", lw=0.8, ls="--")
-            ax.text(offset, ax.get_ylim()[1], f" {run.path.name}", va="top", fontsize=8)
+            ax.text(offset, 1, f" {run.path.name}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)  # y: the top
         offset = train[-1][0]
+        drawn += [loss for _, loss in train + val]
+    loss_axis(ax, drawn)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)

@@ -20,7 +20,7 @@ from ..data.sampling import validation_batches
 from ..data.tokens import TokenSplit
 from ..files import atomic_write_text, json_text
 from ..model.modes import eval_mode
-from ..plotting import pyplot, save_png
+from ..plotting import loss_axis, pyplot, save_png
 from ..runs.metrics import perplexity
 from ..tables import markdown_table
 
@@ -66,6 +66,7 @@ def save_plot(path: Path, xs, ys, xlabel: str, title: str, label: str = "") -> N
     fig, ax = plt.subplots(figsize=(6.5, 4))
     points = [(x, y) for x, y in zip(xs, ys) if y is not None]
     ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label or None)
+    loss_axis(ax, [p[1] for p in points])
     ax.set_xlabel(xlabel)
     ax.set_ylabel("validation loss")
     ax.set_title(title)

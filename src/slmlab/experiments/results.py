@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 
 from ..files import atomic_write_text, json_text
-from ..plotting import pyplot, save_png
+from ..plotting import loss_axis, pyplot, save_png
 from ..runs.run_dir import RunDir
 from ..tables import format_number, human, markdown_table
 from .budget import BUDGET_TIMINGS, flops_per_token, timing_machines
@@ -262,6 +262,7 @@ def plot_curves(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = []
     for variant in sweep.variants:
         curves = []
         for job in jobs:
@@ -279,6 +280,8 @@ def plot_curves(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:
         mean, std = losses.mean(0), losses.std(0)
         ax.plot(tokens, mean, label=f"{variant} (n={len(curves)})")
         ax.fill_between(tokens, mean - std, mean + std, alpha=0.2)
+        drawn += mean.tolist()
+    loss_axis(ax, drawn)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation loss")
     ax.set_title(f"sweep {sweep.name}: mean ± std over seeds")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..config import ConfigError, apply_overrides, config_from_dict
 from ..config.checks import check_seed
-from ..plotting import pyplot, save_png
+from ..plotting import loss_axis, pyplot, save_png
 from ..tables import format_number, markdown_table
 
 TUNABLE = {  # [tune] list -> (the train setting it sets, its short name in run folders and tables)
@@ -188,6 +188,7 @@ def plot_tuning(path: Path, record: dict) -> None:
     settings = list(record["grid"])
     x_setting, others = settings[0], settings[1:]
     fig, ax = plt.subplots(figsize=(6, 4))
+    loss_axis(ax, [loss for losses in record["final_val_loss"].values() for loss in losses.values()])
     for variant, losses in record["final_val_loss"].items():
         for rest in itertools.product(*(record["grid"][s] for s in others)):
             fixed = dict(zip(others, rest))
