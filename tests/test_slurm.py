@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -54,9 +55,27 @@ def test_a_slurm_script_quotes_what_sbatch_would_split(micro_sweep, tmp_path, ca
     directives = dict(
         shlex.split(line)[1].split("=", 1) for line in script.read_text().splitlines() if line.startswith("#SBATCH")
     )
-    assert directives["--job-name"] == "my sweep"
+    assert directives["--job-name"] == "my sweep" and directives["--chdir"] == os.getcwd()  # as typed, wherever sbatch runs
     assert directives["--output"] == f"{tmp_path / 'runs' / 'my sweep' / 'slurm'}/%A_%a.out"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     micro_sweep.write_text(micro_sweep.read_text().replace('name = "my sweep"', 'name = "my \\"sweep\\""'))
     assert main(["sweep", str(micro_sweep), "--slurm", str(tmp_path / "other.sh")]) == 2
     assert "cannot go into an #SBATCH line (it holds a double quote)" in capsys.readouterr().err
+
+
+def test_a_slurm_script_runs_its_tasks_where_it_was_written(micro_sweep, tmp_path, monkeypatch):
+    """A relative config path, out_dir and data.source are read from the folder the script was
+    written in: sbatch typed elsewhere ran the tasks there (no such config; SLURM could not open
+    a relative log folder, and the task died without a log)."""
+    import shlex
+
+    micro_sweep.write_text(micro_sweep.read_text().replace(f'out_dir = "{tmp_path / "runs"}"', 'out_dir = "runs"'))
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", micro_sweep.name, "--slurm", "job.sh"]) == 0
+    directives = dict(
+        shlex.split(line)[1].split("=", 1)
+        for line in (tmp_path / "job.sh").read_text().splitlines()
+        if line.startswith("#SBATCH")
+    )
+    assert directives["--chdir"] == str(tmp_path)
+    assert directives["--output"] == f"{tmp_path / 'runs' / 'micro' / 'slurm'}/%A_%a.out"

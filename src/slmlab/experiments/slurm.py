@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -41,11 +42,13 @@ def slurm_script(
     """A bash script for `sbatch`: one array task per (variant, seed), one GPU each by default.
 
     `directives` are extra `#SBATCH` options ("--partition=gpu", "--time=04:00:00") and replace the
-    defaults of the same name. SLURM does not create the log folder: the caller makes it."""
-    defaults = {"--gres": "gpu:1", "--cpus-per-task": "8", "--time": "04:00:00"}
+    defaults of the same name. The tasks run in the folder the script was written from (--chdir),
+    where the config, the runs and a relative data.source were found, wherever `sbatch` is typed;
+    the logs go to an absolute path. SLURM does not create the log folder: the caller makes it."""
+    defaults = {"--chdir": directive_value(os.getcwd()), "--gres": "gpu:1", "--cpus-per-task": "8", "--time": "04:00:00"}
     given = {d.split("=", 1)[0]: d for d in (d if d.startswith("--") else f"--{d}" for d in directives)}
     options = [f"{k}={v}" for k, v in defaults.items() if k not in given] + list(given.values())
-    logs = slurm_log_dir(sweep)
+    logs = slurm_log_dir(sweep).absolute()
     command = command_line("slmlab", "sweep", config_path, *extra_argv) + ' --only "$SLURM_ARRAY_TASK_ID"'
     lines = [
         f"{SCRIPT_START}{directive_value(sweep.name)}",
