@@ -7,6 +7,7 @@ Perplexity used to be capped at exp(50), so every run whose validation loss pass
 from __future__ import annotations
 
 import json
+import logging
 import math
 import warnings
 
@@ -47,12 +48,16 @@ def test_a_seed_whose_perplexity_overflowed_is_a_loss_with_no_interval():
 
 
 @pytest.fixture
-def diverged(text_corpus, make_config):
-    """A run trained at a learning rate of 50: its validation loss passes 709 nats per token."""
+def diverged(text_corpus, make_config, caplog):
+    """A run trained at a learning rate of 50: its validation loss passes 709 nats per token, and
+    training ends saying it diverged (no step was non-finite, so nothing else says so)."""
     cfg = make_config(text_corpus, train={"steps": 20, "lr": 50.0, "weight_decay": 0.0, "warmup_steps": 2})
-    train(cfg, progress=False)
+    with caplog.at_level(logging.WARNING, logger="slmlab"):
+        train(cfg, progress=False)
     run = RunDir.for_config(cfg)
     assert json.loads(run.summary.read_text())["val_loss"] > 710  # the premise: exp(val_loss) overflows
+    assert "is above twice ln V" in caplog.text and "the run diverged; lower train.lr" in caplog.text
+    caplog.clear()
     return cfg, run
 
 
@@ -84,7 +89,9 @@ def test_a_diverged_run_records_and_reads_back_an_infinite_perplexity(diverged, 
     assert "| inf " in row and "+inf%" in row
 
 
-def test_the_sweep_curves_beside_a_diverged_variant_are_drawn_on_a_log_axis(diverged, text_corpus, make_config, monkeypatch):
+def test_the_sweep_curves_beside_a_diverged_variant_are_drawn_on_a_log_axis(
+    diverged, text_corpus, make_config, monkeypatch, caplog
+):
     """On a linear axis the baseline's curve lay flat on 0 under the diverged variant's 1e5."""
     from slmlab.experiments import results as results_module
     from slmlab.experiments.sweep_config import Job
@@ -92,7 +99,9 @@ def test_the_sweep_curves_beside_a_diverged_variant_are_drawn_on_a_log_axis(dive
     cfg, _ = diverged
     normal = make_config(text_corpus, train={"steps": 20})
     normal.name = "normal"
-    train(normal, progress=False)
+    with caplog.at_level(logging.WARNING, logger="slmlab"):
+        train(normal, progress=False)
+    assert "diverged" not in caplog.text
     figures = []
     monkeypatch.setattr(results_module, "save_png", lambda fig, path, dpi: figures.append(fig))
     sweep = SweepConfig(name="s", variants={"baseline": {}, "hot": {}}, baseline="baseline")

@@ -3,6 +3,7 @@ TrainResult), and the sample of text it ends with."""
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from .runtime import peak_memory_bytes
 
 if TYPE_CHECKING:
     from .trainer import Trainer
+
+log = logging.getLogger("slmlab")
 
 
 @dataclass
@@ -87,4 +90,18 @@ def write_results(
     if trainer.local_kernel:
         summary["local_kernel"] = trainer.local_kernel
     atomic_write_text(trainer.run.summary, json_text(summary, indent=2) + "\n")
+    warn_if_diverged(trainer.run.path, val_loss, trainer.tokenizer.vocab_size)
     return TrainResult.from_summary(trainer.run.path, summary)
+
+
+def warn_if_diverged(run: Path, val_loss: float, vocab_size: int) -> None:
+    """Say so when a run ends at a validation loss above twice ln V (guessing every token
+    uniformly scores ln V, and a model at init about that): it diverged to finite numbers, which
+    no non-finite-step guard catches, and its figures would otherwise read like any other run's."""
+    uniform = math.log(vocab_size)
+    if vocab_size > 1 and val_loss > 2 * uniform:
+        log.warning(
+            "%s: validation loss %.4g nats per token is above twice ln V = %.3f, what guessing every token uniformly "
+            "scores: the run diverged; lower train.lr, raise train.warmup_steps or set train.grad_clip",
+            run, val_loss, uniform,
+        )  # fmt: skip
