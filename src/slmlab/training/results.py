@@ -101,7 +101,7 @@ def warn_if_diverged(run: Path, val_loss: float, vocab_size: int) -> None:
     uniform = math.log(vocab_size)
     if vocab_size > 1 and val_loss > 2 * uniform:
         log.warning(
-            "%s: validation loss %.4g nats per token is above twice ln V = %.3f, what guessing every token uniformly "
-            "scores: the run diverged; lower train.lr, raise train.warmup_steps or set train.grad_clip",
+            "%s: validation loss %.4g nats per token is more than twice the %.3f (ln V) that guessing every token "
+            "uniformly scores: the run diverged; lower train.lr, raise train.warmup_steps or set train.grad_clip",
             run, val_loss, uniform,
         )  # fmt: skip
