@@ -98,8 +98,8 @@ def warn_if_diverged(run: Path, val_loss: float, vocab_size: int) -> None:
     """Say so when a run ends at a validation loss above twice ln V (guessing every token
     uniformly scores ln V, and a model at init about that): it diverged to finite numbers, which
     no non-finite-step guard catches, and its figures would otherwise read like any other run's."""
-    uniform = math.log(vocab_size)
-    if vocab_size > 1 and val_loss > 2 * uniform:
+    uniform = math.log(max(vocab_size, 1))
+    if uniform > 0 and val_loss > 2 * uniform:
         log.warning(
             "%s: validation loss %.4g nats per token is more than twice the %.3f (ln V) that guessing every token "
             "uniformly scores: the run diverged; lower train.lr, raise train.warmup_steps or set train.grad_clip",
