@@ -165,6 +165,15 @@ def test_a_table_cell_holding_a_pipe_or_a_line_break_keeps_its_column():
     assert all(row.replace("\\|", "").count("|") == 3 for row in rows)
 
 
+def test_a_table_pads_wide_and_combining_characters_by_the_columns_they_take():
+    """A variant named 'héllo 🚀' or in Japanese shifted its row's later columns in the plain text."""
+    from slmlab.tables import display_width, markdown_table
+
+    rows = markdown_table(["variant", "ppl"], [["日本語", "1.5"], ["héllo 🚀", "2.0"], ["e\u0301", "3.0"], ["plain", "4.0"]])
+    assert len({display_width(line) for line in rows.splitlines()}) == 1
+    assert display_width("日本語") == 6 and display_width("e\u0301") == 1
+
+
 def test_counts_are_written_singular_for_one():
     """'1 layers', '1 entrie': every count in a message goes through `counted`."""
     from slmlab.tables import counted

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import unicodedata
 from collections.abc import Sequence
 
 
@@ -58,10 +59,17 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     """Render rows as a Markdown table with columns padded to equal width; a cell's "|" is escaped
     and its line breaks become spaces (a variant named "a|b" shifted every later column)."""
     cells = [[_cell(h) for h in headers]] + [[_cell(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    widths = [max(display_width(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c + " " * (w - display_width(c)) for c, w in zip(row, widths)) + " |" for row in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def display_width(text: str) -> int:
+    """The columns a terminal gives `text`: 2 for an East Asian wide or fullwidth character (CJK,
+    most emoji), 0 for a combining mark, else 1 (padding by len() misaligned a variant named 'héllo
+    🚀' or a sweep named in Japanese)."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
 def _cell(value: object) -> str:
