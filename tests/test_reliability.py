@@ -177,6 +177,23 @@ def test_resume_on_a_corpus_that_changed_since_is_refused(text_corpus, make_conf
     assert train(cfg, resume=True, progress=False).step == 15
 
 
+def test_scoring_a_run_on_its_own_corpus_after_that_corpus_changed_is_refused(text_corpus, make_config, capsys):
+    """eval, ablate and quantize tokenized the corpus as it is now (a file edited or added since,
+    or a relative data.source naming another corpus from the working folder) and reported its
+    validation loss as the run's, in silence."""
+    cfg = make_config(text_corpus, train={"steps": 4, "checkpoint_every": 0})
+    run = str(train(cfg, progress=False).run_dir)
+    assert main(["eval", run]) == 0
+    (text_corpus / "prose" / "added.txt").write_text("A new document, written after the run trained.\n")
+    for verb in (["eval", run], ["eval", run, "--by-position"], ["ablate", run, "--layers"], ["quantize", run, "--int8"]):
+        capsys.readouterr()
+        assert main([*verb, "--batches" if verb[0] != "ablate" else "--n-batches", "1"]) == 2
+        assert "trained on other text than data.source" in capsys.readouterr().err
+    assert main(["eval", run, "--data.source", str(text_corpus)]) == 0  # scored as another corpus, when asked
+    (text_corpus / "prose" / "added.txt").unlink()
+    assert main(["eval", run]) == 0
+
+
 def test_a_run_whose_corpus_moved_resumes_from_where_it_lies_now(text_corpus, make_config, tmp_path, capsys):
     """`--resume RUN --data.source NEW` was refused (only train.* could change), so a run whose
     corpus moved, or was named relative to another folder, could never be finished. Where the data

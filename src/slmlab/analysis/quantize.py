@@ -130,7 +130,7 @@ def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
     from ..data.tokens import prepare_tokens
     from ..runs.derived import record_derived, weights_identity
     from ..runs.metrics import perplexity
-    from ..runs.run_dir import RunDir
+    from ..runs.run_dir import RunDir, check_trained_streams
     from ..training import evaluate
 
     weights = weights_identity(run)
@@ -138,6 +138,7 @@ def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
     quantized = quantize_int8(model)
     path = save_int8(quantized, run, weights_digest(model))
     _, data = prepare_tokens(cfg.data, tokenizer)
+    check_trained_streams(run, cfg, data.manifest["sha256"])
     prompt = data.val.tokens[: min(16, cfg.model.block_size)].astype("int64").tolist()
     rows, cpu = [], torch.device("cpu")
     for label, m, size in (("fp32", model, file_size(RunDir(run).final_weights)), ("int8", quantized, file_size(path))):

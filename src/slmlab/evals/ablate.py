@@ -18,7 +18,7 @@ from ..phase_progress import PhaseProgress
 from ..registry import ABLATION_SUMMARIES
 from ..runs.derived import record_derived, weights_identity
 from ..runs.metrics import perplexity
-from ..runs.run_dir import load_run
+from ..runs.run_dir import check_trained_streams, load_run
 from ..tables import command_line, format_number, markdown_table
 from ..training import evaluate
 from ..training.runtime import resolve_device
@@ -49,6 +49,7 @@ def ablate(
             f"{run_path}: this model declares no interventions (its variant has no hook points to ablate); {_hint(model)}"
         )
     _, data = prepare_tokens(cfg.data, tokenizer)
+    check_trained_streams(run_path, cfg, data.manifest["sha256"])
 
     def ppl() -> float:
         return perplexity(evaluate(model, data.val, cfg.data.seq_len, cfg.train.batch_size, n_batches, device, cfg.train.dtype))

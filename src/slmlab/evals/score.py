@@ -25,7 +25,7 @@ from ..data.split import describe_documents, validation_ids
 from ..data.tokens import TokenSplit, prepare_tokens
 from ..phase_progress import PhaseProgress
 from ..runs.metrics import perplexity
-from ..runs.run_dir import load_run, model_run
+from ..runs.run_dir import check_trained_streams, load_run, model_run
 from ..tables import counted
 from ..training.runtime import resolve_device
 from ..training.validation import score_validation
@@ -110,11 +110,12 @@ def train_overlap(run_data: DataConfig, scored: DataConfig, scored_ids: set[str]
     return sum(digest in trained for digest in scored_docs)
 
 
-def evaluation_tokens(cfg, tokenizer, split: str = "val", overrides: dict | None = None) -> EvaluationSlice:
+def evaluation_tokens(cfg, tokenizer, split: str = "val", overrides: dict | None = None, run: str | Path = "") -> EvaluationSlice:
     """The tokens to evaluate on: the run's data with data.* overrides applied (another corpus, a
     slice), tokenized with the run's tokenizer, with the slice described and, for the validation
     split of a slice, its documents checked against the run's training split (the split rule
-    makes the count 0; a document duplicated across the split would show here)."""
+    makes the count 0; a document duplicated across the split would show here). The run's own
+    data (no overrides) is checked to give the token streams `run` trained on."""
     overrides = overrides or {}
     bad = [k for k in overrides if not k.startswith("data.")]
     if bad:
@@ -127,6 +128,8 @@ def evaluation_tokens(cfg, tokenizer, split: str = "val", overrides: dict | None
         )
     data_cfg = config_from_dict(apply_overrides(cfg.to_dict(), overrides)).data if overrides else cfg.data
     _, data = prepare_tokens(data_cfg, tokenizer)
+    if run and not overrides:
+        check_trained_streams(run, cfg, data.manifest["sha256"])
     documents = data.manifest["documents"][split]
     if split != "val":
         overlap = None
@@ -151,7 +154,7 @@ def score_run(
     """{"run", "source", "slice", "split", "documents", "coverage", "train_overlap", "tokens", "loss",
     "ppl", "bpb"}
     on `batches` fixed windows of the split."""
-    part = evaluation_tokens(cfg, tokenizer, split, data_overrides)
+    part = evaluation_tokens(cfg, tokenizer, split, data_overrides, run)
     token_bytes = torch.from_numpy(tokenizer.token_bytes())
     loss, bpb = score_validation(
         model, part.tokens, part.data.seq_len, cfg.train.batch_size, batches, device, cfg.train.dtype, token_bytes=token_bytes,

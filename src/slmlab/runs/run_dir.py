@@ -311,6 +311,22 @@ def model_run(path: str | Path) -> tuple[RunDir, RunConfig]:
     return run, cfg
 
 
+def check_trained_streams(path: str | Path, cfg: RunConfig, streams: dict) -> None:
+    """Refuse to score a run on its own corpus (`cfg.data`, which gave token files whose SHA-256s
+    are `streams`) where that corpus no longer gives the token streams the run trained on (its
+    summary's data_sha256; unchecked while it has not finished): files edited or added since, or a
+    relative data.source that names another corpus from this folder, were scored in silence as the
+    run's validation split."""
+    trained_on = model_run(path)[0].read_summary().get("data_sha256")
+    if isinstance(trained_on, dict) and trained_on != streams:
+        source = cfg.data.source
+        raise ConfigError(
+            f"{path} trained on other text than data.source '{source}' gives now (its files changed since, or the "
+            "path names another corpus from this folder), so its validation split is not the one it held out; "
+            f"restore the corpus, or score this text as another corpus with --data.source {command_line(source)}"
+        )
+
+
 def model_weights(run: RunDir, checkpoint: str | None = None) -> tuple[Path, str | None]:
     """The weights file a run's model loads from, and its recorded SHA-256 (None where none was
     recorded): checkpoint `checkpoint` (step_NNNNNN) when named, else final.safetensors once the
