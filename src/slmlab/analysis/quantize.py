@@ -135,10 +135,10 @@ def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
 
     weights = weights_identity(run)
     cfg, model, tokenizer = load_run(run, "cpu")
+    _, data = prepare_tokens(cfg.data, tokenizer)
+    check_trained_streams(run, cfg, data.manifest["sha256"])  # before writing anything
     quantized = quantize_int8(model)
     path = save_int8(quantized, run, weights_digest(model))
-    _, data = prepare_tokens(cfg.data, tokenizer)
-    check_trained_streams(run, cfg, data.manifest["sha256"])
     prompt = data.val.tokens[: min(16, cfg.model.block_size)].astype("int64").tolist()
     rows, cpu = [], torch.device("cpu")
     for label, m, size in (("fp32", model, file_size(RunDir(run).final_weights)), ("int8", quantized, file_size(path))):
