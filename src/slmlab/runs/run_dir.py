@@ -45,12 +45,11 @@ SUMMARY_FIELDS = {"step": int, "val_loss": (int, float), "val_ppl": (int, float,
 
 
 def _exact_perplexity(record: dict) -> None:
-    """Give a summary's val_ppl back as exp(val_loss) where the file could not hold it: JSON's null
-    for a perplexity past float64's range, or slmlab's cap at exp(50) before 2026-12-05 (diverged
-    runs all read 5.18e21)."""
-    loss, ppl = record.get("val_loss"), record.get("val_ppl")
-    if isinstance(loss, (int, float)) and (ppl is None or loss > 50.0):
-        record["val_ppl"] = perplexity(loss)
+    """A summary's val_ppl, derived again from its val_loss (exp, as written): the file cannot hold
+    a perplexity past float64's range (JSON's null), and slmlab before 2026-12-05 capped it at
+    exp(50) (diverged runs all read 5.18e21); every other value reads back as written."""
+    if isinstance(record.get("val_loss"), (int, float)):
+        record["val_ppl"] = perplexity(record["val_loss"])
 
 
 @dataclass(frozen=True)
