@@ -177,7 +177,7 @@ def cmd_eval(args, extra) -> int:
         from ..evals.long_context import long_context_report
         from ..evals.score import evaluation_tokens
 
-        split = evaluation_tokens(cfg, tokenizer, args.split, parse_overrides(extra), args.run).tokens
+        split = evaluation_tokens(args.run, cfg, tokenizer, args.split, parse_overrides(extra)).tokens
         text, written = long_context_report(
             Path(args.run),
             cfg,

@@ -110,7 +110,7 @@ def train_overlap(run_data: DataConfig, scored: DataConfig, scored_ids: set[str]
     return sum(digest in trained for digest in scored_docs)
 
 
-def evaluation_tokens(cfg, tokenizer, split: str = "val", overrides: dict | None = None, run: str | Path = "") -> EvaluationSlice:
+def evaluation_tokens(run: str | Path, cfg, tokenizer, split: str = "val", overrides: dict | None = None) -> EvaluationSlice:
     """The tokens to evaluate on: the run's data with data.* overrides applied (another corpus, a
     slice), tokenized with the run's tokenizer, with the slice described and, for the validation
     split of a slice, its documents checked against the run's training split (the split rule
@@ -128,7 +128,7 @@ def evaluation_tokens(cfg, tokenizer, split: str = "val", overrides: dict | None
         )
     data_cfg = config_from_dict(apply_overrides(cfg.to_dict(), overrides)).data if overrides else cfg.data
     _, data = prepare_tokens(data_cfg, tokenizer)
-    if run and not overrides:
+    if not overrides:
         check_trained_streams(run, cfg, data.manifest["sha256"])
     documents = data.manifest["documents"][split]
     if split != "val":
@@ -154,7 +154,7 @@ def score_run(
     """{"run", "source", "slice", "split", "documents", "coverage", "train_overlap", "tokens", "loss",
     "ppl", "bpb"}
     on `batches` fixed windows of the split."""
-    part = evaluation_tokens(cfg, tokenizer, split, data_overrides, run)
+    part = evaluation_tokens(run, cfg, tokenizer, split, data_overrides)
     token_bytes = torch.from_numpy(tokenizer.token_bytes())
     loss, bpb = score_validation(
         model, part.tokens, part.data.seq_len, cfg.train.batch_size, batches, device, cfg.train.dtype, token_bytes=token_bytes,
