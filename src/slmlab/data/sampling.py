@@ -66,7 +66,7 @@ class WindowSampler:
             if end - start < seq_len + 1:
                 what = "the training split" if name == "*" else f"stream '{name}' of the training split"
                 raise CorpusError(
-                    f"{what} has {end - start} tokens, fewer than data.seq_len + 1 = {seq_len + 1}; "
+                    f"{what} has {counted(end - start, 'tokens')}, fewer than data.seq_len + 1 = {seq_len + 1}; "
                     "lower data.seq_len or use more text"
                 )
         self.names = names
