@@ -183,23 +183,6 @@ def test_a_shared_setting_one_variant_ignores_is_kept_for_the_variants_that_read
         load_sweep(micro_sweep)
 
 
-def test_variants_with_the_same_settings_are_named_in_a_warning(micro_sweep, caplog):
-    """A variant table copied and left unedited, or one that sets a default (use_S = false), trains
-    the baseline's model on the baseline's batches: a comparison of nothing, reported as a result."""
-    text = micro_sweep.read_text()
-    micro_sweep.write_text(text + '[variants.copy]\n"model.smat.use_S" = false\n[variants.same_width]\n"model.d_model" = 16\n')
-    with caplog.at_level("WARNING", logger="slmlab"):
-        load_sweep(micro_sweep)
-    warnings = [r.getMessage() for r in caplog.records if "have the same settings" in r.getMessage()]
-    assert len(warnings) == 2 and all(w.startswith(f"{micro_sweep}: variants 'baseline' and ") for w in warnings), warnings
-    assert "'copy'" in warnings[0] and "'same_width'" in warnings[1] and "change or remove one" in warnings[0]
-    caplog.clear()
-    micro_sweep.write_text(text)
-    with caplog.at_level("WARNING", logger="slmlab"):
-        load_sweep(micro_sweep)
-    assert "have the same settings" not in caplog.text
-
-
 def test_a_phase_setting_is_refused_only_where_every_variant_ignores_it(micro_sweep, micro_toml):
     """A curriculum's phase B scales RoPE: kept while one variant rotates, refused when none does."""
     micro_toml.write_text(

@@ -8,7 +8,9 @@ over the variants, the sign-test p-value, the seeds a paired t-test would need t
 observed Δ% at 80% power (from the seed-to-seed spread), and the cost:
 tokens/s (the median over seeds of each run's median logging window: a speed is never one
 measurement, and a run slowed by another job on the machine moves it little), peak memory and
-parameter count (means over seeds). A sweep with `[lm_eval] tasks`
+parameter count (means over seeds). Above the table, a note for each caveat of the comparison
+(caveats.py: variants with the same settings, validated on other text, with another tokenizer,
+whose perplexity columns are then "–"). A sweep with `[lm_eval] tasks`
 adds, per task metric, its mean and the paired difference from the baseline with its 95% CI.
 """
 
@@ -25,6 +27,7 @@ from ..plotting import loss_axis, pyplot, save_png
 from ..runs.run_dir import RunDir
 from ..tables import format_number, human, markdown_table
 from .budget import BUDGET_TIMINGS, flops_per_token, timing_machines
+from .caveats import caveats, other_units
 from .stats import holm_adjusted, mean_std, paired_comparison, paired_difference, seeds_needed
 from .sweep_config import Job, SweepConfig, first_seed_jobs
 from .tuning import plot_tuning, tuned_names, tuning_table
@@ -72,8 +75,12 @@ def train_flops(config, summaries: list[dict]) -> float:
     return mean_std(totals)[0]
 
 
-def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[dict]:
-    """One record per variant with every column of the results table."""
+def summarize(
+    sweep: SweepConfig, results: dict[tuple[str, int], dict], other_tokenizers: frozenset[str] = frozenset()
+) -> list[dict]:
+    """One record per variant with every column of the results table; the variants in
+    `other_tokenizers` (a tokenizer other than the baseline's: caveats.other_units) get no statistics
+    on perplexity, which counts other units for them (NaN, wins None)."""
     ppl = {
         v: {s: r["val_ppl"] for (v2, s), r in results.items() if v2 == v and _measured(r.get("val_ppl"))} for v in sweep.variants
     }
@@ -85,7 +92,9 @@ def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[
         runs = [r for (v, _), r in results.items() if v == variant]
         done = finished_runs(results, variant)
         mean, std = mean_std(list(ppl[variant].values()))
-        comparison = paired_comparison(ppl[variant], ppl[sweep.baseline])
+        comparison = paired_comparison(ppl[variant], ppl[sweep.baseline]).to_dict()
+        if variant in other_tokenizers:
+            comparison |= {key: math.nan for key in ("delta_pct", "ci_low", "ci_high", "t_p", "sign_p", "sd")} | {"wins": None}
         records.append(
             {
                 "variant": variant,
@@ -99,7 +108,7 @@ def summarize(sweep: SweepConfig, results: dict[tuple[str, int], dict]) -> list[
                 "failed_runs": len(runs) - len(done),
                 "nan_skips": sum(r.get("nan_skips", 0) for r in done),
                 "is_baseline": variant == sweep.baseline,
-                **comparison.to_dict(),
+                **comparison,
                 "steps": mean_std([sum(part["step"] for part in trained_parts(r)) for r in done])[0],
                 "tokens": mean_std([sum(part.get("tokens", math.nan) for part in trained_parts(r)) for r in done])[0],
                 "tokens_per_s": statistics.median([r["tokens_per_s"] for r in done]) if done else math.nan,
@@ -165,9 +174,11 @@ def results_table(records: list[dict]) -> str:
                 format_number(r["val_bpb_mean"], ".4f"),
                 "–" if base else delta_cell(r["delta_bpb"], r["delta_bpb_low"], r["delta_bpb_high"]),
                 "–" if base else format_number(r["delta_pct"], "+.2f", "%"),
-                "–" if base else f"{r['wins']}/{r['n_pairs']}",
+                "–" if base or r["wins"] is None else f"{r['wins']}/{r['n_pairs']}",
                 f"{r['failed_runs']} runs, {r['nan_skips']} steps",
-                "–" if base else f"[{format_number(r['ci_low'], '+.2f')}, {format_number(r['ci_high'], '+.2f')}]",
+                "–"
+                if base or r["wins"] is None
+                else f"[{format_number(r['ci_low'], '+.2f')}, {format_number(r['ci_high'], '+.2f')}]",
                 "–" if base else format_number(r["t_p"], ".3g"),
                 "–" if base else format_number(r["holm_p"], ".3g"),
                 "–" if base else format_number(r["sign_p"], ".3g"),
@@ -207,9 +218,9 @@ def harness_cells(record: dict, names: list[str]) -> list[str]:
 
 def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results: dict, tuning: dict | None = None) -> str:
     """Write results.md/.json/.csv and curves.png (and with tuning, its table and tuning.png)
-    into the sweep directory; return the table."""
-    records = summarize(sweep, results)
+    into the sweep directory; return the table, under its notes (caveats.caveats) where it has any."""
     configs = {job.variant: job.config for job in first_seed_jobs(jobs)}
+    records = summarize(sweep, results, frozenset(other_units(configs, sweep.baseline)))
     for record in records:  # training FLOPs: tokens x the model's counted FLOPs per token
         done = finished_runs(results, record["variant"])
         record["train_flops"] = train_flops(configs[record["variant"]], done) if record["runs"] else math.nan
@@ -222,10 +233,12 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
     )
     if held and held[0] == "seconds":
         budget += f" Step times measured on {timing_machines(sweep_dir / BUDGET_TIMINGS)} ({BUDGET_TIMINGS})."
+    notes_given = caveats(configs, sweep.baseline)
+    notes = "".join(f"- Note: {note}.\n" for note in notes_given) + ("\n" if notes_given else "")
     atomic_write_text(
         sweep_dir / "results.md",
         f"# Sweep {sweep.name}\n\nseeds {sweep.seeds}; Δ = variant vs {sweep.baseline}, "
-        f"paired by seed; CI and p-values from the per-seed Δ%. {budget}\n\n{table}\n"
+        f"paired by seed; CI and p-values from the per-seed Δ%. {budget}\n\n{notes}{table}\n"
         + (
             f"\n## {tuned_names(tuning)}, tuned per variant ({tuning_note(tuning)})\n\n{tuning_table(tuning)}\n" if tuning else ""
         ),
@@ -235,7 +248,14 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
     atomic_write_text(
         sweep_dir / "results.json",
         json_text(
-            {"sweep": sweep.name, "baseline": sweep.baseline, "seeds": sweep.seeds, "variants": records, "tuning": tuning},
+            {
+                "sweep": sweep.name,
+                "baseline": sweep.baseline,
+                "seeds": sweep.seeds,
+                "notes": notes_given,
+                "variants": records,
+                "tuning": tuning,
+            },
             indent=2,
             default=str,
         ),
@@ -248,7 +268,7 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
     writer.writerows(rows)
     atomic_write_text(sweep_dir / "results.csv", csv_text.getvalue())
     plot_curves(sweep_dir / "curves.png", sweep, jobs)
-    return table
+    return notes + table
 
 
 def tuning_note(tuning: dict) -> str:

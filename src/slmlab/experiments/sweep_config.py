@@ -27,7 +27,6 @@ over the variants: a variant's own is refused, a shared one only when every vari
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections import Counter
@@ -48,6 +47,7 @@ from ..data.corpora import check_outside_source, check_source_settings
 from ..runs.run_dir import RunDir
 from ..tables import command_line
 from .budget import BUDGET_TIMINGS, Budget, apply_budget, set_steps
+from .caveats import caveats
 from .tuning import Tune
 
 log = logging.getLogger("slmlab")
@@ -167,7 +167,8 @@ def load_sweep(
             jobs.append(Job(variant, seed, tracked(config, sweep.name, variant, seed)))
     check_no_ignored_setting_in_sweep(path, sweep, first_seed_jobs(jobs))
     check_curriculum_tables(path, sweep, first_seed_jobs(jobs))
-    warn_of_identical_variants(path, first_seed_jobs(jobs))
+    for note in caveats({job.variant: job.config for job in first_seed_jobs(jobs)}, sweep.baseline):
+        log.warning(f"{path}: {note}")
     for job in first_seed_jobs(jobs):
         try:
             check_source_settings(job.config.data)
@@ -224,23 +225,6 @@ def check_no_ignored_setting_in_sweep(path: Path, sweep: SweepConfig, jobs: list
         ignored += [(key, message) for key, message in per_job[0].items() if all(key in other for other in per_job)]
     if ignored:
         raise ConfigError(f"{path}: {ignored[0][1]} (every variant ignores it)")
-
-
-def warn_of_identical_variants(path: Path, jobs: list[Job]) -> None:
-    """A warning for each variant whose run config is another's, all but its name and tracker
-    tags (a table copied and left unedited, a setting given its default): paired by seed, the two
-    train the same model on the same batches, so their comparison measures nothing but run-to-run
-    noise (on the CPU, none: the same numbers)."""
-    unread = ("name", "out_dir", "train.tracker")
-    first: dict[str, str] = {}
-    for job in jobs:
-        settings = {k: v for k, v in job.config.settings().items() if not k.startswith(unread)}
-        same = first.setdefault(json.dumps(settings, sort_keys=True, default=str), job.variant)
-        if same != job.variant:
-            log.warning(
-                f"{path}: variants '{same}' and '{job.variant}' have the same settings, so each seed trains one model "
-                "twice and their comparison measures nothing (on a CPU the numbers are identical); change or remove one"
-            )
 
 
 def check_curriculum_tables(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:

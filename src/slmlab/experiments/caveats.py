@@ -1,0 +1,87 @@
+"""Where a sweep's table compares something other than what it seems to: said when the sweep is
+read (a warning) and under the table (results.md).
+
+- Two variants with the same settings (a table copied and left unedited, a setting given its
+  default): paired by seed they train one model on the same batches, so their row compares nothing.
+- A variant validated on other text than the baseline (another data.source, val_fraction, year
+  cut-off, genre or document selection): its Δ is the difference between two held-out sets as much
+  as between two models.
+- A variant with another tokenizer (data.tokenizer, or BPE's data.vocab_size): its perplexity counts
+  other units, so the per-token columns (Δ%, its CI, wins, t-test, sign test, seeds for 80%) are
+  left out for it ("–"), and Δ bpb, in bits per byte of the same text, compares it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..config import RunConfig
+from ..data.corpora import BUILTINS
+
+VALIDATION_TEXT = (
+    "data.source",
+    "data.genres",
+    "data.max_year",
+    "data.allow_unknown_year",
+    "data.max_documents",
+    "data.text_field",
+    "data.doc_separator",
+    "data.val_fraction",
+)
+TOKEN_UNITS = ("data.tokenizer", "data.vocab_size")
+UNREAD = ("name", "out_dir", "train.tracker")  # settings two runs of one model may differ in
+
+
+def _scored(cfg: RunConfig) -> dict:
+    """The settings of what a run is scored with: its (last phase's) validation text and tokenizer,
+    a corpus path made absolute (two spellings of one folder are one corpus)."""
+    settings = cfg.phase_configs()[-1].settings()
+    chosen = {key: settings[key] for key in (*VALIDATION_TEXT, *TOKEN_UNITS)}
+    source = chosen["data.source"]
+    if source not in BUILTINS:
+        chosen["data.source"] = os.path.abspath(os.path.expanduser(source))
+    if isinstance(chosen["data.genres"], list):
+        chosen["data.genres"] = sorted(chosen["data.genres"])
+    return chosen
+
+
+def _differences(cfg: RunConfig, baseline: RunConfig, keys: tuple[str, ...]) -> list[str]:
+    """ "key: value vs baseline value" for each of `keys` where the two configs score differently."""
+    own, base = _scored(cfg), _scored(baseline)
+    return [f"{key} = {own[key]!r} vs {base[key]!r}" for key in keys if own[key] != base[key]]
+
+
+def other_units(configs: dict[str, RunConfig], baseline: str) -> set[str]:
+    """The variants (`configs`: variant -> a run config of it) whose tokenizer is not the
+    baseline's: their perplexity counts other units."""
+    return {variant for variant, cfg in configs.items() if _differences(cfg, configs[baseline], TOKEN_UNITS)}
+
+
+def caveats(configs: dict[str, RunConfig], baseline: str) -> list[str]:
+    """One sentence per caveat of comparing `configs` (variant -> a run config of it) with the
+    baseline's (see the module docstring), in variant order."""
+    base = configs[baseline]
+    notes, seen = [], {}
+    for variant, cfg in configs.items():
+        settings = {k: v for k, v in cfg.settings().items() if not k.startswith(UNREAD)}
+        same = seen.setdefault(json.dumps(settings, sort_keys=True, default=str), variant)
+        if same != variant:
+            notes.append(
+                f"variants '{same}' and '{variant}' have the same settings, so each seed trains one model twice and "
+                "their comparison measures nothing (on a CPU the numbers are identical); change or remove one"
+            )
+            continue
+        text = _differences(cfg, base, VALIDATION_TEXT)
+        if text and variant != baseline:
+            notes.append(
+                f"variant '{variant}' is validated on other text than the baseline ({'; '.join(text)}): its Δ "
+                "compares two held-out sets as well as two models; `slmlab eval SWEEP --text FILE` scores every run on one text"
+            )
+        units = _differences(cfg, base, TOKEN_UNITS)
+        if units and variant != baseline:
+            notes.append(
+                f"variant '{variant}' has another tokenizer than the baseline ({'; '.join(units)}): its perplexity "
+                "counts other units, so its Δ%, wins and tests on perplexity are left out ('–'); Δ bpb compares it"
+            )
+    return notes

@@ -1,0 +1,92 @@
+"""Where a sweep's table compares something other than what it seems to (experiments/caveats.py):
+variants with the same settings, variants validated on other text, variants whose perplexity
+counts other units (another tokenizer)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from slmlab.cli import main
+from slmlab.config import load_config
+from slmlab.experiments.caveats import caveats, other_units
+from slmlab.experiments.results import results_table, summarize
+from slmlab.experiments.sweep_config import SweepConfig, load_sweep
+
+
+def test_variants_with_the_same_settings_are_named_in_a_warning(micro_sweep, caplog):
+    """A variant table copied and left unedited, or one that sets a default (use_S = false), trains
+    the baseline's model on the baseline's batches: a comparison of nothing, reported as a result."""
+    text = micro_sweep.read_text()
+    micro_sweep.write_text(text + '[variants.copy]\n"model.smat.use_S" = false\n[variants.same_width]\n"model.d_model" = 16\n')
+    with caplog.at_level("WARNING", logger="slmlab"):
+        load_sweep(micro_sweep)
+    warnings = [r.getMessage() for r in caplog.records if "have the same settings" in r.getMessage()]
+    assert len(warnings) == 2 and all(w.startswith(f"{micro_sweep}: variants 'baseline' and ") for w in warnings), warnings
+    assert "'copy'" in warnings[0] and "'same_width'" in warnings[1] and "change or remove one" in warnings[0]
+    caplog.clear()
+    micro_sweep.write_text(text)
+    with caplog.at_level("WARNING", logger="slmlab"):
+        load_sweep(micro_sweep)
+    assert not caplog.records
+
+
+def test_variants_validated_on_other_text_are_named_and_spellings_of_one_corpus_are_not(micro_toml, tmp_path, monkeypatch):
+    base = load_config(micro_toml)
+    monkeypatch.chdir(tmp_path)
+    corpus = base.data.source
+    configs = {
+        "baseline": base,
+        "other_split": load_config(micro_toml, {"data.val_fraction": 0.2, "model.d_model": 32}),
+        "relative": load_config(micro_toml, {"data.source": f"./{corpus.split('/')[-1]}", "model.d_model": 8}),
+    }
+    assert (tmp_path / corpus.split("/")[-1]).exists()  # the relative spelling names the same corpus
+    (note,) = caveats(configs, "baseline")
+    assert note.startswith("variant 'other_split' is validated on other text than the baseline (data.val_fraction = 0.2 vs 0.1)")
+    assert "slmlab eval SWEEP --text FILE" in note and not other_units(configs, "baseline")
+
+
+def test_a_variant_with_another_tokenizer_gets_no_statistics_on_perplexity(micro_toml):
+    """A byte model's perplexity per byte and a char model's per character are other units: the
+    table compared them as Δ% (+49%), with a t-test and seed wins. Bits per byte compares them."""
+    configs = {
+        "baseline": load_config(micro_toml),
+        "bytes": load_config(micro_toml, {"data.tokenizer": "byte"}),
+        "deeper": load_config(micro_toml, {"model.n_layer": 2}),
+    }
+    assert other_units(configs, "baseline") == {"bytes"}
+    (note,) = caveats(configs, "baseline")
+    assert note.startswith("variant 'bytes' has another tokenizer than the baseline (data.tokenizer = 'byte' vs 'char')")
+    sweep = SweepConfig(name="s", base="b.toml", seeds=[0, 1, 2], variants={name: {} for name in configs}, baseline="baseline")
+    done = {"step": 20, "tokens": 2560, "tokens_per_s": 1e4, "peak_memory_bytes": 1e8, "params": 9920}
+    figures = {"baseline": (9.0, 3.2), "bytes": (13.4, 3.0), "deeper": (8.5, 3.1)}  # (ppl, bpb) at seed 0
+    results = {
+        (variant, seed): {**done, "val_ppl": ppl + 0.1 * seed * (variant == "deeper"), "val_bpb": bpb - 0.01 * seed}
+        for variant, (ppl, bpb) in figures.items()
+        for seed in (0, 1, 2)
+    }
+    records = {r["variant"]: {**r, "train_flops": math.nan} for r in summarize(sweep, results, frozenset({"bytes"}))}
+    apart, kept = records["bytes"], records["deeper"]
+    assert apart["wins"] is None and all(math.isnan(apart[key]) for key in ("delta_pct", "ci_low", "t_p", "sign_p", "holm_p"))
+    assert math.isclose(apart["delta_bpb"], -0.2)  # bits per byte still compares it
+    assert kept["wins"] == 3 and math.isclose(kept["holm_p"], kept["t_p"])  # Holm over one comparison: bytes is left out
+    row = next(line for line in results_table(list(records.values())).splitlines() if line.startswith("| bytes"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[5].startswith("-0.2000") and cells[6:8] == ["–", "–"] and cells[9:14] == ["–"] * 5
+
+
+def test_the_notes_stand_under_the_results_table(micro_sweep, capsys):
+    micro_sweep.write_text(
+        micro_sweep.read_text().replace(
+            '[variants.full]\n"model.smat.use_S" = true', '[variants.full]\n"data.tokenizer" = "byte"\n"model.smat.use_S" = true'
+        )
+    )
+    assert main(["sweep", str(micro_sweep), "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    results = (micro_sweep.parent / "runs" / "micro" / "results.md").read_text()
+    note = "- Note: variant 'full' has another tokenizer than the baseline (data.tokenizer = 'byte' vs 'char')"
+    assert note in out and note in results and results.index(note) < results.index("| variant")
+    notes = json.loads((micro_sweep.parent / "runs" / "micro" / "results.json").read_text())["notes"]
+    assert len(notes) == 1 and notes[0].startswith(note.removeprefix("- Note: "))
+    row = next(line for line in results.splitlines() if line.startswith("| full"))
+    assert [cell.strip() for cell in row.strip("|").split("|")][6:8] == ["–", "–"]
