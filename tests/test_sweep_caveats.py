@@ -44,6 +44,12 @@ def test_variants_validated_on_other_text_are_named_and_spellings_of_one_corpus_
     (note,) = caveats(configs, "baseline")
     assert note.startswith("variant 'other_split' is validated on other text than the baseline (data.val_fraction = 0.2 vs 0.1)")
     assert "slmlab eval SWEEP --text FILE" in note and not other_units(configs, "baseline")
+    configs["longer"] = load_config(micro_toml, {"data.seq_len": 16, "model.n_layer": 3})
+    assert caveats(configs, "baseline")[1] == (
+        "variant 'longer' is scored on windows of 16 tokens, the baseline on 32 (data.seq_len): a token's loss falls with "
+        "the context before it, so its Δ counts the windows' length as well as the model; give both one data.seq_len to "
+        "compare the models alone"
+    )
 
 
 def test_a_variant_with_another_tokenizer_gets_no_statistics_on_perplexity(micro_toml):

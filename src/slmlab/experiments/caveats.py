@@ -6,6 +6,8 @@ read (a warning) and under the table (results.md).
 - A variant validated on other text than the baseline (another data.source, val_fraction, year
   cut-off, genre or document selection): its Δ is the difference between two held-out sets as much
   as between two models.
+- A variant scored on windows of another length (data.seq_len): a token's loss falls with the
+  context before it, so its Δ counts the windows' length as well as the model.
 - A variant with another tokenizer (data.tokenizer, or BPE's data.vocab_size): its perplexity counts
   other units, so the per-token columns (Δ%, its CI, wins, t-test, sign test, seeds for 80%) are
   left out for it ("–"), and Δ bpb, in bits per byte of the same text, compares it.
@@ -29,6 +31,7 @@ VALIDATION_TEXT = (
     "data.doc_separator",
     "data.val_fraction",
 )
+WINDOW_LENGTH = ("data.seq_len",)
 TOKEN_UNITS = ("data.tokenizer", "data.vocab_size")
 UNREAD = ("name", "out_dir", "train.tracker")  # settings two runs of one model may differ in
 
@@ -37,7 +40,7 @@ def _scored(cfg: RunConfig) -> dict:
     """The settings of what a run is scored with: its (last phase's) validation text and tokenizer,
     a corpus path made absolute (two spellings of one folder are one corpus)."""
     settings = cfg.phase_configs()[-1].settings()
-    chosen = {key: settings[key] for key in (*VALIDATION_TEXT, *TOKEN_UNITS)}
+    chosen = {key: settings[key] for key in (*VALIDATION_TEXT, *WINDOW_LENGTH, *TOKEN_UNITS)}
     source = chosen["data.source"]
     if source not in BUILTINS:
         chosen["data.source"] = os.path.abspath(os.path.expanduser(source))
@@ -72,14 +75,23 @@ def caveats(configs: dict[str, RunConfig], baseline: str) -> list[str]:
                 "their comparison measures nothing (on a CPU the numbers are identical); change or remove one"
             )
             continue
+        if variant == baseline:
+            continue
         text = _differences(cfg, base, VALIDATION_TEXT)
-        if text and variant != baseline:
+        if text:
             notes.append(
                 f"variant '{variant}' is validated on other text than the baseline ({'; '.join(text)}): its Δ "
                 "compares two held-out sets as well as two models; `slmlab eval SWEEP --text FILE` scores every run on one text"
             )
+        if _differences(cfg, base, WINDOW_LENGTH):
+            own, other = cfg.phase_configs()[-1].data.seq_len, base.phase_configs()[-1].data.seq_len
+            notes.append(
+                f"variant '{variant}' is scored on windows of {own} tokens, the baseline on {other} (data.seq_len): a "
+                "token's loss falls with the context before it, so its Δ counts the windows' length as well as the "
+                "model; give both one data.seq_len to compare the models alone"
+            )
         units = _differences(cfg, base, TOKEN_UNITS)
-        if units and variant != baseline:
+        if units:
             notes.append(
                 f"variant '{variant}' has another tokenizer than the baseline ({'; '.join(units)}): its perplexity "
                 "counts other units, so its Δ%, wins and tests on perplexity are left out ('–'); Δ bpb compares it"
