@@ -245,3 +245,28 @@ def test_full_attention_attends_a_left_padded_batch_as_each_row_alone(Tq, before
     for r, p in enumerate(padding.tolist()):
         real = slice(max(p - before, 0), None)
         torch.testing.assert_close(fast[r, :, real], naive[r, :, real], rtol=1e-10, atol=1e-12)
+
+
+def test_a_streamed_sample_stopped_by_ctrl_c_ends_its_line(micro_toml, tmp_path, capsys, monkeypatch):
+    """`slmlab: interrupted` used to start on the streamed line, after its last character."""
+    from slmlab.cli import main
+    from slmlab.evals import score
+
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "s"]) == 0
+    real = score.generate_texts
+
+    def interrupted(*args, write=None, **kwargs):
+        def once(text):
+            write(text)
+            raise KeyboardInterrupt
+
+        return real(*args, write=once, **kwargs)
+
+    monkeypatch.setattr(score, "generate_texts", interrupted)
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "runs" / "s"), "--prompt", "T", "--max-new-tokens", "50"]) == 130
+    out, err = capsys.readouterr()
+    assert out.startswith("T") and out.endswith("\n") and out.count("\n") == 1 and err == "slmlab: interrupted\n"
+    monkeypatch.setattr(score, "generate_texts", real)
+    assert main(["generate", str(tmp_path / "runs" / "s"), "--prompt", "T", "--max-new-tokens", "5", "--num-samples", "2"]) == 0
+    assert capsys.readouterr().out.count("-" * 40) == 2

@@ -263,38 +263,51 @@ def cmd_generate(args, extra) -> int:
 
     check_greedy_options(args)
     cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8, checkpoint=args.checkpoint)
-    streaming = args.num_samples == 1  # one sample is printed as it is generated
-    texts = generate_texts(
-        model,
-        tokenizer,
-        cfg,
-        device,
-        prompt_text(args),
-        args.num_samples,
-        args.max_new_tokens,
-        args.temperature,
-        args.top_k,
-        args.top_p,
-        args.seed,
-        not args.no_cache,
-        args.compile,
-        write=print_now if streaming else None,
-        stop_at_eos=not args.ignore_eos,
-        progress=f"sampling {args.num_samples}",
-    )
-    if streaming:
-        print()
-        return 0
-    for text in texts:
-        print(text)
-        print("-" * 40)
+    stream = StreamedLine() if args.num_samples == 1 else None  # one sample is printed as it is generated
+    try:
+        texts = generate_texts(
+            model,
+            tokenizer,
+            cfg,
+            device,
+            prompt_text(args),
+            args.num_samples,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.seed,
+            not args.no_cache,
+            args.compile,
+            write=stream,
+            stop_at_eos=not args.ignore_eos,
+            progress=f"sampling {args.num_samples}",
+        )
+    finally:
+        if stream is not None:
+            stream.end()  # also where Ctrl-C or an error stopped it: the message then starts a line of its own
+    if stream is None:
+        for text in texts:
+            print(text)
+            print("-" * 40)
     return 0
 
 
-def print_now(text: str) -> None:
-    """Text to standard output at once (a streamed sample), no newline added."""
-    sys.stdout.write(text)
-    sys.stdout.flush()
+class StreamedLine:
+    """A streamed sample: each piece of text to standard output at once, no newline added, until
+    `end` ends the line (if anything was written)."""
+
+    def __init__(self):
+        self.written = False
+
+    def __call__(self, text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        self.written = True
+
+    def end(self) -> None:
+        if self.written:
+            print()
 
 
 def cmd_prompts(args, extra) -> int:
