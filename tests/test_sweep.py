@@ -126,6 +126,9 @@ def test_bad_sweep_configs(tmp_path, micro_sweep):
     micro_sweep.write_text(text + '[variants." "]\n')  # ran as run " _s1", a blank row in the table
     with pytest.raises(ConfigError, match="a variant's name is empty"):
         load_sweep(micro_sweep)
+    micro_sweep.write_text(text + '"model" = {smat = {use_S = false}}\n')  # which of the two held was the order's choice
+    with pytest.raises(ConfigError, match="variant 'full' sets model.smat.use_S twice .* give it once$"):
+        load_sweep(micro_sweep)
 
 
 def test_info_and_diagnose_of_a_sweep_config_look_at_every_variant(micro_sweep, tmp_path, capsys):

@@ -12,6 +12,7 @@ from .loading import (
     load_config,
     parse_overrides,
     read_toml,
+    repeated_settings,
     require_run_config,
     toml_problem,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "offset_seed",
     "parse_overrides",
     "read_toml",
+    "repeated_settings",
     "require_run_config",
     "resolve_vocab",
     "toml_problem",

@@ -12,6 +12,8 @@ import dataclasses
 import os
 import sys
 import typing
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,14 +148,24 @@ def dotted(overrides: dict[str, Any]) -> dict[str, Any]:
     `{"model": {"n_layer": 2}}` (a sweep's `[variants.a.model]`, `--model '{n_layer = 2}'`) sets
     model.n_layer and keeps the section's other settings, as `{"model.n_layer": 2}` does, instead of
     replacing the whole section by a table of one key. An empty table drops the section's settings
-    (`"model.tape" = {}`: its defaults apply); a field's own table (data.mixture) is a value."""
-    flat: dict[str, Any] = {}
+    (`"model.tape" = {}`: its defaults apply); a field's own table (data.mixture) is a value. A
+    setting given twice (`"model.n_layer"` beside `model = {n_layer = ...}`) keeps the last."""
+    return dict(_dotted_items(overrides))
+
+
+def repeated_settings(overrides: dict[str, Any]) -> list[str]:
+    """The dotted keys a table of overrides sets more than once, under two spellings (a sweep's
+    `"model.n_layer" = 2` beside `model = {n_layer = 3}`): one of them was dropped in silence."""
+    counts = Counter(key for key, _ in _dotted_items(overrides))
+    return [key for key, count in counts.items() if count > 1]
+
+
+def _dotted_items(overrides: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     for key, value in overrides.items():
         if isinstance(value, dict) and value and _is_section(key):
-            flat.update(dotted({f"{key}.{name}": item for name, item in value.items()}))
+            yield from _dotted_items({f"{key}.{name}": item for name, item in value.items()})
         else:
-            flat[key] = value
-    return flat
+            yield key, value
 
 
 def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

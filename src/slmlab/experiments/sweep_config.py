@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import plugins
-from ..config import ConfigError, RunConfig, build_dataclass, check_name, dotted, load_config, read_toml
+from ..config import ConfigError, RunConfig, build_dataclass, check_name, dotted, load_config, read_toml, repeated_settings
 from ..config.ignored import (
     check_no_ignored_setting,
     ignored_in_phases,
@@ -185,8 +185,9 @@ def load_sweep(
 
 def check_tables(path: Path, values: dict, sweep: SweepConfig) -> None:
     """A [budget], [tune] or [lm_eval] table that asks for nothing, and [lm_eval] counts below their
-    range, are refused: the sweep ran as if the table were absent, in silence. So is a tune.seed
-    that is one of the compared seeds (experiments/tuning.py says why)."""
+    range, are refused: the sweep ran as if the table were absent, in silence. So is a setting an
+    [overrides] or variant table gives twice (one was dropped), and a tune.seed that is one of the
+    compared seeds (experiments/tuning.py says why)."""
     asks = {
         "budget": (sweep.budget.held() is not None, "one of tokens, flops or seconds"),
         "tune": (bool(sweep.tune.axes()), "values to try for lr, warmup_steps or weight_decay"),
@@ -195,6 +196,12 @@ def check_tables(path: Path, values: dict, sweep: SweepConfig) -> None:
     for table, (asked, what) in asks.items():
         if table in values and not asked:
             raise ConfigError(f"{path}: [{table}] asks for nothing: give {what}, or remove the table")
+    for where, table in [("[overrides]", sweep.overrides), *((f"variant '{v}'", t) for v, t in sweep.variants.items())]:
+        if twice := repeated_settings(table):
+            raise ConfigError(
+                f"{path}: {where} sets {twice[0]} twice (as a dotted key and in a table), and only the last would "
+                "hold: give it once"
+            )
     if sweep.tune.axes() and sweep.tune.seed in sweep.seeds:
         raise ConfigError(
             f"{path}: tune.seed = {sweep.tune.seed} is also one of the seeds: the best of the grid's runs at that seed "
