@@ -14,9 +14,11 @@ export that does not reproduce the model is an error, never a silent difference.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +94,21 @@ def _reloaded_difference(folder: Path, layout: str, model, cfg) -> float:
     return max_logit_difference(model, loaded, probe_ids(cfg))
 
 
+@contextlib.contextmanager
+def no_bars() -> Iterator[None]:
+    """transformers without its progress bars ("Writing model shards", "Loading weights"): the
+    export writes one small folder and reads it back to check it, which no one waits on."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def export_hf(run: str | Path, out: str | Path, layout: str = "auto") -> ExportResult:
     """Export `run`'s final model and tokenizer to the new folder `out` (see the module docstring)."""
     try:
@@ -122,11 +139,12 @@ def export_hf(run: str | Path, out: str | Path, layout: str = "auto") -> ExportR
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        with room_for(out.parent, "the exported model", "free space, or export to a disk with room", ConfigError):
+        with room_for(out.parent, "the exported model", "free space, or export to a disk with room", ConfigError), no_bars():
             hf.save_pretrained(staging)
             hf_tokenizer.save_pretrained(staging)
         give_normal_modes(staging)
-        difference = _reloaded_difference(staging, layout, model, cfg)
+        with no_bars():
+            difference = _reloaded_difference(staging, layout, model, cfg)
         if not difference <= TOLERANCE:
             raise ConfigError(
                 f"the exported model's logits differ from slmlab's by {difference:.2e} (> {TOLERANCE}), "
