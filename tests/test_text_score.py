@@ -150,3 +150,8 @@ def test_a_sweep_scores_the_text_with_every_finished_run_and_pairs_the_variants_
     assert out.startswith(f"micro on {sample} (bits per byte):\n| variant") and "| full " in out
     assert main(["eval", str(sweep_dir), "--text", str(sample), "--int8"]) == 2
     one_line_error(capsys, "--int8 reads one run;")
+    sample.write_text("To be, or not to be: 42% of {the} question")  # characters the char tokenizers never saw
+    assert main(["eval", str(sweep_dir), "--text", str(sample)]) == 2
+    assert one_line_error(capsys, "characters not in").startswith(
+        f"slmlab: error: {sweep_dir / 'baseline_s1'} (variant 'baseline'): characters not in the tokenizer's vocabulary"
+    )

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..errors import TokenizerError
 from ..experiments.results import delta_cell
 from ..experiments.stats import mean_std, paired_difference
 from ..experiments.sweep_dir import read_sweep_dir
@@ -33,7 +34,10 @@ def score_sweep_text(path: Path, text: str, stride: int | None, device: str) -> 
                 log.warning("%s has not finished (no summary.json): left out", run.path)
                 continue
             _, model, tokenizer, _ = load_for_inference(run.path, device)
-            scores[variant][seed] = score_text(model, tokenizer, text, stride, progress=run.path.name)["bpb"]
+            try:
+                scores[variant][seed] = score_text(model, tokenizer, text, stride, progress=run.path.name)["bpb"]
+            except TokenizerError as err:  # which of the sweep's tokenizers cannot read the text
+                raise TokenizerError(f"{run.path} (variant '{variant}'): {err}") from None
     baseline = scores.get(sweep.baseline, {})
     rows, variants = [], []
     for variant, by_seed in scores.items():
