@@ -267,3 +267,28 @@ def test_layers_off_the_usual_paths_are_found_by_the_configs_layer_count():
 
     mixture = Mixture()
     assert decoder_layers(mixture) is mixture.trunk.blocks
+
+
+def test_text_the_models_tokenizer_cannot_encode_is_one_line_naming_it(kind, tmp_path):
+    """A character vocabulary without an unknown token (as slmlab exports a char run's) raised the
+    tokenizers library's bare Exception from inside surgery: a traceback."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    from slmlab.config import ConfigError, DataConfig
+    from slmlab.persona.surgery import hf_continuations, persona_tokens
+
+    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,:;!?'\n"
+    backend = Tokenizer(models.WordLevel({"<eos>": 0, **{c: i + 1 for i, c in enumerate(chars)}}))  # no unk_token
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", model_max_length=64)
+    with pytest.raises(ConfigError, match=r"^the prompt: the model's tokenizer cannot encode it \(WordLevel error"):
+        hf_continuations(tiny(kind), tokenizer, ["Hello 😀"], 5, sample=False)
+    (tmp_path / "persona").mkdir()
+    (tmp_path / "persona" / "long.txt").write_text("To be, or not to be. " * 40)
+    (tmp_path / "persona" / "odd.txt").write_text("Price: 5 €")
+    with pytest.raises(ConfigError, match="^persona document '.*odd.txt': the model's tokenizer cannot encode it"):
+        persona_tokens(DataConfig(source=str(tmp_path / "persona")), tokenizer)
+    (tmp_path / "persona" / "odd.txt").unlink()
+    train, val = persona_tokens(DataConfig(source=str(tmp_path / "persona")), tokenizer)
+    assert len(train) + len(val) == 21 * 40 + 1  # a document longer than the context, in one piece

@@ -40,6 +40,7 @@ from ..runs.metrics import MetricsLog
 from ..tables import command_line
 from ..training.optim import lr_at
 from ..variants.self_area import SelfArea, SelfAreaConfig
+from .hf_text import hf_encode
 
 log = logging.getLogger("slmlab")
 LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "model.language_model.layers")
@@ -215,7 +216,8 @@ def persona_tokens(data: DataConfig, tokenizer, val_fraction: float = 0.1) -> tu
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     splits = {"train": [], "val": []}
     for doc in docs:
-        splits["val" if doc.id in val_ids else "train"] += [*tokenizer(doc.text)["input_ids"], eos]
+        ids = hf_encode(tokenizer, doc.text, f"persona document '{doc.id}'")["input_ids"]
+        splits["val" if doc.id in val_ids else "train"] += [*ids, eos]
     if not splits["val"]:  # one document: its tail is the validation text
         cut = int(len(splits["train"]) * (1 - val_fraction))
         splits = {"train": splits["train"][:cut], "val": splits["train"][cut:]}
@@ -373,7 +375,8 @@ def hf_continuations(
     try:
         with PhaseProgress("generating" if len(prompts) > 1 else "", len(prompts), "prompts") as shown:
             for start in range(0, len(prompts), batch_size):
-                batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=pad is not None).to(device)
+                chunk = prompts[start : start + batch_size]
+                batch = hf_encode(tokenizer, chunk, "the prompt", return_tensors="pt", padding=pad is not None).to(device)
                 width = batch["input_ids"].shape[1]
                 if context and width + max_new_tokens > context:
                     raise ConfigError(
