@@ -60,20 +60,25 @@ def pyplot():
 def save_png(fig, path: Path, dpi: int, **options) -> Path:
     """Write `fig` to `path` as a PNG (atomically: a reader never sees half an image), then close it;
     `options`: more keyword arguments of Figure.savefig. Characters no font of the figure draws are
-    named in one warning."""
+    named in one warning, unless every one was named for an earlier figure (an attention map per
+    layer shows the same tokens)."""
     missing = undrawable(fig)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, **options))
     pyplot().close(fig)
-    if missing:
-        shown = "".join(missing[:20]) + ("..." if len(missing) > 20 else "")
+    if set(missing) - _NAMED:
         import matplotlib
 
+        _NAMED.update(missing)
+        shown = "".join(missing[:20]) + ("..." if len(missing) > 20 else "")
         log.warning(
             f"{path}: no installed font draws {len(missing)} of its characters ({shown}): they show as boxes; "
             "install a font that has them (e.g. Debian's fonts-noto-cjk for Chinese, Japanese and Korean), then "
             f"delete matplotlib's list of fonts, {matplotlib.get_cachedir()}/fontlist-*.json, so that it looks again"
         )
     return path
+
+
+_NAMED: set[str] = set()  # the characters save_png has named in this process
 
 
 def undrawable(fig) -> list[str]:
