@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     rank = process_rank()  # under torchrun, only rank 0 reports progress
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    # slmlab's own progress at INFO; the libraries it drives (lm-eval, datasets, transformers) say only warnings
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("slmlab").setLevel(logging.INFO if rank == 0 else logging.WARNING)
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     own, extra = split_overrides(argv, parser)
