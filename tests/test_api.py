@@ -82,3 +82,14 @@ def test_a_run_is_named_by_a_path_as_str_or_path_and_anything_else_is_one_line(m
         with pytest.raises(slmlab.ConfigError, match=f"a run directory is a path, got {type(given).__name__} "):
             slmlab.load_run(given)
     assert slmlab.RunDir("runs/x").config == slmlab.RunDir(Path("runs/x")).config
+
+
+def test_overrides_are_a_dict_or_command_line_words_and_a_string_is_one_line(micro_toml):
+    """load_config(path, "--model.n_layer 2") read the string a character at a time and said it
+    expected an override like --model.n_layer 4, got '-'."""
+    assert slmlab.load_config(micro_toml, ["--model.n_layer", "2"]).model.n_layer == 2
+    assert slmlab.load_config(micro_toml, {"model.n_layer": 3}).model.n_layer == 3
+    assert slmlab.load_config(micro_toml, None).model.n_layer == 1
+    for given in ("--model.n_layer 2", 5):
+        with pytest.raises(slmlab.ConfigError, match=f"^overrides are a dict .* got {type(given).__name__} "):
+            slmlab.load_config(micro_toml, given)

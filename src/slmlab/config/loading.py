@@ -111,6 +111,11 @@ def _parse_literal(text: str) -> Any:
 
 def parse_overrides(args: typing.Sequence[str]) -> dict[str, Any]:
     """Turn `["--model.n_layer", "4", "--train.lr=3e-4"]` into {"model.n_layer": 4, "train.lr": 3e-4}."""
+    if isinstance(args, (str, bytes)) or not isinstance(args, typing.Sequence):
+        raise ConfigError(
+            f"overrides are a dict ({{'model.n_layer': 4}}) or a list of command-line words (['--model.n_layer', '4']), "
+            f"got {type(args).__name__} {args!r:.60}"
+        )
     overrides: dict[str, Any] = {}
     i = 0
     while i < len(args):
@@ -211,7 +216,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(
-    path: str | Path, overrides: typing.Sequence[str] | dict[str, Any] = (), *, refuse_ignored: bool = True
+    path: str | Path, overrides: typing.Sequence[str] | dict[str, Any] | None = (), *, refuse_ignored: bool = True
 ) -> RunConfig:
     """Read a TOML config, apply dotted overrides, validate. The run name defaults to the file stem.
     `refuse_ignored=False` leaves ignored settings to the caller (a sweep weighs them over its
@@ -223,7 +228,7 @@ def load_config(
     if "plugins" in values:  # plugin files are named relative to the config ...
         values["plugins"] = plugins.resolve(values["plugins"], Path(path).parent)
     if not isinstance(overrides, dict):
-        overrides = parse_overrides(overrides)
+        overrides = parse_overrides(() if overrides is None else overrides)
     values = apply_overrides(values, overrides)
     if "plugins" in values:  # ... or, given as an override, to the working directory
         values["plugins"] = plugins.resolve(values["plugins"], Path.cwd())
