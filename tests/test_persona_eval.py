@@ -72,7 +72,14 @@ def test_persona_eval_finds_the_known_answer(two_styles, capsys):
     assert jolly["neutral"][0] >= 0.9 and mechanical["neutral"][0] <= 0.1
     assert jolly["adversarial"][0] >= 0.8  # it only knows one voice: adversarial prompts cannot pull it away
     assert jolly["persona_ppl"] < mechanical["persona_ppl"] and mechanical["other_ppl"] < jolly["other_ppl"]
-    assert f"{jolly['persona_ppl']:.2f}" in printed and str(runs["mechanical"]) in out.read_text()
+    assert (
+        jolly["persona_bpb"] < mechanical["persona_bpb"] and mechanical["other_bpb"] < jolly["other_bpb"]
+    )  # across tokenizers too
+    assert (
+        f"{jolly['persona_ppl']:.2f}" in printed
+        and f"{jolly['persona_bpb']:.4f}" in printed
+        and str(runs["mechanical"]) in out.read_text()
+    )
     low, high = jolly["neutral"][1], jolly["neutral"][2]
     assert low <= jolly["neutral"][0] <= high
     assert main(["report", str(runs["jolly"])]) == 0  # the report card picks the result up
@@ -217,9 +224,10 @@ def test_text_a_char_run_cannot_encode_is_said_to_be_left_out_not_a_silent_nan(t
     run = tmp_path / "runs" / "char"
     argv = ["persona-eval", str(run), "--persona-data", str(tmp_path / "persona"), "--other-data", str(tmp_path / "other")]
     assert main([*argv, "--openings", "8", "--max-new-tokens", "4"]) == 0
-    assert "other-text ppl not measured ('–' in the table)" in caplog.text and "'§' (U+00A7)" in caplog.text
+    assert "other-text ppl and bpb not measured ('–' in the table)" in caplog.text and "'§' (U+00A7)" in caplog.text
     assert f"cannot encode {tmp_path / 'other'}, document 'doc1.txt': characters not in" in caplog.text  # the first one
     assert "adversarial prompts hold characters its tokenizer cannot encode" in caplog.text
-    assert "persona-text ppl not measured" not in caplog.text
+    assert "persona-text ppl and bpb not measured" not in caplog.text
     assert capsys.readouterr().out.splitlines()[-1].rstrip(" |").endswith("–")
-    assert json.loads((run / "persona_eval.json").read_text())["other_ppl"] is None  # JSON has no NaN
+    saved = json.loads((run / "persona_eval.json").read_text())
+    assert saved["other_ppl"] is None and saved["other_bpb"] is None and saved["persona_bpb"] > 0  # JSON has no NaN

@@ -38,7 +38,7 @@ from ..runs.derived import record_derived, weights_identity
 from ..runs.metrics import perplexity
 from ..runs.run_dir import RunDir, load_run
 from ..tables import command_line, counted, format_number, markdown_table
-from ..training import evaluate
+from ..training import score_validation
 from .stage2 import source_data_config, trained_config
 
 log = logging.getLogger("slmlab")
@@ -217,16 +217,27 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
     return [tokenizer.decode(tokenizer.until_eos(row)) for row in rows]
 
 
-def text_perplexity(model, cfg, data: DataConfig, tokenizer, device, label: str) -> float:
-    """Validation perplexity of `data` under the run's tokenizer; NaN, with a warning naming
-    `label` and why, if the tokenizer cannot encode the text (a char tokenizer of another corpus)."""
+def text_scores(model, cfg, data: DataConfig, tokenizer, device, label: str) -> tuple[float, float]:
+    """(perplexity, bits per byte) of `data`'s validation text under the run's tokenizer: bits per
+    byte compare runs whose tokenizers differ. NaN, with a warning naming `label` and why, if the
+    tokenizer cannot encode the text (a char tokenizer of another corpus)."""
     try:
         _, tokens = prepare_tokens(dataclasses.replace(data, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len), tokenizer)
     except TokenizerError as err:
-        log.warning(f"{label} ppl not measured ('–' in the table): the run's {cfg.data.tokenizer} tokenizer cannot encode {err}")
-        return math.nan
-    loss = evaluate(model, tokens.val, cfg.data.seq_len, cfg.train.batch_size, 10, device)
-    return perplexity(loss)
+        log.warning(
+            f"{label} ppl and bpb not measured ('–' in the table): the run's {cfg.data.tokenizer} tokenizer cannot encode {err}"
+        )
+        return math.nan, math.nan
+    loss, bpb = score_validation(
+        model,
+        tokens.val,
+        cfg.data.seq_len,
+        cfg.train.batch_size,
+        10,
+        device,
+        token_bytes=torch.from_numpy(tokenizer.token_bytes()),
+    )
+    return perplexity(loss), bpb
 
 
 def evaluate_persona(
@@ -262,8 +273,15 @@ def evaluate_persona(
         "adversarial": bootstrap_mean(scores_a, offset_seed(seed, 1)),
         "drift": bootstrap_difference(scores_n, scores_a, offset_seed(seed, 2)),
         "prompts": [len(neutral), len(adversarial)],
-        "persona_ppl": text_perplexity(model, cfg, data.persona, tokenizer, device, f"{run_path}: persona-text"),
-        "other_ppl": text_perplexity(model, cfg, data.other, tokenizer, device, f"{run_path}: other-text"),
+        **dict(
+            zip(
+                ("persona_ppl", "persona_bpb"),
+                text_scores(model, cfg, data.persona, tokenizer, device, f"{run_path}: persona-text"),
+            )
+        ),
+        **dict(
+            zip(("other_ppl", "other_bpb"), text_scores(model, cfg, data.other, tokenizer, device, f"{run_path}: other-text"))
+        ),
         "samples": {"neutral": neutral[:3], "adversarial": adversarial[:3]},
     }
     atomic_write_text(run.path / "persona_eval.json", json_text(result, indent=2))
@@ -284,12 +302,24 @@ def results_table(results: list[dict]) -> str:
             _ci(r["adversarial"]),
             _ci(r["drift"]),
             format_number(r["persona_ppl"], ".2f"),
+            format_number(r.get("persona_bpb"), ".4f"),  # none in a result of an older slmlab
             format_number(r["other_ppl"], ".2f"),
+            format_number(r.get("other_bpb"), ".4f"),
         )
         for r in results
     ]
     return markdown_table(
-        ("run", "adherence, neutral", "adherence, adversarial", "drift (neutral − adv.)", "persona ppl", "other-text ppl"), rows
+        (
+            "run",
+            "adherence, neutral",
+            "adherence, adversarial",
+            "drift (neutral − adv.)",
+            "persona ppl",
+            "persona bpb",
+            "other-text ppl",
+            "other-text bpb",
+        ),
+        rows,
     )
 
 
