@@ -58,6 +58,8 @@ def test_a_variants_speed_is_the_median_over_its_seeds():
 def test_a_missing_seed_is_left_out_of_the_pairing():
     c = paired_comparison({0: 9.0, 1: 9.0}, {0: 10.0, 1: 10.0, 2: 10.0})
     assert c.n_pairs == 2 and c.wins == 2 and c.sign_p == pytest.approx(0.5)
+    # the Δ% of the means too: the baseline's unlucky seed 2, whose variant run failed, made it -77.5%
+    assert paired_comparison({0: 9.0, 1: 9.0}, {0: 10.0, 1: 10.0, 2: 100.0}).delta_pct == pytest.approx(-10.0)
 
 
 @pytest.mark.slow

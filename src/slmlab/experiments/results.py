@@ -1,7 +1,8 @@
 """A sweep's results: the paired table (Markdown, JSON, CSV) and validation curves (curves.png).
 
 Columns: variant, runs, mean validation ppl, std, mean validation bits per byte and the paired
-difference in bits per byte with its 95% CI, Δ% vs baseline (of the means), seed wins vs
+difference in bits per byte with its 95% CI, Δ% vs baseline (of the means over the seeds both
+finished), seed wins vs
 baseline (paired by seed), failures (runs aborted for non-finite loss, and skipped non-finite
 steps), the paired 95% CI of Δ%, the paired t-test p-value and its Holm–Bonferroni adjustment
 over the variants, the sign-test p-value, the seeds a paired t-test would need to detect the

@@ -1,7 +1,8 @@
 """Paired statistics for multi-seed comparisons (variant vs baseline, matched by seed).
 
 For seeds i with both runs finished, d_i = 100 (ppl_variant,i / ppl_baseline,i - 1), the per-seed
-change in percent. Reported: mean and sample std of each variant's perplexity, Δ% of the means,
+change in percent. Reported: mean and sample std of each variant's perplexity, Δ% of the means
+over the paired seeds (a seed one side lacks, a failed run, would weigh its luck into one mean only),
 seed wins (d_i < 0), a 95% confidence interval of mean(d) from the t distribution with n - 1
 degrees of freedom, the paired t-test p-value (two-sided) and the exact sign-test p-value.
 When every seed moves by the same amount (sample sd of d = 0) the t statistic is undefined and p is
@@ -26,7 +27,7 @@ from scipy import stats
 @dataclass
 class Comparison:
     n_pairs: int
-    delta_pct: float  # of the means
+    delta_pct: float  # of the means over the paired seeds
     wins: int
     ci_low: float  # 95% CI of the mean paired Δ%
     ci_high: float
@@ -56,11 +57,7 @@ def paired_comparison(variant: dict[int, float], baseline: dict[int, float]) -> 
     b = np.array([baseline[s] for s in seeds], dtype=np.float64)
     n = len(seeds)
     with np.errstate(invalid="ignore"):  # inf / inf: both runs of a seed diverged, a Δ nobody measured (NaN)
-        delta = (
-            100.0 * (np.mean(list(variant.values())) / np.mean(list(baseline.values())) - 1.0)
-            if variant and baseline
-            else math.nan
-        )
+        delta = 100.0 * (v.mean() / b.mean() - 1.0) if n else math.nan
         d = 100.0 * (v / b - 1.0)
     if n == 0:
         return Comparison(0, float(delta), 0, math.nan, math.nan, math.nan, math.nan)
