@@ -96,3 +96,32 @@ def test_the_notes_stand_under_the_results_table(micro_sweep, capsys):
     assert len(notes) == 1 and notes[0].startswith(note.removeprefix("- Note: "))
     row = next(line for line in results.splitlines() if line.startswith("| full"))
     assert [cell.strip() for cell in row.strip("|").split("|")][6:8] == ["–", "–"]
+
+
+def test_a_variant_that_trains_on_other_tokens_without_a_budget_is_named(micro_toml):
+    """More steps, or a larger batch at the same steps, is more training: without a [budget] its Δ
+    counts that as well as the idea. Under a [budget] the steps differ by design: no note."""
+    configs = {
+        "baseline": load_config(micro_toml),
+        "longer": load_config(micro_toml, {"train.steps": 24}),
+        "batch": load_config(micro_toml, {"train.batch_size": 2, "model.n_layer": 2}),
+        "accumulated": load_config(micro_toml, {"train.batch_size": 2, "train.grad_accum": 2, "model.n_layer": 3}),
+    }
+    notes = caveats(configs, "baseline")
+    assert notes == [
+        "variant 'longer' trains on 2x the baseline's tokens (3.07K vs 1.54K: train.steps x batch_size x seq_len x "
+        "grad_accum) and the sweep has no [budget]: its Δ counts the training as well as the idea; a [budget] of "
+        "tokens or flops compares at equal cost",
+        "variant 'batch' trains on 0.5x the baseline's tokens (768 vs 1.54K: train.steps x batch_size x seq_len x "
+        "grad_accum) and the sweep has no [budget]: its Δ counts the training as well as the idea; a [budget] of "
+        "tokens or flops compares at equal cost",
+    ]  # 'accumulated' trains on as many tokens as the baseline
+    assert caveats(configs, "baseline", budget=True) == []
+
+
+def test_the_table_says_equal_steps_only_where_the_steps_are_equal(micro_sweep):
+    micro_sweep.write_text(micro_sweep.read_text() + '"train.steps" = 6\n')  # the 'full' variant's own steps
+    assert main(["sweep", str(micro_sweep), "--jobs", "2"]) == 0
+    results = (micro_sweep.parent / "runs" / "micro" / "results.md").read_text()
+    assert "Equal steps" not in results and "No [budget], and the variants train their own numbers of steps" in results
+    assert "- Note: variant 'full' trains on 0.5x the baseline's tokens" in results

@@ -8,6 +8,8 @@ read (a warning) and under the table (results.md).
   as between two models.
 - A variant scored on windows of another length (data.seq_len): a token's loss falls with the
   context before it, so its Δ counts the windows' length as well as the model.
+- Without a [budget], a variant that trains on more or fewer tokens than the baseline (other
+  train.steps, batch_size, seq_len or grad_accum): its Δ counts the training as well as the idea.
 - A variant with another tokenizer (data.tokenizer, or BPE's data.vocab_size): its perplexity counts
   other units, so the per-token columns (Δ%, its CI, wins, t-test, sign test, seeds for 80%) are
   left out for it ("–"), and Δ bpb, in bits per byte of the same text, compares it.
@@ -20,6 +22,8 @@ import os
 
 from ..config import RunConfig
 from ..data.corpora import BUILTINS
+from ..tables import human
+from .budget import tokens_per_step
 
 VALIDATION_TEXT = (
     "data.source",
@@ -61,9 +65,15 @@ def other_units(configs: dict[str, RunConfig], baseline: str) -> set[str]:
     return {variant for variant, cfg in configs.items() if _differences(cfg, configs[baseline], TOKEN_UNITS)}
 
 
-def caveats(configs: dict[str, RunConfig], baseline: str) -> list[str]:
+def training_tokens(cfg: RunConfig) -> int:
+    """The tokens a run trains on: steps x batch_size x seq_len x grad_accum, phase by phase."""
+    return sum(tokens_per_step(phase) * phase.train.steps for phase in cfg.phase_configs())
+
+
+def caveats(configs: dict[str, RunConfig], baseline: str, budget: bool = False) -> list[str]:
     """One sentence per caveat of comparing `configs` (variant -> a run config of it) with the
-    baseline's (see the module docstring), in variant order."""
+    baseline's (see the module docstring), in variant order; `budget`: the sweep holds a [budget],
+    which sets each variant's steps (their tokens differ by design, or by a step's rounding)."""
     base = configs[baseline]
     notes, seen = [], {}
     for variant, cfg in configs.items():
@@ -84,11 +94,18 @@ def caveats(configs: dict[str, RunConfig], baseline: str) -> list[str]:
                 "compares two held-out sets as well as two models; `slmlab eval SWEEP --text FILE` scores every run on one text"
             )
         if _differences(cfg, base, WINDOW_LENGTH):
-            own, other = cfg.phase_configs()[-1].data.seq_len, base.phase_configs()[-1].data.seq_len
+            length, base_length = cfg.phase_configs()[-1].data.seq_len, base.phase_configs()[-1].data.seq_len
             notes.append(
-                f"variant '{variant}' is scored on windows of {own} tokens, the baseline on {other} (data.seq_len): a "
+                f"variant '{variant}' is scored on windows of {length} tokens, the baseline on {base_length} (data.seq_len): a "
                 "token's loss falls with the context before it, so its Δ counts the windows' length as well as the "
                 "model; give both one data.seq_len to compare the models alone"
+            )
+        own, other = training_tokens(cfg), training_tokens(base)
+        if own != other and not budget:
+            notes.append(
+                f"variant '{variant}' trains on {own / other:.3g}x the baseline's tokens ({human(own)} vs {human(other)}: "
+                "train.steps x batch_size x seq_len x grad_accum) and the sweep has no [budget]: its Δ counts the "
+                "training as well as the idea; a [budget] of tokens or flops compares at equal cost"
             )
         units = _differences(cfg, base, TOKEN_UNITS)
         if units:

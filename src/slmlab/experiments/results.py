@@ -231,10 +231,12 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
         f"Equal compute: budget {held[0]} = {held[1]:g} held by every variant (steps = budget / cost per step)."
         if held
         else "Equal steps: no [budget]; a variant that costs more per step also spent more compute."
+        if len({sum(phase.train.steps for phase in cfg.phase_configs()) for cfg in configs.values()}) == 1
+        else "No [budget], and the variants train their own numbers of steps (the steps column)."
     )
     if held and held[0] == "seconds":
         budget += f" Step times measured on {timing_machines(sweep_dir / BUDGET_TIMINGS)} ({BUDGET_TIMINGS})."
-    notes_given = caveats(configs, sweep.baseline)
+    notes_given = caveats(configs, sweep.baseline, held is not None)
     notes = "".join(f"- Note: {note}.\n" for note in notes_given) + ("\n" if notes_given else "")
     atomic_write_text(
         sweep_dir / "results.md",

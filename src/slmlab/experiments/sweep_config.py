@@ -167,7 +167,7 @@ def load_sweep(
             jobs.append(Job(variant, seed, tracked(config, sweep.name, variant, seed)))
     check_no_ignored_setting_in_sweep(path, sweep, first_seed_jobs(jobs))
     check_curriculum_tables(path, sweep, first_seed_jobs(jobs))
-    for note in caveats({job.variant: job.config for job in first_seed_jobs(jobs)}, sweep.baseline):
+    for note in caveats({job.variant: job.config for job in first_seed_jobs(jobs)}, sweep.baseline, bool(sweep.budget.held())):
         log.warning(f"{path}: {note}")
     for job in first_seed_jobs(jobs):
         try:
