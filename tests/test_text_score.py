@@ -150,8 +150,21 @@ def test_a_sweep_scores_the_text_with_every_finished_run_and_pairs_the_variants_
     assert out.startswith(f"micro on {sample} (bits per byte):\n| variant") and "| full " in out
     assert main(["eval", str(sweep_dir), "--text", str(sample), "--int8"]) == 2
     one_line_error(capsys, "--int8 reads one run;")
+    assert "windows of their own context" not in caplog.text  # every run's block_size is one
     sample.write_text("To be, or not to be: 42% of {the} question")  # characters the char tokenizers never saw
     assert main(["eval", str(sweep_dir), "--text", str(sample)]) == 2
     assert one_line_error(capsys, "characters not in").startswith(
         f"slmlab: error: {sweep_dir / 'baseline_s1'} (variant 'baseline'): characters not in the tokenizer's vocabulary"
     )
+
+
+def test_a_sweep_whose_variants_have_other_contexts_is_scored_with_a_warning(micro_sweep, tmp_path, caplog):
+    """Each run scores the text in windows of its own block_size: a longer context lowers the loss
+    of the same text, and the Δ counted it as the idea's."""
+    micro_sweep.write_text(micro_sweep.read_text().replace("seeds = [1, 2]", "seeds = [1]") + '"model.block_size" = 64\n')
+    assert main(["sweep", str(micro_sweep)]) == 0
+    sample = tmp_path / "sample.txt"
+    sample.write_text("To be, or not to be, that is the question. " * 8)
+    with caplog.at_level("WARNING", logger="slmlab"):
+        assert main(["eval", str(tmp_path / "runs" / "micro"), "--text", str(sample)]) == 0
+    assert "windows of their own context (model.block_size: baseline 32, full 64)" in caplog.text

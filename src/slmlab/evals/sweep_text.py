@@ -24,20 +24,29 @@ HEADERS = ("variant", "runs", "text bpb", "std", "Δ bpb [95% CI]", "wins")
 def score_sweep_text(path: Path, text: str, stride: int | None, device: str) -> tuple[str, dict[str, Any]]:
     """(a Markdown table of each variant's bits per byte on `text` and its paired Δ vs the
     baseline, the figures as a dict). Runs without a summary.json (failed or unfinished) are left
-    out, and said so."""
+    out, and said so; so are variants whose contexts (block_size) differ, which score the text in
+    windows of other lengths."""
     sweep = read_sweep_dir(path)
     scores: dict[str, dict[int, float]] = {}
+    windows: dict[str, int] = {}  # variant -> the context its runs score the text in
     for variant, members in sweep.by_variant.items():
         scores[variant] = {}
         for seed, run in members.items():
             if not run.summary.is_file():
                 log.warning("%s has not finished (no summary.json): left out", run.path)
                 continue
-            _, model, tokenizer, _ = load_for_inference(run.path, device)
+            cfg, model, tokenizer, _ = load_for_inference(run.path, device)
+            windows[variant] = cfg.model.block_size
             try:
                 scores[variant][seed] = score_text(model, tokenizer, text, stride, progress=run.path.name)["bpb"]
             except TokenizerError as err:  # which of the sweep's tokenizers cannot read the text
                 raise TokenizerError(f"{run.path} (variant '{variant}'): {err}") from None
+    if len(set(windows.values())) > 1:
+        contexts = ", ".join(f"{variant} {size}" for variant, size in windows.items())
+        log.warning(
+            f"the variants score the text in windows of their own context (model.block_size: {contexts}): a token's "
+            "loss falls with the context before it, so a Δ counts the windows' length as well as the model"
+        )
     baseline = scores.get(sweep.baseline, {})
     rows, variants = [], []
     for variant, by_seed in scores.items():
