@@ -125,3 +125,16 @@ def test_the_table_says_equal_steps_only_where_the_steps_are_equal(micro_sweep):
     results = (micro_sweep.parent / "runs" / "micro" / "results.md").read_text()
     assert "Equal steps" not in results and "No [budget], and the variants train their own numbers of steps" in results
     assert "- Note: variant 'full' trains on 0.5x the baseline's tokens" in results
+
+
+def test_runs_whose_speed_was_measured_in_other_settings_are_noted(micro_toml):
+    """A sweep run again with another --jobs trains its remaining runs with other thread counts:
+    their tokens/s then compare the settings as well as the variants."""
+    from slmlab.experiments.caveats import speed_caveat
+
+    one, two = (load_config(micro_toml, {"train.threads": n, "train.device": "cpu"}) for n in (1, 2))
+    assert speed_caveat([one, one]) == []
+    (note,) = speed_caveat([one, two, load_config(micro_toml)])
+    assert note.startswith(
+        "the runs' tokens/s were measured in different settings (auto with its default threads, cpu with 1 thread, cpu with 2 threads:"
+    )

@@ -13,6 +13,8 @@ read (a warning) and under the table (results.md).
 - A variant with another tokenizer (data.tokenizer, or BPE's data.vocab_size): its perplexity counts
   other units, so the per-token columns (Δ%, its CI, wins, t-test, sign test, seeds for 80%) are
   left out for it ("–"), and Δ bpb, in bits per byte of the same text, compares it.
+- Runs whose speed was measured with other threads or on another device (a sweep run again with
+  another --jobs, or on another machine): their tokens/s do not compare (`speed_caveat`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 
 from ..config import RunConfig
 from ..data.corpora import BUILTINS
-from ..tables import human
+from ..tables import counted, human
 from .budget import tokens_per_step
 
 VALIDATION_TEXT = (
@@ -114,3 +116,18 @@ def caveats(configs: dict[str, RunConfig], baseline: str, budget: bool = False) 
                 "counts other units, so its Δ%, wins and tests on perplexity are left out ('–'); Δ bpb compares it"
             )
     return notes
+
+
+def speed_caveat(trained: list[RunConfig]) -> list[str]:
+    """A note where the finished runs (their recorded configs) trained with different thread counts
+    or on different devices: the tokens/s column then compares machines as well as variants."""
+    kinds = sorted({(cfg.train.device, cfg.train.threads) for cfg in trained})
+    if len(kinds) <= 1:
+        return []
+    listed = ", ".join(
+        f"{device} with {counted(threads, 'threads') if threads else 'its default threads'}" for device, threads in kinds
+    )
+    return [
+        f"the runs' tokens/s were measured in different settings ({listed}: a sweep run again with another --jobs, "
+        "or elsewhere): compare speeds only between runs measured alike"
+    ]

@@ -28,7 +28,7 @@ from ..plotting import loss_axis, pyplot, save_png
 from ..runs.run_dir import RunDir
 from ..tables import format_number, human, markdown_table
 from .budget import BUDGET_TIMINGS, flops_per_token, timing_machines
-from .caveats import caveats, other_units
+from .caveats import caveats, other_units, speed_caveat
 from .stats import holm_adjusted, mean_std, paired_comparison, paired_difference, seeds_needed
 from .sweep_config import Job, SweepConfig, first_seed_jobs
 from .tuning import plot_tuning, tuned_names, tuning_table
@@ -236,7 +236,8 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
     )
     if held and held[0] == "seconds":
         budget += f" Step times measured on {timing_machines(sweep_dir / BUDGET_TIMINGS)} ({BUDGET_TIMINGS})."
-    notes_given = caveats(configs, sweep.baseline, held is not None)
+    trained = [job.run.read_config() for job in jobs if "failed" not in results.get((job.variant, job.seed), {"failed": ""})]
+    notes_given = caveats(configs, sweep.baseline, held is not None) + speed_caveat(trained)
     notes = "".join(f"- Note: {note}.\n" for note in notes_given) + ("\n" if notes_given else "")
     atomic_write_text(
         sweep_dir / "results.md",
