@@ -138,3 +138,29 @@ def test_runs_whose_speed_was_measured_in_other_settings_are_noted(micro_toml):
     assert note.startswith(
         "the runs' tokens/s were measured in different settings (auto with its default threads, cpu with 1 thread, cpu with 2 threads:"
     )
+
+
+def test_curves_of_variants_with_other_tokenizers_are_drawn_in_bits_per_byte(micro_sweep, monkeypatch):
+    """A byte model's loss per byte and a char model's per character drawn on one axis showed the
+    byte model far ahead or behind by units alone."""
+    import slmlab.experiments.results as results_module
+    from slmlab.runs import RunDir
+
+    drawn = {}
+    real = results_module.save_png
+
+    def keep(fig, path, **options):
+        if path.name == "curves.png":
+            ax = fig.axes[0]
+            drawn.update(label=ax.get_ylabel(), lines={line.get_label(): list(line.get_ydata()) for line in ax.lines})
+        return real(fig, path, **options)
+
+    monkeypatch.setattr(results_module, "save_png", keep)
+    text = micro_sweep.read_text().replace("seeds = [1, 2]", "seeds = [1]")
+    micro_sweep.write_text(text.replace('"model.smat.use_S" = true', '"data.tokenizer" = "byte"\n"model.smat.use_S" = true'))
+    assert main(["sweep", str(micro_sweep)]) == 0
+    runs = micro_sweep.parent / "runs" / "micro"
+    assert drawn["label"] == "validation bits per byte"
+    for variant in ("baseline", "full"):
+        bpb = [r["val_bpb"] for r in RunDir(runs / f"{variant}_s1").read_metrics() if r.get("val_bpb") is not None]
+        assert drawn["lines"][f"{variant} (n=1)"] == bpb

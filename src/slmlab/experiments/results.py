@@ -221,7 +221,8 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
     """Write results.md/.json/.csv and curves.png (and with tuning, its table and tuning.png)
     into the sweep directory; return the table, under its notes (caveats.caveats) where it has any."""
     configs = {job.variant: job.config for job in first_seed_jobs(jobs)}
-    records = summarize(sweep, results, frozenset(other_units(configs, sweep.baseline)))
+    apart = frozenset(other_units(configs, sweep.baseline))  # variants whose perplexity counts other units
+    records = summarize(sweep, results, apart)
     for record in records:  # training FLOPs: tokens x the model's counted FLOPs per token
         done = finished_runs(results, record["variant"])
         record["train_flops"] = train_flops(configs[record["variant"]], done) if record["runs"] else math.nan
@@ -271,7 +272,7 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(sweep_dir / "results.csv", csv_text.getvalue())
-    plot_curves(sweep_dir / "curves.png", sweep, jobs)
+    plot_curves(sweep_dir / "curves.png", sweep, jobs, per_byte=bool(apart))
     return notes + table
 
 
@@ -280,10 +281,13 @@ def tuning_note(tuning: dict) -> str:
     return f"final validation loss of one {length} run per grid point at seed {tuning['seed']}, none of the compared seeds; * = chosen, used by every seed"
 
 
-def plot_curves(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:
-    """Validation loss vs tokens: mean ± std band over seeds, one line per variant."""
+def plot_curves(path: Path, sweep: SweepConfig, jobs: list[Job], per_byte: bool = False) -> None:
+    """Validation loss vs tokens: mean ± std band over seeds, one line per variant; in bits per
+    byte where `per_byte` (variants with other tokenizers, whose losses per token do not compare)."""
     plt = pyplot()
     import numpy as np
+
+    metric, label = ("val_bpb", "validation bits per byte") if per_byte else ("val_loss", "validation loss")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = []
@@ -291,9 +295,7 @@ def plot_curves(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:
         curves = []
         for job in jobs:
             if job.variant == variant:
-                points = [
-                    (r["tokens"], r["val_loss"]) for r in RunDir(job.run.path).read_metrics() if r.get("val_loss") is not None
-                ]
+                points = [(r["tokens"], r[metric]) for r in RunDir(job.run.path).read_metrics() if r.get(metric) is not None]
                 if points:
                     curves.append(points)
         if not curves:
@@ -307,7 +309,7 @@ def plot_curves(path: Path, sweep: SweepConfig, jobs: list[Job]) -> None:
         drawn += mean.tolist()
     loss_axis(ax, drawn)
     ax.set_xlabel("training tokens")
-    ax.set_ylabel("validation loss")
+    ax.set_ylabel(label)
     ax.set_title(f"sweep {sweep.name}: mean ± std over seeds")
     ax.legend()
     ax.grid(alpha=0.3)
