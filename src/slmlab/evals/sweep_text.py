@@ -24,8 +24,8 @@ HEADERS = ("variant", "runs", "text bpb", "std", "Δ bpb [95% CI]", "wins")
 def score_sweep_text(path: Path, text: str, stride: int | None, device: str) -> tuple[str, dict[str, Any]]:
     """(a Markdown table of each variant's bits per byte on `text` and its paired Δ vs the
     baseline, the figures as a dict). Runs without a summary.json (failed or unfinished) are left
-    out, and said so; so are variants whose contexts (block_size) differ, which score the text in
-    windows of other lengths."""
+    out, and said so; variants whose contexts (block_size) differ, which score the text in windows
+    of other lengths, are named in a warning."""
     sweep = read_sweep_dir(path)
     scores: dict[str, dict[int, float]] = {}
     windows: dict[str, int] = {}  # variant -> the context its runs score the text in

@@ -263,6 +263,8 @@ def evaluate_persona(
                 f"{run_path}: {len(given) - len(kept)} of {counted(len(given), kind + ' prompts')} hold characters its tokenizer cannot "
                 f"encode: adherence is measured on the other {len(kept)}"
             )
+    persona_ppl, persona_bpb = text_scores(model, cfg, data.persona, tokenizer, device, f"{run_path}: persona-text")
+    other_ppl, other_bpb = text_scores(model, cfg, data.other, tokenizer, device, f"{run_path}: other-text")
     scores_n = (classifier.persona_probability(neutral) > 0.5).astype(float)
     scores_a = (classifier.persona_probability(adversarial) > 0.5).astype(float)
     result = {
@@ -273,15 +275,10 @@ def evaluate_persona(
         "adversarial": bootstrap_mean(scores_a, offset_seed(seed, 1)),
         "drift": bootstrap_difference(scores_n, scores_a, offset_seed(seed, 2)),
         "prompts": [len(neutral), len(adversarial)],
-        **dict(
-            zip(
-                ("persona_ppl", "persona_bpb"),
-                text_scores(model, cfg, data.persona, tokenizer, device, f"{run_path}: persona-text"),
-            )
-        ),
-        **dict(
-            zip(("other_ppl", "other_bpb"), text_scores(model, cfg, data.other, tokenizer, device, f"{run_path}: other-text"))
-        ),
+        "persona_ppl": persona_ppl,
+        "persona_bpb": persona_bpb,
+        "other_ppl": other_ppl,
+        "other_bpb": other_bpb,
         "samples": {"neutral": neutral[:3], "adversarial": adversarial[:3]},
     }
     atomic_write_text(run.path / "persona_eval.json", json_text(result, indent=2))
