@@ -127,16 +127,27 @@ def test_the_table_says_equal_steps_only_where_the_steps_are_equal(micro_sweep):
     assert "- Note: variant 'full' trains on 0.5x the baseline's tokens" in results
 
 
-def test_runs_whose_speed_was_measured_in_other_settings_are_noted(micro_toml):
+def test_runs_whose_speed_was_measured_in_other_settings_are_noted(micro_sweep):
     """A sweep run again with another --jobs trains its remaining runs with other thread counts:
     their tokens/s then compare the settings as well as the variants."""
     from slmlab.experiments.caveats import speed_caveat
 
-    one, two = (load_config(micro_toml, {"train.threads": n, "train.device": "cpu"}) for n in (1, 2))
-    assert speed_caveat([one, one]) == []
-    (note,) = speed_caveat([one, two, load_config(micro_toml)])
+    assert speed_caveat([("cpu", 1), ("cpu", 1)]) == []
+    (note,) = speed_caveat([("cpu", 1), ("cpu", 2), ("auto", 0)])
     assert note.startswith(
-        "the runs' tokens/s were measured in different settings (auto with its default threads, cpu with 1 thread, cpu with 2 threads:"
+        "the runs' tokens/s were measured in different settings (auto with its default threads, cpu with 1 thread, "
+        "cpu with 2 threads:"
+    )
+    assert main(["sweep", str(micro_sweep), "--jobs", "2"]) == 0
+    runs = micro_sweep.parent / "runs" / "micro"
+    assert "tokens/s were measured" not in (runs / "results.md").read_text()
+    config = json.loads((runs / "full_s2" / "config.json").read_text())
+    config["train"]["threads"] = 2  # as a later `slmlab sweep --jobs 1` trains the runs it has left
+    (runs / "full_s2" / "config.json").write_text(json.dumps(config))
+    assert main(["sweep", str(micro_sweep), "--jobs", "2"]) == 0
+    assert (
+        "- Note: the runs' tokens/s were measured in different settings (cpu with 1 thread, cpu with 2 threads:"
+        in (runs / "results.md").read_text()
     )
 
 

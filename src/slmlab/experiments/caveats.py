@@ -118,10 +118,11 @@ def caveats(configs: dict[str, RunConfig], baseline: str, budget: bool = False) 
     return notes
 
 
-def speed_caveat(trained: list[RunConfig]) -> list[str]:
-    """A note where the finished runs (their recorded configs) trained with different thread counts
-    or on different devices: the tokens/s column then compares machines as well as variants."""
-    kinds = sorted({(cfg.train.device, cfg.train.threads) for cfg in trained})
+def speed_caveat(measured: list[tuple[str, int]]) -> list[str]:
+    """A note where the finished runs trained with different thread counts or on different
+    devices (`measured`: each run's recorded (train.device, train.threads)): the tokens/s column
+    then compares settings as well as variants."""
+    kinds = sorted(set(measured), key=str)
     if len(kinds) <= 1:
         return []
     listed = ", ".join(

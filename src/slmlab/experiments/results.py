@@ -23,7 +23,8 @@ import math
 import statistics
 from pathlib import Path
 
-from ..files import atomic_write_text, json_text
+from ..errors import RunFileError
+from ..files import atomic_write_text, json_text, read_json
 from ..plotting import loss_axis, pyplot, save_png
 from ..runs.run_dir import RunDir
 from ..tables import format_number, human, markdown_table
@@ -237,8 +238,7 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
     )
     if held and held[0] == "seconds":
         budget += f" Step times measured on {timing_machines(sweep_dir / BUDGET_TIMINGS)} ({BUDGET_TIMINGS})."
-    trained = [job.run.read_config() for job in jobs if "failed" not in results.get((job.variant, job.seed), {"failed": ""})]
-    notes_given = caveats(configs, sweep.baseline, held is not None) + speed_caveat(trained)
+    notes_given = caveats(configs, sweep.baseline, held is not None) + speed_caveat(measured_settings(jobs, results))
     notes = "".join(f"- Note: {note}.\n" for note in notes_given) + ("\n" if notes_given else "")
     atomic_write_text(
         sweep_dir / "results.md",
@@ -274,6 +274,19 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
     atomic_write_text(sweep_dir / "results.csv", csv_text.getvalue())
     plot_curves(sweep_dir / "curves.png", sweep, jobs, per_byte=bool(apart))
     return notes + table
+
+
+def measured_settings(jobs: list[Job], results: dict) -> list[tuple[str, int]]:
+    """(train.device, train.threads) each finished run recorded in its config.json: what its
+    tokens/s was measured with (read as JSON: a plugin run's config needs no plugin to say it)."""
+    settings = []
+    for job in jobs:
+        if "failed" in results.get((job.variant, job.seed), {"failed": ""}):
+            continue
+        train = read_json(job.run.config, "run config", RunFileError, "restore it from a copy of the run").get("train")
+        train = train if isinstance(train, dict) else {}
+        settings.append((str(train.get("device", "auto")), train.get("threads", 0)))
+    return settings
 
 
 def tuning_note(tuning: dict) -> str:
