@@ -91,6 +91,8 @@ def test_a_grid_of_learning_rate_and_weight_decay_picks_the_best_combination(tmp
     assert record["grid"] == {"train.lr": [1e-5, 3e-2], "train.warmup_steps": [1], "train.weight_decay": [0.0, 0.5]}
     assert record["chosen"]["baseline"] == {"train.lr": best.lr, "train.warmup_steps": 1, "train.weight_decay": best.weight_decay}
     assert record["final_val_loss"]["baseline"] == {name.removeprefix("baseline_"): loss for name, loss in losses.items()}
+    bpb = {name.removeprefix("baseline_"): RunDir(sweep_dir / "tune" / name).read_summary()["val_bpb"] for name in names}
+    assert record["final_val_bpb"]["baseline"] == bpb
     results = (sweep_dir / "results.md").read_text()
     assert (
         "## Learning rate, warmup steps and weight decay, tuned per variant" in results and "| lr 0.03, wu 1, wd 0.5" in results
@@ -138,3 +140,22 @@ def test_a_diverged_grid_point_puts_the_losses_on_a_log_axis(tmp_path, monkeypat
     _, ax = pyplot().subplots()
     loss_axis(ax, [None, math.inf, 0.0, 4.2, 1.4])  # what is not a positive finite loss is not counted
     assert ax.get_yscale() == "linear"
+
+
+def test_variants_with_other_tokenizers_are_plotted_in_bits_per_byte(tmp_path, monkeypatch):
+    """A char and a byte variant's final losses per token shared one axis in other units."""
+    from slmlab.experiments import tuning
+
+    figures = []
+    monkeypatch.setattr(tuning, "save_png", lambda fig, path, dpi: figures.append(fig))
+    grid = {"train.lr": [1e-3, 1e-2]}
+    labels = [tuning.point_label({"train.lr": lr}) for lr in grid["train.lr"]]
+    record = {
+        "grid": grid,
+        "final_val_loss": {"char": dict(zip(labels, [2.0, 1.9])), "byte": dict(zip(labels, [1.5, 1.4]))},
+        "final_val_bpb": {"char": dict(zip(labels, [2.9, 2.7])), "byte": dict(zip(labels, [2.2, 2.0]))},
+    }
+    tuning.plot_tuning(tmp_path / "tuning.png", record, per_byte=True)
+    ax = figures.pop().axes[0]
+    assert ax.get_ylabel() == "final validation bits per byte (tuning run)"
+    assert {line.get_label(): list(line.get_ydata()) for line in ax.lines} == {"char": [2.9, 2.7], "byte": [2.2, 2.0]}

@@ -249,7 +249,7 @@ def write_results(sweep_dir: Path, sweep: SweepConfig, jobs: list[Job], results:
         ),
     )
     if tuning:
-        plot_tuning(sweep_dir / "tuning.png", tuning)
+        plot_tuning(sweep_dir / "tuning.png", tuning, per_byte=bool(apart))
     atomic_write_text(
         sweep_dir / "results.json",
         json_text(

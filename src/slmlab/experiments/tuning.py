@@ -138,15 +138,19 @@ def tuning_record(sweep, results: dict, chosen: dict[str, Point]) -> dict:
     """What results.json keeps: the grid, the tuning runs' steps and seed, each variant's final
     loss per point (keyed by point_label), the choice; with a learning-rate grid also `lr_grid` and `chosen_lr`."""
     grid = sweep.tune.grid()
-    losses = {
-        variant: {point_label(point): results.get((variant, i), {}).get("val_loss") for i, point in enumerate(grid)}
-        for variant in sweep.variants
-    }
+
+    def final(key: str) -> dict:
+        return {
+            variant: {point_label(point): results.get((variant, i), {}).get(key) for i, point in enumerate(grid)}
+            for variant in sweep.variants
+        }
+
     record = {
         "grid": sweep.tune.axes(),
         "steps": sweep.tune.steps,
         "seed": sweep.tune.seed,
-        "final_val_loss": losses,
+        "final_val_loss": final("val_loss"),
+        "final_val_bpb": final("val_bpb"),
         "chosen": chosen,
     }
     if sweep.tune.lr:
@@ -180,16 +184,21 @@ def tuning_table(record: dict) -> str:
     return markdown_table(["variant", *headers], rows)
 
 
-def plot_tuning(path: Path, record: dict) -> None:
+def plot_tuning(path: Path, record: dict, per_byte: bool = False) -> None:
     """Final validation loss against the first tuned setting (log scale for lr and weight decay),
-    one line per variant and combination of the other settings."""
+    one line per variant and combination of the other settings; in bits per byte where `per_byte`
+    (variants with other tokenizers: a variant's choice is the same either way, as its two figures
+    are proportional on its one validation sample)."""
     plt = pyplot()
 
     settings = list(record["grid"])
     x_setting, others = settings[0], settings[1:]
+    key, y_label = (
+        ("final_val_bpb", "final validation bits per byte") if per_byte else ("final_val_loss", "final validation loss")
+    )
     fig, ax = plt.subplots(figsize=(6, 4))
-    loss_axis(ax, [loss for losses in record["final_val_loss"].values() for loss in losses.values()])
-    for variant, losses in record["final_val_loss"].items():
+    loss_axis(ax, [loss for losses in record[key].values() for loss in losses.values()])
+    for variant, losses in record[key].items():
         for rest in itertools.product(*(record["grid"][s] for s in others)):
             fixed = dict(zip(others, rest))
             points = [(x, losses[point_label({x_setting: x, **fixed})]) for x in record["grid"][x_setting]]
@@ -200,7 +209,7 @@ def plot_tuning(path: Path, record: dict) -> None:
     if x_setting != "train.warmup_steps" and all(x > 0 for x in record["grid"][x_setting]):
         ax.set_xscale("log")
     ax.set_xlabel(NAMES[x_setting])
-    ax.set_ylabel("final validation loss (tuning run)")
+    ax.set_ylabel(f"{y_label} (tuning run)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
