@@ -142,13 +142,10 @@ def test_runs_whose_speed_was_measured_in_other_settings_are_noted(micro_sweep):
     runs = micro_sweep.parent / "runs" / "micro"
     assert "tokens/s were measured" not in (runs / "results.md").read_text()
     config = json.loads((runs / "full_s2" / "config.json").read_text())
-    config["train"]["threads"] = 2  # as a later `slmlab sweep --jobs 1` trains the runs it has left
+    config["train"]["threads"] += 1  # as a later `slmlab sweep` with other --jobs trains the runs it has left
     (runs / "full_s2" / "config.json").write_text(json.dumps(config))
     assert main(["sweep", str(micro_sweep), "--jobs", "2"]) == 0
-    assert (
-        "- Note: the runs' tokens/s were measured in different settings (cpu with 1 thread, cpu with 2 threads:"
-        in (runs / "results.md").read_text()
-    )
+    assert "- Note: the runs' tokens/s were measured in different settings (cpu with " in (runs / "results.md").read_text()
 
 
 def test_curves_of_variants_with_other_tokenizers_are_drawn_in_bits_per_byte(micro_sweep, monkeypatch):
