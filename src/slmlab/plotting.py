@@ -46,15 +46,20 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not getattr(plt, "_slmlab_fonts", False):
-        from matplotlib import font_manager
-
-        installed = {font.name for font in font_manager.fontManager.ttflist}
-        plt.rcParams["font.family"] = ["DejaVu Sans", *(name for name in FALLBACK_FONTS if name in installed)]
-        logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # "Failed to find font weight normal for ..."
-        plt._slmlab_fonts = True
+    _use_fallback_fonts()
     warnings.filterwarnings("ignore", message=GLYPH_MISSING, category=UserWarning)  # save_png names them once
     return plt
+
+
+@functools.cache
+def _use_fallback_fonts() -> None:
+    """Once per process: DejaVu Sans, then the installed FALLBACK_FONTS, as matplotlib's fonts."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    matplotlib.rcParams["font.family"] = ["DejaVu Sans", *(name for name in FALLBACK_FONTS if name in installed)]
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # "Failed to find font weight normal for ..."
 
 
 def save_png(fig, path: Path, dpi: int, **options) -> Path:

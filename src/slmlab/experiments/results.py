@@ -10,8 +10,8 @@ observed Δ% at 80% power (from the seed-to-seed spread), and the cost:
 tokens/s (the median over seeds of each run's median logging window: a speed is never one
 measurement, and a run slowed by another job on the machine moves it little), peak memory and
 parameter count (means over seeds). Above the table, a note for each caveat of the comparison
-(caveats.py: variants with the same settings, validated on other text or windows, with another tokenizer,
-whose perplexity columns are then "–"). A sweep with `[lm_eval] tasks`
+(caveats.py lists them; a variant with another tokenizer gets "–" in the perplexity columns, and
+the figures are then drawn in bits per byte). A sweep with `[lm_eval] tasks`
 adds, per task metric, its mean and the paired difference from the baseline with its 95% CI.
 """
 

@@ -139,11 +139,11 @@ def export_hf(run: str | Path, out: str | Path, layout: str = "auto") -> ExportR
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        with room_for(out.parent, "the exported model", "free space, or export to a disk with room", ConfigError), no_bars():
-            hf.save_pretrained(staging)
-            hf_tokenizer.save_pretrained(staging)
-        give_normal_modes(staging)
         with no_bars():
+            with room_for(out.parent, "the exported model", "free space, or export to a disk with room", ConfigError):
+                hf.save_pretrained(staging)
+                hf_tokenizer.save_pretrained(staging)
+            give_normal_modes(staging)
             difference = _reloaded_difference(staging, layout, model, cfg)
         if not difference <= TOLERANCE:
             raise ConfigError(
