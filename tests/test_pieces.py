@@ -159,3 +159,40 @@ def test_a_genome_trains_a_bpe_on_pieces_it_encodes_exactly(monkeypatch):
     assert max(map(len, read)) == pieces.TRAINING_RUN_CHARS and "".join(read) == genome + "a line of text\n"
     ids = bpe.encode_documents([genome])[0]
     assert bpe.vocab_size == 600 and len(ids) < len(genome) / 3 and bpe.decode(ids) == genome
+
+
+@pytest.mark.parametrize("kind", ["byte", "char", "bpe"])
+def test_a_document_too_long_to_encode_at_once_is_written_a_piece_at_a_time_with_the_ids_of_the_whole(
+    tmp_path, monkeypatch, kind
+):
+    """A corpus of one large file: its ids (2-4 bytes a character) were held whole beside its text.
+    Documents longer than ENCODE_CHARS are encoded a piece at a time and appended as they come;
+    the token files are byte for byte those of encoding every document whole, stream by stream.
+    (GPT-2 cuts its text as the BPE does: test_gpt2_in_pieces_gives_the_ids_of_the_whole_text.)"""
+    from slmlab.config import DataConfig
+    from slmlab.data import tokens
+
+    rng = np.random.default_rng(1)
+    corpus = tmp_path / "corpus"
+    for i, size in enumerate([30, 900, 5, 1200, 40]):  # long documents between short ones, in two streams
+        path = corpus / ("prose" if i % 2 else "verse") / f"d{i}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(rng.choice(ATOMS, size=size)) + "end.")
+
+    def build(cache: str, tokenizer=None):
+        data = DataConfig(source=str(corpus), tokenizer=kind, vocab_size=300, cache_dir=str(tmp_path / cache), val_fraction=0.3)
+        return tokens.prepare_tokens(data, tokenizer)
+
+    tokenizer, whole = build("whole")
+    calls = []
+    encode_documents = tokenizer.encode_documents
+    monkeypatch.setattr(
+        tokenizer, "encode_documents", lambda texts: calls.append(sum(map(len, texts))) or encode_documents(texts)
+    )
+    monkeypatch.setattr(tokens, "ENCODE_CHARS", 100)
+    _, pieced = build("pieced", tokenizer)
+    assert max(calls) < 200 and len(calls) > 20  # a cut comes at the first exact place after 100 characters
+    for split in ("train", "val"):
+        assert np.array_equal(getattr(pieced, split).tokens, getattr(whole, split).tokens)
+        assert getattr(pieced, split).streams == getattr(whole, split).streams
+    assert pieced.manifest["sha256"] == whole.manifest["sha256"]

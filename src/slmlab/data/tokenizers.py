@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import TokenizerError
 from ..files import atomic_write_text, lone_surrogate
 from ..interruptible import interruptible
-from .pieces import all_pieces, encode_in_pieces
+from .pieces import all_pieces, encode_in_pieces, gpt2_pieces
 
 SPECIAL_TOKENS = ("[UNK]", "[PAD]", "[BOS]", "[EOS]")
 GPT2_FILE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -65,6 +65,13 @@ class Tokenizer(ABC):
         spelling encoded as plain text (tokenizers with special tokens override this; the BPE
         kinds encode a long text in pieces, `pieces.py`)."""
         return self.encode_batch(texts)
+
+    def exact_pieces(self, text: str, size: int) -> Iterator[str]:
+        """`text` in pieces of about `size` characters whose `encode_documents`, one after another,
+        are the ids of the whole: how a document too long to encode at once (a corpus of one 2 GB
+        file) is written a piece at a time. A tokenizer that cannot say where its text may be cut
+        keeps it whole (byte and char cut anywhere, the BPE kinds where GPT-2's pattern cuts)."""
+        yield text
 
     @abstractmethod
     def decode(self, ids: Iterable[int]) -> str: ...
@@ -121,6 +128,9 @@ class ByteTokenizer(Tokenizer):
         refuse_surrogates(texts)
         return [np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(token_dtype(self.vocab_size)) for text in texts]
 
+    def exact_pieces(self, text: str, size: int) -> Iterator[str]:
+        return _every(text, size)
+
     def decode(self, ids: Iterable[int]) -> str:
         return bytes(self.checked_ids(ids)).decode("utf-8", errors="replace")
 
@@ -156,6 +166,9 @@ class CharTokenizer(Tokenizer):
 
     def encode_documents(self, texts: list[str]) -> list[np.ndarray]:
         return [self._ids(text) for text in texts]
+
+    def exact_pieces(self, text: str, size: int) -> Iterator[str]:
+        return _every(text, size)
 
     def _ids(self, text: str, chunk: int = 1 << 22) -> np.ndarray:
         """(len(text),) token_dtype ids, `chunk` characters at a time: a 200 MB document went
@@ -242,6 +255,9 @@ class BPETokenizer(Tokenizer):
             return encode_in_pieces(self.encode_batch, texts, token_dtype(self.vocab_size))
         finally:
             self.tok.encode_special_tokens = False
+
+    def exact_pieces(self, text: str, size: int) -> Iterator[str]:
+        return gpt2_pieces(text, size) if self._reads_gpt2_pieces() else super().exact_pieces(text, size)
 
     def _reads_gpt2_pieces(self) -> bool:
         """Whether this tokenizer is byte-level BPE behind GPT-2's pattern and nothing else, so
@@ -331,6 +347,9 @@ class GPT2Tokenizer(Tokenizer):
         refuse_surrogates(texts)
         return encode_in_pieces(self.enc.encode_ordinary_batch, texts, token_dtype(self.vocab_size))
 
+    def exact_pieces(self, text: str, size: int) -> Iterator[str]:
+        return gpt2_pieces(text, size)
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.enc.decode(self.checked_ids(ids))
 
@@ -340,3 +359,8 @@ class GPT2Tokenizer(Tokenizer):
     def token_bytes(self) -> np.ndarray:
         lengths = [len(self.enc.decode_single_token_bytes(i)) for i in range(self.eos_id)]
         return np.array([*lengths, 0], dtype=np.int64)  # <|endoftext|> stands for no text
+
+
+def _every(text: str, size: int) -> Iterator[str]:
+    """`text` cut every `size` characters (a tokenizer of one id or one byte run per character)."""
+    return (text[start : start + size] for start in range(0, len(text), size))

@@ -135,12 +135,23 @@ def _write_streams(
     """Encode documents in batches, appending each to `work/<split>/<stream>.bin`; returns the
     token counts per split and stream, and each document's (id, text digest) in order.
     A stream's file is opened for each batch that has its documents, never held: a corpus of
-    thousands of genres (an author or a site per document) would pass the open-file limit."""
+    thousands of genres (an author or a site per document) would pass the open-file limit. A
+    document of more than ENCODE_CHARS characters (a corpus of one large file) is encoded and
+    written a piece at a time (`Tokenizer.exact_pieces`), so its ids are never held whole."""
     separator = np.asarray(tokenizer.separator_ids(), dtype=dtype)
     counts: dict[str, dict[str, int]] = {"train": {}, "val": {}}
     documents: list[tuple[str, bytes]] = []
     for split in counts:
         (work / split).mkdir()
+
+    def write(handle, key: tuple[str, str], parts: list[np.ndarray]) -> None:
+        _append(handle, parts)
+        counts[key[0]][key[1]] = counts[key[0]].get(key[1], 0) + sum(len(part) for part in parts)
+
+    def stream_of(doc) -> tuple[str, str]:
+        """The (split, stream) a document goes to; its digest is recorded in document order."""
+        documents.append((doc.id, text_digest(doc.text)))
+        return "val" if doc.id in val_ids else "train", doc.genre or "all"
 
     def flush(batch):
         arrays: dict[tuple[str, str], list[np.ndarray]] = {}  # one write per file and batch, in document order
@@ -149,17 +160,32 @@ def _write_streams(
         except TokenizerError as err:
             raise _refused_document(selection.data.source, tokenizer, batch, err) from None
         for doc, ids in zip(batch, encoded):
-            documents.append((doc.id, text_digest(doc.text)))
-            key = ("val" if doc.id in val_ids else "train", doc.genre or "all")
-            arrays.setdefault(key, []).extend((np.asarray(ids, dtype=dtype), separator))
-        for (split, stream), parts in arrays.items():
-            with open(_stream_file(work, split, stream), "ab") as handle:
-                _append(handle, parts)
-            counts[split][stream] = counts[split].get(stream, 0) + sum(len(part) for part in parts)
+            arrays.setdefault(stream_of(doc), []).extend((np.asarray(ids, dtype=dtype), separator))
+        for key, parts in arrays.items():
+            with open(_stream_file(work, *key), "ab") as handle:
+                write(handle, key, parts)
         progress.update(len(batch))
+
+    def write_long(doc) -> None:
+        key = stream_of(doc)
+        with open(_stream_file(work, *key), "ab") as handle:
+            for piece in tokenizer.exact_pieces(doc.text, ENCODE_CHARS):
+                try:
+                    (ids,) = tokenizer.encode_documents([piece])
+                except TokenizerError as err:
+                    raise TokenizerError(f"{selection.data.source}, document {doc.id!r}: {err}") from None
+                write(handle, key, [np.asarray(ids, dtype=dtype)])
+            write(handle, key, [separator])
+        progress.update(1)
 
     batch, chars = [], 0
     for doc in selection:
+        if len(doc.text) > ENCODE_CHARS:
+            if batch:  # the documents before it first: a stream's documents stay in order
+                flush(batch)
+                batch, chars = [], 0
+            write_long(doc)
+            continue
         batch.append(doc)
         chars += len(doc.text)
         if len(batch) == ENCODE_BATCH or chars >= ENCODE_CHARS:

@@ -57,14 +57,25 @@ def read_utf8(path: Path) -> str:
         raise CorpusError(not_utf8(str(path), file_bytes(path))) from None
 
 
-def split_lazily(text: str, separator: str) -> Iterator[str]:
-    """text.split(separator), one part at a time: a 2 GB file of documents (TinyStories and its
-    "<|endoftext|>") is not held twice."""
-    start = 0
-    while (end := text.find(separator, start)) != -1:
-        yield text[start:end]
-        start = end + len(separator)
-    yield text[start:]
+def split_stream(handle, separator: str, chunk: int = 1 << 22) -> Iterator[str]:
+    """What handle.read().split(separator) gives, one part at a time, reading `chunk` characters
+    at a time: a 2 GB file of documents (TinyStories and its "<|endoftext|>") is held a document
+    at a time, never whole. A marker across two reads is found in the last len(separator) - 1
+    characters kept from the one before."""
+    keep = len(separator) - 1
+    parts: list[str] = []  # the current document so far
+    tail = ""
+    while block := handle.read(chunk):
+        text, start = tail + block, 0
+        while (end := text.find(separator, start)) != -1:
+            parts.append(text[start:end])
+            yield "".join(parts)
+            parts, start = [], end + len(separator)
+        cut = max(start, len(text) - keep)  # a marker that starts before `cut` ends in `text`: found above
+        parts.append(text[start:cut])
+        tail = text[cut:]
+    parts.append(tail)
+    yield "".join(parts)
 
 
 def parse_year(value, where: str) -> int | None:
@@ -231,8 +242,12 @@ class LocalSource:
             for where, key, record in self._records(path, suffix):
                 yield self._document(record, where, f"{name}:{key}", table)
         elif self.doc_separator:
-            for i, text in enumerate(split_lazily(read_utf8(path), self.doc_separator)):
-                yield Document(id=f"{name}#{i}", text=text, genre=stem, title=stem)
+            try:
+                with open_text(path) as handle:
+                    for i, text in enumerate(split_stream(handle, self.doc_separator)):
+                        yield Document(id=f"{name}#{i}", text=text, genre=stem, title=stem)
+            except UnicodeDecodeError:
+                raise CorpusError(not_utf8(str(path), file_bytes(path))) from None
         else:
             yield Document(id=name, text=read_utf8(path), genre=file_name_text(path.parent.name), title=stem)
 
