@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from slmlab.config import ConfigError, config_from_dict
 from slmlab.model.block_local import BlockLocal
-from slmlab.runs.run_dir import RunDir, load_run
+from slmlab.runs.run_dir import RunDir, load_run, with_token_offsets
 from slmlab.training import Trainer, train
 
 
@@ -153,10 +153,53 @@ def test_a_curriculum_whose_corpus_moved_resumes_and_records_where_it_lies(make_
 
 
 def test_invalid_phase_is_a_clear_error(make_config, text_corpus):
+    """Said of the phase, with where to change it: the rule's own advice ("lower data.seq_len")
+    names a setting the phase replaces, and giving it is refused as ignored."""
     values = make_config(text_corpus).to_dict()
     values["phases"] = [{"name": "A", "seq_len": 4096}]
-    with pytest.raises(ConfigError, match="phases\\[0\\] \\(A\\): data.seq_len = 4096 exceeds model.block_size = 64"):
+    hint = "(phase A sets seq_len: change phases.A.seq_len)"
+    with pytest.raises(ConfigError, match="phases\\[0\\] \\(A\\): data.seq_len = 4096 exceeds model.block_size = 64") as err:
         config_from_dict(values)
+    assert str(err.value).endswith(hint)
+    values["data"]["seq_len"] = 4096  # the run's own value breaks the rule too, as the phase sets it
+    with pytest.raises(ConfigError, match="^phases\\[0\\] \\(A\\): data.seq_len = 4096") as err:
+        config_from_dict(values)
+    assert str(err.value).endswith(hint)
+    values["phases"] = [{"name": "A", "steps": 3}, {"name": "B", "steps": 2, "lr": 0.5}, {"name": "C", "seq_len": 4096}]
+    with pytest.raises(ConfigError, match="^data.seq_len = 4096 exceeds model.block_size = 64; lower data.seq_len or raise"):
+        config_from_dict(values)  # phase A leaves data.seq_len as the run sets it: the run's own error
+
+
+def test_a_phase_is_set_from_the_command_line_or_a_sweep_by_its_name_or_index(make_config, text_corpus, tmp_path):
+    """`--phases.B.seq_len 32` (or `phases.1.seq_len`, a table `phases.B = {...}`): a curriculum was
+    shrunk for a quick trial only by copying its TOML, since --train.steps is read by no phase."""
+    from slmlab.config import apply_overrides, load_config
+
+    values = curriculum(make_config, text_corpus).to_dict()
+    shrunk = config_from_dict(
+        apply_overrides(values, {"phases.B.seq_len": 16, "phases.0.steps": 3, "phases.C": {"steps": 1, "lr": 0.01}})
+    )
+    assert [(p.train.steps, p.data.seq_len) for p in shrunk.phase_configs()] == [(3, 16), (8, 16), (1, 16)]
+    assert shrunk.phase_configs()[2].train.lr == 0.01 and shrunk.phases[2].carry_optimizer  # the table kept its other fields
+    assert values["phases"][0]["steps"] == 8  # the caller's values are not changed
+    path = tmp_path / "cur.toml"
+    path.write_text(
+        '[model]\nblock_size = 64\n[data]\nseq_len = 16\n[[phases]]\nname = "A"\nsteps = 5\n[[phases]]\nname = "B"\nsteps = 4\n'
+    )
+    assert [p.train.steps for p in load_config(path, ["--phases.B.steps", "2"]).phase_configs()] == [5, 2]
+    for overrides, message in [
+        (
+            {"phases.D.steps": 1},
+            "cannot set 'phases.D.steps': no phase 'D' \\(the phases: A, B, C; by name or by index, 0 to 2\\)",
+        ),
+        ({"phases.3.steps": 1}, "no phase '3'"),
+        ({"phases.A": 5}, "cannot set 'phases.A': name a setting of that phase, e.g. --phases.A.steps 100"),
+        ({"phases.A.stepz": 5}, "unknown config key 'phases\\[0\\].stepz' \\(did you mean 'steps'\\?\\)"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict(apply_overrides(values, overrides))
+    with pytest.raises(ConfigError, match="cannot set 'phases.A.steps': the config has no \\[\\[phases\\]\\]"):
+        apply_overrides(make_config(text_corpus).to_dict(), {"phases.A.steps": 1})
 
 
 def test_a_value_the_first_phase_replaces_is_not_held_against_the_curriculum(make_config, text_corpus):
@@ -260,3 +303,36 @@ def test_a_curriculum_run_counts_the_steps_tokens_and_flops_of_every_phase():
     assert (record["steps"], record["tokens"]) == (30, 2560)
     short, long = (flops_per_token(phase) for phase in config.phase_configs())
     assert short < long and train_flops(config, [summary]) == 1280 * short + 1280 * long
+
+
+def test_a_sweep_of_curricula_plans_draws_and_reports_every_phase(tmp_path, micro_toml, capsys, monkeypatch):
+    """A sweep whose base is a curriculum: --dry-run said "12 steps" (the run's own train.steps,
+    read by no phase), curves.png drew nothing (the metrics lie in the phases' folders, each
+    counting its tokens from its start) and `report SWEEP` failed on the curriculum's vocabulary."""
+    from slmlab.analysis.report import write_report
+    from slmlab.cli import main
+    from slmlab.experiments import results
+
+    micro_toml.write_text(
+        micro_toml.read_text().replace("\nsteps = 12\n", "\n")
+        + '[[phases]]\nname = "A"\nsteps = 4\n[[phases]]\nname = "B"\nsteps = 6\nlr = 1e-3\n'
+    )
+    sweep = tmp_path / "cur_sweep.toml"
+    sweep.write_text(
+        f'name = "cs"\nbase = "base.toml"\nout_dir = "{tmp_path / "runs"}"\nseeds = [0]\n'
+        '[overrides]\n"phases.A.steps" = 3\n[variants.base]\n[variants.s]\n"model.smat.use_S" = true\n'
+    )
+    assert main(["sweep", str(sweep), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("9 steps: 3 + 6 in phases A, B") == 2
+    drawn = []
+    monkeypatch.setattr(results, "loss_axis", lambda ax, values: drawn.append(values))
+    assert main(["sweep", str(sweep)]) == 0
+    root = tmp_path / "runs" / "cs"
+    evaluations = [
+        r for phase in ("phase1_A", "phase2_B") for r in RunDir(root / "base_s0" / phase).read_metrics() if "val_loss" in r
+    ]
+    assert len(drawn[0]) == 2 * len(evaluations) > 2  # each variant's curve runs through both phases
+    (_, offset, records), *_ = reversed(with_token_offsets([RunDir(root / "base_s0" / p) for p in ("phase1_A", "phase2_B")]))
+    assert offset == 3 * 4 * 32 and records[0]["tokens"] <= 6 * 4 * 32  # phase B's tokens start after phase A's 3 steps
+    write_report(root)
+    assert "phase A (3 steps)" in (root / "report.md").read_text()

@@ -15,7 +15,7 @@ import pytest
 
 from slmlab.cli.main import build_parser, split_overrides
 from slmlab.cli.options import check_option_rules, check_overrides, configs_to_inspect, given_options
-from slmlab.config import RunConfig, apply_overrides, config_from_dict, parse_overrides
+from slmlab.config import RunConfig, apply_overrides, config_from_dict, load_config, parse_overrides, read_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_VERBS = {"train", "sweep", "check", "info", "diagnose"}
@@ -102,9 +102,11 @@ def test_a_documented_command_is_one_slmlab_accepts(source, command, monkeypatch
         pytest.fail(f"{source}: `{command}` does not parse")
     check_overrides(args, overrides)
     check_option_rules(args, given_options(build_parser(), own))
-    if overrides:  # settings that exist, with values of their types (a run's verbs read them over its config)
-        config_from_dict(apply_overrides(RunConfig().to_dict(), parse_overrides(overrides)))
     config = getattr(args, "config", None)
+    if overrides:  # settings that exist, with values of their types (a run's verbs read them over its config)
+        named = ROOT / config if isinstance(config, str) and config.endswith(".toml") else None
+        base = load_config(named) if named and named.is_file() and "variants" not in read_toml(named) else RunConfig()
+        config_from_dict(apply_overrides(base.to_dict(), parse_overrides(overrides)))  # a curriculum's phases by name
     if args.verb in CONFIG_VERBS and isinstance(config, str) and (ROOT / config).is_file():
         assert configs_to_inspect(config, overrides)
 

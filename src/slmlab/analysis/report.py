@@ -31,7 +31,7 @@ from ..experiments.sweep_dir import read_sweep_dir
 from ..files import atomic_write_text, read_json, read_text, require_fields
 from ..plotting import loss_axis, pyplot, save_png
 from ..runs.derived import out_of_date
-from ..runs.run_dir import RunDir, phase_runs
+from ..runs.run_dir import RunDir, phase_runs, with_token_offsets
 from ..tables import code_block, code_span, format_number, human, markdown_table
 from .info import config_for_info, size_table
 
@@ -90,9 +90,8 @@ def plot_training(path: Path, runs: list[RunDir]) -> None:
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    offset, drawn = 0, []
-    for index, run in enumerate(runs):
-        records = run.read_metrics()
+    drawn = []
+    for index, (run, offset, records) in enumerate(with_token_offsets(runs)):
         if not records:
             continue
         train = [(offset + r["tokens"], r["loss"]) for r in records if r.get("loss") is not None]
@@ -104,7 +103,6 @@ def plot_training(path: Path, runs: list[RunDir]) -> None:
         if len(runs) > 1:
             ax.axvline(offset, color="grey", lw=0.8, ls="--")
             ax.text(offset, 1, f" {run.path.name}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)  # y: the top
-        offset = train[-1][0]
         drawn += [loss for _, loss in train + val]
     loss_axis(ax, drawn)
     ax.set_xlabel("training tokens")
@@ -258,6 +256,7 @@ def _sweep_report(path: Path) -> tuple[str, str]:
     by_variant = {variant: list(members.values()) for variant, members in sweep.by_variant.items()}
     baseline_runs = by_variant.get(sweep.baseline) or runs
     base = baseline_runs[0].read_config()
+    sized = config_for_info(baseline_runs[0].path, load_config=None) if base.phases else base  # a curriculum's vocabulary
     parts = [f"# Sweep report: {sweep.name}", _provenance()]
     if (path / "results.md").is_file():
         parts.append(_heading_free(_text(path / "results.md")))
@@ -267,7 +266,7 @@ def _sweep_report(path: Path) -> tuple[str, str]:
         "## Base configuration",
         f"The baseline variant `{sweep.baseline}`; settings that differ from slmlab's defaults:",
         markdown_table(("setting", "value", "default"), changed_settings(base, RunConfig())),
-        size_table(base),
+        size_table(sized),
         "## What each variant changes",
     ]
     for variant, members in by_variant.items():

@@ -159,7 +159,8 @@ def replaced_by_phases(cfg) -> list[tuple[str, str]]:
                 (
                     key,
                     f"{key} = {given!r} is ignored: the curriculum's first phase ({phase}) sets {key.partition('.')[2]} = {value!r} and "
-                    "each later phase starts from the one before it; remove it or change it in [[phases]]",
+                    f"each later phase starts from the one before it; remove it or change the phase's "
+                    f"(--phases.{phase}.{key.partition('.')[2]}, or in [[phases]])",
                 )
             )
     return found

@@ -69,7 +69,11 @@ def _check_rules(cfg: RunConfig) -> None:
     except ConfigError:
         if not cfg.phases:
             raise
-        validate(_as_first_phase_sets_it(cfg))
+        try:
+            validate(_as_first_phase_sets_it(cfg))
+        except ConfigError as err:  # said of the phase where it sets what the rule names
+            hint = cfg.setter_hint(0, str(err))
+            raise ConfigError(f"phases[0] ({cfg.phases[0].name}): {err}{hint}" if hint else str(err)) from None
     names = [phase.name for phase in cfg.phases]
     for index, name in enumerate(names):
         if not name.strip():
@@ -141,7 +145,7 @@ def _is_section(key: str) -> bool:
     parts = key.split(".")
     if len(parts) == 1:
         return key in SECTION_NAMES
-    return len(parts) == 2 and parts[0] == "model" and parts[1] not in MODEL_FIELDS
+    return len(parts) == 2 and (parts[0] == "phases" or (parts[0] == "model" and parts[1] not in MODEL_FIELDS))
 
 
 SECTION_NAMES = tuple(f.name for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default_factory))
@@ -175,22 +179,51 @@ def _dotted_items(overrides: dict[str, Any]) -> Iterator[tuple[str, Any]]:
 
 def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Set dotted keys in a nested dict (a copy); the keys are checked later by `build_dataclass`.
-    A table given for a section sets the fields it names (`dotted`)."""
+    A table given for a section sets the fields it names (`dotted`). A curriculum's phase is named
+    by its name or its index: `phases.B.seq_len`, `phases.1.seq_len` (`_phase`)."""
     merged = _deep_copy(values)
     for key, value in dotted(overrides).items():
-        parts = key.split(".")
+        *path, last = key.split(".")
         node = merged
-        for part in parts[:-1]:
+        if path and path[0] == "phases":
+            node, path = _phase(merged, path, key), path[2:]
+        for part in path:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"cannot set '{key}': '{part}' is not a section")
             node = child
-        node[parts[-1]] = value
+        node[last] = value
     return merged
 
 
-def _deep_copy(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in values.items()}
+def _phase(values: dict[str, Any], path: list[str], key: str) -> dict[str, Any]:
+    """The table of the phase `path[1]` names (`path` = ["phases", name or index, ...]): a phase by
+    its name, else by its index in [[phases]]."""
+    phases = values.get("phases")
+    if not isinstance(phases, list) or not phases or not all(isinstance(phase, dict) for phase in phases):
+        raise ConfigError(
+            f"cannot set '{key}': the config has no [[phases]] (a curriculum's phase is set as --phases.A.steps 100)"
+        )
+    if len(path) < 2:
+        raise ConfigError(f"cannot set '{key}': name a setting of that phase, e.g. --{key}.steps 100")
+    names = [str(phase.get("name", "phase")) for phase in phases]
+    wanted = path[1]
+    if wanted in names:
+        return phases[names.index(wanted)]
+    if wanted.isascii() and wanted.isdigit() and int(wanted) < len(phases):
+        return phases[int(wanted)]
+    raise ConfigError(
+        f"cannot set '{key}': no phase '{wanted}' (the phases: {', '.join(names)}; by name or by index, 0 to {len(phases) - 1})"
+    )
+
+
+def _deep_copy(values: Any) -> Any:
+    """A copy of nested tables and lists (a curriculum's phases are a list of tables)."""
+    if isinstance(values, dict):
+        return {k: _deep_copy(v) for k, v in values.items()}
+    if isinstance(values, list):
+        return [_deep_copy(v) for v in values]
+    return values
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

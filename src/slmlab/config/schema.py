@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -260,7 +261,18 @@ class RunConfig:
         try:
             return config_from_dict(apply_overrides(values, overrides))
         except ConfigError as err:
-            raise ConfigError(f"phases[{index}] ({phase.name}): {err}") from None
+            raise ConfigError(f"phases[{index}] ({phase.name}): {err}{self.setter_hint(index, str(err))}") from None
+
+    def setter_hint(self, index: int, message: str) -> str:
+        """Where to change a setting a rule's `message` names that one of phases 0..index sets (the
+        last that does): " (phase B sets seq_len: change phases.B.seq_len)", else
+        "". The rule's own advice ("lower data.seq_len") names a setting the phase replaces."""
+        for phase in reversed(self.phases[: index + 1]):
+            for key in phase.overrides():
+                if re.search(rf"\b{re.escape(key)}\b", message):
+                    setting = key.partition(".")[2]
+                    return f" (phase {phase.name} sets {setting}: change phases.{phase.name}.{setting})"
+        return ""
 
     def phase_configs(self) -> list[RunConfig]:
         """What trains: each phase's full config (`phase`) in order, or this config without phases."""

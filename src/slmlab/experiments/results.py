@@ -26,7 +26,7 @@ from pathlib import Path
 from ..errors import RunFileError
 from ..files import atomic_write_text, json_text, read_json
 from ..plotting import loss_axis, pyplot, save_png
-from ..runs.run_dir import RunDir
+from ..runs.run_dir import RunDir, phase_runs, with_token_offsets
 from ..tables import format_number, human, markdown_table
 from .budget import BUDGET_TIMINGS, flops_per_token, timing_machines
 from .caveats import caveats, other_units, speed_caveat
@@ -308,7 +308,13 @@ def plot_curves(path: Path, sweep: SweepConfig, jobs: list[Job], per_byte: bool 
         curves = []
         for job in jobs:
             if job.variant == variant:
-                points = [(r["tokens"], r[metric]) for r in RunDir(job.run.path).read_metrics() if r.get(metric) is not None]
+                runs = phase_runs(job.run.path, job.config, begun=True) or [RunDir(job.run.path)]  # a curriculum's phases
+                points = [
+                    (offset + r["tokens"], r[metric])
+                    for _, offset, records in with_token_offsets(runs)
+                    for r in records
+                    if r.get(metric) is not None
+                ]
                 if points:
                     curves.append(points)
         if not curves:
@@ -324,7 +330,8 @@ def plot_curves(path: Path, sweep: SweepConfig, jobs: list[Job], per_byte: bool 
     ax.set_xlabel("training tokens")
     ax.set_ylabel(label)
     ax.set_title(f"sweep {sweep.name}: mean ± std over seeds")
-    ax.legend()
+    if drawn:  # else no run has logged an evaluation (each failed before its first)
+        ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_png(fig, path, dpi=120)

@@ -243,9 +243,21 @@ def dry_run_lines(jobs: list[Job]) -> list[str]:
     variant its own)."""
     return [
         f"{i:3d}  {job.run.path}  [{'trained with other settings' if changed_since_trained(job) else run_status(job)}]"
-        f"  {job.config.train.steps:,} steps"
+        f"  {_steps(job.config)}"
         for i, job in enumerate(jobs)
     ]
+
+
+def _steps(config: RunConfig) -> str:
+    """The steps a run trains: "300 steps", or a curriculum's over its phases ("14 steps: 6 + 4 + 4
+    in phases A, B, C"; its own train.steps is read by no phase)."""
+    if not config.phases:
+        return counted(config.train.steps, "steps")
+    steps = [phase.train.steps for phase in config.phase_configs()]
+    return (
+        f"{counted(sum(steps), 'steps')}: {' + '.join(f'{n:,}' for n in steps)} "
+        f"in phases {', '.join(phase.name for phase in config.phases)}"
+    )
 
 
 def tune_settings(sweep: SweepConfig, jobs: list[Job], parallel: int = 1, run: bool = True) -> tuple[list[Job], dict | None]:

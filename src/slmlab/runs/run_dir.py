@@ -294,6 +294,18 @@ def phase_runs(path: str | Path, cfg: RunConfig, begun: bool = False) -> list[Ru
     return [phase for phase in phases if phase.config.is_file()] if begun else phases
 
 
+def with_token_offsets(runs: list[RunDir]) -> list[tuple[RunDir, int, list[dict]]]:
+    """(run, offset, its metrics records) for runs trained one after another (a curriculum's
+    phases, each counting its tokens from its own start): `offset` is the tokens trained before
+    it, so offset + record["tokens"] counts from the start of the first."""
+    found, offset = [], 0
+    for run in runs:
+        records = run.read_metrics()
+        found.append((run, offset, records))
+        offset += max((r["tokens"] for r in records if isinstance(r.get("tokens"), (int, float))), default=0)
+    return found
+
+
 def model_run(path: str | Path) -> tuple[RunDir, RunConfig]:
     """The run directory that holds a run's model, and its config: the run itself, or a
     curriculum's last phase (while the curriculum is unfinished, the last phase that started)."""
