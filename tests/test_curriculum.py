@@ -309,9 +309,11 @@ def test_a_sweep_of_curricula_plans_draws_and_reports_every_phase(tmp_path, micr
     """A sweep whose base is a curriculum: --dry-run said "12 steps" (the run's own train.steps,
     read by no phase), curves.png drew nothing (the metrics lie in the phases' folders, each
     counting its tokens from its start) and `report SWEEP` failed on the curriculum's vocabulary."""
+    from slmlab.analysis.quantize import quantize_report
     from slmlab.analysis.report import write_report
     from slmlab.cli import main
     from slmlab.experiments import results
+    from slmlab.tables import human
 
     micro_toml.write_text(
         micro_toml.read_text().replace("\nsteps = 12\n", "\n")
@@ -336,3 +338,5 @@ def test_a_sweep_of_curricula_plans_draws_and_reports_every_phase(tmp_path, micr
     assert offset == 3 * 4 * 32 and records[0]["tokens"] <= 6 * 4 * 32  # phase B's tokens start after phase A's 3 steps
     write_report(root)
     assert "phase A (3 steps)" in (root / "report.md").read_text()
+    table, _ = quantize_report(root / "base_s0", batches=1)  # the fp32 file is the last phase's (it read "0 B")
+    assert f"| fp32  | {human((root / 'base_s0' / 'phase2_B' / 'final.safetensors').stat().st_size, 'B')} " in table

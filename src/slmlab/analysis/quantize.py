@@ -119,8 +119,9 @@ def generation_speed(model: nn.Module, prompt: list[int], tokens: int = 64, repe
     return statistics.median(rates), min(rates), max(rates)
 
 
-def file_size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else 0
+def file_size(path: Path) -> str:
+    """The file's size in words, "–" where there is none (a run read from a checkpoint)."""
+    return human(path.stat().st_size, "B") if path.is_file() else "–"
 
 
 def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
@@ -130,7 +131,7 @@ def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
     from ..data.tokens import prepare_tokens
     from ..runs.derived import record_derived, weights_identity
     from ..runs.metrics import perplexity
-    from ..runs.run_dir import RunDir, check_trained_streams
+    from ..runs.run_dir import check_trained_streams, model_run
     from ..training import evaluate
 
     weights = weights_identity(run)
@@ -141,11 +142,12 @@ def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
     path = save_int8(quantized, run, weights_digest(model))
     prompt = data.val.tokens[: min(16, cfg.model.block_size)].astype("int64").tolist()
     rows, cpu = [], torch.device("cpu")
-    for label, m, size in (("fp32", model, file_size(RunDir(run).final_weights)), ("int8", quantized, file_size(path))):
+    weights_file = model_run(run)[0].final_weights  # a curriculum's: its last phase's
+    for label, m, size in (("fp32", model, file_size(weights_file)), ("int8", quantized, file_size(path))):
         loss = evaluate(m, data.val, cfg.data.seq_len, cfg.train.batch_size, batches, cpu, progress=f"scoring {label}")
         median, slowest, fastest = generation_speed(m, prompt)
         speed = f"{median:,.1f} ({slowest:,.1f}–{fastest:,.1f})"
-        rows.append((label, human(size, "B"), speed, f"{perplexity(loss):.3f}"))
+        rows.append((label, size, speed, f"{perplexity(loss):.3f}"))
     header = "CPU generation, tokens/s: median (range) of 5 runs"
     table = markdown_table(("model", "file size", header, "validation ppl"), rows)
     atomic_write_text(Path(run) / "quantize.md", f"# int8 dynamic quantisation of {Path(run).name}\n\n{table}\n")
