@@ -305,10 +305,11 @@ def test_a_curriculum_run_counts_the_steps_tokens_and_flops_of_every_phase():
     assert short < long and train_flops(config, [summary]) == 1280 * short + 1280 * long
 
 
-def test_a_sweep_of_curricula_plans_draws_and_reports_every_phase(tmp_path, micro_toml, capsys, monkeypatch):
+def test_a_sweep_of_curricula_plans_draws_reports_and_resumes_every_phase(tmp_path, micro_toml, capsys, monkeypatch):
     """A sweep whose base is a curriculum: --dry-run said "12 steps" (the run's own train.steps,
     read by no phase), curves.png drew nothing (the metrics lie in the phases' folders, each
-    counting its tokens from its start) and `report SWEEP` failed on the curriculum's vocabulary."""
+    counting its tokens from its start), `report SWEEP` failed on the curriculum's vocabulary, and
+    a run stopped in a phase was trained again from scratch."""
     from slmlab.analysis.quantize import quantize_report
     from slmlab.analysis.report import write_report
     from slmlab.cli import main
@@ -340,3 +341,11 @@ def test_a_sweep_of_curricula_plans_draws_and_reports_every_phase(tmp_path, micr
     assert "phase A (3 steps)" in (root / "report.md").read_text()
     table, _ = quantize_report(root / "base_s0", batches=1)  # the fp32 file is the last phase's (it read "0 B")
     assert f"| fp32  | {human((root / 'base_s0' / 'phase2_B' / 'final.safetensors').stat().st_size, 'B')} " in table
+    stopped = root / "base_s0"  # stopped in phase B (its checkpoints lie in phase2_B): it was "new", trained afresh
+    for path in (stopped / "summary.json", stopped / "phase2_B" / "summary.json", stopped / "phase2_B" / "final.safetensors"):
+        path.unlink()
+    kept = (stopped / "phase1_A" / "final.safetensors").stat().st_ino
+    assert main(["sweep", str(sweep), "--dry-run"]) == 0
+    assert f"{stopped}  [resume]" in capsys.readouterr().out
+    assert main(["sweep", str(sweep)]) == 0
+    assert (stopped / "phase1_A" / "final.safetensors").stat().st_ino == kept and (stopped / "summary.json").is_file()

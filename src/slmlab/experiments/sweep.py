@@ -32,7 +32,7 @@ import torch
 from ..config import ConfigError, RunConfig
 from ..errors import SlmlabError, TrainingError
 from ..locks import DirectoryLock
-from ..runs.run_dir import RunDir
+from ..runs.run_dir import RunDir, phase_runs
 from ..tables import counted, human
 from ..training import stopping
 from ..training.memory_room import runs_that_fit
@@ -44,16 +44,17 @@ log = logging.getLogger("slmlab")
 
 
 def run_status(job: Job) -> str:
-    """'done' (summary.json exists, at the steps the sweep asks), 'resume' (has a checkpoint, or
-    finished at other steps or with its data elsewhere: a resume checks and records the new place),
-    or 'new'."""
+    """'done' (summary.json exists, at the steps the sweep asks), 'resume' (has a checkpoint, a
+    curriculum with a phase begun (its checkpoints lie in the phases' folders), or finished at
+    other steps or with its data elsewhere: a resume checks and records the new place), or 'new'
+    (trained afresh, replacing what the folder holds)."""
     from ..training.resume import relocated
 
     run = job.run
     if run.summary.is_file():
         recorded = run.read_config()
         return "done" if recorded.train.steps == job.config.train.steps and not relocated(recorded, job.config) else "resume"
-    if (run.checkpoints / "latest").is_file():
+    if (run.checkpoints / "latest").is_file() or (job.config.phases and phase_runs(run.path, job.config, begun=True)):
         return "resume"
     return "new"
 
