@@ -278,6 +278,13 @@ def test_resuming_a_curriculum_with_steps_its_phases_replace_is_refused(make_con
     err = capsys.readouterr().err
     assert "train.steps = 100 is ignored: the curriculum's first phase (A) sets steps = 8" in err
     assert f"resume its own folder ({root / 'phase1_A'})" in err and err.count("\n") == 1
+    for key in ("--phases.A.steps", "--phases.0.steps"):  # a phase's settings stay as trained, but it can train longer
+        assert main(["train", "--resume", str(root), key, "100", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert (
+            f"not ['{key[2:]}']; to train phase A longer, resume its own folder: slmlab train --resume {root / 'phase1_A'} "
+            in err
+        )
 
 
 def test_a_curriculum_run_counts_the_steps_tokens_and_flops_of_every_phase():

@@ -168,7 +168,7 @@ def train_config(args, extra):
                 "--resume continues the run as configured; only --train.steps, --train.viz_every, the train.tracker* "
                 "fields, where it runs (--train.device, --train.threads, --train.compile, --train.parallel, "
                 "--model.local_kernel) and where its data lies (--data.source, --data.cache_dir) can change, "
-                f"not {sorted(unknown)}"
+                f"not {sorted(unknown)}{_longer_phase_hint(run, unknown)}"
             )
         cfg = RunDir(run).read_config()
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), {**overrides, "name": run.name, "out_dir": str(run.parent)}))
@@ -192,6 +192,32 @@ def train_config(args, extra):
             f"train.batch_size = {cfg.train.batch_size} (the global batch) must be divisible by --nproc {args.nproc}"
         )
     return cfg
+
+
+def _longer_phase_hint(run: Path, keys: set[str]) -> str:
+    """How to train a curriculum's last phase longer (`--resume RUN --phases.C.steps N` is refused: a
+    resume continues the run as configured): resume the phase's own folder with --train.steps."""
+    from ..errors import SlmlabError
+    from ..runs import RunDir
+    from ..tables import command_line
+
+    wanted = next((key.split(".")[1] for key in sorted(keys) if key.startswith("phases.") and key.endswith(".steps")), None)
+    try:
+        cfg = RunDir(run).read_config() if wanted is not None else None
+    except SlmlabError:
+        return ""
+    names = [phase.name for phase in cfg.phases] if cfg else []
+    index = (
+        names.index(wanted)
+        if wanted in names
+        else int(wanted)
+        if wanted and wanted.isdigit() and int(wanted) < len(names)
+        else None
+    )
+    if index != len(names) - 1:  # an earlier phase's end began the later phases: it cannot move
+        return ""
+    folder = run / cfg.phase(index).name
+    return f"; to train phase {names[index]} longer, resume its own folder: {command_line('slmlab', 'train', '--resume', folder, '--train.steps', 'N')}"
 
 
 def launch_torchrun(nproc: int, argv: list[str]) -> int:
