@@ -252,7 +252,8 @@ def test_a_folder_of_runs_given_for_one_run_or_a_config_says_what_to_give(micro_
         assert f"{run} is a run directory, not a config file: give the .toml file it was trained from" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "runs")]) == 2  # info takes a config or a run
     assert (
-        "is a folder but not a run directory (no config.json): give a .toml config or a run directory" in capsys.readouterr().err
+        "is a folder but not a run directory (no config.json): give a .toml config or a run directory; "
+        f"it holds runs (a sweep, or an out_dir): name one, e.g. {run}" in capsys.readouterr().err
     )
 
 

@@ -68,7 +68,7 @@ def config_for_info(target: str | Path, load_config, overrides: list[str] = ()) 
     file with its overrides), with the vocabulary resolved without tokenizing when the
     tokenizer's size is known in advance."""
     from ..config import ConfigError, resolve_vocab
-    from ..runs.run_dir import RunDir, phase_runs
+    from ..runs.run_dir import RunDir, phase_runs, runs_inside
 
     if (Path(target) / "config.json").is_file():
         if overrides:
@@ -83,6 +83,7 @@ def config_for_info(target: str | Path, load_config, overrides: list[str] = ()) 
     elif Path(target).is_dir():
         raise ConfigError(
             f"{target} is a folder but not a run directory (no config.json): give a .toml config or a run directory"
+            + runs_inside(Path(target))
         )
     else:
         cfg = load_config()

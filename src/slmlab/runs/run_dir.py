@@ -209,9 +209,7 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"{self.path} is a file, not a run directory")
         if not self.config.exists():
-            inside = sorted(p.parent for p in self.path.glob("*/config.json")) if self.path.is_dir() else []
-            hint = f"; it holds runs (a sweep, or an out_dir): name one, e.g. {inside[0]}" if inside else ""
-            raise ConfigError(f"{self.path} is not a run directory (no config.json){hint}")
+            raise ConfigError(f"{self.path} is not a run directory (no config.json){runs_inside(self.path)}")
         fix = "it is the record of what ran: restore it from a copy of the run"
         values = read_json(self.config, "run config", ConfigError, fix)
         lacking = [name for name in SECTION_NAMES if isinstance(values, dict) and name not in values]
@@ -292,6 +290,13 @@ def phase_runs(path: str | Path, cfg: RunConfig, begun: bool = False) -> list[Ru
     `begun` those that have begun (they hold their config)."""
     phases = [RunDir(Path(path) / cfg.phase(index).name) for index in range(len(cfg.phases))]
     return [phase for phase in phases if phase.config.is_file()] if begun else phases
+
+
+def runs_inside(folder: Path) -> str:
+    """ "; it holds runs (a sweep, or an out_dir): name one, e.g. FOLDER/x" for a folder of runs
+    given where one run is asked for, else ""."""
+    inside = sorted(p.parent for p in folder.glob("*/config.json")) if folder.is_dir() else []
+    return f"; it holds runs (a sweep, or an out_dir): name one, e.g. {inside[0]}" if inside else ""
 
 
 def with_token_offsets(runs: list[RunDir]) -> list[tuple[RunDir, int, list[dict]]]:
