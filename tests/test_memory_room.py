@@ -115,6 +115,18 @@ def test_a_model_larger_than_any_machine_is_refused_before_anything_is_written(m
     assert not (tmp_path / "runs" / "tiny").exists()
 
 
+def test_a_batch_larger_than_any_machine_is_counted_at_once_and_refused(make_config, text_corpus, tmp_path):
+    """A typo'd batch of 2**40 rows: counting its activations on the meta device looped over the
+    loss's chunks of logits, 2**35 of them, and the run hung instead of being refused. The meta
+    device computes every row's logits at once (the same saved tensors and FLOPs)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("checked on Linux only, where the kernel kills rather than refuses")
+    cfg = make_config(text_corpus, train={"batch_size": 2**40})
+    with pytest.raises(ConfigError, match="needs at least .* PiB of memory .* activations .* PiB"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
 def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_fit(micro_toml, tmp_path, capsys, monkeypatch):
     """--overwrite used to clear the old run before the new model was built (and killed)."""
     assert main(["train", str(micro_toml), "--no-progress", "--name", "mine"]) == 0

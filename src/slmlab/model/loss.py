@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_ELEMENTS = {"cpu": 1 << 21}  # logits per chunk by device type; any other device: ACCELERATOR_CHUNK_ELEMENTS
+# logits per chunk by device type; any other device: ACCELERATOR_CHUNK_ELEMENTS. The meta device
+# (shapes only: memory and FLOP counts) takes every row at once: its saved tensors and FLOPs are
+# those of any chunking, and a batch of 2**40 rows was a loop of 2**35 chunks before a refusal
+CHUNK_ELEMENTS = {"cpu": 1 << 21, "meta": 1 << 62}
 ACCELERATOR_CHUNK_ELEMENTS = 1 << 26
 
 
