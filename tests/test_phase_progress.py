@@ -59,6 +59,20 @@ def test_training_a_tokenizer_and_tokenizing_a_corpus_log_their_progress(text_co
     assert any(line.startswith(f"tokenizing {text_corpus}: 12/12 documents (100%)") for line in lines)
 
 
+def test_a_long_document_is_counted_in_parts_that_add_up_to_it(tmp_path, every_update_logs, monkeypatch):
+    """A corpus of one large file was "0/1 documents" until its whole text was tokenized."""
+    from slmlab.config import DataConfig
+    from slmlab.data import tokens
+
+    (tmp_path / "one.txt").write_text("a few words of one long document. " * 40)
+    (tmp_path / "two.txt").write_text("a short one.")
+    monkeypatch.setattr(tokens, "ENCODE_CHARS", 300)
+    prepare_tokens(DataConfig(source=str(tmp_path), tokenizer="byte", cache_dir=str(tmp_path / "cache")), progress=False)
+    lines = [line for line in every_update_logs() if line.startswith(f"tokenizing {tmp_path}:")]
+    assert lines[0].startswith(f"tokenizing {tmp_path}: 0.22/2 documents (11%)")
+    assert lines[-1].startswith(f"tokenizing {tmp_path}: 2/2 documents (100%)") and ": 1/2 documents" in "".join(lines)
+
+
 def test_scoring_ablating_and_generating_log_their_progress(text_corpus, make_config, every_update_logs):
     from slmlab.cli import main
 

@@ -47,9 +47,14 @@ class PhaseProgress:
         self.total = self.bar.total = total
         self.bar.refresh()
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: float = 1) -> None:
+        """`n` more units done; a fraction for a unit done in parts (a long document's pieces),
+        whose parts add up to a whole count again."""
         self.done += n
+        if not isinstance(self.done, int) and abs(self.done - round(self.done)) < 1e-9:
+            self.done = round(self.done)
         self.bar.update(n)
+        self.bar.n = self.done
         self._say(self.line)
 
     def tick(self) -> None:
@@ -77,11 +82,12 @@ class PhaseProgress:
         without a total)."""
         rate = self.done / elapsed if elapsed > 0 else 0.0
         speed = f"{rate:,.1f}" if rate >= 1 else f"{rate:.2g}"
+        done = f"{self.done:,}" if isinstance(self.done, int) else f"{self.done:,.2f}"  # a long document in parts
         if not self.total:
-            return f"{self.desc}: {self.done:,} {self.unit}, {speed} {self.unit}/s"
+            return f"{self.desc}: {done} {self.unit}, {speed} {self.unit}/s"
         eta = clock((self.total - self.done) / rate) if rate > 0 else "–"
         share = self.done / self.total
-        return f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} ({share:.0%}), {speed} {self.unit}/s, ETA {eta}"
+        return f"{self.desc}: {done}/{self.total:,} {self.unit} ({share:.0%}), {speed} {self.unit}/s, ETA {eta}"
 
     def close(self) -> None:
         self.bar.close()

@@ -167,7 +167,9 @@ def _write_streams(
         progress.update(len(batch))
 
     def write_long(doc) -> None:
-        key = stream_of(doc)
+        """One long document a piece at a time, counted done in parts (one document of a 2 GB file
+        is the whole phase)."""
+        key, counted = stream_of(doc), 0.0
         with open(_stream_file(work, *key), "ab") as handle:
             for piece in tokenizer.exact_pieces(doc.text, ENCODE_CHARS):
                 try:
@@ -175,8 +177,10 @@ def _write_streams(
                 except TokenizerError as err:
                     raise TokenizerError(f"{selection.data.source}, document {doc.id!r}: {err}") from None
                 write(handle, key, [np.asarray(ids, dtype=dtype)])
+                counted += len(piece) / len(doc.text)
+                progress.update(len(piece) / len(doc.text))
             write(handle, key, [separator])
-        progress.update(1)
+        progress.update(1 - counted)
 
     batch, chars = [], 0
     for doc in selection:
