@@ -321,11 +321,12 @@ def test_a_sweep_of_curricula_plans_draws_reports_and_resumes_every_phase(tmp_pa
     from slmlab.analysis.report import write_report
     from slmlab.cli import main
     from slmlab.experiments import results
+    from slmlab.experiments import sweep as sweep_module
     from slmlab.tables import human
 
     micro_toml.write_text(
-        micro_toml.read_text().replace("\nsteps = 12\n", "\n")
-        + '[[phases]]\nname = "A"\nsteps = 4\n[[phases]]\nname = "B"\nsteps = 6\nlr = 1e-3\n'
+        micro_toml.read_text().replace("\nsteps = 12\n", "\n").replace("\nseq_len = 32\n", "\n")
+        + '[[phases]]\nname = "A"\nsteps = 4\nseq_len = 16\n[[phases]]\nname = "B"\nsteps = 6\nseq_len = 32\nlr = 1e-3\n'
     )
     sweep = tmp_path / "cur_sweep.toml"
     sweep.write_text(
@@ -334,16 +335,18 @@ def test_a_sweep_of_curricula_plans_draws_reports_and_resumes_every_phase(tmp_pa
     )
     assert main(["sweep", str(sweep), "--dry-run"]) == 0
     assert capsys.readouterr().out.count("9 steps: 3 + 6 in phases A, B") == 2
-    drawn = []
+    drawn, planned = [], []
     monkeypatch.setattr(results, "loss_axis", lambda ax, values: drawn.append(values))
-    assert main(["sweep", str(sweep)]) == 0
+    monkeypatch.setattr(sweep_module, "runs_that_fit", lambda configs, slots: planned.extend(configs) or (slots, 1))
+    assert main(["sweep", str(sweep), "--jobs", "2"]) == 0
+    assert sorted(c.data.seq_len for c in planned) == [16, 16, 32, 32]  # the memory of every phase (A's windows are shorter)
     root = tmp_path / "runs" / "cs"
     evaluations = [
         r for phase in ("phase1_A", "phase2_B") for r in RunDir(root / "base_s0" / phase).read_metrics() if "val_loss" in r
     ]
     assert len(drawn[0]) == 2 * len(evaluations) > 2  # each variant's curve runs through both phases
     (_, offset, records), *_ = reversed(with_token_offsets([RunDir(root / "base_s0" / p) for p in ("phase1_A", "phase2_B")]))
-    assert offset == 3 * 4 * 32 and records[0]["tokens"] <= 6 * 4 * 32  # phase B's tokens start after phase A's 3 steps
+    assert offset == 3 * 4 * 16 and records[0]["tokens"] <= 6 * 4 * 32  # phase B's tokens start after phase A's 3 steps
     write_report(root)
     assert "phase A (3 steps)" in (root / "report.md").read_text()
     table, _ = quantize_report(root / "base_s0", batches=1)  # the fp32 file is the last phase's (it read "0 B")

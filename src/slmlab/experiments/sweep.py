@@ -165,7 +165,8 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
     slots, devices, threads = plan_devices(min(parallel, len(pending)))  # --jobs 8 for 2 runs: 2 share the cores
     if devices[0] == "cpu" and slots > 1:  # as many side by side as the memory holds (a killed worker ends the pool)
         shapes = {job.variant: job.config for job, _ in pending}  # a variant's seeds share its shapes
-        fit, largest = runs_that_fit([with_vocab(config) for config in shapes.values()], slots)
+        phases = [with_vocab(phase) for config in shapes.values() for phase in config.phase_configs()]  # a curriculum's each
+        fit, largest = runs_that_fit(phases, slots)
         if fit < slots:
             message = "this machine's memory holds %d of these runs at a time (the largest needs at least %s): running %d in parallel, not %d"
             log.warning(message, fit, human(largest, "B"), fit, slots)
