@@ -197,6 +197,7 @@ def train_config(args, extra):
 def _longer_phase_hint(run: Path, keys: set[str]) -> str:
     """How to train a curriculum's last phase longer (`--resume RUN --phases.C.steps N` is refused: a
     resume continues the run as configured): resume the phase's own folder with --train.steps."""
+    from ..config import phase_index
     from ..errors import SlmlabError
     from ..runs import RunDir
     from ..tables import command_line
@@ -207,14 +208,8 @@ def _longer_phase_hint(run: Path, keys: set[str]) -> str:
     except SlmlabError:
         return ""
     names = [phase.name for phase in cfg.phases] if cfg else []
-    index = (
-        names.index(wanted)
-        if wanted in names
-        else int(wanted)
-        if wanted and wanted.isdigit() and int(wanted) < len(names)
-        else None
-    )
-    if index != len(names) - 1:  # an earlier phase's end began the later phases: it cannot move
+    index = phase_index(names, wanted) if names else None
+    if index is None or index != len(names) - 1:  # an earlier phase's end began the later phases: it cannot move
         return ""
     folder = run / cfg.phase(index).name
     return f"; to train phase {names[index]} longer, resume its own folder: {command_line('slmlab', 'train', '--resume', folder, '--train.steps', 'N')}"

@@ -207,14 +207,21 @@ def _phase(values: dict[str, Any], path: list[str], key: str) -> dict[str, Any]:
     if len(path) < 2:
         raise ConfigError(f"cannot set '{key}': name a setting of that phase, e.g. --{key}.steps 100")
     names = [str(phase.get("name", "phase")) for phase in phases]
-    wanted = path[1]
+    index = phase_index(names, path[1])
+    if index is None:
+        raise ConfigError(
+            f"cannot set '{key}': no phase '{path[1]}' (the phases: {', '.join(names)}; by name or by index, 0 to {len(phases) - 1})"
+        )
+    return phases[index]
+
+
+def phase_index(names: list[str], wanted: str) -> int | None:
+    """The index of the phase `wanted` names among phases `names`: by its name, else by its index."""
     if wanted in names:
-        return phases[names.index(wanted)]
-    if wanted.isascii() and wanted.isdigit() and int(wanted) < len(phases):
-        return phases[int(wanted)]
-    raise ConfigError(
-        f"cannot set '{key}': no phase '{wanted}' (the phases: {', '.join(names)}; by name or by index, 0 to {len(phases) - 1})"
-    )
+        return names.index(wanted)
+    if wanted.isascii() and wanted.isdigit() and int(wanted) < len(names):
+        return int(wanted)
+    return None
 
 
 def _deep_copy(values: Any) -> Any:

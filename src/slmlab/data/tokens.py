@@ -177,10 +177,11 @@ def _write_streams(
                 except TokenizerError as err:
                     raise TokenizerError(f"{selection.data.source}, document {doc.id!r}: {err}") from None
                 write(handle, key, [np.asarray(ids, dtype=dtype)])
-                counted += len(piece) / len(doc.text)
-                progress.update(len(piece) / len(doc.text))
+                share = len(piece) / len(doc.text)
+                progress.update(share)
+                counted += share
             write(handle, key, [separator])
-        progress.update(1 - counted)
+        progress.update(1 - counted)  # the parts' rounding: the document counts as one
 
     batch, chars = [], 0
     for doc in selection:
