@@ -287,7 +287,7 @@ def test_resuming_a_curriculum_with_steps_its_phases_replace_is_refused(make_con
         )
 
 
-def test_a_curriculum_run_counts_the_steps_tokens_and_flops_of_every_phase():
+def test_a_curriculum_run_counts_the_steps_tokens_flops_failures_speed_and_memory_of_every_phase():
     """A curriculum's summary is its last phase's, with every phase's under "phases": the table
     showed phase B's 10 steps and 1.28K tokens for a run that trained 30 steps and 2.56K tokens."""
     from slmlab.config import config_from_dict
@@ -302,12 +302,21 @@ def test_a_curriculum_run_counts_the_steps_tokens_and_flops_of_every_phase():
             "phases": [{"name": "A", "steps": 20}, {"name": "B", "steps": 10, "seq_len": 32}],
         }
     )
-    phases = [{"step": 20, "tokens": 1280}, {"step": 10, "tokens": 1280}]
     done = {"val_ppl": 9.0, "val_bpb": 3.0, "step": 10, "tokens": 1280, "tokens_per_s": 1e4, "peak_memory_bytes": 1e8}
+    phases = [
+        {"step": 20, "tokens": 1280, "tokens_per_s": 2.5e3, "peak_memory_bytes": 3e8, "nan_skips": 2},
+        {**done, "nan_skips": 1},
+    ]
     sweep = SweepConfig(name="s", base="b.toml", seeds=[0], variants={"base": {}}, baseline="base")
-    summary = {**done, "params": 9920, "phases": phases}
+    summary = {**done, "nan_skips": 1, "params": 9920, "phases": phases}
     (record,) = summarize(sweep, {("base", 0): summary})
     assert (record["steps"], record["tokens"]) == (30, 2560)
+    # the failures, speed and memory of every phase: they were the last phase's alone (1 skip, 1e4 tokens/s, 1e8 B)
+    assert (record["nan_skips"], record["tokens_per_s"], record["peak_memory_bytes"]) == (
+        3,
+        2560 / (1280 / 2.5e3 + 1280 / 1e4),
+        3e8,
+    )
     short, long = (flops_per_token(phase) for phase in config.phase_configs())
     assert short < long and train_flops(config, [summary]) == 1280 * short + 1280 * long
 

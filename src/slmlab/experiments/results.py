@@ -69,6 +69,18 @@ def trained_parts(summary: dict) -> list[dict]:
     return summary.get("phases") or [summary]
 
 
+def training_rate(summary: dict) -> float:
+    """A run's tokens/s: a curriculum's over all its phases, each at its own median rate (its
+    summary's tokens/s is the last phase's alone)."""
+    parts = trained_parts(summary)
+    if len(parts) == 1:
+        return summary["tokens_per_s"]
+    try:
+        return sum(p["tokens"] for p in parts) / sum(p["tokens"] / p["tokens_per_s"] for p in parts)
+    except (KeyError, TypeError, ZeroDivisionError):
+        return math.nan
+
+
 def train_flops(config, summaries: list[dict]) -> float:
     """The mean over `summaries` (finished runs of `config`) of the tokens trained times the
     model's counted FLOPs per token, phase by phase for a curriculum (each at its own seq_len)."""
@@ -108,13 +120,13 @@ def summarize(
                     zip(("delta_bpb", "delta_bpb_low", "delta_bpb_high"), paired_difference(bpb[variant], bpb[sweep.baseline]))
                 ),
                 "failed_runs": len(runs) - len(done),
-                "nan_skips": sum(r.get("nan_skips", 0) for r in done),
+                "nan_skips": sum(part.get("nan_skips", 0) for r in done for part in trained_parts(r)),
                 "is_baseline": variant == sweep.baseline,
                 **comparison,
                 "steps": mean_std([sum(part["step"] for part in trained_parts(r)) for r in done])[0],
                 "tokens": mean_std([sum(part.get("tokens", math.nan) for part in trained_parts(r)) for r in done])[0],
-                "tokens_per_s": statistics.median([r["tokens_per_s"] for r in done]) if done else math.nan,
-                "peak_memory_bytes": mean_std([r["peak_memory_bytes"] for r in done])[0],
+                "tokens_per_s": statistics.median([training_rate(r) for r in done]) if done else math.nan,
+                "peak_memory_bytes": mean_std([max(part["peak_memory_bytes"] for part in trained_parts(r)) for r in done])[0],
                 "params": done[0]["params"] if done else None,  # unknown: no run finished
                 "val_ppl_by_seed": ppl[variant],
             }
