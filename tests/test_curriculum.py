@@ -321,6 +321,19 @@ def test_a_curriculum_run_counts_the_steps_tokens_flops_failures_speed_and_memor
     assert short < long and train_flops(config, [summary]) == 1280 * short + 1280 * long
 
 
+def test_a_phase_setting_is_a_setting_of_its_own_in_reports_and_comparisons(make_config, text_corpus):
+    """A sweep variant changing phase B's attention was "nothing (a replicate)" in the sweep's
+    report: the phases were left out of the settings compared."""
+    from slmlab.analysis.report import changed_settings
+    from slmlab.config import RunConfig, apply_overrides
+
+    cfg = curriculum(make_config, text_corpus)
+    other = config_from_dict(apply_overrides(cfg.to_dict(), {"phases.B.attention": "full"}))
+    assert changed_settings(other, cfg) == [("phases.B.attention", "'full'", "'block_local'")]
+    listed = {key for key, _, _ in changed_settings(cfg, RunConfig())}  # against the defaults: what the phases set
+    assert {"phases.B.seq_len", "phases.C.carry_optimizer"} <= listed and "phases.A.carry_optimizer" not in listed
+
+
 def test_a_sweep_of_curricula_plans_draws_reports_and_resumes_every_phase(tmp_path, micro_toml, capsys, monkeypatch):
     """A sweep whose base is a curriculum: --dry-run said "12 steps" (the run's own train.steps,
     read by no phase), curves.png drew nothing (the metrics lie in the phases' folders, each

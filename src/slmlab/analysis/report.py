@@ -18,6 +18,7 @@ The HTML is the Markdown rendered by Python-Markdown with every image inlined as
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import re
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..config import ConfigError, RunConfig
+from ..config import ConfigError, PhaseConfig, RunConfig
 from ..errors import RunFileError
 from ..experiments.sweep_dir import read_sweep_dir
 from ..files import atomic_write_text, read_json, read_text, require_fields
@@ -35,7 +36,7 @@ from ..runs.run_dir import RunDir, phase_runs, with_token_offsets
 from ..tables import code_block, code_span, format_number, human, markdown_table
 from .info import config_for_info, size_table
 
-HIDDEN = {"name", "out_dir", "phases", "train.seed"}
+HIDDEN = {"name", "out_dir", "train.seed"}
 
 
 def write_report(target: str | Path) -> tuple[Path, Path]:
@@ -57,8 +58,13 @@ def write_report(target: str | Path) -> tuple[Path, Path]:
 
 
 def changed_settings(cfg: RunConfig, reference: RunConfig) -> list[tuple[str, str, str]]:
-    """(key, value, reference value) for every setting where cfg differs from reference."""
+    """(key, value, reference value) for every setting where cfg differs from reference; a phase
+    the reference lacks is held against a phase's defaults (None: keep the earlier phase's)."""
     mine, theirs = cfg.settings(), reference.settings()
+    phase_defaults = dataclasses.asdict(PhaseConfig())
+    for key in mine:
+        if key.startswith("phases.") and key not in theirs:
+            theirs[key] = phase_defaults.get(key.rpartition(".")[2])
     return [(k, repr(v), repr(theirs.get(k))) for k, v in mine.items() if k not in HIDDEN and v != theirs.get(k)]
 
 

@@ -284,7 +284,9 @@ class RunConfig:
         return values
 
     def settings(self) -> dict[str, Any]:
-        """Every setting by its dotted key ("model.smat.use_S": True); a mixture is one value."""
+        """Every setting by its dotted key ("model.smat.use_S": True); a mixture is one value, and
+        a curriculum's phase's settings are keyed by its name as overrides name them
+        ("phases.B.seq_len": 512, the settings it leaves to earlier phases None)."""
 
         def flat(values: dict, prefix: str) -> dict[str, Any]:
             out = {}
@@ -295,7 +297,9 @@ class RunConfig:
                     out[f"{prefix}{key}"] = value
             return out
 
-        return flat(self.to_dict(), "")
+        values = self.to_dict()
+        phases = {phase.pop("name"): phase for phase in values.pop("phases")}  # the names are distinct (checked)
+        return flat(values, "") | flat(phases, "phases.")
 
     def __reduce__(self):
         """Pickled as plain values (to a sweep's worker processes): rebuilding imports the
