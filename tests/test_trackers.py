@@ -6,12 +6,13 @@ from __future__ import annotations
 import glob
 import json
 import struct
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from slmlab.config import ConfigError
+from slmlab.config import ConfigError, config_from_dict
 from slmlab.training import train
 from slmlab.training.trackers import scalars_of
 
@@ -126,22 +127,27 @@ def test_a_sweep_groups_its_runs_and_tags_variant_and_seed(micro_sweep):
     assert {(job.config.train.tracker_group, tuple(job.config.train.tracker_tags)) for job in untracked} == {("", ())}
 
 
+def test_a_curriculum_s_phases_are_grouped_under_it_and_tagged_with_its_name(make_config):
+    """Each phase is a tracker run of its own, named phase1_A, phase2_B in every curriculum: they
+    were neither grouped nor told apart (a sweep's group is kept, the curriculum's name a tag)."""
+    values = make_config(make_config.corpus, train={"trackers": ["tensorboard"]}).to_dict()
+    values["phases"] = [{"name": "A", "steps": 2}, {"name": "B", "steps": 2}]
+    phases = config_from_dict(values).phase_configs()
+    assert [(p.train.tracker_group, p.train.tracker_tags) for p in phases] == [("tiny", ["tiny"])] * 2
+    values["train"] |= {"tracker_group": "sweep", "tracker_tags": ["baseline", "seed0"]}
+    assert config_from_dict(values).phase(1).train.tracker_tags == ["baseline", "seed0", "tiny"]
+    values["train"] |= {"trackers": [], "tracker_group": "", "tracker_tags": []}  # untracked: nothing set
+    assert config_from_dict(values).phase(1).train.tracker_group == ""
+
+
 def test_unknown_missing_or_repeated_trackers_are_one_line_errors(make_config, monkeypatch):
     with pytest.raises(ConfigError, match=r"train.trackers = 'tensorbord' is not one of .*did you mean 'tensorboard'"):
         make_config(make_config.corpus, train={"trackers": ["tensorbord"]})
     with pytest.raises(ConfigError, match="names a tracker twice"):
         make_config(make_config.corpus, train={"trackers": ["wandb", "wandb"]})
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_wandb(name, *args, **kwargs):
-        if name == "wandb" or name.startswith("wandb."):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_wandb)
-    monkeypatch.setattr("importlib.import_module", lambda name, *a: no_wandb(name))
+    # wandb not installed: its import fails, and no other (an import hook that passed every other
+    # import on dropped import_module's package, and torch's lazy `._inductor` failed in later tests)
+    monkeypatch.setitem(sys.modules, "wandb", None)
     cfg = make_config(make_config.corpus, train={"trackers": ["wandb"]})
     with pytest.raises(ConfigError, match=r"includes 'wandb' but it is not installed: pip install 'slmlab\[wandb\]'"):
         train(cfg, progress=False)

@@ -258,6 +258,9 @@ class RunConfig:
         for earlier in self.phases[: index + 1]:
             overrides.update(earlier.overrides())
         overrides.update(name=f"phase{index + 1}_{phase.name}", out_dir=str(Path(self.out_dir) / self.name))
+        if self.train.trackers:  # a tracker shows the phases under the curriculum (a sweep's group kept), tagged with its name
+            overrides["train.tracker_group"] = self.train.tracker_group or self.name
+            overrides["train.tracker_tags"] = list(dict.fromkeys([*self.train.tracker_tags, self.name]))
         try:
             return config_from_dict(apply_overrides(values, overrides))
         except ConfigError as err:
