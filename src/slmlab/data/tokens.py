@@ -168,8 +168,8 @@ def _write_streams(
 
     def write_long(doc) -> None:
         """One long document a piece at a time, counted done in parts (one document of a 2 GB file
-        is the whole phase)."""
-        key, counted = stream_of(doc), 0.0
+        is the whole phase; the parts add up to one)."""
+        key = stream_of(doc)
         with open(_stream_file(work, *key), "ab") as handle:
             for piece in tokenizer.exact_pieces(doc.text, ENCODE_CHARS):
                 try:
@@ -177,11 +177,8 @@ def _write_streams(
                 except TokenizerError as err:
                     raise TokenizerError(f"{selection.data.source}, document {doc.id!r}: {err}") from None
                 write(handle, key, [np.asarray(ids, dtype=dtype)])
-                share = len(piece) / len(doc.text)
-                progress.update(share)
-                counted += share
+                progress.update(len(piece) / len(doc.text))
             write(handle, key, [separator])
-        progress.update(1 - counted)  # the parts' rounding: the document counts as one
 
     batch, chars = [], 0
     for doc in selection:
