@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("lm_eval")
 
+import slmlab.phase_progress as phase_progress
 from slmlab.cli import main
 from slmlab.config import DataConfig, config_from_dict
 from slmlab.data.tokenizers import CharTokenizer
@@ -45,7 +46,7 @@ def naive_logprob(lm: SlmlabLM, context: list[int], continuation: list[int]) -> 
     return float(logprobs.gather(1, target[:, None]).sum()), bool((logprobs.argmax(-1) == target).all())
 
 
-def test_loglikelihood_batched_and_padded_equals_one_at_a_time(run):
+def test_loglikelihood_batched_and_padded_equals_one_at_a_time(run, monkeypatch, caplog):
     lm = SlmlabLM(str(run), device="cpu", batch_size=3)
     pairs = [
         ("ROMEO:\nBut soft, what light", " through"),
@@ -54,7 +55,11 @@ def test_loglikelihood_batched_and_padded_equals_one_at_a_time(run):
         ("To be, or not to be, ", "that is the question."),
         ("M", "ACBETH"),
     ]
+    monkeypatch.setattr(phase_progress, "PHASE_HEARTBEAT", 0.0)  # a task of thousands took minutes in silence
+    caplog.set_level("INFO", logger="slmlab")
     got = lm.loglikelihood([request(c, x) for c, x in pairs])
+    lines = [r.getMessage().split(",")[0] for r in caplog.records]
+    assert lines == ["lm-eval: scoring: 3/5 requests (60%)", "lm-eval: scoring: 5/5 requests (100%)"]
     for (context, continuation), (logprob, greedy) in zip(pairs, got):
         ids_context, ids_continuation = lm._encode_pair(context, continuation)
         expected, expected_greedy = naive_logprob(lm, ids_context, ids_continuation)

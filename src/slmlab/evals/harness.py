@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ..config import ConfigError
 from ..errors import RunFileError
 from ..files import atomic_write_text, json_text, read_json
+from ..phase_progress import PhaseProgress
 from ..registry import closest
 from ..runs.derived import weights_identity
 from .text_score import rolling_pairs
@@ -96,28 +97,34 @@ class SlmlabLM(LM):
         never sees the padding after it); inputs keep their last `window` tokens."""
         results: list[tuple[float, bool] | None] = [None] * len(pairs)
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            rows = []
-            for i in batch:
-                context, continuation = pairs[i]
-                if not continuation:
-                    raise ConfigError("lm-eval asked to score an empty continuation")
-                if len(continuation) > self.window:
-                    raise ConfigError(f"a continuation of {len(continuation)} tokens exceeds the model's window of {self.window}")
-                rows.append((context + continuation)[-(self.window + 1) :][:-1])
-            ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
-            for r, row in enumerate(rows):
-                ids[r, : len(row)] = torch.tensor(row)
-            logits, _ = self.model(ids.to(self._device))
-            for r, i in enumerate(batch):
-                target = torch.tensor(pairs[i][1], device=logits.device)
-                end = len(rows[r])
-                logprobs = F.log_softmax(logits[r, end - len(target) : end].float(), dim=-1)  # a row at a time: (n, V)
-                total = float(logprobs.gather(1, target[:, None]).sum())
-                greedy = logprobs[:, : self.tokenizer.vocab_size].argmax(-1)  # as generation draws: text tokens only
-                results[i] = (total, bool((greedy == target).all()))
+        with PhaseProgress("lm-eval: scoring", len(pairs), "requests") as progress:  # a task of thousands takes minutes
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                self._score_batch(pairs, batch, results)
+                progress.update(len(batch))
         return results
+
+    def _score_batch(self, pairs: list[tuple[list[int], list[int]]], batch: list[int], results: list) -> None:
+        """Score `pairs[i]` for each i in `batch` (one forward of the padded rows) into results[i]."""
+        rows = []
+        for i in batch:
+            context, continuation = pairs[i]
+            if not continuation:
+                raise ConfigError("lm-eval asked to score an empty continuation")
+            if len(continuation) > self.window:
+                raise ConfigError(f"a continuation of {len(continuation)} tokens exceeds the model's window of {self.window}")
+            rows.append((context + continuation)[-(self.window + 1) :][:-1])
+        ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, : len(row)] = torch.tensor(row)
+        logits, _ = self.model(ids.to(self._device))
+        for r, i in enumerate(batch):
+            target = torch.tensor(pairs[i][1], device=logits.device)
+            end = len(rows[r])
+            logprobs = F.log_softmax(logits[r, end - len(target) : end].float(), dim=-1)  # a row at a time: (n, V)
+            total = float(logprobs.gather(1, target[:, None]).sum())
+            greedy = logprobs[:, : self.tokenizer.vocab_size].argmax(-1)  # as generation draws: text tokens only
+            results[i] = (total, bool((greedy == target).all()))
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         return self.score_tokens([self._encode_pair(*request.args) for request in requests])
@@ -170,6 +177,7 @@ class SlmlabLM(LM):
         rows = self.model.generate_many(
             prompts, max_new, temperature=temperature, stop_token=self.tokenizer.eos_id,
             batch_size=self.batch_size, until=finished if until else None, vocab_size=self.tokenizer.vocab_size,
+            progress="lm-eval: generating",
         )  # fmt: skip
         texts = []
         for row in rows:
@@ -240,7 +248,7 @@ def evaluate_run(
         include.append(str(write_cloze_task(results_path(run).parent / "tasks", examples)))
     manager = TaskManager(include_path=include or None, include_defaults=bool(others))
     try:
-        with _quiet_git_hash():
+        with _quiet_git_hash(), _no_dataset_bars():
             output = lm_eval.simple_evaluate(
                 model=model,
                 tasks=tasks,
@@ -328,3 +336,19 @@ def _quiet_git_hash() -> Iterator[None]:
         yield
     finally:
         evaluator.get_git_commit_hash = original
+
+
+@contextlib.contextmanager
+def _no_dataset_bars() -> Iterator[None]:
+    """Hugging Face datasets without its bars ("Generating test split: 500 examples") while a task
+    reads its local data: a second's work, printed as two bars per run of a sweep. slmlab shows
+    the scoring itself (PhaseProgress)."""
+    import datasets
+
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if shown:
+            datasets.enable_progress_bars()

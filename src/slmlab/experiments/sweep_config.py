@@ -60,7 +60,7 @@ class HarnessTasks:
 
     tasks: list[str] = field(default_factory=list)  # e.g. ["slmlab_cloze"]
     limit: int = 0  # examples per task (0 = all)
-    num_fewshot: int = 0
+    num_fewshot: int | None = None  # None: each task's own (as `slmlab lm-eval` without --num-fewshot)
     batch_size: int = 16
 
 
@@ -213,7 +213,7 @@ def check_tables(path: Path, values: dict, sweep: SweepConfig) -> None:
         ("num_fewshot", spec.num_fewshot, 0),
         ("batch_size", spec.batch_size, 1),
     ):
-        if value < least:
+        if value is not None and value < least:
             raise ConfigError(f"{path}: lm_eval.{name} must be >= {least}, got {value}")
 
 
