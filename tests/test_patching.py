@@ -109,7 +109,9 @@ def test_scores_obey_causality_and_the_residual_stream(kind):
     assert mlp[-1].item() == pytest.approx((m - m_corrupt) / (m_clean - m_corrupt), abs=1e-4)
 
 
-def test_a_long_prompt_is_patched_over_several_passes_with_the_same_scores(monkeypatch):
+def test_a_long_prompt_is_patched_over_several_passes_with_the_same_scores(monkeypatch, caplog):
+    """... and says how far it has come (minutes at T = 512 on a CPU, in silence before)."""
+    from slmlab import phase_progress
     from slmlab.analysis import patching
 
     model = _model("smat")
@@ -117,7 +119,12 @@ def test_a_long_prompt_is_patched_over_several_passes_with_the_same_scores(monke
     metric = last_token_metric(answer=3)
     whole = activation_patching(model, clean, corrupt, metric)
     monkeypatch.setattr(patching, "ROW_TOKENS", 5 * clean.shape[1])  # 5 rows a pass: 12 positions in 3
+    monkeypatch.setattr(phase_progress, "PHASE_HEARTBEAT", 0.0)
+    caplog.set_level("INFO", logger="slmlab")
     split = activation_patching(model, clean, corrupt, metric)
+    layers, heads = whole.by_head.shape
+    total = layers * (len(POSITION_POINTS) * clean.shape[1] + heads)
+    assert caplog.records[-1].getMessage().startswith(f"activation patching: {total}/{total} patches (100%)")
     for point in POSITION_POINTS:
         torch.testing.assert_close(split.by_position[point], whole.by_position[point], rtol=0, atol=1e-5)
     torch.testing.assert_close(split.by_head, whole.by_head, rtol=0, atol=1e-5)

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..model.modes import eval_mode
+from ..phase_progress import PhaseProgress
 from ..plotting import pyplot, save_png
 from ..tables import counted, markdown_table
 from .readout import (
@@ -85,11 +86,17 @@ def last_token_metric(answer: int, wrong: int | None = None) -> Callable[[torch.
 
 
 def _patch_each(
-    model: nn.Module, point: nn.Module, corrupt: torch.Tensor, source: torch.Tensor, score: Callable[[torch.Tensor], torch.Tensor]
+    model: nn.Module,
+    point: nn.Module,
+    corrupt: torch.Tensor,
+    source: torch.Tensor,
+    score: Callable[[torch.Tensor], torch.Tensor],
+    progress: PhaseProgress,
 ) -> torch.Tensor:
     """(n,) scores, n = len(source): the corrupted prompt read with `point`'s output at index i of
     its axis 1 (a position of a (B, T, d) activation, a head of a (B, H, T, D) one) set to
-    source[i], its value in the clean run; one row per index, ROW_TOKENS tokens per forward pass."""
+    source[i], its value in the clean run; one row per index, ROW_TOKENS tokens per forward pass,
+    each row counted by `progress`."""
     n, T = source.shape[0], corrupt.shape[1]
     per_pass = max(1, ROW_TOKENS // T)
     scores = []
@@ -107,6 +114,7 @@ def _patch_each(
             scores.append(score(model(corrupt.expand(len(index), T))[0]))
         finally:
             handle.remove()
+        progress.update(len(index))
     return torch.cat(scores)
 
 
@@ -147,11 +155,17 @@ def activation_patching(
 
         def scores(name: str) -> torch.Tensor:  # (L, T) or (L, H)
             return torch.stack(
-                [_patch_each(model, points[name, layer], corrupt, cache[name, layer], score) for layer in range(len(blocks))]
+                [
+                    _patch_each(model, points[name, layer], corrupt, cache[name, layer], score, shown)
+                    for layer in range(len(blocks))
+                ]
             )
 
-        by_position = {name: scores(name) for name in POSITION_POINTS}
-        by_head = scores("hook_z") if all(point is not None for point in heads) else None
+        patched = [name for name in (*POSITION_POINTS, "hook_z") if name != "hook_z" or all(p is not None for p in heads)]
+        total = sum(len(cache[name, layer]) for name in patched for layer in range(len(blocks)))
+        with PhaseProgress("activation patching", total, "patches") as shown:  # (L x 3T + L x H) passes' rows: minutes at T = 512
+            by_position = {name: scores(name) for name in POSITION_POINTS}
+            by_head = scores("hook_z") if "hook_z" in patched else None
     return Patching(by_position, by_head, m_clean, m_corrupt)
 
 
