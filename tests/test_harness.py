@@ -59,7 +59,7 @@ def test_loglikelihood_batched_and_padded_equals_one_at_a_time(run, monkeypatch,
     caplog.set_level("INFO", logger="slmlab")
     got = lm.loglikelihood([request(c, x) for c, x in pairs])
     lines = [r.getMessage().split(",")[0] for r in caplog.records]
-    assert lines == ["lm-eval: scoring: 3/5 requests (60%)", "lm-eval: scoring: 5/5 requests (100%)"]
+    assert lines == ["lm-eval scoring: 3/5 requests (60%)", "lm-eval scoring: 5/5 requests (100%)"]
     for (context, continuation), (logprob, greedy) in zip(pairs, got):
         ids_context, ids_continuation = lm._encode_pair(context, continuation)
         expected, expected_greedy = naive_logprob(lm, ids_context, ids_continuation)

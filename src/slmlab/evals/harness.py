@@ -97,7 +97,7 @@ class SlmlabLM(LM):
         never sees the padding after it); inputs keep their last `window` tokens."""
         results: list[tuple[float, bool] | None] = [None] * len(pairs)
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-        with PhaseProgress("lm-eval: scoring", len(pairs), "requests") as progress:  # a task of thousands takes minutes
+        with PhaseProgress("lm-eval scoring", len(pairs), "requests") as progress:  # a task of thousands takes minutes
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
                 self._score_batch(pairs, batch, results)
@@ -177,7 +177,7 @@ class SlmlabLM(LM):
         rows = self.model.generate_many(
             prompts, max_new, temperature=temperature, stop_token=self.tokenizer.eos_id,
             batch_size=self.batch_size, until=finished if until else None, vocab_size=self.tokenizer.vocab_size,
-            progress="lm-eval: generating",
+            progress="lm-eval generating",
         )  # fmt: skip
         texts = []
         for row in rows:
