@@ -360,3 +360,13 @@ seeds = [1]
     assert main(["sweep", str(sweep), "--only", "1"]) == 1  # a cluster task whose run fails
     assert "long_s1: the validation split has" in capsys.readouterr().out
     assert main(["sweep", str(sweep), "--only", "0"]) == 0
+
+
+def test_a_sweep_worker_logs_its_run_s_evaluations(tmp_path, micro_toml, capfd):
+    """A spawned worker's logging was unset: its run's lines per evaluation were dropped, and a
+    sweep of hour-long runs said nothing between "N runs to do" and the first run's end."""
+    sweep = tmp_path / "logs.toml"
+    sweep.write_text(f'name = "logs"\nout_dir = "{tmp_path / "runs"}"\nbase = "{micro_toml}"\nseeds = [0]\n[variants.a]\n')
+    assert main(["sweep", str(sweep)]) == 0
+    err = capfd.readouterr().err
+    assert "a_s0 step 6/12: loss " in err and "a_s0 step 12/12: loss " in err

@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -108,6 +109,16 @@ def follow_parent(parent: int, every: float = 1.0) -> None:
     signal.signal(stopping.FORWARDED, lambda number, frame: None)  # between runs a stop passed on is no kill
 
 
+def start_worker(parent: int, level: int) -> None:
+    """Worker initializer: `follow_parent`, and log as the sweep process does: slmlab's lines at
+    its level (INFO from the CLI: each run's line per evaluation, with its name), to stderr. A
+    spawned worker's logging was unset, so its runs trained in silence."""
+    follow_parent(parent)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    log.setLevel(level)
+
+
 def sweep_lock(sweep: SweepConfig) -> DirectoryLock:
     """The sweep directory's writer lock: one `slmlab sweep` runs a sweep at a time (cluster
     tasks, `--only`, lock their own runs instead)."""
@@ -180,7 +191,9 @@ def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tu
         counted(threads, "threads"),
     )
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=slots, mp_context=context, initializer=follow_parent, initargs=(os.getpid(),)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=slots, mp_context=context, initializer=start_worker, initargs=(os.getpid(), log.getEffectiveLevel())
+    ) as pool:
         futures = {}
         try:
             for i, (job, status) in enumerate(pending):
