@@ -34,9 +34,9 @@ def test_the_speed_shown_is_the_median_of_the_windows_and_the_eta_follows_it(cap
         record = {"step": step, "loss": 2.0, "tokens_per_s": rate, "dt_ms": 1000 * 640 / rate}
         with caplog.at_level("INFO", logger="slmlab"):
             progress.report({**record, **({"val_loss": 1.9, "val_bpb": 1.0} if step == 30 else {})})
-    assert "tok_s=1000" in progress.bar.postfix
+    assert "tok_s=1,000" in progress.bar.postfix
     (line,) = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
-    assert "1000 tokens/s (median of 3 windows)" in line and line.endswith("ETA 0:00:45")  # 70 steps x 0.64 s
+    assert "1,000 tokens/s (median of 3 windows)" in line and line.endswith("ETA 0:00:45")  # 70 steps x 0.64 s
     progress.close()
 
 

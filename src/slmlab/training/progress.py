@@ -44,7 +44,7 @@ class TrainingProgress:
         if "tokens_per_s" in record:
             self.rates.append(record["tokens_per_s"])
             self.step_seconds.append(record["dt_ms"] / 1000)
-        rate = f"{statistics.median(self.rates):.0f}" if self.rates else "–"
+        rate = f"{statistics.median(self.rates):,.0f}" if self.rates else "–"  # 20,288: as the final line
         timed = {0: "no step timed yet", 1: "one window"}.get(len(self.rates), f"median of {len(self.rates)} windows")
         figures = {"loss": f"{record['loss']:.3f}", "tok_s": rate}
         evaluated = "val_loss" in record
