@@ -114,8 +114,7 @@ def start_worker(parent: int, level: int) -> None:
     its level (INFO from the CLI: each run's line per evaluation, with its name), to stderr. A
     spawned worker's logging was unset, so its runs trained in silence."""
     follow_parent(parent)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)  # no-op where logging is set
     log.setLevel(level)
 
 
