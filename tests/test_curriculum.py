@@ -342,7 +342,7 @@ def test_a_sweep_of_curricula_plans_draws_reports_and_resumes_every_phase(tmp_pa
     from slmlab.analysis.quantize import quantize_report
     from slmlab.analysis.report import write_report
     from slmlab.cli import main
-    from slmlab.experiments import results
+    from slmlab.experiments import results, sweep_config
     from slmlab.experiments import sweep as sweep_module
     from slmlab.tables import human
 
@@ -357,6 +357,10 @@ def test_a_sweep_of_curricula_plans_draws_reports_and_resumes_every_phase(tmp_pa
     )
     assert main(["sweep", str(sweep), "--dry-run"]) == 0
     assert capsys.readouterr().out.count("9 steps: 3 + 6 in phases A, B") == 2
+    twice = sweep.read_text().replace("[variants.s]\n", '[variants.s]\n"phases.B" = {lr = 1e-2}\n"phases.1.lr" = 3e-3\n')
+    (tmp_path / "twice.toml").write_text(twice)
+    with pytest.raises(ConfigError, match="variant 's' sets phases.B.lr twice \\(under two spellings\\)"):
+        sweep_config.load_sweep(tmp_path / "twice.toml")  # a phase by its name and by its index: one of them was dropped
     drawn, planned = [], []
     monkeypatch.setattr(results, "loss_axis", lambda ax, values: drawn.append(values))
     monkeypatch.setattr(sweep_module, "runs_that_fit", lambda configs, slots: planned.extend(configs) or (slots, 1))

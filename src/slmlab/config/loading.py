@@ -162,11 +162,20 @@ def dotted(overrides: dict[str, Any]) -> dict[str, Any]:
     return dict(_dotted_items(overrides))
 
 
-def repeated_settings(overrides: dict[str, Any]) -> list[str]:
+def repeated_settings(overrides: dict[str, Any], phase_names: typing.Sequence[str] = ()) -> list[str]:
     """The dotted keys a table of overrides sets more than once, under two spellings (a sweep's
-    `"model.n_layer" = 2` beside `model = {n_layer = 3}`): one of them was dropped in silence."""
-    counts = Counter(key for key, _ in _dotted_items(overrides))
+    `"model.n_layer" = 2` beside `model = {n_layer = 3}`, or `phases.A.steps` beside
+    `phases.0.steps` where the curriculum's phases are `phase_names`): one was dropped in silence."""
+    counts = Counter(_phase_by_name(key, phase_names) for key, _ in _dotted_items(overrides))
     return [key for key, count in counts.items() if count > 1]
+
+
+def _phase_by_name(key: str, phase_names: typing.Sequence[str]) -> str:
+    """`phases.0.steps` -> `phases.A.steps` where phase 0 is named A; any other key as it is."""
+    parts = key.split(".")
+    if len(parts) > 2 and parts[0] == "phases" and (index := phase_index(list(phase_names), parts[1])) is not None:
+        parts[1] = phase_names[index]
+    return ".".join(parts)
 
 
 def _dotted_items(overrides: dict[str, Any]) -> Iterator[tuple[str, Any]]:

@@ -144,6 +144,7 @@ def load_sweep(
     base = path.parent / Path(sweep.base).expanduser()  # relative to the sweep file (an absolute base stays)
     if base.is_file() and "variants" in read_toml(base):
         raise ConfigError(f"{path}: base = '{sweep.base}' is a sweep config ([variants]); base names a run config")
+    check_no_setting_twice(path, sweep, read_toml(base) if base.is_file() else {})
     shared = {}
     if sweep.plugins:  # the base config's plugins (relative to it), then the sweep's (relative to this file)
         named = plugins.resolve(read_toml(base).get("plugins", []), base.parent) + plugins.resolve(sweep.plugins, path.parent)
@@ -185,9 +186,8 @@ def load_sweep(
 
 def check_tables(path: Path, values: dict, sweep: SweepConfig) -> None:
     """A [budget], [tune] or [lm_eval] table that asks for nothing, and [lm_eval] counts below their
-    range, are refused: the sweep ran as if the table were absent, in silence. So is a setting an
-    [overrides] or variant table gives twice (one was dropped), and a tune.seed that is one of the
-    compared seeds (experiments/tuning.py says why)."""
+    range, are refused: the sweep ran as if the table were absent, in silence. So is a tune.seed
+    that is one of the compared seeds (experiments/tuning.py says why)."""
     asks = {
         "budget": (sweep.budget.held() is not None, "one of tokens, flops or seconds"),
         "tune": (bool(sweep.tune.axes()), "values to try for lr, warmup_steps or weight_decay"),
@@ -196,12 +196,6 @@ def check_tables(path: Path, values: dict, sweep: SweepConfig) -> None:
     for table, (asked, what) in asks.items():
         if table in values and not asked:
             raise ConfigError(f"{path}: [{table}] asks for nothing: give {what}, or remove the table")
-    for where, table in [("[overrides]", sweep.overrides), *((f"variant '{v}'", t) for v, t in sweep.variants.items())]:
-        if twice := repeated_settings(table):
-            raise ConfigError(
-                f"{path}: {where} sets {twice[0]} twice (as a dotted key and in a table), and only the last would "
-                "hold: give it once"
-            )
     if sweep.tune.axes() and sweep.tune.seed in sweep.seeds:
         raise ConfigError(
             f"{path}: tune.seed = {sweep.tune.seed} is also one of the seeds: the best of the grid's runs at that seed "
@@ -265,6 +259,18 @@ def per_run_settings(sweep: SweepConfig) -> dict[str, str]:
     if sweep.budget.held():
         owned["train.steps"] = "[budget] (it sets each variant's steps)"
     return owned
+
+
+def check_no_setting_twice(path: Path, sweep: SweepConfig, base_values: dict) -> None:
+    """Refuse a setting an [overrides] or variant table gives twice, under two spellings (a dotted
+    key and a table, a phase by its name and by its index): only the last would hold."""
+    phases = base_values.get("phases")
+    names = [str(p.get("name", "phase")) for p in phases if isinstance(p, dict)] if isinstance(phases, list) else []
+    for where, table in [("[overrides]", sweep.overrides), *((f"variant '{v}'", t) for v, t in sweep.variants.items())]:
+        if twice := repeated_settings(table, names):
+            raise ConfigError(
+                f"{path}: {where} sets {twice[0]} twice (under two spellings), and only the last would hold: give it once"
+            )
 
 
 def check_no_per_run_settings(path: Path, sweep: SweepConfig, extra_overrides: dict[str, Any]) -> None:
