@@ -73,6 +73,29 @@ def test_a_long_document_is_counted_in_parts_that_add_up_to_it(tmp_path, every_u
     assert lines[-1].startswith(f"tokenizing {tmp_path}: 2/2 documents (100%)") and ": 1/2 documents" in "".join(lines)
 
 
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_a_tokenizer_is_trained_on_a_long_document_in_parts_as_it_is_on_the_whole(tmp_path, every_update_logs, monkeypatch, kind):
+    """Training the tokenizer on a corpus of one large file said "0/1 documents" until it was
+    trained: the document reaches the trainer in pieces (counted as they go), cut where the
+    tokenizer is trained as on the whole: the same tokenizer, file for file."""
+    from slmlab.config import DataConfig
+    from slmlab.data import tokens
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "one.txt").write_text("Some words, of one long document; and more. " * 60)
+    (tmp_path / "corpus" / "two.txt").write_text("a short one.")
+
+    def tokenizer(cache: str):
+        data = DataConfig(source=str(tmp_path / "corpus"), tokenizer=kind, vocab_size=300, cache_dir=str(tmp_path / cache))
+        return prepare_tokens(data, progress=False)[0].to_json()
+
+    whole = tokenizer("whole")
+    monkeypatch.setattr(tokens, "ENCODE_CHARS", 300)
+    assert tokenizer("pieced") == whole
+    lines = [line for line in every_update_logs() if line.startswith(f"training the {kind} tokenizer:")]
+    assert any(re.match(rf"training the {kind} tokenizer: 0\.\d\d/2 documents", line) for line in lines)
+
+
 def test_scoring_ablating_and_generating_log_their_progress(text_corpus, make_config, every_update_logs):
     from slmlab.cli import main
 

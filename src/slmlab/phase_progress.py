@@ -57,6 +57,13 @@ class PhaseProgress:
         self.bar.n = self.done
         self._say(self.line)
 
+    def parts(self, pieces: Iterable[str], whole: int) -> Iterator[str]:
+        """`pieces` of one unit's text of `whole` characters, each counted done as its share of the
+        unit once the next is asked for (a long document read in parts; the shares add up to one)."""
+        for piece in pieces:
+            yield piece
+            self.update(len(piece) / whole if whole else 1)
+
     def tick(self) -> None:
         """For whoever waits on work that counts nothing for a while (the BPE trainer's merges
         after its last document): a line if one is due, saying so once the count is complete, or

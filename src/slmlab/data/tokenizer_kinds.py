@@ -17,7 +17,8 @@ from ..config.checks import is_whole_number
 from ..errors import TokenizerError
 from ..files import read_text
 from ..registry import TOKENIZER_FILES, TOKENIZERS
-from .tokenizers import SPECIAL_TOKENS, BPETokenizer, ByteTokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer
+from .pieces import gpt2_pieces
+from .tokenizers import SPECIAL_TOKENS, BPETokenizer, ByteTokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer, fixed_pieces
 
 log = logging.getLogger("slmlab")
 
@@ -48,6 +49,16 @@ def train_tokenizer(data: DataConfig, texts: Iterable[str]) -> Tokenizer:
         )
     check_readable(plain_vocab_size(tokenizer, data.tokenizer), data.tokenizer)
     return tokenizer
+
+
+def training_pieces(kind: str, text: str, size: int) -> Iterable[str]:
+    """`text` as a tokenizer of `kind` is trained on it: whole, or where longer than `size`
+    characters, for the built-in kinds that learn from text, in pieces that train it as the whole
+    does (char's character set from any cut; BPE's words where GPT-2's pattern cuts, as its
+    pre-tokenizer does), so that a one-document corpus is read, and counted, a piece at a time."""
+    if len(text) <= size or kind not in ("char", "bpe"):
+        return (text,)
+    return fixed_pieces(text, size) if kind == "char" else gpt2_pieces(text, size)
 
 
 def plain_vocab_size(tokenizer: Tokenizer, kind: str) -> Tokenizer:

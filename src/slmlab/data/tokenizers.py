@@ -129,7 +129,7 @@ class ByteTokenizer(Tokenizer):
         return [np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(token_dtype(self.vocab_size)) for text in texts]
 
     def exact_pieces(self, text: str, size: int) -> Iterator[str]:
-        return _every(text, size)
+        return fixed_pieces(text, size)
 
     def decode(self, ids: Iterable[int]) -> str:
         return bytes(self.checked_ids(ids)).decode("utf-8", errors="replace")
@@ -168,7 +168,7 @@ class CharTokenizer(Tokenizer):
         return [self._ids(text) for text in texts]
 
     def exact_pieces(self, text: str, size: int) -> Iterator[str]:
-        return _every(text, size)
+        return fixed_pieces(text, size)
 
     def _ids(self, text: str, chunk: int = 1 << 22) -> np.ndarray:
         """(len(text),) token_dtype ids, `chunk` characters at a time: a 200 MB document went
@@ -361,6 +361,6 @@ class GPT2Tokenizer(Tokenizer):
         return np.array([*lengths, 0], dtype=np.int64)  # <|endoftext|> stands for no text
 
 
-def _every(text: str, size: int) -> Iterator[str]:
+def fixed_pieces(text: str, size: int) -> Iterator[str]:
     """`text` cut every `size` characters (a tokenizer of one id or one byte run per character)."""
     return (text[start : start + size] for start in range(0, len(text), size))

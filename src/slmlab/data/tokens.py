@@ -48,7 +48,7 @@ from ..phase_progress import PhaseProgress
 from .corpora import CorpusError, DocumentSelection
 from .corpora.fetch import cache_dir
 from .split import copies_across_split, text_digest, validation_ids
-from .tokenizer_kinds import load_tokenizer, train_tokenizer
+from .tokenizer_kinds import load_tokenizer, train_tokenizer, training_pieces
 from .tokenizers import Tokenizer, TokenizerError, token_dtype
 
 log = logging.getLogger("slmlab")
@@ -95,12 +95,12 @@ def get_tokenizer(data: DataConfig, selection: DocumentSelection, progress: bool
 
 
 def _counted(selection: DocumentSelection, progress: PhaseProgress) -> Iterator[str]:
-    """The selection's texts, each counted by `progress` once the tokenizer asks for the next. The
-    documents are counted first, once the tokenizer asks for one (byte and gpt2 never do)."""
+    """The selection's texts, each counted by `progress` once the tokenizer asks for the next, a
+    long one in pieces that train as it does whole (`training_pieces`). The documents are counted
+    first, once the tokenizer asks for one (byte and gpt2 never do)."""
     progress.set_total(len(selection.ids()))
     for doc in selection:
-        yield doc.text
-        progress.update()
+        yield from progress.parts(training_pieces(selection.data.tokenizer, doc.text, ENCODE_CHARS), len(doc.text))
 
 
 def vocab_size_of(data: DataConfig) -> int:
@@ -171,13 +171,12 @@ def _write_streams(
         is the whole phase; the parts add up to one)."""
         key = stream_of(doc)
         with open(_stream_file(work, *key), "ab") as handle:
-            for piece in tokenizer.exact_pieces(doc.text, ENCODE_CHARS):
+            for piece in progress.parts(tokenizer.exact_pieces(doc.text, ENCODE_CHARS), len(doc.text)):
                 try:
                     (ids,) = tokenizer.encode_documents([piece])
                 except TokenizerError as err:
                     raise TokenizerError(f"{selection.data.source}, document {doc.id!r}: {err}") from None
                 write(handle, key, [np.asarray(ids, dtype=dtype)])
-                progress.update(len(piece) / len(doc.text))
             write(handle, key, [separator])
 
     batch, chars = [], 0
