@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from slmlab.cli import main
 
@@ -97,6 +98,27 @@ def test_a_damaged_run_file_is_one_line_naming_it(copy, capsys, name, verbs, dam
             pytest.fail(f"{verb} accepted a damaged {name} ({damage})")
         assert code == 2
         one_line_error(capsys, Path(name).name, "checkpoint", "run directory")
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "deleted"])
+def test_a_finished_runs_damaged_final_weights_are_written_again_by_a_resume(copy, capsys, damage):
+    """A finished run's final.safetensors damaged or deleted: every verb refused it, and a resume
+    said the run had finished, though its last checkpoint holds the same weights. The error says
+    so, and the resume writes the file again, with the weights the run wrote."""
+    run, _ = copy
+    written = {name: tensor.clone() for name, tensor in load_file(run / "final.safetensors").items()}
+    DAMAGES[damage](run / "final.safetensors")
+    assert main(_verbs(run)["eval"]) == 2
+    error = one_line_error(capsys, "final.safetensors")
+    assert error.endswith(f"write it again from its checkpoint of the same step, step_000006: `slmlab train --resume {run}`")
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    again = load_file(run / "final.safetensors")
+    assert again.keys() == written.keys() and all(torch.equal(again[k], written[k]) for k in written)
+    assert main(_verbs(run)["eval"]) == 0
+    shutil.rmtree(run / "checkpoints")
+    (run / "final.safetensors").unlink()
+    assert main(_verbs(run)["eval"]) == 2  # nothing to write it from
+    assert one_line_error(capsys, "final.safetensors").endswith("finished training with it: restore it from a copy of the run")
 
 
 def test_a_training_state_without_the_optimizer_is_refused(copy, capsys):

@@ -91,14 +91,16 @@ def _model_settings(cfg: RunConfig) -> dict[str, Any]:
     return {key: value for key, value in cfg.settings().items() if key.startswith("model.")}
 
 
-def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None, model_cfg: ModelConfig | None = None) -> None:
+def load_weights(
+    model: nn.Module, path: str | Path, sha256: str | None = None, model_cfg: ModelConfig | None = None, fix: str = ""
+) -> None:
     """Load safetensors weights into `model`, checked against `sha256` when given (any mismatch or
-    corruption is a CheckpointError) and against the model section `model_cfg` the run's config
-    gives (check_trained_model's RunFileError)."""
+    corruption is a CheckpointError, saying `fix` where given) and against the model section
+    `model_cfg` the run's config gives (check_trained_model's RunFileError)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no weights at {path}")
-    verify_file(path, sha256)
+    verify_file(path, sha256, fix)
     if model_cfg is not None:
         check_trained_model(path, model_cfg)
     try:

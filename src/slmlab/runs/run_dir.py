@@ -354,16 +354,30 @@ def model_weights(run: RunDir, checkpoint: str | None = None) -> tuple[Path, str
     if run.final_weights.is_file():
         return run.final_weights, summary.get("final_sha256")
     if "final_sha256" in summary:  # a finished run must have its final weights
-        kept = checkpoint_names(run.checkpoints)  # newest first; not the `latest` pointer, which may be damaged too
-        instead = f", or read its checkpoint {kept[0]} (--checkpoint {kept[0]})" if kept else ""
         raise CheckpointError(
-            f"{run.final_weights} is missing, though {run.path} finished training with it: "
-            f"restore it from a copy of the run{instead}"
+            f"{run.final_weights} is missing, though {run.path} finished training with it: {final_weights_fix(run, summary)}"
         )
     name = latest_checkpoint(run.checkpoints)
     if name is None:
         raise CheckpointError(f"{run.path} has no final.safetensors and no checkpoint yet")
     return run.checkpoints / f"{name}.safetensors", checksums(run.checkpoints, name).get(f"{name}.safetensors")
+
+
+def final_weights_intact(run: RunDir, summary: dict) -> bool:
+    """Whether a finished run's final.safetensors is there and is the file its summary recorded."""
+    recorded = summary.get("final_sha256")
+    return run.final_weights.is_file() and (recorded is None or sha256_file(run.final_weights) == recorded)
+
+
+def final_weights_fix(run: RunDir, summary: dict) -> str:
+    """What to do about a finished run's missing or damaged final.safetensors: restore it, or write
+    it again from the checkpoint of its last step (a resume of the finished run does), or read an
+    older checkpoint."""
+    kept = checkpoint_names(run.checkpoints)  # newest first; not the `latest` pointer, which may be damaged too
+    if kept and isinstance(step := summary.get("step"), int) and kept[0] == f"step_{step:06d}":
+        resume = command_line("slmlab", "train", "--resume", run.path)
+        return f"restore it from a copy of the run, or write it again from its checkpoint of the same step, {kept[0]}: `{resume}`"
+    return "restore it from a copy of the run" + (f", or read its checkpoint {kept[0]} (--checkpoint {kept[0]})" if kept else "")
 
 
 def load_run(
@@ -383,5 +397,6 @@ def load_run(
     weights, sha256 = model_weights(run, checkpoint)
     if checkpoint is None and weights != run.final_weights:
         log.info("%s has not finished training: using its latest checkpoint, %s", run.path, weights.stem)
-    load_weights(model, weights, sha256, recorded_model)
+    fix = final_weights_fix(run, run.read_summary()) if weights == run.final_weights else ""
+    load_weights(model, weights, sha256, recorded_model, fix)
     return cfg, model.to(device).eval(), tokenizer

@@ -45,7 +45,7 @@ from ..runs.checkpoints import (
     save_checkpoint,
 )
 from ..runs.metrics import MetricsLog, perplexity
-from ..runs.run_dir import RunDir
+from ..runs.run_dir import RunDir, final_weights_intact
 from . import stopping
 from .callbacks import TrainingCallback, checked_callbacks
 from .distributed import (
@@ -289,9 +289,11 @@ class Trainer:
         t, d = self.cfg.train, self.cfg.data
         if self.step >= t.steps and self.run.summary.is_file():
             summary = self.run.read_summary()
-            if summary["step"] == self.step:
+            if summary["step"] == self.step and final_weights_intact(self.run, summary):
                 log.info("%s finished at step %d already; raise --train.steps to train longer", self.run.path, self.step)
                 return TrainResult.from_summary(self.run.path, summary)
+            if summary["step"] == self.step:  # the checkpoint of that step holds the same weights
+                log.warning("%s is missing or damaged: writing it again from step %d", self.run.final_weights, self.step)
         tokens_per_step = t.batch_size * d.seq_len * t.grad_accum
         progress = TrainingProgress(
             self.cfg.name, t.steps, self.step, bar=self.progress, log_lines=not self.progress and self.world.is_main
