@@ -87,6 +87,11 @@ def test_curriculum_end_to_end_and_exact_resume(make_config, text_corpus):
 
     info = size_table(config_for_info(root, None))  # its config.json has no vocabulary: info failed on it
     assert info.count("phase ") == 3 and "block_local attention (block 8)" in info.split("phase B")[1]
+    for phase in ("phase1_A", "phase3_C"):  # a resume of the finished curriculum left damaged final weights so
+        (root / phase / "final.safetensors").write_bytes(b"damaged")
+    train(interrupted, resume=True, progress=False)
+    again = load_file(root / "phase3_C" / "final.safetensors")
+    assert all(torch.equal(a[k], again[k]) for k in a) and load_run(root / "phase1_A")
 
 
 def test_a_phase_a_later_phase_began_from_keeps_its_end(make_config, text_corpus):

@@ -88,6 +88,10 @@ def test_micro_sweep_end_to_end_and_resume(micro_sweep, tmp_path, capsys, caplog
     assert "1 run to do, 3 done; 1 parallel job," in caplog.text  # one run left takes every core
     assert (sweep_dir / "baseline_s1" / "final.safetensors").stat().st_mtime_ns == before
     assert (sweep_dir / "full_s2" / "summary.json").is_file()
+    (sweep_dir / "full_s1" / "final.safetensors").write_bytes(b"damaged")  # skipped as done, it failed every later verb
+    assert [run_status(job) for job in jobs if job.run.path.name == "full_s1"] == ["resume"]  # a resume writes it again
+    assert main(["sweep", str(micro_sweep)]) == 0
+    assert all(run_status(job) == "done" for job in jobs)
 
 
 def test_variants_see_the_same_data_order(micro_sweep):

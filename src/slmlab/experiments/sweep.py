@@ -33,7 +33,7 @@ import torch
 from ..config import ConfigError, RunConfig
 from ..errors import SlmlabError, TrainingError
 from ..locks import DirectoryLock
-from ..runs.run_dir import RunDir, phase_runs
+from ..runs.run_dir import RunDir, final_weights_intact, model_run, phase_runs
 from ..tables import counted, human
 from ..training import stopping
 from ..training.memory_room import runs_that_fit
@@ -45,16 +45,19 @@ log = logging.getLogger("slmlab")
 
 
 def run_status(job: Job) -> str:
-    """'done' (summary.json exists, at the steps the sweep asks), 'resume' (has a checkpoint, a
-    curriculum with a phase begun (its checkpoints lie in the phases' folders), or finished at
-    other steps or with its data elsewhere: a resume checks and records the new place), or 'new'
-    (trained afresh, replacing what the folder holds)."""
+    """'done' (summary.json exists, at the steps the sweep asks, with its final weights intact),
+    'resume' (has a checkpoint, a curriculum with a phase begun (its checkpoints lie in the phases'
+    folders), or finished at other steps, with its data elsewhere (a resume checks and records the
+    new place) or with its final weights damaged (a resume writes them again)), or 'new' (trained
+    afresh, replacing what the folder holds)."""
     from ..training.resume import relocated
 
     run = job.run
     if run.summary.is_file():
         recorded = run.read_config()
-        return "done" if recorded.train.steps == job.config.train.steps and not relocated(recorded, job.config) else "resume"
+        holder = model_run(run.path)[0]
+        same = recorded.train.steps == job.config.train.steps and not relocated(recorded, job.config)
+        return "done" if same and final_weights_intact(holder, holder.read_summary()) else "resume"
     if (run.checkpoints / "latest").is_file() or (job.config.phases and phase_runs(run.path, job.config, begun=True)):
         return "resume"
     return "new"

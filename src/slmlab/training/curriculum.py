@@ -5,8 +5,9 @@
     runs/<name>/summary.json                the last phase's summary plus one entry per phase
 
 Phase i + 1 starts from phase i's final weights and tokenizer (optimizer fresh, or carried with
-`carry_optimizer`). Resuming skips finished phases and continues an interrupted one from its
-checkpoint. Each phase's model is checked to run the attention pattern its config asks for (the
+`carry_optimizer`). Resuming skips finished phases (writing a finished phase's damaged final
+weights again from its last checkpoint) and continues an interrupted one from its checkpoint.
+Each phase's model is checked to run the attention pattern its config asks for (the
 seed's notebook switched a flag on a built model and silently kept full attention).
 """
 
@@ -20,7 +21,7 @@ from ..data.sampling import check_windows
 from ..files import atomic_write_text, json_text
 from ..model.protocol import attention_modules
 from ..registry import ATTENTION_PATTERNS
-from ..runs.run_dir import RunDir
+from ..runs.run_dir import RunDir, final_weights_intact
 from .callbacks import TrainingCallback, checked_callbacks
 from .distributed import World
 from .results import TrainResult
@@ -115,8 +116,8 @@ def _train_phases(
     for index, phase in enumerate(cfg.phases):
         sub = cfg.phase(index)
         run = RunDir.for_config(sub)
-        if not run.summary.is_file():
-            resumable = (run.checkpoints / "latest").is_file()
+        resumable = (run.checkpoints / "latest").is_file()
+        if not run.summary.is_file() or (resumable and not final_weights_intact(run, run.read_summary())):
             with Trainer(
                 sub,
                 resume=resumable,
