@@ -110,7 +110,10 @@ def test_a_finished_runs_damaged_final_weights_are_written_again_by_a_resume(cop
     DAMAGES[damage](run / "final.safetensors")
     assert main(_verbs(run)["eval"]) == 2
     error = one_line_error(capsys, "final.safetensors")
-    assert error.endswith(f"write it again from its checkpoint of the same step, step_000006: `slmlab train --resume {run}`")
+    assert error.endswith(
+        f"read its checkpoint step_000006 (--checkpoint step_000006), or write it again from that checkpoint of the same "
+        f"step: `slmlab train --resume {run}`"
+    )
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     again = load_file(run / "final.safetensors")
     assert again.keys() == written.keys() and all(torch.equal(again[k], written[k]) for k in written)

@@ -374,10 +374,13 @@ def final_weights_fix(run: RunDir, summary: dict) -> str:
     it again from the checkpoint of its last step (a resume of the finished run does), or read an
     older checkpoint."""
     kept = checkpoint_names(run.checkpoints)  # newest first; not the `latest` pointer, which may be damaged too
-    if kept and isinstance(step := summary.get("step"), int) and kept[0] == f"step_{step:06d}":
+    if not kept:
+        return "restore it from a copy of the run"
+    read = f"read its checkpoint {kept[0]} (--checkpoint {kept[0]})"
+    if isinstance(step := summary.get("step"), int) and kept[0] == f"step_{step:06d}":
         resume = command_line("slmlab", "train", "--resume", run.path)
-        return f"restore it from a copy of the run, or write it again from its checkpoint of the same step, {kept[0]}: `{resume}`"
-    return "restore it from a copy of the run" + (f", or read its checkpoint {kept[0]} (--checkpoint {kept[0]})" if kept else "")
+        return f"restore it from a copy of the run, {read}, or write it again from that checkpoint of the same step: `{resume}`"
+    return f"restore it from a copy of the run, or {read}"
 
 
 def load_run(
