@@ -334,7 +334,8 @@ class JsonObject(dict):
     repeated: frozenset[str] = frozenset()
 
 
-def _json_object(pairs: list[tuple[str, object]]) -> JsonObject:
+def json_object_pairs(pairs: list[tuple[str, object]]) -> JsonObject:
+    """The object_pairs_hook that reads JSON objects as JsonObjects."""
     value = JsonObject(pairs)
     if len(value) < len(pairs):
         keys = [key for key, _ in pairs]
@@ -347,7 +348,7 @@ def parse_json(text: str, where, error: type[SlmlabError], expected: str = "JSON
     JsonObjects: text that is not `expected`, or that holds a lone surrogate escape, is `error`
     naming `where`."""
     try:
-        value = json.loads(text, object_pairs_hook=_json_object)
+        value = json.loads(text, object_pairs_hook=json_object_pairs)
     except json.JSONDecodeError as err:  # where in a whole file's text; in a line's, the column
         at = f"line {err.lineno}, column {err.colno}" if "\n" in text.strip() else f"column {err.colno}"
         raise error(f"{where}: not {expected} ({err.msg} at {at})") from None

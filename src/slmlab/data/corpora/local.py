@@ -44,6 +44,7 @@ from .compressed import (
 from .csv_rows import table_rows
 from .document import Document, refuse_repeated
 from .fetch import CorpusError, file_digest
+from .json_array import array_items
 from .listing import corpus_files, glob_files
 
 log = logging.getLogger("slmlab")
@@ -55,6 +56,15 @@ def read_utf8(path: Path) -> str:
             return handle.read()
     except UnicodeDecodeError:
         raise CorpusError(not_utf8(str(path), file_bytes(path))) from None
+
+
+def _first_character(path: Path, chunk: int = 4096) -> str:
+    """The first character of a text file that is not white space ("" where there is none)."""
+    with open_text(path) as handle:
+        while part := handle.read(chunk):
+            if stripped := part.lstrip():
+                return stripped[0]
+    return ""
 
 
 def split_stream(handle, separator: str, chunk: int = 1 << 22) -> Iterator[str]:
@@ -141,12 +151,20 @@ def json_kind(value) -> str:
     return next((name for kind, name in kinds if isinstance(value, kind)), "null")
 
 
-def whole_object(text: str) -> bool:
-    """Whether `text` is one JSON object spread over lines (not JSON lines)."""
+def one_spread_object(path: Path) -> bool:
+    """Whether a .json file that holds no array is one JSON object spread over lines, not JSON
+    lines: its first line is no JSON value, and its whole text one object (read whole only then:
+    a 2 GB file of JSON lines was held whole to ask)."""
+    with open_text(path) as handle:
+        first = next((line for line in handle if line.strip()), "")
     try:
-        return isinstance(json.loads(text), dict)
-    except json.JSONDecodeError:
+        json.loads(first)
         return False
+    except json.JSONDecodeError:
+        try:
+            return isinstance(json.loads(read_utf8(path)), dict)
+        except json.JSONDecodeError:
+            return False
 
 
 class LocalSource:
@@ -287,10 +305,11 @@ class LocalSource:
         try:
             if suffix in (".csv", ".tsv"):
                 yield from table_rows(path, suffix, self.text_field)
-            elif suffix == ".json" and (text := read_utf8(path)).lstrip().startswith("["):
-                yield from ((f"{path}: item {i}", i, record) for i, record in enumerate(parse_json(text, path, CorpusError), 1))
-            elif suffix == ".json" and "\n" in text.strip() and whole_object(text):  # one pretty-printed record
-                yield str(path), 1, parse_json(text, path, CorpusError)
+            elif suffix == ".json" and _first_character(path) == "[":
+                with open_text(path) as handle:
+                    yield from ((f"{path}: item {i}", i, record) for i, record in enumerate(array_items(handle, str(path)), 1))
+            elif suffix == ".json" and one_spread_object(path):  # one pretty-printed record
+                yield str(path), 1, parse_json(read_utf8(path), path, CorpusError)
             else:
                 with open_text(path) as handle:
                     for number, line in enumerate(handle, 1):
