@@ -261,14 +261,15 @@ def _read_only(monkeypatch, folder: Path) -> None:
     """Files cannot be made in `folder` (mkstemp fails as the kernel fails it), and os.access says so."""
     import tempfile
 
-    mkstemp = tempfile.mkstemp
+    for name in ("mkstemp", "mkdtemp"):
+        make = getattr(tempfile, name)
 
-    def refuse(*args, dir=None, prefix="", **kwargs):
-        if dir is not None and Path(dir).resolve() == folder.resolve():
-            raise _denied(Path(dir) / f"{prefix}abc.tmp")
-        return mkstemp(*args, dir=dir, prefix=prefix, **kwargs)
+        def refuse(*args, dir=None, prefix="", make=make, **kwargs):
+            if dir is not None and Path(dir).resolve() == folder.resolve():
+                raise _denied(Path(dir) / f"{prefix}abc.tmp")
+            return make(*args, dir=dir, prefix=prefix, **kwargs)
 
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+        monkeypatch.setattr(tempfile, name, refuse)
     _lacking(monkeypatch, folder, os.W_OK)
 
 
@@ -278,13 +279,14 @@ def _read_only(monkeypatch, folder: Path) -> None:
         (["ablate", "{run}", "--layers"], "or copy the run {run} to a folder you can write and give the copy"),
         (["prompts", "{run}", "--suite", "{suite}", "--out", "{run}/p.md"], "or give another --out"),
         (["tokenizer", "train", "{config}", "--out", "{ro}/t.json"], "or give another --out"),
+        (["export", "{run}", "{ro}/hf", "--to", "hf"], "or give another OUT"),  # it named its staging folder
     ],
 )
 def test_a_read_only_run_folder_names_the_argument_that_writes_elsewhere(argv, hint, micro_toml, tmp_path, capsys, monkeypatch):
     run = _trained(micro_toml, tmp_path)
     suite = tmp_path / "suite.toml"
     suite.write_text('[[prompt]]\nid = "a"\nprompt = "th"\nmax_tokens = 2\n')
-    folder = tmp_path / "ro" if "{ro}/t.json" in argv else run.path
+    folder = tmp_path / "ro" if any("{ro}" in arg for arg in argv) else run.path
     folder.mkdir(exist_ok=True)
     names = {"run": run.path, "ro": folder, "suite": suite, "config": micro_toml}
     argv = [arg.format(**names) for arg in argv]
@@ -292,7 +294,7 @@ def test_a_read_only_run_folder_names_the_argument_that_writes_elsewhere(argv, h
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"the folder {folder} is not writable for this user" in err
-    assert err.strip().endswith(hint.format(**names))
+    assert err.strip().endswith(hint.format(**names)) and "abc.tmp" not in err  # named by what it writes, not a temp name
 
 
 def test_another_user_s_lock_file_in_a_shared_cache_still_locks(tmp_path, monkeypatch):

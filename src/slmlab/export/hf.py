@@ -137,7 +137,10 @@ def export_hf(run: str | Path, out: str | Path, layout: str = "auto") -> ExportR
     if cfg.model.vocab_size > tokenizer.vocab_size:  # a padded embedding: its extra ids stand for no text
         hf.generation_config.suppress_tokens = list(range(tokenizer.vocab_size, cfg.model.vocab_size))
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as err:  # named by the folder asked for, not by the staging folder's random name
+        raise OSError(err.errno, err.strerror, str(out)) from None
     try:
         with no_bars():
             with room_for(out.parent, "the exported model", "free space, or export to a disk with room", ConfigError):
