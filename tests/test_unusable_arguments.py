@@ -20,7 +20,7 @@ def _argument_cases(value: str, dests=None) -> list[list[str]]:
     checkpoint's name is text), or those of `dests`: the verb's command line with that argument
     given as `value` and every other required one as 'x' (or its first choice)."""
     from slmlab.cli.main import build_parser
-    from slmlab.cli.options import checkpoint_name, parser_tree
+    from slmlab.cli.options import checkpoint_name, output_folder, parser_tree
 
     cases = []
     for parser in parser_tree(build_parser()):
@@ -29,7 +29,12 @@ def _argument_cases(value: str, dests=None) -> list[list[str]]:
         verb = parser.prog.split()[1:]
         groups = [g for g in parser._mutually_exclusive_groups if g.required]
         for target in parser._actions:
-            if target.type not in (None, str, checkpoint_name) or target.choices or target.nargs == 0 or target.dest == "help":
+            if (
+                target.type not in (None, str, checkpoint_name, output_folder)
+                or target.choices
+                or target.nargs == 0
+                or target.dest == "help"
+            ):
                 continue
             if dests is not None and target.dest not in dests:
                 continue

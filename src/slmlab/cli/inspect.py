@@ -116,7 +116,7 @@ def add_run_reader(viz_sub, name: str, summary: str, examples: str, handler, pro
     p.add_argument("run")
     if prompt:
         add_prompt(p)
-    add_out(p, "output folder (default RUN/viz)")
+    add_out(p, "output folder (default RUN/viz)", folder=True)
     add_checkpoint(p)
     add_device(p)
     p.set_defaults(func=handler)

@@ -287,8 +287,24 @@ def add_checkpoint(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_out(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--out", default="", help=what)
+def add_out(parser: argparse.ArgumentParser, what: str, folder: bool = False) -> None:
+    """--out: a file, or with `folder` a folder the verb writes several files into."""
+    parser.add_argument("--out", default="", type=output_folder if folder else str, help=what)
+
+
+FILE_SUFFIXES = (".png", ".gif", ".mp4", ".svg", ".pdf", ".jpg", ".jpeg", ".md", ".html", ".json", ".txt", ".csv")
+
+
+def output_folder(text: str) -> str:
+    """An --out that names a folder: a name with a file's suffix that is no folder yet (viz.png)
+    is refused, since the files would go into a new folder of that name."""
+    path = Path(text)
+    if path.suffix.lower() in FILE_SUFFIXES and not path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"names the folder the files are written into, and {text!r} reads as one file's name: give a folder, "
+            f"e.g. {path.with_suffix('')}"
+        )
+    return text
 
 
 def add_sampling(parser: argparse.ArgumentParser, max_new_tokens: int = 200) -> None:
