@@ -60,6 +60,7 @@ from slmlab.config import ConfigError, config_from_dict
         ["train", "CONFIG", "--data.cache_dir", '"c\\u0000"'],
         ["prompts", "RUN", "--out", "report\x00.md"],  # from a caller of main(): a shell cannot pass one
         ["viz", "attention", "RUN", "--prompt", "a", "--out", "attention.png"],  # a folder of that name was made
+        ["export", "RUN", "model.safetensors", "--to", "hf"],
     ],
 )
 def test_a_bad_argument_is_one_line_and_nothing_is_written(argv, micro_toml, tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .options import add_device, add_verb, non_negative_int, positive_int
+from .options import add_device, add_verb, non_negative_int, output_folder, positive_int
 
 
 def register(sub) -> None:
@@ -17,7 +17,7 @@ def register(sub) -> None:
     )
     p.add_argument("run")
     p.add_argument("--to", choices=("hf",), required=True, help="the format (hf: a transformers model folder)")
-    p.add_argument("out", metavar="OUT", help="the new folder to write")
+    p.add_argument("out", metavar="OUT", type=output_folder, help="the new folder to write")
     p.add_argument(
         "--layout",
         choices=("auto", "gpt2", "llama", "remote"),

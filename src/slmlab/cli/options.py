@@ -292,12 +292,16 @@ def add_out(parser: argparse.ArgumentParser, what: str, folder: bool = False) ->
     parser.add_argument("--out", default="", type=output_folder if folder else str, help=what)
 
 
-FILE_SUFFIXES = (".png", ".gif", ".mp4", ".svg", ".pdf", ".jpg", ".jpeg", ".md", ".html", ".json", ".txt", ".csv")
+FILE_SUFFIXES = (
+    *(".png", ".gif", ".mp4", ".svg", ".pdf", ".jpg", ".jpeg", ".md", ".html", ".json", ".txt", ".csv"),
+    *(".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx"),
+)
 
 
 def output_folder(text: str) -> str:
-    """An --out that names a folder: a name with a file's suffix that is no folder yet (viz.png)
-    is refused, since the files would go into a new folder of that name."""
+    """An output that names a folder (viz's --out, export's OUT): a name with a file's suffix that
+    is no folder yet (viz.png, model.safetensors) is refused, since the files would go into a new
+    folder of that name."""
     path = Path(text)
     if path.suffix.lower() in FILE_SUFFIXES and not path.is_dir():
         raise argparse.ArgumentTypeError(
