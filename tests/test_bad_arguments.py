@@ -61,9 +61,12 @@ from slmlab.config import ConfigError, config_from_dict
         ["prompts", "RUN", "--out", "report\x00.md"],  # from a caller of main(): a shell cannot pass one
         ["viz", "attention", "RUN", "--prompt", "a", "--out", "attention.png"],  # a folder of that name was made
         ["export", "RUN", "model.safetensors", "--to", "hf"],
+        ["new-variant", "idea", "--out", "idea.py"],
+        ["surgery", "--hf-model", "x", "--persona-data", "x", "--out", "self_area.safetensors"],
     ],
 )
-def test_a_bad_argument_is_one_line_and_nothing_is_written(argv, micro_toml, tmp_path, capsys):
+def test_a_bad_argument_is_one_line_and_nothing_is_written(argv, micro_toml, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative output would be written here
     a_file = tmp_path / "a_file.txt"
     a_file.write_text("not a folder")
     sweep = tmp_path / "sweep.toml"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from ..tables import command_line, counted
-from .options import add_seed, add_verb, configs_to_inspect
+from .options import add_seed, add_verb, configs_to_inspect, output_folder
 
 KINDS = ("attention-extension", "output-gate", "mlp")  # analysis/scaffold.KIND_TEMPLATES (not imported: --help stays light)
 
@@ -44,7 +44,7 @@ def register(sub) -> None:
     )
     p.add_argument("name", help="a Python identifier: the plugin's file, section and config names")
     p.add_argument("--kind", choices=KINDS, default=KINDS[0], help="extension point (default %(default)s)")
-    p.add_argument("--out", default="ideas", help="folder to write into (default %(default)s)")
+    p.add_argument("--out", default="ideas", type=output_folder, help="folder to write into (default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace files of the same names")
     p.set_defaults(func=cmd_new_variant)
 

@@ -294,7 +294,7 @@ def add_out(parser: argparse.ArgumentParser, what: str, folder: bool = False) ->
 
 FILE_SUFFIXES = (
     *(".png", ".gif", ".mp4", ".svg", ".pdf", ".jpg", ".jpeg", ".md", ".html", ".json", ".txt", ".csv"),
-    *(".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx"),
+    *(".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".py", ".toml"),
 )
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .options import add_device, add_seed, add_verb, option_rules, positive_float, positive_int
+from .options import add_device, add_seed, add_verb, option_rules, output_folder, positive_float, positive_int
 
 
 def register(sub) -> None:
@@ -68,7 +68,7 @@ def register(sub) -> None:
         "--persona-data", default="", metavar="SOURCE", help="brown:R, shakespeare:comedies, a .txt/.jsonl file or directory"
     )
     p.add_argument("--load", default="", metavar="DIR", help="use the Self Area saved in DIR instead of training one")
-    p.add_argument("--out", default="", help="where to save the Self Area (default runs/surgery_<model>)")
+    p.add_argument("--out", default="", type=output_folder, help="where to save the Self Area (default runs/surgery_<model>)")
     p.add_argument("--steps", type=positive_int, default=200)
     p.add_argument("--lr", type=positive_float, default=1e-2)
     p.add_argument("--batch-size", type=positive_int, default=4)
