@@ -99,6 +99,7 @@ def test_a_sweep_that_cannot_write_its_folder_names_its_config_s_out_dir(tmp_pat
     _lacking(monkeypatch, tmp_path, os.W_OK)
     outputs = output_arguments(build_parser().parse_args(["sweep", "s.toml"]))
     assert os_error_message(_denied(tmp_path / "sweeps"), outputs).endswith("or give another out_dir in the sweep's config")
+    assert output_arguments(build_parser().parse_args(["sweep", "s.toml", "--slurm", "s.sh"])) == ["--slurm"]
     assert output_arguments(build_parser().parse_args(["train", "c.toml"])) == ["--out_dir"]
 
 

@@ -62,10 +62,10 @@ def _denied(path: Path, outputs: Sequence[str]) -> str:
 
 def output_arguments(args: argparse.Namespace) -> list[str]:
     """The arguments of the verb `args` ran with that choose where it writes: --out, export's OUT,
-    --out_dir for the verbs that take config overrides, and a sweep's own out_dir (which its
-    command line may not set)."""
+    --out_dir for the verbs that take config overrides, and a sweep's --slurm script or its own
+    out_dir (which its command line may not set)."""
     if args.verb_name == "sweep":
-        return ["out_dir in the sweep's config"]
+        return ["--slurm"] if args.slurm else ["out_dir in the sweep's config"]
     options = {option for action in args.verb_parser._actions for option in action.option_strings}
     positional = [action.metavar for action in args.verb_parser._actions if not action.option_strings and action.dest == "out"]
     return ["--out"] * ("--out" in options) + positional + ["--out_dir"] * (args.takes_overrides is True)
