@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from slmlab.config import DataConfig
 from slmlab.data.corpora import CorpusError, DocumentSelection
 from slmlab.data.corpora.json_array import array_items
+from slmlab.files import lone_surrogate
 
+TEXT = st.characters(exclude_categories=("Cs",))  # a lone surrogate is refused (the last test)
 VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(TEXT),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(TEXT, max_size=3), inner, max_size=3),
     max_leaves=8,
 )
 
@@ -29,8 +31,20 @@ def test_the_items_are_those_of_the_whole_text_wherever_the_reads_cut_it(items, 
     assert list(array_items(io.StringIO(text), "x.json", read_chars)) == items
 
 
-@settings(max_examples=500, deadline=None)
-@given(st.text(alphabet='[]{},:"0123.e- \nabtrul', max_size=24), st.integers(1, 5))
+@settings(max_examples=800, deadline=None)
+@given(
+    st.one_of(
+        st.text(alphabet='[]{},:"0123.e- \nabtrul', max_size=24),
+        st.lists(VALUES, max_size=8)
+        .map(json.dumps)
+        .flatmap(
+            lambda text: st.tuples(st.integers(0, len(text)), st.sampled_from(["", ",", "}", '"', "x", "\\q", "1e"])).map(
+                lambda cut: text[: cut[0]] + cut[1] + text[cut[0] :]
+            )
+        ),
+    ),
+    st.integers(1, 40),
+)
 def test_text_that_is_no_array_fails_where_json_loads_says(text, read_chars):
     """The same message, line and column as json.loads of the whole text (a number cut by a read
     is not taken for a shorter one)."""
@@ -39,8 +53,8 @@ def test_text_that_is_no_array_fails_where_json_loads_says(text, read_chars):
         expected = value if isinstance(value, list) else None
     except json.JSONDecodeError as err:
         expected = f"x.json: not JSON ({err.msg} at line {err.lineno}, column {err.colno})"
-    if not text.lstrip(" \t\n\r").startswith("["):
-        return  # a .json file that is not an array is read as one record or JSON lines
+    if not text.lstrip(" \t\n\r").startswith("[") or (isinstance(expected, list) and lone_surrogate(expected)):
+        return  # a .json file that is not an array is read as one record or JSON lines; a lone surrogate is refused
     try:
         got = list(array_items(io.StringIO(text), "x.json", read_chars))
     except CorpusError as err:
@@ -61,6 +75,10 @@ def test_an_item_is_read_before_the_rest_of_the_file():
     items = array_items(handle, "big.json", read_chars=1000)
     assert next(items) == records[0] and handle.chars < 2000
     assert list(items) == records[1:]
+    damaged = CountedReads(json.dumps(records).replace('"document 2 ', '"document 2 \\q', 1))
+    with pytest.raises(CorpusError, match=r"Invalid \\escape at line 1, column 491\)"):
+        list(array_items(damaged, "big.json", read_chars=1000))
+    assert damaged.chars < 3000  # not read to its end to say so
 
 
 def test_a_json_array_file_is_a_corpus_of_its_records_and_its_damage_is_one_line(tmp_path):

@@ -4,8 +4,10 @@ file held its text and every record at once (a 2 GB export took several times th
 `array_items` reads READ_CHARS characters at a time and parses each item with
 `json.JSONDecoder.raw_decode` where it starts; an item cut by the end of what was read is parsed
 again once more is read (twice as much where it is long, so a long item costs a few parses, not
-one per read). A number is taken only once a character that cannot go on it follows. The items,
-and the errors (message, line and column), are those of `json.loads` of the whole text.
+one per read). A number is taken only once a character that cannot go on it follows, and an item
+that fails well before the end of what was read (all but an unterminated string) fails at once:
+a damaged record early in a 2 GB file is not read to its end. The items, and the errors (message,
+line and column), are those of `json.loads` of the whole text.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .fetch import CorpusError
 READ_CHARS = 1 << 22
 _SPACE = re.compile(r"[ \t\n\r]*")  # JSON's white space
 _NUMBER = frozenset("0123456789.eE+-")
+_LONGEST_TOKEN = 16  # characters: a literal cut by a read (-Infinity) fails no further back than this
 
 
 def array_items(handle: TextIO, where: str, read_chars: int = READ_CHARS) -> Iterator[object]:
@@ -71,8 +74,8 @@ def array_items(handle: TextIO, where: str, read_chars: int = READ_CHARS) -> Ite
                     value, end = decoder.raw_decode(text, pos)
                     if done or (end < len(text) and text[end] not in _NUMBER):  # a number may go on
                         break
-                except json.JSONDecodeError as err:
-                    if done:
+                except json.JSONDecodeError as err:  # more text cannot mend what fails well before its end
+                    if done or (err.pos < len(text) - _LONGEST_TOKEN and not err.msg.startswith("Unterminated string")):
                         fail(err.msg, err.pos)
                 read_more()
             if text.find("\\u", pos, end) >= 0 and (bad := lone_surrogate(value)):
