@@ -114,7 +114,9 @@ def test_a_finished_runs_damaged_final_weights_are_written_again_by_a_resume(cop
         f"read its checkpoint step_000006 (--checkpoint step_000006), or write it again from that checkpoint of the same "
         f"step: `slmlab train --resume {run}`"
     )
-    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    threads = json.loads((run / "config.json").read_text())["train"]["threads"]
+    assert main(["train", "--resume", str(run), "--no-progress", "--train.threads", str(threads + 1)]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["threads"] == threads  # no step was measured there
     again = load_file(run / "final.safetensors")
     assert again.keys() == written.keys() and all(torch.equal(again[k], written[k]) for k in written)
     assert main(_verbs(run)["eval"]) == 0

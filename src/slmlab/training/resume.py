@@ -12,6 +12,7 @@ differ from its recorded config, and the corpus must give the token streams the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("slmlab")
 
 # the train.* fields a resume may change: what watches the run, and where and how it runs
-RESUME_CHANGES = ("steps", "viz_every", *TRACKER_FIELDS, "device", "threads", "compile", "parallel")
+WHERE_IT_RUNS = ("device", "threads", "compile", "parallel")
+RESUME_CHANGES = ("steps", "viz_every", *TRACKER_FIELDS, *WHERE_IT_RUNS)
 KERNEL_CHOICE = ("local_kernel",)  # the model.* fields it may change: how a pattern is computed, not which
 DATA_LOCATION = ("source", "cache_dir")  # the data.* fields it may change: where, not what (the token streams are checked)
 RESUMABLE = (("train", RESUME_CHANGES), ("model", KERNEL_CHOICE), ("data", DATA_LOCATION))  # (section, its fields)
@@ -149,13 +151,22 @@ def training_state(trainer: Trainer) -> dict:
     }
 
 
+def where_it_ran(cfg: RunConfig, recorded: RunConfig) -> RunConfig:
+    """`cfg` with the device, threads, compile and parallel settings `recorded`: what a resume that
+    trains no step (one that writes a finished run's summary or final weights again) records, since
+    every step's speed was measured where the run trained (a sweep compares its runs' settings)."""
+    kept = {name: getattr(recorded.train, name) for name in WHERE_IT_RUNS}
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **kept))
+
+
 def restore_state(trainer: Trainer, state: dict) -> None:
     """Put a checkpoint's training_state back (the optimizer's is loaded with the weights), once
     its data is checked against the corpus; metrics.jsonl loses the records after its step."""
     recorded = trainer.run.read_config()
     check_same_data(trainer.run, recorded, state.get("data_sha256"), trainer.data.manifest, trainer.cfg)
     if trainer.world.is_main:
-        record_resumed(trainer.run, recorded, trainer.cfg)
+        trains = state["step"] < trainer.cfg.train.steps
+        record_resumed(trainer.run, recorded, trainer.cfg if trains else where_it_ran(trainer.cfg, recorded))
     trainer.sampler.load_state_dict(state["sampler"])
     set_rng_state(state["rng"])
     trainer.step, trainer.tokens, trainer.nan_skips = state["step"], state["tokens"], state["nan_skips"]
