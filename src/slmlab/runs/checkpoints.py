@@ -6,7 +6,9 @@ checksummed.
                                                 every RNG, sampler position
     <run>/checkpoints/step_000100.sha256.json   SHA-256 of the two files above
     <run>/checkpoints/latest                    the name of the newest complete checkpoint
-    <run>/final.safetensors                     the weights at the end of training
+    <run>/final.safetensors                     the weights at the end of training (a finished
+                                                run's, damaged, written again from the checkpoint
+                                                of its last step by a resume: final_weights_fix)
 
 Every file goes to a temp name and is renamed into place (fsync of file and folder first);
 `latest` is rewritten only after all three files of a checkpoint exist, so a crash mid-write
@@ -27,7 +29,7 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -38,6 +40,9 @@ from ..config import ModelConfig, RunConfig, config_from_dict
 from ..errors import CheckpointError, RunFileError
 from ..files import atomic_write, atomic_write_text, read_json, sha256_file
 from ..tables import command_line
+
+if TYPE_CHECKING:
+    from .run_dir import RunDir
 
 CHECKPOINT_NAME = re.compile(r"step_\d{6,}")
 STATE_FIELDS = {"step": int, "tokens": int, "nan_skips": int, "optimizer": dict, "sampler": dict, "rng": dict}
@@ -269,3 +274,17 @@ def load_training_state(directory: Path, name: str | None = None) -> dict[str, A
     if problem:
         raise CheckpointError(f"{path} is not a complete training state ({problem})" + _older_intact(directory, name))
     return state
+
+
+def final_weights_fix(run: RunDir, summary: dict) -> str:
+    """What to do about a finished run's missing or damaged final.safetensors: restore it, or write
+    it again from the checkpoint of its last step (a resume of the finished run does), or read an
+    older checkpoint."""
+    kept = checkpoint_names(run.checkpoints)  # newest first; not the `latest` pointer, which may be damaged too
+    if not kept:
+        return "restore it from a copy of the run"
+    read = f"read its checkpoint {kept[0]} (--checkpoint {kept[0]})"
+    if isinstance(step := summary.get("step"), int) and kept[0] == f"step_{step:06d}":
+        resume = command_line("slmlab", "train", "--resume", run.path)
+        return f"restore it from a copy of the run, {read}, or write it again from that checkpoint of the same step: `{resume}`"
+    return f"restore it from a copy of the run, or {read}"

@@ -37,7 +37,7 @@ from ..files import atomic_write_text, read_json, remove_stale_temps, require_fi
 from ..locks import DirectoryLock
 from ..model import build_model
 from ..tables import command_line, counted
-from .checkpoints import CheckpointError, checkpoint_names, checksums, existing_checkpoint, latest_checkpoint, load_weights
+from .checkpoints import CheckpointError, checksums, existing_checkpoint, final_weights_fix, latest_checkpoint, load_weights
 from .metrics import MetricsLog, perplexity
 
 log = logging.getLogger("slmlab")
@@ -367,20 +367,6 @@ def final_weights_intact(run: RunDir, summary: dict) -> bool:
     """Whether a finished run's final.safetensors is there and is the file its summary recorded."""
     recorded = summary.get("final_sha256")
     return run.final_weights.is_file() and (recorded is None or sha256_file(run.final_weights) == recorded)
-
-
-def final_weights_fix(run: RunDir, summary: dict) -> str:
-    """What to do about a finished run's missing or damaged final.safetensors: restore it, or write
-    it again from the checkpoint of its last step (a resume of the finished run does), or read an
-    older checkpoint."""
-    kept = checkpoint_names(run.checkpoints)  # newest first; not the `latest` pointer, which may be damaged too
-    if not kept:
-        return "restore it from a copy of the run"
-    read = f"read its checkpoint {kept[0]} (--checkpoint {kept[0]})"
-    if isinstance(step := summary.get("step"), int) and kept[0] == f"step_{step:06d}":
-        resume = command_line("slmlab", "train", "--resume", run.path)
-        return f"restore it from a copy of the run, {read}, or write it again from that checkpoint of the same step: `{resume}`"
-    return f"restore it from a copy of the run, or {read}"
 
 
 def load_run(
