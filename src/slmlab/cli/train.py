@@ -209,7 +209,7 @@ def _longer_phase_hint(run: Path, keys: set[str]) -> str:
         return ""
     names = [phase.name for phase in cfg.phases] if cfg else []
     index = phase_index(names, wanted) if names else None
-    if index is None or index != len(names) - 1:  # an earlier phase's end began the later phases: it cannot move
+    if index != len(names) - 1:  # none, or an earlier phase, whose end began the later phases: it cannot move
         return ""
     folder = run / cfg.phase(index).name
     return f"; to train phase {names[index]} longer, resume its own folder: {command_line('slmlab', 'train', '--resume', folder, '--train.steps', 'N')}"
