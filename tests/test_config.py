@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
 
-from slmlab.config import ConfigError, config_from_dict, load_config, parse_overrides
+from slmlab.config import ConfigError, ModelConfig, config_from_dict, load_config, parse_overrides
 
 
 @pytest.fixture
@@ -302,3 +303,15 @@ def test_a_model_config_made_in_code_meets_the_rules_when_built(arch, fields, me
 
     with pytest.raises(ConfigError, match=message):
         build_model(ModelConfig(arch=arch, **{"vocab_size": 50, **fields}))
+
+
+@pytest.mark.parametrize("attention", ["full", "block_local"])
+def test_one_layers_pattern_is_the_lists_entry(attention):
+    """layer_pattern(l) and pattern_names are what layer_patterns lists: each block asked for its
+    pattern from a list of all n_layer patterns, n_layer lists in all (hours at 10**5 layers)."""
+    for n_layer, every in itertools.product(range(1, 8), range(8)):
+        m = ModelConfig(n_layer=n_layer, global_every=every, attention=attention)
+        patterns = m.layer_patterns
+        assert [m.layer_pattern(layer) for layer in range(n_layer)] == patterns and m.pattern_names == set(patterns)
+    m = ModelConfig(n_layer=3, attention_layers=["block_local", "full", "block_local"])
+    assert [m.layer_pattern(layer) for layer in range(3)] == m.layer_patterns and m.pattern_names == {"full", "block_local"}

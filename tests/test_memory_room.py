@@ -13,8 +13,8 @@ import torch
 from slmlab.cli import main
 from slmlab.config import ConfigError, RunConfig, config_from_dict
 from slmlab.host_memory import host_memory_bytes
-from slmlab.model import build_model
-from slmlab.model.accounting import traced_activation_bytes
+from slmlab.model import accounting, build_model
+from slmlab.model.accounting import least_size, traced_activation_bytes
 from slmlab.training import memory_room, train
 from slmlab.training.memory_room import training_need
 from slmlab.training.optim import build_optimizer, select_trainable
@@ -73,7 +73,9 @@ def test_fsdp_shards_the_model_s_state_but_not_the_activations():
 def test_activations_are_traced_only_where_they_might_not_fit():
     cfg = run_config({})
     assert training_need(cfg, rows=3, room=2**40)["activations"] is None  # 1 TiB: a tiny model fits whatever it keeps
-    assert training_need(cfg, rows=3, room=2**10)["activations"] > 0
+    fits = training_need(cfg, rows=3)["need"]  # the least it holds fits; GENEROUS times its activations do not
+    assert training_need(cfg, rows=3, room=fits)["activations"] > 0
+    assert training_need(cfg, rows=3, room=2**10)["largest"] is None  # not even the least fits: not built
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -170,3 +172,51 @@ def test_a_sweep_runs_side_by_side_only_as_many_runs_as_the_memory_holds(micro_s
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("this machine's memory holds 1 of these runs at a time") for line in lines)
     assert any(line.endswith("1 parallel job, 2 threads each") for line in lines)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"n_layer": 10**9, "d_model": 16},  # narrow blocks: 10**9 of them passed the any-machine count
+        {"arch": "tape", "tape": {"n_critics": 10**7}},
+        {"arch": "tape", "tape": {"critic_layers": 10**7}},
+    ],
+    ids=["n_layer", "n_critics", "critic_layers"],
+)
+def test_a_mistyped_count_of_blocks_is_refused_before_one_is_built(model, monkeypatch):
+    """model.n_layer = 10**9 built its blocks on the meta device one by one to count them (and
+    asked each layer's attention pattern of a list of all n_layer): it ran for hours, holding
+    ~50 KB per block, instead of being refused. The least it holds, one block times the blocks,
+    is counted first."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("checked on Linux only, where the kernel kills rather than refuses")
+    monkeypatch.setattr(memory_room, "meta_model", lambda cfg: pytest.fail("the model was built"))
+    cfg = run_config(model)
+    with pytest.raises(ConfigError, match=r"^training this model needs at least .* TiB of memory \(weights .*modules") as refused:
+        memory_room.check_training_room(cfg, torch.device("cpu"), memory_room.World())
+    assert "\n" not in str(refused.value)
+
+
+MORE_MODELS = [
+    {"mlp": "swiglu", "norm": "rmsnorm", "bias": False, "pos": "rope"},
+    {"arch": "tape", "tape": {**ARCHITECTURES["tape"]["tape"], "moderator": "last"}},
+]
+
+
+@pytest.mark.parametrize("model", [*ARCHITECTURES.values(), *MORE_MODELS])
+def test_the_least_size_is_at_most_what_the_model_holds(model):
+    """least_size's parameters (its blocks, each without extensions) never exceed the model's:
+    a bound that refuses only what cannot fit."""
+    cfg = run_config(model)
+    parameters, modules = least_size(cfg.model)
+    assert 0 < parameters <= sum(p.numel() for p in build_model(cfg.model).parameters()) and modules == 0
+
+
+def test_describing_a_model_of_a_billion_blocks_is_refused_before_building_it(micro_toml, monkeypatch, capsys):
+    """`slmlab info` builds the model on the meta device to count it: 10**9 blocks of Python
+    objects would fill any machine first."""
+    monkeypatch.setattr(accounting, "host_memory_bytes", lambda: 2**35)  # 32 GiB, on any system
+    assert main(["info", str(micro_toml), "--model.n_layer", str(10**9)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "model.n_layer = 1000000000: this model's 1,000,000,000 blocks would hold" in err
+    assert "more than this machine's 32.0 GiB" in err

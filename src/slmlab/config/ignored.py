@@ -95,7 +95,7 @@ def _ignored_under_switches(configs: list) -> list[tuple[str, str]]:
 
 def _ignored_attention_settings(configs: list) -> list[tuple[str, str]]:
     found, m, defaults = [], configs[0].model, type(configs[0].model)()
-    if all(set(c.model.layer_patterns) == {"full"} and c.model.local_block != defaults.local_block for c in configs):
+    if all(c.model.pattern_names == {"full"} and c.model.local_block != defaults.local_block for c in configs):
         found.append(
             ("model.local_block", f"model.local_block = {m.local_block} is ignored with full attention in every layer; remove it")
         )

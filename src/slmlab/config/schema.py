@@ -131,12 +131,28 @@ class ModelConfig:
 
     @property
     def layer_patterns(self) -> list[str]:
-        """Each layer's attention pattern: model.attention_layers if given, else model.attention,
-        with every global_every-th layer (k-1, 2k-1, ...) "full" when global_every > 0."""
+        """Each layer's attention pattern (`layer_pattern` of every layer)."""
         if self.attention_layers:
             return list(self.attention_layers)
+        return [self.layer_pattern(layer) for layer in range(self.n_layer)]
+
+    @property
+    def pattern_names(self) -> set[str]:
+        """The attention patterns some layer uses (the set of layer_patterns, without the list)."""
+        if self.attention_layers:
+            return set(self.attention_layers)
         every = self.global_every
-        return ["full" if every and layer % every == every - 1 else self.attention for layer in range(self.n_layer)]
+        full = {"full"} if every and every <= self.n_layer else set()
+        return full if every == 1 else full | {self.attention}
+
+    def layer_pattern(self, layer: int) -> str:
+        """Layer `layer`'s attention pattern: model.attention_layers's entry if given, else
+        model.attention, "full" for every global_every-th layer (k-1, 2k-1, ...) when
+        global_every > 0. One layer's, without the list: a model building each layer's asks n_layer times."""
+        if self.attention_layers:
+            return self.attention_layers[layer]
+        every = self.global_every
+        return "full" if every and layer % every == every - 1 else self.attention
 
 
 MODEL_ATTRIBUTES.update(f.name for f in dataclasses.fields(ModelConfig))  # no section may shadow these

@@ -28,10 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..config import ModelConfig
-from ..registry import build_model
+from ..config import ConfigError, ModelConfig
+from ..host_memory import host_memory_bytes
+from ..registry import ARCHITECTURES, build_model
+from ..tables import counted, human
+from .meta_device import building_bytes, on_meta, parameters_of
 
 BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
+MANY_BLOCKS = 1000  # ~50 MB of modules: fewer are built without measuring one
 
 
 @dataclass
@@ -78,30 +82,43 @@ def model_stats(model: nn.Module, cfg: ModelConfig) -> ModelStats:
     return ModelStats(params, embedding, matmul, cfg.d_model, windows)
 
 
-RANDOM_FILLS = {"normal_", "uniform_", "trunc_normal_", "exponential_", "bernoulli_", "random_"}
-
-
-class _NoRandomFills(TorchFunctionMode):
-    """Random initial values (nn.init's and Tensor's in-place fills) skipped on the meta device,
-    where they would be shapes only anyway: meta's normal_ goes through torch._refs, which
-    imports torch._dynamo (~2 s) on first use."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if getattr(func, "__name__", "") in RANDOM_FILLS:
-            tensor = args[0] if args else kwargs.get("tensor")
-            if isinstance(tensor, torch.Tensor) and tensor.device.type == "meta":
-                return tensor
-        return func(*args, **kwargs)
-
-
 def meta_model(cfg: ModelConfig) -> nn.Module:
     """The model `cfg` builds, on the meta device: shapes only (no memory, no arithmetic, no
     random initial values), and no draw from the caller's generator (building drew from it:
     SMAT's, SMT's and the TapeTransformer's constructors), so a run that counts first trains as
     it would unchecked."""
-    with torch.random.fork_rng(devices=[]), torch.device("meta"), _NoRandomFills():
+    check_buildable(cfg)
+    with on_meta():
         return build_model(cfg)
+
+
+def check_buildable(cfg: ModelConfig) -> None:
+    """Refuse (one line) a model whose blocks' modules alone would outgrow this machine's memory
+    (`least_size`), even on the meta device; on Linux only (as host_memory_bytes)."""
+    have = host_memory_bytes()
+    if have is None or not callable(repeated := getattr(ARCHITECTURES[cfg.arch], "repeated_block", None)):
+        return
+    count, _, settings = repeated(cfg)
+    if (modules := least_size(cfg)[1]) > have:
+        raise ConfigError(
+            f"{settings}: this model's {counted(count, 'blocks')} would hold {human(modules, 'B')} of memory in their "
+            f"modules alone (~{human(modules // count, 'B')} each, even on the meta device), more than this machine's "
+            f"{human(have, 'B')} (RAM and swap); check those values"
+        )
+
+
+def least_size(cfg: ModelConfig) -> tuple[int, int]:
+    """(parameters, bytes of modules): lower bounds of what `cfg`'s model holds, counted without
+    building it, from its architecture's `repeated_block` (how many blocks, and one built on the
+    meta device): that block's parameters, and its Python objects (`building_bytes`, measured
+    where there are over MANY_BLOCKS blocks, else 0), times the blocks; (0, 0) for an architecture
+    without one. A block's modules take ~50 KB even on the meta device, so a mistyped model.n_layer =
+    10**9 is refused from these (check_buildable, training/memory_room.py) rather than built."""
+    repeated = getattr(ARCHITECTURES[cfg.arch], "repeated_block", None)
+    if not callable(repeated):
+        return 0, 0
+    count, build, _ = repeated(cfg)
+    return count * parameters_of(build), count * building_bytes(build) if count > MANY_BLOCKS else 0
 
 
 def countable_model(cfg: ModelConfig) -> nn.Module:

@@ -179,7 +179,7 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.proj.residual_projection = True
         self.resid_dropout = build_dropout(cfg.dropout)
-        name = cfg.layer_patterns[layer]
+        name = cfg.layer_pattern(layer)
         self.pattern = require_members(ATTENTION_PATTERNS[name](cfg, layer), "attention pattern", name, ("make_cache", "visible"))
         self.extensions = nn.ModuleList(extensions or [])
         self._output_extensions = [e for e in self.extensions if callable(getattr(e, "output", None))]

@@ -307,7 +307,7 @@ def trains_as_full_warning(cfg: ModelConfig, seq_len: int) -> str | None:
     """What makes a model with block-local layers train as full attention (None if nothing): a
     window of at most two blocks (seq_len <= 2 * local_block), where every query's own block and
     the one before hold every earlier token."""
-    if seq_len > 2 * cfg.local_block or "block_local" not in cfg.layer_patterns:
+    if seq_len > 2 * cfg.local_block or "block_local" not in cfg.pattern_names:
         return None
     return (
         f"model.local_block = {cfg.local_block}: a training window of data.seq_len = {seq_len} tokens spans at most two "

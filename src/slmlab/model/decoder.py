@@ -75,6 +75,13 @@ class Decoder(GenerationMixin, nn.Module):
         own_init = {id(m) for handed in self._handed_in() if not getattr(handed, "host_init", False) for m in handed.modules()}
         init_by_name(self, self._init_weights, skip=own_init)
 
+    @classmethod
+    def repeated_block(cls, cfg: ModelConfig) -> tuple[int, Callable[[], nn.Module], str]:
+        """(the blocks `cfg` builds, a builder of one as every block is at least: without its
+        extensions, the settings that count them): what accounting sizes a model by before
+        building it (least_parameters, check_buildable)."""
+        return cfg.n_layer, lambda: Block(cfg, 0, build_positions(cfg)), f"model.n_layer = {cfg.n_layer}"
+
     # ---- model --------------------------------------------------------------------------
     def _handed_in(self) -> list[nn.Module]:
         """The modules the registries built for this model: its residual conditioning and every

@@ -34,7 +34,7 @@ def assert_patterns(trainer: Trainer) -> None:
     layer's config asks for."""
     cfg = trainer.cfg.model
     for name, attention in attention_modules(trainer.model):
-        wanted = ATTENTION_PATTERNS[cfg.layer_patterns[attention.layer]]
+        wanted = ATTENTION_PATTERNS[cfg.layer_pattern(attention.layer)]
         if type(attention.pattern) is not wanted:
             raise ConfigError(
                 f"{trainer.cfg.name}: {name} runs {type(attention.pattern).__name__}, config asks for {wanted.__name__}"

@@ -50,7 +50,7 @@ def flex_unavailable(device: torch.device, cfg: ModelConfig) -> str:
 
 def forces_flex(cfg: ModelConfig) -> bool:
     """Whether the model has block-local layers and the config forces FlexAttention on them."""
-    return cfg.local_kernel == "flex" and "block_local" in cfg.layer_patterns
+    return cfg.local_kernel == "flex" and "block_local" in cfg.pattern_names
 
 
 def check_local_kernel(cfg: ModelConfig, device: torch.device) -> None:

@@ -63,12 +63,15 @@ class TapeConfig:
     critic_layers: int = 4
     coda_rule: str = "soft_xor"  # how a tape head combines its left and right stacks: soft_xor | softmax_mix | sum
     critic_rule: str = "softmax_mix"
-    moderator: Literal["merge", "last"] = (
-        "merge"  # "merge": RMSNorm + projection of coda and every critic; "last": the last critic
-    )
+    moderator: Literal["merge", "last"] = "merge"  # "merge": RMSNorm + projection of coda and every critic; "last": one critic
     rnn_dim: int = 0  # the prophet char-RNN's width; 0 -> d_model
     rnn_layers: int = 2
     mlp_expand: int = 8  # rectified-KAN MLP width = mlp_expand * d_model
+
+    @property
+    def built_critics(self) -> int:
+        """The critics built: n_critics, or one where the moderator reads only the last."""
+        return 1 if self.moderator == "last" else self.n_critics
 
 
 def bounded_log(x: torch.Tensor) -> torch.Tensor:
@@ -191,19 +194,16 @@ class TapeTransformer(GenerationMixin, nn.Module):
     extension_points = frozenset()
 
     def __init__(self, cfg: ModelConfig, attention_extensions: Callable | None = None, conditioning: nn.Module | None = None):
-        """The config checks refuse extensions and conditioning for this architecture, so none
-        is ever handed in."""
+        """The config checks refuse extensions and conditioning for this architecture: none is handed in."""
         super().__init__()
         check_model(cfg, building=True)
         if conditioning is not None or (attention_extensions and attention_extensions(0)):
             raise ConfigError("model.arch = 'tape' takes no attention extensions or residual conditioning")
-        tape = cfg.tape
-        self.cfg = cfg
+        tape, critics, self.cfg = cfg.tape, cfg.tape.built_critics, cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.positions = build_positions(cfg)
         self.coda = TapeHead(cfg, tape.coda_layers, tape.coda_rule, self.positions)
         self.prophet = Prophet(cfg)
-        critics = 1 if tape.moderator == "last" else tape.n_critics
         self.gates = nn.ModuleList(nn.Linear(2 * cfg.d_model, cfg.d_model, bias=cfg.bias) for _ in range(critics))
         self.critic_embeddings = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.d_model) for _ in range(critics))
         self.critics = nn.ModuleList(TapeHead(cfg, tape.critic_layers, tape.critic_rule, self.positions) for _ in range(critics))
@@ -215,6 +215,13 @@ class TapeTransformer(GenerationMixin, nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.wte.weight
         init_by_name(self, self._init_weights, skip=set())
+
+    @classmethod
+    def repeated_block(cls, cfg: ModelConfig) -> tuple[int, Callable[[], nn.Module], str]:
+        """As Decoder.repeated_block: the coda's and critics' TapeBlocks (a TapeHead has two stacks)."""
+        t, build = cfg.tape, lambda: TapeBlock(cfg, build_positions(cfg))
+        counts = f"model.tape.coda_layers = {t.coda_layers}, n_critics = {t.n_critics}, critic_layers = {t.critic_layers}"
+        return 2 * (t.coda_layers + t.built_critics * t.critic_layers), build, counts
 
     def _init_weights(self, module: nn.Module, generator: torch.Generator) -> None:
         """N(0, init_std) weights, zero biases; each module drawn with its own name's generator
@@ -383,7 +390,7 @@ def check_tape(m: ModelConfig) -> None:
         if getattr(t, key) not in RULES:
             raise ConfigError(f"model.tape.{key} = {getattr(t, key)!r} is not one of {', '.join(RULES)}")
     if m.arch == "tape":  # tape blocks (attention 4 d², MLP 2 d · expand d), critic embeddings, prophet, merge
-        critics, width, d = (1 if t.moderator == "last" else t.n_critics), t.rnn_dim or m.d_model, m.d_model
+        critics, width, d = t.built_critics, t.rnn_dim or m.d_model, m.d_model
         blocks = 2 * (t.coda_layers + critics * t.critic_layers)
         check_parameters(
             blocks * (4 + 2 * t.mlp_expand) * d * d + critics * m.vocab_size * d + t.rnn_layers * 4 * width * max(width, d)
