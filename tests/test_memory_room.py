@@ -180,8 +180,9 @@ def test_a_sweep_runs_side_by_side_only_as_many_runs_as_the_memory_holds(micro_s
         {"n_layer": 10**9, "d_model": 16},  # narrow blocks: 10**9 of them passed the any-machine count
         {"arch": "tape", "tape": {"n_critics": 10**7}},
         {"arch": "tape", "tape": {"critic_layers": 10**7}},
+        {"arch": "tape", "tape": {"rnn_layers": 10**9}},
     ],
-    ids=["n_layer", "n_critics", "critic_layers"],
+    ids=["n_layer", "n_critics", "critic_layers", "rnn_layers"],
 )
 def test_a_mistyped_count_of_blocks_is_refused_before_one_is_built(model, monkeypatch):
     """model.n_layer = 10**9 built its blocks on the meta device one by one to count them (and

@@ -158,3 +158,23 @@ def test_a_position_table_in_another_dtype_joins_the_stream_in_the_models_dtype(
     monkeypatch.setattr(model.positions, "embed", lambda positions: table[positions])
     logits, _ = model(torch.randint(0, 40, (2, 8)))
     assert logits.dtype == torch.bfloat16
+
+
+def test_a_model_of_a_vast_context_decodes_a_short_text_with_caches_of_that_text(monkeypatch):
+    """RoPE holds no table, so block_size = 10**9 trains at any seq_len; but generating allocated
+    every layer's KV cache for the whole context (64 GB here), so the sample at the end of
+    training failed and the run was left without its summary. A whole-context cache now holds the
+    prompt and the new tokens; a windowed one (block-local) keeps its own size."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=16, block_size=10**9, pos="rope")
+    cfg.attention, cfg.local_block, cfg.global_every = "block_local", 4, 2  # layer 1 attends the whole context
+    model = build_model(cfg).eval()
+    made = []
+    real = model.make_caches
+    monkeypatch.setattr(model, "make_caches", lambda: made.extend(real()) or made)
+    prompt = torch.randint(0, 40, (1, 7))
+    cached = model.generate(prompt, 5, temperature=0.0)
+    assert torch.equal(cached, model.generate(prompt, 5, temperature=0.0, use_cache=False))
+    fresh = real()
+    assert made[0].max_len == fresh[0].max_len < 100 and fresh[1].max_len == 10**9  # a window of its own; the whole context
+    assert made[1].max_len == made[1].k.shape[2] == 12  # the prompt and the new tokens

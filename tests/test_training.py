@@ -346,3 +346,23 @@ def test_learned_positions_past_the_training_window_are_warned_of(text_corpus, m
     with caplog.at_level("WARNING", logger="slmlab"):
         train(replace(cfg, train=replace(cfg.train, steps=4)), progress=False, resume=True)  # trained on
     assert "learned positions" not in caplog.text
+
+
+def test_a_sample_the_machine_cannot_hold_leaves_the_run_whole(text_corpus, make_config, monkeypatch, caplog):
+    """The sample at the end of training ran out of memory after the final weights were written and
+    before the summary: the run was left unfinished, and a resume sampled again. It ends with its
+    summary and says why it has no sample; any other failure of the sample still stops it."""
+    from slmlab.training import results
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 64000000000 bytes.")
+
+    monkeypatch.setattr(results, "final_sample", out_of_memory)
+    cfg = make_config(text_corpus, train={"steps": 4, "sample_tokens": 5})
+    caplog.set_level("WARNING", logger="slmlab")
+    train(cfg, progress=False)
+    assert json.loads(RunDir.for_config(cfg).summary.read_text())["sample"] == ""
+    assert "no sample at the end of training (out of memory (one allocation of 59.6 GiB)" in caplog.text
+    monkeypatch.setattr(results, "final_sample", lambda *args, **kwargs: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        train(replace(cfg, name="other"), progress=False)

@@ -60,4 +60,4 @@ def masked_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
             f"this model ({model.describe()}) does not decode left-padded batches exactly: give prompts of equal length, "
             "or pad on the right to score them"
         )
-    return model(input_ids, caches=padded_caches(model, first))[0]
+    return model(input_ids, caches=padded_caches(model, first, input_ids.shape[1]))[0]

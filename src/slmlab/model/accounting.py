@@ -96,29 +96,33 @@ def check_buildable(cfg: ModelConfig) -> None:
     """Refuse (one line) a model whose blocks' modules alone would outgrow this machine's memory
     (`least_size`), even on the meta device; on Linux only (as host_memory_bytes)."""
     have = host_memory_bytes()
-    if have is None or not callable(repeated := getattr(ARCHITECTURES[cfg.arch], "repeated_block", None)):
+    if have is None or (modules := least_size(cfg)[1]) <= have:
         return
-    count, _, settings = repeated(cfg)
-    if (modules := least_size(cfg)[1]) > have:
-        raise ConfigError(
-            f"{settings}: this model's {counted(count, 'blocks')} would hold {human(modules, 'B')} of memory in their "
-            f"modules alone (~{human(modules // count, 'B')} each, even on the meta device), more than this machine's "
-            f"{human(have, 'B')} (RAM and swap); check those values"
-        )
+    many = [(count, settings) for count, _, settings in _repeated(cfg) if count > MANY_BLOCKS]
+    raise ConfigError(
+        f"{'; '.join(settings for _, settings in many)}: this model's {counted(sum(c for c, _ in many), 'blocks')} would hold "
+        f"{human(modules, 'B')} of memory in their modules alone (even on the meta device), more than this machine's "
+        f"{human(have, 'B')} (RAM and swap); check those values"
+    )
 
 
 def least_size(cfg: ModelConfig) -> tuple[int, int]:
     """(parameters, bytes of modules): lower bounds of what `cfg`'s model holds, counted without
-    building it, from its architecture's `repeated_block` (how many blocks, and one built on the
-    meta device): that block's parameters, and its Python objects (`building_bytes`, measured
-    where there are over MANY_BLOCKS blocks, else 0), times the blocks; (0, 0) for an architecture
-    without one. A block's modules take ~50 KB even on the meta device, so a mistyped model.n_layer =
-    10**9 is refused from these (check_buildable, training/memory_room.py) rather than built."""
-    repeated = getattr(ARCHITECTURES[cfg.arch], "repeated_block", None)
-    if not callable(repeated):
-        return 0, 0
-    count, build, _ = repeated(cfg)
-    return count * parameters_of(build), count * building_bytes(build) if count > MANY_BLOCKS else 0
+    building it, from its architecture's `repeated_blocks` (for each kind, how many, and one built
+    on the meta device): each kind's parameters, and its Python objects (`building_bytes`,
+    measured where there are over MANY_BLOCKS of a kind, else 0), times its count; (0, 0) for an
+    architecture without them. A block's modules take ~50 KB even on the meta device, so a
+    mistyped model.n_layer = 10**9 is refused from these (check_buildable,
+    training/memory_room.py) rather than built."""
+    kinds = _repeated(cfg)
+    parameters = sum(count * parameters_of(build) for count, build, _ in kinds)
+    return parameters, sum(count * building_bytes(build) for count, build, _ in kinds if count > MANY_BLOCKS)
+
+
+def _repeated(cfg: ModelConfig) -> list:
+    """The architecture's `repeated_blocks(cfg)` (model/protocol.py), [] where it has none."""
+    repeated = getattr(ARCHITECTURES[cfg.arch], "repeated_blocks", None)
+    return repeated(cfg) if callable(repeated) else []
 
 
 def countable_model(cfg: ModelConfig) -> nn.Module:

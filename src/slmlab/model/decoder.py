@@ -76,11 +76,11 @@ class Decoder(GenerationMixin, nn.Module):
         init_by_name(self, self._init_weights, skip=own_init)
 
     @classmethod
-    def repeated_block(cls, cfg: ModelConfig) -> tuple[int, Callable[[], nn.Module], str]:
-        """(the blocks `cfg` builds, a builder of one as every block is at least: without its
-        extensions, the settings that count them): what accounting sizes a model by before
-        building it (least_parameters, check_buildable)."""
-        return cfg.n_layer, lambda: Block(cfg, 0, build_positions(cfg)), f"model.n_layer = {cfg.n_layer}"
+    def repeated_blocks(cls, cfg: ModelConfig) -> list[tuple[int, Callable[[], nn.Module], str]]:
+        """For each kind of block `cfg` repeats, (how many, a builder of one as each is at least,
+        the settings that count them): n_layer blocks, each at least itself without extensions.
+        What accounting sizes a model by before building it (least_size, check_buildable)."""
+        return [(cfg.n_layer, lambda: Block(cfg, 0, build_positions(cfg)), f"model.n_layer = {cfg.n_layer}")]
 
     # ---- model --------------------------------------------------------------------------
     def _handed_in(self) -> list[nn.Module]:

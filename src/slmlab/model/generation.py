@@ -25,6 +25,7 @@ from ..config.checks import check_whole_number
 from ..errors import CheckpointError, ConfigError
 from ..phase_progress import PhaseProgress
 from ..tables import counted
+from .attention import KVCache
 from .decoding_layout import MAX_ROWS, DecodingLayout
 from .decoding_room import check_decoding_room
 from .inputs import outside_vocabulary
@@ -92,7 +93,7 @@ class GenerationMixin:
         layout = DecodingLayout(self, enabled=idx.shape[0] <= MAX_ROWS)  # decoding_layout.py says why
         with eval_mode(self), layout, room_for_graphs(bool(compile)):
             model = compiled(self, "inductor" if compile is True else compile) if compile else self
-            caches, pending = None, idx
+            caches, pending, longest = None, idx, idx.shape[1] + max_new_tokens
             last_logits = {"logits_to_keep": 1} if keeps_logits(type(self)) else {}  # the head for the last token only
             stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
             unusable = torch.zeros_like(stopped)  # rows whose logits were NaN or +inf at some step: checked once, at the end
@@ -101,7 +102,7 @@ class GenerationMixin:
                     prefill = caches is None or caches[0].length + pending.shape[1] > self.cfg.block_size
                     if prefill:
                         window = idx[:, -(self.cfg.block_size // 2 or 1) :] if caches is not None else idx
-                        caches = padded_caches(self, padding)
+                        caches = padded_caches(self, padding, None if compile else longest)  # compiled: one shape
                         pending = window
                     logits, _ = (self if prefill else model)(pending, caches=caches, **last_logits)
                     if pending is idx:  # the prompt's forward allocated the caches: will they fit filled?
@@ -299,13 +300,18 @@ def keeps_logits(architecture: type) -> bool:
     return "logits_to_keep" in inspect.signature(architecture.forward).parameters
 
 
-def padded_caches(model: nn.Module, padding: torch.Tensor | None) -> list:
+def padded_caches(model: nn.Module, padding: torch.Tensor | None, positions: int | None = None) -> list:
     """The model's fresh KV caches (make_caches), each told the batch's left padding (B,) when
-    there is one: attention and extensions then leave it out (KVCache.padding)."""
+    there is one: attention and extensions then leave it out (KVCache.padding). `positions`: the
+    most that will be appended; a whole-context cache (a KVCache itself, not a windowed one) then
+    holds that many rather than block_size, so that a model of a vast context (RoPE's
+    block_size = 10**9) decodes a short text without reserving memory for the whole."""
     caches = model.make_caches()
-    if padding is not None:
-        for cache in caches:
+    for cache in caches:
+        if padding is not None:
             cache.padding = padding
+        if positions is not None and type(cache) is KVCache:
+            cache.max_len = min(cache.max_len, positions)
     return caches
 
 

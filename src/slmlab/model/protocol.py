@@ -14,7 +14,7 @@ An architecture is a class registered in registry.ARCHITECTURES and built as
 | `shard_units()` -> modules FSDP2 shards one by one | training.distributed |
 | `describe()` -> one line on the model's shape | info, report |
 | `extension_points` (class) | config checks: "attention" (extensions handed in), "conditioning", "per_layer_attention" |
-| optional: `repeated_block(cfg)` (classmethod) -> (how many blocks, a builder of one as each is at least, the settings that count them) | the memory checks, before the model is built (accounting.least_size): a mistyped count is refused rather than built |
+| optional: `repeated_blocks(cfg)` (classmethod) -> for each kind of block, (how many, a builder of one as each is at least, the settings that count them) | the memory checks, before the model is built (accounting.least_size): a mistyped count is refused rather than built |
 | `head` with `.weight` (V, d) | accounting, the fused loss |
 
 Attention maps (viz), the curriculum's pattern check and FLOPs find every `CausalSelfAttention`

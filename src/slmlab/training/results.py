@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..data.tokenizers import Tokenizer
+from ..errors import SlmlabError, out_of_memory
 from ..files import atomic_write_text, json_text, sha256_file
 from ..runs.checkpoints import config_metadata, save_weights
 from ..runs.metrics import perplexity
@@ -66,7 +67,14 @@ def write_results(
     sample = ""
     if t.sample_tokens:  # on this rank alone: a sharded model is read whole, from the final weights
         model = trainer.whole_model(weights)
-        sample = final_sample(model, trainer.tokenizer, trainer.data.val.tokens, t.sample_tokens, trainer.device)
+        try:
+            sample = final_sample(model, trainer.tokenizer, trainer.data.val.tokens, t.sample_tokens, trainer.device)
+        except (SlmlabError, MemoryError, RuntimeError) as err:  # the run is trained: it ends, with its summary, unsampled
+            if not isinstance(err, SlmlabError) and out_of_memory(err) is None:
+                raise
+            log.warning(
+                "%s: no sample at the end of training (%s); the run is whole", trainer.run.path, out_of_memory(err) or err
+            )
     summary = {
         "step": trainer.step,
         "tokens": trainer.tokens,

@@ -141,13 +141,12 @@ class Prophet(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        width = cfg.tape.rnn_dim or cfg.d_model
+        self.width = width = cfg.tape.rnn_dim or cfg.d_model
         self.inputs = nn.ModuleList(
             nn.Linear(cfg.d_model if i == 0 else width, 2 * width, bias=cfg.bias) for i in range(cfg.tape.rnn_layers)
         )
         self.recurrent = nn.ModuleList(nn.Linear(width, 2 * width, bias=False) for _ in range(cfg.tape.rnn_layers))
         self.out = nn.Linear(width, cfg.d_model, bias=cfg.bias)
-        self.width = width
 
     def forward(
         self, x: torch.Tensor, state: list[torch.Tensor] | None = None, real: torch.Tensor | None = None
@@ -217,11 +216,12 @@ class TapeTransformer(GenerationMixin, nn.Module):
         init_by_name(self, self._init_weights, skip=set())
 
     @classmethod
-    def repeated_block(cls, cfg: ModelConfig) -> tuple[int, Callable[[], nn.Module], str]:
-        """As Decoder.repeated_block: the coda's and critics' TapeBlocks (a TapeHead has two stacks)."""
-        t, build = cfg.tape, lambda: TapeBlock(cfg, build_positions(cfg))
+    def repeated_blocks(cls, cfg: ModelConfig) -> list[tuple[int, Callable[[], nn.Module], str]]:
+        """As Decoder's: the coda's and critics' TapeBlocks (a TapeHead has two stacks); the prophet's recurrent layers."""
+        t, w = cfg.tape, cfg.tape.rnn_dim or cfg.d_model
         counts = f"model.tape.coda_layers = {t.coda_layers}, n_critics = {t.n_critics}, critic_layers = {t.critic_layers}"
-        return 2 * (t.coda_layers + t.built_critics * t.critic_layers), build, counts
+        blocks = 2 * (t.coda_layers + t.built_critics * t.critic_layers), lambda: TapeBlock(cfg, build_positions(cfg)), counts
+        return [blocks, (t.rnn_layers, lambda: nn.Linear(w, 2 * w, bias=False), f"model.tape.rnn_layers = {t.rnn_layers}")]
 
     def _init_weights(self, module: nn.Module, generator: torch.Generator) -> None:
         """N(0, init_std) weights, zero biases; each module drawn with its own name's generator
