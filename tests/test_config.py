@@ -315,3 +315,12 @@ def test_one_layers_pattern_is_the_lists_entry(attention):
         assert [m.layer_pattern(layer) for layer in range(n_layer)] == patterns and m.pattern_names == set(patterns)
     m = ModelConfig(n_layer=3, attention_layers=["block_local", "full", "block_local"])
     assert [m.layer_pattern(layer) for layer in range(3)] == m.layer_patterns and m.pattern_names == {"full", "block_local"}
+
+
+def test_a_runs_recorded_config_given_as_a_config_names_the_run(tmp_path):
+    """`slmlab check RUN/config.json` said "invalid TOML (Invalid statement (at line 1, column 1))"."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text('{"name": "run"}')
+    with pytest.raises(ConfigError, match=r"config.json is a run's recorded settings, not a TOML config: give the run's folder"):
+        load_config(run / "config.json")

@@ -261,6 +261,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as err:
         if problem := wide_text(path.read_bytes()[:HEAD_BYTES]):  # UTF-16 without a byte-order mark
             raise ConfigError(f"{path} {problem}; re-encode it as UTF-8") from None
+        if path.name == "config.json" and (
+            (path.parent / "final.safetensors").exists() or (path.parent / "checkpoints").is_dir()
+        ):
+            raise ConfigError(  # a run's config.json given as a config
+                f"{path} is a run's recorded settings, not a TOML config: give the run's folder {path.parent} to the verbs "
+                f"that read runs, or the .toml file it was trained from (`{command_line('slmlab', 'train', '--resume', path.parent)}` continues it)"
+            ) from None
         raise ConfigError(f"{path}: invalid TOML ({err})") from None
 
 
