@@ -80,3 +80,32 @@ def test_the_cli_refuses_in_one_line(micro_toml, tmp_path, capsys, machine):
     assert main(["generate", str(tmp_path / "runs" / "mine"), "--prompt", "to be", "--num-samples", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "decoding 4 sequences" in err and "this machine has 1.0 KiB" in err
+
+
+def test_a_batch_whose_first_forward_cannot_fit_is_refused_before_it(machine):
+    """`generate --num-samples 1000000000`: the prompt's range was read by copying the expanded
+    batch (24 GB), and its forward was ended by the out-of-memory killer before the caches could be
+    counted. One prompt as 10**9 rows is refused in one line before any forward of the batch."""
+    model = model_for({})
+    machine(2**34)
+    prompt = torch.tensor([[1, 2, 3]]).expand(10**9, -1)
+    with pytest.raises(ConfigError) as refused:
+        model.generate(prompt, 3)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("decoding 1,000,000,000 sequences of 3 tokens needs at least")
+    assert "their first forward" in message and "this machine has 16.0 GiB" in message
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_the_first_forwards_count_is_at_most_the_batchs(arch):
+    """The bound extrapolated from one and two rows' forwards, f(2) + (rows - 2)(f(2) - f(1)), never
+    passes what the batch's own forward holds: it refuses only what cannot fit."""
+    model = model_for(ARCHITECTURES[arch])
+    idx = torch.randint(0, 50, (8, 12))
+
+    def peak(rows: int) -> int:
+        with torch.no_grad():
+            return decoding_room._peak_bytes(model, lambda: model._first_rows(idx, rows, None, 12))
+
+    one, two, eight = peak(1), peak(2), peak(8)
+    assert 0 < two + 6 * (two - one) <= eight

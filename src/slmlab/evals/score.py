@@ -239,7 +239,7 @@ def generate_texts(
     generator = torch.Generator(device=device).manual_seed(seed)
     with shown:
         out = model.generate(
-            torch.tensor([ids] * num_samples, device=device),
+            torch.tensor([ids], device=device).expand(num_samples, -1),  # one row, seen num_samples times
             max_new_tokens,
             temperature=temperature,
             top_k=top_k,

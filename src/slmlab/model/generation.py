@@ -27,7 +27,7 @@ from ..phase_progress import PhaseProgress
 from ..tables import counted
 from .attention import KVCache
 from .decoding_layout import MAX_ROWS, DecodingLayout
-from .decoding_room import check_decoding_room
+from .decoding_room import check_decoding_room, check_forward_room
 from .inputs import outside_vocabulary
 from .modes import eval_mode
 from .sampling import NOT_FINITE, check_sampling, sample_next, unusable_rows
@@ -95,6 +95,10 @@ class GenerationMixin:
             model = compiled(self, "inductor" if compile is True else compile) if compile else self
             caches, pending, longest = None, idx, idx.shape[1] + max_new_tokens
             last_logits = {"logits_to_keep": 1} if keeps_logits(type(self)) else {}  # the head for the last token only
+            first = functools.partial(
+                self._first_rows, idx, padding=padding, positions=idx.shape[1] if use_cache else 0, **last_logits
+            )
+            check_forward_room(self, *idx.shape, first)
             stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
             unusable = torch.zeros_like(stopped)  # rows whose logits were NaN or +inf at some step: checked once, at the end
             for _ in range(max_new_tokens):
@@ -123,6 +127,12 @@ class GenerationMixin:
         if bool(unusable.any()):  # greedy decoding too: argmax of NaN logits is a token, silently
             raise CheckpointError(NOT_FINITE)
         return idx
+
+    def _first_rows(self, idx: torch.Tensor, rows: int, padding: torch.Tensor | None, positions: int, **keep) -> tuple:
+        """The prompt's forward of the batch's first `rows` rows, into fresh caches holding `positions`
+        (0: none, as without the cache) -> (logits, caches): what check_forward_room measures."""
+        caches = padded_caches(self, None if padding is None else padding[:rows], positions) if positions else None
+        return self(idx[:rows, -self.cfg.block_size :], **({"caches": caches} if caches else {}), **keep)[0], caches
 
     def _check_prompt(self, idx: torch.Tensor) -> None:
         """A (B, T) tensor of token ids this model has, B >= 1, T >= 1 (checked once per call)."""

@@ -19,7 +19,9 @@ from ..errors import ConfigError
 
 def outside_vocabulary(ids: torch.Tensor, vocab_size: int, ignored_below_zero: bool = False) -> int | None:
     """An id of non-empty `ids` outside 0..vocab_size - 1 (negative ids count as inside when
-    `ignored_below_zero`: masked targets), or None. Reads two numbers back from the device."""
+    `ignored_below_zero`: masked targets), or None. Reads two numbers back from the device. A
+    dimension broadcast by `expand` (stride 0: one prompt as many rows) is read once, not copied."""
+    ids = ids[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in ids.stride())]
     low, high = (int(value) for value in torch.aminmax(ids))
     low = max(low, 0) if ignored_below_zero else low
     return high if high >= vocab_size else low if low < 0 else None
