@@ -148,7 +148,7 @@ class ModelConfig:
     def layer_pattern(self, layer: int) -> str:
         """Layer `layer`'s attention pattern: model.attention_layers's entry if given, else
         model.attention, "full" for every global_every-th layer (k-1, 2k-1, ...) when
-        global_every > 0. One layer's, without the list: a model building each layer's asks n_layer times."""
+        global_every > 0. Without the list: a model asks it once for each of its n_layer layers."""
         if self.attention_layers:
             return self.attention_layers[layer]
         every = self.global_every

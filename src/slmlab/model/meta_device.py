@@ -54,8 +54,8 @@ def building_bytes(build) -> int:
             tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
-            module = build()
-            return max(0, tracemalloc.get_traced_memory()[0] - before) if module is not None else 0
+            _alive = build()  # held while it is measured
+            return max(0, tracemalloc.get_traced_memory()[0] - before)
         finally:
             if not tracing:
                 tracemalloc.stop()

@@ -13,10 +13,11 @@ with the activations those one micro-batch keeps for backward (`traced_activatio
 AdamW's state its two moments (another optimizer's is not counted). This is a lower bound of the
 peak: before backward starts the forward's activations are all alive, and at its end the
 gradients are; the optimizer's state lives from the first step on. So only a run that cannot fit
-is refused. The model is not even built where the parameters it has at least (its architecture's
-`least_size`: n_layer times one block) need more than the machine has: building 10^9 blocks,
-even on the meta device, would take hours and ~50 KB of memory each. Tracing the activations takes from 0.1 s to seconds (a TapeTransformer's recurrence),
-so it runs only where they might not fit: where GENEROUS times the decoder's own count,
+is refused. The model is not even built where the least it holds (`accounting.least_size`:
+n_layer times one block's parameters and modules) needs more than the machine has: building 10^9
+blocks, even on the meta device, would take hours and ~50 KB of memory each. Tracing the
+activations takes from 0.1 s to seconds (a TapeTransformer's recurrence), so it runs only where
+they might not fit: where GENEROUS times the decoder's own count,
 (9 d_model + 2 d_ff) fp32 values per token and layer, would not (SMAT and the TapeTransformer
 keep up to ~6 times that). A CUDA or MPS device refuses an allocation past its memory at once,
 with an error the CLI words (errors.out_of_memory); macOS swaps rather than kills.
@@ -45,10 +46,11 @@ def training_need(cfg: RunConfig, rows: int, shards: int = 1, room: int | None =
     """Bytes one training process must hold at its peak, at least (the module's docstring):
     {"weights", "optimizer", "gradients", "modules", "activations" (None: not traced), "need"}, and
     the model's largest tensor ("largest": its name, "largest_size": its elements; None where the
-    least the model can hold needs more than `past`, by default `room`: then it is not built, `_least_need`). `rows`: the process's rows of a
-    micro-batch; `shards`: the processes FSDP spreads weights, gradients and optimizer state over
-    (1: each holds them all); `room`: the bytes the process may use; activations are traced only
-    where GENEROUS times the decoder's count of them would not fit beside the rest (None: always).
+    least the model holds needs more than `past`, by default `room`: then it is not built,
+    `_least_need`). `rows`: the process's rows of a micro-batch; `shards`: the processes FSDP
+    spreads weights, gradients and optimizer state over (1: each holds them all); `room`: the bytes
+    the process may use; activations are traced only where GENEROUS times the decoder's count of
+    them would not fit beside the rest (None: always).
     None for a model that cannot be built on the meta device (a plugin that reads values while it
     builds): then nothing is checked."""
     m = cfg.model
