@@ -171,7 +171,7 @@ def test_a_model_of_a_vast_context_decodes_a_short_text_with_caches_of_that_text
     model = build_model(cfg).eval()
     made = []
     real = model.make_caches
-    monkeypatch.setattr(model, "make_caches", lambda: made.extend(real()) or made)
+    monkeypatch.setattr(model, "make_caches", lambda *size: made.extend(real(*size)) or made)
     prompt = torch.randint(0, 40, (1, 7))
     cached = model.generate(prompt, 5, temperature=0.0)
     assert torch.equal(cached, model.generate(prompt, 5, temperature=0.0, use_cache=False))

@@ -132,9 +132,10 @@ class Decoder(GenerationMixin, nn.Module):
             return self.head(x[:, -logits_to_keep:] if logits_to_keep else x), None
         return None, self.head.loss(x.reshape(B * T, -1), targets.reshape(-1))
 
-    def make_caches(self) -> list[KVCache]:
-        """One KV cache per layer, of the kind its attention pattern needs."""
-        return [block.attn.make_cache(self.cfg.block_size) for block in self.blocks]
+    def make_caches(self, max_len: int | None = None) -> list[KVCache]:
+        """One KV cache per layer, of the kind its attention pattern needs, for at most `max_len`
+        positions (default block_size; a window keeps its own size)."""
+        return [block.attn.make_cache(max_len or self.cfg.block_size) for block in self.blocks]
 
     def decodes_padded(self) -> bool:
         """Whether a left-padded batch decodes exactly as each row alone: attention patterns that

@@ -1,7 +1,7 @@
 """Sampling from any slmlab language model: the KV-cached generation loop shared by architectures.
 
 A model that mixes this in provides `cfg.block_size`, `make_caches()` (whatever per-layer state
-incremental decoding needs; the first entry has `.length`) and `forward(idx, caches=...)`.
+incremental decoding needs; the first entry has `.length`; optionally sized: `make_caches(max_len)`) and `forward(idx, caches=...)`.
 
 `generate` continues a batch of equal-length prompts; `generate_many` continues prompts of any
 lengths in batches: left-padded (the caches carry each row's padding, attention masks it and
@@ -25,7 +25,6 @@ from ..config.checks import check_whole_number
 from ..errors import CheckpointError, ConfigError
 from ..phase_progress import PhaseProgress
 from ..tables import counted
-from .attention import KVCache
 from .decoding_layout import MAX_ROWS, DecodingLayout
 from .decoding_room import check_decoding_room, check_forward_room
 from .inputs import outside_vocabulary
@@ -310,18 +309,24 @@ def keeps_logits(architecture: type) -> bool:
     return "logits_to_keep" in inspect.signature(architecture.forward).parameters
 
 
+@functools.cache
+def sizes_caches(architecture: type) -> bool:
+    """Whether the architecture's make_caches takes `max_len` (protocol.py: optional; a plugin's
+    may not): the most positions a use will append, at most block_size."""
+    return "max_len" in inspect.signature(architecture.make_caches).parameters
+
+
 def padded_caches(model: nn.Module, padding: torch.Tensor | None, positions: int | None = None) -> list:
     """The model's fresh KV caches (make_caches), each told the batch's left padding (B,) when
     there is one: attention and extensions then leave it out (KVCache.padding). `positions`: the
-    most that will be appended; a whole-context cache (a KVCache itself, not a windowed one) then
-    holds that many rather than block_size, so that a model of a vast context (RoPE's
-    block_size = 10**9) decodes a short text without reserving memory for the whole."""
-    caches = model.make_caches()
-    for cache in caches:
-        if padding is not None:
+    most that will be appended; where the architecture sizes its caches, a whole-context one then
+    holds that many rather than block_size (a window keeps its own), so that a model of a vast
+    context (RoPE's block_size = 10**9) decodes a short text without reserving memory for the whole."""
+    sized = positions is not None and sizes_caches(type(model))
+    caches = model.make_caches(min(positions, model.cfg.block_size)) if sized else model.make_caches()
+    if padding is not None:
+        for cache in caches:
             cache.padding = padding
-        if positions is not None and type(cache) is KVCache:
-            cache.max_len = min(cache.max_len, positions)
     return caches
 
 

@@ -8,7 +8,7 @@ An architecture is a class registered in registry.ARCHITECTURES and built as
 | `cfg` (ModelConfig) | generation (block_size), info, checkpoints |
 | `forward(idx, targets=None, caches=None)` -> (logits (B,T,V) or None, mean loss over targets >= 0, or None) | training, eval, long context, diagnose, viz |
 | optional: `forward(..., logits_to_keep=k)` -> the last k positions' logits (B,k,V) | generation: the prompt's forward computes the head for its last token only |
-| `make_caches()` -> per-attention caches (first has `.length`) | generation (GenerationMixin.generate) |
+| `make_caches()` -> per-attention caches (first has `.length`); optional: `make_caches(max_len)`, sized to at most max_len positions | generation (GenerationMixin.generate): a short generation of a model of a vast context reserves no memory for the whole |
 | `generate(idx, max_new_tokens, ...)` | generate, samples, lm-eval |
 | `generate_many(prompts, max_new_tokens, ...)`, `decodes_padded()` | prompts, persona-eval (GenerationMixin: batches, left-padded where the model says it decodes padding exactly) |
 | `shard_units()` -> modules FSDP2 shards one by one | training.distributed |

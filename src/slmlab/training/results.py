@@ -70,11 +70,10 @@ def write_results(
         try:
             sample = final_sample(model, trainer.tokenizer, trainer.data.val.tokens, t.sample_tokens, trainer.device)
         except (SlmlabError, MemoryError, RuntimeError) as err:  # the run is trained: it ends, with its summary, unsampled
-            if not isinstance(err, SlmlabError) and out_of_memory(err) is None:
+            reason = err if isinstance(err, SlmlabError) else out_of_memory(err)
+            if reason is None:
                 raise
-            log.warning(
-                "%s: no sample at the end of training (%s); the run is whole", trainer.run.path, out_of_memory(err) or err
-            )
+            log.warning("%s: no sample at the end of training (%s); the run is whole", trainer.run.path, reason)
     summary = {
         "step": trainer.step,
         "tokens": trainer.tokens,

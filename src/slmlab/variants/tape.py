@@ -265,8 +265,8 @@ class TapeTransformer(GenerationMixin, nn.Module):
             return self.head(h[:, -logits_to_keep:] if logits_to_keep else h), None
         return None, self.head.loss(h.reshape(B * T, -1), targets.reshape(-1))
 
-    def make_caches(self) -> TapeCache:
-        size = self.cfg.block_size
+    def make_caches(self, max_len: int | None = None) -> TapeCache:
+        size = max_len or self.cfg.block_size
         return TapeCache([*self.coda.make_caches(size), *(c for critic in self.critics for c in critic.make_caches(size))])
 
     def decodes_padded(self) -> bool:
