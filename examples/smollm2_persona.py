@@ -91,9 +91,7 @@ def main() -> None:
     model, tokenizer = load_hf_model(base, torch.device("cpu"))
     data = persona_data(args.persona, args.other)
     classifier = PersonaClassifier(data)
-    print(
-        f"persona classifier ({args.persona} vs {args.other or 'the other genres'}): held-out balanced accuracy {classifier.accuracy:.3f}"
-    )
+    print(f"persona classifier ({args.persona} vs {args.other or 'the other genres'}): {classifier.describe()}")
     adversarial = adversarial_prompts(data, 12, 0)
     train_split, val_split = persona_tokens(source_data_config(args.persona), tokenizer)
     rows = []

@@ -231,3 +231,57 @@ def test_text_a_char_run_cannot_encode_is_said_to_be_left_out_not_a_silent_nan(t
     assert capsys.readouterr().out.splitlines()[-1].rstrip(" |").endswith("–")
     saved = json.loads((run / "persona_eval.json").read_text())
     assert saved["other_ppl"] is None and saved["other_bpb"] is None and saved["persona_bpb"] > 0  # JSON has no NaN
+
+
+def test_persona_documents_inside_the_other_text_are_left_out_of_its_side(tmp_path, caplog):
+    """`--persona-data brown:R --other-data brown` (or a folder and the larger folder it came from)
+    put each persona document on both sides: one passage under both labels, and the same held-out
+    documents on each side, so the classifier scored chance and adherence was 0 for any model, in
+    silence. The other side now leaves out documents whose text is a persona document's, and says
+    how many; other text that is all persona text is refused."""
+    from slmlab.config import ConfigError
+    from slmlab.persona.evaluate import PersonaClassifier, adversarial_prompts, persona_data
+
+    write_style(tmp_path / "jolly", JOLLY, 0)
+    write_style(tmp_path / "everything", MECHANICAL, 1)
+    for doc in (tmp_path / "jolly").iterdir():
+        (tmp_path / "everything" / f"copy_{doc.name}").write_text(doc.read_text())
+    caplog.set_level("WARNING")
+    data = persona_data(str(tmp_path / "jolly"), str(tmp_path / "everything"))
+    assert f"10 of the 20 documents of --other-data {tmp_path / 'everything'} are also persona documents" in caplog.text
+    persona_texts = {doc.text for doc in data.persona_documents}
+    assert len(data.other_documents) == 10 and not persona_texts & {doc.text for doc in data.other_documents}
+    openings = adversarial_prompts(data, 10, 0)
+    assert not any(text.startswith(opening) for opening in openings for text in persona_texts)
+    classifier = PersonaClassifier(data)
+    assert classifier.accuracy == 1.0 and classifier.above_chance and "not clearly above chance" not in classifier.describe()
+    with pytest.raises(ConfigError, match="every document of --other-data .* is persona text"):
+        persona_data(str(tmp_path / "everything"), str(tmp_path / "jolly"))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_held_out_score_is_sklearns_balanced_accuracy_and_chance_is_named(seed):
+    """A classifier no better than chance (the same passages under both labels, or one that calls
+    everything one class) printed its accuracy as any other; adherence measured through it tells
+    nothing. The held-out score says so; a real separation, even on few passages, is above chance."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from slmlab.persona.evaluate import HeldOutScore
+
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(400) < 0.2).astype(int)
+    coin = rng.integers(0, 2, 400)
+    for predicted in (coin, np.zeros(400, int), np.ones(400, int), np.where(rng.random(400) < 0.9, labels, coin)):
+        score = HeldOutScore(labels, predicted)
+        assert score.balanced_accuracy == pytest.approx(balanced_accuracy_score(labels, predicted), abs=1e-12)
+    assert not HeldOutScore(labels, np.zeros(400, int)).above_chance()
+    assert not HeldOutScore(labels, np.ones(400, int)).above_chance()
+    halves = labels.copy()  # each class half right: 0.5 exactly
+    for c in (0, 1):
+        where = np.flatnonzero(labels == c)
+        halves[where[: len(where) // 2]] = 1 - c
+    assert HeldOutScore(labels, halves).balanced_accuracy == pytest.approx(0.5, abs=0.01)
+    assert not HeldOutScore(labels, halves).above_chance() and HeldOutScore(labels, labels).above_chance()
+    few = np.repeat([0, 1], 10)  # ten passages a side, all right: above chance; three a side are too few to say
+    assert HeldOutScore(few, few).above_chance() and not HeldOutScore(few, 1 - few).above_chance()
+    assert not HeldOutScore(few[7:13], few[7:13]).above_chance()

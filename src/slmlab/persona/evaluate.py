@@ -21,6 +21,7 @@ genre but R), else what `--other-data` names. `--compare RUN_A RUN_B ...` puts r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, DataConfig, offset_seed
-from ..data.corpora import DocumentSelection, check_not_a_source_file, open_source
+from ..data.corpora import Document, DocumentSelection, check_not_a_source_file, open_source
 from ..data.split import validation_ids
 from ..data.tokenizers import TokenizerError
 from ..data.tokens import prepare_tokens
@@ -71,8 +72,47 @@ PASSAGE = 400
 
 @dataclasses.dataclass
 class PersonaData:
+    """The persona's text and the text it is told apart from, as selections (`persona`, `other`:
+    their perplexities are scored on what they name) and as documents (`persona_documents`,
+    `other_documents`: the classifier's two sides and the adversarial openings), where the other
+    side leaves out every document whose text is a persona document's: one passage under both
+    labels teaches the classifier nothing, and an adversarial prompt that opens persona text pulls
+    nowhere."""
+
     persona: DataConfig
     other: DataConfig
+    persona_documents: list[Document]
+    other_documents: list[Document]
+
+
+def _text_digest(doc: Document) -> bytes:
+    return hashlib.blake2b(doc.text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _told_apart(persona: DataConfig, other: DataConfig, persona_spec: str, other_spec: str) -> PersonaData:
+    """Both sides read once; persona documents left out of the other side, with a warning that
+    counts them, or a ConfigError if no other document is left."""
+    named = f"--other-data {other_spec}" if other_spec else "the other genres"
+    persona_docs = list(DocumentSelection(persona))
+    persona_texts = {_text_digest(doc) for doc in persona_docs}
+    other_docs, shared = [], 0
+    for doc in DocumentSelection(other):
+        if _text_digest(doc) in persona_texts:
+            shared += 1
+        else:
+            other_docs.append(doc)
+    if not other_docs:
+        raise ConfigError(
+            f"every document of {named} is persona text (--persona-data {persona_spec}): "
+            "nothing would tell the persona apart; give other text"
+        )
+    if shared:
+        log.warning(
+            f"{shared} of the {counted(shared + len(other_docs), 'documents')} of {named} are also persona "
+            "documents: the classifier's other side and the adversarial prompts leave them out (its perplexity columns "
+            "score the text as named)"
+        )
+    return PersonaData(persona, other, persona_docs, other_docs)
 
 
 def persona_data(persona_spec: str, other_spec: str = "", cache_dir: str = "") -> PersonaData:
@@ -90,7 +130,7 @@ def persona_data(persona_spec: str, other_spec: str = "", cache_dir: str = "") -
             f"--persona-data {persona_spec} and --other-data {other_spec or '(its other genres)'} select the same text: "
             "nothing would tell the persona apart; give another --other-data"
         )
-    return PersonaData(persona, other)
+    return _told_apart(persona, other, persona_spec, other_spec)
 
 
 # ---- the classifier ---------------------------------------------------------------------------
@@ -106,12 +146,11 @@ class PersonaClassifier:
     def __init__(self, data: PersonaData, seed: int = 0):
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
-        from sklearn.metrics import balanced_accuracy_score
         from sklearn.pipeline import make_pipeline
 
         train_texts, train_labels, test_texts, test_labels = [], [], [], []
-        for label, cfg in ((1, data.persona), (0, data.other)):
-            for held, chunks in held_out_passages(list(DocumentSelection(cfg))):
+        for label, docs in ((1, data.persona_documents), (0, data.other_documents)):
+            for held, chunks in held_out_passages(docs):
                 texts, labels = (test_texts, test_labels) if held else (train_texts, train_labels)
                 texts += chunks
                 labels += [label] * len(chunks)
@@ -122,7 +161,10 @@ class PersonaClassifier:
         self.pipeline.fit(train_texts, train_labels)
         self.held_out = len(test_texts)
         both = set(test_labels) == {0, 1}  # a balanced accuracy needs held-out passages of each side
-        self.accuracy = float(balanced_accuracy_score(test_labels, self.pipeline.predict(test_texts))) if both else math.nan
+        held = HeldOutScore(np.asarray(test_labels), self.pipeline.predict(test_texts)) if both else None
+        self.recalls = held.recalls if held else (math.nan, math.nan)
+        self.accuracy = held.balanced_accuracy if held else math.nan
+        self.above_chance = bool(held and held.above_chance())
 
     def persona_probability(self, texts: list[str]) -> np.ndarray:
         return self.pipeline.predict_proba(texts)[:, 1]
@@ -131,7 +173,31 @@ class PersonaClassifier:
         """The held-out accuracy in words, or why it was not measured."""
         if math.isnan(self.accuracy):
             return "held-out balanced accuracy not measured (each side needs text of two passages or more)"
-        return f"held-out balanced accuracy {self.accuracy:.3f} on {self.held_out} passages"
+        told = "" if self.above_chance else "; not clearly above chance: adherence may not tell the persona apart"
+        return (
+            f"held-out balanced accuracy {self.accuracy:.3f} on {self.held_out} passages (recall of persona "
+            f"{self.recalls[1]:.2f}, of other text {self.recalls[0]:.2f}{told})"
+        )
+
+
+class HeldOutScore:
+    """The classifier on its held-out passages: rᵢ the recall of class i (0 other, 1 persona) over
+    its nᵢ passages, the balanced accuracy BA = (r₀ + r₁)/2 (a classifier that calls everything
+    one class scores 0.5, however rare the other)."""
+
+    def __init__(self, labels: np.ndarray, predicted: np.ndarray):
+        self.counts = [int((labels == c).sum()) for c in (0, 1)]
+        self.correct = [int(((labels == c) & (predicted == c)).sum()) for c in (0, 1)]
+        self.recalls = tuple(k / n for k, n in zip(self.correct, self.counts))
+        self.balanced_accuracy = sum(self.recalls) / 2
+
+    def above_chance(self) -> bool:
+        """Whether BA is above 0.5 beyond sampling noise: with each recall smoothed to
+        r̃ᵢ = (kᵢ + 2)/(nᵢ + 4) (so that a recall of 0 or 1 still has a spread), the lower 95% bound
+        (r̃₀ + r̃₁)/2 − 1.96·½·√(Σ r̃ᵢ(1 − r̃ᵢ)/nᵢ) is above 0.5."""
+        smoothed = [(k + 2) / (n + 4) for k, n in zip(self.correct, self.counts)]
+        spread = math.sqrt(sum(r * (1 - r) / n for r, n in zip(smoothed, self.counts)))
+        return sum(smoothed) / 2 - 1.96 * 0.5 * spread > 0.5
 
 
 def held_out_passages(docs: list, fraction: float = 0.2) -> list[tuple[bool, list[str]]]:
@@ -151,7 +217,7 @@ def held_out_passages(docs: list, fraction: float = 0.2) -> list[tuple[bool, lis
 
 def adversarial_prompts(data: PersonaData, n_openings: int, seed: int) -> list[str]:
     """Openings (first 12 words) of held-out other-text documents, then the instruction prompts."""
-    docs = list(DocumentSelection(data.other))
+    docs = data.other_documents
     held = sorted(validation_ids([d.id for d in docs], 0.2)) if len(docs) > 1 else [d.id for d in docs]
     chosen = np.random.default_rng(seed).permutation(held)[:n_openings]
     by_id = {d.id: d for d in docs}
@@ -271,6 +337,7 @@ def evaluate_persona(
         "run": str(run_path),
         "classifier_accuracy": classifier.accuracy,
         "classifier_held_out": classifier.held_out,
+        "classifier_above_chance": classifier.above_chance,
         "neutral": bootstrap_mean(scores_n, seed),
         "adversarial": bootstrap_mean(scores_a, offset_seed(seed, 1)),
         "drift": bootstrap_difference(scores_n, scores_a, offset_seed(seed, 2)),
