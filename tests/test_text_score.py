@@ -100,7 +100,10 @@ def test_the_cli_scores_a_file_as_corpus_text_in_bits_per_byte_and_refuses_bad_i
     assert disjoint["bpb"] == pytest.approx(disjoint["loss"] * disjoint["tokens"] / math.log(2) / disjoint["bytes"])
     assert main(["eval", str(run), "--text", str(sample)]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith(f"{sample}: {len(text)} tokens ({len(text)} bytes), each scored once, in 11 windows of 32 moved by 32")
+    found = "0 of its 8 passages found in the run's training split"
+    assert line.startswith(
+        f"{sample}: {len(text)} tokens ({len(text)} bytes; {found}), each scored once, in 11 windows of 32 moved by 32"
+    )
     assert line.endswith(f"{disjoint['bpb']:.4f} bits/byte")
 
     (tmp_path / "empty.txt").write_text("")

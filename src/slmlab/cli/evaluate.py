@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import sys
 
 from ..tables import counted
@@ -22,6 +24,8 @@ from .options import (
     positive_int,
 )
 from .text_input import add_prompt, prompt_text, text_file
+
+log = logging.getLogger("slmlab")
 
 TEXT_CONFLICTS = ("--split", "--batches", "--by-position", "--context-lengths")
 CHECKPOINT_NOT_INT8 = ("--checkpoint", "--int8", "the int8 model is quantised from the run's final weights")
@@ -216,6 +220,7 @@ def eval_text(args, extra) -> int:
     from ..errors import ConfigError
     from ..evals.score import load_for_inference
     from ..evals.text_score import score_text
+    from ..evals.trained_text import trained_passages
     from ..experiments.sweep_dir import is_sweep_dir
     from ..files import json_text
 
@@ -225,15 +230,21 @@ def eval_text(args, extra) -> int:
     where = "standard input" if args.text == "-" else args.text
     if is_sweep_dir(Path(args.run)):
         return eval_sweep_text(args, text, where)
-    _, model, tokenizer, _ = load_for_inference(args.run, args.device, args.int8, args.rope_scale, args.checkpoint)
+    cfg, model, tokenizer, _ = load_for_inference(args.run, args.device, args.int8, args.rope_scale, args.checkpoint)
     result = score_text(model, tokenizer, text, args.stride, progress="scoring")
+    trained = trained_passages(cfg.data, text)
+    if trained and trained.found:
+        log.warning(f"{where}: {trained.describe()}: the score is optimistic")
     if args.json:
-        print(json_text({"text": where, **({"checkpoint": args.checkpoint} if args.checkpoint else {}), **result}))
+        checkpoint = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+        print(json_text({"text": where, **checkpoint, **result, "trained_passages": trained and dataclasses.asdict(trained)}))
         return 0
     print(
         f"{where}"
         + (f" at {args.checkpoint}" if args.checkpoint else "")
-        + f": {result['tokens']:,} tokens ({result['bytes']:,} bytes), each scored once, in {counted(result['windows'], 'windows')} of "
+        + f": {result['tokens']:,} tokens ({result['bytes']:,} bytes"
+        + (f"; {trained.describe()}" if trained else "")
+        + f"), each scored once, in {counted(result['windows'], 'windows')} of "
         + f"{result['window']} moved by {result['stride']}: loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}, "
         + f"{result['bpb']:.4f} bits/byte"
     )

@@ -1,7 +1,8 @@
 """`slmlab eval SWEEP --text FILE`: every finished run of a sweep scores the same text (text_score.py),
 and each variant's bits per byte are compared with the baseline's seed by seed: the verdict of the
-sweep's table, on text none of the runs trained on (another corpus, a held-out book). Bits per
-byte, not loss: the variants may use different tokenizers."""
+sweep's table, on text none of the runs trained on (another corpus, a held-out book; a text found in
+a run's training split is named in a warning, trained_text.py). Bits per byte, not loss: the
+variants may use different tokenizers."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from ..errors import TokenizerError
 from ..experiments.results import delta_cell
 from ..experiments.stats import mean_std, paired_difference
 from ..experiments.sweep_dir import read_sweep_dir
-from ..tables import format_number, markdown_table
+from ..tables import counted, format_number, markdown_table
 from .score import load_for_inference
 from .text_score import score_text
+from .trained_text import TrainedPassages, trained_passages
 
 log = logging.getLogger("slmlab")
 HEADERS = ("variant", "runs", "text bpb", "std", "Δ bpb [95% CI]", "wins")
@@ -29,6 +31,8 @@ def score_sweep_text(path: Path, text: str, stride: int | None, device: str) -> 
     sweep = read_sweep_dir(path)
     scores: dict[str, dict[int, float]] = {}
     windows: dict[str, int] = {}  # variant -> the context its runs score the text in
+    trained_on: dict[str, TrainedPassages | None] = {}  # a training corpus (its config) -> the text's passages in it
+    trained_runs: list[str] = []
     for variant, members in sweep.by_variant.items():
         scores[variant] = {}
         for seed, run in members.items():
@@ -37,6 +41,11 @@ def score_sweep_text(path: Path, text: str, stride: int | None, device: str) -> 
                 continue
             cfg, model, tokenizer, _ = load_for_inference(run.path, device)
             windows[variant] = cfg.model.block_size
+            corpus = repr(cfg.data)
+            if corpus not in trained_on:  # a sweep's runs mostly share one corpus: looked for once
+                trained_on[corpus] = trained_passages(cfg.data, text)
+            if trained_on[corpus] and trained_on[corpus].found:
+                trained_runs.append(f"{run.path.name} ({trained_on[corpus].describe()})")
             try:
                 scores[variant][seed] = score_text(model, tokenizer, text, stride, progress=run.path.name)["bpb"]
             except TokenizerError as err:  # which of the sweep's tokenizers cannot read the text
@@ -46,6 +55,11 @@ def score_sweep_text(path: Path, text: str, stride: int | None, device: str) -> 
         log.warning(
             f"the variants score the text in windows of their own context (model.block_size: {contexts}): a token's "
             "loss falls with the context before it, so a Δ counts the windows' length as well as the model"
+        )
+    if trained_runs:
+        log.warning(
+            f"the text is not held out from {counted(len(trained_runs), 'runs')}: {', '.join(trained_runs)}: their scores are "
+            "optimistic, and a variant that memorises more gains"
         )
     baseline = scores.get(sweep.baseline, {})
     rows, variants = [], []
