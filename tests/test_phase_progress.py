@@ -82,8 +82,8 @@ def test_a_tokenizer_is_trained_on_a_long_document_in_parts_as_it_is_on_the_whol
     from slmlab.data import tokens
 
     (tmp_path / "corpus").mkdir()
-    (tmp_path / "corpus" / "one.txt").write_text("Some words, of one long document; and more. " * 60)
-    (tmp_path / "corpus" / "two.txt").write_text("a short one.")
+    (tmp_path / "corpus" / "long.txt").write_text("Some words, of one long document; and more. " * 60)
+    (tmp_path / "corpus" / "short.txt").write_text("a short one.")  # the validation document: bpe learns from long.txt alone
 
     def tokenizer(cache: str):
         data = DataConfig(source=str(tmp_path / "corpus"), tokenizer=kind, vocab_size=300, cache_dir=str(tmp_path / cache))
@@ -93,7 +93,8 @@ def test_a_tokenizer_is_trained_on_a_long_document_in_parts_as_it_is_on_the_whol
     monkeypatch.setattr(tokens, "ENCODE_CHARS", 300)
     assert tokenizer("pieced") == whole
     lines = [line for line in every_update_logs() if line.startswith(f"training the {kind} tokenizer:")]
-    assert any(re.match(rf"training the {kind} tokenizer: 0\.\d\d/2 documents", line) for line in lines)
+    documents = 2 if kind == "char" else 1
+    assert any(re.match(rf"training the {kind} tokenizer: 0\.\d\d/{documents} documents?", line) for line in lines)
 
 
 def test_scoring_ablating_and_generating_log_their_progress(text_corpus, make_config, every_update_logs):

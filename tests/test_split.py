@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -242,3 +243,53 @@ def test_a_relative_source_not_found_says_where_it_was_looked_for(micro_toml, tm
         and err.count("\n") == 1
     )
     assert main(["eval", str(tmp_path / "runs" / "r"), "--batches", "1", "--data.source", "../c.txt"]) == 0
+
+
+def _marked_corpus(tmp_path, name: str, marks: dict[str, str]) -> list[str]:
+    """Twelve JSON-lines documents of common words, each with its own made-up word repeated (so
+    that BPE, given the document, learns it as one token); `marks`: id -> that word."""
+    path = tmp_path / f"{name}.jsonl"
+    common = "the king and the queen of the land went to the sea " * 20
+    path.write_text("\n".join(json.dumps({"id": i, "text": common + (word + " ") * 200}) for i, word in marks.items()))
+    return str(path)
+
+
+def test_a_bpe_tokenizer_learns_from_the_training_side_only(tmp_path):
+    """The tokenizer was trained on every selected document, so validation text shaped its merges
+    (a word only there became one token): bits per byte on that text came out optimistic. BPE now
+    learns from the training side only (the training documents; for a corpus split by position,
+    the first 1 - val_fraction), while char, whose ids are every character it must encode, still
+    reads everything."""
+    from slmlab.data.split import TrainingSide
+    from slmlab.data.tokenizers import BPETokenizer
+
+    ids = [f"d{i}" for i in range(12)]
+    held = validation_ids(ids, 0.25)
+    marks = {i: "".join(chr(97 + (7 * k + n) % 26) for n in range(9)) for k, i in enumerate(ids)}
+    source = _marked_corpus(tmp_path, "marked", marks)
+    data = DataConfig(source=source, tokenizer="bpe", vocab_size=400, val_fraction=0.25, cache_dir=str(tmp_path / "cache"))
+    tokenizer, tokens = prepare_tokens(data)
+    assert set(tokens.manifest["val_ids"]) == held and 0 < len(held) < len(ids)
+    for i, word in marks.items():
+        assert (len(tokenizer.encode(" " + word)) > 1) == (i in held), i  # learned as one token where trained on
+    side = TrainingSide(DocumentSelection(data), 0.25)
+    assert tokenizer.digest() == BPETokenizer.train(iter(list(side.texts())), 400).digest()
+    char, _ = prepare_tokens(DataConfig(source=source, tokenizer="char", val_fraction=0.25, cache_dir=str(tmp_path / "cache")))
+    assert all(char.encode(word) for word in marks.values())  # every character, validation's too
+
+    one = tmp_path / "one.txt"  # split by position: a word only in the held-out end stays unlearned
+    one.write_text("the king and the queen " * 400 + "zqxjvkwpb " * 300)
+    data = DataConfig(source=str(one), tokenizer="bpe", vocab_size=300, val_fraction=0.25, cache_dir=str(tmp_path / "cache"))
+    tokenizer, tokens = prepare_tokens(data)
+    assert tokens.manifest["split_by_position"] and len(tokenizer.encode(" zqxjvkwpb")) > 1
+    assert len(tokenizer.encode(" queen")) == 1
+    text = one.read_text()
+    assert list(TrainingSide(DocumentSelection(data), 0.25).texts()) == [text[: int(len(text) * 0.75)]]
+    shared = _marked_corpus(tmp_path, "shared", {"x": "alpha", **{"x" + " " * k: "beta" for k in range(1, 3)}})
+    rows = [json.loads(line) for line in Path(shared).read_text().splitlines()]
+    for row in rows:
+        row["id"] = "x"  # three documents of one id: the cut falls in their concatenation
+    (tmp_path / "shared.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    texts = list(TrainingSide(DocumentSelection(DataConfig(source=shared, val_fraction=0.25)), 0.25).texts())
+    whole = "".join(r["text"] for r in rows)
+    assert "".join(texts) == whole[: int(len(whole) * 0.75)] and texts[:2] == [rows[0]["text"], rows[1]["text"]]

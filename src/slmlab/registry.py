@@ -123,7 +123,7 @@ NORMS: Registry[Callable] = Registry("norm", "model.norm")  # (cfg, dim) -> modu
 MLPS: Registry[type] = Registry("MLP", "model.mlp")  # cls(cfg): (B, T, d_model) -> (B, T, d_model)
 HEADS: Registry[type] = Registry("LM head", "model.head")
 ARCHITECTURES: Registry[type] = Registry("architecture", "model.arch")  # cls(cfg, extensions)
-TOKENIZERS: Registry[Callable] = Registry("tokenizer", "data.tokenizer")  # (data cfg, texts) -> Tokenizer
+TOKENIZERS: Registry[Callable] = Registry("tokenizer", "data.tokenizer")  # (data cfg, training texts) -> Tokenizer
 # kind -> (spec dict) -> Tokenizer: reads back what a tokenizer's to_json() wrote ({"slmlab_tokenizer": kind, ...})
 TOKENIZER_FILES: Registry[Callable] = Registry("tokenizer file reader")
 OPTIMIZERS: Registry[Callable] = Registry("optimizer", "train.optimizer")  # (model, train cfg, device) -> optimizer

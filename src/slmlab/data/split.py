@@ -11,6 +11,7 @@ train-overlap count reads); a corpus of a single document is split by position (
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 from ..tables import counted
 
@@ -34,6 +35,34 @@ def validation_ids(ids: list[str], val_fraction: float) -> set[str]:
     if len(chosen) == len(set(ids)):
         chosen.discard(max(ids, key=hash_fraction))
     return chosen
+
+
+class TrainingSide:
+    """The training side of a selection (data/corpora's DocumentSelection), read before its token
+    files exist (a tokenizer is trained on it) or without them (is a text among what a run trained
+    on?): the documents the split rule leaves in training, or, for a selection split by position
+    (one document, or documents that share one id), the first 1 − val_fraction of its characters
+    (the split itself is made in tokens, so a few tokens at the cut may fall on either side)."""
+
+    def __init__(self, selection, val_fraction: float):
+        self.selection, self.val_fraction = selection, val_fraction
+        ids = selection.ids()
+        self.by_position = len(set(ids)) == 1
+        self.held_out = set() if self.by_position else validation_ids(ids, val_fraction)
+        self.documents = sum(i not in self.held_out for i in ids)
+
+    def texts(self) -> Iterator[str]:
+        if not self.by_position:
+            yield from (doc.text for doc in self.selection if doc.id not in self.held_out)
+            return
+        several = self.documents > 1  # the cut is in their concatenation: its length is read first
+        left = int(sum(len(doc.text) for doc in self.selection) * (1 - self.val_fraction)) if several else None
+        for doc in self.selection:
+            keep = int(len(doc.text) * (1 - self.val_fraction)) if left is None else min(left, len(doc.text))
+            if keep:
+                yield doc.text if keep == len(doc.text) else doc.text[:keep]
+            if left is not None:
+                left -= keep
 
 
 def describe_documents(manifest: dict, split: str) -> str:

@@ -33,21 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
-from ..files import (
-    atomic_write_text,
-    fsync_directory,
-    read_json,
-    remove_stale_temps,
-    require_fields,
-    room_for,
-    sha256_file,
-)
+from ..files import atomic_write_text, fsync_directory, read_json, remove_stale_temps, require_fields, room_for, sha256_file
 from ..interruptible import interruptible
 from ..locks import DirectoryLock
 from ..phase_progress import PhaseProgress
 from .corpora import CorpusError, DocumentSelection
 from .corpora.fetch import cache_dir
-from .split import copies_across_split, text_digest, validation_ids
+from .split import TrainingSide, copies_across_split, text_digest, validation_ids
 from .tokenizer_kinds import load_tokenizer, train_tokenizer, training_pieces
 from .tokenizers import Tokenizer, TokenizerError, token_dtype
 
@@ -70,12 +62,13 @@ def _short_hash(text: str) -> str:
 
 
 def get_tokenizer(data: DataConfig, selection: DocumentSelection, progress: bool | None = None) -> Tokenizer:
-    """The tokenizer `data` asks for, trained on the selection once and cached by fingerprint (and
+    """The tokenizer `data` asks for, trained once (`_counted`) and cached by fingerprint (and
     FORMAT_VERSION: how documents are read from the files is part of what it was trained on) as
     tokenizers/<kind>-<key>-<its own SHA-256>.json, so that a cached file damaged into other valid
     JSON is trained again rather than used. `progress`: as prepare_tokens'; it counts the documents
     the tokenizer has read."""
-    key = _short_hash(f"{FORMAT_VERSION}|{selection.fingerprint()}|{data.tokenizer}|{data.vocab_size}|{data.tiktoken_file}")
+    side = "" if data.tokenizer == "char" else f"|training side {data.val_fraction}"  # what `_counted` reads
+    key = _short_hash(f"{FORMAT_VERSION}|{selection.fingerprint()}{side}|{data.tokenizer}|{data.vocab_size}|{data.tiktoken_file}")
     folder = cache_dir(data.cache_dir) / "tokenizers"
     for path in sorted(folder.glob(f"{data.tokenizer}-{key}-*.json")):
         try:
@@ -95,12 +88,15 @@ def get_tokenizer(data: DataConfig, selection: DocumentSelection, progress: bool
 
 
 def _counted(selection: DocumentSelection, progress: PhaseProgress) -> Iterator[str]:
-    """The selection's texts, each counted by `progress` once the tokenizer asks for the next, a
-    long one in pieces that train as it does whole (`training_pieces`). The documents are counted
+    """The texts a tokenizer learns from, each counted by `progress` once the tokenizer asks for
+    the next, a long one in pieces that train as it does whole (`training_pieces`): the training
+    side (split.TrainingSide: the validation text stays unseen, as by the model), but for char,
+    whose ids are every character it must encode, validation's too. The documents are counted
     first, once the tokenizer asks for one (byte and gpt2 never do)."""
-    progress.set_total(len(selection.ids()))
-    for doc in selection:
-        yield from progress.parts(training_pieces(selection.data.tokenizer, doc.text, ENCODE_CHARS), len(doc.text))
+    kind, side = selection.data.tokenizer, TrainingSide(selection, selection.data.val_fraction)
+    progress.set_total(len(selection.ids()) if kind == "char" else side.documents)
+    for text in (doc.text for doc in selection) if kind == "char" else side.texts():
+        yield from progress.parts(training_pieces(kind, text, ENCODE_CHARS), len(text))
 
 
 def vocab_size_of(data: DataConfig) -> int:

@@ -4,22 +4,19 @@
 A text's score is meant for text the run has not seen; a file copied out of the training corpus
 (a document, or a passage of one) scores optimistically, and in a sweep it favours whichever
 variant memorised more. So up to PASSAGES passages of PASSAGE characters, evenly spaced through
-the text, are looked for in the run's training split: the documents the split rule left on the
-training side (data/split.py), or, for a corpus of one document split by position, the first
-(1 − val_fraction) of its characters (the split is made in tokens: a passage within a few tokens
-of the cut may be counted on either side). A text shorter than MIN_TEXT characters is not looked
+the text, are looked for in the run's training split (data/split.py's TrainingSide: its training
+documents, or the first 1 − val_fraction of a corpus split by position). A text shorter than MIN_TEXT characters is not looked
 for: a phrase that short occurs in any large corpus.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..config import DataConfig
 from ..data.corpora import CorpusError, DocumentSelection
-from ..data.split import validation_ids
+from ..data.split import TrainingSide
 
 log = logging.getLogger("slmlab")
 
@@ -48,18 +45,6 @@ def passages_of(text: str, size: int = PASSAGE, count: int = PASSAGES) -> list[s
     return list(dict.fromkeys(text[start : start + size] for start in starts))
 
 
-def training_texts(data: DataConfig) -> Iterator[str]:
-    """The texts of the run's training split (module docstring)."""
-    selection = DocumentSelection(data)
-    ids = selection.ids()
-    if len(set(ids)) == 1:  # one document (or one id), split by position
-        for doc in selection:
-            yield doc.text[: int(len(doc.text) * (1 - data.val_fraction))]
-        return
-    held_out = validation_ids(ids, data.val_fraction)
-    yield from (doc.text for doc in selection if doc.id not in held_out)
-
-
 def trained_passages(data: DataConfig, text: str) -> TrainedPassages | None:
     """The passages of `text` that occur in the training split of the run trained on `data`; None
     where the text is too short to tell, or the run's corpus cannot be read (a warning says so)."""
@@ -68,7 +53,7 @@ def trained_passages(data: DataConfig, text: str) -> TrainedPassages | None:
     wanted = set(passages_of(text))
     looked = len(wanted)
     try:
-        for training in training_texts(data):
+        for training in TrainingSide(DocumentSelection(data), data.val_fraction).texts():
             wanted -= {passage for passage in wanted if passage in training}
             if not wanted:
                 break
