@@ -47,7 +47,7 @@ class TrainingSide:
     def __init__(self, selection, val_fraction: float):
         self.selection, self.val_fraction = selection, val_fraction
         ids = selection.ids()
-        self.by_position = len(set(ids)) == 1
+        self.by_position = len(set(ids)) <= 1  # (none: nothing to split)
         self.held_out = set() if self.by_position else validation_ids(ids, val_fraction)
         self.documents = sum(i not in self.held_out for i in ids)
 
