@@ -413,6 +413,8 @@ def persona_report(
     data = persona_data(persona_spec, other_spec)
     for run in runs:
         check_run(run)
+    sides = f"{counted(len(data.persona_documents), 'persona documents')} against {len(data.other_documents)} of other text"
+    progress(f"persona classifier: training on {sides} (seconds to minutes)")
     classifier = PersonaClassifier(data, seed)
     progress(f"persona classifier: {classifier.describe()}")
     prompts = adversarial_prompts(data, openings, seed)
