@@ -87,6 +87,10 @@ def test_persona_eval_finds_the_known_answer(two_styles, capsys):
     (runs["jolly"] / "persona_eval.json").write_text(json.dumps({**jolly, "classifier_accuracy": None}))
     assert main(["report", str(runs["jolly"])]) == 0  # an accuracy not measured (null) is said so
     assert "held-out balanced accuracy not measured;" in (runs["jolly"] / "report.md").read_text()
+    assert jolly["classifier_above_chance"] is True and "not clearly above chance" not in printed
+    (runs["jolly"] / "persona_eval.json").write_text(json.dumps({**jolly, "classifier_above_chance": False}))
+    assert main(["report", str(runs["jolly"])]) == 0  # a classifier at chance is said so beside its accuracy
+    assert "(not clearly above chance: adherence may not tell" in (runs["jolly"] / "report.md").read_text()
 
 
 def test_bootstrap_intervals():

@@ -198,6 +198,8 @@ def _extras(path: Path) -> list[str]:
             ) from None
         accuracy = result["classifier_accuracy"]
         measured = "not measured" if accuracy is None else f"{accuracy:.3f}"
+        if accuracy is not None and result.get("classifier_above_chance") is False:  # none in an older slmlab's result
+            measured += " (not clearly above chance: adherence may not tell the persona apart)"
         parts += [
             "## Persona robustness",
             *_out_of_date(path, stale, "persona_eval.json"),

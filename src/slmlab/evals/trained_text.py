@@ -5,8 +5,8 @@ A text's score is meant for text the run has not seen; a file copied out of the 
 (a document, or a passage of one) scores optimistically, and in a sweep it favours whichever
 variant memorised more. So up to PASSAGES passages of PASSAGE characters, evenly spaced through
 the text, are looked for in the run's training split (data/split.py's TrainingSide: its training
-documents, or the first 1 − val_fraction of a corpus split by position). A text shorter than MIN_TEXT characters is not looked
-for: a phrase that short occurs in any large corpus.
+documents, or the first 1 − val_fraction of a corpus split by position). A text shorter than
+MIN_TEXT characters is not looked for: a phrase that short occurs in any large corpus.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ genre but R), else what `--other-data` names. `--compare RUN_A RUN_B ...` puts r
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 
 from ..config import ConfigError, DataConfig, offset_seed
 from ..data.corpora import Document, DocumentSelection, check_not_a_source_file, open_source
-from ..data.split import validation_ids
+from ..data.split import text_digest, validation_ids
 from ..data.tokenizers import TokenizerError
 from ..data.tokens import prepare_tokens
 from ..files import atomic_write_text, check_replaceable, json_text
@@ -85,19 +84,15 @@ class PersonaData:
     other_documents: list[Document]
 
 
-def _text_digest(doc: Document) -> bytes:
-    return hashlib.blake2b(doc.text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
 def _told_apart(persona: DataConfig, other: DataConfig, persona_spec: str, other_spec: str) -> PersonaData:
     """Both sides read once; persona documents left out of the other side, with a warning that
     counts them, or a ConfigError if no other document is left."""
     named = f"--other-data {other_spec}" if other_spec else "the other genres"
     persona_docs = list(DocumentSelection(persona))
-    persona_texts = {_text_digest(doc) for doc in persona_docs}
+    persona_texts = {text_digest(doc.text) for doc in persona_docs}
     other_docs, shared = [], 0
     for doc in DocumentSelection(other):
-        if _text_digest(doc) in persona_texts:
+        if text_digest(doc.text) in persona_texts:
             shared += 1
         else:
             other_docs.append(doc)
