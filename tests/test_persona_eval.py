@@ -289,3 +289,34 @@ def test_the_held_out_score_is_sklearns_balanced_accuracy_and_chance_is_named(se
     few = np.repeat([0, 1], 10)  # ten passages a side, all right: above chance; three a side are too few to say
     assert HeldOutScore(few, few).above_chance() and not HeldOutScore(few, 1 - few).above_chance()
     assert not HeldOutScore(few[7:13], few[7:13]).above_chance()
+
+
+def test_persona_text_is_scored_on_the_runs_own_validation_split(tmp_path, micro_toml, monkeypatch):
+    """persona-eval scored the persona and other texts at the default val_fraction of 0.1: for a
+    run trained at 0.05, the documents between the two thresholds were trained on and scored as
+    held out. Each run's texts are now scored on its own split."""
+    import slmlab.persona.evaluate as evaluate
+    from slmlab.data.split import validation_ids
+
+    write_style(tmp_path / "jolly", JOLLY, 0)
+    for i in range(10, 40):  # forty persona documents: some between u = 0.05 and u = 0.1
+        (tmp_path / "jolly" / f"doc{i}.txt").write_text((tmp_path / "jolly" / f"doc{i % 10}.txt").read_text()[::-1])
+    write_style(tmp_path / "mechanical", MECHANICAL, 1)
+    argv = ["train", str(micro_toml), "--name", "r", "--data.source", str(tmp_path / "jolly"), "--data.tokenizer", "byte"]
+    assert main([*argv, "--data.val_fraction", "0.05", "--no-progress"]) == 0
+    names = [f"doc{i}.txt" for i in range(40)]
+    assert validation_ids(names, 0.05) < validation_ids(names, 0.1)  # the band the default would have scored
+    scored = []
+    real = evaluate.prepare_tokens
+
+    def recording(data, tokenizer):
+        tokenizer, tokens = real(data, tokenizer)
+        scored.append((data.source, data.val_fraction, set(tokens.manifest["val_ids"])))
+        return tokenizer, tokens
+
+    monkeypatch.setattr(evaluate, "prepare_tokens", recording)
+    run = str(tmp_path / "runs" / "r")
+    argv = ["persona-eval", run, "--persona-data", str(tmp_path / "jolly"), "--other-data", str(tmp_path / "mechanical")]
+    assert main([*argv, "--openings", "2", "--max-new-tokens", "2"]) == 0
+    persona = next(ids for source, _, ids in scored if source == str(tmp_path / "jolly"))
+    assert {fraction for _, fraction, _ in scored} == {0.05} and persona == validation_ids(names, 0.05)

@@ -280,10 +280,15 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
 
 def text_scores(model, cfg, data: DataConfig, tokenizer, device, label: str) -> tuple[float, float]:
     """(perplexity, bits per byte) of `data`'s validation text under the run's tokenizer: bits per
-    byte compare runs whose tokenizers differ. NaN, with a warning naming `label` and why, if the
-    tokenizer cannot encode the text (a char tokenizer of another corpus)."""
+    byte compare runs whose tokenizers differ. The split is the run's own (its data.val_fraction):
+    at a larger fraction than the run's, documents it trained on would be scored. NaN, with a
+    warning naming `label` and why, if the tokenizer cannot encode the text (a char tokenizer of
+    another corpus)."""
+    held_out = dataclasses.replace(
+        data, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len, val_fraction=cfg.data.val_fraction
+    )
     try:
-        _, tokens = prepare_tokens(dataclasses.replace(data, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len), tokenizer)
+        _, tokens = prepare_tokens(held_out, tokenizer)
     except TokenizerError as err:
         log.warning(
             f"{label} ppl and bpb not measured ('–' in the table): the run's {cfg.data.tokenizer} tokenizer cannot encode {err}"
