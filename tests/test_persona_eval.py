@@ -131,7 +131,7 @@ def test_persona_eval_needs_other_text_for_a_plain_source(tmp_path, capsys):
 def test_persona_eval_refuses_the_same_text_on_both_sides(tmp_path, capsys):
     """The classifier would be asked to tell a text from itself (chance accuracy, a meaningless table)."""
     from slmlab.config import ConfigError
-    from slmlab.persona.evaluate import persona_data
+    from slmlab.persona.classifier import persona_data
 
     (tmp_path / "p.txt").write_text("hello there, " * 50)
     with pytest.raises(ConfigError, match="select the same text"):
@@ -192,7 +192,7 @@ def test_a_side_of_one_document_is_held_out_by_position_so_the_balanced_accuracy
     held-out 'balanced' accuracy was the persona's recall alone (sklearn warned that one label was
     found). Now a one-document side holds out its last fifth of passages; a side too short for
     that leaves the accuracy unmeasured, and the report card says so instead of failing."""
-    from slmlab.persona.evaluate import PersonaClassifier, held_out_passages, passages, persona_data
+    from slmlab.persona.classifier import PersonaClassifier, held_out_passages, passages, persona_data
 
     rng = np.random.default_rng(0)
     for name, words in (("jolly.txt", JOLLY), ("mechanical.txt", MECHANICAL)):
@@ -244,7 +244,8 @@ def test_persona_documents_inside_the_other_text_are_left_out_of_its_side(tmp_pa
     silence. The other side now leaves out documents whose text is a persona document's, and says
     how many; other text that is all persona text is refused."""
     from slmlab.config import ConfigError
-    from slmlab.persona.evaluate import PersonaClassifier, adversarial_prompts, persona_data
+    from slmlab.persona.classifier import PersonaClassifier, persona_data
+    from slmlab.persona.evaluate import adversarial_prompts
 
     write_style(tmp_path / "jolly", JOLLY, 0)
     write_style(tmp_path / "everything", MECHANICAL, 1)
@@ -270,7 +271,7 @@ def test_the_held_out_score_is_sklearns_balanced_accuracy_and_chance_is_named(se
     nothing. The held-out score says so; a real separation, even on few passages, is above chance."""
     from sklearn.metrics import balanced_accuracy_score
 
-    from slmlab.persona.evaluate import HeldOutScore
+    from slmlab.persona.classifier import HeldOutScore
 
     rng = np.random.default_rng(seed)
     labels = (rng.random(400) < 0.2).astype(int)
@@ -320,3 +321,29 @@ def test_persona_text_is_scored_on_the_runs_own_validation_split(tmp_path, micro
     assert main([*argv, "--openings", "2", "--max-new-tokens", "2"]) == 0
     persona = next(ids for source, _, ids in scored if source == str(tmp_path / "jolly"))
     assert {fraction for _, fraction, _ in scored} == {0.05} and persona == validation_ids(names, 0.05)
+
+
+def test_a_persona_file_with_another_text_field_is_read_as_the_error_says(tmp_path, micro_toml, capsys):
+    """persona-eval (and surgery) on a JSON-lines file whose text is under 'content' said "set
+    data.text_field", then refused --data.text_field as a config override it does not take: an
+    error with no way out. The two verbs take data.text_field and data.doc_separator (how their
+    SOURCE files are read), and refuse any other setting by name."""
+    rng = np.random.default_rng(0)
+    for name, words in (("persona", JOLLY), ("other", MECHANICAL)):
+        rows = [{"content": " ".join(rng.choice(words, 300)), "id": f"{name}{i}"} for i in range(10)]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert main(["train", str(micro_toml), "--name", "r", "--data.tokenizer", "byte", "--no-progress"]) == 0
+    argv = ["persona-eval", str(tmp_path / "runs" / "r"), "--persona-data", str(tmp_path / "persona.jsonl")]
+    argv += ["--other-data", str(tmp_path / "other.jsonl"), "--openings", "2", "--max-new-tokens", "2"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "no field 'text' (its fields: 'content', 'id'); set data.text_field" in capsys.readouterr().err
+    assert main([*argv, "--data.text_field", "content"]) == 0
+    captured = capsys.readouterr()
+    assert "held-out balanced accuracy 1.000" in captured.out + captured.err
+    assert main([*argv, "--data.text_field", "content", "--data.seq_len", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "reads only the settings data.text_field and data.doc_separator, so ['data.seq_len'] would change nothing" in err
+    surgery = ["surgery", "--hf-model", str(tmp_path / "none"), "--persona-data", str(tmp_path / "persona.jsonl")]
+    assert main([*surgery, "--train.lr", "1"]) == 2
+    assert "reads only the settings data.text_field and data.doc_separator" in capsys.readouterr().err

@@ -78,10 +78,12 @@ def sectioned_setting(arg: str) -> str | None:
     return f"--{owners[0]}.{name}" if len(owners) == 1 else None
 
 
-def add_verb(subparsers, name: str, help: str, examples: str, overrides: bool | str = False) -> argparse.ArgumentParser:
+def add_verb(
+    subparsers, name: str, help: str, examples: str, overrides: bool | str | tuple[str, ...] = False
+) -> argparse.ArgumentParser:
     """A sub-command whose --help ends with examples; `overrides`: it takes dotted config
     overrides (`--model.n_layer 4`), which the others refuse rather than ignore; a section name
-    ("data"): only that section's (the verb reads no other)."""
+    ("data"): only that section's (the verb reads no other); a tuple of settings: only those."""
     parser = subparsers.add_parser(
         name, help=help, description=help, epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -372,8 +374,13 @@ def check_overrides(args: argparse.Namespace, overrides: list[str]) -> None:
     """Refuse config overrides the verb would not read (add_verb's `overrides`)."""
     if overrides and not args.takes_overrides:
         raise SlmlabError(f"{args.verb_name} takes no config overrides, got {' '.join(overrides)}")
+    keys = [arg[2:].split("=", 1)[0] for arg in overrides if arg.startswith("--")]
     if isinstance(args.takes_overrides, str):
-        keys = [arg[2:].split("=", 1)[0] for arg in overrides if arg.startswith("--")]
         unread = [key for key in keys if key != args.takes_overrides and not key.startswith(args.takes_overrides + ".")]
         if unread:
             raise SlmlabError(f"{args.verb_name} reads only {args.takes_overrides}.* settings, so {unread} would change nothing")
+    elif isinstance(args.takes_overrides, tuple):
+        unread = [key for key in keys if key not in args.takes_overrides]
+        if unread:
+            read = " and ".join(args.takes_overrides)
+            raise SlmlabError(f"{args.verb_name} reads only the settings {read}, so {unread} would change nothing")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from .options import add_device, add_seed, add_verb, option_rules, output_folder, positive_float, positive_int
 
+SOURCE_READING = ("data.text_field", "data.doc_separator")  # how persona-eval and surgery read a SOURCE file
+
 
 def register(sub) -> None:
     p = add_verb(
@@ -38,7 +40,9 @@ def register(sub) -> None:
         "persona-eval",
         "persona adherence under neutral and adversarial prompts, drift, and what the persona costs",
         "  slmlab persona-eval runs/smt_small_persona --persona-data brown:R\n"
-        "  slmlab persona-eval --compare runs/smt_small_persona runs/baseline_persona --persona-data brown:R --out persona.md",
+        "  slmlab persona-eval --compare runs/smt_small_persona runs/baseline_persona --persona-data brown:R --out persona.md\n"
+        "  slmlab persona-eval runs/p --persona-data p.jsonl --other-data o.jsonl --data.text_field content   # both files' field",
+        overrides=SOURCE_READING,
     )
     p.add_argument("runs", nargs="*", metavar="RUN")
     p.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="runs to set side by side in one table")
@@ -61,7 +65,9 @@ def register(sub) -> None:
         "surgery",
         "insert a Self Area into a pretrained Hugging Face causal LM and train it alone on persona text",
         "  slmlab surgery --hf-model models/smollm2-135m --persona-data brown:R --steps 200\n"
-        "  slmlab surgery --hf-model models/smollm2-135m --load runs/surgery_smollm2-135m --generate 'The day'",
+        "  slmlab surgery --hf-model models/smollm2-135m --load runs/surgery_smollm2-135m --generate 'The day'\n"
+        "  slmlab surgery --hf-model models/smollm2-135m --persona-data persona.jsonl --data.text_field content",
+        overrides=SOURCE_READING,
     )
     p.add_argument("--hf-model", required=True, metavar="MODEL", help="a local transformers model directory or .gguf file")
     p.add_argument(
@@ -106,6 +112,16 @@ def cmd_persona(args, extra) -> int:
     return 0
 
 
+def source_reading(extra: list[str]) -> dict:
+    """The SOURCE_READING settings given (`--data.text_field content`), checked as a run config's
+    are, by field name: how the files SOURCE names are read."""
+    from ..config import RunConfig, apply_overrides, config_from_dict, parse_overrides
+
+    overrides = parse_overrides(extra)
+    data = config_from_dict(apply_overrides(RunConfig().to_dict(), overrides)).data
+    return {field: getattr(data, field) for field in (key.split(".", 1)[1] for key in overrides)}
+
+
 def cmd_persona_eval(args, extra) -> int:
     from ..persona.evaluate import persona_report
 
@@ -120,6 +136,7 @@ def cmd_persona_eval(args, extra) -> int:
             args.device,
             args.out or None,
             progress=_progress,
+            reading=source_reading(extra),
         )
     )
     return 0
@@ -148,6 +165,7 @@ def cmd_surgery(args, extra) -> int:
             args.seed,
             args.overwrite,
             args.device,
+            source_reading(extra),
         )
         before, after = summary["persona_val_loss_before"], summary["persona_val_loss_after"]
         print(f"Self Area ({summary['self_area_params']:,} parameters; base {summary['base_params']:,} frozen) saved to {folder}")

@@ -294,16 +294,18 @@ def surgery(
     seed: int = 0,
     overwrite: bool = False,
     device: str = "auto",
+    reading: dict | None = None,
 ) -> tuple[nn.Module, object, dict, Path]:
     """Insert a Self Area into the base model, train it alone on persona text, save it (with
-    metrics.jsonl and summary.json) -> (model, tokenizer, summary, folder)."""
+    metrics.jsonl and summary.json) -> (model, tokenizer, summary, folder). `reading`: DataConfig
+    fields on how the persona files are read (text_field, doc_separator)."""
     from ..training.runtime import resolve_device
     from .stage2 import source_data_config
 
     resolved = resolve_device(device)
     folder = Path(out or f"runs/surgery_{Path(hf_model).stem}")
     check_surgery_folder(folder, overwrite)  # before the base model loads (seconds to minutes)
-    persona = source_data_config(persona_data)
+    persona = source_data_config(persona_data, **(reading or {}))
     model, tokenizer = load_hf_model(hf_model, resolved)
     context = model_context(model)
     if context and seq_len > context:
