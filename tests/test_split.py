@@ -238,7 +238,7 @@ def test_a_relative_source_not_found_says_where_it_was_looked_for(micro_toml, tm
     err = capsys.readouterr().err
     assert (
         f"'c.txt' is neither a built-in corpus (shakespeare, brown) nor an existing file, directory or glob (a relative "
-        f"path, read from the working directory {elsewhere})"
+        f"path, read from the working directory {elsewhere}: run from the folder it is relative to)"
         in err
         and err.count("\n") == 1
     )

@@ -121,7 +121,12 @@ def parse_label(value, where: str, field: str) -> str:
 def _read_from(path: Path) -> str:
     """Where a relative data.source was looked for: a run's recorded source is relative to the folder
     it was trained from, which need not be the one a later command runs in."""
-    return "" if path.is_absolute() else f" (a relative path, read from the working directory {Path.cwd()})"
+    here = Path.cwd()
+    return (
+        ""
+        if path.is_absolute()
+        else f" (a relative path, read from the working directory {here}: run from the folder it is relative to)"
+    )
 
 
 def _what_else(folder: Path, spec: str) -> str:
