@@ -100,7 +100,8 @@ def test_a_full_disk_while_tokenizing_is_one_line_and_leaves_no_build_behind(tex
     monkeypatch.setattr(tokens, "_append", full)
     cache = tmp_path / "cache"
     with pytest.raises(
-        CorpusError, match=r"no space left on the device of .*tokens for the token files .*: free space, or set data.cache_dir"
+        CorpusError,
+        match=r"no space left on the device of .*tokens for the token files .*: free space, or set SLMLAB_CACHE \(or data.cache_dir\)",
     ):
         tokens.prepare_tokens(DataConfig(source=str(text_corpus), tokenizer="char", seq_len=16, cache_dir=str(cache)))
     assert [p.name for p in (cache / "tokens").iterdir() if not p.name.endswith(".lock")] == []

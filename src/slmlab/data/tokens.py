@@ -301,7 +301,7 @@ def _build_token_files(
     dtype = token_dtype(tokenizer.vocab_size)
     directory.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(directory.parent)  # build folders of killed processes
-    fix = "free space, or set data.cache_dir to a disk with room"
+    fix = "free space, or set SLMLAB_CACHE (or data.cache_dir) to a disk with room"  # the first for every verb
     with (
         tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".build.{os.getpid()}.", suffix=".tmp") as tmp,
         room_for(directory.parent, "the token files", fix, CorpusError),
