@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -201,3 +202,47 @@ def test_ablate_offers_the_kinds_an_architecture_has(text_corpus, make_config, c
         err = capsys.readouterr().err
         assert err.strip().endswith("add --heads to zero each attention head in turn") and "--layers" not in err, err
     assert main(["ablate", str(run), "--heads", "--n-batches", "1"]) == 0
+
+
+def test_an_ablations_change_has_a_paired_interval_over_the_validation_batches(text_corpus, make_config, capsys):
+    """`ablate` printed Δ% alone: a change of +0.1% read as an effect whether or not another choice
+    of windows would have moved it as much. Each row now has the 95% CI of Δ% from the batches'
+    paired differences (t over the batches), checked here against a naive per-batch reference."""
+    from scipy import stats
+
+    from slmlab.cli import main
+    from slmlab.data.sampling import validation_batches
+    from slmlab.data.tokens import prepare_tokens
+    from slmlab.evals.ablate import percent_change
+    from slmlab.model.interventions import intervene, layer_ablations
+    from slmlab.runs.run_dir import RunDir, load_run
+    from slmlab.training import train
+
+    cfg = make_config(text_corpus)
+    train(cfg, progress=False)
+    run = RunDir.for_config(cfg).path
+    assert main(["ablate", str(run), "--layers", "--n-batches", "4"]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads((run / "ablations.json").read_text())["interventions"]
+    _, model, tokenizer = load_run(run, torch.device("cpu"))
+    _, data = prepare_tokens(cfg.data, tokenizer)
+
+    def naive_batches() -> list[float]:
+        with torch.no_grad():
+            return [model(x, y)[1].item() for x, y in validation_batches(data.val, cfg.data.seq_len, cfg.train.batch_size, 4)]
+
+    reference = naive_batches()
+    for intervention in layer_ablations(model):
+        with intervene(model, intervention):
+            batches = naive_batches()
+        d = np.subtract(batches, reference)
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+        row = rows[intervention.name]
+        change = np.log(row["val_ppl"] / rows["unmodified"]["val_ppl"])
+        assert row["delta_pct_low"] == pytest.approx(100 * np.expm1(change - half), abs=1e-6)
+        assert row["delta_pct_high"] == pytest.approx(100 * np.expm1(change + half), abs=1e-6)
+        assert row["delta_pct_low"] <= row["delta_pct"] <= row["delta_pct_high"]
+        assert f"[{row['delta_pct_low']:+.2f}, {row['delta_pct_high']:+.2f}]" in printed
+    assert "| unmodified " in printed and printed.split("| unmodified ")[1].split("\n")[0].rstrip(" |").endswith("–")
+    one = percent_change(0.1, [1.1], [1.0])  # one batch: no spread, no interval
+    assert one["delta_pct"] == pytest.approx(100 * np.expm1(0.1)) and np.isnan(one["delta_pct_low"])

@@ -1,17 +1,25 @@
 """Surgical ablations of a trained run: every applicable intervention, one table.
 
 For each intervention (model/interventions.py, registered by each variant) the validation perplexity on the same fixed
-sample is compared with the unmodified model's; each variant's registered ablation summary adds
-what it reads from its rows (SMAT: the share of S's effect through the attention bias vs the gate).
+sample is compared with the unmodified model's, with a 95% CI of the change from the batches'
+paired differences: with d_b the intervention's mean loss on batch b minus the unmodified model's,
+Δ% = 100 (exp(Δ) − 1) for Δ the change in the sample's mean loss, and its CI 100 (exp(Δ ± h) − 1),
+h = t_0.975(n − 1) · sd(d) / √n over the n batches: a change inside it is within what the choice of
+windows moves. Each variant's registered ablation summary adds what it reads from its rows (SMAT:
+the share of S's effect through the attention bias vs the gate).
 Results are printed and saved as ablations.md and ablations.json in the run directory.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+import numpy as np
 
 from ..config import ConfigError
 from ..data.tokens import prepare_tokens
+from ..experiments.stats import paired_difference
 from ..files import atomic_write_text, json_text
 from ..model.interventions import applicable, head_ablations, intervene, layer_ablations
 from ..phase_progress import PhaseProgress
@@ -35,6 +43,22 @@ def _hint(model) -> str:
     return "add " + ", or ".join(offered) if offered else "this architecture has no attention, MLP or head hook points either"
 
 
+def percent_change(change: float, batches: list[float], reference: list[float]) -> dict[str, float]:
+    """Δ% of perplexity for a change in mean loss, and its 95% CI from the paired batches (module
+    docstring); NaN bounds for fewer than two batches, and for a loss that is not finite."""
+    _, low, high = paired_difference(dict(enumerate(batches)), dict(enumerate(reference)))
+    mean = sum(b - r for b, r in zip(batches, reference)) / len(batches)
+    half = mean - low if math.isfinite(low) and math.isfinite(high) else math.nan
+    with np.errstate(over="ignore"):
+        bounds = 100.0 * np.expm1(np.array([change, change - half, change + half], dtype=np.float64))
+    return dict(zip(("delta_pct", "delta_pct_low", "delta_pct_high"), (float(b) for b in bounds)))
+
+
+def _interval(row: dict) -> str:
+    low, high = row.get("delta_pct_low", math.nan), row.get("delta_pct_high", math.nan)
+    return "–" if not (math.isfinite(low) and math.isfinite(high)) else f"[{low:+.2f}, {high:+.2f}]"
+
+
 def ablate(
     run_path: str | Path, n_batches: int = 20, device: str = "auto", layers: bool = False, heads: bool = False
 ) -> tuple[str, dict]:
@@ -51,27 +75,30 @@ def ablate(
     _, data = prepare_tokens(cfg.data, tokenizer)
     check_trained_streams(run_path, cfg, data.manifest["sha256"])
 
-    def ppl() -> float:
-        return perplexity(evaluate(model, data.val, cfg.data.seq_len, cfg.train.batch_size, n_batches, device, cfg.train.dtype))
+    def scored() -> tuple[float, list[float]]:
+        batches: list[float] = []
+        loss = evaluate(model, data.val, cfg.data.seq_len, cfg.train.batch_size, n_batches, device, cfg.train.dtype,
+                        batch_losses=batches)  # fmt: skip
+        return loss, batches
 
     with PhaseProgress(f"ablating {run_path}", len(interventions) + 1, "evaluations") as progress:
-        reference = ppl()
+        reference, reference_batches = scored()
         progress.update()
-        rows = {"unmodified": {"description": "the trained model", "val_ppl": reference, "delta_pct": 0.0}}
+        rows = {"unmodified": {"description": "the trained model", "val_ppl": perplexity(reference), "delta_pct": 0.0}}
         for intervention in interventions:
             with intervene(model, intervention):
-                value = ppl()
+                loss, batches = scored()
             progress.update()
             label = intervention.name if intervention.name not in rows else f"{intervention.name} ({intervention.owner.__name__})"
-            rows[label] = {
-                "description": intervention.description,
-                "val_ppl": value,
-                "delta_pct": 100.0 * (value / reference - 1.0),
-            }
+            rows[label] = {"description": intervention.description, "val_ppl": perplexity(loss),
+                           **percent_change(loss - reference, batches, reference_batches)}  # fmt: skip
     result = {"run": str(run_path), "n_batches": n_batches, "layers": layers, "heads": heads, "interventions": rows}
     table = markdown_table(
-        ("intervention", "what it changes", "val ppl", "Δ% vs unmodified"),
-        [(n, r["description"], f"{r['val_ppl']:.3f}", format_number(r["delta_pct"], "+.2f", "%")) for n, r in rows.items()],
+        ("intervention", "what it changes", "val ppl", "Δ% vs unmodified", "95% CI of Δ%"),
+        [
+            (n, r["description"], f"{r['val_ppl']:.3f}", format_number(r["delta_pct"], "+.2f", "%"), _interval(r))
+            for n, r in rows.items()
+        ],
     )
     for summarize in ABLATION_SUMMARIES.values():  # what a variant reads from its own rows (SMAT: the bias/gate split)
         summary = summarize(rows)

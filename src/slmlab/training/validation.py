@@ -27,8 +27,10 @@ def score_validation(
     world: World | None = None,
     token_bytes: torch.Tensor | None = None,
     progress: str = "",
+    batch_losses: list[float] | None = None,
 ) -> tuple[float, float]:
-    """(mean cross-entropy in nats, bits per byte) over the fixed validation sample.
+    """(mean cross-entropy in nats, bits per byte) over the fixed validation sample; `batch_losses`
+    (one process): each batch's mean cross-entropy appended, for paired comparisons batch by batch.
 
     The loss is token-weighted. Bits per byte = total loss / ln 2 / the UTF-8 bytes of the target
     tokens (`token_bytes`, (V,), from Tokenizer.token_bytes(); NaN without it): a figure that
@@ -48,6 +50,8 @@ def score_validation(
             with autocast(device, dtype):
                 _, loss = model(x.to(device), y)
             total += weight * loss.to(wide) * y.numel()
+            if batch_losses is not None:
+                batch_losses.append(loss.item())
             count += weight * y.numel()
             if lengths is not None:
                 size += weight * lengths[y].sum()
