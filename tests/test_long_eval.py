@@ -35,11 +35,51 @@ def cyclic_split():
 
 
 def test_position_buckets_on_a_known_synthetic_case(cyclic_split):
-    rows = loss_by_position(SeesAfter64(), cyclic_split, 128, 32, 4, 3, torch.device("cpu"))
+    rows, change = loss_by_position(SeesAfter64(), cyclic_split, 128, 32, 4, 3, torch.device("cpu"))
     assert [(r["start"], r["end"]) for r in rows] == [(0, 31), (32, 63), (64, 95), (96, 127)]
     confident = math.log(1 + (V - 1) * math.exp(-10))
     expected = [math.log(V), math.log(V), confident, confident]
     assert [r["loss"] for r in rows] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert change["delta"] == pytest.approx(confident - math.log(V), rel=1e-5)  # every window alike: no spread
+    assert change["low"] == pytest.approx(change["delta"]) and change["high"] == pytest.approx(change["delta"])
+
+
+class Noisy(nn.Module):
+    """Logits that differ from window to window (a function of the window's tokens): the bucket
+    losses have a spread over the windows."""
+
+    class positions:
+        max_positions = 256
+
+    def forward(self, idx):
+        generator = torch.Generator().manual_seed(int(idx.sum()))
+        return torch.randn(*idx.shape, V, generator=generator) * (1 + idx.float().unsqueeze(-1) / V), None
+
+
+def test_every_long_context_loss_has_its_interval_over_the_windows(cyclic_split):
+    """The bucket and context-length losses were printed bare: a bucket 0.01 lower read as the model
+    using its context. Each now has the 95% CI of its mean over the windows (naive reference:
+    per-window means, scipy's t), and the buckets the last-minus-first change paired by window."""
+    from scipy import stats
+
+    from slmlab.evals.long_context import token_losses
+
+    split = TokenSplit(np.random.default_rng(0).integers(0, V, 5000).astype(np.uint16), {"all": (0, 5000)})
+    model, cpu = Noisy(), torch.device("cpu")
+    rows, change = loss_by_position(model, split, 64, 16, 4, 3, cpu)
+    losses = token_losses(model, split, 64, 4, 3, cpu).double().numpy()
+
+    def interval(values):
+        half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+        return values.mean() - half, values.mean() + half
+
+    for row, start in zip(rows, range(0, 64, 16)):
+        per_window = losses[:, start : start + 16].mean(1)
+        assert (row["low"], row["high"]) == pytest.approx(interval(per_window)) and row["low"] < row["loss"] < row["high"]
+    d = losses[:, 48:].mean(1) - losses[:, :16].mean(1)
+    assert (change["delta"], change["low"], change["high"]) == pytest.approx((d.mean(), *interval(d)))
+    [row] = loss_by_context_length(model, split, [64], 4, 3, cpu)
+    assert (row["low"], row["high"]) == pytest.approx(interval(losses.mean(1)))
 
 
 def test_context_lengths_beyond_learned_positions_are_reported_not_evaluated(cyclic_split):
@@ -65,8 +105,10 @@ def test_eval_by_position_and_context_lengths_through_the_cli(text_corpus, make_
     train(cfg, progress=False)
     run = RunDir.for_config(cfg).path
     assert main(["eval", str(run), "--by-position", "--bucket", "8", "--batches", "2"]) == 0
-    buckets = json.loads((run / "eval_by_position.json").read_text())["buckets"]
-    assert len(buckets) == 4 and (run / "eval_by_position.png").is_file()
+    report = json.loads((run / "eval_by_position.json").read_text())
+    assert len(report["buckets"]) == 4 and (run / "eval_by_position.png").is_file()
+    assert set(report["last_minus_first"]) == {"delta", "low", "high"}
+    assert "last bucket minus first, paired by window: " in capsys.readouterr().out
     assert main(["eval", str(run), "--context-lengths", "16,32,64", "--batches", "2", "--rope-scale", "2"]) == 0
     lengths = json.loads((run / "eval_context_lengths_rope2.json").read_text())["lengths"]
     assert [r["context_length"] for r in lengths] == [16, 32, 64] and all(r["loss"] > 0 for r in lengths)

@@ -44,7 +44,7 @@ def test_every_architecture_runs_through_every_generic_tool(arch, text_corpus, m
     assert torch.equal(cached, model.generate(idx, 8, temperature=0, use_cache=False))
     maps, logits = capture_attention(model, idx)  # viz
     assert maps and logits.shape == (1, 6, cfg.model.vocab_size)
-    rows = loss_by_position(model, trainer.data.val, 32, 16, 2, 1, trainer.device)  # long context
+    rows, _ = loss_by_position(model, trainer.data.val, 32, 16, 2, 1, trainer.device)  # long context
     assert len(rows) == 2
     assert model.describe() in size_table(cfg)  # info
 

@@ -6,18 +6,25 @@ of one context length; a model that uses context has falling loss along the wind
 text, cut into longer windows); lengths beyond a learned-position model's block are reported as
 not evaluable, a RoPE model is evaluated as it is (with its configured rope_scale).
 Both sample the same evenly spaced windows as training's validation (data.validation_batches).
+Each loss comes with the 95% CI of its mean over the windows (t over their per-window means), and
+the buckets with the change from the first to the last, paired by window: whether the loss falls
+along the window by more than the choice of windows moves it.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data.sampling import validation_batches
 from ..data.tokens import TokenSplit
+from ..experiments.results import delta_cell
+from ..experiments.stats import paired_difference, t_interval
 from ..files import atomic_write_text, json_text
 from ..model.modes import eval_mode
 from ..plotting import loss_axis, pyplot, save_png
@@ -40,12 +47,22 @@ def token_losses(
     return torch.cat(rows)
 
 
-def loss_by_position(model, split, seq_len: int, bucket: int, batch_size: int, n_batches: int, device) -> list[dict]:
-    losses = token_losses(model, split, seq_len, batch_size, n_batches, device).mean(0)  # (seq_len,)
-    return [
-        {"start": s, "end": min(s + bucket, seq_len) - 1, "loss": float(losses[s : s + bucket].mean())}
-        for s in range(0, seq_len, bucket)
+def _over_windows(per_window: np.ndarray) -> dict:
+    """{"loss": the mean of per-window losses, "low", "high": its 95% CI over the windows}."""
+    low, high = t_interval(per_window)
+    return {"loss": float(per_window.mean()), "low": low, "high": high}
+
+
+def loss_by_position(model, split, seq_len: int, bucket: int, batch_size: int, n_batches: int, device) -> tuple[list[dict], dict]:
+    """(per bucket: its start and end position, and the mean loss there with its CI over the
+    windows; the last bucket's loss minus the first's, paired by window: {"delta", "low", "high"})."""
+    losses = token_losses(model, split, seq_len, batch_size, n_batches, device).double().numpy()  # (windows, seq_len)
+    means = [losses[:, s : s + bucket].mean(1) for s in range(0, seq_len, bucket)]
+    rows = [
+        {"start": s, "end": min(s + bucket, seq_len) - 1, **_over_windows(m)} for s, m in zip(range(0, seq_len, bucket), means)
     ]
+    delta, low, high = paired_difference(dict(enumerate(means[-1])), dict(enumerate(means[0])))
+    return rows, {"delta": delta, "low": low, "high": high}
 
 
 def loss_by_context_length(model, split, lengths: list[int], batch_size: int, n_batches: int, device) -> list[dict]:
@@ -55,8 +72,9 @@ def loss_by_context_length(model, split, lengths: list[int], batch_size: int, n_
         if limit and length > limit:
             results.append({"context_length": length, "loss": None, "note": f"beyond the {limit} learned positions"})
             continue
-        loss = float(token_losses(model, split, length, batch_size, n_batches, device).mean())
-        results.append({"context_length": length, "loss": loss, "ppl": perplexity(loss)})
+        per_window = token_losses(model, split, length, batch_size, n_batches, device).double().mean(1).numpy()
+        scored = _over_windows(per_window)
+        results.append({"context_length": length, **scored, "ppl": perplexity(scored["loss"])})
     return results
 
 
@@ -102,16 +120,20 @@ def long_context_report(
     batch, suffix, parts, written = max(1, cfg.train.batch_size // 4), f"_rope{rope_scale:g}" if rope_scale else "", [], []
     if by_position:
         length = context_length or cfg.data.seq_len
-        rows = loss_by_position(model, split, length, bucket, batch, batches, device)
+        rows, change = loss_by_position(model, split, length, bucket, batch, batches, device)
         written += write_report(
             run,
             f"eval_by_position{suffix}",
-            {"context_length": length, "buckets": rows},
+            {"context_length": length, "buckets": rows, "last_minus_first": change},
             [r["start"] for r in rows],
             [r["loss"] for r in rows],
             "position in window (bucket start)",
         )
-        parts += [markdown_table(("positions", "loss"), bucket_table(rows)), f"saved: {written[-2]} and .png"]
+        parts += [
+            markdown_table(("positions", "loss", "95% CI"), bucket_table(rows)),
+            f"last bucket minus first, paired by window: {delta_cell(change['delta'], change['low'], change['high'])}",
+            f"saved: {written[-2]} and .png",
+        ]
     if context_lengths:
         rows = loss_by_context_length(model, split, context_lengths, batch, batches, device)
         written += write_report(
@@ -122,13 +144,23 @@ def long_context_report(
             [r["loss"] for r in rows],
             "evaluation context length",
         )
-        parts += [markdown_table(("context length", "loss", "note"), context_table(rows)), f"saved: {written[-2]} and .png"]
+        parts += [
+            markdown_table(("context length", "loss", "95% CI", "note"), context_table(rows)),
+            f"saved: {written[-2]} and .png",
+        ]
     return "\n".join(parts), written
 
 
+def _interval(row: dict) -> str:
+    low, high = row.get("low"), row.get("high")
+    return f"[{low:.4f}, {high:.4f}]" if low is not None and math.isfinite(low) and math.isfinite(high) else "–"
+
+
 def bucket_table(rows: list[dict]) -> list[tuple]:
-    return [(f"{r['start']}-{r['end']}", f"{r['loss']:.4f}") for r in rows]
+    return [(f"{r['start']}-{r['end']}", f"{r['loss']:.4f}", _interval(r)) for r in rows]
 
 
 def context_table(rows: list[dict]) -> list[tuple]:
-    return [(r["context_length"], "–" if r["loss"] is None else f"{r['loss']:.4f}", r.get("note", "")) for r in rows]
+    return [
+        (r["context_length"], "–" if r["loss"] is None else f"{r['loss']:.4f}", _interval(r), r.get("note", "")) for r in rows
+    ]

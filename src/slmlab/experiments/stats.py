@@ -65,7 +65,7 @@ def paired_comparison(variant: dict[int, float], baseline: dict[int, float]) -> 
     measured = np.isfinite(v).all() and np.isfinite(b).all()  # vs a diverged baseline, d = -100% is no measurement either
     spread = float(np.std(d, ddof=1)) if n >= 2 and measured else math.nan
     if spread > 0:
-        ci = _t_interval(d)
+        ci = t_interval(d)
         t_p = float(stats.ttest_1samp(d, 0.0).pvalue)
     else:  # one seed, a perplexity that is not finite, or every seed's Δ the same: no t-test
         ci, t_p = (float(d.mean()), float(d.mean())) if spread == 0 else (math.nan, math.nan), math.nan
@@ -130,11 +130,13 @@ def paired_difference(variant: dict[int, float], baseline: dict[int, float]) -> 
     d = np.array([variant[s] - baseline[s] for s in seeds], dtype=np.float64)
     if len(d) < 2:
         return (float(d.mean()) if len(d) else math.nan), math.nan, math.nan
-    return float(d.mean()), *_t_interval(d)
+    return float(d.mean()), *t_interval(d)
 
 
-def _t_interval(d: np.ndarray) -> tuple[float, float]:
-    """The 95% confidence interval of mean(d) over n >= 2 paired differences:
-    mean ± t_0.975(n - 1) · s / sqrt(n), s the sample standard deviation."""
+def t_interval(d: np.ndarray) -> tuple[float, float]:
+    """The 95% confidence interval of mean(d) over n values (paired differences, or samples):
+    mean ± t_0.975(n - 1) · s / sqrt(n), s the sample standard deviation; NaN below 2 values."""
+    if len(d) < 2:
+        return math.nan, math.nan
     half = stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(len(d))
     return float(d.mean() - half), float(d.mean() + half)
