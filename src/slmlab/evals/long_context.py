@@ -78,26 +78,31 @@ def loss_by_context_length(model, split, lengths: list[int], batch_size: int, n_
     return results
 
 
-def save_plot(path: Path, xs, ys, xlabel: str, title: str, label: str = "") -> None:
+def save_plot(path: Path, xs, rows: list[dict], xlabel: str, title: str) -> None:
+    """Each row's loss against its x, with its 95% CI as an error bar where it has one; rows
+    without a loss (a length not evaluable) are left out."""
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    points = [(x, y) for x, y in zip(xs, ys) if y is not None]
-    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label or None)
-    loss_axis(ax, [p[1] for p in points])
+    points = [(x, r) for x, r in zip(xs, rows) if r["loss"] is not None]
+    ys = [r["loss"] for _, r in points]
+    spread = [[y - r.get("low", y), r.get("high", y) - y] for y, (_, r) in zip(ys, points)]
+    bars = np.nan_to_num(np.array(spread, dtype=np.float64).reshape(-1, 2).T)  # no interval: no bar
+    ax.errorbar([x for x, _ in points], ys, yerr=bars, marker="o", capsize=3)
+    loss_axis(ax, ys)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("validation loss")
+    ax.set_ylabel("validation loss (95% CI over windows)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_png(fig, path, dpi=120)
 
 
-def write_report(run: Path, name: str, payload: dict, xs, ys, xlabel: str) -> list[Path]:
+def write_report(run: Path, name: str, payload: dict, xs, rows: list[dict], xlabel: str) -> list[Path]:
     """RUN/<name>.json and RUN/<name>.png; returns both paths."""
     out = run / f"{name}.json"
     atomic_write_text(out, json_text(payload, indent=2))
-    save_plot(run / f"{name}.png", xs, ys, xlabel, f"{run.name}: {name.replace('_', ' ')}")
+    save_plot(run / f"{name}.png", xs, rows, xlabel, f"{run.name}: {name.replace('_', ' ')}")
     return [out, out.with_suffix(".png")]
 
 
@@ -126,7 +131,7 @@ def long_context_report(
             f"eval_by_position{suffix}",
             {"context_length": length, "buckets": rows, "last_minus_first": change},
             [r["start"] for r in rows],
-            [r["loss"] for r in rows],
+            rows,
             "position in window (bucket start)",
         )
         parts += [
@@ -141,7 +146,7 @@ def long_context_report(
             f"eval_context_lengths{suffix}",
             {"trained_seq_len": cfg.data.seq_len, "lengths": rows},
             [r["context_length"] for r in rows],
-            [r["loss"] for r in rows],
+            rows,
             "evaluation context length",
         )
         parts += [
