@@ -213,7 +213,7 @@ def test_an_ablations_change_has_a_paired_interval_over_the_validation_batches(t
     from slmlab.cli import main
     from slmlab.data.sampling import validation_batches
     from slmlab.data.tokens import prepare_tokens
-    from slmlab.evals.ablate import percent_change
+    from slmlab.experiments.stats import perplexity_change
     from slmlab.model.interventions import intervene, layer_ablations
     from slmlab.runs.run_dir import RunDir, load_run
     from slmlab.training import train
@@ -244,5 +244,5 @@ def test_an_ablations_change_has_a_paired_interval_over_the_validation_batches(t
         assert row["delta_pct_low"] <= row["delta_pct"] <= row["delta_pct_high"]
         assert f"[{row['delta_pct_low']:+.2f}, {row['delta_pct_high']:+.2f}]" in printed
     assert "| unmodified " in printed and printed.split("| unmodified ")[1].split("\n")[0].rstrip(" |").endswith("–")
-    one = percent_change(0.1, [1.1], [1.0])  # one batch: no spread, no interval
+    one = perplexity_change(0.1, [1.1], [1.0])  # one batch: no spread, no interval
     assert one["delta_pct"] == pytest.approx(100 * np.expm1(0.1)) and np.isnan(one["delta_pct_low"])

@@ -30,6 +30,9 @@ def test_int8_model_runs_and_keeps_perplexity(text_corpus, make_config, capsys):
         median, slowest, fastest = (float(row.group(i).replace(",", "")) for i in (4, 5, 6))
         assert slowest <= median <= fastest
     assert abs(int8_ppl - fp32_ppl) / fp32_ppl < 0.03, table
+    change = re.search(r"\| int8 .*\| ([+-][\d.]+)% \[([+-][\d.]+), ([+-][\d.]+)\] +\|", table)  # paired over the batches
+    assert change and float(change.group(2)) <= float(change.group(1)) <= float(change.group(3)), table
+    assert float(change.group(1)) == __import__("pytest").approx(100 * (int8_ppl / fp32_ppl - 1), abs=0.02)
     assert (run / "model_int8.pt").stat().st_size < (run / "final.safetensors").stat().st_size
     assert main(["eval", str(run), "--int8", "--json", "--batches", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["ppl"] == __import__("pytest").approx(int8_ppl, rel=1e-3)

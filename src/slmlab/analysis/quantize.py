@@ -7,7 +7,8 @@ file's own SHA-256 to RUN/model_int8.sha256.json (torch.load reads a flipped byt
 `load_int8` checks it, rebuilds the model from the run's config, quantises its structure and loads
 them, refusing a file made from other weights (a run resumed after it was quantised). Embeddings,
 norms and a tied LM head stay fp32. The comparison table sets file size, CPU generation speed
-and validation perplexity of the int8 model next to the fp32 one's.
+and validation perplexity of the int8 model next to the fp32 one's, with the change in perplexity
+and its 95% CI over the validation batches, paired (experiments/stats.py's perplexity_change).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..experiments.stats import percent_interval, perplexity_change
 from ..files import atomic_write, atomic_write_text, json_text, read_json, sha256_file
 from ..runs.checkpoints import CheckpointError, verify_file
 from ..runs.run_dir import load_run
-from ..tables import command_line, human, markdown_table
+from ..tables import command_line, format_number, human, markdown_table
 
 INT8_FILE = "model_int8.pt"
 INT8_SUM = "model_int8.sha256.json"
@@ -141,15 +143,20 @@ def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
     quantized = quantize_int8(model)
     path = save_int8(quantized, run, weights_digest(model))
     prompt = data.val.tokens[: min(16, cfg.model.block_size)].astype("int64").tolist()
-    rows, cpu = [], torch.device("cpu")
+    rows, cpu, scores = [], torch.device("cpu"), {}
     weights_file = model_run(run)[0].final_weights  # a curriculum's: its last phase's
     for label, m, size in (("fp32", model, file_size(weights_file)), ("int8", quantized, file_size(path))):
-        loss = evaluate(m, data.val, cfg.data.seq_len, cfg.train.batch_size, batches, cpu, progress=f"scoring {label}")
+        per_batch: list[float] = []
+        loss = evaluate(m, data.val, cfg.data.seq_len, cfg.train.batch_size, batches, cpu, progress=f"scoring {label}",
+                        batch_losses=per_batch)  # fmt: skip
+        scores[label] = (loss, per_batch)
         median, slowest, fastest = generation_speed(m, prompt)
         speed = f"{median:,.1f} ({slowest:,.1f}–{fastest:,.1f})"
-        rows.append((label, size, speed, f"{perplexity(loss):.3f}"))
+        change = perplexity_change(loss - scores["fp32"][0], per_batch, scores["fp32"][1]) if label == "int8" else {}
+        delta = f"{format_number(change['delta_pct'], '+.2f', '%')} {percent_interval(change)}" if change else "–"
+        rows.append((label, size, speed, f"{perplexity(loss):.3f}", delta))
     header = "CPU generation, tokens/s: median (range) of 5 runs"
-    table = markdown_table(("model", "file size", header, "validation ppl"), rows)
+    table = markdown_table(("model", "file size", header, "validation ppl", "Δ% ppl vs fp32 [95% CI]"), rows)
     atomic_write_text(Path(run) / "quantize.md", f"# int8 dynamic quantisation of {Path(run).name}\n\n{table}\n")
     record_derived(run, [Path(run) / "quantize.md", path], command_line("slmlab", "quantize", run, "--int8"), weights)
     return table, path

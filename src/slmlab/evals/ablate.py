@@ -12,14 +12,11 @@ Results are printed and saved as ablations.md and ablations.json in the run dire
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-
-import numpy as np
 
 from ..config import ConfigError
 from ..data.tokens import prepare_tokens
-from ..experiments.stats import paired_difference
+from ..experiments.stats import percent_interval, perplexity_change
 from ..files import atomic_write_text, json_text
 from ..model.interventions import applicable, head_ablations, intervene, layer_ablations
 from ..phase_progress import PhaseProgress
@@ -41,22 +38,6 @@ def _hint(model) -> str:
     }
     offered = [f"{flag} {what}" for flag, (what, found) in kinds.items() if found]
     return "add " + ", or ".join(offered) if offered else "this architecture has no attention, MLP or head hook points either"
-
-
-def percent_change(change: float, batches: list[float], reference: list[float]) -> dict[str, float]:
-    """Δ% of perplexity for a change in mean loss, and its 95% CI from the paired batches (module
-    docstring); NaN bounds for fewer than two batches, and for a loss that is not finite."""
-    _, low, high = paired_difference(dict(enumerate(batches)), dict(enumerate(reference)))
-    mean = sum(b - r for b, r in zip(batches, reference)) / len(batches)
-    half = mean - low if math.isfinite(low) and math.isfinite(high) else math.nan
-    with np.errstate(over="ignore"):
-        bounds = 100.0 * np.expm1(np.array([change, change - half, change + half], dtype=np.float64))
-    return dict(zip(("delta_pct", "delta_pct_low", "delta_pct_high"), (float(b) for b in bounds)))
-
-
-def _interval(row: dict) -> str:
-    low, high = row.get("delta_pct_low", math.nan), row.get("delta_pct_high", math.nan)
-    return "–" if not (math.isfinite(low) and math.isfinite(high)) else f"[{low:+.2f}, {high:+.2f}]"
 
 
 def ablate(
@@ -91,12 +72,12 @@ def ablate(
             progress.update()
             label = intervention.name if intervention.name not in rows else f"{intervention.name} ({intervention.owner.__name__})"
             rows[label] = {"description": intervention.description, "val_ppl": perplexity(loss),
-                           **percent_change(loss - reference, batches, reference_batches)}  # fmt: skip
+                           **perplexity_change(loss - reference, batches, reference_batches)}  # fmt: skip
     result = {"run": str(run_path), "n_batches": n_batches, "layers": layers, "heads": heads, "interventions": rows}
     table = markdown_table(
         ("intervention", "what it changes", "val ppl", "Δ% vs unmodified", "95% CI of Δ%"),
         [
-            (n, r["description"], f"{r['val_ppl']:.3f}", format_number(r["delta_pct"], "+.2f", "%"), _interval(r))
+            (n, r["description"], f"{r['val_ppl']:.3f}", format_number(r["delta_pct"], "+.2f", "%"), percent_interval(r))
             for n, r in rows.items()
         ],
     )

@@ -140,3 +140,23 @@ def t_interval(d: np.ndarray) -> tuple[float, float]:
         return math.nan, math.nan
     half = stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(len(d))
     return float(d.mean() - half), float(d.mean() + half)
+
+
+def perplexity_change(change: float, batches: list[float], reference: list[float]) -> dict[str, float]:
+    """A model's perplexity against a reference's on the same validation batches: Δ% = 100 (exp(Δ)
+    − 1) for `change` Δ, the change in mean loss, with its 95% CI 100 (exp(Δ ± h) − 1), h the t
+    interval's half width of the batches' paired loss differences (`batches` − `reference`, each
+    a batch's mean loss) -> {"delta_pct", "delta_pct_low", "delta_pct_high"}; NaN bounds below two
+    batches, and for a loss that is not finite."""
+    _, low, high = paired_difference(dict(enumerate(batches)), dict(enumerate(reference)))
+    mean = sum(b - r for b, r in zip(batches, reference)) / len(batches)
+    half = mean - low if math.isfinite(low) and math.isfinite(high) else math.nan
+    with np.errstate(over="ignore", invalid="ignore"):
+        bounds = 100.0 * np.expm1(np.array([change, change - half, change + half], dtype=np.float64))
+    return dict(zip(("delta_pct", "delta_pct_low", "delta_pct_high"), (float(b) for b in bounds)))
+
+
+def percent_interval(row: dict) -> str:
+    """A row's perplexity_change interval as a table shows it, "[+0.12, +0.40]"; "–" where it has none."""
+    low, high = row.get("delta_pct_low", math.nan), row.get("delta_pct_high", math.nan)
+    return f"[{low:+.2f}, {high:+.2f}]" if math.isfinite(low) and math.isfinite(high) else "–"
