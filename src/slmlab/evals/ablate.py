@@ -1,12 +1,10 @@
 """Surgical ablations of a trained run: every applicable intervention, one table.
 
 For each intervention (model/interventions.py, registered by each variant) the validation perplexity on the same fixed
-sample is compared with the unmodified model's, with a 95% CI of the change from the batches'
-paired differences: with d_b the intervention's mean loss on batch b minus the unmodified model's,
-Δ% = 100 (exp(Δ) − 1) for Δ the change in the sample's mean loss, and its CI 100 (exp(Δ ± h) − 1),
-h = t_0.975(n − 1) · sd(d) / √n over the n batches: a change inside it is within what the choice of
-windows moves. Each variant's registered ablation summary adds what it reads from its rows (SMAT:
-the share of S's effect through the attention bias vs the gate).
+sample is compared with the unmodified model's, with the 95% CI of the change from the batches'
+paired differences (experiments/stats.py's perplexity_change): a change inside it is within what
+the choice of windows moves. Each variant's registered ablation summary adds what it reads from
+its rows (SMAT: the share of S's effect through the attention bias vs the gate).
 Results are printed and saved as ablations.md and ablations.json in the run directory.
 """
 
