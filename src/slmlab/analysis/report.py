@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import json
 import re
 from pathlib import Path
 
@@ -27,13 +28,13 @@ import torch
 
 from .. import __version__
 from ..config import ConfigError, PhaseConfig, RunConfig
-from ..errors import RunFileError
+from ..errors import RunFileError, SlmlabError
 from ..experiments.sweep_dir import read_sweep_dir
 from ..files import atomic_write_text, read_json, read_text, require_fields
 from ..plotting import loss_axis, pyplot, save_png
-from ..runs.derived import out_of_date
+from ..runs.derived import out_of_date, weights_identity
 from ..runs.run_dir import RunDir, phase_runs, with_token_offsets
-from ..tables import code_block, code_span, format_number, human, markdown_table
+from ..tables import code_block, code_span, command_line, format_number, human, markdown_table
 from .info import config_for_info, size_table
 
 HIDDEN = {"name", "out_dir", "train.seed"}
@@ -154,6 +155,19 @@ def _ablations(path: Path, heading: str, stale: dict[str, str]) -> list[str]:
     if not (path / "ablations.md").is_file():
         return []
     return [heading, *_out_of_date(path, stale, "ablations.md"), _heading_free(_text(path / "ablations.md"))]
+
+
+def _sweep_ablations_out_of_date(path: Path, runs: list[RunDir]) -> dict[str, str]:
+    """{"ablations.md": the command that rewrites it} where a run the sweep's ablation table read
+    (its ablations.json records each run's weights) has other weights now, or is gone; else {}."""
+    try:
+        record = json.loads((path / "ablations.json").read_text(encoding="utf-8"))
+        current = {run.path.name: run for run in runs}
+        moved = any(name not in current or weights_identity(current[name].path) != sha for name, sha in record["weights"].items())
+        flags = [flag for flag in ("--layers", "--heads") if record.get(flag[2:])]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError, SlmlabError):  # none, or damaged: shown as it is
+        return {}
+    return {"ablations.md": command_line("slmlab", "ablate", path, *flags)} if moved else {}
 
 
 VIZ_SECTIONS = (  # (heading, the figures in RUN/viz it shows, their caption); a checkpoint's stay in viz/<checkpoint>/
@@ -298,6 +312,7 @@ def _sweep_report(path: Path) -> tuple[str, str]:
                 )
             )
     parts += ["## Runs", markdown_table(("run", "variant", "val loss", "val ppl", "val bpb", "tokens/s", "time"), rows)]
+    parts += _ablations(path, "## Surgical ablations over seeds", _sweep_ablations_out_of_date(path, runs))
     for run in runs:
         parts += _ablations(run.path, f"## Surgical ablations of {run.path.name}", out_of_date(run.path))
     samples = [(v, m[0].read_summary().get("sample")) for v, m in by_variant.items() if m]

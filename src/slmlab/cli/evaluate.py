@@ -132,9 +132,11 @@ def register(sub) -> None:
     p = add_verb(
         sub,
         "ablate",
-        "surgical ablations of a trained run: each intervention's validation ppl vs the unmodified model",
+        "surgical ablations of a trained run (or of every run of a sweep, then over its seeds): each intervention's "
+        "validation ppl vs the unmodified model",
         "  slmlab ablate runs/smat_quick/full_s0\n  slmlab ablate runs/smat_ablation/full_s3 --n-batches 40\n"
-        "  slmlab ablate runs/quickstart --layers\n  slmlab ablate runs/quickstart --heads",
+        "  slmlab ablate runs/quickstart --layers\n  slmlab ablate runs/quickstart --heads\n"
+        "  slmlab ablate runs/smat_quick                # a sweep: each variant's interventions over its seeds",
     )
     p.add_argument("run")
     p.add_argument("--n-batches", type=positive_int, default=20, help="validation batches per evaluation (default 20)")
@@ -334,10 +336,14 @@ def cmd_ablate(args, extra) -> int:
     from pathlib import Path
 
     from ..evals.ablate import ablate
+    from ..evals.sweep_ablate import ablate_sweep
+    from ..experiments.sweep_dir import is_sweep_dir
 
-    table, _ = ablate(args.run, args.n_batches, args.device, args.layers, args.heads)
+    run = Path(args.run)
+    sweep = is_sweep_dir(run)  # every finished run, then each variant over its seeds
+    table, _ = (ablate_sweep if sweep else ablate)(run, args.n_batches, args.device, args.layers, args.heads)
     print(table)
-    print(f"saved: {Path(args.run) / 'ablations.md'}, ablations.json")
+    print(f"saved: {run / 'ablations.md'}, ablations.json" + (" (and each run's own)" if sweep else ""))
     return 0
 
 

@@ -27,6 +27,10 @@ from ..training import evaluate
 from ..training.runtime import resolve_device
 
 
+class NothingToAblate(ConfigError):
+    """A run whose model declares no interventions of the kinds asked for."""
+
+
 def _hint(model) -> str:
     """What `ablate` could do instead, for a model that declares no interventions and has none of
     the kinds asked for: the generic kinds this architecture has (TapeTransformer: heads only)."""
@@ -48,7 +52,7 @@ def ablate(
     cfg, model, tokenizer = load_run(run_path, device)
     interventions = applicable(model) + (layer_ablations(model) if layers else []) + (head_ablations(model) if heads else [])
     if not interventions:
-        raise ConfigError(
+        raise NothingToAblate(
             f"{run_path}: this model declares no interventions (its variant has no hook points to ablate); {_hint(model)}"
         )
     _, data = prepare_tokens(cfg.data, tokenizer)

@@ -1,0 +1,84 @@
+"""`slmlab ablate SWEEP`: every finished run of a sweep ablated (ablate.py: each run's own table,
+with its CI over that run's validation batches), then each variant's interventions over its
+seeds: the mean Δ% with its 95% CI over the seeds (t, n − 1 degrees of freedom) and the seeds the
+intervention hurt. One run's CI says how sure that run's figure is; the seeds' says whether the
+component matters to the models the variant trains, the unit the sweep's own verdict uses.
+
+Saved as SWEEP/ablations.md and ablations.json, which records each run's weights (the report
+card flags the table once a run has other weights)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..experiments.stats import t_interval
+from ..experiments.sweep_dir import read_sweep_dir
+from ..files import atomic_write_text, json_text
+from ..runs.derived import weights_identity
+from ..tables import counted, format_number, markdown_table
+from .ablate import NothingToAblate, ablate
+
+log = logging.getLogger("slmlab")
+HEADERS = ("intervention", "what it changes", "seeds", "Δ% vs unmodified (mean)", "95% CI over seeds", "seeds it hurt")
+
+
+def ablate_sweep(path: Path, n_batches: int, device: str, layers: bool, heads: bool) -> tuple[str, dict]:
+    """(the Markdown tables, one per variant with interventions; the figures, as saved)."""
+    sweep = read_sweep_dir(path)
+    variants, weights, sections = {}, {}, []
+    for variant, members in sweep.by_variant.items():
+        by_seed: dict[str, dict] = {}  # intervention -> {"description", "delta_pct": {seed: Δ%}}
+        for seed, run in members.items():
+            if not run.summary.is_file():
+                log.warning("%s has not finished (no summary.json): left out", run.path)
+                continue
+            try:
+                _, result = ablate(run.path, n_batches, device, layers, heads)
+            except NothingToAblate:
+                break  # its seeds share its architecture: none of them has any
+            weights[run.path.name] = weights_identity(run.path)
+            for name, row in result["interventions"].items():
+                if name != "unmodified":
+                    by_seed.setdefault(name, {"description": row["description"], "delta_pct": {}})["delta_pct"][seed] = row[
+                        "delta_pct"
+                    ]
+        if by_seed:
+            variants[variant] = {name: _over_seeds(entry) for name, entry in by_seed.items()}
+            sections.append(f"**{variant}**\n\n" + markdown_table(HEADERS, [_row(n, r) for n, r in variants[variant].items()]))
+    if not variants:
+        raise ConfigError(f"{path}: no finished run of this sweep declares interventions; add --layers or --heads")
+    result = {
+        "sweep": sweep.name,
+        "n_batches": n_batches,
+        "layers": layers,
+        "heads": heads,
+        "variants": variants,
+        "weights": weights,
+    }
+    tables = "\n\n".join(sections)
+    atomic_write_text(path / "ablations.json", json_text(result, indent=2))
+    atomic_write_text(path / "ablations.md", f"# Surgical ablations of {sweep.name}, over seeds\n\n{tables}\n")
+    return tables, result
+
+
+def _over_seeds(entry: dict) -> dict:
+    values = np.array(list(entry["delta_pct"].values()), dtype=np.float64)
+    low, high = t_interval(values) if np.isfinite(values).all() else (float("nan"), float("nan"))
+    return {**entry, "mean": float(values.mean()), "low": low, "high": high, "hurt": int((values > 0).sum())}
+
+
+def _row(name: str, r: dict) -> tuple:
+    seeds = len(r["delta_pct"])
+    interval = "–" if not np.isfinite([r["low"], r["high"]]).all() else f"[{r['low']:+.2f}, {r['high']:+.2f}]"
+    return (
+        name,
+        r["description"],
+        seeds,
+        format_number(r["mean"], "+.2f", "%"),
+        interval,
+        f"{r['hurt']}/{counted(seeds, 'seeds')}",
+    )

@@ -1,0 +1,48 @@
+"""`ablate SWEEP`: each run ablated as `ablate RUN` does, then each variant's interventions over
+its seeds (mean Δ%, its 95% CI over the seeds, the seeds it hurt), checked against the runs' own
+ablations.json and scipy's t."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from slmlab.cli import main
+
+
+def test_a_sweep_is_ablated_run_by_run_and_summarised_over_its_seeds(micro_sweep, tmp_path, capsys):
+    from scipy import stats
+
+    assert main(["sweep", str(micro_sweep)]) == 0
+    sweep = tmp_path / "runs" / "micro"
+    capsys.readouterr()
+    assert main(["ablate", str(sweep), "--n-batches", "2"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((sweep / "ablations.json").read_text())
+    assert list(result["variants"]) == ["full"]  # the baseline declares no interventions without --layers
+    assert set(result["weights"]) == {"full_s1", "full_s2"} and (sweep / "ablations.md").is_file()
+    for name, row in result["variants"]["full"].items():
+        per_run = {
+            s: json.loads((sweep / f"full_s{s}" / "ablations.json").read_text())["interventions"][name]["delta_pct"]
+            for s in (1, 2)
+        }
+        assert row["delta_pct"] == {str(s): v for s, v in per_run.items()}  # JSON keys are text
+        values = list(per_run.values())
+        mean = sum(values) / 2
+        half = stats.t.ppf(0.975, 1) * (abs(values[0] - values[1]) / math.sqrt(2)) / math.sqrt(2)  # t · sd / √n
+        assert row["mean"] == pytest.approx(mean)
+        assert (row["low"], row["high"]) == pytest.approx((mean - half, mean + half))
+        assert row["hurt"] == sum(v > 0 for v in values)
+        assert f"| {name} " in printed
+    assert main(["ablate", str(sweep), "--layers", "--n-batches", "2"]) == 0
+    result = json.loads((sweep / "ablations.json").read_text())
+    assert list(result["variants"]) == ["baseline", "full"] and "blocks.0 attention = 0" in result["variants"]["baseline"]
+    assert main(["report", str(sweep)]) == 0
+    assert "## Surgical ablations over seeds" in (sweep / "report.md").read_text()
+    record = json.loads((sweep / "ablations.json").read_text())
+    record["weights"]["full_s1"] = "0" * 64  # as if full_s1 had trained on since
+    (sweep / "ablations.json").write_text(json.dumps(record))
+    assert main(["report", str(sweep)]) == 0
+    assert f"rerun `slmlab ablate {sweep} --layers` to update" in (sweep / "report.md").read_text()
