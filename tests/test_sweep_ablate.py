@@ -36,6 +36,12 @@ def test_a_sweep_is_ablated_run_by_run_and_summarised_over_its_seeds(micro_sweep
         assert (row["low"], row["high"]) == pytest.approx((mean - half, mean + half))
         assert row["hurt"] == sum(v > 0 for v in values)
         assert f"| {name} " in printed
+    from slmlab.variants.smat import route_shares
+
+    means = result["variants"]["full"]
+    shares = route_shares(means["lambda_zero"]["mean"], means["s_removed"]["mean"])
+    assert result["summaries"]["full"]["s_effect_share"] == pytest.approx(dict(zip(("attention_bias", "gate"), shares)))
+    assert "From the means over seeds: S's effect" in printed
     assert main(["ablate", str(sweep), "--layers", "--n-batches", "2"]) == 0
     result = json.loads((sweep / "ablations.json").read_text())
     assert list(result["variants"]) == ["baseline", "full"] and "blocks.0 attention = 0" in result["variants"]["baseline"]

@@ -1,8 +1,10 @@
 """`slmlab ablate SWEEP`: every finished run of a sweep ablated (ablate.py: each run's own table,
 with its CI over that run's validation batches), then each variant's interventions over its
 seeds: the mean Δ% with its 95% CI over the seeds (t, n − 1 degrees of freedom) and the seeds the
-intervention hurt. One run's CI says how sure that run's figure is; the seeds' says whether the
-component matters to the models the variant trains, the unit the sweep's own verdict uses.
+intervention hurt, and what each variant's registered ablation summary reads from those means
+(SMAT: the share of S's effect through the bias vs the gate). One run's CI says how sure that
+run's figure is; the seeds' says whether the component matters to the models the variant trains,
+the unit the sweep's own verdict uses.
 
 Saved as SWEEP/ablations.md and ablations.json, which records each run's weights (the report
 card flags the table once a run has other weights)."""
@@ -18,6 +20,7 @@ from ..errors import ConfigError
 from ..experiments.stats import t_interval
 from ..experiments.sweep_dir import read_sweep_dir
 from ..files import atomic_write_text, json_text
+from ..registry import ABLATION_SUMMARIES
 from ..runs.derived import weights_identity
 from ..tables import counted, format_number, markdown_table
 from .ablate import NothingToAblate, ablate
@@ -29,7 +32,7 @@ HEADERS = ("intervention", "what it changes", "seeds", "Δ% vs unmodified (mean)
 def ablate_sweep(path: Path, n_batches: int, device: str, layers: bool, heads: bool) -> tuple[str, dict]:
     """(the Markdown tables, one per variant with interventions; the figures, as saved)."""
     sweep = read_sweep_dir(path)
-    variants, weights, sections = {}, {}, []
+    variants, weights, sections, summaries = {}, {}, [], {}
     for variant, members in sweep.by_variant.items():
         by_seed: dict[str, dict] = {}  # intervention -> {"description", "delta_pct": {seed: Δ%}}
         for seed, run in members.items():
@@ -48,7 +51,9 @@ def ablate_sweep(path: Path, n_batches: int, device: str, layers: bool, heads: b
                     ]
         if by_seed:
             variants[variant] = {name: _over_seeds(entry) for name, entry in by_seed.items()}
-            sections.append(f"**{variant}**\n\n" + markdown_table(HEADERS, [_row(n, r) for n, r in variants[variant].items()]))
+            table = markdown_table(HEADERS, [_row(n, r) for n, r in variants[variant].items()])
+            texts = _summaries(variants[variant], summaries, variant)
+            sections.append(f"**{variant}**\n\n{table}" + "".join(f"\n\n{text}" for text in texts))
     if not variants:
         raise ConfigError(f"{path}: no finished run of this sweep declares interventions; add --layers or --heads")
     result = {
@@ -57,12 +62,26 @@ def ablate_sweep(path: Path, n_batches: int, device: str, layers: bool, heads: b
         "layers": layers,
         "heads": heads,
         "variants": variants,
+        "summaries": summaries,
         "weights": weights,
     }
     tables = "\n\n".join(sections)
     atomic_write_text(path / "ablations.json", json_text(result, indent=2))
     atomic_write_text(path / "ablations.md", f"# Surgical ablations of {sweep.name}, over seeds\n\n{tables}\n")
     return tables, result
+
+
+def _summaries(rows: dict, summaries: dict, variant: str) -> list[str]:
+    """What each registered ablation summary reads from a variant's mean Δ% over seeds (SMAT: the
+    share of S's effect through the bias vs the gate), its figures kept in `summaries`."""
+    texts = []
+    means = {name: {**row, "delta_pct": row["mean"]} for name, row in rows.items()}
+    for summarize in ABLATION_SUMMARIES.values():
+        summary = summarize(means)
+        if summary is not None:
+            texts.append(f"From the means over seeds: {summary[0]}")
+            summaries.setdefault(variant, {}).update(summary[1])
+    return texts
 
 
 def _over_seeds(entry: dict) -> dict:
