@@ -33,7 +33,7 @@ def test_a_sweep_is_ablated_run_by_run_and_summarised_over_its_seeds(micro_sweep
         mean = sum(values) / 2
         half = stats.t.ppf(0.975, 1) * (abs(values[0] - values[1]) / math.sqrt(2)) / math.sqrt(2)  # t · sd / √n
         assert row["mean"] == pytest.approx(mean)
-        assert (row["low"], row["high"]) == pytest.approx((mean - half, mean + half))
+        assert (row["delta_pct_low"], row["delta_pct_high"]) == pytest.approx((mean - half, mean + half))
         assert row["hurt"] == sum(v > 0 for v in values)
         assert f"| {name} " in printed
     from slmlab.variants.smat import route_shares

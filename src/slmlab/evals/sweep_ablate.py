@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..experiments.stats import t_interval
+from ..experiments.stats import percent_interval, t_interval
 from ..experiments.sweep_dir import read_sweep_dir
 from ..files import atomic_write_text, json_text
 from ..registry import ABLATION_SUMMARIES
@@ -46,9 +46,8 @@ def ablate_sweep(path: Path, n_batches: int, device: str, layers: bool, heads: b
             weights[run.path.name] = weights_identity(run.path)
             for name, row in result["interventions"].items():
                 if name != "unmodified":
-                    by_seed.setdefault(name, {"description": row["description"], "delta_pct": {}})["delta_pct"][seed] = row[
-                        "delta_pct"
-                    ]
+                    entry = by_seed.setdefault(name, {"description": row["description"], "delta_pct": {}})
+                    entry["delta_pct"][seed] = row["delta_pct"]
         if by_seed:
             variants[variant] = {name: _over_seeds(entry) for name, entry in by_seed.items()}
             table = markdown_table(HEADERS, [_row(n, r) for n, r in variants[variant].items()])
@@ -85,19 +84,14 @@ def _summaries(rows: dict, summaries: dict, variant: str) -> list[str]:
 
 
 def _over_seeds(entry: dict) -> dict:
+    """An intervention's Δ% by seed -> with their mean, its 95% CI over the seeds (NaN where a Δ
+    is not finite: a diverged run) and how many seeds it hurt (Δ > 0)."""
     values = np.array(list(entry["delta_pct"].values()), dtype=np.float64)
     low, high = t_interval(values) if np.isfinite(values).all() else (float("nan"), float("nan"))
-    return {**entry, "mean": float(values.mean()), "low": low, "high": high, "hurt": int((values > 0).sum())}
+    return {**entry, "mean": float(values.mean()), "delta_pct_low": low, "delta_pct_high": high, "hurt": int((values > 0).sum())}
 
 
 def _row(name: str, r: dict) -> tuple:
     seeds = len(r["delta_pct"])
-    interval = "–" if not np.isfinite([r["low"], r["high"]]).all() else f"[{r['low']:+.2f}, {r['high']:+.2f}]"
-    return (
-        name,
-        r["description"],
-        seeds,
-        format_number(r["mean"], "+.2f", "%"),
-        interval,
-        f"{r['hurt']}/{counted(seeds, 'seeds')}",
-    )
+    hurt = f"{r['hurt']}/{counted(seeds, 'seeds')}"
+    return name, r["description"], seeds, format_number(r["mean"], "+.2f", "%"), percent_interval(r), hurt
