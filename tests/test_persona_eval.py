@@ -344,6 +344,9 @@ def test_a_persona_file_with_another_text_field_is_read_as_the_error_says(tmp_pa
     assert main([*argv, "--data.text_field", "content", "--data.seq_len", "16"]) == 2
     err = capsys.readouterr().err
     assert "reads only the settings data.text_field and data.doc_separator, so ['data.seq_len'] would change nothing" in err
+    with pytest.raises(SystemExit) as exit:  # nanoGPT's spelling: the setting it is named
+        main([*argv, "--text_field", "content"])
+    assert exit.value.code == 2 and "(did you mean --data.text_field?)" in capsys.readouterr().err
     surgery = ["surgery", "--hf-model", str(tmp_path / "none"), "--persona-data", str(tmp_path / "persona.jsonl")]
     assert main([*surgery, "--train.lr", "1"]) == 2
     assert "reads only the settings data.text_field and data.doc_separator" in capsys.readouterr().err

@@ -58,7 +58,9 @@ def refuse_unrecognized(verb: argparse.ArgumentParser, unknown: list[str]) -> No
     hint = ""
     for arg in unknown:
         close = difflib.get_close_matches(arg.partition("=")[0], options, n=1, cutoff=0.7) if arg.startswith("-") else []
-        setting = sectioned_setting(arg.partition("=")[0]) if verb.get_default("takes_overrides") is True else None
+        setting = sectioned_setting(arg.partition("=")[0])
+        takes = verb.get_default("takes_overrides")
+        setting = setting if takes is True or (isinstance(takes, tuple) and setting and setting[2:] in takes) else None
         if close or setting:
             hint = f" (did you mean {close[0] if close else setting}?)"
             break
