@@ -9,7 +9,6 @@ inference verbs get a model: the fp32 run, or its int8 model on the CPU.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from ..config import ConfigError, DataConfig, apply_overrides, config_from_dict
 from ..config.checks import TOKENIZER_KEYS
 from ..config.ignored import ignored_settings
 from ..data.corpora import CorpusError, DocumentSelection
-from ..data.split import describe_documents, validation_ids
+from ..data.split import TrainingSide, describe_documents, text_digest
 from ..data.tokens import TokenSplit, prepare_tokens
 from ..phase_progress import PhaseProgress
 from ..runs.metrics import perplexity
@@ -88,25 +87,19 @@ def describe_selection(data: DataConfig) -> str:
     return data.source + (f" ({'; '.join(filters)})" if filters else "")
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
-
-
 def train_overlap(run_data: DataConfig, scored: DataConfig, scored_ids: set[str] | None) -> int:
     """How many of the scored documents (ids in the `scored` selection; None: all of them, a
     single document split by position) the run trained on, compared by text, so a document
     reached through another path, filter or source counts too."""
-    run_docs = [(doc.id, _digest(doc.text)) for doc in DocumentSelection(run_data)]
-    ids = [i for i, _ in run_docs]
-    scored_docs = [_digest(doc.text) for doc in DocumentSelection(scored) if scored_ids is None or doc.id in scored_ids]
-    if len(set(ids)) == 1:  # split by position: the run trained on the start of its text, the end held out
+    selection = DocumentSelection(run_data)
+    run_docs = [(doc.id, text_digest(doc.text)) for doc in selection]
+    side = TrainingSide(selection, run_data.val_fraction)  # its split, from the ids that pass read
+    scored_docs = [text_digest(doc.text) for doc in DocumentSelection(scored) if scored_ids is None or doc.id in scored_ids]
+    if side.by_position:  # the run trained on the start of its text, the end held out (no document is)
         same_cut = scored_ids is None and scored_docs == [d for _, d in run_docs] and scored.val_fraction == run_data.val_fraction
         if same_cut:
             return 0
-        held_out: set[str] = set()
-    else:
-        held_out = validation_ids(ids, run_data.val_fraction)
-    trained = {digest for i, digest in run_docs if i not in held_out}
+    trained = {digest for i, digest in run_docs if i not in side.held_out}
     return sum(digest in trained for digest in scored_docs)
 
 
