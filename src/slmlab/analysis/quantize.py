@@ -134,7 +134,7 @@ def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
     from ..runs.derived import record_derived, weights_identity
     from ..runs.metrics import perplexity
     from ..runs.run_dir import check_trained_streams, model_run
-    from ..training import evaluate
+    from ..training.validation import evaluate_by_batch
 
     weights = weights_identity(run)
     cfg, model, tokenizer = load_run(run, "cpu")
@@ -146,9 +146,9 @@ def quantize_report(run: str | Path, batches: int = 20) -> tuple[str, Path]:
     rows, cpu, scores = [], torch.device("cpu"), {}
     weights_file = model_run(run)[0].final_weights  # a curriculum's: its last phase's
     for label, m, size in (("fp32", model, file_size(weights_file)), ("int8", quantized, file_size(path))):
-        per_batch: list[float] = []
-        loss = evaluate(m, data.val, cfg.data.seq_len, cfg.train.batch_size, batches, cpu, progress=f"scoring {label}",
-                        batch_losses=per_batch)  # fmt: skip
+        loss, per_batch = evaluate_by_batch(
+            m, data.val, cfg.data.seq_len, cfg.train.batch_size, batches, cpu, progress=f"scoring {label}"
+        )
         scores[label] = (loss, per_batch)
         median, slowest, fastest = generation_speed(m, prompt)
         speed = f"{median:,.1f} ({slowest:,.1f}–{fastest:,.1f})"

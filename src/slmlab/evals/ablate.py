@@ -23,8 +23,8 @@ from ..runs.derived import record_derived, weights_identity
 from ..runs.metrics import perplexity
 from ..runs.run_dir import check_trained_streams, load_run
 from ..tables import command_line, format_number, markdown_table
-from ..training import evaluate
 from ..training.runtime import resolve_device
+from ..training.validation import evaluate_by_batch
 
 
 class NothingToAblate(ConfigError):
@@ -59,10 +59,7 @@ def ablate(
     check_trained_streams(run_path, cfg, data.manifest["sha256"])
 
     def scored() -> tuple[float, list[float]]:
-        batches: list[float] = []
-        loss = evaluate(model, data.val, cfg.data.seq_len, cfg.train.batch_size, n_batches, device, cfg.train.dtype,
-                        batch_losses=batches)  # fmt: skip
-        return loss, batches
+        return evaluate_by_batch(model, data.val, cfg.data.seq_len, cfg.train.batch_size, n_batches, device, cfg.train.dtype)
 
     with PhaseProgress(f"ablating {run_path}", len(interventions) + 1, "evaluations") as progress:
         reference, reference_batches = scored()

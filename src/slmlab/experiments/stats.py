@@ -148,8 +148,7 @@ def perplexity_change(change: float, batches: list[float], reference: list[float
     interval's half width of the batches' paired loss differences (`batches` − `reference`, each
     a batch's mean loss) -> {"delta_pct", "delta_pct_low", "delta_pct_high"}; NaN bounds below two
     batches, and for a loss that is not finite."""
-    _, low, high = paired_difference(dict(enumerate(batches)), dict(enumerate(reference)))
-    mean = sum(b - r for b, r in zip(batches, reference)) / len(batches)
+    mean, low, high = paired_difference(dict(enumerate(batches)), dict(enumerate(reference)))
     half = mean - low if math.isfinite(low) and math.isfinite(high) else math.nan
     with np.errstate(over="ignore", invalid="ignore"):
         bounds = 100.0 * np.expm1(np.array([change, change - half, change + half], dtype=np.float64))

@@ -63,3 +63,10 @@ def score_validation(
 def evaluate(*args, **kwargs) -> float:
     """The mean validation cross-entropy alone (score_validation's first figure)."""
     return score_validation(*args, **kwargs)[0]
+
+
+def evaluate_by_batch(*args, **kwargs) -> tuple[float, list[float]]:
+    """(the mean validation cross-entropy, each batch's): for comparing two models on the same
+    batches, pair by pair (experiments/stats.py's perplexity_change)."""
+    batches: list[float] = []
+    return score_validation(*args, batch_losses=batches, **kwargs)[0], batches
