@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
-import json
 import re
 from pathlib import Path
 
@@ -161,11 +160,11 @@ def _sweep_ablations_out_of_date(path: Path, runs: list[RunDir]) -> dict[str, st
     """{"ablations.md": the command that rewrites it} where a run the sweep's ablation table read
     (its ablations.json records each run's weights) has other weights now, or is gone; else {}."""
     try:
-        record = json.loads((path / "ablations.json").read_text(encoding="utf-8"))
+        record = read_json(path / "ablations.json", "sweep ablations", RunFileError, "")
         current = {run.path.name: run for run in runs}
         moved = any(name not in current or weights_identity(current[name].path) != sha for name, sha in record["weights"].items())
         flags = [flag for flag in ("--layers", "--heads") if record.get(flag[2:])]
-    except (OSError, ValueError, AttributeError, KeyError, TypeError, SlmlabError):  # none, or damaged: shown as it is
+    except (AttributeError, KeyError, TypeError, SlmlabError):  # none, or damaged: shown as it is
         return {}
     return {"ablations.md": command_line("slmlab", "ablate", path, *flags)} if moved else {}
 
