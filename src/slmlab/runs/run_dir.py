@@ -38,6 +38,7 @@ from ..locks import DirectoryLock
 from ..model import build_model
 from ..tables import command_line, counted
 from .checkpoints import CheckpointError, checksums, existing_checkpoint, final_weights_fix, latest_checkpoint, load_weights
+from .located import located
 from .metrics import MetricsLog, perplexity
 
 log = logging.getLogger("slmlab")
@@ -220,9 +221,10 @@ class RunDir:
         if specs and isinstance(specs, list):
             plugins.activate_recorded(self.plugin_dir, specs, self.path)
         try:
-            return config_from_dict(values)
+            cfg = config_from_dict(values)
         except ConfigError as err:
             raise ConfigError(f"run config {self.config} does not load: {err}") from None
+        return located(cfg, self.path)  # its relative data paths, from the folder it trained in
 
     def read_metrics(self) -> list[dict]:
         return MetricsLog(self.metrics).read()
