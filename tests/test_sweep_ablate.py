@@ -51,4 +51,30 @@ def test_a_sweep_is_ablated_run_by_run_and_summarised_over_its_seeds(micro_sweep
     record["weights"]["full_s1"] = "0" * 64  # as if full_s1 had trained on since
     (sweep / "ablations.json").write_text(json.dumps(record))
     assert main(["report", str(sweep)]) == 0
-    assert f"rerun `slmlab ablate {sweep} --layers` to update" in (sweep / "report.md").read_text()
+    report = (sweep / "report.md").read_text()
+    assert f"rerun `slmlab ablate {sweep} --layers` to update" in report
+    assert "other weights than its runs' current ones (one of them trained on, finished or was removed since)" in report
+
+
+def test_a_sweep_ablation_records_the_weights_it_ablated_not_those_written_during_it(micro_sweep, tmp_path, monkeypatch):
+    """Each run's weights are recorded as they were before the run was loaded: a run retrained
+    while the command ran was recorded with its new weights, so the report called the table current."""
+    from slmlab.evals import ablate as ablate_module
+
+    assert main(["sweep", str(micro_sweep)]) == 0
+    sweep = tmp_path / "runs" / "micro"
+    summary = sweep / "full_s1" / "summary.json"
+    before = json.loads(summary.read_text())["final_sha256"]
+    real_load = ablate_module.load_run
+
+    def load_then_retrain(run_path, device):
+        loaded = real_load(run_path, device)
+        if run_path == sweep / "full_s1":  # as if `slmlab train --resume` rewrote it meanwhile
+            record = json.loads(summary.read_text())
+            summary.write_text(json.dumps({**record, "final_sha256": "f" * 64}))
+        return loaded
+
+    monkeypatch.setattr(ablate_module, "load_run", load_then_retrain)
+    assert main(["ablate", str(sweep), "--n-batches", "2"]) == 0
+    assert json.loads((sweep / "ablations.json").read_text())["weights"]["full_s1"] == before
+    assert json.loads((sweep / "full_s1" / "ablations.json").read_text())["weights_sha256"] == before

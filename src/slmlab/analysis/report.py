@@ -136,24 +136,29 @@ def _text(path: Path) -> str:
     return read_text(path, "report input", RunFileError, REWRITE)
 
 
-def _out_of_date(path: Path, stale: dict[str, str], pattern: str) -> list[str]:
+RUN_MOVED = "the run's current ones (it trained on, or finished, since)"
+SWEEP_MOVED = "its runs' current ones (one of them trained on, finished or was removed since)"
+
+
+def _out_of_date(path: Path, stale: dict[str, str], pattern: str, moved: str = RUN_MOVED) -> list[str]:
     """A line for the files under `path` matching `pattern` that were computed from other weights
-    than the run's current ones (`stale`: runs/derived.out_of_date), naming the command to rerun."""
+    than the current ones (`stale`: runs/derived.out_of_date; `moved`: whose, and why they may
+    differ), naming the command to rerun."""
     by_command: dict[str, list[str]] = {}
     for name in sorted(p.relative_to(path).as_posix() for p in path.glob(pattern)):
         if name in stale:
             by_command.setdefault(stale[name], []).append(name)
     return [
-        f"*Out of date: {', '.join(map(code_span, names))} came from other weights than the run's current ones "
-        f"(it trained on, or finished, since); rerun {code_span(command)} to update.*"
+        f"*Out of date: {', '.join(map(code_span, names))} came from other weights than {moved}; "
+        f"rerun {code_span(command)} to update.*"
         for command, names in by_command.items()
     ]
 
 
-def _ablations(path: Path, heading: str, stale: dict[str, str]) -> list[str]:
+def _ablations(path: Path, heading: str, stale: dict[str, str], moved: str = RUN_MOVED) -> list[str]:
     if not (path / "ablations.md").is_file():
         return []
-    return [heading, *_out_of_date(path, stale, "ablations.md"), _heading_free(_text(path / "ablations.md"))]
+    return [heading, *_out_of_date(path, stale, "ablations.md", moved), _heading_free(_text(path / "ablations.md"))]
 
 
 def _sweep_ablations_out_of_date(path: Path, runs: list[RunDir]) -> dict[str, str]:
@@ -311,7 +316,7 @@ def _sweep_report(path: Path) -> tuple[str, str]:
                 )
             )
     parts += ["## Runs", markdown_table(("run", "variant", "val loss", "val ppl", "val bpb", "tokens/s", "time"), rows)]
-    parts += _ablations(path, "## Surgical ablations over seeds", _sweep_ablations_out_of_date(path, runs))
+    parts += _ablations(path, "## Surgical ablations over seeds", _sweep_ablations_out_of_date(path, runs), SWEEP_MOVED)
     for run in runs:
         parts += _ablations(run.path, f"## Surgical ablations of {run.path.name}", out_of_date(run.path))
     samples = [(v, m[0].read_summary().get("sample")) for v, m in by_variant.items() if m]

@@ -72,7 +72,8 @@ def ablate(
             label = intervention.name if intervention.name not in rows else f"{intervention.name} ({intervention.owner.__name__})"
             rows[label] = {"description": intervention.description, "val_ppl": perplexity(loss),
                            **perplexity_change(loss - reference, batches, reference_batches)}  # fmt: skip
-    result = {"run": str(run_path), "n_batches": n_batches, "layers": layers, "heads": heads, "interventions": rows}
+    result = {"run": str(run_path), "weights_sha256": weights, "n_batches": n_batches, "layers": layers, "heads": heads}
+    result["interventions"] = rows
     table = markdown_table(
         ("intervention", "what it changes", "val ppl", "Δ% vs unmodified", "95% CI of Δ%"),
         [

@@ -21,7 +21,6 @@ from ..experiments.stats import percent_interval, t_interval
 from ..experiments.sweep_dir import read_sweep_dir
 from ..files import atomic_write_text, json_text
 from ..registry import ABLATION_SUMMARIES
-from ..runs.derived import weights_identity
 from ..tables import counted, format_number, markdown_table
 from .ablate import NothingToAblate, ablate
 
@@ -43,7 +42,7 @@ def ablate_sweep(path: Path, n_batches: int, device: str, layers: bool, heads: b
                 _, result = ablate(run.path, n_batches, device, layers, heads)
             except NothingToAblate:
                 break  # its seeds share its architecture: none of them has any
-            weights[run.path.name] = weights_identity(run.path)
+            weights[run.path.name] = result["weights_sha256"]  # read before they were loaded
             for name, row in result["interventions"].items():
                 if name != "unmodified":
                     entry = by_seed.setdefault(name, {"description": row["description"], "delta_pct": {}})
