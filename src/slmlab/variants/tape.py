@@ -73,6 +73,11 @@ class TapeConfig:
         """The critics built: n_critics, or one where the moderator reads only the last."""
         return 1 if self.moderator == "last" else self.n_critics
 
+    @property
+    def blocks(self) -> int:
+        """The TapeBlocks built: a left and a right stack for the coda and for each built critic."""
+        return 2 * (self.coda_layers + self.built_critics * self.critic_layers)
+
 
 def bounded_log(x: torch.Tensor) -> torch.Tensor:
     """a(x) = 2 atanh(φ(2 tanh(x/2)) / 2); |a(x)| < 0.21 for every x, a'(0) = 1."""
@@ -220,7 +225,7 @@ class TapeTransformer(GenerationMixin, nn.Module):
         """As Decoder's: the coda's and critics' TapeBlocks (a TapeHead has two stacks); the prophet's recurrent layers."""
         t, w = cfg.tape, cfg.tape.rnn_dim or cfg.d_model
         counts = f"model.tape.coda_layers = {t.coda_layers}, n_critics = {t.n_critics}, critic_layers = {t.critic_layers}"
-        blocks = 2 * (t.coda_layers + t.built_critics * t.critic_layers), lambda: TapeBlock(cfg, build_positions(cfg)), counts
+        blocks = t.blocks, lambda: TapeBlock(cfg, build_positions(cfg)), counts
         return [blocks, (t.rnn_layers, lambda: nn.Linear(w, 2 * w, bias=False), f"model.tape.rnn_layers = {t.rnn_layers}")]
 
     def _init_weights(self, module: nn.Module, generator: torch.Generator) -> None:
@@ -391,9 +396,8 @@ def check_tape(m: ModelConfig) -> None:
             raise ConfigError(f"model.tape.{key} = {getattr(t, key)!r} is not one of {', '.join(RULES)}")
     if m.arch == "tape":  # tape blocks (attention 4 d², MLP 2 d · expand d), critic embeddings, prophet, merge
         critics, width, d = t.built_critics, t.rnn_dim or m.d_model, m.d_model
-        blocks = 2 * (t.coda_layers + critics * t.critic_layers)
         check_parameters(
-            blocks * (4 + 2 * t.mlp_expand) * d * d + critics * m.vocab_size * d + t.rnn_layers * 4 * width * max(width, d)
+            t.blocks * (4 + 2 * t.mlp_expand) * d * d + critics * m.vocab_size * d + t.rnn_layers * 4 * width * max(width, d)
             + (t.n_critics + 1) * d * d,
             f"model.tape.n_critics = {t.n_critics}, coda_layers = {t.coda_layers}, critic_layers = {t.critic_layers}, "
             f"mlp_expand = {t.mlp_expand}, rnn_dim = {width}, rnn_layers = {t.rnn_layers}",
