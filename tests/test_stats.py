@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from slmlab.experiments.stats import holm_adjusted, paired_comparison, paired_t_power, seeds_needed
+from slmlab.experiments.stats import holm_adjusted, paired_comparison, paired_t_power, seeds_needed, t_interval
 
 
 def test_holm_adjustment_on_known_p_values():
@@ -66,3 +66,16 @@ def test_results_not_keyed_by_seed_are_refused_not_paired_by_position():
     for compare in (paired_comparison, paired_difference):
         with pytest.raises(ValueError, match="take \\{seed: value\\} dicts, paired by seed; got list, dict"):
             compare([9.0, 9.5], {0: 10.0, 1: 10.0})
+
+
+@pytest.mark.parametrize("values", [[0.3, -0.1, 0.5, 0.2], (1.0, 2.0), np.array([2.5, 2.5, 2.5])])
+def test_the_t_interval_of_a_list_tuple_or_array_is_scipys(values):
+    """t_interval takes any sequence (it took only arrays: a list failed on .mean()); all-equal
+    values give the point itself."""
+    low, high = t_interval(values)
+    expected = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    if np.std(values) == 0:
+        assert low == high == values[0]
+    else:
+        assert (low, high) == pytest.approx(expected)
+    assert all(math.isnan(bound) for bound in t_interval([1.0]))

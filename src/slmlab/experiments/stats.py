@@ -133,9 +133,11 @@ def paired_difference(variant: dict[int, float], baseline: dict[int, float]) -> 
     return float(d.mean()), *t_interval(d)
 
 
-def t_interval(d: np.ndarray) -> tuple[float, float]:
-    """The 95% confidence interval of mean(d) over n values (paired differences, or samples):
-    mean ± t_0.975(n - 1) · s / sqrt(n), s the sample standard deviation; NaN below 2 values."""
+def t_interval(d) -> tuple[float, float]:
+    """The 95% confidence interval of mean(d) over n values (an array or sequence of paired
+    differences, or samples): mean ± t_0.975(n - 1) · s / sqrt(n), s the sample standard
+    deviation; NaN below 2 values."""
+    d = np.asarray(d, dtype=np.float64)
     if len(d) < 2:
         return math.nan, math.nan
     half = stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(len(d))
