@@ -94,7 +94,8 @@ def test_route_shares():
     assert route_shares(0.5, 2.0) == (0.25, 0.75)
 
 
-def test_ablate_command_on_a_trained_full_smat_run(text_corpus, make_config, capsys):
+def _ablated_full_smat_run(text_corpus, make_config, capsys, n_batches: int) -> tuple[str, dict]:
+    """(what `slmlab ablate` printed, its ablations.json) for a full SMAT run trained on text_corpus."""
     from slmlab.cli import main
     from slmlab.runs.run_dir import RunDir
     from slmlab.training import train
@@ -102,13 +103,21 @@ def test_ablate_command_on_a_trained_full_smat_run(text_corpus, make_config, cap
     cfg = make_config(text_corpus, model={"smat": {"use_S": True, "use_G": True}})
     train(cfg, progress=False)
     run = RunDir.for_config(cfg).path
-    assert main(["ablate", str(run), "--n-batches", "2"]) == 0
-    out = capsys.readouterr().out
-    result = json.loads((run / "ablations.json").read_text())
+    assert main(["ablate", str(run), "--n-batches", str(n_batches)]) == 0
+    assert (run / "ablations.md").is_file()
+    return capsys.readouterr().out, json.loads((run / "ablations.json").read_text())
+
+
+def test_ablate_command_on_a_trained_full_smat_run(text_corpus, make_config, capsys):
+    from slmlab.cli import main
+    from slmlab.runs.run_dir import RunDir
+    from slmlab.training import train
+
+    out, result = _ablated_full_smat_run(text_corpus, make_config, capsys, 2)
     assert set(result["interventions"]) == {"unmodified", *SMAT}
     shares = result["s_effect_share"]
     assert shares["attention_bias"] + shares["gate"] == pytest.approx(1.0)
-    assert "through the attention bias" in out and (run / "ablations.md").is_file()
+    assert "through the attention bias" in out
     baseline_cfg = make_config(text_corpus)
     baseline_cfg.name = "plain"
     train(baseline_cfg, progress=False)
@@ -246,3 +255,41 @@ def test_an_ablations_change_has_a_paired_interval_over_the_validation_batches(t
     assert "| unmodified " in printed and printed.split("| unmodified ")[1].split("\n")[0].rstrip(" |").endswith("–")
     one = perplexity_change(0.1, [1.1], [1.0])  # one batch: no spread, no interval
     assert one["delta_pct"] == pytest.approx(100 * np.expm1(0.1)) and np.isnan(one["delta_pct_low"])
+
+
+def test_the_bias_gate_split_has_a_bootstrap_interval_over_the_validation_batches(text_corpus, make_config, capsys):
+    """The seed's headline ("74% of S's lift through the gate") is a ratio of two measured changes,
+    printed without its uncertainty. ablations.json keeps each row's per-batch losses, and the
+    split has its 95% bootstrap interval, checked here against a naive resampling of those losses."""
+    printed, result = _ablated_full_smat_run(text_corpus, make_config, capsys, 5)
+    losses = {name: np.array(batches) for name, batches in result["batch_losses"].items()}
+    for name, row in result["interventions"].items():  # the kept losses are those the rows were computed from
+        assert np.exp(losses[name].mean()) == pytest.approx(row["val_ppl"], rel=1e-9)
+    rng, bias = np.random.default_rng(0), []
+    for _ in range(2000):
+        drawn = rng.integers(0, 5, 5)
+        base = losses["unmodified"][drawn].mean()
+        lambda_zero, removed = (np.expm1(losses[name][drawn].mean() - base) for name in ("lambda_zero", "s_removed"))
+        bias.append(lambda_zero / removed)
+    low, high = result["summary_intervals"]["s_effect_share.attention_bias"]
+    assert (low, high) == pytest.approx((np.percentile(bias, 2.5), np.percentile(bias, 97.5)), rel=1e-9)
+    assert low <= result["s_effect_share"]["attention_bias"] <= high
+    gate_low, gate_high = result["summary_intervals"]["s_effect_share.gate"]
+    assert (gate_low, gate_high) == pytest.approx((1 - high, 1 - low), abs=1e-9)
+    assert f"s_effect_share.attention_bias {result['s_effect_share']['attention_bias']:.3g} [{low:.3g}, {high:.3g}]" in printed
+
+
+def test_a_split_of_an_effect_not_told_from_none_says_so():
+    from slmlab.variants.smat import summarize_ablations
+
+    def rows(low: float, high: float) -> dict:
+        return {
+            "lambda_zero": {"delta_pct": 0.1},
+            "s_removed": {"delta_pct": 0.2, "delta_pct_low": low, "delta_pct_high": high},
+        }
+
+    unresolved, _ = summarize_ablations(rows(-0.3, 0.7))
+    assert "not resolved: removing S moves perplexity by -0.30% to +0.70%, which includes no change" in unresolved
+    resolved, values = summarize_ablations(rows(0.05, 0.35))
+    assert "not resolved" not in resolved and values["s_effect_share"]["attention_bias"] == pytest.approx(0.5)
+    assert "not resolved" not in summarize_ablations({"lambda_zero": {"delta_pct": 0.1}, "s_removed": {"delta_pct": 0.2}})[0]

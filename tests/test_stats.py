@@ -79,3 +79,18 @@ def test_the_t_interval_of_a_list_tuple_or_array_is_scipys(values):
     else:
         assert (low, high) == pytest.approx(expected)
     assert all(math.isnan(bound) for bound in t_interval([1.0]))
+
+
+def test_bootstrap_intervals_of_a_mean_approach_the_t_interval_and_repeat():
+    from slmlab.experiments.stats import bootstrap_intervals
+
+    data = np.random.default_rng(1).normal(3.0, 2.0, 400)
+    intervals = bootstrap_intervals(lambda drawn: {"mean": data[drawn].mean(), "sd": data[drawn].std()}, len(data))
+    low, high = intervals["mean"]
+    t_low, t_high = t_interval(data)
+    assert low == pytest.approx(t_low, abs=0.05) and high == pytest.approx(t_high, abs=0.05)
+    assert intervals == bootstrap_intervals(lambda drawn: {"mean": data[drawn].mean(), "sd": data[drawn].std()}, len(data))
+    with np.errstate(divide="ignore"):  # a draw without item 0 divides by zero
+        ratio = bootstrap_intervals(lambda drawn: {"ratio": np.float64(1.0) / (drawn == 0).sum()}, 3)
+    assert ratio == {}  # some draw gives no finite value: no interval
+    assert bootstrap_intervals(lambda drawn: {"mean": 1.0}, 1) == {}

@@ -42,6 +42,11 @@ def test_a_sweep_is_ablated_run_by_run_and_summarised_over_its_seeds(micro_sweep
     shares = route_shares(means["lambda_zero"]["mean"], means["s_removed"]["mean"])
     assert result["summaries"]["full"]["s_effect_share"] == pytest.approx(dict(zip(("attention_bias", "gate"), shares)))
     assert "From the means over seeds: S's effect" in printed
+    for s in (1, 2):  # and what each seed's own ablation reads: how far the seeds agree
+        own = json.loads((sweep / f"full_s{s}" / "ablations.json").read_text())["s_effect_share"]
+        by_seed = result["summaries_by_seed"]["full"][str(s)]
+        assert by_seed == pytest.approx({f"s_effect_share.{k}": v for k, v in own.items()})
+    assert "Each seed's own (1, 2): s_effect_share.attention_bias" in printed
     assert main(["ablate", str(sweep), "--layers", "--n-batches", "2"]) == 0
     result = json.loads((sweep / "ablations.json").read_text())
     assert list(result["variants"]) == ["baseline", "full"] and "blocks.0 attention = 0" in result["variants"]["baseline"]

@@ -10,11 +10,14 @@ Results are printed and saved as ablations.md and ablations.json in the run dire
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+import numpy as np
 
 from ..config import ConfigError
 from ..data.tokens import prepare_tokens
-from ..experiments.stats import percent_interval, perplexity_change
+from ..experiments.stats import bootstrap_intervals, percent_interval, perplexity_change
 from ..files import atomic_write_text, json_text
 from ..model.interventions import applicable, head_ablations, intervene, layer_ablations
 from ..phase_progress import PhaseProgress
@@ -65,6 +68,7 @@ def ablate(
         reference, reference_batches = scored()
         progress.update()
         rows = {"unmodified": {"description": "the trained model", "val_ppl": perplexity(reference), "delta_pct": 0.0}}
+        losses = {"unmodified": reference_batches}  # each row's per-batch mean losses, paired by batch
         for intervention in interventions:
             with intervene(model, intervention):
                 loss, batches = scored()
@@ -72,8 +76,9 @@ def ablate(
             label = intervention.name if intervention.name not in rows else f"{intervention.name} ({intervention.owner.__name__})"
             rows[label] = {"description": intervention.description, "val_ppl": perplexity(loss),
                            **perplexity_change(loss - reference, batches, reference_batches)}  # fmt: skip
+            losses[label] = batches
     result = {"run": str(run_path), "weights_sha256": weights, "n_batches": n_batches, "layers": layers, "heads": heads}
-    result["interventions"] = rows
+    result.update(interventions=rows, batch_losses=losses)
     table = markdown_table(
         ("intervention", "what it changes", "val ppl", "Δ% vs unmodified", "95% CI of Δ%"),
         [
@@ -85,8 +90,10 @@ def ablate(
         summary = summarize(rows)
         if summary is not None:
             text, values = summary
-            table += f"\n\n{text}"
+            intervals = summary_intervals(summarize, rows, losses)
+            table += f"\n\n{text}{_intervals_text(figures(values), intervals)}"
             result.update(values)
+            result.setdefault("summary_intervals", {}).update(intervals)
     run = Path(run_path)
     atomic_write_text(run / "ablations.json", json_text(result, indent=2))
     atomic_write_text(run / "ablations.md", f"# Surgical ablations of {run.name}\n\n{table}\n")
@@ -97,3 +104,38 @@ def ablate(
         weights,
     )
     return table, result
+
+
+def figures(values: dict, prefix: str = "") -> dict[str, float]:
+    """A summary's numbers, nested dicts flattened to dotted names ({"s_effect_share.gate": 0.26})."""
+    flat = {}
+    for name, value in values.items():
+        if isinstance(value, dict):
+            flat.update(figures(value, f"{prefix}{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}{name}"] = float(value)
+    return flat
+
+
+def summary_intervals(summarize, rows: dict, losses: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
+    """95% bootstrap intervals of an ablation summary's figures over the validation batches: each
+    draw resamples the batches (the same ones for every row, so the comparison stays paired) and
+    reads the summary again from the Δ% they give, 100 (exp(mean loss − the unmodified model's) − 1)."""
+    reference = np.asarray(losses["unmodified"], dtype=np.float64)
+    per_row = {name: np.asarray(batches, dtype=np.float64) for name, batches in losses.items()}
+
+    def statistic(drawn: np.ndarray) -> dict[str, float]:
+        base = reference[drawn].mean()
+        resampled = {
+            name: {**row, "delta_pct": 100.0 * math.expm1(per_row[name][drawn].mean() - base)} for name, row in rows.items()
+        }
+        summary = summarize(resampled)
+        return figures(summary[1]) if summary is not None else {}
+
+    return bootstrap_intervals(statistic, len(reference))
+
+
+def _intervals_text(points: dict[str, float], intervals: dict[str, tuple[float, float]]) -> str:
+    """The summary's figures with their intervals, as a line under its text ("" without any)."""
+    shown = [f"{name} {points[name]:.3g} [{low:.3g}, {high:.3g}]" for name, (low, high) in intervals.items() if name in points]
+    return f"\n\n95% intervals over the validation batches (bootstrap): {', '.join(shown)}" if shown else ""

@@ -12,6 +12,7 @@ card flags the table once a run has other weights)."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from ..experiments.sweep_dir import read_sweep_dir
 from ..files import atomic_write_text, json_text
 from ..registry import ABLATION_SUMMARIES
 from ..tables import counted, format_number, markdown_table
-from .ablate import NothingToAblate, ablate
+from .ablate import NothingToAblate, ablate, figures
 
 log = logging.getLogger("slmlab")
 HEADERS = ("intervention", "what it changes", "seeds", "Δ% vs unmodified (mean)", "95% CI over seeds", "seeds it hurt")
@@ -31,7 +32,7 @@ HEADERS = ("intervention", "what it changes", "seeds", "Δ% vs unmodified (mean)
 def ablate_sweep(path: Path, n_batches: int, device: str, layers: bool, heads: bool) -> tuple[str, dict]:
     """(the Markdown tables, one per variant with interventions; the figures, as saved)."""
     sweep = read_sweep_dir(path)
-    variants, weights, sections, summaries = {}, {}, [], {}
+    variants, weights, sections, summaries, summaries_by_seed = {}, {}, [], {}, {}
     for variant, members in sweep.by_variant.items():
         by_seed: dict[str, dict] = {}  # intervention -> {"description", "delta_pct": {seed: Δ%}}
         for seed, run in members.items():
@@ -50,7 +51,7 @@ def ablate_sweep(path: Path, n_batches: int, device: str, layers: bool, heads: b
         if by_seed:
             variants[variant] = {name: _over_seeds(entry) for name, entry in by_seed.items()}
             table = markdown_table(HEADERS, [_row(n, r) for n, r in variants[variant].items()])
-            texts = _summaries(variants[variant], summaries, variant)
+            texts = _summaries(variants[variant], summaries, summaries_by_seed, variant)
             sections.append(f"**{variant}**\n\n{table}" + "".join(f"\n\n{text}" for text in texts))
     if not variants:
         raise ConfigError(f"{path}: no finished run of this sweep declares interventions; add --layers or --heads")
@@ -61,6 +62,7 @@ def ablate_sweep(path: Path, n_batches: int, device: str, layers: bool, heads: b
         "heads": heads,
         "variants": variants,
         "summaries": summaries,
+        "summaries_by_seed": summaries_by_seed,
         "weights": weights,
     }
     tables = "\n\n".join(sections)
@@ -69,16 +71,34 @@ def ablate_sweep(path: Path, n_batches: int, device: str, layers: bool, heads: b
     return tables, result
 
 
-def _summaries(rows: dict, summaries: dict, variant: str) -> list[str]:
+def _summaries(rows: dict, summaries: dict, by_seed: dict, variant: str) -> list[str]:
     """What each registered ablation summary reads from a variant's mean Δ% over seeds (SMAT: the
-    share of S's effect through the bias vs the gate), its figures kept in `summaries`."""
+    share of S's effect through the bias vs the gate), its figures kept in `summaries`, and what it
+    reads from each seed's own Δ% (`by_seed`, {seed: figures}): how far the seeds agree."""
     texts = []
     means = {name: {**row, "delta_pct": row["mean"]} for name, row in rows.items()}
+    seeds = list(dict.fromkeys(seed for row in rows.values() for seed in row["delta_pct"]))
     for summarize in ABLATION_SUMMARIES.values():
         summary = summarize(means)
-        if summary is not None:
-            texts.append(f"From the means over seeds: {summary[0]}")
-            summaries.setdefault(variant, {}).update(summary[1])
+        if summary is None:
+            continue
+        summaries.setdefault(variant, {}).update(summary[1])
+        per_seed = {}
+        for seed in seeds:
+            own = summarize(
+                {name: {**row, "delta_pct": row["delta_pct"][seed]} for name, row in rows.items() if seed in row["delta_pct"]}
+            )
+            if own is not None:
+                per_seed[seed] = figures(own[1])
+                by_seed.setdefault(variant, {}).setdefault(seed, {}).update(per_seed[seed])
+        names = list(dict.fromkeys(name for values in per_seed.values() for name in values))
+        spread = "; ".join(
+            f"{name} {', '.join(f'{values.get(name, math.nan):.3g}' for values in per_seed.values())}" for name in names
+        )
+        texts.append(
+            f"From the means over seeds: {summary[0]}"
+            + (f"\n\nEach seed's own ({', '.join(map(str, per_seed))}): {spread}" if spread else "")
+        )
     return texts
 
 

@@ -18,6 +18,7 @@ the seed-to-seed spread of d, the seeds a paired t-test needs to detect a given 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -161,3 +162,25 @@ def percent_interval(row: dict) -> str:
     """A row's perplexity_change interval as a table shows it, "[+0.12, +0.40]"; "–" where it has none."""
     low, high = row.get("delta_pct_low", math.nan), row.get("delta_pct_high", math.nan)
     return f"[{low:+.2f}, {high:+.2f}]" if math.isfinite(low) and math.isfinite(high) else "–"
+
+
+def bootstrap_intervals(
+    statistic: Callable[[np.ndarray], dict[str, float]], n: int, draws: int = 2000, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """95% percentile intervals of the figures `statistic(indices)` returns ({name: value}, read
+    from the n items at `indices`: the validation batches of a paired comparison, so every side
+    is resampled alike), over `draws` resamples of n indices with replacement (numpy's generator,
+    seeded: the same figures every time). A figure is left out where some draw gives it no finite
+    value; none where n < 2."""
+    if n < 2:
+        return {}
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {}
+    for _ in range(draws):
+        for name, value in statistic(rng.integers(0, n, n)).items():
+            values.setdefault(name, []).append(value)
+    return {
+        name: (float(np.percentile(drawn, 2.5)), float(np.percentile(drawn, 97.5)))
+        for name, drawn in values.items()
+        if len(drawn) == draws and np.isfinite(drawn).all()
+    }

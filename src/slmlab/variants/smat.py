@@ -286,11 +286,15 @@ def summarize_ablations(rows: dict) -> tuple[str, dict] | None:
     """The bias/gate split of S's effect, from the lambda_zero and s_removed rows of `slmlab ablate`."""
     if "lambda_zero" not in rows or "s_removed" not in rows:
         return None
-    bias, gate = route_shares(rows["lambda_zero"]["delta_pct"], rows["s_removed"]["delta_pct"])
+    removed = rows["s_removed"]
+    bias, gate = route_shares(rows["lambda_zero"]["delta_pct"], removed["delta_pct"])
     text = (
-        f"S's effect (Δ of removing S = {rows['s_removed']['delta_pct']:+.2f}%): "
+        f"S's effect (Δ of removing S = {removed['delta_pct']:+.2f}%): "
         f"{100 * bias:.0f}% through the attention bias λ·S, {100 * gate:.0f}% through the gate's μ·c"
     )
+    low, high = removed.get("delta_pct_low", math.nan), removed.get("delta_pct_high", math.nan)
+    if low <= 0 <= high:  # a share of an effect not told apart from none is no finding
+        text += f" (not resolved: removing S moves perplexity by {low:+.2f}% to {high:+.2f}%, which includes no change)"
     return text, {"s_effect_share": {"attention_bias": bias, "gate": gate}}
 
 
