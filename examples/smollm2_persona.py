@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
+from slmlab.experiments.stats import bootstrap_mean
 from slmlab.persona.classifier import PersonaClassifier, persona_data
-from slmlab.persona.evaluate import NEUTRAL, adversarial_prompts, bootstrap_mean
+from slmlab.persona.evaluate import NEUTRAL, adversarial_prompts
 from slmlab.persona.stage2 import source_data_config
 from slmlab.persona.surgery import (
     hf_continuations,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from slmlab.cli import main
-from slmlab.persona.evaluate import bootstrap_difference, bootstrap_mean
+from slmlab.experiments.stats import bootstrap_difference, bootstrap_mean
 from slmlab.training import train
 
 JOLLY = ["ha", "jolly", "laugh", "giggle", "merry", "fun", "joke", "grin", "tickle", "hoot"]

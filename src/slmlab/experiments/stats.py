@@ -13,6 +13,9 @@ interval and t-test of such a d are not numbers anyone measured, so they are NaN
 figures of a capped value.
 With several variants, the t-test p-values are Holm–Bonferroni adjusted as one family; and from
 the seed-to-seed spread of d, the seeds a paired t-test needs to detect a given effect at 80% power.
+Figures with no t distribution (a ratio of two changes, a share of prompts) get seeded bootstrap
+percentile intervals: an ablation summary's over the validation batches, persona adherence over
+prompts.
 """
 
 from __future__ import annotations
@@ -184,3 +187,21 @@ def bootstrap_intervals(
         for name, drawn in values.items()
         if len(drawn) == draws and np.isfinite(drawn).all()
     }
+
+
+def bootstrap_mean(values: np.ndarray, seed: int, resamples: int = 2000) -> tuple[float, float, float]:
+    """(mean, 2.5th, 97.5th percentile of resampled means): bootstrap_intervals' figures for a
+    mean, drawn at once (the same draws for the same seed)."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
+    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def bootstrap_difference(a: np.ndarray, b: np.ndarray, seed: int, resamples: int = 2000) -> tuple[float, float, float]:
+    """(mean(a) − mean(b), its 2.5th and 97.5th percentiles) with a and b resampled apart: two
+    independent samples (persona-eval's neutral and adversarial prompts), not paired ones."""
+    rng = np.random.default_rng(seed)
+    diffs = a[rng.integers(0, len(a), (resamples, len(a)))].mean(axis=1) - b[rng.integers(0, len(b), (resamples, len(b)))].mean(
+        axis=1
+    )
+    return float(a.mean() - b.mean()), float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))

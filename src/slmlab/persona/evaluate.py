@@ -32,6 +32,7 @@ from ..data.corpora import check_not_a_source_file
 from ..data.split import validation_ids
 from ..data.tokenizers import TokenizerError
 from ..data.tokens import prepare_tokens
+from ..experiments.stats import bootstrap_difference, bootstrap_mean
 from ..files import atomic_write_text, check_replaceable, json_text
 from ..runs.derived import record_derived, weights_identity
 from ..runs.metrics import perplexity
@@ -77,21 +78,6 @@ def adversarial_prompts(data: PersonaData, n_openings: int, seed: int) -> list[s
     by_id = {d.id: d for d in docs}
     openings = [" ".join(by_id[i].text.split()[:12]) for i in chosen]
     return [o for o in openings if o] + list(INSTRUCTIONS)
-
-
-def bootstrap_mean(values: np.ndarray, seed: int, resamples: int = 2000) -> tuple[float, float, float]:
-    """(mean, 2.5th, 97.5th percentile of resampled means)."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
-    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def bootstrap_difference(a: np.ndarray, b: np.ndarray, seed: int, resamples: int = 2000) -> tuple[float, float, float]:
-    rng = np.random.default_rng(seed)
-    diffs = a[rng.integers(0, len(a), (resamples, len(a)))].mean(axis=1) - b[rng.integers(0, len(b), (resamples, len(b)))].mean(
-        axis=1
-    )
-    return float(a.mean() - b.mean()), float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
 
 
 def encoded_or_none(tokenizer, text: str) -> list[int] | None:
