@@ -1,6 +1,6 @@
-"""A run's relative data.source is read from the folder the run was trained in (runs/located.py):
-`slmlab eval ~/project/runs/r` from another folder failed with "run from the folder it is relative
-to", and from a folder holding another file of the same name it would read that one."""
+"""A run's relative data.source not found from the working directory is read from the folder the
+run was trained in (runs/located.py): `slmlab eval ~/project/runs/r` from another folder failed with
+"run from the folder it is relative to"."""
 
 from __future__ import annotations
 
@@ -62,6 +62,9 @@ def test_relative_paths_are_read_from_the_training_folder_when_they_are_there(tm
     assert located(_config("r", "runs", "data/*.txt"), run).data.source == str(project / "data" / "*.txt")
     assert located(_config("r", "runs", "data/*.md"), run).data.source == "data/*.md"  # a glob matching nothing there
     assert located(_config("r", "runs", "only_here.txt"), run).data.source == "only_here.txt"  # not in the training folder
+    (elsewhere / "data").mkdir()
+    (elsewhere / "data" / "c.txt").write_text("another text")
+    assert located(cfg, run).data.source == "data/c.txt"  # found from here: read as typed, as before
 
 
 def _train_in(project: Path, monkeypatch, text: str) -> Path:
@@ -75,14 +78,15 @@ def _train_in(project: Path, monkeypatch, text: str) -> Path:
     return project / "runs" / "r"
 
 
-def _eval(run: Path, capsys) -> dict:
+def _eval(run: Path, capsys, *overrides: str) -> dict:
     capsys.readouterr()
-    assert main(["eval", str(run), "--batches", "1", "--json"]) == 0
+    assert main(["eval", str(run), "--batches", "1", "--json", *overrides]) == 0
     return json.loads(capsys.readouterr().out)
 
 
 def test_a_run_is_scored_on_its_own_corpus_from_any_folder(tmp_path, monkeypatch, capsys):
-    """From another folder, on the text it trained on, even where that folder has a c.txt of its own."""
+    """From another folder, on the text it trained on; where that folder has a c.txt of its own,
+    that one is read as typed (as before), and the refusal names the training folder's."""
     run = _train_in(tmp_path / "project", monkeypatch, "Some text to train on, line by line.\n" * 200)
     at_home = _eval(run, capsys)
     assert RunDir(run).read_config().data.source == "c.txt"
@@ -91,9 +95,15 @@ def test_a_run_is_scored_on_its_own_corpus_from_any_folder(tmp_path, monkeypatch
     monkeypatch.chdir(elsewhere)
     away = _eval(run, capsys)
     assert away["loss"] == at_home["loss"] and away["train_overlap"] == 0
-    (elsewhere / "c.txt").write_text("Other words entirely, set down here by someone else.\n" * 200)
-    assert _eval(run, capsys)["loss"] == at_home["loss"]
     assert json.loads((run / "config.json").read_text())["data"]["source"] == "c.txt"  # the record is as typed
+    (elsewhere / "c.txt").write_text("Some line to text on, train by line.\n" * 200)  # its characters, other text
+    assert main(["eval", str(run), "--batches", "1"]) == 2
+    own = tmp_path / "project" / "c.txt"
+    assert (
+        f"; the folder it was trained in has its own: give --data.source {own} or run from {own.parent}"
+        in capsys.readouterr().err
+    )
+    assert _eval(run, capsys, "--data.source", str(own))["loss"] == at_home["loss"]
 
 
 def test_a_run_copied_without_its_corpus_reads_the_path_as_typed(tmp_path, monkeypatch, capsys):

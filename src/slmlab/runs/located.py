@@ -7,10 +7,10 @@ lies at <folder>/<out_dir>/<name> whenever its recorded out_dir is relative (a s
 command run from anywhere else (`slmlab eval ~/project/runs/x` from the home folder, a report
 written from the sweep's folder) reads the same files.
 
-The training folder's path wins when it exists there: it is the one the run trained on, where the
-working directory may hold another corpus of the same name. When it does not (the run was copied
-without its data), the path is read as typed, from the working directory. Either way, the commands
-that score a run on its corpus check the corpus' fingerprint against the one it trained on.
+A path found from the working directory is read from there, as typed (as it always was: a run
+moved with its corpus, or scored from the folder it trained in); only one not found there is
+looked for in the training folder. Either way, the commands that score a run on its own split
+check that the corpus gives the token streams it trained on (their SHA-256s in summary.json).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..data.corpora import BUILTINS
+from ..tables import command_line
 
 
 def training_folder(cfg: RunConfig, run_path: Path) -> Path | None:
@@ -44,22 +45,19 @@ def _exists(path: Path) -> bool:
 
 def _from(folder: Path, value: str, is_source: bool) -> str:
     """`value` (a data.source or cache_dir) as a path from `folder` when it is relative, names
-    no built-in corpus, and exists there under another path than from the working directory."""
+    no built-in corpus, is not found from the working directory and is found from `folder`."""
     if not value or (is_source and value in BUILTINS):
         return value
     typed = Path(value).expanduser()
-    if typed.is_absolute():
+    if typed.is_absolute() or _exists(typed) or not _exists(folder / typed):
         return value
-    there = folder / typed
-    if not _exists(there) or (_exists(typed) and os.path.realpath(typed) == os.path.realpath(there)):
-        return value  # only from the working directory, or the same files from both
-    return str(there)
+    return str(folder / typed)
 
 
 def located(cfg: RunConfig, run_path: Path) -> RunConfig:
     """`cfg` (the run's recorded config) with its relative data.source and data.cache_dir read from
-    the folder it was trained in (see the module's docstring); unchanged when that is the working
-    directory or unknown."""
+    the folder it was trained in where the working directory has no such path (see the module's
+    docstring); unchanged when they are found from here, or that folder is unknown."""
     folder = training_folder(cfg, run_path)
     if folder is None:
         return cfg
@@ -67,3 +65,15 @@ def located(cfg: RunConfig, run_path: Path) -> RunConfig:
         cfg.data, source=_from(folder, cfg.data.source, True), cache_dir=_from(folder, cfg.data.cache_dir, False)
     )
     return cfg if data == cfg.data else dataclasses.replace(cfg, data=data)
+
+
+def trained_from_hint(cfg: RunConfig, run_path: Path) -> str:
+    """For a run whose relative data.source, read from the working directory, is not the text it
+    trained on: where the folder it was trained in holds a path of that name, say so ("" else)."""
+    folder = training_folder(cfg, run_path)
+    source = cfg.data.source
+    if folder is None or source in BUILTINS or Path(source).expanduser().is_absolute() or not _exists(folder / source):
+        return ""
+    if os.path.realpath(folder) == os.path.realpath(Path.cwd()):
+        return ""
+    return f"; the folder it was trained in has its own: give --data.source {command_line(folder / source)} or run from {folder}"

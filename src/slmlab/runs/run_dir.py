@@ -38,7 +38,7 @@ from ..locks import DirectoryLock
 from ..model import build_model
 from ..tables import command_line, counted
 from .checkpoints import CheckpointError, checksums, existing_checkpoint, final_weights_fix, latest_checkpoint, load_weights
-from .located import located
+from .located import located, trained_from_hint
 from .metrics import MetricsLog, perplexity
 
 log = logging.getLogger("slmlab")
@@ -342,6 +342,7 @@ def check_trained_streams(path: str | Path, cfg: RunConfig, streams: dict) -> No
             f"{path} trained on other text than data.source '{source}' gives now (its files changed since, or the "
             "path names another corpus from this folder), so its validation split is not the one it held out; "
             f"restore the corpus, or score this text as another corpus with --data.source {command_line(source)}"
+            f"{trained_from_hint(cfg, Path(path))}"
         )
 
 
