@@ -117,3 +117,13 @@ def test_a_run_copied_without_its_corpus_reads_the_path_as_typed(tmp_path, monke
     (tmp_path / "c.txt").write_text("Some line to text on, train by line.\n" * 200)  # its characters, other text
     assert main(["eval", str(run), "--batches", "1"]) == 2
     assert "trained on other text than data.source 'c.txt' gives now" in capsys.readouterr().err
+
+
+def test_a_runs_folder_that_is_a_link_is_read_as_given(tmp_path):
+    """project/runs -> /elsewhere/store: the training folder is project, not the link's target's parent."""
+    store = tmp_path / "store"
+    (store / "r").mkdir(parents=True)
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "runs").symlink_to(store)
+    assert training_folder(_config("r", "runs"), tmp_path / "project" / "runs" / "r") == tmp_path / "project"
+    assert training_folder(_config("r", "store"), tmp_path / "project" / "runs" / "r") == tmp_path  # its real path

@@ -32,10 +32,10 @@ def training_folder(cfg: RunConfig, run_path: Path) -> Path | None:
     if out_dir.is_absolute() or ".." in out_dir.parts:
         return None
     below = [part for part in (*out_dir.parts, cfg.name) if part != "."]
-    here = Path(run_path).resolve()
-    if len(here.parts) <= len(below) or list(here.parts[-len(below) :]) != below:
-        return None  # a run folder renamed or moved out of its out_dir: its folder is unknown
-    return Path(*here.parts[: -len(below)])
+    for here in dict.fromkeys(Path(path) for path in (os.path.abspath(run_path), os.path.realpath(run_path))):
+        if len(here.parts) > len(below) and list(here.parts[-len(below) :]) == below:
+            return Path(*here.parts[: -len(below)])  # as given (a runs folder that is a link), else resolved
+    return None  # a run folder renamed or moved out of its out_dir: its folder is unknown
 
 
 def _exists(path: Path) -> bool:
