@@ -240,18 +240,24 @@ def test_an_ablations_change_has_a_paired_interval_over_the_validation_batches(t
         with torch.no_grad():
             return [model(x, y)[1].item() for x, y in validation_batches(data.val, cfg.data.seq_len, cfg.train.batch_size, 4)]
 
-    reference = naive_batches()
+    reference, p_values = naive_batches(), {}
     for intervention in layer_ablations(model):
         with intervene(model, intervention):
             batches = naive_batches()
         d = np.subtract(batches, reference)
         half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
         row = rows[intervention.name]
+        p_values[intervention.name] = stats.ttest_1samp(d, 0.0).pvalue
+        assert row["p"] == pytest.approx(p_values[intervention.name], rel=1e-6)
         change = np.log(row["val_ppl"] / rows["unmodified"]["val_ppl"])
         assert row["delta_pct_low"] == pytest.approx(100 * np.expm1(change - half), abs=1e-6)
         assert row["delta_pct_high"] == pytest.approx(100 * np.expm1(change + half), abs=1e-6)
         assert row["delta_pct_low"] <= row["delta_pct"] <= row["delta_pct_high"]
         assert f"[{row['delta_pct_low']:+.2f}, {row['delta_pct_high']:+.2f}]" in printed
+    ordered, running = sorted(p_values.items(), key=lambda item: item[1]), 0.0  # Holm, step by step
+    for rank, (name, p) in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - rank) * p))
+        assert rows[name]["holm_p"] == pytest.approx(running, rel=1e-6)
     assert "| unmodified " in printed and printed.split("| unmodified ")[1].split("\n")[0].rstrip(" |").endswith("–")
     one = perplexity_change(0.1, [1.1], [1.0])  # one batch: no spread, no interval
     assert one["delta_pct"] == pytest.approx(100 * np.expm1(0.1)) and np.isnan(one["delta_pct_low"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from slmlab.experiments.stats import holm_adjusted, paired_comparison, paired_t_power, seeds_needed, t_interval
+from slmlab.experiments.stats import holm_adjusted, paired_comparison, paired_t_power, seeds_needed, t_interval, t_test_p
 
 
 def test_holm_adjustment_on_known_p_values():
@@ -94,3 +94,19 @@ def test_bootstrap_intervals_of_a_mean_approach_the_t_interval_and_repeat():
         ratio = bootstrap_intervals(lambda drawn: {"ratio": np.float64(1.0) / (drawn == 0).sum()}, 3)
     assert ratio == {}  # some draw gives no finite value: no interval
     assert bootstrap_intervals(lambda drawn: {"mean": 1.0}, 1) == {}
+
+
+def test_the_t_test_p_is_scipys_and_undefined_without_spread():
+    d = [0.3, -0.1, 0.5, 0.2, 0.05]
+    assert t_test_p(d) == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue)
+    for undefined in ([0.4], [0.2, 0.2, 0.2], [0.1, math.inf], []):
+        assert math.isnan(t_test_p(undefined))
+
+
+def test_one_change_measured_on_every_seed_has_no_spread_whatever_the_rounding():
+    """Every seed 10% worse: d = 10.000000000000009, ..., 9.999999999999987 after float rounding,
+    whose rounding-sized spread gave a t-test p of ~1e-31 (a certain effect, from three seeds)."""
+    result = paired_comparison({0: 1.1, 1: 2.2, 2: 3.3}, {0: 1.0, 1: 2.0, 2: 3.0})
+    assert result.sd == 0.0 and math.isnan(result.t_p) and result.ci_low == result.ci_high
+    assert math.isnan(t_test_p([10.000000000000009, 9.999999999999987, 10.0]))
+    assert t_test_p([1e-9, 1.2e-9, 0.9e-9]) < 0.05  # a tiny change with a real spread is still tested

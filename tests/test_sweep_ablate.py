@@ -35,7 +35,13 @@ def test_a_sweep_is_ablated_run_by_run_and_summarised_over_its_seeds(micro_sweep
         assert row["mean"] == pytest.approx(mean)
         assert (row["delta_pct_low"], row["delta_pct_high"]) == pytest.approx((mean - half, mean + half))
         assert row["hurt"] == sum(v > 0 for v in values)
+        assert row["p"] == pytest.approx(stats.ttest_1samp(values, 0.0).pvalue, rel=1e-6)
         assert f"| {name} " in printed
+    p_values = {name: row["p"] for name, row in result["variants"]["full"].items()}
+    m = len(p_values)
+    for rank, name in enumerate(sorted(p_values, key=p_values.get)):  # Holm over the variant's interventions
+        expected = max(min(1.0, (m - k) * p_values[n]) for k, n in enumerate(sorted(p_values, key=p_values.get)[: rank + 1]))
+        assert result["variants"]["full"][name]["holm_p"] == pytest.approx(expected)
     from slmlab.variants.smat import route_shares
 
     means = result["variants"]["full"]

@@ -3,7 +3,9 @@
 For each intervention (model/interventions.py, registered by each variant) the validation perplexity on the same fixed
 sample is compared with the unmodified model's, with the 95% CI of the change from the batches'
 paired differences (experiments/stats.py's perplexity_change): a change inside it is within what
-the choice of windows moves. Each variant's registered ablation summary adds what it reads from
+the choice of windows moves. The paired t-test's p of each change is Holm-adjusted over all the
+interventions of the table as one family: of 144 head ablations, some unadjusted CIs miss zero by
+chance alone. Each variant's registered ablation summary adds what it reads from
 its rows (SMAT: the share of S's effect through the attention bias vs the gate).
 Results are printed and saved as ablations.md and ablations.json in the run directory.
 """
@@ -17,7 +19,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..data.tokens import prepare_tokens
-from ..experiments.stats import bootstrap_intervals, percent_interval, perplexity_change
+from ..experiments.stats import bootstrap_intervals, holm_adjusted, percent_interval, perplexity_change
 from ..files import atomic_write_text, json_text
 from ..model.interventions import applicable, head_ablations, intervene, layer_ablations
 from ..phase_progress import PhaseProgress
@@ -77,12 +79,22 @@ def ablate(
             rows[label] = {"description": intervention.description, "val_ppl": perplexity(loss),
                            **perplexity_change(loss - reference, batches, reference_batches)}  # fmt: skip
             losses[label] = batches
+    for name, p in holm_adjusted({name: row["p"] for name, row in rows.items() if name != "unmodified"}).items():
+        rows[name]["holm_p"] = p  # one family: with many interventions (--heads), some CIs miss 0 by chance alone
     result = {"run": str(run_path), "weights_sha256": weights, "n_batches": n_batches, "layers": layers, "heads": heads}
     result.update(interventions=rows, batch_losses=losses)
     table = markdown_table(
-        ("intervention", "what it changes", "val ppl", "Δ% vs unmodified", "95% CI of Δ%"),
+        ("intervention", "what it changes", "val ppl", "Δ% vs unmodified", "95% CI of Δ%", "t-test p", "Holm p"),
         [
-            (n, r["description"], f"{r['val_ppl']:.3f}", format_number(r["delta_pct"], "+.2f", "%"), percent_interval(r))
+            (
+                n,
+                r["description"],
+                f"{r['val_ppl']:.3f}",
+                format_number(r["delta_pct"], "+.2f", "%"),
+                percent_interval(r),
+                format_number(r.get("p"), ".3g"),
+                format_number(r.get("holm_p"), ".3g"),
+            )
             for n, r in rows.items()
         ],
     )

@@ -1,7 +1,7 @@
 """`slmlab ablate SWEEP`: every finished run of a sweep ablated (ablate.py: each run's own table,
 with its CI over that run's validation batches), then each variant's interventions over its
-seeds: the mean Δ% with its 95% CI over the seeds (t, n − 1 degrees of freedom) and the seeds the
-intervention hurt, and what each variant's registered ablation summary reads from those means
+seeds: the mean Δ% with its 95% CI over the seeds (t, n − 1 degrees of freedom), the seeds the
+intervention hurt, the t-test's p over the seeds (Holm-adjusted over the variant's interventions), and what each variant's registered ablation summary reads from those means
 (SMAT: the share of S's effect through the bias vs the gate). One run's CI says how sure that
 run's figure is; the seeds' says whether the component matters to the models the variant trains,
 the unit the sweep's own verdict uses.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..experiments.stats import percent_interval, t_interval
+from ..experiments.stats import holm_adjusted, percent_interval, t_interval, t_test_p
 from ..experiments.sweep_dir import read_sweep_dir
 from ..files import atomic_write_text, json_text
 from ..registry import ABLATION_SUMMARIES
@@ -26,7 +26,16 @@ from ..tables import counted, format_number, markdown_table
 from .ablate import NothingToAblate, ablate, figures
 
 log = logging.getLogger("slmlab")
-HEADERS = ("intervention", "what it changes", "seeds", "Δ% vs unmodified (mean)", "95% CI over seeds", "seeds it hurt")
+HEADERS = (
+    "intervention",
+    "what it changes",
+    "seeds",
+    "Δ% vs unmodified (mean)",
+    "95% CI over seeds",
+    "seeds it hurt",
+    "t-test p",
+    "Holm p",
+)
 
 
 def ablate_sweep(path: Path, n_batches: int, device: str, layers: bool, heads: bool) -> tuple[str, dict]:
@@ -50,6 +59,8 @@ def ablate_sweep(path: Path, n_batches: int, device: str, layers: bool, heads: b
                     entry["delta_pct"][seed] = row["delta_pct"]
         if by_seed:
             variants[variant] = {name: _over_seeds(entry) for name, entry in by_seed.items()}
+            for name, p in holm_adjusted({name: row["p"] for name, row in variants[variant].items()}).items():
+                variants[variant][name]["holm_p"] = p  # the variant's interventions as one family
             table = markdown_table(HEADERS, [_row(n, r) for n, r in variants[variant].items()])
             texts = _summaries(variants[variant], summaries, summaries_by_seed, variant)
             sections.append(f"**{variant}**\n\n{table}" + "".join(f"\n\n{text}" for text in texts))
@@ -103,14 +114,23 @@ def _summaries(rows: dict, summaries: dict, by_seed: dict, variant: str) -> list
 
 
 def _over_seeds(entry: dict) -> dict:
-    """An intervention's Δ% by seed -> with their mean, its 95% CI over the seeds (NaN where a Δ
-    is not finite: a diverged run) and how many seeds it hurt (Δ > 0)."""
+    """An intervention's Δ% by seed -> with their mean, its 95% CI over the seeds and the t-test's
+    p (NaN where a Δ is not finite: a diverged run) and how many seeds it hurt (Δ > 0)."""
     values = np.array(list(entry["delta_pct"].values()), dtype=np.float64)
     low, high = t_interval(values) if np.isfinite(values).all() else (float("nan"), float("nan"))
-    return {**entry, "mean": float(values.mean()), "delta_pct_low": low, "delta_pct_high": high, "hurt": int((values > 0).sum())}
+    hurt = int((values > 0).sum())
+    return {
+        **entry,
+        "mean": float(values.mean()),
+        "delta_pct_low": low,
+        "delta_pct_high": high,
+        "hurt": hurt,
+        "p": t_test_p(values),
+    }
 
 
 def _row(name: str, r: dict) -> tuple:
     seeds = len(r["delta_pct"])
     hurt = f"{r['hurt']}/{counted(seeds, 'seeds')}"
-    return name, r["description"], seeds, format_number(r["mean"], "+.2f", "%"), percent_interval(r), hurt
+    p_values = (format_number(r["p"], ".3g"), format_number(r["holm_p"], ".3g"))
+    return name, r["description"], seeds, format_number(r["mean"], "+.2f", "%"), percent_interval(r), hurt, *p_values

@@ -67,7 +67,7 @@ def paired_comparison(variant: dict[int, float], baseline: dict[int, float]) -> 
         return Comparison(0, float(delta), 0, math.nan, math.nan, math.nan, math.nan)
     wins = int(np.sum(d < 0))
     measured = np.isfinite(v).all() and np.isfinite(b).all()  # vs a diverged baseline, d = -100% is no measurement either
-    spread = float(np.std(d, ddof=1)) if n >= 2 and measured else math.nan
+    spread = sample_spread(d) if n >= 2 and measured else math.nan
     if spread > 0:
         ci = t_interval(d)
         t_p = float(stats.ttest_1samp(d, 0.0).pvalue)
@@ -148,17 +148,38 @@ def t_interval(d) -> tuple[float, float]:
     return float(d.mean() - half), float(d.mean() + half)
 
 
+def sample_spread(d: np.ndarray) -> float:
+    """The sample standard deviation (ddof 1) of d's finite values, 0.0 where they differ by no more
+    than float rounding (1e-12 of their size): 20.000000000000004 beside 20.0 is one change measured
+    twice, and a t-test on the rounding would call it certain."""
+    if np.ptp(d) <= 1e-12 * np.abs(d).max():
+        return 0.0
+    return float(np.std(d, ddof=1))
+
+
+def t_test_p(d) -> float:
+    """The two-sided one-sample t-test's p-value of mean(d) = 0 (paired differences); NaN below 2
+    values, for a value that is not finite, and where every difference is the same (no spread:
+    the t statistic is undefined, not infinitely significant)."""
+    d = np.asarray(d, dtype=np.float64)
+    if len(d) < 2 or not np.isfinite(d).all() or sample_spread(d) == 0:
+        return math.nan
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
+
+
 def perplexity_change(change: float, batches: list[float], reference: list[float]) -> dict[str, float]:
     """A model's perplexity against a reference's on the same validation batches: Δ% = 100 (exp(Δ)
     − 1) for `change` Δ, the change in mean loss, with its 95% CI 100 (exp(Δ ± h) − 1), h the t
     interval's half width of the batches' paired loss differences (`batches` − `reference`, each
-    a batch's mean loss) -> {"delta_pct", "delta_pct_low", "delta_pct_high"}; NaN bounds below two
-    batches, and for a loss that is not finite."""
+    a batch's mean loss), and the paired t-test's p of those differences -> {"delta_pct",
+    "delta_pct_low", "delta_pct_high", "p"}; NaN bounds and p below two batches, and for a loss
+    that is not finite."""
     mean, low, high = paired_difference(dict(enumerate(batches)), dict(enumerate(reference)))
     half = mean - low if math.isfinite(low) and math.isfinite(high) else math.nan
     with np.errstate(over="ignore", invalid="ignore"):
         bounds = 100.0 * np.expm1(np.array([change, change - half, change + half], dtype=np.float64))
-    return dict(zip(("delta_pct", "delta_pct_low", "delta_pct_high"), (float(b) for b in bounds)))
+    p = t_test_p(np.subtract(batches, reference)) if len(batches) == len(reference) else math.nan
+    return {**dict(zip(("delta_pct", "delta_pct_low", "delta_pct_high"), (float(b) for b in bounds))), "p": p}
 
 
 def percent_interval(row: dict) -> str:
