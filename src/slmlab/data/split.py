@@ -26,6 +26,12 @@ def is_validation(doc_id: str, val_fraction: float) -> bool:
     return hash_fraction(doc_id) < val_fraction
 
 
+def splits_by_position(ids: list[str]) -> bool:
+    """Whether a selection of documents with these ids is split by position (one document, or
+    documents that all share one id: the rule would put every one on one side), not by document."""
+    return len(set(ids)) <= 1
+
+
 def validation_ids(ids: list[str], val_fraction: float) -> set[str]:
     """The validation documents of a selection of more than one document: the rule, with at
     least one document on each side."""
@@ -47,7 +53,7 @@ class TrainingSide:
     def __init__(self, selection, val_fraction: float):
         self.selection, self.val_fraction = selection, val_fraction
         ids = selection.ids()
-        self.by_position = len(set(ids)) <= 1  # (none: nothing to split)
+        self.by_position = splits_by_position(ids)  # (none: nothing to split)
         self.held_out = set() if self.by_position else validation_ids(ids, val_fraction)
         self.documents = sum(i not in self.held_out for i in ids)
 

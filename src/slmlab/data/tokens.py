@@ -39,7 +39,7 @@ from ..locks import DirectoryLock
 from ..phase_progress import PhaseProgress
 from .corpora import CorpusError, DocumentSelection
 from .corpora.fetch import cache_dir
-from .split import TrainingSide, copies_across_split, text_digest, validation_ids
+from .split import TrainingSide, copies_across_split, splits_by_position, text_digest, validation_ids
 from .tokenizer_kinds import load_tokenizer, train_tokenizer, training_pieces
 from .tokenizers import Tokenizer, TokenizerError, token_dtype
 
@@ -296,7 +296,7 @@ def _build_token_files(
             len(shared),
             shared[0],
         )
-    val_ids = validation_ids(ids, val_fraction) if len(set(ids)) > 1 else set()
+    val_ids = set() if splits_by_position(ids) else validation_ids(ids, val_fraction)
     in_val = sum(i in val_ids for i in ids)
     dtype = token_dtype(tokenizer.vocab_size)
     directory.parent.mkdir(parents=True, exist_ok=True)

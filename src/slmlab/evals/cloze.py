@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..config import DataConfig
 from ..data.corpora import DocumentSelection
-from ..data.split import validation_ids
+from ..data.split import TrainingSide
 from ..data.tokenizers import Tokenizer
 from ..data.tokens import prepare_tokens
 from ..errors import ConfigError, TokenizerError
@@ -33,14 +33,15 @@ LAST_WORD = re.compile(r"(?<![\w'])([A-Za-z][A-Za-z']*)([^\w\s]*)\s*$")
 
 
 def held_out_texts(data: DataConfig, tokenizer: Tokenizer) -> list[str]:
-    """The texts of the selection's validation documents; for a single document, its validation
-    tokens decoded (the tail the token split held out, data/tokens.py)."""
-    docs = list(DocumentSelection(data))
-    if len(docs) == 1:
+    """The texts of the selection's validation documents; for a selection split by position (a
+    single document, or documents that share one id), its validation tokens decoded (the tail the
+    token split held out, data/tokens.py)."""
+    selection = DocumentSelection(data)
+    side = TrainingSide(selection, data.val_fraction)
+    if side.by_position:
         _, tokens = prepare_tokens(data, tokenizer)
         return [tokenizer.decode(tokens.val.tokens.tolist())]
-    held = validation_ids([d.id for d in docs], data.val_fraction)
-    return [d.text for d in docs if d.id in held]
+    return [d.text for d in selection if d.id in side.held_out]
 
 
 def passages(text: str) -> list[tuple[str, str]]:

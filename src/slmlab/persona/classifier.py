@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import ConfigError, DataConfig
 from ..data.corpora import Document, DocumentSelection, open_source
-from ..data.split import text_digest, validation_ids
+from ..data.split import splits_by_position, text_digest, validation_ids
 from ..tables import counted
 from .stage2 import source_data_config
 
@@ -157,10 +157,11 @@ class HeldOutScore:
 
 def held_out_passages(docs: list, fraction: float = 0.2) -> list[tuple[bool, list[str]]]:
     """(held out?, passages) of each document of one side: split by document (data/split.py),
-    or for a single document by position, its last `fraction` of passages held out (at least one,
-    when it has two or more), as token files split a one-document corpus."""
-    if len(docs) > 1:
-        test_ids = validation_ids([d.id for d in docs], fraction)
+    or for a single document (or documents sharing one id) by position, its last `fraction` of
+    passages held out (at least one, when it has two or more), as token files split such a corpus."""
+    ids = [d.id for d in docs]
+    if not splits_by_position(ids):
+        test_ids = validation_ids(ids, fraction)
         return [(doc.id in test_ids, passages(doc.text)) for doc in docs]
     chunks = [chunk for doc in docs for chunk in passages(doc.text)]
     cut = len(chunks) - max(1, int(len(chunks) * fraction)) if len(chunks) > 1 else len(chunks)

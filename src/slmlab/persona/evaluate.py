@@ -29,7 +29,7 @@ import torch
 
 from ..config import ConfigError, DataConfig, offset_seed
 from ..data.corpora import check_not_a_source_file
-from ..data.split import validation_ids
+from ..data.split import splits_by_position, validation_ids
 from ..data.tokenizers import TokenizerError
 from ..data.tokens import prepare_tokens
 from ..experiments.stats import bootstrap_difference, bootstrap_mean
@@ -73,7 +73,8 @@ INSTRUCTIONS = (
 def adversarial_prompts(data: PersonaData, n_openings: int, seed: int) -> list[str]:
     """Openings (first 12 words) of held-out other-text documents, then the instruction prompts."""
     docs = data.other_documents
-    held = sorted(validation_ids([d.id for d in docs], 0.2)) if len(docs) > 1 else [d.id for d in docs]
+    ids = [d.id for d in docs]
+    held = sorted(set(ids)) if splits_by_position(ids) else sorted(validation_ids(ids, 0.2))
     chosen = np.random.default_rng(seed).permutation(held)[:n_openings]
     by_id = {d.id: d for d in docs}
     openings = [" ".join(by_id[i].text.split()[:12]) for i in chosen]

@@ -31,7 +31,7 @@ from torch import nn
 from ..config import ConfigError, DataConfig, TrainConfig, build_dataclass
 from ..data.corpora import DocumentSelection
 from ..data.sampling import WindowSampler
-from ..data.split import validation_ids
+from ..data.split import splits_by_position, validation_ids
 from ..data.tokens import TokenSplit
 from ..files import atomic_write_text, is_run_folder, json_text, read_json, require_fields
 from ..phase_progress import PhaseProgress, tracked
@@ -212,13 +212,14 @@ def persona_tokens(data: DataConfig, tokenizer, val_fraction: float = 0.1) -> tu
     docs = list(DocumentSelection(data))
     if not docs:
         raise ConfigError(f"the persona data ({data.source}, genres {data.genres or 'all'}) has no documents")
-    val_ids = validation_ids([d.id for d in docs], val_fraction) if len(docs) > 1 else set()
+    ids = [d.id for d in docs]
+    val_ids = set() if splits_by_position(ids) else validation_ids(ids, val_fraction)
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     splits = {"train": [], "val": []}
     for doc in docs:
         ids = hf_encode(tokenizer, doc.text, f"persona document '{doc.id}'")["input_ids"]
         splits["val" if doc.id in val_ids else "train"] += [*ids, eos]
-    if not splits["val"]:  # one document: its tail is the validation text
+    if not splits["val"]:  # one document (or one id): its tail is the validation text
         cut = int(len(splits["train"]) * (1 - val_fraction))
         splits = {"train": splits["train"][:cut], "val": splits["train"][cut:]}
     return tuple(TokenSplit(np.asarray(ids, dtype=np.int64), {"*": (0, len(ids))}) for ids in splits.values())
