@@ -299,3 +299,16 @@ def test_a_split_of_an_effect_not_told_from_none_says_so():
     resolved, values = summarize_ablations(rows(0.05, 0.35))
     assert "not resolved" not in resolved and values["s_effect_share"]["attention_bias"] == pytest.approx(0.5)
     assert "not resolved" not in summarize_ablations({"lambda_zero": {"delta_pct": 0.1}, "s_removed": {"delta_pct": 0.2}})[0]
+
+
+def test_a_summary_interval_of_a_change_past_float64_is_left_out_not_an_overflow():
+    """A resampled Δ% of exp(900 nats) overflowed math.expm1 (OverflowError); it is inf, as in
+    perplexity_change, and a figure with no finite value in some draw gets no interval."""
+    from slmlab.evals.ablate import summary_intervals
+    from slmlab.variants.smat import summarize_ablations
+
+    rows = {"unmodified": {"delta_pct": 0.0}, "lambda_zero": {"delta_pct": 1.0}, "s_removed": {"delta_pct": 2.0}}
+    losses = {"unmodified": [1.0, 1.1, 0.9], "s_removed": [1.2, 1.3, 1.1]}
+    assert summary_intervals(summarize_ablations, rows, {**losses, "lambda_zero": [800.0, 900.0, 1000.0]}) == {}
+    finite = summary_intervals(summarize_ablations, rows, {**losses, "lambda_zero": [1.1, 1.15, 1.0]})
+    assert set(finite) == {"s_effect_share.attention_bias", "s_effect_share.gate"}

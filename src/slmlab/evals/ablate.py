@@ -12,7 +12,6 @@ Results are printed and saved as ablations.md and ablations.json in the run dire
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -139,12 +138,13 @@ def summary_intervals(summarize, rows: dict, losses: dict[str, list[float]]) -> 
     def statistic(drawn: np.ndarray) -> dict[str, float]:
         base = reference[drawn].mean()
         resampled = {
-            name: {**row, "delta_pct": 100.0 * math.expm1(per_row[name][drawn].mean() - base)} for name, row in rows.items()
+            name: {**row, "delta_pct": float(100.0 * np.expm1(per_row[name][drawn].mean() - base))} for name, row in rows.items()
         }
         summary = summarize(resampled)
         return figures(summary[1]) if summary is not None else {}
 
-    return bootstrap_intervals(statistic, len(reference))
+    with np.errstate(over="ignore", invalid="ignore"):  # a change past float64's range is inf, as in perplexity_change
+        return bootstrap_intervals(statistic, len(reference))
 
 
 def _intervals_text(points: dict[str, float], intervals: dict[str, tuple[float, float]]) -> str:
