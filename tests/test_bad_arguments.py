@@ -297,7 +297,7 @@ def test_every_device_running_out_of_memory_reads_as_such(error, size):
         (["train", "CONFIG", "--resume", "RUN"], "--resume and CONFIG do not go together"),
         (["train", "CONFIG", "--from-checkpoint", "step_000010"], "--from-checkpoint applies only with --resume"),
         (["eval", "RUN", "--bucket", "64"], "--bucket applies only with --by-position"),  # the default, given
-        (["eval", "RUN", "--context-length", "16"], "--context-length applies only with --by-position"),
+        (["eval", "RUN", "--context-length", "16"], "--context-length applies only with --by-position or --text"),
         (["eval", "RUN", "--by-position", "--json"], "--json and --by-position do not go together"),
         (["eval", "RUN", "--context-lengths", "16,32", "--json"], "--json and --context-lengths do not go together"),
         (["sweep", "SWEEP", "--dry-run", "--only", "0"], "--dry-run and --only do not go together"),
@@ -336,7 +336,8 @@ def test_given_options_are_those_on_the_command_line_and_every_rule_names_real_o
         names = {a.option_strings[0] if a.option_strings else (a.metavar or a.dest.upper()) for a in parser._actions}
         parsers += [p for a in parser._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]
         needs, conflicts = parser._defaults.get("option_needs", {}), parser._defaults.get("option_conflicts", [])
-        named = {*needs, *needs.values(), *(a for a, _, _ in conflicts), *(b for _, b, _ in conflicts)}
+        needed = {option for value in needs.values() for option in ((value,) if isinstance(value, str) else value)}
+        named = {*needs, *needed, *(a for a, _, _ in conflicts), *(b for _, b, _ in conflicts)}
         assert named <= names, (parser.prog, named - names)
         checked += len(conflicts) + len(needs)
     assert checked >= 20

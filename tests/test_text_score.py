@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -161,13 +162,46 @@ def test_a_sweep_scores_the_text_with_every_finished_run_and_pairs_the_variants_
     )
 
 
-def test_a_sweep_whose_variants_have_other_contexts_is_scored_with_a_warning(micro_sweep, tmp_path, caplog):
-    """Each run scores the text in windows of its own block_size: a longer context lowers the loss
-    of the same text, and the Δ counted it as the idea's."""
-    micro_sweep.write_text(micro_sweep.read_text().replace("seeds = [1, 2]", "seeds = [1]") + '"model.block_size" = 64\n')
+def test_a_sweep_whose_variants_trained_at_other_contexts_is_scored_with_a_warning(micro_sweep, tmp_path, caplog):
+    """Each run scores the text in windows of the context it trained at: a longer context lowers the
+    loss of the same text, and the Δ counted it as the idea's. A larger block_size alone (positions
+    the run never trained) changes no window."""
+    base = micro_sweep.read_text().replace("seeds = [1, 2]", "seeds = [1]")
+    micro_sweep.write_text(base + '"model.block_size" = 64\n')
     assert main(["sweep", str(micro_sweep)]) == 0
     sample = tmp_path / "sample.txt"
     sample.write_text("To be, or not to be, that is the question. " * 8)
     with caplog.at_level("WARNING", logger="slmlab"):
         assert main(["eval", str(tmp_path / "runs" / "micro"), "--text", str(sample)]) == 0
-    assert "windows of their own context (model.block_size: baseline 32, full 64)" in caplog.text
+    assert "windows of the context they trained at" not in caplog.text
+    shutil.rmtree(tmp_path / "runs" / "micro")
+    micro_sweep.write_text(base + '"model.block_size" = 64\n"data.seq_len" = 64\n')
+    assert main(["sweep", str(micro_sweep)]) == 0
+    with caplog.at_level("WARNING", logger="slmlab"):
+        assert main(["eval", str(tmp_path / "runs" / "micro"), "--text", str(sample)]) == 0
+    assert "windows of the context they trained at (data.seq_len: baseline 32, full 64)" in caplog.text
+
+
+def test_a_text_is_scored_in_windows_of_the_context_the_run_trained_at(text_corpus, tmp_path, capsys):
+    """A RoPE model holds no position table, so block_size = 10**9 trains at any seq_len; `eval
+    --text` scored a whole text in one window of 10**9, extrapolated far past the 32 tokens it
+    trained at. The window is now data.seq_len; --context-length asks for another, up to the
+    block size; the lm-eval adapter scores in the same window."""
+    from slmlab.evals.harness import SlmlabLM
+    from slmlab.runs.run_dir import RunDir
+
+    cfg = tiny_config(text_corpus, tmp_path, model={"pos": "rope", "block_size": 10**9})
+    train(cfg, progress=False)
+    run = str(RunDir.for_config(cfg).path)
+    sample = tmp_path / "sample.txt"
+    sample.write_text((text_corpus / "prose" / "doc00.txt").read_text()[:2000])
+
+    def window(*options: str) -> int:
+        capsys.readouterr()
+        assert main(["eval", run, "--text", str(sample), "--json", *options]) == 0
+        return json.loads(capsys.readouterr().out)["window"]
+
+    assert window() == 32 and window("--context-length", "96") == 96
+    assert SlmlabLM(run=run).window == 32
+    assert main(["eval", run, "--text", str(sample), "--context-length", str(10**9 + 1)]) == 2
+    assert "past the model's context of 1000000000 tokens" in capsys.readouterr().err

@@ -66,7 +66,10 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--by-position", action="store_true", help="loss per position bucket of the window (saved as JSON + PNG)")
     p.add_argument(
-        "--context-length", type=positive_int, default=None, help="window length for --by-position (default: data.seq_len)"
+        "--context-length",
+        type=positive_int,
+        default=None,
+        help="window length for --by-position or --text (default: data.seq_len, the context the run trained at)",
     )
     p.add_argument("--bucket", type=positive_int, default=64, help="bucket width for --by-position")
     p.add_argument(
@@ -77,7 +80,7 @@ def register(sub) -> None:
     add_int8(p)
     option_rules(
         p,
-        needs={"--context-length": "--by-position", "--bucket": "--by-position", "--stride": "--text"},
+        needs={"--context-length": ("--by-position", "--text"), "--bucket": "--by-position", "--stride": "--text"},
         conflicts=[
             *(("--text", option, "--text scores the file, not the run's validation split") for option in TEXT_CONFLICTS),
             ("--json", "--by-position", "the per-position report is a table and a JSON file in RUN"),
@@ -220,7 +223,7 @@ def eval_text(args, extra) -> int:
     from pathlib import Path
 
     from ..errors import ConfigError
-    from ..evals.score import load_for_inference
+    from ..evals.score import load_for_inference, scoring_window
     from ..evals.text_score import score_text
     from ..evals.trained_text import trained_passages
     from ..experiments.sweep_dir import is_sweep_dir
@@ -233,7 +236,8 @@ def eval_text(args, extra) -> int:
     if is_sweep_dir(Path(args.run)):
         return eval_sweep_text(args, text, where)
     cfg, model, tokenizer, _ = load_for_inference(args.run, args.device, args.int8, args.rope_scale, args.checkpoint)
-    result = score_text(model, tokenizer, text, args.stride, progress="scoring")
+    window = scoring_window(cfg, args.context_length)
+    result = score_text(model, tokenizer, text, args.stride, progress="scoring", window=window)
     trained = trained_passages(cfg.data, text)
     if trained and trained.found:
         log.warning(f"{where}: {trained.describe()}: the score is optimistic")
@@ -266,7 +270,7 @@ def eval_sweep_text(args, text: str, where: str) -> int:
         if getattr(args, option):
             flag = "--" + option.replace("_", "-")
             raise ConfigError(f"{flag} reads one run; {args.run} is a sweep, whose runs are scored at their final weights")
-    table, figures = score_sweep_text(Path(args.run), text, args.stride, args.device)
+    table, figures = score_sweep_text(Path(args.run), text, args.stride, args.device, args.context_length)
     print(json_text({"text": where, **figures}) if args.json else f"{figures['sweep']} on {where} (bits per byte):\n{table}")
     return 0
 

@@ -105,10 +105,13 @@ def add_verb(
 
 
 def option_rules(
-    parser: argparse.ArgumentParser, needs: dict[str, str] | None = None, conflicts: list[tuple[str, str, str]] | None = None
+    parser: argparse.ArgumentParser,
+    needs: dict[str, str | tuple[str, ...]] | None = None,
+    conflicts: list[tuple[str, str, str]] | None = None,
 ) -> None:
     """Declare how a verb's options depend on one another, so that none is silently ignored:
-    `needs` {option: the option it applies with}; `conflicts` [(option, other, why they do not go
+    `needs` {option: the option it applies with, or a tuple of those it applies with any of};
+    `conflicts` [(option, other, why they do not go
     together)]. A positional argument is named by its metavar (CONFIG). Checked by
     check_option_rules on the options the command line gives (given_options)."""
     parser.set_defaults(option_needs=dict(needs or {}), option_conflicts=list(conflicts or []))
@@ -196,8 +199,10 @@ def check_option_rules(args: argparse.Namespace, given: set[str]) -> None:
         if option in given and other in given:
             raise ConfigError(f"{option} and {other} do not go together ({why}): remove one")
     for option, needed in args.option_needs.items():
-        if option in given and needed not in given:
-            raise ConfigError(f"{option} applies only with {needed}: add {needed}, or remove {option}")
+        alternatives = (needed,) if isinstance(needed, str) else needed
+        if option in given and not given & set(alternatives):
+            add = alternatives[0] if len(alternatives) == 1 else "one of them"
+            raise ConfigError(f"{option} applies only with {' or '.join(alternatives)}: add {add}, or remove {option}")
 
 
 def positive_int(text: str) -> int:

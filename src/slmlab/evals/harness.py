@@ -60,7 +60,7 @@ class SlmlabLM(LM):
     ):
         """`batch_size` "auto" (the harness's default) means 16; `max_batch_size` caps it."""
         super().__init__()
-        from .score import load_for_inference
+        from .score import load_for_inference, scoring_window
 
         self.cfg, self.model, self.tokenizer, self._device = load_for_inference(
             run, device or "auto", str(int8) in ("True", "true", "1")
@@ -69,7 +69,7 @@ class SlmlabLM(LM):
         if max_batch_size:
             self.batch_size = min(self.batch_size, int(max_batch_size))
         self.max_gen_toks = int(max_gen_toks)
-        self.window = self.cfg.model.block_size
+        self.window = scoring_window(self.cfg)  # the context it trained at, as `slmlab eval --text` scores
         self.prefix = self.tokenizer.separator_ids()
 
     @property

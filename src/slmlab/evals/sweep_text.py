@@ -15,7 +15,7 @@ from ..experiments.results import delta_cell
 from ..experiments.stats import mean_std, paired_difference
 from ..experiments.sweep_dir import read_sweep_dir
 from ..tables import counted, format_number, markdown_table
-from .score import load_for_inference
+from .score import load_for_inference, scoring_window
 from .text_score import score_text
 from .trained_text import TrainedPassages, trained_passages
 
@@ -23,11 +23,14 @@ log = logging.getLogger("slmlab")
 HEADERS = ("variant", "runs", "text bpb", "std", "Δ bpb [95% CI]", "wins")
 
 
-def score_sweep_text(path: Path, text: str, stride: int | None, device: str) -> tuple[str, dict[str, Any]]:
+def score_sweep_text(
+    path: Path, text: str, stride: int | None, device: str, context_length: int | None = None
+) -> tuple[str, dict[str, Any]]:
     """(a Markdown table of each variant's bits per byte on `text` and its paired Δ vs the
-    baseline, the figures as a dict). Runs without a summary.json (failed or unfinished) are left
-    out, and said so; variants whose contexts (block_size) differ, which score the text in windows
-    of other lengths, are named in a warning."""
+    baseline, the figures as a dict). Each run scores it in windows of `context_length`, else of
+    the context it trained at (score.scoring_window). Runs without a summary.json (failed or
+    unfinished) are left out, and said so; variants that trained at other contexts, which score
+    the text in windows of other lengths, are named in a warning."""
     sweep = read_sweep_dir(path)
     scores: dict[str, dict[int, float]] = {}
     windows: dict[str, int] = {}  # variant -> the context its runs score the text in
@@ -40,20 +43,21 @@ def score_sweep_text(path: Path, text: str, stride: int | None, device: str) -> 
                 log.warning("%s has not finished (no summary.json): left out", run.path)
                 continue
             cfg, model, tokenizer, _ = load_for_inference(run.path, device)
-            windows[variant] = cfg.model.block_size
+            windows[variant] = scoring_window(cfg, context_length)
             corpus = repr(cfg.data)
             if corpus not in trained_on:  # a sweep's runs mostly share one corpus: looked for once
                 trained_on[corpus] = trained_passages(cfg.data, text)
             if trained_on[corpus] and trained_on[corpus].found:
                 trained_runs.append(f"{run.path.name} ({trained_on[corpus].describe()})")
             try:
-                scores[variant][seed] = score_text(model, tokenizer, text, stride, progress=run.path.name)["bpb"]
+                scored = score_text(model, tokenizer, text, stride, progress=run.path.name, window=windows[variant])
+                scores[variant][seed] = scored["bpb"]
             except TokenizerError as err:  # which of the sweep's tokenizers cannot read the text
                 raise TokenizerError(f"{run.path} (variant '{variant}'): {err}") from None
     if len(set(windows.values())) > 1:
         contexts = ", ".join(f"{variant} {size}" for variant, size in windows.items())
         log.warning(
-            f"the variants score the text in windows of their own context (model.block_size: {contexts}): a token's "
+            f"the variants score the text in windows of the context they trained at (data.seq_len: {contexts}): a token's "
             "loss falls with the context before it, so a Δ counts the windows' length as well as the model"
         )
     if trained_runs:

@@ -49,14 +49,19 @@ def rolling_pairs(ids: list[int], separator: list[int], window: int, stride: int
 
 @torch.no_grad()
 def score_text(
-    model, tokenizer, text: str, stride: int | None = None, batch_size: int = 16, progress: str = ""
+    model, tokenizer, text: str, stride: int | None = None, batch_size: int = 16, progress: str = "", window: int | None = None
 ) -> dict[str, Any]:
-    """Every token of `text` scored once (module docstring), windows of model.cfg.block_size moved by
-    `stride` (default: the window) -> {tokens, bytes, loss (mean nats per token), ppl, bpb (bits per
+    """Every token of `text` scored once (module docstring), in windows of `window` tokens (default:
+    model.cfg.block_size; the commands pass the context the run trained at, evals/score.py's
+    scoring_window) moved by `stride` (default: the window) -> {tokens, bytes, loss (mean nats per token), ppl, bpb (bits per
     UTF-8 byte of the text), window, stride, windows}. `text` is read as corpus text: "[EOS]" in it
     is text, not the special token. The ids stay one integer array and the windows are made a batch
     at a time, so a text of any length needs memory for itself and one batch."""
-    window = model.cfg.block_size
+    window = window or model.cfg.block_size
+    if not 1 <= window <= model.cfg.block_size:
+        raise ConfigError(
+            f"the window must be a whole number from 1 to the model's context of {model.cfg.block_size}, got {window}"
+        )
     stride = window if stride is None else stride
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= window:
         raise ConfigError(f"the stride must be a whole number from 1 to the model's window of {window}, got {stride!r}")
