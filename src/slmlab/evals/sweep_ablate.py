@@ -1,10 +1,11 @@
 """`slmlab ablate SWEEP`: every finished run of a sweep ablated (ablate.py: each run's own table,
 with its CI over that run's validation batches), then each variant's interventions over its
 seeds: the mean Δ% with its 95% CI over the seeds (t, n − 1 degrees of freedom), the seeds the
-intervention hurt, the t-test's p over the seeds (Holm-adjusted over the variant's interventions), and what each variant's registered ablation summary reads from those means
-(SMAT: the share of S's effect through the bias vs the gate). One run's CI says how sure that
-run's figure is; the seeds' says whether the component matters to the models the variant trains,
-the unit the sweep's own verdict uses.
+intervention hurt, the t-test's p over the seeds (Holm-adjusted over the variant's
+interventions), and what each variant's registered ablation summary reads from those means and
+from each seed's own ablation (SMAT: the share of S's effect through the bias vs the gate). One
+run's CI says how sure that run's figure is; the seeds' says whether the component matters to the
+models the variant trains, the unit the sweep's own verdict uses.
 
 Saved as SWEEP/ablations.md and ablations.json, which records each run's weights (the report
 card flags the table once a run has other weights)."""

@@ -149,7 +149,7 @@ def t_interval(d) -> tuple[float, float]:
 
 
 def sample_spread(d: np.ndarray) -> float:
-    """The sample standard deviation (ddof 1) of d's finite values, 0.0 where they differ by no more
+    """The sample standard deviation (ddof 1) of d (finite values), 0.0 where they differ by no more
     than float rounding (1e-12 of their size): 20.000000000000004 beside 20.0 is one change measured
     twice, and a t-test on the rounding would call it certain."""
     if np.ptp(d) <= 1e-12 * np.abs(d).max():
