@@ -111,9 +111,9 @@ def option_rules(
 ) -> None:
     """Declare how a verb's options depend on one another, so that none is silently ignored:
     `needs` {option: the option it applies with, or a tuple of those it applies with any of};
-    `conflicts` [(option, other, why they do not go
-    together)]. A positional argument is named by its metavar (CONFIG). Checked by
-    check_option_rules on the options the command line gives (given_options)."""
+    `conflicts` [(option, other, why they do not go together)]. A positional argument is named by
+    its metavar (CONFIG). Checked by check_option_rules on the options the command line gives
+    (given_options)."""
     parser.set_defaults(option_needs=dict(needs or {}), option_conflicts=list(conflicts or []))
 
 

@@ -53,8 +53,8 @@ def score_text(
 ) -> dict[str, Any]:
     """Every token of `text` scored once (module docstring), in windows of `window` tokens (default:
     model.cfg.block_size; the commands pass the context the run trained at, evals/score.py's
-    scoring_window) moved by `stride` (default: the window) -> {tokens, bytes, loss (mean nats per token), ppl, bpb (bits per
-    UTF-8 byte of the text), window, stride, windows}. `text` is read as corpus text: "[EOS]" in it
+    scoring_window) moved by `stride` (default: the window) -> {tokens, bytes, loss (mean nats per
+    token), ppl, bpb (bits per UTF-8 byte of the text), window, stride, windows}. `text` is read as corpus text: "[EOS]" in it
     is text, not the special token. The ids stay one integer array and the windows are made a batch
     at a time, so a text of any length needs memory for itself and one batch."""
     window = window or model.cfg.block_size
