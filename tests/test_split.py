@@ -293,3 +293,21 @@ def test_a_bpe_tokenizer_learns_from_the_training_side_only(tmp_path):
     texts = list(TrainingSide(DocumentSelection(DataConfig(source=shared, val_fraction=0.25)), 0.25).texts())
     whole = "".join(r["text"] for r in rows)
     assert "".join(texts) == whole[: int(len(whole) * 0.75)] and texts[:2] == [rows[0]["text"], rows[1]["text"]]
+
+
+def test_eval_says_it_scored_a_sample_of_windows_not_every_token(micro_toml, tmp_path, capsys):
+    """`eval RUN` printed the split's token count beside a loss computed on --batches batches of
+    windows: it read as every token's. It now says how many windows of how many tokens it scored
+    (the fixed validation sample training evaluates on), counted here from that sample itself."""
+    from slmlab.data.sampling import validation_batches
+    from slmlab.runs.run_dir import load_run
+
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "r"]) == 0
+    run = tmp_path / "runs" / "r"
+    result = _eval_json(run, capsys)
+    cfg, _, tokenizer = load_run(run)
+    _, data = prepare_tokens(cfg.data, tokenizer)
+    rows = sum(len(x) for x, _ in validation_batches(data.val, cfg.data.seq_len, cfg.train.batch_size, 1))
+    assert (result["windows"], result["window"]) == (rows, cfg.data.seq_len) == (4, 32)
+    assert main(["eval", str(run), "--batches", "2"]) == 0
+    assert "; scored in 8 windows of 32): loss" in capsys.readouterr().out

@@ -213,7 +213,8 @@ def cmd_eval(args, extra) -> int:
         + (f" at {args.checkpoint}" if args.checkpoint else "")
         + f", {result['coverage']} ({result['tokens']:,} tokens"
         + ("" if result["train_overlap"] is None else f", {result['train_overlap']} in the run's training split")
-        + f"): loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}, {result['bpb']:.4f} bits/byte"
+        + f"; scored in {counted(result['windows'], 'windows')} of {result['window']})"
+        + f": loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}, {result['bpb']:.4f} bits/byte"
     )
     return 0
 

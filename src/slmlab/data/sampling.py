@@ -104,17 +104,24 @@ def validation_batches(
     `length_setting`: the setting that chose seq_len, named by the error when the split is too
     short; `progress`: a label to show the batches done under (PhaseProgress; none when empty)."""
     check_counts(seq_len=seq_len, batch_size=batch_size, n_batches=n_batches)
-    last = len(split) - seq_len - 1
-    if last < 0:
-        raise CorpusError(
-            f"the validation split has {counted(len(split), 'tokens')}, fewer than {length_setting} + 1 = {seq_len + 1}; "
-            f"raise data.val_fraction or lower {length_setting}"
-        )
-    count = min(n_batches * batch_size, last + 1)
-    offsets = np.unique(np.linspace(0, last, count).astype(np.int64))
+    offsets = validation_offsets(len(split), seq_len, batch_size, n_batches, length_setting)
     starts = range(0, len(offsets), batch_size)
     for i in tracked(starts, progress, len(starts), "batches"):
         yield _gather(split.tokens, offsets[i : i + batch_size], seq_len)
+
+
+def validation_offsets(
+    length: int, seq_len: int, batch_size: int, n_batches: int, length_setting: str = "data.seq_len"
+) -> np.ndarray:
+    """Where the fixed validation sample's windows start in a split of `length` tokens: up to
+    n_batches * batch_size evenly spaced starts, each distinct (fewer where the split is short)."""
+    last = length - seq_len - 1
+    if last < 0:
+        raise CorpusError(
+            f"the validation split has {counted(length, 'tokens')}, fewer than {length_setting} + 1 = {seq_len + 1}; "
+            f"raise data.val_fraction or lower {length_setting}"
+        )
+    return np.unique(np.linspace(0, last, min(n_batches * batch_size, last + 1)).astype(np.int64))
 
 
 def check_windows(split_train: TokenSplit, split_val: TokenSplit, seq_len: int, batch_size: int, mixture: dict) -> None:

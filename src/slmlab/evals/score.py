@@ -20,6 +20,7 @@ from ..config import ConfigError, DataConfig, apply_overrides, config_from_dict
 from ..config.checks import TOKENIZER_KEYS
 from ..config.ignored import ignored_settings
 from ..data.corpora import CorpusError, DocumentSelection
+from ..data.sampling import validation_offsets
 from ..data.split import TrainingSide, describe_documents, text_digest
 from ..data.tokens import TokenSplit, prepare_tokens
 from ..phase_progress import PhaseProgress
@@ -160,9 +161,10 @@ def evaluation_tokens(run: str | Path, cfg, tokenizer, split: str = "val", overr
 def score_run(
     run: str | Path, cfg, model, tokenizer, device, split: str = "val", batches: int = 50, data_overrides: dict | None = None
 ) -> dict:
-    """{"run", "source", "slice", "split", "documents", "coverage", "train_overlap", "tokens", "loss",
-    "ppl", "bpb"}
-    on `batches` fixed windows of the split."""
+    """{"run", "source", "slice", "split", "documents", "coverage", "train_overlap", "tokens",
+    "windows", "window", "loss", "ppl", "bpb"} on `batches` batches of the split's fixed windows:
+    a sample of its `tokens` ("windows" of "window" tokens, evenly spaced), not every token (`eval
+    --text` scores every token of a file once)."""
     part = evaluation_tokens(run, cfg, tokenizer, split, data_overrides)
     token_bytes = torch.from_numpy(tokenizer.token_bytes())
     loss, bpb = score_validation(
@@ -178,6 +180,8 @@ def score_run(
         "coverage": part.coverage,
         "train_overlap": part.train_overlap,
         "tokens": len(part.tokens),
+        "windows": len(validation_offsets(len(part.tokens), part.data.seq_len, cfg.train.batch_size, batches)),
+        "window": part.data.seq_len,
         "loss": loss,
         "ppl": perplexity(loss),
         "bpb": bpb,
