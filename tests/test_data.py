@@ -239,6 +239,30 @@ def test_validation_sample_is_fixed_and_too_short_split_is_an_error(text_corpus,
         list(validation_batches(data.val, len(data.val) + 5, 4, 3))
 
 
+@pytest.mark.parametrize(
+    "length, n_batches, starts",
+    [(17, 3, [0]), (40, 5, [0, 23]), (116, 5, [0, 16, 33, 49, 66, 82, 99]), (116, 2, [0, 33, 66, 99])],
+)
+def test_a_disjoint_sample_holds_only_windows_that_share_no_token(length, n_batches, starts, caplog):
+    """Intervals over windows or batches treat them as independent: a short split's evenly spaced
+    windows overlapped (116 tokens gave 10 windows of 16 one token apart where 7 fit apart). The
+    disjoint sample keeps as many as fit apart, still spread from the first to the last, and the
+    same windows where the asked ones fit (the last case)."""
+    from slmlab.data.sampling import validation_offsets
+    from slmlab.data.tokens import TokenSplit
+
+    split = TokenSplit(np.arange(length, dtype=np.uint16), {})
+    with caplog.at_level("INFO", logger="slmlab"):
+        x = torch.cat([x for x, _ in validation_batches(split, 16, 2, n_batches, disjoint=True)])
+    assert x[:, 0].tolist() == starts and (np.diff(starts) >= 16).all()
+    covered = x.flatten().tolist()
+    assert len(covered) == len(set(covered))  # no token in two windows
+    capped = len(starts) < 2 * n_batches
+    assert ("hold" in caplog.text and "apart, fewer than the" in caplog.text) == capped
+    plain = validation_offsets(length, 16, 2, n_batches)
+    assert (list(plain) == starts) == (len(plain) == len(starts))
+
+
 @pytest.mark.parametrize("length, n_batches, starts", [(17, 3, [0]), (20, 5, [0, 1, 2, 3]), (116, 2, [0, 33, 66, 99])])
 def test_the_validation_sample_is_evenly_spaced_from_the_first_window_to_the_last(length, n_batches, starts):
     """n_batches x batch_size windows (here 2 a batch) from start 0 to the last one that fits, as

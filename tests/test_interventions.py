@@ -312,3 +312,25 @@ def test_a_summary_interval_of_a_change_past_float64_is_left_out_not_an_overflow
     assert summary_intervals(summarize_ablations, rows, {**losses, "lambda_zero": [800.0, 900.0, 1000.0]}) == {}
     finite = summary_intervals(summarize_ablations, rows, {**losses, "lambda_zero": [1.1, 1.15, 1.0]})
     assert set(finite) == {"s_effect_share.attention_bias", "s_effect_share.gate"}
+
+
+def test_ablate_pairs_batches_of_windows_that_share_no_token(text_corpus, make_config, capsys):
+    """Its intervals and t-tests treat the batches as independent: on a short validation split the
+    400 windows asked for overlapped, each token scored several times, and the intervals came out
+    that much too narrow. ablate scores as many windows as fit apart (one line says so)."""
+    from slmlab.cli import main
+    from slmlab.data.sampling import validation_offsets
+    from slmlab.data.tokens import prepare_tokens
+    from slmlab.runs.run_dir import RunDir, load_run
+    from slmlab.training import train
+
+    cfg = make_config(text_corpus)
+    train(cfg, progress=False)
+    run = RunDir.for_config(cfg).path
+    assert main(["ablate", str(run), "--layers", "--n-batches", "50"]) == 0
+    result = json.loads((run / "ablations.json").read_text())
+    _, _, tokenizer = load_run(run)
+    _, data = prepare_tokens(cfg.data, tokenizer)
+    apart = validation_offsets(len(data.val), cfg.data.seq_len, cfg.train.batch_size, 50, disjoint=True)
+    assert len(apart) < 50 * cfg.train.batch_size and (np.diff(apart) >= cfg.data.seq_len).all()
+    assert len(result["batch_losses"]["unmodified"]) == -(-len(apart) // cfg.train.batch_size)

@@ -3,6 +3,7 @@ over streams, sliced per data-parallel rank) and a fixed, evenly spaced validati
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -12,6 +13,7 @@ from ..config.checks import check_whole_number
 from ..phase_progress import tracked
 from ..tables import counted
 from .corpora import CorpusError
+from .corpora.local import say_once
 from .tokens import TokenSplit
 
 
@@ -99,29 +101,43 @@ def validation_batches(
     n_batches: int,
     length_setting: str = "data.seq_len",
     progress: str = "",
+    disjoint: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """A fixed validation sample: up to n_batches * batch_size evenly spaced windows.
-    `length_setting`: the setting that chose seq_len, named by the error when the split is too
-    short; `progress`: a label to show the batches done under (PhaseProgress; none when empty)."""
+    """A fixed validation sample: up to n_batches * batch_size evenly spaced windows (`disjoint`:
+    only as many as share no token; validation_offsets). `length_setting`: the setting that chose
+    seq_len, named by the error when the split is too short; `progress`: a label to show the
+    batches done under (PhaseProgress; none when empty)."""
     check_counts(seq_len=seq_len, batch_size=batch_size, n_batches=n_batches)
-    offsets = validation_offsets(len(split), seq_len, batch_size, n_batches, length_setting)
+    offsets = validation_offsets(len(split), seq_len, batch_size, n_batches, length_setting, disjoint)
     starts = range(0, len(offsets), batch_size)
     for i in tracked(starts, progress, len(starts), "batches"):
         yield _gather(split.tokens, offsets[i : i + batch_size], seq_len)
 
 
 def validation_offsets(
-    length: int, seq_len: int, batch_size: int, n_batches: int, length_setting: str = "data.seq_len"
+    length: int, seq_len: int, batch_size: int, n_batches: int, length_setting: str = "data.seq_len", disjoint: bool = False
 ) -> np.ndarray:
     """Where the fixed validation sample's windows start in a split of `length` tokens: up to
-    n_batches * batch_size evenly spaced starts, each distinct (fewer where the split is short)."""
+    n_batches * batch_size evenly spaced starts, each distinct (fewer where the split is short).
+    `disjoint`: no more than the split holds without overlap (last // seq_len + 1), for figures
+    whose intervals treat the windows or batches as independent: a short split's windows would
+    each share most tokens with their neighbours (a token scored ~8 times), and the intervals came
+    out that much too narrow. A split that holds the asked windows apart gets the same ones."""
     last = length - seq_len - 1
     if last < 0:
         raise CorpusError(
             f"the validation split has {counted(length, 'tokens')}, fewer than {length_setting} + 1 = {seq_len + 1}; "
             f"raise data.val_fraction or lower {length_setting}"
         )
-    return np.unique(np.linspace(0, last, min(n_batches * batch_size, last + 1)).astype(np.int64))
+    asked = n_batches * batch_size
+    count = min(asked, last // seq_len + 1) if disjoint else min(asked, last + 1)
+    if count < asked and disjoint:
+        say_once(
+            logging.INFO,
+            f"the validation split's {counted(length, 'tokens')} hold {counted(count, 'windows')} of {seq_len} apart, fewer "
+            f"than the {asked} asked: scored without overlap, so that the intervals count no token twice",
+        )
+    return np.unique(np.linspace(0, last, count).astype(np.int64))
 
 
 def check_windows(split_train: TokenSplit, split_val: TokenSplit, seq_len: int, batch_size: int, mixture: dict) -> None:

@@ -37,11 +37,12 @@ def token_losses(
     model: nn.Module, split: TokenSplit, seq_len: int, batch_size: int, n_batches: int, device: torch.device
 ) -> torch.Tensor:
     """Per-token cross-entropy of validation windows of length seq_len -> (windows, seq_len),
-    their progress shown (a bar on a terminal, else a log line now and then)."""
+    windows that share no token (their CIs treat them as independent), their progress shown (a
+    bar on a terminal, else a log line now and then)."""
     setting, label = "the evaluation context length", f"scoring {seq_len}-token windows"
     rows = []
     with eval_mode(model):
-        for x, y in validation_batches(split, seq_len, batch_size, n_batches, setting, progress=label):
+        for x, y in validation_batches(split, seq_len, batch_size, n_batches, setting, progress=label, disjoint=True):
             logits, _ = model(x.to(device))
             rows.append(F.cross_entropy(logits.float().transpose(1, 2), y.to(device), reduction="none").cpu())
     return torch.cat(rows)

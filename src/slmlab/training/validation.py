@@ -28,6 +28,7 @@ def score_validation(
     token_bytes: torch.Tensor | None = None,
     progress: str = "",
     batch_losses: list[float] | None = None,
+    disjoint: bool = False,
 ) -> tuple[float, float]:
     """(mean cross-entropy in nats, bits per byte) over the fixed validation sample; `batch_losses`
     (one process): each batch's mean cross-entropy appended, for paired comparisons batch by batch.
@@ -42,7 +43,7 @@ def score_validation(
     total, count, size = (torch.zeros((), device=device, dtype=wide) for _ in range(3))
     lengths = token_bytes.to(device) if token_bytes is not None else None
     with eval_mode(model):
-        for x, y in validation_batches(split, seq_len, batch_size, n_batches, progress=progress):
+        for x, y in validation_batches(split, seq_len, batch_size, n_batches, progress=progress, disjoint=disjoint):
             rows = world.rows(len(x))
             weight = 1.0 if rows.stop > rows.start else 0.0
             x, y = (x[rows], y[rows]) if weight else (x[:1], y[:1])
@@ -67,6 +68,8 @@ def evaluate(*args, **kwargs) -> float:
 
 def evaluate_by_batch(*args, **kwargs) -> tuple[float, list[float]]:
     """(the mean validation cross-entropy, each batch's): for comparing two models on the same
-    batches, pair by pair (experiments/stats.py's perplexity_change)."""
+    batches, pair by pair (experiments/stats.py's perplexity_change), so on windows that share no
+    token (data/sampling.validation_offsets' `disjoint`): intervals over the batches treat them as
+    independent."""
     batches: list[float] = []
-    return score_validation(*args, batch_losses=batches, **kwargs)[0], batches
+    return score_validation(*args, batch_losses=batches, disjoint=True, **kwargs)[0], batches
