@@ -31,7 +31,8 @@ def score_validation(
     disjoint: bool = False,
 ) -> tuple[float, float]:
     """(mean cross-entropy in nats, bits per byte) over the fixed validation sample; `batch_losses`
-    (one process): each batch's mean cross-entropy appended, for paired comparisons batch by batch.
+    (one process): each batch's mean cross-entropy appended, for paired comparisons batch by batch;
+    `disjoint`: only windows that share no token (data/sampling.validation_offsets).
 
     The loss is token-weighted. Bits per byte = total loss / ln 2 / the UTF-8 bytes of the target
     tokens (`token_bytes`, (V,), from Tokenizer.token_bytes(); NaN without it): a figure that
