@@ -17,28 +17,7 @@ from slmlab.data.corpora import DocumentSelection
 from slmlab.data.split import TrainingSide, splits_by_position
 from slmlab.data.tokens import prepare_tokens
 
-WORDS = [
-    "the",
-    "king",
-    "rode",
-    "out",
-    "at",
-    "dawn",
-    "and",
-    "the",
-    "queen",
-    "kept",
-    "the",
-    "hall",
-    "while",
-    "the",
-    "rain",
-    "fell",
-    "on",
-    "the",
-    "long",
-    "road",
-]
+WORDS = ["the", "king", "rode", "out", "at", "dawn", "and", "queen", "kept", "hall", "in", "rain"]
 
 
 def _one_id_corpus(tmp_path, name: str = "speaker.jsonl", records: int = 60) -> DataConfig:
