@@ -205,3 +205,23 @@ def test_a_text_is_scored_in_windows_of_the_context_the_run_trained_at(text_corp
     assert SlmlabLM(run=run).window == 32
     assert main(["eval", run, "--text", str(sample), "--context-length", str(10**9 + 1)]) == 2
     assert "past the model's context of 1000000000 tokens" in capsys.readouterr().err
+
+
+def test_a_generation_past_the_context_the_run_trained_at_says_so(text_corpus, tmp_path, caplog):
+    """Generation crops its context at model.block_size; a RoPE model of a vast block size
+    generates past the seq_len it trained at in silence. A warning now says so (and nothing where
+    block_size is the trained context: there the window slides)."""
+    from slmlab.runs.run_dir import RunDir
+
+    wide = tiny_config(text_corpus, tmp_path, model={"pos": "rope", "block_size": 10**9})
+    plain = tiny_config(text_corpus, tmp_path, model={"block_size": 32})
+    plain.name = "plain"
+    for cfg in (wide, plain):
+        train(cfg, progress=False)
+    warning = "past the 32 the run trained at (data.seq_len; model.block_size is 1000000000)"
+    for cfg, new, warned in ((wide, 40, True), (wide, 10, False), (plain, 40, False)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="slmlab"):
+            argv = ["generate", str(RunDir.for_config(cfg).path), "--prompt", "The", "--max-new-tokens", str(new)]
+            assert main(argv) == 0
+        assert (warning in caplog.text) == warned and ("never trained on" in caplog.text) == warned

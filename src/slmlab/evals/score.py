@@ -231,6 +231,12 @@ def generate_texts(
     ids = prompt_ids(tokenizer, prompt, cfg.model.block_size)
     if not ids:
         raise ConfigError("the prompt is empty (or holds no character this tokenizer knows): give some text to continue")
+    trained = scoring_window(cfg)
+    if len(ids) + max_new_tokens > trained < cfg.model.block_size:  # (with block_size = trained, a sliding window)
+        log.warning(
+            f"the text runs to {len(ids) + max_new_tokens} tokens, past the {trained} the run trained at (data.seq_len; "
+            f"model.block_size is {cfg.model.block_size}): beyond them the model reads positions it never trained on"
+        )
     announce_compile(compile)
     stop = tokenizer.eos_id if stop_at_eos else None
     stream = TextStream(tokenizer, write) if write is not None and num_samples == 1 else None
