@@ -54,14 +54,18 @@ def load_for_inference(
     return (*load_run(run, resolved, {"rope_scale": rope_scale} if rope_scale else None, checkpoint), resolved)
 
 
+def trained_context(cfg) -> int:
+    """The context the run trained at: its final phase's data.seq_len, never past model.block_size.
+    Past it a learned position is untrained and a rotary one extrapolated."""
+    return min(cfg.data.seq_len, cfg.model.block_size)
+
+
 def scoring_window(cfg, asked: int | None = None) -> int:
     """The window a text is scored in (`eval --text`, the lm-eval adapter): `asked` (--context-length)
-    where given, else the context the run trained at (its final phase's data.seq_len), never past
-    model.block_size. Past the trained context a learned position is untrained and a rotary one
-    extrapolated: a RoPE model of block_size 10**9 trained at 64 tokens scored a whole text in one
-    window, 16% worse in perplexity than in windows of 64, and variants of two block sizes
-    compared in windows of two lengths."""
-    window = asked or min(cfg.data.seq_len, cfg.model.block_size)
+    where given, up to model.block_size, else the trained context: a RoPE model of block_size
+    10**9 trained at 64 tokens scored a whole text in one window, 16% worse in perplexity than in
+    windows of 64, and variants of two block sizes compared in windows of two lengths."""
+    window = asked or trained_context(cfg)
     if window > cfg.model.block_size:
         raise ConfigError(
             f"--context-length {window} is past the model's context of {cfg.model.block_size} tokens (model.block_size): "
@@ -231,7 +235,7 @@ def generate_texts(
     ids = prompt_ids(tokenizer, prompt, cfg.model.block_size)
     if not ids:
         raise ConfigError("the prompt is empty (or holds no character this tokenizer knows): give some text to continue")
-    trained = scoring_window(cfg)
+    trained = trained_context(cfg)
     if len(ids) + max_new_tokens > trained < cfg.model.block_size:  # (with block_size = trained, a sliding window)
         log.warning(
             f"the text runs to {len(ids) + max_new_tokens} tokens, past the {trained} the run trained at (data.seq_len; "

@@ -69,8 +69,7 @@ def paired_comparison(variant: dict[int, float], baseline: dict[int, float]) -> 
     measured = np.isfinite(v).all() and np.isfinite(b).all()  # vs a diverged baseline, d = -100% is no measurement either
     spread = sample_spread(d) if n >= 2 and measured else math.nan
     if spread > 0:
-        ci = t_interval(d)
-        t_p = float(stats.ttest_1samp(d, 0.0).pvalue)
+        ci, t_p = t_interval(d), t_test_p(d)
     else:  # one seed, a perplexity that is not finite, or every seed's Δ the same: no t-test
         ci, t_p = (float(d.mean()), float(d.mean())) if spread == 0 else (math.nan, math.nan), math.nan
     decided = int(np.sum((d != 0) & ~np.isnan(d)))  # an infinite Δ is decided; inf / inf is not

@@ -43,13 +43,18 @@ def _exists(path: Path) -> bool:
     return path.exists() or (any(ch in str(path) for ch in "*?[") and bool(glob.glob(str(path))))
 
 
-def _from(folder: Path, value: str, is_source: bool) -> str:
-    """`value` (a data.source or cache_dir) as a path from `folder` when it is relative, names
-    no built-in corpus, is not found from the working directory and is found from `folder`."""
-    if not value or (is_source and value in BUILTINS):
-        return value
+def _relative(value: str, is_source: bool) -> Path | None:
+    """`value` (a data.source or cache_dir) as a relative path; None where it is empty, names a
+    built-in corpus or is absolute."""
     typed = Path(value).expanduser()
-    if typed.is_absolute() or _exists(typed) or not _exists(folder / typed):
+    return None if not value or (is_source and value in BUILTINS) or typed.is_absolute() else typed
+
+
+def _from(folder: Path, value: str, is_source: bool) -> str:
+    """`value` as a path from `folder` when it is relative, is not found from the working
+    directory and is found from `folder`."""
+    typed = _relative(value, is_source)
+    if typed is None or _exists(typed) or not _exists(folder / typed):
         return value
     return str(folder / typed)
 
@@ -70,10 +75,7 @@ def located(cfg: RunConfig, run_path: Path) -> RunConfig:
 def trained_from_hint(cfg: RunConfig, run_path: Path) -> str:
     """For a run whose relative data.source, read from the working directory, is not the text it
     trained on: where the folder it was trained in holds a path of that name, say so ("" else)."""
-    folder = training_folder(cfg, run_path)
-    source = cfg.data.source
-    if folder is None or source in BUILTINS or Path(source).expanduser().is_absolute() or not _exists(folder / source):
+    folder, typed = training_folder(cfg, run_path), _relative(cfg.data.source, True)
+    if folder is None or typed is None or not _exists(folder / typed) or os.path.realpath(folder) == os.path.realpath(Path.cwd()):
         return ""
-    if os.path.realpath(folder) == os.path.realpath(Path.cwd()):
-        return ""
-    return f"; the folder it was trained in has its own: give --data.source {command_line(folder / source)} or run from {folder}"
+    return f"; the folder it was trained in has its own: give --data.source {command_line(folder / typed)} or run from {folder}"
