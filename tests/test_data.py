@@ -263,6 +263,20 @@ def test_a_disjoint_sample_holds_only_windows_that_share_no_token(length, n_batc
     assert (list(plain) == starts) == (len(plain) == len(starts))
 
 
+@pytest.mark.parametrize("fit, batch_size, rows", [(15, 12, 5), (13, 12, 1), (7, 2, 1), (8, 3, 2), (11, 12, 11), (9, 4, 3)])
+def test_a_short_disjoint_sample_has_batches_of_one_size(fit, batch_size, rows):
+    """Paired intervals and t-tests over the batches weigh each alike: 15 windows in batches of 12
+    made a last batch of 3 count as much as one of 12. The batch size up to batch_size that keeps
+    the most windows, the largest of those."""
+    from slmlab.data.tokens import TokenSplit
+
+    seq_len = 16
+    split = TokenSplit(np.arange(fit * seq_len + 1, dtype=np.uint16), {})  # exactly `fit` windows apart
+    sizes = [len(x) for x, _ in validation_batches(split, seq_len, batch_size, 20, disjoint=True)]
+    kept = max(fit // r * r for r in range(1, batch_size + 1))
+    assert set(sizes) == {rows} and sum(sizes) == kept
+
+
 @pytest.mark.parametrize("length, n_batches, starts", [(17, 3, [0]), (20, 5, [0, 1, 2, 3]), (116, 2, [0, 33, 66, 99])])
 def test_the_validation_sample_is_evenly_spaced_from_the_first_window_to_the_last(length, n_batches, starts):
     """n_batches x batch_size windows (here 2 a batch) from start 0 to the last one that fits, as

@@ -104,14 +104,14 @@ def validation_batches(
     disjoint: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed validation sample: up to n_batches * batch_size evenly spaced windows (`disjoint`:
-    only as many as share no token; validation_offsets). `length_setting`: the setting that chose
-    seq_len, named by the error when the split is too short; `progress`: a label to show the
-    batches done under (PhaseProgress; none when empty)."""
+    only as many as share no token, in batches of one size; validation_offsets). `length_setting`:
+    the setting that chose seq_len, named by the error when the split is too short; `progress`: a
+    label to show the batches done under (PhaseProgress; none when empty)."""
     check_counts(seq_len=seq_len, batch_size=batch_size, n_batches=n_batches)
-    offsets = validation_offsets(len(split), seq_len, batch_size, n_batches, length_setting, disjoint)
-    starts = range(0, len(offsets), batch_size)
+    offsets, rows = _sample(len(split), seq_len, batch_size, n_batches, length_setting, disjoint)
+    starts = range(0, len(offsets), rows)
     for i in tracked(starts, progress, len(starts), "batches"):
-        yield _gather(split.tokens, offsets[i : i + batch_size], seq_len)
+        yield _gather(split.tokens, offsets[i : i + rows], seq_len)
 
 
 def validation_offsets(
@@ -123,6 +123,16 @@ def validation_offsets(
     whose intervals treat the windows or batches as independent: a short split's windows would
     each share most tokens with their neighbours (a token scored ~8 times), and the intervals came
     out that much too narrow. A split that holds the asked windows apart gets the same ones."""
+    return _sample(length, seq_len, batch_size, n_batches, length_setting, disjoint)[0]
+
+
+def _sample(
+    length: int, seq_len: int, batch_size: int, n_batches: int, length_setting: str, disjoint: bool
+) -> tuple[np.ndarray, int]:
+    """(validation_offsets' starts, the windows a batch). A disjoint sample shorter than asked is cut
+    to whole batches of one size, the size up to batch_size that keeps the most windows (the
+    largest of those): paired intervals and t-tests over its batches weigh each batch alike, where
+    a last batch of 3 windows beside ones of 12 counted as much as each of them."""
     last = length - seq_len - 1
     if last < 0:
         raise CorpusError(
@@ -130,14 +140,18 @@ def validation_offsets(
             f"raise data.val_fraction or lower {length_setting}"
         )
     asked = n_batches * batch_size
-    count = min(asked, last // seq_len + 1) if disjoint else min(asked, last + 1)
+    count, rows = (min(asked, last // seq_len + 1) if disjoint else min(asked, last + 1)), batch_size
     if count < asked and disjoint:
+        fit = count
+        rows = max(range(1, min(batch_size, fit) + 1), key=lambda r: (fit // r * r, r))
+        count = fit // rows * rows
         say_once(
             logging.INFO,
-            f"the validation split's {counted(length, 'tokens')} hold {counted(count, 'windows')} of {seq_len} apart, fewer "
-            f"than the {asked} asked: scored without overlap, so that the intervals count no token twice",
+            f"the validation split's {counted(length, 'tokens')} hold {counted(fit, 'windows')} of {seq_len} apart, fewer "
+            f"than the {asked} asked: {count} scored without overlap, in {counted(count // rows, 'batches')} of {rows}, "
+            "so that the intervals count no token twice and weigh every batch alike",
         )
-    return np.unique(np.linspace(0, last, count).astype(np.int64))
+    return np.unique(np.linspace(0, last, count).astype(np.int64)), rows
 
 
 def check_windows(split_train: TokenSplit, split_val: TokenSplit, seq_len: int, batch_size: int, mixture: dict) -> None:
