@@ -209,9 +209,12 @@ def test_a_text_is_scored_in_windows_of_the_context_the_run_trained_at(text_corp
 
 def test_a_generation_past_the_context_the_run_trained_at_says_so(text_corpus, tmp_path, caplog):
     """Generation crops its context at model.block_size; a RoPE model of a vast block size
-    generates past the seq_len it trained at in silence. A warning now says so (and nothing where
-    block_size is the trained context: there the window slides)."""
-    from slmlab.runs.run_dir import RunDir
+    generates past the seq_len it trained at in silence. A warning now says so in `generate`,
+    `prompts` and persona-eval's continuations (and nothing where block_size is the trained
+    context: there the window slides)."""
+    from slmlab.evals.score import trained_context
+    from slmlab.persona.evaluate import continuations
+    from slmlab.runs.run_dir import RunDir, load_run
 
     wide = tiny_config(text_corpus, tmp_path, model={"pos": "rope", "block_size": 10**9})
     plain = tiny_config(text_corpus, tmp_path, model={"block_size": 32})
@@ -225,3 +228,15 @@ def test_a_generation_past_the_context_the_run_trained_at_says_so(text_corpus, t
             argv = ["generate", str(RunDir.for_config(cfg).path), "--prompt", "The", "--max-new-tokens", str(new)]
             assert main(argv) == 0
         assert (warning in caplog.text) == warned and ("never trained on" in caplog.text) == warned
+        suite = tmp_path / f"suite_{new}.toml"
+        suite.write_text(f'[[prompt]]\nid = "short"\nprompt = "The"\nmax_tokens = 2\n\n'
+                         f'[[prompt]]\nid = "long"\nprompt = "The"\nmax_tokens = {new}\n')  # fmt: skip
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="slmlab"):
+            assert main(["prompts", str(RunDir.for_config(cfg).path), "--suite", str(suite)]) == 0
+        assert (f"prompt 'long' and its completion runs to {new + 3} tokens, {warning}" in caplog.text) == warned
+        run_cfg, model, tokenizer = load_run(RunDir.for_config(cfg).path)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="slmlab"):
+            continuations(model, tokenizer, ["Th", "The"], new, 0, torch.device("cpu"), trained_context(run_cfg))
+        assert (f"a prompt and its continuation runs to {new + 3} tokens, {warning}" in caplog.text) == warned

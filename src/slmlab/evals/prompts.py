@@ -19,7 +19,7 @@ from ..files import atomic_write_text, check_replaceable, file_kind, parse_json,
 from ..model.sampling import check_sampling, greedy_ignores
 from ..registry import closest
 from ..tables import code_block, code_span, command_line, plain_text
-from .score import announce_compile
+from .score import announce_compile, trained_context, warn_past_trained_context
 
 DEFAULT_SUITE = Path(__file__).parent / "suites" / "control_systems.toml"
 REPORT_TITLE = "# Prompt suite "  # a report's first words: an --out file that starts so may be replaced
@@ -94,12 +94,14 @@ def load_suite(path: str | Path) -> list[Prompt]:
 
 
 def run_suite(
-    model, tokenizer, prompts: list[Prompt], device: torch.device, block_size: int, compile: bool = False
+    model, tokenizer, prompts: list[Prompt], device: torch.device, block_size: int, compile: bool = False, trained: int = 0
 ) -> list[dict]:
     """Every prompt's completion, in batches of prompts sharing their sampling settings
     (model.generate_many; `compile`: through torch.compile); each prompt samples with its own
     seeded generator, so its completion is the one it would get alone. A completion ends before
-    the tokenizer's end-of-text id, where the model ends its document."""
+    the tokenizer's end-of-text id, where the model ends its document. `trained`: the context the
+    run trained at (evals/score.trained_context), where a prompt and its completion past it are
+    warned of (0: block_size)."""
     encoded = []
     for p in prompts:
         try:
@@ -114,6 +116,11 @@ def run_suite(
                 "give a suite of shorter prompts (--suite FILE), or train with a longer model.block_size"
             )
         encoded.append(ids)
+    longest = max(range(len(prompts)), key=lambda i: len(encoded[i]) + prompts[i].max_tokens)
+    warn_past_trained_context(
+        len(encoded[longest]) + prompts[longest].max_tokens, trained or block_size, block_size,
+        f"prompt '{prompts[longest].id}' and its completion",
+    )  # fmt: skip
     announce_compile(compile)
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(prompts):
@@ -171,7 +178,9 @@ def prompts_report(
     weights = weights_identity(run)
     cfg, model, tokenizer = load_run(run, resolved)
     report = markdown_report(
-        Path(run).name, suite.stem, run_suite(model, tokenizer, prompts, resolved, cfg.model.block_size, compile)
+        Path(run).name,
+        suite.stem,
+        run_suite(model, tokenizer, prompts, resolved, cfg.model.block_size, compile, trained_context(cfg)),
     )
     path = Path(out) if out else Path(run) / f"prompts_{suite.stem}.md"
     atomic_write_text(path, report)

@@ -60,6 +60,18 @@ def trained_context(cfg) -> int:
     return min(cfg.data.seq_len, cfg.model.block_size)
 
 
+def warn_past_trained_context(length: int, trained: int, block_size: int, what: str) -> None:
+    """Warn where `what` (a prompt and its continuation, `length` tokens) runs past the context the
+    run trained at in a model whose block_size is larger: a RoPE model of a vast block size read
+    positions it never trained on, in silence. (With block_size = the trained context the
+    generation's window slides, and nothing is said.)"""
+    if length > trained < block_size:
+        log.warning(
+            f"{what} runs to {length} tokens, past the {trained} the run trained at (data.seq_len; model.block_size is "
+            f"{block_size}): beyond them the model reads positions it never trained on"
+        )
+
+
 def scoring_window(cfg, asked: int | None = None) -> int:
     """The window a text is scored in (`eval --text`, the lm-eval adapter): `asked` (--context-length)
     where given, up to model.block_size, else the trained context: a RoPE model of block_size
@@ -235,12 +247,7 @@ def generate_texts(
     ids = prompt_ids(tokenizer, prompt, cfg.model.block_size)
     if not ids:
         raise ConfigError("the prompt is empty (or holds no character this tokenizer knows): give some text to continue")
-    trained = trained_context(cfg)
-    if len(ids) + max_new_tokens > trained < cfg.model.block_size:  # (with block_size = trained, a sliding window)
-        log.warning(
-            f"the text runs to {len(ids) + max_new_tokens} tokens, past the {trained} the run trained at (data.seq_len; "
-            f"model.block_size is {cfg.model.block_size}): beyond them the model reads positions it never trained on"
-        )
+    warn_past_trained_context(len(ids) + max_new_tokens, trained_context(cfg), cfg.model.block_size, "the text")
     announce_compile(compile)
     stop = tokenizer.eos_id if stop_at_eos else None
     stream = TextStream(tokenizer, write) if write is not None and num_samples == 1 else None

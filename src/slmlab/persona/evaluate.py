@@ -32,6 +32,7 @@ from ..data.corpora import check_not_a_source_file
 from ..data.split import splits_by_position, validation_ids
 from ..data.tokenizers import TokenizerError
 from ..data.tokens import prepare_tokens
+from ..evals.score import trained_context, warn_past_trained_context
 from ..experiments.stats import bootstrap_difference, bootstrap_mean
 from ..files import atomic_write_text, check_replaceable, json_text
 from ..runs.derived import record_derived, weights_identity
@@ -103,10 +104,12 @@ def check_run(run_path: str | Path) -> None:
 
 
 @torch.no_grad()
-def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int, device) -> list[str]:
+def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int, device, trained: int = 0) -> list[str]:
     """One sampled continuation per prompt (temperature 0.8, top-k 50, seed + prompt index), in
     batches (model.generate_many: each as it would be alone), ending before the tokenizer's
-    end-of-text id; prompts the tokenizer cannot encode are left out."""
+    end-of-text id; prompts the tokenizer cannot encode are left out. `trained`: the context the
+    run trained at (evals/score.trained_context), where a prompt and its continuation past it are
+    warned of (0: block_size)."""
     encoded, seeds = [], []
     for index, prompt in enumerate(prompts):
         ids = encoded_or_none(tokenizer, prompt)
@@ -116,6 +119,9 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
         seeds.append(offset_seed(seed, index))
     if not encoded:
         return []
+    block_size = model.cfg.block_size
+    length = max(map(len, encoded)) + max_new_tokens
+    warn_past_trained_context(length, trained or block_size, block_size, "a prompt and its continuation")
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     rows = model.generate_many(
         encoded, max_new_tokens, temperature=0.8, top_k=50, generators=generators, vocab_size=tokenizer.vocab_size,
@@ -165,8 +171,9 @@ def evaluate_persona(
     run, _ = trained_config(RunDir(run_path))
     weights = weights_identity(run.path)
     cfg, model, tokenizer = load_run(run.path, device)
-    neutral = continuations(model, tokenizer, list(NEUTRAL), max_new_tokens, seed, device)
-    adversarial = continuations(model, tokenizer, adversarial_prompts, max_new_tokens, offset_seed(seed, 1000), device)
+    trained = trained_context(cfg)
+    neutral = continuations(model, tokenizer, list(NEUTRAL), max_new_tokens, seed, device, trained)
+    adversarial = continuations(model, tokenizer, adversarial_prompts, max_new_tokens, offset_seed(seed, 1000), device, trained)
     if not neutral or not adversarial:
         raise unencodable(run.path)
     for kind, kept, given in (("neutral", neutral, NEUTRAL), ("adversarial", adversarial, adversarial_prompts)):
