@@ -94,7 +94,7 @@ def main() -> None:
 
     def measure(label: str) -> None:
         started = time.perf_counter()
-        loss = persona_loss(model, val_split, 128, 4, 8, "cpu")
+        loss, _ = persona_loss(model, val_split, 128, 4, 8, "cpu")
         neutral = adherence(model, tokenizer, classifier, list(NEUTRAL), args.max_new_tokens, 0)
         pulled = adherence(model, tokenizer, classifier, adversarial, args.max_new_tokens, 1000)
         rows.append(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -160,6 +161,13 @@ def test_surgery_verb_end_to_end(tmp_path, text_corpus, capsys, caplog, monkeypa
     )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["persona_val_loss_after"] < summary["persona_val_loss_before"]
+    change = summary["persona_ppl_change"]  # the paired change, with its interval over the batches
+    assert change["delta_pct"] == pytest.approx(
+        100 * math.expm1(summary["persona_val_loss_after"] - summary["persona_val_loss_before"])
+    )
+    assert change["delta_pct_low"] < change["delta_pct"] < change["delta_pct_high"] < 0
+    printed = f"{change['delta_pct']:+.2f}%, 95% CI [{change['delta_pct_low']:+.2f}, {change['delta_pct_high']:+.2f}] over"
+    assert printed in capsys.readouterr().out
     assert summary["self_area_params"] < summary["base_params"]
     assert (out / "self_area.safetensors").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) == 3
     assert "training the Self Area: 30/30 steps (100%)" in caplog.text and "scoring the persona text: " in caplog.text

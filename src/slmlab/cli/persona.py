@@ -144,8 +144,10 @@ def cmd_persona_eval(args, extra) -> int:
 
 def cmd_surgery(args, extra) -> int:
     from ..config import ConfigError
+    from ..experiments.stats import percent_interval
     from ..persona.surgery import greedy_continuation, load_with_self_area, surgery
     from ..runs.metrics import perplexity
+    from ..tables import counted, format_number
 
     if args.load:
         model, tokenizer = load_with_self_area(args.hf_model, args.load, args.device)
@@ -168,9 +170,11 @@ def cmd_surgery(args, extra) -> int:
             source_reading(extra),
         )
         before, after = summary["persona_val_loss_before"], summary["persona_val_loss_after"]
+        change, batches = summary["persona_ppl_change"], summary["persona_val_batches"]
         print(f"Self Area ({summary['self_area_params']:,} parameters; base {summary['base_params']:,} frozen) saved to {folder}")
         print(
-            f"persona validation loss {before:.4f} -> {after:.4f} (perplexity {perplexity(before):.2f} -> {perplexity(after):.2f})"
+            f"persona validation loss {before:.4f} -> {after:.4f} (perplexity {perplexity(before):.2f} -> {perplexity(after):.2f}: "
+            f"{format_number(change['delta_pct'], '+.2f', '%')}, 95% CI {percent_interval(change)} over {counted(batches, 'batches')})"
         )
     if args.generate:
         print(greedy_continuation(model, tokenizer, args.generate, args.max_new_tokens))

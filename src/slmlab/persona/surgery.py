@@ -30,9 +30,10 @@ from torch import nn
 
 from ..config import ConfigError, DataConfig, TrainConfig, build_dataclass
 from ..data.corpora import DocumentSelection
-from ..data.sampling import WindowSampler
+from ..data.sampling import WindowSampler, validation_batches
 from ..data.split import splits_by_position, validation_ids
 from ..data.tokens import TokenSplit
+from ..experiments.stats import perplexity_change
 from ..files import atomic_write_text, is_run_folder, json_text, read_json, require_fields
 from ..phase_progress import PhaseProgress, tracked
 from ..runs.checkpoints import CheckpointError, save_weights, verify_file
@@ -234,14 +235,18 @@ def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def persona_loss(model: nn.Module, split: TokenSplit, seq_len: int, batch: int, n_batches: int, device) -> float:
-    from ..data.sampling import validation_batches
-
-    total, count = 0.0, 0
-    for x, y in validation_batches(split, seq_len, batch, n_batches, progress="scoring the persona text"):
-        total += lm_loss(model, x.to(device), y.to(device)).item() * y.numel()
+def persona_loss(
+    model: nn.Module, split: TokenSplit, seq_len: int, batch: int, n_batches: int, device
+) -> tuple[float, list[float]]:
+    """(the mean cross-entropy over the split's fixed validation sample, each batch's): on windows
+    that share no token, so that two models' losses compare batch by batch with an interval
+    (experiments/stats.py's perplexity_change), as `ablate` compares its interventions."""
+    total, count, batches = 0.0, 0, []
+    for x, y in validation_batches(split, seq_len, batch, n_batches, progress="scoring the persona text", disjoint=True):
+        batches.append(lm_loss(model, x.to(device), y.to(device)).item())
+        total += batches[-1] * y.numel()
         count += y.numel()
-    return total / count
+    return total / count, batches
 
 
 def train_self_area(
@@ -315,11 +320,11 @@ def surgery(
         )
     train_split, val_split = persona_tokens(persona, tokenizer)
     area = insert_self_area(model, SelfAreaConfig(enabled=True, self_dim=self_dim, token_dependent=token_dependent))
-    before = persona_loss(model, val_split, seq_len, batch_size, 8, resolved)
+    before, before_batches = persona_loss(model, val_split, seq_len, batch_size, 8, resolved)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.jsonl").unlink(missing_ok=True)
     train_self_area(model, area, train_split, steps, lr, batch_size, seq_len, seed, MetricsLog(folder / "metrics.jsonl"))
-    after = persona_loss(model, val_split, seq_len, batch_size, 8, resolved)
+    after, after_batches = persona_loss(model, val_split, seq_len, batch_size, 8, resolved)
     save_self_area(area, folder, str(hf_model))
     summary = {
         "base_model": str(hf_model),
@@ -329,6 +334,8 @@ def surgery(
         "base_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("self_area.")),
         "persona_val_loss_before": before,
         "persona_val_loss_after": after,
+        "persona_ppl_change": perplexity_change(after - before, after_batches, before_batches),  # paired by batch
+        "persona_val_batches": len(after_batches),
     }
     atomic_write_text(folder / "summary.json", json_text(summary, indent=2) + "\n")
     return model, tokenizer, summary, folder
