@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from slmlab.experiments.stats import bootstrap_mean
+from slmlab.experiments.stats import bootstrap_mean, percent_interval, perplexity_change
 from slmlab.persona.classifier import PersonaClassifier, persona_data
 from slmlab.persona.evaluate import NEUTRAL, adversarial_prompts
 from slmlab.persona.stage2 import source_data_config
@@ -90,17 +90,20 @@ def main() -> None:
     print(f"persona classifier ({args.persona} vs {args.other or 'the other genres'}): {classifier.describe()}")
     adversarial = adversarial_prompts(data, 12, 0)
     train_split, val_split = persona_tokens(source_data_config(args.persona), tokenizer)
-    rows = []
+    rows, scored = [], []
 
     def measure(label: str) -> None:
         started = time.perf_counter()
-        loss, _ = persona_loss(model, val_split, 128, 4, 8, "cpu")
+        scored.append(persona_loss(model, val_split, 128, 4, 8, "cpu"))  # (loss, each batch's), paired by batch
+        (loss, batches), (base_loss, base_batches) = scored[-1], scored[0]
+        change = perplexity_change(loss - base_loss, batches, base_batches) if len(scored) > 1 else {}
         neutral = adherence(model, tokenizer, classifier, list(NEUTRAL), args.max_new_tokens, 0)
         pulled = adherence(model, tokenizer, classifier, adversarial, args.max_new_tokens, 1000)
         rows.append(
             (
                 label,
                 f"{math.exp(loss):.2f}",
+                f"{change['delta_pct']:+.2f}% {percent_interval(change)}" if change else "–",
                 "{:.2f} [{:.2f}, {:.2f}]".format(*neutral),
                 "{:.2f} [{:.2f}, {:.2f}]".format(*pulled),
                 f"{neutral[0] - pulled[0]:+.2f}",
@@ -122,7 +125,9 @@ def main() -> None:
     )
     save_self_area(area, out, str(base))
     measure("+ Self Area (surgery)")
-    table = markdown_table(("model", "persona ppl", "adherence, neutral", "adherence, adversarial", "drift"), rows)
+    table = markdown_table(
+        ("model", "persona ppl", "Δ% ppl [95% CI]", "adherence, neutral", "adherence, adversarial", "drift"), rows
+    )
     print(table)
     (out / "persona_before_after.md").write_text(table + "\n")
     (out / "summary.json").write_text(json.dumps({"rows": rows, "classifier_accuracy": classifier.accuracy}, indent=2))

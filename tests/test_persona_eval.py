@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from slmlab.cli import main
 from slmlab.experiments.stats import bootstrap_difference, bootstrap_mean
@@ -82,6 +83,15 @@ def test_persona_eval_finds_the_known_answer(two_styles, capsys):
     )
     low, high = jolly["neutral"][1], jolly["neutral"][2]
     assert low <= jolly["neutral"][0] <= high
+    # the second run against the first, paired: by prompt for adherence, by batch for perplexity
+    drop = [m - j for j, m in zip(jolly["scores"]["neutral"], mechanical["scores"]["neutral"])]
+    assert np.mean(drop) <= -0.8 and f"Against {runs['jolly']}, paired" in printed
+    pairs = np.subtract(mechanical["texts"]["persona"]["batches"], jolly["texts"]["persona"]["batches"])
+    half = scipy.stats.t.ppf(0.975, len(pairs) - 1) * pairs.std(ddof=1) / np.sqrt(len(pairs))
+    change = mechanical["texts"]["persona"]["loss"] - jolly["texts"]["persona"]["loss"]
+    low, high = 100 * np.expm1(change - half), 100 * np.expm1(change + half)
+    assert low > 0 and f"{100 * np.expm1(change):+.2f}% [{low:+.2f}, {high:+.2f}]" in printed  # it costs persona text
+    assert f"{np.mean(drop):+.2f} [" in printed and str(runs["mechanical"]) in printed.split("paired")[1]
     assert main(["report", str(runs["jolly"])]) == 0  # the report card picks the result up
     assert "## Persona robustness" in (runs["jolly"] / "report.md").read_text()
     (runs["jolly"] / "persona_eval.json").write_text(json.dumps({**jolly, "classifier_accuracy": None}))
@@ -350,3 +360,23 @@ def test_a_persona_file_with_another_text_field_is_read_as_the_error_says(tmp_pa
     surgery = ["surgery", "--hf-model", str(tmp_path / "none"), "--persona-data", str(tmp_path / "persona.jsonl")]
     assert main([*surgery, "--train.lr", "1"]) == 2
     assert "reads only the settings data.text_field and data.doc_separator" in capsys.readouterr().err
+
+
+def test_runs_that_scored_other_windows_are_not_paired_by_batch():
+    """Paired batch by batch only where both runs scored the same token windows (one tokenizer,
+    seq_len and batch size): other windows give '–' and say to compare bits per byte; adherence
+    pairs the prompts both runs' tokenizers encoded, and nothing where none."""
+    from slmlab.persona.compare import adherence_change, comparison_table
+
+    def result(run, windows, losses, neutral):
+        text = {"loss": float(np.mean(losses)), "batches": losses, "windows": windows}
+        return {"run": run, "scores": {"neutral": neutral, "adversarial": [None]}, "texts": {"persona": text, "other": text}}
+
+    base = result("a", "w1", [1.0, 1.2, 1.1], [1.0, 0.0, None, 1.0])
+    same = result("b", "w1", [1.1, 1.3, 1.15], [0.0, 0.0, 1.0, None])
+    other = result("c", "w2", [0.5, 0.6, 0.7], [1.0, 1.0, 1.0, 1.0])
+    table = comparison_table([base, same, other])
+    assert "| b   | -0.50 [" in table and "+8.69% [" in table.split("| b")[1].split("\n")[0]  # 100 (e^0.0833 − 1)
+    assert "| c   | +0.33 [+0.00, +1.00] | –" in table and "compare bits per byte" in table
+    assert np.isnan(adherence_change([1.0, None], [None, 0.0], 0)).all()  # no prompt both encoded
+    assert comparison_table([base]) == ""

@@ -20,6 +20,7 @@ genre but R), else what `--other-data` names. `--compare RUN_A RUN_B ...` puts r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -41,10 +42,12 @@ from ..runs.run_dir import RunDir, load_run
 from ..tables import command_line, counted, format_number, markdown_table
 from ..training import score_validation
 from .classifier import PersonaClassifier, PersonaData, persona_data
+from .compare import comparison_table
 from .stage2 import source_data_config, trained_config
 
 log = logging.getLogger("slmlab")
 
+TEXT_BATCHES = 10  # batches of the persona and the other text's validation windows scored
 REPORT_TITLE = "# Persona robustness: "  # the --out table's first words: a file that starts so may be replaced
 NEUTRAL = (
     "The",
@@ -90,6 +93,13 @@ def encoded_or_none(tokenizer, text: str) -> list[int] | None:
         return None
 
 
+def kept_scores(tokenizer, prompts, scores: np.ndarray) -> list[float | None]:
+    """`scores` (one per prompt the tokenizer encodes, as `continuations` keeps them) set back in
+    the places of `prompts`, None where a prompt was left out."""
+    kept = iter(scores.tolist())
+    return [None if encoded_or_none(tokenizer, prompt) is None else next(kept) for prompt in prompts]
+
+
 def unencodable(run_path) -> ConfigError:
     return ConfigError(f"{run_path}: its tokenizer cannot encode the prompts; persona-eval needs a byte, BPE or GPT-2 tokenizer")
 
@@ -130,12 +140,14 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
     return [tokenizer.decode(tokenizer.until_eos(row)) for row in rows]
 
 
-def text_scores(model, cfg, data: DataConfig, tokenizer, device, label: str) -> tuple[float, float]:
-    """(perplexity, bits per byte) of `data`'s validation text under the run's tokenizer: bits per
-    byte compare runs whose tokenizers differ. The split is the run's own (its data.val_fraction):
-    at a larger fraction than the run's, documents it trained on would be scored. NaN, with a
-    warning naming `label` and why, if the tokenizer cannot encode the text (a char tokenizer of
-    another corpus)."""
+def text_scores(model, cfg, data: DataConfig, tokenizer, device, label: str) -> dict:
+    """{"ppl", "bpb", "loss", "batches", "windows"} of `data`'s validation text under the run's
+    tokenizer: bits per byte compare runs whose tokenizers differ; `batches`, each batch's mean
+    loss on windows that share no token, pair two runs batch by batch where `windows` (a digest of
+    the token windows scored) is the same (compare.py). The split is the run's own (its
+    data.val_fraction): at a larger fraction than the run's, documents it trained on would be
+    scored. NaN figures and no batches, with a warning naming `label` and why, if the tokenizer
+    cannot encode the text (a char tokenizer of another corpus)."""
     held_out = dataclasses.replace(
         data, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len, val_fraction=cfg.data.val_fraction
     )
@@ -145,17 +157,15 @@ def text_scores(model, cfg, data: DataConfig, tokenizer, device, label: str) -> 
         log.warning(
             f"{label} ppl and bpb not measured ('–' in the table): the run's {cfg.data.tokenizer} tokenizer cannot encode {err}"
         )
-        return math.nan, math.nan
+        return {"ppl": math.nan, "bpb": math.nan, "loss": math.nan, "batches": [], "windows": ""}
+    batches: list[float] = []
+    shape = (cfg.data.seq_len, cfg.train.batch_size, TEXT_BATCHES)
     loss, bpb = score_validation(
-        model,
-        tokens.val,
-        cfg.data.seq_len,
-        cfg.train.batch_size,
-        10,
-        device,
-        token_bytes=torch.from_numpy(tokenizer.token_bytes()),
-    )
-    return perplexity(loss), bpb
+        model, tokens.val, *shape, device, token_bytes=torch.from_numpy(tokenizer.token_bytes()), batch_losses=batches,
+        disjoint=True,
+    )  # fmt: skip
+    windows = hashlib.sha256(np.ascontiguousarray(tokens.val.tokens).tobytes() + repr(shape).encode()).hexdigest()
+    return {"ppl": perplexity(loss), "bpb": bpb, "loss": loss, "batches": batches, "windows": windows}
 
 
 def evaluate_persona(
@@ -182,8 +192,8 @@ def evaluate_persona(
                 f"{run_path}: {len(given) - len(kept)} of {counted(len(given), kind + ' prompts')} hold characters its tokenizer cannot "
                 f"encode: adherence is measured on the other {len(kept)}"
             )
-    persona_ppl, persona_bpb = text_scores(model, cfg, data.persona, tokenizer, device, f"{run_path}: persona-text")
-    other_ppl, other_bpb = text_scores(model, cfg, data.other, tokenizer, device, f"{run_path}: other-text")
+    persona = text_scores(model, cfg, data.persona, tokenizer, device, f"{run_path}: persona-text")
+    other = text_scores(model, cfg, data.other, tokenizer, device, f"{run_path}: other-text")
     scores_n = (classifier.persona_probability(neutral) > 0.5).astype(float)
     scores_a = (classifier.persona_probability(adversarial) > 0.5).astype(float)
     result = {
@@ -195,10 +205,17 @@ def evaluate_persona(
         "adversarial": bootstrap_mean(scores_a, offset_seed(seed, 1)),
         "drift": bootstrap_difference(scores_n, scores_a, offset_seed(seed, 2)),
         "prompts": [len(neutral), len(adversarial)],
-        "persona_ppl": persona_ppl,
-        "persona_bpb": persona_bpb,
-        "other_ppl": other_ppl,
-        "other_bpb": other_bpb,
+        "persona_ppl": persona["ppl"],
+        "persona_bpb": persona["bpb"],
+        "other_ppl": other["ppl"],
+        "other_bpb": other["bpb"],
+        "scores": {  # each prompt's 1/0 (None: its text not encodable), paired by prompt across runs (compare.py)
+            "neutral": kept_scores(tokenizer, NEUTRAL, scores_n),
+            "adversarial": kept_scores(tokenizer, adversarial_prompts, scores_a),
+        },
+        "texts": {
+            name: {k: side[k] for k in ("loss", "batches", "windows")} for name, side in (("persona", persona), ("other", other))
+        },
         "samples": {"neutral": neutral[:3], "adversarial": adversarial[:3]},
     }
     atomic_write_text(run.path / "persona_eval.json", json_text(result, indent=2))
@@ -278,6 +295,8 @@ def persona_report(
         progress(f"{run}: generating {len(NEUTRAL)} neutral and {len(prompts)} adversarial continuations")
         results.append(evaluate_persona(run, data, classifier, prompts, resolved, max_new_tokens, seed))
     table = results_table(results)
+    if comparison := comparison_table(results, seed):
+        table += f"\n\n{comparison}"
     if out:
         atomic_write_text(
             Path(out),
