@@ -132,6 +132,13 @@ def test_micro_stage_two_lowers_persona_text_loss(text_corpus, make_config, tmp_
     assert run.read_config().train.trainable == "self_area"
     assert f"from {base}" in out
     assert run.read_summary()["val_loss"] < 0.95 * loss_before  # measured: 0.916 -> 0.819
+    # what stage 2 bought: the base model scored on the persona run's windows, paired by batch
+    gain = json.loads((run.path / "persona_gain.json").read_text())
+    assert main(["eval", str(base), "--data.source", str(persona), "--json", "--batches", str(cfg.train.eval_batches)]) == 0
+    assert gain["val_loss_before"] == pytest.approx(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["loss"])
+    assert gain["val_loss_after"] == pytest.approx(run.read_summary()["val_loss"])  # the same windows: they fit apart
+    assert gain["delta_pct_low"] < gain["delta_pct"] < min(0, gain["delta_pct_high"])  # (2 batches: a wide interval)
+    assert f"{gain['delta_pct']:+.2f}%, 95% CI [{gain['delta_pct_low']:+.2f}, {gain['delta_pct_high']:+.2f}]" in out
     base_weights, tuned = load_file(base / "final.safetensors"), load_file(run.final_weights)
     for name, tensor in base_weights.items():  # the base model is untouched; only the Self Area moved
         assert torch.equal(tensor, tuned[name]) != name.startswith("conditioning."), name

@@ -101,7 +101,11 @@ def register(sub) -> None:
 
 def cmd_persona(args, extra) -> int:
     from ..config import parse_overrides
+    from ..experiments.stats import percent_interval
+    from ..persona.gain import persona_gain
     from ..persona.stage2 import persona_config
+    from ..runs.metrics import perplexity
+    from ..tables import counted, format_number
     from ..training import Trainer
 
     base, cfg = persona_config(args.run, args.persona_data, args.train, args.steps, args.lr, args.name, parse_overrides(extra))
@@ -109,6 +113,12 @@ def cmd_persona(args, extra) -> int:
         result = trainer.fit()
     print(f"run: {result.run_dir} (from {base.path}, trained: {args.train})")
     print(f"persona validation loss {result.val_loss:.4f}, perplexity {result.val_ppl:.2f}")
+    gain = persona_gain(base.path, result.run_dir, cfg.train.device)
+    before, after = perplexity(gain["val_loss_before"]), perplexity(gain["val_loss_after"])
+    print(
+        f"against {base.path} on the same {counted(gain['batches'], 'batches')} of persona text: perplexity {before:.2f} -> "
+        f"{after:.2f}, {format_number(gain['delta_pct'], '+.2f', '%')}, 95% CI {percent_interval(gain)}"
+    )
     return 0
 
 
