@@ -144,6 +144,9 @@ def test_a_persona_run_named_after_the_run_it_starts_from_never_deletes_it(micro
     assert "holds the run this one starts from" in err and "\n" not in err
     assert sorted(p.relative_to(base) for p in base.rglob("*")) == before
     assert main([*argv, "--name", "tuned"]) == 0
+    assert (tmp_path / "runs" / "tuned" / "persona_gain.json").is_file()
+    assert _train(micro_toml, "--name", "tuned", "--overwrite") == 0  # a persona run's own files are slmlab's to remove
+    assert not (tmp_path / "runs" / "tuned" / "persona_gain.json").exists()
 
 
 def test_an_output_path_that_is_the_command_s_own_input_is_refused(micro_toml, text_corpus, tmp_path, capsys):

@@ -89,6 +89,7 @@ class RunDir:
         "model_int8.pt",
         "model_int8.sha256.json",
         "persona_eval.json",
+        "persona_gain.json",
         "report.md",
         "report.html",
         "training.png",
