@@ -112,7 +112,17 @@ def test_eval_by_position_and_context_lengths_through_the_cli(text_corpus, make_
     assert main(["eval", str(run), "--context-lengths", "16,32,64", "--batches", "2", "--rope-scale", "2"]) == 0
     lengths = json.loads((run / "eval_context_lengths_rope2.json").read_text())["lengths"]
     assert [r["context_length"] for r in lengths] == [16, 32, 64] and all(r["loss"] > 0 for r in lengths)
-    assert "context length" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "context length" in printed and "Δ loss vs rope_scale 1 (as trained), paired by window" in printed
+    # the scale asked for against the one trained with, on the same windows: each length's change paired by window
+    assert main(["eval", str(run), "--context-lengths", "16,32,64", "--batches", "2"]) == 0
+    trained = json.loads((run / "eval_context_lengths.json").read_text())["lengths"]
+    for scaled, plain in zip(lengths, trained):
+        assert scaled["trained_loss"] == pytest.approx(plain["loss"]) and "vs_trained" not in plain
+        change = scaled["vs_trained"]
+        assert (
+            change["delta"] == pytest.approx(scaled["loss"] - plain["loss"]) and change["low"] < change["delta"] < change["high"]
+        )
 
 
 def test_prompt_suite_report_is_reproducible(text_corpus, make_config, tmp_path, capsys):

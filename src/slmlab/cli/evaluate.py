@@ -75,7 +75,12 @@ def register(sub) -> None:
     p.add_argument(
         "--context-lengths", type=int_list, default=None, help="comma-separated evaluation lengths, e.g. 256,512,1024,2048"
     )
-    p.add_argument("--rope-scale", type=positive_float, default=None, help="evaluate a RoPE model with this rope_scale instead")
+    p.add_argument(
+        "--rope-scale",
+        type=positive_float,
+        default=None,
+        help="evaluate a RoPE model with this rope_scale instead (with --context-lengths: each length also paired against the rope_scale it trained with)",
+    )
     add_checkpoint(p)
     add_int8(p)
     option_rules(
@@ -187,6 +192,8 @@ def cmd_eval(args, extra) -> int:
         from ..evals.score import evaluation_tokens
 
         split = evaluation_tokens(args.run, cfg, tokenizer, args.split, parse_overrides(extra)).tokens
+        paired = args.rope_scale and args.context_lengths  # the scale asked for against the one trained with
+        trained = load_for_inference(args.run, args.device, args.int8, None, args.checkpoint)[1] if paired else None
         text, written = long_context_report(
             Path(args.run),
             cfg,
@@ -199,6 +206,7 @@ def cmd_eval(args, extra) -> int:
             args.bucket,
             args.context_lengths,
             args.rope_scale or 0.0,
+            trained,
         )
         record_derived(args.run, written, command_line("slmlab", *args.argv), weights)
         print(text)

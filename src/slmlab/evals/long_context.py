@@ -66,7 +66,13 @@ def loss_by_position(model, split, seq_len: int, bucket: int, batch_size: int, n
     return rows, {"delta": delta, "low": low, "high": high}
 
 
-def loss_by_context_length(model, split, lengths: list[int], batch_size: int, n_batches: int, device) -> list[dict]:
+def loss_by_context_length(
+    model, split, lengths: list[int], batch_size: int, n_batches: int, device, reference: nn.Module | None = None
+) -> list[dict]:
+    """Per length: the mean loss of its windows with its CI over them. `reference` (the model at
+    the rope_scale it trained with, where `model` is evaluated at another): also scored on the same
+    windows, and the change paired by window, {"vs_trained": {"delta", "low", "high"}}: whether
+    the scale helps at that length by more than the choice of windows moves it."""
     limit = model.positions.max_positions
     results = []
     for length in lengths:
@@ -76,6 +82,10 @@ def loss_by_context_length(model, split, lengths: list[int], batch_size: int, n_
         per_window = token_losses(model, split, length, batch_size, n_batches, device).double().mean(1).numpy()
         scored = _over_windows(per_window)
         results.append({"context_length": length, **scored, "ppl": perplexity(scored["loss"])})
+        if reference is not None:
+            trained = token_losses(reference, split, length, batch_size, n_batches, device).double().mean(1).numpy()
+            delta, low, high = paired_difference(dict(enumerate(per_window)), dict(enumerate(trained)))
+            results[-1].update(trained_loss=float(trained.mean()), vs_trained={"delta": delta, "low": low, "high": high})
     return results
 
 
@@ -119,10 +129,13 @@ def long_context_report(
     bucket: int = 64,
     context_lengths: list[int] | None = None,
     rope_scale: float = 0.0,
+    trained_model: nn.Module | None = None,
 ) -> tuple[str, list[Path]]:
     """Loss by position in the window and/or by evaluation context length, saved as JSON + PNG in
     the run directory (suffixed _rope<scale> when evaluated at another rope_scale); returns the
-    tables and the paths as text, and the files written."""
+    tables and the paths as text, and the files written. `trained_model`: the model at the
+    rope_scale it trained with, where `rope_scale` asks for another: each context length's loss
+    is then paired by window with its (loss_by_context_length's `reference`)."""
     batch, suffix, parts, written = max(1, cfg.train.batch_size // 4), f"_rope{rope_scale:g}" if rope_scale else "", [], []
     if by_position:
         length = context_length or cfg.data.seq_len
@@ -141,7 +154,7 @@ def long_context_report(
             f"saved: {written[-2]} and .png",
         ]
     if context_lengths:
-        rows = loss_by_context_length(model, split, context_lengths, batch, batches, device)
+        rows = loss_by_context_length(model, split, context_lengths, batch, batches, device, trained_model)
         written += write_report(
             run,
             f"eval_context_lengths{suffix}",
@@ -150,10 +163,10 @@ def long_context_report(
             rows,
             "evaluation context length",
         )
-        parts += [
-            markdown_table(("context length", "loss", "95% CI", "note"), context_table(rows)),
-            f"saved: {written[-2]} and .png",
-        ]
+        columns = ("context length", "loss", "95% CI", "note")
+        if trained_model is not None:
+            columns += (f"Δ loss vs rope_scale {trained_model.cfg.rope_scale:g} (as trained), paired by window",)
+        parts += [markdown_table(columns, context_table(rows, trained_model is not None)), f"saved: {written[-2]} and .png"]
     return "\n".join(parts), written
 
 
@@ -166,7 +179,12 @@ def bucket_table(rows: list[dict]) -> list[tuple]:
     return [(f"{r['start']}-{r['end']}", f"{r['loss']:.4f}", _interval(r)) for r in rows]
 
 
-def context_table(rows: list[dict]) -> list[tuple]:
-    return [
+def context_table(rows: list[dict], paired: bool = False) -> list[tuple]:
+    """Each length's row; `paired`: with its change against the trained rope_scale ("–" where none)."""
+    table = [
         (r["context_length"], "–" if r["loss"] is None else f"{r['loss']:.4f}", _interval(r), r.get("note", "")) for r in rows
     ]
+    if not paired:
+        return table
+    changes = [r.get("vs_trained") for r in rows]
+    return [(*row, delta_cell(c["delta"], c["low"], c["high"]) if c else "–") for row, c in zip(table, changes)]
