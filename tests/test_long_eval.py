@@ -123,6 +123,12 @@ def test_eval_by_position_and_context_lengths_through_the_cli(text_corpus, make_
         assert (
             change["delta"] == pytest.approx(scaled["loss"] - plain["loss"]) and change["low"] < change["delta"] < change["high"]
         )
+    assert main(["eval", str(run), "--by-position", "--bucket", "8", "--batches", "2", "--rope-scale", "2"]) == 0
+    scaled_buckets = json.loads((run / "eval_by_position_rope2.json").read_text())["buckets"]
+    for bucket, plain in zip(scaled_buckets, report["buckets"]):  # each bucket against the unscaled model's, paired by window
+        assert bucket["trained_loss"] == pytest.approx(plain["loss"])
+        assert bucket["vs_trained"]["delta"] == pytest.approx(bucket["loss"] - plain["loss"])
+    assert "Δ loss vs rope_scale 1 (as trained), paired by window" in capsys.readouterr().out
 
 
 def test_prompt_suite_report_is_reproducible(text_corpus, make_config, tmp_path, capsys):

@@ -79,7 +79,7 @@ def register(sub) -> None:
         "--rope-scale",
         type=positive_float,
         default=None,
-        help="evaluate a RoPE model with this rope_scale instead (with --context-lengths: each length also paired against the rope_scale it trained with)",
+        help="evaluate a RoPE model with this rope_scale instead (--by-position, --context-lengths: each row also paired against the rope_scale it trained with)",
     )
     add_checkpoint(p)
     add_int8(p)
@@ -192,8 +192,10 @@ def cmd_eval(args, extra) -> int:
         from ..evals.score import evaluation_tokens
 
         split = evaluation_tokens(args.run, cfg, tokenizer, args.split, parse_overrides(extra)).tokens
-        paired = args.rope_scale and args.context_lengths  # the scale asked for against the one trained with
-        trained = load_for_inference(args.run, args.device, args.int8, None, args.checkpoint)[1] if paired else None
+        # the scale asked for against the one trained with, on the same windows
+        trained_model = (
+            load_for_inference(args.run, args.device, args.int8, None, args.checkpoint)[1] if args.rope_scale else None
+        )
         text, written = long_context_report(
             Path(args.run),
             cfg,
@@ -206,7 +208,7 @@ def cmd_eval(args, extra) -> int:
             args.bucket,
             args.context_lengths,
             args.rope_scale or 0.0,
-            trained,
+            trained_model,
         )
         record_derived(args.run, written, command_line("slmlab", *args.argv), weights)
         print(text)

@@ -54,16 +54,33 @@ def _over_windows(per_window: np.ndarray) -> dict:
     return {"loss": float(per_window.mean()), "low": low, "high": high}
 
 
-def loss_by_position(model, split, seq_len: int, bucket: int, batch_size: int, n_batches: int, device) -> tuple[list[dict], dict]:
+def loss_by_position(
+    model, split, seq_len: int, bucket: int, batch_size: int, n_batches: int, device, reference: nn.Module | None = None
+) -> tuple[list[dict], dict]:
     """(per bucket: its start and end position, and the mean loss there with its CI over the
-    windows; the last bucket's loss minus the first's, paired by window: {"delta", "low", "high"})."""
+    windows; the last bucket's loss minus the first's, paired by window: {"delta", "low", "high"}).
+    `reference`: as loss_by_context_length's, each bucket's change against it paired by window."""
     losses = token_losses(model, split, seq_len, batch_size, n_batches, device).double().numpy()  # (windows, seq_len)
-    means = [losses[:, s : s + bucket].mean(1) for s in range(0, seq_len, bucket)]
+    means = _bucket_means(losses, bucket)
     rows = [
         {"start": s, "end": min(s + bucket, seq_len) - 1, **_over_windows(m)} for s, m in zip(range(0, seq_len, bucket), means)
     ]
-    delta, low, high = paired_difference(dict(enumerate(means[-1])), dict(enumerate(means[0])))
-    return rows, {"delta": delta, "low": low, "high": high}
+    if reference is not None:
+        trained = _bucket_means(token_losses(reference, split, seq_len, batch_size, n_batches, device).double().numpy(), bucket)
+        for row, mine, theirs in zip(rows, means, trained):
+            row.update(trained_loss=float(theirs.mean()), vs_trained=_paired(mine, theirs))
+    return rows, _paired(means[-1], means[0])
+
+
+def _bucket_means(losses: np.ndarray, bucket: int) -> list[np.ndarray]:
+    """(windows, T) token losses -> per bucket of `bucket` positions, each window's mean loss there."""
+    return [losses[:, s : s + bucket].mean(1) for s in range(0, losses.shape[1], bucket)]
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> dict:
+    """{"delta", "low", "high"}: mean(a − b) over the windows, paired by window, with its 95% CI."""
+    delta, low, high = paired_difference(dict(enumerate(a)), dict(enumerate(b)))
+    return {"delta": delta, "low": low, "high": high}
 
 
 def loss_by_context_length(
@@ -84,8 +101,7 @@ def loss_by_context_length(
         results.append({"context_length": length, **scored, "ppl": perplexity(scored["loss"])})
         if reference is not None:
             trained = token_losses(reference, split, length, batch_size, n_batches, device).double().mean(1).numpy()
-            delta, low, high = paired_difference(dict(enumerate(per_window)), dict(enumerate(trained)))
-            results[-1].update(trained_loss=float(trained.mean()), vs_trained={"delta": delta, "low": low, "high": high})
+            results[-1].update(trained_loss=float(trained.mean()), vs_trained=_paired(per_window, trained))
     return results
 
 
@@ -134,12 +150,12 @@ def long_context_report(
     """Loss by position in the window and/or by evaluation context length, saved as JSON + PNG in
     the run directory (suffixed _rope<scale> when evaluated at another rope_scale); returns the
     tables and the paths as text, and the files written. `trained_model`: the model at the
-    rope_scale it trained with, where `rope_scale` asks for another: each context length's loss
-    is then paired by window with its (loss_by_context_length's `reference`)."""
+    rope_scale it trained with, where `rope_scale` asks for another: each bucket's and each
+    context length's loss is then paired by window with its (the `reference` of both)."""
     batch, suffix, parts, written = max(1, cfg.train.batch_size // 4), f"_rope{rope_scale:g}" if rope_scale else "", [], []
     if by_position:
         length = context_length or cfg.data.seq_len
-        rows, change = loss_by_position(model, split, length, bucket, batch, batches, device)
+        rows, change = loss_by_position(model, split, length, bucket, batch, batches, device, trained_model)
         written += write_report(
             run,
             f"eval_by_position{suffix}",
@@ -149,7 +165,9 @@ def long_context_report(
             "position in window (bucket start)",
         )
         parts += [
-            markdown_table(("positions", "loss", "95% CI"), bucket_table(rows)),
+            markdown_table(
+                ("positions", "loss", "95% CI", *_paired_column(trained_model)), bucket_table(rows, trained_model is not None)
+            ),
             f"last bucket minus first, paired by window: {delta_cell(change['delta'], change['low'], change['high'])}",
             f"saved: {written[-2]} and .png",
         ]
@@ -163,9 +181,7 @@ def long_context_report(
             rows,
             "evaluation context length",
         )
-        columns = ("context length", "loss", "95% CI", "note")
-        if trained_model is not None:
-            columns += (f"Δ loss vs rope_scale {trained_model.cfg.rope_scale:g} (as trained), paired by window",)
+        columns = ("context length", "loss", "95% CI", "note", *_paired_column(trained_model))
         parts += [markdown_table(columns, context_table(rows, trained_model is not None)), f"saved: {written[-2]} and .png"]
     return "\n".join(parts), written
 
@@ -175,16 +191,27 @@ def _interval(row: dict) -> str:
     return f"[{low:.4f}, {high:.4f}]" if low is not None and math.isfinite(low) and math.isfinite(high) else "–"
 
 
-def bucket_table(rows: list[dict]) -> list[tuple]:
-    return [(f"{r['start']}-{r['end']}", f"{r['loss']:.4f}", _interval(r)) for r in rows]
+def _paired_column(trained_model: nn.Module | None) -> tuple[str, ...]:
+    """The heading of the change against the trained rope_scale, where it is measured."""
+    if trained_model is None:
+        return ()
+    return (f"Δ loss vs rope_scale {trained_model.cfg.rope_scale:g} (as trained), paired by window",)
 
 
-def context_table(rows: list[dict], paired: bool = False) -> list[tuple]:
-    """Each length's row; `paired`: with its change against the trained rope_scale ("–" where none)."""
-    table = [
-        (r["context_length"], "–" if r["loss"] is None else f"{r['loss']:.4f}", _interval(r), r.get("note", "")) for r in rows
-    ]
+def _with_change(table: list[tuple], rows: list[dict], paired: bool) -> list[tuple]:
+    """`paired`: each row with its change against the trained rope_scale ("–" where none)."""
     if not paired:
         return table
     changes = [r.get("vs_trained") for r in rows]
     return [(*row, delta_cell(c["delta"], c["low"], c["high"]) if c else "–") for row, c in zip(table, changes)]
+
+
+def bucket_table(rows: list[dict], paired: bool = False) -> list[tuple]:
+    return _with_change([(f"{r['start']}-{r['end']}", f"{r['loss']:.4f}", _interval(r)) for r in rows], rows, paired)
+
+
+def context_table(rows: list[dict], paired: bool = False) -> list[tuple]:
+    table = [
+        (r["context_length"], "–" if r["loss"] is None else f"{r['loss']:.4f}", _interval(r), r.get("note", "")) for r in rows
+    ]
+    return _with_change(table, rows, paired)
