@@ -244,7 +244,8 @@ def test_a_token_file_checksum_is_recorded_and_matches(copy):
 @pytest.mark.parametrize(
     ("name", "damage"),
     [("ablations.md", "random bytes"), ("quantize.md", "random bytes"), ("persona_eval.json", "random bytes"),
-     ("persona_eval.json", "wrong shape"), ("persona_eval.json", "wrong types")],
+     ("persona_eval.json", "wrong shape"), ("persona_eval.json", "wrong types"), ("persona_gain.json", "random bytes"),
+     ("persona_gain.json", "wrong shape"), ("persona_gain.json", "wrong types")],
 )  # fmt: skip
 def test_report_names_a_damaged_file_another_verb_left(copy, capsys, name, damage):
     run, _ = copy

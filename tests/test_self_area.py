@@ -139,6 +139,8 @@ def test_micro_stage_two_lowers_persona_text_loss(text_corpus, make_config, tmp_
     assert gain["val_loss_after"] == pytest.approx(run.read_summary()["val_loss"])  # the same windows: they fit apart
     assert gain["delta_pct_low"] < gain["delta_pct"] < min(0, gain["delta_pct_high"])  # (2 batches: a wide interval)
     assert f"{gain['delta_pct']:+.2f}%, 95% CI [{gain['delta_pct_low']:+.2f}, {gain['delta_pct_high']:+.2f}]" in out
+    assert main(["report", str(run.path)]) == 0  # the report card says it too
+    assert f"Against its base run `{base}` on the same {gain['batches']} batches" in (run.path / "report.md").read_text()
     base_weights, tuned = load_file(base / "final.safetensors"), load_file(run.final_weights)
     for name, tensor in base_weights.items():  # the base model is untouched; only the Self Area moved
         assert torch.equal(tensor, tuned[name]) != name.startswith("conditioning."), name

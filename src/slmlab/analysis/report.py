@@ -234,6 +234,31 @@ def _extras(path: Path) -> list[str]:
     return parts
 
 
+def _stage2_gain(path: Path) -> list[str]:
+    """A persona run's line on what stage 2 bought (RUN/persona_gain.json, persona/gain.py), flagged
+    where it came from other weights than the run's."""
+    from ..experiments.stats import percent_interval
+    from ..persona.gain import GAIN_FILE
+    from ..runs.metrics import perplexity
+
+    if not (path / GAIN_FILE).is_file():
+        return []
+    fix = "delete it: training the persona run again (--overwrite) writes it"
+    gain = read_json(path / GAIN_FILE, "stage-2 gain", RunFileError, fix)
+    number = (int, float, type(None))  # null: NaN in JSON
+    fields = {"base": str, "batches": int, "val_loss_before": number, "val_loss_after": number, "delta_pct": number}
+    require_fields(gain, fields, path / GAIN_FILE, "stage-2 gain", RunFileError, fix)
+    ppl = [
+        format_number(None if loss is None else perplexity(loss), ".2f")
+        for loss in (gain["val_loss_before"], gain["val_loss_after"])
+    ]
+    return [
+        *_out_of_date(path, out_of_date(path), GAIN_FILE),
+        f"Against its base run {code_span(gain['base'])} on the same {gain['batches']} batches of persona text: perplexity "
+        f"{ppl[0]} → {ppl[1]}, {format_number(gain['delta_pct'], '+.2f', '%')}, 95% CI {percent_interval(gain)}.",
+    ]
+
+
 def _run_report(path: Path) -> tuple[str, str]:
     run = RunDir(path)
     cfg, summary = run.read_config(), run.read_summary()
@@ -257,7 +282,7 @@ def _run_report(path: Path) -> tuple[str, str]:
         "![training and validation loss](training.png)",
     ]
     if summary:
-        parts += ["Final numbers of the last phase:"] * bool(phases) + [summary_table(summary)]
+        parts += ["Final numbers of the last phase:"] * bool(phases) + [summary_table(summary), *_stage2_gain(path)]
     else:
         parts.append("(training has not finished: no summary.json yet)")
     if summary.get("phases"):
