@@ -311,3 +311,36 @@ def test_eval_says_it_scored_a_sample_of_windows_not_every_token(micro_toml, tmp
     assert (result["windows"], result["window"]) == (rows, cfg.data.seq_len) == (4, 32)
     assert main(["eval", str(run), "--batches", "2"]) == 0
     assert "; scored in 8 windows of 32): loss" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("batches", [3, 400])
+def test_eval_gives_its_loss_an_interval_over_the_batches_where_the_windows_share_no_token(micro_toml, tmp_path, capsys, batches):
+    """`eval RUN` printed a loss alone. Its 95% CI over the batches (t over their mean losses,
+    checked against a naive one) is given where the windows share no token; where a short split
+    makes them overlap, the line says why there is none."""
+    import numpy as np
+    import scipy.stats
+
+    from slmlab.data.sampling import validation_batches, validation_offsets
+    from slmlab.runs.run_dir import load_run
+
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "r"]) == 0
+    run = tmp_path / "runs" / "r"
+    cfg, model, tokenizer = load_run(run)
+    _, data = prepare_tokens(cfg.data, tokenizer)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--batches", str(batches), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    offsets = validation_offsets(len(data.val), cfg.data.seq_len, cfg.train.batch_size, batches)
+    assert main(["eval", str(run), "--batches", str(batches)]) == 0
+    line = capsys.readouterr().out
+    if batches == 400:  # more windows than the split holds apart
+        assert (np.diff(offsets) < cfg.data.seq_len).any() and result["loss_low"] is None
+        assert "no interval: the windows overlap" in line
+        return
+    assert (np.diff(offsets) >= cfg.data.seq_len).all()
+    losses = np.array([model(x, y)[1].item() for x, y in validation_batches(data.val, cfg.data.seq_len, cfg.train.batch_size, 3)])
+    half = scipy.stats.t.ppf(0.975, 2) * losses.std(ddof=1) / np.sqrt(3)
+    assert result["loss"] == pytest.approx(losses.mean())
+    assert (result["loss_low"], result["loss_high"]) == pytest.approx((losses.mean() - half, losses.mean() + half))
+    assert f"; 95% CI of the loss [{result['loss_low']:.4f}, {result['loss_high']:.4f}] over 3 batches" in line

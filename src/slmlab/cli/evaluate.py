@@ -225,8 +225,21 @@ def cmd_eval(args, extra) -> int:
         + ("" if result["train_overlap"] is None else f", {result['train_overlap']} in the run's training split")
         + f"; scored in {counted(result['windows'], 'windows')} of {result['window']})"
         + f": loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}, {result['bpb']:.4f} bits/byte"
+        + _loss_interval(result)
     )
     return 0
+
+
+def _loss_interval(result: dict) -> str:
+    """score_run's 95% CI of the loss as the eval line ends, or why it has none."""
+    import math
+
+    low, high = result["loss_low"], result["loss_high"]
+    if math.isfinite(low) and math.isfinite(high):
+        return f"; 95% CI of the loss [{low:.4f}, {high:.4f}] over {counted(result['batches'], 'batches')}"
+    if result["batches"] < 2:
+        return "; no interval from one batch"
+    return "; no interval: the windows overlap (the split is shorter than the windows asked; lower --batches)"
 
 
 def eval_text(args, extra) -> int:

@@ -10,10 +10,12 @@ inference verbs get a model: the fp32 run, or its int8 model on the CPU.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import ConfigError, DataConfig, apply_overrides, config_from_dict
@@ -23,6 +25,7 @@ from ..data.corpora import CorpusError, DocumentSelection
 from ..data.sampling import validation_offsets
 from ..data.split import TrainingSide, describe_documents, text_digest
 from ..data.tokens import TokenSplit, prepare_tokens
+from ..experiments.stats import t_interval
 from ..phase_progress import PhaseProgress
 from ..runs.metrics import perplexity
 from ..runs.run_dir import check_trained_streams, load_run, model_run
@@ -178,15 +181,21 @@ def score_run(
     run: str | Path, cfg, model, tokenizer, device, split: str = "val", batches: int = 50, data_overrides: dict | None = None
 ) -> dict:
     """{"run", "source", "slice", "split", "documents", "coverage", "train_overlap", "tokens",
-    "windows", "window", "loss", "ppl", "bpb"} on `batches` batches of the split's fixed windows:
-    a sample of its `tokens` ("windows" of "window" tokens, evenly spaced), not every token (`eval
-    --text` scores every token of a file once)."""
+    "windows", "window", "loss", "loss_low", "loss_high", "ppl", "bpb"} on `batches` batches of the
+    split's fixed windows: a sample of its `tokens` ("windows" of "window" tokens, evenly spaced),
+    not every token (`eval --text` scores every token of a file once). "loss_low"/"loss_high": the
+    95% CI of the loss over the batches, where the windows share no token (NaN where they
+    overlap, on a split shorter than the windows asked, or for one batch)."""
     part = evaluation_tokens(run, cfg, tokenizer, split, data_overrides)
     token_bytes = torch.from_numpy(tokenizer.token_bytes())
+    per_batch: list[float] = []
     loss, bpb = score_validation(
         model, part.tokens, part.data.seq_len, cfg.train.batch_size, batches, device, cfg.train.dtype, token_bytes=token_bytes,
-        progress=f"scoring {run}",
+        progress=f"scoring {run}", batch_losses=per_batch,
     )  # fmt: skip
+    offsets = validation_offsets(len(part.tokens), part.data.seq_len, cfg.train.batch_size, batches)
+    apart = bool((np.diff(offsets) >= part.data.seq_len).all())  # then every batch is whole: an interval over them
+    low, high = t_interval(per_batch) if apart else (math.nan, math.nan)
     return {
         "run": str(run),
         "source": part.data.source,
@@ -196,9 +205,12 @@ def score_run(
         "coverage": part.coverage,
         "train_overlap": part.train_overlap,
         "tokens": len(part.tokens),
-        "windows": len(validation_offsets(len(part.tokens), part.data.seq_len, cfg.train.batch_size, batches)),
+        "windows": len(offsets),
         "window": part.data.seq_len,
+        "batches": len(per_batch),
         "loss": loss,
+        "loss_low": low,
+        "loss_high": high,
         "ppl": perplexity(loss),
         "bpb": bpb,
     }
