@@ -239,14 +239,12 @@ def persona_loss(
     model: nn.Module, split: TokenSplit, seq_len: int, batch: int, n_batches: int, device
 ) -> tuple[float, list[float]]:
     """(the mean cross-entropy over the split's fixed validation sample, each batch's): on windows
-    that share no token, so that two models' losses compare batch by batch with an interval
-    (experiments/stats.py's perplexity_change), as `ablate` compares its interventions."""
-    total, count, batches = 0.0, 0, []
-    for x, y in validation_batches(split, seq_len, batch, n_batches, progress="scoring the persona text", disjoint=True):
-        batches.append(lm_loss(model, x.to(device), y.to(device)).item())
-        total += batches[-1] * y.numel()
-        count += y.numel()
-    return total / count, batches
+    that share no token, in batches of one size (so the mean of the batches' is every token's), so
+    that two models' losses compare batch by batch with an interval (experiments/stats.py's
+    perplexity_change), as `ablate` compares its interventions."""
+    sample = validation_batches(split, seq_len, batch, n_batches, progress="scoring the persona text", disjoint=True)
+    batches = [lm_loss(model, x.to(device), y.to(device)).item() for x, y in sample]
+    return float(np.mean(batches)), batches
 
 
 def train_self_area(
