@@ -33,7 +33,8 @@ def adherence_change(base: list[float | None], other: list[float | None], seed: 
 
 def text_change(base: dict, other: dict) -> dict[str, float]:
     """perplexity_change of `other`'s text score against `base`'s (text_scores' loss, batches,
-    windows), paired by batch; {} where the two scored other windows or could not score the text."""
+    windows), paired by batch; {} where the two scored other windows or either could not score
+    the text (no batches, no windows)."""
     if not base["batches"] or base["windows"] != other["windows"]:
         return {}
     return perplexity_change(other["loss"] - base["loss"], other["batches"], base["batches"])
@@ -90,7 +91,7 @@ def comparison_table(results: list[dict], seed: int = 0) -> str:
         ],
     )
     unpaired = any(not r["persona_ppl_change"] or not r["other_ppl_change"] for r in rows)
-    note = " ('–': other token windows, so compare bits per byte above)" if unpaired else ""
+    note = " ('–': other token windows, or a text not scored; compare bits per byte above)" if unpaired else ""
     return (
         f"Against {results[0]['run']}, paired: adherence by prompt (95% bootstrap CIs over the prompts both encode), "
         f"perplexity by validation batch{note}\n\n{table}"
