@@ -182,10 +182,9 @@ VIZ_SECTIONS = (  # (heading, the figures in RUN/viz it shows, their caption); a
 )
 
 
-def _extras(path: Path) -> list[str]:
+def _extras(path: Path, stale: dict[str, str]) -> list[str]:
     """Sections the other commands leave in a run directory, when present, each flagged where it
-    describes other weights than the run's current ones."""
-    stale = out_of_date(path)
+    describes other weights than the run's current ones (`stale`: runs/derived.out_of_date's)."""
     parts = _ablations(path, "## Surgical ablations", stale)
     long_context = _images(path, "eval_*.png", "long-context evaluation")
     if long_context:
@@ -234,9 +233,9 @@ def _extras(path: Path) -> list[str]:
     return parts
 
 
-def _stage2_gain(path: Path) -> list[str]:
+def _stage2_gain(path: Path, stale: dict[str, str]) -> list[str]:
     """A persona run's line on what stage 2 bought (RUN/persona_gain.json, persona/gain.py), flagged
-    where it came from other weights than the run's."""
+    where it came from other weights than the run's (`stale`, as _extras')."""
     from ..experiments.stats import percent_interval
     from ..persona.gain import GAIN_FILE
     from ..runs.metrics import perplexity
@@ -253,7 +252,7 @@ def _stage2_gain(path: Path) -> list[str]:
         for loss in (gain["val_loss_before"], gain["val_loss_after"])
     ]
     return [
-        *_out_of_date(path, out_of_date(path), GAIN_FILE),
+        *_out_of_date(path, stale, GAIN_FILE),
         f"Against its base run {code_span(gain['base'])} on the same {gain['batches']} batches of persona text: perplexity "
         f"{ppl[0]} → {ppl[1]}, {format_number(gain['delta_pct'], '+.2f', '%')}, 95% CI {percent_interval(gain)}.",
     ]
@@ -269,7 +268,7 @@ def _run_report(path: Path) -> tuple[str, str]:
         raise ConfigError(f"{path} has not trained yet (no metrics.jsonl); train it first")
     sizes = size_table(config_for_info(path, load_config=None) if cfg.phases else cfg)  # a curriculum: each phase's
     plot_training(path / "training.png", phases or [run])
-    changed = changed_settings(cfg, RunConfig())
+    changed, stale = changed_settings(cfg, RunConfig()), out_of_date(path)
     parts = [
         f"# Run report: {cfg.name}",
         _provenance(),
@@ -282,7 +281,7 @@ def _run_report(path: Path) -> tuple[str, str]:
         "![training and validation loss](training.png)",
     ]
     if summary:
-        parts += ["Final numbers of the last phase:"] * bool(phases) + [summary_table(summary), *_stage2_gain(path)]
+        parts += ["Final numbers of the last phase:"] * bool(phases) + [summary_table(summary), *_stage2_gain(path, stale)]
     else:
         parts.append("(training has not finished: no summary.json yet)")
     if summary.get("phases"):
@@ -291,7 +290,7 @@ def _run_report(path: Path) -> tuple[str, str]:
             for p in summary["phases"]
         ]
         parts += ["### Curriculum phases", markdown_table(("phase", "steps", "tokens", "val loss", "tokens/s (median)"), rows)]
-    parts += _extras(path)
+    parts += _extras(path, stale)
     if summary.get("sample"):
         parts += [
             "## Sample",
