@@ -4,13 +4,16 @@ stopped. A second signal, or one outside the training loop, interrupts at once, 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 
 import pytest
 from safetensors.torch import load_file
 
 from slmlab.cli import main
+from slmlab.persona.gain import persona_gain
 from slmlab.runs.run_dir import RunDir
 from slmlab.training import Trainer, stopping, train
 from tests.conftest import stop_once_training, write_micro_toml
@@ -178,3 +181,48 @@ def test_a_signal_while_the_bpe_trainer_runs_stops_at_once(tmp_path, number):
         process.returncode == 130
         and err.strip() == "slmlab: interrupted (a run that wrote a checkpoint continues with slmlab train --resume RUN)"
     ), err
+
+
+def test_a_persona_run_stops_with_a_checkpoint_and_resumed_ends_scored_against_its_base(
+    text_corpus, micro_toml, tmp_path, capsys, monkeypatch
+):
+    """`slmlab persona` lost every step since its last checkpoint on Ctrl-C (it installed no
+    handler), and a persona run finished by `train --resume` had no stage-2 gain: the run did not
+    record its base. It stops as `train` does, and the resumed run ends scored against its base."""
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "base"]) == 0
+    base = tmp_path / "runs" / "base"
+    real_fit = Trainer.fit
+
+    def fit(trainer):
+        _signal_at(trainer, 2)
+        return real_fit(trainer)
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    stage2 = ["persona", str(base), "--persona-data", str(text_corpus), "--train", "all", "--steps", "6", "--no-progress"]
+    capsys.readouterr()
+    assert main(stage2) == 130
+    run = tmp_path / "runs" / "base_persona"
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("; continue with: slmlab train --resume " + str(run))
+    assert (run / "checkpoints" / "latest").read_text() == "step_000003" and not (run / "persona_gain.json").exists()
+    monkeypatch.setattr(Trainer, "fit", real_fit)
+
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    gain = json.loads((run / "persona_gain.json").read_text())
+    assert gain["base"] == str(base) and gain["val_loss_after"] == pytest.approx(RunDir(run).read_summary()["val_loss"])
+    assert f"against {base} on the same {gain['batches']} batches of persona text" in capsys.readouterr().out
+    assert persona_gain(base, run)["val_loss_before"] == gain["val_loss_before"]  # the base as it is
+
+    # resumed again for more steps after its base was trained anew: no figure against other weights
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "base", "--overwrite", "--train.seed", "7"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress", "--train.steps", "8"]) == 0
+    assert f"no stage-2 gain: its base run {base} holds other weights than the ones it started from" in capsys.readouterr().out
+    shutil.rmtree(base)
+    assert main(["train", "--resume", str(run), "--no-progress", "--train.steps", "10"]) == 0
+    assert f"no stage-2 gain: its base run {base} is gone or cannot be read" in capsys.readouterr().out
+    (run / "stage2.json").write_text("[1, 2]")  # damaged: refused before any step, the run untouched
+    before = (run / "final.safetensors").read_bytes()
+    assert main(["train", "--resume", str(run), "--no-progress", "--train.steps", "12"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "stage2.json" in err and "\n" not in err
+    assert (run / "final.safetensors").read_bytes() == before and RunDir(run).read_summary()["step"] == 10

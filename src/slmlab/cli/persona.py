@@ -101,25 +101,46 @@ def register(sub) -> None:
 
 def cmd_persona(args, extra) -> int:
     from ..config import parse_overrides
-    from ..experiments.stats import percent_interval
-    from ..persona.gain import persona_gain
+    from ..persona.gain import record_base
     from ..persona.stage2 import persona_config
-    from ..runs.metrics import perplexity
-    from ..tables import counted, format_number
     from ..training import Trainer
+    from ..training.stopping import TrainingStopped, stop_at_step_end
+    from .train import report_stop
 
     base, cfg = persona_config(args.run, args.persona_data, args.train, args.steps, args.lr, args.name, parse_overrides(extra))
-    with Trainer(cfg, overwrite=args.overwrite, progress=not args.no_progress, init_from=base) as trainer:
-        result = trainer.fit()
+    try:
+        with (
+            stop_at_step_end(),
+            Trainer(cfg, overwrite=args.overwrite, progress=not args.no_progress, init_from=base) as trainer,
+        ):
+            record_base(trainer.run.path, base.path)
+            result = trainer.fit()
+    except TrainingStopped as stop:  # Ctrl-C or SIGTERM: a checkpoint at this step, as `train` writes
+        return report_stop(stop, trainer.run.path, bool(cfg.plugins))
     print(f"run: {result.run_dir} (from {base.path}, trained: {args.train})")
     print(f"persona validation loss {result.val_loss:.4f}, perplexity {result.val_ppl:.2f}")
-    gain = persona_gain(base.path, result.run_dir, cfg.train.device)
+    report_stage2_gain(result.run_dir, base.path, "", cfg.train.device)
+    return 0
+
+
+def report_stage2_gain(run, base, why_not: str, device: str) -> None:
+    """Score persona run `run` against its base run `base` (persona/gain.py) and print the change;
+    without a base, say `why_not` (persona/gain.py's recorded_base), or nothing where it is ""."""
+    from ..experiments.stats import percent_interval
+    from ..persona.gain import persona_gain
+    from ..runs.metrics import perplexity
+    from ..tables import counted, format_number
+
+    if base is None:
+        if why_not:
+            print(f"no stage-2 gain: {why_not}")
+        return
+    gain = persona_gain(base, run, device)
     before, after = perplexity(gain["val_loss_before"]), perplexity(gain["val_loss_after"])
     print(
-        f"against {base.path} on the same {counted(gain['batches'], 'batches')} of persona text: perplexity {before:.2f} -> "
+        f"against {base} on the same {counted(gain['batches'], 'batches')} of persona text: perplexity {before:.2f} -> "
         f"{after:.2f}, {format_number(gain['delta_pct'], '+.2f', '%')}, 95% CI {percent_interval(gain)}"
     )
-    return 0
 
 
 def source_reading(extra: list[str]) -> dict:

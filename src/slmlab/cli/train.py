@@ -112,9 +112,11 @@ def cmd_train(args, extra) -> int:
         if not args.resume:
             RunDir.for_config(cfg).ensure_free(args.overwrite)
         return launch_torchrun(args.nproc, without_option(args.argv[1:], "--nproc"))
+    from ..persona.gain import recorded_base
     from ..training import distributed, train
     from ..training.stopping import TrainingStopped, stop_at_step_end
 
+    stage2 = recorded_base(args.resume) if args.resume else (None, "")  # a damaged record fails before training
     finished = False
     try:
         with stop_at_step_end():
@@ -127,13 +129,8 @@ def cmd_train(args, extra) -> int:
             )
         finished = True
     except TrainingStopped as stop:  # under torchrun every process stopped at this step, together
-        resume = ["--resume", args.resume or str(RunDir.for_config(cfg).path)]
-        processes = world_size()
-        resume += ["--nproc", str(processes)] if processes > 1 else []
-        resume += ["--trust-plugins"] if cfg.plugins else []  # the code this run was started with
-        report_error(f"slmlab: {stop}; continue with: {command_line('slmlab', 'train', *resume)}")  # rank 0 says it
         finished = True  # every process leaves the group as after a finished run
-        return stop.exit_code
+        return report_stop(stop, args.resume or RunDir.for_config(cfg).path, bool(cfg.plugins))
     finally:
         distributed.close(finished)
     if process_rank() != 0:
@@ -146,7 +143,22 @@ def cmd_train(args, extra) -> int:
     )
     if result.sample:
         print("sample:\n" + result.sample)
+    if args.resume:  # a persona run stopped and finished here is scored against its base as `persona` scores it
+        from .persona import report_stage2_gain
+
+        report_stage2_gain(result.run_dir, *stage2, cfg.train.device)
     return 0
+
+
+def report_stop(stop, run: str | Path, plugins: bool) -> int:
+    """Say at which step training stopped on a signal (TrainingStopped `stop`) and the command that
+    continues run `run` (with --trust-plugins where its config names plugins); the shell's exit code."""
+    resume = ["--resume", str(run)]
+    processes = world_size()
+    resume += ["--nproc", str(processes)] if processes > 1 else []
+    resume += ["--trust-plugins"] if plugins else []  # the code this run was started with
+    report_error(f"slmlab: {stop}; continue with: {command_line('slmlab', 'train', *resume)}")  # rank 0 says it
+    return stop.exit_code
 
 
 def train_config(args, extra):

@@ -90,6 +90,7 @@ class RunDir:
         "model_int8.sha256.json",
         "persona_eval.json",
         "persona_gain.json",
+        "stage2.json",
         "report.md",
         "report.html",
         "training.png",
