@@ -17,6 +17,7 @@ from slmlab.cli import main
 from slmlab.config import ModelConfig, config_from_dict
 from slmlab.data.tokenizers import ByteTokenizer
 from slmlab.evals.text_score import rolling_pairs, score_text
+from slmlab.experiments.stats import ratio_interval
 from slmlab.model import build_model
 from slmlab.training import train
 from tests.conftest import one_line_error, tiny_config
@@ -44,20 +45,21 @@ def test_the_windows_predict_every_token_once_after_the_most_context_they_hold(n
         seen += len(targets)
 
 
-def _naive_total(model, ids: list[int], separator: int, window: int, stride: int) -> float:
+def _naive_windows(model, ids: list[int], separator: int, window: int, stride: int) -> dict[int, list[float]]:
     """Token by token, alone: token j of full = [separator] + ids is read by the first window whose
-    end (min(window, n), then + stride) reaches it, from that window's first input on."""
+    end (min(window, n), then + stride) reaches it, from that window's first input on -> each
+    window's (by its end) log-likelihoods of the tokens it scores."""
     full, n = [separator, *ids], len(ids)
     stops = [min(window, n)]
     while stops[-1] < n:
         stops.append(min(stops[-1] + stride, n))
-    total = 0.0
+    scored = {stop: [] for stop in stops}
     with torch.no_grad():
         for j in range(1, n + 1):
             stop = next(s for s in stops if s >= j)
             logits, _ = model(torch.tensor([full[max(0, stop - window) : j]]))
-            total += float(F.log_softmax(logits[0, -1].double(), -1)[full[j]])
-    return total
+            scored[stop].append(float(F.log_softmax(logits[0, -1].double(), -1)[full[j]]))
+    return scored
 
 
 ARCHITECTURES = {
@@ -77,9 +79,12 @@ def test_score_text_equals_a_token_by_token_reference(stride, architecture):
     tokenizer = ByteTokenizer()
     result = score_text(model, tokenizer, TEXT, stride, batch_size=3)
     ids = list(TEXT.encode("utf-8"))
-    expected = _naive_total(model, ids, tokenizer.separator_ids()[-1], 16, stride or 16)
+    windows = _naive_windows(model, ids, tokenizer.separator_ids()[-1], 16, stride or 16)
     assert result["tokens"] == result["bytes"] == len(ids) and result["stride"] == (stride or 16)
-    assert -result["loss"] * result["tokens"] == pytest.approx(expected, rel=1e-5)
+    assert -result["loss"] * result["tokens"] == pytest.approx(sum(map(sum, windows.values())), rel=1e-5)
+    # the loss's 95% CI over the windows, each scoring its own tokens (none twice)
+    interval = ratio_interval([-sum(w) for w in windows.values()], [len(w) for w in windows.values()])
+    assert (result["loss_low"], result["loss_high"]) == pytest.approx(interval, rel=1e-5)
     assert result["bpb"] == pytest.approx(result["loss"] / math.log(2))  # bytes are the tokens
     assert result["ppl"] == pytest.approx(math.exp(result["loss"]))
 
@@ -105,7 +110,12 @@ def test_the_cli_scores_a_file_as_corpus_text_in_bits_per_byte_and_refuses_bad_i
     assert line.startswith(
         f"{sample}: {len(text)} tokens ({len(text)} bytes; {found}), each scored once, in 11 windows of 32 moved by 32"
     )
-    assert line.endswith(f"{disjoint['bpb']:.4f} bits/byte")
+    low, high = disjoint["loss_low"], disjoint["loss_high"]
+    assert low < disjoint["loss"] < high
+    assert line.endswith(f"{disjoint['bpb']:.4f} bits/byte; 95% CI of the loss [{low:.4f}, {high:.4f}] over 11 windows")
+    (tmp_path / "short.txt").write_text("ROMEO")  # one window: no interval, and the line says why
+    assert main(["eval", str(run), "--text", str(tmp_path / "short.txt")]) == 0
+    assert capsys.readouterr().out.strip().endswith("bits/byte; no interval from 1 window")
 
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "latin1.txt").write_bytes("Café".encode("latin-1"))
@@ -240,3 +250,33 @@ def test_a_generation_past_the_context_the_run_trained_at_says_so(text_corpus, t
         with caplog.at_level("WARNING", logger="slmlab"):
             continuations(model, tokenizer, ["Th", "The"], new, 0, torch.device("cpu"), trained_context(run_cfg))
         assert (f"a prompt and its continuation runs to {new + 3} tokens, {warning}" in caplog.text) == warned
+
+
+@pytest.mark.parametrize("counts", [[7, 7, 7, 7], [16, 5, 5, 5, 2], [3, 9]])
+def test_the_interval_of_a_mean_over_units_of_unequal_size(counts):
+    """ratio_interval: for units of equal size, scipy's t interval of their means; for unequal
+    sizes, the ratio estimator's linearised variance written out term by term."""
+    import numpy as np
+    import scipy.stats
+
+    rng = np.random.default_rng(len(counts))
+    totals = [float(rng.normal(2.0, 0.4, n).sum()) for n in counts]
+    low, high = ratio_interval(totals, counts)
+    ratio = sum(totals) / sum(counts)
+    if len(set(counts)) == 1:
+        means = np.array(totals) / counts[0]
+        expected = scipy.stats.t.interval(0.95, len(means) - 1, loc=means.mean(), scale=scipy.stats.sem(means))
+        assert (low, high) == pytest.approx(expected)
+    k, mean_size = len(counts), sum(counts) / len(counts)
+    variance = sum((y - ratio * n) ** 2 for y, n in zip(totals, counts)) / (k * (k - 1) * mean_size**2)
+    half = scipy.stats.t.ppf(0.975, k - 1) * math.sqrt(variance)
+    assert (low, high) == pytest.approx((ratio - half, ratio + half))
+    assert all(math.isnan(v) for v in ratio_interval(totals[:1], counts[:1]))
+
+
+def test_a_count_names_one_thing_in_the_singular():
+    from slmlab.tables import counted
+
+    words = {"batches": "batch", "windows": "window", "entries": "entry", "passes": "pass", "boxes": "box", "steps": "step"}
+    for plural, singular in words.items():
+        assert (counted(1, plural), counted(2, plural)) == (f"1 {singular}", f"2 {plural}")

@@ -91,7 +91,12 @@ def human(n: float, unit: str = "") -> str:
 
 
 def counted(count: int, things: str) -> str:
-    """'1 document', '1,200 documents', '1 entry': `count` with the plural noun `things` (regular,
-    or in -ies), singular for one."""
-    singular = things[:-3] + "y" if things.endswith("ies") else things.removesuffix("s")
+    """'1 document', '1,200 documents', '1 entry', '1 batch': `count` with the plural noun `things`
+    (regular, in -ies, or in -es after a sibilant: -ches, -shes, -sses, -xes), singular for one."""
+    if things.endswith("ies"):
+        singular = things[:-3] + "y"
+    elif things.endswith(("ches", "shes", "sses", "xes")):
+        singular = things[:-2]
+    else:
+        singular = things.removesuffix("s")
     return f"{count:,} {singular if count == 1 else things}"

@@ -230,15 +230,16 @@ def cmd_eval(args, extra) -> int:
     return 0
 
 
-def _loss_interval(result: dict) -> str:
-    """score_run's 95% CI of the loss as the eval line ends, or why it has none."""
+def _loss_interval(result: dict, units: str = "batches") -> str:
+    """score_run's (or score_text's, over `units` "windows") 95% CI of the loss as the eval line
+    ends, or why it has none."""
     import math
 
     low, high = result["loss_low"], result["loss_high"]
     if math.isfinite(low) and math.isfinite(high):
-        return f"; 95% CI of the loss [{low:.4f}, {high:.4f}] over {counted(result['batches'], 'batches')}"
-    if result["batches"] < 2:
-        return "; no interval from one batch"
+        return f"; 95% CI of the loss [{low:.4f}, {high:.4f}] over {counted(result[units], units)}"
+    if result[units] < 2:
+        return f"; no interval from {counted(1, units)}"
     return "; no interval: the windows overlap (the split is shorter than the windows asked; lower --batches)"
 
 
@@ -277,6 +278,7 @@ def eval_text(args, extra) -> int:
         + f"), each scored once, in {counted(result['windows'], 'windows')} of "
         + f"{result['window']} moved by {result['stride']}: loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}, "
         + f"{result['bpb']:.4f} bits/byte"
+        + _loss_interval(result, "windows")
     )
     return 0
 

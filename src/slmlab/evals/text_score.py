@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
+from ..experiments.stats import ratio_interval
 from ..phase_progress import PhaseProgress
 from ..runs.metrics import perplexity
 
@@ -54,7 +55,9 @@ def score_text(
     """Every token of `text` scored once (module docstring), in windows of `window` tokens (default:
     model.cfg.block_size; the commands pass the context the run trained at, evals/score.py's
     scoring_window) moved by `stride` (default: the window) -> {tokens, bytes, loss (mean nats per
-    token), ppl, bpb (bits per UTF-8 byte of the text), window, stride, windows}. `text` is read as corpus text: "[EOS]" in it
+    token), loss_low, loss_high (its 95% CI over the windows, which score no token twice:
+    experiments/stats.py's ratio_interval; NaN from one window), ppl, bpb (bits per UTF-8 byte of
+    the text), window, stride, windows}. `text` is read as corpus text: "[EOS]" in it
     is text, not the special token. The ids stay one integer array and the windows are made a batch
     at a time, so a text of any length needs memory for itself and one batch."""
     window = window or model.cfg.block_size
@@ -72,7 +75,8 @@ def score_text(
     spans = window_spans(len(ids), window, stride)
     count = 1 + -(-(len(ids) - min(window, len(ids))) // stride)  # the first window, then one per stride
     device = next(model.parameters()).device
-    nll = torch.zeros((), dtype=torch.float64, device=device)  # nats, summed over the tokens scored
+    nll = torch.zeros(count, dtype=torch.float64, device=device)  # nats, summed over each window's tokens scored
+    scored_counts, done = np.zeros(count), 0
     with PhaseProgress(progress, count, "windows") as shown:
         while batch := list(itertools.islice(spans, batch_size)):
             width = max(stop - start for start, _, stop in batch)
@@ -82,14 +86,20 @@ def score_text(
             logits, _ = model(inputs.to(device))
             for row, (start, counted, stop) in enumerate(batch):
                 scored = logits[row, counted - start : stop - start].float()  # predicting full[counted + 1 : stop + 1]
-                nll += F.cross_entropy(scored, full[counted + 1 : stop + 1].to(device), reduction="sum").double()
+                nll[done + row] = F.cross_entropy(scored, full[counted + 1 : stop + 1].to(device), reduction="sum").double()
+                scored_counts[done + row] = stop - counted
+            done += len(batch)
             shown.update(len(batch))
-    size, nats = len(text.encode("utf-8")), float(nll)
+    by_window = nll.cpu().numpy()
+    size, nats = len(text.encode("utf-8")), float(by_window.sum())
     loss = nats / len(ids)
+    low, high = ratio_interval(by_window, scored_counts)
     return {
         "tokens": len(ids),
         "bytes": size,
         "loss": loss,
+        "loss_low": low,
+        "loss_high": high,
         "ppl": perplexity(loss),
         "bpb": nats / math.log(2) / size,
         "window": window,

@@ -147,6 +147,20 @@ def t_interval(d) -> tuple[float, float]:
     return float(d.mean() - half), float(d.mean() + half)
 
 
+def ratio_interval(totals, counts) -> tuple[float, float]:
+    """The 95% confidence interval of R = sum(totals) / sum(counts), a mean over units of unequal
+    size (the summed loss of each window and the tokens it scores), by the ratio estimator's
+    linearisation: R ± t_0.975(k - 1) · sqrt(sum((y_i - R n_i)^2) / (k (k - 1))) / mean(n) over k
+    units; with equal counts it is t_interval of the units' means. NaN below 2 units."""
+    y, n = np.asarray(totals, dtype=np.float64), np.asarray(counts, dtype=np.float64)
+    if len(y) < 2:
+        return math.nan, math.nan
+    ratio = y.sum() / n.sum()
+    residual = y - ratio * n
+    half = stats.t.ppf(0.975, len(y) - 1) * math.sqrt((residual**2).sum() / (len(y) * (len(y) - 1))) / n.mean()
+    return float(ratio - half), float(ratio + half)
+
+
 def sample_spread(d: np.ndarray) -> float:
     """The sample standard deviation (ddof 1) of d (finite values), 0.0 where they differ by no more
     than float rounding (1e-12 of their size): 20.000000000000004 beside 20.0 is one change measured
