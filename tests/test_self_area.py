@@ -146,6 +146,20 @@ def test_micro_stage_two_lowers_persona_text_loss(text_corpus, make_config, tmp_
         assert torch.equal(tensor, tuned[name]) != name.startswith("conditioning."), name
 
 
+def test_a_stage_two_gain_from_one_batch_says_it_has_no_interval(micro_toml, text_corpus, tmp_path, capsys):
+    """With one validation batch the gain has no CI: persona_gain.json holds null bounds, and the
+    run's report failed on them with a TypeError traceback (and read "the same 1 batches")."""
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "base", "--train.eval_batches", "1"]) == 0
+    argv = ["persona", str(tmp_path / "runs" / "base"), "--persona-data", str(text_corpus), "--train", "all", "--steps", "2"]
+    assert main([*argv, "--no-progress"]) == 0
+    assert "on the same 1 batch of persona text" in capsys.readouterr().out
+    run = tmp_path / "runs" / "base_persona"
+    assert json.loads((run / "persona_gain.json").read_text())["delta_pct_low"] is None
+    assert main(["report", str(run)]) == 0
+    line = next(x for x in (run / "report.md").read_text().splitlines() if x.startswith("Against its base run"))
+    assert "on the same 1 batch of persona text" in line and line.endswith("no CI from 1 batch.")
+
+
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()))
 def test_self_area_off_is_the_host_model_and_random_persona_keeps_the_norm(mode):
     """`slmlab ablate` on an SMT run: self_area_off gives the base model's logits exactly, in every

@@ -33,7 +33,7 @@ from ..files import atomic_write_text, read_json, read_text, require_fields
 from ..plotting import loss_axis, pyplot, save_png
 from ..runs.derived import out_of_date, weights_identity
 from ..runs.run_dir import RunDir, phase_runs, with_token_offsets
-from ..tables import code_block, code_span, command_line, format_number, human, markdown_table
+from ..tables import code_block, code_span, command_line, counted, format_number, human, markdown_table
 from .info import config_for_info, size_table
 
 HIDDEN = {"name", "out_dir", "train.seed"}
@@ -236,7 +236,7 @@ def _extras(path: Path, stale: dict[str, str]) -> list[str]:
 def _stage2_gain(path: Path, stale: dict[str, str]) -> list[str]:
     """A persona run's line on what stage 2 bought (RUN/persona_gain.json, persona/gain.py), flagged
     where it came from other weights than the run's (`stale`, as _extras')."""
-    from ..experiments.stats import percent_interval
+    from ..experiments.stats import PERCENT_CHANGE, interval_clause
     from ..persona.gain import GAIN_FILE
     from ..runs.metrics import perplexity
 
@@ -245,7 +245,7 @@ def _stage2_gain(path: Path, stale: dict[str, str]) -> list[str]:
     fix = "delete it: training the persona run again (--overwrite) writes it"
     gain = read_json(path / GAIN_FILE, "stage-2 gain", RunFileError, fix)
     number = (int, float, type(None))  # null: NaN in JSON
-    fields = {"base": str, "batches": int, "val_loss_before": number, "val_loss_after": number, "delta_pct": number}
+    fields = {"base": str, "batches": int, **dict.fromkeys(("val_loss_before", "val_loss_after", *PERCENT_CHANGE), number)}
     require_fields(gain, fields, path / GAIN_FILE, "stage-2 gain", RunFileError, fix)
     ppl = [
         format_number(None if loss is None else perplexity(loss), ".2f")
@@ -253,8 +253,8 @@ def _stage2_gain(path: Path, stale: dict[str, str]) -> list[str]:
     ]
     return [
         *_out_of_date(path, stale, GAIN_FILE),
-        f"Against its base run {code_span(gain['base'])} on the same {gain['batches']} batches of persona text: perplexity "
-        f"{ppl[0]} → {ppl[1]}, {format_number(gain['delta_pct'], '+.2f', '%')}, 95% CI {percent_interval(gain)}.",
+        f"Against its base run {code_span(gain['base'])} on the same {counted(gain['batches'], 'batches')} of persona text: "
+        f"perplexity {ppl[0]} → {ppl[1]}, {format_number(gain['delta_pct'], '+.2f', '%')}, {interval_clause(gain, gain['batches'])}.",
     ]
 
 

@@ -126,7 +126,7 @@ def cmd_persona(args, extra) -> int:
 def report_stage2_gain(run, base, why_not: str, device: str) -> None:
     """Score persona run `run` against its base run `base` (persona/gain.py) and print the change;
     without a base, say `why_not` (persona/gain.py's recorded_base), or nothing where it is ""."""
-    from ..experiments.stats import percent_interval
+    from ..experiments.stats import interval_clause
     from ..persona.gain import persona_gain
     from ..runs.metrics import perplexity
     from ..tables import counted, format_number
@@ -139,7 +139,7 @@ def report_stage2_gain(run, base, why_not: str, device: str) -> None:
     before, after = perplexity(gain["val_loss_before"]), perplexity(gain["val_loss_after"])
     print(
         f"against {base} on the same {counted(gain['batches'], 'batches')} of persona text: perplexity {before:.2f} -> "
-        f"{after:.2f}, {format_number(gain['delta_pct'], '+.2f', '%')}, 95% CI {percent_interval(gain)}"
+        f"{after:.2f}, {format_number(gain['delta_pct'], '+.2f', '%')}, {interval_clause(gain, gain['batches'])}"
     )
 
 
@@ -175,7 +175,7 @@ def cmd_persona_eval(args, extra) -> int:
 
 def cmd_surgery(args, extra) -> int:
     from ..config import ConfigError
-    from ..experiments.stats import percent_interval
+    from ..experiments.stats import interval_clause
     from ..persona.surgery import greedy_continuation, load_with_self_area, surgery
     from ..runs.metrics import perplexity
     from ..tables import counted, format_number
@@ -205,7 +205,7 @@ def cmd_surgery(args, extra) -> int:
         print(f"Self Area ({summary['self_area_params']:,} parameters; base {summary['base_params']:,} frozen) saved to {folder}")
         print(
             f"persona validation loss {before:.4f} -> {after:.4f} (perplexity {perplexity(before):.2f} -> {perplexity(after):.2f}: "
-            f"{format_number(change['delta_pct'], '+.2f', '%')}, 95% CI {percent_interval(change)} over {counted(batches, 'batches')})"
+            f"{format_number(change['delta_pct'], '+.2f', '%')}, {interval_clause(change, batches)} over {counted(batches, 'batches')})"
         )
     if args.generate:
         print(greedy_continuation(model, tokenizer, args.generate, args.max_new_tokens))

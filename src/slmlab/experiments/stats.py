@@ -180,6 +180,9 @@ def t_test_p(d) -> float:
     return float(stats.ttest_1samp(d, 0.0).pvalue)
 
 
+PERCENT_CHANGE = ("delta_pct", "delta_pct_low", "delta_pct_high")  # perplexity_change's figures
+
+
 def perplexity_change(change: float, batches: list[float], reference: list[float]) -> dict[str, float]:
     """A model's perplexity against a reference's on the same validation batches: Δ% = 100 (exp(Δ)
     − 1) for `change` Δ, the change in mean loss, with its 95% CI 100 (exp(Δ ± h) − 1), h the t
@@ -192,13 +195,25 @@ def perplexity_change(change: float, batches: list[float], reference: list[float
     with np.errstate(over="ignore", invalid="ignore"):
         bounds = 100.0 * np.expm1(np.array([change, change - half, change + half], dtype=np.float64))
     p = t_test_p(np.subtract(batches, reference)) if len(batches) == len(reference) else math.nan
-    return {**dict(zip(("delta_pct", "delta_pct_low", "delta_pct_high"), (float(b) for b in bounds))), "p": p}
+    return {**dict(zip(PERCENT_CHANGE, (float(b) for b in bounds))), "p": p}
+
+
+def interval_clause(row: dict, batches: int) -> str:
+    """A perplexity_change's interval as a sentence gives it, from `batches` paired batches: "95% CI
+    [+0.12, +0.40]", or why there is none ("no CI from 1 batch", "no CI: a loss is not finite")."""
+    shown = percent_interval(row)
+    if shown != "–":
+        return f"95% CI {shown}"
+    return "no CI from 1 batch" if batches < 2 else "no CI: a loss is not finite"
 
 
 def percent_interval(row: dict) -> str:
-    """A row's perplexity_change interval as a table shows it, "[+0.12, +0.40]"; "–" where it has none."""
-    low, high = row.get("delta_pct_low", math.nan), row.get("delta_pct_high", math.nan)
-    return f"[{low:+.2f}, {high:+.2f}]" if math.isfinite(low) and math.isfinite(high) else "–"
+    """A row's perplexity_change interval as a table shows it, "[+0.12, +0.40]"; "–" where it has none
+    (NaN bounds, or null where the row was read back from JSON)."""
+    low, high = (row.get(key) for key in ("delta_pct_low", "delta_pct_high"))
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return "–"
+    return f"[{low:+.2f}, {high:+.2f}]"
 
 
 def bootstrap_intervals(
