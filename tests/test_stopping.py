@@ -210,6 +210,9 @@ def test_a_persona_run_stops_with_a_checkpoint_and_resumed_ends_scored_against_i
     gain = json.loads((run / "persona_gain.json").read_text())
     assert gain["base"] == str(base) and gain["val_loss_after"] == pytest.approx(RunDir(run).read_summary()["val_loss"])
     assert f"against {base} on the same {gain['batches']} batches of persona text" in capsys.readouterr().out
+    assert main([*stage2, "--name", "straight"]) == 0  # the same stage 2, never stopped: the same weights
+    straight = load_file(tmp_path / "runs" / "straight" / "final.safetensors")
+    assert all(tensor.equal(straight[name]) for name, tensor in load_file(run / "final.safetensors").items())
     assert persona_gain(base, run)["val_loss_before"] == gain["val_loss_before"]  # the base as it is
 
     # resumed again for more steps after its base was trained anew: no figure against other weights
