@@ -129,6 +129,15 @@ def test_eval_by_position_and_context_lengths_through_the_cli(text_corpus, make_
         assert bucket["trained_loss"] == pytest.approx(plain["loss"])
         assert bucket["vs_trained"]["delta"] == pytest.approx(bucket["loss"] - plain["loss"])
     assert "Δ loss vs rope_scale 1 (as trained), paired by window" in capsys.readouterr().out
+    # a length past the 32 positions the run trained at says so (both models: RoPE holds no position table)
+    assert (
+        [r.get("note") for r in trained] == [None, None, "past the 32 positions trained at"] == [r.get("note") for r in lengths]
+    )
+    # one bucket as wide as the window: no first and last to compare (they read +0.0000 [+0.0000, +0.0000])
+    assert main(["eval", str(run), "--by-position", "--bucket", "32", "--batches", "2"]) == 0
+    assert json.loads((run / "eval_by_position.json").read_text())["last_minus_first"] is None
+    out = capsys.readouterr().out
+    assert "one bucket of 32 positions covers the 32-token window: give --bucket below 32" in out and "minus first" not in out
 
 
 def test_prompt_suite_report_is_reproducible(text_corpus, make_config, tmp_path, capsys):

@@ -58,8 +58,9 @@ def loss_by_position(
     model, split, seq_len: int, bucket: int, batch_size: int, n_batches: int, device, reference: nn.Module | None = None
 ) -> tuple[list[dict], dict]:
     """(per bucket: its start and end position, and the mean loss there with its CI over the
-    windows; the last bucket's loss minus the first's, paired by window: {"delta", "low", "high"}).
-    `reference`: as loss_by_context_length's, each bucket's change against it paired by window."""
+    windows; the last bucket's loss minus the first's, paired by window: {"delta", "low", "high"},
+    None where one bucket covers the window). `reference`: as loss_by_context_length's, each
+    bucket's change against it paired by window."""
     losses = token_losses(model, split, seq_len, batch_size, n_batches, device).double().numpy()  # (windows, seq_len)
     means = _bucket_means(losses, bucket)
     rows = [
@@ -69,7 +70,7 @@ def loss_by_position(
         trained = _bucket_means(token_losses(reference, split, seq_len, batch_size, n_batches, device).double().numpy(), bucket)
         for row, mine, theirs in zip(rows, means, trained):
             row.update(trained_loss=float(theirs.mean()), vs_trained=_paired(mine, theirs))
-    return rows, _paired(means[-1], means[0])
+    return rows, _paired(means[-1], means[0]) if len(means) > 1 else None
 
 
 def _bucket_means(losses: np.ndarray, bucket: int) -> list[np.ndarray]:
@@ -168,11 +169,16 @@ def long_context_report(
             markdown_table(
                 ("positions", "loss", "95% CI", *_paired_column(trained_model)), bucket_table(rows, trained_model is not None)
             ),
-            f"last bucket minus first, paired by window: {delta_cell(change['delta'], change['low'], change['high'])}",
+            f"last bucket minus first, paired by window: {delta_cell(change['delta'], change['low'], change['high'])}"
+            if change
+            else f"one bucket of {bucket} positions covers the {length}-token window: give --bucket below {length} to compare positions",
             f"saved: {written[-2]} and .png",
         ]
     if context_lengths:
         rows = loss_by_context_length(model, split, context_lengths, batch, batches, device, trained_model)
+        for row in rows:  # a longer window reads positions the run never trained at (RoPE: a scale helps there, or not)
+            if row["loss"] is not None and row["context_length"] > cfg.data.seq_len:
+                row["note"] = f"past the {cfg.data.seq_len} positions trained at"
         written += write_report(
             run,
             f"eval_context_lengths{suffix}",
