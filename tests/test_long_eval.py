@@ -12,6 +12,7 @@ from torch import nn
 
 from slmlab.data.tokens import TokenSplit
 from slmlab.evals.long_context import loss_by_context_length, loss_by_position
+from tests.conftest import one_line_error
 
 V = 10
 
@@ -180,6 +181,23 @@ def test_rope_scale_on_a_model_without_rope_is_refused(text_corpus, make_config,
     assert main(["eval", str(RunDir.for_config(cfg).path), "--batches", "1", "--rope-scale", "2"]) == 2
     err = capsys.readouterr().err
     assert "--rope-scale 2 would change nothing" in err and "model.pos = 'learned'" in err and "drop --rope-scale" in err
+
+
+def test_the_rope_scale_a_run_trained_with_is_refused(text_corpus, make_config, capsys):
+    """--rope-scale at the run's own scale scored the model twice and paired it with itself
+    (every change +0.0000 [+0.0000, +0.0000]), and wrote a second file of the same figures."""
+    from slmlab.cli import main
+    from slmlab.runs.run_dir import RunDir
+    from slmlab.training import train
+
+    cfg = make_config(text_corpus, model={"pos": "rope", "rope_scale": 2.0}, train={"steps": 2, "checkpoint_every": 0})
+    train(cfg, progress=False)
+    run = RunDir.for_config(cfg).path
+    capsys.readouterr()
+    assert main(["eval", str(run), "--context-lengths", "16,32", "--batches", "1", "--rope-scale", "2"]) == 2
+    one_line_error(capsys, "--rope-scale 2 is the rope_scale " + str(run) + " trained with")
+    assert not list(run.glob("eval_*"))
+    assert main(["eval", str(run), "--context-lengths", "16,32", "--batches", "1", "--rope-scale", "1"]) == 0
 
 
 def test_a_rope_scale_override_is_weighed_alone_not_with_the_runs_recorded_settings(text_corpus, make_config):

@@ -169,7 +169,8 @@ def test_every_run_compared_is_checked_before_any_is_measured(tmp_path, micro_to
         (runs / "unfinished", "has not finished training (no final.safetensors)"),
         (runs / "char", "its tokenizer cannot encode the prompts"),
     ]
-    for second, message in cases:
+    cases.append((f"{runs}/./byte", f"{runs}/./byte is named twice (as {runs / 'byte'})"))
+    for second, message in cases:  # (the last: a run beside itself gave its row twice, every change exactly 0)
         argv = ["persona-eval", "--compare", str(runs / "byte"), str(second)]
         assert main([*argv, "--persona-data", str(text_corpus), "--other-data", str(tmp_path / "other.txt")]) == 2
         captured = capsys.readouterr()

@@ -91,13 +91,19 @@ def scoring_window(cfg, asked: int | None = None) -> int:
 
 def _check_rope_scale_applies(run: str | Path, rope_scale: float) -> None:
     """--rope-scale on a run whose positions do not read model.rope_scale (learned, sinusoidal)
-    would score the unscaled model under the scaled label: refused, naming the option."""
+    would score the unscaled model under the scaled label, and the scale it trained with would
+    score (and pair) the model against itself: both refused, naming the option."""
     _, cfg = model_run(run)
     scaled = config_from_dict(apply_overrides(cfg.to_dict(), {"model.rope_scale": rope_scale}))
     if any(key == "model.rope_scale" for key, _ in ignored_settings(scaled.phase_configs())):
         raise ConfigError(
             f"--rope-scale {rope_scale:g} would change nothing: {run} has model.pos = {cfg.model.pos!r}, "
             "which does not read rope_scale; drop --rope-scale"
+        )
+    if rope_scale == cfg.model.rope_scale:
+        raise ConfigError(
+            f"--rope-scale {rope_scale:g} is the rope_scale {run} trained with (model.rope_scale): it would change nothing "
+            "and compare the model with itself; drop --rope-scale or give another scale"
         )
 
 

@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +277,11 @@ def persona_report(
 
     if not runs:
         raise ConfigError("name at least one run (or --compare RUN_A RUN_B ...)")
+    where = [os.path.abspath(run) for run in runs]
+    for i, path in enumerate(where):  # a run beside itself: its row twice, and a paired change of exactly 0
+        if path in where[:i]:
+            again = "" if runs[i] == runs[where.index(path)] else f" (as {runs[where.index(path)]})"
+            raise ConfigError(f"{runs[i]} is named twice{again}; name each run once")
     resolved = resolve_device(device)
     if out:
         for spec, option in ((persona_spec, "--persona-data"), (other_spec, "--other-data")):
