@@ -131,3 +131,21 @@ def test_a_prompt_with_an_empty_id_is_refused(tmp_path, prompt_id):
     suite.write_text(json.dumps({"id": prompt_id, "prompt": "T"}) + "\n")
     with pytest.raises(ConfigError, match=r"prompt\[0\] .*: id is empty"):
         load_suite(suite)
+
+
+def test_the_bundled_suite_fits_the_context_of_every_shipped_config():
+    """`slmlab prompts` on a run of configs/smat_quick.toml (the README's main job, 128 positions)
+    or tape_small.toml refused the bundled suite: its 'thermostat' prompt was 130 characters. Every
+    bundled prompt now fits every shipped model's context in any tokenizer (at most a token per
+    UTF-8 byte, and the separator before it)."""
+    from pathlib import Path
+
+    from slmlab.config import load_config, read_toml
+    from slmlab.evals.prompts import DEFAULT_SUITE
+    from slmlab.experiments.sweep_config import load_sweep
+
+    longest = max(len(p.prompt.encode("utf-8")) for p in load_suite(DEFAULT_SUITE))
+    for preset in sorted(Path(__file__).parents[1].glob("configs/*.toml")):
+        configs = [job.config for job in load_sweep(preset)[1]] if "base" in read_toml(preset) else [load_config(preset)]
+        for cfg in configs:
+            assert longest + 1 < cfg.model.block_size, (preset.name, cfg.model.block_size)
