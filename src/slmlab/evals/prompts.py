@@ -118,7 +118,7 @@ def run_suite(
         encoded.append(ids)
     longest = max(range(len(prompts)), key=lambda i: len(encoded[i]) + prompts[i].max_tokens)
     warn_past_trained_context(
-        len(encoded[longest]) + prompts[longest].max_tokens, trained or block_size, block_size,
+        len(encoded[longest]) + prompts[longest].max_tokens, trained, block_size,
         f"prompt '{prompts[longest].id}' and its completion",
     )  # fmt: skip
     announce_compile(compile)

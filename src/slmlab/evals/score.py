@@ -67,8 +67,8 @@ def warn_past_trained_context(length: int, trained: int, block_size: int, what: 
     """Warn where `what` (a prompt and its continuation, `length` tokens) runs past the context the
     run trained at in a model whose block_size is larger: a RoPE model of a vast block size read
     positions it never trained on, in silence. (With block_size = the trained context the
-    generation's window slides, and nothing is said.)"""
-    if length > trained < block_size:
+    generation's window slides, and nothing is said; `trained` 0 stands for block_size.)"""
+    if length > (trained or block_size) < block_size:
         log.warning(
             f"{what} runs to {length} tokens, past the {trained} the run trained at (data.seq_len; model.block_size is "
             f"{block_size}): beyond them the model reads positions it never trained on"

@@ -132,7 +132,7 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
         return []
     block_size = model.cfg.block_size
     length = max(map(len, encoded)) + max_new_tokens
-    warn_past_trained_context(length, trained or block_size, block_size, "a prompt and its continuation")
+    warn_past_trained_context(length, trained, block_size, "a prompt and its continuation")
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     rows = model.generate_many(
         encoded, max_new_tokens, temperature=0.8, top_k=50, generators=generators, vocab_size=tokenizer.vocab_size,
