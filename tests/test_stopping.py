@@ -83,6 +83,9 @@ def test_a_second_signal_or_one_before_the_loop_interrupts_at_once(text_corpus, 
     with stopping.stop_at_step_end(), pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert not (RunDir.for_config(trainer.cfg).checkpoints / "latest").exists()  # no checkpoint at step 5
+    # nor a folder: before its first record the run left its config alone, which `train` refused to
+    # replace ("resume it") and `train --resume` to resume ("no checkpoint")
+    assert not RunDir.for_config(trainer.cfg).path.exists()
     with stopping.stop_at_step_end(), pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)  # reading the corpus, building the model: nothing to finish
     assert stopping.requested() is None

@@ -274,12 +274,13 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to train.steps and write the results (a resumed run that had already finished
         changes nothing and returns its recorded result). However it ends, the lock is released; a
-        fresh run that fails before its first record (out of memory at the first step, say) leaves
-        no directory, as a failed set-up does."""
+        fresh run that fails or is interrupted at once (a second Ctrl-C) before its first record
+        leaves no directory, as a failed set-up does: a folder of its config alone could be neither
+        resumed nor trained again without --overwrite."""
         try:
             with stopping.armed():  # a stop signal ends the loop at a step's end (training/stopping.py)
                 return self._fit()
-        except Exception:
+        except BaseException:
             self._remove_if_empty()
             raise
         finally:
