@@ -65,10 +65,10 @@ def persona_gain(base: str | Path, run: str | Path, device: str = "auto") -> dic
     cfg, model, tokenizer = load_run(run, resolved)
     _, data = prepare_tokens(cfg.data, tokenizer)
     sample = (data.val, cfg.data.seq_len, cfg.train.batch_size, cfg.train.eval_batches, resolved, cfg.train.dtype)
-    after, after_batches = evaluate_by_batch(model, *sample)
+    after, after_batches = evaluate_by_batch(model, *sample, progress=f"scoring {run} on its persona windows")
     del model
     _, base_model, _ = load_run(base, resolved)
-    before, before_batches = evaluate_by_batch(base_model, *sample)
+    before, before_batches = evaluate_by_batch(base_model, *sample, progress=f"scoring {base} on them")
     gain = {
         "base": str(base),
         "val_loss_before": before,
