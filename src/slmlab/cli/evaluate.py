@@ -115,7 +115,12 @@ def register(sub) -> None:
         help="continuations to sample, as one batch from one seeded generator (as Hugging Face's num_return_sequences: "
         "the first of several differs from --num-samples 1's with the same seed)",
     )
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute the context (its last model.block_size tokens) each step; with the KV cache, a generation that "
+        "fills the context goes on from its last block_size // 2 tokens, so the two agree up to the context and differ past it",
+    )
     add_compile(p)
     add_checkpoint(p)
     add_int8(p)
