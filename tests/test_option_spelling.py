@@ -73,3 +73,21 @@ def test_a_section_given_as_a_table_on_the_command_line_sets_the_keys_it_names(m
     assert "data prepare reads only data.* settings, so ['model'] would change nothing" in capsys.readouterr().err
     argv = ["persona", "RUN", "--persona-data", "x", "--train", "all", "--data", "{seq_len = 8}"]
     assert split_overrides(argv, build_parser()) == (argv[:6], argv[6:])
+
+
+def test_one_setting_is_spelled_one_way_in_every_verb():
+    """`ablate` took the count of validation batches as --n-batches where `eval` and `quantize`
+    take --batches (`ablate --batches 40` was refused). Every option is spelled one way across the
+    verbs (one dest, one first spelling), and every count of batches is --batches; --n-batches
+    still reads as it."""
+    from slmlab.cli.main import build_parser
+    from slmlab.cli.options import parser_tree
+
+    spellings: dict[str, set[str]] = {}
+    for parser in parser_tree(build_parser()):
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                spellings.setdefault(action.dest, set()).add(action.option_strings[0])
+    assert {dest: s for dest, s in spellings.items() if len(s) > 1} == {}
+    assert {dest: s for dest, s in spellings.items() if dest.endswith("batches")} == {"batches": {"--batches"}}
+    assert build_parser().parse_args(["ablate", "runs/x", "--n-batches", "7"]).batches == 7

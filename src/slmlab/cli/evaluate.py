@@ -49,8 +49,9 @@ def register(sub) -> None:
     p.add_argument(
         "--text",
         metavar="PATH",
-        help="score every token of this UTF-8 text file once, with as much of the text before it as the context holds "
-        "('-': standard input), instead of the validation split; RUN may be a sweep folder: every finished run scores "
+        help="score every token of this UTF-8 text file once, in consecutive windows of the context the run trained at "
+        "(--stride gives each token more of the text before it) ('-': standard input), instead of the validation split; "
+        "RUN may be a sweep folder: every finished run scores "
         "it, and each variant's bits per byte are paired with the baseline's by seed",
     )
     p.add_argument(
@@ -147,12 +148,19 @@ def register(sub) -> None:
         "ablate",
         "surgical ablations of a trained run (or of every run of a sweep, then over its seeds): each intervention's "
         "validation ppl vs the unmodified model",
-        "  slmlab ablate runs/smat_quick/full_s0\n  slmlab ablate runs/smat_ablation/full_s3 --n-batches 40\n"
+        "  slmlab ablate runs/smat_quick/full_s0\n  slmlab ablate runs/smat_ablation/full_s3 --batches 40\n"
         "  slmlab ablate runs/quickstart --layers\n  slmlab ablate runs/quickstart --heads\n"
         "  slmlab ablate runs/smat_quick                # a sweep: each variant's interventions over its seeds",
     )
     p.add_argument("run")
-    p.add_argument("--n-batches", type=positive_int, default=20, help="validation batches per evaluation (default 20)")
+    p.add_argument(
+        "--batches",
+        "--n-batches",
+        dest="batches",
+        type=positive_int,
+        default=20,
+        help="validation batches per evaluation (default 20; --n-batches is its older spelling)",
+    )
     p.add_argument(
         "--layers", action="store_true", help="also zero each layer's attention and MLP output in turn (any decoder model)"
     )
@@ -376,7 +384,7 @@ def cmd_ablate(args, extra) -> int:
 
     run = Path(args.run)
     sweep = is_sweep_dir(run)  # every finished run, then each variant over its seeds
-    table, _ = (ablate_sweep if sweep else ablate)(run, args.n_batches, args.device, args.layers, args.heads)
+    table, _ = (ablate_sweep if sweep else ablate)(run, args.batches, args.device, args.layers, args.heads)
     print(table)
     print(f"saved: {run / 'ablations.md'}, ablations.json" + (" (and each run's own)" if sweep else ""))
     return 0
