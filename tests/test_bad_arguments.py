@@ -9,6 +9,7 @@ import pytest
 
 from slmlab.cli import main
 from slmlab.config import ConfigError, config_from_dict
+from tests.conftest import one_line_error
 
 
 @pytest.mark.parametrize(
@@ -364,6 +365,7 @@ def test_torchrun_variables_left_in_the_shell_are_named_or_harmless(micro_toml, 
         (["--top-k", "5"], "--top-k filters what is sampled, and --temperature 0 samples nothing (greedy decoding): remove it"),
         (["--top-k", "5", "--top-p", "0.9"], "--top-k and --top-p filter what is sampled, and --temperature 0 samples nothing"),
         (["--num-samples", "3"], "--temperature 0 (greedy decoding) gives the same text every time, so --num-samples 3"),
+        (["--seed", "5"], "--seed 5 seeds the sampling, and --temperature 0 samples nothing (greedy decoding): remove it"),
     ],
 )
 def test_generate_refuses_sampling_options_that_greedy_decoding_ignores(micro_toml, tmp_path, capsys, options, says):
@@ -374,6 +376,16 @@ def test_generate_refuses_sampling_options_that_greedy_decoding_ignores(micro_to
     assert main(["generate", run, "--prompt", "T", "--temperature", "0", "--max-new-tokens", "3", *options]) == 2
     assert says in capsys.readouterr().err
     assert main(["generate", run, "--prompt", "T", "--temperature", "0", "--max-new-tokens", "3"]) == 0
+
+
+def test_generate_refuses_to_ignore_an_end_of_text_token_the_tokenizer_has_not(micro_toml, tmp_path, capsys):
+    """--ignore-eos on a char or byte run (no end-of-text token) was taken and did nothing."""
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "r"]) == 0
+    capsys.readouterr()
+    argv = ["generate", str(tmp_path / "runs" / "r"), "--prompt", "T", "--max-new-tokens", "3"]
+    assert main([*argv, "--ignore-eos"]) == 2
+    assert "char tokenizer has no end-of-text token" in one_line_error(capsys, "--ignore-eos would change nothing: ")
+    assert main(argv) == 0
 
 
 @pytest.mark.parametrize(

@@ -119,7 +119,7 @@ def test_scoring_ablating_and_generating_log_their_progress(text_corpus, make_co
     model.generate_many([[1, 2]], 5, temperature=0, stop_token=stop, progress="stopped")
     assert [line.split(" tokens")[0] for line in every_update_logs() if line.startswith("stopped")] == ["stopped: 5/5"]
     # `slmlab generate --num-samples N` printed nothing until its batch finished (3,000 samples: 30 s)
-    assert main(["generate", str(run), "--prompt", "RO", "--num-samples", "3", "--max-new-tokens", "4", "--ignore-eos"]) == 0
+    assert main(["generate", str(run), "--prompt", "RO", "--num-samples", "3", "--max-new-tokens", "4"]) == 0
     assert [line.split(" tokens")[0] for line in every_update_logs() if line.startswith("sampling 3")] == [
         f"sampling 3: {n}/12" for n in (3, 6, 9, 12)
     ]

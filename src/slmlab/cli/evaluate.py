@@ -315,10 +315,16 @@ def eval_sweep_text(args, text: str, where: str) -> int:
 
 
 def cmd_generate(args, extra) -> int:
+    from ..errors import ConfigError
     from ..evals.score import generate_texts, load_for_inference
 
     check_greedy_options(args)
     cfg, model, tokenizer, device = load_for_inference(args.run, args.device, args.int8, checkpoint=args.checkpoint)
+    if args.ignore_eos and tokenizer.eos_id is None:
+        raise ConfigError(
+            f"--ignore-eos would change nothing: {args.run}'s {tokenizer.kind} tokenizer has no end-of-text token, so "
+            "generation runs to --max-new-tokens anyway; drop it"
+        )
     stream = StreamedLine() if args.num_samples == 1 else None  # one sample is printed as it is generated
     try:
         texts = generate_texts(

@@ -334,12 +334,18 @@ def add_sampling(parser: argparse.ArgumentParser, max_new_tokens: int = 200) -> 
 
 def check_greedy_options(args: argparse.Namespace) -> None:
     """--temperature 0 is greedy decoding: the most likely token every step, the same text every
-    time. Filters of the sampled distribution and several samples would be ignored or repeated."""
+    time. Filters of the sampled distribution, a seed and several samples would be ignored or
+    repeated."""
     from ..model.sampling import greedy_ignores
 
     ignored = greedy_ignores(args.temperature, args.top_k, args.top_p, spell=lambda name: "--" + name.replace("_", "-"))
     if ignored:
         raise ConfigError(ignored)
+    if args.temperature == 0 and args.seed != 0:
+        raise ConfigError(
+            f"--seed {args.seed} seeds the sampling, and --temperature 0 samples nothing (greedy decoding): remove it, "
+            "or give a temperature > 0"
+        )
     if args.temperature == 0 and args.num_samples > 1:
         raise ConfigError(
             f"--temperature 0 (greedy decoding) gives the same text every time, so --num-samples {args.num_samples} "
