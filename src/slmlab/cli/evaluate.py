@@ -116,12 +116,8 @@ def register(sub) -> None:
         help="continuations to sample, as one batch from one seeded generator (as Hugging Face's num_return_sequences: "
         "the first of several differs from --num-samples 1's with the same seed)",
     )
-    p.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="recompute the context (its last model.block_size tokens) each step; with the KV cache, a generation that "
-        "fills the context goes on from its last block_size // 2 tokens, so the two agree up to the context and differ past it",
-    )
+    no_cache = "recompute the last block_size tokens each step (the KV cache goes on from the last block_size // 2 once full)"
+    p.add_argument("--no-cache", action="store_true", help=no_cache)
     add_compile(p)
     add_checkpoint(p)
     add_int8(p)
@@ -153,14 +149,8 @@ def register(sub) -> None:
         "  slmlab ablate runs/smat_quick                # a sweep: each variant's interventions over its seeds",
     )
     p.add_argument("run")
-    p.add_argument(
-        "--batches",
-        "--n-batches",
-        dest="batches",
-        type=positive_int,
-        default=20,
-        help="validation batches per evaluation (default 20; --n-batches is its older spelling)",
-    )
+    batches = "validation batches per evaluation (default 20; --n-batches is its older spelling)"
+    p.add_argument("--batches", "--n-batches", dest="batches", type=positive_int, default=20, help=batches)
     p.add_argument(
         "--layers", action="store_true", help="also zero each layer's attention and MLP output in turn (any decoder model)"
     )

@@ -274,9 +274,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to train.steps and write the results (a resumed run that had already finished
         changes nothing and returns its recorded result). However it ends, the lock is released; a
-        fresh run that fails or is interrupted at once (a second Ctrl-C) before its first record
-        leaves no directory, as a failed set-up does: a folder of its config alone could be neither
-        resumed nor trained again without --overwrite."""
+        fresh run that fails or is interrupted (a second Ctrl-C) before its first record leaves no
+        directory, as a failed set-up does: its config alone could not be resumed."""
         try:
             with stopping.armed():  # a stop signal ends the loop at a step's end (training/stopping.py)
                 return self._fit()
