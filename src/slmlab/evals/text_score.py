@@ -75,8 +75,7 @@ def score_text(
     spans = window_spans(len(ids), window, stride)
     count = 1 + -(-(len(ids) - min(window, len(ids))) // stride)  # the first window, then one per stride
     device = next(model.parameters()).device
-    nll = torch.zeros(count, dtype=torch.float64, device=device)  # nats, summed over each window's tokens scored
-    scored_counts, done = np.zeros(count), 0
+    nll, scored = [], []  # per window: the nats summed over the tokens it scores, and their count
     with PhaseProgress(progress, count, "windows") as shown:
         while batch := list(itertools.islice(spans, batch_size)):
             width = max(stop - start for start, _, stop in batch)
@@ -85,15 +84,14 @@ def score_text(
                 inputs[row, : stop - start] = full[start:stop]
             logits, _ = model(inputs.to(device))
             for row, (start, counted, stop) in enumerate(batch):
-                scored = logits[row, counted - start : stop - start].float()  # predicting full[counted + 1 : stop + 1]
-                nll[done + row] = F.cross_entropy(scored, full[counted + 1 : stop + 1].to(device), reduction="sum").double()
-                scored_counts[done + row] = stop - counted
-            done += len(batch)
+                predicted = logits[row, counted - start : stop - start].float()  # predicting full[counted + 1 : stop + 1]
+                nll.append(F.cross_entropy(predicted, full[counted + 1 : stop + 1].to(device), reduction="sum").double())
+                scored.append(stop - counted)
             shown.update(len(batch))
-    by_window = nll.cpu().numpy()
+    by_window = torch.stack(nll).cpu().numpy()
     size, nats = len(text.encode("utf-8")), float(by_window.sum())
     loss = nats / len(ids)
-    low, high = ratio_interval(by_window, scored_counts)
+    low, high = ratio_interval(by_window, scored)
     return {
         "tokens": len(ids),
         "bytes": size,
