@@ -85,12 +85,21 @@ def _paired(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def loss_by_context_length(
-    model, split, lengths: list[int], batch_size: int, n_batches: int, device, reference: nn.Module | None = None
+    model,
+    split,
+    lengths: list[int],
+    batch_size: int,
+    n_batches: int,
+    device,
+    reference: nn.Module | None = None,
+    trained_length: int = 0,
 ) -> list[dict]:
     """Per length: the mean loss of its windows with its CI over them. `reference` (the model at
     the rope_scale it trained with, where `model` is evaluated at another): also scored on the same
     windows, and the change paired by window, {"vs_trained": {"delta", "low", "high"}}: whether
-    the scale helps at that length by more than the choice of windows moves it."""
+    the scale helps at that length by more than the choice of windows moves it. A length past the
+    learned positions is not scored, and one past `trained_length` (the run's data.seq_len; 0: none)
+    is noted: it reads positions the run never trained at."""
     limit = model.positions.max_positions
     results = []
     for length in lengths:
@@ -100,6 +109,8 @@ def loss_by_context_length(
         per_window = token_losses(model, split, length, batch_size, n_batches, device).double().mean(1).numpy()
         scored = _over_windows(per_window)
         results.append({"context_length": length, **scored, "ppl": perplexity(scored["loss"])})
+        if trained_length and length > trained_length:  # RoPE: whether a scale helps there, or not
+            results[-1]["note"] = f"past the {trained_length} positions trained at"
         if reference is not None:
             trained = token_losses(reference, split, length, batch_size, n_batches, device).double().mean(1).numpy()
             results[-1].update(trained_loss=float(trained.mean()), vs_trained=_paired(per_window, trained))
@@ -175,10 +186,7 @@ def long_context_report(
             f"saved: {written[-2]} and .png",
         ]
     if context_lengths:
-        rows = loss_by_context_length(model, split, context_lengths, batch, batches, device, trained_model)
-        for row in rows:  # a longer window reads positions the run never trained at (RoPE: a scale helps there, or not)
-            if row["loss"] is not None and row["context_length"] > cfg.data.seq_len:
-                row["note"] = f"past the {cfg.data.seq_len} positions trained at"
+        rows = loss_by_context_length(model, split, context_lengths, batch, batches, device, trained_model, cfg.data.seq_len)
         written += write_report(
             run,
             f"eval_context_lengths{suffix}",
