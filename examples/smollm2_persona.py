@@ -27,15 +27,8 @@ from slmlab.experiments.stats import bootstrap_mean, percent_interval, perplexit
 from slmlab.persona.classifier import PersonaClassifier, persona_data
 from slmlab.persona.evaluate import NEUTRAL, adversarial_prompts
 from slmlab.persona.stage2 import source_data_config
-from slmlab.persona.surgery import (
-    hf_continuations,
-    insert_self_area,
-    load_hf_model,
-    persona_loss,
-    persona_tokens,
-    save_self_area,
-    train_self_area,
-)
+from slmlab.persona.surgery import hf_continuations, insert_self_area, load_hf_model, save_self_area
+from slmlab.persona.surgery_training import persona_loss, persona_tokens, train_self_area
 from slmlab.runs.metrics import MetricsLog
 from slmlab.tables import markdown_table
 from slmlab.variants.self_area import SelfAreaConfig

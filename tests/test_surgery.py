@@ -16,13 +16,8 @@ transformers = pytest.importorskip("transformers")
 
 from slmlab.cli import main
 from slmlab.data.tokens import TokenSplit
-from slmlab.persona.surgery import (
-    decoder_layers,
-    insert_self_area,
-    load_self_area,
-    save_self_area,
-    train_self_area,
-)
+from slmlab.persona.surgery import decoder_layers, insert_self_area, load_self_area, save_self_area
+from slmlab.persona.surgery_training import train_self_area
 from slmlab.runs.checkpoints import CheckpointError
 from slmlab.variants.self_area import SelfAreaConfig
 
@@ -283,7 +278,8 @@ def test_text_the_models_tokenizer_cannot_encode_is_one_line_naming_it(kind, tmp
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     from slmlab.config import ConfigError, DataConfig
-    from slmlab.persona.surgery import hf_continuations, persona_tokens
+    from slmlab.persona.surgery import hf_continuations
+    from slmlab.persona.surgery_training import persona_tokens
 
     chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,:;!?'\n"
     backend = Tokenizer(models.WordLevel({"<eos>": 0, **{c: i + 1 for i, c in enumerate(chars)}}))  # no unk_token

@@ -176,30 +176,33 @@ def cmd_persona_eval(args, extra) -> int:
 def cmd_surgery(args, extra) -> int:
     from ..config import ConfigError
     from ..experiments.stats import interval_clause
-    from ..persona.surgery import greedy_continuation, load_with_self_area, surgery
+    from ..persona.surgery import greedy_continuation, load_with_self_area
+    from ..persona.surgery_training import surgery
     from ..runs.metrics import perplexity
     from ..tables import counted, format_number
+    from ..training.stopping import stop_at_step_end
 
     if args.load:
         model, tokenizer = load_with_self_area(args.hf_model, args.load, args.device)
     elif not args.persona_data:
         raise ConfigError("give --persona-data SOURCE to train a Self Area (or --load DIR to use a trained one)")
     else:
-        model, tokenizer, summary, folder = surgery(
-            args.hf_model,
-            args.persona_data,
-            args.out or None,
-            args.steps,
-            args.lr,
-            args.batch_size,
-            args.seq_len,
-            args.self_dim,
-            args.token_dependent,
-            args.seed,
-            args.overwrite,
-            args.device,
-            source_reading(extra),
-        )
+        with stop_at_step_end():  # Ctrl-C or SIGTERM: the Self Area trained so far is saved
+            model, tokenizer, summary, folder = surgery(
+                args.hf_model,
+                args.persona_data,
+                args.out or None,
+                args.steps,
+                args.lr,
+                args.batch_size,
+                args.seq_len,
+                args.self_dim,
+                args.token_dependent,
+                args.seed,
+                args.overwrite,
+                args.device,
+                source_reading(extra),
+            )
         before, after = summary["persona_val_loss_before"], summary["persona_val_loss_after"]
         change, batches = summary["persona_ppl_change"], summary["persona_val_batches"]
         print(f"Self Area ({summary['self_area_params']:,} parameters; base {summary['base_params']:,} frozen) saved to {folder}")
@@ -207,9 +210,27 @@ def cmd_surgery(args, extra) -> int:
             f"persona validation loss {before:.4f} -> {after:.4f} (perplexity {perplexity(before):.2f} -> {perplexity(after):.2f}: "
             f"{format_number(change['delta_pct'], '+.2f', '%')}, {interval_clause(change, batches)} over {counted(batches, 'batches')})"
         )
+        if "stopped_by" in summary:
+            return report_surgery_stop(summary, args.argv)
     if args.generate:
         print(greedy_continuation(model, tokenizer, args.generate, args.max_new_tokens))
     return 0
+
+
+def report_surgery_stop(summary: dict, argv: list[str]) -> int:
+    """Say that a surgery stopped on a signal saved the Self Area of fewer steps than asked, and how
+    to train it in full (surgery has no resume); the shell's exit code (128 + the signal's number)."""
+    import signal
+
+    from ..tables import command_line
+    from ..torchrun_env import report_error
+
+    again = command_line("slmlab", *argv, *([] if "--overwrite" in argv else ["--overwrite"]))
+    report_error(
+        f"slmlab: surgery stopped by {summary['stopped_by']} after {summary['steps']} of {summary['steps_asked']} steps: "
+        f"the Self Area trained so far is saved; to train one of all {summary['steps_asked']} steps: {again}"
+    )
+    return 128 + signal.Signals[summary["stopped_by"]].value
 
 
 def _progress(line: str) -> None:

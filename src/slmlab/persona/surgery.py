@@ -6,7 +6,7 @@ input hidden states (the residual stream), the same module the native decoder us
 (variants/self_area.py). With α_l = 0 at insertion the model's outputs are unchanged. Only the
 Self Area trains; the base weights are frozen. The module is saved alone (self_area.safetensors
 plus self_area.json describing its shape and the base it was trained on) and loads back onto the
-same base. Decoder layers are found at the usual places (GPT-2 `transformer.h`, Llama/Mistral/
+same base; persona/surgery_training.py trains it (`slmlab surgery`). Decoder layers are found at the usual places (GPT-2 `transformer.h`, Llama/Mistral/
 Phi-3/Qwen `model.layers`, GPT-NeoX `gpt_neox.layers`, ...), else as the shallowest ModuleList of
 as many modules as the config has layers (MPT's `transformer.blocks`), never a layer's own list of
 experts.
@@ -21,25 +21,16 @@ import functools
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_model
 from torch import nn
 
-from ..config import ConfigError, DataConfig, TrainConfig, build_dataclass
-from ..data.corpora import DocumentSelection
-from ..data.sampling import WindowSampler, validation_batches
-from ..data.split import splits_by_position, validation_ids
-from ..data.tokens import TokenSplit
-from ..experiments.stats import perplexity_change
+from ..config import ConfigError, build_dataclass
 from ..files import atomic_write_text, is_run_folder, json_text, read_json, require_fields
-from ..phase_progress import PhaseProgress, tracked
+from ..phase_progress import PhaseProgress
 from ..runs.checkpoints import CheckpointError, save_weights, verify_file
-from ..runs.metrics import MetricsLog
 from ..tables import command_line
-from ..training.optim import lr_at
 from ..variants.self_area import SelfArea, SelfAreaConfig
 from .hf_text import hf_encode
 
@@ -106,22 +97,6 @@ def insert_self_area(model: nn.Module, cfg: SelfAreaConfig) -> SelfArea:
     return area
 
 
-def check_surgery_folder(folder: Path, overwrite: bool) -> None:
-    """The folder surgery writes (self_area.*, metrics.jsonl, summary.json) is new, empty, or an
-    earlier surgery's (replaced only with `overwrite`); a run's or any other folder is refused,
-    since its metrics.jsonl and summary.json would be replaced."""
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--out {folder} is a file, not a folder; choose another --out")
-    if not folder.is_dir() or not any(folder.iterdir()):
-        return
-    if not (folder / "self_area.json").is_file():
-        raise ConfigError(
-            f"{folder} holds files that are not a Self Area (its metrics.jsonl, summary.json would be replaced); choose another --out"
-        )
-    if not overwrite:
-        raise ConfigError(f"{folder} already holds a Self Area; choose another --out, or --overwrite to replace it")
-
-
 def save_self_area(area: SelfArea, directory: str | Path, base: str) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -170,7 +145,7 @@ def load_self_area(model: nn.Module, directory: str | Path) -> SelfArea:
     return area
 
 
-# ---- loading a base model and persona data ---------------------------------------------------
+# ---- loading a base model -------------------------------------------------------------------
 
 
 def load_hf_model(path: str | Path, device: torch.device):
@@ -205,138 +180,6 @@ def model_context(model: nn.Module) -> int | None:
     """A Hugging Face model's context length in tokens (None where its config does not say)."""
     config = text_config(model)
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-
-
-def persona_tokens(data: DataConfig, tokenizer, val_fraction: float = 0.1) -> tuple[TokenSplit, TokenSplit]:
-    """The persona corpus through the model's own tokenizer: documents joined by EOS, split into
-    train and validation by document (the foundation's hash-ranked split)."""
-    docs = list(DocumentSelection(data))
-    if not docs:
-        raise ConfigError(f"the persona data ({data.source}, genres {data.genres or 'all'}) has no documents")
-    ids = [d.id for d in docs]
-    val_ids = set() if splits_by_position(ids) else validation_ids(ids, val_fraction)
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    splits = {"train": [], "val": []}
-    for doc in docs:
-        ids = hf_encode(tokenizer, doc.text, f"persona document '{doc.id}'")["input_ids"]
-        splits["val" if doc.id in val_ids else "train"] += [*ids, eos]
-    if not splits["val"]:  # one document (or one id): its tail is the validation text
-        cut = int(len(splits["train"]) * (1 - val_fraction))
-        splits = {"train": splits["train"][:cut], "val": splits["train"][cut:]}
-    return tuple(TokenSplit(np.asarray(ids, dtype=np.int64), {"*": (0, len(ids))}) for ids in splits.values())
-
-
-# ---- training -------------------------------------------------------------------------------
-
-
-def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=x).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-
-
-@torch.no_grad()
-def persona_loss(
-    model: nn.Module, split: TokenSplit, seq_len: int, batch: int, n_batches: int, device
-) -> tuple[float, list[float]]:
-    """(the mean cross-entropy over the split's fixed validation sample, each batch's): on windows
-    that share no token, in batches of one size (so the mean of the batches' is every token's), so
-    that two models' losses compare batch by batch with an interval (experiments/stats.py's
-    perplexity_change), as `ablate` compares its interventions."""
-    sample = validation_batches(split, seq_len, batch, n_batches, progress="scoring the persona text", disjoint=True)
-    batches = [lm_loss(model, x.to(device), y.to(device)).item() for x, y in sample]
-    return float(np.mean(batches)), batches
-
-
-def train_self_area(
-    model: nn.Module,
-    area: SelfArea,
-    train: TokenSplit,
-    steps: int,
-    lr: float,
-    batch: int,
-    seq_len: int,
-    seed: int = 0,
-    metrics: MetricsLog | None = None,
-    log_every: int = 10,
-) -> None:
-    """AdamW on the Self Area's parameters only (warmup over 5% of the steps, then cosine to 10%),
-    the steps' progress shown (PhaseProgress)."""
-    device = next(area.parameters()).device
-    sampler = WindowSampler(train, seq_len, batch, seed)
-    optimizer = torch.optim.AdamW(area.parameters(), lr=lr, weight_decay=0.0)
-    schedule = TrainConfig(steps=steps, lr=lr, warmup_steps=max(1, steps // 20), min_lr_ratio=0.1)
-    model.train()
-    for step in tracked(range(steps), "training the Self Area", steps, "steps"):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, schedule)
-        x, y = sampler.next_batch()
-        loss = lm_loss(model, x.to(device), y.to(device))
-        loss.backward()
-        nn.utils.clip_grad_norm_(area.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if metrics is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
-            metrics.append(
-                {"step": step + 1, "loss": loss.item(), "lr": lr_at(step, schedule), "alpha_mean": area.alpha.abs().mean().item()}
-            )
-    model.eval()
-
-
-# ---- the verb's two uses: train a Self Area into a base model, generate with one ---------------
-
-
-def surgery(
-    hf_model: str | Path,
-    persona_data: str,
-    out: str | Path | None = None,
-    steps: int = 200,
-    lr: float = 1e-2,
-    batch_size: int = 4,
-    seq_len: int = 128,
-    self_dim: int = 128,
-    token_dependent: bool = False,
-    seed: int = 0,
-    overwrite: bool = False,
-    device: str = "auto",
-    reading: dict | None = None,
-) -> tuple[nn.Module, object, dict, Path]:
-    """Insert a Self Area into the base model, train it alone on persona text, save it (with
-    metrics.jsonl and summary.json) -> (model, tokenizer, summary, folder). `reading`: DataConfig
-    fields on how the persona files are read (text_field, doc_separator)."""
-    from ..training.runtime import resolve_device
-    from .stage2 import source_data_config
-
-    resolved = resolve_device(device)
-    folder = Path(out or f"runs/surgery_{Path(hf_model).stem}")
-    check_surgery_folder(folder, overwrite)  # before the base model loads (seconds to minutes)
-    persona = source_data_config(persona_data, **(reading or {}))
-    model, tokenizer = load_hf_model(hf_model, resolved)
-    context = model_context(model)
-    if context and seq_len > context:
-        raise ConfigError(
-            f"--seq-len {seq_len} exceeds the {context}-token context of {hf_model}; give --seq-len {context} or less"
-        )
-    train_split, val_split = persona_tokens(persona, tokenizer)
-    area = insert_self_area(model, SelfAreaConfig(enabled=True, self_dim=self_dim, token_dependent=token_dependent))
-    before, before_batches = persona_loss(model, val_split, seq_len, batch_size, 8, resolved)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.jsonl").unlink(missing_ok=True)
-    train_self_area(model, area, train_split, steps, lr, batch_size, seq_len, seed, MetricsLog(folder / "metrics.jsonl"))
-    after, after_batches = persona_loss(model, val_split, seq_len, batch_size, 8, resolved)
-    save_self_area(area, folder, str(hf_model))
-    summary = {
-        "base_model": str(hf_model),
-        "persona_data": persona_data,
-        "steps": steps,
-        "self_area_params": sum(p.numel() for p in area.parameters()),
-        "base_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("self_area.")),
-        "persona_val_loss_before": before,
-        "persona_val_loss_after": after,
-        "persona_ppl_change": perplexity_change(after - before, after_batches, before_batches),  # paired by batch
-        "persona_val_batches": len(after_batches),
-    }
-    atomic_write_text(folder / "summary.json", json_text(summary, indent=2) + "\n")
-    return model, tokenizer, summary, folder
 
 
 def load_with_self_area(hf_model: str | Path, directory: str | Path, device: str = "auto"):
