@@ -24,11 +24,17 @@ from slmlab.evals.prompts import load_suite
         ('prompt = ""', "prompt 'odd' is empty"),
         ('prompt = "T~"', "prompt 'odd': characters not in the tokenizer's vocabulary: '~'"),
         ("temperature = 0.0\ntop_k = 5", "top_k filters what is sampled, and temperature 0 samples nothing (greedy decoding)"),
+        ("temperature = 0.0\nseed = 4", "seed 4 seeds the sampling, and temperature 0 samples nothing (greedy decoding)"),
+        (
+            "temperature = 0.0\ntop_p = 0.9\nseed = 4",
+            "top_p filters what is sampled; seed 4 seeds the sampling, and temperature 0",
+        ),
     ],
 )
 def test_a_prompt_suite_with_an_impossible_setting_is_one_line_naming_the_prompt(micro_toml, tmp_path, capsys, line, says):
     """Before: top_p = 0 blamed the model's weights ('probabilities are not finite'), a negative
-    temperature sampled greedily and max_tokens = 0 wrote empty completions, all silently."""
+    temperature sampled greedily, max_tokens = 0 wrote empty completions, and a greedy prompt's
+    seed seeded nothing, all silently (`generate --seed` refused it already)."""
     assert main(["train", str(micro_toml), "--no-progress", "--name", "r"]) == 0
     suite = tmp_path / "suite.toml"
     odd = line if line.startswith("prompt =") else f'prompt = "T"\n{line}'

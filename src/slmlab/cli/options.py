@@ -338,14 +338,10 @@ def check_greedy_options(args: argparse.Namespace) -> None:
     repeated."""
     from ..model.sampling import greedy_ignores
 
-    ignored = greedy_ignores(args.temperature, args.top_k, args.top_p, spell=lambda name: "--" + name.replace("_", "-"))
+    seed = args.seed if args.seed != 0 else None  # 0: the default, as good as not given
+    ignored = greedy_ignores(args.temperature, args.top_k, args.top_p, seed, spell=lambda name: "--" + name.replace("_", "-"))
     if ignored:
         raise ConfigError(ignored)
-    if args.temperature == 0 and args.seed != 0:
-        raise ConfigError(
-            f"--seed {args.seed} seeds the sampling, and --temperature 0 samples nothing (greedy decoding): remove it, "
-            "or give a temperature > 0"
-        )
     if args.temperature == 0 and args.num_samples > 1:
         raise ConfigError(
             f"--temperature 0 (greedy decoding) gives the same text every time, so --num-samples {args.num_samples} "

@@ -38,18 +38,22 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
         raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
 
 
-def greedy_ignores(temperature: float, top_k: int, top_p: float, spell: Callable[[str], str] = str) -> str:
-    """ "" or one line naming the filters set (top_k, top_p) that temperature 0 ignores, with each
-    setting's name as `spell` writes it ("--top-k"): greedy decoding takes the most likely token,
-    which every filter keeps, and a user who sets one believes it samples."""
-    names = [spell(name) for name, on in (("top_k", top_k != 0), ("top_p", top_p != 1.0)) if on] if temperature == 0 else []
-    if not names:
+def greedy_ignores(
+    temperature: float, top_k: int, top_p: float, seed: int | None = None, spell: Callable[[str], str] = str
+) -> str:
+    """ "" or one line naming what temperature 0 ignores: the filters set (top_k, top_p) and a
+    `seed` given (None: none was), with each setting's name as `spell` writes it ("--top-k").
+    Greedy decoding takes the most likely token, which every filter keeps, and draws no random
+    number; a user who sets one of them believes it samples."""
+    if temperature != 0:
         return ""
-    verb, them = ("filter", "them") if len(names) > 1 else ("filters", "it")
-    return (
-        f"{' and '.join(names)} {verb} what is sampled, and {spell('temperature')} 0 samples nothing (greedy decoding): "
-        f"remove {them}, or give a temperature > 0"
-    )
+    filters = [spell(name) for name, on in (("top_k", top_k != 0), ("top_p", top_p != 1.0)) if on]
+    said = [f"{' and '.join(filters)} {'filter' if len(filters) > 1 else 'filters'} what is sampled"] if filters else []
+    said += [f"{spell('seed')} {seed} seeds the sampling"] if seed is not None else []
+    if not said:
+        return ""
+    them = "them" if len(filters) + (seed is not None) > 1 else "it"
+    return f"{'; '.join(said)}, and {spell('temperature')} 0 samples nothing (greedy decoding): remove {them}, or give a temperature > 0"
 
 
 def sample_next(
