@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -115,6 +116,23 @@ def test_every_verb_has_help_with_examples(capsys):
             build_parser().parse_args([*verb, "--help"])
         assert exit_info.value.code == 0
         assert "examples:" in capsys.readouterr().out
+
+
+def test_every_option_of_every_verb_says_what_it_does():
+    """`eval --split`, `surgery --steps/--lr/--seq-len/...`, `lm-eval --num-fewshot` showed a bare
+    name in --help, with neither what it sets nor its default."""
+
+    def bare(parser: argparse.ArgumentParser, verb: str) -> list[str]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found += bare(sub, f"{verb} {name}".strip())
+            elif action.option_strings and not (action.help or "").strip():
+                found.append(f"{verb} {action.option_strings[0]}")
+        return found
+
+    assert bare(build_parser(), "") == []
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ def register(sub) -> None:
         overrides="data",
     )
     p.add_argument("config")
-    p.add_argument("--out", default="tokenizer.json")
+    p.add_argument("--out", default="tokenizer.json", help="the tokenizer file written (default tokenizer.json)")
     p.set_defaults(func=cmd_tokenizer_train)
 
 

@@ -62,7 +62,12 @@ def register(sub) -> None:
         "token more context for more compute)",
     )
     p.add_argument("--batches", type=positive_int, default=50, help="number of validation batches (default 50)")
-    p.add_argument("--split", choices=("val", "train"), default="val")
+    p.add_argument(
+        "--split",
+        choices=("val", "train"),
+        default="val",
+        help="the split scored (default val; train: the training split, for the gap between the two)",
+    )
     add_device(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--by-position", action="store_true", help="loss per position bucket of the window (saved as JSON + PNG)")
@@ -171,7 +176,7 @@ def register(sub) -> None:
         overrides=True,
     )
     p.add_argument("config")
-    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--batch-size", type=positive_int, default=4, help="windows of the one batch overfitted (default 4)")
     p.add_argument("--steps", type=positive_int, default=500, help="most overfitting steps")
     p.set_defaults(func=cmd_diagnose)
 

@@ -84,7 +84,7 @@ def register(sub) -> None:
         "  slmlab train configs/quickstart.toml --viz-every 50\n  slmlab viz animate runs/quickstart --fps 4",
     )
     p.add_argument("run")
-    p.add_argument("--fps", type=positive_int, default=4)
+    p.add_argument("--fps", type=positive_int, default=4, help="frames per second (default 4)")
     p.set_defaults(func=cmd_viz_animate)
 
     p = add_verb(

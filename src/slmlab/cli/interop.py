@@ -39,8 +39,10 @@ def register(sub) -> None:
         "--tasks", required=True, help="comma-separated task names (slmlab_cloze, or any task lm-eval can read offline)"
     )
     p.add_argument("--limit", type=non_negative_int, default=0, help="examples per task (0 = all)")
-    p.add_argument("--num-fewshot", type=non_negative_int, default=None)
-    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument(
+        "--num-fewshot", type=non_negative_int, default=None, help="examples before each question (default: the task's own)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=16, help="sequences scored together (default 16)")
     p.add_argument("--include-path", default="", help="a folder of your own task YAMLs")
     add_device(p)
     p.set_defaults(func=cmd_lm_eval)

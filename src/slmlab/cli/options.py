@@ -321,7 +321,9 @@ def output_folder(text: str) -> str:
 
 
 def add_sampling(parser: argparse.ArgumentParser, max_new_tokens: int = 200) -> None:
-    parser.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens)
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, default=max_new_tokens, help=f"tokens to generate (default {max_new_tokens})"
+    )
     parser.add_argument("--temperature", type=non_negative_float, default=0.8, help="0 = greedy")
     parser.add_argument("--top-k", type=non_negative_int, default=0, help="keep the k most likely tokens (0 = all)")
     parser.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus sampling threshold in (0, 1] (1 = off)")

@@ -28,11 +28,11 @@ def register(sub) -> None:
         metavar="SELECTION",
         help="what trains: self_area (default), self_area+norms, all, or a plugin's selection (registry.TRAINABLE)",
     )
-    p.add_argument("--steps", type=positive_int, default=300)
-    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--steps", type=positive_int, default=300, help="training steps (default 300)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (default 1e-3)")
     p.add_argument("--name", default=None, help="run name (default: RUN's name + _persona)")
     p.add_argument("--overwrite", action="store_true", help="replace the persona run of the same name (only slmlab's files)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar: log lines (one per evaluation, and one a minute)")
     p.set_defaults(func=cmd_persona)
 
     p = add_verb(
@@ -53,7 +53,7 @@ def register(sub) -> None:
         metavar="SOURCE",
         help="the text the persona is told apart from (default: the same corpus's other genres)",
     )
-    p.add_argument("--max-new-tokens", type=positive_int, default=60)
+    p.add_argument("--max-new-tokens", type=positive_int, default=60, help="tokens generated per prompt (default 60)")
     p.add_argument("--openings", type=positive_int, default=12, help="adversarial openings taken from other-text documents")
     add_seed(p)
     p.add_argument("--out", default="", help="also write the table as Markdown here")
@@ -75,15 +75,15 @@ def register(sub) -> None:
     )
     p.add_argument("--load", default="", metavar="DIR", help="use the Self Area saved in DIR instead of training one")
     p.add_argument("--out", default="", type=output_folder, help="where to save the Self Area (default runs/surgery_<model>)")
-    p.add_argument("--steps", type=positive_int, default=200)
-    p.add_argument("--lr", type=positive_float, default=1e-2)
-    p.add_argument("--batch-size", type=positive_int, default=4)
-    p.add_argument("--seq-len", type=positive_int, default=128)
-    p.add_argument("--self-dim", type=positive_int, default=128)
+    p.add_argument("--steps", type=positive_int, default=200, help="training steps of the Self Area (default 200)")
+    p.add_argument("--lr", type=positive_float, default=1e-2, help="peak learning rate (default 1e-2)")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="windows per step and per scored batch (default 4)")
+    p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per window (default 128)")
+    p.add_argument("--self-dim", type=positive_int, default=128, help="width of the Self Area's guidance vector g (default 128)")
     p.add_argument("--token-dependent", action="store_true", help="gate the guidance per token by the hidden state")
     add_seed(p)
     p.add_argument("--generate", default="", metavar="PROMPT", help="print a greedy continuation through model.generate")
-    p.add_argument("--max-new-tokens", type=positive_int, default=40)
+    p.add_argument("--max-new-tokens", type=positive_int, default=40, help="tokens of --generate (default 40)")
     p.add_argument("--overwrite", action="store_true", help="replace the Self Area saved in --out")
     add_device(p)
     training = ("--persona-data", "--out", "--steps", "--lr", "--batch-size", "--seq-len", "--self-dim", "--token-dependent")

@@ -39,7 +39,7 @@ def register(sub) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace the run of the same name (removes only the files slmlab wrote there)"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar: log lines (one per evaluation, and one a minute)")
     p.add_argument(
         "--viz-every",
         type=non_negative_int,
