@@ -74,7 +74,7 @@ def contents(folder) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_saves_the_self_area_trained_so_far(base, text_corpus, tmp_path, capsys, monkeypatch, number):
+def test_a_signal_saves_the_self_area_trained_so_far(base, text_corpus, tmp_path, capsys, caplog, monkeypatch, number):
     out = tmp_path / "area"
     signal_in_step(monkeypatch, 5, number)
     assert main(surgery_argv(base, text_corpus, out)) == 128 + number
@@ -87,7 +87,9 @@ def test_a_signal_saves_the_self_area_trained_so_far(base, text_corpus, tmp_path
     assert summary["persona_ppl_change"]["delta_pct"] is not None
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [5]
     assert sorted(contents(out)) == ["metrics.jsonl", "self_area.json", "self_area.safetensors", "summary.json"]
+    caplog.set_level("WARNING", logger="slmlab")
     assert main(["surgery", "--hf-model", str(base), "--load", str(out), "--generate", "the", "--device", "cpu"]) == 0
+    assert f"{out}: this Self Area trained 5 of 12 steps (stopped by {name})" in caplog.text
     monkeypatch.undo()  # the command it gives trains in full, over the stopped one
     assert main(surgery_argv(base, text_corpus, out, "--overwrite")) == 0
     assert "stopped_by" not in json.loads((out / "summary.json").read_text())

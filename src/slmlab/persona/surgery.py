@@ -188,6 +188,16 @@ def load_with_self_area(hf_model: str | Path, directory: str | Path, device: str
 
     model, tokenizer = load_hf_model(hf_model, resolve_device(device))
     load_self_area(model, directory)
+    summary = Path(directory) / "summary.json"
+    try:  # the training's record, for a word where it was cut short: the Self Area loads without it
+        record = read_json(summary, "surgery summary", CheckpointError, "") if summary.is_file() else {}
+    except CheckpointError:
+        record = {}
+    if record.get("stopped_by"):
+        log.warning(
+            "%s: this Self Area trained %s of %s steps (stopped by %s)",
+            directory, record.get("steps"), record.get("steps_asked"), record["stopped_by"],
+        )  # fmt: skip
     return model, tokenizer
 
 
