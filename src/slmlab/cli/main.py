@@ -36,7 +36,6 @@ from .options import (
 from .os_errors import os_error_message, output_arguments
 
 VERB_GROUPS = (train, evaluate, persona, inspect, develop, interop, data)
-log = logging.getLogger("slmlab")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,6 @@ export that does not reproduce the model is an error, never a silent difference.
 from __future__ import annotations
 
 import contextlib
-import logging
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,7 +29,6 @@ from ..runs.run_dir import load_run
 from .native import best_native_layout, native_layout
 from .tokenizer import to_hf_tokenizer
 
-log = logging.getLogger("slmlab")
 LAYOUTS = ("auto", "gpt2", "llama", "remote")
 TOLERANCE = 1e-4  # max |Δ logit| an export may show against slmlab in fp32
 

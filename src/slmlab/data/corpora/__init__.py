@@ -23,8 +23,6 @@ from .fetch import CorpusError
 from .local import RECORD_FORMATS, LocalSource, say_once
 from .shakespeare import ShakespeareSource
 
-log = logging.getLogger("slmlab")
-
 __all__ = [
     "CorpusError",
     "Document",
