@@ -248,6 +248,24 @@ def test_text_a_char_run_cannot_encode_is_said_to_be_left_out_not_a_silent_nan(t
     assert saved["other_ppl"] is None and saved["other_bpb"] is None and saved["persona_bpb"] > 0  # JSON has no NaN
 
 
+def test_a_persona_text_too_short_for_a_window_is_left_out_not_an_error_naming_settings_it_refuses(
+    tmp_path, micro_toml, text_corpus, caplog, capsys
+):
+    """A persona text whose held-out part is shorter than one window of the run's data.seq_len ended
+    the whole report in "raise data.val_fraction or lower data.seq_len", settings persona-eval
+    refuses; its perplexity is now left out ('–') with a warning, and the adherence is measured."""
+    assert main(["train", str(micro_toml), "--name", "r", "--no-progress"]) == 0
+    capsys.readouterr()
+    (tmp_path / "short.txt").write_text("ROMEO: the night is short. " * 3)  # its tail: fewer than 33 characters
+    caplog.set_level("WARNING")
+    argv = ["persona-eval", str(tmp_path / "runs" / "r"), "--persona-data", str(tmp_path / "short.txt")]
+    assert main([*argv, "--other-data", str(text_corpus), "--openings", "2", "--max-new-tokens", "4"]) == 0
+    assert "persona-text ppl and bpb not measured ('–' in the table): its held-out part is" in caplog.text
+    assert "fewer than one window of the run's data.seq_len + 1 = 33; give more text" in caplog.text
+    row = capsys.readouterr().out.splitlines()[-1].split("|")
+    assert row[5].strip() == row[6].strip() == "–" and float(row[7]) > 0  # persona ppl and bpb out, other text in
+
+
 def test_persona_documents_inside_the_other_text_are_left_out_of_its_side(tmp_path, caplog):
     """`--persona-data brown:R --other-data brown` (or a folder and the larger folder it came from)
     put each persona document on both sides: one passage under both labels, and the same held-out

@@ -3,7 +3,8 @@ Area trained so far, scored like a finished one (exit 128 + the signal's number,
 how to train it in full); a second, or one before training, stops at once and leaves the folder
 as it was (no folder of a fresh surgery, an earlier surgery's files untouched), so that the same
 command runs again. A surgery killed outright leaves only its staged metrics, which the next
-surgery into the folder takes over."""
+surgery into the folder takes over. A persona text too short for a window is refused before any
+of it."""
 
 from __future__ import annotations
 
@@ -116,3 +117,13 @@ def test_a_surgery_killed_outright_does_not_block_the_next(base, text_corpus, tm
     assert main(surgery_argv(base, text_corpus, out)) == 0
     assert surgery_training.STAGED_METRICS not in contents(out)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # steps 10 and 12 of this surgery only
+
+
+def test_persona_text_too_short_for_a_window_names_surgerys_own_options(base, tmp_path, capsys):
+    """It named data.val_fraction and data.seq_len, settings surgery does not have."""
+    (tmp_path / "short.txt").write_text("the day was long. " * 12)
+    argv = ["surgery", "--hf-model", str(base), "--persona-data", str(tmp_path / "short.txt"), "--out", str(tmp_path / "a")]
+    assert main([*argv, "--seq-len", "32", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "the persona text's validation part is" in err and "fewer than --seq-len + 1 = 33; give more persona text" in err
+    assert not (tmp_path / "a").exists()

@@ -141,6 +141,11 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
     return [tokenizer.decode(tokenizer.until_eos(row)) for row in rows]
 
 
+def not_scored() -> dict:
+    """text_scores' figures for a text it could not score."""
+    return {"ppl": math.nan, "bpb": math.nan, "loss": math.nan, "batches": [], "windows": ""}
+
+
 def text_scores(model, cfg, data: DataConfig, tokenizer, device, label: str) -> dict:
     """{"ppl", "bpb", "loss", "batches", "windows"} of `data`'s validation text under the run's
     tokenizer: bits per byte compare runs whose tokenizers differ; `batches`, each batch's mean
@@ -148,7 +153,8 @@ def text_scores(model, cfg, data: DataConfig, tokenizer, device, label: str) -> 
     the token windows scored) is the same (compare.py). The split is the run's own (its
     data.val_fraction): at a larger fraction than the run's, documents it trained on would be
     scored. NaN figures and no batches, with a warning naming `label` and why, if the tokenizer
-    cannot encode the text (a char tokenizer of another corpus)."""
+    cannot encode the text (a char tokenizer of another corpus) or its held-out part is shorter
+    than one window of the run's data.seq_len."""
     held_out = dataclasses.replace(
         data, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len, val_fraction=cfg.data.val_fraction
     )
@@ -158,7 +164,13 @@ def text_scores(model, cfg, data: DataConfig, tokenizer, device, label: str) -> 
         log.warning(
             f"{label} ppl and bpb not measured ('–' in the table): the run's {cfg.data.tokenizer} tokenizer cannot encode {err}"
         )
-        return {"ppl": math.nan, "bpb": math.nan, "loss": math.nan, "batches": [], "windows": ""}
+        return not_scored()
+    if len(tokens.val) < cfg.data.seq_len + 1:
+        log.warning(
+            f"{label} ppl and bpb not measured ('–' in the table): its held-out part is {counted(len(tokens.val), 'tokens')} "
+            f"in the run's tokenizer, fewer than one window of the run's data.seq_len + 1 = {cfg.data.seq_len + 1}; give more text"
+        )
+        return not_scored()
     batches: list[float] = []
     shape = (cfg.data.seq_len, cfg.train.batch_size, TEXT_BATCHES)
     loss, bpb = score_validation(

@@ -31,6 +31,7 @@ from ..experiments.stats import perplexity_change
 from ..files import atomic_write_text, json_text
 from ..phase_progress import tracked
 from ..runs.metrics import MetricsLog
+from ..tables import counted
 from ..training import stopping
 from ..training.optim import lr_at
 from ..variants.self_area import SelfArea, SelfAreaConfig
@@ -92,6 +93,17 @@ def persona_tokens(data: DataConfig, tokenizer, val_fraction: float = 0.1) -> tu
         cut = int(len(splits["train"]) * (1 - val_fraction))
         splits = {"train": splits["train"][:cut], "val": splits["train"][cut:]}
     return tuple(TokenSplit(np.asarray(ids, dtype=np.int64), {"*": (0, len(ids))}) for ids in splits.values())
+
+
+def check_persona_windows(train: TokenSplit, val: TokenSplit, seq_len: int) -> None:
+    """Each part of the persona text holds a window of `seq_len` + 1 tokens, or a ConfigError
+    names surgery's own options (the sampler's message names a run config's settings)."""
+    for part, split in (("training", train), ("validation", val)):
+        if len(split) < seq_len + 1:
+            raise ConfigError(
+                f"the persona text's {part} part is {counted(len(split), 'tokens')} in this model's tokenizer, fewer than "
+                f"--seq-len + 1 = {seq_len + 1}; give more persona text, or a lower --seq-len"
+            )
 
 
 # ---- training -------------------------------------------------------------------------------
@@ -190,6 +202,7 @@ def surgery(
             f"--seq-len {seq_len} exceeds the {context}-token context of {hf_model}; give --seq-len {context} or less"
         )
     train_split, val_split = persona_tokens(persona, tokenizer)
+    check_persona_windows(train_split, val_split, seq_len)
     area = insert_self_area(model, SelfAreaConfig(enabled=True, self_dim=self_dim, token_dependent=token_dependent))
     with staged_folder(folder) as metrics:
         before, before_batches = persona_loss(model, val_split, seq_len, batch_size, 8, resolved)
