@@ -84,6 +84,14 @@ def changed_since_trained(job: Job) -> list[str]:
     return changed
 
 
+def check_run_places(jobs: list[Job]) -> None:
+    """Refuse, before any run starts, a run's place that is a file, a link or a folder of other
+    files than a run's (such a run failed alone, once the others had trained, with advice naming
+    `train`'s --name)."""
+    for job in jobs:
+        job.run.ensure_free(overwrite=True, rename="move it away, or give the sweep another name or out_dir")
+
+
 def check_runs_match(jobs: list[Job]) -> None:
     """Refuse to reuse (skip or resume) a run folder trained with other settings than the sweep
     asks now: its result would stand in the table under the new settings."""
@@ -165,6 +173,7 @@ def plan_devices(jobs: int) -> tuple[int, list[str], int]:
 def run_sweep(sweep: SweepConfig, jobs: list[Job], parallel: int = 1) -> dict[tuple[str, int], dict]:
     """Run every unfinished job; returns (variant, seed) -> summary (or {"failed": ...}). Ctrl-C or
     SIGTERM stops it (KeyboardInterrupt) once the runs under way have written a checkpoint."""
+    check_run_places(jobs)
     check_runs_match(jobs)
     results: dict[tuple[str, int], dict] = {}
     pending = []
@@ -285,6 +294,7 @@ def tune_settings(sweep: SweepConfig, jobs: list[Job], parallel: int = 1, run: b
         return jobs, None
     tuning = tuning_jobs(sweep, jobs)
     if run:
+        check_run_places(jobs)  # the runs after the tuning's, before it
         results = run_sweep(sweep, tuning, parallel)
     else:
         unfinished = [str(job.run.path) for job in tuning if run_status(job) != "done"]

@@ -42,6 +42,7 @@ from .located import located, trained_from_hint
 from .metrics import MetricsLog, perplexity
 
 log = logging.getLogger("slmlab")
+RENAME = "pick another --name or --out_dir"  # a refused run folder's advice, where `train` or `persona` writes it
 SUMMARY_FIELDS = {"step": int, "val_loss": (int, float), "val_ppl": (int, float, type(None))}  # null: exp(val_loss) overflowed
 
 
@@ -112,9 +113,10 @@ class RunDir:
     def holds_run(self) -> bool:
         return self.path.exists() and any(self.path.iterdir())
 
-    def check_writable(self) -> None:
+    def check_writable(self, rename: str = RENAME) -> None:
         """The directory is a plain folder inside its parent (not a link out of it, not a file),
-        and its parent is a folder (or does not exist yet)."""
+        and its parent is a folder (or does not exist yet); `rename`: how the command that writes
+        the run names it elsewhere, the advice of the refusals."""
         parent = self.path.parent
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"out_dir {parent} is a file, not a folder; set --out_dir to a folder")
@@ -126,24 +128,25 @@ class RunDir:
         if self.path.is_symlink() or (self.path.exists() and self.path.resolve().parent != parent.resolve()):
             raise ConfigError(f"{self.path} leads outside {parent} (a link?); slmlab writes a run only inside its out_dir")
         if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"{self.path} is a file, not a run directory; pick another --name")
+            raise ConfigError(f"{self.path} is a file, not a run directory; {rename}")
 
-    def ensure_free(self, overwrite: bool, starts_from: Path | None = None) -> None:
+    def ensure_free(self, overwrite: bool, starts_from: Path | None = None, rename: str = RENAME) -> None:
         """Refuse to reuse a directory that holds a run unless told to overwrite it, and refuse a
         non-empty directory that is not a slmlab run in any case (--overwrite never deletes it).
         `starts_from`: the run whose weights the new one loads (persona stage 2, a curriculum
-        phase); this directory may not be it or hold it, or --overwrite would delete them."""
+        phase); this directory may not be it or hold it, or --overwrite would delete them.
+        `rename`: as check_writable's."""
         start = Path(starts_from).resolve() if starts_from is not None else None
         if start is not None and self.path.resolve() in (start, *start.parents):
             raise ConfigError(
                 f"{self.path} holds the run this one starts from ({starts_from}): writing there (with "
                 "--overwrite) would delete the weights it loads; pick another --name"
             )
-        self.check_writable()
+        self.check_writable(rename)
         if not self.holds_run():
             return
         if not self.config.is_file():
-            raise ConfigError(f"{self.path} holds files that are not a slmlab run; pick another --name or --out_dir")
+            raise ConfigError(f"{self.path} holds files that are not a slmlab run; {rename}")
         if not overwrite:
             raise ConfigError(
                 f"{self.path} already holds a run; resume it with {command_line('slmlab', 'train', '--resume', self.path)} or pick another --name"
