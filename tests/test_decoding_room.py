@@ -48,7 +48,7 @@ def test_the_count_is_the_filled_part_of_the_caches(machine):
     with pytest.raises(ConfigError) as refused:
         model.generate(prompt, 12)
     message = str(refused.value)
-    assert "\n" not in message and "decoding 3 sequences of up to 16 tokens" in message and "--num-samples" in message
+    assert "\n" not in message and "decoding 3 sequences of up to 16 tokens" in message and "fewer sequences at once" in message
     machine(weights + filled)
     assert model.generate(prompt, 12).shape == (3, 16)
 
@@ -80,6 +80,11 @@ def test_the_cli_refuses_in_one_line(micro_toml, tmp_path, capsys, machine):
     assert main(["generate", str(tmp_path / "runs" / "mine"), "--prompt", "to be", "--num-samples", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "decoding 4 sequences" in err and "this machine has 1.0 KiB" in err
+    assert err.endswith("(RAM and swap): generate fewer samples at once (--num-samples) or fewer tokens (--max-new-tokens)")
+    suite = tmp_path / "suite.toml"  # the advice names the verb's own options: `prompts` has neither of those
+    suite.write_text('[[prompt]]\nid = "a"\nprompt = "to be"\nmax_tokens = 4\n')
+    assert main(["prompts", str(tmp_path / "runs" / "mine"), "--suite", str(suite)]) == 2
+    assert capsys.readouterr().err.strip().endswith("(RAM and swap): give the suite's prompts a smaller max_tokens")
 
 
 def test_a_batch_whose_first_forward_cannot_fit_is_refused_before_it(machine):

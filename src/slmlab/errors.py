@@ -42,19 +42,41 @@ class RunInUseError(SlmlabError, RuntimeError):
     """Another live process holds the run (or sweep) directory's lock."""
 
 
-GENERATING = {"generate", "prompts", "persona-eval", "lm-eval"}  # verbs whose memory goes to sampled rows
-SCORING = {"eval", "ablate", "quantize", "viz", "info", "check", "report", "export"}
-
-
 TRAINING_MEMORY_ADVICE = (  # a training run that does not fit: out_of_memory's, training/memory_room.py's
     "make the model, train.batch_size or the sequence length smaller, or raise train.grad_accum "
     "(`slmlab info CONFIG` estimates the memory a run needs)"
 )
+GENERATION_MEMORY_ADVICE = {  # a generation that does not fit, by the verb that ran it: each names its own options
+    "generate": "generate fewer samples at once (--num-samples) or fewer tokens (--max-new-tokens)",
+    "prompts": "give the suite's prompts a smaller max_tokens",
+    "persona-eval": "generate fewer tokens (--max-new-tokens) from fewer openings (--openings)",
+    "lm-eval": "give the rows at once (--batch-size) fewer, or a task that generates fewer tokens",
+}
+GENERATION_ELSEWHERE = "generate fewer sequences at once, or fewer tokens"  # a library call, or a verb not above
+SCORING = {"eval", "ablate", "quantize", "viz", "info", "check", "report", "export"}
+SCORING_MEMORY_ADVICE = "score fewer rows at once (--batch-size where the command has it) or use a larger machine"
 
 
-GENERATION_MEMORY_ADVICE = (  # a generation that does not fit: out_of_memory's, model/decoding_room.py's
-    "generate fewer rows at once (--num-samples, --batch-size) or fewer tokens (--max-new-tokens)"
-)
+def memory_advice(verb: str, generating: bool = False) -> str:
+    """What to do when `verb` (the command that ran: "viz attention") runs out of memory, naming
+    its own options; `generating`: the memory went to generated sequences (model/decoding_room)."""
+    command = verb.split()[0] if verb else ""
+    if generating or command in GENERATION_MEMORY_ADVICE:
+        return GENERATION_MEMORY_ADVICE.get(command, GENERATION_ELSEWHERE)
+    return SCORING_MEMORY_ADVICE if command in SCORING else TRAINING_MEMORY_ADVICE
+
+
+class GenerationRoomError(ConfigError):
+    """A generation that cannot fit in this machine's memory, refused before it starts:
+    `need` says what it needs; the advice that follows names the options of the verb that ran it
+    (`for_verb`; the CLI's), or none in particular (str, as a library call sees it)."""
+
+    def __init__(self, need: str):
+        self.need = need
+        super().__init__(f"{need}: {GENERATION_ELSEWHERE}")
+
+    def for_verb(self, verb: str) -> str:
+        return f"{self.need}: {memory_advice(verb, generating=True)}"
 
 
 def out_of_memory(err: BaseException, verb: str = "train") -> str | None:
@@ -70,11 +92,5 @@ def out_of_memory(err: BaseException, verb: str = "train") -> str | None:
     if asked:
         value, unit = float(asked[1]), asked[2]
         size = f" (one allocation of {value / 2**30:.1f} GiB)" if unit == "bytes" else f" (one allocation of {value:g} {unit})"
-    command = verb.split()[0]  # "viz attention" -> "viz"
-    if command in GENERATING:
-        advice = GENERATION_MEMORY_ADVICE
-    elif command in SCORING:
-        advice = "score fewer rows at once (--batch-size where the command has it) or use a larger machine"
-    else:
-        advice = TRAINING_MEMORY_ADVICE
+    advice = memory_advice(verb)
     return f"out of memory{size}: {advice}"

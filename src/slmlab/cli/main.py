@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         refuse_unrecognized(args.verb_parser, unknown)
     args.argv = argv
     from .. import plugins
-    from ..errors import SlmlabError, out_of_memory
+    from ..errors import GenerationRoomError, SlmlabError, out_of_memory
     from ..files import lone_surrogate
 
     if args.trust_plugins:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         check_option_rules(args, given)
         return args.func(args, extra)
     except SlmlabError as err:
-        report_error(f"slmlab: error: {err}")
+        report_error(f"slmlab: error: {err.for_verb(args.verb_name) if isinstance(err, GenerationRoomError) else err}")
         return 2
     except BrokenPipeError:  # the reader went away (`slmlab info CONFIG | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ..errors import GENERATION_MEMORY_ADVICE, ConfigError
+from ..errors import GenerationRoomError
 from ..host_memory import host_memory_bytes
 from ..tables import counted, human
 from .accounting import held_bytes
@@ -35,7 +35,7 @@ SCREEN = 64  # d_model-wide fp32 values per token a batch's forward may hold bef
 
 
 def check_decoding_room(model: nn.Module, caches, rows: int, positions: int) -> None:
-    """Refuse (ConfigError, one line) decoding `rows` sequences up to `positions` tokens each
+    """Refuse (GenerationRoomError, one line) decoding `rows` sequences up to `positions` tokens each
     (prompt and new tokens) into `caches` (the model's, allocated by the prompt's forward) when
     the model and the caches' filled part need more than this machine's RAM and swap."""
     have = host_memory_bytes() if next(model.parameters()).device.type == "cpu" else None
@@ -45,10 +45,9 @@ def check_decoding_room(model: nn.Module, caches, rows: int, positions: int) -> 
     filled = sum(held_bytes(cache) * min(positions, size) // size for cache, size in _capacities(caches, model.cfg.block_size))
     if weights + filled <= have:
         return
-    raise ConfigError(
+    raise GenerationRoomError(
         f"decoding {counted(rows, 'sequences')} of up to {positions} tokens needs at least {human(weights + filled, 'B')} of memory "
-        f"(weights {human(weights, 'B')}, caches {human(filled, 'B')}), but this machine has {human(have, 'B')} "
-        f"(RAM and swap): {GENERATION_MEMORY_ADVICE}"
+        f"(weights {human(weights, 'B')}, caches {human(filled, 'B')}), but this machine has {human(have, 'B')} (RAM and swap)"
     )
 
 
@@ -59,7 +58,7 @@ def _capacities(caches, block_size: int) -> list[tuple[object, int]]:
 
 
 def check_forward_room(model: nn.Module, rows: int, tokens: int, forward: Callable[[int], object]) -> None:
-    """Refuse (ConfigError, one line), before a batch's first forward, a batch of `rows` sequences
+    """Refuse (GenerationRoomError, one line), before a batch's first forward, a batch of `rows` sequences
     of `tokens` tokens whose forward cannot fit beside the weights: `generate --num-samples
     30000000` was ended by the out-of-memory killer in the prompt's forward, before its caches could
     be counted. `forward(k)` runs the forward of the batch's first k rows (into caches of their
@@ -74,10 +73,10 @@ def check_forward_room(model: nn.Module, rows: int, tokens: int, forward: Callab
     one, two = (_peak_bytes(model, lambda k=k: forward(k)) for k in (1, 2))
     need = weights + two + (rows - 2) * max(0, two - one)
     if need > have:
-        raise ConfigError(
+        raise GenerationRoomError(
             f"decoding {counted(rows, 'sequences')} of {counted(tokens, 'tokens')} needs at least {human(need, 'B')} of memory "
             f"(weights {human(weights, 'B')}, their first forward {human(need - weights, 'B')}), but this machine "
-            f"has {human(have, 'B')} (RAM and swap): {GENERATION_MEMORY_ADVICE}"
+            f"has {human(have, 'B')} (RAM and swap)"
         )
 
 
