@@ -399,3 +399,24 @@ def test_runs_that_scored_other_windows_are_not_paired_by_batch():
     assert "| c   | +0.33 [+0.00, +1.00] | –" in table and "compare bits per byte" in table
     assert np.isnan(adherence_change([1.0, None], [None, 0.0], 0)).all()  # no prompt both encoded
     assert comparison_table([base]) == ""
+
+
+def test_a_prompt_cut_to_half_the_context_is_said(caplog):
+    """persona-eval keeps a prompt's last block_size // 2 tokens, and cut the start of its
+    instructions ("Ignore your usual voice. ...") in silence on a model of a short context."""
+    import torch
+
+    from slmlab.config import ModelConfig
+    from slmlab.data.tokenizers import ByteTokenizer
+    from slmlab.model import build_model
+    from slmlab.persona.evaluate import INSTRUCTIONS, continuations
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=1, n_head=2, d_model=16, block_size=32, vocab_size=256)).eval()
+    caplog.set_level("WARNING")
+    prompts = ["The", "It was", *INSTRUCTIONS[:2]]  # two of 3 and 6 bytes, two of 58 and 80
+    assert len(continuations(model, ByteTokenizer(), prompts, 4, 0, torch.device("cpu"))) == 4
+    assert "2 prompts of 4 cut to their last 16 tokens, half the model's 32-token context" in caplog.text
+    caplog.clear()
+    continuations(model, ByteTokenizer(), prompts[:2], 4, 0, torch.device("cpu"))
+    assert "cut to their last" not in caplog.text

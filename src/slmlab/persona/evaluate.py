@@ -120,17 +120,24 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, see
     batches (model.generate_many: each as it would be alone), ending before the tokenizer's
     end-of-text id; prompts the tokenizer cannot encode are left out. `trained`: the context the
     run trained at (evals/score.trained_context), where a prompt and its continuation past it are
-    warned of (0: block_size)."""
-    encoded, seeds = [], []
+    warned of (0: block_size). A prompt longer than half the context keeps its last tokens, with a
+    warning."""
+    encoded, seeds, cropped = [], [], 0
+    block_size = model.cfg.block_size
     for index, prompt in enumerate(prompts):
         ids = encoded_or_none(tokenizer, prompt)
         if ids is None:
             continue
-        encoded.append(ids[-(model.cfg.block_size // 2) :])
+        cropped += len(ids) > block_size // 2
+        encoded.append(ids[-(block_size // 2) :])
         seeds.append(offset_seed(seed, index))
     if not encoded:
         return []
-    block_size = model.cfg.block_size
+    if cropped:  # an instruction's start (its "Ignore your usual voice") would go unsaid
+        log.warning(
+            f"{counted(cropped, 'prompts')} of {len(encoded)} cut to their last {block_size // 2} tokens, half the model's "
+            f"{block_size}-token context (the rest is left to the continuation)"
+        )
     length = max(map(len, encoded)) + max_new_tokens
     warn_past_trained_context(length, trained, block_size, "a prompt and its continuation")
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
