@@ -115,6 +115,15 @@ def test_a_year_cut_off_on_documents_without_years_is_warned_of_once(text_corpus
     "setup, message",
     [
         (lambda p: str(p / "nothing-here.txt"), "neither a built-in corpus"),
+        (  # --persona-data's form, a built-in corpus and its genres, given as a data.source
+            lambda p: "brown:R,D",
+            "'brown:GENRES' is --persona-data's form: here give data.source = 'brown' and data.genres = \\['R', 'D'\\]\\)$",
+        ),
+        (lambda p: "shakespeare:", "here give data.source = 'shakespeare'\\)$"),
+        (
+            lambda p: "https://example.org/corpus.txt",
+            "\\(an address: slmlab downloads no corpus; fetch the text and give the path",
+        ),
         (lambda p: (p / "empty.txt").write_text("   \n") and str(p / "empty.txt"), "contains no text"),
         (lambda p: (p / "latin1.txt").write_bytes("caf\xe9".encode("latin-1")) and str(p / "latin1.txt"), "is not UTF-8 text"),
         (  # Windows Notepad's "Unicode": the message named a bad byte at offset 0
@@ -214,3 +223,11 @@ def test_a_folder_corpus_follows_links_to_folders_and_reads_each_file_once(tmp_p
     (tmp_path / "c" / "sub" / "same.txt").symlink_to(tmp_path / "c" / "a.txt")
     found = [p.relative_to(tmp_path / "c").as_posix() for p in corpus_files(tmp_path / "c", None)]
     assert found == ["a.txt", "data/linked.txt"]
+
+
+def test_the_built_in_corpora_are_named_in_one_place():
+    """Their names were spelled in four places (the sources, persona's SOURCE form, two messages)."""
+    from slmlab.config import BUILTIN_CORPORA
+    from slmlab.data.corpora import BUILTINS
+
+    assert tuple(BUILTINS) == BUILTIN_CORPORA

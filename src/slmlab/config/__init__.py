@@ -2,7 +2,7 @@
 conversion and the rules that span fields."""
 
 from ..errors import ConfigError
-from .checks import check_name, check_seed, offset_seed, resolve_vocab, validate
+from .checks import BUILTIN_CORPORA, check_name, check_seed, offset_seed, resolve_vocab, validate
 from .ignored import check_no_ignored_setting
 from .loading import (
     apply_overrides,
@@ -21,6 +21,7 @@ from .schema import DataConfig, ModelConfig, PhaseConfig, RunConfig, TrainConfig
 from .values import build_dataclass, check_value
 
 __all__ = [
+    "BUILTIN_CORPORA",
     "ConfigError",
     "DataConfig",
     "ModelConfig",

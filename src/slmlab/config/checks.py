@@ -30,6 +30,8 @@ from ..registry import (
 from ..tables import counted
 from .values import build_dataclass
 
+BUILTIN_CORPORA = ("shakespeare", "brown")  # the data.source names of the corpora slmlab fetches (data/corpora's BUILTINS)
+
 
 def check_name(key: str, name: str) -> str:
     """A run (or sweep) name is one path component: not empty, not '.' or '..', no separators,
@@ -255,7 +257,7 @@ def validate(cfg) -> None:
         raise ConfigError("out_dir is empty: name the folder that holds run directories (default 'runs')")
     if not cfg.data.source:  # read as a path, '' would be the working directory, whatever it holds
         raise ConfigError(
-            "data.source is empty: name a built-in corpus (shakespeare, brown), a file, a folder or a glob "
+            f"data.source is empty: name a built-in corpus ({', '.join(BUILTIN_CORPORA)}), a file, a folder or a glob "
             "(data.source = '.' reads the working directory)"
         )
     for key in PATH_SETTINGS:

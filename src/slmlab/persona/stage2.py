@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import (
+    BUILTIN_CORPORA,
     ConfigError,
     DataConfig,
     RunConfig,
@@ -25,14 +26,12 @@ from ..data.corpora import CorpusError, open_source
 from ..registry import TRAINABLE, closest
 from ..runs.run_dir import RunDir, phase_runs
 
-NAMED_CORPORA = ("shakespeare", "brown")
-
 
 def source_overrides(spec: str, option: str = "--persona-data") -> dict:
     """'brown:R,D' -> {'data.source': 'brown', 'data.genres': ['R', 'D']}; a path stays whole,
     and one that names no corpus is refused under `option`, the command-line option that gave it."""
     name, _, genres = spec.partition(":")
-    if name in NAMED_CORPORA:
+    if name in BUILTIN_CORPORA:
         return {"data.source": name, "data.genres": [g for g in genres.split(",") if g]}
     if not spec:
         raise ConfigError(f"{option} is empty: give a corpus, e.g. brown:R or persona.txt")

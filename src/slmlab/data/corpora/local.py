@@ -26,9 +26,11 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from ...config import BUILTIN_CORPORA
 from ...files import HEAD_BYTES, file_kind, file_name_text, is_run_folder, not_utf8, parse_json, wide_text
 from ...tables import counted
 from .compressed import (
@@ -129,6 +131,19 @@ def _read_from(path: Path) -> str:
     )
 
 
+def _not_found_hint(spec: str, path: Path) -> str:
+    """What a data.source that names nothing was likely meant as: a built-in corpus with genres in
+    --persona-data's form ('brown:R'), an address (nothing is downloaded), or a relative path."""
+    name, colon, genres = spec.partition(":")
+    if colon and name in BUILTIN_CORPORA:
+        listed = ", ".join(repr(g) for g in genres.split(",") if g)
+        genres = f" and data.genres = [{listed}]" if listed else ""
+        return f" ('{name}:GENRES' is --persona-data's form: here give data.source = '{name}'{genres})"
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", spec):
+        return " (an address: slmlab downloads no corpus; fetch the text and give the path of its copy)"
+    return _read_from(path)
+
+
 def _what_else(folder: Path, spec: str) -> str:
     """Why a folder gave no corpus files, and what to give instead."""
     others = corpus_files(folder, None)
@@ -216,8 +231,8 @@ class LocalSource:
             )
         else:
             raise CorpusError(
-                f"data.source: '{spec}' is neither a built-in corpus (shakespeare, brown) nor an existing file, directory or "
-                f"glob{_read_from(path)}"
+                f"data.source: '{spec}' is neither a built-in corpus ({', '.join(BUILTIN_CORPORA)}) nor an existing file, directory or "
+                f"glob{_not_found_hint(spec, path)}"
             )
         return files
 
