@@ -6,9 +6,8 @@ its metrics are written to STAGED_METRICS meanwhile. A stop asked for while the 
 (Ctrl-C or SIGTERM under training/stopping.py's `stop_at_step_end`) ends the step under way, and
 the Self Area trained so far is scored and saved like a finished one (summary.json's `steps`, with
 `steps_asked` and `stopped_by`); one asked for once it is trained lets scoring and saving finish.
-Anything else that ends the verb early (a second Ctrl-C, an
-error) removes what it wrote, and the folder if it made it: the folder is as it was, and the same
-command can run again.
+Anything else that ends the verb early (a second Ctrl-C, an error) removes what it wrote, and the
+folder if it made it: the folder is as it was, and the same command can run again.
 """
 
 from __future__ import annotations
