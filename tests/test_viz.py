@@ -5,6 +5,7 @@ bertviz export for a tiny run."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import pytest
 import torch
@@ -73,8 +74,15 @@ def test_frames_during_training_and_the_animation(micro_toml, tmp_path, capsys):
 
     gif = Image.open(tmp_path / "runs" / "tiny" / "viz" / "training.gif")
     assert gif.n_frames == 3
-    assert main(["viz", "animate", str(tmp_path)]) == 2
+    assert main(["viz", "animate", str(tmp_path / "runs")]) == 2  # not a run: it said "no frames in runs/viz/frames"
+    assert "runs is not a run directory (no config.json); it holds runs" in capsys.readouterr().err
+    kept = {frame: frame.read_bytes() for frame in frames}
+    shutil.rmtree(frames[0].parent)
+    assert main(["viz", "animate", str(tmp_path / "runs" / "tiny")]) == 2
     assert "no frames in" in capsys.readouterr().err
+    frames[0].parent.mkdir()
+    for frame, data in kept.items():
+        frame.write_bytes(data)
     for damage in (frames[1].read_bytes()[:100], b""):  # cut short, emptied: Pillow's SyntaxError was a traceback
         frames[1].write_bytes(damage)
         assert main(["viz", "animate", str(tmp_path / "runs" / "tiny")]) == 2

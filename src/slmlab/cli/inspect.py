@@ -187,7 +187,9 @@ def cmd_viz_attribute(args, extra) -> int:
 
 def cmd_viz_animate(args, extra) -> int:
     from ..analysis.viz import animate
+    from ..runs import RunDir
 
+    RunDir(Path(args.run)).check_is_run()  # a sweep's folder or a typo: not "no frames in ..."
     viz = Path(args.run) / "viz"
     written = animate(viz / "frames", viz / "training", args.fps)
     print("wrote " + ", ".join(str(p) for p in written))

@@ -6,8 +6,7 @@ runs/<name>/metrics.jsonl      one JSON object per logged step
 runs/<name>/tokenizer.json     the tokenizer it used
 runs/<name>/checkpoints/       step_N.safetensors + step_N.state.pt + step_N.sha256.json, `latest`
 runs/<name>/final.safetensors  weights at the end
-runs/<name>/summary.json       final validation loss/ppl, throughput, peak memory, parameters,
-                               the SHA-256 of final.safetensors
+runs/<name>/summary.json       final validation loss/ppl, throughput, peak memory, parameters, final.safetensors' SHA-256
 runs/<name>/tensorboard/, wandb/, trackers.json   what train.trackers wrote (and tracker run ids)
 runs/<name>/lm_eval/           lm-evaluation-harness results (slmlab lm-eval)
 runs/<name>/derived.json       which weights each file another command wrote here came from (derived.py)
@@ -114,9 +113,8 @@ class RunDir:
         return self.path.exists() and any(self.path.iterdir())
 
     def check_writable(self, rename: str = RENAME) -> None:
-        """The directory is a plain folder inside its parent (not a link out of it, not a file),
-        and its parent is a folder (or does not exist yet); `rename`: how the command that writes
-        the run names it elsewhere, the advice of the refusals."""
+        """The directory is a plain folder inside its parent (not a link out of it, not a file), and
+        its parent a folder (or not yet there); `rename`: the refusals' advice, the writing verb's."""
         parent = self.path.parent
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"out_dir {parent} is a file, not a folder; set --out_dir to a folder")
@@ -134,8 +132,8 @@ class RunDir:
         """Refuse to reuse a directory that holds a run unless told to overwrite it, and refuse a
         non-empty directory that is not a slmlab run in any case (--overwrite never deletes it).
         `starts_from`: the run whose weights the new one loads (persona stage 2, a curriculum
-        phase); this directory may not be it or hold it, or --overwrite would delete them.
-        `rename`: as check_writable's."""
+        phase); this directory may not be it or hold it, or --overwrite would delete them (`rename`:
+        as check_writable's)."""
         start = Path(starts_from).resolve() if starts_from is not None else None
         if start is not None and self.path.resolve() in (start, *start.parents):
             raise ConfigError(
@@ -211,11 +209,14 @@ class RunDir:
     def write_config(self, cfg: RunConfig) -> None:
         atomic_write_text(self.config, json.dumps(cfg.to_dict(), indent=2) + "\n")
 
-    def read_config(self) -> RunConfig:
+    def check_is_run(self) -> None:  # a ConfigError saying what the path is, where it holds no config.json
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"{self.path} is a file, not a run directory")
         if not self.config.exists():
             raise ConfigError(f"{self.path} is not a run directory (no config.json){runs_inside(self.path)}")
+
+    def read_config(self) -> RunConfig:
+        self.check_is_run()
         fix = "it is the record of what ran: restore it from a copy of the run"
         values = read_json(self.config, "run config", ConfigError, fix)
         lacking = [name for name in SECTION_NAMES if isinstance(values, dict) and name not in values]
