@@ -91,7 +91,17 @@ def test_each_readout_has_its_own_section_in_the_report(text_corpus, make_config
 
 def test_report_on_a_directory_that_is_neither_run_nor_sweep(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
-    assert "neither a run directory (config.json) nor a sweep directory (results.json)" in capsys.readouterr().err
+    assert "neither a run directory (config.json) nor a sweep directory (results.json, written" in capsys.readouterr().err
+    (tmp_path / "a_s0").mkdir()  # a sweep that has not ended: its runs are named
+    (tmp_path / "a_s0" / "config.json").write_text("{}")
+    assert main(["report", str(tmp_path)]) == 2
+    assert (
+        capsys.readouterr()
+        .err.rstrip()
+        .endswith(f"when the sweep ends); it holds runs (a sweep, or an out_dir): name one, e.g. {tmp_path / 'a_s0'}")
+    )
+    assert main(["report", str(tmp_path / "gone")]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("gone does not exist")
 
 
 def test_samples_and_prompts_never_reach_the_html_as_markup(text_corpus, make_config, tmp_path):

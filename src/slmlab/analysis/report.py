@@ -32,7 +32,7 @@ from ..experiments.sweep_dir import read_sweep_dir
 from ..files import atomic_write_text, read_json, read_text, require_fields
 from ..plotting import loss_axis, pyplot, save_png
 from ..runs.derived import out_of_date, weights_identity
-from ..runs.run_dir import RunDir, phase_runs, with_token_offsets
+from ..runs.run_dir import RunDir, phase_runs, runs_inside, with_token_offsets
 from ..tables import code_block, code_span, command_line, counted, format_number, human, markdown_table
 from .info import config_for_info, size_table
 
@@ -47,7 +47,8 @@ def write_report(target: str | Path) -> tuple[Path, Path]:
     elif (target / "config.json").is_file():
         title, markdown = _run_report(target)
     else:
-        raise ConfigError(f"{target} is neither a run directory (config.json) nor a sweep directory (results.json)")
+        what = "is neither a run directory (config.json) nor a sweep directory (results.json, written when the sweep ends)"
+        raise ConfigError(f"{target} {what if target.exists() else 'does not exist'}{runs_inside(target)}")
     md_path, html_path = target / "report.md", target / "report.html"
     atomic_write_text(md_path, markdown)
     atomic_write_text(html_path, to_html(markdown, target, title))
