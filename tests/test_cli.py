@@ -79,6 +79,7 @@ def test_user_errors_are_one_line(trained_run, capsys, tmp_path):
         (["train", QUICKSTART, "--data.source", str(tmp_path / "none.txt")], "neither a built-in corpus"),
         (["generate", str(trained_run), "--prompt", "x" * 300], "the prompt is 300 tokens but the model's context is 256"),
         (["generate", str(tmp_path), "--prompt", "hi"], "is not a run directory (no config.json)"),
+        (["generate", str(tmp_path / "gone"), "--prompt", "hi"], "gone is not a run directory: it does not exist"),
         (
             ["train", "--resume", str(trained_run), "--model.n_layer", "3"],
             "only --train.steps, --train.viz_every, the train.tracker* fields, where it runs (--train.device, "

@@ -46,9 +46,8 @@ SUMMARY_FIELDS = {"step": int, "val_loss": (int, float), "val_ppl": (int, float,
 
 
 def _exact_perplexity(record: dict) -> None:
-    """A summary's val_ppl, derived again from its val_loss (exp, as written): the file cannot hold
-    a perplexity past float64's range (JSON's null), and slmlab before 2026-12-05 capped it at
-    exp(50) (diverged runs all read 5.18e21); every other value reads back as written."""
+    """A summary's val_ppl, derived again from its val_loss (exp): the file cannot hold one past float64's
+    range (JSON's null), and slmlab before 2026-12-05 capped it at exp(50); the rest reads back as written."""
     if isinstance(record.get("val_loss"), (int, float)):
         record["val_ppl"] = perplexity(record["val_loss"])
 
@@ -213,7 +212,8 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"{self.path} is a file, not a run directory")
         if not self.config.exists():
-            raise ConfigError(f"{self.path} is not a run directory (no config.json){runs_inside(self.path)}")
+            what = " (no config.json)" if self.path.exists() else ": it does not exist"
+            raise ConfigError(f"{self.path} is not a run directory{what}{runs_inside(self.path)}")
 
     def read_config(self) -> RunConfig:
         self.check_is_run()
