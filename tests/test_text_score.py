@@ -116,6 +116,9 @@ def test_the_cli_scores_a_file_as_corpus_text_in_bits_per_byte_and_refuses_bad_i
     (tmp_path / "short.txt").write_text("ROMEO")  # one window: no interval, and the line says why
     assert main(["eval", str(run), "--text", str(tmp_path / "short.txt")]) == 0
     assert capsys.readouterr().out.strip().endswith("bits/byte; no interval from 1 window")
+    (tmp_path / "one.txt").write_text("R")  # it read "1 tokens (1 bytes"
+    assert main(["eval", str(run), "--text", str(tmp_path / "one.txt")]) == 0
+    assert ": 1 token (1 byte" in capsys.readouterr().out
 
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "latin1.txt").write_bytes("Café".encode("latin-1"))

@@ -118,3 +118,9 @@ def test_every_passage_of_a_training_document_is_found(tmp_path, make_config, si
         start = len(text) // 3
         found = trained_passages(data, text[start : start + size])
         assert found is not None and found.found == found.looked >= 1
+
+
+def test_one_passage_is_counted_as_one():
+    from slmlab.evals.trained_text import TrainedPassages
+
+    assert TrainedPassages(0, 1).describe() == "0 of its 1 passage found in the run's training split"  # "1 passages"

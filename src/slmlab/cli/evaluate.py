@@ -281,7 +281,7 @@ def eval_text(args, extra) -> int:
     print(
         f"{where}"
         + (f" at {args.checkpoint}" if args.checkpoint else "")
-        + f": {result['tokens']:,} tokens ({result['bytes']:,} bytes"
+        + f": {counted(result['tokens'], 'tokens')} ({counted(result['bytes'], 'bytes')}"
         + (f"; {trained.describe()}" if trained else "")
         + f"), each scored once, in {counted(result['windows'], 'windows')} of "
         + f"{result['window']} moved by {result['stride']}: loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}, "

@@ -18,7 +18,7 @@ from ..errors import TokenizerError
 from ..files import atomic_write_text, check_replaceable, file_kind, parse_json, read_text
 from ..model.sampling import check_sampling, greedy_ignores
 from ..registry import closest
-from ..tables import code_block, code_span, command_line, plain_text
+from ..tables import code_block, code_span, command_line, counted, plain_text
 from .score import announce_compile, trained_context, warn_past_trained_context
 
 DEFAULT_SUITE = Path(__file__).parent / "suites" / "control_systems.toml"
@@ -143,7 +143,7 @@ def markdown_report(run_name: str, suite: str, results: list[dict]) -> str:
         lines += [
             f"## {plain_text(r['id'])}",
             "",
-            f"temperature {r['temperature']}, seed {r['seed']}, {r['max_tokens']} tokens",
+            f"temperature {r['temperature']}, seed {r['seed']}, {counted(r['max_tokens'], 'tokens')}",
             "",
             f"**Prompt:** {code_span(r['prompt'])}",
             "",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ..config import DataConfig
 from ..data.corpora import CorpusError, DocumentSelection
 from ..data.split import TrainingSide
+from ..tables import counted
 
 log = logging.getLogger("slmlab")
 
@@ -33,7 +34,7 @@ class TrainedPassages:
     looked: int
 
     def describe(self) -> str:
-        return f"{self.found} of its {self.looked} passages found in the run's training split"
+        return f"{self.found} of its {counted(self.looked, 'passages')} found in the run's training split"
 
 
 def passages_of(text: str, size: int = PASSAGE, count: int = PASSAGES) -> list[str]:

@@ -27,7 +27,7 @@ from ..errors import RunFileError
 from ..files import atomic_write_text, json_text, read_json
 from ..plotting import loss_axis, pyplot, save_png
 from ..runs.run_dir import RunDir, phase_runs, with_token_offsets
-from ..tables import format_number, human, markdown_table
+from ..tables import counted, format_number, human, markdown_table
 from .budget import BUDGET_TIMINGS, flops_per_token, timing_machines
 from .caveats import caveats, other_units, speed_caveat
 from .stats import holm_adjusted, mean_std, paired_comparison, paired_difference, seeds_needed
@@ -189,7 +189,7 @@ def results_table(records: list[dict]) -> str:
                 "–" if base else delta_cell(r["delta_bpb"], r["delta_bpb_low"], r["delta_bpb_high"]),
                 "–" if base else format_number(r["delta_pct"], "+.2f", "%"),
                 "–" if base or r["wins"] is None else f"{r['wins']}/{r['n_pairs']}",
-                f"{r['failed_runs']} runs, {r['nan_skips']} steps",
+                f"{counted(r['failed_runs'], 'runs')}, {counted(r['nan_skips'], 'steps')}",
                 "–"
                 if base or r["wins"] is None
                 else f"[{format_number(r['ci_low'], '+.2f')}, {format_number(r['ci_high'], '+.2f')}]",

@@ -130,7 +130,7 @@ class PersonaClassifier:
             return "held-out balanced accuracy not measured (each side needs text of two passages or more)"
         told = "" if self.above_chance else "; not clearly above chance: adherence may not tell the persona apart"
         return (
-            f"held-out balanced accuracy {self.accuracy:.3f} on {self.held_out} passages (recall of persona "
+            f"held-out balanced accuracy {self.accuracy:.3f} on {counted(self.held_out, 'passages')} (recall of persona "
             f"{self.recalls[1]:.2f}, of other text {self.recalls[0]:.2f}{told})"
         )
 
