@@ -127,3 +127,15 @@ def test_persona_text_too_short_for_a_window_names_surgerys_own_options(base, tm
     err = capsys.readouterr().err
     assert "the persona text's validation part is" in err and "fewer than --seq-len + 1 = 33; give more persona text" in err
     assert not (tmp_path / "a").exists()
+
+
+def test_one_surgery_writes_a_folder_at_a_time(base, text_corpus, tmp_path, capsys):
+    """Two surgeries into one --out shared its staged metrics, each removing the other's."""
+    from slmlab.locks import DirectoryLock
+
+    out = tmp_path / "area"
+    with DirectoryLock(out, "Self Area folder"):  # as another surgery under way holds it
+        assert main(surgery_argv(base, text_corpus, out)) == 2
+    assert f"the Self Area folder {out} is in use by process" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(surgery_argv(base, text_corpus, out)) == 0

@@ -28,6 +28,7 @@ from ..data.split import splits_by_position, validation_ids
 from ..data.tokens import TokenSplit
 from ..experiments.stats import perplexity_change
 from ..files import atomic_write_text, json_text
+from ..locks import DirectoryLock
 from ..phase_progress import tracked
 from ..runs.metrics import MetricsLog
 from ..tables import counted
@@ -59,20 +60,23 @@ def check_surgery_folder(folder: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def staged_folder(folder: Path) -> Iterator[MetricsLog]:
-    """The training's metrics log (STAGED_METRICS in `folder`, made if need be); if the block ends
-    early, the log is removed, and `folder` too where this call made it and it is empty again."""
-    made = not folder.is_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    staged = folder / STAGED_METRICS
-    staged.unlink(missing_ok=True)  # left by a surgery killed outright
-    try:
-        yield MetricsLog(staged)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        if made and not any(folder.iterdir()):
-            folder.rmdir()
-        raise
+def staged_folder(folder: Path, overwrite: bool) -> Iterator[MetricsLog]:
+    """The training's metrics log (STAGED_METRICS in `folder`, made if need be), under the folder's
+    lock (one surgery writes it at a time: check_surgery_folder is asked again under it); if the
+    block ends early, the log is removed, and `folder` too where this call made it and it is empty."""
+    with DirectoryLock(folder, "Self Area folder"):
+        check_surgery_folder(folder, overwrite)
+        made = not folder.is_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        staged = folder / STAGED_METRICS
+        staged.unlink(missing_ok=True)  # left by a surgery killed outright
+        try:
+            yield MetricsLog(staged)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            if made and not any(folder.iterdir()):
+                folder.rmdir()
+            raise
 
 
 def persona_tokens(data: DataConfig, tokenizer, val_fraction: float = 0.1) -> tuple[TokenSplit, TokenSplit]:
@@ -203,7 +207,7 @@ def surgery(
     train_split, val_split = persona_tokens(persona, tokenizer)
     check_persona_windows(train_split, val_split, seq_len)
     area = insert_self_area(model, SelfAreaConfig(enabled=True, self_dim=self_dim, token_dependent=token_dependent))
-    with staged_folder(folder) as metrics:
+    with staged_folder(folder, overwrite) as metrics:
         before, before_batches = persona_loss(model, val_split, seq_len, batch_size, 8, resolved)
         with stopping.armed():  # a stop asked for from here on ends training; the rest finishes
             trained = train_self_area(model, area, train_split, steps, lr, batch_size, seq_len, seed, metrics)
@@ -212,18 +216,18 @@ def surgery(
             for name in REPLACED:  # missing, rather than describing the Self Area replaced, should this be cut short
                 (folder / name).unlink(missing_ok=True)
             save_self_area(area, folder, str(hf_model))
-    metrics.path.replace(folder / "metrics.jsonl")
-    summary = {
-        "base_model": str(hf_model),
-        "persona_data": persona_data,
-        "steps": trained,
-        **({"steps_asked": steps, "stopped_by": stopped_by} if stopped_by else {}),
-        "self_area_params": sum(p.numel() for p in area.parameters()),
-        "base_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("self_area.")),
-        "persona_val_loss_before": before,
-        "persona_val_loss_after": after,
-        "persona_ppl_change": perplexity_change(after - before, after_batches, before_batches),  # paired by batch
-        "persona_val_batches": len(after_batches),
-    }
-    atomic_write_text(folder / "summary.json", json_text(summary, indent=2) + "\n")
+            metrics.path.replace(folder / "metrics.jsonl")
+            summary = {
+                "base_model": str(hf_model),
+                "persona_data": persona_data,
+                "steps": trained,
+                **({"steps_asked": steps, "stopped_by": stopped_by} if stopped_by else {}),
+                "self_area_params": sum(p.numel() for p in area.parameters()),
+                "base_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("self_area.")),
+                "persona_val_loss_before": before,
+                "persona_val_loss_after": after,
+                "persona_ppl_change": perplexity_change(after - before, after_batches, before_batches),  # paired by batch
+                "persona_val_batches": len(after_batches),
+            }
+            atomic_write_text(folder / "summary.json", json_text(summary, indent=2) + "\n")
     return model, tokenizer, summary, folder
