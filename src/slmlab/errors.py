@@ -49,8 +49,8 @@ TRAINING_MEMORY_ADVICE = (  # a training run that does not fit: out_of_memory's,
 GENERATION_MEMORY_ADVICE = {  # a generation that does not fit, by the verb that ran it: each names its own options
     "generate": "generate fewer samples at once (--num-samples) or fewer tokens (--max-new-tokens)",
     "prompts": "give the suite's prompts a smaller max_tokens",
-    "persona-eval": "generate fewer tokens (--max-new-tokens) from fewer openings (--openings)",
-    "lm-eval": "give the rows at once (--batch-size) fewer, or a task that generates fewer tokens",
+    "persona-eval": "generate fewer tokens (--max-new-tokens), or from fewer openings (--openings)",
+    "lm-eval": "score fewer rows at once (--batch-size), or give a task that generates fewer tokens",
 }
 GENERATION_ELSEWHERE = "generate fewer sequences at once, or fewer tokens"  # a library call, or a verb not above
 SCORING = {"eval", "ablate", "quantize", "viz", "info", "check", "report", "export"}

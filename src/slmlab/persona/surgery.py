@@ -4,12 +4,12 @@ editing its code (`slmlab surgery --hf-model PATH --persona-data SOURCE`).
 A forward pre-hook on every decoder layer adds the Self Area's Δ_l = α_l · W_l g to the layer's
 input hidden states (the residual stream), the same module the native decoder uses
 (variants/self_area.py). With α_l = 0 at insertion the model's outputs are unchanged. Only the
-Self Area trains; the base weights are frozen. The module is saved alone (self_area.safetensors
-plus self_area.json describing its shape and the base it was trained on) and loads back onto the
-same base; persona/surgery_training.py trains it (`slmlab surgery`). Decoder layers are found at the usual places (GPT-2 `transformer.h`, Llama/Mistral/
-Phi-3/Qwen `model.layers`, GPT-NeoX `gpt_neox.layers`, ...), else as the shallowest ModuleList of
-as many modules as the config has layers (MPT's `transformer.blocks`), never a layer's own list of
-experts.
+Self Area trains (persona/surgery_training.py); the base weights are frozen. The module is saved
+alone (self_area.safetensors plus self_area.json describing its shape and the base it was trained
+on) and loads back onto the same base. Decoder layers are found at the usual places (GPT-2
+`transformer.h`, Llama/Mistral/Phi-3/Qwen `model.layers`, GPT-NeoX `gpt_neox.layers`, ...), else
+as the shallowest ModuleList of as many modules as the config has layers (MPT's
+`transformer.blocks`), never a layer's own list of experts.
 PATH is a local directory (or a .gguf file, read by transformers through the `gguf` package);
 nothing is downloaded.
 """
