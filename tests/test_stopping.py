@@ -232,3 +232,22 @@ def test_a_persona_run_stops_with_a_checkpoint_and_resumed_ends_scored_against_i
     err = capsys.readouterr().err.strip()
     assert "stage2.json" in err and "\n" not in err
     assert (run / "final.safetensors").read_bytes() == before and RunDir(run).read_summary()["step"] == 10
+
+
+def test_a_second_signal_stops_persona_at_once_and_says_how_a_run_goes_on(text_corpus, micro_toml, tmp_path, capsys, monkeypatch):
+    """`train` said how a run that wrote a checkpoint goes on; `persona`, whose runs go on the same
+    way, said only "interrupted"."""
+    assert main(["train", str(micro_toml), "--no-progress", "--name", "base"]) == 0
+    real_fit = Trainer.fit
+
+    def fit(trainer):
+        _signal_at(trainer, 2, times=2)
+        return real_fit(trainer)
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    capsys.readouterr()
+    base = tmp_path / "runs" / "base"
+    assert main(["persona", str(base), "--persona-data", str(text_corpus), "--train", "all", "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("slmlab: interrupted (a run that wrote a checkpoint continues with slmlab train --resume RUN)")
+    assert not (tmp_path / "runs" / "base_persona").exists()  # stopped before its first record: nothing to go on from

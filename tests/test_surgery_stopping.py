@@ -100,7 +100,7 @@ def test_a_second_signal_leaves_the_folder_as_it_was(base, text_corpus, tmp_path
     out = tmp_path / "area"
     signal_in_step(monkeypatch, 3, times=2)
     assert main(surgery_argv(base, text_corpus, out)) == 130
-    assert "interrupted" in capsys.readouterr().err
+    assert "slmlab: interrupted" in capsys.readouterr().err
     assert not out.exists()  # a fresh surgery's folder is gone: the same command runs again
     monkeypatch.undo()
     assert main(surgery_argv(base, text_corpus, out)) == 0

@@ -131,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         report_error(f"slmlab: error: {os_error_message(err, output_arguments(args))}")
         return 2
     except KeyboardInterrupt:
+        resume = " (a run that wrote a checkpoint continues with slmlab train --resume RUN)"
         again = {
             "sweep": " (run the same sweep again to continue its runs)",
-            "train": " (a run that wrote a checkpoint continues with slmlab train --resume RUN)",
+            "train": resume,
+            "persona": resume,
         }.get(args.verb_name, "")
         if rank == 0:  # under torchrun every process was interrupted: one says so
             print(f"slmlab: interrupted{again}", file=sys.stderr)
