@@ -119,6 +119,20 @@ def test_a_run_never_executes_plugin_code_unless_trusted(trained):
     trusted = slmlab("eval", str(run), "--batches", "1", "--trust-plugins")
     assert trusted.returncode == 0, trusted.stderr
     assert "changed" not in trusted.stderr
+    said_no = slmlab("eval", str(run), "--batches", "1", env={plugins.TRUST_VARIABLE: "false"})  # it trusted: not "0"
+    assert said_no.returncode == 2 and "--trust-plugins" in said_no.stderr
+    assert slmlab("eval", str(run), "--batches", "1", env={plugins.TRUST_VARIABLE: "yes"}).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "value, trust", [("", False), ("0", False), ("false", False), ("No", False), (" off ", False), ("1", True), ("TRUE", True)]
+)
+def test_the_trust_variable_fails_closed(monkeypatch, value, trust):
+    monkeypatch.setenv(plugins.TRUST_VARIABLE, value)
+    assert plugins.trusted() is trust
+    monkeypatch.setenv(plugins.TRUST_VARIABLE, "ture")  # a typo trusts nothing: one line saying what to set
+    with pytest.raises(ConfigError, match="SLMLAB_TRUST_PLUGINS='ture' says neither yes nor no: set it to 1"):
+        plugins.trusted()
 
 
 def test_a_changed_plugin_is_named(trained, tmp_path):

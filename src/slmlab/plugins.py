@@ -64,8 +64,18 @@ def trust(enabled: bool = True) -> None:
         os.environ.pop(TRUST_VARIABLE, None)
 
 
+TRUST_WORDS = {"1": True, "true": True, "yes": True, "on": True, "": False, "0": False, "false": False, "no": False, "off": False}
+
+
 def trusted() -> bool:
-    return os.environ.get(TRUST_VARIABLE, "") not in ("", "0")
+    """Whether SLMLAB_TRUST_PLUGINS says to trust (1, true, yes, on); any other value but the
+    words for no (0, false, no, off, unset) is a ConfigError: "false" trusted, as every value did
+    but 0, and plugin code ran from a run whose user had said no."""
+    value = os.environ.get(TRUST_VARIABLE, "")
+    said = TRUST_WORDS.get(value.strip().lower())
+    if said is None:
+        raise ConfigError(f"{TRUST_VARIABLE}={value!r} says neither yes nor no: set it to 1 to trust plugin code, 0 not to")
+    return said
 
 
 def is_file_spec(spec: str) -> bool:
