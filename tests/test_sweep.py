@@ -242,12 +242,15 @@ def test_a_run_place_that_is_a_file_or_holds_other_files_is_refused_before_any_r
         says = "is a file, not a run directory" if make == "file" else "holds files that are not a slmlab run"
         err = capsys.readouterr().err
         assert f"full_s2 {says}; move it away, or give the sweep another name or out_dir" in err
-        assert sorted(path.name for path in sweep.iterdir()) == ["full_s2"]  # no run began (nor a tuning run)
+        assert sorted(path.name for path in sweep.iterdir() if path.name[0] != ".") == ["full_s2"]  # no run began (nor tuning)
         if make == "file":
             (sweep / "full_s2").unlink()
             (sweep / "full_s2").mkdir()
             (sweep / "full_s2" / "notes.txt").write_text("mine")
     assert (sweep / "full_s2" / "notes.txt").read_text() == "mine"
+    (sweep / "full_s2" / "notes.txt").unlink()  # what a run killed as it wrote its config leaves: taken as free
+    (sweep / "full_s2" / ".config.json.tmp-1234").write_text('{"na')
+    assert main(["sweep", str(micro_sweep)]) == 0
 
 
 @pytest.mark.parametrize(

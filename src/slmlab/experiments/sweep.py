@@ -87,9 +87,13 @@ def changed_since_trained(job: Job) -> list[str]:
 def check_run_places(jobs: list[Job]) -> None:
     """Refuse, before any run starts, a run's place that is a file, a link or a folder of other
     files than a run's (such a run failed alone, once the others had trained, with advice naming
-    `train`'s --name)."""
+    `train`'s --name), or a run another process holds; under the run's lock, as the trainer
+    checks it (temp files a killed write left are removed first)."""
+    rename = "move it away, or give the sweep another name or out_dir"
     for job in jobs:
-        job.run.ensure_free(overwrite=True, rename="move it away, or give the sweep another name or out_dir")
+        job.run.check_writable(rename)
+        with job.run.lock():
+            job.run.ensure_free(overwrite=True, rename=rename)
 
 
 def check_runs_match(jobs: list[Job]) -> None:
