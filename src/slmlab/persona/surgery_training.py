@@ -27,7 +27,7 @@ from ..data.sampling import WindowSampler, validation_batches
 from ..data.split import splits_by_position, validation_ids
 from ..data.tokens import TokenSplit
 from ..experiments.stats import perplexity_change
-from ..files import atomic_write_text, json_text
+from ..files import TEMP_NAME, atomic_write_text, json_text, remove_stale_temps
 from ..locks import DirectoryLock
 from ..phase_progress import tracked
 from ..runs.metrics import MetricsLog
@@ -43,13 +43,13 @@ REPLACED = ("summary.json", "metrics.jsonl")  # an earlier surgery's records, re
 
 
 def check_surgery_folder(folder: Path, overwrite: bool) -> None:
-    """The folder surgery writes (self_area.*, metrics.jsonl, summary.json) is new, empty (but for
-    a STAGED_METRICS an interrupted surgery left), or an earlier surgery's (replaced only with
-    `overwrite`); a run's or any other folder is refused, since its metrics.jsonl and summary.json
-    would be replaced."""
+    """The folder surgery writes (self_area.*, metrics.jsonl, summary.json) is new, empty but for
+    what a surgery killed outright left (STAGED_METRICS, temp files: staged_folder removes them), or
+    an earlier surgery's (replaced only with `overwrite`); a run's or any other folder is refused,
+    since its metrics.jsonl and summary.json would be replaced."""
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {folder} is a file, not a folder; choose another --out")
-    if not folder.is_dir() or not any(entry.name != STAGED_METRICS for entry in folder.iterdir()):
+    if not folder.is_dir() or all(entry.name == STAGED_METRICS or TEMP_NAME.match(entry.name) for entry in folder.iterdir()):
         return
     if not (folder / "self_area.json").is_file():
         raise ConfigError(
@@ -65,6 +65,7 @@ def staged_folder(folder: Path, overwrite: bool) -> Iterator[MetricsLog]:
     lock (one surgery writes it at a time: check_surgery_folder is asked again under it); if the
     block ends early, the log is removed, and `folder` too where this call made it and it is empty."""
     with DirectoryLock(folder, "Self Area folder"):
+        remove_stale_temps(folder, everyone=True)  # we hold the lock: no one else writes there
         check_surgery_folder(folder, overwrite)
         made = not folder.is_dir()
         folder.mkdir(parents=True, exist_ok=True)
