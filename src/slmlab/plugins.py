@@ -32,6 +32,7 @@ from .files import atomic_write_bytes, atomic_write_text, read_json, sha256_file
 
 log = logging.getLogger("slmlab")
 TRUST_VARIABLE = "SLMLAB_TRUST_PLUGINS"
+TRUST_WORDS = {"1": True, "true": True, "yes": True, "on": True, "": False, "0": False, "false": False, "no": False, "off": False}
 MANIFEST = "manifest.json"
 
 
@@ -62,9 +63,6 @@ def trust(enabled: bool = True) -> None:
         os.environ[TRUST_VARIABLE] = "1"
     else:
         os.environ.pop(TRUST_VARIABLE, None)
-
-
-TRUST_WORDS = {"1": True, "true": True, "yes": True, "on": True, "": False, "0": False, "false": False, "no": False, "off": False}
 
 
 def trusted() -> bool:
