@@ -395,6 +395,7 @@ def test_generate_refuses_to_ignore_an_end_of_text_token_the_tokenizer_has_not(m
         (["--lr=1e-3"], "(did you mean --train.lr?)"),
         (["--seq-len", "16"], "(did you mean --data.seq_len?)"),
         (["--train.compile=False"], "train.compile: write false, not 'False' (TOML's true and false are lower case)"),
+        (["--train.compile", '"false"'], "train.compile: write false, not 'false' (in quotes it is text)"),
         (["--train.compile", "1"], "train.compile: expected true or false, got int 1"),
     ],
 )

@@ -39,7 +39,8 @@ def check_value(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):  # --train.compile=False, as nanoGPT's flags
-            raise ConfigError(f"{key}: write {value.lower()}, not {value!r} (TOML's true and false are lower case)")
+            why = "TOML's true and false are lower case" if value != value.lower() else "in quotes it is text"
+            raise ConfigError(f"{key}: write {value.lower()}, not {value!r} ({why})")
     elif annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
