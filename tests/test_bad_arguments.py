@@ -386,22 +386,3 @@ def test_generate_refuses_to_ignore_an_end_of_text_token_the_tokenizer_has_not(m
     assert main([*argv, "--ignore-eos"]) == 2
     assert "char tokenizer has no end-of-text token" in one_line_error(capsys, "--ignore-eos would change nothing: ")
     assert main(argv) == 0
-
-
-@pytest.mark.parametrize(
-    ("given", "says"),
-    [  # nanoGPT's flags: a setting without its section, a Python boolean
-        (["--n_layer", "2"], "unrecognized arguments: --n_layer 2 (did you mean --model.n_layer?)"),
-        (["--lr=1e-3"], "(did you mean --train.lr?)"),
-        (["--seq-len", "16"], "(did you mean --data.seq_len?)"),
-        (["--train.compile=False"], "train.compile: write false, not 'False' (TOML's true and false are lower case)"),
-        (["--train.compile", '"false"'], "train.compile: write false, not 'false' (in quotes it is text)"),
-        (["--train.compile", "1"], "train.compile: expected true or false, got int 1"),
-    ],
-)
-def test_a_setting_given_as_nanogpt_gives_it_is_answered_with_its_spelling_here(given, says, micro_toml, capsys):
-    try:
-        code = main(["train", str(micro_toml), "--no-progress", *given])
-    except SystemExit as exit:  # argparse's own refusal
-        code = exit.code
-    assert code == 2 and says in capsys.readouterr().err

@@ -76,7 +76,18 @@ def check_value(key: str, value: Any, annotation: Any) -> Any:
         type_name = "true or false"
     else:
         type_name = getattr(annotation, "__name__", str(annotation))
+    if annotation in (int, float) and isinstance(value, str) and _number(value.strip(), annotation) is not None:
+        raise ConfigError(f"{key}: write {value.strip()}, not {value!r} (in quotes it is text)")  # steps = "100"
     raise ConfigError(f"{key}: expected {type_name}, got {type(value).__name__} {value!r}")
+
+
+def _number(text: str, kind: type) -> int | float | None:
+    """`text` read as a finite number of `kind` (int, or float: an int too), or None."""
+    try:
+        number = kind(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
