@@ -1,5 +1,5 @@
-"""A setting given as another tool spells it, or as text in quotes, is answered with the spelling
-slmlab reads."""
+"""A setting given as another tool spells it, or as text where a number or true/false goes, is
+answered with the spelling slmlab reads."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from slmlab.cli import main
         (["--lr=1e-3"], "(did you mean --train.lr?)"),
         (["--seq-len", "16"], "(did you mean --data.seq_len?)"),
         (["--train.compile=False"], "train.compile: write false, not 'False' (TOML's true and false are lower case)"),
-        (["--train.compile", '"false"'], "train.compile: write false, not 'false' (in quotes it is text)"),
-        (["--train.steps", '"100"'], "train.steps: write 100, not '100' (in quotes it is text)"),
+        (["--train.compile", '"false"'], "train.compile: write false, not 'false' (text, not true or false)"),
+        (["--train.steps", '"100"'], "train.steps: write 100, not '100' (text, not a number)"),
         (["--train.compile", "1"], "train.compile: expected true or false, got int 1"),
     ],
 )

@@ -305,7 +305,7 @@ def test_compiled_training_gives_the_eager_losses_and_times_compilation_apart(te
     [
         ("model", "n_head", 3, r"model.d_model = 32 is not divisible by model.n_head = 3"),
         ("train", "lr", -1.0, r"train.lr must be > 0, got -1.0"),
-        ("train", "lr", "3e-4", r"train.lr: expected float, got str '3e-4'"),
+        ("train", "lr", "3e-4", r"train.lr: write 3e-4, not '3e-4' \(text, not a number\)"),
         ("train", "steps", 0, r"train.steps must be > 0, got 0"),
         ("data", "seq_len", 1000, r"data.seq_len = 1000 exceeds model.block_size = 64"),
     ],

@@ -39,7 +39,7 @@ def check_value(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):  # --train.compile=False, as nanoGPT's flags
-            why = "TOML's true and false are lower case" if value != value.lower() else "in quotes it is text"
+            why = "TOML's true and false are lower case" if value != value.lower() else "text, not true or false"
             raise ConfigError(f"{key}: write {value.lower()}, not {value!r} ({why})")
     elif annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -77,7 +77,7 @@ def check_value(key: str, value: Any, annotation: Any) -> Any:
     else:
         type_name = getattr(annotation, "__name__", str(annotation))
     if annotation in (int, float) and isinstance(value, str) and _number(value.strip(), annotation) is not None:
-        raise ConfigError(f"{key}: write {value.strip()}, not {value!r} (in quotes it is text)")  # steps = "100"
+        raise ConfigError(f"{key}: write {value.strip()}, not {value!r} (text, not a number)")  # steps = "100"
     raise ConfigError(f"{key}: expected {type_name}, got {type(value).__name__} {value!r}")
 
 
