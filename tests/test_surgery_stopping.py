@@ -2,9 +2,9 @@
 Area trained so far, scored like a finished one (exit 128 + the signal's number, one line saying
 how to train it in full); a second, or one before training, stops at once and leaves the folder
 as it was (no folder of a fresh surgery, an earlier surgery's files untouched), so that the same
-command runs again. A surgery killed outright leaves only its staged metrics, which the next
-surgery into the folder takes over. A persona text too short for a window is refused before any
-of it."""
+command runs again. What a surgery killed outright leaves (its staged metrics, temp files) does not
+block the next surgery into the folder; two surgeries do not write one folder at once. A persona
+text too short for a window is refused before any of it."""
 
 from __future__ import annotations
 
