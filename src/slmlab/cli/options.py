@@ -340,8 +340,9 @@ def check_greedy_options(args: argparse.Namespace) -> None:
     repeated."""
     from ..model.sampling import greedy_ignores
 
-    seed = args.seed if args.seed != 0 else None  # 0: the default, as good as not given
-    ignored = greedy_ignores(args.temperature, args.top_k, args.top_p, seed, spell=lambda name: "--" + name.replace("_", "-"))
+    ignored = greedy_ignores(
+        args.temperature, args.top_k, args.top_p, args.seed, spell=lambda name: "--" + name.replace("_", "-")
+    )
     if ignored:
         raise ConfigError(ignored)
     if args.temperature == 0 and args.num_samples > 1:

@@ -82,7 +82,7 @@ def load_suite(path: str | Path) -> list[Prompt]:
                 raise ConfigError(f"max_tokens must be > 0, got {p.max_tokens}")
             check_seed("seed", p.seed)
             check_sampling(p.temperature, p.top_k, p.top_p)
-            ignored = greedy_ignores(p.temperature, p.top_k, p.top_p, p.seed or None)  # seed 0: the default, as for --seed
+            ignored = greedy_ignores(p.temperature, p.top_k, p.top_p, p.seed)
             if ignored:
                 raise ConfigError(ignored)
         except ConfigError as err:

@@ -38,21 +38,19 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
         raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
 
 
-def greedy_ignores(
-    temperature: float, top_k: int, top_p: float, seed: int | None = None, spell: Callable[[str], str] = str
-) -> str:
+def greedy_ignores(temperature: float, top_k: int, top_p: float, seed: int = 0, spell: Callable[[str], str] = str) -> str:
     """ "" or one line naming what temperature 0 ignores: the filters set (top_k, top_p) and a
-    `seed` given (None: none was), with each setting's name as `spell` writes it ("--top-k").
+    `seed` set (0, the default, counts as none), with each name as `spell` writes it ("--top-k").
     Greedy decoding takes the most likely token, which every filter keeps, and draws no random
     number; a user who sets one of them believes it samples."""
     if temperature != 0:
         return ""
     filters = [spell(name) for name, on in (("top_k", top_k != 0), ("top_p", top_p != 1.0)) if on]
     said = [f"{' and '.join(filters)} {'filter' if len(filters) > 1 else 'filters'} what is sampled"] if filters else []
-    said += [f"{spell('seed')} {seed} seeds the sampling"] if seed is not None else []
+    said += [f"{spell('seed')} {seed} seeds the sampling"] if seed else []
     if not said:
         return ""
-    them = "them" if len(filters) + (seed is not None) > 1 else "it"
+    them = "them" if len(filters) + bool(seed) > 1 else "it"
     return f"{'; '.join(said)}, and {spell('temperature')} 0 samples nothing (greedy decoding): remove {them}, or give a temperature > 0"
 
 
