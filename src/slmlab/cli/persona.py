@@ -220,17 +220,16 @@ def cmd_surgery(args, extra) -> int:
 def report_surgery_stop(summary: dict, argv: list[str]) -> int:
     """Say that a surgery stopped on a signal saved the Self Area of fewer steps than asked, and how
     to train it in full (surgery has no resume); the shell's exit code (128 + the signal's number)."""
-    import signal
-
     from ..tables import command_line
     from ..torchrun_env import report_error
+    from ..training.stopping import exit_code
 
     again = command_line("slmlab", *argv, *([] if "--overwrite" in argv else ["--overwrite"]))
     report_error(
         f"slmlab: surgery stopped by {summary['stopped_by']} after {summary['steps']} of {summary['steps_asked']} steps: "
         f"the Self Area trained so far is saved; to train one of all {summary['steps_asked']} steps: {again}"
     )
-    return 128 + signal.Signals[summary["stopped_by"]].value
+    return exit_code(summary["stopped_by"])
 
 
 def _progress(line: str) -> None:

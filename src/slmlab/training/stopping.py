@@ -49,8 +49,12 @@ class TrainingStopped(Exception):
 
     @property
     def exit_code(self) -> int:
-        """The shell's code for a process ended by the signal: 128 + its number."""
-        return 128 + signal.Signals[self.signal_name].value
+        return exit_code(self.signal_name)
+
+
+def exit_code(signal_name: str) -> int:
+    """The shell's code for a process ended by the signal `signal_name` ("SIGINT"): 128 + its number."""
+    return 128 + signal.Signals[signal_name].value
 
 
 def requested() -> str | None:
