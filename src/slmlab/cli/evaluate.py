@@ -62,12 +62,8 @@ def register(sub) -> None:
         "token more context for more compute)",
     )
     p.add_argument("--batches", type=positive_int, default=50, help="number of validation batches (default 50)")
-    p.add_argument(
-        "--split",
-        choices=("val", "train"),
-        default="val",
-        help="the split scored (default val; train: the training split, for the gap between the two)",
-    )
+    split = "the split scored (default val; train: the training split, for the gap between the two)"
+    p.add_argument("--split", choices=("val", "train"), default="val", help=split)
     add_device(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--by-position", action="store_true", help="loss per position bucket of the window (saved as JSON + PNG)")
