@@ -117,7 +117,7 @@ def test_a_folder_it_may_not_enter_is_named_before_what_lies_in_it(tmp_path, mon
         (errno.EROFS, "its file system is read-only; give another --out"),
         (errno.ENOSPC, "no space left on its disk; free some space or give another --out"),
         (errno.EISDIR, "is a folder where a file is needed"),
-        (errno.ENOTDIR, "a file stands where a folder is needed"),
+        (errno.ENOTDIR, "a file stands where a folder is needed); give another --out"),
         (errno.ENAMETOOLONG, "the name is too long for the file system"),
         (errno.ENOENT, "no such file or folder; check the path"),
     ],
@@ -125,6 +125,16 @@ def test_a_folder_it_may_not_enter_is_named_before_what_lies_in_it(tmp_path, mon
 def test_other_file_system_errors_say_what_to_change(number, says, tmp_path):
     message = os_error_message(OSError(number, os.strerror(number), str(tmp_path / "x")), ["--out"])
     assert says in message and str(tmp_path / "x") in message and "Errno" not in message
+
+
+def test_a_file_named_as_the_cache_says_to_set_slmlab_cache(tmp_path, monkeypatch, capsys):
+    """SLMLAB_CACHE naming a file was told to "choose another path", not which setting chose it."""
+    from slmlab.cli.main import main
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("SLMLAB_CACHE", str(tmp_path / "afile"))
+    assert main(["data", "download"]) == 2
+    assert "set SLMLAB_CACHE (or data.cache_dir) to a folder" in capsys.readouterr().err
 
 
 def test_a_write_refused_by_its_folder_is_named_by_the_file_not_its_temp_file(micro_toml, tmp_path, capsys, monkeypatch):

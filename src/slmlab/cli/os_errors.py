@@ -31,7 +31,7 @@ def os_error_message(err: OSError, outputs: Sequence[str] = ()) -> str:
     if err.errno == errno.ENOSPC:
         return f"cannot write {path}: no space left on its disk; free some space or {_elsewhere(path, outputs)}"
     if err.errno in (errno.EEXIST, errno.ENOTDIR):
-        return f"{path}: {reason} (a file stands where a folder is needed: choose another path)"
+        return f"{path}: {reason} (a file stands where a folder is needed); {_elsewhere(path, outputs)}"
     if err.errno == errno.EISDIR:
         return f"{path} is a folder where a file is needed: name a file"
     if err.errno == errno.ENAMETOOLONG:
