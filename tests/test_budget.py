@@ -181,7 +181,7 @@ def test_budget_mistakes_are_one_line_errors(tmp_path, micro_toml):
         load_sweep(sweep_file(tmp_path, micro_toml, "tokens = 1000\nflops = 1e9"))
     with pytest.raises(ConfigError, match="buys variant '(baseline|full)' only 0 steps"):
         load_sweep(sweep_file(tmp_path, micro_toml, "tokens = 10"))
-    with pytest.raises(ConfigError, match="did you mean 'flops'"):
+    with pytest.raises(ConfigError, match="did you mean 'budget.flops'"):
         load_sweep(sweep_file(tmp_path, micro_toml, "flop = 1e9"))
     # it said "train.steps = 2486... is too large", a setting the user never gave
     with pytest.raises(

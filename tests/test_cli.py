@@ -75,7 +75,7 @@ def test_generate_eval_and_info_on_a_run(trained_run, capsys):
 
 def test_user_errors_are_one_line(trained_run, capsys, tmp_path):
     cases = [
-        (["train", QUICKSTART, "--model.n_layr", "3"], "unknown config key 'model.n_layr' (did you mean 'n_layer'?)"),
+        (["train", QUICKSTART, "--model.n_layr", "3"], "unknown config key 'model.n_layr' (did you mean 'model.n_layer'?)"),
         (["train", QUICKSTART, "--data.source", str(tmp_path / "none.txt")], "neither a built-in corpus"),
         (["generate", str(trained_run), "--prompt", "x" * 300], "the prompt is 300 tokens but the model's context is 256"),
         (["generate", str(tmp_path), "--prompt", "hi"], "is not a run directory (no config.json)"),

@@ -91,7 +91,7 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["--model.n_layr", "4"], "unknown config key 'model.n_layr' (did you mean 'n_layer'?)"),
+        (["--model.n_layr", "4"], "unknown config key 'model.n_layr' (did you mean 'model.n_layer'?)"),
         (["--trian.steps", "4"], "unknown config key 'trian' (did you mean 'train'?)"),
         (["--model.smat.enabled", "true"], "'model.smat.enabled' (model.smat holds use_S, use_G, s_dim,"),  # nothing close
         (["--model.n_layer", "four"], "model.n_layer: expected int, got str 'four'"),

@@ -199,7 +199,7 @@ def test_a_phase_is_set_from_the_command_line_or_a_sweep_by_its_name_or_index(ma
         ),
         ({"phases.3.steps": 1}, "no phase '3'"),
         ({"phases.A": 5}, "cannot set 'phases.A': name a setting of that phase, e.g. --phases.A.steps 100"),
-        ({"phases.A.stepz": 5}, "unknown config key 'phases\\[0\\].stepz' \\(did you mean 'steps'\\?\\)"),
+        ({"phases.A.stepz": 5}, "unknown config key 'phases\\[0\\].stepz' \\(did you mean 'phases\\[0\\].steps'\\?\\)"),
     ]:
         with pytest.raises(ConfigError, match=message):
             config_from_dict(apply_overrides(values, overrides))

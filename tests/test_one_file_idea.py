@@ -49,7 +49,7 @@ SMALL = {"n_layer": 2, "n_head": 2, "d_model": 16, "block_size": 32, "vocab_size
 def test_the_section_is_validated_like_a_built_in_one(value_scale):
     cfg = config_from_dict({"data": {"seq_len": 32}, "model": {**SMALL, "vscale": {"enabled": True, "init": 0.5}}})
     assert cfg.model.vscale.init == 0.5
-    with pytest.raises(ConfigError, match="did you mean 'init'"):
+    with pytest.raises(ConfigError, match="did you mean 'model.vscale.init'"):
         config_from_dict({"data": {"seq_len": 32}, "model": {**SMALL, "vscale": {"inti": 0.5}}})
     with pytest.raises(ConfigError, match="model.vscale.enabled"):
         config_from_dict({"data": {"seq_len": 32}, "model": {**SMALL, "vscale": {"enabled": "yes please"}}})

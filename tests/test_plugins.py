@@ -81,7 +81,7 @@ def test_the_plugin_is_imported_before_the_config_is_checked(tmp_path, text_corp
         str(tmp_path.resolve() / "a.py")
     ]
     typo = plugin_toml(tmp_path, text_corpus, EXAMPLE, "[model.gated_attention]\nenabld = true\n")
-    with pytest.raises(ConfigError, match="did you mean 'enabled'"):
+    with pytest.raises(ConfigError, match="did you mean 'model.gated_attention.enabled'"):
         load_config(typo)
 
 

@@ -69,7 +69,7 @@ def test_every_architecture_runs_through_every_generic_tool(arch, text_corpus, m
         ({"smat": {"s_dim": 0}}, {}, "model.smat.s_dim must be > 0"),
         ({}, {"lr": float("nan")}, "train.lr must be a finite number"),
         ({}, {"optimizer": "sgd"}, "train.optimizer = 'sgd' is not one of "),
-        ({"smut": {}}, {}, "unknown config key 'model.smut' (did you mean 'smat'?)"),
+        ({"smut": {}}, {}, "unknown config key 'model.smut' (did you mean 'model.smat'?)"),
     ],
 )
 def test_unsupported_or_unknown_settings_are_one_line_errors(model, train, message):

@@ -111,7 +111,9 @@ def test_variants_see_the_same_data_order(micro_sweep):
 def test_bad_sweep_configs(tmp_path, micro_sweep):
     text = micro_sweep.read_text()
     micro_sweep.write_text(text.replace('"model.smat.use_S" = true', '"model.smat.use_s" = true'))
-    with pytest.raises(ConfigError, match="variant 'full': unknown config key 'model.smat.use_s' \\(did you mean 'use_S'\\?\\)"):
+    with pytest.raises(
+        ConfigError, match="variant 'full': unknown config key 'model.smat.use_s' \\(did you mean 'model.smat.use_S'\\?\\)"
+    ):
         load_sweep(micro_sweep)
     micro_sweep.write_text(text.replace("seeds = [1, 2]", 'seeds = [1, 2]\nbaseline = "nope"'))
     with pytest.raises(ConfigError, match="baseline 'nope' is not one of the variants"):

@@ -28,10 +28,11 @@ from .errors import ConfigError
 T = TypeVar("T")
 
 
-def closest(name: str, options) -> str:
-    """' (did you mean 'x'?)' for the closest option to `name`, else ''."""
+def closest(name: str, options, prefix: str = "") -> str:
+    """' (did you mean 'x'?)' for the closest option to `name`, else ''; `prefix`: the section
+    the options lie in, named with the match ('model.pos', as the key that was mistyped is)."""
     match = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+    return f" (did you mean '{prefix + '.' if prefix else ''}{match[0]}'?)" if match else ""
 
 
 class Registry(Generic[T]):

@@ -84,7 +84,7 @@ class ModelConfig:
         for name, value in list(self.sections.items()):
             section = MODEL_SECTIONS.get(name)
             if section is None:
-                raise ConfigError(f"unknown config key 'model.{name}'{closest(name, MODEL_SECTIONS)}")
+                raise ConfigError(f"unknown config key 'model.{name}'{closest(name, MODEL_SECTIONS, 'model')}")
             if not isinstance(value, section.config):
                 from .values import check_value
 
