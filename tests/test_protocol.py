@@ -78,6 +78,14 @@ def test_unsupported_or_unknown_settings_are_one_line_errors(model, train, messa
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_mistyped_setting_given_in_python_is_told_the_setting_closest():
+    """ModelConfig(posn=...) takes unknown names as sections; it was told only the sections."""
+    from slmlab.config import ModelConfig
+
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.posn' \(did you mean 'model.pos'\?\)"):
+        ModelConfig(n_layer=1, posn="rope")
+
+
 def test_the_members_slmlab_requires_are_the_protocols():
     """registry.MODEL_MEMBERS (checked on a built model) and config.checks.CLASS_MEMBERS (checked
     on the class before building) are written out where torch may not be imported; they must

@@ -24,6 +24,11 @@ from ..registry import MODEL_ATTRIBUTES, MODEL_SECTIONS, closest, is_builtin_mod
 from .checks import check_model
 
 
+def _settings(config) -> list[str]:
+    """The names of a config's own settings (its sections aside)."""
+    return [f.name for f in dataclasses.fields(config) if f.name != "sections"]
+
+
 def _accepts_sections(cls: type) -> type:
     """Let the dataclass __init__ take registered sections as keyword arguments (smat=...), so
     `ModelConfig(smat=SmatConfig(...))` and `dataclasses.replace(cfg, smat=...)` work."""
@@ -84,7 +89,9 @@ class ModelConfig:
         for name, value in list(self.sections.items()):
             section = MODEL_SECTIONS.get(name)
             if section is None:
-                raise ConfigError(f"unknown config key 'model.{name}'{closest(name, MODEL_SECTIONS, 'model')}")
+                raise ConfigError(
+                    f"unknown config key 'model.{name}'{closest(name, [*_settings(self), *MODEL_SECTIONS], 'model')}"
+                )
             if not isinstance(value, section.config):
                 from .values import check_value
 
