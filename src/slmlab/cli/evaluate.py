@@ -170,6 +170,7 @@ def register(sub) -> None:
         "  slmlab diagnose configs/quickstart.toml\n  slmlab diagnose configs/smt_80m.toml --train.device cuda\n"
         "  slmlab diagnose configs/smat_ablation.toml   # a sweep config: every variant",
         overrides=True,
+        reads_runs=False,
     )
     p.add_argument("config")
     p.add_argument("--batch-size", type=positive_int, default=4, help="windows of the one batch overfitted (default 4)")

@@ -81,11 +81,18 @@ def sectioned_setting(arg: str) -> str | None:
 
 
 def add_verb(
-    subparsers, name: str, help: str, examples: str, overrides: bool | str | tuple[str, ...] = False
+    subparsers,
+    name: str,
+    help: str,
+    examples: str,
+    overrides: bool | str | tuple[str, ...] = False,
+    reads_runs: bool = True,
 ) -> argparse.ArgumentParser:
     """A sub-command whose --help ends with examples; `overrides`: it takes dotted config
     overrides (`--model.n_layer 4`), which the others refuse rather than ignore; a section name
-    ("data"): only that section's (the verb reads no other); a tuple of settings: only those."""
+    ("data"): only that section's (the verb reads no other); a tuple of settings: only those.
+    `reads_runs`: it may load a run, so it takes --trust-plugins (a verb that loads none would
+    accept the switch and change nothing)."""
     parser = subparsers.add_parser(
         name, help=help, description=help, epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -96,11 +103,14 @@ def add_verb(
         option_needs={},
         option_conflicts=[],
     )
-    parser.add_argument(
-        "--trust-plugins",
-        action="store_true",
-        help="execute the plugin code recorded in the runs this reads (RUN/plugins/); off: such a run is refused",
-    )
+    if reads_runs:
+        parser.add_argument(
+            "--trust-plugins",
+            action="store_true",
+            help="execute the plugin code recorded in the runs this reads (RUN/plugins/); off: such a run is refused",
+        )
+    else:
+        parser.set_defaults(trust_plugins=False)
     return parser
 
 

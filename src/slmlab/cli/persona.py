@@ -68,6 +68,7 @@ def register(sub) -> None:
         "  slmlab surgery --hf-model models/smollm2-135m --load runs/surgery_smollm2-135m --generate 'The day'\n"
         "  slmlab surgery --hf-model models/smollm2-135m --persona-data persona.jsonl --data.text_field content",
         overrides=SOURCE_READING,
+        reads_runs=False,
     )
     p.add_argument("--hf-model", required=True, metavar="MODEL", help="a local transformers model directory or .gguf file")
     p.add_argument(
