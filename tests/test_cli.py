@@ -119,21 +119,33 @@ def test_every_verb_has_help_with_examples(capsys):
         assert "examples:" in capsys.readouterr().out
 
 
+def every_option(parser: argparse.ArgumentParser, verb: str = "") -> list[tuple[str, argparse.Action]]:
+    """(verb, action) of every option of every verb and sub-verb below `parser`."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += every_option(sub, f"{verb} {name}".strip())
+        elif action.option_strings:
+            found.append((verb, action))
+    return found
+
+
 def test_every_option_of_every_verb_says_what_it_does():
     """`eval --split`, `surgery --steps/--lr/--seq-len/...`, `lm-eval --num-fewshot` showed a bare
     name in --help, with neither what it sets nor its default."""
+    bare = [f"{verb} {a.option_strings[0]}" for verb, a in every_option(build_parser()) if not (a.help or "").strip()]
+    assert bare == []
 
-    def bare(parser: argparse.ArgumentParser, verb: str) -> list[str]:
-        found = []
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, sub in action.choices.items():
-                    found += bare(sub, f"{verb} {name}".strip())
-            elif action.option_strings and not (action.help or "").strip():
-                found.append(f"{verb} {action.option_strings[0]}")
-        return found
 
-    assert bare(build_parser(), "") == []
+def test_every_option_with_a_default_names_it_in_its_help():
+    """`generate --temperature` said "0 = greedy", not that it samples at 0.8 unless told."""
+    unnamed = [
+        f"{verb} {a.option_strings[0]}"
+        for verb, a in every_option(build_parser())
+        if a.default not in (None, False, "", [], argparse.SUPPRESS) and "default" not in (a.help or "")
+    ]
+    assert unnamed == []
 
 
 @pytest.mark.parametrize(

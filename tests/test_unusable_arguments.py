@@ -19,8 +19,9 @@ def _argument_cases(value: str, dests=None) -> list[list[str]]:
     """For every argument of every verb that takes a text value (not a number, not a choice; a
     checkpoint's name is text), or those of `dests`: the verb's command line with that argument
     given as `value` and every other required one as 'x' (or its first choice)."""
+    from slmlab.cli.argument_types import checkpoint_name, output_folder
     from slmlab.cli.main import build_parser
-    from slmlab.cli.options import checkpoint_name, output_folder, parser_tree
+    from slmlab.cli.options import parser_tree
 
     cases = []
     for parser in parser_tree(build_parser()):

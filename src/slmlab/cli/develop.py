@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 
 from ..tables import command_line, counted
-from .options import add_seed, add_verb, configs_to_inspect, output_folder
+from .argument_types import output_folder
+from .options import add_seed, add_verb, configs_to_inspect
 
 KINDS = ("attention-extension", "output-gate", "mlp")  # analysis/scaffold.KIND_TEMPLATES (not imported: --help stays light)
 

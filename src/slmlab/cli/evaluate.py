@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ..tables import counted
+from .argument_types import int_list, positive_float, positive_int
 from .options import (
     add_checkpoint,
     add_compile,
@@ -18,10 +19,7 @@ from .options import (
     add_verb,
     check_greedy_options,
     configs_to_inspect,
-    int_list,
     option_rules,
-    positive_float,
-    positive_int,
 )
 from .text_input import add_prompt, prompt_text, text_file
 
@@ -73,7 +71,7 @@ def register(sub) -> None:
         default=None,
         help="window length for --by-position or --text (default: data.seq_len, the context the run trained at)",
     )
-    p.add_argument("--bucket", type=positive_int, default=64, help="bucket width for --by-position")
+    p.add_argument("--bucket", type=positive_int, default=64, help="bucket width for --by-position (default 64)")
     p.add_argument(
         "--context-lengths", type=int_list, default=None, help="comma-separated evaluation lengths, e.g. 256,512,1024,2048"
     )
@@ -114,7 +112,7 @@ def register(sub) -> None:
         "--num-samples",
         type=positive_int,
         default=1,
-        help="continuations to sample, as one batch from one seeded generator (as Hugging Face's num_return_sequences: "
+        help="continuations to sample (default 1), one batch from one seeded generator (as Hugging Face's num_return_sequences: "
         "the first of several differs from --num-samples 1's with the same seed)",
     )
     no_cache = "recompute the last block_size tokens each step (the KV cache goes on from the last block_size // 2 once full)"
@@ -174,7 +172,7 @@ def register(sub) -> None:
     )
     p.add_argument("config")
     p.add_argument("--batch-size", type=positive_int, default=4, help="windows of the one batch overfitted (default 4)")
-    p.add_argument("--steps", type=positive_int, default=500, help="most overfitting steps")
+    p.add_argument("--steps", type=positive_int, default=500, help="most overfitting steps (default 500)")
     p.set_defaults(func=cmd_diagnose)
 
 

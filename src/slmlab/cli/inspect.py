@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..tables import command_line, counted
-from .options import add_checkpoint, add_device, add_out, add_verb, configs_to_inspect, positive_int
+from .argument_types import positive_int
+from .options import add_checkpoint, add_device, add_out, add_verb, configs_to_inspect
 from .text_input import add_prompt, prompt_text
 
 
@@ -95,7 +96,7 @@ def register(sub) -> None:
     )
     p.add_argument("run")
     p.add_argument("--int8", action="store_true", help="dynamic int8 (the one quantisation offered)")
-    p.add_argument("--batches", type=positive_int, default=20, help="validation batches for the perplexities")
+    p.add_argument("--batches", type=positive_int, default=20, help="validation batches for the perplexities (default 20)")
     p.set_defaults(func=cmd_quantize)
 
     p = add_verb(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .options import add_device, add_verb, non_negative_int, output_folder, positive_int
+from .argument_types import non_negative_int, output_folder, positive_int
+from .options import add_device, add_verb
 
 
 def register(sub) -> None:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import math
 from pathlib import Path
 
-from ..config.checks import INT64_LIMIT, check_seed
 from ..config.loading import SECTION_NAMES
 from ..errors import ConfigError, SlmlabError
 from ..files import file_kind
+from .argument_types import checkpoint_name, non_negative_float, non_negative_int, output_folder, positive_int, seed, top_p
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -215,68 +214,12 @@ def check_option_rules(args: argparse.Namespace, given: set[str]) -> None:
             raise ConfigError(f"{option} applies only with {' or '.join(alternatives)}: add {add}, or remove {option}")
 
 
-def positive_int(text: str) -> int:
-    value = _number(text, int)
-    if not 0 < value < INT64_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be a whole number > 0 and below 2**63, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = _number(text, int)
-    if not 0 <= value < INT64_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 and below 2**63, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
-
-
-def _number(text: str, kind: type):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def int_list(text: str) -> list[int]:
-    """'256,512,1024' -> [256, 512, 1024]: at least one entry, each > 0 and given once."""
-    values = [positive_int(part.strip()) for part in text.split(",") if part.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError(f"give comma-separated whole numbers, e.g. 256,512,1024; got {text!r}")
-    repeated = sorted({value for value in values if values.count(value) > 1})
-    if repeated:
-        raise argparse.ArgumentTypeError(f"{repeated[0]} is given twice in {text!r}; give each once")
-    return values
-
-
 def add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--device", default="auto", help="auto (the default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
 
 
 def add_seed(parser: argparse.ArgumentParser, default: int = 0, help: str = "random seed") -> None:
-    parser.add_argument("--seed", type=_seed, default=default, help=f"{help}, 0 to 2**64 - 1 (default {default})")
-
-
-def _seed(text: str) -> int:
-    try:
-        return check_seed("the seed", _number(text, int))
-    except ConfigError as err:
-        raise argparse.ArgumentTypeError(str(err).removeprefix("the seed ")) from None
+    parser.add_argument("--seed", type=seed, default=default, help=f"{help}, 0 to 2**64 - 1 (default {default})")
 
 
 def add_int8(parser: argparse.ArgumentParser) -> None:
@@ -289,11 +232,6 @@ def add_compile(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="decode through torch.compile: seconds of compiling first, then faster steps on small models (docs/performance.md)",
     )
-
-
-def checkpoint_name(value: str) -> str:
-    """A checkpoint as users name it: `step_000200`, or its step alone (`200`) -> step_000200."""
-    return f"step_{int(value):06d}" if value.isascii() and value.isdigit() else value
 
 
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:
@@ -311,32 +249,15 @@ def add_out(parser: argparse.ArgumentParser, what: str, folder: bool = False) ->
     parser.add_argument("--out", default="", type=output_folder if folder else str, help=what)
 
 
-FILE_SUFFIXES = (
-    *(".png", ".gif", ".mp4", ".svg", ".pdf", ".jpg", ".jpeg", ".md", ".html", ".json", ".txt", ".csv"),
-    *(".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".py", ".toml"),
-)
-
-
-def output_folder(text: str) -> str:
-    """An output that names a folder (viz's --out, export's OUT): a name with a file's suffix that
-    is no folder yet (viz.png, model.safetensors) is refused, since the files would go into a new
-    folder of that name."""
-    path = Path(text)
-    if path.suffix.lower() in FILE_SUFFIXES and not path.is_dir():
-        raise argparse.ArgumentTypeError(
-            f"names the folder the files are written into, and {text!r} reads as one file's name: give a folder, "
-            f"e.g. {path.with_suffix('')}"
-        )
-    return text
-
-
 def add_sampling(parser: argparse.ArgumentParser, max_new_tokens: int = 200) -> None:
     parser.add_argument(
         "--max-new-tokens", type=positive_int, default=max_new_tokens, help=f"tokens to generate (default {max_new_tokens})"
     )
-    parser.add_argument("--temperature", type=non_negative_float, default=0.8, help="0 = greedy")
-    parser.add_argument("--top-k", type=non_negative_int, default=0, help="keep the k most likely tokens (0 = all)")
-    parser.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus sampling threshold in (0, 1] (1 = off)")
+    parser.add_argument(
+        "--temperature", type=non_negative_float, default=0.8, help="softmax temperature, 0 = greedy (default 0.8)"
+    )
+    parser.add_argument("--top-k", type=non_negative_int, default=0, help="keep the k most likely tokens (default 0 = all)")
+    parser.add_argument("--top-p", type=top_p, default=1.0, help="nucleus sampling threshold in (0, 1] (default 1 = off)")
     parser.add_argument(
         "--ignore-eos",
         action="store_true",
@@ -360,13 +281,6 @@ def check_greedy_options(args: argparse.Namespace) -> None:
             f"--temperature 0 (greedy decoding) gives the same text every time, so --num-samples {args.num_samples} "
             "would print copies: give a temperature > 0, or drop --num-samples"
         )
-
-
-def _top_p(text: str) -> float:
-    value = _number(text, float)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
 
 
 def load_run_config(config: str, extra: list[str], name: str | None = None):

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from .options import add_device, add_seed, add_verb, option_rules, output_folder, positive_float, positive_int
+from .argument_types import output_folder, positive_float, positive_int
+from .options import add_device, add_seed, add_verb, option_rules
 
 SOURCE_READING = ("data.text_field", "data.doc_separator")  # how persona-eval and surgery read a SOURCE file
 
@@ -54,7 +55,9 @@ def register(sub) -> None:
         help="the text the persona is told apart from (default: the same corpus's other genres)",
     )
     p.add_argument("--max-new-tokens", type=positive_int, default=60, help="tokens generated per prompt (default 60)")
-    p.add_argument("--openings", type=positive_int, default=12, help="adversarial openings taken from other-text documents")
+    p.add_argument(
+        "--openings", type=positive_int, default=12, help="adversarial openings taken from other-text documents (default 12)"
+    )
     add_seed(p)
     p.add_argument("--out", default="", help="also write the table as Markdown here")
     add_device(p)

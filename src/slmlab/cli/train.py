@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..tables import command_line, counted
 from ..torchrun_env import process_rank, report_error, world_size
-from .options import add_verb, checkpoint_name, load_run_config, non_negative_int, option_rules, positive_int
+from .argument_types import checkpoint_name, non_negative_int, positive_int
+from .options import add_verb, load_run_config, option_rules
 
 
 def register(sub) -> None:
@@ -51,7 +52,7 @@ def register(sub) -> None:
         "--nproc",
         type=positive_int,
         default=1,
-        help="data-parallel processes on this machine (launches torchrun; train.parallel picks DDP or FSDP2)",
+        help="data-parallel processes on this machine (default 1; more launches torchrun; train.parallel picks DDP or FSDP2)",
     )
     resumed = "a resumed run continues under its own recorded config"
     option_rules(
@@ -77,7 +78,7 @@ def register(sub) -> None:
         overrides=True,
     )
     p.add_argument("config", help="sweep TOML (base config, variants, seeds)")
-    p.add_argument("--jobs", type=positive_int, default=1, help="parallel runs on CPU (GPUs: one run per GPU)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="parallel runs on CPU (default 1; GPUs: one run per GPU)")
     p.add_argument(
         "--dry-run", action="store_true", help="list the runs (with their index) and whether each is new, resumable or done"
     )
