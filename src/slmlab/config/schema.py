@@ -51,19 +51,19 @@ def _accepts_sections(cls: type) -> type:
 class ModelConfig:
     """Shape of the decoder. `vocab_size = 0` means "take it from the tokenizer"."""
 
-    arch: str = "decoder"  # registry.ARCHITECTURES
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 128
+    arch: str = "decoder"  # registry.ARCHITECTURES: "decoder" (GPT-style; SMAT and SMT extend it) | "tape" (TapeTransformer)
+    n_layer: int = 4  # transformer blocks (the decoder's depth)
+    n_head: int = 4  # attention heads per layer; d_model must be a multiple
+    d_model: int = 128  # width of the residual stream and the embeddings
     d_ff: int = 0  # 0 -> 4 * d_model
-    block_size: int = 256
-    vocab_size: int = 0
-    dropout: float = 0.0
+    block_size: int = 256  # the longest sequence the model reads (learned positions are this many)
+    vocab_size: int = 0  # 0 -> the tokenizer's; larger pads the embedding (e.g. 50,304 for GPT-2 BPE)
+    dropout: float = 0.0  # dropout in training: attention weights, embeddings, attention and MLP outputs (0 = off)
     norm: str = "layernorm"  # registry.NORMS: "layernorm" | "rmsnorm"
     mlp: str = "gelu"  # registry.MLPS: "gelu" (fc, tanh-GELU, proj) | "swiglu" (gated; hidden 2/3 of d_ff: same parameters)
-    norm_eps: float = 1e-5
+    norm_eps: float = 1e-5  # epsilon of every norm layer
     pos: str = "learned"  # registry.POSITIONS: "learned" | "rope" | "sinusoidal"
-    rope_theta: float = 10000.0
+    rope_theta: float = 10000.0  # RoPE's base: the longest rotation period
     rope_fraction: float = 1.0  # share of each head's dimensions that RoPE rotates
     rope_scale: float = 1.0  # linear position interpolation: positions are divided by it
     attention: str = "full"  # registry.ATTENTION_PATTERNS: "full" | "block_local"
@@ -73,11 +73,11 @@ class ModelConfig:
     local_kernel: Literal["auto", "windows", "flex"] = (
         "auto"  # how block_local runs: "windows" (SDPA) | "flex" (FlexAttention) | "auto" (faster on CUDA)
     )
-    bias: bool = True
-    tie_embeddings: bool = True
-    init_std: float = 0.02
+    bias: bool = True  # biases in the linear and norm layers
+    tie_embeddings: bool = True  # the output head shares the token embedding's weights
+    init_std: float = 0.02  # std of the normal initialisation (residual projections scaled by 1/sqrt(2 n_layer))
     head: str = "linear"  # registry.HEADS: "linear" (softmax of h·w_v) | "student_t" (-(nu+D)/2 log(1 + |h-w_v|^2/nu))
-    student_t_nu: float = 2.718281828459045
+    student_t_nu: float = 2.718281828459045  # nu of the "student_t" head (its degrees of freedom)
     sections: dict[str, Any] = field(default_factory=dict)  # registered [model.<name>] sections, by name
 
     SECTIONS: ClassVar = MODEL_SECTIONS
@@ -173,15 +173,15 @@ class DataConfig:
     source: str = "shakespeare"  # "shakespeare" | "brown" | a .txt/.md file, directory or glob | .jsonl/.json/.csv/.tsv records | .parquet file(s) | a save_to_disk folder
     genres: list[str] = field(default_factory=list)  # Brown letters/names or Shakespeare groups
     max_year: int = 0  # 0 = no cut-off; else drop documents whose known year is later
-    allow_unknown_year: bool = True
+    allow_unknown_year: bool = True  # with max_year: keep documents whose year is unknown
     max_documents: int = 0  # 0 = all; else the first N documents (a small slice for trials)
     text_field: str = "text"  # for .jsonl, Parquet and saved-dataset sources: the text's key or column
     doc_separator: str = ""  # "" = one document per .txt/.md file; else split files at this marker ("<EOS>"), genre = file stem
     tokenizer: str = "char"  # registry.TOKENIZERS: "byte" | "char" | "bpe" | "gpt2"
     vocab_size: int = 4096  # for "bpe"
     tiktoken_file: str = ""  # for "gpt2": path to gpt2.tiktoken (else $TIKTOKEN_CACHE_DIR)
-    val_fraction: float = 0.1
-    seq_len: int = 256
+    val_fraction: float = 0.1  # share of documents held out for validation (by a hash of each id; one document: its tail)
+    seq_len: int = 256  # tokens per training window (at most model.block_size)
     mixture: dict[str, float] = field(default_factory=dict)  # stream (genre) -> sampling weight
     cache_dir: str = ""  # "" -> $SLMLAB_CACHE or ~/.cache/slmlab
 
@@ -190,31 +190,31 @@ class DataConfig:
 class TrainConfig:
     """Optimisation, evaluation, logging and checkpointing."""
 
-    steps: int = 1000
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-3
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # windows per micro-batch, summed over data-parallel ranks
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3  # peak learning rate, reached after warmup_steps
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    warmup_steps: int = 100  # linear warm-up from 0 to lr
+    weight_decay: float = 0.1  # decoupled decay of the linear layers' matrices (not norms, biases, embeddings)
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.95  # AdamW's second-moment decay
     grad_clip: float = 1.0  # 0 = no clipping
     optimizer: str = "adamw"  # registry.OPTIMIZERS: "adamw" | "muon" (Muon on hidden matrices + AdamW) | "wolf"
     schedule: Literal["cosine", "wsd"] = "cosine"  # after warmup: cosine decay, or warmup-stable-decay
     decay_fraction: float = 0.2  # "wsd": the last share of steps, decaying linearly to lr * min_lr_ratio
-    seed: int = 1337
+    seed: int = 1337  # the initial weights, the windows drawn and dropout
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast
-    compile: bool = False
+    compile: bool = False  # torch.compile the model (pays on GPUs; docs/performance.md)
     trainable: str = "all"  # registry.TRAINABLE: "all" | "self_area" | "self_area+norms" (SMT stage 2)
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: "ddp" (replicated) | "fsdp" (FSDP2, sharded); batch_size is global
     threads: int = 0  # CPU threads; 0 = torch default
-    eval_every: int = 100
-    eval_batches: int = 20
-    log_every: int = 10
+    eval_every: int = 100  # steps between validation losses (and at the last step)
+    eval_batches: int = 20  # batches of the fixed validation sample each evaluation scores
+    log_every: int = 10  # steps between training-loss records in metrics.jsonl
     checkpoint_every: int = 500  # 0 = only the final weights
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the most recent checkpoints kept; older ones are removed
     max_nan_skips: int = 5  # abort after this many consecutive non-finite steps
     sample_tokens: int = 200  # length of the sample printed at the end (0 = none)
     viz_every: int = 0  # save an attention/loss frame every N steps into RUN/viz/frames (0 = none)
@@ -229,16 +229,16 @@ class PhaseConfig:
     """One phase of a curriculum: what it changes relative to the previous phase (None or an empty
     mixture = keep). Each phase starts from the previous phase's final weights."""
 
-    name: str = "phase"
-    steps: int | None = None
-    seq_len: int | None = None
-    batch_size: int | None = None
-    attention: str | None = None
-    rope_scale: float | None = None
-    lr: float | None = None
-    warmup_steps: int | None = None
-    min_lr_ratio: float | None = None
-    mixture: dict[str, float] = field(default_factory=dict)
+    name: str = "phase"  # the phase's name: its run folder phaseN_<name>, and overrides (phases.<name>.steps)
+    steps: int | None = None  # train.steps of this phase (none: the previous phase's)
+    seq_len: int | None = None  # data.seq_len
+    batch_size: int | None = None  # train.batch_size
+    attention: str | None = None  # model.attention
+    rope_scale: float | None = None  # model.rope_scale
+    lr: float | None = None  # train.lr
+    warmup_steps: int | None = None  # train.warmup_steps
+    min_lr_ratio: float | None = None  # train.min_lr_ratio
+    mixture: dict[str, float] = field(default_factory=dict)  # data.mixture ({}: the previous phase's)
     carry_optimizer: bool = False  # False: a fresh AdamW state for this phase
 
     FIELDS = {
@@ -261,8 +261,8 @@ class PhaseConfig:
 class RunConfig:
     """A whole run: name, output root, the three sections and optional curriculum phases."""
 
-    name: str = "run"
-    out_dir: str = "runs"
+    name: str = "run"  # the run's folder name under out_dir (default: the config file's stem)
+    out_dir: str = "runs"  # the folder runs are written under
     plugins: list[str] = field(default_factory=list)  # plugin files (absolute once loaded) or module names: slmlab/plugins.py
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -55,12 +55,16 @@ class SelfAreaConfig:
     code did (one constant vector added to the embeddings). `surgery_safe`: alpha starts at 0, so
     inserting the module changes nothing."""
 
-    enabled: bool = False
-    self_dim: int = 128
+    enabled: bool = False  # build the Self Area
+    self_dim: int = 128  # width of the persona state and of the guidance signal g
     hidden: int = 0  # the refining MLP's width; 0 -> 2 * self_dim
-    guidance_mode: Literal["every_layer", "input_once"] = "every_layer"
-    target: Literal["residual", "sublayer_inputs"] = "residual"
-    token_dependent: bool = False
+    guidance_mode: Literal["every_layer", "input_once"] = (
+        "every_layer"  # g enters every layer, or the embeddings once (the original code)
+    )
+    target: Literal["residual", "sublayer_inputs"] = (
+        "residual"  # where alpha_l W_l g is added: the block's input, or the attention and MLP inputs after their norms
+    )
+    token_dependent: bool = False  # gate g per token by the hidden state
     surgery_safe: bool = True  # alpha_l = 0 at init; else 1
 
 

@@ -61,14 +61,14 @@ class SmatConfig:
     Initial values: lambda_raw 0 (lambda = softplus(0) = 0.69), mu 0 (the gate starts blind to
     centrality but learns to use it), beta 2 (G starts near sigmoid(2) = 0.88, close to identity)."""
 
-    use_S: bool = False
-    use_G: bool = False
-    s_dim: int = 32
+    use_S: bool = False  # add the similarity bias lambda * S_ij to the attention logits
+    use_G: bool = False  # multiply each value by the gate G_j
+    s_dim: int = 32  # width of the semantic projection W_s
     centrality_norm: Literal["prefix", "seq"] = "prefix"  # "prefix": c_j / j ; "seq": c_j / block_size
-    gate_per_head: bool = False
-    lambda_raw_init: float = 0.0
-    mu_init: float = 0.0
-    beta_init: float = 2.0
+    gate_per_head: bool = False  # one gate per head, not one per token
+    lambda_raw_init: float = 0.0  # lambda = softplus(lambda_raw) at init (0 -> 0.69)
+    mu_init: float = 0.0  # the gate's weight on the centrality c_j at init
+    beta_init: float = 2.0  # the gate's bias at init (2 -> G near sigmoid(2) = 0.88)
 
 
 class SemanticAttention(nn.Module):

@@ -58,14 +58,14 @@ from ..tables import counted
 class TapeConfig:
     """TapeTransformer (seed 001); the graph is in this module's docstring."""
 
-    n_critics: int = 4
-    coda_layers: int = 2
-    critic_layers: int = 4
+    n_critics: int = 4  # critic heads (the "merge" moderator reads them all)
+    coda_layers: int = 2  # tape blocks in each of the coda's two stacks
+    critic_layers: int = 4  # tape blocks in each of a critic's two stacks
     coda_rule: str = "soft_xor"  # how a tape head combines its left and right stacks: soft_xor | softmax_mix | sum
-    critic_rule: str = "softmax_mix"
+    critic_rule: str = "softmax_mix"  # how a critic combines its stacks (as coda_rule)
     moderator: Literal["merge", "last"] = "merge"  # "merge": RMSNorm + projection of coda and every critic; "last": one critic
     rnn_dim: int = 0  # the prophet char-RNN's width; 0 -> d_model
-    rnn_layers: int = 2
+    rnn_layers: int = 2  # layers of the prophet char-RNN
     mlp_expand: int = 8  # rectified-KAN MLP width = mlp_expand * d_model
 
     @property
