@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import ConfigError
 from ..registry import ATTENTION_PATTERNS, require_members
+from .explicit_attention import attention_scores, check_applied
 from .hooks import HookPoint
 from .layers import build_dropout
 
@@ -185,6 +187,8 @@ class CausalSelfAttention(nn.Module):
         self._output_extensions = [e for e in self.extensions if callable(getattr(e, "output", None))]
         self._positions = [positions]  # shared with the decoder; a list keeps it out of this module's parameters
         self.hook_q, self.hook_k, self.hook_v, self.hook_z = HookPoint(), HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()  # built only when hooked themselves
+        self.attn_dropout = cfg.dropout
 
     def make_cache(self, max_len: int) -> KVCache:
         """The KV cache this layer's pattern needs (full: max_len positions; block-local: 2B)."""
@@ -213,8 +217,29 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(k, v)
             if getattr(cache, "padding", None) is not None:  # only to a pattern that declares padding_safe (decodes_padded)
                 padded = {"padding": cache.padding}
-        y = self.pattern(q, k, v, scale, q_start, **padded)[..., : self.head_dim]
+        if self.hook_attn_scores.has_own_hooks() or self.hook_pattern.has_own_hooks():  # not for hooks on every module
+            y = self.attend_explicitly(q, k, v, scale, cache)[..., : self.head_dim]
+        else:
+            y = self.pattern(q, k, v, scale, q_start, **padded)[..., : self.head_dim]
         for extension in self._output_extensions:
             y = extension.output(y, h, state)
         y = self.hook_z(y).transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.proj(y))
+
+    def attend_explicitly(self, q, k, v, scale: float, cache: KVCache | None) -> torch.Tensor:
+        """The pattern's attention with its matrices built, for hook points to read or replace
+        (TransformerLens's names): hook_attn_scores the logits (B, H, T, T), -inf where a query
+        sees no key; hook_pattern P = softmax(scores), each row summing to 1; y = P v. P is first
+        checked to be the attention the fused pattern applies (in eval mode, or without dropout).
+        A hook on every module (register_module_forward_hook) does not see these two points: the
+        fused kernels run, as they do under torch's FLOP counter."""
+        if cache is not None:
+            raise ConfigError(
+                "hook_attn_scores and hook_pattern are read in a forward pass without a KV cache (run_with_cache, "
+                "run_with_hooks); cached decoding runs the fused kernels: hook hook_z to change a head's output there"
+            )
+        scores = attention_scores(self.pattern, q, k, scale, 0)
+        if not (self.training and self.attn_dropout):
+            check_applied(scores.softmax(-1), v, self.pattern(q, k, v, scale, 0), self.pattern, f"layer {self.layer}")
+        probs = self.hook_pattern(self.hook_attn_scores(scores).softmax(-1))
+        return F.dropout(probs, self.attn_dropout, self.training) @ v

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .attention import CausalSelfAttention
+from .explicit_attention import attention_scores, check_applied
 from .modes import eval_mode
 from .protocol import attention_modules
 
@@ -55,7 +56,7 @@ def capture_attention(model: nn.Module, idx: torch.Tensor) -> tuple[list[Attenti
             q, k, v, scale, q_start = args
             probs = attention_scores(pattern, q[:1].float(), k[:1].float(), scale, q_start)[0].softmax(-1)
             amap = AttentionMap(name, probs, v[0].float(), output[0].float())
-            _check_applied(amap, pattern)
+            check_applied(amap.probs, amap.values, amap.output, pattern, name)
             maps.append(amap)
 
         handles.append(module.pattern.register_forward_hook(hook))
@@ -66,29 +67,6 @@ def capture_attention(model: nn.Module, idx: torch.Tensor) -> tuple[list[Attenti
         for handle in handles:
             handle.remove()
     return maps, logits
-
-
-def attention_scores(pattern: nn.Module, q: torch.Tensor, k: torch.Tensor, scale: float, q_start: int) -> torch.Tensor:
-    """The logits a pattern softmaxes, (B, H, Tq, Tk), -inf where a query sees no key: the
-    pattern's own `scores(q, k, scale, q_start)` where it has one (a pattern that adds a bias,
-    ALiBi's say), else q kᵀ · scale over the keys `visible(Tq, Tk, q_start, device)` allows."""
-    if hasattr(pattern, "scores"):
-        return pattern.scores(q, k, scale, q_start)
-    visible = pattern.visible(q.shape[2], k.shape[2], q_start, q.device)
-    return ((q @ k.transpose(-2, -1)) * scale).masked_fill(~visible, float("-inf"))
-
-
-def _check_applied(amap: AttentionMap, pattern: nn.Module) -> None:
-    """Refuse a map that is not the attention the pattern applied: P v must give its output (to
-    1e-3 of the output's size), else the pattern's softmax holds a term the map left out."""
-    width = amap.output.shape[-1]
-    error = (amap.probs @ amap.values[..., :width] - amap.output).abs().max().item()
-    if not error <= 1e-3 * amap.output.abs().max().item() + 1e-5:
-        raise ConfigError(
-            f"{amap.name}: the attention pattern {type(pattern).__name__} applies more than softmax(q·k·scale) over the keys "
-            f"its visible() allows (P v misses its output by {error:.2g}); give it a method scores(q, k, scale, q_start) "
-            "returning its (B, H, Tq, Tk) logits, -inf where unseen, for attention maps"
-        )
 
 
 def token_scores(maps: list[AttentionMap]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,9 @@ As in TransformerLens, `model.get_submodule("blocks.2.attn.hook_v")` is a place 
 
 A hook point with no hook costs one attribute test, not a module call: `__call__` goes through
 nn.Module's machinery only when a hook is registered on it or globally, so the dozen hook points
-of every block cost nothing in training and decoding until someone hooks them.
+of every block cost nothing in training and decoding until someone hooks them. The attention
+matrices' points (hook_attn_scores, hook_pattern) are built only when hooked themselves
+(CausalSelfAttention.attend_explicitly).
 """
 
 from __future__ import annotations
@@ -29,9 +31,14 @@ class HookPoint(nn.Module):
     """Returns its input unchanged; exists to be hooked."""
 
     def __call__(self, x):
-        if self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks or _global_hooks():
+        if self.has_own_hooks() or _global_hooks():
             return super().__call__(x)
         return x
+
+    def has_own_hooks(self) -> bool:
+        """Whether a hook is registered on this point itself (not one on every module, as
+        torch's FLOP counter registers)."""
+        return bool(self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks)
 
     def forward(self, x):
         return x

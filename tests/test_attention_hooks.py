@@ -1,0 +1,105 @@
+"""hook_attn_scores and hook_pattern: the attention matrices TransformerLens users read and patch,
+built only when hooked, against naive references written here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import slmlab
+from slmlab.config import ConfigError, ModelConfig
+from slmlab.model import build_model
+from slmlab.model.attention_maps import capture_attention
+
+V, T = 40, 12
+MODELS = {
+    "full": {},
+    "rope": {"pos": "rope"},
+    "block_local": {"attention_layers": ["block_local", "full"], "local_block": 4},
+    "smat": {"smat": {"use_S": True, "use_G": True, "s_dim": 8}},
+    "self_area": {"self_area": {"enabled": True, "self_dim": 8}},
+    "tape": {"arch": "tape", "pos": "sinusoidal", "tape": {"n_critics": 2, "coda_layers": 1, "critic_layers": 1, "rnn_dim": 8}},
+}
+
+
+def tiny(**fields) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(vocab_size=V, n_layer=2, n_head=2, d_model=16, block_size=32, **fields)).eval()
+
+
+def test_the_pattern_is_softmax_of_the_scaled_scores_under_a_causal_mask():
+    model, ids = tiny(), torch.randint(0, V, (2, T))
+    _, cache = slmlab.run_with_cache(model, ids)
+    q, k = cache["blocks.1.attn.hook_q"], cache["blocks.1.attn.hook_k"]
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    scores = torch.where(causal, q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -math.inf)
+    torch.testing.assert_close(cache["blocks.1.attn.hook_attn_scores"], scores)
+    torch.testing.assert_close(cache["blocks.1.attn.hook_pattern"], scores.softmax(-1))
+    z = cache["blocks.1.attn.hook_pattern"] @ cache["blocks.1.attn.hook_v"]
+    torch.testing.assert_close(cache["blocks.1.attn.hook_z"], z)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_architecture_gives_the_attention_it_applies(name):
+    """Reading the matrices leaves the logits as they are, and they are the attention maps `viz`
+    draws (each checked against the fused kernels' output)."""
+    model, ids = tiny(**MODELS[name]), torch.randint(0, V, (1, T))
+    plain, _ = model(ids)
+    logits, cache = slmlab.run_with_cache(model, ids, lambda n: n.endswith("hook_pattern"))
+    torch.testing.assert_close(logits, plain, atol=1e-5, rtol=1e-5)
+    maps, _ = capture_attention(model, ids)
+    assert [m.name + ".hook_pattern" for m in maps] == list(cache)
+    for amap, pattern in zip(maps, cache.values()):
+        torch.testing.assert_close(pattern[0], amap.probs, atol=1e-6, rtol=1e-5)
+        assert torch.allclose(pattern.sum(-1), torch.ones(())) and not pattern.triu(1).any()
+
+
+def test_a_replaced_pattern_is_the_attention_that_runs():
+    """Uniform attention over the keys each query sees, put in hook_pattern: the heads' outputs
+    are the mean of the values so far."""
+    model, ids = tiny(), torch.randint(0, V, (2, T))
+    _, cache = slmlab.run_with_cache(model, ids)
+    uniform = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None]
+    seen = {}
+    attn = model.get_submodule("blocks.0.attn")
+    handles = [
+        attn.hook_pattern.register_forward_hook(lambda module, args, output: uniform.expand_as(output)),
+        attn.hook_z.register_forward_hook(lambda module, args, output: seen.setdefault("z", output)),
+    ]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    v = cache["blocks.0.attn.hook_v"]
+    torch.testing.assert_close(seen["z"], v.cumsum(2) / torch.arange(1, T + 1)[:, None])
+
+
+def test_a_key_masked_in_the_scores_gets_no_attention():
+    model, ids = tiny(), torch.randint(0, V, (1, T))
+
+    def hide_first(scores, name):
+        scores = scores.clone()
+        scores[..., 1:, 0] = -math.inf
+        return scores
+
+    with torch.no_grad():
+        plain, _ = model(ids)
+        hidden = slmlab.run_with_hooks(model, ids, [("blocks.0.attn.hook_attn_scores", hide_first)])
+    torch.testing.assert_close(hidden[0, 0], plain[0, 0])  # the first query sees key 0 alone, as before
+    assert not torch.isclose(hidden[0, 1:], plain[0, 1:]).all(-1).any()  # every later one lost it
+
+
+def test_cached_decoding_refuses_them_in_one_line():
+    """A hook on the pattern during cached decoding would see matrices the fused kernels never build."""
+    model = tiny()
+    handle = model.get_submodule("blocks.0.attn.hook_pattern").register_forward_hook(lambda *args: None)
+    try:
+        with pytest.raises(ConfigError, match="without a KV cache"):
+            model.generate(torch.tensor([[1, 2, 3]]), 2)
+        assert model.generate(torch.tensor([[1, 2, 3]]), 2, use_cache=False).shape == (1, 5)
+    finally:
+        handle.remove()
