@@ -103,3 +103,26 @@ def test_cached_decoding_refuses_them_in_one_line():
         assert model.generate(torch.tensor([[1, 2, 3]]), 2, use_cache=False).shape == (1, 5)
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_the_residual_stream_and_the_neurons_add_up(mlp):
+    """hook_resid_mid / hook_resid_post and the MLP's neurons (hook_pre, hook_post; SwiGLU's
+    hook_pre_linear), against the block's equations written here."""
+    model, ids = tiny(mlp=mlp), torch.randint(0, V, (2, T))
+    _, c = slmlab.run_with_cache(model, ids)
+    for layer in (0, 1):
+        block, at = model.blocks[layer], f"blocks.{layer}."
+        torch.testing.assert_close(c[at + "hook_resid_mid"], c[at + "hook_resid_pre"] + c[at + "hook_attn_out"])
+        torch.testing.assert_close(c[at + "hook_resid_post"], c[at + "hook_resid_mid"] + c[at + "hook_mlp_out"])
+        mlp_in = block.ln2(c[at + "hook_resid_mid"])
+        if mlp == "gelu":
+            torch.testing.assert_close(c[at + "mlp.hook_pre"], block.mlp.fc(mlp_in))
+            post = torch.nn.functional.gelu(c[at + "mlp.hook_pre"], approximate="tanh")
+        else:
+            torch.testing.assert_close(c[at + "mlp.hook_pre_linear"], block.mlp.up(mlp_in))
+            post = torch.nn.functional.silu(block.mlp.gate(mlp_in)) * c[at + "mlp.hook_pre_linear"]
+        torch.testing.assert_close(c[at + "mlp.hook_post"], post)
+        out = (block.mlp.proj if mlp == "gelu" else block.mlp.down)(c[at + "mlp.hook_post"])
+        torch.testing.assert_close(c[at + "hook_mlp_out"], out)
+    torch.testing.assert_close(c["blocks.1.hook_resid_pre"], c["blocks.0.hook_resid_post"])

@@ -37,7 +37,7 @@ def test_forward_pre_and_global_hooks_still_fire_and_replace():
         model(idx)
     finally:
         handle.remove()
-    assert calls.count("HookPoint") == 1 + 2 * (3 + 4)  # embed, and per block: 3 block + 4 attention points
+    assert calls.count("HookPoint") == 1 + 2 * (5 + 4 + 2)  # embed; per block: 5 residual, 4 attention (q, k, v, z), 2 MLP
     assert torch.equal(model(idx)[0], clean)
 
 

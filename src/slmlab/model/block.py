@@ -14,7 +14,9 @@ from .layers import build_mlp, build_norm
 
 
 class Block(nn.Module):
-    """(B, T, d_model) -> (B, T, d_model). Hook points: hook_resid_pre, hook_attn_out, hook_mlp_out."""
+    """(B, T, d_model) -> (B, T, d_model). Hook points (TransformerLens's names), each (B, T, d_model):
+    hook_resid_pre (the input), hook_attn_out, hook_resid_mid (after attention), hook_mlp_out,
+    hook_resid_post (the output)."""
 
     def __init__(self, cfg: ModelConfig, layer: int, positions: nn.Module, **attention_extensions):
         super().__init__()
@@ -23,12 +25,13 @@ class Block(nn.Module):
         self.ln2 = build_norm(cfg)
         self.mlp = build_mlp(cfg)
         self.hook_resid_pre, self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint(), HookPoint()
+        self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint()
 
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None, shift: torch.Tensor | None = None
     ) -> torch.Tensor:
         x = self.hook_resid_pre(x)
         h = self.ln1(x)
-        x = x + self.hook_attn_out(self.attn(h if shift is None else h + shift, positions, cache))
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(h if shift is None else h + shift, positions, cache)))
         h = self.ln2(x)
-        return x + self.hook_mlp_out(self.mlp(h if shift is None else h + shift))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(h if shift is None else h + shift)))

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..registry import MLPS, NORMS
+from .hooks import HookPoint
 
 NORMS.register("layernorm", lambda cfg, dim: nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias))
 NORMS.register("rmsnorm", lambda cfg, dim: nn.RMSNorm(dim, eps=cfg.norm_eps))
@@ -30,7 +31,8 @@ def build_mlp(cfg: ModelConfig) -> nn.Module:
 
 
 class MLP(nn.Module):
-    """x -> proj(GELU(fc(x))), (B, T, d_model) -> (B, T, d_model), hidden width cfg.ff_dim (GPT-2's)."""
+    """x -> proj(GELU(fc(x))), (B, T, d_model) -> (B, T, d_model), hidden width cfg.ff_dim (GPT-2's).
+    Hook points (B, T, ff_dim): hook_pre = fc(x), hook_post = GELU(hook_pre), the neurons."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -39,9 +41,10 @@ class MLP(nn.Module):
         self.proj = nn.Linear(cfg.ff_dim, cfg.d_model, bias=cfg.bias)
         self.proj.residual_projection = True
         self.dropout = build_dropout(cfg.dropout)
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
     def forward(self, x):
-        return self.dropout(self.proj(self.act(self.fc(x))))
+        return self.dropout(self.proj(self.hook_post(self.act(self.hook_pre(self.fc(x))))))
 
 
 def swiglu_hidden(cfg: ModelConfig) -> int:
@@ -51,7 +54,9 @@ def swiglu_hidden(cfg: ModelConfig) -> int:
 
 
 class SwiGLU(nn.Module):
-    """x -> down(SiLU(gate(x)) ⊙ up(x)), (B, T, d_model) -> (B, T, d_model), hidden swiglu_hidden(cfg)."""
+    """x -> down(SiLU(gate(x)) ⊙ up(x)), (B, T, d_model) -> (B, T, d_model), hidden swiglu_hidden(cfg).
+    Hook points (B, T, hidden), as TransformerLens's gated MLP: hook_pre = gate(x), hook_pre_linear
+    = up(x), hook_post = SiLU(hook_pre) ⊙ hook_pre_linear, the neurons."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -61,9 +66,10 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
         self.down.residual_projection = True
         self.dropout = build_dropout(cfg.dropout)
+        self.hook_pre, self.hook_pre_linear, self.hook_post = HookPoint(), HookPoint(), HookPoint()
 
     def forward(self, x):
-        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
+        return self.dropout(self.down(self.hook_post(F.silu(self.hook_pre(self.gate(x))) * self.hook_pre_linear(self.up(x)))))
 
 
 MLPS.register("gelu", MLP)
