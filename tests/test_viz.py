@@ -209,3 +209,15 @@ def test_a_pattern_with_a_score_bias_draws_its_own_maps_or_is_refused(tmp_path):
         for amap in maps:
             assert (amap.probs.triu(diagonal=1) == 0).all()
             torch.testing.assert_close(amap.probs @ amap.values, amap.output, rtol=1e-4, atol=1e-5)
+
+
+def test_token_labels_show_every_character():
+    """A space token was a blank table cell and axis label, a control byte printed as nothing (a
+    byte tokenizer's \\r could break a Markdown table's line)."""
+    from slmlab.training.frames import token_labels
+
+    class Pieces:
+        def decode(self, ids):
+            return ["\n", " the", "\t", "\x00", "", "\x7f", "\r", "a|b"][ids[0]]
+
+    assert token_labels(Pieces(), list(range(8))) == ["⏎", "␣the", "␉", "␀", "·", "␡", "␍", "a|b"]

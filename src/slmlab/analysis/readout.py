@@ -67,7 +67,7 @@ class LoadedRun:
         return prompt_ids(self.tokenizer, prompt, self.cfg.model.block_size)
 
     def labels(self, ids: list[int]) -> list[str]:
-        """Each id's text, printable (a newline as ⏎)."""
+        """Each id's text as a label showing every character (⏎ a newline, ␣ a space: token_labels)."""
         from ..training.frames import token_labels
 
         return token_labels(self.tokenizer, ids)

@@ -163,7 +163,7 @@ def attention_report(
         )
     )
     if export == "bertviz":
-        paths.append(export_bertviz(maps, tokens, folder))
+        paths.append(export_bertviz(maps, [loaded.tokenizer.decode([i]) for i in ids], folder))  # the text, not labels
     command = ["slmlab", "viz", "attention", str(run), "--prompt", prompt, *option_args(checkpoint=checkpoint)]
     record_derived(run, paths, command_line(*command), loaded.weights)
     return len(maps), len(ids), paths, folder

@@ -15,7 +15,14 @@ from .callbacks import TrainingCallback
 
 
 def token_labels(tokenizer, ids: list[int]) -> list[str]:
-    return [tokenizer.decode([i]).replace("\n", "⏎") or "·" for i in ids]
+    """Each id's text as a label that shows every character: a newline as ⏎, a space as ␣ (' the'
+    reads ␣the), other control characters as their Unicode control pictures (a tab ␉, NUL ␀, DEL
+    ␡), which would otherwise print as nothing or break a table's line; a token with no text
+    of its own (a byte of a longer character) as ·."""
+    return [tokenizer.decode([i]).translate(VISIBLE) or "·" for i in ids]
+
+
+VISIBLE = {**{code: 0x2400 + code for code in range(0x20)}, ord("\n"): "⏎", ord(" "): "␣", 0x7F: "␡"}
 
 
 PER_LINE = 24
