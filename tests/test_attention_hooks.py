@@ -126,3 +126,13 @@ def test_the_residual_stream_and_the_neurons_add_up(mlp):
         out = (block.mlp.proj if mlp == "gelu" else block.mlp.down)(c[at + "mlp.hook_post"])
         torch.testing.assert_close(c[at + "hook_mlp_out"], out)
     torch.testing.assert_close(c["blocks.1.hook_resid_pre"], c["blocks.0.hook_resid_post"])
+
+
+def test_a_bf16_model_gives_its_pattern():
+    """The check against the fused kernel allowed fp32's rounding only: a bf16 model was refused."""
+    model, ids = tiny(), torch.randint(0, V, (1, T))
+    _, exact = slmlab.run_with_cache(model, ids, "blocks.1.attn.hook_pattern")
+    _, rounded = slmlab.run_with_cache(model.to(torch.bfloat16), ids, "blocks.1.attn.hook_pattern")
+    torch.testing.assert_close(
+        rounded["blocks.1.attn.hook_pattern"].float(), exact["blocks.1.attn.hook_pattern"], atol=2e-2, rtol=0
+    )
