@@ -30,7 +30,8 @@ def run_with_cache(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(logits (B, T, V), {hook point name: its output}) for token ids idx (B, T), in eval mode and
     without autograd; `names`: the hook points to keep (a name, a list of names, or a test on the
-    name, as TransformerLens's names_filter; None: all). A name the model does not have is an
+    name, as TransformerLens's names_filter; None: all, the attention matrices hook_attn_scores and
+    hook_pattern included, two (B, H, T, T) per layer). A name the model does not have is an
     error that lists the close ones."""
     points = hook_points_named(model, names)
     cache: dict[str, torch.Tensor] = {}
