@@ -130,7 +130,7 @@ def test_micro_stage_two_lowers_persona_text_loss(text_corpus, make_config, tmp_
     out = capsys.readouterr().out
     run = RunDir(base.parent / f"{base.name}_persona")
     assert run.read_config().train.trainable == "self_area"
-    assert f"from {base}" in out
+    assert f"from {base}" in out and out.count("perplexity") == 1  # one "after" figure: the gain's, beside its base's
     assert run.read_summary()["val_loss"] < 0.95 * loss_before  # measured: 0.916 -> 0.819
     # what stage 2 bought: the base model scored on the persona run's windows, paired by batch
     gain = json.loads((run.path / "persona_gain.json").read_text())

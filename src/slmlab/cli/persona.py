@@ -122,8 +122,7 @@ def cmd_persona(args, extra) -> int:
     except TrainingStopped as stop:  # Ctrl-C or SIGTERM: a checkpoint at this step, as `train` writes
         return report_stop(stop, trainer.run.path, bool(cfg.plugins))
     print(f"run: {result.run_dir} (from {base.path}, trained: {args.train})")
-    print(f"persona validation loss {result.val_loss:.4f}, perplexity {result.val_ppl:.2f}")
-    report_stage2_gain(result.run_dir, base.path, "", cfg.train.device)
+    report_stage2_gain(result.run_dir, base.path, "", cfg.train.device)  # the one "after" figure, with its base's
     return 0
 
 
