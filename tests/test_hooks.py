@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -110,3 +112,23 @@ def test_run_with_hooks_changes_one_pass_as_a_hand_registered_hook_does():
         run_with_hooks(model, idx, [("blocks.9.hook_attn_out", lambda out, name: out)])
     with pytest.raises(ConfigError, match="is float, not a function of \\(activation, name\\)"):
         run_with_hooks(model, idx, [("blocks.1.hook_attn_out", 0.0)])
+
+
+def test_a_hook_returning_what_is_not_an_activation_is_one_line():
+    """A number returned was added to the residual stream by broadcasting, in silence; a narrower
+    tensor failed deep in the next layer."""
+    import pytest
+
+    from slmlab.config import ConfigError
+    from slmlab.model import run_with_hooks
+
+    model = build_model(ModelConfig(vocab_size=50, n_layer=1, n_head=2, d_model=16, block_size=16))
+    idx = torch.randint(0, 50, (1, 5))
+    for hook, says in [
+        (lambda out, name: 3, "returned int: return a tensor like the activation, or None to keep it"),
+        (lambda out, name: out[..., :2], "of shape (1, 5, 2) on cpu, where the activation is torch.float32 (1, 5, 16)"),
+        (lambda out, name: out.double(), "returned a torch.float64 tensor"),
+    ]:
+        with pytest.raises(ConfigError, match=r"the hook on blocks\.0\.hook_attn_out .*" + re.escape(says)):
+            run_with_hooks(model, idx, [("blocks.0.hook_attn_out", hook)])
+    assert run_with_hooks(model, idx, [("blocks.0.hook_attn_out", lambda out, name: None)]).shape == (1, 5, 50)

@@ -56,8 +56,27 @@ def run_with_hooks(
         if not callable(hook):
             raise ConfigError(f"the hook for {names!r} is {type(hook).__name__}, not a function of (activation, name)")
         for name, module in hook_points_named(model, names).items():
-            hooked.append((module, lambda module, args, output, hook=hook, name=name: hook(output, name)))
+            hooked.append((module, lambda module, args, output, hook=hook, name=name: _replacement(hook, output, name)))
     return _forward_hooked(model, idx, hooked)
+
+
+def _replacement(hook: Callable, activation: torch.Tensor, name: str) -> torch.Tensor | None:
+    """What `hook(activation, name)` gives to use instead: None, or a tensor of the activation's
+    shape, dtype and device; anything else is a ConfigError naming the hook point (a number was
+    added to the stream by broadcasting, a narrower tensor failed deep in the next layer)."""
+    out = hook(activation, name)
+    if out is None:
+        return None
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(
+            f"the hook on {name} returned {type(out).__name__}: return a tensor like the activation, or None to keep it"
+        )
+    if (out.shape, out.dtype, out.device) != (activation.shape, activation.dtype, activation.device):
+        raise ConfigError(
+            f"the hook on {name} returned a {out.dtype} tensor of shape {tuple(out.shape)} on {out.device}, where the activation "
+            f"is {activation.dtype} {tuple(activation.shape)} on {activation.device}: return one like it, or None to keep it"
+        )
+    return out
 
 
 def hook_points_named(model: nn.Module, names: Iterable[str] | Callable[[str], bool] | str | None) -> dict[str, nn.Module]:
