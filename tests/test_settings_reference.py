@@ -1,5 +1,5 @@
-"""docs/settings.md: every run setting with its type, default and meaning, generated from the
-schema's dataclasses and kept current by this test."""
+"""docs/settings.md: every setting of a run config and of a sweep config with its type, default
+and meaning, generated from the config dataclasses and kept current by this test."""
 
 from __future__ import annotations
 
@@ -7,20 +7,21 @@ import dataclasses
 from pathlib import Path
 
 from slmlab.config import ModelConfig
-from slmlab.config.reference import field_comments, settings_reference
+from slmlab.config.reference import field_comments
+from slmlab.experiments.settings_doc import settings_document
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
 
 
 def test_the_settings_document_is_current():
-    assert DOC.read_text(encoding="utf-8") == settings_reference(), (
-        "docs/settings.md is out of date: python -m slmlab.config.reference > docs/settings.md"
+    assert DOC.read_text(encoding="utf-8") == settings_document(), (
+        "docs/settings.md is out of date: python -m slmlab.experiments.settings_doc > docs/settings.md"
     )
 
 
 def test_every_setting_says_what_it_does():
     """A field added without a comment beside it would reach the document with no meaning."""
-    rows = [line for line in settings_reference().splitlines() if line.startswith("| `")]
+    rows = [line for line in settings_document().splitlines() if line.startswith("| `")]
     assert len(rows) > 100
     assert [row.split("|")[1] for row in rows if not row.rstrip("| ").split("|")[-1].strip()] == []
 
@@ -34,8 +35,9 @@ def test_a_comment_is_read_from_every_line_of_a_declaration():
 
 
 def test_defaults_and_types_are_written_as_a_config_writes_them():
-    reference = settings_reference()
+    reference = settings_document()
     assert '| `model.local_kernel` | "auto" \\| "windows" \\| "flex" | `"auto"` |' in reference
     assert "| `model.bias` | bool | `true` |" in reference  # TOML's true, not Python's True
     assert "| `phases.NAME.steps` | int | `–` |" in reference  # a phase's None: the earlier phase's value
     assert "| `data.genres` | list[str] | `[]` |" in reference
+    assert "| `seeds` | list[int] | `[0]` |" in reference and "| `budget.flops` | float | `0.0` |" in reference

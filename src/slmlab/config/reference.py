@@ -1,11 +1,8 @@
-"""Every run setting, its type, default and meaning, as the Markdown of docs/settings.md.
+"""Settings as Markdown tables, their type, default and meaning, for docs/settings.md
+(experiments/settings_doc.py puts the run config's and the sweep config's together).
 
-The meanings are the comments beside each field in the schema's dataclasses (a field's trailing
-`# ...`, read from its source lines), so the document cannot drift from the code: a test compares
-docs/settings.md with `settings_reference()`. Regenerate it with
-
-    python -m slmlab.config.reference > docs/settings.md
-"""
+The meanings are the comments beside each field in the config dataclasses (a field's trailing
+`# ...`, read from its source lines), so the document cannot drift from the code."""
 
 from __future__ import annotations
 
@@ -21,14 +18,6 @@ import typing
 
 from ..registry import MODEL_SECTIONS, is_builtin_module, load_builtins
 from .schema import DataConfig, ModelConfig, PhaseConfig, RunConfig, TrainConfig
-
-HEADER = """# Settings
-
-Every setting of a run config, with its type, default and meaning. A config is a TOML file; any
-setting is overridden on the command line by its dotted key (`--model.n_layer 6`). Generated from
-the schema's dataclasses by `python -m slmlab.config.reference > docs/settings.md` (a test checks
-that this file is current). A plugin's section is documented by its own file.
-"""
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -70,11 +59,12 @@ def _type_name(hint: object) -> str:
 
 
 def settings_table(cls: type, prefix: str) -> list[str]:
-    """A Markdown table of `cls`'s settings, each named `prefix.name`: type, default, meaning."""
+    """A Markdown table of `cls`'s settings, each named `prefix.name`: type, default, meaning. A
+    table of settings of its own (a section, [[phases]]) is left to a table of its own."""
     hints, comments, instance = typing.get_type_hints(cls), field_comments(cls), cls()
     rows = ["| setting | type | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
-        if f.name in ("sections", "model", "data", "train", "phases"):
+        if f.name in ("sections", "phases") or dataclasses.is_dataclass(getattr(instance, f.name)):
             continue
         meaning = comments.get(f.name, "").replace("|", "\\|")
         rows.append(f"| `{prefix}{f.name}` | {_type_name(hints[f.name])} | `{_toml(getattr(instance, f.name))}` | {meaning} |")
@@ -87,11 +77,20 @@ def _summary(cls: type) -> str:
     return " ".join(inspect.getdoc(cls).split("\n\n")[0].split()) + f" (`{path}`)"
 
 
-def settings_reference() -> str:
-    """docs/settings.md: the top level, [model], each built-in [model.<section>], [data], [train]
-    and a curriculum's [[phases]]."""
+def reference_sections(parts: list[tuple[str, type, str]]) -> list[str]:
+    """Markdown lines: for each (title, dataclass, prefix) a heading, the dataclass's summary and
+    the table of its settings."""
+    lines = []
+    for title, cls, prefix in parts:
+        lines += [f"## {title}", "", _summary(cls), "", *settings_table(cls, prefix), ""]
+    return lines
+
+
+def run_config_parts() -> list[tuple[str, type, str]]:
+    """(title, dataclass, prefix) of a run config's parts: the top level, [model], each built-in
+    [model.<section>], [data], [train] and a curriculum's [[phases]]."""
     load_builtins()
-    parts: list[tuple[str, type, str]] = [
+    return [
         ("The top level", RunConfig, ""),
         ("[model]", ModelConfig, "model."),
         *(
@@ -103,11 +102,3 @@ def settings_reference() -> str:
         ("[train]", TrainConfig, "train."),
         ("[[phases]]", PhaseConfig, "phases.NAME."),
     ]
-    lines = [HEADER]
-    for title, cls, prefix in parts:
-        lines += [f"## {title}", "", _summary(cls), "", *settings_table(cls, prefix), ""]
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(settings_reference(), end="")

@@ -47,11 +47,12 @@ BUDGET_TIMINGS = "budget.json"  # a sweep folder's record of its variants' step 
 
 @dataclass
 class Budget:
-    """At most one of tokens, flops, seconds (0 = not this one)."""
+    """`[budget]` in a sweep: equal compute, each variant's steps set by at most one of tokens,
+    flops, seconds (0 = not this one)."""
 
-    tokens: int = 0
-    flops: float = 0.0
-    seconds: float = 0.0
+    tokens: int = 0  # training tokens per run
+    flops: float = 0.0  # training FLOPs per run (counted by torch.utils.flop_counter)
+    seconds: float = 0.0  # seconds of training per run, from each variant's measured step time
 
     def held(self) -> tuple[str, float] | None:
         """("tokens" | "flops" | "seconds", amount), or None for a sweep at equal steps."""

@@ -58,22 +58,25 @@ class HarnessTasks:
     """`[lm_eval]` in a sweep: lm-evaluation-harness tasks scored on every finished run (slmlab
     lm-eval), their accuracy set in the results table with paired CIs against the baseline."""
 
-    tasks: list[str] = field(default_factory=list)  # e.g. ["slmlab_cloze"]
+    tasks: list[str] = field(default_factory=list)  # lm-evaluation-harness task names, e.g. ["slmlab_cloze"]
     limit: int = 0  # examples per task (0 = all)
-    num_fewshot: int | None = None  # None: each task's own (as `slmlab lm-eval` without --num-fewshot)
-    batch_size: int = 16
+    num_fewshot: int | None = None  # unset: each task's own (as `slmlab lm-eval` without --num-fewshot)
+    batch_size: int = 16  # sequences scored together
 
 
 @dataclass
 class SweepConfig:
-    name: str = "sweep"
-    base: str = ""
-    out_dir: str = "runs"
+    """A sweep: every variant trained at every seed from one base run config, then compared with
+    the baseline, paired by seed."""
+
+    name: str = "sweep"  # the sweep's folder under out_dir (default: the file's stem)
+    base: str = ""  # the run config every run starts from, relative to this file (required)
+    out_dir: str = "runs"  # the folder the sweep's folder goes in
     plugins: list[str] = field(default_factory=list)  # added to the base config's, relative to this file
-    seeds: list[int] = field(default_factory=lambda: [0])
-    baseline: str = ""
-    overrides: dict[str, Any] = field(default_factory=dict)
-    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])  # each variant trains once per seed (its train.seed), paired by seed
+    baseline: str = ""  # the variant the others are compared with (default: the first)
+    overrides: dict[str, Any] = field(default_factory=dict)  # settings for every run ({"train.steps" = 300})
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # [variants.NAME]: each variant's settings over the base's
     budget: Budget = field(default_factory=Budget)  # equal compute: tokens, flops or seconds (experiments/budget.py)
     tune: Tune = field(default_factory=Tune)  # grids run per variant before the seeds (experiments/tuning.py)
     lm_eval: HarnessTasks = field(default_factory=HarnessTasks)  # lm-evaluation-harness tasks scored on every run

@@ -44,10 +44,13 @@ Point = dict[str, float]  # one grid point: {"train.lr": 0.003, "train.weight_de
 
 @dataclass
 class Tune:
-    lr: list[float] = field(default_factory=list)
-    warmup_steps: list[int] = field(default_factory=list)
-    weight_decay: list[float] = field(default_factory=list)
-    steps: int = 0
+    """`[tune]` in a sweep: a grid of training settings run per variant before the seeds, each
+    variant's runs then taking the point of lowest validation loss."""
+
+    lr: list[float] = field(default_factory=list)  # learning rates to try per variant (the grid: every combination of the lists)
+    warmup_steps: list[int] = field(default_factory=list)  # warm-up lengths to try
+    weight_decay: list[float] = field(default_factory=list)  # weight decays to try
+    steps: int = 0  # each tuning run's length (0: the sweep's train.steps)
     seed: int = 1000  # the tuning runs' train.seed: held out from the comparison (the sweep refuses one of its seeds)
 
     def check(self) -> None:
