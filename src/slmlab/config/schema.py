@@ -51,9 +51,7 @@ def _accepts_sections(cls: type) -> type:
 class ModelConfig:
     """Shape of the decoder. `vocab_size = 0` means "take it from the tokenizer"."""
 
-    arch: str = (
-        "decoder"  # registry.ARCHITECTURES: "decoder" (the GPT-style backbone) or a whole architecture a variant registers
-    )
+    arch: str = "decoder"  # registry.ARCHITECTURES: "decoder" (the GPT-style backbone) or one a variant registers
     n_layer: int = 4  # transformer blocks (the decoder's depth)
     n_head: int = 4  # attention heads per layer; d_model must be a multiple
     d_model: int = 128  # width of the residual stream and the embeddings
