@@ -198,7 +198,9 @@ def test_native_layouts_are_refused_with_their_reason_and_auto_falls_back(tmp_pa
     with pytest.raises(ConfigError, match="GPT-2 has learned positions"):
         export_hf(run, tmp_path / "b", layout="gpt2")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-    assert export_hf(run, tmp_path / "c").layout == "remote"
+    remote = export_hf(run, tmp_path / "c")
+    assert remote.layout == "remote"  # loading it: the model and, as AutoTokenizer reads config.json too, its tokenizer
+    assert "AutoModelForCausalLM and AutoTokenizer .from_pretrained(OUT, trust_remote_code=True)" in remote.describe()
 
 
 def test_a_baseline_may_also_be_exported_as_remote_code(tmp_path, text_corpus):

@@ -42,7 +42,11 @@ class ExportResult:
 
     def describe(self) -> str:
         why = "; ".join(f"not {k}: {v}" for k, v in self.not_native.items())
-        loader = "AutoModelForCausalLM.from_pretrained(OUT" + (", trust_remote_code=True)" if self.layout == "remote" else ")")
+        loader = (  # AutoTokenizer reads config.json too, and asks before running its code
+            "AutoModelForCausalLM and AutoTokenizer .from_pretrained(OUT, trust_remote_code=True)"
+            if self.layout == "remote"
+            else "AutoModelForCausalLM.from_pretrained(OUT)"
+        )
         return (
             f"exported as {self.layout} to {self.out} (load with {loader}); logits match slmlab's to {self.max_abs_diff:.1e}"
             + (f" ({why})" if why and self.layout == "remote" else "")
