@@ -43,7 +43,7 @@ def test_sweep_report_holds_the_results_table_and_every_run(micro_sweep, tmp_pat
     for run in ("baseline_s1", "baseline_s2", "full_s1", "full_s2"):
         summary = json.loads((sweep_dir / run / "summary.json").read_text())
         assert re.search(rf"\| {run}\s+\| \w+\s+\| {summary['val_loss']:.4f}\s+\| {summary['val_ppl']:.3f}\s", md)
-    assert "**full**: `model.smat.use_S` = True, `model.smat.use_G` = True" in md
+    assert "**full**: `model.smat.use_S` = true, `model.smat.use_G` = true" in md  # TOML, as a config writes them
     assert 'src="data:image/png;base64,' in (sweep_dir / "report.html").read_text()
 
 

@@ -41,3 +41,14 @@ def test_defaults_and_types_are_written_as_a_config_writes_them():
     assert "| `phases.NAME.steps` | int | `–` |" in reference  # a phase's None: the earlier phase's value
     assert "| `data.genres` | list[str] | `[]` |" in reference
     assert "| `seeds` | list[int] | `[0]` |" in reference and "| `budget.flops` | float | `0.0` |" in reference
+
+
+def test_a_value_is_written_as_toml_reads_it_back():
+    """Reports wrote Python's reprs ('cpu', True): a setting copied from one into a config failed."""
+    import tomllib
+
+    from slmlab.config.values import toml_literal
+
+    for value in ["cpu", 'say "hi"\n', True, False, 0, 1e-05, 3.0, [1, 2], ["A", "B"], {"J": 0.4, "E": 0.6}, [], {}]:
+        assert tomllib.loads(f"x = {toml_literal(value)}")["x"] == value, value
+    assert toml_literal(None) == "–"

@@ -27,6 +27,7 @@ import torch
 
 from .. import __version__
 from ..config import ConfigError, PhaseConfig, RunConfig
+from ..config.values import toml_literal
 from ..errors import RunFileError, SlmlabError
 from ..experiments.sweep_dir import read_sweep_dir
 from ..files import atomic_write_text, read_json, read_text, require_fields
@@ -66,7 +67,8 @@ def changed_settings(cfg: RunConfig, reference: RunConfig) -> list[tuple[str, st
     for key in mine:
         if key.startswith("phases.") and key not in theirs:
             theirs[key] = phase_defaults.get(key.rpartition(".")[2])
-    return [(k, repr(v), repr(theirs.get(k))) for k, v in mine.items() if k not in HIDDEN and v != theirs.get(k)]
+    shown = [(k, v, theirs.get(k)) for k, v in mine.items() if k not in HIDDEN and v != theirs.get(k)]
+    return [(k, toml_literal(v), toml_literal(default)) for k, v, default in shown]  # as a config writes them
 
 
 def _heading_free(text: str) -> str:

@@ -18,6 +18,7 @@ import typing
 
 from ..registry import MODEL_SECTIONS, is_builtin_module, load_builtins
 from .schema import DataConfig, ModelConfig, PhaseConfig, RunConfig, TrainConfig
+from .values import toml_literal
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -35,15 +36,6 @@ def field_comments(cls: type) -> dict[str, str]:
         node.target.id: " ".join(comments[line] for line in range(node.lineno, node.end_lineno + 1) if line in comments)
         for node in declared
     }
-
-
-def _toml(value: object) -> str:
-    """A default as it is written in TOML (None, a phase's "keep the earlier value", as '–')."""
-    if value is None:
-        return "–"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{key} = {_toml(item)}" for key, item in value.items()) + "}"
-    return json.dumps(value, ensure_ascii=False)
 
 
 def _type_name(hint: object) -> str:
@@ -67,7 +59,9 @@ def settings_table(cls: type, prefix: str) -> list[str]:
         if f.name in ("sections", "phases") or dataclasses.is_dataclass(getattr(instance, f.name)):
             continue
         meaning = comments.get(f.name, "").replace("|", "\\|")
-        rows.append(f"| `{prefix}{f.name}` | {_type_name(hints[f.name])} | `{_toml(getattr(instance, f.name))}` | {meaning} |")
+        rows.append(
+            f"| `{prefix}{f.name}` | {_type_name(hints[f.name])} | `{toml_literal(getattr(instance, f.name))}` | {meaning} |"
+        )
     return rows
 
 

@@ -1,6 +1,6 @@
 """Plain values -> typed dataclasses, with one-line errors that name the key.
 
-`build_dataclass(cls, {"n_layer": 4})` checks every key against the dataclass's fields (a typo gets
+`toml_literal` writes a value back as TOML text. `build_dataclass(cls, {"n_layer": 4})` checks every key against the dataclass's fields (a typo gets
 the closest valid key), converts every value to its annotation (int, float, bool, str, Literal,
 lists, dicts, nested dataclasses) and refuses anything else. A dataclass with a `SECTIONS`
 registry (ModelConfig) also takes the sections registered there (`[model.smat]`).
@@ -9,6 +9,7 @@ registry (ModelConfig) also takes the sections registered there (`[model.smat]`)
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -16,6 +17,20 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..registry import closest
+
+
+def toml_literal(value: Any) -> str:
+    """A setting's value as a config writes it in TOML ("cpu", true, [1, 2], {a = 0.5}), for tables
+    a user copies settings from; None, a setting left unset, as '–' (TOML has no null)."""
+    if value is None:
+        return "–"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {toml_literal(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_literal(item) for item in value) + "]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return json.dumps(value, ensure_ascii=False)
 
 
 def check_value(key: str, value: Any, annotation: Any) -> Any:
