@@ -334,7 +334,7 @@ def test_a_phase_setting_is_a_setting_of_its_own_in_reports_and_comparisons(make
 
     cfg = curriculum(make_config, text_corpus)
     other = config_from_dict(apply_overrides(cfg.to_dict(), {"phases.B.attention": "full"}))
-    assert changed_settings(other, cfg) == [("phases.B.attention", "'full'", "'block_local'")]
+    assert changed_settings(other, cfg) == [("phases.B.attention", '"full"', '"block_local"')]  # as TOML writes them
     listed = {key for key, _, _ in changed_settings(cfg, RunConfig())}  # against the defaults: what the phases set
     assert {"phases.B.seq_len", "phases.C.carry_optimizer"} <= listed and "phases.A.carry_optimizer" not in listed
 
