@@ -41,6 +41,7 @@ def test_defaults_and_types_are_written_as_a_config_writes_them():
     assert "| `phases.NAME.steps` | int | `–` |" in reference  # a phase's None: the earlier phase's value
     assert "| `data.genres` | list[str] | `[]` |" in reference
     assert "| `seeds` | list[int] | `[0]` |" in reference and "| `budget.flops` | float | `0.0` |" in reference
+    assert "its run folder phaseN_&lt;name>" in reference  # '<name>' would be read as an HTML tag and vanish
 
 
 def test_a_value_is_written_as_toml_reads_it_back():

@@ -58,7 +58,7 @@ def settings_table(cls: type, prefix: str) -> list[str]:
     for f in dataclasses.fields(cls):
         if f.name in ("sections", "phases") or dataclasses.is_dataclass(getattr(instance, f.name)):
             continue
-        meaning = comments.get(f.name, "").replace("|", "\\|")
+        meaning = comments.get(f.name, "").replace("|", "\\|").replace("<", "&lt;")  # <name> read as no HTML tag
         rows.append(
             f"| `{prefix}{f.name}` | {_type_name(hints[f.name])} | `{toml_literal(getattr(instance, f.name))}` | {meaning} |"
         )
