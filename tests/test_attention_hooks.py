@@ -93,14 +93,33 @@ def test_a_key_masked_in_the_scores_gets_no_attention():
     assert not torch.isclose(hidden[0, 1:], plain[0, 1:]).all(-1).any()  # every later one lost it
 
 
-def test_cached_decoding_refuses_them_in_one_line():
-    """A hook on the pattern during cached decoding would see matrices the fused kernels never build."""
+@pytest.mark.parametrize("name", ["full", "block_local", "smat"])
+def test_cached_decoding_reads_them_over_the_cached_keys(name):
+    """A hook on the pattern while generating: one query's row over the keys the cache holds, and
+    the same tokens as without it (a hook on every hook point made generate fail)."""
+    model, prompt = tiny(**MODELS[name]), torch.randint(0, V, (2, 5))
+    plain = model.generate(prompt, 20, temperature=0)
+    shapes = []
+    handles = [
+        module.register_forward_hook(lambda module, args, output: shapes.append(tuple(output.shape)))
+        for path, module in model.named_modules()
+        if path.endswith("hook_pattern")
+    ]
+    try:
+        hooked = model.generate(prompt, 20, temperature=0)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(hooked, plain)
+    assert shapes[0] == (2, 2, 5, 5) and shapes[-1][:3] == (2, 2, 1)  # the prompt, then one query a step
+
+
+def test_a_left_padded_batch_refuses_them_in_one_line():
     model = tiny()
     handle = model.get_submodule("blocks.0.attn.hook_pattern").register_forward_hook(lambda *args: None)
     try:
-        with pytest.raises(ConfigError, match="without a KV cache"):
-            model.generate(torch.tensor([[1, 2, 3]]), 2)
-        assert model.generate(torch.tensor([[1, 2, 3]]), 2, use_cache=False).shape == (1, 5)
+        with pytest.raises(ConfigError, match="not built for a left-padded batch"):
+            model.generate_many([[1, 2, 3], [4, 5]], 2)
     finally:
         handle.remove()
 

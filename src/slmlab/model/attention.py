@@ -218,7 +218,7 @@ class CausalSelfAttention(nn.Module):
             if getattr(cache, "padding", None) is not None:  # only to a pattern that declares padding_safe (decodes_padded)
                 padded = {"padding": cache.padding}
         if self.hook_attn_scores.has_own_hooks() or self.hook_pattern.has_own_hooks():  # not for hooks on every module
-            y = self.attend_explicitly(q, k, v, scale, cache)[..., : self.head_dim]
+            y = self.attend_explicitly(q, k, v, scale, q_start, padded)[..., : self.head_dim]
         else:
             y = self.pattern(q, k, v, scale, q_start, **padded)[..., : self.head_dim]
         for extension in self._output_extensions:
@@ -226,20 +226,21 @@ class CausalSelfAttention(nn.Module):
         y = self.hook_z(y).transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.proj(y))
 
-    def attend_explicitly(self, q, k, v, scale: float, cache: KVCache | None) -> torch.Tensor:
+    def attend_explicitly(self, q, k, v, scale: float, q_start: int, padded: dict) -> torch.Tensor:
         """The pattern's attention with its matrices built, for hook points to read or replace
-        (TransformerLens's names): hook_attn_scores the logits (B, H, T, T), -inf where a query
-        sees no key; hook_pattern P = softmax(scores), each row summing to 1; y = P v. P is first
-        checked to be the attention the fused pattern applies (in eval mode, or without dropout).
-        A hook on every module (register_module_forward_hook) does not see these two points: the
-        fused kernels run, as they do under torch's FLOP counter."""
-        if cache is not None:
+        (TransformerLens's names): hook_attn_scores the logits (B, H, Tq, Tk), -inf where a query
+        sees no key (Tq = Tk in a full forward; one new query over the cached keys in decoding);
+        hook_pattern P = softmax(scores), each row summing to 1; y = P v. P is first checked to be
+        the attention the fused pattern applies (in eval mode, or without dropout). A hook on every
+        module (register_module_forward_hook) does not see these two points: the fused kernels
+        run, as they do under torch's FLOP counter. A left-padded batch (`padded`) is refused."""
+        if padded:
             raise ConfigError(
-                "hook_attn_scores and hook_pattern are read in a forward pass without a KV cache (run_with_cache, "
-                "run_with_hooks); cached decoding runs the fused kernels: hook hook_z to change a head's output there"
+                "hook_attn_scores and hook_pattern are not built for a left-padded batch of prompts of different "
+                "lengths; generate them one at a time, or hook hook_z to change a head's output"
             )
-        scores = attention_scores(self.pattern, q, k, scale, 0)
+        scores = attention_scores(self.pattern, q, k, scale, q_start)
         if not (self.training and self.attn_dropout):
-            check_applied(scores.softmax(-1), v, self.pattern(q, k, v, scale, 0), self.pattern, f"layer {self.layer}")
+            check_applied(scores.softmax(-1), v, self.pattern(q, k, v, scale, q_start), self.pattern, f"layer {self.layer}")
         probs = self.hook_pattern(self.hook_attn_scores(scores).softmax(-1))
         return F.dropout(probs, self.attn_dropout, self.training) @ v
