@@ -114,14 +114,27 @@ def test_cached_decoding_reads_them_over_the_cached_keys(name):
     assert shapes[0] == (2, 2, 5, 5) and shapes[-1][:3] == (2, 2, 1)  # the prompt, then one query a step
 
 
-def test_a_left_padded_batch_refuses_them_in_one_line():
-    model = tiny()
-    handle = model.get_submodule("blocks.0.attn.hook_pattern").register_forward_hook(lambda *args: None)
+@pytest.mark.parametrize("name", ["full", "block_local"])
+def test_a_left_padded_batch_reads_each_rows_own_attention(name):
+    """Prompts of different lengths decoded as one left-padded batch: no real query attends a
+    padding key, and the continuations are those without the hook."""
+    model, prompts = tiny(**MODELS[name]), [[1, 2, 3, 4, 5, 6], [7, 8]]
+    plain = model.generate_many(prompts, 12, temperature=0)
+    seen = []
+    handles = [
+        module.register_forward_hook(lambda module, args, output: seen.append(output))
+        for path, module in model.named_modules()
+        if path.endswith("hook_pattern")
+    ]
     try:
-        with pytest.raises(ConfigError, match="not built for a left-padded batch"):
-            model.generate_many([[1, 2, 3], [4, 5]], 2)
+        hooked = model.generate_many(prompts, 12, temperature=0)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+    assert hooked == plain
+    prefill = seen[0]  # (2, H, 6, 6), shortest prompt first: row 0 starts with 4 padding keys
+    assert prefill.shape == (2, 2, 6, 6) and not prefill[0, :, 4:, :4].any() and prefill[1, :, 4:, :4].all()
+    assert torch.allclose(prefill.sum(-1), torch.ones(()))
 
 
 @pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
@@ -155,3 +168,16 @@ def test_a_bf16_model_gives_its_pattern():
     torch.testing.assert_close(
         rounded["blocks.1.attn.hook_pattern"].float(), exact["blocks.1.attn.hook_pattern"], atol=2e-2, rtol=0
     )
+
+
+def test_a_pattern_with_no_padding_rule_is_refused_in_a_padded_batch():
+    """A pattern that gives its own scores has no `sees(i, j)` rule to mask padding keys by."""
+    model = tiny()
+    attention = model.get_submodule("blocks.0.attn")
+    attention.pattern.scores = lambda q, k, scale, q_start: (q @ k.transpose(-2, -1)) * scale
+    handle = attention.hook_pattern.register_forward_hook(lambda *args: None)
+    try:
+        with pytest.raises(ConfigError, match="gives no `sees\\(i, j\\)` rule to mask a left-padded batch by"):
+            model.generate_many([[1, 2, 3], [4, 5]], 2)
+    finally:
+        handle.remove()

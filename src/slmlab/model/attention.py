@@ -229,18 +229,29 @@ class CausalSelfAttention(nn.Module):
     def attend_explicitly(self, q, k, v, scale: float, q_start: int, padded: dict) -> torch.Tensor:
         """The pattern's attention with its matrices built, for hook points to read or replace
         (TransformerLens's names): hook_attn_scores the logits (B, H, Tq, Tk), -inf where a query
-        sees no key (Tq = Tk in a full forward; one new query over the cached keys in decoding);
-        hook_pattern P = softmax(scores), each row summing to 1; y = P v. P is first checked to be
-        the attention the fused pattern applies (in eval mode, or without dropout). A hook on every
-        module (register_module_forward_hook) does not see these two points: the fused kernels
-        run, as they do under torch's FLOP counter. A left-padded batch (`padded`) is refused."""
-        if padded:
+        sees no key (Tq = Tk in a full forward; one new query over the cached keys in decoding;
+        in a left-padded batch, `padded`, no query sees a padding key and a padding query its own
+        key alone, as `padded_visible` says); hook_pattern P = softmax(scores), each row summing
+        to 1; y = P v. P is first checked to be the attention the fused pattern applies, on the
+        rows of real queries (in eval mode, or without dropout). A hook on every module
+        (register_module_forward_hook) does not see these two points: the fused kernels run, as
+        they do under torch's FLOP counter."""
+        padding = padded.get("padding")
+        if padding is None:
+            scores = attention_scores(self.pattern, q, k, scale, q_start)
+        elif hasattr(self.pattern, "sees") and not hasattr(self.pattern, "scores"):
+            visible = padded_visible(self.pattern.sees, q.shape[2], k.shape[2], q_start, padding, q.device)[:, None]
+            scores = ((q @ k.transpose(-2, -1)) * scale).masked_fill(~visible, float("-inf"))
+        else:
             raise ConfigError(
-                "hook_attn_scores and hook_pattern are not built for a left-padded batch of prompts of different "
-                "lengths; generate them one at a time, or hook hook_z to change a head's output"
+                f"the attention pattern {type(self.pattern).__name__} gives no `sees(i, j)` rule to mask a left-padded "
+                "batch by: generate its prompts one at a time to read hook_pattern or hook_attn_scores"
             )
-        scores = attention_scores(self.pattern, q, k, scale, q_start)
         if not (self.training and self.attn_dropout):
-            check_applied(scores.softmax(-1), v, self.pattern(q, k, v, scale, q_start), self.pattern, f"layer {self.layer}")
+            fused, probs = self.pattern(q, k, v, scale, q_start, **padded), scores.softmax(-1)
+            if padding is not None:  # a padding query's output is unread (rows_apart leaves it 0)
+                real = (torch.arange(q_start, q_start + q.shape[2], device=q.device) >= padding[:, None])[:, None, :, None]
+                fused, probs = fused * real, probs * real
+            check_applied(probs, v, fused, self.pattern, f"layer {self.layer}")
         probs = self.hook_pattern(self.hook_attn_scores(scores).softmax(-1))
         return F.dropout(probs, self.attn_dropout, self.training) @ v
