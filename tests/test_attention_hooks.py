@@ -43,12 +43,13 @@ def test_the_pattern_is_softmax_of_the_scaled_scores_under_a_causal_mask():
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_architecture_gives_the_attention_it_applies(name):
-    """Reading the matrices leaves the logits as they are, and they are the attention maps `viz`
-    draws (each checked against the fused kernels' output)."""
+    """Reading the matrices leaves the logits as they are, bit for bit, and they are the attention
+    maps `viz` draws (each checked against the fused kernels' output)."""
     model, ids = tiny(**MODELS[name]), torch.randint(0, V, (1, T))
     plain, _ = model(ids)
-    logits, cache = slmlab.run_with_cache(model, ids, lambda n: n.endswith("hook_pattern"))
-    torch.testing.assert_close(logits, plain, atol=1e-5, rtol=1e-5)
+    logits, cache = slmlab.run_with_cache(model, ids, lambda n: n.endswith(("hook_pattern", "hook_attn_scores")))
+    assert torch.equal(logits, plain)
+    cache = {name: value for name, value in cache.items() if name.endswith("hook_pattern")}
     maps, _ = capture_attention(model, ids)
     assert [m.name + ".hook_pattern" for m in maps] == list(cache)
     for amap, pattern in zip(maps, cache.values()):
@@ -76,6 +77,31 @@ def test_a_replaced_pattern_is_the_attention_that_runs():
             handle.remove()
     v = cache["blocks.0.attn.hook_v"]
     torch.testing.assert_close(seen["z"], v.cumsum(2) / torch.arange(1, T + 1)[:, None])
+
+
+def test_a_pattern_changed_in_place_is_the_attention_that_runs():
+    """TransformerLens's habit: `pattern[:, head] = 0; return pattern`, the same tensor changed."""
+    model, ids = tiny(), torch.randint(0, V, (1, T))
+
+    def head_off(pattern, name):
+        pattern[:, 1] = 0.0
+        return pattern
+
+    _, cache = slmlab.run_with_cache(model, ids)
+    seen = {}
+    with torch.no_grad():
+        plain, _ = model(ids)
+        off = slmlab.run_with_hooks(
+            model,
+            ids,
+            [
+                ("blocks.1.attn.hook_pattern", head_off),
+                ("blocks.1.attn.hook_z", lambda z, name: seen.update(z=z)),
+            ],
+        )
+    assert not seen["z"][:, 1].any()  # the head's output is P v = 0
+    torch.testing.assert_close(seen["z"][:, 0], cache["blocks.1.attn.hook_z"][:, 0])  # the other head's as it was
+    assert not torch.allclose(off, plain)
 
 
 def test_a_key_masked_in_the_scores_gets_no_attention():

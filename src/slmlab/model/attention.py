@@ -229,29 +229,37 @@ class CausalSelfAttention(nn.Module):
     def attend_explicitly(self, q, k, v, scale: float, q_start: int, padded: dict) -> torch.Tensor:
         """The pattern's attention with its matrices built, for hook points to read or replace
         (TransformerLens's names): hook_attn_scores the logits (B, H, Tq, Tk), -inf where a query
-        sees no key (Tq = Tk in a full forward; one new query over the cached keys in decoding;
-        in a left-padded batch, `padded`, no query sees a padding key and a padding query its own
-        key alone, as `padded_visible` says); hook_pattern P = softmax(scores), each row summing
-        to 1; y = P v. P is first checked to be the attention the fused pattern applies, on the
-        rows of real queries (in eval mode, or without dropout). A hook on every module
-        (register_module_forward_hook) does not see these two points: the fused kernels run, as
-        they do under torch's FLOP counter."""
+        sees no key (`explicit_scores`), hook_pattern P = softmax(scores), each row summing to 1.
+        P is checked to be the attention the fused pattern applies, on the rows of real queries (in
+        eval mode, or without dropout). Hooks that only read leave the fused kernel's output, bit
+        for bit; one that changes either matrix (in place too) makes the output P v. A hook on
+        every module (register_module_forward_hook) does not see these two points: the fused
+        kernels run, as they do under torch's FLOP counter."""
         padding = padded.get("padding")
+        scores, fused = self.explicit_scores(q, k, scale, q_start, padding), self.pattern(q, k, v, scale, q_start, **padded)
+        if not (self.training and self.attn_dropout):
+            probs, applied = scores.softmax(-1), fused
+            if padding is not None:  # a padding query's output is unread (rows_apart leaves it 0)
+                real = (torch.arange(q_start, q_start + q.shape[2], device=q.device) >= padding[:, None])[:, None, :, None]
+                probs, applied = probs * real, applied * real
+            check_applied(probs, v, applied, self.pattern, f"layer {self.layer}")
+        kept_scores, hooked_scores = scores.clone(), self.hook_attn_scores(scores)
+        probs = hooked_scores.softmax(-1)
+        kept_probs, hooked_probs = probs.clone(), self.hook_pattern(probs)
+        if torch.equal(hooked_scores, kept_scores) and torch.equal(hooked_probs, kept_probs):
+            return fused
+        return F.dropout(hooked_probs, self.attn_dropout, self.training) @ v
+
+    def explicit_scores(self, q, k, scale: float, q_start: int, padding: torch.Tensor | None) -> torch.Tensor:
+        """The logits the pattern softmaxes, (B, H, Tq, Tk): Tq = Tk in a full forward, one new
+        query over the cached keys in decoding; in a left-padded batch (`padding` (B,)) no query
+        sees a padding key and a padding query its own key alone, as `padded_visible` says."""
         if padding is None:
-            scores = attention_scores(self.pattern, q, k, scale, q_start)
-        elif hasattr(self.pattern, "sees") and not hasattr(self.pattern, "scores"):
-            visible = padded_visible(self.pattern.sees, q.shape[2], k.shape[2], q_start, padding, q.device)[:, None]
-            scores = ((q @ k.transpose(-2, -1)) * scale).masked_fill(~visible, float("-inf"))
-        else:
+            return attention_scores(self.pattern, q, k, scale, q_start)
+        if not hasattr(self.pattern, "sees") or hasattr(self.pattern, "scores"):
             raise ConfigError(
                 f"the attention pattern {type(self.pattern).__name__} gives no `sees(i, j)` rule to mask a left-padded "
                 "batch by: generate its prompts one at a time to read hook_pattern or hook_attn_scores"
             )
-        if not (self.training and self.attn_dropout):
-            fused, probs = self.pattern(q, k, v, scale, q_start, **padded), scores.softmax(-1)
-            if padding is not None:  # a padding query's output is unread (rows_apart leaves it 0)
-                real = (torch.arange(q_start, q_start + q.shape[2], device=q.device) >= padding[:, None])[:, None, :, None]
-                fused, probs = fused * real, probs * real
-            check_applied(probs, v, fused, self.pattern, f"layer {self.layer}")
-        probs = self.hook_pattern(self.hook_attn_scores(scores).softmax(-1))
-        return F.dropout(probs, self.attn_dropout, self.training) @ v
+        visible = padded_visible(self.pattern.sees, q.shape[2], k.shape[2], q_start, padding, q.device)[:, None]
+        return ((q @ k.transpose(-2, -1)) * scale).masked_fill(~visible, float("-inf"))
