@@ -49,7 +49,7 @@ def test_every_architecture_gives_the_attention_it_applies(name):
     plain, _ = model(ids)
     logits, cache = slmlab.run_with_cache(model, ids, lambda n: n.endswith(("hook_pattern", "hook_attn_scores")))
     assert torch.equal(logits, plain)
-    cache = {name: value for name, value in cache.items() if name.endswith("hook_pattern")}
+    cache = {point: value for point, value in cache.items() if point.endswith("hook_pattern")}
     maps, _ = capture_attention(model, ids)
     assert [m.name + ".hook_pattern" for m in maps] == list(cache)
     for amap, pattern in zip(maps, cache.values()):
@@ -121,8 +121,8 @@ def test_a_key_masked_in_the_scores_gets_no_attention():
 
 @pytest.mark.parametrize("name", ["full", "block_local", "smat"])
 def test_cached_decoding_reads_them_over_the_cached_keys(name):
-    """A hook on the pattern while generating: one query's row over the keys the cache holds, and
-    the same tokens as without it (a hook on every hook point made generate fail)."""
+    """A hook on the pattern while generating: one query's row over the keys the cache holds
+    (block-local's window of 2B keys too), and the same tokens as without it."""
     model, prompt = tiny(**MODELS[name]), torch.randint(0, V, (2, 5))
     plain = model.generate(prompt, 20, temperature=0)
     shapes = []
