@@ -10,7 +10,6 @@ import ast
 import dataclasses
 import inspect
 import io
-import json
 import textwrap
 import tokenize
 import types
@@ -41,7 +40,7 @@ def field_comments(cls: type) -> dict[str, str]:
 def _type_name(hint: object) -> str:
     """int, float, bool, str, list[str], one of "a" | "b" (a Literal), ... for a type hint."""
     if typing.get_origin(hint) is typing.Literal:
-        return " \\| ".join(json.dumps(choice) for choice in typing.get_args(hint))
+        return " \\| ".join(toml_literal(choice) for choice in typing.get_args(hint))
     args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:  # int | None: a phase's "keep"
         return _type_name(args[0])
