@@ -3,6 +3,7 @@ built only when hooked, against naive references written here."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -27,6 +28,23 @@ MODELS = {
 def tiny(**fields) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model(ModelConfig(vocab_size=V, n_layer=2, n_head=2, d_model=16, block_size=32, **fields)).eval()
+
+
+@contextlib.contextmanager
+def every_pattern_seen(model: torch.nn.Module):
+    """A hook on every layer's hook_pattern that keeps what it reads, in order (the list yielded);
+    removed on leaving."""
+    seen: list[torch.Tensor] = []
+    handles = [
+        module.register_forward_hook(lambda module, args, output: seen.append(output))
+        for path, module in model.named_modules()
+        if path.endswith("hook_pattern")
+    ]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def test_the_pattern_is_softmax_of_the_scaled_scores_under_a_causal_mask():
@@ -125,19 +143,10 @@ def test_cached_decoding_reads_them_over_the_cached_keys(name):
     (block-local's window of 2B keys too), and the same tokens as without it."""
     model, prompt = tiny(**MODELS[name]), torch.randint(0, V, (2, 5))
     plain = model.generate(prompt, 20, temperature=0)
-    shapes = []
-    handles = [
-        module.register_forward_hook(lambda module, args, output: shapes.append(tuple(output.shape)))
-        for path, module in model.named_modules()
-        if path.endswith("hook_pattern")
-    ]
-    try:
+    with every_pattern_seen(model) as seen:
         hooked = model.generate(prompt, 20, temperature=0)
-    finally:
-        for handle in handles:
-            handle.remove()
     assert torch.equal(hooked, plain)
-    assert shapes[0] == (2, 2, 5, 5) and shapes[-1][:3] == (2, 2, 1)  # the prompt, then one query a step
+    assert seen[0].shape == (2, 2, 5, 5) and seen[-1].shape[:3] == (2, 2, 1)  # the prompt, then one query a step
 
 
 @pytest.mark.parametrize("name", ["full", "block_local"])
@@ -146,17 +155,8 @@ def test_a_left_padded_batch_reads_each_rows_own_attention(name):
     padding key, and the continuations are those without the hook."""
     model, prompts = tiny(**MODELS[name]), [[1, 2, 3, 4, 5, 6], [7, 8]]
     plain = model.generate_many(prompts, 12, temperature=0)
-    seen = []
-    handles = [
-        module.register_forward_hook(lambda module, args, output: seen.append(output))
-        for path, module in model.named_modules()
-        if path.endswith("hook_pattern")
-    ]
-    try:
+    with every_pattern_seen(model) as seen:
         hooked = model.generate_many(prompts, 12, temperature=0)
-    finally:
-        for handle in handles:
-            handle.remove()
     assert hooked == plain
     prefill = seen[0]  # (2, H, 6, 6), shortest prompt first: row 0 starts with 4 padding keys
     assert prefill.shape == (2, 2, 6, 6) and not prefill[0, :, 4:, :4].any() and prefill[1, :, 4:, :4].all()
