@@ -22,11 +22,7 @@ from typing import Any, ClassVar, Literal
 from ..errors import ConfigError
 from ..registry import MODEL_ATTRIBUTES, MODEL_SECTIONS, closest, is_builtin_module, load_builtins
 from .checks import check_model
-
-
-def _settings(config) -> list[str]:
-    """The names of a config's own settings (its sections aside)."""
-    return [f.name for f in dataclasses.fields(config) if f.name != "sections"]
+from .values import setting_names
 
 
 def _accepts_sections(cls: type) -> type:
@@ -90,7 +86,7 @@ class ModelConfig:
             section = MODEL_SECTIONS.get(name)
             if section is None:
                 raise ConfigError(
-                    f"unknown config key 'model.{name}'{closest(name, [*_settings(self), *MODEL_SECTIONS], 'model')}"
+                    f"unknown config key 'model.{name}'{closest(name, [*setting_names(ModelConfig), *MODEL_SECTIONS], 'model')}"
                 )
             if not isinstance(value, section.config):
                 from .values import check_value

@@ -1,9 +1,10 @@
-"""Plain values -> typed dataclasses, with one-line errors that name the key.
+"""Plain values -> typed dataclasses, with one-line errors that name the key, and back to TOML text.
 
-`toml_literal` writes a value back as TOML text. `build_dataclass(cls, {"n_layer": 4})` checks every key against the dataclass's fields (a typo gets
+`build_dataclass(cls, {"n_layer": 4})` checks every key against the dataclass's fields (a typo gets
 the closest valid key), converts every value to its annotation (int, float, bool, str, Literal,
 lists, dicts, nested dataclasses) and refuses anything else. A dataclass with a `SECTIONS`
-registry (ModelConfig) also takes the sections registered there (`[model.smat]`).
+registry (ModelConfig) also takes the sections registered there (`[model.smat]`). `toml_literal`
+writes a value back as a config writes it.
 """
 
 from __future__ import annotations
@@ -105,11 +106,16 @@ def _number(text: str, kind: type) -> int | float | None:
     return number if math.isfinite(number) else None
 
 
+def setting_names(cls: type) -> list[str]:
+    """The names of a config dataclass's own settings (its registered sections aside)."""
+    return [f.name for f in dataclasses.fields(cls) if f.init and f.name != "sections"]
+
+
 def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a table of settings, got {type(values).__name__} {values!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init and f.name != "sections"]
+    names = setting_names(cls)
     sections = getattr(cls, "SECTIONS", None)
     kwargs = {}
     for name, value in values.items():
