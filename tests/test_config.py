@@ -113,21 +113,21 @@ def test_single_value_for_a_list_becomes_a_list(toml_file):
         ),
         (["--data.genres", "[J, E]"], """data.genres: '[J, E]' is not a TOML list; quote its strings: '["J", "E"]'"""),
         # settings the choice they belong to would ignore (model.rope_scale with learned positions)
-        (["--model.rope_scale", "2"], "model.rope_scale = 2.0 is ignored with model.pos = 'learned'"),
-        (["--model.rope_theta", "500"], "model.rope_theta = 500.0 is ignored with model.pos = 'learned'"),
+        (["--model.rope_scale", "2"], 'model.rope_scale = 2.0 is ignored with model.pos = "learned"'),
+        (["--model.rope_theta", "500"], 'model.rope_theta = 500.0 is ignored with model.pos = "learned"'),
         (["--model.pos", "sinusoidal", "--model.rope_fraction", "0.5"], "model.rope_fraction = 0.5 is ignored with model.pos"),
-        (["--model.student_t_nu", "3"], "model.student_t_nu = 3.0 is ignored with model.head = 'linear'"),
-        (["--data.vocab_size", "512"], "data.vocab_size = 512 is ignored with data.tokenizer = 'char'"),
-        (["--data.tiktoken_file", "gpt2.tiktoken"], "data.tiktoken_file = 'gpt2.tiktoken' is ignored with data.tokenizer"),
-        (["--train.decay_fraction", "0.5"], "train.decay_fraction = 0.5 is ignored with train.schedule = 'cosine'"),
+        (["--model.student_t_nu", "3"], 'model.student_t_nu = 3.0 is ignored with model.head = "linear"'),
+        (["--data.vocab_size", "512"], 'data.vocab_size = 512 is ignored with data.tokenizer = "char"'),
+        (["--data.tiktoken_file", "gpt2.tiktoken"], 'data.tiktoken_file = "gpt2.tiktoken" is ignored with data.tokenizer'),
+        (["--train.decay_fraction", "0.5"], 'train.decay_fraction = 0.5 is ignored with train.schedule = "cosine"'),
         (
             ["--train.checkpoint_every", "0", "--train.keep_checkpoints", "5"],
             "train.keep_checkpoints = 5 is ignored with train.checkpoint_every = 0",
         ),
         (["--model.local_block", "16"], "model.local_block = 16 is ignored with full attention in every layer"),
-        (["--train.tracker_project", "lab"], "train.tracker_project = 'lab' is ignored with train.trackers = []"),
-        (["--train.tracker_group", "g"], "train.tracker_group = 'g' is ignored with train.trackers = []"),
-        (["--train.tracker_tags", '["a"]'], "train.tracker_tags = ['a'] is ignored with train.trackers = []"),
+        (["--train.tracker_project", "lab"], 'train.tracker_project = "lab" is ignored with train.trackers = []'),
+        (["--train.tracker_group", "g"], 'train.tracker_group = "g" is ignored with train.trackers = []'),
+        (["--train.tracker_tags", '["a"]'], 'train.tracker_tags = ["a"] is ignored with train.trackers = []'),
         # a variant section's setting read only under a switch that is off (registry.Section.read_with)
         (["--model.smat.s_dim", "16"], "model.smat.s_dim = 16 is read only with model.smat.use_S or model.smat.use_G = true"),
         (
@@ -255,7 +255,7 @@ def test_a_setting_the_first_phase_replaces_is_refused(toml_file, tmp_path):
 @pytest.mark.parametrize(
     "model, phase_b, message",
     [
-        ("", "rope_scale = 2.0", "model.rope_scale = 2.0 is ignored with model.pos = 'learned'"),
+        ("", "rope_scale = 2.0", 'model.rope_scale = 2.0 is ignored with model.pos = "learned"'),
         ('attention_layers = ["full", "full"]', 'attention = "block_local"', "model.attention = 'block_local' is ignored: "),
         ("global_every = 1", 'attention = "block_local"', "model.attention = 'block_local' is ignored: model.global_every = 1"),
     ],

@@ -332,7 +332,7 @@ def test_a_config_edited_into_another_model_the_weights_still_fit_is_refused(cop
     [  # a variant's setting was shown as its whole section's repr (hundreds of characters)
         (
             lambda c: c["model"]["smat"].update(use_S=True),
-            "gives model.smat.use_S = True, but final.safetensors was trained with False",
+            "gives model.smat.use_S = true, but final.safetensors was trained with false",
         ),
         (lambda c: c["model"].pop("smat"), None),  # the section's defaults: the same model
         (lambda c: c.pop("model"), "lacks the [model] every run records"),  # was: 'model.vocab_size must be set'

@@ -44,7 +44,7 @@ def test_a_section_chosen_by_a_model_choice_is_read_only_while_chosen(tmp_path, 
     write_variant("relu_sq", "mlp", tmp_path / "ideas")
     run = str(tmp_path / "ideas" / "relu_sq.toml")
     assert main(["check", run, "--model.mlp", "gelu", "--model.relu_sq.power", "3"]) == 2
-    assert "model.relu_sq.power = 3.0 is read only with model.mlp = 'relu_sq'; remove it or choose it" in capsys.readouterr().err
+    assert 'model.relu_sq.power = 3.0 is read only with model.mlp = "relu_sq"; remove it or choose it' in capsys.readouterr().err
     sweep = str(tmp_path / "ideas" / "relu_sq_sweep.toml")
     assert main(["sweep", sweep, "--dry-run", "--model.relu_sq.power", "3"]) == 0  # shared: the relu_sq variant reads it
     capsys.readouterr()

@@ -189,7 +189,7 @@ def test_a_shared_setting_one_variant_ignores_is_kept_for_the_variants_that_read
         load_sweep(micro_sweep)
     micro_sweep.write_text(text.replace("[variants.baseline]", '[overrides]\n"model.rope_theta" = 500.0\n[variants.baseline]'))
     with pytest.raises(
-        ConfigError, match="model.rope_theta = 500.0 is ignored with model.pos = 'learned'; remove it \\(every variant"
+        ConfigError, match='model.rope_theta = 500.0 is ignored with model.pos = "learned"; remove it \\(every variant'
     ):
         load_sweep(micro_sweep)
 
@@ -206,7 +206,7 @@ def test_a_phase_setting_is_refused_only_where_every_variant_ignores_it(micro_sw
     assert {job.variant: job.config.phase(1).model.rope_scale for job in jobs} == {"baseline": 2.0, "full": 2.0}
     micro_sweep.write_text(text)
     with pytest.raises(
-        ConfigError, match=re.escape("phases[1] (B): model.rope_scale = 2.0 is ignored with model.pos = 'learned'")
+        ConfigError, match=re.escape('phases[1] (B): model.rope_scale = 2.0 is ignored with model.pos = "learned"')
     ):
         load_sweep(micro_sweep)
 

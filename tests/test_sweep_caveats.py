@@ -62,7 +62,7 @@ def test_a_variant_with_another_tokenizer_gets_no_statistics_on_perplexity(micro
     }
     assert other_units(configs, "baseline") == {"bytes"}
     (note,) = caveats(configs, "baseline")
-    assert note.startswith("variant 'bytes' has another tokenizer than the baseline (data.tokenizer = 'byte' vs 'char')")
+    assert note.startswith('variant \'bytes\' has another tokenizer than the baseline (data.tokenizer = "byte" vs "char")')
     sweep = SweepConfig(name="s", base="b.toml", seeds=[0, 1, 2], variants={name: {} for name in configs}, baseline="baseline")
     done = {"step": 20, "tokens": 2560, "tokens_per_s": 1e4, "peak_memory_bytes": 1e8, "params": 9920}
     figures = {"baseline": (9.0, 3.2), "bytes": (13.4, 3.0), "deeper": (8.5, 3.1)}  # (ppl, bpb) at seed 0
@@ -90,7 +90,7 @@ def test_the_notes_stand_under_the_results_table(micro_sweep, capsys):
     assert main(["sweep", str(micro_sweep), "--jobs", "2"]) == 0
     out = capsys.readouterr().out
     results = (micro_sweep.parent / "runs" / "micro" / "results.md").read_text()
-    note = "- Note: variant 'full' has another tokenizer than the baseline (data.tokenizer = 'byte' vs 'char')"
+    note = '- Note: variant \'full\' has another tokenizer than the baseline (data.tokenizer = "byte" vs "char")'
     assert note in out and note in results and results.index(note) < results.index("| variant")
     notes = json.loads((micro_sweep.parent / "runs" / "micro" / "results.json").read_text())["notes"]
     assert len(notes) == 1 and notes[0].startswith(note.removeprefix("- Note: "))

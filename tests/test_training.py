@@ -160,8 +160,8 @@ def test_settings_a_choice_does_not_read_are_warned_of(text_corpus, make_config,
     with caplog.at_level("WARNING", logger="slmlab"):
         for name, cfg in runs.items():
             assert train(replace(cfg, name=name), progress=False).step == 2
-    assert "model.n_layer = 2 is not read with model.arch = 'tape' (its depth is model.tape's coda_layers" in caplog.text
-    assert "train.weight_decay = 0.0 is not read with train.optimizer = 'wolf'" in caplog.text
+    assert 'model.n_layer = 2 is not read with model.arch = "tape" (its depth is model.tape\'s coda_layers' in caplog.text
+    assert 'train.weight_decay = 0.0 is not read with train.optimizer = "wolf"' in caplog.text
     with caplog.at_level("WARNING", logger="slmlab"):
         caplog.clear()
         train(replace(make_config(text_corpus, train={"steps": 2, "eval_every": 2}), name="decoder"), progress=False)

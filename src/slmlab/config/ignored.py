@@ -9,6 +9,7 @@ from ..errors import ConfigError
 from ..registry import MODEL_SECTIONS
 from ..tables import counted
 from .checks import default_at, first_change, value_at
+from .values import toml_literal
 
 # A setting read only under some choices: key -> (the choice, the built-in values that ignore it).
 # Only built-in values are listed, so a plugin's position scheme or tokenizer may read the setting.
@@ -41,12 +42,14 @@ UNREAD_UNDER = {
 
 def unread_settings(cfg) -> list[str]:
     """One warning per setting of `cfg` changed from its default that its choices do not read
-    (UNREAD_UNDER): `model.n_layer = 2 is not read with model.arch = 'tape' (...)`."""
+    (UNREAD_UNDER): `model.n_layer = 2 is not read with model.arch = "tape" (...)`."""
     found = []
     for key, (choice, ignoring, instead) in UNREAD_UNDER.items():
         value, chosen = value_at(cfg, key), value_at(cfg, choice)
         if chosen in ignoring and value != default_at(cfg, key):
-            found.append(f"{key} = {value!r} is not read with {choice} = {chosen!r} ({instead}): it changes nothing in this run")
+            found.append(
+                f"{key} = {toml_literal(value)} is not read with {choice} = {toml_literal(chosen)} ({instead}): it changes nothing in this run"
+            )
     return found
 
 
@@ -67,7 +70,7 @@ def _ignored_under_choices(configs: list) -> list[tuple[str, str]]:
         default = default_at(configs[0], key)
         if all(value_at(c, choice) in ignoring and value_at(c, key) != default for c in configs):
             value, chosen = value_at(configs[0], key), value_at(configs[0], choice)
-            found.append((key, f"{key} = {value!r} is ignored with {choice} = {chosen!r}; remove it"))
+            found.append((key, f"{key} = {toml_literal(value)} is ignored with {choice} = {toml_literal(chosen)}; remove it"))
     return found
 
 
@@ -81,7 +84,7 @@ def _ignored_under_switches(configs: list) -> list[tuple[str, str]]:
             found.append(
                 (
                     f"model.{name}.{setting}",
-                    f"model.{name}.{setting} = {value!r} is read only with {section.chosen_by} = {name!r}; "
+                    f"model.{name}.{setting} = {toml_literal(value)} is read only with {section.chosen_by} = {toml_literal(name)}; "
                     "remove it or choose it",
                 )
             )
@@ -89,7 +92,12 @@ def _ignored_under_switches(configs: list) -> list[tuple[str, str]]:
             key, keys = f"model.{name}.{setting}", [f"model.{name}.{switch}" for switch in switches]
             if all(value_at(c, key) != getattr(default, setting) and not any(value_at(c, k) for k in keys) for c in configs):
                 value = value_at(configs[0], key)
-                found.append((key, f"{key} = {value!r} is read only with {' or '.join(keys)} = true; remove it or turn that on"))
+                found.append(
+                    (
+                        key,
+                        f"{key} = {toml_literal(value)} is read only with {' or '.join(keys)} = true; remove it or turn that on",
+                    )
+                )
     return found
 
 
@@ -158,7 +166,7 @@ def replaced_by_phases(cfg) -> list[tuple[str, str]]:
             found.append(
                 (
                     key,
-                    f"{key} = {given!r} is ignored: the curriculum's first phase ({phase}) sets {key.partition('.')[2]} = {value!r} and "
+                    f"{key} = {toml_literal(given)} is ignored: the curriculum's first phase ({phase}) sets {key.partition('.')[2]} = {toml_literal(value)} and "
                     f"each later phase starts from the one before it; remove it or change the phase's "
                     f"(--phases.{phase}.{key.partition('.')[2]}, or in [[phases]])",
                 )

@@ -23,6 +23,7 @@ import json
 import os
 
 from ..config import RunConfig
+from ..config.values import toml_literal
 from ..data.corpora import BUILTINS
 from ..tables import counted, human
 from .budget import tokens_per_step
@@ -58,7 +59,7 @@ def _scored(cfg: RunConfig) -> dict:
 def _differences(cfg: RunConfig, baseline: RunConfig, keys: tuple[str, ...]) -> list[str]:
     """ "key: value vs baseline value" for each of `keys` where the two configs score differently."""
     own, base = _scored(cfg), _scored(baseline)
-    return [f"{key} = {own[key]!r} vs {base[key]!r}" for key in keys if own[key] != base[key]]
+    return [f"{key} = {toml_literal(own[key])} vs {toml_literal(base[key])}" for key in keys if own[key] != base[key]]
 
 
 def other_units(configs: dict[str, RunConfig], baseline: str) -> set[str]:

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, RunConfig
+from ..config.values import toml_literal
 from ..errors import SlmlabError, TrainingError
 from ..locks import DirectoryLock
 from ..runs.run_dir import RunDir, final_weights_intact, model_run, phase_runs
@@ -77,7 +78,9 @@ def changed_since_trained(job: Job) -> list[str]:
     if now["model.vocab_size"] == 0:
         free.add("model.vocab_size")
     changed = [
-        f"{key}: {then.get(key)!r} -> {value!r}" for key, value in now.items() if key not in free and then.get(key) != value
+        f"{key}: {toml_literal(then.get(key))} -> {toml_literal(value)}"
+        for key, value in now.items()
+        if key not in free and then.get(key) != value
     ]
     if then["train.steps"] > now["train.steps"]:  # trained past the sweep's steps (a resume by hand): no resume undoes that
         changed.append(f"train.steps: {then['train.steps']} -> {now['train.steps']}")

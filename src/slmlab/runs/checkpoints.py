@@ -37,6 +37,7 @@ from safetensors.torch import load_model, save_file
 from torch import nn
 
 from ..config import ModelConfig, RunConfig, config_from_dict
+from ..config.values import toml_literal
 from ..errors import CheckpointError, RunFileError
 from ..files import atomic_write, atomic_write_text, read_json, sha256_file
 from ..tables import command_line
@@ -87,7 +88,7 @@ def check_trained_model(path: Path, model_cfg: ModelConfig) -> None:
     for key in sorted(was.keys() | now.keys()):  # by dotted key: a variant's setting is named, not its whole section
         if key != "model.local_kernel" and was.get(key) != now.get(key):
             raise RunFileError(
-                f"the run's config.json gives {key} = {now.get(key)!r}, but {path.name} was trained with {was.get(key)!r}: "
+                f"the run's config.json gives {key} = {toml_literal(now.get(key))}, but {path.name} was trained with {toml_literal(was.get(key))}: "
                 "config.json was edited or damaged since; restore it from a copy of the run"
             )
 
