@@ -55,7 +55,9 @@ def test_each_contribution_is_the_naive_frozen_norm_reading_of_its_write(kind):
     result = logit_attribution(model, idx, answer=5)
     L = len(model.blocks)
     _, cache = run_with_cache(model, idx)
-    writes = {"embeddings": cache["hook_embed"][0, -1]}
+    writes = {"token embeddings": cache["hook_embed"][0, -1]}
+    if "hook_pos_embed" in cache:  # learned positions (RoPE adds none)
+        writes["position embeddings"] = cache["hook_pos_embed"][0, -1]
     for layer in range(L):
         writes[f"block {layer} attention"] = cache[f"blocks.{layer}.hook_attn_out"][0, -1]
         writes[f"block {layer} MLP"] = cache[f"blocks.{layer}.hook_mlp_out"][0, -1]
@@ -70,6 +72,7 @@ def test_each_contribution_is_the_naive_frozen_norm_reading_of_its_write(kind):
         read = lambda c: g * (c - c.mean()) / scale
     for name, c in writes.items():
         assert result.components[name] == pytest.approx(float(read(c) @ u), abs=1e-10)
+    assert set(result.components) == {*writes, "biases (final norm, LM head)"}
     for layer in range(L):
         attention = model.blocks[layer].attn
         for head in range(KINDS[kind].n_head):

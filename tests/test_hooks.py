@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 from torch import nn
 
@@ -39,7 +40,8 @@ def test_forward_pre_and_global_hooks_still_fire_and_replace():
         model(idx)
     finally:
         handle.remove()
-    assert calls.count("HookPoint") == 1 + 2 * (5 + 4 + 2)  # embed; per block: 5 residual, 4 attention (q, k, v, z), 2 MLP
+    # token and position embeddings; per block: 5 residual, 4 attention (q, k, v, z), 2 MLP
+    assert calls.count("HookPoint") == 2 + 2 * (5 + 4 + 2)
     assert torch.equal(model(idx)[0], clean)
 
 
@@ -132,3 +134,33 @@ def test_a_hook_returning_what_is_not_an_activation_is_one_line():
         with pytest.raises(ConfigError, match=r"the hook on blocks\.0\.hook_attn_out .*" + re.escape(says)):
             run_with_hooks(model, idx, [("blocks.0.hook_attn_out", hook)])
     assert run_with_hooks(model, idx, [("blocks.0.hook_attn_out", lambda out, name: None)]).shape == (1, 5, 50)
+
+
+@pytest.mark.parametrize("arch", ["decoder", "tape"])
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope"])
+def test_token_and_position_embeddings_are_two_hook_points_as_in_transformer_lens(arch, pos):
+    """hook_embed is wte[idx] alone and hook_pos_embed the position embedding (B, T, d), whose sum
+    is the first block's residual input (hook_embed held both, where a TransformerLens user reads
+    the token embeddings); RoPE adds none, so it has no hook_pos_embed in the cache; zeroing it is
+    the model with its position table zeroed."""
+    from slmlab.model import naive, run_with_cache, run_with_hooks
+
+    torch.manual_seed(0)
+    extra = {"tape": {"coda_layers": 1, "critic_layers": 1}} if arch == "tape" else {}
+    model = build_model(ModelConfig(arch=arch, pos=pos, vocab_size=30, n_layer=2, n_head=2, d_model=16, block_size=16, **extra))
+    model.eval()
+    idx = torch.randint(0, 30, (2, 7))
+    _, cache = run_with_cache(model, idx)
+    torch.testing.assert_close(cache["hook_embed"], model.wte.weight[idx])
+    table = naive.position_embedding(model.positions, 7, 16, torch.float32)
+    if pos == "rope":
+        assert "hook_pos_embed" not in cache
+    else:
+        torch.testing.assert_close(cache["hook_pos_embed"], table.expand(2, 7, 16))
+    if arch == "decoder":
+        torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], model.wte.weight[idx] + table)
+    if pos == "learned":
+        zeroed = run_with_hooks(model, idx, [("hook_pos_embed", lambda out, name: torch.zeros_like(out))])
+        with torch.no_grad():
+            model.positions.wpe.weight.zero_()
+        torch.testing.assert_close(zeroed, model(idx)[0])

@@ -58,12 +58,13 @@ def test_guidance_reaches_every_layer_as_alpha_W_g():
     for layer, block in enumerate(smt.blocks):
         block.hook_resid_pre.register_forward_hook(lambda m, args, out, layer=layer: block_in.__setitem__(layer, out))
         block.register_forward_hook(lambda m, args, out, layer=layer: block_out.__setitem__(layer, out))
-    embed = {}
-    smt.hook_embed.register_forward_hook(lambda m, args, out: embed.__setitem__(0, out))
+    embed = {}  # x_0: the token and the position embeddings
+    smt.hook_embed.register_forward_hook(lambda m, args, out: embed.__setitem__("tokens", out))
+    smt.hook_pos_embed.register_forward_hook(lambda m, args, out: embed.__setitem__("positions", out))
     smt(torch.randint(0, 40, (2, 12)))
     g = area.state + area.refine(area.state)
     for layer in range(3):
-        previous = embed[0] if layer == 0 else block_out[layer - 1]
+        previous = embed["tokens"] + embed["positions"] if layer == 0 else block_out[layer - 1]
         expected = previous + area.alpha[layer] * (area.proj[layer] @ g)
         torch.testing.assert_close(block_in[layer], expected)
 

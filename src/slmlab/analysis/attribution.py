@@ -3,7 +3,8 @@
 The residual stream the final norm reads at the last position is a sum of what each component
 wrote into it (module docstring of model/decoder.py):
 
-    x_L = e + Σ_l (a_l + m_l) + r        e: embeddings, a_l / m_l: block l's attention / MLP output,
+    x_L = e + p + Σ_l (a_l + m_l) + r    e, p: token and position embeddings (p = 0 for RoPE),
+                                         a_l / m_l: block l's attention / MLP output,
                                          r: residual conditioning (the Self Area), zero without it
     a_l = Σ_h W_O[:, h] z_h + b_O        head h's output z_h (hook_z) through its slice of W_O
 
@@ -34,7 +35,8 @@ from .readout import answer_tokens, block_attention, load_for_readout, metric_la
 @dataclass
 class Attribution:
     """Contributions to the metric (module docstring) at the last position: `components` in the
-    order they write (embeddings, then each block's attention and MLP, then conditioning when any)
+    order they write (token embeddings, position embeddings where the model adds
+    any, then each block's attention and MLP, then conditioning when any)
     with the norm's bias term last; `heads` (L, H) splits each attention output (None where the
     attention has no per-head output projection), `heads_bias` (L,) its W_O bias; `metric`: the
     model's own logit (difference)."""
@@ -69,7 +71,7 @@ def logit_attribution(model: nn.Module, idx: torch.Tensor, answer: int, wrong: i
         raise ConfigError(f"direct logit attribution needs a linear LM head; model.head is {type(model.head).__name__}")
     if idx.dim() != 2 or idx.shape[0] != 1:
         raise ConfigError(f"give one prompt as a (1, T) tensor of ids, got shape {tuple(idx.shape)}")
-    points = {"embeddings": model.hook_embed}
+    points = {"token embeddings": model.hook_embed, "position embeddings": model.hook_pos_embed}
     for layer, block in enumerate(blocks):
         points[f"block {layer} attention"] = block.hook_attn_out
         points[f"block {layer} MLP"] = block.hook_mlp_out
@@ -97,7 +99,7 @@ def logit_attribution(model: nn.Module, idx: torch.Tensor, answer: int, wrong: i
     head_bias = head_bias[answer] - (head_bias[wrong] if wrong is not None else 0.0)
     x_final = seen["x_L"].double()
     linear, constant = _frozen_norm(model.norm_f, x_final)
-    writes = {name: seen[name].double() for name in points}
+    writes = {name: seen[name].double() for name in points if name in seen}  # RoPE adds no position embedding
     conditioning = x_final - sum(writes.values())
     if conditioning.abs().max() > 1e-6 * x_final.abs().max():
         writes["conditioning"] = conditioning

@@ -31,7 +31,7 @@ from .hooks import HookPoint
 from .initialization import init_by_name
 from .inputs import check_inputs
 from .layers import build_dropout, build_norm
-from .positions import build_positions, token_positions
+from .positions import build_positions, embed_tokens, token_positions
 
 
 class NoConditioning(nn.Module):
@@ -71,7 +71,7 @@ class Decoder(GenerationMixin, nn.Module):
         self.head = build_head(cfg)
         if cfg.tie_embeddings:
             self.head.weight = self.wte.weight
-        self.hook_embed = HookPoint()
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         own_init = {id(m) for handed in self._handed_in() if not getattr(handed, "host_init", False) for m in handed.modules()}
         init_by_name(self, self._init_weights, skip=own_init)
 
@@ -119,11 +119,7 @@ class Decoder(GenerationMixin, nn.Module):
         B, T = idx.shape
         padding = getattr(caches[0], "padding", None) if caches else None  # a pattern's own cache class may have none
         positions, _ = token_positions(start, T, padding, idx.device)  # (B, T) in a left-padded batch
-        x = self.wte(idx)
-        pos_emb = self.positions.embed(positions)
-        if pos_emb is not None:  # in the stream's dtype: a plugin's float32 table must not turn a bf16 model float32
-            x = x + pos_emb.to(x.dtype)
-        x = self.drop(self.hook_embed(x))
+        x = self.drop(embed_tokens(self, idx, positions))
         for layer, block in enumerate(self.blocks):
             x, shift = self.conditioning(layer, x)
             x = block(x, positions, caches[layer] if caches else None, shift)

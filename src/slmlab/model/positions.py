@@ -152,6 +152,19 @@ POSITIONS.register("rope", RotaryPositions)
 POSITIONS.register("sinusoidal", SinusoidalPositions)
 
 
+def embed_tokens(model: nn.Module, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x_0 = wte[idx] + positions.embed(positions), (B, T, d_model), for idx (B, T) at (T,) or (B, T)
+    positions, through `model`'s hook points as TransformerLens names them: `hook_embed`, the
+    token embeddings, and `hook_pos_embed`, the position embeddings (B, T, d_model), which only a
+    scheme that adds one (learned, sinusoidal) calls; RoPE's positions act inside attention."""
+    x = model.hook_embed(model.wte(idx))
+    pos_emb = model.positions.embed(positions)
+    if pos_emb is None:
+        return x
+    # in the stream's dtype: a plugin's float32 table must not turn a bf16 model float32
+    return x + model.hook_pos_embed(pos_emb.to(x.dtype).expand_as(x))
+
+
 def untrained_positions_warning(cfg: ModelConfig, seq_len: int) -> str | None:
     """What a fresh model with learned positions leaves untrained (None if nothing): its windows
     start at position 0, so the embeddings of positions seq_len .. block_size - 1 get no gradient

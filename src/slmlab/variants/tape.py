@@ -46,10 +46,11 @@ from ..model import naive
 from ..model.attention import CausalSelfAttention, KVCache
 from ..model.generation import GenerationMixin
 from ..model.heads import StudentTHead, build_head
+from ..model.hooks import HookPoint
 from ..model.initialization import init_by_name
 from ..model.inputs import check_inputs
 from ..model.layers import build_norm
-from ..model.positions import build_positions, token_positions
+from ..model.positions import build_positions, embed_tokens, token_positions
 from ..registry import ARCHITECTURES, NAIVE_MODEL_REFERENCES, register_model_check, register_section
 from ..tables import counted
 
@@ -206,6 +207,7 @@ class TapeTransformer(GenerationMixin, nn.Module):
         tape, critics, self.cfg = cfg.tape, cfg.tape.built_critics, cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.positions = build_positions(cfg)
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self.coda = TapeHead(cfg, tape.coda_layers, tape.coda_rule, self.positions)
         self.prophet = Prophet(cfg)
         self.gates = nn.ModuleList(nn.Linear(2 * cfg.d_model, cfg.d_model, bias=cfg.bias) for _ in range(critics))
@@ -246,10 +248,7 @@ class TapeTransformer(GenerationMixin, nn.Module):
         B, T = idx.shape
         padding = getattr(caches[0], "padding", None) if caches else None
         positions, real = token_positions(start, T, padding, idx.device)  # real: (B, T), the prophet skips the rest
-        x = self.wte(idx)
-        pos_emb = self.positions.embed(positions)
-        if pos_emb is not None:
-            x = x + pos_emb.to(x.dtype)
+        x = embed_tokens(self, idx, positions)
         n_coda = 2 * self.cfg.tape.coda_layers
         coda = self.coda(x, positions, caches[:n_coda] if caches else None)
         prophet, rnn_state = self.prophet(x, caches.rnn_state if caches else None, real)
