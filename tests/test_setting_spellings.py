@@ -3,6 +3,8 @@ answered with the spelling slmlab reads."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from slmlab.cli import main
@@ -18,6 +20,11 @@ from slmlab.cli import main
         (["--train.compile", '"false"'], "train.compile: write false, not 'false' (text, not true or false)"),
         (["--train.steps", '"100"'], "train.steps: write 100, not '100' (text, not a number)"),
         (["--train.compile", "1"], "train.compile: expected true or false, got int 1"),
+        # another tool's name for a setting (nanoGPT's, Hugging Face's, litgpt's): difflib had nothing to offer
+        (["--n_embd", "64"], "unrecognized arguments: --n_embd 64 (did you mean --model.d_model?)"),
+        (["--max_iters", "10"], "(did you mean --train.steps?)"),
+        (["--min_lr", "1e-4"], "(did you mean --train.min_lr_ratio? a fraction of train.lr, not a rate)"),
+        (["--s_dim", "4"], "(did you mean --model.smat.s_dim?)"),  # a variant section's setting
     ],
 )
 def test_a_setting_given_as_nanogpt_gives_it_is_answered_with_its_spelling_here(given, says, micro_toml, capsys):
@@ -26,3 +33,38 @@ def test_a_setting_given_as_nanogpt_gives_it_is_answered_with_its_spelling_here(
     except SystemExit as exit:  # argparse's own refusal
         code = exit.code
     assert code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        ("n_layer = 2", "unknown config key 'n_layer' (did you mean 'model.n_layer'?)"),  # was: 'name'
+        ("[model]\nn_embd = 64", "unknown config key 'model.n_embd' (did you mean 'model.d_model'?)"),  # was: 'model.n_head'
+        ("[model]\nhidden_size = 64", "(did you mean 'model.d_model'?)"),
+        ("[model]\nnum_attention_heads = 4", "(did you mean 'model.n_head'?)"),
+        ("[train]\nlearning_rate = 1e-3", "unknown config key 'train.learning_rate' (did you mean 'train.lr'?)"),
+        ("[train]\nmax_iters = 10", "(did you mean 'train.steps'?)"),
+        ("[train]\ndropout = 0.1", "unknown config key 'train.dropout' (did you mean 'model.dropout'?)"),
+        ("[model]\ns_dim = 4", "(did you mean 'model.smat.s_dim'?)"),
+        ('[[phases]]\nname = "A"\nmax_iters = 10', "unknown config key 'phases[0].max_iters' (did you mean 'phases[0].steps'?)"),
+        ("[model]\nn_layr = 2", "(did you mean 'model.n_layer'?)"),  # a typo still gets the closest
+    ],
+)
+def test_a_config_key_of_another_section_or_tool_names_the_setting_it_stands_for(toml, says, tmp_path):
+    from slmlab.config import ConfigError, load_config
+
+    (tmp_path / "c.toml").write_text(toml + "\n")
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_config(tmp_path / "c.toml")
+
+
+def test_a_sweep_tables_key_in_another_tools_spelling_is_named_in_that_table(tmp_path, micro_toml):
+    """[tune] learning_rate is tune.lr there, not train.lr."""
+    from slmlab.config import ConfigError
+    from slmlab.experiments.sweep_config import load_sweep
+
+    (tmp_path / "s.toml").write_text(
+        f'name = "s"\nbase = "{micro_toml}"\nseeds = [0]\nbaseline = "a"\n[variants.a]\n[tune]\nlearning_rate = [1e-3]\n'
+    )
+    with pytest.raises(ConfigError, match=re.escape("unknown config key 'tune.learning_rate' (did you mean 'tune.lr'?)")):
+        load_sweep(tmp_path / "s.toml")

@@ -7,11 +7,9 @@ Nothing here imports torch, or the parts of the library that do, at module level
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 from pathlib import Path
 
-from ..config.loading import SECTION_NAMES
 from ..errors import ConfigError, SlmlabError
 from ..files import file_kind
 from .argument_types import checkpoint_name, non_negative_float, non_negative_int, output_folder, positive_int, seed, top_p
@@ -57,26 +55,26 @@ def refuse_unrecognized(verb: argparse.ArgumentParser, unknown: list[str]) -> No
     hint = ""
     for arg in unknown:
         close = difflib.get_close_matches(arg.partition("=")[0], options, n=1, cutoff=0.7) if arg.startswith("-") else []
-        setting = sectioned_setting(arg.partition("=")[0])
+        setting, note = sectioned_setting(arg.partition("=")[0]) or (None, "")
         takes = verb.get_default("takes_overrides")
         setting = setting if takes is True or (isinstance(takes, tuple) and setting and setting[2:] in takes) else None
         if close or setting:
-            hint = f" (did you mean {close[0] if close else setting}?)"
+            hint = f" (did you mean {close[0]}?)" if close else f" (did you mean {setting}?{' ' + note if note else ''})"
             break
     verb.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
 
 
-def sectioned_setting(arg: str) -> str | None:
-    """`--n_layer` (nanoGPT's flag) -> '--model.n_layer': the override of the one config setting of
-    that name, which takes its section; None when no section, or more than one, has it."""
-    from ..config.schema import RunConfig
+def sectioned_setting(arg: str) -> tuple[str, str] | None:
+    """(the override, a note or '') of the config setting `arg` stands for: `--n_layer` -> '--model.n_layer'
+    (a setting's name without its section, as nanoGPT's flags), `--n_embd` -> '--model.d_model' (another
+    tool's name: config/other_names.py); None when none, or one of the top level (an option of its own)."""
+    from ..config.other_names import meant_setting
 
     name = arg.lstrip("-").replace("-", "_")
-    if not arg.startswith("--") or not name.isidentifier():
+    meant = meant_setting(name, (), "") if arg.startswith("--") and name.isidentifier() else None
+    if meant is None or "." not in meant[0]:
         return None
-    sections = {field.name: field.default_factory for field in dataclasses.fields(RunConfig) if field.name in SECTION_NAMES}
-    owners = [section for section, kind in sections.items() if name in {field.name for field in dataclasses.fields(kind)}]
-    return f"--{owners[0]}.{name}" if len(owners) == 1 else None
+    return f"--{meant[0]}", meant[1]
 
 
 def add_verb(
