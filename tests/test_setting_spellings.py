@@ -68,3 +68,10 @@ def test_a_sweep_tables_key_in_another_tools_spelling_is_named_in_that_table(tmp
     )
     with pytest.raises(ConfigError, match=re.escape("unknown config key 'tune.learning_rate' (did you mean 'tune.lr'?)")):
         load_sweep(tmp_path / "s.toml")
+
+
+def test_model_config_in_python_names_the_setting_another_tool_calls_otherwise():
+    from slmlab.config import ConfigError, ModelConfig
+
+    with pytest.raises(ConfigError, match=re.escape("unknown config key 'model.n_embd' (did you mean 'model.d_model'?)")):
+        ModelConfig(n_embd=64)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from ..registry import closest
+
 # another tool's name -> (slmlab's setting, how its value reads otherwise where it does)
 OTHER_TOOLS: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("n_embd", "hidden_size", "dim", "n_embed"), ("model.d_model", "")),
@@ -69,10 +71,11 @@ def meant_setting(name: str, local: Collection[str], prefix: str) -> tuple[str, 
     return (f"{prefix}.{leaf}" if prefix else leaf, note) if leaf in local else (key, note)
 
 
-def meant_hint(name: str, local: Collection[str], prefix: str) -> str:
-    """' (did you mean 'model.d_model'?)' for `name` by meant_setting, with its note; else ''."""
+def setting_hint(name: str, local: Collection[str], prefix: str) -> str:
+    """' (did you mean 'model.d_model'?)' for the unknown key `name` under `prefix`: meant_setting's
+    setting with its note, else the closest spelling among `local`, else ''."""
     meant = meant_setting(name, local, prefix)
     if meant is None:
-        return ""
+        return closest(name, local, prefix)
     key, note = meant
     return f" (did you mean '{key}'?{' ' + note if note else ''})"

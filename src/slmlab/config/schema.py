@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigError
-from ..registry import MODEL_ATTRIBUTES, MODEL_SECTIONS, closest, is_builtin_module, load_builtins
+from ..registry import MODEL_ATTRIBUTES, MODEL_SECTIONS, is_builtin_module, load_builtins
 from .checks import check_model
+from .other_names import setting_hint
 from .values import setting_names
 
 
@@ -85,9 +86,8 @@ class ModelConfig:
         for name, value in list(self.sections.items()):
             section = MODEL_SECTIONS.get(name)
             if section is None:
-                raise ConfigError(
-                    f"unknown config key 'model.{name}'{closest(name, [*setting_names(ModelConfig), *MODEL_SECTIONS], 'model')}"
-                )
+                options = [*setting_names(ModelConfig), *MODEL_SECTIONS]
+                raise ConfigError(f"unknown config key 'model.{name}'{setting_hint(name, options, 'model')}")
             if not isinstance(value, section.config):
                 from .values import check_value
 

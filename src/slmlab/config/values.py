@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..registry import closest
-from .other_names import meant_hint
+from .other_names import setting_hint
 
 
 def toml_literal(value: Any) -> str:
@@ -127,7 +127,7 @@ def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             kwargs[name] = check_value(key, value, sections[name].config)
         else:
             options = names + (list(sections) if sections is not None else [])
-            hint = meant_hint(name, options, prefix) or closest(name, options, prefix)
+            hint = setting_hint(name, options, prefix)
             if not hint and sections is not None and isinstance(value, dict):  # a section no variant or plugin registered
                 hint = f" (sections: {', '.join(sections)}; a plugin's section needs the plugin in plugins = [...])"
             elif not hint and len(options) <= 12:  # nothing close: a small section's keys fit on the line
