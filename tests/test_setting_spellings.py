@@ -75,3 +75,28 @@ def test_model_config_in_python_names_the_setting_another_tool_calls_otherwise()
 
     with pytest.raises(ConfigError, match=re.escape("unknown config key 'model.n_embd' (did you mean 'model.d_model'?)")):
         ModelConfig(n_embd=64)
+
+
+@pytest.mark.parametrize(
+    "given",  # spelled as a class name, or as PyTorch, Hugging Face or tiktoken call it: no hint, or a wrong one, before
+    [
+        "model.norm = RMSNorm: rmsnorm",
+        "model.arch = Tape: tape",
+        "model.pos = rotary: rope",
+        "model.pos = absolute: learned",
+        "model.attention = sliding_window: block_local",
+        "model.attention = causal: full",
+        "data.tokenizer = tiktoken: gpt2",
+        "train.dtype = bfloat16: bf16",  # a Literal setting, checked by config.values
+        "train.optimizer = sgd: ",  # nothing close: no guess
+    ],
+)
+def test_a_value_another_tool_spells_otherwise_names_the_one_meant(given, micro_toml):
+    from slmlab.config import ConfigError, load_config
+
+    key, _, rest = given.partition(" = ")
+    value, _, meant = rest.partition(": ")
+    with pytest.raises(ConfigError) as error:
+        load_config(micro_toml, {key: value})
+    assert str(error.value).startswith(f"{key} = {value!r} is not one of ")
+    assert str(error.value).endswith(f" (did you mean {meant!r}?)" if meant else "wolf")

@@ -28,10 +28,33 @@ from .errors import ConfigError
 T = TypeVar("T")
 
 
+# what other tools (PyTorch, Hugging Face, tiktoken) call a value slmlab spells otherwise: read for hints only
+OTHER_VALUE_NAMES = {
+    **dict.fromkeys(("rotary", "rotary_embedding"), "rope"),
+    **dict.fromkeys(("absolute", "learned_absolute"), "learned"),
+    **dict.fromkeys(("sliding_window", "sliding", "local", "windowed"), "block_local"),
+    **dict.fromkeys(("causal", "dense", "global"), "full"),
+    **dict.fromkeys(("silu", "swish"), "swiglu"),
+    **dict.fromkeys(("rms_norm", "rms"), "rmsnorm"),
+    **dict.fromkeys(("layer_norm", "ln"), "layernorm"),
+    **dict.fromkeys(("bfloat16",), "bf16"),
+    **dict.fromkeys(("float32", "float"), "fp32"),
+    **dict.fromkeys(("tiktoken", "gpt_2"), "gpt2"),
+    **dict.fromkeys(("adam",), "adamw"),
+}
+
+
 def closest(name: str, options, prefix: str = "") -> str:
-    """' (did you mean 'x'?)' for the closest option to `name`, else ''; `prefix`: the section
-    the options lie in, named with the match ('model.pos', as the key that was mistyped is)."""
-    match = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.5)
+    """' (did you mean 'x'?)' for the option `name` stands for, else ''; `prefix`: the section the
+    options lie in, named with the match ('model.pos', as the key that was mistyped is). The one
+    spelled the same but for case and dashes (RMSNorm: rmsnorm), else the one another tool's name
+    is (OTHER_VALUE_NAMES: rotary is rope), else the closest spelling."""
+    options, folded = [str(o) for o in options], str(name).lower().replace("-", "_")
+    match = (
+        [o for o in options if o.lower() == folded]
+        or [o for o in options if OTHER_VALUE_NAMES.get(folded) == o]
+        or difflib.get_close_matches(str(name), options, n=1, cutoff=0.5)
+    )
     return f" (did you mean '{prefix + '.' if prefix else ''}{match[0]}'?)" if match else ""
 
 
