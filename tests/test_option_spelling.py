@@ -49,6 +49,14 @@ def test_out_dir_spelled_with_a_dash_is_the_override(micro_toml, tmp_path):
             ["eval", "RUN", "--prompt-file", "p"],
             "unrecognized arguments: --prompt-file p (see slmlab eval --help)",
         ),  # not --rope-scale
+        # a verb or a choice: the choices were listed, the one meant was not named
+        (["trian", "CONFIG"], "argument verb: invalid choice: 'trian' (choose from "),
+        (["trian", "CONFIG"], ") (did you mean 'train'?) (see slmlab --help)"),
+        (["sample", "RUN"], "(did you mean 'generate'?)"),  # nanoGPT's sample.py
+        (["convert", "RUN"], "(did you mean 'export'?)"),  # litgpt convert
+        (["viz", "atention", "RUN"], "(did you mean 'attention'?) (see slmlab viz --help)"),
+        (["export", "RUN", "--to", "HF", "--out", "x"], "(did you mean 'hf'?) (see slmlab export --help)"),
+        (["bench", "RUN"], "'data', 'tokenizer') (see slmlab --help)"),  # nothing close: the list alone
     ],
 )
 def test_an_unknown_option_names_the_verbs_closest_one(argv, says, micro_toml, tmp_path, capsys):

@@ -8,18 +8,36 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 from pathlib import Path
 
 from ..errors import ConfigError, SlmlabError
 from ..files import file_kind
 from .argument_types import checkpoint_name, non_negative_float, non_negative_int, output_folder, positive_int, seed, top_p
 
+# what nanoGPT's scripts and litgpt's commands call a verb slmlab names otherwise (for hints only)
+OTHER_VERB_NAMES = {"sample": "generate", "chat": "generate", "evaluate": "eval", "convert": "export", "pretrain": "train"}
+INVALID_CHOICE = re.compile(r"argument (?P<argument>.+?): invalid choice: '(?P<value>[^']*)'")
+
 
 class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose mistakes are one line (the usage is one --help away)."""
+    """An argument parser whose mistakes are one line (the usage is one --help away); a verb or
+    choice it does not know names the one meant (`slmlab sample`: generate, `slmlab trian`: train)."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{self._choice_meant(message)} (see {self.prog} --help)\n")
+
+    def _choice_meant(self, message: str) -> str:
+        """' (did you mean 'x'?)' for an invalid choice of one of this parser's arguments, else ''."""
+        from ..registry import closest
+
+        invalid = INVALID_CHOICE.match(message)
+        for action in self._actions if invalid else ():
+            if action.choices and argparse._get_action_name(action) == invalid["argument"]:
+                value = invalid["value"]
+                meant = OTHER_VERB_NAMES.get(value.lower())
+                return f" (did you mean {meant!r}?)" if meant in action.choices else closest(value, action.choices)
+        return ""
 
 
 def parser_tree(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
