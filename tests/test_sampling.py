@@ -81,3 +81,23 @@ def test_each_draw_is_torch_multinomials_from_the_same_generator(vocab, top_k, t
     for seed in range(20):
         ours = sample_next(logits, 0.8, top_k, top_p, torch.Generator().manual_seed(seed))
         assert torch.equal(ours, torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)))
+
+
+def test_a_filter_of_none_is_off_as_nanogpt_and_hugging_face_spell_it():
+    """nanoGPT's generate(idx, n, top_k=None) and Hugging Face's top_p=None mean no filter; they
+    were refused ('top_k must be a whole number >= 0, got None')."""
+    from slmlab.config import ModelConfig
+    from slmlab.model import build_model
+
+    model = build_model(ModelConfig(n_layer=1, n_head=2, d_model=16, vocab_size=11, block_size=16)).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    drawn = [
+        model.generate(ids, 6, generator=torch.Generator().manual_seed(4), **off) for off in ({}, {"top_k": None, "top_p": None})
+    ]
+    assert torch.equal(drawn[0], drawn[1])
+    rows = model.generate_many([[1, 2], [3]], 4, top_k=None, top_p=None, generators=[torch.Generator().manual_seed(0)] * 2)
+    assert [len(row) for row in rows] == [4, 4]
+    logits = torch.randn(3, 11)
+    for seed in range(5):
+        plain = sample_next(logits, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(sample_next(logits, top_k=None, top_p=None, generator=torch.Generator().manual_seed(seed)), plain)

@@ -28,24 +28,27 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
-    """Sampling options sample_next can honour (checked once per generation, not per token)."""
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Sampling options sample_next can honour (checked once per generation, not per token); a
+    filter of None is off, as nanoGPT's generate and Hugging Face's spell it."""
     if not (_is_number(temperature) and math.isfinite(temperature) and temperature >= 0):
         raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if not is_whole_number(top_k, 0):
-        raise ConfigError(f"top_k must be a whole number >= 0 (0 = off), got {top_k!r}")
-    if not (_is_number(top_p) and 0 < top_p <= 1):
-        raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
+    if top_k is not None and not is_whole_number(top_k, 0):
+        raise ConfigError(f"top_k must be a whole number >= 0 (0 or None = off), got {top_k!r}")
+    if top_p is not None and not (_is_number(top_p) and 0 < top_p <= 1):
+        raise ConfigError(f"top_p must be in (0, 1] (1 or None = off), got {top_p!r}")
 
 
-def greedy_ignores(temperature: float, top_k: int, top_p: float, seed: int = 0, spell: Callable[[str], str] = str) -> str:
+def greedy_ignores(
+    temperature: float, top_k: int | None, top_p: float | None, seed: int = 0, spell: Callable[[str], str] = str
+) -> str:
     """ "" or one line naming what temperature 0 ignores: the filters set (top_k, top_p) and a
     `seed` set (0, the default, counts as none), with each name as `spell` writes it ("--top-k").
     Greedy decoding takes the most likely token, which every filter keeps, and draws no random
     number; a user who sets one of them believes it samples."""
     if temperature != 0:
         return ""
-    filters = [spell(name) for name, on in (("top_k", top_k != 0), ("top_p", top_p != 1.0)) if on]
+    filters = [spell(name) for name, on in (("top_k", top_k not in (0, None)), ("top_p", top_p not in (1.0, None))) if on]
     said = [f"{' and '.join(filters)} {'filter' if len(filters) > 1 else 'filters'} what is sampled"] if filters else []
     said += [f"{spell('seed')} {seed} seeds the sampling"] if seed else []
     if not said:
@@ -55,9 +58,14 @@ def greedy_ignores(temperature: float, top_k: int, top_p: float, seed: int = 0, 
 
 
 def sample_next(
-    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = 0,
+    top_p: float | None = 1.0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """(B, V) logits -> (B, 1) token ids. temperature 0 is greedy (argmax).
+    """(B, V) logits -> (B, 1) token ids. temperature 0 is greedy (argmax); top_k 0 or None and
+    top_p 1 or None are off.
 
     p = softmax((z - max z) / temperature): shifting by the row's maximum first (softmax is
     shift-invariant) keeps a tiny temperature from overflowing z / temperature to inf, which
@@ -70,10 +78,10 @@ def sample_next(
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float()
     logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature, torch.finfo(torch.float32).tiny)
-    if top_k > 0:
+    if top_k:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
+    if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # keep the smallest set reaching top_p
