@@ -49,6 +49,12 @@ def test_out_dir_spelled_with_a_dash_is_the_override(micro_toml, tmp_path):
             ["eval", "RUN", "--prompt-file", "p"],
             "unrecognized arguments: --prompt-file p (see slmlab eval --help)",
         ),  # not --rope-scale
+        # a positional argument given as an option: '--out (did you mean --layout?)' sent users astray
+        (
+            ["export", "RUN", "--to", "hf", "--out", "x"],
+            "unrecognized arguments: --out (give OUT without --out: slmlab export run OUT)",
+        ),
+        (["train", "--config", "CONFIG"], "(give config without --config: slmlab train config)"),
         # a verb or a choice: the choices were listed, the one meant was not named
         (["trian", "CONFIG"], "argument verb: invalid choice: 'trian' (choose from "),
         (["trian", "CONFIG"], ") (did you mean 'train'?) (see slmlab --help)"),

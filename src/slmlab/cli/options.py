@@ -67,19 +67,29 @@ def dashed_options(parser: argparse.ArgumentParser, argv: list[str]) -> list[str
 
 
 def refuse_unrecognized(verb: argparse.ArgumentParser, unknown: list[str]) -> None:
-    """Exit with one line naming the arguments `verb` does not take and, for a mistyped option,
-    the verb's option spelled closest (`--max-new-tokenz` -> `--max-new-tokens`)."""
+    """Exit with one line naming the arguments `verb` does not take and, for the first one meant
+    as something it takes, what: a positional argument given as an option (`export RUN --out DIR`:
+    OUT takes no --), the verb's option spelled closest (`--max-new-tokenz` -> `--max-new-tokens`),
+    or the override of a setting (`--n_layer` -> `--model.n_layer`)."""
+    hints = (_meant(verb, arg.partition("=")[0]) for arg in unknown if arg.startswith("-"))
+    verb.error(f"unrecognized arguments: {' '.join(unknown)}{next((hint for hint in hints if hint), '')}")
+
+
+def _meant(verb: argparse.ArgumentParser, option: str) -> str:
+    """' (...)': what `verb` takes that `option`, which it does not take, stands for; else ''."""
+    positionals = {action.dest.lower(): action.metavar or action.dest for action in verb._actions if not action.option_strings}
+    given = positionals.get(option.lstrip("-").replace("-", "_").lower())
+    if given is not None:
+        return f" (give {given} without {option}: {verb.prog} {' '.join(positionals.values())})"
     options = [option for action in verb._actions for option in action.option_strings if option not in ("-h", "--help")]
-    hint = ""
-    for arg in unknown:
-        close = difflib.get_close_matches(arg.partition("=")[0], options, n=1, cutoff=0.7) if arg.startswith("-") else []
-        setting, note = sectioned_setting(arg.partition("=")[0]) or (None, "")
-        takes = verb.get_default("takes_overrides")
-        setting = setting if takes is True or (isinstance(takes, tuple) and setting and setting[2:] in takes) else None
-        if close or setting:
-            hint = f" (did you mean {close[0]}?)" if close else f" (did you mean {setting}?{' ' + note if note else ''})"
-            break
-    verb.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    close = difflib.get_close_matches(option, options, n=1, cutoff=0.7)
+    if close:
+        return f" (did you mean {close[0]}?)"
+    setting, note = sectioned_setting(option) or (None, "")
+    takes = verb.get_default("takes_overrides")
+    if setting and (takes is True or (isinstance(takes, tuple) and setting[2:] in takes)):
+        return f" (did you mean {setting}?{' ' + note if note else ''})"
+    return ""
 
 
 def sectioned_setting(arg: str) -> tuple[str, str] | None:
