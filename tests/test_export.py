@@ -200,7 +200,8 @@ def test_native_layouts_are_refused_with_their_reason_and_auto_falls_back(tmp_pa
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     remote = export_hf(run, tmp_path / "c")
     assert remote.layout == "remote"  # loading it: the model and, as AutoTokenizer reads config.json too, its tokenizer
-    assert "AutoModelForCausalLM and AutoTokenizer .from_pretrained(OUT, trust_remote_code=True)" in remote.describe()
+    loads = f"AutoModelForCausalLM and AutoTokenizer .from_pretrained({str(tmp_path / 'c')!r}, trust_remote_code=True)"
+    assert loads in remote.describe()  # the folder itself, which the user can paste (it said OUT)
 
 
 def test_a_baseline_may_also_be_exported_as_remote_code(tmp_path, text_corpus):

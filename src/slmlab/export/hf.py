@@ -42,10 +42,11 @@ class ExportResult:
 
     def describe(self) -> str:
         why = "; ".join(f"not {k}: {v}" for k, v in self.not_native.items())
+        folder = repr(str(self.out))  # as Python reads it back: quoted, a backslash escaped
         loader = (  # AutoTokenizer reads config.json too, and asks before running its code
-            "AutoModelForCausalLM and AutoTokenizer .from_pretrained(OUT, trust_remote_code=True)"
+            f"AutoModelForCausalLM and AutoTokenizer .from_pretrained({folder}, trust_remote_code=True)"
             if self.layout == "remote"
-            else "AutoModelForCausalLM.from_pretrained(OUT)"
+            else f"AutoModelForCausalLM.from_pretrained({folder})"
         )
         return (
             f"exported as {self.layout} to {self.out} (load with {loader}); logits match slmlab's to {self.max_abs_diff:.1e}"
