@@ -68,6 +68,23 @@ def test_a_checkpoint_is_named_by_its_step_alone_too(run, capsys, caplog):
     assert f"resumed {run} at step 6" in caplog.text
 
 
+def test_load_run_in_python_takes_a_checkpoints_step_as_the_command_line_does(run):
+    """load_run(run, checkpoint=6) failed deep inside with 'expected string or bytes-like object,
+    got int'; the step alone, as a number or its digits, is the checkpoint, as on the command line."""
+    from slmlab.errors import CheckpointError
+
+    named = load_run(run, checkpoint=CHECKPOINT)[1].state_dict()
+    for step in (6, "6"):
+        loaded = load_run(run, checkpoint=step)[1].state_dict()
+        assert all(torch.equal(named[key], loaded[key]) for key in named)
+    for wrong, says in [
+        (6.0, "name a checkpoint as step_000200 or by its step \\(200\\), not 6.0"),
+        (7, "no checkpoint 'step_000007'"),
+    ]:
+        with pytest.raises(CheckpointError, match=says):
+            load_run(run, checkpoint=wrong)
+
+
 def test_a_readout_of_a_checkpoint_is_written_apart_and_recorded_with_its_weights(run, capsys):
     from slmlab.runs.derived import weights_identity
 

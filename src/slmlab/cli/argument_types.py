@@ -71,7 +71,9 @@ def seed(text: str) -> int:
 
 def checkpoint_name(value: str) -> str:
     """A checkpoint as users name it: `step_000200`, or its step alone (`200`) -> step_000200."""
-    return f"step_{int(value):06d}" if value.isascii() and value.isdigit() else value
+    from ..runs.checkpoints import checkpoint_name as named  # (torch: only once --checkpoint is given)
+
+    return named(value)
 
 
 FILE_SUFFIXES = (

@@ -223,9 +223,20 @@ def latest_checkpoint(directory: Path) -> str | None:
     return name
 
 
-def existing_checkpoint(directory: Path, name: str) -> str:
-    """`name` if it is a checkpoint in `directory` (step_NNNNNN with its weights file), else an
-    error listing the ones there."""
+def checkpoint_name(value: str | int) -> str:
+    """A checkpoint as users name it: `step_000200`, or its step alone (200, or '200' from the
+    command line) -> step_000200."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return f"step_{value:06d}"
+    if not isinstance(value, str):
+        raise CheckpointError(f"name a checkpoint as step_000200 or by its step (200), not {value!r}")
+    return f"step_{int(value):06d}" if value.isascii() and value.isdigit() else value
+
+
+def existing_checkpoint(directory: Path, name: str | int) -> str:
+    """The name of checkpoint `name` (checkpoint_name: step_NNNNNN, or its step) if `directory`
+    holds it with its weights file, else an error listing the ones there."""
+    name = checkpoint_name(name)
     if not CHECKPOINT_NAME.fullmatch(name) or not _files(directory, name)[0].is_file():
         available = ", ".join(checkpoint_names(directory)[:5]) or "none"
         raise CheckpointError(f"no checkpoint {name!r} in {directory}; checkpoints there: {available}")

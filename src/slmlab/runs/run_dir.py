@@ -352,7 +352,7 @@ def check_trained_streams(path: str | Path, cfg: RunConfig, streams: dict) -> No
         )
 
 
-def model_weights(run: RunDir, checkpoint: str | None = None) -> tuple[Path, str | None]:
+def model_weights(run: RunDir, checkpoint: str | int | None = None) -> tuple[Path, str | None]:
     """The weights file a run's model loads from, and its recorded SHA-256 (None where none was
     recorded): checkpoint `checkpoint` (step_NNNNNN) when named, else final.safetensors once the
     run finished, else its latest checkpoint."""
@@ -379,12 +379,13 @@ def final_weights_intact(run: RunDir, summary: dict) -> bool:
 
 
 def load_run(
-    path: str | Path, device: str | torch.device = "cpu", model_overrides: dict | None = None, checkpoint: str | None = None
+    path: str | Path, device: str | torch.device = "cpu", model_overrides: dict | None = None, checkpoint: str | int | None = None
 ) -> tuple[RunConfig, nn.Module, Tokenizer]:
     """The config, trained model (final weights, else the latest checkpoint) and tokenizer of a run.
 
     `model_overrides` ({"rope_scale": 2.0}) change model fields that carry no weights;
-    `checkpoint` (step_NNNNNN): that checkpoint's weights instead (of a curriculum's model phase)."""
+    `checkpoint` (step_NNNNNN, or its step: 200): that checkpoint's weights instead (of a
+    curriculum's model phase)."""
     run, cfg = model_run(path)
     recorded_model = cfg.model
     if model_overrides:

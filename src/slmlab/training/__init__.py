@@ -18,7 +18,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    from_checkpoint: str | None = None,
+    from_checkpoint: str | int | None = None,
     callbacks: Iterable[TrainingCallback] = (),
 ) -> TrainResult:
     """Train a run: a curriculum of sub-runs when the config has [[phases]], else one run.

@@ -94,7 +94,7 @@ class Trainer:
         progress: bool = True,
         init_from: RunDir | None = None,
         carry_optimizer: bool = False,
-        from_checkpoint: str | None = None,
+        from_checkpoint: str | int | None = None,
         callbacks: Iterable[TrainingCallback] = (),
     ):
         """`init_from`: a finished run whose final weights and tokenizer this run starts from
