@@ -100,3 +100,26 @@ def test_a_compiler_that_cannot_run_is_a_one_line_error():
     ):
         model.generate(torch.tensor([PROMPTS[0]]), 4, compile=failing)
     torch._dynamo.reset()
+
+
+def test_a_hook_on_the_model_is_honoured_by_compiled_decoding(counting, caplog):
+    """Dynamo does not guard on module hooks: compiled decoding went on with the graph made before
+    a hook was registered (the hook did nothing), or would keep a removed hook.
+    With a hook on the model, decoding runs eagerly and says so; without, it compiles again."""
+    model = model_for("learned")
+    prompt = torch.tensor([PROMPTS[1]])
+    plain = model.generate(prompt, 12, temperature=0.0, compile=counting)
+    handle = model.blocks[-1].hook_resid_post.register_forward_hook(lambda module, args, out: -out)
+    try:
+        hooked = model.generate(prompt, 12, temperature=0.0)
+        assert not torch.equal(hooked, plain)  # the hook changes what is decoded
+        assert torch.equal(model.generate(prompt, 12, temperature=0.0, compile=counting), hooked)
+        assert "hooks are registered on the model: decoding eagerly" in caplog.text
+        rows = model.generate_many([PROMPTS[1], PROMPTS[2]], 12, temperature=0.0, compile=counting)
+        assert torch.equal(torch.tensor(rows[0]), hooked[0, len(PROMPTS[1]) :])
+    finally:
+        handle.remove()
+    caplog.clear()
+    graphs = counting.graphs
+    assert torch.equal(model.generate(prompt, 12, temperature=0.0, compile=counting), plain)  # not the hooked graph
+    assert counting.graphs == graphs and not caplog.text

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 from collections.abc import Callable
 
 import torch
@@ -27,9 +28,12 @@ from ..phase_progress import PhaseProgress
 from ..tables import counted
 from .decoding_layout import MAX_ROWS, DecodingLayout
 from .decoding_room import check_decoding_room, check_forward_room
+from .hooks import hooked
 from .inputs import outside_vocabulary
 from .modes import eval_mode
 from .sampling import NOT_FINITE, check_sampling, sample_next, unusable_rows
+
+log = logging.getLogger("slmlab")
 
 
 class GenerationMixin:
@@ -90,6 +94,8 @@ class GenerationMixin:
             if not (use_cache and idx.shape[1] + max_new_tokens <= self.cfg.block_size):
                 raise ConfigError("a left-padded batch decodes with the KV cache and within the model's context only")
         layout = DecodingLayout(self, enabled=idx.shape[0] <= MAX_ROWS)  # decoding_layout.py says why
+        if compile and compiling_drops_hooks(self):
+            compile = False
         with eval_mode(self), layout, room_for_graphs(bool(compile)):
             model = compiled(self, "inductor" if compile is True else compile) if compile else self
             caches, pending, longest = None, idx, idx.shape[1] + max_new_tokens
@@ -200,6 +206,8 @@ class GenerationMixin:
         check_sampling(temperature, top_k, top_p)
         self._check_counts(max_new_tokens, vocab_size, stop_token)
         check_whole_number("batch_size", batch_size, 1)
+        if compile and compiling_drops_hooks(self):  # said once here, not per batch
+            compile = False
         _check_callbacks(until=until)
         if not isinstance(progress, str):
             raise ConfigError(f"progress must be a label (a string; '' = none), got {progress!r:.40}")
@@ -336,6 +344,17 @@ def left_padded(prompts: list[list[int]], device: torch.device | str = "cpu") ->
     width = max(len(p) for p in prompts)
     idx = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], device=device)
     return idx, torch.tensor([width - len(p) for p in prompts], device=device)
+
+
+def compiling_drops_hooks(model: nn.Module) -> bool:
+    """Whether hooks are registered on `model` (a user's, or on every module), with a warning
+    that it decodes eagerly: torch.compile's graphs do not see a hook added or removed after they
+    are made (Dynamo does not guard on module hooks), so compiled decoding would drop the hook,
+    or keep one removed since."""
+    if not hooked(model):
+        return False
+    log.warning("hooks are registered on the model: decoding eagerly (torch.compile's graphs do not see hooks)")
+    return True
 
 
 def compiled(model: nn.Module, backend: str | Callable = "inductor") -> Callable:

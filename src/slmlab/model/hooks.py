@@ -27,6 +27,15 @@ def _global_hooks() -> bool:
     )
 
 
+def _own_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks)
+
+
+def hooked(model: nn.Module) -> bool:
+    """Whether a hook is registered on any module of `model`, or on every module."""
+    return _global_hooks() or any(_own_hooks(module) for module in model.modules())
+
+
 class HookPoint(nn.Module):
     """Returns its input unchanged; exists to be hooked."""
 
@@ -38,7 +47,7 @@ class HookPoint(nn.Module):
     def has_own_hooks(self) -> bool:
         """Whether a hook is registered on this point itself (not one on every module, as
         torch's FLOP counter registers)."""
-        return bool(self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks)
+        return _own_hooks(self)
 
     def forward(self, x):
         return x
