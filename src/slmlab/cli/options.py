@@ -33,7 +33,7 @@ class OneLineParser(argparse.ArgumentParser):
 
         invalid = INVALID_CHOICE.match(message)
         for action in self._actions if invalid else ():
-            if action.choices and argparse._get_action_name(action) == invalid["argument"]:
+            if action.choices and ("/".join(action.option_strings) or action.metavar or action.dest) == invalid["argument"]:
                 value = invalid["value"]
                 meant = OTHER_VERB_NAMES.get(value.lower())
                 return f" (did you mean {meant!r}?)" if meant in action.choices else closest(value, action.choices)
