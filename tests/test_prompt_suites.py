@@ -155,3 +155,12 @@ def test_the_bundled_suite_fits_the_context_of_every_shipped_config():
         configs = [job.config for job in load_sweep(preset)[1]] if "base" in read_toml(preset) else [load_config(preset)]
         for cfg in configs:
             assert longest + 1 < cfg.model.block_size, (preset.name, cfg.model.block_size)
+
+
+def test_an_unknown_key_of_a_prompt_lists_a_prompts_keys_not_a_run_configs(tmp_path):
+    """`name = ...` in a [[prompt]] was answered "did you mean 'name'?" (the run config's own
+    setting of that name), which the suite cannot hold; the keys a prompt holds are listed."""
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[[prompt]]\nname = "a"\nprompt = "T"\n')
+    with pytest.raises(ConfigError, match=r"unknown config key 'prompt\[0\]\.name' \(prompt\[0\] holds id, prompt, "):
+        load_suite(suite)

@@ -112,7 +112,10 @@ def setting_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.init and f.name != "sections"]
 
 
-def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "", settings: bool = True) -> Any:
+    """`cls` built from the table `values` (named `prefix` in errors), each value checked against
+    its field's annotation. An unknown key's hint names the setting meant (other_names.setting_hint)
+    where `settings`: the table is one of a run's or a sweep's config; else the closest key."""
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a table of settings, got {type(values).__name__} {values!r}")
     hints = typing.get_type_hints(cls)
@@ -127,7 +130,7 @@ def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             kwargs[name] = check_value(key, value, sections[name].config)
         else:
             options = names + (list(sections) if sections is not None else [])
-            hint = setting_hint(name, options, prefix)
+            hint = setting_hint(name, options, prefix) if settings else closest(name, options, prefix)
             if not hint and sections is not None and isinstance(value, dict):  # a section no variant or plugin registered
                 hint = f" (sections: {', '.join(sections)}; a plugin's section needs the plugin in plugins = [...])"
             elif not hint and len(options) <= 12:  # nothing close: a small section's keys fit on the line

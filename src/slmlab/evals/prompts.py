@@ -71,7 +71,7 @@ def load_suite(path: str | Path) -> list[Prompt]:
     if not records:
         raise ConfigError(f"{path}: the suite has no prompts")
     try:
-        prompts = [build_dataclass(Prompt, r, prefix=f"prompt[{i}]") for i, r in enumerate(records)]
+        prompts = [build_dataclass(Prompt, r, prefix=f"prompt[{i}]", settings=False) for i, r in enumerate(records)]
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     for i, p in enumerate(prompts):
