@@ -68,6 +68,10 @@ def test_a_sweep_tables_key_in_another_tools_spelling_is_named_in_that_table(tmp
     )
     with pytest.raises(ConfigError, match=re.escape("unknown config key 'tune.learning_rate' (did you mean 'tune.lr'?)")):
         load_sweep(tmp_path / "s.toml")
+    # a key of the table itself spelled nearly so comes first: a sweep's seeds, not the run's train.seed
+    (tmp_path / "s.toml").write_text(f'name = "s"\nbase = "{micro_toml}"\nseed = 1\nbaseline = "a"\n[variants.a]\n')
+    with pytest.raises(ConfigError, match=re.escape("unknown config key 'seed' (did you mean 'seeds'?)")):
+        load_sweep(tmp_path / "s.toml")
 
 
 def test_model_config_in_python_names_the_setting_another_tool_calls_otherwise():

@@ -5,6 +5,7 @@ Only the error's hint reads these names: a config spells each setting one way.""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Collection
 
 from ..registry import closest
@@ -73,9 +74,10 @@ def meant_setting(name: str, local: Collection[str], prefix: str) -> tuple[str, 
 
 
 def setting_hint(name: str, local: Collection[str], prefix: str) -> str:
-    """' (did you mean 'model.d_model'?)' for the unknown key `name` under `prefix`: meant_setting's
+    """' (did you mean 'model.d_model'?)' for the unknown key `name` under `prefix`: a key of
+    `local` spelled nearly so (a sweep's `seed` is its seeds, not train.seed), else meant_setting's
     setting with its note, else the closest spelling among `local`, else ''."""
-    meant = meant_setting(name, local, prefix)
+    meant = None if difflib.get_close_matches(name, local, n=1, cutoff=0.8) else meant_setting(name, local, prefix)
     if meant is None:
         return closest(name, local, prefix)
     key, note = meant
