@@ -49,6 +49,12 @@ def test_out_dir_spelled_with_a_dash_is_the_override(micro_toml, tmp_path):
             ["eval", "RUN", "--prompt-file", "p"],
             "unrecognized arguments: --prompt-file p (see slmlab eval --help)",
         ),  # not --rope-scale
+        # another tool's name for an option: nanoGPT's sample.py --start, Hugging Face's max_length
+        (
+            ["generate", "RUN", "--prompt", "a", "--start", "ROMEO"],
+            "unrecognized arguments: --start ROMEO (did you mean --prompt?)",
+        ),
+        (["generate", "RUN", "--prompt", "a", "--max_length", "9"], "(did you mean --max-new-tokens?)"),
         # a positional argument given as an option: '--out (did you mean --layout?)' sent users astray
         (
             ["export", "RUN", "--to", "hf", "--out", "x"],

@@ -15,8 +15,14 @@ from ..errors import ConfigError, SlmlabError
 from ..files import file_kind
 from .argument_types import checkpoint_name, non_negative_float, non_negative_int, output_folder, positive_int, seed, top_p
 
-# what nanoGPT's scripts and litgpt's commands call a verb slmlab names otherwise (for hints only)
+# what nanoGPT's scripts, litgpt's commands and Hugging Face's generate call a verb or an option
+# slmlab names otherwise (for hints only)
 OTHER_VERB_NAMES = {"sample": "generate", "chat": "generate", "evaluate": "eval", "convert": "export", "pretrain": "train"}
+OTHER_OPTION_NAMES = {
+    **dict.fromkeys(("--start", "--text", "--input"), "--prompt"),
+    **dict.fromkeys(("--max-length", "--max-tokens", "--num-tokens"), "--max-new-tokens"),
+    **dict.fromkeys(("--num-return-sequences", "--samples"), "--num-samples"),
+}
 INVALID_CHOICE = re.compile(r"argument (?P<argument>.+?): invalid choice: '(?P<value>[^']*)'")
 
 
@@ -82,7 +88,8 @@ def _meant(verb: argparse.ArgumentParser, option: str) -> str:
     if given is not None:
         return f" (give {given} without {option}: {verb.prog} {' '.join(positionals.values())})"
     options = [option for action in verb._actions for option in action.option_strings if option not in ("-h", "--help")]
-    close = difflib.get_close_matches(option, options, n=1, cutoff=0.7)
+    other = OTHER_OPTION_NAMES.get(option.replace("_", "-"))
+    close = [other] if other in options else difflib.get_close_matches(option, options, n=1, cutoff=0.7)
     if close:
         return f" (did you mean {close[0]}?)"
     setting, note = sectioned_setting(option) or (None, "")
