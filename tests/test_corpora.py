@@ -73,8 +73,17 @@ def test_genre_filter_selects_streams_by_letter_or_name():
     assert {d.genre for d in learned} == {"J", "R"} and len(learned) == 80 + 9
     tragedies = list(DocumentSelection(DataConfig(source="shakespeare", genres=["tragedies"])))
     assert len(tragedies) == 6 and {d.genre for d in tragedies} == {"tragedies"}
-    with pytest.raises(CorpusError, match="'Z' is not a genre of brown"):
+    with pytest.raises(CorpusError, match="'Z' is not a genre of brown .*; or by name: news, editorial, "):
         DocumentSelection(DataConfig(source="brown", genres=["Z"]))
+
+
+def test_brown_genres_go_by_nltks_names_too():
+    """NLTK's categories (brown.words(categories='news')) were refused: 'news' is not a genre."""
+    from slmlab.data.corpora.brown import NLTK_CATEGORIES
+
+    assert len(NLTK_CATEGORIES) == 15 and len(set(NLTK_CATEGORIES.values())) == 15
+    news = list(DocumentSelection(DataConfig(source="brown", genres=["news", "science_fiction"])))
+    assert {d.genre for d in news} == {"A", "M"} and len(news) == 44 + 6  # NLTK's fileids per category
 
 
 @pytest.mark.slow

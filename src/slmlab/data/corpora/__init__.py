@@ -116,6 +116,8 @@ def _resolve_genres(source: Source, wanted: list[str]) -> set[str]:
         letter = source.resolve_genre(genre)
         if letter is None:
             choices = ", ".join(source.genres) or "none (this source has no genres)"
+            aliases = getattr(source, "aliases", {})
+            choices += f"; or by name: {', '.join(aliases)}" if aliases else ""
             raise CorpusError(f"data.genres: '{genre}' is not a genre of {source.name} (choose from {choices})")
         resolved.add(letter)
     return resolved

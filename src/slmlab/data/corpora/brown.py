@@ -31,6 +31,14 @@ def detokenize(sentence: str) -> str:
     return text.replace("``", '"').replace("''", '"')
 
 
+# the genres' names in NLTK (nltk.corpus.brown.categories()), which many users know them by
+NLTK_CATEGORIES = {
+    **{"news": "A", "editorial": "B", "reviews": "C", "religion": "D", "hobbies": "E", "lore": "F"},
+    **{"belles_lettres": "G", "government": "H", "learned": "J", "fiction": "K", "mystery": "L"},
+    **{"science_fiction": "M", "adventure": "N", "romance": "P", "humor": "R"},
+}
+
+
 def read_genres(contents: Path) -> dict[str, str]:
     """Genre letter -> lower-case name, parsed from the corpus's CONTENTS file."""
     genres: dict[str, str] = {}
@@ -50,6 +58,7 @@ class BrownSource:
     """500 documents in 15 genres A-R; genre = the letter."""
 
     name = "brown"
+    aliases = NLTK_CATEGORIES  # named in the error that lists the genres
 
     def __init__(self, cache: str = ""):
         self.root = brown_dir(cache)
@@ -64,9 +73,12 @@ class BrownSource:
         return "brown-" + file_digest(self.files)
 
     def resolve_genre(self, wanted: str) -> str | None:
-        """A letter ('J') or a name ('learned', 'humor') -> the letter, or None if unknown."""
+        """A letter ('J'), a name from the corpus's CONTENTS ('learned', 'reportage') or NLTK's name
+        ('news', 'science_fiction') -> the letter, or None if unknown."""
         if wanted.upper() in self.genres:
             return wanted.upper()
+        if wanted.lower() in NLTK_CATEGORIES:
+            return NLTK_CATEGORIES[wanted.lower()]
         for letter, name in self.genre_names.items():
             if wanted.lower() in (name, name.split(":")[-1].strip()):
                 return letter
