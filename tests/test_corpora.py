@@ -75,6 +75,10 @@ def test_genre_filter_selects_streams_by_letter_or_name():
     assert len(tragedies) == 6 and {d.genre for d in tragedies} == {"tragedies"}
     with pytest.raises(CorpusError, match="'Z' is not a genre of brown .*; or by name: news, editorial, "):
         DocumentSelection(DataConfig(source="brown", genres=["Z"]))
+    with pytest.raises(
+        CorpusError, match=r"'tragedy' is not a genre of shakespeare \(did you mean 'tragedies'\?\) \(choose from"
+    ):
+        DocumentSelection(DataConfig(source="shakespeare", genres=["tragedy"]))
 
 
 def test_brown_genres_go_by_nltks_names_too():

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ...config import ConfigError, DataConfig
+from ...registry import closest
 from ...tables import counted
 from .brown import BrownSource
 from .columnar import ColumnarSource, is_columnar
@@ -118,7 +119,8 @@ def _resolve_genres(source: Source, wanted: list[str]) -> set[str]:
             choices = ", ".join(source.genres) or "none (this source has no genres)"
             aliases = getattr(source, "aliases", {})
             choices += f"; or by name: {', '.join(aliases)}" if aliases else ""
-            raise CorpusError(f"data.genres: '{genre}' is not a genre of {source.name} (choose from {choices})")
+            meant = closest(genre, [*source.genres, *aliases])
+            raise CorpusError(f"data.genres: '{genre}' is not a genre of {source.name}{meant} (choose from {choices})")
         resolved.add(letter)
     return resolved
 
