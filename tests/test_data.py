@@ -228,6 +228,8 @@ def test_mixture_weights_are_respected(text_corpus, tmp_path):
     assert abs(in_prose.mean() - 0.75) < 0.03
     with pytest.raises(CorpusError, match="unknown stream"):
         WindowSampler(data.train, 16, 4, seed=3, mixture={"poetry": 1.0})
+    with pytest.raises(CorpusError, match=r"unknown stream \['Prose'\] \(did you mean 'prose'\?\); streams are"):
+        WindowSampler(data.train, 16, 4, seed=3, mixture={"Prose": 1.0})
 
 
 def test_validation_sample_is_fixed_and_too_short_split_is_an_error(text_corpus, tmp_path):

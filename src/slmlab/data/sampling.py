@@ -11,6 +11,7 @@ import torch
 
 from ..config.checks import check_whole_number
 from ..phase_progress import tracked
+from ..registry import closest
 from ..tables import counted
 from .corpora import CorpusError
 from .corpora.local import say_once
@@ -56,8 +57,10 @@ class WindowSampler:
             names = list(mixture)
             unknown = [n for n in names if n not in split.streams]
             if unknown:
+                meant = closest(unknown[0], split.streams)  # j: 'J', a stream's name in another case
                 raise CorpusError(
-                    f"data.mixture: unknown {'stream' if len(unknown) == 1 else 'streams'} {unknown}; streams are {sorted(split.streams)}"
+                    f"data.mixture: unknown {'stream' if len(unknown) == 1 else 'streams'} {unknown}{meant}; "
+                    f"streams are {sorted(split.streams)}"
                 )
             names = [n for n in names if mixture[n] > 0]
             weights = np.array([mixture[n] for n in names], dtype=np.float64)
