@@ -384,8 +384,7 @@ def load_run(
     """The config, trained model (final weights, else the latest checkpoint) and tokenizer of a run.
 
     `model_overrides` ({"rope_scale": 2.0}) change model fields that carry no weights;
-    `checkpoint` (step_NNNNNN, or its step: 200): that checkpoint's weights instead (of a
-    curriculum's model phase)."""
+    `checkpoint` (step_NNNNNN, or its step: 200): that checkpoint's weights (of a curriculum's model phase)."""
     run, cfg = model_run(path)
     recorded_model = cfg.model
     if model_overrides:
