@@ -164,3 +164,30 @@ def test_token_and_position_embeddings_are_two_hook_points_as_in_transformer_len
         with torch.no_grad():
             model.positions.wpe.weight.zero_()
         torch.testing.assert_close(zeroed, model(idx)[0])
+
+
+def test_a_name_missing_from_the_cache_says_why():
+    """The cache was a plain dict: KeyError 'ln_final.hook_normalized' said nothing of TransformerLens's
+    final norm being model.norm_f, of a point the names filter left out, or of the close names."""
+    from slmlab.model import run_with_cache
+
+    model = build_model(ModelConfig(vocab_size=50, n_layer=1, n_head=2, d_model=16, block_size=16, pos="rope")).eval()
+    _, cache = run_with_cache(model, torch.randint(0, 50, (1, 5)), names=lambda name: "resid" in name)
+    assert isinstance(cache, dict) and sorted(cache) == [
+        "blocks.0.hook_resid_mid",
+        "blocks.0.hook_resid_post",
+        "blocks.0.hook_resid_pre",
+    ]
+    for name, says in [
+        ("blocks.0.hook_attn_out", "blocks.0.hook_attn_out was not kept: the names given to run_with_cache left it out"),
+        ("hook_pos_embed", "or this forward pass never reached it"),  # RoPE adds no position embedding
+        (
+            "ln_final.hook_normalized",
+            "norm_f has no hook point 'ln_final.hook_normalized': a forward hook on model.get_submodule",
+        ),
+        ("blocks.0.ln1.hook_scale", "blocks.0.ln1 has no hook point"),
+        ("blocks.0.hook_resid_pr", "the model has no hook point 'blocks.0.hook_resid_pr' (close: blocks.0.hook_resid_pre"),
+    ]:
+        with pytest.raises(KeyError, match=re.escape(says)):
+            cache[name]
+    assert cache.get("blocks.0.hook_attn_out") is None and "blocks.0.hook_attn_out" not in cache

@@ -34,7 +34,7 @@ def run_with_cache(
     hook_pattern included, two (B, H, T, T) per layer). A name the model does not have is an
     error that lists the close ones."""
     points = hook_points_named(model, names)
-    cache: dict[str, torch.Tensor] = {}
+    cache = ActivationCache(model)
 
     def keep(name: str) -> Callable:
         return lambda module, args, output: cache.__setitem__(name, output.detach())
@@ -42,6 +42,34 @@ def run_with_cache(
     with torch.no_grad():
         logits = _forward_hooked(model, idx, [(module, keep(name)) for name, module in points.items()])
     return logits, cache
+
+
+class ActivationCache(dict):
+    """{hook point name: activation}, a dict whose missing key is a KeyError that says why: a hook
+    point `names` left out, one the pass did not reach (RoPE has no hook_pos_embed), a module
+    without hook points (a norm: TransformerLens's `ln_final.hook_normalized` reads model.norm_f),
+    or no such hook point, with the close names."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self._points = list(hook_points_named(model, None))
+        self._modules = {name for name, _ in model.named_modules()}
+
+    def __missing__(self, name: str):
+        if name in self._points:
+            raise KeyError(
+                f"{name} was not kept: the names given to run_with_cache left it out, or this forward pass never reached it "
+                "(hook_pos_embed where positions add no embedding)"
+            )
+        typo = difflib.get_close_matches(str(name), self._points, n=1, cutoff=0.85)
+        owner = str(name).rpartition(".")[0]
+        owner = "norm_f" if owner == "ln_final" else owner  # TransformerLens's name for the final norm
+        if owner and owner in self._modules and not typo:
+            raise KeyError(
+                f"{owner} has no hook point {name!r}: a forward hook on model.get_submodule({owner!r}) reads its output"
+            )
+        close = difflib.get_close_matches(str(name), self._points, n=3) or sorted(self._points)[:3]
+        raise KeyError(f"the model has no hook point {name!r} (close: {', '.join(close)})")
 
 
 def run_with_hooks(
