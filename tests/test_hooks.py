@@ -191,3 +191,8 @@ def test_a_name_missing_from_the_cache_says_why():
         with pytest.raises(KeyError, match=re.escape(says)):
             cache[name]
     assert cache.get("blocks.0.hook_attn_out") is None and "blocks.0.hook_attn_out" not in cache
+    from slmlab.config import ConfigError
+    from slmlab.model import run_with_hooks
+
+    with pytest.raises(ConfigError, match=re.escape("norm_f has no hook point 'ln_final.hook_normalized'")):
+        run_with_hooks(model, torch.randint(0, 50, (1, 5)), [("ln_final.hook_normalized", lambda out, name: out)])

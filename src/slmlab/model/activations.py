@@ -61,15 +61,7 @@ class ActivationCache(dict):
                 f"{name} was not kept: the names given to run_with_cache left it out, or this forward pass never reached it "
                 "(hook_pos_embed where positions add no embedding)"
             )
-        typo = difflib.get_close_matches(str(name), self._points, n=1, cutoff=0.85)
-        owner = str(name).rpartition(".")[0]
-        owner = "norm_f" if owner == "ln_final" else owner  # TransformerLens's name for the final norm
-        if owner and owner in self._modules and not typo:
-            raise KeyError(
-                f"{owner} has no hook point {name!r}: a forward hook on model.get_submodule({owner!r}) reads its output"
-            )
-        close = difflib.get_close_matches(str(name), self._points, n=3) or sorted(self._points)[:3]
-        raise KeyError(f"the model has no hook point {name!r} (close: {', '.join(close)})")
+        raise KeyError(no_hook_point(str(name), self._points, self._modules))
 
 
 def run_with_hooks(
@@ -120,9 +112,21 @@ def hook_points_named(model: nn.Module, names: Iterable[str] | Callable[[str], b
         raise ConfigError(f"names must be a hook point's name, a list of names or a test on the name; got {names!r:.60}")
     for name in chosen:
         if name not in points:
-            close = difflib.get_close_matches(name, points, n=3) or sorted(points)[:3]
-            raise ConfigError(f"the model has no hook point {name!r} (close: {', '.join(close)})")
+            raise ConfigError(no_hook_point(name, list(points), {module_name for module_name, _ in model.named_modules()}))
     return {name: points[name] for name in chosen}
+
+
+def no_hook_point(name: str, points: list[str], modules: set[str]) -> str:
+    """Why the model has no hook point `name` (given its hook points' and modules' names): a module
+    without hook points (a norm: TransformerLens's ln_final is model.norm_f), or a name not there,
+    with the close ones."""
+    typo = difflib.get_close_matches(name, points, n=1, cutoff=0.85)
+    owner = name.rpartition(".")[0]
+    owner = "norm_f" if owner == "ln_final" else owner  # TransformerLens's name for the final norm
+    if owner and owner in modules and not typo:
+        return f"{owner} has no hook point {name!r}: a forward hook on model.get_submodule({owner!r}) reads its output"
+    close = difflib.get_close_matches(name, points, n=3) or sorted(points)[:3]
+    return f"the model has no hook point {name!r} (close: {', '.join(close)})"
 
 
 def _forward_hooked(model: nn.Module, idx: torch.Tensor, hooks: list[tuple[nn.Module, Callable]]) -> torch.Tensor:
