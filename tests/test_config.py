@@ -195,6 +195,12 @@ def test_bad_override_syntax_and_missing_files(tmp_path, toml_file):
     utf16.write_bytes('name = "a"\n'.encode("utf-16-le"))  # no byte-order mark: it was "invalid TOML (Invalid statement)"
     with pytest.raises(ConfigError, match=r"utf16.toml is not text: 50% of its first 22 bytes are NUL, as in UTF-16"):
         load_config(utf16)
+    for name, text, kind in [("c.json", '{"model": {"n_layer": 2}}', "JSON"), ("c.yaml", "model:\n  n_layer: 2\n", "YAML")]:
+        (tmp_path / name).write_text(text)  # another tool's config format: it said only "invalid TOML (Invalid statement)"
+        with pytest.raises(
+            ConfigError, match=rf"{name}: slmlab reads configs as TOML, not {kind} \(.*\): write `key = value` lines"
+        ):
+            load_config(tmp_path / name)
 
 
 @pytest.mark.parametrize("values", [[1, 2], "model", None])

@@ -242,6 +242,10 @@ def _deep_copy(values: Any) -> Any:
     return values
 
 
+# config formats of other tools, named when a config in one is not TOML
+OTHER_FORMATS = {".json": "JSON", ".yaml": "YAML", ".yml": "YAML", ".py": "Python", ".cfg": "INI", ".ini": "INI"}
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if (path / "config.json").is_file():
@@ -267,6 +271,12 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             raise ConfigError(  # a run's config.json given as a config
                 f"{path} is a run's recorded settings, not a TOML config: give the run's folder {path.parent} to the verbs "
                 f"that read runs, or the .toml file it was trained from (`{command_line('slmlab', 'train', '--resume', path.parent)}` continues it)"
+            ) from None
+        other = OTHER_FORMATS.get(path.suffix.lower())
+        if other:  # a config written for another tool
+            raise ConfigError(
+                f"{path}: slmlab reads configs as TOML, not {other} ({err}): write `key = value` lines under [model], "
+                "[data] and [train] (docs/settings.md names every setting)"
             ) from None
         raise ConfigError(f"{path}: invalid TOML ({err})") from None
 
