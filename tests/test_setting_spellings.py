@@ -104,3 +104,17 @@ def test_a_value_another_tool_spells_otherwise_names_the_one_meant(given, micro_
         load_config(micro_toml, {key: value})
     assert str(error.value).startswith(f"{key} = {value!r} is not one of ")
     assert str(error.value).endswith(f" (did you mean {meant!r}?)" if meant else "wolf")
+
+
+def test_every_unknown_key_of_a_table_is_named_at_once(tmp_path):
+    """A config written for nanoGPT has a dozen keys slmlab spells otherwise; they came one error
+    at a time."""
+    from slmlab.config import ConfigError, load_config
+
+    (tmp_path / "c.toml").write_text("eval_interval = 250\nn_embd = 384\nalways_save_checkpoint = false\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(tmp_path / "c.toml")
+    assert str(error.value) == (
+        "unknown config keys 'eval_interval' (did you mean 'train.eval_every'?), "
+        "'n_embd' (did you mean 'model.d_model'?), 'always_save_checkpoint'"
+    )

@@ -112,6 +112,20 @@ def setting_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.init and f.name != "sections"]
 
 
+def _unknown_keys(unknown: list[str], values: dict, options: list[str], sections: list[str], prefix: str, settings: bool) -> str:
+    """One line naming each unknown key of a table with the setting it likely meant (build_dataclass)."""
+    said = []
+    for name in unknown:
+        hint = setting_hint(name, options, prefix) if settings else closest(name, options, prefix)
+        if not hint and sections and isinstance(values[name], dict):  # a section no variant or plugin registered
+            hint = f" (sections: {', '.join(sections)}; a plugin's section needs the plugin in plugins = [...])"
+        said.append(f"'{prefix + '.' if prefix else ''}{name}'{hint}")
+    if len(unknown) == 1 and not said[0].endswith(")") and len(options) <= 12:  # nothing close: a small table's keys fit
+        said[0] += f" ({prefix or 'the top level'} holds {', '.join(options)})"
+    shown = ", ".join(said[:6]) + (f", and {len(said) - 6} more" if len(said) > 6 else "")
+    return f"unknown config key{'s' if len(unknown) > 1 else ''} {shown}"
+
+
 def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "", settings: bool = True) -> Any:
     """`cls` built from the table `values` (named `prefix` in errors), each value checked against
     its field's annotation. An unknown key's hint names the setting meant (other_names.setting_hint)
@@ -121,21 +135,14 @@ def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "", setting
     hints = typing.get_type_hints(cls)
     names = setting_names(cls)
     sections = getattr(cls, "SECTIONS", None)
+    options = names + (list(sections) if sections is not None else [])
+    unknown = [name for name in values if name not in options]
+    if unknown:  # all of them at once: a config written for another tool has several
+        raise ConfigError(_unknown_keys(unknown, values, options, list(sections or ()), prefix, settings))
     kwargs = {}
     for name, value in values.items():
         key = f"{prefix}.{name}" if prefix else name
-        if name in names:
-            kwargs[name] = check_value(key, value, hints[name])
-        elif sections is not None and name in sections:
-            kwargs[name] = check_value(key, value, sections[name].config)
-        else:
-            options = names + (list(sections) if sections is not None else [])
-            hint = setting_hint(name, options, prefix) if settings else closest(name, options, prefix)
-            if not hint and sections is not None and isinstance(value, dict):  # a section no variant or plugin registered
-                hint = f" (sections: {', '.join(sections)}; a plugin's section needs the plugin in plugins = [...])"
-            elif not hint and len(options) <= 12:  # nothing close: a small section's keys fit on the line
-                hint = f" ({prefix or 'the top level'} holds {', '.join(options)})"
-            raise ConfigError(f"unknown config key '{key}'{hint}")
+        kwargs[name] = check_value(key, value, hints[name] if name in names else sections[name].config)
     missing = [
         f.name
         for f in dataclasses.fields(cls)
