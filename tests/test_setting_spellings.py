@@ -25,6 +25,8 @@ from slmlab.cli import main
         (["--max_iters", "10"], "(did you mean --train.steps?)"),
         (["--min_lr", "1e-4"], "(did you mean --train.min_lr_ratio? a fraction of train.lr, not a rate)"),
         (["--s_dim", "4"], "(did you mean --model.smat.s_dim?)"),  # a variant section's setting
+        (["--bf16"], '(did you mean --train.dtype? "bf16" or "fp32")'),  # Hugging Face's TrainingArguments
+        (["--num_train_epochs", "3"], "(did you mean --train.steps? optimizer steps, not passes over the data)"),
     ],
 )
 def test_a_setting_given_as_nanogpt_gives_it_is_answered_with_its_spelling_here(given, says, micro_toml, capsys):

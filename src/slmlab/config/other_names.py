@@ -42,6 +42,8 @@ OTHER_TOOLS: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("log_interval", "logging_steps"), ("train.log_every", "")),
     **dict.fromkeys(("save_interval", "save_steps"), ("train.checkpoint_every", "")),
     **dict.fromkeys(("torch_compile",), ("train.compile", "")),
+    **dict.fromkeys(("bf16", "fp16", "mixed_precision"), ("train.dtype", '"bf16" or "fp32"')),
+    **dict.fromkeys(("num_train_epochs", "epochs"), ("train.steps", "optimizer steps, not passes over the data")),
     **dict.fromkeys(("wandb_log", "report_to"), ("train.trackers", 'a list: ["wandb"]')),
     **dict.fromkeys(("wandb_project",), ("train.tracker_project", "")),
     **dict.fromkeys(("wandb_run_name", "run_name"), ("name", "")),
