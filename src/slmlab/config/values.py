@@ -114,14 +114,15 @@ def setting_names(cls: type) -> list[str]:
 
 def _unknown_keys(unknown: list[str], values: dict, options: list[str], sections: list[str], prefix: str, settings: bool) -> str:
     """One line naming each unknown key of a table with the setting it likely meant (build_dataclass)."""
-    said = []
+    hints = []
     for name in unknown:
         hint = setting_hint(name, options, prefix) if settings else closest(name, options, prefix)
         if not hint and sections and isinstance(values[name], dict):  # a section no variant or plugin registered
             hint = f" (sections: {', '.join(sections)}; a plugin's section needs the plugin in plugins = [...])"
-        said.append(f"'{prefix + '.' if prefix else ''}{name}'{hint}")
-    if len(unknown) == 1 and not said[0].endswith(")") and len(options) <= 12:  # nothing close: a small table's keys fit
-        said[0] += f" ({prefix or 'the top level'} holds {', '.join(options)})"
+        hints.append(hint)
+    if len(unknown) == 1 and not hints[0] and len(options) <= 12:  # nothing close: a small table's keys fit on the line
+        hints[0] = f" ({prefix or 'the top level'} holds {', '.join(options)})"
+    said = [f"'{prefix + '.' if prefix else ''}{name}'{hint}" for name, hint in zip(unknown, hints)]
     shown = ", ".join(said[:6]) + (f", and {len(said) - 6} more" if len(said) > 6 else "")
     return f"unknown config key{'s' if len(unknown) > 1 else ''} {shown}"
 
