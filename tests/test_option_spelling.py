@@ -65,6 +65,7 @@ def test_out_dir_spelled_with_a_dash_is_the_override(micro_toml, tmp_path):
         (["trian", "CONFIG"], "argument verb: invalid choice: 'trian' (choose from "),
         (["trian", "CONFIG"], ") (did you mean 'train'?) (see slmlab --help)"),
         (["sample", "RUN"], "(did you mean 'generate'?)"),  # nanoGPT's sample.py
+        (["Persona_Eval", "RUN"], "(did you mean 'persona-eval'?)"),  # case, and an underscore for the dash
         (["convert", "RUN"], "(did you mean 'export'?)"),  # litgpt convert
         (["viz", "atention", "RUN"], "(did you mean 'attention'?) (see slmlab viz --help)"),
         (["export", "RUN", "--to", "HF", "--out", "x"], "(did you mean 'hf'?) (see slmlab export --help)"),

@@ -51,7 +51,7 @@ def closest(name: str, options, prefix: str = "") -> str:
     is (OTHER_VALUE_NAMES: rotary is rope), else the closest spelling."""
     options, folded = [str(o) for o in options], str(name).lower().replace("-", "_")
     match = (
-        [o for o in options if o.lower() == folded]
+        [o for o in options if o.lower().replace("-", "_") == folded]
         or [o for o in options if OTHER_VALUE_NAMES.get(folded) == o]
         or difflib.get_close_matches(str(name), options, n=1, cutoff=0.5)
     )
